@@ -1,0 +1,334 @@
+//! Handler files (`handlers/*.json`) → typed specs → handlers validated against the pool.
+//!
+//! ```json
+//! { "service": "helloworld.Greeter",
+//!   "methods": { "SayHello": { "reply": { "message": "Hello, {{name}}!" } } } }
+//! ```
+//! Everything a file says is checked here, once: the service and method exist, every field and
+//! placeholder exists and has the right type, the kind suits the method's shape. Problems come
+//! back as [`StartupError`]s naming the file, the line of the entry and the entry itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost_reflect::DescriptorPool;
+use serde::Deserialize;
+use serde_json::{Map, Value as Json};
+
+use crate::error::{Location, StartupError, StartupErrors};
+use crate::handler::declarative::{Action, ActionKind, Declarative, Responder};
+use crate::handler::error::{parse_metadata, ErrorAction, ErrorSpec};
+use crate::handler::reply::ReplyAction;
+use crate::handler::rules::Rule;
+use crate::handler::stream::StreamAction;
+use crate::handler::{echo, Handler, HandlerTable, MethodInfo};
+use crate::matcher::Condition;
+use crate::suggest::did_you_mean;
+use crate::template::TemplateError;
+
+/// One handler file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerFile {
+    pub service: String,
+    pub methods: Map<String, Json>,
+}
+
+/// A method entry, a rule, or both: which keys are allowed where is checked in code.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntrySpec {
+    pub when: Option<Json>,
+    pub reply: Option<Json>,
+    pub error: Option<ErrorSpec>,
+    pub stream: Option<Vec<Json>>,
+    pub echo: Option<Json>,
+    pub rules: Option<Vec<Json>>,
+    pub script: Option<String>,
+    pub function: Option<String>,
+    pub delay_ms: Option<u64>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Builds a handler from a parsed entry that is not a script; scripts are built by the caller.
+pub type ScriptBuilder<'a> =
+    dyn FnMut(&EntrySpec, &Arc<MethodInfo>, &Path) -> Result<Arc<dyn Handler>, String> + 'a;
+
+/// Reads every `*.json` in `dir` and installs the handlers into `table`.
+pub fn load_handlers(
+    dir: &Path,
+    pool: &DescriptorPool,
+    table: &mut HandlerTable,
+    scripts: &mut ScriptBuilder<'_>,
+) -> Result<(), StartupErrors> {
+    let mut errors = StartupErrors::default();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StartupError::Usage(format!(
+                "--handlers {}: no such folder (create it, or point --handlers at the folder with your handler files)",
+                dir.display()
+            ))
+            .into())
+        }
+        Err(e) => return Err(StartupError::io(dir, e).into()),
+    };
+    files.sort();
+    let mut served_by: HashMap<&'static str, PathBuf> = HashMap::new();
+    for file in files {
+        if let Err(mut e) = load_file(&file, pool, table, scripts, &mut served_by) {
+            errors.0.append(&mut e.0);
+        }
+    }
+    errors.into_result(())
+}
+
+fn load_file(
+    file: &Path,
+    pool: &DescriptorPool,
+    table: &mut HandlerTable,
+    scripts: &mut ScriptBuilder<'_>,
+    served_by: &mut HashMap<&'static str, PathBuf>,
+) -> Result<(), StartupErrors> {
+    let text = std::fs::read_to_string(file).map_err(|e| StartupError::io(file, e))?;
+    let parsed: HandlerFile = serde_json::from_str(&text).map_err(|e| StartupError::Handler {
+        location: Location::at(file, e.line(), e.column()),
+        entry: "file".into(),
+        message: e.to_string(),
+        hint: Some(
+            "a handler file is {\"service\": \"pkg.Service\", \"methods\": {\"Method\": {…}}}"
+                .into(),
+        ),
+    })?;
+    let Some(service) = pool.get_service_by_name(&parsed.service) else {
+        let names: Vec<String> = pool.services().map(|s| s.full_name().to_owned()).collect();
+        let (line, col) = locate_key(&text, "service");
+        return Err(StartupError::Handler {
+            location: Location::at(file, line, col),
+            entry: parsed.service.clone(),
+            message: format!(
+                "unknown service \"{}\"{}",
+                parsed.service,
+                did_you_mean(&parsed.service, names.iter().map(String::as_str))
+            ),
+            hint: Some(format!(
+                "services loaded from the protos: {}",
+                names.join(", ")
+            )),
+        }
+        .into());
+    };
+    let mut errors = StartupErrors::default();
+    for (method_name, entry) in &parsed.methods {
+        let (line, col) = locate_key(&text, method_name);
+        let location = Location::at(file, line, col);
+        let entry_name = format!("{}/{}", service.full_name(), method_name);
+        if !service.methods().any(|m| m.name() == method_name) {
+            let names: Vec<String> = service.methods().map(|m| m.name().to_owned()).collect();
+            errors.push(StartupError::Handler {
+                location,
+                entry: entry_name,
+                message: format!(
+                    "{} has no method \"{method_name}\"{}",
+                    service.full_name(),
+                    did_you_mean(method_name, names.iter().map(String::as_str))
+                ),
+                hint: Some(format!(
+                    "add the rpc to the service in the .proto, or use one of: {}",
+                    names.join(", ")
+                )),
+            });
+            continue;
+        }
+        let path = format!("/{entry_name}");
+        let Some(info) = table.info(&path) else {
+            continue;
+        };
+        if let Some(previous) = served_by.get(info.path) {
+            errors.push(StartupError::Handler {
+                location,
+                entry: entry_name,
+                message: format!("already has a handler in {}", previous.display()),
+                hint: Some("keep one handler per method".into()),
+            });
+            continue;
+        }
+        match build_handler(entry, &info, file, scripts) {
+            Ok(handler) => {
+                served_by.insert(info.path, file.to_path_buf());
+                table.set_handler(info.path, handler);
+            }
+            Err(e) => errors.push(StartupError::Handler {
+                location,
+                entry: if e.path.is_empty() {
+                    entry_name
+                } else {
+                    format!("{entry_name}: {}", e.path)
+                },
+                message: e.message,
+                hint: None,
+            }),
+        }
+    }
+    errors.into_result(())
+}
+
+fn build_handler(
+    entry: &Json,
+    info: &Arc<MethodInfo>,
+    file: &Path,
+    scripts: &mut ScriptBuilder<'_>,
+) -> Result<Arc<dyn Handler>, TemplateError> {
+    let spec: EntrySpec = parse_spec(entry, "")?;
+    if spec.when.is_some() {
+        return Err(tmpl_err(
+            "when",
+            "\"when\" belongs inside a rule of \"rules\"",
+        ));
+    }
+    if spec.script.is_some() {
+        if let Some(other) = action_keys(&spec).first() {
+            return Err(tmpl_err(
+                "",
+                &format!("\"script\" cannot be combined with \"{other}\""),
+            ));
+        }
+        return scripts(&spec, info, file).map_err(|m| tmpl_err("script", &m));
+    }
+    if spec.function.is_some() {
+        return Err(tmpl_err("function", "\"function\" goes with \"script\""));
+    }
+    if let Some(rules) = &spec.rules {
+        if let Some(other) = action_keys(&spec).into_iter().find(|k| *k != "rules") {
+            return Err(tmpl_err(
+                "",
+                &format!("\"rules\" cannot be combined with \"{other}\"; put it in a rule"),
+            ));
+        }
+        if rules.is_empty() {
+            return Err(tmpl_err("rules", "give at least one rule"));
+        }
+        let mut compiled = Vec::with_capacity(rules.len());
+        for (i, rule) in rules.iter().enumerate() {
+            let path = format!("rules[{i}]");
+            let spec: EntrySpec = parse_spec(rule, &path)?;
+            if spec.rules.is_some() || spec.script.is_some() || spec.function.is_some() {
+                return Err(tmpl_err(
+                    &path,
+                    "a rule answers with reply, error, stream or echo",
+                ));
+            }
+            let when = spec
+                .when
+                .as_ref()
+                .map(|w| Condition::compile(w, &info.input, &format!("{path}.when")))
+                .transpose()?;
+            compiled.push(Rule {
+                when,
+                action: build_action(&spec, info, &path)?,
+            });
+        }
+        return Ok(Arc::new(Declarative::new(Responder::Rules(compiled))));
+    }
+    Ok(Arc::new(Declarative::new(Responder::Single(build_action(
+        &spec, info, "",
+    )?))))
+}
+
+fn parse_spec(json: &Json, path: &str) -> Result<EntrySpec, TemplateError> {
+    if !json.is_object() {
+        return Err(tmpl_err(
+            path,
+            "an entry is an object such as {\"reply\": {…}}",
+        ));
+    }
+    serde_json::from_value(json.clone()).map_err(|e| tmpl_err(path, &e.to_string()))
+}
+
+fn action_keys(spec: &EntrySpec) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if spec.reply.is_some() {
+        keys.push("reply");
+    }
+    if spec.error.is_some() {
+        keys.push("error");
+    }
+    if spec.stream.is_some() {
+        keys.push("stream");
+    }
+    if spec.echo.is_some() {
+        keys.push("echo");
+    }
+    if spec.rules.is_some() {
+        keys.push("rules");
+    }
+    keys
+}
+
+fn build_action(spec: &EntrySpec, info: &MethodInfo, path: &str) -> Result<Action, TemplateError> {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    let keys = action_keys(spec);
+    let kind = match keys.as_slice() {
+        ["reply"] => ActionKind::Reply(ReplyAction::compile(spec.reply.as_ref().unwrap_or(&Json::Null), info, &join("reply"))?),
+        ["error"] => match &spec.error {
+            Some(e) => ActionKind::Error(ErrorAction::compile(e, info, &join("error"))?),
+            None => unreachable_kind()?,
+        },
+        ["stream"] => ActionKind::Stream(StreamAction::compile(spec.stream.as_deref().unwrap_or_default(), info, &join("stream"))?),
+        ["echo"] => {
+            echo::check(info, &join("echo"))?;
+            ActionKind::Echo
+        }
+        [] => {
+            return Err(tmpl_err(path, "say how to answer: \"reply\", \"error\", \"stream\", \"echo\", \"rules\" or \"script\""))
+        }
+        many => return Err(tmpl_err(path, &format!("choose one of {}", many.join(", ")))),
+    };
+    let headers = parse_metadata(&spec.headers, &join("headers"))?;
+    Ok(Action {
+        kind,
+        delay: spec.delay_ms.map(Duration::from_millis),
+        headers,
+    })
+}
+
+fn unreachable_kind() -> Result<ActionKind, TemplateError> {
+    Err(tmpl_err("", "internal: action kind without its value"))
+}
+
+fn tmpl_err(path: &str, message: &str) -> TemplateError {
+    TemplateError {
+        path: path.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// The 1-based line and column of the first `"key":` in a JSON text, or (0, 0).
+pub fn locate_key(text: &str, key: &str) -> (usize, usize) {
+    let needle = format!("\"{key}\"");
+    let mut from = 0;
+    while let Some(pos) = text[from..].find(&needle) {
+        let at = from + pos;
+        let after = text[at + needle.len()..].trim_start();
+        if after.starts_with(':') {
+            let before = &text[..at];
+            let line = before.matches('\n').count() + 1;
+            let col = at - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            return (line, col);
+        }
+        from = at + needle.len();
+    }
+    (0, 0)
+}

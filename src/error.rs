@@ -1,0 +1,245 @@
+//! Errors, in two families that never mix.
+//!
+//! [`StartupError`] is everything that can be wrong with the files a user wrote (protos, handler
+//! files, scripts, data). Each carries the file and, where known, `line:col`, plus a hint on what to
+//! fix, because the person reading it is editing those files right now.
+//!
+//! [`CallError`] is everything that can go wrong while answering a call. `impl From<CallError> for
+//! tonic::Status` is the one place where a failure becomes a gRPC status, so codes stay consistent.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use tonic::{Code, Status};
+
+/// A place in a user's file: `path:line:col` (1-based, `line`/`col` 0 when unknown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub path: PathBuf,
+    pub line: usize,
+    pub col: usize,
+}
+
+impl Location {
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            line: 0,
+            col: 0,
+        }
+    }
+
+    pub fn at(path: impl Into<PathBuf>, line: usize, col: usize) -> Self {
+        Self {
+            path: path.into(),
+            line,
+            col,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+            if self.col > 0 {
+                write!(f, ":{}", self.col)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What is wrong with the user's files; startup stops on any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{location}: {message}{}", render_detail(.detail))]
+    Proto {
+        location: Location,
+        message: String,
+        detail: Option<String>,
+    },
+
+    #[error("{location}: {entry}: {message}{}", render_hint(.hint))]
+    Handler {
+        location: Location,
+        entry: String,
+        message: String,
+        hint: Option<String>,
+    },
+
+    #[error("{location}: {message}{}", render_hint(.hint))]
+    Script {
+        location: Location,
+        message: String,
+        hint: Option<String>,
+    },
+
+    #[error("{location}: {message}{}", render_hint(.hint))]
+    Data {
+        location: Location,
+        message: String,
+        hint: Option<String>,
+    },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{0}")]
+    Usage(String),
+}
+
+fn render_hint(hint: &Option<String>) -> String {
+    hint.as_ref()
+        .map(|h| format!("\n  help: {h}"))
+        .unwrap_or_default()
+}
+
+fn render_detail(detail: &Option<String>) -> String {
+    detail
+        .as_ref()
+        .map(|d| format!("\n{d}"))
+        .unwrap_or_default()
+}
+
+impl StartupError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// All the startup errors found in one pass, so a user fixes them in one go.
+#[derive(Debug, Default)]
+pub struct StartupErrors(pub Vec<StartupError>);
+
+impl StartupErrors {
+    pub fn push(&mut self, e: StartupError) {
+        self.0.push(e);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_result<T>(self, value: T) -> Result<T, StartupErrors> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
+    }
+}
+
+impl From<StartupError> for StartupErrors {
+    fn from(e: StartupError) -> Self {
+        Self(vec![e])
+    }
+}
+
+impl fmt::Display for StartupErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for StartupErrors {}
+
+/// Why a call failed. Converted to a [`Status`] in exactly one place (below).
+#[derive(Debug)]
+pub enum CallError {
+    /// The method exists in the protos but no handler file serves it.
+    NoHandler { method: &'static str },
+    /// The path names no method of any loaded service.
+    UnknownMethod { path: String },
+    /// A `rules` handler had no rule matching this request.
+    NoRuleMatched { method: &'static str },
+    /// A `script`/`rules`/`error` handler asked for this status on purpose.
+    Deliberate(Status),
+    /// A response that could not be built (a script returned a wrong value, a conversion failed).
+    BadResponse {
+        method: &'static str,
+        message: String,
+    },
+    /// A script failed at run time.
+    Script { message: String },
+    /// The script ran past its instruction or time budget.
+    ScriptBudget {
+        method: &'static str,
+        message: String,
+    },
+    /// The call outlived its deadline.
+    DeadlineExceeded { method: &'static str },
+    /// The client went away.
+    Cancelled,
+    /// An error already expressed as a status (from tonic's decoder, for instance).
+    Transport(Status),
+}
+
+/// tonic reports an over-limit incoming message as OUT_OF_RANGE; gRPC says RESOURCE_EXHAUSTED.
+const DECODE_TOO_LARGE: &str = "Error, decoded message length too large";
+
+/// Rewrites a tonic status that gRPC specifies differently (see [`DECODE_TOO_LARGE`]).
+pub fn normalize_status(status: Status) -> Status {
+    if status.code() == Code::OutOfRange && status.message().starts_with(DECODE_TOO_LARGE) {
+        return Status::resource_exhausted(format!(
+            "{}; raise the server's limit with --max-message-size",
+            status.message()
+        ));
+    }
+    status
+}
+
+/// Same rewrite for a response that tonic already rendered as trailers-only headers.
+pub fn normalize_response_headers(headers: &mut http::HeaderMap) {
+    if headers.get("grpc-status").map(|v| v.as_bytes()) == Some(b"11") {
+        let is_size = headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| m.starts_with("Error,%20decoded%20message%20length%20too%20large"));
+        if is_size {
+            headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        }
+    }
+}
+
+impl From<CallError> for Status {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::NoHandler { method } => Status::unimplemented(format!(
+                "{method} is declared in the protos but has no handler: add an entry for it to a file in handlers/"
+            )),
+            CallError::UnknownMethod { path } => Status::unimplemented(format!(
+                "unknown method {path}: no loaded service declares it"
+            )),
+            CallError::NoRuleMatched { method } => Status::not_found(format!(
+                "no rule of {method} matched the request; add a rule without \"when\" as a fallback"
+            )),
+            CallError::Deliberate(status) => status,
+            CallError::BadResponse { method, message } => {
+                Status::internal(format!("{method}: bad response: {message}"))
+            }
+            CallError::Script { message } => Status::internal(message),
+            CallError::ScriptBudget { method, message } => {
+                Status::resource_exhausted(format!("{method}: {message}"))
+            }
+            CallError::DeadlineExceeded { method } => {
+                Status::deadline_exceeded(format!("{method}: the call's deadline passed"))
+            }
+            CallError::Cancelled => Status::cancelled("the call was cancelled"),
+            CallError::Transport(status) => normalize_status(status),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Dotted paths into a request message (`location.latitude`), resolved to descriptors once.
+//!
+//! Handler files name request fields by text; at startup each name becomes a list of
+//! [`FieldDescriptor`]s, so a request is read by walking descriptors, never by looking names up.
+
+use std::borrow::Cow;
+
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
+
+use crate::suggest::did_you_mean;
+
+/// A resolved path; empty means the whole message.
+#[derive(Debug, Clone)]
+pub struct FieldPath {
+    fields: Vec<FieldDescriptor>,
+    text: String,
+}
+
+impl FieldPath {
+    /// Resolves `text` (`.` for the whole message) against `desc`.
+    pub fn resolve(desc: &MessageDescriptor, text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text == "." {
+            return Ok(Self {
+                fields: Vec::new(),
+                text: ".".into(),
+            });
+        }
+        let mut fields = Vec::new();
+        let mut current = desc.clone();
+        let mut segments = text.split('.').peekable();
+        while let Some(seg) = segments.next() {
+            let field = find_field(&current, seg).ok_or_else(|| {
+                let names = field_names(&current);
+                format!(
+                    "{} has no field \"{seg}\"{}",
+                    current.full_name(),
+                    did_you_mean(seg, names.iter().map(String::as_str))
+                )
+            })?;
+            if segments.peek().is_some() {
+                match field.kind() {
+                    Kind::Message(m) if !field.is_list() && !field.is_map() => current = m,
+                    _ => return Err(format!(
+                        "\"{}\" is not a singular message field, so \"{text}\" cannot go inside it",
+                        field.name()
+                    )),
+                }
+            }
+            fields.push(field);
+        }
+        Ok(Self {
+            fields,
+            text: text.to_owned(),
+        })
+    }
+
+    /// The path as the user wrote it.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The last field, or `None` for the whole message.
+    pub fn last(&self) -> Option<&FieldDescriptor> {
+        self.fields.last()
+    }
+
+    /// Reads the value at this path; unset intermediate messages read as defaults.
+    pub fn read<'a>(&self, msg: &'a DynamicMessage) -> Cow<'a, Value> {
+        let Some((last, parents)) = self.fields.split_last() else {
+            return Cow::Owned(Value::Message(msg.clone()));
+        };
+        let mut current = msg;
+        for f in parents {
+            if !current.has_field(f) {
+                return Cow::Owned(Value::default_value_for_field(last));
+            }
+            match current.get_field(f) {
+                Cow::Borrowed(Value::Message(m)) => current = m,
+                _ => return Cow::Owned(Value::default_value_for_field(last)),
+            }
+        }
+        current.get_field(last)
+    }
+}
+
+/// A field by proto name or by JSON name.
+pub fn find_field(desc: &MessageDescriptor, name: &str) -> Option<FieldDescriptor> {
+    desc.get_field_by_name(name)
+        .or_else(|| desc.get_field_by_json_name(name))
+}
+
+/// The names a user may have meant, for "did you mean" hints.
+pub fn field_names(desc: &MessageDescriptor) -> Vec<String> {
+    desc.fields().map(|f| f.name().to_owned()).collect()
+}
+
+/// A human name for a field's type: `string`, `repeated int32`, `map<string, Foo>`, `routeguide.Point`.
+pub fn type_name(field: &FieldDescriptor) -> String {
+    if field.is_map() {
+        if let Kind::Message(entry) = field.kind() {
+            let k = entry.map_entry_key_field();
+            let v = entry.map_entry_value_field();
+            return format!("map<{}, {}>", kind_name(&k.kind()), kind_name(&v.kind()));
+        }
+    }
+    let base = kind_name(&field.kind());
+    if field.is_list() {
+        format!("repeated {base}")
+    } else {
+        base
+    }
+}
+
+pub fn kind_name(kind: &Kind) -> String {
+    match kind {
+        Kind::Message(m) => m.full_name().to_owned(),
+        Kind::Enum(e) => e.full_name().to_owned(),
+        other => format!("{other:?}").to_ascii_lowercase(),
+    }
+}

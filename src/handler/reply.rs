@@ -1,0 +1,34 @@
+//! `reply`: one response, written as proto3 JSON with `{{field}}` interpolation.
+//!
+//! All the work happens in [`crate::template`] at startup; a call renders the compiled template.
+
+use prost_reflect::DynamicMessage;
+use serde_json::Value as Json;
+
+use super::MethodInfo;
+use crate::codec::Outgoing;
+use crate::error::CallError;
+use crate::template::{ReplyTemplate, TemplateError};
+
+#[derive(Debug)]
+pub struct ReplyAction {
+    template: ReplyTemplate,
+}
+
+impl ReplyAction {
+    pub fn compile(json: &Json, info: &MethodInfo, path: &str) -> Result<Self, TemplateError> {
+        Ok(Self {
+            template: ReplyTemplate::compile(json, &info.input, &info.output, path)?,
+        })
+    }
+
+    pub fn respond(
+        &self,
+        req: &DynamicMessage,
+        method: &'static str,
+    ) -> Result<Outgoing, CallError> {
+        self.template
+            .render(req)
+            .map_err(|message| CallError::BadResponse { method, message })
+    }
+}

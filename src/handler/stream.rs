@@ -1,0 +1,52 @@
+//! `stream`: a list of responses for server-streaming and bidi methods, each one a `reply`
+//! template, sent in order (with `delay_ms` before each, when set).
+
+use prost_reflect::DynamicMessage;
+use serde_json::Value as Json;
+
+use super::MethodInfo;
+use crate::codec::Outgoing;
+use crate::error::CallError;
+use crate::template::{ReplyTemplate, TemplateError};
+
+#[derive(Debug)]
+pub struct StreamAction {
+    items: Vec<ReplyTemplate>,
+}
+
+impl StreamAction {
+    pub fn compile(items: &[Json], info: &MethodInfo, path: &str) -> Result<Self, TemplateError> {
+        if !info.shape.streams_output() {
+            return Err(TemplateError {
+                path: path.to_owned(),
+                message: format!(
+                    "\"stream\" needs a server-streaming or bidi method, and {} is {}; use \"reply\"",
+                    info.name,
+                    info.shape.name()
+                ),
+            });
+        }
+        let items = items
+            .iter()
+            .enumerate()
+            .map(|(i, json)| {
+                ReplyTemplate::compile(json, &info.input, &info.output, &format!("{path}[{i}]"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { items })
+    }
+
+    pub fn respond(
+        &self,
+        req: &DynamicMessage,
+        method: &'static str,
+    ) -> Result<Vec<Outgoing>, CallError> {
+        self.items
+            .iter()
+            .map(|t| {
+                t.render(req)
+                    .map_err(|message| CallError::BadResponse { method, message })
+            })
+            .collect()
+    }
+}

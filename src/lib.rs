@@ -1,0 +1,114 @@
+//! protoserve: a gRPC server for any `.proto`, with no code generation.
+//!
+//! The library does the work; `main.rs` only parses arguments. [`load`] compiles the protos,
+//! reads the handler files and validates everything once; [`serve`] runs the result. Tests and
+//! embedders use the same two calls.
+
+#![forbid(unsafe_code)]
+
+pub mod builtin;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod fieldpath;
+pub mod handler;
+pub mod matcher;
+pub mod router;
+pub mod schema;
+pub mod suggest;
+pub mod template;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use error::{StartupError, StartupErrors};
+use handler::HandlerTable;
+use router::{Limits, Router};
+use schema::Schema;
+
+/// Where the user's files are, and the server's limits.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub protos: Vec<PathBuf>,
+    pub import_paths: Vec<PathBuf>,
+    pub handlers: PathBuf,
+    pub data: PathBuf,
+    pub max_message_size: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            protos: vec![PathBuf::from("protos")],
+            import_paths: Vec::new(),
+            handlers: PathBuf::from("handlers"),
+            data: PathBuf::from("data"),
+            max_message_size: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Everything loaded and validated, ready to serve.
+pub struct Loaded {
+    pub schema: Schema,
+    pub table: HandlerTable,
+    pub options: Options,
+    pub load_time: Duration,
+}
+
+impl Loaded {
+    pub fn service_count(&self) -> usize {
+        self.schema.pool.services().len()
+    }
+
+    pub fn handled_count(&self) -> usize {
+        self.table.iter().filter(|e| e.handler.is_some()).count()
+    }
+}
+
+/// Compiles the protos and builds the handler table; every problem found is reported at once.
+pub fn load(options: Options) -> Result<Loaded, StartupErrors> {
+    let started = Instant::now();
+    let schema = schema::compile(&options.protos, &options.import_paths)?;
+    let mut table = HandlerTable::from_pool(&schema.pool);
+    let mut scripts =
+        |_: &config::EntrySpec, _: &std::sync::Arc<handler::MethodInfo>, _: &std::path::Path| {
+            Err("script handlers are not available in this build".to_owned())
+        };
+    config::load_handlers(&options.handlers, &schema.pool, &mut table, &mut scripts)?;
+    Ok(Loaded {
+        schema,
+        table,
+        options,
+        load_time: started.elapsed(),
+    })
+}
+
+/// Serves `loaded` on `listener` until `shutdown` resolves, then lets in-flight calls finish.
+pub async fn serve(
+    loaded: Loaded,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), StartupError> {
+    let builtins = builtin::services(&loaded.schema).await?;
+    let router = Router::new(
+        &loaded.table,
+        builtins,
+        Limits {
+            max_message_size: loaded.options.max_message_size,
+        },
+    );
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .serve_with_incoming_shutdown(router, incoming, shutdown)
+        .await
+        .map_err(|e| StartupError::Usage(format!("server error: {e}")))
+}
+
+/// Binds `addr`, for callers that want the real port (with `:0`) before serving.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartupError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartupError::Usage(format!("cannot listen on {addr}: {e}")))
+}

@@ -1,0 +1,396 @@
+//! The `when` part of a rule: tests on request fields and request metadata, compiled at startup.
+//!
+//! ```json
+//! "when": {
+//!   "request":  { "id": "42", "name": { "prefix": "A" }, "age": { "gte": 18, "lt": 65 },
+//!                 "location": { "latitude": 0 } },
+//!   "metadata": { "authorization": { "regex": "^Bearer " } }
+//! }
+//! ```
+//! A bare value means equality (parsed as the field's type, so enums match by name); an object of
+//! operators (`equals`, `in`, `prefix`, `suffix`, `contains`, `regex`, `gt`, `gte`, `lt`, `lte`,
+//! `present`) tests the field; any other object descends into a message field. Every test must
+//! hold for the rule to match.
+
+use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, Value};
+use regex::Regex;
+use serde_json::{Map, Value as Json};
+use tonic::metadata::MetadataMap;
+
+use crate::fieldpath::{kind_name, type_name, FieldPath};
+use crate::template::{parse_field_value, TemplateError};
+
+type Result<T> = std::result::Result<T, TemplateError>;
+
+fn err<T>(path: &str, message: impl Into<String>) -> Result<T> {
+    Err(TemplateError {
+        path: path.to_owned(),
+        message: message.into(),
+    })
+}
+
+const OPERATORS: &[&str] = &[
+    "equals", "in", "prefix", "suffix", "contains", "regex", "gt", "gte", "lt", "lte", "present",
+];
+
+/// All the tests of one `when`.
+#[derive(Debug, Clone, Default)]
+pub struct Condition {
+    fields: Vec<(FieldPath, Test)>,
+    metadata: Vec<(String, Test)>,
+}
+
+#[derive(Debug, Clone)]
+enum Test {
+    Equals(Value),
+    In(Vec<Value>),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    Regex(Regex),
+    Range {
+        lower: Option<(f64, bool)>,
+        upper: Option<(f64, bool)>,
+    },
+    Present(bool),
+}
+
+impl Condition {
+    /// Compiles a `when` object for requests of type `input`.
+    pub fn compile(when: &Json, input: &MessageDescriptor, path: &str) -> Result<Self> {
+        let Json::Object(obj) = when else {
+            return err(
+                path,
+                "\"when\" must be an object with \"request\" and/or \"metadata\"",
+            );
+        };
+        let mut cond = Condition::default();
+        for (key, value) in obj {
+            let p = format!("{path}.{key}");
+            match key.as_str() {
+                "request" => {
+                    let Json::Object(fields) = value else {
+                        return err(&p, "\"request\" must be an object of field tests");
+                    };
+                    compile_fields(fields, input, "", &p, &mut cond.fields)?;
+                }
+                "metadata" => {
+                    let Json::Object(keys) = value else {
+                        return err(&p, "\"metadata\" must be an object of header tests");
+                    };
+                    for (name, test) in keys {
+                        let tp = format!("{p}.{name}");
+                        let name = name.to_ascii_lowercase();
+                        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                            return err(&tp, format!("{name:?} is not a valid metadata key"));
+                        }
+                        for t in compile_metadata_test(test, &tp)? {
+                            cond.metadata.push((name.clone(), t));
+                        }
+                    }
+                }
+                other => {
+                    return err(
+                        &p,
+                        format!(
+                            "unknown key {other:?} in \"when\"; use \"request\" or \"metadata\""
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(cond)
+    }
+
+    /// True when every test holds for this request.
+    pub fn matches(&self, req: &DynamicMessage, metadata: &MetadataMap) -> bool {
+        self.fields
+            .iter()
+            .all(|(path, test)| test.check_value(&path.read(req)))
+            && self.metadata.iter().all(|(key, test)| {
+                let value = metadata.get(key.as_str()).and_then(|v| v.to_str().ok());
+                test.check_text(value)
+            })
+    }
+}
+
+fn compile_fields(
+    fields: &Map<String, Json>,
+    root: &MessageDescriptor,
+    prefix: &str,
+    path: &str,
+    out: &mut Vec<(FieldPath, Test)>,
+) -> Result<()> {
+    for (key, value) in fields {
+        let p = format!("{path}.{key}");
+        let full = format!("{prefix}{key}");
+        let fp = FieldPath::resolve(root, &full).map_err(|m| TemplateError {
+            path: p.clone(),
+            message: m,
+        })?;
+        let Some(field) = fp.last().cloned() else {
+            return err(&p, "name a field");
+        };
+        let parent = field.parent_message().clone();
+        match value {
+            Json::Object(obj)
+                if !obj.is_empty() && obj.keys().all(|k| OPERATORS.contains(&k.as_str())) =>
+            {
+                for (op, arg) in obj {
+                    let t = compile_operator(op, arg, &parent, &field, &format!("{p}.{op}"))?;
+                    out.push((fp.clone(), t));
+                }
+            }
+            Json::Object(obj) => {
+                if let Some(bad) = obj.keys().find(|k| OPERATORS.contains(&k.as_str())) {
+                    return err(&p, format!("{bad:?} is an operator; don't mix operators and field names in one object"));
+                }
+                match field.kind() {
+                    Kind::Message(_) if !field.is_list() && !field.is_map() => {
+                        compile_fields(obj, root, &format!("{full}."), &p, out)?;
+                    }
+                    _ => {
+                        let equals = parse_field_value(&parent, &field, value.clone(), &p)?;
+                        out.push((fp, Test::Equals(equals)));
+                    }
+                }
+            }
+            _ => {
+                let equals = parse_field_value(&parent, &field, value.clone(), &p)?;
+                out.push((fp, Test::Equals(equals)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn compile_operator(
+    op: &str,
+    arg: &Json,
+    parent: &MessageDescriptor,
+    field: &prost_reflect::FieldDescriptor,
+    path: &str,
+) -> Result<Test> {
+    let kind = field.kind();
+    let is_text = matches!(kind, Kind::String) && !field.is_list() && !field.is_map();
+    let is_number = !field.is_list()
+        && !field.is_map()
+        && matches!(
+            kind,
+            Kind::Int32
+                | Kind::Int64
+                | Kind::Uint32
+                | Kind::Uint64
+                | Kind::Sint32
+                | Kind::Sint64
+                | Kind::Fixed32
+                | Kind::Fixed64
+                | Kind::Sfixed32
+                | Kind::Sfixed64
+                | Kind::Float
+                | Kind::Double
+        );
+    let text_arg = || {
+        if !is_text {
+            return err(
+                path,
+                format!(
+                    "\"{op}\" works on string fields; \"{}\" is {}",
+                    field.name(),
+                    type_name(field)
+                ),
+            );
+        }
+        arg.as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| TemplateError {
+                path: path.to_owned(),
+                message: format!("\"{op}\" takes a string"),
+            })
+    };
+    let bound = |inclusive: bool| -> Result<Test> {
+        if !is_number {
+            return err(
+                path,
+                format!(
+                    "\"{op}\" works on number fields; \"{}\" is {}",
+                    field.name(),
+                    kind_name(&kind)
+                ),
+            );
+        }
+        let n = arg
+            .as_f64()
+            .or_else(|| arg.as_str().and_then(|s| s.parse().ok()))
+            .ok_or_else(|| TemplateError {
+                path: path.to_owned(),
+                message: format!("\"{op}\" takes a number"),
+            })?;
+        Ok(if op.starts_with('g') {
+            Test::Range {
+                lower: Some((n, inclusive)),
+                upper: None,
+            }
+        } else {
+            Test::Range {
+                lower: None,
+                upper: Some((n, inclusive)),
+            }
+        })
+    };
+    Ok(match op {
+        "equals" => Test::Equals(parse_field_value(parent, field, arg.clone(), path)?),
+        "in" => {
+            let Json::Array(items) = arg else {
+                return err(path, "\"in\" takes an array of values");
+            };
+            let mut values = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                values.push(parse_field_value(
+                    parent,
+                    field,
+                    item.clone(),
+                    &format!("{path}[{i}]"),
+                )?);
+            }
+            Test::In(values)
+        }
+        "prefix" => Test::Prefix(text_arg()?),
+        "suffix" => Test::Suffix(text_arg()?),
+        "contains" => Test::Contains(text_arg()?),
+        "regex" => Test::Regex(compile_regex(&text_arg()?, path)?),
+        "gt" => bound(false)?,
+        "gte" => bound(true)?,
+        "lt" => bound(false)?,
+        "lte" => bound(true)?,
+        "present" => Test::Present(arg.as_bool().ok_or_else(|| TemplateError {
+            path: path.to_owned(),
+            message: "\"present\" takes true or false".into(),
+        })?),
+        _ => return err(path, format!("unknown operator {op:?}")),
+    })
+}
+
+fn compile_metadata_test(test: &Json, path: &str) -> Result<Vec<Test>> {
+    match test {
+        Json::String(s) => Ok(vec![Test::Equals(Value::String(s.clone()))]),
+        Json::Object(ops) => {
+            let mut out = Vec::new();
+            for (op, arg) in ops {
+                let p = format!("{path}.{op}");
+                let text = || {
+                    arg.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| TemplateError {
+                            path: p.clone(),
+                            message: format!("\"{op}\" takes a string"),
+                        })
+                };
+                out.push(match op.as_str() {
+                    "equals" => Test::Equals(Value::String(text()?)),
+                    "prefix" => Test::Prefix(text()?),
+                    "suffix" => Test::Suffix(text()?),
+                    "contains" => Test::Contains(text()?),
+                    "regex" => Test::Regex(compile_regex(&text()?, &p)?),
+                    "present" => Test::Present(arg.as_bool().ok_or_else(|| TemplateError {
+                        path: p.clone(),
+                        message: "\"present\" takes true or false".into(),
+                    })?),
+                    "in" => {
+                        let Json::Array(items) = arg else { return err(&p, "\"in\" takes an array of strings") };
+                        let mut values = Vec::new();
+                        for item in items {
+                            let Some(s) = item.as_str() else { return err(&p, "\"in\" takes an array of strings") };
+                            values.push(Value::String(s.to_owned()));
+                        }
+                        Test::In(values)
+                    }
+                    other => {
+                        return err(&p, format!(
+                            "unknown metadata operator {other:?}; use equals, in, prefix, suffix, contains, regex or present"
+                        ))
+                    }
+                });
+            }
+            Ok(out)
+        }
+        _ => err(
+            path,
+            "a metadata test is a string or an object of operators",
+        ),
+    }
+}
+
+fn compile_regex(pattern: &str, path: &str) -> Result<Regex> {
+    Regex::new(pattern).map_err(|e| TemplateError {
+        path: path.to_owned(),
+        message: format!("invalid regex: {e}"),
+    })
+}
+
+impl Test {
+    fn check_value(&self, value: &Value) -> bool {
+        match self {
+            Test::Equals(v) => value == v,
+            Test::In(vs) => vs.iter().any(|v| v == value),
+            Test::Prefix(p) => value.as_str().is_some_and(|s| s.starts_with(p.as_str())),
+            Test::Suffix(p) => value.as_str().is_some_and(|s| s.ends_with(p.as_str())),
+            Test::Contains(p) => value.as_str().is_some_and(|s| s.contains(p.as_str())),
+            Test::Regex(r) => value.as_str().is_some_and(|s| r.is_match(s)),
+            Test::Range { lower, upper } => {
+                number(value).is_some_and(|n| in_range(n, *lower, *upper))
+            }
+            Test::Present(want) => is_present(value) == *want,
+        }
+    }
+
+    fn check_text(&self, value: Option<&str>) -> bool {
+        match (self, value) {
+            (Test::Present(want), v) => v.is_some() == *want,
+            (_, None) => false,
+            (Test::Equals(Value::String(s)), Some(v)) => v == s,
+            (Test::In(vs), Some(v)) => vs.iter().any(|s| s.as_str() == Some(v)),
+            (Test::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
+            (Test::Suffix(p), Some(v)) => v.ends_with(p.as_str()),
+            (Test::Contains(p), Some(v)) => v.contains(p.as_str()),
+            (Test::Regex(r), Some(v)) => r.is_match(v),
+            _ => false,
+        }
+    }
+}
+
+fn in_range(n: f64, lower: Option<(f64, bool)>, upper: Option<(f64, bool)>) -> bool {
+    let above = lower.is_none_or(|(b, inclusive)| if inclusive { n >= b } else { n > b });
+    let below = upper.is_none_or(|(b, inclusive)| if inclusive { n <= b } else { n < b });
+    above && below
+}
+
+fn number(value: &Value) -> Option<f64> {
+    Some(match value {
+        Value::I32(n) => f64::from(*n),
+        Value::I64(n) => *n as f64,
+        Value::U32(n) => f64::from(*n),
+        Value::U64(n) => *n as f64,
+        Value::F32(n) => f64::from(*n),
+        Value::F64(n) => *n,
+        _ => return None,
+    })
+}
+
+fn is_present(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => *b,
+        Value::I32(n) => *n != 0,
+        Value::I64(n) => *n != 0,
+        Value::U32(n) => *n != 0,
+        Value::U64(n) => *n != 0,
+        Value::F32(n) => *n != 0.0,
+        Value::F64(n) => *n != 0.0,
+        Value::String(s) => !s.is_empty(),
+        Value::Bytes(b) => !b.is_empty(),
+        Value::EnumNumber(n) => *n != 0,
+        Value::Message(m) => m.fields().next().is_some(),
+        Value::List(l) => !l.is_empty(),
+        Value::Map(m) => !m.is_empty(),
+    }
+}

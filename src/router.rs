@@ -1,0 +1,253 @@
+//! The tower [`Service`] that every HTTP/2 request reaches.
+//!
+//! It finds the method's [`MethodEntry`] with one map lookup on the path and drives the call
+//! through `tonic::server::Grpc` in the method's shape, with the [`DynamicCodec`] for its types.
+//! Paths that are no loaded method fall through to the built-in services (reflection, health) by
+//! prefix, then to UNIMPLEMENTED.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream;
+use http::{Request, Response};
+use prost_reflect::DynamicMessage;
+use tonic::body::Body;
+use tonic::codec::CompressionEncoding;
+use tonic::server::Grpc;
+use tonic::{Status, Streaming};
+use tower::util::BoxCloneService;
+use tower::Service;
+
+use crate::codec::{DynamicCodec, Outgoing};
+use crate::error::{normalize_response_headers, CallError};
+use crate::handler::{
+    Call, HandlerTable, MethodEntry, Reply, Requests, ResponseStream, Responses, Shape,
+};
+
+/// A built-in gRPC service (reflection, health), boxed.
+pub type BuiltinService = BoxCloneService<Request<Body>, Response<Body>, Infallible>;
+
+/// Limits applied to every call.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_message_size: usize,
+}
+
+/// The whole server as one service.
+#[derive(Clone)]
+pub struct Router {
+    methods: Arc<HashMap<&'static str, Arc<MethodEntry>>>,
+    builtins: Vec<(&'static str, BuiltinService)>,
+    limits: Limits,
+}
+
+impl Router {
+    pub fn new(
+        table: &HandlerTable,
+        builtins: Vec<(&'static str, BuiltinService)>,
+        limits: Limits,
+    ) -> Self {
+        let methods = table.iter().map(|e| (e.info.path, e.clone())).collect();
+        Self {
+            methods: Arc::new(methods),
+            builtins,
+            limits,
+        }
+    }
+}
+
+impl Service<Request<Body>> for Router {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        if let Some(bad) = check_content_type(&req) {
+            return Box::pin(std::future::ready(Ok(bad)));
+        }
+        let path = req.uri().path();
+        if let Some(entry) = self.methods.get(path) {
+            let entry = entry.clone();
+            let limits = self.limits;
+            return Box::pin(async move { Ok(dispatch(entry, req, limits).await) });
+        }
+        for (prefix, svc) in &mut self.builtins {
+            if path.starts_with(*prefix) {
+                return Box::pin(svc.call(req));
+            }
+        }
+        let status: Status = CallError::UnknownMethod {
+            path: path.to_owned(),
+        }
+        .into();
+        Box::pin(std::future::ready(Ok(status.into_http())))
+    }
+}
+
+/// gRPC requires `content-type: application/grpc[+proto|;…]`; anything else gets HTTP 415.
+fn check_content_type(req: &Request<Body>) -> Option<Response<Body>> {
+    let ct = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.as_bytes());
+    let ok = ct.is_some_and(|ct| {
+        ct.starts_with(b"application/grpc")
+            && matches!(ct.get(16), None | Some(b'+') | Some(b';'))
+            && !ct.starts_with(b"application/grpc+json")
+    });
+    if ok {
+        return None;
+    }
+    let shown = ct
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .unwrap_or_else(|| "none".into());
+    let status = Status::invalid_argument(format!(
+        "content-type {shown:?} is not gRPC; send application/grpc (protobuf encoding)"
+    ));
+    let mut resp = status.into_http::<Body>();
+    *resp.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    Some(resp)
+}
+
+async fn dispatch(entry: Arc<MethodEntry>, req: Request<Body>, limits: Limits) -> Response<Body> {
+    let mut grpc = Grpc::new(DynamicCodec::new(entry.info.input.clone()))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(limits.max_message_size)
+        .max_encoding_message_size(limits.max_message_size);
+    let svc = MethodService(entry.clone());
+    let mut resp = match entry.info.shape {
+        Shape::Unary => grpc.unary(svc, req).await,
+        Shape::ServerStreaming => grpc.server_streaming(svc, req).await,
+        Shape::ClientStreaming => grpc.client_streaming(svc, req).await,
+        Shape::Bidi => grpc.streaming(svc, req).await,
+    };
+    normalize_response_headers(resp.headers_mut());
+    resp
+}
+
+/// Adapts a [`MethodEntry`] to tonic's four service shapes.
+#[derive(Clone)]
+struct MethodService(Arc<MethodEntry>);
+
+impl MethodService {
+    fn run(
+        &self,
+        metadata: tonic::metadata::MetadataMap,
+        requests: Requests,
+    ) -> crate::handler::HandlerFuture {
+        let call = Call {
+            method: self.0.info.clone(),
+            metadata,
+            started: Instant::now(),
+        };
+        match &self.0.handler {
+            Some(h) => h.call(call, requests),
+            None => Box::pin(std::future::ready(Err(CallError::NoHandler {
+                method: self.0.info.name,
+            }))),
+        }
+    }
+}
+
+fn into_response(reply: Reply) -> tonic::Response<ResponseStream> {
+    let stream: ResponseStream = match reply.responses {
+        Responses::One(o) => Box::pin(stream::once(std::future::ready(Ok(o)))),
+        Responses::Stream(s) => s,
+    };
+    let mut resp = tonic::Response::new(stream);
+    *resp.metadata_mut() = reply.headers;
+    resp
+}
+
+type UnaryFuture = Pin<Box<dyn Future<Output = Result<tonic::Response<Outgoing>, Status>> + Send>>;
+type StreamFuture =
+    Pin<Box<dyn Future<Output = Result<tonic::Response<ResponseStream>, Status>> + Send>>;
+
+impl tonic::server::UnaryService<DynamicMessage> for MethodService {
+    type Response = Outgoing;
+    type Future = UnaryFuture;
+
+    fn call(&mut self, request: tonic::Request<DynamicMessage>) -> Self::Future {
+        let (metadata, _, msg) = request.into_parts();
+        let fut = self.run(metadata, Requests::One(msg));
+        let method = self.0.info.name;
+        Box::pin(async move {
+            let reply = fut.await?;
+            let one = match reply.responses {
+                Responses::One(o) => o,
+                Responses::Stream(_) => {
+                    return Err(CallError::BadResponse {
+                        method,
+                        message: "a unary method answers with one message".into(),
+                    }
+                    .into())
+                }
+            };
+            let mut resp = tonic::Response::new(one);
+            *resp.metadata_mut() = reply.headers;
+            Ok(resp)
+        })
+    }
+}
+
+impl tonic::server::ServerStreamingService<DynamicMessage> for MethodService {
+    type Response = Outgoing;
+    type ResponseStream = ResponseStream;
+    type Future = StreamFuture;
+
+    fn call(&mut self, request: tonic::Request<DynamicMessage>) -> Self::Future {
+        let (metadata, _, msg) = request.into_parts();
+        let fut = self.run(metadata, Requests::One(msg));
+        Box::pin(async move { Ok(into_response(fut.await?)) })
+    }
+}
+
+impl tonic::server::ClientStreamingService<DynamicMessage> for MethodService {
+    type Response = Outgoing;
+    type Future = UnaryFuture;
+
+    fn call(&mut self, request: tonic::Request<Streaming<DynamicMessage>>) -> Self::Future {
+        let (metadata, _, msgs) = request.into_parts();
+        let fut = self.run(metadata, Requests::Stream(msgs));
+        let method = self.0.info.name;
+        Box::pin(async move {
+            let reply = fut.await?;
+            let one = match reply.responses {
+                Responses::One(o) => o,
+                Responses::Stream(_) => {
+                    return Err(CallError::BadResponse {
+                        method,
+                        message: "a client-streaming method answers with one message".into(),
+                    }
+                    .into())
+                }
+            };
+            let mut resp = tonic::Response::new(one);
+            *resp.metadata_mut() = reply.headers;
+            Ok(resp)
+        })
+    }
+}
+
+impl tonic::server::StreamingService<DynamicMessage> for MethodService {
+    type Response = Outgoing;
+    type ResponseStream = ResponseStream;
+    type Future = StreamFuture;
+
+    fn call(&mut self, request: tonic::Request<Streaming<DynamicMessage>>) -> Self::Future {
+        let (metadata, _, msgs) = request.into_parts();
+        let fut = self.run(metadata, Requests::Stream(msgs));
+        Box::pin(async move { Ok(into_response(fut.await?)) })
+    }
+}
