@@ -41,10 +41,12 @@ impl FieldPath {
             if segments.peek().is_some() {
                 match field.kind() {
                     Kind::Message(m) if !field.is_list() && !field.is_map() => current = m,
-                    _ => return Err(format!(
+                    _ => {
+                        return Err(format!(
                         "\"{}\" is not a singular message field, so \"{text}\" cannot go inside it",
                         field.name()
-                    )),
+                    ))
+                    }
                 }
             }
             fields.push(field);

@@ -331,7 +331,14 @@ fn compile_field(
 ) -> Result<ValueTemplate> {
     if let Some(text) = value.as_str() {
         if let Some(from) = whole_placeholder(text) {
-            return compile_copy(field, from, input, path, field.is_list(), field.is_map());
+            let target = if field.is_map() {
+                Target::WholeMap
+            } else if field.is_list() {
+                Target::WholeList
+            } else {
+                Target::Single
+            };
+            return compile_copy(field, from, input, path, target);
         }
     }
     if field.is_map() {
@@ -361,7 +368,7 @@ fn compile_field(
             })?;
             let vpath = format!("{path}.{k}");
             let vt = if has_placeholder(v) {
-                compile_single(&value_field, v, input, &entry, &vpath)?
+                compile_single(&value_field, v, input, Target::Single, &vpath)?
             } else {
                 ValueTemplate::Const(parse_field_value(&entry, &value_field, v.clone(), &vpath)?)
             };
@@ -384,7 +391,7 @@ fn compile_field(
         for (i, item) in items.iter().enumerate() {
             let ipath = format!("{path}[{i}]");
             let t = if has_placeholder(item) {
-                compile_single(field, item, input, parent, &ipath)?
+                compile_single(field, item, input, Target::ListItem, &ipath)?
             } else {
                 let list =
                     parse_field_value(parent, field, Json::Array(vec![item.clone()]), &ipath)?;
@@ -397,7 +404,20 @@ fn compile_field(
         }
         return Ok(ValueTemplate::List(out));
     }
-    compile_single(field, value, input, parent, path)
+    compile_single(field, value, input, Target::Single, path)
+}
+
+/// Where a copied value lands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Target {
+    /// A singular field or a map value.
+    Single,
+    /// One item of a repeated field: a copied repeated value of the same type is spliced in.
+    ListItem,
+    /// A whole repeated field.
+    WholeList,
+    /// A whole map field.
+    WholeMap,
 }
 
 /// One value of `field`'s kind (a list item, a map value or a singular field).
@@ -405,14 +425,14 @@ fn compile_single(
     field: &FieldDescriptor,
     value: &Json,
     input: &MessageDescriptor,
-    _parent: &MessageDescriptor,
+    target: Target,
     path: &str,
 ) -> Result<ValueTemplate> {
     let kind = field.kind();
     match value {
         Json::String(text) => {
             if let Some(from) = whole_placeholder(text) {
-                return compile_copy(field, from, input, path, false, false);
+                return compile_copy(field, from, input, path, target);
             }
             let bytes = match kind {
                 Kind::String => false,
@@ -459,8 +479,7 @@ fn compile_copy(
     from: &str,
     input: &MessageDescriptor,
     path: &str,
-    whole_list: bool,
-    whole_map: bool,
+    target: Target,
 ) -> Result<ValueTemplate> {
     let source = FieldPath::resolve(input, from).map_err(|m| TemplateError {
         path: path.to_owned(),
@@ -484,9 +503,13 @@ fn compile_copy(
             ),
         )
     };
+    let whole_list = target == Target::WholeList;
+    let whole_map = target == Target::WholeMap;
+    let spliced = target == Target::ListItem && src_list;
     if whole_list || whole_map || src_list || src_map {
         // Repeated and map values copy only as a whole, into a field of the same type.
-        if whole_list == src_list && whole_map == src_map && same_kind(&src_kind, &to) {
+        let shapes_agree = (whole_list == src_list || spliced) && whole_map == src_map;
+        if shapes_agree && same_kind(&src_kind, &to) {
             return Ok(ValueTemplate::Copy {
                 from: source,
                 conv: Conversion::Same,

@@ -1,0 +1,333 @@
+//! Test support: start the real `protoserve` binary on a loopback port and call it with a
+//! dynamic tonic client (descriptors from protox, messages as JSON).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor};
+use protoserve::codec::{DynamicCodec, Outgoing};
+use serde_json::Value as Json;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    repo().join("tests/fixtures")
+}
+
+/// A running server process; killed on drop.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `protoserve serve --listen 127.0.0.1:0 ARGS…` and waits for its listening line.
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_protoserve"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(repo())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start protoserve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("listening on ") {
+                    let addr = line[i + 13..]
+                        .split(':')
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(":");
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a.parse().expect("listening address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("protoserve did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    /// The repository's own protos, handlers and data.
+    pub fn repo_default() -> Server {
+        Server::start(&[])
+    }
+
+    /// The test fixtures (every shape, most field types).
+    pub fn kitchen() -> Server {
+        let f = fixtures();
+        Server::start(&[
+            "--protos",
+            f.join("protos").to_str().unwrap(),
+            "--handlers",
+            f.join("handlers").to_str().unwrap(),
+        ])
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `protoserve ARGS…` to completion: (exit code, stdout, stderr).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_protoserve"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run protoserve");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Compiles protos the way the server does, for the client side.
+pub fn pool(protos: &Path) -> DescriptorPool {
+    protoserve::schema::compile(&[protos.to_path_buf()], &[])
+        .expect("compile protos")
+        .pool
+}
+
+/// A dynamic gRPC client: methods by full name, messages as proto3 JSON.
+#[derive(Clone)]
+pub struct Client {
+    pub pool: DescriptorPool,
+    pub channel: Channel,
+}
+
+pub type Call<T> = Result<(T, MetadataMap), Status>;
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, pool: DescriptorPool) -> Client {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        Client { pool, channel }
+    }
+
+    pub fn method(&self, name: &str) -> MethodDescriptor {
+        let (service, method) = name.rsplit_once('/').expect("Service/Method");
+        self.pool
+            .get_service_by_name(service)
+            .unwrap_or_else(|| panic!("no service {service}"))
+            .methods()
+            .find(|m| m.name() == method)
+            .unwrap_or_else(|| panic!("no method {name}"))
+    }
+
+    pub fn message(desc: &MessageDescriptor, json: Json) -> DynamicMessage {
+        DynamicMessage::deserialize(desc.clone(), json).expect("request JSON")
+    }
+
+    fn grpc(&self) -> tonic::client::Grpc<Channel> {
+        tonic::client::Grpc::new(self.channel.clone())
+    }
+
+    fn path(name: &str) -> http::uri::PathAndQuery {
+        format!("/{name}").parse().unwrap()
+    }
+
+    pub async fn unary(&self, name: &str, json: Json) -> Result<Json, Status> {
+        self.unary_with(name, json, MetadataMap::new())
+            .await
+            .map(|(j, _)| j)
+    }
+
+    pub async fn unary_with(&self, name: &str, json: Json, md: MetadataMap) -> Call<Json> {
+        let m = self.method(name);
+        let mut req = Request::new(Outgoing::Message(Self::message(&m.input(), json)));
+        *req.metadata_mut() = md;
+        let mut grpc = self.grpc();
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let resp = grpc
+            .unary(req, Self::path(name), DynamicCodec::new(m.output()))
+            .await?;
+        let (md, msg, _) = resp.into_parts();
+        Ok((to_json(&msg), md))
+    }
+
+    pub async fn server_stream(&self, name: &str, json: Json) -> Result<Vec<Json>, Status> {
+        let m = self.method(name);
+        let req = Request::new(Outgoing::Message(Self::message(&m.input(), json)));
+        let mut grpc = self.grpc();
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut stream = grpc
+            .server_streaming(req, Self::path(name), DynamicCodec::new(m.output()))
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.message().await? {
+            out.push(to_json(&msg));
+        }
+        Ok(out)
+    }
+
+    pub async fn client_stream(&self, name: &str, items: Vec<Json>) -> Result<Json, Status> {
+        let m = self.method(name);
+        let input = m.input();
+        let msgs: Vec<Outgoing> = items
+            .into_iter()
+            .map(|j| Outgoing::Message(Self::message(&input, j)))
+            .collect();
+        let mut grpc = self.grpc();
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let resp = grpc
+            .client_streaming(
+                Request::new(futures_util::stream::iter(msgs)),
+                Self::path(name),
+                DynamicCodec::new(m.output()),
+            )
+            .await?;
+        Ok(to_json(resp.get_ref()))
+    }
+
+    /// Sends all `items`, then collects responses until the stream ends or fails.
+    pub async fn bidi(&self, name: &str, items: Vec<Json>) -> (Vec<Json>, Option<Status>) {
+        let m = self.method(name);
+        let input = m.input();
+        let msgs: Vec<Outgoing> = items
+            .into_iter()
+            .map(|j| Outgoing::Message(Self::message(&input, j)))
+            .collect();
+        let mut grpc = self.grpc();
+        if let Err(e) = grpc.ready().await {
+            return (Vec::new(), Some(Status::unavailable(e.to_string())));
+        }
+        let resp = grpc
+            .streaming(
+                Request::new(futures_util::stream::iter(msgs)),
+                Self::path(name),
+                DynamicCodec::new(m.output()),
+            )
+            .await;
+        let mut stream = match resp {
+            Ok(r) => r.into_inner(),
+            Err(s) => return (Vec::new(), Some(s)),
+        };
+        let mut out = Vec::new();
+        loop {
+            match stream.message().await {
+                Ok(Some(msg)) => out.push(to_json(&msg)),
+                Ok(None) => return (out, None),
+                Err(s) => return (out, Some(s)),
+            }
+        }
+    }
+
+    /// A unary call whose body is `raw` bytes, framed but otherwise untouched.
+    pub async fn raw_unary(&self, path: &str, raw: Bytes) -> Result<Bytes, Status> {
+        let mut grpc = self.grpc();
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let resp = grpc
+            .unary(Request::new(raw), path.parse().unwrap(), RawCodec)
+            .await?;
+        Ok(resp.into_inner())
+    }
+}
+
+pub fn to_json(msg: &DynamicMessage) -> Json {
+    serde_json::to_value(msg).expect("response to JSON")
+}
+
+/// A codec that sends and receives bytes as they are.
+#[derive(Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}

@@ -1,0 +1,256 @@
+//! The repository as shipped: Greeter answers like the tutorial, RouteGuide is listed, reflection
+//! and health work.
+
+mod common;
+
+use common::{repo, Client, Server};
+use serde_json::json;
+use tonic::Code;
+
+#[tokio::test]
+async fn greeter_answers_like_the_tutorial() {
+    let server = Server::repo_default();
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    let r = client
+        .unary("helloworld.Greeter/SayHello", json!({"name": "you"}))
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"message": "Hello, you!"}));
+    let r = client
+        .unary("helloworld.Greeter/SayHelloAgain", json!({"name": "you"}))
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"message": "Hello again, you!"}));
+    let r = client
+        .unary("helloworld.Greeter/SayHello", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"message": "Hello, !"}));
+    let r = client
+        .unary("helloworld.Greeter/SayHello", json!({"name": "Zoë 🌍"}))
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"message": "Hello, Zoë 🌍!"}));
+}
+
+#[tokio::test]
+async fn gzip_is_accepted_and_offered() {
+    let server = Server::repo_default();
+    let pool = common::pool(&repo().join("protos"));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let method = pool
+        .get_service_by_name("helloworld.Greeter")
+        .unwrap()
+        .methods()
+        .next()
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    grpc.ready().await.unwrap();
+    let name = "x".repeat(10_000);
+    let req = Client::message(&method.input(), json!({ "name": name }));
+    let resp = grpc
+        .unary(
+            tonic::Request::new(protoserve::codec::Outgoing::Message(req)),
+            "/helloworld.Greeter/SayHello".parse().unwrap(),
+            protoserve::codec::DynamicCodec::new(method.output()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        common::to_json(resp.get_ref())["message"],
+        json!(format!("Hello, {name}!"))
+    );
+}
+
+#[tokio::test]
+async fn route_guide_is_served_or_unimplemented_with_a_clear_message() {
+    let server = Server::repo_default();
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    match client
+        .unary(
+            "routeguide.RouteGuide/GetFeature",
+            json!({"latitude": 1, "longitude": 2}),
+        )
+        .await
+    {
+        Ok(feature) => assert_eq!(feature["location"], json!({"latitude": 1, "longitude": 2})),
+        Err(status) => {
+            assert_eq!(status.code(), Code::Unimplemented);
+            assert!(
+                status
+                    .message()
+                    .contains("routeguide.RouteGuide/GetFeature"),
+                "{status:?}"
+            );
+            assert!(status.message().contains("no handler"), "{status:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn unknown_method_is_unimplemented() {
+    let server = Server::repo_default();
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    let err = client
+        .raw_unary("/helloworld.Greeter/SayGoodbye", bytes::Bytes::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(
+        err.message().contains("/helloworld.Greeter/SayGoodbye"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn health_reports_serving_for_every_service() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let server = Server::repo_default();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in ["", "helloworld.Greeter", "routeguide.RouteGuide"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, ServingStatus::Serving as i32, "{service}");
+    }
+    let err = health
+        .check(HealthCheckRequest {
+            service: "no.Such".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn reflection_resolves_greeter_in_v1_and_v1alpha() {
+    use prost::Message;
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let server = Server::repo_default();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel.clone());
+    let ask = |req: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(req),
+    };
+    let requests = vec![
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(
+            "helloworld.Greeter".into(),
+        )),
+    ];
+    let mut responses = client
+        .server_reflection_info(futures_util::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list")
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for want in [
+        "helloworld.Greeter",
+        "routeguide.RouteGuide",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected file descriptors")
+    };
+    let file = prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice())
+        .unwrap();
+    assert_eq!(file.package(), "helloworld");
+    let greeter = &file.service[0];
+    assert_eq!(greeter.name(), "Greeter");
+    let methods: Vec<_> = greeter
+        .method
+        .iter()
+        .map(|m| (m.name(), m.input_type()))
+        .collect();
+    assert!(
+        methods.contains(&("SayHello", ".helloworld.HelloRequest")),
+        "{methods:?}"
+    );
+    assert!(
+        methods.contains(&("SayHelloAgain", ".helloworld.HelloRequest")),
+        "{methods:?}"
+    );
+
+    use tonic_reflection::pb::v1alpha::{
+        server_reflection_client::ServerReflectionClient as AlphaClient,
+        server_reflection_request::MessageRequest as AlphaRequest,
+        server_reflection_response::MessageResponse as AlphaResponse,
+        ServerReflectionRequest as AlphaReflectionRequest,
+    };
+    let mut alpha = AlphaClient::new(channel);
+    let mut responses = alpha
+        .server_reflection_info(futures_util::stream::iter(vec![AlphaReflectionRequest {
+            host: String::new(),
+            message_request: Some(AlphaRequest::FileContainingSymbol(
+                "helloworld.Greeter".into(),
+            )),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(AlphaResponse::FileDescriptorResponse(files)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected file descriptors from v1alpha")
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_calls_finish() {
+    let f = common::fixtures();
+    let server = Server::start(&[
+        "--protos",
+        f.join("protos").to_str().unwrap(),
+        "--handlers",
+        f.join("handlers").to_str().unwrap(),
+    ]);
+    let client = Client::connect(server.addr, common::pool(&f.join("protos"))).await;
+    // List sends three messages 20 ms apart; stop the server while it is answering.
+    let call = tokio::spawn(async move {
+        client
+            .server_stream("kitchen.Kitchen/List", json!({"id": "s"}))
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    let items = call.await.unwrap().expect("in-flight call completes");
+    assert_eq!(items.len(), 3);
+    assert!(status.success(), "exit status {status:?}");
+}

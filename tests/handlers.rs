@@ -1,0 +1,270 @@
+//! Every declarative handler kind across the four call shapes, against the real binary.
+
+mod common;
+
+use common::{fixtures, Client, Server};
+use serde_json::json;
+use tonic::metadata::MetadataMap;
+use tonic::Code;
+
+async fn kitchen() -> (Server, Client) {
+    let server = Server::kitchen();
+    let client = Client::connect(server.addr, common::pool(&fixtures().join("protos"))).await;
+    (server, client)
+}
+
+#[tokio::test]
+async fn reply_interpolates_copies_and_converts() {
+    let (_s, client) = kitchen().await;
+    let (r, md) = client
+        .unary_with(
+            "kitchen.Kitchen/Get",
+            json!({"id": "7", "limit": 3, "name": "pan", "color": "GREEN", "tags": ["x", "y"],
+                   "inner": {"x": 9, "label": "lid"}}),
+            MetadataMap::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        json!({
+            "id": "item-7",
+            "count": "3",
+            "color": "GREEN",
+            "tags": ["fixed", "pan", "x", "y"],
+            "attrs": {"limit": 3, "one": 1},
+            "inner": {"x": 9, "label": "lid"},
+            "inners": [{"x": 7, "label": "lid"}],
+            "price": 2.5,
+            "ok": true,
+            "at": "2024-01-02T03:04:05Z",
+            "a": "9 of pan",
+            "big": "18446744073709551615"
+        })
+    );
+    assert_eq!(md.get("x-kind").unwrap(), "reply");
+}
+
+#[tokio::test]
+async fn empty_messages_and_well_known_types() {
+    let (_s, client) = kitchen().await;
+    assert_eq!(
+        client
+            .unary("kitchen.Kitchen/Nothing", json!({}))
+            .await
+            .unwrap(),
+        json!({})
+    );
+}
+
+#[tokio::test]
+async fn rules_match_fields_metadata_and_fall_through() {
+    let (_s, client) = kitchen().await;
+    let lookup = |j| client.unary("kitchen.Kitchen/Lookup", j);
+    assert_eq!(
+        lookup(json!({"id": "42"})).await.unwrap()["id"],
+        "the answer"
+    );
+    assert_eq!(
+        lookup(json!({"id": "x", "name": "Ada", "limit": 10}))
+            .await
+            .unwrap()["id"],
+        "prefix+range"
+    );
+    // limit 20 is outside [10, 20): falls through to later rules.
+    let err = lookup(json!({"id": "x", "name": "Ada", "limit": 20}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("kitchen.Kitchen/Lookup"), "{err:?}");
+    assert_eq!(
+        lookup(json!({"id": "x", "name": "zzz"})).await.unwrap()["id"],
+        "regex"
+    );
+    assert_eq!(
+        lookup(json!({"id": "x", "inner": {"label": "a mid b"}}))
+            .await
+            .unwrap()["id"],
+        "nested contains"
+    );
+    assert_eq!(
+        lookup(json!({"id": "x", "color": "GREEN"})).await.unwrap()["id"],
+        "enum by name"
+    );
+    assert_eq!(
+        lookup(json!({"id": "2"})).await.unwrap()["id"],
+        "one or two"
+    );
+
+    let mut md = MetadataMap::new();
+    md.insert("authorization", "Bearer bad".parse().unwrap());
+    let err = client
+        .unary_with("kitchen.Kitchen/Lookup", json!({"id": "x"}), md)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(err.message(), "bad token");
+
+    let mut md = MetadataMap::new();
+    md.insert("x-tenant", "b".parse().unwrap());
+    let (r, _) = client
+        .unary_with("kitchen.Kitchen/Lookup", json!({"id": "t1"}), md)
+        .await
+        .unwrap();
+    assert_eq!(r["id"], "tenant t1");
+
+    let err = lookup(json!({})).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.message(), "no id");
+}
+
+#[tokio::test]
+async fn error_sets_code_message_and_trailers() {
+    let (_s, client) = kitchen().await;
+    let err = client
+        .unary("kitchen.Kitchen/Fail", json!({"id": "9"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.message(), "no item 9");
+    assert_eq!(err.metadata().get("retry-after").unwrap(), "5");
+    assert_eq!(
+        err.metadata()
+            .get_bin("trace-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .as_ref(),
+        b"raw"
+    );
+}
+
+#[tokio::test]
+async fn stream_sends_every_message_with_delay() {
+    let (_s, client) = kitchen().await;
+    let started = std::time::Instant::now();
+    let items = client
+        .server_stream("kitchen.Kitchen/List", json!({"id": "p"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        items,
+        vec![
+            json!({"id": "p-1", "count": "1"}),
+            json!({"id": "p-2", "count": "2"}),
+            json!({"id": "p-3", "count": "3"})
+        ]
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn rules_on_server_streaming_choose_stream_or_single() {
+    let (_s, client) = kitchen().await;
+    let many = client
+        .server_stream("kitchen.Kitchen/Pick", json!({"limit": 1}))
+        .await
+        .unwrap();
+    assert_eq!(many, vec![json!({"id": "a"}), json!({"id": "b"})]);
+    let one = client
+        .server_stream("kitchen.Kitchen/Pick", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(one, vec![json!({"id": "single"})]);
+}
+
+#[tokio::test]
+async fn client_streaming_answers_from_the_last_message() {
+    let (_s, client) = kitchen().await;
+    let r = client
+        .client_stream(
+            "kitchen.Kitchen/Collect",
+            vec![
+                json!({"id": "a", "limit": 1}),
+                json!({"id": "b", "limit": 2}),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"id": "last=b", "count": "2"}));
+    let r = client
+        .client_stream("kitchen.Kitchen/Collect", vec![])
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"id": "last="}));
+}
+
+#[tokio::test]
+async fn bidi_answers_each_message_and_stops_at_an_error() {
+    let (_s, client) = kitchen().await;
+    let (items, status) = client
+        .bidi(
+            "kitchen.Kitchen/Chat",
+            vec![
+                json!({"id": "1"}),
+                json!({"id": "2", "limit": 2}),
+                json!({"id": "stop"}),
+                json!({"id": "never"}),
+            ],
+        )
+        .await;
+    assert_eq!(
+        items,
+        vec![
+            json!({"id": "re:1"}),
+            json!({"id": "2.a"}),
+            json!({"id": "2.b"})
+        ]
+    );
+    let status = status.expect("ends with the rule's error");
+    assert_eq!(status.code(), Code::Aborted);
+    assert_eq!(status.message(), "stopped at stop");
+}
+
+#[tokio::test]
+async fn echo_in_every_shape() {
+    let (_s, client) = kitchen().await;
+    let item = json!({"id": "e", "count": "5", "tags": ["a"], "attrs": {"k": 1}, "blob": "AAEC",
+                      "inner": {"x": 1}, "b": 4, "big": "123"});
+    assert_eq!(
+        client
+            .unary("kitchen.Kitchen/Echo", item.clone())
+            .await
+            .unwrap(),
+        item
+    );
+    assert_eq!(
+        client
+            .server_stream("kitchen.Kitchen/EchoServer", item.clone())
+            .await
+            .unwrap(),
+        vec![item.clone()]
+    );
+    let two = vec![item.clone(), json!({"id": "f"})];
+    assert_eq!(
+        client
+            .client_stream("kitchen.Kitchen/EchoClient", two.clone())
+            .await
+            .unwrap(),
+        json!({"id": "f"})
+    );
+    let (got, status) = client.bidi("kitchen.Kitchen/EchoStream", two.clone()).await;
+    assert!(status.is_none(), "{status:?}");
+    assert_eq!(got, two);
+}
+
+#[tokio::test]
+async fn method_without_handler_is_unimplemented_and_named() {
+    let (_s, client) = kitchen().await;
+    let err = client
+        .unary("kitchen.Kitchen/Missing", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("kitchen.Kitchen/Missing"), "{err:?}");
+    assert!(err.message().contains("no handler"), "{err:?}");
+}
