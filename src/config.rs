@@ -99,7 +99,7 @@ fn load_file(
     let text = std::fs::read_to_string(file).map_err(|e| StartupError::io(file, e))?;
     let parsed: HandlerFile = serde_json::from_str(&text).map_err(|e| StartupError::Handler {
         location: Location::at(file, e.line(), e.column()),
-        entry: "file".into(),
+        entry: String::new(),
         message: e.to_string(),
         hint: Some(
             "a handler file is {\"service\": \"pkg.Service\", \"methods\": {\"Method\": {…}}}"
@@ -236,9 +236,10 @@ fn build_handler(
         }
         return Ok(Arc::new(Declarative::new(Responder::Rules(compiled))));
     }
-    Ok(Arc::new(Declarative::new(Responder::Single(build_action(
-        &spec, info, "",
-    )?))))
+    let action = build_action(&spec, info, "")?;
+    Ok(Arc::new(Declarative::new(Responder::Single(Box::new(
+        action,
+    )))))
 }
 
 fn parse_spec(json: &Json, path: &str) -> Result<EntrySpec, TemplateError> {

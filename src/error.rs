@@ -61,7 +61,7 @@ pub enum StartupError {
         detail: Option<String>,
     },
 
-    #[error("{location}: {entry}: {message}{}", render_hint(.hint))]
+    #[error("{location}: {}{message}{}", render_entry(.entry), render_hint(.hint))]
     Handler {
         location: Location,
         entry: String,
@@ -97,6 +97,14 @@ fn render_hint(hint: &Option<String>) -> String {
     hint.as_ref()
         .map(|h| format!("\n  help: {h}"))
         .unwrap_or_default()
+}
+
+fn render_entry(entry: &str) -> String {
+    if entry.is_empty() {
+        String::new()
+    } else {
+        format!("{entry}: ")
+    }
 }
 
 fn render_detail(detail: &Option<String>) -> String {
@@ -204,13 +212,14 @@ pub fn normalize_status(status: Status) -> Status {
 
 /// Same rewrite for a response that tonic already rendered as trailers-only headers.
 pub fn normalize_response_headers(headers: &mut http::HeaderMap) {
-    if headers.get("grpc-status").map(|v| v.as_bytes()) == Some(b"11") {
-        let is_size = headers
-            .get("grpc-message")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|m| m.starts_with("Error,%20decoded%20message%20length%20too%20large"));
-        if is_size {
-            headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    // Successful responses carry no grpc-status header: one lookup and out.
+    if headers.get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
+        return;
+    }
+    if let Some(status) = Status::from_header_map(headers) {
+        let normalized = normalize_status(status);
+        if normalized.code() != Code::OutOfRange {
+            let _ = normalized.add_header(headers);
         }
     }
 }

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
-use futures_util::stream;
+use futures_util::{stream, StreamExt};
 use http::{Request, Response};
 use prost_reflect::DynamicMessage;
 use tonic::body::Body;
@@ -125,7 +125,7 @@ async fn dispatch(entry: Arc<MethodEntry>, req: Request<Body>, limits: Limits) -
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(limits.max_message_size)
         .max_encoding_message_size(limits.max_message_size);
-    let svc = MethodService(entry.clone());
+    let svc = MethodService(entry.clone(), limits.max_message_size);
     let mut resp = match entry.info.shape {
         Shape::Unary => grpc.unary(svc, req).await,
         Shape::ServerStreaming => grpc.server_streaming(svc, req).await,
@@ -138,7 +138,7 @@ async fn dispatch(entry: Arc<MethodEntry>, req: Request<Body>, limits: Limits) -
 
 /// Adapts a [`MethodEntry`] to tonic's four service shapes.
 #[derive(Clone)]
-struct MethodService(Arc<MethodEntry>);
+struct MethodService(Arc<MethodEntry>, usize);
 
 impl MethodService {
     fn run(
@@ -160,10 +160,25 @@ impl MethodService {
     }
 }
 
-fn into_response(reply: Reply) -> tonic::Response<ResponseStream> {
+/// gRPC answers an over-limit outgoing message with RESOURCE_EXHAUSTED (tonic's own check says
+/// OUT_OF_RANGE, and only after encoding), so the size is checked before the message leaves.
+fn check_size(msg: Outgoing, limit: usize) -> Result<Outgoing, Status> {
+    let len = match &msg {
+        Outgoing::Encoded(b) => b.len(),
+        Outgoing::Message(m) => prost::Message::encoded_len(m),
+    };
+    if len > limit {
+        return Err(Status::resource_exhausted(format!(
+            "the response is {len} bytes, over the limit of {limit} bytes; raise it with --max-message-size"
+        )));
+    }
+    Ok(msg)
+}
+
+fn into_response(reply: Reply, limit: usize) -> tonic::Response<ResponseStream> {
     let stream: ResponseStream = match reply.responses {
-        Responses::One(o) => Box::pin(stream::once(std::future::ready(Ok(o)))),
-        Responses::Stream(s) => s,
+        Responses::One(o) => Box::pin(stream::once(std::future::ready(check_size(o, limit)))),
+        Responses::Stream(s) => Box::pin(s.map(move |r| r.and_then(|o| check_size(o, limit)))),
     };
     let mut resp = tonic::Response::new(stream);
     *resp.metadata_mut() = reply.headers;
@@ -182,6 +197,7 @@ impl tonic::server::UnaryService<DynamicMessage> for MethodService {
         let (metadata, _, msg) = request.into_parts();
         let fut = self.run(metadata, Requests::One(msg));
         let method = self.0.info.name;
+        let limit = self.1;
         Box::pin(async move {
             let reply = fut.await?;
             let one = match reply.responses {
@@ -194,7 +210,7 @@ impl tonic::server::UnaryService<DynamicMessage> for MethodService {
                     .into())
                 }
             };
-            let mut resp = tonic::Response::new(one);
+            let mut resp = tonic::Response::new(check_size(one, limit)?);
             *resp.metadata_mut() = reply.headers;
             Ok(resp)
         })
@@ -209,7 +225,8 @@ impl tonic::server::ServerStreamingService<DynamicMessage> for MethodService {
     fn call(&mut self, request: tonic::Request<DynamicMessage>) -> Self::Future {
         let (metadata, _, msg) = request.into_parts();
         let fut = self.run(metadata, Requests::One(msg));
-        Box::pin(async move { Ok(into_response(fut.await?)) })
+        let limit = self.1;
+        Box::pin(async move { Ok(into_response(fut.await?, limit)) })
     }
 }
 
@@ -221,6 +238,7 @@ impl tonic::server::ClientStreamingService<DynamicMessage> for MethodService {
         let (metadata, _, msgs) = request.into_parts();
         let fut = self.run(metadata, Requests::Stream(msgs));
         let method = self.0.info.name;
+        let limit = self.1;
         Box::pin(async move {
             let reply = fut.await?;
             let one = match reply.responses {
@@ -233,7 +251,7 @@ impl tonic::server::ClientStreamingService<DynamicMessage> for MethodService {
                     .into())
                 }
             };
-            let mut resp = tonic::Response::new(one);
+            let mut resp = tonic::Response::new(check_size(one, limit)?);
             *resp.metadata_mut() = reply.headers;
             Ok(resp)
         })
@@ -248,6 +266,7 @@ impl tonic::server::StreamingService<DynamicMessage> for MethodService {
     fn call(&mut self, request: tonic::Request<Streaming<DynamicMessage>>) -> Self::Future {
         let (metadata, _, msgs) = request.into_parts();
         let fut = self.run(metadata, Requests::Stream(msgs));
-        Box::pin(async move { Ok(into_response(fut.await?)) })
+        let limit = self.1;
+        Box::pin(async move { Ok(into_response(fut.await?, limit)) })
     }
 }

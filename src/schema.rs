@@ -32,7 +32,7 @@ pub fn compile(proto_dirs: &[PathBuf], import_paths: &[PathBuf]) -> Result<Schem
                 dir.display()
             )));
         }
-        collect_protos(dir, dir, &mut files)?;
+        collect_protos(dir, &mut files)?;
     }
     files.sort();
     files.dedup();
@@ -42,12 +42,25 @@ pub fn compile(proto_dirs: &[PathBuf], import_paths: &[PathBuf]) -> Result<Schem
         .chain(import_paths.iter())
         .map(PathBuf::as_path)
         .collect();
-    let mut compiler = protox::Compiler::new(includes).map_err(|e| proto_error(&e, None))?;
+    let on_disk = |mut e: StartupError| {
+        if let StartupError::Proto { location, .. } = &mut e {
+            if let Some(path) = includes
+                .iter()
+                .map(|d| d.join(&location.path))
+                .find(|p| p.is_file())
+            {
+                location.path = path;
+            }
+        }
+        e
+    };
+    let mut compiler = protox::Compiler::new(includes.iter().copied())
+        .map_err(|e| on_disk(proto_error(&e, None)))?;
     compiler.include_imports(true).include_source_info(true);
     for file in &files {
         compiler
             .open_file(file)
-            .map_err(|e| proto_error(&e, Some(file)))?;
+            .map_err(|e| on_disk(proto_error(&e, Some(file))))?;
     }
     let encoded = compiler.file_descriptor_set().encode_to_vec();
     let pool = DescriptorPool::decode(encoded.as_slice()).map_err(|e| StartupError::Proto {
@@ -71,7 +84,7 @@ pub fn compile(proto_dirs: &[PathBuf], import_paths: &[PathBuf]) -> Result<Schem
     })
 }
 
-fn collect_protos(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), StartupError> {
+fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), StartupError> {
     let entries = std::fs::read_dir(dir).map_err(|e| StartupError::io(dir, e))?;
     let mut paths: Vec<PathBuf> = entries
         .map(|e| {
@@ -82,7 +95,7 @@ fn collect_protos(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(),
     paths.sort();
     for path in paths {
         if path.is_dir() {
-            collect_protos(root, &path, out)?;
+            collect_protos(&path, out)?;
         } else if path.extension().is_some_and(|e| e == "proto") {
             out.push(path);
         }

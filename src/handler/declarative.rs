@@ -81,7 +81,7 @@ impl Outcome {
 /// A single action, or rules choosing one.
 #[derive(Debug)]
 pub enum Responder {
-    Single(Action),
+    Single(Box<Action>),
     Rules(Vec<Rule>),
 }
 

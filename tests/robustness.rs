@@ -1,0 +1,160 @@
+//! Bad requests get the right status with a useful message, and the server keeps serving.
+
+mod common;
+
+use bytes::Bytes;
+use common::{repo, Client, Server};
+use serde_json::json;
+use tonic::Code;
+use tower::ServiceExt;
+
+async fn still_serves(client: &Client) {
+    let r = client
+        .unary("helloworld.Greeter/SayHello", json!({"name": "again"}))
+        .await
+        .unwrap();
+    assert_eq!(r["message"], "Hello, again!");
+}
+
+#[tokio::test]
+async fn garbage_bytes_are_invalid_argument() {
+    let server = Server::repo_default();
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    for garbage in [
+        &[0xff, 0xff, 0xff][..],
+        &[0x0a, 0x10, b'a'][..],
+        &[0x0b][..],
+    ] {
+        let err = client
+            .raw_unary(
+                "/helloworld.Greeter/SayHello",
+                Bytes::copy_from_slice(garbage),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{garbage:?}: {err:?}");
+        assert!(err.message().contains("helloworld.HelloRequest"), "{err:?}");
+    }
+    still_serves(&client).await;
+}
+
+#[tokio::test]
+async fn oversize_messages_are_resource_exhausted() {
+    let server = Server::start(&["--max-message-size", "1024"]);
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    let err = client
+        .unary(
+            "helloworld.Greeter/SayHello",
+            json!({"name": "x".repeat(2000)}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("--max-message-size"), "{err:?}");
+    // The request fits but the reply ("Hello, …!") would not.
+    let err = client
+        .unary(
+            "helloworld.Greeter/SayHello",
+            json!({"name": "y".repeat(1015)}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    still_serves(&client).await;
+}
+
+#[tokio::test]
+async fn default_limit_is_4_mib() {
+    let server = Server::repo_default();
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    let r = client
+        .unary(
+            "helloworld.Greeter/SayHello",
+            json!({"name": "z".repeat(3 * 1024 * 1024)}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["message"].as_str().unwrap().len(), 3 * 1024 * 1024 + 8);
+    let err = client
+        .unary(
+            "helloworld.Greeter/SayHello",
+            json!({"name": "z".repeat(4 * 1024 * 1024 + 1)}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+}
+
+#[tokio::test]
+async fn wrong_content_type_is_refused_with_415() {
+    let server = Server::repo_default();
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    for content_type in [
+        Some("text/plain"),
+        Some("application/grpc-web"),
+        Some("application/json"),
+        None,
+    ] {
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{}/helloworld.Greeter/SayHello",
+                server.addr
+            ))
+            .header("te", "trailers");
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let req = req.body(tonic::body::Body::empty()).unwrap();
+        let resp = client.channel.clone().oneshot(req).await.unwrap();
+        assert_eq!(
+            resp.status(),
+            http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type:?}"
+        );
+        let message = resp
+            .headers()
+            .get("grpc-message")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(message.contains("application/grpc"), "{message}");
+    }
+    still_serves(&client).await;
+}
+
+#[tokio::test]
+async fn truncated_frames_and_resets_do_not_hurt_the_server() {
+    let server = Server::repo_default();
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    // A frame header promising 100 bytes followed by 3.
+    let body = Bytes::from_static(&[0, 0, 0, 0, 100, 1, 2, 3]);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/helloworld.Greeter/SayHello",
+            server.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(body)))
+        .unwrap();
+    let resp = client.channel.clone().oneshot(req).await.unwrap();
+    let status = tonic::Status::from_header_map(resp.headers()).map(|s| s.code());
+    let trailers = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .ok()
+        .and_then(|c| c.trailers().cloned());
+    let code = status.or_else(|| {
+        trailers
+            .as_ref()
+            .and_then(tonic::Status::from_header_map)
+            .map(|s| s.code())
+    });
+    assert!(
+        matches!(code, Some(Code::Internal) | Some(Code::InvalidArgument)),
+        "{code:?}"
+    );
+    still_serves(&client).await;
+}

@@ -1,0 +1,235 @@
+//! Startup: broken protos and handler files stop the server with `file:line:col` and a hint;
+//! `check` and `list` report what was loaded.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::run;
+
+/// A scratch project: protos/ with the tutorial Greeter, handlers/ with the given files.
+fn project(extra_protos: &[(&str, &str)], handlers: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("protos")).unwrap();
+    fs::create_dir_all(dir.path().join("handlers")).unwrap();
+    fs::copy(
+        common::repo().join("protos/helloworld.proto"),
+        dir.path().join("protos/helloworld.proto"),
+    )
+    .unwrap();
+    for (name, text) in extra_protos {
+        let path = dir.path().join("protos").join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+    for (name, text) in handlers {
+        fs::write(dir.path().join("handlers").join(name), text).unwrap();
+    }
+    dir
+}
+
+fn check(dir: &Path) -> (i32, String, String) {
+    let protos = dir.join("protos");
+    let handlers = dir.join("handlers");
+    run(&[
+        "check",
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn shipped_project_checks_clean_and_lists_every_method() {
+    let (code, out, err) = run(&["check"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("ok: 2 services"), "{out}");
+    let (code, out, _) = run(&["list"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "helloworld.Greeter");
+    assert!(
+        lines[1].contains("SayHello") && lines[1].contains("unary") && lines[1].ends_with("reply"),
+        "{out}"
+    );
+    assert!(out.contains("routeguide.RouteGuide"), "{out}");
+    for (method, shape) in [
+        ("GetFeature", "unary"),
+        ("ListFeatures", "server-streaming"),
+        ("RecordRoute", "client-streaming"),
+        ("RouteChat", "bidi-streaming"),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(method))
+            .unwrap();
+        assert!(line.contains(shape), "{line}");
+    }
+}
+
+#[test]
+fn proto_syntax_error_points_at_file_line_col() {
+    let dir = project(&[("shop/broken.proto", "syntax = \"proto3\";\npackage shop;\nmessage A {\n  string name = 1\n  int32 x = 2;\n}\n")], &[]);
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 2, "{err}");
+    let want = format!(
+        "{}:5:3: expected ';'",
+        dir.path().join("protos/shop/broken.proto").display()
+    );
+    assert!(err.contains(&want), "wanted {want:?} in:\n{err}");
+}
+
+#[test]
+fn proto_type_error_points_at_file_line_col() {
+    let dir = project(
+        &[(
+            "t.proto",
+            "syntax = \"proto3\";\npackage t;\nmessage A {\n  Missing m = 1;\n}\n",
+        )],
+        &[],
+    );
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("t.proto:4:3: name 'Missing' is not defined"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_import_is_reported_and_import_paths_resolve_it() {
+    let dir = project(&[("uses.proto", "syntax = \"proto3\";\npackage u;\nimport \"shared/dep.proto\";\nimport \"google/protobuf/timestamp.proto\";\nmessage M { shared.D d = 1; google.protobuf.Timestamp at = 2; }\n")], &[]);
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("uses.proto:3:1") && err.contains("shared/dep.proto"),
+        "{err}"
+    );
+
+    let extra = tempfile::tempdir().unwrap();
+    fs::create_dir_all(extra.path().join("shared")).unwrap();
+    fs::write(
+        extra.path().join("shared/dep.proto"),
+        "syntax = \"proto3\";\npackage shared;\nmessage D { int32 v = 1; }\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&[
+        "check",
+        "--protos",
+        dir.path().join("protos").to_str().unwrap(),
+        "-I",
+        extra.path().to_str().unwrap(),
+        "--handlers",
+        dir.path().join("handlers").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn handler_mistakes_name_file_entry_and_suggest_a_fix() {
+    let dir = project(
+        &[],
+        &[
+            (
+                "a.json",
+                r#"{
+  "service": "helloworld.Greeter",
+  "methods": {
+    "SayHelo": { "reply": { "message": "hi" } },
+    "SayHello": { "reply": { "mesage": "Hello" } },
+    "SayHelloAgain": { "reply": { "message": "Hello, {{nam}}!" } }
+  }
+}"#,
+            ),
+            ("b.json", r#"{ "service": "helloworld.Greter", "methods": {} }"#),
+            ("c.json", "{ \"service\": \"helloworld.Greeter\",\n  \"methods\": { \"SayHello\": { \"reply\": { \"message\": 5 } }, } }"),
+        ],
+    );
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 2, "{err}");
+    let a = dir.path().join("handlers/a.json").display().to_string();
+    assert!(err.contains(&format!("{a}:4:5: helloworld.Greeter/SayHelo: helloworld.Greeter has no method \"SayHelo\" (did you mean \"SayHello\"?)")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{a}:5:5: helloworld.Greeter/SayHello: reply.mesage:"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("(did you mean \"message\"?)"), "{err}");
+    assert!(err.contains(&format!("{a}:6:5: helloworld.Greeter/SayHelloAgain: reply.message: helloworld.HelloRequest has no field \"nam\" (did you mean \"name\"?)")), "{err}");
+    assert!(err.contains("b.json:1:3: helloworld.Greter: unknown service \"helloworld.Greter\" (did you mean \"helloworld.Greeter\"?)"), "{err}");
+    assert!(
+        err.contains("c.json:2:") && err.contains("trailing comma"),
+        "{err}"
+    );
+    assert!(
+        err.contains("4 problem(s) found") || err.contains("5 problem(s) found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_value_types_and_shape_mismatches_are_startup_errors() {
+    let dir = project(
+        &[(
+            "s.proto",
+            "syntax = \"proto3\";\npackage s;\nmessage M { int32 n = 1; string t = 2; }\nmessage N { int64 n = 1; }\nservice S {\n  rpc U(M) returns (M);\n  rpc V(M) returns (N);\n  rpc W(M) returns (M);\n  rpc X(M) returns (M);\n}\n",
+        )],
+        &[(
+            "s.json",
+            r#"{"service": "s.S", "methods": {
+  "U": { "reply": { "n": "not a number" } },
+  "V": { "echo": {} },
+  "W": { "stream": [ {} ] },
+  "X": { "reply": { "n": "{{t}} and more" } }
+}}"#,
+        )],
+    );
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("s.S/U: reply: not a valid s.M"), "{err}");
+    assert!(
+        err.contains("s.S/V: echo: \"echo\" needs the same input and output type"),
+        "{err}"
+    );
+    assert!(
+        err.contains("s.S/W: stream: \"stream\" needs a server-streaming or bidi method"),
+        "{err}"
+    );
+    assert!(
+        err.contains("s.S/X: reply.n: {{…}} inside text only works in string or bytes fields"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_refuses_to_start_on_errors() {
+    let dir = project(&[("t.proto", "syntax = \"proto3\";\nmessage {\n")], &[]);
+    let (code, _, err) = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--protos",
+        dir.path().join("protos").to_str().unwrap(),
+        "--handlers",
+        dir.path().join("handlers").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("t.proto:2:9"), "{err}");
+    assert!(!err.contains("listening on"), "{err}");
+}
+
+#[test]
+fn missing_folders_are_usage_errors() {
+    let (code, _, err) = run(&["check", "--protos", "no/such/dir"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--protos no/such/dir: not a folder"), "{err}");
+    let (code, _, err) = run(&["check", "--handlers", "no/such/dir"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--handlers no/such/dir: no such folder"),
+        "{err}"
+    );
+}
