@@ -25,6 +25,7 @@ use crate::handler::rules::Rule;
 use crate::handler::stream::StreamAction;
 use crate::handler::{echo, Handler, HandlerTable, MethodInfo};
 use crate::matcher::Condition;
+use crate::script::ScriptSetupError;
 use crate::suggest::did_you_mean;
 use crate::template::TemplateError;
 
@@ -53,9 +54,21 @@ pub struct EntrySpec {
     pub headers: BTreeMap<String, String>,
 }
 
-/// Builds a handler from a parsed entry that is not a script; scripts are built by the caller.
+/// Builds a script handler: (script file relative to the handlers folder, function, method).
 pub type ScriptBuilder<'a> =
-    dyn FnMut(&EntrySpec, &Arc<MethodInfo>, &Path) -> Result<Arc<dyn Handler>, String> + 'a;
+    dyn FnMut(&str, &str, &Arc<MethodInfo>) -> Result<Arc<dyn Handler>, ScriptSetupError> + 'a;
+
+/// A problem with one entry, or with a file it points to.
+enum BuildError {
+    Entry(TemplateError),
+    Startup(StartupError),
+}
+
+impl From<TemplateError> for BuildError {
+    fn from(e: TemplateError) -> Self {
+        BuildError::Entry(e)
+    }
+}
 
 /// Reads every `*.json` in `dir` and installs the handlers into `table`.
 pub fn load_handlers(
@@ -159,12 +172,13 @@ fn load_file(
             });
             continue;
         }
-        match build_handler(entry, &info, file, scripts) {
+        match build_handler(entry, &info, scripts) {
             Ok(handler) => {
                 served_by.insert(info.path, file.to_path_buf());
                 table.set_handler(info.path, handler);
             }
-            Err(e) => errors.push(StartupError::Handler {
+            Err(BuildError::Startup(e)) => errors.push(e),
+            Err(BuildError::Entry(e)) => errors.push(StartupError::Handler {
                 location,
                 entry: if e.path.is_empty() {
                     entry_name
@@ -182,30 +196,38 @@ fn load_file(
 fn build_handler(
     entry: &Json,
     info: &Arc<MethodInfo>,
-    file: &Path,
     scripts: &mut ScriptBuilder<'_>,
-) -> Result<Arc<dyn Handler>, TemplateError> {
+) -> Result<Arc<dyn Handler>, BuildError> {
     let spec: EntrySpec = parse_spec(entry, "")?;
     if spec.when.is_some() {
+        return Err(tmpl_err("when", "\"when\" belongs inside a rule of \"rules\"").into());
+    }
+    let Some(script) = spec.script.as_deref() else {
+        return Ok(build_declarative(&spec, info)?);
+    };
+    if let Some(other) = action_keys(&spec).first() {
         return Err(tmpl_err(
-            "when",
-            "\"when\" belongs inside a rule of \"rules\"",
-        ));
+            "",
+            &format!("\"script\" cannot be combined with \"{other}\""),
+        )
+        .into());
     }
-    if spec.script.is_some() {
-        if let Some(other) = action_keys(&spec).first() {
-            return Err(tmpl_err(
-                "",
-                &format!("\"script\" cannot be combined with \"{other}\""),
-            ));
-        }
-        return scripts(&spec, info, file).map_err(|m| tmpl_err("script", &m));
-    }
+    let function = spec.function.as_deref().unwrap_or(info.descriptor.name());
+    scripts(script, function, info).map_err(|e| match e {
+        ScriptSetupError::Entry(m) => BuildError::Entry(tmpl_err("script", &m)),
+        ScriptSetupError::Script(e) => BuildError::Startup(e),
+    })
+}
+
+fn build_declarative(
+    spec: &EntrySpec,
+    info: &Arc<MethodInfo>,
+) -> Result<Arc<dyn Handler>, TemplateError> {
     if spec.function.is_some() {
         return Err(tmpl_err("function", "\"function\" goes with \"script\""));
     }
     if let Some(rules) = &spec.rules {
-        if let Some(other) = action_keys(&spec).into_iter().find(|k| *k != "rules") {
+        if let Some(other) = action_keys(spec).into_iter().find(|k| *k != "rules") {
             return Err(tmpl_err(
                 "",
                 &format!("\"rules\" cannot be combined with \"{other}\"; put it in a rule"),
@@ -236,7 +258,7 @@ fn build_handler(
         }
         return Ok(Arc::new(Declarative::new(Responder::Rules(compiled))));
     }
-    let action = build_action(&spec, info, "")?;
+    let action = build_action(spec, info, "")?;
     Ok(Arc::new(Declarative::new(Responder::Single(Box::new(
         action,
     )))))

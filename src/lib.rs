@@ -9,12 +9,14 @@
 pub mod builtin;
 pub mod codec;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod fieldpath;
 pub mod handler;
 pub mod matcher;
 pub mod router;
 pub mod schema;
+pub mod script;
 pub mod suggest;
 pub mod template;
 
@@ -35,6 +37,7 @@ pub struct Options {
     pub handlers: PathBuf,
     pub data: PathBuf,
     pub max_message_size: usize,
+    pub scripts: script::ScriptOptions,
 }
 
 impl Default for Options {
@@ -45,6 +48,7 @@ impl Default for Options {
             handlers: PathBuf::from("handlers"),
             data: PathBuf::from("data"),
             max_message_size: 4 * 1024 * 1024,
+            scripts: script::ScriptOptions::default(),
         }
     }
 }
@@ -72,11 +76,26 @@ pub fn load(options: Options) -> Result<Loaded, StartupErrors> {
     let started = Instant::now();
     let schema = schema::compile(&options.protos, &options.import_paths)?;
     let mut table = HandlerTable::from_pool(&schema.pool);
-    let mut scripts =
-        |_: &config::EntrySpec, _: &std::sync::Arc<handler::MethodInfo>, _: &std::path::Path| {
-            Err("script handlers are not available in this build".to_owned())
-        };
+    let data = data::DataSets::load(&options.data)?;
+    // Lua states are made only when a handler file names a script.
+    let mut engine: Option<script::EngineBuilder> = None;
+    let mut scripts = |file: &str, function: &str, info: &std::sync::Arc<handler::MethodInfo>| {
+        if engine.is_none() {
+            let built = script::EngineBuilder::new(&options.handlers, &data, options.scripts)
+                .map_err(script::ScriptSetupError::Script)?;
+            engine = Some(built);
+        }
+        match engine.as_mut() {
+            Some(e) => e.add(file, function, info),
+            None => Err(script::ScriptSetupError::Entry(
+                "scripts are unavailable".into(),
+            )),
+        }
+    };
     config::load_handlers(&options.handlers, &schema.pool, &mut table, &mut scripts)?;
+    if let Some(engine) = engine {
+        engine.finish()?;
+    }
     Ok(Loaded {
         schema,
         table,

@@ -47,6 +47,15 @@ struct LoadArgs {
     /// Largest message accepted or sent, in bytes; larger ones get RESOURCE_EXHAUSTED.
     #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
     max_message_size: usize,
+    /// Lua instructions one script call may run before it is stopped with RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "N", default_value_t = 100_000_000)]
+    script_instructions: u64,
+    /// Memory limit of each Lua state, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    script_memory: usize,
+    /// Lua states in the script pool (0: one per core).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    script_states: usize,
     /// Log filter: error, warn, info, debug, trace, or a tracing filter such as "protoserve=debug".
     #[arg(
         long,
@@ -74,6 +83,11 @@ impl LoadArgs {
             handlers: self.handlers.clone(),
             data: self.data.clone(),
             max_message_size: self.max_message_size,
+            scripts: protoserve::script::ScriptOptions {
+                states: self.script_states,
+                instructions: self.script_instructions,
+                memory_limit: self.script_memory.saturating_mul(1024 * 1024),
+            },
         }
     }
 }

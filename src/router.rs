@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -19,6 +19,7 @@ use http::{Request, Response};
 use prost_reflect::DynamicMessage;
 use tonic::body::Body;
 use tonic::codec::CompressionEncoding;
+use tonic::metadata::MetadataMap;
 use tonic::server::Grpc;
 use tonic::{Status, Streaming};
 use tower::util::BoxCloneService;
@@ -133,7 +134,10 @@ async fn dispatch(entry: Arc<MethodEntry>, req: Request<Body>, limits: Limits) -
         Shape::Bidi => grpc.streaming(svc, req).await,
     };
     normalize_response_headers(resp.headers_mut());
-    resp
+    match resp.extensions_mut().remove::<TrailerSlot>() {
+        Some(TrailerSlot(slot)) => resp.map(|inner| Body::new(WithTrailers { inner, slot })),
+        None => resp,
+    }
 }
 
 /// Adapts a [`MethodEntry`] to tonic's four service shapes.
@@ -182,7 +186,58 @@ fn into_response(reply: Reply, limit: usize) -> tonic::Response<ResponseStream> 
     };
     let mut resp = tonic::Response::new(stream);
     *resp.metadata_mut() = reply.headers;
+    if let Some(slot) = reply.trailers {
+        resp.extensions_mut().insert(TrailerSlot(slot));
+    }
     resp
+}
+
+/// Trailers a handler fills in during the call; tonic writes only grpc-status and grpc-message,
+/// so these are merged into its trailers frame on the way out.
+#[derive(Clone)]
+struct TrailerSlot(Arc<Mutex<MetadataMap>>);
+
+/// A response body that adds a [`TrailerSlot`]'s entries to the trailers frame.
+struct WithTrailers {
+    inner: Body,
+    slot: Arc<Mutex<MetadataMap>>,
+}
+
+impl http_body::Body for WithTrailers {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    let extra = this.slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    for (k, v) in extra.into_headers() {
+                        if let Some(k) = k {
+                            if !k.as_str().starts_with("grpc-") {
+                                trailers.insert(k, v);
+                            }
+                        }
+                    }
+                    Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+                }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 type UnaryFuture = Pin<Box<dyn Future<Output = Result<tonic::Response<Outgoing>, Status>> + Send>>;
@@ -212,6 +267,9 @@ impl tonic::server::UnaryService<DynamicMessage> for MethodService {
             };
             let mut resp = tonic::Response::new(check_size(one, limit)?);
             *resp.metadata_mut() = reply.headers;
+            if let Some(slot) = reply.trailers {
+                resp.extensions_mut().insert(TrailerSlot(slot));
+            }
             Ok(resp)
         })
     }
@@ -253,6 +311,9 @@ impl tonic::server::ClientStreamingService<DynamicMessage> for MethodService {
             };
             let mut resp = tonic::Response::new(check_size(one, limit)?);
             *resp.metadata_mut() = reply.headers;
+            if let Some(slot) = reply.trailers {
+                resp.extensions_mut().insert(TrailerSlot(slot));
+            }
             Ok(resp)
         })
     }

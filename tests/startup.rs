@@ -233,3 +233,104 @@ fn missing_folders_are_usage_errors() {
         "{err}"
     );
 }
+
+fn check_with_data(dir: &Path) -> (i32, String, String) {
+    let p = |s: &str| dir.join(s).display().to_string();
+    run(&[
+        "check",
+        "--protos",
+        &p("protos"),
+        "--handlers",
+        &p("handlers"),
+        "--data",
+        &p("data"),
+    ])
+}
+
+const GREETER_SCRIPT: &str = r#"{"service": "helloworld.Greeter", "methods": {
+  "SayHello": {"script": "greet.lua"},
+  "SayHelloAgain": {"script": "greet.lua", "function": "again"}
+}}"#;
+
+#[test]
+fn script_syntax_error_stops_startup_with_file_and_line() {
+    let dir = project(
+        &[],
+        &[
+            ("g.json", GREETER_SCRIPT),
+            (
+                "greet.lua",
+                "function SayHello(req, ctx)\n  return { message = \"hi\" \nend\n",
+            ),
+        ],
+    );
+    let (code, _, err) = check_with_data(dir.path());
+    assert_eq!(code, 2, "{err}");
+    let want = format!("{}:3:", dir.path().join("handlers/greet.lua").display());
+    assert!(err.contains(&want), "wanted {want:?} in:\n{err}");
+    assert!(err.contains("expected"), "{err}");
+}
+
+#[test]
+fn missing_script_function_or_file_is_a_startup_error() {
+    let dir = project(
+        &[],
+        &[
+            ("g.json", GREETER_SCRIPT),
+            (
+                "greet.lua",
+                "function SayHello(req, ctx) return {} end\nfunction agian() end\n",
+            ),
+        ],
+    );
+    let (code, _, err) = check_with_data(dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("helloworld.Greeter/SayHelloAgain: script: "),
+        "{err}"
+    );
+    assert!(
+        err.contains("defines no function again (did you mean \"agian\"?)"),
+        "{err}"
+    );
+
+    let dir = project(&[], &[("g.json", GREETER_SCRIPT)]);
+    let (code, _, err) = check_with_data(dir.path());
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("cannot read script") && err.contains("greet.lua"),
+        "{err}"
+    );
+
+    let dir = project(
+        &[],
+        &[(
+            "g.json",
+            r#"{"service": "helloworld.Greeter", "methods": {"SayHello": {"script": "../outside.lua"}}}"#,
+        )],
+    );
+    let (code, _, err) = check_with_data(dir.path());
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("must be a path inside the handlers folder"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_data_file_stops_startup_with_file_line_col() {
+    let dir = project(&[], &[]);
+    fs::create_dir_all(dir.path().join("data")).unwrap();
+    fs::write(
+        dir.path().join("data/points.json"),
+        "[\n  {\"a\": 1},\n  {\"b\": 2,}\n]\n",
+    )
+    .unwrap();
+    let (code, _, err) = check_with_data(dir.path());
+    assert_eq!(code, 2, "{err}");
+    let want = format!(
+        "{}:3:11: not valid JSON",
+        dir.path().join("data/points.json").display()
+    );
+    assert!(err.contains(&want), "wanted {want:?} in:\n{err}");
+}

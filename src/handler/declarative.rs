@@ -147,6 +147,7 @@ impl Handler for Declarative {
                     let reply = Reply {
                         responses: Responses::Stream(paced(outcome.into_vec(), delay)),
                         headers,
+                        trailers: None,
                     };
                     return Box::pin(std::future::ready(Ok(reply)));
                 }
@@ -154,6 +155,7 @@ impl Handler for Declarative {
                     Outcome::One(o) => Reply {
                         responses: Responses::One(o),
                         headers,
+                        trailers: None,
                     },
                     Outcome::Many(_) => {
                         return Box::pin(std::future::ready(Err(wrong_shape(&info))))
@@ -186,6 +188,7 @@ impl Handler for Declarative {
                     Ok(Reply {
                         responses: Responses::One(o),
                         headers,
+                        trailers: None,
                     })
                 })
             }
@@ -198,6 +201,7 @@ impl Handler for Declarative {
                 Box::pin(std::future::ready(Ok(Reply {
                     responses: Responses::Stream(stream),
                     headers,
+                    trailers: None,
                 })))
             }
         }

@@ -18,7 +18,7 @@ pub mod stream;
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -147,6 +147,8 @@ pub enum Responses {
 pub struct Reply {
     pub responses: Responses,
     pub headers: MetadataMap,
+    /// Trailers filled in while the responses are produced, read when the stream ends.
+    pub trailers: Option<Arc<Mutex<MetadataMap>>>,
 }
 
 impl Reply {
@@ -154,6 +156,7 @@ impl Reply {
         Self {
             responses: Responses::One(msg),
             headers: MetadataMap::new(),
+            trailers: None,
         }
     }
 
@@ -161,6 +164,7 @@ impl Reply {
         Self {
             responses: Responses::Stream(stream),
             headers: MetadataMap::new(),
+            trailers: None,
         }
     }
 }

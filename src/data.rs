@@ -1,0 +1,58 @@
+//! Data sets: every `data/*.json`, parsed once at startup and handed to scripts read-only
+//! (`data.route_guide_db` is `data/route_guide_db.json`).
+//!
+//! A malformed file stops startup with `file:line:col`, like any other file the user wrote.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value as Json;
+
+use crate::error::{Location, StartupError, StartupErrors};
+
+/// Data sets by name (the file stem).
+#[derive(Debug, Default, Clone)]
+pub struct DataSets {
+    pub sets: BTreeMap<String, Json>,
+}
+
+impl DataSets {
+    /// Loads every `*.json` in `dir`; a folder that does not exist holds no data.
+    pub fn load(dir: &Path) -> Result<Self, StartupErrors> {
+        let mut sets = BTreeMap::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self { sets }),
+            Err(e) => return Err(StartupError::io(dir, e).into()),
+        };
+        let mut files: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.sort();
+        let mut errors = StartupErrors::default();
+        for file in files {
+            let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(StartupError::io(&file, e));
+                    continue;
+                }
+            };
+            match serde_json::from_str::<Json>(&text) {
+                Ok(value) => {
+                    sets.insert(name, value);
+                }
+                Err(e) => errors.push(StartupError::Data {
+                    location: Location::at(&file, e.line(), e.column()),
+                    message: format!("not valid JSON: {e}"),
+                    hint: Some(format!("scripts see this file as data.{name}; fix the JSON or move the file out of the data folder")),
+                }),
+            }
+        }
+        errors.into_result(Self { sets })
+    }
+}

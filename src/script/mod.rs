@@ -1,0 +1,647 @@
+//! Script handlers: Lua 5.4 functions (mlua, vendored) answering calls in all four shapes.
+//!
+//! A pool of sandboxed Lua states, one per core by default, each with every script loaded, so
+//! scripts run in parallel; a call takes the least busy state and runs the function as a
+//! coroutine there. Waiting (`ctx:sleep`, `ctx:send` under flow control, reading the request
+//! stream) yields the coroutine, so one state serves many calls at once without blocking a
+//! thread. Each call's coroutine carries an instruction hook that enforces the call's budget and
+//! stops the script when the call is cancelled or its deadline passes.
+//!
+//! Shapes, as a script sees them:
+//! - unary: `function M(req, ctx) return resp end`
+//! - server streaming: `ctx:send(msg)` for each message, or return an array of messages
+//! - client streaming: `for msg in stream do … end`, then return one response
+//! - bidi: iterate `stream` and `ctx:send` as you go
+
+pub mod context;
+pub mod convert;
+pub mod sandbox;
+pub mod status;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use mlua::{Function, HookTriggers, Lua, Table, Value as LuaValue, VmState};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
+use tonic::Status;
+
+use crate::codec::Outgoing;
+use crate::data::DataSets;
+use crate::error::{CallError, Location, StartupError};
+use crate::handler::{Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses};
+use context::{CallShared, Ctx};
+use convert::{lua_to_message, message_to_lua, unwrap_readonly};
+use sandbox::Sandbox;
+use status::{find, Abort, BadMessage, IncomingError, ScriptStatus};
+
+/// Instructions between two checks of the budget, deadline and cancellation.
+const HOOK_STEP: u32 = 10_000;
+
+/// Limits and sizing for scripts.
+#[derive(Debug, Clone, Copy)]
+pub struct ScriptOptions {
+    /// Lua states in the pool (0: one per core).
+    pub states: usize,
+    /// Lua instructions one call may run.
+    pub instructions: u64,
+    /// Bytes of memory per Lua state.
+    pub memory_limit: usize,
+}
+
+impl Default for ScriptOptions {
+    fn default() -> Self {
+        Self {
+            states: 0,
+            instructions: 100_000_000,
+            memory_limit: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// One Lua state, owned by its own thread; calls reach it as jobs.
+struct Slot {
+    jobs: mpsc::UnboundedSender<Job>,
+    active: AtomicUsize,
+}
+
+/// Work for a Lua thread: given the state and its functions, a future to run there.
+type Job = Box<dyn FnOnce(&Lua, &[Function]) -> LocalFuture + Send>;
+type LocalFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// The pool of Lua states with every script loaded.
+pub struct ScriptEngine {
+    slots: Vec<Arc<Slot>>,
+    options: ScriptOptions,
+}
+
+/// A state being prepared: the state, its sandbox helpers, script environments by path, and
+/// the handler functions in registration order.
+type LoadingState = (Lua, Sandbox, HashMap<PathBuf, Table>, Vec<Function>);
+
+/// Builds the engine while handler files are read.
+pub struct EngineBuilder {
+    handlers_dir: PathBuf,
+    states: Vec<LoadingState>,
+    options: ScriptOptions,
+    cell: Arc<OnceLock<ScriptEngine>>,
+}
+
+fn lua_setup_error(what: &str, e: mlua::Error) -> StartupError {
+    StartupError::Script {
+        location: Location::file("handlers"),
+        message: format!("{what}: {e}"),
+        hint: None,
+    }
+}
+
+impl EngineBuilder {
+    pub fn new(
+        handlers_dir: &Path,
+        data: &DataSets,
+        options: ScriptOptions,
+    ) -> Result<Self, StartupError> {
+        let n = if options.states == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            options.states
+        };
+        let mut states = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (lua, sandbox) = sandbox::new_state(handlers_dir, data, options.memory_limit)
+                .map_err(|e| lua_setup_error("setting up Lua", e))?;
+            states.push((lua, sandbox, HashMap::new(), Vec::new()));
+        }
+        Ok(Self {
+            handlers_dir: handlers_dir.to_path_buf(),
+            states,
+            options,
+            cell: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// Loads `script` (relative to the handlers folder) into every state and finds `function`.
+    pub fn add(
+        &mut self,
+        script: &str,
+        function: &str,
+        info: &Arc<MethodInfo>,
+    ) -> Result<Arc<dyn Handler>, ScriptSetupError> {
+        let rel = Path::new(script);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(ScriptSetupError::Entry(format!(
+                "script {script:?} must be a path inside the handlers folder"
+            )));
+        }
+        let path = self.handlers_dir.join(rel);
+        let source = std::fs::read_to_string(&path).map_err(|e| {
+            ScriptSetupError::Entry(format!("cannot read script {}: {e}", path.display()))
+        })?;
+        let display = path.display().to_string();
+        let mut index = 0;
+        for (lua, sandbox, envs, functions) in &mut self.states {
+            let env = match envs.get(&path) {
+                Some(env) => env.clone(),
+                None => {
+                    let env = load_script(lua, sandbox, &source, &path)?;
+                    envs.insert(path.clone(), env.clone());
+                    env
+                }
+            };
+            let f = match env.raw_get::<LuaValue>(function) {
+                Ok(LuaValue::Function(f)) => f,
+                _ => {
+                    let defined: Vec<String> = env
+                        .pairs::<String, LuaValue>()
+                        .filter_map(Result::ok)
+                        .filter(|(_, v)| v.is_function())
+                        .map(|(k, _)| k)
+                        .collect();
+                    return Err(ScriptSetupError::Entry(format!(
+                        "{display} defines no function {function}{}; it defines: {}",
+                        crate::suggest::did_you_mean(function, defined.iter().map(String::as_str)),
+                        if defined.is_empty() {
+                            "nothing".to_owned()
+                        } else {
+                            defined.join(", ")
+                        }
+                    )));
+                }
+            };
+            index = functions.len();
+            functions.push(f);
+        }
+        Ok(Arc::new(ScriptHandler {
+            engine: self.cell.clone(),
+            index,
+            script: Arc::from(display.as_str()),
+            function: Arc::from(function),
+            method: info.clone(),
+        }))
+    }
+
+    /// Locks every script environment and hands the pool to the handlers.
+    pub fn finish(self) -> Result<(), StartupError> {
+        let mut slots = Vec::with_capacity(self.states.len());
+        for (n, (lua, sandbox, envs, functions)) in self.states.into_iter().enumerate() {
+            for (path, env) in envs {
+                sandbox
+                    .lock_env
+                    .call::<()>((env, lua.globals(), path.display().to_string()))
+                    .map_err(|e| lua_setup_error("locking script globals", e))?;
+            }
+            let (jobs, rx) = mpsc::unbounded_channel();
+            spawn_lua_thread(n, lua, functions, rx)?;
+            slots.push(Arc::new(Slot {
+                jobs,
+                active: AtomicUsize::new(0),
+            }));
+        }
+        let _ = self.cell.set(ScriptEngine {
+            slots,
+            options: self.options,
+        });
+        Ok(())
+    }
+}
+
+/// Runs one Lua state on a thread of its own, with a single-threaded runtime, so a busy script
+/// never holds up the server's network threads and states never contend for a lock.
+fn spawn_lua_thread(
+    n: usize,
+    lua: Lua,
+    functions: Vec<Function>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) -> Result<(), StartupError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartupError::Usage(format!("cannot start a Lua thread: {e}")))?;
+    std::thread::Builder::new()
+        .name(format!("lua-{n}"))
+        .spawn(move || {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                while let Some(job) = jobs.recv().await {
+                    tokio::task::spawn_local(job(&lua, &functions));
+                }
+            });
+        })
+        .map_err(|e| StartupError::Usage(format!("cannot start a Lua thread: {e}")))?;
+    Ok(())
+}
+
+/// A script problem found at startup.
+#[derive(Debug)]
+pub enum ScriptSetupError {
+    /// About the handler entry (missing file, missing function).
+    Entry(String),
+    /// In the script itself, with its own location.
+    Script(StartupError),
+}
+
+fn load_script(
+    lua: &Lua,
+    sandbox: &Sandbox,
+    source: &str,
+    path: &Path,
+) -> Result<Table, ScriptSetupError> {
+    let env: Table = sandbox.new_env.call(lua.globals()).map_err(|e| {
+        ScriptSetupError::Script(lua_setup_error("creating a script environment", e))
+    })?;
+    let chunk = lua
+        .load(source)
+        .set_name(format!("@{}", path.display()))
+        .set_mode(mlua::ChunkMode::Text)
+        .set_environment(env.clone());
+    chunk
+        .exec()
+        .map_err(|e| ScriptSetupError::Script(script_startup_error(path, &e)))?;
+    Ok(env)
+}
+
+/// `handlers/x.lua:3: message` → a StartupError at that line.
+fn script_startup_error(path: &Path, e: &mlua::Error) -> StartupError {
+    let text = root_message(e);
+    let prefix = format!("{}:", path.display());
+    let (line, message) = match text
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.split_once(':'))
+    {
+        Some((line, msg)) if line.parse::<usize>().is_ok() => {
+            (line.parse().unwrap_or(0), msg.trim().to_owned())
+        }
+        _ => (0, text.clone()),
+    };
+    let hint = matches!(e, mlua::Error::SyntaxError { .. })
+        .then(|| "fix the Lua syntax; scripts are Lua 5.4".to_owned());
+    StartupError::Script {
+        location: Location::at(path, line, 0),
+        message,
+        hint,
+    }
+}
+
+/// The innermost message of an mlua error, without tracebacks.
+fn root_message(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
+            root_message(cause)
+        }
+        mlua::Error::RuntimeError(m) => {
+            m.split("\nstack traceback:").next().unwrap_or(m).to_owned()
+        }
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        mlua::Error::MemoryError(m) => format!("out of memory: {m}"),
+        other => other.to_string(),
+    }
+}
+
+/// A method answered by a Lua function.
+pub struct ScriptHandler {
+    engine: Arc<OnceLock<ScriptEngine>>,
+    index: usize,
+    script: Arc<str>,
+    function: Arc<str>,
+    method: Arc<MethodInfo>,
+}
+
+impl Handler for ScriptHandler {
+    fn kind(&self) -> &'static str {
+        "script"
+    }
+
+    fn call(&self, call: Call, requests: Requests) -> HandlerFuture {
+        let Some(engine) = self.engine.get() else {
+            return Box::pin(std::future::ready(Err(CallError::Script {
+                message: "scripts are not ready".into(),
+            })));
+        };
+        let slot = engine.pick();
+        slot.active.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveGuard(slot.clone());
+        let method = self.method.clone();
+        let streams_output = method.shape.streams_output();
+        let (tx, rx) = if streams_output {
+            let (tx, rx) = mpsc::channel(16);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let (first_tx, first_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel::<Result<Reply, CallError>>();
+        let shared = Arc::new(CallShared {
+            method: method.name,
+            script: self.script.clone(),
+            function: self.function.clone(),
+            output: method.output.clone(),
+            deadline: call.deadline(),
+            metadata: call.metadata,
+            started: call.started,
+            budget: engine.options.instructions,
+            used: AtomicU64::new(0),
+            headers: Mutex::new(MetadataMap::new()),
+            trailers: Arc::new(Mutex::new(MetadataMap::new())),
+            headers_sent: Default::default(),
+            sender: Mutex::new(tx),
+            streams_output,
+            first_send: Mutex::new(Some(first_tx)),
+            cancelled: Default::default(),
+        });
+        let index = self.index;
+        let job_shared = shared.clone();
+        let job: Job = Box::new(move |lua, functions| {
+            let lua = lua.clone();
+            let function = functions[index].clone();
+            Box::pin(async move {
+                let _guard = guard;
+                run_call(lua, function, job_shared, requests, done_tx).await;
+            })
+        });
+        if slot.jobs.send(job).is_err() {
+            return Box::pin(std::future::ready(Err(CallError::Script {
+                message: "the Lua thread has stopped".into(),
+            })));
+        }
+        Box::pin(async move {
+            if !streams_output {
+                // Dropping this future (the client went away) marks the call cancelled.
+                let _cancel = CancelOnDrop(shared.clone());
+                return done_rx.await.unwrap_or(Err(CallError::Cancelled));
+            }
+            // A streaming call answers once the script sends its first message (or ends), so
+            // headers it sets before then go out with the response.
+            let _ = first_rx.await;
+            let headers =
+                std::mem::take(&mut *shared.headers.lock().unwrap_or_else(|e| e.into_inner()));
+            let stream = ReceiverStream::new(rx.unwrap_or_else(|| mpsc::channel(1).1));
+            Ok(Reply {
+                responses: Responses::Stream(Box::pin(stream)),
+                headers,
+                trailers: Some(shared.trailers.clone()),
+            })
+        })
+    }
+}
+
+struct ActiveGuard(Arc<Slot>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Sets the call's cancelled flag when the waiting handler future is dropped before the end.
+struct CancelOnDrop(Arc<CallShared>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
+impl ScriptEngine {
+    fn pick(&self) -> &Arc<Slot> {
+        let mut best = &self.slots[0];
+        let mut load = best.active.load(Ordering::Relaxed);
+        for slot in &self.slots[1..] {
+            let l = slot.active.load(Ordering::Relaxed);
+            if l < load {
+                best = slot;
+                load = l;
+            }
+        }
+        best
+    }
+}
+
+/// Runs one call on its Lua thread, from converting the request to sending the last response.
+async fn run_call(
+    lua: Lua,
+    function: Function,
+    shared: Arc<CallShared>,
+    requests: Requests,
+    done: oneshot::Sender<Result<Reply, CallError>>,
+) {
+    let setup = || -> mlua::Result<_> {
+        let arg = match requests {
+            Requests::One(msg) => LuaValue::Table(message_to_lua(&lua, &msg)?),
+            Requests::Stream(stream) => LuaValue::Function(request_iterator(&lua, stream)?),
+        };
+        let ctx = lua.create_userdata(Ctx(shared.clone()))?;
+        let thread = lua.create_thread(function)?;
+        let hook_shared = shared.clone();
+        thread.set_hook(
+            HookTriggers::new().every_nth_instruction(HOOK_STEP),
+            move |_, _| match hook_shared.should_abort(u64::from(HOOK_STEP)) {
+                Some(a) => Err(mlua::Error::external(a)),
+                None => Ok(VmState::Continue),
+            },
+        )?;
+        thread.into_async::<LuaValue>((arg, ctx))
+    };
+    let running = match setup() {
+        Ok(r) => r,
+        Err(e) => {
+            let e = to_call_error(&e, &shared);
+            match shared
+                .sender
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                Some(tx) => {
+                    let _ = tx.try_send(Err(e.into()));
+                }
+                None => {
+                    let _ = done.send(Err(e));
+                }
+            }
+            context::finish(&shared);
+            return;
+        }
+    };
+
+    if !shared.streams_output {
+        let mut done = done;
+        let outcome = tokio::select! {
+            r = running => r.map_err(|e| with_trailers(to_call_error(&e, &shared), &shared)),
+            () = done.closed() => {
+                tracing::debug!(method = shared.method, "script stopped: {}", Abort::Cancelled);
+                return;
+            }
+            () = sleep_until(shared.deadline) => Err(CallError::DeadlineExceeded { method: shared.method }),
+        };
+        let reply = outcome.and_then(|value| {
+            let msg =
+                lua_to_message(&value, &shared.output, "").map_err(|e| CallError::BadResponse {
+                    method: shared.method,
+                    message: format!(
+                        "{}: {} returned a bad {}: {e}",
+                        shared.script,
+                        shared.function,
+                        shared.output.full_name()
+                    ),
+                })?;
+            let headers =
+                std::mem::take(&mut *shared.headers.lock().unwrap_or_else(|e| e.into_inner()));
+            Ok(Reply {
+                responses: Responses::One(Outgoing::Message(msg)),
+                headers,
+                trailers: Some(shared.trailers.clone()),
+            })
+        });
+        let _ = done.send(reply);
+        return;
+    }
+
+    let Some(tx) = shared
+        .sender
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    else {
+        return;
+    };
+    let cancelled = tx.clone();
+    let outcome = tokio::select! {
+        r = running => r.map_err(|e| to_call_error(&e, &shared)),
+        () = cancelled.closed() => {
+            tracing::debug!(method = shared.method, "script stopped: {}", Abort::Cancelled);
+            Err(CallError::Cancelled)
+        }
+        () = sleep_until(shared.deadline) => Err(CallError::DeadlineExceeded { method: shared.method }),
+    };
+    match outcome {
+        Ok(LuaValue::Table(t)) => {
+            // A returned array is sent after whatever ctx:send sent.
+            let t = unwrap_readonly(t);
+            context::finish(&shared);
+            for i in 1..=t.raw_len() {
+                let item: LuaValue = t.raw_get(i).unwrap_or(LuaValue::Nil);
+                let msg = lua_to_message(&item, &shared.output, &format!("[{i}]"))
+                    .map(Outgoing::Message)
+                    .map_err(|e| {
+                        Status::from(CallError::BadResponse {
+                            method: shared.method,
+                            message: format!(
+                                "{}: {} returned a bad {}: {e}",
+                                shared.script,
+                                shared.function,
+                                shared.output.full_name()
+                            ),
+                        })
+                    });
+                let failed = msg.is_err();
+                if tx.send(msg).await.is_err() || failed {
+                    break;
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            context::finish(&shared);
+            let _ = tx.send(Err(with_trailers(e, &shared).into())).await;
+        }
+    }
+    context::finish(&shared);
+    // Dropping the last sender ends the response stream.
+    shared
+        .sender
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `for msg in stream do … end`: each call yields the next request message, then nil.
+fn request_iterator(
+    lua: &Lua,
+    stream: tonic::Streaming<prost_reflect::DynamicMessage>,
+) -> mlua::Result<Function> {
+    let stream = Arc::new(tokio::sync::Mutex::new(stream));
+    lua.create_async_function(move |lua, _: mlua::Variadic<LuaValue>| {
+        let stream = stream.clone();
+        async move {
+            let mut s = stream.lock().await;
+            match s.message().await {
+                Ok(Some(msg)) => Ok(LuaValue::Table(message_to_lua(&lua, &msg)?)),
+                Ok(None) => Ok(LuaValue::Nil),
+                Err(status) => Err(mlua::Error::external(IncomingError(status))),
+            }
+        }
+    })
+}
+
+/// Trailers the script set also go with an error status.
+fn with_trailers(e: CallError, shared: &CallShared) -> CallError {
+    let trailers = shared
+        .trailers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if trailers.is_empty() {
+        return e;
+    }
+    let mut status: Status = e.into();
+    for kv in trailers.iter() {
+        match kv {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                status.metadata_mut().insert(k.clone(), v.clone());
+            }
+            tonic::metadata::KeyAndValueRef::Binary(k, v) => {
+                status.metadata_mut().insert_bin(k.clone(), v.clone());
+            }
+        }
+    }
+    CallError::Deliberate(status)
+}
+
+/// What a failed script means for the call.
+fn to_call_error(e: &mlua::Error, shared: &CallShared) -> CallError {
+    if let Some(s) = find::<ScriptStatus>(e) {
+        return CallError::Deliberate(s.to_status());
+    }
+    if let Some(a) = find::<Abort>(e) {
+        tracing::debug!(method = shared.method, "script stopped: {a}");
+        return match a {
+            Abort::Budget(_) => CallError::ScriptBudget {
+                method: shared.method,
+                message: format!("{}: {}: {a}", shared.script, shared.function),
+            },
+            Abort::Deadline => CallError::DeadlineExceeded {
+                method: shared.method,
+            },
+            Abort::Cancelled => CallError::Cancelled,
+        };
+    }
+    if let Some(b) = find::<BadMessage>(e) {
+        return CallError::BadResponse {
+            method: shared.method,
+            message: b.0,
+        };
+    }
+    if let Some(IncomingError(status)) = find::<IncomingError>(e) {
+        return CallError::Transport(status);
+    }
+    let message = root_message(e);
+    tracing::warn!(method = shared.method, "script error: {e}");
+    CallError::Script {
+        message: format!("{} ({}): {message}", shared.function, shared.method),
+    }
+}

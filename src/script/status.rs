@@ -1,0 +1,105 @@
+//! Errors that travel through Lua as values and come out typed on the Rust side.
+//!
+//! `error(grpc.status("NOT_FOUND", "…"))` raises a [`ScriptStatus`]; the instruction hook raises
+//! an [`Abort`]. Both are found again by walking the `mlua::Error` chain.
+
+use std::fmt;
+
+use mlua::Value as LuaValue;
+use tonic::{Code, Status};
+
+use crate::handler::error::parse_code;
+
+/// A status chosen by the script.
+#[derive(Debug, Clone)]
+pub struct ScriptStatus {
+    pub code: Code,
+    pub message: String,
+}
+
+impl ScriptStatus {
+    pub fn from_lua(code: &LuaValue, message: String) -> Result<Self, String> {
+        let json = match code {
+            LuaValue::Integer(n) => serde_json::Value::from(*n),
+            LuaValue::Number(n) => serde_json::Value::from(*n as i64),
+            LuaValue::String(s) => serde_json::Value::from(s.to_string_lossy()),
+            other => {
+                return Err(format!(
+                    "grpc.status: the code must be a name or a number, not a {}",
+                    other.type_name()
+                ))
+            }
+        };
+        let code = parse_code(&json).map_err(|e| format!("grpc.status: {e}"))?;
+        Ok(Self { code, message })
+    }
+
+    pub fn to_status(&self) -> Status {
+        Status::new(self.code, self.message.clone())
+    }
+}
+
+impl fmt::Display for ScriptStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "grpc status {:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ScriptStatus {}
+
+/// Why the server stopped a script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abort {
+    Budget(u64),
+    Deadline,
+    Cancelled,
+}
+
+impl fmt::Display for Abort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Abort::Budget(n) => write!(
+                f,
+                "the script ran past its budget of {n} Lua instructions (an endless loop?); raise --script-instructions if it needs more"
+            ),
+            Abort::Deadline => write!(f, "the call's deadline passed"),
+            Abort::Cancelled => write!(f, "the call was cancelled"),
+        }
+    }
+}
+
+impl std::error::Error for Abort {}
+
+/// The first error of type `T` in an `mlua::Error` chain.
+pub fn find<T: std::error::Error + Clone + 'static>(err: &mlua::Error) -> Option<T> {
+    match err {
+        mlua::Error::ExternalError(e) => e.downcast_ref::<T>().cloned(),
+        mlua::Error::CallbackError { cause, .. } => find(cause),
+        mlua::Error::WithContext { cause, .. } => find(cause),
+        _ => None,
+    }
+}
+
+/// A message the script produced that does not fit the method's output type.
+#[derive(Debug, Clone)]
+pub struct BadMessage(pub String);
+
+impl fmt::Display for BadMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadMessage {}
+
+/// The client's request stream failed while the script was reading it.
+#[derive(Debug, Clone)]
+pub struct IncomingError(pub Status);
+
+impl fmt::Display for IncomingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "reading the request stream failed: {}", self.0.message())
+    }
+}
+
+impl std::error::Error for IncomingError {}

@@ -1,0 +1,391 @@
+//! Lua script handlers: every shape, every ctx feature, the sandbox and the limits.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{fixtures, Client, Server};
+use serde_json::json;
+use tonic::metadata::MetadataMap;
+use tonic::Code;
+
+fn lab_server(extra: &[&str]) -> Server {
+    let f = fixtures();
+    let mut args = vec![
+        "--protos".to_owned(),
+        f.join("protos").display().to_string(),
+        "--handlers".to_owned(),
+        f.join("lab_handlers").display().to_string(),
+        "--data".to_owned(),
+        f.join("data").display().to_string(),
+    ];
+    if !extra.contains(&"--script-instructions") {
+        args.extend(["--script-instructions".to_owned(), "5000000".to_owned()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start(&args)
+}
+
+async fn lab(extra: &[&str]) -> (Server, Client) {
+    let server = lab_server(extra);
+    let client = Client::connect(server.addr, common::pool(&fixtures().join("protos"))).await;
+    (server, client)
+}
+
+#[tokio::test]
+async fn every_proto3_type_round_trips_through_lua() {
+    let (_s, client) = lab(&[]).await;
+    let item = json!({
+        "id": "ü-id", "count": "-9223372036854775808", "color": "RED", "tags": ["a", "", "c"],
+        "attrs": {"x": -1, "y": 2147483647}, "inner": {"x": -5, "label": "in"}, "blob": "AP8Q",
+        "price": 1.25e-7, "ok": true, "at": "2024-02-29T23:59:59.123456789Z", "b": 0,
+        "big": "18446744073709551615", "inners": [{"x": 1}, {}, {"label": "z"}]
+    });
+    let back = client
+        .unary("lab.Lab/Roundtrip", item.clone())
+        .await
+        .unwrap();
+    assert_eq!(back, item);
+    let only_a = json!({"a": ""});
+    assert_eq!(
+        client
+            .unary("lab.Lab/Roundtrip", only_a.clone())
+            .await
+            .unwrap(),
+        only_a
+    );
+    assert_eq!(
+        client.unary("lab.Lab/Roundtrip", json!({})).await.unwrap(),
+        json!({})
+    );
+}
+
+#[tokio::test]
+async fn ctx_gives_metadata_method_deadline_headers_trailers_and_data() {
+    let (_s, client) = lab(&[]).await;
+    let mut md = MetadataMap::new();
+    md.insert("x-user", "ada".parse().unwrap());
+    md.insert("grpc-timeout", "5S".parse().unwrap());
+    let m = client.method("lab.Lab/Describe");
+    let req = Client::message(
+        &m.input(),
+        json!({"name": "hey", "limit": 21, "color": "GREEN", "inner": {"x": 3}}),
+    );
+    let mut request = tonic::Request::new(protoserve::codec::Outgoing::Message(req));
+    *request.metadata_mut() = md;
+    request.set_timeout(Duration::from_secs(5));
+    let mut grpc = tonic::client::Grpc::new(client.channel.clone());
+    grpc.ready().await.unwrap();
+    let resp = grpc
+        .unary(
+            request,
+            "/lab.Lab/Describe".parse().unwrap(),
+            protoserve::codec::DynamicCodec::new(m.output()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.metadata().get("x-seen-by").unwrap(), "lab");
+    let body = common::to_json(resp.get_ref());
+    assert_eq!(
+        body,
+        json!({"id": "HEY!", "count": "42", "color": "GREEN", "tags": ["lab.Lab/Describe", "ada", "true", "true"],
+               "inner": {"x": 3}, "attrs": {"n": 3, "first": 1}, "blob": "AAEC", "big": "18446744073709551615"})
+    );
+
+    // Trailers arrive after the body: read them with a raw HTTP/2 call.
+    use tower::ServiceExt;
+    let mut framed = vec![0u8, 0, 0, 0, 0];
+    let payload = prost::Message::encode_to_vec(&Client::message(&m.input(), json!({"name": "t"})));
+    framed[1..5].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    framed.extend(payload);
+    let http_req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/lab.Lab/Describe", _s.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(framed),
+        )))
+        .unwrap();
+    let resp = client.channel.clone().oneshot(http_req).await.unwrap();
+    let collected = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    assert_eq!(trailers.get("x-done").unwrap(), "yes");
+}
+
+#[tokio::test]
+async fn server_streaming_sends_and_returns_arrays() {
+    let (_s, client) = lab(&[]).await;
+    let items = client
+        .server_stream("lab.Lab/Count", json!({"id": "c", "limit": 3}))
+        .await
+        .unwrap();
+    assert_eq!(
+        items,
+        vec![
+            json!({"id": "c-1", "count": "1"}),
+            json!({"id": "c-2", "count": "2"}),
+            json!({"id": "c-3", "count": "3"})
+        ]
+    );
+    let items = client
+        .server_stream("lab.Lab/Returned", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        items,
+        vec![
+            json!({"id": "sent first"}),
+            json!({"id": "a"}),
+            json!({"id": "b"})
+        ]
+    );
+}
+
+#[tokio::test]
+async fn client_streaming_iterates_the_requests() {
+    let (_s, client) = lab(&[]).await;
+    let r = client
+        .client_stream(
+            "lab.Lab/Sum",
+            vec![
+                json!({"id": "x", "limit": 2}),
+                json!({"id": "y", "limit": 5}),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"count": "7", "tags": ["x", "y"]}));
+    assert_eq!(
+        client.client_stream("lab.Lab/Sum", vec![]).await.unwrap(),
+        json!({})
+    );
+}
+
+#[tokio::test]
+async fn bidi_iterates_and_sends_and_ends_with_a_script_status() {
+    let (_s, client) = lab(&[]).await;
+    let (items, status) = client
+        .bidi(
+            "lab.Lab/Mirror",
+            vec![
+                json!({"id": "a", "limit": 2}),
+                json!({"id": "b", "limit": 1}),
+            ],
+        )
+        .await;
+    assert!(status.is_none(), "{status:?}");
+    assert_eq!(
+        items,
+        vec![
+            json!({"id": "a", "count": "1"}),
+            json!({"id": "a", "count": "2"}),
+            json!({"id": "b", "count": "1"})
+        ]
+    );
+    let (items, status) = client
+        .bidi(
+            "lab.Lab/Mirror",
+            vec![
+                json!({"id": "a", "limit": 1}),
+                json!({"id": "boom", "limit": 4}),
+            ],
+        )
+        .await;
+    assert_eq!(items.len(), 1);
+    let status = status.unwrap();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(status.message(), "boom at 4");
+}
+
+async fn fail(client: &Client, case: &str) -> tonic::Status {
+    client
+        .unary("lab.Lab/Fail", json!({"id": case}))
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn script_errors_become_the_right_status() {
+    let (_s, client) = lab(&[]).await;
+    let s = fail(&client, "status").await;
+    assert_eq!((s.code(), s.message()), (Code::NotFound, "no such thing"));
+    let s = fail(&client, "numeric").await;
+    assert_eq!((s.code(), s.message()), (Code::PermissionDenied, "denied"));
+
+    let s = fail(&client, "runtime").await;
+    assert_eq!(s.code(), Code::Internal);
+    let script = std::fs::read_to_string(fixtures().join("lab_handlers/lab.lua")).unwrap();
+    let line = script
+        .lines()
+        .position(|l| l.contains("runtime = function"))
+        .unwrap()
+        + 1;
+    let want = format!("lab.lua:{line}: attempt to index a nil value (local 't')");
+    assert!(s.message().contains(&want), "wanted {want:?} in {s:?}");
+    assert!(!s.message().contains("stack traceback"), "{s:?}");
+
+    let s = fail(&client, "type").await;
+    assert_eq!(s.code(), Code::Internal);
+    assert!(s.message().contains("lab.lua: Fail returned a bad kitchen.Item: field count: expected int64, got string \"lots\""), "{s:?}");
+    let s = fail(&client, "field").await;
+    assert!(
+        s.message().contains(
+            "field colour: kitchen.Item has no field \"colour\" (did you mean \"color\"?)"
+        ),
+        "{s:?}"
+    );
+    let s = fail(&client, "nested").await;
+    assert!(
+        s.message()
+            .contains("field inner.x: expected int32, got number 1.5"),
+        "{s:?}"
+    );
+    let s = fail(&client, "enum").await;
+    assert!(
+        s.message()
+            .contains("kitchen.common.Color has no value \"PURPLE\""),
+        "{s:?}"
+    );
+
+    let s = fail(&client, "trailer").await;
+    assert_eq!(s.code(), Code::Aborted);
+    assert_eq!(s.metadata().get("x-why").unwrap(), "because");
+
+    // The server keeps serving after every one of them.
+    let r = client
+        .unary("lab.Lab/Roundtrip", json!({"id": "still here"}))
+        .await
+        .unwrap();
+    assert_eq!(r["id"], "still here");
+}
+
+#[tokio::test]
+async fn sandbox_has_no_io_and_no_shared_writable_state() {
+    let (_s, client) = lab(&[]).await;
+    let r = client
+        .unary("lab.Lab/Fail", json!({"id": "io"}))
+        .await
+        .unwrap();
+    assert_eq!(r["id"], "nilnilnilnil");
+    let s = fail(&client, "global").await;
+    assert_eq!(s.code(), Code::Internal);
+    assert!(s.message().contains("cannot set global 'leaked'"), "{s:?}");
+    let s = fail(&client, "data").await;
+    assert!(
+        s.message().contains("attempt to modify read-only table"),
+        "{s:?}"
+    );
+    let (r, _) = client
+        .unary_with("lab.Lab/Describe", json!({"name": "n"}), MetadataMap::new())
+        .await
+        .unwrap();
+    assert_eq!(r["attrs"]["first"], 1);
+}
+
+#[tokio::test]
+async fn endless_loop_hits_the_instruction_budget() {
+    let (_s, client) = lab(&[]).await;
+    let started = Instant::now();
+    let s = fail(&client, "loop").await;
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(
+        s.message().contains("budget of 5000000 Lua instructions"),
+        "{s:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let r = client
+        .unary("lab.Lab/Roundtrip", json!({"id": "alive"}))
+        .await
+        .unwrap();
+    assert_eq!(r["id"], "alive");
+}
+
+#[tokio::test]
+async fn deadline_stops_sleeping_and_looping_scripts() {
+    let (_s, client) = lab(&["--script-instructions", "100000000000"]).await;
+    for case in ["sleep", "loop"] {
+        let mut md = MetadataMap::new();
+        md.insert("grpc-timeout", "300m".parse().unwrap());
+        let started = Instant::now();
+        let s = client
+            .unary_with("lab.Lab/Fail", json!({"id": case}), md)
+            .await
+            .unwrap_err();
+        // tonic's own grpc-timeout layer may answer first (CANCELLED, "Timeout expired");
+        // either way the script must stop and the call end at the deadline.
+        assert!(
+            matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled),
+            "{case}: {s:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{case}: {:?}",
+            started.elapsed()
+        );
+    }
+    let r = client
+        .unary("lab.Lab/Roundtrip", json!({"id": "alive"}))
+        .await
+        .unwrap();
+    assert_eq!(r["id"], "alive");
+}
+
+#[tokio::test]
+async fn memory_limit_per_state() {
+    let (_s, client) = lab(&["--script-memory", "16"]).await;
+    let s = fail(&client, "memory").await;
+    assert_eq!(s.code(), Code::Internal);
+    assert!(
+        s.message().contains("out of memory") || s.message().contains("not enough memory"),
+        "{s:?}"
+    );
+    let r = client
+        .unary("lab.Lab/Roundtrip", json!({"id": "alive"}))
+        .await
+        .unwrap();
+    assert_eq!(r["id"], "alive");
+}
+
+#[tokio::test]
+async fn cancelling_mid_stream_stops_the_script() {
+    let (server, client) = lab(&["--log-level", "debug"]).await;
+    let m = client.method("lab.Lab/Forever");
+    let mut grpc = tonic::client::Grpc::new(client.channel.clone());
+    grpc.ready().await.unwrap();
+    let req = tonic::Request::new(protoserve::codec::Outgoing::Message(Client::message(
+        &m.input(),
+        json!({}),
+    )));
+    let mut stream = grpc
+        .server_streaming(
+            req,
+            "/lab.Lab/Forever".parse().unwrap(),
+            protoserve::codec::DynamicCodec::new(m.output()),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        stream.message().await.unwrap().unwrap();
+    }
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if server.log().iter().any(|l| {
+            l.contains("lab.Lab/Forever") && l.contains("script stopped: the call was cancelled")
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "script not stopped: {:?}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
