@@ -50,7 +50,7 @@ PY
   fi
   if [[ ! -x "$HERE/node_modules/.bin/buf" ]] || ! "$HERE/node_modules/.bin/buf" --version >/dev/null 2>&1; then
     echo "# installing buf into tests/stock/node_modules"
-    (cd "$HERE" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    (cd "$HERE" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   fi
 }
 if [[ "${STOCK_SKIP_INSTALL:-}" != 1 ]]; then install_tools; fi
@@ -128,7 +128,7 @@ PROTOSERVE_ROUTE_GUIDE_DB="$RG_DB" \
 PROTOSERVE_STUBS="$STUBS" \
 PYTHONPATH="$STUBS${PYTHONPATH:+:$PYTHONPATH}" \
 PYTHONDONTWRITEBYTECODE=1 \
-  timeout 300 python3 -m pytest -p no:cacheprovider -q -rs "$HERE" || PYTEST_RC=$?
+  timeout 300 python3 -m pytest -p no:cacheprovider -q -rs --tb=short "$HERE" || PYTEST_RC=$?
 
 # --- buf curl -------------------------------------------------------------------
 
