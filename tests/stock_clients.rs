@@ -18,7 +18,14 @@ fn python_grpcio_and_buf_curl_against_the_real_server() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
     eprintln!("{stderr}");
-    assert!(output.status.success(), "the stock-client suite failed ({}); output above", output.status);
+    assert!(
+        output.status.success(),
+        "the stock-client suite failed ({}); output above",
+        output.status
+    );
     assert!(stdout.contains(" passed"), "pytest ran no test:\n{stdout}");
-    assert!(stdout.contains("buf: ") && stdout.contains(" 0 failed"), "buf checks did not run:\n{stdout}");
+    assert!(
+        stdout.contains("buf: ") && stdout.contains(" 0 failed"),
+        "buf checks did not run:\n{stdout}"
+    );
 }

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::Status;
 
-use super::convert::lua_to_message;
+use super::convert::outgoing_from_lua;
 use super::status::Abort;
 use crate::codec::Outgoing;
 
@@ -204,7 +204,7 @@ impl UserData for Ctx {
                     )
                 }));
             };
-            let message = lua_to_message(&msg, &shared.output, "").map_err(|e| {
+            let message = outgoing_from_lua(&msg, &shared.output).map_err(|e| {
                 mlua::Error::external(super::status::BadMessage(format!(
                     "{}: {} sent a bad {}: {e}",
                     shared.script,
@@ -213,10 +213,14 @@ impl UserData for Ctx {
                 )))
             })?;
             shared.mark_headers_sent();
-            sender
-                .send(Ok(Outgoing::Message(message)))
-                .await
-                .map_err(|_| abort(Abort::Cancelled))
+            // Most sends find room at once; only a slow client makes the script wait.
+            match sender.try_send(Ok(message)) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    sender.send(item).await.map_err(|_| abort(Abort::Cancelled))
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(abort(Abort::Cancelled)),
+            }
         });
     }
 }

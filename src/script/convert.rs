@@ -13,10 +13,12 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use mlua::{Lua, Table, Value as LuaValue};
+use prost::Message;
 use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage, Value,
 };
 
+use crate::codec::Outgoing;
 use crate::fieldpath::{field_names, find_field, kind_name};
 use crate::suggest::did_you_mean;
 
@@ -117,6 +119,42 @@ pub fn unwrap_readonly(table: Table) -> Table {
         }
     }
     table
+}
+
+thread_local! {
+    /// Encoded forms of read-only data tables, per Lua thread: data never changes, so a feature
+    /// sent a thousand times is converted once.
+    static ENCODED_DATA: std::cell::RefCell<HashMap<(usize, usize), Bytes>> = std::cell::RefCell::new(HashMap::new());
+}
+
+/// Most data tables fit; past this the cache stops growing.
+const ENCODED_DATA_LIMIT: usize = 65_536;
+
+/// A Lua value as a response: read-only data tables come from the cache, others are converted.
+pub fn outgoing_from_lua(value: &LuaValue, desc: &MessageDescriptor) -> Result<Outgoing> {
+    if let LuaValue::Table(t) = value {
+        if is_readonly(t) {
+            let key = (t.to_pointer() as usize, desc.full_name().as_ptr() as usize);
+            if let Some(bytes) = ENCODED_DATA.with(|c| c.borrow().get(&key).cloned()) {
+                return Ok(Outgoing::Encoded(bytes));
+            }
+            let bytes = Bytes::from(lua_to_message(value, desc, "")?.encode_to_vec());
+            ENCODED_DATA.with(|c| {
+                let mut cache = c.borrow_mut();
+                if cache.len() < ENCODED_DATA_LIMIT {
+                    cache.insert(key, bytes.clone());
+                }
+            });
+            return Ok(Outgoing::Encoded(bytes));
+        }
+    }
+    Ok(Outgoing::Message(lua_to_message(value, desc, "")?))
+}
+
+fn is_readonly(table: &Table) -> bool {
+    table
+        .metatable()
+        .is_some_and(|mt| mt.raw_get::<bool>("__readonly").unwrap_or(false))
 }
 
 /// A Lua table as a message of type `desc`.

@@ -30,12 +30,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-use crate::codec::Outgoing;
 use crate::data::DataSets;
 use crate::error::{CallError, Location, StartupError};
 use crate::handler::{Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses};
 use context::{CallShared, Ctx};
-use convert::{lua_to_message, message_to_lua, unwrap_readonly};
+use convert::{message_to_lua, outgoing_from_lua, unwrap_readonly};
 use sandbox::Sandbox;
 use status::{find, Abort, BadMessage, IncomingError, ScriptStatus};
 
@@ -228,6 +227,18 @@ fn spawn_lua_thread(
     std::thread::Builder::new()
         .name(format!("lua-{n}"))
         .spawn(move || {
+            // One hook for every coroutine of this state; it checks whichever call is running.
+            let hooked = lua.set_global_hook(
+                HookTriggers::new().every_nth_instruction(HOOK_STEP),
+                |_, _| match current_call_abort() {
+                    Some(a) => Err(mlua::Error::external(a)),
+                    None => Ok(VmState::Continue),
+                },
+            );
+            if let Err(e) = hooked {
+                tracing::error!("Lua thread {n}: cannot install the instruction hook: {e}");
+                return;
+            }
             let local = tokio::task::LocalSet::new();
             local.block_on(&runtime, async move {
                 while let Some(job) = jobs.recv().await {
@@ -237,6 +248,40 @@ fn spawn_lua_thread(
         })
         .map_err(|e| StartupError::Usage(format!("cannot start a Lua thread: {e}")))?;
     Ok(())
+}
+
+thread_local! {
+    /// The call whose coroutine this Lua thread is running right now.
+    static CURRENT: std::cell::RefCell<Option<Arc<CallShared>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Asked by the instruction hook: should the running call stop?
+fn current_call_abort() -> Option<Abort> {
+    CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .and_then(|s| s.should_abort(u64::from(HOOK_STEP)))
+    })
+}
+
+/// Marks its call as the running one while the script's coroutine is polled.
+struct CurrentCall<F> {
+    shared: Arc<CallShared>,
+    inner: F,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for CurrentCall<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let previous = CURRENT.with(|c| c.replace(Some(self.shared.clone())));
+        let result = std::pin::Pin::new(&mut self.inner).poll(cx);
+        CURRENT.with(|c| *c.borrow_mut() = previous);
+        result
+    }
 }
 
 /// A script problem found at startup.
@@ -331,7 +376,7 @@ impl Handler for ScriptHandler {
         let method = self.method.clone();
         let streams_output = method.shape.streams_output();
         let (tx, rx) = if streams_output {
-            let (tx, rx) = mpsc::channel(16);
+            let (tx, rx) = mpsc::channel(64);
             (Some(tx), Some(rx))
         } else {
             (None, None)
@@ -438,16 +483,10 @@ async fn run_call(
             Requests::Stream(stream) => LuaValue::Function(request_iterator(&lua, stream)?),
         };
         let ctx = lua.create_userdata(Ctx(shared.clone()))?;
-        let thread = lua.create_thread(function)?;
-        let hook_shared = shared.clone();
-        thread.set_hook(
-            HookTriggers::new().every_nth_instruction(HOOK_STEP),
-            move |_, _| match hook_shared.should_abort(u64::from(HOOK_STEP)) {
-                Some(a) => Err(mlua::Error::external(a)),
-                None => Ok(VmState::Continue),
-            },
-        )?;
-        thread.into_async::<LuaValue>((arg, ctx))
+        Ok(CurrentCall {
+            shared: shared.clone(),
+            inner: function.call_async::<LuaValue>((arg, ctx)),
+        })
     };
     let running = match setup() {
         Ok(r) => r,
@@ -483,7 +522,7 @@ async fn run_call(
         };
         let reply = outcome.and_then(|value| {
             let msg =
-                lua_to_message(&value, &shared.output, "").map_err(|e| CallError::BadResponse {
+                outgoing_from_lua(&value, &shared.output).map_err(|e| CallError::BadResponse {
                     method: shared.method,
                     message: format!(
                         "{}: {} returned a bad {}: {e}",
@@ -495,7 +534,7 @@ async fn run_call(
             let headers =
                 std::mem::take(&mut *shared.headers.lock().unwrap_or_else(|e| e.into_inner()));
             Ok(Reply {
-                responses: Responses::One(Outgoing::Message(msg)),
+                responses: Responses::One(msg),
                 headers,
                 trailers: Some(shared.trailers.clone()),
             })
@@ -528,19 +567,17 @@ async fn run_call(
             context::finish(&shared);
             for i in 1..=t.raw_len() {
                 let item: LuaValue = t.raw_get(i).unwrap_or(LuaValue::Nil);
-                let msg = lua_to_message(&item, &shared.output, &format!("[{i}]"))
-                    .map(Outgoing::Message)
-                    .map_err(|e| {
-                        Status::from(CallError::BadResponse {
-                            method: shared.method,
-                            message: format!(
-                                "{}: {} returned a bad {}: {e}",
-                                shared.script,
-                                shared.function,
-                                shared.output.full_name()
-                            ),
-                        })
-                    });
+                let msg = outgoing_from_lua(&item, &shared.output).map_err(|e| {
+                    Status::from(CallError::BadResponse {
+                        method: shared.method,
+                        message: format!(
+                            "{}: {} returned a bad {}: {e}",
+                            shared.script,
+                            shared.function,
+                            shared.output.full_name()
+                        ),
+                    })
+                });
                 let failed = msg.is_err();
                 if tx.send(msg).await.is_err() || failed {
                     break;
