@@ -1,11 +1,13 @@
 //! Script handlers: Lua 5.4 functions (mlua, vendored) answering calls in all four shapes.
 //!
-//! A pool of sandboxed Lua states, one per core by default, each with every script loaded, so
-//! scripts run in parallel; a call takes the least busy state and runs the function as a
-//! coroutine there. Waiting (`ctx:sleep`, `ctx:send` under flow control, reading the request
-//! stream) yields the coroutine, so one state serves many calls at once without blocking a
-//! thread. Each call's coroutine carries an instruction hook that enforces the call's budget and
-//! stops the script when the call is cancelled or its deadline passes.
+//! A pool of sandboxed Lua states, one per core by default, each with every script loaded. A
+//! call takes the least busy state and runs its function as a coroutine there, polled by the
+//! server's own worker threads, so a quick script costs no thread hand-off. Waiting
+//! (`ctx:sleep`, `ctx:send` under flow control, reading the request stream) yields the coroutine,
+//! so one state serves many calls at once. One instruction hook per state enforces the running
+//! call's budget, stops it when the call is cancelled or its deadline passes, and yields a busy
+//! script every couple of milliseconds so it never holds a worker thread for long: other calls,
+//! and the connections themselves, keep moving.
 //!
 //! Shapes, as a script sees them:
 //! - unary: `function M(req, ctx) return resp end`
@@ -16,13 +18,14 @@
 pub mod context;
 pub mod convert;
 pub mod sandbox;
+pub mod slice;
 pub mod status;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mlua::{Function, HookTriggers, Lua, Table, Value as LuaValue, VmState};
 use tokio::sync::{mpsc, oneshot};
@@ -36,6 +39,7 @@ use crate::handler::{Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, 
 use context::{CallShared, Ctx};
 use convert::{message_to_lua, outgoing_from_lua, unwrap_readonly};
 use sandbox::Sandbox;
+use slice::CurrentCall;
 use status::{find, Abort, BadMessage, IncomingError, ScriptStatus};
 
 /// Instructions between two checks of the budget, deadline and cancellation.
@@ -62,19 +66,19 @@ impl Default for ScriptOptions {
     }
 }
 
-/// One Lua state, owned by its own thread; calls reach it as jobs.
+/// One Lua state with its handler functions.
 struct Slot {
-    jobs: mpsc::UnboundedSender<Job>,
+    lua: Lua,
+    functions: Vec<Function>,
     active: AtomicUsize,
 }
 
-/// Work for a Lua thread: given the state and its functions, a future to run there.
-type Job = Box<dyn FnOnce(&Lua, &[Function]) -> LocalFuture + Send>;
-type LocalFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+/// How long a script may run before the hook yields it so other work can go on.
+const TIME_SLICE: Duration = Duration::from_millis(2);
 
 /// The pool of Lua states with every script loaded.
 pub struct ScriptEngine {
-    slots: Vec<Arc<Slot>>,
+    slots: Vec<Slot>,
     options: ScriptOptions,
 }
 
@@ -190,19 +194,28 @@ impl EngineBuilder {
     /// Locks every script environment and hands the pool to the handlers.
     pub fn finish(self) -> Result<(), StartupError> {
         let mut slots = Vec::with_capacity(self.states.len());
-        for (n, (lua, sandbox, envs, functions)) in self.states.into_iter().enumerate() {
+        for (lua, sandbox, envs, functions) in self.states {
             for (path, env) in envs {
                 sandbox
                     .lock_env
                     .call::<()>((env, lua.globals(), path.display().to_string()))
                     .map_err(|e| lua_setup_error("locking script globals", e))?;
             }
-            let (jobs, rx) = mpsc::unbounded_channel();
-            spawn_lua_thread(n, lua, functions, rx)?;
-            slots.push(Arc::new(Slot {
-                jobs,
+            // One hook for every coroutine of this state; it checks whichever call is running.
+            lua.set_global_hook(
+                HookTriggers::new().every_nth_instruction(HOOK_STEP),
+                |_, _| match current_call_check() {
+                    Check::Continue => Ok(VmState::Continue),
+                    Check::Yield => Ok(VmState::Yield),
+                    Check::Abort(a) => Err(mlua::Error::external(a)),
+                },
+            )
+            .map_err(|e| lua_setup_error("installing the instruction hook", e))?;
+            slots.push(Slot {
+                lua,
+                functions,
                 active: AtomicUsize::new(0),
-            }));
+            });
         }
         let _ = self.cell.set(ScriptEngine {
             slots,
@@ -212,76 +225,22 @@ impl EngineBuilder {
     }
 }
 
-/// Runs one Lua state on a thread of its own, with a single-threaded runtime, so a busy script
-/// never holds up the server's network threads and states never contend for a lock.
-fn spawn_lua_thread(
-    n: usize,
-    lua: Lua,
-    functions: Vec<Function>,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
-) -> Result<(), StartupError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StartupError::Usage(format!("cannot start a Lua thread: {e}")))?;
-    std::thread::Builder::new()
-        .name(format!("lua-{n}"))
-        .spawn(move || {
-            // One hook for every coroutine of this state; it checks whichever call is running.
-            let hooked = lua.set_global_hook(
-                HookTriggers::new().every_nth_instruction(HOOK_STEP),
-                |_, _| match current_call_abort() {
-                    Some(a) => Err(mlua::Error::external(a)),
-                    None => Ok(VmState::Continue),
-                },
-            );
-            if let Err(e) = hooked {
-                tracing::error!("Lua thread {n}: cannot install the instruction hook: {e}");
-                return;
-            }
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, async move {
-                while let Some(job) = jobs.recv().await {
-                    tokio::task::spawn_local(job(&lua, &functions));
-                }
-            });
-        })
-        .map_err(|e| StartupError::Usage(format!("cannot start a Lua thread: {e}")))?;
-    Ok(())
-}
-
-thread_local! {
-    /// The call whose coroutine this Lua thread is running right now.
-    static CURRENT: std::cell::RefCell<Option<Arc<CallShared>>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Asked by the instruction hook: should the running call stop?
-fn current_call_abort() -> Option<Abort> {
-    CURRENT.with(|c| {
-        c.borrow()
-            .as_ref()
-            .and_then(|s| s.should_abort(u64::from(HOOK_STEP)))
+/// Asked by the instruction hook: go on, let others run, or stop the running call?
+fn current_call_check() -> Check {
+    slice::with_current(|current| match current {
+        None => Check::Continue,
+        Some((shared, since)) => match shared.should_abort(u64::from(HOOK_STEP)) {
+            Some(a) => Check::Abort(a),
+            None if since.elapsed() >= TIME_SLICE => Check::Yield,
+            None => Check::Continue,
+        },
     })
 }
 
-/// Marks its call as the running one while the script's coroutine is polled.
-struct CurrentCall<F> {
-    shared: Arc<CallShared>,
-    inner: F,
-}
-
-impl<F: std::future::Future + Unpin> std::future::Future for CurrentCall<F> {
-    type Output = F::Output;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        let previous = CURRENT.with(|c| c.replace(Some(self.shared.clone())));
-        let result = std::pin::Pin::new(&mut self.inner).poll(cx);
-        CURRENT.with(|c| *c.borrow_mut() = previous);
-        result
-    }
+enum Check {
+    Continue,
+    Yield,
+    Abort(Abort),
 }
 
 /// A script problem found at startup.
@@ -366,14 +325,19 @@ impl Handler for ScriptHandler {
 
     fn call(&self, call: Call, requests: Requests) -> HandlerFuture {
         let Some(engine) = self.engine.get() else {
-            return Box::pin(std::future::ready(Err(CallError::Script {
+            let e = CallError::Script {
                 message: "scripts are not ready".into(),
-            })));
+            };
+            return Box::pin(std::future::ready(Err(e)));
         };
-        let slot = engine.pick();
+        let index = engine.pick();
+        let slot = &engine.slots[index];
         slot.active.fetch_add(1, Ordering::Relaxed);
-        let guard = ActiveGuard(slot.clone());
-        let method = self.method.clone();
+        let guard = ActiveGuard {
+            engine: self.engine.clone(),
+            index,
+        };
+        let method = &self.method;
         let streams_output = method.shape.streams_output();
         let (tx, rx) = if streams_output {
             let (tx, rx) = mpsc::channel(64);
@@ -382,7 +346,6 @@ impl Handler for ScriptHandler {
             (None, None)
         };
         let (first_tx, first_rx) = oneshot::channel();
-        let (done_tx, done_rx) = oneshot::channel::<Result<Reply, CallError>>();
         let shared = Arc::new(CallShared {
             method: method.name,
             script: self.script.clone(),
@@ -401,27 +364,20 @@ impl Handler for ScriptHandler {
             first_send: Mutex::new(Some(first_tx)),
             cancelled: Default::default(),
         });
-        let index = self.index;
-        let job_shared = shared.clone();
-        let job: Job = Box::new(move |lua, functions| {
-            let lua = lua.clone();
-            let function = functions[index].clone();
-            Box::pin(async move {
+        let running = start(&slot.lua, &slot.functions[self.index], &shared, requests);
+        if !streams_output {
+            return Box::pin(async move {
                 let _guard = guard;
-                run_call(lua, function, job_shared, requests, done_tx).await;
-            })
-        });
-        if slot.jobs.send(job).is_err() {
-            return Box::pin(std::future::ready(Err(CallError::Script {
-                message: "the Lua thread has stopped".into(),
-            })));
+                let running = running.map_err(|e| to_call_error(&e, &shared))?;
+                one_response(running, &shared).await
+            });
         }
+        let driver_shared = shared.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            drive_stream(running, driver_shared).await;
+        });
         Box::pin(async move {
-            if !streams_output {
-                // Dropping this future (the client went away) marks the call cancelled.
-                let _cancel = CancelOnDrop(shared.clone());
-                return done_rx.await.unwrap_or(Err(CallError::Cancelled));
-            }
             // A streaming call answers once the script sends its first message (or ends), so
             // headers it sets before then go out with the response.
             let _ = first_rx.await;
@@ -437,31 +393,30 @@ impl Handler for ScriptHandler {
     }
 }
 
-struct ActiveGuard(Arc<Slot>);
+/// Counts a call against its state while it lasts.
+struct ActiveGuard {
+    engine: Arc<OnceLock<ScriptEngine>>,
+    index: usize,
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Sets the call's cancelled flag when the waiting handler future is dropped before the end.
-struct CancelOnDrop(Arc<CallShared>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.cancelled.store(true, Ordering::Relaxed);
+        if let Some(engine) = self.engine.get() {
+            engine.slots[self.index]
+                .active
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl ScriptEngine {
-    fn pick(&self) -> &Arc<Slot> {
-        let mut best = &self.slots[0];
-        let mut load = best.active.load(Ordering::Relaxed);
-        for slot in &self.slots[1..] {
+    fn pick(&self) -> usize {
+        let mut best = 0;
+        let mut load = self.slots[0].active.load(Ordering::Relaxed);
+        for (i, slot) in self.slots.iter().enumerate().skip(1) {
             let l = slot.active.load(Ordering::Relaxed);
             if l < load {
-                best = slot;
+                best = i;
                 load = l;
             }
         }
@@ -469,80 +424,57 @@ impl ScriptEngine {
     }
 }
 
-/// Runs one call on its Lua thread, from converting the request to sending the last response.
-async fn run_call(
-    lua: Lua,
-    function: Function,
-    shared: Arc<CallShared>,
+/// A script call in progress.
+trait Running: std::future::Future<Output = mlua::Result<LuaValue>> + Unpin + Send {}
+
+impl<F: std::future::Future<Output = mlua::Result<LuaValue>> + Unpin + Send> Running for F {}
+
+/// Converts the request and starts the function as a coroutine (it runs when polled).
+fn start(
+    lua: &Lua,
+    function: &Function,
+    shared: &Arc<CallShared>,
     requests: Requests,
-    done: oneshot::Sender<Result<Reply, CallError>>,
-) {
-    let setup = || -> mlua::Result<_> {
-        let arg = match requests {
-            Requests::One(msg) => LuaValue::Table(message_to_lua(&lua, &msg)?),
-            Requests::Stream(stream) => LuaValue::Function(request_iterator(&lua, stream)?),
-        };
-        let ctx = lua.create_userdata(Ctx(shared.clone()))?;
-        Ok(CurrentCall {
-            shared: shared.clone(),
-            inner: function.call_async::<LuaValue>((arg, ctx)),
-        })
+) -> mlua::Result<CurrentCall<impl Running>> {
+    let arg = match requests {
+        Requests::One(msg) => LuaValue::Table(message_to_lua(lua, &msg)?),
+        Requests::Stream(stream) => LuaValue::Function(request_iterator(lua, stream)?),
     };
-    let running = match setup() {
-        Ok(r) => r,
-        Err(e) => {
-            let e = to_call_error(&e, &shared);
-            match shared
-                .sender
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-            {
-                Some(tx) => {
-                    let _ = tx.try_send(Err(e.into()));
-                }
-                None => {
-                    let _ = done.send(Err(e));
-                }
-            }
-            context::finish(&shared);
-            return;
-        }
+    let ctx = lua.create_userdata(Ctx(shared.clone()))?;
+    Ok(CurrentCall::new(
+        shared.clone(),
+        function.call_async::<LuaValue>((arg, ctx)),
+    ))
+}
+
+/// Unary and client-streaming: run to the end, then answer with the returned message.
+async fn one_response(
+    running: CurrentCall<impl Running>,
+    shared: &CallShared,
+) -> Result<Reply, CallError> {
+    let value = tokio::select! {
+        r = running => r.map_err(|e| with_trailers(to_call_error(&e, shared), shared))?,
+        () = sleep_until(shared.deadline) => return Err(CallError::DeadlineExceeded { method: shared.method }),
     };
+    let msg = outgoing_from_lua(&value, &shared.output).map_err(|e| CallError::BadResponse {
+        method: shared.method,
+        message: format!(
+            "{}: {} returned a bad {}: {e}",
+            shared.script,
+            shared.function,
+            shared.output.full_name()
+        ),
+    })?;
+    let headers = std::mem::take(&mut *shared.headers.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(Reply {
+        responses: Responses::One(msg),
+        headers,
+        trailers: Some(shared.trailers.clone()),
+    })
+}
 
-    if !shared.streams_output {
-        let mut done = done;
-        let outcome = tokio::select! {
-            r = running => r.map_err(|e| with_trailers(to_call_error(&e, &shared), &shared)),
-            () = done.closed() => {
-                tracing::debug!(method = shared.method, "script stopped: {}", Abort::Cancelled);
-                return;
-            }
-            () = sleep_until(shared.deadline) => Err(CallError::DeadlineExceeded { method: shared.method }),
-        };
-        let reply = outcome.and_then(|value| {
-            let msg =
-                outgoing_from_lua(&value, &shared.output).map_err(|e| CallError::BadResponse {
-                    method: shared.method,
-                    message: format!(
-                        "{}: {} returned a bad {}: {e}",
-                        shared.script,
-                        shared.function,
-                        shared.output.full_name()
-                    ),
-                })?;
-            let headers =
-                std::mem::take(&mut *shared.headers.lock().unwrap_or_else(|e| e.into_inner()));
-            Ok(Reply {
-                responses: Responses::One(msg),
-                headers,
-                trailers: Some(shared.trailers.clone()),
-            })
-        });
-        let _ = done.send(reply);
-        return;
-    }
-
+/// Server-streaming and bidi: run the script while its messages flow out through the channel.
+async fn drive_stream(running: mlua::Result<CurrentCall<impl Running>>, shared: Arc<CallShared>) {
     let Some(tx) = shared
         .sender
         .lock()
@@ -551,27 +483,32 @@ async fn run_call(
     else {
         return;
     };
-    let cancelled = tx.clone();
-    let outcome = tokio::select! {
-        r = running => r.map_err(|e| to_call_error(&e, &shared)),
-        () = cancelled.closed() => {
-            tracing::debug!(method = shared.method, "script stopped: {}", Abort::Cancelled);
-            Err(CallError::Cancelled)
+    let outcome = match running {
+        Err(e) => Err(to_call_error(&e, &shared)),
+        Ok(running) => {
+            let cancelled = tx.clone();
+            tokio::select! {
+                r = running => r.map_err(|e| to_call_error(&e, &shared)),
+                () = cancelled.closed() => {
+                    tracing::debug!(method = shared.method, "script stopped: {}", Abort::Cancelled);
+                    Err(CallError::Cancelled)
+                }
+                () = sleep_until(shared.deadline) => Err(CallError::DeadlineExceeded { method: shared.method }),
+            }
         }
-        () = sleep_until(shared.deadline) => Err(CallError::DeadlineExceeded { method: shared.method }),
     };
+    context::finish(&shared);
     match outcome {
         Ok(LuaValue::Table(t)) => {
             // A returned array is sent after whatever ctx:send sent.
             let t = unwrap_readonly(t);
-            context::finish(&shared);
             for i in 1..=t.raw_len() {
                 let item: LuaValue = t.raw_get(i).unwrap_or(LuaValue::Nil);
                 let msg = outgoing_from_lua(&item, &shared.output).map_err(|e| {
                     Status::from(CallError::BadResponse {
                         method: shared.method,
                         message: format!(
-                            "{}: {} returned a bad {}: {e}",
+                            "{}: {} returned a bad {}: item {i}: {e}",
                             shared.script,
                             shared.function,
                             shared.output.full_name()
@@ -586,11 +523,9 @@ async fn run_call(
         }
         Ok(_) => {}
         Err(e) => {
-            context::finish(&shared);
             let _ = tx.send(Err(with_trailers(e, &shared).into())).await;
         }
     }
-    context::finish(&shared);
     // Dropping the last sender ends the response stream.
     shared
         .sender
