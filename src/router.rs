@@ -267,7 +267,11 @@ impl tonic::server::UnaryService<DynamicMessage> for MethodService {
             };
             let mut resp = tonic::Response::new(check_size(one, limit)?);
             *resp.metadata_mut() = reply.headers;
-            if let Some(slot) = reply.trailers {
+            // The handler is done, so its trailers are final: wrap the body only if there are any.
+            if let Some(slot) = reply
+                .trailers
+                .filter(|t| !t.lock().unwrap_or_else(|e| e.into_inner()).is_empty())
+            {
                 resp.extensions_mut().insert(TrailerSlot(slot));
             }
             Ok(resp)
@@ -311,7 +315,11 @@ impl tonic::server::ClientStreamingService<DynamicMessage> for MethodService {
             };
             let mut resp = tonic::Response::new(check_size(one, limit)?);
             *resp.metadata_mut() = reply.headers;
-            if let Some(slot) = reply.trailers {
+            // The handler is done, so its trailers are final: wrap the body only if there are any.
+            if let Some(slot) = reply
+                .trailers
+                .filter(|t| !t.lock().unwrap_or_else(|e| e.into_inner()).is_empty())
+            {
                 resp.extensions_mut().insert(TrailerSlot(slot));
             }
             Ok(resp)

@@ -182,6 +182,8 @@ pub struct ReplyTemplate {
     dynamic: Vec<(FieldDescriptor, ValueTemplate)>,
     /// `"{{.}}"` or `"{{some_message_field}}"`: the response is that request value.
     whole: Option<FieldPath>,
+    /// Every templated field is a singular string or bytes field filled from text.
+    text_only: bool,
 }
 
 impl ReplyTemplate {
@@ -217,6 +219,7 @@ impl ReplyTemplate {
                     prefix: Bytes::new(),
                     dynamic: Vec::new(),
                     whole: Some(from),
+                    text_only: false,
                 });
             }
         }
@@ -233,6 +236,9 @@ impl ReplyTemplate {
         Ok(Self {
             desc: output.clone(),
             prefix: Bytes::from(t.base.encode_to_vec()),
+            text_only: t.dynamic.iter().all(|(f, v)| {
+                !f.is_list() && !f.is_map() && matches!(v, ValueTemplate::Text { .. })
+            }),
             dynamic: t.dynamic,
             whole: None,
         })
@@ -254,6 +260,9 @@ impl ReplyTemplate {
         if self.dynamic.is_empty() {
             return Ok(Outgoing::Encoded(self.prefix.clone()));
         }
+        if self.text_only {
+            return Ok(Outgoing::Encoded(self.render_text_fields(req)));
+        }
         let mut msg = DynamicMessage::new(self.desc.clone());
         for (field, t) in &self.dynamic {
             let value = t.render(req)?;
@@ -265,6 +274,32 @@ impl ReplyTemplate {
         buf.put_slice(&self.prefix);
         msg.encode(&mut buf).map_err(|e| e.to_string())?;
         Ok(Outgoing::Encoded(buf.freeze()))
+    }
+
+    /// The common case of text fields only (`"Hello, {{name}}!"`): written straight to the wire
+    /// after the constant prefix, with no message built in between.
+    fn render_text_fields(&self, req: &DynamicMessage) -> Bytes {
+        let mut text = String::new();
+        let mut buf = BytesMut::with_capacity(self.prefix.len() + 64);
+        buf.put_slice(&self.prefix);
+        for (field, t) in &self.dynamic {
+            let ValueTemplate::Text { text: template, .. } = t else {
+                continue;
+            };
+            text.clear();
+            template.render_into(req, &mut text);
+            if text.is_empty() && !field.supports_presence() {
+                continue;
+            }
+            prost::encoding::encode_key(
+                field.number(),
+                prost::encoding::WireType::LengthDelimited,
+                &mut buf,
+            );
+            prost::encoding::encode_varint(text.len() as u64, &mut buf);
+            buf.put_slice(text.as_bytes());
+        }
+        buf.freeze()
     }
 
     /// The response as a message (for tools and tests; the wire uses [`render`](Self::render)).

@@ -211,6 +211,8 @@ impl EngineBuilder {
                 },
             )
             .map_err(|e| lua_setup_error("installing the instruction hook", e))?;
+            // Calls make many short-lived tables and strings: generational collection suits them.
+            lua.gc_gen(0, 0);
             slots.push(Slot {
                 lua,
                 functions,
