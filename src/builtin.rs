@@ -2,8 +2,7 @@
 //! over exactly the descriptor set that is served) and health (SERVING for every loaded service).
 
 use tonic::server::NamedService;
-use tower::util::BoxCloneService;
-use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
 
 use crate::error::StartupError;
 use crate::router::BuiltinService;
@@ -55,8 +54,9 @@ where
             Error = std::convert::Infallible,
         > + Clone
         + Send
+        + Sync
         + 'static,
     S::Future: Send + 'static,
 {
-    BoxCloneService::new(svc.map_response(|r| r))
+    BoxCloneSyncService::new(svc)
 }

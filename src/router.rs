@@ -22,7 +22,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataMap;
 use tonic::server::Grpc;
 use tonic::{Status, Streaming};
-use tower::util::BoxCloneService;
+use tower::util::BoxCloneSyncService;
 use tower::Service;
 
 use crate::codec::{DynamicCodec, Outgoing};
@@ -32,7 +32,7 @@ use crate::handler::{
 };
 
 /// A built-in gRPC service (reflection, health), boxed.
-pub type BuiltinService = BoxCloneService<Request<Body>, Response<Body>, Infallible>;
+pub type BuiltinService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
 /// Limits applied to every call.
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +44,8 @@ pub struct Limits {
 #[derive(Clone)]
 pub struct Router {
     methods: Arc<HashMap<&'static str, Arc<MethodEntry>>>,
-    builtins: Vec<(&'static str, BuiltinService)>,
+    /// Shared, so cloning the router per connection or request copies two pointers.
+    builtins: Arc<[(&'static str, BuiltinService)]>,
     limits: Limits,
 }
 
@@ -57,7 +58,7 @@ impl Router {
         let methods = table.iter().map(|e| (e.info.path, e.clone())).collect();
         Self {
             methods: Arc::new(methods),
-            builtins,
+            builtins: builtins.into(),
             limits,
         }
     }
@@ -82,9 +83,9 @@ impl Service<Request<Body>> for Router {
             let limits = self.limits;
             return Box::pin(async move { Ok(dispatch(entry, req, limits).await) });
         }
-        for (prefix, svc) in &mut self.builtins {
+        for (prefix, svc) in self.builtins.iter() {
             if path.starts_with(*prefix) {
-                return Box::pin(svc.call(req));
+                return Box::pin(svc.clone().call(req));
             }
         }
         let status: Status = CallError::UnknownMethod {
