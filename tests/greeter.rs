@@ -11,26 +11,18 @@ use tonic::Code;
 async fn greeter_answers_like_the_tutorial() {
     let server = Server::repo_default();
     let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
-    let r = client
-        .unary("helloworld.Greeter/SayHello", json!({"name": "you"}))
-        .await
-        .unwrap();
-    assert_eq!(r, json!({"message": "Hello, you!"}));
-    let r = client
-        .unary("helloworld.Greeter/SayHelloAgain", json!({"name": "you"}))
-        .await
-        .unwrap();
-    assert_eq!(r, json!({"message": "Hello again, you!"}));
-    let r = client
-        .unary("helloworld.Greeter/SayHello", json!({}))
-        .await
-        .unwrap();
-    assert_eq!(r, json!({"message": "Hello, !"}));
-    let r = client
-        .unary("helloworld.Greeter/SayHello", json!({"name": "Zoë 🌍"}))
-        .await
-        .unwrap();
-    assert_eq!(r, json!({"message": "Hello, Zoë 🌍!"}));
+    for (method, request, reply) in [
+        ("SayHello", json!({"name": "you"}), "Hello, you!"),
+        ("SayHelloAgain", json!({"name": "you"}), "Hello again, you!"),
+        ("SayHello", json!({}), "Hello, !"),
+        ("SayHello", json!({"name": "Zoë 🌍"}), "Hello, Zoë 🌍!"),
+    ] {
+        let r = client
+            .unary(&format!("helloworld.Greeter/{method}"), request)
+            .await
+            .unwrap();
+        assert_eq!(r, json!({ "message": reply }), "{method}");
+    }
 }
 
 #[tokio::test]
