@@ -11,6 +11,8 @@ use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
+use crate::error::CallError;
+
 /// A response message on its way to the wire.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
@@ -75,9 +77,12 @@ impl Encoder for OutgoingEncoder {
                 dst.put_slice(&bytes);
                 Ok(())
             }
-            Outgoing::Message(msg) => msg
-                .encode(dst)
-                .map_err(|e| Status::internal(format!("encoding the response failed: {e}"))),
+            Outgoing::Message(msg) => msg.encode(dst).map_err(|e| {
+                CallError::Encode {
+                    message: e.to_string(),
+                }
+                .into()
+            }),
         }
     }
 }
@@ -93,11 +98,9 @@ impl Decoder for DynamicDecoder {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
         let mut msg = DynamicMessage::new(self.desc.clone());
-        msg.merge(src).map_err(|e| {
-            Status::invalid_argument(format!(
-                "the request is not a valid {} message: {e}",
-                self.desc.full_name()
-            ))
+        msg.merge(src).map_err(|e| CallError::BadRequest {
+            expected: self.desc.full_name().to_owned(),
+            message: e.to_string(),
         })?;
         Ok(Some(msg))
     }

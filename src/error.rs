@@ -192,6 +192,14 @@ pub enum CallError {
     DeadlineExceeded { method: &'static str },
     /// The client went away.
     Cancelled,
+    /// The request bytes are not a message of the method's input type.
+    BadRequest { expected: String, message: String },
+    /// The request's content-type is not gRPC.
+    NotGrpc { content_type: String },
+    /// A response over `--max-message-size`.
+    ResponseTooLarge { len: usize, limit: usize },
+    /// A response message that could not be encoded.
+    Encode { message: String },
     /// An error already expressed as a status (from tonic's decoder, for instance).
     Transport(Status),
 }
@@ -248,6 +256,18 @@ impl From<CallError> for Status {
                 Status::deadline_exceeded(format!("{method}: the call's deadline passed"))
             }
             CallError::Cancelled => Status::cancelled("the call was cancelled"),
+            CallError::BadRequest { expected, message } => Status::invalid_argument(format!(
+                "the request is not a valid {expected} message: {message}"
+            )),
+            CallError::NotGrpc { content_type } => Status::invalid_argument(format!(
+                "content-type {content_type:?} is not gRPC; send application/grpc (protobuf encoding)"
+            )),
+            CallError::ResponseTooLarge { len, limit } => Status::resource_exhausted(format!(
+                "the response is {len} bytes, over the limit of {limit} bytes; raise it with --max-message-size"
+            )),
+            CallError::Encode { message } => {
+                Status::internal(format!("encoding the response failed: {message}"))
+            }
             CallError::Transport(status) => normalize_status(status),
         }
     }

@@ -113,9 +113,10 @@ fn check_content_type(req: &Request<Body>) -> Option<Response<Body>> {
     let shown = ct
         .map(|c| String::from_utf8_lossy(c).into_owned())
         .unwrap_or_else(|| "none".into());
-    let status = Status::invalid_argument(format!(
-        "content-type {shown:?} is not gRPC; send application/grpc (protobuf encoding)"
-    ));
+    let status: Status = CallError::NotGrpc {
+        content_type: shown,
+    }
+    .into();
     let mut resp = status.into_http::<Body>();
     *resp.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
     Some(resp)
@@ -173,9 +174,7 @@ fn check_size(msg: Outgoing, limit: usize) -> Result<Outgoing, Status> {
         Outgoing::Message(m) => prost::Message::encoded_len(m),
     };
     if len > limit {
-        return Err(Status::resource_exhausted(format!(
-            "the response is {len} bytes, over the limit of {limit} bytes; raise it with --max-message-size"
-        )));
+        return Err(CallError::ResponseTooLarge { len, limit }.into());
     }
     Ok(msg)
 }
