@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let bench_dir = manifest.join("../..");
+    let bench_dir = manifest.join("..");
     let repo_protos = std::env::var_os("BENCH_REPO_PROTOS")
         .map(PathBuf::from)
         .unwrap_or_else(|| bench_dir.join("../protos"));
