@@ -75,6 +75,7 @@ impl Loaded {
 pub fn load(options: Options) -> Result<Loaded, StartupErrors> {
     let started = Instant::now();
     let schema = schema::compile(&options.protos, &options.import_paths)?;
+    tracing::debug!("protos compiled in {:?}", started.elapsed());
     let mut table = HandlerTable::from_pool(&schema.pool);
     let data = data::DataSets::load(&options.data)?;
     // Lua states are made only when a handler file names a script.
@@ -96,6 +97,7 @@ pub fn load(options: Options) -> Result<Loaded, StartupErrors> {
     if let Some(engine) = engine {
         engine.finish()?;
     }
+    tracing::debug!("handlers and data loaded at {:?}", started.elapsed());
     Ok(Loaded {
         schema,
         table,

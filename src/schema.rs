@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 
 use miette::Diagnostic;
-use prost::Message;
 use prost_reflect::DescriptorPool;
 
 use crate::error::{Location, StartupError};
@@ -62,12 +61,10 @@ pub fn compile(proto_dirs: &[PathBuf], import_paths: &[PathBuf]) -> Result<Schem
             .open_file(file)
             .map_err(|e| on_disk(proto_error(&e, Some(file))))?;
     }
-    let encoded = compiler.file_descriptor_set().encode_to_vec();
-    let pool = DescriptorPool::decode(encoded.as_slice()).map_err(|e| StartupError::Proto {
-        location: Location::file("protos"),
-        message: e.to_string(),
-        detail: None,
-    })?;
+    tracing::debug!("protox parsed and checked {} files", files.len());
+    // The compiler's pool is already checked; its encoded form is what reflection serves.
+    let pool = compiler.descriptor_pool();
+    let encoded = compiler.encode_file_descriptor_set();
     let files = files
         .iter()
         .map(|f| {
