@@ -47,6 +47,8 @@ pub struct CallShared {
     pub first_send: Mutex<Option<oneshot::Sender<()>>>,
     /// Set when the client has gone away.
     pub cancelled: AtomicBool,
+    /// A message `try_send` could not place yet; `wait_send` sends it.
+    pub pending: Mutex<Option<Result<Outgoing, Status>>>,
 }
 
 impl CallShared {
@@ -186,42 +188,71 @@ impl UserData for Ctx {
                 }
             }
         });
-        methods.add_async_method("send", |_, this, msg: LuaValue| async move {
+        // `ctx:send(msg)` for streaming calls is `try_send`, then `wait_send` only when the
+        // client is slow (see `sandbox::STREAM_CTX`): no async machinery per message.
+        methods.add_method("try_send", |_, this, msg: LuaValue| this.0.try_send(&msg));
+        methods.add_async_method("wait_send", |_, this, ()| async move {
             let shared = this.0.clone();
             drop(this);
+            let pending = shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             let sender = shared
                 .sender
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            let Some(sender) = sender else {
-                return Err(mlua::Error::runtime(if shared.streams_output {
-                    format!("ctx:send: the call to {} has ended", shared.method)
-                } else {
-                    format!(
-                        "ctx:send: {} answers with one message; return it instead",
-                        shared.method
-                    )
-                }));
-            };
-            let message = outgoing_from_lua(&msg, &shared.output).map_err(|e| {
-                mlua::Error::external(super::status::BadMessage(format!(
-                    "{}: {} sent a bad {}: {e}",
-                    shared.script,
-                    shared.function,
-                    shared.output.full_name()
-                )))
-            })?;
-            shared.mark_headers_sent();
-            // Most sends find room at once; only a slow client makes the script wait.
-            match sender.try_send(Ok(message)) {
-                Ok(()) => Ok(()),
-                Err(mpsc::error::TrySendError::Full(item)) => {
+            match (pending, sender) {
+                (Some(item), Some(sender)) => {
                     sender.send(item).await.map_err(|_| abort(Abort::Cancelled))
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(abort(Abort::Cancelled)),
+                _ => Ok(()),
             }
         });
+        methods.add_method("send", |_, this, msg: LuaValue| {
+            // Reached only by one-message methods: streaming calls get the wrapper above.
+            let _ = msg;
+            Err::<(), _>(mlua::Error::runtime(format!(
+                "ctx:send: {} answers with one message; return it instead",
+                this.0.method
+            )))
+        });
+    }
+}
+
+impl CallShared {
+    /// Sends at once if the channel has room; otherwise parks the message for `wait_send`.
+    fn try_send(&self, msg: &LuaValue) -> mlua::Result<bool> {
+        let sender = self
+            .sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(sender) = sender else {
+            return Err(mlua::Error::runtime(format!(
+                "ctx:send: the call to {} has ended",
+                self.method
+            )));
+        };
+        let message = outgoing_from_lua(msg, &self.output).map_err(|e| {
+            mlua::Error::external(super::status::BadMessage(format!(
+                "{}: {} sent a bad {}: {e}",
+                self.script,
+                self.function,
+                self.output.full_name()
+            )))
+        })?;
+        self.mark_headers_sent();
+        match sender.try_send(Ok(message)) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(item);
+                Ok(false)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(abort(Abort::Cancelled)),
+        }
     }
 }
 

@@ -133,11 +133,13 @@ const ENCODED_DATA_LIMIT: usize = 65_536;
 /// A Lua value as a response: read-only data tables come from the cache, others are converted.
 pub fn outgoing_from_lua(value: &LuaValue, desc: &MessageDescriptor) -> Result<Outgoing> {
     if let LuaValue::Table(t) = value {
+        // Data tables live as long as the state, so their address is a stable key; looking it
+        // up first avoids asking Lua about the metatable on every send.
+        let key = (t.to_pointer() as usize, desc.full_name().as_ptr() as usize);
+        if let Some(bytes) = ENCODED_DATA.with(|c| c.borrow().get(&key).cloned()) {
+            return Ok(Outgoing::Encoded(bytes));
+        }
         if is_readonly(t) {
-            let key = (t.to_pointer() as usize, desc.full_name().as_ptr() as usize);
-            if let Some(bytes) = ENCODED_DATA.with(|c| c.borrow().get(&key).cloned()) {
-                return Ok(Outgoing::Encoded(bytes));
-            }
             let bytes = Bytes::from(lua_to_message(value, desc, "")?.encode_to_vec());
             ENCODED_DATA.with(|c| {
                 let mut cache = c.borrow_mut();

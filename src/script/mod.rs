@@ -70,6 +70,7 @@ impl Default for ScriptOptions {
 struct Slot {
     lua: Lua,
     functions: Vec<Function>,
+    stream_ctx: Function,
     active: AtomicUsize,
 }
 
@@ -216,6 +217,7 @@ impl EngineBuilder {
             slots.push(Slot {
                 lua,
                 functions,
+                stream_ctx: sandbox.stream_ctx.clone(),
                 active: AtomicUsize::new(0),
             });
         }
@@ -364,9 +366,10 @@ impl Handler for ScriptHandler {
             sender: Mutex::new(tx),
             streams_output,
             first_send: Mutex::new(Some(first_tx)),
+            pending: Mutex::new(None),
             cancelled: Default::default(),
         });
-        let running = start(&slot.lua, &slot.functions[self.index], &shared, requests);
+        let running = start(slot, &slot.functions[self.index], &shared, requests);
         if !streams_output {
             return Box::pin(async move {
                 let _guard = guard;
@@ -433,16 +436,20 @@ impl<F: std::future::Future<Output = mlua::Result<LuaValue>> + Unpin + Send> Run
 
 /// Converts the request and starts the function as a coroutine (it runs when polled).
 fn start(
-    lua: &Lua,
+    slot: &Slot,
     function: &Function,
     shared: &Arc<CallShared>,
     requests: Requests,
 ) -> mlua::Result<CurrentCall<impl Running>> {
+    let lua = &slot.lua;
     let arg = match requests {
         Requests::One(msg) => LuaValue::Table(message_to_lua(lua, &msg)?),
         Requests::Stream(stream) => LuaValue::Function(request_iterator(lua, stream)?),
     };
-    let ctx = lua.create_userdata(Ctx(shared.clone()))?;
+    let mut ctx = LuaValue::UserData(lua.create_userdata(Ctx(shared.clone()))?);
+    if shared.streams_output {
+        ctx = slot.stream_ctx.call(ctx)?;
+    }
     Ok(CurrentCall::new(
         shared.clone(),
         function.call_async::<LuaValue>((arg, ctx)),

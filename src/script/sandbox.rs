@@ -56,12 +56,33 @@ local function lock_env(env, G, name)
   })
 end
 
-return readonly, deep_readonly, new_env, lock_env
+-- ctx for streaming calls: ctx:send tries a plain call first and waits only when the client
+-- is slow; everything else is the call's userdata.
+local function stream_ctx(u)
+  local function send(_, msg)
+    if not u:try_send(msg) then u:wait_send() end
+  end
+  return setmetatable({ send = send }, {
+    __index = function(_, k)
+      local v = u[k]
+      if type(v) == "function" then
+        return function(_, ...) return v(u, ...) end
+      end
+      return v
+    end,
+    __newindex = function() error("ctx is read-only", 2) end,
+    __metatable = "ctx",
+  })
+end
+
+return readonly, deep_readonly, new_env, lock_env, stream_ctx
 "#;
 
 /// Helpers kept per state.
 pub struct Sandbox {
     pub deep_readonly: Function,
+    /// Wraps a streaming call's ctx userdata (see the prelude).
+    pub stream_ctx: Function,
     pub new_env: Function,
     pub lock_env: Function,
 }
@@ -81,7 +102,8 @@ pub fn new_state(
     let lua = Lua::new_with(libs, LuaOptions::default())?;
     let g = lua.globals();
 
-    let (readonly, deep_readonly, new_env, lock_env): (Function, Function, Function, Function) =
+    type Prelude = (Function, Function, Function, Function, Function);
+    let (readonly, deep_readonly, new_env, lock_env, stream_ctx): Prelude =
         lua.load(PRELUDE).set_name("=protoserve").call(())?;
 
     // Only the harmless part of os.
@@ -139,6 +161,7 @@ pub fn new_state(
 
     let sandbox = Sandbox {
         deep_readonly,
+        stream_ctx,
         new_env,
         lock_env,
     };
