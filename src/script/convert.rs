@@ -27,13 +27,16 @@ pub fn message_to_lua(lua: &Lua, msg: &DynamicMessage) -> mlua::Result<Table> {
     let desc = msg.descriptor();
     let table = lua.create_table_with_capacity(0, desc.fields().len())?;
     for field in desc.fields() {
-        let present = msg.has_field(&field);
-        let tracks_presence = field.supports_presence() || matches!(field.kind(), Kind::Message(_));
-        if !present && tracks_presence && !field.is_list() && !field.is_map() {
+        let kind = field.kind();
+        let singular = !field.is_list() && !field.is_map();
+        if singular
+            && !msg.has_field(&field)
+            && (matches!(kind, Kind::Message(_)) || field.supports_presence())
+        {
             continue;
         }
         let value = msg.get_field(&field);
-        table.raw_set(field.name(), value_to_lua(lua, &value, &field.kind())?)?;
+        table.raw_set(field.name(), value_to_lua(lua, &value, &kind)?)?;
     }
     Ok(table)
 }
@@ -150,7 +153,10 @@ pub fn outgoing_from_lua(value: &LuaValue, desc: &MessageDescriptor) -> Result<O
             return Ok(Outgoing::Encoded(bytes));
         }
     }
-    Ok(Outgoing::Message(lua_to_message(value, desc, "")?))
+    // Encoded here, once: the size check and the encoder then only look at bytes.
+    Ok(Outgoing::Encoded(Bytes::from(
+        lua_to_message(value, desc, "")?.encode_to_vec(),
+    )))
 }
 
 fn is_readonly(table: &Table) -> bool {
