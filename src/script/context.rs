@@ -91,7 +91,19 @@ impl CallShared {
 }
 
 /// The Lua-side handle.
-pub struct Ctx(pub Arc<CallShared>);
+/// `Some` for a streaming call's own ctx; `None` for the one ctx a Lua state hands to every
+/// one-message call, which stands for whichever call is running (see `slice::with_current`).
+pub struct Ctx(pub Option<Arc<CallShared>>);
+
+impl Ctx {
+    fn call(&self) -> mlua::Result<Arc<CallShared>> {
+        match &self.0 {
+            Some(shared) => Ok(shared.clone()),
+            None => super::slice::running_call()
+                .ok_or_else(|| mlua::Error::runtime("ctx is only usable while its call runs")),
+        }
+    }
+}
 
 fn abort(a: Abort) -> mlua::Error {
     mlua::Error::external(a)
@@ -131,11 +143,13 @@ fn unix_seconds(at: Instant) -> f64 {
 
 impl UserData for Ctx {
     fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
-        fields.add_field_method_get("method", |_, this| Ok(this.0.method));
-        fields.add_field_method_get("deadline", |_, this| Ok(this.0.deadline.map(unix_seconds)));
+        fields.add_field_method_get("method", |_, this| Ok(this.call()?.method));
+        fields.add_field_method_get("deadline", |_, this| {
+            Ok(this.call()?.deadline.map(unix_seconds))
+        });
         fields.add_field_method_get("metadata", |lua, this| {
             let t = lua.create_table()?;
-            for kv in this.0.metadata.iter() {
+            for kv in this.call()?.metadata.iter() {
                 match kv {
                     KeyAndValueRef::Ascii(k, v) => {
                         t.raw_set(k.as_str(), lua.create_string(v.as_encoded_bytes())?)?
@@ -152,30 +166,34 @@ impl UserData for Ctx {
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("elapsed", |_, this, ()| {
-            Ok(this.0.started.elapsed().as_secs_f64())
+            Ok(this.call()?.started.elapsed().as_secs_f64())
         });
         methods.add_method("remaining", |_, this, ()| {
             Ok(this
-                .0
+                .call()?
                 .deadline
                 .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64()))
         });
         methods.add_method("set_header", |_, this, (k, v): (String, mlua::String)| {
-            if this.0.headers_sent.load(Ordering::Acquire) {
+            if this.call()?.headers_sent.load(Ordering::Acquire) {
                 return Err(mlua::Error::runtime("ctx:set_header: headers were already sent with the first message; set headers before ctx:send"));
             }
-            insert_metadata(&mut this.0.headers.lock().unwrap_or_else(|e| e.into_inner()), &k, &v.as_bytes())
+            insert_metadata(&mut this.call()?.headers.lock().unwrap_or_else(|e| e.into_inner()), &k, &v.as_bytes())
         });
         methods.add_method("set_trailer", |_, this, (k, v): (String, mlua::String)| {
             insert_metadata(
-                &mut this.0.trailers.lock().unwrap_or_else(|e| e.into_inner()),
+                &mut this
+                    .call()?
+                    .trailers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
                 &k,
                 &v.as_bytes(),
             )
         });
         methods.add_async_method("sleep", |_, this, ms: f64| async move {
             let wanted = Duration::from_secs_f64((ms.max(0.0)) / 1000.0);
-            let shared = this.0.clone();
+            let shared = this.call()?;
             drop(this);
             match shared.deadline {
                 Some(d) if Instant::now() + wanted >= d => {
@@ -190,9 +208,11 @@ impl UserData for Ctx {
         });
         // `ctx:send(msg)` for streaming calls is `try_send`, then `wait_send` only when the
         // client is slow (see `sandbox::STREAM_CTX`): no async machinery per message.
-        methods.add_method("try_send", |_, this, msg: LuaValue| this.0.try_send(&msg));
+        methods.add_method("try_send", |_, this, msg: LuaValue| {
+            this.call()?.try_send(&msg)
+        });
         methods.add_async_method("wait_send", |_, this, ()| async move {
-            let shared = this.0.clone();
+            let shared = this.call()?;
             drop(this);
             let pending = shared
                 .pending
@@ -216,7 +236,7 @@ impl UserData for Ctx {
             let _ = msg;
             Err::<(), _>(mlua::Error::runtime(format!(
                 "ctx:send: {} answers with one message; return it instead",
-                this.0.method
+                this.call()?.method
             )))
         });
     }

@@ -71,6 +71,8 @@ struct Slot {
     lua: Lua,
     functions: Vec<Function>,
     stream_ctx: Function,
+    /// The ctx of one-message calls: it reads the running call, so no call allocates one.
+    shared_ctx: mlua::AnyUserData,
     active: AtomicUsize,
 }
 
@@ -205,19 +207,23 @@ impl EngineBuilder {
             // One hook for every coroutine of this state; it checks whichever call is running.
             lua.set_global_hook(
                 HookTriggers::new().every_nth_instruction(HOOK_STEP),
-                |_, _| match current_call_check() {
-                    Check::Continue => Ok(VmState::Continue),
-                    Check::Yield => Ok(VmState::Yield),
-                    Check::Abort(a) => Err(mlua::Error::external(a)),
+                |_, _| match slice::check(u64::from(HOOK_STEP), TIME_SLICE) {
+                    slice::Check::Continue => Ok(VmState::Continue),
+                    slice::Check::Yield => Ok(VmState::Yield),
+                    slice::Check::Abort(a) => Err(mlua::Error::external(a)),
                 },
             )
             .map_err(|e| lua_setup_error("installing the instruction hook", e))?;
             // Calls make many short-lived tables and strings: generational collection suits them.
             lua.gc_gen(0, 0);
+            let shared_ctx = lua
+                .create_userdata(Ctx(None))
+                .map_err(|e| lua_setup_error("creating ctx", e))?;
             slots.push(Slot {
                 lua,
                 functions,
                 stream_ctx: sandbox.stream_ctx.clone(),
+                shared_ctx,
                 active: AtomicUsize::new(0),
             });
         }
@@ -227,24 +233,6 @@ impl EngineBuilder {
         });
         Ok(())
     }
-}
-
-/// Asked by the instruction hook: go on, let others run, or stop the running call?
-fn current_call_check() -> Check {
-    slice::with_current(|current| match current {
-        None => Check::Continue,
-        Some((shared, since)) => match shared.should_abort(u64::from(HOOK_STEP)) {
-            Some(a) => Check::Abort(a),
-            None if since.elapsed() >= TIME_SLICE => Check::Yield,
-            None => Check::Continue,
-        },
-    })
-}
-
-enum Check {
-    Continue,
-    Yield,
-    Abort(Abort),
 }
 
 /// A script problem found at startup.
@@ -446,10 +434,12 @@ fn start(
         Requests::One(msg) => LuaValue::Table(message_to_lua(lua, &msg)?),
         Requests::Stream(stream) => LuaValue::Function(request_iterator(lua, stream)?),
     };
-    let mut ctx = LuaValue::UserData(lua.create_userdata(Ctx(shared.clone()))?);
-    if shared.streams_output {
-        ctx = slot.stream_ctx.call(ctx)?;
-    }
+    let ctx = if shared.streams_output {
+        let own = lua.create_userdata(Ctx(Some(shared.clone())))?;
+        slot.stream_ctx.call::<LuaValue>(own)?
+    } else {
+        LuaValue::UserData(slot.shared_ctx.clone())
+    };
     Ok(CurrentCall::new(
         shared.clone(),
         function.call_async::<LuaValue>((arg, ctx)),

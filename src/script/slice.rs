@@ -14,18 +14,48 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::context::CallShared;
+use super::status::Abort;
 
 thread_local! {
-    /// The call whose coroutine this thread is running, and since when.
-    static CURRENT: RefCell<Option<(Arc<CallShared>, Instant)>> = const { RefCell::new(None) };
+    /// The call whose coroutine this thread is running, since when, and whether the hook has
+    /// yielded it for using up its slice.
+    static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with the call this thread is running, if any.
-pub fn with_current<R>(f: impl FnOnce(Option<&(Arc<CallShared>, Instant)>) -> R) -> R {
-    CURRENT.with(|c| f(c.borrow().as_ref()))
+struct Current {
+    shared: Arc<CallShared>,
+    since: Instant,
+    sliced: bool,
+}
+
+/// The call this thread is running, if any.
+pub fn running_call() -> Option<Arc<CallShared>> {
+    CURRENT.with(|c| c.borrow().as_ref().map(|c| c.shared.clone()))
+}
+
+/// What the instruction hook should do with the running script.
+pub enum Check {
+    Continue,
+    Yield,
+    Abort(Abort),
+}
+
+/// Asked by the instruction hook every `step` instructions.
+pub fn check(step: u64, slice: Duration) -> Check {
+    CURRENT.with(|c| match c.borrow_mut().as_mut() {
+        None => Check::Continue,
+        Some(current) => match current.shared.should_abort(step) {
+            Some(a) => Check::Abort(a),
+            None if current.since.elapsed() >= slice => {
+                current.sliced = true;
+                Check::Yield
+            }
+            None => Check::Continue,
+        },
+    })
 }
 
 /// Forwards wakes to the task, except one that happens during the poll itself.
@@ -51,25 +81,22 @@ impl Wake for SliceWaker {
     }
 }
 
-/// A script coroutine, polled with its call marked current.
+/// A script coroutine, polled with its call marked current. Calls that finish within their
+/// first slice (nearly all) never need the wake interception, so it is set up only once the
+/// hook has yielded the script.
 pub struct CurrentCall<F> {
     shared: Arc<CallShared>,
     inner: F,
-    waker: Arc<SliceWaker>,
+    waker: Option<Arc<SliceWaker>>,
     yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl<F> CurrentCall<F> {
     pub fn new(shared: Arc<CallShared>, inner: F) -> Self {
-        let waker = Arc::new(SliceWaker {
-            task: Mutex::new(None),
-            polling: AtomicBool::new(false),
-            woken_while_polling: AtomicBool::new(false),
-        });
         Self {
             shared,
             inner,
-            waker,
+            waker: None,
             yielding: None,
         }
     }
@@ -86,26 +113,52 @@ impl<F: Future + Unpin> Future for CurrentCall<F> {
             }
             this.yielding = None;
         }
-        {
-            let mut task = this.waker.task.lock().unwrap_or_else(|e| e.into_inner());
-            if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *task = Some(cx.waker().clone());
+        let entry = Current {
+            shared: this.shared.clone(),
+            since: Instant::now(),
+            sliced: false,
+        };
+        let previous = CURRENT.with(|c| c.replace(Some(entry)));
+        let result = match &this.waker {
+            None => Pin::new(&mut this.inner).poll(cx),
+            Some(slice_waker) => {
+                {
+                    let mut task = slice_waker.task.lock().unwrap_or_else(|e| e.into_inner());
+                    if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *task = Some(cx.waker().clone());
+                    }
+                }
+                let waker = Waker::from(slice_waker.clone());
+                let mut inner_cx = Context::from_waker(&waker);
+                slice_waker.polling.store(true, Ordering::Release);
+                let result = Pin::new(&mut this.inner).poll(&mut inner_cx);
+                slice_waker.polling.store(false, Ordering::Release);
+                result
             }
-        }
-        let waker = Waker::from(this.waker.clone());
-        let mut inner_cx = Context::from_waker(&waker);
-        this.waker.polling.store(true, Ordering::Release);
-        let previous = CURRENT.with(|c| c.replace(Some((this.shared.clone(), Instant::now()))));
-        let result = Pin::new(&mut this.inner).poll(&mut inner_cx);
-        CURRENT.with(|c| *c.borrow_mut() = previous);
-        this.waker.polling.store(false, Ordering::Release);
-        if result.is_pending() && this.waker.woken_while_polling.swap(false, Ordering::AcqRel) {
-            let mut y: Pin<Box<dyn Future<Output = ()> + Send>> =
-                Box::pin(tokio::task::yield_now());
-            if y.as_mut().poll(cx).is_pending() {
-                this.yielding = Some(y);
-            } else {
-                cx.waker().wake_by_ref();
+        };
+        let sliced = CURRENT
+            .with(|c| c.replace(previous))
+            .is_some_and(|c| c.sliced);
+        if result.is_pending() {
+            match &this.waker {
+                None if sliced => {
+                    // From now on, catch the coroutine's self-wake (see the module docs).
+                    this.waker = Some(Arc::new(SliceWaker {
+                        task: Mutex::new(Some(cx.waker().clone())),
+                        polling: AtomicBool::new(false),
+                        woken_while_polling: AtomicBool::new(false),
+                    }));
+                }
+                Some(w) if w.woken_while_polling.swap(false, Ordering::AcqRel) => {
+                    let mut y: Pin<Box<dyn Future<Output = ()> + Send>> =
+                        Box::pin(tokio::task::yield_now());
+                    if y.as_mut().poll(cx).is_pending() {
+                        this.yielding = Some(y);
+                    } else {
+                        cx.waker().wake_by_ref();
+                    }
+                }
+                _ => {}
             }
         }
         result
