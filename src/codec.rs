@@ -22,19 +22,6 @@ pub enum Outgoing {
     Message(DynamicMessage),
 }
 
-impl Outgoing {
-    /// The message form, decoding pre-encoded bytes if needed (for tests and scripts, not the wire).
-    pub fn into_message(
-        self,
-        desc: &MessageDescriptor,
-    ) -> Result<DynamicMessage, prost::DecodeError> {
-        match self {
-            Outgoing::Message(m) => Ok(m),
-            Outgoing::Encoded(b) => DynamicMessage::decode(desc.clone(), b),
-        }
-    }
-}
-
 /// The codec for one method: decodes its input type, encodes its output.
 #[derive(Debug, Clone)]
 pub struct DynamicCodec {

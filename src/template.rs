@@ -91,11 +91,6 @@ impl TextTemplate {
         Ok(Self { pieces })
     }
 
-    /// True when the text has no placeholder at all.
-    pub fn is_constant(&self) -> bool {
-        self.pieces.iter().all(|p| matches!(p, Piece::Lit(_)))
-    }
-
     pub fn render(&self, req: &DynamicMessage) -> String {
         let mut out = String::new();
         self.render_into(req, &mut out);
@@ -244,11 +239,6 @@ impl ReplyTemplate {
         })
     }
 
-    /// True when every call gets the same bytes.
-    pub fn is_constant(&self) -> bool {
-        self.dynamic.is_empty() && self.whole.is_none()
-    }
-
     /// The response for one request.
     pub fn render(&self, req: &DynamicMessage) -> std::result::Result<Outgoing, String> {
         if let Some(from) = &self.whole {
@@ -300,16 +290,6 @@ impl ReplyTemplate {
             buf.put_slice(text.as_bytes());
         }
         buf.freeze()
-    }
-
-    /// The response as a message (for tools and tests; the wire uses [`render`](Self::render)).
-    pub fn render_message(
-        &self,
-        req: &DynamicMessage,
-    ) -> std::result::Result<DynamicMessage, String> {
-        self.render(req)?
-            .into_message(&self.desc)
-            .map_err(|e| e.to_string())
     }
 }
 

@@ -58,10 +58,6 @@ impl Shape {
         }
     }
 
-    pub fn streams_input(self) -> bool {
-        matches!(self, Shape::ClientStreaming | Shape::Bidi)
-    }
-
     pub fn streams_output(self) -> bool {
         matches!(self, Shape::ServerStreaming | Shape::Bidi)
     }
@@ -151,24 +147,6 @@ pub struct Reply {
     pub trailers: Option<Arc<Mutex<MetadataMap>>>,
 }
 
-impl Reply {
-    pub fn one(msg: Outgoing) -> Self {
-        Self {
-            responses: Responses::One(msg),
-            headers: MetadataMap::new(),
-            trailers: None,
-        }
-    }
-
-    pub fn stream(stream: ResponseStream) -> Self {
-        Self {
-            responses: Responses::Stream(stream),
-            headers: MetadataMap::new(),
-            trailers: None,
-        }
-    }
-}
-
 pub type HandlerFuture = BoxFuture<'static, Result<Reply, CallError>>;
 
 /// Answers calls to one method, in whichever shape the method has.
@@ -223,14 +201,6 @@ impl HandlerTable {
                 handler: Some(handler),
             });
         }
-    }
-
-    pub fn has_handler(&self, path: &str) -> bool {
-        self.entries.get(path).is_some_and(|e| e.handler.is_some())
-    }
-
-    pub fn get(&self, path: &str) -> Option<&Arc<MethodEntry>> {
-        self.entries.get(path)
     }
 
     /// Entries in the order the protos declare them.
