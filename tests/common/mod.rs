@@ -227,13 +227,19 @@ impl Client {
         Ok(out)
     }
 
-    pub async fn client_stream(&self, name: &str, items: Vec<Json>) -> Result<Json, Status> {
+    /// The method and `items` as request messages of its input type.
+    fn requests(&self, name: &str, items: Vec<Json>) -> (MethodDescriptor, Vec<Outgoing>) {
         let m = self.method(name);
         let input = m.input();
-        let msgs: Vec<Outgoing> = items
+        let msgs = items
             .into_iter()
             .map(|j| Outgoing::Message(Self::message(&input, j)))
             .collect();
+        (m, msgs)
+    }
+
+    pub async fn client_stream(&self, name: &str, items: Vec<Json>) -> Result<Json, Status> {
+        let (m, msgs) = self.requests(name, items);
         let mut grpc = self.grpc();
         grpc.ready()
             .await
@@ -250,12 +256,7 @@ impl Client {
 
     /// Sends all `items`, then collects responses until the stream ends or fails.
     pub async fn bidi(&self, name: &str, items: Vec<Json>) -> (Vec<Json>, Option<Status>) {
-        let m = self.method(name);
-        let input = m.input();
-        let msgs: Vec<Outgoing> = items
-            .into_iter()
-            .map(|j| Outgoing::Message(Self::message(&input, j)))
-            .collect();
+        let (m, msgs) = self.requests(name, items);
         let mut grpc = self.grpc();
         if let Err(e) = grpc.ready().await {
             return (Vec::new(), Some(Status::unavailable(e.to_string())));
