@@ -337,7 +337,13 @@ impl Handler for ScriptHandler {
         } else {
             (None, None)
         };
-        let (first_tx, first_rx) = oneshot::channel();
+        // Only streaming calls wait for the first message before answering.
+        let (first_tx, first_rx) = if streams_output {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let shared = Arc::new(CallShared {
             method: method.name,
             script: self.script.clone(),
@@ -353,7 +359,7 @@ impl Handler for ScriptHandler {
             headers_sent: Default::default(),
             sender: Mutex::new(tx),
             streams_output,
-            first_send: Mutex::new(Some(first_tx)),
+            first_send: Mutex::new(first_tx),
             pending: Mutex::new(None),
             cancelled: Default::default(),
         });
@@ -373,7 +379,9 @@ impl Handler for ScriptHandler {
         Box::pin(async move {
             // A streaming call answers once the script sends its first message (or ends), so
             // headers it sets before then go out with the response.
-            let _ = first_rx.await;
+            if let Some(first) = first_rx {
+                let _ = first.await;
+            }
             let headers =
                 std::mem::take(&mut *shared.headers.lock().unwrap_or_else(|e| e.into_inner()));
             let stream = ReceiverStream::new(rx.unwrap_or_else(|| mpsc::channel(1).1));
@@ -451,10 +459,18 @@ async fn one_response(
     running: CurrentCall<impl Running>,
     shared: &CallShared,
 ) -> Result<Reply, CallError> {
-    let value = tokio::select! {
-        r = running => r.map_err(|e| with_trailers(to_call_error(&e, shared), shared))?,
-        () = sleep_until(shared.deadline) => return Err(CallError::DeadlineExceeded { method: shared.method }),
+    let finished = match shared.deadline {
+        None => running.await,
+        Some(deadline) => match tokio::time::timeout_at(deadline.into(), running).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(CallError::DeadlineExceeded {
+                    method: shared.method,
+                })
+            }
+        },
     };
+    let value = finished.map_err(|e| with_trailers(to_call_error(&e, shared), shared))?;
     let msg = outgoing_from_lua(&value, &shared.output).map_err(|e| CallError::BadResponse {
         method: shared.method,
         message: format!(
