@@ -39,22 +39,36 @@ async fn two_busy_scripts_run_at_once() {
         }
         limit *= 2;
     };
+    // A serial implementation takes twice as long every time; a parallel one can still be
+    // slowed by a noisy neighbour now and then, so it gets three tries.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let one = time_busy(&a, limit).await;
+        let started = Instant::now();
+        let (ra, rb) = tokio::join!(time_busy(&a, limit), time_busy(&b, limit));
+        let both = started.elapsed();
+        assert!(ra > Duration::ZERO && rb > Duration::ZERO);
+        // What the machine itself manages right now: two busy threads against one.
+        let machine = machine_parallel_ratio(one);
+        let ratio = both.as_secs_f64() / one.as_secs_f64();
+        eprintln!("two script calls / one = {ratio:.2}; two busy threads / one = {machine:.2}");
+        if ratio < 1.6 || machine > 1.5 {
+            return;
+        }
+        seen.push((ratio, machine));
+    }
+    panic!(
+        "two script calls took (ratio to one call, machine's own two-thread ratio) {seen:.2?}: scripts did not run in parallel (first single call took {single:?})"
+    );
+}
+
+async fn time_busy(client: &Client, limit: i64) -> Duration {
     let started = Instant::now();
-    let (ra, rb) = tokio::join!(
-        a.unary("lab.Lab/Busy", json!({"limit": limit})),
-        b.unary("lab.Lab/Busy", json!({"limit": limit}))
-    );
-    ra.unwrap();
-    rb.unwrap();
-    let both = started.elapsed();
-    // What the machine itself manages right now: two busy threads against one.
-    let machine = machine_parallel_ratio(single);
-    let ratio = both.as_secs_f64() / single.as_secs_f64();
-    eprintln!("two script calls / one = {ratio:.2}; two busy threads / one = {machine:.2}");
-    assert!(
-        ratio < 1.6 || machine > 1.5,
-        "two calls took {both:?}, one took {single:?} while the machine runs two threads at {machine:.2}x: scripts did not run in parallel"
-    );
+    client
+        .unary("lab.Lab/Busy", json!({"limit": limit}))
+        .await
+        .unwrap();
+    started.elapsed()
 }
 
 /// Time of two threads spinning for `work` each, over one thread doing the same.

@@ -83,6 +83,7 @@ const TIME_SLICE: Duration = Duration::from_millis(2);
 pub struct ScriptEngine {
     slots: Vec<Slot>,
     options: ScriptOptions,
+    next: AtomicUsize,
 }
 
 /// A state being prepared: the state, its sandbox helpers, script environments by path, and
@@ -230,6 +231,7 @@ impl EngineBuilder {
         let _ = self.cell.set(ScriptEngine {
             slots,
             options: self.options,
+            next: AtomicUsize::new(0),
         });
         Ok(())
     }
@@ -411,11 +413,15 @@ impl Drop for ActiveGuard {
 }
 
 impl ScriptEngine {
+    /// The least busy state; the scan starts at a rotating index, so calls arriving together
+    /// on different threads spread over equally idle states instead of all taking the first.
     fn pick(&self) -> usize {
-        let mut best = 0;
-        let mut load = self.slots[0].active.load(Ordering::Relaxed);
-        for (i, slot) in self.slots.iter().enumerate().skip(1) {
-            let l = slot.active.load(Ordering::Relaxed);
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut best = start;
+        let mut load = self.slots[start].active.load(Ordering::Relaxed);
+        for i in (start + 1..n).chain(0..start) {
+            let l = self.slots[i].active.load(Ordering::Relaxed);
             if l < load {
                 best = i;
                 load = l;
