@@ -33,7 +33,7 @@ struct Current {
 
 /// The call this thread is running, if any.
 pub fn running_call() -> Option<Arc<CallShared>> {
-    CURRENT.with(|c| c.borrow().as_ref().map(|c| c.shared.clone()))
+    CURRENT.with(|c| c.try_borrow().ok()?.as_ref().map(|c| c.shared.clone()))
 }
 
 /// What the instruction hook should do with the running script.
@@ -45,16 +45,23 @@ pub enum Check {
 
 /// Asked by the instruction hook every `step` instructions.
 pub fn check(step: u64, slice: Duration) -> Check {
-    CURRENT.with(|c| match c.borrow_mut().as_mut() {
-        None => Check::Continue,
-        Some(current) => match current.shared.should_abort(step) {
-            Some(a) => Check::Abort(a),
-            None if current.since.elapsed() >= slice => {
-                current.sliced = true;
-                Check::Yield
-            }
+    CURRENT.with(|c| {
+        match c
+            .try_borrow_mut()
+            .ok()
+            .as_deref_mut()
+            .and_then(Option::as_mut)
+        {
             None => Check::Continue,
-        },
+            Some(current) => match current.shared.should_abort(step) {
+                Some(a) => Check::Abort(a),
+                None if current.since.elapsed() >= slice => {
+                    current.sliced = true;
+                    Check::Yield
+                }
+                None => Check::Continue,
+            },
+        }
     })
 }
 
