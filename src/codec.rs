@@ -1,17 +1,20 @@
-//! `DynamicCodec`: a tonic [`Codec`] whose message types are known only at run time.
+//! Tonic [`Codec`]s whose message types are known only at run time.
 //!
-//! The decoder is built with the method's input descriptor and yields a [`DynamicMessage`]; tonic
-//! has already done the framing, compression and size limits, so it sees exactly one message.
-//! The encoder takes an [`Outgoing`]: either a message to encode, or bytes that were encoded ahead
-//! of time (a constant reply is encoded once at startup and then only copied to the wire).
+//! tonic has already done the framing, compression and size limits, so a decoder sees exactly
+//! one message. The server's [`RequestCodec`] does not decode at all: it hands the handler an
+//! [`Incoming`], the message's bytes, which the handler decodes only as far as it needs.
+//! [`DynamicCodec`] decodes into a [`DynamicMessage`] (for clients of the server, such as the
+//! tests). Both encode an [`Outgoing`]: a message, or bytes encoded ahead of time (a constant
+//! reply is encoded once at startup and then only copied to the wire).
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
 use crate::error::CallError;
+use crate::wire;
 
 /// A response message on its way to the wire.
 #[derive(Debug, Clone)]
@@ -90,5 +93,85 @@ impl Decoder for DynamicDecoder {
             message: e.to_string(),
         })?;
         Ok(Some(msg))
+    }
+}
+
+/// A request message as it arrived, decoded only when a handler needs the message.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    bytes: Bytes,
+    desc: MessageDescriptor,
+}
+
+impl Incoming {
+    pub fn new(bytes: Bytes, desc: MessageDescriptor) -> Self {
+        Self { bytes, desc }
+    }
+
+    /// The encoded message.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The whole message; INVALID_ARGUMENT when the bytes are not one of the input type.
+    pub fn decode(&self) -> Result<DynamicMessage, CallError> {
+        DynamicMessage::decode(self.desc.clone(), self.bytes.clone())
+            .map_err(|e| self.bad(e.to_string()))
+    }
+
+    /// Checks the bytes are a well-formed message of the input type, without decoding it.
+    pub fn validate(&self) -> Result<(), CallError> {
+        wire::validate(&self.bytes, &self.desc).map_err(|e| self.bad(e))
+    }
+
+    fn bad(&self, message: String) -> CallError {
+        CallError::BadRequest {
+            expected: self.desc.full_name().to_owned(),
+            message,
+        }
+    }
+}
+
+/// The server's codec for one method: requests stay bytes, responses are [`Outgoing`].
+#[derive(Debug, Clone)]
+pub struct RequestCodec {
+    input: MessageDescriptor,
+}
+
+impl RequestCodec {
+    pub fn new(input: MessageDescriptor) -> Self {
+        Self { input }
+    }
+}
+
+impl Codec for RequestCodec {
+    type Encode = Outgoing;
+    type Decode = Incoming;
+    type Encoder = OutgoingEncoder;
+    type Decoder = IncomingDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        OutgoingEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        IncomingDecoder {
+            desc: self.input.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct IncomingDecoder {
+    desc: MessageDescriptor,
+}
+
+impl Decoder for IncomingDecoder {
+    type Item = Incoming;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Incoming>, Status> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        Ok(Some(Incoming::new(bytes, self.desc.clone())))
     }
 }

@@ -57,6 +57,19 @@ impl FieldPath {
         })
     }
 
+    /// The field numbers along the path, for reading wire bytes.
+    pub fn numbers(&self) -> impl Iterator<Item = u32> + '_ {
+        self.fields.iter().map(FieldDescriptor::number)
+    }
+
+    /// True when the path ends in a singular scalar, string or bytes field reached through
+    /// singular message fields, so it can be read straight from wire bytes.
+    pub fn reads_wire(&self) -> bool {
+        self.fields
+            .last()
+            .is_some_and(|f| !f.is_list() && !f.is_map() && !matches!(f.kind(), Kind::Message(_)))
+    }
+
     /// The path as the user wrote it.
     pub fn text(&self) -> &str {
         &self.text

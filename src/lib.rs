@@ -19,6 +19,7 @@ pub mod schema;
 pub mod script;
 pub mod suggest;
 pub mod template;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

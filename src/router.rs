@@ -16,7 +16,6 @@ use std::time::Instant;
 use futures_util::future::BoxFuture;
 use futures_util::{stream, StreamExt};
 use http::{Request, Response};
-use prost_reflect::DynamicMessage;
 use tonic::body::Body;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataMap;
@@ -25,7 +24,7 @@ use tonic::{Status, Streaming};
 use tower::util::BoxCloneSyncService;
 use tower::Service;
 
-use crate::codec::{DynamicCodec, Outgoing};
+use crate::codec::{Incoming, Outgoing, RequestCodec};
 use crate::error::{normalize_response_headers, CallError};
 use crate::handler::{
     Call, HandlerTable, MethodEntry, Reply, Requests, ResponseStream, Responses, Shape,
@@ -123,7 +122,7 @@ fn check_content_type(req: &Request<Body>) -> Option<Response<Body>> {
 }
 
 async fn dispatch(entry: Arc<MethodEntry>, req: Request<Body>, limits: Limits) -> Response<Body> {
-    let mut grpc = Grpc::new(DynamicCodec::new(entry.info.input.clone()))
+    let mut grpc = Grpc::new(RequestCodec::new(entry.info.input.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(limits.max_message_size)
@@ -244,11 +243,11 @@ type UnaryFuture = Pin<Box<dyn Future<Output = Result<tonic::Response<Outgoing>,
 type StreamFuture =
     Pin<Box<dyn Future<Output = Result<tonic::Response<ResponseStream>, Status>> + Send>>;
 
-impl tonic::server::UnaryService<DynamicMessage> for MethodService {
+impl tonic::server::UnaryService<Incoming> for MethodService {
     type Response = Outgoing;
     type Future = UnaryFuture;
 
-    fn call(&mut self, request: tonic::Request<DynamicMessage>) -> Self::Future {
+    fn call(&mut self, request: tonic::Request<Incoming>) -> Self::Future {
         let (metadata, _, msg) = request.into_parts();
         let fut = self.run(metadata, Requests::One(msg));
         let method = self.0.info.name;
@@ -279,12 +278,12 @@ impl tonic::server::UnaryService<DynamicMessage> for MethodService {
     }
 }
 
-impl tonic::server::ServerStreamingService<DynamicMessage> for MethodService {
+impl tonic::server::ServerStreamingService<Incoming> for MethodService {
     type Response = Outgoing;
     type ResponseStream = ResponseStream;
     type Future = StreamFuture;
 
-    fn call(&mut self, request: tonic::Request<DynamicMessage>) -> Self::Future {
+    fn call(&mut self, request: tonic::Request<Incoming>) -> Self::Future {
         let (metadata, _, msg) = request.into_parts();
         let fut = self.run(metadata, Requests::One(msg));
         let limit = self.1;
@@ -292,11 +291,11 @@ impl tonic::server::ServerStreamingService<DynamicMessage> for MethodService {
     }
 }
 
-impl tonic::server::ClientStreamingService<DynamicMessage> for MethodService {
+impl tonic::server::ClientStreamingService<Incoming> for MethodService {
     type Response = Outgoing;
     type Future = UnaryFuture;
 
-    fn call(&mut self, request: tonic::Request<Streaming<DynamicMessage>>) -> Self::Future {
+    fn call(&mut self, request: tonic::Request<Streaming<Incoming>>) -> Self::Future {
         let (metadata, _, msgs) = request.into_parts();
         let fut = self.run(metadata, Requests::Stream(msgs));
         let method = self.0.info.name;
@@ -327,12 +326,12 @@ impl tonic::server::ClientStreamingService<DynamicMessage> for MethodService {
     }
 }
 
-impl tonic::server::StreamingService<DynamicMessage> for MethodService {
+impl tonic::server::StreamingService<Incoming> for MethodService {
     type Response = Outgoing;
     type ResponseStream = ResponseStream;
     type Future = StreamFuture;
 
-    fn call(&mut self, request: tonic::Request<Streaming<DynamicMessage>>) -> Self::Future {
+    fn call(&mut self, request: tonic::Request<Streaming<Incoming>>) -> Self::Future {
         let (metadata, _, msgs) = request.into_parts();
         let fut = self.run(metadata, Requests::Stream(msgs));
         let limit = self.1;

@@ -21,6 +21,7 @@ use serde_json::{Map, Value as Json};
 use crate::codec::Outgoing;
 use crate::fieldpath::{field_names, find_field, kind_name, type_name, FieldPath};
 use crate::suggest::did_you_mean;
+use crate::wire;
 
 /// A startup problem in a template, with the JSON path to the offending value.
 #[derive(Debug, Clone)]
@@ -47,7 +48,8 @@ pub struct TextTemplate {
 #[derive(Debug, Clone)]
 enum Piece {
     Lit(String),
-    Field(FieldPath),
+    /// A request field, with its field numbers for reading wire bytes.
+    Field(FieldPath, Vec<u32>),
 }
 
 impl TextTemplate {
@@ -82,13 +84,49 @@ impl TextTemplate {
                     );
                 }
             }
-            pieces.push(Piece::Field(field));
+            let numbers = field.numbers().collect();
+            pieces.push(Piece::Field(field, numbers));
             rest = &after[end + 2..];
         }
         if !rest.is_empty() {
             pieces.push(Piece::Lit(rest.to_owned()));
         }
         Ok(Self { pieces })
+    }
+
+    /// True when every placeholder can be read from wire bytes.
+    pub fn reads_wire(&self) -> bool {
+        self.pieces.iter().all(|p| match p {
+            Piece::Lit(_) => true,
+            Piece::Field(path, _) => path.reads_wire(),
+        })
+    }
+
+    /// Renders from the request's validated wire bytes (requires [`reads_wire`](Self::reads_wire)).
+    pub fn render_wire_into(&self, req: &[u8], out: &mut String) {
+        for piece in &self.pieces {
+            match piece {
+                Piece::Lit(s) => out.push_str(s),
+                Piece::Field(path, numbers) => {
+                    let Some(field) = path.last() else { continue };
+                    let kind = field.kind();
+                    match (wire::find(req, numbers), &kind) {
+                        (Some(wire::Raw::Len(b)), Kind::String | Kind::Bytes) => {
+                            out.push_str(&String::from_utf8_lossy(b));
+                        }
+                        (Some(raw), _) => match wire::scalar(raw, &kind) {
+                            Some(v) => write_text(out, &v, Some(&kind)),
+                            None => {
+                                write_text(out, &Value::default_value_for_field(field), Some(&kind))
+                            }
+                        },
+                        (None, _) => {
+                            write_text(out, &Value::default_value_for_field(field), Some(&kind))
+                        }
+                    }
+                }
+            }
+        }
     }
 
     pub fn render(&self, req: &DynamicMessage) -> String {
@@ -101,7 +139,7 @@ impl TextTemplate {
         for piece in &self.pieces {
             match piece {
                 Piece::Lit(s) => out.push_str(s),
-                Piece::Field(path) => {
+                Piece::Field(path, _) => {
                     let kind = path.last().map(FieldDescriptor::kind);
                     write_text(out, &path.read(req), kind.as_ref());
                 }
@@ -266,9 +304,32 @@ impl ReplyTemplate {
         Ok(Outgoing::Encoded(buf.freeze()))
     }
 
+    /// True when the reply can be rendered straight from the request's wire bytes.
+    pub fn reads_wire(&self) -> bool {
+        self.text_only
+            && self.whole.is_none()
+            && self
+                .dynamic
+                .iter()
+                .all(|(_, t)| matches!(t, ValueTemplate::Text { text, .. } if text.reads_wire()))
+    }
+
+    /// The reply for validated request bytes (requires [`reads_wire`](Self::reads_wire)).
+    pub fn render_wire(&self, req: &[u8]) -> Outgoing {
+        if self.dynamic.is_empty() {
+            return Outgoing::Encoded(self.prefix.clone());
+        }
+        Outgoing::Encoded(self.encode_text_fields(|t, out| t.render_wire_into(req, out)))
+    }
+
     /// The common case of text fields only (`"Hello, {{name}}!"`): written straight to the wire
     /// after the constant prefix, with no message built in between.
     fn render_text_fields(&self, req: &DynamicMessage) -> Bytes {
+        self.encode_text_fields(|t, out| t.render_into(req, out))
+    }
+
+    /// The prefix, then each text field rendered by `render` and encoded as a string field.
+    fn encode_text_fields(&self, render: impl Fn(&TextTemplate, &mut String)) -> Bytes {
         let mut text = String::new();
         let mut buf = BytesMut::with_capacity(self.prefix.len() + 64);
         buf.put_slice(&self.prefix);
@@ -277,7 +338,7 @@ impl ReplyTemplate {
                 continue;
             };
             text.clear();
-            template.render_into(req, &mut text);
+            render(template, &mut text);
             if text.is_empty() && !field.supports_presence() {
                 continue;
             }

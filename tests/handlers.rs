@@ -268,3 +268,64 @@ async fn method_without_handler_is_unimplemented_and_named() {
     assert!(err.message().contains("kitchen.Kitchen/Missing"), "{err:?}");
     assert!(err.message().contains("no handler"), "{err:?}");
 }
+
+#[tokio::test]
+async fn text_replies_read_fields_straight_from_the_request_bytes() {
+    let (_s, client) = kitchen().await;
+    let r = client
+        .unary(
+            "kitchen.Kitchen/Summary",
+            json!({"name": "n", "inner": {"x": -3, "label": "L"}, "color": "RED", "limit": 9}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"id": "n|L|-3|RED|9", "ok": true}));
+    // Unset fields read as their defaults, as from a decoded message.
+    let r = client
+        .unary("kitchen.Kitchen/Summary", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"id": "||0|COLOR_UNSPECIFIED|0", "ok": true}));
+    // A later occurrence of a field wins, and nested messages merge, as in any decoder.
+    let raw = bytes::Bytes::from_static(&[
+        0x1a, 1, b'a', 0x22, 3, 0x12, 1, b'X', 0x1a, 1, b'b', 0x22, 2, 0x08, 4,
+    ]);
+    let reply = client
+        .raw_unary("/kitchen.Kitchen/Summary", raw)
+        .await
+        .unwrap();
+    let m = client.method("kitchen.Kitchen/Summary");
+    let decoded = prost_reflect::DynamicMessage::decode(m.output(), reply).unwrap();
+    assert_eq!(common::to_json(&decoded)["id"], "b|X|4|COLOR_UNSPECIFIED|0");
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused_on_the_undecoded_paths_too() {
+    let (_s, client) = kitchen().await;
+    for path in [
+        "/kitchen.Kitchen/Echo",
+        "/kitchen.Kitchen/Summary",
+        "/kitchen.Kitchen/Nothing",
+    ] {
+        for garbage in [&[0xff, 0xff][..], &[0x0a, 0x09, b'x'][..], &[0x0b][..]] {
+            let err = client
+                .raw_unary(path, bytes::Bytes::copy_from_slice(garbage))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.code(),
+                Code::InvalidArgument,
+                "{path} {garbage:?}: {err:?}"
+            );
+        }
+    }
+    // A string field that is not UTF-8.
+    let err = client
+        .raw_unary(
+            "/kitchen.Kitchen/Echo",
+            bytes::Bytes::from_static(&[0x0a, 2, 0xc3, 0x28]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+}

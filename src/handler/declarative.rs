@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{stream, StreamExt};
 use prost_reflect::DynamicMessage;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,7 +22,7 @@ use super::reply::ReplyAction;
 use super::rules::{self, Rule};
 use super::stream::StreamAction;
 use super::{Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, ResponseStream, Responses};
-use crate::codec::Outgoing;
+use crate::codec::{Incoming, Outgoing};
 use crate::error::{normalize_status, CallError};
 
 /// What to do with one request message.
@@ -50,6 +51,21 @@ impl Action {
             ActionKind::Error(_) => "error",
             ActionKind::Stream(_) => "stream",
             ActionKind::Echo => "echo",
+        }
+    }
+
+    /// The responses for a request still in wire form.
+    fn respond_incoming(&self, req: Incoming, method: &'static str) -> Result<Outcome, CallError> {
+        match &self.kind {
+            ActionKind::Echo => {
+                req.validate()?;
+                Ok(Outcome::One(Outgoing::Encoded(req.bytes().clone())))
+            }
+            ActionKind::Reply(r) if r.reads_wire() => {
+                req.validate()?;
+                Ok(Outcome::One(r.respond_wire(req.bytes())))
+            }
+            _ => self.respond(req.decode()?, method),
         }
     }
 
@@ -86,16 +102,21 @@ pub enum Responder {
 }
 
 impl Responder {
-    fn pick(
+    /// The outcome for one request, with the chosen action's delay and headers. A single
+    /// `echo` or wire-readable `reply` never builds the request message; rules and the rest do.
+    fn answer(
         &self,
-        req: &DynamicMessage,
+        req: Incoming,
         metadata: &MetadataMap,
         method: &'static str,
-    ) -> Result<&Action, CallError> {
+    ) -> Result<(Outcome, Option<Duration>, &MetadataMap), CallError> {
         match self {
-            Responder::Single(a) => Ok(a),
+            Responder::Single(a) => Ok((a.respond_incoming(req, method)?, a.delay, &a.headers)),
             Responder::Rules(rules) => {
-                rules::pick(rules, req, metadata).ok_or(CallError::NoRuleMatched { method })
+                let msg = req.decode()?;
+                let a = rules::pick(rules, &msg, metadata)
+                    .ok_or(CallError::NoRuleMatched { method })?;
+                Ok((a.respond(msg, method)?, a.delay, &a.headers))
             }
         }
     }
@@ -131,14 +152,8 @@ impl Handler for Declarative {
             Requests::One(req) => {
                 let result = self
                     .responder
-                    .pick(&req, &call.metadata, info.name)
-                    .and_then(|action| {
-                        Ok((
-                            action.respond(req, info.name)?,
-                            action.delay,
-                            action.headers.clone(),
-                        ))
-                    });
+                    .answer(req, &call.metadata, info.name)
+                    .map(|(outcome, delay, headers)| (outcome, delay, headers.clone()));
                 let (outcome, delay, headers) = match result {
                     Ok(r) => r,
                     Err(e) => return Box::pin(std::future::ready(Err(e))),
@@ -176,10 +191,12 @@ impl Handler for Declarative {
                     while let Some(msg) = incoming.message().await.map_err(CallError::Transport)? {
                         last = Some(msg);
                     }
-                    let req = last.unwrap_or_else(|| DynamicMessage::new(info.input.clone()));
-                    let action = responder.pick(&req, &call.metadata, info.name)?;
-                    let (delay, headers) = (action.delay, action.headers.clone());
-                    let Outcome::One(o) = action.respond(req, info.name)? else {
+                    let req =
+                        last.unwrap_or_else(|| Incoming::new(Bytes::new(), info.input.clone()));
+                    let (outcome, delay, headers) =
+                        responder.answer(req, &call.metadata, info.name)?;
+                    let headers = headers.clone();
+                    let Outcome::One(o) = outcome else {
                         return Err(wrong_shape(&info));
                     };
                     if let Some(d) = delay {
@@ -236,7 +253,7 @@ fn bidi(
     responder: Arc<Responder>,
     info: Arc<MethodInfo>,
     metadata: MetadataMap,
-    mut incoming: tonic::Streaming<DynamicMessage>,
+    mut incoming: tonic::Streaming<Incoming>,
 ) -> ResponseStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Outgoing, Status>>(16);
     tokio::spawn(async move {
@@ -250,8 +267,8 @@ fn bidi(
                 }
             };
             let result = responder
-                .pick(&req, &metadata, info.name)
-                .and_then(|a| Ok((a.respond(req, info.name)?, a.delay)));
+                .answer(req, &metadata, info.name)
+                .map(|(outcome, delay, _)| (outcome, delay));
             let (outcome, delay) = match result {
                 Ok(r) => r,
                 Err(e) => {

@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::Stream;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor};
+use prost_reflect::{DescriptorPool, MessageDescriptor, MethodDescriptor};
 use tonic::metadata::MetadataMap;
 use tonic::{Status, Streaming};
 
-use crate::codec::Outgoing;
+use crate::codec::{Incoming, Outgoing};
 use crate::error::CallError;
 
 /// The four gRPC call shapes.
@@ -127,8 +127,8 @@ pub fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
 
 /// The request side of a call.
 pub enum Requests {
-    One(DynamicMessage),
-    Stream(Streaming<DynamicMessage>),
+    One(Incoming),
+    Stream(Streaming<Incoming>),
 }
 
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<Outgoing, Status>> + Send>>;

@@ -22,6 +22,16 @@ impl ReplyAction {
         })
     }
 
+    /// True when the reply can be rendered from the request's bytes (see `wire`).
+    pub fn reads_wire(&self) -> bool {
+        self.template.reads_wire()
+    }
+
+    /// The reply rendered from validated request bytes.
+    pub fn respond_wire(&self, req: &[u8]) -> Outgoing {
+        self.template.render_wire(req)
+    }
+
     pub fn respond(
         &self,
         req: &DynamicMessage,

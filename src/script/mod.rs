@@ -33,6 +33,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
+use crate::codec::Incoming;
 use crate::data::DataSets;
 use crate::error::{CallError, Location, StartupError};
 use crate::handler::{Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses};
@@ -445,7 +446,7 @@ fn start(
 ) -> mlua::Result<CurrentCall<impl Running>> {
     let lua = &slot.lua;
     let arg = match requests {
-        Requests::One(msg) => LuaValue::Table(message_to_lua(lua, &msg)?),
+        Requests::One(msg) => LuaValue::Table(message_to_lua(lua, &decode(&msg)?)?),
         Requests::Stream(stream) => LuaValue::Function(request_iterator(lua, stream)?),
     };
     let ctx = if shared.streams_output {
@@ -563,22 +564,25 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// `for msg in stream do … end`: each call yields the next request message, then nil.
-fn request_iterator(
-    lua: &Lua,
-    stream: tonic::Streaming<prost_reflect::DynamicMessage>,
-) -> mlua::Result<Function> {
+fn request_iterator(lua: &Lua, stream: tonic::Streaming<Incoming>) -> mlua::Result<Function> {
     let stream = Arc::new(tokio::sync::Mutex::new(stream));
     lua.create_async_function(move |lua, _: mlua::Variadic<LuaValue>| {
         let stream = stream.clone();
         async move {
             let mut s = stream.lock().await;
             match s.message().await {
-                Ok(Some(msg)) => Ok(LuaValue::Table(message_to_lua(&lua, &msg)?)),
+                Ok(Some(msg)) => Ok(LuaValue::Table(message_to_lua(&lua, &decode(&msg)?)?)),
                 Ok(None) => Ok(LuaValue::Nil),
                 Err(status) => Err(mlua::Error::external(IncomingError(status))),
             }
         }
     })
+}
+
+/// The request message; a malformed one fails the call with INVALID_ARGUMENT.
+fn decode(msg: &Incoming) -> mlua::Result<prost_reflect::DynamicMessage> {
+    msg.decode()
+        .map_err(|e| mlua::Error::external(IncomingError(e.into())))
 }
 
 /// Trailers the script set also go with an error status.
