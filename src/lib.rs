@@ -78,7 +78,12 @@ pub fn load(options: Options) -> Result<Loaded, StartupErrors> {
     let schema = schema::compile(&options.protos, &options.import_paths)?;
     tracing::debug!("protos compiled in {:?}", started.elapsed());
     let mut table = HandlerTable::from_pool(&schema.pool);
-    let data = data::DataSets::load(&options.data)?;
+    // Data and handler problems are all reported together, so one run of `check` lists them all.
+    let mut errors = StartupErrors::default();
+    let data = data::DataSets::load(&options.data).unwrap_or_else(|mut e| {
+        errors.0.append(&mut e.0);
+        data::DataSets::default()
+    });
     // Lua states are made only when a handler file names a script.
     let mut engine: Option<script::EngineBuilder> = None;
     let mut scripts = |file: &str, function: &str, info: &std::sync::Arc<handler::MethodInfo>| {
@@ -94,7 +99,14 @@ pub fn load(options: Options) -> Result<Loaded, StartupErrors> {
             )),
         }
     };
-    config::load_handlers(&options.handlers, &schema.pool, &mut table, &mut scripts)?;
+    if let Err(mut e) =
+        config::load_handlers(&options.handlers, &schema.pool, &mut table, &mut scripts)
+    {
+        errors.0.append(&mut e.0);
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     if let Some(engine) = engine {
         engine.finish()?;
     }

@@ -334,3 +334,28 @@ fn malformed_data_file_stops_startup_with_file_line_col() {
     );
     assert!(err.contains(&want), "wanted {want:?} in:\n{err}");
 }
+
+#[test]
+fn data_handler_and_script_problems_are_reported_together() {
+    let dir = project(
+        &[],
+        &[
+            (
+                "g.json",
+                r#"{"service": "helloworld.Greeter", "methods": {"SayHello": {"script": "greet.lua"}, "SayHelo": {"echo": {}}}}"#,
+            ),
+            (
+                "greet.lua",
+                "function SayHello(req, ctx)\n  return {\nend\n",
+            ),
+        ],
+    );
+    fs::create_dir_all(dir.path().join("data")).unwrap();
+    fs::write(dir.path().join("data/bad.json"), "{").unwrap();
+    let (code, _, err) = check_with_data(dir.path());
+    assert_eq!(code, 2);
+    assert!(err.contains("data/bad.json:1:"), "{err}");
+    assert!(err.contains("greet.lua:3:"), "{err}");
+    assert!(err.contains("has no method \"SayHelo\""), "{err}");
+    assert!(err.contains("3 problem(s) found"), "{err}");
+}
