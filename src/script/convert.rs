@@ -105,11 +105,42 @@ impl std::fmt::Display for ConvertError {
 
 type Result<T> = std::result::Result<T, ConvertError>;
 
-fn fail<T>(path: &str, message: impl Into<String>) -> Result<T> {
+/// Where a value sits in the response; spelled out only when an error needs it, so converting
+/// a good response formats nothing.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Field(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+    Key(&'a Path<'a>, &'a LuaValue),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root => Ok(()),
+            Path::Field(Path::Root, name) => f.write_str(name),
+            Path::Field(parent, name) => write!(f, "{parent}.{name}"),
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+            Path::Key(parent, key) => {
+                write!(f, "{parent}[{}]", key.to_string().unwrap_or_default())
+            }
+        }
+    }
+}
+
+fn fail<T>(path: &Path<'_>, message: impl Into<String>) -> Result<T> {
     Err(ConvertError {
-        path: path.to_owned(),
+        path: path.to_string(),
         message: message.into(),
     })
+}
+
+fn lua_error(path: &Path<'_>, e: mlua::Error) -> ConvertError {
+    ConvertError {
+        path: path.to_string(),
+        message: e.to_string(),
+    }
 }
 
 /// The table behind a read-only data proxy (see `sandbox`), or the table itself.
@@ -143,7 +174,7 @@ pub fn outgoing_from_lua(value: &LuaValue, desc: &MessageDescriptor) -> Result<O
             return Ok(Outgoing::Encoded(bytes));
         }
         if is_readonly(t) {
-            let bytes = Bytes::from(lua_to_message(value, desc, "")?.encode_to_vec());
+            let bytes = Bytes::from(lua_to_message(value, desc, &Path::Root)?.encode_to_vec());
             ENCODED_DATA.with(|c| {
                 let mut cache = c.borrow_mut();
                 if cache.len() < ENCODED_DATA_LIMIT {
@@ -155,7 +186,7 @@ pub fn outgoing_from_lua(value: &LuaValue, desc: &MessageDescriptor) -> Result<O
     }
     // Encoded here, once: the size check and the encoder then only look at bytes.
     Ok(Outgoing::Encoded(Bytes::from(
-        lua_to_message(value, desc, "")?.encode_to_vec(),
+        lua_to_message(value, desc, &Path::Root)?.encode_to_vec(),
     )))
 }
 
@@ -166,10 +197,10 @@ fn is_readonly(table: &Table) -> bool {
 }
 
 /// A Lua table as a message of type `desc`.
-pub fn lua_to_message(
+fn lua_to_message(
     value: &LuaValue,
     desc: &MessageDescriptor,
-    path: &str,
+    path: &Path<'_>,
 ) -> Result<DynamicMessage> {
     let LuaValue::Table(table) = value else {
         return fail(
@@ -184,10 +215,7 @@ pub fn lua_to_message(
     let table = unwrap_readonly(table.clone());
     let mut msg = DynamicMessage::new(desc.clone());
     for pair in table.pairs::<LuaValue, LuaValue>() {
-        let (key, value) = pair.map_err(|e| ConvertError {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let (key, value) = pair.map_err(|e| lua_error(path, e))?;
         let LuaValue::String(key) = key else {
             return fail(
                 path,
@@ -198,20 +226,22 @@ pub fn lua_to_message(
                 ),
             );
         };
-        let key = key.to_string_lossy();
-        let field_path = if path.is_empty() {
-            key.clone()
-        } else {
-            format!("{path}.{key}")
+        let Ok(key) = key.to_str() else {
+            return fail(
+                path,
+                format!("{} has a key that is not UTF-8", desc.full_name()),
+            );
         };
-        let Some(field) = find_field(desc, &key) else {
+        let key: &str = &key;
+        let field_path = Path::Field(path, key);
+        let Some(field) = find_field(desc, key) else {
             let names = field_names(desc);
             return fail(
                 &field_path,
                 format!(
                     "{} has no field \"{key}\"{}",
                     desc.full_name(),
-                    did_you_mean(&key, names.iter().map(String::as_str))
+                    did_you_mean(key, names.iter().map(String::as_str))
                 ),
             );
         };
@@ -224,7 +254,7 @@ pub fn lua_to_message(
     Ok(msg)
 }
 
-fn field_from_lua(value: &LuaValue, field: &FieldDescriptor, path: &str) -> Result<Value> {
+fn field_from_lua(value: &LuaValue, field: &FieldDescriptor, path: &Path<'_>) -> Result<Value> {
     if field.is_map() {
         let LuaValue::Table(t) = value else {
             return fail(
@@ -239,11 +269,8 @@ fn field_from_lua(value: &LuaValue, field: &FieldDescriptor, path: &str) -> Resu
         let value_kind = entry.map_entry_value_field().kind();
         let mut out = HashMap::new();
         for pair in unwrap_readonly(t.clone()).pairs::<LuaValue, LuaValue>() {
-            let (k, v) = pair.map_err(|e| ConvertError {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
-            let kpath = format!("{path}[{}]", k.to_string().unwrap_or_default());
+            let (k, v) = pair.map_err(|e| lua_error(path, e))?;
+            let kpath = Path::Key(path, &k);
             let key = match scalar_from_lua(&k, &key_kind, &kpath)? {
                 Value::Bool(b) => MapKey::Bool(b),
                 Value::I32(n) => MapKey::I32(n),
@@ -269,25 +296,22 @@ fn field_from_lua(value: &LuaValue, field: &FieldDescriptor, path: &str) -> Resu
         let mut out = Vec::with_capacity(len);
         let kind = field.kind();
         for i in 1..=len {
-            let item: LuaValue = t.raw_get(i).map_err(|e| ConvertError {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
-            out.push(single_from_lua(&item, &kind, &format!("{path}[{i}]"))?);
+            let item: LuaValue = t.raw_get(i).map_err(|e| lua_error(path, e))?;
+            out.push(single_from_lua(&item, &kind, &Path::Index(path, i))?);
         }
         return Ok(Value::List(out));
     }
     single_from_lua(value, &field.kind(), path)
 }
 
-fn single_from_lua(value: &LuaValue, kind: &Kind, path: &str) -> Result<Value> {
+fn single_from_lua(value: &LuaValue, kind: &Kind, path: &Path<'_>) -> Result<Value> {
     match kind {
         Kind::Message(m) => Ok(Value::Message(lua_to_message(value, m, path)?)),
         _ => scalar_from_lua(value, kind, path),
     }
 }
 
-fn scalar_from_lua(value: &LuaValue, kind: &Kind, path: &str) -> Result<Value> {
+fn scalar_from_lua(value: &LuaValue, kind: &Kind, path: &Path<'_>) -> Result<Value> {
     let wrong = || {
         fail(
             path,
