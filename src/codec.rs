@@ -7,6 +7,8 @@
 //! tests). Both encode an [`Outgoing`]: a message, or bytes encoded ahead of time (a constant
 //! reply is encoded once at startup and then only copied to the wire).
 
+use std::marker::PhantomData;
+
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
@@ -25,34 +27,46 @@ pub enum Outgoing {
     Message(DynamicMessage),
 }
 
-/// The codec for one method: decodes its input type, encodes its output.
+/// The codec for one method: encodes [`Outgoing`], decodes the input type with `D`.
 #[derive(Debug, Clone)]
-pub struct DynamicCodec {
+pub struct DescriptorCodec<D> {
     input: MessageDescriptor,
+    decoder: PhantomData<fn() -> D>,
 }
 
-impl DynamicCodec {
+impl<D> DescriptorCodec<D> {
     pub fn new(input: MessageDescriptor) -> Self {
-        Self { input }
+        Self {
+            input,
+            decoder: PhantomData,
+        }
     }
 }
 
-impl Codec for DynamicCodec {
+impl<D> Codec for DescriptorCodec<D>
+where
+    D: Decoder<Error = Status> + From<MessageDescriptor> + Send + 'static,
+    D::Item: Send + 'static,
+{
     type Encode = Outgoing;
-    type Decode = DynamicMessage;
+    type Decode = D::Item;
     type Encoder = OutgoingEncoder;
-    type Decoder = DynamicDecoder;
+    type Decoder = D;
 
     fn encoder(&mut self) -> Self::Encoder {
         OutgoingEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        DynamicDecoder {
-            desc: self.input.clone(),
-        }
+        D::from(self.input.clone())
     }
 }
+
+/// Decodes each message into a [`DynamicMessage`] (for clients of the server, such as tests).
+pub type DynamicCodec = DescriptorCodec<DynamicDecoder>;
+
+/// The server's codec: requests stay bytes until a handler needs them.
+pub type RequestCodec = DescriptorCodec<IncomingDecoder>;
 
 #[derive(Debug)]
 pub struct OutgoingEncoder;
@@ -80,6 +94,12 @@ impl Encoder for OutgoingEncoder {
 #[derive(Debug)]
 pub struct DynamicDecoder {
     desc: MessageDescriptor,
+}
+
+impl From<MessageDescriptor> for DynamicDecoder {
+    fn from(desc: MessageDescriptor) -> Self {
+        Self { desc }
+    }
 }
 
 impl Decoder for DynamicDecoder {
@@ -132,38 +152,15 @@ impl Incoming {
     }
 }
 
-/// The server's codec for one method: requests stay bytes, responses are [`Outgoing`].
-#[derive(Debug, Clone)]
-pub struct RequestCodec {
-    input: MessageDescriptor,
-}
-
-impl RequestCodec {
-    pub fn new(input: MessageDescriptor) -> Self {
-        Self { input }
-    }
-}
-
-impl Codec for RequestCodec {
-    type Encode = Outgoing;
-    type Decode = Incoming;
-    type Encoder = OutgoingEncoder;
-    type Decoder = IncomingDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        OutgoingEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        IncomingDecoder {
-            desc: self.input.clone(),
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct IncomingDecoder {
     desc: MessageDescriptor,
+}
+
+impl From<MessageDescriptor> for IncomingDecoder {
+    fn from(desc: MessageDescriptor) -> Self {
+        Self { desc }
+    }
 }
 
 impl Decoder for IncomingDecoder {
