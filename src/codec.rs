@@ -107,12 +107,8 @@ impl Decoder for DynamicDecoder {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
-        let mut msg = DynamicMessage::new(self.desc.clone());
-        msg.merge(src).map_err(|e| CallError::BadRequest {
-            expected: self.desc.full_name().to_owned(),
-            message: e.to_string(),
-        })?;
-        Ok(Some(msg))
+        let bytes = src.copy_to_bytes(src.remaining());
+        Ok(Some(Incoming::new(bytes, self.desc.clone()).decode()?))
     }
 }
 

@@ -45,8 +45,6 @@ pub struct CallShared {
     pub streams_output: bool,
     /// Fired at the first `ctx:send`, so the driver can send headers.
     pub first_send: Mutex<Option<oneshot::Sender<()>>>,
-    /// Set when the client has gone away.
-    pub cancelled: AtomicBool,
     /// A message `try_send` could not place yet; `wait_send` sends it.
     pub pending: Mutex<Option<Result<Outgoing, Status>>>,
 }
@@ -60,9 +58,6 @@ impl CallShared {
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             return Some(Abort::Deadline);
-        }
-        if self.cancelled.load(Ordering::Relaxed) {
-            return Some(Abort::Cancelled);
         }
         let closed = self
             .sender

@@ -364,7 +364,6 @@ impl Handler for ScriptHandler {
             streams_output,
             first_send: Mutex::new(first_tx),
             pending: Mutex::new(None),
-            cancelled: Default::default(),
         });
         let running = start(slot, &slot.functions[self.index], &shared, requests);
         if !streams_output {

@@ -80,7 +80,6 @@ return readonly, deep_readonly, new_env, lock_env, stream_ctx
 
 /// Helpers kept per state.
 pub struct Sandbox {
-    pub deep_readonly: Function,
     /// Wraps a streaming call's ctx userdata (see the prelude).
     pub stream_ctx: Function,
     pub new_env: Function,
@@ -160,7 +159,6 @@ pub fn new_state(
     g.raw_set("data", deep_readonly.call::<Table>(data_table)?)?;
 
     let sandbox = Sandbox {
-        deep_readonly,
         stream_ctx,
         new_env,
         lock_env,
