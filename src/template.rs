@@ -217,6 +217,9 @@ pub struct ReplyTemplate {
     whole: Option<FieldPath>,
     /// Every templated field is a singular string or bytes field filled from text.
     text_only: bool,
+    /// Moreover every placeholder can be read straight from the request's wire bytes
+    /// (decided at startup, so a call only reads the flag).
+    wire: bool,
 }
 
 impl ReplyTemplate {
@@ -253,6 +256,7 @@ impl ReplyTemplate {
                     dynamic: Vec::new(),
                     whole: Some(from),
                     text_only: false,
+                    wire: false,
                 });
             }
         }
@@ -266,12 +270,19 @@ impl ReplyTemplate {
             );
         };
         let t = MessageTemplate::compile(obj, input, output, path)?;
+        let text_only = t
+            .dynamic
+            .iter()
+            .all(|(f, v)| !f.is_list() && !f.is_map() && matches!(v, ValueTemplate::Text { .. }));
+        let wire = text_only
+            && t.dynamic
+                .iter()
+                .all(|(_, v)| matches!(v, ValueTemplate::Text { text, .. } if text.reads_wire()));
         Ok(Self {
             desc: output.clone(),
             prefix: Bytes::from(t.base.encode_to_vec()),
-            text_only: t.dynamic.iter().all(|(f, v)| {
-                !f.is_list() && !f.is_map() && matches!(v, ValueTemplate::Text { .. })
-            }),
+            text_only,
+            wire,
             dynamic: t.dynamic,
             whole: None,
         })
@@ -306,12 +317,7 @@ impl ReplyTemplate {
 
     /// True when the reply can be rendered straight from the request's wire bytes.
     pub fn reads_wire(&self) -> bool {
-        self.text_only
-            && self.whole.is_none()
-            && self
-                .dynamic
-                .iter()
-                .all(|(_, t)| matches!(t, ValueTemplate::Text { text, .. } if text.reads_wire()))
+        self.wire
     }
 
     /// The reply for validated request bytes (requires [`reads_wire`](Self::reads_wire)).
