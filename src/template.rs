@@ -48,8 +48,8 @@ pub struct TextTemplate {
 #[derive(Debug, Clone)]
 enum Piece {
     Lit(String),
-    /// A request field, with its field numbers for reading wire bytes.
-    Field(FieldPath, Vec<u32>),
+    /// A request field, with its field numbers for reading wire bytes and its kind.
+    Field(FieldPath, Vec<u32>, Option<Kind>),
 }
 
 impl TextTemplate {
@@ -85,7 +85,8 @@ impl TextTemplate {
                 }
             }
             let numbers = field.numbers().collect();
-            pieces.push(Piece::Field(field, numbers));
+            let kind = field.last().map(FieldDescriptor::kind);
+            pieces.push(Piece::Field(field, numbers, kind));
             rest = &after[end + 2..];
         }
         if !rest.is_empty() {
@@ -98,7 +99,7 @@ impl TextTemplate {
     pub fn reads_wire(&self) -> bool {
         self.pieces.iter().all(|p| match p {
             Piece::Lit(_) => true,
-            Piece::Field(path, _) => path.reads_wire(),
+            Piece::Field(path, _, _) => path.reads_wire(),
         })
     }
 
@@ -107,21 +108,22 @@ impl TextTemplate {
         for piece in &self.pieces {
             match piece {
                 Piece::Lit(s) => out.push_str(s),
-                Piece::Field(path, numbers) => {
-                    let Some(field) = path.last() else { continue };
-                    let kind = field.kind();
-                    match (wire::find(req, numbers), &kind) {
+                Piece::Field(path, numbers, kind) => {
+                    let (Some(field), Some(kind)) = (path.last(), kind) else {
+                        continue;
+                    };
+                    match (wire::find(req, numbers), kind) {
                         (Some(wire::Raw::Len(b)), Kind::String | Kind::Bytes) => {
                             out.push_str(&String::from_utf8_lossy(b));
                         }
-                        (Some(raw), _) => match wire::scalar(raw, &kind) {
-                            Some(v) => write_text(out, &v, Some(&kind)),
+                        (Some(raw), _) => match wire::scalar(raw, kind) {
+                            Some(v) => write_text(out, &v, Some(kind)),
                             None => {
-                                write_text(out, &Value::default_value_for_field(field), Some(&kind))
+                                write_text(out, &Value::default_value_for_field(field), Some(kind))
                             }
                         },
                         (None, _) => {
-                            write_text(out, &Value::default_value_for_field(field), Some(&kind))
+                            write_text(out, &Value::default_value_for_field(field), Some(kind))
                         }
                     }
                 }
@@ -139,10 +141,7 @@ impl TextTemplate {
         for piece in &self.pieces {
             match piece {
                 Piece::Lit(s) => out.push_str(s),
-                Piece::Field(path, _) => {
-                    let kind = path.last().map(FieldDescriptor::kind);
-                    write_text(out, &path.read(req), kind.as_ref());
-                }
+                Piece::Field(path, _, kind) => write_text(out, &path.read(req), kind.as_ref()),
             }
         }
     }
