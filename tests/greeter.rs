@@ -54,6 +54,15 @@ async fn gzip_is_accepted_and_offered() {
         )
         .await
         .unwrap();
+    // The server said it compressed the reply (tonic's client then inflated it).
+    assert_eq!(
+        resp.metadata()
+            .get("grpc-encoding")
+            .map(|v| v.to_str().unwrap()),
+        Some("gzip"),
+        "reply not gzip-compressed: {:?}",
+        resp.metadata()
+    );
     assert_eq!(
         common::to_json(resp.get_ref())["message"],
         json!(format!("Hello, {name}!"))
@@ -61,28 +70,43 @@ async fn gzip_is_accepted_and_offered() {
 }
 
 #[tokio::test]
-async fn route_guide_is_served_or_unimplemented_with_a_clear_message() {
+async fn route_guide_is_served_by_the_shipped_script() {
     let server = Server::repo_default();
     let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
-    match client
+    let feature = client
         .unary(
             "routeguide.RouteGuide/GetFeature",
             json!({"latitude": 1, "longitude": 2}),
         )
         .await
-    {
-        Ok(feature) => assert_eq!(feature["location"], json!({"latitude": 1, "longitude": 2})),
-        Err(status) => {
-            assert_eq!(status.code(), Code::Unimplemented);
-            assert!(
-                status
-                    .message()
-                    .contains("routeguide.RouteGuide/GetFeature"),
-                "{status:?}"
-            );
-            assert!(status.message().contains("no handler"), "{status:?}");
-        }
-    }
+        .expect("the shipped handlers answer RouteGuide");
+    assert_eq!(
+        feature,
+        json!({"location": {"latitude": 1, "longitude": 2}}),
+        "a point with no feature gets a nameless feature there"
+    );
+}
+
+#[tokio::test]
+async fn method_without_handler_is_unimplemented_naming_it() {
+    let empty = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--handlers", empty.path().to_str().unwrap()]);
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    let status = client
+        .unary(
+            "routeguide.RouteGuide/GetFeature",
+            json!({"latitude": 1, "longitude": 2}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    assert!(
+        status
+            .message()
+            .contains("routeguide.RouteGuide/GetFeature"),
+        "{status:?}"
+    );
+    assert!(status.message().contains("no handler"), "{status:?}");
 }
 
 #[tokio::test]

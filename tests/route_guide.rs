@@ -1,5 +1,6 @@
-//! RouteGuide served from protos/ + handlers/ + a data folder, checked against values computed
-//! here from the reference feature database in ../shared/data.
+//! RouteGuide served from the repository's protos/ + handlers/ + data/, checked against values
+//! computed here from the tutorial's feature database (`data/route_guide_db.json`, the gRPC
+//! tutorial's 100 features) and against figures the tutorial's own clients print.
 
 mod common;
 
@@ -8,18 +9,15 @@ use std::time::Duration;
 use common::{repo, Client, Server};
 use serde_json::{json, Value};
 
-fn shared_data() -> std::path::PathBuf {
-    repo().join("../shared/data")
-}
-
 fn db() -> Vec<Value> {
-    let text = std::fs::read_to_string(shared_data().join("route_guide_db.json"))
-        .expect("shared route guide DB");
+    let text = std::fs::read_to_string(repo().join("data/route_guide_db.json"))
+        .expect("data/route_guide_db.json");
     serde_json::from_str(&text).unwrap()
 }
 
 async fn route_guide() -> (Server, Client) {
-    let server = Server::start(&["--data", shared_data().to_str().unwrap()]);
+    // The defaults: protos/, handlers/ and data/ of the repository.
+    let server = Server::start(&[]);
     let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
     (server, client)
 }
@@ -56,6 +54,35 @@ fn haversine(a: (i64, i64), b: (i64, i64)) -> f64 {
     let dlon = rad(b.1 - a.1);
     let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlon / 2.0).sin().powi(2);
     6_371_000.0 * 2.0 * h.sqrt().atan2((1.0 - h).sqrt())
+}
+
+/// The tutorial's data as its own clients see it: 100 features, 64 of them named, all inside the
+/// rectangle the tutorial's client asks for, and the feature its client looks up first.
+#[tokio::test]
+async fn serves_the_tutorial_database() {
+    let (_s, client) = route_guide().await;
+    assert_eq!(db().len(), 100);
+    let got = client
+        .unary(
+            "routeguide.RouteGuide/GetFeature",
+            json!({"latitude": 409146138, "longitude": -746188906}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        got["name"],
+        json!("Berkshire Valley Management Area Trail, Jefferson, NJ, USA")
+    );
+    let all = client
+        .server_stream(
+            "routeguide.RouteGuide/ListFeatures",
+            json!({"lo": {"latitude": 400000000, "longitude": -750000000},
+                   "hi": {"latitude": 420000000, "longitude": -730000000}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 100);
+    assert_eq!(all.iter().filter(|f| f.get("name").is_some()).count(), 64);
 }
 
 #[tokio::test]

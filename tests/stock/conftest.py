@@ -6,10 +6,10 @@ the official health/reflection packages), using only stubs generated from the
 the stubs and sets:
 
   PROTOSERVE_ADDR              host:port of the server under test (required)
-  PROTOSERVE_ROUTE_GUIDE_ADDR  host:port of the server started with the shared
-                               RouteGuide data (defaults to PROTOSERVE_ADDR)
-  PROTOSERVE_ROUTE_GUIDE_DB    path of route_guide_db.json (defaults to
-                               ../shared/data/route_guide_db.json beside the repo)
+  PROTOSERVE_ROUTE_GUIDE_ADDR  host:port of the server answering RouteGuide
+                               (defaults to PROTOSERVE_ADDR)
+  PROTOSERVE_ROUTE_GUIDE_DB    path of route_guide_db.json (defaults to the
+                               repository's data/route_guide_db.json)
   PROTOSERVE_STUBS             directory holding the generated *_pb2*.py
                                (if unset or absent, they are generated here)
 """
@@ -106,26 +106,18 @@ def rg_channel(rg_addr):
 
 @pytest.fixture(scope="session")
 def route_guide(rg_channel):
-    """A RouteGuide stub; skips every test using it while the server answers
-    GetFeature with UNIMPLEMENTED (the RouteGuide handlers are not written yet).
-    Any other outcome lets the tests run and assert."""
-    import route_guide_pb2
+    """A RouteGuide stub. The shipped handlers answer every RouteGuide method, so
+    nothing is skipped: a server that does not answer fails these tests."""
     import route_guide_pb2_grpc
 
-    stub = route_guide_pb2_grpc.RouteGuideStub(rg_channel)
-    try:
-        stub.GetFeature(route_guide_pb2.Point(latitude=0, longitude=0), timeout=TIMEOUT)
-    except grpc.RpcError as err:
-        if err.code() == grpc.StatusCode.UNIMPLEMENTED:
-            pytest.skip("server answers RouteGuide/GetFeature with UNIMPLEMENTED: %s" % err.details())
-    return stub
+    return route_guide_pb2_grpc.RouteGuideStub(rg_channel)
 
 
 @pytest.fixture(scope="session")
 def route_guide_db():
-    """The shared reference DB as a list of (name, latitude, longitude), in file order."""
+    """The tutorial's DB as a list of (name, latitude, longitude), in file order."""
     path = os.environ.get("PROTOSERVE_ROUTE_GUIDE_DB") or os.path.join(
-        os.path.dirname(REPO_ROOT), "shared", "data", "route_guide_db.json"
+        REPO_ROOT, "data", "route_guide_db.json"
     )
     with open(path, encoding="utf-8") as f:
         raw = json.load(f)

@@ -8,7 +8,6 @@
 # A relative SERVER_BINARY is taken from the repo root. Installs its own tools
 # if missing (pip packages from requirements.txt, buf into tests/stock/node_modules).
 # Environment knobs:
-#   PROTOSERVE_SHARED_DATA  dir holding route_guide_db.json (default: ../shared/data)
 #   STOCK_SKIP_INSTALL=1    don't check/install pip and npm packages
 #   PYTEST_ADDOPTS          extra pytest options, as usual
 # Exits non-zero if any pytest test or buf check failed; everything runs first.
@@ -25,11 +24,9 @@ if [[ ! -x "$BIN" ]]; then
   exit 2
 fi
 
-SHARED_DATA="${PROTOSERVE_SHARED_DATA:-../shared/data}"
-RG_DB="$SHARED_DATA/route_guide_db.json"
-# The server answering Greeter/health/reflection gets the repo's own data/ when
-# there is one; the RouteGuide server gets the shared reference DB.
-if [[ -d data ]]; then MAIN_DATA=data; else MAIN_DATA="$SHARED_DATA"; fi
+# One server for everything, on the repository's own protos/, handlers/ and
+# data/ (the tutorial's RouteGuide DB).
+RG_DB="data/route_guide_db.json"
 
 # --- tools -------------------------------------------------------------------
 
@@ -102,17 +99,9 @@ start_server() {
   return 1
 }
 
-start_server main "$MAIN_DATA" || exit 1
+start_server main data || exit 1
 MAIN_ADDR="$ADDR"
-if [[ ! -f "$RG_DB" ]]; then
-  echo "# warning: $RG_DB not found; RouteGuide tests will fail" >&2
-fi
-if [[ "$MAIN_DATA" == "$SHARED_DATA" ]]; then
-  RG_ADDR="$MAIN_ADDR"
-else
-  start_server routeguide "$SHARED_DATA" || exit 1
-  RG_ADDR="$ADDR"
-fi
+RG_ADDR="$MAIN_ADDR"
 
 # --- python stubs + pytest --------------------------------------------------
 
@@ -128,7 +117,31 @@ PROTOSERVE_ROUTE_GUIDE_DB="$RG_DB" \
 PROTOSERVE_STUBS="$STUBS" \
 PYTHONPATH="$STUBS${PYTHONPATH:+:$PYTHONPATH}" \
 PYTHONDONTWRITEBYTECODE=1 \
-  timeout 300 python3 -m pytest -p no:cacheprovider -q -rs --tb=short "$HERE" || PYTEST_RC=$?
+  timeout 300 python3 -m pytest -p no:cacheprovider -q -rs --tb=short \
+    --junitxml="$TMP/pytest.xml" "$HERE" || PYTEST_RC=$?
+# One summary line from pytest's own report, for tests/stock_clients.rs to check.
+python3 - "$TMP/pytest.xml" <<'PY' || PYTEST_RC=${PYTEST_RC:-1}
+import sys
+import xml.etree.ElementTree as ET
+
+root = ET.parse(sys.argv[1]).getroot()
+suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+counts = {"passed": 0, "failed": 0, "skipped": 0, "xfailed": 0}
+for suite in suites:
+    for case in suite.iter("testcase"):
+        kinds = {child.tag for child in case}
+        if "failure" in kinds or "error" in kinds:
+            counts["failed"] += 1
+        elif "skipped" in kinds:
+            skipped = case.find("skipped")
+            if (skipped.get("type") or "").endswith("xfail"):
+                counts["xfailed"] += 1
+            else:
+                counts["skipped"] += 1
+        else:
+            counts["passed"] += 1
+print("pytest: {passed} passed, {failed} failed, {skipped} skipped, {xfailed} xfailed".format(**counts))
+PY
 
 # --- buf curl -------------------------------------------------------------------
 

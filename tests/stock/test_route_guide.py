@@ -1,9 +1,6 @@
 """routeguide.RouteGuide with the exact behaviour of the gRPC tutorial's servers,
-checked against expectations computed here from the shared reference DB
-(../shared/data/route_guide_db.json).
-
-Every test here is skipped while the server answers GetFeature with
-UNIMPLEMENTED (see the route_guide fixture in conftest.py); otherwise they assert.
+checked against expectations computed here from the tutorial's DB, which the
+repository ships as data/route_guide_db.json.
 """
 
 import math
