@@ -168,12 +168,6 @@ fn too_deep() -> Invalid {
     Invalid::Malformed("the message is nested too deeply".into())
 }
 
-/// Reads one field (key and value) off the front of `buf`.
-fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Raw<'a>)> {
-    let (number, wire_type) = key(buf)?;
-    Ok((number, value(buf, number, wire_type)?))
-}
-
 /// What decoding a message allocates, estimated from its wire form as it is walked.
 ///
 /// `DynamicMessage` holds every value as a `Value` (tens of bytes, whatever the field's type),
@@ -592,6 +586,12 @@ struct Step {
     number: u32,
     /// The other members of the field's oneof: setting one of them clears this field.
     rivals: Box<[u32]>,
+    /// Map fields of the message this step is in: the decoder reads their entries as
+    /// length-prefixed whatever the wire type.
+    maps: Box<[u32]>,
+    /// Group fields (and group extensions) of that message: their bodies end where the
+    /// decoder says, which needs their descriptors.
+    groups: Box<[(u32, MessageDescriptor)]>,
 }
 
 /// A path to a singular field through singular message fields, resolved at startup.
@@ -603,21 +603,7 @@ pub struct Path {
 impl Path {
     /// The path along `fields`, outermost first.
     pub fn new<'f>(fields: impl IntoIterator<Item = &'f FieldDescriptor>) -> Self {
-        let steps = fields
-            .into_iter()
-            .map(|f| Step {
-                number: f.number(),
-                rivals: f
-                    .containing_oneof()
-                    .map(|o| {
-                        o.fields()
-                            .map(|m| m.number())
-                            .filter(|&n| n != f.number())
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            })
-            .collect();
+        let steps = fields.into_iter().map(Step::new).collect();
         Self { steps }
     }
 
@@ -638,6 +624,59 @@ impl Path {
     }
 }
 
+impl Step {
+    fn new(f: &FieldDescriptor) -> Self {
+        let parent = f.parent_message();
+        let rivals = f
+            .containing_oneof()
+            .map(|o| {
+                o.fields()
+                    .map(|m| m.number())
+                    .filter(|&n| n != f.number())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let maps = parent
+            .fields()
+            .filter(|m| m.is_map())
+            .map(|m| m.number())
+            .collect();
+        let group_fields = parent
+            .fields()
+            .filter(|g| g.is_group())
+            .filter_map(|g| Some((g.number(), g.kind().as_message()?.clone())));
+        let group_extensions = parent
+            .extensions()
+            .filter(|g| g.is_group())
+            .filter_map(|g| Some((g.number(), g.kind().as_message()?.clone())));
+        Self {
+            number: f.number(),
+            rivals,
+            maps,
+            groups: group_fields.chain(group_extensions).collect(),
+        }
+    }
+
+    /// The next field of the message this step is in, read as the decoder reads it.
+    fn next_field<'a>(&self, buf: &mut &'a [u8]) -> Result<(u32, Raw<'a>)> {
+        let (number, wire_type) = key(buf)?;
+        if self.maps.contains(&number) {
+            return Ok((number, Raw::Len(len_prefixed(buf)?)));
+        }
+        if wire_type == START_GROUP {
+            if let Some((_, desc)) = self.groups.iter().find(|(n, _)| *n == number) {
+                let start = *buf;
+                let mut cost = Cost::new(usize::MAX);
+                Walker { cost: &mut cost }.message(buf, desc, RECURSION_LIMIT, Some(number))?;
+                let consumed = start.len() - buf.len();
+                let end_key_len = prost::encoding::key_len(number);
+                return Ok((number, Raw::Group(&start[..consumed - end_key_len])));
+            }
+        }
+        Ok((number, value(buf, number, wire_type)?))
+    }
+}
+
 /// The value at `path` as the decoder would leave it: the last occurrence wins, occurrences of
 /// a message field merge, and a later member of the same oneof clears the field. `buf` must
 /// have passed [`validate`].
@@ -652,7 +691,7 @@ fn find_in<'a>(mut buf: &'a [u8], steps: &[Step], found: &mut Option<Raw<'a>>) {
         return;
     };
     while !buf.is_empty() {
-        let Ok((number, raw)) = next_field(&mut buf) else {
+        let Ok((number, raw)) = step.next_field(&mut buf) else {
             return;
         };
         if number == step.number {
@@ -707,6 +746,12 @@ pub fn read(buf: &[u8], path: &Path, kind: &Kind) -> Option<Value> {
 mod tests {
     use super::*;
 
+    /// Reads one field (key and value) off the front of `buf`.
+    fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Raw<'a>)> {
+        let (number, wire_type) = key(buf)?;
+        Ok((number, value(buf, number, wire_type)?))
+    }
+
     fn path(numbers: &[u32]) -> Path {
         Path {
             steps: numbers
@@ -714,6 +759,8 @@ mod tests {
                 .map(|&number| Step {
                     number,
                     rivals: Box::new([]),
+                    maps: Box::new([]),
+                    groups: Box::new([]),
                 })
                 .collect(),
         }
@@ -738,6 +785,8 @@ mod tests {
             steps: Box::new([Step {
                 number: 1,
                 rivals: Box::new([2]),
+                maps: Box::new([]),
+                groups: Box::new([]),
             }]),
         };
         assert_eq!(find(&buf, &p), None);
