@@ -169,7 +169,7 @@ impl Incoming {
     pub fn decode(&self) -> Result<DynamicMessage, CallError> {
         // Small messages cannot cross the budget; larger ones are costed before anything
         // is allocated.
-        if self.bytes.len() > self.budget / wire::MAX_COST_PER_BYTE {
+        if wire::may_exceed(self.bytes.len(), self.budget) {
             let mut cost = wire::Cost::new(self.budget);
             wire::check(&self.bytes, &self.desc, &mut cost).map_err(|e| self.refused(e))?;
         }

@@ -171,25 +171,32 @@ fn too_deep() -> Invalid {
 /// What decoding a message allocates, estimated from its wire form as it is walked.
 ///
 /// `DynamicMessage` holds every value as a `Value` (tens of bytes, whatever the field's type),
-/// every list element and map entry separately, every string copied and every unknown field as
-/// its own record. A packed list of one-byte varints thus grows about fifty-fold when decoded.
-/// The charges below are upper bounds per element (lists and maps may hold up to twice what
-/// they use while growing), so a message that passes the budget decodes within it.
+/// every list element and map entry separately, every message's fields in a B-tree, every
+/// string copied and every unknown field as its own record. A packed list of one-byte varints
+/// thus grows over fifty-fold when decoded, a list of one-field messages two-hundred-fold. The
+/// charges below are upper bounds (containers counted at their worst while they grow), so a
+/// message within the budget decodes within it; the fuzz target checks that with a counting
+/// allocator.
 #[derive(Debug)]
 pub struct Cost {
     spent: usize,
     budget: usize,
 }
 
-/// A list element (a `Value` in a `Vec` that may be up to half empty).
-const LIST_ITEM: usize = 2 * std::mem::size_of::<Value>();
-/// A field set in a message (an entry in its field map, nodes up to half empty).
-const FIELD_ENTRY: usize = 2 * (std::mem::size_of::<Value>() + 16);
-/// A map entry (key and value in a hash table that may be up to about two-thirds empty and
-/// is copied when it grows).
-const MAP_ENTRY: usize = 3 * (std::mem::size_of::<MapKey>() + std::mem::size_of::<Value>() + 8);
-/// An unknown field kept for re-encoding: its own entry and a record in a list.
-const UNKNOWN_FIELD: usize = FIELD_ENTRY + 2 * std::mem::size_of::<UnknownField>() + 16;
+const VALUE: usize = std::mem::size_of::<Value>();
+/// A list element: a `Value` in a `Vec` that doubles when full, the old buffer still live
+/// while the new one fills (three times the elements at worst).
+const LIST_ITEM: usize = 3 * VALUE;
+/// A node of a message's field B-tree: up to 11 field numbers and values, child pointers.
+/// The first field allocates a whole node; nodes other than the root are at least half full.
+const NODE: usize = 12 * (VALUE + 8) + 96;
+/// Fields (entries) per node at least, below the root.
+const FIELDS_PER_NODE: usize = 5;
+/// A map entry: key and value in a hash table of at least 4 slots, at most 7/8 full, the
+/// old table still live while a doubled one fills.
+const MAP_ENTRY: usize = 4 * (std::mem::size_of::<MapKey>() + VALUE + 8);
+/// An unknown field: a record in a list (4 records allocated first, then doubling).
+const UNKNOWN_FIELD: usize = 4 * std::mem::size_of::<UnknownField>();
 
 const fn max(a: usize, b: usize) -> usize {
     if a > b {
@@ -199,13 +206,22 @@ const fn max(a: usize, b: usize) -> usize {
     }
 }
 
-/// The most the charges above add up to per byte of the message: a packed varint takes one
-/// byte, anything else charged at least a key and a value, two. A message shorter than
-/// `budget / MAX_COST_PER_BYTE` cannot cross the budget.
-pub const MAX_COST_PER_BYTE: usize = max(
-    max(LIST_ITEM, (LIST_ITEM + FIELD_ENTRY) / 2),
-    max((MAP_ENTRY + FIELD_ENTRY) / 2, UNKNOWN_FIELD / 2),
+/// The most the charges add up to per byte of a message, over the cheapest encodings: a
+/// packed varint (one byte), a field (a key and a value, two bytes, and its share of a node),
+/// a one-field nested message in a list (four bytes and a node).
+const MAX_COST_PER_BYTE: usize = max(
+    max(LIST_ITEM, (LIST_ITEM + NODE / FIELDS_PER_NODE) / 2),
+    max(
+        (NODE + LIST_ITEM) / 4,
+        max(MAP_ENTRY, UNKNOWN_FIELD) / 2 + NODE / FIELDS_PER_NODE,
+    ),
 ) + 1;
+
+/// True when a message of `len` bytes might cost more than `budget` to decode; shorter ones
+/// need not be walked first.
+pub fn may_exceed(len: usize, budget: usize) -> bool {
+    len.saturating_mul(MAX_COST_PER_BYTE).saturating_add(NODE) > budget
+}
 
 impl Cost {
     pub fn new(budget: usize) -> Self {
@@ -312,7 +328,7 @@ impl Walker<'_> {
         ctx: u32,
         group: Option<u32>,
     ) -> Result<()> {
-        let mut fields = 0usize;
+        let (mut known, mut unknown) = (0usize, 0usize);
         loop {
             if group.is_none() && buf.is_empty() {
                 break;
@@ -328,18 +344,21 @@ impl Walker<'_> {
             }
             match Known::find(desc, number) {
                 Some(field) => {
-                    fields += 1;
+                    known += 1;
                     self.known(buf, &field, number, wire_type, ctx)?
                 }
-                None => self.unknown(buf, desc, number, wire_type, ctx)?,
+                None => {
+                    unknown += 1;
+                    self.unknown(buf, desc, number, wire_type, ctx)?
+                }
             }
         }
-        if fields > 0 {
-            // One entry per distinct field at most; a field repeated costs no new entry.
-            let entries = fields.min(desc.fields().len() + desc.extensions().len());
-            self.cost.charge(entries.saturating_mul(FIELD_ENTRY), || {
-                desc.full_name().to_owned()
-            })?;
+        let entries = known.min(desc.fields().len() + desc.extensions().len()) + unknown;
+        if entries > 0 {
+            // One entry per distinct known field at most: a field repeated adds no entry.
+            let nodes = 1 + entries / FIELDS_PER_NODE;
+            self.cost
+                .charge(nodes.saturating_mul(NODE), || desc.full_name().to_owned())?;
         }
         Ok(())
     }
