@@ -6,6 +6,11 @@
 //! [`DynamicCodec`] decodes into a [`DynamicMessage`] (for clients of the server, such as the
 //! tests). Both encode an [`Outgoing`]: a message, or bytes encoded ahead of time (a constant
 //! reply is encoded once at startup and then only copied to the wire).
+//!
+//! Decoding is bounded in memory as well as in size: a request within `--max-message-size` can
+//! still decode into something fifty times larger (a packed list of one-byte numbers becomes a
+//! list of `Value`s), so [`Incoming::decode`] first estimates the decoded size from the wire
+//! bytes ([`wire::check`]) and refuses what would exceed [`DECODED_PER_ENCODED`] times the limit.
 
 use std::marker::PhantomData;
 
@@ -27,10 +32,17 @@ pub enum Outgoing {
     Message(DynamicMessage),
 }
 
+/// How many times `--max-message-size` a decoded request may take in memory.
+pub const DECODED_PER_ENCODED: usize = 8;
+
+/// The default `--max-message-size`, for codecs not told the server's.
+const DEFAULT_MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
+
 /// The codec for one method: encodes [`Outgoing`], decodes the input type with `D`.
 #[derive(Debug, Clone)]
 pub struct DescriptorCodec<D> {
     input: MessageDescriptor,
+    decode_budget: usize,
     decoder: PhantomData<fn() -> D>,
 }
 
@@ -38,14 +50,22 @@ impl<D> DescriptorCodec<D> {
     pub fn new(input: MessageDescriptor) -> Self {
         Self {
             input,
+            decode_budget: DEFAULT_MESSAGE_LIMIT * DECODED_PER_ENCODED,
             decoder: PhantomData,
         }
+    }
+
+    /// Sets the largest message accepted (`--max-message-size`), which bounds what decoding one
+    /// may allocate to [`DECODED_PER_ENCODED`] times as much.
+    pub fn message_limit(mut self, max_message_size: usize) -> Self {
+        self.decode_budget = max_message_size.saturating_mul(DECODED_PER_ENCODED);
+        self
     }
 }
 
 impl<D> Codec for DescriptorCodec<D>
 where
-    D: Decoder<Error = Status> + From<MessageDescriptor> + Send + 'static,
+    D: Decoder<Error = Status> + From<(MessageDescriptor, usize)> + Send + 'static,
     D::Item: Send + 'static,
 {
     type Encode = Outgoing;
@@ -58,7 +78,7 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        D::from(self.input.clone())
+        D::from((self.input.clone(), self.decode_budget))
     }
 }
 
@@ -94,11 +114,12 @@ impl Encoder for OutgoingEncoder {
 #[derive(Debug)]
 pub struct DynamicDecoder {
     desc: MessageDescriptor,
+    budget: usize,
 }
 
-impl From<MessageDescriptor> for DynamicDecoder {
-    fn from(desc: MessageDescriptor) -> Self {
-        Self { desc }
+impl From<(MessageDescriptor, usize)> for DynamicDecoder {
+    fn from((desc, budget): (MessageDescriptor, usize)) -> Self {
+        Self { desc, budget }
     }
 }
 
@@ -108,7 +129,8 @@ impl Decoder for DynamicDecoder {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
         let bytes = src.copy_to_bytes(src.remaining());
-        Ok(Some(Incoming::new(bytes, self.desc.clone()).decode()?))
+        let incoming = Incoming::new(bytes, self.desc.clone()).with_budget(self.budget);
+        Ok(Some(incoming.decode()?))
     }
 }
 
@@ -117,11 +139,24 @@ impl Decoder for DynamicDecoder {
 pub struct Incoming {
     bytes: Bytes,
     desc: MessageDescriptor,
+    /// The most decoding may allocate, in bytes.
+    budget: usize,
 }
 
 impl Incoming {
+    /// A message with the default decoding budget (that of a 4 MiB `--max-message-size`).
     pub fn new(bytes: Bytes, desc: MessageDescriptor) -> Self {
-        Self { bytes, desc }
+        Self {
+            bytes,
+            desc,
+            budget: DEFAULT_MESSAGE_LIMIT * DECODED_PER_ENCODED,
+        }
+    }
+
+    /// Sets the most decoding may allocate, in bytes.
+    pub fn with_budget(mut self, budget: usize) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// The encoded message.
@@ -129,8 +164,15 @@ impl Incoming {
         &self.bytes
     }
 
-    /// The whole message; INVALID_ARGUMENT when the bytes are not one of the input type.
+    /// The whole message; INVALID_ARGUMENT when the bytes are not one of the input type,
+    /// RESOURCE_EXHAUSTED when decoding them would take more memory than the budget.
     pub fn decode(&self) -> Result<DynamicMessage, CallError> {
+        // Small messages cannot cross the budget; larger ones are costed before anything
+        // is allocated.
+        if wire::may_exceed(self.bytes.len(), self.budget) {
+            let mut cost = wire::Cost::new(self.budget);
+            wire::check(&self.bytes, &self.desc, &mut cost).map_err(|e| self.refused(e))?;
+        }
         DynamicMessage::decode(self.desc.clone(), self.bytes.clone())
             .map_err(|e| self.bad(e.to_string()))
     }
@@ -138,6 +180,23 @@ impl Incoming {
     /// Checks the bytes are a well-formed message of the input type, without decoding it.
     pub fn validate(&self) -> Result<(), CallError> {
         wire::validate(&self.bytes, &self.desc).map_err(|e| self.bad(e))
+    }
+
+    fn refused(&self, e: wire::Invalid) -> CallError {
+        match e {
+            wire::Invalid::Malformed(message) => self.bad(message),
+            wire::Invalid::TooCostly {
+                field,
+                cost,
+                budget,
+            } => CallError::RequestTooCostly {
+                expected: self.desc.full_name().to_owned(),
+                field,
+                cost,
+                budget,
+                per_limit: DECODED_PER_ENCODED,
+            },
+        }
     }
 
     fn bad(&self, message: String) -> CallError {
@@ -151,11 +210,12 @@ impl Incoming {
 #[derive(Debug)]
 pub struct IncomingDecoder {
     desc: MessageDescriptor,
+    budget: usize,
 }
 
-impl From<MessageDescriptor> for IncomingDecoder {
-    fn from(desc: MessageDescriptor) -> Self {
-        Self { desc }
+impl From<(MessageDescriptor, usize)> for IncomingDecoder {
+    fn from((desc, budget): (MessageDescriptor, usize)) -> Self {
+        Self { desc, budget }
     }
 }
 
@@ -165,6 +225,8 @@ impl Decoder for IncomingDecoder {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Incoming>, Status> {
         let bytes = src.copy_to_bytes(src.remaining());
-        Ok(Some(Incoming::new(bytes, self.desc.clone())))
+        Ok(Some(
+            Incoming::new(bytes, self.desc.clone()).with_budget(self.budget),
+        ))
     }
 }

@@ -194,6 +194,14 @@ pub enum CallError {
     Cancelled,
     /// The request bytes are not a message of the method's input type.
     BadRequest { expected: String, message: String },
+    /// Decoding the request would take more memory than `per_limit` × `--max-message-size`.
+    RequestTooCostly {
+        expected: String,
+        field: String,
+        cost: usize,
+        budget: usize,
+        per_limit: usize,
+    },
     /// The request's content-type is not gRPC.
     NotGrpc { content_type: String },
     /// A response over `--max-message-size`.
@@ -258,6 +266,15 @@ impl From<CallError> for Status {
             CallError::Cancelled => Status::cancelled("the call was cancelled"),
             CallError::BadRequest { expected, message } => Status::invalid_argument(format!(
                 "the request is not a valid {expected} message: {message}"
+            )),
+            CallError::RequestTooCostly {
+                expected,
+                field,
+                cost,
+                budget,
+                per_limit,
+            } => Status::resource_exhausted(format!(
+                "decoding this {expected} would take over {cost} bytes of memory (at {field}), more than {budget} ({per_limit} times --max-message-size); send fewer elements or raise --max-message-size"
             )),
             CallError::NotGrpc { content_type } => Status::invalid_argument(format!(
                 "content-type {content_type:?} is not gRPC; send application/grpc (protobuf encoding)"

@@ -122,11 +122,13 @@ fn check_content_type(req: &Request<Body>) -> Option<Response<Body>> {
 }
 
 async fn dispatch(entry: Arc<MethodEntry>, req: Request<Body>, limits: Limits) -> Response<Body> {
-    let mut grpc = Grpc::new(RequestCodec::new(entry.info.input.clone()))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(limits.max_message_size)
-        .max_encoding_message_size(limits.max_message_size);
+    let mut grpc = Grpc::new(
+        RequestCodec::new(entry.info.input.clone()).message_limit(limits.max_message_size),
+    )
+    .accept_compressed(CompressionEncoding::Gzip)
+    .send_compressed(CompressionEncoding::Gzip)
+    .max_decoding_message_size(limits.max_message_size)
+    .max_encoding_message_size(limits.max_message_size);
     let svc = MethodService(entry.clone(), limits.max_message_size);
     let mut resp = match entry.info.shape {
         Shape::Unary => grpc.unary(svc, req).await,

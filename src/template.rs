@@ -49,7 +49,7 @@ pub struct TextTemplate {
 enum Piece {
     Lit(String),
     /// A request field, with its field numbers for reading wire bytes and its kind.
-    Field(FieldPath, Vec<u32>, Option<Kind>),
+    Field(FieldPath, wire::Path, Option<Kind>),
 }
 
 impl TextTemplate {
@@ -84,9 +84,10 @@ impl TextTemplate {
                     );
                 }
             }
-            let numbers = field.numbers().collect();
+            let wire_path = wire::Path::from_numbers(input, field.numbers())
+                .unwrap_or_else(|| wire::Path::new([]));
             let kind = field.last().map(FieldDescriptor::kind);
-            pieces.push(Piece::Field(field, numbers, kind));
+            pieces.push(Piece::Field(field, wire_path, kind));
             rest = &after[end + 2..];
         }
         if !rest.is_empty() {
@@ -108,11 +109,11 @@ impl TextTemplate {
         for piece in &self.pieces {
             match piece {
                 Piece::Lit(s) => out.push_str(s),
-                Piece::Field(path, numbers, kind) => {
+                Piece::Field(path, wire_path, kind) => {
                     let (Some(field), Some(kind)) = (path.last(), kind) else {
                         continue;
                     };
-                    match (wire::find(req, numbers), kind) {
+                    match (wire::find(req, wire_path), kind) {
                         (Some(wire::Raw::Len(b)), Kind::String | Kind::Bytes) => {
                             out.push_str(&String::from_utf8_lossy(b));
                         }

@@ -3,54 +3,97 @@
 //! A `reply` that only interpolates a few scalar fields, or an `echo`, has no use for a fully
 //! built `DynamicMessage`: [`validate`] checks the bytes are a well-formed message of the input
 //! type (so bad requests still get INVALID_ARGUMENT) without allocating, and [`find`] picks one
-//! field's value out by field numbers resolved at startup.
+//! field's value out along a [`Path`] resolved at startup.
+//!
+//! Every handler kind must treat the same bytes the same way, and the handlers that need the
+//! whole message decode it with `prost_reflect::DynamicMessage::decode`. So this reader follows
+//! that decoder rule for rule rather than the letter of the protobuf spec where the two differ:
+//! the same keys are valid (numbers 1 to 2^29-1), groups (wire types 3 and 4) are skipped when
+//! unknown and read when the field is a proto2 group, extensions are known fields, packed and
+//! unpacked encodings are both accepted for packable lists, nesting counts against the same
+//! limit of 100, a map field's entry is length-prefixed whatever wire type its key says, and a
+//! member of a oneof clears the other members set before it. The property tests in
+//! `tests/wire_agrees_with_decoder.rs` hold the two to that.
+//!
+//! [`check`] is the same walk, also adding up what decoding the message would allocate, so a
+//! small request cannot make a large `DynamicMessage` (see [`Cost`]).
 
 use prost::encoding::decode_varint;
-use prost_reflect::{Kind, MessageDescriptor, Value};
+use prost_reflect::{
+    ExtensionDescriptor, FieldDescriptor, Kind, MapKey, MessageDescriptor, UnknownField, Value,
+};
 
-/// Deepest nesting accepted, as protobuf implementations usually do.
-const MAX_DEPTH: u32 = 100;
+/// Nesting the decoder accepts (prost's recursion limit).
+const RECURSION_LIMIT: u32 = 100;
+
+/// Wire types.
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const START_GROUP: u8 = 3;
+const END_GROUP: u8 = 4;
+const FIXED32: u8 = 5;
 
 /// One field's raw value.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Raw<'a> {
     Varint(u64),
     Fixed64(u64),
     Fixed32(u32),
     Len(&'a [u8]),
+    /// The fields between a start-group key and its end-group key.
+    Group(&'a [u8]),
 }
 
-/// Reads one field (key and value) off the front of `buf`.
-fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Raw<'a>), String> {
-    let key = decode_varint(buf).map_err(|e| e.to_string())?;
-    let number = u32::try_from(key >> 3).map_err(|_| "field number out of range".to_owned())?;
+/// Why bytes were refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Invalid {
+    /// Not a well-formed message of the type (INVALID_ARGUMENT).
+    Malformed(String),
+    /// Well-formed, but decoding it would take more memory than allowed (RESOURCE_EXHAUSTED).
+    TooCostly {
+        /// The field whose elements pushed the estimate over the budget.
+        field: String,
+        /// Estimated bytes of the decoded message when the budget was crossed.
+        cost: usize,
+        budget: usize,
+    },
+}
+
+impl From<String> for Invalid {
+    fn from(message: String) -> Self {
+        Invalid::Malformed(message)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(message: &str) -> Self {
+        Invalid::Malformed(message.to_owned())
+    }
+}
+
+type Result<T> = std::result::Result<T, Invalid>;
+
+/// Reads a field key as prost does: the whole key must fit 32 bits, the number must not be 0.
+fn key(buf: &mut &[u8]) -> Result<(u32, u8)> {
+    let key = varint(buf)?;
+    let key = u32::try_from(key).map_err(|_| format!("invalid field key {key}"))?;
+    let number = key >> 3;
     if number == 0 {
         return Err("field number 0".into());
     }
-    let raw = match key & 7 {
-        0 => Raw::Varint(decode_varint(buf).map_err(|e| e.to_string())?),
-        1 => Raw::Fixed64(u64::from_le_bytes(
-            take(buf, 8)?.try_into().map_err(|_| "short fixed64")?,
-        )),
-        5 => Raw::Fixed32(u32::from_le_bytes(
-            take(buf, 4)?.try_into().map_err(|_| "short fixed32")?,
-        )),
-        2 => {
-            let len = decode_varint(buf).map_err(|e| e.to_string())?;
-            let len = usize::try_from(len).map_err(|_| "length out of range".to_owned())?;
-            Raw::Len(take(buf, len)?)
-        }
-        3 | 4 => {
-            return Err(format!(
-                "field {number} uses groups, which proto3 does not have"
-            ))
-        }
-        other => return Err(format!("field {number} has invalid wire type {other}")),
-    };
-    Ok((number, raw))
+    let wire_type = (key & 7) as u8;
+    if wire_type > FIXED32 {
+        return Err(format!("field {number} has invalid wire type {wire_type}").into());
+    }
+    Ok((number, wire_type))
 }
 
-fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+fn varint(buf: &mut &[u8]) -> Result<u64> {
+    decode_varint(buf).map_err(|_| Invalid::Malformed("invalid varint".into()))
+}
+
+fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
     if buf.len() < n {
         return Err("the message is truncated".into());
     }
@@ -59,74 +102,629 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
     Ok(head)
 }
 
+fn len_prefixed<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8]> {
+    let len = varint(buf)?;
+    match usize::try_from(len) {
+        Ok(len) => take(buf, len),
+        Err(_) => Err("the message is truncated".into()),
+    }
+}
+
+fn fixed32(buf: &mut &[u8]) -> Result<u32> {
+    let b = take(buf, 4)?;
+    Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn fixed64(buf: &mut &[u8]) -> Result<u64> {
+    let b = take(buf, 8)?;
+    Ok(u64::from_le_bytes([
+        b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+    ]))
+}
+
+/// Reads the value of a field with `wire_type` off the front of `buf`. A group is read up to
+/// its end-group key, which must carry the same `number`; its body's nesting is not limited
+/// here (callers that need the limit walk the body themselves).
+fn value<'a>(buf: &mut &'a [u8], number: u32, wire_type: u8) -> Result<Raw<'a>> {
+    Ok(match wire_type {
+        VARINT => Raw::Varint(varint(buf)?),
+        FIXED64 => Raw::Fixed64(fixed64(buf)?),
+        FIXED32 => Raw::Fixed32(fixed32(buf)?),
+        LEN => Raw::Len(len_prefixed(buf)?),
+        START_GROUP => {
+            let start = *buf;
+            skip_group_body(buf, number, RECURSION_LIMIT)?;
+            // The body is what was consumed, less the end-group key.
+            let consumed = start.len() - buf.len();
+            let end_key_len = prost::encoding::key_len(number);
+            Raw::Group(&start[..consumed - end_key_len])
+        }
+        _ => return Err(format!("field {number} ends a group that was not started").into()),
+    })
+}
+
+/// Skips fields up to and including the end-group key of `number`.
+fn skip_group_body(buf: &mut &[u8], number: u32, ctx: u32) -> Result<()> {
+    loop {
+        let (inner, wire_type) = key(buf)?;
+        if wire_type == END_GROUP {
+            if inner != number {
+                return Err(format!("group {number} ended by the end of group {inner}").into());
+            }
+            return Ok(());
+        }
+        if wire_type == START_GROUP {
+            if ctx == 0 {
+                return Err(too_deep());
+            }
+            skip_group_body(buf, inner, ctx.saturating_sub(1))?;
+        } else {
+            value(buf, inner, wire_type)?;
+        }
+    }
+}
+
+fn too_deep() -> Invalid {
+    Invalid::Malformed("the message is nested too deeply".into())
+}
+
+/// What decoding a message allocates, estimated from its wire form as it is walked.
+///
+/// `DynamicMessage` holds every value as a `Value` (tens of bytes, whatever the field's type),
+/// every list element and map entry separately, every message's fields in a B-tree, every
+/// string copied and every unknown field as its own record. A packed list of one-byte varints
+/// thus grows over fifty-fold when decoded, a list of one-field messages two-hundred-fold. The
+/// charges below are upper bounds (containers counted at their worst while they grow), so a
+/// message within the budget decodes within it; the fuzz target checks that with a counting
+/// allocator.
+#[derive(Debug)]
+pub struct Cost {
+    spent: usize,
+    budget: usize,
+}
+
+const VALUE: usize = std::mem::size_of::<Value>();
+/// A list element: a `Value` in a `Vec` that doubles when full, the old buffer still live
+/// while the new one fills (three times the elements at worst).
+const LIST_ITEM: usize = 3 * VALUE;
+/// A node of a message's field B-tree: up to 11 field numbers and values, child pointers.
+/// The first field allocates a whole node; nodes other than the root are at least half full.
+const NODE: usize = 12 * (VALUE + 8) + 96;
+/// Fields (entries) per node at least, below the root.
+const FIELDS_PER_NODE: usize = 5;
+/// A map entry: key and value in a hash table of at least 4 slots, at most 7/8 full, the
+/// old table still live while a doubled one fills.
+const MAP_ENTRY: usize = 4 * (std::mem::size_of::<MapKey>() + VALUE + 8);
+/// An unknown field: a record in a list (4 records allocated first, then doubling).
+const UNKNOWN_FIELD: usize = 4 * std::mem::size_of::<UnknownField>();
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// The most the charges add up to per byte of a message, over the cheapest encodings: a
+/// packed varint (one byte), a field (a key and a value, two bytes, and its share of a node),
+/// a one-field nested message in a list (four bytes and a node).
+const MAX_COST_PER_BYTE: usize = max(
+    max(LIST_ITEM, (LIST_ITEM + NODE / FIELDS_PER_NODE) / 2),
+    max(
+        (NODE + LIST_ITEM) / 4,
+        max(MAP_ENTRY, UNKNOWN_FIELD) / 2 + NODE / FIELDS_PER_NODE,
+    ),
+) + 1;
+
+/// True when a message of `len` bytes might cost more than `budget` to decode; shorter ones
+/// need not be walked first.
+pub fn may_exceed(len: usize, budget: usize) -> bool {
+    len.saturating_mul(MAX_COST_PER_BYTE).saturating_add(NODE) > budget
+}
+
+impl Cost {
+    pub fn new(budget: usize) -> Self {
+        Self { spent: 0, budget }
+    }
+
+    /// Bytes charged so far.
+    pub fn spent(&self) -> usize {
+        self.spent
+    }
+
+    fn charge(&mut self, bytes: usize, field: impl FnOnce() -> String) -> Result<()> {
+        self.spent = self.spent.saturating_add(bytes);
+        if self.spent > self.budget {
+            return Err(Invalid::TooCostly {
+                field: field(),
+                cost: self.spent,
+                budget: self.budget,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Checks `buf` is a well-formed message of type `desc`: structure, wire types of known
-/// fields, UTF-8 of strings, nested messages. Unknown fields are skipped, as decoders do.
-pub fn validate(buf: &[u8], desc: &MessageDescriptor) -> Result<(), String> {
-    validate_at(buf, desc, 0)
-}
-
-fn validate_at(mut buf: &[u8], desc: &MessageDescriptor, depth: u32) -> Result<(), String> {
-    if depth > MAX_DEPTH {
-        return Err("the message is nested too deeply".into());
+/// fields, UTF-8 of strings, nested messages, groups and map entries, as the decoder does.
+pub fn validate(buf: &[u8], desc: &MessageDescriptor) -> std::result::Result<(), String> {
+    let mut cost = Cost::new(usize::MAX);
+    match check(buf, desc, &mut cost) {
+        Ok(()) => Ok(()),
+        Err(Invalid::Malformed(m)) => Err(m),
+        Err(Invalid::TooCostly { .. }) => Ok(()),
     }
-    while !buf.is_empty() {
-        let (number, raw) = next_field(&mut buf)?;
-        let Some(field) = desc.get_field(number) else {
-            continue;
-        };
-        let kind = field.kind();
-        match (raw, &kind) {
-            (Raw::Len(bytes), Kind::Message(m)) => validate_at(bytes, m, depth + 1)?,
-            (Raw::Len(bytes), Kind::String) => {
-                std::str::from_utf8(bytes)
-                    .map_err(|_| format!("field {} is not valid UTF-8", field.name()))?;
-            }
-            (Raw::Len(_), Kind::Bytes) => {}
-            // Packed repeated scalars.
-            (Raw::Len(_), _) if field.is_list() => {}
-            (Raw::Varint(_), k) if is_varint(k) => {}
-            (Raw::Fixed64(_), Kind::Fixed64 | Kind::Sfixed64 | Kind::Double) => {}
-            (Raw::Fixed32(_), Kind::Fixed32 | Kind::Sfixed32 | Kind::Float) => {}
-            _ => return Err(format!("field {} has the wrong wire type", field.name())),
-        }
-    }
-    Ok(())
 }
 
-fn is_varint(kind: &Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Int32
-            | Kind::Int64
-            | Kind::Uint32
-            | Kind::Uint64
-            | Kind::Sint32
-            | Kind::Sint64
-            | Kind::Bool
-            | Kind::Enum(_)
-    )
-}
-
-/// The value of the field at `path` (field numbers, outermost first), last occurrence wins,
-/// as when a decoder merges repeated occurrences. `buf` must have passed [`validate`].
-pub fn find<'a>(buf: &'a [u8], path: &[u32]) -> Option<Raw<'a>> {
-    let (first, rest) = path.split_first()?;
-    let mut found = None;
+/// [`validate`], also charging `cost` for what decoding would allocate.
+pub fn check(buf: &[u8], desc: &MessageDescriptor, cost: &mut Cost) -> Result<()> {
     let mut b = buf;
-    while !b.is_empty() {
-        let (number, raw) = next_field(&mut b).ok()?;
-        if number != *first {
-            continue;
+    let mut walker = Walker { cost };
+    walker.message(&mut b, desc, RECURSION_LIMIT, None)
+}
+
+/// A field known to the decoder: a declared field or an extension.
+enum Known {
+    Field(FieldDescriptor),
+    Extension(ExtensionDescriptor),
+}
+
+impl Known {
+    fn find(desc: &MessageDescriptor, number: u32) -> Option<Known> {
+        if let Some(f) = desc.get_field(number) {
+            return Some(Known::Field(f));
         }
-        if rest.is_empty() {
-            found = Some(raw);
-        } else if let Raw::Len(inner) = raw {
-            if let Some(v) = find(inner, rest) {
-                found = Some(v);
-            }
+        desc.get_extension(number).map(Known::Extension)
+    }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Known::Field(f) => f.kind(),
+            Known::Extension(e) => e.kind(),
         }
     }
+
+    fn is_list(&self) -> bool {
+        match self {
+            Known::Field(f) => f.is_list(),
+            Known::Extension(e) => e.is_list(),
+        }
+    }
+
+    fn is_map(&self) -> bool {
+        match self {
+            Known::Field(f) => f.is_map(),
+            Known::Extension(_) => false,
+        }
+    }
+
+    fn is_group(&self) -> bool {
+        match self {
+            Known::Field(f) => f.is_group(),
+            Known::Extension(e) => e.is_group(),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Known::Field(f) => f.full_name().to_owned(),
+            Known::Extension(e) => e.full_name().to_owned(),
+        }
+    }
+}
+
+struct Walker<'c> {
+    cost: &'c mut Cost,
+}
+
+impl Walker<'_> {
+    /// Walks a message body: all of `buf`, or up to the end-group key of `group` (which is
+    /// consumed). `ctx` is the nesting still allowed below this message.
+    fn message(
+        &mut self,
+        buf: &mut &[u8],
+        desc: &MessageDescriptor,
+        ctx: u32,
+        group: Option<u32>,
+    ) -> Result<()> {
+        let (mut known, mut unknown) = (0usize, 0usize);
+        loop {
+            if group.is_none() && buf.is_empty() {
+                break;
+            }
+            let (number, wire_type) = key(buf)?;
+            if wire_type == END_GROUP {
+                if let Some(g) = group {
+                    if g != number {
+                        return Err(format!("group {g} ended by the end of group {number}").into());
+                    }
+                    break;
+                }
+            }
+            match Known::find(desc, number) {
+                Some(field) => {
+                    known += 1;
+                    self.known(buf, &field, number, wire_type, ctx)?
+                }
+                None => {
+                    unknown += 1;
+                    self.unknown(buf, desc, number, wire_type, ctx)?
+                }
+            }
+        }
+        let entries = known.min(desc.fields().len() + desc.extensions().len()) + unknown;
+        if entries > 0 {
+            // One entry per distinct known field at most: a field repeated adds no entry.
+            let nodes = 1 + entries / FIELDS_PER_NODE;
+            self.cost
+                .charge(nodes.saturating_mul(NODE), || desc.full_name().to_owned())?;
+        }
+        Ok(())
+    }
+
+    /// An unknown field: kept by the decoder, groups and all.
+    fn unknown(
+        &mut self,
+        buf: &mut &[u8],
+        desc: &MessageDescriptor,
+        number: u32,
+        wire_type: u8,
+        ctx: u32,
+    ) -> Result<()> {
+        self.cost.charge(UNKNOWN_FIELD, || {
+            format!("{} (unknown field {number})", desc.full_name())
+        })?;
+        match wire_type {
+            START_GROUP => {
+                if ctx == 0 {
+                    return Err(too_deep());
+                }
+                self.unknown_group(buf, desc, number, ctx - 1)
+            }
+            END_GROUP => Err(format!("field {number} ends a group that was not started").into()),
+            _ => value(buf, number, wire_type).map(|_| ()),
+        }
+    }
+
+    /// The body of an unknown group, whose fields are all unknown too.
+    fn unknown_group(
+        &mut self,
+        buf: &mut &[u8],
+        desc: &MessageDescriptor,
+        number: u32,
+        ctx: u32,
+    ) -> Result<()> {
+        loop {
+            let (inner, wire_type) = key(buf)?;
+            if wire_type == END_GROUP {
+                if inner != number {
+                    return Err(format!("group {number} ended by the end of group {inner}").into());
+                }
+                return Ok(());
+            }
+            self.unknown(buf, desc, inner, wire_type, ctx)?;
+        }
+    }
+
+    /// A declared field or extension with the wire type found.
+    fn known(
+        &mut self,
+        buf: &mut &[u8],
+        field: &Known,
+        number: u32,
+        wire_type: u8,
+        ctx: u32,
+    ) -> Result<()> {
+        let kind = field.kind();
+        if field.is_map() {
+            // The decoder reads a map entry as length-prefixed without looking at the key's
+            // wire type.
+            let entry = len_prefixed(buf)?;
+            self.cost.charge(MAP_ENTRY, || field.name())?;
+            let Kind::Message(entry_desc) = kind else {
+                return Err("a map field without an entry type".into());
+            };
+            return self.map_entry(entry, &entry_desc, field, ctx);
+        }
+        if field.is_list() {
+            if wire_type == LEN && is_packable(&kind) {
+                let mut packed = len_prefixed(buf)?;
+                let mut count = 0usize;
+                while !packed.is_empty() {
+                    scalar_value(&mut packed, &kind, wire_type_of(&kind), || field.name())?;
+                    count += 1;
+                }
+                return self
+                    .cost
+                    .charge(count.saturating_mul(LIST_ITEM), || field.name());
+            }
+            self.cost.charge(LIST_ITEM, || field.name())?;
+        }
+        self.single(buf, field, &kind, number, wire_type, ctx)
+    }
+
+    /// One value of `kind`, the way the decoder merges it into a field.
+    fn single(
+        &mut self,
+        buf: &mut &[u8],
+        field: &Known,
+        kind: &Kind,
+        number: u32,
+        wire_type: u8,
+        ctx: u32,
+    ) -> Result<()> {
+        match kind {
+            Kind::Message(m) if field.is_group() => {
+                if wire_type != START_GROUP {
+                    return Err(wrong_wire_type(&field.name(), wire_type));
+                }
+                if ctx == 0 {
+                    return Err(too_deep());
+                }
+                self.message(buf, m, ctx - 1, Some(number))
+            }
+            Kind::Message(m) => {
+                if wire_type != LEN {
+                    return Err(wrong_wire_type(&field.name(), wire_type));
+                }
+                if ctx == 0 {
+                    return Err(too_deep());
+                }
+                let mut body = len_prefixed(buf)?;
+                self.message(&mut body, m, ctx - 1, None)
+            }
+            Kind::String => {
+                if wire_type != LEN {
+                    return Err(wrong_wire_type(&field.name(), wire_type));
+                }
+                let s = len_prefixed(buf)?;
+                if std::str::from_utf8(s).is_err() {
+                    return Err(format!("field {} is not valid UTF-8", field.name()).into());
+                }
+                self.cost.charge(s.len(), || field.name())
+            }
+            _ => scalar_value(buf, kind, wire_type, || field.name()),
+        }
+    }
+
+    /// A map entry, read as the decoder does: key (1) and value (2) in any order, last one
+    /// wins, other fields skipped; the entry itself does not count as a level of nesting.
+    fn map_entry(
+        &mut self,
+        mut buf: &[u8],
+        entry: &MessageDescriptor,
+        field: &Known,
+        ctx: u32,
+    ) -> Result<()> {
+        let key_field = entry.map_entry_key_field();
+        let value_field = entry.map_entry_value_field();
+        while !buf.is_empty() {
+            let (number, wire_type) = key(&mut buf)?;
+            match number {
+                1 => self.single(
+                    &mut buf,
+                    &Known::Field(key_field.clone()),
+                    &key_field.kind(),
+                    number,
+                    wire_type,
+                    ctx,
+                )?,
+                2 => self.single(
+                    &mut buf,
+                    &Known::Field(value_field.clone()),
+                    &value_field.kind(),
+                    number,
+                    wire_type,
+                    ctx,
+                )?,
+                _ => skip_strict(&mut buf, number, wire_type, ctx).map_err(|e| match e {
+                    Invalid::Malformed(m) => {
+                        Invalid::Malformed(format!("in an entry of {}: {m}", field.name()))
+                    }
+                    other => other,
+                })?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Skips a field the way prost's `skip_field` does (used inside map entries): every level,
+/// even a plain varint, needs nesting to spare.
+fn skip_strict(buf: &mut &[u8], number: u32, wire_type: u8, ctx: u32) -> Result<()> {
+    if ctx == 0 {
+        return Err(too_deep());
+    }
+    match wire_type {
+        START_GROUP => loop {
+            let (inner, inner_type) = key(buf)?;
+            if inner_type == END_GROUP {
+                if inner != number {
+                    return Err(format!("group {number} ended by the end of group {inner}").into());
+                }
+                return Ok(());
+            }
+            skip_strict(buf, inner, inner_type, ctx - 1)?;
+        },
+        END_GROUP => Err(format!("field {number} ends a group that was not started").into()),
+        _ => value(buf, number, wire_type).map(|_| ()),
+    }
+}
+
+fn wrong_wire_type(field: &str, wire_type: u8) -> Invalid {
+    Invalid::Malformed(format!(
+        "field {field} has the wrong wire type ({wire_type})"
+    ))
+}
+
+/// Reads one scalar of `kind` (not a string or message) sent with `wire_type`.
+fn scalar_value(
+    buf: &mut &[u8],
+    kind: &Kind,
+    wire_type: u8,
+    name: impl Fn() -> String,
+) -> Result<()> {
+    let expected = wire_type_of(kind);
+    if wire_type != expected {
+        return Err(wrong_wire_type(&name(), wire_type));
+    }
+    match expected {
+        VARINT => varint(buf).map(|_| ()),
+        FIXED32 => fixed32(buf).map(|_| ()),
+        FIXED64 => fixed64(buf).map(|_| ()),
+        _ => len_prefixed(buf).map(|_| ()),
+    }
+}
+
+/// The wire type a value of `kind` is sent with.
+fn wire_type_of(kind: &Kind) -> u8 {
+    match kind {
+        Kind::Int32
+        | Kind::Int64
+        | Kind::Uint32
+        | Kind::Uint64
+        | Kind::Sint32
+        | Kind::Sint64
+        | Kind::Bool
+        | Kind::Enum(_) => VARINT,
+        Kind::Fixed64 | Kind::Sfixed64 | Kind::Double => FIXED64,
+        Kind::Fixed32 | Kind::Sfixed32 | Kind::Float => FIXED32,
+        Kind::String | Kind::Bytes | Kind::Message(_) => LEN,
+    }
+}
+
+/// Numbers and enums: what a packed list may hold.
+fn is_packable(kind: &Kind) -> bool {
+    !matches!(kind, Kind::String | Kind::Bytes | Kind::Message(_))
+}
+
+/// One step of a [`Path`].
+#[derive(Debug, Clone)]
+struct Step {
+    number: u32,
+    /// The other members of the field's oneof: setting one of them clears this field.
+    rivals: Box<[u32]>,
+    /// Map fields of the message this step is in: the decoder reads their entries as
+    /// length-prefixed whatever the wire type.
+    maps: Box<[u32]>,
+    /// Group fields (and group extensions) of that message: their bodies end where the
+    /// decoder says, which needs their descriptors.
+    groups: Box<[(u32, MessageDescriptor)]>,
+}
+
+/// A path to a singular field through singular message fields, resolved at startup.
+#[derive(Debug, Clone)]
+pub struct Path {
+    steps: Box<[Step]>,
+}
+
+impl Path {
+    /// The path along `fields`, outermost first.
+    pub fn new<'f>(fields: impl IntoIterator<Item = &'f FieldDescriptor>) -> Self {
+        let steps = fields.into_iter().map(Step::new).collect();
+        Self { steps }
+    }
+
+    /// The path through `desc` along field `numbers` (`None` if one of them is not a field,
+    /// or a field before the last is not a message).
+    pub fn from_numbers(
+        desc: &MessageDescriptor,
+        numbers: impl IntoIterator<Item = u32>,
+    ) -> Option<Self> {
+        let mut fields = Vec::new();
+        let mut current = Some(desc.clone());
+        for n in numbers {
+            let field = current?.get_field(n)?;
+            current = field.kind().as_message().cloned();
+            fields.push(field);
+        }
+        Some(Self::new(&fields))
+    }
+}
+
+impl Step {
+    fn new(f: &FieldDescriptor) -> Self {
+        let parent = f.parent_message();
+        let rivals = f
+            .containing_oneof()
+            .map(|o| {
+                o.fields()
+                    .map(|m| m.number())
+                    .filter(|&n| n != f.number())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let maps = parent
+            .fields()
+            .filter(|m| m.is_map())
+            .map(|m| m.number())
+            .collect();
+        let group_fields = parent
+            .fields()
+            .filter(|g| g.is_group())
+            .filter_map(|g| Some((g.number(), g.kind().as_message()?.clone())));
+        let group_extensions = parent
+            .extensions()
+            .filter(|g| g.is_group())
+            .filter_map(|g| Some((g.number(), g.kind().as_message()?.clone())));
+        Self {
+            number: f.number(),
+            rivals,
+            maps,
+            groups: group_fields.chain(group_extensions).collect(),
+        }
+    }
+
+    /// The next field of the message this step is in, read as the decoder reads it.
+    fn next_field<'a>(&self, buf: &mut &'a [u8]) -> Result<(u32, Raw<'a>)> {
+        let (number, wire_type) = key(buf)?;
+        if self.maps.contains(&number) {
+            return Ok((number, Raw::Len(len_prefixed(buf)?)));
+        }
+        if wire_type == START_GROUP {
+            if let Some((_, desc)) = self.groups.iter().find(|(n, _)| *n == number) {
+                let start = *buf;
+                let mut cost = Cost::new(usize::MAX);
+                Walker { cost: &mut cost }.message(buf, desc, RECURSION_LIMIT, Some(number))?;
+                let consumed = start.len() - buf.len();
+                let end_key_len = prost::encoding::key_len(number);
+                return Ok((number, Raw::Group(&start[..consumed - end_key_len])));
+            }
+        }
+        Ok((number, value(buf, number, wire_type)?))
+    }
+}
+
+/// The value at `path` as the decoder would leave it: the last occurrence wins, occurrences of
+/// a message field merge, and a later member of the same oneof clears the field. `buf` must
+/// have passed [`validate`].
+pub fn find<'a>(buf: &'a [u8], path: &Path) -> Option<Raw<'a>> {
+    let mut found = None;
+    find_in(buf, &path.steps, &mut found);
     found
+}
+
+fn find_in<'a>(mut buf: &'a [u8], steps: &[Step], found: &mut Option<Raw<'a>>) {
+    let Some((step, rest)) = steps.split_first() else {
+        return;
+    };
+    while !buf.is_empty() {
+        let Ok((number, raw)) = step.next_field(&mut buf) else {
+            return;
+        };
+        if number == step.number {
+            if rest.is_empty() {
+                *found = Some(raw);
+            } else if let Raw::Len(inner) | Raw::Group(inner) = raw {
+                // Occurrences of a message merge: a later one adds to the earlier ones.
+                find_in(inner, rest, found);
+            }
+        } else if step.rivals.contains(&number) {
+            // Another member of the oneof: this field (and all found inside it) is cleared.
+            *found = None;
+        }
+    }
 }
 
 /// A raw scalar as a typed value of `kind` (not for strings, bytes or messages).
@@ -153,9 +751,39 @@ pub fn scalar(raw: Raw<'_>, kind: &Kind) -> Option<Value> {
     })
 }
 
+/// The value of the field at `path` as a typed value, `None` when unset (reads the default).
+/// Strings that are not UTF-8 cannot occur in validated bytes and read as unset.
+pub fn read(buf: &[u8], path: &Path, kind: &Kind) -> Option<Value> {
+    match (find(buf, path)?, kind) {
+        (Raw::Len(b), Kind::String) => std::str::from_utf8(b).ok().map(|s| Value::String(s.into())),
+        (Raw::Len(b), Kind::Bytes) => Some(Value::Bytes(bytes::Bytes::copy_from_slice(b))),
+        (raw, _) => scalar(raw, kind),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads one field (key and value) off the front of `buf`.
+    fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Raw<'a>)> {
+        let (number, wire_type) = key(buf)?;
+        Ok((number, value(buf, number, wire_type)?))
+    }
+
+    fn path(numbers: &[u32]) -> Path {
+        Path {
+            steps: numbers
+                .iter()
+                .map(|&number| Step {
+                    number,
+                    rivals: Box::new([]),
+                    maps: Box::new([]),
+                    groups: Box::new([]),
+                })
+                .collect(),
+        }
+    }
 
     #[test]
     fn finds_the_last_occurrence_through_nested_messages() {
@@ -163,9 +791,49 @@ mod tests {
         let buf = [
             0x0a, 1, b'a', 0x12, 2, 0x08, 5, 0x0a, 1, b'b', 0x12, 2, 0x08, 7,
         ];
-        assert!(matches!(find(&buf, &[1]), Some(Raw::Len(b"b"))));
-        assert!(matches!(find(&buf, &[2, 1]), Some(Raw::Varint(7))));
-        assert!(find(&buf, &[3]).is_none());
+        assert!(matches!(find(&buf, &path(&[1])), Some(Raw::Len(b"b"))));
+        assert!(matches!(find(&buf, &path(&[2, 1])), Some(Raw::Varint(7))));
+        assert!(find(&buf, &path(&[3])).is_none());
+    }
+
+    #[test]
+    fn a_rival_oneof_member_clears_the_field() {
+        // field 1 = "x", field 2 = 5, with 1 and 2 in one oneof.
+        let buf = [0x0a, 1, b'x', 0x10, 5];
+        let p = Path {
+            steps: Box::new([Step {
+                number: 1,
+                rivals: Box::new([2]),
+                maps: Box::new([]),
+                groups: Box::new([]),
+            }]),
+        };
+        assert_eq!(find(&buf, &p), None);
+        assert_eq!(find(&buf[..3], &p), Some(Raw::Len(b"x")));
+    }
+
+    #[test]
+    fn groups_are_read_to_their_end_key() {
+        // group 3 { field 1 = 7 }, then field 2 = 1
+        let buf = [0x1b, 0x08, 7, 0x1c, 0x10, 1];
+        assert_eq!(find(&buf, &path(&[3])), Some(Raw::Group(&[0x08, 7])));
+        assert_eq!(find(&buf, &path(&[3, 1])), Some(Raw::Varint(7)));
+        assert_eq!(find(&buf, &path(&[2])), Some(Raw::Varint(1)));
+        // A mismatched end key is an error, as is an end key without a start.
+        let mut b: &[u8] = &[0x1b, 0x24];
+        assert!(next_field(&mut b).is_err());
+        let mut b: &[u8] = &[0x1c];
+        assert!(next_field(&mut b).is_err());
+    }
+
+    #[test]
+    fn keys_over_32_bits_and_bad_wire_types_are_refused() {
+        let mut b: &[u8] = &[0x80, 0x80, 0x80, 0x80, 0x10, 0];
+        assert!(key(&mut b).is_err());
+        let mut b: &[u8] = &[0x0e];
+        assert!(key(&mut b).is_err());
+        let mut b: &[u8] = &[0x07];
+        assert!(key(&mut b).is_err());
     }
 
     #[test]
