@@ -148,9 +148,11 @@ fn duration(s: &str) -> Result<Duration, String> {
         "ms" => 0.001,
         "m" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "unknown unit {other:?}; write seconds, or a number with ms, s, m or h (such as 500ms)"
-        )),
+        ))
+        }
     };
     let n: f64 = number.parse().map_err(|_| {
         format!("{s:?} is not a duration; write seconds, or a number with ms, s, m or h")
@@ -174,40 +176,37 @@ impl LoadArgs {
         }
     }
 
-    /// Folders named on the command line must exist; the defaults may be absent (no data/ is
-    /// no data).
+    /// `--data` and `-I` folders named on the command line must exist; the default data folder
+    /// may be absent (no data/ is no data). Missing `--protos` and `--handlers` folders are
+    /// reported by `load`.
     fn check_given_folders(&self, matches: &ArgMatches) -> Result<(), String> {
-        let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
-        let mut folders: Vec<(&str, &PathBuf)> = Vec::new();
-        if given("protos") {
-            folders.extend(self.protos.iter().map(|p| ("--protos", p)));
+        let mut given: Vec<(&str, &PathBuf, &str)> = self
+            .import_paths
+            .iter()
+            .map(|p| ("--import-path", p, "an import root"))
+            .collect();
+        if matches.value_source("data") == Some(ValueSource::CommandLine) {
+            given.push(("--data", &self.data, "the folder with your data sets"));
         }
-        folders.extend(self.import_paths.iter().map(|p| ("--import-path", p)));
-        if given("handlers") {
-            folders.push(("--handlers", &self.handlers));
-        }
-        if given("data") {
-            folders.push(("--data", &self.data));
-        }
-        let missing: Vec<String> = folders
+        let problems: Vec<String> = given
             .into_iter()
-            .filter(|(_, path)| !path.is_dir())
-            .map(|(flag, path)| {
-                let what = if path.exists() {
-                    "is not a folder"
+            .filter(|(_, path, _)| !path.is_dir())
+            .map(|(flag, path, what)| {
+                let wrong = if path.exists() {
+                    "not a folder"
                 } else {
                     "no such folder"
                 };
                 format!(
-                    "error: {flag} {}: {what}\n  help: create it, or fix the path given to {flag}",
+                    "error: {flag} {}: {wrong}\n  help: create it, or point {flag} at {what}",
                     path.display()
                 )
             })
             .collect();
-        if missing.is_empty() {
+        if problems.is_empty() {
             Ok(())
         } else {
-            Err(missing.join("\n"))
+            Err(problems.join("\n"))
         }
     }
 }

@@ -17,6 +17,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -130,10 +132,12 @@ pub async fn run(
                     server_calls.clone(),
                     stop.clone(),
                 ));
-                let io = TokioIo::new(HandshakeGuard::new(stream, options.handshake_timeout));
-                let conn = http2.serve_connection(io, service);
+                let guard = HandshakeGuard::new(stream, options.handshake_timeout);
+                let greeted = guard.greeted.clone();
+                let conn = http2.serve_connection(TokioIo::new(guard), service);
                 connections.spawn(connection(
                     conn,
+                    greeted,
                     draining.clone(),
                     deadline_passed.clone(),
                     stop,
@@ -173,9 +177,11 @@ pub async fn run(
 type Connection =
     hyper::server::conn::http2::Connection<TokioIo<HandshakeGuard>, Hyper, TokioExecutor>;
 
-/// Serves one connection: GOAWAY when draining starts, its calls ended when the deadline passes.
+/// Serves one connection: GOAWAY when draining starts (or closed, if the client never finished
+/// its handshake), its calls ended when the deadline passes.
 async fn connection(
     conn: Connection,
+    greeted: Arc<AtomicBool>,
     mut draining: watch::Receiver<bool>,
     deadline_passed: CancellationToken,
     stop: Stop,
@@ -192,6 +198,10 @@ async fn connection(
                 return;
             }
             _ = draining.wait_for(|d| *d), if !graceful => {
+                // A client still in the handshake has no calls to finish.
+                if !greeted.load(Ordering::Acquire) {
+                    return;
+                }
                 graceful = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -213,6 +223,8 @@ pub struct HandshakeGuard {
     io: TcpStream,
     received: usize,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Set once the client has sent its preface and a frame header.
+    pub greeted: Arc<AtomicBool>,
 }
 
 impl HandshakeGuard {
@@ -221,6 +233,7 @@ impl HandshakeGuard {
             io,
             received: 0,
             timer: Some(Box::pin(tokio::time::sleep(timeout))),
+            greeted: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -247,6 +260,7 @@ impl AsyncRead for HandshakeGuard {
             this.received += buf.filled().len() - before;
             if this.received >= HANDSHAKE_BYTES {
                 this.timer = None;
+                this.greeted.store(true, Ordering::Release);
             }
         }
         result
