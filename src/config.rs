@@ -206,7 +206,7 @@ fn build_handler(
     // every message); next to "rules" or "script" the router applies them around the handler.
     let around = if spec.script.is_some() || spec.rules.is_some() {
         Around {
-            delay: spec.delay_ms.map(Duration::from_millis),
+            delay: delay(spec.delay_ms, "delay_ms")?,
             headers: parse_metadata(&spec.headers, "headers")?,
         }
     } else {
@@ -333,9 +333,23 @@ fn build_action(spec: &EntrySpec, info: &MethodInfo, path: &str) -> Result<Actio
     let headers = parse_metadata(&spec.headers, &join("headers"))?;
     Ok(Action {
         kind,
-        delay: spec.delay_ms.map(Duration::from_millis),
+        delay: delay(spec.delay_ms, &join("delay_ms"))?,
         headers,
     })
+}
+
+/// The longest `delay_ms`: a day is far past any test's patience, and keeps timer arithmetic
+/// far from overflowing.
+const MAX_DELAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+fn delay(ms: Option<u64>, path: &str) -> Result<Option<Duration>, TemplateError> {
+    match ms {
+        Some(ms) if ms > MAX_DELAY_MS => Err(tmpl_err(
+            path,
+            &format!("{ms} ms is more than a day; give at most {MAX_DELAY_MS}"),
+        )),
+        other => Ok(other.map(Duration::from_millis)),
+    }
 }
 
 fn unreachable_kind() -> Result<ActionKind, TemplateError> {

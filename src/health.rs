@@ -7,10 +7,15 @@
 //! server drains on SIGTERM.
 //!
 //! Watching an unknown name registers nothing, so clients cannot grow the table: unknown
-//! watchers wait on one shared "a service was added" signal and look the name up again.
+//! watchers wait on one shared "something changed" signal and look the name up again.
+//!
+//! When the server drains ([`HealthReporter::drain`]) every watcher gets NOT_SERVING (or its
+//! last status, for an unknown service) and then its stream ends, so open `Watch` calls do not
+//! hold the shutdown until `--shutdown-timeout`.
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures_util::{stream, Stream};
@@ -28,8 +33,9 @@ pub struct HealthReporter {
 
 struct Inner {
     services: RwLock<HashMap<String, watch::Sender<ServingStatus>>>,
-    /// Bumped whenever a service is registered, for watchers of unknown names.
-    added: watch::Sender<u64>,
+    /// Bumped whenever a service is registered and when draining starts.
+    changed: watch::Sender<u64>,
+    draining: AtomicBool,
 }
 
 impl Default for HealthReporter {
@@ -44,7 +50,8 @@ impl HealthReporter {
         let reporter = Self {
             inner: Arc::new(Inner {
                 services: RwLock::new(HashMap::new()),
-                added: watch::channel(0).0,
+                changed: watch::channel(0).0,
+                draining: AtomicBool::new(false),
             }),
         };
         reporter.set("", ServingStatus::Serving);
@@ -65,7 +72,7 @@ impl HealthReporter {
             None => {
                 services.insert(service.to_owned(), watch::channel(status).0);
                 drop(services);
-                self.inner.added.send_modify(|n| *n = n.wrapping_add(1));
+                self.bump();
             }
         }
     }
@@ -80,6 +87,21 @@ impl HealthReporter {
         for tx in services.values() {
             tx.send_replace(status);
         }
+    }
+
+    /// Draining: every service NOT_SERVING; watchers get that and their streams end.
+    pub fn drain(&self) {
+        self.set_all(ServingStatus::NotServing);
+        self.inner.draining.store(true, Ordering::Release);
+        self.bump();
+    }
+
+    fn draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The current status of `service`, if registered.
@@ -151,38 +173,53 @@ impl Health for HealthService {
 struct Watching {
     reporter: HealthReporter,
     service: String,
-    added: watch::Receiver<u64>,
+    changed: watch::Receiver<u64>,
     current: Option<watch::Receiver<ServingStatus>>,
     last: Option<ServingStatus>,
+    done: bool,
 }
 
 /// The status of `service` now and at every change; SERVICE_UNKNOWN while it is not registered.
+/// Ends after the status it has when draining starts.
 fn watch_status(reporter: HealthReporter, service: String) -> WatchStream {
-    // Subscribe to additions before the first lookup, so none is missed in between.
-    let added = reporter.inner.added.subscribe();
+    // Subscribe to changes before the first lookup, so none is missed in between.
+    let changed = reporter.inner.changed.subscribe();
     let state = Watching {
         reporter,
         service,
-        added,
+        changed,
         current: None,
         last: None,
+        done: false,
     };
     Box::pin(stream::unfold(state, |mut st| async move {
         loop {
+            if st.done {
+                return None;
+            }
             if st.current.is_none() {
                 st.current = st.reporter.subscribe(&st.service);
             }
+            let draining = st.reporter.draining();
             let status = match &mut st.current {
+                Some(rx) if draining => *rx.borrow_and_update(),
                 Some(rx) => {
-                    rx.changed().await.ok()?;
+                    tokio::select! {
+                        r = rx.changed() => r.ok()?,
+                        r = st.changed.changed() => {
+                            r.ok()?;
+                            continue;
+                        }
+                    }
                     *rx.borrow_and_update()
                 }
-                None if st.last.is_none() => ServingStatus::ServiceUnknown,
+                None if draining || st.last.is_none() => ServingStatus::ServiceUnknown,
                 None => {
-                    st.added.changed().await.ok()?;
+                    st.changed.changed().await.ok()?;
                     continue;
                 }
             };
+            st.done = draining;
             if st.last == Some(status) {
                 continue;
             }
@@ -190,4 +227,55 @@ fn watch_status(reporter: HealthReporter, service: String) -> WatchStream {
             return Some((Ok(response(status)), st));
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::time::Duration;
+
+    async fn next(s: &mut WatchStream) -> Option<i32> {
+        tokio::time::timeout(Duration::from_secs(5), s.next())
+            .await
+            .expect("no update")
+            .map(|r| r.unwrap().status)
+    }
+
+    #[tokio::test]
+    async fn watch_of_an_unknown_service_updates_when_it_appears() {
+        let reporter = HealthReporter::new();
+        let mut s = watch_status(reporter.clone(), "late.Service".into());
+        assert_eq!(
+            next(&mut s).await,
+            Some(ServingStatus::ServiceUnknown as i32)
+        );
+        let quiet = tokio::time::timeout(Duration::from_millis(100), s.next()).await;
+        assert!(quiet.is_err(), "nothing changes while it stays unknown");
+        reporter.set("late.Service", ServingStatus::Serving);
+        assert_eq!(next(&mut s).await, Some(ServingStatus::Serving as i32));
+        reporter.set("late.Service", ServingStatus::NotServing);
+        assert_eq!(next(&mut s).await, Some(ServingStatus::NotServing as i32));
+    }
+
+    #[tokio::test]
+    async fn draining_sends_not_serving_then_ends_every_watch() {
+        let reporter = HealthReporter::new();
+        reporter.set("a.A", ServingStatus::Serving);
+        let mut known = watch_status(reporter.clone(), "a.A".into());
+        let mut unknown = watch_status(reporter.clone(), "b.B".into());
+        assert_eq!(next(&mut known).await, Some(ServingStatus::Serving as i32));
+        assert_eq!(
+            next(&mut unknown).await,
+            Some(ServingStatus::ServiceUnknown as i32)
+        );
+        reporter.drain();
+        assert_eq!(
+            next(&mut known).await,
+            Some(ServingStatus::NotServing as i32)
+        );
+        assert_eq!(next(&mut known).await, None);
+        assert_eq!(next(&mut unknown).await, None);
+        assert_eq!(reporter.status(""), Some(ServingStatus::NotServing));
+    }
 }

@@ -147,7 +147,7 @@ pub async fn serve(
         loaded.options.server,
         shutdown,
         move || {
-            health.set_all(tonic_health::pb::health_check_response::ServingStatus::NotServing);
+            health.drain();
         },
     )
     .await;

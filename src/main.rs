@@ -380,3 +380,37 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutting down: health is NOT_SERVING, finishing in-flight calls");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{duration, log_filter};
+    use std::time::Duration;
+
+    #[test]
+    fn durations_take_seconds_or_a_unit() {
+        assert_eq!(duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "s", "-1", "1x", "1e400", "99999999999999999999999h"] {
+            assert!(duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn log_levels_and_filters() {
+        for good in [
+            "info",
+            "DEBUG",
+            "protoserve=debug",
+            "warn,protoserve=trace",
+            "off",
+        ] {
+            assert!(log_filter(good).is_ok(), "{good:?}");
+        }
+        for bad in ["verbose", "inof", "protoserve=loud"] {
+            assert!(log_filter(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -395,12 +395,13 @@ async fn shutdown_deadline_ends_calls_with_unavailable() {
     assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
 }
 
-/// While draining on SIGTERM, health reports NOT_SERVING for every service and the server.
+/// While draining on SIGTERM, health reports NOT_SERVING for every service and the server; the
+/// Watch streams then end, so they do not hold the shutdown for `--shutdown-timeout`.
 #[tokio::test]
 async fn health_not_serving_while_draining() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-    let mut server = Server::start(&["--shutdown-timeout", "2s"]);
+    let mut server = Server::start(&["--shutdown-timeout", "30s"]);
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
         .unwrap()
         .connect()
@@ -427,7 +428,12 @@ async fn health_not_serving_while_draining() {
             .unwrap()
             .unwrap();
         assert_eq!(next.status, ServingStatus::NotServing as i32, "{service:?}");
+        let end = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the watch did not end");
+        assert!(matches!(end, Ok(None)), "{service:?}: {end:?}");
     }
+    // Well before --shutdown-timeout: nothing else was in flight.
     let exit = tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(20)))
         .await
         .unwrap();

@@ -338,7 +338,9 @@ impl Stream for Items {
         }
         if let Some(delay) = this.chosen.action().delay {
             if !this.waiting {
-                let at = tokio::time::Instant::now() + delay;
+                // Delays are at most a day (checked at startup), so this cannot overflow.
+                let now = tokio::time::Instant::now();
+                let at = now.checked_add(delay).unwrap_or(now);
                 match &mut this.sleep {
                     Some(s) => s.as_mut().reset(at),
                     None => this.sleep = Some(Box::pin(tokio::time::sleep_until(at))),

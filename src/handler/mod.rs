@@ -247,3 +247,38 @@ impl HandlerTable {
         self.entries.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_grpc_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeout_parses_saturates_and_refuses_garbage() {
+        assert_eq!(
+            parse_grpc_timeout(b"250m"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_grpc_timeout(b"2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(
+            parse_grpc_timeout(b"9223372036854775807S"),
+            Some(Duration::from_secs(i64::MAX as u64))
+        );
+        assert_eq!(
+            parse_grpc_timeout(b"99999999999999999999999H"),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        for bad in [
+            &b""[..],
+            b"S",
+            b"12",
+            b"1x",
+            b"-1S",
+            b"1.5S",
+            b" 1S",
+            "1\u{e9}S".as_bytes(),
+        ] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+}

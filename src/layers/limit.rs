@@ -34,11 +34,6 @@ impl ServerCalls {
             limit,
         }
     }
-
-    /// Calls in flight right now.
-    pub fn in_flight(&self) -> usize {
-        self.limit - self.semaphore.available_permits()
-    }
 }
 
 /// One connection's view of the limits: its own semaphore and the server's.
