@@ -31,7 +31,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use crate::layers::cutoff::Stop;
-use crate::layers::limit::ServerCalls;
+use crate::layers::limit::Slots;
 use crate::layers::{stack, Hyper};
 use crate::router::Router;
 
@@ -102,7 +102,7 @@ pub async fn run(
         .keep_alive_interval(options.keepalive_interval)
         .keep_alive_timeout(options.keepalive_timeout);
 
-    let server_calls = ServerCalls::new(options.max_calls);
+    let server_calls = Slots::new(options.max_calls);
     let (draining_tx, draining) = watch::channel(false);
     let deadline_passed = CancellationToken::new();
     let mut connections = JoinSet::new();
@@ -150,7 +150,10 @@ pub async fn run(
     let _ = draining_tx.send(true);
     let open = connections.len();
     if open > 0 {
-        tracing::info!("finishing the calls of {open} connection(s)");
+        tracing::info!(
+            "finishing {} call(s) on {open} connection(s)",
+            server_calls.taken()
+        );
     }
     let all_closed = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(options.shutdown_timeout, all_closed)

@@ -215,38 +215,49 @@ async fn h2_connect(addr: std::net::SocketAddr) -> h2::client::SendRequest<bytes
     send
 }
 
-/// Splits calls into those answered within `wait` (with their grpc-status and message) and the
-/// count still waiting.
+/// Waits (up to 20 s) until `expected` of `calls` are answered, then gives a moment for any
+/// unexpected extra answer: the answers (grpc-status, grpc-message), how many calls are still
+/// waiting, and the request halves to keep those calls open.
 async fn answered(
     calls: Vec<(h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>)>,
-    wait: Duration,
+    expected: usize,
 ) -> (
     Vec<(String, String)>,
     usize,
     Vec<h2::SendStream<bytes::Bytes>>,
 ) {
+    use futures_util::StreamExt;
+    let total = calls.len();
+    let (responses, keep): (Vec<_>, Vec<_>) = calls.into_iter().unzip();
+    let mut pending: futures_util::stream::FuturesUnordered<_> = responses.into_iter().collect();
     let mut done = Vec::new();
-    let mut pending = 0;
-    let mut keep = Vec::new();
-    let until = tokio::time::Instant::now() + wait;
-    for (resp, send) in calls {
-        keep.push(send);
-        match tokio::time::timeout_at(until, resp).await {
-            Ok(Ok(resp)) => {
-                let h = resp.headers();
-                let get = |k: &str| {
-                    h.get(k)
-                        .map(|v| v.to_str().unwrap_or_default().to_owned())
-                        .unwrap_or_default()
-                };
-                assert!(resp.body().is_end_stream(), "a refusal is Trailers-Only");
-                done.push((get("grpc-status"), get("grpc-message")));
-            }
-            Ok(Err(e)) => panic!("stream failed: {e}"),
-            Err(_) => pending += 1,
+    let record = |done: &mut Vec<_>, resp: Result<http::Response<h2::RecvStream>, h2::Error>| {
+        let resp = resp.expect("stream failed");
+        let h = resp.headers();
+        let get = |k: &str| {
+            h.get(k)
+                .map(|v| v.to_str().unwrap_or_default().to_owned())
+                .unwrap_or_default()
+        };
+        assert!(resp.body().is_end_stream(), "a refusal is Trailers-Only");
+        done.push((get("grpc-status"), get("grpc-message")));
+    };
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while done.len() < expected {
+        match tokio::time::timeout_at(until, pending.next()).await {
+            Ok(Some(resp)) => record(&mut done, resp),
+            Ok(None) | Err(_) => break,
         }
     }
-    (done, pending, keep)
+    // Anything answered past the expected count shows up here.
+    while let Ok(Some(resp)) =
+        tokio::time::timeout(Duration::from_millis(300), pending.next()).await
+    {
+        record(&mut done, resp);
+    }
+    let waiting = total - done.len();
+    drop(pending);
+    (done, waiting, keep)
 }
 
 /// Calls over `--max-calls-per-connection` or `--max-calls` are answered at once with
@@ -256,7 +267,7 @@ async fn calls_over_the_limits_are_refused_at_once() {
     let server = Server::start(&["--max-calls-per-connection", "8", "--max-calls", "12"]);
     let mut a = h2_connect(server.addr).await;
     let calls = open_silent_calls(&mut a, server.addr, 20).await;
-    let (refusals, waiting, _keep_a) = answered(calls, Duration::from_secs(10)).await;
+    let (refusals, waiting, _keep_a) = answered(calls, 12).await;
     assert_eq!(waiting, 8, "8 calls get in and wait for their request");
     assert_eq!(refusals.len(), 12);
     for (status, message) in &refusals {
@@ -266,7 +277,7 @@ async fn calls_over_the_limits_are_refused_at_once() {
 
     let mut b = h2_connect(server.addr).await;
     let calls = open_silent_calls(&mut b, server.addr, 8).await;
-    let (refusals, waiting, _keep_b) = answered(calls, Duration::from_secs(10)).await;
+    let (refusals, waiting, _keep_b) = answered(calls, 4).await;
     assert_eq!(waiting, 4, "the server-wide limit leaves room for 4 more");
     assert_eq!(refusals.len(), 4);
     for (status, message) in &refusals {

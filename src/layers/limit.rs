@@ -3,45 +3,73 @@
 //! tower's `ConcurrencyLimit` queues calls over the limit: their requests stay in memory and
 //! every caller waits, so a flood turns into latency for everyone. Here a call over either limit
 //! is answered immediately with RESOURCE_EXHAUSTED (Trailers-Only) and costs nothing more. A call
-//! that gets in holds its two permits until its response body ends or is dropped, so a streaming
+//! that gets in holds its two slots until its response body ends or is dropped, so a streaming
 //! call counts for as long as it streams.
+//!
+//! Nothing ever waits for a slot, so a slot is an atomic counter, not a semaphore: taking and
+//! giving one back takes no lock, even on the counter all connections share.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tower::Service;
 
 use crate::error::CallError;
 
-/// The server-wide limit, shared by every connection.
-#[derive(Clone)]
-pub struct ServerCalls {
-    semaphore: Arc<Semaphore>,
+/// Calls in flight against a limit.
+pub struct Slots {
+    taken: AtomicUsize,
     limit: usize,
 }
 
-impl ServerCalls {
-    pub fn new(limit: usize) -> Self {
-        Self {
-            semaphore: Arc::new(Semaphore::new(limit)),
+impl Slots {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            taken: AtomicUsize::new(0),
             limit,
-        }
+        })
+    }
+
+    /// A slot, unless all `limit` are taken.
+    fn take(self: &Arc<Self>) -> Option<Slot> {
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot(self.clone()))
+    }
+
+    /// Calls in flight now.
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::Acquire)
     }
 }
 
-/// One connection's view of the limits: its own semaphore and the server's.
+/// One call's place; given back when dropped.
+pub struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The server-wide limit, shared by every connection.
+pub type ServerCalls = Arc<Slots>;
+
+/// One connection's view of the limits: its own slots and the server's.
 #[derive(Clone)]
 pub struct Limited<S> {
     inner: S,
-    connection: Arc<Semaphore>,
-    per_connection: usize,
+    connection: Arc<Slots>,
     server: ServerCalls,
 }
 
@@ -50,14 +78,13 @@ impl<S> Limited<S> {
     pub fn new(inner: S, per_connection: usize, server: ServerCalls) -> Self {
         Self {
             inner,
-            connection: Arc::new(Semaphore::new(per_connection)),
-            per_connection,
+            connection: Slots::new(per_connection),
             server,
         }
     }
 }
 
-type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+type Permits = (Slot, Slot);
 
 impl<S, ReqBody, B> Service<Request<ReqBody>> for Limited<S>
 where
@@ -76,10 +103,10 @@ where
         let refused = |limit, flag| LimitedFuture::Refused {
             response: Some(Status::from(CallError::Overloaded { limit, flag }).into_http()),
         };
-        let Ok(connection) = self.connection.clone().try_acquire_owned() else {
-            return refused(self.per_connection, "--max-calls-per-connection");
+        let Some(connection) = self.connection.take() else {
+            return refused(self.connection.limit, "--max-calls-per-connection");
         };
-        let Ok(server) = self.server.semaphore.clone().try_acquire_owned() else {
+        let Some(server) = self.server.take() else {
             return refused(self.server.limit, "--max-calls");
         };
         LimitedFuture::Running {
