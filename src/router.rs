@@ -27,7 +27,8 @@ use tower::Service;
 use crate::codec::{Incoming, Outgoing, RequestCodec};
 use crate::error::{normalize_response_headers, normalize_status, CallError};
 use crate::handler::{
-    Call, HandlerTable, MethodEntry, Reply, Requests, ResponseStream, Responses, Shape,
+    add_missing_metadata, Call, HandlerTable, MethodEntry, Reply, Requests, ResponseStream,
+    Responses, Shape,
 };
 
 /// A built-in gRPC service (reflection, health), boxed.
@@ -175,34 +176,16 @@ impl MethodService {
             }
             match result {
                 Ok(mut reply) => {
-                    add_missing(&mut reply.headers, &entry.around.headers);
+                    add_missing_metadata(&mut reply.headers, &entry.around.headers);
                     Ok(reply)
                 }
                 Err(e) => {
                     let mut status = Status::from(e);
-                    add_missing(status.metadata_mut(), &entry.around.headers);
+                    add_missing_metadata(status.metadata_mut(), &entry.around.headers);
                     Err(CallError::Deliberate(status))
                 }
             }
         })
-    }
-}
-
-/// Adds the entries of `extra` whose keys `dst` lacks (the handler's own values win).
-fn add_missing(dst: &mut MetadataMap, extra: &MetadataMap) {
-    for entry in extra.iter() {
-        match entry {
-            tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
-                if !dst.contains_key(k) {
-                    dst.insert(k.clone(), v.clone());
-                }
-            }
-            tonic::metadata::KeyAndValueRef::Binary(k, v) => {
-                if !dst.contains_key(k) {
-                    dst.insert_bin(k.clone(), v.clone());
-                }
-            }
-        }
     }
 }
 
@@ -239,10 +222,10 @@ async fn first_then_rest(reply: Reply, limit: usize) -> Result<tonic::Response<P
         Some(Ok(o)) => Some(o),
         Some(Err(status)) => {
             let mut status = normalize_status(status);
-            add_missing(status.metadata_mut(), &headers);
+            add_missing_metadata(status.metadata_mut(), &headers);
             if let Some(slot) = &trailers {
                 let extra = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                add_missing(status.metadata_mut(), &extra);
+                add_missing_metadata(status.metadata_mut(), &extra);
             }
             return Err(status);
         }

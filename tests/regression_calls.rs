@@ -351,6 +351,54 @@ async fn delay_and_headers_honoured_for_rules_and_scripts() {
     assert_eq!(echoed, vec![json!("h"), json!("i")]);
 }
 
+/// `delay_ms` and `headers` next to `error` were accepted and ignored: the error now waits for
+/// the delay and carries the headers (in its Trailers-Only response), in every shape.
+#[tokio::test]
+async fn delay_and_headers_honoured_for_errors() {
+    let error = json!({"error": {"code": "NOT_FOUND", "message": "none"}, "delay_ms": 300, "headers": {"x-err": "1"}});
+    let dir = handlers(&[(
+        "r.json",
+        json!({"service": "routeguide.RouteGuide", "methods": {
+            "GetFeature": error,
+            "ListFeatures": error,
+            "RouteChat": {"rules": [{"error": {"code": "NOT_FOUND", "message": "none"}, "delay_ms": 300, "headers": {"x-err": "1"}}]}
+        }})
+        .to_string(),
+    )]);
+    let server = Server::start(&["--handlers", dir.path().to_str().unwrap()]);
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    let started = Instant::now();
+    let err = client
+        .unary("routeguide.RouteGuide/GetFeature", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(started.elapsed() >= Duration::from_millis(300), "no delay");
+    assert_eq!(err.metadata().get("x-err").unwrap(), "1", "{err:?}");
+
+    let started = Instant::now();
+    let err = client
+        .server_stream("routeguide.RouteGuide/ListFeatures", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(started.elapsed() >= Duration::from_millis(300), "no delay");
+    assert_eq!(err.metadata().get("x-err").unwrap(), "1", "{err:?}");
+
+    let started = Instant::now();
+    let (items, err) = client
+        .bidi(
+            "routeguide.RouteGuide/RouteChat",
+            vec![json!({"message": "m"})],
+        )
+        .await;
+    let err = err.expect("an error");
+    assert!(items.is_empty());
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(started.elapsed() >= Duration::from_millis(300), "no delay");
+    assert_eq!(err.metadata().get("x-err").unwrap(), "1", "{err:?}");
+}
+
 fn listed_names(services: &[String]) -> Vec<&str> {
     services.iter().map(String::as_str).collect()
 }

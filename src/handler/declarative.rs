@@ -30,7 +30,9 @@ use super::error::ErrorAction;
 use super::reply::ReplyAction;
 use super::rules::Rule;
 use super::stream::StreamAction;
-use super::{Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses};
+use super::{
+    add_missing_metadata, Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses,
+};
 use crate::codec::{Incoming, Outgoing};
 use crate::error::{normalize_status, CallError};
 
@@ -82,7 +84,7 @@ impl Action {
     fn respond(&self, req: DynamicMessage, method: &'static str) -> Result<Outcome, CallError> {
         match &self.kind {
             ActionKind::Reply(r) => r.respond(&req, method).map(Outcome::One),
-            ActionKind::Error(e) => Err(CallError::Deliberate(e.status(&req))),
+            ActionKind::Error(e) => Ok(Outcome::Fail(e.status(&req))),
             ActionKind::Stream(_) => Ok(Outcome::Many(req)),
             ActionKind::Echo => Ok(Outcome::One(Outgoing::Message(req))),
         }
@@ -94,6 +96,9 @@ enum Outcome {
     One(Outgoing),
     /// The chosen `stream` action's items, rendered from this request one at a time.
     Many(DynamicMessage),
+    /// An `error` action's status: like a message, it waits for the delay and carries the
+    /// action's headers.
+    Fail(Status),
 }
 
 /// A single action, or rules choosing one.
@@ -189,19 +194,12 @@ impl Handler for Declarative {
                     return Box::pin(std::future::ready(Ok(reply)));
                 }
                 let delay = chosen.action().delay;
-                let Outcome::One(o) = outcome else {
-                    return Box::pin(std::future::ready(Err(wrong_shape(&info))));
-                };
-                let reply = Reply {
-                    responses: Responses::One(o),
-                    headers,
-                    trailers: None,
-                };
+                let result = one_answer(outcome, headers, &info);
                 match delay {
-                    None => Box::pin(std::future::ready(Ok(reply))),
+                    None => Box::pin(std::future::ready(result)),
                     Some(d) => Box::pin(async move {
                         tokio::time::sleep(d).await;
-                        Ok(reply)
+                        result
                     }),
                 }
             }
@@ -215,18 +213,11 @@ impl Handler for Declarative {
                     let req =
                         last.unwrap_or_else(|| Incoming::new(Bytes::new(), info.input.clone()));
                     let (outcome, chosen) = answer(&responder, req, &call.metadata, info.name)?;
-                    let Outcome::One(o) = outcome else {
-                        return Err(wrong_shape(&info));
-                    };
                     let action = chosen.action();
                     if let Some(d) = action.delay {
                         tokio::time::sleep(d).await;
                     }
-                    Ok(Reply {
-                        responses: Responses::One(o),
-                        headers: action.headers.clone(),
-                        trailers: None,
-                    })
+                    one_answer(outcome, action.headers.clone(), &info)
                 })
             }
             Requests::Stream(mut incoming) => {
@@ -259,6 +250,27 @@ impl Handler for Declarative {
                 })
             }
         }
+    }
+}
+
+/// The reply of a method that answers with one message; an error's status carries the headers
+/// (a Trailers-Only response has one header block).
+fn one_answer(
+    outcome: Outcome,
+    headers: MetadataMap,
+    info: &MethodInfo,
+) -> Result<Reply, CallError> {
+    match outcome {
+        Outcome::One(o) => Ok(Reply {
+            responses: Responses::One(o),
+            headers,
+            trailers: None,
+        }),
+        Outcome::Fail(mut status) => {
+            add_missing_metadata(status.metadata_mut(), &headers);
+            Err(CallError::Deliberate(status))
+        }
+        Outcome::Many(_) => Err(wrong_shape(info)),
     }
 }
 
@@ -304,7 +316,7 @@ impl Items {
 
     fn has_next(&self) -> bool {
         match (&self.outcome, &self.chosen.action().kind) {
-            (Some(Outcome::One(_)), _) => true,
+            (Some(Outcome::One(_) | Outcome::Fail(_)), _) => true,
             (Some(Outcome::Many(_)), ActionKind::Stream(s)) => self.next < s.len(),
             _ => false,
         }
@@ -313,6 +325,7 @@ impl Items {
     fn take_next(&mut self) -> Option<Result<Outgoing, CallError>> {
         match self.outcome.take()? {
             Outcome::One(o) => Some(Ok(o)),
+            Outcome::Fail(status) => Some(Err(CallError::Deliberate(status))),
             Outcome::Many(req) => {
                 let ActionKind::Stream(s) = &self.chosen.action().kind else {
                     return None;

@@ -136,6 +136,24 @@ pub fn parse_grpc_timeout(raw: &[u8]) -> Option<Duration> {
     })
 }
 
+/// Adds the entries of `extra` whose keys `dst` lacks (values already in `dst` win).
+pub fn add_missing_metadata(dst: &mut MetadataMap, extra: &MetadataMap) {
+    for entry in extra.iter() {
+        match entry {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                if !dst.contains_key(k) {
+                    dst.insert(k.clone(), v.clone());
+                }
+            }
+            tonic::metadata::KeyAndValueRef::Binary(k, v) => {
+                if !dst.contains_key(k) {
+                    dst.insert_bin(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+}
+
 /// The request side of a call.
 pub enum Requests {
     One(Incoming),
