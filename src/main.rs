@@ -323,7 +323,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let loaded = match load(&args.load, args.transport.options()) {
             Ok(l) => l,
             Err(code) => return code,
@@ -355,11 +355,25 @@ fn serve(args: ServeArgs) -> ExitCode {
                 ExitCode::from(STARTUP_PROBLEM)
             }
         }
-    })
+    });
+    // Nothing the server started may keep the process alive once it is done.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 /// Resolves on SIGINT or SIGTERM; the server then stops accepting and finishes in-flight calls.
+/// A second signal exits at once.
 async fn shutdown_signal() {
+    signal().await;
+    tracing::info!("shutting down: health is NOT_SERVING, finishing in-flight calls (a second signal exits now)");
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("protoserve: second signal, exiting without finishing calls");
+        std::process::exit(130);
+    });
+}
+
+async fn signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -378,7 +392,6 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutting down: health is NOT_SERVING, finishing in-flight calls");
 }
 
 #[cfg(test)]

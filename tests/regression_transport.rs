@@ -519,3 +519,40 @@ async fn unread_streams_do_not_grow_memory() {
     assert_eq!(r.code(), Code::Unimplemented, "{r:?}");
     drop(keep);
 }
+
+/// A second SIGTERM while draining exits at once, without waiting for `--shutdown-timeout`.
+#[tokio::test]
+async fn second_signal_exits_at_once() {
+    let f = common::fixtures();
+    let mut server = Server::start(&[
+        "--protos",
+        f.join("protos").to_str().unwrap(),
+        "--handlers",
+        f.join("handlers").to_str().unwrap(),
+        "--shutdown-timeout",
+        "120s",
+    ]);
+    let client = Client::connect(server.addr, common::pool(&f.join("protos"))).await;
+    let (_tx, _stream) = open_chat(&client).await;
+    server.send_term();
+    // The first signal starts draining; the open call keeps the server up.
+    let mut exited = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if server.log().iter().any(|l| l.contains("shutting down")) {
+            exited = Some(server.is_running());
+            break;
+        }
+    }
+    assert_eq!(
+        exited,
+        Some(true),
+        "draining did not start: {:?}",
+        server.log()
+    );
+    server.send_term();
+    let exit = tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(exit.is_some(), "a second signal did not end the process");
+}
