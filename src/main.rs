@@ -101,7 +101,7 @@ struct TransportArgs {
     /// Time a new connection has to send the HTTP/2 preface before it is closed.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     handshake_timeout: Duration,
-    /// Ping interval on idle connections (0: never ping).
+    /// Interval of the HTTP/2 pings that detect dead peers (0: never ping).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
     keepalive_interval: Duration,
     /// How long a ping may go unanswered before the connection is dropped.

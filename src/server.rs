@@ -46,7 +46,7 @@ pub struct ServerOptions {
     pub max_calls: usize,
     /// Time a new connection has to send the HTTP/2 preface and its first frame.
     pub handshake_timeout: Duration,
-    /// How often an idle connection is pinged; `None` never.
+    /// How often a connection is pinged to detect a dead peer; `None` never.
     pub keepalive_interval: Option<Duration>,
     /// How long a ping may go unanswered before the connection is dropped.
     pub keepalive_timeout: Duration,
