@@ -1,45 +1,63 @@
 //! The services every protoserve serves besides the user's: server reflection (v1 and v1alpha,
 //! over exactly the descriptor set that is served) and health (SERVING for every loaded service).
+//!
+//! Both reflection versions list both reflection services, whichever version a client asks:
+//! a client that lists services with v1alpha still learns that v1 is there, and the reverse.
 
 use tonic::server::NamedService;
 use tower::util::BoxCloneSyncService;
 
 use crate::error::StartupError;
+use crate::health::HealthReporter;
 use crate::router::BuiltinService;
 use crate::schema::Schema;
 
-/// Reflection and health, each with the path prefix that routes to it.
-pub async fn services(
-    schema: &Schema,
-) -> Result<Vec<(&'static str, BuiltinService)>, StartupError> {
+/// The built-in services with the path prefix that routes to each, and the health handle.
+pub struct Builtins {
+    pub services: Vec<(&'static str, BuiltinService)>,
+    pub health: HealthReporter,
+}
+
+/// Reflection and health.
+pub fn services(schema: &Schema) -> Result<Builtins, StartupError> {
     let reflection_error = |e: tonic_reflection::server::Error| StartupError::Proto {
         location: crate::error::Location::file("protos"),
         message: format!("server reflection could not index the descriptors: {e}"),
         detail: None,
     };
-    let v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(&schema.encoded)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Each builder adds its own version's descriptors; the other version's are added here, so
+    // both reflection services are listed and resolvable in either version.
+    let configure = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(&schema.encoded)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = configure()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(reflection_error)?;
-    let v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(&schema.encoded)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let v1alpha = configure()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(reflection_error)?;
 
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let health = HealthReporter::new();
     for service in schema.pool.services() {
-        reporter
-            .set_service_status(service.full_name(), tonic_health::ServingStatus::Serving)
-            .await;
+        health.set(
+            service.full_name(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+        );
     }
+    let health_service = health.service();
 
-    Ok(vec![
-        (prefix_of(&v1), boxed(v1)),
-        (prefix_of(&v1alpha), boxed(v1alpha)),
-        (prefix_of(&health), boxed(health)),
-    ])
+    Ok(Builtins {
+        services: vec![
+            (prefix_of(&v1), boxed(v1)),
+            (prefix_of(&v1alpha), boxed(v1alpha)),
+            (prefix_of(&health_service), boxed(health_service)),
+        ],
+        health,
+    })
 }
 
 fn prefix_of<S: NamedService>(_: &S) -> &'static str {

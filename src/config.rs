@@ -23,7 +23,7 @@ use crate::handler::error::{parse_metadata, ErrorAction, ErrorSpec};
 use crate::handler::reply::ReplyAction;
 use crate::handler::rules::Rule;
 use crate::handler::stream::StreamAction;
-use crate::handler::{echo, Handler, HandlerTable, MethodInfo};
+use crate::handler::{echo, Around, Handler, HandlerTable, MethodInfo};
 use crate::matcher::Condition;
 use crate::script::ScriptSetupError;
 use crate::suggest::did_you_mean;
@@ -173,9 +173,9 @@ fn load_file(
             continue;
         }
         match build_handler(entry, &info, scripts) {
-            Ok(handler) => {
+            Ok((handler, around)) => {
                 served_by.insert(info.path, file.to_path_buf());
-                table.set_handler(info.path, handler);
+                table.set_handler(info.path, handler, around);
             }
             Err(BuildError::Startup(e)) => errors.push(e),
             Err(BuildError::Entry(e)) => errors.push(StartupError::Handler {
@@ -197,13 +197,23 @@ fn build_handler(
     entry: &Json,
     info: &Arc<MethodInfo>,
     scripts: &mut ScriptBuilder<'_>,
-) -> Result<Arc<dyn Handler>, BuildError> {
+) -> Result<(Arc<dyn Handler>, Around), BuildError> {
     let spec: EntrySpec = parse_spec(entry, "")?;
     if spec.when.is_some() {
         return Err(tmpl_err("when", "\"when\" belongs inside a rule of \"rules\"").into());
     }
+    // A single reply/error/stream/echo keeps delay_ms and headers itself (the delay goes before
+    // every message); next to "rules" or "script" the router applies them around the handler.
+    let around = if spec.script.is_some() || spec.rules.is_some() {
+        Around {
+            delay: delay(spec.delay_ms, "delay_ms")?,
+            headers: parse_metadata(&spec.headers, "headers")?,
+        }
+    } else {
+        Around::default()
+    };
     let Some(script) = spec.script.as_deref() else {
-        return Ok(build_declarative(&spec, info)?);
+        return Ok((build_declarative(&spec, info)?, around));
     };
     if let Some(other) = action_keys(&spec).first() {
         return Err(tmpl_err(
@@ -213,10 +223,11 @@ fn build_handler(
         .into());
     }
     let function = spec.function.as_deref().unwrap_or(info.descriptor.name());
-    scripts(script, function, info).map_err(|e| match e {
+    let handler = scripts(script, function, info).map_err(|e| match e {
         ScriptSetupError::Entry(m) => BuildError::Entry(tmpl_err("script", &m)),
         ScriptSetupError::Script(e) => BuildError::Startup(e),
-    })
+    })?;
+    Ok((handler, around))
 }
 
 fn build_declarative(
@@ -322,9 +333,23 @@ fn build_action(spec: &EntrySpec, info: &MethodInfo, path: &str) -> Result<Actio
     let headers = parse_metadata(&spec.headers, &join("headers"))?;
     Ok(Action {
         kind,
-        delay: spec.delay_ms.map(Duration::from_millis),
+        delay: delay(spec.delay_ms, &join("delay_ms"))?,
         headers,
     })
+}
+
+/// The longest `delay_ms`: a day is far past any test's patience, and keeps timer arithmetic
+/// far from overflowing.
+const MAX_DELAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+fn delay(ms: Option<u64>, path: &str) -> Result<Option<Duration>, TemplateError> {
+    match ms {
+        Some(ms) if ms > MAX_DELAY_MS => Err(tmpl_err(
+            path,
+            &format!("{ms} ms is more than a day; give at most {MAX_DELAY_MS}"),
+        )),
+        other => Ok(other.map(Duration::from_millis)),
+    }
 }
 
 fn unreachable_kind() -> Result<ActionKind, TemplateError> {

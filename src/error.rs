@@ -210,6 +210,14 @@ pub enum CallError {
     Encode { message: String },
     /// An error already expressed as a status (from tonic's decoder, for instance).
     Transport(Status),
+    /// The client's `grpc-timeout` passed before the call ended.
+    DeadlinePassed { timeout: std::time::Duration },
+    /// A `grpc-timeout` header that is not digits followed by a unit.
+    BadTimeout { value: String },
+    /// Too many calls in flight; `flag` names the limit to raise.
+    Overloaded { limit: usize, flag: &'static str },
+    /// The server is shutting down and `--shutdown-timeout` passed before this call ended.
+    ShuttingDown,
 }
 
 /// tonic reports an over-limit incoming message as OUT_OF_RANGE; gRPC says RESOURCE_EXHAUSTED.
@@ -286,6 +294,18 @@ impl From<CallError> for Status {
                 Status::internal(format!("encoding the response failed: {message}"))
             }
             CallError::Transport(status) => normalize_status(status),
+            CallError::DeadlinePassed { timeout } => Status::deadline_exceeded(format!(
+                "deadline exceeded: the call outlived its grpc-timeout of {timeout:?}"
+            )),
+            CallError::BadTimeout { value } => Status::invalid_argument(format!(
+                "malformed grpc-timeout {value:?}: send digits followed by one unit of H, M, S, m, u, n (such as \"250m\")"
+            )),
+            CallError::Overloaded { limit, flag } => Status::resource_exhausted(format!(
+                "too many calls in flight (limit {limit}); retry later, or raise the limit with {flag}"
+            )),
+            CallError::ShuttingDown => Status::unavailable(
+                "the server is shutting down and --shutdown-timeout passed before this call ended",
+            ),
         }
     }
 }

@@ -13,10 +13,13 @@ pub mod data;
 pub mod error;
 pub mod fieldpath;
 pub mod handler;
+pub mod health;
+pub mod layers;
 pub mod matcher;
 pub mod router;
 pub mod schema;
 pub mod script;
+pub mod server;
 pub mod suggest;
 pub mod template;
 pub mod wire;
@@ -39,6 +42,7 @@ pub struct Options {
     pub data: PathBuf,
     pub max_message_size: usize,
     pub scripts: script::ScriptOptions,
+    pub server: server::ServerOptions,
 }
 
 impl Default for Options {
@@ -50,6 +54,7 @@ impl Default for Options {
             data: PathBuf::from("data"),
             max_message_size: 4 * 1024 * 1024,
             scripts: script::ScriptOptions::default(),
+            server: server::ServerOptions::default(),
         }
     }
 }
@@ -119,25 +124,34 @@ pub fn load(options: Options) -> Result<Loaded, StartupErrors> {
     })
 }
 
-/// Serves `loaded` on `listener` until `shutdown` resolves, then lets in-flight calls finish.
+/// Serves `loaded` on `listener` until `shutdown` resolves, then drains: health turns
+/// NOT_SERVING, in-flight calls may finish within `--shutdown-timeout`, the rest end with
+/// UNAVAILABLE (see [`server`]).
 pub async fn serve(
     loaded: Loaded,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
-    let builtins = builtin::services(&loaded.schema).await?;
+    let builtins = builtin::services(&loaded.schema)?;
     let router = Router::new(
         &loaded.table,
-        builtins,
+        builtins.services,
         Limits {
             max_message_size: loaded.options.max_message_size,
         },
     );
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .serve_with_incoming_shutdown(router, incoming, shutdown)
-        .await
-        .map_err(|e| StartupError::Usage(format!("server error: {e}")))
+    let health = builtins.health;
+    server::run(
+        listener,
+        router,
+        loaded.options.server,
+        shutdown,
+        move || {
+            health.drain();
+        },
+    )
+    .await;
+    Ok(())
 }
 
 /// Binds `addr`, for callers that want the real port (with `:0`) before serving.

@@ -5,10 +5,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use protoserve::server::ServerOptions;
 use protoserve::{Loaded, Options};
 use tracing_subscriber::EnvFilter;
+
+/// The exit status of every startup problem: bad files, bad flags, a port in use.
+const STARTUP_PROBLEM: u8 = 2;
 
 /// A gRPC server for any .proto: no code generation, handlers in JSON and Lua.
 #[derive(Parser, Debug)]
@@ -73,10 +79,88 @@ struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     load: LoadArgs,
+    #[command(flatten)]
+    transport: TransportArgs,
 }
 
+/// Limits and timeouts of connections and calls (serve only).
+#[derive(Args, Debug, Clone)]
+struct TransportArgs {
+    /// HTTP/2 streams a client may open at once on one connection (more wait in the client).
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_streams: u32,
+    /// Calls in flight on one connection; more get RESOURCE_EXHAUSTED at once.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = positive)]
+    max_calls_per_connection: usize,
+    /// Calls in flight on the whole server; more get RESOURCE_EXHAUSTED at once.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = positive)]
+    max_calls: usize,
+    /// Bytes of request headers (metadata) one call may send.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    max_header_list_size: u32,
+    /// Time a new connection has to send the HTTP/2 preface before it is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    handshake_timeout: Duration,
+    /// Interval of the HTTP/2 pings that detect dead peers (0: never ping).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is dropped.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = duration)]
+    keepalive_timeout: Duration,
+    /// After SIGTERM/SIGINT, how long in-flight calls may run before they end with UNAVAILABLE.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    shutdown_timeout: Duration,
+}
+
+impl TransportArgs {
+    fn options(&self) -> ServerOptions {
+        ServerOptions {
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_calls_per_connection: self.max_calls_per_connection,
+            max_calls: self.max_calls,
+            handshake_timeout: self.handshake_timeout,
+            keepalive_interval: Some(self.keepalive_interval).filter(|d| !d.is_zero()),
+            keepalive_timeout: self.keepalive_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            max_header_list_size: self.max_header_list_size,
+        }
+    }
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A duration: a number of seconds, or a number with a unit: `ms`, `s`, `m`, `h` (`1.5s`,
+/// `250ms`).
+fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+            "unknown unit {other:?}; write seconds, or a number with ms, s, m or h (such as 500ms)"
+        ))
+        }
+    };
+    let n: f64 = number.parse().map_err(|_| {
+        format!("{s:?} is not a duration; write seconds, or a number with ms, s, m or h")
+    })?;
+    Duration::try_from_secs_f64(n * scale).map_err(|_| format!("{s:?} is out of range"))
+}
 impl LoadArgs {
-    fn options(&self) -> Options {
+    fn options(&self, server: ServerOptions) -> Options {
         Options {
             protos: self.protos.clone(),
             import_paths: self.import_paths.clone(),
@@ -88,19 +172,85 @@ impl LoadArgs {
                 instructions: self.script_instructions,
                 memory_limit: self.script_memory.saturating_mul(1024 * 1024),
             },
+            server,
+        }
+    }
+
+    /// `--data` and `-I` folders named on the command line must exist; the default data folder
+    /// may be absent (no data/ is no data). Missing `--protos` and `--handlers` folders are
+    /// reported by `load`.
+    fn check_given_folders(&self, matches: &ArgMatches) -> Result<(), String> {
+        let mut given: Vec<(&str, &PathBuf, &str)> = self
+            .import_paths
+            .iter()
+            .map(|p| ("--import-path", p, "an import root"))
+            .collect();
+        if matches.value_source("data") == Some(ValueSource::CommandLine) {
+            given.push(("--data", &self.data, "the folder with your data sets"));
+        }
+        let problems: Vec<String> = given
+            .into_iter()
+            .filter(|(_, path, _)| !path.is_dir())
+            .map(|(flag, path, what)| {
+                let wrong = if path.exists() {
+                    "not a folder"
+                } else {
+                    "no such folder"
+                };
+                format!(
+                    "error: {flag} {}: {wrong}\n  help: create it, or point {flag} at {what}",
+                    path.display()
+                )
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
         }
     }
 }
 
+/// The log filter: level names, or tracing directives such as `protoserve=debug`. A bare word
+/// that is no level is refused (tracing would read it as a target and log nothing useful).
+fn log_filter(spec: &str) -> Result<EnvFilter, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=')
+            && !directive.contains('[')
+            && !LEVELS.contains(&directive.to_ascii_lowercase().as_str())
+        {
+            let hint = protoserve::suggest::did_you_mean(directive, LEVELS.iter().copied());
+            return Err(format!(
+                "--log-level {spec:?}: {directive:?} is not a log level{hint}; use error, warn, info, debug, trace, or a filter such as protoserve=debug"
+            ));
+        }
+    }
+    EnvFilter::try_new(spec).map_err(|e| format!("--log-level {spec:?}: {e}"))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let command = cli.command.unwrap_or(Command::Serve(cli.serve));
-    let log_level = match &command {
-        Command::Serve(a) => &a.load.log_level,
-        Command::Check(a) | Command::List(a) => &a.log_level,
+    let command_matches = matches.subcommand().map_or(&matches, |(_, m)| m);
+    let load_args = match &command {
+        Command::Serve(a) => &a.load,
+        Command::Check(a) | Command::List(a) => a,
     };
+    let filter = match log_filter(&load_args.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(STARTUP_PROBLEM);
+        }
+    };
+    if let Err(e) = load_args.check_given_folders(command_matches) {
+        eprintln!("{e}");
+        return ExitCode::from(STARTUP_PROBLEM);
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(log_level).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -112,19 +262,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(args: &LoadArgs) -> Result<Loaded, ExitCode> {
-    protoserve::load(args.options()).map_err(|errors| {
+fn load(args: &LoadArgs, server: ServerOptions) -> Result<Loaded, ExitCode> {
+    protoserve::load(args.options(server)).map_err(|errors| {
         eprintln!("{errors}");
         eprintln!(
             "protoserve: {} problem(s) found; nothing was served",
             errors.0.len()
         );
-        ExitCode::from(2)
+        ExitCode::from(STARTUP_PROBLEM)
     })
 }
 
 fn check(args: &LoadArgs) -> ExitCode {
-    match load(args) {
+    match load(args, ServerOptions::default()) {
         Ok(loaded) => {
             println!(
                 "ok: {} services, {} methods ({} with handlers), loaded in {} ms",
@@ -140,7 +290,7 @@ fn check(args: &LoadArgs) -> ExitCode {
 }
 
 fn list(args: &LoadArgs) -> ExitCode {
-    let loaded = match load(args) {
+    let loaded = match load(args, ServerOptions::default()) {
         Ok(l) => l,
         Err(code) => return code,
     };
@@ -173,16 +323,16 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        let loaded = match load(&args.load) {
+    let code = runtime.block_on(async move {
+        let loaded = match load(&args.load, args.transport.options()) {
             Ok(l) => l,
             Err(code) => return code,
         };
         let listener = match protoserve::bind(args.listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
+                eprintln!("error: {e}\n  help: stop what is using the port, or pick another with --listen (port 0 picks a free one)");
+                return ExitCode::from(STARTUP_PROBLEM);
             }
         };
         let addr = listener
@@ -202,14 +352,28 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("error: {e}");
-                ExitCode::FAILURE
+                ExitCode::from(STARTUP_PROBLEM)
             }
         }
-    })
+    });
+    // Nothing the server started may keep the process alive once it is done.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 /// Resolves on SIGINT or SIGTERM; the server then stops accepting and finishes in-flight calls.
+/// A second signal exits at once.
 async fn shutdown_signal() {
+    signal().await;
+    tracing::info!("shutting down: health is NOT_SERVING, finishing in-flight calls (a second signal exits now)");
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("protoserve: second signal, exiting without finishing calls");
+        std::process::exit(130);
+    });
+}
+
+async fn signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -228,5 +392,38 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutting down: finishing in-flight calls");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{duration, log_filter};
+    use std::time::Duration;
+
+    #[test]
+    fn durations_take_seconds_or_a_unit() {
+        assert_eq!(duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "s", "-1", "1x", "1e400", "99999999999999999999999h"] {
+            assert!(duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn log_levels_and_filters() {
+        for good in [
+            "info",
+            "DEBUG",
+            "protoserve=debug",
+            "warn,protoserve=trace",
+            "off",
+        ] {
+            assert!(log_filter(good).is_ok(), "{good:?}");
+        }
+        for bad in ["verbose", "inof", "protoserve=loud"] {
+            assert!(log_filter(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -25,9 +25,10 @@ use tower::util::BoxCloneSyncService;
 use tower::Service;
 
 use crate::codec::{Incoming, Outgoing, RequestCodec};
-use crate::error::{normalize_response_headers, CallError};
+use crate::error::{normalize_response_headers, normalize_status, CallError};
 use crate::handler::{
-    Call, HandlerTable, MethodEntry, Reply, Requests, ResponseStream, Responses, Shape,
+    add_missing_metadata, Call, HandlerTable, MethodEntry, Reply, Requests, ResponseStream,
+    Responses, Shape,
 };
 
 /// A built-in gRPC service (reflection, health), boxed.
@@ -158,12 +159,35 @@ impl MethodService {
             metadata,
             started: Instant::now(),
         };
-        match &self.0.handler {
+        let fut = match &self.0.handler {
             Some(h) => h.call(call, requests),
-            None => Box::pin(std::future::ready(Err(CallError::NoHandler {
-                method: self.0.info.name,
-            }))),
+            None => {
+                return Box::pin(std::future::ready(Err(CallError::NoHandler {
+                    method: self.0.info.name,
+                })))
+            }
+        };
+        if self.0.around.is_empty() {
+            return fut;
         }
+        let entry = self.0.clone();
+        Box::pin(async move {
+            let result = fut.await;
+            if let Some(delay) = entry.around.delay {
+                tokio::time::sleep(delay).await;
+            }
+            match result {
+                Ok(mut reply) => {
+                    add_missing_metadata(&mut reply.headers, &entry.around.headers);
+                    Ok(reply)
+                }
+                Err(e) => {
+                    let mut status = Status::from(e);
+                    add_missing_metadata(status.metadata_mut(), &entry.around.headers);
+                    Err(CallError::Deliberate(status))
+                }
+            }
+        })
     }
 }
 
@@ -180,17 +204,64 @@ fn check_size(msg: Outgoing, limit: usize) -> Result<Outgoing, Status> {
     Ok(msg)
 }
 
-fn into_response(reply: Reply, limit: usize) -> tonic::Response<ResponseStream> {
-    let stream: ResponseStream = match reply.responses {
-        Responses::One(o) => Box::pin(stream::once(std::future::ready(check_size(o, limit)))),
-        Responses::Stream(s) => Box::pin(s.map(move |r| r.and_then(|o| check_size(o, limit)))),
+/// The response of a streaming call, once its first message is known.
+///
+/// Response headers go out with the first message, as grpc-go and grpc-java send them, so a
+/// call that fails before its first message ends Trailers-Only (one HEADERS frame carrying
+/// `grpc-status`): tonic would otherwise send headers as soon as the handler returns its stream,
+/// and tonic clients then see a successful call whose first item is an error.
+async fn first_then_rest(reply: Reply, limit: usize) -> Result<tonic::Response<Peeked>, Status> {
+    let Reply {
+        responses,
+        headers,
+        trailers,
+    } = reply;
+    let (first, rest): (_, ResponseStream) = match responses {
+        Responses::One(o) => (Some(Ok(o)), Box::pin(stream::empty())),
+        Responses::Stream(mut s) => (s.next().await, s),
     };
-    let mut resp = tonic::Response::new(stream);
-    *resp.metadata_mut() = reply.headers;
-    if let Some(slot) = reply.trailers {
+    let first = match first.map(|r| r.and_then(|o| check_size(o, limit))) {
+        Some(Ok(o)) => Some(o),
+        Some(Err(status)) => {
+            let mut status = normalize_status(status);
+            add_missing_metadata(status.metadata_mut(), &headers);
+            if let Some(slot) = &trailers {
+                let extra = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                add_missing_metadata(status.metadata_mut(), &extra);
+            }
+            return Err(status);
+        }
+        None => None,
+    };
+    let mut resp = tonic::Response::new(Peeked { first, rest, limit });
+    *resp.metadata_mut() = headers;
+    if let Some(slot) = trailers {
         resp.extensions_mut().insert(TrailerSlot(slot));
     }
-    resp
+    Ok(resp)
+}
+
+/// A response stream whose first message was taken out to decide how the call answers.
+pub struct Peeked {
+    first: Option<Outgoing>,
+    rest: ResponseStream,
+    limit: usize,
+}
+
+impl futures_util::Stream for Peeked {
+    type Item = Result<Outgoing, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        let limit = this.limit;
+        this.rest
+            .as_mut()
+            .poll_next(cx)
+            .map(|item| item.map(|r| r.and_then(|o| check_size(o, limit))))
+    }
 }
 
 /// Trailers a handler fills in during the call; tonic writes only grpc-status and grpc-message,
@@ -242,8 +313,7 @@ impl http_body::Body for WithTrailers {
 }
 
 type UnaryFuture = Pin<Box<dyn Future<Output = Result<tonic::Response<Outgoing>, Status>> + Send>>;
-type StreamFuture =
-    Pin<Box<dyn Future<Output = Result<tonic::Response<ResponseStream>, Status>> + Send>>;
+type StreamFuture = Pin<Box<dyn Future<Output = Result<tonic::Response<Peeked>, Status>> + Send>>;
 
 impl tonic::server::UnaryService<Incoming> for MethodService {
     type Response = Outgoing;
@@ -282,14 +352,14 @@ impl tonic::server::UnaryService<Incoming> for MethodService {
 
 impl tonic::server::ServerStreamingService<Incoming> for MethodService {
     type Response = Outgoing;
-    type ResponseStream = ResponseStream;
+    type ResponseStream = Peeked;
     type Future = StreamFuture;
 
     fn call(&mut self, request: tonic::Request<Incoming>) -> Self::Future {
         let (metadata, _, msg) = request.into_parts();
         let fut = self.run(metadata, Requests::One(msg));
         let limit = self.1;
-        Box::pin(async move { Ok(into_response(fut.await?, limit)) })
+        Box::pin(async move { first_then_rest(fut.await?, limit).await })
     }
 }
 
@@ -330,13 +400,13 @@ impl tonic::server::ClientStreamingService<Incoming> for MethodService {
 
 impl tonic::server::StreamingService<Incoming> for MethodService {
     type Response = Outgoing;
-    type ResponseStream = ResponseStream;
+    type ResponseStream = Peeked;
     type Future = StreamFuture;
 
     fn call(&mut self, request: tonic::Request<Streaming<Incoming>>) -> Self::Future {
         let (metadata, _, msgs) = request.into_parts();
         let fut = self.run(metadata, Requests::Stream(msgs));
         let limit = self.1;
-        Box::pin(async move { Ok(into_response(fut.await?, limit)) })
+        Box::pin(async move { first_then_rest(fut.await?, limit).await })
     }
 }

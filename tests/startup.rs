@@ -13,6 +13,7 @@ fn project(extra_protos: &[(&str, &str)], handlers: &[(&str, &str)]) -> tempfile
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir_all(dir.path().join("protos")).unwrap();
     fs::create_dir_all(dir.path().join("handlers")).unwrap();
+    fs::create_dir_all(dir.path().join("data")).unwrap();
     fs::copy(
         common::repo().join("protos/helloworld.proto"),
         dir.path().join("protos/helloworld.proto"),

@@ -6,22 +6,33 @@
 //! - client-streaming: the outcome for the last message of the stream (an empty message if the
 //!   client sent none);
 //! - bidi: an outcome for every incoming message, sent as it arrives.
+//!
+//! Streams are pulled, never pushed: a `stream` item is rendered when the client is ready for it
+//! and a bidi request is read only once the previous answer went out, so a slow reader holds at
+//! most one rendered message here, whatever the request rate. A bidi call answers its first
+//! message before the call returns, so the rule that answers it sets the response headers, and a
+//! call whose first answer is an error ends Trailers-Only.
 
+use std::future::Future as _;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{stream, StreamExt};
+use futures_util::Stream;
 use prost_reflect::DynamicMessage;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::time::Sleep;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 use super::error::ErrorAction;
 use super::reply::ReplyAction;
-use super::rules::{self, Rule};
+use super::rules::Rule;
 use super::stream::StreamAction;
-use super::{Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, ResponseStream, Responses};
+use super::{
+    add_missing_metadata, Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses,
+};
 use crate::codec::{Incoming, Outgoing};
 use crate::error::{normalize_status, CallError};
 
@@ -54,7 +65,7 @@ impl Action {
         }
     }
 
-    /// The responses for a request still in wire form.
+    /// The outcome for a request still in wire form.
     fn respond_incoming(&self, req: Incoming, method: &'static str) -> Result<Outcome, CallError> {
         match &self.kind {
             ActionKind::Echo => {
@@ -69,29 +80,25 @@ impl Action {
         }
     }
 
-    /// The responses for one request.
+    /// The outcome for one request.
     fn respond(&self, req: DynamicMessage, method: &'static str) -> Result<Outcome, CallError> {
         match &self.kind {
             ActionKind::Reply(r) => r.respond(&req, method).map(Outcome::One),
-            ActionKind::Error(e) => Err(CallError::Deliberate(e.status(&req))),
-            ActionKind::Stream(s) => s.respond(&req, method).map(Outcome::Many),
+            ActionKind::Error(e) => Ok(Outcome::Fail(e.status(&req))),
+            ActionKind::Stream(_) => Ok(Outcome::Many(req)),
             ActionKind::Echo => Ok(Outcome::One(Outgoing::Message(req))),
         }
     }
 }
 
+/// The answer to one request, before its messages go out.
 enum Outcome {
     One(Outgoing),
-    Many(Vec<Outgoing>),
-}
-
-impl Outcome {
-    fn into_vec(self) -> Vec<Outgoing> {
-        match self {
-            Outcome::One(o) => vec![o],
-            Outcome::Many(v) => v,
-        }
-    }
+    /// The chosen `stream` action's items, rendered from this request one at a time.
+    Many(DynamicMessage),
+    /// An `error` action's status: like a message, it waits for the delay and carries the
+    /// action's headers.
+    Fail(Status),
 }
 
 /// A single action, or rules choosing one.
@@ -101,25 +108,45 @@ pub enum Responder {
     Rules(Vec<Rule>),
 }
 
-impl Responder {
-    /// The outcome for one request, with the chosen action's delay and headers. A single
-    /// `echo` or wire-readable `reply` never builds the request message; rules and the rest do.
-    fn answer(
-        &self,
-        req: Incoming,
-        metadata: &MetadataMap,
-        method: &'static str,
-    ) -> Result<(Outcome, Option<Duration>, &MetadataMap), CallError> {
-        match self {
-            Responder::Single(a) => Ok((a.respond_incoming(req, method)?, a.delay, &a.headers)),
-            Responder::Rules(rules) => {
-                let msg = req.decode()?;
-                let a = rules::pick(rules, &msg, metadata)
-                    .ok_or(CallError::NoRuleMatched { method })?;
-                Ok((a.respond(msg, method)?, a.delay, &a.headers))
-            }
+/// The action that answered a request, held by the stream that sends its messages.
+struct Chosen {
+    responder: Arc<Responder>,
+    rule: usize,
+}
+
+impl Chosen {
+    fn action(&self) -> &Action {
+        match &*self.responder {
+            Responder::Single(a) => a,
+            Responder::Rules(rules) => &rules[self.rule].action,
         }
     }
+}
+
+/// The outcome for one request and the action that gave it. A single `echo` or wire-readable
+/// `reply` never builds the request message; rules and the rest do.
+fn answer(
+    responder: &Arc<Responder>,
+    req: Incoming,
+    metadata: &MetadataMap,
+    method: &'static str,
+) -> Result<(Outcome, Chosen), CallError> {
+    let (outcome, rule) = match &**responder {
+        Responder::Single(a) => (a.respond_incoming(req, method)?, 0),
+        Responder::Rules(rules) => {
+            let msg = req.decode()?;
+            let rule = rules
+                .iter()
+                .position(|r| r.when.as_ref().is_none_or(|c| c.matches(&msg, metadata)))
+                .ok_or(CallError::NoRuleMatched { method })?;
+            (rules[rule].action.respond(msg, method)?, rule)
+        }
+    };
+    let chosen = Chosen {
+        responder: responder.clone(),
+        rule,
+    };
+    Ok((outcome, chosen))
 }
 
 /// A declarative handler for one method.
@@ -150,37 +177,29 @@ impl Handler for Declarative {
         let info = call.method.clone();
         match requests {
             Requests::One(req) => {
-                let result = self
-                    .responder
-                    .answer(req, &call.metadata, info.name)
-                    .map(|(outcome, delay, headers)| (outcome, delay, headers.clone()));
-                let (outcome, delay, headers) = match result {
-                    Ok(r) => r,
-                    Err(e) => return Box::pin(std::future::ready(Err(e))),
-                };
+                let (outcome, chosen) =
+                    match answer(&self.responder, req, &call.metadata, info.name) {
+                        Ok(r) => r,
+                        Err(e) => return Box::pin(std::future::ready(Err(e))),
+                    };
+                let headers = chosen.action().headers.clone();
                 if info.shape.streams_output() {
                     let reply = Reply {
-                        responses: Responses::Stream(paced(outcome.into_vec(), delay)),
+                        responses: Responses::Stream(Box::pin(Items::new(
+                            outcome, chosen, info.name, None,
+                        ))),
                         headers,
                         trailers: None,
                     };
                     return Box::pin(std::future::ready(Ok(reply)));
                 }
-                let reply = match outcome {
-                    Outcome::One(o) => Reply {
-                        responses: Responses::One(o),
-                        headers,
-                        trailers: None,
-                    },
-                    Outcome::Many(_) => {
-                        return Box::pin(std::future::ready(Err(wrong_shape(&info))))
-                    }
-                };
+                let delay = chosen.action().delay;
+                let result = one_answer(outcome, headers, &info);
                 match delay {
-                    None => Box::pin(std::future::ready(Ok(reply))),
+                    None => Box::pin(std::future::ready(result)),
                     Some(d) => Box::pin(async move {
                         tokio::time::sleep(d).await;
-                        Ok(reply)
+                        result
                     }),
                 }
             }
@@ -193,35 +212,65 @@ impl Handler for Declarative {
                     }
                     let req =
                         last.unwrap_or_else(|| Incoming::new(Bytes::new(), info.input.clone()));
-                    let (outcome, delay, headers) =
-                        responder.answer(req, &call.metadata, info.name)?;
-                    let headers = headers.clone();
-                    let Outcome::One(o) = outcome else {
-                        return Err(wrong_shape(&info));
-                    };
-                    if let Some(d) = delay {
+                    let (outcome, chosen) = answer(&responder, req, &call.metadata, info.name)?;
+                    let action = chosen.action();
+                    if let Some(d) = action.delay {
                         tokio::time::sleep(d).await;
                     }
+                    one_answer(outcome, action.headers.clone(), &info)
+                })
+            }
+            Requests::Stream(mut incoming) => {
+                let responder = self.responder.clone();
+                Box::pin(async move {
+                    let first = incoming.message().await.map_err(CallError::Transport)?;
+                    let (current, headers) = match first {
+                        Some(req) => {
+                            let (outcome, chosen) =
+                                answer(&responder, req, &call.metadata, info.name)?;
+                            let headers = chosen.action().headers.clone();
+                            (Some(Items::new(outcome, chosen, info.name, None)), headers)
+                        }
+                        None => (None, MetadataMap::new()),
+                    };
+                    let bidi = Bidi {
+                        responder,
+                        metadata: call.metadata,
+                        method: info.name,
+                        incoming,
+                        current,
+                        spare_sleep: None,
+                        done: false,
+                    };
                     Ok(Reply {
-                        responses: Responses::One(o),
+                        responses: Responses::Stream(Box::pin(bidi)),
                         headers,
                         trailers: None,
                     })
                 })
             }
-            Requests::Stream(incoming) => {
-                let headers = match &*self.responder {
-                    Responder::Single(a) => a.headers.clone(),
-                    Responder::Rules(_) => MetadataMap::new(),
-                };
-                let stream = bidi(self.responder.clone(), info, call.metadata, incoming);
-                Box::pin(std::future::ready(Ok(Reply {
-                    responses: Responses::Stream(stream),
-                    headers,
-                    trailers: None,
-                })))
-            }
         }
+    }
+}
+
+/// The reply of a method that answers with one message; an error's status carries the headers
+/// (a Trailers-Only response has one header block).
+fn one_answer(
+    outcome: Outcome,
+    headers: MetadataMap,
+    info: &MethodInfo,
+) -> Result<Reply, CallError> {
+    match outcome {
+        Outcome::One(o) => Ok(Reply {
+            responses: Responses::One(o),
+            headers,
+            trailers: None,
+        }),
+        Outcome::Fail(mut status) => {
+            add_missing_metadata(status.metadata_mut(), &headers);
+            Err(CallError::Deliberate(status))
+        }
+        Outcome::Many(_) => Err(wrong_shape(info)),
     }
 }
 
@@ -236,55 +285,147 @@ fn wrong_shape(info: &MethodInfo) -> CallError {
     }
 }
 
-/// The messages of one outcome, with `delay` before each.
-fn paced(items: Vec<Outgoing>, delay: Option<Duration>) -> ResponseStream {
-    match delay {
-        None => Box::pin(stream::iter(items.into_iter().map(Ok))),
-        Some(d) => Box::pin(stream::iter(items).then(move |item| async move {
-            tokio::time::sleep(d).await;
-            Ok(item)
-        })),
+/// The messages answering one request, rendered one at a time as the client takes them, with
+/// the action's delay before each.
+struct Items {
+    chosen: Chosen,
+    outcome: Option<Outcome>,
+    next: usize,
+    method: &'static str,
+    /// Armed before each message when the action has a delay; reused across messages.
+    sleep: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
+}
+
+impl Items {
+    fn new(
+        outcome: Outcome,
+        chosen: Chosen,
+        method: &'static str,
+        sleep: Option<Pin<Box<Sleep>>>,
+    ) -> Self {
+        Self {
+            chosen,
+            outcome: Some(outcome),
+            next: 0,
+            method,
+            sleep,
+            waiting: false,
+        }
+    }
+
+    fn has_next(&self) -> bool {
+        match (&self.outcome, &self.chosen.action().kind) {
+            (Some(Outcome::One(_) | Outcome::Fail(_)), _) => true,
+            (Some(Outcome::Many(_)), ActionKind::Stream(s)) => self.next < s.len(),
+            _ => false,
+        }
+    }
+
+    fn take_next(&mut self) -> Option<Result<Outgoing, CallError>> {
+        match self.outcome.take()? {
+            Outcome::One(o) => Some(Ok(o)),
+            Outcome::Fail(status) => Some(Err(CallError::Deliberate(status))),
+            Outcome::Many(req) => {
+                let ActionKind::Stream(s) = &self.chosen.action().kind else {
+                    return None;
+                };
+                let item = s.render(self.next, &req, self.method)?;
+                self.next += 1;
+                if item.is_ok() {
+                    self.outcome = Some(Outcome::Many(req));
+                }
+                Some(item)
+            }
+        }
+    }
+}
+
+impl Stream for Items {
+    type Item = Result<Outgoing, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if !this.has_next() {
+            return Poll::Ready(None);
+        }
+        if let Some(delay) = this.chosen.action().delay {
+            if !this.waiting {
+                // Delays are at most a day (checked at startup), so this cannot overflow.
+                let now = tokio::time::Instant::now();
+                let at = now.checked_add(delay).unwrap_or(now);
+                match &mut this.sleep {
+                    Some(s) => s.as_mut().reset(at),
+                    None => this.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+                }
+                this.waiting = true;
+            }
+            if let Some(s) = &mut this.sleep {
+                ready!(s.as_mut().poll(cx));
+            }
+            this.waiting = false;
+        }
+        Poll::Ready(this.take_next().map(|r| r.map_err(Status::from)))
     }
 }
 
 /// Answers every incoming message as it arrives; stops at the first error or when the client
-/// goes away.
-fn bidi(
+/// goes away. The next request is read only when the previous answer has gone out.
+struct Bidi {
     responder: Arc<Responder>,
-    info: Arc<MethodInfo>,
     metadata: MetadataMap,
-    mut incoming: tonic::Streaming<Incoming>,
-) -> ResponseStream {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Outgoing, Status>>(16);
-    tokio::spawn(async move {
+    method: &'static str,
+    incoming: tonic::Streaming<Incoming>,
+    current: Option<Items>,
+    /// The timer of the last finished answer, reused by the next one.
+    spare_sleep: Option<Pin<Box<Sleep>>>,
+    done: bool,
+}
+
+impl Stream for Bidi {
+    type Item = Result<Outgoing, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
         loop {
-            let req = match incoming.message().await {
-                Ok(Some(m)) => m,
-                Ok(None) => return,
-                Err(status) => {
-                    let _ = tx.send(Err(normalize_status(status))).await;
-                    return;
+            if let Some(items) = &mut this.current {
+                match ready!(Pin::new(items).poll_next(cx)) {
+                    Some(Err(status)) => {
+                        this.done = true;
+                        this.current = None;
+                        return Poll::Ready(Some(Err(status)));
+                    }
+                    Some(ok) => return Poll::Ready(Some(ok)),
+                    None => {}
+                }
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if let Some(finished) = this.current.take() {
+                this.spare_sleep = finished.sleep;
+            }
+            let req = match ready!(Pin::new(&mut this.incoming).poll_next(cx)) {
+                Some(Ok(req)) => req,
+                Some(Err(status)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(normalize_status(status))));
+                }
+                None => {
+                    this.done = true;
+                    return Poll::Ready(None);
                 }
             };
-            let result = responder
-                .answer(req, &metadata, info.name)
-                .map(|(outcome, delay, _)| (outcome, delay));
-            let (outcome, delay) = match result {
-                Ok(r) => r,
+            match answer(&this.responder, req, &this.metadata, this.method) {
+                Ok((outcome, chosen)) => {
+                    let sleep = this.spare_sleep.take();
+                    this.current = Some(Items::new(outcome, chosen, this.method, sleep));
+                }
                 Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
-            };
-            for item in outcome.into_vec() {
-                if let Some(d) = delay {
-                    tokio::time::sleep(d).await;
-                }
-                if tx.send(Ok(item)).await.is_err() {
-                    return;
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e.into())));
                 }
             }
         }
-    });
-    Box::pin(ReceiverStream::new(rx))
+    }
 }

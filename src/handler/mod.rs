@@ -103,26 +103,55 @@ pub struct Call {
 }
 
 impl Call {
-    /// When the client's `grpc-timeout` runs out, if it sent one.
+    /// When the client's `grpc-timeout` runs out, if it sent one that can be represented (a
+    /// timeout too far in the future to be an `Instant` means no deadline).
     pub fn deadline(&self) -> Option<Instant> {
-        let raw = self.metadata.get("grpc-timeout")?.to_str().ok()?;
-        parse_grpc_timeout(raw).map(|d| self.started + d)
+        let raw = self.metadata.get("grpc-timeout")?;
+        parse_grpc_timeout(raw.as_bytes()).and_then(|d| self.started.checked_add(d))
     }
 }
 
-/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
-pub fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
-    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
+/// `grpc-timeout`: digits and a unit (H, M, S, m, u, n). The spec allows at most 8 digits;
+/// longer values are read too and saturate, so no value can overflow. `None`: malformed.
+pub fn parse_grpc_timeout(raw: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = raw.split_last()?;
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+    }
     Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
+        b'H' => Duration::from_secs(n.saturating_mul(3600)),
+        b'M' => Duration::from_secs(n.saturating_mul(60)),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// Adds the entries of `extra` whose keys `dst` lacks (values already in `dst` win).
+pub fn add_missing_metadata(dst: &mut MetadataMap, extra: &MetadataMap) {
+    for entry in extra.iter() {
+        match entry {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                if !dst.contains_key(k) {
+                    dst.insert(k.clone(), v.clone());
+                }
+            }
+            tonic::metadata::KeyAndValueRef::Binary(k, v) => {
+                if !dst.contains_key(k) {
+                    dst.insert_bin(k.clone(), v.clone());
+                }
+            }
+        }
+    }
 }
 
 /// The request side of a call.
@@ -160,6 +189,23 @@ pub trait Handler: Send + Sync + 'static {
 pub struct MethodEntry {
     pub info: Arc<MethodInfo>,
     pub handler: Option<Arc<dyn Handler>>,
+    /// Applied by the router around whatever the handler does.
+    pub around: Around,
+}
+
+/// Entry options the router applies around any handler kind (`script`, `rules`), so what
+/// `check` accepts, `serve` honours: a delay before the first response (or the error) and
+/// response headers merged under the handler's own.
+#[derive(Debug, Default)]
+pub struct Around {
+    pub delay: Option<Duration>,
+    pub headers: MetadataMap,
+}
+
+impl Around {
+    pub fn is_empty(&self) -> bool {
+        self.delay.is_none() && self.headers.is_empty()
+    }
 }
 
 /// Every loaded method by HTTP/2 path.
@@ -182,6 +228,7 @@ impl HandlerTable {
                     Arc::new(MethodEntry {
                         info,
                         handler: None,
+                        around: Around::default(),
                     }),
                 );
             }
@@ -193,12 +240,14 @@ impl HandlerTable {
         self.entries.get(path).map(|e| e.info.clone())
     }
 
-    /// Sets the handler of the method at `path` (which must be in the table).
-    pub fn set_handler(&mut self, path: &str, handler: Arc<dyn Handler>) {
+    /// Sets the handler of the method at `path` (which must be in the table), with the
+    /// options the router applies around it.
+    pub fn set_handler(&mut self, path: &str, handler: Arc<dyn Handler>, around: Around) {
         if let Some(entry) = self.entries.get_mut(path) {
             *entry = Arc::new(MethodEntry {
                 info: entry.info.clone(),
                 handler: Some(handler),
+                around,
             });
         }
     }
@@ -214,5 +263,40 @@ impl HandlerTable {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_grpc_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeout_parses_saturates_and_refuses_garbage() {
+        assert_eq!(
+            parse_grpc_timeout(b"250m"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_grpc_timeout(b"2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(
+            parse_grpc_timeout(b"9223372036854775807S"),
+            Some(Duration::from_secs(i64::MAX as u64))
+        );
+        assert_eq!(
+            parse_grpc_timeout(b"99999999999999999999999H"),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        for bad in [
+            &b""[..],
+            b"S",
+            b"12",
+            b"1x",
+            b"-1S",
+            b"1.5S",
+            b" 1S",
+            "1\u{e9}S".as_bytes(),
+        ] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
     }
 }

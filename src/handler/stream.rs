@@ -36,17 +36,28 @@ impl StreamAction {
         Ok(Self { items })
     }
 
-    pub fn respond(
+    /// How many messages one request gets.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Message `index` for `req`, rendered when the client is ready for it, so a stream holds
+    /// one rendered message at a time.
+    pub fn render(
         &self,
+        index: usize,
         req: &DynamicMessage,
         method: &'static str,
-    ) -> Result<Vec<Outgoing>, CallError> {
-        self.items
-            .iter()
-            .map(|t| {
-                t.render(req)
-                    .map_err(|message| CallError::BadResponse { method, message })
-            })
-            .collect()
+    ) -> Option<Result<Outgoing, CallError>> {
+        let template = self.items.get(index)?;
+        Some(
+            template
+                .render(req)
+                .map_err(|message| CallError::BadResponse { method, message }),
+        )
     }
 }

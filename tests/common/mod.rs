@@ -27,6 +27,14 @@ pub fn fixtures() -> PathBuf {
     repo().join("tests/fixtures")
 }
 
+/// The binary under test: this build's, or `PROTOSERVE_TEST_BIN` (to run the suite against
+/// another build, such as an older release).
+pub fn binary() -> PathBuf {
+    std::env::var_os("PROTOSERVE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_protoserve")))
+}
+
 /// A running server process; killed on drop.
 pub struct Server {
     child: Child,
@@ -37,7 +45,7 @@ pub struct Server {
 impl Server {
     /// Starts `protoserve serve --listen 127.0.0.1:0 ARGS…` and waits for its listening line.
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_protoserve"))
+        let mut child = Command::new(binary())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -122,6 +130,27 @@ impl Server {
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn send_term(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// The exit status, if the process ends within `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Server {
@@ -133,7 +162,7 @@ impl Drop for Server {
 
 /// Runs `protoserve ARGS…` to completion: (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_protoserve"))
+    let out = Command::new(binary())
         .args(args)
         .current_dir(repo())
         .output()

@@ -1,0 +1,49 @@
+//! Cross-cutting behaviour around the router, as tower layers, one connection at a time:
+//!
+//! ```text
+//! hyper → Limited (calls in flight) → Cutoff (deadline, shutdown deadline) → Router
+//! ```
+//!
+//! Over-limit calls are refused before anything else runs; the cutoff wraps only calls that got
+//! in; the router knows nothing of either.
+
+pub mod cutoff;
+pub mod limit;
+
+use std::convert::Infallible;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tonic::body::Body;
+use tower::Service;
+
+use crate::router::Router;
+use cutoff::{Cutoff, CutoffBody, CutoffFuture, Stop};
+use limit::{Limited, LimitedFuture, Permitted, ServerCalls};
+
+/// The service stack of one connection.
+pub type Stack = Limited<Cutoff<Router>>;
+
+/// The body every response has on the wire.
+pub type ResponseBody = Permitted<CutoffBody<Body>>;
+
+/// Builds the stack for a new connection.
+pub fn stack(router: Router, per_connection: usize, server: ServerCalls, stop: Stop) -> Stack {
+    Limited::new(Cutoff::new(router, stop), per_connection, server)
+}
+
+/// Adapts the tower stack to hyper: hyper's request body becomes tonic's, and every request
+/// gets its own clone of the stack (a few reference counts; every layer is always ready).
+#[derive(Clone)]
+pub struct Hyper(pub Stack);
+
+impl hyper::service::Service<Request<Incoming>> for Hyper {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future =
+        LimitedFuture<CutoffFuture<<Router as Service<Request<Body>>>::Future>, CutoffBody<Body>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.0.clone().call(req.map(Body::new))
+    }
+}

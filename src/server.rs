@@ -1,0 +1,301 @@
+//! The accept loop, HTTP/2 connection settings and graceful shutdown.
+//!
+//! tonic's `transport::Server` has no handshake timeout and no shutdown deadline, and leaves
+//! the number of streams per connection unbounded; a fake server in someone's test suite meets
+//! clients that open streams without end, stop halfway through the preface, or never finish a
+//! call. So connections are served here with hyper's HTTP/2 builder and an own accept loop:
+//!
+//! - every stream limit and timeout is a setting ([`ServerOptions`], flags in `main.rs`);
+//! - a connection that has not sent the HTTP/2 preface and a first frame header within
+//!   `handshake_timeout` is closed ([`HandshakeGuard`]);
+//! - peers that stop answering pings are dropped (`keepalive_*`);
+//! - on shutdown the listener closes, health turns NOT_SERVING, connections get GOAWAY and
+//!   in-flight calls may finish; calls still running after `shutdown_timeout` end with
+//!   UNAVAILABLE (a status, not a reset), and whatever is left after a short grace (a peer that
+//!   reads nothing) is dropped, so the process always exits.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Sleep;
+use tokio_util::sync::CancellationToken;
+
+use crate::layers::cutoff::Stop;
+use crate::layers::limit::Slots;
+use crate::layers::{stack, Hyper};
+use crate::router::Router;
+
+/// Limits and timeouts of the transport; the defaults suit a test server on one machine.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerOptions {
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: streams a client may open on one connection.
+    pub max_concurrent_streams: u32,
+    /// Calls in flight on one connection; more get RESOURCE_EXHAUSTED at once.
+    pub max_calls_per_connection: usize,
+    /// Calls in flight on the whole server; more get RESOURCE_EXHAUSTED at once.
+    pub max_calls: usize,
+    /// Time a new connection has to send the HTTP/2 preface and its first frame.
+    pub handshake_timeout: Duration,
+    /// How often a connection is pinged to detect a dead peer; `None` never.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a ping may go unanswered before the connection is dropped.
+    pub keepalive_timeout: Duration,
+    /// How long in-flight calls may run after SIGTERM before they end with UNAVAILABLE.
+    pub shutdown_timeout: Duration,
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: bytes of request headers (metadata) per call.
+    pub max_header_list_size: u32,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 256,
+            max_calls_per_connection: 256,
+            max_calls: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Some(Duration::from_secs(60)),
+            keepalive_timeout: Duration::from_secs(20),
+            shutdown_timeout: Duration::from_secs(10),
+            max_header_list_size: 16 * 1024,
+        }
+    }
+}
+
+/// Streams a client may reset before the server has accepted them (the "rapid reset" attack),
+/// and streams the server may refuse or reset for a client's errors, before the connection is
+/// closed with GOAWAY.
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Bytes one stream may queue for sending beyond what flow control lets out; with the encoder
+/// holding at most one message, this bounds a slow reader's cost per stream.
+const MAX_SEND_BUF: usize = 64 * 1024;
+/// After the shutdown deadline, time for the UNAVAILABLE trailers to reach clients.
+const FINAL_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves connections from `listener` until `shutdown` resolves, then drains (see the module
+/// docs); `on_drain` runs when draining starts.
+pub async fn run(
+    listener: TcpListener,
+    router: Router,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+    on_drain: impl FnOnce(),
+) {
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(options.max_concurrent_streams)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
+        .max_header_list_size(options.max_header_list_size)
+        .max_send_buf_size(MAX_SEND_BUF)
+        .keep_alive_interval(options.keepalive_interval)
+        .keep_alive_timeout(options.keepalive_timeout);
+
+    let server_calls = Slots::new(options.max_calls);
+    let (draining_tx, draining) = watch::channel(false);
+    let deadline_passed = CancellationToken::new();
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, for one: wait instead of spinning.
+                        tracing::warn!("accepting a connection failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!("TCP_NODELAY: {e}");
+                }
+                let stop = Stop::new();
+                let service = Hyper(stack(
+                    router.clone(),
+                    options.max_calls_per_connection,
+                    server_calls.clone(),
+                    stop.clone(),
+                ));
+                let guard = HandshakeGuard::new(stream, options.handshake_timeout);
+                let greeted = guard.greeted.clone();
+                let conn = http2.serve_connection(TokioIo::new(guard), service);
+                connections.spawn(connection(
+                    conn,
+                    greeted,
+                    draining.clone(),
+                    deadline_passed.clone(),
+                    stop,
+                ));
+            }
+        }
+    }
+    drop(listener);
+    on_drain();
+    let _ = draining_tx.send(true);
+    let open = connections.len();
+    if open > 0 {
+        tracing::info!(
+            "finishing {} call(s) on {open} connection(s)",
+            server_calls.taken()
+        );
+    }
+    let all_closed = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(options.shutdown_timeout, all_closed)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "--shutdown-timeout ({:?}) passed: ending the calls of {} connection(s) with UNAVAILABLE",
+            options.shutdown_timeout,
+            connections.len()
+        );
+        deadline_passed.cancel();
+        let all_closed = async { while connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(FINAL_GRACE, all_closed).await.is_err() {
+            tracing::warn!(
+                "dropping {} connection(s) that did not close",
+                connections.len()
+            );
+            connections.shutdown().await;
+        }
+    }
+}
+
+type Connection =
+    hyper::server::conn::http2::Connection<TokioIo<HandshakeGuard>, Hyper, TokioExecutor>;
+
+/// Serves one connection: GOAWAY when draining starts (or closed, if the client never finished
+/// its handshake), its calls ended when the deadline passes.
+async fn connection(
+    conn: Connection,
+    greeted: Arc<AtomicBool>,
+    mut draining: watch::Receiver<bool>,
+    deadline_passed: CancellationToken,
+    stop: Stop,
+) {
+    tokio::pin!(conn);
+    let mut graceful = false;
+    let mut stopped = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!("connection closed: {e}");
+                }
+                return;
+            }
+            _ = draining.wait_for(|d| *d), if !graceful => {
+                // A client still in the handshake has no calls to finish.
+                if !greeted.load(Ordering::Acquire) {
+                    return;
+                }
+                graceful = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = deadline_passed.cancelled(), if !stopped => {
+                stopped = true;
+                stop.fire();
+            }
+        }
+    }
+}
+
+/// The HTTP/2 client preface (24 bytes) and one frame header (9): what a live client sends
+/// first.
+const HANDSHAKE_BYTES: usize = 24 + 9;
+
+/// A TCP stream that fails its reads with `TimedOut` if the client has not sent
+/// [`HANDSHAKE_BYTES`] within the handshake timeout; after that it is the plain stream.
+pub struct HandshakeGuard {
+    io: TcpStream,
+    received: usize,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Set once the client has sent its preface and a frame header.
+    pub greeted: Arc<AtomicBool>,
+}
+
+impl HandshakeGuard {
+    pub fn new(io: TcpStream, timeout: Duration) -> Self {
+        Self {
+            io,
+            received: 0,
+            timer: Some(Box::pin(tokio::time::sleep(timeout))),
+            greeted: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl AsyncRead for HandshakeGuard {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Some(timer) = &mut this.timer else {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        };
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no HTTP/2 preface within the handshake timeout",
+            )));
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            this.received += buf.filled().len() - before;
+            if this.received >= HANDSHAKE_BYTES {
+                this.timer = None;
+                this.greeted.store(true, Ordering::Release);
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for HandshakeGuard {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,618 @@
+//! Regressions of single calls and of startup: deadlines, Trailers-Only, entry options around any
+//! handler, reflection, health Watch, command-line errors. Each starts the real binary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{fixtures, repo, run, Client, Server};
+use serde_json::json;
+use tonic::metadata::MetadataMap;
+use tonic::Code;
+
+fn timeout_md(value: &str) -> MetadataMap {
+    let mut md = MetadataMap::new();
+    md.insert("grpc-timeout", value.parse().unwrap());
+    md
+}
+
+fn lab_server() -> Server {
+    let f = fixtures();
+    Server::start(&[
+        "--protos",
+        f.join("protos").to_str().unwrap(),
+        "--handlers",
+        f.join("lab_handlers").to_str().unwrap(),
+        "--data",
+        f.join("data").to_str().unwrap(),
+    ])
+}
+
+/// A `grpc-timeout` too large for an `Instant` is no deadline, not a panic (a reset without
+/// status), on declarative and script methods alike; a malformed one is INVALID_ARGUMENT.
+#[tokio::test]
+async fn huge_grpc_timeout_does_not_panic() {
+    // Scripts read the deadline (ctx.deadline, ctx:remaining()), where `Instant + Duration`
+    // overflowed.
+    let lab = lab_server();
+    let client = Client::connect(lab.addr, common::pool(&fixtures().join("protos"))).await;
+    let (r, _) = client
+        .unary_with(
+            "lab.Lab/Describe",
+            json!({"name": "x", "limit": 1}),
+            timeout_md("9223372036854775807S"),
+        )
+        .await
+        .unwrap();
+    // No representable deadline: the script sees none.
+    assert_eq!(r["tags"][2], "false", "{r}");
+
+    let server = Server::repo_default();
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    for huge in ["9223372036854775807S", "18446744073709551615H", "99999999H"] {
+        let (r, _) = client
+            .unary_with(
+                "helloworld.Greeter/SayHello",
+                json!({"name": "t"}),
+                timeout_md(huge),
+            )
+            .await
+            .unwrap_or_else(|s| panic!("{huge}: {s:?}"));
+        assert_eq!(r["message"], "Hello, t!");
+    }
+    for bad in ["", "S", "12", "1x", "-1S", "1.5S"] {
+        let err = client
+            .unary_with(
+                "helloworld.Greeter/SayHello",
+                json!({"name": "t"}),
+                timeout_md(bad),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}: {err:?}");
+        assert!(err.message().contains("grpc-timeout"), "{err:?}");
+    }
+}
+
+/// A project with the repository's protos and the given handler files.
+fn handlers(files: &[(&str, String)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+/// A delay past the client's deadline answers DEADLINE_EXCEEDED (tonic's layer said CANCELLED
+/// "Timeout expired"), before the response and in the middle of a stream.
+#[tokio::test]
+async fn delay_past_deadline_is_deadline_exceeded() {
+    let dir = handlers(&[
+        (
+            "g.json",
+            json!({"service": "helloworld.Greeter", "methods": {
+                "SayHello": {"reply": {"message": "late"}, "delay_ms": 3000}
+            }})
+            .to_string(),
+        ),
+        (
+            "r.json",
+            json!({"service": "routeguide.RouteGuide", "methods": {
+                "ListFeatures": {"stream": [{"name": "a"}, {"name": "b"}, {"name": "c"}], "delay_ms": 400}
+            }})
+            .to_string(),
+        ),
+    ]);
+    let server = Server::start(&["--handlers", dir.path().to_str().unwrap()]);
+    // A raw HTTP/2 client: tonic's client enforces the deadline on its own side too, and
+    // would race the server's answer.
+    let mut conn = h2_connect(server.addr).await;
+
+    // HelloRequest { name: "t" }
+    let hello = &[0, 0, 0, 0, 3, 0x0a, 1, b't'][..];
+    let (head, mut body) = call(
+        &mut conn,
+        server.addr,
+        "/helloworld.Greeter/SayHello",
+        "200m",
+        hello,
+    )
+    .await;
+    let _ = &mut body;
+    assert_eq!(head.get("grpc-status").unwrap(), "4", "{head:?}");
+    assert!(
+        head.get("grpc-message")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("grpc-timeout"),
+        "{head:?}"
+    );
+
+    // Mid-stream: the first message comes at 400 ms, the deadline at 600 ms, the second at 800.
+    let empty = &[0, 0, 0, 0, 0][..];
+    let (head, mut body) = call(
+        &mut conn,
+        server.addr,
+        "/routeguide.RouteGuide/ListFeatures",
+        "600m",
+        empty,
+    )
+    .await;
+    assert!(head.get("grpc-status").is_none(), "{head:?}");
+    let mut bytes = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        bytes += chunk.len();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "4", "{trailers:?}");
+    // One Feature { name: "a" } message: 5 bytes of framing and 3 of message.
+    assert_eq!(bytes, 8, "exactly the first message went out");
+}
+
+async fn h2_connect(addr: std::net::SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// A call with `grpc-timeout: timeout` and the framed request `request`: the response headers
+/// and body.
+async fn call(
+    conn: &mut h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: &str,
+    request: &'static [u8],
+) -> (http::HeaderMap, h2::RecvStream) {
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(())
+        .unwrap();
+    *conn = conn.clone().ready().await.unwrap();
+    let (resp, mut send) = conn.send_request(req, false).unwrap();
+    send.send_data(bytes::Bytes::from_static(request), true)
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), resp)
+        .await
+        .expect("no answer")
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    (parts.headers, body)
+}
+
+/// Encodes `Query { id }` (kitchen.proto) as one gRPC frame.
+fn framed_query(id: &str) -> bytes::Bytes {
+    let mut msg = vec![0x0a, id.len() as u8];
+    msg.extend_from_slice(id.as_bytes());
+    let mut out = vec![0];
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(&msg);
+    out.into()
+}
+
+/// A streaming call that fails before its first message answers Trailers-Only: one HEADERS
+/// frame carrying grpc-status and END_STREAM. tonic clients then see the call itself fail.
+#[tokio::test]
+async fn streaming_error_is_trailers_only() {
+    let f = fixtures();
+    let server = Server::kitchen();
+
+    // Frame by frame, with a raw HTTP/2 client.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/kitchen.Kitchen/Chat", server.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(framed_query("stop"), true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        resp.headers().get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"10"[..]),
+        "grpc-status is in the first and only HEADERS frame: {:?}",
+        resp.headers()
+    );
+    assert!(
+        resp.body().is_end_stream(),
+        "the HEADERS frame ends the stream"
+    );
+
+    // With a tonic client, the call fails (not a successful call with an error item).
+    let client = Client::connect(server.addr, common::pool(&f.join("protos"))).await;
+    let m = client.method("kitchen.Kitchen/Chat");
+    let msgs = vec![protoserve::codec::Outgoing::Message(Client::message(
+        &m.input(),
+        json!({"id": "stop"}),
+    ))];
+    let mut grpc = tonic::client::Grpc::new(client.channel.clone());
+    grpc.ready().await.unwrap();
+    let result = grpc
+        .streaming(
+            tonic::Request::new(futures_util::stream::iter(msgs)),
+            "/kitchen.Kitchen/Chat".parse().unwrap(),
+            protoserve::codec::DynamicCodec::new(m.output()),
+        )
+        .await;
+    let status = result.expect_err("the call itself fails");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert_eq!(status.message(), "stopped at stop");
+}
+
+/// `delay_ms` and `headers` next to `script` or `rules` are honoured (they passed `check` and
+/// did nothing), and a rule's headers reach bidi clients.
+#[tokio::test]
+async fn delay_and_headers_honoured_for_rules_and_scripts() {
+    let dir = handlers(&[
+        (
+            "g.json",
+            json!({"service": "helloworld.Greeter", "methods": {
+                "SayHello": {"script": "g.lua", "delay_ms": 300, "headers": {"x-entry": "script"}},
+                "SayHelloAgain": {
+                    "rules": [
+                        {"when": {"request": {"name": "a"}}, "reply": {"message": "A"}, "headers": {"x-rule": "a"}},
+                        {"reply": {"message": "other"}}
+                    ],
+                    "delay_ms": 300,
+                    "headers": {"x-entry": "rules"}
+                }
+            }})
+            .to_string(),
+        ),
+        (
+            "g.lua",
+            "function SayHello(req, ctx) return { message = \"hi \" .. req.name } end\n".into(),
+        ),
+        (
+            "r.json",
+            json!({"service": "routeguide.RouteGuide", "methods": {
+                "RouteChat": {"rules": [
+                    {"when": {"request": {"message": "h"}}, "echo": {}, "headers": {"x-chat": "h"}},
+                    {"echo": {}}
+                ]}
+            }})
+            .to_string(),
+        ),
+    ]);
+    let server = Server::start(&["--handlers", dir.path().to_str().unwrap()]);
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+
+    let started = Instant::now();
+    let (r, md) = client
+        .unary_with(
+            "helloworld.Greeter/SayHello",
+            json!({"name": "s"}),
+            MetadataMap::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["message"], "hi s");
+    assert!(started.elapsed() >= Duration::from_millis(300), "no delay");
+    assert_eq!(md.get("x-entry").unwrap(), "script");
+
+    let started = Instant::now();
+    let (r, md) = client
+        .unary_with(
+            "helloworld.Greeter/SayHelloAgain",
+            json!({"name": "a"}),
+            MetadataMap::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["message"], "A");
+    assert!(started.elapsed() >= Duration::from_millis(300), "no delay");
+    assert_eq!(md.get("x-entry").unwrap(), "rules");
+    assert_eq!(md.get("x-rule").unwrap(), "a");
+
+    // Bidi: the rule answering the first message sets the response headers.
+    let m = client.method("routeguide.RouteGuide/RouteChat");
+    let msgs: Vec<_> = ["h", "i"]
+        .iter()
+        .map(|t| {
+            protoserve::codec::Outgoing::Message(Client::message(&m.input(), json!({"message": t})))
+        })
+        .collect();
+    let mut grpc = tonic::client::Grpc::new(client.channel.clone());
+    grpc.ready().await.unwrap();
+    let resp = grpc
+        .streaming(
+            tonic::Request::new(futures_util::stream::iter(msgs)),
+            "/routeguide.RouteGuide/RouteChat".parse().unwrap(),
+            protoserve::codec::DynamicCodec::new(m.output()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.metadata().get("x-chat").unwrap(), "h");
+    let mut stream = resp.into_inner();
+    let mut echoed = Vec::new();
+    while let Some(msg) = stream.message().await.unwrap() {
+        echoed.push(common::to_json(&msg)["message"].clone());
+    }
+    assert_eq!(echoed, vec![json!("h"), json!("i")]);
+}
+
+/// `delay_ms` and `headers` next to `error` were accepted and ignored: the error now waits for
+/// the delay and carries the headers (in its Trailers-Only response), in every shape.
+#[tokio::test]
+async fn delay_and_headers_honoured_for_errors() {
+    let error = json!({"error": {"code": "NOT_FOUND", "message": "none"}, "delay_ms": 300, "headers": {"x-err": "1"}});
+    let dir = handlers(&[(
+        "r.json",
+        json!({"service": "routeguide.RouteGuide", "methods": {
+            "GetFeature": error,
+            "ListFeatures": error,
+            "RouteChat": {"rules": [{"error": {"code": "NOT_FOUND", "message": "none"}, "delay_ms": 300, "headers": {"x-err": "1"}}]}
+        }})
+        .to_string(),
+    )]);
+    let server = Server::start(&["--handlers", dir.path().to_str().unwrap()]);
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    let started = Instant::now();
+    let err = client
+        .unary("routeguide.RouteGuide/GetFeature", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(started.elapsed() >= Duration::from_millis(300), "no delay");
+    assert_eq!(err.metadata().get("x-err").unwrap(), "1", "{err:?}");
+
+    let started = Instant::now();
+    let err = client
+        .server_stream("routeguide.RouteGuide/ListFeatures", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(started.elapsed() >= Duration::from_millis(300), "no delay");
+    assert_eq!(err.metadata().get("x-err").unwrap(), "1", "{err:?}");
+
+    let started = Instant::now();
+    let (items, err) = client
+        .bidi(
+            "routeguide.RouteGuide/RouteChat",
+            vec![json!({"message": "m"})],
+        )
+        .await;
+    let err = err.expect("an error");
+    assert!(items.is_empty());
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(started.elapsed() >= Duration::from_millis(300), "no delay");
+    assert_eq!(err.metadata().get("x-err").unwrap(), "1", "{err:?}");
+}
+
+fn listed_names(services: &[String]) -> Vec<&str> {
+    services.iter().map(String::as_str).collect()
+}
+
+/// ListServices names both reflection services, whichever version is asked.
+#[tokio::test]
+async fn reflection_lists_both_versions() {
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    use tonic_reflection::pb::v1alpha::{
+        server_reflection_client::ServerReflectionClient as AlphaClient,
+        server_reflection_request::MessageRequest as AlphaRequest,
+        server_reflection_response::MessageResponse as AlphaResponse,
+        ServerReflectionRequest as AlphaReflectionRequest,
+    };
+    let server = Server::repo_default();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let want = [
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "helloworld.Greeter",
+    ];
+
+    let mut v1 = ServerReflectionClient::new(channel.clone());
+    let mut responses = v1
+        .server_reflection_info(futures_util::stream::iter(vec![ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for w in want {
+        assert!(
+            names.iter().any(|n| n == w),
+            "v1: {w} missing from {names:?}"
+        );
+    }
+
+    let mut alpha = AlphaClient::new(channel);
+    let mut responses = alpha
+        .server_reflection_info(futures_util::stream::iter(vec![AlphaReflectionRequest {
+            host: String::new(),
+            message_request: Some(AlphaRequest::ListServices(String::new())),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(AlphaResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for w in want {
+        assert!(
+            names.iter().any(|n| n == w),
+            "v1alpha: {w} missing from {:?}",
+            listed_names(&names)
+        );
+    }
+}
+
+/// Watch on an unknown service streams SERVICE_UNKNOWN and stays open (the health protocol);
+/// Check on it stays NOT_FOUND.
+#[tokio::test]
+async fn health_watch_unknown_service_streams_service_unknown() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let server = Server::repo_default();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut stream = health
+        .watch(HealthCheckRequest {
+            service: "no.Such".into(),
+        })
+        .await
+        .expect("Watch on an unknown service is not an error")
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::ServiceUnknown as i32);
+    // Still open: nothing more arrives, and the call has not ended.
+    let next = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
+    assert!(next.is_err(), "the watch ended or changed: {next:?}");
+
+    let err = health
+        .check(HealthCheckRequest {
+            service: "no.Such".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // Known services still stream their status.
+    let mut known = health
+        .watch(HealthCheckRequest {
+            service: "helloworld.Greeter".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = known.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+}
+
+/// A `--data` or `-I` folder given on the command line that does not exist is an error naming
+/// it (the default data/ may be absent), for `check` and `serve`, with exit status 2.
+#[test]
+fn missing_folder_flag_is_an_error() {
+    for command in ["check", "serve"] {
+        let (code, err) = run_bounded(&[command, "--data", "no/such/data"]);
+        assert_eq!(code, Some(2), "{command}: {err}");
+        assert!(
+            err.contains("--data no/such/data: no such folder"),
+            "{command}: {err}"
+        );
+        let (code, err) = run_bounded(&[command, "-I", "no/such/imports"]);
+        assert_eq!(code, Some(2), "{command}: {err}");
+        assert!(
+            err.contains("--import-path no/such/imports: no such folder"),
+            "{command}: {err}"
+        );
+    }
+    // Without --data, a project without data/ checks clean.
+    let dir = tempfile::tempdir().unwrap();
+    let protos = repo().join("protos");
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir(&handlers).unwrap();
+    std::fs::copy(
+        repo().join("handlers/helloworld.json"),
+        handlers.join("helloworld.json"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::binary())
+        .args(["check", "--protos", protos.to_str().unwrap()])
+        .args(["--handlers", handlers.to_str().unwrap()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `protoserve ARGS…` (serve on a free loopback port); kills it if still running after 30 s.
+fn run_bounded(args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(common::binary());
+    cmd.args(args);
+    if args[0] == "serve" {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    let mut child = cmd
+        .current_dir(repo())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    (code, err)
+}
+
+/// A bad `--log-level` is an error (it was silently `info`).
+#[test]
+fn bad_log_level_is_an_error() {
+    let (code, _, err) = run(&["check", "--log-level", "verbose"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--log-level"), "{err}");
+    assert!(err.contains("\"verbose\" is not a log level"), "{err}");
+    let (code, _, err) = run(&["check", "--log-level", "protoserve=loud"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(&["check", "--log-level", "protoserve=debug,warn"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// A port already in use is a startup problem like the others: exit status 2, naming the address.
+#[test]
+fn port_in_use_exits_2() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = run(&["serve", "--listen", &addr]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--listen"), "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
