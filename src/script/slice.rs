@@ -171,3 +171,13 @@ impl<F: Future + Unpin> Future for CurrentCall<F> {
         result
     }
 }
+
+/// Charges `units` instructions' worth of work done outside the Lua VM (a pattern step, bytes
+/// copied) to the call running on this thread. Errors with the call's abort when it is over
+/// budget, past its deadline or cancelled; Ok when no call is running.
+pub fn charge(units: u64) -> mlua::Result<()> {
+    match check(units, Duration::MAX) {
+        Check::Abort(a) => Err(mlua::Error::external(a)),
+        _ => Ok(()),
+    }
+}
