@@ -1,7 +1,9 @@
 //! Wrappers that keep the server's own stops out of a script's reach.
 //!
 //! - `pcall`, `xpcall` and `coroutine.close` re-raise the running call's abort (budget, deadline,
-//!   cancellation) instead of returning it, so `while true do pcall(loop) end` ends.
+//!   cancellation) instead of returning it, so `while true do pcall(loop) end` ends. Lua runs a
+//!   message handler, and the `__close` handlers of a coroutine stopped by the hook, with hooks
+//!   off; so once a call is aborted, `xpcall` skips the user's handler and nothing is closed.
 //! - `coroutine.resume`/`wrap` pass a time-slice yield of the hook (and the waiting of `ctx:sleep`
 //!   and friends) up to the call's own coroutine and then resume the inner coroutine, so user
 //!   coroutines see exactly Lua 5.4's values, errors and statuses however long they run.
@@ -17,7 +19,7 @@ use super::slice;
 pub const RUNNER_KEY: &str = "protoserve.runner";
 
 const GUARD: &str = r#"
-local raw_pcall, raw_xpcall, check, take_sliced, clear_sliced, normalize, fail, PENDING = ...
+local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING = ...
 local error, select, type = error, select, type
 local co = coroutine
 local co_create, co_resume, co_yield, co_status, co_close, co_isyieldable =
@@ -35,11 +37,20 @@ local function pcall(f, ...)
   return after_protected(raw_pcall(f, ...))
 end
 
+-- An error the hook raises runs the message handler with hooks off: once the call is aborted,
+-- the user's handler is skipped.
 local function xpcall(f, msgh, ...)
-  return after_protected(raw_xpcall(f, msgh, ...))
+  local function handler(e)
+    if aborted() then return e end
+    return msgh(e)
+  end
+  return after_protected(raw_xpcall(f, handler, ...))
 end
 
+-- A coroutine the hook stopped keeps hooks off, so its __close handlers would run unbounded:
+-- once the call is aborted, nothing is closed.
 local function close(c)
+  check()
   return after_protected(co_close(c))
 end
 
@@ -85,6 +96,7 @@ end
 local function after_wrap(c, ok, ...)
   if ok then return ... end
   local err = ...
+  check()
   if co_status(c) == "dead" then
     local closed, e = co_close(c)
     if not closed then err = e end
@@ -124,6 +136,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         Some(a) => Err(mlua::Error::external(a)),
         None => Ok(()),
     })?;
+    let aborted = lua.create_function(|_, ()| Ok(slice::current_abort().is_some()))?;
     let take_sliced = lua.create_function(|_, ()| Ok(slice::take_sliced()))?;
     let clear_sliced = lua.create_function(|_, ()| {
         slice::take_sliced();
@@ -153,6 +166,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
             g.get::<Function>("pcall")?,
             g.get::<Function>("xpcall")?,
             check,
+            aborted,
             take_sliced,
             clear_sliced,
             normalize_fn,

@@ -20,7 +20,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use mlua::{Function, HookTriggers, Lua, Table, VmState};
@@ -258,14 +258,29 @@ pub struct Job {
     pub requests: Requests,
 }
 
-/// The thread currently serving a slot, and how it reports its polls.
+/// The thread currently serving a slot: how it reports its polls, and how it is told to stop.
 struct Generation {
-    tx: mpsc::UnboundedSender<Job>,
     heartbeat: Arc<Heartbeat>,
+    condemned: Arc<tokio::sync::Notify>,
 }
+
+impl Generation {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            heartbeat: Arc::default(),
+            condemned: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+}
+
+/// Calls waiting for a state thread; shared by a stuck thread and its replacement, which
+/// each hold the lock only to take one call.
+type Queue = Arc<Mutex<mpsc::UnboundedReceiver<Job>>>;
 
 /// One state's place in the pool.
 pub struct Slot {
+    tx: mpsc::UnboundedSender<Job>,
+    queue: Queue,
     current: RwLock<Arc<Generation>>,
     generation: AtomicU64,
     /// Calls handed to this slot and not finished yet.
@@ -283,24 +298,26 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|e| e.into_inner())
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Pool {
     /// Starts `n` state threads; `first` (already loaded) serves the first one.
     pub fn start(recipe: Recipe, n: usize, first: State) -> Result<Arc<Pool>, StartupError> {
         let stuck_after = recipe.options.stuck_after;
-        let mut receivers = Vec::with_capacity(n);
-        let mut slots = Vec::with_capacity(n);
-        for _ in 0..n.max(1) {
-            let (tx, rx) = mpsc::unbounded_channel();
-            slots.push(Slot {
-                current: RwLock::new(Arc::new(Generation {
+        let slots = (0..n.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                Slot {
                     tx,
-                    heartbeat: Arc::default(),
-                })),
-                generation: AtomicU64::new(0),
-                active: AtomicUsize::new(0),
-            });
-            receivers.push(rx);
-        }
+                    queue: Arc::new(Mutex::new(rx)),
+                    current: RwLock::new(Generation::new()),
+                    generation: AtomicU64::new(0),
+                    active: AtomicUsize::new(0),
+                }
+            })
+            .collect();
         let pool = Arc::new(Pool {
             slots,
             recipe,
@@ -308,17 +325,8 @@ impl Pool {
         });
         let mut first = Some(first);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        for (index, rx) in receivers.into_iter().enumerate() {
-            let heartbeat = read(&pool.slots[index].current).heartbeat.clone();
-            spawn_thread(
-                &pool,
-                index,
-                0,
-                rx,
-                heartbeat,
-                first.take(),
-                Some(ready_tx.clone()),
-            )?;
+        for index in 0..pool.slots.len() {
+            spawn_thread(&pool, index, 0, first.take(), Some(ready_tx.clone()))?;
         }
         drop(ready_tx);
         for result in ready_rx {
@@ -332,12 +340,12 @@ impl Pool {
         Ok(pool)
     }
 
-    /// The least busy state; the scan starts at a rotating index, so calls arriving together
-    /// spread over equally idle states instead of all taking the first.
     pub fn budget(&self) -> u64 {
         self.recipe.options.instructions
     }
 
+    /// The least busy state; the scan starts at a rotating index, so calls arriving together
+    /// spread over equally idle states instead of all taking the first.
     pub fn pick(&self) -> usize {
         let n = self.slots.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
@@ -360,25 +368,24 @@ impl Pool {
     pub fn submit(&self, index: usize, job: Job) -> bool {
         let slot = &self.slots[index];
         slot.active.fetch_add(1, Ordering::Relaxed);
-        if read(&slot.current).tx.send(job).is_ok() {
+        if slot.tx.send(job).is_ok() {
             return true;
         }
         slot.active.fetch_sub(1, Ordering::Relaxed);
         false
     }
 
-    /// Puts a fresh thread and state in place of a stuck one.
+    /// Puts a fresh thread and state in place of a stuck one; it takes the calls waiting.
     fn replace(self: &Arc<Self>, index: usize, why: &str) {
         let slot = &self.slots[index];
         let id = slot.generation.fetch_add(1, Ordering::AcqRel) + 1;
         tracing::warn!("script state {index} replaced: {why}; a fresh state takes its calls");
-        let (tx, rx) = mpsc::unbounded_channel();
-        let heartbeat = Arc::<Heartbeat>::default();
-        *slot.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Generation {
-            tx,
-            heartbeat: heartbeat.clone(),
-        });
-        if let Err(e) = spawn_thread(self, index, id, rx, heartbeat, None, None) {
+        let old = std::mem::replace(
+            &mut *slot.current.write().unwrap_or_else(|e| e.into_inner()),
+            Generation::new(),
+        );
+        old.condemned.notify_one();
+        if let Err(e) = spawn_thread(self, index, id, None, None) {
             tracing::error!("script state {index}: {e}");
         }
     }
@@ -388,15 +395,14 @@ fn spawn_thread(
     pool: &Arc<Pool>,
     index: usize,
     generation: u64,
-    rx: mpsc::UnboundedReceiver<Job>,
-    heartbeat: Arc<Heartbeat>,
     state: Option<State>,
     ready: Option<std::sync::mpsc::Sender<Result<(), StartupError>>>,
 ) -> Result<(), StartupError> {
     let pool = pool.clone();
+    let current = read(&pool.slots[index].current).clone();
     std::thread::Builder::new()
         .name(format!("lua-{index}"))
-        .spawn(move || state_thread(pool, index, generation, rx, heartbeat, state, ready))
+        .spawn(move || state_thread(pool, index, generation, current, state, ready))
         .map(|_| ())
         .map_err(|e| StartupError::Usage(format!("cannot start a script thread: {e}")))
 }
@@ -415,15 +421,13 @@ fn state_thread(
     pool: Arc<Pool>,
     index: usize,
     generation: u64,
-    rx: mpsc::UnboundedReceiver<Job>,
-    heartbeat: Arc<Heartbeat>,
+    current: Arc<Generation>,
     mut state: Option<State>,
     mut ready: Option<std::sync::mpsc::Sender<Result<(), StartupError>>>,
 ) {
-    slice::set_heartbeat(heartbeat);
-    let rx = Rc::new(RefCell::new(rx));
+    slice::set_heartbeat(current.heartbeat.clone());
     loop {
-        let current = match state.take() {
+        let loaded = match state.take() {
             Some(s) => s,
             None => match build(&pool.recipe) {
                 Ok(s) => s,
@@ -439,12 +443,12 @@ fn state_thread(
         if let Some(r) = ready.take() {
             let _ = r.send(Ok(()));
         }
-        let current = Rc::new(current);
+        let loaded = Rc::new(loaded);
         let served = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            serve(&pool, index, generation, &rx, &current)
+            serve(&pool, index, generation, &current, &loaded)
         }));
         INBOX.with(|i| i.borrow_mut().take());
-        teardown(current);
+        teardown(loaded);
         match served {
             Ok(Exit::Closed) => return,
             Ok(Exit::Unrecoverable(why)) => {
@@ -494,7 +498,7 @@ thread_local! {
 }
 
 struct Inbox {
-    rx: Rc<RefCell<mpsc::UnboundedReceiver<Job>>>,
+    queue: Queue,
     state: Rc<State>,
     pool: Arc<Pool>,
     index: usize,
@@ -504,11 +508,18 @@ struct Inbox {
 }
 
 impl Inbox {
+    fn replaced(&self) -> bool {
+        self.pool.slots[self.index]
+            .generation
+            .load(Ordering::Acquire)
+            != self.generation
+    }
+
     /// Starts a call as a task of this thread; false when this generation was replaced.
     fn admit(&self, job: Job) -> bool {
-        let slot = &self.pool.slots[self.index];
-        if slot.generation.load(Ordering::Acquire) != self.generation {
-            // Replaced while stuck: the new state takes what was queued here.
+        if self.replaced() {
+            // Replaced while stuck: the new state takes it.
+            let slot = &self.pool.slots[self.index];
             slot.active.fetch_sub(1, Ordering::Relaxed);
             let _ = self.pool.submit(self.index, job);
             return false;
@@ -556,10 +567,10 @@ pub fn admit_arrivals() {
         let Ok(inbox) = i.try_borrow() else { return };
         let Some(inbox) = inbox.as_ref() else { return };
         loop {
-            let job = match inbox.rx.try_borrow_mut() {
-                Ok(mut rx) => rx.try_recv(),
-                Err(_) => return,
-            };
+            if inbox.replaced() {
+                return;
+            }
+            let job = lock(&inbox.queue).try_recv();
             match job {
                 Ok(job) => {
                     if !inbox.admit(job) {
@@ -577,9 +588,10 @@ fn serve(
     pool: &Arc<Pool>,
     index: usize,
     generation: u64,
-    rx: &Rc<RefCell<mpsc::UnboundedReceiver<Job>>>,
+    current: &Generation,
     state: &Rc<State>,
 ) -> Exit {
+    let queue = pool.slots[index].queue.clone();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -592,7 +604,7 @@ fn serve(
     let wake = Rc::new(tokio::sync::Notify::new());
     INBOX.with(|i| {
         *i.borrow_mut() = Some(Inbox {
-            rx: rx.clone(),
+            queue: queue.clone(),
             state: state.clone(),
             pool: pool.clone(),
             index,
@@ -603,15 +615,10 @@ fn serve(
     });
     let exit = local.block_on(&runtime, async {
         loop {
-            let next = poll_fn(|cx| match rx.try_borrow_mut() {
-                Ok(mut rx) => rx.poll_recv(cx).map(Some),
-                Err(_) => {
-                    cx.waker().wake_by_ref();
-                    std::task::Poll::Pending
-                }
-            });
+            let next = poll_fn(|cx| lock(&queue).poll_recv(cx));
             let job = tokio::select! {
-                job = next => job.flatten(),
+                () = current.condemned.notified() => return Exit::Closed,
+                job = next => job,
                 () = wake.notified() => {
                     if let Some(why) = unrecoverable.borrow_mut().take() {
                         return Exit::Unrecoverable(why);
@@ -625,8 +632,7 @@ fn serve(
             let admitted =
                 INBOX.with(|i| i.borrow().as_ref().is_some_and(|inbox| inbox.admit(job)));
             if !admitted {
-                // Replaced: hand over whatever is still queued, finish what runs here.
-                admit_arrivals();
+                // Replaced: finish what runs here.
                 return Exit::Closed;
             }
         }
