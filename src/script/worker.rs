@@ -283,6 +283,9 @@ pub struct Slot {
     queue: Queue,
     current: RwLock<Arc<Generation>>,
     generation: AtomicU64,
+    /// Tells the serving thread to poll the queue again: a replaced thread may have been the
+    /// last to register for its wake-ups.
+    kick: tokio::sync::Notify,
     /// Calls handed to this slot and not finished yet.
     pub active: AtomicUsize,
 }
@@ -314,6 +317,7 @@ impl Pool {
                     queue: Arc::new(Mutex::new(rx)),
                     current: RwLock::new(Generation::new()),
                     generation: AtomicU64::new(0),
+                    kick: tokio::sync::Notify::new(),
                     active: AtomicUsize::new(0),
                 }
             })
@@ -617,7 +621,12 @@ fn serve(
         loop {
             let next = poll_fn(|cx| lock(&queue).poll_recv(cx));
             let job = tokio::select! {
-                () = current.condemned.notified() => return Exit::Closed,
+                biased;
+                () = current.condemned.notified() => {
+                    pool.slots[index].kick.notify_one();
+                    return Exit::Closed;
+                }
+                () = pool.slots[index].kick.notified() => continue,
                 job = next => job,
                 () = wake.notified() => {
                     if let Some(why) = unrecoverable.borrow_mut().take() {
@@ -633,6 +642,7 @@ fn serve(
                 INBOX.with(|i| i.borrow().as_ref().is_some_and(|inbox| inbox.admit(job)));
             if !admitted {
                 // Replaced: finish what runs here.
+                pool.slots[index].kick.notify_one();
                 return Exit::Closed;
             }
         }
