@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{fixtures, Client, Server};
@@ -13,7 +12,7 @@ use tonic::metadata::MetadataMap;
 use tonic::Code;
 
 /// The tests here measure latency: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn safety_dir() -> std::path::PathBuf {
     fixtures().join("safety")
@@ -48,7 +47,7 @@ fn at_deadline(s: &tonic::Status) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_script_does_not_delay_reply_methods() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let (_s, client) = start(&["--script-instructions", "100000000000"]).await;
     // Warm up the connection and the reply path.
     for _ in 0..5 {
@@ -109,7 +108,7 @@ async fn hostile_script_does_not_delay_reply_methods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_loops_on_every_state_do_not_block_other_scripts() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let (_s, client) = start(&[
         "--script-states",
         "2",
