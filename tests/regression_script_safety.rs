@@ -157,6 +157,8 @@ async fn coroutine_wrap_generator_survives_time_slices() {
         "bad-status:dead",
         "tbl:false:7",
         "wrap-error:false:wrapped",
+        "slept",
+        "woke",
         "main-yieldable:true",
     ];
     // Small work: no time slice lands inside a coroutine. Large work: many do (well over

@@ -477,11 +477,11 @@ fn state_thread(
     }
 }
 
-/// Drops a state with a small budget for anything that still runs (to-be-closed variables of
-/// the main thread, finalizers).
-fn teardown(state: Rc<State>) {
+/// Runs `f` (state housekeeping outside any call: collecting, closing) under a small budget,
+/// so whatever Lua code it sets off (finalizers) is bounded too.
+fn housekeeping<R>(what: &'static str, f: impl FnOnce() -> R) -> R {
     let meter = Arc::new(CallShared::new(CallSpec {
-        method: "(closing a script state)",
+        method: what,
         script: Arc::from(""),
         function: Arc::from(""),
         output: None,
@@ -493,7 +493,12 @@ fn teardown(state: Rc<State>) {
         reply: None,
         outbox: None,
     }));
-    slice::with_call(&meter, move || drop(state));
+    slice::with_call(&meter, f)
+}
+
+/// Drops a state (finalizers, to-be-closed variables of its main thread run bounded).
+fn teardown(state: Rc<State>) {
+    housekeeping("(closing a script state)", move || drop(state));
 }
 
 thread_local! {
@@ -551,9 +556,11 @@ fn check_memory(
     unrecoverable: &RefCell<Option<String>>,
     wake: &tokio::sync::Notify,
 ) {
-    let _ = state.lua.gc_collect();
-    let _ = state.lua.gc_collect();
-    let used = state.lua.used_memory();
+    let used = housekeeping("(collecting after a memory error)", || {
+        let _ = state.lua.gc_collect();
+        let _ = state.lua.gc_collect();
+        state.lua.used_memory()
+    });
     let limit = pool.recipe.options.memory_limit;
     if used > limit / 10 * 9 {
         *unrecoverable.borrow_mut() = Some(format!(
