@@ -317,12 +317,14 @@ async fn run_call(state: &State, job: Job) -> bool {
     let started = slice::with_call(&shared, || start(state, function, &shared, requests));
     let outcome = match started {
         Err(e) => Err(e),
-        Ok(running) => {
-            tokio::select! {
+        Ok((running, thread)) => {
+            let outcome = tokio::select! {
                 r = running => r,
                 () = cancelled(&shared) => Err(shared.abort_error(Abort::Cancelled)),
                 () = sleep_until(shared.deadline) => Err(shared.abort_error(Abort::Deadline)),
-            }
+            };
+            state.recycle(thread);
+            outcome
         }
     };
     let memory = matches!(&outcome, Err(e) if is_memory_error(e));
@@ -367,7 +369,7 @@ fn start(
     function: usize,
     shared: &Arc<CallShared>,
     requests: Requests,
-) -> mlua::Result<Running<mlua::AsyncThread<LuaValue>>> {
+) -> mlua::Result<(Running<mlua::AsyncThread<LuaValue>>, mlua::Thread)> {
     let lua = &state.lua;
     let f = state
         .functions
@@ -383,9 +385,11 @@ fn start(
     } else {
         LuaValue::UserData(own)
     };
-    let thread = lua.create_thread(state.runner.clone())?;
-    let running = thread.into_async::<LuaValue>((f.clone(), arg, ctx))?;
-    Ok(Running::new(shared.clone(), running))
+    let thread = state.thread()?;
+    let running = thread
+        .clone()
+        .into_async::<LuaValue>((f.clone(), arg, ctx))?;
+    Ok((Running::new(shared.clone(), running), thread))
 }
 
 /// Unary and client-streaming: answer with the returned message (converted while the call is

@@ -64,6 +64,33 @@ pub struct State {
     pub functions: Vec<Function>,
     pub stream_ctx: Function,
     pub runner: Function,
+    /// Coroutines of calls that returned normally, ready for the next call.
+    spare: RefCell<Vec<mlua::Thread>>,
+}
+
+/// Spare coroutines kept per state.
+const SPARE_THREADS: usize = 64;
+
+impl State {
+    /// A coroutine ready to run the runner: a spare one, or a new one.
+    pub fn thread(&self) -> mlua::Result<mlua::Thread> {
+        match self.spare.borrow_mut().pop() {
+            Some(t) => Ok(t),
+            None => self.lua.create_thread(self.runner.clone()),
+        }
+    }
+
+    /// Keeps `thread` for another call if it finished normally (so nothing of its call is
+    /// left in it: no pending to-be-closed variable, no frame).
+    pub fn recycle(&self, thread: mlua::Thread) {
+        if thread.status() != mlua::ThreadStatus::Finished {
+            return;
+        }
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < SPARE_THREADS && thread.reset(self.runner.clone()).is_ok() {
+            spare.push(thread);
+        }
+    }
 }
 
 /// A state being loaded.
@@ -192,6 +219,7 @@ impl Loading {
             lua: self.lua,
             functions: self.functions,
             runner,
+            spare: RefCell::new(Vec::new()),
         })
     }
 }
