@@ -11,6 +11,10 @@
 //! | `ctx:sleep(ms)` | pause this call without blocking a thread |
 //! | `ctx:set_header(k, v)` | response header (before the first message) |
 //! | `ctx:set_trailer(k, v)` | response trailer |
+//!
+//! Every call gets its own ctx, and it stops working when its call ends: a closure that kept it
+//! can never read another call's metadata. [`CallShared`] is also the call's meter (budget,
+//! deadline, cancellation, sticky abort) that the instruction hook checks.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
