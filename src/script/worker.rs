@@ -138,9 +138,10 @@ impl Loading {
                 }
                 slice::Check::Abort(a) => {
                     if slice::running_call().is_some_and(|c| c.method == LOADING) {
-                        let source = debug.source().source.map(|s| {
-                            s.strip_prefix('@').unwrap_or(&s).to_owned()
-                        });
+                        let source = debug
+                            .source()
+                            .source
+                            .map(|s| s.strip_prefix('@').unwrap_or(&s).to_owned());
                         let line = debug.current_line().unwrap_or(0);
                         LOAD_STOPPED_AT.with(|l| {
                             *l.borrow_mut() = source.map(|s| (s, line));
