@@ -132,7 +132,13 @@ async fn xpcall_and_coroutine_cannot_swallow_abort() {
 
 #[tokio::test]
 async fn coroutine_wrap_generator_survives_time_slices() {
-    let (server, client) = start(&["--script-instructions", "2000000000"]).await;
+    let (server, client) = start(&[
+        "--script-instructions",
+        "2000000000",
+        "--script-states",
+        "1",
+    ])
+    .await;
     let expected = [
         "start:a",
         "SUM1",
@@ -185,6 +191,20 @@ async fn coroutine_wrap_generator_survives_time_slices() {
         texts[1] != texts[0] || texts[0].is_empty(),
         "the work sums differ with n"
     );
+    // Calls interleaving on one state, each sliced many times inside its coroutines.
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move {
+                c.unary("safety.Safety/Coroutines", json!({"n": 3_000_000}))
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        let r = call.await.unwrap().unwrap_or_else(|s| panic!("{s:?}"));
+        assert_eq!(r["text"].as_str().unwrap(), texts[1]);
+    }
 }
 
 #[tokio::test]

@@ -68,6 +68,9 @@ pub struct CallShared {
     pub sender: Mutex<Option<OutboxSender>>,
     /// A message `try_send` could not place yet; `wait_send` sends it.
     pub pending: Mutex<Option<Result<Outgoing, Status>>>,
+    /// Coroutines (pointers) of this call that the hook yielded for a time slice and whose
+    /// resumer has not seen it yet (see `guard`).
+    sliced: Mutex<Vec<usize>>,
 }
 
 /// What a call needs to start (the rest of [`CallShared`] starts empty).
@@ -117,6 +120,7 @@ impl CallShared {
             stream: Mutex::new(stream),
             sender: Mutex::new(sender),
             pending: Mutex::new(None),
+            sliced: Mutex::new(Vec::new()),
         }
     }
 
@@ -197,6 +201,24 @@ impl CallShared {
             headers,
             trailers: Some(self.trailers.clone()),
         }));
+    }
+
+    pub fn mark_sliced(&self, thread: usize) {
+        let mut sliced = lock(&self.sliced);
+        if !sliced.contains(&thread) {
+            sliced.push(thread);
+        }
+    }
+
+    pub fn take_sliced(&self, thread: usize) -> bool {
+        let mut sliced = lock(&self.sliced);
+        match sliced.iter().position(|t| *t == thread) {
+            Some(i) => {
+                sliced.swap_remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Ends the call for its handles.

@@ -72,7 +72,7 @@ after_resume = function(c, ok, ...)
   end
   local n = select('#', ...)
   if n == 0 then
-    if take_sliced() and co_status(c) == "suspended" then
+    if take_sliced(c) and co_status(c) == "suspended" then
       return pause_and_continue(c, SLICE)
     end
   elseif n == 1 then
@@ -137,9 +137,12 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         None => Ok(()),
     })?;
     let aborted = lua.create_function(|_, ()| Ok(slice::current_abort().is_some()))?;
-    let take_sliced = lua.create_function(|_, ()| Ok(slice::take_sliced()))?;
-    let clear_sliced = lua.create_function(|_, ()| {
-        slice::take_sliced();
+    let take_sliced =
+        lua.create_function(|_, c: mlua::Thread| Ok(slice::take_sliced(c.to_pointer() as usize)))?;
+    // A user's own yield: any mark the hook left on this coroutine without yielding it (at a
+    // spot where it could not yield) is stale.
+    let clear_sliced = lua.create_function(|lua, ()| {
+        slice::take_sliced(lua.current_thread().to_pointer() as usize);
         Ok(())
     })?;
     let normalize_fn = lua.create_function(|_, e: LuaValue| Ok(normalize(e)))?;

@@ -8,11 +8,12 @@
 //! no `pcall` can swallow it for long.
 //!
 //! Time slices: when a call has run for a slice, the hook yields its coroutine so other calls on
-//! the same state progress. A yield that lands inside a user coroutine is marked with
-//! [`mark_sliced`], and the `coroutine` wrappers in [`super::guard`] pass it up to the call's own
+//! the same state progress. The hook marks the coroutine it yields ([`mark_sliced`], per call
+//! and per coroutine, so interleaved calls and nested coroutines never mix marks up), and the
+//! `coroutine` wrappers in [`super::guard`] pass it up to the call's own
 //! coroutine and resume the inner one transparently.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,8 +27,6 @@ use super::status::Abort;
 thread_local! {
     /// The call (or script load) this thread is running, and since when in this slice.
     static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
-    /// Set by the hook when it yields for a time slice; read by the coroutine wrappers.
-    static SLICED: Cell<bool> = const { Cell::new(false) };
     /// Where this thread shows the watchdog how long its current poll has run (see `worker`).
     static HEARTBEAT: RefCell<Option<Arc<Heartbeat>>> = const { RefCell::new(None) };
 }
@@ -82,14 +81,16 @@ pub fn current_abort() -> Option<Abort> {
     CURRENT.with(|c| c.try_borrow().ok()?.as_ref()?.shared.aborted())
 }
 
-/// The hook yielded for a time slice (see the module docs).
-pub fn mark_sliced() {
-    SLICED.with(|s| s.set(true));
+/// The hook is yielding coroutine `thread` (a pointer) of the running call for a time slice.
+pub fn mark_sliced(thread: usize) {
+    if let Some(call) = running_call() {
+        call.mark_sliced(thread);
+    }
 }
 
-/// Whether the last yield was the hook's, clearing the mark.
-pub fn take_sliced() -> bool {
-    SLICED.with(|s| s.replace(false))
+/// Whether coroutine `thread`'s last yield was the hook's (forgetting it).
+pub fn take_sliced(thread: usize) -> bool {
+    running_call().is_some_and(|call| call.take_sliced(thread))
 }
 
 /// When a state thread started its current poll of a call, for the watchdog on another thread.
@@ -187,8 +188,6 @@ impl<F: Future + Unpin> Future for Running<F> {
             // A busy call used its slice: let calls that arrived meanwhile start now.
             super::worker::admit_arrivals();
         }
-        // A slice mark left by a hook that could not yield (a non-yieldable spot) is stale.
-        SLICED.with(|s| s.set(false));
         result
     }
 }

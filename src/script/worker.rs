@@ -130,10 +130,10 @@ impl Loading {
         // One hook for every coroutine of this state; it checks whichever call is current.
         lua.set_global_hook(
             HookTriggers::new().every_nth_instruction(HOOK_STEP),
-            |_, debug| match slice::check(u64::from(HOOK_STEP), TIME_SLICE) {
+            |lua, debug| match slice::check(u64::from(HOOK_STEP), TIME_SLICE) {
                 slice::Check::Continue => Ok(VmState::Continue),
                 slice::Check::Yield => {
-                    slice::mark_sliced();
+                    slice::mark_sliced(lua.current_thread().to_pointer() as usize);
                     Ok(VmState::Yield)
                 }
                 slice::Check::Abort(a) => {
