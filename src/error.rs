@@ -188,6 +188,13 @@ pub enum CallError {
         method: &'static str,
         message: String,
     },
+    /// The script ran out of its Lua state's memory.
+    ScriptMemory {
+        method: &'static str,
+        limit_mib: usize,
+    },
+    /// The Lua state running the call was replaced (see the server log) before it answered.
+    ScriptStateLost { method: &'static str },
     /// The call outlived its deadline.
     DeadlineExceeded { method: &'static str },
     /// The client went away.
@@ -268,6 +275,12 @@ impl From<CallError> for Status {
             CallError::ScriptBudget { method, message } => {
                 Status::resource_exhausted(format!("{method}: {message}"))
             }
+            CallError::ScriptMemory { method, limit_mib } => Status::resource_exhausted(format!(
+                "{method}: script exceeded its memory limit of {limit_mib} MiB; raise it with --script-memory"
+            )),
+            CallError::ScriptStateLost { method } => Status::unavailable(format!(
+                "{method}: the script's Lua state was replaced while the call ran (see the server log); retry the call"
+            )),
             CallError::DeadlineExceeded { method } => {
                 Status::deadline_exceeded(format!("{method}: the call's deadline passed"))
             }

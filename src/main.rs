@@ -62,6 +62,10 @@ struct LoadArgs {
     /// Lua states in the script pool (0: one per core).
     #[arg(long, value_name = "N", default_value_t = 0)]
     script_states: usize,
+    /// A Lua state whose call runs this many milliseconds without returning to its scheduler
+    /// (stuck in a library function) is replaced by a fresh one.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    script_watchdog_ms: u64,
     /// Log filter: error, warn, info, debug, trace, or a tracing filter such as "protoserve=debug".
     #[arg(
         long,
@@ -171,6 +175,7 @@ impl LoadArgs {
                 states: self.script_states,
                 instructions: self.script_instructions,
                 memory_limit: self.script_memory.saturating_mul(1024 * 1024),
+                stuck_after: std::time::Duration::from_millis(self.script_watchdog_ms.max(1)),
             },
             server,
         }

@@ -11,97 +11,234 @@
 //! | `ctx:sleep(ms)` | pause this call without blocking a thread |
 //! | `ctx:set_header(k, v)` | response header (before the first message) |
 //! | `ctx:set_trailer(k, v)` | response trailer |
+//!
+//! Every call gets its own ctx, and it stops working when its call ends: a closure that kept it
+//! can never read another call's metadata. [`CallShared`] is also the call's meter (budget,
+//! deadline, cancellation, sticky abort) that the instruction hook checks.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mlua::{UserData, UserDataFields, UserDataMethods, Value as LuaValue};
 use prost_reflect::MessageDescriptor;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::Status;
 
 use super::convert::outgoing_from_lua;
+use super::outbox::{OutboxSender, OutboxStream};
 use super::status::Abort;
 use crate::codec::Outgoing;
+use crate::error::CallError;
+use crate::handler::{Reply, Responses};
+
+/// Where a call's answer goes: the handler future on the network side waits on it.
+pub type ReplySender = oneshot::Sender<Result<Reply, CallError>>;
 
 /// State shared by a call's ctx, its hook and its driver.
 pub struct CallShared {
     pub method: &'static str,
     pub script: Arc<str>,
     pub function: Arc<str>,
-    pub output: MessageDescriptor,
+    /// The method's output type (None for the meter of a script load).
+    pub output: Option<MessageDescriptor>,
     pub metadata: MetadataMap,
     pub started: Instant,
     pub deadline: Option<Instant>,
     pub budget: u64,
     pub used: AtomicU64,
+    /// The sticky abort (0: none, see [`Abort::code`]).
+    aborted: AtomicU8,
+    /// Set when the call has ended: its handles (ctx, request iterator) stop working.
+    pub ended: AtomicBool,
+    /// Set when the client went away before the answer.
+    cancelled: AtomicBool,
+    /// Wakes the call's driver when the client goes away.
+    pub cancel_notify: tokio::sync::Notify,
     pub headers: Mutex<MetadataMap>,
     pub trailers: Arc<Mutex<MetadataMap>>,
     pub headers_sent: AtomicBool,
-    /// The response channel of a streaming call; taken when the script ends so the stream closes.
-    pub sender: Mutex<Option<mpsc::Sender<Result<Outgoing, Status>>>>,
     pub streams_output: bool,
-    /// Fired at the first `ctx:send`, so the driver can send headers.
-    pub first_send: Mutex<Option<oneshot::Sender<()>>>,
+    /// The answer, until it is sent (at the end, or at the first message of a stream).
+    pub reply: Mutex<Option<ReplySender>>,
+    /// The response stream's receiving end, handed over with the reply.
+    pub stream: Mutex<Option<OutboxStream>>,
+    /// The response stream's sending end; taken when the script ends so the stream closes.
+    pub sender: Mutex<Option<OutboxSender>>,
     /// A message `try_send` could not place yet; `wait_send` sends it.
     pub pending: Mutex<Option<Result<Outgoing, Status>>>,
+    /// Coroutines (pointers) of this call that the hook yielded for a time slice and whose
+    /// resumer has not seen it yet (see `guard`).
+    sliced: Mutex<Vec<usize>>,
+}
+
+/// What a call needs to start (the rest of [`CallShared`] starts empty).
+pub struct CallSpec {
+    pub method: &'static str,
+    pub script: Arc<str>,
+    pub function: Arc<str>,
+    pub output: Option<MessageDescriptor>,
+    pub metadata: MetadataMap,
+    pub started: Instant,
+    pub deadline: Option<Instant>,
+    pub budget: u64,
+    pub streams_output: bool,
+    pub reply: Option<ReplySender>,
+    pub outbox: Option<(OutboxSender, OutboxStream)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl CallShared {
-    /// Checked by the instruction hook: is there any reason to stop the script now?
-    pub fn should_abort(&self, step: u64) -> Option<Abort> {
-        let used = self.used.fetch_add(step, Ordering::Relaxed) + step;
-        if used > self.budget {
-            return Some(Abort::Budget(self.budget));
+    pub fn new(spec: CallSpec) -> Self {
+        let (sender, stream) = match spec.outbox {
+            Some((tx, rx)) => (Some(tx), Some(rx)),
+            None => (None, None),
+        };
+        Self {
+            method: spec.method,
+            script: spec.script,
+            function: spec.function,
+            output: spec.output,
+            metadata: spec.metadata,
+            started: spec.started,
+            deadline: spec.deadline,
+            budget: spec.budget,
+            used: AtomicU64::new(0),
+            aborted: AtomicU8::new(0),
+            ended: AtomicBool::new(false),
+            cancelled: AtomicBool::new(false),
+            cancel_notify: tokio::sync::Notify::new(),
+            headers: Mutex::new(MetadataMap::new()),
+            trailers: Arc::new(Mutex::new(MetadataMap::new())),
+            headers_sent: AtomicBool::new(false),
+            streams_output: spec.streams_output,
+            reply: Mutex::new(spec.reply),
+            stream: Mutex::new(stream),
+            sender: Mutex::new(sender),
+            pending: Mutex::new(None),
+            sliced: Mutex::new(Vec::new()),
         }
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            return Some(Abort::Deadline);
-        }
-        let closed = self
-            .sender
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_some_and(|s| s.is_closed());
-        if closed {
-            return Some(Abort::Cancelled);
-        }
-        None
     }
 
-    fn mark_headers_sent(&self) {
-        if !self.headers_sent.swap(true, Ordering::AcqRel) {
-            if let Some(tx) = self
-                .first_send
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-            {
-                let _ = tx.send(());
-            }
+    /// Checked by the instruction hook and [`super::slice::charge`]: is there any reason to
+    /// stop the script now? Once one is found, it is found again on every later check.
+    pub fn should_abort(&self, step: u64) -> Option<Abort> {
+        if let Some(a) = self.aborted() {
+            return Some(a);
         }
+        let used = self
+            .used
+            .fetch_add(step, Ordering::Relaxed)
+            .saturating_add(step);
+        let why = if used > self.budget {
+            Abort::Budget(self.budget)
+        } else if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            Abort::Deadline
+        } else if self.is_cancelled() {
+            Abort::Cancelled
+        } else {
+            return None;
+        };
+        Some(self.abort(why))
+    }
+
+    /// Records `why` as the call's abort (the first one stays) and returns the recorded one.
+    pub fn abort(&self, why: Abort) -> Abort {
+        match self
+            .aborted
+            .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => why,
+            Err(earlier) => Abort::from_code(earlier, self.budget).unwrap_or(why),
+        }
+    }
+
+    /// The abort error for `why`, recorded as sticky.
+    pub fn abort_error(&self, why: Abort) -> mlua::Error {
+        mlua::Error::external(self.abort(why))
+    }
+
+    pub fn aborted(&self) -> Option<Abort> {
+        Abort::from_code(self.aborted.load(Ordering::Acquire), self.budget)
+    }
+
+    /// Whether the client is gone: nobody waits for the answer or reads the stream.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+            || (self.headers_sent.load(Ordering::Acquire)
+                && lock(&self.sender).as_ref().is_some_and(|s| s.is_closed()))
+    }
+
+    /// The client went away (the handler's future was dropped before the answer).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        self.cancel_notify.notify_one();
+    }
+
+    /// Sends the answer (once; later calls do nothing).
+    pub fn answer(&self, result: Result<Reply, CallError>) {
+        if let Some(tx) = lock(&self.reply).take() {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// A streaming call answers with its headers and the stream at its first message (or when
+    /// the script ends without sending).
+    fn mark_headers_sent(&self) {
+        if self.headers_sent.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(stream) = lock(&self.stream).take() else {
+            return;
+        };
+        let headers = std::mem::take(&mut *lock(&self.headers));
+        self.answer(Ok(Reply {
+            responses: Responses::Stream(Box::pin(stream)),
+            headers,
+            trailers: Some(self.trailers.clone()),
+        }));
+    }
+
+    pub fn mark_sliced(&self, thread: usize) {
+        let mut sliced = lock(&self.sliced);
+        if !sliced.contains(&thread) {
+            sliced.push(thread);
+        }
+    }
+
+    pub fn take_sliced(&self, thread: usize) -> bool {
+        let mut sliced = lock(&self.sliced);
+        match sliced.iter().position(|t| *t == thread) {
+            Some(i) => {
+                sliced.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends the call for its handles.
+    pub fn end(&self) {
+        self.ended.store(true, Ordering::Release);
     }
 }
 
-/// The Lua-side handle.
-/// `Some` for a streaming call's own ctx; `None` for the one ctx a Lua state hands to every
-/// one-message call, which stands for whichever call is running (see `slice::with_current`).
-pub struct Ctx(pub Option<Arc<CallShared>>);
+/// The Lua-side handle: one per call, dead once its call has ended.
+pub struct Ctx(pub Arc<CallShared>);
 
 impl Ctx {
-    fn call(&self) -> mlua::Result<Arc<CallShared>> {
-        match &self.0 {
-            Some(shared) => Ok(shared.clone()),
-            None => super::slice::running_call()
-                .ok_or_else(|| mlua::Error::runtime("ctx is only usable while its call runs")),
+    fn call(&self) -> mlua::Result<&Arc<CallShared>> {
+        if self.0.ended.load(Ordering::Acquire) {
+            return Err(mlua::Error::runtime(
+                "ctx used after its call ended (a closure kept it past the call)",
+            ));
         }
+        Ok(&self.0)
     }
-}
-
-fn abort(a: Abort) -> mlua::Error {
-    mlua::Error::external(a)
 }
 
 fn insert_metadata(map: &mut MetadataMap, key: &str, value: &[u8]) -> mlua::Result<()> {
@@ -187,42 +324,25 @@ impl UserData for Ctx {
             )
         });
         methods.add_async_method("sleep", |_, this, ms: f64| async move {
-            let wanted = Duration::from_secs_f64((ms.max(0.0)) / 1000.0);
-            let shared = this.call()?;
+            let shared = this.call()?.clone();
             drop(this);
-            match shared.deadline {
-                Some(d) if Instant::now() + wanted >= d => {
-                    tokio::time::sleep_until(d.into()).await;
-                    Err(abort(Abort::Deadline))
-                }
-                _ => {
-                    tokio::time::sleep(wanted).await;
-                    Ok(())
-                }
-            }
+            sleep(&shared, ms).await
         });
         // `ctx:send(msg)` for streaming calls is `try_send`, then `wait_send` only when the
-        // client is slow (see `sandbox::STREAM_CTX`): no async machinery per message.
+        // stream's buffer is full (see `sandbox::STREAM_CTX`): no async machinery per message.
         methods.add_method("try_send", |_, this, msg: LuaValue| {
             this.call()?.try_send(&msg)
         });
         methods.add_async_method("wait_send", |_, this, ()| async move {
-            let shared = this.call()?;
+            let shared = this.call()?.clone();
             drop(this);
-            let pending = shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            let sender = shared
-                .sender
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let pending = lock(&shared.pending).take();
+            let sender = lock(&shared.sender).clone();
             match (pending, sender) {
-                (Some(item), Some(sender)) => {
-                    sender.send(item).await.map_err(|_| abort(Abort::Cancelled))
-                }
+                (Some(item), Some(sender)) => sender
+                    .send(item)
+                    .await
+                    .map_err(|_| shared.abort_error(Abort::Cancelled)),
                 _ => Ok(()),
             }
         });
@@ -237,41 +357,70 @@ impl UserData for Ctx {
     }
 }
 
+/// `ctx:sleep(ms)`: any number of milliseconds; a sleep past the deadline ends the call with
+/// DEADLINE_EXCEEDED when the deadline comes, and one too long to represent sleeps until the
+/// deadline or cancellation.
+async fn sleep(shared: &CallShared, ms: f64) -> mlua::Result<()> {
+    if ms.is_nan() {
+        return Err(mlua::Error::runtime(
+            "ctx:sleep(ms): ms is not a number (nan)",
+        ));
+    }
+    let wanted = Duration::try_from_secs_f64(ms.max(0.0) / 1000.0).ok();
+    let until = wanted.and_then(|w| Instant::now().checked_add(w));
+    match (until, shared.deadline) {
+        (Some(until), Some(deadline)) if until < deadline => {
+            tokio::time::sleep_until(until.into()).await;
+            Ok(())
+        }
+        (Some(until), None) => {
+            tokio::time::sleep_until(until.into()).await;
+            Ok(())
+        }
+        (_, Some(deadline)) => {
+            tokio::time::sleep_until(deadline.into()).await;
+            Err(shared.abort_error(Abort::Deadline))
+        }
+        // Longer than any clock can say and no deadline: until the client goes away (the
+        // hook or the driver notices that).
+        (None, None) => std::future::pending().await,
+    }
+}
+
 impl CallShared {
-    /// Sends at once if the channel has room; otherwise parks the message for `wait_send`.
+    /// Sends at once if the stream's buffer has room; otherwise parks the message for
+    /// `wait_send`.
     fn try_send(&self, msg: &LuaValue) -> mlua::Result<bool> {
-        let sender = self
-            .sender
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(sender) = sender else {
+        let Some(sender) = lock(&self.sender).clone() else {
             return Err(mlua::Error::runtime(format!(
                 "ctx:send: the call to {} has ended",
                 self.method
             )));
         };
-        let message = outgoing_from_lua(msg, &self.output).map_err(|e| {
+        let Some(output) = self.output.as_ref() else {
+            return Ok(true);
+        };
+        let message = outgoing_from_lua(msg, output).map_err(|e| {
             mlua::Error::external(super::status::BadMessage(format!(
                 "{}: {} sent a bad {}: {e}",
                 self.script,
                 self.function,
-                self.output.full_name()
+                output.full_name()
             )))
         })?;
         self.mark_headers_sent();
         match sender.try_send(Ok(message)) {
             Ok(()) => Ok(true),
-            Err(mpsc::error::TrySendError::Full(item)) => {
-                *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(item);
+            Err(super::outbox::TrySendError::Full(item)) => {
+                *lock(&self.pending) = Some(item);
                 Ok(false)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(abort(Abort::Cancelled)),
+            Err(super::outbox::TrySendError::Closed) => Err(self.abort_error(Abort::Cancelled)),
         }
     }
 }
 
-/// Marks headers as sent when the script finishes without sending (so the driver can go on).
+/// Marks headers as sent when the script finishes without sending (so the stream answers).
 pub fn finish(shared: &CallShared) {
     shared.mark_headers_sent();
 }

@@ -100,6 +100,7 @@ pub fn new_state(
         | StdLib::OS;
     let lua = Lua::new_with(libs, LuaOptions::default())?;
     let g = lua.globals();
+    super::guard::install(&lua)?;
 
     type Prelude = (Function, Function, Function, Function, Function);
     let (readonly, deep_readonly, new_env, lock_env, stream_ctx): Prelude =

@@ -1,34 +1,39 @@
-//! Cooperative time slices for script coroutines on the server's worker threads.
+//! The running call's meter, as the instruction hook and library functions see it.
 //!
-//! While a call's coroutine is polled, [`CurrentCall`] makes that call "current" for the
-//! instruction hook (which reads it with [`with_current`]). When the hook yields a script whose
-//! slice is used up, the coroutine wakes itself; left alone, tokio would put the task straight
-//! back in this worker's LIFO slot, where no other worker can steal it, so two busy scripts that
-//! met on one worker would share it instead of running on two. `CurrentCall` catches that
-//! self-wake and yields through `tokio::task::yield_now`, which queues the task where idle
-//! workers can take it.
+//! Every Lua state lives on its own thread (see [`super::worker`]), so "the call this thread is
+//! running" is a thread-local: [`Running`] sets it while a call's coroutine is polled, while its
+//! result is converted, and while scripts load (with a load meter). The hook asks [`check`] every
+//! few thousand instructions; library functions written in Rust charge their work with
+//! [`charge`]. Once a call is aborted the abort is sticky: every later check raises it again, so
+//! no `pcall` can swallow it for long.
+//!
+//! Time slices: when a call has run for a slice, the hook yields its coroutine so other calls on
+//! the same state progress. The hook marks the coroutine it yields ([`mark_sliced`], per call
+//! and per coroutine, so interleaved calls and nested coroutines never mix marks up), and the
+//! `coroutine` wrappers in [`super::guard`] pass it up to the call's own
+//! coroutine and resume the inner one transparently.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::context::CallShared;
 use super::status::Abort;
 
 thread_local! {
-    /// The call whose coroutine this thread is running, since when, and whether the hook has
-    /// yielded it for using up its slice.
+    /// The call (or script load) this thread is running, and since when in this slice.
     static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
+    /// Where this thread shows the watchdog how long its current poll has run (see `worker`).
+    static HEARTBEAT: RefCell<Option<Arc<Heartbeat>>> = const { RefCell::new(None) };
 }
 
 struct Current {
     shared: Arc<CallShared>,
     since: Instant,
-    sliced: bool,
 }
 
 /// The call this thread is running, if any.
@@ -46,127 +51,142 @@ pub enum Check {
 /// Asked by the instruction hook every `step` instructions.
 pub fn check(step: u64, slice: Duration) -> Check {
     CURRENT.with(|c| {
-        match c
-            .try_borrow_mut()
-            .ok()
-            .as_deref_mut()
-            .and_then(Option::as_mut)
-        {
+        let Ok(current) = c.try_borrow() else {
+            return Check::Continue;
+        };
+        match current.as_ref() {
             None => Check::Continue,
             Some(current) => match current.shared.should_abort(step) {
                 Some(a) => Check::Abort(a),
-                None if current.since.elapsed() >= slice => {
-                    current.sliced = true;
-                    Check::Yield
-                }
+                None if current.since.elapsed() >= slice => Check::Yield,
                 None => Check::Continue,
             },
         }
     })
 }
 
-/// Forwards wakes to the task, except one that happens during the poll itself.
-struct SliceWaker {
-    task: Mutex<Option<Waker>>,
-    polling: AtomicBool,
-    woken_while_polling: AtomicBool,
-}
-
-impl Wake for SliceWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.polling.load(Ordering::Acquire) {
-            self.woken_while_polling.store(true, Ordering::Release);
-            return;
-        }
-        if let Some(w) = self.task.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            w.wake_by_ref();
-        }
+/// Charges `units` instructions' worth of work done outside the Lua VM (a pattern step, bytes
+/// copied) to the call running on this thread, or to the load budget while scripts load.
+/// Errors with the call's abort (which no `pcall` can catch) when it is over budget, past its
+/// deadline or cancelled; Ok when within bounds or when no call is running.
+pub fn charge(units: u64) -> mlua::Result<()> {
+    match check(units, Duration::MAX) {
+        Check::Abort(a) => Err(mlua::Error::external(a)),
+        _ => Ok(()),
     }
 }
 
-/// A script coroutine, polled with its call marked current. Calls that finish within their
-/// first slice (nearly all) never need the wake interception, so it is set up only once the
-/// hook has yielded the script.
-pub struct CurrentCall<F> {
+/// The sticky abort of the running call, if it was aborted.
+pub fn current_abort() -> Option<Abort> {
+    CURRENT.with(|c| c.try_borrow().ok()?.as_ref()?.shared.aborted())
+}
+
+/// The hook is yielding coroutine `thread` (a pointer) of the running call for a time slice.
+pub fn mark_sliced(thread: usize) {
+    if let Some(call) = running_call() {
+        call.mark_sliced(thread);
+    }
+}
+
+/// Whether coroutine `thread`'s last yield was the hook's (forgetting it).
+pub fn take_sliced(thread: usize) -> bool {
+    running_call().is_some_and(|call| call.take_sliced(thread))
+}
+
+/// When a state thread started its current poll of a call, for the watchdog on another thread.
+#[derive(Default)]
+pub struct Heartbeat {
+    /// Microseconds since [`epoch`] plus one; 0 while idle.
+    busy_since: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Heartbeat {
+    fn enter(&self) {
+        let micros = u64::try_from(epoch().elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        self.busy_since
+            .store(micros.saturating_add(1), Ordering::Relaxed);
+    }
+
+    fn leave(&self) {
+        self.busy_since.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the poll in progress has run; None while idle.
+    pub fn busy_for(&self) -> Option<Duration> {
+        let since = self.busy_since.load(Ordering::Relaxed).checked_sub(1)?;
+        let now = u64::try_from(epoch().elapsed().as_micros()).unwrap_or(u64::MAX);
+        Some(Duration::from_micros(now.saturating_sub(since)))
+    }
+}
+
+/// Makes this thread report its polls to `heartbeat`.
+pub fn set_heartbeat(heartbeat: Arc<Heartbeat>) {
+    epoch();
+    HEARTBEAT.with(|h| *h.borrow_mut() = Some(heartbeat));
+}
+
+fn heartbeat(f: impl FnOnce(&Heartbeat)) {
+    HEARTBEAT.with(|h| {
+        if let Some(h) = h.borrow().as_ref() {
+            f(h)
+        }
+    });
+}
+
+/// Runs `f` with `shared` as the current call (restoring whatever was current before).
+pub fn with_call<R>(shared: &Arc<CallShared>, f: impl FnOnce() -> R) -> R {
+    let entry = Current {
+        shared: shared.clone(),
+        since: Instant::now(),
+    };
+    let previous = CURRENT.with(|c| c.replace(Some(entry)));
+    let _restore = Restore(Some(previous));
+    f()
+}
+
+/// Puts back the previous current call, also when `f` unwinds.
+struct Restore(Option<Option<Current>>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Some(previous) = self.0.take() {
+            CURRENT.with(|c| *c.borrow_mut() = previous);
+        }
+    }
+}
+
+/// A poll this long was a busy time slice (see [`Running`]).
+const ADMIT_AFTER: Duration = Duration::from_millis(1);
+
+/// A call's coroutine, polled with its call current and a fresh time slice.
+pub struct Running<F> {
     shared: Arc<CallShared>,
     inner: F,
-    waker: Option<Arc<SliceWaker>>,
-    yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
-impl<F> CurrentCall<F> {
+impl<F> Running<F> {
     pub fn new(shared: Arc<CallShared>, inner: F) -> Self {
-        Self {
-            shared,
-            inner,
-            waker: None,
-            yielding: None,
-        }
+        Self { shared, inner }
     }
 }
 
-impl<F: Future + Unpin> Future for CurrentCall<F> {
+impl<F: Future + Unpin> Future for Running<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        if let Some(y) = this.yielding.as_mut() {
-            if y.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            this.yielding = None;
-        }
-        let entry = Current {
-            shared: this.shared.clone(),
-            since: Instant::now(),
-            sliced: false,
-        };
-        let previous = CURRENT.with(|c| c.replace(Some(entry)));
-        let result = match &this.waker {
-            None => Pin::new(&mut this.inner).poll(cx),
-            Some(slice_waker) => {
-                {
-                    let mut task = slice_waker.task.lock().unwrap_or_else(|e| e.into_inner());
-                    if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                        *task = Some(cx.waker().clone());
-                    }
-                }
-                let waker = Waker::from(slice_waker.clone());
-                let mut inner_cx = Context::from_waker(&waker);
-                slice_waker.polling.store(true, Ordering::Release);
-                let result = Pin::new(&mut this.inner).poll(&mut inner_cx);
-                slice_waker.polling.store(false, Ordering::Release);
-                result
-            }
-        };
-        let sliced = CURRENT
-            .with(|c| c.replace(previous))
-            .is_some_and(|c| c.sliced);
-        if result.is_pending() {
-            match &this.waker {
-                None if sliced => {
-                    // From now on, catch the coroutine's self-wake (see the module docs).
-                    this.waker = Some(Arc::new(SliceWaker {
-                        task: Mutex::new(Some(cx.waker().clone())),
-                        polling: AtomicBool::new(false),
-                        woken_while_polling: AtomicBool::new(false),
-                    }));
-                }
-                Some(w) if w.woken_while_polling.swap(false, Ordering::AcqRel) => {
-                    let mut y: Pin<Box<dyn Future<Output = ()> + Send>> =
-                        Box::pin(tokio::task::yield_now());
-                    if y.as_mut().poll(cx).is_pending() {
-                        this.yielding = Some(y);
-                    } else {
-                        cx.waker().wake_by_ref();
-                    }
-                }
-                _ => {}
-            }
+        heartbeat(Heartbeat::enter);
+        let started = Instant::now();
+        let result = with_call(&this.shared, || Pin::new(&mut this.inner).poll(cx));
+        heartbeat(Heartbeat::leave);
+        if result.is_pending() && started.elapsed() >= ADMIT_AFTER {
+            // A busy call used its slice: let calls that arrived meanwhile start now.
+            super::worker::admit_arrivals();
         }
         result
     }

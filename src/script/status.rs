@@ -55,6 +55,26 @@ pub enum Abort {
     Cancelled,
 }
 
+impl Abort {
+    /// A nonzero code for the sticky abort slot of a call.
+    pub fn code(self) -> u8 {
+        match self {
+            Abort::Budget(_) => 1,
+            Abort::Deadline => 2,
+            Abort::Cancelled => 3,
+        }
+    }
+
+    pub fn from_code(code: u8, budget: u64) -> Option<Self> {
+        match code {
+            1 => Some(Abort::Budget(budget)),
+            2 => Some(Abort::Deadline),
+            3 => Some(Abort::Cancelled),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Abort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

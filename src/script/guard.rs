@@ -1,0 +1,205 @@
+//! Wrappers that keep the server's own stops out of a script's reach.
+//!
+//! - `pcall`, `xpcall` and `coroutine.close` re-raise the running call's abort (budget, deadline,
+//!   cancellation) instead of returning it, so `while true do pcall(loop) end` ends. Lua runs a
+//!   message handler, and the `__close` handlers of a coroutine stopped by the hook, with hooks
+//!   off; so once a call is aborted, `xpcall` skips the user's handler and nothing is closed.
+//! - `coroutine.resume`/`wrap` pass a time-slice yield of the hook (and the waiting of `ctx:sleep`
+//!   and friends) up to the call's own coroutine and then resume the inner coroutine, so user
+//!   coroutines see exactly Lua 5.4's values, errors and statuses however long they run.
+//! - Every call runs through [`RUNNER`], which turns any error value into a message without
+//!   calling a metamethod (a table's `message` field, never its address) while the call is
+//!   still current.
+
+use mlua::{Function, Lua, Table, Value as LuaValue};
+
+use super::slice;
+
+/// Where the runner is kept in the state's registry.
+pub const RUNNER_KEY: &str = "protoserve.runner";
+
+const GUARD: &str = r#"
+local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING = ...
+local error, select, type = error, select, type
+local co = coroutine
+local co_create, co_resume, co_yield, co_status, co_close, co_isyieldable =
+  co.create, co.resume, co.yield, co.status, co.close, co.isyieldable
+
+-- Passed up from a coroutine the hook paused, to the call's own coroutine.
+local SLICE = {}
+
+local function after_protected(ok, ...)
+  if not ok then check() end
+  return ok, ...
+end
+
+local function pcall(f, ...)
+  return after_protected(raw_pcall(f, ...))
+end
+
+-- An error the hook raises runs the message handler with hooks off: once the call is aborted,
+-- the user's handler is skipped.
+local function xpcall(f, msgh, ...)
+  local function handler(e)
+    if aborted() then return e end
+    return msgh(e)
+  end
+  return after_protected(raw_xpcall(f, handler, ...))
+end
+
+-- A coroutine the hook stopped keeps hooks off, so its __close handlers would run unbounded:
+-- once the call is aborted, nothing is closed.
+local function close(c)
+  check()
+  return after_protected(co_close(c))
+end
+
+local after_resume
+local function pause_and_continue(c, marker)
+  if co_isyieldable() then
+    co_yield(marker)
+  elseif marker == PENDING then
+    error("cannot wait (ctx:sleep, ctx:send, reading the stream) inside a coroutine " ..
+      "resumed from a metamethod, a sort comparator or a gsub callback", 0)
+  end
+  return after_resume(c, co_resume(c))
+end
+
+after_resume = function(c, ok, ...)
+  if not ok then
+    check()
+    return ok, ...
+  end
+  local n = select('#', ...)
+  if n == 0 then
+    if take_sliced(c) and co_status(c) == "suspended" then
+      return pause_and_continue(c, SLICE)
+    end
+  elseif n == 1 then
+    local v = ...
+    if v == SLICE or v == PENDING then
+      return pause_and_continue(c, v)
+    end
+  end
+  return ok, ...
+end
+
+local function resume(c, ...)
+  return after_resume(c, co_resume(c, ...))
+end
+
+local function yield(...)
+  if select('#', ...) == 0 then clear_sliced() end
+  return co_yield(...)
+end
+
+local function after_wrap(c, ok, ...)
+  if ok then return ... end
+  local err = ...
+  check()
+  if co_status(c) == "dead" then
+    local closed, e = co_close(c)
+    if not closed then err = e end
+  end
+  check()
+  if type(err) == "string" then error(err, 2) end
+  error(err, 0)
+end
+
+local function wrap(f)
+  local c = co_create(f)
+  return function(...)
+    return after_wrap(c, resume(c, ...))
+  end
+end
+
+co.resume, co.wrap, co.yield, co.close = resume, wrap, yield, close
+
+local function finish(ok, ...)
+  if ok then return ... end
+  return fail((...))
+end
+
+-- Every call: f(req, ctx), with its error made safe to read.
+local function run(f, req, ctx)
+  return finish(raw_xpcall(f, normalize, req, ctx))
+end
+
+return pcall, xpcall, run
+"#;
+
+/// Installs the wrappers in `lua`'s globals and `coroutine` table (before they are frozen) and
+/// keeps the call runner in the registry.
+pub fn install(lua: &Lua) -> mlua::Result<()> {
+    let g = lua.globals();
+    let check = lua.create_function(|_, ()| match slice::current_abort() {
+        Some(a) => Err(mlua::Error::external(a)),
+        None => Ok(()),
+    })?;
+    let aborted = lua.create_function(|_, ()| Ok(slice::current_abort().is_some()))?;
+    let take_sliced =
+        lua.create_function(|_, c: mlua::Thread| Ok(slice::take_sliced(c.to_pointer() as usize)))?;
+    // A user's own yield: any mark the hook left on this coroutine without yielding it (at a
+    // spot where it could not yield) is stale.
+    let clear_sliced = lua.create_function(|lua, ()| {
+        slice::take_sliced(lua.current_thread().to_pointer() as usize);
+        Ok(())
+    })?;
+    let normalize_fn = lua.create_function(|_, e: LuaValue| Ok(normalize(e)))?;
+    let fail = lua.create_function(|_, e: LuaValue| -> mlua::Result<()> {
+        if let Some(a) = slice::current_abort() {
+            return Err(mlua::Error::external(a));
+        }
+        Err(match e {
+            LuaValue::Error(e) => *e,
+            // Only what never reached the message handler arrives as a plain string: a
+            // memory error, or an error inside the handler.
+            LuaValue::String(s) if s.as_bytes().as_ref() == b"not enough memory" => {
+                mlua::Error::MemoryError("not enough memory".into())
+            }
+            other => match normalize(other) {
+                LuaValue::Error(e) => *e,
+                _ => mlua::Error::runtime("script failed"),
+            },
+        })
+    })?;
+    let pending = LuaValue::LightUserData(Lua::poll_pending());
+    let (pcall, xpcall, run): (Function, Function, Function) =
+        lua.load(GUARD).set_name("=protoserve guard").call((
+            g.get::<Function>("pcall")?,
+            g.get::<Function>("xpcall")?,
+            check,
+            aborted,
+            take_sliced,
+            clear_sliced,
+            normalize_fn,
+            fail,
+            pending,
+        ))?;
+    g.raw_set("pcall", pcall)?;
+    g.raw_set("xpcall", xpcall)?;
+    lua.set_named_registry_value(RUNNER_KEY, run)?;
+    Ok(())
+}
+
+/// An error value as an error with a readable message, read without metamethods.
+fn normalize(e: LuaValue) -> LuaValue {
+    let message = match e {
+        LuaValue::Error(_) => return e,
+        LuaValue::String(s) => s.to_string_lossy(),
+        LuaValue::Table(t) => table_message(&super::convert::unwrap_readonly(t)),
+        LuaValue::Nil => "script raised nil (error() without a message)".to_owned(),
+        LuaValue::Integer(n) => n.to_string(),
+        LuaValue::Number(n) => n.to_string(),
+        LuaValue::Boolean(b) => format!("script raised {b} (no message)"),
+        other => format!("script raised a {} (no message)", other.type_name()),
+    };
+    LuaValue::Error(Box::new(mlua::Error::RuntimeError(message)))
+}
+
+fn table_message(t: &Table) -> String {
+    match t.raw_get::<LuaValue>("message") {
+        Ok(LuaValue::String(s)) => s.to_string_lossy(),
+        _ => "script raised a table (no message)".to_owned(),
+    }
+}

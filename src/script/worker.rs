@@ -1,0 +1,715 @@
+//! The threads Lua runs on: never the ones that drive the network.
+//!
+//! Each Lua state lives on its own OS thread, which runs a small executor (a current-thread
+//! tokio runtime and a `LocalSet`) for that state's calls: each call is a task driving the
+//! call's coroutine, so calls waiting on timers, request streams or a slow client interleave,
+//! and the instruction hook yields a busy call every couple of milliseconds so the others on
+//! the same state keep moving. Calls arrive through a channel; answers go back through the
+//! call's oneshot (and a bounded outbox for streams). A busy call also admits newly arrived
+//! calls at each time slice, so they do not wait behind it for the executor's own turn.
+//!
+//! A state that cannot be trusted any more is replaced by a fresh one with every script loaded
+//! again: after a panic on its thread, after a memory error that leaves it over its limit once
+//! collected, and (by the watchdog) when one poll has run far longer than any time slice, which
+//! only happens when a call is stuck in a library function. The log says which state and why.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use mlua::{Function, HookTriggers, Lua, Table, VmState};
+use tokio::sync::mpsc;
+
+use super::context::{CallShared, CallSpec};
+use super::guard::RUNNER_KEY;
+use super::sandbox::{self, Sandbox};
+use super::slice::{self, Heartbeat};
+use super::status::Abort;
+use super::{ScriptOptions, ScriptSetupError};
+use crate::data::DataSets;
+use crate::error::{Location, StartupError};
+use crate::handler::Requests;
+
+/// Instructions between two checks of the budget, deadline and cancellation.
+const HOOK_STEP: u32 = 10_000;
+
+/// How long a script may run before the hook yields it so other calls can go on.
+const TIME_SLICE: Duration = Duration::from_millis(2);
+
+/// Wall-clock limit on loading one script file (its top-level code and what it requires).
+const LOAD_TIME: Duration = Duration::from_secs(5);
+
+/// What every state is built from, kept to build replacements.
+pub struct Recipe {
+    pub handlers_dir: PathBuf,
+    pub data: DataSets,
+    pub options: ScriptOptions,
+    /// Script files in load order, with their text.
+    pub scripts: Vec<(PathBuf, String)>,
+    /// Handler functions: (index into `scripts`, function name).
+    pub functions: Vec<(usize, String)>,
+}
+
+/// A state with every script loaded.
+pub struct State {
+    pub lua: Lua,
+    /// The memory limit, for messages.
+    pub memory_limit: usize,
+    pub functions: Vec<Function>,
+    pub stream_ctx: Function,
+    pub runner: Function,
+    /// Coroutines of calls that returned normally, ready for the next call.
+    spare: RefCell<Vec<mlua::Thread>>,
+}
+
+/// Spare coroutines kept per state.
+const SPARE_THREADS: usize = 64;
+
+impl State {
+    /// A coroutine ready to run the runner: a spare one, or a new one.
+    pub fn thread(&self) -> mlua::Result<mlua::Thread> {
+        match self.spare.borrow_mut().pop() {
+            Some(t) => Ok(t),
+            None => self.lua.create_thread(self.runner.clone()),
+        }
+    }
+
+    /// Keeps `thread` for another call if it finished normally (so nothing of its call is
+    /// left in it: no pending to-be-closed variable, no frame).
+    pub fn recycle(&self, thread: mlua::Thread) {
+        if thread.status() != mlua::ThreadStatus::Finished {
+            return;
+        }
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < SPARE_THREADS && thread.reset(self.runner.clone()).is_ok() {
+            spare.push(thread);
+        }
+    }
+}
+
+/// A state being loaded.
+pub struct Loading {
+    pub lua: Lua,
+    memory_limit: usize,
+    sandbox: Sandbox,
+    envs: HashMap<PathBuf, Table>,
+    pub functions: Vec<Function>,
+}
+
+fn lua_setup_error(what: &str, e: mlua::Error) -> StartupError {
+    StartupError::Script {
+        location: Location::file("handlers"),
+        message: format!("{what}: {e}"),
+        hint: None,
+    }
+}
+
+thread_local! {
+    /// Where the hook stopped a script load (source, line), for the startup error.
+    static LOAD_STOPPED_AT: RefCell<Option<(String, usize)>> = const { RefCell::new(None) };
+}
+
+/// The `method` of a load's meter, so the hook knows it is stopping a load.
+const LOADING: &str = "(loading scripts)";
+
+impl Loading {
+    /// A fresh sandboxed state with the hook installed.
+    pub fn new(
+        recipe_dir: &std::path::Path,
+        data: &DataSets,
+        options: &ScriptOptions,
+    ) -> Result<Self, StartupError> {
+        let (lua, sandbox) = sandbox::new_state(recipe_dir, data, options.memory_limit)
+            .map_err(|e| lua_setup_error("setting up Lua", e))?;
+        // One hook for every coroutine of this state; it checks whichever call is current.
+        lua.set_global_hook(
+            HookTriggers::new().every_nth_instruction(HOOK_STEP),
+            |lua, debug| match slice::check(u64::from(HOOK_STEP), TIME_SLICE) {
+                slice::Check::Continue => Ok(VmState::Continue),
+                slice::Check::Yield => {
+                    slice::mark_sliced(lua.current_thread().to_pointer() as usize);
+                    Ok(VmState::Yield)
+                }
+                slice::Check::Abort(a) => {
+                    if slice::running_call().is_some_and(|c| c.method == LOADING) {
+                        let source = debug
+                            .source()
+                            .source
+                            .map(|s| s.strip_prefix('@').unwrap_or(&s).to_owned());
+                        let line = debug.current_line().unwrap_or(0);
+                        LOAD_STOPPED_AT.with(|l| {
+                            *l.borrow_mut() = source.map(|s| (s, line));
+                        });
+                    }
+                    Err(mlua::Error::external(a))
+                }
+            },
+        )
+        .map_err(|e| lua_setup_error("installing the instruction hook", e))?;
+        // Calls make many short-lived tables and strings: generational collection suits them.
+        lua.gc_gen(0, 0);
+        Ok(Self {
+            lua,
+            memory_limit: options.memory_limit,
+            sandbox,
+            envs: HashMap::new(),
+            functions: Vec::new(),
+        })
+    }
+
+    /// Loads `source` (once per path) under the load budget; its environment.
+    pub fn load_script(
+        &mut self,
+        path: &std::path::Path,
+        source: &str,
+        options: &ScriptOptions,
+    ) -> Result<Table, ScriptSetupError> {
+        if let Some(env) = self.envs.get(path) {
+            return Ok(env.clone());
+        }
+        let env: Table = self.sandbox.new_env.call(self.lua.globals()).map_err(|e| {
+            ScriptSetupError::Script(lua_setup_error("creating a script environment", e))
+        })?;
+        let chunk = self
+            .lua
+            .load(source)
+            .set_name(format!("@{}", path.display()))
+            .set_mode(mlua::ChunkMode::Text)
+            .set_environment(env.clone());
+        let meter = Arc::new(CallShared::new(CallSpec {
+            method: LOADING,
+            script: Arc::from(path.display().to_string().as_str()),
+            function: Arc::from(""),
+            output: None,
+            metadata: Default::default(),
+            started: Instant::now(),
+            deadline: Instant::now().checked_add(LOAD_TIME),
+            budget: options.instructions,
+            streams_output: false,
+            reply: None,
+            outbox: None,
+        }));
+        LOAD_STOPPED_AT.with(|l| l.borrow_mut().take());
+        let result = slice::with_call(&meter, || chunk.exec());
+        if let Err(e) = result {
+            return Err(ScriptSetupError::Script(load_error(path, &e, &meter)));
+        }
+        self.envs.insert(path.to_path_buf(), env.clone());
+        Ok(env)
+    }
+
+    /// Locks every script environment: the state is ready to serve.
+    pub fn finish(self) -> Result<State, StartupError> {
+        for (path, env) in &self.envs {
+            self.sandbox
+                .lock_env
+                .call::<()>((env.clone(), self.lua.globals(), path.display().to_string()))
+                .map_err(|e| lua_setup_error("locking script globals", e))?;
+        }
+        let runner: Function = self
+            .lua
+            .named_registry_value(RUNNER_KEY)
+            .map_err(|e| lua_setup_error("finding the call runner", e))?;
+        Ok(State {
+            memory_limit: self.memory_limit,
+            stream_ctx: self.sandbox.stream_ctx.clone(),
+            lua: self.lua,
+            functions: self.functions,
+            runner,
+            spare: RefCell::new(Vec::new()),
+        })
+    }
+}
+
+/// A failed load as `file:line: what`, stops by the load budget included.
+fn load_error(path: &std::path::Path, e: &mlua::Error, meter: &CallShared) -> StartupError {
+    if let Some(a) = meter.aborted() {
+        let (file, line) = LOAD_STOPPED_AT
+            .with(|l| l.borrow_mut().take())
+            .map(|(s, l)| (PathBuf::from(s), l))
+            .unwrap_or_else(|| (path.to_path_buf(), 0));
+        let message = match a {
+            Abort::Deadline => format!(
+                "loading the script ran for more than {} s (an endless loop at the top level?)",
+                LOAD_TIME.as_secs()
+            ),
+            other => format!("loading the script stopped: {other}"),
+        };
+        return StartupError::Script {
+            location: Location::at(file, line, 0),
+            message,
+            hint: Some(
+                "top-level code runs once per Lua state at startup and must finish quickly; do the work inside the handler function".into(),
+            ),
+        };
+    }
+    super::script_startup_error(path, e)
+}
+
+/// Builds a state from the recipe (for each state thread, and for replacements).
+pub fn build(recipe: &Recipe) -> Result<State, StartupError> {
+    let mut loading = Loading::new(&recipe.handlers_dir, &recipe.data, &recipe.options)?;
+    for (path, source) in &recipe.scripts {
+        loading
+            .load_script(path, source, &recipe.options)
+            .map_err(|e| match e {
+                ScriptSetupError::Script(e) => e,
+                ScriptSetupError::Entry(m) => {
+                    lua_setup_error("loading scripts", mlua::Error::runtime(m))
+                }
+            })?;
+    }
+    for (script, name) in &recipe.functions {
+        let path = &recipe.scripts[*script].0;
+        let f = loading
+            .envs
+            .get(path)
+            .and_then(|env| env.raw_get::<Function>(name.as_str()).ok())
+            .ok_or_else(|| {
+                lua_setup_error(
+                    "loading scripts",
+                    mlua::Error::runtime(format!("{} no longer defines {name}", path.display())),
+                )
+            })?;
+        loading.functions.push(f);
+    }
+    loading.finish()
+}
+
+/// One call handed to a state thread.
+pub struct Job {
+    pub function: usize,
+    pub shared: Arc<CallShared>,
+    pub requests: Requests,
+}
+
+/// The thread currently serving a slot: how it reports its polls, and how it is told to stop.
+struct Generation {
+    heartbeat: Arc<Heartbeat>,
+    condemned: Arc<tokio::sync::Notify>,
+}
+
+impl Generation {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            heartbeat: Arc::default(),
+            condemned: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+}
+
+/// Calls waiting for a state thread; shared by a stuck thread and its replacement, which
+/// each hold the lock only to take one call.
+type Queue = Arc<Mutex<mpsc::UnboundedReceiver<Job>>>;
+
+/// One state's place in the pool.
+pub struct Slot {
+    tx: mpsc::UnboundedSender<Job>,
+    queue: Queue,
+    current: RwLock<Arc<Generation>>,
+    generation: AtomicU64,
+    /// Tells the serving thread to poll the queue again: a replaced thread may have been the
+    /// last to register for its wake-ups.
+    kick: tokio::sync::Notify,
+    /// Calls handed to this slot and not finished yet.
+    pub active: AtomicUsize,
+}
+
+/// Every state thread, and what they are built from.
+pub struct Pool {
+    pub slots: Vec<Slot>,
+    recipe: Recipe,
+    next: AtomicUsize,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pool {
+    /// Starts `n` state threads; `first` (already loaded) serves the first one.
+    pub fn start(recipe: Recipe, n: usize, first: State) -> Result<Arc<Pool>, StartupError> {
+        let stuck_after = recipe.options.stuck_after;
+        let slots = (0..n.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                Slot {
+                    tx,
+                    queue: Arc::new(Mutex::new(rx)),
+                    current: RwLock::new(Generation::new()),
+                    generation: AtomicU64::new(0),
+                    kick: tokio::sync::Notify::new(),
+                    active: AtomicUsize::new(0),
+                }
+            })
+            .collect();
+        let pool = Arc::new(Pool {
+            slots,
+            recipe,
+            next: AtomicUsize::new(0),
+        });
+        let mut first = Some(first);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        for index in 0..pool.slots.len() {
+            spawn_thread(&pool, index, 0, first.take(), Some(ready_tx.clone()))?;
+        }
+        drop(ready_tx);
+        for result in ready_rx {
+            result?;
+        }
+        let watched = Arc::downgrade(&pool);
+        std::thread::Builder::new()
+            .name("lua-watchdog".into())
+            .spawn(move || watchdog(watched, stuck_after))
+            .map_err(|e| StartupError::Usage(format!("cannot start the script watchdog: {e}")))?;
+        Ok(pool)
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.recipe.options.instructions
+    }
+
+    /// The least busy state; the scan starts at a rotating index, so calls arriving together
+    /// spread over equally idle states instead of all taking the first.
+    pub fn pick(&self) -> usize {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut best = start;
+        let mut load = self.slots[start].active.load(Ordering::Relaxed);
+        for i in (start + 1..n).chain(0..start) {
+            if load == 0 {
+                break;
+            }
+            let l = self.slots[i].active.load(Ordering::Relaxed);
+            if l < load {
+                best = i;
+                load = l;
+            }
+        }
+        best
+    }
+
+    /// Hands `job` to the state at `index`; false if its thread is gone.
+    pub fn submit(&self, index: usize, job: Job) -> bool {
+        let slot = &self.slots[index];
+        slot.active.fetch_add(1, Ordering::Relaxed);
+        if slot.tx.send(job).is_ok() {
+            return true;
+        }
+        slot.active.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Puts a fresh thread and state in place of a stuck one; it takes the calls waiting.
+    fn replace(self: &Arc<Self>, index: usize, why: &str) {
+        let slot = &self.slots[index];
+        let id = slot.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::warn!("script state {index} replaced: {why}; a fresh state takes its calls");
+        let old = std::mem::replace(
+            &mut *slot.current.write().unwrap_or_else(|e| e.into_inner()),
+            Generation::new(),
+        );
+        old.condemned.notify_one();
+        if let Err(e) = spawn_thread(self, index, id, None, None) {
+            tracing::error!("script state {index}: {e}");
+        }
+    }
+}
+
+fn spawn_thread(
+    pool: &Arc<Pool>,
+    index: usize,
+    generation: u64,
+    state: Option<State>,
+    ready: Option<std::sync::mpsc::Sender<Result<(), StartupError>>>,
+) -> Result<(), StartupError> {
+    let pool = pool.clone();
+    let current = read(&pool.slots[index].current).clone();
+    std::thread::Builder::new()
+        .name(format!("lua-{index}"))
+        .spawn(move || state_thread(pool, index, generation, current, state, ready))
+        .map(|_| ())
+        .map_err(|e| StartupError::Usage(format!("cannot start a script thread: {e}")))
+}
+
+/// Why a state stopped serving.
+enum Exit {
+    /// Its channel closed (replaced by the watchdog, or the server is stopping).
+    Closed,
+    /// It must be rebuilt (the reason goes to the log).
+    Unrecoverable(String),
+}
+
+/// A state thread: builds its state (unless given one), serves it, rebuilds it when it
+/// cannot be trusted any more.
+fn state_thread(
+    pool: Arc<Pool>,
+    index: usize,
+    generation: u64,
+    current: Arc<Generation>,
+    mut state: Option<State>,
+    mut ready: Option<std::sync::mpsc::Sender<Result<(), StartupError>>>,
+) {
+    slice::set_heartbeat(current.heartbeat.clone());
+    loop {
+        let loaded = match state.take() {
+            Some(s) => s,
+            None => match build(&pool.recipe) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("script state {index} could not be built: {e}");
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(Err(e));
+                    }
+                    return;
+                }
+            },
+        };
+        if let Some(r) = ready.take() {
+            let _ = r.send(Ok(()));
+        }
+        let loaded = Rc::new(loaded);
+        let served = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            serve(&pool, index, generation, &current, &loaded)
+        }));
+        INBOX.with(|i| i.borrow_mut().take());
+        teardown(loaded);
+        match served {
+            Ok(Exit::Closed) => return,
+            Ok(Exit::Unrecoverable(why)) => {
+                tracing::warn!(
+                    "script state {index} replaced: {why}; its calls in progress failed"
+                );
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                tracing::error!(
+                    "script state {index} replaced: its thread panicked ({what}); its calls in progress failed"
+                );
+            }
+        }
+        if pool.slots[index].generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+    }
+}
+
+/// Runs `f` (state housekeeping outside any call: collecting, closing) under a small budget,
+/// so whatever Lua code it sets off (finalizers) is bounded too.
+fn housekeeping<R>(what: &'static str, f: impl FnOnce() -> R) -> R {
+    let meter = Arc::new(CallShared::new(CallSpec {
+        method: what,
+        script: Arc::from(""),
+        function: Arc::from(""),
+        output: None,
+        metadata: Default::default(),
+        started: Instant::now(),
+        deadline: Instant::now().checked_add(Duration::from_millis(200)),
+        budget: 10_000_000,
+        streams_output: false,
+        reply: None,
+        outbox: None,
+    }));
+    slice::with_call(&meter, f)
+}
+
+/// Drops a state (finalizers, to-be-closed variables of its main thread run bounded).
+fn teardown(state: Rc<State>) {
+    housekeeping("(closing a script state)", move || drop(state));
+}
+
+thread_local! {
+    /// This thread's job queue, so a busy call can admit new calls at its time slices.
+    static INBOX: RefCell<Option<Inbox>> = const { RefCell::new(None) };
+}
+
+struct Inbox {
+    queue: Queue,
+    state: Rc<State>,
+    pool: Arc<Pool>,
+    index: usize,
+    generation: u64,
+    unrecoverable: Rc<RefCell<Option<String>>>,
+    wake: Rc<tokio::sync::Notify>,
+}
+
+impl Inbox {
+    fn replaced(&self) -> bool {
+        self.pool.slots[self.index]
+            .generation
+            .load(Ordering::Acquire)
+            != self.generation
+    }
+
+    /// Starts a call as a task of this thread; false when this generation was replaced.
+    fn admit(&self, job: Job) -> bool {
+        if self.replaced() {
+            // Replaced while stuck: the new state takes it.
+            let slot = &self.pool.slots[self.index];
+            slot.active.fetch_sub(1, Ordering::Relaxed);
+            let _ = self.pool.submit(self.index, job);
+            return false;
+        }
+        let state = self.state.clone();
+        let pool = self.pool.clone();
+        let index = self.index;
+        let unrecoverable = self.unrecoverable.clone();
+        let wake = self.wake.clone();
+        tokio::task::spawn_local(async move {
+            let memory_error = super::run_call(&state, job).await;
+            pool.slots[index].active.fetch_sub(1, Ordering::Relaxed);
+            if memory_error {
+                check_memory(&state, &pool, &unrecoverable, &wake);
+            }
+        });
+        true
+    }
+}
+
+/// After a memory error: collect, and give the state up if it is still over its limit.
+fn check_memory(
+    state: &State,
+    pool: &Pool,
+    unrecoverable: &RefCell<Option<String>>,
+    wake: &tokio::sync::Notify,
+) {
+    let used = housekeeping("(collecting after a memory error)", || {
+        let _ = state.lua.gc_collect();
+        let _ = state.lua.gc_collect();
+        state.lua.used_memory()
+    });
+    let limit = pool.recipe.options.memory_limit;
+    if used > limit / 10 * 9 {
+        *unrecoverable.borrow_mut() = Some(format!(
+            "after a memory error it still uses {} MiB of its {} MiB once collected",
+            used >> 20,
+            limit >> 20
+        ));
+        wake.notify_one();
+    }
+}
+
+/// Called at a time slice of a busy call: starts calls that arrived meanwhile.
+pub fn admit_arrivals() {
+    INBOX.with(|i| {
+        let Ok(inbox) = i.try_borrow() else { return };
+        let Some(inbox) = inbox.as_ref() else { return };
+        loop {
+            if inbox.replaced() {
+                return;
+            }
+            let job = lock(&inbox.queue).try_recv();
+            match job {
+                Ok(job) => {
+                    if !inbox.admit(job) {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+/// Serves calls until the channel closes or the state must go.
+fn serve(
+    pool: &Arc<Pool>,
+    index: usize,
+    generation: u64,
+    current: &Generation,
+    state: &Rc<State>,
+) -> Exit {
+    let queue = pool.slots[index].queue.clone();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return Exit::Unrecoverable(format!("cannot start its executor: {e}")),
+    };
+    let local = tokio::task::LocalSet::new();
+    let unrecoverable = Rc::new(RefCell::new(None));
+    let wake = Rc::new(tokio::sync::Notify::new());
+    INBOX.with(|i| {
+        *i.borrow_mut() = Some(Inbox {
+            queue: queue.clone(),
+            state: state.clone(),
+            pool: pool.clone(),
+            index,
+            generation,
+            unrecoverable: unrecoverable.clone(),
+            wake: wake.clone(),
+        })
+    });
+    let exit = local.block_on(&runtime, async {
+        loop {
+            let next = poll_fn(|cx| lock(&queue).poll_recv(cx));
+            let job = tokio::select! {
+                biased;
+                () = current.condemned.notified() => {
+                    pool.slots[index].kick.notify_one();
+                    return Exit::Closed;
+                }
+                () = pool.slots[index].kick.notified() => continue,
+                job = next => job,
+                () = wake.notified() => {
+                    if let Some(why) = unrecoverable.borrow_mut().take() {
+                        return Exit::Unrecoverable(why);
+                    }
+                    continue;
+                }
+            };
+            let Some(job) = job else {
+                return Exit::Closed;
+            };
+            let admitted =
+                INBOX.with(|i| i.borrow().as_ref().is_some_and(|inbox| inbox.admit(job)));
+            if !admitted {
+                // Replaced: finish what runs here.
+                pool.slots[index].kick.notify_one();
+                return Exit::Closed;
+            }
+        }
+    });
+    if matches!(exit, Exit::Closed) {
+        // Let the calls in progress finish.
+        runtime.block_on(local);
+    }
+    INBOX.with(|i| i.borrow_mut().take());
+    exit
+}
+
+/// Replaces states whose current poll has run far past any time slice.
+fn watchdog(pool: std::sync::Weak<Pool>, stuck_after: Duration) {
+    let period = (stuck_after / 4).max(Duration::from_millis(20));
+    loop {
+        std::thread::sleep(period);
+        let Some(pool) = pool.upgrade() else { return };
+        for index in 0..pool.slots.len() {
+            let busy = read(&pool.slots[index].current).heartbeat.busy_for();
+            if let Some(busy) = busy.filter(|b| *b >= stuck_after) {
+                pool.replace(
+                    index,
+                    &format!(
+                        "a call has run {} ms without returning to its executor (stuck in a library function?)",
+                        busy.as_millis()
+                    ),
+                );
+            }
+        }
+    }
+}
