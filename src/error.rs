@@ -198,6 +198,9 @@ pub enum CallError {
     NotGrpc { content_type: String },
     /// A response over `--max-message-size`.
     ResponseTooLarge { len: usize, limit: usize },
+    /// A script's reply passed `--max-message-size` while it was converted (so it was never
+    /// built in full).
+    ReplyTooLarge { method: &'static str, limit: usize },
     /// A response message that could not be encoded.
     Encode { message: String },
     /// An error already expressed as a status (from tonic's decoder, for instance).
@@ -264,6 +267,10 @@ impl From<CallError> for Status {
             )),
             CallError::ResponseTooLarge { len, limit } => Status::resource_exhausted(format!(
                 "the response is {len} bytes, over the limit of {limit} bytes; raise it with --max-message-size"
+            )),
+            CallError::ReplyTooLarge { method, limit } => Status::resource_exhausted(format!(
+                "{method}: the response passed the limit of {limit} bytes while the script's reply \
+                 was converted; send less, or raise the limit with --max-message-size"
             )),
             CallError::Encode { message } => {
                 Status::internal(format!("encoding the response failed: {message}"))

@@ -87,6 +87,7 @@ impl LoadArgs {
                 states: self.script_states,
                 instructions: self.script_instructions,
                 memory_limit: self.script_memory.saturating_mul(1024 * 1024),
+                max_message_size: self.max_message_size,
             },
         }
     }

@@ -203,8 +203,8 @@ impl UserData for Ctx {
         });
         // `ctx:send(msg)` for streaming calls is `try_send`, then `wait_send` only when the
         // client is slow (see `sandbox::STREAM_CTX`): no async machinery per message.
-        methods.add_method("try_send", |_, this, msg: LuaValue| {
-            this.call()?.try_send(&msg)
+        methods.add_method("try_send", |lua, this, msg: LuaValue| {
+            this.call()?.try_send(lua, &msg)
         });
         methods.add_async_method("wait_send", |_, this, ()| async move {
             let shared = this.call()?;
@@ -239,7 +239,7 @@ impl UserData for Ctx {
 
 impl CallShared {
     /// Sends at once if the channel has room; otherwise parks the message for `wait_send`.
-    fn try_send(&self, msg: &LuaValue) -> mlua::Result<bool> {
+    fn try_send(&self, lua: &mlua::Lua, msg: &LuaValue) -> mlua::Result<bool> {
         let sender = self
             .sender
             .lock()
@@ -251,13 +251,15 @@ impl CallShared {
                 self.method
             )));
         };
-        let message = outgoing_from_lua(msg, &self.output).map_err(|e| {
-            mlua::Error::external(super::status::BadMessage(format!(
-                "{}: {} sent a bad {}: {e}",
-                self.script,
-                self.function,
-                self.output.full_name()
-            )))
+        let message = outgoing_from_lua(lua, msg, &self.output).map_err(|e| {
+            e.into_lua_error(|e| {
+                mlua::Error::external(super::status::BadMessage(format!(
+                    "{}: {} sent a bad {}: {e}",
+                    self.script,
+                    self.function,
+                    self.output.full_name()
+                )))
+            })
         })?;
         self.mark_headers_sent();
         match sender.try_send(Ok(message)) {

@@ -15,8 +15,10 @@
 //! - client streaming: `for msg in stream do … end`, then return one response
 //! - bidi: iterate `stream` and `ctx:send` as you go
 
+pub mod bytecode;
 pub mod context;
 pub mod convert;
+pub mod freeze;
 pub mod sandbox;
 pub mod slice;
 pub mod status;
@@ -35,7 +37,7 @@ use tonic::Status;
 
 use crate::codec::Incoming;
 use crate::data::DataSets;
-use crate::error::{CallError, Location, StartupError};
+use crate::error::{CallError, Location, StartupError, StartupErrors};
 use crate::handler::{Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses};
 use context::{CallShared, Ctx};
 use convert::{message_to_lua, outgoing_from_lua, unwrap_readonly};
@@ -55,6 +57,8 @@ pub struct ScriptOptions {
     pub instructions: u64,
     /// Bytes of memory per Lua state.
     pub memory_limit: usize,
+    /// The largest reply, in bytes (`--max-message-size`); converting a bigger one stops early.
+    pub max_message_size: usize,
 }
 
 impl Default for ScriptOptions {
@@ -63,6 +67,7 @@ impl Default for ScriptOptions {
             states: 0,
             instructions: 100_000_000,
             memory_limit: 256 * 1024 * 1024,
+            max_message_size: 4 * 1024 * 1024,
         }
     }
 }
@@ -120,8 +125,12 @@ impl EngineBuilder {
         };
         let mut states = Vec::with_capacity(n);
         for _ in 0..n {
-            let (lua, sandbox) = sandbox::new_state(handlers_dir, data, options.memory_limit)
-                .map_err(|e| lua_setup_error("setting up Lua", e))?;
+            let (lua, sandbox) = sandbox::new_state(
+                handlers_dir,
+                data,
+                options.memory_limit,
+                options.max_message_size,
+            )?;
             states.push((lua, sandbox, HashMap::new(), Vec::new()));
         }
         Ok(Self {
@@ -196,16 +205,25 @@ impl EngineBuilder {
         }))
     }
 
-    /// Locks every script environment and hands the pool to the handlers.
-    pub fn finish(self) -> Result<(), StartupError> {
+    /// Locks and freezes what every script built while loading, and hands the pool to the
+    /// handlers.
+    pub fn finish(self) -> Result<(), StartupErrors> {
         let mut slots = Vec::with_capacity(self.states.len());
         for (lua, sandbox, envs, functions) in self.states {
-            for (path, env) in envs {
+            for (path, env) in &envs {
                 sandbox
                     .lock_env
                     .call::<()>((env, lua.globals(), path.display().to_string()))
                     .map_err(|e| lua_setup_error("locking script globals", e))?;
             }
+            // The code check is the same for every state: once is enough.
+            sandbox::finish_loading(
+                &lua,
+                &sandbox,
+                &envs,
+                slots.is_empty(),
+                self.options.memory_limit,
+            )?;
             // One hook for every coroutine of this state; it checks whichever call is running.
             lua.set_global_hook(
                 HookTriggers::new().every_nth_instruction(HOOK_STEP),
@@ -278,7 +296,8 @@ fn script_startup_error(path: &Path, e: &mlua::Error) -> StartupError {
         Some((line, msg)) if line.parse::<usize>().is_ok() => {
             (line.parse().unwrap_or(0), msg.trim().to_owned())
         }
-        _ => (0, text.clone()),
+        // Raised inside a library function: the traceback knows the script's line.
+        _ => (traceback_line(e, &prefix).unwrap_or(0), text.clone()),
     };
     let hint = matches!(e, mlua::Error::SyntaxError { .. })
         .then(|| "fix the Lua syntax; scripts are Lua 5.4".to_owned());
@@ -287,6 +306,16 @@ fn script_startup_error(path: &Path, e: &mlua::Error) -> StartupError {
         message,
         hint,
     }
+}
+
+/// The first line of the script (`prefix` is `path:`) in the error's traceback.
+fn traceback_line(e: &mlua::Error, prefix: &str) -> Option<usize> {
+    let full = e.to_string();
+    let (_, trace) = full.split_once("stack traceback:")?;
+    trace.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix(prefix)?;
+        rest.split(':').next()?.parse().ok()
+    })
 }
 
 /// The innermost message of an mlua error, without tracebacks.
@@ -366,17 +395,18 @@ impl Handler for ScriptHandler {
             pending: Mutex::new(None),
         });
         let running = start(slot, &slot.functions[self.index], &shared, requests);
+        let lua = slot.lua.clone();
         if !streams_output {
             return Box::pin(async move {
                 let _guard = guard;
                 let running = running.map_err(|e| to_call_error(&e, &shared))?;
-                one_response(running, &shared).await
+                one_response(&lua, running, &shared).await
             });
         }
         let driver_shared = shared.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            drive_stream(running, driver_shared).await;
+            drive_stream(&lua, running, driver_shared).await;
         });
         Box::pin(async move {
             // A streaming call answers once the script sends its first message (or ends), so
@@ -462,6 +492,7 @@ fn start(
 
 /// Unary and client-streaming: run to the end, then answer with the returned message.
 async fn one_response(
+    lua: &Lua,
     running: CurrentCall<impl Running>,
     shared: &CallShared,
 ) -> Result<Reply, CallError> {
@@ -477,14 +508,15 @@ async fn one_response(
         },
     };
     let value = finished.map_err(|e| with_trailers(to_call_error(&e, shared), shared))?;
-    let msg = outgoing_from_lua(&value, &shared.output).map_err(|e| CallError::BadResponse {
-        method: shared.method,
-        message: format!(
-            "{}: {} returned a bad {}: {e}",
-            shared.script,
-            shared.function,
-            shared.output.full_name()
-        ),
+    let msg = outgoing_from_lua(lua, &value, &shared.output).map_err(|e| {
+        e.into_call_error(shared.method, |e| {
+            format!(
+                "{}: {} returned a bad {}: {e}",
+                shared.script,
+                shared.function,
+                shared.output.full_name()
+            )
+        })
     })?;
     let headers = std::mem::take(&mut *shared.headers.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(Reply {
@@ -495,7 +527,11 @@ async fn one_response(
 }
 
 /// Server-streaming and bidi: run the script while its messages flow out through the channel.
-async fn drive_stream(running: mlua::Result<CurrentCall<impl Running>>, shared: Arc<CallShared>) {
+async fn drive_stream(
+    lua: &Lua,
+    running: mlua::Result<CurrentCall<impl Running>>,
+    shared: Arc<CallShared>,
+) {
     let Some(tx) = shared
         .sender
         .lock()
@@ -525,16 +561,15 @@ async fn drive_stream(running: mlua::Result<CurrentCall<impl Running>>, shared: 
             let t = unwrap_readonly(t);
             for i in 1..=t.raw_len() {
                 let item: LuaValue = t.raw_get(i).unwrap_or(LuaValue::Nil);
-                let msg = outgoing_from_lua(&item, &shared.output).map_err(|e| {
-                    Status::from(CallError::BadResponse {
-                        method: shared.method,
-                        message: format!(
+                let msg = outgoing_from_lua(lua, &item, &shared.output).map_err(|e| {
+                    Status::from(e.into_call_error(shared.method, |e| {
+                        format!(
                             "{}: {} returned a bad {}: item {i}: {e}",
                             shared.script,
                             shared.function,
                             shared.output.full_name()
-                        ),
-                    })
+                        )
+                    }))
                 });
                 let failed = msg.is_err();
                 if tx.send(msg).await.is_err() || failed {
@@ -624,6 +659,12 @@ fn to_call_error(e: &mlua::Error, shared: &CallShared) -> CallError {
                 method: shared.method,
             },
             Abort::Cancelled => CallError::Cancelled,
+        };
+    }
+    if let Some(t) = find::<convert::TooLarge>(e) {
+        return CallError::ReplyTooLarge {
+            method: shared.method,
+            limit: t.limit,
         };
     }
     if let Some(b) = find::<BadMessage>(e) {
