@@ -217,7 +217,10 @@ async fn encoded_reply_cache_cannot_be_poisoned() {
                     .unary("lab.Lab/Describe", json!({"id": id}))
                     .await
                     .unwrap();
-                (format!("SECRET-{id}"), r["id"].as_str().unwrap().to_owned())
+                (
+                    format!("SECRET-{id}"),
+                    r["id"].as_str().unwrap_or("").to_owned(),
+                )
             }
         });
         for (want, got) in futures_util::future::join_all(calls).await {
