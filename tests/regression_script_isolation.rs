@@ -190,11 +190,14 @@ async fn class_metatable_idiom_still_works() {
             "c",
             "3",
             "OK!",
+            "(0,0)(1,1)0",
+            "true",
+            "kept hello!",
             "6",
         ];
         assert_eq!(&t[..want_reads.len()], want_reads, "{t:?}");
         let writes = &t[want_reads.len()..];
-        assert_eq!(writes.len(), 4, "{t:?}");
+        assert_eq!(writes.len(), 5, "{t:?}");
         for w in writes {
             assert!(w.contains("attempt to modify read-only table"), "{t:?}");
         }

@@ -42,6 +42,11 @@ pub fn original_key() -> LuaValue {
     light(&ORIGINAL_KEY)
 }
 
+/// Whether `table` is frozen: code that writes tables (library functions) must refuse these.
+pub fn is_frozen(table: &Table) -> bool {
+    hidden(table).is_some()
+}
+
 /// The hidden contents of a frozen table, or `None` for any other table.
 pub fn hidden(table: &Table) -> Option<Table> {
     let mt = table.metatable()?;
@@ -164,7 +169,7 @@ impl Freezer {
                         if let LuaValue::Thread(_) = v {
                             found.coroutines.push((
                                 origin.to_owned(),
-                                k.to_string().unwrap_or_else(|_| "?".into()),
+                                format!("'{}'", k.to_string().unwrap_or_else(|_| "?".into())),
                             ));
                         }
                         stack.push(k);
@@ -191,12 +196,10 @@ impl Freezer {
                         let (name, v): (Option<String>, LuaValue) =
                             self.getupvalue.call((f.clone(), i))?;
                         if let LuaValue::Thread(_) = v {
-                            let name = name.filter(|n| !n.is_empty()).unwrap_or_else(|| {
-                                format!(
-                                    "a coroutine.wrap function ({})",
-                                    info.short_src.as_deref().unwrap_or("?")
-                                )
-                            });
+                            let name = match name.filter(|n| !n.is_empty()) {
+                                Some(n) => format!("'{n}'"),
+                                None => "a function made by coroutine.wrap".to_owned(),
+                            };
                             found.coroutines.push((origin.to_owned(), name));
                         } else if is_lua {
                             stack.push(v);

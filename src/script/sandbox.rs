@@ -568,7 +568,7 @@ pub fn finish_loading(
             location: Location::file(origin),
             message: format!(
                 "a coroutine created while loading is still reachable after loading (through \
-                 '{name}'); its suspended state would be shared by every call"
+                 {name}); its suspended state would be shared by every call"
             ),
             hint: Some("create coroutines inside the handler function, per call".into()),
         });
