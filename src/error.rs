@@ -128,8 +128,13 @@ impl StartupError {
 pub struct StartupErrors(pub Vec<StartupError>);
 
 impl StartupErrors {
+    /// Adds `e` unless the same problem is listed already (a script that fails to load is
+    /// tried once per method it serves, and says the same each time).
     pub fn push(&mut self, e: StartupError) {
-        self.0.push(e);
+        let text = e.to_string();
+        if !self.0.iter().any(|known| known.to_string() == text) {
+            self.0.push(e);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
