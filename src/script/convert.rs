@@ -610,3 +610,76 @@ fn describe(value: &LuaValue) -> String {
         other => other.type_name().to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lua_with_limit(limit: usize) -> Lua {
+        let lua = Lua::new();
+        lua.set_app_data(ReplyLimits::new(limit));
+        lua
+    }
+
+    fn value_desc() -> MessageDescriptor {
+        prost_reflect::DescriptorPool::global()
+            .get_message_by_name("google.protobuf.Value")
+            .expect("well-known types")
+    }
+
+    #[test]
+    fn a_reply_that_contains_itself_stops_at_the_nesting_limit() {
+        let lua = lua_with_limit(1 << 20);
+        let v: LuaValue = lua
+            .load("local v = {} v.struct_value = { fields = { k = v } } return v")
+            .eval()
+            .unwrap();
+        let e = outgoing_from_lua(&lua, &v, &value_desc()).unwrap_err();
+        assert!(e.to_string().contains("nested more than 100 deep"), "{e}");
+    }
+
+    #[test]
+    fn size_is_counted_before_strings_are_copied() {
+        let lua = lua_with_limit(1000);
+        let desc = value_desc();
+        let small: LuaValue = lua
+            .load("return { string_value = string.rep('x', 990) }")
+            .eval()
+            .unwrap();
+        assert!(outgoing_from_lua(&lua, &small, &desc).is_ok());
+        let big: LuaValue = lua
+            .load(
+                "local s = string.rep('x', 600) \
+                 return { list_value = { values = { { string_value = s }, { string_value = s } } } }",
+            )
+            .eval()
+            .unwrap();
+        match outgoing_from_lua(&lua, &big, &desc) {
+            Err(ConvertError::TooLarge(t)) => assert_eq!(t.limit, 1000),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn metamethods_do_not_run_while_a_reply_is_read() {
+        let lua = lua_with_limit(1 << 20);
+        let v: LuaValue = lua
+            .load(
+                "ran = false \
+                 return setmetatable({ string_value = 'raw' }, { \
+                   __index = function() ran = true return 'meta' end, \
+                   __pairs = function() ran = true return next, {}, nil end })",
+            )
+            .eval()
+            .unwrap();
+        let Outgoing::Encoded(bytes) = outgoing_from_lua(&lua, &v, &value_desc()).unwrap() else {
+            panic!("not encoded");
+        };
+        let back = DynamicMessage::decode(value_desc(), bytes).unwrap();
+        assert_eq!(
+            back.get_field_by_name("string_value").unwrap().as_str(),
+            Some("raw")
+        );
+        assert!(!lua.globals().get::<bool>("ran").unwrap());
+    }
+}
