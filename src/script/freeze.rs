@@ -85,6 +85,9 @@ pub struct Freezer {
     all: Table,
     /// Our own functions (sandbox wrappers): their upvalues are the sandbox's, not a script's.
     internal: HashSet<usize>,
+    /// Hidden contents that live metatables point at (the globals' behind every script
+    /// environment): already read-only to scripts, and never to be frozen in place.
+    excluded: std::cell::RefCell<HashSet<usize>>,
 }
 
 /// What a walk found besides tables: Lua functions (for the bytecode check) and problems.
@@ -114,7 +117,15 @@ impl Freezer {
             getupvalue,
             all: lua.create_table()?,
             internal: internal.iter().map(|f| f.to_pointer() as usize).collect(),
+            excluded: Default::default(),
         })
+    }
+
+    /// Never walks into or freezes `table` (hidden contents a live metatable points at).
+    pub fn exclude(&self, table: &Table) {
+        self.excluded
+            .borrow_mut()
+            .insert(table.to_pointer() as usize);
     }
 
     /// A `__newindex` raising `prefix .. key .. suffix`.
@@ -159,7 +170,9 @@ impl Freezer {
         while let Some(value) = stack.pop() {
             match value {
                 LuaValue::Table(t) => {
-                    if !seen.insert(t.to_pointer() as usize)
+                    let ptr = t.to_pointer() as usize;
+                    if !seen.insert(ptr)
+                        || self.excluded.borrow().contains(&ptr)
                         || hidden(&t).is_some()
                         || !matches!(self.helpers.view_of.raw_get::<LuaValue>(&t)?, LuaValue::Nil)
                     {

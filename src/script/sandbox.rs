@@ -422,6 +422,10 @@ fn freeze_libraries(lua: &Lua, sandbox: &Sandbox, wrappers: &Wrappers) -> mlua::
         "globals",
         &mut found,
     )?;
+    if let Some(hidden_globals) = freeze::hidden(&g) {
+        // Every script environment's metatable reads it directly.
+        fr.exclude(&hidden_globals);
+    }
     let string_lib: Table = g.get("string")?;
     let string_mt: Table = wrappers.dgetmt.call("")?;
     let seen = lua.create_table()?;
@@ -668,4 +672,33 @@ pub fn json_to_frozen(
             LuaValue::Table(t)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loading_freezes_script_tables_but_not_what_live_metatables_read() {
+        let data = DataSets::default();
+        let (lua, sandbox) = new_state(Path::new("handlers"), &data, 64 << 20, 1 << 20).unwrap();
+        let env: Table = sandbox.new_env.call(lua.globals()).unwrap();
+        lua.load("local t = { 1 } function F() return t end")
+            .set_environment(env.clone())
+            .exec()
+            .unwrap();
+        let mut envs = HashMap::new();
+        envs.insert(PathBuf::from("x.lua"), env.clone());
+        sandbox
+            .lock_env
+            .call::<()>((env.clone(), lua.globals(), "x.lua"))
+            .unwrap();
+        finish_loading(&lua, &sandbox, &envs, true, 64 << 20).unwrap();
+        let hidden_globals = freeze::hidden(&lua.globals()).unwrap();
+        assert!(!freeze::is_frozen(&hidden_globals));
+        assert!(freeze::is_frozen(&env));
+        let t: Table = lua.load("return F()").set_environment(env).eval().unwrap();
+        assert!(freeze::is_frozen(&t));
+        assert_eq!(freeze::contents(&t).raw_get::<i64>(1).unwrap(), 1);
+    }
 }
