@@ -1,10 +1,11 @@
-//! Data sets: every `data/*.json`, parsed once at startup and handed to scripts read-only
-//! (`data.route_guide_db` is `data/route_guide_db.json`).
+//! Data sets: every `data/*.json`, parsed once at startup and handed to scripts as frozen Lua
+//! tables (`data.route_guide_db` is `data/route_guide_db.json`; see `script::sandbox`).
 //!
-//! A malformed file stops startup with `file:line:col`, like any other file the user wrote.
+//! A malformed file stops startup with `file:line:col`, like any other file the user wrote; one
+//! too big for a script state's memory limit is reported with its name and the limit.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
@@ -14,6 +15,8 @@ use crate::error::{Location, StartupError, StartupErrors};
 #[derive(Debug, Default, Clone)]
 pub struct DataSets {
     pub sets: BTreeMap<String, Json>,
+    /// The folder they came from, for messages.
+    pub dir: PathBuf,
 }
 
 impl DataSets {
@@ -22,7 +25,12 @@ impl DataSets {
         let mut sets = BTreeMap::new();
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self { sets }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self {
+                    sets,
+                    dir: dir.to_path_buf(),
+                })
+            }
             Err(e) => return Err(StartupError::io(dir, e).into()),
         };
         let mut files: Vec<_> = entries
@@ -53,6 +61,9 @@ impl DataSets {
                 }),
             }
         }
-        errors.into_result(Self { sets })
+        errors.into_result(Self {
+            sets,
+            dir: dir.to_path_buf(),
+        })
     }
 }

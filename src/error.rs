@@ -128,8 +128,13 @@ impl StartupError {
 pub struct StartupErrors(pub Vec<StartupError>);
 
 impl StartupErrors {
+    /// Adds `e` unless the same problem is listed already (a script that fails to load is
+    /// tried once per method it serves, and says the same each time).
     pub fn push(&mut self, e: StartupError) {
-        self.0.push(e);
+        let text = e.to_string();
+        if !self.0.iter().any(|known| known.to_string() == text) {
+            self.0.push(e);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -213,6 +218,9 @@ pub enum CallError {
     NotGrpc { content_type: String },
     /// A response over `--max-message-size`.
     ResponseTooLarge { len: usize, limit: usize },
+    /// A script's reply passed `--max-message-size` while it was converted (so it was never
+    /// built in full).
+    ReplyTooLarge { method: &'static str, limit: usize },
     /// A response message that could not be encoded.
     Encode { message: String },
     /// An error already expressed as a status (from tonic's decoder, for instance).
@@ -302,6 +310,10 @@ impl From<CallError> for Status {
             )),
             CallError::ResponseTooLarge { len, limit } => Status::resource_exhausted(format!(
                 "the response is {len} bytes, over the limit of {limit} bytes; raise it with --max-message-size"
+            )),
+            CallError::ReplyTooLarge { method, limit } => Status::resource_exhausted(format!(
+                "{method}: the response passed the limit of {limit} bytes while the script's reply \
+                 was converted; send less, or raise the limit with --max-message-size"
             )),
             CallError::Encode { message } => {
                 Status::internal(format!("encoding the response failed: {message}"))

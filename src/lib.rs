@@ -4,7 +4,7 @@
 //! reads the handler files and validates everything once; [`serve`] runs the result. Tests and
 //! embedders use the same two calls.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod builtin;
 pub mod codec;
@@ -93,7 +93,11 @@ pub fn load(options: Options) -> Result<Loaded, StartupErrors> {
     let mut engine: Option<script::EngineBuilder> = None;
     let mut scripts = |file: &str, function: &str, info: &std::sync::Arc<handler::MethodInfo>| {
         if engine.is_none() {
-            let built = script::EngineBuilder::new(&options.handlers, &data, options.scripts)
+            let script_options = script::ScriptOptions {
+                max_message_size: options.max_message_size,
+                ..options.scripts
+            };
+            let built = script::EngineBuilder::new(&options.handlers, &data, script_options)
                 .map_err(script::ScriptSetupError::Script)?;
             engine = Some(built);
         }

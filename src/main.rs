@@ -176,6 +176,7 @@ impl LoadArgs {
                 instructions: self.script_instructions,
                 memory_limit: self.script_memory.saturating_mul(1024 * 1024),
                 stuck_after: std::time::Duration::from_millis(self.script_watchdog_ms.max(1)),
+                max_message_size: self.max_message_size,
             },
             server,
         }

@@ -330,8 +330,8 @@ impl UserData for Ctx {
         });
         // `ctx:send(msg)` for streaming calls is `try_send`, then `wait_send` only when the
         // stream's buffer is full (see `sandbox::STREAM_CTX`): no async machinery per message.
-        methods.add_method("try_send", |_, this, msg: LuaValue| {
-            this.call()?.try_send(&msg)
+        methods.add_method("try_send", |lua, this, msg: LuaValue| {
+            this.call()?.try_send(lua, &msg)
         });
         methods.add_async_method("wait_send", |_, this, ()| async move {
             let shared = this.call()?.clone();
@@ -390,7 +390,7 @@ async fn sleep(shared: &CallShared, ms: f64) -> mlua::Result<()> {
 impl CallShared {
     /// Sends at once if the stream's buffer has room; otherwise parks the message for
     /// `wait_send`.
-    fn try_send(&self, msg: &LuaValue) -> mlua::Result<bool> {
+    fn try_send(&self, lua: &mlua::Lua, msg: &LuaValue) -> mlua::Result<bool> {
         let Some(sender) = lock(&self.sender).clone() else {
             return Err(mlua::Error::runtime(format!(
                 "ctx:send: the call to {} has ended",
@@ -400,13 +400,15 @@ impl CallShared {
         let Some(output) = self.output.as_ref() else {
             return Ok(true);
         };
-        let message = outgoing_from_lua(msg, output).map_err(|e| {
-            mlua::Error::external(super::status::BadMessage(format!(
-                "{}: {} sent a bad {}: {e}",
-                self.script,
-                self.function,
-                output.full_name()
-            )))
+        let message = outgoing_from_lua(lua, msg, output).map_err(|e| {
+            e.into_lua_error(|e| {
+                mlua::Error::external(super::status::BadMessage(format!(
+                    "{}: {} sent a bad {}: {e}",
+                    self.script,
+                    self.function,
+                    output.full_name()
+                )))
+            })
         })?;
         self.mark_headers_sent();
         match sender.try_send(Ok(message)) {

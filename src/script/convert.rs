@@ -7,8 +7,16 @@
 //! are sequences and maps are tables. Well-known types are messages like any other.
 //!
 //! Going back, every key must be a field and every value the field's type; the error names the
-//! field path so a script author can find the mistake.
+//! field path so a script author can find the mistake. Going back never runs script code:
+//! tables are read raw (a frozen table through its hidden contents), so a metamethod cannot
+//! change a reply while it is read. The size is counted as the message is built, before any
+//! string is copied, and conversion stops once it passes `--max-message-size`; a table that
+//! contains itself stops at a nesting limit.
+//!
+//! Frozen tables never change and live as long as their state, so their encoded form is kept
+//! per state: a feature sent a thousand times is converted once.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use bytes::Bytes;
@@ -18,7 +26,9 @@ use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage, Value,
 };
 
+use super::freeze;
 use crate::codec::Outgoing;
+use crate::error::CallError;
 use crate::fieldpath::{field_names, find_field, kind_name};
 use crate::suggest::did_you_mean;
 
@@ -86,19 +96,71 @@ fn value_to_lua(lua: &Lua, value: &Value, kind: &Kind) -> mlua::Result<LuaValue>
     })
 }
 
-/// Why a Lua value is not the message a method must return, with the field path.
+/// Why a Lua value is not the message a method must return.
 #[derive(Debug)]
-pub struct ConvertError {
-    pub path: String,
-    pub message: String,
+pub enum ConvertError {
+    /// Not the right shape, with the field path.
+    Invalid { path: String, message: String },
+    /// The message passed the size limit while it was being built.
+    TooLarge(TooLarge),
 }
+
+/// A reply that passed `--max-message-size` while it was converted.
+#[derive(Debug, Clone, Copy)]
+pub struct TooLarge {
+    pub limit: usize,
+}
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the response passed the limit of {} bytes while it was built",
+            self.limit
+        )
+    }
+}
+
+impl std::error::Error for TooLarge {}
 
 impl std::fmt::Display for ConvertError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "field {}: {}", self.path, self.message)
+        match self {
+            ConvertError::Invalid { path, message } if path.is_empty() => write!(f, "{message}"),
+            ConvertError::Invalid { path, message } => write!(f, "field {path}: {message}"),
+            ConvertError::TooLarge(t) => t.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ConvertError {}
+
+impl ConvertError {
+    /// The call's error: too large is RESOURCE_EXHAUSTED, anything else a bad response
+    /// described by `what(self)` (which names the script, function and message type).
+    pub fn into_call_error(
+        self,
+        method: &'static str,
+        what: impl FnOnce(&ConvertError) -> String,
+    ) -> CallError {
+        match self {
+            ConvertError::TooLarge(t) => CallError::ReplyTooLarge {
+                method,
+                limit: t.limit,
+            },
+            other => CallError::BadResponse {
+                method,
+                message: what(&other),
+            },
+        }
+    }
+
+    /// As a Lua error raised inside a call (by `ctx:send`): too large stays recognisable (see
+    /// [`TooLarge`]), anything else becomes `bad(self)`.
+    pub fn into_lua_error(self, bad: impl FnOnce(&ConvertError) -> mlua::Error) -> mlua::Error {
+        match self {
+            ConvertError::TooLarge(t) => mlua::Error::external(t),
+            other => bad(&other),
         }
     }
 }
@@ -130,70 +192,98 @@ impl std::fmt::Display for Path<'_> {
 }
 
 fn fail<T>(path: &Path<'_>, message: impl Into<String>) -> Result<T> {
-    Err(ConvertError {
+    Err(ConvertError::Invalid {
         path: path.to_string(),
         message: message.into(),
     })
 }
 
 fn lua_error(path: &Path<'_>, e: mlua::Error) -> ConvertError {
-    ConvertError {
+    ConvertError::Invalid {
         path: path.to_string(),
         message: e.to_string(),
     }
 }
 
-/// The table behind a read-only data proxy (see `sandbox`), or the table itself.
+/// What to read a returned table's entries from: the hidden contents of a frozen table, or the
+/// table itself. Reading it raw never runs script code.
 pub fn unwrap_readonly(table: Table) -> Table {
-    if let Some(mt) = table.metatable() {
-        if mt.raw_get::<bool>("__readonly").unwrap_or(false) {
-            if let Ok(inner) = mt.raw_get::<Table>("__index") {
-                return inner;
-            }
-        }
-    }
-    table
+    freeze::contents(&table)
 }
 
-thread_local! {
-    /// Encoded forms of read-only data tables, per Lua thread: data never changes, so a feature
-    /// sent a thousand times is converted once.
-    static ENCODED_DATA: std::cell::RefCell<HashMap<(usize, usize), Bytes>> = std::cell::RefCell::new(HashMap::new());
+/// Per Lua state (app data): the reply size limit and the encoded forms of frozen tables.
+pub struct ReplyLimits {
+    max_message_size: usize,
+    /// (frozen table, message type) → encoded bytes. Frozen tables are never collected (the
+    /// freezer keeps them), so an address here is always the same table of this state.
+    encoded: RefCell<HashMap<(usize, usize), Bytes>>,
+}
+
+impl ReplyLimits {
+    pub fn new(max_message_size: usize) -> Self {
+        Self {
+            max_message_size,
+            encoded: RefCell::new(HashMap::new()),
+        }
+    }
 }
 
 /// Most data tables fit; past this the cache stops growing.
 const ENCODED_DATA_LIMIT: usize = 65_536;
 
-/// A Lua value as a response: read-only data tables come from the cache, others are converted.
-pub fn outgoing_from_lua(value: &LuaValue, desc: &MessageDescriptor) -> Result<Outgoing> {
-    if let LuaValue::Table(t) = value {
-        // Data tables live as long as the state, so their address is a stable key; looking it
-        // up first avoids asking Lua about the metatable on every send.
-        let key = (t.to_pointer() as usize, desc.full_name().as_ptr() as usize);
-        if let Some(bytes) = ENCODED_DATA.with(|c| c.borrow().get(&key).cloned()) {
-            return Ok(Outgoing::Encoded(bytes));
+/// Messages nested deeper than this are refused (protobuf's own recursion limit).
+const MAX_DEPTH: usize = 100;
+
+/// The reply's size so far, counted as it is built; a lower bound of the encoded size, so a
+/// reply is refused only when its encoding would pass the limit too.
+struct Budget {
+    left: usize,
+    limit: usize,
+}
+
+impl Budget {
+    #[inline]
+    fn take(&mut self, n: usize) -> Result<()> {
+        match self.left.checked_sub(n) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(ConvertError::TooLarge(TooLarge { limit: self.limit })),
         }
-        if is_readonly(t) {
-            let bytes = Bytes::from(lua_to_message(value, desc, &Path::Root)?.encode_to_vec());
-            ENCODED_DATA.with(|c| {
-                let mut cache = c.borrow_mut();
-                if cache.len() < ENCODED_DATA_LIMIT {
-                    cache.insert(key, bytes.clone());
-                }
-            });
+    }
+}
+
+/// A Lua value as a response of type `desc`, encoded: frozen tables come from the state's
+/// cache, others are converted.
+pub fn outgoing_from_lua(
+    lua: &Lua,
+    value: &LuaValue,
+    desc: &MessageDescriptor,
+) -> Result<Outgoing> {
+    let limits = lua.app_data_ref::<ReplyLimits>();
+    let limit = limits.as_ref().map_or(usize::MAX, |l| l.max_message_size);
+    let mut budget = Budget { left: limit, limit };
+    if let (LuaValue::Table(t), Some(limits)) = (value, limits.as_ref()) {
+        if let Some(contents) = freeze::hidden(t) {
+            let key = (t.to_pointer() as usize, desc.full_name().as_ptr() as usize);
+            if let Some(bytes) = limits.encoded.borrow().get(&key) {
+                return Ok(Outgoing::Encoded(bytes.clone()));
+            }
+            let msg = message_from_contents(&contents, desc, &Path::Root, &mut budget, 0)?;
+            let bytes = Bytes::from(msg.encode_to_vec());
+            let mut cache = limits.encoded.borrow_mut();
+            if cache.len() < ENCODED_DATA_LIMIT {
+                cache.insert(key, bytes.clone());
+            }
             return Ok(Outgoing::Encoded(bytes));
         }
     }
+    drop(limits);
     // Encoded here, once: the size check and the encoder then only look at bytes.
     Ok(Outgoing::Encoded(Bytes::from(
-        lua_to_message(value, desc, &Path::Root)?.encode_to_vec(),
+        lua_to_message(value, desc, &Path::Root, &mut budget, 0)?.encode_to_vec(),
     )))
-}
-
-fn is_readonly(table: &Table) -> bool {
-    table
-        .metatable()
-        .is_some_and(|mt| mt.raw_get::<bool>("__readonly").unwrap_or(false))
 }
 
 /// A Lua table as a message of type `desc`.
@@ -201,6 +291,8 @@ fn lua_to_message(
     value: &LuaValue,
     desc: &MessageDescriptor,
     path: &Path<'_>,
+    budget: &mut Budget,
+    depth: usize,
 ) -> Result<DynamicMessage> {
     let LuaValue::Table(table) = value else {
         return fail(
@@ -212,49 +304,95 @@ fn lua_to_message(
             ),
         );
     };
-    let table = unwrap_readonly(table.clone());
-    let mut msg = DynamicMessage::new(desc.clone());
-    for pair in table.pairs::<LuaValue, LuaValue>() {
-        let (key, value) = pair.map_err(|e| lua_error(path, e))?;
-        let LuaValue::String(key) = key else {
-            return fail(
-                path,
-                format!(
-                    "{} has a {} key; message keys are field names",
-                    desc.full_name(),
-                    type_of(&key)
-                ),
-            );
-        };
-        let Ok(key) = key.to_str() else {
-            return fail(
-                path,
-                format!("{} has a key that is not UTF-8", desc.full_name()),
-            );
-        };
-        let key: &str = &key;
-        let field_path = Path::Field(path, key);
-        let Some(field) = find_field(desc, key) else {
-            let names = field_names(desc);
-            return fail(
-                &field_path,
-                format!(
-                    "{} has no field \"{key}\"{}",
-                    desc.full_name(),
-                    did_you_mean(key, names.iter().map(String::as_str))
-                ),
-            );
-        };
-        if matches!(value, LuaValue::Nil) {
-            continue;
-        }
-        let converted = field_from_lua(&value, &field, &field_path)?;
-        msg.set_field(&field, converted);
+    message_from_contents(&freeze::contents(table), desc, path, budget, depth)
+}
+
+fn message_from_contents(
+    table: &Table,
+    desc: &MessageDescriptor,
+    path: &Path<'_>,
+    budget: &mut Budget,
+    depth: usize,
+) -> Result<DynamicMessage> {
+    if depth > MAX_DEPTH {
+        return fail(
+            path,
+            format!("messages nested more than {MAX_DEPTH} deep (does a table contain itself?)"),
+        );
     }
+    let mut msg = DynamicMessage::new(desc.clone());
+    let mut failure = None;
+    let walked = table.for_each(|key: LuaValue, value: LuaValue| {
+        match set_from_pair(&mut msg, desc, key, value, path, budget, depth) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                failure = Some(e);
+                Err(mlua::Error::runtime(""))
+            }
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    walked.map_err(|e| lua_error(path, e))?;
     Ok(msg)
 }
 
-fn field_from_lua(value: &LuaValue, field: &FieldDescriptor, path: &Path<'_>) -> Result<Value> {
+fn set_from_pair(
+    msg: &mut DynamicMessage,
+    desc: &MessageDescriptor,
+    key: LuaValue,
+    value: LuaValue,
+    path: &Path<'_>,
+    budget: &mut Budget,
+    depth: usize,
+) -> Result<()> {
+    let LuaValue::String(key) = key else {
+        return fail(
+            path,
+            format!(
+                "{} has a {} key; message keys are field names",
+                desc.full_name(),
+                type_of(&key)
+            ),
+        );
+    };
+    let Ok(key) = key.to_str() else {
+        return fail(
+            path,
+            format!("{} has a key that is not UTF-8", desc.full_name()),
+        );
+    };
+    let key: &str = &key;
+    let field_path = Path::Field(path, key);
+    let Some(field) = find_field(desc, key) else {
+        let names = field_names(desc);
+        return fail(
+            &field_path,
+            format!(
+                "{} has no field \"{key}\"{}",
+                desc.full_name(),
+                did_you_mean(key, names.iter().map(String::as_str))
+            ),
+        );
+    };
+    if matches!(value, LuaValue::Nil) {
+        return Ok(());
+    }
+    // The field's tag.
+    budget.take(1)?;
+    let converted = field_from_lua(&value, &field, &field_path, budget, depth)?;
+    msg.set_field(&field, converted);
+    Ok(())
+}
+
+fn field_from_lua(
+    value: &LuaValue,
+    field: &FieldDescriptor,
+    path: &Path<'_>,
+    budget: &mut Budget,
+    depth: usize,
+) -> Result<Value> {
     if field.is_map() {
         let LuaValue::Table(t) = value else {
             return fail(
@@ -268,20 +406,36 @@ fn field_from_lua(value: &LuaValue, field: &FieldDescriptor, path: &Path<'_>) ->
         let key_kind = entry.map_entry_key_field().kind();
         let value_kind = entry.map_entry_value_field().kind();
         let mut out = HashMap::new();
-        for pair in unwrap_readonly(t.clone()).pairs::<LuaValue, LuaValue>() {
-            let (k, v) = pair.map_err(|e| lua_error(path, e))?;
-            let kpath = Path::Key(path, &k);
-            let key = match scalar_from_lua(&k, &key_kind, &kpath)? {
-                Value::Bool(b) => MapKey::Bool(b),
-                Value::I32(n) => MapKey::I32(n),
-                Value::I64(n) => MapKey::I64(n),
-                Value::U32(n) => MapKey::U32(n),
-                Value::U64(n) => MapKey::U64(n),
-                Value::String(s) => MapKey::String(s),
-                _ => return fail(&kpath, "not a valid map key"),
+        let mut failure = None;
+        let walked = freeze::contents(t).for_each(|k: LuaValue, v: LuaValue| {
+            let mut entry = || -> Result<()> {
+                // Each entry is a tagged, length-delimited message.
+                budget.take(2)?;
+                let kpath = Path::Key(path, &k);
+                let key = match scalar_from_lua(&k, &key_kind, &kpath, budget)? {
+                    Value::Bool(b) => MapKey::Bool(b),
+                    Value::I32(n) => MapKey::I32(n),
+                    Value::I64(n) => MapKey::I64(n),
+                    Value::U32(n) => MapKey::U32(n),
+                    Value::U64(n) => MapKey::U64(n),
+                    Value::String(s) => MapKey::String(s),
+                    _ => return fail(&kpath, "not a valid map key"),
+                };
+                out.insert(
+                    key,
+                    single_from_lua(&v, &value_kind, &kpath, budget, depth)?,
+                );
+                Ok(())
             };
-            out.insert(key, single_from_lua(&v, &value_kind, &kpath)?);
+            entry().map_err(|e| {
+                failure = Some(e);
+                mlua::Error::runtime("")
+            })
+        });
+        if let Some(e) = failure {
+            return Err(e);
         }
+        walked.map_err(|e| lua_error(path, e))?;
         return Ok(Value::Map(out));
     }
     if field.is_list() {
@@ -291,27 +445,56 @@ fn field_from_lua(value: &LuaValue, field: &FieldDescriptor, path: &Path<'_>) ->
                 format!("expected a table (list), got {}", type_of(value)),
             );
         };
-        let t = unwrap_readonly(t.clone());
+        let t = freeze::contents(t);
         let len = t.raw_len();
+        // At least a byte an item, before anything is allocated for them.
+        budget.take(len)?;
         let mut out = Vec::with_capacity(len);
         let kind = field.kind();
         for i in 1..=len {
             let item: LuaValue = t.raw_get(i).map_err(|e| lua_error(path, e))?;
-            out.push(single_from_lua(&item, &kind, &Path::Index(path, i))?);
+            out.push(single_from_lua(
+                &item,
+                &kind,
+                &Path::Index(path, i),
+                budget,
+                depth,
+            )?);
         }
         return Ok(Value::List(out));
     }
-    single_from_lua(value, &field.kind(), path)
+    single_from_lua(value, &field.kind(), path, budget, depth)
 }
 
-fn single_from_lua(value: &LuaValue, kind: &Kind, path: &Path<'_>) -> Result<Value> {
+fn single_from_lua(
+    value: &LuaValue,
+    kind: &Kind,
+    path: &Path<'_>,
+    budget: &mut Budget,
+    depth: usize,
+) -> Result<Value> {
     match kind {
-        Kind::Message(m) => Ok(Value::Message(lua_to_message(value, m, path)?)),
-        _ => scalar_from_lua(value, kind, path),
+        Kind::Message(m) => {
+            // Its length prefix.
+            budget.take(1)?;
+            Ok(Value::Message(lua_to_message(
+                value,
+                m,
+                path,
+                budget,
+                depth + 1,
+            )?))
+        }
+        _ => scalar_from_lua(value, kind, path, budget),
     }
 }
 
-fn scalar_from_lua(value: &LuaValue, kind: &Kind, path: &Path<'_>) -> Result<Value> {
+fn scalar_from_lua(
+    value: &LuaValue,
+    kind: &Kind,
+    path: &Path<'_>,
+    budget: &mut Budget,
+) -> Result<Value> {
     let wrong = || {
         fail(
             path,
@@ -330,14 +513,25 @@ fn scalar_from_lua(value: &LuaValue, kind: &Kind, path: &Path<'_>) -> Result<Val
     let range = |n: i64| fail(path, format!("{n} does not fit {}", kind_name(kind)));
     Ok(match kind {
         Kind::String => match value {
-            LuaValue::String(s) => match s.to_str() {
-                Ok(s) => Value::String(s.to_owned()),
-                Err(_) => return fail(path, "not valid UTF-8; use a bytes field for binary data"),
-            },
+            LuaValue::String(s) => {
+                let bytes = s.as_bytes();
+                // Its length prefix and bytes, counted before they are copied.
+                budget.take(bytes.len().saturating_add(1))?;
+                match std::str::from_utf8(&bytes) {
+                    Ok(s) => Value::String(s.to_owned()),
+                    Err(_) => {
+                        return fail(path, "not valid UTF-8; use a bytes field for binary data")
+                    }
+                }
+            }
             _ => return wrong(),
         },
         Kind::Bytes => match value {
-            LuaValue::String(s) => Value::Bytes(Bytes::copy_from_slice(&s.as_bytes())),
+            LuaValue::String(s) => {
+                let bytes = s.as_bytes();
+                budget.take(bytes.len().saturating_add(1))?;
+                Value::Bytes(Bytes::copy_from_slice(&bytes))
+            }
             _ => return wrong(),
         },
         Kind::Bool => match value {
@@ -414,5 +608,78 @@ fn describe(value: &LuaValue) -> String {
         LuaValue::Number(n) => format!("number {n}"),
         LuaValue::Boolean(b) => format!("boolean {b}"),
         other => other.type_name().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lua_with_limit(limit: usize) -> Lua {
+        let lua = Lua::new();
+        lua.set_app_data(ReplyLimits::new(limit));
+        lua
+    }
+
+    fn value_desc() -> MessageDescriptor {
+        prost_reflect::DescriptorPool::global()
+            .get_message_by_name("google.protobuf.Value")
+            .expect("well-known types")
+    }
+
+    #[test]
+    fn a_reply_that_contains_itself_stops_at_the_nesting_limit() {
+        let lua = lua_with_limit(1 << 20);
+        let v: LuaValue = lua
+            .load("local v = {} v.struct_value = { fields = { k = v } } return v")
+            .eval()
+            .unwrap();
+        let e = outgoing_from_lua(&lua, &v, &value_desc()).unwrap_err();
+        assert!(e.to_string().contains("nested more than 100 deep"), "{e}");
+    }
+
+    #[test]
+    fn size_is_counted_before_strings_are_copied() {
+        let lua = lua_with_limit(1000);
+        let desc = value_desc();
+        let small: LuaValue = lua
+            .load("return { string_value = string.rep('x', 990) }")
+            .eval()
+            .unwrap();
+        assert!(outgoing_from_lua(&lua, &small, &desc).is_ok());
+        let big: LuaValue = lua
+            .load(
+                "local s = string.rep('x', 600) \
+                 return { list_value = { values = { { string_value = s }, { string_value = s } } } }",
+            )
+            .eval()
+            .unwrap();
+        match outgoing_from_lua(&lua, &big, &desc) {
+            Err(ConvertError::TooLarge(t)) => assert_eq!(t.limit, 1000),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn metamethods_do_not_run_while_a_reply_is_read() {
+        let lua = lua_with_limit(1 << 20);
+        let v: LuaValue = lua
+            .load(
+                "ran = false \
+                 return setmetatable({ string_value = 'raw' }, { \
+                   __index = function() ran = true return 'meta' end, \
+                   __pairs = function() ran = true return next, {}, nil end })",
+            )
+            .eval()
+            .unwrap();
+        let Outgoing::Encoded(bytes) = outgoing_from_lua(&lua, &v, &value_desc()).unwrap() else {
+            panic!("not encoded");
+        };
+        let back = DynamicMessage::decode(value_desc(), bytes).unwrap();
+        assert_eq!(
+            back.get_field_by_name("string_value").unwrap().as_str(),
+            Some("raw")
+        );
+        assert!(!lua.globals().get::<bool>("ran").unwrap());
     }
 }

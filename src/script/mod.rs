@@ -15,8 +15,10 @@
 //! - client streaming: `for msg in stream do … end`, then return one response
 //! - bidi: iterate `stream` and `ctx:send` as you go
 
+pub mod bytecode;
 pub mod context;
 pub mod convert;
+pub mod freeze;
 pub mod guard;
 pub mod outbox;
 pub mod sandbox;
@@ -35,7 +37,7 @@ use tonic::Status;
 
 use crate::codec::Incoming;
 use crate::data::DataSets;
-use crate::error::{CallError, Location, StartupError};
+use crate::error::{CallError, Location, StartupError, StartupErrors};
 use crate::handler::{Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses};
 use context::{CallShared, CallSpec, Ctx};
 use convert::{message_to_lua, outgoing_from_lua, unwrap_readonly};
@@ -54,6 +56,8 @@ pub struct ScriptOptions {
     pub memory_limit: usize,
     /// A state whose call runs this long without returning to its executor is replaced.
     pub stuck_after: Duration,
+    /// The largest reply, in bytes (`--max-message-size`); converting a bigger one stops early.
+    pub max_message_size: usize,
 }
 
 impl Default for ScriptOptions {
@@ -63,6 +67,7 @@ impl Default for ScriptOptions {
             instructions: 100_000_000,
             memory_limit: 256 * 1024 * 1024,
             stuck_after: Duration::from_secs(5),
+            max_message_size: 4 * 1024 * 1024,
         }
     }
 }
@@ -165,13 +170,13 @@ impl EngineBuilder {
     }
 
     /// Locks every script environment and starts the state threads.
-    pub fn finish(self) -> Result<(), StartupError> {
+    pub fn finish(self) -> Result<(), StartupErrors> {
         let n = if self.recipe.options.states == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
             self.recipe.options.states
         };
-        let first = self.first.finish()?;
+        let first = self.first.finish(true)?;
         let pool = Pool::start(self.recipe, n, first)?;
         let _ = self.cell.set(pool);
         Ok(())
@@ -198,7 +203,8 @@ pub(crate) fn script_startup_error(path: &Path, e: &mlua::Error) -> StartupError
         Some((line, msg)) if line.parse::<usize>().is_ok() => {
             (line.parse().unwrap_or(0), msg.trim().to_owned())
         }
-        _ => (0, text.clone()),
+        // Raised inside a library function: the traceback knows the script's line.
+        _ => (traceback_line(e, &prefix).unwrap_or(0), text.clone()),
     };
     let hint = matches!(e, mlua::Error::SyntaxError { .. })
         .then(|| "fix the Lua syntax; scripts are Lua 5.4".to_owned());
@@ -207,6 +213,16 @@ pub(crate) fn script_startup_error(path: &Path, e: &mlua::Error) -> StartupError
         message,
         hint,
     }
+}
+
+/// The first line of the script (`prefix` is `path:`) in the error's traceback.
+fn traceback_line(e: &mlua::Error, prefix: &str) -> Option<usize> {
+    let full = e.to_string();
+    let (_, trace) = full.split_once("stack traceback:")?;
+    trace.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix(prefix)?;
+        rest.split(':').next()?.parse().ok()
+    })
 }
 
 /// The innermost message of an mlua error, without tracebacks.
@@ -399,20 +415,20 @@ fn finish_one(state: &State, shared: &Arc<CallShared>, outcome: mlua::Result<Lua
         Err(e) => Err(to_call_error(&e, shared, state)),
         Ok(value) => {
             let output = shared.output.as_ref();
-            let converted =
-                slice::with_call(shared, || output.map(|o| outgoing_from_lua(&value, o)));
+            let converted = slice::with_call(shared, || {
+                output.map(|o| outgoing_from_lua(&state.lua, &value, o))
+            });
             match (converted, shared.aborted()) {
                 (_, Some(a)) => Err(abort_error(a, shared)),
                 (Some(Ok(msg)), None) => Ok(msg),
-                (Some(Err(e)), None) => Err(CallError::BadResponse {
-                    method: shared.method,
-                    message: format!(
+                (Some(Err(e)), None) => Err(e.into_call_error(shared.method, |e| {
+                    format!(
                         "{}: {} returned a bad {}: {e}",
                         shared.script,
                         shared.function,
                         output.map_or("", |o| o.full_name())
-                    ),
-                }),
+                    )
+                })),
                 (None, None) => Err(CallError::Script {
                     message: "no output type".into(),
                 }),
@@ -467,17 +483,16 @@ async fn finish_stream(state: &State, shared: &Arc<CallShared>, outcome: mlua::R
             let t = unwrap_readonly(t);
             for i in 1..=t.raw_len() {
                 let item: LuaValue = t.raw_get(i).unwrap_or(LuaValue::Nil);
-                let msg = slice::with_call(shared, || outgoing_from_lua(&item, output));
+                let msg = slice::with_call(shared, || outgoing_from_lua(&state.lua, &item, output));
                 let msg = msg.map_err(|e| {
-                    Status::from(CallError::BadResponse {
-                        method: shared.method,
-                        message: format!(
+                    Status::from(e.into_call_error(shared.method, |e| {
+                        format!(
                             "{}: {} returned a bad {}: item {i}: {e}",
                             shared.script,
                             shared.function,
                             output.full_name()
-                        ),
-                    })
+                        )
+                    }))
                 });
                 let failed = msg.is_err();
                 if sender.send(msg).await.is_err() || failed {
@@ -581,6 +596,12 @@ fn to_call_error(e: &mlua::Error, shared: &CallShared, state: &State) -> CallErr
         return CallError::ScriptMemory {
             method: shared.method,
             limit_mib: state.memory_limit >> 20,
+        };
+    }
+    if let Some(t) = find::<convert::TooLarge>(e) {
+        return CallError::ReplyTooLarge {
+            method: shared.method,
+            limit: t.limit,
         };
     }
     if let Some(b) = find::<BadMessage>(e) {

@@ -1,58 +1,135 @@
 //! A Lua 5.4 state that handler scripts cannot escape or corrupt.
 //!
 //! - Libraries: base, string, table, math, utf8, coroutine, and of `os` only time/clock/date/
-//!   difftime. No io, no os.execute, no load/loadfile/dofile (so no bytecode), no rawset.
-//! - `require("name")` loads `name.lua` from the handlers folder only, as text.
-//! - Library tables and `data` are read-only proxies; each script runs in its own environment,
-//!   which is locked once the script has loaded, so no call can leave state for the next one in
-//!   a global.
+//!   difftime. No io, no os.execute, no load/loadfile/dofile (so no bytecode), no rawset, no
+//!   debug, no collectgarbage.
+//! - `require("name")` loads `name.lua` from the handlers folder only, as text, and only while
+//!   the scripts load; at call time it hands back modules loaded then.
+//! - Library tables, the globals and `data` are frozen before any script runs; whatever the
+//!   scripts build while loading is frozen when loading ends (see [`super::freeze`]), and a
+//!   load-time function that assigns a module-level local is a startup error (see
+//!   [`super::bytecode`]). So no call can leave anything behind for the next one.
+//! - `setmetatable` refuses `__gc` (no script code runs outside a call) and lets frozen tables
+//!   serve as metatables; `getmetatable`, `next`, `rawget` and `rawlen` see through the freeze.
 //! - `print` goes to the server log; `grpc.status(code, message)` builds an error that ends the
 //!   call with that status.
-//! - A memory limit per state.
+//! - A memory limit per state, in force from the start, so data that does not fit is reported
+//!   with its file.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value as LuaValue};
 use serde_json::Value as Json;
 
+use super::bytecode;
+use super::convert::ReplyLimits;
+use super::freeze::{self, Found, Freezer, Helpers};
 use super::status::ScriptStatus;
 use crate::data::DataSets;
+use crate::error::{Location, StartupError, StartupErrors};
 
 const PRELUDE: &str = r#"
-local setmetatable, error, tostring, next, pairs, type = setmetatable, error, tostring, next, pairs, type
+local KEY, ORIG, dgetmt, dsetmt, setmetatable, getmetatable, next, rawget, rawlen, error, type, tostring = ...
 
-local function readonly(t)
-  return setmetatable({}, {
-    __index = t,
-    __newindex = function(_, k)
-      error("attempt to modify read-only table (key '" .. tostring(k) .. "')", 2)
-    end,
-    __len = function() return #t end,
-    __pairs = function() return next, t, nil end,
-    __readonly = true,
-    __metatable = "read-only",
-  })
+-- Raw views of frozen tables used as metatables (Lua reads metamethods raw), and back.
+local views, view_of = {}, {}
+
+local function hidden(t)
+  local mt = dgetmt(t)
+  if mt then return rawget(mt, KEY) end
 end
 
-local function deep_readonly(t)
-  for k, v in pairs(t) do
-    if type(v) == "table" then t[k] = deep_readonly(v) end
+local function frozen_next(t, k)
+  return next(hidden(t) or t, k)
+end
+
+local function frozen_rawget(t, k)
+  local v = rawget(hidden(t) or t, k)
+  return v
+end
+
+local function frozen_rawlen(t)
+  local n = rawlen(hidden(t) or t)
+  return n
+end
+
+local function frozen_len(t)
+  return rawlen(rawget(dgetmt(t), KEY))
+end
+
+local function frozen_pairs(t)
+  return frozen_next, t, nil
+end
+
+local function raiser(prefix, suffix)
+  return function(_, k)
+    error(prefix .. tostring(k) .. suffix, 2)
   end
-  return readonly(t)
+end
+
+local function index_fallback(h, f)
+  return function(t, k)
+    local v = rawget(h, k)
+    if v ~= nil then return v end
+    return f(t, k)
+  end
+end
+
+local NO_GC = "finalizers (__gc) are not allowed in scripts: no script code may run outside a call"
+
+local function safe_setmetatable(t, mt)
+  if hidden(t) then
+    error("cannot change the metatable of a read-only table", 2)
+  end
+  if type(mt) == "table" then
+    local h = hidden(mt)
+    if h then
+      local v = views[mt]
+      if v == nil then
+        if rawget(h, "__gc") ~= nil then error(NO_GC, 2) end
+        v = {}
+        for k, x in next, h do v[k] = x end
+        views[mt] = v
+        view_of[v] = mt
+      end
+      mt = v
+    elseif rawget(mt, "__gc") ~= nil then
+      error(NO_GC, 2)
+    end
+  end
+  local r = setmetatable(t, mt)
+  return r
+end
+
+local function safe_getmetatable(v)
+  local mt = dgetmt(v)
+  if mt == nil then return nil end
+  if rawget(mt, KEY) ~= nil then return rawget(mt, ORIG) end
+  local p = rawget(mt, "__metatable")
+  if p ~= nil then return p end
+  return view_of[mt] or mt
+end
+
+local function missing_data(dir, names)
+  return function(_, k)
+    error("data." .. tostring(k) .. ": no such data set: there is no " .. dir .. "/" ..
+      tostring(k) .. ".json (data sets: " .. names .. ")", 2)
+  end
 end
 
 local function new_env(G)
-  return setmetatable({}, { __index = G })
+  return setmetatable({}, { __index = hidden(G) or G, __metatable = false })
 end
 
 local function lock_env(env, G, name)
-  return setmetatable(env, {
-    __index = G,
-    __newindex = function(_, k)
-      error("cannot set global '" .. tostring(k) .. "' in " .. name ..
-        " while serving a call: globals are shared by every call; use a local", 2)
-    end,
-    __metatable = "locked",
+  dsetmt(env, {
+    __index = hidden(G) or G,
+    __newindex = raiser("cannot set global '", "' in " .. name ..
+      " while serving a call: globals are shared by every call; use a local"),
+    __metatable = false,
   })
 end
 
@@ -75,7 +152,12 @@ local function stream_ctx(u)
   })
 end
 
-return readonly, deep_readonly, new_env, lock_env, stream_ctx
+return {
+  setmetatable = safe_setmetatable, getmetatable = safe_getmetatable, next = frozen_next,
+  rawget = frozen_rawget, rawlen = frozen_rawlen, len = frozen_len, pairs = frozen_pairs,
+  raiser = raiser, index_fallback = index_fallback, view_of = view_of,
+  missing_data = missing_data, new_env = new_env, lock_env = lock_env, stream_ctx = stream_ctx,
+}
 "#;
 
 /// Helpers kept per state.
@@ -84,27 +166,115 @@ pub struct Sandbox {
     pub stream_ctx: Function,
     pub new_env: Function,
     pub lock_env: Function,
+    /// Freezes what the scripts built, at the end of loading.
+    pub freezer: Freezer,
+    /// Modules `require` loaded: `{ path, env, module }` entries.
+    modules: Table,
+    /// True until loading ends; `require` loads new modules only while it is.
+    loading: Arc<AtomicBool>,
 }
 
-/// Creates a sandboxed state with `data` installed.
+/// Creates a sandboxed state with `data` installed, libraries and data frozen.
 pub fn new_state(
     handlers_dir: &Path,
     data: &DataSets,
     memory_limit: usize,
-) -> mlua::Result<(Lua, Sandbox)> {
+    max_message_size: usize,
+) -> Result<(Lua, Sandbox), StartupError> {
+    let setup = |e: mlua::Error| StartupError::Script {
+        location: Location::file(handlers_dir),
+        message: format!("setting up Lua: {e}"),
+        hint: None,
+    };
     let libs = StdLib::TABLE
         | StdLib::STRING
         | StdLib::UTF8
         | StdLib::MATH
         | StdLib::COROUTINE
-        | StdLib::OS;
-    let lua = Lua::new_with(libs, LuaOptions::default())?;
-    let g = lua.globals();
-    super::guard::install(&lua)?;
+        | StdLib::OS
+        | StdLib::DEBUG;
+    // SAFETY: the debug library is loaded only so the freezer can read upvalues and raw
+    // metatables; `take_debug` below moves the three functions it needs into Rust handles and
+    // prelude upvalues and removes `debug` from the globals before any script runs, so no
+    // script can reach it. No C modules can be loaded: the package library is not opened.
+    #[allow(unsafe_code)]
+    let lua = unsafe { Lua::unsafe_new_with(libs, LuaOptions::default()) };
+    lua.set_memory_limit(memory_limit).map_err(setup)?;
+    super::guard::install(&lua).map_err(setup)?;
+    let (sandbox, wrappers) = prepare(&lua, handlers_dir).map_err(setup)?;
+    install_data(&lua, &sandbox, &wrappers.missing_data, data, memory_limit)?;
+    freeze_libraries(&lua, &sandbox, &wrappers).map_err(setup)?;
+    lua.set_app_data(ReplyLimits::new(max_message_size));
+    Ok((lua, sandbox))
+}
 
-    type Prelude = (Function, Function, Function, Function, Function);
-    let (readonly, deep_readonly, new_env, lock_env, stream_ctx): Prelude =
-        lua.load(PRELUDE).set_name("=protoserve").call(())?;
+/// What setup needs from the prelude after `prepare`.
+struct Wrappers {
+    /// The maker of the `__index` that reports a missing data set.
+    missing_data: Function,
+    /// `debug.getmetatable`, for the string metatable.
+    dgetmt: Function,
+}
+
+fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> {
+    let g = lua.globals();
+    let debug: Table = g.raw_get("debug")?;
+    let getupvalue: Function = debug.raw_get("getupvalue")?;
+    let dgetmt: Function = debug.raw_get("getmetatable")?;
+    let dsetmt: Function = debug.raw_get("setmetatable")?;
+    g.raw_set("debug", LuaValue::Nil)?;
+
+    let originals = (
+        freeze::frozen_key(),
+        freeze::original_key(),
+        dgetmt.clone(),
+        dsetmt,
+        g.raw_get::<Function>("setmetatable")?,
+        g.raw_get::<Function>("getmetatable")?,
+        g.raw_get::<Function>("next")?,
+        g.raw_get::<Function>("rawget")?,
+        g.raw_get::<Function>("rawlen")?,
+        g.raw_get::<Function>("error")?,
+        g.raw_get::<Function>("type")?,
+        g.raw_get::<Function>("tostring")?,
+    );
+    let p: Table = lua.load(PRELUDE).set_name("=protoserve").call(originals)?;
+    let f = |name: &str| p.raw_get::<Function>(name);
+    let wrappers: Vec<(&str, Function)> = vec![
+        ("setmetatable", f("setmetatable")?),
+        ("getmetatable", f("getmetatable")?),
+        ("next", f("next")?),
+        ("rawget", f("rawget")?),
+        ("rawlen", f("rawlen")?),
+    ];
+    let helpers = Helpers {
+        len: f("len")?,
+        pairs: f("pairs")?,
+        newindex: f("raiser")?,
+        index_fallback: f("index_fallback")?,
+        view_of: p.raw_get("view_of")?,
+    };
+    let (stream_ctx, new_env, lock_env) = (f("stream_ctx")?, f("new_env")?, f("lock_env")?);
+    let mut internal: Vec<Function> = wrappers.iter().map(|(_, f)| f.clone()).collect();
+    internal.extend([
+        helpers.len.clone(),
+        helpers.pairs.clone(),
+        stream_ctx.clone(),
+        new_env.clone(),
+        lock_env.clone(),
+    ]);
+    let freezer = Freezer::new(lua, helpers, getupvalue, &internal)?;
+    let sandbox = Sandbox {
+        stream_ctx,
+        new_env,
+        lock_env,
+        freezer,
+        modules: lua.create_table()?,
+        loading: Arc::new(AtomicBool::new(true)),
+    };
+    for (name, w) in &wrappers {
+        g.raw_set(*name, w.clone())?;
+    }
 
     // Only the harmless part of os.
     let os: Table = g.get("os")?;
@@ -112,6 +282,7 @@ pub fn new_state(
     for name in ["time", "clock", "date", "difftime"] {
         safe_os.raw_set(name, os.get::<LuaValue>(name)?)?;
     }
+    g.raw_set("os", safe_os)?;
     for name in [
         "dofile",
         "loadfile",
@@ -122,13 +293,6 @@ pub fn new_state(
     ] {
         g.raw_set(name, LuaValue::Nil)?;
     }
-    g.raw_set("os", readonly.call::<Table>(safe_os)?)?;
-    for lib in ["string", "table", "math", "utf8", "coroutine"] {
-        let t: Table = g.get(lib)?;
-        g.raw_set(lib, readonly.call::<Table>(t)?)?;
-    }
-    lua.load("getmetatable('').__metatable = 'read-only'")
-        .exec()?;
 
     g.raw_set(
         "print",
@@ -151,32 +315,162 @@ pub fn new_state(
             Ok(LuaValue::Error(Box::new(mlua::Error::external(status))))
         })?,
     )?;
-    g.raw_set("grpc", readonly.call::<Table>(grpc)?)?;
-
-    let data_table = lua.create_table()?;
-    for (name, value) in &data.sets {
-        data_table.raw_set(name.as_str(), json_to_lua(&lua, value)?)?;
-    }
-    g.raw_set("data", deep_readonly.call::<Table>(data_table)?)?;
-
-    let sandbox = Sandbox {
-        stream_ctx,
-        new_env,
-        lock_env,
+    g.raw_set("grpc", grpc)?;
+    install_require(lua, handlers_dir.to_path_buf(), &sandbox)?;
+    let rest = Wrappers {
+        missing_data: f("missing_data")?,
+        dgetmt,
     };
-    install_require(&lua, handlers_dir.to_path_buf(), &sandbox)?;
-    lua.set_memory_limit(memory_limit)?;
-    Ok((lua, sandbox))
+    Ok((sandbox, rest))
 }
 
-/// `require("util")` → `handlers/util.lua`, loaded once per state, as text only.
+/// `data.<name>` for every data set, as frozen tables; a name with no data set is an error at
+/// the line that reads it.
+fn install_data(
+    lua: &Lua,
+    sandbox: &Sandbox,
+    missing_data: &Function,
+    data: &DataSets,
+    memory_limit: usize,
+) -> Result<(), StartupError> {
+    let fr = &sandbox.freezer;
+    let setup = |e: mlua::Error| StartupError::Data {
+        location: Location::file(&data.dir),
+        message: format!("setting up data sets: {e}"),
+        hint: None,
+    };
+    let root_hidden = lua
+        .create_table_with_capacity(0, data.sets.len())
+        .map_err(setup)?;
+    for (name, value) in &data.sets {
+        let file = data.dir.join(format!("{name}.json"));
+        let too_big = || StartupError::Data {
+            location: Location::file(&file),
+            message: format!(
+                "this data set does not fit in a script state's memory limit of {} MiB \
+                 (--script-memory; every state holds its own copy of all data sets)",
+                memory_limit / (1024 * 1024)
+            ),
+            hint: Some(format!(
+                "raise --script-memory, or make {} smaller",
+                file.display()
+            )),
+        };
+        let fail = |e: mlua::Error| match e {
+            mlua::Error::MemoryError(_) => too_big(),
+            other => setup(other),
+        };
+        let newindex = fr
+            .read_only(
+                &format!(
+                    "attempt to modify read-only table (data set {}, key '",
+                    file.display()
+                ),
+                "'): data is read-only; copy what you need into a local table",
+            )
+            .map_err(fail)?;
+        let converted = json_to_frozen(lua, fr, value, &newindex).map_err(fail)?;
+        root_hidden
+            .raw_set(name.as_str(), converted)
+            .map_err(fail)?;
+    }
+    let names: Vec<&str> = data.sets.keys().map(String::as_str).collect();
+    let names = if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    };
+    let install = || -> mlua::Result<()> {
+        let missing: Function =
+            missing_data.call((data.dir.display().to_string(), names.as_str()))?;
+        let link = lua.create_table()?;
+        link.raw_set("__index", missing)?;
+        root_hidden.set_metatable(Some(link))?;
+        let newindex = fr.read_only(
+            "attempt to modify read-only table (data, key '",
+            "'): data sets are the files in the data folder",
+        )?;
+        let root = lua.create_table()?;
+        fr.seal(lua, &root, root_hidden.clone(), &newindex)?;
+        lua.globals().raw_set("data", root)
+    };
+    install().map_err(setup)
+}
+
+/// Freezes the library tables, then the globals; the string metatable stays a live metatable
+/// (Lua reads it raw) that scripts only ever see as a frozen copy.
+fn freeze_libraries(lua: &Lua, sandbox: &Sandbox, wrappers: &Wrappers) -> mlua::Result<()> {
+    let fr = &sandbox.freezer;
+    let g = lua.globals();
+    let mut found = Found::default();
+    for lib in ["string", "table", "math", "utf8", "coroutine", "os", "grpc"] {
+        let t: LuaValue = g.raw_get(lib)?;
+        let newindex = fr.read_only(
+            &format!("attempt to modify read-only table (the {lib} library, key '"),
+            "')",
+        )?;
+        fr.freeze_from(lua, t, &newindex, &newindex, lib, &mut found)?;
+    }
+    let newindex = fr.read_only(
+        "attempt to modify read-only table (the global environment, key '",
+        "')",
+    )?;
+    fr.freeze_from(
+        lua,
+        LuaValue::Table(g.clone()),
+        &newindex,
+        &newindex,
+        "globals",
+        &mut found,
+    )?;
+    if let Some(hidden_globals) = freeze::hidden(&g) {
+        // Every script environment's metatable reads it directly.
+        fr.exclude(&hidden_globals);
+    }
+    let string_lib: Table = g.get("string")?;
+    let string_mt: Table = wrappers.dgetmt.call("")?;
+    let seen = lua.create_table()?;
+    string_mt.for_each(|k: LuaValue, v: LuaValue| seen.raw_set(k, v))?;
+    let newindex = fr.read_only(
+        "attempt to modify read-only table (the string metatable, key '",
+        "')",
+    )?;
+    fr.freeze_from(
+        lua,
+        LuaValue::Table(seen.clone()),
+        &newindex,
+        &newindex,
+        "string metatable",
+        &mut found,
+    )?;
+    if let Ok(LuaValue::Table(index)) = string_mt.raw_get::<LuaValue>("__index") {
+        if index == string_lib {
+            if let Some(h) = freeze::hidden(&string_lib) {
+                string_mt.raw_set("__index", h)?;
+            }
+        }
+    }
+    string_mt.raw_set("__metatable", seen)?;
+    Ok(())
+}
+
+/// `require("util")` → `handlers/util.lua`, loaded once per state, as text, while loading only.
 fn install_require(lua: &Lua, dir: PathBuf, sandbox: &Sandbox) -> mlua::Result<()> {
     let cache = lua.create_table()?;
     let new_env = sandbox.new_env.clone();
     let lock_env = sandbox.lock_env.clone();
+    let modules = sandbox.modules.clone();
+    let loading = sandbox.loading.clone();
     let require = lua.create_function(move |lua, name: String| {
-        if let Ok(v @ LuaValue::Table(_)) = cache.raw_get::<LuaValue>(name.as_str()) {
-            return Ok(v);
+        match cache.raw_get::<LuaValue>(name.as_str())? {
+            LuaValue::Nil => {}
+            loaded => return Ok(loaded),
+        }
+        if !loading.load(Ordering::Acquire) {
+            return Err(mlua::Error::runtime(format!(
+                "require({name:?}) at call time: modules load with the scripts; require it at \
+                 the top of the script"
+            )));
         }
         let valid = !name.is_empty()
             && name.split('.').all(|part| {
@@ -204,19 +498,154 @@ fn install_require(lua: &Lua, dir: PathBuf, sandbox: &Sandbox) -> mlua::Result<(
             .set_mode(mlua::ChunkMode::Text)
             .set_environment(env.clone())
             .call(())?;
-        lock_env.call::<()>((env, lua.globals(), path.display().to_string()))?;
+        let shown = path.display().to_string();
+        lock_env.call::<()>((env.clone(), lua.globals(), shown.as_str()))?;
         let module = match result {
             LuaValue::Nil => LuaValue::Boolean(true),
             other => other,
         };
         cache.raw_set(name.as_str(), module.clone())?;
+        let entry = lua.create_table()?;
+        entry.raw_set("path", shown)?;
+        entry.raw_set("env", env)?;
+        entry.raw_set("module", module.clone())?;
+        modules.raw_push(entry)?;
         Ok(module)
     })?;
     lua.globals().raw_set("require", require)
 }
 
-/// A JSON value as plain Lua values (null becomes nil).
-pub fn json_to_lua(lua: &Lua, value: &Json) -> mlua::Result<LuaValue> {
+/// Ends loading in one state: freezes every script environment and module with what they
+/// reach, and (when `check_code` is set, once for the pool) rejects load-time functions that
+/// assign module-level locals. After this, `require` only returns modules loaded already.
+pub fn finish_loading(
+    lua: &Lua,
+    sandbox: &Sandbox,
+    envs: &HashMap<PathBuf, Table>,
+    check_code: bool,
+    memory_limit: usize,
+) -> Result<(), StartupErrors> {
+    let fr = &sandbox.freezer;
+    let mut found = Found::default();
+    let mut roots: Vec<(String, Table, LuaValue)> = envs
+        .iter()
+        .map(|(path, env)| (path.display().to_string(), env.clone(), LuaValue::Nil))
+        .collect();
+    roots.sort_by(|a, b| a.0.cmp(&b.0));
+    let modules: Vec<Table> = sandbox
+        .modules
+        .sequence_values::<Table>()
+        .collect::<mlua::Result<_>>()
+        .map_err(|e| freeze_error("handlers", &e, memory_limit))?;
+    for m in modules {
+        let read = || -> mlua::Result<(String, Table, LuaValue)> {
+            Ok((m.raw_get("path")?, m.raw_get("env")?, m.raw_get("module")?))
+        };
+        roots.push(read().map_err(|e| freeze_error("handlers", &e, memory_limit))?);
+    }
+    for (path, env, module) in &roots {
+        let mut freeze = || -> mlua::Result<()> {
+            let env_newindex = fr.read_only(
+                "cannot set global '",
+                &format!(
+                    "' in {path} while serving a call: globals are shared by every call; use a local"
+                ),
+            )?;
+            let newindex = fr.read_only(
+                &format!("attempt to modify read-only table built while loading {path} (key '"),
+                "'): keep per-call state in locals",
+            )?;
+            fr.freeze_from(
+                lua,
+                LuaValue::Table(env.clone()),
+                &env_newindex,
+                &newindex,
+                path,
+                &mut found,
+            )?;
+            fr.freeze_from(lua, module.clone(), &newindex, &newindex, path, &mut found)
+        };
+        freeze().map_err(|e| freeze_error(path, &e, memory_limit))?;
+    }
+    let mut errors = StartupErrors::default();
+    for (origin, name) in &found.coroutines {
+        errors.push(StartupError::Script {
+            location: Location::file(origin),
+            message: format!(
+                "a coroutine created while loading is still reachable after loading (through \
+                 {name}); its suspended state would be shared by every call"
+            ),
+            hint: Some("create coroutines inside the handler function, per call".into()),
+        });
+    }
+    if check_code {
+        check_upvalue_writes(&found, &mut errors);
+    }
+    sandbox.loading.store(false, Ordering::Release);
+    errors.into_result(())
+}
+
+fn freeze_error(origin: &str, e: &mlua::Error, memory_limit: usize) -> StartupError {
+    match e {
+        mlua::Error::MemoryError(_) => StartupError::Script {
+            location: Location::file(origin),
+            message: format!(
+                "making what this script built while loading read-only needs more than the \
+                 script memory limit of {} MiB",
+                memory_limit / (1024 * 1024)
+            ),
+            hint: Some("raise --script-memory".into()),
+        },
+        other => StartupError::Script {
+            location: Location::file(origin),
+            message: format!("making what this script built while loading read-only: {other}"),
+            hint: None,
+        },
+    }
+}
+
+/// Every `SETUPVAL` on a cell that exists before a call starts is a startup error.
+fn check_upvalue_writes(found: &Found, errors: &mut StartupErrors) {
+    let mut reported = std::collections::BTreeSet::new();
+    for f in &found.functions {
+        let proto = match bytecode::parse(&f.dump(false)) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("cannot check a script function's upvalue writes: {e}");
+                continue;
+            }
+        };
+        for w in proto.shared_writes() {
+            reported.insert((w.source, w.line, w.name));
+        }
+    }
+    for (source, line, name) in reported {
+        let message = if name == "_ENV" {
+            "'_ENV' is reassigned while serving a call; the environment is shared by every \
+             call: read globals through _ENV, keep per-call tables in locals"
+                .to_owned()
+        } else {
+            format!(
+                "'{name}' is a module-level local assigned while serving a call; module state is \
+                 read-only (it would be shared by every call): make it a local inside the function"
+            )
+        };
+        errors.push(StartupError::Script {
+            location: Location::at(source, line as usize, 0),
+            message,
+            hint: None,
+        });
+    }
+}
+
+/// A JSON value as frozen Lua tables (null becomes nil); built hidden-first, so nothing is
+/// copied twice.
+pub fn json_to_frozen(
+    lua: &Lua,
+    fr: &Freezer,
+    value: &Json,
+    newindex: &Function,
+) -> mlua::Result<LuaValue> {
     Ok(match value {
         Json::Null => LuaValue::Nil,
         Json::Bool(b) => LuaValue::Boolean(*b),
@@ -226,18 +655,51 @@ pub fn json_to_lua(lua: &Lua, value: &Json) -> mlua::Result<LuaValue> {
         },
         Json::String(s) => LuaValue::String(lua.create_string(s)?),
         Json::Array(items) => {
-            let t = lua.create_table_with_capacity(items.len(), 0)?;
+            let hidden = lua.create_table_with_capacity(items.len(), 0)?;
             for (i, item) in items.iter().enumerate() {
-                t.raw_set(i + 1, json_to_lua(lua, item)?)?;
+                hidden.raw_set(i + 1, json_to_frozen(lua, fr, item, newindex)?)?;
             }
+            let t = lua.create_table()?;
+            fr.seal(lua, &t, hidden, newindex)?;
             LuaValue::Table(t)
         }
         Json::Object(map) => {
-            let t = lua.create_table_with_capacity(0, map.len())?;
+            let hidden = lua.create_table_with_capacity(0, map.len())?;
             for (k, v) in map {
-                t.raw_set(k.as_str(), json_to_lua(lua, v)?)?;
+                hidden.raw_set(k.as_str(), json_to_frozen(lua, fr, v, newindex)?)?;
             }
+            let t = lua.create_table()?;
+            fr.seal(lua, &t, hidden, newindex)?;
             LuaValue::Table(t)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loading_freezes_script_tables_but_not_what_live_metatables_read() {
+        let data = DataSets::default();
+        let (lua, sandbox) = new_state(Path::new("handlers"), &data, 64 << 20, 1 << 20).unwrap();
+        let env: Table = sandbox.new_env.call(lua.globals()).unwrap();
+        lua.load("local t = { 1 } function F() return t end")
+            .set_environment(env.clone())
+            .exec()
+            .unwrap();
+        let mut envs = HashMap::new();
+        envs.insert(PathBuf::from("x.lua"), env.clone());
+        sandbox
+            .lock_env
+            .call::<()>((env.clone(), lua.globals(), "x.lua"))
+            .unwrap();
+        finish_loading(&lua, &sandbox, &envs, true, 64 << 20).unwrap();
+        let hidden_globals = freeze::hidden(&lua.globals()).unwrap();
+        assert!(!freeze::is_frozen(&hidden_globals));
+        assert!(freeze::is_frozen(&env));
+        let t: Table = lua.load("return F()").set_environment(env).eval().unwrap();
+        assert!(freeze::is_frozen(&t));
+        assert_eq!(freeze::contents(&t).raw_get::<i64>(1).unwrap(), 1);
+    }
 }

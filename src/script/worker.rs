@@ -33,7 +33,7 @@ use super::slice::{self, Heartbeat};
 use super::status::Abort;
 use super::{ScriptOptions, ScriptSetupError};
 use crate::data::DataSets;
-use crate::error::{Location, StartupError};
+use crate::error::{Location, StartupError, StartupErrors};
 use crate::handler::Requests;
 
 /// Instructions between two checks of the budget, deadline and cancellation.
@@ -125,8 +125,12 @@ impl Loading {
         data: &DataSets,
         options: &ScriptOptions,
     ) -> Result<Self, StartupError> {
-        let (lua, sandbox) = sandbox::new_state(recipe_dir, data, options.memory_limit)
-            .map_err(|e| lua_setup_error("setting up Lua", e))?;
+        let (lua, sandbox) = sandbox::new_state(
+            recipe_dir,
+            data,
+            options.memory_limit,
+            options.max_message_size,
+        )?;
         // One hook for every coroutine of this state; it checks whichever call is current.
         lua.set_global_hook(
             HookTriggers::new().every_nth_instruction(HOOK_STEP),
@@ -204,14 +208,23 @@ impl Loading {
         Ok(env)
     }
 
-    /// Locks every script environment: the state is ready to serve.
-    pub fn finish(self) -> Result<State, StartupError> {
+    /// Locks every script environment and freezes what the scripts built: the state is ready
+    /// to serve. `check_code` (once per pool) also rejects functions that would assign
+    /// module-level locals while serving.
+    pub fn finish(self, check_code: bool) -> Result<State, StartupErrors> {
         for (path, env) in &self.envs {
             self.sandbox
                 .lock_env
                 .call::<()>((env.clone(), self.lua.globals(), path.display().to_string()))
                 .map_err(|e| lua_setup_error("locking script globals", e))?;
         }
+        sandbox::finish_loading(
+            &self.lua,
+            &self.sandbox,
+            &self.envs,
+            check_code,
+            self.memory_limit,
+        )?;
         let runner: Function = self
             .lua
             .named_registry_value(RUNNER_KEY)
@@ -279,7 +292,12 @@ pub fn build(recipe: &Recipe) -> Result<State, StartupError> {
             })?;
         loading.functions.push(f);
     }
-    loading.finish()
+    // The first state checked the code already; a rebuild meets the same scripts.
+    loading.finish(false).map_err(|mut e| {
+        e.0.drain(..)
+            .next()
+            .unwrap_or_else(|| lua_setup_error("loading scripts", mlua::Error::runtime("failed")))
+    })
 }
 
 /// One call handed to a state thread.
