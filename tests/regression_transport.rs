@@ -556,3 +556,32 @@ async fn second_signal_exits_at_once() {
         .unwrap();
     assert!(exit.is_some(), "a second signal did not end the process");
 }
+
+/// A peer that completes the handshake and then goes silent (answers no ping) is dropped after
+/// the keepalive timeout, instead of holding its connection forever.
+#[test]
+fn dead_peer_is_dropped_by_keepalive() {
+    let server = Server::start(&[
+        "--keepalive-interval",
+        "200ms",
+        "--keepalive-timeout",
+        "500ms",
+    ]);
+    let mut tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.write_all(PREFACE).unwrap();
+    tcp.write_all(&frame(SETTINGS, 0, 0, &[])).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {} // SETTINGS, PINGs, GOAWAY
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the silent peer was kept for {:?}",
+        started.elapsed()
+    );
+}
