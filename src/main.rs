@@ -90,6 +90,9 @@ struct ServeArgs {
 /// Limits and timeouts of connections and calls (serve only).
 #[derive(Args, Debug, Clone)]
 struct TransportArgs {
+    /// Connections served at once; more are closed as soon as they are accepted.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = positive)]
+    max_connections: usize,
     /// HTTP/2 streams a client may open at once on one connection (more wait in the client).
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrent_streams: u32,
@@ -119,6 +122,7 @@ struct TransportArgs {
 impl TransportArgs {
     fn options(&self) -> ServerOptions {
         ServerOptions {
+            max_connections: self.max_connections,
             max_concurrent_streams: self.max_concurrent_streams,
             max_calls_per_connection: self.max_calls_per_connection,
             max_calls: self.max_calls,

@@ -5,7 +5,8 @@
 //! clients that open streams without end, stop halfway through the preface, or never finish a
 //! call. So connections are served here with hyper's HTTP/2 builder and an own accept loop:
 //!
-//! - every stream limit and timeout is a setting ([`ServerOptions`], flags in `main.rs`);
+//! - every connection, stream and call limit and every timeout is a setting
+//!   ([`ServerOptions`], flags in `main.rs`);
 //! - a connection that has not sent the HTTP/2 preface and a first frame header within
 //!   `handshake_timeout` is closed ([`HandshakeGuard`]);
 //! - peers that stop answering pings are dropped (`keepalive_*`);
@@ -38,6 +39,8 @@ use crate::router::Router;
 /// Limits and timeouts of the transport; the defaults suit a test server on one machine.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerOptions {
+    /// Connections served at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: streams a client may open on one connection.
     pub max_concurrent_streams: u32,
     /// Calls in flight on one connection; more get RESOURCE_EXHAUSTED at once.
@@ -59,6 +62,7 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
+            max_connections: 1024,
             max_concurrent_streams: 256,
             max_calls_per_connection: 256,
             max_calls: 4096,
@@ -122,6 +126,12 @@ pub async fn run(
                         continue;
                     }
                 };
+                if connections.len() >= options.max_connections {
+                    // Closed at once: the client sees the connection fail and may retry.
+                    tracing::debug!("refusing a connection: --max-connections ({}) reached", options.max_connections);
+                    drop(stream);
+                    continue;
+                }
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!("TCP_NODELAY: {e}");
                 }

@@ -556,3 +556,72 @@ async fn second_signal_exits_at_once() {
         .unwrap();
     assert!(exit.is_some(), "a second signal did not end the process");
 }
+
+/// A peer that completes the handshake and then goes silent (answers no ping) is dropped after
+/// the keepalive timeout, instead of holding its connection forever.
+#[test]
+fn dead_peer_is_dropped_by_keepalive() {
+    let server = Server::start(&[
+        "--keepalive-interval",
+        "200ms",
+        "--keepalive-timeout",
+        "500ms",
+    ]);
+    let mut tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.write_all(PREFACE).unwrap();
+    tcp.write_all(&frame(SETTINGS, 0, 0, &[])).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {} // SETTINGS, PINGs, GOAWAY
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the silent peer was kept for {:?}",
+        started.elapsed()
+    );
+}
+
+/// Connections past `--max-connections` are closed at once; the ones served keep working.
+#[tokio::test]
+async fn connections_over_the_limit_are_closed() {
+    let server = Server::start(&["--max-connections", "2"]);
+    let pool = common::pool(&repo().join("protos"));
+    let a = Client::connect(server.addr, pool.clone()).await;
+    let b = Client::connect(server.addr, pool.clone()).await;
+    for c in [&a, &b] {
+        c.unary("helloworld.Greeter/SayHello", json!({"name": "in"}))
+            .await
+            .unwrap();
+    }
+    let addr = server.addr;
+    let closed_after = tokio::task::spawn_blocking(move || {
+        let mut tcp = TcpStream::connect(addr).unwrap();
+        let _ = tcp.write_all(PREFACE);
+        let _ = tcp.write_all(&frame(SETTINGS, 0, 0, &[]));
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 256];
+        loop {
+            match tcp.read(&mut buf) {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        closed_after < Duration::from_secs(20),
+        "the third connection was served for {closed_after:?}"
+    );
+    for c in [&a, &b] {
+        c.unary("helloworld.Greeter/SayHello", json!({"name": "still"}))
+            .await
+            .unwrap();
+    }
+}

@@ -28,7 +28,7 @@ use tonic::Status;
 
 use super::error::ErrorAction;
 use super::reply::ReplyAction;
-use super::rules::Rule;
+use super::rules::{self, Rule};
 use super::stream::StreamAction;
 use super::{
     add_missing_metadata, Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses,
@@ -135,10 +135,8 @@ fn answer(
         Responder::Single(a) => (a.respond_incoming(req, method)?, 0),
         Responder::Rules(rules) => {
             let msg = req.decode()?;
-            let rule = rules
-                .iter()
-                .position(|r| r.when.as_ref().is_none_or(|c| c.matches(&msg, metadata)))
-                .ok_or(CallError::NoRuleMatched { method })?;
+            let rule =
+                rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched { method })?;
             (rules[rule].action.respond(msg, method)?, rule)
         }
     };

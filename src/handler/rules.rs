@@ -13,14 +13,9 @@ pub struct Rule {
     pub action: Action,
 }
 
-/// Finds the first matching rule.
-pub fn pick<'a>(
-    rules: &'a [Rule],
-    req: &DynamicMessage,
-    metadata: &MetadataMap,
-) -> Option<&'a Action> {
+/// The index of the first matching rule.
+pub fn pick(rules: &[Rule], req: &DynamicMessage, metadata: &MetadataMap) -> Option<usize> {
     rules
         .iter()
-        .find(|r| r.when.as_ref().is_none_or(|c| c.matches(req, metadata)))
-        .map(|r| &r.action)
+        .position(|r| r.when.as_ref().is_none_or(|c| c.matches(req, metadata)))
 }
