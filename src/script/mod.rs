@@ -369,10 +369,7 @@ fn start(
     function: usize,
     shared: &Arc<CallShared>,
     requests: Requests,
-) -> mlua::Result<(
-    Running<mlua::AsyncThread<LuaValue>>,
-    (mlua::Thread, mlua::Thread),
-)> {
+) -> mlua::Result<(Running<mlua::AsyncThread<LuaValue>>, worker::CallThreads)> {
     let lua = &state.lua;
     let f = state
         .functions

@@ -66,9 +66,12 @@ pub struct State {
     pub runner: Function,
     /// What a call's own coroutine runs (see `guard`).
     pub body: Function,
-    /// Threads of calls that returned normally, ready for the next call: (runner, body).
-    spare: RefCell<Vec<(mlua::Thread, mlua::Thread)>>,
+    /// Threads of calls that returned normally, ready for the next call.
+    spare: RefCell<Vec<CallThreads>>,
 }
+
+/// A call's thread (running the runner) and its own coroutine (running the body).
+pub type CallThreads = (mlua::Thread, mlua::Thread);
 
 /// Spare coroutines kept per state.
 const SPARE_THREADS: usize = 64;
@@ -76,7 +79,7 @@ const SPARE_THREADS: usize = 64;
 impl State {
     /// The call's thread (running the runner) and its own coroutine (running the body):
     /// spare ones, or new ones.
-    pub fn threads(&self) -> mlua::Result<(mlua::Thread, mlua::Thread)> {
+    pub fn threads(&self) -> mlua::Result<CallThreads> {
         match self.spare.borrow_mut().pop() {
             Some(t) => Ok(t),
             None => Ok((
@@ -88,7 +91,7 @@ impl State {
 
     /// Keeps a call's threads for another call if both finished normally (so nothing of the
     /// call is left in them: no pending to-be-closed variable, no frame).
-    pub fn recycle(&self, (main, own): (mlua::Thread, mlua::Thread)) {
+    pub fn recycle(&self, (main, own): CallThreads) {
         let finished = mlua::ThreadStatus::Finished;
         if main.status() != finished || own.status() != finished {
             return;
