@@ -148,6 +148,8 @@ async fn hostile_loops_on_every_state_do_not_block_other_scripts() {
     let median = latencies[latencies.len() / 2];
     let max = *latencies.last().unwrap();
     eprintln!("quick script calls beside endless loops: median {median:?}, max {max:?}");
-    assert!(median < Duration::from_millis(40), "median {median:?}");
-    assert!(max < Duration::from_millis(300), "max {max:?}");
+    // Time slices are 2 ms, so a quick call waits a few slices at most; the margins are for a
+    // busy machine. A state that let one call run to its end would take seconds here.
+    assert!(median < Duration::from_millis(150), "median {median:?}");
+    assert!(max < Duration::from_millis(1000), "max {max:?}");
 }

@@ -202,7 +202,10 @@ async fn coroutine_wrap_generator_survives_time_slices() {
         })
         .collect();
     for call in calls {
-        let r = call.await.unwrap().unwrap_or_else(|s| panic!("{s:?}"));
+        let r = call
+            .await
+            .unwrap()
+            .unwrap_or_else(|s| panic!("{s:?}\n{}", server.log().join("\n")));
         assert_eq!(r["text"].as_str().unwrap(), texts[1]);
     }
 }

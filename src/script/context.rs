@@ -68,6 +68,8 @@ pub struct CallShared {
     pub sender: Mutex<Option<OutboxSender>>,
     /// A message `try_send` could not place yet; `wait_send` sends it.
     pub pending: Mutex<Option<Result<Outgoing, Status>>>,
+    /// The call's own thread (a pointer), driven by the executor: never yielded by the hook.
+    main_thread: std::sync::atomic::AtomicUsize,
     /// Coroutines (pointers) of this call that the hook yielded for a time slice and whose
     /// resumer has not seen it yet (see `guard`).
     sliced: Mutex<Vec<usize>>,
@@ -120,6 +122,7 @@ impl CallShared {
             stream: Mutex::new(stream),
             sender: Mutex::new(sender),
             pending: Mutex::new(None),
+            main_thread: std::sync::atomic::AtomicUsize::new(0),
             sliced: Mutex::new(Vec::new()),
         }
     }
@@ -203,11 +206,21 @@ impl CallShared {
         }));
     }
 
-    pub fn mark_sliced(&self, thread: usize) {
+    pub fn set_main_thread(&self, thread: usize) {
+        self.main_thread.store(thread, Ordering::Release);
+    }
+
+    /// Marks coroutine `thread` as yielded by the hook; false (and no mark) for the call's own
+    /// thread, which the hook must not yield.
+    pub fn mark_sliced(&self, thread: usize) -> bool {
+        if thread == self.main_thread.load(Ordering::Acquire) {
+            return false;
+        }
         let mut sliced = lock(&self.sliced);
         if !sliced.contains(&thread) {
             sliced.push(thread);
         }
+        true
     }
 
     pub fn take_sliced(&self, thread: usize) -> bool {

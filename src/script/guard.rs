@@ -7,9 +7,12 @@
 //! - `coroutine.resume`/`wrap` pass a time-slice yield of the hook (and the waiting of `ctx:sleep`
 //!   and friends) up to the call's own coroutine and then resume the inner coroutine, so user
 //!   coroutines see exactly Lua 5.4's values, errors and statuses however long they run.
-//! - Every call runs through [`RUNNER`], which turns any error value into a message without
-//!   calling a metamethod (a table's `message` field, never its address) while the call is
-//!   still current.
+//! - Every call runs through the runner: on the call's thread, which the executor drives and
+//!   the hook never yields (a thread suspended by a hook must not be resumed by mlua's
+//!   executor, which resets the stack of the thread it resumes), it runs the function in a
+//!   coroutine of its own, whose slice yields and waits come up as plain yields. Any error
+//!   value becomes a message without calling a metamethod (a table's `message` field, never its
+//!   address) while the call is still current.
 
 use mlua::{Function, Lua, Table, Value as LuaValue};
 
@@ -17,6 +20,8 @@ use super::slice;
 
 /// Where the runner is kept in the state's registry.
 pub const RUNNER_KEY: &str = "protoserve.runner";
+/// Where the body (what a call's own coroutine runs) is kept.
+pub const BODY_KEY: &str = "protoserve.body";
 
 const GUARD: &str = r#"
 local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING = ...
@@ -120,12 +125,29 @@ local function finish(ok, ...)
   return fail((...))
 end
 
--- Every call: f(req, ctx), with its error made safe to read.
-local function run(f, req, ctx)
+-- The call's function runs in its own coroutine `c` (see `run`), with its error made safe to
+-- read.
+local function body(f, req, ctx)
   return finish(raw_xpcall(f, normalize, req, ctx))
 end
 
-return pcall, xpcall, run
+local function drive(c, ok, ...)
+  if ok and co_status(c) == "suspended" then
+    -- The function yielded at its top level: a pause, as if the call were a coroutine.
+    co_yield()
+    return drive(c, resume(c))
+  end
+  if not ok then return fail((...)) end
+  return ...
+end
+
+-- Every call: on the call's thread (driven by the executor, which the hook never yields), run
+-- `body` in coroutine `c`; slice yields and waits inside it come up here as plain yields.
+local function run(c, f, req, ctx)
+  return drive(c, resume(c, f, req, ctx))
+end
+
+return pcall, xpcall, run, body
 "#;
 
 /// Installs the wrappers in `lua`'s globals and `coroutine` table (before they are frozen) and
@@ -164,7 +186,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         })
     })?;
     let pending = LuaValue::LightUserData(Lua::poll_pending());
-    let (pcall, xpcall, run): (Function, Function, Function) =
+    let (pcall, xpcall, run, body): (Function, Function, Function, Function) =
         lua.load(GUARD).set_name("=protoserve guard").call((
             g.get::<Function>("pcall")?,
             g.get::<Function>("xpcall")?,
@@ -179,6 +201,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     g.raw_set("pcall", pcall)?;
     g.raw_set("xpcall", xpcall)?;
     lua.set_named_registry_value(RUNNER_KEY, run)?;
+    lua.set_named_registry_value(BODY_KEY, body)?;
     Ok(())
 }
 

@@ -333,13 +333,13 @@ async fn run_call(state: &State, job: Job) -> bool {
     let started = slice::with_call(&shared, || start(state, function, &shared, requests));
     let outcome = match started {
         Err(e) => Err(e),
-        Ok((running, thread)) => {
+        Ok((running, threads)) => {
             let outcome = tokio::select! {
                 r = running => r,
                 () = cancelled(&shared) => Err(shared.abort_error(Abort::Cancelled)),
                 () = sleep_until(shared.deadline) => Err(shared.abort_error(Abort::Deadline)),
             };
-            state.recycle(thread);
+            state.recycle(threads);
             outcome
         }
     };
@@ -385,7 +385,7 @@ fn start(
     function: usize,
     shared: &Arc<CallShared>,
     requests: Requests,
-) -> mlua::Result<(Running<mlua::AsyncThread<LuaValue>>, mlua::Thread)> {
+) -> mlua::Result<(Running<mlua::AsyncThread<LuaValue>>, worker::CallThreads)> {
     let lua = &state.lua;
     let f = state
         .functions
@@ -395,17 +395,18 @@ fn start(
         Requests::One(msg) => LuaValue::Table(message_to_lua(lua, &decode(&msg)?)?),
         Requests::Stream(stream) => LuaValue::Function(request_iterator(lua, stream, shared)?),
     };
-    let own = lua.create_userdata(Ctx(shared.clone()))?;
+    let handle = lua.create_userdata(Ctx(shared.clone()))?;
     let ctx = if shared.streams_output {
-        state.stream_ctx.call::<LuaValue>(own)?
+        state.stream_ctx.call::<LuaValue>(handle)?
     } else {
-        LuaValue::UserData(own)
+        LuaValue::UserData(handle)
     };
-    let thread = state.thread()?;
-    let running = thread
+    let (main, body) = state.threads()?;
+    shared.set_main_thread(main.to_pointer() as usize);
+    let running = main
         .clone()
-        .into_async::<LuaValue>((f.clone(), arg, ctx))?;
-    Ok((Running::new(shared.clone(), running), thread))
+        .into_async::<LuaValue>((body.clone(), f.clone(), arg, ctx))?;
+    Ok((Running::new(shared.clone(), running), (main, body)))
 }
 
 /// Unary and client-streaming: answer with the returned message (converted while the call is

@@ -81,11 +81,10 @@ pub fn current_abort() -> Option<Abort> {
     CURRENT.with(|c| c.try_borrow().ok()?.as_ref()?.shared.aborted())
 }
 
-/// The hook is yielding coroutine `thread` (a pointer) of the running call for a time slice.
-pub fn mark_sliced(thread: usize) {
-    if let Some(call) = running_call() {
-        call.mark_sliced(thread);
-    }
+/// The hook would yield coroutine `thread` (a pointer) of the running call for a time slice:
+/// marks it and says yes, or says no (the call's own thread, or no call).
+pub fn mark_sliced(thread: usize) -> bool {
+    running_call().is_some_and(|call| call.mark_sliced(thread))
 }
 
 /// Whether coroutine `thread`'s last yield was the hook's (forgetting it).

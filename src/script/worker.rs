@@ -64,31 +64,44 @@ pub struct State {
     pub functions: Vec<Function>,
     pub stream_ctx: Function,
     pub runner: Function,
-    /// Coroutines of calls that returned normally, ready for the next call.
-    spare: RefCell<Vec<mlua::Thread>>,
+    /// What a call's own coroutine runs (see `guard`).
+    pub body: Function,
+    /// Threads of calls that returned normally, ready for the next call.
+    spare: RefCell<Vec<CallThreads>>,
 }
+
+/// A call's thread (running the runner) and its own coroutine (running the body).
+pub type CallThreads = (mlua::Thread, mlua::Thread);
 
 /// Spare coroutines kept per state.
 const SPARE_THREADS: usize = 64;
 
 impl State {
-    /// A coroutine ready to run the runner: a spare one, or a new one.
-    pub fn thread(&self) -> mlua::Result<mlua::Thread> {
+    /// The call's thread (running the runner) and its own coroutine (running the body):
+    /// spare ones, or new ones.
+    pub fn threads(&self) -> mlua::Result<CallThreads> {
         match self.spare.borrow_mut().pop() {
             Some(t) => Ok(t),
-            None => self.lua.create_thread(self.runner.clone()),
+            None => Ok((
+                self.lua.create_thread(self.runner.clone())?,
+                self.lua.create_thread(self.body.clone())?,
+            )),
         }
     }
 
-    /// Keeps `thread` for another call if it finished normally (so nothing of its call is
-    /// left in it: no pending to-be-closed variable, no frame).
-    pub fn recycle(&self, thread: mlua::Thread) {
-        if thread.status() != mlua::ThreadStatus::Finished {
+    /// Keeps a call's threads for another call if both finished normally (so nothing of the
+    /// call is left in them: no pending to-be-closed variable, no frame).
+    pub fn recycle(&self, (main, own): CallThreads) {
+        let finished = mlua::ThreadStatus::Finished;
+        if main.status() != finished || own.status() != finished {
             return;
         }
         let mut spare = self.spare.borrow_mut();
-        if spare.len() < SPARE_THREADS && thread.reset(self.runner.clone()).is_ok() {
-            spare.push(thread);
+        if spare.len() < SPARE_THREADS
+            && main.reset(self.runner.clone()).is_ok()
+            && own.reset(self.body.clone()).is_ok()
+        {
+            spare.push((main, own));
         }
     }
 }
@@ -137,8 +150,12 @@ impl Loading {
             |lua, debug| match slice::check(u64::from(HOOK_STEP), TIME_SLICE) {
                 slice::Check::Continue => Ok(VmState::Continue),
                 slice::Check::Yield => {
-                    slice::mark_sliced(lua.current_thread().to_pointer() as usize);
-                    Ok(VmState::Yield)
+                    // Never the call's own thread: only coroutines the wrappers resume.
+                    if slice::mark_sliced(lua.current_thread().to_pointer() as usize) {
+                        Ok(VmState::Yield)
+                    } else {
+                        Ok(VmState::Continue)
+                    }
                 }
                 slice::Check::Abort(a) => {
                     if slice::running_call().is_some_and(|c| c.method == LOADING) {
@@ -229,12 +246,17 @@ impl Loading {
             .lua
             .named_registry_value(RUNNER_KEY)
             .map_err(|e| lua_setup_error("finding the call runner", e))?;
+        let body: Function = self
+            .lua
+            .named_registry_value(super::guard::BODY_KEY)
+            .map_err(|e| lua_setup_error("finding the call runner", e))?;
         Ok(State {
             memory_limit: self.memory_limit,
             stream_ctx: self.sandbox.stream_ctx.clone(),
             lua: self.lua,
             functions: self.functions,
             runner,
+            body,
             spare: RefCell::new(Vec::new()),
         })
     }
