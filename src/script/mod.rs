@@ -17,9 +17,11 @@
 
 pub mod context;
 pub mod convert;
+pub mod pattern;
 pub mod sandbox;
 pub mod slice;
 pub mod status;
+pub mod stdlib;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

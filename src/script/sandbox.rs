@@ -99,6 +99,7 @@ pub fn new_state(
         | StdLib::COROUTINE
         | StdLib::OS;
     let lua = Lua::new_with(libs, LuaOptions::default())?;
+    super::stdlib::install(&lua)?;
     let g = lua.globals();
 
     type Prelude = (Function, Function, Function, Function, Function);

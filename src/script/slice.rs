@@ -171,3 +171,17 @@ impl<F: Future + Unpin> Future for CurrentCall<F> {
         result
     }
 }
+
+/// Charges `units` instructions of C-level work to the running call's budget.
+pub fn charge(units: u64) -> mlua::Result<()> {
+    CURRENT.with(|c| {
+        let guard = c.try_borrow();
+        match guard.as_ref().ok().and_then(|g| g.as_ref()) {
+            Some(cur) => match cur.shared.should_abort(units) {
+                Some(a) => Err(mlua::Error::external(a)),
+                None => Ok(()),
+            },
+            None => Ok(()),
+        }
+    })
+}
