@@ -5,8 +5,8 @@
 use mlua::Lua;
 
 /// A plain state whose C `find`/`match`/`gmatch`/`gsub` are kept as `C.*` before the bounded
-/// ones replace them.
-fn state() -> Lua {
+/// ones replace them: all pattern calls in Rust (`matcher_only`), or routed as in the server.
+fn state(matcher_only: bool) -> Lua {
     let lua = Lua::new();
     lua.load(
         "C = { find = string.find, match = string.match, gmatch = string.gmatch, \
@@ -14,7 +14,11 @@ fn state() -> Lua {
     )
     .exec()
     .unwrap();
-    protoserve::script::stdlib::install(&lua).unwrap();
+    if matcher_only {
+        protoserve::script::stdlib::install_matcher_only(&lua).unwrap();
+    } else {
+        protoserve::script::stdlib::install(&lua).unwrap();
+    }
     lua
 }
 
@@ -232,7 +236,16 @@ const CASES: &[(&str, &str)] = &[
 
 #[test]
 fn matcher_agrees_with_lua_on_every_feature_and_error() {
-    let lua = state();
+    every_feature_and_error(true);
+}
+
+#[test]
+fn routed_pattern_calls_agree_with_lua_on_every_feature_and_error() {
+    every_feature_and_error(false);
+}
+
+fn every_feature_and_error(matcher_only: bool) {
+    let lua = state(matcher_only);
     lua.load(COMPARE).exec().unwrap();
     let compare: mlua::Function = lua.globals().get("compare").unwrap();
     for (s, p) in CASES {
@@ -279,7 +292,16 @@ fn matcher_agrees_with_lua_on_every_feature_and_error() {
 
 #[test]
 fn matcher_agrees_with_lua_on_generated_patterns() {
-    let lua = state();
+    generated_patterns(true);
+}
+
+#[test]
+fn routed_pattern_calls_agree_with_lua_on_generated_patterns() {
+    generated_patterns(false);
+}
+
+fn generated_patterns(matcher_only: bool) {
+    let lua = state(matcher_only);
     lua.load(COMPARE).exec().unwrap();
     lua.load(
         r#"

@@ -18,13 +18,90 @@ local function checked(first, ...)
   return first, ...
 end
 
-do -- patterns: matched in Rust, which charges every step
+-- Raises an error caught from Lua's own function again, at the caller's line.
+local function rethrow(ok, ...)
+  if ok then return ... end
+  error((...), 2)
+end
+
+do -- patterns: matched in Rust, which charges every step, unless the work is provably small
   local find, match, gmatch, gsub = core.find, core.match, core.gmatch, core.gsub
+  local c_find, c_match, c_gmatch, c_gsub = string.find, string.match, string.gmatch, string.gsub
+  local pcall, FREE, CHARGED = pcall, core.free_work, core.charged_work
+
+  -- How many items of `p` may make Lua's matcher loop over the subject (quantifiers, %b,
+  -- back-references), counted generously; nil for a long pattern. Cached, in a bounded table.
+  local loops, cached = {}, 0
+  local function loop_count(p)
+    local q = loops[p]
+    if q == nil then
+      if #p > 64 then return nil end
+      local rest, refs = c_gsub(p, "%%[b1-9]", "")
+      local _, marks = c_gsub((c_gsub(rest, "%%.", "")), "[%*%+%-%?]", "")
+      q = refs + marks
+      if cached >= 256 then loops, cached = {}, 0 end
+      loops[p], cached = q, cached + 1
+    end
+    return q
+  end
+
+  -- A bound on the steps Lua's own matcher can take on `s` and `p` (each start, times every
+  -- way to expand each loop, times the pattern), plus `extra`; nil when it could be large.
+  local function c_work(s, p, extra)
+    if type(s) ~= "string" or type(p) ~= "string" then return nil end
+    local q = loop_count(p)
+    if q == nil or q > 3 then return nil end
+    local n = #s + 1
+    local w = n * (#p + 1) + extra
+    for _ = 1, q do
+      w = w * n
+      if w > CHARGED then return nil end
+    end
+    if w > CHARGED then return nil end
+    return w
+  end
+
   -- The count lets a missing argument be reported as "no value", as Lua does.
-  string.find = function(...) return checked(find(select("#", ...), ...)) end
-  string.match = function(...) return checked(match(select("#", ...), ...)) end
-  string.gsub = function(...) return checked(gsub(select("#", ...), ...)) end
+  string.find = function(...)
+    local s, p, init = ...
+    if init == nil or mtype(init) == "integer" then
+      local w = c_work(s, p, 0)
+      if w then
+        if w > FREE then spend(w >> 2) end
+        return rethrow(pcall(c_find, ...))
+      end
+    end
+    return checked(find(select("#", ...), ...))
+  end
+  string.match = function(...)
+    local s, p, init = ...
+    if init == nil or mtype(init) == "integer" then
+      local w = c_work(s, p, 0)
+      if w then
+        if w > FREE then spend(w >> 2) end
+        return rethrow(pcall(c_match, ...))
+      end
+    end
+    return checked(match(select("#", ...), ...))
+  end
+  string.gsub = function(...)
+    local s, p, r, n = ...
+    if type(r) == "string" and type(s) == "string" and (n == nil or mtype(n) == "integer") then
+      local w = c_work(s, p, (#s + 1) * #r)
+      if w then
+        if w > FREE then spend(w >> 2) end
+        return rethrow(pcall(c_gsub, ...))
+      end
+    end
+    return checked(gsub(select("#", ...), ...))
+  end
   string.gmatch = function(...)
+    local s, p, init = ...
+    if init == nil or mtype(init) == "integer" then
+      local w = c_work(s, p, 0)
+      -- Each step of Lua's iterator is bounded by the same small amount.
+      if w and w <= FREE then return (c_gmatch(...)) end
+    end
     local iter, message = gmatch(select("#", ...), ...)
     if iter == FAIL then error(message, 2) end
     return function() return checked(iter()) end
@@ -124,13 +201,19 @@ do
   local concat, insert, remove, move = table.concat, table.insert, table.remove, table.move
   local unpack, sort, pack, sort_cost = table.unpack, table.sort, table.pack, core.sort_cost
 
-  -- Walks the range first: the hook bounds the walk, and the result's size is known (and
-  -- charged, and checked against the memory left) before Lua's concat builds it.
+  -- A long range is walked first: the hook bounds the walk, and the result's size is known
+  -- (and charged, and checked against the memory left) before Lua's concat builds it. A short
+  -- one (at most 16 elements) is built at once and its bytes charged after.
   table.concat = function(...)
     local t, sep, i, j = ...
     if type(t) == "table" then
       if i == nil then i = 1 end
       if j == nil then j = #t end
+      if type(i) == "number" and type(j) == "number" and j - i < 16 then
+        local r = concat(...)
+        if #r > SMALL then spend(#r // 8) end
+        return r
+      end
       if type(i) == "number" and type(j) == "number" then
         local lsep = type(sep) == "string" and #sep or 0
         local total = 0
@@ -228,6 +311,15 @@ do
     local s = ...
     if type(s) == "string" and #s > SMALL then spend(#s // 8) end
     return pass(offset(...))
+  end
+end
+
+do -- os.date runs strftime for each conversion of its format
+  local date = os.date
+  os.date = function(...)
+    local fmt = ...
+    if type(fmt) == "string" and #fmt > SMALL then spend(#fmt * 4) end
+    local r = date(...) return r
   end
 end
 

@@ -666,9 +666,25 @@ fn sort_cost(_: &Lua, n: i64) -> mlua::Result<()> {
     Ok(())
 }
 
-/// Replaces the long-running library functions in `lua`'s `string`, `table`, `utf8` and base
-/// libraries with bounded ones (see the module docs). Call before anything else captures them.
+/// Replaces the long-running library functions in `lua`'s `string`, `table`, `utf8`, `os` and
+/// base libraries with bounded ones (see the module docs). Call before anything else captures
+/// them.
 pub fn install(lua: &Lua) -> mlua::Result<()> {
+    install_with(lua, true)
+}
+
+/// [`install`] with every pattern call going to the Rust matcher (for testing it against Lua).
+#[doc(hidden)]
+pub fn install_matcher_only(lua: &Lua) -> mlua::Result<()> {
+    install_with(lua, false)
+}
+
+/// Worst-case matcher steps a pattern call may take in Lua's own matcher without a charge.
+const FREE_WORK: i64 = 1024;
+/// ... and with its worst case charged up front (a quarter unit per step). Above it, Rust.
+const CHARGED_WORK: i64 = 1 << 16;
+
+fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
     let fail = lua.create_table()?;
     lua.set_named_registry_value(FAIL_KEY, fail.clone())?;
     let core = lua.create_table()?;
@@ -697,6 +713,15 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         "gsub",
         lua.create_function(|lua, args| respond(lua, gsub(lua, args)))?,
     )?;
+    // Small pattern calls whose worst case is provably small go to Lua's own matcher: it is
+    // faster on tiny inputs than crossing into Rust.
+    let (free, charged) = if fast_paths {
+        (FREE_WORK, CHARGED_WORK)
+    } else {
+        (-1, -1)
+    };
+    core.raw_set("free_work", free)?;
+    core.raw_set("charged_work", charged)?;
     core.raw_set("rep_cost", lua.create_function(rep_cost)?)?;
     core.raw_set("bytes_cost", lua.create_function(bytes_cost)?)?;
     core.raw_set("format_cost", lua.create_function(format_cost)?)?;
