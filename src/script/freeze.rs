@@ -204,6 +204,12 @@ impl Freezer {
                         continue;
                     }
                     let info = f.info();
+                    // The server's own Lua (chunks named "=…": the prelude, the guard, the
+                    // stdlib glue) keeps private working state in upvalues; scripts are
+                    // always loaded as "@path", so they cannot pass for it.
+                    if info.source.as_deref().is_some_and(|s| s.starts_with('=')) {
+                        continue;
+                    }
                     let is_lua = info.what != "C";
                     for i in 1..=info.num_upvalues {
                         let (name, v): (Option<String>, LuaValue) =

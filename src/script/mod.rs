@@ -21,9 +21,11 @@ pub mod convert;
 pub mod freeze;
 pub mod guard;
 pub mod outbox;
+pub mod pattern;
 pub mod sandbox;
 pub mod slice;
 pub mod status;
+pub mod stdlib;
 pub mod worker;
 
 use std::collections::HashMap;

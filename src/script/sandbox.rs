@@ -200,6 +200,7 @@ pub fn new_state(
     #[allow(unsafe_code)]
     let lua = unsafe { Lua::unsafe_new_with(libs, LuaOptions::default()) };
     lua.set_memory_limit(memory_limit).map_err(setup)?;
+    super::stdlib::install(&lua).map_err(setup)?;
     super::guard::install(&lua).map_err(setup)?;
     let (sandbox, wrappers) = prepare(&lua, handlers_dir).map_err(setup)?;
     install_data(&lua, &sandbox, &wrappers.missing_data, data, memory_limit)?;

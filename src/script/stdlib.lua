@@ -1,0 +1,341 @@
+-- The Lua side of src/script/stdlib.rs: small inputs go straight to Lua's own function (the
+-- instruction hook bounds them); big ones charge their work first. Each original is called
+-- through a local of its own name and with the caller's arguments as given, so Lua's
+-- "bad argument #2 to 'rep' (number expected, got no value)" messages stay the same.
+local FAIL, core = ...
+local type, error, mtype, maxinteger = type, error, math.type, math.maxinteger
+local select = select
+local spend, span_cost, bytes_cost = core.spend, core.span_cost, core.bytes_cost
+
+-- Bytes (or values) a call may touch before its work is charged on its own.
+local SMALL = 512
+
+local function pass(...) return ... end
+
+-- Raises a pattern function's error as Lua's own would: a string, at the caller's line.
+local function checked(first, ...)
+  if first == FAIL then error((...), 2) end
+  return first, ...
+end
+
+-- Raises an error caught from Lua's own function again, at the caller's line.
+local function rethrow(ok, ...)
+  if ok then return ... end
+  error((...), 2)
+end
+
+do -- patterns: matched in Rust, which charges every step, unless the work is provably small
+  local find, match, gmatch, gsub = core.find, core.match, core.gmatch, core.gsub
+  local c_find, c_match, c_gmatch, c_gsub = string.find, string.match, string.gmatch, string.gsub
+  local pcall, FREE, CHARGED = pcall, core.free_work, core.charged_work
+
+  -- How many items of `p` may make Lua's matcher loop over the subject (quantifiers, %b,
+  -- back-references), counted generously; nil for a long pattern. Cached, in a bounded table.
+  local loops, cached = {}, 0
+  local function loop_count(p)
+    local q = loops[p]
+    if q == nil then
+      if #p > 64 then return nil end
+      local rest, refs = c_gsub(p, "%%[b1-9]", "")
+      local _, marks = c_gsub((c_gsub(rest, "%%.", "")), "[%*%+%-%?]", "")
+      q = refs + marks
+      if cached >= 256 then loops, cached = {}, 0 end
+      loops[p], cached = q, cached + 1
+    end
+    return q
+  end
+
+  -- A bound on the steps Lua's own matcher can take on `s` and `p` (each start, times every
+  -- way to expand each loop, times the pattern), plus `extra`; nil when it could be large.
+  local function c_work(s, p, extra)
+    if type(s) ~= "string" or type(p) ~= "string" then return nil end
+    local q = loop_count(p)
+    if q == nil or q > 3 then return nil end
+    local n = #s + 1
+    local w = n * (#p + 1) + extra
+    for _ = 1, q do
+      w = w * n
+      if w > CHARGED then return nil end
+    end
+    if w > CHARGED then return nil end
+    return w
+  end
+
+  -- The count lets a missing argument be reported as "no value", as Lua does.
+  string.find = function(...)
+    local s, p, init = ...
+    if init == nil or mtype(init) == "integer" then
+      local w = c_work(s, p, 0)
+      if w then
+        if w > FREE then spend(w >> 2) end
+        return rethrow(pcall(c_find, ...))
+      end
+    end
+    return checked(find(select("#", ...), ...))
+  end
+  string.match = function(...)
+    local s, p, init = ...
+    if init == nil or mtype(init) == "integer" then
+      local w = c_work(s, p, 0)
+      if w then
+        if w > FREE then spend(w >> 2) end
+        return rethrow(pcall(c_match, ...))
+      end
+    end
+    return checked(match(select("#", ...), ...))
+  end
+  string.gsub = function(...)
+    local s, p, r, n = ...
+    if type(r) == "string" and type(s) == "string" and (n == nil or mtype(n) == "integer") then
+      local w = c_work(s, p, (#s + 1) * #r)
+      if w then
+        if w > FREE then spend(w >> 2) end
+        return rethrow(pcall(c_gsub, ...))
+      end
+    end
+    return checked(gsub(select("#", ...), ...))
+  end
+  string.gmatch = function(...)
+    local s, p, init = ...
+    if init == nil or mtype(init) == "integer" then
+      local w = c_work(s, p, 0)
+      -- Each step of Lua's iterator is bounded by the same small amount.
+      if w and w <= FREE then return (c_gmatch(...)) end
+    end
+    local iter, message = gmatch(select("#", ...), ...)
+    if iter == FAIL then error(message, 2) end
+    return function() return checked(iter()) end
+  end
+end
+
+do
+  local rep, rep_cost = string.rep, core.rep_cost
+  string.rep = function(...)
+    local s, n, sep = ...
+    if sep == nil and type(s) == "string" and mtype(n) == "integer" and n <= SMALL
+        and #s * n <= SMALL then
+      local r = rep(...) return r
+    end
+    if rep_cost(s, n, sep) then
+      local r = rep(...) return r
+    end
+    return "" -- an empty result, which Lua's rep would still loop n times to build
+  end
+end
+
+do
+  local upper, lower, reverse = string.upper, string.lower, string.reverse
+  string.upper = function(...)
+    local s = ...
+    if type(s) == "string" and #s > SMALL then spend(#s // 8) end
+    local r = upper(...) return r
+  end
+  string.lower = function(...)
+    local s = ...
+    if type(s) == "string" and #s > SMALL then spend(#s // 8) end
+    local r = lower(...) return r
+  end
+  string.reverse = function(...)
+    local s = ...
+    if type(s) == "string" and #s > SMALL then spend(#s // 8) end
+    local r = reverse(...) return r
+  end
+end
+
+do
+  local sub, byte, char = string.sub, string.byte, string.char
+  string.sub = function(...)
+    local s, i, j = ...
+    if type(s) == "string" and #s > SMALL then span_cost("sub", #s, i, j) end
+    local r = sub(...) return r
+  end
+  string.byte = function(...)
+    local s, i, j = ...
+    if j ~= nil and type(s) == "string" and #s > SMALL then span_cost("byte", #s, i, j) end
+    return pass(byte(...))
+  end
+  string.char = function(...)
+    local n = select("#", ...)
+    if n > SMALL then spend(n) end
+    local r = char(...) return r
+  end
+end
+
+do
+  local format, format_cost = string.format, core.format_cost
+  string.format = function(...)
+    local fmt, a, b, c = ...
+    if select("#", ...) > 4 or type(fmt) ~= "string" or #fmt > SMALL
+        or (type(a) == "string" and #a > SMALL) or (type(b) == "string" and #b > SMALL)
+        or (type(c) == "string" and #c > SMALL) then
+      format_cost(...)
+    end
+    local r = format(...) return r
+  end
+end
+
+do
+  local pack, unpack, packsize, find = string.pack, string.unpack, string.packsize, string.find
+  local pack_cost = core.pack_cost
+  string.pack = function(...)
+    pack_cost(...)
+    local r = pack(...) return r
+  end
+  string.unpack = function(...)
+    local fmt, s = ...
+    if type(fmt) == "string" and type(s) == "string" and #fmt + #s > SMALL then
+      local units = #fmt * 2
+      if find(fmt, "[csz]") then units = units + #s // 8 end
+      spend(units)
+    end
+    return pass(unpack(...))
+  end
+  string.packsize = function(...)
+    local fmt = ...
+    if type(fmt) == "string" and #fmt > SMALL then spend(#fmt) end
+    local r = packsize(...) return r
+  end
+end
+
+do
+  local concat, insert, remove, move = table.concat, table.insert, table.remove, table.move
+  local unpack, sort, pack, sort_cost = table.unpack, table.sort, table.pack, core.sort_cost
+
+  -- A long range is walked first: the hook bounds the walk, and the result's size is known
+  -- (and charged, and checked against the memory left) before Lua's concat builds it. A short
+  -- one (at most 16 elements) is built at once and its bytes charged after.
+  table.concat = function(...)
+    local t, sep, i, j = ...
+    if type(t) == "table" then
+      if i == nil then i = 1 end
+      if j == nil then j = #t end
+      if type(i) == "number" and type(j) == "number" and j - i < 16 then
+        local r = concat(...)
+        if #r > SMALL then spend(#r // 8) end
+        return r
+      end
+      if type(i) == "number" and type(j) == "number" then
+        local lsep = type(sep) == "string" and #sep or 0
+        local total = 0
+        for k = i, j do
+          local v = t[k]
+          local tv = type(v)
+          if tv == "string" then
+            total = total + #v + lsep
+          elseif tv == "number" then
+            total = total + 24 + lsep
+          else
+            break -- Lua's concat raises its "invalid value" error
+          end
+        end
+        if total > SMALL then bytes_cost(total, "table.concat") end
+      end
+    end
+    local r = concat(...) return r
+  end
+
+  table.insert = function(...)
+    local t, pos = ...
+    if select("#", ...) == 3 and type(t) == "table" and mtype(pos) == "integer" then
+      local n = #t
+      if mtype(n) == "integer" and n - pos > SMALL then spend(n - pos) end
+    end
+    insert(...)
+  end
+
+  table.remove = function(...)
+    local t, pos = ...
+    if type(t) == "table" then
+      local n = #t
+      if mtype(n) == "integer" then
+        if select("#", ...) < 2 then pos = n end
+        if mtype(pos) == "integer" and n - pos > SMALL then spend(n - pos) end
+      end
+    end
+    local r = remove(...) return r
+  end
+
+  table.move = function(...)
+    local _, f, e = ...
+    if mtype(f) == "integer" and mtype(e) == "integer" and e >= f
+        and (f > 0 or e < maxinteger + f) and e - f >= SMALL then
+      spend(e - f + 1)
+    end
+    local r = move(...) return r
+  end
+
+  table.unpack = function(...)
+    local t, i, j = ...
+    if i == nil then i = 1 end
+    if j == nil and type(t) == "table" then j = #t end
+    if mtype(i) == "integer" and mtype(j) == "integer" and j - i > SMALL then spend(j - i) end
+    return pass(unpack(...))
+  end
+
+  table.sort = function(...)
+    local t = ...
+    if type(t) == "table" then
+      local n = #t
+      if mtype(n) == "integer" and n > 64 then sort_cost(n) end
+    end
+    sort(...)
+  end
+
+  table.pack = function(...)
+    local n = select("#", ...)
+    if n > SMALL then spend(n) end
+    local r = pack(...) return r
+  end
+end
+
+do
+  local char, codepoint, len, offset = utf8.char, utf8.codepoint, utf8.len, utf8.offset
+  utf8.char = function(...)
+    local n = select("#", ...)
+    if n > SMALL then spend(n) end
+    local r = char(...) return r
+  end
+  utf8.codepoint = function(...)
+    local s, i, j = ...
+    if j ~= nil and type(s) == "string" and #s > SMALL then
+      span_cost("codepoint", #s, i, j)
+    end
+    return pass(codepoint(...))
+  end
+  utf8.len = function(...)
+    local s, i, j = ...
+    if type(s) == "string" and #s > SMALL then span_cost("len", #s, i, j) end
+    return pass(len(...))
+  end
+  utf8.offset = function(...)
+    local s = ...
+    if type(s) == "string" and #s > SMALL then spend(#s // 8) end
+    return pass(offset(...))
+  end
+end
+
+do -- os.date runs strftime for each conversion of its format
+  local date = os.date
+  os.date = function(...)
+    local fmt = ...
+    if type(fmt) == "string" and #fmt > SMALL then spend(#fmt * 4) end
+    local r = date(...) return r
+  end
+end
+
+do -- base functions
+  local tonumber = tonumber
+  _G.select = function(...)
+    local n = ...
+    if n ~= "#" then
+      local count = select("#", ...)
+      if count > SMALL then spend(count) end
+    end
+    return pass(select(...))
+  end
+  _G.tonumber = function(...)
+    local s = ...
+    if type(s) == "string" and #s > SMALL then spend(#s // 8) end
+    return pass(tonumber(...))
+  end
+end

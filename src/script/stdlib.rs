@@ -1,0 +1,747 @@
+//! Bounded replacements for the parts of Lua's standard library that can run long in C.
+//!
+//! The instruction hook only runs between Lua instructions, so one call into a C library
+//! function (`string.rep("x", 1e9)`, `table.move(t, 1, math.maxinteger - 1, 1)`, a
+//! backtracking `string.find`) would run to its end however long that takes, past the call's
+//! budget, deadline and cancellation. [`install`] swaps these functions, inside the real
+//! `string`, `table` and `utf8` tables (so `("x"):find` uses them too) and in the globals:
+//!
+//! - `find`, `match`, `gmatch` and `gsub` use [`super::pattern`], which charges its steps.
+//! - Functions whose work grows with their input (copying, converting, shifting or sorting
+//!   many bytes or elements) first charge that work to the call, then run Lua's own C version;
+//!   a call over budget stops before the work starts. Small inputs skip the charge (the
+//!   instruction hook already bounds them).
+//! - A string result larger than the memory the state has left fails at once.
+//!
+//! Costs are in instructions: a pattern step or a value pushed is one, eight bytes copied or
+//! converted are one. At the default budget (1e8) that is under a second of C work.
+
+use std::cell::Cell;
+
+use mlua::{
+    ChunkMode, Function, IntoLuaMulti, Lua, MultiValue, Table, Value as LuaValue, Variadic,
+};
+
+use super::pattern::{self, Capture, MatchError, Matcher};
+use super::slice;
+
+/// Work below this is settled in one charge with later work, not charged on its own.
+const CHUNK: u64 = pattern::CHUNK;
+/// Results smaller than this need no memory check.
+const ROOM_CHECK: usize = 1 << 20;
+
+thread_local! {
+    /// Work done on this thread but not charged yet (less than [`CHUNK`]).
+    static DEBT: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Adds `units` of work; charges the running call once a chunk has added up.
+pub fn spend(units: u64) -> mlua::Result<()> {
+    DEBT.with(|d| {
+        let total = d.get().saturating_add(units);
+        if total >= CHUNK {
+            d.set(0);
+            slice::charge(total)
+        } else {
+            d.set(total);
+            Ok(())
+        }
+    })
+}
+
+/// Fails with a memory error if a `bytes`-long result cannot fit in what the state has left.
+fn check_room(lua: &Lua, bytes: usize, what: &str) -> mlua::Result<()> {
+    if bytes < ROOM_CHECK {
+        return Ok(());
+    }
+    // mlua has no getter for the limit: read it by swapping it out and back.
+    let limit = lua.set_memory_limit(0).unwrap_or(0);
+    if limit != 0 {
+        lua.set_memory_limit(limit)?;
+        let room = limit.saturating_sub(lua.used_memory());
+        if bytes > room {
+            const MIB: usize = 1 << 20;
+            return Err(mlua::Error::MemoryError(format!(
+                "not enough memory: {what} would make {} MiB, and the state has {} MiB left of \
+                 its {} MiB limit (--script-memory)",
+                bytes.div_ceil(MIB),
+                room / MIB,
+                limit / MIB
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A failure inside a library function.
+enum Fail {
+    /// An error Lua's own function would raise, as its message (raised as a string).
+    Lua(String),
+    /// Out of budget, deadline, cancelled, out of memory, or an error from a called function.
+    Hard(mlua::Error),
+}
+
+impl From<mlua::Error> for Fail {
+    fn from(e: mlua::Error) -> Self {
+        Fail::Hard(e)
+    }
+}
+
+impl From<MatchError> for Fail {
+    fn from(e: MatchError) -> Self {
+        match e {
+            MatchError::Pattern(m) => Fail::Lua(m),
+            MatchError::Stopped(e) => Fail::Hard(e),
+        }
+    }
+}
+
+type Outcome<T> = Result<T, Fail>;
+
+/// The name `luaL_typename` gives a value.
+fn type_name(v: &LuaValue) -> &'static str {
+    match v {
+        LuaValue::Nil => "nil",
+        LuaValue::Boolean(_) => "boolean",
+        LuaValue::Integer(_) | LuaValue::Number(_) => "number",
+        LuaValue::String(_) => "string",
+        LuaValue::Table(_) => "table",
+        LuaValue::Function(_) => "function",
+        LuaValue::Thread(_) => "thread",
+        _ => "userdata",
+    }
+}
+
+fn arg_error<T>(arg: usize, fname: &str, what: &str) -> Outcome<T> {
+    Err(Fail::Lua(format!(
+        "bad argument #{arg} to '{fname}' ({what})"
+    )))
+}
+
+/// The type Lua names in "got …": "no value" for an argument past the last one given.
+fn arg_type(v: &LuaValue, arg: usize, nargs: usize) -> &'static str {
+    if arg > nargs {
+        "no value"
+    } else {
+        type_name(v)
+    }
+}
+
+/// `luaL_checklstring`: a string, or a number as a string.
+fn check_str(
+    lua: &Lua,
+    v: &LuaValue,
+    arg: usize,
+    nargs: usize,
+    fname: &str,
+) -> Outcome<mlua::String> {
+    match v {
+        LuaValue::String(s) => Ok(s.clone()),
+        LuaValue::Integer(_) | LuaValue::Number(_) => match lua.coerce_string(v.clone())? {
+            Some(s) => Ok(s),
+            None => arg_error(arg, fname, "string expected, got number"),
+        },
+        other => arg_error(
+            arg,
+            fname,
+            &format!("string expected, got {}", arg_type(other, arg, nargs)),
+        ),
+    }
+}
+
+/// `luaL_optinteger`.
+fn opt_int(lua: &Lua, v: &LuaValue, arg: usize, fname: &str) -> Outcome<Option<i64>> {
+    match v {
+        LuaValue::Nil => Ok(None),
+        LuaValue::Integer(i) => Ok(Some(*i)),
+        LuaValue::Number(_) | LuaValue::String(_) => match lua.coerce_integer(v.clone()) {
+            Ok(Some(i)) => Ok(Some(i)),
+            _ if matches!(lua.coerce_number(v.clone()), Ok(Some(_))) => {
+                arg_error(arg, fname, "number has no integer representation")
+            }
+            _ => arg_error(
+                arg,
+                fname,
+                &format!("number expected, got {}", type_name(v)),
+            ),
+        },
+        other => arg_error(
+            arg,
+            fname,
+            &format!("number expected, got {}", type_name(other)),
+        ),
+    }
+}
+
+/// An integer argument if it is one (or converts to one); `None` otherwise.
+fn as_int(lua: &Lua, v: &LuaValue) -> Option<i64> {
+    match v {
+        LuaValue::Integer(i) => Some(*i),
+        LuaValue::Number(_) | LuaValue::String(_) => lua.coerce_integer(v.clone()).ok().flatten(),
+        _ => None,
+    }
+}
+
+/// A string (or number) argument's length, if it is one.
+fn str_len(lua: &Lua, v: &LuaValue) -> Option<usize> {
+    match v {
+        LuaValue::String(s) => Some(s.as_bytes().len()),
+        LuaValue::Integer(_) | LuaValue::Number(_) => lua
+            .coerce_string(v.clone())
+            .ok()
+            .flatten()
+            .map(|s| s.as_bytes().len()),
+        _ => None,
+    }
+}
+
+/// `posrelatI` of lstrlib.c: a 1-based start position, clipped to at least 1.
+fn start_pos(pos: i64, len: usize) -> usize {
+    if pos > 0 {
+        pos as usize
+    } else if pos == 0 || pos.unsigned_abs() > len as u64 {
+        1
+    } else {
+        len - pos.unsigned_abs() as usize + 1
+    }
+}
+
+/// `getendpos` of lstrlib.c: a 1-based end position clipped to `0..=len`.
+fn end_pos(pos: i64, len: usize) -> usize {
+    if pos > len as i64 {
+        len
+    } else if pos >= 0 {
+        pos as usize
+    } else if pos.unsigned_abs() > len as u64 {
+        0
+    } else {
+        len - pos.unsigned_abs() as usize + 1
+    }
+}
+
+/// Pushes capture `i` of a match `s..e`, charging the bytes it copies.
+fn capture_value(
+    lua: &Lua,
+    m: &mut Matcher<'_>,
+    src: &[u8],
+    i: usize,
+    s: usize,
+    e: usize,
+) -> Outcome<LuaValue> {
+    Ok(match m.capture(i, s, e)? {
+        Capture::Position(p) => LuaValue::Integer(p as i64),
+        Capture::Span(a, b) => {
+            m.add_work((b - a) as u64 / 8)?;
+            LuaValue::String(lua.create_string(&src[a..b])?)
+        }
+    })
+}
+
+/// All captures of a match (the whole match if there are none and `whole`).
+fn captures(
+    lua: &Lua,
+    m: &mut Matcher<'_>,
+    src: &[u8],
+    s: usize,
+    e: usize,
+    whole: bool,
+    out: &mut Vec<LuaValue>,
+) -> Outcome<()> {
+    for i in 0..m.capture_count(whole) {
+        out.push(capture_value(lua, m, src, i, s, e)?);
+    }
+    Ok(())
+}
+
+/// `string.find` (`find == true`) and `string.match`.
+fn find_aux(
+    lua: &Lua,
+    (nargs, s, p, init, plain): (usize, LuaValue, LuaValue, LuaValue, LuaValue),
+    find: bool,
+) -> Outcome<MultiValue> {
+    let fname = if find { "find" } else { "match" };
+    let s = check_str(lua, &s, 1, nargs, fname)?;
+    let p = check_str(lua, &p, 2, nargs, fname)?;
+    let src = s.as_bytes();
+    let pat = p.as_bytes();
+    let init = start_pos(opt_int(lua, &init, 3, fname)?.unwrap_or(1), src.len()) - 1;
+    if init > src.len() {
+        return Ok(LuaValue::Nil.into_lua_multi(lua)?);
+    }
+    if find && (plain.as_boolean().unwrap_or(!plain.is_nil()) || pattern::is_plain(&pat)) {
+        return Ok(
+            match pattern::find_plain(&src, &pat, init, slice::charge)? {
+                Some(at) => (at as i64 + 1, (at + pat.len()) as i64).into_lua_multi(lua)?,
+                None => LuaValue::Nil.into_lua_multi(lua)?,
+            },
+        );
+    }
+    let (anchor, pat) = match pat.first() {
+        Some(b'^') => (true, &pat[1..]),
+        _ => (false, &pat[..]),
+    };
+    let mut m = Matcher::new(&src, pat, slice::charge);
+    let found = m.find(init, anchor)?;
+    let mut out = Vec::new();
+    if let Some((start, end)) = found {
+        if find {
+            out.push(LuaValue::Integer(start as i64 + 1));
+            out.push(LuaValue::Integer(end as i64));
+            captures(lua, &mut m, &src, start, end, false, &mut out)?;
+        } else {
+            captures(lua, &mut m, &src, start, end, true, &mut out)?;
+        }
+    } else {
+        out.push(LuaValue::Nil);
+    }
+    spend(m.uncharged())?;
+    Ok(MultiValue::from_vec(out))
+}
+
+/// `string.gmatch`: the iterator over matches.
+fn gmatch(
+    lua: &Lua,
+    (nargs, s, p, init): (usize, LuaValue, LuaValue, LuaValue),
+) -> Outcome<Function> {
+    let s = check_str(lua, &s, 1, nargs, "gmatch")?;
+    let p = check_str(lua, &p, 2, nargs, "gmatch")?;
+    let len = s.as_bytes().len();
+    let init = start_pos(opt_int(lua, &init, 3, "gmatch")?.unwrap_or(1), len) - 1;
+    let next = Cell::new(init.min(len + 1));
+    let last: Cell<Option<usize>> = Cell::new(None);
+    let iter = lua.create_function(move |lua, ()| {
+        let src = s.as_bytes();
+        let pat = p.as_bytes();
+        let mut m = Matcher::new(&src, &pat, slice::charge);
+        let mut at = next.get();
+        let mut out = Vec::new();
+        let result = (|| -> Outcome<()> {
+            while at <= src.len() {
+                if let Some(e) = m.match_here(at)? {
+                    if Some(e) != last.get() {
+                        next.set(e);
+                        last.set(Some(e));
+                        captures(lua, &mut m, &src, at, e, true, &mut out)?;
+                        return Ok(());
+                    }
+                }
+                at += 1;
+            }
+            next.set(at);
+            Ok(())
+        })();
+        spend(m.uncharged())?;
+        respond(lua, result.map(|()| MultiValue::from_vec(out)))
+    })?;
+    Ok(iter)
+}
+
+/// `string.gsub`.
+fn gsub(
+    lua: &Lua,
+    (nargs, s, p, repl, max_n): (usize, LuaValue, LuaValue, LuaValue, LuaValue),
+) -> Outcome<MultiValue> {
+    let s = check_str(lua, &s, 1, nargs, "gsub")?;
+    let p = check_str(lua, &p, 2, nargs, "gsub")?;
+    let src = s.as_bytes();
+    let pat = p.as_bytes();
+    let max_n = opt_int(lua, &max_n, 4, "gsub")?.unwrap_or(src.len() as i64 + 1);
+    let repl_str = match &repl {
+        LuaValue::String(r) => Some(r.clone()),
+        LuaValue::Integer(_) | LuaValue::Number(_) => lua.coerce_string(repl.clone())?,
+        LuaValue::Table(_) | LuaValue::Function(_) => None,
+        other => {
+            return arg_error(
+                3,
+                "gsub",
+                &format!(
+                    "string/function/table expected, got {}",
+                    arg_type(other, 3, nargs)
+                ),
+            )
+        }
+    };
+    let repl_bytes = repl_str.as_ref().map(|r| r.as_bytes());
+    let (anchor, pat) = match pat.first() {
+        Some(b'^') => (true, &pat[1..]),
+        _ => (false, &pat[..]),
+    };
+    let mut m = Matcher::new(&src, pat, slice::charge);
+    let mut out: Vec<u8> = Vec::new();
+    let mut room: Option<usize> = None;
+    let mut at = 0;
+    let mut last = None;
+    let mut n: i64 = 0;
+    let mut changed = false;
+    let result = (|| -> Outcome<()> {
+        while n < max_n {
+            let before = out.len();
+            match m.match_here(at)? {
+                Some(e) if Some(e) != last => {
+                    n += 1;
+                    changed |= match (&repl_bytes, &repl) {
+                        (Some(r), _) => {
+                            add_template(&mut m, &src, at, e, r, &mut out)?;
+                            true
+                        }
+                        (None, LuaValue::Table(t)) => {
+                            let key = capture_value(lua, &mut m, &src, 0, at, e)?;
+                            add_value(lua, t.get(key)?, &src[at..e], &mut out)?
+                        }
+                        (None, LuaValue::Function(f)) => {
+                            let mut args = Vec::new();
+                            captures(lua, &mut m, &src, at, e, true, &mut args)?;
+                            let v = f.call::<LuaValue>(MultiValue::from_vec(args))?;
+                            add_value(lua, v, &src[at..e], &mut out)?
+                        }
+                        _ => unreachable!("checked above"),
+                    };
+                    at = e;
+                    last = Some(e);
+                }
+                _ if at < src.len() => {
+                    out.push(src[at]);
+                    at += 1;
+                }
+                _ => break,
+            }
+            m.add_work((out.len() - before) as u64 / 8)?;
+            if out.len() >= ROOM_CHECK && room.is_none_or(|r| out.len() > r) {
+                check_room(lua, out.len(), "string.gsub")?;
+                room = Some(out.len().saturating_mul(2));
+            }
+            if anchor {
+                break;
+            }
+        }
+        Ok(())
+    })();
+    spend(m.uncharged())?;
+    result?;
+    let text = if changed {
+        out.extend_from_slice(&src[at..]);
+        spend(out.len() as u64 / 8)?;
+        lua.create_string(&out)?
+    } else {
+        s.clone()
+    };
+    Ok((text, n).into_lua_multi(lua)?)
+}
+
+/// Appends a replacement string, expanding `%0`–`%9` and `%%`.
+fn add_template(
+    m: &mut Matcher<'_>,
+    src: &[u8],
+    s: usize,
+    e: usize,
+    template: &[u8],
+    out: &mut Vec<u8>,
+) -> Outcome<()> {
+    let mut rest = template;
+    while let Some(i) = memchr::memchr(b'%', rest) {
+        out.extend_from_slice(&rest[..i]);
+        let c = rest.get(i + 1).copied().unwrap_or(0);
+        match c {
+            b'%' => out.push(b'%'),
+            b'0' => out.extend_from_slice(&src[s..e]),
+            b'1'..=b'9' => match m.capture((c - b'1') as usize, s, e)? {
+                Capture::Span(a, b) => out.extend_from_slice(&src[a..b]),
+                Capture::Position(p) => out.extend_from_slice(p.to_string().as_bytes()),
+            },
+            _ => {
+                return Err(Fail::Lua(
+                    "invalid use of '%' in replacement string".to_owned(),
+                ))
+            }
+        }
+        rest = rest.get(i + 2..).unwrap_or(&[]);
+    }
+    out.extend_from_slice(rest);
+    Ok(())
+}
+
+/// Appends what a table or function gave for a match; whether the subject changed.
+fn add_value(lua: &Lua, v: LuaValue, whole: &[u8], out: &mut Vec<u8>) -> Outcome<bool> {
+    match v {
+        LuaValue::Nil | LuaValue::Boolean(false) => {
+            out.extend_from_slice(whole);
+            Ok(false)
+        }
+        LuaValue::String(s) => {
+            out.extend_from_slice(&s.as_bytes());
+            Ok(true)
+        }
+        v @ (LuaValue::Integer(_) | LuaValue::Number(_)) => {
+            if let Some(s) = lua.coerce_string(v)? {
+                out.extend_from_slice(&s.as_bytes());
+            }
+            Ok(true)
+        }
+        other => Err(Fail::Lua(format!(
+            "invalid replacement value (a {})",
+            type_name(&other)
+        ))),
+    }
+}
+
+/// Turns a [`Fail::Lua`] into the `FAIL, message` pair the Lua side raises as a string.
+fn respond(lua: &Lua, r: Outcome<MultiValue>) -> mlua::Result<MultiValue> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(Fail::Lua(message)) => {
+            let fail: Table = lua.named_registry_value(FAIL_KEY)?;
+            (fail, message).into_lua_multi(lua)
+        }
+        Err(Fail::Hard(e)) => Err(e),
+    }
+}
+
+const FAIL_KEY: &str = "protoserve.stdlib.fail";
+
+/// `string.rep`: charges the result's bytes (and the copy loop), refuses results that cannot
+/// fit in memory. False when the result is empty, which C would still loop `n` times to build.
+fn rep_cost(lua: &Lua, (s, n, sep): (LuaValue, LuaValue, LuaValue)) -> mlua::Result<bool> {
+    let (Some(l), Some(n)) = (str_len(lua, &s), as_int(lua, &n)) else {
+        return Ok(true);
+    };
+    let lsep = if sep.is_nil() {
+        0
+    } else {
+        match str_len(lua, &sep) {
+            Some(l) => l,
+            None => return Ok(true),
+        }
+    };
+    if n <= 0 {
+        return Ok(true);
+    }
+    if l + lsep == 0 {
+        return Ok(false);
+    }
+    let n = n as u64;
+    let total = (l as u64).checked_mul(n).and_then(|a| {
+        (lsep as u64)
+            .checked_mul(n - 1)
+            .and_then(|b| a.checked_add(b))
+    });
+    let Some(total) = total.filter(|&t| t <= i64::MAX as u64) else {
+        return Ok(true); // Lua's own "resulting string too large"
+    };
+    check_room(
+        lua,
+        usize::try_from(total).unwrap_or(usize::MAX),
+        "string.rep",
+    )?;
+    spend(n / 4 + total / 8)?;
+    Ok(true)
+}
+
+/// A result of `bytes` bytes about to be built (e.g. by `table.concat`): refuses one that
+/// cannot fit in memory, charges the bytes.
+fn bytes_cost(lua: &Lua, (bytes, what): (i64, mlua::String)) -> mlua::Result<()> {
+    let bytes = bytes.max(0) as u64;
+    check_room(
+        lua,
+        usize::try_from(bytes).unwrap_or(usize::MAX),
+        &what.to_string_lossy(),
+    )?;
+    spend(bytes / 8)
+}
+
+/// `string.format`: the format's length (each directive may write ~100 bytes) and the string
+/// arguments' bytes.
+fn format_cost(_: &Lua, args: Variadic<LuaValue>) -> mlua::Result<()> {
+    let mut units = 0u64;
+    for (k, v) in args.iter().enumerate() {
+        if let LuaValue::String(s) = v {
+            let len = s.as_bytes().len() as u64;
+            units += if k == 0 { len * 2 } else { len / 4 };
+        }
+    }
+    spend(units)
+}
+
+/// `string.pack`: the format (each option writes at most 16 bytes, `cN` writes N), the string
+/// arguments' bytes.
+fn pack_cost(lua: &Lua, args: Variadic<LuaValue>) -> mlua::Result<()> {
+    let mut bytes = 0u64;
+    if let Some(LuaValue::String(f)) = args.first() {
+        let f = f.as_bytes();
+        bytes += 16 * f.len() as u64;
+        bytes = bytes.saturating_add(c_sizes(&f));
+    }
+    for v in args.iter().skip(1) {
+        if let LuaValue::String(s) = v {
+            bytes += s.as_bytes().len() as u64;
+        }
+    }
+    check_room(
+        lua,
+        usize::try_from(bytes).unwrap_or(usize::MAX),
+        "string.pack",
+    )?;
+    spend(bytes / 8)
+}
+
+/// The sum of the sizes of a pack format's `cN` options.
+fn c_sizes(f: &[u8]) -> u64 {
+    let mut total = 0u64;
+    let mut k = 0;
+    while k < f.len() {
+        if f[k] == b'c' {
+            let mut n = 0u64;
+            k += 1;
+            while k < f.len() && f[k].is_ascii_digit() {
+                n = n.saturating_mul(10).saturating_add(u64::from(f[k] - b'0'));
+                k += 1;
+            }
+            total = total.saturating_add(n);
+        } else {
+            k += 1;
+        }
+    }
+    total
+}
+
+/// Ranges of `string.byte` / `string.sub` / `utf8.codepoint` / `utf8.len`: charges the number
+/// of bytes (or values) the range spans, shifted right by `shift`.
+fn span_cost(
+    lua: &Lua,
+    (kind, len, i, j): (mlua::String, usize, LuaValue, LuaValue),
+) -> mlua::Result<()> {
+    let kind = kind.as_bytes();
+    let int = |v: &LuaValue, default: i64| {
+        if v.is_nil() {
+            Some(default)
+        } else {
+            as_int(lua, v)
+        }
+    };
+    let (start, end, shift) = match &*kind {
+        b"byte" => {
+            let Some(i) = int(&i, 1) else { return Ok(()) };
+            let start = start_pos(i, len);
+            let Some(j) = int(&j, start as i64) else {
+                return Ok(());
+            };
+            (start, end_pos(j, len), 0)
+        }
+        b"sub" => {
+            let (Some(i), Some(j)) = (int(&i, 1), int(&j, -1)) else {
+                return Ok(());
+            };
+            (start_pos(i, len), end_pos(j, len), 3)
+        }
+        b"codepoint" | b"len" => {
+            let u = |p: i64| -> usize {
+                if p >= 0 {
+                    p as usize
+                } else if p.unsigned_abs() > len as u64 {
+                    0
+                } else {
+                    len - p.unsigned_abs() as usize + 1
+                }
+            };
+            let default_j = if &*kind == b"len" { -1 } else { 0 };
+            let Some(i) = int(&i, 1) else { return Ok(()) };
+            let Some(j) = int(&j, if default_j == 0 { i } else { default_j }) else {
+                return Ok(());
+            };
+            (u(i), u(j).min(len), if &*kind == b"len" { 2 } else { 0 })
+        }
+        _ => return Ok(()),
+    };
+    if end >= start {
+        spend(((end - start + 1) as u64) >> shift)?;
+    }
+    Ok(())
+}
+
+/// Elements `table.sort` compares for `n` items: about n·log2(n).
+fn sort_cost(_: &Lua, n: i64) -> mlua::Result<()> {
+    if n > 1 {
+        let n = n as u64;
+        spend(n.saturating_mul(u64::from(64 - n.leading_zeros())))?;
+    }
+    Ok(())
+}
+
+/// Replaces the long-running library functions in `lua`'s `string`, `table`, `utf8`, `os` and
+/// base libraries with bounded ones (see the module docs). Call before anything else captures
+/// them.
+pub fn install(lua: &Lua) -> mlua::Result<()> {
+    install_with(lua, true)
+}
+
+/// [`install`] with every pattern call going to the Rust matcher (for testing it against Lua).
+#[doc(hidden)]
+pub fn install_matcher_only(lua: &Lua) -> mlua::Result<()> {
+    install_with(lua, false)
+}
+
+/// Worst-case matcher steps a pattern call may take in Lua's own matcher without a charge.
+const FREE_WORK: i64 = 1024;
+/// ... and with its worst case charged up front (a quarter unit per step). Above it, Rust.
+const CHARGED_WORK: i64 = 1 << 16;
+
+fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
+    let fail = lua.create_table()?;
+    lua.set_named_registry_value(FAIL_KEY, fail.clone())?;
+    let core = lua.create_table()?;
+    core.raw_set(
+        "spend",
+        lua.create_function(|_, units: i64| spend(units.max(0) as u64))?,
+    )?;
+    core.raw_set(
+        "find",
+        lua.create_function(|lua, args| respond(lua, find_aux(lua, args, true)))?,
+    )?;
+    core.raw_set(
+        "match",
+        lua.create_function(|lua, args| respond(lua, find_aux(lua, args, false)))?,
+    )?;
+    core.raw_set(
+        "gmatch",
+        lua.create_function(|lua, args| {
+            respond(
+                lua,
+                gmatch(lua, args).and_then(|f| Ok(f.into_lua_multi(lua)?)),
+            )
+        })?,
+    )?;
+    core.raw_set(
+        "gsub",
+        lua.create_function(|lua, args| respond(lua, gsub(lua, args)))?,
+    )?;
+    // Small pattern calls whose worst case is provably small go to Lua's own matcher: it is
+    // faster on tiny inputs than crossing into Rust.
+    let (free, charged) = if fast_paths {
+        (FREE_WORK, CHARGED_WORK)
+    } else {
+        (-1, -1)
+    };
+    core.raw_set("free_work", free)?;
+    core.raw_set("charged_work", charged)?;
+    core.raw_set("rep_cost", lua.create_function(rep_cost)?)?;
+    core.raw_set("bytes_cost", lua.create_function(bytes_cost)?)?;
+    core.raw_set("format_cost", lua.create_function(format_cost)?)?;
+    core.raw_set("pack_cost", lua.create_function(pack_cost)?)?;
+    core.raw_set("span_cost", lua.create_function(span_cost)?)?;
+    core.raw_set("sort_cost", lua.create_function(sort_cost)?)?;
+    // Stripped of line information, so errors Lua's C functions raise inside a wrapper carry
+    // no position in this chunk.
+    let glue = lua
+        .load(GLUE)
+        .set_name("=stdlib")
+        .into_function()?
+        .dump(true);
+    lua.load(glue)
+        .set_name("=stdlib")
+        .set_mode(ChunkMode::Binary)
+        .call::<()>((fail, core))
+}
+
+/// The Lua side: fast paths for small inputs, charges for big ones, then Lua's own function.
+/// Each original is called through a local of its own name, so Lua's "bad argument #1 to
+/// 'rep'" messages keep their names.
+const GLUE: &str = include_str!("stdlib.lua");

@@ -1,0 +1,485 @@
+//! The Rust pattern matcher against Lua 5.4's own: the same results and the same error messages
+//! for `find`, `match`, `gmatch` and `gsub` on hand-picked cases covering every feature and
+//! every error, and on thousands of generated (pattern, subject) pairs.
+
+use mlua::Lua;
+
+/// A plain state whose C `find`/`match`/`gmatch`/`gsub` are kept as `C.*` before the bounded
+/// ones replace them: all pattern calls in Rust (`matcher_only`), or routed as in the server.
+fn state(matcher_only: bool) -> Lua {
+    let lua = Lua::new();
+    lua.load(
+        "C = { find = string.find, match = string.match, gmatch = string.gmatch, \
+         gsub = string.gsub, rep = string.rep, concat = table.concat, format = string.format }",
+    )
+    .exec()
+    .unwrap();
+    if matcher_only {
+        protoserve::script::stdlib::install_matcher_only(&lua).unwrap();
+    } else {
+        protoserve::script::stdlib::install(&lua).unwrap();
+    }
+    lua
+}
+
+/// Runs every case through both implementations (in Lua) and returns the disagreements.
+const COMPARE: &str = r##"
+function show(...)
+  local n = select("#", ...)
+  local out = { tostring(n) }
+  for i = 1, n do
+    local v = select(i, ...)
+    out[#out + 1] = math.type(v) or type(v)
+    out[#out + 1] = type(v) == "table" and "{}" or tostring(v)
+  end
+  return table.concat(out, "|")
+end
+
+-- Called through pcall, Lua's own functions have no name to report ("bad argument #1 to '?'").
+local function err(e)
+  return "ERR:" .. (tostring(e):gsub("to '[%w?]+'", "to '_'"))
+end
+
+function run(f, ...)
+  local r = table.pack(pcall(f, ...))
+  if not r[1] then return err(r[2]) end
+  return show(table.unpack(r, 2, r.n))
+end
+
+local function collect(gm, ...)
+  local ok, iter = pcall(gm, ...)
+  if not ok then return err(iter) end
+  local out = {}
+  for _ = 1, 60 do
+    local r = table.pack(pcall(iter))
+    if not r[1] then out[#out + 1] = err(r[2]); break end
+    if r[2] == nil then break end
+    out[#out + 1] = show(table.unpack(r, 2, r.n))
+  end
+  return table.concat(out, ";")
+end
+
+local mismatches, count = {}, 0
+function same(what, a, b)
+  count = count + 1
+  if a ~= b and #mismatches < 25 then
+    mismatches[#mismatches + 1] = what .. "\n   lua:  " .. a .. "\n   rust: " .. b
+  end
+end
+
+local repl_table = { a = "A", b = false, ["1"] = 7, x = {}, ab = "[ab]" }
+local function repl_fn(a, b)
+  if a == "b" then return nil end
+  if a == "c" then return false end
+  if a == "x" then return {} end
+  if b then return a .. "+" .. tostring(b) end
+  return "<" .. tostring(a) .. ">"
+end
+
+function compare(s, p)
+  local q = string.format("%q %q", s, p)
+  same("find " .. q, run(C.find, s, p), run(string.find, s, p))
+  same("match " .. q, run(C.match, s, p), run(string.match, s, p))
+  for _, init in ipairs({ -100, -3, -1, 0, 2, 4, 7, 100 }) do
+    same("find init " .. init .. " " .. q, run(C.find, s, p, init), run(string.find, s, p, init))
+    same("match init " .. init .. " " .. q, run(C.match, s, p, init), run(string.match, s, p, init))
+    same("gmatch init " .. init .. " " .. q, collect(C.gmatch, s, p, init), collect(string.gmatch, s, p, init))
+  end
+  same("find plain " .. q, run(C.find, s, p, 1, true), run(string.find, s, p, 1, true))
+  same("find plain 3 " .. q, run(C.find, s, p, 3, 1), run(string.find, s, p, 3, 1))
+  same("gmatch " .. q, collect(C.gmatch, s, p), collect(string.gmatch, s, p))
+  for _, r in ipairs({ "<%0>", "%1", "%2-%1", "%%", "x%", "%x", "", 5, 1.5 }) do
+    same("gsub " .. tostring(r) .. " " .. q, run(C.gsub, s, p, r), run(string.gsub, s, p, r))
+  end
+  same("gsub table " .. q, run(C.gsub, s, p, repl_table), run(string.gsub, s, p, repl_table))
+  same("gsub fn " .. q, run(C.gsub, s, p, repl_fn), run(string.gsub, s, p, repl_fn))
+  for _, n in ipairs({ 0, 1, 2, -1, 2.0, 1.5, "2" }) do
+    same("gsub n " .. tostring(n) .. " " .. q, run(C.gsub, s, p, "[%0]", n), run(string.gsub, s, p, "[%0]", n))
+  end
+end
+
+function compare_args(...)
+  local args = table.pack(...)
+  for _, name in ipairs({ "find", "match", "gsub" }) do
+    same(name .. " args " .. show(...), run(C[name], table.unpack(args, 1, args.n)),
+      run(string[name], table.unpack(args, 1, args.n)))
+  end
+  same("gmatch args " .. show(...), collect(C.gmatch, table.unpack(args, 1, args.n)),
+    collect(string.gmatch, table.unpack(args, 1, args.n)))
+end
+
+function report()
+  return count, table.concat(mismatches, "\n")
+end
+"##;
+
+const CASES: &[(&str, &str)] = &[
+    // classes and their complements
+    ("hello World 123\t\n!?", "%a+"),
+    ("hello World 123\t\n!?", "%A+"),
+    ("ab\x01\x7fc", "%c"),
+    ("ab\x01\x7fc", "%C+"),
+    ("x=42, y=7", "%d+"),
+    ("x=42, y=7", "%D+"),
+    ("a b\tc~", "%g+"),
+    ("a b\tc~", "%G"),
+    ("aBcD", "%l+"),
+    ("aBcD", "%L+"),
+    ("a.b,c!d", "%p"),
+    ("a.b,c!d", "%P+"),
+    ("a \t\n\x0b\x0cb", "%s+"),
+    ("a \t\n\x0b\x0cb", "%S+"),
+    ("aBcD", "%u+"),
+    ("aBcD", "%U"),
+    ("a_1 b2", "%w+"),
+    ("a_1 b2", "%W"),
+    ("0xDEADbeefg", "%x+"),
+    ("0xDEADbeefg", "%X+"),
+    ("a\0b", "%z"),
+    ("a\0b", "%Z+"),
+    ("a.b", "%."),
+    ("50%", "%%"),
+    ("a]b", "%]"),
+    ("\u{e9}t\u{e9}", "%a+"),
+    // dot, sets, ranges
+    ("abc", "."),
+    ("abc", ".-"),
+    ("abc", "a.c"),
+    ("hello", "[aeiou]+"),
+    ("hello", "[^aeiou]+"),
+    ("a-z", "[a-]"),
+    ("a-z", "[-a]"),
+    ("a]z", "[]]"),
+    ("a]z", "[^]]+"),
+    ("x1y2", "[%d]"),
+    ("x1 y2", "[%a%s]+"),
+    ("ABCxyz", "[A-Cx]+"),
+    ("b", "[a-]"),
+    ("-", "[a-]"),
+    ("^a", "[%^a]+"),
+    ("a^", "[a^]+"),
+    ("abc", "[z-a]"),
+    // quantifiers
+    ("aaab", "a*"),
+    ("aaab", "a+"),
+    ("aaab", "a-b"),
+    ("aaab", "a?a?b"),
+    ("b", "a+b"),
+    ("<a><b>", "<.->"),
+    ("<a><b>", "<.*>"),
+    ("xxx", "x-$"),
+    ("  trim  ", "^%s*(.-)%s*$"),
+    // anchors
+    ("abc", "^a"),
+    ("abc", "^b"),
+    ("abc", "c$"),
+    ("abc", "b$"),
+    ("a$c", "$c"),
+    ("a$c", "a$c"),
+    ("^^", "^^"),
+    ("", "^$"),
+    ("", ""),
+    ("abc", ""),
+    ("abc", "^"),
+    // captures
+    ("key = value", "(%w+)%s*=%s*(%w+)"),
+    ("hello", "()ll()"),
+    ("hello", "(h)(e)(l)(l)(o)"),
+    ("hello", "((l)(l))"),
+    ("abcabc", "(abc)%1"),
+    ("abab", "(a)(b)%1%2"),
+    ("aa", "(a)%1"),
+    ("xyz", "()"),
+    ("xyz", "(()x)"),
+    ("a", "()%1"),
+    // balance and frontier
+    ("f(a(b)c) d", "%b()"),
+    ("[[x]] [y]", "%b[]"),
+    ("\"q\" \"r\"", "%b\"\""),
+    ("THE (quick) fox", "%f[%a]%a+"),
+    ("THE (quick) fox", "%f[%l]%a+"),
+    ("hello world", "%f[%w]%w+%f[%W]"),
+    ("abc", "%f[%z]"),
+    ("abc", "%f[^%z]"),
+    ("abc", "%f[a]"),
+    ("a(b", "%b()"),
+    // malformed patterns and bad captures
+    ("abc", "%"),
+    ("abc", "a%"),
+    ("abc", "[a"),
+    ("abc", "[^"),
+    ("abc", "["),
+    ("abc", "[%"),
+    ("abc", "[a%]"),
+    ("abc", "%b"),
+    ("abc", "%ba"),
+    ("abc", "%f"),
+    ("abc", "%fa"),
+    ("abc", "%f[a"),
+    ("abc", "(a"),
+    ("abc", "a)"),
+    ("abc", "%1"),
+    ("abc", "(a)%2"),
+    ("abc", "%0"),
+    ("abc", "(a%1)"),
+    ("abc", "(()"),
+    (
+        "aaa",
+        "((((((((((((((((((((((((((((((((a))))))))))))))))))))))))))))))))",
+    ),
+    (
+        "aaa",
+        "(((((((((((((((((((((((((((((((((a)))))))))))))))))))))))))))))))))",
+    ),
+    ("abc", "(.)%9"),
+];
+
+#[test]
+fn matcher_agrees_with_lua_on_every_feature_and_error() {
+    every_feature_and_error(true);
+}
+
+#[test]
+fn routed_pattern_calls_agree_with_lua_on_every_feature_and_error() {
+    every_feature_and_error(false);
+}
+
+fn every_feature_and_error(matcher_only: bool) {
+    let lua = state(matcher_only);
+    lua.load(COMPARE).exec().unwrap();
+    let compare: mlua::Function = lua.globals().get("compare").unwrap();
+    for (s, p) in CASES {
+        compare
+            .call::<()>((lua.create_string(s).unwrap(), lua.create_string(p).unwrap()))
+            .unwrap();
+    }
+    // Deep patterns: past Lua's 200-deep recursion limit, and just under it.
+    lua.load(
+        r#"
+        compare(string.rep("a", 300), string.rep("a?", 300))
+        compare(string.rep("a", 150), string.rep("a?", 150))
+        compare(string.rep("a", 250), string.rep("a-", 250) .. "b")
+        compare(string.rep("ab", 100), string.rep("(ab)", 20))
+        compare(string.rep("x", 40), string.rep("()", 33))
+        compare("a\0b\0c", "%z")
+        compare("a\0b\0c", "b\0")
+        compare("a\0b\0c", "[\0]")
+        compare("a.b", "a.b")
+        compare_args()
+        compare_args("abc")
+        compare_args(nil, "a")
+        compare_args("abc", nil)
+        compare_args({}, "a")
+        compare_args("abc", "b", "x")
+        compare_args("abc", "b", 1.5)
+        compare_args("abc", "b", "2")
+        compare_args(123, 2)
+        compare_args(12.5, ".")
+        compare_args("abc", "b", true)
+        "#,
+    )
+    .exec()
+    .unwrap();
+    let (count, mismatches): (u64, String) = lua
+        .globals()
+        .get::<mlua::Function>("report")
+        .unwrap()
+        .call(())
+        .unwrap();
+    assert!(count > 5000, "{count}");
+    assert!(mismatches.is_empty(), "{mismatches}");
+}
+
+#[test]
+fn matcher_agrees_with_lua_on_generated_patterns() {
+    generated_patterns(true);
+}
+
+#[test]
+fn routed_pattern_calls_agree_with_lua_on_generated_patterns() {
+    generated_patterns(false);
+}
+
+fn generated_patterns(matcher_only: bool) {
+    let lua = state(matcher_only);
+    lua.load(COMPARE).exec().unwrap();
+    lua.load(
+        r#"
+        local pieces = { "a", "b", "c", "x", " ", ".", "%a", "%d", "%s", "%w", "%p", "%l",
+          "%u", "%x", "%c", "%g", "%A", "%S", "%W", "[abc]", "[^ab]", "[a-c]", "[%d%s]", "[]]",
+          "[^%a]", "%.", "%%", "%(", "%]", "(", ")", "()", "%1", "%2", "%b()", "%bab",
+          "%f[%a]", "%f[%s]", "%f[^a]", "$", "^", "-", "*", "+", "?", "%", "[", "[^" }
+        local quants = { "", "", "", "*", "+", "-", "?" }
+        local alphabet = { "a", "b", "c", "x", " ", "(", ")", ".", "1", "2", "%", "]", "\0",
+          "A", "B", "\t" }
+        math.randomseed(54321)
+        for _ = 1, 1500 do
+          local p = {}
+          if math.random(5) == 1 then p[1] = "^" end
+          for _ = 1, math.random(0, 5) do
+            p[#p + 1] = pieces[math.random(#pieces)] .. quants[math.random(#quants)]
+          end
+          if math.random(6) == 1 then p[#p + 1] = "$" end
+          local s = {}
+          for _ = 1, math.random(0, 14) do s[#s + 1] = alphabet[math.random(#alphabet)] end
+          compare(table.concat(s), table.concat(p))
+        end
+        "#,
+    )
+    .exec()
+    .unwrap();
+    let (count, mismatches): (u64, String) = lua
+        .globals()
+        .get::<mlua::Function>("report")
+        .unwrap()
+        .call(())
+        .unwrap();
+    assert!(count > 50_000, "{count}");
+    assert!(mismatches.is_empty(), "{mismatches}");
+}
+
+/// The other replaced functions give Lua's own results and errors (small and big inputs).
+#[test]
+fn wrapped_functions_agree_with_lua() {
+    let lua = Lua::new();
+    lua.load(
+        r#"
+        C = {}
+        for _, lib in ipairs({ "string", "table", "utf8" }) do
+          C[lib] = {}
+          for k, v in pairs(_G[lib]) do C[lib][k] = v end
+        end
+        C._G = { select = select, tonumber = tonumber }
+        "#,
+    )
+    .exec()
+    .unwrap();
+    protoserve::script::stdlib::install(&lua).unwrap();
+    lua.load(COMPARE).exec().unwrap();
+    lua.load(
+        r##"
+        local function dump(t)
+          if type(t) ~= "table" then return tostring(t) end
+          local out = {}
+          for i = -2, 12 do out[#out + 1] = tostring(rawget(t, i)) end
+          return table.concat(out, ",") .. "#" .. tostring(rawget(t, "n"))
+        end
+        local big = ("ab"):rep(600)
+        local args = {
+          {}, { "abc" }, { "abc", 2 }, { "abc", 2, 3 }, { "abc", -2 }, { "abc", 0, -1 },
+          { "abc", 1.5 }, { "abc", "2" }, { "abc", "x" }, { 12, 1 }, { nil, 1 }, { {}, 1 },
+          { big }, { big, 3, 1000 }, { big, -700 }, { big, 1, -1 }, { big, 2, 5 },
+          { "abc", 3, "-" }, { "", 5 }, { "x", 600 }, { "xy", 400, "," }, { "x", -1 },
+          { "x", 2^53 }, { "x", math.maxinteger }, { "", 3, "" },
+        }
+        for _, name in ipairs({ "rep", "sub", "byte", "upper", "lower", "reverse", "len" }) do
+          for _, a in ipairs(args) do
+            same(name .. " " .. show(table.unpack(a)), run(C.string[name], table.unpack(a, 1, 3)),
+              run(string[name], table.unpack(a, 1, 3)))
+          end
+        end
+        local fargs = {
+          { "%d", 3 }, { "%5.2f|%s|%q", 1.5, "x", "a\nb" }, { "%d", "x" }, { "%d" }, {},
+          { "%s %s", big, big }, { big .. "%d", 1 }, { "%y", 1 }, { "%10s", {} },
+          { "%s", 1, 2, 3, 4, 5, 6 },
+        }
+        for _, a in ipairs(fargs) do
+          same("format " .. show(table.unpack(a)), run(C.string.format, table.unpack(a)),
+            run(string.format, table.unpack(a)))
+        end
+        local cargs = { {}, { 65, 66 }, { 256 }, { "x" }, { 97, nil } }
+        local many = {}
+        for i = 1, 700 do many[i] = 97 + i % 20 end
+        cargs[#cargs + 1] = many
+        for _, a in ipairs(cargs) do
+          same("char " .. #a, run(C.string.char, table.unpack(a)), run(string.char, table.unpack(a)))
+          same("utf8.char " .. #a, run(C.utf8.char, table.unpack(a)), run(utf8.char, table.unpack(a)))
+          same("table.pack " .. #a, dump(C.table.pack(table.unpack(a))), dump(table.pack(table.unpack(a))))
+        end
+        local pargs = {
+          { "i4", 7 }, { "c5", "ab" }, { "c2", "abc" }, { "z", "a" }, { "s1", "ab" }, { "i17", 1 },
+          { "c", "x" }, { "!4 i1 i8", 1, 2 }, { "i4" },
+        }
+        for _, a in ipairs(pargs) do
+          same("pack " .. show(table.unpack(a)), run(C.string.pack, table.unpack(a)),
+            run(string.pack, table.unpack(a)))
+          same("packsize " .. a[1], run(C.string.packsize, a[1]), run(string.packsize, a[1]))
+          local ok, packed = pcall(C.string.pack, table.unpack(a))
+          if ok then
+            same("unpack " .. a[1], run(C.string.unpack, a[1], packed), run(string.unpack, a[1], packed))
+            same("unpack pos " .. a[1], run(C.string.unpack, a[1], packed .. big, 2),
+              run(string.unpack, a[1], packed .. big, 2))
+          end
+        end
+        local uargs = {
+          { "h\u{e9}llo" }, { "h\u{e9}llo", 2 }, { "h\u{e9}llo", 3 }, { "h\u{e9}llo", 1, -1 },
+          { "h\u{e9}llo", -2, -1 }, { "\xff" }, { big, 1, -1 }, { big, 5 }, { "abc", 1, 10 },
+          { "abc", 0 }, {}, { "abc", "x" },
+        }
+        for _, name in ipairs({ "codepoint", "len", "offset" }) do
+          for _, a in ipairs(uargs) do
+            same("utf8." .. name .. " " .. show(table.unpack(a)),
+              run(C.utf8[name], table.unpack(a, 1, 3)), run(utf8[name], table.unpack(a, 1, 3)))
+          end
+        end
+        local function fresh(n)
+          local t = {}
+          for i = 1, n do t[i] = (i * 7) % 11 end
+          return t
+        end
+        local targs = {
+          { 5 }, { 5, 1, 99 }, { 5, 7, 99 }, { 5, 0, 99 }, { 5, 6, 99 }, { 5, "x" }, { 5, 1.5, 1 },
+          { 700, 1, 99 }, { 0 }, { 5, 1, 2, 3 },
+        }
+        for _, a in ipairs(targs) do
+          local t1, t2 = fresh(a[1]), fresh(a[1])
+          same("insert " .. show(table.unpack(a)), run(C.table.insert, t1, table.unpack(a, 2)) .. dump(t1),
+            run(table.insert, t2, table.unpack(a, 2)) .. dump(t2))
+          local t1, t2 = fresh(a[1]), fresh(a[1])
+          same("remove " .. show(table.unpack(a)), run(C.table.remove, t1, table.unpack(a, 2)) .. dump(t1),
+            run(table.remove, t2, table.unpack(a, 2)) .. dump(t2))
+          local t1, t2 = fresh(a[1]), fresh(a[1])
+          same("unpack " .. show(table.unpack(a)), run(C.table.unpack, t1, table.unpack(a, 2)),
+            run(table.unpack, t2, table.unpack(a, 2)))
+          local t1, t2 = fresh(a[1]), fresh(a[1])
+          same("concat " .. show(table.unpack(a)), run(C.table.concat, t1, table.unpack(a, 2)),
+            run(table.concat, t2, table.unpack(a, 2)))
+          local t1, t2 = fresh(a[1]), fresh(a[1])
+          same("move " .. show(table.unpack(a)), run(C.table.move, t1, table.unpack(a, 2)) .. dump(t1),
+            run(table.move, t2, table.unpack(a, 2)) .. dump(t2))
+          local t1, t2 = fresh(a[1]), fresh(a[1])
+          same("sort " .. show(table.unpack(a)), run(C.table.sort, t1) .. dump(t1), run(table.sort, t2) .. dump(t2))
+        end
+        same("sort desc", (function() local t = fresh(700); C.table.sort(t, function(a, b) return a > b end); return dump(t) end)(),
+          (function() local t = fresh(700); table.sort(t, function(a, b) return a > b end); return dump(t) end)())
+        same("sort bad", run(C.table.sort, { 3, 1, "x" }), run(table.sort, { 3, 1, "x" }))
+        same("sort cmp", run(C.table.sort, { 3, 1 }, 5), run(table.sort, { 3, 1 }, 5))
+        same("concat bad", run(C.table.concat, { 1, {}, 3 }), run(table.concat, { 1, {}, 3 }))
+        same("concat sep", run(C.table.concat, { 1, "b", 3 }, ", ", 2), run(table.concat, { 1, "b", 3 }, ", ", 2))
+        same("concat float range", run(C.table.concat, { "a", "b" }, "", 1.0, 2.0), run(table.concat, { "a", "b" }, "", 1.0, 2.0))
+        same("concat no table", run(C.table.concat, "x"), run(table.concat, "x"))
+        same("move to", dump(C.table.move({ 1, 2, 3 }, 1, 3, 2, {})), dump(table.move({ 1, 2, 3 }, 1, 3, 2, {})))
+        same("move huge", run(C.table.move, {}, -1, math.maxinteger, 1), run(table.move, {}, -1, math.maxinteger, 1))
+        same("move wrap", run(C.table.move, {}, 1, 10, math.maxinteger), run(table.move, {}, 1, 10, math.maxinteger))
+        same("unpack huge", run(C.table.unpack, {}, 1, 1e8), run(table.unpack, {}, 1, 1e8))
+        same("unpack wide", run(C.table.unpack, {}, math.mininteger, math.maxinteger),
+          run(table.unpack, {}, math.mininteger, math.maxinteger))
+        for _, a in ipairs({ { 2, "a", "b", "c" }, { "#", 1, 2 }, { -1, "a", "b" }, { 0, "a" }, { "x" }, {} }) do
+          same("select " .. show(table.unpack(a)), run(C._G.select, table.unpack(a)), run(select, table.unpack(a)))
+        end
+        for _, a in ipairs({ { "12" }, { "0x1p4" }, { "z", 36 }, { big }, { "12", 99 }, { {} }, {} }) do
+          same("tonumber " .. show(table.unpack(a)), run(C._G.tonumber, table.unpack(a)), run(tonumber, table.unpack(a)))
+        end
+        "##,
+    )
+    .exec()
+    .unwrap();
+    let (count, mismatches): (u64, String) = lua
+        .globals()
+        .get::<mlua::Function>("report")
+        .unwrap()
+        .call(())
+        .unwrap();
+    assert!(count > 300, "{count}");
+    assert!(mismatches.is_empty(), "{mismatches}");
+}
