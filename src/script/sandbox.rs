@@ -209,6 +209,9 @@ pub fn new_state(
     Ok((lua, sandbox))
 }
 
+/// The longest line one `print` writes to the log, in bytes.
+const PRINT_LIMIT: usize = 4096;
+
 /// What setup needs from the prelude after `prepare`.
 struct Wrappers {
     /// The maker of the `__index` that reports a missing data set.
@@ -298,11 +301,33 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
     g.raw_set(
         "print",
         lua.create_function(|_, args: mlua::Variadic<LuaValue>| {
-            let text: Vec<String> = args
-                .iter()
-                .map(|v| v.to_string().unwrap_or_default())
-                .collect();
-            tracing::info!(target: "script", "{}", text.join("\t"));
+            // A log line is capped (a script printing 100 MB must not flood the log), and the
+            // bytes looked at are charged to the call like any other library work.
+            let mut line = String::new();
+            for (i, v) in args.iter().enumerate() {
+                if i > 0 {
+                    line.push('\t');
+                }
+                let room = PRINT_LIMIT.saturating_sub(line.len());
+                match v {
+                    LuaValue::String(s) => {
+                        let bytes = s.as_bytes();
+                        super::slice::charge(bytes.len().min(room) as u64 / 8 + 1)?;
+                        line.push_str(&String::from_utf8_lossy(&bytes[..bytes.len().min(room)]));
+                    }
+                    other => line.push_str(&other.to_string().unwrap_or_default()),
+                }
+                if line.len() >= PRINT_LIMIT {
+                    let mut cut = PRINT_LIMIT;
+                    while !line.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    line.truncate(cut);
+                    line.push_str(" …(truncated)");
+                    break;
+                }
+            }
+            tracing::info!(target: "script", "{line}");
             Ok(())
         })?,
     )?;
