@@ -52,6 +52,9 @@ fn short(r: &Result<serde_json::Value, tonic::Status>) -> String {
     s.chars().take(300).collect()
 }
 
+/// Known and not fixed (see the review's report): `ATTACKS=close_nested` and `ATTACKS=pcall_recurse`
+/// never answer; the watchdog replaces the state but the old thread spins at 100% CPU forever.
+///
 /// Not a regression: the survey the review ran (`cargo test --test regression_adversary -- --ignored --nocapture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
