@@ -263,6 +263,27 @@ pub fn normalize_response_headers(headers: &mut http::HeaderMap) {
     }
 }
 
+/// The longest status message sent (bytes). Messages come from scripts (`error(...)`) and from
+/// what a reply held (a field path through a cyclic table); sent whole they would make a
+/// `grpc-message` trailer larger than clients accept (16 KiB for hyper's), so the client would
+/// see an HTTP/2 error instead of the status.
+pub const MAX_STATUS_MESSAGE: usize = 4096;
+
+/// `message` cut to [`MAX_STATUS_MESSAGE`] bytes (on a character boundary), saying so.
+pub fn bounded_message(mut message: String) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return message;
+    }
+    const MORE: &str = "… (message truncated)";
+    let mut end = MAX_STATUS_MESSAGE - MORE.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(MORE);
+    message
+}
+
 impl From<CallError> for Status {
     fn from(e: CallError) -> Self {
         match e {
@@ -275,11 +296,21 @@ impl From<CallError> for Status {
             CallError::NoRuleMatched { method } => Status::not_found(format!(
                 "no rule of {method} matched the request; add a rule without \"when\" as a fallback"
             )),
-            CallError::Deliberate(status) => status,
-            CallError::BadResponse { method, message } => {
-                Status::internal(format!("{method}: bad response: {message}"))
+            CallError::Deliberate(status) => {
+                if status.message().len() <= MAX_STATUS_MESSAGE {
+                    status
+                } else {
+                    Status::with_metadata(
+                        status.code(),
+                        bounded_message(status.message().to_owned()),
+                        status.metadata().clone(),
+                    )
+                }
             }
-            CallError::Script { message } => Status::internal(message),
+            CallError::BadResponse { method, message } => Status::internal(bounded_message(
+                format!("{method}: bad response: {message}"),
+            )),
+            CallError::Script { message } => Status::internal(bounded_message(message)),
             CallError::ScriptBudget { method, message } => {
                 Status::resource_exhausted(format!("{method}: {message}"))
             }

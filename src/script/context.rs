@@ -254,8 +254,56 @@ impl Ctx {
     }
 }
 
+/// The most a script may set in response headers, and again in trailers: key and value bytes
+/// plus 32 per entry, as HTTP/2 counts a header list. Clients refuse larger lists (hyper's at
+/// 16 KiB) with an HTTP/2 error instead of the call's reply or status.
+pub const MAX_SCRIPT_METADATA: usize = 8192;
+
+/// The size of `map` as HTTP/2 counts it, leaving out `except` (an entry about to be replaced).
+fn metadata_size(map: &MetadataMap, except: &str) -> usize {
+    map.iter()
+        .map(|kv| match kv {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) if k.as_str() != except => {
+                k.as_str().len() + v.len() + 32
+            }
+            tonic::metadata::KeyAndValueRef::Binary(k, v) if k.as_str() != except => {
+                k.as_str().len() + v.as_encoded_bytes().len() + 32
+            }
+            _ => 0,
+        })
+        .sum()
+}
+
 fn insert_metadata(map: &mut MetadataMap, key: &str, value: &[u8]) -> mlua::Result<()> {
     let key = key.to_ascii_lowercase();
+    // HTTP/2 forbids connection-specific fields (the server resets a stream that carries one),
+    // and gRPC owns `grpc-*` and `content-type`: a script setting them broke the stream or
+    // contradicted the call's real status.
+    if key.starts_with("grpc-")
+        || matches!(
+            key.as_str(),
+            "content-type"
+                | "te"
+                | "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "upgrade"
+                | "host"
+        )
+    {
+        return Err(mlua::Error::runtime(format!(
+            "metadata {key:?} is reserved for gRPC and HTTP/2; use another key"
+        )));
+    }
+    // A -bin value goes out base64-encoded (4 bytes for every 3).
+    let adds = key.len() + value.len().div_ceil(3) * 4 + 32;
+    if metadata_size(map, &key).saturating_add(adds) > MAX_SCRIPT_METADATA {
+        return Err(mlua::Error::runtime(format!(
+            "metadata {:?}: the headers or trailers a script sets may take {MAX_SCRIPT_METADATA} bytes in all (keys, values and 32 per entry)",
+            key.chars().take(64).collect::<String>()
+        )));
+    }
     if key.ends_with("-bin") {
         let k = tonic::metadata::BinaryMetadataKey::from_bytes(key.as_bytes())
             .map_err(|_| mlua::Error::runtime(format!("{key:?} is not a valid metadata key")))?;

@@ -21,7 +21,14 @@ impl ScriptStatus {
     pub fn from_lua(code: &LuaValue, message: String) -> Result<Self, String> {
         let json = match code {
             LuaValue::Integer(n) => serde_json::Value::from(*n),
-            LuaValue::Number(n) => serde_json::Value::from(*n as i64),
+            LuaValue::Number(n) if n.fract() == 0.0 && n.abs() < 1e18 => {
+                serde_json::Value::from(*n as i64)
+            }
+            LuaValue::Number(n) => {
+                return Err(format!(
+                    "grpc.status: {n} is not a gRPC status code; use a name such as \"NOT_FOUND\" or a number 1-16"
+                ))
+            }
             LuaValue::String(s) => serde_json::Value::from(s.to_string_lossy()),
             other => {
                 return Err(format!(

@@ -1,0 +1,169 @@
+//! Regressions found by an adversarial review: hostile scripts must not crash, hang or carry
+//! state. Scripts: tests/fixtures/adversary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{fixtures, Client, Server};
+use serde_json::json;
+
+fn dir() -> std::path::PathBuf {
+    fixtures().join("adversary")
+}
+
+async fn start(extra: &[&str]) -> (Server, Client) {
+    let f = dir();
+    let mut args = vec![
+        "--protos".to_owned(),
+        f.join("protos").display().to_string(),
+        "--handlers".to_owned(),
+        f.join("handlers").display().to_string(),
+        "--script-instructions".to_owned(),
+        "20000000".to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s = Server::start(&args);
+    let c = Client::connect(s.addr, common::pool(&f.join("protos"))).await;
+    (s, c)
+}
+
+async fn run(
+    c: &Client,
+    name: &str,
+    n: i64,
+) -> (Result<serde_json::Value, tonic::Status>, Duration) {
+    let t = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        c.unary("adv.Adv/Run", json!({"name": name, "n": n})),
+    )
+    .await
+    .unwrap_or_else(|_| Err(tonic::Status::unknown("CLIENT TIMEOUT")));
+    (r, t.elapsed())
+}
+
+fn short(r: &Result<serde_json::Value, tonic::Status>) -> String {
+    let s = match r {
+        Ok(v) => v.to_string(),
+        Err(s) => format!("{:?}: {}", s.code(), s.message()),
+    };
+    s.chars().take(300).collect()
+}
+
+/// Known and not fixed (see the review's report): `ATTACKS=close_nested` and `ATTACKS=pcall_recurse`
+/// never answer; the watchdog replaces the state but the old thread spins at 100% CPU forever.
+///
+/// Not a regression: the survey the review ran (`cargo test --test regression_adversary -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn survey() {
+    let (mut s, c) = start(&["--script-states", "1"]).await;
+    let names: Vec<(String, i64)> = std::env::var("ATTACKS")
+        .unwrap()
+        .split(',')
+        .map(|a| match a.split_once(':') {
+            Some((n, k)) => (n.to_owned(), k.parse().unwrap()),
+            None => (a.to_owned(), 0),
+        })
+        .collect();
+    for (name, n) in names {
+        for round in 0..2 {
+            // a quick call runs beside the attack, on the same state
+            let c2 = c.clone();
+            let probe = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                run(&c2, "quick", 0).await
+            });
+            let (r, t) = run(&c, &name, n).await;
+            let (pr, pt) = probe.await.unwrap();
+            eprintln!(
+                "ATTACK {name}:{n} #{round} {t:?} => {} || probe {pt:?} {}",
+                short(&r),
+                short(&pr)
+            );
+            if !s.is_running() {
+                eprintln!("SERVER DIED after {name}");
+                for l in s.log() {
+                    eprintln!("LOG {l}");
+                }
+                panic!("died");
+            }
+        }
+    }
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    eprintln!("{}", rss.lines().find(|l| l.starts_with("VmRSS")).unwrap());
+    for l in s.log() {
+        if l.contains("panic") || l.contains("WARN") || l.contains("ERROR") || l.contains("replac")
+        {
+            eprintln!("LOG {}", l.chars().take(300).collect::<String>());
+        }
+    }
+}
+
+/// `error({message = <3 MiB>})`: the status went out whole as a `grpc-message` trailer larger
+/// than clients accept, so the client saw an HTTP/2 error instead of INTERNAL.
+#[tokio::test]
+async fn huge_error_message_reaches_the_client_as_a_status() {
+    let (_s, c) = start(&[]).await;
+    let (r, _) = run(&c, "big_msg", 0).await;
+    let s = r.expect_err("the call fails");
+    assert_eq!(s.code(), tonic::Code::Internal, "{s:?}");
+    assert!(
+        s.message().ends_with("(message truncated)"),
+        "{}",
+        short(&Err(s.clone()))
+    );
+    assert!(s.message().len() <= 4096, "{}", s.message().len());
+    // and the server still answers
+    let (r, _) = run(&c, "quick", 0).await;
+    assert_eq!(r.unwrap()["text"], "quick");
+}
+
+/// 2000 `ctx:set_trailer` calls of 1 KiB each: the trailers went out whole (2 MiB), which the
+/// client refused with an HTTP/2 error; now `ctx:set_trailer` fails past 8 KiB in all.
+#[tokio::test]
+async fn huge_script_metadata_fails_in_the_script_not_on_the_wire() {
+    let (_s, c) = start(&[]).await;
+    let (r, _) = run(&c, "hdr_big", 0).await;
+    let s = r.expect_err("the call fails");
+    assert_eq!(s.code(), tonic::Code::Internal, "{s:?}");
+    assert!(
+        s.message().contains("may take 8192 bytes in all"),
+        "{}",
+        s.message()
+    );
+}
+
+/// `grpc.status(0/0, …)` read NaN as 0 and answered "an error needs a code other than OK".
+#[tokio::test]
+async fn nan_status_code_is_not_a_code() {
+    let (_s, c) = start(&[]).await;
+    let (r, _) = run(&c, "status_odd", 4).await;
+    let s = r.expect_err("the call fails");
+    assert!(
+        s.message().contains("NaN is not a gRPC status code"),
+        "{}",
+        s.message()
+    );
+}
+
+/// `ctx:set_trailer("connection", "close")` (or `te`, …): HTTP/2 forbids the field, so the
+/// server reset the stream and the client saw CANCELLED instead of the reply; `grpc-status`
+/// set by a script contradicted the real status. Reserved keys now fail in the script.
+#[tokio::test]
+async fn reserved_metadata_keys_fail_in_the_script() {
+    let (_s, c) = start(&[]).await;
+    let (r, _) = run(&c, "hdr", 0).await;
+    let text = r.expect("hdr answers").to_string();
+    // bad key, x-bin, newline value, grpc-status, :path, content-type, "", X-UPPER, x-big, te,
+    // connection, grpc-message, non-ASCII key
+    assert!(
+        text.contains(
+            "falsefalse truetrue falsefalse falsefalse falsefalse falsefalse falsefalse truetrue \
+             falsefalse falsefalse falsefalse falsefalse falsefalse"
+        ),
+        "{text}"
+    );
+}
