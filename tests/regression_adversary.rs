@@ -167,3 +167,23 @@ async fn reserved_metadata_keys_fail_in_the_script() {
         "{text}"
     );
 }
+
+/// A call stuck where the instruction hook cannot stop it (an endless `__close` handler run while
+/// its `pcall` unwinds from a budget stop) never got an answer: the watchdog replaced its state,
+/// but the client waited until its own deadline. Now the watchdog answers it with UNAVAILABLE
+/// and the replacement state serves the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_call_is_answered_when_its_state_is_replaced() {
+    let (s, c) = start(&["--script-states", "1", "--script-watchdog-ms", "300"]).await;
+    let (r, took) = run(&c, "close_nested", 0).await;
+    let status = r.expect_err("the stuck call fails");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(took < Duration::from_secs(10), "answered after {took:?}");
+    let (r, _) = run(&c, "quick", 0).await;
+    assert_eq!(r.unwrap()["text"], "quick");
+    assert!(
+        s.log().iter().any(|l| l.contains("replaced")),
+        "{:?}",
+        s.log()
+    );
+}

@@ -182,6 +182,20 @@ impl CallShared {
         self.cancel_notify.notify_one();
     }
 
+    /// The call's state was given up while running it (stuck where the hook cannot stop it):
+    /// the call is marked aborted and its client told UNAVAILABLE now, not when (if ever) the
+    /// stuck thread returns.
+    pub fn give_up(&self) {
+        self.abort(Abort::Cancelled);
+        let lost = || CallError::ScriptStateLost {
+            method: self.method,
+        };
+        if let Some(sender) = lock(&self.sender).take() {
+            let _ = sender.try_send(Err(lost().into()));
+        }
+        self.answer(Err(lost()));
+    }
+
     /// Sends the answer (once; later calls do nothing).
     pub fn answer(&self, result: Result<Reply, CallError>) {
         if let Some(tx) = lock(&self.reply).take() {

@@ -97,6 +97,8 @@ pub fn take_sliced(thread: usize) -> bool {
 pub struct Heartbeat {
     /// Microseconds since [`epoch`] plus one; 0 while idle.
     busy_since: AtomicU64,
+    /// The call being polled, so a watchdog that gives up on the state can answer it.
+    call: std::sync::Mutex<Option<Arc<CallShared>>>,
 }
 
 fn epoch() -> Instant {
@@ -105,7 +107,8 @@ fn epoch() -> Instant {
 }
 
 impl Heartbeat {
-    fn enter(&self) {
+    fn enter(&self, call: &Arc<CallShared>) {
+        *self.call.lock().unwrap_or_else(|e| e.into_inner()) = Some(call.clone());
         let micros = u64::try_from(epoch().elapsed().as_micros()).unwrap_or(u64::MAX - 1);
         self.busy_since
             .store(micros.saturating_add(1), Ordering::Relaxed);
@@ -113,6 +116,12 @@ impl Heartbeat {
 
     fn leave(&self) {
         self.busy_since.store(0, Ordering::Relaxed);
+        self.call.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// The call of the poll in progress (taken: the watchdog answers it once).
+    pub fn stuck_call(&self) -> Option<Arc<CallShared>> {
+        self.call.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// How long the poll in progress has run; None while idle.
@@ -179,7 +188,7 @@ impl<F: Future + Unpin> Future for Running<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        heartbeat(Heartbeat::enter);
+        heartbeat(|h| h.enter(&this.shared));
         let started = Instant::now();
         let result = with_call(&this.shared, || Pin::new(&mut this.inner).poll(cx));
         heartbeat(Heartbeat::leave);

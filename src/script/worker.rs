@@ -742,6 +742,10 @@ fn watchdog(pool: std::sync::Weak<Pool>, stuck_after: Duration) {
         for index in 0..pool.slots.len() {
             let busy = read(&pool.slots[index].current).heartbeat.busy_for();
             if let Some(busy) = busy.filter(|b| *b >= stuck_after) {
+                let stuck = read(&pool.slots[index].current).heartbeat.stuck_call();
+                if let Some(call) = stuck {
+                    call.give_up();
+                }
                 pool.replace(
                     index,
                     &format!(
