@@ -48,7 +48,14 @@ fn at_deadline(s: &tonic::Status) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_script_does_not_delay_reply_methods() {
     let _serial = SERIAL.lock().await;
-    let (_s, client) = start(&["--script-instructions", "100000000000"]).await;
+    // The hostile calls are long on purpose: the watchdog must not give up on them here.
+    let (_s, client) = start(&[
+        "--script-instructions",
+        "100000000000",
+        "--script-watchdog-ms",
+        "120000",
+    ])
+    .await;
     // Warm up the connection and the reply path.
     for _ in 0..5 {
         client

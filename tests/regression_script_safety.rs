@@ -503,10 +503,20 @@ async fn state_is_replaced_after_unrecoverable_error() {
         "served after {:?} beside a stuck call; the stuck call: {stuck_result:?}",
         served_at - started
     );
+    // The other call is served by the fresh state, and the stuck call is answered when the
+    // watchdog gives up on it, not when (if ever) its thread returns.
     assert!(
-        served_at < stuck_done,
-        "the other call waited for the stuck one"
+        served_at - started < Duration::from_secs(5),
+        "the other call waited {:?}",
+        served_at - started
     );
+    assert!(
+        stuck_done - started < Duration::from_secs(5),
+        "the stuck call was answered only after {:?}",
+        stuck_done - started
+    );
+    let status = stuck_result.expect_err("the stuck call is given up");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     let log = s.log().join("\n");
     assert!(
         log.contains("script state 0 replaced"),
