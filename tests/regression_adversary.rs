@@ -52,8 +52,9 @@ fn short(r: &Result<serde_json::Value, tonic::Status>) -> String {
     s.chars().take(300).collect()
 }
 
-/// Known and not fixed (see the review's report): `ATTACKS=close_nested` and `ATTACKS=pcall_recurse`
-/// never answer; the watchdog replaces the state but the old thread spins at 100% CPU forever.
+/// Known and not fixed: `ATTACKS=close_nested` (an endless `__close` handler run while a `pcall`
+/// unwinds from a budget stop runs without the instruction hook): the watchdog answers the call
+/// UNAVAILABLE and replaces the state, but the old thread keeps spinning.
 ///
 /// Not a regression: the survey the review ran (`cargo test --test regression_adversary -- --ignored --nocapture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,4 +187,18 @@ async fn stuck_call_is_answered_when_its_state_is_replaced() {
         "{:?}",
         s.log()
     );
+}
+
+/// `local function f() pcall(f) pcall(f) end f()`: a tree of protected calls that keeps hitting
+/// Lua's C-stack limit, where the instruction hook itself cannot run, never met its budget and
+/// spun a core for good. Protected calls now nest only so deep, so the hook keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pcall_recursion_tree_meets_its_budget() {
+    let (_s, c) = start(&["--script-states", "1", "--script-watchdog-ms", "60000"]).await;
+    let (r, took) = run(&c, "pcall_recurse", 0).await;
+    let status = r.expect_err("the call ends");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let (r, _) = run(&c, "quick", 0).await;
+    assert_eq!(r.unwrap()["text"], "quick");
 }

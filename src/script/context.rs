@@ -38,6 +38,8 @@ pub type ReplySender = oneshot::Sender<Result<Reply, CallError>>;
 
 /// State shared by a call's ctx, its hook and its driver.
 pub struct CallShared {
+    /// How deeply the call's `pcall`/`xpcall` are nested (see `guard`).
+    pub protected_depth: std::sync::atomic::AtomicU32,
     pub method: &'static str,
     pub script: Arc<str>,
     pub function: Arc<str>,
@@ -101,6 +103,7 @@ impl CallShared {
             None => (None, None),
         };
         Self {
+            protected_depth: std::sync::atomic::AtomicU32::new(0),
             method: spec.method,
             script: spec.script,
             function: spec.function,

@@ -18,13 +18,17 @@ use mlua::{Function, Lua, Table, Value as LuaValue};
 
 use super::slice;
 
+/// How deeply one call's `pcall`/`xpcall` may nest (Lua's C stack allows about 200 C calls).
+const MAX_PROTECTED_DEPTH: u32 = 60;
+
 /// Where the runner is kept in the state's registry.
 pub const RUNNER_KEY: &str = "protoserve.runner";
 /// Where the body (what a call's own coroutine runs) is kept.
 pub const BODY_KEY: &str = "protoserve.body";
 
 const GUARD: &str = r#"
-local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING = ...
+local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING,
+  enter, leave = ...
 local error, select, type = error, select, type
 local co = coroutine
 local co_create, co_resume, co_yield, co_status, co_close, co_isyieldable =
@@ -38,8 +42,18 @@ local function after_protected(ok, ...)
   return ok, ...
 end
 
+-- Protected calls nest only so deep: near Lua's C-stack limit even the instruction hook cannot
+-- run, so a tree of pcalls that keeps hitting that limit would never meet its budget.
+local function left(...)
+  leave()
+  return after_protected(...)
+end
+
+local TOO_DEEP = "pcall/xpcall nested too deeply (C stack overflow)"
+
 local function pcall(f, ...)
-  return after_protected(raw_pcall(f, ...))
+  if not enter() then return false, TOO_DEEP end
+  return left(raw_pcall(f, ...))
 end
 
 -- An error the hook raises runs the message handler with hooks off: once the call is aborted,
@@ -49,7 +63,8 @@ local function xpcall(f, msgh, ...)
     if aborted() then return e end
     return msgh(e)
   end
-  return after_protected(raw_xpcall(f, handler, ...))
+  if not enter() then return false, msgh(TOO_DEEP) end
+  return left(raw_xpcall(f, handler, ...))
 end
 
 -- A coroutine the hook stopped keeps hooks off, so its __close handlers would run unbounded:
@@ -197,6 +212,11 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
             normalize_fn,
             fail,
             pending,
+            lua.create_function(|_, ()| Ok(slice::protected(true, MAX_PROTECTED_DEPTH)))?,
+            lua.create_function(|_, ()| {
+                slice::protected(false, 0);
+                Ok(())
+            })?,
         ))?;
     g.raw_set("pcall", pcall)?;
     g.raw_set("xpcall", xpcall)?;

@@ -81,6 +81,29 @@ pub fn current_abort() -> Option<Abort> {
     CURRENT.with(|c| c.try_borrow().ok()?.as_ref()?.shared.aborted())
 }
 
+/// Enters (`true`) or leaves a protected call of the running call; entering fails past
+/// `limit` nested ones (no call running: always allowed).
+pub fn protected(enter: bool, limit: u32) -> bool {
+    CURRENT.with(|c| {
+        let Ok(current) = c.try_borrow() else {
+            return true;
+        };
+        let Some(current) = current.as_ref() else {
+            return true;
+        };
+        let depth = &current.shared.protected_depth;
+        if enter {
+            if depth.load(Ordering::Relaxed) >= limit {
+                return false;
+            }
+            depth.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let _ = depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1));
+        }
+        true
+    })
+}
+
 /// The hook would yield coroutine `thread` (a pointer) of the running call for a time slice:
 /// marks it and says yes, or says no (the call's own thread, or no call).
 pub fn mark_sliced(thread: usize) -> bool {
