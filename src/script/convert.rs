@@ -265,11 +265,13 @@ pub fn outgoing_from_lua(
     let limit = limits.as_ref().map_or(usize::MAX, |l| l.max_message_size);
     let mut budget = Budget { left: limit, limit };
     if let (LuaValue::Table(t), Some(limits)) = (value, limits.as_ref()) {
+        // Only frozen tables are ever cached, and none of them is ever collected, so an
+        // address found here is that same frozen table: the hit needs no look at Lua.
+        let key = (t.to_pointer() as usize, desc.full_name().as_ptr() as usize);
+        if let Some(bytes) = limits.encoded.borrow().get(&key) {
+            return Ok(Outgoing::Encoded(bytes.clone()));
+        }
         if let Some(contents) = freeze::hidden(t) {
-            let key = (t.to_pointer() as usize, desc.full_name().as_ptr() as usize);
-            if let Some(bytes) = limits.encoded.borrow().get(&key) {
-                return Ok(Outgoing::Encoded(bytes.clone()));
-            }
             let msg = message_from_contents(&contents, desc, &Path::Root, &mut budget, 0)?;
             let bytes = Bytes::from(msg.encode_to_vec());
             let mut cache = limits.encoded.borrow_mut();
