@@ -68,6 +68,7 @@ async fn still_serves(client: &Client) {
 async fn pattern_backtracking_is_bounded() {
     let (_s, client) = trap("2000000").await;
     stops_on_budget(&client, "backtracking", "2000000").await;
+    stops_on_budget(&client, "backtracking_short", "2000000").await;
 }
 
 #[tokio::test]

@@ -46,13 +46,16 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
   end
 
   -- A bound on the steps Lua's own matcher can take on `s` and `p` (each start, times every
-  -- way to expand each loop, times the pattern), plus `extra`; nil when it could be large.
-  local function c_work(s, p, extra)
-    if type(s) ~= "string" or type(p) ~= "string" then return nil end
+  -- way to expand each loop, times the pattern), plus the bytes a replacement of `rlen` bytes
+  -- can write (each of n matches, each `%0` up to n bytes); nil when it could be large.
+  local function c_work(s, p, rlen)
+    if type(s) ~= "string" or type(p) ~= "string" or #s >= CHARGED or rlen >= CHARGED then
+      return nil
+    end
     local q = loop_count(p)
     if q == nil or q > 3 then return nil end
     local n = #s + 1
-    local w = n * (#p + 1) + extra
+    local w = n * (#p + 1) + n * n * rlen
     for _ = 1, q do
       w = w * n
       if w > CHARGED then return nil end
@@ -87,7 +90,7 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
   string.gsub = function(...)
     local s, p, r, n = ...
     if type(r) == "string" and type(s) == "string" and (n == nil or mtype(n) == "integer") then
-      local w = c_work(s, p, (#s + 1) * #r)
+      local w = c_work(s, p, #r)
       if w then
         if w > FREE then spend(w >> 2) end
         return rethrow(pcall(c_gsub, ...))
