@@ -16,7 +16,7 @@
 //! can never read another call's metadata. [`CallShared`] is also the call's meter (budget,
 //! deadline, cancellation, sticky abort) that the instruction hook checks.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,8 +38,6 @@ pub type ReplySender = oneshot::Sender<Result<Reply, CallError>>;
 
 /// State shared by a call's ctx, its hook and its driver.
 pub struct CallShared {
-    /// How deeply the call's `pcall`/`xpcall` are nested (see `guard`).
-    pub protected_depth: std::sync::atomic::AtomicU32,
     pub method: &'static str,
     pub script: Arc<str>,
     pub function: Arc<str>,
@@ -50,6 +48,8 @@ pub struct CallShared {
     pub deadline: Option<Instant>,
     pub budget: u64,
     pub used: AtomicU64,
+    /// How deeply the call's `pcall`/`xpcall` are nested (see `guard`).
+    pub protected_depth: AtomicU32,
     /// The sticky abort (0: none, see [`Abort::code`]).
     aborted: AtomicU8,
     /// Set when the call has ended: its handles (ctx, request iterator) stop working.
@@ -103,7 +103,6 @@ impl CallShared {
             None => (None, None),
         };
         Self {
-            protected_depth: std::sync::atomic::AtomicU32::new(0),
             method: spec.method,
             script: spec.script,
             function: spec.function,
@@ -113,6 +112,7 @@ impl CallShared {
             deadline: spec.deadline,
             budget: spec.budget,
             used: AtomicU64::new(0),
+            protected_depth: AtomicU32::new(0),
             aborted: AtomicU8::new(0),
             ended: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
