@@ -115,6 +115,17 @@ fn render_detail(detail: &Option<String>) -> String {
 }
 
 impl StartupError {
+    /// Where the problem is, when it is in a file.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            Self::Proto { location, .. }
+            | Self::Handler { location, .. }
+            | Self::Script { location, .. }
+            | Self::Data { location, .. } => Some(location),
+            Self::Io { .. } | Self::Usage(_) => None,
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),

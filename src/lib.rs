@@ -9,6 +9,7 @@
 pub mod builtin;
 pub mod codec;
 pub mod config;
+pub mod control;
 pub mod data;
 pub mod error;
 pub mod fieldpath;
