@@ -93,7 +93,7 @@ pub fn load_handlers(
         Err(e) => return Err(StartupError::io(dir, e).into()),
     };
     files.sort();
-    let mut served_by: HashMap<&'static str, PathBuf> = HashMap::new();
+    let mut served_by: HashMap<Arc<str>, PathBuf> = HashMap::new();
     for file in files {
         if let Err(mut e) = load_file(&file, pool, table, scripts, &mut served_by) {
             errors.0.append(&mut e.0);
@@ -107,7 +107,7 @@ fn load_file(
     pool: &DescriptorPool,
     table: &mut HandlerTable,
     scripts: &mut ScriptBuilder<'_>,
-    served_by: &mut HashMap<&'static str, PathBuf>,
+    served_by: &mut HashMap<Arc<str>, PathBuf>,
 ) -> Result<(), StartupErrors> {
     let text = std::fs::read_to_string(file).map_err(|e| StartupError::io(file, e))?;
     let parsed: HandlerFile = serde_json::from_str(&text).map_err(|e| StartupError::Handler {
@@ -163,7 +163,7 @@ fn load_file(
         let Some(info) = table.info(&path) else {
             continue;
         };
-        if let Some(previous) = served_by.get(info.path) {
+        if let Some(previous) = served_by.get(&info.path) {
             errors.push(StartupError::Handler {
                 location,
                 entry: entry_name,
@@ -174,8 +174,8 @@ fn load_file(
         }
         match build_handler(entry, &info, scripts) {
             Ok((handler, around)) => {
-                served_by.insert(info.path, file.to_path_buf());
-                table.set_handler(info.path, handler, around);
+                served_by.insert(info.path.clone(), file.to_path_buf());
+                table.set_handler(&info.path, handler, around);
             }
             Err(BuildError::Startup(e)) => errors.push(e),
             Err(BuildError::Entry(e)) => errors.push(StartupError::Handler {

@@ -8,6 +8,7 @@
 //! tonic::Status` is the one place where a failure becomes a gRPC status, so codes stay consistent.
 
 use std::fmt;
+use std::sync::Arc;
 use std::path::PathBuf;
 
 use tonic::{Code, Status};
@@ -185,34 +186,34 @@ impl std::error::Error for StartupErrors {}
 #[derive(Debug)]
 pub enum CallError {
     /// The method exists in the protos but no handler file serves it.
-    NoHandler { method: &'static str },
+    NoHandler { method: Arc<str> },
     /// The path names no method of any loaded service.
     UnknownMethod { path: String },
     /// A `rules` handler had no rule matching this request.
-    NoRuleMatched { method: &'static str },
+    NoRuleMatched { method: Arc<str> },
     /// A `script`/`rules`/`error` handler asked for this status on purpose.
     Deliberate(Status),
     /// A response that could not be built (a script returned a wrong value, a conversion failed).
     BadResponse {
-        method: &'static str,
+        method: Arc<str>,
         message: String,
     },
     /// A script failed at run time.
     Script { message: String },
     /// The script ran past its instruction or time budget.
     ScriptBudget {
-        method: &'static str,
+        method: Arc<str>,
         message: String,
     },
     /// The script ran out of its Lua state's memory.
     ScriptMemory {
-        method: &'static str,
+        method: Arc<str>,
         limit_mib: usize,
     },
     /// The Lua state running the call was replaced (see the server log) before it answered.
-    ScriptStateLost { method: &'static str },
+    ScriptStateLost { method: Arc<str> },
     /// The call outlived its deadline.
-    DeadlineExceeded { method: &'static str },
+    DeadlineExceeded { method: Arc<str> },
     /// The client went away.
     Cancelled,
     /// The request bytes are not a message of the method's input type.
@@ -231,7 +232,7 @@ pub enum CallError {
     ResponseTooLarge { len: usize, limit: usize },
     /// A script's reply passed `--max-message-size` while it was converted (so it was never
     /// built in full).
-    ReplyTooLarge { method: &'static str, limit: usize },
+    ReplyTooLarge { method: Arc<str>, limit: usize },
     /// A response message that could not be encoded.
     Encode { message: String },
     /// An error already expressed as a status (from tonic's decoder, for instance).

@@ -43,7 +43,7 @@ pub struct Limits {
 /// The whole server as one service.
 #[derive(Clone)]
 pub struct Router {
-    methods: Arc<HashMap<&'static str, Arc<MethodEntry>>>,
+    methods: Arc<HashMap<Arc<str>, Arc<MethodEntry>>>,
     /// Shared, so cloning the router per connection or request copies two pointers.
     builtins: Arc<[(&'static str, BuiltinService)]>,
     limits: Limits,
@@ -55,7 +55,7 @@ impl Router {
         builtins: Vec<(&'static str, BuiltinService)>,
         limits: Limits,
     ) -> Self {
-        let methods = table.iter().map(|e| (e.info.path, e.clone())).collect();
+        let methods = table.iter().map(|e| (e.info.path.clone(), e.clone())).collect();
         Self {
             methods: Arc::new(methods),
             builtins: builtins.into(),
@@ -163,7 +163,7 @@ impl MethodService {
             Some(h) => h.call(call, requests),
             None => {
                 return Box::pin(std::future::ready(Err(CallError::NoHandler {
-                    method: self.0.info.name,
+                    method: self.0.info.name.clone(),
                 })))
             }
         };
@@ -322,7 +322,7 @@ impl tonic::server::UnaryService<Incoming> for MethodService {
     fn call(&mut self, request: tonic::Request<Incoming>) -> Self::Future {
         let (metadata, _, msg) = request.into_parts();
         let fut = self.run(metadata, Requests::One(msg));
-        let method = self.0.info.name;
+        let method = self.0.info.name.clone();
         let limit = self.1;
         Box::pin(async move {
             let reply = fut.await?;
@@ -370,7 +370,7 @@ impl tonic::server::ClientStreamingService<Incoming> for MethodService {
     fn call(&mut self, request: tonic::Request<Streaming<Incoming>>) -> Self::Future {
         let (metadata, _, msgs) = request.into_parts();
         let fut = self.run(metadata, Requests::Stream(msgs));
-        let method = self.0.info.name;
+        let method = self.0.info.name.clone();
         let limit = self.1;
         Box::pin(async move {
             let reply = fut.await?;

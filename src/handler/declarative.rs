@@ -66,7 +66,7 @@ impl Action {
     }
 
     /// The outcome for a request still in wire form.
-    fn respond_incoming(&self, req: Incoming, method: &'static str) -> Result<Outcome, CallError> {
+    fn respond_incoming(&self, req: Incoming, method: &Arc<str>) -> Result<Outcome, CallError> {
         match &self.kind {
             ActionKind::Echo => {
                 req.validate()?;
@@ -81,7 +81,7 @@ impl Action {
     }
 
     /// The outcome for one request.
-    fn respond(&self, req: DynamicMessage, method: &'static str) -> Result<Outcome, CallError> {
+    fn respond(&self, req: DynamicMessage, method: &Arc<str>) -> Result<Outcome, CallError> {
         match &self.kind {
             ActionKind::Reply(r) => r.respond(&req, method).map(Outcome::One),
             ActionKind::Error(e) => Ok(Outcome::Fail(e.status(&req))),
@@ -129,14 +129,14 @@ fn answer(
     responder: &Arc<Responder>,
     req: Incoming,
     metadata: &MetadataMap,
-    method: &'static str,
+    method: &Arc<str>,
 ) -> Result<(Outcome, Chosen), CallError> {
     let (outcome, rule) = match &**responder {
         Responder::Single(a) => (a.respond_incoming(req, method)?, 0),
         Responder::Rules(rules) => {
             let msg = req.decode()?;
             let rule =
-                rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched { method })?;
+                rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched { method: method.clone() })?;
             (rules[rule].action.respond(msg, method)?, rule)
         }
     };
@@ -176,7 +176,7 @@ impl Handler for Declarative {
         match requests {
             Requests::One(req) => {
                 let (outcome, chosen) =
-                    match answer(&self.responder, req, &call.metadata, info.name) {
+                    match answer(&self.responder, req, &call.metadata, &info.name) {
                         Ok(r) => r,
                         Err(e) => return Box::pin(std::future::ready(Err(e))),
                     };
@@ -184,7 +184,7 @@ impl Handler for Declarative {
                 if info.shape.streams_output() {
                     let reply = Reply {
                         responses: Responses::Stream(Box::pin(Items::new(
-                            outcome, chosen, info.name, None,
+                            outcome, chosen, info.name.clone(), None,
                         ))),
                         headers,
                         trailers: None,
@@ -210,7 +210,7 @@ impl Handler for Declarative {
                     }
                     let req =
                         last.unwrap_or_else(|| Incoming::new(Bytes::new(), info.input.clone()));
-                    let (outcome, chosen) = answer(&responder, req, &call.metadata, info.name)?;
+                    let (outcome, chosen) = answer(&responder, req, &call.metadata, &info.name)?;
                     let action = chosen.action();
                     if let Some(d) = action.delay {
                         tokio::time::sleep(d).await;
@@ -225,16 +225,16 @@ impl Handler for Declarative {
                     let (current, headers) = match first {
                         Some(req) => {
                             let (outcome, chosen) =
-                                answer(&responder, req, &call.metadata, info.name)?;
+                                answer(&responder, req, &call.metadata, &info.name)?;
                             let headers = chosen.action().headers.clone();
-                            (Some(Items::new(outcome, chosen, info.name, None)), headers)
+                            (Some(Items::new(outcome, chosen, info.name.clone(), None)), headers)
                         }
                         None => (None, MetadataMap::new()),
                     };
                     let bidi = Bidi {
                         responder,
                         metadata: call.metadata,
-                        method: info.name,
+                        method: info.name.clone(),
                         incoming,
                         current,
                         spare_sleep: None,
@@ -274,7 +274,7 @@ fn one_answer(
 
 fn wrong_shape(info: &MethodInfo) -> CallError {
     CallError::BadResponse {
-        method: info.name,
+        method: info.name.clone(),
         message: format!(
             "{} is {} and answers with one message",
             info.name,
@@ -289,7 +289,7 @@ struct Items {
     chosen: Chosen,
     outcome: Option<Outcome>,
     next: usize,
-    method: &'static str,
+    method: Arc<str>,
     /// Armed before each message when the action has a delay; reused across messages.
     sleep: Option<Pin<Box<Sleep>>>,
     waiting: bool,
@@ -299,7 +299,7 @@ impl Items {
     fn new(
         outcome: Outcome,
         chosen: Chosen,
-        method: &'static str,
+        method: Arc<str>,
         sleep: Option<Pin<Box<Sleep>>>,
     ) -> Self {
         Self {
@@ -328,7 +328,7 @@ impl Items {
                 let ActionKind::Stream(s) = &self.chosen.action().kind else {
                     return None;
                 };
-                let item = s.render(self.next, &req, self.method)?;
+                let item = s.render(self.next, &req, &self.method)?;
                 self.next += 1;
                 if item.is_ok() {
                     self.outcome = Some(Outcome::Many(req));
@@ -372,7 +372,7 @@ impl Stream for Items {
 struct Bidi {
     responder: Arc<Responder>,
     metadata: MetadataMap,
-    method: &'static str,
+    method: Arc<str>,
     incoming: tonic::Streaming<Incoming>,
     current: Option<Items>,
     /// The timer of the last finished answer, reused by the next one.
@@ -414,10 +414,10 @@ impl Stream for Bidi {
                     return Poll::Ready(None);
                 }
             };
-            match answer(&this.responder, req, &this.metadata, this.method) {
+            match answer(&this.responder, req, &this.metadata, &this.method) {
                 Ok((outcome, chosen)) => {
                     let sleep = this.spare_sleep.take();
-                    this.current = Some(Items::new(outcome, chosen, this.method, sleep));
+                    this.current = Some(Items::new(outcome, chosen, this.method.clone(), sleep));
                 }
                 Err(e) => {
                     this.done = true;

@@ -67,9 +67,9 @@ impl Shape {
 #[derive(Debug)]
 pub struct MethodInfo {
     /// `/package.Service/Method`, the HTTP/2 path.
-    pub path: &'static str,
+    pub path: Arc<str>,
     /// `package.Service/Method`, for messages.
-    pub name: &'static str,
+    pub name: Arc<str>,
     pub descriptor: MethodDescriptor,
     pub input: MessageDescriptor,
     pub output: MessageDescriptor,
@@ -85,8 +85,8 @@ impl MethodInfo {
         );
         let path = format!("/{name}");
         Self {
-            path: Box::leak(path.into_boxed_str()),
-            name: Box::leak(name.into_boxed_str()),
+            path: Arc::from(path),
+            name: Arc::from(name),
             input: descriptor.input(),
             output: descriptor.output(),
             shape: Shape::of(&descriptor),
@@ -211,8 +211,8 @@ impl Around {
 /// Every loaded method by HTTP/2 path.
 #[derive(Default)]
 pub struct HandlerTable {
-    entries: HashMap<&'static str, Arc<MethodEntry>>,
-    order: Vec<&'static str>,
+    entries: HashMap<Arc<str>, Arc<MethodEntry>>,
+    order: Vec<Arc<str>>,
 }
 
 impl HandlerTable {
@@ -222,9 +222,9 @@ impl HandlerTable {
         for service in pool.services() {
             for method in service.methods() {
                 let info = Arc::new(MethodInfo::new(method));
-                table.order.push(info.path);
+                table.order.push(info.path.clone());
                 table.entries.insert(
-                    info.path,
+                    info.path.clone(),
                     Arc::new(MethodEntry {
                         info,
                         handler: None,

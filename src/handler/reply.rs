@@ -2,6 +2,7 @@
 //!
 //! All the work happens in [`crate::template`] at startup; a call renders the compiled template.
 
+use std::sync::Arc;
 use prost_reflect::DynamicMessage;
 use serde_json::Value as Json;
 
@@ -35,10 +36,10 @@ impl ReplyAction {
     pub fn respond(
         &self,
         req: &DynamicMessage,
-        method: &'static str,
+        method: &Arc<str>,
     ) -> Result<Outgoing, CallError> {
         self.template
             .render(req)
-            .map_err(|message| CallError::BadResponse { method, message })
+            .map_err(|message| CallError::BadResponse { method: method.clone(), message })
     }
 }

@@ -1,6 +1,7 @@
 //! `stream`: a list of responses for server-streaming and bidi methods, each one a `reply`
 //! template, sent in order (with `delay_ms` before each, when set).
 
+use std::sync::Arc;
 use prost_reflect::DynamicMessage;
 use serde_json::Value as Json;
 
@@ -51,13 +52,13 @@ impl StreamAction {
         &self,
         index: usize,
         req: &DynamicMessage,
-        method: &'static str,
+        method: &Arc<str>,
     ) -> Option<Result<Outgoing, CallError>> {
         let template = self.items.get(index)?;
         Some(
             template
                 .render(req)
-                .map_err(|message| CallError::BadResponse { method, message }),
+                .map_err(|message| CallError::BadResponse { method: method.clone(), message }),
         )
     }
 }

@@ -38,7 +38,7 @@ pub type ReplySender = oneshot::Sender<Result<Reply, CallError>>;
 
 /// State shared by a call's ctx, its hook and its driver.
 pub struct CallShared {
-    pub method: &'static str,
+    pub method: Arc<str>,
     pub script: Arc<str>,
     pub function: Arc<str>,
     /// The method's output type (None for the meter of a script load).
@@ -79,7 +79,7 @@ pub struct CallShared {
 
 /// What a call needs to start (the rest of [`CallShared`] starts empty).
 pub struct CallSpec {
-    pub method: &'static str,
+    pub method: Arc<str>,
     pub script: Arc<str>,
     pub function: Arc<str>,
     pub output: Option<MessageDescriptor>,
@@ -191,7 +191,7 @@ impl CallShared {
     pub fn give_up(&self) {
         self.abort(Abort::Cancelled);
         let lost = || CallError::ScriptStateLost {
-            method: self.method,
+            method: self.method.clone(),
         };
         if let Some(sender) = lock(&self.sender).take() {
             let _ = sender.try_send(Err(lost().into()));
@@ -353,7 +353,7 @@ fn unix_seconds(at: Instant) -> f64 {
 
 impl UserData for Ctx {
     fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
-        fields.add_field_method_get("method", |_, this| Ok(this.call()?.method));
+        fields.add_field_method_get("method", |_, this| Ok(this.call()?.method.to_string()));
         fields.add_field_method_get("deadline", |_, this| {
             Ok(this.call()?.deadline.map(unix_seconds))
         });

@@ -16,6 +16,7 @@
 //! Frozen tables never change and live as long as their state, so their encoded form is kept
 //! per state: a feature sent a thousand times is converted once.
 
+use std::sync::Arc;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -140,16 +141,16 @@ impl ConvertError {
     /// described by `what(self)` (which names the script, function and message type).
     pub fn into_call_error(
         self,
-        method: &'static str,
+        method: &Arc<str>,
         what: impl FnOnce(&ConvertError) -> String,
     ) -> CallError {
         match self {
             ConvertError::TooLarge(t) => CallError::ReplyTooLarge {
-                method,
+                method: method.clone(),
                 limit: t.limit,
             },
             other => CallError::BadResponse {
-                method,
+                method: method.clone(),
                 message: what(&other),
             },
         }

@@ -286,7 +286,7 @@ impl Handler for ScriptHandler {
         let deadline = call.deadline();
         let (reply_tx, reply_rx) = oneshot::channel();
         let shared = Arc::new(CallShared::new(CallSpec {
-            method: method.name,
+            method: method.name.clone(),
             script: self.script.clone(),
             function: self.function.clone(),
             output: Some(method.output.clone()),
@@ -299,7 +299,7 @@ impl Handler for ScriptHandler {
             outbox: streams_output.then(outbox::outbox),
         }));
         let mut cancel = CancelOnDrop(Some(shared.clone()));
-        let name = method.name;
+        let name = method.name.clone();
         let submitted = pool.submit(
             pool.pick(),
             Job {
@@ -424,7 +424,7 @@ fn finish_one(state: &State, shared: &Arc<CallShared>, outcome: mlua::Result<Lua
             match (converted, shared.aborted()) {
                 (_, Some(a)) => Err(abort_error(a, shared)),
                 (Some(Ok(msg)), None) => Ok(msg),
-                (Some(Err(e)), None) => Err(e.into_call_error(shared.method, |e| {
+                (Some(Err(e)), None) => Err(e.into_call_error(&shared.method, |e| {
                     format!(
                         "{}: {} returned a bad {}: {e}",
                         shared.script,
@@ -488,7 +488,7 @@ async fn finish_stream(state: &State, shared: &Arc<CallShared>, outcome: mlua::R
                 let item: LuaValue = t.raw_get(i).unwrap_or(LuaValue::Nil);
                 let msg = slice::with_call(shared, || outgoing_from_lua(&state.lua, &item, output));
                 let msg = msg.map_err(|e| {
-                    Status::from(e.into_call_error(shared.method, |e| {
+                    Status::from(e.into_call_error(&shared.method, |e| {
                         format!(
                             "{}: {} returned a bad {}: item {i}: {e}",
                             shared.script,
@@ -544,14 +544,14 @@ fn is_memory_error(e: &mlua::Error) -> bool {
 }
 
 fn abort_error(a: Abort, shared: &CallShared) -> CallError {
-    tracing::debug!(method = shared.method, "script stopped: {a}");
+    tracing::debug!(method = &*shared.method, "script stopped: {a}");
     match a {
         Abort::Budget(_) => CallError::ScriptBudget {
-            method: shared.method,
+            method: shared.method.clone(),
             message: format!("{}: {}: {a}", shared.script, shared.function),
         },
         Abort::Deadline => CallError::DeadlineExceeded {
-            method: shared.method,
+            method: shared.method.clone(),
         },
         Abort::Cancelled => CallError::Cancelled,
     }
@@ -597,19 +597,19 @@ fn to_call_error(e: &mlua::Error, shared: &CallShared, state: &State) -> CallErr
     }
     if is_memory_error(e) {
         return CallError::ScriptMemory {
-            method: shared.method,
+            method: shared.method.clone(),
             limit_mib: state.memory_limit >> 20,
         };
     }
     if let Some(t) = find::<convert::TooLarge>(e) {
         return CallError::ReplyTooLarge {
-            method: shared.method,
+            method: shared.method.clone(),
             limit: t.limit,
         };
     }
     if let Some(b) = find::<BadMessage>(e) {
         return CallError::BadResponse {
-            method: shared.method,
+            method: shared.method.clone(),
             message: b.0,
         };
     }
@@ -617,7 +617,7 @@ fn to_call_error(e: &mlua::Error, shared: &CallShared, state: &State) -> CallErr
         return CallError::Transport(status);
     }
     let message = root_message(e);
-    tracing::warn!(method = shared.method, "script error: {e}");
+    tracing::warn!(method = &*shared.method, "script error: {e}");
     CallError::Script {
         message: format!("{} ({}): {message}", shared.function, shared.method),
     }

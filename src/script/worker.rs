@@ -158,7 +158,7 @@ impl Loading {
                     }
                 }
                 slice::Check::Abort(a) => {
-                    if slice::running_call().is_some_and(|c| c.method == LOADING) {
+                    if slice::running_call().is_some_and(|c| &*c.method == LOADING) {
                         let source = debug
                             .source()
                             .source
@@ -204,7 +204,7 @@ impl Loading {
             .set_mode(mlua::ChunkMode::Text)
             .set_environment(env.clone());
         let meter = Arc::new(CallShared::new(CallSpec {
-            method: LOADING,
+            method: Arc::from(LOADING),
             script: Arc::from(path.display().to_string().as_str()),
             function: Arc::from(""),
             output: None,
@@ -552,7 +552,7 @@ fn state_thread(
 /// so whatever Lua code it sets off (finalizers) is bounded too.
 fn housekeeping<R>(what: &'static str, f: impl FnOnce() -> R) -> R {
     let meter = Arc::new(CallShared::new(CallSpec {
-        method: what,
+        method: Arc::from(what),
         script: Arc::from(""),
         function: Arc::from(""),
         output: None,
