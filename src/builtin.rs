@@ -1,5 +1,6 @@
 //! The services every protoserve serves besides the user's: server reflection (v1 and v1alpha,
-//! over exactly the descriptor set that is served) and health (SERVING for every loaded service).
+//! over exactly the descriptor set that is served, rebuilt with each generation) and health
+//! (SERVING for every loaded service, one table for the life of the server).
 //!
 //! Both reflection versions list both reflection services, whichever version a client asks:
 //! a client that lists services with v1alpha still learns that v1 is there, and the reverse.
@@ -9,17 +10,12 @@ use tower::util::BoxCloneSyncService;
 
 use crate::error::StartupError;
 use crate::health::HealthReporter;
+use tonic_health::pb::health_check_response::ServingStatus;
 use crate::router::BuiltinService;
 use crate::schema::Schema;
 
-/// The built-in services with the path prefix that routes to each, and the health handle.
-pub struct Builtins {
-    pub services: Vec<(&'static str, BuiltinService)>,
-    pub health: HealthReporter,
-}
-
-/// Reflection and health.
-pub fn services(schema: &Schema) -> Result<Builtins, StartupError> {
+/// Server reflection over `schema`, both versions, by the path prefix that routes to each.
+pub fn reflection(schema: &Schema) -> Result<Vec<(String, BuiltinService)>, StartupError> {
     let reflection_error = |e: tonic_reflection::server::Error| StartupError::Proto {
         location: crate::error::Location::file("protos"),
         message: format!("server reflection could not index the descriptors: {e}"),
@@ -40,28 +36,44 @@ pub fn services(schema: &Schema) -> Result<Builtins, StartupError> {
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(reflection_error)?;
-
-    let health = HealthReporter::new();
-    for service in schema.pool.services() {
-        health.set(
-            service.full_name(),
-            tonic_health::pb::health_check_response::ServingStatus::Serving,
-        );
-    }
-    let health_service = health.service();
-
-    Ok(Builtins {
-        services: vec![
-            (prefix_of(&v1), boxed(v1)),
-            (prefix_of(&v1alpha), boxed(v1alpha)),
-            (prefix_of(&health_service), boxed(health_service)),
-        ],
-        health,
-    })
+    Ok(vec![
+        (prefix_of(&v1), boxed(v1)),
+        (prefix_of(&v1alpha), boxed(v1alpha)),
+    ])
 }
 
-fn prefix_of<S: NamedService>(_: &S) -> &'static str {
-    Box::leak(format!("/{}/", S::NAME).into_boxed_str())
+/// Health checking over `health`'s table, with the path prefix that routes to it. It outlives
+/// generations: watchers stay connected across reloads and see services come and go.
+pub fn health(health: &HealthReporter) -> (String, BuiltinService) {
+    let service = health.service();
+    (prefix_of(&service), boxed(service))
+}
+
+/// Sets health to match `now` after `before` (if any): new services SERVING, services that
+/// are gone removed (their watchers see SERVICE_UNKNOWN).
+pub fn update_health(
+    health: &HealthReporter,
+    before: Option<&Schema>,
+    now: &Schema,
+) {
+    let names = |s: &Schema| -> std::collections::HashSet<String> {
+        s.pool.services().map(|s| s.full_name().to_owned()).collect()
+    };
+    let current = names(now);
+    if let Some(before) = before {
+        for gone in names(before).difference(&current) {
+            health.remove(gone);
+        }
+    }
+    for name in &current {
+        if health.status(name).is_none() {
+            health.set(name, ServingStatus::Serving);
+        }
+    }
+}
+
+fn prefix_of<S: NamedService>(_: &S) -> String {
+    format!("/{}/", S::NAME)
 }
 
 fn boxed<S>(svc: S) -> BuiltinService

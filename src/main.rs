@@ -10,7 +10,9 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use protoserve::server::ServerOptions;
-use protoserve::{Loaded, Options};
+use protoserve::generation::Generation;
+use protoserve::live::{watch, Live};
+use protoserve::Options;
 use tracing_subscriber::EnvFilter;
 
 /// The exit status of every startup problem: bad files, bad flags, a port in use.
@@ -81,6 +83,10 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the log line shows it).
     #[arg(long, value_name = "ADDR", default_value = "[::]:50051")]
     listen: SocketAddr,
+    /// Do not reload when files under the protos, handlers or data folders change (SIGHUP and
+    /// the admin API still reload).
+    #[arg(long)]
+    no_watch: bool,
     #[command(flatten)]
     load: LoadArgs,
     #[command(flatten)]
@@ -272,19 +278,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(args: &LoadArgs, server: ServerOptions) -> Result<Loaded, ExitCode> {
-    protoserve::load(args.options(server)).map_err(|errors| {
-        eprintln!("{errors}");
-        eprintln!(
-            "protoserve: {} problem(s) found; nothing was served",
-            errors.0.len()
-        );
-        ExitCode::from(STARTUP_PROBLEM)
-    })
+fn report(errors: &protoserve::error::StartupErrors) -> ExitCode {
+    eprintln!("{errors}");
+    eprintln!(
+        "protoserve: {} problem(s) found; nothing was served",
+        errors.0.len()
+    );
+    ExitCode::from(STARTUP_PROBLEM)
+}
+
+fn load(args: &LoadArgs) -> Result<Generation, ExitCode> {
+    protoserve::load(&args.options(ServerOptions::default())).map_err(|e| report(&e))
 }
 
 fn check(args: &LoadArgs) -> ExitCode {
-    match load(args, ServerOptions::default()) {
+    match load(args) {
         Ok(loaded) => {
             println!(
                 "ok: {} services, {} methods ({} with handlers), loaded in {} ms",
@@ -300,16 +308,16 @@ fn check(args: &LoadArgs) -> ExitCode {
 }
 
 fn list(args: &LoadArgs) -> ExitCode {
-    let loaded = match load(args, ServerOptions::default()) {
+    let loaded = match load(args) {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let mut current = "";
+    let mut current = String::new();
     for entry in loaded.table.iter() {
         let service = entry.info.descriptor.parent_service();
         if service.full_name() != current {
             println!("{}", service.full_name());
-            current = Box::leak(service.full_name().to_owned().into_boxed_str());
+            current = service.full_name().to_owned();
         }
         let kind = entry.handler.as_ref().map_or("no handler", |h| h.kind());
         println!(
@@ -334,10 +342,26 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        let loaded = match load(&args.load, args.transport.options()) {
+        let live = match Live::start(args.load.options(args.transport.options())).await {
             Ok(l) => l,
-            Err(code) => return code,
+            Err(errors) => return report(&errors),
         };
+        let _watching = if args.no_watch {
+            None
+        } else {
+            match watch::watch_files(live.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    eprintln!("error: {e}\n  help: pass --no-watch to serve without watching");
+                    return ExitCode::from(STARTUP_PROBLEM);
+                }
+            }
+        };
+        if let Err(e) = watch::reload_on_sighup(live.clone()) {
+            eprintln!("error: {e}");
+            return ExitCode::from(STARTUP_PROBLEM);
+        }
+        let loaded = live.current();
         let listener = match protoserve::bind(args.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -355,7 +379,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             loaded.table.len(),
             loaded.load_time.as_millis()
         );
-        match protoserve::serve(loaded, listener, shutdown_signal()).await {
+        drop(loaded);
+        match protoserve::serve(live, listener, shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS

@@ -185,10 +185,21 @@ pub trait Handler: Send + Sync + 'static {
     fn call(&self, call: Call, requests: Requests) -> HandlerFuture;
 }
 
+/// Where a method's handler was declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A handler file.
+    File(std::path::PathBuf),
+    /// The admin API, at run time.
+    Runtime,
+}
+
 /// A method and what answers it.
 pub struct MethodEntry {
     pub info: Arc<MethodInfo>,
     pub handler: Option<Arc<dyn Handler>>,
+    /// Where the handler was declared (`None` without a handler).
+    pub origin: Option<Origin>,
     /// Applied by the router around whatever the handler does.
     pub around: Around,
 }
@@ -228,6 +239,7 @@ impl HandlerTable {
                     Arc::new(MethodEntry {
                         info,
                         handler: None,
+                        origin: None,
                         around: Around::default(),
                     }),
                 );
@@ -242,14 +254,26 @@ impl HandlerTable {
 
     /// Sets the handler of the method at `path` (which must be in the table), with the
     /// options the router applies around it.
-    pub fn set_handler(&mut self, path: &str, handler: Arc<dyn Handler>, around: Around) {
+    pub fn set_handler(
+        &mut self,
+        path: &str,
+        handler: Arc<dyn Handler>,
+        around: Around,
+        origin: Origin,
+    ) {
         if let Some(entry) = self.entries.get_mut(path) {
             *entry = Arc::new(MethodEntry {
                 info: entry.info.clone(),
                 handler: Some(handler),
+                origin: Some(origin),
                 around,
             });
         }
+    }
+
+    /// The entry of the method at `path`.
+    pub fn get(&self, path: &str) -> Option<&Arc<MethodEntry>> {
+        self.entries.get(path)
     }
 
     /// Entries in the order the protos declare them.
@@ -259,10 +283,6 @@ impl HandlerTable {
 
     pub fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 

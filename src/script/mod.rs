@@ -30,7 +30,7 @@ pub mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlua::{Function, Lua, Value as LuaValue};
@@ -74,17 +74,77 @@ impl Default for ScriptOptions {
     }
 }
 
+/// The scripts of one generation while its handler files are read. Lua states are made only
+/// when the first entry names a script, so a project without scripts starts no threads.
+pub struct Scripts<'a> {
+    handlers_dir: &'a Path,
+    data: &'a DataSets,
+    options: ScriptOptions,
+    builder: Option<EngineBuilder>,
+}
+
+impl<'a> Scripts<'a> {
+    pub fn new(handlers_dir: &'a Path, data: &'a DataSets, options: ScriptOptions) -> Self {
+        Self {
+            handlers_dir,
+            data,
+            options,
+            builder: None,
+        }
+    }
+
+    /// Loads `script` (relative to the handlers folder) if it is new, and finds `function`.
+    pub fn add(
+        &mut self,
+        script: &str,
+        function: &str,
+    ) -> Result<ScriptRef, ScriptSetupError> {
+        let builder = match &mut self.builder {
+            Some(b) => b,
+            None => self.builder.insert(
+                EngineBuilder::new(self.handlers_dir, self.data, self.options)
+                    .map_err(ScriptSetupError::Script)?,
+            ),
+        };
+        builder.add(script, function)
+    }
+
+    /// Starts the state threads; `None` when no entry named a script.
+    pub fn finish(self) -> Result<Option<Arc<Engine>>, StartupErrors> {
+        self.builder.map(EngineBuilder::finish).transpose()
+    }
+}
+
+/// One function of one script, found at load time; with its [`Engine`] it becomes a handler.
+#[derive(Debug, Clone)]
+pub struct ScriptRef {
+    index: usize,
+    script: Arc<str>,
+    function: Arc<str>,
+}
+
+/// The running Lua states of one generation. When the last handler holding it is gone (the
+/// generation was replaced and its calls have ended), the state threads are told to stop.
+pub struct Engine {
+    pool: Arc<Pool>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.pool.close();
+    }
+}
+
 /// Builds the engine while handler files are read: scripts load into a first state (so
 /// problems are reported per handler entry), and the recipe remembers them for the others.
-pub struct EngineBuilder {
+struct EngineBuilder {
     first: Loading,
     recipe: Recipe,
     script_index: HashMap<PathBuf, usize>,
-    cell: Arc<OnceLock<Arc<Pool>>>,
 }
 
 impl EngineBuilder {
-    pub fn new(
+    fn new(
         handlers_dir: &Path,
         data: &DataSets,
         options: ScriptOptions,
@@ -100,17 +160,10 @@ impl EngineBuilder {
                 functions: Vec::new(),
             },
             script_index: HashMap::new(),
-            cell: Arc::new(OnceLock::new()),
         })
     }
 
-    /// Loads `script` (relative to the handlers folder) and finds `function`.
-    pub fn add(
-        &mut self,
-        script: &str,
-        function: &str,
-        info: &Arc<MethodInfo>,
-    ) -> Result<Arc<dyn Handler>, ScriptSetupError> {
+    fn add(&mut self, script: &str, function: &str) -> Result<ScriptRef, ScriptSetupError> {
         let rel = Path::new(script);
         if rel.is_absolute()
             || rel
@@ -162,17 +215,15 @@ impl EngineBuilder {
         self.recipe
             .functions
             .push((script_index, function.to_owned()));
-        Ok(Arc::new(ScriptHandler {
-            engine: self.cell.clone(),
+        Ok(ScriptRef {
             index: self.recipe.functions.len() - 1,
             script: Arc::from(display.as_str()),
             function: Arc::from(function),
-            method: info.clone(),
-        }))
+        })
     }
 
     /// Locks every script environment and starts the state threads.
-    pub fn finish(self) -> Result<(), StartupErrors> {
+    fn finish(self) -> Result<Arc<Engine>, StartupErrors> {
         let n = if self.recipe.options.states == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -180,8 +231,7 @@ impl EngineBuilder {
         };
         let first = self.first.finish(true)?;
         let pool = Pool::start(self.recipe, n, first)?;
-        let _ = self.cell.set(pool);
-        Ok(())
+        Ok(Arc::new(Engine { pool }))
     }
 }
 
@@ -244,11 +294,23 @@ fn root_message(e: &mlua::Error) -> String {
 
 /// A method answered by a Lua function.
 pub struct ScriptHandler {
-    engine: Arc<OnceLock<Arc<Pool>>>,
+    engine: Arc<Engine>,
     index: usize,
     script: Arc<str>,
     function: Arc<str>,
     method: Arc<MethodInfo>,
+}
+
+impl ScriptHandler {
+    pub fn new(engine: Arc<Engine>, found: ScriptRef, method: Arc<MethodInfo>) -> Self {
+        Self {
+            engine,
+            index: found.index,
+            script: found.script,
+            function: found.function,
+            method,
+        }
+    }
 }
 
 /// Tells the call it was cancelled if the handler's future is dropped before the answer.
@@ -275,12 +337,7 @@ impl Handler for ScriptHandler {
     }
 
     fn call(&self, call: Call, requests: Requests) -> HandlerFuture {
-        let Some(pool) = self.engine.get() else {
-            let e = CallError::Script {
-                message: "scripts are not ready".into(),
-            };
-            return Box::pin(std::future::ready(Err(e)));
-        };
+        let pool = &self.engine.pool;
         let method = &self.method;
         let streams_output = method.shape.streams_output();
         let deadline = call.deadline();

@@ -439,6 +439,15 @@ impl Pool {
         best
     }
 
+    /// Tells every state thread to stop once the calls it holds are done (the generation this
+    /// pool belongs to has been replaced and nothing can submit to it any more).
+    pub fn close(&self) {
+        for slot in &self.slots {
+            lock(&slot.queue).close();
+            slot.kick.notify_one();
+        }
+    }
+
     /// Hands `job` to the state at `index`; false if its thread is gone.
     pub fn submit(&self, index: usize, job: Job) -> bool {
         let slot = &self.slots[index];
