@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes};
+use tokio_stream::StreamExt;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor};
 use protoserve::codec::{DynamicCodec, Outgoing};
 use serde_json::Value as Json;
@@ -314,6 +315,41 @@ impl Client {
                 Err(s) => return (out, Some(s)),
             }
         }
+    }
+
+    /// Opens a bidi call with `first` as its first requests; later requests are sent as the
+    /// test pushes them into the returned sender, and responses are read as they arrive. (The
+    /// server sends response headers with its first message, so this returns once `first` has
+    /// had its first answer.)
+    pub async fn bidi_open(
+        &self,
+        name: &str,
+        first: Vec<Json>,
+    ) -> (
+        tokio::sync::mpsc::Sender<Json>,
+        Result<tonic::Streaming<DynamicMessage>, Status>,
+    ) {
+        let m = self.method(name);
+        let input = m.input();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Json>(16 + first.len());
+        for j in first {
+            tx.try_send(j).expect("the channel has room for the first requests");
+        }
+        let requests = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(move |j| Outgoing::Message(Self::message(&input, j)));
+        let mut grpc = self.grpc();
+        if let Err(e) = grpc.ready().await {
+            return (tx, Err(Status::unavailable(e.to_string())));
+        }
+        let resp = grpc
+            .streaming(
+                Request::new(requests),
+                Self::path(name),
+                DynamicCodec::new(m.output()),
+            )
+            .await
+            .map(|r| r.into_inner());
+        (tx, resp)
     }
 
     /// A unary call whose body is `raw` bytes, framed but otherwise untouched.
