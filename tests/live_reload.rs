@@ -142,6 +142,25 @@ async fn editing_a_handler_file_reloads_it() {
     assert!(line.contains(" ms"), "the reload logs its time: {line}");
 }
 
+/// A reload reads the files, which inotify reports too (open, close-without-write); reacting
+/// to those reloaded forever.
+#[tokio::test]
+async fn a_reload_does_not_set_off_another() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    project.write("handlers/live.json", &live_handler("v2"));
+    wait_for_reply(&client, "v2: x").await;
+    wait_for_log(&server, "generation 2 serving");
+    std::thread::sleep(Duration::from_millis(1500));
+    let again: Vec<String> = server
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("generation 3"))
+        .collect();
+    assert!(again.is_empty(), "reloads feed on themselves: {again:?}");
+}
+
 #[tokio::test]
 async fn sighup_reloads_when_watching_is_off() {
     let project = Project::new();

@@ -2,15 +2,16 @@
 //!
 //! The folders the server reads (`--protos`, `-I`, `--handlers`, `--data`) are watched with
 //! `notify`; events are debounced, so an editor's save (write, rename, chmod) or a `git
-//! checkout` of many files becomes one reload. Editors' temporary and backup files are ignored.
-//! A change only under the handler and data folders reuses the compiled protos.
+//! checkout` of many files becomes one reload. Only changes count: reading a file (which every
+//! reload does) is an event too on Linux, and reacting to it would reload forever. Editors'
+//! temporary and backup files are ignored. A change only under the handler and data folders
+//! reuses the compiled protos.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::RecursiveMode;
-use notify_debouncer_mini::{new_debouncer, DebounceEventResult, Debouncer};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::{Live, Trigger};
@@ -20,7 +21,7 @@ const QUIET: Duration = Duration::from_millis(150);
 
 /// Keeps the file watcher running; dropping it stops watching.
 pub struct Watching {
-    _debouncer: Debouncer<notify::RecommendedWatcher>,
+    _watcher: RecommendedWatcher,
 }
 
 /// Watches `live`'s input folders and reloads on change. Folders that do not exist (a missing
@@ -36,19 +37,16 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
     let other_roots = [absolute(&options.handlers), absolute(&options.data)];
     let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
     let roots = proto_roots.clone();
-    let mut debouncer = new_debouncer(QUIET, move |events: DebounceEventResult| match events {
-        Ok(events) => {
-            let relevant: Vec<&Path> = events
-                .iter()
-                .map(|e| e.path.as_path())
-                .filter(|p| !ignored(p))
-                .collect();
-            if relevant.is_empty() {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
+        Ok(event) => {
+            if matches!(event.kind, EventKind::Access(_)) {
                 return;
             }
-            let protos = relevant
-                .iter()
-                .any(|p| roots.iter().any(|r| p.starts_with(r)));
+            let mut relevant = event.paths.iter().filter(|p| !ignored(p)).peekable();
+            if relevant.peek().is_none() {
+                return;
+            }
+            let protos = relevant.any(|p| roots.iter().any(|r| p.starts_with(r)));
             let _ = tx.send(protos);
         }
         Err(e) => tracing::warn!("watching the input folders: {e}"),
@@ -56,24 +54,25 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
     .map_err(|e| format!("cannot watch the input folders: {e}"))?;
     for dir in proto_roots.iter().chain(other_roots.iter()) {
         if dir.is_dir() {
-            debouncer
-                .watcher()
+            watcher
                 .watch(dir, RecursiveMode::Recursive)
                 .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
         }
     }
     tokio::spawn(async move {
         while let Some(mut protos) = rx.recv().await {
-            // Changes that arrived while the last reload ran are folded into one more.
-            while let Ok(more) = rx.try_recv() {
-                protos |= more;
+            // Wait until the folders are quiet, folding every change meanwhile into one reload.
+            loop {
+                match tokio::time::timeout(QUIET, rx.recv()).await {
+                    Ok(Some(more)) => protos |= more,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
             }
             let _ = live.reload(Trigger::Files { protos }).await;
         }
     });
-    Ok(Watching {
-        _debouncer: debouncer,
-    })
+    Ok(Watching { _watcher: watcher })
 }
 
 /// Reloads on every SIGHUP, for the life of the process.
