@@ -194,8 +194,10 @@ impl Live {
         match built {
             Ok(generation) => {
                 let generation = Arc::new(generation);
-                builtin::update_health(&self.health, Some(&before.schema), &generation.schema);
+                // Calls see the new services before health reports them, and health stops
+                // reporting the old ones only once calls no longer reach them.
                 self.current.store(generation.clone());
+                builtin::update_health(&self.health, Some(&before.schema), &generation.schema);
                 tracing::info!(
                     "generation {number} serving ({}): {} services, {} of {} methods with handlers, built in {} ms",
                     trigger.name(),
