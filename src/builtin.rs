@@ -10,9 +10,9 @@ use tower::util::BoxCloneSyncService;
 
 use crate::error::StartupError;
 use crate::health::HealthReporter;
-use tonic_health::pb::health_check_response::ServingStatus;
 use crate::router::BuiltinService;
 use crate::schema::Schema;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Server reflection over `schema`, both versions, by the path prefix that routes to each.
 pub fn reflection(schema: &Schema) -> Result<Vec<(String, BuiltinService)>, StartupError> {
@@ -51,13 +51,12 @@ pub fn health(health: &HealthReporter) -> (String, BuiltinService) {
 
 /// Sets health to match `now` after `before` (if any): new services SERVING, services that
 /// are gone removed (their watchers see SERVICE_UNKNOWN).
-pub fn update_health(
-    health: &HealthReporter,
-    before: Option<&Schema>,
-    now: &Schema,
-) {
+pub fn update_health(health: &HealthReporter, before: Option<&Schema>, now: &Schema) {
     let names = |s: &Schema| -> std::collections::HashSet<String> {
-        s.pool.services().map(|s| s.full_name().to_owned()).collect()
+        s.pool
+            .services()
+            .map(|s| s.full_name().to_owned())
+            .collect()
     };
     let current = names(now);
     if let Some(before) = before {

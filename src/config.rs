@@ -19,12 +19,13 @@ use serde_json::{Map, Value as Json};
 
 use crate::error::{Location, StartupError, StartupErrors};
 use crate::handler::declarative::{Action, ActionKind, Declarative, Responder};
-use crate::handler::error::{parse_metadata, ErrorAction, ErrorSpec};
+use crate::handler::error::{ErrorAction, ErrorSpec};
 use crate::handler::reply::ReplyAction;
 use crate::handler::rules::Rule;
 use crate::handler::stream::StreamAction;
 use crate::handler::{echo, Around, Handler, HandlerTable, MethodInfo, Origin};
 use crate::matcher::Condition;
+use crate::metadata::parse_pairs;
 use crate::script::{ScriptRef, ScriptSetupError, Scripts};
 use crate::suggest::did_you_mean;
 use crate::template::TemplateError;
@@ -317,7 +318,7 @@ fn build_handler(
     let around = if spec.script.is_some() || spec.rules.is_some() {
         Around {
             delay: delay(spec.delay_ms, "delay_ms")?,
-            headers: parse_metadata(&spec.headers, "headers")?,
+            headers: parse_pairs(&spec.headers, "headers")?,
         }
     } else {
         Around::default()
@@ -440,7 +441,7 @@ fn build_action(spec: &EntrySpec, info: &MethodInfo, path: &str) -> Result<Actio
         }
         many => return Err(tmpl_err(path, &format!("choose one of {}", many.join(", ")))),
     };
-    let headers = parse_metadata(&spec.headers, &join("headers"))?;
+    let headers = parse_pairs(&spec.headers, &join("headers"))?;
     Ok(Action {
         kind,
         delay: delay(spec.delay_ms, &join("delay_ms"))?,

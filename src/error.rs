@@ -8,8 +8,8 @@
 //! tonic::Status` is the one place where a failure becomes a gRPC status, so codes stay consistent.
 
 use std::fmt;
-use std::sync::Arc;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tonic::{Code, Status};
 
@@ -194,22 +194,13 @@ pub enum CallError {
     /// A `script`/`rules`/`error` handler asked for this status on purpose.
     Deliberate(Status),
     /// A response that could not be built (a script returned a wrong value, a conversion failed).
-    BadResponse {
-        method: Arc<str>,
-        message: String,
-    },
+    BadResponse { method: Arc<str>, message: String },
     /// A script failed at run time.
     Script { message: String },
     /// The script ran past its instruction or time budget.
-    ScriptBudget {
-        method: Arc<str>,
-        message: String,
-    },
+    ScriptBudget { method: Arc<str>, message: String },
     /// The script ran out of its Lua state's memory.
-    ScriptMemory {
-        method: Arc<str>,
-        limit_mib: usize,
-    },
+    ScriptMemory { method: Arc<str>, limit_mib: usize },
     /// The Lua state running the call was replaced (see the server log) before it answered.
     ScriptStateLost { method: Arc<str> },
     /// The call outlived its deadline.

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use protoserve::server::ServerOptions;
 use protoserve::generation::Generation;
 use protoserve::live::{watch, Live};
+use protoserve::server::ServerOptions;
 use protoserve::Options;
 use tracing_subscriber::EnvFilter;
 
@@ -297,7 +297,7 @@ fn check(args: &LoadArgs) -> ExitCode {
             println!(
                 "ok: {} services, {} methods ({} with handlers), loaded in {} ms",
                 loaded.service_count(),
-                loaded.table.len(),
+                loaded.table.method_count(),
                 loaded.handled_count(),
                 loaded.load_time.as_millis()
             );
@@ -376,7 +376,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             "listening on {addr}: {} services, {} of {} methods with handlers, loaded in {} ms",
             loaded.service_count(),
             loaded.handled_count(),
-            loaded.table.len(),
+            loaded.table.method_count(),
             loaded.load_time.as_millis()
         );
         drop(loaded);

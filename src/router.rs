@@ -165,11 +165,7 @@ async fn dispatch(
 struct MethodService(Arc<MethodEntry>, usize);
 
 impl MethodService {
-    fn run(
-        &self,
-        metadata: tonic::metadata::MetadataMap,
-        requests: Requests,
-    ) -> HandlerFuture {
+    fn run(&self, metadata: tonic::metadata::MetadataMap, requests: Requests) -> HandlerFuture {
         let call = Call {
             method: self.0.info.clone(),
             metadata,
@@ -399,7 +395,12 @@ impl tonic::server::ClientStreamingService<Incoming> for MethodService {
     fn call(&mut self, request: tonic::Request<Streaming<Incoming>>) -> Self::Future {
         let (metadata, _, msgs) = request.into_parts();
         let fut = self.run(metadata, Requests::Stream(msgs));
-        one_response(fut, self.0.info.name.clone(), self.1, "a client-streaming method")
+        one_response(
+            fut,
+            self.0.info.name.clone(),
+            self.1,
+            "a client-streaming method",
+        )
     }
 }
 

@@ -170,7 +170,10 @@ async fn sighup_reloads_when_watching_is_off() {
     // Without watching, the edit is not seen until the signal.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
-        client.unary("live.Live/Chat", json!({"text": "x"})).await.unwrap(),
+        client
+            .unary("live.Live/Chat", json!({"text": "x"}))
+            .await
+            .unwrap(),
         json!({"text": "v1: x"})
     );
     sighup(&server);
@@ -186,16 +189,25 @@ async fn a_broken_reload_keeps_serving_and_names_the_place() {
     // A reply field that does not exist, on line 5.
     project.write(
         "handlers/live.json",
-        &live_handler("v2").replace("\"Talk\": { \"reply\": { \"text\"", "\"Talk\": { \"reply\": { \"txet\""),
+        &live_handler("v2").replace(
+            "\"Talk\": { \"reply\": { \"text\"",
+            "\"Talk\": { \"reply\": { \"txet\"",
+        ),
     );
     let failed = wait_for_log(&server, "failed with 1 problem");
     assert!(failed.contains("still serving generation 1"), "{failed}");
     let problem = wait_for_log(&server, "txet");
     let file = project.path("handlers/live.json").display().to_string();
-    assert!(problem.contains(&format!("{file}:5:")), "file:line:col in {problem}");
+    assert!(
+        problem.contains(&format!("{file}:5:")),
+        "file:line:col in {problem}"
+    );
     // Nothing changed: the whole old generation answers, the valid half of the edit too.
     assert_eq!(
-        client.unary("live.Live/Chat", json!({"text": "x"})).await.unwrap(),
+        client
+            .unary("live.Live/Chat", json!({"text": "x"}))
+            .await
+            .unwrap(),
         json!({"text": "v1: x"})
     );
     // Fixing the file loads it.
@@ -209,12 +221,18 @@ async fn a_broken_proto_on_reload_keeps_serving() {
     let project = Project::new();
     let server = project.start(&[]);
     let client = project.client(&server).await;
-    project.write("protos/live.proto", &LIVE_PROTO.replace("string text = 1;", "strin text = 1;"));
+    project.write(
+        "protos/live.proto",
+        &LIVE_PROTO.replace("string text = 1;", "strin text = 1;"),
+    );
     let problem = wait_for_log(&server, "live.proto:");
     assert!(problem.contains("live.proto:7:16:"), "{problem}");
     wait_for_log(&server, "still serving generation 1");
     assert_eq!(
-        client.unary("live.Live/Chat", json!({"text": "x"})).await.unwrap(),
+        client
+            .unary("live.Live/Chat", json!({"text": "x"}))
+            .await
+            .unwrap(),
         json!({"text": "v1: x"})
     );
 }
@@ -235,7 +253,12 @@ async fn services_come_and_go_in_health_and_reflection() {
         service: name.into(),
     };
     assert_eq!(
-        health.check(check("live.Live")).await.unwrap().into_inner().status,
+        health
+            .check(check("live.Live"))
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
         ServingStatus::Serving as i32
     );
     let mut watch = health
@@ -279,10 +302,16 @@ async fn services_come_and_go_in_health_and_reflection() {
     let names = list_services(channel).await;
     assert!(names.contains(&"extra.Extra".to_owned()), "{names:?}");
     assert!(!names.contains(&"live.Live".to_owned()), "{names:?}");
-    assert!(names.contains(&"helloworld.Greeter".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"helloworld.Greeter".to_owned()),
+        "{names:?}"
+    );
     // And the router: the new method is there, without a handler; the old one is gone.
     let client = Client::connect(server.addr, pool(&project.path("protos"))).await;
-    let err = client.unary("extra.Extra/Ping", json!({})).await.unwrap_err();
+    let err = client
+        .unary("extra.Extra/Ping", json!({}))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(err.message().contains("no handler"), "{}", err.message());
 }
@@ -316,7 +345,9 @@ async fn an_open_stream_keeps_the_generation_it_started_on() {
     let project = Project::new();
     let server = project.start(&[]);
     let client = project.client(&server).await;
-    let (tx, stream) = client.bidi_open("live.Live/Talk", vec![json!({"text": "a"})]).await;
+    let (tx, stream) = client
+        .bidi_open("live.Live/Talk", vec![json!({"text": "a"})])
+        .await;
     let mut stream = stream.unwrap();
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(common::to_json(&first), json!({"text": "v1: a"}));
@@ -327,11 +358,16 @@ async fn an_open_stream_keeps_the_generation_it_started_on() {
     for word in ["b", "c"] {
         tx.send(json!({"text": word})).await.unwrap();
         let got = stream.message().await.unwrap().unwrap();
-        assert_eq!(common::to_json(&got), json!({"text": format!("v1: {word}")}));
+        assert_eq!(
+            common::to_json(&got),
+            json!({"text": format!("v1: {word}")})
+        );
     }
     drop(tx);
     assert!(stream.message().await.unwrap().is_none());
-    let (fresh, _) = client.bidi("live.Live/Talk", vec![json!({"text": "d"})]).await;
+    let (fresh, _) = client
+        .bidi("live.Live/Talk", vec![json!({"text": "d"})])
+        .await;
     assert_eq!(fresh, vec![json!({"text": "v2: d"})]);
 }
 
@@ -354,7 +390,10 @@ async fn reloading_under_load_fails_no_call() {
     let server = project.start(&["--no-watch", "--script-states", "2"]);
     let client = Arc::new(project.client(&server).await);
     let threads_at_start = lua_threads(server.pid());
-    assert_eq!(threads_at_start, 3, "one thread per Lua state, and their watchdog");
+    assert_eq!(
+        threads_at_start, 3,
+        "one thread per Lua state, and their watchdog"
+    );
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
@@ -396,7 +435,11 @@ async fn reloading_under_load_fails_no_call() {
     let mut expect_last = 0;
     for reload in 1..=20 {
         loop {
-            let got = stream.message().await.expect("stream fails").expect("stream ends");
+            let got = stream
+                .message()
+                .await
+                .expect("stream fails")
+                .expect("stream ends");
             stream_answers += 1;
             if common::to_json(&got)["message"] == json!(format!("note {expect_last}")) {
                 break;
@@ -408,7 +451,12 @@ async fn reloading_under_load_fails_no_call() {
         expect_last = reload;
     }
     drop(tx);
-    while let Some(_) = stream.message().await.expect("stream fails at its end") {
+    while stream
+        .message()
+        .await
+        .expect("stream fails at its end")
+        .is_some()
+    {
         stream_answers += 1;
     }
     stop.store(true, Ordering::Relaxed);
@@ -416,8 +464,14 @@ async fn reloading_under_load_fails_no_call() {
     for w in workers {
         failures.extend(w.await.unwrap());
     }
-    assert!(failures.is_empty(), "calls failed during reloads: {failures:?}");
-    assert!(calls.load(Ordering::Relaxed) >= 40, "the calls kept running");
+    assert!(
+        failures.is_empty(),
+        "calls failed during reloads: {failures:?}"
+    );
+    assert!(
+        calls.load(Ordering::Relaxed) >= 40,
+        "the calls kept running"
+    );
     // Notes 0..=21 at one place: note k is answered with the k notes before it.
     assert_eq!(stream_answers, (0..=21).sum::<usize>());
     // Replaced generations' Lua states stop once their calls are done.

@@ -135,8 +135,9 @@ fn answer(
         Responder::Single(a) => (a.respond_incoming(req, method)?, 0),
         Responder::Rules(rules) => {
             let msg = req.decode()?;
-            let rule =
-                rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched { method: method.clone() })?;
+            let rule = rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched {
+                method: method.clone(),
+            })?;
             (rules[rule].action.respond(msg, method)?, rule)
         }
     };
@@ -184,7 +185,10 @@ impl Handler for Declarative {
                 if info.shape.streams_output() {
                     let reply = Reply {
                         responses: Responses::Stream(Box::pin(Items::new(
-                            outcome, chosen, info.name.clone(), None,
+                            outcome,
+                            chosen,
+                            info.name.clone(),
+                            None,
                         ))),
                         headers,
                         trailers: None,
@@ -227,7 +231,10 @@ impl Handler for Declarative {
                             let (outcome, chosen) =
                                 answer(&responder, req, &call.metadata, &info.name)?;
                             let headers = chosen.action().headers.clone();
-                            (Some(Items::new(outcome, chosen, info.name.clone(), None)), headers)
+                            (
+                                Some(Items::new(outcome, chosen, info.name.clone(), None)),
+                                headers,
+                            )
                         }
                         None => (None, MetadataMap::new()),
                     };

@@ -281,7 +281,8 @@ impl HandlerTable {
         self.order.iter().filter_map(|p| self.entries.get(p))
     }
 
-    pub fn len(&self) -> usize {
+    /// How many methods the protos declare.
+    pub fn method_count(&self) -> usize {
         self.entries.len()
     }
 }

@@ -1,14 +1,15 @@
 //! `stream`: a list of responses for server-streaming and bidi methods, each one a `reply`
 //! template, sent in order (with `delay_ms` before each, when set).
 
-use std::sync::Arc;
 use prost_reflect::DynamicMessage;
 use serde_json::Value as Json;
+use std::sync::Arc;
 
+use super::reply::ReplyTemplate;
 use super::MethodInfo;
 use crate::codec::Outgoing;
 use crate::error::CallError;
-use crate::template::{ReplyTemplate, TemplateError};
+use crate::template::TemplateError;
 
 #[derive(Debug)]
 pub struct StreamAction {
@@ -58,7 +59,10 @@ impl StreamAction {
         Some(
             template
                 .render(req)
-                .map_err(|message| CallError::BadResponse { method: method.clone(), message }),
+                .map_err(|message| CallError::BadResponse {
+                    method: method.clone(),
+                    message,
+                }),
         )
     }
 }

@@ -140,9 +140,7 @@ impl Live {
             problems: result.as_ref().err().cloned().unwrap_or_default(),
         };
         *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReloadReport {
-            millis: result
-                .as_ref()
-                .map_or(0, |g| g.load_time.as_millis()),
+            millis: result.as_ref().map_or(0, |g| g.load_time.as_millis()),
             ..report
         });
         result
@@ -203,7 +201,7 @@ impl Live {
                     trigger.name(),
                     generation.service_count(),
                     generation.handled_count(),
-                    generation.table.len(),
+                    generation.table.method_count(),
                     started.elapsed().as_millis()
                 );
                 Ok(generation)
@@ -245,7 +243,7 @@ impl Live {
                 "files": generation.schema.pool.files().len(),
             },
             "services": generation.service_count(),
-            "methods": generation.table.len(),
+            "methods": generation.table.method_count(),
             "handled_methods": generation.handled_count(),
             "runtime_handlers": generation.runtime.len(),
             "last_reload": last.map(|r| json!({
@@ -358,7 +356,11 @@ impl Control for LiveControl {
         })
     }
 
-    fn put_handler(&self, method: String, entry: Json) -> BoxFuture<'static, Result<Json, Refusal>> {
+    fn put_handler(
+        &self,
+        method: String,
+        entry: Json,
+    ) -> BoxFuture<'static, Result<Json, Refusal>> {
         let live = self.0.clone();
         Box::pin(async move {
             known_method(&live.current.load_full(), &method)?;

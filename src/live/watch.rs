@@ -37,21 +37,22 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
     let other_roots = [absolute(&options.handlers), absolute(&options.data)];
     let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
     let roots = proto_roots.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
-        Ok(event) => {
-            if matches!(event.kind, EventKind::Access(_)) {
-                return;
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<Event>| match event {
+            Ok(event) => {
+                if matches!(event.kind, EventKind::Access(_)) {
+                    return;
+                }
+                let mut relevant = event.paths.iter().filter(|p| !ignored(p)).peekable();
+                if relevant.peek().is_none() {
+                    return;
+                }
+                let protos = relevant.any(|p| roots.iter().any(|r| p.starts_with(r)));
+                let _ = tx.send(protos);
             }
-            let mut relevant = event.paths.iter().filter(|p| !ignored(p)).peekable();
-            if relevant.peek().is_none() {
-                return;
-            }
-            let protos = relevant.any(|p| roots.iter().any(|r| p.starts_with(r)));
-            let _ = tx.send(protos);
-        }
-        Err(e) => tracing::warn!("watching the input folders: {e}"),
-    })
-    .map_err(|e| format!("cannot watch the input folders: {e}"))?;
+            Err(e) => tracing::warn!("watching the input folders: {e}"),
+        })
+        .map_err(|e| format!("cannot watch the input folders: {e}"))?;
     for dir in proto_roots.iter().chain(other_roots.iter()) {
         if dir.is_dir() {
             watcher
@@ -118,10 +119,21 @@ mod tests {
 
     #[test]
     fn editor_files_are_ignored() {
-        for p in ["a/.x.proto.swp", "a/x.json~", "a/#x.lua#", "a/4913.tmp", "a/.hidden"] {
+        for p in [
+            "a/.x.proto.swp",
+            "a/x.json~",
+            "a/#x.lua#",
+            "a/4913.tmp",
+            "a/.hidden",
+        ] {
             assert!(ignored(Path::new(p)), "{p}");
         }
-        for p in ["a/x.proto", "handlers/h.json", "handlers/s.lua", "data/d.json"] {
+        for p in [
+            "a/x.proto",
+            "handlers/h.json",
+            "handlers/s.lua",
+            "data/d.json",
+        ] {
             assert!(!ignored(Path::new(p)), "{p}");
         }
     }

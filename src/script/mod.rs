@@ -94,11 +94,7 @@ impl<'a> Scripts<'a> {
     }
 
     /// Loads `script` (relative to the handlers folder) if it is new, and finds `function`.
-    pub fn add(
-        &mut self,
-        script: &str,
-        function: &str,
-    ) -> Result<ScriptRef, ScriptSetupError> {
+    pub fn add(&mut self, script: &str, function: &str) -> Result<ScriptRef, ScriptSetupError> {
         let builder = match &mut self.builder {
             Some(b) => b,
             None => self.builder.insert(

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes};
-use tokio_stream::StreamExt;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor};
 use protoserve::codec::{DynamicCodec, Outgoing};
 use serde_json::Value as Json;
+use tokio_stream::StreamExt;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
@@ -333,7 +333,8 @@ impl Client {
         let input = m.input();
         let (tx, rx) = tokio::sync::mpsc::channel::<Json>(16 + first.len());
         for j in first {
-            tx.try_send(j).expect("the channel has room for the first requests");
+            tx.try_send(j)
+                .expect("the channel has room for the first requests");
         }
         let requests = tokio_stream::wrappers::ReceiverStream::new(rx)
             .map(move |j| Outgoing::Message(Self::message(&input, j)));
