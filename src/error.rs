@@ -241,7 +241,7 @@ pub enum CallError {
 /// tonic reports an over-limit incoming message as OUT_OF_RANGE; gRPC says RESOURCE_EXHAUSTED.
 const DECODE_TOO_LARGE: &str = "Error, decoded message length too large";
 
-/// Rewrites a tonic status that gRPC specifies differently (see [`DECODE_TOO_LARGE`]).
+/// Rewrites a tonic status that gRPC specifies differently (see `DECODE_TOO_LARGE`).
 pub fn normalize_status(status: Status) -> Status {
     if status.code() == Code::OutOfRange && status.message().starts_with(DECODE_TOO_LARGE) {
         return Status::resource_exhausted(format!(

@@ -1,6 +1,6 @@
 //! The driver shared by the declarative kinds (`reply`, `error`, `stream`, `echo`, `rules`).
 //!
-//! Each kind answers one request message with an [`Outcome`]; this module turns that into the
+//! Each kind answers one request message with an `Outcome`; this module turns that into the
 //! method's shape:
 //! - unary and server-streaming: the outcome for the one request;
 //! - client-streaming: the outcome for the last message of the stream (an empty message if the

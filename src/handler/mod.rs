@@ -7,7 +7,7 @@
 //! One [`Handler`] trait serves all four shapes: a handler receives either one request or the
 //! stream of requests, and answers with one response or a stream of them. Declarative kinds
 //! (`reply`, `error`, `rules`, `stream`, `echo`) share one driver in [`declarative`]; scripts
-//! have their own in [`script`].
+//! have their own in [`crate::script`].
 
 pub mod declarative;
 pub mod echo;
