@@ -5,91 +5,15 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::project::{live_handler, Project, LIVE_PROTO};
 use common::{pool, Client, Server};
 use serde_json::json;
 use tonic::Code;
-
-/// A copy of the shipped project plus a `live.Live` service answered by a declarative bidi
-/// handler, in a temporary folder.
-struct Project {
-    dir: tempfile::TempDir,
-}
-
-const LIVE_PROTO: &str = r#"syntax = "proto3";
-package live;
-service Live {
-  rpc Chat (Line) returns (Line);
-  rpc Talk (stream Line) returns (stream Line);
-}
-message Line { string text = 1; }
-"#;
-
-fn live_handler(word: &str) -> String {
-    format!(
-        r#"{{
-  "service": "live.Live",
-  "methods": {{
-    "Chat": {{ "reply": {{ "text": "{word}: {{{{text}}}}" }} }},
-    "Talk": {{ "reply": {{ "text": "{word}: {{{{text}}}}" }} }}
-  }}
-}}
-"#
-    )
-}
-
-impl Project {
-    fn new() -> Project {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = common::repo();
-        for sub in ["protos", "handlers", "data"] {
-            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-            for entry in std::fs::read_dir(repo.join(sub)).unwrap() {
-                let entry = entry.unwrap();
-                std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).unwrap();
-            }
-        }
-        let p = Project { dir };
-        p.write("protos/live.proto", LIVE_PROTO);
-        p.write("handlers/live.json", &live_handler("v1"));
-        p
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// Writes through a temporary file and a rename, as editors and `git checkout` do.
-    fn write(&self, rel: &str, text: &str) {
-        let path = self.path(rel);
-        let tmp = path.with_extension("partial~");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-    }
-
-    fn args(&self) -> Vec<String> {
-        ["protos", "handlers", "data"]
-            .iter()
-            .flat_map(|d| [format!("--{d}"), self.path(d).display().to_string()])
-            .collect()
-    }
-
-    fn start(&self, extra: &[&str]) -> Server {
-        let mut args: Vec<String> = self.args();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        Server::start(&refs)
-    }
-
-    async fn client(&self, server: &Server) -> Client {
-        Client::connect(server.addr, pool(&self.path("protos"))).await
-    }
-}
 
 /// Waits (bounded) until a log line contains `needle`.
 fn wait_for_log(server: &Server, needle: &str) -> String {
