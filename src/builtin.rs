@@ -25,20 +25,7 @@ pub fn services(schema: &Schema) -> Result<Builtins, StartupError> {
         message: format!("server reflection could not index the descriptors: {e}"),
         detail: None,
     };
-    // Each builder adds its own version's descriptors; the other version's are added here, so
-    // both reflection services are listed and resolvable in either version.
-    let configure = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(&schema.encoded)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let v1 = configure()
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(reflection_error)?;
-    let v1alpha = configure()
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
+    let mut services = reflection(&[&schema.encoded, tonic_health::pb::FILE_DESCRIPTOR_SET])
         .map_err(reflection_error)?;
 
     let health = HealthReporter::new();
@@ -50,14 +37,33 @@ pub fn services(schema: &Schema) -> Result<Builtins, StartupError> {
     }
     let health_service = health.service();
 
-    Ok(Builtins {
-        services: vec![
-            (prefix_of(&v1), boxed(v1)),
-            (prefix_of(&v1alpha), boxed(v1alpha)),
-            (prefix_of(&health_service), boxed(health_service)),
-        ],
-        health,
-    })
+    services.push((prefix_of(&health_service), boxed(health_service)));
+    Ok(Builtins { services, health })
+}
+
+/// Server reflection, v1 and v1alpha, over the encoded descriptor sets `sets`, with the path
+/// prefix that routes to each.
+pub fn reflection(
+    sets: &[&[u8]],
+) -> Result<Vec<(&'static str, BuiltinService)>, tonic_reflection::server::Error> {
+    // Each builder adds its own version's descriptors; the other version's are added here, so
+    // both reflection services are listed and resolvable in either version.
+    let configure = || {
+        sets.iter().fold(
+            tonic_reflection::server::Builder::configure(),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
+    };
+    let v1 = configure()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = configure()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok(vec![
+        (prefix_of(&v1), boxed(v1)),
+        (prefix_of(&v1alpha), boxed(v1alpha)),
+    ])
 }
 
 fn prefix_of<S: NamedService>(_: &S) -> &'static str {

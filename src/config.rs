@@ -23,7 +23,7 @@ use crate::handler::error::{parse_metadata, ErrorAction, ErrorSpec};
 use crate::handler::reply::ReplyAction;
 use crate::handler::rules::Rule;
 use crate::handler::stream::StreamAction;
-use crate::handler::{echo, Around, Handler, HandlerTable, MethodInfo};
+use crate::handler::{echo, Around, Handler, HandlerTable, MethodInfo, Origin};
 use crate::matcher::Condition;
 use crate::script::ScriptSetupError;
 use crate::suggest::did_you_mean;
@@ -175,7 +175,7 @@ fn load_file(
         match build_handler(entry, &info, scripts) {
             Ok((handler, around)) => {
                 served_by.insert(info.path, file.to_path_buf());
-                table.set_handler(info.path, handler, around);
+                table.set_handler(info.path, handler, around, Origin::File(file.into()));
             }
             Err(BuildError::Startup(e)) => errors.push(e),
             Err(BuildError::Entry(e)) => errors.push(StartupError::Handler {

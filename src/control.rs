@@ -68,11 +68,16 @@ pub trait Control: Send + Sync + 'static {
     /// Adds or replaces the runtime handler of `method` (`package.Service/Method`); `entry` is
     /// the JSON a handler file has under `"methods": {"Method": …}`. Calls that start after the
     /// answer use it; calls in flight keep theirs.
-    fn put_handler(&self, method: String, entry: Json) -> BoxFuture<'static, Result<Json, Refusal>>;
+    fn put_handler(&self, method: String, entry: Json)
+        -> BoxFuture<'static, Result<Json, Refusal>>;
 
     /// Removes the runtime handler of `method`; the file-based one (if any) serves again.
     fn remove_handler(&self, method: String) -> BoxFuture<'static, Result<Json, Refusal>>;
 
     /// Removes every runtime handler (the journal is reset by the admin API itself).
     fn reset(&self) -> BoxFuture<'static, Result<Json, Refusal>>;
+
+    /// The method named `package.Service/Method` in the current generation: `verify` compiles
+    /// its `when` against the method's input type, as a rule's would be.
+    fn method(&self, name: &str) -> Option<prost_reflect::MethodDescriptor>;
 }

@@ -6,6 +6,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod builtin;
 pub mod codec;
 pub mod config;
@@ -15,7 +16,9 @@ pub mod error;
 pub mod fieldpath;
 pub mod handler;
 pub mod health;
+pub mod journal;
 pub mod layers;
+pub mod live_placeholder;
 pub mod matcher;
 pub mod router;
 pub mod schema;
@@ -44,6 +47,10 @@ pub struct Options {
     pub max_message_size: usize,
     pub scripts: script::ScriptOptions,
     pub server: server::ServerOptions,
+    /// The call journal's bounds, or off.
+    pub journal: journal::JournalOptions,
+    /// The admin API's token (its address is the listener given to [`serve`]).
+    pub admin: admin::AdminOptions,
 }
 
 impl Default for Options {
@@ -56,6 +63,8 @@ impl Default for Options {
             max_message_size: 4 * 1024 * 1024,
             scripts: script::ScriptOptions::default(),
             server: server::ServerOptions::default(),
+            journal: journal::JournalOptions::default(),
+            admin: admin::AdminOptions::default(),
         }
     }
 }
@@ -131,13 +140,32 @@ pub fn load(options: Options) -> Result<Loaded, StartupErrors> {
 
 /// Serves `loaded` on `listener` until `shutdown` resolves, then drains: health turns
 /// NOT_SERVING, in-flight calls may finish within `--shutdown-timeout`, the rest end with
-/// UNAVAILABLE (see [`server`]).
+/// UNAVAILABLE (see [`server`]). The admin API is served on `admin`, if given, until the
+/// server has drained; calls are journaled unless `--journal off`.
 pub async fn serve(
     loaded: Loaded,
     listener: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
     let builtins = builtin::services(&loaded.schema)?;
+    let journal = loaded
+        .options
+        .journal
+        .enabled
+        .then(|| journal::Journal::new(loaded.options.journal));
+    let admin = match admin {
+        Some(admin_listener) => {
+            // Until generations can be swapped, the admin API sees the one loaded at startup.
+            let control = std::sync::Arc::new(live_placeholder::Placeholder::new(&loaded));
+            let api = admin::Admin::new(control, journal.clone(), loaded.options.admin.clone());
+            Some(
+                admin::listener::start(admin_listener, std::sync::Arc::new(api))
+                    .map_err(StartupError::Usage)?,
+            )
+        }
+        None => None,
+    };
     let router = Router::new(
         &loaded.table,
         builtins.services,
@@ -150,12 +178,16 @@ pub async fn serve(
         listener,
         router,
         loaded.options.server,
+        journal,
         shutdown,
         move || {
             health.drain();
         },
     )
     .await;
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
     Ok(())
 }
 

@@ -30,6 +30,8 @@ use crate::handler::{
     add_missing_metadata, Call, HandlerTable, MethodEntry, Reply, Requests, ResponseStream,
     Responses, Shape,
 };
+use crate::journal::codec::Journaling;
+use crate::journal::Tap;
 
 /// A built-in gRPC service (reflection, health), boxed.
 pub type BuiltinService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -85,6 +87,10 @@ impl Service<Request<Body>> for Router {
         }
         for (prefix, svc) in self.builtins.iter() {
             if path.starts_with(*prefix) {
+                // Reflection and health are the server's own business, not the client's calls.
+                if let Some(tap) = req.extensions().get::<Tap>() {
+                    tap.discard();
+                }
                 return Box::pin(svc.clone().call(req));
             }
         }
@@ -123,14 +129,21 @@ fn check_content_type(req: &Request<Body>) -> Option<Response<Body>> {
 }
 
 async fn dispatch(entry: Arc<MethodEntry>, req: Request<Body>, limits: Limits) -> Response<Body> {
-    let mut grpc = Grpc::new(
-        RequestCodec::new(entry.info.input.clone()).message_limit(limits.max_message_size),
-    )
-    .accept_compressed(CompressionEncoding::Gzip)
-    .send_compressed(CompressionEncoding::Gzip)
-    .max_decoding_message_size(limits.max_message_size)
-    .max_encoding_message_size(limits.max_message_size);
-    let svc = MethodService(entry.clone(), limits.max_message_size);
+    let journal = req.extensions().get::<Tap>().cloned();
+    if let Some(tap) = &journal {
+        tap.attach(
+            &entry.info,
+            entry.handler.as_ref().map(|h| h.kind()),
+            &entry.origin,
+        );
+    }
+    let codec = RequestCodec::new(entry.info.input.clone()).message_limit(limits.max_message_size);
+    let mut grpc = Grpc::new(Journaling::new(codec, journal.clone()))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(limits.max_message_size)
+        .max_encoding_message_size(limits.max_message_size);
+    let svc = MethodService(entry.clone(), limits.max_message_size, journal);
     let mut resp = match entry.info.shape {
         Shape::Unary => grpc.unary(svc, req).await,
         Shape::ServerStreaming => grpc.server_streaming(svc, req).await,
@@ -144,9 +157,10 @@ async fn dispatch(entry: Arc<MethodEntry>, req: Request<Body>, limits: Limits) -
     }
 }
 
-/// Adapts a [`MethodEntry`] to tonic's four service shapes.
+/// Adapts a [`MethodEntry`] to tonic's four service shapes (with the message size limit and
+/// the call's journal record).
 #[derive(Clone)]
-struct MethodService(Arc<MethodEntry>, usize);
+struct MethodService(Arc<MethodEntry>, usize, Option<Tap>);
 
 impl MethodService {
     fn run(
@@ -158,6 +172,7 @@ impl MethodService {
             method: self.0.info.clone(),
             metadata,
             started: Instant::now(),
+            journal: self.2.clone(),
         };
         let fut = match &self.0.handler {
             Some(h) => h.call(call, requests),

@@ -35,6 +35,7 @@ use super::{
 };
 use crate::codec::{Incoming, Outgoing};
 use crate::error::{normalize_status, CallError};
+use crate::journal::Tap;
 
 /// What to do with one request message.
 #[derive(Debug)]
@@ -125,11 +126,14 @@ impl Chosen {
 
 /// The outcome for one request and the action that gave it. A single `echo` or wire-readable
 /// `reply` never builds the request message; rules and the rest do.
+///
+/// The rule that answers is noted in the call's journal record, when there is one.
 fn answer(
     responder: &Arc<Responder>,
     req: Incoming,
     metadata: &MetadataMap,
     method: &'static str,
+    journal: Option<&Tap>,
 ) -> Result<(Outcome, Chosen), CallError> {
     let (outcome, rule) = match &**responder {
         Responder::Single(a) => (a.respond_incoming(req, method)?, 0),
@@ -137,6 +141,9 @@ fn answer(
             let msg = req.decode()?;
             let rule =
                 rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched { method })?;
+            if let Some(tap) = journal {
+                tap.note_rule(rule);
+            }
             (rules[rule].action.respond(msg, method)?, rule)
         }
     };
@@ -175,11 +182,16 @@ impl Handler for Declarative {
         let info = call.method.clone();
         match requests {
             Requests::One(req) => {
-                let (outcome, chosen) =
-                    match answer(&self.responder, req, &call.metadata, info.name) {
-                        Ok(r) => r,
-                        Err(e) => return Box::pin(std::future::ready(Err(e))),
-                    };
+                let (outcome, chosen) = match answer(
+                    &self.responder,
+                    req,
+                    &call.metadata,
+                    info.name,
+                    call.journal.as_ref(),
+                ) {
+                    Ok(r) => r,
+                    Err(e) => return Box::pin(std::future::ready(Err(e))),
+                };
                 let headers = chosen.action().headers.clone();
                 if info.shape.streams_output() {
                     let reply = Reply {
@@ -210,7 +222,13 @@ impl Handler for Declarative {
                     }
                     let req =
                         last.unwrap_or_else(|| Incoming::new(Bytes::new(), info.input.clone()));
-                    let (outcome, chosen) = answer(&responder, req, &call.metadata, info.name)?;
+                    let (outcome, chosen) = answer(
+                        &responder,
+                        req,
+                        &call.metadata,
+                        info.name,
+                        call.journal.as_ref(),
+                    )?;
                     let action = chosen.action();
                     if let Some(d) = action.delay {
                         tokio::time::sleep(d).await;
@@ -224,8 +242,13 @@ impl Handler for Declarative {
                     let first = incoming.message().await.map_err(CallError::Transport)?;
                     let (current, headers) = match first {
                         Some(req) => {
-                            let (outcome, chosen) =
-                                answer(&responder, req, &call.metadata, info.name)?;
+                            let (outcome, chosen) = answer(
+                                &responder,
+                                req,
+                                &call.metadata,
+                                info.name,
+                                call.journal.as_ref(),
+                            )?;
                             let headers = chosen.action().headers.clone();
                             (Some(Items::new(outcome, chosen, info.name, None)), headers)
                         }
@@ -234,6 +257,7 @@ impl Handler for Declarative {
                     let bidi = Bidi {
                         responder,
                         metadata: call.metadata,
+                        journal: call.journal,
                         method: info.name,
                         incoming,
                         current,
@@ -372,6 +396,7 @@ impl Stream for Items {
 struct Bidi {
     responder: Arc<Responder>,
     metadata: MetadataMap,
+    journal: Option<Tap>,
     method: &'static str,
     incoming: tonic::Streaming<Incoming>,
     current: Option<Items>,
@@ -414,7 +439,13 @@ impl Stream for Bidi {
                     return Poll::Ready(None);
                 }
             };
-            match answer(&this.responder, req, &this.metadata, this.method) {
+            match answer(
+                &this.responder,
+                req,
+                &this.metadata,
+                this.method,
+                this.journal.as_ref(),
+            ) {
                 Ok((outcome, chosen)) => {
                     let sleep = this.spare_sleep.take();
                     this.current = Some(Items::new(outcome, chosen, this.method, sleep));
