@@ -27,6 +27,8 @@ use crate::error::AdminError;
 
 /// The largest request body accepted: a handler entry or a verify is far smaller.
 pub const MAX_BODY: usize = 1024 * 1024;
+/// The longest a client may take to send a body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 const ROUTES: &str = "GET /v1/status, GET /v1/services, POST /v1/reload, PUT|DELETE /v1/handlers/{service}/{method}, POST /v1/reset, GET|DELETE /v1/journal, GET /v1/journal/{id}, POST /v1/verify";
 
@@ -81,11 +83,16 @@ fn answer(result: Result<Json, AdminError>) -> Response {
     }
 }
 
-/// Reads and parses a JSON body, refusing what is too large, empty, or not JSON.
+/// Reads and parses a JSON body, refusing what is too large (declared or sent), too slow,
+/// empty, or not JSON.
 async fn read_json(body: Body, what: &str) -> Result<Json, AdminError> {
-    let bytes = http_body_util::Limited::new(body, MAX_BODY)
-        .collect()
+    if http_body::Body::size_hint(&body).lower() > MAX_BODY as u64 {
+        return Err(AdminError::TooLarge { limit: MAX_BODY });
+    }
+    let read = http_body_util::Limited::new(body, MAX_BODY).collect();
+    let bytes = tokio::time::timeout(BODY_TIMEOUT, read)
         .await
+        .map_err(|_| AdminError::Timeout(BODY_TIMEOUT))?
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
