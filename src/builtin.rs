@@ -16,26 +16,34 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Server reflection over `schema`, both versions, by the path prefix that routes to each.
 pub fn reflection(schema: &Schema) -> Result<Vec<(String, BuiltinService)>, StartupError> {
-    let reflection_error = |e: tonic_reflection::server::Error| StartupError::Proto {
-        location: crate::error::Location::file("protos"),
-        message: format!("server reflection could not index the descriptors: {e}"),
-        detail: None,
-    };
+    reflection_over(&[&schema.encoded, tonic_health::pb::FILE_DESCRIPTOR_SET]).map_err(|e| {
+        StartupError::Proto {
+            location: crate::error::Location::file("protos"),
+            message: format!("server reflection could not index the descriptors: {e}"),
+            detail: None,
+        }
+    })
+}
+
+/// Server reflection, v1 and v1alpha, over the encoded descriptor sets `sets`, with the path
+/// prefix that routes to each (the admin listener serves its own).
+pub fn reflection_over(
+    sets: &[&[u8]],
+) -> Result<Vec<(String, BuiltinService)>, tonic_reflection::server::Error> {
     // Each builder adds its own version's descriptors; the other version's are added here, so
     // both reflection services are listed and resolvable in either version.
     let configure = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(&schema.encoded)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        sets.iter().fold(
+            tonic_reflection::server::Builder::configure(),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
     };
     let v1 = configure()
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(reflection_error)?;
+        .build_v1()?;
     let v1alpha = configure()
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(reflection_error)?;
+        .build_v1alpha()?;
     Ok(vec![
         (prefix_of(&v1), boxed(v1)),
         (prefix_of(&v1alpha), boxed(v1alpha)),

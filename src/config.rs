@@ -192,7 +192,7 @@ fn load_file(
             continue;
         }
         served_by.insert(info.path.clone(), file.to_path_buf());
-        let origin = Origin::File(file.to_path_buf());
+        let origin = Origin::File(file.into());
         if let Err(e) = install(entry, &info, origin, table, scripts, pending) {
             errors.push(e.located(location, entry_name));
         }

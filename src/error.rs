@@ -368,3 +368,108 @@ impl From<CallError> for Status {
         }
     }
 }
+
+/// Why the admin API refused a request. Both front ends answer from here: HTTP with a status
+/// and a JSON body ([`AdminError::http_status`], [`AdminError::json`]), gRPC with a
+/// [`Status`], so the two always agree.
+#[derive(Debug)]
+pub enum AdminError {
+    /// The request is malformed: bad JSON, a bad parameter, a bad `when`.
+    BadRequest(String),
+    /// The inputs or the handler entry have problems; nothing changed.
+    Invalid(Vec<crate::control::Problem>),
+    /// No such method, route, call or handler.
+    NotFound(String),
+    /// The server has an admin token and the request did not carry it.
+    Unauthenticated,
+    /// A body over the admin API's limit.
+    TooLarge { limit: usize },
+    /// A journal operation on a server started with `--journal off`.
+    JournalOff,
+    /// The request took longer than the admin API allows.
+    Timeout(std::time::Duration),
+    /// The server failed to build its answer.
+    Internal(String),
+}
+
+impl AdminError {
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            AdminError::BadRequest(_) | AdminError::Invalid(_) => S::BAD_REQUEST,
+            AdminError::NotFound(_) => S::NOT_FOUND,
+            AdminError::Unauthenticated => S::UNAUTHORIZED,
+            AdminError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            AdminError::JournalOff => S::CONFLICT,
+            AdminError::Timeout(_) => S::REQUEST_TIMEOUT,
+            AdminError::Internal(_) => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            AdminError::BadRequest(_) => "bad_request",
+            AdminError::Invalid(_) => "invalid",
+            AdminError::NotFound(_) => "not_found",
+            AdminError::Unauthenticated => "unauthenticated",
+            AdminError::TooLarge { .. } => "too_large",
+            AdminError::JournalOff => "journal_off",
+            AdminError::Timeout(_) => "timeout",
+            AdminError::Internal(_) => "internal",
+        }
+    }
+
+    /// The sentence a person reads.
+    pub fn message(&self) -> String {
+        match self {
+            AdminError::BadRequest(m) | AdminError::NotFound(m) | AdminError::Internal(m) => {
+                m.clone()
+            }
+            AdminError::Invalid(problems) => {
+                let mut m = format!("{} problem(s); nothing changed", problems.len());
+                for p in problems {
+                    m.push('\n');
+                    m.push_str(&p.message);
+                }
+                m
+            }
+            AdminError::Unauthenticated => "this admin API needs its token: send the header `Authorization: Bearer TOKEN` (gRPC: metadata `authorization: Bearer TOKEN`), with the TOKEN given to the server by --admin-token or PROTOSERVE_ADMIN_TOKEN".into(),
+            AdminError::TooLarge { limit } => format!("the request body is larger than the admin API accepts ({limit} bytes)"),
+            AdminError::JournalOff => "the journal is off (the server was started with --journal off); restart it without that flag to record calls".into(),
+            AdminError::Timeout(t) => format!("the request took longer than {t:?}"),
+        }
+    }
+
+    /// The JSON body: `{"error": kind, "message": …}`, plus `"problems"` for invalid inputs.
+    pub fn json(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({"error": self.kind(), "message": self.message()});
+        if let AdminError::Invalid(problems) = self {
+            body["problems"] = serde_json::to_value(problems).unwrap_or_default();
+        }
+        body
+    }
+}
+
+impl From<crate::control::Refusal> for AdminError {
+    fn from(r: crate::control::Refusal) -> Self {
+        match r {
+            crate::control::Refusal::Invalid { problems } => AdminError::Invalid(problems),
+            crate::control::Refusal::NotFound { message } => AdminError::NotFound(message),
+        }
+    }
+}
+
+impl From<AdminError> for Status {
+    fn from(e: AdminError) -> Self {
+        let message = bounded_message(e.message());
+        match e {
+            AdminError::BadRequest(_) | AdminError::Invalid(_) => Status::invalid_argument(message),
+            AdminError::NotFound(_) => Status::not_found(message),
+            AdminError::Unauthenticated => Status::unauthenticated(message),
+            AdminError::TooLarge { .. } => Status::resource_exhausted(message),
+            AdminError::JournalOff => Status::failed_precondition(message),
+            AdminError::Timeout(_) => Status::deadline_exceeded(message),
+            AdminError::Internal(_) => Status::internal(message),
+        }
+    }
+}

@@ -6,6 +6,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod builtin;
 pub mod codec;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod fieldpath;
 pub mod generation;
 pub mod handler;
 pub mod health;
+pub mod journal;
 pub mod kinds;
 pub mod layers;
 pub mod live;
@@ -48,6 +50,10 @@ pub struct Options {
     pub max_message_size: usize,
     pub scripts: script::ScriptOptions,
     pub server: server::ServerOptions,
+    /// The call journal's bounds, or off.
+    pub journal: journal::JournalOptions,
+    /// The admin API's token (its address is the listener given to [`serve`]).
+    pub admin: admin::AdminOptions,
 }
 
 impl Default for Options {
@@ -60,6 +66,8 @@ impl Default for Options {
             max_message_size: 4 * 1024 * 1024,
             scripts: script::ScriptOptions::default(),
             server: server::ServerOptions::default(),
+            journal: journal::JournalOptions::default(),
+            admin: admin::AdminOptions::default(),
         }
     }
 }
@@ -79,13 +87,30 @@ pub fn load(options: &Options) -> Result<Generation, StartupErrors> {
 
 /// Serves `live`'s current generation on `listener` until `shutdown` resolves, then drains:
 /// health turns NOT_SERVING, in-flight calls may finish within `--shutdown-timeout`, the rest
-/// end with UNAVAILABLE (see [`server`]).
+/// end with UNAVAILABLE (see [`server`]). The admin API is served on `admin`, if given, until
+/// the server has drained; calls are journaled unless `--journal off`.
 pub async fn serve(
     live: Arc<Live>,
     listener: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
     let options = live.options();
+    let journal = options
+        .journal
+        .enabled
+        .then(|| journal::Journal::new(options.journal));
+    let admin = match admin {
+        Some(admin_listener) => {
+            let control = Arc::new(live::LiveControl(live.clone()));
+            let api = admin::Admin::new(control, journal.clone(), options.admin.clone());
+            Some(
+                admin::listener::start(admin_listener, Arc::new(api))
+                    .map_err(StartupError::Usage)?,
+            )
+        }
+        None => None,
+    };
     let router = Router::new(
         live.shared(),
         builtin::health(live.health()),
@@ -94,10 +119,20 @@ pub async fn serve(
         },
     );
     let health = live.health().clone();
-    server::run(listener, router, options.server, shutdown, move || {
-        health.drain();
-    })
+    server::run(
+        listener,
+        router,
+        options.server,
+        journal,
+        shutdown,
+        move || {
+            health.drain();
+        },
+    )
     .await;
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
     Ok(())
 }
 

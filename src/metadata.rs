@@ -35,6 +35,30 @@ const CODE_NAMES: &[&str] = &[
     "UNAUTHENTICATED",
 ];
 
+/// The canonical name of a gRPC status code (`NOT_FOUND`), or `"UNKNOWN"` for a number outside
+/// 0-16.
+pub fn code_name(code: i32) -> &'static str {
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| CODE_NAMES.get(i))
+        .copied()
+        .unwrap_or("UNKNOWN")
+}
+
+/// The number of a gRPC status code named in any case (`not_found`, `NOT_FOUND`), or given as
+/// a number 0-16 (OK included: a journal query may ask for successful calls).
+pub fn code_number(text: &str) -> Option<i32> {
+    let text = text.trim();
+    if let Ok(n) = text.parse::<i32>() {
+        return (0..=16).contains(&n).then_some(n);
+    }
+    let wanted = text.to_ascii_uppercase().replace(['-', ' '], "_");
+    CODE_NAMES
+        .iter()
+        .position(|n| *n == wanted)
+        .and_then(|i| i32::try_from(i).ok())
+}
+
 /// A gRPC status code from its name (`NOT_FOUND`, any case) or number; never OK, since it is
 /// the code of an error.
 pub fn parse_code(json: &serde_json::Value) -> Result<Code, String> {

@@ -33,6 +33,8 @@ use crate::handler::{
     add_missing_metadata, Call, HandlerFuture, MethodEntry, Reply, Requests, ResponseStream,
     Responses, Shape,
 };
+use crate::journal::codec::Journaling;
+use crate::journal::Tap;
 
 /// A built-in gRPC service (reflection, health), boxed.
 pub type BuiltinService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -87,12 +89,16 @@ impl Service<Request<Body>> for Router {
             let limits = self.limits;
             return Box::pin(async move { Ok(dispatch(generation, entry, req, limits).await) });
         }
+        // Reflection and health are the server's own business, not the client's calls: they
+        // are not journaled.
         for (prefix, svc) in generation.reflection.iter() {
             if path.starts_with(prefix.as_str()) {
+                discard_journal(&req);
                 return Box::pin(svc.clone().call(req));
             }
         }
         if path.starts_with(self.health.0.as_str()) {
+            discard_journal(&req);
             return Box::pin(self.health.1.clone().call(req));
         }
         let status: Status = CallError::UnknownMethod {
@@ -129,20 +135,33 @@ fn check_content_type(req: &Request<Body>) -> Option<Response<Body>> {
     Some(resp)
 }
 
+fn discard_journal(req: &Request<Body>) {
+    if let Some(tap) = req.extensions().get::<Tap>() {
+        tap.discard();
+    }
+}
+
 async fn dispatch(
     generation: Arc<Generation>,
     entry: Arc<MethodEntry>,
     req: Request<Body>,
     limits: Limits,
 ) -> Response<Body> {
-    let mut grpc = Grpc::new(
-        RequestCodec::new(entry.info.input.clone()).message_limit(limits.max_message_size),
-    )
-    .accept_compressed(CompressionEncoding::Gzip)
-    .send_compressed(CompressionEncoding::Gzip)
-    .max_decoding_message_size(limits.max_message_size)
-    .max_encoding_message_size(limits.max_message_size);
-    let svc = MethodService(entry.clone(), limits.max_message_size);
+    let journal = req.extensions().get::<Tap>().cloned();
+    if let Some(tap) = &journal {
+        tap.attach(
+            &entry.info,
+            entry.handler.as_ref().map(|h| h.kind()),
+            &entry.origin,
+        );
+    }
+    let codec = RequestCodec::new(entry.info.input.clone()).message_limit(limits.max_message_size);
+    let mut grpc = Grpc::new(Journaling::new(codec, journal.clone()))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(limits.max_message_size)
+        .max_encoding_message_size(limits.max_message_size);
+    let svc = MethodService(entry.clone(), limits.max_message_size, journal);
     let mut resp = match entry.info.shape {
         Shape::Unary => grpc.unary(svc, req).await,
         Shape::ServerStreaming => grpc.server_streaming(svc, req).await,
@@ -160,9 +179,10 @@ async fn dispatch(
     })
 }
 
-/// Adapts a [`MethodEntry`] to tonic's four service shapes.
+/// Adapts a [`MethodEntry`] to tonic's four service shapes (with the message size limit and
+/// the call's journal record).
 #[derive(Clone)]
-struct MethodService(Arc<MethodEntry>, usize);
+struct MethodService(Arc<MethodEntry>, usize, Option<Tap>);
 
 impl MethodService {
     fn run(&self, metadata: tonic::metadata::MetadataMap, requests: Requests) -> HandlerFuture {
@@ -170,6 +190,7 @@ impl MethodService {
             method: self.0.info.clone(),
             metadata,
             started: Instant::now(),
+            journal: self.2.clone(),
         };
         let fut = match &self.0.handler {
             Some(h) => h.call(call, requests),

@@ -35,6 +35,7 @@ use super::{
 };
 use crate::codec::{Incoming, Outgoing};
 use crate::error::{normalize_status, CallError};
+use crate::journal::Tap;
 
 /// What to do with one request message.
 #[derive(Debug)]
@@ -125,11 +126,14 @@ impl Chosen {
 
 /// The outcome for one request and the action that gave it. A single `echo` or wire-readable
 /// `reply` never builds the request message; rules and the rest do.
+///
+/// The rule that answers is noted in the call's journal record, when there is one.
 fn answer(
     responder: &Arc<Responder>,
     req: Incoming,
     metadata: &MetadataMap,
     method: &Arc<str>,
+    journal: Option<&Tap>,
 ) -> Result<(Outcome, Chosen), CallError> {
     let (outcome, rule) = match &**responder {
         Responder::Single(a) => (a.respond_incoming(req, method)?, 0),
@@ -138,6 +142,9 @@ fn answer(
             let rule = rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched {
                 method: method.clone(),
             })?;
+            if let Some(tap) = journal {
+                tap.note_rule(rule);
+            }
             (rules[rule].action.respond(msg, method)?, rule)
         }
     };
@@ -176,11 +183,16 @@ impl Handler for Declarative {
         let info = call.method.clone();
         match requests {
             Requests::One(req) => {
-                let (outcome, chosen) =
-                    match answer(&self.responder, req, &call.metadata, &info.name) {
-                        Ok(r) => r,
-                        Err(e) => return Box::pin(std::future::ready(Err(e))),
-                    };
+                let (outcome, chosen) = match answer(
+                    &self.responder,
+                    req,
+                    &call.metadata,
+                    &info.name,
+                    call.journal.as_ref(),
+                ) {
+                    Ok(r) => r,
+                    Err(e) => return Box::pin(std::future::ready(Err(e))),
+                };
                 let headers = chosen.action().headers.clone();
                 if info.shape.streams_output() {
                     let reply = Reply {
@@ -214,7 +226,13 @@ impl Handler for Declarative {
                     }
                     let req =
                         last.unwrap_or_else(|| Incoming::new(Bytes::new(), info.input.clone()));
-                    let (outcome, chosen) = answer(&responder, req, &call.metadata, &info.name)?;
+                    let (outcome, chosen) = answer(
+                        &responder,
+                        req,
+                        &call.metadata,
+                        &info.name,
+                        call.journal.as_ref(),
+                    )?;
                     let action = chosen.action();
                     if let Some(d) = action.delay {
                         tokio::time::sleep(d).await;
@@ -228,8 +246,13 @@ impl Handler for Declarative {
                     let first = incoming.message().await.map_err(CallError::Transport)?;
                     let (current, headers) = match first {
                         Some(req) => {
-                            let (outcome, chosen) =
-                                answer(&responder, req, &call.metadata, &info.name)?;
+                            let (outcome, chosen) = answer(
+                                &responder,
+                                req,
+                                &call.metadata,
+                                &info.name,
+                                call.journal.as_ref(),
+                            )?;
                             let headers = chosen.action().headers.clone();
                             (
                                 Some(Items::new(outcome, chosen, info.name.clone(), None)),
@@ -241,6 +264,7 @@ impl Handler for Declarative {
                     let bidi = Bidi {
                         responder,
                         metadata: call.metadata,
+                        journal: call.journal,
                         method: info.name.clone(),
                         incoming,
                         current,
@@ -379,6 +403,7 @@ impl Stream for Items {
 struct Bidi {
     responder: Arc<Responder>,
     metadata: MetadataMap,
+    journal: Option<Tap>,
     method: Arc<str>,
     incoming: tonic::Streaming<Incoming>,
     current: Option<Items>,
@@ -421,7 +446,13 @@ impl Stream for Bidi {
                     return Poll::Ready(None);
                 }
             };
-            match answer(&this.responder, req, &this.metadata, &this.method) {
+            match answer(
+                &this.responder,
+                req,
+                &this.metadata,
+                &this.method,
+                this.journal.as_ref(),
+            ) {
                 Ok((outcome, chosen)) => {
                     let sleep = this.spare_sleep.take();
                     this.current = Some(Items::new(outcome, chosen, this.method.clone(), sleep));

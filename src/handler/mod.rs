@@ -17,6 +17,7 @@ pub mod rules;
 pub mod stream;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use tonic::{Status, Streaming};
 
 use crate::codec::{Incoming, Outgoing};
 use crate::error::CallError;
+use crate::journal::Tap;
 
 /// The four gRPC call shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +102,9 @@ pub struct Call {
     pub method: Arc<MethodInfo>,
     pub metadata: MetadataMap,
     pub started: Instant,
+    /// The call's journal record, when the journal is on: handlers note in it what the
+    /// journal cannot see from outside (which rule answered).
+    pub journal: Option<Tap>,
 }
 
 impl Call {
@@ -185,23 +190,44 @@ pub trait Handler: Send + Sync + 'static {
     fn call(&self, call: Call, requests: Requests) -> HandlerFuture;
 }
 
-/// Where a method's handler was declared.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
-    /// A handler file.
-    File(std::path::PathBuf),
-    /// The admin API, at run time.
-    Runtime,
-}
-
 /// A method and what answers it.
 pub struct MethodEntry {
     pub info: Arc<MethodInfo>,
     pub handler: Option<Arc<dyn Handler>>,
-    /// Where the handler was declared (`None` without a handler).
-    pub origin: Option<Origin>,
     /// Applied by the router around whatever the handler does.
     pub around: Around,
+    /// Where the handler was declared, for the admin API and the journal.
+    pub origin: Origin,
+}
+
+/// Where a method's handler comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Origin {
+    /// No handler.
+    #[default]
+    None,
+    /// A handler file, as the user named it (under `--handlers`).
+    File(Arc<Path>),
+    /// Installed at run time through the admin API.
+    Runtime,
+}
+
+impl Origin {
+    /// `"file"`, `"runtime"` or `None`, as the admin API and the journal say it.
+    pub fn source(&self) -> Option<&'static str> {
+        match self {
+            Origin::None => None,
+            Origin::File(_) => Some("file"),
+            Origin::Runtime => Some("runtime"),
+        }
+    }
+
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Origin::File(p) => Some(p),
+            _ => None,
+        }
+    }
 }
 
 /// Entry options the router applies around any handler kind (`script`, `rules`), so what
@@ -239,8 +265,8 @@ impl HandlerTable {
                     Arc::new(MethodEntry {
                         info,
                         handler: None,
-                        origin: None,
                         around: Around::default(),
+                        origin: Origin::None,
                     }),
                 );
             }
@@ -253,7 +279,7 @@ impl HandlerTable {
     }
 
     /// Sets the handler of the method at `path` (which must be in the table), with the
-    /// options the router applies around it.
+    /// options the router applies around it and where it was declared.
     pub fn set_handler(
         &mut self,
         path: &str,
@@ -265,8 +291,8 @@ impl HandlerTable {
             *entry = Arc::new(MethodEntry {
                 info: entry.info.clone(),
                 handler: Some(handler),
-                origin: Some(origin),
                 around,
+                origin,
             });
         }
     }

@@ -25,7 +25,6 @@ use crate::config::{self, RuntimeHandlers};
 use crate::control::{Control, Problem, Refusal};
 use crate::error::{StartupError, StartupErrors};
 use crate::generation::{Builder, Generation};
-use crate::handler::Origin;
 use crate::health::HealthReporter;
 use crate::Options;
 
@@ -272,12 +271,11 @@ pub fn services_json(generation: &Generation) -> Json {
         }
         let handler = entry.handler.as_ref().map(|h| {
             let mut j = json!({ "kind": h.kind() });
-            match &entry.origin {
-                Some(Origin::File(path)) => {
-                    j["source"] = json!("file");
-                    j["file"] = json!(path.display().to_string());
-                }
-                Some(Origin::Runtime) | None => j["source"] = json!("runtime"),
+            if let Some(source) = entry.origin.source() {
+                j["source"] = json!(source);
+            }
+            if let Some(file) = entry.origin.file() {
+                j["file"] = json!(file.display().to_string());
             }
             j
         });
@@ -344,6 +342,17 @@ impl Control for LiveControl {
 
     fn services(&self) -> Json {
         services_json(&self.0.current())
+    }
+
+    fn method(&self, name: &str) -> Option<prost_reflect::MethodDescriptor> {
+        let generation = self.0.current();
+        let (service, method) = name.rsplit_once('/')?;
+        generation
+            .schema
+            .pool
+            .get_service_by_name(service)?
+            .methods()
+            .find(|m| m.name() == method)
     }
 
     fn reload(&self) -> BoxFuture<'static, Result<Json, Refusal>> {

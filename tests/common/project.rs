@@ -80,4 +80,3 @@ impl Project {
         Client::connect(server.addr, pool(&self.path("protos"))).await
     }
 }
-
