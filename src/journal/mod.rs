@@ -57,6 +57,11 @@ impl Default for JournalOptions {
 
 /// What a call costs in the byte budget besides its arena (the record itself).
 const CALL_COST: usize = 256;
+/// Room in a new call's arena beyond its path and headers: enough for a small unary call's
+/// messages, response headers and trailers, so most calls never grow it.
+const FIRST_ARENA: usize = 2 * block::HEADER + 256;
+/// The largest arena kept for reuse when its call leaves the journal.
+const RECYCLE_ARENA: usize = 8 * 1024;
 
 /// The journal of a server; clones share it.
 #[derive(Clone)]
@@ -101,38 +106,62 @@ impl Journal {
     }
 
     /// Starts the record of a call that just arrived: its path and request headers.
+    ///
+    /// A full journal drops its oldest call to make room, and reuses that call's record and
+    /// arena when nothing else holds them: in the steady state recording allocates nothing,
+    /// and the allocator is spared long-lived blocks freed in arrival order.
     pub fn begin(&self, uri: &Uri, headers: &HeaderMap, peer: Option<SocketAddr>) -> Tap {
         let path = uri.path().as_bytes();
         let packed = packed_len(headers);
-        // Room for the path and headers, and for a small unary call's messages, response
-        // headers and trailers: most calls never grow it.
-        let mut arena = Vec::with_capacity(2 * block::HEADER + path.len() + packed + 256);
-        arena.push(block::PATH);
-        arena.extend_from_slice(&0u64.to_le_bytes());
-        arena.extend_from_slice(&(path.len() as u32).to_le_bytes());
-        arena.extend_from_slice(path);
-        arena.push(block::REQUEST_HEADERS);
-        arena.extend_from_slice(&0u64.to_le_bytes());
-        arena.extend_from_slice(&(packed as u32).to_le_bytes());
-        pack_headers(&mut arena, headers);
-        let accounted = arena.capacity();
-        let record = Arc::new(CallRecord {
-            id: self.0.next_id.fetch_add(1, Ordering::Relaxed),
-            peer,
-            started_at: SystemTime::now(),
-            started: Instant::now(),
-            fixed_cost: CALL_COST,
-            budget: self.0.budget.clone(),
-            journal: Arc::downgrade(&self.0),
-            log: Mutex::new(CallLog {
-                arena,
-                accounted,
-                ..CallLog::default()
-            }),
-        });
-        let tap = Tap(record);
-        let cost = CALL_COST + accounted;
-        let total = self.0.budget.bytes.fetch_add(cost, Ordering::Relaxed) + cost;
+        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        let oldest = {
+            let mut ring = lock(&self.0.ring);
+            if ring.calls.len() >= self.0.max_calls {
+                ring.evicted += 1;
+                ring.calls.pop_front()
+            } else {
+                None
+            }
+        };
+        let tap = match oldest.and_then(|old| self.recycle(old)) {
+            Some(mut tap) => {
+                if let Some(record) = Arc::get_mut(&mut tap.0) {
+                    record.id = id;
+                    record.peer = peer;
+                    record.started_at = SystemTime::now();
+                    record.started = Instant::now();
+                    let log = record.log.get_mut().unwrap_or_else(|e| e.into_inner());
+                    fill(&mut log.arena, path, headers, packed);
+                    let grown = log.arena.capacity().saturating_sub(log.accounted);
+                    log.accounted += grown;
+                    self.0.budget.bytes.fetch_add(grown, Ordering::Relaxed);
+                }
+                tap
+            }
+            None => {
+                let mut arena = Vec::with_capacity(FIRST_ARENA + path.len() + packed);
+                fill(&mut arena, path, headers, packed);
+                let accounted = arena.capacity();
+                self.0
+                    .budget
+                    .bytes
+                    .fetch_add(CALL_COST + accounted, Ordering::Relaxed);
+                Tap(Arc::new(CallRecord {
+                    id,
+                    peer,
+                    started_at: SystemTime::now(),
+                    started: Instant::now(),
+                    fixed_cost: CALL_COST,
+                    budget: self.0.budget.clone(),
+                    journal: Arc::downgrade(&self.0),
+                    log: Mutex::new(CallLog {
+                        arena,
+                        accounted,
+                        ..CallLog::default()
+                    }),
+                }))
+            }
+        };
         let mut ring = lock(&self.0.ring);
         ring.calls.push_back(tap.clone());
         while ring.calls.len() > self.0.max_calls {
@@ -141,10 +170,34 @@ impl Journal {
                 old.forget();
             }
         }
-        if total > self.0.budget.max_bytes {
+        if self.0.budget.bytes.load(Ordering::Relaxed) > self.0.budget.max_bytes {
             self.0.shrink(&mut ring, tap.id);
         }
         tap
+    }
+
+    /// The evicted record `old`, emptied for reuse, if nothing else holds it and its arena is
+    /// of a reasonable size; otherwise it is forgotten and freed.
+    fn recycle(&self, mut old: Tap) -> Option<Tap> {
+        let reused = Arc::get_mut(&mut old.0).is_some_and(|record| {
+            let log = record.log.get_mut().unwrap_or_else(|e| e.into_inner());
+            if log.forgotten || log.arena.capacity() > RECYCLE_ARENA {
+                return false;
+            }
+            log.arena.clear();
+            log.method = None;
+            log.handler = None;
+            log.rules.clear();
+            log.dropped = 0;
+            log.end = None;
+            true
+        });
+        if reused {
+            Some(old)
+        } else {
+            old.forget();
+            None
+        }
     }
 
     /// Forgets every call; calls still running are no longer recorded. Answers how many calls
@@ -342,6 +395,18 @@ fn blocks(arena: &[u8]) -> impl Iterator<Item = (u8, Duration, std::ops::Range<u
         at = start + len;
         Some((kind, Duration::from_micros(micros), start..start + len))
     })
+}
+
+/// Starts an arena with the path and request headers blocks.
+fn fill(arena: &mut Vec<u8>, path: &[u8], headers: &HeaderMap, packed: usize) {
+    arena.push(block::PATH);
+    arena.extend_from_slice(&0u64.to_le_bytes());
+    arena.extend_from_slice(&(path.len() as u32).to_le_bytes());
+    arena.extend_from_slice(path);
+    arena.push(block::REQUEST_HEADERS);
+    arena.extend_from_slice(&0u64.to_le_bytes());
+    arena.extend_from_slice(&(packed as u32).to_le_bytes());
+    pack_headers(arena, headers);
 }
 
 /// Header block payload: for each entry, name length (2), value length (4), name, value.
@@ -549,7 +614,7 @@ impl CallRecord {
 
     /// Records a request message.
     pub fn request(&self, bytes: &[u8]) {
-        self.push(block::REQUEST, bytes.len(), |arena| {
+        self.push(block::REQUEST, bytes.len(), None, |arena| {
             arena.extend_from_slice(bytes)
         });
     }
@@ -557,14 +622,14 @@ impl CallRecord {
     /// Records a response built as a message, encoding it into the record.
     pub fn response_message(&self, msg: &prost_reflect::DynamicMessage) {
         use prost::Message as _;
-        self.push(block::RESPONSE, msg.encoded_len(), |arena| {
+        self.push(block::RESPONSE, msg.encoded_len(), None, |arena| {
             msg.encode_raw(arena)
         });
     }
 
     /// Records a response message.
     pub fn response(&self, bytes: &[u8]) {
-        self.push(block::RESPONSE, bytes.len(), |arena| {
+        self.push(block::RESPONSE, bytes.len(), None, |arena| {
             arena.extend_from_slice(bytes)
         });
     }
@@ -572,12 +637,17 @@ impl CallRecord {
     /// Appends a block of `len` bytes that `write` fills, unless the call alone would pass the
     /// byte budget (then it is counted as dropped), and gives back room in the journal if it
     /// is over budget.
-    fn push(&self, kind: u8, len: usize, write: impl FnOnce(&mut Vec<u8>)) {
-        let at = micros(self.started.elapsed());
+    /// `end`, if given, ends the call at the same time.
+    fn push(&self, kind: u8, len: usize, end: Option<End>, write: impl FnOnce(&mut Vec<u8>)) {
+        let elapsed = self.started.elapsed();
+        let at = micros(elapsed);
         let over = {
             let mut log = self.log();
             if log.forgotten {
                 return;
+            }
+            if let Some(end) = end {
+                log.end.get_or_insert((end, elapsed));
             }
             let room = self.budget.max_bytes.saturating_sub(self.fixed_cost);
             let used = log.arena.len();
@@ -612,8 +682,8 @@ impl CallRecord {
         }
     }
 
-    fn push_headers(&self, kind: u8, headers: &HeaderMap) {
-        self.push(kind, packed_len(headers), |arena| {
+    fn push_headers(&self, kind: u8, headers: &HeaderMap, end: Option<End>) {
+        self.push(kind, packed_len(headers), end, |arena| {
             pack_headers(arena, headers)
         });
     }
@@ -621,20 +691,19 @@ impl CallRecord {
     /// Records the response headers; a header block that carries the status (Trailers-Only)
     /// ends the call, and the answer is true.
     pub fn response_head(&self, headers: &HeaderMap) -> bool {
-        if headers.contains_key("grpc-status") {
-            self.push_headers(block::TRAILERS, headers);
-            self.finish(End::TrailersOnly);
+        static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+        if headers.contains_key(&GRPC_STATUS) {
+            self.push_headers(block::TRAILERS, headers, Some(End::TrailersOnly));
             true
         } else {
-            self.push_headers(block::RESPONSE_HEADERS, headers);
+            self.push_headers(block::RESPONSE_HEADERS, headers, None);
             false
         }
     }
 
     /// Records the trailers, which end the call.
     pub fn trailers(&self, trailers: &HeaderMap) {
-        self.push_headers(block::TRAILERS, trailers);
-        self.finish(End::Trailers);
+        self.push_headers(block::TRAILERS, trailers, Some(End::Trailers));
     }
 
     /// Records how the call ended, unless it already has.
@@ -718,6 +787,34 @@ mod tests {
         assert_eq!(j.stats().bytes, 0);
         assert!(third.snapshot().is_none());
         third.request(&[0u8; 10]);
+        assert_eq!(j.stats().bytes, 0);
+    }
+
+    #[test]
+    fn a_full_journal_reuses_the_oldest_record_unless_someone_holds_it() {
+        let j = Journal::new(JournalOptions {
+            enabled: true,
+            max_calls: 2,
+            max_bytes: 1 << 20,
+        });
+        let first = begin(&j);
+        first.request(b"first");
+        first.finish(End::NoStatus);
+        let first_id = first.id;
+        drop(first);
+        let held = begin(&j);
+        let third = begin(&j);
+        // The first record was reused for the third call, emptied.
+        let view = third.snapshot().unwrap();
+        assert!(view.frames.is_empty() && view.end.is_none());
+        assert!(j.get(first_id).is_none());
+        // A record still held by someone (a reader, a running call) is not reused.
+        let fourth = begin(&j);
+        assert!(held.snapshot().is_none(), "held is out of the journal");
+        assert!(fourth.snapshot().is_some());
+        let bytes = j.stats().bytes;
+        j.clear();
+        assert!(bytes > 0);
         assert_eq!(j.stats().bytes, 0);
     }
 
