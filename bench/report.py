@@ -17,6 +17,7 @@ from collections import defaultdict
 
 NAMES = {
     "protoserve": "protoserve (reply/echo handler)",
+    "protoserve-nojournal": "protoserve (reply, --journal off)",
     "protoserve-lua": "protoserve (Lua script)",
     "protoserve-rg": "protoserve (Lua, repo handlers/)",
     "tonic": "tonic, code-generated",
@@ -25,13 +26,14 @@ NAMES = {
 }
 COLORS = {
     "protoserve": "#1f77b4",
+    "protoserve-nojournal": "#aec7e8",
     "protoserve-lua": "#17becf",
     "protoserve-rg": "#0d3d6b",
     "tonic": "#7f7f7f",
     "python": "#2ca02c",
     "node": "#ff7f0e",
 }
-ORDER = ["protoserve", "protoserve-lua", "protoserve-rg", "tonic", "node", "python"]
+ORDER = ["protoserve", "protoserve-nojournal", "protoserve-lua", "protoserve-rg", "tonic", "node", "python"]
 SCENARIOS = [
     # id, title, kind, unit of one "unit", what the rate counts
     ("hello", "Unary SayHello (`reply` handler and Lua `script` handler)", "unary", "call", "calls/s"),
@@ -266,9 +268,22 @@ def build(recs, meta):
         md.append("")
         if scen == "hello":
             md.append(
-                "Both protoserve rows answer `Hello, world!` like the peers: one from a `reply` template "
-                "(bench/handlers/reply/), one from a Lua function (bench/handlers/lua/greeter.lua)."
+                "The protoserve rows answer `Hello, world!` like the peers: from a `reply` template "
+                "(bench/handlers/reply/), with the call journal on (the default) and off, and from a Lua "
+                "function (bench/handlers/lua/greeter.lua)."
             )
+            on = runs.get((scen, "protoserve"))
+            off = runs.get((scen, "protoserve-nojournal"))
+            if on and off:
+                cpu_on = med([r.cpu_us_per_unit for r in on if not r.problems and r.cpu_us_per_unit])
+                cpu_off = med([r.cpu_us_per_unit for r in off if not r.problems and r.cpu_us_per_unit])
+                if cpu_on and cpu_off:
+                    md.append("")
+                    md.append(
+                        f"Journal cost: CPU per call with the journal on is {fmt(cpu_on)} µs against "
+                        f"{fmt(cpu_off)} µs with `--journal off`, {100 * (cpu_on / cpu_off - 1):+.1f} % "
+                        "(medians; every call is recorded with its metadata and both messages)."
+                    )
             md.append("")
         if scen == "chat":
             md.append(

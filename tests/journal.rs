@@ -629,3 +629,51 @@ async fn reset_and_delete_clear_the_journal() {
     let status = server.admin_get("/v1/status").await;
     assert_eq!(status["journal"]["bytes"], 0);
 }
+
+#[tokio::test]
+async fn a_call_cut_off_by_its_deadline_is_journaled_with_that_status() {
+    let server = start(&[]);
+    // A raw HTTP/2 client: tonic's would cancel at the deadline itself, racing the server.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    // List sends three messages 20 ms apart: a 30 ms deadline cannot let all three out.
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/kitchen.Kitchen/List", server.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "30m")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    // Query { id: "late" }, framed.
+    body.send_data(
+        bytes::Bytes::from_static(&[0, 0, 0, 0, 6, 0x0a, 4, b'l', b'a', b't', b'e']),
+        true,
+    )
+    .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), resp)
+        .await
+        .expect("no answer")
+        .unwrap();
+    let (parts, mut stream) = resp.into_parts();
+    let status = match parts.headers.get("grpc-status") {
+        Some(s) => s.clone(),
+        None => {
+            while let Some(data) = stream.data().await {
+                data.unwrap();
+            }
+            let trailers = stream.trailers().await.unwrap().unwrap();
+            trailers.get("grpc-status").unwrap().clone()
+        }
+    };
+    assert_eq!(status, "4", "DEADLINE_EXCEEDED");
+    let call = only_call(&server, "kitchen.Kitchen/List").await;
+    assert_eq!(call["status"]["name"], "DEADLINE_EXCEEDED", "{call:#}");
+    assert!(call["responses"].as_u64().unwrap() < 3, "{call:#}");
+    assert_eq!(call["metadata"]["grpc-timeout"], "30m");
+}

@@ -2,11 +2,9 @@
 //! them, responses as they are encoded for the wire. This is the one place every shape's
 //! messages pass one at a time, so a stream is journaled frame by frame while it runs.
 //!
-//! A response built as a message is encoded here once and the journal keeps those very bytes;
-//! bytes that may be a slice of a larger buffer (an echoed request) are copied.
+//! Each message is copied (or, for a response built as a message, encoded) into the call's
+//! record, so the journal never holds on to a receive buffer or a reply shared between calls.
 
-use bytes::Bytes;
-use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
@@ -62,21 +60,13 @@ where
     type Error = Status;
 
     fn encode(&mut self, item: Outgoing, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        let Some(tap) = &self.tap else {
-            return self.inner.encode(item, dst);
-        };
-        let bytes = match item {
-            Outgoing::Encoded(bytes) => {
-                tap.response_shared(&bytes);
-                bytes
+        if let Some(tap) = &self.tap {
+            match &item {
+                Outgoing::Encoded(bytes) => tap.response(bytes),
+                Outgoing::Message(msg) => tap.response_message(msg),
             }
-            Outgoing::Message(msg) => {
-                let bytes = Bytes::from(msg.encode_to_vec());
-                tap.response(bytes.clone());
-                bytes
-            }
-        };
-        self.inner.encode(Outgoing::Encoded(bytes), dst)
+        }
+        self.inner.encode(item, dst)
     }
 
     fn buffer_settings(&self) -> tonic::codec::BufferSettings {

@@ -72,6 +72,13 @@ impl Guard {
             tap.finish(end);
         }
     }
+
+    /// Records the trailers, which end the call.
+    fn trailers(mut self, trailers: &http::HeaderMap) {
+        if let Some(tap) = self.0.take() {
+            tap.trailers(trailers);
+        }
+    }
 }
 
 impl Drop for Guard {
@@ -145,14 +152,19 @@ impl<B: Body> Body for JournalBody<B> {
         let this = self.project();
         let frame = std::task::ready!(this.inner.poll_frame(cx));
         if this.guard.is_some() {
-            let end = match &frame {
-                Some(Ok(f)) => f.trailers_ref().map(|t| End::Trailers(t.clone())),
-                Some(Err(_)) => None,
-                None => Some(End::NoStatus),
-            };
-            if let Some(end) = end {
-                if let Some(guard) = this.guard.take() {
-                    guard.finish(end);
+            match &frame {
+                Some(Ok(f)) => {
+                    if let Some(trailers) = f.trailers_ref() {
+                        if let Some(guard) = this.guard.take() {
+                            guard.trailers(trailers);
+                        }
+                    }
+                }
+                Some(Err(_)) => {}
+                None => {
+                    if let Some(guard) = this.guard.take() {
+                        guard.finish(End::NoStatus);
+                    }
                 }
             }
         }

@@ -7,8 +7,9 @@
 //! response ends ([`layer`]).
 //!
 //! Recording stays cheap because nothing is converted on the way: a message is kept as the
-//! bytes that went over the wire (copied, so a small message never pins a large receive
-//! buffer) and is turned into proto3 JSON only when someone reads the journal ([`render`]).
+//! bytes that went over the wire (copied into the call's own arena, so a small message never
+//! pins a large receive buffer, and a unary call costs two allocations) and is turned into
+//! proto3 JSON only when someone reads the journal ([`render`]).
 //!
 //! The journal is bounded in calls and in bytes; the oldest calls go first. A single call
 //! larger than the byte budget keeps its first frames and counts the ones it dropped. Reading
@@ -54,10 +55,13 @@ impl Default for JournalOptions {
     }
 }
 
-/// What one frame costs in the byte budget besides its bytes (its slot, its timestamp).
-const FRAME_COST: usize = 48;
-/// What a call costs in the byte budget besides its frames and metadata.
-const CALL_COST: usize = 512;
+/// What a call costs in the byte budget besides its arena (the record itself).
+const CALL_COST: usize = 256;
+/// Room in a new call's arena beyond its path and headers: enough for a small unary call's
+/// messages, response headers and trailers, so most calls never grow it.
+const FIRST_ARENA: usize = 2 * block::HEADER + 256;
+/// The largest arena kept for reuse when its call leaves the journal.
+const RECYCLE_ARENA: usize = 8 * 1024;
 
 /// The journal of a server; clones share it.
 #[derive(Clone)]
@@ -101,31 +105,63 @@ impl Journal {
         }))
     }
 
-    /// Starts the record of a call that just arrived.
+    /// Starts the record of a call that just arrived: its path and request headers.
+    ///
+    /// A full journal drops its oldest call to make room, and reuses that call's record and
+    /// arena when nothing else holds them: in the steady state recording allocates nothing,
+    /// and the allocator is spared long-lived blocks freed in arrival order.
     pub fn begin(&self, uri: &Uri, headers: &HeaderMap, peer: Option<SocketAddr>) -> Tap {
-        let metadata_cost: usize = headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 16)
-            .sum();
-        let record = Arc::new(CallRecord {
-            id: self.0.next_id.fetch_add(1, Ordering::Relaxed),
-            uri: uri.clone(),
-            peer,
-            started_at: SystemTime::now(),
-            started: Instant::now(),
-            metadata: headers.clone(),
-            fixed_cost: CALL_COST + metadata_cost,
-            budget: self.0.budget.clone(),
-            journal: Arc::downgrade(&self.0),
-            log: Mutex::new(CallLog::default()),
-        });
-        let tap = Tap(record);
-        let total = self
-            .0
-            .budget
-            .bytes
-            .fetch_add(tap.fixed_cost, Ordering::Relaxed)
-            + tap.fixed_cost;
+        let path = uri.path().as_bytes();
+        let packed = packed_len(headers);
+        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        let oldest = {
+            let mut ring = lock(&self.0.ring);
+            if ring.calls.len() >= self.0.max_calls {
+                ring.evicted += 1;
+                ring.calls.pop_front()
+            } else {
+                None
+            }
+        };
+        let tap = match oldest.and_then(|old| self.recycle(old)) {
+            Some(mut tap) => {
+                if let Some(record) = Arc::get_mut(&mut tap.0) {
+                    record.id = id;
+                    record.peer = peer;
+                    record.started_at = SystemTime::now();
+                    record.started = Instant::now();
+                    let log = record.log.get_mut().unwrap_or_else(|e| e.into_inner());
+                    fill(&mut log.arena, path, headers, packed);
+                    let grown = log.arena.capacity().saturating_sub(log.accounted);
+                    log.accounted += grown;
+                    self.0.budget.bytes.fetch_add(grown, Ordering::Relaxed);
+                }
+                tap
+            }
+            None => {
+                let mut arena = Vec::with_capacity(FIRST_ARENA + path.len() + packed);
+                fill(&mut arena, path, headers, packed);
+                let accounted = arena.capacity();
+                self.0
+                    .budget
+                    .bytes
+                    .fetch_add(CALL_COST + accounted, Ordering::Relaxed);
+                Tap(Arc::new(CallRecord {
+                    id,
+                    peer,
+                    started_at: SystemTime::now(),
+                    started: Instant::now(),
+                    fixed_cost: CALL_COST,
+                    budget: self.0.budget.clone(),
+                    journal: Arc::downgrade(&self.0),
+                    log: Mutex::new(CallLog {
+                        arena,
+                        accounted,
+                        ..CallLog::default()
+                    }),
+                }))
+            }
+        };
         let mut ring = lock(&self.0.ring);
         ring.calls.push_back(tap.clone());
         while ring.calls.len() > self.0.max_calls {
@@ -134,10 +170,34 @@ impl Journal {
                 old.forget();
             }
         }
-        if total > self.0.budget.max_bytes {
+        if self.0.budget.bytes.load(Ordering::Relaxed) > self.0.budget.max_bytes {
             self.0.shrink(&mut ring, tap.id);
         }
         tap
+    }
+
+    /// The evicted record `old`, emptied for reuse, if nothing else holds it and its arena is
+    /// of a reasonable size; otherwise it is forgotten and freed.
+    fn recycle(&self, mut old: Tap) -> Option<Tap> {
+        let reused = Arc::get_mut(&mut old.0).is_some_and(|record| {
+            let log = record.log.get_mut().unwrap_or_else(|e| e.into_inner());
+            if log.forgotten || log.arena.capacity() > RECYCLE_ARENA {
+                return false;
+            }
+            log.arena.clear();
+            log.method = None;
+            log.handler = None;
+            log.rules.clear();
+            log.dropped = 0;
+            log.end = None;
+            true
+        });
+        if reused {
+            Some(old)
+        } else {
+            old.forget();
+            None
+        }
     }
 
     /// Forgets every call; calls still running are no longer recorded. Answers how many calls
@@ -259,12 +319,12 @@ pub struct Frame {
 }
 
 /// How a call ended, as far as the journal saw it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
     /// The response ended with trailers (which carry the status).
-    Trailers(HeaderMap),
+    Trailers,
     /// The status came in the only header block (Trailers-Only).
-    TrailersOnly(HeaderMap),
+    TrailersOnly,
     /// The response ended without any status.
     NoStatus,
     /// The response was dropped before it ended: the client cancelled or went away.
@@ -281,39 +341,240 @@ pub struct HandlerNote {
 /// Everything recorded about one call.
 pub struct CallRecord {
     pub id: u64,
-    pub uri: Uri,
     pub peer: Option<SocketAddr>,
     pub started_at: SystemTime,
     pub started: Instant,
-    /// The request headers as they arrived.
-    pub metadata: HeaderMap,
     fixed_cost: usize,
     budget: Arc<Budget>,
     journal: Weak<Inner>,
     log: Mutex<CallLog>,
 }
 
+/// The kinds of block in a record's arena.
+mod block {
+    pub const PATH: u8 = 0;
+    pub const REQUEST_HEADERS: u8 = 1;
+    pub const REQUEST: u8 = 2;
+    pub const RESPONSE: u8 = 3;
+    pub const RESPONSE_HEADERS: u8 = 4;
+    pub const TRAILERS: u8 = 5;
+    /// kind (1), microseconds since the call started (8), payload length (4).
+    pub const HEADER: usize = 13;
+}
+
 /// The part of a record that grows while the call runs.
-#[derive(Default, Clone)]
+///
+/// Everything with a size (the path, header blocks, messages) is appended to one byte arena, as
+/// blocks of kind, time, length and payload: a unary call costs one allocation here, and
+/// dropping an old call frees one. Readers parse the arena into a [`CallView`].
+#[derive(Default)]
 pub struct CallLog {
-    pub method: Option<Arc<MethodInfo>>,
-    pub handler: Option<HandlerNote>,
+    arena: Vec<u8>,
+    /// Bytes of arena capacity counted in the budget.
+    accounted: usize,
+    method: Option<Arc<MethodInfo>>,
+    handler: Option<HandlerNote>,
     /// The rule index that answered each request, for `rules` handlers.
-    pub rules: Vec<u32>,
-    pub frames: Vec<Frame>,
+    rules: Vec<u32>,
     /// Frames not kept because the call alone exceeded the byte budget.
-    pub dropped: u64,
-    pub response_headers: Option<HeaderMap>,
-    pub end: Option<(End, Duration)>,
-    /// Bytes of frames held, as counted in the budget.
-    bytes: usize,
+    dropped: u64,
+    end: Option<(End, Duration)>,
     /// No longer in the journal: nothing more is recorded.
     forgotten: bool,
 }
 
+/// The blocks of an arena: (kind, time, payload).
+fn blocks(arena: &[u8]) -> impl Iterator<Item = (u8, Duration, std::ops::Range<usize>)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let head = arena.get(at..at + block::HEADER)?;
+        let kind = head[0];
+        let micros = u64::from_le_bytes(head[1..9].try_into().ok()?);
+        let len = u32::from_le_bytes(head[9..13].try_into().ok()?) as usize;
+        let start = at + block::HEADER;
+        at = start + len;
+        Some((kind, Duration::from_micros(micros), start..start + len))
+    })
+}
+
+/// Starts an arena with the path and request headers blocks.
+fn fill(arena: &mut Vec<u8>, path: &[u8], headers: &HeaderMap, packed: usize) {
+    arena.push(block::PATH);
+    arena.extend_from_slice(&0u64.to_le_bytes());
+    arena.extend_from_slice(&(path.len() as u32).to_le_bytes());
+    arena.extend_from_slice(path);
+    arena.push(block::REQUEST_HEADERS);
+    arena.extend_from_slice(&0u64.to_le_bytes());
+    arena.extend_from_slice(&(packed as u32).to_le_bytes());
+    pack_headers(arena, headers);
+}
+
+/// Header block payload: for each entry, name length (2), value length (4), name, value.
+fn packed_len(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| 6 + k.as_str().len() + v.len())
+        .sum()
+}
+
+fn pack_headers(arena: &mut Vec<u8>, headers: &HeaderMap) {
+    for (k, v) in headers {
+        let name = k.as_str().as_bytes();
+        let value = v.as_bytes();
+        arena.extend_from_slice(&(name.len().min(u16::MAX as usize) as u16).to_le_bytes());
+        arena.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        arena.extend_from_slice(&name[..name.len().min(u16::MAX as usize)]);
+        arena.extend_from_slice(value);
+    }
+}
+
+fn unpack_headers(payload: &[u8]) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    let mut at = 0;
+    while let Some(head) = payload.get(at..at + 6) {
+        let name_len = u16::from_le_bytes([head[0], head[1]]) as usize;
+        let value_len = u32::from_le_bytes([head[2], head[3], head[4], head[5]]) as usize;
+        let name = payload.get(at + 6..at + 6 + name_len);
+        let value = payload.get(at + 6 + name_len..at + 6 + name_len + value_len);
+        at += 6 + name_len + value_len;
+        let (Some(name), Some(value)) = (name, value) else {
+            break;
+        };
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            out.append(k, v);
+        }
+    }
+    out
+}
+
+/// A header's values in a packed block, without unpacking it.
+fn packed_values<'a>(payload: &'a [u8], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut at = 0;
+    std::iter::from_fn(move || loop {
+        let head = payload.get(at..at + 6)?;
+        let name_len = u16::from_le_bytes([head[0], head[1]]) as usize;
+        let value_len = u32::from_le_bytes([head[2], head[3], head[4], head[5]]) as usize;
+        let key = payload.get(at + 6..at + 6 + name_len)?;
+        let value = payload.get(at + 6 + name_len..at + 6 + name_len + value_len)?;
+        at += 6 + name_len + value_len;
+        if key == name.as_bytes() {
+            return Some(value);
+        }
+    })
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 impl CallLog {
-    pub fn is_forgotten(&self) -> bool {
-        self.forgotten
+    fn block(&self, kind: u8) -> Option<&[u8]> {
+        blocks(&self.arena)
+            .find(|(k, _, _)| *k == kind)
+            .map(|(_, _, r)| &self.arena[r])
+    }
+
+    /// The method: `package.Service/Method` once the router found it, else the request path
+    /// without its leading `/`.
+    pub fn method_name(&self) -> &str {
+        match &self.method {
+            Some(info) => &info.name,
+            None => std::str::from_utf8(self.block(block::PATH).unwrap_or_default())
+                .unwrap_or_default()
+                .trim_start_matches('/'),
+        }
+    }
+
+    /// The final status (code, message), or `None` while the call runs.
+    pub fn status(&self) -> Option<(i32, String)> {
+        let (end, _) = self.end?;
+        let trailers = || unpack_headers(self.block(block::TRAILERS).unwrap_or_default());
+        Some(match end {
+            End::Trailers | End::TrailersOnly => match tonic::Status::from_header_map(&trailers())
+            {
+                Some(s) => (s.code() as i32, s.message().to_owned()),
+                None => no_status(),
+            },
+            End::NoStatus => no_status(),
+            End::Abandoned => (
+                tonic::Code::Cancelled as i32,
+                "the call ended before its status was sent: the client cancelled it or the connection closed".into(),
+            ),
+        })
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.end.is_some()
+    }
+
+    /// True when the request carried metadata `name` with exactly `value`.
+    pub fn has_metadata(&self, name: &str, value: &[u8]) -> bool {
+        self.block(block::REQUEST_HEADERS)
+            .is_some_and(|h| packed_values(h, name).any(|v| v == value))
+    }
+}
+
+fn no_status() -> (i32, String) {
+    (
+        tonic::Code::Unknown as i32,
+        "the response ended without a grpc-status".into(),
+    )
+}
+
+/// A copy of a record, parsed, for reading.
+pub struct CallView {
+    pub method: Option<Arc<MethodInfo>>,
+    pub method_name: String,
+    pub handler: Option<HandlerNote>,
+    pub rules: Vec<u32>,
+    pub dropped: u64,
+    pub end: Option<(End, Duration)>,
+    pub status: Option<(i32, String)>,
+    /// The request headers as they arrived.
+    pub metadata: HeaderMap,
+    pub frames: Vec<Frame>,
+    pub response_headers: Option<HeaderMap>,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl CallView {
+    fn of(log: &CallLog) -> Self {
+        let arena = Bytes::copy_from_slice(&log.arena);
+        let mut view = CallView {
+            method: log.method.clone(),
+            method_name: log.method_name().to_owned(),
+            handler: log.handler.clone(),
+            rules: log.rules.clone(),
+            dropped: log.dropped,
+            end: log.end,
+            status: log.status(),
+            metadata: HeaderMap::new(),
+            frames: Vec::new(),
+            response_headers: None,
+            trailers: None,
+        };
+        for (kind, at, range) in blocks(&arena) {
+            let payload = &arena[range.clone()];
+            match kind {
+                block::REQUEST_HEADERS => view.metadata = unpack_headers(payload),
+                block::RESPONSE_HEADERS => view.response_headers = Some(unpack_headers(payload)),
+                block::TRAILERS => view.trailers = Some(unpack_headers(payload)),
+                block::REQUEST | block::RESPONSE => view.frames.push(Frame {
+                    direction: if kind == block::REQUEST {
+                        Direction::Request
+                    } else {
+                        Direction::Response
+                    },
+                    at,
+                    bytes: arena.slice(range),
+                }),
+                _ => {}
+            }
+        }
+        view
     }
 }
 
@@ -322,26 +583,16 @@ impl CallRecord {
         lock(&self.log)
     }
 
-    /// A copy of what was recorded so far (frames share their bytes), for reading without
-    /// holding the record.
-    pub fn snapshot(&self) -> CallLog {
-        self.log().clone()
+    /// What was recorded so far, or `None` if the record left the journal.
+    pub fn snapshot(&self) -> Option<CallView> {
+        self.snapshot_if(|_| true)
     }
 
-    /// A copy of what was recorded, if the record is still in the journal and `keep` accepts
-    /// it (the test runs under the record's lock, and copies nothing).
-    pub fn snapshot_if(&self, keep: impl FnOnce(&CallRecord, &CallLog) -> bool) -> Option<CallLog> {
+    /// What was recorded so far, if the record is still in the journal and `keep` accepts it
+    /// (the test runs under the record's lock, and copies nothing).
+    pub fn snapshot_if(&self, keep: impl FnOnce(&CallLog) -> bool) -> Option<CallView> {
         let log = self.log();
-        (!log.forgotten && keep(self, &log)).then(|| log.clone())
-    }
-
-    /// The method being called: `package.Service/Method` once the router found it, else the
-    /// request path without its leading `/`.
-    pub fn method_str<'a>(&'a self, log: &'a CallLog) -> &'a str {
-        match &log.method {
-            Some(info) => &info.name,
-            None => self.uri.path().trim_start_matches('/'),
-        }
+        (!log.forgotten && keep(&log)).then(|| CallView::of(&log))
     }
 
     /// Notes the method and its handler (the router, once it found the method).
@@ -361,42 +612,67 @@ impl CallRecord {
             .push(u32::try_from(rule).unwrap_or(u32::MAX));
     }
 
-    /// Records a request message; its bytes are copied, so the receive buffer they came in is
-    /// not held.
+    /// Records a request message.
     pub fn request(&self, bytes: &[u8]) {
-        self.push(Direction::Request, Bytes::copy_from_slice(bytes));
+        self.push(block::REQUEST, bytes.len(), None, |arena| {
+            arena.extend_from_slice(bytes)
+        });
     }
 
-    /// Records a response message whose bytes nothing else holds on to.
-    pub fn response(&self, bytes: Bytes) {
-        self.push(Direction::Response, bytes);
+    /// Records a response built as a message, encoding it into the record.
+    pub fn response_message(&self, msg: &prost_reflect::DynamicMessage) {
+        use prost::Message as _;
+        self.push(block::RESPONSE, msg.encoded_len(), None, |arena| {
+            msg.encode_raw(arena)
+        });
     }
 
-    /// Records a response message whose bytes may be a slice of something larger (an echoed
-    /// request): they are copied.
-    pub fn response_shared(&self, bytes: &[u8]) {
-        self.push(Direction::Response, Bytes::copy_from_slice(bytes));
+    /// Records a response message.
+    pub fn response(&self, bytes: &[u8]) {
+        self.push(block::RESPONSE, bytes.len(), None, |arena| {
+            arena.extend_from_slice(bytes)
+        });
     }
 
-    fn push(&self, direction: Direction, bytes: Bytes) {
-        let cost = bytes.len() + FRAME_COST;
-        let at = self.started.elapsed();
+    /// Appends a block of `len` bytes that `write` fills, unless the call alone would pass the
+    /// byte budget (then it is counted as dropped), and gives back room in the journal if it
+    /// is over budget.
+    /// `end`, if given, ends the call at the same time.
+    fn push(&self, kind: u8, len: usize, end: Option<End>, write: impl FnOnce(&mut Vec<u8>)) {
+        let elapsed = self.started.elapsed();
+        let at = micros(elapsed);
         let over = {
             let mut log = self.log();
             if log.forgotten {
                 return;
             }
-            if self.fixed_cost + log.bytes + cost > self.budget.max_bytes {
-                log.dropped += 1;
+            if let Some(end) = end {
+                log.end.get_or_insert((end, elapsed));
+            }
+            let room = self.budget.max_bytes.saturating_sub(self.fixed_cost);
+            let used = log.arena.len();
+            let need = block::HEADER + len;
+            if used + need > room {
+                if kind == block::REQUEST || kind == block::RESPONSE {
+                    log.dropped += 1;
+                }
                 return;
             }
-            log.bytes += cost;
-            log.frames.push(Frame {
-                direction,
-                at,
-                bytes,
-            });
-            self.budget.bytes.fetch_add(cost, Ordering::Relaxed) + cost > self.budget.max_bytes
+            if log.arena.capacity() - used < need {
+                // Grow as a Vec would, but never past what the call may hold.
+                let want = (log.arena.capacity() * 2).max(used + need).min(room);
+                log.arena.reserve_exact(want - used);
+            }
+            log.arena.push(kind);
+            log.arena.extend_from_slice(&at.to_le_bytes());
+            log.arena
+                .extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+            write(&mut log.arena);
+            let grown = log.arena.capacity().saturating_sub(log.accounted);
+            log.accounted += grown;
+            grown > 0
+                && self.budget.bytes.fetch_add(grown, Ordering::Relaxed) + grown
+                    > self.budget.max_bytes
         };
         if over {
             if let Some(journal) = self.journal.upgrade() {
@@ -406,18 +682,28 @@ impl CallRecord {
         }
     }
 
-    /// Records the response headers; a header block that carries the status ends the call.
+    fn push_headers(&self, kind: u8, headers: &HeaderMap, end: Option<End>) {
+        self.push(kind, packed_len(headers), end, |arena| {
+            pack_headers(arena, headers)
+        });
+    }
+
+    /// Records the response headers; a header block that carries the status (Trailers-Only)
+    /// ends the call, and the answer is true.
     pub fn response_head(&self, headers: &HeaderMap) -> bool {
-        let trailers_only = headers.contains_key("grpc-status");
-        let mut log = self.log();
-        if trailers_only {
-            if log.end.is_none() {
-                log.end = Some((End::TrailersOnly(headers.clone()), self.started.elapsed()));
-            }
+        static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+        if headers.contains_key(&GRPC_STATUS) {
+            self.push_headers(block::TRAILERS, headers, Some(End::TrailersOnly));
+            true
         } else {
-            log.response_headers = Some(headers.clone());
+            self.push_headers(block::RESPONSE_HEADERS, headers, None);
+            false
         }
-        trailers_only
+    }
+
+    /// Records the trailers, which end the call.
+    pub fn trailers(&self, trailers: &HeaderMap) {
+        self.push_headers(block::TRAILERS, trailers, Some(End::Trailers));
     }
 
     /// Records how the call ended, unless it already has.
@@ -443,9 +729,9 @@ impl CallRecord {
             return;
         }
         log.forgotten = true;
-        let freed = log.bytes + self.fixed_cost;
-        log.bytes = 0;
-        log.frames = Vec::new();
+        let freed = log.accounted + self.fixed_cost;
+        log.accounted = 0;
+        log.arena = Vec::new();
         self.budget.bytes.fetch_sub(freed, Ordering::Relaxed);
     }
 }
@@ -493,13 +779,42 @@ mod tests {
         // The two older calls made room; the big one kept its first frames only.
         assert!(j.get(first.id).is_none());
         assert!(j.get(second.id).is_none());
-        let log = third.snapshot();
-        assert!(!log.frames.is_empty() && log.frames.len() < 10);
-        assert_eq!(log.frames.len() as u64 + log.dropped, 10);
+        let view = third.snapshot().unwrap();
+        assert!(!view.frames.is_empty() && view.frames.len() < 10);
+        assert_eq!(view.frames.len() as u64 + view.dropped, 10);
         // Forgetting gives every byte back.
         j.clear();
         assert_eq!(j.stats().bytes, 0);
+        assert!(third.snapshot().is_none());
         third.request(&[0u8; 10]);
+        assert_eq!(j.stats().bytes, 0);
+    }
+
+    #[test]
+    fn a_full_journal_reuses_the_oldest_record_unless_someone_holds_it() {
+        let j = Journal::new(JournalOptions {
+            enabled: true,
+            max_calls: 2,
+            max_bytes: 1 << 20,
+        });
+        let first = begin(&j);
+        first.request(b"first");
+        first.finish(End::NoStatus);
+        let first_id = first.id;
+        drop(first);
+        let held = begin(&j);
+        let third = begin(&j);
+        // The first record was reused for the third call, emptied.
+        let view = third.snapshot().unwrap();
+        assert!(view.frames.is_empty() && view.end.is_none());
+        assert!(j.get(first_id).is_none());
+        // A record still held by someone (a reader, a running call) is not reused.
+        let fourth = begin(&j);
+        assert!(held.snapshot().is_none(), "held is out of the journal");
+        assert!(fourth.snapshot().is_some());
+        let bytes = j.stats().bytes;
+        j.clear();
+        assert!(bytes > 0);
         assert_eq!(j.stats().bytes, 0);
     }
 

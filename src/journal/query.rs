@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use http::HeaderName;
 use serde_json::{json, Value as Json};
 
-use super::render::{call_json_from, status_of, View};
+use super::render::{call_json_from, View};
 use super::Journal;
 use crate::metadata::code_number;
 
@@ -161,7 +161,7 @@ impl Query {
             let Some(end) = chunk.last() else { break };
             cursor = end.id;
             for record in &chunk {
-                let log = record.snapshot_if(|record, log| self.matches(record, log));
+                let log = record.snapshot_if(|log| self.matches(record, log));
                 let Some(log) = log else { continue };
                 calls.push(call_json_from(record, &log, self.view));
                 last = Some(record.id);
@@ -184,7 +184,7 @@ impl Query {
 
     fn matches(&self, record: &super::CallRecord, log: &super::CallLog) -> bool {
         if let Some(want) = &self.method {
-            let name = record.method_str(log);
+            let name = log.method_name();
             let same = name == want
                 || (name.len() > want.len()
                     && name.starts_with(want.as_str())
@@ -195,8 +195,8 @@ impl Query {
         }
         let status_ok = match self.status {
             None => true,
-            Some(StatusFilter::InProgress) => log.end.is_none(),
-            Some(StatusFilter::Code(code)) => status_of(log).map(|(c, _)| c) == Some(code),
+            Some(StatusFilter::InProgress) => !log.is_done(),
+            Some(StatusFilter::Code(code)) => log.status().map(|(c, _)| c) == Some(code),
         };
         if !status_ok {
             return false;
@@ -206,13 +206,9 @@ impl Query {
         {
             return false;
         }
-        self.metadata.iter().all(|(key, value)| {
-            record
-                .metadata
-                .get_all(key)
-                .iter()
-                .any(|v| v.as_bytes() == value.as_bytes())
-        })
+        self.metadata
+            .iter()
+            .all(|(key, value)| log.has_metadata(key.as_str(), value.as_bytes()))
     }
 }
 

@@ -9,7 +9,7 @@ use http::HeaderMap;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use serde_json::{json, Map, Value as Json};
 
-use super::{CallLog, CallRecord, Direction, End};
+use super::{CallRecord, CallView, Direction};
 use crate::metadata::code_name;
 
 /// How much of a call to show.
@@ -19,29 +19,6 @@ pub enum View {
     Summary,
     /// Also metadata, every message, response headers and trailers.
     Full,
-}
-
-/// The final status of a call: (code, message), or `None` while it runs.
-pub fn status_of(log: &CallLog) -> Option<(i32, String)> {
-    let (end, _) = log.end.as_ref()?;
-    Some(match end {
-        End::Trailers(h) | End::TrailersOnly(h) => match tonic::Status::from_header_map(h) {
-            Some(s) => (s.code() as i32, s.message().to_owned()),
-            None => no_status(),
-        },
-        End::NoStatus => no_status(),
-        End::Abandoned => (
-            tonic::Code::Cancelled as i32,
-            "the call ended before its status was sent: the client cancelled it or the connection closed".into(),
-        ),
-    })
-}
-
-fn no_status() -> (i32, String) {
-    (
-        tonic::Code::Unknown as i32,
-        "the response ended without a grpc-status".into(),
-    )
 }
 
 /// Request headers not shown: they are the same for every gRPC call.
@@ -83,18 +60,15 @@ pub fn message_json(desc: Option<&MessageDescriptor>, bytes: &[u8]) -> Result<Js
 
 /// The record as JSON, or `None` if it left the journal meanwhile.
 pub fn call_json(record: &CallRecord, view: View) -> Option<Json> {
-    let log = record.snapshot();
-    if log.is_forgotten() {
-        return None;
-    }
+    let log = record.snapshot()?;
     Some(call_json_from(record, &log, view))
 }
 
 /// The record as JSON from a snapshot of it.
-pub fn call_json_from(record: &CallRecord, log: &CallLog, view: View) -> Json {
+pub fn call_json_from(record: &CallRecord, log: &CallView, view: View) -> Json {
     let mut out = Map::new();
     out.insert("id".into(), json!(record.id));
-    out.insert("method".into(), json!(record.method_str(log)));
+    out.insert("method".into(), json!(log.method_name));
     out.insert(
         "shape".into(),
         log.method
@@ -127,9 +101,9 @@ pub fn call_json_from(record: &CallRecord, log: &CallLog, view: View) -> Json {
     );
     out.insert(
         "status".into(),
-        status_of(log).map_or(
+        log.status.as_ref().map_or(
             Json::Null,
-            |(code, message)| json!({"code": code, "name": code_name(code), "message": message}),
+            |(code, message)| json!({"code": code, "name": code_name(*code), "message": message}),
         ),
     );
     out.insert("handler".into(), handler_json(log));
@@ -144,7 +118,7 @@ pub fn call_json_from(record: &CallRecord, log: &CallLog, view: View) -> Json {
     if view == View::Full {
         out.insert(
             "metadata".into(),
-            headers_json(&record.metadata, TRANSPORT_HEADERS),
+            headers_json(&log.metadata, TRANSPORT_HEADERS),
         );
         out.insert("messages".into(), Json::Array(messages_json(log)));
         out.insert(
@@ -155,18 +129,15 @@ pub fn call_json_from(record: &CallRecord, log: &CallLog, view: View) -> Json {
         );
         out.insert(
             "trailers".into(),
-            match log.end.as_ref() {
-                Some((End::Trailers(h) | End::TrailersOnly(h), _)) => {
-                    headers_json(h, STATUS_HEADERS)
-                }
-                _ => Json::Null,
-            },
+            log.trailers
+                .as_ref()
+                .map_or(Json::Null, |h| headers_json(h, STATUS_HEADERS)),
         );
     }
     Json::Object(out)
 }
 
-fn handler_json(log: &CallLog) -> Json {
+fn handler_json(log: &CallView) -> Json {
     let Some(note) = &log.handler else {
         return Json::Null;
     };
@@ -184,7 +155,7 @@ fn handler_json(log: &CallLog) -> Json {
     Json::Object(out)
 }
 
-fn messages_json(log: &CallLog) -> Vec<Json> {
+fn messages_json(log: &CallView) -> Vec<Json> {
     let input = log.method.as_ref().map(|m| &m.input);
     let output = log.method.as_ref().map(|m| &m.output);
     let (mut requests, mut responses) = (0usize, 0usize);

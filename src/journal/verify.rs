@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value as Json};
 use tonic::metadata::MetadataMap;
 
 use super::render::message_json;
-use super::{CallLog, CallRecord, Direction, Journal};
+use super::{CallRecord, CallView, Direction, Journal};
 use crate::matcher::Condition;
 
 const KEYS: &[&str] = &["method", "when", "exactly", "at_least", "at_most", "show"];
@@ -175,9 +175,7 @@ impl Verify {
             let Some(last) = chunk.last() else { break };
             cursor = last.id;
             for record in &chunk {
-                let Some(log) =
-                    record.snapshot_if(|record, log| record.method_str(log) == self.method)
-                else {
+                let Some(log) = record.snapshot_if(|log| log.method_name() == self.method) else {
                     continue;
                 };
                 to_method += 1;
@@ -297,7 +295,7 @@ impl Miss {
     }
 }
 
-fn judge(record: &CallRecord, log: &CallLog, conditions: &mut Conditions<'_>) -> Judgement {
+fn judge(record: &CallRecord, log: &CallView, conditions: &mut Conditions<'_>) -> Judgement {
     let miss = |failed: Vec<String>, request: Option<Json>| {
         Judgement::Miss(Miss {
             id: record.id,
@@ -312,7 +310,7 @@ fn judge(record: &CallRecord, log: &CallLog, conditions: &mut Conditions<'_>) ->
         Ok(c) => c,
         Err(e) => return miss(vec![e], None),
     };
-    let metadata = MetadataMap::from_headers(record.metadata.clone());
+    let metadata = MetadataMap::from_headers(log.metadata.clone());
     let mut failed = if condition.metadata_matches(&metadata) {
         Vec::new()
     } else {

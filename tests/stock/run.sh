@@ -71,10 +71,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # start_server NAME DATA_DIR: starts the server, sets ADDR to host:port it
-# reported on stderr ("listening on 127.0.0.1:PORT"), or returns 1.
+# reported on stderr ("listening on 127.0.0.1:PORT") and ADMIN_ADDR to its
+# admin API's ("admin API on http://127.0.0.1:PORT"), or returns 1.
 start_server() {
   local name="$1" data="$2" log="$TMP/$1.stderr" pid line i
-  NO_COLOR=1 "$BIN" serve --listen 127.0.0.1:0 --protos protos --handlers handlers --data "$data" \
+  NO_COLOR=1 "$BIN" serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 --protos protos --handlers handlers --data "$data" \
     >"$TMP/$name.stdout" 2>"$log" </dev/null &
   pid=$!
   PIDS+=("$pid")
@@ -84,6 +85,8 @@ start_server() {
     line="$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -Eo 'listening on [0-9.]+:[0-9]+' | head -n1 || true)"
     if [[ -n "$line" ]]; then
       ADDR="${line#listening on }"
+      ADMIN_ADDR="$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -Eo 'admin API on http://[0-9.]+:[0-9]+' | head -n1 || true)"
+      ADMIN_ADDR="${ADMIN_ADDR#admin API on http://}"
       echo "# $name server (pid $pid, --data $data) listening on $ADDR"
       return 0
     fi
@@ -227,6 +230,38 @@ check_json "buf curl Health/Check" '{"status": "SERVING"}' "$out" "$rc"
 
 rc=0; out="$(bufcurl -d '{"service":"helloworld.Greeter"}' "$ADDR_URL/grpc.health.v1.Health/Check")" || rc=$?
 check_json "buf curl Health/Check helloworld.Greeter" '{"status": "SERVING"}' "$out" "$rc"
+
+# --- the admin API, as the README shows it ------------------------------------------
+# (The calls above are in the journal: pytest's and buf's.)
+
+A="http://$ADMIN_ADDR"
+rc=0; out="$(bufcurl --list-methods "$A")" || rc=$?
+check_lines "buf curl --list-methods on the admin port" "protoserve.admin.v1.Admin/Status
+protoserve.admin.v1.Admin/ListCalls
+protoserve.admin.v1.Admin/Verify" "$out" "$rc"
+
+rc=0; out="$(bufcurl -d '{"method": "helloworld.Greeter/SayHello", "when": {"request": {"name": "you"}}, "at_least": 1}' \
+  "$A/protoserve.admin.v1.Admin/Verify")" || rc=$?
+check_lines "buf curl Admin/Verify" '  "ok": true,' "$out" "$rc"
+
+if command -v curl >/dev/null; then
+  json_field() { python3 -c 'import json, sys; v = json.load(sys.stdin); print(eval("v" + sys.argv[1]))' "$1"; }
+  rc=0; out="$(curl -sS "$A/v1/status" | json_field '["journal"]["enabled"]')" || rc=$?
+  check_lines "curl /v1/status" "True" "$out" "$rc"
+  rc=0; out="$(curl -sS "$A/v1/journal?method=helloworld.Greeter/SayHello&status=OK&view=summary&page_size=1000" \
+    | json_field '["calls"][0]["status"]["name"]')" || rc=$?
+  check_lines "curl /v1/journal?method=…&status=OK" "OK" "$out" "$rc"
+  rc=0; out="$(curl -sS -X POST "$A/v1/verify" \
+    -d '{"method": "helloworld.Greeter/SayHello", "when": {"request": {"name": "nobody"}}, "exactly": 1}' \
+    | json_field '["ok"]')" || rc=$?
+  check_lines "curl /v1/verify (does not hold)" "False" "$out" "$rc"
+  rc=0; out="$(curl -sS -X POST "$A/v1/reset" | json_field '["journal_cleared"] > 0')" || rc=$?
+  check_lines "curl /v1/reset" "True" "$out" "$rc"
+  rc=0; out="$(curl -sS -o /dev/null -w '%{http_code}' -X POST "$A/v1/verify" -d '{not json')" || rc=$?
+  check_lines "curl /v1/verify with a bad body is 400" "400" "$out" "$rc"
+else
+  echo "# curl not found: admin API curl checks skipped"
+fi
 
 echo
 if [[ "$PYTEST_RC" != 0 ]]; then
