@@ -244,6 +244,13 @@ pub enum CallError {
     Overloaded { limit: usize, flag: &'static str },
     /// The server is shutting down and `--shutdown-timeout` passed before this call ended.
     ShuttingDown,
+    /// A message did not fit in the bytes the server holds for a connection (or for all):
+    /// requests still arriving and responses the client has not read.
+    BufferFull {
+        held: usize,
+        limit: usize,
+        flag: &'static str,
+    },
 }
 
 /// tonic reports an over-limit incoming message as OUT_OF_RANGE; gRPC says RESOURCE_EXHAUSTED.
@@ -369,6 +376,11 @@ impl From<CallError> for Status {
             )),
             CallError::Overloaded { limit, flag } => Status::resource_exhausted(format!(
                 "too many calls in flight (limit {limit}); retry later, or raise the limit with {flag}"
+            )),
+            CallError::BufferFull { held, limit, flag } => Status::resource_exhausted(format!(
+                "the server already holds {held} bytes of messages (limit {limit}, {flag}): \
+                 requests still arriving and responses the client has not read; read the \
+                 responses, or raise {flag}"
             )),
             CallError::ShuttingDown => Status::unavailable(
                 "the server is shutting down and --shutdown-timeout passed before this call ended",

@@ -26,6 +26,7 @@ use tower::Service;
 
 use crate::codec::{Incoming, Outgoing, RequestCodec};
 use crate::error::{normalize_response_headers, normalize_status, CallError};
+use crate::layers::buffers::Buffers;
 use crate::handler::{
     add_missing_metadata, Call, HandlerTable, MethodEntry, Reply, Requests, ResponseStream,
     Responses, Shape,
@@ -47,6 +48,8 @@ pub struct Router {
     /// Shared, so cloning the router per connection or request copies two pointers.
     builtins: Arc<[(&'static str, BuiltinService)]>,
     limits: Limits,
+    /// The connection's message buffers, for handlers that queue responses of their own.
+    buffers: Option<Buffers>,
 }
 
 impl Router {
@@ -60,6 +63,15 @@ impl Router {
             methods: Arc::new(methods),
             builtins: builtins.into(),
             limits,
+            buffers: None,
+        }
+    }
+
+    /// This router for one connection, whose calls count their queued responses in `buffers`.
+    pub fn for_connection(&self, buffers: Buffers) -> Self {
+        Self {
+            buffers: Some(buffers),
+            ..self.clone()
         }
     }
 }
@@ -81,7 +93,8 @@ impl Service<Request<Body>> for Router {
         if let Some(entry) = self.methods.get(path) {
             let entry = entry.clone();
             let limits = self.limits;
-            return Box::pin(async move { Ok(dispatch(entry, req, limits).await) });
+            let buffers = self.buffers.clone();
+            return Box::pin(async move { Ok(dispatch(entry, req, limits, buffers).await) });
         }
         for (prefix, svc) in self.builtins.iter() {
             if path.starts_with(*prefix) {
@@ -122,7 +135,12 @@ fn check_content_type(req: &Request<Body>) -> Option<Response<Body>> {
     Some(resp)
 }
 
-async fn dispatch(entry: Arc<MethodEntry>, req: Request<Body>, limits: Limits) -> Response<Body> {
+async fn dispatch(
+    entry: Arc<MethodEntry>,
+    req: Request<Body>,
+    limits: Limits,
+    buffers: Option<Buffers>,
+) -> Response<Body> {
     let mut grpc = Grpc::new(
         RequestCodec::new(entry.info.input.clone()).message_limit(limits.max_message_size),
     )
@@ -130,7 +148,7 @@ async fn dispatch(entry: Arc<MethodEntry>, req: Request<Body>, limits: Limits) -
     .send_compressed(CompressionEncoding::Gzip)
     .max_decoding_message_size(limits.max_message_size)
     .max_encoding_message_size(limits.max_message_size);
-    let svc = MethodService(entry.clone(), limits.max_message_size);
+    let svc = MethodService(entry.clone(), limits.max_message_size, buffers);
     let mut resp = match entry.info.shape {
         Shape::Unary => grpc.unary(svc, req).await,
         Shape::ServerStreaming => grpc.server_streaming(svc, req).await,
@@ -146,7 +164,7 @@ async fn dispatch(entry: Arc<MethodEntry>, req: Request<Body>, limits: Limits) -
 
 /// Adapts a [`MethodEntry`] to tonic's four service shapes.
 #[derive(Clone)]
-struct MethodService(Arc<MethodEntry>, usize);
+struct MethodService(Arc<MethodEntry>, usize, Option<Buffers>);
 
 impl MethodService {
     fn run(
@@ -158,6 +176,7 @@ impl MethodService {
             method: self.0.info.clone(),
             metadata,
             started: Instant::now(),
+            buffers: self.2.clone(),
         };
         let fut = match &self.0.handler {
             Some(h) => h.call(call, requests),

@@ -100,6 +100,8 @@ pub struct Call {
     pub method: Arc<MethodInfo>,
     pub metadata: MetadataMap,
     pub started: Instant,
+    /// The connection's message buffers, where responses queued by the handler count.
+    pub buffers: Option<crate::layers::buffers::Buffers>,
 }
 
 impl Call {

@@ -5,8 +5,12 @@
 //! ```
 //!
 //! Over-limit calls are refused before anything else runs; the cutoff wraps only calls that got
-//! in; the router knows nothing of either.
+//! in; the router knows nothing of either. Every request body is metered against the
+//! connection's [`buffers::Buffers`] on its way in, every response chunk on its way out
+//! ([`limit::Permitted`]), and the router hands the same buffers to handlers that queue
+//! responses of their own (script outboxes).
 
+pub mod buffers;
 pub mod cutoff;
 pub mod limit;
 
@@ -18,6 +22,7 @@ use tonic::body::Body;
 use tower::Service;
 
 use crate::router::Router;
+use buffers::{Buffers, MeteredRequest};
 use cutoff::{Cutoff, CutoffBody, CutoffFuture, Stop};
 use limit::{Limited, LimitedFuture, Permitted, ServerCalls};
 
@@ -28,12 +33,20 @@ pub type Stack = Limited<Cutoff<Router>>;
 pub type ResponseBody = Permitted<CutoffBody<Body>>;
 
 /// Builds the stack for a new connection.
-pub fn stack(router: Router, per_connection: usize, server: ServerCalls, stop: Stop) -> Stack {
-    Limited::new(Cutoff::new(router, stop), per_connection, server)
+pub fn stack(
+    router: &Router,
+    per_connection: usize,
+    server: ServerCalls,
+    stop: Stop,
+    buffers: Buffers,
+) -> Stack {
+    let router = router.for_connection(buffers.clone());
+    Limited::new(Cutoff::new(router, stop), per_connection, server, buffers)
 }
 
-/// Adapts the tower stack to hyper: hyper's request body becomes tonic's, and every request
-/// gets its own clone of the stack (a few reference counts; every layer is always ready).
+/// Adapts the tower stack to hyper: hyper's request body, metered, becomes tonic's, and every
+/// request gets its own clone of the stack (a few reference counts; every layer is always
+/// ready).
 #[derive(Clone)]
 pub struct Hyper(pub Stack);
 
@@ -44,6 +57,9 @@ impl hyper::service::Service<Request<Incoming>> for Hyper {
         LimitedFuture<CutoffFuture<<Router as Service<Request<Body>>>::Future>, CutoffBody<Body>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.0.clone().call(req.map(Body::new))
+        let buffers = self.0.buffers().clone();
+        self.0
+            .clone()
+            .call(req.map(|b| Body::new(MeteredRequest::new(b, buffers))))
     }
 }

@@ -296,7 +296,7 @@ impl Handler for ScriptHandler {
             budget: pool.budget(),
             streams_output,
             reply: Some(reply_tx),
-            outbox: streams_output.then(outbox::outbox),
+            outbox: streams_output.then(|| outbox::outbox(call.buffers)),
         }));
         let mut cancel = CancelOnDrop(Some(shared.clone()));
         let name = method.name;
