@@ -26,11 +26,11 @@ use tower::Service;
 
 use crate::codec::{Incoming, Outgoing, RequestCodec};
 use crate::error::{normalize_response_headers, normalize_status, CallError};
-use crate::layers::buffers::Buffers;
 use crate::handler::{
     add_missing_metadata, Call, HandlerTable, MethodEntry, Reply, Requests, ResponseStream,
     Responses, Shape,
 };
+use crate::layers::buffers::Buffers;
 
 /// A built-in gRPC service (reflection, health), boxed.
 pub type BuiltinService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;

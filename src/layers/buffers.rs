@@ -18,6 +18,12 @@
 //! and a stream waiting for bytes that another stream holds could deadlock a client that reads
 //! its streams in some order of its own. A message always fits when its connection (and the
 //! server) holds nothing, so one message up to `--max-message-size` always goes.
+//!
+//! Within one stream, waiting is safe (it is what HTTP/2 flow control does), so a response
+//! hands HTTP/2 its next chunk only once less than [`MAX_TRANSIT`] of it is still unwritten
+//! ([`Transit`]): a stream that is not read holds one message in transit, and whatever its
+//! handler produces waits upstream (in a script's outbox, counted too) or is not produced at
+//! all (replies rendered one at a time).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +31,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use tonic::Status;
 
@@ -139,10 +146,51 @@ impl Drop for Held {
     }
 }
 
-/// A response chunk and the room it holds until HTTP/2 drops it.
+/// Bytes of a response that may be handed to HTTP/2 but not yet written before the response
+/// waits for them (HTTP/2's own send buffer per stream is of the same size).
+pub const MAX_TRANSIT: usize = 64 * 1024;
+
+/// One response's chunks handed to HTTP/2 and not yet written, and the task that waits for
+/// them to drain.
+#[derive(Debug, Default)]
+pub struct Transit {
+    bytes: AtomicUsize,
+    waker: AtomicWaker,
+}
+
+impl Transit {
+    /// Ready while less than [`MAX_TRANSIT`] is unwritten; otherwise `cx` is woken when a
+    /// chunk is written.
+    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.bytes.load(Ordering::Acquire) < MAX_TRANSIT {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A chunk written between the check and the registration is seen here.
+        if self.bytes.load(Ordering::Acquire) < MAX_TRANSIT {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// `data` as a chunk that holds its room in `buffers`, and counts in this transit, until
+    /// every copy of it is dropped.
+    pub fn chunk(self: &Arc<Self>, data: Bytes, buffers: &Buffers) -> Result<Bytes, CallError> {
+        let held = buffers.take(data.len())?;
+        self.bytes.fetch_add(data.len(), Ordering::AcqRel);
+        Ok(Bytes::from_owner(InFlight {
+            data,
+            _held: held,
+            transit: self.clone(),
+        }))
+    }
+}
+
+/// A response chunk, with the room it holds until HTTP/2 drops it.
 struct InFlight {
     data: Bytes,
     _held: Held,
+    transit: Arc<Transit>,
 }
 
 impl AsRef<[u8]> for InFlight {
@@ -151,10 +199,13 @@ impl AsRef<[u8]> for InFlight {
     }
 }
 
-/// `data` as a chunk that holds its room until every copy of it is dropped.
-pub fn held_chunk(data: Bytes, buffers: &Buffers) -> Result<Bytes, CallError> {
-    let held = buffers.take(data.len())?;
-    Ok(Bytes::from_owner(InFlight { data, _held: held }))
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.transit
+            .bytes
+            .fetch_sub(self.data.len(), Ordering::AcqRel);
+        self.transit.waker.wake();
+    }
 }
 
 /// The gRPC length-prefixed framing, followed across the chunks of a request body.
@@ -307,7 +358,10 @@ mod tests {
         f.advance(&bytes[..3]);
         assert_eq!(f.partial, 3);
         f.advance(&bytes[3..12]);
-        assert_eq!(f.partial, 2, "first message complete, 2 bytes of the next prefix");
+        assert_eq!(
+            f.partial, 2,
+            "first message complete, 2 bytes of the next prefix"
+        );
         f.advance(&bytes[12..50]);
         assert_eq!(f.partial, 40);
         f.advance(&bytes[50..]);
@@ -320,7 +374,9 @@ mod tests {
     fn budgets_refuse_only_when_something_else_is_held() {
         let server = Budget::new(100, "--max-buffered");
         let a = Buffers::new(10, server.clone());
-        let big = a.take(50).expect("a connection holding nothing takes any message");
+        let big = a
+            .take(50)
+            .expect("a connection holding nothing takes any message");
         assert!(a.take(1).is_err(), "over the connection's limit");
         let b = Buffers::new(1000, server.clone());
         let fifty = b.take(50).unwrap();
@@ -331,7 +387,9 @@ mod tests {
 
         let mut alone = b.take(0).unwrap();
         alone.grow(60).unwrap();
-        alone.grow(60).expect("one message alone may pass the limit");
+        alone
+            .grow(60)
+            .expect("one message alone may pass the limit");
         assert!(matches!(b.take(1), Err(CallError::BufferFull { .. })));
         drop(alone);
         assert_eq!(server.held(), 0);
@@ -339,7 +397,10 @@ mod tests {
         let mut growing = b.take(0).unwrap();
         let _other = b.take(1).unwrap();
         growing.grow(60).unwrap();
-        assert!(growing.grow(60).is_err(), "past the limit while another holds room");
+        assert!(
+            growing.grow(60).is_err(),
+            "past the limit while another holds room"
+        );
         assert_eq!(server.held(), 61, "a failed grow keeps what was held");
     }
 }

@@ -24,8 +24,9 @@ use tonic::Status;
 use crate::codec::Outgoing;
 use crate::layers::buffers::{Buffers, Held};
 
-/// Bytes of responses one stream may hold before `ctx:send` waits.
-pub const ROOM: usize = 2 * 1024 * 1024;
+/// Bytes of responses one stream may hold before `ctx:send` waits. A connection may have
+/// hundreds of streams, so this is kept small: a script only gets this far ahead of its client.
+pub const ROOM: usize = 256 * 1024;
 
 type Item = (Result<Outgoing, Status>, u32, Option<Held>);
 
