@@ -4,6 +4,9 @@
 //!   cancellation) instead of returning it, so `while true do pcall(loop) end` ends. Lua runs a
 //!   message handler, and the `__close` handlers of a coroutine stopped by the hook, with hooks
 //!   off; so once a call is aborted, `xpcall` skips the user's handler and nothing is closed.
+//! - The hook stops an aborted call by yielding the coroutine it is in (see `worker`), so
+//!   `resume` checks the abort before and after every resume: the abort is raised in the
+//!   resumer, outside any hook, and an aborted call's coroutines are never resumed again.
 //! - `coroutine.resume`/`wrap` pass a time-slice yield of the hook (and the waiting of `ctx:sleep`
 //!   and friends) up to the call's own coroutine and then resume the inner coroutine, so user
 //!   coroutines see exactly Lua 5.4's values, errors and statuses however long they run.
@@ -82,12 +85,16 @@ local function pause_and_continue(c, marker)
     error("cannot wait (ctx:sleep, ctx:send, reading the stream) inside a coroutine " ..
       "resumed from a metamethod, a sort comparator or a gsub callback", 0)
   end
+  check()
   return after_resume(c, co_resume(c))
 end
 
+-- The hook stops an aborted call by yielding the coroutine it runs in (raising inside the hook
+-- would run that function's __close handlers with hooks off): every resume checks the abort
+-- when the coroutine comes back, and an aborted call resumes nothing.
 after_resume = function(c, ok, ...)
+  check()
   if not ok then
-    check()
     return ok, ...
   end
   local n = select('#', ...)
@@ -105,6 +112,7 @@ after_resume = function(c, ok, ...)
 end
 
 local function resume(c, ...)
+  check()
   return after_resume(c, co_resume(c, ...))
 end
 

@@ -158,6 +158,17 @@ impl Loading {
                     }
                 }
                 slice::Check::Abort(a) => {
+                    // Raising the abort here would run the `__close` handlers of the function
+                    // the hook interrupted at once, inside the hook, where Lua runs no hooks:
+                    // mlua clears the interrupted function's stack to raise, and Lua 5.4 closes
+                    // its to-be-closed variables as it does. So the coroutine is yielded
+                    // instead, and whoever resumed it raises the abort (see `guard`), outside
+                    // any hook; its pending `__close` handlers never run. Only where Lua cannot
+                    // yield (a coroutine's function called from C, such as a sort comparator)
+                    // is the abort raised here, at the hook's next visit.
+                    if slice::yield_for_abort(lua.current_thread().to_pointer() as usize) {
+                        return Ok(VmState::Yield);
+                    }
                     if slice::running_call().is_some_and(|c| c.method == LOADING) {
                         let source = debug
                             .source()
