@@ -275,3 +275,69 @@ async fn stopped_call_leaves_no_close_handler_running() {
         s.log()
     );
 }
+
+/// Runs `protoserve check ARGS…` for at most 30 s: (exit code, None if killed; stderr).
+fn check_bounded(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(common::binary())
+        .arg("check")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    (code, err)
+}
+
+/// Top-level code stopped by the load budget with an endless `__close` pending (one given to
+/// the metatable after `setmetatable`): the stop ran it inside the hook, with hooks off, and
+/// startup hung for good. Top-level code now runs in a coroutine the hook can yield, so
+/// startup fails at once with the budget error at that line.
+#[test]
+fn stopped_top_level_code_leaves_no_close_handler_running() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("adv.json"),
+        r#"{ "service": "adv.Adv", "methods": { "Run": { "script": "adv.lua" } } }"#,
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.path().join("adv.lua"),
+        "local mt = {}\n\
+         local obj = setmetatable({}, mt)\n\
+         mt.__close = function() while true do end end\n\
+         do\n\
+         \x20 local x <close> = obj\n\
+         \x20 while true do end\n\
+         end\n\
+         function Run(req) return {} end\n",
+    )
+    .unwrap();
+    let protos = dir().join("protos");
+    let (code, err) = check_bounded(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--script-instructions",
+        "20000000",
+    ]);
+    assert_eq!(code, Some(2), "startup did not end: {err}");
+    assert!(err.contains("adv.lua:6"), "{err}");
+    assert!(err.contains("budget"), "{err}");
+}

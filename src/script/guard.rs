@@ -28,6 +28,8 @@ const MAX_PROTECTED_DEPTH: u32 = 60;
 pub const RUNNER_KEY: &str = "protoserve.runner";
 /// Where the body (what a call's own coroutine runs) is kept.
 pub const BODY_KEY: &str = "protoserve.body";
+/// Where the runner of scripts' top-level code is kept.
+pub const LOAD_KEY: &str = "protoserve.load";
 
 const GUARD: &str = r#"
 local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING,
@@ -170,7 +172,19 @@ local function run(c, f, req, ctx)
   return drive(c, resume(c, f, req, ctx))
 end
 
-return pcall, xpcall, run, body
+-- A script's top-level code, at startup: in a coroutine, so the hook can stop it by yielding;
+-- time slices are resumed at once.
+local function load(f)
+  local c = co_create(f)
+  while true do
+    local ok, e = co_resume(c)
+    check()
+    if not ok then error(e, 0) end
+    if co_status(c) == "dead" then return end
+  end
+end
+
+return pcall, xpcall, run, body, load
 "#;
 
 /// Installs the wrappers in `lua`'s globals and `coroutine` table (before they are frozen) and
@@ -209,7 +223,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         })
     })?;
     let pending = LuaValue::LightUserData(Lua::poll_pending());
-    let (pcall, xpcall, run, body): (Function, Function, Function, Function) =
+    let (pcall, xpcall, run, body, load): (Function, Function, Function, Function, Function) =
         lua.load(GUARD).set_name("=protoserve guard").call((
             g.get::<Function>("pcall")?,
             g.get::<Function>("xpcall")?,
@@ -230,6 +244,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     g.raw_set("xpcall", xpcall)?;
     lua.set_named_registry_value(RUNNER_KEY, run)?;
     lua.set_named_registry_value(BODY_KEY, body)?;
+    lua.set_named_registry_value(LOAD_KEY, load)?;
     Ok(())
 }
 
