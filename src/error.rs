@@ -302,6 +302,24 @@ pub fn bounded_message(mut message: String) -> String {
     message
 }
 
+/// `text` with its control characters escaped (`\n`, `\0`, `\u{1b}`…), for the log: text a
+/// script chose (an error message, what it prints) could otherwise start lines that look like
+/// the server's own.
+pub fn log_escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl From<CallError> for Status {
     fn from(e: CallError) -> Self {
         match e {

@@ -341,3 +341,56 @@ fn stopped_top_level_code_leaves_no_close_handler_running() {
     assert!(err.contains("adv.lua:6"), "{err}");
     assert!(err.contains("budget"), "{err}");
 }
+
+/// A script's error message and `print` went to the log raw, so a newline in them started a
+/// line that looked like the server's own (and a NUL cut it). Control characters are escaped.
+#[tokio::test]
+async fn script_text_cannot_forge_log_lines() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("adv.json"),
+        r#"{ "service": "adv.Adv", "methods": { "Run": { "script": "adv.lua" } } }"#,
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.path().join("adv.lua"),
+        r#"function Run(req)
+  print("printed\n2000-01-01T00:00:00Z  INFO forged by print\0")
+  error("failed\n2000-01-01T00:00:00Z  INFO forged by error\0")
+end
+"#,
+    )
+    .unwrap();
+    let protos = dir().join("protos");
+    let s = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+    ]);
+    let c = Client::connect(s.addr, common::pool(&protos)).await;
+    let r = c.unary("adv.Adv/Run", json!({})).await;
+    assert_eq!(r.unwrap_err().code(), tonic::Code::Internal);
+    // The log lines of both reach the reader before long.
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until
+        && !(s.log().iter().any(|l| l.contains("printed"))
+            && s.log().iter().any(|l| l.contains("failed")))
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = s.log();
+    assert!(
+        log.iter().any(|l| l.contains(r"printed\n2000-01-01")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains(r"failed\n2000-01-01")),
+        "{log:?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|l| l.starts_with("2000-01-01") || l.contains('\0')),
+        "{log:?}"
+    );
+}

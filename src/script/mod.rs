@@ -617,7 +617,11 @@ fn to_call_error(e: &mlua::Error, shared: &CallShared, state: &State) -> CallErr
         return CallError::Transport(status);
     }
     let message = root_message(e);
-    tracing::warn!(method = shared.method, "script error: {e}");
+    tracing::warn!(
+        method = shared.method,
+        "script error: {}",
+        crate::error::log_escaped(&e.to_string())
+    );
     CallError::Script {
         message: format!("{} ({}): {message}", shared.function, shared.method),
     }

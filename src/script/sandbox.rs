@@ -351,7 +351,7 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
                     break;
                 }
             }
-            tracing::info!(target: "script", "{line}");
+            tracing::info!(target: "script", "{}", crate::error::log_escaped(&line));
             Ok(())
         })?,
     )?;

@@ -479,7 +479,10 @@ impl Pool {
         );
         old.condemned.notify_one();
         if let Err(e) = spawn_thread(self, index, id, None, None) {
-            tracing::error!("script state {index}: {e}");
+            tracing::error!(
+                "script state {index}: {}",
+                crate::error::log_escaped(&e.to_string())
+            );
         }
     }
 }
@@ -525,7 +528,10 @@ fn state_thread(
             None => match build(&pool.recipe) {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::error!("script state {index} could not be built: {e}");
+                    tracing::error!(
+                        "script state {index} could not be built: {}",
+                        crate::error::log_escaped(&e.to_string())
+                    );
                     if let Some(r) = ready.take() {
                         let _ = r.send(Err(e));
                     }
