@@ -23,7 +23,8 @@
 //! hands HTTP/2 its next chunk only once less than [`MAX_TRANSIT`] of it is still unwritten
 //! ([`Transit`]): a stream that is not read holds one message in transit, and whatever its
 //! handler produces waits upstream (in a script's outbox, counted too) or is not produced at
-//! all (replies rendered one at a time).
+//! all (replies rendered one at a time). Chunks and messages under [`SMALL`] are left out of
+//! all this: per stream, HTTP/2 and the outbox bound them already.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -149,6 +150,12 @@ impl Drop for Held {
 /// Bytes of a response that may be handed to HTTP/2 but not yet written before the response
 /// waits for them (HTTP/2's own send buffer per stream is of the same size).
 pub const MAX_TRANSIT: usize = 64 * 1024;
+
+/// Response chunks and queued messages smaller than this are not counted: HTTP/2 takes small
+/// chunks only while less than [`MAX_TRANSIT`] of the stream is unwritten, and a script's
+/// outbox holds at most its room, so what a stream holds of them is bounded already (about
+/// 150 KiB), and counting them would cost an allocation and shared atomics per message.
+pub const SMALL: usize = 16 * 1024;
 
 /// One response's chunks handed to HTTP/2 and not yet written, and the task that waits for
 /// them to drain.

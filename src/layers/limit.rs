@@ -25,7 +25,7 @@ use pin_project_lite::pin_project;
 use tonic::Status;
 use tower::Service;
 
-use super::buffers::{Buffers, Transit};
+use super::buffers::{Buffers, Transit, SMALL};
 use crate::error::CallError;
 
 /// Calls in flight against a limit.
@@ -223,6 +223,9 @@ impl<B: Body<Data = Bytes>> Body for Permitted<B> {
             Ok(data) => data,
             Err(frame) => return Poll::Ready(Some(Ok(frame))),
         };
+        if data.len() < SMALL {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         let transit = this.transit.get_or_insert_with(Default::default);
         match transit.chunk(data, buffers) {
             Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),

@@ -6,8 +6,8 @@
 //! through alone), and `ctx:send` waits while the room is full. Whatever a stream buffers is at
 //! most [`ROOM`] plus one message. The room is returned as the transport takes each message.
 //!
-//! A connection may have hundreds of streams, so each message also holds its bytes in the
-//! connection's [`Buffers`] while it waits here; one that does not fit there ends the stream
+//! A connection may have hundreds of streams, so each message (of [`SMALL`] bytes or more)
+//! also holds its bytes in the connection's [`Buffers`] while it waits here; one that does not fit there ends the stream
 //! with RESOURCE_EXHAUSTED (in its place, after the messages before it) and the outbox refuses
 //! everything after it, so the script stops at its next `ctx:send`.
 
@@ -22,11 +22,11 @@ use tokio::sync::{mpsc, Semaphore};
 use tonic::Status;
 
 use crate::codec::Outgoing;
-use crate::layers::buffers::{Buffers, Held};
+use crate::layers::buffers::{Buffers, Held, SMALL};
 
 /// Bytes of responses one stream may hold before `ctx:send` waits. A connection may have
 /// hundreds of streams, so this is kept small: a script only gets this far ahead of its client.
-pub const ROOM: usize = 256 * 1024;
+pub const ROOM: usize = 64 * 1024;
 
 type Item = (Result<Outgoing, Status>, u32, Option<Held>);
 
@@ -115,7 +115,8 @@ impl OutboxSender {
     /// closes.
     fn enqueue(&self, item: Result<Outgoing, Status>, size: usize, n: u32) -> Result<(), ()> {
         let held = match &self.buffers {
-            Some(buffers) if item.is_ok() => match buffers.take(size) {
+            // Small messages are bounded by the room alone (see `layers::buffers::SMALL`).
+            Some(buffers) if item.is_ok() && size >= SMALL => match buffers.take(size) {
                 Ok(held) => Some(held),
                 Err(full) => {
                     self.refused.store(true, Ordering::Release);
