@@ -207,7 +207,7 @@ async fn zero_window_replies_are_bounded_per_connection() {
 
 /// A client that opens 256 server streams of 128 kB messages and takes none of them: each
 /// stream filled a 2 MiB outbox and the transport's buffers, over half a gigabyte for one
-/// connection. Now a stream holds one message in transit and a 64 KiB outbox, both counted
+/// connection. Now a stream holds a couple of messages in transit and a 64 KiB outbox, counted
 /// in the connection's buffers (a stream past them ends with RESOURCE_EXHAUSTED, queued behind
 /// the messages its client does not read, and its script stops).
 #[tokio::test]

@@ -19,12 +19,12 @@
 //! its streams in some order of its own. A message always fits when its connection (and the
 //! server) holds nothing, so one message up to `--max-message-size` always goes.
 //!
-//! Within one stream, waiting is safe (it is what HTTP/2 flow control does), so a response
-//! hands HTTP/2 its next chunk only once less than [`MAX_TRANSIT`] of it is still unwritten
-//! ([`Transit`]): a stream that is not read holds one message in transit, and whatever its
-//! handler produces waits upstream (in a script's outbox, counted too) or is not produced at
-//! all (replies rendered one at a time). Chunks and messages under [`SMALL`] are left out of
-//! all this: per stream, HTTP/2 and the outbox bound them already.
+//! Per stream, HTTP/2 takes a response's next chunk only while less than its send buffer
+//! (64 KiB) is unwritten, so a stream whose client reads nothing holds about two messages in
+//! transit (one in HTTP/2, one waiting for it), both counted; what the handler produces after
+//! that waits upstream (in a script's outbox, counted too) or is not produced at all (replies
+//! rendered one at a time). Chunks and messages under [`SMALL`] are not counted: per stream,
+//! HTTP/2 and the outbox bound them already.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use tonic::Status;
 
@@ -147,57 +146,16 @@ impl Drop for Held {
     }
 }
 
-/// Bytes of a response that may be handed to HTTP/2 but not yet written before the response
-/// waits for them (HTTP/2's own send buffer per stream is of the same size).
-pub const MAX_TRANSIT: usize = 64 * 1024;
-
 /// Response chunks and queued messages smaller than this are not counted: HTTP/2 takes small
-/// chunks only while less than [`MAX_TRANSIT`] of the stream is unwritten, and a script's
-/// outbox holds at most its room, so what a stream holds of them is bounded already (about
-/// 150 KiB), and counting them would cost an allocation and shared atomics per message.
+/// chunks only while less than its send buffer (64 KiB) of the stream is unwritten, and a
+/// script's outbox holds at most its room, so what a stream holds of them is bounded already
+/// (about 150 KiB), and counting them would cost an allocation and shared atomics per message.
 pub const SMALL: usize = 16 * 1024;
-
-/// One response's chunks handed to HTTP/2 and not yet written, and the task that waits for
-/// them to drain.
-#[derive(Debug, Default)]
-pub struct Transit {
-    bytes: AtomicUsize,
-    waker: AtomicWaker,
-}
-
-impl Transit {
-    /// Ready while less than [`MAX_TRANSIT`] is unwritten; otherwise `cx` is woken when a
-    /// chunk is written.
-    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.bytes.load(Ordering::Acquire) < MAX_TRANSIT {
-            return Poll::Ready(());
-        }
-        self.waker.register(cx.waker());
-        // A chunk written between the check and the registration is seen here.
-        if self.bytes.load(Ordering::Acquire) < MAX_TRANSIT {
-            return Poll::Ready(());
-        }
-        Poll::Pending
-    }
-
-    /// `data` as a chunk that holds its room in `buffers`, and counts in this transit, until
-    /// every copy of it is dropped.
-    pub fn chunk(self: &Arc<Self>, data: Bytes, buffers: &Buffers) -> Result<Bytes, CallError> {
-        let held = buffers.take(data.len())?;
-        self.bytes.fetch_add(data.len(), Ordering::AcqRel);
-        Ok(Bytes::from_owner(InFlight {
-            data,
-            _held: held,
-            transit: self.clone(),
-        }))
-    }
-}
 
 /// A response chunk, with the room it holds until HTTP/2 drops it.
 struct InFlight {
     data: Bytes,
     _held: Held,
-    transit: Arc<Transit>,
 }
 
 impl AsRef<[u8]> for InFlight {
@@ -206,13 +164,10 @@ impl AsRef<[u8]> for InFlight {
     }
 }
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.transit
-            .bytes
-            .fetch_sub(self.data.len(), Ordering::AcqRel);
-        self.transit.waker.wake();
-    }
+/// `data` as a chunk that holds its room in `buffers` until every copy of it is dropped.
+pub fn held_chunk(data: Bytes, buffers: &Buffers) -> Result<Bytes, CallError> {
+    let held = buffers.take(data.len())?;
+    Ok(Bytes::from_owner(InFlight { data, _held: held }))
 }
 
 /// The gRPC length-prefixed framing, followed across the chunks of a request body.

@@ -25,7 +25,7 @@ use pin_project_lite::pin_project;
 use tonic::Status;
 use tower::Service;
 
-use super::buffers::{Buffers, Transit, SMALL};
+use super::buffers::{held_chunk, Buffers, SMALL};
 use crate::error::CallError;
 
 /// Calls in flight against a limit.
@@ -159,7 +159,6 @@ where
                     inner,
                     permits,
                     buffers,
-                    transit: None,
                     ended: false,
                 })))
             }
@@ -169,7 +168,6 @@ where
                     inner,
                     permits: None,
                     buffers: None,
-                    transit: None,
                     ended: false,
                 })))
             }
@@ -180,14 +178,12 @@ where
 pin_project! {
     /// A response body holding its call's permits until it ends, whose chunks hold room in the
     /// connection's buffers until HTTP/2 drops them. A chunk that does not fit ends the call
-    /// with RESOURCE_EXHAUSTED instead (the rest of the body is never polled). The next chunk
-    /// is asked for only once the ones before it are (nearly all) written.
+    /// with RESOURCE_EXHAUSTED instead (the rest of the body is never polled).
     pub struct Permitted<B> {
         #[pin]
         inner: B,
         permits: Option<Permits>,
         buffers: Option<Buffers>,
-        transit: Option<Arc<Transit>>,
         ended: bool,
     }
 }
@@ -203,9 +199,6 @@ impl<B: Body<Data = Bytes>> Body for Permitted<B> {
         let this = self.project();
         if *this.ended {
             return Poll::Ready(None);
-        }
-        if let Some(transit) = this.transit.as_ref() {
-            std::task::ready!(transit.poll_room(cx));
         }
         let frame = match std::task::ready!(this.inner.poll_frame(cx)) {
             Some(Ok(frame)) => frame,
@@ -226,8 +219,7 @@ impl<B: Body<Data = Bytes>> Body for Permitted<B> {
         if data.len() < SMALL {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        let transit = this.transit.get_or_insert_with(Default::default);
-        match transit.chunk(data, buffers) {
+        match held_chunk(data, buffers) {
             Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
             Err(e) => {
                 *this.ended = true;
