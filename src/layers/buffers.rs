@@ -81,20 +81,28 @@ impl Budget {
     }
 }
 
-/// One connection's view of the budgets: its own and the server's.
+/// One connection's view of the budgets: its own and the server's (one reference count to
+/// clone, as every call and counted message takes one).
 #[derive(Clone, Debug)]
-pub struct Buffers {
-    connection: Arc<Budget>,
+pub struct Buffers(Arc<Budgets>);
+
+#[derive(Debug)]
+struct Budgets {
+    connection: Budget,
     server: Arc<Budget>,
 }
 
 impl Buffers {
     /// The budgets of a new connection, sharing `server`.
     pub fn new(per_connection: usize, server: Arc<Budget>) -> Self {
-        Self {
-            connection: Budget::new(per_connection, "--max-buffered-per-connection"),
+        Self(Arc::new(Budgets {
+            connection: Budget {
+                held: AtomicUsize::new(0),
+                limit: per_connection,
+                flag: "--max-buffered-per-connection",
+            },
             server,
-        }
+        }))
     }
 
     /// Room for `n` bytes, held until the [`Held`] is dropped.
@@ -121,9 +129,10 @@ impl Held {
         if extra == 0 {
             return Ok(());
         }
-        self.buffers.connection.take(extra, self.n)?;
-        if let Err(e) = self.buffers.server.take(extra, self.n) {
-            self.buffers.connection.give(extra);
+        let budgets = &self.buffers.0;
+        budgets.connection.take(extra, self.n)?;
+        if let Err(e) = budgets.server.take(extra, self.n) {
+            budgets.connection.give(extra);
             return Err(e);
         }
         self.n += extra;
@@ -133,8 +142,8 @@ impl Held {
     /// Gives back everything held (the [`Held`] stays usable).
     pub fn clear(&mut self) {
         if self.n > 0 {
-            self.buffers.connection.give(self.n);
-            self.buffers.server.give(self.n);
+            self.buffers.0.connection.give(self.n);
+            self.buffers.0.server.give(self.n);
             self.n = 0;
         }
     }
