@@ -236,6 +236,13 @@ pub enum CallError {
     Overloaded { limit: usize, flag: &'static str },
     /// The server is shutting down and `--shutdown-timeout` passed before this call ended.
     ShuttingDown,
+    /// A message did not fit in the bytes the server holds for a connection (or for all):
+    /// requests still arriving and responses the client has not read.
+    BufferFull {
+        held: usize,
+        limit: usize,
+        flag: &'static str,
+    },
 }
 
 /// tonic reports an over-limit incoming message as OUT_OF_RANGE; gRPC says RESOURCE_EXHAUSTED.
@@ -285,6 +292,24 @@ pub fn bounded_message(mut message: String) -> String {
     message.truncate(end);
     message.push_str(MORE);
     message
+}
+
+/// `text` with its control characters escaped (`\n`, `\0`, `\u{1b}`…), for the log: text a
+/// script chose (an error message, what it prints) could otherwise start lines that look like
+/// the server's own.
+pub fn log_escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl From<CallError> for Status {
@@ -361,6 +386,11 @@ impl From<CallError> for Status {
             )),
             CallError::Overloaded { limit, flag } => Status::resource_exhausted(format!(
                 "too many calls in flight (limit {limit}); retry later, or raise the limit with {flag}"
+            )),
+            CallError::BufferFull { held, limit, flag } => Status::resource_exhausted(format!(
+                "the server already holds {held} bytes of messages (limit {limit}, {flag}): \
+                 requests still arriving and responses the client has not read; read the \
+                 responses, or raise {flag}"
             )),
             CallError::ShuttingDown => Status::unavailable(
                 "the server is shutting down and --shutdown-timeout passed before this call ended",

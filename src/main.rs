@@ -233,6 +233,14 @@ struct TransportArgs {
     /// Bytes of request headers (metadata) one call may send.
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
     max_header_list_size: u32,
+    /// Bytes of messages the server holds for one connection: requests still arriving and
+    /// responses the client has not read; a message past it ends its call with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024, value_parser = positive)]
+    max_buffered_per_connection: usize,
+    /// The same, for all connections together.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024 * 1024, value_parser = positive)]
+    max_buffered: usize,
     /// Time a new connection has to send the HTTP/2 preface before it is closed.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     handshake_timeout: Duration,
@@ -259,6 +267,8 @@ impl TransportArgs {
             keepalive_timeout: self.keepalive_timeout,
             shutdown_timeout: self.shutdown_timeout,
             max_header_list_size: self.max_header_list_size,
+            max_buffered_per_connection: self.max_buffered_per_connection,
+            max_buffered: self.max_buffered,
         }
     }
 }

@@ -35,6 +35,7 @@ use crate::handler::{
 };
 use crate::journal::codec::Journaling;
 use crate::journal::Tap;
+use crate::layers::buffers::Buffers;
 
 /// A built-in gRPC service (reflection, health), boxed.
 pub type BuiltinService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -53,6 +54,8 @@ pub struct Router {
     /// Health outlives generations: (path prefix, service).
     health: Arc<(String, BuiltinService)>,
     limits: Limits,
+    /// The connection's message buffers, for handlers that queue responses of their own.
+    buffers: Option<Buffers>,
 }
 
 impl Router {
@@ -65,6 +68,15 @@ impl Router {
             current,
             health: Arc::new(health),
             limits,
+            buffers: None,
+        }
+    }
+
+    /// This router for one connection, whose calls count their queued responses in `buffers`.
+    pub fn for_connection(&self, buffers: Buffers) -> Self {
+        Self {
+            buffers: Some(buffers),
+            ..self.clone()
         }
     }
 }
@@ -87,7 +99,10 @@ impl Service<Request<Body>> for Router {
         if let Some(entry) = generation.table.get(path) {
             let entry = entry.clone();
             let limits = self.limits;
-            return Box::pin(async move { Ok(dispatch(generation, entry, req, limits).await) });
+            let buffers = self.buffers.clone();
+            return Box::pin(
+                async move { Ok(dispatch(generation, entry, req, limits, buffers).await) },
+            );
         }
         // Reflection and health are the server's own business, not the client's calls: they
         // are not journaled.
@@ -146,6 +161,7 @@ async fn dispatch(
     entry: Arc<MethodEntry>,
     req: Request<Body>,
     limits: Limits,
+    buffers: Option<Buffers>,
 ) -> Response<Body> {
     let journal = req.extensions().get::<Tap>().cloned();
     if let Some(tap) = &journal {
@@ -161,7 +177,7 @@ async fn dispatch(
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(limits.max_message_size)
         .max_encoding_message_size(limits.max_message_size);
-    let svc = MethodService(entry.clone(), limits.max_message_size, journal);
+    let svc = MethodService(entry.clone(), limits.max_message_size, journal, buffers);
     let mut resp = match entry.info.shape {
         Shape::Unary => grpc.unary(svc, req).await,
         Shape::ServerStreaming => grpc.server_streaming(svc, req).await,
@@ -182,7 +198,7 @@ async fn dispatch(
 /// Adapts a [`MethodEntry`] to tonic's four service shapes (with the message size limit and
 /// the call's journal record).
 #[derive(Clone)]
-struct MethodService(Arc<MethodEntry>, usize, Option<Tap>);
+struct MethodService(Arc<MethodEntry>, usize, Option<Tap>, Option<Buffers>);
 
 impl MethodService {
     fn run(&self, metadata: tonic::metadata::MetadataMap, requests: Requests) -> HandlerFuture {
@@ -191,6 +207,7 @@ impl MethodService {
             metadata,
             started: Instant::now(),
             journal: self.2.clone(),
+            buffers: self.3.clone(),
         };
         let fut = match &self.0.handler {
             Some(h) => h.call(call, requests),

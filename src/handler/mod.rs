@@ -105,6 +105,8 @@ pub struct Call {
     /// The call's journal record, when the journal is on: handlers note in it what the
     /// journal cannot see from outside (which rule answered).
     pub journal: Option<Tap>,
+    /// The connection's message buffers, where responses queued by the handler count.
+    pub buffers: Option<crate::layers::buffers::Buffers>,
 }
 
 impl Call {

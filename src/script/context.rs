@@ -75,6 +75,8 @@ pub struct CallShared {
     /// Coroutines (pointers) of this call that the hook yielded for a time slice and whose
     /// resumer has not seen it yet (see `guard`).
     sliced: Mutex<Vec<usize>>,
+    /// The coroutine (a pointer) the hook last asked to yield because the call was aborted.
+    abort_yield: std::sync::atomic::AtomicUsize,
 }
 
 /// What a call needs to start (the rest of [`CallShared`] starts empty).
@@ -127,6 +129,7 @@ impl CallShared {
             pending: Mutex::new(None),
             main_thread: std::sync::atomic::AtomicUsize::new(0),
             sliced: Mutex::new(Vec::new()),
+            abort_yield: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -238,6 +241,17 @@ impl CallShared {
             sliced.push(thread);
         }
         true
+    }
+
+    /// Whether the hook should stop this aborted call by yielding coroutine `thread` rather
+    /// than by raising the abort inside it (see `worker`): yes, once per coroutine; no for the
+    /// call's own thread, and no when the hook meets the same coroutine again, which means it
+    /// could not yield there (it runs where Lua allows no yield, such as a sort comparator).
+    pub fn yield_for_abort(&self, thread: usize) -> bool {
+        if thread == self.main_thread.load(Ordering::Acquire) {
+            return false;
+        }
+        self.abort_yield.swap(thread, Ordering::AcqRel) != thread
     }
 
     pub fn take_sliced(&self, thread: usize) -> bool {

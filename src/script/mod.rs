@@ -349,7 +349,7 @@ impl Handler for ScriptHandler {
             budget: pool.budget(),
             streams_output,
             reply: Some(reply_tx),
-            outbox: streams_output.then(outbox::outbox),
+            outbox: streams_output.then(|| outbox::outbox(call.buffers)),
         }));
         let mut cancel = CancelOnDrop(Some(shared.clone()));
         let name = method.name.clone();
@@ -670,7 +670,11 @@ fn to_call_error(e: &mlua::Error, shared: &CallShared, state: &State) -> CallErr
         return CallError::Transport(status);
     }
     let message = root_message(e);
-    tracing::warn!(method = &*shared.method, "script error: {e}");
+    tracing::warn!(
+        method = &*shared.method,
+        "script error: {}",
+        crate::error::log_escaped(&e.to_string())
+    );
     CallError::Script {
         message: format!("{} ({}): {message}", shared.function, shared.method),
     }

@@ -9,8 +9,9 @@
 //!   scripts build while loading is frozen when loading ends (see [`super::freeze`]), and a
 //!   load-time function that assigns a module-level local is a startup error (see
 //!   [`super::bytecode`]). So no call can leave anything behind for the next one.
-//! - `setmetatable` refuses `__gc` (no script code runs outside a call) and lets frozen tables
-//!   serve as metatables; `getmetatable`, `next`, `rawget` and `rawlen` see through the freeze.
+//! - `setmetatable` refuses `__gc` (no script code runs outside a call), guards `__close` (it
+//!   does nothing once the call is aborted) and lets frozen tables serve as metatables;
+//!   `getmetatable`, `next`, `rawget` and `rawlen` see through the freeze.
 //! - `print` goes to the server log; `grpc.status(code, message)` builds an error that ends the
 //!   call with that status.
 //! - A memory limit per state, in force from the start, so data that does not fit is reported
@@ -32,7 +33,8 @@ use crate::data::DataSets;
 use crate::error::{Location, StartupError, StartupErrors};
 
 const PRELUDE: &str = r#"
-local KEY, ORIG, dgetmt, dsetmt, setmetatable, getmetatable, next, rawget, rawlen, error, type, tostring = ...
+local KEY, ORIG, dgetmt, dsetmt, setmetatable, getmetatable, next, rawget, rawlen, error, type, tostring,
+  rawset, aborted = ...
 
 -- Raw views of frozen tables used as metatables (Lua reads metamethods raw), and back.
 local views, view_of = {}, {}
@@ -80,6 +82,20 @@ end
 
 local NO_GC = "finalizers (__gc) are not allowed in scripts: no script code may run outside a call"
 
+-- `__close` handlers, guarded: once the call is aborted they do nothing. Where Lua cannot
+-- yield, the hook stops an aborted call by raising inside the interrupted function, and Lua
+-- then runs that function's pending `__close` handlers with hooks off (see `worker`).
+local guarded = setmetatable({}, { __mode = "k" })
+local function guard_close(f)
+  if f == nil or guarded[f] then return f end
+  local g = function(...)
+    if aborted() then return end
+    return f(...)
+  end
+  guarded[g] = true
+  return g
+end
+
 local function safe_setmetatable(t, mt)
   if hidden(t) then
     error("cannot change the metatable of a read-only table", 2)
@@ -92,12 +108,16 @@ local function safe_setmetatable(t, mt)
         if rawget(h, "__gc") ~= nil then error(NO_GC, 2) end
         v = {}
         for k, x in next, h do v[k] = x end
+        v.__close = guard_close(v.__close)
         views[mt] = v
         view_of[v] = mt
       end
       mt = v
     elseif rawget(mt, "__gc") ~= nil then
       error(NO_GC, 2)
+    else
+      local c = rawget(mt, "__close")
+      if c ~= nil and not guarded[c] then rawset(mt, "__close", guard_close(c)) end
     end
   end
   local r = setmetatable(t, mt)
@@ -155,7 +175,7 @@ end
 return {
   setmetatable = safe_setmetatable, getmetatable = safe_getmetatable, next = frozen_next,
   rawget = frozen_rawget, rawlen = frozen_rawlen, len = frozen_len, pairs = frozen_pairs,
-  raiser = raiser, index_fallback = index_fallback, view_of = view_of,
+  raiser = raiser, index_fallback = index_fallback, view_of = view_of, guard_close = guard_close,
   missing_data = missing_data, new_env = new_env, lock_env = lock_env, stream_ctx = stream_ctx,
 }
 "#;
@@ -241,6 +261,8 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
         g.raw_get::<Function>("error")?,
         g.raw_get::<Function>("type")?,
         g.raw_get::<Function>("tostring")?,
+        g.raw_get::<Function>("rawset")?,
+        lua.create_function(|_, ()| Ok(super::slice::current_abort().is_some()))?,
     );
     let p: Table = lua.load(PRELUDE).set_name("=protoserve").call(originals)?;
     let f = |name: &str| p.raw_get::<Function>(name);
@@ -257,12 +279,14 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
         newindex: f("raiser")?,
         index_fallback: f("index_fallback")?,
         view_of: p.raw_get("view_of")?,
+        guard_close: f("guard_close")?,
     };
     let (stream_ctx, new_env, lock_env) = (f("stream_ctx")?, f("new_env")?, f("lock_env")?);
     let mut internal: Vec<Function> = wrappers.iter().map(|(_, f)| f.clone()).collect();
     internal.extend([
         helpers.len.clone(),
         helpers.pairs.clone(),
+        helpers.guard_close.clone(),
         stream_ctx.clone(),
         new_env.clone(),
         lock_env.clone(),
@@ -327,7 +351,7 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
                     break;
                 }
             }
-            tracing::info!(target: "script", "{line}");
+            tracing::info!(target: "script", "{}", crate::error::log_escaped(&line));
             Ok(())
         })?,
     )?;

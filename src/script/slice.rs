@@ -110,6 +110,12 @@ pub fn mark_sliced(thread: usize) -> bool {
     running_call().is_some_and(|call| call.mark_sliced(thread))
 }
 
+/// The running call is aborted and the hook is in coroutine `thread`: whether to stop it by
+/// yielding (see [`CallShared::yield_for_abort`]) instead of raising the abort.
+pub fn yield_for_abort(thread: usize) -> bool {
+    running_call().is_some_and(|call| call.yield_for_abort(thread))
+}
+
 /// Whether coroutine `thread`'s last yield was the hook's (forgetting it).
 pub fn take_sliced(thread: usize) -> bool {
     running_call().is_some_and(|call| call.take_sliced(thread))

@@ -158,6 +158,14 @@ impl Loading {
                     }
                 }
                 slice::Check::Abort(a) => {
+                    // Raising the abort here would run the `__close` handlers of the function
+                    // the hook interrupted at once, inside the hook, where Lua runs no hooks:
+                    // mlua clears the interrupted function's stack to raise, and Lua 5.4 closes
+                    // its to-be-closed variables as it does. So the coroutine is yielded
+                    // instead, and whoever resumed it raises the abort (see `guard`), outside
+                    // any hook; its pending `__close` handlers never run. Only where Lua cannot
+                    // yield (a coroutine's function called from C, such as a sort comparator)
+                    // is the abort raised here, at the hook's next visit.
                     if slice::running_call().is_some_and(|c| &*c.method == LOADING) {
                         let source = debug
                             .source()
@@ -167,6 +175,9 @@ impl Loading {
                         LOAD_STOPPED_AT.with(|l| {
                             *l.borrow_mut() = source.map(|s| (s, line));
                         });
+                    }
+                    if slice::yield_for_abort(lua.current_thread().to_pointer() as usize) {
+                        return Ok(VmState::Yield);
                     }
                     Err(mlua::Error::external(a))
                 }
@@ -217,7 +228,7 @@ impl Loading {
             outbox: None,
         }));
         LOAD_STOPPED_AT.with(|l| l.borrow_mut().take());
-        let result = slice::with_call(&meter, || chunk.exec());
+        let result = slice::with_call(&meter, || run_top_level(&self.lua, chunk));
         if let Err(e) = result {
             return Err(ScriptSetupError::Script(load_error(path, &e, &meter)));
         }
@@ -263,6 +274,13 @@ impl Loading {
 }
 
 /// A failed load as `file:line: what`, stops by the load budget included.
+/// Runs a script's top-level code through the guard's loader: in a coroutine, so the hook can
+/// stop it by yielding (see the hook in [`Loading::new`]).
+fn run_top_level(lua: &Lua, chunk: mlua::Chunk<'_>) -> mlua::Result<()> {
+    let load: Function = lua.named_registry_value(super::guard::LOAD_KEY)?;
+    load.call(chunk.into_function()?)
+}
+
 fn load_error(path: &std::path::Path, e: &mlua::Error, meter: &CallShared) -> StartupError {
     if let Some(a) = meter.aborted() {
         let (file, line) = LOAD_STOPPED_AT
@@ -470,7 +488,10 @@ impl Pool {
         );
         old.condemned.notify_one();
         if let Err(e) = spawn_thread(self, index, id, None, None) {
-            tracing::error!("script state {index}: {e}");
+            tracing::error!(
+                "script state {index}: {}",
+                crate::error::log_escaped(&e.to_string())
+            );
         }
     }
 }
@@ -516,7 +537,10 @@ fn state_thread(
             None => match build(&pool.recipe) {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::error!("script state {index} could not be built: {e}");
+                    tracing::error!(
+                        "script state {index} could not be built: {}",
+                        crate::error::log_escaped(&e.to_string())
+                    );
                     if let Some(r) = ready.take() {
                         let _ = r.send(Err(e));
                     }
