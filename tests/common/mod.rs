@@ -322,21 +322,30 @@ impl Client {
     }
 
     pub async fn server_stream(&self, name: &str, json: Json) -> Result<Vec<Json>, Status> {
+        let mut stream = self.server_stream_open(name, json).await?;
+        let mut out = Vec::new();
+        while let Some(msg) = stream.message().await? {
+            out.push(to_json(&msg));
+        }
+        Ok(out)
+    }
+
+    /// Starts a server-streaming call; its messages are read as they arrive.
+    pub async fn server_stream_open(
+        &self,
+        name: &str,
+        json: Json,
+    ) -> Result<tonic::Streaming<DynamicMessage>, Status> {
         let m = self.method(name);
         let req = Request::new(Outgoing::Message(Self::message(&m.input(), json)));
         let mut grpc = self.grpc();
         grpc.ready()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut stream = grpc
+        Ok(grpc
             .server_streaming(req, Self::path(name), DynamicCodec::new(m.output()))
             .await?
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(msg) = stream.message().await? {
-            out.push(to_json(&msg));
-        }
-        Ok(out)
+            .into_inner())
     }
 
     /// The method and `items` as request messages of its input type.
