@@ -186,6 +186,9 @@ impl std::error::Error for StartupErrors {}
 pub enum CallError {
     /// The method exists in the protos but no handler file serves it.
     NoHandler { method: &'static str },
+    /// The same, for a method of a big tree that no handler file names: its descriptors were
+    /// never decoded, so it is known by name only.
+    Unhandled { method: String },
     /// The path names no method of any loaded service.
     UnknownMethod { path: String },
     /// A `rules` handler had no rule matching this request.
@@ -299,6 +302,9 @@ impl From<CallError> for Status {
     fn from(e: CallError) -> Self {
         match e {
             CallError::NoHandler { method } => Status::unimplemented(format!(
+                "{method} is declared in the protos but has no handler: add an entry for it to a file in handlers/"
+            )),
+            CallError::Unhandled { method } => Status::unimplemented(format!(
                 "{method} is declared in the protos but has no handler: add an entry for it to a file in handlers/"
             )),
             CallError::UnknownMethod { path } => Status::unimplemented(format!(

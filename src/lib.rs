@@ -17,6 +17,7 @@ pub mod handler;
 pub mod health;
 pub mod layers;
 pub mod matcher;
+pub mod reflection;
 pub mod router;
 pub mod schema;
 pub mod script;
@@ -39,6 +40,10 @@ use schema::Schema;
 pub struct Options {
     pub protos: Vec<PathBuf>,
     pub import_paths: Vec<PathBuf>,
+    /// Encoded `FileDescriptorSet`s served along with the protos (`--descriptor-set`).
+    pub descriptor_sets: Vec<PathBuf>,
+    /// The descriptor cache folder; `None`: no cache (`--no-cache`).
+    pub cache_dir: Option<PathBuf>,
     pub handlers: PathBuf,
     pub data: PathBuf,
     pub max_message_size: usize,
@@ -51,6 +56,8 @@ impl Default for Options {
         Self {
             protos: vec![PathBuf::from("protos")],
             import_paths: Vec::new(),
+            descriptor_sets: Vec::new(),
+            cache_dir: schema::cache::default_dir(),
             handlers: PathBuf::from("handlers"),
             data: PathBuf::from("data"),
             max_message_size: 4 * 1024 * 1024,
@@ -70,7 +77,12 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn service_count(&self) -> usize {
-        self.schema.pool.services().len()
+        self.schema.service_count()
+    }
+
+    /// Every declared method, handled or not.
+    pub fn method_count(&self) -> usize {
+        self.schema.method_count()
     }
 
     pub fn handled_count(&self) -> usize {
@@ -81,7 +93,13 @@ impl Loaded {
 /// Compiles the protos and builds the handler table; every problem found is reported at once.
 pub fn load(options: Options) -> Result<Loaded, StartupErrors> {
     let started = Instant::now();
-    let schema = schema::compile(&options.protos, &options.import_paths)?;
+    let schema = schema::compile(&schema::SchemaInputs {
+        protos: options.protos.clone(),
+        import_paths: options.import_paths.clone(),
+        descriptor_sets: options.descriptor_sets.clone(),
+        cache_dir: options.cache_dir.clone(),
+        services: config::named_services(&options.handlers),
+    })?;
     tracing::debug!("protos compiled in {:?}", started.elapsed());
     let mut table = HandlerTable::from_pool(&schema.pool);
     // Data and handler problems are all reported together, so one run of `check` lists them all.

@@ -33,7 +33,17 @@ enum Command {
     /// Load and validate protos, handlers and data; print every problem; exit non-zero on any.
     Check(LoadArgs),
     /// Print each service and method with its shape and handler kind.
-    List(LoadArgs),
+    List(ListArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ListArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Only services whose full name starts with one of these (a package such as
+    /// `google.cloud.speech` or a service such as `helloworld.Greeter`).
+    #[arg(value_name = "PREFIX")]
+    prefixes: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -44,6 +54,16 @@ struct LoadArgs {
     /// Extra import root for `import` statements (repeatable).
     #[arg(short = 'I', long = "import-path", value_name = "DIR")]
     import_paths: Vec<PathBuf>,
+    /// Binary FileDescriptorSet to serve, as written by `buf build -o FILE.binpb` or
+    /// `protoc --include_imports --descriptor_set_out=FILE` (repeatable; mixes with --protos).
+    #[arg(long = "descriptor-set", value_name = "FILE")]
+    descriptor_sets: Vec<PathBuf>,
+    /// Folder of the descriptor cache [default: protoserve/ in the user's cache folder].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    cache_dir: Option<PathBuf>,
+    /// Compile every start from the sources; read and write no descriptor cache.
+    #[arg(long)]
+    no_cache: bool,
     /// Folder of handler files.
     #[arg(long, value_name = "DIR", default_value = "handlers")]
     handlers: PathBuf,
@@ -169,9 +189,26 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 impl LoadArgs {
     fn options(&self, server: ServerOptions) -> Options {
+        // With only descriptor sets given, a missing default `protos/` folder is no error.
+        let protos = if !self.descriptor_sets.is_empty()
+            && self.protos == [PathBuf::from("protos")]
+            && !self.protos[0].is_dir()
+        {
+            Vec::new()
+        } else {
+            self.protos.clone()
+        };
         Options {
-            protos: self.protos.clone(),
+            protos,
             import_paths: self.import_paths.clone(),
+            descriptor_sets: self.descriptor_sets.clone(),
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir
+                    .clone()
+                    .or_else(protoserve::schema::cache::default_dir)
+            },
             handlers: self.handlers.clone(),
             data: self.data.clone(),
             max_message_size: self.max_message_size,
@@ -246,7 +283,8 @@ fn main() -> ExitCode {
     let command_matches = matches.subcommand().map_or(&matches, |(_, m)| m);
     let load_args = match &command {
         Command::Serve(a) => &a.load,
-        Command::Check(a) | Command::List(a) => a,
+        Command::Check(a) => a,
+        Command::List(a) => &a.load,
     };
     let filter = match log_filter(&load_args.log_level) {
         Ok(f) => f,
@@ -289,7 +327,7 @@ fn check(args: &LoadArgs) -> ExitCode {
             println!(
                 "ok: {} services, {} methods ({} with handlers), loaded in {} ms",
                 loaded.service_count(),
-                loaded.table.len(),
+                loaded.method_count(),
                 loaded.handled_count(),
                 loaded.load_time.as_millis()
             );
@@ -299,25 +337,39 @@ fn check(args: &LoadArgs) -> ExitCode {
     }
 }
 
-fn list(args: &LoadArgs) -> ExitCode {
-    let loaded = match load(args, ServerOptions::default()) {
+fn list(args: &ListArgs) -> ExitCode {
+    let loaded = match load(&args.load, ServerOptions::default()) {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let mut current = "";
-    for entry in loaded.table.iter() {
-        let service = entry.info.descriptor.parent_service();
-        if service.full_name() != current {
-            println!("{}", service.full_name());
-            current = Box::leak(service.full_name().to_owned().into_boxed_str());
+    let kinds: std::collections::HashMap<&str, &'static str> = loaded
+        .table
+        .iter()
+        .filter_map(|e| Some((e.info.path, e.handler.as_ref()?.kind())))
+        .collect();
+    let wanted = |name: &str| {
+        args.prefixes.is_empty() || args.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+    };
+    let mut shown = 0;
+    for service in loaded.schema.files.services() {
+        if !wanted(&service.name) {
+            continue;
         }
-        let kind = entry.handler.as_ref().map_or("no handler", |h| h.kind());
-        println!(
-            "  {:<24} {:<17} {}",
-            entry.info.descriptor.name(),
-            entry.info.shape.name(),
-            kind
+        shown += 1;
+        println!("{}", service.name);
+        for method in &service.methods {
+            let path = format!("/{}/{}", service.name, method.name);
+            let kind = kinds.get(path.as_str()).copied().unwrap_or("no handler");
+            println!("  {:<24} {:<17} {}", method.name, method.shape.name(), kind);
+        }
+    }
+    if shown == 0 && !args.prefixes.is_empty() {
+        eprintln!(
+            "no service starts with {}; `protoserve list` without a prefix lists all {}",
+            args.prefixes.join(" or "),
+            loaded.service_count()
         );
+        return ExitCode::from(1);
     }
     ExitCode::SUCCESS
 }
@@ -352,7 +404,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             "listening on {addr}: {} services, {} of {} methods with handlers, loaded in {} ms",
             loaded.service_count(),
             loaded.handled_count(),
-            loaded.table.len(),
+            loaded.method_count(),
             loaded.load_time.as_millis()
         );
         match protoserve::serve(loaded, listener, shutdown_signal()).await {

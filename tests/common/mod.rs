@@ -176,7 +176,7 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
 
 /// Compiles protos the way the server does, for the client side.
 pub fn pool(protos: &Path) -> DescriptorPool {
-    protoserve::schema::compile(&[protos.to_path_buf()], &[])
+    protoserve::schema::compile(&protoserve::schema::SchemaInputs::protos(&[protos.to_path_buf()]))
         .expect("compile protos")
         .pool
 }
