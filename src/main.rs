@@ -48,8 +48,9 @@ struct ListArgs {
 
 #[derive(Args, Debug, Clone)]
 struct LoadArgs {
-    /// Folder of .proto files to serve (repeatable); each is also an import root.
-    #[arg(long = "protos", value_name = "DIR", default_value = "protos")]
+    /// Folder of .proto files to serve (repeatable); each is also an import root
+    /// [default: protos, unless --descriptor-set is given].
+    #[arg(long = "protos", value_name = "DIR")]
     protos: Vec<PathBuf>,
     /// Extra import root for `import` statements (repeatable).
     #[arg(short = 'I', long = "import-path", value_name = "DIR")]
@@ -189,12 +190,9 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 impl LoadArgs {
     fn options(&self, server: ServerOptions) -> Options {
-        // With only descriptor sets given, a missing default `protos/` folder is no error.
-        let protos = if !self.descriptor_sets.is_empty()
-            && self.protos == [PathBuf::from("protos")]
-            && !self.protos[0].is_dir()
-        {
-            Vec::new()
+        // `protos/` is the default only when nothing else is served.
+        let protos = if self.protos.is_empty() && self.descriptor_sets.is_empty() {
+            vec![PathBuf::from("protos")]
         } else {
             self.protos.clone()
         };

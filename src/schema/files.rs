@@ -22,6 +22,8 @@ pub struct FileEntry {
     pub bytes: Bytes,
     /// Indexes of the files it imports.
     pub deps: Box<[u32]>,
+    /// Written in a protobuf edition (only descriptor sets have these).
+    pub editions: bool,
 }
 
 /// A service as declared, whether or not serving has its descriptors.
@@ -139,7 +141,12 @@ impl Files {
             .collect();
         let name: Box<str> = raw::name(&file.name).into();
         self.by_name.insert(name.clone(), index);
-        self.files.push(FileEntry { name, bytes, deps });
+        self.files.push(FileEntry {
+            name,
+            bytes,
+            deps,
+            editions: file.syntax.as_deref() == Some("editions"),
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -196,21 +203,33 @@ impl Files {
             .collect()
     }
 
-    /// The files at `indexes` as an encoded `FileDescriptorSet`.
-    pub fn encode_set(&self, indexes: impl IntoIterator<Item = u32>) -> Vec<u8> {
+    /// The files at `indexes` as an encoded `FileDescriptorSet`, each file passed through `map`.
+    pub fn encode_set_with<E>(
+        &self,
+        indexes: impl IntoIterator<Item = u32>,
+        map: impl Fn(&FileEntry) -> Result<Option<Vec<u8>>, E>,
+    ) -> Result<Vec<u8>, E> {
         let mut out = Vec::new();
         for i in indexes {
-            let bytes = &self.files[i as usize].bytes;
+            let file = &self.files[i as usize];
+            let mapped = map(file)?;
+            let bytes = mapped.as_deref().unwrap_or(&file.bytes);
             prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut out);
             prost::encoding::encode_varint(bytes.len() as u64, &mut out);
             out.extend_from_slice(bytes);
         }
-        out
+        Ok(out)
     }
 
     /// Every file as an encoded `FileDescriptorSet`.
     pub fn encode_all(&self) -> Vec<u8> {
-        self.encode_set(0..self.files.len() as u32)
+        let all = self.encode_set_with(0..self.files.len() as u32, |_| {
+            Ok::<_, std::convert::Infallible>(None)
+        });
+        match all {
+            Ok(set) => set,
+            Err(never) => match never {},
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 pub mod bundled;
 pub mod cache;
 pub mod diagnose;
+pub mod editions;
 pub mod files;
 pub mod link;
 pub mod parallel;
@@ -205,7 +206,47 @@ fn serving_pool(
                 .map(|s| s.file),
         )
     };
-    match DescriptorPool::decode(files.encode_set(indexes.iter().copied()).as_slice()) {
+    // Editions files are decoded as the proto3 files they encode like.
+    let set = files
+        .encode_set_with(indexes.iter().copied(), |f| {
+            if f.editions {
+                editions::to_proto3(&f.bytes).map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+        .map_err(|e| {
+            let sets = sources::read_sets(&inputs.descriptor_sets).unwrap_or_default();
+            let finder = finder(inputs, sources, &sets);
+            let file = e.split(':').next().unwrap_or_default();
+            let location = finder
+                .set_files
+                .iter()
+                .find(|(_, (_, f))| e.contains(raw::name(&f.name)))
+                .map(|(_, (p, _))| Location::file(p))
+                .or_else(|| finder.on_disk(file).map(Location::file))
+                .unwrap_or_else(|| Location::file(file));
+            StartupError::Proto {
+                location,
+                message: e,
+                detail: None,
+            }
+        })?;
+    // prost-reflect panics on some invalid sets (while describing the error); that is reported
+    // as an invalid set, not a crash.
+    let Ok(decoded) = std::panic::catch_unwind(|| DescriptorPool::decode(set.as_slice())) else {
+        let location = inputs
+            .descriptor_sets
+            .first()
+            .map_or_else(|| Location::file("protos"), Location::file);
+        return Err(StartupError::Proto {
+            location,
+            message: "these descriptors are not valid: the descriptor library failed on them (a file with a syntax it does not know?)".into(),
+            detail: None,
+        }
+        .into());
+    };
+    match decoded {
         Ok(pool) => Ok((pool, whole)),
         Err(e) => {
             let file = e.file().unwrap_or_default().to_owned();

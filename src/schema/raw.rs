@@ -201,6 +201,8 @@ pub struct FileNames {
     pub service: Vec<ServiceNames>,
     #[prost(message, repeated, tag = "7")]
     pub extension: Vec<Named>,
+    #[prost(string, optional, tag = "12")]
+    pub syntax: Option<String>,
 }
 
 /// A message's name and the names declared inside it.
