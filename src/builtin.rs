@@ -70,23 +70,29 @@ fn declared_only(files: &Files) -> BuiltinService {
         files
             .services()
             .iter()
-            .flat_map(|s| s.methods.iter().map(move |m| format!("/{}/{}", s.name, m.name).into()))
+            .flat_map(|s| {
+                s.methods
+                    .iter()
+                    .map(move |m| format!("/{}/{}", s.name, m.name).into())
+            })
             .collect(),
     );
-    BoxCloneSyncService::new(tower::service_fn(move |req: http::Request<tonic::body::Body>| {
-        let path = req.uri().path();
-        let error = if paths.contains(path) {
-            CallError::Unhandled {
-                method: path.trim_start_matches('/').to_owned(),
-            }
-        } else {
-            CallError::UnknownMethod {
-                path: path.to_owned(),
-            }
-        };
-        let status: tonic::Status = error.into();
-        std::future::ready(Ok::<_, std::convert::Infallible>(status.into_http()))
-    }))
+    BoxCloneSyncService::new(tower::service_fn(
+        move |req: http::Request<tonic::body::Body>| {
+            let path = req.uri().path();
+            let error = if paths.contains(path) {
+                CallError::Unhandled {
+                    method: path.trim_start_matches('/').to_owned(),
+                }
+            } else {
+                CallError::UnknownMethod {
+                    path: path.to_owned(),
+                }
+            };
+            let status: tonic::Status = error.into();
+            std::future::ready(Ok::<_, std::convert::Infallible>(status.into_http()))
+        },
+    ))
 }
 
 fn prefix_of<S: NamedService>(_: &S) -> &'static str {

@@ -76,11 +76,11 @@ macro_rules! reflection_service {
 
                 fn answer(&self, request: &MessageRequest) -> MessageResponse {
                     let file = |found: Option<Vec<u8>>, what: &str| match found {
-                        Some(bytes) => MessageResponse::FileDescriptorResponse(
-                            FileDescriptorResponse {
+                        Some(bytes) => {
+                            MessageResponse::FileDescriptorResponse(FileDescriptorResponse {
                                 file_descriptor_proto: vec![bytes],
-                            },
-                        ),
+                            })
+                        }
                         None => MessageResponse::ErrorResponse(ErrorResponse {
                             error_code: NOT_FOUND,
                             error_message: format!("{what} not found"),

@@ -140,6 +140,14 @@ async fn googleapis_subset_is_served_listed_and_reflected() {
         client_schema.files.len(),
         client_schema.service_count()
     );
+    assert!(
+        !client_schema.whole,
+        "big enough that only the handlers' services are decoded"
+    );
+    assert!(client_schema
+        .pool
+        .get_service_by_name("google.spanner.v1.Spanner")
+        .is_none());
     let client = Client::connect(server.addr, client_schema.pool.clone()).await;
     let reply = client
         .unary(
@@ -166,7 +174,10 @@ async fn googleapis_subset_is_served_listed_and_reflected() {
         assert!(err.message().contains("has no handler"), "{path}: {err:?}");
     }
     let err = client
-        .raw_unary("/google.pubsub.v1.Subscriber/NoSuchMethod", bytes::Bytes::new())
+        .raw_unary(
+            "/google.pubsub.v1.Subscriber/NoSuchMethod",
+            bytes::Bytes::new(),
+        )
         .await
         .expect_err("unknown method");
     assert!(err.message().contains("unknown method"), "{err:?}");
@@ -205,12 +216,27 @@ async fn googleapis_subset_is_served_listed_and_reflected() {
     // buf curl lists and calls through reflection alone.
     let url = format!("http://{}", server.addr);
     let out = Command::new(common::buf())
-        .args(["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-services", &url])
+        .args([
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "--list-services",
+            &url,
+        ])
         .output()
         .unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for s in ["google.pubsub.v1.Publisher", "grafeas.v1.Grafeas", "google.longrunning.Operations"] {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for s in [
+        "google.pubsub.v1.Publisher",
+        "grafeas.v1.Grafeas",
+        "google.longrunning.Operations",
+    ] {
         assert!(listed.lines().any(|l| l == s), "{s} not listed:\n{listed}");
     }
     assert!(listed.lines().count() > 150, "{listed}");
@@ -235,20 +261,48 @@ async fn googleapis_subset_is_served_listed_and_reflected() {
     let root_arg = root.to_str().unwrap();
     let handlers_arg = handler_dir.path().to_str().unwrap();
     let (code, out, _) = common::run(&[
-        "list", "--protos", tree_arg, "-I", root_arg, "--handlers", handlers_arg, "--no-cache",
-        "google.pubsub.v1.Pub", "grafeas.v1.",
+        "list",
+        "--protos",
+        tree_arg,
+        "-I",
+        root_arg,
+        "--handlers",
+        handlers_arg,
+        "--no-cache",
+        "google.pubsub.v1.Pub",
+        "grafeas.v1.",
     ]);
     assert_eq!(code, 0);
     let services: Vec<&str> = out.lines().filter(|l| !l.starts_with(' ')).collect();
-    assert_eq!(services, ["google.pubsub.v1.Publisher", "grafeas.v1.Grafeas"], "{out}");
-    assert!(out.contains("  GetTopic                 unary             reply"), "{out}");
-    assert!(out.contains("  Publish                  unary             no handler"), "{out}");
+    assert_eq!(
+        services,
+        ["google.pubsub.v1.Publisher", "grafeas.v1.Grafeas"],
+        "{out}"
+    );
+    assert!(
+        out.contains("  GetTopic                 unary             reply"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  Publish                  unary             no handler"),
+        "{out}"
+    );
     let (code, _, err) = common::run(&[
-        "list", "--protos", tree_arg, "-I", root_arg, "--handlers", handlers_arg, "--no-cache",
+        "list",
+        "--protos",
+        tree_arg,
+        "-I",
+        root_arg,
+        "--handlers",
+        handlers_arg,
+        "--no-cache",
         "no.such.package",
     ]);
     assert_eq!(code, 1);
-    assert!(err.contains("no service starts with no.such.package"), "{err}");
+    assert!(
+        err.contains("no service starts with no.such.package"),
+        "{err}"
+    );
 }
 
 /// protox's output for `names` (with what they import), each file re-encoded the same way. The
@@ -296,7 +350,14 @@ fn linker_agrees_with_protox_on_googleapis_files() {
         .files
         .services()
         .iter()
-        .map(|s| ours.files.iter().nth(s.file as usize).unwrap().name.to_string())
+        .map(|s| {
+            ours.files
+                .iter()
+                .nth(s.file as usize)
+                .unwrap()
+                .name
+                .to_string()
+        })
         .collect();
     names.sort();
     names.dedup();
@@ -304,7 +365,10 @@ fn linker_agrees_with_protox_on_googleapis_files() {
     let theirs = protox_files(&[tree.path().to_path_buf(), root], &names);
     assert!(theirs.len() > 100, "{}", theirs.len());
     let differ = same(&ours.files, &theirs);
-    assert!(differ.is_empty(), "linked differently from protox: {differ:?}");
+    assert!(
+        differ.is_empty(),
+        "linked differently from protox: {differ:?}"
+    );
 }
 
 #[test]
@@ -330,5 +394,8 @@ fn bundled_google_files_are_wire_identical_to_the_published_ones() {
         .collect();
     assert_eq!(theirs.len(), names.len());
     let differ = same(&ours.files, &theirs);
-    assert!(differ.is_empty(), "bundled files differ from the published: {differ:?}");
+    assert!(
+        differ.is_empty(),
+        "bundled files differ from the published: {differ:?}"
+    );
 }

@@ -113,7 +113,10 @@ service Audit { rpc Check(shop.v1.Cents) returns (shop.v1.Cents); }
     let out = Command::new(common::buf())
         .args(["curl", "--protocol", "grpc", "--http2-prior-knowledge"])
         .args(["-d", r#"{"service":"shop.v1.Shop"}"#])
-        .arg(format!("http://{}/grpc.health.v1.Health/Check", server.addr))
+        .arg(format!(
+            "http://{}/grpc.health.v1.Health/Check",
+            server.addr
+        ))
         .output()
         .unwrap();
     assert!(
@@ -146,7 +149,11 @@ fn a_set_missing_a_dependency_names_the_file_and_the_import() {
     buf_build(
         &module,
         &set,
-        &["--path", module.join("shop/v1/shop.proto").to_str().unwrap(), "--exclude-imports"],
+        &[
+            "--path",
+            module.join("shop/v1/shop.proto").to_str().unwrap(),
+            "--exclude-imports",
+        ],
     );
     let empty = dir.path().join("handlers");
     std::fs::create_dir(&empty).unwrap();
@@ -204,7 +211,10 @@ async fn editions_sources_point_to_descriptor_sets_which_serve_them() {
         err.contains(&format!("{}:2:1", thing.display())),
         "names the file and the edition line: {err}"
     );
-    assert!(err.contains("--descriptor-set") && err.contains("buf build"), "{err}");
+    assert!(
+        err.contains("--descriptor-set") && err.contains("buf build"),
+        "{err}"
+    );
 
     let set = dir.path().join("ed.binpb");
     buf_build(&protos, &set, &[]);
@@ -283,14 +293,26 @@ message Note { string name = 1; google.protobuf.Timestamp created = 2; }
     let log = server.log().join("\n");
     let behavior_copy = protos.join("google/api/field_behavior.proto");
     assert!(
-        log.contains(&format!("{}: this copy of google/api/field_behavior.proto differs", behavior_copy.display())),
+        log.contains(&format!(
+            "{}: this copy of google/api/field_behavior.proto differs",
+            behavior_copy.display()
+        )),
         "{log}"
     );
-    assert!(log.contains("google/protobuf/descriptor.proto differs"), "{log}");
-    assert!(!log.contains("google/api/annotations.proto differs"), "{log}");
-    assert!(!log.contains("google/protobuf/timestamp.proto differs"), "{log}");
-    let schema = protoserve::schema::compile(&protoserve::schema::SchemaInputs::protos(&[protos]))
-        .unwrap();
+    assert!(
+        log.contains("google/protobuf/descriptor.proto differs"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("google/api/annotations.proto differs"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("google/protobuf/timestamp.proto differs"),
+        "{log}"
+    );
+    let schema =
+        protoserve::schema::compile(&protoserve::schema::SchemaInputs::protos(&[protos])).unwrap();
     // The bundled field_behavior.proto was used, not the copy.
     let behavior = schema
         .pool
@@ -302,7 +324,10 @@ message Note { string name = 1; google.protobuf.Timestamp created = 2; }
         .unary("notes.v1.Notes/GetNote", json!({"name": "notes/1"}))
         .await
         .unwrap();
-    assert_eq!(reply, json!({"name": "notes/1", "created": "2024-01-02T03:04:05Z"}));
+    assert_eq!(
+        reply,
+        json!({"name": "notes/1", "created": "2024-01-02T03:04:05Z"})
+    );
 }
 
 #[test]
@@ -348,7 +373,10 @@ fn the_cache_is_used_invalidated_and_survives_corruption() {
     assert!(out.contains("  One "), "{out}");
     assert_eq!(entries().len(), 1, "one entry, no temporary file left");
     let (_, err) = list();
-    assert!(err.contains("from the descriptor cache"), "warm start: {err}");
+    assert!(
+        err.contains("from the descriptor cache"),
+        "warm start: {err}"
+    );
 
     // A changed file is a different key: compiled again, and the change is seen.
     write(
@@ -406,11 +434,16 @@ async fn thousands_of_files_without_handlers_answer_unimplemented() {
     for i in 0usize..3000 {
         text.clear();
         text.push_str(&format!("syntax = \"proto3\";\npackage big.p{};\n", i % 50));
-        let deps: Vec<usize> = [i.saturating_sub(1), i / 2].into_iter().filter(|&d| d < i).collect();
+        let deps: Vec<usize> = [i.saturating_sub(1), i / 2]
+            .into_iter()
+            .filter(|&d| d < i)
+            .collect();
         for d in &deps {
             text.push_str(&format!("import \"f{d}.proto\";\n"));
         }
-        text.push_str(&format!("message M{i} {{ string s = 1; int64 n = 2; repeated string r = 3;"));
+        text.push_str(&format!(
+            "message M{i} {{ string s = 1; int64 n = 2; repeated string r = 3;"
+        ));
         for (k, d) in deps.iter().enumerate() {
             text.push_str(&format!(" big.p{}.M{d} m{k} = {};", d % 50, 10 + k));
         }
@@ -442,7 +475,11 @@ async fn thousands_of_files_without_handlers_answer_unimplemented() {
     }
     assert!(logged(&server), "{:?}", server.log());
     let client = Client::connect(server.addr, prost_reflect::DescriptorPool::new()).await;
-    for path in ["/big.p0.S0/Get", "/big.p0.S2950/Watch", "/big.p10.S1010/Get"] {
+    for path in [
+        "/big.p0.S0/Get",
+        "/big.p0.S2950/Watch",
+        "/big.p10.S1010/Get",
+    ] {
         let err = client
             .raw_unary(path, bytes::Bytes::new())
             .await

@@ -30,37 +30,130 @@ pub const WELL_KNOWN: &[&str] = &[
 
 /// The bundled Google API files: (import name, source).
 pub const SOURCES: &[(&str, &str)] = &[
-    ("google/api/annotations.proto", include_str!("bundled/google/api/annotations.proto")),
-    ("google/api/client.proto", include_str!("bundled/google/api/client.proto")),
-    ("google/api/field_behavior.proto", include_str!("bundled/google/api/field_behavior.proto")),
-    ("google/api/field_info.proto", include_str!("bundled/google/api/field_info.proto")),
-    ("google/api/http.proto", include_str!("bundled/google/api/http.proto")),
-    ("google/api/httpbody.proto", include_str!("bundled/google/api/httpbody.proto")),
-    ("google/api/launch_stage.proto", include_str!("bundled/google/api/launch_stage.proto")),
-    ("google/api/resource.proto", include_str!("bundled/google/api/resource.proto")),
-    ("google/api/routing.proto", include_str!("bundled/google/api/routing.proto")),
-    ("google/api/visibility.proto", include_str!("bundled/google/api/visibility.proto")),
-    ("google/rpc/code.proto", include_str!("bundled/google/rpc/code.proto")),
-    ("google/rpc/error_details.proto", include_str!("bundled/google/rpc/error_details.proto")),
-    ("google/rpc/http.proto", include_str!("bundled/google/rpc/http.proto")),
-    ("google/rpc/status.proto", include_str!("bundled/google/rpc/status.proto")),
-    ("google/type/calendar_period.proto", include_str!("bundled/google/type/calendar_period.proto")),
-    ("google/type/color.proto", include_str!("bundled/google/type/color.proto")),
-    ("google/type/date.proto", include_str!("bundled/google/type/date.proto")),
-    ("google/type/datetime.proto", include_str!("bundled/google/type/datetime.proto")),
-    ("google/type/dayofweek.proto", include_str!("bundled/google/type/dayofweek.proto")),
-    ("google/type/decimal.proto", include_str!("bundled/google/type/decimal.proto")),
-    ("google/type/expr.proto", include_str!("bundled/google/type/expr.proto")),
-    ("google/type/fraction.proto", include_str!("bundled/google/type/fraction.proto")),
-    ("google/type/interval.proto", include_str!("bundled/google/type/interval.proto")),
-    ("google/type/latlng.proto", include_str!("bundled/google/type/latlng.proto")),
-    ("google/type/localized_text.proto", include_str!("bundled/google/type/localized_text.proto")),
-    ("google/type/money.proto", include_str!("bundled/google/type/money.proto")),
-    ("google/type/month.proto", include_str!("bundled/google/type/month.proto")),
-    ("google/type/phone_number.proto", include_str!("bundled/google/type/phone_number.proto")),
-    ("google/type/postal_address.proto", include_str!("bundled/google/type/postal_address.proto")),
-    ("google/type/quaternion.proto", include_str!("bundled/google/type/quaternion.proto")),
-    ("google/type/timeofday.proto", include_str!("bundled/google/type/timeofday.proto")),
+    (
+        "google/api/annotations.proto",
+        include_str!("bundled/google/api/annotations.proto"),
+    ),
+    (
+        "google/api/client.proto",
+        include_str!("bundled/google/api/client.proto"),
+    ),
+    (
+        "google/api/field_behavior.proto",
+        include_str!("bundled/google/api/field_behavior.proto"),
+    ),
+    (
+        "google/api/field_info.proto",
+        include_str!("bundled/google/api/field_info.proto"),
+    ),
+    (
+        "google/api/http.proto",
+        include_str!("bundled/google/api/http.proto"),
+    ),
+    (
+        "google/api/httpbody.proto",
+        include_str!("bundled/google/api/httpbody.proto"),
+    ),
+    (
+        "google/api/launch_stage.proto",
+        include_str!("bundled/google/api/launch_stage.proto"),
+    ),
+    (
+        "google/api/resource.proto",
+        include_str!("bundled/google/api/resource.proto"),
+    ),
+    (
+        "google/api/routing.proto",
+        include_str!("bundled/google/api/routing.proto"),
+    ),
+    (
+        "google/api/visibility.proto",
+        include_str!("bundled/google/api/visibility.proto"),
+    ),
+    (
+        "google/rpc/code.proto",
+        include_str!("bundled/google/rpc/code.proto"),
+    ),
+    (
+        "google/rpc/error_details.proto",
+        include_str!("bundled/google/rpc/error_details.proto"),
+    ),
+    (
+        "google/rpc/http.proto",
+        include_str!("bundled/google/rpc/http.proto"),
+    ),
+    (
+        "google/rpc/status.proto",
+        include_str!("bundled/google/rpc/status.proto"),
+    ),
+    (
+        "google/type/calendar_period.proto",
+        include_str!("bundled/google/type/calendar_period.proto"),
+    ),
+    (
+        "google/type/color.proto",
+        include_str!("bundled/google/type/color.proto"),
+    ),
+    (
+        "google/type/date.proto",
+        include_str!("bundled/google/type/date.proto"),
+    ),
+    (
+        "google/type/datetime.proto",
+        include_str!("bundled/google/type/datetime.proto"),
+    ),
+    (
+        "google/type/dayofweek.proto",
+        include_str!("bundled/google/type/dayofweek.proto"),
+    ),
+    (
+        "google/type/decimal.proto",
+        include_str!("bundled/google/type/decimal.proto"),
+    ),
+    (
+        "google/type/expr.proto",
+        include_str!("bundled/google/type/expr.proto"),
+    ),
+    (
+        "google/type/fraction.proto",
+        include_str!("bundled/google/type/fraction.proto"),
+    ),
+    (
+        "google/type/interval.proto",
+        include_str!("bundled/google/type/interval.proto"),
+    ),
+    (
+        "google/type/latlng.proto",
+        include_str!("bundled/google/type/latlng.proto"),
+    ),
+    (
+        "google/type/localized_text.proto",
+        include_str!("bundled/google/type/localized_text.proto"),
+    ),
+    (
+        "google/type/money.proto",
+        include_str!("bundled/google/type/money.proto"),
+    ),
+    (
+        "google/type/month.proto",
+        include_str!("bundled/google/type/month.proto"),
+    ),
+    (
+        "google/type/phone_number.proto",
+        include_str!("bundled/google/type/phone_number.proto"),
+    ),
+    (
+        "google/type/postal_address.proto",
+        include_str!("bundled/google/type/postal_address.proto"),
+    ),
+    (
+        "google/type/quaternion.proto",
+        include_str!("bundled/google/type/quaternion.proto"),
+    ),
+    (
+        "google/type/timeofday.proto",
+        include_str!("bundled/google/type/timeofday.proto"),
+    ),
 ];
 
 /// Where a bundled file comes from, if `name` is one.

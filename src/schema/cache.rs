@@ -195,7 +195,7 @@ fn prune(dir: &Path, keep: &Path) {
     if found.len() <= KEEP {
         return;
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
     for (_, path) in found.into_iter().skip(KEEP) {
         if path != keep {
             let _ = std::fs::remove_file(path);

@@ -76,7 +76,10 @@ const DEFAULTS: Features = Features {
     message_encoding: Some(1),
 };
 
-fn features<T: prost::Message + Default>(options: &Option<Vec<u8>>, get: fn(T) -> Option<Features>) -> Option<Features> {
+fn features<T: prost::Message + Default>(
+    options: &Option<Vec<u8>>,
+    get: fn(T) -> Option<Features>,
+) -> Option<Features> {
     options
         .as_deref()
         .and_then(|o| T::decode(o).ok())
@@ -158,7 +161,9 @@ fn field(
     if here.field_presence == Some(LEGACY_REQUIRED) {
         return cannot("features.field_presence = LEGACY_REQUIRED");
     }
-    if f.r#type == Some(TYPE_GROUP) || (f.r#type == Some(TYPE_MESSAGE) && here.message_encoding == Some(DELIMITED)) {
+    if f.r#type == Some(TYPE_GROUP)
+        || (f.r#type == Some(TYPE_MESSAGE) && here.message_encoding == Some(DELIMITED))
+    {
         return cannot("features.message_encoding = DELIMITED");
     }
     if f.default_value.is_some() {
@@ -167,12 +172,15 @@ fn field(
     if f.label == Some(LABEL_REPEATED) {
         if here.repeated_field_encoding == Some(EXPANDED) {
             // `packed = false` (FieldOptions field 2), after anything else: the last one wins.
-            f.options.get_or_insert_with(Vec::new).extend_from_slice(&[0x10, 0x00]);
+            f.options
+                .get_or_insert_with(Vec::new)
+                .extend_from_slice(&[0x10, 0x00]);
         }
         return Ok(false);
     }
     let presence = here.field_presence == Some(EXPLICIT);
-    if presence && f.r#type != Some(TYPE_MESSAGE) && f.oneof_index.is_none() && f.extendee.is_none() {
+    if presence && f.r#type != Some(TYPE_MESSAGE) && f.oneof_index.is_none() && f.extendee.is_none()
+    {
         if let Some(index) = synthetic_index {
             f.proto3_optional = Some(true);
             f.oneof_index = Some(index);

@@ -74,7 +74,8 @@ impl Files {
         let mut rest = set.clone();
         while !rest.is_empty() {
             let bad = |what: &str| format!("not a FileDescriptorSet: {what}");
-            let (tag, wire) = prost::encoding::decode_key(&mut rest).map_err(|e| bad(&e.to_string()))?;
+            let (tag, wire) =
+                prost::encoding::decode_key(&mut rest).map_err(|e| bad(&e.to_string()))?;
             if tag != 1 || wire != prost::encoding::WireType::LengthDelimited {
                 return Err(bad("a field other than `file`"));
             }

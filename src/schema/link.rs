@@ -30,6 +30,7 @@ use super::{parallel, raw};
 
 /// A file to link: parsed from source (names relative, options uninterpreted) or already
 /// linked (from a descriptor set or the bundled well-known types).
+#[allow(clippy::large_enum_variant)] // Thousands at most, each moved once.
 pub enum Input {
     Source(FileDescriptorProto),
     Linked(raw::File),
@@ -255,7 +256,9 @@ impl OptionsPool {
                     || f.message_type.iter().any(message_extends_options)
             }
             Input::Linked(f) => {
-                f.extension.iter().any(|x| ends_options(raw::name(&x.extendee)))
+                f.extension
+                    .iter()
+                    .any(|x| ends_options(raw::name(&x.extendee)))
                     || f.message_type.iter().any(raw_message_extends_options)
             }
         };
@@ -265,8 +268,11 @@ impl OptionsPool {
             });
         }
         // The declaring files and everything they import, in the (dependency) order given.
-        let by_name: HashMap<&str, usize> =
-            files.iter().enumerate().map(|(i, f)| (f.name(), i)).collect();
+        let by_name: HashMap<&str, usize> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name(), i))
+            .collect();
         let mut wanted = vec![false; files.len()];
         let mut stack: Vec<usize> = (0..files.len()).filter(|&i| declares(&files[i])).collect();
         while let Some(i) = stack.pop() {
@@ -286,14 +292,11 @@ impl OptionsPool {
                     source_code_info: None,
                     ..f.clone()
                 },
-                Input::Linked(f) => {
-                    FileDescriptorProto::decode(f.encode_to_vec().as_slice()).map_err(|e| {
-                        LinkError {
-                            file: files[i].name().to_owned(),
-                            message: format!("cannot re-read the linked descriptor: {e}"),
-                        }
-                    })?
-                }
+                Input::Linked(f) => FileDescriptorProto::decode(f.encode_to_vec().as_slice())
+                    .map_err(|e| LinkError {
+                        file: files[i].name().to_owned(),
+                        message: format!("cannot re-read the linked descriptor: {e}"),
+                    })?,
             };
             protos.push(proto);
         }
@@ -326,7 +329,9 @@ fn message_extends_options(m: &DescriptorProto) -> bool {
 }
 
 fn raw_message_extends_options(m: &raw::Message) -> bool {
-    m.extension.iter().any(|x| ends_options(raw::name(&x.extendee)))
+    m.extension
+        .iter()
+        .any(|x| ends_options(raw::name(&x.extendee)))
         || m.nested_type.iter().any(raw_message_extends_options)
 }
 
@@ -466,13 +471,14 @@ impl Linker<'_> {
         let type_name = match x.type_name.as_deref() {
             None => None,
             Some(t) => {
-                let (full, kind) = resolve(self.symbols, scope, t, Want::Type).ok_or_else(|| {
-                    self.error(format!(
-                        "field {}: \"{t}\" is not defined (as {})",
-                        join(scope, x.name()),
-                        Want::Type.what()
-                    ))
-                })?;
+                let (full, kind) =
+                    resolve(self.symbols, scope, t, Want::Type).ok_or_else(|| {
+                        self.error(format!(
+                            "field {}: \"{t}\" is not defined (as {})",
+                            join(scope, x.name()),
+                            Want::Type.what()
+                        ))
+                    })?;
                 let group = prost_types::field_descriptor_proto::Type::Group as i32;
                 if r#type != Some(group) {
                     r#type = Some(match kind {
@@ -486,13 +492,14 @@ impl Linker<'_> {
         let extendee = match x.extendee.as_deref() {
             None => None,
             Some(t) => {
-                let (full, _) = resolve(self.symbols, scope, t, Want::Message).ok_or_else(|| {
-                    self.error(format!(
-                        "extension {}: \"{t}\" is not defined (as {})",
-                        join(scope, x.name()),
-                        Want::Message.what()
-                    ))
-                })?;
+                let (full, _) =
+                    resolve(self.symbols, scope, t, Want::Message).ok_or_else(|| {
+                        self.error(format!(
+                            "extension {}: \"{t}\" is not defined (as {})",
+                            join(scope, x.name()),
+                            Want::Message.what()
+                        ))
+                    })?;
                 Some(format!(".{full}"))
             }
         };
@@ -706,12 +713,16 @@ impl Linker<'_> {
     ) -> Result<ExtensionDescriptor, LinkError> {
         let (full, _) = resolve(self.symbols, scope, name, Want::Extension)
             .ok_or_else(|| self.error(format!("option {shown}: ({name}) is not defined")))?;
-        let ext = self.options.pool.get_extension_by_name(&full).ok_or_else(|| {
-            self.error(format!(
-                "option {shown}: {full} does not extend {}",
-                extendee.full_name()
-            ))
-        })?;
+        let ext = self
+            .options
+            .pool
+            .get_extension_by_name(&full)
+            .ok_or_else(|| {
+                self.error(format!(
+                    "option {shown}: {full} does not extend {}",
+                    extendee.full_name()
+                ))
+            })?;
         if ext.containing_message() != *extendee {
             return Err(self.error(format!(
                 "option {shown}: {full} extends {}, not {}",
@@ -796,7 +807,10 @@ fn set_value(
                     .get_field_by_number(1)
                     .and_then(|k| k.into_owned().into_map_key())
                     .ok_or_else(wrong)?;
-                let value = parsed.get_field_by_number(2).ok_or_else(wrong)?.into_owned();
+                let value = parsed
+                    .get_field_by_number(2)
+                    .ok_or_else(wrong)?
+                    .into_owned();
                 map.insert(key, value);
                 return Ok(());
             }

@@ -35,7 +35,7 @@ pub use files::Files;
 
 /// A tree whose linked files encode to at most this many bytes is decoded whole into the pool
 /// (about 25 times this in memory); a bigger one only as far as its handlers need.
-pub const WHOLE_POOL_BYTES: usize = 4 * 1024 * 1024;
+pub const WHOLE_POOL_BYTES: usize = 2 * 1024 * 1024;
 
 /// What to compile, and how.
 #[derive(Debug, Clone, Default)]
@@ -89,9 +89,10 @@ pub fn compile(inputs: &SchemaInputs) -> Result<Schema, StartupErrors> {
     let started = Instant::now();
     let sources = sources::discover(&inputs.protos)?;
     let key = match &inputs.cache_dir {
-        Some(_) => Some(cache::Key::new(inputs, &sources).map_err(|e| {
-            StartupError::Usage(format!("reading the protos to compile: {e}"))
-        })?),
+        Some(_) => Some(
+            cache::Key::new(inputs, &sources)
+                .map_err(|e| StartupError::Usage(format!("reading the protos to compile: {e}")))?,
+        ),
         None => None,
     };
     let cached = match (&inputs.cache_dir, &key) {

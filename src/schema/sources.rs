@@ -157,7 +157,7 @@ pub fn gather(
     let mut disk_files = Vec::new();
     let mut errors = StartupErrors::default();
     let mut wanted: Vec<(String, Option<String>)> = Vec::new(); // (name, importer)
-    // Files of descriptor sets are served as they are.
+                                                                // Files of descriptor sets are served as they are.
     for (path, files) in sets {
         for f in files {
             let name = raw::name(&f.name).to_owned();
@@ -310,7 +310,9 @@ fn parse(name: &str, text: &str, path: &Path) -> Result<Input, StartupError> {
                     )),
                 });
             }
-            Err(diagnose::proto_error(&e, path, &|_| Some(path.to_path_buf())))
+            Err(diagnose::proto_error(&e, path, &|_| {
+                Some(path.to_path_buf())
+            }))
         }
     }
 }

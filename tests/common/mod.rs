@@ -176,9 +176,11 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
 
 /// Compiles protos the way the server does, for the client side.
 pub fn pool(protos: &Path) -> DescriptorPool {
-    protoserve::schema::compile(&protoserve::schema::SchemaInputs::protos(&[protos.to_path_buf()]))
-        .expect("compile protos")
-        .pool
+    protoserve::schema::compile(&protoserve::schema::SchemaInputs::protos(&[
+        protos.to_path_buf()
+    ]))
+    .expect("compile protos")
+    .pool
 }
 
 /// A dynamic gRPC client: methods by full name, messages as proto3 JSON.
