@@ -109,7 +109,7 @@ pub fn compile(inputs: &SchemaInputs) -> Result<Schema, StartupErrors> {
             files
         }
         None => {
-            let files = compile_sources(inputs, &sources)?;
+            let files = compile_sources(inputs, &sources, key.as_ref())?;
             tracing::debug!("{} files compiled in {:?}", files.len(), started.elapsed());
             files
         }
@@ -127,6 +127,7 @@ pub fn compile(inputs: &SchemaInputs) -> Result<Schema, StartupErrors> {
 fn compile_sources(
     inputs: &SchemaInputs,
     sources: &[sources::Source],
+    key: Option<&cache::Key>,
 ) -> Result<Files, StartupErrors> {
     let sets = sources::read_sets(&inputs.descriptor_sets)?;
     let finder = finder(inputs, sources, &sets);
@@ -134,14 +135,14 @@ fn compile_sources(
     let linked = link::link(gathered.inputs).map_err(|e| link_error(&e, &finder))?;
     let files = Files::from_encoded(linked)
         .map_err(|e| StartupError::Usage(format!("a linked file does not decode: {e}")))?;
-    if let (Some(dir), Ok(key)) = (&inputs.cache_dir, cache::Key::new(inputs, sources)) {
+    if let (Some(dir), Some(key)) = (&inputs.cache_dir, key) {
         let under_protos = |p: &Path| inputs.protos.iter().any(|d| p.starts_with(d));
         let imports: Vec<PathBuf> = gathered
             .disk_files
             .into_iter()
             .filter(|p| !under_protos(p))
             .collect();
-        cache::store(dir, &key, &files, &imports);
+        cache::store(dir, key, &files, &imports);
     }
     Ok(files)
 }
