@@ -28,27 +28,46 @@ use prost_types::{
 
 use super::{parallel, raw};
 
-/// A file to link: parsed from source (names relative, options uninterpreted) or already
-/// linked (from a descriptor set or the bundled well-known types).
-#[allow(clippy::large_enum_variant)] // Thousands at most, each moved once.
-pub enum Input {
-    Source(FileDescriptorProto),
-    Linked(raw::File),
+/// A file to link, encoded: kept as bytes between parsing and linking, a tree of thousands of
+/// files costs its encoded size (tens of megabytes) instead of ten times that in structs.
+pub struct Input {
+    pub name: String,
+    pub dependencies: Vec<String>,
+    /// Parsed from source (names relative, options uninterpreted), or already linked (from a
+    /// descriptor set or the bundled well-known types).
+    pub linked: bool,
+    pub encoded: Bytes,
 }
 
 impl Input {
-    pub fn name(&self) -> &str {
-        match self {
-            Input::Source(f) => f.name(),
-            Input::Linked(f) => raw::name(&f.name),
+    /// A parsed file, without its source info.
+    pub fn source(mut file: FileDescriptorProto) -> Self {
+        file.source_code_info = None;
+        Self {
+            name: file.name().to_owned(),
+            dependencies: file.dependency.clone(),
+            linked: false,
+            encoded: Bytes::from(file.encode_to_vec()),
         }
     }
 
+    /// An encoded, linked file.
+    pub fn linked(encoded: Bytes) -> Result<Self, prost::DecodeError> {
+        let head = raw::FileHead::decode(encoded.as_ref())?;
+        Ok(Self {
+            name: raw::name(&head.name).to_owned(),
+            dependencies: head.dependency,
+            linked: true,
+            encoded,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn dependencies(&self) -> &[String] {
-        match self {
-            Input::Source(f) => &f.dependency,
-            Input::Linked(f) => &f.dependency,
-        }
+        &self.dependencies
     }
 }
 
@@ -73,61 +92,51 @@ type Symbols = HashMap<Box<str>, Kind>;
 /// Links `files` (in dependency order) on every core; returns each file linked and encoded, in
 /// the same order.
 pub fn link(files: Vec<Input>) -> Result<Vec<Bytes>, LinkError> {
-    let symbols = collect_symbols(&files);
+    let symbols = collect_symbols(&files)?;
     let options = OptionsPool::new(&files)?;
-    parallel::map(files, |input| match input {
-        Input::Linked(f) => Ok(Bytes::from(f.encode_to_vec())),
-        Input::Source(f) => Linker {
+    parallel::map(files, |input| {
+        if input.linked {
+            return Ok(input.encoded);
+        }
+        let file = FileDescriptorProto::decode(input.encoded.as_ref()).map_err(|e| LinkError {
+            file: input.name.clone(),
+            message: format!("cannot re-read the parsed file: {e}"),
+        })?;
+        Linker {
             symbols: &symbols,
             options: &options,
-            file: f.name(),
+            file: &input.name,
         }
-        .file(&f)
-        .map(|linked| Bytes::from(linked.encode_to_vec())),
+        .file(&file)
+        .map(|linked| Bytes::from(linked.encode_to_vec()))
     })
     .into_iter()
     .collect()
 }
 
-fn collect_symbols(files: &[Input]) -> Symbols {
+fn collect_symbols(files: &[Input]) -> Result<Symbols, LinkError> {
     let mut symbols = Symbols::with_capacity(files.len() * 16);
     for file in files {
-        match file {
-            Input::Source(f) => {
-                let package = f.package();
-                add_package(&mut symbols, package);
-                for m in &f.message_type {
-                    add_message(&mut symbols, package, m);
-                }
-                for e in &f.enum_type {
-                    symbols.insert(join(package, e.name()).into(), Kind::Enum);
-                }
-                for s in &f.service {
-                    symbols.insert(join(package, s.name()).into(), Kind::Service);
-                }
-                for x in &f.extension {
-                    symbols.insert(join(package, x.name()).into(), Kind::Extension);
-                }
-            }
-            Input::Linked(f) => {
-                let package = raw::name(&f.package);
-                add_package(&mut symbols, package);
-                for m in &f.message_type {
-                    add_raw_message(&mut symbols, package, m);
-                }
-                for e in &f.enum_type {
-                    symbols.insert(join(package, raw::name(&e.name)).into(), Kind::Enum);
-                }
-                for s in &f.service {
-                    symbols.insert(join(package, raw::name(&s.name)).into(), Kind::Service);
-                }
-                for x in &f.extension {
-                    symbols.insert(join(package, raw::name(&x.name)).into(), Kind::Extension);
-                }
-            }
+        let f = raw::FileNames::decode(file.encoded.as_ref()).map_err(|e| LinkError {
+            file: file.name.clone(),
+            message: format!("cannot re-read the parsed file: {e}"),
+        })?;
+        let package = raw::name(&f.package);
+        add_package(&mut symbols, package);
+        for m in &f.message_type {
+            add_message(&mut symbols, package, m);
+        }
+        for e in &f.enum_type {
+            symbols.insert(join(package, raw::name(&e.name)).into(), Kind::Enum);
+        }
+        for s in &f.service {
+            symbols.insert(join(package, raw::name(&s.name)).into(), Kind::Service);
+        }
+        for x in &f.extension {
+            symbols.insert(join(package, raw::name(&x.name)).into(), Kind::Extension);
         }
     }
-    symbols
+    Ok(symbols)
 }
 
 fn add_package(symbols: &mut Symbols, package: &str) {
@@ -140,24 +149,10 @@ fn add_package(symbols: &mut Symbols, package: &str) {
     symbols.entry(package.into()).or_insert(Kind::Package);
 }
 
-fn add_message(symbols: &mut Symbols, scope: &str, m: &DescriptorProto) {
-    let name = join(scope, m.name());
-    for n in &m.nested_type {
-        add_message(symbols, &name, n);
-    }
-    for e in &m.enum_type {
-        symbols.insert(join(&name, e.name()).into(), Kind::Enum);
-    }
-    for x in &m.extension {
-        symbols.insert(join(&name, x.name()).into(), Kind::Extension);
-    }
-    symbols.insert(name.into(), Kind::Message);
-}
-
-fn add_raw_message(symbols: &mut Symbols, scope: &str, m: &raw::Message) {
+fn add_message(symbols: &mut Symbols, scope: &str, m: &raw::MessageNames) {
     let name = join(scope, raw::name(&m.name));
     for n in &m.nested_type {
-        add_raw_message(symbols, &name, n);
+        add_message(symbols, &name, n);
     }
     for e in &m.enum_type {
         symbols.insert(join(&name, raw::name(&e.name)).into(), Kind::Enum);
@@ -250,19 +245,16 @@ struct OptionsPool {
 
 impl OptionsPool {
     fn new(files: &[Input]) -> Result<Self, LinkError> {
-        let declares = |f: &Input| match f {
-            Input::Source(f) => {
-                f.extension.iter().any(extends_options)
-                    || f.message_type.iter().any(message_extends_options)
-            }
-            Input::Linked(f) => {
-                f.extension
+        let declares = |f: &Input| {
+            raw::FileExtendees::decode(f.encoded.as_ref()).is_ok_and(|x| {
+                x.extension
                     .iter()
-                    .any(|x| ends_options(raw::name(&x.extendee)))
-                    || f.message_type.iter().any(raw_message_extends_options)
-            }
+                    .any(|e| ends_options(raw::name(&e.extendee)))
+                    || x.message_type.iter().any(message_extends_options)
+            })
         };
-        if !files.iter().any(declares) {
+        let declaring: Vec<usize> = (0..files.len()).filter(|&i| declares(&files[i])).collect();
+        if declaring.is_empty() {
             return Ok(Self {
                 pool: DescriptorPool::global(),
             });
@@ -274,7 +266,7 @@ impl OptionsPool {
             .map(|(i, f)| (f.name(), i))
             .collect();
         let mut wanted = vec![false; files.len()];
-        let mut stack: Vec<usize> = (0..files.len()).filter(|&i| declares(&files[i])).collect();
+        let mut stack = declaring;
         while let Some(i) = stack.pop() {
             if std::mem::replace(&mut wanted[i], true) {
                 continue;
@@ -287,17 +279,10 @@ impl OptionsPool {
         }
         let mut protos = Vec::new();
         for (i, f) in files.iter().enumerate().filter(|(i, _)| wanted[*i]) {
-            let proto = match f {
-                Input::Source(f) => FileDescriptorProto {
-                    source_code_info: None,
-                    ..f.clone()
-                },
-                Input::Linked(f) => FileDescriptorProto::decode(f.encode_to_vec().as_slice())
-                    .map_err(|e| LinkError {
-                        file: files[i].name().to_owned(),
-                        message: format!("cannot re-read the linked descriptor: {e}"),
-                    })?,
-            };
+            let proto = FileDescriptorProto::decode(f.encoded.as_ref()).map_err(|e| LinkError {
+                file: files[i].name().to_owned(),
+                message: format!("cannot re-read the file: {e}"),
+            })?;
             protos.push(proto);
         }
         let mut pool = DescriptorPool::new();
@@ -320,19 +305,11 @@ fn ends_options(extendee: &str) -> bool {
     extendee.ends_with("Options")
 }
 
-fn extends_options(x: &FieldDescriptorProto) -> bool {
-    ends_options(x.extendee())
-}
-
-fn message_extends_options(m: &DescriptorProto) -> bool {
-    m.extension.iter().any(extends_options) || m.nested_type.iter().any(message_extends_options)
-}
-
-fn raw_message_extends_options(m: &raw::Message) -> bool {
+fn message_extends_options(m: &raw::MessageExtendees) -> bool {
     m.extension
         .iter()
-        .any(|x| ends_options(raw::name(&x.extendee)))
-        || m.nested_type.iter().any(raw_message_extends_options)
+        .any(|e| ends_options(raw::name(&e.extendee)))
+        || m.nested_type.iter().any(message_extends_options)
 }
 
 struct Linker<'a> {

@@ -257,3 +257,28 @@ pub struct FileHead {
     #[prost(string, repeated, tag = "3")]
     pub dependency: Vec<String>,
 }
+
+/// The extensions a file declares, with what they extend.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FileExtendees {
+    #[prost(message, repeated, tag = "4")]
+    pub message_type: Vec<MessageExtendees>,
+    #[prost(message, repeated, tag = "7")]
+    pub extension: Vec<Extendee>,
+}
+
+/// The extensions a message (and the messages in it) declare.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MessageExtendees {
+    #[prost(message, repeated, tag = "6")]
+    pub extension: Vec<Extendee>,
+    #[prost(message, repeated, tag = "3")]
+    pub nested_type: Vec<MessageExtendees>,
+}
+
+/// What an extension extends.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Extendee {
+    #[prost(string, optional, tag = "2")]
+    pub extendee: Option<String>,
+}

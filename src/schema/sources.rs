@@ -167,7 +167,10 @@ pub fn gather(
             if bundled::find(&name).is_some() && finder.sources.contains_key(&name) {
                 tracing::debug!("{name}: taken from {}", path.display());
             }
-            loaded.insert(name, Input::Linked(f.clone()));
+            let input = Input::linked(f.encode_to_vec().into()).map_err(|e| {
+                StartupError::Usage(format!("{}: {name}: bad descriptor: {e}", path.display()))
+            })?;
+            loaded.insert(name, input);
         }
     }
     for s in sources {
@@ -281,8 +284,7 @@ fn missing_import(name: &str, importer: Option<&str>, finder: &Finder) -> Startu
 /// Parses (or decodes) one file.
 fn load(name: &str, provider: Provider) -> Result<Input, StartupError> {
     match provider {
-        Provider::Linked(bytes) => raw::File::decode(bytes.as_slice())
-            .map(Input::Linked)
+        Provider::Linked(bytes) => Input::linked(bytes.into())
             .map_err(|e| StartupError::Usage(format!("{name}: bad descriptor: {e}"))),
         Provider::Source(text) => parse(name, text, Path::new(name)),
         Provider::Disk(path) => {
@@ -294,10 +296,7 @@ fn load(name: &str, provider: Provider) -> Result<Input, StartupError> {
 
 fn parse(name: &str, text: &str, path: &Path) -> Result<Input, StartupError> {
     match protox_parse::parse(name, text) {
-        Ok(mut f) => {
-            f.source_code_info = None;
-            Ok(Input::Source(f))
-        }
+        Ok(f) => Ok(Input::source(f)),
         Err(e) => {
             if let Some((line, col)) = edition_statement(text) {
                 return Err(StartupError::Proto {
