@@ -92,8 +92,14 @@ type Symbols = HashMap<Box<str>, Kind>;
 /// Links `files` (in dependency order) on every core; returns each file linked and encoded, in
 /// the same order.
 pub fn link(files: Vec<Input>) -> Result<Vec<Bytes>, LinkError> {
+    let started = std::time::Instant::now();
     let symbols = collect_symbols(&files)?;
     let options = OptionsPool::new(&files)?;
+    tracing::debug!(
+        "{} symbols and the options pool in {:?}",
+        symbols.len(),
+        started.elapsed()
+    );
     parallel::map(files, |input| {
         if input.linked {
             return Ok(input.encoded);

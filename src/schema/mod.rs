@@ -129,12 +129,20 @@ fn compile_sources(
     sources: &[sources::Source],
     key: Option<&cache::Key>,
 ) -> Result<Files, StartupErrors> {
+    let started = Instant::now();
     let sets = sources::read_sets(&inputs.descriptor_sets)?;
     let finder = finder(inputs, sources, &sets);
     let gathered = sources::gather(sources, &sets, &finder)?;
+    tracing::debug!(
+        "{} files parsed in {:?}",
+        gathered.inputs.len(),
+        started.elapsed()
+    );
     let linked = link::link(gathered.inputs).map_err(|e| link_error(&e, &finder))?;
+    tracing::debug!("linked at {:?}", started.elapsed());
     let files = Files::from_encoded(linked)
         .map_err(|e| StartupError::Usage(format!("a linked file does not decode: {e}")))?;
+    tracing::debug!("indexed at {:?}", started.elapsed());
     if let (Some(dir), Some(key)) = (&inputs.cache_dir, key) {
         let under_protos = |p: &Path| inputs.protos.iter().any(|d| p.starts_with(d));
         let imports: Vec<PathBuf> = gathered
