@@ -853,3 +853,58 @@ pub fn json_name(name: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{resolve, Kind, Symbols, Want};
+
+    fn symbols() -> Symbols {
+        [
+            ("a", Kind::Package),
+            ("a.b", Kind::Package),
+            ("a.b.M", Kind::Message),
+            ("a.b.M.Inner", Kind::Message),
+            ("a.b.E", Kind::Enum),
+            ("a.M", Kind::Message),
+            ("M", Kind::Message),
+            ("a.b.ext", Kind::Extension),
+            ("x", Kind::Package),
+            ("x.M", Kind::Message),
+        ]
+        .into_iter()
+        .map(|(n, k)| (n.into(), k))
+        .collect()
+    }
+
+    fn found(scope: &str, name: &str, want: Want) -> Option<String> {
+        resolve(&symbols(), scope, name, want).map(|(n, _)| n)
+    }
+
+    #[test]
+    fn names_resolve_from_the_innermost_scope_out() {
+        assert_eq!(
+            found("a.b.M", "Inner", Want::Type).as_deref(),
+            Some("a.b.M.Inner")
+        );
+        assert_eq!(found("a.b.M", "M", Want::Type).as_deref(), Some("a.b.M"));
+        assert_eq!(found("a", "M", Want::Type).as_deref(), Some("a.M"));
+        assert_eq!(found("", "M", Want::Type).as_deref(), Some("M"));
+        assert_eq!(found("a.b", ".M", Want::Type).as_deref(), Some("M"));
+        assert_eq!(found("a.b", "E", Want::Type).as_deref(), Some("a.b.E"));
+        assert_eq!(found("a.b", "E", Want::Message), None);
+        assert_eq!(
+            found("a.b.M", "ext", Want::Extension).as_deref(),
+            Some("a.b.ext")
+        );
+        // A dotted name commits to the scope where its first part is found.
+        assert_eq!(
+            found("a.b", "M.Inner", Want::Type).as_deref(),
+            Some("a.b.M.Inner")
+        );
+        assert_eq!(found("x.y", "M", Want::Type).as_deref(), Some("x.M"));
+        assert_eq!(found("a.b", "b.M", Want::Type).as_deref(), Some("a.b.M"));
+        assert_eq!(found("a.b", "x.M", Want::Type).as_deref(), Some("x.M"));
+        assert_eq!(found("a.b.M", "M.Nope", Want::Type), None);
+        assert_eq!(found("a.b", "Nope", Want::Type), None);
+    }
+}

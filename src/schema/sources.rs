@@ -487,3 +487,24 @@ fn dependency_order(
         .filter_map(|n| loaded.remove(&n))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::edition_statement;
+
+    #[test]
+    fn the_edition_statement_is_found_after_comments_only() {
+        assert_eq!(edition_statement("edition = \"2023\";"), Some((1, 1)));
+        assert_eq!(
+            edition_statement("// c\n/* block\n */  edition=\"2024\";"),
+            Some((3, 6))
+        );
+        assert_eq!(
+            edition_statement("syntax = \"proto3\";\nedition = 1;"),
+            None
+        );
+        assert_eq!(edition_statement("editions = 1;"), None);
+        assert_eq!(edition_statement("/* unterminated"), None);
+        assert_eq!(edition_statement(""), None);
+    }
+}
