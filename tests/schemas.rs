@@ -216,20 +216,42 @@ async fn editions_sources_point_to_descriptor_sets_which_serve_them() {
         "{err}"
     );
 
+    // The module also declares a custom option, which a proto3 file next to the set uses.
+    write(
+        &protos.join("ed/opts.proto"),
+        "edition = \"2023\";\npackage ed;\nimport \"google/protobuf/descriptor.proto\";\nextend google.protobuf.MethodOptions { string tag = 50001; }\n",
+    );
     let set = dir.path().join("ed.binpb");
     buf_build(&protos, &set, &[]);
+    let plain = dir.path().join("plain");
+    write(
+        &plain.join("uses.proto"),
+        "syntax = \"proto3\";\npackage uses;\nimport \"ed/opts.proto\";\nimport \"ed/thing.proto\";\nservice U { rpc Get(ed.Thing) returns (ed.Thing) { option (ed.tag) = \"mine\"; } }\n",
+    );
     let server = Server::start(&[
         "--descriptor-set",
         set.to_str().unwrap(),
+        "--protos",
+        plain.to_str().unwrap(),
         "--handlers",
         handlers.to_str().unwrap(),
         "--no-cache",
     ]);
     let schema = protoserve::schema::compile(&protoserve::schema::SchemaInputs {
         descriptor_sets: vec![set.clone()],
+        protos: vec![plain.clone()],
         ..Default::default()
     })
     .unwrap();
+    let tag = schema.pool.get_extension_by_name("ed.tag").unwrap();
+    let get = schema
+        .pool
+        .get_service_by_name("uses.U")
+        .unwrap()
+        .methods()
+        .next()
+        .unwrap();
+    assert_eq!(get.options().get_extension(&tag).as_str(), Some("mine"));
     let client = Client::connect(server.addr, schema.pool).await;
     let reply = client
         .unary("ed.Ed/Get", json!({"name": "it"}))

@@ -285,19 +285,35 @@ impl OptionsPool {
         }
         let mut protos = Vec::new();
         for (i, f) in files.iter().enumerate().filter(|(i, _)| wanted[*i]) {
-            let proto = FileDescriptorProto::decode(f.encoded.as_ref()).map_err(|e| LinkError {
+            let unreadable = |e: String| LinkError {
                 file: files[i].name().to_owned(),
-                message: format!("cannot re-read the file: {e}"),
-            })?;
+                message: format!("cannot read the file: {e}"),
+            };
+            let mut proto = FileDescriptorProto::decode(f.encoded.as_ref())
+                .map_err(|e| unreadable(e.to_string()))?;
+            if proto.syntax() == "editions" {
+                let as_proto3 = super::editions::to_proto3(&f.encoded).map_err(unreadable)?;
+                proto = FileDescriptorProto::decode(as_proto3.as_slice())
+                    .map_err(|e| unreadable(e.to_string()))?;
+            }
             protos.push(proto);
         }
-        let mut pool = DescriptorPool::new();
-        pool.add_file_descriptor_protos(protos)
-            .map_err(|e| LinkError {
+        // prost-reflect panics on some invalid files while describing the error.
+        let built = std::panic::catch_unwind(move || {
+            let mut pool = DescriptorPool::new();
+            pool.add_file_descriptor_protos(protos).map(|()| pool)
+        });
+        match built {
+            Ok(Ok(pool)) => Ok(Self { pool }),
+            Ok(Err(e)) => Err(LinkError {
                 file: e.file().unwrap_or_default().to_owned(),
                 message: e.to_string(),
-            })?;
-        Ok(Self { pool })
+            }),
+            Err(_) => Err(LinkError {
+                file: String::new(),
+                message: "the files that declare custom options are not valid descriptors".into(),
+            }),
+        }
     }
 
     fn options_message(&self, name: &str) -> Option<MessageDescriptor> {
