@@ -1,30 +1,26 @@
 //! The services every protoserve serves besides the user's: server reflection (v1 and v1alpha,
-//! over exactly the files that were compiled, see [`crate::reflection`]) and health (SERVING for
-//! every loaded service).
+//! over exactly the files that were compiled, see [`crate::reflection`], rebuilt with each
+//! generation) and health (SERVING for every loaded service, one table for the life of the
+//! server).
 //!
 //! Both reflection versions list both reflection services, whichever version a client asks:
 //! a client that lists services with v1alpha still learns that v1 is there, and the reverse.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use tonic::server::NamedService;
 use tower::util::BoxCloneSyncService;
 
-use crate::error::{CallError, StartupError};
+use crate::error::StartupError;
 use crate::health::HealthReporter;
 use crate::reflection;
 use crate::router::BuiltinService;
 use crate::schema::{Files, Schema};
+use tonic_health::pb::health_check_response::ServingStatus;
 
-/// The built-in services with the path prefix that routes to each, and the health handle.
-pub struct Builtins {
-    pub services: Vec<(&'static str, BuiltinService)>,
-    pub health: HealthReporter,
-}
-
-/// Reflection, health, and the answer for methods a big tree declares but no handler names.
-pub fn services(schema: &Schema) -> Result<Builtins, StartupError> {
+/// Server reflection over `schema`'s files and the built-in services' files, both versions, by
+/// the path prefix that routes to each.
+pub fn reflection(schema: &Schema) -> Result<Vec<(String, BuiltinService)>, StartupError> {
     let builtin_files = builtin_files().map_err(|e| StartupError::Proto {
         location: crate::error::Location::file("protos"),
         message: format!("the built-in services' descriptors do not decode: {e}"),
@@ -33,25 +29,10 @@ pub fn services(schema: &Schema) -> Result<Builtins, StartupError> {
     let index = reflection::Index::new(schema.files.clone(), Arc::new(builtin_files));
     let v1 = reflection::v1::ReflectionV1::server(index.clone());
     let v1alpha = reflection::v1alpha::ReflectionV1alpha::server(index);
-
-    let health = HealthReporter::new();
-    for service in schema.files.services() {
-        health.set(
-            &service.name,
-            tonic_health::pb::health_check_response::ServingStatus::Serving,
-        );
-    }
-    let health_service = health.service();
-
-    let mut services = vec![
+    Ok(vec![
         (prefix_of(&v1), boxed(v1)),
         (prefix_of(&v1alpha), boxed(v1alpha)),
-        (prefix_of(&health_service), boxed(health_service)),
-    ];
-    if !schema.whole {
-        services.push(("/", declared_only(&schema.files)));
-    }
-    Ok(Builtins { services, health })
+    ])
 }
 
 /// The descriptors of reflection (both versions) and health, for reflection to serve.
@@ -63,40 +44,63 @@ fn builtin_files() -> Result<Files, String> {
     Files::from_encoded_set(bytes::Bytes::from(set))
 }
 
-/// In a big tree only the services handlers name are in the handler table; every other
-/// declared method still gets the usual UNIMPLEMENTED answer, and anything else "unknown".
-fn declared_only(files: &Files) -> BuiltinService {
-    let paths: Arc<HashSet<Box<str>>> = Arc::new(
-        files
-            .services()
-            .iter()
-            .flat_map(|s| {
-                s.methods
-                    .iter()
-                    .map(move |m| format!("/{}/{}", s.name, m.name).into())
-            })
-            .collect(),
-    );
-    BoxCloneSyncService::new(tower::service_fn(
-        move |req: http::Request<tonic::body::Body>| {
-            let path = req.uri().path();
-            let error = if paths.contains(path) {
-                CallError::Unhandled {
-                    method: path.trim_start_matches('/').to_owned(),
-                }
-            } else {
-                CallError::UnknownMethod {
-                    path: path.to_owned(),
-                }
-            };
-            let status: tonic::Status = error.into();
-            std::future::ready(Ok::<_, std::convert::Infallible>(status.into_http()))
-        },
-    ))
+/// Server reflection, v1 and v1alpha, over the encoded descriptor sets `sets`, with the path
+/// prefix that routes to each (the admin listener serves its own).
+pub fn reflection_over(
+    sets: &[&[u8]],
+) -> Result<Vec<(String, BuiltinService)>, tonic_reflection::server::Error> {
+    // Each builder adds its own version's descriptors; the other version's are added here, so
+    // both reflection services are listed and resolvable in either version.
+    let configure = || {
+        sets.iter().fold(
+            tonic_reflection::server::Builder::configure(),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
+    };
+    let v1 = configure()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = configure()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok(vec![
+        (prefix_of(&v1), boxed(v1)),
+        (prefix_of(&v1alpha), boxed(v1alpha)),
+    ])
 }
 
-fn prefix_of<S: NamedService>(_: &S) -> &'static str {
-    Box::leak(format!("/{}/", S::NAME).into_boxed_str())
+/// Health checking over `health`'s table, with the path prefix that routes to it. It outlives
+/// generations: watchers stay connected across reloads and see services come and go.
+pub fn health(health: &HealthReporter) -> (String, BuiltinService) {
+    let service = health.service();
+    (prefix_of(&service), boxed(service))
+}
+
+/// Sets health to match `now` after `before` (if any): new services SERVING, services that
+/// are gone removed (their watchers see SERVICE_UNKNOWN).
+pub fn update_health(health: &HealthReporter, before: Option<&Schema>, now: &Schema) {
+    let names = |s: &Schema| -> std::collections::HashSet<String> {
+        s.files
+            .services()
+            .iter()
+            .map(|s| s.name.to_string())
+            .collect()
+    };
+    let current = names(now);
+    if let Some(before) = before {
+        for gone in names(before).difference(&current) {
+            health.remove(gone);
+        }
+    }
+    for name in &current {
+        if health.status(name).is_none() {
+            health.set(name, ServingStatus::Serving);
+        }
+    }
+}
+
+fn prefix_of<S: NamedService>(_: &S) -> String {
+    format!("/{}/", S::NAME)
 }
 
 fn boxed<S>(svc: S) -> BuiltinService

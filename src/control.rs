@@ -76,4 +76,8 @@ pub trait Control: Send + Sync + 'static {
 
     /// Removes every runtime handler (the journal is reset by the admin API itself).
     fn reset(&self) -> BoxFuture<'static, Result<Json, Refusal>>;
+
+    /// The method named `package.Service/Method` in the current generation: `verify` compiles
+    /// its `when` against the method's input type, as a rule's would be.
+    fn method(&self, name: &str) -> Option<prost_reflect::MethodDescriptor>;
 }

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tonic::{Code, Status};
 
@@ -185,37 +186,25 @@ impl std::error::Error for StartupErrors {}
 #[derive(Debug)]
 pub enum CallError {
     /// The method exists in the protos but no handler file serves it.
-    NoHandler { method: &'static str },
-    /// The same, for a method of a big tree that no handler file names: its descriptors were
-    /// never decoded, so it is known by name only.
-    Unhandled { method: String },
+    NoHandler { method: Arc<str> },
     /// The path names no method of any loaded service.
     UnknownMethod { path: String },
     /// A `rules` handler had no rule matching this request.
-    NoRuleMatched { method: &'static str },
+    NoRuleMatched { method: Arc<str> },
     /// A `script`/`rules`/`error` handler asked for this status on purpose.
     Deliberate(Status),
     /// A response that could not be built (a script returned a wrong value, a conversion failed).
-    BadResponse {
-        method: &'static str,
-        message: String,
-    },
+    BadResponse { method: Arc<str>, message: String },
     /// A script failed at run time.
     Script { message: String },
     /// The script ran past its instruction or time budget.
-    ScriptBudget {
-        method: &'static str,
-        message: String,
-    },
+    ScriptBudget { method: Arc<str>, message: String },
     /// The script ran out of its Lua state's memory.
-    ScriptMemory {
-        method: &'static str,
-        limit_mib: usize,
-    },
+    ScriptMemory { method: Arc<str>, limit_mib: usize },
     /// The Lua state running the call was replaced (see the server log) before it answered.
-    ScriptStateLost { method: &'static str },
+    ScriptStateLost { method: Arc<str> },
     /// The call outlived its deadline.
-    DeadlineExceeded { method: &'static str },
+    DeadlineExceeded { method: Arc<str> },
     /// The client went away.
     Cancelled,
     /// The request bytes are not a message of the method's input type.
@@ -234,7 +223,7 @@ pub enum CallError {
     ResponseTooLarge { len: usize, limit: usize },
     /// A script's reply passed `--max-message-size` while it was converted (so it was never
     /// built in full).
-    ReplyTooLarge { method: &'static str, limit: usize },
+    ReplyTooLarge { method: Arc<str>, limit: usize },
     /// A response message that could not be encoded.
     Encode { message: String },
     /// An error already expressed as a status (from tonic's decoder, for instance).
@@ -252,7 +241,7 @@ pub enum CallError {
 /// tonic reports an over-limit incoming message as OUT_OF_RANGE; gRPC says RESOURCE_EXHAUSTED.
 const DECODE_TOO_LARGE: &str = "Error, decoded message length too large";
 
-/// Rewrites a tonic status that gRPC specifies differently (see [`DECODE_TOO_LARGE`]).
+/// Rewrites a tonic status that gRPC specifies differently (see `DECODE_TOO_LARGE`).
 pub fn normalize_status(status: Status) -> Status {
     if status.code() == Code::OutOfRange && status.message().starts_with(DECODE_TOO_LARGE) {
         return Status::resource_exhausted(format!(
@@ -302,9 +291,6 @@ impl From<CallError> for Status {
     fn from(e: CallError) -> Self {
         match e {
             CallError::NoHandler { method } => Status::unimplemented(format!(
-                "{method} is declared in the protos but has no handler: add an entry for it to a file in handlers/"
-            )),
-            CallError::Unhandled { method } => Status::unimplemented(format!(
                 "{method} is declared in the protos but has no handler: add an entry for it to a file in handlers/"
             )),
             CallError::UnknownMethod { path } => Status::unimplemented(format!(
@@ -379,6 +365,111 @@ impl From<CallError> for Status {
             CallError::ShuttingDown => Status::unavailable(
                 "the server is shutting down and --shutdown-timeout passed before this call ended",
             ),
+        }
+    }
+}
+
+/// Why the admin API refused a request. Both front ends answer from here: HTTP with a status
+/// and a JSON body ([`AdminError::http_status`], [`AdminError::json`]), gRPC with a
+/// [`Status`], so the two always agree.
+#[derive(Debug)]
+pub enum AdminError {
+    /// The request is malformed: bad JSON, a bad parameter, a bad `when`.
+    BadRequest(String),
+    /// The inputs or the handler entry have problems; nothing changed.
+    Invalid(Vec<crate::control::Problem>),
+    /// No such method, route, call or handler.
+    NotFound(String),
+    /// The server has an admin token and the request did not carry it.
+    Unauthenticated,
+    /// A body over the admin API's limit.
+    TooLarge { limit: usize },
+    /// A journal operation on a server started with `--journal off`.
+    JournalOff,
+    /// The request took longer than the admin API allows.
+    Timeout(std::time::Duration),
+    /// The server failed to build its answer.
+    Internal(String),
+}
+
+impl AdminError {
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            AdminError::BadRequest(_) | AdminError::Invalid(_) => S::BAD_REQUEST,
+            AdminError::NotFound(_) => S::NOT_FOUND,
+            AdminError::Unauthenticated => S::UNAUTHORIZED,
+            AdminError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            AdminError::JournalOff => S::CONFLICT,
+            AdminError::Timeout(_) => S::REQUEST_TIMEOUT,
+            AdminError::Internal(_) => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            AdminError::BadRequest(_) => "bad_request",
+            AdminError::Invalid(_) => "invalid",
+            AdminError::NotFound(_) => "not_found",
+            AdminError::Unauthenticated => "unauthenticated",
+            AdminError::TooLarge { .. } => "too_large",
+            AdminError::JournalOff => "journal_off",
+            AdminError::Timeout(_) => "timeout",
+            AdminError::Internal(_) => "internal",
+        }
+    }
+
+    /// The sentence a person reads.
+    pub fn message(&self) -> String {
+        match self {
+            AdminError::BadRequest(m) | AdminError::NotFound(m) | AdminError::Internal(m) => {
+                m.clone()
+            }
+            AdminError::Invalid(problems) => {
+                let mut m = format!("{} problem(s); nothing changed", problems.len());
+                for p in problems {
+                    m.push('\n');
+                    m.push_str(&p.message);
+                }
+                m
+            }
+            AdminError::Unauthenticated => "this admin API needs its token: send the header `Authorization: Bearer TOKEN` (gRPC: metadata `authorization: Bearer TOKEN`), with the TOKEN given to the server by --admin-token or PROTOSERVE_ADMIN_TOKEN".into(),
+            AdminError::TooLarge { limit } => format!("the request body is larger than the admin API accepts ({limit} bytes)"),
+            AdminError::JournalOff => "the journal is off (the server was started with --journal off); restart it without that flag to record calls".into(),
+            AdminError::Timeout(t) => format!("the request took longer than {t:?}"),
+        }
+    }
+
+    /// The JSON body: `{"error": kind, "message": …}`, plus `"problems"` for invalid inputs.
+    pub fn json(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({"error": self.kind(), "message": self.message()});
+        if let AdminError::Invalid(problems) = self {
+            body["problems"] = serde_json::to_value(problems).unwrap_or_default();
+        }
+        body
+    }
+}
+
+impl From<crate::control::Refusal> for AdminError {
+    fn from(r: crate::control::Refusal) -> Self {
+        match r {
+            crate::control::Refusal::Invalid { problems } => AdminError::Invalid(problems),
+            crate::control::Refusal::NotFound { message } => AdminError::NotFound(message),
+        }
+    }
+}
+
+impl From<AdminError> for Status {
+    fn from(e: AdminError) -> Self {
+        let message = bounded_message(e.message());
+        match e {
+            AdminError::BadRequest(_) | AdminError::Invalid(_) => Status::invalid_argument(message),
+            AdminError::NotFound(_) => Status::not_found(message),
+            AdminError::Unauthenticated => Status::unauthenticated(message),
+            AdminError::TooLarge { .. } => Status::resource_exhausted(message),
+            AdminError::JournalOff => Status::failed_precondition(message),
+            AdminError::Timeout(_) => Status::deadline_exceeded(message),
+            AdminError::Internal(_) => Status::internal(message),
         }
     }
 }

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use protoserve::generation::Generation;
+use protoserve::live::{watch, Live};
 use protoserve::server::ServerOptions;
-use protoserve::{Loaded, Options};
+use protoserve::Options;
 use tracing_subscriber::EnvFilter;
 
 /// The exit status of every startup problem: bad files, bad flags, a port in use.
@@ -29,11 +31,14 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the protos with their handlers (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load and validate protos, handlers and data; print every problem; exit non-zero on any.
     Check(LoadArgs),
     /// Print each service and method with its shape and handler kind.
     List(ListArgs),
+    /// Check a running server's call journal, for CI scripts: exit 0 when the verify holds, 1
+    /// when it does not (the explanation is printed), 2 on errors.
+    Verify(VerifyArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -44,6 +49,25 @@ struct ListArgs {
     /// `google.cloud.speech` or a service such as `helloworld.Greeter`).
     #[arg(value_name = "PREFIX")]
     prefixes: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct VerifyArgs {
+    /// The server's admin API (its --admin address).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+    admin: String,
+    /// The server's admin token.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PROTOSERVE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+    /// A JSON file with one verify, or an array of them; "-" reads standard input.
+    /// A verify: {"method": "pkg.Service/Method", "when": {...}, "exactly": 1}.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -102,10 +126,114 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the log line shows it).
     #[arg(long, value_name = "ADDR", default_value = "[::]:50051")]
     listen: SocketAddr,
+    /// Do not reload when files under the protos, handlers or data folders change (SIGHUP and
+    /// the admin API still reload).
+    #[arg(long)]
+    no_watch: bool,
     #[command(flatten)]
     load: LoadArgs,
     #[command(flatten)]
     transport: TransportArgs,
+    #[command(flatten)]
+    live: LiveArgs,
+}
+
+/// The admin API and the call journal (serve only).
+#[derive(Args, Debug, Clone)]
+struct LiveArgs {
+    /// Address of the admin API (JSON over HTTP, and gRPC), or "off". Keep it on loopback or
+    /// set --admin-token: it can install handlers.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9901", value_parser = admin_addr)]
+    admin: AdminAddr,
+    /// A token every admin request must carry as `Authorization: Bearer TOKEN`.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PROTOSERVE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+    /// Record every call, with every message, in the journal the admin API reads ("on"), or
+    /// not ("off").
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    journal: bool,
+    /// Calls the journal keeps; the oldest go first.
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = positive)]
+    journal_calls: usize,
+    /// Bytes the journal keeps, messages and metadata together (such as 64MiB, 512KiB); the
+    /// oldest calls go first, and one call larger than this keeps its first messages.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = byte_size)]
+    journal_bytes: usize,
+}
+
+/// `--admin`: an address, or off.
+#[derive(Debug, Clone, Copy)]
+struct AdminAddr(Option<SocketAddr>);
+
+fn admin_addr(s: &str) -> Result<AdminAddr, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(AdminAddr(None));
+    }
+    s.trim()
+        .parse()
+        .map(|a| AdminAddr(Some(a)))
+        .map_err(|_| format!("{s:?} is not an address; give one such as 127.0.0.1:9901, or off"))
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{s:?}: use on or off")),
+    }
+}
+
+/// The smallest journal byte budget: a few calls with their metadata.
+const MIN_JOURNAL_BYTES: usize = 64 * 1024;
+
+/// A size in bytes: a number with an optional unit (B, KiB, MiB, GiB; K, M, G and KB, MB,
+/// GB mean the same binary multiples).
+fn byte_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+            "unknown unit {other:?}; write bytes, or a number with KiB, MiB or GiB (such as 64MiB)"
+        ))
+        }
+    };
+    let n: usize = number.parse().map_err(|_| {
+        format!("{s:?} is not a size; write bytes, or a number with KiB, MiB or GiB")
+    })?;
+    let bytes = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if bytes < MIN_JOURNAL_BYTES {
+        return Err(format!("{s:?} is too small; give at least 64KiB"));
+    }
+    Ok(bytes)
+}
+
+impl LiveArgs {
+    fn journal(&self) -> protoserve::journal::JournalOptions {
+        protoserve::journal::JournalOptions {
+            enabled: self.journal,
+            max_calls: self.journal_calls,
+            max_bytes: self.journal_bytes,
+        }
+    }
+
+    fn admin(&self) -> protoserve::admin::AdminOptions {
+        protoserve::admin::AdminOptions {
+            token: self.admin_token.clone().filter(|t| !t.is_empty()),
+        }
+    }
 }
 
 /// Limits and timeouts of connections and calls (serve only).
@@ -218,6 +346,8 @@ impl LoadArgs {
                 max_message_size: self.max_message_size,
             },
             server,
+            journal: protoserve::journal::JournalOptions::default(),
+            admin: protoserve::admin::AdminOptions::default(),
         }
     }
 
@@ -277,12 +407,13 @@ fn log_filter(spec: &str) -> Result<EnvFilter, String> {
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    let command = cli.command.unwrap_or(Command::Serve(Box::new(cli.serve)));
     let command_matches = matches.subcommand().map_or(&matches, |(_, m)| m);
     let load_args = match &command {
         Command::Serve(a) => &a.load,
         Command::Check(a) => a,
         Command::List(a) => &a.load,
+        Command::Verify(a) => return verify(a),
     };
     let filter = match log_filter(&load_args.log_level) {
         Ok(f) => f,
@@ -302,25 +433,28 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Check(args) => check(&args),
         Command::List(args) => list(&args),
+        Command::Verify(_) => ExitCode::from(STARTUP_PROBLEM),
     }
 }
 
-fn load(args: &LoadArgs, server: ServerOptions) -> Result<Loaded, ExitCode> {
-    protoserve::load(args.options(server)).map_err(|errors| {
-        eprintln!("{errors}");
-        eprintln!(
-            "protoserve: {} problem(s) found; nothing was served",
-            errors.0.len()
-        );
-        ExitCode::from(STARTUP_PROBLEM)
-    })
+fn report(errors: &protoserve::error::StartupErrors) -> ExitCode {
+    eprintln!("{errors}");
+    eprintln!(
+        "protoserve: {} problem(s) found; nothing was served",
+        errors.0.len()
+    );
+    ExitCode::from(STARTUP_PROBLEM)
+}
+
+fn load(args: &LoadArgs) -> Result<Generation, ExitCode> {
+    protoserve::load(&args.options(ServerOptions::default())).map_err(|e| report(&e))
 }
 
 fn check(args: &LoadArgs) -> ExitCode {
-    match load(args, ServerOptions::default()) {
+    match load(args) {
         Ok(loaded) => {
             println!(
                 "ok: {} services, {} methods ({} with handlers), loaded in {} ms",
@@ -336,14 +470,14 @@ fn check(args: &LoadArgs) -> ExitCode {
 }
 
 fn list(args: &ListArgs) -> ExitCode {
-    let loaded = match load(&args.load, ServerOptions::default()) {
+    let loaded = match load(&args.load) {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let kinds: std::collections::HashMap<&str, &'static str> = loaded
+    let kinds: std::collections::HashMap<String, &'static str> = loaded
         .table
         .iter()
-        .filter_map(|e| Some((e.info.path, e.handler.as_ref()?.kind())))
+        .filter_map(|e| Some((e.info.path.to_string(), e.handler.as_ref()?.kind())))
         .collect();
     let wanted = |name: &str| {
         args.prefixes.is_empty() || args.prefixes.iter().any(|p| name.starts_with(p.as_str()))
@@ -357,7 +491,7 @@ fn list(args: &ListArgs) -> ExitCode {
         println!("{}", service.name);
         for method in &service.methods {
             let path = format!("/{}/{}", service.name, method.name);
-            let kind = kinds.get(path.as_str()).copied().unwrap_or("no handler");
+            let kind = kinds.get(&path).copied().unwrap_or("no handler");
             println!("  {:<24} {:<17} {}", method.name, method.shape.name(), kind);
         }
     }
@@ -384,10 +518,29 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        let loaded = match load(&args.load, args.transport.options()) {
+        let mut options = args.load.options(args.transport.options());
+        options.journal = args.live.journal();
+        options.admin = args.live.admin();
+        let live = match Live::start(options).await {
             Ok(l) => l,
-            Err(code) => return code,
+            Err(errors) => return report(&errors),
         };
+        let _watching = if args.no_watch {
+            None
+        } else {
+            match watch::watch_files(live.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    eprintln!("error: {e}\n  help: pass --no-watch to serve without watching");
+                    return ExitCode::from(STARTUP_PROBLEM);
+                }
+            }
+        };
+        if let Err(e) = watch::reload_on_sighup(live.clone()) {
+            eprintln!("error: {e}");
+            return ExitCode::from(STARTUP_PROBLEM);
+        }
+        let loaded = live.current();
         let listener = match protoserve::bind(args.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -395,6 +548,26 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(STARTUP_PROBLEM);
             }
         };
+        let admin = match args.live.admin.0 {
+            None => None,
+            Some(addr) => match protoserve::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("error: --admin: {e}\n  help: stop what is using the port, pick another with --admin (port 0 picks a free one), or turn the admin API off with --admin off");
+                    return ExitCode::from(STARTUP_PROBLEM);
+                }
+            },
+        };
+        if let Some(admin) = &admin {
+            let addr = admin.local_addr().map_or_else(|_| args.live.admin.0.map(|a| a.to_string()).unwrap_or_default(), |a| a.to_string());
+            tracing::info!("admin API on http://{addr}");
+            if !admin.local_addr().is_ok_and(|a| a.ip().is_loopback()) && live.options().admin.token.is_none() {
+                tracing::warn!("the admin API on {addr} is reachable from other machines and has no token: anyone who reaches it can install handlers; set --admin-token, or keep --admin on 127.0.0.1");
+            }
+        }
+        if !live.options().journal.enabled {
+            tracing::info!("journal off: calls are not recorded");
+        }
         let addr = listener
             .local_addr()
             .map_or_else(|_| args.listen.to_string(), |a| a.to_string());
@@ -405,7 +578,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             loaded.method_count(),
             loaded.load_time.as_millis()
         );
-        match protoserve::serve(loaded, listener, shutdown_signal()).await {
+        drop(loaded);
+        match protoserve::serve(live, listener, admin, shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS
@@ -419,6 +593,106 @@ fn serve(args: ServeArgs) -> ExitCode {
     // Nothing the server started may keep the process alive once it is done.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// `protoserve verify`: posts each verify of the file to the admin API and prints the verdicts.
+fn verify(args: &VerifyArgs) -> ExitCode {
+    let name = args.file.display().to_string();
+    let text = if name == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(&args.file)
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {name}: {e}");
+            return ExitCode::from(STARTUP_PROBLEM);
+        }
+    };
+    let json: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!(
+                "error: {name}:{}:{}: not valid JSON: {e}",
+                e.line(),
+                e.column()
+            );
+            return ExitCode::from(STARTUP_PROBLEM);
+        }
+    };
+    let verifies = match json {
+        serde_json::Value::Array(items) => items,
+        one @ serde_json::Value::Object(_) => vec![one],
+        _ => {
+            eprintln!("error: {name}: give a verify object, or an array of them, such as {{\"method\": \"pkg.Service/Method\", \"exactly\": 1}}");
+            return ExitCode::from(STARTUP_PROBLEM);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("protoserve: cannot start the runtime: {e}");
+            return ExitCode::from(STARTUP_PROBLEM);
+        }
+    };
+    let token = args.admin_token.as_deref().filter(|t| !t.is_empty());
+    let mut failed = 0;
+    for (i, item) in verifies.iter().enumerate() {
+        let label = if verifies.len() > 1 {
+            format!("[{i}] ")
+        } else {
+            String::new()
+        };
+        let body = bytes::Bytes::from(item.to_string());
+        let answer = runtime.block_on(protoserve::admin::client::request(
+            &args.admin,
+            http::Method::POST,
+            "/v1/verify",
+            token,
+            Some(body),
+        ));
+        let (status, body) = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: cannot reach the admin API at {}: {e}\n  help: point --admin at the server's admin address (its log says \"admin API on …\")", args.admin);
+                return ExitCode::from(STARTUP_PROBLEM);
+            }
+        };
+        let reply: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let message = reply["message"].as_str().unwrap_or_default();
+        if !status.is_success() {
+            eprintln!("error: {label}{name}: the admin API answered {status}: {message}");
+            return ExitCode::from(STARTUP_PROBLEM);
+        }
+        if reply["ok"].as_bool() == Some(true) {
+            println!("ok: {label}{message}");
+            continue;
+        }
+        failed += 1;
+        println!("FAILED: {label}{message}");
+        for miss in reply["near_misses"].as_array().into_iter().flatten() {
+            println!("  call {}:", miss["id"]);
+            for why in miss["failed"].as_array().into_iter().flatten() {
+                println!("    {}", why.as_str().unwrap_or_default());
+            }
+            if let Some(request) = miss.get("request") {
+                println!("    request: {request}");
+            }
+        }
+        if let Some(note) = reply["note"].as_str() {
+            println!("  note: {note}");
+        }
+    }
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM; the server then stops accepting and finishes in-flight calls.
@@ -456,7 +730,18 @@ async fn signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::{duration, log_filter};
+    use super::{byte_size, duration, log_filter};
+
+    #[test]
+    fn byte_sizes_take_bytes_or_a_binary_unit() {
+        assert_eq!(byte_size("65536"), Ok(65536));
+        assert_eq!(byte_size("64MiB"), Ok(64 << 20));
+        assert_eq!(byte_size("512k"), Ok(512 << 10));
+        assert_eq!(byte_size("1 GB"), Ok(1 << 30));
+        for bad in ["", "MiB", "1x", "10", "99999999999999999999G", "-1M"] {
+            assert!(byte_size(bad).is_err(), "{bad:?}");
+        }
+    }
     use std::time::Duration;
 
     #[test]

@@ -104,13 +104,112 @@ impl Condition {
 
     /// True when every test holds for this request.
     pub fn matches(&self, req: &DynamicMessage, metadata: &MetadataMap) -> bool {
+        self.fields_match(req) && self.metadata_matches(metadata)
+    }
+
+    /// True when the condition tests request fields, not only metadata.
+    pub fn tests_fields(&self) -> bool {
+        !self.fields.is_empty()
+    }
+
+    /// True when every request-field test holds for `req`.
+    pub fn fields_match(&self, req: &DynamicMessage) -> bool {
         self.fields
             .iter()
             .all(|(path, test)| test.check_value(&path.read(req)))
-            && self.metadata.iter().all(|(key, test)| {
-                let value = metadata.get(key.as_str()).and_then(|v| v.to_str().ok());
-                test.check_text(value)
+    }
+
+    /// True when every metadata test holds.
+    pub fn metadata_matches(&self, metadata: &MetadataMap) -> bool {
+        self.metadata.iter().all(|(key, test)| {
+            let value = metadata.get(key.as_str()).and_then(|v| v.to_str().ok());
+            test.check_text(value)
+        })
+    }
+
+    /// Each request-field test that fails for `req`, said for a person:
+    /// `request.name: wanted "bob", got "alice"`. Empty when they all hold. Runs the same
+    /// checks as [`Condition::matches`], which stays free of any explaining.
+    pub fn explain_fields(&self, req: &DynamicMessage) -> Vec<String> {
+        self.fields
+            .iter()
+            .filter_map(|(path, test)| {
+                let value = path.read(req);
+                if test.check_value(&value) {
+                    return None;
+                }
+                let field = path.last();
+                Some(format!(
+                    "request.{}: wanted {}, got {}",
+                    path.text(),
+                    test.describe(field),
+                    show_value(&value, field)
+                ))
             })
+            .collect()
+    }
+
+    /// Each metadata test that fails, said for a person:
+    /// `metadata x-user: wanted "alice", got missing`.
+    pub fn explain_metadata(&self, metadata: &MetadataMap) -> Vec<String> {
+        self.metadata
+            .iter()
+            .filter_map(|(key, test)| {
+                let value = metadata.get(key.as_str()).and_then(|v| v.to_str().ok());
+                if test.check_text(value) {
+                    return None;
+                }
+                Some(format!(
+                    "metadata {key}: wanted {}, got {}",
+                    test.describe(None),
+                    value.map_or_else(|| "missing".to_owned(), quote)
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Longest text shown of a value in an explanation.
+const SHOWN_CHARS: usize = 80;
+
+fn quote(text: &str) -> String {
+    if text.chars().count() > SHOWN_CHARS {
+        let cut: String = text.chars().take(SHOWN_CHARS).collect();
+        format!("{:?}…", cut)
+    } else {
+        format!("{text:?}")
+    }
+}
+
+/// A field value as a person reads it: strings quoted, enums by name, messages as JSON.
+fn show_value(value: &Value, field: Option<&prost_reflect::FieldDescriptor>) -> String {
+    match value {
+        Value::String(s) => quote(s),
+        Value::Bytes(b) => format!("{} bytes", b.len()),
+        Value::EnumNumber(n) => match field.map(|f| f.kind()) {
+            Some(Kind::Enum(e)) => e
+                .get_value(*n)
+                .map_or_else(|| n.to_string(), |v| v.name().to_owned()),
+            _ => n.to_string(),
+        },
+        Value::Message(m) => serde_json::to_string(m)
+            .map(|j| {
+                if j.chars().count() > SHOWN_CHARS {
+                    format!("{}…", j.chars().take(SHOWN_CHARS).collect::<String>())
+                } else {
+                    j
+                }
+            })
+            .unwrap_or_else(|_| "a message".into()),
+        Value::List(l) => format!("a list of {}", l.len()),
+        Value::Map(m) => format!("a map of {}", m.len()),
+        Value::Bool(b) => b.to_string(),
+        Value::I32(n) => n.to_string(),
+        Value::I64(n) => n.to_string(),
+        Value::U32(n) => n.to_string(),
+        Value::U64(n) => n.to_string(),
+        Value::F32(n) => n.to_string(),
+        Value::F64(n) => n.to_string(),
     }
 }
 
@@ -359,6 +458,39 @@ impl Test {
     }
 }
 
+impl Test {
+    /// What the test wants, for explanations: `"bob"`, `prefix "A"`, `gte 18 and lt 65`.
+    fn describe(&self, field: Option<&prost_reflect::FieldDescriptor>) -> String {
+        match self {
+            Test::Equals(v) => show_value(v, field),
+            Test::In(vs) => format!(
+                "one of [{}]",
+                vs.iter()
+                    .map(|v| show_value(v, field))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Test::Prefix(p) => format!("prefix {}", quote(p)),
+            Test::Suffix(p) => format!("suffix {}", quote(p)),
+            Test::Contains(p) => format!("contains {}", quote(p)),
+            Test::Regex(r) => format!("regex {}", quote(r.as_str())),
+            Test::Range { lower, upper } => {
+                let lower = lower
+                    .map(|(n, inclusive)| format!("{} {n}", if inclusive { "gte" } else { "gt" }));
+                let upper = upper
+                    .map(|(n, inclusive)| format!("{} {n}", if inclusive { "lte" } else { "lt" }));
+                lower
+                    .into_iter()
+                    .chain(upper)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            }
+            Test::Present(true) => "present".into(),
+            Test::Present(false) => "absent".into(),
+        }
+    }
+}
+
 fn in_range(n: f64, lower: Option<(f64, bool)>, upper: Option<(f64, bool)>) -> bool {
     let above = lower.is_none_or(|(b, inclusive)| if inclusive { n >= b } else { n > b });
     let below = upper.is_none_or(|(b, inclusive)| if inclusive { n <= b } else { n < b });
@@ -392,5 +524,85 @@ fn is_present(value: &Value) -> bool {
         Value::Message(m) => m.fields().next().is_some(),
         Value::List(l) => !l.is_empty(),
         Value::Map(m) => !m.is_empty(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person() -> MessageDescriptor {
+        let file = prost_types::FileDescriptorProto {
+            name: Some("t.proto".into()),
+            package: Some("t".into()),
+            syntax: Some("proto3".into()),
+            message_type: vec![prost_types::DescriptorProto {
+                name: Some("Person".into()),
+                field: vec![
+                    field("name", 1, prost_types::field_descriptor_proto::Type::String),
+                    field("age", 2, prost_types::field_descriptor_proto::Type::Int32),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let pool = prost_reflect::DescriptorPool::from_file_descriptor_set(
+            prost_types::FileDescriptorSet { file: vec![file] },
+        )
+        .unwrap();
+        pool.get_message_by_name("t.Person").unwrap()
+    }
+
+    fn field(
+        name: &str,
+        number: i32,
+        ty: prost_types::field_descriptor_proto::Type,
+    ) -> prost_types::FieldDescriptorProto {
+        prost_types::FieldDescriptorProto {
+            name: Some(name.into()),
+            number: Some(number),
+            r#type: Some(ty as i32),
+            json_name: Some(name.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn explains_each_failing_test_and_nothing_when_it_matches() {
+        let desc = person();
+        let cond = Condition::compile(
+            &serde_json::json!({
+                "request": {"name": {"prefix": "A"}, "age": {"gte": 18, "lt": 65}},
+                "metadata": {"x-user": "alice"}
+            }),
+            &desc,
+            "when",
+        )
+        .unwrap();
+        let msg = DynamicMessage::deserialize(
+            desc.clone(),
+            serde_json::json!({"name": "bob", "age": 70}),
+        )
+        .unwrap();
+        let md = MetadataMap::new();
+        assert!(!cond.matches(&msg, &md));
+        assert_eq!(
+            cond.explain_fields(&msg),
+            vec![
+                "request.name: wanted prefix \"A\", got \"bob\"".to_owned(),
+                "request.age: wanted lt 65, got 70".to_owned(),
+            ]
+        );
+        assert_eq!(
+            cond.explain_metadata(&md),
+            vec!["metadata x-user: wanted \"alice\", got missing".to_owned()]
+        );
+        let msg = DynamicMessage::deserialize(desc, serde_json::json!({"name": "Ann", "age": 30}))
+            .unwrap();
+        let mut md = MetadataMap::new();
+        md.insert("x-user", "alice".parse().unwrap());
+        assert!(cond.matches(&msg, &md));
+        assert!(cond.explain_fields(&msg).is_empty());
+        assert!(cond.explain_metadata(&md).is_empty());
     }
 }

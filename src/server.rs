@@ -31,9 +31,10 @@ use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
+use crate::journal::Journal;
 use crate::layers::cutoff::Stop;
 use crate::layers::limit::Slots;
-use crate::layers::{stack, Hyper};
+use crate::layers::{stack, Hyper, Recording};
 use crate::router::Router;
 
 /// Limits and timeouts of the transport; the defaults suit a test server on one machine.
@@ -87,11 +88,12 @@ const MAX_SEND_BUF: usize = 64 * 1024;
 const FINAL_GRACE: Duration = Duration::from_secs(2);
 
 /// Serves connections from `listener` until `shutdown` resolves, then drains (see the module
-/// docs); `on_drain` runs when draining starts.
+/// docs); `on_drain` runs when draining starts. Calls are recorded in `journal`, if given.
 pub async fn run(
     listener: TcpListener,
     router: Router,
     options: ServerOptions,
+    journal: Option<Journal>,
     shutdown: impl Future<Output = ()>,
     on_drain: impl FnOnce(),
 ) {
@@ -117,8 +119,8 @@ pub async fn run(
             () = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors, for one: wait instead of spinning.
                         tracing::warn!("accepting a connection failed: {e}");
@@ -141,6 +143,7 @@ pub async fn run(
                     options.max_calls_per_connection,
                     server_calls.clone(),
                     stop.clone(),
+                    Recording { journal: journal.clone(), peer: Some(peer) },
                 ));
                 let guard = HandshakeGuard::new(stream, options.handshake_timeout);
                 let greeted = guard.greeted.clone();
@@ -235,6 +238,8 @@ const HANDSHAKE_BYTES: usize = 24 + 9;
 pub struct HandshakeGuard {
     io: TcpStream,
     received: usize,
+    /// Bytes that count as a greeting ([`HANDSHAKE_BYTES`] unless set otherwise).
+    needed: usize,
     timer: Option<Pin<Box<Sleep>>>,
     /// Set once the client has sent its preface and a frame header.
     pub greeted: Arc<AtomicBool>,
@@ -245,9 +250,17 @@ impl HandshakeGuard {
         Self {
             io,
             received: 0,
+            needed: HANDSHAKE_BYTES,
             timer: Some(Box::pin(tokio::time::sleep(timeout))),
             greeted: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Counts the client as greeted after `n` bytes (a protocol whose first message is
+    /// shorter than HTTP/2's preface, such as an HTTP/1 request line).
+    pub fn first_bytes(mut self, n: usize) -> Self {
+        self.needed = n;
+        self
     }
 }
 
@@ -271,7 +284,7 @@ impl AsyncRead for HandshakeGuard {
         let result = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
             this.received += buf.filled().len() - before;
-            if this.received >= HANDSHAKE_BYTES {
+            if this.received >= this.needed {
                 this.timer = None;
                 this.greeted.store(true, Ordering::Release);
             }

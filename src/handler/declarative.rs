@@ -1,6 +1,6 @@
 //! The driver shared by the declarative kinds (`reply`, `error`, `stream`, `echo`, `rules`).
 //!
-//! Each kind answers one request message with an [`Outcome`]; this module turns that into the
+//! Each kind answers one request message with an `Outcome`; this module turns that into the
 //! method's shape:
 //! - unary and server-streaming: the outcome for the one request;
 //! - client-streaming: the outcome for the last message of the stream (an empty message if the
@@ -35,6 +35,7 @@ use super::{
 };
 use crate::codec::{Incoming, Outgoing};
 use crate::error::{normalize_status, CallError};
+use crate::journal::Tap;
 
 /// What to do with one request message.
 #[derive(Debug)]
@@ -66,7 +67,7 @@ impl Action {
     }
 
     /// The outcome for a request still in wire form.
-    fn respond_incoming(&self, req: Incoming, method: &'static str) -> Result<Outcome, CallError> {
+    fn respond_incoming(&self, req: Incoming, method: &Arc<str>) -> Result<Outcome, CallError> {
         match &self.kind {
             ActionKind::Echo => {
                 req.validate()?;
@@ -81,7 +82,7 @@ impl Action {
     }
 
     /// The outcome for one request.
-    fn respond(&self, req: DynamicMessage, method: &'static str) -> Result<Outcome, CallError> {
+    fn respond(&self, req: DynamicMessage, method: &Arc<str>) -> Result<Outcome, CallError> {
         match &self.kind {
             ActionKind::Reply(r) => r.respond(&req, method).map(Outcome::One),
             ActionKind::Error(e) => Ok(Outcome::Fail(e.status(&req))),
@@ -125,18 +126,25 @@ impl Chosen {
 
 /// The outcome for one request and the action that gave it. A single `echo` or wire-readable
 /// `reply` never builds the request message; rules and the rest do.
+///
+/// The rule that answers is noted in the call's journal record, when there is one.
 fn answer(
     responder: &Arc<Responder>,
     req: Incoming,
     metadata: &MetadataMap,
-    method: &'static str,
+    method: &Arc<str>,
+    journal: Option<&Tap>,
 ) -> Result<(Outcome, Chosen), CallError> {
     let (outcome, rule) = match &**responder {
         Responder::Single(a) => (a.respond_incoming(req, method)?, 0),
         Responder::Rules(rules) => {
             let msg = req.decode()?;
-            let rule =
-                rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched { method })?;
+            let rule = rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched {
+                method: method.clone(),
+            })?;
+            if let Some(tap) = journal {
+                tap.note_rule(rule);
+            }
             (rules[rule].action.respond(msg, method)?, rule)
         }
     };
@@ -175,16 +183,24 @@ impl Handler for Declarative {
         let info = call.method.clone();
         match requests {
             Requests::One(req) => {
-                let (outcome, chosen) =
-                    match answer(&self.responder, req, &call.metadata, info.name) {
-                        Ok(r) => r,
-                        Err(e) => return Box::pin(std::future::ready(Err(e))),
-                    };
+                let (outcome, chosen) = match answer(
+                    &self.responder,
+                    req,
+                    &call.metadata,
+                    &info.name,
+                    call.journal.as_ref(),
+                ) {
+                    Ok(r) => r,
+                    Err(e) => return Box::pin(std::future::ready(Err(e))),
+                };
                 let headers = chosen.action().headers.clone();
                 if info.shape.streams_output() {
                     let reply = Reply {
                         responses: Responses::Stream(Box::pin(Items::new(
-                            outcome, chosen, info.name, None,
+                            outcome,
+                            chosen,
+                            info.name.clone(),
+                            None,
                         ))),
                         headers,
                         trailers: None,
@@ -210,7 +226,13 @@ impl Handler for Declarative {
                     }
                     let req =
                         last.unwrap_or_else(|| Incoming::new(Bytes::new(), info.input.clone()));
-                    let (outcome, chosen) = answer(&responder, req, &call.metadata, info.name)?;
+                    let (outcome, chosen) = answer(
+                        &responder,
+                        req,
+                        &call.metadata,
+                        &info.name,
+                        call.journal.as_ref(),
+                    )?;
                     let action = chosen.action();
                     if let Some(d) = action.delay {
                         tokio::time::sleep(d).await;
@@ -224,17 +246,26 @@ impl Handler for Declarative {
                     let first = incoming.message().await.map_err(CallError::Transport)?;
                     let (current, headers) = match first {
                         Some(req) => {
-                            let (outcome, chosen) =
-                                answer(&responder, req, &call.metadata, info.name)?;
+                            let (outcome, chosen) = answer(
+                                &responder,
+                                req,
+                                &call.metadata,
+                                &info.name,
+                                call.journal.as_ref(),
+                            )?;
                             let headers = chosen.action().headers.clone();
-                            (Some(Items::new(outcome, chosen, info.name, None)), headers)
+                            (
+                                Some(Items::new(outcome, chosen, info.name.clone(), None)),
+                                headers,
+                            )
                         }
                         None => (None, MetadataMap::new()),
                     };
                     let bidi = Bidi {
                         responder,
                         metadata: call.metadata,
-                        method: info.name,
+                        journal: call.journal,
+                        method: info.name.clone(),
                         incoming,
                         current,
                         spare_sleep: None,
@@ -274,7 +305,7 @@ fn one_answer(
 
 fn wrong_shape(info: &MethodInfo) -> CallError {
     CallError::BadResponse {
-        method: info.name,
+        method: info.name.clone(),
         message: format!(
             "{} is {} and answers with one message",
             info.name,
@@ -289,7 +320,7 @@ struct Items {
     chosen: Chosen,
     outcome: Option<Outcome>,
     next: usize,
-    method: &'static str,
+    method: Arc<str>,
     /// Armed before each message when the action has a delay; reused across messages.
     sleep: Option<Pin<Box<Sleep>>>,
     waiting: bool,
@@ -299,7 +330,7 @@ impl Items {
     fn new(
         outcome: Outcome,
         chosen: Chosen,
-        method: &'static str,
+        method: Arc<str>,
         sleep: Option<Pin<Box<Sleep>>>,
     ) -> Self {
         Self {
@@ -328,7 +359,7 @@ impl Items {
                 let ActionKind::Stream(s) = &self.chosen.action().kind else {
                     return None;
                 };
-                let item = s.render(self.next, &req, self.method)?;
+                let item = s.render(self.next, &req, &self.method)?;
                 self.next += 1;
                 if item.is_ok() {
                     self.outcome = Some(Outcome::Many(req));
@@ -372,7 +403,8 @@ impl Stream for Items {
 struct Bidi {
     responder: Arc<Responder>,
     metadata: MetadataMap,
-    method: &'static str,
+    journal: Option<Tap>,
+    method: Arc<str>,
     incoming: tonic::Streaming<Incoming>,
     current: Option<Items>,
     /// The timer of the last finished answer, reused by the next one.
@@ -414,10 +446,16 @@ impl Stream for Bidi {
                     return Poll::Ready(None);
                 }
             };
-            match answer(&this.responder, req, &this.metadata, this.method) {
+            match answer(
+                &this.responder,
+                req,
+                &this.metadata,
+                &this.method,
+                this.journal.as_ref(),
+            ) {
                 Ok((outcome, chosen)) => {
                     let sleep = this.spare_sleep.take();
-                    this.current = Some(Items::new(outcome, chosen, this.method, sleep));
+                    this.current = Some(Items::new(outcome, chosen, this.method.clone(), sleep));
                 }
                 Err(e) => {
                     this.done = true;

@@ -7,7 +7,7 @@
 //! One [`Handler`] trait serves all four shapes: a handler receives either one request or the
 //! stream of requests, and answers with one response or a stream of them. Declarative kinds
 //! (`reply`, `error`, `rules`, `stream`, `echo`) share one driver in [`declarative`]; scripts
-//! have their own in [`script`].
+//! have their own in [`crate::script`].
 
 pub mod declarative;
 pub mod echo;
@@ -17,6 +17,7 @@ pub mod rules;
 pub mod stream;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use tonic::{Status, Streaming};
 
 use crate::codec::{Incoming, Outgoing};
 use crate::error::CallError;
+use crate::journal::Tap;
 
 /// The four gRPC call shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +69,9 @@ impl Shape {
 #[derive(Debug)]
 pub struct MethodInfo {
     /// `/package.Service/Method`, the HTTP/2 path.
-    pub path: &'static str,
+    pub path: Arc<str>,
     /// `package.Service/Method`, for messages.
-    pub name: &'static str,
+    pub name: Arc<str>,
     pub descriptor: MethodDescriptor,
     pub input: MessageDescriptor,
     pub output: MessageDescriptor,
@@ -85,8 +87,8 @@ impl MethodInfo {
         );
         let path = format!("/{name}");
         Self {
-            path: Box::leak(path.into_boxed_str()),
-            name: Box::leak(name.into_boxed_str()),
+            path: Arc::from(path),
+            name: Arc::from(name),
             input: descriptor.input(),
             output: descriptor.output(),
             shape: Shape::of(&descriptor),
@@ -100,6 +102,9 @@ pub struct Call {
     pub method: Arc<MethodInfo>,
     pub metadata: MetadataMap,
     pub started: Instant,
+    /// The call's journal record, when the journal is on: handlers note in it what the
+    /// journal cannot see from outside (which rule answered).
+    pub journal: Option<Tap>,
 }
 
 impl Call {
@@ -191,6 +196,38 @@ pub struct MethodEntry {
     pub handler: Option<Arc<dyn Handler>>,
     /// Applied by the router around whatever the handler does.
     pub around: Around,
+    /// Where the handler was declared, for the admin API and the journal.
+    pub origin: Origin,
+}
+
+/// Where a method's handler comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Origin {
+    /// No handler.
+    #[default]
+    None,
+    /// A handler file, as the user named it (under `--handlers`).
+    File(Arc<Path>),
+    /// Installed at run time through the admin API.
+    Runtime,
+}
+
+impl Origin {
+    /// `"file"`, `"runtime"` or `None`, as the admin API and the journal say it.
+    pub fn source(&self) -> Option<&'static str> {
+        match self {
+            Origin::None => None,
+            Origin::File(_) => Some("file"),
+            Origin::Runtime => Some("runtime"),
+        }
+    }
+
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Origin::File(p) => Some(p),
+            _ => None,
+        }
+    }
 }
 
 /// Entry options the router applies around any handler kind (`script`, `rules`), so what
@@ -211,8 +248,8 @@ impl Around {
 /// Every loaded method by HTTP/2 path.
 #[derive(Default)]
 pub struct HandlerTable {
-    entries: HashMap<&'static str, Arc<MethodEntry>>,
-    order: Vec<&'static str>,
+    entries: HashMap<Arc<str>, Arc<MethodEntry>>,
+    order: Vec<Arc<str>>,
 }
 
 impl HandlerTable {
@@ -222,13 +259,14 @@ impl HandlerTable {
         for service in pool.services() {
             for method in service.methods() {
                 let info = Arc::new(MethodInfo::new(method));
-                table.order.push(info.path);
+                table.order.push(info.path.clone());
                 table.entries.insert(
-                    info.path,
+                    info.path.clone(),
                     Arc::new(MethodEntry {
                         info,
                         handler: None,
                         around: Around::default(),
+                        origin: Origin::None,
                     }),
                 );
             }
@@ -241,15 +279,27 @@ impl HandlerTable {
     }
 
     /// Sets the handler of the method at `path` (which must be in the table), with the
-    /// options the router applies around it.
-    pub fn set_handler(&mut self, path: &str, handler: Arc<dyn Handler>, around: Around) {
+    /// options the router applies around it and where it was declared.
+    pub fn set_handler(
+        &mut self,
+        path: &str,
+        handler: Arc<dyn Handler>,
+        around: Around,
+        origin: Origin,
+    ) {
         if let Some(entry) = self.entries.get_mut(path) {
             *entry = Arc::new(MethodEntry {
                 info: entry.info.clone(),
                 handler: Some(handler),
                 around,
+                origin,
             });
         }
+    }
+
+    /// The entry of the method at `path`.
+    pub fn get(&self, path: &str) -> Option<&Arc<MethodEntry>> {
+        self.entries.get(path)
     }
 
     /// Entries in the order the protos declare them.
@@ -257,12 +307,9 @@ impl HandlerTable {
         self.order.iter().filter_map(|p| self.entries.get(p))
     }
 
-    pub fn len(&self) -> usize {
+    /// How many methods the protos declare.
+    pub fn method_count(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 

@@ -1,11 +1,12 @@
 //! Cross-cutting behaviour around the router, as tower layers, one connection at a time:
 //!
 //! ```text
-//! hyper → Limited (calls in flight) → Cutoff (deadline, shutdown deadline) → Router
+//! hyper → Limited (calls in flight) → Journaled (call journal) → Cutoff (deadline, shutdown
+//! deadline) → Router
 //! ```
 //!
-//! Over-limit calls are refused before anything else runs; the cutoff wraps only calls that got
-//! in; the router knows nothing of either.
+//! Over-limit calls are refused before anything else runs; the journal records the calls that
+//! got in with the status the cutoff gave them; the router knows nothing of any of them.
 
 pub mod cutoff;
 pub mod limit;
@@ -17,19 +18,34 @@ use hyper::body::Incoming;
 use tonic::body::Body;
 use tower::Service;
 
+use crate::journal::layer::{JournalBody, JournalFuture, Journaled};
+use crate::journal::Journal;
 use crate::router::Router;
 use cutoff::{Cutoff, CutoffBody, CutoffFuture, Stop};
 use limit::{Limited, LimitedFuture, Permitted, ServerCalls};
 
 /// The service stack of one connection.
-pub type Stack = Limited<Cutoff<Router>>;
+pub type Stack = Limited<Journaled<Cutoff<Router>>>;
 
 /// The body every response has on the wire.
-pub type ResponseBody = Permitted<CutoffBody<Body>>;
+pub type ResponseBody = Permitted<JournalBody<CutoffBody<Body>>>;
+
+/// The connection's peer and the journal its calls go to (none: journal off).
+pub struct Recording {
+    pub journal: Option<Journal>,
+    pub peer: Option<std::net::SocketAddr>,
+}
 
 /// Builds the stack for a new connection.
-pub fn stack(router: Router, per_connection: usize, server: ServerCalls, stop: Stop) -> Stack {
-    Limited::new(Cutoff::new(router, stop), per_connection, server)
+pub fn stack(
+    router: Router,
+    per_connection: usize,
+    server: ServerCalls,
+    stop: Stop,
+    recording: Recording,
+) -> Stack {
+    let journaled = Journaled::new(Cutoff::new(router, stop), recording.journal, recording.peer);
+    Limited::new(journaled, per_connection, server)
 }
 
 /// Adapts the tower stack to hyper: hyper's request body becomes tonic's, and every request
@@ -40,8 +56,10 @@ pub struct Hyper(pub Stack);
 impl hyper::service::Service<Request<Incoming>> for Hyper {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
-    type Future =
-        LimitedFuture<CutoffFuture<<Router as Service<Request<Body>>>::Future>, CutoffBody<Body>>;
+    type Future = LimitedFuture<
+        JournalFuture<CutoffFuture<<Router as Service<Request<Body>>>::Future>>,
+        JournalBody<CutoffBody<Body>>,
+    >;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.0.clone().call(req.map(Body::new))

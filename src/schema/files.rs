@@ -5,7 +5,7 @@
 //! This is what a big tree costs while serving: the encoded descriptors (about 19 MB for all of
 //! googleapis) and a few names per type, not a prost-reflect pool of every file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -50,6 +50,8 @@ pub struct Files {
     by_name: HashMap<Box<str>, u32>,
     symbols: HashMap<Box<str>, u32>,
     services: Vec<ServiceEntry>,
+    /// Every method's HTTP/2 path, `/package.Service/Method`.
+    paths: HashSet<Box<str>>,
 }
 
 impl Files {
@@ -109,6 +111,8 @@ impl Files {
                 .iter()
                 .map(|m| {
                     names.push(format!("{full}.{}", raw::name(&m.name)));
+                    self.paths
+                        .insert(format!("/{full}/{}", raw::name(&m.name)).into());
                     MethodEntry {
                         name: raw::name(&m.name).into(),
                         input: raw::name(&m.input_type).trim_start_matches('.').into(),
@@ -164,6 +168,11 @@ impl Files {
 
     pub fn services(&self) -> &[ServiceEntry] {
         &self.services
+    }
+
+    /// Whether `path` (`/package.Service/Method`) is a method some file declares.
+    pub fn declares(&self, path: &str) -> bool {
+        self.paths.contains(path)
     }
 
     pub fn method_count(&self) -> usize {

@@ -75,6 +75,37 @@ pub struct Schema {
 }
 
 impl Schema {
+    /// `schema`, or the same files with a pool that also decodes `services` (those of them
+    /// that the files declare) when a big tree's pool lacks one: handlers may name other
+    /// services after a reload or through the admin API.
+    pub fn covering(
+        schema: Arc<Schema>,
+        services: &[String],
+    ) -> Result<Arc<Schema>, StartupErrors> {
+        let declared: HashSet<&str> = schema.files.services().iter().map(|s| &*s.name).collect();
+        let missing = services
+            .iter()
+            .any(|s| declared.contains(s.as_str()) && schema.pool.get_service_by_name(s).is_none());
+        if schema.whole || !missing {
+            return Ok(schema);
+        }
+        let named: HashSet<&str> = services.iter().map(String::as_str).collect();
+        let indexes = schema.files.closure(
+            schema
+                .files
+                .services()
+                .iter()
+                .filter(|s| named.contains(&*s.name))
+                .map(|s| s.file),
+        );
+        let pool = decode_pool(&schema.files, &indexes, None)?;
+        Ok(Arc::new(Schema {
+            pool,
+            files: schema.files.clone(),
+            whole: false,
+        }))
+    }
+
     pub fn service_count(&self) -> usize {
         self.files.services().len()
     }
@@ -216,6 +247,36 @@ fn serving_pool(
                 .map(|s| s.file),
         )
     };
+    Ok((
+        decode_pool(files, &indexes, Some((inputs, sources)))?,
+        whole,
+    ))
+}
+
+/// The files at `indexes` decoded into a pool; `origin` (the inputs) lets an error point at
+/// the file to fix.
+fn decode_pool(
+    files: &Files,
+    indexes: &[u32],
+    origin: Option<(&SchemaInputs, &[sources::Source])>,
+) -> Result<DescriptorPool, StartupErrors> {
+    let finder = || {
+        origin.map(|(inputs, sources)| {
+            let sets = sources::read_sets(&inputs.descriptor_sets).unwrap_or_default();
+            finder(inputs, sources, &sets)
+        })
+    };
+    let locate = |file: &str| -> Location {
+        let Some(finder) = finder() else {
+            return Location::file(file);
+        };
+        finder
+            .set_files
+            .get(file)
+            .map(|(p, _)| p.clone())
+            .or_else(|| finder.on_disk(file))
+            .map_or_else(|| Location::file(file), Location::file)
+    };
     // Editions files are decoded as the proto3 files they encode like.
     let set = files
         .encode_set_with(indexes.iter().copied(), |f| {
@@ -226,18 +287,9 @@ fn serving_pool(
             }
         })
         .map_err(|e| {
-            let sets = sources::read_sets(&inputs.descriptor_sets).unwrap_or_default();
-            let finder = finder(inputs, sources, &sets);
-            let file = e.split(':').next().unwrap_or_default();
-            let location = finder
-                .set_files
-                .iter()
-                .find(|(_, (_, f))| e.contains(raw::name(&f.name)))
-                .map(|(_, (p, _))| Location::file(p))
-                .or_else(|| finder.on_disk(file).map(Location::file))
-                .unwrap_or_else(|| Location::file(file));
+            let file = e.split(':').next().unwrap_or_default().to_owned();
             StartupError::Proto {
-                location,
+                location: locate(&file),
                 message: e,
                 detail: None,
             }
@@ -245,9 +297,8 @@ fn serving_pool(
     // prost-reflect panics on some invalid sets (while describing the error); that is reported
     // as an invalid set, not a crash.
     let Ok(decoded) = std::panic::catch_unwind(|| DescriptorPool::decode(set.as_slice())) else {
-        let location = inputs
-            .descriptor_sets
-            .first()
+        let location = origin
+            .and_then(|(inputs, _)| inputs.descriptor_sets.first())
             .map_or_else(|| Location::file("protos"), Location::file);
         return Err(StartupError::Proto {
             location,
@@ -256,27 +307,20 @@ fn serving_pool(
         }
         .into());
     };
-    match decoded {
-        Ok(pool) => Ok((pool, whole)),
-        Err(e) => {
-            let file = e.file().unwrap_or_default().to_owned();
-            let sets = sources::read_sets(&inputs.descriptor_sets).unwrap_or_default();
-            let finder = finder(inputs, sources, &sets);
+    decoded.map_err(|e| {
+        let file = e.file().unwrap_or_default().to_owned();
+        if let Some(finder) = finder() {
             if !file.is_empty() && finder.on_disk(&file).is_some() {
                 if let Some(found) = diagnose::recompile(&file, &finder) {
-                    return Err(found.into());
+                    return found.into();
                 }
             }
-            let from_set = finder.set_files.get(&file).map(|(p, _)| p.clone());
-            let location = from_set
-                .or_else(|| finder.on_disk(&file))
-                .map_or_else(|| Location::file(&file), Location::file);
-            Err(StartupError::Proto {
-                location,
-                message: format!("{file}: {e}"),
-                detail: None,
-            }
-            .into())
         }
-    }
+        StartupError::Proto {
+            location: locate(&file),
+            message: format!("{file}: {e}"),
+            detail: None,
+        }
+        .into()
+    })
 }

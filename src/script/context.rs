@@ -38,7 +38,7 @@ pub type ReplySender = oneshot::Sender<Result<Reply, CallError>>;
 
 /// State shared by a call's ctx, its hook and its driver.
 pub struct CallShared {
-    pub method: &'static str,
+    pub method: Arc<str>,
     pub script: Arc<str>,
     pub function: Arc<str>,
     /// The method's output type (None for the meter of a script load).
@@ -79,7 +79,7 @@ pub struct CallShared {
 
 /// What a call needs to start (the rest of [`CallShared`] starts empty).
 pub struct CallSpec {
-    pub method: &'static str,
+    pub method: Arc<str>,
     pub script: Arc<str>,
     pub function: Arc<str>,
     pub output: Option<MessageDescriptor>,
@@ -191,7 +191,7 @@ impl CallShared {
     pub fn give_up(&self) {
         self.abort(Abort::Cancelled);
         let lost = || CallError::ScriptStateLost {
-            method: self.method,
+            method: self.method.clone(),
         };
         if let Some(sender) = lock(&self.sender).take() {
             let _ = sender.try_send(Err(lost().into()));
@@ -292,50 +292,16 @@ fn metadata_size(map: &MetadataMap, except: &str) -> usize {
 }
 
 fn insert_metadata(map: &mut MetadataMap, key: &str, value: &[u8]) -> mlua::Result<()> {
-    let key = key.to_ascii_lowercase();
-    // HTTP/2 forbids connection-specific fields (the server resets a stream that carries one),
-    // and gRPC owns `grpc-*` and `content-type`: a script setting them broke the stream or
-    // contradicted the call's real status.
-    if key.starts_with("grpc-")
-        || matches!(
-            key.as_str(),
-            "content-type"
-                | "te"
-                | "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "transfer-encoding"
-                | "upgrade"
-                | "host"
-        )
-    {
-        return Err(mlua::Error::runtime(format!(
-            "metadata {key:?} is reserved for gRPC and HTTP/2; use another key"
-        )));
-    }
+    let lower = key.to_ascii_lowercase();
     // A -bin value goes out base64-encoded (4 bytes for every 3).
-    let adds = key.len() + value.len().div_ceil(3) * 4 + 32;
-    if metadata_size(map, &key).saturating_add(adds) > MAX_SCRIPT_METADATA {
+    let adds = lower.len() + value.len().div_ceil(3) * 4 + 32;
+    if metadata_size(map, &lower).saturating_add(adds) > MAX_SCRIPT_METADATA {
         return Err(mlua::Error::runtime(format!(
             "metadata {:?}: the headers or trailers a script sets may take {MAX_SCRIPT_METADATA} bytes in all (keys, values and 32 per entry)",
-            key.chars().take(64).collect::<String>()
+            lower.chars().take(64).collect::<String>()
         )));
     }
-    if key.ends_with("-bin") {
-        let k = tonic::metadata::BinaryMetadataKey::from_bytes(key.as_bytes())
-            .map_err(|_| mlua::Error::runtime(format!("{key:?} is not a valid metadata key")))?;
-        map.insert_bin(k, tonic::metadata::BinaryMetadataValue::from_bytes(value));
-    } else {
-        let k = tonic::metadata::AsciiMetadataKey::from_bytes(key.as_bytes())
-            .map_err(|_| mlua::Error::runtime(format!("{key:?} is not a valid metadata key")))?;
-        let v = tonic::metadata::AsciiMetadataValue::try_from(value).map_err(|_| {
-            mlua::Error::runtime(format!(
-                "metadata {key:?}: values must be printable ASCII; use a key ending in -bin"
-            ))
-        })?;
-        map.insert(k, v);
-    }
-    Ok(())
+    crate::metadata::insert(map, &lower, value).map_err(mlua::Error::runtime)
 }
 
 fn unix_seconds(at: Instant) -> f64 {
@@ -353,7 +319,7 @@ fn unix_seconds(at: Instant) -> f64 {
 
 impl UserData for Ctx {
     fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
-        fields.add_field_method_get("method", |_, this| Ok(this.call()?.method));
+        fields.add_field_method_get("method", |_, this| Ok(this.call()?.method.to_string()));
         fields.add_field_method_get("deadline", |_, this| {
             Ok(this.call()?.deadline.map(unix_seconds))
         });

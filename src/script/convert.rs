@@ -18,6 +18,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use mlua::{Lua, Table, Value as LuaValue};
@@ -29,7 +30,7 @@ use prost_reflect::{
 use super::freeze;
 use crate::codec::Outgoing;
 use crate::error::CallError;
-use crate::fieldpath::{field_names, find_field, kind_name};
+use crate::fieldpath::{find_field, kind_name, missing_field};
 use crate::suggest::did_you_mean;
 
 /// A message as a Lua table.
@@ -140,16 +141,16 @@ impl ConvertError {
     /// described by `what(self)` (which names the script, function and message type).
     pub fn into_call_error(
         self,
-        method: &'static str,
+        method: &Arc<str>,
         what: impl FnOnce(&ConvertError) -> String,
     ) -> CallError {
         match self {
             ConvertError::TooLarge(t) => CallError::ReplyTooLarge {
-                method,
+                method: method.clone(),
                 limit: t.limit,
             },
             other => CallError::BadResponse {
-                method,
+                method: method.clone(),
                 message: what(&other),
             },
         }
@@ -368,15 +369,7 @@ fn set_from_pair(
     let key: &str = &key;
     let field_path = Path::Field(path, key);
     let Some(field) = find_field(desc, key) else {
-        let names = field_names(desc);
-        return fail(
-            &field_path,
-            format!(
-                "{} has no field \"{key}\"{}",
-                desc.full_name(),
-                did_you_mean(key, names.iter().map(String::as_str))
-            ),
-        );
+        return fail(&field_path, missing_field(desc, key));
     };
     if matches!(value, LuaValue::Nil) {
         return Ok(());

@@ -30,7 +30,7 @@ pub mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlua::{Function, Lua, Value as LuaValue};
@@ -74,17 +74,73 @@ impl Default for ScriptOptions {
     }
 }
 
+/// The scripts of one generation while its handler files are read. Lua states are made only
+/// when the first entry names a script, so a project without scripts starts no threads.
+pub struct Scripts<'a> {
+    handlers_dir: &'a Path,
+    data: &'a DataSets,
+    options: ScriptOptions,
+    builder: Option<EngineBuilder>,
+}
+
+impl<'a> Scripts<'a> {
+    pub fn new(handlers_dir: &'a Path, data: &'a DataSets, options: ScriptOptions) -> Self {
+        Self {
+            handlers_dir,
+            data,
+            options,
+            builder: None,
+        }
+    }
+
+    /// Loads `script` (relative to the handlers folder) if it is new, and finds `function`.
+    pub fn add(&mut self, script: &str, function: &str) -> Result<ScriptRef, ScriptSetupError> {
+        let builder = match &mut self.builder {
+            Some(b) => b,
+            None => self.builder.insert(
+                EngineBuilder::new(self.handlers_dir, self.data, self.options)
+                    .map_err(ScriptSetupError::Script)?,
+            ),
+        };
+        builder.add(script, function)
+    }
+
+    /// Starts the state threads; `None` when no entry named a script.
+    pub fn finish(self) -> Result<Option<Arc<Engine>>, StartupErrors> {
+        self.builder.map(EngineBuilder::finish).transpose()
+    }
+}
+
+/// One function of one script, found at load time; with its [`Engine`] it becomes a handler.
+#[derive(Debug, Clone)]
+pub struct ScriptRef {
+    index: usize,
+    script: Arc<str>,
+    function: Arc<str>,
+}
+
+/// The running Lua states of one generation. When the last handler holding it is gone (the
+/// generation was replaced and its calls have ended), the state threads are told to stop.
+pub struct Engine {
+    pool: Arc<Pool>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.pool.close();
+    }
+}
+
 /// Builds the engine while handler files are read: scripts load into a first state (so
 /// problems are reported per handler entry), and the recipe remembers them for the others.
-pub struct EngineBuilder {
+struct EngineBuilder {
     first: Loading,
     recipe: Recipe,
     script_index: HashMap<PathBuf, usize>,
-    cell: Arc<OnceLock<Arc<Pool>>>,
 }
 
 impl EngineBuilder {
-    pub fn new(
+    fn new(
         handlers_dir: &Path,
         data: &DataSets,
         options: ScriptOptions,
@@ -100,17 +156,10 @@ impl EngineBuilder {
                 functions: Vec::new(),
             },
             script_index: HashMap::new(),
-            cell: Arc::new(OnceLock::new()),
         })
     }
 
-    /// Loads `script` (relative to the handlers folder) and finds `function`.
-    pub fn add(
-        &mut self,
-        script: &str,
-        function: &str,
-        info: &Arc<MethodInfo>,
-    ) -> Result<Arc<dyn Handler>, ScriptSetupError> {
+    fn add(&mut self, script: &str, function: &str) -> Result<ScriptRef, ScriptSetupError> {
         let rel = Path::new(script);
         if rel.is_absolute()
             || rel
@@ -162,17 +211,15 @@ impl EngineBuilder {
         self.recipe
             .functions
             .push((script_index, function.to_owned()));
-        Ok(Arc::new(ScriptHandler {
-            engine: self.cell.clone(),
+        Ok(ScriptRef {
             index: self.recipe.functions.len() - 1,
             script: Arc::from(display.as_str()),
             function: Arc::from(function),
-            method: info.clone(),
-        }))
+        })
     }
 
     /// Locks every script environment and starts the state threads.
-    pub fn finish(self) -> Result<(), StartupErrors> {
+    fn finish(self) -> Result<Arc<Engine>, StartupErrors> {
         let n = if self.recipe.options.states == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -180,8 +227,7 @@ impl EngineBuilder {
         };
         let first = self.first.finish(true)?;
         let pool = Pool::start(self.recipe, n, first)?;
-        let _ = self.cell.set(pool);
-        Ok(())
+        Ok(Arc::new(Engine { pool }))
     }
 }
 
@@ -244,11 +290,23 @@ fn root_message(e: &mlua::Error) -> String {
 
 /// A method answered by a Lua function.
 pub struct ScriptHandler {
-    engine: Arc<OnceLock<Arc<Pool>>>,
+    engine: Arc<Engine>,
     index: usize,
     script: Arc<str>,
     function: Arc<str>,
     method: Arc<MethodInfo>,
+}
+
+impl ScriptHandler {
+    pub fn new(engine: Arc<Engine>, found: ScriptRef, method: Arc<MethodInfo>) -> Self {
+        Self {
+            engine,
+            index: found.index,
+            script: found.script,
+            function: found.function,
+            method,
+        }
+    }
 }
 
 /// Tells the call it was cancelled if the handler's future is dropped before the answer.
@@ -275,18 +333,13 @@ impl Handler for ScriptHandler {
     }
 
     fn call(&self, call: Call, requests: Requests) -> HandlerFuture {
-        let Some(pool) = self.engine.get() else {
-            let e = CallError::Script {
-                message: "scripts are not ready".into(),
-            };
-            return Box::pin(std::future::ready(Err(e)));
-        };
+        let pool = &self.engine.pool;
         let method = &self.method;
         let streams_output = method.shape.streams_output();
         let deadline = call.deadline();
         let (reply_tx, reply_rx) = oneshot::channel();
         let shared = Arc::new(CallShared::new(CallSpec {
-            method: method.name,
+            method: method.name.clone(),
             script: self.script.clone(),
             function: self.function.clone(),
             output: Some(method.output.clone()),
@@ -299,7 +352,7 @@ impl Handler for ScriptHandler {
             outbox: streams_output.then(outbox::outbox),
         }));
         let mut cancel = CancelOnDrop(Some(shared.clone()));
-        let name = method.name;
+        let name = method.name.clone();
         let submitted = pool.submit(
             pool.pick(),
             Job {
@@ -424,7 +477,7 @@ fn finish_one(state: &State, shared: &Arc<CallShared>, outcome: mlua::Result<Lua
             match (converted, shared.aborted()) {
                 (_, Some(a)) => Err(abort_error(a, shared)),
                 (Some(Ok(msg)), None) => Ok(msg),
-                (Some(Err(e)), None) => Err(e.into_call_error(shared.method, |e| {
+                (Some(Err(e)), None) => Err(e.into_call_error(&shared.method, |e| {
                     format!(
                         "{}: {} returned a bad {}: {e}",
                         shared.script,
@@ -488,7 +541,7 @@ async fn finish_stream(state: &State, shared: &Arc<CallShared>, outcome: mlua::R
                 let item: LuaValue = t.raw_get(i).unwrap_or(LuaValue::Nil);
                 let msg = slice::with_call(shared, || outgoing_from_lua(&state.lua, &item, output));
                 let msg = msg.map_err(|e| {
-                    Status::from(e.into_call_error(shared.method, |e| {
+                    Status::from(e.into_call_error(&shared.method, |e| {
                         format!(
                             "{}: {} returned a bad {}: item {i}: {e}",
                             shared.script,
@@ -544,14 +597,14 @@ fn is_memory_error(e: &mlua::Error) -> bool {
 }
 
 fn abort_error(a: Abort, shared: &CallShared) -> CallError {
-    tracing::debug!(method = shared.method, "script stopped: {a}");
+    tracing::debug!(method = &*shared.method, "script stopped: {a}");
     match a {
         Abort::Budget(_) => CallError::ScriptBudget {
-            method: shared.method,
+            method: shared.method.clone(),
             message: format!("{}: {}: {a}", shared.script, shared.function),
         },
         Abort::Deadline => CallError::DeadlineExceeded {
-            method: shared.method,
+            method: shared.method.clone(),
         },
         Abort::Cancelled => CallError::Cancelled,
     }
@@ -597,19 +650,19 @@ fn to_call_error(e: &mlua::Error, shared: &CallShared, state: &State) -> CallErr
     }
     if is_memory_error(e) {
         return CallError::ScriptMemory {
-            method: shared.method,
+            method: shared.method.clone(),
             limit_mib: state.memory_limit >> 20,
         };
     }
     if let Some(t) = find::<convert::TooLarge>(e) {
         return CallError::ReplyTooLarge {
-            method: shared.method,
+            method: shared.method.clone(),
             limit: t.limit,
         };
     }
     if let Some(b) = find::<BadMessage>(e) {
         return CallError::BadResponse {
-            method: shared.method,
+            method: shared.method.clone(),
             message: b.0,
         };
     }
@@ -617,7 +670,7 @@ fn to_call_error(e: &mlua::Error, shared: &CallShared, state: &State) -> CallErr
         return CallError::Transport(status);
     }
     let message = root_message(e);
-    tracing::warn!(method = shared.method, "script error: {e}");
+    tracing::warn!(method = &*shared.method, "script error: {e}");
     CallError::Script {
         message: format!("{} ({}): {message}", shared.function, shared.method),
     }

@@ -158,7 +158,7 @@ impl Loading {
                     }
                 }
                 slice::Check::Abort(a) => {
-                    if slice::running_call().is_some_and(|c| c.method == LOADING) {
+                    if slice::running_call().is_some_and(|c| &*c.method == LOADING) {
                         let source = debug
                             .source()
                             .source
@@ -204,7 +204,7 @@ impl Loading {
             .set_mode(mlua::ChunkMode::Text)
             .set_environment(env.clone());
         let meter = Arc::new(CallShared::new(CallSpec {
-            method: LOADING,
+            method: Arc::from(LOADING),
             script: Arc::from(path.display().to_string().as_str()),
             function: Arc::from(""),
             output: None,
@@ -439,6 +439,15 @@ impl Pool {
         best
     }
 
+    /// Tells every state thread to stop once the calls it holds are done (the generation this
+    /// pool belongs to has been replaced and nothing can submit to it any more).
+    pub fn close(&self) {
+        for slot in &self.slots {
+            lock(&slot.queue).close();
+            slot.kick.notify_one();
+        }
+    }
+
     /// Hands `job` to the state at `index`; false if its thread is gone.
     pub fn submit(&self, index: usize, job: Job) -> bool {
         let slot = &self.slots[index];
@@ -552,7 +561,7 @@ fn state_thread(
 /// so whatever Lua code it sets off (finalizers) is bounded too.
 fn housekeeping<R>(what: &'static str, f: impl FnOnce() -> R) -> R {
     let meter = Arc::new(CallShared::new(CallSpec {
-        method: what,
+        method: Arc::from(what),
         script: Arc::from(""),
         function: Arc::from(""),
         output: None,

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod project;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use bytes::{Buf, BufMut, Bytes};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor};
 use protoserve::codec::{DynamicCodec, Outgoing};
 use serde_json::Value as Json;
+use tokio_stream::StreamExt;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
@@ -39,16 +42,31 @@ pub fn binary() -> PathBuf {
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin API's address, unless the server runs with `--admin off`.
+    pub admin: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
     /// Starts `protoserve serve --listen 127.0.0.1:0 ARGS…` and waits for its listening line.
+    /// The admin API listens on a free loopback port (`--admin 127.0.0.1:0`) unless ARGS say
+    /// otherwise, so servers started in parallel never share one.
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(binary())
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(binary());
+        command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
-            .args(args)
+            .args(args);
+        if !args.contains(&"--admin") {
+            command.args(["--admin", "127.0.0.1:0"]);
+        }
+        let mut child = command
+            .envs(env.iter().copied())
             .current_dir(repo())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -58,9 +76,18 @@ impl Server {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
+        let admin_line = Arc::new(Mutex::new(None));
+        let admin_seen = admin_line.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("admin API on http://") {
+                    let addr: String = line[i + 20..]
+                        .chars()
+                        .take_while(|c| !c.is_whitespace())
+                        .collect();
+                    *admin_seen.lock().unwrap() = addr.parse::<SocketAddr>().ok();
+                }
                 if let Some(i) = line.find("listening on ") {
                     let addr = line[i + 13..]
                         .split(':')
@@ -81,7 +108,58 @@ impl Server {
                 panic!("protoserve did not start: {:?}", log.lock().unwrap());
             }
         };
-        Server { child, addr, log }
+        // The admin line comes before the listening line.
+        let admin = *admin_line.lock().unwrap();
+        Server {
+            child,
+            addr,
+            admin,
+            log,
+        }
+    }
+
+    /// The admin API's address (panics with `--admin off`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.expect("the server has no admin API")
+    }
+
+    /// An admin API request: (HTTP status, JSON body).
+    pub async fn admin_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Json) {
+        let (status, bytes) = protoserve::admin::client::request(
+            &self.admin_addr().to_string(),
+            method.parse().unwrap(),
+            path,
+            token,
+            body.map(|b| Bytes::from(b.to_owned())),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{method} {path}: answer is not JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        (status.as_u16(), json)
+    }
+
+    /// `GET path` on the admin API, which must answer 200.
+    pub async fn admin_get(&self, path: &str) -> Json {
+        let (status, json) = self.admin_call("GET", path, None, None).await;
+        assert_eq!(status, 200, "GET {path}: {json:#}");
+        json
+    }
+
+    /// `POST path` with a JSON body on the admin API: (HTTP status, JSON body).
+    pub async fn admin_post(&self, path: &str, body: &Json) -> (u16, Json) {
+        self.admin_call("POST", path, None, Some(&body.to_string()))
+            .await
     }
 
     /// The repository's own protos, handlers and data.
@@ -316,6 +394,42 @@ impl Client {
                 Err(s) => return (out, Some(s)),
             }
         }
+    }
+
+    /// Opens a bidi call with `first` as its first requests; later requests are sent as the
+    /// test pushes them into the returned sender, and responses are read as they arrive. (The
+    /// server sends response headers with its first message, so this returns once `first` has
+    /// had its first answer.)
+    pub async fn bidi_open(
+        &self,
+        name: &str,
+        first: Vec<Json>,
+    ) -> (
+        tokio::sync::mpsc::Sender<Json>,
+        Result<tonic::Streaming<DynamicMessage>, Status>,
+    ) {
+        let m = self.method(name);
+        let input = m.input();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Json>(16 + first.len());
+        for j in first {
+            tx.try_send(j)
+                .expect("the channel has room for the first requests");
+        }
+        let requests = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(move |j| Outgoing::Message(Self::message(&input, j)));
+        let mut grpc = self.grpc();
+        if let Err(e) = grpc.ready().await {
+            return (tx, Err(Status::unavailable(e.to_string())));
+        }
+        let resp = grpc
+            .streaming(
+                Request::new(requests),
+                Self::path(name),
+                DynamicCodec::new(m.output()),
+            )
+            .await
+            .map(|r| r.into_inner());
+        (tx, resp)
     }
 
     /// A unary call whose body is `raw` bytes, framed but otherwise untouched.

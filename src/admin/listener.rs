@@ -1,0 +1,224 @@
+//! The admin listener: one port, HTTP/1.1 and HTTP/2 (hyper-util's automatic connection
+//! builder), gRPC told from JSON by the content-type.
+//!
+//! It is as guarded as the public port: a bounded number of connections, a client must start
+//! its request within a few seconds, request heads and bodies are bounded
+//! ([`MAX_BODY`](super::http::MAX_BODY)), every request has an overall time limit, and the
+//! token (when the server has one) is checked before anything else runs, for both front ends.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::grpc::GrpcFront;
+use super::http::{error_response, router};
+use super::Admin;
+use crate::error::AdminError;
+use crate::server::HandshakeGuard;
+
+/// Connections served at once; more are closed when accepted.
+const MAX_CONNECTIONS: usize = 64;
+/// Time a connection has to send its first bytes, and a request its head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a request may take, body and work included (a reload of a large project fits).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bytes of request head (HTTP/1) or header list (HTTP/2).
+const MAX_HEAD: usize = 64 * 1024;
+/// Bytes a client must send before [`HEAD_TIMEOUT`]: the start of a request line, or the HTTP/2
+/// preface.
+const FIRST_BYTES: usize = 16;
+
+/// The running admin listener; [`AdminHandle::stop`] ends it.
+pub struct AdminHandle {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminHandle {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Starts serving the admin API on `listener`.
+pub fn start(listener: TcpListener, admin: Arc<Admin>) -> Result<AdminHandle, String> {
+    let schema = super::schema::compile()?;
+    let front = Front {
+        grpc: GrpcFront::new(admin.clone(), &schema)?,
+        http: router(admin.clone()),
+        admin,
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(accept(listener, front, stop.clone()));
+    Ok(AdminHandle { stop, task })
+}
+
+async fn accept(listener: TcpListener, front: Front, stop: CancellationToken) {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(32)
+        .max_header_list_size(MAX_HEAD as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = Arc::new(builder);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("admin API: accepting a connection failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if connections.len() >= MAX_CONNECTIONS {
+                    tracing::debug!("admin API: refusing a connection, {MAX_CONNECTIONS} are open");
+                    continue;
+                }
+                let io = TokioIo::new(HandshakeGuard::new(stream, HEAD_TIMEOUT).first_bytes(FIRST_BYTES));
+                let front = front.clone();
+                let builder = builder.clone();
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let front = front.clone();
+                        async move { Ok::<_, Infallible>(front.handle(req).await) }
+                    });
+                    if let Err(e) = builder.serve_connection(io, service).await {
+                        tracing::debug!("admin API connection closed: {e}");
+                    }
+                });
+            }
+        }
+    }
+    connections.shutdown().await;
+}
+
+/// Both front ends and what they share.
+#[derive(Clone)]
+struct Front {
+    admin: Arc<Admin>,
+    grpc: GrpcFront,
+    http: axum::Router,
+}
+
+impl Front {
+    async fn handle(&self, req: Request<Incoming>) -> Response<axum::body::Body> {
+        let grpc = is_grpc(&req);
+        if !authorized(self.admin.token(), &req) {
+            return refuse(grpc, AdminError::Unauthenticated);
+        }
+        let work = async {
+            if grpc {
+                self.grpc
+                    .call(req.map(tonic::body::Body::new))
+                    .await
+                    .map(axum::body::Body::new)
+            } else {
+                let resp: Result<_, Infallible> =
+                    tower::ServiceExt::oneshot(self.http.clone(), req).await;
+                match resp {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                }
+            }
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
+            Ok(resp) => resp,
+            Err(_) => refuse(grpc, AdminError::Timeout(REQUEST_TIMEOUT)),
+        }
+    }
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn refuse(grpc: bool, e: AdminError) -> Response<axum::body::Body> {
+    if grpc {
+        tonic::Status::from(e)
+            .into_http::<tonic::body::Body>()
+            .map(axum::body::Body::new)
+    } else {
+        error_response(&e)
+    }
+}
+
+/// True when the server has no token, or the request carries it as `Bearer TOKEN`.
+fn authorized<B>(token: Option<&str>, req: &Request<B>) -> bool {
+    let Some(token) = token else { return true };
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+    else {
+        return false;
+    };
+    let Some(given) = given
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+        .map(|_| &given[7..])
+    else {
+        return false;
+    };
+    constant_time_eq(given, token.as_bytes())
+}
+
+/// Compares without stopping at the first difference, so timing says nothing about the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether `addr` can be reached only from this machine.
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_must_match_exactly_as_a_bearer() {
+        let req = |value: Option<&str>| {
+            let mut b = Request::builder();
+            if let Some(v) = value {
+                b = b.header("authorization", v);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(authorized(None, &req(None)));
+        assert!(authorized(Some("s3cret"), &req(Some("Bearer s3cret"))));
+        assert!(authorized(Some("s3cret"), &req(Some("bearer s3cret"))));
+        assert!(!authorized(Some("s3cret"), &req(None)));
+        assert!(!authorized(Some("s3cret"), &req(Some("Bearer s3cre"))));
+        assert!(!authorized(Some("s3cret"), &req(Some("Bearer s3cretX"))));
+        assert!(!authorized(Some("s3cret"), &req(Some("Basic s3cret"))));
+        assert!(!authorized(Some("s3cret"), &req(Some("s3cret"))));
+    }
+}

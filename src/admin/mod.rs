@@ -1,0 +1,200 @@
+//! The admin API: a separate listener (`--admin`, loopback by default, never the public port:
+//! it can install handlers) that controls the running server and reads its call journal.
+//!
+//! One port serves two front ends: JSON over HTTP/1.1 (or HTTP/2) for curl and test scripts
+//! ([`http`]), and the gRPC service `protoserve.admin.v1.Admin` with server reflection
+//! ([`grpc`]); requests are told apart by their content-type ([`listener`]). Both only
+//! translate requests into the operations of [`Admin::run`], which answer JSON; the gRPC front
+//! end maps that JSON onto its messages. The operations on the server go through
+//! [`Control`]; the journal is read here.
+
+pub mod client;
+pub mod grpc;
+pub mod http;
+pub mod listener;
+pub mod schema;
+
+use std::sync::Arc;
+
+use serde_json::{json, Value as Json};
+
+use crate::control::Control;
+use crate::error::AdminError;
+use crate::journal::query::Query;
+use crate::journal::render::{call_json, View};
+use crate::journal::verify::Verify;
+use crate::journal::Journal;
+
+/// The admin API's settings besides its address.
+#[derive(Debug, Clone, Default)]
+pub struct AdminOptions {
+    /// `--admin-token`: every request must carry `Authorization: Bearer TOKEN`.
+    pub token: Option<String>,
+}
+
+/// One admin operation, as either front end asks for it.
+#[derive(Debug)]
+pub enum Op {
+    Status,
+    Services,
+    Reload,
+    /// `method` is `package.Service/Method`; `entry` a handler file's method entry.
+    PutHandler {
+        method: String,
+        entry: Json,
+    },
+    RemoveHandler {
+        method: String,
+    },
+    /// Runtime handlers and journal.
+    Reset,
+    /// Journal filters and paging as name/value pairs (see [`Query::parse`]).
+    ListCalls(Vec<(String, String)>),
+    GetCall(String),
+    ClearJournal,
+    Verify(Json),
+}
+
+/// What the admin API works on.
+pub struct Admin {
+    control: Arc<dyn Control>,
+    journal: Option<Journal>,
+    options: AdminOptions,
+}
+
+impl Admin {
+    pub fn new(control: Arc<dyn Control>, journal: Option<Journal>, options: AdminOptions) -> Self {
+        Self {
+            control,
+            journal,
+            options,
+        }
+    }
+
+    /// Runs one operation; the answer is the JSON both front ends send.
+    pub async fn run(&self, op: Op) -> Result<Json, AdminError> {
+        match op {
+            Op::Status => Ok(self.with_journal(self.control.status())),
+            Op::Services => Ok(self.control.services()),
+            Op::Reload => Ok(self.with_journal(self.control.reload().await?)),
+            Op::PutHandler { method, entry } => {
+                check_method_name(&method)?;
+                Ok(self.control.put_handler(method, entry).await?)
+            }
+            Op::RemoveHandler { method } => {
+                check_method_name(&method)?;
+                Ok(self.control.remove_handler(method).await?)
+            }
+            Op::Reset => {
+                let mut answer = self.control.reset().await?;
+                let cleared = self.journal.as_ref().map_or(0, Journal::clear);
+                if let Json::Object(fields) = &mut answer {
+                    fields.insert("journal_cleared".into(), json!(cleared));
+                }
+                Ok(answer)
+            }
+            Op::ListCalls(pairs) => {
+                let journal = self.journal()?.clone();
+                let query = Query::parse(&pairs).map_err(AdminError::BadRequest)?;
+                blocking(move || Ok(query.run(&journal))).await
+            }
+            Op::GetCall(id) => {
+                let journal = self.journal()?;
+                let id: u64 = id.trim().parse().map_err(|_| {
+                    AdminError::BadRequest(format!(
+                        "{id:?} is not a call id; ids are the numbers GET /v1/journal lists"
+                    ))
+                })?;
+                journal
+                    .get(id)
+                    .and_then(|call| call_json(&call, View::Full))
+                    .ok_or_else(|| {
+                        let stats = journal.stats();
+                        AdminError::NotFound(format!(
+                            "no call {id} in the journal (it holds {} calls; older ones are dropped beyond --journal-calls / --journal-bytes)",
+                            stats.calls
+                        ))
+                    })
+            }
+            Op::ClearJournal => Ok(json!({"cleared": self.journal()?.clear()})),
+            Op::Verify(body) => {
+                let journal = self.journal()?.clone();
+                let verify = Verify::parse(&body).map_err(AdminError::BadRequest)?;
+                let method = self
+                    .control
+                    .method(&verify.method)
+                    .ok_or_else(|| self.unknown_method(&verify.method))?;
+                blocking(move || {
+                    verify
+                        .run(&journal, &method.input())
+                        .map_err(AdminError::BadRequest)
+                })
+                .await
+            }
+        }
+    }
+
+    /// The server's token, if it has one.
+    pub fn token(&self) -> Option<&str> {
+        self.options.token.as_deref()
+    }
+
+    fn journal(&self) -> Result<&Journal, AdminError> {
+        self.journal.as_ref().ok_or(AdminError::JournalOff)
+    }
+
+    /// A status answer with the journal's counts added.
+    fn with_journal(&self, mut status: Json) -> Json {
+        let journal = match &self.journal {
+            Some(j) => {
+                let mut stats = serde_json::to_value(j.stats()).unwrap_or_default();
+                stats["enabled"] = json!(true);
+                stats
+            }
+            None => json!({"enabled": false}),
+        };
+        if let Json::Object(fields) = &mut status {
+            fields.insert("journal".into(), journal);
+        }
+        status
+    }
+
+    fn unknown_method(&self, name: &str) -> AdminError {
+        let services = self.control.services();
+        let names: Vec<String> = services["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["methods"].as_array().into_iter().flatten())
+            .filter_map(|m| m["path"].as_str())
+            .map(|p| p.trim_start_matches('/').to_owned())
+            .collect();
+        AdminError::NotFound(format!(
+            "unknown method {name:?}{}; name it package.Service/Method",
+            crate::suggest::did_you_mean(name, names.iter().map(String::as_str))
+        ))
+    }
+}
+
+/// `package.Service/Method`, checked for shape only (the server says whether it exists).
+fn check_method_name(method: &str) -> Result<(), AdminError> {
+    match method.split_once('/') {
+        Some((service, name)) if !service.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(())
+        }
+        _ => Err(AdminError::BadRequest(format!(
+            "{method:?} is not a method name; write package.Service/Method"
+        ))),
+    }
+}
+
+/// Journal reads decode messages: they run off the async workers, which serve calls.
+async fn blocking(
+    work: impl FnOnce() -> Result<Json, AdminError> + Send + 'static,
+) -> Result<Json, AdminError> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(AdminError::Internal(format!(
+            "the journal read failed: {e}"
+        )))
+    })
+}

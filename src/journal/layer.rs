@@ -1,0 +1,169 @@
+//! The tower layer that opens a journal record for every call and closes it with the status
+//! the client actually received.
+//!
+//! It sits outside the cutoff layer, so a call ended by its deadline or by shutdown is recorded
+//! with that status, and inside the call limits, so refused calls cost nothing here. The record
+//! travels with the request as a [`Tap`] extension: the router attaches the method and handler
+//! to it and gives it to the codec, which records the messages. With the journal off the layer
+//! only passes calls through.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower::Service;
+
+use super::{End, Journal, Tap};
+
+/// Records the calls of one connection.
+#[derive(Clone)]
+pub struct Journaled<S> {
+    inner: S,
+    journal: Option<Journal>,
+    peer: Option<SocketAddr>,
+}
+
+impl<S> Journaled<S> {
+    pub fn new(inner: S, journal: Option<Journal>, peer: Option<SocketAddr>) -> Self {
+        Self {
+            inner,
+            journal,
+            peer,
+        }
+    }
+}
+
+impl<S, ReqBody, B> Service<Request<ReqBody>> for Journaled<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+{
+    type Response = Response<JournalBody<B>>;
+    type Error = S::Error;
+    type Future = JournalFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let tap = self.journal.as_ref().map(|journal| {
+            let tap = journal.begin(req.uri(), req.headers(), self.peer);
+            req.extensions_mut().insert(tap.clone());
+            tap
+        });
+        JournalFuture {
+            inner: self.inner.call(req),
+            guard: tap.map(|t| Guard(Some(t))),
+        }
+    }
+}
+
+/// Ends the record as abandoned if the call goes away before its status was recorded.
+struct Guard(Option<Tap>);
+
+impl Guard {
+    /// Records how the call ended; the guard has nothing left to do.
+    fn finish(mut self, end: End) {
+        if let Some(tap) = self.0.take() {
+            tap.finish(end);
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(tap) = self.0.take() {
+            tap.finish(End::Abandoned);
+        }
+    }
+}
+
+pin_project! {
+    pub struct JournalFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<Guard>,
+    }
+}
+
+impl<F, B, E> Future for JournalFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<JournalBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = match this.inner.poll(cx) {
+            Poll::Ready(Ok(resp)) => resp,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        let mut guard = this.guard.take();
+        if let Some(Guard(Some(tap))) = &guard {
+            if tap.response_head(resp.headers()) {
+                // Trailers-Only: the status is in these headers, and the call is over.
+                if let Some(mut g) = guard.take() {
+                    g.0 = None;
+                }
+            }
+        }
+        Poll::Ready(Ok(resp.map(|inner| JournalBody { inner, guard })))
+    }
+}
+
+pin_project! {
+    /// A response body that records the trailers (and so the status) when they go out.
+    pub struct JournalBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<Guard>,
+    }
+}
+
+impl<B: Default> Default for JournalBody<B> {
+    fn default() -> Self {
+        Self {
+            inner: B::default(),
+            guard: None,
+        }
+    }
+}
+
+impl<B: Body> Body for JournalBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if this.guard.is_some() {
+            let end = match &frame {
+                Some(Ok(f)) => f.trailers_ref().map(|t| End::Trailers(t.clone())),
+                Some(Err(_)) => None,
+                None => Some(End::NoStatus),
+            };
+            if let Some(end) = end {
+                if let Some(guard) = this.guard.take() {
+                    guard.finish(end);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,225 @@
+//! Journal records as JSON, made only when someone reads the journal: messages are decoded
+//! with the method's descriptors and written as proto3 JSON, statuses get their names,
+//! timestamps are RFC 3339.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::HeaderMap;
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+use serde_json::{json, Map, Value as Json};
+
+use super::{CallLog, CallRecord, Direction, End};
+use crate::metadata::code_name;
+
+/// How much of a call to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// Who called what, when, and how it ended.
+    Summary,
+    /// Also metadata, every message, response headers and trailers.
+    Full,
+}
+
+/// The final status of a call: (code, message), or `None` while it runs.
+pub fn status_of(log: &CallLog) -> Option<(i32, String)> {
+    let (end, _) = log.end.as_ref()?;
+    Some(match end {
+        End::Trailers(h) | End::TrailersOnly(h) => match tonic::Status::from_header_map(h) {
+            Some(s) => (s.code() as i32, s.message().to_owned()),
+            None => no_status(),
+        },
+        End::NoStatus => no_status(),
+        End::Abandoned => (
+            tonic::Code::Cancelled as i32,
+            "the call ended before its status was sent: the client cancelled it or the connection closed".into(),
+        ),
+    })
+}
+
+fn no_status() -> (i32, String) {
+    (
+        tonic::Code::Unknown as i32,
+        "the response ended without a grpc-status".into(),
+    )
+}
+
+/// Request headers not shown: they are the same for every gRPC call.
+const TRANSPORT_HEADERS: &[&str] = &["te", "content-type"];
+/// Trailers shown as the status instead.
+const STATUS_HEADERS: &[&str] = &["grpc-status", "grpc-message", "content-type"];
+
+/// Header values by name; a name sent several times has its values joined with `, `.
+pub fn headers_json(headers: &HeaderMap, skip: &[&str]) -> Json {
+    let mut out = Map::new();
+    for key in headers.keys() {
+        if skip.contains(&key.as_str()) {
+            continue;
+        }
+        let values: Vec<String> = headers
+            .get_all(key)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        out.insert(key.as_str().to_owned(), Json::String(values.join(", ")));
+    }
+    Json::Object(out)
+}
+
+fn millis(d: Duration) -> Json {
+    json!((d.as_secs_f64() * 1_000_000.0).round() / 1000.0)
+}
+
+/// A message as proto3 JSON, or what is wrong with its bytes.
+pub fn message_json(desc: Option<&MessageDescriptor>, bytes: &[u8]) -> Result<Json, String> {
+    let Some(desc) = desc else {
+        return Err("the method is not in the served protos".into());
+    };
+    let msg = DynamicMessage::decode(desc.clone(), bytes)
+        .map_err(|e| format!("not a valid {}: {e}", desc.full_name()))?;
+    serde_json::to_value(&msg)
+        .map_err(|e| format!("cannot write {} as JSON: {e}", desc.full_name()))
+}
+
+/// The record as JSON, or `None` if it left the journal meanwhile.
+pub fn call_json(record: &CallRecord, view: View) -> Option<Json> {
+    let log = record.snapshot();
+    if log.is_forgotten() {
+        return None;
+    }
+    Some(call_json_from(record, &log, view))
+}
+
+/// The record as JSON from a snapshot of it.
+pub fn call_json_from(record: &CallRecord, log: &CallLog, view: View) -> Json {
+    let mut out = Map::new();
+    out.insert("id".into(), json!(record.id));
+    out.insert("method".into(), json!(record.method_str(log)));
+    out.insert(
+        "shape".into(),
+        log.method
+            .as_ref()
+            .map_or(Json::Null, |m| json!(m.shape.name())),
+    );
+    out.insert(
+        "peer".into(),
+        record.peer.map_or(Json::Null, |p| json!(p.to_string())),
+    );
+    out.insert(
+        "started_at".into(),
+        json!(humantime::format_rfc3339_micros(record.started_at).to_string()),
+    );
+    let ended = log.end.as_ref().map(|(_, after)| *after);
+    out.insert(
+        "ended_at".into(),
+        ended.map_or(Json::Null, |after| {
+            json!(humantime::format_rfc3339_micros(record.started_at + after).to_string())
+        }),
+    );
+    out.insert("duration_ms".into(), ended.map_or(Json::Null, millis));
+    out.insert(
+        "state".into(),
+        json!(if ended.is_some() {
+            "done"
+        } else {
+            "in_progress"
+        }),
+    );
+    out.insert(
+        "status".into(),
+        status_of(log).map_or(
+            Json::Null,
+            |(code, message)| json!({"code": code, "name": code_name(code), "message": message}),
+        ),
+    );
+    out.insert("handler".into(), handler_json(log));
+    let requests = log
+        .frames
+        .iter()
+        .filter(|f| f.direction == Direction::Request)
+        .count();
+    out.insert("requests".into(), json!(requests));
+    out.insert("responses".into(), json!(log.frames.len() - requests));
+    out.insert("dropped_messages".into(), json!(log.dropped));
+    if view == View::Full {
+        out.insert(
+            "metadata".into(),
+            headers_json(&record.metadata, TRANSPORT_HEADERS),
+        );
+        out.insert("messages".into(), Json::Array(messages_json(log)));
+        out.insert(
+            "response_headers".into(),
+            log.response_headers
+                .as_ref()
+                .map_or(Json::Null, |h| headers_json(h, STATUS_HEADERS)),
+        );
+        out.insert(
+            "trailers".into(),
+            match log.end.as_ref() {
+                Some((End::Trailers(h) | End::TrailersOnly(h), _)) => {
+                    headers_json(h, STATUS_HEADERS)
+                }
+                _ => Json::Null,
+            },
+        );
+    }
+    Json::Object(out)
+}
+
+fn handler_json(log: &CallLog) -> Json {
+    let Some(note) = &log.handler else {
+        return Json::Null;
+    };
+    let mut out = Map::new();
+    out.insert("kind".into(), json!(note.kind));
+    if let Some(source) = note.origin.source() {
+        out.insert("source".into(), json!(source));
+    }
+    if let Some(file) = note.origin.file() {
+        out.insert("file".into(), json!(file.display().to_string()));
+    }
+    if !log.rules.is_empty() {
+        out.insert("rules".into(), json!(log.rules));
+    }
+    Json::Object(out)
+}
+
+fn messages_json(log: &CallLog) -> Vec<Json> {
+    let input = log.method.as_ref().map(|m| &m.input);
+    let output = log.method.as_ref().map(|m| &m.output);
+    let (mut requests, mut responses) = (0usize, 0usize);
+    log.frames
+        .iter()
+        .map(|frame| {
+            let (direction, index, desc) = match frame.direction {
+                Direction::Request => {
+                    requests += 1;
+                    ("request", requests - 1, input)
+                }
+                Direction::Response => {
+                    responses += 1;
+                    ("response", responses - 1, output)
+                }
+            };
+            let mut out = Map::new();
+            out.insert("direction".into(), json!(direction));
+            out.insert("index".into(), json!(index));
+            out.insert("at_ms".into(), millis(frame.at));
+            out.insert("size".into(), json!(frame.bytes.len()));
+            match message_json(desc, &frame.bytes) {
+                Ok(message) => {
+                    out.insert("message".into(), message);
+                }
+                Err(error) => {
+                    out.insert("message".into(), Json::Null);
+                    out.insert("error".into(), json!(error));
+                    out.insert(
+                        "bytes_base64".into(),
+                        json!(base64::engine::general_purpose::STANDARD.encode(&frame.bytes)),
+                    );
+                }
+            }
+            Json::Object(out)
+        })
+        .collect()
+}

@@ -1,0 +1,373 @@
+//! `verify`: did the client make the calls it should have?
+//!
+//! ```json
+//! {"method": "helloworld.Greeter/SayHello",
+//!  "when": {"request": {"name": "Ann"}, "metadata": {"x-user": "alice"}},
+//!  "exactly": 1}
+//! ```
+//! `when` is the language of rules ([`Condition`]); a call matches when its metadata passes and
+//! some request message of the call passes (a stream matches if any of its messages does).
+//! The count is `exactly`, or `at_least` and/or `at_most`; without one, at least one call must
+//! match. A verify that fails says how many calls matched, and shows the calls that came
+//! closest with every condition each one failed, so a test failure explains itself.
+
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+use serde_json::{json, Map, Value as Json};
+use tonic::metadata::MetadataMap;
+
+use super::render::message_json;
+use super::{CallLog, CallRecord, Direction, Journal};
+use crate::matcher::Condition;
+
+const KEYS: &[&str] = &["method", "when", "exactly", "at_least", "at_most", "show"];
+/// Closest misses shown when nothing says otherwise, and the most that can be asked for.
+const DEFAULT_SHOWN: usize = 5;
+const MAX_SHOWN: usize = 50;
+/// Ids of matching calls listed in an answer.
+const MAX_IDS: usize = 100;
+/// Records copied out of the journal at a time.
+const SCAN_CHUNK: usize = 256;
+
+/// A verify request, checked.
+#[derive(Debug)]
+pub struct Verify {
+    pub method: String,
+    when: Json,
+    count: Count,
+    show: usize,
+}
+
+/// How many calls must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count {
+    pub at_least: u64,
+    pub at_most: Option<u64>,
+}
+
+impl Count {
+    fn holds(&self, n: u64) -> bool {
+        n >= self.at_least && self.at_most.is_none_or(|m| n <= m)
+    }
+
+    fn json(&self) -> Json {
+        match self.at_most {
+            Some(m) if m == self.at_least => json!({"exactly": m}),
+            Some(m) if self.at_least == 0 => json!({"at_most": m}),
+            Some(m) => json!({"at_least": self.at_least, "at_most": m}),
+            None => json!({"at_least": self.at_least}),
+        }
+    }
+
+    fn text(&self) -> String {
+        let calls = |n: u64| if n == 1 { "call" } else { "calls" };
+        match self.at_most {
+            Some(m) if m == self.at_least => format!("exactly {m} {}", calls(m)),
+            Some(m) if self.at_least == 0 => format!("at most {m} {}", calls(m)),
+            Some(m) => format!("between {} and {m} calls", self.at_least),
+            None => format!("at least {} {}", self.at_least, calls(self.at_least)),
+        }
+    }
+}
+
+impl Verify {
+    /// Checks the shape of a verify request (the method's existence and the `when` are
+    /// checked by [`Verify::run`] against the method's descriptors).
+    pub fn parse(body: &Json) -> Result<Verify, String> {
+        let Json::Object(obj) = body else {
+            return Err("a verify is an object such as {\"method\": \"pkg.Service/Method\", \"when\": {…}, \"exactly\": 1}".into());
+        };
+        for key in obj.keys() {
+            if !KEYS.contains(&key.as_str()) {
+                return Err(format!(
+                    "unknown key {key:?}{}; a verify has {}",
+                    crate::suggest::did_you_mean(key, KEYS.iter().copied()),
+                    KEYS.join(", ")
+                ));
+            }
+        }
+        let method = match obj.get("method") {
+            Some(Json::String(m)) if !m.trim().is_empty() => {
+                m.trim().trim_start_matches('/').to_owned()
+            }
+            _ => return Err("give \"method\": \"package.Service/Method\"".into()),
+        };
+        let when = match obj.get("when") {
+            None | Some(Json::Null) => Json::Object(Map::new()),
+            Some(w) => w.clone(),
+        };
+        let number = |key: &str| -> Result<Option<u64>, String> {
+            match obj.get(key) {
+                None | Some(Json::Null) => Ok(None),
+                Some(Json::Number(n)) => n
+                    .as_u64()
+                    .map(Some)
+                    .ok_or_else(|| format!("\"{key}\" must be a whole number ≥ 0, not {n}")),
+                // The proto3 JSON form of 64-bit numbers, as the gRPC front end passes them.
+                Some(Json::String(s)) => s
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| format!("\"{key}\" must be a whole number ≥ 0, not {s:?}")),
+                Some(other) => Err(format!("\"{key}\" must be a whole number ≥ 0, not {other}")),
+            }
+        };
+        let (exactly, at_least, at_most) =
+            (number("exactly")?, number("at_least")?, number("at_most")?);
+        let count = match (exactly, at_least, at_most) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err("give \"exactly\", or \"at_least\" and/or \"at_most\", not both".into())
+            }
+            (Some(n), None, None) => Count {
+                at_least: n,
+                at_most: Some(n),
+            },
+            (None, None, None) => Count {
+                at_least: 1,
+                at_most: None,
+            },
+            (None, lo, hi) => {
+                let lo = lo.unwrap_or(0);
+                if hi.is_some_and(|hi| hi < lo) {
+                    return Err(format!(
+                        "\"at_most\" ({}) is less than \"at_least\" ({lo})",
+                        hi.unwrap_or(0)
+                    ));
+                }
+                Count {
+                    at_least: lo,
+                    at_most: hi,
+                }
+            }
+        };
+        let show = match number("show")? {
+            None => DEFAULT_SHOWN,
+            Some(n) => usize::try_from(n).unwrap_or(MAX_SHOWN).min(MAX_SHOWN),
+        };
+        Ok(Verify {
+            method,
+            when,
+            count,
+            show,
+        })
+    }
+
+    /// Runs the verify against the journal. `input` is the method's request type in the
+    /// current generation; a `when` that does not fit it is refused with the same message a
+    /// rule would get.
+    pub fn run(&self, journal: &Journal, input: &MessageDescriptor) -> Result<Json, String> {
+        let condition = Condition::compile(&self.when, input, "when").map_err(|e| {
+            if e.path.is_empty() {
+                e.message
+            } else {
+                format!("{}: {}", e.path, e.message)
+            }
+        })?;
+        let mut conditions = Conditions {
+            when: &self.when,
+            current: (input.clone(), condition),
+            others: Vec::new(),
+        };
+        let mut matched: Vec<u64> = Vec::new();
+        let mut misses: Vec<Miss> = Vec::new();
+        let mut to_method = 0u64;
+        let mut cursor = 0;
+        loop {
+            let chunk = journal.chunk(cursor, false, SCAN_CHUNK);
+            let Some(last) = chunk.last() else { break };
+            cursor = last.id;
+            for record in &chunk {
+                let Some(log) =
+                    record.snapshot_if(|record, log| record.method_str(log) == self.method)
+                else {
+                    continue;
+                };
+                to_method += 1;
+                match judge(record, &log, &mut conditions) {
+                    Judgement::Match => matched.push(record.id),
+                    Judgement::Miss(miss) => misses.push(miss),
+                }
+            }
+            if chunk.len() < SCAN_CHUNK {
+                break;
+            }
+        }
+        let count = matched.len() as u64;
+        let ok = self.count.holds(count);
+        let mut out = Map::new();
+        out.insert("ok".into(), json!(ok));
+        out.insert("method".into(), json!(self.method));
+        out.insert("expected".into(), self.count.json());
+        out.insert("count".into(), json!(count));
+        out.insert("calls_to_method".into(), json!(to_method));
+        let shown_ids: Vec<u64> = matched.iter().rev().take(MAX_IDS).rev().copied().collect();
+        out.insert("matched".into(), json!(shown_ids));
+        let mut message = format!(
+            "expected {} to {} matching the conditions, found {count}",
+            self.count.text(),
+            self.method
+        );
+        if to_method == 0 {
+            message.push_str(&format!(
+                "; the journal has no calls to {} ({} calls journaled)",
+                self.method,
+                journal.stats().calls
+            ));
+        } else if !ok && count > 0 && self.count.at_most.is_some_and(|m| count > m) {
+            let ids: Vec<String> = shown_ids.iter().map(u64::to_string).collect();
+            message.push_str(&format!(" (calls {})", ids.join(", ")));
+        }
+        let evicted = journal.stats().evicted;
+        if evicted > 0 {
+            out.insert(
+                "note".into(),
+                json!(format!("the journal dropped {evicted} older calls to stay within its bounds; they are not counted")),
+            );
+        }
+        if !ok && count < self.count.at_least {
+            // Closest first: fewest failed conditions, then the most recent.
+            misses.sort_by(|a, b| a.failed.len().cmp(&b.failed.len()).then(b.id.cmp(&a.id)));
+            misses.truncate(self.show);
+            if let Some(closest) = misses.first() {
+                message.push_str(&format!(
+                    "; closest: call {} ({})",
+                    closest.id,
+                    closest.failed.join("; ")
+                ));
+            }
+            out.insert(
+                "near_misses".into(),
+                Json::Array(misses.into_iter().map(Miss::json).collect()),
+            );
+        }
+        out.insert("message".into(), json!(message));
+        Ok(Json::Object(out))
+    }
+}
+
+/// The compiled `when`, for the current request type and for the types of calls recorded
+/// under earlier generations.
+struct Conditions<'a> {
+    when: &'a Json,
+    current: (MessageDescriptor, Condition),
+    /// Few: one per generation the journal still has calls of.
+    others: Vec<(MessageDescriptor, Result<Condition, String>)>,
+}
+
+impl Conditions<'_> {
+    fn for_input(&mut self, input: &MessageDescriptor) -> Result<&Condition, String> {
+        if *input == self.current.0 {
+            return Ok(&self.current.1);
+        }
+        // A call recorded before a reload decodes with that generation's descriptors.
+        let i = match self.others.iter().position(|(d, _)| d == input) {
+            Some(i) => i,
+            None => {
+                let compiled = Condition::compile(self.when, input, "when").map_err(|e| {
+                    format!("the conditions do not fit this call's request type (the protos changed since): {}", e.message)
+                });
+                self.others.push((input.clone(), compiled));
+                self.others.len() - 1
+            }
+        };
+        self.others[i].1.as_ref().map_err(Clone::clone)
+    }
+}
+
+enum Judgement {
+    Match,
+    Miss(Miss),
+}
+
+/// A call that did not match, with what failed.
+struct Miss {
+    id: u64,
+    failed: Vec<String>,
+    /// The request message that came closest, as JSON.
+    request: Option<Json>,
+}
+
+impl Miss {
+    fn json(self) -> Json {
+        let mut out = Map::new();
+        out.insert("id".into(), json!(self.id));
+        out.insert("failed".into(), json!(self.failed));
+        if let Some(request) = self.request {
+            out.insert("request".into(), request);
+        }
+        Json::Object(out)
+    }
+}
+
+fn judge(record: &CallRecord, log: &CallLog, conditions: &mut Conditions<'_>) -> Judgement {
+    let miss = |failed: Vec<String>, request: Option<Json>| {
+        Judgement::Miss(Miss {
+            id: record.id,
+            failed,
+            request,
+        })
+    };
+    let Some(info) = &log.method else {
+        return miss(vec!["the call named no served method".into()], None);
+    };
+    let condition = match conditions.for_input(&info.input) {
+        Ok(c) => c,
+        Err(e) => return miss(vec![e], None),
+    };
+    let metadata = MetadataMap::from_headers(record.metadata.clone());
+    let mut failed = if condition.metadata_matches(&metadata) {
+        Vec::new()
+    } else {
+        condition.explain_metadata(&metadata)
+    };
+    if !condition.tests_fields() {
+        return if failed.is_empty() {
+            Judgement::Match
+        } else {
+            miss(failed, None)
+        };
+    }
+    // The request message with the fewest failed conditions speaks for the call.
+    let mut best: Option<(Vec<String>, Json)> = None;
+    let mut any_request = false;
+    for (i, frame) in log
+        .frames
+        .iter()
+        .filter(|f| f.direction == Direction::Request)
+        .enumerate()
+    {
+        any_request = true;
+        let msg = match DynamicMessage::decode(info.input.clone(), frame.bytes.as_ref()) {
+            Ok(m) => m,
+            Err(e) => {
+                if best.is_none() {
+                    best = Some((
+                        vec![format!(
+                            "request {i}: not a valid {}: {e}",
+                            info.input.full_name()
+                        )],
+                        Json::Null,
+                    ));
+                }
+                continue;
+            }
+        };
+        if condition.fields_match(&msg) {
+            return if failed.is_empty() {
+                Judgement::Match
+            } else {
+                miss(failed, message_json(Some(&info.input), &frame.bytes).ok())
+            };
+        }
+        let why = condition.explain_fields(&msg);
+        if best.as_ref().is_none_or(|(b, _)| why.len() < b.len()) {
+            let shown = message_json(Some(&info.input), &frame.bytes).unwrap_or(Json::Null);
+            best = Some((why, shown));
+        }
+    }
+    if !any_request {
+        failed.push("the call has no request message".into());
+        return miss(failed, None);
+    }
+    let (why, request) = best.unwrap_or_default();
+    failed.extend(why);
+    miss(failed, Some(request).filter(|r| !r.is_null()))
+}
