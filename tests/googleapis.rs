@@ -130,6 +130,7 @@ async fn googleapis_subset_is_served_listed_and_reflected() {
         services: vec![
             "google.pubsub.v1.Publisher".into(),
             "google.pubsub.v1.Subscriber".into(),
+            "google.spanner.v1.Spanner".into(),
         ],
         ..SchemaInputs::default()
     })
@@ -146,7 +147,7 @@ async fn googleapis_subset_is_served_listed_and_reflected() {
     );
     assert!(client_schema
         .pool
-        .get_service_by_name("google.spanner.v1.Spanner")
+        .get_service_by_name("google.bigtable.v2.Bigtable")
         .is_none());
     let client = Client::connect(server.addr, client_schema.pool.clone()).await;
     let reply = client
@@ -181,6 +182,32 @@ async fn googleapis_subset_is_served_listed_and_reflected() {
         .await
         .expect_err("unknown method");
     assert!(err.message().contains("unknown method"), "{err:?}");
+
+    // A runtime handler on a service no handler file names: its descriptors are decoded then.
+    let (status, body) = server
+        .admin_call(
+            "PUT",
+            "/v1/handlers/google.spanner.v1.Spanner/GetSession",
+            None,
+            Some(r#"{"reply": {"name": "{{name}}", "creator_role": "fake"}}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let session = client
+        .unary(
+            "google.spanner.v1.Spanner/GetSession",
+            json!({"name": "projects/p/instances/i/databases/d/sessions/s"}),
+        )
+        .await
+        .expect("the runtime handler answers");
+    assert_eq!(session["creatorRole"], "fake");
+    let services = server.admin_get("/v1/services").await;
+    let listed = services["services"].as_array().unwrap();
+    assert!(
+        listed.len() > 150,
+        "every declared service: {}",
+        listed.len()
+    );
 
     // Reflection: a deep type with its imports, custom options included.
     let pool = describe(server.addr, "google.spanner.v1.Mutation.Write").await;

@@ -328,6 +328,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// Checks that `method` names a method of the current generation (`package.Service/Method`).
 fn known_method(generation: &Generation, method: &str) -> Result<(), Refusal> {
+    // In a big tree the pool holds only the services handlers name; the next generation
+    // decodes the one this method belongs to.
+    if generation.schema.files.declares(&format!("/{method}")) {
+        return Ok(());
+    }
     config::runtime_method(&generation.schema.pool, &generation.table, method)
         .map(|_| ())
         .map_err(|message| Refusal::NotFound { message })
