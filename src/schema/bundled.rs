@@ -156,6 +156,11 @@ pub const SOURCES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Whether `name` is a bundled file.
+pub fn is_bundled(name: &str) -> bool {
+    WELL_KNOWN.contains(&name) || source(name).is_some()
+}
+
 /// Where a bundled file comes from, if `name` is one.
 pub fn find(name: &str) -> Option<Provider> {
     if WELL_KNOWN.contains(&name) {

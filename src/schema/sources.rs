@@ -130,7 +130,7 @@ impl Finder {
 
     /// The file on disk behind an import name, for messages.
     pub fn on_disk(&self, name: &str) -> Option<PathBuf> {
-        if bundled::find(name).is_some() {
+        if bundled::is_bundled(name) {
             return None;
         }
         match self.find(name) {
@@ -164,9 +164,6 @@ pub fn gather(
             if loaded.contains_key(&name) {
                 continue;
             }
-            if bundled::find(&name).is_some() && finder.sources.contains_key(&name) {
-                tracing::debug!("{name}: taken from {}", path.display());
-            }
             let input = Input::linked(f.encode_to_vec().into()).map_err(|e| {
                 StartupError::Usage(format!("{}: {name}: bad descriptor: {e}", path.display()))
             })?;
@@ -182,7 +179,7 @@ pub fn gather(
             );
             continue;
         }
-        if bundled::find(&s.name).is_some() {
+        if bundled::is_bundled(&s.name) {
             check_vendored(s);
         }
         wanted.push((s.name.clone(), None));
