@@ -1,28 +1,47 @@
 //! The services every protoserve serves besides the user's: server reflection (v1 and v1alpha,
-//! over exactly the descriptor set that is served, rebuilt with each generation) and health
-//! (SERVING for every loaded service, one table for the life of the server).
+//! over exactly the files that were compiled, see [`crate::reflection`], rebuilt with each
+//! generation) and health (SERVING for every loaded service, one table for the life of the
+//! server).
 //!
 //! Both reflection versions list both reflection services, whichever version a client asks:
 //! a client that lists services with v1alpha still learns that v1 is there, and the reverse.
+
+use std::sync::Arc;
 
 use tonic::server::NamedService;
 use tower::util::BoxCloneSyncService;
 
 use crate::error::StartupError;
 use crate::health::HealthReporter;
+use crate::reflection;
 use crate::router::BuiltinService;
-use crate::schema::Schema;
+use crate::schema::{Files, Schema};
 use tonic_health::pb::health_check_response::ServingStatus;
 
-/// Server reflection over `schema`, both versions, by the path prefix that routes to each.
+/// Server reflection over `schema`'s files and the built-in services' files, both versions, by
+/// the path prefix that routes to each.
 pub fn reflection(schema: &Schema) -> Result<Vec<(String, BuiltinService)>, StartupError> {
-    reflection_over(&[&schema.encoded, tonic_health::pb::FILE_DESCRIPTOR_SET]).map_err(|e| {
-        StartupError::Proto {
-            location: crate::error::Location::file("protos"),
-            message: format!("server reflection could not index the descriptors: {e}"),
-            detail: None,
-        }
-    })
+    let builtin_files = builtin_files().map_err(|e| StartupError::Proto {
+        location: crate::error::Location::file("protos"),
+        message: format!("the built-in services' descriptors do not decode: {e}"),
+        detail: None,
+    })?;
+    let index = reflection::Index::new(schema.files.clone(), Arc::new(builtin_files));
+    let v1 = reflection::v1::ReflectionV1::server(index.clone());
+    let v1alpha = reflection::v1alpha::ReflectionV1alpha::server(index);
+    Ok(vec![
+        (prefix_of(&v1), boxed(v1)),
+        (prefix_of(&v1alpha), boxed(v1alpha)),
+    ])
+}
+
+/// The descriptors of reflection (both versions) and health, for reflection to serve.
+fn builtin_files() -> Result<Files, String> {
+    let mut set = Vec::new();
+    set.extend_from_slice(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET);
+    set.extend_from_slice(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    set.extend_from_slice(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    Files::from_encoded_set(bytes::Bytes::from(set))
 }
 
 /// Server reflection, v1 and v1alpha, over the encoded descriptor sets `sets`, with the path
@@ -61,9 +80,10 @@ pub fn health(health: &HealthReporter) -> (String, BuiltinService) {
 /// are gone removed (their watchers see SERVICE_UNKNOWN).
 pub fn update_health(health: &HealthReporter, before: Option<&Schema>, now: &Schema) {
     let names = |s: &Schema| -> std::collections::HashSet<String> {
-        s.pool
+        s.files
             .services()
-            .map(|s| s.full_name().to_owned())
+            .iter()
+            .map(|s| s.name.to_string())
             .collect()
     };
     let current = names(now);

@@ -88,6 +88,25 @@ impl From<TemplateError> for BuildError {
 }
 
 /// Reads every `*.json` in `dir` and installs the handlers into `table`.
+/// The services the handler files in `dir` name, read leniently before the schema is compiled
+/// (a big tree decodes only these into its pool); [`load_handlers`] reports any problem.
+pub fn named_services(dir: &Path) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Service {
+        service: String,
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter_map(|p| std::fs::read(p).ok())
+        .filter_map(|b| serde_json::from_slice::<Service>(&b).ok())
+        .map(|s| s.service)
+        .collect()
+}
+
 pub fn load_handlers(
     dir: &Path,
     pool: &DescriptorPool,

@@ -36,7 +36,12 @@ pub struct Generation {
 
 impl Generation {
     pub fn service_count(&self) -> usize {
-        self.schema.pool.services().len()
+        self.schema.service_count()
+    }
+
+    /// Every declared method, handled or not.
+    pub fn method_count(&self) -> usize {
+        self.schema.method_count()
     }
 
     pub fn handled_count(&self) -> usize {
@@ -46,9 +51,10 @@ impl Generation {
     /// The full names of the services this generation serves.
     pub fn service_names(&self) -> impl Iterator<Item = String> + '_ {
         self.schema
-            .pool
+            .files
             .services()
-            .map(|s| s.full_name().to_owned())
+            .iter()
+            .map(|s| s.name.to_string())
     }
 }
 
@@ -67,9 +73,24 @@ impl Builder<'_> {
     pub fn build(self) -> Result<Generation, StartupErrors> {
         let started = Instant::now();
         let options = self.options;
+        // A big tree decodes only the services handlers name (files and runtime entries).
+        let named: Vec<String> = config::named_services(&options.handlers)
+            .into_iter()
+            .chain(
+                self.runtime
+                    .keys()
+                    .filter_map(|k| k.split_once('/').map(|(s, _)| s.to_owned())),
+            )
+            .collect();
         let schema = match self.schema {
-            Some(s) => s,
-            None => Arc::new(schema::compile(&options.protos, &options.import_paths)?),
+            Some(s) => Schema::covering(s, &named)?,
+            None => Arc::new(schema::compile(&schema::SchemaInputs {
+                protos: options.protos.clone(),
+                import_paths: options.import_paths.clone(),
+                descriptor_sets: options.descriptor_sets.clone(),
+                cache_dir: options.cache_dir.clone(),
+                services: named,
+            })?),
         };
         tracing::debug!("protos ready in {:?}", started.elapsed());
         let mut table = HandlerTable::from_pool(&schema.pool);

@@ -23,6 +23,7 @@ pub mod layers;
 pub mod live;
 pub mod matcher;
 pub mod metadata;
+pub mod reflection;
 pub mod router;
 pub mod schema;
 pub mod script;
@@ -45,6 +46,10 @@ use router::{Limits, Router};
 pub struct Options {
     pub protos: Vec<PathBuf>,
     pub import_paths: Vec<PathBuf>,
+    /// Encoded `FileDescriptorSet`s served along with the protos (`--descriptor-set`).
+    pub descriptor_sets: Vec<PathBuf>,
+    /// The descriptor cache folder; `None`: no cache (`--no-cache`).
+    pub cache_dir: Option<PathBuf>,
     pub handlers: PathBuf,
     pub data: PathBuf,
     pub max_message_size: usize,
@@ -61,6 +66,8 @@ impl Default for Options {
         Self {
             protos: vec![PathBuf::from("protos")],
             import_paths: Vec::new(),
+            descriptor_sets: Vec::new(),
+            cache_dir: schema::cache::default_dir(),
             handlers: PathBuf::from("handlers"),
             data: PathBuf::from("data"),
             max_message_size: 4 * 1024 * 1024,

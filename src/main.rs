@@ -35,10 +35,20 @@ enum Command {
     /// Load and validate protos, handlers and data; print every problem; exit non-zero on any.
     Check(LoadArgs),
     /// Print each service and method with its shape and handler kind.
-    List(LoadArgs),
+    List(ListArgs),
     /// Check a running server's call journal, for CI scripts: exit 0 when the verify holds, 1
     /// when it does not (the explanation is printed), 2 on errors.
     Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ListArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Only services whose full name starts with one of these (a package such as
+    /// `google.cloud.speech` or a service such as `helloworld.Greeter`).
+    #[arg(value_name = "PREFIX")]
+    prefixes: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -62,12 +72,23 @@ struct VerifyArgs {
 
 #[derive(Args, Debug, Clone)]
 struct LoadArgs {
-    /// Folder of .proto files to serve (repeatable); each is also an import root.
-    #[arg(long = "protos", value_name = "DIR", default_value = "protos")]
+    /// Folder of .proto files to serve (repeatable); each is also an import root
+    /// [default: protos, unless --descriptor-set is given].
+    #[arg(long = "protos", value_name = "DIR")]
     protos: Vec<PathBuf>,
     /// Extra import root for `import` statements (repeatable).
     #[arg(short = 'I', long = "import-path", value_name = "DIR")]
     import_paths: Vec<PathBuf>,
+    /// Binary FileDescriptorSet to serve, as written by `buf build -o FILE.binpb` or
+    /// `protoc --include_imports --descriptor_set_out=FILE` (repeatable; mixes with --protos).
+    #[arg(long = "descriptor-set", value_name = "FILE")]
+    descriptor_sets: Vec<PathBuf>,
+    /// Folder of the descriptor cache [default: protoserve/ in the user's cache folder].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    cache_dir: Option<PathBuf>,
+    /// Compile every start from the sources; read and write no descriptor cache.
+    #[arg(long)]
+    no_cache: bool,
     /// Folder of handler files.
     #[arg(long, value_name = "DIR", default_value = "handlers")]
     handlers: PathBuf,
@@ -307,9 +328,23 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 impl LoadArgs {
     fn options(&self, server: ServerOptions) -> Options {
+        // `protos/` is the default only when nothing else is served.
+        let protos = if self.protos.is_empty() && self.descriptor_sets.is_empty() {
+            vec![PathBuf::from("protos")]
+        } else {
+            self.protos.clone()
+        };
         Options {
-            protos: self.protos.clone(),
+            protos,
             import_paths: self.import_paths.clone(),
+            descriptor_sets: self.descriptor_sets.clone(),
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir
+                    .clone()
+                    .or_else(protoserve::schema::cache::default_dir)
+            },
             handlers: self.handlers.clone(),
             data: self.data.clone(),
             max_message_size: self.max_message_size,
@@ -386,7 +421,8 @@ fn main() -> ExitCode {
     let command_matches = matches.subcommand().map_or(&matches, |(_, m)| m);
     let load_args = match &command {
         Command::Serve(a) => &a.load,
-        Command::Check(a) | Command::List(a) => a,
+        Command::Check(a) => a,
+        Command::List(a) => &a.load,
         Command::Verify(a) => return verify(a),
     };
     let filter = match log_filter(&load_args.log_level) {
@@ -433,7 +469,7 @@ fn check(args: &LoadArgs) -> ExitCode {
             println!(
                 "ok: {} services, {} methods ({} with handlers), loaded in {} ms",
                 loaded.service_count(),
-                loaded.table.method_count(),
+                loaded.method_count(),
                 loaded.handled_count(),
                 loaded.load_time.as_millis()
             );
@@ -443,25 +479,39 @@ fn check(args: &LoadArgs) -> ExitCode {
     }
 }
 
-fn list(args: &LoadArgs) -> ExitCode {
-    let loaded = match load(args) {
+fn list(args: &ListArgs) -> ExitCode {
+    let loaded = match load(&args.load) {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let mut current = String::new();
-    for entry in loaded.table.iter() {
-        let service = entry.info.descriptor.parent_service();
-        if service.full_name() != current {
-            println!("{}", service.full_name());
-            current = service.full_name().to_owned();
+    let kinds: std::collections::HashMap<String, &'static str> = loaded
+        .table
+        .iter()
+        .filter_map(|e| Some((e.info.path.to_string(), e.handler.as_ref()?.kind())))
+        .collect();
+    let wanted = |name: &str| {
+        args.prefixes.is_empty() || args.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+    };
+    let mut shown = 0;
+    for service in loaded.schema.files.services() {
+        if !wanted(&service.name) {
+            continue;
         }
-        let kind = entry.handler.as_ref().map_or("no handler", |h| h.kind());
-        println!(
-            "  {:<24} {:<17} {}",
-            entry.info.descriptor.name(),
-            entry.info.shape.name(),
-            kind
+        shown += 1;
+        println!("{}", service.name);
+        for method in &service.methods {
+            let path = format!("/{}/{}", service.name, method.name);
+            let kind = kinds.get(&path).copied().unwrap_or("no handler");
+            println!("  {:<24} {:<17} {}", method.name, method.shape.name(), kind);
+        }
+    }
+    if shown == 0 && !args.prefixes.is_empty() {
+        eprintln!(
+            "no service starts with {}; `protoserve list` without a prefix lists all {}",
+            args.prefixes.join(" or "),
+            loaded.service_count()
         );
+        return ExitCode::from(1);
     }
     ExitCode::SUCCESS
 }
@@ -535,7 +585,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             "listening on {addr}: {} services, {} of {} methods with handlers, loaded in {} ms",
             loaded.service_count(),
             loaded.handled_count(),
-            loaded.table.method_count(),
+            loaded.method_count(),
             loaded.load_time.as_millis()
         );
         drop(loaded);

@@ -116,8 +116,16 @@ impl Service<Request<Body>> for Router {
             discard_journal(&req);
             return Box::pin(self.health.1.clone().call(req));
         }
-        let status: Status = CallError::UnknownMethod {
-            path: path.to_owned(),
+        // A big tree's table holds only the services handlers name; the other declared methods
+        // get the same answer as a method without a handler.
+        let status: Status = if generation.schema.files.declares(path) {
+            CallError::NoHandler {
+                method: Arc::from(path.trim_start_matches('/')),
+            }
+        } else {
+            CallError::UnknownMethod {
+                path: path.to_owned(),
+            }
         }
         .into();
         Box::pin(std::future::ready(Ok(status.into_http())))

@@ -22,7 +22,7 @@ use protoserve::wire;
 
 fn pool() -> DescriptorPool {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wire/protos");
-    protoserve::schema::compile(&[dir], &[])
+    protoserve::schema::compile(&protoserve::schema::SchemaInputs::protos(&[dir]))
         .expect("compile wire fixtures")
         .pool
 }

@@ -254,9 +254,11 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
 
 /// Compiles protos the way the server does, for the client side.
 pub fn pool(protos: &Path) -> DescriptorPool {
-    protoserve::schema::compile(&[protos.to_path_buf()], &[])
-        .expect("compile protos")
-        .pool
+    protoserve::schema::compile(&protoserve::schema::SchemaInputs::protos(&[
+        protos.to_path_buf()
+    ]))
+    .expect("compile protos")
+    .pool
 }
 
 /// A dynamic gRPC client: methods by full name, messages as proto3 JSON.
@@ -488,4 +490,34 @@ impl Decoder for RawCodec {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
     }
+}
+
+/// The folder of an npm package from `tests/stock/package.json`, installed with `npm ci` (as
+/// `tests/stock/run.sh` and CI do) when it is missing.
+pub fn npm_package(name: &str) -> PathBuf {
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let stock = repo().join("tests/stock");
+    let dir = stock.join("node_modules").join(name);
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if !dir.join("package.json").is_file() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&stock)
+            .status()
+            .expect("run npm (the test needs Node.js and npm, as CI installs them)");
+        assert!(status.success(), "npm ci in tests/stock failed");
+    }
+    assert!(dir.is_dir(), "{} missing after npm ci", dir.display());
+    dir
+}
+
+/// `buf` from the npm package `@bufbuild/buf`.
+pub fn buf() -> PathBuf {
+    npm_package("@bufbuild/buf");
+    repo().join("tests/stock/node_modules/.bin/buf")
+}
+
+/// The googleapis tree (with grafeas) from the npm package `google-proto-files`.
+pub fn googleapis() -> PathBuf {
+    npm_package("google-proto-files")
 }

@@ -13,7 +13,7 @@
 //! bench-loadgen list-features --addr A --calls N [--db DB.json] [--concurrency C] [--connections K]
 //! bench-loadgen record-route  --addr A --db DB.json --calls N --points P [--concurrency C] [--connections K]
 //! bench-loadgen route-chat    --addr A --pings N [--per-stream K]
-//! bench-loadgen startup       --addr A --path /pkg.Svc/M [--body-hex HEX] [--timeout S] [--pidfile F] -- CMD ARGS...
+//! bench-loadgen startup       --addr A --path /pkg.Svc/M [--body-hex HEX] [--timeout S] [--settle S] [--pidfile F] -- CMD ARGS...
 //! ```
 //!
 //! ## RouteChat ping-pong
@@ -533,14 +533,26 @@ async fn cmd_startup(args: &Args) -> Result<(), Error> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
-        })
-        .unwrap_or(0);
+    let status_kib = |key: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(key))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+            })
+            .unwrap_or(0)
+    };
+    let rss_kib = status_kib("VmRSS:");
+    // Peak so far, and (with --settle S) the resident size S seconds later, serving idle.
+    let hwm_kib = status_kib("VmHWM:");
+    let settle = args.num("settle", 0.0);
+    let steady_kib = if first_call.is_some() && settle > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(settle)).await;
+        status_kib("VmRSS:")
+    } else {
+        rss_kib
+    };
     let _ = child.kill();
     let _ = child.wait();
     let ms = |d: Option<Duration>| {
@@ -549,7 +561,7 @@ async fn cmd_startup(args: &Args) -> Result<(), Error> {
     };
     let listening = *listening.lock().unwrap();
     println!(
-        "{{\"listening_ms\":{},\"first_call_ms\":{},\"rss_kib\":{rss_kib},\"error\":\"{}\"}}",
+        "{{\"listening_ms\":{},\"first_call_ms\":{},\"rss_kib\":{rss_kib},\"hwm_kib\":{hwm_kib},\"steady_kib\":{steady_kib},\"error\":\"{}\"}}",
         ms(listening),
         ms(first_call),
         json_escape(if first_call.is_some() { "" } else { &last_err })
