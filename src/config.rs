@@ -28,7 +28,7 @@ use crate::matcher::Condition;
 use crate::metadata::parse_pairs;
 use crate::script::{ScriptRef, ScriptSetupError, Scripts};
 use crate::suggest::did_you_mean;
-use crate::template::TemplateError;
+use crate::template::EntryError;
 
 /// One handler file.
 #[derive(Debug, Deserialize)]
@@ -77,12 +77,12 @@ enum Built {
 
 /// A problem with one entry, or with a file it points to.
 enum BuildError {
-    Entry(TemplateError),
+    Entry(EntryError),
     Startup(StartupError),
 }
 
-impl From<TemplateError> for BuildError {
-    fn from(e: TemplateError) -> Self {
+impl From<EntryError> for BuildError {
+    fn from(e: EntryError) -> Self {
         BuildError::Entry(e)
     }
 }
@@ -363,7 +363,7 @@ fn build_handler(
 fn build_declarative(
     spec: &EntrySpec,
     info: &Arc<MethodInfo>,
-) -> Result<Arc<dyn Handler>, TemplateError> {
+) -> Result<Arc<dyn Handler>, EntryError> {
     if spec.function.is_some() {
         return Err(tmpl_err("function", "\"function\" goes with \"script\""));
     }
@@ -405,7 +405,7 @@ fn build_declarative(
     )))))
 }
 
-fn parse_spec(json: &Json, path: &str) -> Result<EntrySpec, TemplateError> {
+fn parse_spec(json: &Json, path: &str) -> Result<EntrySpec, EntryError> {
     if !json.is_object() {
         return Err(tmpl_err(
             path,
@@ -435,7 +435,7 @@ fn action_keys(spec: &EntrySpec) -> Vec<&'static str> {
     keys
 }
 
-fn build_action(spec: &EntrySpec, info: &MethodInfo, path: &str) -> Result<Action, TemplateError> {
+fn build_action(spec: &EntrySpec, info: &MethodInfo, path: &str) -> Result<Action, EntryError> {
     let join = |key: &str| {
         if path.is_empty() {
             key.to_owned()
@@ -472,7 +472,7 @@ fn build_action(spec: &EntrySpec, info: &MethodInfo, path: &str) -> Result<Actio
 /// far from overflowing.
 const MAX_DELAY_MS: u64 = 24 * 60 * 60 * 1000;
 
-fn delay(ms: Option<u64>, path: &str) -> Result<Option<Duration>, TemplateError> {
+fn delay(ms: Option<u64>, path: &str) -> Result<Option<Duration>, EntryError> {
     match ms {
         Some(ms) if ms > MAX_DELAY_MS => Err(tmpl_err(
             path,
@@ -482,12 +482,12 @@ fn delay(ms: Option<u64>, path: &str) -> Result<Option<Duration>, TemplateError>
     }
 }
 
-fn unreachable_kind() -> Result<ActionKind, TemplateError> {
+fn unreachable_kind() -> Result<ActionKind, EntryError> {
     Err(tmpl_err("", "internal: action kind without its value"))
 }
 
-fn tmpl_err(path: &str, message: &str) -> TemplateError {
-    TemplateError {
+fn tmpl_err(path: &str, message: &str) -> EntryError {
+    EntryError {
         path: path.to_owned(),
         message: message.to_owned(),
     }

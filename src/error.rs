@@ -135,6 +135,15 @@ impl StartupError {
     }
 }
 
+/// A problem in one handler entry (a reply template, a rule, an error's code, a header), with
+/// the JSON path to the offending value inside the entry (`reply.message`, `rules[2].when`).
+/// The file reader turns it into a [`StartupError::Handler`] at the entry's location.
+#[derive(Debug, Clone)]
+pub struct EntryError {
+    pub path: String,
+    pub message: String,
+}
+
 /// All the startup errors found in one pass, so a user fixes them in one go.
 #[derive(Debug, Default)]
 pub struct StartupErrors(pub Vec<StartupError>);

@@ -13,7 +13,7 @@ use tonic::metadata::{
 };
 use tonic::Code;
 
-use crate::template::TemplateError;
+use crate::template::EntryError;
 
 const CODE_NAMES: &[&str] = &[
     "OK",
@@ -131,10 +131,10 @@ pub fn insert(map: &mut MetadataMap, key: &str, value: &[u8]) -> Result<(), Stri
 pub fn parse_pairs(
     pairs: &BTreeMap<String, String>,
     path: &str,
-) -> Result<MetadataMap, TemplateError> {
+) -> Result<MetadataMap, EntryError> {
     let mut map = MetadataMap::new();
     for (k, v) in pairs {
-        insert(&mut map, k, v.as_bytes()).map_err(|message| TemplateError {
+        insert(&mut map, k, v.as_bytes()).map_err(|message| EntryError {
             path: format!("{path}.{k}"),
             message,
         })?;

@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 
 use super::MethodInfo;
 use crate::metadata::{parse_code, parse_pairs};
-use crate::template::{TemplateError, TextTemplate};
+use crate::template::{EntryError, TextTemplate};
 
 /// `{"code": "NOT_FOUND", "message": "no user {{id}}", "metadata": {"retry-after": "5"}}`
 #[derive(Debug, Deserialize)]
@@ -31,8 +31,8 @@ pub struct ErrorAction {
 }
 
 impl ErrorAction {
-    pub fn compile(spec: &ErrorSpec, info: &MethodInfo, path: &str) -> Result<Self, TemplateError> {
-        let code = parse_code(&spec.code).map_err(|message| TemplateError {
+    pub fn compile(spec: &ErrorSpec, info: &MethodInfo, path: &str) -> Result<Self, EntryError> {
+        let code = parse_code(&spec.code).map_err(|message| EntryError {
             path: format!("{path}.code"),
             message,
         })?;

@@ -18,7 +18,7 @@ use crate::codec::Outgoing;
 use crate::error::CallError;
 use crate::fieldpath::FieldPath;
 use crate::template::{
-    err, whole_placeholder, MessageTemplate, TemplateError, TextTemplate, ValueTemplate,
+    err, whole_placeholder, EntryError, MessageTemplate, TextTemplate, ValueTemplate,
 };
 
 #[derive(Debug)]
@@ -27,7 +27,7 @@ pub struct ReplyAction {
 }
 
 impl ReplyAction {
-    pub fn compile(json: &Json, info: &MethodInfo, path: &str) -> Result<Self, TemplateError> {
+    pub fn compile(json: &Json, info: &MethodInfo, path: &str) -> Result<Self, EntryError> {
         Ok(Self {
             template: ReplyTemplate::compile(json, &info.input, &info.output, path)?,
         })
@@ -75,11 +75,11 @@ impl ReplyTemplate {
         input: &MessageDescriptor,
         output: &MessageDescriptor,
         path: &str,
-    ) -> Result<Self, TemplateError> {
+    ) -> Result<Self, EntryError> {
         if let Some(text) = json.as_str() {
             if let Some(from) = whole_placeholder(text) {
                 // The whole response copied from a request value of the same message type.
-                let from = FieldPath::resolve(input, from).map_err(|m| TemplateError {
+                let from = FieldPath::resolve(input, from).map_err(|m| EntryError {
                     path: path.to_owned(),
                     message: m,
                 })?;

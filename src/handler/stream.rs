@@ -9,7 +9,7 @@ use super::reply::ReplyTemplate;
 use super::MethodInfo;
 use crate::codec::Outgoing;
 use crate::error::CallError;
-use crate::template::TemplateError;
+use crate::template::EntryError;
 
 #[derive(Debug)]
 pub struct StreamAction {
@@ -17,9 +17,9 @@ pub struct StreamAction {
 }
 
 impl StreamAction {
-    pub fn compile(items: &[Json], info: &MethodInfo, path: &str) -> Result<Self, TemplateError> {
+    pub fn compile(items: &[Json], info: &MethodInfo, path: &str) -> Result<Self, EntryError> {
         if !info.shape.streams_output() {
-            return Err(TemplateError {
+            return Err(EntryError {
                 path: path.to_owned(),
                 message: format!(
                     "\"stream\" needs a server-streaming or bidi method, and {} is {}; use \"reply\"",

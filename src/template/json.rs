@@ -3,12 +3,12 @@
 use prost_reflect::{DynamicMessage, FieldDescriptor, MessageDescriptor, Value};
 use serde_json::{Map, Value as Json};
 
-use super::{Result, TemplateError};
+use super::{EntryError, Result};
 use crate::fieldpath::type_name;
 
 /// Parses a whole message from proto3 JSON, rejecting unknown fields.
 pub fn parse_message(desc: &MessageDescriptor, json: Json, path: &str) -> Result<DynamicMessage> {
-    DynamicMessage::deserialize(desc.clone(), json).map_err(|e| TemplateError {
+    DynamicMessage::deserialize(desc.clone(), json).map_err(|e| EntryError {
         path: path.to_owned(),
         message: format!(
             "not a valid {} in the proto3 JSON mapping: {e}",
@@ -26,15 +26,14 @@ pub fn parse_field_value(
 ) -> Result<Value> {
     let mut obj = Map::new();
     obj.insert(field.name().to_owned(), json);
-    let msg = DynamicMessage::deserialize(parent.clone(), Json::Object(obj)).map_err(|e| {
-        TemplateError {
+    let msg =
+        DynamicMessage::deserialize(parent.clone(), Json::Object(obj)).map_err(|e| EntryError {
             path: path.to_owned(),
             message: format!(
                 "not a valid {} for \"{}\": {e}",
                 type_name(field),
                 field.name()
             ),
-        }
-    })?;
+        })?;
     Ok(msg.get_field(field).into_owned())
 }

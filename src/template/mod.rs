@@ -21,17 +21,12 @@ pub use json::{parse_field_value, parse_message};
 pub use text::{write_text, TextTemplate};
 pub use value::{has_placeholder, whole_placeholder, MessageTemplate, ValueTemplate};
 
-/// A startup problem in a template, with the JSON path to the offending value.
-#[derive(Debug, Clone)]
-pub struct TemplateError {
-    pub path: String,
-    pub message: String,
-}
+pub use crate::error::EntryError;
 
-pub(crate) type Result<T> = std::result::Result<T, TemplateError>;
+pub(crate) type Result<T> = std::result::Result<T, EntryError>;
 
 pub(crate) fn err<T>(path: &str, message: impl Into<String>) -> Result<T> {
-    Err(TemplateError {
+    Err(EntryError {
         path: path.to_owned(),
         message: message.into(),
     })

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
 
-use super::{err, Result, TemplateError};
+use super::{err, EntryError, Result};
 use crate::fieldpath::{type_name, FieldPath};
 use crate::wire;
 
@@ -38,7 +38,7 @@ impl TextTemplate {
                     format!("\"{{{{\" without a closing \"}}}}\" in {text:?}"),
                 );
             };
-            let field = FieldPath::resolve(input, &after[..end]).map_err(|m| TemplateError {
+            let field = FieldPath::resolve(input, &after[..end]).map_err(|m| EntryError {
                 path: path.to_owned(),
                 message: m,
             })?;

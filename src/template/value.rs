@@ -5,9 +5,7 @@ use bytes::Bytes;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value};
 use serde_json::{Map, Value as Json};
 
-use super::{
-    err, parse_field_value, parse_message, write_text, Result, TemplateError, TextTemplate,
-};
+use super::{err, parse_field_value, parse_message, write_text, EntryError, Result, TextTemplate};
 use crate::fieldpath::{find_field, kind_name, missing_field, type_name, FieldPath};
 use crate::kinds::{convert_number, is_number, map_key, same_kind};
 
@@ -122,7 +120,7 @@ fn compile_field(
         let value_field = entry.map_entry_value_field();
         let mut out = Vec::with_capacity(entries.len());
         for (k, v) in entries {
-            let key = map_key(&key_field.kind(), k).ok_or_else(|| TemplateError {
+            let key = map_key(&key_field.kind(), k).ok_or_else(|| EntryError {
                 path: path.to_owned(),
                 message: format!(
                     "{k:?} is not a valid {} map key",
@@ -244,7 +242,7 @@ fn compile_copy(
     path: &str,
     target: Target,
 ) -> Result<ValueTemplate> {
-    let source = FieldPath::resolve(input, from).map_err(|m| TemplateError {
+    let source = FieldPath::resolve(input, from).map_err(|m| EntryError {
         path: path.to_owned(),
         message: m,
     })?;
