@@ -68,7 +68,8 @@ pub trait Control: Send + Sync + 'static {
     /// Adds or replaces the runtime handler of `method` (`package.Service/Method`); `entry` is
     /// the JSON a handler file has under `"methods": {"Method": …}`. Calls that start after the
     /// answer use it; calls in flight keep theirs.
-    fn put_handler(&self, method: String, entry: Json) -> BoxFuture<'static, Result<Json, Refusal>>;
+    fn put_handler(&self, method: String, entry: Json)
+        -> BoxFuture<'static, Result<Json, Refusal>>;
 
     /// Removes the runtime handler of `method`; the file-based one (if any) serves again.
     fn remove_handler(&self, method: String) -> BoxFuture<'static, Result<Json, Refusal>>;

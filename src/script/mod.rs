@@ -18,10 +18,14 @@
 pub mod bytecode;
 pub mod context;
 pub mod convert;
+pub mod decode;
+pub mod encode;
 pub mod freeze;
 pub mod guard;
 pub mod outbox;
 pub mod pattern;
+pub mod plan;
+pub mod requests;
 pub mod sandbox;
 pub mod slice;
 pub mod status;
@@ -33,16 +37,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use mlua::{Function, Lua, Value as LuaValue};
+use mlua::Value as LuaValue;
 use tokio::sync::oneshot;
 use tonic::Status;
 
-use crate::codec::Incoming;
 use crate::data::DataSets;
 use crate::error::{CallError, Location, StartupError, StartupErrors};
 use crate::handler::{Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses};
-use context::{CallShared, CallSpec, Ctx};
-use convert::{message_to_lua, outgoing_from_lua, unwrap_readonly};
+use context::{CallShared, CallSpec, Ctx, Output};
+use convert::{outgoing_from_lua, unwrap_readonly};
+use plan::Plans;
 use slice::Running;
 use status::{find, Abort, BadMessage, IncomingError, ScriptStatus};
 use worker::{Job, Loading, Pool, Recipe, State};
@@ -81,6 +85,7 @@ pub struct EngineBuilder {
     recipe: Recipe,
     script_index: HashMap<PathBuf, usize>,
     cell: Arc<OnceLock<Arc<Pool>>>,
+    plans: Plans,
 }
 
 impl EngineBuilder {
@@ -96,11 +101,13 @@ impl EngineBuilder {
                 handlers_dir: handlers_dir.to_path_buf(),
                 data: data.clone(),
                 options,
+                plans: Arc::default(),
                 scripts: Vec::new(),
                 functions: Vec::new(),
             },
             script_index: HashMap::new(),
             cell: Arc::new(OnceLock::new()),
+            plans: Plans::default(),
         })
     }
 
@@ -162,9 +169,17 @@ impl EngineBuilder {
         self.recipe
             .functions
             .push((script_index, function.to_owned()));
+        let input = self.plans.add(&info.input);
+        let layout = self.plans.layout(input);
+        let output = Output {
+            desc: info.output.clone(),
+            plan: self.plans.add(&info.output),
+        };
         Ok(Arc::new(ScriptHandler {
             engine: self.cell.clone(),
             index: self.recipe.functions.len() - 1,
+            layout,
+            output,
             script: Arc::from(display.as_str()),
             function: Arc::from(function),
             method: info.clone(),
@@ -172,13 +187,14 @@ impl EngineBuilder {
     }
 
     /// Locks every script environment and starts the state threads.
-    pub fn finish(self) -> Result<(), StartupErrors> {
+    pub fn finish(mut self) -> Result<(), StartupErrors> {
         let n = if self.recipe.options.states == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
             self.recipe.options.states
         };
-        let first = self.first.finish(true)?;
+        self.recipe.plans = Arc::new(std::mem::take(&mut self.plans));
+        let first = self.first.finish(true, &self.recipe.plans)?;
         let pool = Pool::start(self.recipe, n, first)?;
         let _ = self.cell.set(pool);
         Ok(())
@@ -246,6 +262,9 @@ fn root_message(e: &mlua::Error) -> String {
 pub struct ScriptHandler {
     engine: Arc<OnceLock<Arc<Pool>>>,
     index: usize,
+    /// The request type's layout (see `decode`).
+    layout: usize,
+    output: Output,
     script: Arc<str>,
     function: Arc<str>,
     method: Arc<MethodInfo>,
@@ -289,7 +308,7 @@ impl Handler for ScriptHandler {
             method: method.name,
             script: self.script.clone(),
             function: self.function.clone(),
-            output: Some(method.output.clone()),
+            output: Some(self.output.clone()),
             metadata: call.metadata,
             started: call.started,
             deadline,
@@ -304,6 +323,7 @@ impl Handler for ScriptHandler {
             pool.pick(),
             Job {
                 function: self.index,
+                layout: self.layout,
                 shared,
                 requests,
             },
@@ -329,10 +349,13 @@ impl Handler for ScriptHandler {
 async fn run_call(state: &State, job: Job) -> bool {
     let Job {
         function,
+        layout,
         shared,
         requests,
     } = job;
-    let started = slice::with_call(&shared, || start(state, function, &shared, requests));
+    let started = slice::with_call(&shared, || {
+        start(state, function, layout, &shared, requests)
+    });
     let outcome = match started {
         Err(e) => Err(e),
         Ok((running, threads)) => {
@@ -381,21 +404,19 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Converts the request and prepares the function's coroutine (it runs when polled).
+/// Reads the request into what makes its tables, and prepares the function's coroutine (it
+/// runs when polled; the runner makes the request first, see `requests`).
 fn start(
     state: &State,
     function: usize,
+    layout: usize,
     shared: &Arc<CallShared>,
     requests: Requests,
 ) -> mlua::Result<(Running<mlua::AsyncThread<LuaValue>>, worker::CallThreads)> {
     let lua = &state.lua;
-    let f = state
-        .functions
-        .get(function)
-        .ok_or_else(|| mlua::Error::runtime("no such script function"))?;
-    let arg = match requests {
-        Requests::One(msg) => LuaValue::Table(message_to_lua(lua, &decode(&msg)?)?),
-        Requests::Stream(stream) => LuaValue::Function(request_iterator(lua, stream, shared)?),
+    let (Some(f), Some(builder)) = (state.functions.get(function), state.builders.get(layout))
+    else {
+        return Err(mlua::Error::runtime("no such script function"));
     };
     let handle = lua.create_userdata(Ctx(shared.clone()))?;
     let ctx = if shared.streams_output {
@@ -404,10 +425,31 @@ fn start(
         LuaValue::UserData(handle)
     };
     let (main, body) = state.threads()?;
+    let mut args = Vec::with_capacity(8);
+    args.extend([
+        LuaValue::Thread(body.clone()),
+        LuaValue::Function(f.clone()),
+        ctx,
+    ]);
+    match requests {
+        Requests::One(msg) => {
+            let slots = requests::decode_request(lua, &msg, layout)?;
+            args.reserve(slots.len() + 2);
+            args.push(LuaValue::Function(builder.clone()));
+            args.push(LuaValue::Boolean(true));
+            args.extend(slots);
+        }
+        Requests::Stream(stream) => {
+            let reader = requests::RequestStream::new(shared.clone(), stream, layout);
+            args.push(LuaValue::Function(state.iterate.clone()));
+            args.push(LuaValue::UserData(lua.create_userdata(reader)?));
+            args.push(LuaValue::Function(builder.clone()));
+        }
+    }
     shared.set_main_thread(main.to_pointer() as usize);
     let running = main
         .clone()
-        .into_async::<LuaValue>((body.clone(), f.clone(), arg, ctx))?;
+        .into_async::<LuaValue>(mlua::MultiValue::from_vec(args))?;
     Ok((Running::new(shared.clone(), running), (main, body)))
 }
 
@@ -419,7 +461,15 @@ fn finish_one(state: &State, shared: &Arc<CallShared>, outcome: mlua::Result<Lua
         Ok(value) => {
             let output = shared.output.as_ref();
             let converted = slice::with_call(shared, || {
-                output.map(|o| outgoing_from_lua(&state.lua, &value, o))
+                output.map(|o| {
+                    let msg = outgoing_from_lua(&state.lua, &value, o.plan);
+                    if let Ok(m) = &msg {
+                        // Over budget shows as the call's abort, checked next.
+                        let _ =
+                            slice::charge(1 + context::encoded_len(m) / requests::BYTES_PER_UNIT);
+                    }
+                    msg
+                })
             });
             match (converted, shared.aborted()) {
                 (_, Some(a)) => Err(abort_error(a, shared)),
@@ -429,7 +479,7 @@ fn finish_one(state: &State, shared: &Arc<CallShared>, outcome: mlua::Result<Lua
                         "{}: {} returned a bad {}: {e}",
                         shared.script,
                         shared.function,
-                        output.map_or("", |o| o.full_name())
+                        output.map_or("", |o| o.desc.full_name())
                     )
                 })),
                 (None, None) => Err(CallError::Script {
@@ -486,14 +536,15 @@ async fn finish_stream(state: &State, shared: &Arc<CallShared>, outcome: mlua::R
             let t = unwrap_readonly(t);
             for i in 1..=t.raw_len() {
                 let item: LuaValue = t.raw_get(i).unwrap_or(LuaValue::Nil);
-                let msg = slice::with_call(shared, || outgoing_from_lua(&state.lua, &item, output));
+                let msg =
+                    slice::with_call(shared, || outgoing_from_lua(&state.lua, &item, output.plan));
                 let msg = msg.map_err(|e| {
                     Status::from(e.into_call_error(shared.method, |e| {
                         format!(
                             "{}: {} returned a bad {}: item {i}: {e}",
                             shared.script,
                             shared.function,
-                            output.full_name()
+                            output.desc.full_name()
                         )
                     }))
                 });
@@ -504,33 +555,6 @@ async fn finish_stream(state: &State, shared: &Arc<CallShared>, outcome: mlua::R
             }
         }
     }
-}
-
-/// `for msg in stream do … end`: each call yields the next request message, then nil.
-fn request_iterator(
-    lua: &Lua,
-    stream: tonic::Streaming<Incoming>,
-    shared: &Arc<CallShared>,
-) -> mlua::Result<Function> {
-    let stream = Arc::new(tokio::sync::Mutex::new(stream));
-    let shared = shared.clone();
-    lua.create_async_function(move |lua, _: mlua::Variadic<LuaValue>| {
-        let stream = stream.clone();
-        let shared = shared.clone();
-        async move {
-            if shared.ended.load(std::sync::atomic::Ordering::Acquire) {
-                return Err(mlua::Error::runtime(
-                    "the request stream was used after its call ended",
-                ));
-            }
-            let mut s = stream.lock().await;
-            match s.message().await {
-                Ok(Some(msg)) => Ok(LuaValue::Table(message_to_lua(&lua, &decode(&msg)?)?)),
-                Ok(None) => Ok(LuaValue::Nil),
-                Err(status) => Err(mlua::Error::external(IncomingError(status))),
-            }
-        }
-    })
 }
 
 fn is_memory_error(e: &mlua::Error) -> bool {
@@ -555,12 +579,6 @@ fn abort_error(a: Abort, shared: &CallShared) -> CallError {
         },
         Abort::Cancelled => CallError::Cancelled,
     }
-}
-
-/// The request message; a malformed one fails the call with INVALID_ARGUMENT.
-fn decode(msg: &Incoming) -> mlua::Result<prost_reflect::DynamicMessage> {
-    msg.decode()
-        .map_err(|e| mlua::Error::external(IncomingError(e.into())))
 }
 
 /// Trailers the script set also go with an error status.

@@ -25,7 +25,6 @@ use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value as LuaValue};
 use serde_json::Value as Json;
 
 use super::bytecode;
-use super::convert::ReplyLimits;
 use super::freeze::{self, Found, Freezer, Helpers};
 use super::status::ScriptStatus;
 use crate::data::DataSets;
@@ -179,7 +178,6 @@ pub fn new_state(
     handlers_dir: &Path,
     data: &DataSets,
     memory_limit: usize,
-    max_message_size: usize,
 ) -> Result<(Lua, Sandbox), StartupError> {
     let setup = |e: mlua::Error| StartupError::Script {
         location: Location::file(handlers_dir),
@@ -205,7 +203,6 @@ pub fn new_state(
     let (sandbox, wrappers) = prepare(&lua, handlers_dir).map_err(setup)?;
     install_data(&lua, &sandbox, &wrappers.missing_data, data, memory_limit)?;
     freeze_libraries(&lua, &sandbox, &wrappers).map_err(setup)?;
-    lua.set_app_data(ReplyLimits::new(max_message_size));
     Ok((lua, sandbox))
 }
 
@@ -708,7 +705,7 @@ mod tests {
     #[test]
     fn loading_freezes_script_tables_but_not_what_live_metatables_read() {
         let data = DataSets::default();
-        let (lua, sandbox) = new_state(Path::new("handlers"), &data, 64 << 20, 1 << 20).unwrap();
+        let (lua, sandbox) = new_state(Path::new("handlers"), &data, 64 << 20).unwrap();
         let env: Table = sandbox.new_env.call(lua.globals()).unwrap();
         lua.load("local t = { 1 } function F() return t end")
             .set_environment(env.clone())

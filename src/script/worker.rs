@@ -23,11 +23,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use mlua::{Function, HookTriggers, Lua, Table, VmState};
+use mlua::{Function, HookTriggers, Lua, Table, Value as LuaValue, VmState};
 use tokio::sync::mpsc;
 
 use super::context::{CallShared, CallSpec};
+use super::convert::Conv;
+use super::decode::Layout;
 use super::guard::RUNNER_KEY;
+use super::plan::Plans;
 use super::sandbox::{self, Sandbox};
 use super::slice::{self, Heartbeat};
 use super::status::Abort;
@@ -50,6 +53,8 @@ pub struct Recipe {
     pub handlers_dir: PathBuf,
     pub data: DataSets,
     pub options: ScriptOptions,
+    /// Conversion plans of the methods' messages.
+    pub plans: Arc<Plans>,
     /// Script files in load order, with their text.
     pub scripts: Vec<(PathBuf, String)>,
     /// Handler functions: (index into `scripts`, function name).
@@ -63,6 +68,10 @@ pub struct State {
     pub memory_limit: usize,
     pub functions: Vec<Function>,
     pub stream_ctx: Function,
+    /// Per request layout, the function that makes its tables (see `decode`).
+    pub builders: Vec<Function>,
+    /// `(handle, builder)` → a streaming call's request iterator (see `requests`).
+    pub iterate: Function,
     pub runner: Function,
     /// What a call's own coroutine runs (see `guard`).
     pub body: Function,
@@ -110,6 +119,7 @@ impl State {
 pub struct Loading {
     pub lua: Lua,
     memory_limit: usize,
+    max_message_size: usize,
     sandbox: Sandbox,
     envs: HashMap<PathBuf, Table>,
     pub functions: Vec<Function>,
@@ -138,12 +148,7 @@ impl Loading {
         data: &DataSets,
         options: &ScriptOptions,
     ) -> Result<Self, StartupError> {
-        let (lua, sandbox) = sandbox::new_state(
-            recipe_dir,
-            data,
-            options.memory_limit,
-            options.max_message_size,
-        )?;
+        let (lua, sandbox) = sandbox::new_state(recipe_dir, data, options.memory_limit)?;
         // One hook for every coroutine of this state; it checks whichever call is current.
         lua.set_global_hook(
             HookTriggers::new().every_nth_instruction(HOOK_STEP),
@@ -178,6 +183,7 @@ impl Loading {
         Ok(Self {
             lua,
             memory_limit: options.memory_limit,
+            max_message_size: options.max_message_size,
             sandbox,
             envs: HashMap::new(),
             functions: Vec::new(),
@@ -228,7 +234,7 @@ impl Loading {
     /// Locks every script environment and freezes what the scripts built: the state is ready
     /// to serve. `check_code` (once per pool) also rejects functions that would assign
     /// module-level locals while serving.
-    pub fn finish(self, check_code: bool) -> Result<State, StartupErrors> {
+    pub fn finish(self, check_code: bool, plans: &Arc<Plans>) -> Result<State, StartupErrors> {
         for (path, env) in &self.envs {
             self.sandbox
                 .lock_env
@@ -250,9 +256,21 @@ impl Loading {
             .lua
             .named_registry_value(super::guard::BODY_KEY)
             .map_err(|e| lua_setup_error("finding the call runner", e))?;
+        self.lua
+            .set_app_data(Conv::new(plans.clone(), self.max_message_size));
+        let builders = plans
+            .layouts
+            .iter()
+            .map(|layout| compile_builder(&self.lua, plans, layout))
+            .collect::<mlua::Result<Vec<_>>>()
+            .map_err(|e| lua_setup_error("preparing request conversion", e))?;
+        let iterate = super::requests::iterator_factory(&self.lua)
+            .map_err(|e| lua_setup_error("preparing request streams", e))?;
         Ok(State {
             memory_limit: self.memory_limit,
             stream_ctx: self.sandbox.stream_ctx.clone(),
+            builders,
+            iterate,
             lua: self.lua,
             functions: self.functions,
             runner,
@@ -260,6 +278,27 @@ impl Loading {
             spare: RefCell::new(Vec::new()),
         })
     }
+}
+
+/// The builder of `layout`: its generated chunk, given the enum name tables it reads.
+fn compile_builder(lua: &Lua, plans: &Plans, layout: &Layout) -> mlua::Result<Function> {
+    let mut tables = Vec::with_capacity(layout.enums.len());
+    for &e in &layout.enums {
+        let t = lua.create_table()?;
+        let plan = plans.enumeration(e);
+        for (n, _) in plan.values.iter() {
+            if let Some(name) = plan.name(*n) {
+                t.raw_set(*n, name)?;
+            }
+        }
+        tables.push(LuaValue::Table(t));
+    }
+    let name = format!("={}", plans.message(layout.msg).full_name());
+    lua.load(&layout.source)
+        .set_name(name)
+        .set_mode(mlua::ChunkMode::Text)
+        .set_environment(lua.create_table()?)
+        .call(mlua::MultiValue::from_vec(tables))
 }
 
 /// A failed load as `file:line: what`, stops by the load budget included.
@@ -315,7 +354,7 @@ pub fn build(recipe: &Recipe) -> Result<State, StartupError> {
         loading.functions.push(f);
     }
     // The first state checked the code already; a rebuild meets the same scripts.
-    loading.finish(false).map_err(|mut e| {
+    loading.finish(false, &recipe.plans).map_err(|mut e| {
         e.0.drain(..)
             .next()
             .unwrap_or_else(|| lua_setup_error("loading scripts", mlua::Error::runtime("failed")))
@@ -325,6 +364,8 @@ pub fn build(recipe: &Recipe) -> Result<State, StartupError> {
 /// One call handed to a state thread.
 pub struct Job {
     pub function: usize,
+    /// The request type's layout.
+    pub layout: usize,
     pub shared: Arc<CallShared>,
     pub requests: Requests,
 }
