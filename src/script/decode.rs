@@ -15,7 +15,7 @@
 
 use std::fmt::Write as _;
 
-use mlua::{Lua, Table, Value as LuaValue};
+use mlua::{Function, Lua, Table, Value as LuaValue};
 
 use super::convert::Conv;
 use super::plan::{
@@ -91,14 +91,23 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(plans: &Plans, msg: MsgId) -> Layout {
+        Self::with_limits(plans, msg, MAX_SLOTS, MAX_INLINE_DEPTH)
+    }
+
+    /// A layout of at most `max_slots` slots, with messages nested deeper than `max_depth`
+    /// (or recursive) built as tables in Rust; `max_slots` below the message's field count
+    /// builds the whole message in Rust.
+    pub fn with_limits(plans: &Plans, msg: MsgId, max_slots: usize, max_depth: usize) -> Layout {
         let mut gen = Gen {
             plans,
             slots: 0,
             enums: Vec::new(),
             path: vec![msg],
+            max_slots,
+            max_depth,
         };
         let fields = plans.message(msg).fields.len();
-        let root = (fields <= MAX_SLOTS).then(|| gen.inline(msg, 0));
+        let root = (fields <= max_slots).then(|| gen.inline(msg, 0));
         let (body, params) = match &root {
             Some(inline) => (gen.expr(inline), gen.slots),
             None => {
@@ -125,6 +134,28 @@ impl Layout {
             enums: gen.enums,
         }
     }
+
+    /// This layout's builder in `lua`: its generated chunk, run with no globals and given the
+    /// enum name tables it reads.
+    pub fn compile(&self, lua: &Lua, plans: &Plans) -> mlua::Result<Function> {
+        let mut tables = Vec::with_capacity(self.enums.len());
+        for &e in &self.enums {
+            let t = lua.create_table()?;
+            let plan = plans.enumeration(e);
+            for (n, _) in plan.values.iter() {
+                if let Some(name) = plan.name(*n) {
+                    t.raw_set(*n, name)?;
+                }
+            }
+            tables.push(LuaValue::Table(t));
+        }
+        let name = format!("={}", plans.message(self.msg).full_name());
+        lua.load(&self.source)
+            .set_name(name)
+            .set_mode(mlua::ChunkMode::Text)
+            .set_environment(lua.create_table()?)
+            .call(mlua::MultiValue::from_vec(tables))
+    }
 }
 
 /// Builds a layout: assigns slots and writes the builder's table constructor.
@@ -134,6 +165,8 @@ struct Gen<'p> {
     enums: Vec<EnumId>,
     /// Message types being inlined, outermost first: a type met again is recursive.
     path: Vec<MsgId>,
+    max_slots: usize,
+    max_depth: usize,
 }
 
 impl Gen<'_> {
@@ -150,8 +183,8 @@ impl Gen<'_> {
             .map(|f| match (f.shape, f.ty) {
                 (Shape::Single, Type::Message(m)) => {
                     let inner_fields = self.plans.message(m).fields.len();
-                    let fits = self.slots + 1 + inner_fields <= MAX_SLOTS;
-                    if fits && depth < MAX_INLINE_DEPTH && !self.path.contains(&m) {
+                    let fits = self.slots + 1 + inner_fields <= self.max_slots;
+                    if fits && depth < self.max_depth && !self.path.contains(&m) {
                         let presence = self.take();
                         self.path.push(m);
                         let inner = self.inline(m, depth + 1);

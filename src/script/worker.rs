@@ -23,12 +23,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use mlua::{Function, HookTriggers, Lua, Table, Value as LuaValue, VmState};
+use mlua::{Function, HookTriggers, Lua, Table, VmState};
 use tokio::sync::mpsc;
 
 use super::context::{CallShared, CallSpec};
 use super::convert::Conv;
-use super::decode::Layout;
 use super::guard::RUNNER_KEY;
 use super::plan::Plans;
 use super::sandbox::{self, Sandbox};
@@ -261,7 +260,7 @@ impl Loading {
         let builders = plans
             .layouts
             .iter()
-            .map(|layout| compile_builder(&self.lua, plans, layout))
+            .map(|layout| layout.compile(&self.lua, plans))
             .collect::<mlua::Result<Vec<_>>>()
             .map_err(|e| lua_setup_error("preparing request conversion", e))?;
         let iterate = super::requests::iterator_factory(&self.lua)
@@ -278,27 +277,6 @@ impl Loading {
             spare: RefCell::new(Vec::new()),
         })
     }
-}
-
-/// The builder of `layout`: its generated chunk, given the enum name tables it reads.
-fn compile_builder(lua: &Lua, plans: &Plans, layout: &Layout) -> mlua::Result<Function> {
-    let mut tables = Vec::with_capacity(layout.enums.len());
-    for &e in &layout.enums {
-        let t = lua.create_table()?;
-        let plan = plans.enumeration(e);
-        for (n, _) in plan.values.iter() {
-            if let Some(name) = plan.name(*n) {
-                t.raw_set(*n, name)?;
-            }
-        }
-        tables.push(LuaValue::Table(t));
-    }
-    let name = format!("={}", plans.message(layout.msg).full_name());
-    lua.load(&layout.source)
-        .set_name(name)
-        .set_mode(mlua::ChunkMode::Text)
-        .set_environment(lua.create_table()?)
-        .call(mlua::MultiValue::from_vec(tables))
 }
 
 /// A failed load as `file:line: what`, stops by the load budget included.
