@@ -249,9 +249,10 @@ fn as_script_sees(
         plans: &s.plans,
         conv: &conv,
     };
-    let slots = decoder.slots(bytes, layout).map_err(|e| format!("{e:?}"))?;
     let mut args = vec![LuaValue::Boolean(true)];
-    args.extend(slots);
+    decoder
+        .slots(bytes, layout, &mut args)
+        .map_err(|e| format!("{e:?}"))?;
     builder
         .call::<LuaValue>(mlua::MultiValue::from_vec(args))
         .map_err(|e| format!("builder failed: {e}"))

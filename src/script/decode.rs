@@ -318,9 +318,12 @@ pub struct Decoder<'a> {
 }
 
 impl Decoder<'_> {
-    /// `bytes` (a message of the layout's type) as the builder's arguments after `ok`.
-    pub fn slots(&self, bytes: &[u8], layout: &Layout) -> Result<Vec<LuaValue>> {
-        let mut slots = vec![LuaValue::Nil; layout.slots];
+    /// `bytes` (a message of the layout's type) as the builder's arguments after `ok`,
+    /// appended to `out`.
+    pub fn slots(&self, bytes: &[u8], layout: &Layout, out: &mut Vec<LuaValue>) -> Result<()> {
+        let start = out.len();
+        out.resize(start + layout.slots, LuaValue::Nil);
+        let slots = &mut out[start..];
         let mut buf = bytes;
         match &layout.root {
             Some(inline) => {
@@ -328,7 +331,7 @@ impl Decoder<'_> {
                 self.inline(
                     &mut buf,
                     inline,
-                    &mut slots,
+                    slots,
                     &mut open,
                     wire::RECURSION_LIMIT,
                     None,
@@ -339,7 +342,7 @@ impl Decoder<'_> {
                 slots[0] = LuaValue::Table(t);
             }
         }
-        Ok(slots)
+        Ok(())
     }
 
     /// Reads the next field key; `Ok(None)` at the end of the message (or of its group).

@@ -30,6 +30,7 @@ pub mod sandbox;
 pub mod slice;
 pub mod status;
 pub mod stdlib;
+pub mod wakes;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -332,6 +333,8 @@ impl Handler for ScriptHandler {
             if !submitted {
                 return Err(CallError::ScriptStateLost { method: name });
             }
+            // The state thread's answer wakes this task in its batch (see `wakes`).
+            let reply_rx = wakes::Relayed::new(reply_rx);
             let answer = match deadline {
                 None => reply_rx.await,
                 Some(d) => match tokio::time::timeout_at(d.into(), reply_rx).await {
@@ -433,16 +436,18 @@ fn start(
     ]);
     match requests {
         Requests::One(msg) => {
-            let slots = requests::decode_request(lua, &msg, layout)?;
-            args.reserve(slots.len() + 2);
             args.push(LuaValue::Function(builder.clone()));
             args.push(LuaValue::Boolean(true));
-            args.extend(slots);
+            requests::decode_request(lua, &msg, layout, &mut args)?;
         }
         Requests::Stream(stream) => {
-            let reader = requests::RequestStream::new(shared.clone(), stream, layout);
             args.push(LuaValue::Function(state.iterate.clone()));
-            args.push(LuaValue::UserData(lua.create_userdata(reader)?));
+            args.extend(requests::RequestStream::iterator_args(
+                lua,
+                shared.clone(),
+                stream,
+                layout,
+            )?);
             args.push(LuaValue::Function(builder.clone()));
         }
     }

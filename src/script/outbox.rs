@@ -15,6 +15,7 @@ use prost::Message;
 use tokio::sync::{mpsc, Semaphore};
 use tonic::Status;
 
+use super::wakes::RelayWaker;
 use crate::codec::Outgoing;
 
 /// Bytes of responses one stream may hold before `ctx:send` waits.
@@ -29,10 +30,12 @@ pub struct OutboxSender {
     room: Arc<Semaphore>,
 }
 
-/// The transport's end: a stream of responses that frees room as it is read.
+/// The transport's end: a stream of responses that frees room as it is read. A state thread's
+/// sends wake it in batches (see `wakes`).
 pub struct OutboxStream {
     rx: mpsc::UnboundedReceiver<Item>,
     room: Arc<Semaphore>,
+    relay: RelayWaker,
 }
 
 pub enum TrySendError {
@@ -51,7 +54,11 @@ pub fn outbox() -> (OutboxSender, OutboxStream) {
             tx,
             room: room.clone(),
         },
-        OutboxStream { rx, room },
+        OutboxStream {
+            rx,
+            room,
+            relay: RelayWaker::default(),
+        },
     )
 }
 
@@ -101,7 +108,8 @@ impl Stream for OutboxStream {
     type Item = Result<Outgoing, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.rx.poll_recv(cx) {
+        let waker = self.relay.get(cx);
+        match self.rx.poll_recv(&mut Context::from_waker(&waker)) {
             Poll::Ready(Some((item, n))) => {
                 self.room.add_permits(n as usize);
                 Poll::Ready(Some(item))

@@ -30,8 +30,14 @@ use crate::wire::Invalid;
 /// Bytes decoded or encoded per instruction of budget charged.
 pub const BYTES_PER_UNIT: u64 = 16;
 
-/// The builder's arguments after `ok` for one request message of layout `layout`.
-pub fn decode_request(lua: &Lua, msg: &Incoming, layout: usize) -> mlua::Result<Vec<LuaValue>> {
+/// The builder's arguments after `ok` for one request message of layout `layout`, appended
+/// to `out`.
+pub fn decode_request(
+    lua: &Lua,
+    msg: &Incoming,
+    layout: usize,
+    out: &mut Vec<LuaValue>,
+) -> mlua::Result<()> {
     msg.check_cost()
         .map_err(|e| mlua::Error::external(IncomingError(e.into())))?;
     slice::charge(1 + msg.bytes().len() as u64 / BYTES_PER_UNIT)?;
@@ -45,7 +51,7 @@ pub fn decode_request(lua: &Lua, msg: &Incoming, layout: usize) -> mlua::Result<
         conv: &conv,
     };
     decoder
-        .slots(msg.bytes(), &plans.layouts[layout])
+        .slots(msg.bytes(), &plans.layouts[layout], out)
         .map_err(|e| match e {
             DecodeError::Invalid(Invalid::Malformed(m)) => {
                 mlua::Error::external(IncomingError(msg.bad_request(m).into()))
@@ -69,12 +75,30 @@ struct Reader {
 impl UserData for RequestStream {}
 
 impl RequestStream {
-    pub fn new(shared: Arc<CallShared>, stream: Streaming<Incoming>, layout: usize) -> Self {
-        Self(Arc::new(Reader {
+    /// A call's request stream as what the state's iterator factory takes with the builder:
+    /// the call's own `try_next` (a plain function over this stream, so taking a message that
+    /// has arrived costs one call and no handle look-up) and the handle `wait_next` takes.
+    pub fn iterator_args(
+        lua: &Lua,
+        shared: Arc<CallShared>,
+        stream: Streaming<Incoming>,
+        layout: usize,
+    ) -> mlua::Result<[LuaValue; 2]> {
+        let reader = Arc::new(Reader {
             shared,
             stream: Mutex::new(stream),
             layout,
-        }))
+        });
+        let r = reader.clone();
+        let try_next = lua.create_function(move |lua, ()| {
+            r.check()?;
+            let polled = r.poll(&mut Context::from_waker(std::task::Waker::noop()));
+            r.step(lua, polled)
+        })?;
+        Ok([
+            LuaValue::Function(try_next),
+            LuaValue::UserData(lua.create_userdata(RequestStream(reader))?),
+        ])
     }
 }
 
@@ -104,10 +128,9 @@ impl Reader {
             Poll::Ready(None) => one(LuaValue::Nil),
             Poll::Ready(Some(Err(status))) => Err(mlua::Error::external(IncomingError(status))),
             Poll::Ready(Some(Ok(msg))) => {
-                let slots = decode_request(lua, &msg, self.layout)?;
-                let mut out = Variadic::with_capacity(slots.len() + 1);
+                let mut out = Variadic::with_capacity(8);
                 out.push(LuaValue::Boolean(true));
-                out.extend(slots);
+                decode_request(lua, &msg, self.layout, &mut out)?;
                 Ok(out)
             }
         }
@@ -119,24 +142,19 @@ fn reader(h: &AnyUserData) -> mlua::Result<Arc<Reader>> {
 }
 
 const ITERATOR: &str = r#"
-local try_next, wait_next = ...
-return function(h, build)
+local wait_next = ...
+return function(try_next, h, build)
   return function()
-    local r = build(try_next(h))
+    local r = build(try_next())
     if r == false then r = build(wait_next(h)) end
     return r
   end
 end
 "#;
 
-/// `(handle, builder)` → the call's iterator; one per state.
+/// `(try_next, handle, builder)` (see [`RequestStream::iterator_args`]) → the call's
+/// iterator; one per state.
 pub fn iterator_factory(lua: &Lua) -> mlua::Result<Function> {
-    let try_next = lua.create_function(|lua, h: AnyUserData| {
-        let r = reader(&h)?;
-        r.check()?;
-        let polled = r.poll(&mut Context::from_waker(std::task::Waker::noop()));
-        r.step(lua, polled)
-    })?;
     let wait_next = lua.create_async_function(|lua, h: AnyUserData| async move {
         let r = reader(&h)?;
         r.check()?;
@@ -150,5 +168,5 @@ pub fn iterator_factory(lua: &Lua) -> mlua::Result<Function> {
     })?;
     lua.load(ITERATOR)
         .set_name("=protoserve requests")
-        .call((try_next, wait_next))
+        .call(wait_next)
 }

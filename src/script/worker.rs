@@ -33,6 +33,7 @@ use super::plan::Plans;
 use super::sandbox::{self, Sandbox};
 use super::slice::{self, Heartbeat};
 use super::status::Abort;
+use super::wakes;
 use super::{ScriptOptions, ScriptSetupError};
 use crate::data::DataSets;
 use crate::error::{Location, StartupError, StartupErrors};
@@ -542,6 +543,8 @@ fn state_thread(
             serve(&pool, index, generation, &current, &loaded)
         }));
         INBOX.with(|i| i.borrow_mut().take());
+        // Whatever a panic left deferred is delivered; from here on wake-ups go out at once.
+        wakes::flush_and(true);
         teardown(loaded);
         match served {
             Ok(Exit::Closed) => return,
@@ -695,6 +698,7 @@ fn serve(
     let queue = pool.slots[index].queue.clone();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .on_thread_park(wakes::flush)
         .build()
     {
         Ok(rt) => rt,
@@ -714,7 +718,8 @@ fn serve(
             wake: wake.clone(),
         })
     });
-    let exit = local.block_on(&runtime, async {
+    wakes::defer_on_this_thread();
+    let serving = async {
         loop {
             let next = poll_fn(|cx| lock(&queue).poll_recv(cx));
             let job = tokio::select! {
@@ -743,11 +748,13 @@ fn serve(
                 return Exit::Closed;
             }
         }
-    });
+    };
+    let exit = local.block_on(&runtime, wakes::FlushFirst(std::pin::pin!(serving)));
     if matches!(exit, Exit::Closed) {
         // Let the calls in progress finish.
         runtime.block_on(local);
     }
+    wakes::flush_and(true);
     INBOX.with(|i| i.borrow_mut().take());
     exit
 }
