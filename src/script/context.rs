@@ -476,13 +476,16 @@ async fn sleep(shared: &CallShared, ms: f64) -> mlua::Result<()> {
 impl CallShared {
     /// Sends at once if the stream's buffer has room; otherwise parks the message for
     /// `wait_send`.
-    fn try_send(&self, lua: &mlua::Lua, msg: &LuaValue) -> mlua::Result<bool> {
-        let Some(sender) = lock(&self.sender).clone() else {
-            return Err(mlua::Error::runtime(format!(
+    pub fn try_send(&self, lua: &mlua::Lua, msg: &LuaValue) -> mlua::Result<bool> {
+        let ended = || {
+            Err(mlua::Error::runtime(format!(
                 "ctx:send: the call to {} has ended",
                 self.method
-            )));
+            )))
         };
+        if lock(&self.sender).is_none() {
+            return ended();
+        }
         let Some(output) = self.output.as_ref() else {
             return Ok(true);
         };
@@ -498,7 +501,11 @@ impl CallShared {
         })?;
         super::slice::charge(1 + encoded_len(&message) / super::requests::BYTES_PER_UNIT)?;
         self.mark_headers_sent();
-        match sender.try_send(Ok(message)) {
+        let sent = match lock(&self.sender).as_ref() {
+            Some(sender) => sender.try_send(Ok(message)),
+            None => return ended(),
+        };
+        match sent {
             Ok(()) => Ok(true),
             Err(super::outbox::TrySendError::Full(item)) => {
                 *lock(&self.pending) = Some(item);

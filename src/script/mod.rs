@@ -423,7 +423,17 @@ fn start(
     };
     let handle = lua.create_userdata(Ctx(shared.clone()))?;
     let ctx = if shared.streams_output {
-        state.stream_ctx.call::<LuaValue>(handle)?
+        // The call's own `try_send`: sending a message is one plain call.
+        let call = shared.clone();
+        let try_send = lua.create_function(move |lua, msg: LuaValue| {
+            if call.ended.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(mlua::Error::runtime(
+                    "ctx used after its call ended (a closure kept it past the call)",
+                ));
+            }
+            call.try_send(lua, &msg)
+        })?;
+        state.stream_ctx.call::<LuaValue>((handle, try_send))?
     } else {
         LuaValue::UserData(handle)
     };
