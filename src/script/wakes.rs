@@ -3,11 +3,12 @@
 //! A state thread hands results to tasks on the network threads: a call's answer, each message
 //! of a response stream. Waking the network task at each one would, on a busy core, switch to
 //! the network thread after every message and back, so a stream of sixty messages costs sixty
-//! pairs of switches. Instead a state thread keeps the wake-ups it causes and delivers them all
-//! when its executor has run a batch of tasks, and when it is about to sleep: the network
-//! thread then takes everything produced meanwhile in one go. A result is never held longer
-//! than the state thread takes to finish what it is running now (a time slice at most), and a
-//! thread that is not a state thread wakes at once as usual.
+//! pairs of switches. Instead a state thread keeps the wake-ups a call causes while the call
+//! runs and delivers them when that run ends ([`FlushAfter`], at the latest after a time
+//! slice) and before the thread sleeps: the network thread then takes everything produced
+//! meanwhile in one go. Only the call that caused them holds them, so a call stuck in a
+//! library function cannot hold back another call's answer; a thread that is not a state
+//! thread wakes at once as usual.
 //!
 //! The receiving side opts in by polling through [`Relayed`]: its waker is a relay that, when a
 //! state thread wakes it, defers the real wake-up to that thread's batch.
@@ -141,16 +142,28 @@ impl<F: Future + Unpin> Future for Relayed<F> {
     }
 }
 
-/// Polls `F` after delivering the wake-ups deferred since the last poll: wrapped around a
-/// state thread's main future, which its executor polls between batches of tasks.
-pub struct FlushFirst<F>(pub F);
+pin_project_lite::pin_project! {
+    /// Delivers the wake-ups deferred while `F` was polled, after each poll: wrapped around
+    /// every call's task on a state thread.
+    pub struct FlushAfter<F> {
+        #[pin]
+        inner: F,
+    }
+}
 
-impl<F: Future + Unpin> Future for FlushFirst<F> {
+impl<F> FlushAfter<F> {
+    pub fn new(inner: F) -> Self {
+        Self { inner }
+    }
+}
+
+impl<F: Future> Future for FlushAfter<F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let polled = self.project().inner.poll(cx);
         flush();
-        Pin::new(&mut self.0).poll(cx)
+        polled
     }
 }
 
@@ -179,9 +192,22 @@ mod tests {
             assert_eq!(count.0.load(Ordering::SeqCst), 0, "deferred");
             flush();
             assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake-up for both");
+            // A call's run delivers what it deferred when its poll ends.
+            let r = relay.clone();
+            let mut run = std::pin::pin!(FlushAfter::new(std::future::poll_fn(move |_| {
+                r.wake_by_ref();
+                Poll::<()>::Pending
+            })));
+            let noop = Context::from_waker(Waker::noop());
+            let _ = run.as_mut().poll(&mut Context::from_waker(noop.waker()));
+            assert_eq!(
+                count.0.load(Ordering::SeqCst),
+                2,
+                "delivered after the poll"
+            );
             flush_and(true);
             relay.wake_by_ref();
-            assert_eq!(count.0.load(Ordering::SeqCst), 2, "at once after stop");
+            assert_eq!(count.0.load(Ordering::SeqCst), 3, "at once after stop");
         })
         .join()
         .unwrap();

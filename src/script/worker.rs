@@ -631,13 +631,13 @@ impl Inbox {
         let index = self.index;
         let unrecoverable = self.unrecoverable.clone();
         let wake = self.wake.clone();
-        tokio::task::spawn_local(async move {
+        tokio::task::spawn_local(wakes::FlushAfter::new(async move {
             let memory_error = super::run_call(&state, job).await;
             pool.slots[index].active.fetch_sub(1, Ordering::Relaxed);
             if memory_error {
                 check_memory(&state, &pool, &unrecoverable, &wake);
             }
-        });
+        }));
         true
     }
 }
@@ -749,7 +749,7 @@ fn serve(
             }
         }
     };
-    let exit = local.block_on(&runtime, wakes::FlushFirst(std::pin::pin!(serving)));
+    let exit = local.block_on(&runtime, wakes::FlushAfter::new(serving));
     if matches!(exit, Exit::Closed) {
         // Let the calls in progress finish.
         runtime.block_on(local);
