@@ -42,6 +42,7 @@ SCENARIOS = [
     ("list", "Server streaming: ListFeatures ({features} features per call)", "stream", "message", "messages/s"),
     ("record", "Client streaming: RecordRoute ({points} points per call)", "stream", "message", "messages/s"),
     ("chat", "Bidi streaming: RouteChat ping-pong round trip", "chat", "ping", "µs"),
+    ("compute", "CPU-heavy handler: the RecordRoute haversine loop over {compute_points} points per call", "unary", "call", "calls/s"),
 ]
 SHORT = {
     "hello": "SayHello",
@@ -50,6 +51,7 @@ SHORT = {
     "list": "ListFeatures",
     "record": "RecordRoute",
     "chat": "RouteChat",
+    "compute": "haversine loop",
 }
 
 
@@ -209,7 +211,11 @@ def build(recs, meta):
         servers = sorted({s for (sc, s) in list(runs) + list(na) if sc == scen}, key=ORDER.index)
         if not servers:
             continue
-        title = title.format(features=meta.get("features", "all"), points=meta.get("points", "?"))
+        title = title.format(
+            features=meta.get("features", "all"),
+            points=meta.get("points", "?"),
+            compute_points=f"{meta.get('compute_points', 10000):,}",
+        )
         md.append(f"## {title}")
         md.append("")
         base = runs.get((scen, "tonic"))
@@ -291,6 +297,14 @@ def build(recs, meta):
             md.append(
                 "Each ping is one note on an open RouteChat stream, answered by exactly one note (see "
                 "bench/README.md); the time is from sending the ping to receiving its answer."
+            )
+            md.append("")
+        if scen == "compute":
+            md.append(
+                "`bench.Compute/Route`: one unary call runs the RecordRoute loop of handlers/route_guide.lua "
+                "(a table per point, haversine between consecutive points) over a generated route, in a Lua "
+                "script (bench/handlers/lua/compute.lua) and compiled into the tonic peer. Almost all the "
+                "time is the handler's own code, so this row is the interpreter's cost, not the server's."
             )
             md.append("")
 

@@ -353,7 +353,7 @@ fn build_handler(
         .into());
     }
     let function = spec.function.as_deref().unwrap_or(info.descriptor.name());
-    let found = scripts.add(script, function).map_err(|e| match e {
+    let found = scripts.add(script, function, info).map_err(|e| match e {
         ScriptSetupError::Entry(m) => BuildError::Entry(tmpl_err("script", &m)),
         ScriptSetupError::Script(e) => BuildError::Startup(e),
     })?;

@@ -101,11 +101,24 @@ pub fn find_field(desc: &MessageDescriptor, name: &str) -> Option<FieldDescripto
 /// `pkg.Msg has no field "nmae" (did you mean "name"?)`: the one wording of this mistake,
 /// wherever a field is named (templates, rules, paths, script replies).
 pub fn missing_field(desc: &MessageDescriptor, name: &str) -> String {
-    let names: Vec<String> = desc.fields().map(|f| f.name().to_owned()).collect();
-    format!(
-        "{} has no field \"{name}\"{}",
+    no_such_field(
         desc.full_name(),
-        did_you_mean(name, names.iter().map(String::as_str))
+        name,
+        desc.fields().map(|f| f.name().to_owned()),
+    )
+}
+
+/// [`missing_field`] for callers that hold the message's name and field names, not its
+/// descriptor (the script reply encoder's plans).
+pub fn no_such_field<S: AsRef<str>>(
+    message: &str,
+    name: &str,
+    fields: impl IntoIterator<Item = S>,
+) -> String {
+    let fields: Vec<S> = fields.into_iter().collect();
+    format!(
+        "{message} has no field \"{name}\"{}",
+        did_you_mean(name, fields.iter().map(AsRef::as_ref))
     )
 }
 

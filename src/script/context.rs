@@ -28,6 +28,7 @@ use tonic::Status;
 
 use super::convert::outgoing_from_lua;
 use super::outbox::{OutboxSender, OutboxStream};
+use super::plan::MsgId;
 use super::status::Abort;
 use crate::codec::Outgoing;
 use crate::error::CallError;
@@ -42,7 +43,7 @@ pub struct CallShared {
     pub script: Arc<str>,
     pub function: Arc<str>,
     /// The method's output type (None for the meter of a script load).
-    pub output: Option<MessageDescriptor>,
+    pub output: Option<Output>,
     pub metadata: MetadataMap,
     pub started: Instant,
     pub deadline: Option<Instant>,
@@ -84,7 +85,7 @@ pub struct CallSpec {
     pub method: Arc<str>,
     pub script: Arc<str>,
     pub function: Arc<str>,
-    pub output: Option<MessageDescriptor>,
+    pub output: Option<Output>,
     pub metadata: MetadataMap,
     pub started: Instant,
     pub deadline: Option<Instant>,
@@ -92,6 +93,13 @@ pub struct CallSpec {
     pub streams_output: bool,
     pub reply: Option<ReplySender>,
     pub outbox: Option<(OutboxSender, OutboxStream)>,
+}
+
+/// A method's output type: its descriptor (for messages) and its plan (for encoding).
+#[derive(Clone)]
+pub struct Output {
+    pub desc: MessageDescriptor,
+    pub plan: MsgId,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -448,28 +456,36 @@ async fn sleep(shared: &CallShared, ms: f64) -> mlua::Result<()> {
 impl CallShared {
     /// Sends at once if the stream's buffer has room; otherwise parks the message for
     /// `wait_send`.
-    fn try_send(&self, lua: &mlua::Lua, msg: &LuaValue) -> mlua::Result<bool> {
-        let Some(sender) = lock(&self.sender).clone() else {
-            return Err(mlua::Error::runtime(format!(
+    pub fn try_send(&self, lua: &mlua::Lua, msg: &LuaValue) -> mlua::Result<bool> {
+        let ended = || {
+            Err(mlua::Error::runtime(format!(
                 "ctx:send: the call to {} has ended",
                 self.method
-            )));
+            )))
         };
+        if lock(&self.sender).is_none() {
+            return ended();
+        }
         let Some(output) = self.output.as_ref() else {
             return Ok(true);
         };
-        let message = outgoing_from_lua(lua, msg, output).map_err(|e| {
+        let message = outgoing_from_lua(lua, msg, output.plan).map_err(|e| {
             e.into_lua_error(|e| {
                 mlua::Error::external(super::status::BadMessage(format!(
                     "{}: {} sent a bad {}: {e}",
                     self.script,
                     self.function,
-                    output.full_name()
+                    output.desc.full_name()
                 )))
             })
         })?;
+        super::slice::charge(1 + encoded_len(&message) / super::requests::BYTES_PER_UNIT)?;
         self.mark_headers_sent();
-        match sender.try_send(Ok(message)) {
+        let sent = match lock(&self.sender).as_ref() {
+            Some(sender) => sender.try_send(Ok(message)),
+            None => return ended(),
+        };
+        match sent {
             Ok(()) => Ok(true),
             Err(super::outbox::TrySendError::Full(item)) => {
                 *lock(&self.pending) = Some(item);
@@ -477,6 +493,14 @@ impl CallShared {
             }
             Err(super::outbox::TrySendError::Closed) => Err(self.abort_error(Abort::Cancelled)),
         }
+    }
+}
+
+/// The bytes of an encoded message, for charging the work to the call.
+pub fn encoded_len(message: &Outgoing) -> u64 {
+    match message {
+        Outgoing::Encoded(b) => b.len() as u64,
+        Outgoing::Message(_) => 0,
     }
 }
 

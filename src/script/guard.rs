@@ -167,9 +167,10 @@ local function drive(c, ok, ...)
 end
 
 -- Every call: on the call's thread (driven by the executor, which the hook never yields), run
--- `body` in coroutine `c`; slice yields and waits inside it come up here as plain yields.
-local function run(c, f, req, ctx)
-  return drive(c, resume(c, f, req, ctx))
+-- `body` in coroutine `c`; slice yields and waits inside it come up here as plain yields. The
+-- request is made here, by `build` from what the call was started with (see `requests`).
+local function run(c, f, ctx, build, ...)
+  return drive(c, resume(c, f, build(...), ctx))
 end
 
 -- A script's top-level code, at startup: in a coroutine, so the hook can stop it by yielding;

@@ -21,6 +21,7 @@ use prost::Message;
 use tokio::sync::{mpsc, Semaphore};
 use tonic::Status;
 
+use super::wakes::RelayWaker;
 use crate::codec::Outgoing;
 use crate::layers::buffers::{Buffers, Held, SMALL};
 
@@ -40,10 +41,12 @@ pub struct OutboxSender {
     refused: Arc<AtomicBool>,
 }
 
-/// The transport's end: a stream of responses that frees room as it is read.
+/// The transport's end: a stream of responses that frees room as it is read. A state thread's
+/// sends wake it in batches (see `wakes`).
 pub struct OutboxStream {
     rx: mpsc::UnboundedReceiver<Item>,
     room: Arc<Semaphore>,
+    relay: RelayWaker,
 }
 
 pub enum TrySendError {
@@ -64,7 +67,11 @@ pub fn outbox(buffers: Option<Buffers>) -> (OutboxSender, OutboxStream) {
             buffers,
             refused: Arc::new(AtomicBool::new(false)),
         },
-        OutboxStream { rx, room },
+        OutboxStream {
+            rx,
+            room,
+            relay: RelayWaker::default(),
+        },
     )
 }
 
@@ -144,7 +151,8 @@ impl Stream for OutboxStream {
     type Item = Result<Outgoing, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.rx.poll_recv(cx) {
+        let waker = self.relay.get(cx);
+        match self.rx.poll_recv(&mut Context::from_waker(&waker)) {
             Poll::Ready(Some((item, n, held))) => {
                 self.room.add_permits(n as usize);
                 // The transport holds the encoded bytes from here (see `layers::limit`).

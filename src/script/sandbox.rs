@@ -26,7 +26,6 @@ use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value as LuaValue};
 use serde_json::Value as Json;
 
 use super::bytecode;
-use super::convert::ReplyLimits;
 use super::freeze::{self, Found, Freezer, Helpers};
 use super::status::ScriptStatus;
 use crate::data::DataSets;
@@ -155,9 +154,9 @@ end
 
 -- ctx for streaming calls: ctx:send tries a plain call first and waits only when the client
 -- is slow; everything else is the call's userdata.
-local function stream_ctx(u)
+local function stream_ctx(u, try_send)
   local function send(_, msg)
-    if not u:try_send(msg) then u:wait_send() end
+    if not try_send(msg) then u:wait_send() end
   end
   return setmetatable({ send = send }, {
     __index = function(_, k)
@@ -199,7 +198,6 @@ pub fn new_state(
     handlers_dir: &Path,
     data: &DataSets,
     memory_limit: usize,
-    max_message_size: usize,
 ) -> Result<(Lua, Sandbox), StartupError> {
     let setup = |e: mlua::Error| StartupError::Script {
         location: Location::file(handlers_dir),
@@ -225,7 +223,6 @@ pub fn new_state(
     let (sandbox, wrappers) = prepare(&lua, handlers_dir).map_err(setup)?;
     install_data(&lua, &sandbox, &wrappers.missing_data, data, memory_limit)?;
     freeze_libraries(&lua, &sandbox, &wrappers).map_err(setup)?;
-    lua.set_app_data(ReplyLimits::new(max_message_size));
     Ok((lua, sandbox))
 }
 
@@ -568,6 +565,43 @@ fn install_require(lua: &Lua, dir: PathBuf, sandbox: &Sandbox) -> mlua::Result<(
 /// Ends loading in one state: freezes every script environment and module with what they
 /// reach, and (when `check_code` is set, once for the pool) rejects load-time functions that
 /// assign module-level locals. After this, `require` only returns modules loaded already.
+/// Makes a frozen script environment read its names in one step.
+///
+/// A name a script reads is looked up in its own globals, then in the shared ones through a
+/// chain of `__index` tables; `math` in `math.sin` took three lookups. Once everything is
+/// frozen neither side can change, so the environment's reads go to one table holding both
+/// (its own names first). Only reads change: `rawget`, `next` and `pairs` still see the
+/// script's own globals alone, through the hidden contents. A chain that runs through a
+/// function is left as it is.
+fn flatten_reads(lua: &Lua, env: &Table) -> mlua::Result<()> {
+    let (Some(own), Some(mt)) = (freeze::hidden(env), env.metatable()) else {
+        return Ok(());
+    };
+    let mut chain = vec![own.clone()];
+    let mut next = own.metatable();
+    while let Some(link) = next {
+        match link.raw_get::<LuaValue>("__index")? {
+            LuaValue::Table(t) => {
+                next = t.metatable();
+                chain.push(t);
+            }
+            LuaValue::Nil => break,
+            _ => return Ok(()),
+        }
+        if chain.len() > 8 {
+            return Ok(());
+        }
+    }
+    if chain.len() < 2 {
+        return Ok(());
+    }
+    let merged = lua.create_table()?;
+    for t in chain.iter().rev() {
+        t.for_each(|k: LuaValue, v: LuaValue| merged.raw_set(k, v))?;
+    }
+    mt.raw_set("__index", merged)
+}
+
 pub fn finish_loading(
     lua: &Lua,
     sandbox: &Sandbox,
@@ -613,7 +647,8 @@ pub fn finish_loading(
                 path,
                 &mut found,
             )?;
-            fr.freeze_from(lua, module.clone(), &newindex, &newindex, path, &mut found)
+            fr.freeze_from(lua, module.clone(), &newindex, &newindex, path, &mut found)?;
+            flatten_reads(lua, env)
         };
         freeze().map_err(|e| freeze_error(path, &e, memory_limit))?;
     }
@@ -732,7 +767,7 @@ mod tests {
     #[test]
     fn loading_freezes_script_tables_but_not_what_live_metatables_read() {
         let data = DataSets::default();
-        let (lua, sandbox) = new_state(Path::new("handlers"), &data, 64 << 20, 1 << 20).unwrap();
+        let (lua, sandbox) = new_state(Path::new("handlers"), &data, 64 << 20).unwrap();
         let env: Table = sandbox.new_env.call(lua.globals()).unwrap();
         lua.load("local t = { 1 } function F() return t end")
             .set_environment(env.clone())
@@ -751,5 +786,62 @@ mod tests {
         let t: Table = lua.load("return F()").set_environment(env).eval().unwrap();
         assert!(freeze::is_frozen(&t));
         assert_eq!(freeze::contents(&t).raw_get::<i64>(1).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_frozen_environment_reads_in_one_step_but_lists_only_its_own_names() {
+        let data = DataSets::default();
+        let (lua, sandbox) = new_state(Path::new("handlers"), &data, 64 << 20).unwrap();
+        let env: Table = sandbox.new_env.call(lua.globals()).unwrap();
+        lua.load(
+            "Own = 1 function F() return Own, math.floor(2.5), string.rep('a', 2), Missing end",
+        )
+        .set_environment(env.clone())
+        .exec()
+        .unwrap();
+        let mut envs = HashMap::new();
+        envs.insert(PathBuf::from("x.lua"), env.clone());
+        sandbox
+            .lock_env
+            .call::<()>((env.clone(), lua.globals(), "x.lua"))
+            .unwrap();
+        finish_loading(&lua, &sandbox, &envs, true, 64 << 20).unwrap();
+        // One table behind the environment holds its own names and the shared ones.
+        let mt = env.metatable().unwrap();
+        let LuaValue::Table(reads) = mt.raw_get::<LuaValue>("__index").unwrap() else {
+            panic!("__index is not a table");
+        };
+        assert!(reads.metatable().is_none());
+        assert!(reads.raw_get::<LuaValue>("math").unwrap().is_table());
+        assert_eq!(reads.raw_get::<i64>("Own").unwrap(), 1);
+        let (own, floor, rep, missing): (i64, i64, String, LuaValue) = lua
+            .load("return F()")
+            .set_environment(env.clone())
+            .eval()
+            .unwrap();
+        assert_eq!(
+            (own, floor, rep.as_str(), missing),
+            (1, 2, "aa", LuaValue::Nil)
+        );
+        // Raw reads and iteration see the script's own globals only, as before.
+        let listed: Vec<String> = lua
+            .load("local n = {} for k in pairs(_ENV) do n[#n + 1] = k end table.sort(n) return n")
+            .set_environment(env.clone())
+            .eval()
+            .unwrap();
+        assert_eq!(listed, ["F", "Own"]);
+        let raw: LuaValue = lua
+            .load("return rawget(_ENV, 'math')")
+            .set_environment(env.clone())
+            .eval()
+            .unwrap();
+        assert!(raw.is_nil());
+        // Writes are still refused.
+        let e = lua
+            .load("Other = 2")
+            .set_environment(env)
+            .exec()
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot set global 'Other'"), "{e}");
     }
 }

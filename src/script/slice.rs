@@ -58,7 +58,7 @@ pub fn check(step: u64, slice: Duration) -> Check {
             None => Check::Continue,
             Some(current) => match current.shared.should_abort(step) {
                 Some(a) => Check::Abort(a),
-                None if current.since.elapsed() >= slice => Check::Yield,
+                None if slice != Duration::MAX && current.since.elapsed() >= slice => Check::Yield,
                 None => Check::Continue,
             },
         }

@@ -27,10 +27,13 @@ use mlua::{Function, HookTriggers, Lua, Table, VmState};
 use tokio::sync::mpsc;
 
 use super::context::{CallShared, CallSpec};
+use super::convert::Conv;
 use super::guard::RUNNER_KEY;
+use super::plan::Plans;
 use super::sandbox::{self, Sandbox};
 use super::slice::{self, Heartbeat};
 use super::status::Abort;
+use super::wakes;
 use super::{ScriptOptions, ScriptSetupError};
 use crate::data::DataSets;
 use crate::error::{Location, StartupError, StartupErrors};
@@ -50,6 +53,8 @@ pub struct Recipe {
     pub handlers_dir: PathBuf,
     pub data: DataSets,
     pub options: ScriptOptions,
+    /// Conversion plans of the methods' messages.
+    pub plans: Arc<Plans>,
     /// Script files in load order, with their text.
     pub scripts: Vec<(PathBuf, String)>,
     /// Handler functions: (index into `scripts`, function name).
@@ -63,6 +68,10 @@ pub struct State {
     pub memory_limit: usize,
     pub functions: Vec<Function>,
     pub stream_ctx: Function,
+    /// Per request layout, the function that makes its tables (see `decode`).
+    pub builders: Vec<Function>,
+    /// `(handle, builder)` → a streaming call's request iterator (see `requests`).
+    pub iterate: Function,
     pub runner: Function,
     /// What a call's own coroutine runs (see `guard`).
     pub body: Function,
@@ -110,6 +119,7 @@ impl State {
 pub struct Loading {
     pub lua: Lua,
     memory_limit: usize,
+    max_message_size: usize,
     sandbox: Sandbox,
     envs: HashMap<PathBuf, Table>,
     pub functions: Vec<Function>,
@@ -138,12 +148,7 @@ impl Loading {
         data: &DataSets,
         options: &ScriptOptions,
     ) -> Result<Self, StartupError> {
-        let (lua, sandbox) = sandbox::new_state(
-            recipe_dir,
-            data,
-            options.memory_limit,
-            options.max_message_size,
-        )?;
+        let (lua, sandbox) = sandbox::new_state(recipe_dir, data, options.memory_limit)?;
         // One hook for every coroutine of this state; it checks whichever call is current.
         lua.set_global_hook(
             HookTriggers::new().every_nth_instruction(HOOK_STEP),
@@ -189,6 +194,7 @@ impl Loading {
         Ok(Self {
             lua,
             memory_limit: options.memory_limit,
+            max_message_size: options.max_message_size,
             sandbox,
             envs: HashMap::new(),
             functions: Vec::new(),
@@ -239,7 +245,7 @@ impl Loading {
     /// Locks every script environment and freezes what the scripts built: the state is ready
     /// to serve. `check_code` (once per pool) also rejects functions that would assign
     /// module-level locals while serving.
-    pub fn finish(self, check_code: bool) -> Result<State, StartupErrors> {
+    pub fn finish(self, check_code: bool, plans: &Arc<Plans>) -> Result<State, StartupErrors> {
         for (path, env) in &self.envs {
             self.sandbox
                 .lock_env
@@ -261,9 +267,21 @@ impl Loading {
             .lua
             .named_registry_value(super::guard::BODY_KEY)
             .map_err(|e| lua_setup_error("finding the call runner", e))?;
+        self.lua
+            .set_app_data(Conv::new(plans.clone(), self.max_message_size));
+        let builders = plans
+            .layouts
+            .iter()
+            .map(|layout| layout.compile(&self.lua, plans))
+            .collect::<mlua::Result<Vec<_>>>()
+            .map_err(|e| lua_setup_error("preparing request conversion", e))?;
+        let iterate = super::requests::iterator_factory(&self.lua)
+            .map_err(|e| lua_setup_error("preparing request streams", e))?;
         Ok(State {
             memory_limit: self.memory_limit,
             stream_ctx: self.sandbox.stream_ctx.clone(),
+            builders,
+            iterate,
             lua: self.lua,
             functions: self.functions,
             runner,
@@ -333,7 +351,7 @@ pub fn build(recipe: &Recipe) -> Result<State, StartupError> {
         loading.functions.push(f);
     }
     // The first state checked the code already; a rebuild meets the same scripts.
-    loading.finish(false).map_err(|mut e| {
+    loading.finish(false, &recipe.plans).map_err(|mut e| {
         e.0.drain(..)
             .next()
             .unwrap_or_else(|| lua_setup_error("loading scripts", mlua::Error::runtime("failed")))
@@ -343,6 +361,8 @@ pub fn build(recipe: &Recipe) -> Result<State, StartupError> {
 /// One call handed to a state thread.
 pub struct Job {
     pub function: usize,
+    /// The request type's layout.
+    pub layout: usize,
     pub shared: Arc<CallShared>,
     pub requests: Requests,
 }
@@ -556,6 +576,8 @@ fn state_thread(
             serve(&pool, index, generation, &current, &loaded)
         }));
         INBOX.with(|i| i.borrow_mut().take());
+        // Whatever a panic left deferred is delivered; from here on wake-ups go out at once.
+        wakes::flush_and(true);
         teardown(loaded);
         match served {
             Ok(Exit::Closed) => return,
@@ -642,13 +664,13 @@ impl Inbox {
         let index = self.index;
         let unrecoverable = self.unrecoverable.clone();
         let wake = self.wake.clone();
-        tokio::task::spawn_local(async move {
+        tokio::task::spawn_local(wakes::FlushAfter::new(async move {
             let memory_error = super::run_call(&state, job).await;
             pool.slots[index].active.fetch_sub(1, Ordering::Relaxed);
             if memory_error {
                 check_memory(&state, &pool, &unrecoverable, &wake);
             }
-        });
+        }));
         true
     }
 }
@@ -709,6 +731,7 @@ fn serve(
     let queue = pool.slots[index].queue.clone();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .on_thread_park(wakes::flush)
         .build()
     {
         Ok(rt) => rt,
@@ -728,7 +751,8 @@ fn serve(
             wake: wake.clone(),
         })
     });
-    let exit = local.block_on(&runtime, async {
+    wakes::defer_on_this_thread();
+    let serving = async {
         loop {
             let next = poll_fn(|cx| lock(&queue).poll_recv(cx));
             let job = tokio::select! {
@@ -757,11 +781,13 @@ fn serve(
                 return Exit::Closed;
             }
         }
-    });
+    };
+    let exit = local.block_on(&runtime, wakes::FlushAfter::new(serving));
     if matches!(exit, Exit::Closed) {
         // Let the calls in progress finish.
         runtime.block_on(local);
     }
+    wakes::flush_and(true);
     INBOX.with(|i| i.borrow_mut().take());
     exit
 }

@@ -57,6 +57,7 @@ pub mod bench {
     tonic::include_proto!("bench");
 }
 
+use bench::compute_client::ComputeClient;
 use bench::echo_client::EchoClient;
 use helloworld::greeter_client::GreeterClient;
 use routeguide::route_guide_client::RouteGuideClient;
@@ -624,7 +625,22 @@ async fn cmd_check(args: &Args) -> Result<(), Error> {
             "routeguide" | "getfeature" | "listfeatures" | "recordroute" | "routechat" => {
                 check_route_guide(ch.clone(), &load_db(args), svc, &mut report).await
             }
-            other => die(&format!("unknown service {other} (greeter, echo, routeguide or one of its getfeature, listfeatures, recordroute, routechat)")),
+            "compute" => {
+                let mut c = ComputeClient::new(ch.clone());
+                let r = within(c.route(bench::RouteRequest { points: COMPUTE_POINTS })).await;
+                let want = compute_route_distance(COMPUTE_POINTS);
+                report(
+                    &format!("bench.Compute/Route {COMPUTE_POINTS} points"),
+                    match r {
+                        // Within a metre: the sum of ten thousand floats may round differently.
+                        Ok(r) if r.get_ref().point_count == COMPUTE_POINTS
+                            && (r.get_ref().distance - want).abs() <= 1 => Ok(()),
+                        Ok(r) => Err(format!("result {:?}, expected distance {want}", r.get_ref())),
+                        Err(s) => Err(s.to_string()),
+                    },
+                );
+            }
+            other => die(&format!("unknown service {other} (greeter, echo, compute, routeguide or one of its getfeature, listfeatures, recordroute, routechat)")),
         }
     }
     if failures > 0 {
@@ -632,6 +648,30 @@ async fn cmd_check(args: &Args) -> Result<(), Error> {
     }
     println!("{{\"ok\":true}}");
     Ok(())
+}
+
+/// Points per bench.Compute/Route call in the "compute" scenario (bench/run sends the same).
+const COMPUTE_POINTS: i32 = 10_000;
+
+/// What bench.Compute/Route answers for `n` points (see bench/protos/bench.proto).
+fn compute_route_distance(n: i32) -> i64 {
+    let point = |i: i64| {
+        (
+            (400_000_000 + (i * 7919) % 2_000_000 - 1_000_000) as f64,
+            (-740_000_000 + (i * 104_729) % 2_000_000 - 1_000_000) as f64,
+        )
+    };
+    let mut total = 0.0f64;
+    for i in 1..i64::from(n) {
+        let (a, b) = (point(i - 1), point(i));
+        let lat1 = (a.0 / 1e7).to_radians();
+        let lat2 = (b.0 / 1e7).to_radians();
+        let dlat = lat2 - lat1;
+        let dlon = ((b.1 - a.1) / 1e7).to_radians();
+        let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlon / 2.0).sin().powi(2);
+        total += 6_371_000.0 * 2.0 * h.sqrt().atan2((1.0 - h).sqrt());
+    }
+    total.floor() as i64
 }
 
 /// Bounds one check step: a server that never answers fails the check instead of hanging it.
