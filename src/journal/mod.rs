@@ -8,7 +8,8 @@
 //!
 //! Recording stays cheap because nothing is converted on the way: a message is kept as the
 //! bytes that went over the wire (copied into the call's own arena, so a small message never
-//! pins a large receive buffer, and a unary call costs two allocations) and is turned into
+//! pins a large receive buffer; a small call's arena is inside its record, and a full journal
+//! reuses its oldest record, so recording a unary call allocates nothing) and is turned into
 //! proto3 JSON only when someone reads the journal ([`render`]).
 //!
 //! The journal is bounded in calls and in bytes; the oldest calls go first. A single call
@@ -57,9 +58,11 @@ impl Default for JournalOptions {
 
 /// What a call costs in the byte budget besides its arena (the record itself).
 const CALL_COST: usize = 256;
-/// Room in a new call's arena beyond its path and headers: enough for a small unary call's
-/// messages, response headers and trailers, so most calls never grow it.
-const FIRST_ARENA: usize = 2 * block::HEADER + 256;
+/// Bytes of arena kept inside the record: a small unary call (path, a few headers, a request,
+/// a response, trailers) fits, so its record is one block of memory.
+const INLINE_ARENA: usize = 384;
+/// A call's arena, inline up to [`INLINE_ARENA`] bytes.
+type Arena = smallvec::SmallVec<[u8; INLINE_ARENA]>;
 /// The largest arena kept for reuse when its call leaves the journal.
 const RECYCLE_ARENA: usize = 8 * 1024;
 
@@ -139,7 +142,7 @@ impl Journal {
                 tap
             }
             None => {
-                let mut arena = Vec::with_capacity(FIRST_ARENA + path.len() + packed);
+                let mut arena = Arena::new();
                 fill(&mut arena, path, headers, packed);
                 let accounted = arena.capacity();
                 self.0
@@ -181,10 +184,18 @@ impl Journal {
     fn recycle(&self, mut old: Tap) -> Option<Tap> {
         let reused = Arc::get_mut(&mut old.0).is_some_and(|record| {
             let log = record.log.get_mut().unwrap_or_else(|e| e.into_inner());
-            if log.forgotten || log.arena.capacity() > RECYCLE_ARENA {
+            if log.forgotten {
                 return false;
             }
+            if log.arena.capacity() > RECYCLE_ARENA {
+                // A large call's arena is freed; the record keeps its inline room.
+                let freed = log.accounted - INLINE_ARENA;
+                log.arena = Arena::new();
+                log.accounted = INLINE_ARENA;
+                self.0.budget.bytes.fetch_sub(freed, Ordering::Relaxed);
+            }
             log.arena.clear();
+            log.timed = (false, false);
             log.method = None;
             log.handler = None;
             log.rules.clear();
@@ -350,6 +361,9 @@ pub struct CallRecord {
     log: Mutex<CallLog>,
 }
 
+/// The time of a block sent at the end of the call (a unary response): shown as the end.
+const AT_END: u64 = u64::MAX;
+
 /// The kinds of block in a record's arena.
 mod block {
     pub const PATH: u8 = 0;
@@ -369,7 +383,7 @@ mod block {
 /// dropping an old call frees one. Readers parse the arena into a [`CallView`].
 #[derive(Default)]
 pub struct CallLog {
-    arena: Vec<u8>,
+    arena: Arena,
     /// Bytes of arena capacity counted in the budget.
     accounted: usize,
     method: Option<Arc<MethodInfo>>,
@@ -378,13 +392,19 @@ pub struct CallLog {
     rules: Vec<u32>,
     /// Frames not kept because the call alone exceeded the byte budget.
     dropped: u64,
+    /// Whether request (`.0`) and response (`.1`) messages get their own times: only a
+    /// streaming side does; a single request is read at the start, a single response goes out
+    /// at the end, and the clock is not read for them.
+    timed: (bool, bool),
     end: Option<(End, Duration)>,
     /// No longer in the journal: nothing more is recorded.
     forgotten: bool,
 }
 
-/// The blocks of an arena: (kind, time, payload).
-fn blocks(arena: &[u8]) -> impl Iterator<Item = (u8, Duration, std::ops::Range<usize>)> + '_ {
+/// The blocks of an arena: (kind, time or `None` for the end of the call, payload).
+fn blocks(
+    arena: &[u8],
+) -> impl Iterator<Item = (u8, Option<Duration>, std::ops::Range<usize>)> + '_ {
     let mut at = 0;
     std::iter::from_fn(move || {
         let head = arena.get(at..at + block::HEADER)?;
@@ -393,12 +413,13 @@ fn blocks(arena: &[u8]) -> impl Iterator<Item = (u8, Duration, std::ops::Range<u
         let len = u32::from_le_bytes(head[9..13].try_into().ok()?) as usize;
         let start = at + block::HEADER;
         at = start + len;
-        Some((kind, Duration::from_micros(micros), start..start + len))
+        let time = (micros != AT_END).then(|| Duration::from_micros(micros));
+        Some((kind, time, start..start + len))
     })
 }
 
 /// Starts an arena with the path and request headers blocks.
-fn fill(arena: &mut Vec<u8>, path: &[u8], headers: &HeaderMap, packed: usize) {
+fn fill(arena: &mut Arena, path: &[u8], headers: &HeaderMap, packed: usize) {
     arena.push(block::PATH);
     arena.extend_from_slice(&0u64.to_le_bytes());
     arena.extend_from_slice(&(path.len() as u32).to_le_bytes());
@@ -410,15 +431,21 @@ fn fill(arena: &mut Vec<u8>, path: &[u8], headers: &HeaderMap, packed: usize) {
 }
 
 /// Header block payload: for each entry, name length (2), value length (4), name, value.
+/// Headers every gRPC call has with the same value, not worth keeping.
+fn routine(name: &http::HeaderName) -> bool {
+    name == http::header::TE || name == http::header::CONTENT_TYPE
+}
+
 fn packed_len(headers: &HeaderMap) -> usize {
     headers
         .iter()
+        .filter(|(k, _)| !routine(k))
         .map(|(k, v)| 6 + k.as_str().len() + v.len())
         .sum()
 }
 
-fn pack_headers(arena: &mut Vec<u8>, headers: &HeaderMap) {
-    for (k, v) in headers {
+fn pack_headers(arena: &mut Arena, headers: &HeaderMap) {
+    for (k, v) in headers.iter().filter(|(k, _)| !routine(k)) {
         let name = k.as_str().as_bytes();
         let value = v.as_bytes();
         arena.extend_from_slice(&(name.len().min(u16::MAX as usize) as u16).to_le_bytes());
@@ -568,7 +595,7 @@ impl CallView {
                     } else {
                         Direction::Response
                     },
-                    at,
+                    at: at.unwrap_or_else(|| log.end.map_or(Duration::ZERO, |(_, d)| d)),
                     bytes: arena.slice(range),
                 }),
                 _ => {}
@@ -598,6 +625,7 @@ impl CallRecord {
     /// Notes the method and its handler (the router, once it found the method).
     pub fn attach(&self, info: &Arc<MethodInfo>, kind: Option<&'static str>, origin: &Origin) {
         let mut log = self.log();
+        log.timed = (info.shape.streams_input(), info.shape.streams_output());
         log.method = Some(info.clone());
         log.handler = kind.map(|kind| HandlerNote {
             kind,
@@ -614,7 +642,7 @@ impl CallRecord {
 
     /// Records a request message.
     pub fn request(&self, bytes: &[u8]) {
-        self.push(block::REQUEST, bytes.len(), None, |arena| {
+        self.push(block::REQUEST, bytes.len(), |arena| {
             arena.extend_from_slice(bytes)
         });
     }
@@ -622,32 +650,42 @@ impl CallRecord {
     /// Records a response built as a message, encoding it into the record.
     pub fn response_message(&self, msg: &prost_reflect::DynamicMessage) {
         use prost::Message as _;
-        self.push(block::RESPONSE, msg.encoded_len(), None, |arena| {
-            msg.encode_raw(arena)
+        let bytes = msg.encode_to_vec();
+        self.push(block::RESPONSE, bytes.len(), |arena| {
+            arena.extend_from_slice(&bytes)
         });
     }
 
     /// Records a response message.
     pub fn response(&self, bytes: &[u8]) {
-        self.push(block::RESPONSE, bytes.len(), None, |arena| {
+        self.push(block::RESPONSE, bytes.len(), |arena| {
             arena.extend_from_slice(bytes)
         });
     }
 
     /// Appends a block of `len` bytes that `write` fills, unless the call alone would pass the
-    /// byte budget (then it is counted as dropped), and gives back room in the journal if it
-    /// is over budget.
-    /// `end`, if given, ends the call at the same time.
-    fn push(&self, kind: u8, len: usize, end: Option<End>, write: impl FnOnce(&mut Vec<u8>)) {
-        let elapsed = self.started.elapsed();
-        let at = micros(elapsed);
+    /// byte budget (then a message is counted as dropped), and gives back room in the journal
+    /// if it is over budget. A header block ending the call (trailers) ends it with `end`.
+    fn push(&self, kind: u8, len: usize, write: impl FnOnce(&mut Arena)) {
+        self.push_ending(kind, len, None, write);
+    }
+
+    fn push_ending(&self, kind: u8, len: usize, end: Option<End>, write: impl FnOnce(&mut Arena)) {
         let over = {
             let mut log = self.log();
             if log.forgotten {
                 return;
             }
+            let at = match kind {
+                block::REQUEST if log.timed.0 => micros(self.started.elapsed()),
+                block::RESPONSE if log.timed.1 => micros(self.started.elapsed()),
+                block::RESPONSE => AT_END,
+                _ => 0,
+            };
             if let Some(end) = end {
-                log.end.get_or_insert((end, elapsed));
+                if log.end.is_none() {
+                    log.end = Some((end, self.started.elapsed()));
+                }
             }
             let room = self.budget.max_bytes.saturating_sub(self.fixed_cost);
             let used = log.arena.len();
@@ -683,7 +721,7 @@ impl CallRecord {
     }
 
     fn push_headers(&self, kind: u8, headers: &HeaderMap, end: Option<End>) {
-        self.push(kind, packed_len(headers), end, |arena| {
+        self.push_ending(kind, packed_len(headers), end, |arena| {
             pack_headers(arena, headers)
         });
     }
@@ -731,7 +769,7 @@ impl CallRecord {
         log.forgotten = true;
         let freed = log.accounted + self.fixed_cost;
         log.accounted = 0;
-        log.arena = Vec::new();
+        log.arena = Arena::new();
         self.budget.bytes.fetch_sub(freed, Ordering::Relaxed);
     }
 }
