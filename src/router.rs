@@ -31,6 +31,7 @@ use crate::handler::{
     Responses, Shape,
 };
 use crate::journal::codec::Journaling;
+use crate::journal::layer::CarryTap;
 use crate::journal::Tap;
 
 /// A built-in gRPC service (reflection, health), boxed.
@@ -49,6 +50,14 @@ pub struct Router {
     /// Shared, so cloning the router per connection or request copies two pointers.
     builtins: Arc<[(&'static str, BuiltinService)]>,
     limits: Limits,
+    /// The journal record of the call this clone is about to serve (see [`CarryTap`]).
+    tap: Option<Tap>,
+}
+
+impl CarryTap for Router {
+    fn carry_tap(&mut self, tap: Tap) {
+        self.tap = Some(tap);
+    }
 }
 
 impl Router {
@@ -62,6 +71,7 @@ impl Router {
             methods: Arc::new(methods),
             builtins: builtins.into(),
             limits,
+            tap: None,
         }
     }
 }
@@ -76,6 +86,7 @@ impl Service<Request<Body>> for Router {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let tap = self.tap.take();
         if let Some(bad) = check_content_type(&req) {
             return Box::pin(std::future::ready(Ok(bad)));
         }
@@ -83,12 +94,12 @@ impl Service<Request<Body>> for Router {
         if let Some(entry) = self.methods.get(path) {
             let entry = entry.clone();
             let limits = self.limits;
-            return Box::pin(async move { Ok(dispatch(entry, req, limits).await) });
+            return Box::pin(async move { Ok(dispatch(entry, req, limits, tap).await) });
         }
         for (prefix, svc) in self.builtins.iter() {
             if path.starts_with(*prefix) {
                 // Reflection and health are the server's own business, not the client's calls.
-                if let Some(tap) = req.extensions().get::<Tap>() {
+                if let Some(tap) = tap {
                     tap.discard();
                 }
                 return Box::pin(svc.clone().call(req));
@@ -128,8 +139,12 @@ fn check_content_type(req: &Request<Body>) -> Option<Response<Body>> {
     Some(resp)
 }
 
-async fn dispatch(entry: Arc<MethodEntry>, req: Request<Body>, limits: Limits) -> Response<Body> {
-    let journal = req.extensions().get::<Tap>().cloned();
+async fn dispatch(
+    entry: Arc<MethodEntry>,
+    req: Request<Body>,
+    limits: Limits,
+    journal: Option<Tap>,
+) -> Response<Body> {
     if let Some(tap) = &journal {
         tap.attach(
             &entry.info,

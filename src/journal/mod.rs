@@ -8,9 +8,9 @@
 //!
 //! Recording stays cheap because nothing is converted on the way: a message is kept as the
 //! bytes that went over the wire (copied into the call's own arena, so a small message never
-//! pins a large receive buffer; a small call's arena is inside its record, and a full journal
-//! reuses its oldest record, so recording a unary call allocates nothing) and is turned into
-//! proto3 JSON only when someone reads the journal ([`render`]).
+//! pins a large receive buffer; a full journal reuses its oldest record and arena, so
+//! recording a unary call allocates nothing) and is turned into proto3 JSON only when someone
+//! reads the journal ([`render`]).
 //!
 //! The journal is bounded in calls and in bytes; the oldest calls go first. A single call
 //! larger than the byte budget keeps its first frames and counts the ones it dropped. Reading
@@ -58,11 +58,11 @@ impl Default for JournalOptions {
 
 /// What a call costs in the byte budget besides its arena (the record itself).
 const CALL_COST: usize = 256;
-/// Bytes of arena kept inside the record: a small unary call (path, a few headers, a request,
-/// a response, trailers) fits, so its record is one block of memory.
-const INLINE_ARENA: usize = 384;
-/// A call's arena, inline up to [`INLINE_ARENA`] bytes.
-type Arena = smallvec::SmallVec<[u8; INLINE_ARENA]>;
+/// Room in a new call's arena beyond its path and headers: enough for a small unary call's
+/// messages, response headers and trailers, so most calls never grow it.
+const FIRST_ARENA: usize = 4 * block::HEADER + 192;
+/// A call's arena.
+type Arena = Vec<u8>;
 /// The largest arena kept for reuse when its call leaves the journal.
 const RECYCLE_ARENA: usize = 8 * 1024;
 
@@ -142,7 +142,7 @@ impl Journal {
                 tap
             }
             None => {
-                let mut arena = Arena::new();
+                let mut arena = Arena::with_capacity(FIRST_ARENA + path.len() + packed);
                 fill(&mut arena, path, headers, packed);
                 let accounted = arena.capacity();
                 self.0
@@ -188,11 +188,13 @@ impl Journal {
                 return false;
             }
             if log.arena.capacity() > RECYCLE_ARENA {
-                // A large call's arena is freed; the record keeps its inline room.
-                let freed = log.accounted - INLINE_ARENA;
+                // A large call's arena is freed rather than kept for a small one.
+                self.0
+                    .budget
+                    .bytes
+                    .fetch_sub(log.accounted, Ordering::Relaxed);
                 log.arena = Arena::new();
-                log.accounted = INLINE_ARENA;
-                self.0.budget.bytes.fetch_sub(freed, Ordering::Relaxed);
+                log.accounted = 0;
             }
             log.arena.clear();
             log.timed = (false, false);
@@ -420,14 +422,20 @@ fn blocks(
 
 /// Starts an arena with the path and request headers blocks.
 fn fill(arena: &mut Arena, path: &[u8], headers: &HeaderMap, packed: usize) {
-    arena.push(block::PATH);
-    arena.extend_from_slice(&0u64.to_le_bytes());
-    arena.extend_from_slice(&(path.len() as u32).to_le_bytes());
+    arena.reserve(2 * block::HEADER + path.len() + packed);
+    arena.extend_from_slice(&block_header(block::PATH, 0, path.len()));
     arena.extend_from_slice(path);
-    arena.push(block::REQUEST_HEADERS);
-    arena.extend_from_slice(&0u64.to_le_bytes());
-    arena.extend_from_slice(&(packed as u32).to_le_bytes());
+    arena.extend_from_slice(&block_header(block::REQUEST_HEADERS, 0, packed));
     pack_headers(arena, headers);
+}
+
+/// A block's kind, time and length, as stored before its payload.
+fn block_header(kind: u8, at: u64, len: usize) -> [u8; block::HEADER] {
+    let mut head = [0u8; block::HEADER];
+    head[0] = kind;
+    head[1..9].copy_from_slice(&at.to_le_bytes());
+    head[9..13].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    head
 }
 
 /// Header block payload: for each entry, name length (2), value length (4), name, value.
@@ -446,11 +454,14 @@ fn packed_len(headers: &HeaderMap) -> usize {
 
 fn pack_headers(arena: &mut Arena, headers: &HeaderMap) {
     for (k, v) in headers.iter().filter(|(k, _)| !routine(k)) {
+        // Header names are far shorter than 64 KiB (hyper refuses longer ones).
         let name = k.as_str().as_bytes();
         let value = v.as_bytes();
-        arena.extend_from_slice(&(name.len().min(u16::MAX as usize) as u16).to_le_bytes());
-        arena.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        arena.extend_from_slice(&name[..name.len().min(u16::MAX as usize)]);
+        let mut head = [0u8; 6];
+        head[..2].copy_from_slice(&(name.len() as u16).to_le_bytes());
+        head[2..].copy_from_slice(&(value.len() as u32).to_le_bytes());
+        arena.extend_from_slice(&head);
+        arena.extend_from_slice(name);
         arena.extend_from_slice(value);
     }
 }
@@ -650,9 +661,8 @@ impl CallRecord {
     /// Records a response built as a message, encoding it into the record.
     pub fn response_message(&self, msg: &prost_reflect::DynamicMessage) {
         use prost::Message as _;
-        let bytes = msg.encode_to_vec();
-        self.push(block::RESPONSE, bytes.len(), |arena| {
-            arena.extend_from_slice(&bytes)
+        self.push(block::RESPONSE, msg.encoded_len(), |arena| {
+            msg.encode_raw(arena)
         });
     }
 
@@ -701,10 +711,7 @@ impl CallRecord {
                 let want = (log.arena.capacity() * 2).max(used + need).min(room);
                 log.arena.reserve_exact(want - used);
             }
-            log.arena.push(kind);
-            log.arena.extend_from_slice(&at.to_le_bytes());
-            log.arena
-                .extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+            log.arena.extend_from_slice(&block_header(kind, at, len));
             write(&mut log.arena);
             let grown = log.arena.capacity().saturating_sub(log.accounted);
             log.accounted += grown;
