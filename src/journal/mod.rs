@@ -26,7 +26,7 @@ pub mod verify;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -73,7 +73,8 @@ pub struct Journal(Arc<Inner>);
 struct Inner {
     budget: Arc<Budget>,
     max_calls: usize,
-    next_id: AtomicU64,
+    /// A wall-clock time and the instant it was read, to date calls from one clock read.
+    epoch: (SystemTime, Instant),
     ring: Mutex<Ring>,
 }
 
@@ -89,6 +90,7 @@ struct Ring {
     calls: VecDeque<Tap>,
     /// Calls dropped to stay within the bounds, since the start or the last clear.
     evicted: u64,
+    next_id: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -103,8 +105,11 @@ impl Journal {
                 max_bytes: options.max_bytes.max(1),
             }),
             max_calls: options.max_calls.max(1),
-            next_id: AtomicU64::new(1),
-            ring: Mutex::new(Ring::default()),
+            epoch: (SystemTime::now(), Instant::now()),
+            ring: Mutex::new(Ring {
+                next_id: 1,
+                ..Ring::default()
+            }),
         }))
     }
 
@@ -112,32 +117,37 @@ impl Journal {
     ///
     /// A full journal drops its oldest call to make room, and reuses that call's record and
     /// arena when nothing else holds them: in the steady state recording allocates nothing,
-    /// and the allocator is spared long-lived blocks freed in arrival order.
+    /// and the allocator is spared long-lived blocks freed in arrival order. Ids are given
+    /// under the ring's lock, so the ring stays in id order.
     pub fn begin(&self, uri: &Uri, headers: &HeaderMap, peer: Option<SocketAddr>) -> Tap {
         let path = uri.path().as_bytes();
         let packed = packed_len(headers);
-        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
-        let oldest = {
-            let mut ring = lock(&self.0.ring);
-            if ring.calls.len() >= self.0.max_calls {
-                ring.evicted += 1;
-                ring.calls.pop_front()
-            } else {
-                None
-            }
+        let started = Instant::now();
+        // One clock read: wall time follows from the journal's epoch.
+        let started_at = self.0.epoch.0 + started.saturating_duration_since(self.0.epoch.1);
+        let mut ring = lock(&self.0.ring);
+        let id = ring.next_id;
+        ring.next_id += 1;
+        let oldest = if ring.calls.len() >= self.0.max_calls {
+            ring.evicted += 1;
+            ring.calls.pop_front()
+        } else {
+            None
         };
         let tap = match oldest.and_then(|old| self.recycle(old)) {
             Some(mut tap) => {
                 if let Some(record) = Arc::get_mut(&mut tap.0) {
                     record.id = id;
                     record.peer = peer;
-                    record.started_at = SystemTime::now();
-                    record.started = Instant::now();
+                    record.started_at = started_at;
+                    record.started = started;
                     let log = record.log.get_mut().unwrap_or_else(|e| e.into_inner());
                     fill(&mut log.arena, path, headers, packed);
                     let grown = log.arena.capacity().saturating_sub(log.accounted);
-                    log.accounted += grown;
-                    self.0.budget.bytes.fetch_add(grown, Ordering::Relaxed);
+                    if grown > 0 {
+                        log.accounted += grown;
+                        self.0.budget.bytes.fetch_add(grown, Ordering::Relaxed);
+                    }
                 }
                 tap
             }
@@ -152,8 +162,8 @@ impl Journal {
                 Tap(Arc::new(CallRecord {
                     id,
                     peer,
-                    started_at: SystemTime::now(),
-                    started: Instant::now(),
+                    started_at,
+                    started,
                     fixed_cost: CALL_COST,
                     budget: self.0.budget.clone(),
                     journal: Arc::downgrade(&self.0),
@@ -165,14 +175,7 @@ impl Journal {
                 }))
             }
         };
-        let mut ring = lock(&self.0.ring);
         ring.calls.push_back(tap.clone());
-        while ring.calls.len() > self.0.max_calls {
-            if let Some(old) = ring.calls.pop_front() {
-                ring.evicted += 1;
-                old.forget();
-            }
-        }
         if self.0.budget.bytes.load(Ordering::Relaxed) > self.0.budget.max_bytes {
             self.0.shrink(&mut ring, tap.id);
         }
@@ -741,7 +744,10 @@ impl CallRecord {
             self.push_headers(block::TRAILERS, headers, Some(End::TrailersOnly));
             true
         } else {
-            self.push_headers(block::RESPONSE_HEADERS, headers, None);
+            // Most responses carry only the protocol's headers: nothing to keep.
+            if headers.keys().any(|k| !routine(k)) {
+                self.push_headers(block::RESPONSE_HEADERS, headers, None);
+            }
             false
         }
     }
