@@ -159,10 +159,10 @@ pub async fn serve(
             // Until generations can be swapped, the admin API sees the one loaded at startup.
             let control = std::sync::Arc::new(live_placeholder::Placeholder::new(&loaded));
             let api = admin::Admin::new(control, journal.clone(), loaded.options.admin.clone());
-            Some(
-                admin::listener::start(admin_listener, std::sync::Arc::new(api))
-                    .map_err(StartupError::Usage)?,
-            )
+            Some(admin::listener::start(
+                admin_listener,
+                std::sync::Arc::new(api),
+            ))
         }
         None => None,
     };

@@ -49,17 +49,23 @@ impl AdminHandle {
     }
 }
 
-/// Starts serving the admin API on `listener`.
-pub fn start(listener: TcpListener, admin: Arc<Admin>) -> Result<AdminHandle, String> {
-    let schema = super::schema::compile()?;
-    let front = Front {
-        grpc: GrpcFront::new(admin.clone(), &schema)?,
-        http: router(admin.clone()),
-        admin,
-    };
+/// Starts serving the admin API on `listener`. Its setup (compiling the admin `.proto`) runs
+/// in the admin's own task, so the public listener starts serving at once; admin connections
+/// made meanwhile wait in the listener's backlog.
+pub fn start(listener: TcpListener, admin: Arc<Admin>) -> AdminHandle {
     let stop = CancellationToken::new();
-    let task = tokio::spawn(accept(listener, front, stop.clone()));
-    Ok(AdminHandle { stop, task })
+    let until = stop.clone();
+    let task = tokio::spawn(async move {
+        let front = match Front::new(admin) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!("admin API not started: {e}");
+                return;
+            }
+        };
+        accept(listener, front, until).await;
+    });
+    AdminHandle { stop, task }
 }
 
 async fn accept(listener: TcpListener, front: Front, stop: CancellationToken) {
@@ -123,6 +129,15 @@ struct Front {
 }
 
 impl Front {
+    fn new(admin: Arc<Admin>) -> Result<Self, String> {
+        let schema = super::schema::compile()?;
+        Ok(Front {
+            grpc: GrpcFront::new(admin.clone(), &schema)?,
+            http: router(admin.clone()),
+            admin,
+        })
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<axum::body::Body> {
         let grpc = is_grpc(&req);
         if !authorized(self.admin.token(), &req) {
