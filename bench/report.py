@@ -42,6 +42,7 @@ SCENARIOS = [
     ("list", "Server streaming: ListFeatures ({features} features per call)", "stream", "message", "messages/s"),
     ("record", "Client streaming: RecordRoute ({points} points per call)", "stream", "message", "messages/s"),
     ("chat", "Bidi streaming: RouteChat ping-pong round trip", "chat", "ping", "µs"),
+    ("compute", "CPU-heavy handler: the RecordRoute haversine loop over {compute_points} points per call", "unary", "call", "calls/s"),
 ]
 SHORT = {
     "hello": "SayHello",
@@ -50,6 +51,7 @@ SHORT = {
     "list": "ListFeatures",
     "record": "RecordRoute",
     "chat": "RouteChat",
+    "compute": "haversine loop",
 }
 
 
@@ -143,6 +145,8 @@ def collect(recs):
         key = (r["scenario"], r["server"])
         if r["scenario"] == "startup":
             startup[(r["server"], r["protos"])].append(r["load"])
+        elif r["scenario"] == "googleapis":
+            startup[(r["server"], "googleapis")].append(dict(r["load"], files=r.get("files")))
         elif "na" in r:
             na[key] = r["na"]
         elif "rss_idle_kib" in r:
@@ -207,7 +211,11 @@ def build(recs, meta):
         servers = sorted({s for (sc, s) in list(runs) + list(na) if sc == scen}, key=ORDER.index)
         if not servers:
             continue
-        title = title.format(features=meta.get("features", "all"), points=meta.get("points", "?"))
+        title = title.format(
+            features=meta.get("features", "all"),
+            points=meta.get("points", "?"),
+            compute_points=f"{meta.get('compute_points', 10000):,}",
+        )
         md.append(f"## {title}")
         md.append("")
         base = runs.get((scen, "tonic"))
@@ -291,10 +299,18 @@ def build(recs, meta):
                 "bench/README.md); the time is from sending the ping to receiving its answer."
             )
             md.append("")
+        if scen == "compute":
+            md.append(
+                "`bench.Compute/Route`: one unary call runs the RecordRoute loop of handlers/route_guide.lua "
+                "(a table per point, haversine between consecutive points) over a generated route, in a Lua "
+                "script (bench/handlers/lua/compute.lua) and compiled into the tonic peer. Almost all the "
+                "time is the handler's own code, so this row is the interpreter's cost, not the server's."
+            )
+            md.append("")
 
     # Startup
     if startup:
-        sizes = sorted({p for (_, p) in startup if p})
+        sizes = sorted({p for (_, p) in startup if p and p != "googleapis"})
         md.append("## Startup: spawn to first successful call")
         md.append("")
         md.append(
@@ -335,6 +351,50 @@ def build(recs, meta):
                 f"| {fmt(med([l['listening_ms'] for l in tonic_loads if l.get('listening_ms')]))} | 1.00× "
                 f"| {fmt(mib(med([l.get('rss_kib', 0) for l in tonic_loads])))} |"
             )
+        md.append("")
+
+    # googleapis
+    gapi = {s: ls for (s, p), ls in startup.items() if p == "googleapis"}
+    if gapi:
+        files = next((l.get("files") for ls in gapi.values() for l in ls if l.get("files")), "?")
+        md.append("## Startup: all of googleapis")
+        md.append("")
+        md.append(
+            f"googleapis and grafeas from the npm package google-proto-files ({files} files, 1 872 services), "
+            "with one `reply` handler (google.pubsub.v1.Publisher/GetTopic). **cold**: `--no-cache`, "
+            "every file parsed and linked; **warm**: from the descriptor cache written by an earlier run. "
+            "Time from spawning the server to the first successful GetTopic call, on every core. "
+            "**protoc**: `protoc --include_imports --descriptor_set_out` on the same files in the same run "
+            "(it only compiles; it serves nothing). Peak RSS is VmHWM at the first call (protoc: at exit); "
+            "steady RSS is VmRSS 2 s later, serving."
+        )
+        md.append("")
+        md.append("| | first call ms | min–max | × protoc | peak RSS MiB | steady RSS MiB |")
+        md.append("|---|--:|--:|--:|--:|--:|")
+        protoc_ok = [l for l in gapi.get("protoc", []) if l.get("first_call_ms")]
+        protoc_ms = med([l["first_call_ms"] for l in protoc_ok]) if protoc_ok else None
+        labels = {"protoserve-cold": "protoserve, cold", "protoserve-warm": "protoserve, warm",
+                  "protoc": "protoc (compile only)"}
+        for s in ("protoserve-cold", "protoserve-warm", "protoc"):
+            ls = gapi.get(s)
+            if not ls:
+                continue
+            okl = [l for l in ls if l.get("first_call_ms")]
+            if not okl:
+                err = next((l.get("error") for l in ls if l.get("error")), "no result")
+                md.append(f"| {labels[s]} | {na_text(err)} | | | | |")
+                continue
+            fc = [l["first_call_ms"] for l in okl]
+            faster = ratio(protoc_ms, med(fc)) if protoc_ms and s != "protoc" else None
+            steady = med([l["steady_kib"] for l in okl if l.get("steady_kib")]) if s != "protoc" else None
+            md.append(
+                f"| {labels[s]} | {fmt(med(fc))} | {fmt_range(fc)} | "
+                f"{fmt_ratio(faster) + ' faster' if faster else ('1.00×' if s == 'protoc' else 'n/a')} | "
+                f"{fmt(mib(med([l.get('hwm_kib', 0) for l in okl])))} | {fmt(mib(steady)) if steady else ''} |"
+            )
+        if not protoc_ok:
+            md.append("")
+            md.append("protoc was not available in this run (bench/run installs Debian's protobuf-compiler with apt-get).")
         md.append("")
 
     # Memory

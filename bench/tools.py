@@ -3,8 +3,10 @@
 
     tools.py body hello NAME OUT        framed helloworld.HelloRequest for h2load -d
     tools.py body echo SIZE OUT         framed bench.Blob of SIZE bytes
+    tools.py body compute N OUT         framed bench.RouteRequest for N points
     tools.py reply-size hello NAME      bytes of DATA h2load should count per reply
     tools.py reply-size echo SIZE
+    tools.py reply-size compute N
     tools.py genprotos N DIR            N .proto files importing each other + handlers
     tools.py h2load FILE                h2load's output -> one JSON object
     tools.py freeport                   a free TCP port on 127.0.0.1
@@ -39,9 +41,32 @@ def frame(msg):
     return struct.pack(">BI", 0, len(msg)) + msg
 
 
+def varint_field(field, n):
+    return varint(field << 3) + varint(n)
+
+
+def compute_distance(n):
+    """bench.Compute/Route's distance for n points (see bench/protos/bench.proto)."""
+    import math
+
+    def point(i):
+        return (400000000 + (i * 7919) % 2000000 - 1000000, -740000000 + (i * 104729) % 2000000 - 1000000)
+
+    total = 0.0
+    for i in range(1, n):
+        a, b = point(i - 1), point(i)
+        lat1, lat2 = math.radians(a[0] / 1e7), math.radians(b[0] / 1e7)
+        dlat, dlon = lat2 - lat1, math.radians((b[1] - a[1]) / 1e7)
+        h = math.sin(dlat / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlon / 2) ** 2
+        total += 6371000 * 2 * math.atan2(math.sqrt(h), math.sqrt(1 - h))
+    return math.floor(total)
+
+
 def message(kind, arg):
     if kind == "hello":
         return len_field(1, arg.encode())
+    if kind == "compute":
+        return varint_field(1, int(arg))
     if kind == "echo":
         size = int(arg)
         return len_field(1, bytes((i * 7 + 3) & 0xFF for i in range(size)))
@@ -51,6 +76,9 @@ def message(kind, arg):
 def reply(kind, arg):
     if kind == "hello":
         return len_field(1, f"Hello, {arg}!".encode())
+    if kind == "compute":
+        n = int(arg)
+        return varint_field(1, n) + varint_field(2, compute_distance(n))
     return message(kind, arg)  # echo replies with the request
 
 

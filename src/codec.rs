@@ -167,14 +167,25 @@ impl Incoming {
     /// The whole message; INVALID_ARGUMENT when the bytes are not one of the input type,
     /// RESOURCE_EXHAUSTED when decoding them would take more memory than the budget.
     pub fn decode(&self) -> Result<DynamicMessage, CallError> {
-        // Small messages cannot cross the budget; larger ones are costed before anything
-        // is allocated.
+        self.check_cost()?;
+        DynamicMessage::decode(self.desc.clone(), self.bytes.clone())
+            .map_err(|e| self.bad(e.to_string()))
+    }
+
+    /// RESOURCE_EXHAUSTED when decoding the bytes would take more memory than the budget
+    /// (INVALID_ARGUMENT if the walk finds them malformed). Small messages cannot cross the
+    /// budget and pass without a walk; larger ones are costed before anything is allocated.
+    pub fn check_cost(&self) -> Result<(), CallError> {
         if wire::may_exceed(self.bytes.len(), self.budget) {
             let mut cost = wire::Cost::new(self.budget);
             wire::check(&self.bytes, &self.desc, &mut cost).map_err(|e| self.refused(e))?;
         }
-        DynamicMessage::decode(self.desc.clone(), self.bytes.clone())
-            .map_err(|e| self.bad(e.to_string()))
+        Ok(())
+    }
+
+    /// The error for bytes that are not a message of the input type.
+    pub fn bad_request(&self, message: String) -> CallError {
+        self.bad(message)
     }
 
     /// Checks the bytes are a well-formed message of the input type, without decoding it.

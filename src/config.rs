@@ -19,15 +19,16 @@ use serde_json::{Map, Value as Json};
 
 use crate::error::{Location, StartupError, StartupErrors};
 use crate::handler::declarative::{Action, ActionKind, Declarative, Responder};
-use crate::handler::error::{parse_metadata, ErrorAction, ErrorSpec};
+use crate::handler::error::{ErrorAction, ErrorSpec};
 use crate::handler::reply::ReplyAction;
 use crate::handler::rules::Rule;
 use crate::handler::stream::StreamAction;
 use crate::handler::{echo, Around, Handler, HandlerTable, MethodInfo, Origin};
 use crate::matcher::Condition;
-use crate::script::ScriptSetupError;
+use crate::metadata::parse_pairs;
+use crate::script::{ScriptRef, ScriptSetupError, Scripts};
 use crate::suggest::did_you_mean;
-use crate::template::TemplateError;
+use crate::template::EntryError;
 
 /// One handler file.
 #[derive(Debug, Deserialize)]
@@ -54,28 +55,64 @@ pub struct EntrySpec {
     pub headers: BTreeMap<String, String>,
 }
 
-/// Builds a script handler: (script file relative to the handlers folder, function, method).
-pub type ScriptBuilder<'a> =
-    dyn FnMut(&str, &str, &Arc<MethodInfo>) -> Result<Arc<dyn Handler>, ScriptSetupError> + 'a;
+/// Handlers added at run time through the admin API, by `package.Service/Method`: the same JSON
+/// a handler file has under `"methods"`, laid over the files' handlers.
+pub type RuntimeHandlers = BTreeMap<String, Json>;
+
+/// A script entry waiting for its generation's Lua states, which start once every entry is read.
+pub struct PendingScript {
+    pub found: ScriptRef,
+    pub around: Around,
+    pub origin: Origin,
+}
+
+/// What reading the handler entries leaves for the builder: script entries by method path.
+pub type PendingScripts = HashMap<Arc<str>, PendingScript>;
+
+/// A built entry: declarative handlers are complete; scripts wait for their engine.
+enum Built {
+    Ready(Arc<dyn Handler>),
+    Script(ScriptRef),
+}
 
 /// A problem with one entry, or with a file it points to.
 enum BuildError {
-    Entry(TemplateError),
+    Entry(EntryError),
     Startup(StartupError),
 }
 
-impl From<TemplateError> for BuildError {
-    fn from(e: TemplateError) -> Self {
+impl From<EntryError> for BuildError {
+    fn from(e: EntryError) -> Self {
         BuildError::Entry(e)
     }
 }
 
 /// Reads every `*.json` in `dir` and installs the handlers into `table`.
+/// The services the handler files in `dir` name, read leniently before the schema is compiled
+/// (a big tree decodes only these into its pool); [`load_handlers`] reports any problem.
+pub fn named_services(dir: &Path) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Service {
+        service: String,
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter_map(|p| std::fs::read(p).ok())
+        .filter_map(|b| serde_json::from_slice::<Service>(&b).ok())
+        .map(|s| s.service)
+        .collect()
+}
+
 pub fn load_handlers(
     dir: &Path,
     pool: &DescriptorPool,
     table: &mut HandlerTable,
-    scripts: &mut ScriptBuilder<'_>,
+    scripts: &mut Scripts<'_>,
+    pending: &mut PendingScripts,
 ) -> Result<(), StartupErrors> {
     let mut errors = StartupErrors::default();
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -93,9 +130,9 @@ pub fn load_handlers(
         Err(e) => return Err(StartupError::io(dir, e).into()),
     };
     files.sort();
-    let mut served_by: HashMap<&'static str, PathBuf> = HashMap::new();
+    let mut served_by: HashMap<Arc<str>, PathBuf> = HashMap::new();
     for file in files {
-        if let Err(mut e) = load_file(&file, pool, table, scripts, &mut served_by) {
+        if let Err(mut e) = load_file(&file, pool, table, scripts, pending, &mut served_by) {
             errors.0.append(&mut e.0);
         }
     }
@@ -106,8 +143,9 @@ fn load_file(
     file: &Path,
     pool: &DescriptorPool,
     table: &mut HandlerTable,
-    scripts: &mut ScriptBuilder<'_>,
-    served_by: &mut HashMap<&'static str, PathBuf>,
+    scripts: &mut Scripts<'_>,
+    pending: &mut PendingScripts,
+    served_by: &mut HashMap<Arc<str>, PathBuf>,
 ) -> Result<(), StartupErrors> {
     let text = std::fs::read_to_string(file).map_err(|e| StartupError::io(file, e))?;
     let parsed: HandlerFile = serde_json::from_str(&text).map_err(|e| StartupError::Handler {
@@ -163,7 +201,7 @@ fn load_file(
         let Some(info) = table.info(&path) else {
             continue;
         };
-        if let Some(previous) = served_by.get(info.path) {
+        if let Some(previous) = served_by.get(&info.path) {
             errors.push(StartupError::Handler {
                 location,
                 entry: entry_name,
@@ -172,32 +210,124 @@ fn load_file(
             });
             continue;
         }
-        match build_handler(entry, &info, scripts) {
-            Ok((handler, around)) => {
-                served_by.insert(info.path, file.to_path_buf());
-                table.set_handler(info.path, handler, around, Origin::File(file.into()));
-            }
-            Err(BuildError::Startup(e)) => errors.push(e),
-            Err(BuildError::Entry(e)) => errors.push(StartupError::Handler {
-                location,
-                entry: if e.path.is_empty() {
-                    entry_name
-                } else {
-                    format!("{entry_name}: {}", e.path)
-                },
-                message: e.message,
-                hint: None,
-            }),
+        served_by.insert(info.path.clone(), file.to_path_buf());
+        let origin = Origin::File(file.into());
+        if let Err(e) = install(entry, &info, origin, table, scripts, pending) {
+            errors.push(e.located(location, entry_name));
         }
     }
     errors.into_result(())
 }
 
+/// Lays the runtime handlers over the table: each replaces whatever the files set for its
+/// method. Problems name the entry as `runtime handler package.Service/Method`.
+pub fn load_runtime(
+    entries: &RuntimeHandlers,
+    pool: &DescriptorPool,
+    table: &mut HandlerTable,
+    scripts: &mut Scripts<'_>,
+    pending: &mut PendingScripts,
+) -> Result<(), StartupErrors> {
+    let mut errors = StartupErrors::default();
+    for (name, entry) in entries {
+        let location = Location::file(format!("runtime handler {name}"));
+        let info = match runtime_method(pool, table, name) {
+            Ok(info) => info,
+            Err(message) => {
+                errors.push(StartupError::Handler {
+                    location,
+                    entry: String::new(),
+                    message,
+                    hint: Some("name the method as package.Service/Method".into()),
+                });
+                continue;
+            }
+        };
+        if let Err(e) = install(entry, &info, Origin::Runtime, table, scripts, pending) {
+            errors.push(e.located(location, String::new()));
+        }
+    }
+    errors.into_result(())
+}
+
+/// The method a runtime entry names, or why it names none (with the closest names).
+pub fn runtime_method(
+    pool: &DescriptorPool,
+    table: &HandlerTable,
+    name: &str,
+) -> Result<Arc<MethodInfo>, String> {
+    let Some((service_name, method_name)) = name.rsplit_once('/') else {
+        return Err(format!("\"{name}\" is not package.Service/Method"));
+    };
+    let Some(service) = pool.get_service_by_name(service_name) else {
+        let names: Vec<String> = pool.services().map(|s| s.full_name().to_owned()).collect();
+        return Err(format!(
+            "unknown service \"{service_name}\"{}",
+            did_you_mean(service_name, names.iter().map(String::as_str))
+        ));
+    };
+    table.info(&format!("/{name}")).ok_or_else(|| {
+        let names: Vec<String> = service.methods().map(|m| m.name().to_owned()).collect();
+        format!(
+            "{service_name} has no method \"{method_name}\"{}",
+            did_you_mean(method_name, names.iter().map(String::as_str))
+        )
+    })
+}
+
+/// Builds one entry and puts it in the table (scripts: in `pending`, for their engine).
+fn install(
+    entry: &Json,
+    info: &Arc<MethodInfo>,
+    origin: Origin,
+    table: &mut HandlerTable,
+    scripts: &mut Scripts<'_>,
+    pending: &mut PendingScripts,
+) -> Result<(), BuildError> {
+    let (built, around) = build_handler(entry, info, scripts)?;
+    match built {
+        Built::Ready(handler) => {
+            pending.remove(&info.path);
+            table.set_handler(&info.path, handler, around, origin);
+        }
+        Built::Script(found) => {
+            pending.insert(
+                info.path.clone(),
+                PendingScript {
+                    found,
+                    around,
+                    origin,
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+impl BuildError {
+    /// As a startup error at `location`, naming the entry (and the key inside it).
+    fn located(self, location: Location, entry_name: String) -> StartupError {
+        match self {
+            BuildError::Startup(e) => e,
+            BuildError::Entry(e) => StartupError::Handler {
+                location,
+                entry: match (entry_name.is_empty(), e.path.is_empty()) {
+                    (_, true) => entry_name,
+                    (true, false) => e.path,
+                    (false, false) => format!("{entry_name}: {}", e.path),
+                },
+                message: e.message,
+                hint: None,
+            },
+        }
+    }
+}
+
 fn build_handler(
     entry: &Json,
     info: &Arc<MethodInfo>,
-    scripts: &mut ScriptBuilder<'_>,
-) -> Result<(Arc<dyn Handler>, Around), BuildError> {
+    scripts: &mut Scripts<'_>,
+) -> Result<(Built, Around), BuildError> {
     let spec: EntrySpec = parse_spec(entry, "")?;
     if spec.when.is_some() {
         return Err(tmpl_err("when", "\"when\" belongs inside a rule of \"rules\"").into());
@@ -207,13 +337,13 @@ fn build_handler(
     let around = if spec.script.is_some() || spec.rules.is_some() {
         Around {
             delay: delay(spec.delay_ms, "delay_ms")?,
-            headers: parse_metadata(&spec.headers, "headers")?,
+            headers: parse_pairs(&spec.headers, "headers")?,
         }
     } else {
         Around::default()
     };
     let Some(script) = spec.script.as_deref() else {
-        return Ok((build_declarative(&spec, info)?, around));
+        return Ok((Built::Ready(build_declarative(&spec, info)?), around));
     };
     if let Some(other) = action_keys(&spec).first() {
         return Err(tmpl_err(
@@ -223,17 +353,17 @@ fn build_handler(
         .into());
     }
     let function = spec.function.as_deref().unwrap_or(info.descriptor.name());
-    let handler = scripts(script, function, info).map_err(|e| match e {
+    let found = scripts.add(script, function, info).map_err(|e| match e {
         ScriptSetupError::Entry(m) => BuildError::Entry(tmpl_err("script", &m)),
         ScriptSetupError::Script(e) => BuildError::Startup(e),
     })?;
-    Ok((handler, around))
+    Ok((Built::Script(found), around))
 }
 
 fn build_declarative(
     spec: &EntrySpec,
     info: &Arc<MethodInfo>,
-) -> Result<Arc<dyn Handler>, TemplateError> {
+) -> Result<Arc<dyn Handler>, EntryError> {
     if spec.function.is_some() {
         return Err(tmpl_err("function", "\"function\" goes with \"script\""));
     }
@@ -275,7 +405,7 @@ fn build_declarative(
     )))))
 }
 
-fn parse_spec(json: &Json, path: &str) -> Result<EntrySpec, TemplateError> {
+fn parse_spec(json: &Json, path: &str) -> Result<EntrySpec, EntryError> {
     if !json.is_object() {
         return Err(tmpl_err(
             path,
@@ -305,7 +435,7 @@ fn action_keys(spec: &EntrySpec) -> Vec<&'static str> {
     keys
 }
 
-fn build_action(spec: &EntrySpec, info: &MethodInfo, path: &str) -> Result<Action, TemplateError> {
+fn build_action(spec: &EntrySpec, info: &MethodInfo, path: &str) -> Result<Action, EntryError> {
     let join = |key: &str| {
         if path.is_empty() {
             key.to_owned()
@@ -330,7 +460,7 @@ fn build_action(spec: &EntrySpec, info: &MethodInfo, path: &str) -> Result<Actio
         }
         many => return Err(tmpl_err(path, &format!("choose one of {}", many.join(", ")))),
     };
-    let headers = parse_metadata(&spec.headers, &join("headers"))?;
+    let headers = parse_pairs(&spec.headers, &join("headers"))?;
     Ok(Action {
         kind,
         delay: delay(spec.delay_ms, &join("delay_ms"))?,
@@ -342,7 +472,7 @@ fn build_action(spec: &EntrySpec, info: &MethodInfo, path: &str) -> Result<Actio
 /// far from overflowing.
 const MAX_DELAY_MS: u64 = 24 * 60 * 60 * 1000;
 
-fn delay(ms: Option<u64>, path: &str) -> Result<Option<Duration>, TemplateError> {
+fn delay(ms: Option<u64>, path: &str) -> Result<Option<Duration>, EntryError> {
     match ms {
         Some(ms) if ms > MAX_DELAY_MS => Err(tmpl_err(
             path,
@@ -352,12 +482,12 @@ fn delay(ms: Option<u64>, path: &str) -> Result<Option<Duration>, TemplateError>
     }
 }
 
-fn unreachable_kind() -> Result<ActionKind, TemplateError> {
+fn unreachable_kind() -> Result<ActionKind, EntryError> {
     Err(tmpl_err("", "internal: action kind without its value"))
 }
 
-fn tmpl_err(path: &str, message: &str) -> TemplateError {
-    TemplateError {
+fn tmpl_err(path: &str, message: &str) -> EntryError {
+    EntryError {
         path: path.to_owned(),
         message: message.to_owned(),
     }

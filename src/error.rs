@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tonic::{Code, Status};
 
@@ -134,6 +135,15 @@ impl StartupError {
     }
 }
 
+/// A problem in one handler entry (a reply template, a rule, an error's code, a header), with
+/// the JSON path to the offending value inside the entry (`reply.message`, `rules[2].when`).
+/// The file reader turns it into a [`StartupError::Handler`] at the entry's location.
+#[derive(Debug, Clone)]
+pub struct EntryError {
+    pub path: String,
+    pub message: String,
+}
+
 /// All the startup errors found in one pass, so a user fixes them in one go.
 #[derive(Debug, Default)]
 pub struct StartupErrors(pub Vec<StartupError>);
@@ -185,34 +195,25 @@ impl std::error::Error for StartupErrors {}
 #[derive(Debug)]
 pub enum CallError {
     /// The method exists in the protos but no handler file serves it.
-    NoHandler { method: &'static str },
+    NoHandler { method: Arc<str> },
     /// The path names no method of any loaded service.
     UnknownMethod { path: String },
     /// A `rules` handler had no rule matching this request.
-    NoRuleMatched { method: &'static str },
+    NoRuleMatched { method: Arc<str> },
     /// A `script`/`rules`/`error` handler asked for this status on purpose.
     Deliberate(Status),
     /// A response that could not be built (a script returned a wrong value, a conversion failed).
-    BadResponse {
-        method: &'static str,
-        message: String,
-    },
+    BadResponse { method: Arc<str>, message: String },
     /// A script failed at run time.
     Script { message: String },
     /// The script ran past its instruction or time budget.
-    ScriptBudget {
-        method: &'static str,
-        message: String,
-    },
+    ScriptBudget { method: Arc<str>, message: String },
     /// The script ran out of its Lua state's memory.
-    ScriptMemory {
-        method: &'static str,
-        limit_mib: usize,
-    },
+    ScriptMemory { method: Arc<str>, limit_mib: usize },
     /// The Lua state running the call was replaced (see the server log) before it answered.
-    ScriptStateLost { method: &'static str },
+    ScriptStateLost { method: Arc<str> },
     /// The call outlived its deadline.
-    DeadlineExceeded { method: &'static str },
+    DeadlineExceeded { method: Arc<str> },
     /// The client went away.
     Cancelled,
     /// The request bytes are not a message of the method's input type.
@@ -231,7 +232,7 @@ pub enum CallError {
     ResponseTooLarge { len: usize, limit: usize },
     /// A script's reply passed `--max-message-size` while it was converted (so it was never
     /// built in full).
-    ReplyTooLarge { method: &'static str, limit: usize },
+    ReplyTooLarge { method: Arc<str>, limit: usize },
     /// A response message that could not be encoded.
     Encode { message: String },
     /// An error already expressed as a status (from tonic's decoder, for instance).
@@ -244,12 +245,19 @@ pub enum CallError {
     Overloaded { limit: usize, flag: &'static str },
     /// The server is shutting down and `--shutdown-timeout` passed before this call ended.
     ShuttingDown,
+    /// A message did not fit in the bytes the server holds for a connection (or for all):
+    /// requests still arriving and responses the client has not read.
+    BufferFull {
+        held: usize,
+        limit: usize,
+        flag: &'static str,
+    },
 }
 
 /// tonic reports an over-limit incoming message as OUT_OF_RANGE; gRPC says RESOURCE_EXHAUSTED.
 const DECODE_TOO_LARGE: &str = "Error, decoded message length too large";
 
-/// Rewrites a tonic status that gRPC specifies differently (see [`DECODE_TOO_LARGE`]).
+/// Rewrites a tonic status that gRPC specifies differently (see `DECODE_TOO_LARGE`).
 pub fn normalize_status(status: Status) -> Status {
     if status.code() == Code::OutOfRange && status.message().starts_with(DECODE_TOO_LARGE) {
         return Status::resource_exhausted(format!(
@@ -293,6 +301,24 @@ pub fn bounded_message(mut message: String) -> String {
     message.truncate(end);
     message.push_str(MORE);
     message
+}
+
+/// `text` with its control characters escaped (`\n`, `\0`, `\u{1b}`…), for the log: text a
+/// script chose (an error message, what it prints) could otherwise start lines that look like
+/// the server's own.
+pub fn log_escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl From<CallError> for Status {
@@ -369,6 +395,11 @@ impl From<CallError> for Status {
             )),
             CallError::Overloaded { limit, flag } => Status::resource_exhausted(format!(
                 "too many calls in flight (limit {limit}); retry later, or raise the limit with {flag}"
+            )),
+            CallError::BufferFull { held, limit, flag } => Status::resource_exhausted(format!(
+                "the server already holds {held} bytes of messages (limit {limit}, {flag}): \
+                 requests still arriving and responses the client has not read; read the \
+                 responses, or raise {flag}"
             )),
             CallError::ShuttingDown => Status::unavailable(
                 "the server is shutting down and --shutdown-timeout passed before this call ended",

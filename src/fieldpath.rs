@@ -30,14 +30,7 @@ impl FieldPath {
         let mut current = desc.clone();
         let mut segments = text.split('.').peekable();
         while let Some(seg) = segments.next() {
-            let field = find_field(&current, seg).ok_or_else(|| {
-                let names = field_names(&current);
-                format!(
-                    "{} has no field \"{seg}\"{}",
-                    current.full_name(),
-                    did_you_mean(seg, names.iter().map(String::as_str))
-                )
-            })?;
+            let field = find_field(&current, seg).ok_or_else(|| missing_field(&current, seg))?;
             if segments.peek().is_some() {
                 match field.kind() {
                     Kind::Message(m) if !field.is_list() && !field.is_map() => current = m,
@@ -105,9 +98,28 @@ pub fn find_field(desc: &MessageDescriptor, name: &str) -> Option<FieldDescripto
         .or_else(|| desc.get_field_by_json_name(name))
 }
 
-/// The names a user may have meant, for "did you mean" hints.
-pub fn field_names(desc: &MessageDescriptor) -> Vec<String> {
-    desc.fields().map(|f| f.name().to_owned()).collect()
+/// `pkg.Msg has no field "nmae" (did you mean "name"?)`: the one wording of this mistake,
+/// wherever a field is named (templates, rules, paths, script replies).
+pub fn missing_field(desc: &MessageDescriptor, name: &str) -> String {
+    no_such_field(
+        desc.full_name(),
+        name,
+        desc.fields().map(|f| f.name().to_owned()),
+    )
+}
+
+/// [`missing_field`] for callers that hold the message's name and field names, not its
+/// descriptor (the script reply encoder's plans).
+pub fn no_such_field<S: AsRef<str>>(
+    message: &str,
+    name: &str,
+    fields: impl IntoIterator<Item = S>,
+) -> String {
+    let fields: Vec<S> = fields.into_iter().collect();
+    format!(
+        "{message} has no field \"{name}\"{}",
+        did_you_mean(name, fields.iter().map(AsRef::as_ref))
+    )
 }
 
 /// A human name for a field's type: `string`, `repeated int32`, `map<string, Foo>`, `routeguide.Point`.

@@ -58,8 +58,14 @@ impl HealthReporter {
         reporter
     }
 
-    /// Sets (or registers) the status of `service`, notifying its watchers.
+    /// Sets (or registers) the status of `service`, notifying its watchers. While draining, a
+    /// service registered late (by a reload) is NOT_SERVING whatever is asked.
     pub fn set(&self, service: &str, status: ServingStatus) {
+        let status = if self.draining() {
+            ServingStatus::NotServing
+        } else {
+            status
+        };
         let mut services = self
             .inner
             .services
@@ -74,6 +80,20 @@ impl HealthReporter {
                 drop(services);
                 self.bump();
             }
+        }
+    }
+
+    /// Forgets `service` (it is no longer served): `Check` answers NOT_FOUND and its watchers
+    /// see SERVICE_UNKNOWN, then its status again if it comes back.
+    pub fn remove(&self, service: &str) {
+        let removed = self
+            .inner
+            .services
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(service);
+        if removed.is_some() {
+            self.bump();
         }
     }
 
@@ -205,13 +225,19 @@ fn watch_status(reporter: HealthReporter, service: String) -> WatchStream {
                 Some(rx) if draining => *rx.borrow_and_update(),
                 Some(rx) => {
                     tokio::select! {
-                        r = rx.changed() => r.ok()?,
+                        r = rx.changed() => match r {
+                            Ok(()) => *rx.borrow_and_update(),
+                            // Removed by a reload that no longer serves it.
+                            Err(_) => {
+                                st.current = None;
+                                ServingStatus::ServiceUnknown
+                            }
+                        },
                         r = st.changed.changed() => {
                             r.ok()?;
                             continue;
                         }
                     }
-                    *rx.borrow_and_update()
                 }
                 None if draining || st.last.is_none() => ServingStatus::ServiceUnknown,
                 None => {

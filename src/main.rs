@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use protoserve::generation::Generation;
+use protoserve::live::{watch, Live};
 use protoserve::server::ServerOptions;
-use protoserve::{Loaded, Options};
+use protoserve::Options;
 use tracing_subscriber::EnvFilter;
 
 /// The exit status of every startup problem: bad files, bad flags, a port in use.
@@ -33,10 +35,20 @@ enum Command {
     /// Load and validate protos, handlers and data; print every problem; exit non-zero on any.
     Check(LoadArgs),
     /// Print each service and method with its shape and handler kind.
-    List(LoadArgs),
+    List(ListArgs),
     /// Check a running server's call journal, for CI scripts: exit 0 when the verify holds, 1
     /// when it does not (the explanation is printed), 2 on errors.
     Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ListArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Only services whose full name starts with one of these (a package such as
+    /// `google.cloud.speech` or a service such as `helloworld.Greeter`).
+    #[arg(value_name = "PREFIX")]
+    prefixes: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -60,12 +72,23 @@ struct VerifyArgs {
 
 #[derive(Args, Debug, Clone)]
 struct LoadArgs {
-    /// Folder of .proto files to serve (repeatable); each is also an import root.
-    #[arg(long = "protos", value_name = "DIR", default_value = "protos")]
+    /// Folder of .proto files to serve (repeatable); each is also an import root
+    /// [default: protos, unless --descriptor-set is given].
+    #[arg(long = "protos", value_name = "DIR")]
     protos: Vec<PathBuf>,
     /// Extra import root for `import` statements (repeatable).
     #[arg(short = 'I', long = "import-path", value_name = "DIR")]
     import_paths: Vec<PathBuf>,
+    /// Binary FileDescriptorSet to serve, as written by `buf build -o FILE.binpb` or
+    /// `protoc --include_imports --descriptor_set_out=FILE` (repeatable; mixes with --protos).
+    #[arg(long = "descriptor-set", value_name = "FILE")]
+    descriptor_sets: Vec<PathBuf>,
+    /// Folder of the descriptor cache [default: protoserve/ in the user's cache folder].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    cache_dir: Option<PathBuf>,
+    /// Compile every start from the sources; read and write no descriptor cache.
+    #[arg(long)]
+    no_cache: bool,
     /// Folder of handler files.
     #[arg(long, value_name = "DIR", default_value = "handlers")]
     handlers: PathBuf,
@@ -103,6 +126,10 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the log line shows it).
     #[arg(long, value_name = "ADDR", default_value = "[::]:50051")]
     listen: SocketAddr,
+    /// Do not reload when files under the protos, handlers or data folders change (SIGHUP and
+    /// the admin API still reload).
+    #[arg(long)]
+    no_watch: bool,
     #[command(flatten)]
     load: LoadArgs,
     #[command(flatten)]
@@ -227,6 +254,14 @@ struct TransportArgs {
     /// Bytes of request headers (metadata) one call may send.
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
     max_header_list_size: u32,
+    /// Bytes of messages the server holds for one connection: requests still arriving and
+    /// responses the client has not read; a message past it ends its call with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024, value_parser = positive)]
+    max_buffered_per_connection: usize,
+    /// The same, for all connections together.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024 * 1024, value_parser = positive)]
+    max_buffered: usize,
     /// Time a new connection has to send the HTTP/2 preface before it is closed.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     handshake_timeout: Duration,
@@ -253,6 +288,8 @@ impl TransportArgs {
             keepalive_timeout: self.keepalive_timeout,
             shutdown_timeout: self.shutdown_timeout,
             max_header_list_size: self.max_header_list_size,
+            max_buffered_per_connection: self.max_buffered_per_connection,
+            max_buffered: self.max_buffered,
         }
     }
 }
@@ -291,9 +328,23 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 impl LoadArgs {
     fn options(&self, server: ServerOptions) -> Options {
+        // `protos/` is the default only when nothing else is served.
+        let protos = if self.protos.is_empty() && self.descriptor_sets.is_empty() {
+            vec![PathBuf::from("protos")]
+        } else {
+            self.protos.clone()
+        };
         Options {
-            protos: self.protos.clone(),
+            protos,
             import_paths: self.import_paths.clone(),
+            descriptor_sets: self.descriptor_sets.clone(),
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir
+                    .clone()
+                    .or_else(protoserve::schema::cache::default_dir)
+            },
             handlers: self.handlers.clone(),
             data: self.data.clone(),
             max_message_size: self.max_message_size,
@@ -370,7 +421,8 @@ fn main() -> ExitCode {
     let command_matches = matches.subcommand().map_or(&matches, |(_, m)| m);
     let load_args = match &command {
         Command::Serve(a) => &a.load,
-        Command::Check(a) | Command::List(a) => a,
+        Command::Check(a) => a,
+        Command::List(a) => &a.load,
         Command::Verify(a) => return verify(a),
     };
     let filter = match log_filter(&load_args.log_level) {
@@ -398,28 +450,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(args: &LoadArgs, server: ServerOptions) -> Result<Loaded, ExitCode> {
-    load_options(args.options(server))
+fn report(errors: &protoserve::error::StartupErrors) -> ExitCode {
+    eprintln!("{errors}");
+    eprintln!(
+        "protoserve: {} problem(s) found; nothing was served",
+        errors.0.len()
+    );
+    ExitCode::from(STARTUP_PROBLEM)
 }
 
-fn load_options(options: Options) -> Result<Loaded, ExitCode> {
-    protoserve::load(options).map_err(|errors| {
-        eprintln!("{errors}");
-        eprintln!(
-            "protoserve: {} problem(s) found; nothing was served",
-            errors.0.len()
-        );
-        ExitCode::from(STARTUP_PROBLEM)
-    })
+fn load(args: &LoadArgs) -> Result<Generation, ExitCode> {
+    protoserve::load(&args.options(ServerOptions::default())).map_err(|e| report(&e))
 }
 
 fn check(args: &LoadArgs) -> ExitCode {
-    match load(args, ServerOptions::default()) {
+    match load(args) {
         Ok(loaded) => {
             println!(
                 "ok: {} services, {} methods ({} with handlers), loaded in {} ms",
                 loaded.service_count(),
-                loaded.table.len(),
+                loaded.method_count(),
                 loaded.handled_count(),
                 loaded.load_time.as_millis()
             );
@@ -429,25 +479,39 @@ fn check(args: &LoadArgs) -> ExitCode {
     }
 }
 
-fn list(args: &LoadArgs) -> ExitCode {
-    let loaded = match load(args, ServerOptions::default()) {
+fn list(args: &ListArgs) -> ExitCode {
+    let loaded = match load(&args.load) {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let mut current = "";
-    for entry in loaded.table.iter() {
-        let service = entry.info.descriptor.parent_service();
-        if service.full_name() != current {
-            println!("{}", service.full_name());
-            current = Box::leak(service.full_name().to_owned().into_boxed_str());
+    let kinds: std::collections::HashMap<String, &'static str> = loaded
+        .table
+        .iter()
+        .filter_map(|e| Some((e.info.path.to_string(), e.handler.as_ref()?.kind())))
+        .collect();
+    let wanted = |name: &str| {
+        args.prefixes.is_empty() || args.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+    };
+    let mut shown = 0;
+    for service in loaded.schema.files.services() {
+        if !wanted(&service.name) {
+            continue;
         }
-        let kind = entry.handler.as_ref().map_or("no handler", |h| h.kind());
-        println!(
-            "  {:<24} {:<17} {}",
-            entry.info.descriptor.name(),
-            entry.info.shape.name(),
-            kind
+        shown += 1;
+        println!("{}", service.name);
+        for method in &service.methods {
+            let path = format!("/{}/{}", service.name, method.name);
+            let kind = kinds.get(&path).copied().unwrap_or("no handler");
+            println!("  {:<24} {:<17} {}", method.name, method.shape.name(), kind);
+        }
+    }
+    if shown == 0 && !args.prefixes.is_empty() {
+        eprintln!(
+            "no service starts with {}; `protoserve list` without a prefix lists all {}",
+            args.prefixes.join(" or "),
+            loaded.service_count()
         );
+        return ExitCode::from(1);
     }
     ExitCode::SUCCESS
 }
@@ -467,10 +531,26 @@ fn serve(args: ServeArgs) -> ExitCode {
         let mut options = args.load.options(args.transport.options());
         options.journal = args.live.journal();
         options.admin = args.live.admin();
-        let loaded = match load_options(options) {
+        let live = match Live::start(options).await {
             Ok(l) => l,
-            Err(code) => return code,
+            Err(errors) => return report(&errors),
         };
+        let _watching = if args.no_watch {
+            None
+        } else {
+            match watch::watch_files(live.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    eprintln!("error: {e}\n  help: pass --no-watch to serve without watching");
+                    return ExitCode::from(STARTUP_PROBLEM);
+                }
+            }
+        };
+        if let Err(e) = watch::reload_on_sighup(live.clone()) {
+            eprintln!("error: {e}");
+            return ExitCode::from(STARTUP_PROBLEM);
+        }
+        let loaded = live.current();
         let listener = match protoserve::bind(args.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -491,11 +571,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         if let Some(admin) = &admin {
             let addr = admin.local_addr().map_or_else(|_| args.live.admin.0.map(|a| a.to_string()).unwrap_or_default(), |a| a.to_string());
             tracing::info!("admin API on http://{addr}");
-            if !admin.local_addr().is_ok_and(|a| a.ip().is_loopback()) && loaded.options.admin.token.is_none() {
+            if !admin.local_addr().is_ok_and(|a| a.ip().is_loopback()) && live.options().admin.token.is_none() {
                 tracing::warn!("the admin API on {addr} is reachable from other machines and has no token: anyone who reaches it can install handlers; set --admin-token, or keep --admin on 127.0.0.1");
             }
         }
-        if !loaded.options.journal.enabled {
+        if !live.options().journal.enabled {
             tracing::info!("journal off: calls are not recorded");
         }
         let addr = listener
@@ -505,10 +585,11 @@ fn serve(args: ServeArgs) -> ExitCode {
             "listening on {addr}: {} services, {} of {} methods with handlers, loaded in {} ms",
             loaded.service_count(),
             loaded.handled_count(),
-            loaded.table.len(),
+            loaded.method_count(),
             loaded.load_time.as_millis()
         );
-        match protoserve::serve(loaded, listener, admin, shutdown_signal()).await {
+        drop(loaded);
+        match protoserve::serve(live, listener, admin, shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS

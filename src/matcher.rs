@@ -18,12 +18,12 @@ use serde_json::{Map, Value as Json};
 use tonic::metadata::MetadataMap;
 
 use crate::fieldpath::{kind_name, type_name, FieldPath};
-use crate::template::{parse_field_value, TemplateError};
+use crate::template::{parse_field_value, EntryError};
 
-type Result<T> = std::result::Result<T, TemplateError>;
+type Result<T> = std::result::Result<T, EntryError>;
 
 fn err<T>(path: &str, message: impl Into<String>) -> Result<T> {
-    Err(TemplateError {
+    Err(EntryError {
         path: path.to_owned(),
         message: message.into(),
     })
@@ -223,7 +223,7 @@ fn compile_fields(
     for (key, value) in fields {
         let p = format!("{path}.{key}");
         let full = format!("{prefix}{key}");
-        let fp = FieldPath::resolve(root, &full).map_err(|m| TemplateError {
+        let fp = FieldPath::resolve(root, &full).map_err(|m| EntryError {
             path: p.clone(),
             message: m,
         })?;
@@ -300,12 +300,10 @@ fn compile_operator(
                 ),
             );
         }
-        arg.as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| TemplateError {
-                path: path.to_owned(),
-                message: format!("\"{op}\" takes a string"),
-            })
+        arg.as_str().map(str::to_owned).ok_or_else(|| EntryError {
+            path: path.to_owned(),
+            message: format!("\"{op}\" takes a string"),
+        })
     };
     let bound = |inclusive: bool| -> Result<Test> {
         if !is_number {
@@ -321,7 +319,7 @@ fn compile_operator(
         let n = arg
             .as_f64()
             .or_else(|| arg.as_str().and_then(|s| s.parse().ok()))
-            .ok_or_else(|| TemplateError {
+            .ok_or_else(|| EntryError {
                 path: path.to_owned(),
                 message: format!("\"{op}\" takes a number"),
             })?;
@@ -362,7 +360,7 @@ fn compile_operator(
         "gte" => bound(true)?,
         "lt" => bound(false)?,
         "lte" => bound(true)?,
-        "present" => Test::Present(arg.as_bool().ok_or_else(|| TemplateError {
+        "present" => Test::Present(arg.as_bool().ok_or_else(|| EntryError {
             path: path.to_owned(),
             message: "\"present\" takes true or false".into(),
         })?),
@@ -378,12 +376,10 @@ fn compile_metadata_test(test: &Json, path: &str) -> Result<Vec<Test>> {
             for (op, arg) in ops {
                 let p = format!("{path}.{op}");
                 let text = || {
-                    arg.as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| TemplateError {
-                            path: p.clone(),
-                            message: format!("\"{op}\" takes a string"),
-                        })
+                    arg.as_str().map(str::to_owned).ok_or_else(|| EntryError {
+                        path: p.clone(),
+                        message: format!("\"{op}\" takes a string"),
+                    })
                 };
                 out.push(match op.as_str() {
                     "equals" => Test::Equals(Value::String(text()?)),
@@ -391,7 +387,7 @@ fn compile_metadata_test(test: &Json, path: &str) -> Result<Vec<Test>> {
                     "suffix" => Test::Suffix(text()?),
                     "contains" => Test::Contains(text()?),
                     "regex" => Test::Regex(compile_regex(&text()?, &p)?),
-                    "present" => Test::Present(arg.as_bool().ok_or_else(|| TemplateError {
+                    "present" => Test::Present(arg.as_bool().ok_or_else(|| EntryError {
                         path: p.clone(),
                         message: "\"present\" takes true or false".into(),
                     })?),
@@ -421,7 +417,7 @@ fn compile_metadata_test(test: &Json, path: &str) -> Result<Vec<Test>> {
 }
 
 fn compile_regex(pattern: &str, path: &str) -> Result<Regex> {
-    Regex::new(pattern).map_err(|e| TemplateError {
+    Regex::new(pattern).map_err(|e| EntryError {
         path: path.to_owned(),
         message: format!("invalid regex: {e}"),
     })

@@ -1,11 +1,12 @@
 //! The tower [`Service`] that every HTTP/2 request reaches.
 //!
-//! It finds the method's [`MethodEntry`] with one map lookup on the path and drives the call
-//! through `tonic::server::Grpc` in the method's shape, with the [`DynamicCodec`] for its types.
-//! Paths that are no loaded method fall through to the built-in services (reflection, health) by
+//! It takes the current [`Generation`] once per call, finds the method's [`MethodEntry`] with
+//! one map lookup on the path and drives the call through `tonic::server::Grpc` in the method's
+//! shape, with the [`RequestCodec`] for its types. The response body holds the generation until
+//! the call ends, so a reload never changes what a call in flight uses. Paths that are no loaded
+//! method fall through to the built-in services (the generation's reflection, then health) by
 //! prefix, then to UNIMPLEMENTED.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
 use futures_util::{stream, StreamExt};
 use http::{Request, Response};
@@ -26,13 +28,15 @@ use tower::Service;
 
 use crate::codec::{Incoming, Outgoing, RequestCodec};
 use crate::error::{normalize_response_headers, normalize_status, CallError};
+use crate::generation::Generation;
 use crate::handler::{
-    add_missing_metadata, Call, HandlerTable, MethodEntry, Reply, Requests, ResponseStream,
+    add_missing_metadata, Call, HandlerFuture, MethodEntry, Reply, Requests, ResponseStream,
     Responses, Shape,
 };
 use crate::journal::codec::Journaling;
 use crate::journal::layer::CarryTap;
 use crate::journal::Tap;
+use crate::layers::buffers::Buffers;
 
 /// A built-in gRPC service (reflection, health), boxed.
 pub type BuiltinService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -46,10 +50,13 @@ pub struct Limits {
 /// The whole server as one service.
 #[derive(Clone)]
 pub struct Router {
-    methods: Arc<HashMap<&'static str, Arc<MethodEntry>>>,
-    /// Shared, so cloning the router per connection or request copies two pointers.
-    builtins: Arc<[(&'static str, BuiltinService)]>,
+    /// The generation being served; a reload stores a new one.
+    current: Arc<ArcSwap<Generation>>,
+    /// Health outlives generations: (path prefix, service).
+    health: Arc<(String, BuiltinService)>,
     limits: Limits,
+    /// The connection's message buffers, for handlers that queue responses of their own.
+    buffers: Option<Buffers>,
     /// The journal record of the call this clone is about to serve (see [`CarryTap`]).
     tap: Option<Tap>,
 }
@@ -62,16 +69,24 @@ impl CarryTap for Router {
 
 impl Router {
     pub fn new(
-        table: &HandlerTable,
-        builtins: Vec<(&'static str, BuiltinService)>,
+        current: Arc<ArcSwap<Generation>>,
+        health: (String, BuiltinService),
         limits: Limits,
     ) -> Self {
-        let methods = table.iter().map(|e| (e.info.path, e.clone())).collect();
         Self {
-            methods: Arc::new(methods),
-            builtins: builtins.into(),
+            current,
+            health: Arc::new(health),
             limits,
+            buffers: None,
             tap: None,
+        }
+    }
+
+    /// This router for one connection, whose calls count their queued responses in `buffers`.
+    pub fn for_connection(&self, buffers: Buffers) -> Self {
+        Self {
+            buffers: Some(buffers),
+            ..self.clone()
         }
     }
 }
@@ -90,23 +105,42 @@ impl Service<Request<Body>> for Router {
         if let Some(bad) = check_content_type(&req) {
             return Box::pin(std::future::ready(Ok(bad)));
         }
+        let generation = self.current.load_full();
         let path = req.uri().path();
-        if let Some(entry) = self.methods.get(path) {
+        if let Some(entry) = generation.table.get(path) {
             let entry = entry.clone();
             let limits = self.limits;
-            return Box::pin(async move { Ok(dispatch(entry, req, limits, tap).await) });
+            let buffers = self.buffers.clone();
+            return Box::pin(async move {
+                Ok(dispatch(generation, entry, req, limits, buffers, tap).await)
+            });
         }
-        for (prefix, svc) in self.builtins.iter() {
-            if path.starts_with(*prefix) {
-                // Reflection and health are the server's own business, not the client's calls.
+        // Reflection and health are the server's own business, not the client's calls: they
+        // are not journaled.
+        for (prefix, svc) in generation.reflection.iter() {
+            if path.starts_with(prefix.as_str()) {
                 if let Some(tap) = tap {
                     tap.discard();
                 }
                 return Box::pin(svc.clone().call(req));
             }
         }
-        let status: Status = CallError::UnknownMethod {
-            path: path.to_owned(),
+        if path.starts_with(self.health.0.as_str()) {
+            if let Some(tap) = tap {
+                tap.discard();
+            }
+            return Box::pin(self.health.1.clone().call(req));
+        }
+        // A big tree's table holds only the services handlers name; the other declared methods
+        // get the same answer as a method without a handler.
+        let status: Status = if generation.schema.files.declares(path) {
+            CallError::NoHandler {
+                method: Arc::from(path.trim_start_matches('/')),
+            }
+        } else {
+            CallError::UnknownMethod {
+                path: path.to_owned(),
+            }
         }
         .into();
         Box::pin(std::future::ready(Ok(status.into_http())))
@@ -140,9 +174,11 @@ fn check_content_type(req: &Request<Body>) -> Option<Response<Body>> {
 }
 
 async fn dispatch(
+    generation: Arc<Generation>,
     entry: Arc<MethodEntry>,
     req: Request<Body>,
     limits: Limits,
+    buffers: Option<Buffers>,
     journal: Option<Tap>,
 ) -> Response<Body> {
     if let Some(tap) = &journal {
@@ -158,7 +194,7 @@ async fn dispatch(
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(limits.max_message_size)
         .max_encoding_message_size(limits.max_message_size);
-    let svc = MethodService(entry.clone(), limits.max_message_size, journal);
+    let svc = MethodService(entry.clone(), limits.max_message_size, journal, buffers);
     let mut resp = match entry.info.shape {
         Shape::Unary => grpc.unary(svc, req).await,
         Shape::ServerStreaming => grpc.server_streaming(svc, req).await,
@@ -166,34 +202,35 @@ async fn dispatch(
         Shape::Bidi => grpc.streaming(svc, req).await,
     };
     normalize_response_headers(resp.headers_mut());
-    match resp.extensions_mut().remove::<TrailerSlot>() {
-        Some(TrailerSlot(slot)) => resp.map(|inner| Body::new(WithTrailers { inner, slot })),
-        None => resp,
-    }
+    let slot = resp.extensions_mut().remove::<TrailerSlot>().map(|s| s.0);
+    resp.map(|inner| {
+        Body::new(CallBody {
+            inner,
+            slot,
+            _generation: generation,
+        })
+    })
 }
 
 /// Adapts a [`MethodEntry`] to tonic's four service shapes (with the message size limit and
 /// the call's journal record).
 #[derive(Clone)]
-struct MethodService(Arc<MethodEntry>, usize, Option<Tap>);
+struct MethodService(Arc<MethodEntry>, usize, Option<Tap>, Option<Buffers>);
 
 impl MethodService {
-    fn run(
-        &self,
-        metadata: tonic::metadata::MetadataMap,
-        requests: Requests,
-    ) -> crate::handler::HandlerFuture {
+    fn run(&self, metadata: tonic::metadata::MetadataMap, requests: Requests) -> HandlerFuture {
         let call = Call {
             method: self.0.info.clone(),
             metadata,
             started: Instant::now(),
             journal: self.2.clone(),
+            buffers: self.3.clone(),
         };
         let fut = match &self.0.handler {
             Some(h) => h.call(call, requests),
             None => {
                 return Box::pin(std::future::ready(Err(CallError::NoHandler {
-                    method: self.0.info.name,
+                    method: self.0.info.name.clone(),
                 })))
             }
         };
@@ -299,13 +336,15 @@ impl futures_util::Stream for Peeked {
 #[derive(Clone)]
 struct TrailerSlot(Arc<Mutex<MetadataMap>>);
 
-/// A response body that adds a [`TrailerSlot`]'s entries to the trailers frame.
-struct WithTrailers {
+/// A call's response body: adds a [`TrailerSlot`]'s entries (if any) to the trailers frame, and
+/// keeps the call's generation alive until the body is done.
+struct CallBody {
     inner: Body,
-    slot: Arc<Mutex<MetadataMap>>,
+    slot: Option<Arc<Mutex<MetadataMap>>>,
+    _generation: Arc<Generation>,
 }
 
-impl http_body::Body for WithTrailers {
+impl http_body::Body for CallBody {
     type Data = bytes::Bytes;
     type Error = Status;
 
@@ -315,9 +354,12 @@ impl http_body::Body for WithTrailers {
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => match frame.into_trailers() {
+            Poll::Ready(Some(Ok(frame))) if this.slot.is_some() => match frame.into_trailers() {
                 Ok(mut trailers) => {
-                    let extra = this.slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let extra = match &this.slot {
+                        Some(slot) => slot.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                        None => MetadataMap::new(),
+                    };
                     for (k, v) in extra.into_headers() {
                         if let Some(k) = k {
                             if !k.as_str().starts_with("grpc-") {
@@ -352,32 +394,40 @@ impl tonic::server::UnaryService<Incoming> for MethodService {
     fn call(&mut self, request: tonic::Request<Incoming>) -> Self::Future {
         let (metadata, _, msg) = request.into_parts();
         let fut = self.run(metadata, Requests::One(msg));
-        let method = self.0.info.name;
-        let limit = self.1;
-        Box::pin(async move {
-            let reply = fut.await?;
-            let one = match reply.responses {
-                Responses::One(o) => o,
-                Responses::Stream(_) => {
-                    return Err(CallError::BadResponse {
-                        method,
-                        message: "a unary method answers with one message".into(),
-                    }
-                    .into())
-                }
-            };
-            let mut resp = tonic::Response::new(check_size(one, limit)?);
-            *resp.metadata_mut() = reply.headers;
-            // The handler is done, so its trailers are final: wrap the body only if there are any.
-            if let Some(slot) = reply
-                .trailers
-                .filter(|t| !t.lock().unwrap_or_else(|e| e.into_inner()).is_empty())
-            {
-                resp.extensions_mut().insert(TrailerSlot(slot));
-            }
-            Ok(resp)
-        })
+        one_response(fut, self.0.info.name.clone(), self.1, "a unary method")
     }
+}
+
+/// The answer of a method that sends one message (unary and client-streaming).
+fn one_response(
+    fut: HandlerFuture,
+    method: Arc<str>,
+    limit: usize,
+    what: &'static str,
+) -> UnaryFuture {
+    Box::pin(async move {
+        let reply = fut.await?;
+        let one = match reply.responses {
+            Responses::One(o) => o,
+            Responses::Stream(_) => {
+                return Err(CallError::BadResponse {
+                    method,
+                    message: format!("{what} answers with one message"),
+                }
+                .into())
+            }
+        };
+        let mut resp = tonic::Response::new(check_size(one, limit)?);
+        *resp.metadata_mut() = reply.headers;
+        // The handler is done, so its trailers are final: keep the slot only if there are any.
+        if let Some(slot) = reply
+            .trailers
+            .filter(|t| !t.lock().unwrap_or_else(|e| e.into_inner()).is_empty())
+        {
+            resp.extensions_mut().insert(TrailerSlot(slot));
+        }
+        Ok(resp)
+    })
 }
 
 impl tonic::server::ServerStreamingService<Incoming> for MethodService {
@@ -400,31 +450,12 @@ impl tonic::server::ClientStreamingService<Incoming> for MethodService {
     fn call(&mut self, request: tonic::Request<Streaming<Incoming>>) -> Self::Future {
         let (metadata, _, msgs) = request.into_parts();
         let fut = self.run(metadata, Requests::Stream(msgs));
-        let method = self.0.info.name;
-        let limit = self.1;
-        Box::pin(async move {
-            let reply = fut.await?;
-            let one = match reply.responses {
-                Responses::One(o) => o,
-                Responses::Stream(_) => {
-                    return Err(CallError::BadResponse {
-                        method,
-                        message: "a client-streaming method answers with one message".into(),
-                    }
-                    .into())
-                }
-            };
-            let mut resp = tonic::Response::new(check_size(one, limit)?);
-            *resp.metadata_mut() = reply.headers;
-            // The handler is done, so its trailers are final: wrap the body only if there are any.
-            if let Some(slot) = reply
-                .trailers
-                .filter(|t| !t.lock().unwrap_or_else(|e| e.into_inner()).is_empty())
-            {
-                resp.extensions_mut().insert(TrailerSlot(slot));
-            }
-            Ok(resp)
-        })
+        one_response(
+            fut,
+            self.0.info.name.clone(),
+            self.1,
+            "a client-streaming method",
+        )
     }
 }
 

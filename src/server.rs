@@ -32,6 +32,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::Journal;
+use crate::layers::buffers::{Budget, Buffers};
 use crate::layers::cutoff::Stop;
 use crate::layers::limit::Slots;
 use crate::layers::{stack, Hyper, Recording};
@@ -58,6 +59,11 @@ pub struct ServerOptions {
     pub shutdown_timeout: Duration,
     /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: bytes of request headers (metadata) per call.
     pub max_header_list_size: u32,
+    /// Bytes of messages held for one connection: requests still arriving, responses the client
+    /// has not read (see [`crate::layers::buffers`]).
+    pub max_buffered_per_connection: usize,
+    /// The same, for all connections together.
+    pub max_buffered: usize,
 }
 
 impl Default for ServerOptions {
@@ -72,6 +78,8 @@ impl Default for ServerOptions {
             keepalive_timeout: Duration::from_secs(20),
             shutdown_timeout: Duration::from_secs(10),
             max_header_list_size: 16 * 1024,
+            max_buffered_per_connection: 64 * 1024 * 1024,
+            max_buffered: 1024 * 1024 * 1024,
         }
     }
 }
@@ -109,6 +117,7 @@ pub async fn run(
         .keep_alive_timeout(options.keepalive_timeout);
 
     let server_calls = Slots::new(options.max_calls);
+    let server_buffers = Budget::new(options.max_buffered, "--max-buffered");
     let (draining_tx, draining) = watch::channel(false);
     let deadline_passed = CancellationToken::new();
     let mut connections = JoinSet::new();
@@ -139,11 +148,12 @@ pub async fn run(
                 }
                 let stop = Stop::new();
                 let service = Hyper(stack(
-                    router.clone(),
+                    &router,
                     options.max_calls_per_connection,
                     server_calls.clone(),
                     stop.clone(),
                     Recording { journal: journal.clone(), peer: Some(peer) },
+                    Buffers::new(options.max_buffered_per_connection, server_buffers.clone()),
                 ));
                 let guard = HandshakeGuard::new(stream, options.handshake_timeout);
                 let greeted = guard.greeted.clone();

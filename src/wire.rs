@@ -24,7 +24,7 @@ use prost_reflect::{
 };
 
 /// Nesting the decoder accepts (prost's recursion limit).
-const RECURSION_LIMIT: u32 = 100;
+pub const RECURSION_LIMIT: u32 = 100;
 
 /// Wire types.
 const VARINT: u8 = 0;
@@ -75,7 +75,7 @@ impl From<&str> for Invalid {
 type Result<T> = std::result::Result<T, Invalid>;
 
 /// Reads a field key as prost does: the whole key must fit 32 bits, the number must not be 0.
-fn key(buf: &mut &[u8]) -> Result<(u32, u8)> {
+pub fn key(buf: &mut &[u8]) -> Result<(u32, u8)> {
     let key = varint(buf)?;
     let key = u32::try_from(key).map_err(|_| format!("invalid field key {key}"))?;
     let number = key >> 3;
@@ -89,7 +89,7 @@ fn key(buf: &mut &[u8]) -> Result<(u32, u8)> {
     Ok((number, wire_type))
 }
 
-fn varint(buf: &mut &[u8]) -> Result<u64> {
+pub fn varint(buf: &mut &[u8]) -> Result<u64> {
     decode_varint(buf).map_err(|_| Invalid::Malformed("invalid varint".into()))
 }
 
@@ -102,7 +102,7 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
     Ok(head)
 }
 
-fn len_prefixed<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8]> {
+pub fn len_prefixed<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8]> {
     let len = varint(buf)?;
     match usize::try_from(len) {
         Ok(len) => take(buf, len),
@@ -110,12 +110,12 @@ fn len_prefixed<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8]> {
     }
 }
 
-fn fixed32(buf: &mut &[u8]) -> Result<u32> {
+pub fn fixed32(buf: &mut &[u8]) -> Result<u32> {
     let b = take(buf, 4)?;
     Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-fn fixed64(buf: &mut &[u8]) -> Result<u64> {
+pub fn fixed64(buf: &mut &[u8]) -> Result<u64> {
     let b = take(buf, 8)?;
     Ok(u64::from_le_bytes([
         b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
@@ -164,7 +164,7 @@ fn skip_group_body(buf: &mut &[u8], number: u32, ctx: u32) -> Result<()> {
     }
 }
 
-fn too_deep() -> Invalid {
+pub fn too_deep() -> Invalid {
     Invalid::Malformed("the message is nested too deeply".into())
 }
 
@@ -262,6 +262,46 @@ pub fn check(buf: &[u8], desc: &MessageDescriptor, cost: &mut Cost) -> Result<()
     let mut b = buf;
     let mut walker = Walker { cost };
     walker.message(&mut b, desc, RECURSION_LIMIT, None)
+}
+
+/// Skips an unknown field of `desc` (groups and all) the way the decoder reads it; `ctx` is the
+/// nesting still allowed below the message.
+pub fn skip_unknown(
+    buf: &mut &[u8],
+    desc: &MessageDescriptor,
+    number: u32,
+    wire_type: u8,
+    ctx: u32,
+) -> Result<()> {
+    let mut cost = Cost::new(usize::MAX);
+    Walker { cost: &mut cost }.unknown(buf, desc, number, wire_type, ctx)
+}
+
+/// Checks one value of extension `ext` the way the decoder reads it (extensions are known
+/// fields to the decoder, so their values must be well-formed).
+pub fn check_extension(
+    buf: &mut &[u8],
+    ext: &ExtensionDescriptor,
+    number: u32,
+    wire_type: u8,
+    ctx: u32,
+) -> Result<()> {
+    let mut cost = Cost::new(usize::MAX);
+    Walker { cost: &mut cost }.known(buf, &Known::Extension(ext.clone()), number, wire_type, ctx)
+}
+
+/// Skips a field of a map entry other than its key and value, as the decoder does.
+pub fn skip_in_map_entry(
+    buf: &mut &[u8],
+    number: u32,
+    wire_type: u8,
+    ctx: u32,
+    map_field: &str,
+) -> Result<()> {
+    skip_strict(buf, number, wire_type, ctx).map_err(|e| match e {
+        Invalid::Malformed(m) => Invalid::Malformed(format!("in an entry of {map_field}: {m}")),
+        other => other,
+    })
 }
 
 /// A field known to the decoder: a declared field or an extension.
@@ -552,7 +592,7 @@ fn skip_strict(buf: &mut &[u8], number: u32, wire_type: u8, ctx: u32) -> Result<
     }
 }
 
-fn wrong_wire_type(field: &str, wire_type: u8) -> Invalid {
+pub fn wrong_wire_type(field: &str, wire_type: u8) -> Invalid {
     Invalid::Malformed(format!(
         "field {field} has the wrong wire type ({wire_type})"
     ))

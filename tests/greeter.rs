@@ -256,17 +256,25 @@ async fn sigterm_lets_in_flight_calls_finish() {
         f.join("handlers").to_str().unwrap(),
     ]);
     let client = Client::connect(server.addr, common::pool(&f.join("protos"))).await;
-    // List sends three messages 20 ms apart; stop the server while it is answering.
-    let call = tokio::spawn(async move {
-        client
-            .server_stream("kitchen.Kitchen/List", json!({"id": "s"}))
-            .await
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(15)).await;
-    let status = tokio::task::spawn_blocking(move || server.terminate())
+    // List sends three messages 20 ms apart; stop the server once the first has arrived, so
+    // the call is certainly in flight (however slow the machine).
+    let mut stream = client
+        .server_stream_open("kitchen.Kitchen/List", json!({"id": "s"}))
         .await
         .unwrap();
-    let items = call.await.unwrap().expect("in-flight call completes");
-    assert_eq!(items.len(), 3);
+    let first = stream.message().await.unwrap();
+    assert!(first.is_some(), "the stream started");
+    let status = tokio::task::spawn_blocking(move || server.terminate());
+    let mut items = 1;
+    while stream
+        .message()
+        .await
+        .expect("in-flight call completes")
+        .is_some()
+    {
+        items += 1;
+    }
+    assert_eq!(items, 3);
+    let status = status.await.unwrap();
     assert!(status.success(), "exit status {status:?}");
 }

@@ -442,7 +442,7 @@ async fn stream_buffer_is_bounded_in_bytes() {
             &m.input(),
             json!({"n": 200}),
         )));
-        let stream = tokio::time::timeout(
+        let started = tokio::time::timeout(
             Duration::from_secs(20),
             grpc.server_streaming(
                 req,
@@ -451,11 +451,21 @@ async fn stream_buffer_is_bounded_in_bytes() {
             ),
         )
         .await
-        .expect("the stream starts")
-        .expect("the stream starts");
-        // Never read from it.
-        held.push(stream);
+        .expect("the stream starts or is refused");
+        match started {
+            // Never read from it.
+            Ok(stream) => held.push(stream),
+            // The connection already holds --max-buffered-per-connection of unread messages.
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                assert!(
+                    s.message().contains("--max-buffered-per-connection"),
+                    "{s:?}"
+                );
+            }
+        }
     }
+    assert!(!held.is_empty(), "no stream started");
     // Give the scripts time to fill whatever the server buffers.
     let mut peak = 0;
     for _ in 0..30 {

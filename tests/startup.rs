@@ -360,3 +360,31 @@ fn data_handler_and_script_problems_are_reported_together() {
     assert!(err.contains("has no method \"SayHelo\""), "{err}");
     assert!(err.contains("3 problem(s) found"), "{err}");
 }
+
+/// Handler files and scripts follow one set of metadata rules: a header gRPC or HTTP/2 owns
+/// (`grpc-status`, `content-type`, `te`, …) broke the stream or contradicted the real status
+/// when a handler file set it; scripts were refused already.
+#[test]
+fn reserved_headers_in_handler_files_are_refused_at_startup() {
+    let dir = project(
+        &[],
+        &[(
+            "h.json",
+            r#"{ "service": "helloworld.Greeter", "methods": {
+  "SayHello": { "reply": { "message": "hi" }, "headers": { "grpc-status": "0" } },
+  "SayHelloAgain": { "error": { "code": "NOT_FOUND", "metadata": { "Content-Type": "text/html" } } }
+} }"#,
+        )],
+    );
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("headers.grpc-status: metadata \"grpc-status\" is reserved"),
+        "{err}"
+    );
+    assert!(
+        err.contains("error.metadata.Content-Type: metadata \"content-type\" is reserved"),
+        "{err}"
+    );
+    assert!(err.contains("h.json:2:"), "{err}");
+}

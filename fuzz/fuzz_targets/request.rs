@@ -100,10 +100,10 @@ fn subjects() -> &'static [Subject] {
     static S: OnceLock<Vec<Subject>> = OnceLock::new();
     S.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
-        let pool = protoserve::schema::compile(
-            &[root.join("wire/protos"), root.join("protos")],
-            &[],
-        )
+        let pool = protoserve::schema::compile(&protoserve::schema::SchemaInputs::protos(&[
+            root.join("wire/protos"),
+            root.join("protos"),
+        ]))
         .expect("fixture protos compile")
         .pool;
         let msg = |n: &str| pool.get_message_by_name(n).expect(n);

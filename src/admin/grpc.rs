@@ -34,12 +34,12 @@ use crate::router::BuiltinService;
 pub struct GrpcFront {
     admin: Arc<Admin>,
     methods: Arc<[(String, MethodDescriptor)]>,
-    reflection: Arc<[(&'static str, BuiltinService)]>,
+    reflection: Arc<[(String, BuiltinService)]>,
 }
 
 impl GrpcFront {
     pub fn new(admin: Arc<Admin>, schema: &AdminSchema) -> Result<Self, String> {
-        let reflection = crate::builtin::reflection(&[&schema.encoded])
+        let reflection = crate::builtin::reflection_over(&[&schema.encoded])
             .map_err(|e| format!("reflection over the admin .proto failed: {e}"))?;
         let service = schema.service.full_name();
         let methods: Vec<(String, MethodDescriptor)> = schema

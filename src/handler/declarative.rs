@@ -1,6 +1,6 @@
 //! The driver shared by the declarative kinds (`reply`, `error`, `stream`, `echo`, `rules`).
 //!
-//! Each kind answers one request message with an [`Outcome`]; this module turns that into the
+//! Each kind answers one request message with an `Outcome`; this module turns that into the
 //! method's shape:
 //! - unary and server-streaming: the outcome for the one request;
 //! - client-streaming: the outcome for the last message of the stream (an empty message if the
@@ -67,7 +67,7 @@ impl Action {
     }
 
     /// The outcome for a request still in wire form.
-    fn respond_incoming(&self, req: Incoming, method: &'static str) -> Result<Outcome, CallError> {
+    fn respond_incoming(&self, req: Incoming, method: &Arc<str>) -> Result<Outcome, CallError> {
         match &self.kind {
             ActionKind::Echo => {
                 req.validate()?;
@@ -82,7 +82,7 @@ impl Action {
     }
 
     /// The outcome for one request.
-    fn respond(&self, req: DynamicMessage, method: &'static str) -> Result<Outcome, CallError> {
+    fn respond(&self, req: DynamicMessage, method: &Arc<str>) -> Result<Outcome, CallError> {
         match &self.kind {
             ActionKind::Reply(r) => r.respond(&req, method).map(Outcome::One),
             ActionKind::Error(e) => Ok(Outcome::Fail(e.status(&req))),
@@ -132,15 +132,16 @@ fn answer(
     responder: &Arc<Responder>,
     req: Incoming,
     metadata: &MetadataMap,
-    method: &'static str,
+    method: &Arc<str>,
     journal: Option<&Tap>,
 ) -> Result<(Outcome, Chosen), CallError> {
     let (outcome, rule) = match &**responder {
         Responder::Single(a) => (a.respond_incoming(req, method)?, 0),
         Responder::Rules(rules) => {
             let msg = req.decode()?;
-            let rule =
-                rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched { method })?;
+            let rule = rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched {
+                method: method.clone(),
+            })?;
             if let Some(tap) = journal {
                 tap.note_rule(rule);
             }
@@ -186,7 +187,7 @@ impl Handler for Declarative {
                     &self.responder,
                     req,
                     &call.metadata,
-                    info.name,
+                    &info.name,
                     call.journal.as_ref(),
                 ) {
                     Ok(r) => r,
@@ -196,7 +197,10 @@ impl Handler for Declarative {
                 if info.shape.streams_output() {
                     let reply = Reply {
                         responses: Responses::Stream(Box::pin(Items::new(
-                            outcome, chosen, info.name, None,
+                            outcome,
+                            chosen,
+                            info.name.clone(),
+                            None,
                         ))),
                         headers,
                         trailers: None,
@@ -226,7 +230,7 @@ impl Handler for Declarative {
                         &responder,
                         req,
                         &call.metadata,
-                        info.name,
+                        &info.name,
                         call.journal.as_ref(),
                     )?;
                     let action = chosen.action();
@@ -246,11 +250,14 @@ impl Handler for Declarative {
                                 &responder,
                                 req,
                                 &call.metadata,
-                                info.name,
+                                &info.name,
                                 call.journal.as_ref(),
                             )?;
                             let headers = chosen.action().headers.clone();
-                            (Some(Items::new(outcome, chosen, info.name, None)), headers)
+                            (
+                                Some(Items::new(outcome, chosen, info.name.clone(), None)),
+                                headers,
+                            )
                         }
                         None => (None, MetadataMap::new()),
                     };
@@ -258,7 +265,7 @@ impl Handler for Declarative {
                         responder,
                         metadata: call.metadata,
                         journal: call.journal,
-                        method: info.name,
+                        method: info.name.clone(),
                         incoming,
                         current,
                         spare_sleep: None,
@@ -298,7 +305,7 @@ fn one_answer(
 
 fn wrong_shape(info: &MethodInfo) -> CallError {
     CallError::BadResponse {
-        method: info.name,
+        method: info.name.clone(),
         message: format!(
             "{} is {} and answers with one message",
             info.name,
@@ -313,7 +320,7 @@ struct Items {
     chosen: Chosen,
     outcome: Option<Outcome>,
     next: usize,
-    method: &'static str,
+    method: Arc<str>,
     /// Armed before each message when the action has a delay; reused across messages.
     sleep: Option<Pin<Box<Sleep>>>,
     waiting: bool,
@@ -323,7 +330,7 @@ impl Items {
     fn new(
         outcome: Outcome,
         chosen: Chosen,
-        method: &'static str,
+        method: Arc<str>,
         sleep: Option<Pin<Box<Sleep>>>,
     ) -> Self {
         Self {
@@ -352,7 +359,7 @@ impl Items {
                 let ActionKind::Stream(s) = &self.chosen.action().kind else {
                     return None;
                 };
-                let item = s.render(self.next, &req, self.method)?;
+                let item = s.render(self.next, &req, &self.method)?;
                 self.next += 1;
                 if item.is_ok() {
                     self.outcome = Some(Outcome::Many(req));
@@ -397,7 +404,7 @@ struct Bidi {
     responder: Arc<Responder>,
     metadata: MetadataMap,
     journal: Option<Tap>,
-    method: &'static str,
+    method: Arc<str>,
     incoming: tonic::Streaming<Incoming>,
     current: Option<Items>,
     /// The timer of the last finished answer, reused by the next one.
@@ -443,12 +450,12 @@ impl Stream for Bidi {
                 &this.responder,
                 req,
                 &this.metadata,
-                this.method,
+                &this.method,
                 this.journal.as_ref(),
             ) {
                 Ok((outcome, chosen)) => {
                     let sleep = this.spare_sleep.take();
-                    this.current = Some(Items::new(outcome, chosen, this.method, sleep));
+                    this.current = Some(Items::new(outcome, chosen, this.method.clone(), sleep));
                 }
                 Err(e) => {
                     this.done = true;

@@ -7,7 +7,7 @@
 //! One [`Handler`] trait serves all four shapes: a handler receives either one request or the
 //! stream of requests, and answers with one response or a stream of them. Declarative kinds
 //! (`reply`, `error`, `rules`, `stream`, `echo`) share one driver in [`declarative`]; scripts
-//! have their own in [`script`].
+//! have their own in [`crate::script`].
 
 pub mod declarative;
 pub mod echo;
@@ -73,9 +73,9 @@ impl Shape {
 #[derive(Debug)]
 pub struct MethodInfo {
     /// `/package.Service/Method`, the HTTP/2 path.
-    pub path: &'static str,
+    pub path: Arc<str>,
     /// `package.Service/Method`, for messages.
-    pub name: &'static str,
+    pub name: Arc<str>,
     pub descriptor: MethodDescriptor,
     pub input: MessageDescriptor,
     pub output: MessageDescriptor,
@@ -91,8 +91,8 @@ impl MethodInfo {
         );
         let path = format!("/{name}");
         Self {
-            path: Box::leak(path.into_boxed_str()),
-            name: Box::leak(name.into_boxed_str()),
+            path: Arc::from(path),
+            name: Arc::from(name),
             input: descriptor.input(),
             output: descriptor.output(),
             shape: Shape::of(&descriptor),
@@ -109,6 +109,8 @@ pub struct Call {
     /// The call's journal record, when the journal is on: handlers note in it what the
     /// journal cannot see from outside (which rule answered).
     pub journal: Option<Tap>,
+    /// The connection's message buffers, where responses queued by the handler count.
+    pub buffers: Option<crate::layers::buffers::Buffers>,
 }
 
 impl Call {
@@ -252,8 +254,8 @@ impl Around {
 /// Every loaded method by HTTP/2 path.
 #[derive(Default)]
 pub struct HandlerTable {
-    entries: HashMap<&'static str, Arc<MethodEntry>>,
-    order: Vec<&'static str>,
+    entries: HashMap<Arc<str>, Arc<MethodEntry>>,
+    order: Vec<Arc<str>>,
 }
 
 impl HandlerTable {
@@ -263,9 +265,9 @@ impl HandlerTable {
         for service in pool.services() {
             for method in service.methods() {
                 let info = Arc::new(MethodInfo::new(method));
-                table.order.push(info.path);
+                table.order.push(info.path.clone());
                 table.entries.insert(
-                    info.path,
+                    info.path.clone(),
                     Arc::new(MethodEntry {
                         info,
                         handler: None,
@@ -301,17 +303,19 @@ impl HandlerTable {
         }
     }
 
+    /// The entry of the method at `path`.
+    pub fn get(&self, path: &str) -> Option<&Arc<MethodEntry>> {
+        self.entries.get(path)
+    }
+
     /// Entries in the order the protos declare them.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<MethodEntry>> {
         self.order.iter().filter_map(|p| self.entries.get(p))
     }
 
-    pub fn len(&self) -> usize {
+    /// How many methods the protos declare.
+    pub fn method_count(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 

@@ -1,14 +1,25 @@
-//! `reply`: one response, written as proto3 JSON with `{{field}}` interpolation.
+//! `reply`: one response, written as proto3 JSON with `{{field}}` interpolation (and each item
+//! of a `stream`, which is a list of replies).
 //!
-//! All the work happens in [`crate::template`] at startup; a call renders the compiled template.
+//! A reply's constant top-level fields are encoded once at startup; a call encodes only the
+//! templated fields and appends them (protobuf merges repeated occurrences of a message field,
+//! so this is exact). When every templated field is text read from the request, the reply is
+//! written straight from the request's wire bytes, with no message decoded or built.
 
-use prost_reflect::DynamicMessage;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+use prost_reflect::{DynamicMessage, FieldDescriptor, MessageDescriptor, Value};
 use serde_json::Value as Json;
 
 use super::MethodInfo;
 use crate::codec::Outgoing;
 use crate::error::CallError;
-use crate::template::{ReplyTemplate, TemplateError};
+use crate::fieldpath::FieldPath;
+use crate::template::{
+    err, whole_placeholder, EntryError, MessageTemplate, TextTemplate, ValueTemplate,
+};
 
 #[derive(Debug)]
 pub struct ReplyAction {
@@ -16,7 +27,7 @@ pub struct ReplyAction {
 }
 
 impl ReplyAction {
-    pub fn compile(json: &Json, info: &MethodInfo, path: &str) -> Result<Self, TemplateError> {
+    pub fn compile(json: &Json, info: &MethodInfo, path: &str) -> Result<Self, EntryError> {
         Ok(Self {
             template: ReplyTemplate::compile(json, &info.input, &info.output, path)?,
         })
@@ -32,13 +43,165 @@ impl ReplyAction {
         self.template.render_wire(req)
     }
 
-    pub fn respond(
-        &self,
-        req: &DynamicMessage,
-        method: &'static str,
-    ) -> Result<Outgoing, CallError> {
+    pub fn respond(&self, req: &DynamicMessage, method: &Arc<str>) -> Result<Outgoing, CallError> {
         self.template
             .render(req)
-            .map_err(|message| CallError::BadResponse { method, message })
+            .map_err(|message| CallError::BadResponse {
+                method: method.clone(),
+                message,
+            })
+    }
+}
+
+/// A compiled response: the constant fields pre-encoded, the templated ones rendered per call.
+#[derive(Debug, Clone)]
+pub struct ReplyTemplate {
+    desc: MessageDescriptor,
+    prefix: Bytes,
+    dynamic: Vec<(FieldDescriptor, ValueTemplate)>,
+    /// `"{{.}}"` or `"{{some_message_field}}"`: the response is that request value.
+    whole: Option<FieldPath>,
+    /// Every templated field is a singular string or bytes field filled from text.
+    text_only: bool,
+    /// Moreover every placeholder can be read straight from the request's wire bytes
+    /// (decided at startup, so a call only reads the flag).
+    wire: bool,
+}
+
+impl ReplyTemplate {
+    /// Compiles `json` as a message of type `output`, reading placeholders from `input`.
+    pub fn compile(
+        json: &Json,
+        input: &MessageDescriptor,
+        output: &MessageDescriptor,
+        path: &str,
+    ) -> Result<Self, EntryError> {
+        if let Some(text) = json.as_str() {
+            if let Some(from) = whole_placeholder(text) {
+                // The whole response copied from a request value of the same message type.
+                let from = FieldPath::resolve(input, from).map_err(|m| EntryError {
+                    path: path.to_owned(),
+                    message: m,
+                })?;
+                let source_desc = match from.last() {
+                    None => Some(input.clone()),
+                    Some(f) if !f.is_list() && !f.is_map() => f.kind().as_message().cloned(),
+                    Some(_) => None,
+                };
+                if source_desc.as_ref().map(MessageDescriptor::full_name)
+                    != Some(output.full_name())
+                {
+                    return err(
+                        path,
+                        format!("{text:?} is not a {} message", output.full_name()),
+                    );
+                }
+                return Ok(Self {
+                    desc: output.clone(),
+                    prefix: Bytes::new(),
+                    dynamic: Vec::new(),
+                    whole: Some(from),
+                    text_only: false,
+                    wire: false,
+                });
+            }
+        }
+        let Json::Object(obj) = json else {
+            return err(
+                path,
+                format!(
+                    "a response must be a JSON object of {} fields",
+                    output.full_name()
+                ),
+            );
+        };
+        let t = MessageTemplate::compile(obj, input, output, path)?;
+        let text_only = t
+            .dynamic
+            .iter()
+            .all(|(f, v)| !f.is_list() && !f.is_map() && matches!(v, ValueTemplate::Text { .. }));
+        let wire = text_only
+            && t.dynamic
+                .iter()
+                .all(|(_, v)| matches!(v, ValueTemplate::Text { text, .. } if text.reads_wire()));
+        Ok(Self {
+            desc: output.clone(),
+            prefix: Bytes::from(t.base.encode_to_vec()),
+            text_only,
+            wire,
+            dynamic: t.dynamic,
+            whole: None,
+        })
+    }
+
+    /// The response for one request.
+    pub fn render(&self, req: &DynamicMessage) -> std::result::Result<Outgoing, String> {
+        if let Some(from) = &self.whole {
+            return match from.read(req).into_owned() {
+                Value::Message(m) => Ok(Outgoing::Message(m)),
+                _ => Err(format!("{{{{{}}}}} is not a message", from.text())),
+            };
+        }
+        if self.dynamic.is_empty() {
+            return Ok(Outgoing::Encoded(self.prefix.clone()));
+        }
+        if self.text_only {
+            return Ok(Outgoing::Encoded(self.render_text_fields(req)));
+        }
+        let mut msg = DynamicMessage::new(self.desc.clone());
+        for (field, t) in &self.dynamic {
+            let value = t.render(req)?;
+            if field.supports_presence() || !value.is_default_for_field(field) {
+                msg.set_field(field, value);
+            }
+        }
+        let mut buf = BytesMut::with_capacity(self.prefix.len() + msg.encoded_len());
+        buf.put_slice(&self.prefix);
+        msg.encode(&mut buf).map_err(|e| e.to_string())?;
+        Ok(Outgoing::Encoded(buf.freeze()))
+    }
+
+    /// True when the reply can be rendered straight from the request's wire bytes.
+    pub fn reads_wire(&self) -> bool {
+        self.wire
+    }
+
+    /// The reply for validated request bytes (requires [`reads_wire`](Self::reads_wire)).
+    pub fn render_wire(&self, req: &[u8]) -> Outgoing {
+        if self.dynamic.is_empty() {
+            return Outgoing::Encoded(self.prefix.clone());
+        }
+        Outgoing::Encoded(self.encode_text_fields(|t, out| t.render_wire_into(req, out)))
+    }
+
+    /// The common case of text fields only (`"Hello, {{name}}!"`): written straight to the wire
+    /// after the constant prefix, with no message built in between.
+    fn render_text_fields(&self, req: &DynamicMessage) -> Bytes {
+        self.encode_text_fields(|t, out| t.render_into(req, out))
+    }
+
+    /// The prefix, then each text field rendered by `render` and encoded as a string field.
+    fn encode_text_fields(&self, render: impl Fn(&TextTemplate, &mut String)) -> Bytes {
+        let mut text = String::new();
+        let mut buf = BytesMut::with_capacity(self.prefix.len() + 64);
+        buf.put_slice(&self.prefix);
+        for (field, t) in &self.dynamic {
+            let ValueTemplate::Text { text: template, .. } = t else {
+                continue;
+            };
+            text.clear();
+            render(template, &mut text);
+            if text.is_empty() && !field.supports_presence() {
+                continue;
+            }
+            prost::encoding::encode_key(
+                field.number(),
+                prost::encoding::WireType::LengthDelimited,
+                &mut buf,
+            );
+            prost::encoding::encode_varint(text.len() as u64, &mut buf);
+            buf.put_slice(text.as_bytes());
+        }
+        buf.freeze()
     }
 }

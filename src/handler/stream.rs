@@ -3,11 +3,13 @@
 
 use prost_reflect::DynamicMessage;
 use serde_json::Value as Json;
+use std::sync::Arc;
 
+use super::reply::ReplyTemplate;
 use super::MethodInfo;
 use crate::codec::Outgoing;
 use crate::error::CallError;
-use crate::template::{ReplyTemplate, TemplateError};
+use crate::template::EntryError;
 
 #[derive(Debug)]
 pub struct StreamAction {
@@ -15,9 +17,9 @@ pub struct StreamAction {
 }
 
 impl StreamAction {
-    pub fn compile(items: &[Json], info: &MethodInfo, path: &str) -> Result<Self, TemplateError> {
+    pub fn compile(items: &[Json], info: &MethodInfo, path: &str) -> Result<Self, EntryError> {
         if !info.shape.streams_output() {
-            return Err(TemplateError {
+            return Err(EntryError {
                 path: path.to_owned(),
                 message: format!(
                     "\"stream\" needs a server-streaming or bidi method, and {} is {}; use \"reply\"",
@@ -51,13 +53,16 @@ impl StreamAction {
         &self,
         index: usize,
         req: &DynamicMessage,
-        method: &'static str,
+        method: &Arc<str>,
     ) -> Option<Result<Outgoing, CallError>> {
         let template = self.items.get(index)?;
         Some(
             template
                 .render(req)
-                .map_err(|message| CallError::BadResponse { method, message }),
+                .map_err(|message| CallError::BadResponse {
+                    method: method.clone(),
+                    message,
+                }),
         )
     }
 }

@@ -522,7 +522,7 @@ impl CallLog {
     /// without its leading `/`.
     pub fn method_name(&self) -> &str {
         match &self.method {
-            Some(info) => info.name,
+            Some(info) => &info.name,
             None => std::str::from_utf8(self.block(block::PATH).unwrap_or_default())
                 .unwrap_or_default()
                 .trim_start_matches('/'),

@@ -12,7 +12,7 @@ use serde_json::{json, Value as Json};
 
 use super::render::{call_json_from, View};
 use super::Journal;
-use crate::handler::error::code_number;
+use crate::metadata::code_number;
 
 /// Calls on a page when the query does not say.
 pub const DEFAULT_PAGE_SIZE: usize = 50;

@@ -10,7 +10,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor};
 use serde_json::{json, Map, Value as Json};
 
 use super::{CallRecord, CallView, Direction};
-use crate::handler::error::code_name;
+use crate::metadata::code_name;
 
 /// How much of a call to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

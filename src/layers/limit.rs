@@ -8,6 +8,9 @@
 //!
 //! Nothing ever waits for a slot, so a slot is an atomic counter, not a semaphore: taking and
 //! giving one back takes no lock, even on the counter all connections share.
+//!
+//! The response body is also where response bytes start to count against the connection's
+//! [`Buffers`]: every chunk handed to HTTP/2 holds room until HTTP/2 drops it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,12 +18,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tonic::Status;
 use tower::Service;
 
+use super::buffers::{held_chunk, Buffers, SMALL};
 use crate::error::CallError;
 
 /// Calls in flight against a limit.
@@ -71,16 +76,23 @@ pub struct Limited<S> {
     inner: S,
     connection: Arc<Slots>,
     server: ServerCalls,
+    buffers: Buffers,
 }
 
 impl<S> Limited<S> {
     /// Wraps `inner` for one new connection.
-    pub fn new(inner: S, per_connection: usize, server: ServerCalls) -> Self {
+    pub fn new(inner: S, per_connection: usize, server: ServerCalls, buffers: Buffers) -> Self {
         Self {
             inner,
             connection: Slots::new(per_connection),
             server,
+            buffers,
         }
+    }
+
+    /// The connection's message buffers.
+    pub fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 }
 
@@ -112,6 +124,7 @@ where
         LimitedFuture::Running {
             fut: self.inner.call(req),
             permits: Some((connection, server)),
+            buffers: Some(self.buffers.clone()),
         }
     }
 }
@@ -120,7 +133,7 @@ pin_project! {
     /// The inner call's future with its permits, or an immediate refusal.
     #[project = LimitedProj]
     pub enum LimitedFuture<F, B> {
-        Running { #[pin] fut: F, permits: Option<Permits> },
+        Running { #[pin] fut: F, permits: Option<Permits>, buffers: Option<Buffers> },
         Refused { response: Option<Response<B>> },
     }
 }
@@ -134,16 +147,28 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            LimitedProj::Running { fut, permits } => {
+            LimitedProj::Running {
+                fut,
+                permits,
+                buffers,
+            } => {
                 let resp = std::task::ready!(fut.poll(cx))?;
                 let permits = permits.take();
-                Poll::Ready(Ok(resp.map(|inner| Permitted { inner, permits })))
+                let buffers = buffers.take();
+                Poll::Ready(Ok(resp.map(|inner| Permitted {
+                    inner,
+                    permits,
+                    buffers,
+                    ended: false,
+                })))
             }
             LimitedProj::Refused { response } => {
                 let resp = response.take().unwrap_or_default();
                 Poll::Ready(Ok(resp.map(|inner| Permitted {
                     inner,
                     permits: None,
+                    buffers: None,
+                    ended: false,
                 })))
             }
         }
@@ -151,35 +176,70 @@ where
 }
 
 pin_project! {
-    /// A response body holding its call's permits until it ends.
+    /// A response body holding its call's permits until it ends, whose chunks hold room in the
+    /// connection's buffers until HTTP/2 drops them. A chunk that does not fit ends the call
+    /// with RESOURCE_EXHAUSTED instead (the rest of the body is never polled).
     pub struct Permitted<B> {
         #[pin]
         inner: B,
         permits: Option<Permits>,
+        buffers: Option<Buffers>,
+        ended: bool,
     }
 }
 
-impl<B: Body> Body for Permitted<B> {
-    type Data = B::Data;
+impl<B: Body<Data = Bytes>> Body for Permitted<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
-        if frame.is_none() {
-            *this.permits = None;
+        if *this.ended {
+            return Poll::Ready(None);
         }
-        Poll::Ready(frame)
+        let frame = match std::task::ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            other => {
+                if other.is_none() {
+                    *this.permits = None;
+                }
+                return Poll::Ready(other);
+            }
+        };
+        let Some(buffers) = this.buffers.as_ref() else {
+            return Poll::Ready(Some(Ok(frame)));
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => return Poll::Ready(Some(Ok(frame))),
+        };
+        if data.len() < SMALL {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        match held_chunk(data, buffers) {
+            Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Err(e) => {
+                *this.ended = true;
+                *this.permits = None;
+                let mut trailers = HeaderMap::new();
+                // Only fails for a message that cannot be a header value, which this never is.
+                let _ = Status::from(e).add_header(&mut trailers);
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.ended {
+            return SizeHint::with_exact(0);
+        }
         self.inner.size_hint()
     }
 }

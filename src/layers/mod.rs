@@ -6,8 +6,12 @@
 //! ```
 //!
 //! Over-limit calls are refused before anything else runs; the journal records the calls that
-//! got in with the status the cutoff gave them; the router knows nothing of any of them.
+//! got in with the status the cutoff gave them; the router knows nothing of any of them. Every
+//! request body is metered against the connection's [`buffers::Buffers`] on its way in, every
+//! response chunk on its way out ([`limit::Permitted`]), and the router hands the same buffers
+//! to handlers that queue responses of their own (script outboxes).
 
+pub mod buffers;
 pub mod cutoff;
 pub mod limit;
 
@@ -21,6 +25,7 @@ use tower::Service;
 use crate::journal::layer::{JournalBody, JournalFuture, Journaled};
 use crate::journal::Journal;
 use crate::router::Router;
+use buffers::{Buffers, MeteredRequest};
 use cutoff::{Cutoff, CutoffBody, CutoffFuture, Stop};
 use limit::{Limited, LimitedFuture, Permitted, ServerCalls};
 
@@ -38,18 +43,21 @@ pub struct Recording {
 
 /// Builds the stack for a new connection.
 pub fn stack(
-    router: Router,
+    router: &Router,
     per_connection: usize,
     server: ServerCalls,
     stop: Stop,
     recording: Recording,
+    buffers: Buffers,
 ) -> Stack {
+    let router = router.for_connection(buffers.clone());
     let journaled = Journaled::new(Cutoff::new(router, stop), recording.journal, recording.peer);
-    Limited::new(journaled, per_connection, server)
+    Limited::new(journaled, per_connection, server, buffers)
 }
 
-/// Adapts the tower stack to hyper: hyper's request body becomes tonic's, and every request
-/// gets its own clone of the stack (a few reference counts; every layer is always ready).
+/// Adapts the tower stack to hyper: hyper's request body, metered, becomes tonic's, and every
+/// request gets its own clone of the stack (a few reference counts; every layer is always
+/// ready).
 #[derive(Clone)]
 pub struct Hyper(pub Stack);
 
@@ -62,6 +70,9 @@ impl hyper::service::Service<Request<Incoming>> for Hyper {
     >;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.0.clone().call(req.map(Body::new))
+        let buffers = self.0.buffers().clone();
+        self.0
+            .clone()
+            .call(req.map(|b| Body::new(MeteredRequest::new(b, buffers))))
     }
 }

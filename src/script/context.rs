@@ -28,6 +28,7 @@ use tonic::Status;
 
 use super::convert::outgoing_from_lua;
 use super::outbox::{OutboxSender, OutboxStream};
+use super::plan::MsgId;
 use super::status::Abort;
 use crate::codec::Outgoing;
 use crate::error::CallError;
@@ -38,11 +39,11 @@ pub type ReplySender = oneshot::Sender<Result<Reply, CallError>>;
 
 /// State shared by a call's ctx, its hook and its driver.
 pub struct CallShared {
-    pub method: &'static str,
+    pub method: Arc<str>,
     pub script: Arc<str>,
     pub function: Arc<str>,
     /// The method's output type (None for the meter of a script load).
-    pub output: Option<MessageDescriptor>,
+    pub output: Option<Output>,
     pub metadata: MetadataMap,
     pub started: Instant,
     pub deadline: Option<Instant>,
@@ -75,14 +76,16 @@ pub struct CallShared {
     /// Coroutines (pointers) of this call that the hook yielded for a time slice and whose
     /// resumer has not seen it yet (see `guard`).
     sliced: Mutex<Vec<usize>>,
+    /// The coroutine (a pointer) the hook last asked to yield because the call was aborted.
+    abort_yield: std::sync::atomic::AtomicUsize,
 }
 
 /// What a call needs to start (the rest of [`CallShared`] starts empty).
 pub struct CallSpec {
-    pub method: &'static str,
+    pub method: Arc<str>,
     pub script: Arc<str>,
     pub function: Arc<str>,
-    pub output: Option<MessageDescriptor>,
+    pub output: Option<Output>,
     pub metadata: MetadataMap,
     pub started: Instant,
     pub deadline: Option<Instant>,
@@ -90,6 +93,13 @@ pub struct CallSpec {
     pub streams_output: bool,
     pub reply: Option<ReplySender>,
     pub outbox: Option<(OutboxSender, OutboxStream)>,
+}
+
+/// A method's output type: its descriptor (for messages) and its plan (for encoding).
+#[derive(Clone)]
+pub struct Output {
+    pub desc: MessageDescriptor,
+    pub plan: MsgId,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -127,6 +137,7 @@ impl CallShared {
             pending: Mutex::new(None),
             main_thread: std::sync::atomic::AtomicUsize::new(0),
             sliced: Mutex::new(Vec::new()),
+            abort_yield: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -191,7 +202,7 @@ impl CallShared {
     pub fn give_up(&self) {
         self.abort(Abort::Cancelled);
         let lost = || CallError::ScriptStateLost {
-            method: self.method,
+            method: self.method.clone(),
         };
         if let Some(sender) = lock(&self.sender).take() {
             let _ = sender.try_send(Err(lost().into()));
@@ -238,6 +249,17 @@ impl CallShared {
             sliced.push(thread);
         }
         true
+    }
+
+    /// Whether the hook should stop this aborted call by yielding coroutine `thread` rather
+    /// than by raising the abort inside it (see `worker`): yes, once per coroutine; no for the
+    /// call's own thread, and no when the hook meets the same coroutine again, which means it
+    /// could not yield there (it runs where Lua allows no yield, such as a sort comparator).
+    pub fn yield_for_abort(&self, thread: usize) -> bool {
+        if thread == self.main_thread.load(Ordering::Acquire) {
+            return false;
+        }
+        self.abort_yield.swap(thread, Ordering::AcqRel) != thread
     }
 
     pub fn take_sliced(&self, thread: usize) -> bool {
@@ -292,50 +314,16 @@ fn metadata_size(map: &MetadataMap, except: &str) -> usize {
 }
 
 fn insert_metadata(map: &mut MetadataMap, key: &str, value: &[u8]) -> mlua::Result<()> {
-    let key = key.to_ascii_lowercase();
-    // HTTP/2 forbids connection-specific fields (the server resets a stream that carries one),
-    // and gRPC owns `grpc-*` and `content-type`: a script setting them broke the stream or
-    // contradicted the call's real status.
-    if key.starts_with("grpc-")
-        || matches!(
-            key.as_str(),
-            "content-type"
-                | "te"
-                | "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "transfer-encoding"
-                | "upgrade"
-                | "host"
-        )
-    {
-        return Err(mlua::Error::runtime(format!(
-            "metadata {key:?} is reserved for gRPC and HTTP/2; use another key"
-        )));
-    }
+    let lower = key.to_ascii_lowercase();
     // A -bin value goes out base64-encoded (4 bytes for every 3).
-    let adds = key.len() + value.len().div_ceil(3) * 4 + 32;
-    if metadata_size(map, &key).saturating_add(adds) > MAX_SCRIPT_METADATA {
+    let adds = lower.len() + value.len().div_ceil(3) * 4 + 32;
+    if metadata_size(map, &lower).saturating_add(adds) > MAX_SCRIPT_METADATA {
         return Err(mlua::Error::runtime(format!(
             "metadata {:?}: the headers or trailers a script sets may take {MAX_SCRIPT_METADATA} bytes in all (keys, values and 32 per entry)",
-            key.chars().take(64).collect::<String>()
+            lower.chars().take(64).collect::<String>()
         )));
     }
-    if key.ends_with("-bin") {
-        let k = tonic::metadata::BinaryMetadataKey::from_bytes(key.as_bytes())
-            .map_err(|_| mlua::Error::runtime(format!("{key:?} is not a valid metadata key")))?;
-        map.insert_bin(k, tonic::metadata::BinaryMetadataValue::from_bytes(value));
-    } else {
-        let k = tonic::metadata::AsciiMetadataKey::from_bytes(key.as_bytes())
-            .map_err(|_| mlua::Error::runtime(format!("{key:?} is not a valid metadata key")))?;
-        let v = tonic::metadata::AsciiMetadataValue::try_from(value).map_err(|_| {
-            mlua::Error::runtime(format!(
-                "metadata {key:?}: values must be printable ASCII; use a key ending in -bin"
-            ))
-        })?;
-        map.insert(k, v);
-    }
-    Ok(())
+    crate::metadata::insert(map, &lower, value).map_err(mlua::Error::runtime)
 }
 
 fn unix_seconds(at: Instant) -> f64 {
@@ -353,7 +341,7 @@ fn unix_seconds(at: Instant) -> f64 {
 
 impl UserData for Ctx {
     fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
-        fields.add_field_method_get("method", |_, this| Ok(this.call()?.method));
+        fields.add_field_method_get("method", |_, this| Ok(this.call()?.method.to_string()));
         fields.add_field_method_get("deadline", |_, this| {
             Ok(this.call()?.deadline.map(unix_seconds))
         });
@@ -468,28 +456,36 @@ async fn sleep(shared: &CallShared, ms: f64) -> mlua::Result<()> {
 impl CallShared {
     /// Sends at once if the stream's buffer has room; otherwise parks the message for
     /// `wait_send`.
-    fn try_send(&self, lua: &mlua::Lua, msg: &LuaValue) -> mlua::Result<bool> {
-        let Some(sender) = lock(&self.sender).clone() else {
-            return Err(mlua::Error::runtime(format!(
+    pub fn try_send(&self, lua: &mlua::Lua, msg: &LuaValue) -> mlua::Result<bool> {
+        let ended = || {
+            Err(mlua::Error::runtime(format!(
                 "ctx:send: the call to {} has ended",
                 self.method
-            )));
+            )))
         };
+        if lock(&self.sender).is_none() {
+            return ended();
+        }
         let Some(output) = self.output.as_ref() else {
             return Ok(true);
         };
-        let message = outgoing_from_lua(lua, msg, output).map_err(|e| {
+        let message = outgoing_from_lua(lua, msg, output.plan).map_err(|e| {
             e.into_lua_error(|e| {
                 mlua::Error::external(super::status::BadMessage(format!(
                     "{}: {} sent a bad {}: {e}",
                     self.script,
                     self.function,
-                    output.full_name()
+                    output.desc.full_name()
                 )))
             })
         })?;
+        super::slice::charge(1 + encoded_len(&message) / super::requests::BYTES_PER_UNIT)?;
         self.mark_headers_sent();
-        match sender.try_send(Ok(message)) {
+        let sent = match lock(&self.sender).as_ref() {
+            Some(sender) => sender.try_send(Ok(message)),
+            None => return ended(),
+        };
+        match sent {
             Ok(()) => Ok(true),
             Err(super::outbox::TrySendError::Full(item)) => {
                 *lock(&self.pending) = Some(item);
@@ -497,6 +493,14 @@ impl CallShared {
             }
             Err(super::outbox::TrySendError::Closed) => Err(self.abort_error(Abort::Cancelled)),
         }
+    }
+}
+
+/// The bytes of an encoded message, for charging the work to the call.
+pub fn encoded_len(message: &Outgoing) -> u64 {
+    match message {
+        Outgoing::Encoded(b) => b.len() as u64,
+        Outgoing::Message(_) => 0,
     }
 }
 

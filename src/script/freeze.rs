@@ -73,6 +73,8 @@ pub struct Helpers {
     pub index_fallback: Function,
     /// Raw views of frozen metatables (made by `setmetatable`) → the frozen table.
     pub view_of: Table,
+    /// `f` → a `__close` handler that does nothing once the running call is aborted.
+    pub guard_close: Function,
 }
 
 /// Freezes tables of one Lua state.
@@ -279,6 +281,10 @@ impl Freezer {
                 },
                 // Writes stay refused; no finalizers; the hidden table stays strong.
                 b"__newindex" | b"__gc" | b"__mode" | b"__metatable" => {}
+                b"__close" => {
+                    let guarded: LuaValue = self.helpers.guard_close.call(v.clone())?;
+                    fm.raw_set(k.clone(), guarded)?
+                }
                 n if n.starts_with(b"__") => fm.raw_set(k.clone(), v.clone())?,
                 _ => {}
             }

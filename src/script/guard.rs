@@ -4,6 +4,9 @@
 //!   cancellation) instead of returning it, so `while true do pcall(loop) end` ends. Lua runs a
 //!   message handler, and the `__close` handlers of a coroutine stopped by the hook, with hooks
 //!   off; so once a call is aborted, `xpcall` skips the user's handler and nothing is closed.
+//! - The hook stops an aborted call by yielding the coroutine it is in (see `worker`), so
+//!   `resume` checks the abort before and after every resume: the abort is raised in the
+//!   resumer, outside any hook, and an aborted call's coroutines are never resumed again.
 //! - `coroutine.resume`/`wrap` pass a time-slice yield of the hook (and the waiting of `ctx:sleep`
 //!   and friends) up to the call's own coroutine and then resume the inner coroutine, so user
 //!   coroutines see exactly Lua 5.4's values, errors and statuses however long they run.
@@ -25,6 +28,8 @@ const MAX_PROTECTED_DEPTH: u32 = 60;
 pub const RUNNER_KEY: &str = "protoserve.runner";
 /// Where the body (what a call's own coroutine runs) is kept.
 pub const BODY_KEY: &str = "protoserve.body";
+/// Where the runner of scripts' top-level code is kept.
+pub const LOAD_KEY: &str = "protoserve.load";
 
 const GUARD: &str = r#"
 local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING,
@@ -82,12 +87,16 @@ local function pause_and_continue(c, marker)
     error("cannot wait (ctx:sleep, ctx:send, reading the stream) inside a coroutine " ..
       "resumed from a metamethod, a sort comparator or a gsub callback", 0)
   end
+  check()
   return after_resume(c, co_resume(c))
 end
 
+-- The hook stops an aborted call by yielding the coroutine it runs in (raising inside the hook
+-- would run that function's __close handlers with hooks off): every resume checks the abort
+-- when the coroutine comes back, and an aborted call resumes nothing.
 after_resume = function(c, ok, ...)
+  check()
   if not ok then
-    check()
     return ok, ...
   end
   local n = select('#', ...)
@@ -105,6 +114,7 @@ after_resume = function(c, ok, ...)
 end
 
 local function resume(c, ...)
+  check()
   return after_resume(c, co_resume(c, ...))
 end
 
@@ -157,12 +167,25 @@ local function drive(c, ok, ...)
 end
 
 -- Every call: on the call's thread (driven by the executor, which the hook never yields), run
--- `body` in coroutine `c`; slice yields and waits inside it come up here as plain yields.
-local function run(c, f, req, ctx)
-  return drive(c, resume(c, f, req, ctx))
+-- `body` in coroutine `c`; slice yields and waits inside it come up here as plain yields. The
+-- request is made here, by `build` from what the call was started with (see `requests`).
+local function run(c, f, ctx, build, ...)
+  return drive(c, resume(c, f, build(...), ctx))
 end
 
-return pcall, xpcall, run, body
+-- A script's top-level code, at startup: in a coroutine, so the hook can stop it by yielding;
+-- time slices are resumed at once.
+local function load(f)
+  local c = co_create(f)
+  while true do
+    local ok, e = co_resume(c)
+    check()
+    if not ok then error(e, 0) end
+    if co_status(c) == "dead" then return end
+  end
+end
+
+return pcall, xpcall, run, body, load
 "#;
 
 /// Installs the wrappers in `lua`'s globals and `coroutine` table (before they are frozen) and
@@ -201,7 +224,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         })
     })?;
     let pending = LuaValue::LightUserData(Lua::poll_pending());
-    let (pcall, xpcall, run, body): (Function, Function, Function, Function) =
+    let (pcall, xpcall, run, body, load): (Function, Function, Function, Function, Function) =
         lua.load(GUARD).set_name("=protoserve guard").call((
             g.get::<Function>("pcall")?,
             g.get::<Function>("xpcall")?,
@@ -222,6 +245,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     g.raw_set("xpcall", xpcall)?;
     lua.set_named_registry_value(RUNNER_KEY, run)?;
     lua.set_named_registry_value(BODY_KEY, body)?;
+    lua.set_named_registry_value(LOAD_KEY, load)?;
     Ok(())
 }
 

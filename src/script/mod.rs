@@ -18,31 +18,36 @@
 pub mod bytecode;
 pub mod context;
 pub mod convert;
+pub mod decode;
+pub mod encode;
 pub mod freeze;
 pub mod guard;
 pub mod outbox;
 pub mod pattern;
+pub mod plan;
+pub mod requests;
 pub mod sandbox;
 pub mod slice;
 pub mod status;
 pub mod stdlib;
+pub mod wakes;
 pub mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlua::{Function, Lua, Value as LuaValue};
+use mlua::Value as LuaValue;
 use tokio::sync::oneshot;
 use tonic::Status;
 
-use crate::codec::Incoming;
 use crate::data::DataSets;
 use crate::error::{CallError, Location, StartupError, StartupErrors};
 use crate::handler::{Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses};
-use context::{CallShared, CallSpec, Ctx};
-use convert::{message_to_lua, outgoing_from_lua, unwrap_readonly};
+use context::{CallShared, CallSpec, Ctx, Output};
+use convert::{outgoing_from_lua, unwrap_readonly};
+use plan::Plans;
 use slice::Running;
 use status::{find, Abort, BadMessage, IncomingError, ScriptStatus};
 use worker::{Job, Loading, Pool, Recipe, State};
@@ -74,17 +79,82 @@ impl Default for ScriptOptions {
     }
 }
 
+/// The scripts of one generation while its handler files are read. Lua states are made only
+/// when the first entry names a script, so a project without scripts starts no threads.
+pub struct Scripts<'a> {
+    handlers_dir: &'a Path,
+    data: &'a DataSets,
+    options: ScriptOptions,
+    builder: Option<EngineBuilder>,
+}
+
+impl<'a> Scripts<'a> {
+    pub fn new(handlers_dir: &'a Path, data: &'a DataSets, options: ScriptOptions) -> Self {
+        Self {
+            handlers_dir,
+            data,
+            options,
+            builder: None,
+        }
+    }
+
+    /// Loads `script` (relative to the handlers folder) if it is new, and finds `function`.
+    pub fn add(
+        &mut self,
+        script: &str,
+        function: &str,
+        info: &MethodInfo,
+    ) -> Result<ScriptRef, ScriptSetupError> {
+        let builder = match &mut self.builder {
+            Some(b) => b,
+            None => self.builder.insert(
+                EngineBuilder::new(self.handlers_dir, self.data, self.options)
+                    .map_err(ScriptSetupError::Script)?,
+            ),
+        };
+        builder.add(script, function, info)
+    }
+
+    /// Starts the state threads; `None` when no entry named a script.
+    pub fn finish(self) -> Result<Option<Arc<Engine>>, StartupErrors> {
+        self.builder.map(EngineBuilder::finish).transpose()
+    }
+}
+
+/// One function of one script, found at load time; with its [`Engine`] it becomes a handler.
+#[derive(Clone)]
+pub struct ScriptRef {
+    index: usize,
+    /// The request type's layout (see `decode`).
+    layout: usize,
+    output: Output,
+    script: Arc<str>,
+    function: Arc<str>,
+}
+
+/// The running Lua states of one generation. When the last handler holding it is gone (the
+/// generation was replaced and its calls have ended), the state threads are told to stop.
+pub struct Engine {
+    pool: Arc<Pool>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.pool.close();
+    }
+}
+
 /// Builds the engine while handler files are read: scripts load into a first state (so
 /// problems are reported per handler entry), and the recipe remembers them for the others.
-pub struct EngineBuilder {
+struct EngineBuilder {
     first: Loading,
     recipe: Recipe,
     script_index: HashMap<PathBuf, usize>,
-    cell: Arc<OnceLock<Arc<Pool>>>,
+    plans: Plans,
 }
 
 impl EngineBuilder {
-    pub fn new(
+    fn new(
         handlers_dir: &Path,
         data: &DataSets,
         options: ScriptOptions,
@@ -96,21 +166,21 @@ impl EngineBuilder {
                 handlers_dir: handlers_dir.to_path_buf(),
                 data: data.clone(),
                 options,
+                plans: Arc::default(),
                 scripts: Vec::new(),
                 functions: Vec::new(),
             },
             script_index: HashMap::new(),
-            cell: Arc::new(OnceLock::new()),
+            plans: Plans::default(),
         })
     }
 
-    /// Loads `script` (relative to the handlers folder) and finds `function`.
-    pub fn add(
+    fn add(
         &mut self,
         script: &str,
         function: &str,
-        info: &Arc<MethodInfo>,
-    ) -> Result<Arc<dyn Handler>, ScriptSetupError> {
+        info: &MethodInfo,
+    ) -> Result<ScriptRef, ScriptSetupError> {
         let rel = Path::new(script);
         if rel.is_absolute()
             || rel
@@ -162,26 +232,32 @@ impl EngineBuilder {
         self.recipe
             .functions
             .push((script_index, function.to_owned()));
-        Ok(Arc::new(ScriptHandler {
-            engine: self.cell.clone(),
+        let input = self.plans.add(&info.input);
+        let layout = self.plans.layout(input);
+        let output = Output {
+            desc: info.output.clone(),
+            plan: self.plans.add(&info.output),
+        };
+        Ok(ScriptRef {
             index: self.recipe.functions.len() - 1,
+            layout,
+            output,
             script: Arc::from(display.as_str()),
             function: Arc::from(function),
-            method: info.clone(),
-        }))
+        })
     }
 
     /// Locks every script environment and starts the state threads.
-    pub fn finish(self) -> Result<(), StartupErrors> {
+    fn finish(mut self) -> Result<Arc<Engine>, StartupErrors> {
         let n = if self.recipe.options.states == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
             self.recipe.options.states
         };
-        let first = self.first.finish(true)?;
+        self.recipe.plans = Arc::new(std::mem::take(&mut self.plans));
+        let first = self.first.finish(true, &self.recipe.plans)?;
         let pool = Pool::start(self.recipe, n, first)?;
-        let _ = self.cell.set(pool);
-        Ok(())
+        Ok(Arc::new(Engine { pool }))
     }
 }
 
@@ -244,11 +320,28 @@ fn root_message(e: &mlua::Error) -> String {
 
 /// A method answered by a Lua function.
 pub struct ScriptHandler {
-    engine: Arc<OnceLock<Arc<Pool>>>,
+    engine: Arc<Engine>,
     index: usize,
+    /// The request type's layout (see `decode`).
+    layout: usize,
+    output: Output,
     script: Arc<str>,
     function: Arc<str>,
     method: Arc<MethodInfo>,
+}
+
+impl ScriptHandler {
+    pub fn new(engine: Arc<Engine>, found: ScriptRef, method: Arc<MethodInfo>) -> Self {
+        Self {
+            engine,
+            index: found.index,
+            layout: found.layout,
+            output: found.output,
+            script: found.script,
+            function: found.function,
+            method,
+        }
+    }
 }
 
 /// Tells the call it was cancelled if the handler's future is dropped before the answer.
@@ -275,35 +368,31 @@ impl Handler for ScriptHandler {
     }
 
     fn call(&self, call: Call, requests: Requests) -> HandlerFuture {
-        let Some(pool) = self.engine.get() else {
-            let e = CallError::Script {
-                message: "scripts are not ready".into(),
-            };
-            return Box::pin(std::future::ready(Err(e)));
-        };
+        let pool = &self.engine.pool;
         let method = &self.method;
         let streams_output = method.shape.streams_output();
         let deadline = call.deadline();
         let (reply_tx, reply_rx) = oneshot::channel();
         let shared = Arc::new(CallShared::new(CallSpec {
-            method: method.name,
+            method: method.name.clone(),
             script: self.script.clone(),
             function: self.function.clone(),
-            output: Some(method.output.clone()),
+            output: Some(self.output.clone()),
             metadata: call.metadata,
             started: call.started,
             deadline,
             budget: pool.budget(),
             streams_output,
             reply: Some(reply_tx),
-            outbox: streams_output.then(outbox::outbox),
+            outbox: streams_output.then(|| outbox::outbox(call.buffers)),
         }));
         let mut cancel = CancelOnDrop(Some(shared.clone()));
-        let name = method.name;
+        let name = method.name.clone();
         let submitted = pool.submit(
             pool.pick(),
             Job {
                 function: self.index,
+                layout: self.layout,
                 shared,
                 requests,
             },
@@ -312,6 +401,8 @@ impl Handler for ScriptHandler {
             if !submitted {
                 return Err(CallError::ScriptStateLost { method: name });
             }
+            // The state thread's answer wakes this task in its batch (see `wakes`).
+            let reply_rx = wakes::Relayed::new(reply_rx);
             let answer = match deadline {
                 None => reply_rx.await,
                 Some(d) => match tokio::time::timeout_at(d.into(), reply_rx).await {
@@ -329,10 +420,13 @@ impl Handler for ScriptHandler {
 async fn run_call(state: &State, job: Job) -> bool {
     let Job {
         function,
+        layout,
         shared,
         requests,
     } = job;
-    let started = slice::with_call(&shared, || start(state, function, &shared, requests));
+    let started = slice::with_call(&shared, || {
+        start(state, function, layout, &shared, requests)
+    });
     let outcome = match started {
         Err(e) => Err(e),
         Ok((running, threads)) => {
@@ -381,33 +475,64 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Converts the request and prepares the function's coroutine (it runs when polled).
+/// Reads the request into what makes its tables, and prepares the function's coroutine (it
+/// runs when polled; the runner makes the request first, see `requests`).
 fn start(
     state: &State,
     function: usize,
+    layout: usize,
     shared: &Arc<CallShared>,
     requests: Requests,
 ) -> mlua::Result<(Running<mlua::AsyncThread<LuaValue>>, worker::CallThreads)> {
     let lua = &state.lua;
-    let f = state
-        .functions
-        .get(function)
-        .ok_or_else(|| mlua::Error::runtime("no such script function"))?;
-    let arg = match requests {
-        Requests::One(msg) => LuaValue::Table(message_to_lua(lua, &decode(&msg)?)?),
-        Requests::Stream(stream) => LuaValue::Function(request_iterator(lua, stream, shared)?),
+    let (Some(f), Some(builder)) = (state.functions.get(function), state.builders.get(layout))
+    else {
+        return Err(mlua::Error::runtime("no such script function"));
     };
     let handle = lua.create_userdata(Ctx(shared.clone()))?;
     let ctx = if shared.streams_output {
-        state.stream_ctx.call::<LuaValue>(handle)?
+        // The call's own `try_send`: sending a message is one plain call.
+        let call = shared.clone();
+        let try_send = lua.create_function(move |lua, msg: LuaValue| {
+            if call.ended.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(mlua::Error::runtime(
+                    "ctx used after its call ended (a closure kept it past the call)",
+                ));
+            }
+            call.try_send(lua, &msg)
+        })?;
+        state.stream_ctx.call::<LuaValue>((handle, try_send))?
     } else {
         LuaValue::UserData(handle)
     };
     let (main, body) = state.threads()?;
+    let mut args = Vec::with_capacity(8);
+    args.extend([
+        LuaValue::Thread(body.clone()),
+        LuaValue::Function(f.clone()),
+        ctx,
+    ]);
+    match requests {
+        Requests::One(msg) => {
+            args.push(LuaValue::Function(builder.clone()));
+            args.push(LuaValue::Boolean(true));
+            requests::decode_request(lua, &msg, layout, &mut args)?;
+        }
+        Requests::Stream(stream) => {
+            args.push(LuaValue::Function(state.iterate.clone()));
+            args.extend(requests::RequestStream::iterator_args(
+                lua,
+                shared.clone(),
+                stream,
+                layout,
+            )?);
+            args.push(LuaValue::Function(builder.clone()));
+        }
+    }
     shared.set_main_thread(main.to_pointer() as usize);
     let running = main
         .clone()
-        .into_async::<LuaValue>((body.clone(), f.clone(), arg, ctx))?;
+        .into_async::<LuaValue>(mlua::MultiValue::from_vec(args))?;
     Ok((Running::new(shared.clone(), running), (main, body)))
 }
 
@@ -419,17 +544,25 @@ fn finish_one(state: &State, shared: &Arc<CallShared>, outcome: mlua::Result<Lua
         Ok(value) => {
             let output = shared.output.as_ref();
             let converted = slice::with_call(shared, || {
-                output.map(|o| outgoing_from_lua(&state.lua, &value, o))
+                output.map(|o| {
+                    let msg = outgoing_from_lua(&state.lua, &value, o.plan);
+                    if let Ok(m) = &msg {
+                        // Over budget shows as the call's abort, checked next.
+                        let _ =
+                            slice::charge(1 + context::encoded_len(m) / requests::BYTES_PER_UNIT);
+                    }
+                    msg
+                })
             });
             match (converted, shared.aborted()) {
                 (_, Some(a)) => Err(abort_error(a, shared)),
                 (Some(Ok(msg)), None) => Ok(msg),
-                (Some(Err(e)), None) => Err(e.into_call_error(shared.method, |e| {
+                (Some(Err(e)), None) => Err(e.into_call_error(&shared.method, |e| {
                     format!(
                         "{}: {} returned a bad {}: {e}",
                         shared.script,
                         shared.function,
-                        output.map_or("", |o| o.full_name())
+                        output.map_or("", |o| o.desc.full_name())
                     )
                 })),
                 (None, None) => Err(CallError::Script {
@@ -486,14 +619,15 @@ async fn finish_stream(state: &State, shared: &Arc<CallShared>, outcome: mlua::R
             let t = unwrap_readonly(t);
             for i in 1..=t.raw_len() {
                 let item: LuaValue = t.raw_get(i).unwrap_or(LuaValue::Nil);
-                let msg = slice::with_call(shared, || outgoing_from_lua(&state.lua, &item, output));
+                let msg =
+                    slice::with_call(shared, || outgoing_from_lua(&state.lua, &item, output.plan));
                 let msg = msg.map_err(|e| {
-                    Status::from(e.into_call_error(shared.method, |e| {
+                    Status::from(e.into_call_error(&shared.method, |e| {
                         format!(
                             "{}: {} returned a bad {}: item {i}: {e}",
                             shared.script,
                             shared.function,
-                            output.full_name()
+                            output.desc.full_name()
                         )
                     }))
                 });
@@ -504,33 +638,6 @@ async fn finish_stream(state: &State, shared: &Arc<CallShared>, outcome: mlua::R
             }
         }
     }
-}
-
-/// `for msg in stream do … end`: each call yields the next request message, then nil.
-fn request_iterator(
-    lua: &Lua,
-    stream: tonic::Streaming<Incoming>,
-    shared: &Arc<CallShared>,
-) -> mlua::Result<Function> {
-    let stream = Arc::new(tokio::sync::Mutex::new(stream));
-    let shared = shared.clone();
-    lua.create_async_function(move |lua, _: mlua::Variadic<LuaValue>| {
-        let stream = stream.clone();
-        let shared = shared.clone();
-        async move {
-            if shared.ended.load(std::sync::atomic::Ordering::Acquire) {
-                return Err(mlua::Error::runtime(
-                    "the request stream was used after its call ended",
-                ));
-            }
-            let mut s = stream.lock().await;
-            match s.message().await {
-                Ok(Some(msg)) => Ok(LuaValue::Table(message_to_lua(&lua, &decode(&msg)?)?)),
-                Ok(None) => Ok(LuaValue::Nil),
-                Err(status) => Err(mlua::Error::external(IncomingError(status))),
-            }
-        }
-    })
 }
 
 fn is_memory_error(e: &mlua::Error) -> bool {
@@ -544,23 +651,17 @@ fn is_memory_error(e: &mlua::Error) -> bool {
 }
 
 fn abort_error(a: Abort, shared: &CallShared) -> CallError {
-    tracing::debug!(method = shared.method, "script stopped: {a}");
+    tracing::debug!(method = &*shared.method, "script stopped: {a}");
     match a {
         Abort::Budget(_) => CallError::ScriptBudget {
-            method: shared.method,
+            method: shared.method.clone(),
             message: format!("{}: {}: {a}", shared.script, shared.function),
         },
         Abort::Deadline => CallError::DeadlineExceeded {
-            method: shared.method,
+            method: shared.method.clone(),
         },
         Abort::Cancelled => CallError::Cancelled,
     }
-}
-
-/// The request message; a malformed one fails the call with INVALID_ARGUMENT.
-fn decode(msg: &Incoming) -> mlua::Result<prost_reflect::DynamicMessage> {
-    msg.decode()
-        .map_err(|e| mlua::Error::external(IncomingError(e.into())))
 }
 
 /// Trailers the script set also go with an error status.
@@ -597,19 +698,19 @@ fn to_call_error(e: &mlua::Error, shared: &CallShared, state: &State) -> CallErr
     }
     if is_memory_error(e) {
         return CallError::ScriptMemory {
-            method: shared.method,
+            method: shared.method.clone(),
             limit_mib: state.memory_limit >> 20,
         };
     }
     if let Some(t) = find::<convert::TooLarge>(e) {
         return CallError::ReplyTooLarge {
-            method: shared.method,
+            method: shared.method.clone(),
             limit: t.limit,
         };
     }
     if let Some(b) = find::<BadMessage>(e) {
         return CallError::BadResponse {
-            method: shared.method,
+            method: shared.method.clone(),
             message: b.0,
         };
     }
@@ -617,7 +718,11 @@ fn to_call_error(e: &mlua::Error, shared: &CallShared, state: &State) -> CallErr
         return CallError::Transport(status);
     }
     let message = root_message(e);
-    tracing::warn!(method = shared.method, "script error: {e}");
+    tracing::warn!(
+        method = &*shared.method,
+        "script error: {}",
+        crate::error::log_escaped(&e.to_string())
+    );
     CallError::Script {
         message: format!("{} ({}): {message}", shared.function, shared.method),
     }

@@ -9,8 +9,9 @@
 //!   scripts build while loading is frozen when loading ends (see [`super::freeze`]), and a
 //!   load-time function that assigns a module-level local is a startup error (see
 //!   [`super::bytecode`]). So no call can leave anything behind for the next one.
-//! - `setmetatable` refuses `__gc` (no script code runs outside a call) and lets frozen tables
-//!   serve as metatables; `getmetatable`, `next`, `rawget` and `rawlen` see through the freeze.
+//! - `setmetatable` refuses `__gc` (no script code runs outside a call), guards `__close` (it
+//!   does nothing once the call is aborted) and lets frozen tables serve as metatables;
+//!   `getmetatable`, `next`, `rawget` and `rawlen` see through the freeze.
 //! - `print` goes to the server log; `grpc.status(code, message)` builds an error that ends the
 //!   call with that status.
 //! - A memory limit per state, in force from the start, so data that does not fit is reported
@@ -25,14 +26,14 @@ use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value as LuaValue};
 use serde_json::Value as Json;
 
 use super::bytecode;
-use super::convert::ReplyLimits;
 use super::freeze::{self, Found, Freezer, Helpers};
 use super::status::ScriptStatus;
 use crate::data::DataSets;
 use crate::error::{Location, StartupError, StartupErrors};
 
 const PRELUDE: &str = r#"
-local KEY, ORIG, dgetmt, dsetmt, setmetatable, getmetatable, next, rawget, rawlen, error, type, tostring = ...
+local KEY, ORIG, dgetmt, dsetmt, setmetatable, getmetatable, next, rawget, rawlen, error, type, tostring,
+  rawset, aborted = ...
 
 -- Raw views of frozen tables used as metatables (Lua reads metamethods raw), and back.
 local views, view_of = {}, {}
@@ -80,6 +81,20 @@ end
 
 local NO_GC = "finalizers (__gc) are not allowed in scripts: no script code may run outside a call"
 
+-- `__close` handlers, guarded: once the call is aborted they do nothing. Where Lua cannot
+-- yield, the hook stops an aborted call by raising inside the interrupted function, and Lua
+-- then runs that function's pending `__close` handlers with hooks off (see `worker`).
+local guarded = setmetatable({}, { __mode = "k" })
+local function guard_close(f)
+  if f == nil or guarded[f] then return f end
+  local g = function(...)
+    if aborted() then return end
+    return f(...)
+  end
+  guarded[g] = true
+  return g
+end
+
 local function safe_setmetatable(t, mt)
   if hidden(t) then
     error("cannot change the metatable of a read-only table", 2)
@@ -92,12 +107,16 @@ local function safe_setmetatable(t, mt)
         if rawget(h, "__gc") ~= nil then error(NO_GC, 2) end
         v = {}
         for k, x in next, h do v[k] = x end
+        v.__close = guard_close(v.__close)
         views[mt] = v
         view_of[v] = mt
       end
       mt = v
     elseif rawget(mt, "__gc") ~= nil then
       error(NO_GC, 2)
+    else
+      local c = rawget(mt, "__close")
+      if c ~= nil and not guarded[c] then rawset(mt, "__close", guard_close(c)) end
     end
   end
   local r = setmetatable(t, mt)
@@ -135,9 +154,9 @@ end
 
 -- ctx for streaming calls: ctx:send tries a plain call first and waits only when the client
 -- is slow; everything else is the call's userdata.
-local function stream_ctx(u)
+local function stream_ctx(u, try_send)
   local function send(_, msg)
-    if not u:try_send(msg) then u:wait_send() end
+    if not try_send(msg) then u:wait_send() end
   end
   return setmetatable({ send = send }, {
     __index = function(_, k)
@@ -155,7 +174,7 @@ end
 return {
   setmetatable = safe_setmetatable, getmetatable = safe_getmetatable, next = frozen_next,
   rawget = frozen_rawget, rawlen = frozen_rawlen, len = frozen_len, pairs = frozen_pairs,
-  raiser = raiser, index_fallback = index_fallback, view_of = view_of,
+  raiser = raiser, index_fallback = index_fallback, view_of = view_of, guard_close = guard_close,
   missing_data = missing_data, new_env = new_env, lock_env = lock_env, stream_ctx = stream_ctx,
 }
 "#;
@@ -179,7 +198,6 @@ pub fn new_state(
     handlers_dir: &Path,
     data: &DataSets,
     memory_limit: usize,
-    max_message_size: usize,
 ) -> Result<(Lua, Sandbox), StartupError> {
     let setup = |e: mlua::Error| StartupError::Script {
         location: Location::file(handlers_dir),
@@ -205,7 +223,6 @@ pub fn new_state(
     let (sandbox, wrappers) = prepare(&lua, handlers_dir).map_err(setup)?;
     install_data(&lua, &sandbox, &wrappers.missing_data, data, memory_limit)?;
     freeze_libraries(&lua, &sandbox, &wrappers).map_err(setup)?;
-    lua.set_app_data(ReplyLimits::new(max_message_size));
     Ok((lua, sandbox))
 }
 
@@ -241,6 +258,8 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
         g.raw_get::<Function>("error")?,
         g.raw_get::<Function>("type")?,
         g.raw_get::<Function>("tostring")?,
+        g.raw_get::<Function>("rawset")?,
+        lua.create_function(|_, ()| Ok(super::slice::current_abort().is_some()))?,
     );
     let p: Table = lua.load(PRELUDE).set_name("=protoserve").call(originals)?;
     let f = |name: &str| p.raw_get::<Function>(name);
@@ -257,12 +276,14 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
         newindex: f("raiser")?,
         index_fallback: f("index_fallback")?,
         view_of: p.raw_get("view_of")?,
+        guard_close: f("guard_close")?,
     };
     let (stream_ctx, new_env, lock_env) = (f("stream_ctx")?, f("new_env")?, f("lock_env")?);
     let mut internal: Vec<Function> = wrappers.iter().map(|(_, f)| f.clone()).collect();
     internal.extend([
         helpers.len.clone(),
         helpers.pairs.clone(),
+        helpers.guard_close.clone(),
         stream_ctx.clone(),
         new_env.clone(),
         lock_env.clone(),
@@ -327,7 +348,7 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
                     break;
                 }
             }
-            tracing::info!(target: "script", "{line}");
+            tracing::info!(target: "script", "{}", crate::error::log_escaped(&line));
             Ok(())
         })?,
     )?;
@@ -544,6 +565,43 @@ fn install_require(lua: &Lua, dir: PathBuf, sandbox: &Sandbox) -> mlua::Result<(
 /// Ends loading in one state: freezes every script environment and module with what they
 /// reach, and (when `check_code` is set, once for the pool) rejects load-time functions that
 /// assign module-level locals. After this, `require` only returns modules loaded already.
+/// Makes a frozen script environment read its names in one step.
+///
+/// A name a script reads is looked up in its own globals, then in the shared ones through a
+/// chain of `__index` tables; `math` in `math.sin` took three lookups. Once everything is
+/// frozen neither side can change, so the environment's reads go to one table holding both
+/// (its own names first). Only reads change: `rawget`, `next` and `pairs` still see the
+/// script's own globals alone, through the hidden contents. A chain that runs through a
+/// function is left as it is.
+fn flatten_reads(lua: &Lua, env: &Table) -> mlua::Result<()> {
+    let (Some(own), Some(mt)) = (freeze::hidden(env), env.metatable()) else {
+        return Ok(());
+    };
+    let mut chain = vec![own.clone()];
+    let mut next = own.metatable();
+    while let Some(link) = next {
+        match link.raw_get::<LuaValue>("__index")? {
+            LuaValue::Table(t) => {
+                next = t.metatable();
+                chain.push(t);
+            }
+            LuaValue::Nil => break,
+            _ => return Ok(()),
+        }
+        if chain.len() > 8 {
+            return Ok(());
+        }
+    }
+    if chain.len() < 2 {
+        return Ok(());
+    }
+    let merged = lua.create_table()?;
+    for t in chain.iter().rev() {
+        t.for_each(|k: LuaValue, v: LuaValue| merged.raw_set(k, v))?;
+    }
+    mt.raw_set("__index", merged)
+}
+
 pub fn finish_loading(
     lua: &Lua,
     sandbox: &Sandbox,
@@ -589,7 +647,8 @@ pub fn finish_loading(
                 path,
                 &mut found,
             )?;
-            fr.freeze_from(lua, module.clone(), &newindex, &newindex, path, &mut found)
+            fr.freeze_from(lua, module.clone(), &newindex, &newindex, path, &mut found)?;
+            flatten_reads(lua, env)
         };
         freeze().map_err(|e| freeze_error(path, &e, memory_limit))?;
     }
@@ -708,7 +767,7 @@ mod tests {
     #[test]
     fn loading_freezes_script_tables_but_not_what_live_metatables_read() {
         let data = DataSets::default();
-        let (lua, sandbox) = new_state(Path::new("handlers"), &data, 64 << 20, 1 << 20).unwrap();
+        let (lua, sandbox) = new_state(Path::new("handlers"), &data, 64 << 20).unwrap();
         let env: Table = sandbox.new_env.call(lua.globals()).unwrap();
         lua.load("local t = { 1 } function F() return t end")
             .set_environment(env.clone())
@@ -727,5 +786,62 @@ mod tests {
         let t: Table = lua.load("return F()").set_environment(env).eval().unwrap();
         assert!(freeze::is_frozen(&t));
         assert_eq!(freeze::contents(&t).raw_get::<i64>(1).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_frozen_environment_reads_in_one_step_but_lists_only_its_own_names() {
+        let data = DataSets::default();
+        let (lua, sandbox) = new_state(Path::new("handlers"), &data, 64 << 20).unwrap();
+        let env: Table = sandbox.new_env.call(lua.globals()).unwrap();
+        lua.load(
+            "Own = 1 function F() return Own, math.floor(2.5), string.rep('a', 2), Missing end",
+        )
+        .set_environment(env.clone())
+        .exec()
+        .unwrap();
+        let mut envs = HashMap::new();
+        envs.insert(PathBuf::from("x.lua"), env.clone());
+        sandbox
+            .lock_env
+            .call::<()>((env.clone(), lua.globals(), "x.lua"))
+            .unwrap();
+        finish_loading(&lua, &sandbox, &envs, true, 64 << 20).unwrap();
+        // One table behind the environment holds its own names and the shared ones.
+        let mt = env.metatable().unwrap();
+        let LuaValue::Table(reads) = mt.raw_get::<LuaValue>("__index").unwrap() else {
+            panic!("__index is not a table");
+        };
+        assert!(reads.metatable().is_none());
+        assert!(reads.raw_get::<LuaValue>("math").unwrap().is_table());
+        assert_eq!(reads.raw_get::<i64>("Own").unwrap(), 1);
+        let (own, floor, rep, missing): (i64, i64, String, LuaValue) = lua
+            .load("return F()")
+            .set_environment(env.clone())
+            .eval()
+            .unwrap();
+        assert_eq!(
+            (own, floor, rep.as_str(), missing),
+            (1, 2, "aa", LuaValue::Nil)
+        );
+        // Raw reads and iteration see the script's own globals only, as before.
+        let listed: Vec<String> = lua
+            .load("local n = {} for k in pairs(_ENV) do n[#n + 1] = k end table.sort(n) return n")
+            .set_environment(env.clone())
+            .eval()
+            .unwrap();
+        assert_eq!(listed, ["F", "Own"]);
+        let raw: LuaValue = lua
+            .load("return rawget(_ENV, 'math')")
+            .set_environment(env.clone())
+            .eval()
+            .unwrap();
+        assert!(raw.is_nil());
+        // Writes are still refused.
+        let e = lua
+            .load("Other = 2")
+            .set_environment(env)
+            .exec()
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot set global 'Other'"), "{e}");
     }
 }

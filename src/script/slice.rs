@@ -58,7 +58,7 @@ pub fn check(step: u64, slice: Duration) -> Check {
             None => Check::Continue,
             Some(current) => match current.shared.should_abort(step) {
                 Some(a) => Check::Abort(a),
-                None if current.since.elapsed() >= slice => Check::Yield,
+                None if slice != Duration::MAX && current.since.elapsed() >= slice => Check::Yield,
                 None => Check::Continue,
             },
         }
@@ -108,6 +108,12 @@ pub fn protected(enter: bool, limit: u32) -> bool {
 /// marks it and says yes, or says no (the call's own thread, or no call).
 pub fn mark_sliced(thread: usize) -> bool {
     running_call().is_some_and(|call| call.mark_sliced(thread))
+}
+
+/// The running call is aborted and the hook is in coroutine `thread`: whether to stop it by
+/// yielding (see [`CallShared::yield_for_abort`]) instead of raising the abort.
+pub fn yield_for_abort(thread: usize) -> bool {
+    running_call().is_some_and(|call| call.yield_for_abort(thread))
 }
 
 /// Whether coroutine `thread`'s last yield was the hook's (forgetting it).

@@ -8,7 +8,7 @@ use std::fmt;
 use mlua::Value as LuaValue;
 use tonic::{Code, Status};
 
-use crate::handler::error::parse_code;
+use crate::metadata::parse_code;
 
 /// A status chosen by the script.
 #[derive(Debug, Clone)]

@@ -27,10 +27,13 @@ use mlua::{Function, HookTriggers, Lua, Table, VmState};
 use tokio::sync::mpsc;
 
 use super::context::{CallShared, CallSpec};
+use super::convert::Conv;
 use super::guard::RUNNER_KEY;
+use super::plan::Plans;
 use super::sandbox::{self, Sandbox};
 use super::slice::{self, Heartbeat};
 use super::status::Abort;
+use super::wakes;
 use super::{ScriptOptions, ScriptSetupError};
 use crate::data::DataSets;
 use crate::error::{Location, StartupError, StartupErrors};
@@ -50,6 +53,8 @@ pub struct Recipe {
     pub handlers_dir: PathBuf,
     pub data: DataSets,
     pub options: ScriptOptions,
+    /// Conversion plans of the methods' messages.
+    pub plans: Arc<Plans>,
     /// Script files in load order, with their text.
     pub scripts: Vec<(PathBuf, String)>,
     /// Handler functions: (index into `scripts`, function name).
@@ -63,6 +68,10 @@ pub struct State {
     pub memory_limit: usize,
     pub functions: Vec<Function>,
     pub stream_ctx: Function,
+    /// Per request layout, the function that makes its tables (see `decode`).
+    pub builders: Vec<Function>,
+    /// `(handle, builder)` → a streaming call's request iterator (see `requests`).
+    pub iterate: Function,
     pub runner: Function,
     /// What a call's own coroutine runs (see `guard`).
     pub body: Function,
@@ -110,6 +119,7 @@ impl State {
 pub struct Loading {
     pub lua: Lua,
     memory_limit: usize,
+    max_message_size: usize,
     sandbox: Sandbox,
     envs: HashMap<PathBuf, Table>,
     pub functions: Vec<Function>,
@@ -138,12 +148,7 @@ impl Loading {
         data: &DataSets,
         options: &ScriptOptions,
     ) -> Result<Self, StartupError> {
-        let (lua, sandbox) = sandbox::new_state(
-            recipe_dir,
-            data,
-            options.memory_limit,
-            options.max_message_size,
-        )?;
+        let (lua, sandbox) = sandbox::new_state(recipe_dir, data, options.memory_limit)?;
         // One hook for every coroutine of this state; it checks whichever call is current.
         lua.set_global_hook(
             HookTriggers::new().every_nth_instruction(HOOK_STEP),
@@ -158,7 +163,15 @@ impl Loading {
                     }
                 }
                 slice::Check::Abort(a) => {
-                    if slice::running_call().is_some_and(|c| c.method == LOADING) {
+                    // Raising the abort here would run the `__close` handlers of the function
+                    // the hook interrupted at once, inside the hook, where Lua runs no hooks:
+                    // mlua clears the interrupted function's stack to raise, and Lua 5.4 closes
+                    // its to-be-closed variables as it does. So the coroutine is yielded
+                    // instead, and whoever resumed it raises the abort (see `guard`), outside
+                    // any hook; its pending `__close` handlers never run. Only where Lua cannot
+                    // yield (a coroutine's function called from C, such as a sort comparator)
+                    // is the abort raised here, at the hook's next visit.
+                    if slice::running_call().is_some_and(|c| &*c.method == LOADING) {
                         let source = debug
                             .source()
                             .source
@@ -167,6 +180,9 @@ impl Loading {
                         LOAD_STOPPED_AT.with(|l| {
                             *l.borrow_mut() = source.map(|s| (s, line));
                         });
+                    }
+                    if slice::yield_for_abort(lua.current_thread().to_pointer() as usize) {
+                        return Ok(VmState::Yield);
                     }
                     Err(mlua::Error::external(a))
                 }
@@ -178,6 +194,7 @@ impl Loading {
         Ok(Self {
             lua,
             memory_limit: options.memory_limit,
+            max_message_size: options.max_message_size,
             sandbox,
             envs: HashMap::new(),
             functions: Vec::new(),
@@ -204,7 +221,7 @@ impl Loading {
             .set_mode(mlua::ChunkMode::Text)
             .set_environment(env.clone());
         let meter = Arc::new(CallShared::new(CallSpec {
-            method: LOADING,
+            method: Arc::from(LOADING),
             script: Arc::from(path.display().to_string().as_str()),
             function: Arc::from(""),
             output: None,
@@ -217,7 +234,7 @@ impl Loading {
             outbox: None,
         }));
         LOAD_STOPPED_AT.with(|l| l.borrow_mut().take());
-        let result = slice::with_call(&meter, || chunk.exec());
+        let result = slice::with_call(&meter, || run_top_level(&self.lua, chunk));
         if let Err(e) = result {
             return Err(ScriptSetupError::Script(load_error(path, &e, &meter)));
         }
@@ -228,7 +245,7 @@ impl Loading {
     /// Locks every script environment and freezes what the scripts built: the state is ready
     /// to serve. `check_code` (once per pool) also rejects functions that would assign
     /// module-level locals while serving.
-    pub fn finish(self, check_code: bool) -> Result<State, StartupErrors> {
+    pub fn finish(self, check_code: bool, plans: &Arc<Plans>) -> Result<State, StartupErrors> {
         for (path, env) in &self.envs {
             self.sandbox
                 .lock_env
@@ -250,9 +267,21 @@ impl Loading {
             .lua
             .named_registry_value(super::guard::BODY_KEY)
             .map_err(|e| lua_setup_error("finding the call runner", e))?;
+        self.lua
+            .set_app_data(Conv::new(plans.clone(), self.max_message_size));
+        let builders = plans
+            .layouts
+            .iter()
+            .map(|layout| layout.compile(&self.lua, plans))
+            .collect::<mlua::Result<Vec<_>>>()
+            .map_err(|e| lua_setup_error("preparing request conversion", e))?;
+        let iterate = super::requests::iterator_factory(&self.lua)
+            .map_err(|e| lua_setup_error("preparing request streams", e))?;
         Ok(State {
             memory_limit: self.memory_limit,
             stream_ctx: self.sandbox.stream_ctx.clone(),
+            builders,
+            iterate,
             lua: self.lua,
             functions: self.functions,
             runner,
@@ -263,6 +292,13 @@ impl Loading {
 }
 
 /// A failed load as `file:line: what`, stops by the load budget included.
+/// Runs a script's top-level code through the guard's loader: in a coroutine, so the hook can
+/// stop it by yielding (see the hook in [`Loading::new`]).
+fn run_top_level(lua: &Lua, chunk: mlua::Chunk<'_>) -> mlua::Result<()> {
+    let load: Function = lua.named_registry_value(super::guard::LOAD_KEY)?;
+    load.call(chunk.into_function()?)
+}
+
 fn load_error(path: &std::path::Path, e: &mlua::Error, meter: &CallShared) -> StartupError {
     if let Some(a) = meter.aborted() {
         let (file, line) = LOAD_STOPPED_AT
@@ -315,7 +351,7 @@ pub fn build(recipe: &Recipe) -> Result<State, StartupError> {
         loading.functions.push(f);
     }
     // The first state checked the code already; a rebuild meets the same scripts.
-    loading.finish(false).map_err(|mut e| {
+    loading.finish(false, &recipe.plans).map_err(|mut e| {
         e.0.drain(..)
             .next()
             .unwrap_or_else(|| lua_setup_error("loading scripts", mlua::Error::runtime("failed")))
@@ -325,6 +361,8 @@ pub fn build(recipe: &Recipe) -> Result<State, StartupError> {
 /// One call handed to a state thread.
 pub struct Job {
     pub function: usize,
+    /// The request type's layout.
+    pub layout: usize,
     pub shared: Arc<CallShared>,
     pub requests: Requests,
 }
@@ -439,6 +477,15 @@ impl Pool {
         best
     }
 
+    /// Tells every state thread to stop once the calls it holds are done (the generation this
+    /// pool belongs to has been replaced and nothing can submit to it any more).
+    pub fn close(&self) {
+        for slot in &self.slots {
+            lock(&slot.queue).close();
+            slot.kick.notify_one();
+        }
+    }
+
     /// Hands `job` to the state at `index`; false if its thread is gone.
     pub fn submit(&self, index: usize, job: Job) -> bool {
         let slot = &self.slots[index];
@@ -461,7 +508,10 @@ impl Pool {
         );
         old.condemned.notify_one();
         if let Err(e) = spawn_thread(self, index, id, None, None) {
-            tracing::error!("script state {index}: {e}");
+            tracing::error!(
+                "script state {index}: {}",
+                crate::error::log_escaped(&e.to_string())
+            );
         }
     }
 }
@@ -507,7 +557,10 @@ fn state_thread(
             None => match build(&pool.recipe) {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::error!("script state {index} could not be built: {e}");
+                    tracing::error!(
+                        "script state {index} could not be built: {}",
+                        crate::error::log_escaped(&e.to_string())
+                    );
                     if let Some(r) = ready.take() {
                         let _ = r.send(Err(e));
                     }
@@ -523,6 +576,8 @@ fn state_thread(
             serve(&pool, index, generation, &current, &loaded)
         }));
         INBOX.with(|i| i.borrow_mut().take());
+        // Whatever a panic left deferred is delivered; from here on wake-ups go out at once.
+        wakes::flush_and(true);
         teardown(loaded);
         match served {
             Ok(Exit::Closed) => return,
@@ -552,7 +607,7 @@ fn state_thread(
 /// so whatever Lua code it sets off (finalizers) is bounded too.
 fn housekeeping<R>(what: &'static str, f: impl FnOnce() -> R) -> R {
     let meter = Arc::new(CallShared::new(CallSpec {
-        method: what,
+        method: Arc::from(what),
         script: Arc::from(""),
         function: Arc::from(""),
         output: None,
@@ -609,13 +664,13 @@ impl Inbox {
         let index = self.index;
         let unrecoverable = self.unrecoverable.clone();
         let wake = self.wake.clone();
-        tokio::task::spawn_local(async move {
+        tokio::task::spawn_local(wakes::FlushAfter::new(async move {
             let memory_error = super::run_call(&state, job).await;
             pool.slots[index].active.fetch_sub(1, Ordering::Relaxed);
             if memory_error {
                 check_memory(&state, &pool, &unrecoverable, &wake);
             }
-        });
+        }));
         true
     }
 }
@@ -676,6 +731,7 @@ fn serve(
     let queue = pool.slots[index].queue.clone();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .on_thread_park(wakes::flush)
         .build()
     {
         Ok(rt) => rt,
@@ -695,7 +751,8 @@ fn serve(
             wake: wake.clone(),
         })
     });
-    let exit = local.block_on(&runtime, async {
+    wakes::defer_on_this_thread();
+    let serving = async {
         loop {
             let next = poll_fn(|cx| lock(&queue).poll_recv(cx));
             let job = tokio::select! {
@@ -724,11 +781,13 @@ fn serve(
                 return Exit::Closed;
             }
         }
-    });
+    };
+    let exit = local.block_on(&runtime, wakes::FlushAfter::new(serving));
     if matches!(exit, Exit::Closed) {
         // Let the calls in progress finish.
         runtime.block_on(local);
     }
+    wakes::flush_and(true);
     INBOX.with(|i| i.borrow_mut().take());
     exit
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod project;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use bytes::{Buf, BufMut, Bytes};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor};
 use protoserve::codec::{DynamicCodec, Outgoing};
 use serde_json::Value as Json;
+use tokio_stream::StreamExt;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
@@ -251,9 +254,11 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
 
 /// Compiles protos the way the server does, for the client side.
 pub fn pool(protos: &Path) -> DescriptorPool {
-    protoserve::schema::compile(&[protos.to_path_buf()], &[])
-        .expect("compile protos")
-        .pool
+    protoserve::schema::compile(&protoserve::schema::SchemaInputs::protos(&[
+        protos.to_path_buf()
+    ]))
+    .expect("compile protos")
+    .pool
 }
 
 /// A dynamic gRPC client: methods by full name, messages as proto3 JSON.
@@ -319,21 +324,30 @@ impl Client {
     }
 
     pub async fn server_stream(&self, name: &str, json: Json) -> Result<Vec<Json>, Status> {
+        let mut stream = self.server_stream_open(name, json).await?;
+        let mut out = Vec::new();
+        while let Some(msg) = stream.message().await? {
+            out.push(to_json(&msg));
+        }
+        Ok(out)
+    }
+
+    /// Starts a server-streaming call; its messages are read as they arrive.
+    pub async fn server_stream_open(
+        &self,
+        name: &str,
+        json: Json,
+    ) -> Result<tonic::Streaming<DynamicMessage>, Status> {
         let m = self.method(name);
         let req = Request::new(Outgoing::Message(Self::message(&m.input(), json)));
         let mut grpc = self.grpc();
         grpc.ready()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut stream = grpc
+        Ok(grpc
             .server_streaming(req, Self::path(name), DynamicCodec::new(m.output()))
             .await?
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(msg) = stream.message().await? {
-            out.push(to_json(&msg));
-        }
-        Ok(out)
+            .into_inner())
     }
 
     /// The method and `items` as request messages of its input type.
@@ -391,6 +405,42 @@ impl Client {
         }
     }
 
+    /// Opens a bidi call with `first` as its first requests; later requests are sent as the
+    /// test pushes them into the returned sender, and responses are read as they arrive. (The
+    /// server sends response headers with its first message, so this returns once `first` has
+    /// had its first answer.)
+    pub async fn bidi_open(
+        &self,
+        name: &str,
+        first: Vec<Json>,
+    ) -> (
+        tokio::sync::mpsc::Sender<Json>,
+        Result<tonic::Streaming<DynamicMessage>, Status>,
+    ) {
+        let m = self.method(name);
+        let input = m.input();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Json>(16 + first.len());
+        for j in first {
+            tx.try_send(j)
+                .expect("the channel has room for the first requests");
+        }
+        let requests = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(move |j| Outgoing::Message(Self::message(&input, j)));
+        let mut grpc = self.grpc();
+        if let Err(e) = grpc.ready().await {
+            return (tx, Err(Status::unavailable(e.to_string())));
+        }
+        let resp = grpc
+            .streaming(
+                Request::new(requests),
+                Self::path(name),
+                DynamicCodec::new(m.output()),
+            )
+            .await
+            .map(|r| r.into_inner());
+        (tx, resp)
+    }
+
     /// A unary call whose body is `raw` bytes, framed but otherwise untouched.
     pub async fn raw_unary(&self, path: &str, raw: Bytes) -> Result<Bytes, Status> {
         let mut grpc = self.grpc();
@@ -440,4 +490,34 @@ impl Decoder for RawCodec {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
     }
+}
+
+/// The folder of an npm package from `tests/stock/package.json`, installed with `npm ci` (as
+/// `tests/stock/run.sh` and CI do) when it is missing.
+pub fn npm_package(name: &str) -> PathBuf {
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let stock = repo().join("tests/stock");
+    let dir = stock.join("node_modules").join(name);
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if !dir.join("package.json").is_file() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&stock)
+            .status()
+            .expect("run npm (the test needs Node.js and npm, as CI installs them)");
+        assert!(status.success(), "npm ci in tests/stock failed");
+    }
+    assert!(dir.is_dir(), "{} missing after npm ci", dir.display());
+    dir
+}
+
+/// `buf` from the npm package `@bufbuild/buf`.
+pub fn buf() -> PathBuf {
+    npm_package("@bufbuild/buf");
+    repo().join("tests/stock/node_modules/.bin/buf")
+}
+
+/// The googleapis tree (with grafeas) from the npm package `google-proto-files`.
+pub fn googleapis() -> PathBuf {
+    npm_package("google-proto-files")
 }

@@ -131,24 +131,14 @@ def test_reflection_raw(channel, version):
         "SayHelloAgain": ".helloworld.HelloRequest",
     }
 
-    # An unknown symbol is NOT_FOUND. The protocol (and grpc-go / grpc C++)
-    # answers with an in-stream ErrorResponse and keeps the stream open;
-    # tonic-reflection instead ends the whole stream with status NOT_FOUND.
-    # Accept either here; test_reflection_db_unknown_symbol pins the former.
-    if len(responses) == 3:
-        assert stream_error is None
-        assert responses[2].WhichOneof("message_response") == "error_response"
-        assert responses[2].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
-    else:
-        assert stream_error is not None and stream_error.code() == grpc.StatusCode.NOT_FOUND
+    # An unknown symbol is NOT_FOUND, as the protocol (and grpc-go / grpc C++)
+    # answer it: an in-stream ErrorResponse, and the stream stays open.
+    assert stream_error is None, stream_error
+    assert len(responses) == 3
+    assert responses[2].WhichOneof("message_response") == "error_response"
+    assert responses[2].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
-@pytest.mark.xfail(
-    reason="tonic-reflection ends the stream with status NOT_FOUND instead of sending an "
-    "ErrorResponse, so grpcio's descriptor database raises RpcError rather than KeyError",
-    raises=grpc.RpcError,
-    strict=False,
-)
 def test_reflection_db_unknown_symbol(reflection_db):
     with pytest.raises(KeyError):
         reflection_db.FindFileContainingSymbol("helloworld.NoSuchThing")

@@ -13,7 +13,7 @@
 //! bench-loadgen list-features --addr A --calls N [--db DB.json] [--concurrency C] [--connections K]
 //! bench-loadgen record-route  --addr A --db DB.json --calls N --points P [--concurrency C] [--connections K]
 //! bench-loadgen route-chat    --addr A --pings N [--per-stream K]
-//! bench-loadgen startup       --addr A --path /pkg.Svc/M [--body-hex HEX] [--timeout S] [--pidfile F] -- CMD ARGS...
+//! bench-loadgen startup       --addr A --path /pkg.Svc/M [--body-hex HEX] [--timeout S] [--settle S] [--pidfile F] -- CMD ARGS...
 //! ```
 //!
 //! ## RouteChat ping-pong
@@ -57,6 +57,7 @@ pub mod bench {
     tonic::include_proto!("bench");
 }
 
+use bench::compute_client::ComputeClient;
 use bench::echo_client::EchoClient;
 use helloworld::greeter_client::GreeterClient;
 use routeguide::route_guide_client::RouteGuideClient;
@@ -533,14 +534,26 @@ async fn cmd_startup(args: &Args) -> Result<(), Error> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
-        })
-        .unwrap_or(0);
+    let status_kib = |key: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(key))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+            })
+            .unwrap_or(0)
+    };
+    let rss_kib = status_kib("VmRSS:");
+    // Peak so far, and (with --settle S) the resident size S seconds later, serving idle.
+    let hwm_kib = status_kib("VmHWM:");
+    let settle = args.num("settle", 0.0);
+    let steady_kib = if first_call.is_some() && settle > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(settle)).await;
+        status_kib("VmRSS:")
+    } else {
+        rss_kib
+    };
     let _ = child.kill();
     let _ = child.wait();
     let ms = |d: Option<Duration>| {
@@ -549,7 +562,7 @@ async fn cmd_startup(args: &Args) -> Result<(), Error> {
     };
     let listening = *listening.lock().unwrap();
     println!(
-        "{{\"listening_ms\":{},\"first_call_ms\":{},\"rss_kib\":{rss_kib},\"error\":\"{}\"}}",
+        "{{\"listening_ms\":{},\"first_call_ms\":{},\"rss_kib\":{rss_kib},\"hwm_kib\":{hwm_kib},\"steady_kib\":{steady_kib},\"error\":\"{}\"}}",
         ms(listening),
         ms(first_call),
         json_escape(if first_call.is_some() { "" } else { &last_err })
@@ -612,7 +625,22 @@ async fn cmd_check(args: &Args) -> Result<(), Error> {
             "routeguide" | "getfeature" | "listfeatures" | "recordroute" | "routechat" => {
                 check_route_guide(ch.clone(), &load_db(args), svc, &mut report).await
             }
-            other => die(&format!("unknown service {other} (greeter, echo, routeguide or one of its getfeature, listfeatures, recordroute, routechat)")),
+            "compute" => {
+                let mut c = ComputeClient::new(ch.clone());
+                let r = within(c.route(bench::RouteRequest { points: COMPUTE_POINTS })).await;
+                let want = compute_route_distance(COMPUTE_POINTS);
+                report(
+                    &format!("bench.Compute/Route {COMPUTE_POINTS} points"),
+                    match r {
+                        // Within a metre: the sum of ten thousand floats may round differently.
+                        Ok(r) if r.get_ref().point_count == COMPUTE_POINTS
+                            && (r.get_ref().distance - want).abs() <= 1 => Ok(()),
+                        Ok(r) => Err(format!("result {:?}, expected distance {want}", r.get_ref())),
+                        Err(s) => Err(s.to_string()),
+                    },
+                );
+            }
+            other => die(&format!("unknown service {other} (greeter, echo, compute, routeguide or one of its getfeature, listfeatures, recordroute, routechat)")),
         }
     }
     if failures > 0 {
@@ -620,6 +648,30 @@ async fn cmd_check(args: &Args) -> Result<(), Error> {
     }
     println!("{{\"ok\":true}}");
     Ok(())
+}
+
+/// Points per bench.Compute/Route call in the "compute" scenario (bench/run sends the same).
+const COMPUTE_POINTS: i32 = 10_000;
+
+/// What bench.Compute/Route answers for `n` points (see bench/protos/bench.proto).
+fn compute_route_distance(n: i32) -> i64 {
+    let point = |i: i64| {
+        (
+            (400_000_000 + (i * 7919) % 2_000_000 - 1_000_000) as f64,
+            (-740_000_000 + (i * 104_729) % 2_000_000 - 1_000_000) as f64,
+        )
+    };
+    let mut total = 0.0f64;
+    for i in 1..i64::from(n) {
+        let (a, b) = (point(i - 1), point(i));
+        let lat1 = (a.0 / 1e7).to_radians();
+        let lat2 = (b.0 / 1e7).to_radians();
+        let dlat = lat2 - lat1;
+        let dlon = ((b.1 - a.1) / 1e7).to_radians();
+        let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlon / 2.0).sin().powi(2);
+        total += 6_371_000.0 * 2.0 * h.sqrt().atan2((1.0 - h).sqrt());
+    }
+    total.floor() as i64
 }
 
 /// Bounds one check step: a server that never answers fails the check instead of hanging it.

@@ -1,7 +1,7 @@
 //! Code-generated tonic peer for the protoserve benchmarks.
 //!
 //! Serves helloworld.Greeter, routeguide.RouteGuide (the gRPC tutorial's
-//! behaviour) and bench.Echo with plain tonic/prost code generation, written
+//! behaviour), bench.Echo and bench.Compute with plain tonic/prost code generation, written
 //! the way a tonic user would write it. It is the baseline every ratio in
 //! bench/RESULTS.md is relative to.
 //!
@@ -28,8 +28,9 @@ pub mod bench {
     tonic::include_proto!("bench");
 }
 
+use bench::compute_server::{Compute, ComputeServer};
 use bench::echo_server::{Echo, EchoServer};
-use bench::Blob;
+use bench::{Blob, RouteRequest, RouteResult};
 use helloworld::greeter_server::{Greeter, GreeterServer};
 use helloworld::{HelloReply, HelloRequest};
 use routeguide::route_guide_server::{RouteGuide, RouteGuideServer};
@@ -65,6 +66,34 @@ struct EchoImpl;
 impl Echo for EchoImpl {
     async fn echo(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         Ok(Response::new(req.into_inner()))
+    }
+}
+
+// ---------------------------------------------------------------- Compute
+
+#[derive(Default)]
+struct ComputeImpl;
+
+#[tonic::async_trait]
+impl Compute for ComputeImpl {
+    /// The RecordRoute loop over a generated route (see bench/protos/bench.proto), as the Lua
+    /// handler bench/handlers/lua/compute.lua runs it: a value per point, haversine between
+    /// consecutive points, the floor of the sum.
+    async fn route(&self, req: Request<RouteRequest>) -> Result<Response<RouteResult>, Status> {
+        let n = req.into_inner().points.max(0);
+        let mut total = 0.0f64;
+        let mut previous: Option<Point> = None;
+        for i in 0..i64::from(n) {
+            let point = Point {
+                latitude: (400_000_000 + (i * 7919) % 2_000_000 - 1_000_000) as i32,
+                longitude: (-740_000_000 + (i * 104_729) % 2_000_000 - 1_000_000) as i32,
+            };
+            if let Some(prev) = &previous {
+                total += distance_m(prev, &point);
+            }
+            previous = Some(point);
+        }
+        Ok(Response::new(RouteResult { point_count: n, distance: total.floor() as i64 }))
     }
 }
 
@@ -190,6 +219,20 @@ fn distance(a: &Point, b: &Point) -> i32 {
     (R * c) as i32
 }
 
+/// The same in the steps of the Lua handlers (longitudes subtracted before the conversion),
+/// unrounded.
+fn distance_m(a: &Point, b: &Point) -> f64 {
+    const COORD_FACTOR: f64 = 1e7;
+    const R: f64 = 6_371_000.0;
+    let lat1 = (a.latitude as f64 / COORD_FACTOR).to_radians();
+    let lat2 = (b.latitude as f64 / COORD_FACTOR).to_radians();
+    let dlng = ((b.longitude - a.longitude) as f64 / COORD_FACTOR).to_radians();
+    let dlat = lat2 - lat1;
+    let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlng / 2.0).sin().powi(2);
+    let c = 2.0 * h.sqrt().atan2((1.0 - h).sqrt());
+    R * c
+}
+
 // ---------------------------------------------------------------- data + CLI
 
 #[derive(serde::Deserialize)]
@@ -249,6 +292,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .add_service(GreeterServer::new(GreeterImpl))
         .add_service(RouteGuideServer::new(RouteGuideImpl { features }))
         .add_service(EchoServer::new(EchoImpl))
+        .add_service(ComputeServer::new(ComputeImpl))
         .serve_with_incoming(incoming)
         .await?;
     Ok(())

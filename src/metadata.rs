@@ -1,0 +1,175 @@
+//! Status codes and metadata as users write them, in handler files and from scripts.
+//!
+//! Both say `"NOT_FOUND"` or `5` for a code and set response headers and trailers by name, so
+//! both go through the same rules here: the same names are accepted, the same keys are refused
+//! (HTTP/2 forbids connection-specific fields, and gRPC owns `grpc-*` and `content-type`: a
+//! handler setting them would break the stream or contradict the call's real status), and the
+//! same messages explain why.
+
+use std::collections::BTreeMap;
+
+use tonic::metadata::{
+    AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, BinaryMetadataValue, MetadataMap,
+};
+use tonic::Code;
+
+use crate::template::EntryError;
+
+const CODE_NAMES: &[&str] = &[
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The canonical name of a gRPC status code (`NOT_FOUND`), or `"UNKNOWN"` for a number outside
+/// 0-16.
+pub fn code_name(code: i32) -> &'static str {
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| CODE_NAMES.get(i))
+        .copied()
+        .unwrap_or("UNKNOWN")
+}
+
+/// The number of a gRPC status code named in any case (`not_found`, `NOT_FOUND`), or given as
+/// a number 0-16 (OK included: a journal query may ask for successful calls).
+pub fn code_number(text: &str) -> Option<i32> {
+    let text = text.trim();
+    if let Ok(n) = text.parse::<i32>() {
+        return (0..=16).contains(&n).then_some(n);
+    }
+    let wanted = text.to_ascii_uppercase().replace(['-', ' '], "_");
+    CODE_NAMES
+        .iter()
+        .position(|n| *n == wanted)
+        .and_then(|i| i32::try_from(i).ok())
+}
+
+/// A gRPC status code from its name (`NOT_FOUND`, any case) or number; never OK, since it is
+/// the code of an error.
+pub fn parse_code(json: &serde_json::Value) -> Result<Code, String> {
+    use serde_json::Value as Json;
+    let number = match json {
+        Json::Number(n) => n.as_i64().filter(|n| (0..=16).contains(n)),
+        Json::String(s) => {
+            let wanted = s.trim().to_ascii_uppercase().replace(['-', ' '], "_");
+            CODE_NAMES
+                .iter()
+                .position(|n| *n == wanted)
+                .map(|i| i as i64)
+        }
+        _ => None,
+    };
+    let Some(number) = number else {
+        let hint = json
+            .as_str()
+            .map(|s| {
+                crate::suggest::did_you_mean(&s.to_ascii_uppercase(), CODE_NAMES.iter().copied())
+            })
+            .unwrap_or_default();
+        return Err(format!("{json} is not a gRPC status code{hint}; use a name such as \"NOT_FOUND\" or a number 1-16"));
+    };
+    if number == 0 {
+        return Err("an error needs a code other than OK".into());
+    }
+    Ok(Code::from_i32(number as i32))
+}
+
+/// Adds `key: value` to `map` (replacing an entry of that key), or says why not. Keys are
+/// lowercased; a key ending in `-bin` takes any bytes, others printable ASCII.
+pub fn insert(map: &mut MetadataMap, key: &str, value: &[u8]) -> Result<(), String> {
+    let key = key.to_ascii_lowercase();
+    if key.starts_with("grpc-")
+        || matches!(
+            key.as_str(),
+            "content-type"
+                | "te"
+                | "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "upgrade"
+                | "host"
+        )
+    {
+        return Err(format!(
+            "metadata {key:?} is reserved for gRPC and HTTP/2; use another key"
+        ));
+    }
+    let invalid = || {
+        format!("{key:?} is not a valid metadata key (lowercase letters, digits, '-', '_', '.')")
+    };
+    if key.ends_with("-bin") {
+        let k = BinaryMetadataKey::from_bytes(key.as_bytes()).map_err(|_| invalid())?;
+        map.insert_bin(k, BinaryMetadataValue::from_bytes(value));
+    } else {
+        let k = AsciiMetadataKey::from_bytes(key.as_bytes()).map_err(|_| invalid())?;
+        let v = AsciiMetadataValue::try_from(value).map_err(|_| {
+            format!("metadata {key:?}: values must be printable ASCII; use a key ending in -bin for binary")
+        })?;
+        map.insert(k, v);
+    }
+    Ok(())
+}
+
+/// Response metadata from a handler file (`"headers"`, an error's `"metadata"`), checked at
+/// startup; `path` locates it in the entry.
+pub fn parse_pairs(
+    pairs: &BTreeMap<String, String>,
+    path: &str,
+) -> Result<MetadataMap, EntryError> {
+    let mut map = MetadataMap::new();
+    for (k, v) in pairs {
+        insert(&mut map, k, v.as_bytes()).map_err(|message| EntryError {
+            path: format!("{path}.{k}"),
+            message,
+        })?;
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_by_name_or_number_but_never_ok() {
+        assert_eq!(parse_code(&"not_found".into()), Ok(Code::NotFound));
+        assert_eq!(
+            parse_code(&"Resource-Exhausted".into()),
+            Ok(Code::ResourceExhausted)
+        );
+        assert_eq!(parse_code(&16.into()), Ok(Code::Unauthenticated));
+        assert!(parse_code(&0.into()).is_err());
+        assert!(parse_code(&17.into()).is_err());
+        let e = parse_code(&"NOT_FUOND".into()).unwrap_err();
+        assert!(e.contains("NOT_FOUND"), "{e}");
+    }
+
+    #[test]
+    fn reserved_and_invalid_keys_are_refused() {
+        let mut map = MetadataMap::new();
+        for bad in ["grpc-status", "Content-Type", "te", "connection", "a b"] {
+            assert!(insert(&mut map, bad, b"x").is_err(), "{bad}");
+        }
+        assert!(insert(&mut map, "x-ok", b"a\x01b").is_err());
+        insert(&mut map, "X-Trace", b"abc").unwrap();
+        insert(&mut map, "blob-bin", b"\xff\x00").unwrap();
+        assert_eq!(map.get("x-trace").unwrap(), "abc");
+        assert_eq!(map.len(), 2);
+    }
+}

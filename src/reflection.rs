@@ -1,0 +1,165 @@
+//! gRPC server reflection (v1 and v1alpha) over the linked files, served as they were encoded.
+//!
+//! tonic-reflection decodes every file into `prost_types` (which drops custom options such as
+//! `google.api.http`) and keeps that copy: for a tree like googleapis, hundreds of megabytes. This
+//! answers from [`Files`] instead: a lookup by name or symbol and the file's encoded bytes.
+//! A request for something unknown gets the protocol's NOT_FOUND error response and the stream
+//! goes on, as the reflection protocol asks.
+
+use std::sync::Arc;
+
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::schema::Files;
+
+/// What reflection serves: the user's files, then the built-in services' files.
+#[derive(Debug, Clone)]
+pub struct Index {
+    layers: Arc<[Arc<Files>]>,
+}
+
+impl Index {
+    pub fn new(user: Arc<Files>, builtin: Arc<Files>) -> Self {
+        Self {
+            layers: vec![user, builtin].into(),
+        }
+    }
+
+    fn file_by_name(&self, name: &str) -> Option<Vec<u8>> {
+        self.layers
+            .iter()
+            .find_map(|f| f.by_name(name))
+            .map(|f| f.bytes.to_vec())
+    }
+
+    fn file_by_symbol(&self, symbol: &str) -> Option<Vec<u8>> {
+        self.layers
+            .iter()
+            .find_map(|f| f.by_symbol(symbol))
+            .map(|f| f.bytes.to_vec())
+    }
+
+    fn services(&self) -> Vec<String> {
+        self.layers
+            .iter()
+            .flat_map(|f| f.services().iter().map(|s| s.name.to_string()))
+            .collect()
+    }
+}
+
+/// `grpc.reflection.*` NOT_FOUND.
+const NOT_FOUND: i32 = tonic::Code::NotFound as i32;
+
+macro_rules! reflection_service {
+    ($module:ident, $name:ident) => {
+        pub mod $module {
+            use super::*;
+            use tonic_reflection::pb::$module::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$module::server_reflection_response::MessageResponse;
+            use tonic_reflection::pb::$module::server_reflection_server::{
+                ServerReflection, ServerReflectionServer,
+            };
+            use tonic_reflection::pb::$module::{
+                ErrorResponse, ExtensionNumberResponse, FileDescriptorResponse,
+                ListServiceResponse, ServerReflectionRequest, ServerReflectionResponse,
+                ServiceResponse,
+            };
+
+            /// The reflection service of this protocol version.
+            pub struct $name(pub Index);
+
+            impl $name {
+                pub fn server(index: Index) -> ServerReflectionServer<Self> {
+                    ServerReflectionServer::new(Self(index))
+                }
+
+                fn answer(&self, request: &MessageRequest) -> MessageResponse {
+                    let file = |found: Option<Vec<u8>>, what: &str| match found {
+                        Some(bytes) => {
+                            MessageResponse::FileDescriptorResponse(FileDescriptorResponse {
+                                file_descriptor_proto: vec![bytes],
+                            })
+                        }
+                        None => MessageResponse::ErrorResponse(ErrorResponse {
+                            error_code: NOT_FOUND,
+                            error_message: format!("{what} not found"),
+                        }),
+                    };
+                    match request {
+                        MessageRequest::FileByFilename(name) => {
+                            file(self.0.file_by_name(name), &format!("file {name:?}"))
+                        }
+                        MessageRequest::FileContainingSymbol(symbol) => {
+                            file(self.0.file_by_symbol(symbol), &format!("symbol {symbol:?}"))
+                        }
+                        MessageRequest::FileContainingExtension(e) => {
+                            MessageResponse::ErrorResponse(ErrorResponse {
+                                error_code: NOT_FOUND,
+                                error_message: format!(
+                                    "extension {} of {:?} not found",
+                                    e.extension_number, e.containing_type
+                                ),
+                            })
+                        }
+                        // Clients such as grpcurl expect an answer here, not an error.
+                        MessageRequest::AllExtensionNumbersOfType(t) => {
+                            MessageResponse::AllExtensionNumbersResponse(ExtensionNumberResponse {
+                                base_type_name: t.clone(),
+                                extension_number: Vec::new(),
+                            })
+                        }
+                        MessageRequest::ListServices(_) => {
+                            MessageResponse::ListServicesResponse(ListServiceResponse {
+                                service: self
+                                    .0
+                                    .services()
+                                    .into_iter()
+                                    .map(|name| ServiceResponse { name })
+                                    .collect(),
+                            })
+                        }
+                    }
+                }
+            }
+
+            #[tonic::async_trait]
+            impl ServerReflection for $name {
+                type ServerReflectionInfoStream =
+                    ReceiverStream<Result<ServerReflectionResponse, Status>>;
+
+                async fn server_reflection_info(
+                    &self,
+                    request: Request<Streaming<ServerReflectionRequest>>,
+                ) -> Result<Response<Self::ServerReflectionInfoStream>, Status> {
+                    let mut requests = request.into_inner();
+                    let (tx, rx) = tokio::sync::mpsc::channel(4);
+                    let this = Self(self.0.clone());
+                    tokio::spawn(async move {
+                        while let Ok(Some(req)) = requests.message().await {
+                            let response = match &req.message_request {
+                                Some(m) => this.answer(m),
+                                None => MessageResponse::ErrorResponse(ErrorResponse {
+                                    error_code: tonic::Code::InvalidArgument as i32,
+                                    error_message: "empty reflection request".into(),
+                                }),
+                            };
+                            let response = ServerReflectionResponse {
+                                valid_host: req.host.clone(),
+                                original_request: Some(req),
+                                message_response: Some(response),
+                            };
+                            if tx.send(Ok(response)).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    Ok(Response::new(ReceiverStream::new(rx)))
+                }
+            }
+        }
+    };
+}
+
+reflection_service!(v1, ReflectionV1);
+reflection_service!(v1alpha, ReflectionV1alpha);

@@ -1,0 +1,104 @@
+//! Turning a problem found while loading into an error a person can act on: `file:line:col`, the
+//! message, and a source excerpt.
+//!
+//! The fast path keeps no source positions, so when it finds a problem the file concerned is
+//! compiled again with protox (which keeps them and checks everything protoc checks), reading
+//! imports the same way loading does: bundled files, descriptor sets, then the folders.
+
+use std::path::{Path, PathBuf};
+
+use miette::Diagnostic;
+
+use std::sync::Arc;
+
+use super::sources::{Finder, Provider};
+use crate::error::{Location, StartupError};
+
+/// Renders a protox or protox-parse error as `path:line:col: message`, with miette's excerpt.
+/// `on_disk` maps the import name in the error to the file's path.
+pub fn proto_error(
+    err: &(dyn Diagnostic + Send + Sync + 'static),
+    fallback_file: &Path,
+    on_disk: &dyn Fn(&str) -> Option<PathBuf>,
+) -> StartupError {
+    let mut location = diagnostic_location(err).unwrap_or_else(|| Location::file(fallback_file));
+    if let Some(path) = location.path.to_str().and_then(on_disk) {
+        location.path = path;
+    }
+    let mut message = err.to_string();
+    if let Some(help) = err.help() {
+        message.push_str(&format!(" (help: {help})"));
+    }
+    let mut detail = String::new();
+    let handler =
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor());
+    if handler.render_report(&mut detail, err).is_err() || err.source_code().is_none() {
+        detail.clear();
+    }
+    StartupError::Proto {
+        location,
+        message,
+        detail: (!detail.trim().is_empty()).then_some(detail),
+    }
+}
+
+/// The first labelled span of a diagnostic, as a 1-based `file:line:col`.
+pub(crate) fn diagnostic_location(diag: &dyn Diagnostic) -> Option<Location> {
+    let source = diag.source_code()?;
+    let label = diag.labels()?.next()?;
+    let contents = source.read_span(label.inner(), 0, 0).ok()?;
+    let name = contents.name().map(str::to_owned)?;
+    Some(Location::at(
+        name,
+        contents.line() + 1,
+        contents.column() + 1,
+    ))
+}
+
+/// Reads imports for protox the way loading resolves them.
+struct Resolver(Arc<Finder>);
+
+impl protox::file::FileResolver for Resolver {
+    fn open_file(&self, name: &str) -> Result<protox::file::File, protox::Error> {
+        match self.0.find(name) {
+            Some(Provider::Disk(path)) => protox::file::File::open(name, &path),
+            Some(Provider::Source(text)) => protox::file::File::from_source(name, text),
+            Some(Provider::Linked(bytes)) => {
+                protox::file::File::decode_file_descriptor_proto(bytes.as_slice())
+                    .map_err(|e| protox::Error::new(e.to_string()))
+            }
+            None => Err(protox::Error::file_not_found(name)),
+        }
+    }
+}
+
+/// Compiles `name` (and what it imports) with protox; its first error, if it finds one.
+pub fn recompile(name: &str, finder: &Arc<Finder>) -> Option<StartupError> {
+    let mut compiler = protox::Compiler::with_file_resolver(Resolver(finder.clone()));
+    compiler.include_source_info(true);
+    match compiler.open_file(name) {
+        Ok(_) => None,
+        Err(e) => Some(proto_error(&e, Path::new(name), &|n| finder.on_disk(n))),
+    }
+}
+
+/// Where an element of a file is (`path` as in `SourceCodeInfo`), found by parsing it again.
+pub fn locate(path: &Path, name: &str, element: &[i32]) -> Location {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Location::file(path);
+    };
+    let Ok(parsed) = protox_parse::parse(name, &text) else {
+        return Location::file(path);
+    };
+    parsed
+        .source_code_info
+        .iter()
+        .flat_map(|i| i.location.iter())
+        .find(|l| l.path == element)
+        .and_then(|l| {
+            let line = usize::try_from(*l.span.first()?).ok()?;
+            let col = usize::try_from(*l.span.get(1)?).ok()?;
+            Some(Location::at(path, line + 1, col + 1))
+        })
+        .unwrap_or_else(|| Location::file(path))
+}

@@ -1,0 +1,507 @@
+//! Finding the files to load and parsing them, in parallel on every core.
+//!
+//! The files to serve are every `.proto` under the `--protos` folders plus every file of the
+//! `--descriptor-set`s. An import is looked up in this order: the bundled files (well-known types,
+//! `google/api`, `google/rpc`, `google/type`), the descriptor sets, the `--protos` folders, the
+//! `-I` folders. So a vendored copy of a bundled file is never compiled: the bundled one is used,
+//! and a copy that declares something else draws a warning.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use prost::Message as _;
+use prost_types::FileDescriptorProto;
+
+use super::link::Input;
+use super::{bundled, diagnose, parallel, raw};
+use crate::error::{Location, StartupError, StartupErrors};
+
+/// A `.proto` under a `--protos` folder.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Its import name: the path below its folder, with `/`.
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// Where a file comes from.
+pub enum Provider {
+    Disk(PathBuf),
+    /// Bundled source text.
+    Source(&'static str),
+    /// An encoded, already linked `FileDescriptorProto` (well-known types, descriptor sets).
+    Linked(Vec<u8>),
+}
+
+/// Every `.proto` under `dirs`, by import name; a name found in two folders is taken from the
+/// first, with a warning.
+pub fn discover(dirs: &[PathBuf]) -> Result<Vec<Source>, StartupError> {
+    let mut out: Vec<Source> = Vec::new();
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    for dir in dirs {
+        if !dir.is_dir() {
+            return Err(StartupError::Usage(format!(
+                "--protos {}: not a folder (point --protos at the folder that holds your .proto files)",
+                dir.display()
+            )));
+        }
+        let mut found = Vec::new();
+        walk(dir, dir, &mut found)?;
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        for s in found {
+            if let Some(first) = seen.get(&s.name) {
+                tracing::warn!(
+                    "{}: ignored: {} has the same import name {:?} and comes first",
+                    s.path.display(),
+                    first.display(),
+                    s.name
+                );
+                continue;
+            }
+            seen.insert(s.name.clone(), s.path.clone());
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<Source>) -> Result<(), StartupError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| StartupError::io(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| StartupError::io(dir, e))?.path();
+        if path.is_dir() {
+            walk(root, &path, out)?;
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
+            let name = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push(Source { name, path });
+        }
+    }
+    Ok(())
+}
+
+/// The descriptor sets, decoded: (set path, its files).
+pub fn read_sets(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<raw::File>)>, StartupError> {
+    paths
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).map_err(|e| StartupError::io(p, e))?;
+            let set = raw::FileSet::decode(bytes.as_slice()).map_err(|e| {
+                StartupError::Usage(format!(
+                    "--descriptor-set {}: not a FileDescriptorSet ({e}); write one with `buf build -o FILE.binpb` or `protoc --include_imports --descriptor_set_out=FILE.binpb`",
+                    p.display()
+                ))
+            })?;
+            Ok((p.clone(), set.file))
+        })
+        .collect()
+}
+
+/// Looks files up by import name.
+pub struct Finder {
+    pub set_files: HashMap<String, (PathBuf, raw::File)>,
+    pub sources: HashMap<String, PathBuf>,
+    pub import_paths: Vec<PathBuf>,
+}
+
+impl Finder {
+    pub fn find(&self, name: &str) -> Option<Provider> {
+        if let Some(p) = bundled::find(name) {
+            return Some(p);
+        }
+        if let Some((_, f)) = self.set_files.get(name) {
+            return Some(Provider::Linked(f.encode_to_vec()));
+        }
+        if let Some(path) = self.sources.get(name) {
+            return Some(Provider::Disk(path.clone()));
+        }
+        self.import_paths
+            .iter()
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+            .map(Provider::Disk)
+    }
+
+    /// The file on disk behind an import name, for messages.
+    pub fn on_disk(&self, name: &str) -> Option<PathBuf> {
+        if bundled::is_bundled(name) {
+            return None;
+        }
+        match self.find(name) {
+            Some(Provider::Disk(p)) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Everything gathered: the inputs of the linker in dependency order and the disk files read
+/// (for the cache's manifest).
+pub struct Gathered {
+    pub inputs: Vec<Input>,
+    pub disk_files: Vec<PathBuf>,
+}
+
+/// Parses every file to serve and everything they import.
+pub fn gather(
+    sources: &[Source],
+    sets: &[(PathBuf, Vec<raw::File>)],
+    finder: &Finder,
+) -> Result<Gathered, StartupErrors> {
+    let mut loaded: HashMap<String, Input> = HashMap::new();
+    let mut disk_files = Vec::new();
+    let mut errors = StartupErrors::default();
+    let mut wanted: Vec<(String, Option<String>)> = Vec::new(); // (name, importer)
+                                                                // Files of descriptor sets are served as they are.
+    for (path, files) in sets {
+        for f in files {
+            let name = raw::name(&f.name).to_owned();
+            if loaded.contains_key(&name) {
+                continue;
+            }
+            let input = Input::linked(f.encode_to_vec().into()).map_err(|e| {
+                StartupError::Usage(format!("{}: {name}: bad descriptor: {e}", path.display()))
+            })?;
+            loaded.insert(name, input);
+        }
+    }
+    for s in sources {
+        if finder.set_files.contains_key(&s.name) {
+            tracing::warn!(
+                "{}: ignored: a --descriptor-set already has {}",
+                s.path.display(),
+                s.name
+            );
+            continue;
+        }
+        if bundled::is_bundled(&s.name) {
+            check_vendored(s);
+        }
+        wanted.push((s.name.clone(), None));
+    }
+    // Imports of the descriptor sets' files must be found too.
+    for (path, files) in sets {
+        for f in files {
+            for d in &f.dependency {
+                if !loaded.contains_key(d) && finder.find(d).is_none() {
+                    errors.push(StartupError::Proto {
+                        location: Location::file(path),
+                        message: format!(
+                            "{} imports \"{d}\", which this descriptor set lacks and no --protos folder, -I folder or bundled file provides",
+                            raw::name(&f.name)
+                        ),
+                        detail: Some(
+                            "  help: build the set with its imports: `buf build -o FILE.binpb` includes them; protoc needs --include_imports"
+                                .into(),
+                        ),
+                    });
+                } else if !loaded.contains_key(d) {
+                    wanted.push((d.clone(), Some(raw::name(&f.name).to_owned())));
+                }
+            }
+        }
+    }
+    let mut queued: HashSet<String> = loaded.keys().cloned().collect();
+    while !wanted.is_empty() {
+        let batch: Vec<(String, Option<String>, Provider)> = std::mem::take(&mut wanted)
+            .into_iter()
+            .filter(|(n, _)| queued.insert(n.clone()))
+            .filter_map(|(name, importer)| match finder.find(&name) {
+                Some(p) => Some((name, importer, p)),
+                None => {
+                    errors.push(missing_import(&name, importer.as_deref(), finder));
+                    None
+                }
+            })
+            .collect();
+        for (_, _, p) in &batch {
+            if let Provider::Disk(path) = p {
+                disk_files.push(path.clone());
+            }
+        }
+        let parsed = parallel::map(batch, |(name, _, provider)| {
+            let input = load(&name, provider);
+            (name, input)
+        });
+        for (name, input) in parsed {
+            match input {
+                Ok(input) => {
+                    for d in input.dependencies() {
+                        if !queued.contains(d) {
+                            wanted.push((d.clone(), Some(name.clone())));
+                        }
+                    }
+                    loaded.insert(name, input);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let inputs = dependency_order(loaded, finder)?;
+    Ok(Gathered { inputs, disk_files })
+}
+
+fn missing_import(name: &str, importer: Option<&str>, finder: &Finder) -> StartupError {
+    let Some(importer) = importer else {
+        return StartupError::Usage(format!("{name}: not found"));
+    };
+    let location = match finder.on_disk(importer) {
+        Some(path) => {
+            let index = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| protox_parse::parse(importer, &t).ok())
+                .and_then(|f| f.dependency.iter().position(|d| d == name));
+            match index {
+                Some(i) => diagnose::locate(&path, importer, &[3, i as i32]),
+                None => Location::file(path),
+            }
+        }
+        None => Location::file(importer),
+    };
+    StartupError::Proto {
+        location,
+        message: format!(
+            "import \"{name}\" was not found in the --protos folders, the -I folders, the descriptor sets or the bundled files"
+        ),
+        detail: Some(
+            "  help: add the folder that holds it with -I (imports are relative to that folder), or pass a descriptor set that has it"
+                .into(),
+        ),
+    }
+}
+
+/// Parses (or decodes) one file.
+fn load(name: &str, provider: Provider) -> Result<Input, StartupError> {
+    match provider {
+        Provider::Linked(bytes) => Input::linked(bytes.into())
+            .map_err(|e| StartupError::Usage(format!("{name}: bad descriptor: {e}"))),
+        Provider::Source(text) => parse(name, text, Path::new(name)),
+        Provider::Disk(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| StartupError::io(&path, e))?;
+            parse(name, &text, &path)
+        }
+    }
+}
+
+fn parse(name: &str, text: &str, path: &Path) -> Result<Input, StartupError> {
+    match protox_parse::parse(name, text) {
+        Ok(f) => Ok(Input::source(f)),
+        Err(e) => {
+            if let Some((line, col)) = edition_statement(text) {
+                return Err(StartupError::Proto {
+                    location: Location::at(path, line, col),
+                    message: format!(
+                        "{name} is written in a protobuf edition, which protoserve cannot compile from source yet"
+                    ),
+                    detail: Some(format!(
+                        "  help: compile it to a descriptor set and pass that instead: `buf build -o schema.binpb` (or `protoc --include_imports --descriptor_set_out=schema.binpb {name}`), then `protoserve --descriptor-set schema.binpb`; move {name} out of the --protos folders"
+                    )),
+                });
+            }
+            Err(diagnose::proto_error(&e, path, &|_| {
+                Some(path.to_path_buf())
+            }))
+        }
+    }
+}
+
+/// The `edition = "…";` statement that opens a file, as 1-based (line, column).
+pub fn edition_statement(text: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b' ' | b'\t' | b'\r' | b'\n' => i += 1,
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 2;
+            }
+            _ => break,
+        }
+    }
+    let rest = text.get(i..)?;
+    let after = rest.strip_prefix("edition")?;
+    if !after.trim_start().starts_with('=') {
+        return None;
+    }
+    let line = text[..i].matches('\n').count() + 1;
+    let col = i - text[..i].rfind('\n').map_or(0, |n| n + 1) + 1;
+    Some((line, col))
+}
+
+/// Warns when a vendored copy of a bundled file declares something the bundled one does not
+/// (other names or numbers); the bundled one is used either way.
+fn check_vendored(source: &Source) {
+    let Some(bundled) = bundled::proto(&source.name) else {
+        return;
+    };
+    let differs = match std::fs::read_to_string(&source.path)
+        .ok()
+        .and_then(|t| protox_parse::parse(&source.name, &t).ok())
+    {
+        Some(vendored) => shape(&vendored) != shape(&bundled),
+        None => true,
+    };
+    if differs {
+        tracing::warn!(
+            "{}: this copy of {} differs from the one protoserve bundles; the bundled one is used (delete the copy, or update protoserve if the copy is newer)",
+            source.path.display(),
+            source.name
+        );
+    } else {
+        tracing::debug!(
+            "{}: same as the bundled {}",
+            source.path.display(),
+            source.name
+        );
+    }
+}
+
+/// What a file declares, for comparing copies: every name with its number and type.
+fn shape(f: &FileDescriptorProto) -> Vec<String> {
+    fn last(t: &str) -> &str {
+        t.rsplit('.').next().unwrap_or(t)
+    }
+    fn message(scope: &str, m: &prost_types::DescriptorProto, out: &mut Vec<String>) {
+        let name = format!("{scope}.{}", m.name());
+        for x in &m.field {
+            out.push(format!(
+                "{name}.{} {} {:?} {:?} {}",
+                x.name(),
+                x.number(),
+                x.label(),
+                x.r#type.map(|_| x.r#type()),
+                last(x.type_name())
+            ));
+        }
+        for n in &m.nested_type {
+            message(&name, n, out);
+        }
+        for e in &m.enum_type {
+            for v in &e.value {
+                out.push(format!("{name}.{}.{} {}", e.name(), v.name(), v.number()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for m in &f.message_type {
+        message(f.package(), m, &mut out);
+    }
+    for e in &f.enum_type {
+        for v in &e.value {
+            out.push(format!("{}.{} {}", e.name(), v.name(), v.number()));
+        }
+    }
+    for s in &f.service {
+        for m in &s.method {
+            out.push(format!(
+                "{}.{} {} {}",
+                s.name(),
+                m.name(),
+                last(m.input_type()),
+                last(m.output_type())
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The loaded files in dependency order; an import cycle is an error that names it.
+fn dependency_order(
+    mut loaded: HashMap<String, Input>,
+    finder: &Finder,
+) -> Result<Vec<Input>, StartupErrors> {
+    let mut names: Vec<String> = loaded.keys().cloned().collect();
+    names.sort();
+    let mut state: HashMap<&str, u8> = HashMap::new(); // 1 on the path, 2 done
+    let mut order: Vec<String> = Vec::with_capacity(names.len());
+    for start in &names {
+        if state.contains_key(start.as_str()) {
+            continue;
+        }
+        let mut path: Vec<(&str, usize)> = vec![(start.as_str(), 0)];
+        state.insert(start, 1);
+        while let Some((name, next)) = path.last_mut() {
+            let deps = loaded.get(*name).map_or(&[][..], |i| i.dependencies());
+            if let Some(dep) = deps.get(*next) {
+                *next += 1;
+                let Some((dep, _)) = loaded.get_key_value(dep.as_str()) else {
+                    continue;
+                };
+                match state.get(dep.as_str()) {
+                    None => {
+                        state.insert(dep, 1);
+                        path.push((dep, 0));
+                    }
+                    Some(1) => {
+                        let from = path.iter().position(|(n, _)| *n == dep).unwrap_or(0);
+                        let cycle: Vec<&str> = path[from..]
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .chain([dep.as_str()])
+                            .collect();
+                        let first = path[path.len() - 1].0;
+                        let location = finder
+                            .on_disk(first)
+                            .map_or_else(|| Location::file(first), Location::file);
+                        return Err(StartupErrors(vec![StartupError::Proto {
+                            location,
+                            message: format!("import cycle: {}", cycle.join(" -> ")),
+                            detail: Some(
+                                "  help: protobuf files may not import each other in a circle; move the shared definitions to a file both import"
+                                    .into(),
+                            ),
+                        }]));
+                    }
+                    _ => {}
+                }
+            } else {
+                state.insert(name, 2);
+                order.push((*name).to_owned());
+                path.pop();
+            }
+        }
+    }
+    Ok(order
+        .into_iter()
+        .filter_map(|n| loaded.remove(&n))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edition_statement;
+
+    #[test]
+    fn the_edition_statement_is_found_after_comments_only() {
+        assert_eq!(edition_statement("edition = \"2023\";"), Some((1, 1)));
+        assert_eq!(
+            edition_statement("// c\n/* block\n */  edition=\"2024\";"),
+            Some((3, 6))
+        );
+        assert_eq!(
+            edition_statement("syntax = \"proto3\";\nedition = 1;"),
+            None
+        );
+        assert_eq!(edition_statement("editions = 1;"), None);
+        assert_eq!(edition_statement("/* unterminated"), None);
+        assert_eq!(edition_statement(""), None);
+    }
+}

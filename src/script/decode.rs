@@ -1,0 +1,838 @@
+//! Request bytes straight into Lua tables, in one pass over the wire.
+//!
+//! Scripts see a request as `DynamicMessage` decoding followed by a walk over its fields would
+//! show it (see [`super::convert`] for the shape: defaults for unset scalars, `nil` for unset
+//! messages and optional fields, names for enums, sequences and tables for lists and maps),
+//! but nothing is built in between: the bytes are read once, following the wire reader's rules
+//! (which follow the decoder's, see [`crate::wire`]), and each value goes to its place.
+//!
+//! Creating tables through the Lua C API from Rust costs several times what Lua's own table
+//! constructor does, so the request's shape is compiled at load into a [`Layout`]: its scalar
+//! fields and singular nested messages become numbered slots, and a small generated Lua
+//! function (the builder) turns the slots into tables with constant keys, filling in defaults.
+//! Rust only fills the slots: numbers, booleans and strings, plus tables for what has no fixed
+//! shape (lists, maps, recursive or very deep messages), which it builds itself ("table mode").
+
+use std::fmt::Write as _;
+
+use mlua::{Function, Lua, Table, Value as LuaValue};
+
+use super::convert::Conv;
+use super::plan::{
+    EnumId, FieldPlan, MsgId, Plans, Scalar, Shape, Type, END_GROUP, LEN, START_GROUP,
+};
+use crate::wire::{self, Invalid};
+
+type Result<T> = std::result::Result<T, DecodeError>;
+
+/// Why a request could not be turned into tables.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// Not a well-formed message of the type.
+    Invalid(Invalid),
+    /// Creating a Lua value failed (out of memory).
+    Lua(mlua::Error),
+}
+
+impl From<Invalid> for DecodeError {
+    fn from(e: Invalid) -> Self {
+        DecodeError::Invalid(e)
+    }
+}
+
+impl From<mlua::Error> for DecodeError {
+    fn from(e: mlua::Error) -> Self {
+        DecodeError::Lua(e)
+    }
+}
+
+fn malformed(message: String) -> DecodeError {
+    DecodeError::Invalid(Invalid::Malformed(message))
+}
+
+/// The most slots one builder takes (a Lua function has at most 200 locals).
+const MAX_SLOTS: usize = 150;
+/// Nested messages deeper than this become tables built in Rust.
+const MAX_INLINE_DEPTH: usize = 6;
+
+/// Where each field of an inlined message goes.
+#[derive(Debug)]
+enum Slot {
+    /// A scalar, string, bytes or enum (as its number).
+    Value(usize),
+    /// A list, map or message built as a table in Rust.
+    Table(usize),
+    /// A singular message whose own fields have slots: `presence` is true when it was sent.
+    Inline { presence: usize, inner: Inline },
+}
+
+/// A message whose fields have slots.
+#[derive(Debug)]
+struct Inline {
+    msg: MsgId,
+    /// Per field of the message plan.
+    fields: Box<[Slot]>,
+    /// The end of its fields' slots (nested ones included), for clearing it as a oneof member.
+    end: usize,
+}
+
+/// A request type's slots and the source of its builder.
+#[derive(Debug)]
+pub struct Layout {
+    pub msg: MsgId,
+    /// `None`: the whole message is one table built in Rust (too many fields for slots).
+    root: Option<Inline>,
+    pub slots: usize,
+    /// A chunk that, given the enum name tables of [`Layout::enums`], returns the builder
+    /// `function(ok, slots...)`: `ok` false or nil is returned as is (pending, end of stream).
+    pub source: String,
+    pub enums: Vec<EnumId>,
+}
+
+impl Layout {
+    pub fn new(plans: &Plans, msg: MsgId) -> Layout {
+        Self::with_limits(plans, msg, MAX_SLOTS, MAX_INLINE_DEPTH)
+    }
+
+    /// A layout of at most `max_slots` slots, with messages nested deeper than `max_depth`
+    /// (or recursive) built as tables in Rust; `max_slots` below the message's field count
+    /// builds the whole message in Rust.
+    pub fn with_limits(plans: &Plans, msg: MsgId, max_slots: usize, max_depth: usize) -> Layout {
+        let mut gen = Gen {
+            plans,
+            slots: 0,
+            enums: Vec::new(),
+            path: vec![msg],
+            max_slots,
+            max_depth,
+        };
+        let fields = plans.message(msg).fields.len();
+        let root = (fields <= max_slots).then(|| gen.inline(msg, 0));
+        let (body, params) = match &root {
+            Some(inline) => (gen.expr(inline), gen.slots),
+            None => {
+                gen.slots = 1;
+                ("a1".to_owned(), 1)
+            }
+        };
+        let mut source = String::new();
+        if !gen.enums.is_empty() {
+            let names: Vec<String> = (1..=gen.enums.len()).map(|i| format!("E{i}")).collect();
+            let _ = writeln!(source, "local {} = ...", names.join(", "));
+        }
+        let params: Vec<String> = (1..=params).map(|i| format!("a{i}")).collect();
+        let _ = write!(
+            source,
+            "return function(ok, {})\n  if not ok then return ok end\n  return {body}\nend\n",
+            params.join(", ")
+        );
+        Layout {
+            msg,
+            root,
+            slots: gen.slots,
+            source,
+            enums: gen.enums,
+        }
+    }
+
+    /// This layout's builder in `lua`: its generated chunk, run with no globals and given the
+    /// enum name tables it reads.
+    pub fn compile(&self, lua: &Lua, plans: &Plans) -> mlua::Result<Function> {
+        let mut tables = Vec::with_capacity(self.enums.len());
+        for &e in &self.enums {
+            let t = lua.create_table()?;
+            let plan = plans.enumeration(e);
+            for (n, _) in plan.values.iter() {
+                if let Some(name) = plan.name(*n) {
+                    t.raw_set(*n, name)?;
+                }
+            }
+            tables.push(LuaValue::Table(t));
+        }
+        let name = format!("={}", plans.message(self.msg).full_name());
+        lua.load(&self.source)
+            .set_name(name)
+            .set_mode(mlua::ChunkMode::Text)
+            .set_environment(lua.create_table()?)
+            .call(mlua::MultiValue::from_vec(tables))
+    }
+}
+
+/// Builds a layout: assigns slots and writes the builder's table constructor.
+struct Gen<'p> {
+    plans: &'p Plans,
+    slots: usize,
+    enums: Vec<EnumId>,
+    /// Message types being inlined, outermost first: a type met again is recursive.
+    path: Vec<MsgId>,
+    max_slots: usize,
+    max_depth: usize,
+}
+
+impl Gen<'_> {
+    fn take(&mut self) -> usize {
+        self.slots += 1;
+        self.slots - 1
+    }
+
+    fn inline(&mut self, msg: MsgId, depth: usize) -> Inline {
+        let plan = self.plans.message(msg);
+        let fields = plan
+            .fields
+            .iter()
+            .map(|f| match (f.shape, f.ty) {
+                (Shape::Single, Type::Message(m)) => {
+                    let inner_fields = self.plans.message(m).fields.len();
+                    let fits = self.slots + 1 + inner_fields <= self.max_slots;
+                    if fits && depth < self.max_depth && !self.path.contains(&m) {
+                        let presence = self.take();
+                        self.path.push(m);
+                        let inner = self.inline(m, depth + 1);
+                        self.path.pop();
+                        Slot::Inline { presence, inner }
+                    } else {
+                        Slot::Table(self.take())
+                    }
+                }
+                (Shape::Single, Type::Scalar(_)) => Slot::Value(self.take()),
+                _ => Slot::Table(self.take()),
+            })
+            .collect();
+        Inline {
+            msg,
+            fields,
+            end: self.slots,
+        }
+    }
+
+    fn enum_table(&mut self, e: EnumId) -> usize {
+        match self.enums.iter().position(|x| *x == e) {
+            Some(i) => i + 1,
+            None => {
+                self.enums.push(e);
+                self.enums.len()
+            }
+        }
+    }
+
+    /// The table constructor for `inline`.
+    fn expr(&mut self, inline: &Inline) -> String {
+        let plan = self.plans.message(inline.msg);
+        let mut out = String::from("{");
+        for (f, slot) in plan.fields.iter().zip(inline.fields.iter()) {
+            let value = match slot {
+                Slot::Value(s) => {
+                    let a = format!("a{}", s + 1);
+                    let read = match f.ty {
+                        Type::Scalar(Scalar::Enum(e)) => {
+                            let t = self.enum_table(e);
+                            format!("{a} and (E{t}[{a}] or {a})")
+                        }
+                        _ => a.clone(),
+                    };
+                    if f.presence {
+                        read
+                    } else {
+                        format!("{read} or {}", default_literal(self.plans, f))
+                    }
+                }
+                Slot::Table(s) if f.is_single() => format!("a{}", s + 1),
+                Slot::Table(s) => format!("a{} or {{}}", s + 1),
+                Slot::Inline { presence, inner } => {
+                    format!("a{} and {}", presence + 1, self.expr(inner))
+                }
+            };
+            let _ = write!(out, "[\"{}\"] = {value}, ", f.name);
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// The Lua literal of a field's default (for fields without presence: zeros, empty strings
+/// and the first enum value).
+fn default_literal(plans: &Plans, f: &FieldPlan) -> String {
+    match f.ty {
+        Type::Scalar(Scalar::Bool) => "false".into(),
+        Type::Scalar(Scalar::String | Scalar::Bytes) => match f.desc.default_value() {
+            prost_reflect::Value::String(s) => lua_string(s.as_bytes()),
+            prost_reflect::Value::Bytes(b) => lua_string(&b),
+            _ => "\"\"".into(),
+        },
+        Type::Scalar(Scalar::Double | Scalar::Float) => match f.desc.default_value() {
+            prost_reflect::Value::F64(x) => lua_float(x),
+            prost_reflect::Value::F32(x) => lua_float(f64::from(x)),
+            _ => "0.0".into(),
+        },
+        Type::Scalar(Scalar::Enum(e)) => {
+            let n = f.desc.default_value().as_enum_number().unwrap_or(0);
+            match plans.enumeration(e).name(n) {
+                Some(name) => lua_string(name.as_bytes()),
+                None => n.to_string(),
+            }
+        }
+        Type::Scalar(_) => match f.desc.default_value() {
+            prost_reflect::Value::I32(n) => n.to_string(),
+            prost_reflect::Value::I64(n) => n.to_string(),
+            prost_reflect::Value::U32(n) => n.to_string(),
+            prost_reflect::Value::U64(n) => (n as i64).to_string(),
+            _ => "0".into(),
+        },
+        Type::Message(_) => "nil".into(),
+    }
+}
+
+fn lua_float(x: f64) -> String {
+    if x.is_nan() {
+        "(0.0/0.0)".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "(1.0/0.0)" } else { "(-1.0/0.0)" }.into()
+    } else {
+        // `{:?}` always writes a decimal point or an exponent: a float literal in Lua too.
+        format!("{x:?}")
+    }
+}
+
+fn lua_string(bytes: &[u8]) -> String {
+    let mut s = String::from("\"");
+    for b in bytes {
+        let _ = write!(s, "\\{b:03}");
+    }
+    s.push('"');
+    s
+}
+
+/// An open list, map or message table being filled, by slot (inline) or field index (table).
+struct Open {
+    key: usize,
+    table: Table,
+    /// Items so far, for a list.
+    len: usize,
+}
+
+/// Reads request bytes into slots and tables.
+pub struct Decoder<'a> {
+    pub lua: &'a Lua,
+    pub plans: &'a Plans,
+    pub conv: &'a Conv,
+}
+
+impl Decoder<'_> {
+    /// `bytes` (a message of the layout's type) as the builder's arguments after `ok`,
+    /// appended to `out`.
+    pub fn slots(&self, bytes: &[u8], layout: &Layout, out: &mut Vec<LuaValue>) -> Result<()> {
+        let start = out.len();
+        out.resize(start + layout.slots, LuaValue::Nil);
+        let slots = &mut out[start..];
+        let mut buf = bytes;
+        match &layout.root {
+            Some(inline) => {
+                let mut open = Vec::new();
+                self.inline(
+                    &mut buf,
+                    inline,
+                    slots,
+                    &mut open,
+                    wire::RECURSION_LIMIT,
+                    None,
+                )?;
+            }
+            None => {
+                let t = self.table(&mut buf, layout.msg, None, wire::RECURSION_LIMIT, None)?;
+                slots[0] = LuaValue::Table(t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the next field key; `Ok(None)` at the end of the message (or of its group).
+    fn next_key(&self, buf: &mut &[u8], group: Option<u32>) -> Result<Option<(u32, u8)>> {
+        if group.is_none() && buf.is_empty() {
+            return Ok(None);
+        }
+        let (number, wire_type) = wire::key(buf)?;
+        if wire_type == END_GROUP {
+            if let Some(g) = group {
+                if g != number {
+                    return Err(malformed(format!(
+                        "group {g} ended by the end of group {number}"
+                    )));
+                }
+                return Ok(None);
+            }
+        }
+        Ok(Some((number, wire_type)))
+    }
+
+    /// A field the message does not declare: an extension is checked, anything else skipped.
+    fn other(
+        &self,
+        buf: &mut &[u8],
+        msg: MsgId,
+        number: u32,
+        wire_type: u8,
+        ctx: u32,
+    ) -> Result<()> {
+        let plan = self.plans.message(msg);
+        match plan.extension(number) {
+            Some(ext) => wire::check_extension(buf, ext, number, wire_type, ctx)?,
+            None => wire::skip_unknown(buf, &plan.desc, number, wire_type, ctx)?,
+        }
+        Ok(())
+    }
+
+    fn inline(
+        &self,
+        buf: &mut &[u8],
+        inline: &Inline,
+        slots: &mut [LuaValue],
+        open: &mut Vec<Open>,
+        ctx: u32,
+        group: Option<u32>,
+    ) -> Result<()> {
+        let plan = self.plans.message(inline.msg);
+        while let Some((number, wire_type)) = self.next_key(buf, group)? {
+            let Some(index) = plan.by_number(number) else {
+                self.other(buf, inline.msg, number, wire_type, ctx)?;
+                continue;
+            };
+            let f = &plan.fields[index];
+            if let Some(o) = f.oneof {
+                for &rival in plan.oneofs[usize::from(o)].iter() {
+                    if usize::from(rival) != index {
+                        clear(&inline.fields[usize::from(rival)], slots, open);
+                    }
+                }
+            }
+            match &inline.fields[index] {
+                Slot::Value(s) => {
+                    let Type::Scalar(scalar) = f.ty else {
+                        unreachable!("value slots hold scalars")
+                    };
+                    slots[*s] = self.single_scalar(buf, f, scalar, wire_type, false)?;
+                }
+                Slot::Inline { presence, inner } => {
+                    slots[*presence] = LuaValue::Boolean(true);
+                    let (mut body, group, ctx) = message_body(buf, f, number, wire_type, ctx)?;
+                    match group {
+                        Some(_) => self.inline(buf, inner, slots, open, ctx, group)?,
+                        None => self.inline(&mut body, inner, slots, open, ctx, None)?,
+                    }
+                }
+                Slot::Table(s) => {
+                    let existing = open.iter().position(|o| o.key == *s);
+                    self.table_field(buf, f, number, wire_type, ctx, *s, existing, open, |t| {
+                        slots[*s] = LuaValue::Table(t.clone())
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A list, map or message field whose value is a table (kept in `open` under `key`).
+    #[allow(clippy::too_many_arguments)]
+    fn table_field(
+        &self,
+        buf: &mut &[u8],
+        f: &FieldPlan,
+        number: u32,
+        wire_type: u8,
+        ctx: u32,
+        key: usize,
+        existing: Option<usize>,
+        open: &mut Vec<Open>,
+        place: impl FnOnce(&Table),
+    ) -> Result<()> {
+        let at = match existing {
+            Some(i) => i,
+            None => {
+                let table = match f.shape {
+                    // A singular message: decoded fresh, then kept open for merges.
+                    Shape::Single => {
+                        let Type::Message(m) = f.ty else {
+                            unreachable!("table slots hold messages, lists and maps")
+                        };
+                        let (mut body, group, ctx) = message_body(buf, f, number, wire_type, ctx)?;
+                        let t = match group {
+                            Some(_) => self.table(buf, m, None, ctx, group)?,
+                            None => self.table(&mut body, m, None, ctx, None)?,
+                        };
+                        place(&t);
+                        open.push(Open {
+                            key,
+                            table: t,
+                            len: 0,
+                        });
+                        return Ok(());
+                    }
+                    _ => self.lua.create_table()?,
+                };
+                place(&table);
+                open.push(Open { key, table, len: 0 });
+                open.len() - 1
+            }
+        };
+        let o = &mut open[at];
+        match f.shape {
+            Shape::Single => {
+                let Type::Message(m) = f.ty else {
+                    unreachable!("table slots hold messages, lists and maps")
+                };
+                let (mut body, group, ctx) = message_body(buf, f, number, wire_type, ctx)?;
+                match group {
+                    Some(_) => self.table(buf, m, Some(&o.table), ctx, group)?,
+                    None => self.table(&mut body, m, Some(&o.table), ctx, None)?,
+                };
+            }
+            Shape::List { .. } => self.list_items(buf, f, wire_type, ctx, o)?,
+            Shape::Map { key, value, .. } => {
+                let entry = wire::len_prefixed(buf)?;
+                self.map_entry(entry, f, key, value, ctx, &o.table)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One occurrence of a list field: a packed run or one element.
+    fn list_items(
+        &self,
+        buf: &mut &[u8],
+        f: &FieldPlan,
+        wire_type: u8,
+        ctx: u32,
+        o: &mut Open,
+    ) -> Result<()> {
+        match f.ty {
+            Type::Scalar(s) if wire_type == LEN && s.packable() => {
+                let mut packed = wire::len_prefixed(buf)?;
+                while !packed.is_empty() {
+                    let v = self.single_scalar(&mut packed, f, s, s.wire_type(), true)?;
+                    o.len += 1;
+                    o.table.raw_set(o.len, v)?;
+                }
+            }
+            Type::Scalar(s) => {
+                let v = self.single_scalar(buf, f, s, wire_type, true)?;
+                o.len += 1;
+                o.table.raw_set(o.len, v)?;
+            }
+            Type::Message(m) => {
+                let (mut body, group, ctx) = message_body(buf, f, f.number, wire_type, ctx)?;
+                let t = match group {
+                    Some(_) => self.table(buf, m, None, ctx, group)?,
+                    None => self.table(&mut body, m, None, ctx, None)?,
+                };
+                o.len += 1;
+                o.table.raw_set(o.len, t)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A map entry, read as the decoder does: key (1) and value (2) in any order, the last key
+    /// wins, occurrences of a message value merge, other fields are skipped; the entry does not
+    /// count as a level of nesting. A missing key or value is its default.
+    fn map_entry(
+        &self,
+        mut buf: &[u8],
+        f: &FieldPlan,
+        key_type: Scalar,
+        value_type: Type,
+        ctx: u32,
+        map: &Table,
+    ) -> Result<()> {
+        let mut key = LuaValue::Nil;
+        let mut value = LuaValue::Nil;
+        while !buf.is_empty() {
+            let (number, wire_type) = wire::key(&mut buf)?;
+            match number {
+                1 => key = self.single_scalar(&mut buf, f, key_type, wire_type, true)?,
+                2 => match value_type {
+                    Type::Scalar(s) => {
+                        value = self.single_scalar(&mut buf, f, s, wire_type, true)?;
+                    }
+                    Type::Message(m) => {
+                        if wire_type != LEN {
+                            return Err(wire::wrong_wire_type(f.desc.full_name(), wire_type).into());
+                        }
+                        if ctx == 0 {
+                            return Err(wire::too_deep().into());
+                        }
+                        let mut body = wire::len_prefixed(&mut buf)?;
+                        let into = match &value {
+                            LuaValue::Table(t) => Some(t),
+                            _ => None,
+                        };
+                        let t = self.table(&mut body, m, into, ctx - 1, None)?;
+                        value = LuaValue::Table(t);
+                    }
+                },
+                _ => wire::skip_in_map_entry(&mut buf, number, wire_type, ctx, f.desc.full_name())?,
+            }
+        }
+        if key.is_nil() {
+            key = self.scalar_default(key_type)?;
+        }
+        if value.is_nil() {
+            value = match value_type {
+                Type::Scalar(s) => self.scalar_default(s)?,
+                Type::Message(m) => {
+                    let mut empty: &[u8] = &[];
+                    LuaValue::Table(self.table(&mut empty, m, None, ctx, None)?)
+                }
+            };
+        }
+        map.raw_set(key, value)?;
+        Ok(())
+    }
+
+    /// A message as a table built here: a fresh one, or `into` (a merge). A fresh table gets
+    /// the defaults of the fields that were not sent.
+    fn table(
+        &self,
+        buf: &mut &[u8],
+        msg: MsgId,
+        into: Option<&Table>,
+        ctx: u32,
+        group: Option<u32>,
+    ) -> Result<Table> {
+        let plan = self.plans.message(msg);
+        let keys = self.conv.keys(self.lua, self.plans, msg)?;
+        let table = match into {
+            Some(t) => t.clone(),
+            None => self.lua.create_table_with_capacity(0, plan.fields.len())?,
+        };
+        let mut seen = Seen::new(plan.fields.len());
+        let mut open: Vec<Open> = Vec::new();
+        while let Some((number, wire_type)) = self.next_key(buf, group)? {
+            let Some(index) = plan.by_number(number) else {
+                self.other(buf, msg, number, wire_type, ctx)?;
+                continue;
+            };
+            let f = &plan.fields[index];
+            if let Some(o) = f.oneof {
+                for &rival in plan.oneofs[usize::from(o)].iter() {
+                    let rival = usize::from(rival);
+                    if rival != index {
+                        table.raw_set(&keys[rival], LuaValue::Nil)?;
+                        open.retain(|o| o.key != rival);
+                    }
+                }
+            }
+            seen.set(index);
+            match (f.shape, f.ty) {
+                (Shape::Single, Type::Scalar(s)) => {
+                    let v = self.single_scalar(buf, f, s, wire_type, true)?;
+                    table.raw_set(&keys[index], v)?;
+                }
+                _ => {
+                    let mut existing = open.iter().position(|o| o.key == index);
+                    if existing.is_none() && into.is_some() {
+                        // Merging: what an earlier occurrence of the message left.
+                        if let LuaValue::Table(t) = table.raw_get::<LuaValue>(&keys[index])? {
+                            let len = if f.is_single() { 0 } else { t.raw_len() };
+                            open.push(Open {
+                                key: index,
+                                table: t,
+                                len,
+                            });
+                            existing = Some(open.len() - 1);
+                        }
+                    }
+                    self.table_field(
+                        buf,
+                        f,
+                        number,
+                        wire_type,
+                        ctx,
+                        index,
+                        existing,
+                        &mut open,
+                        |t| {
+                            let _ = table.raw_set(&keys[index], t);
+                        },
+                    )?;
+                }
+            }
+        }
+        if into.is_none() {
+            for (i, f) in plan.fields.iter().enumerate() {
+                if seen.get(i) || (f.is_single() && f.presence) {
+                    continue;
+                }
+                let v = match (f.shape, f.ty) {
+                    (Shape::Single, Type::Scalar(s)) => self.field_default(f, s)?,
+                    _ => LuaValue::Table(self.lua.create_table()?),
+                };
+                table.raw_set(&keys[i], v)?;
+            }
+        }
+        Ok(table)
+    }
+
+    /// One value of a scalar field sent with `wire_type`; enums as names when `names`.
+    fn single_scalar(
+        &self,
+        buf: &mut &[u8],
+        f: &FieldPlan,
+        s: Scalar,
+        wire_type: u8,
+        names: bool,
+    ) -> Result<LuaValue> {
+        if wire_type != s.wire_type() {
+            return Err(wire::wrong_wire_type(f.desc.full_name(), wire_type).into());
+        }
+        Ok(match s {
+            Scalar::String => {
+                let b = wire::len_prefixed(buf)?;
+                if std::str::from_utf8(b).is_err() {
+                    return Err(malformed(format!(
+                        "field {} is not valid UTF-8",
+                        f.desc.full_name()
+                    )));
+                }
+                LuaValue::String(self.lua.create_string(b)?)
+            }
+            Scalar::Bytes => LuaValue::String(self.lua.create_string(wire::len_prefixed(buf)?)?),
+            Scalar::Bool => LuaValue::Boolean(wire::varint(buf)? != 0),
+            Scalar::Double => LuaValue::Number(f64::from_bits(wire::fixed64(buf)?)),
+            Scalar::Fixed64 => LuaValue::Integer(wire::fixed64(buf)? as i64),
+            Scalar::Sfixed64 => LuaValue::Integer(wire::fixed64(buf)? as i64),
+            Scalar::Float => LuaValue::Number(f64::from(f32::from_bits(wire::fixed32(buf)?))),
+            Scalar::Fixed32 => LuaValue::Integer(i64::from(wire::fixed32(buf)?)),
+            Scalar::Sfixed32 => LuaValue::Integer(i64::from(wire::fixed32(buf)? as i32)),
+            Scalar::Enum(e) => {
+                let n = wire::varint(buf)? as i32;
+                if names {
+                    self.enum_value(e, n)?
+                } else {
+                    LuaValue::Integer(i64::from(n))
+                }
+            }
+            _ => LuaValue::Integer(varint_value(s, wire::varint(buf)?)),
+        })
+    }
+
+    fn enum_value(&self, e: EnumId, n: i32) -> Result<LuaValue> {
+        let plan = self.plans.enumeration(e);
+        Ok(match plan.index(n) {
+            Some(i) => LuaValue::String(self.conv.enum_names(self.lua, self.plans, e)?[i].clone()),
+            None => LuaValue::Integer(i64::from(n)),
+        })
+    }
+
+    fn scalar_default(&self, s: Scalar) -> Result<LuaValue> {
+        Ok(match s {
+            Scalar::Bool => LuaValue::Boolean(false),
+            Scalar::String | Scalar::Bytes => LuaValue::String(self.lua.create_string("")?),
+            Scalar::Double | Scalar::Float => LuaValue::Number(0.0),
+            Scalar::Enum(e) => {
+                let first = self.plans.enumeration(e).values.first().map_or(0, |v| v.0);
+                self.enum_value(e, first)?
+            }
+            _ => LuaValue::Integer(0),
+        })
+    }
+
+    fn field_default(&self, f: &FieldPlan, s: Scalar) -> Result<LuaValue> {
+        Ok(match (s, f.desc.default_value()) {
+            (Scalar::Enum(e), v) => self.enum_value(e, v.as_enum_number().unwrap_or(0))?,
+            (_, prost_reflect::Value::Bool(b)) => LuaValue::Boolean(b),
+            (_, prost_reflect::Value::I32(n)) => LuaValue::Integer(i64::from(n)),
+            (_, prost_reflect::Value::I64(n)) => LuaValue::Integer(n),
+            (_, prost_reflect::Value::U32(n)) => LuaValue::Integer(i64::from(n)),
+            (_, prost_reflect::Value::U64(n)) => LuaValue::Integer(n as i64),
+            (_, prost_reflect::Value::F32(x)) => LuaValue::Number(f64::from(x)),
+            (_, prost_reflect::Value::F64(x)) => LuaValue::Number(x),
+            (_, prost_reflect::Value::String(s)) => LuaValue::String(self.lua.create_string(s)?),
+            (_, prost_reflect::Value::Bytes(b)) => LuaValue::String(self.lua.create_string(b)?),
+            _ => self.scalar_default(s)?,
+        })
+    }
+}
+
+/// A varint as the Lua integer of its kind (uint64 above 2^63 wraps, as everywhere).
+fn varint_value(s: Scalar, v: u64) -> i64 {
+    match s {
+        Scalar::Int32 => i64::from(v as i32),
+        Scalar::Uint32 => i64::from(v as u32),
+        Scalar::Sint32 => {
+            let v = v as u32;
+            i64::from(((v >> 1) as i32) ^ -((v & 1) as i32))
+        }
+        Scalar::Sint64 => ((v >> 1) as i64) ^ -((v & 1) as i64),
+        _ => v as i64,
+    }
+}
+
+/// The body of one occurrence of message field `f`: the bytes of a length-prefixed message,
+/// or (for a group) nothing, `Some(number)` and the group read from `buf` by the caller. Also
+/// the nesting left below it.
+fn message_body<'b>(
+    buf: &mut &'b [u8],
+    f: &FieldPlan,
+    number: u32,
+    wire_type: u8,
+    ctx: u32,
+) -> Result<(&'b [u8], Option<u32>, u32)> {
+    if f.group {
+        if wire_type != START_GROUP {
+            return Err(wire::wrong_wire_type(f.desc.full_name(), wire_type).into());
+        }
+        if ctx == 0 {
+            return Err(wire::too_deep().into());
+        }
+        return Ok((&[], Some(number), ctx - 1));
+    }
+    if wire_type != LEN {
+        return Err(wire::wrong_wire_type(f.desc.full_name(), wire_type).into());
+    }
+    if ctx == 0 {
+        return Err(wire::too_deep().into());
+    }
+    Ok((wire::len_prefixed(buf)?, None, ctx - 1))
+}
+
+/// Clears a oneof member that another member replaced.
+fn clear(slot: &Slot, slots: &mut [LuaValue], open: &mut Vec<Open>) {
+    let range = match slot {
+        Slot::Value(s) | Slot::Table(s) => *s..*s + 1,
+        Slot::Inline { presence, inner } => *presence..inner.end,
+    };
+    for s in range.clone() {
+        slots[s] = LuaValue::Nil;
+    }
+    open.retain(|o| !range.contains(&o.key));
+}
+
+/// Which fields of a message were sent.
+struct Seen {
+    small: u128,
+    large: Vec<bool>,
+}
+
+impl Seen {
+    fn new(n: usize) -> Self {
+        Self {
+            small: 0,
+            large: if n > 128 { vec![false; n] } else { Vec::new() },
+        }
+    }
+
+    fn set(&mut self, i: usize) {
+        if self.large.is_empty() {
+            self.small |= 1 << i;
+        } else {
+            self.large[i] = true;
+        }
+    }
+
+    fn get(&self, i: usize) -> bool {
+        if self.large.is_empty() {
+            self.small & (1 << i) != 0
+        } else {
+            self.large[i]
+        }
+    }
+}

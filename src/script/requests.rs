@@ -1,0 +1,172 @@
+//! Requests as scripts receive them: one message as a table, a stream as an iterator.
+//!
+//! Either way the bytes go straight into the request type's builder slots ([`super::decode`])
+//! and the builder, a small Lua function, makes the tables; it runs on the call's own thread,
+//! under the call's budget like any script code.
+//!
+//! `for msg in stream do … end` takes first what has already arrived, synchronously: a plain
+//! function call that reads the next message out of the transport's buffer, with no future, no
+//! task switch and no wake-up per message. Only when nothing is buffered does it wait, as an
+//! async function whose single wake-up, when data arrives, brings in however many messages
+//! arrived meanwhile.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use mlua::{AnyUserData, Function, Lua, UserData, Value as LuaValue, Variadic};
+use tonic::{Status, Streaming};
+
+use super::context::CallShared;
+use super::convert::Conv;
+use super::decode::{DecodeError, Decoder};
+use super::slice;
+use super::status::IncomingError;
+use crate::codec::Incoming;
+use crate::wire::Invalid;
+
+/// Bytes decoded or encoded per instruction of budget charged.
+pub const BYTES_PER_UNIT: u64 = 16;
+
+/// The builder's arguments after `ok` for one request message of layout `layout`, appended
+/// to `out`.
+pub fn decode_request(
+    lua: &Lua,
+    msg: &Incoming,
+    layout: usize,
+    out: &mut Vec<LuaValue>,
+) -> mlua::Result<()> {
+    msg.check_cost()
+        .map_err(|e| mlua::Error::external(IncomingError(e.into())))?;
+    slice::charge(1 + msg.bytes().len() as u64 / BYTES_PER_UNIT)?;
+    let Some(conv) = lua.app_data_ref::<Conv>() else {
+        return Err(mlua::Error::runtime("scripts are not ready"));
+    };
+    let plans = conv.plans().clone();
+    let decoder = Decoder {
+        lua,
+        plans: &plans,
+        conv: &conv,
+    };
+    decoder
+        .slots(msg.bytes(), &plans.layouts[layout], out)
+        .map_err(|e| match e {
+            DecodeError::Invalid(Invalid::Malformed(m)) => {
+                mlua::Error::external(IncomingError(msg.bad_request(m).into()))
+            }
+            DecodeError::Invalid(other) => mlua::Error::external(IncomingError(
+                Status::invalid_argument(format!("{other:?}")),
+            )),
+            DecodeError::Lua(e) => e,
+        })
+}
+
+/// A streaming call's requests, as the iterator's handle.
+pub struct RequestStream(Arc<Reader>);
+
+struct Reader {
+    shared: Arc<CallShared>,
+    stream: Mutex<Streaming<Incoming>>,
+    layout: usize,
+}
+
+impl UserData for RequestStream {}
+
+impl RequestStream {
+    /// A call's request stream as what the state's iterator factory takes with the builder:
+    /// the call's own `try_next` (a plain function over this stream, so taking a message that
+    /// has arrived costs one call and no handle look-up) and the handle `wait_next` takes.
+    pub fn iterator_args(
+        lua: &Lua,
+        shared: Arc<CallShared>,
+        stream: Streaming<Incoming>,
+        layout: usize,
+    ) -> mlua::Result<[LuaValue; 2]> {
+        let reader = Arc::new(Reader {
+            shared,
+            stream: Mutex::new(stream),
+            layout,
+        });
+        let r = reader.clone();
+        let try_next = lua.create_function(move |lua, ()| {
+            r.check()?;
+            let polled = r.poll(&mut Context::from_waker(std::task::Waker::noop()));
+            r.step(lua, polled)
+        })?;
+        Ok([
+            LuaValue::Function(try_next),
+            LuaValue::UserData(lua.create_userdata(RequestStream(reader))?),
+        ])
+    }
+}
+
+type Polled = Poll<Option<Result<Incoming, Status>>>;
+
+impl Reader {
+    fn poll(&self, cx: &mut Context<'_>) -> Polled {
+        let mut stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        Pin::new(&mut *stream).poll_next(cx)
+    }
+
+    fn check(&self) -> mlua::Result<()> {
+        if self.shared.ended.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(mlua::Error::runtime(
+                "the request stream was used after its call ended",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What the iterator hands its builder: `true` and the slots, `false` when nothing has
+    /// arrived yet, `nil` at the end of the stream.
+    fn step(&self, lua: &Lua, polled: Polled) -> mlua::Result<Variadic<LuaValue>> {
+        let one = |v: LuaValue| Ok(Variadic::from_iter([v]));
+        match polled {
+            Poll::Pending => one(LuaValue::Boolean(false)),
+            Poll::Ready(None) => one(LuaValue::Nil),
+            Poll::Ready(Some(Err(status))) => Err(mlua::Error::external(IncomingError(status))),
+            Poll::Ready(Some(Ok(msg))) => {
+                let mut out = Variadic::with_capacity(8);
+                out.push(LuaValue::Boolean(true));
+                decode_request(lua, &msg, self.layout, &mut out)?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn reader(h: &AnyUserData) -> mlua::Result<Arc<Reader>> {
+    Ok(h.borrow::<RequestStream>()?.0.clone())
+}
+
+const ITERATOR: &str = r#"
+local wait_next = ...
+return function(try_next, h, build)
+  return function()
+    local r = build(try_next())
+    if r == false then r = build(wait_next(h)) end
+    return r
+  end
+end
+"#;
+
+/// `(try_next, handle, builder)` (see [`RequestStream::iterator_args`]) → the call's
+/// iterator; one per state.
+pub fn iterator_factory(lua: &Lua) -> mlua::Result<Function> {
+    let wait_next = lua.create_async_function(|lua, h: AnyUserData| async move {
+        let r = reader(&h)?;
+        r.check()?;
+        let polled = poll_fn(|cx| match r.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            ready => Poll::Ready(ready),
+        })
+        .await;
+        r.check()?;
+        r.step(&lua, polled)
+    })?;
+    lua.load(ITERATOR)
+        .set_name("=protoserve requests")
+        .call(wait_next)
+}

@@ -1,0 +1,33 @@
+//! Responses written as JSON in a handler file, with request fields interpolated.
+//!
+//! A template is compiled once at startup against the method's input and output descriptors:
+//! every constant part is parsed (proto3 JSON mapping) and checked then, every `{{path}}` is
+//! resolved to field descriptors then. At call time rendering only copies values.
+//!
+//! - `"Hello, {{name}}!"` interpolates fields into a string (or bytes) field ([`text`]);
+//! - a string that is exactly one placeholder, `"{{location}}"`, copies the field's typed value
+//!   (numbers widen, anything turns into text for a string field); `"{{.}}"` is the whole request
+//!   ([`value`]);
+//! - constant values are read with the proto3 JSON mapping ([`json`]).
+//!
+//! The handler kinds build on these: `reply` and `stream` in [`crate::handler::reply`], `error`
+//! messages, rule conditions.
+
+pub mod json;
+pub mod text;
+pub mod value;
+
+pub use json::{parse_field_value, parse_message};
+pub use text::{write_text, TextTemplate};
+pub use value::{has_placeholder, whole_placeholder, MessageTemplate, ValueTemplate};
+
+pub use crate::error::EntryError;
+
+pub(crate) type Result<T> = std::result::Result<T, EntryError>;
+
+pub(crate) fn err<T>(path: &str, message: impl Into<String>) -> Result<T> {
+    Err(EntryError {
+        path: path.to_owned(),
+        message: message.into(),
+    })
+}

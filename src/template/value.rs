@@ -1,0 +1,372 @@
+//! Typed values in a template: constants, copies of request fields (converted to the target
+//! field's kind), text, nested messages, lists and maps, compiled once and rendered per call.
+
+use bytes::Bytes;
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value};
+use serde_json::{Map, Value as Json};
+
+use super::{err, parse_field_value, parse_message, write_text, EntryError, Result, TextTemplate};
+use crate::fieldpath::{find_field, kind_name, missing_field, type_name, FieldPath};
+use crate::kinds::{convert_number, is_number, map_key, same_kind};
+
+/// How a copied value is turned into the target field's type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Conversion {
+    Same,
+    Text,
+    Bytes,
+    Number,
+}
+
+/// One field's value in a template, compiled.
+#[derive(Debug, Clone)]
+pub enum ValueTemplate {
+    Const(Value),
+    Copy {
+        from: FieldPath,
+        conv: Conversion,
+        to: Kind,
+    },
+    Text {
+        text: TextTemplate,
+        bytes: bool,
+    },
+    Message(MessageTemplate),
+    List(Vec<ValueTemplate>),
+    Map(Vec<(MapKey, ValueTemplate)>),
+}
+
+/// A message with some fields constant and some computed per call.
+#[derive(Debug, Clone)]
+pub struct MessageTemplate {
+    /// The constant fields.
+    pub base: DynamicMessage,
+    /// The fields computed per call.
+    pub dynamic: Vec<(FieldDescriptor, ValueTemplate)>,
+}
+
+impl MessageTemplate {
+    /// Compiles the fields of `obj` as a message of type `output`, reading placeholders from
+    /// `input`.
+    pub fn compile(
+        obj: &Map<String, Json>,
+        input: &MessageDescriptor,
+        output: &MessageDescriptor,
+        path: &str,
+    ) -> Result<Self> {
+        let mut constant = Map::new();
+        let mut dynamic = Vec::new();
+        for (key, value) in obj {
+            let field_path = format!("{path}.{key}");
+            let Some(field) = find_field(output, key) else {
+                return err(&field_path, missing_field(output, key));
+            };
+            if has_placeholder(value) {
+                dynamic.push((
+                    field.clone(),
+                    compile_field(&field, value, input, output, &field_path)?,
+                ));
+            } else {
+                constant.insert(key.clone(), value.clone());
+            }
+        }
+        let base = parse_message(output, Json::Object(constant), path)?;
+        Ok(Self { base, dynamic })
+    }
+
+    fn render(&self, req: &DynamicMessage) -> std::result::Result<DynamicMessage, String> {
+        let mut msg = self.base.clone();
+        for (field, t) in &self.dynamic {
+            msg.set_field(field, t.render(req)?);
+        }
+        Ok(msg)
+    }
+}
+
+fn compile_field(
+    field: &FieldDescriptor,
+    value: &Json,
+    input: &MessageDescriptor,
+    parent: &MessageDescriptor,
+    path: &str,
+) -> Result<ValueTemplate> {
+    if let Some(text) = value.as_str() {
+        if let Some(from) = whole_placeholder(text) {
+            let target = if field.is_map() {
+                Target::WholeMap
+            } else if field.is_list() {
+                Target::WholeList
+            } else {
+                Target::Single
+            };
+            return compile_copy(field, from, input, path, target);
+        }
+    }
+    if field.is_map() {
+        let Json::Object(entries) = value else {
+            return err(
+                path,
+                format!(
+                    "\"{}\" is a {}; give a JSON object",
+                    field.name(),
+                    type_name(field)
+                ),
+            );
+        };
+        let Kind::Message(entry) = field.kind() else {
+            return err(path, "a map field without an entry type");
+        };
+        let key_field = entry.map_entry_key_field();
+        let value_field = entry.map_entry_value_field();
+        let mut out = Vec::with_capacity(entries.len());
+        for (k, v) in entries {
+            let key = map_key(&key_field.kind(), k).ok_or_else(|| EntryError {
+                path: path.to_owned(),
+                message: format!(
+                    "{k:?} is not a valid {} map key",
+                    kind_name(&key_field.kind())
+                ),
+            })?;
+            let vpath = format!("{path}.{k}");
+            let vt = if has_placeholder(v) {
+                compile_single(&value_field, v, input, Target::Single, &vpath)?
+            } else {
+                ValueTemplate::Const(parse_field_value(&entry, &value_field, v.clone(), &vpath)?)
+            };
+            out.push((key, vt));
+        }
+        return Ok(ValueTemplate::Map(out));
+    }
+    if field.is_list() {
+        let Json::Array(items) = value else {
+            return err(
+                path,
+                format!(
+                    "\"{}\" is a {}; give a JSON array",
+                    field.name(),
+                    type_name(field)
+                ),
+            );
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{path}[{i}]");
+            let t = if has_placeholder(item) {
+                compile_single(field, item, input, Target::ListItem, &ipath)?
+            } else {
+                let list =
+                    parse_field_value(parent, field, Json::Array(vec![item.clone()]), &ipath)?;
+                match list {
+                    Value::List(mut l) if l.len() == 1 => ValueTemplate::Const(l.remove(0)),
+                    _ => return err(&ipath, "could not read this list item"),
+                }
+            };
+            out.push(t);
+        }
+        return Ok(ValueTemplate::List(out));
+    }
+    compile_single(field, value, input, Target::Single, path)
+}
+
+/// Where a copied value lands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Target {
+    /// A singular field or a map value.
+    Single,
+    /// One item of a repeated field: a copied repeated value of the same type is spliced in.
+    ListItem,
+    /// A whole repeated field.
+    WholeList,
+    /// A whole map field.
+    WholeMap,
+}
+
+/// One value of `field`'s kind (a list item, a map value or a singular field).
+fn compile_single(
+    field: &FieldDescriptor,
+    value: &Json,
+    input: &MessageDescriptor,
+    target: Target,
+    path: &str,
+) -> Result<ValueTemplate> {
+    let kind = field.kind();
+    match value {
+        Json::String(text) => {
+            if let Some(from) = whole_placeholder(text) {
+                return compile_copy(field, from, input, path, target);
+            }
+            let bytes = match kind {
+                Kind::String => false,
+                Kind::Bytes => true,
+                _ => {
+                    return err(
+                        path,
+                        format!(
+                            "{{{{…}}}} inside text only works in string or bytes fields; \"{}\" is {}. Use a value that is exactly \"{{{{field}}}}\" to copy a field",
+                            field.name(),
+                            kind_name(&kind)
+                        ),
+                    )
+                }
+            };
+            Ok(ValueTemplate::Text {
+                text: TextTemplate::compile(text, input, path)?,
+                bytes,
+            })
+        }
+        Json::Object(obj) => match kind {
+            Kind::Message(m) => Ok(ValueTemplate::Message(MessageTemplate::compile(
+                obj, input, &m, path,
+            )?)),
+            _ => err(
+                path,
+                format!(
+                    "\"{}\" is {}, not a message",
+                    field.name(),
+                    kind_name(&kind)
+                ),
+            ),
+        },
+        _ => err(
+            path,
+            "placeholders may only appear in strings, objects and arrays",
+        ),
+    }
+}
+
+/// `"{{path}}"`: a typed copy of a request value into `field`.
+fn compile_copy(
+    field: &FieldDescriptor,
+    from: &str,
+    input: &MessageDescriptor,
+    path: &str,
+    target: Target,
+) -> Result<ValueTemplate> {
+    let source = FieldPath::resolve(input, from).map_err(|m| EntryError {
+        path: path.to_owned(),
+        message: m,
+    })?;
+    let to = field.kind();
+    let (src_kind, src_list, src_map) = match source.last() {
+        None => (Kind::Message(input.clone()), false, false),
+        Some(f) => (f.kind(), f.is_list(), f.is_map()),
+    };
+    let mismatch = || {
+        err(
+            path,
+            format!(
+                "cannot copy {{{{{from}}}}} ({}) into \"{}\" ({})",
+                source
+                    .last()
+                    .map_or_else(|| input.full_name().to_owned(), type_name),
+                field.name(),
+                type_name(field)
+            ),
+        )
+    };
+    let whole_list = target == Target::WholeList;
+    let whole_map = target == Target::WholeMap;
+    let spliced = target == Target::ListItem && src_list;
+    if whole_list || whole_map || src_list || src_map {
+        // Repeated and map values copy only as a whole, into a field of the same type.
+        let shapes_agree = (whole_list == src_list || spliced) && whole_map == src_map;
+        if shapes_agree && same_kind(&src_kind, &to) {
+            return Ok(ValueTemplate::Copy {
+                from: source,
+                conv: Conversion::Same,
+                to,
+            });
+        }
+        return mismatch();
+    }
+    let conv = if same_kind(&src_kind, &to) {
+        Conversion::Same
+    } else if matches!(to, Kind::String) {
+        Conversion::Text
+    } else if matches!(to, Kind::Bytes) && matches!(src_kind, Kind::String) {
+        Conversion::Bytes
+    } else if is_number(&src_kind) && is_number(&to) {
+        Conversion::Number
+    } else {
+        return mismatch();
+    };
+    Ok(ValueTemplate::Copy {
+        from: source,
+        conv,
+        to,
+    })
+}
+
+impl ValueTemplate {
+    pub fn render(&self, req: &DynamicMessage) -> std::result::Result<Value, String> {
+        Ok(match self {
+            ValueTemplate::Const(v) => v.clone(),
+            ValueTemplate::Copy { from, conv, to } => {
+                let v = from.read(req);
+                match conv {
+                    Conversion::Same => v.into_owned(),
+                    Conversion::Text => {
+                        let mut s = String::new();
+                        let kind = from.last().map(FieldDescriptor::kind);
+                        write_text(&mut s, &v, kind.as_ref());
+                        Value::String(s)
+                    }
+                    Conversion::Bytes => match v.as_ref() {
+                        Value::String(s) => Value::Bytes(Bytes::copy_from_slice(s.as_bytes())),
+                        other => other.clone(),
+                    },
+                    Conversion::Number => convert_number(&v, to).ok_or_else(|| {
+                        format!(
+                            "{{{{{}}}}} = {v:?} does not fit a {}",
+                            from.text(),
+                            kind_name(to)
+                        )
+                    })?,
+                }
+            }
+            ValueTemplate::Text { text, bytes } => {
+                let s = text.render(req);
+                if *bytes {
+                    Value::Bytes(Bytes::from(s.into_bytes()))
+                } else {
+                    Value::String(s)
+                }
+            }
+            ValueTemplate::Message(t) => Value::Message(t.render(req)?),
+            ValueTemplate::List(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    match item.render(req)? {
+                        // A copied repeated value inside a list literal is spliced in.
+                        Value::List(l) => out.extend(l),
+                        v => out.push(v),
+                    }
+                }
+                Value::List(out)
+            }
+            ValueTemplate::Map(entries) => {
+                let mut out = std::collections::HashMap::with_capacity(entries.len());
+                for (k, t) in entries {
+                    out.insert(k.clone(), t.render(req)?);
+                }
+                Value::Map(out)
+            }
+        })
+    }
+}
+
+/// `Some("path")` when `text` is exactly `{{path}}`.
+pub fn whole_placeholder(text: &str) -> Option<&str> {
+    let inner = text.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    (!inner.contains("{{") && !inner.contains("}}")).then_some(inner.trim())
+}
+
+/// True when a JSON value has a `{{` anywhere in its strings.
+pub fn has_placeholder(value: &Json) -> bool {
+    match value {
+        Json::String(s) => s.contains("{{"),
+        Json::Array(a) => a.iter().any(has_placeholder),
+        Json::Object(o) => o.values().any(has_placeholder),
+        _ => false,
+    }
+}

@@ -1,0 +1,415 @@
+//! The live server: reload on file change and SIGHUP, a broken reload keeps serving, services
+//! come and go in health and reflection, calls in flight keep their generation, and no call
+//! fails while the server reloads under load. Each test serves a copy of a project in a
+//! temporary folder and edits it.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::project::{live_handler, Project, LIVE_PROTO};
+use common::{pool, Client, Server};
+use serde_json::json;
+use tonic::Code;
+
+/// Waits (bounded) until a log line contains `needle`.
+fn wait_for_log(server: &Server, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(line) = server.log().into_iter().find(|l| l.contains(needle)) {
+            return line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {needle:?}: {:#?}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `Chat` until it answers `want` (bounded).
+async fn wait_for_reply(client: &Client, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = client.unary("live.Live/Chat", json!({"text": "x"})).await;
+        if got.as_ref().ok() == Some(&json!({"text": want})) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still {got:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn sighup(server: &Server) {
+    let ok = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -HUP failed");
+}
+
+#[tokio::test]
+async fn editing_a_handler_file_reloads_it() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    wait_for_reply(&client, "v1: x").await;
+    project.write("handlers/live.json", &live_handler("v2"));
+    wait_for_reply(&client, "v2: x").await;
+    let line = wait_for_log(&server, "generation 2 serving");
+    assert!(line.contains("files changed"), "{line}");
+    assert!(line.contains(" ms"), "the reload logs its time: {line}");
+}
+
+/// A reload reads the files, which inotify reports too (open, close-without-write); reacting
+/// to those reloaded forever.
+#[tokio::test]
+async fn a_reload_does_not_set_off_another() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    project.write("handlers/live.json", &live_handler("v2"));
+    wait_for_reply(&client, "v2: x").await;
+    wait_for_log(&server, "generation 2 serving");
+    std::thread::sleep(Duration::from_millis(1500));
+    let again: Vec<String> = server
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("generation 3"))
+        .collect();
+    assert!(again.is_empty(), "reloads feed on themselves: {again:?}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_when_watching_is_off() {
+    let project = Project::new();
+    let server = project.start(&["--no-watch"]);
+    let client = project.client(&server).await;
+    project.write("handlers/live.json", &live_handler("v2"));
+    // Without watching, the edit is not seen until the signal.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        client
+            .unary("live.Live/Chat", json!({"text": "x"}))
+            .await
+            .unwrap(),
+        json!({"text": "v1: x"})
+    );
+    sighup(&server);
+    wait_for_reply(&client, "v2: x").await;
+    assert!(wait_for_log(&server, "generation 2 serving").contains("SIGHUP"));
+}
+
+#[tokio::test]
+async fn a_broken_reload_keeps_serving_and_names_the_place() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    // A reply field that does not exist, on line 5.
+    project.write(
+        "handlers/live.json",
+        &live_handler("v2").replace(
+            "\"Talk\": { \"reply\": { \"text\"",
+            "\"Talk\": { \"reply\": { \"txet\"",
+        ),
+    );
+    let failed = wait_for_log(&server, "failed with 1 problem");
+    assert!(failed.contains("still serving generation 1"), "{failed}");
+    let problem = wait_for_log(&server, "txet");
+    let file = project.path("handlers/live.json").display().to_string();
+    assert!(
+        problem.contains(&format!("{file}:5:")),
+        "file:line:col in {problem}"
+    );
+    // Nothing changed: the whole old generation answers, the valid half of the edit too.
+    assert_eq!(
+        client
+            .unary("live.Live/Chat", json!({"text": "x"}))
+            .await
+            .unwrap(),
+        json!({"text": "v1: x"})
+    );
+    // Fixing the file loads it.
+    project.write("handlers/live.json", &live_handler("v3"));
+    wait_for_reply(&client, "v3: x").await;
+    assert!(wait_for_log(&server, "generation 2 serving").contains("files changed"));
+}
+
+#[tokio::test]
+async fn a_broken_proto_on_reload_keeps_serving() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    project.write(
+        "protos/live.proto",
+        &LIVE_PROTO.replace("string text = 1;", "strin text = 1;"),
+    );
+    let problem = wait_for_log(&server, "live.proto:");
+    assert!(problem.contains("live.proto:7:16:"), "{problem}");
+    wait_for_log(&server, "still serving generation 1");
+    assert_eq!(
+        client
+            .unary("live.Live/Chat", json!({"text": "x"}))
+            .await
+            .unwrap(),
+        json!({"text": "v1: x"})
+    );
+}
+
+#[tokio::test]
+async fn services_come_and_go_in_health_and_reflection() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let project = Project::new();
+    let server = project.start(&[]);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let check = |name: &str| HealthCheckRequest {
+        service: name.into(),
+    };
+    assert_eq!(
+        health
+            .check(check("live.Live"))
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
+        ServingStatus::Serving as i32
+    );
+    let mut watch = health
+        .watch(check("extra.Extra"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::ServiceUnknown as i32
+    );
+    let mut watch_live = health.watch(check("live.Live")).await.unwrap().into_inner();
+    assert_eq!(
+        watch_live.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
+    // live.Live goes away, extra.Extra arrives.
+    std::fs::remove_file(project.path("handlers/live.json")).unwrap();
+    std::fs::remove_file(project.path("protos/live.proto")).unwrap();
+    project.write(
+        "protos/extra.proto",
+        "syntax = \"proto3\";\npackage extra;\nservice Extra { rpc Ping (P) returns (P); }\nmessage P { string s = 1; }\n",
+    );
+    let next = tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("the watcher hears of the new service")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status, ServingStatus::Serving as i32);
+    let gone = tokio::time::timeout(Duration::from_secs(20), watch_live.message())
+        .await
+        .expect("the watcher hears the service went")
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone.status, ServingStatus::ServiceUnknown as i32);
+    let err = health.check(check("live.Live")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Reflection lists what the new generation serves.
+    let names = list_services(channel).await;
+    assert!(names.contains(&"extra.Extra".to_owned()), "{names:?}");
+    assert!(!names.contains(&"live.Live".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"helloworld.Greeter".to_owned()),
+        "{names:?}"
+    );
+    // And the router: the new method is there, without a handler; the old one is gone.
+    let client = Client::connect(server.addr, pool(&project.path("protos"))).await;
+    let err = client
+        .unary("extra.Extra/Ping", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("no handler"), "{}", err.message());
+}
+
+async fn list_services(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let mut client = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(futures_util::stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list")
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
+#[tokio::test]
+async fn an_open_stream_keeps_the_generation_it_started_on() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    let (tx, stream) = client
+        .bidi_open("live.Live/Talk", vec![json!({"text": "a"})])
+        .await;
+    let mut stream = stream.unwrap();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(common::to_json(&first), json!({"text": "v1: a"}));
+
+    project.write("handlers/live.json", &live_handler("v2"));
+    wait_for_reply(&client, "v2: x").await;
+    // The open stream still answers as generation 1 did; a new stream answers as 2.
+    for word in ["b", "c"] {
+        tx.send(json!({"text": word})).await.unwrap();
+        let got = stream.message().await.unwrap().unwrap();
+        assert_eq!(
+            common::to_json(&got),
+            json!({"text": format!("v1: {word}")})
+        );
+    }
+    drop(tx);
+    assert!(stream.message().await.unwrap().is_none());
+    let (fresh, _) = client
+        .bidi("live.Live/Talk", vec![json!({"text": "d"})])
+        .await;
+    assert_eq!(fresh, vec![json!({"text": "v2: d"})]);
+}
+
+/// Threads named `lua-*` in the server process.
+fn lua_threads(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("lua-"))
+        .count()
+}
+
+/// Twenty reloads while unary calls (declarative and Lua) and an open bidi stream run: no call
+/// fails, the stream sees every answer, and the Lua threads of replaced generations stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_under_load_fails_no_call() {
+    let project = Project::new();
+    let server = project.start(&["--no-watch", "--script-states", "2"]);
+    let client = Arc::new(project.client(&server).await);
+    let threads_at_start = lua_threads(server.pid());
+    assert_eq!(
+        threads_at_start, 3,
+        "one thread per Lua state, and their watchdog"
+    );
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for w in 0..2 {
+        let (client, stop, calls) = (client.clone(), stop.clone(), calls.clone());
+        workers.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let result = if w == 0 {
+                    client
+                        .unary("helloworld.Greeter/SayHello", json!({"name": "n"}))
+                        .await
+                        .map(|_| ())
+                } else {
+                    client
+                        .unary(
+                            "routeguide.RouteGuide/GetFeature",
+                            json!({"latitude": 409146138, "longitude": -746188906}),
+                        )
+                        .await
+                        .map(|_| ())
+                };
+                calls.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = result {
+                    failures.push(e);
+                }
+            }
+            failures
+        }));
+    }
+    let (tx, stream) = client
+        .bidi_open("routeguide.RouteGuide/RouteChat", vec![note(0), note(1)])
+        .await;
+    let mut stream = stream.unwrap();
+    // RouteChat answers each note with the notes sent before at its location: at one location
+    // note k is answered with notes 0..k, so none may be lost.
+    let mut stream_answers = 0;
+    let mut expect_last = 0;
+    for reload in 1..=20 {
+        loop {
+            let got = stream
+                .message()
+                .await
+                .expect("stream fails")
+                .expect("stream ends");
+            stream_answers += 1;
+            if common::to_json(&got)["message"] == json!(format!("note {expect_last}")) {
+                break;
+            }
+        }
+        sighup(&server);
+        wait_for_log(&server, &format!("generation {} serving", reload + 1));
+        tx.send(note(reload + 1)).await.unwrap();
+        expect_last = reload;
+    }
+    drop(tx);
+    while stream
+        .message()
+        .await
+        .expect("stream fails at its end")
+        .is_some()
+    {
+        stream_answers += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for w in workers {
+        failures.extend(w.await.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "calls failed during reloads: {failures:?}"
+    );
+    assert!(
+        calls.load(Ordering::Relaxed) >= 40,
+        "the calls kept running"
+    );
+    // Notes 0..=21 at one place: note k is answered with the k notes before it.
+    assert_eq!(stream_answers, (0..=21).sum::<usize>());
+    // Replaced generations' Lua states stop once their calls are done.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lua_threads(server.pid()) > 3 {
+        assert!(
+            Instant::now() < deadline,
+            "{} lua threads after 20 reloads; old generations leak",
+            lua_threads(server.pid())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn note(i: usize) -> serde_json::Value {
+    json!({"location": {"latitude": 1, "longitude": 2}, "message": format!("note {i}")})
+}

@@ -1,0 +1,512 @@
+//! Inputs beyond a folder of proto3 files: descriptor sets made by `buf build`, editions,
+//! vendored copies of bundled files, the descriptor cache, and a tree of thousands of files.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::json;
+
+use common::{Client, Server};
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn buf_build(module: &Path, out: &Path, extra: &[&str]) {
+    let result = Command::new(common::buf())
+        .arg("build")
+        .arg(module)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "buf build: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
+const SHOP: &str = r#"syntax = "proto3";
+package shop.v1;
+import "google/protobuf/timestamp.proto";
+import "shop/v1/money.proto";
+service Shop { rpc Price(PriceRequest) returns (PriceReply); }
+message PriceRequest { string sku = 1; }
+message PriceReply { string sku = 1; Cents price = 2; google.protobuf.Timestamp at = 3; }
+"#;
+
+const MONEY: &str = r#"syntax = "proto3";
+package shop.v1;
+message Cents { int64 cents = 1; }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn descriptor_sets_from_buf_build_are_served_with_protos() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("module");
+    write(&module.join("shop/v1/shop.proto"), SHOP);
+    write(&module.join("shop/v1/money.proto"), MONEY);
+    let set = dir.path().join("shop.binpb");
+    buf_build(&module, &set, &[]);
+    // A --protos folder next to the set, importing one of the set's files.
+    let protos = dir.path().join("protos");
+    write(
+        &protos.join("audit.proto"),
+        r#"syntax = "proto3";
+package audit;
+import "shop/v1/money.proto";
+service Audit { rpc Check(shop.v1.Cents) returns (shop.v1.Cents); }
+"#,
+    );
+    let handlers = dir.path().join("handlers");
+    write(
+        &handlers.join("shop.json"),
+        r#"{"service": "shop.v1.Shop", "methods": {"Price": {"reply": {"sku": "{{sku}}", "price": {"cents": 250}}}}}"#,
+    );
+    write(
+        &handlers.join("audit.json"),
+        r#"{"service": "audit.Audit", "methods": {"Check": {"echo": {}}}}"#,
+    );
+    let args = [
+        "--descriptor-set",
+        set.to_str().unwrap(),
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+        "--no-cache",
+    ];
+    let server = Server::start(&args);
+    let schema = protoserve::schema::compile(&protoserve::schema::SchemaInputs {
+        protos: vec![protos.clone()],
+        descriptor_sets: vec![set.clone()],
+        ..Default::default()
+    })
+    .unwrap();
+    let client = Client::connect(server.addr, schema.pool).await;
+    let reply = client
+        .unary("shop.v1.Shop/Price", json!({"sku": "A-1"}))
+        .await
+        .unwrap();
+    assert_eq!(reply, json!({"sku": "A-1", "price": {"cents": "250"}}));
+    let reply = client
+        .unary("audit.Audit/Check", json!({"cents": "7"}))
+        .await
+        .unwrap();
+    assert_eq!(reply, json!({"cents": "7"}));
+
+    // Reflection and health see the set's services like any other.
+    let out = Command::new(common::buf())
+        .args(["curl", "--protocol", "grpc", "--http2-prior-knowledge"])
+        .args(["-d", r#"{"sku":"B"}"#])
+        .arg(format!("http://{}/shop.v1.Shop/Price", server.addr))
+        .output()
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(body["price"]["cents"], "250");
+    let out = Command::new(common::buf())
+        .args(["curl", "--protocol", "grpc", "--http2-prior-knowledge"])
+        .args(["-d", r#"{"service":"shop.v1.Shop"}"#])
+        .arg(format!(
+            "http://{}/grpc.health.v1.Health/Check",
+            server.addr
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("SERVING"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Only a set: no protos/ folder is read.
+    std::fs::remove_file(handlers.join("audit.json")).unwrap();
+    let (code, out, err) = common::run(&[
+        "list",
+        "--descriptor-set",
+        set.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+        "--no-cache",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("shop.v1.Shop\n  Price"), "{out}");
+}
+
+#[test]
+fn a_set_missing_a_dependency_names_the_file_and_the_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("module");
+    write(&module.join("shop/v1/shop.proto"), SHOP);
+    write(&module.join("shop/v1/money.proto"), MONEY);
+    let set = dir.path().join("shop.binpb");
+    buf_build(
+        &module,
+        &set,
+        &[
+            "--path",
+            module.join("shop/v1/shop.proto").to_str().unwrap(),
+            "--exclude-imports",
+        ],
+    );
+    let empty = dir.path().join("handlers");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, _, err) = common::run(&[
+        "check",
+        "--descriptor-set",
+        set.to_str().unwrap(),
+        "--handlers",
+        empty.to_str().unwrap(),
+        "--no-cache",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("shop.binpb"), "{err}");
+    assert!(
+        err.contains("shop/v1/shop.proto imports \"shop/v1/money.proto\""),
+        "{err}"
+    );
+    // The well-known import it also lacks is bundled, so it is not reported.
+    assert!(!err.contains("timestamp"), "{err}");
+}
+
+const EDITION: &str = r#"// An editions file.
+edition = "2023";
+package ed;
+option features.field_presence = IMPLICIT;
+service Ed { rpc Get(Thing) returns (Thing); }
+message Thing {
+  string name = 1;
+  int32 count = 2 [features.field_presence = EXPLICIT];
+  repeated int32 list = 3 [features.repeated_field_encoding = EXPANDED];
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn editions_sources_point_to_descriptor_sets_which_serve_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let protos = dir.path().join("protos");
+    write(&protos.join("ed/thing.proto"), EDITION);
+    let handlers = dir.path().join("handlers");
+    write(
+        &handlers.join("ed.json"),
+        r#"{"service": "ed.Ed", "methods": {"Get": {"reply": {"name": "got {{name}}", "count": 0, "list": [1, 2]}}}}"#,
+    );
+    let (code, _, err) = common::run(&[
+        "check",
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+        "--no-cache",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    let thing = protos.join("ed/thing.proto");
+    assert!(
+        err.contains(&format!("{}:2:1", thing.display())),
+        "names the file and the edition line: {err}"
+    );
+    assert!(
+        err.contains("--descriptor-set") && err.contains("buf build"),
+        "{err}"
+    );
+
+    // The module also declares a custom option, which a proto3 file next to the set uses.
+    write(
+        &protos.join("ed/opts.proto"),
+        "edition = \"2023\";\npackage ed;\nimport \"google/protobuf/descriptor.proto\";\nextend google.protobuf.MethodOptions { string tag = 50001; }\n",
+    );
+    let set = dir.path().join("ed.binpb");
+    buf_build(&protos, &set, &[]);
+    let plain = dir.path().join("plain");
+    write(
+        &plain.join("uses.proto"),
+        "syntax = \"proto3\";\npackage uses;\nimport \"ed/opts.proto\";\nimport \"ed/thing.proto\";\nservice U { rpc Get(ed.Thing) returns (ed.Thing) { option (ed.tag) = \"mine\"; } }\n",
+    );
+    let server = Server::start(&[
+        "--descriptor-set",
+        set.to_str().unwrap(),
+        "--protos",
+        plain.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+        "--no-cache",
+    ]);
+    let schema = protoserve::schema::compile(&protoserve::schema::SchemaInputs {
+        descriptor_sets: vec![set.clone()],
+        protos: vec![plain.clone()],
+        ..Default::default()
+    })
+    .unwrap();
+    let tag = schema.pool.get_extension_by_name("ed.tag").unwrap();
+    let get = schema
+        .pool
+        .get_service_by_name("uses.U")
+        .unwrap()
+        .methods()
+        .next()
+        .unwrap();
+    assert_eq!(get.options().get_extension(&tag).as_str(), Some("mine"));
+    let client = Client::connect(server.addr, schema.pool).await;
+    let reply = client
+        .unary("ed.Ed/Get", json!({"name": "it"}))
+        .await
+        .unwrap();
+    assert_eq!(reply["name"], "got it");
+    assert_eq!(reply["list"], json!([1, 2]));
+    // Explicit presence (from the field's feature) keeps a zero that was set.
+    assert_eq!(reply["count"], 0, "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vendored_copies_of_bundled_files_lose_to_the_bundled_ones() {
+    let root = common::googleapis();
+    let dir = tempfile::tempdir().unwrap();
+    let protos = dir.path().join("protos");
+    // An up-to-date descriptor.proto (newer than protox can parse), an identical
+    // annotations.proto and a changed field_behavior.proto, as real repos vendor them.
+    for name in [
+        "google/protobuf/descriptor.proto",
+        "google/protobuf/timestamp.proto",
+        "google/api/annotations.proto",
+        "google/api/http.proto",
+    ] {
+        write(
+            &protos.join(name),
+            &std::fs::read_to_string(root.join(name)).unwrap(),
+        );
+    }
+    let behavior = std::fs::read_to_string(root.join("google/api/field_behavior.proto")).unwrap();
+    write(
+        &protos.join("google/api/field_behavior.proto"),
+        &behavior.replace("IDENTIFIER = 8;", "IDENTIFIER = 8;\n  VENDORED_EXTRA = 9;"),
+    );
+    write(
+        &protos.join("notes/v1/notes.proto"),
+        r#"syntax = "proto3";
+package notes.v1;
+import "google/api/annotations.proto";
+import "google/api/field_behavior.proto";
+import "google/protobuf/timestamp.proto";
+service Notes {
+  rpc GetNote(GetNoteRequest) returns (Note) { option (google.api.http) = { get: "/v1/{name=notes/*}" }; }
+}
+message GetNoteRequest { string name = 1 [(google.api.field_behavior) = REQUIRED]; }
+message Note { string name = 1; google.protobuf.Timestamp created = 2; }
+"#,
+    );
+    let handlers = dir.path().join("handlers");
+    write(
+        &handlers.join("notes.json"),
+        r#"{"service": "notes.v1.Notes", "methods": {"GetNote": {"reply": {"name": "{{name}}", "created": "2024-01-02T03:04:05Z"}}}}"#,
+    );
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+        "--no-cache",
+    ]);
+    let log = server.log().join("\n");
+    let behavior_copy = protos.join("google/api/field_behavior.proto");
+    assert!(
+        log.contains(&format!(
+            "{}: this copy of google/api/field_behavior.proto differs",
+            behavior_copy.display()
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("google/protobuf/descriptor.proto differs"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("google/api/annotations.proto differs"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("google/protobuf/timestamp.proto differs"),
+        "{log}"
+    );
+    let schema =
+        protoserve::schema::compile(&protoserve::schema::SchemaInputs::protos(&[protos])).unwrap();
+    // The bundled field_behavior.proto was used, not the copy.
+    let behavior = schema
+        .pool
+        .get_enum_by_name("google.api.FieldBehavior")
+        .unwrap();
+    assert!(behavior.get_value_by_name("VENDORED_EXTRA").is_none());
+    let client = Client::connect(server.addr, schema.pool.clone()).await;
+    let reply = client
+        .unary("notes.v1.Notes/GetNote", json!({"name": "notes/1"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply,
+        json!({"name": "notes/1", "created": "2024-01-02T03:04:05Z"})
+    );
+}
+
+#[test]
+fn the_cache_is_used_invalidated_and_survives_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let protos = dir.path().join("protos");
+    let imports = dir.path().join("imports");
+    write(
+        &protos.join("a.proto"),
+        "syntax = \"proto3\";\npackage a;\nimport \"lib/b.proto\";\nservice A { rpc One(b.B) returns (b.B); }\n",
+    );
+    write(
+        &imports.join("lib/b.proto"),
+        "syntax = \"proto3\";\npackage b;\nmessage B { string x = 1; }\n",
+    );
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir(&handlers).unwrap();
+    let cache = dir.path().join("cache");
+    let list = || {
+        let (code, out, err) = common::run(&[
+            "list",
+            "--protos",
+            protos.to_str().unwrap(),
+            "-I",
+            imports.to_str().unwrap(),
+            "--handlers",
+            handlers.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--log-level",
+            "protoserve=debug",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        (out, err)
+    };
+    let entries = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&cache)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    let (out, err) = list();
+    assert!(err.contains("files compiled"), "{err}");
+    assert!(out.contains("  One "), "{out}");
+    assert_eq!(entries().len(), 1, "one entry, no temporary file left");
+    let (_, err) = list();
+    assert!(
+        err.contains("from the descriptor cache"),
+        "warm start: {err}"
+    );
+
+    // A changed file is a different key: compiled again, and the change is seen.
+    write(
+        &protos.join("a.proto"),
+        "syntax = \"proto3\";\npackage a;\nimport \"lib/b.proto\";\nservice A { rpc One(b.B) returns (b.B); rpc Two(b.B) returns (b.B); }\n",
+    );
+    let (out, err) = list();
+    assert!(err.contains("files compiled"), "{err}");
+    assert!(out.contains("  Two "), "{out}");
+    let (_, err) = list();
+    assert!(err.contains("from the descriptor cache"), "{err}");
+
+    // A changed file from -I makes the entry stale.
+    write(
+        &imports.join("lib/b.proto"),
+        "syntax = \"proto3\";\npackage b;\nmessage B { string x = 1; string y = 2; }\n",
+    );
+    let (_, err) = list();
+    assert!(err.contains("b.proto changed"), "{err}");
+    assert!(err.contains("files compiled"), "{err}");
+
+    // A corrupt entry is ignored with a warning, and replaced.
+    for entry in entries() {
+        std::fs::write(&entry, b"not a cache entry").unwrap();
+    }
+    let (_, err) = list();
+    assert!(err.contains("ignored (it is corrupt)"), "{err}");
+    assert!(err.contains("files compiled"), "{err}");
+    let (_, err) = list();
+    assert!(err.contains("from the descriptor cache"), "{err}");
+
+    // --no-cache reads and writes nothing.
+    std::fs::remove_dir_all(&cache).unwrap();
+    let (code, _, err) = common::run(&[
+        "check",
+        "--protos",
+        protos.to_str().unwrap(),
+        "-I",
+        imports.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+        "--no-cache",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!cache.exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_files_without_handlers_answer_unimplemented() {
+    let dir = tempfile::tempdir().unwrap();
+    let protos = dir.path().join("protos");
+    // 3 000 files, every one importing two earlier ones; every 10th has a service.
+    let mut text = String::new();
+    std::fs::create_dir_all(&protos).unwrap();
+    for i in 0usize..3000 {
+        text.clear();
+        text.push_str(&format!("syntax = \"proto3\";\npackage big.p{};\n", i % 50));
+        let deps: Vec<usize> = [i.saturating_sub(1), i / 2]
+            .into_iter()
+            .filter(|&d| d < i)
+            .collect();
+        for d in &deps {
+            text.push_str(&format!("import \"f{d}.proto\";\n"));
+        }
+        text.push_str(&format!(
+            "message M{i} {{ string s = 1; int64 n = 2; repeated string r = 3;"
+        ));
+        for (k, d) in deps.iter().enumerate() {
+            text.push_str(&format!(" big.p{}.M{d} m{k} = {};", d % 50, 10 + k));
+        }
+        text.push_str(" }\n");
+        if i % 10 == 0 {
+            text.push_str(&format!("service S{i} {{ rpc Get(M{i}) returns (M{i}); rpc Watch(M{i}) returns (stream M{i}); }}\n"));
+        }
+        std::fs::write(protos.join(format!("f{i}.proto")), &text).unwrap();
+    }
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir(&handlers).unwrap();
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+        "--no-cache",
+    ]);
+    let logged = |s: &Server| {
+        s.log()
+            .iter()
+            .any(|l| l.contains("300 services, 0 of 600 methods with handlers"))
+    };
+    for _ in 0..100 {
+        if logged(&server) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(logged(&server), "{:?}", server.log());
+    let client = Client::connect(server.addr, prost_reflect::DescriptorPool::new()).await;
+    for path in [
+        "/big.p0.S0/Get",
+        "/big.p0.S2950/Watch",
+        "/big.p10.S1010/Get",
+    ] {
+        let err = client
+            .raw_unary(path, bytes::Bytes::new())
+            .await
+            .expect_err(path);
+        assert_eq!(err.code(), tonic::Code::Unimplemented, "{path}: {err:?}");
+        assert!(err.message().contains("has no handler"), "{path}: {err:?}");
+    }
+}

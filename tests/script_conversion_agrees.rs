@@ -1,0 +1,476 @@
+//! Scripts see requests and send replies without a `DynamicMessage` in between: request bytes
+//! go straight into Lua tables and reply tables straight to bytes. Both must agree with
+//! `DynamicMessage` decoding and encoding, which is the reference:
+//!
+//! - the same bytes are accepted and refused;
+//! - an accepted request reads as the same Lua tables as decoding it and walking the message
+//!   (the shape documented in `script::convert`: defaults for unset scalars, `nil` for unset
+//!   messages and optional fields, enum names, sequences and tables for lists and maps);
+//! - those tables encode back to the message the decoder read (less unknown fields and
+//!   extensions, which scripts never see), byte for byte where the reference's encoding is
+//!   deterministic (no map with more than one entry).
+//!
+//! Messages come from the generator shared with `wire_agrees_with_decoder.rs` (every scalar
+//! kind, enums with unknown values, nested and recursive messages, maps, oneofs, optional
+//! fields, proto2 groups and extensions, packed and unpacked repeated fields, repeats of
+//! singular fields, unknown fields of every wire type), mutated or random. Each runs through
+//! three layouts of the request type: the default one (slots filled from Rust, tables made
+//! by the generated builder), one with no nested message inlined, and one that builds
+//! everything in Rust, so every path of the decoder is held to the reference.
+
+#[path = "common/wire_gen.rs"]
+mod wire_gen;
+
+use std::sync::Arc;
+
+use mlua::{Function, Lua, Table, Value as LuaValue};
+use proptest::prelude::*;
+use prost::Message;
+use prost_reflect::{DynamicMessage, Kind, MapKey, MessageDescriptor, ReflectMessage, Value};
+use protoserve::codec::Outgoing;
+use protoserve::script::convert::{outgoing_from_lua, Conv};
+use protoserve::script::decode::{Decoder, Layout};
+use protoserve::script::plan::{MsgId, Plans};
+use wire_gen::{message, messages, mutate, pool, put_len, Tape};
+
+/// The reference: a decoded message as the documented Lua shape.
+fn reference_table(lua: &Lua, msg: &DynamicMessage) -> mlua::Result<Table> {
+    let desc = msg.descriptor();
+    let table = lua.create_table()?;
+    for field in desc.fields() {
+        let kind = field.kind();
+        let singular = !field.is_list() && !field.is_map();
+        if singular
+            && !msg.has_field(&field)
+            && (matches!(kind, Kind::Message(_)) || field.supports_presence())
+        {
+            continue;
+        }
+        let value = msg.get_field(&field);
+        table.raw_set(field.name(), reference_value(lua, &value, &kind)?)?;
+    }
+    Ok(table)
+}
+
+fn reference_value(lua: &Lua, value: &Value, kind: &Kind) -> mlua::Result<LuaValue> {
+    Ok(match value {
+        Value::Bool(b) => LuaValue::Boolean(*b),
+        Value::I32(n) => LuaValue::Integer(i64::from(*n)),
+        Value::I64(n) => LuaValue::Integer(*n),
+        Value::U32(n) => LuaValue::Integer(i64::from(*n)),
+        Value::U64(n) => LuaValue::Integer(*n as i64),
+        Value::F32(n) => LuaValue::Number(f64::from(*n)),
+        Value::F64(n) => LuaValue::Number(*n),
+        Value::String(s) => LuaValue::String(lua.create_string(s)?),
+        Value::Bytes(b) => LuaValue::String(lua.create_string(b)?),
+        Value::EnumNumber(n) => match kind.as_enum().and_then(|e| e.get_value(*n)) {
+            Some(v) => LuaValue::String(lua.create_string(v.name())?),
+            None => LuaValue::Integer(i64::from(*n)),
+        },
+        Value::Message(m) => LuaValue::Table(reference_table(lua, m)?),
+        Value::List(items) => {
+            let t = lua.create_table()?;
+            for (i, item) in items.iter().enumerate() {
+                t.raw_set(i + 1, reference_value(lua, item, kind)?)?;
+            }
+            LuaValue::Table(t)
+        }
+        Value::Map(entries) => {
+            let value_kind = match kind {
+                Kind::Message(entry) => entry.map_entry_value_field().kind(),
+                other => other.clone(),
+            };
+            let t = lua.create_table()?;
+            for (k, v) in entries {
+                let key = match k {
+                    MapKey::Bool(b) => LuaValue::Boolean(*b),
+                    MapKey::I32(n) => LuaValue::Integer(i64::from(*n)),
+                    MapKey::I64(n) => LuaValue::Integer(*n),
+                    MapKey::U32(n) => LuaValue::Integer(i64::from(*n)),
+                    MapKey::U64(n) => LuaValue::Integer(*n as i64),
+                    MapKey::String(s) => LuaValue::String(lua.create_string(s)?),
+                };
+                t.raw_set(key, reference_value(lua, v, &value_kind)?)?;
+            }
+            LuaValue::Table(t)
+        }
+    })
+}
+
+/// The two Lua values are the same: same types (integer and float apart), floats bit for bit,
+/// tables with the same keys and the same values.
+fn same_lua(a: &LuaValue, b: &LuaValue, at: &str) -> Result<(), String> {
+    match (a, b) {
+        (LuaValue::Integer(x), LuaValue::Integer(y)) if x == y => Ok(()),
+        (LuaValue::Number(x), LuaValue::Number(y)) if x.to_bits() == y.to_bits() => Ok(()),
+        (LuaValue::Boolean(x), LuaValue::Boolean(y)) if x == y => Ok(()),
+        (LuaValue::String(x), LuaValue::String(y)) if x.as_bytes() == y.as_bytes() => Ok(()),
+        (LuaValue::Table(x), LuaValue::Table(y)) => {
+            let mut count = 0;
+            for pair in x.pairs::<LuaValue, LuaValue>() {
+                let (k, v) = pair.map_err(|e| e.to_string())?;
+                count += 1;
+                let other: LuaValue = y.raw_get(k.clone()).map_err(|e| e.to_string())?;
+                same_lua(&v, &other, &format!("{at}[{k:?}]"))?;
+            }
+            let other_count = y.pairs::<LuaValue, LuaValue>().count();
+            if count != other_count {
+                return Err(format!(
+                    "{at}: {count} keys, the reference has {other_count}"
+                ));
+            }
+            Ok(())
+        }
+        _ => Err(format!("{at}: {a:?}, the reference reads {b:?}")),
+    }
+}
+
+/// `msg` with only its declared fields (no unknown fields, no extensions), as scripts see it.
+fn declared_only(msg: &DynamicMessage) -> DynamicMessage {
+    let desc = msg.descriptor();
+    let mut out = DynamicMessage::new(desc.clone());
+    for field in desc.fields() {
+        if msg.has_field(&field) {
+            out.set_field(&field, declared_value(&msg.get_field(&field)));
+        }
+    }
+    out
+}
+
+fn declared_value(v: &Value) -> Value {
+    match v {
+        Value::Message(m) => Value::Message(declared_only(m)),
+        Value::List(items) => Value::List(items.iter().map(declared_value).collect()),
+        Value::Map(entries) => Value::Map(
+            entries
+                .iter()
+                .map(|(k, v)| (k.clone(), declared_value(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::F32(x), Value::F32(y)) => x.to_bits() == y.to_bits(),
+        (Value::F64(x), Value::F64(y)) => x.to_bits() == y.to_bits(),
+        (Value::Message(x), Value::Message(y)) => same_message(x, y),
+        (Value::List(x), Value::List(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b))
+        }
+        (Value::Map(x), Value::Map(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn same_message(a: &DynamicMessage, b: &DynamicMessage) -> bool {
+    a.descriptor().fields().all(|f| {
+        let set = a.has_field(&f);
+        set == b.has_field(&f) && (!set || same_value(&a.get_field(&f), &b.get_field(&f)))
+    })
+}
+
+/// Whether encoding `msg` is deterministic: no map with more than one entry.
+fn deterministic(msg: &DynamicMessage) -> bool {
+    fn value(v: &Value) -> bool {
+        match v {
+            Value::Message(m) => deterministic(m),
+            Value::List(items) => items.iter().all(value),
+            Value::Map(entries) => entries.len() <= 1 && entries.values().all(value),
+            _ => true,
+        }
+    }
+    msg.fields().all(|(_, v)| value(v))
+}
+
+/// A Lua state with the conversion plans of the fixture's messages, and each message's
+/// layouts with their builders.
+struct State {
+    lua: Lua,
+    plans: Arc<Plans>,
+    ids: Vec<MsgId>,
+    /// Per message: (what the layout is, the layout, its builder).
+    layouts: Vec<Vec<(&'static str, Layout, Function)>>,
+}
+
+fn state(descs: &[MessageDescriptor]) -> State {
+    let lua = Lua::new();
+    let mut plans = Plans::default();
+    let ids: Vec<MsgId> = descs.iter().map(|d| plans.add(d)).collect();
+    let layouts: Vec<Vec<(&'static str, Layout)>> = ids
+        .iter()
+        .map(|&id| {
+            vec![
+                ("default layout", Layout::new(&plans, id)),
+                (
+                    "nothing nested inlined",
+                    Layout::with_limits(&plans, id, 150, 0),
+                ),
+                ("all built in Rust", Layout::with_limits(&plans, id, 0, 0)),
+            ]
+        })
+        .collect();
+    let plans = Arc::new(plans);
+    lua.set_app_data(Conv::new(plans.clone(), 64 << 20));
+    let layouts = layouts
+        .into_iter()
+        .map(|v| {
+            v.into_iter()
+                .map(|(what, l)| {
+                    let builder = l.compile(&lua, &plans).expect("builder compiles");
+                    (what, l, builder)
+                })
+                .collect()
+        })
+        .collect();
+    State {
+        lua,
+        plans,
+        ids,
+        layouts,
+    }
+}
+
+/// Request bytes as the script would see them, through `layout`.
+fn as_script_sees(
+    s: &State,
+    layout: &Layout,
+    builder: &Function,
+    bytes: &[u8],
+) -> Result<LuaValue, String> {
+    let conv = s.lua.app_data_ref::<Conv>().unwrap();
+    let decoder = Decoder {
+        lua: &s.lua,
+        plans: &s.plans,
+        conv: &conv,
+    };
+    let mut args = vec![LuaValue::Boolean(true)];
+    decoder
+        .slots(bytes, layout, &mut args)
+        .map_err(|e| format!("{e:?}"))?;
+    builder
+        .call::<LuaValue>(mlua::MultiValue::from_vec(args))
+        .map_err(|e| format!("builder failed: {e}"))
+}
+
+/// The property, for message `which` of the fixture.
+fn agree(s: &State, desc: &MessageDescriptor, which: usize, bytes: &[u8]) -> Result<(), String> {
+    let reference = DynamicMessage::decode(desc.clone(), bytes);
+    for (what, layout, builder) in &s.layouts[which] {
+        let mine = as_script_sees(s, layout, builder, bytes);
+        let (mine, reference) = match (mine, &reference) {
+            (Ok(m), Ok(r)) => (m, r),
+            (Err(_), Err(_)) => continue,
+            (mine, reference) => {
+                return Err(format!(
+                    "{} ({what}): the script's decoder says {:?}, DynamicMessage says {:?} for {bytes:02x?}",
+                    desc.full_name(),
+                    mine.map(|_| ()),
+                    reference.as_ref().map(|_| ())
+                ))
+            }
+        };
+        let expected = reference_table(&s.lua, reference).map_err(|e| e.to_string())?;
+        same_lua(&mine, &LuaValue::Table(expected), desc.full_name())
+            .map_err(|e| format!("({what}) {e} for {bytes:02x?}"))?;
+
+        // And back to bytes.
+        let encoded = match outgoing_from_lua(&s.lua, &mine, s.ids[which]) {
+            Ok(Outgoing::Encoded(b)) => b,
+            Ok(Outgoing::Message(_)) => return Err("not encoded".into()),
+            Err(e) => return Err(format!("({what}) encoding failed: {e} for {bytes:02x?}")),
+        };
+        let expected = declared_only(reference);
+        let back = DynamicMessage::decode(desc.clone(), encoded.clone())
+            .map_err(|e| format!("({what}) encoded bytes do not decode: {e}"))?;
+        if !same_message(&back, &expected) {
+            return Err(format!(
+                "({what}) encoded back as {back:?}, expected {expected:?}, from {bytes:02x?}"
+            ));
+        }
+        if deterministic(&expected) && encoded.as_ref() != expected.encode_to_vec().as_slice() {
+            return Err(format!(
+                "({what}) encoded as {:02x?}, DynamicMessage encodes {:02x?}, from {bytes:02x?}",
+                encoded.as_ref(),
+                expected.encode_to_vec()
+            ));
+        }
+    }
+    Ok(())
+}
+
+thread_local! {
+    static STATE: (Vec<MessageDescriptor>, State) = {
+        let descs = messages(&pool());
+        let s = state(&descs);
+        (descs, s)
+    };
+}
+
+fn check(which: usize, bytes: &[u8]) -> Result<(), String> {
+    STATE.with(|(descs, s)| agree(s, &descs[which], which, bytes))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn generated_messages_convert_like_dynamic_message(which in 0usize..3, tape in prop::collection::vec(any::<u64>(), 0..300)) {
+        let descs = STATE.with(|(d, _)| d.clone());
+        let mut t = Tape { t: &tape, i: 0 };
+        let bytes = message(&descs[which], &mut t, 0);
+        check(which, &bytes).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn mutated_messages_get_the_same_verdict_and_tables(which in 0usize..3, tape in prop::collection::vec(any::<u64>(), 0..300)) {
+        let descs = STATE.with(|(d, _)| d.clone());
+        let mut t = Tape { t: &tape, i: 0 };
+        let bytes = message(&descs[which], &mut t, 0);
+        let bytes = mutate(bytes, &mut t);
+        check(which, &bytes).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn random_bytes_get_the_same_verdict(which in 0usize..3, bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        check(which, &bytes).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// Cases worth keeping whatever the generator does.
+#[test]
+fn known_edge_cases_convert_like_dynamic_message() {
+    let all = 0;
+    let legacy = 2;
+    let cases: &[(usize, &[u8])] = &[
+        // Nothing at all: every default.
+        (all, &[]),
+        (legacy, &[]),
+        // a = "x", then n = 5: the oneof keeps n.
+        (all, &[0x9a, 0x01, 1, b'x', 0xa0, 0x01, 5]),
+        // m = {x: 1}, n = 2, m = {label: "l"}: m was cleared, so m.x reads 0.
+        (
+            all,
+            &[
+                0xaa, 0x01, 2, 0x08, 1, 0xa0, 0x01, 2, 0xaa, 0x01, 3, 0x12, 1, b'l',
+            ],
+        ),
+        // m = {x: 1}, m = {label: "l"}: occurrences of a message merge.
+        (all, &[0xaa, 0x01, 2, 0x08, 1, 0xaa, 0x01, 3, 0x12, 1, b'l']),
+        // inner = {z: 3}, inner = {raw: ""}: the inner oneof keeps raw.
+        (all, &[0x8a, 0x01, 2, 0x20, 3, 0x8a, 0x01, 2, 0x2a, 0]),
+        // inners = [{x: 1}], then inner = {next = {x = 2}}.
+        (
+            all,
+            &[0xd2, 0x01, 2, 0x08, 1, 0x8a, 0x01, 4, 0x1a, 2, 0x08, 2],
+        ),
+        // by_id = {7: {x: 1}}, one entry sent as two value occurrences that merge, then the
+        // same key again replacing it.
+        (
+            all,
+            &[
+                0xe2, 0x01, 8, 0x08, 7, 0x12, 2, 0x08, 1, 0x12, 0, 0xe2, 0x01, 6, 0x08, 7, 0x12, 2,
+                0x12, 0,
+            ],
+        ),
+        // A map entry without key or value: both defaults.
+        (all, &[0xda, 0x01, 0]),
+        // A map field sent with wire type 0: the decoder reads an entry anyway.
+        (all, &[0xd8, 0x01, 2, 0x10, 7]),
+        // Packed and unpacked occurrences of one repeated field.
+        (all, &[0xb2, 0x01, 2, 1, 2, 0xb0, 0x01, 3]),
+        // Enum values known and unknown, singular and repeated.
+        (all, &[0x80, 0x01, 2, 0xea, 0x01, 3, 1, 9, 0]),
+        // Negative int32 (ten-byte varint) and sint32.
+        (
+            all,
+            &[
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x28, 3,
+            ],
+        ),
+        // optional opt = 0 is present; i32 = 0 sent explicitly is a default.
+        (all, &[0x90, 0x01, 0, 0x08, 0]),
+        // An unknown group (field 90) with a nested unknown group inside.
+        (
+            all,
+            &[
+                0xd3, 0x05, 0xdb, 0x05, 0x08, 1, 0xdc, 0x05, 0xd4, 0x05, 0x08, 9,
+            ],
+        ),
+        // An unknown group ended by another field's end key.
+        (all, &[0xd3, 0x05, 0xdc, 0x05]),
+        // A key over 32 bits.
+        (all, &[0x80, 0x80, 0x80, 0x80, 0x10, 0]),
+        // A string that is not UTF-8.
+        (all, &[0x72, 1, 0xff]),
+        // A proto2 group field, a repeated group and a member read through it.
+        (legacy, &[0x1b, 0x22, 1, b'u', 0x28, 4, 0x1c, 0x08, 3]),
+        (legacy, &[0x33, 0x38, 1, 0x34, 0x33, 0x34]),
+        // Extensions: well-formed ones are read (and not shown), bad ones refused.
+        (legacy, &[0xa0, 0x06, 5, 0xaa, 0x06, 1, b'e', 0xb0, 0x06, 3]),
+        (legacy, &[0xa5, 0x06, 1, 2, 3, 4]),
+        (legacy, &[0xaa, 0x06, 1, 0xff]),
+        // A closed enum with a value it does not declare.
+        (legacy, &[0x50, 9]),
+        // A recursive child.
+        (legacy, &[0x5a, 4, 0x5a, 2, 0x08, 1]),
+    ];
+    for (which, bytes) in cases {
+        check(*which, bytes).unwrap();
+    }
+}
+
+/// Nesting right at the decoder's limit and one past it.
+#[test]
+fn nesting_limit_is_the_decoders() {
+    let inner = 1;
+    for depth in [99usize, 100, 101] {
+        let mut body = vec![0x08, 1];
+        for _ in 0..depth {
+            let mut outer = vec![0x1a];
+            put_len(&mut outer, &body);
+            body = outer;
+        }
+        check(inner, &body).unwrap();
+        let mut body = vec![0xd3, 0x05, 0xd4, 0x05];
+        for _ in 0..depth {
+            let mut outer = vec![0x1a];
+            put_len(&mut outer, &body);
+            body = outer;
+        }
+        check(inner, &body).unwrap();
+    }
+}
+
+/// Scripts may spell fields by their JSON names and give integers as floats; the encoding is
+/// the same as the field names' and integers'.
+#[test]
+fn json_names_and_integral_floats_encode_alike() {
+    STATE.with(|(descs, s)| {
+        let lua = &s.lua;
+        let all = s.ids[0];
+        let a: LuaValue = lua
+            .load("return { packed_i32 = {1, 2}, sf64 = 3, fl = 1.5, color = 'GREEN', inner = { x = 4 } }")
+            .eval()
+            .unwrap();
+        let b: LuaValue = lua
+            .load("return { packedI32 = {1.0, 2}, sf64 = 3.0, fl = 1.5, color = 2, inner = { x = 4.0 } }")
+            .eval()
+            .unwrap();
+        let (Ok(Outgoing::Encoded(x)), Ok(Outgoing::Encoded(y))) = (
+            outgoing_from_lua(lua, &a, all),
+            outgoing_from_lua(lua, &b, all),
+        ) else {
+            panic!("not encoded");
+        };
+        assert_eq!(x, y);
+        let back = DynamicMessage::decode(descs[0].clone(), x).unwrap();
+        assert_eq!(back.get_field_by_name("sf64").unwrap().as_i64(), Some(3));
+        assert_eq!(back.get_field_by_name("color").unwrap().as_enum_number(), Some(2));
+    });
+}
