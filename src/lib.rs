@@ -111,10 +111,7 @@ pub async fn serve(
         Some(admin_listener) => {
             let control = Arc::new(live::LiveControl(live.clone()));
             let api = admin::Admin::new(control, journal.clone(), options.admin.clone());
-            Some(
-                admin::listener::start(admin_listener, Arc::new(api))
-                    .map_err(StartupError::Usage)?,
-            )
+            Some(admin::listener::start(admin_listener, Arc::new(api)))
         }
         None => None,
     };

@@ -34,6 +34,7 @@ use crate::handler::{
     Responses, Shape,
 };
 use crate::journal::codec::Journaling;
+use crate::journal::layer::CarryTap;
 use crate::journal::Tap;
 use crate::layers::buffers::Buffers;
 
@@ -56,6 +57,14 @@ pub struct Router {
     limits: Limits,
     /// The connection's message buffers, for handlers that queue responses of their own.
     buffers: Option<Buffers>,
+    /// The journal record of the call this clone is about to serve (see [`CarryTap`]).
+    tap: Option<Tap>,
+}
+
+impl CarryTap for Router {
+    fn carry_tap(&mut self, tap: Tap) {
+        self.tap = Some(tap);
+    }
 }
 
 impl Router {
@@ -69,6 +78,7 @@ impl Router {
             health: Arc::new(health),
             limits,
             buffers: None,
+            tap: None,
         }
     }
 
@@ -91,6 +101,7 @@ impl Service<Request<Body>> for Router {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let tap = self.tap.take();
         if let Some(bad) = check_content_type(&req) {
             return Box::pin(std::future::ready(Ok(bad)));
         }
@@ -100,20 +111,24 @@ impl Service<Request<Body>> for Router {
             let entry = entry.clone();
             let limits = self.limits;
             let buffers = self.buffers.clone();
-            return Box::pin(
-                async move { Ok(dispatch(generation, entry, req, limits, buffers).await) },
-            );
+            return Box::pin(async move {
+                Ok(dispatch(generation, entry, req, limits, buffers, tap).await)
+            });
         }
         // Reflection and health are the server's own business, not the client's calls: they
         // are not journaled.
         for (prefix, svc) in generation.reflection.iter() {
             if path.starts_with(prefix.as_str()) {
-                discard_journal(&req);
+                if let Some(tap) = tap {
+                    tap.discard();
+                }
                 return Box::pin(svc.clone().call(req));
             }
         }
         if path.starts_with(self.health.0.as_str()) {
-            discard_journal(&req);
+            if let Some(tap) = tap {
+                tap.discard();
+            }
             return Box::pin(self.health.1.clone().call(req));
         }
         // A big tree's table holds only the services handlers name; the other declared methods
@@ -158,20 +173,14 @@ fn check_content_type(req: &Request<Body>) -> Option<Response<Body>> {
     Some(resp)
 }
 
-fn discard_journal(req: &Request<Body>) {
-    if let Some(tap) = req.extensions().get::<Tap>() {
-        tap.discard();
-    }
-}
-
 async fn dispatch(
     generation: Arc<Generation>,
     entry: Arc<MethodEntry>,
     req: Request<Body>,
     limits: Limits,
     buffers: Option<Buffers>,
+    journal: Option<Tap>,
 ) -> Response<Body> {
-    let journal = req.extensions().get::<Tap>().cloned();
     if let Some(tap) = &journal {
         tap.attach(
             &entry.info,

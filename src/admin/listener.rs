@@ -7,7 +7,6 @@
 //! token (when the server has one) is checked before anything else runs, for both front ends.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,17 +48,23 @@ impl AdminHandle {
     }
 }
 
-/// Starts serving the admin API on `listener`.
-pub fn start(listener: TcpListener, admin: Arc<Admin>) -> Result<AdminHandle, String> {
-    let schema = super::schema::compile()?;
-    let front = Front {
-        grpc: GrpcFront::new(admin.clone(), &schema)?,
-        http: router(admin.clone()),
-        admin,
-    };
+/// Starts serving the admin API on `listener`. Its setup (compiling the admin `.proto`) runs
+/// in the admin's own task, so the public listener starts serving at once; admin connections
+/// made meanwhile wait in the listener's backlog.
+pub fn start(listener: TcpListener, admin: Arc<Admin>) -> AdminHandle {
     let stop = CancellationToken::new();
-    let task = tokio::spawn(accept(listener, front, stop.clone()));
-    Ok(AdminHandle { stop, task })
+    let until = stop.clone();
+    let task = tokio::spawn(async move {
+        let front = match Front::new(admin) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!("admin API not started: {e}");
+                return;
+            }
+        };
+        accept(listener, front, until).await;
+    });
+    AdminHandle { stop, task }
 }
 
 async fn accept(listener: TcpListener, front: Front, stop: CancellationToken) {
@@ -123,6 +128,15 @@ struct Front {
 }
 
 impl Front {
+    fn new(admin: Arc<Admin>) -> Result<Self, String> {
+        let schema = super::schema::compile()?;
+        Ok(Front {
+            grpc: GrpcFront::new(admin.clone(), &schema)?,
+            http: router(admin.clone()),
+            admin,
+        })
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<axum::body::Body> {
         let grpc = is_grpc(&req);
         if !authorized(self.admin.token(), &req) {
@@ -192,11 +206,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Whether `addr` can be reached only from this machine.
-pub fn is_loopback(addr: &SocketAddr) -> bool {
-    addr.ip().is_loopback()
 }
 
 #[cfg(test)]

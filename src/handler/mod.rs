@@ -63,6 +63,10 @@ impl Shape {
     pub fn streams_output(self) -> bool {
         matches!(self, Shape::ServerStreaming | Shape::Bidi)
     }
+
+    pub fn streams_input(self) -> bool {
+        matches!(self, Shape::ClientStreaming | Shape::Bidi)
+    }
 }
 
 /// What a call needs to know about its method, prepared at startup.

@@ -3,9 +3,10 @@
 //!
 //! It sits outside the cutoff layer, so a call ended by its deadline or by shutdown is recorded
 //! with that status, and inside the call limits, so refused calls cost nothing here. The record
-//! travels with the request as a [`Tap`] extension: the router attaches the method and handler
-//! to it and gives it to the codec, which records the messages. With the journal off the layer
-//! only passes calls through.
+//! is handed down to the router ([`CarryTap`]: every request has its own clone of the stack,
+//! so this costs no allocation, as a request extension would); the router attaches the method
+//! and handler to it and gives it to the codec, which records the messages. With the journal
+//! off the layer only passes calls through.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,9 +38,21 @@ impl<S> Journaled<S> {
     }
 }
 
+/// A service that takes the record of the call it is about to be called with, and hands it
+/// on to the router. Every layer between [`Journaled`] and the router implements it.
+pub trait CarryTap {
+    fn carry_tap(&mut self, tap: Tap);
+}
+
+impl<S: CarryTap> CarryTap for crate::layers::cutoff::Cutoff<S> {
+    fn carry_tap(&mut self, tap: Tap) {
+        self.get_mut().carry_tap(tap);
+    }
+}
+
 impl<S, ReqBody, B> Service<Request<ReqBody>> for Journaled<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<B>>,
+    S: Service<Request<ReqBody>, Response = Response<B>> + CarryTap,
 {
     type Response = Response<JournalBody<B>>;
     type Error = S::Error;
@@ -49,10 +62,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let tap = self.journal.as_ref().map(|journal| {
             let tap = journal.begin(req.uri(), req.headers(), self.peer);
-            req.extensions_mut().insert(tap.clone());
+            self.inner.carry_tap(tap.clone());
             tap
         });
         JournalFuture {

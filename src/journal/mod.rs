@@ -8,8 +8,9 @@
 //!
 //! Recording stays cheap because nothing is converted on the way: a message is kept as the
 //! bytes that went over the wire (copied into the call's own arena, so a small message never
-//! pins a large receive buffer, and a unary call costs two allocations) and is turned into
-//! proto3 JSON only when someone reads the journal ([`render`]).
+//! pins a large receive buffer; a full journal reuses its oldest record and arena, so
+//! recording a unary call allocates nothing) and is turned into proto3 JSON only when someone
+//! reads the journal ([`render`]).
 //!
 //! The journal is bounded in calls and in bytes; the oldest calls go first. A single call
 //! larger than the byte budget keeps its first frames and counts the ones it dropped. Reading
@@ -25,7 +26,7 @@ pub mod verify;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -59,7 +60,9 @@ impl Default for JournalOptions {
 const CALL_COST: usize = 256;
 /// Room in a new call's arena beyond its path and headers: enough for a small unary call's
 /// messages, response headers and trailers, so most calls never grow it.
-const FIRST_ARENA: usize = 2 * block::HEADER + 256;
+const FIRST_ARENA: usize = 4 * block::HEADER + 192;
+/// A call's arena.
+type Arena = Vec<u8>;
 /// The largest arena kept for reuse when its call leaves the journal.
 const RECYCLE_ARENA: usize = 8 * 1024;
 
@@ -70,7 +73,8 @@ pub struct Journal(Arc<Inner>);
 struct Inner {
     budget: Arc<Budget>,
     max_calls: usize,
-    next_id: AtomicU64,
+    /// A wall-clock time and the instant it was read, to date calls from one clock read.
+    epoch: (SystemTime, Instant),
     ring: Mutex<Ring>,
 }
 
@@ -86,6 +90,7 @@ struct Ring {
     calls: VecDeque<Tap>,
     /// Calls dropped to stay within the bounds, since the start or the last clear.
     evicted: u64,
+    next_id: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -100,8 +105,11 @@ impl Journal {
                 max_bytes: options.max_bytes.max(1),
             }),
             max_calls: options.max_calls.max(1),
-            next_id: AtomicU64::new(1),
-            ring: Mutex::new(Ring::default()),
+            epoch: (SystemTime::now(), Instant::now()),
+            ring: Mutex::new(Ring {
+                next_id: 1,
+                ..Ring::default()
+            }),
         }))
     }
 
@@ -109,37 +117,42 @@ impl Journal {
     ///
     /// A full journal drops its oldest call to make room, and reuses that call's record and
     /// arena when nothing else holds them: in the steady state recording allocates nothing,
-    /// and the allocator is spared long-lived blocks freed in arrival order.
+    /// and the allocator is spared long-lived blocks freed in arrival order. Ids are given
+    /// under the ring's lock, so the ring stays in id order.
     pub fn begin(&self, uri: &Uri, headers: &HeaderMap, peer: Option<SocketAddr>) -> Tap {
         let path = uri.path().as_bytes();
         let packed = packed_len(headers);
-        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
-        let oldest = {
-            let mut ring = lock(&self.0.ring);
-            if ring.calls.len() >= self.0.max_calls {
-                ring.evicted += 1;
-                ring.calls.pop_front()
-            } else {
-                None
-            }
+        let started = Instant::now();
+        // One clock read: wall time follows from the journal's epoch.
+        let started_at = self.0.epoch.0 + started.saturating_duration_since(self.0.epoch.1);
+        let mut ring = lock(&self.0.ring);
+        let id = ring.next_id;
+        ring.next_id += 1;
+        let oldest = if ring.calls.len() >= self.0.max_calls {
+            ring.evicted += 1;
+            ring.calls.pop_front()
+        } else {
+            None
         };
         let tap = match oldest.and_then(|old| self.recycle(old)) {
             Some(mut tap) => {
                 if let Some(record) = Arc::get_mut(&mut tap.0) {
                     record.id = id;
                     record.peer = peer;
-                    record.started_at = SystemTime::now();
-                    record.started = Instant::now();
+                    record.started_at = started_at;
+                    record.started = started;
                     let log = record.log.get_mut().unwrap_or_else(|e| e.into_inner());
                     fill(&mut log.arena, path, headers, packed);
                     let grown = log.arena.capacity().saturating_sub(log.accounted);
-                    log.accounted += grown;
-                    self.0.budget.bytes.fetch_add(grown, Ordering::Relaxed);
+                    if grown > 0 {
+                        log.accounted += grown;
+                        self.0.budget.bytes.fetch_add(grown, Ordering::Relaxed);
+                    }
                 }
                 tap
             }
             None => {
-                let mut arena = Vec::with_capacity(FIRST_ARENA + path.len() + packed);
+                let mut arena = Arena::with_capacity(FIRST_ARENA + path.len() + packed);
                 fill(&mut arena, path, headers, packed);
                 let accounted = arena.capacity();
                 self.0
@@ -149,8 +162,8 @@ impl Journal {
                 Tap(Arc::new(CallRecord {
                     id,
                     peer,
-                    started_at: SystemTime::now(),
-                    started: Instant::now(),
+                    started_at,
+                    started,
                     fixed_cost: CALL_COST,
                     budget: self.0.budget.clone(),
                     journal: Arc::downgrade(&self.0),
@@ -162,14 +175,7 @@ impl Journal {
                 }))
             }
         };
-        let mut ring = lock(&self.0.ring);
         ring.calls.push_back(tap.clone());
-        while ring.calls.len() > self.0.max_calls {
-            if let Some(old) = ring.calls.pop_front() {
-                ring.evicted += 1;
-                old.forget();
-            }
-        }
         if self.0.budget.bytes.load(Ordering::Relaxed) > self.0.budget.max_bytes {
             self.0.shrink(&mut ring, tap.id);
         }
@@ -181,10 +187,20 @@ impl Journal {
     fn recycle(&self, mut old: Tap) -> Option<Tap> {
         let reused = Arc::get_mut(&mut old.0).is_some_and(|record| {
             let log = record.log.get_mut().unwrap_or_else(|e| e.into_inner());
-            if log.forgotten || log.arena.capacity() > RECYCLE_ARENA {
+            if log.forgotten {
                 return false;
             }
+            if log.arena.capacity() > RECYCLE_ARENA {
+                // A large call's arena is freed rather than kept for a small one.
+                self.0
+                    .budget
+                    .bytes
+                    .fetch_sub(log.accounted, Ordering::Relaxed);
+                log.arena = Arena::new();
+                log.accounted = 0;
+            }
             log.arena.clear();
+            log.timed = (false, false);
             log.method = None;
             log.handler = None;
             log.rules.clear();
@@ -350,6 +366,9 @@ pub struct CallRecord {
     log: Mutex<CallLog>,
 }
 
+/// The time of a block sent at the end of the call (a unary response): shown as the end.
+const AT_END: u64 = u64::MAX;
+
 /// The kinds of block in a record's arena.
 mod block {
     pub const PATH: u8 = 0;
@@ -369,7 +388,7 @@ mod block {
 /// dropping an old call frees one. Readers parse the arena into a [`CallView`].
 #[derive(Default)]
 pub struct CallLog {
-    arena: Vec<u8>,
+    arena: Arena,
     /// Bytes of arena capacity counted in the budget.
     accounted: usize,
     method: Option<Arc<MethodInfo>>,
@@ -378,13 +397,19 @@ pub struct CallLog {
     rules: Vec<u32>,
     /// Frames not kept because the call alone exceeded the byte budget.
     dropped: u64,
+    /// Whether request (`.0`) and response (`.1`) messages get their own times: only a
+    /// streaming side does; a single request is read at the start, a single response goes out
+    /// at the end, and the clock is not read for them.
+    timed: (bool, bool),
     end: Option<(End, Duration)>,
     /// No longer in the journal: nothing more is recorded.
     forgotten: bool,
 }
 
-/// The blocks of an arena: (kind, time, payload).
-fn blocks(arena: &[u8]) -> impl Iterator<Item = (u8, Duration, std::ops::Range<usize>)> + '_ {
+/// The blocks of an arena: (kind, time or `None` for the end of the call, payload).
+fn blocks(
+    arena: &[u8],
+) -> impl Iterator<Item = (u8, Option<Duration>, std::ops::Range<usize>)> + '_ {
     let mut at = 0;
     std::iter::from_fn(move || {
         let head = arena.get(at..at + block::HEADER)?;
@@ -393,37 +418,53 @@ fn blocks(arena: &[u8]) -> impl Iterator<Item = (u8, Duration, std::ops::Range<u
         let len = u32::from_le_bytes(head[9..13].try_into().ok()?) as usize;
         let start = at + block::HEADER;
         at = start + len;
-        Some((kind, Duration::from_micros(micros), start..start + len))
+        let time = (micros != AT_END).then(|| Duration::from_micros(micros));
+        Some((kind, time, start..start + len))
     })
 }
 
 /// Starts an arena with the path and request headers blocks.
-fn fill(arena: &mut Vec<u8>, path: &[u8], headers: &HeaderMap, packed: usize) {
-    arena.push(block::PATH);
-    arena.extend_from_slice(&0u64.to_le_bytes());
-    arena.extend_from_slice(&(path.len() as u32).to_le_bytes());
+fn fill(arena: &mut Arena, path: &[u8], headers: &HeaderMap, packed: usize) {
+    arena.reserve(2 * block::HEADER + path.len() + packed);
+    arena.extend_from_slice(&block_header(block::PATH, 0, path.len()));
     arena.extend_from_slice(path);
-    arena.push(block::REQUEST_HEADERS);
-    arena.extend_from_slice(&0u64.to_le_bytes());
-    arena.extend_from_slice(&(packed as u32).to_le_bytes());
+    arena.extend_from_slice(&block_header(block::REQUEST_HEADERS, 0, packed));
     pack_headers(arena, headers);
 }
 
+/// A block's kind, time and length, as stored before its payload.
+fn block_header(kind: u8, at: u64, len: usize) -> [u8; block::HEADER] {
+    let mut head = [0u8; block::HEADER];
+    head[0] = kind;
+    head[1..9].copy_from_slice(&at.to_le_bytes());
+    head[9..13].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    head
+}
+
 /// Header block payload: for each entry, name length (2), value length (4), name, value.
+/// Headers every gRPC call has with the same value, not worth keeping.
+fn routine(name: &http::HeaderName) -> bool {
+    name == http::header::TE || name == http::header::CONTENT_TYPE
+}
+
 fn packed_len(headers: &HeaderMap) -> usize {
     headers
         .iter()
+        .filter(|(k, _)| !routine(k))
         .map(|(k, v)| 6 + k.as_str().len() + v.len())
         .sum()
 }
 
-fn pack_headers(arena: &mut Vec<u8>, headers: &HeaderMap) {
-    for (k, v) in headers {
+fn pack_headers(arena: &mut Arena, headers: &HeaderMap) {
+    for (k, v) in headers.iter().filter(|(k, _)| !routine(k)) {
+        // Header names are far shorter than 64 KiB (hyper refuses longer ones).
         let name = k.as_str().as_bytes();
         let value = v.as_bytes();
-        arena.extend_from_slice(&(name.len().min(u16::MAX as usize) as u16).to_le_bytes());
-        arena.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        arena.extend_from_slice(&name[..name.len().min(u16::MAX as usize)]);
+        let mut head = [0u8; 6];
+        head[..2].copy_from_slice(&(name.len() as u16).to_le_bytes());
+        head[2..].copy_from_slice(&(value.len() as u32).to_le_bytes());
+        arena.extend_from_slice(&head);
+        arena.extend_from_slice(name);
         arena.extend_from_slice(value);
     }
 }
@@ -568,7 +609,7 @@ impl CallView {
                     } else {
                         Direction::Response
                     },
-                    at,
+                    at: at.unwrap_or_else(|| log.end.map_or(Duration::ZERO, |(_, d)| d)),
                     bytes: arena.slice(range),
                 }),
                 _ => {}
@@ -598,6 +639,7 @@ impl CallRecord {
     /// Notes the method and its handler (the router, once it found the method).
     pub fn attach(&self, info: &Arc<MethodInfo>, kind: Option<&'static str>, origin: &Origin) {
         let mut log = self.log();
+        log.timed = (info.shape.streams_input(), info.shape.streams_output());
         log.method = Some(info.clone());
         log.handler = kind.map(|kind| HandlerNote {
             kind,
@@ -614,7 +656,7 @@ impl CallRecord {
 
     /// Records a request message.
     pub fn request(&self, bytes: &[u8]) {
-        self.push(block::REQUEST, bytes.len(), None, |arena| {
+        self.push(block::REQUEST, bytes.len(), |arena| {
             arena.extend_from_slice(bytes)
         });
     }
@@ -622,32 +664,41 @@ impl CallRecord {
     /// Records a response built as a message, encoding it into the record.
     pub fn response_message(&self, msg: &prost_reflect::DynamicMessage) {
         use prost::Message as _;
-        self.push(block::RESPONSE, msg.encoded_len(), None, |arena| {
+        self.push(block::RESPONSE, msg.encoded_len(), |arena| {
             msg.encode_raw(arena)
         });
     }
 
     /// Records a response message.
     pub fn response(&self, bytes: &[u8]) {
-        self.push(block::RESPONSE, bytes.len(), None, |arena| {
+        self.push(block::RESPONSE, bytes.len(), |arena| {
             arena.extend_from_slice(bytes)
         });
     }
 
     /// Appends a block of `len` bytes that `write` fills, unless the call alone would pass the
-    /// byte budget (then it is counted as dropped), and gives back room in the journal if it
-    /// is over budget.
-    /// `end`, if given, ends the call at the same time.
-    fn push(&self, kind: u8, len: usize, end: Option<End>, write: impl FnOnce(&mut Vec<u8>)) {
-        let elapsed = self.started.elapsed();
-        let at = micros(elapsed);
+    /// byte budget (then a message is counted as dropped), and gives back room in the journal
+    /// if it is over budget. A header block ending the call (trailers) ends it with `end`.
+    fn push(&self, kind: u8, len: usize, write: impl FnOnce(&mut Arena)) {
+        self.push_ending(kind, len, None, write);
+    }
+
+    fn push_ending(&self, kind: u8, len: usize, end: Option<End>, write: impl FnOnce(&mut Arena)) {
         let over = {
             let mut log = self.log();
             if log.forgotten {
                 return;
             }
+            let at = match kind {
+                block::REQUEST if log.timed.0 => micros(self.started.elapsed()),
+                block::RESPONSE if log.timed.1 => micros(self.started.elapsed()),
+                block::RESPONSE => AT_END,
+                _ => 0,
+            };
             if let Some(end) = end {
-                log.end.get_or_insert((end, elapsed));
+                if log.end.is_none() {
+                    log.end = Some((end, self.started.elapsed()));
+                }
             }
             let room = self.budget.max_bytes.saturating_sub(self.fixed_cost);
             let used = log.arena.len();
@@ -663,10 +714,7 @@ impl CallRecord {
                 let want = (log.arena.capacity() * 2).max(used + need).min(room);
                 log.arena.reserve_exact(want - used);
             }
-            log.arena.push(kind);
-            log.arena.extend_from_slice(&at.to_le_bytes());
-            log.arena
-                .extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+            log.arena.extend_from_slice(&block_header(kind, at, len));
             write(&mut log.arena);
             let grown = log.arena.capacity().saturating_sub(log.accounted);
             log.accounted += grown;
@@ -683,7 +731,7 @@ impl CallRecord {
     }
 
     fn push_headers(&self, kind: u8, headers: &HeaderMap, end: Option<End>) {
-        self.push(kind, packed_len(headers), end, |arena| {
+        self.push_ending(kind, packed_len(headers), end, |arena| {
             pack_headers(arena, headers)
         });
     }
@@ -696,7 +744,10 @@ impl CallRecord {
             self.push_headers(block::TRAILERS, headers, Some(End::TrailersOnly));
             true
         } else {
-            self.push_headers(block::RESPONSE_HEADERS, headers, None);
+            // Most responses carry only the protocol's headers: nothing to keep.
+            if headers.keys().any(|k| !routine(k)) {
+                self.push_headers(block::RESPONSE_HEADERS, headers, None);
+            }
             false
         }
     }
@@ -731,7 +782,7 @@ impl CallRecord {
         log.forgotten = true;
         let freed = log.accounted + self.fixed_cost;
         log.accounted = 0;
-        log.arena = Vec::new();
+        log.arena = Arena::new();
         self.budget.bytes.fetch_sub(freed, Ordering::Relaxed);
     }
 }

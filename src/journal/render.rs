@@ -121,11 +121,16 @@ pub fn call_json_from(record: &CallRecord, log: &CallView, view: View) -> Json {
             headers_json(&log.metadata, TRANSPORT_HEADERS),
         );
         out.insert("messages".into(), Json::Array(messages_json(log)));
+        // Null when the call answered Trailers-Only (its only headers are the trailers); {}
+        // when the response had no headers besides the protocol's.
+        let trailers_only = matches!(log.end, Some((super::End::TrailersOnly, _)));
         out.insert(
             "response_headers".into(),
-            log.response_headers
-                .as_ref()
-                .map_or(Json::Null, |h| headers_json(h, STATUS_HEADERS)),
+            match &log.response_headers {
+                Some(h) => headers_json(h, STATUS_HEADERS),
+                None if trailers_only => Json::Null,
+                None => Json::Object(Map::new()),
+            },
         );
         out.insert(
             "trailers".into(),

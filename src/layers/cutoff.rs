@@ -83,6 +83,11 @@ impl<S> Cutoff<S> {
     pub fn new(inner: S, stop: Stop) -> Self {
         Self { inner, stop }
     }
+
+    /// The wrapped service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
 }
 
 impl<S, ReqBody, B> Service<Request<ReqBody>> for Cutoff<S>
