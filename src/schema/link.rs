@@ -323,6 +323,45 @@ impl OptionsPool {
     }
 }
 
+/// Reserved ranges of a message or an enum (two descriptor types with the same fields).
+fn ranges(r: impl Iterator<Item = (Option<i32>, Option<i32>)>) -> Vec<raw::Range> {
+    r.map(|(start, end)| raw::Range { start, end }).collect()
+}
+
+/// An options message of `descriptor.proto`: its full name and its uninterpreted options, the
+/// part linking turns into fields and extensions.
+trait OptionsMessage: prost::Message + Clone {
+    const TYPE_NAME: &'static str;
+    fn uninterpreted(&self) -> &[UninterpretedOption];
+    fn clear_uninterpreted(&mut self);
+}
+
+macro_rules! options_message {
+    ($($t:ident),*) => {$(
+        impl OptionsMessage for prost_types::$t {
+            const TYPE_NAME: &'static str = concat!("google.protobuf.", stringify!($t));
+            fn uninterpreted(&self) -> &[UninterpretedOption] {
+                &self.uninterpreted_option
+            }
+            fn clear_uninterpreted(&mut self) {
+                self.uninterpreted_option.clear()
+            }
+        }
+    )*};
+}
+
+options_message!(
+    FileOptions,
+    MessageOptions,
+    FieldOptions,
+    OneofOptions,
+    EnumOptions,
+    EnumValueOptions,
+    ServiceOptions,
+    MethodOptions,
+    ExtensionRangeOptions
+);
+
 fn ends_options(extendee: &str) -> bool {
     extendee.ends_with("Options")
 }
@@ -376,13 +415,7 @@ impl Linker<'_> {
                 .iter()
                 .map(|x| self.field(package, x))
                 .collect::<Result<_, _>>()?,
-            options: self.options(
-                "google.protobuf.FileOptions",
-                f.options.as_ref(),
-                |o| &o.uninterpreted_option,
-                |o| o.uninterpreted_option.clear(),
-                package,
-            )?,
+            options: self.options(f.options.as_ref(), package)?,
             source_code_info: None,
             syntax: f.syntax.clone(),
             edition: None,
@@ -420,13 +453,7 @@ impl Linker<'_> {
                     Ok(raw::ExtensionRange {
                         start: r.start,
                         end: r.end,
-                        options: self.options(
-                            "google.protobuf.ExtensionRangeOptions",
-                            r.options.as_ref(),
-                            |o| &o.uninterpreted_option,
-                            |o| o.uninterpreted_option.clear(),
-                            &name,
-                        )?,
+                        options: self.options(r.options.as_ref(), &name)?,
                     })
                 })
                 .collect::<Result<_, _>>()?,
@@ -436,31 +463,12 @@ impl Linker<'_> {
                 .map(|o| {
                     Ok(raw::Oneof {
                         name: o.name.clone(),
-                        options: self.options(
-                            "google.protobuf.OneofOptions",
-                            o.options.as_ref(),
-                            |o| &o.uninterpreted_option,
-                            |o| o.uninterpreted_option.clear(),
-                            &name,
-                        )?,
+                        options: self.options(o.options.as_ref(), &name)?,
                     })
                 })
                 .collect::<Result<_, _>>()?,
-            options: self.options(
-                "google.protobuf.MessageOptions",
-                m.options.as_ref(),
-                |o| &o.uninterpreted_option,
-                |o| o.uninterpreted_option.clear(),
-                &name,
-            )?,
-            reserved_range: m
-                .reserved_range
-                .iter()
-                .map(|r| raw::Range {
-                    start: r.start,
-                    end: r.end,
-                })
-                .collect(),
+            options: self.options(m.options.as_ref(), &name)?,
+            reserved_range: ranges(m.reserved_range.iter().map(|r| (r.start, r.end))),
             reserved_name: m.reserved_name.clone(),
         })
     }
@@ -514,13 +522,7 @@ impl Linker<'_> {
             default_value: x.default_value.clone(),
             oneof_index: x.oneof_index,
             json_name,
-            options: self.options(
-                "google.protobuf.FieldOptions",
-                x.options.as_ref(),
-                |o| &o.uninterpreted_option,
-                |o| o.uninterpreted_option.clear(),
-                scope,
-            )?,
+            options: self.options(x.options.as_ref(), scope)?,
             proto3_optional: x.proto3_optional,
         })
     }
@@ -536,31 +538,12 @@ impl Linker<'_> {
                     Ok(raw::EnumValue {
                         name: v.name.clone(),
                         number: v.number,
-                        options: self.options(
-                            "google.protobuf.EnumValueOptions",
-                            v.options.as_ref(),
-                            |o| &o.uninterpreted_option,
-                            |o| o.uninterpreted_option.clear(),
-                            &name,
-                        )?,
+                        options: self.options(v.options.as_ref(), &name)?,
                     })
                 })
                 .collect::<Result<_, _>>()?,
-            options: self.options(
-                "google.protobuf.EnumOptions",
-                e.options.as_ref(),
-                |o| &o.uninterpreted_option,
-                |o| o.uninterpreted_option.clear(),
-                &name,
-            )?,
-            reserved_range: e
-                .reserved_range
-                .iter()
-                .map(|r| raw::Range {
-                    start: r.start,
-                    end: r.end,
-                })
-                .collect(),
+            options: self.options(e.options.as_ref(), &name)?,
+            reserved_range: ranges(e.reserved_range.iter().map(|r| (r.start, r.end))),
             reserved_name: e.reserved_name.clone(),
         })
     }
@@ -589,46 +572,32 @@ impl Linker<'_> {
                         name: m.name.clone(),
                         input_type: message(&m.input_type, m.name())?,
                         output_type: message(&m.output_type, m.name())?,
-                        options: self.options(
-                            "google.protobuf.MethodOptions",
-                            m.options.as_ref(),
-                            |o| &o.uninterpreted_option,
-                            |o| o.uninterpreted_option.clear(),
-                            &name,
-                        )?,
+                        options: self.options(m.options.as_ref(), &name)?,
                         client_streaming: m.client_streaming,
                         server_streaming: m.server_streaming,
                     })
                 })
                 .collect::<Result<_, _>>()?,
-            options: self.options(
-                "google.protobuf.ServiceOptions",
-                s.options.as_ref(),
-                |o| &o.uninterpreted_option,
-                |o| o.uninterpreted_option.clear(),
-                &name,
-            )?,
+            options: self.options(s.options.as_ref(), &name)?,
         })
     }
 
     /// The options message encoded, with its uninterpreted options interpreted.
-    fn options<T: prost::Message + Clone>(
+    fn options<T: OptionsMessage>(
         &self,
-        type_name: &str,
         options: Option<&T>,
-        uninterpreted: impl Fn(&T) -> &Vec<UninterpretedOption>,
-        clear: impl Fn(&mut T),
         scope: &str,
     ) -> Result<Option<Vec<u8>>, LinkError> {
         let Some(options) = options else {
             return Ok(None);
         };
-        let pending = uninterpreted(options);
+        let pending = options.uninterpreted();
         if pending.is_empty() {
             return Ok(Some(options.encode_to_vec()));
         }
+        let type_name = T::TYPE_NAME;
         let mut set = options.clone();
-        clear(&mut set);
+        set.clear_uninterpreted();
         let desc = self.options.options_message(type_name).ok_or_else(|| {
             self.error(format!("{type_name} is unknown to the options interpreter"))
         })?;
