@@ -1,18 +1,16 @@
-//! Tonic [`Codec`]s whose message types are known only at run time.
+//! The server's tonic [`Codec`], for message types known only at run time.
 //!
 //! tonic has already done the framing, compression and size limits, so a decoder sees exactly
-//! one message. The server's [`RequestCodec`] does not decode at all: it hands the handler an
-//! [`Incoming`], the message's bytes, which the handler decodes only as far as it needs.
-//! [`DynamicCodec`] decodes into a [`DynamicMessage`] (for clients of the server, such as the
-//! tests). Both encode an [`Outgoing`]: a message, or bytes encoded ahead of time (a constant
-//! reply is encoded once at startup and then only copied to the wire).
+//! one message. [`RequestCodec`] does not decode at all: it hands the handler an [`Incoming`],
+//! the message's bytes, which the handler decodes only as far as it needs. It encodes an
+//! [`Outgoing`]: a message, or bytes encoded ahead of time (a constant reply is encoded once at
+//! startup and then only copied to the wire). Clients that need a [`DynamicMessage`] decode an
+//! [`Incoming`] of their own ([`Incoming::decode`]).
 //!
 //! Decoding is bounded in memory as well as in size: a request within `--max-message-size` can
 //! still decode into something fifty times larger (a packed list of one-byte numbers becomes a
 //! list of `Value`s), so [`Incoming::decode`] first estimates the decoded size from the wire
 //! bytes ([`wire::check`]) and refuses what would exceed [`DECODED_PER_ENCODED`] times the limit.
-
-use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
@@ -38,20 +36,19 @@ pub const DECODED_PER_ENCODED: usize = 8;
 /// The default `--max-message-size`, for codecs not told the server's.
 const DEFAULT_MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
 
-/// The codec for one method: encodes [`Outgoing`], decodes the input type with `D`.
+/// The server's codec for one method: requests stay bytes until a handler needs them;
+/// responses are [`Outgoing`].
 #[derive(Debug, Clone)]
-pub struct DescriptorCodec<D> {
+pub struct RequestCodec {
     input: MessageDescriptor,
     decode_budget: usize,
-    decoder: PhantomData<fn() -> D>,
 }
 
-impl<D> DescriptorCodec<D> {
+impl RequestCodec {
     pub fn new(input: MessageDescriptor) -> Self {
         Self {
             input,
             decode_budget: DEFAULT_MESSAGE_LIMIT * DECODED_PER_ENCODED,
-            decoder: PhantomData,
         }
     }
 
@@ -63,31 +60,26 @@ impl<D> DescriptorCodec<D> {
     }
 }
 
-impl<D> Codec for DescriptorCodec<D>
-where
-    D: Decoder<Error = Status> + From<(MessageDescriptor, usize)> + Send + 'static,
-    D::Item: Send + 'static,
-{
+impl Codec for RequestCodec {
     type Encode = Outgoing;
-    type Decode = D::Item;
+    type Decode = Incoming;
     type Encoder = OutgoingEncoder;
-    type Decoder = D;
+    type Decoder = IncomingDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         OutgoingEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        D::from((self.input.clone(), self.decode_budget))
+        IncomingDecoder {
+            desc: self.input.clone(),
+            budget: self.decode_budget,
+        }
     }
 }
 
-/// Decodes each message into a [`DynamicMessage`] (for clients of the server, such as tests).
-pub type DynamicCodec = DescriptorCodec<DynamicDecoder>;
-
-/// The server's codec: requests stay bytes until a handler needs them.
-pub type RequestCodec = DescriptorCodec<IncomingDecoder>;
-
+/// Encodes an [`Outgoing`] (also for clients of the server that send messages built at run
+/// time, such as the tests).
 #[derive(Debug)]
 pub struct OutgoingEncoder;
 
@@ -108,29 +100,6 @@ impl Encoder for OutgoingEncoder {
                 .into()
             }),
         }
-    }
-}
-
-#[derive(Debug)]
-pub struct DynamicDecoder {
-    desc: MessageDescriptor,
-    budget: usize,
-}
-
-impl From<(MessageDescriptor, usize)> for DynamicDecoder {
-    fn from((desc, budget): (MessageDescriptor, usize)) -> Self {
-        Self { desc, budget }
-    }
-}
-
-impl Decoder for DynamicDecoder {
-    type Item = DynamicMessage;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
-        let bytes = src.copy_to_bytes(src.remaining());
-        let incoming = Incoming::new(bytes, self.desc.clone()).with_budget(self.budget);
-        Ok(Some(incoming.decode()?))
     }
 }
 
@@ -218,16 +187,11 @@ impl Incoming {
     }
 }
 
+/// Hands each request message on as an [`Incoming`], with the call's decoding budget.
 #[derive(Debug)]
 pub struct IncomingDecoder {
     desc: MessageDescriptor,
     budget: usize,
-}
-
-impl From<(MessageDescriptor, usize)> for IncomingDecoder {
-    fn from((desc, budget): (MessageDescriptor, usize)) -> Self {
-        Self { desc, budget }
-    }
 }
 
 impl Decoder for IncomingDecoder {

@@ -258,7 +258,7 @@ pub enum CallError {
 const DECODE_TOO_LARGE: &str = "Error, decoded message length too large";
 
 /// Rewrites a tonic status that gRPC specifies differently (see `DECODE_TOO_LARGE`).
-pub fn normalize_status(status: Status) -> Status {
+fn normalize_status(status: Status) -> Status {
     if status.code() == Code::OutOfRange && status.message().starts_with(DECODE_TOO_LARGE) {
         return Status::resource_exhausted(format!(
             "{}; raise the server's limit with --max-message-size",
@@ -268,9 +268,10 @@ pub fn normalize_status(status: Status) -> Status {
     status
 }
 
-/// Same rewrite for a response that tonic already rendered as trailers-only headers.
-pub fn normalize_response_headers(headers: &mut http::HeaderMap) {
-    // Successful responses carry no grpc-status header: one lookup and out.
+/// Same rewrite for a status tonic already rendered into a header map: the headers of a
+/// Trailers-Only response, or the trailers that end a stream. Other entries are kept.
+pub fn normalize_status_headers(headers: &mut http::HeaderMap) {
+    // Successful calls carry no grpc-status 11: one lookup and out.
     if headers.get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
         return;
     }
@@ -319,6 +320,21 @@ pub fn log_escaped(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+impl CallError {
+    /// The HTTP response that answers this error before the call reaches a handler:
+    /// Trailers-Only with its status, under HTTP 415 for a request that is not gRPC (as the
+    /// gRPC over HTTP/2 protocol asks) and HTTP 200 otherwise.
+    pub fn into_http<B: Default>(self) -> http::Response<B> {
+        let http_status = match &self {
+            CallError::NotGrpc { .. } => http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => http::StatusCode::OK,
+        };
+        let mut resp = Status::from(self).into_http::<B>();
+        *resp.status_mut() = http_status;
+        resp
+    }
 }
 
 impl From<CallError> for Status {

@@ -2,10 +2,14 @@
 //!
 //! It takes the current [`Generation`] once per call, finds the method's [`MethodEntry`] with
 //! one map lookup on the path and drives the call through `tonic::server::Grpc` in the method's
-//! shape, with the [`RequestCodec`] for its types. The response body holds the generation until
-//! the call ends, so a reload never changes what a call in flight uses. Paths that are no loaded
-//! method fall through to the built-in services (the generation's reflection, then health) by
-//! prefix, then to UNIMPLEMENTED.
+//! shape, with the [`RequestCodec`] for its types. The response body ([`CallBody`]) holds the
+//! generation until the call ends, so a reload never changes what a call in flight uses. Paths
+//! that are no loaded method fall through to the built-in services (the generation's
+//! reflection, then health) by prefix, then to UNIMPLEMENTED.
+//!
+//! What every request gets whatever it calls (the content-type check, call limits, deadlines,
+//! the journal, the clean-up of tonic's statuses) is done by the layers around the router
+//! ([`crate::layers`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,7 +20,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
-use futures_util::{stream, StreamExt};
+use futures_util::{stream, StreamExt, TryFutureExt};
 use http::{Request, Response};
 use tonic::body::Body;
 use tonic::codec::CompressionEncoding;
@@ -27,7 +31,7 @@ use tower::util::BoxCloneSyncService;
 use tower::Service;
 
 use crate::codec::{Incoming, Outgoing, RequestCodec};
-use crate::error::{normalize_response_headers, normalize_status, CallError};
+use crate::error::CallError;
 use crate::generation::Generation;
 use crate::handler::{
     add_missing_metadata, Call, HandlerFuture, MethodEntry, Reply, Requests, ResponseStream,
@@ -92,9 +96,9 @@ impl Router {
 }
 
 impl Service<Request<Body>> for Router {
-    type Response = Response<Body>;
+    type Response = Response<CallBody>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+    type Future = BoxFuture<'static, Result<Response<CallBody>, Infallible>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -102,9 +106,6 @@ impl Service<Request<Body>> for Router {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let tap = self.tap.take();
-        if let Some(bad) = check_content_type(&req) {
-            return Box::pin(std::future::ready(Ok(bad)));
-        }
         let generation = self.current.load_full();
         let path = req.uri().path();
         if let Some(entry) = generation.table.get(path) {
@@ -122,14 +123,14 @@ impl Service<Request<Body>> for Router {
                 if let Some(tap) = tap {
                     tap.discard();
                 }
-                return Box::pin(svc.clone().call(req));
+                return builtin(svc.clone(), req);
             }
         }
         if path.starts_with(self.health.0.as_str()) {
             if let Some(tap) = tap {
                 tap.discard();
             }
-            return Box::pin(self.health.1.clone().call(req));
+            return builtin(self.health.1.clone(), req);
         }
         // A big tree's table holds only the services handlers name; the other declared methods
         // get the same answer as a method without a handler.
@@ -147,30 +148,12 @@ impl Service<Request<Body>> for Router {
     }
 }
 
-/// gRPC requires `content-type: application/grpc[+proto|;…]`; anything else gets HTTP 415.
-fn check_content_type(req: &Request<Body>) -> Option<Response<Body>> {
-    let ct = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .map(|v| v.as_bytes());
-    let ok = ct.is_some_and(|ct| {
-        ct.starts_with(b"application/grpc")
-            && matches!(ct.get(16), None | Some(b'+') | Some(b';'))
-            && !ct.starts_with(b"application/grpc+json")
-    });
-    if ok {
-        return None;
-    }
-    let shown = ct
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .unwrap_or_else(|| "none".into());
-    let status: Status = CallError::NotGrpc {
-        content_type: shown,
-    }
-    .into();
-    let mut resp = status.into_http::<Body>();
-    *resp.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
-    Some(resp)
+/// A call to a built-in service, whose body holds no generation and no trailers.
+fn builtin(
+    mut svc: BuiltinService,
+    req: Request<Body>,
+) -> BoxFuture<'static, Result<Response<CallBody>, Infallible>> {
+    Box::pin(svc.call(req).map_ok(|resp| resp.map(CallBody::plain)))
 }
 
 async fn dispatch(
@@ -180,7 +163,7 @@ async fn dispatch(
     limits: Limits,
     buffers: Option<Buffers>,
     journal: Option<Tap>,
-) -> Response<Body> {
+) -> Response<CallBody> {
     if let Some(tap) = &journal {
         tap.attach(
             &entry.info,
@@ -201,14 +184,11 @@ async fn dispatch(
         Shape::ClientStreaming => grpc.client_streaming(svc, req).await,
         Shape::Bidi => grpc.streaming(svc, req).await,
     };
-    normalize_response_headers(resp.headers_mut());
     let slot = resp.extensions_mut().remove::<TrailerSlot>().map(|s| s.0);
-    resp.map(|inner| {
-        Body::new(CallBody {
-            inner,
-            slot,
-            _generation: generation,
-        })
+    resp.map(|inner| CallBody {
+        inner,
+        slot,
+        _generation: Some(generation),
     })
 }
 
@@ -289,8 +269,9 @@ async fn first_then_rest(reply: Reply, limit: usize) -> Result<tonic::Response<P
     };
     let first = match first.map(|r| r.and_then(|o| check_size(o, limit))) {
         Some(Ok(o)) => Some(o),
-        Some(Err(status)) => {
-            let mut status = normalize_status(status);
+        // A status of tonic's that gRPC specifies differently is rewritten on the way out, as
+        // every status is ([`crate::layers::status`]).
+        Some(Err(mut status)) => {
             add_missing_metadata(status.metadata_mut(), &headers);
             if let Some(slot) = &trailers {
                 let extra = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -336,12 +317,25 @@ impl futures_util::Stream for Peeked {
 #[derive(Clone)]
 struct TrailerSlot(Arc<Mutex<MetadataMap>>);
 
-/// A call's response body: adds a [`TrailerSlot`]'s entries (if any) to the trailers frame, and
-/// keeps the call's generation alive until the body is done.
-struct CallBody {
+/// The router's response body: adds the trailers a handler set (if any) to the trailers frame,
+/// and keeps the call's generation alive until the body is done. The layers wrap it as it is,
+/// so it costs no allocation of its own.
+#[derive(Default)]
+pub struct CallBody {
     inner: Body,
     slot: Option<Arc<Mutex<MetadataMap>>>,
-    _generation: Arc<Generation>,
+    _generation: Option<Arc<Generation>>,
+}
+
+impl CallBody {
+    /// A body of tonic's, with no trailers to add and no generation to keep.
+    fn plain(inner: Body) -> Self {
+        Self {
+            inner,
+            slot: None,
+            _generation: None,
+        }
+    }
 }
 
 impl http_body::Body for CallBody {

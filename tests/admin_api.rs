@@ -157,34 +157,9 @@ async fn grpc_front_end_answers_the_same_as_json() {
 
 #[tokio::test]
 async fn admin_service_is_listed_by_reflection_on_the_admin_listener_only() {
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
     let server = Server::repo_default();
-    let list = |addr: std::net::SocketAddr| async move {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = ServerReflectionClient::new(channel);
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut responses = client
-            .server_reflection_info(futures_util::stream::iter(vec![request]))
-            .await
-            .unwrap()
-            .into_inner();
-        let Some(MessageResponse::ListServicesResponse(list)) =
-            responses.message().await.unwrap().unwrap().message_response
-        else {
-            panic!("expected a service list")
-        };
-        list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+    let list = |addr| async move {
+        common::reflection::v1::list_services(common::channel(addr).await).await
     };
     let admin = list(server.admin_addr()).await;
     assert!(

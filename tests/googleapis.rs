@@ -75,11 +75,7 @@ async fn reflect(
 /// Everything a reflection client needs to describe `symbol`: its file and, by name, every file
 /// that one imports, fetched the way grpcurl does, in a pool.
 async fn describe(addr: std::net::SocketAddr, symbol: &str) -> DescriptorPool {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = common::channel(addr).await;
     let mut client = ServerReflectionClient::new(channel);
     let mut files: Vec<raw::File> = Vec::new();
     let mut wanted = vec![MessageRequest::FileContainingSymbol(symbol.into())];

@@ -29,11 +29,7 @@ async fn greeter_answers_like_the_tutorial() {
 async fn gzip_is_accepted_and_offered() {
     let server = Server::repo_default();
     let pool = common::pool(&repo().join("protos"));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = common::channel(server.addr).await;
     let method = pool
         .get_service_by_name("helloworld.Greeter")
         .unwrap()
@@ -50,7 +46,7 @@ async fn gzip_is_accepted_and_offered() {
         .unary(
             tonic::Request::new(protoserve::codec::Outgoing::Message(req)),
             "/helloworld.Greeter/SayHello".parse().unwrap(),
-            protoserve::codec::DynamicCodec::new(method.output()),
+            common::DynamicCodec::new(method.output()),
         )
         .await
         .unwrap();
@@ -129,11 +125,7 @@ async fn health_reports_serving_for_every_service() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let server = Server::repo_default();
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = common::channel(server.addr).await;
     let mut health = HealthClient::new(channel);
     for service in ["", "helloworld.Greeter", "routeguide.RouteGuide"] {
         let r = health
@@ -156,38 +148,22 @@ async fn health_reports_serving_for_every_service() {
 
 #[tokio::test]
 async fn reflection_resolves_greeter_in_v1_and_v1alpha() {
+    use common::reflection::{v1, v1alpha};
     use prost::Message;
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
     let server = Server::repo_default();
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = ServerReflectionClient::new(channel.clone());
-    let ask = |req: MessageRequest| ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(req),
-    };
-    let requests = vec![
-        ask(MessageRequest::ListServices(String::new())),
-        ask(MessageRequest::FileContainingSymbol(
-            "helloworld.Greeter".into(),
-        )),
-    ];
-    let mut responses = client
-        .server_reflection_info(futures_util::stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) =
-        responses.message().await.unwrap().unwrap().message_response
+    let channel = common::channel(server.addr).await;
+    let answers = v1::ask(
+        channel.clone(),
+        vec![
+            v1::MessageRequest::ListServices(String::new()),
+            v1::MessageRequest::FileContainingSymbol("helloworld.Greeter".into()),
+        ],
+    )
+    .await;
+    let [v1::MessageResponse::ListServicesResponse(list), v1::MessageResponse::FileDescriptorResponse(files)] =
+        &answers[..]
     else {
-        panic!("expected a service list")
+        panic!("expected a service list, then file descriptors: {answers:?}")
     };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
     for want in [
@@ -197,11 +173,6 @@ async fn reflection_resolves_greeter_in_v1_and_v1alpha() {
     ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
-    let Some(MessageResponse::FileDescriptorResponse(files)) =
-        responses.message().await.unwrap().unwrap().message_response
-    else {
-        panic!("expected file descriptors")
-    };
     let file = prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice())
         .unwrap();
     assert_eq!(file.package(), "helloworld");
@@ -221,27 +192,15 @@ async fn reflection_resolves_greeter_in_v1_and_v1alpha() {
         "{methods:?}"
     );
 
-    use tonic_reflection::pb::v1alpha::{
-        server_reflection_client::ServerReflectionClient as AlphaClient,
-        server_reflection_request::MessageRequest as AlphaRequest,
-        server_reflection_response::MessageResponse as AlphaResponse,
-        ServerReflectionRequest as AlphaReflectionRequest,
-    };
-    let mut alpha = AlphaClient::new(channel);
-    let mut responses = alpha
-        .server_reflection_info(futures_util::stream::iter(vec![AlphaReflectionRequest {
-            host: String::new(),
-            message_request: Some(AlphaRequest::FileContainingSymbol(
-                "helloworld.Greeter".into(),
-            )),
-        }]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(AlphaResponse::FileDescriptorResponse(files)) =
-        responses.message().await.unwrap().unwrap().message_response
-    else {
-        panic!("expected file descriptors from v1alpha")
+    let answers = v1alpha::ask(
+        channel,
+        vec![v1alpha::MessageRequest::FileContainingSymbol(
+            "helloworld.Greeter".into(),
+        )],
+    )
+    .await;
+    let [v1alpha::MessageResponse::FileDescriptorResponse(files)] = &answers[..] else {
+        panic!("expected file descriptors from v1alpha: {answers:?}")
     };
     assert!(!files.file_descriptor_proto.is_empty());
 }

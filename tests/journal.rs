@@ -6,10 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Client, Server};
-use protoserve::codec::{DynamicCodec, Outgoing};
 use serde_json::{json, Value as Json};
 use tonic::metadata::MetadataMap;
-use tonic::Request;
 
 async fn kitchen(server: &Server) -> Client {
     let pool = common::pool(&common::fixtures().join("protos"));
@@ -46,6 +44,21 @@ async fn only_call(server: &Server, method: &str) -> Json {
     let calls = calls_of(server, method).await;
     assert_eq!(calls.len(), 1, "{method}: {calls:#?}");
     calls.into_iter().next().unwrap()
+}
+
+/// The one call of `method`, once the server has recorded its end (it does so as the call's
+/// last frame goes out, which may be just after the client has seen it).
+async fn only_call_once_done(server: &Server, method: &str) -> Json {
+    let mut call = only_call(server, method).await;
+    for _ in 0..200 {
+        if call["state"] == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        call = only_call(server, method).await;
+    }
+    assert_eq!(call["state"], "done", "{call:#}");
+    call
 }
 
 fn messages<'a>(call: &'a Json, direction: &str) -> Vec<&'a Json> {
@@ -251,29 +264,13 @@ async fn bidi_stream_of_100_messages_each_way_is_journaled_frame_by_frame() {
 async fn an_open_stream_is_visible_with_its_frames_before_it_ends() {
     let server = start(&[]);
     let client = kitchen(&server).await;
-    let method = client.method("kitchen.Kitchen/EchoStream");
-    let (tx, rx) = tokio::sync::mpsc::channel::<Outgoing>(8);
-    let mut grpc = tonic::client::Grpc::new(client.channel.clone());
-    grpc.ready().await.unwrap();
-    let send = |i: usize| {
-        Outgoing::Message(Client::message(
-            &method.input(),
-            json!({"id": format!("open{i}")}),
-        ))
-    };
     // The first request goes before the call returns: the server answers it first.
-    tx.send(send(0)).await.unwrap();
-    let mut responses = grpc
-        .streaming(
-            Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
-            "/kitchen.Kitchen/EchoStream".parse().unwrap(),
-            DynamicCodec::new(method.output()),
-        )
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, responses) = client
+        .bidi_open("kitchen.Kitchen/EchoStream", vec![json!({"id": "open0"})])
+        .await;
+    let mut responses = responses.unwrap();
     assert!(responses.message().await.unwrap().is_some());
-    tx.send(send(1)).await.unwrap();
+    tx.send(json!({"id": "open1"})).await.unwrap();
     assert!(responses.message().await.unwrap().is_some());
     // Still open: two frames each way so far, no status.
     let call = only_call(&server, "kitchen.Kitchen/EchoStream").await;
@@ -288,15 +285,7 @@ async fn an_open_stream_is_visible_with_its_frames_before_it_ends() {
     // The client ends the stream: the call is done.
     drop(tx);
     while responses.message().await.unwrap().is_some() {}
-    let mut call = only_call(&server, "kitchen.Kitchen/EchoStream").await;
-    for _ in 0..100 {
-        if call["state"] == "done" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        call = only_call(&server, "kitchen.Kitchen/EchoStream").await;
-    }
-    assert_eq!(call["state"], "done");
+    let call = only_call_once_done(&server, "kitchen.Kitchen/EchoStream").await;
     assert_eq!(call["status"]["name"], "OK");
 }
 
@@ -304,37 +293,14 @@ async fn an_open_stream_is_visible_with_its_frames_before_it_ends() {
 async fn a_cancelled_call_is_journaled_as_cancelled() {
     let server = start(&[]);
     let client = kitchen(&server).await;
-    let method = client.method("kitchen.Kitchen/EchoStream");
-    let (tx, rx) = tokio::sync::mpsc::channel::<Outgoing>(8);
-    let mut grpc = tonic::client::Grpc::new(client.channel.clone());
-    grpc.ready().await.unwrap();
-    tx.send(Outgoing::Message(Client::message(
-        &method.input(),
-        json!({"id": "going"}),
-    )))
-    .await
-    .unwrap();
-    let mut stream = grpc
-        .streaming(
-            Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
-            "/kitchen.Kitchen/EchoStream".parse().unwrap(),
-            DynamicCodec::new(method.output()),
-        )
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, stream) = client
+        .bidi_open("kitchen.Kitchen/EchoStream", vec![json!({"id": "going"})])
+        .await;
+    let mut stream = stream.unwrap();
     assert!(stream.message().await.unwrap().is_some());
     drop(stream);
     drop(tx);
-    let mut call = only_call(&server, "kitchen.Kitchen/EchoStream").await;
-    for _ in 0..200 {
-        if call["state"] == "done" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        call = only_call(&server, "kitchen.Kitchen/EchoStream").await;
-    }
-    assert_eq!(call["state"], "done");
+    let call = only_call_once_done(&server, "kitchen.Kitchen/EchoStream").await;
     assert_eq!(call["status"]["name"], "CANCELLED", "{call:#}");
     assert_eq!(call["requests"], 1);
 }
@@ -439,11 +405,7 @@ async fn journal_off_records_nothing_and_says_so() {
 #[tokio::test]
 async fn reflection_and_health_calls_are_not_journaled() {
     let server = start(&[]);
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = common::channel(server.addr).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     health
         .check(tonic_health::pb::HealthCheckRequest::default())
@@ -451,6 +413,31 @@ async fn reflection_and_health_calls_are_not_journaled() {
         .unwrap();
     let page = server.admin_get("/v1/journal").await;
     assert_eq!(page["calls"], json!([]));
+}
+
+/// A request that is not gRPC is refused before it is a call: nothing is journaled.
+#[tokio::test]
+async fn a_request_that_is_not_grpc_is_not_journaled() {
+    use tower::ServiceExt;
+    let server = start(&[]);
+    let client = kitchen(&server).await;
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/kitchen.Kitchen/Echo", server.addr))
+        .header("content-type", "application/json")
+        .header("te", "trailers")
+        .body(tonic::body::Body::empty())
+        .unwrap();
+    let resp = client.channel.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    client
+        .unary("kitchen.Kitchen/Echo", json!({"id": "after"}))
+        .await
+        .unwrap();
+    let calls = calls_of(&server, "kitchen.Kitchen/Echo").await;
+    assert_eq!(calls.len(), 1, "only the gRPC call: {calls:#?}");
+    let page = server.admin_get("/v1/journal").await;
+    assert_eq!(page["calls"].as_array().unwrap().len(), 1, "{page:#}");
 }
 
 #[tokio::test]
@@ -676,4 +663,42 @@ async fn a_call_cut_off_by_its_deadline_is_journaled_with_that_status() {
     assert_eq!(call["status"]["name"], "DEADLINE_EXCEEDED", "{call:#}");
     assert!(call["responses"].as_u64().unwrap() < 3, "{call:#}");
     assert_eq!(call["metadata"]["grpc-timeout"], "30m");
+}
+
+/// A request over `--max-message-size` gets RESOURCE_EXHAUSTED naming the flag (tonic says
+/// OUT_OF_RANGE), both when it fails the call before any response (Trailers-Only) and when it
+/// arrives in the middle of a stream (the status in the trailers), and the journal records
+/// the status the client got.
+#[tokio::test]
+async fn an_oversize_request_is_resource_exhausted_for_the_client_and_the_journal() {
+    let server = start(&["--max-message-size", "1024"]);
+    let client = kitchen(&server).await;
+    let big = "x".repeat(2000);
+    let err = client
+        .unary("kitchen.Kitchen/Echo", json!({ "id": big }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("--max-message-size"), "{err:?}");
+    let call = only_call_once_done(&server, "kitchen.Kitchen/Echo").await;
+    assert_eq!(call["status"]["name"], "RESOURCE_EXHAUSTED", "{call:#}");
+
+    let (tx, stream) = client
+        .bidi_open("kitchen.Kitchen/EchoStream", vec![json!({"id": "small"})])
+        .await;
+    let mut stream = stream.unwrap();
+    assert!(stream.message().await.unwrap().is_some());
+    tx.send(json!({ "id": big })).await.unwrap();
+    let err = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("--max-message-size"), "{err:?}");
+    let call = only_call_once_done(&server, "kitchen.Kitchen/EchoStream").await;
+    assert_eq!(call["status"]["name"], "RESOURCE_EXHAUSTED", "{call:#}");
+    assert_eq!(call["responses"], 1, "{call:#}");
 }

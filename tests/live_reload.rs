@@ -167,11 +167,7 @@ async fn services_come_and_go_in_health_and_reflection() {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let project = Project::new();
     let server = project.start(&[]);
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = common::channel(server.addr).await;
     let mut health = HealthClient::new(channel.clone());
     let check = |name: &str| HealthCheckRequest {
         service: name.into(),
@@ -223,7 +219,7 @@ async fn services_come_and_go_in_health_and_reflection() {
     assert_eq!(err.code(), Code::NotFound);
 
     // Reflection lists what the new generation serves.
-    let names = list_services(channel).await;
+    let names = common::reflection::v1::list_services(channel).await;
     assert!(names.contains(&"extra.Extra".to_owned()), "{names:?}");
     assert!(!names.contains(&"live.Live".to_owned()), "{names:?}");
     assert!(
@@ -238,30 +234,6 @@ async fn services_come_and_go_in_health_and_reflection() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(err.message().contains("no handler"), "{}", err.message());
-}
-
-async fn list_services(channel: tonic::transport::Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
-    let mut client = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = client
-        .server_reflection_info(futures_util::stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) =
-        responses.message().await.unwrap().unwrap().message_response
-    else {
-        panic!("expected a service list")
-    };
-    list.service.into_iter().map(|s| s.name).collect()
 }
 
 #[tokio::test]

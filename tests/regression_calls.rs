@@ -251,7 +251,7 @@ async fn streaming_error_is_trailers_only() {
         .streaming(
             tonic::Request::new(futures_util::stream::iter(msgs)),
             "/kitchen.Kitchen/Chat".parse().unwrap(),
-            protoserve::codec::DynamicCodec::new(m.output()),
+            common::DynamicCodec::new(m.output()),
         )
         .await;
     let status = result.expect_err("the call itself fails");
@@ -338,7 +338,7 @@ async fn delay_and_headers_honoured_for_rules_and_scripts() {
         .streaming(
             tonic::Request::new(futures_util::stream::iter(msgs)),
             "/routeguide.RouteGuide/RouteChat".parse().unwrap(),
-            protoserve::codec::DynamicCodec::new(m.output()),
+            common::DynamicCodec::new(m.output()),
         )
         .await
         .unwrap();
@@ -399,79 +399,25 @@ async fn delay_and_headers_honoured_for_errors() {
     assert_eq!(err.metadata().get("x-err").unwrap(), "1", "{err:?}");
 }
 
-fn listed_names(services: &[String]) -> Vec<&str> {
-    services.iter().map(String::as_str).collect()
-}
-
 /// ListServices names both reflection services, whichever version is asked.
 #[tokio::test]
 async fn reflection_lists_both_versions() {
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
-    use tonic_reflection::pb::v1alpha::{
-        server_reflection_client::ServerReflectionClient as AlphaClient,
-        server_reflection_request::MessageRequest as AlphaRequest,
-        server_reflection_response::MessageResponse as AlphaResponse,
-        ServerReflectionRequest as AlphaReflectionRequest,
-    };
     let server = Server::repo_default();
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = common::channel(server.addr).await;
     let want = [
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
         "helloworld.Greeter",
     ];
-
-    let mut v1 = ServerReflectionClient::new(channel.clone());
-    let mut responses = v1
-        .server_reflection_info(futures_util::stream::iter(vec![ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        }]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) =
-        responses.message().await.unwrap().unwrap().message_response
-    else {
-        panic!("expected a service list")
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for w in want {
-        assert!(
-            names.iter().any(|n| n == w),
-            "v1: {w} missing from {names:?}"
-        );
-    }
-
-    let mut alpha = AlphaClient::new(channel);
-    let mut responses = alpha
-        .server_reflection_info(futures_util::stream::iter(vec![AlphaReflectionRequest {
-            host: String::new(),
-            message_request: Some(AlphaRequest::ListServices(String::new())),
-        }]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(AlphaResponse::ListServicesResponse(list)) =
-        responses.message().await.unwrap().unwrap().message_response
-    else {
-        panic!("expected a service list")
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for w in want {
-        assert!(
-            names.iter().any(|n| n == w),
-            "v1alpha: {w} missing from {:?}",
-            listed_names(&names)
-        );
+    let v1 = common::reflection::v1::list_services(channel.clone()).await;
+    let v1alpha = common::reflection::v1alpha::list_services(channel).await;
+    for (version, names) in [("v1", v1), ("v1alpha", v1alpha)] {
+        for w in want {
+            assert!(
+                names.iter().any(|n| n == w),
+                "{version}: {w} missing from {names:?}"
+            );
+        }
     }
 }
 
@@ -482,11 +428,7 @@ async fn health_watch_unknown_service_streams_service_unknown() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let server = Server::repo_default();
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = common::channel(server.addr).await;
     let mut health = HealthClient::new(channel);
     let mut stream = health
         .watch(HealthCheckRequest {

@@ -285,7 +285,7 @@ async fn huge_repeated_string_reply_is_resource_exhausted() {
         .server_streaming(
             req,
             "/lab.Lab/Count".parse().unwrap(),
-            protoserve::codec::DynamicCodec::new(m.output()),
+            common::DynamicCodec::new(m.output()),
         )
         .await
         .unwrap()

@@ -447,7 +447,7 @@ async fn stream_buffer_is_bounded_in_bytes() {
             grpc.server_streaming(
                 req,
                 "/safety.Safety/Flood".parse().unwrap(),
-                protoserve::codec::DynamicCodec::new(m.output()),
+                common::DynamicCodec::new(m.output()),
             ),
         )
         .await

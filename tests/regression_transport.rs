@@ -368,7 +368,7 @@ async fn open_chat(client: &Client) -> Chat {
         .streaming(
             tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
             "/kitchen.Kitchen/Chat".parse().unwrap(),
-            protoserve::codec::DynamicCodec::new(m.output()),
+            common::DynamicCodec::new(m.output()),
         )
         .await
         .unwrap()
@@ -413,11 +413,7 @@ async fn health_not_serving_while_draining() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let mut server = Server::start(&["--shutdown-timeout", "30s"]);
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = common::channel(server.addr).await;
     let mut watches = Vec::new();
     for service in ["", "helloworld.Greeter", "routeguide.RouteGuide"] {
         let mut stream = HealthClient::new(channel.clone())

@@ -188,7 +188,7 @@ async fn record_route_counts_measures_and_times() {
         .client_streaming(
             tonic::Request::new(slow),
             "/routeguide.RouteGuide/RecordRoute".parse().unwrap(),
-            protoserve::codec::DynamicCodec::new(m.output()),
+            common::DynamicCodec::new(m.output()),
         )
         .await
         .unwrap();

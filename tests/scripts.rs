@@ -81,7 +81,7 @@ async fn ctx_gives_metadata_method_deadline_headers_trailers_and_data() {
         .unary(
             request,
             "/lab.Lab/Describe".parse().unwrap(),
-            protoserve::codec::DynamicCodec::new(m.output()),
+            common::DynamicCodec::new(m.output()),
         )
         .await
         .unwrap();
@@ -355,7 +355,7 @@ async fn cancelling_mid_stream_stops_the_script() {
         .server_streaming(
             req,
             "/lab.Lab/Forever".parse().unwrap(),
-            protoserve::codec::DynamicCodec::new(m.output()),
+            common::DynamicCodec::new(m.output()),
         )
         .await
         .unwrap()

@@ -34,7 +34,7 @@ use super::{
     add_missing_metadata, Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses,
 };
 use crate::codec::{Incoming, Outgoing};
-use crate::error::{normalize_status, CallError};
+use crate::error::CallError;
 use crate::journal::Tap;
 
 /// What to do with one request message.
@@ -438,8 +438,9 @@ impl Stream for Bidi {
             let req = match ready!(Pin::new(&mut this.incoming).poll_next(cx)) {
                 Some(Ok(req)) => req,
                 Some(Err(status)) => {
+                    // tonic's statuses are made gRPC's on the way out (`layers::status`).
                     this.done = true;
-                    return Poll::Ready(Some(Err(normalize_status(status))));
+                    return Poll::Ready(Some(Err(status)));
                 }
                 None => {
                     this.done = true;

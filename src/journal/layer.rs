@@ -50,6 +50,12 @@ impl<S: CarryTap> CarryTap for crate::layers::cutoff::Cutoff<S> {
     }
 }
 
+impl<S: CarryTap> CarryTap for crate::layers::status::CleanStatus<S> {
+    fn carry_tap(&mut self, tap: Tap) {
+        self.get_mut().carry_tap(tap);
+    }
+}
+
 impl<S, ReqBody, B> Service<Request<ReqBody>> for Journaled<S>
 where
     S: Service<Request<ReqBody>, Response = Response<B>> + CarryTap,

@@ -136,7 +136,7 @@ where
 
 /// A Trailers-Only response carrying `error`.
 fn trailers_only<B: Body + Default + Unpin>(error: CallError) -> Response<CutoffBody<B>> {
-    Status::from(error).into_http::<B>().map(CutoffBody::plain)
+    error.into_http::<B>().map(CutoffBody::plain)
 }
 
 pin_project! {

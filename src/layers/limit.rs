@@ -113,7 +113,7 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let refused = |limit, flag| LimitedFuture::Refused {
-            response: Some(Status::from(CallError::Overloaded { limit, flag }).into_http()),
+            response: Some(CallError::Overloaded { limit, flag }.into_http()),
         };
         let Some(connection) = self.connection.take() else {
             return refused(self.connection.limit, "--max-calls-per-connection");
@@ -185,6 +185,17 @@ pin_project! {
         permits: Option<Permits>,
         buffers: Option<Buffers>,
         ended: bool,
+    }
+}
+
+impl<B: Default> Default for Permitted<B> {
+    fn default() -> Self {
+        Self {
+            inner: B::default(),
+            permits: None,
+            buffers: None,
+            ended: false,
+        }
     }
 }
 

@@ -1,19 +1,27 @@
 //! Cross-cutting behaviour around the router, as tower layers, one connection at a time:
 //!
 //! ```text
-//! hyper → Limited (calls in flight) → Journaled (call journal) → Cutoff (deadline, shutdown
-//! deadline) → Router
+//! hyper → GrpcOnly (content-type) → Limited (calls in flight) → Journaled (call journal)
+//!       → Cutoff (deadline, shutdown deadline) → CleanStatus (tonic's statuses as gRPC's)
+//!       → Router
 //! ```
 //!
-//! Over-limit calls are refused before anything else runs; the journal records the calls that
-//! got in with the status the cutoff gave them; the router knows nothing of any of them. Every
-//! request body is metered against the connection's [`buffers::Buffers`] on its way in, every
-//! response chunk on its way out ([`limit::Permitted`]), and the router hands the same buffers
-//! to handlers that queue responses of their own (script outboxes).
+//! A request that is not gRPC is refused before it counts as a call; over-limit calls are
+//! refused before their handler or the journal sees them; the journal records the calls that
+//! got in with the status the client got (the cutoff's, or the router's once cleaned up), so
+//! every layer between it and the router hands it the call's record
+//! ([`CarryTap`](crate::journal::layer::CarryTap)); the router knows nothing of any of them.
+//! The layers wrap futures and bodies in place, never boxing them, and the router's own body
+//! ([`CallBody`]) is what they wrap, unboxed too. Every request body is metered against the
+//! connection's [`buffers::Buffers`] on its way in, every response chunk on its way out
+//! ([`limit::Permitted`]), and the router hands the same buffers to handlers that queue
+//! responses of their own (script outboxes).
 
 pub mod buffers;
+pub mod content_type;
 pub mod cutoff;
 pub mod limit;
+pub mod status;
 
 use std::convert::Infallible;
 
@@ -24,16 +32,18 @@ use tower::Service;
 
 use crate::journal::layer::{JournalBody, JournalFuture, Journaled};
 use crate::journal::Journal;
-use crate::router::Router;
+use crate::router::{CallBody, Router};
 use buffers::{Buffers, MeteredRequest};
+use content_type::{GrpcOnly, GrpcOnlyFuture};
 use cutoff::{Cutoff, CutoffBody, CutoffFuture, Stop};
 use limit::{Limited, LimitedFuture, Permitted, ServerCalls};
+use status::{CleanStatus, CleanStatusBody, CleanStatusFuture};
 
 /// The service stack of one connection.
-pub type Stack = Limited<Journaled<Cutoff<Router>>>;
+pub type Stack = GrpcOnly<Limited<Journaled<Cutoff<CleanStatus<Router>>>>>;
 
 /// The body every response has on the wire.
-pub type ResponseBody = Permitted<JournalBody<CutoffBody<Body>>>;
+pub type ResponseBody = Permitted<JournalBody<CutoffBody<CleanStatusBody<CallBody>>>>;
 
 /// The connection's peer and the journal its calls go to (none: journal off).
 pub struct Recording {
@@ -51,9 +61,15 @@ pub fn stack(
     buffers: Buffers,
 ) -> Stack {
     let router = router.for_connection(buffers.clone());
-    let journaled = Journaled::new(Cutoff::new(router, stop), recording.journal, recording.peer);
-    Limited::new(journaled, per_connection, server, buffers)
+    let journaled = Journaled::new(
+        Cutoff::new(CleanStatus::new(router), stop),
+        recording.journal,
+        recording.peer,
+    );
+    GrpcOnly::new(Limited::new(journaled, per_connection, server, buffers))
 }
+
+type RouterFuture = <Router as Service<Request<Body>>>::Future;
 
 /// Adapts the tower stack to hyper: hyper's request body, metered, becomes tonic's, and every
 /// request gets its own clone of the stack (a few reference counts; every layer is always
@@ -64,13 +80,16 @@ pub struct Hyper(pub Stack);
 impl hyper::service::Service<Request<Incoming>> for Hyper {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
-    type Future = LimitedFuture<
-        JournalFuture<CutoffFuture<<Router as Service<Request<Body>>>::Future>>,
-        JournalBody<CutoffBody<Body>>,
+    type Future = GrpcOnlyFuture<
+        LimitedFuture<
+            JournalFuture<CutoffFuture<CleanStatusFuture<RouterFuture>>>,
+            JournalBody<CutoffBody<CleanStatusBody<CallBody>>>,
+        >,
+        ResponseBody,
     >;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let buffers = self.0.buffers().clone();
+        let buffers = self.0.get_ref().buffers().clone();
         self.0
             .clone()
             .call(req.map(|b| Body::new(MeteredRequest::new(b, buffers))))

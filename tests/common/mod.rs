@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod project;
+pub mod reflection;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor};
-use protoserve::codec::{DynamicCodec, Outgoing};
+use protoserve::codec::{Incoming, Outgoing, OutgoingEncoder};
 use serde_json::Value as Json;
 use tokio_stream::StreamExt;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -261,6 +262,15 @@ pub fn pool(protos: &Path) -> DescriptorPool {
     .pool
 }
 
+/// A plain gRPC channel to `addr`, for the generated clients (reflection, health).
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect")
+}
+
 /// A dynamic gRPC client: methods by full name, messages as proto3 JSON.
 #[derive(Clone)]
 pub struct Client {
@@ -272,12 +282,10 @@ pub type Call<T> = Result<(T, MetadataMap), Status>;
 
 impl Client {
     pub async fn connect(addr: SocketAddr, pool: DescriptorPool) -> Client {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect");
-        Client { pool, channel }
+        Client {
+            pool,
+            channel: channel(addr).await,
+        }
     }
 
     pub fn method(&self, name: &str) -> MethodDescriptor {
@@ -456,6 +464,46 @@ impl Client {
 
 pub fn to_json(msg: &DynamicMessage) -> Json {
     serde_json::to_value(msg).expect("response to JSON")
+}
+
+/// The client's codec for a method whose types are known only at run time: sends
+/// [`Outgoing`] messages, decodes each response into a [`DynamicMessage`] of `output` (with
+/// the server's default decoding budget).
+#[derive(Clone)]
+pub struct DynamicCodec {
+    output: MessageDescriptor,
+}
+
+impl DynamicCodec {
+    pub fn new(output: MessageDescriptor) -> Self {
+        Self { output }
+    }
+}
+
+impl Codec for DynamicCodec {
+    type Encode = Outgoing;
+    type Decode = DynamicMessage;
+    type Encoder = OutgoingEncoder;
+    type Decoder = DynamicDecoder;
+    fn encoder(&mut self) -> OutgoingEncoder {
+        OutgoingEncoder
+    }
+    fn decoder(&mut self) -> DynamicDecoder {
+        DynamicDecoder(self.output.clone())
+    }
+}
+
+/// Decodes one response into a [`DynamicMessage`].
+pub struct DynamicDecoder(MessageDescriptor);
+
+impl Decoder for DynamicDecoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        let message = Incoming::new(bytes, self.0.clone()).decode()?;
+        Ok(Some(message))
+    }
 }
 
 /// A codec that sends and receives bytes as they are.

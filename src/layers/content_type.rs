@@ -1,0 +1,144 @@
+//! Refuses a request that is not gRPC: a `content-type` other than `application/grpc`,
+//! `application/grpc+proto` or `application/grpc;…` gets HTTP 415 with INVALID_ARGUMENT
+//! naming what was sent (`application/grpc+json` too: protoserve speaks protobuf only).
+//!
+//! It is the outermost layer, before the call limits and the journal: such a request is not
+//! a call of the server's, so it takes no call slot (a flood of them cannot crowd out real
+//! calls, and it gets the same answer however loaded the server is), the journal records
+//! nothing of it, and the router never sees it. The check is one header lookup and costs
+//! nothing else: the refusal is built only for a refused request, and the layer wraps no body.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, Request, Response};
+use pin_project_lite::pin_project;
+use tower::Service;
+
+use crate::error::CallError;
+
+/// The layer's service: see the module docs.
+#[derive(Clone)]
+pub struct GrpcOnly<S> {
+    inner: S,
+}
+
+impl<S> GrpcOnly<S> {
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+/// Why a request with these headers is not gRPC, if it is not.
+fn not_grpc(headers: &HeaderMap) -> Option<CallError> {
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.as_bytes());
+    let ok = ct.is_some_and(|ct| {
+        ct.starts_with(b"application/grpc")
+            && matches!(ct.get(16), None | Some(b'+') | Some(b';'))
+            && !ct.starts_with(b"application/grpc+json")
+    });
+    if ok {
+        return None;
+    }
+    let content_type = ct
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .unwrap_or_else(|| "none".into());
+    Some(CallError::NotGrpc { content_type })
+}
+
+impl<S, ReqBody, B> Service<Request<ReqBody>> for GrpcOnly<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+    B: Default,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = GrpcOnlyFuture<S::Future, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        match not_grpc(req.headers()) {
+            Some(error) => GrpcOnlyFuture::Refused {
+                response: Some(error.into_http()),
+            },
+            None => GrpcOnlyFuture::Passed {
+                fut: self.inner.call(req),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The inner call's future, or the refusal.
+    #[project = GrpcOnlyProj]
+    pub enum GrpcOnlyFuture<F, B> {
+        Passed { #[pin] fut: F },
+        Refused { response: Option<Response<B>> },
+    }
+}
+
+impl<F, B, E> Future for GrpcOnlyFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Default,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GrpcOnlyProj::Passed { fut } => fut.poll(cx),
+            GrpcOnlyProj::Refused { response } => {
+                Poll::Ready(Ok(response.take().unwrap_or_default()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(ct: Option<&'static str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(ct) = ct {
+            h.insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn grpc_content_types_pass_and_others_are_named() {
+        for ok in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc;charset=utf-8",
+        ] {
+            assert!(not_grpc(&with(Some(ok))).is_none(), "{ok}");
+        }
+        for bad in [
+            "application/grpc+json",
+            "application/grpcx",
+            "application/json",
+        ] {
+            assert!(
+                matches!(not_grpc(&with(Some(bad))), Some(CallError::NotGrpc { content_type }) if content_type == bad),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            not_grpc(&with(None)),
+            Some(CallError::NotGrpc { content_type }) if content_type == "none"
+        ));
+    }
+}
