@@ -278,30 +278,9 @@ async fn stopped_call_leaves_no_close_handler_running() {
 
 /// Runs `protoserve check ARGS…` for at most 30 s: (exit code, None if killed; stderr).
 fn check_bounded(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = std::process::Command::new(common::binary())
-        .arg("check")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
-    (code, err)
+    let mut cmd = std::process::Command::new(common::binary());
+    cmd.arg("check").args(args);
+    common::run_bounded(cmd)
 }
 
 /// Top-level code stopped by the load budget with an endless `__close` pending (one given to

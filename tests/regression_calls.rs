@@ -510,29 +510,7 @@ fn run_bounded(args: &[&str]) -> (Option<i32>, String) {
     if args[0] == "serve" {
         cmd.args(["--listen", "127.0.0.1:0"]);
     }
-    let mut child = cmd
-        .current_dir(repo())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
-    (code, err)
+    common::run_bounded(cmd)
 }
 
 /// A bad `--log-level` is an error (it was silently `info`).

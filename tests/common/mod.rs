@@ -253,6 +253,34 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs `cmd` from the repo with stderr captured, killing it if it still runs after 30 s: its
+/// exit code (none when it had to be killed) and what it wrote to stderr.
+pub fn run_bounded(mut cmd: Command) -> (Option<i32>, String) {
+    let mut child = cmd
+        .current_dir(repo())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run protoserve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    (code, err)
+}
+
 /// Compiles protos the way the server does, for the client side.
 pub fn pool(protos: &Path) -> DescriptorPool {
     protoserve::schema::compile(&protoserve::schema::SchemaInputs::protos(&[
