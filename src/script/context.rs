@@ -251,10 +251,10 @@ impl CallShared {
         true
     }
 
-    /// Whether the hook should stop this aborted call by yielding coroutine `thread` rather
-    /// than by raising the abort inside it (see `worker`): yes, once per coroutine; no for the
-    /// call's own thread, and no when the hook meets the same coroutine again, which means it
-    /// could not yield there (it runs where Lua allows no yield, such as a sort comparator).
+    /// Whether the hook should stop this aborted call by yielding coroutine `thread` (which
+    /// can yield) rather than by raising the abort inside it (see `hook`): yes, once per
+    /// coroutine; no for the call's own thread, and no when the hook meets the same coroutine
+    /// again, which means its resumer did not stop it.
     pub fn yield_for_abort(&self, thread: usize) -> bool {
         if thread == self.main_thread.load(Ordering::Acquire) {
             return false;

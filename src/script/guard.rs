@@ -4,7 +4,7 @@
 //!   cancellation) instead of returning it, so `while true do pcall(loop) end` ends. Lua runs a
 //!   message handler, and the `__close` handlers of a coroutine stopped by the hook, with hooks
 //!   off; so once a call is aborted, `xpcall` skips the user's handler and nothing is closed.
-//! - The hook stops an aborted call by yielding the coroutine it is in (see `worker`), so
+//! - The hook stops an aborted call by yielding the coroutine it is in (see `hook`), so
 //!   `resume` checks the abort before and after every resume: the abort is raised in the
 //!   resumer, outside any hook, and an aborted call's coroutines are never resumed again.
 //! - `coroutine.resume`/`wrap` pass a time-slice yield of the hook (and the waiting of `ctx:sleep`
@@ -91,9 +91,9 @@ local function pause_and_continue(c, marker)
   return after_resume(c, co_resume(c))
 end
 
--- The hook stops an aborted call by yielding the coroutine it runs in (raising inside the hook
--- would run that function's __close handlers with hooks off): every resume checks the abort
--- when the coroutine comes back, and an aborted call resumes nothing.
+-- The hook stops an aborted call by yielding the coroutine it runs in where it can, so that
+-- coroutine's pending __close handlers never run: every resume checks the abort when the
+-- coroutine comes back, and an aborted call resumes nothing.
 after_resume = function(c, ok, ...)
   check()
   if not ok then

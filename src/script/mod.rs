@@ -22,6 +22,7 @@ pub mod decode;
 pub mod encode;
 pub mod freeze;
 pub mod guard;
+pub mod hook;
 pub mod outbox;
 pub mod pattern;
 pub mod plan;

@@ -82,8 +82,8 @@ end
 local NO_GC = "finalizers (__gc) are not allowed in scripts: no script code may run outside a call"
 
 -- `__close` handlers, guarded: once the call is aborted they do nothing. Where Lua cannot
--- yield, the hook stops an aborted call by raising inside the interrupted function, and Lua
--- then runs that function's pending `__close` handlers with hooks off (see `worker`).
+-- yield, the hook stops an aborted call by raising the abort, and the protected call the error
+-- reaches runs the pending `__close` handlers it passed (under the hook, see `hook`).
 local guarded = setmetatable({}, { __mode = "k" })
 local function guard_close(f)
   if f == nil or guarded[f] then return f end

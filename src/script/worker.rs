@@ -23,12 +23,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use mlua::{Function, HookTriggers, Lua, Table, VmState};
+use mlua::{Function, Lua, Table};
 use tokio::sync::mpsc;
 
 use super::context::{CallShared, CallSpec};
 use super::convert::Conv;
 use super::guard::RUNNER_KEY;
+use super::hook::{self, LOADING};
 use super::plan::Plans;
 use super::sandbox::{self, Sandbox};
 use super::slice::{self, Heartbeat};
@@ -38,12 +39,6 @@ use super::{ScriptOptions, ScriptSetupError};
 use crate::data::DataSets;
 use crate::error::{Location, StartupError, StartupErrors};
 use crate::handler::Requests;
-
-/// Instructions between two checks of the budget, deadline and cancellation.
-const HOOK_STEP: u32 = 10_000;
-
-/// How long a script may run before the hook yields it so other calls can go on.
-const TIME_SLICE: Duration = Duration::from_millis(2);
 
 /// Wall-clock limit on loading one script file (its top-level code and what it requires).
 const LOAD_TIME: Duration = Duration::from_secs(5);
@@ -133,14 +128,6 @@ fn lua_setup_error(what: &str, e: mlua::Error) -> StartupError {
     }
 }
 
-thread_local! {
-    /// Where the hook stopped a script load (source, line), for the startup error.
-    static LOAD_STOPPED_AT: RefCell<Option<(String, usize)>> = const { RefCell::new(None) };
-}
-
-/// The `method` of a load's meter, so the hook knows it is stopping a load.
-const LOADING: &str = "(loading scripts)";
-
 impl Loading {
     /// A fresh sandboxed state with the hook installed.
     pub fn new(
@@ -149,46 +136,8 @@ impl Loading {
         options: &ScriptOptions,
     ) -> Result<Self, StartupError> {
         let (lua, sandbox) = sandbox::new_state(recipe_dir, data, options.memory_limit)?;
-        // One hook for every coroutine of this state; it checks whichever call is current.
-        lua.set_global_hook(
-            HookTriggers::new().every_nth_instruction(HOOK_STEP),
-            |lua, debug| match slice::check(u64::from(HOOK_STEP), TIME_SLICE) {
-                slice::Check::Continue => Ok(VmState::Continue),
-                slice::Check::Yield => {
-                    // Never the call's own thread: only coroutines the wrappers resume.
-                    if slice::mark_sliced(lua.current_thread().to_pointer() as usize) {
-                        Ok(VmState::Yield)
-                    } else {
-                        Ok(VmState::Continue)
-                    }
-                }
-                slice::Check::Abort(a) => {
-                    // Raising the abort here would run the `__close` handlers of the function
-                    // the hook interrupted at once, inside the hook, where Lua runs no hooks:
-                    // mlua clears the interrupted function's stack to raise, and Lua 5.4 closes
-                    // its to-be-closed variables as it does. So the coroutine is yielded
-                    // instead, and whoever resumed it raises the abort (see `guard`), outside
-                    // any hook; its pending `__close` handlers never run. Only where Lua cannot
-                    // yield (a coroutine's function called from C, such as a sort comparator)
-                    // is the abort raised here, at the hook's next visit.
-                    if slice::running_call().is_some_and(|c| &*c.method == LOADING) {
-                        let source = debug
-                            .source()
-                            .source
-                            .map(|s| s.strip_prefix('@').unwrap_or(&s).to_owned());
-                        let line = debug.current_line().unwrap_or(0);
-                        LOAD_STOPPED_AT.with(|l| {
-                            *l.borrow_mut() = source.map(|s| (s, line));
-                        });
-                    }
-                    if slice::yield_for_abort(lua.current_thread().to_pointer() as usize) {
-                        return Ok(VmState::Yield);
-                    }
-                    Err(mlua::Error::external(a))
-                }
-            },
-        )
-        .map_err(|e| lua_setup_error("installing the instruction hook", e))?;
+        // One hook for every thread of this state; it checks whichever call is current.
+        hook::install(&lua).map_err(|e| lua_setup_error("installing the instruction hook", e))?;
         // Calls make many short-lived tables and strings: generational collection suits them.
         lua.gc_gen(0, 0);
         Ok(Self {
@@ -233,7 +182,7 @@ impl Loading {
             reply: None,
             outbox: None,
         }));
-        LOAD_STOPPED_AT.with(|l| l.borrow_mut().take());
+        hook::take_load_stop();
         let result = slice::with_call(&meter, || run_top_level(&self.lua, chunk));
         if let Err(e) = result {
             return Err(ScriptSetupError::Script(load_error(path, &e, &meter)));
@@ -291,18 +240,17 @@ impl Loading {
     }
 }
 
-/// A failed load as `file:line: what`, stops by the load budget included.
 /// Runs a script's top-level code through the guard's loader: in a coroutine, so the hook can
-/// stop it by yielding (see the hook in [`Loading::new`]).
+/// stop it by yielding (see [`hook`]).
 fn run_top_level(lua: &Lua, chunk: mlua::Chunk<'_>) -> mlua::Result<()> {
     let load: Function = lua.named_registry_value(super::guard::LOAD_KEY)?;
     load.call(chunk.into_function()?)
 }
 
+/// A failed load as `file:line: what`, stops by the load budget included.
 fn load_error(path: &std::path::Path, e: &mlua::Error, meter: &CallShared) -> StartupError {
     if let Some(a) = meter.aborted() {
-        let (file, line) = LOAD_STOPPED_AT
-            .with(|l| l.borrow_mut().take())
+        let (file, line) = hook::take_load_stop()
             .map(|(s, l)| (PathBuf::from(s), l))
             .unwrap_or_else(|| (path.to_path_buf(), 0));
         let message = match a {

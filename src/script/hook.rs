@@ -1,0 +1,342 @@
+//! The instruction hook: every [`STEP`] instructions it checks the running call's budget,
+//! deadline and cancellation (see [`slice::check`]), yields a call that has used its time slice,
+//! and stops a call that must end.
+//!
+//! It is a raw Lua hook, installed with `lua_sethook`, because of how it must stop a script. An
+//! mlua hook callback that returns an error has mlua raise it, and mlua first resets the stack
+//! top of the thread the hook runs on. Inside a hook that stack is the interrupted Lua
+//! function's registers, and Lua 5.4 closes to-be-closed variables as they fall off the stack:
+//! their `__close` handlers ran right there, inside the hook, where Lua calls no hook, so an
+//! endless one spun its thread for good. This hook raises with `lua_error` and leaves the
+//! interrupted frame alone: the error unwinds to the nearest protected call, which turns hooks
+//! back on before it closes the variables the unwinding left pending, so every `__close` handler
+//! runs under the hook and the call's budget. A coroutine the error ends with variables still
+//! pending (it has no protected call of its own) keeps them: nothing closes it once its call is
+//! stopped (see `guard`), and collecting a thread runs no `__close`.
+//!
+//! That takes `unsafe` (the crate denies it elsewhere): a hook is an `extern "C-unwind"`
+//! function Lua calls with its own pointers, and it uses the Lua API directly. The decision is
+//! made in safe Rust ([`decide`]), with everything that has a destructor gone before the hook
+//! acts on it: `lua_error` jumps out of the hook with `longjmp`, which must not skip a
+//! destructor. The hook only asks whether the thread can yield, reads the interrupted
+//! function's source and line (for the error of a script load it stops), yields the thread
+//! (Lua 5.4 lets a count hook yield with no values, returning normally) or raises.
+//!
+//! Every thread of a state runs it: it is set on the main thread, and `lua_newthread` gives each
+//! new thread the hook of the thread it is made from (coroutines the scripts create, and the
+//! threads mlua creates for calls, from the main thread or a running one).
+
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::ffi::{c_int, CStr};
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use mlua::{ffi, Lua};
+
+use super::slice::{self, Check};
+use super::status::Abort;
+
+/// Instructions between two checks of the budget, deadline and cancellation.
+pub const STEP: u32 = 10_000;
+
+/// How long a script may run before the hook yields it so other calls can go on.
+const TIME_SLICE: Duration = Duration::from_millis(2);
+
+/// The `method` of a script load's meter, so the hook knows it is stopping a load.
+pub const LOADING: &str = "(loading scripts)";
+
+thread_local! {
+    /// Where the hook stopped a script load (source, line), for the startup error.
+    static LOAD_STOPPED_AT: RefCell<Option<(String, usize)>> = const { RefCell::new(None) };
+}
+
+/// Where the hook stopped the last script load on this thread, taken.
+pub fn take_load_stop() -> Option<(String, usize)> {
+    LOAD_STOPPED_AT.with(|l| l.borrow_mut().take())
+}
+
+/// Installs the hook on `lua`'s main thread; threads made later inherit it.
+pub fn install(lua: &Lua) -> mlua::Result<()> {
+    let step = c_int::try_from(STEP).unwrap_or(c_int::MAX);
+    // SAFETY: `exec_raw` runs the closure in protected mode on the state's main thread (no call
+    // runs yet); `lua_sethook` only stores the hook, its mask and count in that thread.
+    unsafe {
+        lua.exec_raw::<()>((), |state| {
+            ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, step)
+        })
+    }
+}
+
+/// What the hook does with the thread it interrupted.
+#[derive(Clone, Copy)]
+enum Action {
+    Continue,
+    /// Yield the thread (it can yield).
+    Yield,
+    /// Raise the call's abort, with this message.
+    Raise(&'static CStr),
+}
+
+/// The hook Lua calls every [`STEP`] instructions, on the thread running them.
+unsafe extern "C-unwind" fn count_hook(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) {
+    // Nothing with a destructor lives in this frame: `lua_error` leaves it by `longjmp`.
+    // SAFETY: Lua passes the running thread and the hook's activation record.
+    let action = unsafe { decide(state, ar) };
+    match action {
+        Action::Continue => {}
+        Action::Yield => {
+            // SAFETY: `decide` saw the thread can yield; from a count hook Lua 5.4 yields with
+            // no values by returning here and unwinding once the hook has returned.
+            unsafe { ffi::lua_yield(state, 0) };
+        }
+        Action::Raise(message) => {
+            // SAFETY: Lua keeps LUA_MINSTACK free slots for a hook, above the interrupted
+            // function's registers; the message is static, and `lua_error` jumps to the nearest
+            // protected call over frames (this one, Lua's) that hold nothing to drop.
+            unsafe {
+                ffi::lua_pushstring(state, message.as_ptr());
+                ffi::lua_error(state)
+            }
+        }
+    }
+}
+
+/// Asks the running call what to do with the thread `state` Lua interrupted. Never unwinds: a
+/// panic counts as "go on" (a sticky abort is found again at the next check).
+///
+/// # Safety
+/// `state` and `ar` are what Lua passed to the running hook.
+unsafe fn decide(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> Action {
+    // The thread's identity, as `mlua::Thread::to_pointer` gives it for the wrappers.
+    let thread = state as usize;
+    // SAFETY: `state` is the live thread Lua runs the hook on; the call only reads its flags.
+    let yieldable = unsafe { ffi::lua_isyieldable(state) } != 0;
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        match slice::check(u64::from(STEP), TIME_SLICE) {
+            Check::Continue => Action::Continue,
+            // Never the call's own thread (see `mark_sliced`), and only a thread that can yield:
+            // a slice can wait until the script is back where it can.
+            Check::Yield if yieldable && slice::mark_sliced(thread) => Action::Yield,
+            Check::Yield => Action::Continue,
+            Check::Abort(a) => {
+                if slice::running_call().is_some_and(|c| &*c.method == LOADING) {
+                    // SAFETY: as for `decide`.
+                    let at = unsafe { stopped_at(state, ar) };
+                    LOAD_STOPPED_AT.with(|l| *l.borrow_mut() = at);
+                }
+                // Yielded, the coroutine is stopped by whoever resumed it (see `guard`), outside
+                // any hook; raised, the abort unwinds to a protected call that turns hooks on.
+                if yieldable && slice::yield_for_abort(thread) {
+                    Action::Yield
+                } else {
+                    Action::Raise(message(a))
+                }
+            }
+        }
+    }))
+    .unwrap_or(Action::Continue)
+}
+
+/// The source (without its `@`) and line of the function the hook interrupted.
+///
+/// # Safety
+/// `state` and `ar` are what Lua passed to the running hook.
+unsafe fn stopped_at(
+    state: *mut ffi::lua_State,
+    ar: *mut ffi::lua_Debug,
+) -> Option<(String, usize)> {
+    // SAFETY: `ar` is the activation record Lua passed to this hook, valid while it runs;
+    // "Sl" fills in the interrupted function's source and current line and raises no error.
+    let (source, line) = unsafe {
+        if ffi::lua_getinfo(state, c"Sl".as_ptr(), ar) == 0 || (*ar).source.is_null() {
+            return None;
+        }
+        (
+            std::slice::from_raw_parts((*ar).source.cast::<u8>(), (*ar).srclen),
+            (*ar).currentline,
+        )
+    };
+    let source = String::from_utf8_lossy(source);
+    let source = source.strip_prefix('@').unwrap_or(&source).to_owned();
+    Some((source, usize::try_from(line).unwrap_or(0)))
+}
+
+/// What a script sees of the abort (the client is answered from the call's record of it).
+fn message(a: Abort) -> &'static CStr {
+    match a {
+        Abort::Budget(_) => c"the script ran past its budget of Lua instructions",
+        Abort::Deadline => c"the call's deadline passed",
+        Abort::Cancelled => c"the call was cancelled",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use mlua::{Function, Lua, ThreadStatus};
+
+    use super::*;
+    use crate::script::context::{CallShared, CallSpec};
+
+    fn meter(budget: u64) -> Arc<CallShared> {
+        Arc::new(CallShared::new(CallSpec {
+            method: Arc::from("test"),
+            script: Arc::from(""),
+            function: Arc::from(""),
+            output: None,
+            metadata: Default::default(),
+            started: Instant::now(),
+            deadline: None,
+            budget,
+            streams_output: false,
+            reply: None,
+            outbox: None,
+        }))
+    }
+
+    fn hooked() -> Lua {
+        let lua = Lua::new();
+        install(&lua).unwrap();
+        lua
+    }
+
+    /// Every kind of thread a state runs carries the hook: the main thread, threads made from
+    /// Rust (fresh and reset for reuse), and coroutines made by scripts in either.
+    #[test]
+    fn every_thread_carries_the_hook() {
+        // SAFETY: the debug library, only to read the hooks back.
+        let lua = unsafe { Lua::unsafe_new_with(mlua::StdLib::ALL, mlua::LuaOptions::new()) };
+        install(&lua).unwrap();
+        let hook_of: Function = lua
+            .load(
+                r#"
+                local co = ...
+                local function show(h, mask, count) return tostring(h) .. "/" .. mask .. "/" .. tostring(count) end
+                local inner = coroutine.create(function() end)
+                return show(debug.gethook(co)), show(debug.gethook(inner))
+                "#,
+            )
+            .into_function()
+            .unwrap();
+        let expected = format!("external hook//{STEP}");
+        let main: (String, String) = hook_of.call(lua.current_thread()).unwrap();
+        assert_eq!(main, (expected.clone(), expected.clone()));
+        let thread = lua.create_thread(hook_of.clone()).unwrap();
+        let made: (String, String) = hook_of.call(thread.clone()).unwrap();
+        assert_eq!(made, (expected.clone(), expected.clone()));
+        // Inside the thread made from Rust: itself and a coroutine it makes.
+        let inside: (String, String) = thread.resume(thread.clone()).unwrap();
+        assert_eq!(inside, (expected.clone(), expected.clone()));
+        thread.reset(hook_of.clone()).unwrap();
+        let reset: (String, String) = thread.resume(thread.clone()).unwrap();
+        assert_eq!(reset, (expected.clone(), expected));
+    }
+
+    /// The main thread, where nothing can yield: the abort is raised as an error.
+    #[test]
+    fn stops_an_endless_loop_on_the_main_thread() {
+        let lua = hooked();
+        let spin: Function = lua.load("while true do end").into_function().unwrap();
+        let call = meter(1_000_000);
+        let err = slice::with_call(&call, || spin.call::<()>(())).unwrap_err();
+        assert!(err.to_string().contains("budget"), "{err}");
+        assert_eq!(call.aborted(), Some(Abort::Budget(1_000_000)));
+    }
+
+    /// Resumes `thread` until it is no longer yielded for a time slice (at most `n` times).
+    fn resume_past_slices(
+        call: &Arc<CallShared>,
+        thread: &mlua::Thread,
+        n: usize,
+    ) -> mlua::Result<mlua::MultiValue> {
+        let mut out = slice::with_call(call, || thread.resume(()));
+        for _ in 0..n {
+            let sliced =
+                slice::with_call(call, || slice::take_sliced(thread.to_pointer() as usize));
+            if !sliced || out.is_err() {
+                break;
+            }
+            out = slice::with_call(call, || thread.resume(()));
+        }
+        out
+    }
+
+    /// A thread made from Rust, resumed from Rust: yielded for the abort, then raised.
+    #[test]
+    fn stops_an_endless_loop_in_a_thread_made_from_rust() {
+        let lua = hooked();
+        let spin: Function = lua.load("while true do end").into_function().unwrap();
+        let thread = lua.create_thread(spin).unwrap();
+        let call = meter(1_000_000);
+        resume_past_slices(&call, &thread, 10_000).unwrap();
+        assert_eq!(thread.status(), ThreadStatus::Resumable);
+        assert_eq!(call.aborted(), Some(Abort::Budget(1_000_000)));
+        let err = slice::with_call(&call, || thread.resume::<()>(())).unwrap_err();
+        assert!(err.to_string().contains("budget"), "{err}");
+    }
+
+    /// Coroutines a script makes, in a thread made from Rust: yielded for the abort where they
+    /// can yield (and raised when resumed again), raised where they cannot (a sort comparator).
+    #[test]
+    fn stops_endless_loops_in_coroutines_scripts_make() {
+        let lua = hooked();
+        let f: Function = lua
+            .load(
+                r#"
+                local raised = coroutine.create(function()
+                  table.sort({ 3, 2, 1 }, function() while true do end end)
+                end)
+                local ok1, e1 = coroutine.resume(raised)
+                local yielded = coroutine.create(function() while true do end end)
+                local ok2, e2
+                repeat ok2, e2 = coroutine.resume(yielded) until not ok2
+                return ok1, e1, ok2, e2
+                "#,
+            )
+            .into_function()
+            .unwrap();
+        let thread = lua.create_thread(f).unwrap();
+        let call = meter(1_000_000);
+        let out = resume_past_slices(&call, &thread, 10_000).unwrap();
+        let (ok1, e1, ok2, e2): (bool, String, bool, String) = lua.unpack_multi(out).unwrap();
+        assert!(!ok1);
+        assert!(e1.contains("budget"), "{e1}");
+        assert!(!ok2);
+        assert!(e2.contains("budget"), "{e2}");
+    }
+
+    /// A busy coroutine is yielded at its time slice, and is none the worse for it.
+    #[test]
+    fn yields_a_coroutine_at_its_time_slice() {
+        let lua = hooked();
+        let f: Function = lua
+            .load("local x = 0 for i = 1, 1e9 do x = x + i end return x")
+            .into_function()
+            .unwrap();
+        let thread = lua.create_thread(f).unwrap();
+        let call = meter(u64::MAX);
+        let started = Instant::now();
+        slice::with_call(&call, || thread.resume::<()>(())).unwrap();
+        assert_eq!(thread.status(), ThreadStatus::Resumable);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(slice::with_call(&call, || slice::take_sliced(
+            thread.to_pointer() as usize
+        )));
+        assert!(call.aborted().is_none());
+    }
+
+    /// No call running: the hook lets everything run.
+    #[test]
+    fn lets_code_run_outside_any_call() {
+        let lua = hooked();
+        let n: i64 = lua
+            .load("local x = 0 for i = 1, 100000 do x = x + 1 end return x")
+            .eval()
+            .unwrap();
+        assert_eq!(n, 100_000);
+    }
+}
