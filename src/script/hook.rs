@@ -42,7 +42,7 @@ use super::status::Abort;
 pub const STEP: u32 = 10_000;
 
 /// How long a script may run before the hook yields it so other calls can go on.
-const TIME_SLICE: Duration = Duration::from_millis(2);
+pub const TIME_SLICE: Duration = Duration::from_millis(2);
 
 /// The `method` of a script load's meter, so the hook knows it is stopping a load.
 pub const LOADING: &str = "(loading scripts)";

@@ -87,16 +87,78 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
     end
     return checked(match(select("#", ...), ...))
   end
+
+  -- gsub with a table or a function: the loop runs here, in Lua, so the instruction hook can
+  -- pause a long replacement function (or `__index`) for other calls, as it pauses any Lua
+  -- code; Lua's own gsub would call it from C, where nothing can pause it. The Rust matcher
+  -- finds each match (see `gsub_next` in stdlib.rs) and the result is built as Lua's is.
+  local prepare, next_match = core.gsub_prepare, core.gsub_next
+  local sub, concat = string.sub, table.concat
+
+  local function call(f, at, e, ...)
+    if at == nil or at == FAIL then return at, e end
+    return at, e, (f(...))
+  end
+  local function look_up(t, at, e, key)
+    if at == nil or at == FAIL then return at, e end
+    return at, e, t[key]
+  end
+
   string.gsub = function(...)
     local s, p, r, n = ...
-    if type(r) == "string" and type(s) == "string" and (n == nil or mtype(n) == "integer") then
+    local tr = type(r)
+    if tr == "string" and type(s) == "string" and (n == nil or mtype(n) == "integer") then
       local w = c_work(s, p, #r)
       if w then
         if w > FREE then spend(w >> 2) end
         return rethrow(pcall(c_gsub, ...))
       end
     end
-    return checked(gsub(select("#", ...), ...))
+    if tr ~= "function" and tr ~= "table" then return checked(gsub(select("#", ...), ...)) end
+    local src, pat, max_n, anchor = prepare(select("#", ...), ...)
+    if src == FAIL then error(pat, 2) end
+    local fn = tr == "function"
+    local parts, count, size = {}, 0, 0
+    local done, at, last = 0, 0, -1
+    while done < max_n do
+      local s1, e, v
+      if fn then
+        s1, e, v = call(r, next_match(src, pat, at, last, true))
+      else
+        s1, e, v = look_up(r, next_match(src, pat, at, last, false))
+      end
+      if s1 == nil then break end
+      if s1 == FAIL then error(e, 2) end
+      done = done + 1
+      if s1 > at then
+        count = count + 1
+        parts[count] = sub(src, at + 1, s1)
+        size = size + (s1 - at)
+      end
+      if not v then
+        v = sub(src, s1 + 1, e) -- false or nil keeps the match
+      else
+        local tv = type(v)
+        if tv == "number" then
+          v = v .. ""
+        elseif tv ~= "string" then
+          error("invalid replacement value (a " .. tv .. ")", 2)
+        end
+      end
+      count = count + 1
+      parts[count] = v
+      size = size + #v
+      at, last = e, e
+      if anchor then break end
+    end
+    if done == 0 then return src, 0 end
+    if at < #src then
+      count = count + 1
+      parts[count] = sub(src, at + 1)
+      size = size + (#src - at)
+    end
+    if size > SMALL then bytes_cost(size, "string.gsub") end
+    return concat(parts, "", 1, count), done
   end
   string.gmatch = function(...)
     local s, p, init = ...
@@ -200,6 +262,173 @@ do
   end
 end
 
+-- table.sort: Lua 5.4's own quicksort (ltablib.c), step for step, written in Lua, so the
+-- instruction hook can pause a long sort (and its comparator, and the `__lt`, `__index` and
+-- `__newindex` metamethods it runs) for other calls, as it pauses any Lua code; Lua's own sort
+-- calls them from C, where nothing can pause it. Same reads, writes and comparisons in the same
+-- order, so the same result (also for equal elements and inconsistent comparators) and the
+-- same "invalid order function for sorting" errors. Only a short array of plain numbers or
+-- short strings, with no metatable and no comparator, goes to Lua's own sort: no script code
+-- can run there and it ends within a small fraction of a time slice.
+local function sort_in_lua(sort, sort_cost)
+  local getmetatable, pcall, load, tointeger = getmetatable, pcall, load, math.tointeger
+  local clock, time, match, memory_error = os.clock, os.time, string.match, core.memory_error
+  local rawequal, rawget = rawequal, rawget
+
+  -- Raised inside the sort for "invalid order function for sorting".
+  local ORDER = {}
+  -- Elements Lua's own sort may take (plain values only), and the longest string among them.
+  local C_SORT, C_SORT_STRING = 1024, 256
+
+  -- `auxsort` and `partition` of ltablib.c: a[lo..up] sorted with `less(a, b)` (written
+  -- `cmp(a, b)`; the default order gets `a < b` in its place, see below).
+  local SOURCE = [[
+local ORDER, randomize, error = ...
+
+local function partition(t, lo, up, P, cmp)
+  local i, j = lo, up - 1
+  while true do
+    i = i + 1
+    local a = t[i]
+    while cmp(a, P) do
+      if i == up - 1 then error(ORDER) end
+      i = i + 1
+      a = t[i]
+    end
+    j = j - 1
+    local b = t[j]
+    while cmp(P, b) do
+      if j < i then error(ORDER) end
+      j = j - 1
+      b = t[j]
+    end
+    if j < i then
+      t[up - 1] = a
+      t[i] = P
+      return i
+    end
+    t[i] = b
+    t[j] = a
+  end
+end
+
+local function auxsort(t, lo, up, rnd, cmp)
+  while lo < up do
+    local a, b = t[lo], t[up]
+    if cmp(b, a) then
+      t[lo] = b
+      t[up] = a
+    end
+    if up - lo == 1 then return end
+    local p
+    if up - lo < 100 or rnd == 0 then
+      p = (lo + up) // 2
+    else
+      local r4 = (up - lo) // 4
+      p = rnd % (r4 * 2) + (lo + r4)
+    end
+    a, b = t[p], t[lo]
+    if cmp(a, b) then
+      t[p] = b
+      t[lo] = a
+    else
+      b = t[up]
+      if cmp(b, a) then
+        t[p] = b
+        t[up] = a
+      end
+    end
+    if up - lo == 2 then return end
+    local P = t[p]
+    t[p] = t[up - 1]
+    t[up - 1] = P
+    p = partition(t, lo, up, P, cmp)
+    local n
+    if p - lo < up - p then
+      auxsort(t, lo, p - 1, rnd, cmp)
+      n = p - lo
+      lo = p + 1
+    else
+      auxsort(t, p + 1, up, rnd, cmp)
+      n = up - p
+      up = p - 1
+    end
+    if (up - lo) // 128 > n then rnd = randomize() end
+  end
+end
+
+return auxsort
+]]
+
+  -- A pivot seed after a badly unbalanced partition, from the clock as Lua's own.
+  local function randomize()
+    return (tointeger(clock() * 1e6 // 1) or 0) + time()
+  end
+  local with_function = assert(load(SOURCE, "=?"))(ORDER, randomize, error)
+  local LESS = (string.gsub(SOURCE, "cmp%((%w+), (%w+)%)", "(%1 < %2)"))
+  local with_less = assert(load(LESS, "=?"))(ORDER, randomize, error)
+
+  -- Whether t[1..n] are all numbers (no NaN) or all short strings.
+  local function plain(t, n)
+    local v = t[1]
+    if mtype(v) then
+      for i = 1, n do
+        v = t[i]
+        if not mtype(v) or v ~= v then return false end
+      end
+      return true
+    end
+    for i = 1, n do
+      v = t[i]
+      if type(v) ~= "string" or #v > C_SORT_STRING then return false end
+    end
+    return true
+  end
+
+  local function failed(e)
+    if rawequal(e, ORDER) then error("invalid order function for sorting", 3) end
+    if type(e) == "string" then
+      if e == "not enough memory" then memory_error() end
+      -- Lua's own sort compares in C, so its "attempt to compare" errors carry no position.
+      local bare = match(e, "^%?:%-?%d+: (.*)$")
+      if bare then e = bare end
+    end
+    error(e, 0)
+  end
+
+  local function type_name(v)
+    local mt = getmetatable(v)
+    local name = type(mt) == "table" and rawget(mt, "__name")
+    if type(name) == "string" then return name end
+    return type(v)
+  end
+
+  return function(...)
+    local t, cmp = ...
+    if type(t) ~= "table" then
+      local got = select("#", ...) == 0 and "no value" or type_name(t)
+      error("bad argument #1 to 'sort' (table expected, got " .. got .. ")", 2)
+    end
+    local n = #t
+    if mtype(n) ~= "integer" then
+      n = tointeger(n)
+      if n == nil then error("object length is not an integer", 2) end
+    end
+    if n <= 1 then return end
+    if n >= 0x7fffffff then error("bad argument #1 to 'sort' (array too big)", 2) end
+    if cmp ~= nil and type(cmp) ~= "function" then
+      error("bad argument #2 to 'sort' (function expected, got " .. type_name(cmp) .. ")", 2)
+    end
+    if n > 64 then sort_cost(n) end
+    if cmp == nil and n <= C_SORT and getmetatable(t) == nil and plain(t, n) then
+      sort(t)
+      return
+    end
+    local ok, e = pcall(cmp and with_function or with_less, t, 1, n, 0, cmp)
+    if not ok then failed(e) end
+  end
+end
+
 do
   local concat, insert, remove, move = table.concat, table.insert, table.remove, table.move
   local unpack, sort, pack, sort_cost = table.unpack, table.sort, table.pack, core.sort_cost
@@ -275,14 +504,7 @@ do
     return pass(unpack(...))
   end
 
-  table.sort = function(...)
-    local t = ...
-    if type(t) == "table" then
-      local n = #t
-      if mtype(n) == "integer" and n > 64 then sort_cost(n) end
-    end
-    sort(...)
-  end
+  table.sort = sort_in_lua(sort, sort_cost)
 
   table.pack = function(...)
     local n = select("#", ...)

@@ -336,17 +336,20 @@ fn gmatch(
     Ok(iter)
 }
 
-/// `string.gsub`.
-fn gsub(
+/// The arguments of `string.gsub`, checked in Lua's order: the subject and the pattern (as
+/// strings), the replacement string (`None` for a table or a function) and the most
+/// replacements to make.
+type GsubArgs = (mlua::String, mlua::String, Option<mlua::String>, i64);
+
+fn gsub_args(
     lua: &Lua,
     (nargs, s, p, repl, max_n): (usize, LuaValue, LuaValue, LuaValue, LuaValue),
-) -> Outcome<MultiValue> {
+) -> Outcome<GsubArgs> {
     let s = check_str(lua, &s, 1, nargs, "gsub")?;
     let p = check_str(lua, &p, 2, nargs, "gsub")?;
-    let src = s.as_bytes();
-    let pat = p.as_bytes();
-    let max_n = opt_int(lua, &max_n, 4, "gsub")?.unwrap_or(src.len() as i64 + 1);
-    let repl_str = match &repl {
+    let len = s.as_bytes().len();
+    let max_n = opt_int(lua, &max_n, 4, "gsub")?.unwrap_or(len as i64 + 1);
+    let repl = match &repl {
         LuaValue::String(r) => Some(r.clone()),
         LuaValue::Integer(_) | LuaValue::Number(_) => lua.coerce_string(repl.clone())?,
         LuaValue::Table(_) | LuaValue::Function(_) => None,
@@ -361,41 +364,46 @@ fn gsub(
             )
         }
     };
-    let repl_bytes = repl_str.as_ref().map(|r| r.as_bytes());
-    let (anchor, pat) = match pat.first() {
+    Ok((s, p, repl, max_n))
+}
+
+/// A pattern without its `^` anchor, and whether it had one.
+fn anchored(pat: &[u8]) -> (bool, &[u8]) {
+    match pat.first() {
         Some(b'^') => (true, &pat[1..]),
-        _ => (false, &pat[..]),
+        _ => (false, pat),
+    }
+}
+
+/// `string.gsub` with a replacement string. A table or a function goes to the Lua side (see
+/// [`gsub_prepare`]), which calls it from Lua, where the instruction hook can pause it.
+fn gsub(
+    lua: &Lua,
+    args: (usize, LuaValue, LuaValue, LuaValue, LuaValue),
+) -> Outcome<MultiValue> {
+    let (s, p, repl, max_n) = gsub_args(lua, args)?;
+    let Some(repl) = repl else {
+        return Err(Fail::Lua(
+            "string.gsub: a table or function replacement is handled in Lua".to_owned(),
+        ));
     };
+    let src = s.as_bytes();
+    let pat = p.as_bytes();
+    let repl = repl.as_bytes();
+    let (anchor, pat) = anchored(&pat);
     let mut m = Matcher::new(&src, pat, slice::charge);
     let mut out: Vec<u8> = Vec::new();
     let mut room: Option<usize> = None;
     let mut at = 0;
     let mut last = None;
     let mut n: i64 = 0;
-    let mut changed = false;
     let result = (|| -> Outcome<()> {
         while n < max_n {
             let before = out.len();
             match m.match_here(at)? {
                 Some(e) if Some(e) != last => {
                     n += 1;
-                    changed |= match (&repl_bytes, &repl) {
-                        (Some(r), _) => {
-                            add_template(&mut m, &src, at, e, r, &mut out)?;
-                            true
-                        }
-                        (None, LuaValue::Table(t)) => {
-                            let key = capture_value(lua, &mut m, &src, 0, at, e)?;
-                            add_value(lua, t.get(key)?, &src[at..e], &mut out)?
-                        }
-                        (None, LuaValue::Function(f)) => {
-                            let mut args = Vec::new();
-                            captures(lua, &mut m, &src, at, e, true, &mut args)?;
-                            let v = f.call::<LuaValue>(MultiValue::from_vec(args))?;
-                            add_value(lua, v, &src[at..e], &mut out)?
-                        }
-                        _ => unreachable!("checked above"),
-                    };
+                    add_template(&mut m, &src, at, e, &repl, &mut out)?;
                     at = e;
                     last = Some(e);
                 }
@@ -418,7 +426,7 @@ fn gsub(
     })();
     spend(m.uncharged())?;
     result?;
-    let text = if changed {
+    let text = if n > 0 {
         out.extend_from_slice(&src[at..]);
         spend(out.len() as u64 / 8)?;
         lua.create_string(&out)?
@@ -426,6 +434,57 @@ fn gsub(
         s.clone()
     };
     Ok((text, n).into_lua_multi(lua)?)
+}
+
+/// `string.gsub` with a table or a function, its checked arguments for the Lua loop: the
+/// subject and the pattern as strings, the most replacements to make, whether the pattern is
+/// anchored. (A replacement string gets the same checks and error messages from [`gsub`].)
+fn gsub_prepare(
+    lua: &Lua,
+    args: (usize, LuaValue, LuaValue, LuaValue, LuaValue),
+) -> Outcome<MultiValue> {
+    let (s, p, _, max_n) = gsub_args(lua, args)?;
+    let anchor = p.as_bytes().first() == Some(&b'^');
+    Ok((s, p, max_n, anchor).into_lua_multi(lua)?)
+}
+
+/// One step of `string.gsub`'s loop for the Lua side: the next match at byte offset `at` or
+/// after (only at `at` if the pattern is anchored) that does not end at `last` (an empty match
+/// right after the previous one, which Lua skips), as its 0-based start, its end, then what
+/// the replacement gets: every capture (the whole match if none) when `all`, else the first.
+/// Nothing when there is no further match.
+fn gsub_next(
+    lua: &Lua,
+    (s, p, at, last, all): (mlua::String, mlua::String, i64, i64, bool),
+) -> Outcome<MultiValue> {
+    let src = s.as_bytes();
+    let pat = p.as_bytes();
+    let (anchor, pat) = anchored(&pat);
+    let mut m = Matcher::new(&src, pat, slice::charge);
+    let mut at = usize::try_from(at).unwrap_or(0).min(src.len());
+    let last = usize::try_from(last).ok();
+    let mut out = Vec::new();
+    let result = (|| -> Outcome<()> {
+        loop {
+            match m.match_here(at)? {
+                Some(e) if Some(e) != last => {
+                    out.push(LuaValue::Integer(at as i64));
+                    out.push(LuaValue::Integer(e as i64));
+                    if all {
+                        captures(lua, &mut m, &src, at, e, true, &mut out)?;
+                    } else {
+                        out.push(capture_value(lua, &mut m, &src, 0, at, e)?);
+                    }
+                    return Ok(());
+                }
+                _ if at < src.len() && !anchor => at += 1,
+                _ => return Ok(()),
+            }
+        }
+    })();
+    spend(m.uncharged())?;
+    result?;
+    Ok(MultiValue::from_vec(out))
 }
 
 /// Appends a replacement string, expanding `%0`–`%9` and `%%`.
@@ -458,30 +517,6 @@ fn add_template(
     }
     out.extend_from_slice(rest);
     Ok(())
-}
-
-/// Appends what a table or function gave for a match; whether the subject changed.
-fn add_value(lua: &Lua, v: LuaValue, whole: &[u8], out: &mut Vec<u8>) -> Outcome<bool> {
-    match v {
-        LuaValue::Nil | LuaValue::Boolean(false) => {
-            out.extend_from_slice(whole);
-            Ok(false)
-        }
-        LuaValue::String(s) => {
-            out.extend_from_slice(&s.as_bytes());
-            Ok(true)
-        }
-        v @ (LuaValue::Integer(_) | LuaValue::Number(_)) => {
-            if let Some(s) = lua.coerce_string(v)? {
-                out.extend_from_slice(&s.as_bytes());
-            }
-            Ok(true)
-        }
-        other => Err(Fail::Lua(format!(
-            "invalid replacement value (a {})",
-            type_name(&other)
-        ))),
-    }
 }
 
 /// Turns a [`Fail::Lua`] into the `FAIL, message` pair the Lua side raises as a string.
@@ -712,6 +747,21 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
     core.raw_set(
         "gsub",
         lua.create_function(|lua, args| respond(lua, gsub(lua, args)))?,
+    )?;
+    core.raw_set(
+        "gsub_prepare",
+        lua.create_function(|lua, args| respond(lua, gsub_prepare(lua, args)))?,
+    )?;
+    core.raw_set(
+        "gsub_next",
+        lua.create_function(|lua, args| respond(lua, gsub_next(lua, args)))?,
+    )?;
+    // Raised again by the Lua side for a memory error it caught (see `table.sort` there).
+    core.raw_set(
+        "memory_error",
+        lua.create_function(|_, ()| -> mlua::Result<()> {
+            Err(mlua::Error::MemoryError("not enough memory".into()))
+        })?,
     )?;
     // Small pattern calls whose worst case is provably small go to Lua's own matcher: it is
     // faster on tiny inputs than crossing into Rust.

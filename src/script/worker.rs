@@ -40,6 +40,10 @@ use crate::data::DataSets;
 use crate::error::{Location, StartupError, StartupErrors};
 use crate::handler::Requests;
 
+/// A poll of a call this long is stuck where the hook cannot pause it: ten time slices, far more
+/// than a slice plus the hook's check interval, or a garbage collection step.
+const STUCK_POLL: Duration = Duration::from_millis(hook::TIME_SLICE.as_millis() as u64 * 10);
+
 /// Wall-clock limit on loading one script file (its top-level code and what it requires).
 const LOAD_TIME: Duration = Duration::from_secs(5);
 
@@ -405,24 +409,45 @@ impl Pool {
         self.recipe.options.instructions
     }
 
-    /// The least busy state; the scan starts at a rotating index, so calls arriving together
-    /// spread over equally idle states instead of all taking the first.
+    /// The least busy state that is not stuck; the scan starts at a rotating index, so calls
+    /// arriving together spread over equally idle states instead of all taking the first.
+    ///
+    /// A state whose current poll has run far past a time slice is stuck where the hook cannot
+    /// pause its call (a metamethod or callback Lua calls from C): it serves nothing else until
+    /// that call returns, is stopped by its budget, or its state is replaced. It is picked only
+    /// when every state is stuck.
     pub fn pick(&self) -> usize {
         let n = self.slots.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best = start;
-        let mut load = self.slots[start].active.load(Ordering::Relaxed);
-        for i in (start + 1..n).chain(0..start) {
+        let mut best: Option<(usize, usize)> = None;
+        let mut stuck_best = (start, usize::MAX);
+        for i in (start..n).chain(0..start) {
+            let load = self.slots[i].active.load(Ordering::Relaxed);
+            if best.is_some_and(|(_, b)| load >= b) {
+                continue;
+            }
+            // A state with no call in hand cannot be stuck in one.
+            if load > 0 && self.is_stuck(i) {
+                if load < stuck_best.1 {
+                    stuck_best = (i, load);
+                }
+                continue;
+            }
+            best = Some((i, load));
             if load == 0 {
                 break;
             }
-            let l = self.slots[i].active.load(Ordering::Relaxed);
-            if l < load {
-                best = i;
-                load = l;
-            }
         }
-        best
+        best.map_or(stuck_best.0, |(i, _)| i)
+    }
+
+    /// Whether the state at `index` has been in one poll of a call for longer than
+    /// [`STUCK_POLL`].
+    fn is_stuck(&self, index: usize) -> bool {
+        read(&self.slots[index].current)
+            .heartbeat
+            .busy_for()
+            .is_some_and(|busy| busy >= STUCK_POLL)
     }
 
     /// Tells every state thread to stop once the calls it holds are done (the generation this
