@@ -76,6 +76,26 @@ local function repl_fn(a, b)
   return "<" .. tostring(a) .. ">"
 end
 
+-- What a replacement function is called with, match by match.
+function logged(gsub, s, p, n)
+  local log = {}
+  local r = run(gsub, s, p, function(...)
+    log[#log + 1] = show(...)
+    return nil
+  end, n)
+  return r .. " #" .. table.concat(log, ";")
+end
+local repl_index = setmetatable({}, { __index = function(_, k)
+  if math.type(k) then return k * 2 end
+  if #k > 1 then return k:upper() end
+  if k == "b" then return false end
+end })
+local function repl_number(a)
+  if type(a) ~= "string" then return 0.5 end
+  if a == "" then return 2^53 end
+  return #a
+end
+
 function compare(s, p)
   local q = string.format("%q %q", s, p)
   same("find " .. q, run(C.find, s, p), run(string.find, s, p))
@@ -93,6 +113,16 @@ function compare(s, p)
   end
   same("gsub table " .. q, run(C.gsub, s, p, repl_table), run(string.gsub, s, p, repl_table))
   same("gsub fn " .. q, run(C.gsub, s, p, repl_fn), run(string.gsub, s, p, repl_fn))
+  -- A table or a function: the loop runs in Lua, over the matcher's matches.
+  same("gsub fn args " .. q, logged(C.gsub, s, p), logged(string.gsub, s, p))
+  same("gsub index " .. q, run(C.gsub, s, p, repl_index), run(string.gsub, s, p, repl_index))
+  same("gsub numbers " .. q, run(C.gsub, s, p, repl_number), run(string.gsub, s, p, repl_number))
+  for _, n in ipairs({ 0, 1, 2, -1, 2.0, "1" }) do
+    same("gsub fn n " .. tostring(n) .. " " .. q, run(C.gsub, s, p, repl_fn, n),
+      run(string.gsub, s, p, repl_fn, n))
+    same("gsub table n " .. tostring(n) .. " " .. q, run(C.gsub, s, p, repl_table, n),
+      run(string.gsub, s, p, repl_table, n))
+  end
   for _, n in ipairs({ 0, 1, 2, -1, 2.0, 1.5, "2" }) do
     same("gsub n " .. tostring(n) .. " " .. q, run(C.gsub, s, p, "[%0]", n), run(string.gsub, s, p, "[%0]", n))
   end
@@ -276,6 +306,23 @@ fn every_feature_and_error(matcher_only: bool) {
         compare_args(123, 2)
         compare_args(12.5, ".")
         compare_args("abc", "b", true)
+        -- gsub with a function or a table: errors, odd values, many matches
+        local function boom() error("boom") end
+        local function truth() return true end
+        local upper = function(a) return a:upper() end
+        local big = ("ab c"):rep(3000)
+        for _, a in ipairs({
+          { "abc", "b", boom }, { "abc", "b", truth }, { "abc", "b", {} },
+          { "abc", "(b)", { b = true } }, { "abc", "()b", { [2] = "two" } },
+          { big, "%w+", upper }, { big, "%w+", upper, 100 }, { big, "", upper, 7 },
+          { big, "^ab", upper }, { big, "c$", upper }, { big, "(a)(b)", { a = "A" } },
+          { 12345, "%d", { ["3"] = 3.0 } }, { "x", "x", coroutine.running },
+          { "abc", "(", upper }, { "abc", "%", upper }, { "abc", "(()", upper },
+        }) do
+          same("gsub case " .. show(table.unpack(a, 2)), run(C.gsub, table.unpack(a, 1, 4)),
+            run(string.gsub, table.unpack(a, 1, 4)))
+        end
+        same("gsub count", select(2, C.gsub(big, "%s*", upper)), select(2, string.gsub(big, "%s*", upper)))
         "#,
     )
     .exec()
@@ -481,5 +528,152 @@ fn wrapped_functions_agree_with_lua() {
         .call(())
         .unwrap();
     assert!(count > 300, "{count}");
+    assert!(mismatches.is_empty(), "{mismatches}");
+}
+
+/// `table.sort` runs Lua 5.4's own quicksort written in Lua (so the instruction hook can pause
+/// it): the same reads, writes and comparisons, in the same order, as Lua's C sort, so the same
+/// results (also the order of equal elements), errors and metamethod calls.
+#[test]
+fn sort_agrees_with_lua_step_for_step() {
+    let lua = Lua::new();
+    lua.load("csort = table.sort").exec().unwrap();
+    protoserve::script::stdlib::install(&lua).unwrap();
+    lua.load(COMPARE).exec().unwrap();
+    lua.load(
+        r##"
+        local csort = csort
+        math.randomseed(2024)
+        local function dump(t, n)
+          local out = {}
+          for i = 0, n + 1 do
+            local v = rawget(t, i)
+            out[#out + 1] = type(v) == "table" and (v.k .. "/" .. v.id) or tostring(v)
+          end
+          return table.concat(out, ",")
+        end
+        -- Sorts a copy of `items` with `sort`, through a proxy that logs every access (and
+        -- with `cmp` logged too, unless `quiet`): the result, the table after, and the log.
+        local function traced(sort, items, n, cmp, proxy, quiet)
+          local store, log = {}, {}
+          for i = 1, n do store[i] = items[i] end
+          local t = store
+          if proxy then
+            t = setmetatable({}, {
+              __index = function(_, k) log[#log + 1] = "r" .. k return store[k] end,
+              __newindex = function(_, k, v) log[#log + 1] = "w" .. k store[k] = v end,
+              __len = function() return n end,
+            })
+          end
+          local c = cmp
+          if cmp and not quiet then
+            c = function(a, b)
+              local r = cmp(a, b)
+              log[#log + 1] = "c"
+              return r
+            end
+          end
+          local r = run(sort, t, c)
+          return r .. " " .. dump(store, n) .. " " .. table.concat(log, " ")
+        end
+        local function numbers(n, range)
+          local t = {}
+          for i = 1, n do t[i] = math.random(range) end
+          return t
+        end
+        local function records(n, range)
+          local t = {}
+          for i = 1, n do t[i] = { k = math.random(range), id = i } end
+          return t
+        end
+        local by_k = function(a, b) return a.k < b.k end
+        local by_k_desc = function(a, b) return a.k > b.k end
+        local lt_mt = { __lt = function(a, b) return a.k < b.k end }
+        local function objects(n, range)
+          local t = records(n, range)
+          for i = 1, n do setmetatable(t[i], lt_mt) end
+          return t
+        end
+        local always = function() return true end
+        local never = function() return false end
+        local coin = function() return math.random(2) == 1 end
+        local le = function(a, b) return a <= b end
+        for _, n in ipairs({ 0, 1, 2, 3, 4, 5, 7, 8, 16, 31, 64, 99, 100, 101, 128, 200, 250 }) do
+          for _, range in ipairs({ 3, 1000 }) do
+            local nums, recs, objs = numbers(n, range), records(n, range), objects(n, range)
+            for _, proxy in ipairs({ false, true }) do
+              local tag = n .. "/" .. range .. (proxy and " proxy" or "")
+              same("sort numbers " .. tag, traced(csort, nums, n, nil, proxy), traced(table.sort, nums, n, nil, proxy))
+              same("sort numbers desc " .. tag, traced(csort, nums, n, function(a, b) return a > b end, proxy),
+                traced(table.sort, nums, n, function(a, b) return a > b end, proxy))
+              same("sort records " .. tag, traced(csort, recs, n, by_k, proxy), traced(table.sort, recs, n, by_k, proxy))
+              same("sort records desc " .. tag, traced(csort, recs, n, by_k_desc, proxy),
+                traced(table.sort, recs, n, by_k_desc, proxy))
+              same("sort __lt " .. tag, traced(csort, objs, n, nil, proxy), traced(table.sort, objs, n, nil, proxy))
+              for name, bad in pairs({ always = always, never = never, le = le }) do
+                same("sort " .. name .. " " .. tag, traced(csort, nums, n, bad, proxy),
+                  traced(table.sort, nums, n, bad, proxy))
+              end
+              math.randomseed(n * 7 + range)
+              local a = traced(csort, nums, n, coin, proxy)
+              math.randomseed(n * 7 + range)
+              same("sort coin " .. tag, a, traced(table.sort, nums, n, coin, proxy))
+            end
+          end
+        end
+        -- Big arrays: sorted the same (Lua's sort takes a pivot from the clock after a badly
+        -- unbalanced partition, so the comparisons made may differ).
+        for _, n in ipairs({ 1023, 1024, 1025, 5000 }) do
+          local nums, strs = numbers(n, 1e6), {}
+          for i = 1, n do strs[i] = tostring(nums[i]) end
+          local sorted = {}
+          for i = 1, n do sorted[i] = i end
+          for name, items in pairs({ numbers = nums, strings = strs, sorted = sorted }) do
+            same("sort big " .. name .. " " .. n, traced(csort, items, n), traced(table.sort, items, n))
+            same("sort big with metatable " .. name .. " " .. n,
+              traced(csort, setmetatable({ table.unpack(items, 1, n) }, {}), n),
+              traced(table.sort, setmetatable({ table.unpack(items, 1, n) }, {}), n))
+            local desc = function(a, b) return a > b end
+            same("sort big desc " .. name .. " " .. n, traced(csort, items, n, desc, false, true),
+              traced(table.sort, items, n, desc, false, true))
+          end
+        end
+        -- Errors.
+        local function both(what, ...)
+          local args = table.pack(...)
+          same("sort " .. what, run(csort, table.unpack(args, 1, args.n)), run(table.sort, table.unpack(args, 1, args.n)))
+        end
+        both("no value")
+        both("nil", nil)
+        both("string", "abc")
+        both("number", 5)
+        both("bad comparator", { 3, 1 }, 5)
+        both("bad comparator, one element", { 3 }, 5)
+        both("false comparator", { 3, 1 }, false)
+        both("named comparator", { 3, 1 }, setmetatable({}, { __name = "Thing" }))
+        both("mixed", { 3, 1, "x" })
+        both("mixed big", setmetatable({ 3, 1, "x", 4, 5, 6, 7, 8, 9, 10, 11, 12 }, {}))
+        both("tables", { {}, {} })
+        both("nil hole", { 3, nil, 1, n = 3 })
+        both("nan", { 3, 0/0, 1, 0/0, 2 })
+        both("comparator error", { 3, 1, 2 }, function() error("boom") end)
+        both("comparator error table", { 3, 1, 2 }, function() error(setmetatable({}, { __tostring = function() return "E" end })) end)
+        both("length not integer", setmetatable({}, { __len = function() return "x" end }))
+        both("length float", setmetatable({ 2, 1 }, { __len = function() return 2.0 end }))
+        both("length string", setmetatable({ 2, 1 }, { __len = function() return "2" end }))
+        both("length fraction", setmetatable({ 2, 1 }, { __len = function() return 1.5 end }))
+        both("too big", setmetatable({}, { __len = function() return math.maxinteger end }))
+        both("__lt error", { setmetatable({}, { __lt = function() error("lt") end }), 1 })
+        "##,
+    )
+    .exec()
+    .unwrap();
+    let (count, mismatches): (u64, String) = lua
+        .globals()
+        .get::<mlua::Function>("report")
+        .unwrap()
+        .call(())
+        .unwrap();
+    assert!(count > 400, "{count}");
     assert!(mismatches.is_empty(), "{mismatches}");
 }

@@ -170,10 +170,10 @@ async fn reserved_metadata_keys_fail_in_the_script() {
     );
 }
 
-/// A call stuck where its state cannot pause it (here a sort comparator, where Lua cannot yield,
-/// with a budget that lasts seconds) never got an answer: the watchdog replaced its state, but
-/// the client waited until its own deadline. Now the watchdog answers it with UNAVAILABLE and the
-/// replacement state serves the next call.
+/// A call stuck where its state cannot pause it (here an `__index` that `table.concat` calls
+/// from C, where Lua cannot yield, with a budget that lasts seconds) never got an answer: the
+/// watchdog replaced its state, but the client waited until its own deadline. Now the watchdog
+/// answers it with UNAVAILABLE and the replacement state serves the next call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_call_is_answered_when_its_state_is_replaced() {
     let (s, c) = start_with_budget(
@@ -181,7 +181,7 @@ async fn stuck_call_is_answered_when_its_state_is_replaced() {
         &["--script-states", "1", "--script-watchdog-ms", "300"],
     )
     .await;
-    let (r, took) = run(&c, "sort_spin", 1_000_000_000_000).await;
+    let (r, took) = run(&c, "concat_spin", 1_000_000_000_000).await;
     let status = r.expect_err("the stuck call fails");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(took < Duration::from_secs(10), "answered after {took:?}");
@@ -236,17 +236,18 @@ fn cpu_ticks_over(pid: u32, span: Duration) -> u64 {
 /// Lua 5.4 runs that function's pending `__close` handlers at once, inside the hook, where no
 /// hook runs: the watchdog answered UNAVAILABLE and replaced the state, but the old thread spun
 /// a core for good. Now the hook yields the coroutine and its resumer raises the stop; where
-/// Lua cannot yield (a sort comparator), the `__close` handlers setmetatable saw do nothing
-/// once the call is stopped. Each call ends with RESOURCE_EXHAUSTED, no state is replaced, and
-/// the server goes back to idle.
+/// Lua cannot yield (an `__index` called from C), the `__close` handlers setmetatable saw do
+/// nothing once the call is stopped. Each call ends with RESOURCE_EXHAUSTED, no state is
+/// replaced, and the server goes back to idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_call_leaves_no_close_handler_running() {
-    // A loop in a sort comparator runs its whole budget in one go (Lua cannot pause it there):
-    // the watchdog must not take that for a stuck state on a busy machine.
+    // A loop in an `__index` called from C runs its whole budget in one go (Lua cannot pause it
+    // there): the watchdog must not take that for a stuck state on a busy machine.
     let (s, c) = start(&["--script-states", "1", "--script-watchdog-ms", "4000"]).await;
     for name in [
         "close_nested",
         "close_sort",
+        "close_concat",
         "close_in_close",
         "close_coroutine",
         "close_for",
@@ -282,16 +283,22 @@ async fn stopped_call_leaves_no_close_handler_running() {
 }
 
 /// `close_sort_late`: a `__close` given to a metatable after `setmetatable` (so the sandbox never
-/// saw it), pending in a sort comparator (where Lua cannot yield) when the budget stops the call.
+/// saw it), pending in a sort comparator (where Lua could not yield) when the budget stops the call.
 /// The hook raised the stop through mlua, which first clears the interrupted function's stack,
 /// and Lua 5.4 ran that function's `__close` right there, inside the hook, where no hook runs:
 /// the watchdog answered UNAVAILABLE and replaced the state, but the old thread spun a core for
 /// good. The hook now raises the stop with the interrupted function left alone; the `__close`
 /// runs once the unwinding has turned hooks back on, under the call's stopped budget.
+/// `close_concat_late` is the same in an `__index` that `table.concat` calls from C, where Lua
+/// still cannot yield.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_close_in_a_sort_comparator_does_not_spin_its_thread() {
+async fn late_close_where_lua_cannot_yield_does_not_spin_its_thread() {
     let (s, c) = start(&["--script-states", "1", "--script-watchdog-ms", "4000"]).await;
     let (r, took) = run(&c, "close_sort_late", 0).await;
+    let status = r.expect_err("the call is stopped");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    let (r, took2) = run(&c, "close_concat_late", 0).await;
+    let took = took.max(took2);
     let pid = s.pid();
     let window = Duration::from_secs(2);
     let ticks = tokio::task::spawn_blocking(move || cpu_ticks_over(pid, window))
@@ -314,6 +321,126 @@ async fn late_close_in_a_sort_comparator_does_not_spin_its_thread() {
         !s.log().iter().any(|l| l.contains("replaced")),
         "{:?}",
         s.log()
+    );
+}
+
+/// Opens a `Stream` call that runs attack `name` and waits for its "started" message (the attack
+/// runs from then on); the task returned waits for the attack's reply and notes when it came.
+async fn started(
+    c: &Client,
+    name: &str,
+    n: i64,
+) -> tokio::task::JoinHandle<(Result<Option<serde_json::Value>, tonic::Status>, Instant)> {
+    let mut stream = c
+        .server_stream_open("adv.Adv/Stream", json!({"name": name, "n": n}))
+        .await
+        .expect("the stream opens");
+    let first = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("started within 20 s")
+        .expect("a message")
+        .expect("a message");
+    assert_eq!(common::to_json(&first)["text"], "started");
+    tokio::spawn(async move {
+        let reply = tokio::time::timeout(Duration::from_secs(60), stream.message()).await;
+        let at = Instant::now();
+        let reply = match reply {
+            Ok(r) => r.map(|m| m.map(|m| common::to_json(&m))),
+            Err(_) => Err(tonic::Status::unknown("CLIENT TIMEOUT")),
+        };
+        (reply, at)
+    })
+}
+
+/// With one state, a quick call started while attack `name` runs must answer first.
+async fn quick_call_overtakes(name: &str, n: i64, text: &str) {
+    let (_s, c) = start_with_budget(
+        4_000_000_000,
+        &["--script-states", "1", "--script-watchdog-ms", "60000"],
+    )
+    .await;
+    let long = started(&c, name, n).await;
+    let (r, quick_took) = run(&c, "quick", 0).await;
+    let quick_done = Instant::now();
+    assert_eq!(r.expect("the quick call answers")["text"], "quick");
+    let (reply, long_done) = long.await.unwrap();
+    let reply = reply.expect("the long call answers").expect("a reply");
+    assert_eq!(reply["text"], text, "{reply}");
+    eprintln!(
+        "{name}: the quick call took {quick_took:?}; the long call ended {:?} after it",
+        long_done.saturating_duration_since(quick_done)
+    );
+    assert!(
+        quick_done < long_done,
+        "the quick call answered {:?} after the long one",
+        quick_done - long_done
+    );
+}
+
+/// Loop steps per comparison of `sort_long` (about 12 000 comparisons): seconds of work.
+const SORT_STEPS: i64 = 5_000;
+/// Loop steps per call of `gsub_long`'s replacement function (2 000 calls): seconds of work.
+const GSUB_STEPS: i64 = 30_000;
+/// Loop steps per element `concat_spin` reads (2 of them): seconds of work.
+const CONCAT_STEPS: i64 = 50_000_000;
+
+/// A sort whose comparator runs for seconds held its state's thread the whole time (Lua's sort
+/// calls the comparator from C, where the instruction hook cannot pause it): a quick call on the
+/// same state waited for the whole sort. `table.sort` now runs in Lua, so the hook pauses it
+/// every time slice like any script, and the quick call answers while the sort goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_sort_comparator_does_not_hold_up_other_calls() {
+    quick_call_overtakes("sort_long", SORT_STEPS, "sorted").await;
+}
+
+/// The same for a `string.gsub` replacement function: gsub's loop now runs in Lua too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_gsub_callback_does_not_hold_up_other_calls() {
+    quick_call_overtakes("gsub_long", GSUB_STEPS, "cbcbcb").await;
+}
+
+/// A call stuck where Lua cannot yield (an `__index` that `table.concat` calls from C) keeps its
+/// state's thread until it returns, yet new calls were still handed to that state whenever it
+/// had no more calls than the others, and waited for it. The pool now passes over a state whose
+/// current turn has run far past a time slice: calls arriving meanwhile (eight at once, each
+/// waiting a while, so they pile up) all go to the other state and answer while the stuck call
+/// still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_calls_avoid_a_state_stuck_where_lua_cannot_yield() {
+    let (_s, c) = start_with_budget(
+        4_000_000_000,
+        &["--script-states", "2", "--script-watchdog-ms", "60000"],
+    )
+    .await;
+    let stuck = started(&c, "concat_spin", CONCAT_STEPS).await;
+    // Long enough for the stuck turn to count as stuck (ten time slices).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let naps: Vec<_> = (0..8)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { run(&c, "nap", 300).await })
+        })
+        .collect();
+    let mut last_nap = Instant::now();
+    for nap in naps {
+        let (r, took) = nap.await.unwrap();
+        last_nap = Instant::now();
+        assert_eq!(r.expect("the nap answers")["text"], "nap", "after {took:?}");
+    }
+    let (reply, stuck_done) = stuck.await.unwrap();
+    let reply = reply.expect("the stuck call answers").expect("a reply");
+    assert!(
+        reply["text"].as_str().is_some_and(|t| t.contains(',')),
+        "{reply}"
+    );
+    eprintln!(
+        "the stuck call ended {:?} after the last nap",
+        stuck_done.saturating_duration_since(last_nap)
+    );
+    assert!(
+        last_nap < stuck_done,
+        "a nap answered {:?} after the stuck call",
+        last_nap - stuck_done
     );
 }
 

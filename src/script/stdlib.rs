@@ -377,10 +377,7 @@ fn anchored(pat: &[u8]) -> (bool, &[u8]) {
 
 /// `string.gsub` with a replacement string. A table or a function goes to the Lua side (see
 /// [`gsub_prepare`]), which calls it from Lua, where the instruction hook can pause it.
-fn gsub(
-    lua: &Lua,
-    args: (usize, LuaValue, LuaValue, LuaValue, LuaValue),
-) -> Outcome<MultiValue> {
+fn gsub(lua: &Lua, args: (usize, LuaValue, LuaValue, LuaValue, LuaValue)) -> Outcome<MultiValue> {
     let (s, p, repl, max_n) = gsub_args(lua, args)?;
     let Some(repl) = repl else {
         return Err(Fail::Lua(
