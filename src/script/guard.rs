@@ -85,7 +85,7 @@ local function pause_and_continue(c, marker)
     co_yield(marker)
   elseif marker == PENDING then
     error("cannot wait (ctx:sleep, ctx:send, reading the stream) inside a coroutine " ..
-      "resumed from a metamethod, a sort comparator or a gsub callback", 0)
+      "resumed from a metamethod that a library function calls (tostring, table.concat, ...)", 0)
   end
   check()
   return after_resume(c, co_resume(c))

@@ -7,6 +7,11 @@
 //! `string`, `table` and `utf8` tables (so `("x"):find` uses them too) and in the globals:
 //!
 //! - `find`, `match`, `gmatch` and `gsub` use [`super::pattern`], which charges its steps.
+//! - Functions that call script code back (`table.sort` with its comparator and `__lt`,
+//!   `__index`, `__newindex`; `string.gsub` with a function or a table) run their loops in Lua
+//!   (`stdlib.lua`): script code called from C cannot be paused, so a long comparator would keep
+//!   every other call on the state waiting. Written in Lua, the hook pauses them at each time
+//!   slice like any script.
 //! - Functions whose work grows with their input (copying, converting, shifting or sorting
 //!   many bytes or elements) first charge that work to the call, then run Lua's own C version;
 //!   a call over budget stops before the work starts. Small inputs skip the charge (the
