@@ -6,7 +6,10 @@
 //! and the instruction hook yields a busy call every couple of milliseconds so the others on
 //! the same state keep moving. Calls arrive through a channel; answers go back through the
 //! call's oneshot (and a bounded outbox for streams). A busy call also admits newly arrived
-//! calls at each time slice, so they do not wait behind it for the executor's own turn.
+//! calls at each time slice, so they do not wait behind it for the executor's own turn. A new
+//! call goes to the least busy state, passing over one whose current turn has run far past a
+//! time slice (stuck in script code a library function calls from C, where nothing can pause
+//! it), as long as another state is not.
 //!
 //! A state that cannot be trusted any more is replaced by a fresh one with every script loaded
 //! again: after a panic on its thread, after a memory error that leaves it over its limit once
