@@ -263,7 +263,7 @@ async fn a_malformed_message_arriving_while_the_script_waits_fails_the_call() {
         .client_streaming(
             tonic::Request::new(slow),
             "/routeguide.RouteGuide/RecordRoute".parse().unwrap(),
-            protoserve::codec::DynamicCodec::new(m.output()),
+            common::DynamicCodec::new(m.output()),
         )
         .await
         .unwrap_err();
