@@ -304,6 +304,23 @@ pub fn bounded_message(mut message: String) -> String {
     message
 }
 
+/// The most of an unknown request path a status names (bytes): a client may send a path of
+/// nearly the whole header list, and each `%` in it is sent as three bytes, so echoed whole it
+/// would make response headers larger than clients accept.
+const SHOWN_PATH: usize = 256;
+
+/// `text` cut to at most `max` bytes (on a character boundary), marked when cut.
+fn clipped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &text[..end]))
+}
+
 /// `text` with its control characters escaped (`\n`, `\0`, `\u{1b}`…), for the log: text a
 /// script chose (an error message, what it prints) could otherwise start lines that look like
 /// the server's own.
@@ -344,7 +361,8 @@ impl From<CallError> for Status {
                 "{method} is declared in the protos but has no handler: add an entry for it to a file in handlers/"
             )),
             CallError::UnknownMethod { path } => Status::unimplemented(format!(
-                "unknown method {path}: no loaded service declares it"
+                "unknown method {}: no loaded service declares it",
+                clipped(&path, SHOWN_PATH)
             )),
             CallError::NoRuleMatched { method } => Status::not_found(format!(
                 "no rule of {method} matched the request; add a rule without \"when\" as a fallback"

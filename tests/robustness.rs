@@ -194,3 +194,29 @@ async fn a_huge_content_type_is_refused_with_415_the_client_can_read() {
     }
     still_serves(&client).await;
 }
+
+/// A call to an unknown path gets UNIMPLEMENTED the client can read however long the path is:
+/// echoed whole (each `%` percent-encoded as three bytes) it made response headers larger than
+/// the 16 KiB clients accept.
+#[tokio::test]
+async fn a_huge_unknown_path_is_unimplemented_the_client_can_read() {
+    let server = Server::repo_default();
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/{}", server.addr, "%".repeat(6000)))
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .body(tonic::body::Body::empty())
+        .unwrap();
+    let resp = client
+        .channel
+        .clone()
+        .oneshot(req)
+        .await
+        .expect("a response the client can read");
+    let status = tonic::Status::from_header_map(resp.headers()).expect("a grpc-status");
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert!(status.message().contains("unknown method"), "{status:?}");
+    still_serves(&client).await;
+}
