@@ -268,16 +268,39 @@ fn normalize_status(status: Status) -> Status {
     status
 }
 
+/// The longest `grpc-message` value sent as it is: [`MAX_STATUS_MESSAGE`] bytes, each
+/// percent-encoded as at most three.
+const MAX_ENCODED_STATUS_MESSAGE: usize = 3 * MAX_STATUS_MESSAGE;
+
 /// Same rewrite for a status tonic already rendered into a header map: the headers of a
-/// Trailers-Only response, or the trailers that end a stream. Other entries are kept.
+/// Trailers-Only response, or the trailers that end a stream. Other entries are kept. A message
+/// longer than the server sends of its own (tonic's name what the client sent, such as an
+/// unknown `grpc-encoding`) is cut as [`bounded_message`] cuts, so the client can still read
+/// the status.
 pub fn normalize_status_headers(headers: &mut http::HeaderMap) {
-    // Successful calls carry no grpc-status 11: one lookup and out.
-    if headers.get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
+    // Successful calls carry grpc-status 0: one lookup and out.
+    let rewrite = match headers.get("grpc-status").map(|v| v.as_bytes()) {
+        None | Some(b"0") => return,
+        Some(b"11") => true,
+        Some(_) => false,
+    };
+    let too_long = headers
+        .get("grpc-message")
+        .is_some_and(|m| m.len() > MAX_ENCODED_STATUS_MESSAGE);
+    if !rewrite && !too_long {
         return;
     }
     if let Some(status) = Status::from_header_map(headers) {
-        let normalized = normalize_status(status);
-        if normalized.code() != Code::OutOfRange {
+        let mut normalized = normalize_status(status);
+        if too_long {
+            normalized = Status::with_details_and_metadata(
+                normalized.code(),
+                bounded_message(normalized.message().to_owned()),
+                normalized.details().to_vec().into(),
+                normalized.metadata().clone(),
+            );
+        }
+        if too_long || normalized.code() != Code::OutOfRange {
             let _ = normalized.add_header(headers);
         }
     }

@@ -220,3 +220,41 @@ async fn a_huge_unknown_path_is_unimplemented_the_client_can_read() {
     assert!(status.message().contains("unknown method"), "{status:?}");
     still_serves(&client).await;
 }
+
+/// A call whose `grpc-encoding` is unknown gets UNIMPLEMENTED the client can read however long
+/// the header is (tonic's message names it whole; each `%` goes out as three bytes).
+#[tokio::test]
+async fn a_huge_unknown_encoding_is_unimplemented_the_client_can_read() {
+    let server = Server::repo_default();
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/helloworld.Greeter/SayHello",
+            server.addr
+        ))
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .header("grpc-encoding", "%".repeat(6000))
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            Bytes::from_static(&[1, 0, 0, 0, 0]),
+        )))
+        .unwrap();
+    let resp = client
+        .channel
+        .clone()
+        .oneshot(req)
+        .await
+        .expect("a response the client can read");
+    let status = match tonic::Status::from_header_map(resp.headers()) {
+        Some(s) => s,
+        None => {
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .expect("a body the client can read");
+            tonic::Status::from_header_map(body.trailers().expect("trailers")).expect("a status")
+        }
+    };
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    still_serves(&client).await;
+}
