@@ -123,6 +123,31 @@ async fn huge_error_message_reaches_the_client_as_a_status() {
     assert_eq!(r.unwrap()["text"], "quick");
 }
 
+/// Trailers near the script's limit (8 KiB) and an error message of 4 KiB whose every byte is
+/// percent-encoded (12 KiB on the wire): the Trailers-Only answer passed the 16 KiB clients
+/// accept, so the client saw an HTTP/2 error instead of the status and the trailers.
+#[tokio::test]
+async fn script_trailers_and_an_encoded_message_fit_what_clients_accept() {
+    let (_s, c) = start(&[]).await;
+    let (r, _) = run(&c, "trailers_odd_msg", 0).await;
+    let s = r.expect_err("the call fails");
+    assert_eq!(
+        s.code(),
+        tonic::Code::Internal,
+        "{}",
+        short(&Err(s.clone()))
+    );
+    assert!(s.message().contains("éé"), "{}", short(&Err(s.clone())));
+    assert_eq!(
+        s.metadata().get("x-t7").map(|v| v.len()),
+        Some(1000),
+        "{:?}",
+        s.metadata()
+    );
+    let (r, _) = run(&c, "quick", 0).await;
+    assert_eq!(r.unwrap()["text"], "quick");
+}
+
 /// 2000 `ctx:set_trailer` calls of 1 KiB each: the trailers went out whole (2 MiB), which the
 /// client refused with an HTTP/2 error; now `ctx:set_trailer` fails past 8 KiB in all.
 #[tokio::test]
