@@ -148,6 +148,30 @@ async fn script_trailers_and_an_encoded_message_fit_what_clients_accept() {
     assert_eq!(r.unwrap()["text"], "quick");
 }
 
+/// Endless work spread over fresh coroutines that each end before the hook first checks them
+/// (Lua counts a hook's instructions per thread, from zero in a new one): nothing was charged
+/// but the loop that made them, and the call ran on and on. Now making a coroutine pays for
+/// the instructions it runs before its first check.
+#[tokio::test]
+async fn work_spread_over_short_coroutines_meets_the_budget() {
+    let (_s, c) = start(&[]).await;
+    for name in ["short_coroutines", "short_coroutines_create"] {
+        for n in [2400, 200] {
+            let (r, _) = run(&c, name, n).await;
+            let s = r.expect_err("the call fails");
+            assert_eq!(
+                s.code(),
+                tonic::Code::ResourceExhausted,
+                "{name}:{n}: {}",
+                short(&Err(s.clone()))
+            );
+            assert!(s.message().contains("budget"), "{}", s.message());
+        }
+    }
+    let (r, _) = run(&c, "quick", 0).await;
+    assert_eq!(r.unwrap()["text"], "quick");
+}
+
 /// 2000 `ctx:set_trailer` calls of 1 KiB each: the trailers went out whole (2 MiB), which the
 /// client refused with an HTTP/2 error; now `ctx:set_trailer` fails past 8 KiB in all.
 #[tokio::test]
