@@ -1,8 +1,10 @@
 -- RouteGuide from the gRPC tutorial, answered from data/route_guide_db.json.
 -- Points are E7 coordinates (degrees * 10^7).
 
+-- A point as one table key. Both coordinates are int32, so latitude * 2^32 + longitude is a
+-- different integer for every point (and an integer key needs no string to be built).
 local function key(point)
-  return point.latitude .. "," .. point.longitude
+  return point.latitude * 0x100000000 + point.longitude
 end
 
 -- Features by location, built once when the script loads.
@@ -34,15 +36,18 @@ end
 
 local EARTH_RADIUS = 6371000 -- metres
 local COORD_FACTOR = 1e7
+local RADIANS_PER_DEGREE = math.pi / 180 -- what math.rad multiplies by
+-- Library functions used for every point, looked up once here rather than at each use.
+local sin, cos, atan, sqrt = math.sin, math.cos, math.atan, math.sqrt
 
 -- Great-circle distance in metres between two E7 points (haversine).
 local function distance(p1, p2)
-  local lat1 = math.rad(p1.latitude / COORD_FACTOR)
-  local lat2 = math.rad(p2.latitude / COORD_FACTOR)
+  local lat1 = p1.latitude / COORD_FACTOR * RADIANS_PER_DEGREE
+  local lat2 = p2.latitude / COORD_FACTOR * RADIANS_PER_DEGREE
   local dlat = lat2 - lat1
-  local dlon = math.rad((p2.longitude - p1.longitude) / COORD_FACTOR)
-  local a = math.sin(dlat / 2) ^ 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlon / 2) ^ 2
-  local c = 2 * math.atan(math.sqrt(a), math.sqrt(1 - a))
+  local dlon = (p2.longitude - p1.longitude) / COORD_FACTOR * RADIANS_PER_DEGREE
+  local a = sin(dlat / 2) ^ 2 + cos(lat1) * cos(lat2) * sin(dlon / 2) ^ 2
+  local c = 2 * atan(sqrt(a), sqrt(1 - a))
   return EARTH_RADIUS * c
 end
 

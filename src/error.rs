@@ -268,16 +268,77 @@ fn normalize_status(status: Status) -> Status {
     status
 }
 
+/// The longest `grpc-message` value sent (bytes, percent-encoded as it goes out): with the
+/// most a script may set in trailers (8 KiB) and the protocol's entries, the header list
+/// stays under the 16 KiB clients accept. [`MAX_STATUS_MESSAGE`] bytes of spaces or of
+/// anything not ASCII encode to three times as many.
+const MAX_ENCODED_STATUS_MESSAGE: usize = 6 * 1024;
+
+/// How many bytes `c` takes in a `grpc-message` value (tonic's percent-encoding: controls,
+/// bytes past ASCII, space and `"#%<>`?{}` are sent as `%XX`).
+fn encoded_len(c: char) -> usize {
+    let mut buf = [0u8; 4];
+    c.encode_utf8(&mut buf)
+        .bytes()
+        .map(|b| {
+            if !(0x20..0x7f).contains(&b) || b" \"#%<>`?{}".contains(&b) {
+                3
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// `message` cut so that, percent-encoded, it takes at most [`MAX_ENCODED_STATUS_MESSAGE`]
+/// bytes, saying so.
+fn encoded_bounded(message: &str) -> String {
+    const MORE: &str = "… (message truncated)";
+    let room = MAX_ENCODED_STATUS_MESSAGE - MORE.chars().map(encoded_len).sum::<usize>();
+    let mut used = 0;
+    let mut end = 0;
+    for (i, c) in message.char_indices() {
+        used += encoded_len(c);
+        if used > room {
+            break;
+        }
+        end = i + c.len_utf8();
+    }
+    if end == message.len() {
+        return message.to_owned();
+    }
+    format!("{}{MORE}", &message[..end])
+}
+
 /// Same rewrite for a status tonic already rendered into a header map: the headers of a
-/// Trailers-Only response, or the trailers that end a stream. Other entries are kept.
+/// Trailers-Only response, or the trailers that end a stream. Other entries are kept. A message
+/// that goes out longer than [`MAX_ENCODED_STATUS_MESSAGE`] (one of spaces or of text past
+/// ASCII, or tonic's naming what the client sent, such as an unknown `grpc-encoding`) is cut,
+/// so the client can still read the status and the trailers.
 pub fn normalize_status_headers(headers: &mut http::HeaderMap) {
-    // Successful calls carry no grpc-status 11: one lookup and out.
-    if headers.get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
+    // Successful calls carry grpc-status 0: one lookup and out.
+    let rewrite = match headers.get("grpc-status").map(|v| v.as_bytes()) {
+        None | Some(b"0") => return,
+        Some(b"11") => true,
+        Some(_) => false,
+    };
+    let too_long = headers
+        .get("grpc-message")
+        .is_some_and(|m| m.len() > MAX_ENCODED_STATUS_MESSAGE);
+    if !rewrite && !too_long {
         return;
     }
     if let Some(status) = Status::from_header_map(headers) {
-        let normalized = normalize_status(status);
-        if normalized.code() != Code::OutOfRange {
+        let mut normalized = normalize_status(status);
+        if too_long {
+            normalized = Status::with_details_and_metadata(
+                normalized.code(),
+                encoded_bounded(normalized.message()),
+                normalized.details().to_vec().into(),
+                normalized.metadata().clone(),
+            );
+        }
+        if too_long || normalized.code() != Code::OutOfRange {
             let _ = normalized.add_header(headers);
         }
     }
@@ -302,6 +363,23 @@ pub fn bounded_message(mut message: String) -> String {
     message.truncate(end);
     message.push_str(MORE);
     message
+}
+
+/// The most of an unknown request path a status names (bytes): a client may send a path of
+/// nearly the whole header list, and each `%` in it is sent as three bytes, so echoed whole it
+/// would make response headers larger than clients accept.
+const SHOWN_PATH: usize = 256;
+
+/// `text` cut to at most `max` bytes (on a character boundary), marked when cut.
+fn clipped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &text[..end]))
 }
 
 /// `text` with its control characters escaped (`\n`, `\0`, `\u{1b}`…), for the log: text a
@@ -344,7 +422,8 @@ impl From<CallError> for Status {
                 "{method} is declared in the protos but has no handler: add an entry for it to a file in handlers/"
             )),
             CallError::UnknownMethod { path } => Status::unimplemented(format!(
-                "unknown method {path}: no loaded service declares it"
+                "unknown method {}: no loaded service declares it",
+                clipped(&path, SHOWN_PATH)
             )),
             CallError::NoRuleMatched { method } => Status::not_found(format!(
                 "no rule of {method} matched the request; add a rule without \"when\" as a fallback"
@@ -526,5 +605,31 @@ impl From<AdminError> for Status {
             AdminError::Timeout(_) => Status::deadline_exceeded(message),
             AdminError::Internal(_) => Status::internal(message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What [`encoded_bounded`] counts is what tonic sends: a cut message goes out within the
+    /// bound, whatever it is made of, and a short one is left alone.
+    #[test]
+    fn cut_messages_go_out_within_the_bound() {
+        for message in [
+            " ".repeat(5000),
+            "é".repeat(3000),
+            "%{}\"#<>`?\u{1}".repeat(700),
+            "plain-words".repeat(800),
+        ] {
+            let cut = encoded_bounded(&message);
+            assert!(cut.len() < message.len(), "{}", &message[..20]);
+            let mut headers = http::HeaderMap::new();
+            Status::internal(cut).add_header(&mut headers).unwrap();
+            let sent = headers["grpc-message"].len();
+            assert!(sent <= MAX_ENCODED_STATUS_MESSAGE, "{sent}");
+            assert!(sent > MAX_ENCODED_STATUS_MESSAGE - 16, "{sent}");
+        }
+        assert_eq!(encoded_bounded("short one"), "short one");
     }
 }

@@ -123,6 +123,55 @@ async fn huge_error_message_reaches_the_client_as_a_status() {
     assert_eq!(r.unwrap()["text"], "quick");
 }
 
+/// Trailers near the script's limit (8 KiB) and an error message of 4 KiB whose every byte is
+/// percent-encoded (12 KiB on the wire): the Trailers-Only answer passed the 16 KiB clients
+/// accept, so the client saw an HTTP/2 error instead of the status and the trailers.
+#[tokio::test]
+async fn script_trailers_and_an_encoded_message_fit_what_clients_accept() {
+    let (_s, c) = start(&[]).await;
+    let (r, _) = run(&c, "trailers_odd_msg", 0).await;
+    let s = r.expect_err("the call fails");
+    assert_eq!(
+        s.code(),
+        tonic::Code::Internal,
+        "{}",
+        short(&Err(s.clone()))
+    );
+    assert!(s.message().contains("éé"), "{}", short(&Err(s.clone())));
+    assert_eq!(
+        s.metadata().get("x-t7").map(|v| v.len()),
+        Some(1000),
+        "{:?}",
+        s.metadata()
+    );
+    let (r, _) = run(&c, "quick", 0).await;
+    assert_eq!(r.unwrap()["text"], "quick");
+}
+
+/// Endless work spread over fresh coroutines that each end before the hook first checks them
+/// (Lua counts a hook's instructions per thread, from zero in a new one): nothing was charged
+/// but the loop that made them, and the call ran on and on. Now making a coroutine pays for
+/// the instructions it runs before its first check.
+#[tokio::test]
+async fn work_spread_over_short_coroutines_meets_the_budget() {
+    let (_s, c) = start(&[]).await;
+    for name in ["short_coroutines", "short_coroutines_create"] {
+        for n in [2400, 200] {
+            let (r, _) = run(&c, name, n).await;
+            let s = r.expect_err("the call fails");
+            assert_eq!(
+                s.code(),
+                tonic::Code::ResourceExhausted,
+                "{name}:{n}: {}",
+                short(&Err(s.clone()))
+            );
+            assert!(s.message().contains("budget"), "{}", s.message());
+        }
+    }
+    let (r, _) = run(&c, "quick", 0).await;
+    assert_eq!(r.unwrap()["text"], "quick");
+}
+
 /// 2000 `ctx:set_trailer` calls of 1 KiB each: the trailers went out whole (2 MiB), which the
 /// client refused with an HTTP/2 error; now `ctx:set_trailer` fails past 8 KiB in all.
 #[tokio::test]
@@ -251,6 +300,16 @@ async fn stopped_call_leaves_no_close_handler_running() {
         "close_in_close",
         "close_coroutine",
         "close_for",
+        // Coroutines stopped where they cannot yield keep hooks off: resuming and closing
+        // them again, a late `__close` inside their pcall, nesting, a comparator around them.
+        "co_dead_close",
+        "co_pcall_late_close",
+        "co_deep",
+        "co_in_sort_close",
+        // Error values whose metamethods never return; the stop raised with memory full.
+        "err_meta",
+        "mem_then_spin",
+        "mem_then_spin_co",
     ] {
         let (r, took) = run(&c, name, 0).await;
         let status = r.expect_err("the call is stopped");

@@ -236,3 +236,36 @@ async fn route_chat_replays_earlier_notes_at_the_same_place() {
         .await;
     assert!(got.is_empty());
 }
+
+/// A message that arrives while the script waits on its request stream goes through the same
+/// checks as one already buffered: a malformed one fails the call with INVALID_ARGUMENT.
+#[tokio::test]
+async fn a_malformed_message_arriving_while_the_script_waits_fails_the_call() {
+    let (_s, client) = route_guide().await;
+    let m = client.method("routeguide.RouteGuide/RecordRoute");
+    let good = Client::message(&m.input(), json!({"latitude": 1, "longitude": 1}));
+    let bodies = vec![
+        protoserve::codec::Outgoing::Message(good),
+        // Field 1 (latitude), a varint whose continuation bit promises a byte that never comes.
+        protoserve::codec::Outgoing::Encoded(bytes::Bytes::from_static(&[0x08, 0x80])),
+    ];
+    let slow =
+        futures_util::stream::unfold((bodies.into_iter(), true), |(mut it, first)| async move {
+            let body = it.next()?;
+            if !first {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Some((body, (it, false)))
+        });
+    let mut grpc = tonic::client::Grpc::new(client.channel.clone());
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .client_streaming(
+            tonic::Request::new(slow),
+            "/routeguide.RouteGuide/RecordRoute".parse().unwrap(),
+            common::DynamicCodec::new(m.output()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+}

@@ -48,10 +48,22 @@ fn not_grpc(headers: &HeaderMap) -> Option<CallError> {
     if ok {
         return None;
     }
-    let content_type = ct
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .unwrap_or_else(|| "none".into());
+    let content_type = ct.map_or_else(|| "none".into(), shown);
     Some(CallError::NotGrpc { content_type })
+}
+
+/// The most of a refused content-type the answer names (bytes): the request may carry one of
+/// nearly the whole header list, and echoed whole it would make response headers larger than
+/// clients accept (16 KiB for hyper's), so the client would see a broken stream, not the 415.
+const SHOWN_CONTENT_TYPE: usize = 128;
+
+/// A refused content-type as the answer names it: its start, marked when cut.
+fn shown(ct: &[u8]) -> String {
+    let mut shown = String::from_utf8_lossy(&ct[..ct.len().min(SHOWN_CONTENT_TYPE)]).into_owned();
+    if ct.len() > SHOWN_CONTENT_TYPE {
+        shown.push('…');
+    }
+    shown
 }
 
 impl<S, ReqBody, B> Service<Request<ReqBody>> for GrpcOnly<S>

@@ -10,6 +10,8 @@
 //! - `coroutine.resume`/`wrap` pass a time-slice yield of the hook (and the waiting of `ctx:sleep`
 //!   and friends) up to the call's own coroutine and then resume the inner coroutine, so user
 //!   coroutines see exactly Lua 5.4's values, errors and statuses however long they run.
+//! - `coroutine.create`/`wrap` charge each new coroutine the instructions it may run before
+//!   the hook first checks it (see `hook`).
 //! - Every call runs through the runner: on the call's thread, which the executor drives and
 //!   the hook never yields (a thread suspended by a hook must not be resumed by mlua's
 //!   executor, which resets the stack of the thread it resumes), it runs the function in a
@@ -33,7 +35,7 @@ pub const LOAD_KEY: &str = "protoserve.load";
 
 const GUARD: &str = r#"
 local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING,
-  enter, leave = ...
+  enter, leave, start = ...
 local error, select, type = error, select, type
 local co = coroutine
 local co_create, co_resume, co_yield, co_status, co_close, co_isyieldable =
@@ -136,14 +138,21 @@ local function after_wrap(c, ok, ...)
   error(err, 0)
 end
 
-local function wrap(f)
+-- Every coroutine a script makes pays for the instructions it runs before its first check.
+local function create(f)
   local c = co_create(f)
+  start(c)
+  return c
+end
+
+local function wrap(f)
+  local c = create(f)
   return function(...)
     return after_wrap(c, resume(c, ...))
   end
 end
 
-co.resume, co.wrap, co.yield, co.close = resume, wrap, yield, close
+co.create, co.resume, co.wrap, co.yield, co.close = create, resume, wrap, yield, close
 
 local function finish(ok, ...)
   if ok then return ... end
@@ -240,6 +249,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
                 slice::protected(false, 0);
                 Ok(())
             })?,
+            lua.create_function(super::hook::start_coroutine)?,
         ))?;
     g.raw_set("pcall", pcall)?;
     g.raw_set("xpcall", xpcall)?;

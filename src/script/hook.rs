@@ -25,6 +25,12 @@
 //! Every thread of a state runs it: it is set on the main thread, and `lua_newthread` gives each
 //! new thread the hook of the thread it is made from (coroutines the scripts create, and the
 //! threads mlua creates for calls, from the main thread or a running one).
+//!
+//! Lua counts a hook's instructions per thread, from zero in a new one, so work spread over
+//! fresh coroutines that each end before their first check would never be charged. A
+//! coroutine a script makes therefore pays its first [`COROUTINE_STEP`] instructions when it
+//! is made ([`start_coroutine`]) and is checked every [`COROUTINE_STEP`] instructions after
+//! that; each check charges the count of the thread it runs on.
 
 #![allow(unsafe_code)]
 
@@ -40,6 +46,9 @@ use super::status::Abort;
 
 /// Instructions between two checks of the budget, deadline and cancellation.
 pub const STEP: u32 = 10_000;
+
+/// Instructions between two checks in a coroutine a script makes, and what making one costs.
+pub const COROUTINE_STEP: u32 = 1_000;
 
 /// How long a script may run before the hook yields it so other calls can go on.
 pub const TIME_SLICE: Duration = Duration::from_millis(2);
@@ -67,6 +76,26 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
             ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, step)
         })
     }
+}
+
+/// Sets up coroutine `thread`, just made by a script: checked every [`COROUTINE_STEP`]
+/// instructions, and charged that many now (the instructions it may run before its first
+/// check). Errors with the call's abort when that passes its budget.
+pub fn start_coroutine(lua: &Lua, thread: mlua::Thread) -> mlua::Result<()> {
+    let step = c_int::try_from(COROUTINE_STEP).unwrap_or(c_int::MAX);
+    // SAFETY: `exec_raw` pushes `thread` on the running thread's stack and runs the closure in
+    // protected mode; `lua_tothread` reads the pushed value (a thread, by its type), which has
+    // not started (the script made it a moment ago, on this OS thread), and `lua_sethook` only
+    // stores the hook, its mask and count in it.
+    unsafe {
+        lua.exec_raw::<()>(thread, |state| {
+            let thread = ffi::lua_tothread(state, -1);
+            if !thread.is_null() {
+                ffi::lua_sethook(thread, Some(count_hook), ffi::LUA_MASKCOUNT, step);
+            }
+        })?;
+    }
+    slice::charge(u64::from(COROUTINE_STEP))
 }
 
 /// What the hook does with the thread it interrupted.
@@ -111,10 +140,17 @@ unsafe extern "C-unwind" fn count_hook(state: *mut ffi::lua_State, ar: *mut ffi:
 unsafe fn decide(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> Action {
     // The thread's identity, as `mlua::Thread::to_pointer` gives it for the wrappers.
     let thread = state as usize;
-    // SAFETY: `state` is the live thread Lua runs the hook on; the call only reads its flags.
-    let yieldable = unsafe { ffi::lua_isyieldable(state) } != 0;
+    // SAFETY: `state` is the live thread Lua runs the hook on; the calls only read its flags
+    // and its hook's count (the instructions since its last check).
+    let (yieldable, step) = unsafe {
+        (
+            ffi::lua_isyieldable(state) != 0,
+            ffi::lua_gethookcount(state),
+        )
+    };
+    let step = u64::try_from(step).unwrap_or(0).max(1);
     std::panic::catch_unwind(AssertUnwindSafe(|| {
-        match slice::check(u64::from(STEP), TIME_SLICE) {
+        match slice::check(step, TIME_SLICE) {
             Check::Continue => Action::Continue,
             // Never the call's own thread (see `mark_sliced`), and only a thread that can yield:
             // a slice can wait until the script is back where it can.

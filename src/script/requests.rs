@@ -8,7 +8,8 @@
 //! function call that reads the next message out of the transport's buffer, with no future, no
 //! task switch and no wake-up per message. Only when nothing is buffered does it wait, as an
 //! async function whose single wake-up, when data arrives, brings in however many messages
-//! arrived meanwhile.
+//! arrived meanwhile. The wait only keeps what it polled for the plain call to take: an async
+//! function returning more than two values would pack them into a table on every return.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -69,6 +70,8 @@ pub struct RequestStream(Arc<Reader>);
 struct Reader {
     shared: Arc<CallShared>,
     stream: Mutex<Streaming<Incoming>>,
+    /// What `wait_next` polled once something arrived, for `try_next` to take.
+    waited: Mutex<Option<Polled>>,
     layout: usize,
 }
 
@@ -87,12 +90,16 @@ impl RequestStream {
         let reader = Arc::new(Reader {
             shared,
             stream: Mutex::new(stream),
+            waited: Mutex::new(None),
             layout,
         });
         let r = reader.clone();
         let try_next = lua.create_function(move |lua, ()| {
             r.check()?;
-            let polled = r.poll(&mut Context::from_waker(std::task::Waker::noop()));
+            let polled = match r.take_waited() {
+                Some(polled) => polled,
+                None => r.poll(&mut Context::from_waker(std::task::Waker::noop())),
+            };
             r.step(lua, polled)
         })?;
         Ok([
@@ -108,6 +115,11 @@ impl Reader {
     fn poll(&self, cx: &mut Context<'_>) -> Polled {
         let mut stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
         Pin::new(&mut *stream).poll_next(cx)
+    }
+
+    /// What the last wait polled, if `try_next` has not taken it yet.
+    fn take_waited(&self) -> Option<Polled> {
+        self.waited.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     fn check(&self) -> mlua::Result<()> {
@@ -146,7 +158,10 @@ local wait_next = ...
 return function(try_next, h, build)
   return function()
     local r = build(try_next())
-    if r == false then r = build(wait_next(h)) end
+    if r == false then
+      wait_next(h)
+      r = build(try_next())
+    end
     return r
   end
 end
@@ -155,7 +170,9 @@ end
 /// `(try_next, handle, builder)` (see [`RequestStream::iterator_args`]) → the call's
 /// iterator; one per state.
 pub fn iterator_factory(lua: &Lua) -> mlua::Result<Function> {
-    let wait_next = lua.create_async_function(|lua, h: AnyUserData| async move {
+    // Waits until the stream has something (a message, its end or an error) and keeps it for
+    // the next `try_next`; returns nothing.
+    let wait_next = lua.create_async_function(|_, h: AnyUserData| async move {
         let r = reader(&h)?;
         r.check()?;
         let polled = poll_fn(|cx| match r.poll(cx) {
@@ -164,7 +181,8 @@ pub fn iterator_factory(lua: &Lua) -> mlua::Result<Function> {
         })
         .await;
         r.check()?;
-        r.step(&lua, polled)
+        *r.waited.lock().unwrap_or_else(|e| e.into_inner()) = Some(polled);
+        Ok(())
     })?;
     lua.load(ITERATOR)
         .set_name("=protoserve requests")

@@ -4,14 +4,16 @@
 
 local EARTH_RADIUS = 6371000 -- metres
 local COORD_FACTOR = 1e7
+local RADIANS_PER_DEGREE = math.pi / 180 -- what math.rad multiplies by
+local sin, cos, atan, sqrt = math.sin, math.cos, math.atan, math.sqrt
 
 local function distance(p1, p2)
-  local lat1 = math.rad(p1.latitude / COORD_FACTOR)
-  local lat2 = math.rad(p2.latitude / COORD_FACTOR)
+  local lat1 = p1.latitude / COORD_FACTOR * RADIANS_PER_DEGREE
+  local lat2 = p2.latitude / COORD_FACTOR * RADIANS_PER_DEGREE
   local dlat = lat2 - lat1
-  local dlon = math.rad((p2.longitude - p1.longitude) / COORD_FACTOR)
-  local a = math.sin(dlat / 2) ^ 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlon / 2) ^ 2
-  local c = 2 * math.atan(math.sqrt(a), math.sqrt(1 - a))
+  local dlon = (p2.longitude - p1.longitude) / COORD_FACTOR * RADIANS_PER_DEGREE
+  local a = sin(dlat / 2) ^ 2 + cos(lat1) * cos(lat2) * sin(dlon / 2) ^ 2
+  local c = 2 * atan(sqrt(a), sqrt(1 - a))
   return EARTH_RADIUS * c
 end
 
