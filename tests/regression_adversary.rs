@@ -301,11 +301,12 @@ async fn stopped_call_leaves_no_close_handler_running() {
         "close_coroutine",
         "close_for",
         // Coroutines stopped where they cannot yield keep hooks off: resuming and closing
-        // them again, a late `__close` inside their pcall, nesting, a comparator around them.
+        // them again, a late `__close` inside their pcall, nesting, an `__index` called from
+        // C around them.
         "co_dead_close",
         "co_pcall_late_close",
         "co_deep",
-        "co_in_sort_close",
+        "co_in_c_close",
         // Error values whose metamethods never return; the stop raised with memory full.
         "err_meta",
         "mem_then_spin",
