@@ -262,112 +262,77 @@ do
   end
 end
 
--- table.sort: Lua 5.4's own quicksort (ltablib.c), step for step, written in Lua, so the
--- instruction hook can pause a long sort (and its comparator, and the `__lt`, `__index` and
--- `__newindex` metamethods it runs) for other calls, as it pauses any Lua code; Lua's own sort
--- calls them from C, where nothing can pause it. Same reads, writes and comparisons in the same
--- order, so the same result (also for equal elements and inconsistent comparators) and the
--- same "invalid order function for sorting" errors. Only a short array of plain numbers or
--- short strings, with no metatable and no comparator, goes to Lua's own sort: no script code
--- can run there and it ends within a small fraction of a time slice.
+-- table.sort, written in Lua so that the instruction hook can pause a long sort (and its
+-- comparator, and the `__lt`, `__index` and `__newindex` metamethods it runs) for other calls,
+-- as it pauses any Lua code; a sort in C calls them where nothing can pause it. The algorithm
+-- is a merge sort: runs of RUN elements sorted by insertion, then merged pairwise between two
+-- scratch arrays, so it takes about n·log2(n) comparisons, never recurses, and reads each
+-- element of the table once and writes each once. It is stable, which Lua does not promise but no
+-- script can mind, and an inconsistent comparator only yields some order of the same elements.
+-- Only a short array of plain numbers or short strings, with no metatable and no comparator,
+-- goes to Lua's own sort: no script code can run there and it ends within a small fraction of
+-- a time slice.
 local function sort_in_lua(sort, sort_cost)
   local getmetatable, pcall, load, tointeger = getmetatable, pcall, load, math.tointeger
-  local clock, time, match, memory_error = os.clock, os.time, string.match, core.memory_error
-  local rawequal, rawget = rawequal, rawget
+  local match, memory_error = string.match, core.memory_error
+  local rawget = rawget
 
-  -- Raised inside the sort for "invalid order function for sorting".
-  local ORDER = {}
   -- Elements Lua's own sort may take (plain values only), and the longest string among them.
   local C_SORT, C_SORT_STRING = 1024, 256
 
-  -- `auxsort` and `partition` of ltablib.c: a[lo..up] sorted with `less(a, b)` (written
-  -- `cmp(a, b)`; the default order gets `a < b` in its place, see below).
-  local SOURCE = [[
-local ORDER, randomize, error = ...
+  -- Loaded as a chunk named "?", so that a comparison error raised in it carries no position
+  -- of the server's (see `failed`).
+  local merge_sort = assert(load([[
+local RUN = 16
 
-local function partition(t, lo, up, P, cmp)
-  local i, j = lo, up - 1
-  while true do
-    i = i + 1
-    local a = t[i]
-    while cmp(a, P) do
-      if i == up - 1 then error(ORDER) end
-      i = i + 1
-      a = t[i]
-    end
-    j = j - 1
-    local b = t[j]
-    while cmp(P, b) do
-      if j < i then error(ORDER) end
-      j = j - 1
-      b = t[j]
-    end
-    if j < i then
-      t[up - 1] = a
-      t[i] = P
-      return i
-    end
-    t[i] = b
-    t[j] = a
-  end
-end
+local function ascending(x, y) return x < y end
 
-local function auxsort(t, lo, up, rnd, cmp)
-  while lo < up do
-    local a, b = t[lo], t[up]
-    if cmp(b, a) then
-      t[lo] = b
-      t[up] = a
-    end
-    if up - lo == 1 then return end
-    local p
-    if up - lo < 100 or rnd == 0 then
-      p = (lo + up) // 2
-    else
-      local r4 = (up - lo) // 4
-      p = rnd % (r4 * 2) + (lo + r4)
-    end
-    a, b = t[p], t[lo]
-    if cmp(a, b) then
-      t[p] = b
-      t[lo] = a
-    else
-      b = t[up]
-      if cmp(b, a) then
-        t[p] = b
-        t[up] = a
+-- t[1..n] sorted with less(a, b), or with `<`.
+return function(t, n, less)
+  less = less or ascending
+  local a, b = {}, {}
+  -- Runs of RUN elements, each sorted by insertion as it is read.
+  for lo = 1, n, RUN do
+    local hi = lo + RUN - 1
+    if hi > n then hi = n end
+    for i = lo, hi do
+      local v = t[i]
+      local j = i - 1
+      while j >= lo and less(v, a[j]) do
+        a[j + 1] = a[j]
+        j = j - 1
       end
+      a[j + 1] = v
     end
-    if up - lo == 2 then return end
-    local P = t[p]
-    t[p] = t[up - 1]
-    t[up - 1] = P
-    p = partition(t, lo, up, P, cmp)
-    local n
-    if p - lo < up - p then
-      auxsort(t, lo, p - 1, rnd, cmp)
-      n = p - lo
-      lo = p + 1
-    else
-      auxsort(t, p + 1, up, rnd, cmp)
-      n = up - p
-      up = p - 1
-    end
-    if (up - lo) // 128 > n then rnd = randomize() end
   end
+  -- Runs of `width` merged pairwise from `a` into `b`, then the roles swap.
+  local width = RUN
+  while width < n do
+    for lo = 1, n, 2 * width do
+      local mid, hi = lo + width, lo + 2 * width
+      if mid > n + 1 then mid = n + 1 end
+      if hi > n + 1 then hi = n + 1 end
+      local i, j, k = lo, mid, lo
+      while i < mid and j < hi do
+        local x, y = a[i], a[j]
+        if less(y, x) then
+          b[k] = y
+          j = j + 1
+        else
+          b[k] = x
+          i = i + 1
+        end
+        k = k + 1
+      end
+      for r = i, mid - 1 do b[k] = a[r] k = k + 1 end
+      for r = j, hi - 1 do b[k] = a[r] k = k + 1 end
+    end
+    a, b = b, a
+    width = 2 * width
+  end
+  for i = 1, n do t[i] = a[i] end
 end
-
-return auxsort
-]]
-
-  -- A pivot seed after a badly unbalanced partition, from the clock as Lua's own.
-  local function randomize()
-    return (tointeger(clock() * 1e6 // 1) or 0) + time()
-  end
-  local with_function = assert(load(SOURCE, "=?"))(ORDER, randomize, error)
-  local LESS = (string.gsub(SOURCE, "cmp%((%w+), (%w+)%)", "(%1 < %2)"))
-  local with_less = assert(load(LESS, "=?"))(ORDER, randomize, error)
-
+]], "=?"))()
   -- Whether t[1..n] are all numbers (no NaN) or all short strings.
   local function plain(t, n)
     local v = t[1]
@@ -386,7 +351,6 @@ return auxsort
   end
 
   local function failed(e)
-    if rawequal(e, ORDER) then error("invalid order function for sorting", 3) end
     if type(e) == "string" then
       if e == "not enough memory" then memory_error() end
       -- Lua's own sort compares in C, so its "attempt to compare" errors carry no position.
@@ -424,7 +388,7 @@ return auxsort
       sort(t)
       return
     end
-    local ok, e = pcall(cmp and with_function or with_less, t, 1, n, 0, cmp)
+    local ok, e = pcall(merge_sort, t, n, cmp)
     if not ok then failed(e) end
   end
 end
