@@ -465,6 +465,20 @@ async fn long_gsub_callback_does_not_hold_up_other_calls() {
     quick_calls_overtake("gsub_long", GSUB_STEPS, "cbcbcb").await;
 }
 
+/// `table.sort` hands a short array of plain numbers to Lua's C sort. It judged the table by
+/// `#t`, so an `__len` that removed the table's metatable and reported two numbers sent a table
+/// of a hundred elements, most with an `__lt`, to C: Lua's sort took the raw length and called
+/// each `__lt` from C, where the hook cannot pause it (a slow one held up every call on the
+/// state), and a long array of numbers was sorted there without its charge. Lua sorts the two
+/// elements `__len` reports, and so does `table.sort` now.
+#[tokio::test]
+async fn sort_whose_len_drops_its_metatable_sorts_what_len_reports() {
+    let (_s, c) = start(&[]).await;
+    let (r, _) = run(&c, "sort_len_unhooks", 0).await;
+    let r = r.expect("the sort ends");
+    assert_eq!(r["text"], "1,2; compared: 0, from C: 0", "{r}");
+}
+
 /// A call stuck where Lua cannot yield (an `__index` that `table.concat` calls from C) keeps its
 /// state's thread until it returns, yet new calls were still handed to that state whenever it
 /// had no more calls than the others, and waited for it. The pool now passes over a state whose

@@ -275,7 +275,7 @@ end
 local function sort_in_lua(sort, sort_cost)
   local getmetatable, pcall, load, tointeger = getmetatable, pcall, load, math.tointeger
   local match, memory_error = string.match, core.memory_error
-  local rawget = rawget
+  local rawget, rawlen = rawget, rawlen
 
   -- Elements Lua's own sort may take (plain values only), and the longest string among them.
   local C_SORT, C_SORT_STRING = 1024, 256
@@ -384,7 +384,10 @@ end
       error("bad argument #2 to 'sort' (function expected, got " .. type_name(cmp) .. ")", 2)
     end
     if n > 64 then sort_cost(n) end
-    if cmp == nil and n <= C_SORT and getmetatable(t) == nil and plain(t, n) then
+    -- `#t` may have run an `__len` that removed the metatable: Lua's sort takes the raw
+    -- length, so that is the length checked.
+    if cmp == nil and n <= C_SORT and getmetatable(t) == nil and rawlen(t) == n
+        and plain(t, n) then
       sort(t)
       return
     end
