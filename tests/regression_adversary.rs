@@ -479,6 +479,29 @@ async fn sort_whose_len_drops_its_metatable_sorts_what_len_reports() {
     assert_eq!(r["text"], "1,2; compared: 0, from C: 0", "{r}");
 }
 
+/// `table.insert(t, 1, v)` and `table.remove(t, 1)` ask `#t` in the wrapper (to charge the shift)
+/// and again in Lua's C function: an `__len` that answered 1, then `math.maxinteger - 1`, had
+/// the C function shift elements for ever, where no hook runs. The call ended only when the
+/// watchdog replaced its state, and the state's thread spun on, a core lost per call. For a
+/// table with a metatable `#t` is now asked once, as Lua does, and the shift runs in Lua, where
+/// the budget stops a long one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_and_remove_ask_len_once() {
+    let (_s, c) = start(&["--script-states", "1", "--script-watchdog-ms", "60000"]).await;
+    for n in [0, 1] {
+        let (r, _) = run(&c, "insert_len_flip", n).await;
+        assert_eq!(r.expect("the call answers")["text"], "done");
+    }
+    // A length that is huge from the start: the shift in Lua meets the budget.
+    for n in [2, 3] {
+        let (r, _) = run(&c, "insert_len_flip", n).await;
+        let status = r.expect_err("the shift passes the budget");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    }
+    let (r, _) = run(&c, "quick", 0).await;
+    assert_eq!(r.unwrap()["text"], "quick");
+}
+
 /// A call stuck where Lua cannot yield (an `__index` that `table.concat` calls from C) keeps its
 /// state's thread until it returns, yet new calls were still handed to that state whenever it
 /// had no more calls than the others, and waited for it. The pool now passes over a state whose

@@ -433,11 +433,54 @@ do
     local r = concat(...) return r
   end
 
+  -- A table with a metatable may answer `#t` differently each time its `__len` is asked, and
+  -- Lua's insert and remove ask again, then shift in C over what they hear, where no hook runs:
+  -- `math.maxinteger` spun a thread for good. For such a table `#t` is asked once, here, and
+  -- the shift runs in Lua, as Lua's own would run it.
+  local getmetatable, tointeger, tonumber, ult = getmetatable, math.tointeger, tonumber, math.ult
+
+  -- `#t` as Lua's library takes it (luaL_len).
+  local function length(t)
+    local n = #t
+    if mtype(n) ~= "integer" then
+      n = tointeger(n)
+      if n == nil then error("object length is not an integer", 3) end
+    end
+    return n
+  end
+
+  -- Argument `arg` of `fname` as an integer (luaL_checkinteger).
+  local function integer(v, arg, fname)
+    local i = tointeger(v)
+    if i == nil then
+      local what = tonumber(v) ~= nil and "number has no integer representation"
+        or "number expected, got " .. type(v)
+      error("bad argument #" .. arg .. " to '" .. fname .. "' (" .. what .. ")", 3)
+    end
+    return i
+  end
+
   table.insert = function(...)
-    local t, pos = ...
-    if select("#", ...) == 3 and type(t) == "table" and mtype(pos) == "integer" then
-      local n = #t
-      if mtype(n) == "integer" and n - pos > SMALL then spend(n - pos) end
+    local t, pos, v = ...
+    if select("#", ...) == 3 and type(t) == "table" then
+      if getmetatable(t) ~= nil then
+        local e = length(t) + 1
+        pos = integer(pos, 2, "insert")
+        if not ult(pos - 1, e) then
+          error("bad argument #2 to 'insert' (position out of bounds)", 2)
+        end
+        local i = e
+        while i > pos do
+          t[i] = t[i - 1]
+          i = i - 1
+        end
+        t[pos] = v
+        return
+      end
+      if mtype(pos) == "integer" then
+        local n = #t
+        if n - pos > SMALL then spend(n - pos) end
+      end
     end
     insert(...)
   end
@@ -445,11 +488,23 @@ do
   table.remove = function(...)
     local t, pos = ...
     if type(t) == "table" then
-      local n = #t
-      if mtype(n) == "integer" then
-        if select("#", ...) < 2 then pos = n end
-        if mtype(pos) == "integer" and n - pos > SMALL then spend(n - pos) end
+      if getmetatable(t) ~= nil then
+        local size = length(t)
+        if pos == nil then pos = size else pos = integer(pos, 2, "remove") end
+        if pos ~= size and not (ult(pos - 1, size) or pos - 1 == size) then
+          error("bad argument #2 to 'remove' (position out of bounds)", 2)
+        end
+        local r = t[pos]
+        while pos < size do
+          t[pos] = t[pos + 1]
+          pos = pos + 1
+        end
+        t[pos] = nil
+        return r
       end
+      local n = #t
+      if select("#", ...) < 2 then pos = n end
+      if mtype(pos) == "integer" and n - pos > SMALL then spend(n - pos) end
     end
     local r = remove(...) return r
   end
