@@ -143,6 +143,15 @@ function report()
 end
 "##;
 
+/// What `COMPARE`'s `same` counted: the comparisons made and the mismatches found.
+fn report(lua: &Lua) -> (u64, String) {
+    lua.globals()
+        .get::<mlua::Function>("report")
+        .unwrap()
+        .call(())
+        .unwrap()
+}
+
 const CASES: &[(&str, &str)] = &[
     // classes and their complements
     ("hello World 123\t\n!?", "%a+"),
@@ -327,12 +336,7 @@ fn every_feature_and_error(matcher_only: bool) {
     )
     .exec()
     .unwrap();
-    let (count, mismatches): (u64, String) = lua
-        .globals()
-        .get::<mlua::Function>("report")
-        .unwrap()
-        .call(())
-        .unwrap();
+    let (count, mismatches) = report(&lua);
     assert!(count > 5000, "{count}");
     assert!(mismatches.is_empty(), "{mismatches}");
 }
@@ -375,12 +379,7 @@ fn generated_patterns(matcher_only: bool) {
     )
     .exec()
     .unwrap();
-    let (count, mismatches): (u64, String) = lua
-        .globals()
-        .get::<mlua::Function>("report")
-        .unwrap()
-        .call(())
-        .unwrap();
+    let (count, mismatches) = report(&lua);
     assert!(count > 50_000, "{count}");
     assert!(mismatches.is_empty(), "{mismatches}");
 }
@@ -521,12 +520,7 @@ fn wrapped_functions_agree_with_lua() {
     )
     .exec()
     .unwrap();
-    let (count, mismatches): (u64, String) = lua
-        .globals()
-        .get::<mlua::Function>("report")
-        .unwrap()
-        .call(())
-        .unwrap();
+    let (count, mismatches) = report(&lua);
     assert!(count > 300, "{count}");
     assert!(mismatches.is_empty(), "{mismatches}");
 }
@@ -671,12 +665,7 @@ fn sort_agrees_with_lua() {
     )
     .exec()
     .unwrap();
-    let (count, mismatches): (u64, String) = lua
-        .globals()
-        .get::<mlua::Function>("report")
-        .unwrap()
-        .call(())
-        .unwrap();
+    let (count, mismatches) = report(&lua);
     assert!(count > 400, "{count}");
     assert!(mismatches.is_empty(), "{mismatches}");
 }

@@ -16,6 +16,30 @@ async fn still_serves(client: &Client) {
     assert_eq!(r["message"], "Hello, again!");
 }
 
+/// POSTs `body` to `path` on the server at `addr` with `te: trailers` and `headers`, through the
+/// client's channel: the response, which must be one the client can read.
+async fn post(
+    client: &Client,
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, http::HeaderValue)],
+    body: tonic::body::Body,
+) -> http::Response<tonic::body::Body> {
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("te", "trailers");
+    for (name, value) in headers {
+        req = req.header(*name, value.clone());
+    }
+    client
+        .channel
+        .clone()
+        .oneshot(req.body(body).unwrap())
+        .await
+        .expect("a response the client can read")
+}
+
 #[tokio::test]
 async fn garbage_bytes_are_invalid_argument() {
     let server = Server::repo_default();
@@ -170,22 +194,14 @@ async fn a_huge_content_type_is_refused_with_415_the_client_can_read() {
     let odd = http::HeaderValue::from_bytes(&[0xff; 3000]).unwrap();
     let long = http::HeaderValue::from_str(&format!("text/{}", "x".repeat(12_000))).unwrap();
     for content_type in [odd, long] {
-        let req = http::Request::builder()
-            .method("POST")
-            .uri(format!(
-                "http://{}/helloworld.Greeter/SayHello",
-                server.addr
-            ))
-            .header("te", "trailers")
-            .header("content-type", content_type)
-            .body(tonic::body::Body::empty())
-            .unwrap();
-        let resp = client
-            .channel
-            .clone()
-            .oneshot(req)
-            .await
-            .expect("a response the client can read");
+        let resp = post(
+            &client,
+            server.addr,
+            "/helloworld.Greeter/SayHello",
+            &[("content-type", content_type)],
+            tonic::body::Body::empty(),
+        )
+        .await;
         assert_eq!(resp.status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
         let status = tonic::Status::from_header_map(resp.headers()).expect("a grpc-status");
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -202,19 +218,15 @@ async fn a_huge_content_type_is_refused_with_415_the_client_can_read() {
 async fn a_huge_unknown_path_is_unimplemented_the_client_can_read() {
     let server = Server::repo_default();
     let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{}/{}", server.addr, "%".repeat(6000)))
-        .header("te", "trailers")
-        .header("content-type", "application/grpc")
-        .body(tonic::body::Body::empty())
-        .unwrap();
-    let resp = client
-        .channel
-        .clone()
-        .oneshot(req)
-        .await
-        .expect("a response the client can read");
+    let grpc = http::HeaderValue::from_static("application/grpc");
+    let resp = post(
+        &client,
+        server.addr,
+        &format!("/{}", "%".repeat(6000)),
+        &[("content-type", grpc)],
+        tonic::body::Body::empty(),
+    )
+    .await;
     let status = tonic::Status::from_header_map(resp.headers()).expect("a grpc-status");
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
     assert!(status.message().contains("unknown method"), "{status:?}");
@@ -227,25 +239,25 @@ async fn a_huge_unknown_path_is_unimplemented_the_client_can_read() {
 async fn a_huge_unknown_encoding_is_unimplemented_the_client_can_read() {
     let server = Server::repo_default();
     let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "http://{}/helloworld.Greeter/SayHello",
-            server.addr
-        ))
-        .header("te", "trailers")
-        .header("content-type", "application/grpc")
-        .header("grpc-encoding", "%".repeat(6000))
-        .body(tonic::body::Body::new(http_body_util::Full::new(
-            Bytes::from_static(&[1, 0, 0, 0, 0]),
-        )))
-        .unwrap();
-    let resp = client
-        .channel
-        .clone()
-        .oneshot(req)
-        .await
-        .expect("a response the client can read");
+    let resp = post(
+        &client,
+        server.addr,
+        "/helloworld.Greeter/SayHello",
+        &[
+            (
+                "content-type",
+                http::HeaderValue::from_static("application/grpc"),
+            ),
+            (
+                "grpc-encoding",
+                http::HeaderValue::from_str(&"%".repeat(6000)).unwrap(),
+            ),
+        ],
+        tonic::body::Body::new(http_body_util::Full::new(Bytes::from_static(&[
+            1, 0, 0, 0, 0,
+        ]))),
+    )
+    .await;
     let status = match tonic::Status::from_header_map(resp.headers()) {
         Some(s) => s,
         None => {
