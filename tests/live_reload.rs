@@ -32,10 +32,20 @@ fn wait_for_log(server: &Server, needle: &str) -> String {
 }
 
 /// Polls `Chat` until it answers `want` (bounded).
+/// The live service's answer to `Chat("x")`.
+async fn chat(client: &Client) -> Result<serde_json::Value, tonic::Status> {
+    client.unary("live.Live/Chat", json!({"text": "x"})).await
+}
+
+/// `Chat("x")` answers `want` now.
+async fn assert_reply(client: &Client, want: &str) {
+    assert_eq!(chat(client).await.unwrap(), json!({ "text": want }));
+}
+
 async fn wait_for_reply(client: &Client, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let got = client.unary("live.Live/Chat", json!({"text": "x"})).await;
+        let got = chat(client).await;
         if got.as_ref().ok() == Some(&json!({"text": want})) {
             return;
         }
@@ -93,13 +103,7 @@ async fn sighup_reloads_when_watching_is_off() {
     project.write("handlers/live.json", &live_handler("v2"));
     // Without watching, the edit is not seen until the signal.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        client
-            .unary("live.Live/Chat", json!({"text": "x"}))
-            .await
-            .unwrap(),
-        json!({"text": "v1: x"})
-    );
+    assert_reply(&client, "v1: x").await;
     sighup(&server);
     wait_for_reply(&client, "v2: x").await;
     assert!(wait_for_log(&server, "generation 2 serving").contains("SIGHUP"));
@@ -127,13 +131,7 @@ async fn a_broken_reload_keeps_serving_and_names_the_place() {
         "file:line:col in {problem}"
     );
     // Nothing changed: the whole old generation answers, the valid half of the edit too.
-    assert_eq!(
-        client
-            .unary("live.Live/Chat", json!({"text": "x"}))
-            .await
-            .unwrap(),
-        json!({"text": "v1: x"})
-    );
+    assert_reply(&client, "v1: x").await;
     // Fixing the file loads it.
     project.write("handlers/live.json", &live_handler("v3"));
     wait_for_reply(&client, "v3: x").await;
@@ -152,13 +150,7 @@ async fn a_broken_proto_on_reload_keeps_serving() {
     let problem = wait_for_log(&server, "live.proto:");
     assert!(problem.contains("live.proto:7:16:"), "{problem}");
     wait_for_log(&server, "still serving generation 1");
-    assert_eq!(
-        client
-            .unary("live.Live/Chat", json!({"text": "x"}))
-            .await
-            .unwrap(),
-        json!({"text": "v1: x"})
-    );
+    assert_reply(&client, "v1: x").await;
 }
 
 #[tokio::test]
