@@ -665,6 +665,65 @@ async fn a_call_cut_off_by_its_deadline_is_journaled_with_that_status() {
     assert_eq!(call["metadata"]["grpc-timeout"], "30m");
 }
 
+/// Response headers are `null` for a call that ended before it answered, and `{}` for one
+/// that answered with only the protocol's headers.
+#[tokio::test]
+async fn a_call_cancelled_before_it_answered_has_no_response_headers() {
+    let server = start(&[]);
+    // Echo answers after 10 s from now on: the client cancels long before.
+    let (status, body) = server
+        .admin_call(
+            "PUT",
+            "/v1/handlers/kitchen.Kitchen/Echo",
+            None,
+            Some(&json!({"echo": {}, "delay_ms": 10_000}).to_string()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/kitchen.Kitchen/Echo", server.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (_resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(
+        bytes::Bytes::from_static(&[0, 0, 0, 0, 5, 0x0a, 3, b'p', b'a', b'n']),
+        true,
+    )
+    .unwrap();
+    // Cancel once the call is journaled as running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let calls = calls_of(&server, "kitchen.Kitchen/Echo").await;
+        if calls.first().is_some_and(|c| c["requests"] == 1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never journaled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    body.send_reset(h2::Reason::CANCEL);
+    let call = only_call_once_done(&server, "kitchen.Kitchen/Echo").await;
+    assert_eq!(call["status"]["name"], "CANCELLED", "{call:#}");
+    assert_eq!(call["responses"], 0, "{call:#}");
+    assert_eq!(call["response_headers"], Json::Null, "{call:#}");
+    // An answered call whose headers are only the protocol's shows an empty object.
+    let client = kitchen(&server).await;
+    client
+        .unary("kitchen.Kitchen/Lookup", json!({"id": "1"}))
+        .await
+        .unwrap();
+    let call = only_call(&server, "kitchen.Kitchen/Lookup").await;
+    assert_eq!(call["response_headers"], json!({}), "{call:#}");
+}
+
 /// A request over `--max-message-size` gets RESOURCE_EXHAUSTED naming the flag (tonic says
 /// OUT_OF_RANGE), both when it fails the call before any response (Trailers-Only) and when it
 /// arrives in the middle of a stream (the status in the trailers), and the journal records

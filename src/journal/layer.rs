@@ -89,6 +89,7 @@ impl Guard {
     fn finish(mut self, end: End) {
         if let Some(tap) = self.0.take() {
             tap.finish(end);
+            tap.seal();
         }
     }
 
@@ -96,6 +97,14 @@ impl Guard {
     fn trailers(mut self, trailers: &http::HeaderMap) {
         if let Some(tap) = self.0.take() {
             tap.trailers(trailers);
+            tap.seal();
+        }
+    }
+
+    /// The call ended with the response's headers (Trailers-Only), already recorded.
+    fn sealed(mut self) {
+        if let Some(tap) = self.0.take() {
+            tap.seal();
         }
     }
 }
@@ -104,6 +113,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(tap) = self.0.take() {
             tap.finish(End::Abandoned);
+            tap.seal();
         }
     }
 }
@@ -133,8 +143,8 @@ where
         if let Some(Guard(Some(tap))) = &guard {
             if tap.response_head(resp.headers()) {
                 // Trailers-Only: the status is in these headers, and the call is over.
-                if let Some(mut g) = guard.take() {
-                    g.0 = None;
+                if let Some(g) = guard.take() {
+                    g.sealed();
                 }
             }
         }

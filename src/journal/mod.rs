@@ -2,38 +2,47 @@
 //!
 //! Teams that use protoserve as the fake server of their client's tests want to assert on what
 //! the client sent, stream frames included, and to see why a call got the answer it got. So
-//! each call gets a [`CallRecord`] the moment it arrives (an open stream is visible while it
-//! runs), and its frames are appended as they cross the codec ([`codec`]), its status when the
-//! response ends ([`layer`]).
+//! each call gets a record the moment it arrives (an open stream is visible while it runs), its
+//! frames are appended as they cross the codec ([`codec`]), its status when the response ends
+//! ([`layer`]).
 //!
 //! Recording stays cheap because nothing is converted on the way: a message is kept as the
-//! bytes that went over the wire (copied into the call's own arena, so a small message never
-//! pins a large receive buffer; a full journal reuses its oldest record and arena, so
-//! recording a unary call allocates nothing) and is turned into proto3 JSON only when someone
-//! reads the journal ([`render`]).
+//! bytes that went over the wire, in the running call's own buffer ([`record`], [`arena`]),
+//! and is turned into proto3 JSON only when someone reads the journal ([`render`]). When the
+//! call ends its bytes are copied once, end to end with the calls that ended before it, into the
+//! journal's store ([`store`]) and the running record is freed: the journal's memory is written
+//! as one sequential stream, and the memory a call works in is the memory the call before it
+//! just freed. Writing each call into the scattered record of a call from 10 000 calls ago cost
+//! a cache miss per line touched.
 //!
 //! The journal is bounded in calls and in bytes; the oldest calls go first. A single call
 //! larger than the byte budget keeps its first frames and counts the ones it dropped. Reading
-//! ([`query`], [`verify`]) takes a snapshot of the records and never holds the journal's lock
-//! while it decodes.
+//! ([`query`], [`verify`]) takes copies of the calls a page at a time and never holds the
+//! journal's lock while it decodes.
 
+mod arena;
 pub mod codec;
 pub mod layer;
 pub mod query;
+mod record;
 pub mod render;
+mod store;
 pub mod verify;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, Uri};
 
-use crate::handler::{MethodInfo, Origin};
+pub use arena::{CallView, LogRef};
+pub use record::{CallRecord, Tap};
+
+use crate::handler::Origin;
+use arena::{Arena, Facts};
 
 /// How much the journal keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,15 +65,11 @@ impl Default for JournalOptions {
     }
 }
 
-/// What a call costs in the byte budget besides its arena (the record itself).
-const CALL_COST: usize = 256;
-/// Room in a new call's arena beyond its path and headers: enough for a small unary call's
+/// What an ended call costs in the byte budget besides its bytes (its place in the ring).
+const DONE_COST: usize = std::mem::size_of::<Call>();
+/// Room in a new call's buffer beyond its path and headers: enough for a small unary call's
 /// messages, response headers and trailers, so most calls never grow it.
-const FIRST_ARENA: usize = 4 * block::HEADER + 192;
-/// A call's arena.
-type Arena = Vec<u8>;
-/// The largest arena kept for reuse when its call leaves the journal.
-const RECYCLE_ARENA: usize = 8 * 1024;
+const FIRST_ARENA: usize = 4 * arena::block::SHORT + 160;
 
 /// The journal of a server; clones share it.
 #[derive(Clone)]
@@ -87,14 +92,91 @@ struct Budget {
 #[derive(Default)]
 struct Ring {
     /// Oldest first; ids increase from front to back.
-    calls: VecDeque<Tap>,
+    calls: VecDeque<Call>,
     /// Calls dropped to stay within the bounds, since the start or the last clear.
     evicted: u64,
     next_id: u64,
+    store: store::Store,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A call as the journal holds it, running or ended. Readers get copies (cheap: a running
+/// call is a handle on its record, an ended one shares its bytes).
+#[derive(Clone)]
+pub struct Call {
+    pub id: u64,
+    pub peer: Option<SocketAddr>,
+    /// Microseconds since the Unix epoch (a `SystemTime` is twice the size).
+    started: u64,
+    state: State,
+}
+
+#[derive(Clone)]
+enum State {
+    Running(Tap),
+    Ended { facts: Facts, bytes: Bytes },
+}
+
+impl Call {
+    /// When the call started, by the wall clock.
+    pub fn started_at(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_micros(self.started)
+    }
+
+    /// What was recorded so far, or `None` if the call left the journal.
+    pub fn snapshot(&self) -> Option<CallView> {
+        self.snapshot_if(|_| true)
+    }
+
+    /// What was recorded so far, if the call is still in the journal and `keep` accepts it
+    /// (the test looks at the record in place, and copies nothing).
+    pub fn snapshot_if(&self, keep: impl FnOnce(&LogRef<'_>) -> bool) -> Option<CallView> {
+        match &self.state {
+            State::Running(tap) => {
+                let log = tap.log();
+                if log.closed && !log.gone {
+                    // It ended since this copy was taken: read it where it went.
+                    drop(log);
+                    let ended = tap.journal.upgrade().map(Journal)?.get(self.id)?;
+                    return match ended.state {
+                        State::Ended { .. } => ended.snapshot_if(keep),
+                        State::Running(_) => None,
+                    };
+                }
+                log.snapshot_if(keep)
+            }
+            State::Ended { facts, bytes } => {
+                let log = LogRef {
+                    arena: bytes,
+                    facts,
+                };
+                keep(&log).then(|| CallView::of(&log, bytes.clone()))
+            }
+        }
+    }
+
+    /// Bytes this call counts in the budget once ended.
+    fn ended_cost(&self) -> usize {
+        match &self.state {
+            State::Running(_) => 0,
+            State::Ended { bytes, .. } => DONE_COST + bytes.len(),
+        }
+    }
+
+    /// Takes the call out of the journal.
+    fn leave(self, budget: &Budget) {
+        match self.state {
+            State::Running(tap) => tap.forget(),
+            State::Ended { bytes, .. } => {
+                budget
+                    .bytes
+                    .fetch_sub(DONE_COST + bytes.len(), Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 impl Journal {
@@ -113,107 +195,58 @@ impl Journal {
         }))
     }
 
-    /// Starts the record of a call that just arrived: its path and request headers.
-    ///
-    /// A full journal drops its oldest call to make room, and reuses that call's record and
-    /// arena when nothing else holds them: in the steady state recording allocates nothing,
-    /// and the allocator is spared long-lived blocks freed in arrival order. Ids are given
-    /// under the ring's lock, so the ring stays in id order.
+    /// Starts the record of a call that just arrived: its path and request headers. Ids are
+    /// given under the ring's lock, so the ring stays in id order.
     pub fn begin(&self, uri: &Uri, headers: &HeaderMap, peer: Option<SocketAddr>) -> Tap {
         let path = uri.path().as_bytes();
-        let packed = packed_len(headers);
+        let packed = arena::packed_len(headers);
         let started = Instant::now();
         // One clock read: wall time follows from the journal's epoch.
         let started_at = self.0.epoch.0 + started.saturating_duration_since(self.0.epoch.1);
+        let mut bytes = Arena::with_capacity(FIRST_ARENA + path.len() + packed);
+        arena::fill(&mut bytes, path, headers, packed);
+        let accounted = bytes.capacity();
+        let mut record = CallRecord {
+            id: 0,
+            peer,
+            started_at,
+            started,
+            budget: self.0.budget.clone(),
+            journal: Arc::downgrade(&self.0),
+            log: Mutex::new(record::CallLog {
+                arena: bytes,
+                accounted,
+                ..record::CallLog::default()
+            }),
+        };
+        self.0
+            .budget
+            .bytes
+            .fetch_add(record::CALL_COST + accounted, Ordering::Relaxed);
         let mut ring = lock(&self.0.ring);
         let id = ring.next_id;
         ring.next_id += 1;
-        let oldest = if ring.calls.len() >= self.0.max_calls {
-            ring.evicted += 1;
-            ring.calls.pop_front()
-        } else {
-            None
-        };
-        let tap = match oldest.and_then(|old| self.recycle(old)) {
-            Some(mut tap) => {
-                if let Some(record) = Arc::get_mut(&mut tap.0) {
-                    record.id = id;
-                    record.peer = peer;
-                    record.started_at = started_at;
-                    record.started = started;
-                    let log = record.log.get_mut().unwrap_or_else(|e| e.into_inner());
-                    fill(&mut log.arena, path, headers, packed);
-                    let grown = log.arena.capacity().saturating_sub(log.accounted);
-                    if grown > 0 {
-                        log.accounted += grown;
-                        self.0.budget.bytes.fetch_add(grown, Ordering::Relaxed);
-                    }
-                }
-                tap
+        record.id = id;
+        let tap = Tap(Arc::new(record));
+        if ring.calls.len() >= self.0.max_calls {
+            if let Some(oldest) = ring.calls.pop_front() {
+                ring.evicted += 1;
+                oldest.leave(&self.0.budget);
             }
-            None => {
-                let mut arena = Arena::with_capacity(FIRST_ARENA + path.len() + packed);
-                fill(&mut arena, path, headers, packed);
-                let accounted = arena.capacity();
-                self.0
-                    .budget
-                    .bytes
-                    .fetch_add(CALL_COST + accounted, Ordering::Relaxed);
-                Tap(Arc::new(CallRecord {
-                    id,
-                    peer,
-                    started_at,
-                    started,
-                    fixed_cost: CALL_COST,
-                    budget: self.0.budget.clone(),
-                    journal: Arc::downgrade(&self.0),
-                    log: Mutex::new(CallLog {
-                        arena,
-                        accounted,
-                        ..CallLog::default()
-                    }),
-                }))
-            }
-        };
-        ring.calls.push_back(tap.clone());
+        }
+        let since_unix = started_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        ring.calls.push_back(Call {
+            id,
+            peer,
+            started: arena::micros(since_unix),
+            state: State::Running(tap.clone()),
+        });
         if self.0.budget.bytes.load(Ordering::Relaxed) > self.0.budget.max_bytes {
-            self.0.shrink(&mut ring, tap.id);
+            self.0.shrink(&mut ring, id);
         }
         tap
-    }
-
-    /// The evicted record `old`, emptied for reuse, if nothing else holds it and its arena is
-    /// of a reasonable size; otherwise it is forgotten and freed.
-    fn recycle(&self, mut old: Tap) -> Option<Tap> {
-        let reused = Arc::get_mut(&mut old.0).is_some_and(|record| {
-            let log = record.log.get_mut().unwrap_or_else(|e| e.into_inner());
-            if log.forgotten {
-                return false;
-            }
-            if log.arena.capacity() > RECYCLE_ARENA {
-                // A large call's arena is freed rather than kept for a small one.
-                self.0
-                    .budget
-                    .bytes
-                    .fetch_sub(log.accounted, Ordering::Relaxed);
-                log.arena = Arena::new();
-                log.accounted = 0;
-            }
-            log.arena.clear();
-            log.timed = (false, false);
-            log.method = None;
-            log.handler = None;
-            log.rules.clear();
-            log.dropped = 0;
-            log.end = None;
-            true
-        });
-        if reused {
-            Some(old)
-        } else {
-            old.forget();
-            None
-        }
     }
 
     /// Forgets every call; calls still running are no longer recorded. Answers how many calls
@@ -225,22 +258,22 @@ impl Journal {
         drop(ring);
         let n = calls.len();
         for call in calls {
-            call.forget();
+            call.leave(&self.0.budget);
         }
         n
     }
 
-    /// The record with this id, if the journal still has it.
-    pub fn get(&self, id: u64) -> Option<Tap> {
+    /// The call with this id, if the journal still has it.
+    pub fn get(&self, id: u64) -> Option<Call> {
         let ring = lock(&self.0.ring);
         let i = ring.calls.partition_point(|c| c.id < id);
         ring.calls.get(i).filter(|c| c.id == id).cloned()
     }
 
-    /// Up to `max` records after (or, `newest_first`, before) the id `from`, in that order;
-    /// `from` 0 starts at the oldest (or newest) end. The lock is held only while the
-    /// pointers are copied.
-    pub fn chunk(&self, from: u64, newest_first: bool, max: usize) -> Vec<Tap> {
+    /// Up to `max` calls after (or, `newest_first`, before) the id `from`, in that order;
+    /// `from` 0 starts at the oldest (or newest) end. The lock is held only while they are
+    /// copied.
+    pub fn chunk(&self, from: u64, newest_first: bool, max: usize) -> Vec<Call> {
         let ring = lock(&self.0.ring);
         if newest_first {
             let end = if from == 0 {
@@ -278,6 +311,22 @@ pub struct JournalStats {
     pub max_bytes: usize,
 }
 
+impl Ring {
+    /// Where the call `id` is, looking first among the newest (where a call that just ended
+    /// almost always is).
+    fn position(&self, id: u64) -> Option<usize> {
+        // Ids are consecutive unless calls were discarded or dropped out of order, so the
+        // distance from the oldest id is almost always the place.
+        let first = self.calls.front()?.id;
+        let guess = usize::try_from(id.checked_sub(first)?).ok()?;
+        if self.calls.get(guess).is_some_and(|c| c.id == id) {
+            return Some(guess);
+        }
+        let i = self.calls.partition_point(|c| c.id < id);
+        (self.calls.get(i)?.id == id).then_some(i)
+    }
+}
+
 impl Inner {
     /// Drops the oldest calls (but not the call `keep`, which is growing right now) until the
     /// journal is within its byte budget.
@@ -290,31 +339,43 @@ impl Inner {
             };
             if let Some(old) = ring.calls.remove(victim) {
                 ring.evicted += 1;
-                old.forget();
+                old.leave(&self.budget);
             }
         }
     }
 
     fn discard(&self, id: u64) {
         let mut ring = lock(&self.ring);
-        // The record is most likely the newest.
-        if let Some(i) = ring.calls.iter().rposition(|c| c.id == id) {
-            if let Some(call) = ring.calls.remove(i) {
-                call.forget();
-            }
+        if let Some(call) = ring.position(id).and_then(|i| ring.calls.remove(i)) {
+            call.leave(&self.budget);
         }
     }
-}
 
-/// A handle on one call's record, passed along the call (request extensions, codec, handler).
-#[derive(Clone)]
-pub struct Tap(Arc<CallRecord>);
-
-impl Deref for Tap {
-    type Target = CallRecord;
-
-    fn deref(&self) -> &CallRecord {
-        &self.0
+    /// Moves the ended call `record` into the store, unless it already left the journal.
+    fn seal(&self, record: &CallRecord) {
+        let mut ring = lock(&self.ring);
+        let Some(i) = ring.position(record.id) else {
+            return;
+        };
+        let mut log = record.log();
+        if log.closed {
+            return;
+        }
+        log.closed = true;
+        // Readers holding the running record find the call here (see `Call::snapshot_if`).
+        let bytes = ring.store.keep(&mut log.arena);
+        let facts = std::mem::take(&mut log.facts);
+        let was = log.accounted + record::CALL_COST;
+        log.accounted = 0;
+        drop(log);
+        let call = &mut ring.calls[i];
+        call.state = State::Ended { facts, bytes };
+        let now = call.ended_cost();
+        if now >= was {
+            self.budget.bytes.fetch_add(now - was, Ordering::Relaxed);
+        } else {
+            self.budget.bytes.fetch_sub(was - now, Ordering::Relaxed);
+        }
     }
 }
 
@@ -352,439 +413,6 @@ pub enum End {
 pub struct HandlerNote {
     pub kind: &'static str,
     pub origin: Origin,
-}
-
-/// Everything recorded about one call.
-pub struct CallRecord {
-    pub id: u64,
-    pub peer: Option<SocketAddr>,
-    pub started_at: SystemTime,
-    pub started: Instant,
-    fixed_cost: usize,
-    budget: Arc<Budget>,
-    journal: Weak<Inner>,
-    log: Mutex<CallLog>,
-}
-
-/// The time of a block sent at the end of the call (a unary response): shown as the end.
-const AT_END: u64 = u64::MAX;
-
-/// The kinds of block in a record's arena.
-mod block {
-    pub const PATH: u8 = 0;
-    pub const REQUEST_HEADERS: u8 = 1;
-    pub const REQUEST: u8 = 2;
-    pub const RESPONSE: u8 = 3;
-    pub const RESPONSE_HEADERS: u8 = 4;
-    pub const TRAILERS: u8 = 5;
-    /// kind (1), microseconds since the call started (8), payload length (4).
-    pub const HEADER: usize = 13;
-}
-
-/// The part of a record that grows while the call runs.
-///
-/// Everything with a size (the path, header blocks, messages) is appended to one byte arena, as
-/// blocks of kind, time, length and payload: a unary call costs one allocation here, and
-/// dropping an old call frees one. Readers parse the arena into a [`CallView`].
-#[derive(Default)]
-pub struct CallLog {
-    arena: Arena,
-    /// Bytes of arena capacity counted in the budget.
-    accounted: usize,
-    method: Option<Arc<MethodInfo>>,
-    handler: Option<HandlerNote>,
-    /// The rule index that answered each request, for `rules` handlers.
-    rules: Vec<u32>,
-    /// Frames not kept because the call alone exceeded the byte budget.
-    dropped: u64,
-    /// Whether request (`.0`) and response (`.1`) messages get their own times: only a
-    /// streaming side does; a single request is read at the start, a single response goes out
-    /// at the end, and the clock is not read for them.
-    timed: (bool, bool),
-    end: Option<(End, Duration)>,
-    /// No longer in the journal: nothing more is recorded.
-    forgotten: bool,
-}
-
-/// The blocks of an arena: (kind, time or `None` for the end of the call, payload).
-fn blocks(
-    arena: &[u8],
-) -> impl Iterator<Item = (u8, Option<Duration>, std::ops::Range<usize>)> + '_ {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        let head = arena.get(at..at + block::HEADER)?;
-        let kind = head[0];
-        let micros = u64::from_le_bytes(head[1..9].try_into().ok()?);
-        let len = u32::from_le_bytes(head[9..13].try_into().ok()?) as usize;
-        let start = at + block::HEADER;
-        at = start + len;
-        let time = (micros != AT_END).then(|| Duration::from_micros(micros));
-        Some((kind, time, start..start + len))
-    })
-}
-
-/// Starts an arena with the path and request headers blocks.
-fn fill(arena: &mut Arena, path: &[u8], headers: &HeaderMap, packed: usize) {
-    arena.reserve(2 * block::HEADER + path.len() + packed);
-    arena.extend_from_slice(&block_header(block::PATH, 0, path.len()));
-    arena.extend_from_slice(path);
-    arena.extend_from_slice(&block_header(block::REQUEST_HEADERS, 0, packed));
-    pack_headers(arena, headers);
-}
-
-/// A block's kind, time and length, as stored before its payload.
-fn block_header(kind: u8, at: u64, len: usize) -> [u8; block::HEADER] {
-    let mut head = [0u8; block::HEADER];
-    head[0] = kind;
-    head[1..9].copy_from_slice(&at.to_le_bytes());
-    head[9..13].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
-    head
-}
-
-/// Header block payload: for each entry, name length (2), value length (4), name, value.
-/// Headers every gRPC call has with the same value, not worth keeping.
-fn routine(name: &http::HeaderName) -> bool {
-    name == http::header::TE || name == http::header::CONTENT_TYPE
-}
-
-fn packed_len(headers: &HeaderMap) -> usize {
-    headers
-        .iter()
-        .filter(|(k, _)| !routine(k))
-        .map(|(k, v)| 6 + k.as_str().len() + v.len())
-        .sum()
-}
-
-fn pack_headers(arena: &mut Arena, headers: &HeaderMap) {
-    for (k, v) in headers.iter().filter(|(k, _)| !routine(k)) {
-        // Header names are far shorter than 64 KiB (hyper refuses longer ones).
-        let name = k.as_str().as_bytes();
-        let value = v.as_bytes();
-        let mut head = [0u8; 6];
-        head[..2].copy_from_slice(&(name.len() as u16).to_le_bytes());
-        head[2..].copy_from_slice(&(value.len() as u32).to_le_bytes());
-        arena.extend_from_slice(&head);
-        arena.extend_from_slice(name);
-        arena.extend_from_slice(value);
-    }
-}
-
-fn unpack_headers(payload: &[u8]) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    let mut at = 0;
-    while let Some(head) = payload.get(at..at + 6) {
-        let name_len = u16::from_le_bytes([head[0], head[1]]) as usize;
-        let value_len = u32::from_le_bytes([head[2], head[3], head[4], head[5]]) as usize;
-        let name = payload.get(at + 6..at + 6 + name_len);
-        let value = payload.get(at + 6 + name_len..at + 6 + name_len + value_len);
-        at += 6 + name_len + value_len;
-        let (Some(name), Some(value)) = (name, value) else {
-            break;
-        };
-        if let (Ok(k), Ok(v)) = (
-            http::HeaderName::from_bytes(name),
-            http::HeaderValue::from_bytes(value),
-        ) {
-            out.append(k, v);
-        }
-    }
-    out
-}
-
-/// A header's values in a packed block, without unpacking it.
-fn packed_values<'a>(payload: &'a [u8], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-    let mut at = 0;
-    std::iter::from_fn(move || loop {
-        let head = payload.get(at..at + 6)?;
-        let name_len = u16::from_le_bytes([head[0], head[1]]) as usize;
-        let value_len = u32::from_le_bytes([head[2], head[3], head[4], head[5]]) as usize;
-        let key = payload.get(at + 6..at + 6 + name_len)?;
-        let value = payload.get(at + 6 + name_len..at + 6 + name_len + value_len)?;
-        at += 6 + name_len + value_len;
-        if key == name.as_bytes() {
-            return Some(value);
-        }
-    })
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-impl CallLog {
-    fn block(&self, kind: u8) -> Option<&[u8]> {
-        blocks(&self.arena)
-            .find(|(k, _, _)| *k == kind)
-            .map(|(_, _, r)| &self.arena[r])
-    }
-
-    /// The method: `package.Service/Method` once the router found it, else the request path
-    /// without its leading `/`.
-    pub fn method_name(&self) -> &str {
-        match &self.method {
-            Some(info) => &info.name,
-            None => std::str::from_utf8(self.block(block::PATH).unwrap_or_default())
-                .unwrap_or_default()
-                .trim_start_matches('/'),
-        }
-    }
-
-    /// The final status (code, message), or `None` while the call runs.
-    pub fn status(&self) -> Option<(i32, String)> {
-        let (end, _) = self.end?;
-        let trailers = || unpack_headers(self.block(block::TRAILERS).unwrap_or_default());
-        Some(match end {
-            End::Trailers | End::TrailersOnly => match tonic::Status::from_header_map(&trailers())
-            {
-                Some(s) => (s.code() as i32, s.message().to_owned()),
-                None => no_status(),
-            },
-            End::NoStatus => no_status(),
-            End::Abandoned => (
-                tonic::Code::Cancelled as i32,
-                "the call ended before its status was sent: the client cancelled it or the connection closed".into(),
-            ),
-        })
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.end.is_some()
-    }
-
-    /// True when the request carried metadata `name` with exactly `value`.
-    pub fn has_metadata(&self, name: &str, value: &[u8]) -> bool {
-        self.block(block::REQUEST_HEADERS)
-            .is_some_and(|h| packed_values(h, name).any(|v| v == value))
-    }
-}
-
-fn no_status() -> (i32, String) {
-    (
-        tonic::Code::Unknown as i32,
-        "the response ended without a grpc-status".into(),
-    )
-}
-
-/// A copy of a record, parsed, for reading.
-pub struct CallView {
-    pub method: Option<Arc<MethodInfo>>,
-    pub method_name: String,
-    pub handler: Option<HandlerNote>,
-    pub rules: Vec<u32>,
-    pub dropped: u64,
-    pub end: Option<(End, Duration)>,
-    pub status: Option<(i32, String)>,
-    /// The request headers as they arrived.
-    pub metadata: HeaderMap,
-    pub frames: Vec<Frame>,
-    pub response_headers: Option<HeaderMap>,
-    pub trailers: Option<HeaderMap>,
-}
-
-impl CallView {
-    fn of(log: &CallLog) -> Self {
-        let arena = Bytes::copy_from_slice(&log.arena);
-        let mut view = CallView {
-            method: log.method.clone(),
-            method_name: log.method_name().to_owned(),
-            handler: log.handler.clone(),
-            rules: log.rules.clone(),
-            dropped: log.dropped,
-            end: log.end,
-            status: log.status(),
-            metadata: HeaderMap::new(),
-            frames: Vec::new(),
-            response_headers: None,
-            trailers: None,
-        };
-        for (kind, at, range) in blocks(&arena) {
-            let payload = &arena[range.clone()];
-            match kind {
-                block::REQUEST_HEADERS => view.metadata = unpack_headers(payload),
-                block::RESPONSE_HEADERS => view.response_headers = Some(unpack_headers(payload)),
-                block::TRAILERS => view.trailers = Some(unpack_headers(payload)),
-                block::REQUEST | block::RESPONSE => view.frames.push(Frame {
-                    direction: if kind == block::REQUEST {
-                        Direction::Request
-                    } else {
-                        Direction::Response
-                    },
-                    at: at.unwrap_or_else(|| log.end.map_or(Duration::ZERO, |(_, d)| d)),
-                    bytes: arena.slice(range),
-                }),
-                _ => {}
-            }
-        }
-        view
-    }
-}
-
-impl CallRecord {
-    fn log(&self) -> MutexGuard<'_, CallLog> {
-        lock(&self.log)
-    }
-
-    /// What was recorded so far, or `None` if the record left the journal.
-    pub fn snapshot(&self) -> Option<CallView> {
-        self.snapshot_if(|_| true)
-    }
-
-    /// What was recorded so far, if the record is still in the journal and `keep` accepts it
-    /// (the test runs under the record's lock, and copies nothing).
-    pub fn snapshot_if(&self, keep: impl FnOnce(&CallLog) -> bool) -> Option<CallView> {
-        let log = self.log();
-        (!log.forgotten && keep(&log)).then(|| CallView::of(&log))
-    }
-
-    /// Notes the method and its handler (the router, once it found the method).
-    pub fn attach(&self, info: &Arc<MethodInfo>, kind: Option<&'static str>, origin: &Origin) {
-        let mut log = self.log();
-        log.timed = (info.shape.streams_input(), info.shape.streams_output());
-        log.method = Some(info.clone());
-        log.handler = kind.map(|kind| HandlerNote {
-            kind,
-            origin: origin.clone(),
-        });
-    }
-
-    /// Notes the index of the rule that answered a request.
-    pub fn note_rule(&self, rule: usize) {
-        self.log()
-            .rules
-            .push(u32::try_from(rule).unwrap_or(u32::MAX));
-    }
-
-    /// Records a request message.
-    pub fn request(&self, bytes: &[u8]) {
-        self.push(block::REQUEST, bytes.len(), |arena| {
-            arena.extend_from_slice(bytes)
-        });
-    }
-
-    /// Records a response built as a message, encoding it into the record.
-    pub fn response_message(&self, msg: &prost_reflect::DynamicMessage) {
-        use prost::Message as _;
-        self.push(block::RESPONSE, msg.encoded_len(), |arena| {
-            msg.encode_raw(arena)
-        });
-    }
-
-    /// Records a response message.
-    pub fn response(&self, bytes: &[u8]) {
-        self.push(block::RESPONSE, bytes.len(), |arena| {
-            arena.extend_from_slice(bytes)
-        });
-    }
-
-    /// Appends a block of `len` bytes that `write` fills, unless the call alone would pass the
-    /// byte budget (then a message is counted as dropped), and gives back room in the journal
-    /// if it is over budget. A header block ending the call (trailers) ends it with `end`.
-    fn push(&self, kind: u8, len: usize, write: impl FnOnce(&mut Arena)) {
-        self.push_ending(kind, len, None, write);
-    }
-
-    fn push_ending(&self, kind: u8, len: usize, end: Option<End>, write: impl FnOnce(&mut Arena)) {
-        let over = {
-            let mut log = self.log();
-            if log.forgotten {
-                return;
-            }
-            let at = match kind {
-                block::REQUEST if log.timed.0 => micros(self.started.elapsed()),
-                block::RESPONSE if log.timed.1 => micros(self.started.elapsed()),
-                block::RESPONSE => AT_END,
-                _ => 0,
-            };
-            if let Some(end) = end {
-                if log.end.is_none() {
-                    log.end = Some((end, self.started.elapsed()));
-                }
-            }
-            let room = self.budget.max_bytes.saturating_sub(self.fixed_cost);
-            let used = log.arena.len();
-            let need = block::HEADER + len;
-            if used + need > room {
-                if kind == block::REQUEST || kind == block::RESPONSE {
-                    log.dropped += 1;
-                }
-                return;
-            }
-            if log.arena.capacity() - used < need {
-                // Grow as a Vec would, but never past what the call may hold.
-                let want = (log.arena.capacity() * 2).max(used + need).min(room);
-                log.arena.reserve_exact(want - used);
-            }
-            log.arena.extend_from_slice(&block_header(kind, at, len));
-            write(&mut log.arena);
-            let grown = log.arena.capacity().saturating_sub(log.accounted);
-            log.accounted += grown;
-            grown > 0
-                && self.budget.bytes.fetch_add(grown, Ordering::Relaxed) + grown
-                    > self.budget.max_bytes
-        };
-        if over {
-            if let Some(journal) = self.journal.upgrade() {
-                let mut ring = lock(&journal.ring);
-                journal.shrink(&mut ring, self.id);
-            }
-        }
-    }
-
-    fn push_headers(&self, kind: u8, headers: &HeaderMap, end: Option<End>) {
-        self.push_ending(kind, packed_len(headers), end, |arena| {
-            pack_headers(arena, headers)
-        });
-    }
-
-    /// Records the response headers; a header block that carries the status (Trailers-Only)
-    /// ends the call, and the answer is true.
-    pub fn response_head(&self, headers: &HeaderMap) -> bool {
-        static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-        if headers.contains_key(&GRPC_STATUS) {
-            self.push_headers(block::TRAILERS, headers, Some(End::TrailersOnly));
-            true
-        } else {
-            // Most responses carry only the protocol's headers: nothing to keep.
-            if headers.keys().any(|k| !routine(k)) {
-                self.push_headers(block::RESPONSE_HEADERS, headers, None);
-            }
-            false
-        }
-    }
-
-    /// Records the trailers, which end the call.
-    pub fn trailers(&self, trailers: &HeaderMap) {
-        self.push_headers(block::TRAILERS, trailers, Some(End::Trailers));
-    }
-
-    /// Records how the call ended, unless it already has.
-    pub fn finish(&self, end: End) {
-        let mut log = self.log();
-        if log.end.is_none() {
-            log.end = Some((end, self.started.elapsed()));
-        }
-    }
-
-    /// Removes the record from the journal (calls the journal does not keep, such as
-    /// reflection and health).
-    pub fn discard(&self) {
-        if let Some(journal) = self.journal.upgrade() {
-            journal.discard(self.id);
-        }
-    }
-
-    /// Marks the record as out of the journal and gives its bytes back to the budget.
-    fn forget(&self) {
-        let mut log = self.log();
-        if log.forgotten {
-            return;
-        }
-        log.forgotten = true;
-        let freed = log.accounted + self.fixed_cost;
-        log.accounted = 0;
-        log.arena = Arena::new();
-        self.budget.bytes.fetch_sub(freed, Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]
@@ -830,42 +458,69 @@ mod tests {
         // The two older calls made room; the big one kept its first frames only.
         assert!(j.get(first.id).is_none());
         assert!(j.get(second.id).is_none());
-        let view = third.snapshot().unwrap();
+        let held = j.get(third.id).unwrap();
+        let view = held.snapshot().unwrap();
         assert!(!view.frames.is_empty() && view.frames.len() < 10);
         assert_eq!(view.frames.len() as u64 + view.dropped, 10);
         // Forgetting gives every byte back.
         j.clear();
         assert_eq!(j.stats().bytes, 0);
-        assert!(third.snapshot().is_none());
+        assert!(held.snapshot().is_none());
         third.request(&[0u8; 10]);
         assert_eq!(j.stats().bytes, 0);
     }
 
     #[test]
-    fn a_full_journal_reuses_the_oldest_record_unless_someone_holds_it() {
+    fn an_ended_call_moves_into_the_store_whole_and_records_nothing_more() {
         let j = Journal::new(JournalOptions {
             enabled: true,
             max_calls: 2,
             max_bytes: 1 << 20,
         });
         let first = begin(&j);
+        let running = j.get(first.id).unwrap();
         first.request(b"first");
-        first.finish(End::NoStatus);
-        let first_id = first.id;
-        drop(first);
-        let held = begin(&j);
-        let third = begin(&j);
-        // The first record was reused for the third call, emptied.
-        let view = third.snapshot().unwrap();
-        assert!(view.frames.is_empty() && view.end.is_none());
-        assert!(j.get(first_id).is_none());
-        // A record still held by someone (a reader, a running call) is not reused.
-        let fourth = begin(&j);
-        assert!(held.snapshot().is_none(), "held is out of the journal");
-        assert!(fourth.snapshot().is_some());
-        let bytes = j.stats().bytes;
+        first.response(b"answer");
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        first.trailers(&trailers);
+        first.seal();
+        // Nothing after the end is kept.
+        first.request(b"late");
+        for call in [j.get(first.id).unwrap(), running] {
+            let view = call.snapshot().unwrap();
+            assert_eq!(view.frames.len(), 2);
+            assert_eq!(&view.frames[0].bytes[..], b"first");
+            assert_eq!(&view.frames[1].bytes[..], b"answer");
+            assert_eq!(view.status.as_ref().map(|s| s.0), Some(0));
+            assert_eq!(view.method_name, "p.S/M");
+        }
+        // The ended call counts its bytes, not its running record.
+        let ended = j.stats().bytes;
+        assert!(
+            ended > 0 && ended < record::CALL_COST + FIRST_ARENA,
+            "{ended}"
+        );
+        // A large call is moved rather than copied, and reads the same.
+        let big = begin(&j);
+        big.request(&vec![9u8; 64 * 1024]);
+        big.finish(End::Abandoned);
+        big.seal();
+        let view = j.get(big.id).unwrap().snapshot().unwrap();
+        assert_eq!(view.frames[0].bytes.len(), 64 * 1024);
+        assert_eq!(
+            view.status.map(|s| s.0),
+            Some(tonic::Code::Cancelled as i32)
+        );
+        // Both leave; every byte comes back.
+        begin(&j);
+        begin(&j);
+        assert_eq!(j.stats().evicted, 2);
+        assert!(j.get(big.id).is_none());
         j.clear();
-        assert!(bytes > 0);
+        assert_eq!(j.stats().bytes, 0);
+        drop(first);
+        drop(big);
         assert_eq!(j.stats().bytes, 0);
     }
 

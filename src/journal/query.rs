@@ -182,7 +182,7 @@ impl Query {
         Json::Object(out)
     }
 
-    fn matches(&self, record: &super::CallRecord, log: &super::CallLog) -> bool {
+    fn matches(&self, record: &super::Call, log: &super::LogRef<'_>) -> bool {
         if let Some(want) = &self.method {
             let name = log.method_name();
             let same = name == want
@@ -201,8 +201,8 @@ impl Query {
         if !status_ok {
             return false;
         }
-        if self.since.is_some_and(|t| record.started_at < t)
-            || self.until.is_some_and(|t| record.started_at >= t)
+        if self.since.is_some_and(|t| record.started_at() < t)
+            || self.until.is_some_and(|t| record.started_at() >= t)
         {
             return false;
         }

@@ -9,7 +9,7 @@ use http::HeaderMap;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use serde_json::{json, Map, Value as Json};
 
-use super::{CallRecord, CallView, Direction};
+use super::{Call, CallView, Direction};
 use crate::metadata::code_name;
 
 /// How much of a call to show.
@@ -59,13 +59,13 @@ pub fn message_json(desc: Option<&MessageDescriptor>, bytes: &[u8]) -> Result<Js
 }
 
 /// The record as JSON, or `None` if it left the journal meanwhile.
-pub fn call_json(record: &CallRecord, view: View) -> Option<Json> {
+pub fn call_json(record: &Call, view: View) -> Option<Json> {
     let log = record.snapshot()?;
     Some(call_json_from(record, &log, view))
 }
 
 /// The record as JSON from a snapshot of it.
-pub fn call_json_from(record: &CallRecord, log: &CallView, view: View) -> Json {
+pub fn call_json_from(record: &Call, log: &CallView, view: View) -> Json {
     let mut out = Map::new();
     out.insert("id".into(), json!(record.id));
     out.insert("method".into(), json!(log.method_name));
@@ -81,13 +81,13 @@ pub fn call_json_from(record: &CallRecord, log: &CallView, view: View) -> Json {
     );
     out.insert(
         "started_at".into(),
-        json!(humantime::format_rfc3339_micros(record.started_at).to_string()),
+        json!(humantime::format_rfc3339_micros(record.started_at()).to_string()),
     );
     let ended = log.end.as_ref().map(|(_, after)| *after);
     out.insert(
         "ended_at".into(),
         ended.map_or(Json::Null, |after| {
-            json!(humantime::format_rfc3339_micros(record.started_at + after).to_string())
+            json!(humantime::format_rfc3339_micros(record.started_at() + after).to_string())
         }),
     );
     out.insert("duration_ms".into(), ended.map_or(Json::Null, millis));
@@ -121,16 +121,14 @@ pub fn call_json_from(record: &CallRecord, log: &CallView, view: View) -> Json {
             headers_json(&log.metadata, TRANSPORT_HEADERS),
         );
         out.insert("messages".into(), Json::Array(messages_json(log)));
-        // Null when the call answered Trailers-Only (its only headers are the trailers); {}
-        // when the response had no headers besides the protocol's.
-        let trailers_only = matches!(log.end, Some((super::End::TrailersOnly, _)));
+        // Null when no response headers went out (the call ended before it answered, or
+        // answered Trailers-Only, whose only headers are the trailers); {} when the response
+        // had no headers besides the protocol's.
         out.insert(
             "response_headers".into(),
-            match &log.response_headers {
-                Some(h) => headers_json(h, STATUS_HEADERS),
-                None if trailers_only => Json::Null,
-                None => Json::Object(Map::new()),
-            },
+            log.response_headers
+                .as_ref()
+                .map_or(Json::Null, |h| headers_json(h, STATUS_HEADERS)),
         );
         out.insert(
             "trailers".into(),

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value as Json};
 use tonic::metadata::MetadataMap;
 
 use super::render::message_json;
-use super::{CallRecord, CallView, Direction, Journal};
+use super::{Call, CallView, Direction, Journal};
 use crate::matcher::Condition;
 
 const KEYS: &[&str] = &["method", "when", "exactly", "at_least", "at_most", "show"];
@@ -295,7 +295,7 @@ impl Miss {
     }
 }
 
-fn judge(record: &CallRecord, log: &CallView, conditions: &mut Conditions<'_>) -> Judgement {
+fn judge(record: &Call, log: &CallView, conditions: &mut Conditions<'_>) -> Judgement {
     let miss = |failed: Vec<String>, request: Option<Json>| {
         Judgement::Miss(Miss {
             id: record.id,

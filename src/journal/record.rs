@@ -1,0 +1,258 @@
+//! The record of a running call, which the layer, the router and the codec append to.
+//!
+//! A record lives only as long as its call: when the call ends its bytes are sealed into the
+//! journal's store and the record is freed by whoever drops the last handle, so the next call's
+//! record is the same hot memory. A record that leaves the journal before its call ends (evicted
+//! or cleared) stops recording and gives its bytes back to the budget.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::HeaderMap;
+
+use super::arena::{self, block, Arena, At, CallView, Facts, LogRef};
+use super::{lock, Budget, End, HandlerNote, Inner};
+use crate::handler::{MethodInfo, Origin};
+
+/// What a running call costs in the byte budget besides its bytes (the record itself).
+pub const CALL_COST: usize = 256;
+
+/// A handle on one running call's record, passed along the call (the layer, the router, the
+/// codec).
+#[derive(Clone)]
+pub struct Tap(pub(super) Arc<CallRecord>);
+
+impl Deref for Tap {
+    type Target = CallRecord;
+
+    fn deref(&self) -> &CallRecord {
+        &self.0
+    }
+}
+
+/// Everything recorded about one running call.
+pub struct CallRecord {
+    pub id: u64,
+    pub peer: Option<SocketAddr>,
+    pub started_at: SystemTime,
+    pub started: Instant,
+    pub(super) budget: Arc<Budget>,
+    pub(super) journal: Weak<Inner>,
+    pub(super) log: Mutex<CallLog>,
+}
+
+/// The part of a record that grows while the call runs.
+#[derive(Default)]
+pub struct CallLog {
+    pub(super) arena: Arena,
+    /// Bytes of arena capacity counted in the budget.
+    pub(super) accounted: usize,
+    pub(super) facts: Facts,
+    /// Whether request (`.0`) and response (`.1`) messages get their own times: only a
+    /// streaming side does; a single request is read at the start, a single response goes out
+    /// at the end, and the clock is not read for them.
+    pub(super) timed: (bool, bool),
+    /// Nothing more is recorded: the call ended (its bytes and facts moved into the journal's
+    /// store) or left the journal.
+    pub(super) closed: bool,
+    /// No longer in the journal (evicted or cleared): readers no longer see it.
+    pub(super) gone: bool,
+}
+
+impl CallLog {
+    pub(super) fn view(&self) -> LogRef<'_> {
+        LogRef {
+            arena: &self.arena,
+            facts: &self.facts,
+        }
+    }
+
+    /// A parsed copy, if the record is still in the journal and `keep` accepts it.
+    pub(super) fn snapshot_if(&self, keep: impl FnOnce(&LogRef<'_>) -> bool) -> Option<CallView> {
+        if self.gone {
+            return None;
+        }
+        let log = self.view();
+        if !keep(&log) {
+            return None;
+        }
+        Some(CallView::of(&log, Bytes::copy_from_slice(&self.arena)))
+    }
+}
+
+impl CallRecord {
+    pub(super) fn log(&self) -> MutexGuard<'_, CallLog> {
+        lock(&self.log)
+    }
+
+    /// Notes the method and its handler (the router, once it found the method).
+    pub fn attach(&self, info: &Arc<MethodInfo>, kind: Option<&'static str>, origin: &Origin) {
+        let mut log = self.log();
+        log.timed = (info.shape.streams_input(), info.shape.streams_output());
+        log.facts.method = Some(info.clone());
+        log.facts.handler = kind.map(|kind| HandlerNote {
+            kind,
+            origin: origin.clone(),
+        });
+    }
+
+    /// Notes the index of the rule that answered a request.
+    pub fn note_rule(&self, rule: usize) {
+        let rule = u32::try_from(rule).unwrap_or(u32::MAX).to_le_bytes();
+        self.push(block::RULE, rule.len(), None, |arena| {
+            arena.extend_from_slice(&rule)
+        });
+    }
+
+    /// Records a request message.
+    pub fn request(&self, bytes: &[u8]) {
+        self.push(block::REQUEST, bytes.len(), None, |arena| {
+            arena.extend_from_slice(bytes)
+        });
+    }
+
+    /// Records a response built as a message, encoding it into the record.
+    pub fn response_message(&self, msg: &prost_reflect::DynamicMessage) {
+        use prost::Message as _;
+        self.push(block::RESPONSE, msg.encoded_len(), None, |arena| {
+            msg.encode_raw(arena)
+        });
+    }
+
+    /// Records a response message.
+    pub fn response(&self, bytes: &[u8]) {
+        self.push(block::RESPONSE, bytes.len(), None, |arena| {
+            arena.extend_from_slice(bytes)
+        });
+    }
+
+    /// Appends a block of `len` bytes that `write` fills, unless the call alone would pass the
+    /// byte budget (then a message is counted as dropped), and gives back room in the journal
+    /// if it is over budget. A header block ending the call (trailers) ends it with `end`.
+    fn push(&self, kind: u8, len: usize, end: Option<End>, write: impl FnOnce(&mut Arena)) {
+        let over = {
+            let mut log = self.log();
+            if log.closed {
+                return;
+            }
+            let at = match kind {
+                block::REQUEST if log.timed.0 => At::Micros(self.elapsed()),
+                block::RESPONSE if log.timed.1 => At::Micros(self.elapsed()),
+                block::RESPONSE => At::End,
+                _ => At::Start,
+            };
+            if let Some(end) = end {
+                if log.facts.end.is_none() {
+                    log.facts.end = Some((end, self.elapsed()));
+                }
+            }
+            let room = self.budget.max_bytes.saturating_sub(CALL_COST);
+            let used = log.arena.len();
+            let need = arena::header_len(at) + len;
+            if used + need > room {
+                if kind == block::REQUEST || kind == block::RESPONSE {
+                    log.facts.dropped += 1;
+                }
+                return;
+            }
+            if log.arena.capacity() - used < need {
+                // Grow as a Vec would, but never past what the call may hold.
+                let want = (log.arena.capacity() * 2).max(used + need).min(room);
+                log.arena.reserve_exact(want - used);
+            }
+            arena::put_block_header(&mut log.arena, kind, at, len);
+            write(&mut log.arena);
+            let grown = log.arena.capacity().saturating_sub(log.accounted);
+            log.accounted += grown;
+            grown > 0
+                && self.budget.bytes.fetch_add(grown, Ordering::Relaxed) + grown
+                    > self.budget.max_bytes
+        };
+        if over {
+            if let Some(journal) = self.journal.upgrade() {
+                let mut ring = lock(&journal.ring);
+                journal.shrink(&mut ring, self.id);
+            }
+        }
+    }
+
+    fn push_headers(&self, kind: u8, headers: &HeaderMap, end: Option<End>) {
+        self.push(kind, arena::packed_len(headers), end, |arena| {
+            arena::pack_headers(arena, headers)
+        });
+    }
+
+    /// Records the response headers; a header block that carries the status (Trailers-Only)
+    /// ends the call, and the answer is true.
+    pub fn response_head(&self, headers: &HeaderMap) -> bool {
+        static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+        if headers.contains_key(&GRPC_STATUS) {
+            self.push_headers(block::TRAILERS, headers, Some(End::TrailersOnly));
+            return true;
+        }
+        let mut log = self.log();
+        if !log.closed {
+            log.facts.answered = true;
+        }
+        drop(log);
+        // Most responses carry only the protocol's headers: nothing to keep.
+        if headers.keys().any(|k| !arena::routine(k)) {
+            self.push_headers(block::RESPONSE_HEADERS, headers, None);
+        }
+        false
+    }
+
+    /// Records the trailers, which end the call.
+    pub fn trailers(&self, trailers: &HeaderMap) {
+        self.push_headers(block::TRAILERS, trailers, Some(End::Trailers));
+    }
+
+    /// Records how the call ended, unless it already has.
+    pub fn finish(&self, end: End) {
+        let mut log = self.log();
+        if log.facts.end.is_none() {
+            log.facts.end = Some((end, self.elapsed()));
+        }
+    }
+
+    /// Microseconds since the call started.
+    fn elapsed(&self) -> u64 {
+        arena::micros(self.started.elapsed())
+    }
+
+    /// Moves the ended call's bytes into the journal's store; nothing more is recorded.
+    pub fn seal(&self) {
+        if let Some(journal) = self.journal.upgrade() {
+            journal.seal(self);
+        }
+    }
+
+    /// Removes the record from the journal (calls the journal does not keep, such as
+    /// reflection and health).
+    pub fn discard(&self) {
+        if let Some(journal) = self.journal.upgrade() {
+            journal.discard(self.id);
+        }
+    }
+
+    /// Marks the record as out of the journal and gives its bytes back to the budget.
+    pub(super) fn forget(&self) {
+        let mut log = self.log();
+        if log.gone {
+            return;
+        }
+        log.gone = true;
+        // A sealed record's cost moved to its ended call.
+        let freed = log.accounted + if log.closed { 0 } else { CALL_COST };
+        log.closed = true;
+        log.accounted = 0;
+        log.arena = Arena::new();
+        if freed > 0 {
+            self.budget.bytes.fetch_sub(freed, Ordering::Relaxed);
+        }
+    }
+}
