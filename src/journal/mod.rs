@@ -117,7 +117,11 @@ pub struct Call {
 #[derive(Clone)]
 enum State {
     Running(Tap),
-    Ended { facts: Facts, bytes: Bytes },
+    Ended {
+        facts: Facts,
+        bytes: Bytes,
+        place: store::Place,
+    },
 }
 
 impl Call {
@@ -148,7 +152,7 @@ impl Call {
                 }
                 log.snapshot_if(keep)
             }
-            State::Ended { facts, bytes } => {
+            State::Ended { facts, bytes, .. } => {
                 let log = LogRef {
                     arena: bytes,
                     facts,
@@ -158,22 +162,13 @@ impl Call {
         }
     }
 
-    /// Bytes this call counts in the budget once ended.
-    fn ended_cost(&self) -> usize {
-        match &self.state {
-            State::Running(_) => 0,
-            State::Ended { bytes, .. } => DONE_COST + bytes.len(),
-        }
-    }
-
-    /// Takes the call out of the journal.
-    fn leave(self, budget: &Budget) {
+    /// Takes the call out of the journal, giving its bytes back to the budget.
+    fn leave(self, store: &mut store::Store, budget: &Budget) {
         match self.state {
             State::Running(tap) => tap.forget(),
-            State::Ended { bytes, .. } => {
-                budget
-                    .bytes
-                    .fetch_sub(DONE_COST + bytes.len(), Ordering::Relaxed);
+            State::Ended { place, .. } => {
+                let freed = DONE_COST + store.release(place);
+                budget.bytes.fetch_sub(freed, Ordering::Relaxed);
             }
         }
     }
@@ -231,7 +226,7 @@ impl Journal {
         if ring.calls.len() >= self.0.max_calls {
             if let Some(oldest) = ring.calls.pop_front() {
                 ring.evicted += 1;
-                oldest.leave(&self.0.budget);
+                oldest.leave(&mut ring.store, &self.0.budget);
             }
         }
         let since_unix = started_at
@@ -255,10 +250,24 @@ impl Journal {
         let mut ring = lock(&self.0.ring);
         let calls = std::mem::take(&mut ring.calls);
         ring.evicted = 0;
-        drop(ring);
         let n = calls.len();
+        let mut running = Vec::new();
+        let mut freed = ring.store.clear();
         for call in calls {
-            call.leave(&self.0.budget);
+            match call.state {
+                State::Running(tap) => running.push(tap),
+                State::Ended { place, .. } => {
+                    freed += DONE_COST;
+                    if let store::Place::Own(len) = place {
+                        freed += len;
+                    }
+                }
+            }
+        }
+        self.0.budget.bytes.fetch_sub(freed, Ordering::Relaxed);
+        drop(ring);
+        for tap in running {
+            tap.forget();
         }
         n
     }
@@ -339,15 +348,16 @@ impl Inner {
             };
             if let Some(old) = ring.calls.remove(victim) {
                 ring.evicted += 1;
-                old.leave(&self.budget);
+                old.leave(&mut ring.store, &self.budget);
             }
         }
     }
 
     fn discard(&self, id: u64) {
         let mut ring = lock(&self.ring);
+        let ring = &mut *ring;
         if let Some(call) = ring.position(id).and_then(|i| ring.calls.remove(i)) {
-            call.leave(&self.budget);
+            call.leave(&mut ring.store, &self.budget);
         }
     }
 
@@ -363,14 +373,17 @@ impl Inner {
         }
         log.closed = true;
         // Readers holding the running record find the call here (see `Call::snapshot_if`).
-        let bytes = ring.store.keep(&mut log.arena);
+        let (bytes, place, charged) = ring.store.keep(&mut log.arena);
         let facts = std::mem::take(&mut log.facts);
         let was = log.accounted + record::CALL_COST;
         log.accounted = 0;
         drop(log);
-        let call = &mut ring.calls[i];
-        call.state = State::Ended { facts, bytes };
-        let now = call.ended_cost();
+        ring.calls[i].state = State::Ended {
+            facts,
+            bytes,
+            place,
+        };
+        let now = DONE_COST + charged;
         if now >= was {
             self.budget.bytes.fetch_add(now - was, Ordering::Relaxed);
         } else {
@@ -495,12 +508,9 @@ mod tests {
             assert_eq!(view.status.as_ref().map(|s| s.0), Some(0));
             assert_eq!(view.method_name, "p.S/M");
         }
-        // The ended call counts its bytes, not its running record.
-        let ended = j.stats().bytes;
-        assert!(
-            ended > 0 && ended < record::CALL_COST + FIRST_ARENA,
-            "{ended}"
-        );
+        // The ended call counts its place in the ring and the segment it opened, not its
+        // running record.
+        assert_eq!(j.stats().bytes, DONE_COST + store::SEGMENT);
         // A large call is moved rather than copied, and reads the same.
         let big = begin(&j);
         big.request(&vec![9u8; 64 * 1024]);

@@ -3,31 +3,102 @@
 //! A journal of 10 000 calls is larger than a core's cache, so what recording costs is mostly
 //! the cache misses of writing each call somewhere cold. Packing ended calls end to end makes
 //! those writes one sequential stream the hardware prefetches, and the running call's own
-//! buffer, freed as soon as it ends, is the next call's hot buffer. A segment is freed when the
-//! last call in it leaves the journal (and no reader holds it).
+//! buffer, freed as soon as it ends, is the next call's hot buffer.
+//!
+//! A segment's memory is freed only when every call in it has left the journal, so one call
+//! can keep a whole segment alive. The budget therefore counts segments, not calls: a segment
+//! is charged in full when it is started and released when its last call leaves, so however
+//! the calls that end together are evicted, the journal's memory stays within its budget.
+
+use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
 /// The size of a segment; a call larger than a quarter of it gets its own.
-const SEGMENT: usize = 32 * 1024;
+pub const SEGMENT: usize = 16 * 1024;
+
+/// Where an ended call's bytes are, for giving them back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// In the segment with this number.
+    Segment(u64),
+    /// In an allocation of its own, of this many bytes.
+    Own(usize),
+}
 
 #[derive(Default)]
 pub struct Store {
     current: BytesMut,
+    /// Calls still in the journal per segment, oldest segment first, numbered from `first`.
+    live: VecDeque<u32>,
+    first: u64,
 }
 
 impl Store {
-    /// Keeps `run` (an ended call's bytes), answering the kept copy. A large run is moved
-    /// rather than copied.
-    pub fn keep(&mut self, run: &mut Vec<u8>) -> Bytes {
+    /// Keeps `run` (an ended call's bytes): the kept copy, where it is, and the bytes newly
+    /// charged to the budget (a new segment, or the run itself when it is moved). A large run
+    /// is moved rather than copied.
+    pub fn keep(&mut self, run: &mut Vec<u8>) -> (Bytes, Place, usize) {
         if run.len() > SEGMENT / 4 {
-            return Bytes::from(std::mem::take(run));
+            let len = run.len();
+            return (Bytes::from(std::mem::take(run)), Place::Own(len), len);
         }
-        if self.current.capacity() < run.len() {
+        let mut charged = 0;
+        if self.live.is_empty() || self.current.capacity() < run.len() {
+            let full = self.live.back() == Some(&0);
             self.current = BytesMut::with_capacity(SEGMENT);
+            self.live.push_back(0);
+            charged = SEGMENT;
+            if full {
+                // The segment just closed has no calls left: give it back now.
+                charged = 0;
+            }
+            self.trim();
         }
         self.current.extend_from_slice(run);
-        self.current.split().freeze()
+        if let Some(n) = self.live.back_mut() {
+            *n += 1;
+        }
+        let seg = self.first + self.live.len() as u64 - 1;
+        (self.current.split().freeze(), Place::Segment(seg), charged)
+    }
+
+    /// A call kept at `place` left the journal: the bytes the budget gets back.
+    pub fn release(&mut self, place: Place) -> usize {
+        let seg = match place {
+            Place::Own(len) => return len,
+            Place::Segment(seg) => seg,
+        };
+        let Some(i) = seg.checked_sub(self.first).map(|i| i as usize) else {
+            return 0;
+        };
+        let last = self.live.len().saturating_sub(1);
+        let Some(n) = self.live.get_mut(i) else {
+            return 0;
+        };
+        *n = n.saturating_sub(1);
+        // The segment being filled stays charged; it is given back when the next one starts.
+        let freed = if *n == 0 && i != last { SEGMENT } else { 0 };
+        self.trim();
+        freed
+    }
+
+    /// Forgets every call: the bytes the budget gets back.
+    pub fn clear(&mut self) -> usize {
+        let charged = self.live.len() - self.live.iter().filter(|n| **n == 0).count();
+        let open_empty = usize::from(self.live.back() == Some(&0));
+        self.first += self.live.len() as u64;
+        self.live.clear();
+        self.current = BytesMut::new();
+        (charged + open_empty) * SEGMENT
+    }
+
+    /// Drops the bookkeeping of empty segments at the old end.
+    fn trim(&mut self) {
+        while self.live.len() > 1 && self.live.front() == Some(&0) {
+            self.live.pop_front();
+            self.first += 1;
+        }
     }
 }
 
@@ -38,20 +109,55 @@ mod tests {
     #[test]
     fn small_runs_share_a_segment_and_large_ones_move() {
         let mut store = Store::default();
-        let a = store.keep(&mut b"first call".to_vec());
-        let b = store.keep(&mut b"second".to_vec());
+        let (a, pa, charged) = store.keep(&mut b"first call".to_vec());
+        assert_eq!(charged, SEGMENT);
+        let (b, pb, charged) = store.keep(&mut b"second".to_vec());
+        assert_eq!(charged, 0);
+        assert_eq!(pa, pb);
         assert_eq!(&a[..], b"first call");
         assert_eq!(&b[..], b"second");
         assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr());
         let mut big = vec![7u8; SEGMENT];
         let at = big.as_ptr();
-        let kept = store.keep(&mut big);
+        let (kept, place, charged) = store.keep(&mut big);
         assert_eq!(kept.as_ptr(), at);
         assert!(big.is_empty());
-        // A run that does not fit what is left starts a new segment.
-        for _ in 0..10 {
-            let run = store.keep(&mut vec![1u8; SEGMENT / 4]);
-            assert_eq!(run.len(), SEGMENT / 4);
+        assert_eq!((place, charged), (Place::Own(SEGMENT), SEGMENT));
+        assert_eq!(store.release(place), SEGMENT);
+    }
+
+    #[test]
+    fn a_segment_is_charged_until_its_last_call_leaves() {
+        let mut store = Store::default();
+        let mut charged = 0;
+        let mut places = Vec::new();
+        // Three segments' worth of quarter-segment runs.
+        for _ in 0..12 {
+            let (_, place, c) = store.keep(&mut vec![1u8; SEGMENT / 4]);
+            charged += c;
+            places.push(place);
         }
+        assert_eq!(charged, 3 * SEGMENT);
+        let mut back = 0;
+        // Leaving out of order: the first segment comes back only with its last call.
+        for place in [places[1], places[2], places[3]] {
+            back += store.release(place);
+        }
+        assert_eq!(back, 0);
+        back += store.release(places[0]);
+        assert_eq!(back, SEGMENT);
+        // The segment being filled is given back when the next starts, if it is empty.
+        for place in &places[4..] {
+            back += store.release(*place);
+        }
+        assert_eq!(back, 2 * SEGMENT);
+        let (_, _, c) = store.keep(&mut vec![1u8; 10]);
+        assert_eq!(c, 0, "the empty open segment's charge carries over");
+        assert_eq!(store.clear(), SEGMENT);
+        assert_eq!(
+            store.release(places[5]),
+            0,
+            "after a clear nothing is given twice"
+        );
     }
 }
