@@ -19,16 +19,22 @@ use crate::schema::{Files, Schema};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Server reflection over `schema`'s files and the built-in services' files, both versions, by
-/// the path prefix that routes to each.
-pub fn reflection(schema: &Schema) -> Result<Vec<(String, BuiltinService)>, StartupError> {
+/// the path prefix that routes to each. Requests are held to `max_message_size`, as every
+/// method's are (`--max-message-size`).
+pub fn reflection(
+    schema: &Schema,
+    max_message_size: usize,
+) -> Result<Vec<(String, BuiltinService)>, StartupError> {
     let builtin_files = builtin_files().map_err(|e| StartupError::Proto {
         location: crate::error::Location::file("protos"),
         message: format!("the built-in services' descriptors do not decode: {e}"),
         detail: None,
     })?;
     let index = reflection::Index::new(schema.files.clone(), Arc::new(builtin_files));
-    let v1 = reflection::v1::ReflectionV1::server(index.clone());
-    let v1alpha = reflection::v1alpha::ReflectionV1alpha::server(index);
+    let v1 = reflection::v1::ReflectionV1::server(index.clone())
+        .max_decoding_message_size(max_message_size);
+    let v1alpha = reflection::v1alpha::ReflectionV1alpha::server(index)
+        .max_decoding_message_size(max_message_size);
     Ok(vec![
         (prefix_of(&v1), boxed(v1)),
         (prefix_of(&v1alpha), boxed(v1alpha)),
@@ -70,9 +76,10 @@ pub fn reflection_over(
 }
 
 /// Health checking over `health`'s table, with the path prefix that routes to it. It outlives
-/// generations: watchers stay connected across reloads and see services come and go.
-pub fn health(health: &HealthReporter) -> (String, BuiltinService) {
-    let service = health.service();
+/// generations: watchers stay connected across reloads and see services come and go. Requests
+/// are held to `max_message_size`, as every method's are.
+pub fn health(health: &HealthReporter, max_message_size: usize) -> (String, BuiltinService) {
+    let service = health.service().max_decoding_message_size(max_message_size);
     (prefix_of(&service), boxed(service))
 }
 

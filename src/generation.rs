@@ -137,7 +137,7 @@ impl Builder<'_> {
                 table.set_handler(&path, Arc::new(handler), p.around, p.origin);
             }
         }
-        let reflection = builtin::reflection(&schema)?;
+        let reflection = builtin::reflection(&schema, options.max_message_size)?;
         tracing::debug!("handlers and data loaded at {:?}", started.elapsed());
         Ok(Generation {
             number: self.number,

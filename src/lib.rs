@@ -117,7 +117,7 @@ pub async fn serve(
     };
     let router = Router::new(
         live.shared(),
-        builtin::health(live.health()),
+        builtin::health(live.health(), options.max_message_size),
         Limits {
             max_message_size: options.max_message_size,
         },

@@ -87,6 +87,57 @@ async fn oversize_messages_are_resource_exhausted() {
     still_serves(&client).await;
 }
 
+/// Health and reflection hold requests to `--max-message-size` like every method: a larger
+/// limit lets a larger request through, and a smaller one refuses with the flag's name.
+#[tokio::test]
+async fn health_and_reflection_requests_follow_max_message_size() {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    async fn health(server: &Server, name: String) -> Result<(), tonic::Status> {
+        let mut client = HealthClient::new(common::channel(server.addr).await);
+        client
+            .check(HealthCheckRequest { service: name })
+            .await
+            .map(|_| ())
+    }
+    /// Whether reflection answered.
+    async fn reflection(server: &Server, symbol: String) -> Result<bool, tonic::Status> {
+        // The answer repeats the request.
+        let mut client = ServerReflectionClient::new(common::channel(server.addr).await)
+            .max_decoding_message_size(64 * 1024 * 1024);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol)),
+        };
+        let mut answers = client
+            .server_reflection_info(futures_util::stream::iter(vec![request]))
+            .await?
+            .into_inner();
+        answers.message().await.map(|answer| answer.is_some())
+    }
+
+    // 5 MiB requests are over the 4 MiB default, within 8 MiB.
+    let big = "s".repeat(5 * 1024 * 1024);
+    let server = Server::start(&["--max-message-size", "8388608"]);
+    let err = health(&server, big.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(reflection(&server, big.clone()).await.unwrap());
+    // 2 KiB requests are over 1 KiB.
+    let server = Server::start(&["--max-message-size", "1024"]);
+    let err = health(&server, "s".repeat(2048)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("--max-message-size"), "{err:?}");
+    // Reflection (tonic's) ends its stream without an answer when a request does not decode.
+    assert!(!reflection(&server, "s".repeat(2048)).await.unwrap());
+    health(&server, "helloworld.Greeter".into()).await.unwrap();
+    assert!(reflection(&server, "helloworld.Greeter".into())
+        .await
+        .unwrap());
+}
+
 #[tokio::test]
 async fn default_limit_is_4_mib() {
     let server = Server::repo_default();
