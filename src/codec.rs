@@ -15,7 +15,7 @@
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
 use crate::error::CallError;
@@ -35,6 +35,17 @@ pub const DECODED_PER_ENCODED: usize = 8;
 
 /// The default `--max-message-size`, for codecs not told the server's.
 const DEFAULT_MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The buffers tonic starts each call with, to receive requests and to encode responses;
+/// larger messages grow them. tonic's own default (8 KiB) is a large allocation for the
+/// allocator: every call paid for it in both directions, and each one made glibc's malloc
+/// sweep its free lists, for messages that are mostly tens of bytes. Below 1 KiB the buffers
+/// come from the allocator's per-thread cache.
+fn call_buffers() -> BufferSettings {
+    /// tonic's default: a response stream hands on what it encoded once it holds this much.
+    const YIELD_THRESHOLD: usize = 32 * 1024;
+    BufferSettings::new(512, YIELD_THRESHOLD)
+}
 
 /// The server's codec for one method: requests stay bytes until a handler needs them;
 /// responses are [`Outgoing`].
@@ -86,6 +97,10 @@ pub struct OutgoingEncoder;
 impl Encoder for OutgoingEncoder {
     type Item = Outgoing;
     type Error = Status;
+
+    fn buffer_settings(&self) -> BufferSettings {
+        call_buffers()
+    }
 
     fn encode(&mut self, item: Outgoing, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         match item {
@@ -197,6 +212,10 @@ pub struct IncomingDecoder {
 impl Decoder for IncomingDecoder {
     type Item = Incoming;
     type Error = Status;
+
+    fn buffer_settings(&self) -> BufferSettings {
+        call_buffers()
+    }
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Incoming>, Status> {
         let bytes = src.copy_to_bytes(src.remaining());
