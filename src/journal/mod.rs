@@ -534,6 +534,99 @@ mod tests {
         assert_eq!(j.stats().bytes, 0);
     }
 
+    /// A small call ended: a request of `len` bytes, then the end.
+    fn small_call(j: &Journal, len: usize) -> Tap {
+        let t = begin(j);
+        t.request(&vec![1u8; len]);
+        t.finish(End::NoStatus);
+        t.seal();
+        t
+    }
+
+    #[test]
+    fn sealing_a_call_keeps_the_journal_within_its_budget() {
+        let budget = 64 * 1024;
+        let j = Journal::new(JournalOptions {
+            enabled: true,
+            max_calls: 1000,
+            max_bytes: budget,
+        });
+        // Five of these fill a segment; the fourth segment is opened by a seal, with no call
+        // beginning after it to make room.
+        for i in 0..40 {
+            small_call(&j, 3000);
+            assert!(
+                j.stats().bytes <= budget,
+                "after call {i} ended the journal stays over budget: {:?}",
+                j.stats()
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_ended_call_is_charged_for_the_memory_it_keeps() {
+        let j = Journal::new(JournalOptions {
+            enabled: true,
+            max_calls: 10,
+            max_bytes: 1 << 20,
+        });
+        let t = begin(&j);
+        for _ in 0..5 {
+            t.request(&[1u8; 3000]);
+        }
+        let (len, held) = {
+            let log = t.log();
+            (log.arena.len(), log.arena.capacity())
+        };
+        assert!(len > store::SEGMENT / 4 && held > len, "{len} {held}");
+        t.finish(End::NoStatus);
+        t.seal();
+        // The run is moved with its whole allocation, which stays in memory.
+        assert!(
+            j.stats().bytes >= DONE_COST + held,
+            "{} bytes charged for an ended call holding {held} bytes",
+            j.stats().bytes
+        );
+        j.clear();
+        assert_eq!(j.stats().bytes, 0);
+    }
+
+    #[test]
+    fn a_sealed_record_gives_its_buffer_back() {
+        let j = Journal::new(JournalOptions::default());
+        // The handle the router or a handler still holds after the call ended.
+        let t = small_call(&j, 1000);
+        assert!(j.stats().bytes > 0);
+        assert_eq!(
+            t.log().arena.capacity(),
+            0,
+            "the ended call's bytes were copied to the store, but its running buffer stays \
+             allocated (and uncounted) while any handle lives"
+        );
+    }
+
+    #[test]
+    fn rules_are_kept_for_a_call_at_the_edge_of_the_budget() {
+        let budget = 4096;
+        let j = Journal::new(JournalOptions {
+            enabled: true,
+            max_calls: 10,
+            max_bytes: budget,
+        });
+        let t = begin(&j);
+        // Fills the call's room to within a rule block of its end.
+        let used = t.log().arena.len();
+        t.request(&vec![0u8; budget - record::CALL_COST - used - 5 - 4]);
+        t.note_rule(7);
+        let view = t.log().snapshot_if(|_| true).unwrap();
+        assert_eq!(view.frames.len(), 1);
+        assert_eq!(
+            view.rules,
+            vec![7],
+            "the answering rule was lost, uncounted"
+        );
+    }
+
     #[test]
     fn chunks_page_both_ways() {
         let j = Journal::new(JournalOptions::default());
