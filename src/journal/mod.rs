@@ -374,6 +374,9 @@ impl Inner {
         log.closed = true;
         // Readers holding the running record find the call here (see `Call::snapshot_if`).
         let (bytes, place, charged) = ring.store.keep(&mut log.arena);
+        // The bytes are in the store now; the buffer need not wait for the record's last
+        // handle (a handler may outlive its call), uncounted.
+        log.arena = Arena::new();
         let facts = std::mem::take(&mut log.facts);
         let was = log.accounted + record::CALL_COST;
         log.accounted = 0;
@@ -388,6 +391,11 @@ impl Inner {
             self.budget.bytes.fetch_add(now - was, Ordering::Relaxed);
         } else {
             self.budget.bytes.fetch_sub(was - now, Ordering::Relaxed);
+        }
+        // A new segment may take the journal over its budget, with no call beginning after
+        // this one to make room.
+        if self.budget.bytes.load(Ordering::Relaxed) > self.budget.max_bytes {
+            self.shrink(&mut ring, record.id);
         }
     }
 }

@@ -22,7 +22,7 @@ pub const SEGMENT: usize = 16 * 1024;
 pub enum Place {
     /// In the segment with this number.
     Segment(u64),
-    /// In an allocation of its own, of this many bytes.
+    /// In an allocation of its own, of this many bytes (its capacity, not its length).
     Own(usize),
 }
 
@@ -40,8 +40,9 @@ impl Store {
     /// is moved rather than copied.
     pub fn keep(&mut self, run: &mut Vec<u8>) -> (Bytes, Place, usize) {
         if run.len() > SEGMENT / 4 {
-            let len = run.len();
-            return (Bytes::from(std::mem::take(run)), Place::Own(len), len);
+            // The whole allocation moves with it, room to grow included.
+            let held = run.capacity();
+            return (Bytes::from(std::mem::take(run)), Place::Own(held), held);
         }
         let mut charged = 0;
         if self.live.is_empty() || self.current.capacity() < run.len() {
