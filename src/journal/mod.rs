@@ -636,6 +636,69 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_calls_clears_discards_and_readers_give_every_byte_back() {
+        use std::sync::atomic::AtomicBool;
+        let budget = 256 * 1024;
+        let j = Journal::new(JournalOptions {
+            enabled: true,
+            max_calls: 50,
+            max_bytes: budget,
+        });
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|w| {
+                    let j = j.clone();
+                    s.spawn(move || {
+                        let mut open: Vec<Tap> = Vec::new();
+                        for i in 0..1500usize {
+                            let t = begin(&j);
+                            t.request(&vec![1u8; [10, 3000, 5000, 70_000][(i + w) % 4]]);
+                            if i % 11 == 0 {
+                                t.discard();
+                            }
+                            open.push(t);
+                            // Calls end out of order, several running at once.
+                            if open.len() > 3 || i % 5 == 0 {
+                                let t = open.remove(i.wrapping_mul(31) % open.len());
+                                t.response(&[2u8; 100]);
+                                t.finish(End::NoStatus);
+                                t.seal();
+                            }
+                        }
+                        for t in open {
+                            t.finish(End::Abandoned);
+                            t.seal();
+                        }
+                    })
+                })
+                .collect();
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    j.clear();
+                    std::thread::yield_now();
+                }
+            });
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    for call in j.chunk(0, false, 1000) {
+                        let _ = call.snapshot();
+                    }
+                    let bytes = j.stats().bytes;
+                    assert!(bytes < 1 << 40, "the byte count wrapped: {bytes}");
+                }
+            });
+            for w in workers {
+                w.join().unwrap();
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        assert!(j.stats().bytes <= budget, "{:?}", j.stats());
+        j.clear();
+        assert_eq!(j.stats().bytes, 0);
+    }
+
+    #[test]
     fn chunks_page_both_ways() {
         let j = Journal::new(JournalOptions::default());
         let ids: Vec<u64> = (0..10).map(|_| begin(&j).id).collect();
