@@ -793,3 +793,26 @@ async fn the_journal_is_within_its_byte_budget_once_calls_end() {
         assert!(bytes <= 64 * 1024, "after call {i}: {status:#}");
     }
 }
+
+/// A call as large as the budget allows, after a small one: the small one goes, and the bytes
+/// it held come back, so the journal is within its budget again.
+#[tokio::test]
+async fn a_large_call_after_a_small_one_keeps_the_journal_within_its_budget() {
+    let server = start(&["--journal-bytes", "64KiB"]);
+    let client = kitchen(&server).await;
+    client
+        .unary("kitchen.Kitchen/Get", json!({"id": "1"}))
+        .await
+        .unwrap();
+    only_call_once_done(&server, "kitchen.Kitchen/Get").await;
+    let blob = base64_of(&[7u8; 50_000]);
+    client
+        .unary("kitchen.Kitchen/Echo", json!({"id": "big", "blob": blob}))
+        .await
+        .unwrap();
+    let call = only_call_once_done(&server, "kitchen.Kitchen/Echo").await;
+    assert_eq!(messages(&call, "request")[0]["message"]["id"], "big");
+    let status = server.admin_get("/v1/status").await;
+    let bytes = status["journal"]["bytes"].as_u64().unwrap();
+    assert!(bytes <= 64 * 1024, "{status:#}");
+}

@@ -699,6 +699,25 @@ mod tests {
     }
 
     #[test]
+    fn an_emptied_segment_gives_room_to_a_large_call() {
+        let budget = 64 * 1024;
+        let j = Journal::new(JournalOptions {
+            enabled: true,
+            max_calls: 1000,
+            max_bytes: budget,
+        });
+        // A small call opens a segment.
+        small_call(&j, 10);
+        // A call as large as the budget allows evicts it, and must find the room it left.
+        let big = begin(&j);
+        big.request(&vec![1u8; 60_000]);
+        assert!(j.stats().bytes <= budget, "running: {:?}", j.stats());
+        big.finish(End::NoStatus);
+        big.seal();
+        assert!(j.stats().bytes <= budget, "ended: {:?}", j.stats());
+    }
+
+    #[test]
     fn chunks_page_both_ways() {
         let j = Journal::new(JournalOptions::default());
         let ids: Vec<u64> = (0..10).map(|_| begin(&j).id).collect();
