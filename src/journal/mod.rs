@@ -614,25 +614,27 @@ mod tests {
     }
 
     #[test]
-    fn rules_are_kept_for_a_call_at_the_edge_of_the_budget() {
-        let budget = 4096;
-        let j = Journal::new(JournalOptions {
-            enabled: true,
-            max_calls: 10,
-            max_bytes: budget,
-        });
-        let t = begin(&j);
-        // Fills the call's room to within a rule block of its end.
-        let used = t.log().arena.len();
-        t.request(&vec![0u8; budget - record::CALL_COST - used - 5 - 4]);
-        t.note_rule(7);
-        let view = t.log().snapshot_if(|_| true).unwrap();
-        assert_eq!(view.frames.len(), 1);
-        assert_eq!(
-            view.rules,
-            vec![7],
-            "the answering rule was lost, uncounted"
-        );
+    fn a_kept_request_keeps_the_rule_that_answered_it() {
+        let budget = 64 * 1024;
+        let room = budget - record::CALL_COST;
+        // Requests that end the call's room at every byte around a rule block's size.
+        for short in 0..24 {
+            let j = Journal::new(JournalOptions {
+                enabled: true,
+                max_calls: 10,
+                max_bytes: budget,
+            });
+            let t = begin(&j);
+            let used = t.log().arena.len();
+            t.request(&vec![0u8; room - used - arena::block::SHORT - short]);
+            t.note_rule(7);
+            let view = t.log().snapshot_if(|_| true).unwrap();
+            assert!(
+                view.frames.is_empty() || view.rules == [7],
+                "{short} bytes short of the room: the request was kept, the rule that \
+                 answered it lost, uncounted"
+            );
+        }
     }
 
     #[test]
