@@ -761,3 +761,58 @@ async fn an_oversize_request_is_resource_exhausted_for_the_client_and_the_journa
     assert_eq!(call["status"]["name"], "RESOURCE_EXHAUSTED", "{call:#}");
     assert_eq!(call["responses"], 1, "{call:#}");
 }
+
+/// The bytes the journal reports stay within `--journal-bytes` once calls have ended, with no
+/// call coming after to make room.
+#[tokio::test]
+async fn the_journal_is_within_its_byte_budget_once_calls_end() {
+    let server = start(&["--journal-bytes", "64KiB"]);
+    let client = kitchen(&server).await;
+    // Calls a little over 1 KiB each way: several share one of the journal's store segments.
+    let blob = base64_of(&[7u8; 1000]);
+    for i in 0..40 {
+        client
+            .unary(
+                "kitchen.Kitchen/Echo",
+                json!({"id": format!("c{i}"), "blob": blob}),
+            )
+            .await
+            .unwrap();
+        // Wait until the server has recorded the call's end.
+        for _ in 0..200 {
+            let page = server
+                .admin_get("/v1/journal?order=newest&page_size=1&view=summary")
+                .await;
+            if page["calls"][0]["state"] == "done" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let status = server.admin_get("/v1/status").await;
+        let bytes = status["journal"]["bytes"].as_u64().unwrap();
+        assert!(bytes <= 64 * 1024, "after call {i}: {status:#}");
+    }
+}
+
+/// A call as large as the budget allows, after a small one: the small one goes, and the bytes
+/// it held come back, so the journal is within its budget again.
+#[tokio::test]
+async fn a_large_call_after_a_small_one_keeps_the_journal_within_its_budget() {
+    let server = start(&["--journal-bytes", "64KiB"]);
+    let client = kitchen(&server).await;
+    client
+        .unary("kitchen.Kitchen/Get", json!({"id": "1"}))
+        .await
+        .unwrap();
+    only_call_once_done(&server, "kitchen.Kitchen/Get").await;
+    let blob = base64_of(&[7u8; 50_000]);
+    client
+        .unary("kitchen.Kitchen/Echo", json!({"id": "big", "blob": blob}))
+        .await
+        .unwrap();
+    let call = only_call_once_done(&server, "kitchen.Kitchen/Echo").await;
+    assert_eq!(messages(&call, "request")[0]["message"]["id"], "big");
+    let status = server.admin_get("/v1/status").await;
+    let bytes = status["journal"]["bytes"].as_u64().unwrap();
+    assert!(bytes <= 64 * 1024, "{status:#}");
+}

@@ -374,6 +374,9 @@ impl Inner {
         log.closed = true;
         // Readers holding the running record find the call here (see `Call::snapshot_if`).
         let (bytes, place, charged) = ring.store.keep(&mut log.arena);
+        // The bytes are in the store now; the buffer need not wait for the record's last
+        // handle (a handler may outlive its call), uncounted.
+        log.arena = Arena::new();
         let facts = std::mem::take(&mut log.facts);
         let was = log.accounted + record::CALL_COST;
         log.accounted = 0;
@@ -388,6 +391,11 @@ impl Inner {
             self.budget.bytes.fetch_add(now - was, Ordering::Relaxed);
         } else {
             self.budget.bytes.fetch_sub(was - now, Ordering::Relaxed);
+        }
+        // A new segment may take the journal over its budget, with no call beginning after
+        // this one to make room.
+        if self.budget.bytes.load(Ordering::Relaxed) > self.budget.max_bytes {
+            self.shrink(&mut ring, record.id);
         }
     }
 }
@@ -532,6 +540,183 @@ mod tests {
         drop(first);
         drop(big);
         assert_eq!(j.stats().bytes, 0);
+    }
+
+    /// A small call ended: a request of `len` bytes, then the end.
+    fn small_call(j: &Journal, len: usize) -> Tap {
+        let t = begin(j);
+        t.request(&vec![1u8; len]);
+        t.finish(End::NoStatus);
+        t.seal();
+        t
+    }
+
+    #[test]
+    fn sealing_a_call_keeps_the_journal_within_its_budget() {
+        let budget = 64 * 1024;
+        let j = Journal::new(JournalOptions {
+            enabled: true,
+            max_calls: 1000,
+            max_bytes: budget,
+        });
+        // Five of these fill a segment; the fourth segment is opened by a seal, with no call
+        // beginning after it to make room.
+        for i in 0..40 {
+            small_call(&j, 3000);
+            assert!(
+                j.stats().bytes <= budget,
+                "after call {i} ended the journal stays over budget: {:?}",
+                j.stats()
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_ended_call_is_charged_for_the_memory_it_keeps() {
+        let j = Journal::new(JournalOptions {
+            enabled: true,
+            max_calls: 10,
+            max_bytes: 1 << 20,
+        });
+        let t = begin(&j);
+        for _ in 0..5 {
+            t.request(&[1u8; 3000]);
+        }
+        let (len, held) = {
+            let log = t.log();
+            (log.arena.len(), log.arena.capacity())
+        };
+        assert!(len > store::SEGMENT / 4 && held > len, "{len} {held}");
+        t.finish(End::NoStatus);
+        t.seal();
+        // The run is moved with its whole allocation, which stays in memory.
+        assert!(
+            j.stats().bytes >= DONE_COST + held,
+            "{} bytes charged for an ended call holding {held} bytes",
+            j.stats().bytes
+        );
+        j.clear();
+        assert_eq!(j.stats().bytes, 0);
+    }
+
+    #[test]
+    fn a_sealed_record_gives_its_buffer_back() {
+        let j = Journal::new(JournalOptions::default());
+        // The handle the router or a handler still holds after the call ended.
+        let t = small_call(&j, 1000);
+        assert!(j.stats().bytes > 0);
+        assert_eq!(
+            t.log().arena.capacity(),
+            0,
+            "the ended call's bytes were copied to the store, but its running buffer stays \
+             allocated (and uncounted) while any handle lives"
+        );
+    }
+
+    #[test]
+    fn a_kept_request_keeps_the_rule_that_answered_it() {
+        let budget = 64 * 1024;
+        let room = budget - record::CALL_COST;
+        // Requests that end the call's room at every byte around a rule block's size.
+        for short in 0..24 {
+            let j = Journal::new(JournalOptions {
+                enabled: true,
+                max_calls: 10,
+                max_bytes: budget,
+            });
+            let t = begin(&j);
+            let used = t.log().arena.len();
+            t.request(&vec![0u8; room - used - arena::block::SHORT - short]);
+            t.note_rule(7);
+            let view = t.log().snapshot_if(|_| true).unwrap();
+            assert!(
+                view.frames.is_empty() || view.rules == [7],
+                "{short} bytes short of the room: the request was kept, the rule that \
+                 answered it lost, uncounted"
+            );
+        }
+    }
+
+    #[test]
+    fn concurrent_calls_clears_discards_and_readers_give_every_byte_back() {
+        use std::sync::atomic::AtomicBool;
+        let budget = 256 * 1024;
+        let j = Journal::new(JournalOptions {
+            enabled: true,
+            max_calls: 50,
+            max_bytes: budget,
+        });
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|w| {
+                    let j = j.clone();
+                    s.spawn(move || {
+                        let mut open: Vec<Tap> = Vec::new();
+                        for i in 0..1500usize {
+                            let t = begin(&j);
+                            t.request(&vec![1u8; [10, 3000, 5000, 70_000][(i + w) % 4]]);
+                            if i % 11 == 0 {
+                                t.discard();
+                            }
+                            open.push(t);
+                            // Calls end out of order, several running at once.
+                            if open.len() > 3 || i % 5 == 0 {
+                                let t = open.remove(i.wrapping_mul(31) % open.len());
+                                t.response(&[2u8; 100]);
+                                t.finish(End::NoStatus);
+                                t.seal();
+                            }
+                        }
+                        for t in open {
+                            t.finish(End::Abandoned);
+                            t.seal();
+                        }
+                    })
+                })
+                .collect();
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    j.clear();
+                    std::thread::yield_now();
+                }
+            });
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    for call in j.chunk(0, false, 1000) {
+                        let _ = call.snapshot();
+                    }
+                    let bytes = j.stats().bytes;
+                    assert!(bytes < 1 << 40, "the byte count wrapped: {bytes}");
+                }
+            });
+            for w in workers {
+                w.join().unwrap();
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        assert!(j.stats().bytes <= budget, "{:?}", j.stats());
+        j.clear();
+        assert_eq!(j.stats().bytes, 0);
+    }
+
+    #[test]
+    fn an_emptied_segment_gives_room_to_a_large_call() {
+        let budget = 64 * 1024;
+        let j = Journal::new(JournalOptions {
+            enabled: true,
+            max_calls: 1000,
+            max_bytes: budget,
+        });
+        // A small call opens a segment.
+        small_call(&j, 10);
+        // A call as large as the budget allows evicts it, and must find the room it left.
+        let big = begin(&j);
+        big.request(&vec![1u8; 60_000]);
+        assert!(j.stats().bytes <= budget, "running: {:?}", j.stats());
+        big.finish(End::NoStatus);
+        big.seal();
+        assert!(j.stats().bytes <= budget, "ended: {:?}", j.stats());
     }
 
     #[test]

@@ -20,6 +20,8 @@ use crate::handler::{MethodInfo, Origin};
 
 /// What a running call costs in the byte budget besides its bytes (the record itself).
 pub const CALL_COST: usize = 256;
+/// The size of a rule block (a short header and the rule's index).
+const RULE_BLOCK: usize = block::SHORT + 4;
 
 /// A handle on one running call's record, passed along the call (the layer, the router, the
 /// codec).
@@ -153,7 +155,14 @@ impl CallRecord {
             let room = self.budget.max_bytes.saturating_sub(CALL_COST);
             let used = log.arena.len();
             let need = arena::header_len(at) + len;
-            if used + need > room {
+            // A request keeps room for the rule block that may answer it, so a kept request
+            // never loses its rule.
+            let after = if kind == block::REQUEST {
+                RULE_BLOCK
+            } else {
+                0
+            };
+            if used + need + after > room {
                 if kind == block::REQUEST || kind == block::RESPONSE {
                     log.facts.dropped += 1;
                 }

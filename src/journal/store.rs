@@ -22,7 +22,7 @@ pub const SEGMENT: usize = 16 * 1024;
 pub enum Place {
     /// In the segment with this number.
     Segment(u64),
-    /// In an allocation of its own, of this many bytes.
+    /// In an allocation of its own, of this many bytes (its capacity, not its length).
     Own(usize),
 }
 
@@ -40,19 +40,17 @@ impl Store {
     /// is moved rather than copied.
     pub fn keep(&mut self, run: &mut Vec<u8>) -> (Bytes, Place, usize) {
         if run.len() > SEGMENT / 4 {
-            let len = run.len();
-            return (Bytes::from(std::mem::take(run)), Place::Own(len), len);
+            // The whole allocation moves with it, room to grow included.
+            let held = run.capacity();
+            return (Bytes::from(std::mem::take(run)), Place::Own(held), held);
         }
         let mut charged = 0;
-        if self.live.is_empty() || self.current.capacity() < run.len() {
-            let full = self.live.back() == Some(&0);
+        // No segment open, or the open one was given back when its last call left.
+        let closed = self.live.back().is_none_or(|n| *n == 0);
+        if closed || self.current.capacity() < run.len() {
             self.current = BytesMut::with_capacity(SEGMENT);
             self.live.push_back(0);
             charged = SEGMENT;
-            if full {
-                // The segment just closed has no calls left: give it back now.
-                charged = 0;
-            }
             self.trim();
         }
         self.current.extend_from_slice(run);
@@ -76,21 +74,29 @@ impl Store {
         let Some(n) = self.live.get_mut(i) else {
             return 0;
         };
-        *n = n.saturating_sub(1);
-        // The segment being filled stays charged; it is given back when the next one starts.
-        let freed = if *n == 0 && i != last { SEGMENT } else { 0 };
+        if *n == 0 {
+            return 0;
+        }
+        *n -= 1;
+        if *n > 0 {
+            return 0;
+        }
+        if i == last {
+            // The segment being filled goes too: a large call may need its room now. The
+            // next call to end opens another.
+            self.current = BytesMut::new();
+        }
         self.trim();
-        freed
+        SEGMENT
     }
 
     /// Forgets every call: the bytes the budget gets back.
     pub fn clear(&mut self) -> usize {
-        let charged = self.live.len() - self.live.iter().filter(|n| **n == 0).count();
-        let open_empty = usize::from(self.live.back() == Some(&0));
+        let charged = self.live.iter().filter(|n| **n > 0).count();
         self.first += self.live.len() as u64;
         self.live.clear();
         self.current = BytesMut::new();
-        (charged + open_empty) * SEGMENT
+        charged * SEGMENT
     }
 
     /// Drops the bookkeeping of empty segments at the old end.
@@ -146,13 +152,14 @@ mod tests {
         assert_eq!(back, 0);
         back += store.release(places[0]);
         assert_eq!(back, SEGMENT);
-        // The segment being filled is given back when the next starts, if it is empty.
+        // The segment being filled is given back with its last call too.
         for place in &places[4..] {
             back += store.release(*place);
         }
-        assert_eq!(back, 2 * SEGMENT);
+        assert_eq!(back, 3 * SEGMENT);
+        assert_eq!(store.release(places[11]), 0, "nothing is given twice");
         let (_, _, c) = store.keep(&mut vec![1u8; 10]);
-        assert_eq!(c, 0, "the empty open segment's charge carries over");
+        assert_eq!(c, SEGMENT, "the next call to end opens a new segment");
         assert_eq!(store.clear(), SEGMENT);
         assert_eq!(
             store.release(places[5]),
