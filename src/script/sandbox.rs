@@ -171,7 +171,23 @@ local function stream_ctx(u, try_send)
   })
 end
 
+-- `print`: every value turned into a string by `tostring` here, in Lua (a `__tostring` runs
+-- where the hook can pause it), then written by `log_line`.
+local function print_with(log_line)
+  local select, unpack = select, table.unpack
+  return function(...)
+    local n = select('#', ...)
+    local parts = { ... }
+    for i = 1, n do
+      local v = parts[i]
+      if type(v) ~= "string" then parts[i] = tostring(v) end
+    end
+    log_line(unpack(parts, 1, n))
+  end
+end
+
 return {
+  print_with = print_with,
   setmetatable = safe_setmetatable, getmetatable = safe_getmetatable, next = frozen_next,
   rawget = frozen_rawget, rawlen = frozen_rawlen, len = frozen_len, pairs = frozen_pairs,
   raiser = raiser, index_fallback = index_fallback, view_of = view_of, guard_close = guard_close,
@@ -278,6 +294,7 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
         view_of: p.raw_get("view_of")?,
         guard_close: f("guard_close")?,
     };
+    super::stdlib::trust_len(lua, &helpers.len)?;
     let (stream_ctx, new_env, lock_env) = (f("stream_ctx")?, f("new_env")?, f("lock_env")?);
     let mut internal: Vec<Function> = wrappers.iter().map(|(_, f)| f.clone()).collect();
     internal.extend([
@@ -319,39 +336,38 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
         g.raw_set(name, LuaValue::Nil)?;
     }
 
-    g.raw_set(
-        "print",
-        lua.create_function(|_, args: mlua::Variadic<LuaValue>| {
-            // A log line is capped (a script printing 100 MB must not flood the log), and the
-            // bytes looked at are charged to the call like any other library work.
-            let mut line = String::new();
-            for (i, v) in args.iter().enumerate() {
-                if i > 0 {
-                    line.push('\t');
-                }
-                let room = PRINT_LIMIT.saturating_sub(line.len());
-                match v {
-                    LuaValue::String(s) => {
-                        let bytes = s.as_bytes();
-                        super::slice::charge(bytes.len().min(room) as u64 / 8 + 1)?;
-                        line.push_str(&String::from_utf8_lossy(&bytes[..bytes.len().min(room)]));
-                    }
-                    other => line.push_str(&other.to_string().unwrap_or_default()),
-                }
-                if line.len() >= PRINT_LIMIT {
-                    let mut cut = PRINT_LIMIT;
-                    while !line.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    line.truncate(cut);
-                    line.push_str(" …(truncated)");
-                    break;
-                }
+    let log_line = lua.create_function(|_, args: mlua::Variadic<LuaValue>| {
+        // A log line is capped (a script printing 100 MB must not flood the log), and the
+        // bytes looked at are charged to the call like any other library work.
+        let mut line = String::new();
+        for (i, v) in args.iter().enumerate() {
+            if i > 0 {
+                line.push('\t');
             }
-            tracing::info!(target: "script", "{}", crate::error::log_escaped(&line));
-            Ok(())
-        })?,
-    )?;
+            let room = PRINT_LIMIT.saturating_sub(line.len());
+            match v {
+                LuaValue::String(s) => {
+                    let bytes = s.as_bytes();
+                    super::slice::charge(bytes.len().min(room) as u64 / 8 + 1)?;
+                    line.push_str(&String::from_utf8_lossy(&bytes[..bytes.len().min(room)]));
+                }
+                other => line.push_str(&other.to_string().unwrap_or_default()),
+            }
+            if line.len() >= PRINT_LIMIT {
+                let mut cut = PRINT_LIMIT;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.truncate(cut);
+                line.push_str(" …(truncated)");
+                break;
+            }
+        }
+        tracing::info!(target: "script", "{}", crate::error::log_escaped(&line));
+        Ok(())
+    })?;
+    let print: Function = p.raw_get::<Function>("print_with")?.call(log_line)?;
+    g.raw_set("print", print)?;
 
     let grpc = lua.create_table()?;
     grpc.raw_set(

@@ -780,6 +780,17 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
     core.raw_set("pack_cost", lua.create_function(pack_cost)?)?;
     core.raw_set("span_cost", lua.create_function(span_cost)?)?;
     core.raw_set("sort_cost", lua.create_function(sort_cost)?)?;
+    // A table's metatable as it is, past any `__metatable` field: where the Lua side looks for
+    // the metamethods that would run script code.
+    core.raw_set(
+        "metatable",
+        lua.create_function(|_, v: LuaValue| {
+            Ok(match v {
+                LuaValue::Table(t) => t.metatable(),
+                _ => None,
+            })
+        })?,
+    )?;
     // Stripped of line information, so errors Lua's C functions raise inside a wrapper carry
     // no position in this chunk.
     let glue = lua
@@ -787,10 +798,22 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
         .set_name("=stdlib")
         .into_function()?
         .dump(true);
-    lua.load(glue)
+    let trust_len: Function = lua
+        .load(glue)
         .set_name("=stdlib")
         .set_mode(ChunkMode::Binary)
-        .call::<()>((fail, core))
+        .call((fail, core))?;
+    lua.set_named_registry_value(TRUST_LEN_KEY, trust_len)
+}
+
+const TRUST_LEN_KEY: &str = "protoserve.stdlib.trust_len";
+
+/// Tells the replacements that `len`, a `__len` the server installs (that of frozen tables),
+/// runs no script code: `table.concat`, `table.unpack` and friends then keep Lua's own C
+/// function for tables that have it.
+pub fn trust_len(lua: &Lua, len: &Function) -> mlua::Result<()> {
+    let trust: Function = lua.named_registry_value(TRUST_LEN_KEY)?;
+    trust.call(len)
 }
 
 /// The Lua side: fast paths for small inputs, charges for big ones, then Lua's own function.
