@@ -521,12 +521,13 @@ do
     return n
   end
 
-  -- Argument `arg` of `fname` as an integer (luaL_checkinteger).
-  local function integer(v, arg, fname)
+  -- Argument `arg` of `fname` as an integer (luaL_checkinteger); `nargs`, if given, is how many
+  -- arguments there were (one past them has "no value").
+  local function integer(v, arg, fname, nargs)
     local i = tointeger(v)
     if i == nil then
       local what = tonumber(v) ~= nil and "number has no integer representation"
-        or "number expected, got " .. type(v)
+        or "number expected, got " .. ((nargs and arg > nargs) and "no value" or type(v))
       error("bad argument #" .. arg .. " to '" .. fname .. "' (" .. what .. ")", 3)
     end
     return i
@@ -655,10 +656,10 @@ do
 
   -- `table.move` where reading the source or writing the destination runs script code, or
   -- comparing them runs an `__eq`: the loop runs here, as Lua's runs it. (Tail-called.)
-  local function move_in_lua(a1, f, e, t, dest)
-    f = integer(f, 2, "move")
-    e = integer(e, 3, "move")
-    t = integer(t, 4, "move")
+  local function move_in_lua(nargs, a1, f, e, t, dest)
+    f = integer(f, 2, "move", nargs)
+    e = integer(e, 3, "move", nargs)
+    t = integer(t, 4, "move", nargs)
     local tt = a1
     if dest ~= nil then
       if type(dest) ~= "table" then
@@ -685,7 +686,7 @@ do
 
   -- Whether table.move from `a1` to `dest` runs no script code.
   local function move_plain(a1, dest)
-    if dest == nil or dest == a1 then return reads_plain(a1) and writes_plain(a1) end
+    if dest == nil or rawequal(dest, a1) then return reads_plain(a1) and writes_plain(a1) end
     if type(dest) ~= "table" then return true end
     return reads_plain(a1) and writes_plain(dest)
       and not script_meta(a1, "__eq") and not script_meta(dest, "__eq")
@@ -694,7 +695,7 @@ do
   table.move = function(...)
     local a1, f, e, t, dest = ...
     if type(a1) == "table" and not move_plain(a1, dest) then
-      return move_in_lua(a1, f, e, t, dest)
+      return move_in_lua(select("#", ...), a1, f, e, t, dest)
     end
     if mtype(f) == "integer" and mtype(e) == "integer" and e >= f
         and (f > 0 or e < maxinteger + f) and e - f >= SMALL then
@@ -772,17 +773,31 @@ do -- os.date runs strftime for each conversion of its format
 
   -- os.time reads the fields of its table, and writes them back normalized: for a table whose
   -- reads or writes run script code, both happen here, around Lua's os.time on a plain copy.
-  local time, pcall = os.time, pcall
-  local READ = { "year", "month", "day", "hour", "min", "sec", "isdst" }
+  local time, pcall, tointeger = os.time, pcall, math.tointeger
+  -- The fields os.time reads, in its order: name, default (none if negative), offset.
+  local READ = {
+    { "year", -1, 1900 }, { "month", -1, 1 }, { "day", -1, 0 }, { "hour", 12, 0 },
+    { "min", 0, 0 }, { "sec", 0, 0 },
+  }
   local WRITE = { "year", "month", "day", "hour", "min", "sec", "yday", "wday", "isdst" }
   os.time = function(...)
     local t = ...
     if type(t) == "table" and not (reads_plain(t) and writes_plain(t)) then
+      -- Each field read and checked as Lua's getfield does, so an error stops the reading.
       local copy = {}
       for i = 1, #READ do
-        local k = READ[i]
-        copy[k] = t[k]
+        local k, default, delta = READ[i][1], READ[i][2], READ[i][3]
+        local v = t[k]
+        local n = tointeger(v)
+        if n == nil then
+          if v ~= nil then error("field '" .. k .. "' is not an integer", 2) end
+          if default < 0 then error("field '" .. k .. "' missing in date table", 2) end
+        elseif not (n >= 0 and n - delta <= 0x7fffffff or n < 0 and -0x80000000 + delta <= n) then
+          error("field '" .. k .. "' is out-of-bound", 2)
+        end
+        copy[k] = v
       end
+      copy.isdst = t.isdst
       local ok, r = pcall(time, copy)
       if not ok then error(r, 2) end
       for i = 1, #WRITE do
