@@ -259,3 +259,53 @@ fn errors_raised_in_lua_carry_the_callers_line() {
         assert_eq!(message, expected, "{code}");
     }
 }
+
+/// Not a check: nanoseconds per call of the library functions on plain values, Lua's own (`C.*`)
+/// against the ones scripts get (`cargo test --release --test metamethod_differential --
+/// --ignored --nocapture`).
+#[test]
+#[ignore]
+fn cost_on_plain_values() {
+    let lua = state();
+    let report: String = lua
+        .load(
+            r#"
+            local N = 2000000
+            local plain = { "a", "b", "c", "d", "e", "f", "g", "h", "i", "j" }
+            local read_only = setmetatable({}, { __index = plain, __newindex = function() end })
+            local cases = {
+              { "tostring(42)", function(L) local f = L.tostring for _ = 1, N do f(42) end end },
+              { "tostring('s')", function(L) local f = L.tostring for _ = 1, N do f("s") end end },
+              { "tostring({})", function(L) local f, t = L.tostring, {} for _ = 1, N do f(t) end end },
+              { "format('%s=%d', 'k', 1)", function(L) local f = L.format for _ = 1, N do f("%s=%d", "k", 1) end end },
+              { "concat(10 strings)", function(L) local f = L.concat for _ = 1, N do f(plain, ",") end end },
+              { "unpack(10 strings)", function(L) local f = L.unpack for _ = 1, N do f(plain) end end },
+              { "ipairs(10 strings) loop", function(L) local f = L.ipairs for _ = 1, N // 10 do for _, v in f(plain) do end end end },
+              { "ipairs(read-only 10) loop", function(L) local f = L.ipairs for _ = 1, N // 10 do for _, v in f(read_only) do end end end },
+              { "min(1, 2)", function(L) local f = L.min for _ = 1, N do f(1, 2) end end },
+              { "max(1.5, 2, 3)", function(L) local f = L.max for _ = 1, N do f(1.5, 2, 3) end end },
+              { "'10' + 1", function(L) local x = "10" for _ = 1, N do local _ = x + 1 end end },
+            }
+            local out = {}
+            for _, c in ipairs(cases) do
+              local name, f = c[1], c[2]
+              local times = {}
+              for k, impl in ipairs({ C, NEW }) do
+                f(impl) -- warm up
+                local best = math.huge
+                for _ = 1, 3 do
+                  local t0 = os.clock()
+                  f(impl)
+                  best = math.min(best, os.clock() - t0)
+                end
+                times[k] = best / N * 1e9
+              end
+              out[#out + 1] = string.format("%-28s lua %7.1f ns   now %7.1f ns", name, times[1], times[2])
+            end
+            return table.concat(out, "\n")
+            "#,
+        )
+        .eval()
+        .unwrap();
+    println!("{report}");
+}

@@ -8,10 +8,15 @@
 //!
 //! - `find`, `match`, `gmatch` and `gsub` use [`super::pattern`], which charges its steps.
 //! - Functions that call script code back (`table.sort` with its comparator and `__lt`,
-//!   `__index`, `__newindex`; `string.gsub` with a function or a table) run their loops in Lua
-//!   (`stdlib.lua`): script code called from C cannot be paused, so a long comparator would keep
-//!   every other call on the state waiting. Written in Lua, the hook pauses them at each time
-//!   slice like any script.
+//!   `__index`, `__newindex`; `string.gsub` with a function or a table; `tostring`,
+//!   `string.format("%s")` and `print` with a `__tostring`; `table.concat`, `table.unpack`,
+//!   `table.insert`, `table.remove`, `table.move`, `ipairs` and `os.time` with an `__index`,
+//!   `__newindex`, `__len` or `__eq`; `math.min`/`max` with an `__lt`; string arithmetic with the
+//!   other operand's metamethod) run their loops in Lua (`stdlib.lua`): script code called from
+//!   C cannot be paused, so a long comparator would keep every other call on the state waiting.
+//!   Written in Lua, the hook pauses them at each time slice like any script. Arguments that
+//!   run no script code (plain values, tables without a metatable, frozen tables, whose `__len`
+//!   is marked by [`trust_len`]) still go to Lua's own C function at once.
 //! - Functions whose work grows with their input (copying, converting, shifting or sorting
 //!   many bytes or elements) first charge that work to the call, then run Lua's own C version;
 //!   a call over budget stops before the work starts. Small inputs skip the charge (the
