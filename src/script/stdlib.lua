@@ -79,8 +79,8 @@ end
 local c_tostring = tostring
 local function to_string(...)
   local v = ...
-  local f = script_meta(v, "__tostring")
-  if f == nil then
+  local f = type(v) == "table" and script_meta(v, "__tostring")
+  if not f then
     if v == nil and select("#", ...) == 0 then
       error("bad argument #1 to 'tostring' (value expected)", 2)
     end
@@ -330,13 +330,13 @@ do
   string.format = function(...)
     local fmt, a, b, c = ...
     local n = select("#", ...)
+    local ta, tb, tc = type(a), type(b), type(c)
     if n > 4 or type(fmt) ~= "string" or #fmt > SMALL
-        or (type(a) == "string" and #a > SMALL) or (type(b) == "string" and #b > SMALL)
-        or (type(c) == "string" and #c > SMALL) then
+        or (ta == "string" and #a > SMALL) or (tb == "string" and #b > SMALL)
+        or (tc == "string" and #c > SMALL) then
       format_cost(...)
     end
-    if type(fmt) == "string"
-        and (type(a) == "table" or type(b) == "table" or type(c) == "table" or n > 4) then
+    if (ta == "table" or tb == "table" or tc == "table" or n > 4) and type(fmt) == "string" then
       local r = format(strings_for(...)) return r
     end
     local r = format(...) return r
@@ -577,7 +577,9 @@ do
   table.concat = function(...)
     local t, sep, i, j = ...
     if type(t) == "table" then
-      if not reads_plain(t, true) then return concat_in_lua(t, sep, i, j) end
+      if c_getmetatable(t) ~= nil and not reads_plain(t, true) then
+        return concat_in_lua(t, sep, i, j)
+      end
       if i == nil then i = 1 end
       if j == nil then j = #t end
       if type(i) == "number" and type(j) == "number" and j - i < 16 then
@@ -694,7 +696,8 @@ do
 
   table.move = function(...)
     local a1, f, e, t, dest = ...
-    if type(a1) == "table" and not move_plain(a1, dest) then
+    if (c_getmetatable(a1) ~= nil or dest ~= nil) and type(a1) == "table"
+        and not move_plain(a1, dest) then
       return move_in_lua(select("#", ...), a1, f, e, t, dest)
     end
     if mtype(f) == "integer" and mtype(e) == "integer" and e >= f
@@ -719,7 +722,7 @@ do
 
   table.unpack = function(...)
     local t, i, j = ...
-    if type(t) == "table" and not reads_plain(t, j == nil) then
+    if c_getmetatable(t) ~= nil and type(t) == "table" and not reads_plain(t, j == nil) then
       return unpack_in_lua(t, i, j)
     end
     if i == nil then i = 1 end
@@ -839,23 +842,29 @@ do -- math.min and math.max compare with `<`, which runs a table's `__lt`
     return best
   end
 
-  math.min = function(...)
-    local a, b = ...
+  -- Any call but the common one of two numbers (tail-called: level 2 is the script's).
+  local function any(pair, fname, less_first, ...)
     local n = select("#", ...)
-    if n == 0 then error("bad argument #1 to 'min' (value expected)", 2) end
-    if (n <= 2 and type(a) ~= "table" and type(b) ~= "table") or compares_plain(n, ...) then
+    if n == 0 then error("bad argument #1 to '" .. fname .. "' (value expected)", 2) end
+    if compares_plain(n, ...) then return pair(...) end
+    return pick(pair, less_first, ...)
+  end
+
+  -- Two numbers and no third argument (or a nil third, at which Lua's own stops with its
+  -- error before it reaches any later one) go straight to Lua's function.
+  math.min = function(...)
+    local a, b, c = ...
+    if c == nil and type(a) == "number" and type(b) == "number" then
       local r = min(...) return r
     end
-    return pick(min, true, ...)
+    return any(min, "min", true, ...)
   end
   math.max = function(...)
-    local a, b = ...
-    local n = select("#", ...)
-    if n == 0 then error("bad argument #1 to 'max' (value expected)", 2) end
-    if (n <= 2 and type(a) ~= "table" and type(b) ~= "table") or compares_plain(n, ...) then
+    local a, b, c = ...
+    if c == nil and type(a) == "number" and type(b) == "number" then
       local r = max(...) return r
     end
-    return pick(max, false, ...)
+    return any(max, "max", false, ...)
   end
 end
 
@@ -888,7 +897,9 @@ do -- base functions
   end
   _G.ipairs = function(...)
     local t = ...
-    if type(t) == "table" and not reads_plain(t) then return ipairs_next, t, 0 end
+    if c_getmetatable(t) ~= nil and type(t) == "table" and not reads_plain(t) then
+      return ipairs_next, t, 0
+    end
     if t == nil and select("#", ...) == 0 then
       error("bad argument #1 to 'ipairs' (value expected)", 2)
     end
