@@ -168,6 +168,7 @@ const CASES: &[&str] = &[
     "(function() local r = {} for i, v in L.ipairs(M(4)) do r[#r + 1] = i .. '=' .. v end return table.concat(r, ',') end)()",
     "(function() local f, s, i = L.ipairs(M(2)) return select('#', f(s, i)), f(s, 2) end)()",
     "L.ipairs()",
+    "(function() local f, s = L.ipairs(M(2)) return f(s, 1), f(s, 1.0), f(s, '1') end)()",
     "(function() for _ in L.ipairs(nil) do end end)()",
     "select(2, L.ipairs(M(1))) ~= nil",
     // math.min / math.max

@@ -890,7 +890,11 @@ do -- base functions
   -- ipairs over a table whose reads run script code: its iterator reads here.
   local c_ipairs, tointeger = ipairs, math.tointeger
   local function ipairs_next(t, i)
-    i = tointeger(i) + 1
+    local n = tointeger(i)
+    if n == nil then
+      error("bad argument #2 to 'for iterator' (number expected, got " .. type(i) .. ")", 2)
+    end
+    i = n + 1
     local v = t[i]
     if v == nil then return nil end
     return i, v
