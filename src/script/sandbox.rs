@@ -804,6 +804,48 @@ mod tests {
         assert_eq!(freeze::contents(&t).raw_get::<i64>(1).unwrap(), 1);
     }
 
+    /// Reading a frozen table runs no script code (its `__index` is its hidden contents), so
+    /// `ipairs` keeps Lua's own C iterator for it; a frozen table whose own `__index` is a
+    /// function gets the iterator written in Lua, which the hook can pause.
+    #[test]
+    fn frozen_tables_keep_the_c_library_functions() {
+        let data = DataSets::default();
+        let (lua, sandbox) = new_state(Path::new("handlers"), &data, 64 << 20).unwrap();
+        let env: Table = sandbox.new_env.call(lua.globals()).unwrap();
+        lua.load(
+            "local plain = { 'a', 'b' }\n\
+             local slow = setmetatable({ 'a' }, { __index = function(_, k) return k == 2 and 'b' or nil end })\n\
+             function F() return plain, slow end",
+        )
+        .set_environment(env.clone())
+        .exec()
+        .unwrap();
+        let mut envs = HashMap::new();
+        envs.insert(PathBuf::from("x.lua"), env.clone());
+        sandbox
+            .lock_env
+            .call::<()>((env.clone(), lua.globals(), "x.lua"))
+            .unwrap();
+        finish_loading(&lua, &sandbox, &envs, true, 64 << 20).unwrap();
+        let (plain, slow): (Table, Table) = lua
+            .load("return F()")
+            .set_environment(env.clone())
+            .eval()
+            .unwrap();
+        assert!(freeze::is_frozen(&plain) && freeze::is_frozen(&slow));
+        let ipairs: Function = lua.globals().get("ipairs").unwrap();
+        let (iter, _, _): (Function, LuaValue, LuaValue) = ipairs.call(plain).unwrap();
+        assert_eq!(iter.info().what, "C");
+        let (iter, _, _): (Function, LuaValue, LuaValue) = ipairs.call(slow).unwrap();
+        assert_eq!(iter.info().what, "Lua");
+        let joined: String = lua
+            .load("local p, s = F() return table.concat(p, ',') .. table.concat(s, ',', 1, 2)")
+            .set_environment(env)
+            .eval()
+            .unwrap();
+        assert_eq!(joined, "a,ba,b");
+    }
+
     #[test]
     fn a_frozen_environment_reads_in_one_step_but_lists_only_its_own_names() {
         let data = DataSets::default();
