@@ -294,7 +294,7 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
         view_of: p.raw_get("view_of")?,
         guard_close: f("guard_close")?,
     };
-    super::stdlib::trust_len(lua, &helpers.len)?;
+    super::stdlib::configure(lua, &helpers.len, &dgetmt)?;
     let (stream_ctx, new_env, lock_env) = (f("stream_ctx")?, f("new_env")?, f("lock_env")?);
     let mut internal: Vec<Function> = wrappers.iter().map(|(_, f)| f.clone()).collect();
     internal.extend([

@@ -17,7 +17,9 @@ local function pass(...) return ... end
 -- function that may call script code therefore looks at its arguments first: plain values and
 -- tables whose reads run no script code go to Lua's own C function at once; anything else takes
 -- a path written here, in Lua, that calls the script code from Lua, where the hook pauses it.
-local c_getmetatable, rawget, metatable = getmetatable, rawget, core.metatable
+local c_getmetatable, rawget = getmetatable, rawget
+-- A table's raw metatable (past `__metatable`); see the end of this file.
+local metatable = core.metatable
 
 -- `__len` functions that are known to run no script code (those of frozen tables).
 local trusted_len = setmetatable({}, { __mode = "k" })
@@ -850,18 +852,20 @@ do -- math.min and math.max compare with `<`, which runs a table's `__lt`
     return pick(pair, less_first, ...)
   end
 
-  -- Two numbers and no third argument (or a nil third, at which Lua's own stops with its
-  -- error before it reaches any later one) go straight to Lua's function.
+  -- Two or three numbers (or two and a nil, at which Lua's own stops with its error before it
+  -- reaches any later argument) go straight to Lua's function.
   math.min = function(...)
     local a, b, c = ...
-    if c == nil and type(a) == "number" and type(b) == "number" then
+    if type(a) == "number" and type(b) == "number"
+        and (c == nil or type(c) == "number" and select("#", ...) == 3) then
       local r = min(...) return r
     end
     return any(min, "min", true, ...)
   end
   math.max = function(...)
     local a, b, c = ...
-    if c == nil and type(a) == "number" and type(b) == "number" then
+    if type(a) == "number" and type(b) == "number"
+        and (c == nil or type(c) == "number" and select("#", ...) == 3) then
       local r = max(...) return r
     end
     return any(max, "max", false, ...)
@@ -926,5 +930,9 @@ do -- base functions
   end
 end
 
--- Marks a `__len` function as running no script code (the sandbox's, for frozen tables).
-return function(f) trusted_len[f] = true end
+-- For the sandbox: marks `len` (the `__len` of frozen tables) as running no script code, and
+-- gives the raw metatable getter of the debug library (a C function, faster than the Rust one).
+return function(len, raw_getmetatable)
+  trusted_len[len] = true
+  metatable = raw_getmetatable
+end

@@ -16,7 +16,7 @@
 //!   C cannot be paused, so a long comparator would keep every other call on the state waiting.
 //!   Written in Lua, the hook pauses them at each time slice like any script. Arguments that
 //!   run no script code (plain values, tables without a metatable, frozen tables, whose `__len`
-//!   is marked by [`trust_len`]) still go to Lua's own C function at once.
+//!   is marked by [`configure`]) still go to Lua's own C function at once.
 //! - Functions whose work grows with their input (copying, converting, shifting or sorting
 //!   many bytes or elements) first charge that work to the call, then run Lua's own C version;
 //!   a call over budget stops before the work starts. Small inputs skip the charge (the
@@ -803,22 +803,22 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
         .set_name("=stdlib")
         .into_function()?
         .dump(true);
-    let trust_len: Function = lua
+    let configure: Function = lua
         .load(glue)
         .set_name("=stdlib")
         .set_mode(ChunkMode::Binary)
         .call((fail, core))?;
-    lua.set_named_registry_value(TRUST_LEN_KEY, trust_len)
+    lua.set_named_registry_value(CONFIGURE_KEY, configure)
 }
 
-const TRUST_LEN_KEY: &str = "protoserve.stdlib.trust_len";
+const CONFIGURE_KEY: &str = "protoserve.stdlib.configure";
 
-/// Tells the replacements that `len`, a `__len` the server installs (that of frozen tables),
-/// runs no script code: `table.concat`, `table.unpack` and friends then keep Lua's own C
-/// function for tables that have it.
-pub fn trust_len(lua: &Lua, len: &Function) -> mlua::Result<()> {
-    let trust: Function = lua.named_registry_value(TRUST_LEN_KEY)?;
-    trust.call(len)
+/// Tells the replacements that `len`, the `__len` of frozen tables, runs no script code
+/// (`table.concat`, `table.unpack` and friends then keep Lua's own C function for those tables),
+/// and hands them `debug.getmetatable`, which reads a metatable faster than a Rust function.
+pub fn configure(lua: &Lua, len: &Function, raw_getmetatable: &Function) -> mlua::Result<()> {
+    let configure: Function = lua.named_registry_value(CONFIGURE_KEY)?;
+    configure.call((len, raw_getmetatable))
 }
 
 /// The Lua side: fast paths for small inputs, charges for big ones, then Lua's own function.
