@@ -219,8 +219,8 @@ async fn reserved_metadata_keys_fail_in_the_script() {
     );
 }
 
-/// A call stuck where its state cannot pause it (here an `__index` that `table.concat` calls
-/// from C, where Lua cannot yield, with a budget that lasts seconds) never got an answer: the
+/// A call stuck where its state cannot pause it (here xpcall's message handler, which Lua calls
+/// from C, where it cannot yield, with a budget that lasts seconds) never got an answer: the
 /// watchdog replaced its state, but the client waited until its own deadline. Now the watchdog
 /// answers it with UNAVAILABLE and the replacement state serves the next call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,7 +230,7 @@ async fn stuck_call_is_answered_when_its_state_is_replaced() {
         &["--script-states", "1", "--script-watchdog-ms", "300"],
     )
     .await;
-    let (r, took) = run(&c, "concat_spin", 1_000_000_000_000).await;
+    let (r, took) = run(&c, "spin_in_c", 1_000_000_000_000).await;
     let status = r.expect_err("the stuck call fails");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(took < Duration::from_secs(10), "answered after {took:?}");
@@ -296,7 +296,7 @@ async fn stopped_call_leaves_no_close_handler_running() {
     for name in [
         "close_nested",
         "close_sort",
-        "close_concat",
+        "close_in_c",
         "close_in_close",
         "close_coroutine",
         "close_for",
@@ -349,7 +349,7 @@ async fn stopped_call_leaves_no_close_handler_running() {
 /// the watchdog answered UNAVAILABLE and replaced the state, but the old thread spun a core for
 /// good. The hook now raises the stop with the interrupted function left alone; the `__close`
 /// runs once the unwinding has turned hooks back on, under the call's stopped budget.
-/// `close_concat_late` is the same in an `__index` that `table.concat` calls from C, where Lua
+/// `close_in_c_late` is the same in xpcall's message handler, which Lua calls from C, where it
 /// still cannot yield.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_close_where_lua_cannot_yield_does_not_spin_its_thread() {
@@ -357,7 +357,7 @@ async fn late_close_where_lua_cannot_yield_does_not_spin_its_thread() {
     let (r, took) = run(&c, "close_sort_late", 0).await;
     let status = r.expect_err("the call is stopped");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-    let (r, took2) = run(&c, "close_concat_late", 0).await;
+    let (r, took2) = run(&c, "close_in_c_late", 0).await;
     let took = took.max(took2);
     let pid = s.pid();
     let window = Duration::from_secs(2);
@@ -447,8 +447,8 @@ async fn quick_calls_overtake(name: &str, n: i64, text: &str) {
 const SORT_STEPS: i64 = 5_000;
 /// Loop steps per call of `gsub_long`'s replacement function (2 000 calls): seconds of work.
 const GSUB_STEPS: i64 = 30_000;
-/// Loop steps per element `concat_spin` reads (2 of them): seconds of work.
-const CONCAT_STEPS: i64 = 50_000_000;
+/// Loop steps `spin_in_c` runs in one go: seconds of work.
+const SPIN_IN_C_STEPS: i64 = 100_000_000;
 
 /// A sort whose comparator runs for seconds held its state's thread the whole time (Lua's sort
 /// calls the comparator from C, where the instruction hook cannot pause it): a quick call on the
@@ -463,6 +463,72 @@ async fn long_sort_comparator_does_not_hold_up_other_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_gsub_callback_does_not_hold_up_other_calls() {
     quick_calls_overtake("gsub_long", GSUB_STEPS, "cbcbcb").await;
+}
+
+/// Loop steps a metamethod of the `*_long` attacks runs (twice for two-element ones): about a
+/// second of work in all.
+const META_STEPS: i64 = 20_000_000;
+
+/// Library functions that call script code (a `__tostring`, an `__index`, an `__lt`...) called it
+/// from C, where Lua cannot yield: a slow metamethod held up every call on its state until it
+/// returned. They now call it from Lua, where the hook pauses it every time slice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_tostring_metamethod_does_not_hold_up_other_calls() {
+    quick_calls_overtake("tostring_long", 2 * META_STEPS, "slow").await;
+}
+
+/// `string.format("%s", v)` (the same `__tostring`, through Lua's luaL_tolstring).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_format_tostring_does_not_hold_up_other_calls() {
+    quick_calls_overtake("format_long", 2 * META_STEPS, "<slow>").await;
+}
+
+/// `print(v)` (the server's print converted with luaL_tolstring, from Rust).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_print_tostring_does_not_hold_up_other_calls() {
+    quick_calls_overtake("print_long", 2 * META_STEPS, "printed").await;
+}
+
+/// `table.concat` over a table with an `__index` (and `__len`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_concat_index_does_not_hold_up_other_calls() {
+    quick_calls_overtake("concat_long", META_STEPS, "v1,v2").await;
+}
+
+/// `table.unpack` over a table with an `__index` (and `__len`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_unpack_index_does_not_hold_up_other_calls() {
+    quick_calls_overtake("unpack_long", META_STEPS, "v1v2").await;
+}
+
+/// `table.move` from a table with an `__index`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_move_index_does_not_hold_up_other_calls() {
+    quick_calls_overtake("move_long", META_STEPS, "v1v2").await;
+}
+
+/// `ipairs` over a table with an `__index`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_ipairs_index_does_not_hold_up_other_calls() {
+    quick_calls_overtake("ipairs_long", 2 * META_STEPS, "v1v2").await;
+}
+
+/// `math.min` and `math.max` over tables with an `__lt`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_min_max_lt_does_not_hold_up_other_calls() {
+    quick_calls_overtake("min_long", META_STEPS, "min1 max2").await;
+}
+
+/// `os.time` over a table with an `__index`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_os_time_index_does_not_hold_up_other_calls() {
+    quick_calls_overtake("time_long", 2 * META_STEPS, "year 2020").await;
+}
+
+/// `"1" + v`: Lua's string arithmetic calls `v`'s `__add` from C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_string_arith_metamethod_does_not_hold_up_other_calls() {
+    quick_calls_overtake("arith_long", 2 * META_STEPS, "added").await;
 }
 
 /// `table.sort` hands a short array of plain numbers to Lua's C sort. It judged the table by
@@ -502,7 +568,7 @@ async fn insert_and_remove_ask_len_once() {
     assert_eq!(r.unwrap()["text"], "quick");
 }
 
-/// A call stuck where Lua cannot yield (an `__index` that `table.concat` calls from C) keeps its
+/// A call stuck where Lua cannot yield (in xpcall's message handler, called from C) keeps its
 /// state's thread until it returns, yet new calls were still handed to that state whenever it
 /// had no more calls than the others, and waited for it. The pool now passes over a state whose
 /// current turn has run far past a time slice: calls arriving meanwhile (eight at once, each
@@ -515,7 +581,7 @@ async fn new_calls_avoid_a_state_stuck_where_lua_cannot_yield() {
         &["--script-states", "2", "--script-watchdog-ms", "60000"],
     )
     .await;
-    let stuck = started(&c, "concat_spin", CONCAT_STEPS).await;
+    let stuck = started(&c, "spin_in_c", SPIN_IN_C_STEPS).await;
     // Long enough for the stuck turn to count as stuck (ten time slices).
     tokio::time::sleep(Duration::from_secs(1)).await;
     let naps: Vec<_> = (0..8)

@@ -119,9 +119,19 @@ impl std::fmt::Display for Path<'_> {
             Path::Field(Path::Root, name) => f.write_str(name),
             Path::Field(parent, name) => write!(f, "{parent}.{name}"),
             Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
-            Path::Key(parent, key) => {
-                write!(f, "{parent}[{}]", key.to_string().unwrap_or_default())
-            }
+            // Written without calling any `__tostring`: no script code runs here.
+            Path::Key(parent, key) => match key {
+                LuaValue::String(s) => write!(f, "{parent}[{}]", s.to_string_lossy()),
+                LuaValue::Integer(i) => write!(f, "{parent}[{i}]"),
+                LuaValue::Number(n) => write!(f, "{parent}[{n}]"),
+                LuaValue::Boolean(b) => write!(f, "{parent}[{b}]"),
+                other => write!(
+                    f,
+                    "{parent}[{}: {:p}]",
+                    other.type_name(),
+                    other.to_pointer()
+                ),
+            },
         }
     }
 }

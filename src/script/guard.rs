@@ -87,7 +87,7 @@ local function pause_and_continue(c, marker)
     co_yield(marker)
   elseif marker == PENDING then
     error("cannot wait (ctx:sleep, ctx:send, reading the stream) inside a coroutine " ..
-      "resumed from a metamethod that a library function calls (tostring, table.concat, ...)", 0)
+      "resumed where Lua cannot yield (an xpcall message handler, a __close run by an error)", 0)
   end
   check()
   return after_resume(c, co_resume(c))

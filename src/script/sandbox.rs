@@ -171,7 +171,23 @@ local function stream_ctx(u, try_send)
   })
 end
 
+-- `print`: every value turned into a string by `tostring` here, in Lua (a `__tostring` runs
+-- where the hook can pause it), then written by `log_line`.
+local function print_with(log_line)
+  local select, unpack = select, table.unpack
+  return function(...)
+    local n = select('#', ...)
+    local parts = { ... }
+    for i = 1, n do
+      local v = parts[i]
+      if type(v) ~= "string" then parts[i] = tostring(v) end
+    end
+    log_line(unpack(parts, 1, n))
+  end
+end
+
 return {
+  print_with = print_with,
   setmetatable = safe_setmetatable, getmetatable = safe_getmetatable, next = frozen_next,
   rawget = frozen_rawget, rawlen = frozen_rawlen, len = frozen_len, pairs = frozen_pairs,
   raiser = raiser, index_fallback = index_fallback, view_of = view_of, guard_close = guard_close,
@@ -278,6 +294,7 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
         view_of: p.raw_get("view_of")?,
         guard_close: f("guard_close")?,
     };
+    super::stdlib::configure(lua, &helpers.len, &dgetmt)?;
     let (stream_ctx, new_env, lock_env) = (f("stream_ctx")?, f("new_env")?, f("lock_env")?);
     let mut internal: Vec<Function> = wrappers.iter().map(|(_, f)| f.clone()).collect();
     internal.extend([
@@ -319,39 +336,38 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
         g.raw_set(name, LuaValue::Nil)?;
     }
 
-    g.raw_set(
-        "print",
-        lua.create_function(|_, args: mlua::Variadic<LuaValue>| {
-            // A log line is capped (a script printing 100 MB must not flood the log), and the
-            // bytes looked at are charged to the call like any other library work.
-            let mut line = String::new();
-            for (i, v) in args.iter().enumerate() {
-                if i > 0 {
-                    line.push('\t');
-                }
-                let room = PRINT_LIMIT.saturating_sub(line.len());
-                match v {
-                    LuaValue::String(s) => {
-                        let bytes = s.as_bytes();
-                        super::slice::charge(bytes.len().min(room) as u64 / 8 + 1)?;
-                        line.push_str(&String::from_utf8_lossy(&bytes[..bytes.len().min(room)]));
-                    }
-                    other => line.push_str(&other.to_string().unwrap_or_default()),
-                }
-                if line.len() >= PRINT_LIMIT {
-                    let mut cut = PRINT_LIMIT;
-                    while !line.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    line.truncate(cut);
-                    line.push_str(" …(truncated)");
-                    break;
-                }
+    let log_line = lua.create_function(|_, args: mlua::Variadic<LuaValue>| {
+        // A log line is capped (a script printing 100 MB must not flood the log), and the
+        // bytes looked at are charged to the call like any other library work.
+        let mut line = String::new();
+        for (i, v) in args.iter().enumerate() {
+            if i > 0 {
+                line.push('\t');
             }
-            tracing::info!(target: "script", "{}", crate::error::log_escaped(&line));
-            Ok(())
-        })?,
-    )?;
+            let room = PRINT_LIMIT.saturating_sub(line.len());
+            match v {
+                LuaValue::String(s) => {
+                    let bytes = s.as_bytes();
+                    super::slice::charge(bytes.len().min(room) as u64 / 8 + 1)?;
+                    line.push_str(&String::from_utf8_lossy(&bytes[..bytes.len().min(room)]));
+                }
+                other => line.push_str(&other.to_string().unwrap_or_default()),
+            }
+            if line.len() >= PRINT_LIMIT {
+                let mut cut = PRINT_LIMIT;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.truncate(cut);
+                line.push_str(" …(truncated)");
+                break;
+            }
+        }
+        tracing::info!(target: "script", "{}", crate::error::log_escaped(&line));
+        Ok(())
+    })?;
+    let print: Function = p.raw_get::<Function>("print_with")?.call(log_line)?;
+    g.raw_set("print", print)?;
 
     let grpc = lua.create_table()?;
     grpc.raw_set(
@@ -786,6 +802,48 @@ mod tests {
         let t: Table = lua.load("return F()").set_environment(env).eval().unwrap();
         assert!(freeze::is_frozen(&t));
         assert_eq!(freeze::contents(&t).raw_get::<i64>(1).unwrap(), 1);
+    }
+
+    /// Reading a frozen table runs no script code (its `__index` is its hidden contents), so
+    /// `ipairs` keeps Lua's own C iterator for it; a frozen table whose own `__index` is a
+    /// function gets the iterator written in Lua, which the hook can pause.
+    #[test]
+    fn frozen_tables_keep_the_c_library_functions() {
+        let data = DataSets::default();
+        let (lua, sandbox) = new_state(Path::new("handlers"), &data, 64 << 20).unwrap();
+        let env: Table = sandbox.new_env.call(lua.globals()).unwrap();
+        lua.load(
+            "local plain = { 'a', 'b' }\n\
+             local slow = setmetatable({ 'a' }, { __index = function(_, k) return k == 2 and 'b' or nil end })\n\
+             function F() return plain, slow end",
+        )
+        .set_environment(env.clone())
+        .exec()
+        .unwrap();
+        let mut envs = HashMap::new();
+        envs.insert(PathBuf::from("x.lua"), env.clone());
+        sandbox
+            .lock_env
+            .call::<()>((env.clone(), lua.globals(), "x.lua"))
+            .unwrap();
+        finish_loading(&lua, &sandbox, &envs, true, 64 << 20).unwrap();
+        let (plain, slow): (Table, Table) = lua
+            .load("return F()")
+            .set_environment(env.clone())
+            .eval()
+            .unwrap();
+        assert!(freeze::is_frozen(&plain) && freeze::is_frozen(&slow));
+        let ipairs: Function = lua.globals().get("ipairs").unwrap();
+        let (iter, _, _): (Function, LuaValue, LuaValue) = ipairs.call(plain).unwrap();
+        assert_eq!(iter.info().what, "C");
+        let (iter, _, _): (Function, LuaValue, LuaValue) = ipairs.call(slow).unwrap();
+        assert_eq!(iter.info().what, "Lua");
+        let joined: String = lua
+            .load("local p, s = F() return table.concat(p, ',') .. table.concat(s, ',', 1, 2)")
+            .set_environment(env)
+            .eval()
+            .unwrap();
+        assert_eq!(joined, "a,ba,b");
     }
 
     #[test]

@@ -8,10 +8,15 @@
 //!
 //! - `find`, `match`, `gmatch` and `gsub` use [`super::pattern`], which charges its steps.
 //! - Functions that call script code back (`table.sort` with its comparator and `__lt`,
-//!   `__index`, `__newindex`; `string.gsub` with a function or a table) run their loops in Lua
-//!   (`stdlib.lua`): script code called from C cannot be paused, so a long comparator would keep
-//!   every other call on the state waiting. Written in Lua, the hook pauses them at each time
-//!   slice like any script.
+//!   `__index`, `__newindex`; `string.gsub` with a function or a table; `tostring`,
+//!   `string.format("%s")` and `print` with a `__tostring`; `table.concat`, `table.unpack`,
+//!   `table.insert`, `table.remove`, `table.move`, `ipairs` and `os.time` with an `__index`,
+//!   `__newindex`, `__len` or `__eq`; `math.min`/`max` with an `__lt`; string arithmetic with the
+//!   other operand's metamethod) run their loops in Lua (`stdlib.lua`): script code called from
+//!   C cannot be paused, so a long comparator would keep every other call on the state waiting.
+//!   Written in Lua, the hook pauses them at each time slice like any script. Arguments that
+//!   run no script code (plain values, tables without a metatable, frozen tables, whose `__len`
+//!   is marked by [`configure`]) still go to Lua's own C function at once.
 //! - Functions whose work grows with their input (copying, converting, shifting or sorting
 //!   many bytes or elements) first charge that work to the call, then run Lua's own C version;
 //!   a call over budget stops before the work starts. Small inputs skip the charge (the
@@ -780,6 +785,17 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
     core.raw_set("pack_cost", lua.create_function(pack_cost)?)?;
     core.raw_set("span_cost", lua.create_function(span_cost)?)?;
     core.raw_set("sort_cost", lua.create_function(sort_cost)?)?;
+    // A table's metatable as it is, past any `__metatable` field: where the Lua side looks for
+    // the metamethods that would run script code.
+    core.raw_set(
+        "metatable",
+        lua.create_function(|_, v: LuaValue| {
+            Ok(match v {
+                LuaValue::Table(t) => t.metatable(),
+                _ => None,
+            })
+        })?,
+    )?;
     // Stripped of line information, so errors Lua's C functions raise inside a wrapper carry
     // no position in this chunk.
     let glue = lua
@@ -787,10 +803,22 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
         .set_name("=stdlib")
         .into_function()?
         .dump(true);
-    lua.load(glue)
+    let configure: Function = lua
+        .load(glue)
         .set_name("=stdlib")
         .set_mode(ChunkMode::Binary)
-        .call::<()>((fail, core))
+        .call((fail, core))?;
+    lua.set_named_registry_value(CONFIGURE_KEY, configure)
+}
+
+const CONFIGURE_KEY: &str = "protoserve.stdlib.configure";
+
+/// Tells the replacements that `len`, the `__len` of frozen tables, runs no script code
+/// (`table.concat`, `table.unpack` and friends then keep Lua's own C function for those tables),
+/// and hands them `debug.getmetatable`, which reads a metatable faster than a Rust function.
+pub fn configure(lua: &Lua, len: &Function, raw_getmetatable: &Function) -> mlua::Result<()> {
+    let configure: Function = lua.named_registry_value(CONFIGURE_KEY)?;
+    configure.call((len, raw_getmetatable))
 }
 
 /// The Lua side: fast paths for small inputs, charges for big ones, then Lua's own function.
