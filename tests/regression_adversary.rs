@@ -219,8 +219,8 @@ async fn reserved_metadata_keys_fail_in_the_script() {
     );
 }
 
-/// A call stuck where its state cannot pause it (here xpcall's message handler, which Lua calls
-/// from C, where it cannot yield, with a budget that lasts seconds) never got an answer: the
+/// A call stuck where its state cannot pause it (here a `__close` that coroutine.close runs from
+/// C, where it cannot yield, with a budget that lasts seconds) never got an answer: the
 /// watchdog replaced its state, but the client waited until its own deadline. Now the watchdog
 /// answers it with UNAVAILABLE and the replacement state serves the next call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,8 +349,8 @@ async fn stopped_call_leaves_no_close_handler_running() {
 /// the watchdog answered UNAVAILABLE and replaced the state, but the old thread spun a core for
 /// good. The hook now raises the stop with the interrupted function left alone; the `__close`
 /// runs once the unwinding has turned hooks back on, under the call's stopped budget.
-/// `close_in_c_late` is the same in xpcall's message handler, which Lua calls from C, where it
-/// still cannot yield.
+/// `close_in_c_late` is the same in a `__close` that coroutine.close runs from C, where it still
+/// cannot yield.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_close_where_lua_cannot_yield_does_not_spin_its_thread() {
     let (s, c) = start(&["--script-states", "1", "--script-watchdog-ms", "4000"]).await;
@@ -477,6 +477,38 @@ async fn long_tostring_metamethod_does_not_hold_up_other_calls() {
     quick_calls_overtake("tostring_long", 2 * META_STEPS, "slow").await;
 }
 
+/// An xpcall message handler, which Lua calls from C at the error: it now runs from Lua once the
+/// failed call has unwound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_xpcall_handler_does_not_hold_up_other_calls() {
+    quick_calls_overtake("xpcall_long", 2 * META_STEPS, "handled").await;
+}
+
+/// xpcall with its handler run from Lua answers as Lua's does: the function's results, the
+/// handler's answer, a failing handler retried until "error in error handling", Lua's argument
+/// error; the one visible difference is that pending `__close` handlers run before the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xpcall_answers_as_lua_does() {
+    let (_s, c) = start(&[]).await;
+    let (r, _) = run(&c, "xpcall_semantics", 0).await;
+    let text = r.expect("an answer")["text"].as_str().unwrap().to_owned();
+    let lines: Vec<&str> = text.split('|').collect();
+    assert_eq!(
+        lines,
+        [
+            "true,3,ok",
+            "false,H:boom",
+            "false,7",
+            "false,error in error handling",
+            "true",
+            "false,bad argument #2 to 'xpcall' (function expected, got no value)",
+            "false,bad argument #2 to 'xpcall' (function expected, got number)",
+            "false,E",
+            "close:E handler:E",
+        ]
+    );
+}
+
 /// `string.format("%s", v)` (the same `__tostring`, through Lua's luaL_tolstring).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_format_tostring_does_not_hold_up_other_calls() {
@@ -568,7 +600,7 @@ async fn insert_and_remove_ask_len_once() {
     assert_eq!(r.unwrap()["text"], "quick");
 }
 
-/// A call stuck where Lua cannot yield (in xpcall's message handler, called from C) keeps its
+/// A call stuck where Lua cannot yield (in a `__close` that coroutine.close runs from C) keeps its
 /// state's thread until it returns, yet new calls were still handed to that state whenever it
 /// had no more calls than the others, and waited for it. The pool now passes over a state whose
 /// current turn has run far past a time slice: calls arriving meanwhile (eight at once, each

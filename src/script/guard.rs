@@ -1,9 +1,11 @@
 //! Wrappers that keep the server's own stops out of a script's reach.
 //!
 //! - `pcall`, `xpcall` and `coroutine.close` re-raise the running call's abort (budget, deadline,
-//!   cancellation) instead of returning it, so `while true do pcall(loop) end` ends. Lua runs a
-//!   message handler, and the `__close` handlers of a coroutine stopped by the hook, with hooks
-//!   off; so once a call is aborted, `xpcall` skips the user's handler and nothing is closed.
+//!   cancellation) instead of returning it, so `while true do pcall(loop) end` ends. Lua runs the
+//!   `__close` handlers of a coroutine stopped by the hook with hooks off; so once a call is
+//!   aborted, nothing is closed.
+//! - `xpcall` runs its message handler from Lua after the failed call unwound, not from C at the
+//!   error as Lua does, so the hook can pause a slow handler like any script code.
 //! - The hook stops an aborted call by yielding the coroutine it is in (see `hook`), so
 //!   `resume` checks the abort before and after every resume: the abort is raised in the
 //!   resumer, outside any hook, and an aborted call's coroutines are never resumed again.
@@ -63,15 +65,33 @@ local function pcall(f, ...)
   return left(raw_pcall(f, ...))
 end
 
--- An error the hook raises runs the message handler with hooks off: once the call is aborted,
--- the user's handler is skipped.
-local function xpcall(f, msgh, ...)
-  local function handler(e)
-    if aborted() then return e end
-    return msgh(e)
+-- Lua calls a message handler from C, at the error, where the hook cannot pause it: a slow
+-- handler held its state. So the handler runs here instead, from Lua, once the failed call has
+-- unwound (a script has no `debug` to look at the stack with, so only the order shows: the
+-- failed function's pending `__close` handlers run first, and see the original error). A
+-- handler that fails is given its own error, as Lua does, until Lua's "error in error
+-- handling". An aborted call never reaches a handler: `left` raises the abort.
+local HANDLER_TRIES = 200
+
+local function handled(msgh, ok, ...)
+  if ok then return ok, ... end
+  local e = ...
+  for _ = 1, HANDLER_TRIES do
+    local fine, r = pcall(msgh, e)
+    if fine then return false, r end
+    e = r
+  end
+  return false, "error in error handling"
+end
+
+local function xpcall(f, ...)
+  local msgh = ...
+  if type(msgh) ~= "function" then
+    local got = select('#', ...) == 0 and "no value" or type(msgh)
+    error("bad argument #2 to 'xpcall' (function expected, got " .. got .. ")", 2)
   end
   if not enter() then return false, msgh(TOO_DEEP) end
-  return left(raw_xpcall(f, handler, ...))
+  return handled(msgh, left(raw_pcall(f, select(2, ...))))
 end
 
 -- A coroutine the hook stopped keeps hooks off, so its __close handlers would run unbounded:
@@ -87,7 +107,7 @@ local function pause_and_continue(c, marker)
     co_yield(marker)
   elseif marker == PENDING then
     error("cannot wait (ctx:sleep, ctx:send, reading the stream) inside a coroutine " ..
-      "resumed where Lua cannot yield (an xpcall message handler, a __close run by an error)", 0)
+      "resumed where Lua cannot yield (a __close that coroutine.close runs)", 0)
   end
   check()
   return after_resume(c, co_resume(c))
