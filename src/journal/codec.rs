@@ -15,11 +15,28 @@ use crate::codec::{Incoming, Outgoing};
 pub struct Journaling<C> {
     inner: C,
     tap: Option<Tap>,
+    /// The encoder or the decoder already has its copy: the other takes this one.
+    handed: bool,
 }
 
 impl<C> Journaling<C> {
     pub fn new(inner: C, tap: Option<Tap>) -> Self {
-        Self { inner, tap }
+        Self {
+            inner,
+            tap,
+            handed: false,
+        }
+    }
+
+    /// The record for the encoder or the decoder: a copy for the first asked, the codec's own
+    /// for the second (tonic asks each once per call).
+    fn hand(&mut self) -> Option<Tap> {
+        if self.handed {
+            self.tap.take()
+        } else {
+            self.handed = true;
+            self.tap.clone()
+        }
     }
 }
 
@@ -35,14 +52,14 @@ where
     fn encoder(&mut self) -> Self::Encoder {
         JournalEncoder {
             inner: self.inner.encoder(),
-            tap: self.tap.clone(),
+            tap: self.hand(),
         }
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         JournalDecoder {
             inner: self.inner.decoder(),
-            tap: self.tap.clone(),
+            tap: self.hand(),
         }
     }
 }

@@ -76,26 +76,33 @@ where
         });
         JournalFuture {
             inner: self.inner.call(req),
-            guard: tap.map(|t| Guard(Some(t))),
+            guard: tap.map(|t| Guard {
+                tap: Some(t),
+                answered: false,
+            }),
         }
     }
 }
 
 /// Ends the record as abandoned if the call goes away before its status was recorded.
-struct Guard(Option<Tap>);
+struct Guard {
+    tap: Option<Tap>,
+    /// Response headers went out (the response's head passed this layer).
+    answered: bool,
+}
 
 impl Guard {
     /// Records how the call ended; the guard has nothing left to do.
     fn finish(mut self, end: End) {
-        if let Some(tap) = self.0.take() {
-            tap.finish(end);
+        if let Some(tap) = self.tap.take() {
+            tap.finish(end, self.answered);
             tap.seal();
         }
     }
 
     /// Records the trailers, which end the call.
     fn trailers(mut self, trailers: &http::HeaderMap) {
-        if let Some(tap) = self.0.take() {
+        if let Some(tap) = self.tap.take() {
             tap.trailers(trailers);
             tap.seal();
         }
@@ -103,7 +110,7 @@ impl Guard {
 
     /// The call ended with the response's headers (Trailers-Only), already recorded.
     fn sealed(mut self) {
-        if let Some(tap) = self.0.take() {
+        if let Some(tap) = self.tap.take() {
             tap.seal();
         }
     }
@@ -111,8 +118,8 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(tap) = self.0.take() {
-            tap.finish(End::Abandoned);
+        if let Some(tap) = self.tap.take() {
+            tap.finish(End::Abandoned, self.answered);
             tap.seal();
         }
     }
@@ -140,11 +147,15 @@ where
             Poll::Pending => return Poll::Pending,
         };
         let mut guard = this.guard.take();
-        if let Some(Guard(Some(tap))) = &guard {
-            if tap.response_head(resp.headers()) {
-                // Trailers-Only: the status is in these headers, and the call is over.
-                if let Some(g) = guard.take() {
-                    g.sealed();
+        if let Some(g) = &mut guard {
+            if let Some(tap) = &g.tap {
+                if tap.response_head(resp.headers()) {
+                    // Trailers-Only: the status is in these headers, and the call is over.
+                    if let Some(g) = guard.take() {
+                        g.sealed();
+                    }
+                } else {
+                    g.answered = true;
                 }
             }
         }

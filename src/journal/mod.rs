@@ -522,7 +522,7 @@ mod tests {
         // A large call is moved rather than copied, and reads the same.
         let big = begin(&j);
         big.request(&vec![9u8; 64 * 1024]);
-        big.finish(End::Abandoned);
+        big.finish(End::Abandoned, false);
         big.seal();
         let view = j.get(big.id).unwrap().snapshot().unwrap();
         assert_eq!(view.frames[0].bytes.len(), 64 * 1024);
@@ -546,7 +546,7 @@ mod tests {
     fn small_call(j: &Journal, len: usize) -> Tap {
         let t = begin(j);
         t.request(&vec![1u8; len]);
-        t.finish(End::NoStatus);
+        t.finish(End::NoStatus, true);
         t.seal();
         t
     }
@@ -587,7 +587,7 @@ mod tests {
             (log.arena.len(), log.arena.capacity())
         };
         assert!(len > store::SEGMENT / 4 && held > len, "{len} {held}");
-        t.finish(End::NoStatus);
+        t.finish(End::NoStatus, true);
         t.seal();
         // The run is moved with its whole allocation, which stays in memory.
         assert!(
@@ -664,12 +664,12 @@ mod tests {
                             if open.len() > 3 || i % 5 == 0 {
                                 let t = open.remove(i.wrapping_mul(31) % open.len());
                                 t.response(&[2u8; 100]);
-                                t.finish(End::NoStatus);
+                                t.finish(End::NoStatus, true);
                                 t.seal();
                             }
                         }
                         for t in open {
-                            t.finish(End::Abandoned);
+                            t.finish(End::Abandoned, false);
                             t.seal();
                         }
                     })
@@ -714,7 +714,7 @@ mod tests {
         let big = begin(&j);
         big.request(&vec![1u8; 60_000]);
         assert!(j.stats().bytes <= budget, "running: {:?}", j.stats());
-        big.finish(End::NoStatus);
+        big.finish(End::NoStatus, true);
         big.seal();
         assert!(j.stats().bytes <= budget, "ended: {:?}", j.stats());
     }

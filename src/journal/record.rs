@@ -151,6 +151,8 @@ impl CallRecord {
                 if log.facts.end.is_none() {
                     log.facts.end = Some((end, self.elapsed()));
                 }
+                // Trailers follow the response headers.
+                log.facts.answered |= end == End::Trailers;
             }
             let room = self.budget.max_bytes.saturating_sub(CALL_COST);
             let used = log.arena.len();
@@ -196,18 +198,14 @@ impl CallRecord {
     }
 
     /// Records the response headers; a header block that carries the status (Trailers-Only)
-    /// ends the call, and the answer is true.
+    /// ends the call, and the answer is true. That other headers went out is recorded when the
+    /// call ends (see `finish`), so a call that answered costs no lock here.
     pub fn response_head(&self, headers: &HeaderMap) -> bool {
         static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
         if headers.contains_key(&GRPC_STATUS) {
             self.push_headers(block::TRAILERS, headers, Some(End::TrailersOnly));
             return true;
         }
-        let mut log = self.log();
-        if !log.closed {
-            log.facts.answered = true;
-        }
-        drop(log);
         // Most responses carry only the protocol's headers: nothing to keep.
         if headers.keys().any(|k| !arena::routine(k)) {
             self.push_headers(block::RESPONSE_HEADERS, headers, None);
@@ -215,17 +213,19 @@ impl CallRecord {
         false
     }
 
-    /// Records the trailers, which end the call.
+    /// Records the trailers, which end the call (after the response headers).
     pub fn trailers(&self, trailers: &HeaderMap) {
         self.push_headers(block::TRAILERS, trailers, Some(End::Trailers));
     }
 
-    /// Records how the call ended, unless it already has.
-    pub fn finish(&self, end: End) {
+    /// Records how the call ended, unless it already has, and whether response headers went
+    /// out before it did.
+    pub fn finish(&self, end: End, answered: bool) {
         let mut log = self.log();
         if log.facts.end.is_none() {
             log.facts.end = Some((end, self.elapsed()));
         }
+        log.facts.answered |= answered;
     }
 
     /// Microseconds since the call started.
