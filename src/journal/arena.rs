@@ -97,13 +97,17 @@ pub fn blocks(
     })
 }
 
-/// Starts a run with the path and request headers blocks.
-pub fn fill(arena: &mut Arena, path: &[u8], headers: &HeaderMap, packed: usize) {
-    arena.reserve(2 * block::SHORT + path.len() + packed);
+/// Starts a run with the path and request headers blocks, in one pass over the headers (the
+/// headers block's length is written once they are packed).
+pub fn fill(arena: &mut Arena, path: &[u8], headers: &HeaderMap) {
     put_block_header(arena, block::PATH, At::Start, path.len());
     arena.extend_from_slice(path);
-    put_block_header(arena, block::REQUEST_HEADERS, At::Start, packed);
+    let head = arena.len();
+    put_block_header(arena, block::REQUEST_HEADERS, At::Start, 0);
+    let start = arena.len();
     pack_headers(arena, headers);
+    let len = u32::try_from(arena.len() - start).unwrap_or(u32::MAX);
+    arena[head + 1..head + block::SHORT].copy_from_slice(&len.to_le_bytes());
 }
 
 /// The size of a block's header.

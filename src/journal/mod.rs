@@ -194,12 +194,13 @@ impl Journal {
     /// given under the ring's lock, so the ring stays in id order.
     pub fn begin(&self, uri: &Uri, headers: &HeaderMap, peer: Option<SocketAddr>) -> Tap {
         let path = uri.path().as_bytes();
-        let packed = arena::packed_len(headers);
         let started = Instant::now();
         // One clock read: wall time follows from the journal's epoch.
         let started_at = self.0.epoch.0 + started.saturating_duration_since(self.0.epoch.1);
-        let mut bytes = Arena::with_capacity(FIRST_ARENA + path.len() + packed);
-        arena::fill(&mut bytes, path, headers, packed);
+        // Room for the usual headers (a user agent, a deadline, a few entries of metadata);
+        // more grows the buffer.
+        let mut bytes = Arena::with_capacity(FIRST_ARENA + path.len() + 48 * headers.len());
+        arena::fill(&mut bytes, path, headers);
         let accounted = bytes.capacity();
         let mut record = CallRecord {
             id: 0,
