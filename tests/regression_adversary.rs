@@ -484,6 +484,13 @@ async fn long_xpcall_handler_does_not_hold_up_other_calls() {
     quick_calls_overtake("xpcall_long", 2 * META_STEPS, "handled").await;
 }
 
+/// A `__close` that runs while an error unwinds through `pcall` is paused like any script code
+/// (Lua 5.4 finishes a `pcall` in a coroutine where it can yield).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_close_while_pcall_unwinds_does_not_hold_up_other_calls() {
+    quick_calls_overtake("close_in_pcall_long", 2 * META_STEPS, "false,unwound").await;
+}
+
 /// xpcall with its handler run from Lua answers as Lua's does: the function's results, the
 /// handler's answer, a failing handler retried until "error in error handling", Lua's argument
 /// error; the one visible difference is that pending `__close` handlers run before the handler.
