@@ -780,12 +780,13 @@ pub fn json_to_frozen(
 mod tests {
     use super::*;
 
-    #[test]
-    fn loading_freezes_script_tables_but_not_what_live_metatables_read() {
+    /// A state with `source` loaded as the script `x.lua` and loading finished: the state and
+    /// the script's environment.
+    fn loaded(source: &str) -> (Lua, Table) {
         let data = DataSets::default();
         let (lua, sandbox) = new_state(Path::new("handlers"), &data, 64 << 20).unwrap();
         let env: Table = sandbox.new_env.call(lua.globals()).unwrap();
-        lua.load("local t = { 1 } function F() return t end")
+        lua.load(source)
             .set_environment(env.clone())
             .exec()
             .unwrap();
@@ -796,6 +797,12 @@ mod tests {
             .call::<()>((env.clone(), lua.globals(), "x.lua"))
             .unwrap();
         finish_loading(&lua, &sandbox, &envs, true, 64 << 20).unwrap();
+        (lua, env)
+    }
+
+    #[test]
+    fn loading_freezes_script_tables_but_not_what_live_metatables_read() {
+        let (lua, env) = loaded("local t = { 1 } function F() return t end");
         let hidden_globals = freeze::hidden(&lua.globals()).unwrap();
         assert!(!freeze::is_frozen(&hidden_globals));
         assert!(freeze::is_frozen(&env));
@@ -809,24 +816,11 @@ mod tests {
     /// function gets the iterator written in Lua, which the hook can pause.
     #[test]
     fn frozen_tables_keep_the_c_library_functions() {
-        let data = DataSets::default();
-        let (lua, sandbox) = new_state(Path::new("handlers"), &data, 64 << 20).unwrap();
-        let env: Table = sandbox.new_env.call(lua.globals()).unwrap();
-        lua.load(
+        let (lua, env) = loaded(
             "local plain = { 'a', 'b' }\n\
              local slow = setmetatable({ 'a' }, { __index = function(_, k) return k == 2 and 'b' or nil end })\n\
              function F() return plain, slow end",
-        )
-        .set_environment(env.clone())
-        .exec()
-        .unwrap();
-        let mut envs = HashMap::new();
-        envs.insert(PathBuf::from("x.lua"), env.clone());
-        sandbox
-            .lock_env
-            .call::<()>((env.clone(), lua.globals(), "x.lua"))
-            .unwrap();
-        finish_loading(&lua, &sandbox, &envs, true, 64 << 20).unwrap();
+        );
         let (plain, slow): (Table, Table) = lua
             .load("return F()")
             .set_environment(env.clone())
