@@ -113,6 +113,12 @@ const CASES: &[&str] = &[
     "L.tostring(setmetatable({}, { __tostring = function() error('inner', 2) end }))",
     "L.tostring(setmetatable({}, { __tostring = function() error({ code = 1 }) end }))",
     "L.tostring(setmetatable({}, { __name = 'Named' })):match('^Named: ') ~= nil",
+    // metamethods that are callable tables
+    "L.tostring(setmetatable({}, { __tostring = setmetatable({}, { __call = function(_, o) note('call') return 'c' end }) }))",
+    "L.format('<%s>', setmetatable({}, { __tostring = setmetatable({}, { __call = function() return 'c' end }) }))",
+    "L.tostring(setmetatable({}, { __tostring = {} }))",
+    "L.min(setmetatable({ v = 2 }, { __lt = setmetatable({}, { __call = function(_, a, b) note('lt') return a.v < b.v end }) }), setmetatable({ v = 1 }, { __lt = setmetatable({}, { __call = function(_, a, b) note('lt') return a.v < b.v end }) })).v",
+    "L.add('1', setmetatable({}, { __add = setmetatable({}, { __call = function(_, a, b) note('add', type(a), type(b)) return 'sum' end }) }))",
     // string.format
     "L.format('%s|%5s|%-4s|%%|%d|%s', S('a'), S('bc'), S('d'), 3, S('e'))",
     "L.format('%s', S(12))",

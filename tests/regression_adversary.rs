@@ -491,6 +491,13 @@ async fn long_close_while_pcall_unwinds_does_not_hold_up_other_calls() {
     quick_calls_overtake("close_in_pcall_long", 2 * META_STEPS, "false,unwound").await;
 }
 
+/// A metamethod that is a callable table (a table with `__call`) went to Lua's C function, which
+/// called it from C; it now runs from Lua like a function metamethod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_callable_table_metamethod_does_not_hold_up_other_calls() {
+    quick_calls_overtake("callable_tostring_long", 2 * META_STEPS, "callable").await;
+}
+
 /// xpcall with its handler run from Lua answers as Lua's does: the function's results, the
 /// handler's answer, a failing handler retried until "error in error handling", Lua's argument
 /// error; the one visible difference is that pending `__close` handlers run before the handler.

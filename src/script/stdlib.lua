@@ -57,11 +57,17 @@ local function writes_plain(t)
   return false
 end
 
--- A table's own metamethod `event` if it is a function: script code a C function would call.
+-- A table's own metamethod `event` if it can be called: script code a C function would call.
+-- That is a function, or a table with a `__call` (Lua calls those too); calling anything else
+-- fails at once, and is left to Lua's own function and its error.
 local function script_meta(v, event)
   if type(v) ~= "table" or c_getmetatable(v) == nil then return nil end
   local f = rawget(metatable(v), event)
-  if type(f) == "function" then return f end
+  local tf = type(f)
+  if tf == "function" then return f end
+  if tf == "table" and c_getmetatable(f) ~= nil and rawget(metatable(f), "__call") ~= nil then
+    return f
+  end
   return nil
 end
 
