@@ -621,18 +621,9 @@ async fn reset_and_delete_clear_the_journal() {
 async fn a_call_cut_off_by_its_deadline_is_journaled_with_that_status() {
     let server = start(&[]);
     // A raw HTTP/2 client: tonic's would cancel at the deadline itself, racing the server.
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut send = send.ready().await.unwrap();
+    let mut send = common::h2_connect(server.addr).await.ready().await.unwrap();
     // List sends three messages 20 ms apart: a 30 ms deadline cannot let all three out.
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{}/kitchen.Kitchen/List", server.addr))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
+    let req = common::grpc_request(server.addr, "/kitchen.Kitchen/List")
         .header("grpc-timeout", "30m")
         .body(())
         .unwrap();
@@ -680,17 +671,8 @@ async fn a_call_cancelled_before_it_answered_has_no_response_headers() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut send = send.ready().await.unwrap();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{}/kitchen.Kitchen/Echo", server.addr))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
+    let mut send = common::h2_connect(server.addr).await.ready().await.unwrap();
+    let req = common::grpc_request(server.addr, "/kitchen.Kitchen/Echo")
         .body(())
         .unwrap();
     let (_resp, mut body) = send.send_request(req, false).unwrap();

@@ -106,7 +106,7 @@ async fn delay_past_deadline_is_deadline_exceeded() {
     let server = Server::start(&["--handlers", dir.path().to_str().unwrap()]);
     // A raw HTTP/2 client: tonic's client enforces the deadline on its own side too, and
     // would race the server's answer.
-    let mut conn = h2_connect(server.addr).await;
+    let mut conn = common::h2_connect(server.addr).await;
 
     // HelloRequest { name: "t" }
     let hello = &[0, 0, 0, 0, 3, 0x0a, 1, b't'][..];
@@ -150,15 +150,6 @@ async fn delay_past_deadline_is_deadline_exceeded() {
     assert_eq!(trailers.get("grpc-status").unwrap(), "4", "{trailers:?}");
     // One Feature { name: "a" } message: 5 bytes of framing and 3 of message.
     assert_eq!(bytes, 8, "exactly the first message went out");
-}
-
-async fn h2_connect(addr: std::net::SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    send
 }
 
 /// A call with `grpc-timeout: timeout` and the framed request `request`: the response headers
@@ -208,17 +199,8 @@ async fn streaming_error_is_trailers_only() {
     let server = Server::kitchen();
 
     // Frame by frame, with a raw HTTP/2 client.
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut send = send.ready().await.unwrap();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{}/kitchen.Kitchen/Chat", server.addr))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
+    let mut send = common::h2_connect(server.addr).await.ready().await.unwrap();
+    let req = common::grpc_request(server.addr, "/kitchen.Kitchen/Chat")
         .body(())
         .unwrap();
     let (resp, mut body) = send.send_request(req, false).unwrap();

@@ -206,15 +206,6 @@ async fn open_silent_calls(
     calls
 }
 
-async fn h2_connect(addr: std::net::SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    send
-}
-
 /// Waits (up to 20 s) until `expected` of `calls` are answered, then gives a moment for any
 /// unexpected extra answer: the answers (grpc-status, grpc-message), how many calls are still
 /// waiting, and the request halves to keep those calls open.
@@ -265,7 +256,7 @@ async fn answered(
 #[tokio::test]
 async fn calls_over_the_limits_are_refused_at_once() {
     let server = Server::start(&["--max-calls-per-connection", "8", "--max-calls", "12"]);
-    let mut a = h2_connect(server.addr).await;
+    let mut a = common::h2_connect(server.addr).await;
     let calls = open_silent_calls(&mut a, server.addr, 20).await;
     let (refusals, waiting, _keep_a) = answered(calls, 12).await;
     assert_eq!(waiting, 8, "8 calls get in and wait for their request");
@@ -275,7 +266,7 @@ async fn calls_over_the_limits_are_refused_at_once() {
         assert!(message.contains("--max-calls-per-connection"), "{message}");
     }
 
-    let mut b = h2_connect(server.addr).await;
+    let mut b = common::h2_connect(server.addr).await;
     let calls = open_silent_calls(&mut b, server.addr, 8).await;
     let (refusals, waiting, _keep_b) = answered(calls, 4).await;
     assert_eq!(waiting, 4, "the server-wide limit leaves room for 4 more");
@@ -479,7 +470,7 @@ async fn unread_streams_do_not_grow_memory() {
     framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
     framed.extend_from_slice(&msg);
     let body = bytes::Bytes::from(framed);
-    let mut conn = h2_connect(server.addr).await;
+    let mut conn = common::h2_connect(server.addr).await;
     let mut keep = Vec::new();
     for _ in 0..100 {
         let req = http::Request::builder()

@@ -281,6 +281,26 @@ pub fn run_bounded(mut cmd: Command) -> (Option<i32>, String) {
     (code, err)
 }
 
+/// A raw HTTP/2 connection to the server at `addr`, for tests that send frames one by one.
+pub async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// The head of a gRPC call to `path` (`/package.Service/Method`) on the server at `addr`, for a
+/// raw HTTP/2 client; add headers, then `.body(())`.
+pub fn grpc_request(addr: SocketAddr, path: &str) -> http::request::Builder {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+}
+
 /// Compiles protos the way the server does, for the client side.
 pub fn pool(protos: &Path) -> DescriptorPool {
     protoserve::schema::compile(&protoserve::schema::SchemaInputs::protos(&[
