@@ -6,31 +6,22 @@
 
 use mlua::Lua;
 
-/// A plain state with Lua's own functions kept as `C.*` (and the string arithmetic
-/// metamethods as `C.string_mt`) before the bounded ones replace them.
+/// A plain state with Lua's own functions kept as `C.*` (the string arithmetic metamethods as
+/// `C.add` and `C.unm`) before the bounded ones replace them, and those as `NEW.*`.
 fn state() -> Lua {
+    /// The functions under test, as the state has them when this runs.
+    const TAKE: &str = r#"
+        return { tostring = tostring, format = string.format, concat = table.concat,
+                 unpack = table.unpack, move = table.move, ipairs = ipairs, min = math.min,
+                 max = math.max, time = os.time, add = getmetatable("").__add,
+                 unm = getmetatable("").__unm }
+        "#;
     let lua = Lua::new();
-    lua.load(
-        r#"
-        C = { tostring = tostring, format = string.format, concat = table.concat,
-              unpack = table.unpack, move = table.move, ipairs = ipairs, min = math.min,
-              max = math.max, time = os.time, add = getmetatable("").__add,
-              unm = getmetatable("").__unm }
-        "#,
-    )
-    .exec()
-    .unwrap();
+    let lua_own: mlua::Table = lua.load(TAKE).eval().unwrap();
+    lua.globals().set("C", lua_own).unwrap();
     protoserve::script::stdlib::install(&lua).unwrap();
-    lua.load(
-        r#"
-        NEW = { tostring = tostring, format = string.format, concat = table.concat,
-                unpack = table.unpack, move = table.move, ipairs = ipairs, min = math.min,
-                max = math.max, time = os.time, add = getmetatable("").__add,
-                unm = getmetatable("").__unm }
-        "#,
-    )
-    .exec()
-    .unwrap();
+    let bounded: mlua::Table = lua.load(TAKE).eval().unwrap();
+    lua.globals().set("NEW", bounded).unwrap();
     lua
 }
 

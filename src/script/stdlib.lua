@@ -859,23 +859,19 @@ do -- math.min and math.max compare with `<`, which runs a table's `__lt`
   end
 
   -- Two or three numbers (or two and a nil, at which Lua's own stops with its error before it
-  -- reaches any later argument) go straight to Lua's function.
-  math.min = function(...)
-    local a, b, c = ...
-    if type(a) == "number" and type(b) == "number"
-        and (c == nil or type(c) == "number" and select("#", ...) == 3) then
-      local r = min(...) return r
+  -- reaches any later argument) go straight to Lua's function `pair`.
+  local function bounded(pair, fname, less_first)
+    return function(...)
+      local a, b, c = ...
+      if type(a) == "number" and type(b) == "number"
+          and (c == nil or type(c) == "number" and select("#", ...) == 3) then
+        local r = pair(...) return r
+      end
+      return any(pair, fname, less_first, ...)
     end
-    return any(min, "min", true, ...)
   end
-  math.max = function(...)
-    local a, b, c = ...
-    if type(a) == "number" and type(b) == "number"
-        and (c == nil or type(c) == "number" and select("#", ...) == 3) then
-      local r = max(...) return r
-    end
-    return any(max, "max", false, ...)
-  end
+  math.min = bounded(min, "min", true)
+  math.max = bounded(max, "max", false)
 end
 
 do -- Lua's string arithmetic ("10" + x) calls the other operand's metamethod from C
