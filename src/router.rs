@@ -165,11 +165,7 @@ async fn dispatch(
     journal: Option<Tap>,
 ) -> Response<CallBody> {
     if let Some(tap) = &journal {
-        tap.attach(
-            &entry.info,
-            entry.handler.as_ref().map(|h| h.kind()),
-            &entry.origin,
-        );
+        tap.attach(&entry.answerer);
     }
     let codec = RequestCodec::new(entry.info.input.clone()).message_limit(limits.max_message_size);
     let mut grpc = Grpc::new(Journaling::new(codec, journal.clone()))

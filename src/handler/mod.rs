@@ -204,6 +204,8 @@ pub struct MethodEntry {
     pub around: Around,
     /// Where the handler was declared, for the admin API and the journal.
     pub origin: Origin,
+    /// The method and handler as the journal notes them for each call.
+    pub answerer: Arc<crate::journal::Answerer>,
 }
 
 /// Where a method's handler comes from.
@@ -266,6 +268,10 @@ impl HandlerTable {
             for method in service.methods() {
                 let info = Arc::new(MethodInfo::new(method));
                 table.order.push(info.path.clone());
+                let answerer = Arc::new(crate::journal::Answerer {
+                    method: info.clone(),
+                    handler: None,
+                });
                 table.entries.insert(
                     info.path.clone(),
                     Arc::new(MethodEntry {
@@ -273,6 +279,7 @@ impl HandlerTable {
                         handler: None,
                         around: Around::default(),
                         origin: Origin::None,
+                        answerer,
                     }),
                 );
             }
@@ -294,11 +301,19 @@ impl HandlerTable {
         origin: Origin,
     ) {
         if let Some(entry) = self.entries.get_mut(path) {
+            let answerer = Arc::new(crate::journal::Answerer {
+                method: entry.info.clone(),
+                handler: Some(crate::journal::HandlerNote {
+                    kind: handler.kind(),
+                    origin: origin.clone(),
+                }),
+            });
             *entry = Arc::new(MethodEntry {
                 info: entry.info.clone(),
                 handler: Some(handler),
                 around,
                 origin,
+                answerer,
             });
         }
     }

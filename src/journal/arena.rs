@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderMap;
 
-use super::{Direction, End, Frame, HandlerNote};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+
+use super::{Answerer, Direction, End, Frame, HandlerNote};
 use crate::handler::MethodInfo;
 
 /// A call's bytes while it runs.
@@ -31,6 +33,9 @@ pub mod block {
     pub const TRAILERS: u8 = 5;
     /// The index of the rule that answered a request (4 bytes).
     pub const RULE: u8 = 6;
+    /// The client's address: 4 bytes of IPv4 or 16 of IPv6 (then a 4-byte scope id), then
+    /// the port as 2 bytes.
+    pub const PEER: u8 = 7;
     /// Kind bits of the first byte.
     pub const KIND: u8 = 0x0f;
     /// Flag: the block was sent at the end of the call.
@@ -54,17 +59,19 @@ pub enum At {
     Micros(u64),
 }
 
-/// What a record knows besides its bytes.
+/// What a record knows besides its bytes. Ended calls keep it in the journal's ring, so it is
+/// small: the less of a slot there is, the fewer cold lines a new call reads when it takes the
+/// slot of the call it evicts.
 #[derive(Clone, Default)]
 pub struct Facts {
-    pub method: Option<Arc<MethodInfo>>,
-    pub handler: Option<HandlerNote>,
+    /// The method and handler, once the router found them.
+    pub answerer: Option<Arc<Answerer>>,
     /// Frames not kept because the call alone exceeded the byte budget.
-    pub dropped: u64,
-    /// How the call ended, and when (microseconds after it started).
-    pub end: Option<(End, u64)>,
+    pub dropped: u32,
     /// Response headers went out (apart from a Trailers-Only answer's).
     pub answered: bool,
+    /// How the call ended, and when (microseconds after it started).
+    pub end: Option<(End, u64)>,
 }
 
 impl Facts {
@@ -99,9 +106,23 @@ pub fn blocks(
 
 /// Starts a run with the path and request headers blocks, in one pass over the headers (the
 /// headers block's length is written once they are packed).
-pub fn fill(arena: &mut Arena, path: &[u8], headers: &HeaderMap) {
+pub fn fill(arena: &mut Arena, path: &[u8], headers: &HeaderMap, peer: Option<SocketAddr>) {
     put_block_header(arena, block::PATH, At::Start, path.len());
     arena.extend_from_slice(path);
+    match peer {
+        Some(SocketAddr::V4(a)) => {
+            put_block_header(arena, block::PEER, At::Start, 6);
+            arena.extend_from_slice(&a.ip().octets());
+            arena.extend_from_slice(&a.port().to_le_bytes());
+        }
+        Some(SocketAddr::V6(a)) => {
+            put_block_header(arena, block::PEER, At::Start, 22);
+            arena.extend_from_slice(&a.ip().octets());
+            arena.extend_from_slice(&a.scope_id().to_le_bytes());
+            arena.extend_from_slice(&a.port().to_le_bytes());
+        }
+        None => {}
+    }
     let head = arena.len();
     put_block_header(arena, block::REQUEST_HEADERS, At::Start, 0);
     let start = arena.len();
@@ -199,6 +220,31 @@ fn packed_values<'a>(payload: &'a [u8], name: &'a str) -> impl Iterator<Item = &
     })
 }
 
+fn peer(payload: &[u8]) -> Option<SocketAddr> {
+    let port = |at: usize| {
+        Some(u16::from_le_bytes(
+            payload.get(at..at + 2)?.try_into().ok()?,
+        ))
+    };
+    match payload.len() {
+        6 => {
+            let ip: [u8; 4] = payload[..4].try_into().ok()?;
+            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port(4)?))
+        }
+        22 => {
+            let ip: [u8; 16] = payload[..16].try_into().ok()?;
+            let scope = u32::from_le_bytes(payload[16..20].try_into().ok()?);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                port(20)?,
+                0,
+                scope,
+            )))
+        }
+        _ => None,
+    }
+}
+
 pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -220,8 +266,8 @@ impl LogRef<'_> {
     /// The method: `package.Service/Method` once the router found it, else the request path
     /// without its leading `/`.
     pub fn method_name(&self) -> &str {
-        match &self.facts.method {
-            Some(info) => &info.name,
+        match &self.facts.answerer {
+            Some(a) => &a.method.name,
             None => std::str::from_utf8(self.block(block::PATH).unwrap_or_default())
                 .unwrap_or_default()
                 .trim_start_matches('/'),
@@ -268,6 +314,8 @@ fn no_status() -> (i32, String) {
 pub struct CallView {
     pub method: Option<Arc<MethodInfo>>,
     pub method_name: String,
+    /// The client's address.
+    pub peer: Option<SocketAddr>,
     pub handler: Option<HandlerNote>,
     pub rules: Vec<u32>,
     pub dropped: u64,
@@ -288,11 +336,12 @@ impl CallView {
         let facts = log.facts;
         let end = facts.end();
         let mut view = CallView {
-            method: facts.method.clone(),
+            method: facts.answerer.as_ref().map(|a| a.method.clone()),
+            peer: None,
             method_name: log.method_name().to_owned(),
-            handler: facts.handler.clone(),
+            handler: facts.answerer.as_ref().and_then(|a| a.handler.clone()),
             rules: Vec::new(),
-            dropped: facts.dropped,
+            dropped: u64::from(facts.dropped),
             end,
             status: log.status(),
             metadata: HeaderMap::new(),
@@ -306,6 +355,7 @@ impl CallView {
                 block::REQUEST_HEADERS => view.metadata = unpack_headers(payload),
                 block::RESPONSE_HEADERS => view.response_headers = Some(unpack_headers(payload)),
                 block::TRAILERS => view.trailers = Some(unpack_headers(payload)),
+                block::PEER => view.peer = peer(payload),
                 block::RULE => {
                     if let Ok(rule) = <[u8; 4]>::try_from(payload) {
                         view.rules.push(u32::from_le_bytes(rule));

@@ -5,18 +5,15 @@
 //! record is the same hot memory. A record that leaves the journal before its call ends (evicted
 //! or cleared) stops recording and gives its bytes back to the budget.
 
-use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::HeaderMap;
 
 use super::arena::{self, block, Arena, At, CallView, Facts, LogRef};
-use super::{lock, Budget, End, HandlerNote, Inner};
-use crate::handler::{MethodInfo, Origin};
+use super::{lock, Answerer, End, Inner};
 
 /// What a running call costs in the byte budget besides its bytes (the record itself).
 pub const CALL_COST: usize = 256;
@@ -39,10 +36,9 @@ impl Deref for Tap {
 /// Everything recorded about one running call.
 pub struct CallRecord {
     pub id: u64,
-    pub peer: Option<SocketAddr>,
-    pub started_at: SystemTime,
     pub started: Instant,
-    pub(super) budget: Arc<Budget>,
+    /// The journal's byte budget: one call never holds more.
+    pub(super) max_bytes: usize,
     pub(super) journal: Weak<Inner>,
     pub(super) log: Mutex<CallLog>,
 }
@@ -92,14 +88,11 @@ impl CallRecord {
     }
 
     /// Notes the method and its handler (the router, once it found the method).
-    pub fn attach(&self, info: &Arc<MethodInfo>, kind: Option<&'static str>, origin: &Origin) {
+    pub fn attach(&self, answerer: &Arc<Answerer>) {
+        let shape = answerer.method.shape;
         let mut log = self.log();
-        log.timed = (info.shape.streams_input(), info.shape.streams_output());
-        log.facts.method = Some(info.clone());
-        log.facts.handler = kind.map(|kind| HandlerNote {
-            kind,
-            origin: origin.clone(),
-        });
+        log.timed = (shape.streams_input(), shape.streams_output());
+        log.facts.answerer = Some(answerer.clone());
     }
 
     /// Notes the index of the rule that answered a request.
@@ -135,60 +128,85 @@ impl CallRecord {
     /// Appends a block of `len` bytes that `write` fills, unless the call alone would pass the
     /// byte budget (then a message is counted as dropped), and gives back room in the journal
     /// if it is over budget. A header block ending the call (trailers) ends it with `end`.
+    ///
+    /// A block that fits the buffer takes only the record's lock. One that needs the buffer
+    /// to grow takes the journal's lock first (the budget is counted under it), then the
+    /// record's, in the order every other path takes them.
     fn push(&self, kind: u8, len: usize, end: Option<End>, write: impl FnOnce(&mut Arena)) {
-        let over = {
+        let at = {
             let mut log = self.log();
             if log.closed {
                 return;
             }
-            let at = match kind {
-                block::REQUEST if log.timed.0 => At::Micros(self.elapsed()),
-                block::RESPONSE if log.timed.1 => At::Micros(self.elapsed()),
-                block::RESPONSE => At::End,
-                _ => At::Start,
-            };
-            if let Some(end) = end {
-                if log.facts.end.is_none() {
-                    log.facts.end = Some((end, self.elapsed()));
-                }
-                // Trailers follow the response headers.
-                log.facts.answered |= end == End::Trailers;
-            }
-            let room = self.budget.max_bytes.saturating_sub(CALL_COST);
-            let used = log.arena.len();
-            let need = arena::header_len(at) + len;
-            // A request keeps room for the rule block that may answer it, so a kept request
-            // never loses its rule.
-            let after = if kind == block::REQUEST {
-                RULE_BLOCK
-            } else {
-                0
-            };
-            if used + need + after > room {
-                if kind == block::REQUEST || kind == block::RESPONSE {
-                    log.facts.dropped += 1;
-                }
+            let at = at(&log, kind, self);
+            if log.arena.capacity() - log.arena.len() >= arena::header_len(at) + len {
+                self.append(&mut log, kind, at, len, end, write);
                 return;
             }
-            if log.arena.capacity() - used < need {
-                // Grow as a Vec would, but never past what the call may hold.
-                let want = (log.arena.capacity() * 2).max(used + need).min(room);
-                log.arena.reserve_exact(want - used);
-            }
-            arena::put_block_header(&mut log.arena, kind, at, len);
-            write(&mut log.arena);
-            let grown = log.arena.capacity().saturating_sub(log.accounted);
-            log.accounted += grown;
-            grown > 0
-                && self.budget.bytes.fetch_add(grown, Ordering::Relaxed) + grown
-                    > self.budget.max_bytes
+            at
         };
-        if over {
-            if let Some(journal) = self.journal.upgrade() {
-                let mut ring = lock(&journal.ring);
-                journal.shrink(&mut ring, self.id);
+        let Some(journal) = self.journal.upgrade() else {
+            return;
+        };
+        let mut ring = lock(&journal.ring);
+        let grown = {
+            let mut log = self.log();
+            if log.closed {
+                return;
             }
+            let before = log.arena.capacity();
+            self.append(&mut log, kind, at, len, end, write);
+            let grown = log.arena.capacity().saturating_sub(before);
+            log.accounted += grown;
+            grown
+        };
+        ring.bytes += grown;
+        if ring.bytes > journal.max_bytes {
+            journal.shrink(&mut ring, self.id);
         }
+    }
+
+    /// Appends a block to `log`, growing its buffer as needed but never past what one call may
+    /// hold (then a message is counted as dropped instead).
+    fn append(
+        &self,
+        log: &mut CallLog,
+        kind: u8,
+        at: At,
+        len: usize,
+        end: Option<End>,
+        write: impl FnOnce(&mut Arena),
+    ) {
+        if let Some(end) = end {
+            if log.facts.end.is_none() {
+                log.facts.end = Some((end, self.elapsed()));
+            }
+            // Trailers follow the response headers.
+            log.facts.answered |= end == End::Trailers;
+        }
+        let room = self.max_bytes.saturating_sub(CALL_COST);
+        let used = log.arena.len();
+        let need = arena::header_len(at) + len;
+        // A request keeps room for the rule block that may answer it, so a kept request
+        // never loses its rule.
+        let after = if kind == block::REQUEST {
+            RULE_BLOCK
+        } else {
+            0
+        };
+        if used + need + after > room {
+            if kind == block::REQUEST || kind == block::RESPONSE {
+                log.facts.dropped = log.facts.dropped.saturating_add(1);
+            }
+            return;
+        }
+        if log.arena.capacity() - used < need {
+            // Grow as a Vec would, but never past what the call may hold.
+            let want = (log.arena.capacity() * 2).max(used + need).min(room);
+            log.arena.reserve_exact(want - used);
+        }
+        arena::put_block_header(&mut log.arena, kind, at, len);
+        write(&mut log.arena);
     }
 
     fn push_headers(&self, kind: u8, headers: &HeaderMap, end: Option<End>) {
@@ -201,13 +219,17 @@ impl CallRecord {
     /// ends the call, and the answer is true. That other headers went out is recorded when the
     /// call ends (see `finish`), so a call that answered costs no lock here.
     pub fn response_head(&self, headers: &HeaderMap) -> bool {
-        static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-        if headers.contains_key(&GRPC_STATUS) {
-            self.push_headers(block::TRAILERS, headers, Some(End::TrailersOnly));
-            return true;
+        // One pass over the few headers, comparing names rather than hashing one to look it up.
+        let mut kept = false;
+        for name in headers.keys() {
+            if name.as_str() == "grpc-status" {
+                self.push_headers(block::TRAILERS, headers, Some(End::TrailersOnly));
+                return true;
+            }
+            // Most responses carry only the protocol's headers: nothing to keep.
+            kept |= !arena::routine(name);
         }
-        // Most responses carry only the protocol's headers: nothing to keep.
-        if headers.keys().any(|k| !arena::routine(k)) {
+        if kept {
             self.push_headers(block::RESPONSE_HEADERS, headers, None);
         }
         false
@@ -248,11 +270,12 @@ impl CallRecord {
         }
     }
 
-    /// Marks the record as out of the journal and gives its bytes back to the budget.
-    pub(super) fn forget(&self) {
+    /// Marks the record as out of the journal: the bytes the budget gets back (the caller
+    /// holds the journal's lock).
+    pub(super) fn forget(&self) -> usize {
         let mut log = self.log();
         if log.gone {
-            return;
+            return 0;
         }
         log.gone = true;
         // A sealed record's cost moved to its ended call.
@@ -260,8 +283,16 @@ impl CallRecord {
         log.closed = true;
         log.accounted = 0;
         log.arena = Arena::new();
-        if freed > 0 {
-            self.budget.bytes.fetch_sub(freed, Ordering::Relaxed);
-        }
+        freed
+    }
+}
+
+/// When a block of `kind` happened: only a streaming side's messages read the clock.
+fn at(log: &CallLog, kind: u8, record: &CallRecord) -> At {
+    match kind {
+        block::REQUEST if log.timed.0 => At::Micros(record.elapsed()),
+        block::RESPONSE if log.timed.1 => At::Micros(record.elapsed()),
+        block::RESPONSE => At::End,
+        _ => At::Start,
     }
 }

@@ -77,7 +77,7 @@ pub fn call_json_from(record: &Call, log: &CallView, view: View) -> Json {
     );
     out.insert(
         "peer".into(),
-        record.peer.map_or(Json::Null, |p| json!(p.to_string())),
+        log.peer.map_or(Json::Null, |p| json!(p.to_string())),
     );
     out.insert(
         "started_at".into(),

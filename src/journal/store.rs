@@ -17,13 +17,32 @@ use bytes::{Bytes, BytesMut};
 /// The size of a segment; a call larger than a quarter of it gets its own.
 pub const SEGMENT: usize = 16 * 1024;
 
-/// Where an ended call's bytes are, for giving them back.
+/// Where an ended call's bytes are, for giving them back: in the segment with this number, or
+/// (top bit set) in an allocation of its own of this many bytes (its capacity, not its
+/// length). One word, as it sits in every ended call's slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Place {
-    /// In the segment with this number.
-    Segment(u64),
-    /// In an allocation of its own, of this many bytes (its capacity, not its length).
-    Own(usize),
+pub struct Place(u64);
+
+const OWN: u64 = 1 << 63;
+
+impl Place {
+    fn in_segment(n: u64) -> Self {
+        Place(n & !OWN)
+    }
+
+    fn alone(len: usize) -> Self {
+        Place(len as u64 | OWN)
+    }
+
+    /// The bytes of an allocation of its own, if the call has one.
+    pub fn own(self) -> Option<usize> {
+        (self.0 & OWN != 0).then_some((self.0 & !OWN) as usize)
+    }
+
+    /// The segment number, if the call is in a segment.
+    fn segment(self) -> Option<u64> {
+        (self.0 & OWN == 0).then_some(self.0)
+    }
 }
 
 #[derive(Default)]
@@ -42,7 +61,7 @@ impl Store {
         if run.len() > SEGMENT / 4 {
             // The whole allocation moves with it, room to grow included.
             let held = run.capacity();
-            return (Bytes::from(std::mem::take(run)), Place::Own(held), held);
+            return (Bytes::from(std::mem::take(run)), Place::alone(held), held);
         }
         let mut charged = 0;
         // No segment open, or the open one was given back when its last call left.
@@ -58,14 +77,17 @@ impl Store {
             *n += 1;
         }
         let seg = self.first + self.live.len() as u64 - 1;
-        (self.current.split().freeze(), Place::Segment(seg), charged)
+        (
+            self.current.split().freeze(),
+            Place::in_segment(seg),
+            charged,
+        )
     }
 
     /// A call kept at `place` left the journal: the bytes the budget gets back.
     pub fn release(&mut self, place: Place) -> usize {
-        let seg = match place {
-            Place::Own(len) => return len,
-            Place::Segment(seg) => seg,
+        let Some(seg) = place.segment() else {
+            return place.own().unwrap_or(0);
         };
         let Some(i) = seg.checked_sub(self.first).map(|i| i as usize) else {
             return 0;
@@ -128,7 +150,7 @@ mod tests {
         let (kept, place, charged) = store.keep(&mut big);
         assert_eq!(kept.as_ptr(), at);
         assert!(big.is_empty());
-        assert_eq!((place, charged), (Place::Own(SEGMENT), SEGMENT));
+        assert_eq!((place, charged), (Place::alone(SEGMENT), SEGMENT));
         assert_eq!(store.release(place), SEGMENT);
     }
 
