@@ -97,7 +97,14 @@ struct Ring {
     evicted: u64,
     next_id: u64,
     store: store::Store,
+    /// Buffers of calls that ended, emptied, for the next calls to start with: the one freed
+    /// last is still in cache, and taking it costs no allocation. At most `SPARE` of them, of
+    /// at most `SPARE_BYTES` each, so they hold little memory outside the budget.
+    spare: Vec<Arena>,
 }
+
+const SPARE: usize = 64;
+const SPARE_BYTES: usize = 2048;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -192,9 +199,12 @@ impl Journal {
     pub fn begin(&self, uri: &Uri, headers: &HeaderMap, peer: Option<SocketAddr>) -> Tap {
         let path = uri.path().as_bytes();
         let started = Instant::now();
+        let mut ring = lock(&self.0.ring);
+        let ring = &mut *ring;
         // Room for the usual headers (a user agent, a deadline, a few entries of metadata);
         // more grows the buffer.
-        let mut bytes = Arena::with_capacity(FIRST_ARENA + path.len() + 48 * headers.len());
+        let mut bytes = ring.spare.pop().unwrap_or_default();
+        bytes.reserve(FIRST_ARENA + path.len() + 48 * headers.len());
         arena::fill(&mut bytes, path, headers, peer);
         let accounted = bytes.capacity();
         let mut record = CallRecord {
@@ -211,8 +221,6 @@ impl Journal {
         let started_us = self.0.epoch_micros.saturating_add(arena::micros(
             started.saturating_duration_since(self.0.epoch),
         ));
-        let mut ring = lock(&self.0.ring);
-        let ring = &mut *ring;
         let id = ring.next_id;
         ring.next_id += 1;
         record.id = id;
@@ -360,8 +368,12 @@ impl Inner {
         // Readers holding the running record find the call here (see `Call::snapshot_if`).
         let (bytes, place, charged) = ring.store.keep(&mut log.arena);
         // The bytes are in the store now; the buffer need not wait for the record's last
-        // handle (a handler may outlive its call), uncounted.
-        log.arena = Arena::new();
+        // handle (a handler may outlive its call), uncounted: it starts the next call.
+        let mut spare = std::mem::take(&mut log.arena);
+        if (1..=SPARE_BYTES).contains(&spare.capacity()) && ring.spare.len() < SPARE {
+            spare.clear();
+            ring.spare.push(spare);
+        }
         let facts = std::mem::take(&mut log.facts);
         let was = log.accounted + record::CALL_COST;
         log.accounted = 0;
