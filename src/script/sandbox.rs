@@ -10,7 +10,8 @@
 //!   load-time function that assigns a module-level local is a startup error (see
 //!   [`super::bytecode`]). So no call can leave anything behind for the next one.
 //! - `setmetatable` refuses `__gc` (no script code runs outside a call), guards `__close` (it
-//!   does nothing once the call is aborted) and lets frozen tables serve as metatables;
+//!   does nothing once the call is aborted, and `coroutine.close` runs it where the hook can
+//!   pause it; see [`super::guard`]) and lets frozen tables serve as metatables;
 //!   `getmetatable`, `next`, `rawget` and `rawlen` see through the freeze.
 //! - `print` goes to the server log; `grpc.status(code, message)` builds an error that ends the
 //!   call with that status.
