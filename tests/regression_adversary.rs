@@ -501,6 +501,15 @@ async fn long_close_run_by_coroutine_close_does_not_hold_up_other_calls() {
     quick_calls_overtake("spin_in_c", SPIN_IN_C_STEPS, "5000000050000000,x").await;
 }
 
+/// `ctx:sleep` in a `__close` that `coroutine.close` runs failed ("cannot wait ... where Lua
+/// cannot yield"): Lua runs that handler from C. It now runs inside the coroutine, which waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_run_by_coroutine_close_may_wait() {
+    let (_s, c) = start(&["--script-states", "1"]).await;
+    let (r, _) = run(&c, "sleep_in_close", 0).await;
+    assert_eq!(r.expect("the call answers")["text"], "slept,inner");
+}
+
 /// A metamethod that is a callable table (a table with `__call`) went to Lua's C function, which
 /// called it from C; it now runs from Lua like a function metamethod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

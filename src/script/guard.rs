@@ -254,8 +254,11 @@ local function after_yield(...)
   return ...
 end
 
+-- (mlua's waiting functions yield PENDING through this too: that yield is no script's.)
 local function yield(...)
-  if nclosing ~= 0 and closing[co_running()] then error(YIELD_IN_CLOSE, 0) end
+  if nclosing ~= 0 and closing[co_running()] and (...) ~= PENDING then
+    error(YIELD_IN_CLOSE, 0)
+  end
   if select('#', ...) == 0 then clear_sliced() end
   return after_yield(co_yield(...))
 end
