@@ -7,11 +7,11 @@
 //! - Lua's `coroutine.close` runs a coroutine's `__close` handlers from C, where nothing can
 //!   yield, so the hook could not pause a slow one. It never runs one here: every coroutine a
 //!   script makes runs its function in a protected call of ours (its bottom), and is unwound
-//!   from inside itself. `close` of a suspended coroutine resumes it with a private token that
-//!   its `yield` raises; an uncaught error starts the same unwinding from the bottom's message
-//!   handler. While it unwinds, protected calls pass the error on (no message handler runs) and
+//!   from inside itself. `close` of a suspended coroutine resumes it with a private token on
+//!   which its `yield` raises; an uncaught error starts the same unwinding from the bottom's
+//!   message handler. While it unwinds, protected calls pass the error on (no message handler runs) and
 //!   the guarded `__close` handlers (all of them: those given after `setmetatable` are guarded
-//!   from a walk of the coroutine's stack first) are only noted. At the bottom they run, inside
+//!   by a walk of the top of the coroutine's stack first) are only noted. At the bottom they run, inside
 //!   the coroutine, as Lua's close would run them (same order, error arguments and result), and
 //!   as in Lua they cannot `yield` there; the hook's own yields pass up as usual. A coroutine
 //!   that failed parks at its bottom, looking dead, until `close` runs its handlers.
@@ -110,17 +110,23 @@ local function guard_close(f)
 end
 
 -- A handler given to a metatable after `setmetatable` is not guarded: before we unwind a
--- coroutine, every value on its stack whose metatable has one gets it guarded. The walk is
--- bounded by Lua's stack limit (a million slots) and runs as Lua code, charged to the budget
--- like the instructions that built the stack.
+-- coroutine, every value on its stack whose metatable has one gets it guarded. Lua finds a
+-- stack level by counting from the top, so a walk of the whole stack would take time square
+-- in its depth, where the hook cannot pause it (in the message handler): the walk looks at the
+-- top WALK_LEVELS levels and at most WALK_LOOKS locals. A late handler deeper than that runs as
+-- the coroutine unwinds (inside it, so the hook pauses it), before the deferred ones.
+local WALK_LEVELS, WALK_LOOKS = 200, 5000
+
 local function guard_stack(c)
-  local level = 0
-  while true do
+  local looks = WALK_LOOKS
+  for level = 0, WALK_LEVELS do
     local info = dgetinfo(c, level, "S")
     if info == nil then return end
     if info.what ~= "C" then
       local i = 1
       while true do
+        looks = looks - 1
+        if looks < 0 then return end
         local name, v = dgetlocal(c, level, i)
         if name == nil then break end
         if type(v) == "table" then
@@ -133,12 +139,13 @@ local function guard_stack(c)
         i = i + 1
       end
     end
-    level = level + 1
   end
 end
 
-local function defer(c)
-  deferring[c] = {}
+-- `c` is unwound from here on: by `close` (then the unwinding raises nil, which is what a handler
+-- that is not deferred gets as Lua's close would give it) or by an uncaught error.
+local function defer(c, closing_it)
+  deferring[c] = { by_close = closing_it }
   ndeferring = ndeferring + 1
   guard_stack(c)
 end
@@ -250,7 +257,7 @@ local function resume(c, ...)
 end
 
 local function after_yield(...)
-  if ndeferring ~= 0 and (...) == CLOSE then error(CLOSE, 0) end
+  if ndeferring ~= 0 and (...) == CLOSE then error(nil, 0) end
   return ...
 end
 
@@ -316,7 +323,8 @@ local function ended(ok, ...)
   -- message handler (a memory error, whose unwinding ran the handlers).
   if d == nil or aborted() then error(e, 0) end
   undefer(c)
-  if e == CLOSE then return CLOSED, run_deferred(c, d, true, nil) end
+  -- (A handler the walk did not reach may have raised while `close` unwound.)
+  if d.by_close then return CLOSED, run_deferred(c, d, e == nil, e) end
   -- Dead by an error: the handlers wait for `close`, which resumes the coroutine with RUN.
   parked[c] = true
   nparked = nparked + 1
@@ -331,7 +339,7 @@ end
 local function on_error(e)
   if not aborted() then
     local c = co_running()
-    if ndeferring == 0 or deferring[c] == nil then defer(c) end
+    if ndeferring == 0 or deferring[c] == nil then defer(c, false) end
   end
   return e
 end
@@ -344,7 +352,7 @@ end
 
 -- Lua's close runs a coroutine's `__close` handlers from C, where nothing can yield: a slow
 -- one held its state. So nothing here lets Lua's close run one: a suspended coroutine is
--- resumed with CLOSE, which its `yield` raises, and unwinds to its bottom with its handlers
+-- resumed with CLOSE, on which its `yield` raises, and unwinds to its bottom with its handlers
 -- deferred, then runs them there, where the hook pauses them like any script code. A coroutine
 -- that failed is parked at its bottom with its handlers pending, and runs them when closed.
 -- Running and normal coroutines get Lua's own errors. An aborted call closes nothing.
@@ -355,7 +363,7 @@ local function close(...)
   if nparked ~= 0 and parked[c] then return closed(c, after_resume(c, co_resume(c, RUN))) end
   local st = co_status(c)
   if st == "suspended" then
-    defer(c)
+    defer(c, true)
     return closed(c, resume(c, CLOSE))
   elseif st ~= "dead" then
     -- As Lua's close says it, where its caller called it.
