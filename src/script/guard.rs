@@ -145,9 +145,9 @@ end
 -- `c` is unwound from here on: by `close` (then the unwinding raises nil, which is what a handler
 -- that is not deferred gets as Lua's close would give it) or by an uncaught error.
 local function defer(c, closing_it)
+  guard_stack(c)
   deferring[c] = { by_close = closing_it }
   ndeferring = ndeferring + 1
-  guard_stack(c)
 end
 
 local function undefer(c)
