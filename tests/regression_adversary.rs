@@ -307,6 +307,8 @@ async fn stopped_call_leaves_no_close_handler_running() {
         "co_pcall_late_close",
         "co_deep",
         "co_in_c_close",
+        // A tree of closes, each run from the handler of the one above, to the C-stack limit.
+        "close_recurse",
         // Error values whose metamethods never return; the stop raised with memory full.
         "err_meta",
         "mem_then_spin",
