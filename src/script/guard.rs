@@ -6,15 +6,16 @@
 //!   aborted, nothing is closed.
 //! - Lua's `coroutine.close` runs a coroutine's `__close` handlers from C, where nothing can
 //!   yield, so the hook could not pause a slow one. It never runs one here: every coroutine a
-//!   script makes runs its function in a protected call of ours (its bottom), and is unwound
+//!   script makes runs its function in a protected call of ours (its bottom) and is unwound
 //!   from inside itself. `close` of a suspended coroutine resumes it with a private token on
 //!   which its `yield` raises; an uncaught error starts the same unwinding from the bottom's
-//!   message handler. While it unwinds, protected calls pass the error on (no message handler runs) and
-//!   the guarded `__close` handlers (all of them: those given after `setmetatable` are guarded
-//!   by a walk of the top of the coroutine's stack first) are only noted. At the bottom they run, inside
-//!   the coroutine, as Lua's close would run them (same order, error arguments and result), and
-//!   as in Lua they cannot `yield` there; the hook's own yields pass up as usual. A coroutine
-//!   that failed parks at its bottom, looking dead, until `close` runs its handlers.
+//!   message handler. While it unwinds, protected calls pass the error on (no message handler
+//!   runs) and the `__close` handlers, all guarded (one given after `setmetatable` is guarded by
+//!   a walk of the top of the stack first), are only noted. At the bottom they run inside the
+//!   coroutine as Lua's close runs them (same order, error arguments and result; no `yield`),
+//!   and the hook's own yields pass up as usual. A coroutine that failed parks at its bottom,
+//!   looking dead, until `close` runs its handlers. The usual paths pay one comparison each
+//!   (counters of coroutines in each of these states; the states are kept weak-keyed).
 //! - `xpcall` runs its message handler from Lua after the failed call unwound, not from C at the
 //!   error as Lua does, so the hook can pause a slow handler like any script code.
 //! - The hook stops an aborted call by yielding the coroutine it is in (see `hook`), so
