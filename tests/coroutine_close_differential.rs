@@ -406,6 +406,31 @@ const CASES: &[&str] = &[
     log(CO())
     log(pcall(CO))
     "#,
+    // A `__close` given after setmetatable, below a caller whose temporaries hold thousands of
+    // varargs: the walk that guards such handlers used to count those temporaries against its
+    // budget and stop short, so the handler ran as the coroutine unwound (first, and for a
+    // coroutine dead by an error before `close`) instead of in Lua's order.
+    r#"
+    CO = coroutine.create(function()
+      local a <close> = late("a")
+      local b <close> = obj("b")
+      local function v(...) coroutine.yield() end
+      local function w() local t = {} for i = 1, 6000 do t[i] = i end v(table.unpack(t)) end
+      w()
+    end)
+    log(coroutine.resume(CO))
+    log(coroutine.close(CO))
+    local d = coroutine.create(function()
+      local a <close> = late("da")
+      local b <close> = obj("db")
+      local function v(...) error("E", 0) end
+      local function w() local t = {} for i = 1, 6000 do t[i] = i end v(table.unpack(t)) end
+      w()
+    end)
+    log(coroutine.resume(d))
+    log("closing")
+    log(coroutine.close(d))
+    "#,
 ];
 
 fn reference() -> Lua {
@@ -430,6 +455,53 @@ fn run(lua: &Lua, env: Option<&Table>, case: &str) -> String {
         Ok(s) => s,
         Err(e) => format!("FAILED: {e}"),
     }
+}
+
+/// Runs `case` in a plain Lua state and in a sandboxed one; the logs must be the same.
+fn assert_same(case: &str) {
+    let expected = run(&reference(), None, case);
+    assert!(!expected.starts_with("FAILED"), "{expected}");
+    let (lua, env) = sandboxed();
+    let got = run(&lua, Some(&env), case);
+    assert_eq!(expected, got, "{case}");
+}
+
+/// A `__close` given after setmetatable below levels full of named locals (a function may have
+/// 200): the walk that guards such handlers gave up after 5 000 locals, so a handler a few
+/// dozen calls deep ran as the coroutine unwound, out of Lua's order, instead of in it.
+#[test]
+fn late_close_below_levels_of_many_locals_runs_in_order() {
+    let locals: String = (1..=190).map(|i| format!("local v{i} = {i} ")).collect();
+    let case = format!(
+        r#"
+    local function fat(n)
+      {locals}
+      if n == 0 then coroutine.yield() else fat(n - 1) end
+      return v1 + v190
+    end
+    CO = coroutine.create(function()
+      local a <close> = late("a")
+      local b <close> = obj("b")
+      fat(30)
+    end)
+    log(coroutine.resume(CO))
+    log(coroutine.close(CO))
+    local function fat2(n)
+      {locals}
+      if n == 0 then error("deep", 0) else fat2(n - 1) end
+      return v1 + v190
+    end
+    local d = coroutine.create(function()
+      local a <close> = late("da")
+      local b <close> = obj("db")
+      fat2(190)
+    end)
+    log(coroutine.resume(d))
+    log("closing")
+    log(coroutine.close(d))
+    "#
+    );
+    assert_same(&case);
 }
 
 #[test]

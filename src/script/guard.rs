@@ -114,9 +114,14 @@ end
 -- coroutine, every value on its stack whose metatable has one gets it guarded. Lua finds a
 -- stack level by counting from the top, so a walk of the whole stack would take time square
 -- in its depth, where the hook cannot pause it (in the message handler): the walk looks at the
--- top WALK_LEVELS levels and at most WALK_LOOKS locals. A late handler deeper than that runs as
--- the coroutine unwinds (inside it, so the hook pauses it), before the deferred ones.
-local WALK_LEVELS, WALK_LOOKS = 200, 5000
+-- top WALK_LEVELS levels. A to-be-closed variable is a named local, and a function's named
+-- locals come before its temporaries (a caller's temporaries hold the varargs it passed, any
+-- number of them), so the walk stops at a level's first temporary; a function has at most 200
+-- locals, so WALK_LOOKS never cuts a level short. A late handler deeper than that runs as the
+-- coroutine unwinds (inside it, so the hook pauses it), before the deferred ones.
+local WALK_LEVELS = 200
+local WALK_LOOKS = WALK_LEVELS * 200
+local TEMPORARY, C_TEMPORARY = "(temporary)", "(C temporary)"
 
 local function guard_stack(c)
   local looks = WALK_LOOKS
@@ -129,7 +134,7 @@ local function guard_stack(c)
         looks = looks - 1
         if looks < 0 then return end
         local name, v = dgetlocal(c, level, i)
-        if name == nil then break end
+        if name == nil or name == TEMPORARY or name == C_TEMPORARY then break end
         if type(v) == "table" then
           local mt = dgetmt(v)
           if mt ~= nil then
