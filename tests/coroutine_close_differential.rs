@@ -431,6 +431,24 @@ const CASES: &[&str] = &[
     log("closing")
     log(coroutine.close(d))
     "#,
+    // Bad arguments to every coroutine function: Lua's message, naming the function as its
+    // caller did (these named the sandbox's own locals, with its own positions).
+    r#"
+    log(pcall(coroutine.create, 5))
+    log(pcall(coroutine.wrap, {}))
+    log(pcall(coroutine.create))
+    log(pcall(coroutine.resume, 5))
+    log(pcall(coroutine.resume))
+    log(pcall(coroutine.resume, nil))
+    log(pcall(function() local c = coroutine.create(setmetatable({}, { __call = print })) return c end))
+    log(pcall(function() local w = coroutine.wrap(nil) return w end))
+    log(pcall(function() coroutine.resume("x") end))
+    log(pcall(coroutine.isyieldable, 5))
+    log(pcall(coroutine.isyieldable, nil))
+    log(pcall(coroutine.isyieldable))
+    local c = coroutine.create(function(...) return select('#', ...), ... end)
+    log(coroutine.resume(c, nil, 2, nil))
+    "#,
 ];
 
 fn reference() -> Lua {

@@ -254,12 +254,23 @@ after_resume = function(c, ok, ...)
   return ok, ...
 end
 
+-- Lua's "bad argument" error for `coroutine.<fname>` given no `expected` (the arguments),
+-- raised for the caller of the wrapper that calls this, named as that caller called it.
+local function bad_argument(fname, expected, ...)
+  local info = dgetinfo(2, "n")
+  local name = info and info.name or ("coroutine." .. fname)
+  local got = select('#', ...) == 0 and "no value" or type((...))
+  error("bad argument #1 to '" .. name .. "' (" .. expected .. " expected, got " .. got .. ")", 3)
+end
+
 local DEAD = "cannot resume dead coroutine"
 
-local function resume(c, ...)
+local function resume(...)
   check()
+  local c = ...
+  if type(c) ~= "thread" then bad_argument("resume", "thread", ...) end
   if nparked ~= 0 and parked[c] then return false, DEAD end
-  return after_resume(c, co_resume(c, ...))
+  return after_resume(c, co_resume(...))
 end
 
 local function after_yield(...)
@@ -276,23 +287,17 @@ local function yield(...)
   return after_yield(co_yield(...))
 end
 
--- Lua's "bad argument" error for `coroutine.<fname>` given no coroutine (the arguments), raised
--- for the caller of the wrapper that calls this, named as that caller called it.
-local function not_a_thread(fname, ...)
-  local info = dgetinfo(2, "n")
-  local name = info and info.name or ("coroutine." .. fname)
-  local got = select('#', ...) == 0 and "no value" or type((...))
-  error("bad argument #1 to '" .. name .. "' (thread expected, got " .. got .. ")", 3)
-end
-
 local function status(...)
   local c = ...
-  if type(c) ~= "thread" then not_a_thread("status", ...) end
+  if type(c) ~= "thread" then bad_argument("status", "thread", ...) end
   if nparked ~= 0 and parked[c] then return "dead" end
   return co_status(c)
 end
 
 local function isyieldable(...)
+  if select('#', ...) ~= 0 and type((...)) ~= "thread" then
+    bad_argument("isyieldable", "thread", ...)
+  end
   if nclosing ~= 0 then
     local c = ...
     if select('#', ...) == 0 then c = co_running() end
@@ -365,7 +370,7 @@ end
 local function close(...)
   check()
   local c = ...
-  if type(c) ~= "thread" then not_a_thread("close", ...) end
+  if type(c) ~= "thread" then bad_argument("close", "thread", ...) end
   if nparked ~= 0 and parked[c] then return closed(c, after_resume(c, co_resume(c, RUN))) end
   local st = co_status(c)
   if st == "suspended" then
@@ -396,8 +401,7 @@ end
 
 -- Every coroutine a script makes runs its function in a protected call of ours (its bottom),
 -- and pays for the instructions it runs before its first check.
-local function create(f)
-  if type(f) ~= "function" then co_create(f) end
+local function make(f)
   local c = co_create(function(...)
     if ... == CLOSE then
       undefer(co_running())
@@ -409,8 +413,16 @@ local function create(f)
   return c
 end
 
-local function wrap(f)
-  local c = create(f)
+local function create(...)
+  local f = ...
+  if type(f) ~= "function" then bad_argument("create", "function", ...) end
+  return make(f)
+end
+
+local function wrap(...)
+  local f = ...
+  if type(f) ~= "function" then bad_argument("wrap", "function", ...) end
+  local c = make(f)
   return function(...)
     return after_wrap(c, resume(c, ...))
   end
