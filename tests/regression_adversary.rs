@@ -309,6 +309,11 @@ async fn stopped_call_leaves_no_close_handler_running() {
         "co_in_c_close",
         // A tree of closes, each run from the handler of the one above, to the C-stack limit.
         "close_recurse",
+        // An endless `__close` of a coroutine dead by an error, run when it is closed; a late
+        // one below the levels looked at before a close; stack walks before unwinding.
+        "park_spin",
+        "late_deep_close",
+        "walk_many",
         // Error values whose metamethods never return; the stop raised with memory full.
         "err_meta",
         "mem_then_spin",
@@ -450,6 +455,8 @@ const SORT_STEPS: i64 = 5_000;
 const GSUB_STEPS: i64 = 30_000;
 /// Loop steps `spin_in_c` runs in a `__close` that coroutine.close runs: seconds of work.
 const SPIN_IN_C_STEPS: i64 = 100_000_000;
+/// Coroutines `walk_many` fails, each with a stack walk before it unwinds: seconds of work.
+const WALK_MANY: i64 = 150;
 /// Comparisons of 64 MiB strings `stuck_in_vm` runs between two checks of the hook: seconds.
 const STUCK_STEPS: i64 = 500;
 
@@ -501,6 +508,20 @@ async fn long_close_while_pcall_unwinds_does_not_hold_up_other_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_close_run_by_coroutine_close_does_not_hold_up_other_calls() {
     quick_calls_overtake("spin_in_c", SPIN_IN_C_STEPS, "5000000050000000,x").await;
+}
+
+/// The same for a `__close` pending in a coroutine dead by an error, which runs when
+/// coroutine.close closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_close_of_a_coroutine_dead_by_an_error_does_not_hold_up_other_calls() {
+    quick_calls_overtake("park_spin", SPIN_IN_C_STEPS, "false,dies,5000000050000000").await;
+}
+
+/// Uncaught errors in coroutines with deep stacks full of locals: the walk over those locals
+/// before each unwinding runs where the hook cannot pause it, so it must stay short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stack_walks_before_unwinding_do_not_hold_up_other_calls() {
+    quick_calls_overtake("walk_many", WALK_MANY, &format!("walked {WALK_MANY}")).await;
 }
 
 /// `ctx:sleep` in a `__close` that `coroutine.close` runs failed ("cannot wait ... where Lua

@@ -24,6 +24,10 @@
 //! - `coroutine.resume`/`wrap` pass a time-slice yield of the hook (and the waiting of `ctx:sleep`
 //!   and friends) up to the call's own coroutine and then resume the inner coroutine, so user
 //!   coroutines see exactly Lua 5.4's values, errors and statuses however long they run.
+//!   A slice that ends where the hook cannot yield (a message handler, a metamethod called
+//!   from C) is paid by the next resume that comes back, in its resumer: else a script whose
+//!   coroutines each spend their instructions there (each new one checked afresh) was never
+//!   paused.
 //! - `coroutine.create`/`wrap` charge each new coroutine the instructions it may run before
 //!   the hook first checks it (see `hook`).
 //! - Every call runs through the runner: on the call's thread, which the executor drives and
@@ -51,7 +55,7 @@ pub const GUARD_CLOSE_KEY: &str = "protoserve.guard_close";
 
 const GUARD: &str = r#"
 local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING,
-  enter, leave, start, dgetinfo, dgetlocal, dgetmt = ...
+  enter, leave, start, dgetinfo, dgetlocal, dgetmt, check_owed = ...
 local error, select, type, next, rawget, rawset, setmetatable =
   error, select, type, next, rawget, rawset, setmetatable
 local co = coroutine
@@ -112,27 +116,27 @@ end
 
 -- A handler given to a metatable after `setmetatable` is not guarded: before we unwind a
 -- coroutine, every value on its stack whose metatable has one gets it guarded. Lua finds a
--- stack level by counting from the top, so a walk of the whole stack would take time square
--- in its depth, where the hook cannot pause it (in the message handler): the walk looks at the
--- top WALK_LEVELS levels. A to-be-closed variable is a named local, and a function's named
--- locals come before its temporaries (a caller's temporaries hold the varargs it passed, any
--- number of them), so the walk stops at a level's first temporary; a function has at most 200
--- locals, so WALK_LOOKS never cuts a level short. A late handler deeper than that runs as the
--- coroutine unwinds (inside it, so the hook pauses it), before the deferred ones.
-local WALK_LEVELS = 200
-local WALK_LOOKS = WALK_LEVELS * 200
+-- stack level by counting from the top, so looking at a local costs its level, and a walk of
+-- the whole stack would take time square in its depth, where the hook cannot pause it (in the
+-- message handler). So the walk looks at the top WALK_LEVELS levels and spends at most
+-- WALK_COST (a look costs its level plus one). A to-be-closed variable is a named local, and a
+-- function's named locals come before its temporaries (a caller's temporaries hold the varargs
+-- it passed, any number of them), so the walk stops at a level's first temporary. A late
+-- handler past that runs as the coroutine unwinds (inside it, so the hook pauses it), before
+-- the deferred ones.
+local WALK_LEVELS, WALK_COST = 200, 1000000
 local TEMPORARY, C_TEMPORARY = "(temporary)", "(C temporary)"
 
 local function guard_stack(c)
-  local looks = WALK_LOOKS
+  local left = WALK_COST
   for level = 0, WALK_LEVELS do
     local info = dgetinfo(c, level, "S")
     if info == nil then return end
     if info.what ~= "C" then
       local i = 1
       while true do
-        looks = looks - 1
-        if looks < 0 then return end
+        left = left - level - 1
+        if left < 0 then return end
         local name, v = dgetlocal(c, level, i)
         if name == nil or name == TEMPORARY or name == C_TEMPORARY then break end
         if type(v) == "table" then
@@ -234,7 +238,9 @@ end
 -- coroutine comes back, and an aborted call resumes nothing. A coroutine that parks after an
 -- error answers as Lua's dead one does.
 after_resume = function(c, ok, ...)
-  check()
+  -- (The hook may have met the end of a slice where Lua cannot yield, as in a message handler:
+  -- the pause is made here, where the resumer can, before the results are looked at.)
+  if check_owed() and co_isyieldable() then co_yield(SLICE) end
   if not ok then
     return ok, ...
   end
@@ -485,6 +491,8 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         Some(a) => Err(mlua::Error::external(a)),
         None => Ok(()),
     })?;
+    let check_paused =
+        lua.create_function(|_, ()| slice::abort_or_owed_pause().map_err(mlua::Error::external))?;
     let aborted = lua.create_function(|_, ()| Ok(slice::current_abort().is_some()))?;
     let take_sliced =
         lua.create_function(|_, c: mlua::Thread| Ok(slice::take_sliced(c.to_pointer() as usize)))?;
@@ -534,6 +542,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
             debug.raw_get::<Function>("getinfo")?,
             debug.raw_get::<Function>("getlocal")?,
             debug.raw_get::<Function>("getmetatable")?,
+            check_paused,
         ))?;
     g.raw_set("pcall", pcall)?;
     g.raw_set("xpcall", xpcall)?;

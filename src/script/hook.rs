@@ -155,7 +155,12 @@ unsafe fn decide(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> Action 
             // Never the call's own thread (see `mark_sliced`), and only a thread that can yield:
             // a slice can wait until the script is back where it can.
             Check::Yield if yieldable && slice::mark_sliced(thread) => Action::Yield,
-            Check::Yield => Action::Continue,
+            Check::Yield => {
+                if !yieldable {
+                    slice::owe_pause();
+                }
+                Action::Continue
+            }
             Check::Abort(a) => {
                 if slice::running_call().is_some_and(|c| &*c.method == LOADING) {
                     // SAFETY: as for `decide`.
