@@ -127,12 +127,13 @@ end
 local WALK_LEVELS, WALK_COST = 200, 1000000
 local TEMPORARY, C_TEMPORARY = "(temporary)", "(C temporary)"
 
-local function guard_stack(c)
+local function guard_stack(c, from)
   local left = WALK_COST
-  for level = 0, WALK_LEVELS do
-    local info = dgetinfo(c, level, "S")
-    if info == nil then return end
-    if info.what ~= "C" then
+  for level = from, from + WALK_LEVELS do
+    -- (Asked for nothing, getinfo only says whether the level exists; a C function's first
+    -- local is a temporary, which ends its level at once.)
+    if dgetinfo(c, level, "") == nil then return end
+    do
       local i = 1
       while true do
         left = left - level - 1
@@ -153,9 +154,10 @@ local function guard_stack(c)
 end
 
 -- `c` is unwound from here on: by `close` (then the unwinding raises nil, which is what a handler
--- that is not deferred gets as Lua's close would give it) or by an uncaught error.
-local function defer(c, closing_it)
-  guard_stack(c)
+-- that is not deferred gets as Lua's close would give it) or by an uncaught error. Its stack is
+-- walked from level `from` (past our own functions when `c` is the running coroutine).
+local function defer(c, closing_it, from)
+  guard_stack(c, from)
   deferring[c] = { by_close = closing_it }
   ndeferring = ndeferring + 1
 end
@@ -342,6 +344,8 @@ local function ended(ok, ...)
   undefer(c)
   -- (A handler the walk did not reach may have raised while `close` unwound.)
   if d.by_close then return CLOSED, run_deferred(c, d, e == nil, e) end
+  -- Dead by an error with nothing pending: dead as in Lua (its close gives the error).
+  if d[1] == nil then error(e, 0) end
   -- Dead by an error: the handlers wait for `close`, which resumes the coroutine with RUN.
   parked[c] = true
   nparked = nparked + 1
@@ -356,7 +360,8 @@ end
 local function on_error(e)
   if not aborted() then
     local c = co_running()
-    if ndeferring == 0 or deferring[c] == nil then defer(c, false) end
+    -- (Levels 0 to 3: getinfo, guard_stack, defer and this handler.)
+    if ndeferring == 0 or deferring[c] == nil then defer(c, false, 4) end
   end
   return e
 end
@@ -380,7 +385,7 @@ local function close(...)
   if nparked ~= 0 and parked[c] then return closed(c, after_resume(c, co_resume(c, RUN))) end
   local st = co_status(c)
   if st == "suspended" then
-    defer(c, true)
+    defer(c, true, 0)
     return closed(c, resume(c, CLOSE))
   elseif st ~= "dead" then
     -- As Lua's close says it, where its caller called it.
