@@ -512,7 +512,7 @@ fn late_close_below_levels_of_many_locals_runs_in_order() {
     local d = coroutine.create(function()
       local a <close> = late("da")
       local b <close> = obj("db")
-      fat2(60)
+      fat2(26)
     end)
     log(coroutine.resume(d))
     log("closing")

@@ -116,10 +116,11 @@ end
 
 -- A handler given to a metatable after `setmetatable` is not guarded: before we unwind a
 -- coroutine, every value on its stack whose metatable has one gets it guarded. Lua finds a
--- stack level by counting from the top, so looking at a local costs its level, and a walk of
--- the whole stack would take time square in its depth, where the hook cannot pause it (in the
--- message handler). So the walk looks at the top WALK_LEVELS levels and spends at most
--- WALK_COST (a look costs its level plus one). A to-be-closed variable is a named local, and a
+-- stack level by counting from the top and a local by counting its function's locals, so
+-- looking at the i-th local of a level costs about level + i, and a walk of the whole stack
+-- would take time square in its depth, where the hook cannot pause it (in the message
+-- handler). So the walk looks at the top WALK_LEVELS levels and spends at most WALK_COST
+-- (a few milliseconds). A to-be-closed variable is a named local, and a
 -- function's named locals come before its temporaries (a caller's temporaries hold the varargs
 -- it passed, any number of them), so the walk stops at a level's first temporary. A late
 -- handler past that runs as the coroutine unwinds (inside it, so the hook pauses it), before
@@ -136,7 +137,7 @@ local function guard_stack(c, from)
     do
       local i = 1
       while true do
-        left = left - level - 1
+        left = left - level - i
         if left < 0 then return end
         local name, v = dgetlocal(c, level, i)
         if name == nil or name == TEMPORARY or name == C_TEMPORARY then break end
