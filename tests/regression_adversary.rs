@@ -219,10 +219,10 @@ async fn reserved_metadata_keys_fail_in_the_script() {
     );
 }
 
-/// A call stuck where its state cannot pause it (here a `__close` that coroutine.close runs from
-/// C, where it cannot yield, with a budget that lasts seconds) never got an answer: the
-/// watchdog replaced its state, but the client waited until its own deadline. Now the watchdog
-/// answers it with UNAVAILABLE and the replacement state serves the next call.
+/// A call stuck where its state cannot pause it (here comparing long strings, work inside single
+/// instructions, with a budget that lasts seconds) never got an answer: the watchdog replaced
+/// its state, but the client waited until its own deadline. Now the watchdog answers it with
+/// UNAVAILABLE and the replacement state serves the next call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_call_is_answered_when_its_state_is_replaced() {
     let (s, c) = start_with_budget(
@@ -230,7 +230,7 @@ async fn stuck_call_is_answered_when_its_state_is_replaced() {
         &["--script-states", "1", "--script-watchdog-ms", "300"],
     )
     .await;
-    let (r, took) = run(&c, "spin_in_c", 1_000_000_000_000).await;
+    let (r, took) = run(&c, "stuck_in_vm", STUCK_STEPS).await;
     let status = r.expect_err("the stuck call fails");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(took < Duration::from_secs(10), "answered after {took:?}");
@@ -307,6 +307,13 @@ async fn stopped_call_leaves_no_close_handler_running() {
         "co_pcall_late_close",
         "co_deep",
         "co_in_c_close",
+        // A tree of closes, each run from the handler of the one above, to the C-stack limit.
+        "close_recurse",
+        // An endless `__close` of a coroutine dead by an error, run when it is closed; a late
+        // one below the levels looked at before a close; stack walks before unwinding.
+        "park_spin",
+        "late_deep_close",
+        "walk_many",
         // Error values whose metamethods never return; the stop raised with memory full.
         "err_meta",
         "mem_then_spin",
@@ -349,8 +356,7 @@ async fn stopped_call_leaves_no_close_handler_running() {
 /// the watchdog answered UNAVAILABLE and replaced the state, but the old thread spun a core for
 /// good. The hook now raises the stop with the interrupted function left alone; the `__close`
 /// runs once the unwinding has turned hooks back on, under the call's stopped budget.
-/// `close_in_c_late` is the same in a `__close` that coroutine.close runs from C, where it still
-/// cannot yield.
+/// `close_in_c_late` is the same in a `__close` that coroutine.close runs (which Lua runs from C).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_close_where_lua_cannot_yield_does_not_spin_its_thread() {
     let (s, c) = start(&["--script-states", "1", "--script-watchdog-ms", "4000"]).await;
@@ -447,8 +453,12 @@ async fn quick_calls_overtake(name: &str, n: i64, text: &str) {
 const SORT_STEPS: i64 = 5_000;
 /// Loop steps per call of `gsub_long`'s replacement function (2 000 calls): seconds of work.
 const GSUB_STEPS: i64 = 30_000;
-/// Loop steps `spin_in_c` runs in one go: seconds of work.
+/// Loop steps `spin_in_c` runs in a `__close` that coroutine.close runs: seconds of work.
 const SPIN_IN_C_STEPS: i64 = 100_000_000;
+/// Coroutines `walk_many` fails, each with a stack walk before it unwinds: seconds of work.
+const WALK_MANY: i64 = 150;
+/// Comparisons of 64 MiB strings `stuck_in_vm` runs between two checks of the hook: seconds.
+const STUCK_STEPS: i64 = 500;
 
 /// A sort whose comparator runs for seconds held its state's thread the whole time (Lua's sort
 /// calls the comparator from C, where the instruction hook cannot pause it): a quick call on the
@@ -489,6 +499,38 @@ async fn long_xpcall_handler_does_not_hold_up_other_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_close_while_pcall_unwinds_does_not_hold_up_other_calls() {
     quick_calls_overtake("close_in_pcall_long", 2 * META_STEPS, "false,unwound").await;
+}
+
+/// A `__close` that `coroutine.close` runs, running for seconds, held its state's thread the
+/// whole time (Lua runs it from C, where nothing can yield, so the hook could not pause it): a
+/// quick call on the same state waited for it. The coroutine now unwinds itself and runs its
+/// handlers inside itself, where the hook pauses them like any script code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_close_run_by_coroutine_close_does_not_hold_up_other_calls() {
+    quick_calls_overtake("spin_in_c", SPIN_IN_C_STEPS, "5000000050000000,x").await;
+}
+
+/// The same for a `__close` pending in a coroutine dead by an error, which runs when
+/// coroutine.close closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_close_of_a_coroutine_dead_by_an_error_does_not_hold_up_other_calls() {
+    quick_calls_overtake("park_spin", SPIN_IN_C_STEPS, "false,dies,5000000050000000").await;
+}
+
+/// Uncaught errors in coroutines with deep stacks full of locals: the walk over those locals
+/// before each unwinding runs where the hook cannot pause it, so it must stay short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stack_walks_before_unwinding_do_not_hold_up_other_calls() {
+    quick_calls_overtake("walk_many", WALK_MANY, &format!("walked {WALK_MANY}")).await;
+}
+
+/// `ctx:sleep` in a `__close` that `coroutine.close` runs failed ("cannot wait ... where Lua
+/// cannot yield"): Lua runs that handler from C. It now runs inside the coroutine, which waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_run_by_coroutine_close_may_wait() {
+    let (_s, c) = start(&["--script-states", "1"]).await;
+    let (r, _) = run(&c, "sleep_in_close", 0).await;
+    assert_eq!(r.expect("the call answers")["text"], "slept,inner");
 }
 
 /// A metamethod that is a callable table (a table with `__call`) went to Lua's C function, which
@@ -614,8 +656,8 @@ async fn insert_and_remove_ask_len_once() {
     assert_eq!(r.unwrap()["text"], "quick");
 }
 
-/// A call stuck where Lua cannot yield (in a `__close` that coroutine.close runs from C) keeps its
-/// state's thread until it returns, yet new calls were still handed to that state whenever it
+/// A call stuck where its state cannot pause it (comparing long strings, work inside single
+/// instructions) keeps its state's thread until it returns, yet new calls were still handed to that state whenever it
 /// had no more calls than the others, and waited for it. The pool now passes over a state whose
 /// current turn has run far past a time slice: calls arriving meanwhile (eight at once, each
 /// waiting a while, so they pile up) all go to the other state and answer while the stuck call
@@ -627,7 +669,7 @@ async fn new_calls_avoid_a_state_stuck_where_lua_cannot_yield() {
         &["--script-states", "2", "--script-watchdog-ms", "60000"],
     )
     .await;
-    let stuck = started(&c, "spin_in_c", SPIN_IN_C_STEPS).await;
+    let stuck = started(&c, "stuck_in_vm", STUCK_STEPS).await;
     // Long enough for the stuck turn to count as stuck (ten time slices).
     tokio::time::sleep(Duration::from_secs(1)).await;
     let naps: Vec<_> = (0..8)

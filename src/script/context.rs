@@ -76,6 +76,9 @@ pub struct CallShared {
     /// Coroutines (pointers) of this call that the hook yielded for a time slice and whose
     /// resumer has not seen it yet (see `guard`).
     sliced: Mutex<Vec<usize>>,
+    /// The slice ran out while the hook was where Lua cannot yield: the next resume that
+    /// comes back pauses instead (see `guard`).
+    pause_owed: AtomicBool,
     /// The coroutine (a pointer) the hook last asked to yield because the call was aborted.
     abort_yield: std::sync::atomic::AtomicUsize,
 }
@@ -137,6 +140,7 @@ impl CallShared {
             pending: Mutex::new(None),
             main_thread: std::sync::atomic::AtomicUsize::new(0),
             sliced: Mutex::new(Vec::new()),
+            pause_owed: AtomicBool::new(false),
             abort_yield: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -260,6 +264,16 @@ impl CallShared {
             return false;
         }
         self.abort_yield.swap(thread, Ordering::AcqRel) != thread
+    }
+
+    /// Notes that the hook could not yield for a slice that ran out.
+    pub fn owe_pause(&self) {
+        self.pause_owed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a pause is owed (forgetting it).
+    pub fn take_owed_pause(&self) -> bool {
+        self.pause_owed.load(Ordering::Relaxed) && self.pause_owed.swap(false, Ordering::Relaxed)
     }
 
     pub fn take_sliced(&self, thread: usize) -> bool {

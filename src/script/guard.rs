@@ -4,6 +4,18 @@
 //!   cancellation) instead of returning it, so `while true do pcall(loop) end` ends. Lua runs the
 //!   `__close` handlers of a coroutine stopped by the hook with hooks off; so once a call is
 //!   aborted, nothing is closed.
+//! - Lua's `coroutine.close` runs a coroutine's `__close` handlers from C, where nothing can
+//!   yield, so the hook could not pause a slow one. It never runs one here: every coroutine a
+//!   script makes runs its function in a protected call of ours (its bottom) and is unwound
+//!   from inside itself. `close` of a suspended coroutine resumes it with a private token on
+//!   which its `yield` raises; an uncaught error starts the same unwinding from the bottom's
+//!   message handler. While it unwinds, protected calls pass the error on (no message handler
+//!   runs) and the `__close` handlers, all guarded (one given after `setmetatable` is guarded by
+//!   a walk of the top of the stack first), are only noted. At the bottom they run inside the
+//!   coroutine as Lua's close runs them (same order, error arguments and result; no `yield`),
+//!   and the hook's own yields pass up as usual. A coroutine that failed parks at its bottom,
+//!   looking dead, until `close` runs its handlers. The usual paths pay one comparison each
+//!   (counters of coroutines in each of these states; the states are kept weak-keyed).
 //! - `xpcall` runs its message handler from Lua after the failed call unwound, not from C at the
 //!   error as Lua does, so the hook can pause a slow handler like any script code.
 //! - The hook stops an aborted call by yielding the coroutine it is in (see `hook`), so
@@ -12,6 +24,10 @@
 //! - `coroutine.resume`/`wrap` pass a time-slice yield of the hook (and the waiting of `ctx:sleep`
 //!   and friends) up to the call's own coroutine and then resume the inner coroutine, so user
 //!   coroutines see exactly Lua 5.4's values, errors and statuses however long they run.
+//!   A slice that ends where the hook cannot yield (a message handler, a metamethod called
+//!   from C) is paid by the next resume that comes back, in its resumer: else a script whose
+//!   coroutines each spend their instructions there (each new one checked afresh) was never
+//!   paused.
 //! - `coroutine.create`/`wrap` charge each new coroutine the instructions it may run before
 //!   the hook first checks it (see `hook`).
 //! - Every call runs through the runner: on the call's thread, which the executor drives and
@@ -34,20 +50,134 @@ pub const RUNNER_KEY: &str = "protoserve.runner";
 pub const BODY_KEY: &str = "protoserve.body";
 /// Where the runner of scripts' top-level code is kept.
 pub const LOAD_KEY: &str = "protoserve.load";
+/// Where the `__close` guard is kept, for the sandbox's `setmetatable` and the freezer.
+pub const GUARD_CLOSE_KEY: &str = "protoserve.guard_close";
 
 const GUARD: &str = r#"
 local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING,
-  enter, leave, start = ...
-local error, select, type = error, select, type
+  enter, leave, start, dgetinfo, dgetlocal, dgetmt, check_owed = ...
+local error, select, type, next, rawget, rawset, setmetatable =
+  error, select, type, next, rawget, rawset, setmetatable
 local co = coroutine
-local co_create, co_resume, co_yield, co_status, co_close, co_isyieldable =
-  co.create, co.resume, co.yield, co.status, co.close, co.isyieldable
+local co_create, co_resume, co_yield, co_status, co_close, co_isyieldable, co_running =
+  co.create, co.resume, co.yield, co.status, co.close, co.isyieldable, co.running
 
 -- Passed up from a coroutine the hook paused, to the call's own coroutine.
 local SLICE = {}
+-- Private tokens of closing: CLOSE resumes a coroutine to unwind it, RUN resumes a parked one to
+-- run its handlers, a parked coroutine yields PARKED, and a closed one returns CLOSED.
+local CLOSE, RUN, PARKED, CLOSED = {}, {}, {}, {}
+local YIELD_IN_CLOSE = "attempt to yield across a C-call boundary"
+
+-- Per coroutine, weak-keyed: those being unwound by us, with their `__close` handlers deferred
+-- in the order Lua would call them ("deferring"); those dead by an error whose handlers wait
+-- for `close` ("parked"); those running the handlers of their close ("closing"). The counters
+-- keep the usual paths to one comparison; a call stopped halfway leaves entries behind, which
+-- only make those paths look (see `recount`).
+local weak = { __mode = "k" }
+local deferring, parked, closing =
+  setmetatable({}, weak), setmetatable({}, weak), setmetatable({}, weak)
+local ndeferring, nparked, nclosing = 0, 0, 0
+
+local function recount()
+  local n = 0
+  for _ in next, deferring do n = n + 1 end
+  ndeferring = n
+  n = 0
+  for _ in next, parked do n = n + 1 end
+  nparked = n
+  n = 0
+  for _ in next, closing do n = n + 1 end
+  nclosing = n
+end
+
+-- `__close` handlers, guarded (setmetatable wraps them): once the call is aborted they do
+-- nothing (where Lua cannot yield, the hook stops an aborted call by raising the abort, and the
+-- protected call the error reaches runs the pending handlers it passed, under the hook); while
+-- their coroutine is being unwound by us they are only noted, to run at its bottom.
+local guarded = setmetatable({}, weak)
+local function guard_close(f)
+  if f == nil or guarded[f] then return f end
+  local g = function(...)
+    if aborted() then return end
+    if ndeferring ~= 0 then
+      local d = deferring[co_running()]
+      if d then
+        local n = #d
+        d[n + 1], d[n + 2] = f, (...)
+        return
+      end
+    end
+    return f(...)
+  end
+  guarded[g] = true
+  return g
+end
+
+-- A handler given to a metatable after `setmetatable` is not guarded: before we unwind a
+-- coroutine, every value on its stack whose metatable has one gets it guarded. Lua finds a
+-- stack level by counting from the top and a local by counting its function's locals, so
+-- looking at the i-th local of a level costs about level + i, and a walk of the whole stack
+-- would take time square in its depth, where the hook cannot pause it (in the message
+-- handler). So the walk looks at the top WALK_LEVELS levels and spends at most WALK_COST
+-- (a few milliseconds). A to-be-closed variable is a named local, and a
+-- function's named locals come before its temporaries (a caller's temporaries hold the varargs
+-- it passed, any number of them), so the walk stops at a level's first temporary. A late
+-- handler past that runs as the coroutine unwinds (inside it, so the hook pauses it), before
+-- the deferred ones.
+local WALK_LEVELS, WALK_COST = 200, 1000000
+local TEMPORARY, C_TEMPORARY = "(temporary)", "(C temporary)"
+
+local function guard_stack(c, from)
+  local left = WALK_COST
+  for level = from, from + WALK_LEVELS do
+    -- (Asked for nothing, getinfo only says whether the level exists; a C function's first
+    -- local is a temporary, which ends its level at once.)
+    if dgetinfo(c, level, "") == nil then return end
+    do
+      local i = 1
+      while true do
+        left = left - level - i
+        if left < 0 then return end
+        local name, v = dgetlocal(c, level, i)
+        if name == nil or name == TEMPORARY or name == C_TEMPORARY then break end
+        if type(v) == "table" then
+          local mt = dgetmt(v)
+          if mt ~= nil then
+            local h = rawget(mt, "__close")
+            if h ~= nil and not guarded[h] then rawset(mt, "__close", guard_close(h)) end
+          end
+        end
+        i = i + 1
+      end
+    end
+  end
+end
+
+-- `c` is unwound from here on: by `close` (then the unwinding raises nil, which is what a handler
+-- that is not deferred gets as Lua's close would give it) or by an uncaught error. Its stack is
+-- walked from level `from` (past our own functions when `c` is the running coroutine).
+local function defer(c, closing_it, from)
+  guard_stack(c, from)
+  deferring[c] = { by_close = closing_it }
+  ndeferring = ndeferring + 1
+end
+
+local function undefer(c)
+  deferring[c] = nil
+  ndeferring = ndeferring - 1
+end
+
+-- A coroutine being unwound lets no protected call stop the unwinding.
+local function unwinding(e)
+  if ndeferring ~= 0 and deferring[co_running()] then error(e, 0) end
+end
 
 local function after_protected(ok, ...)
-  if not ok then check() end
+  if not ok then
+    check()
+    unwinding((...))
+  end
   return ok, ...
 end
 
@@ -94,20 +224,13 @@ local function xpcall(f, ...)
   return handled(msgh, left(raw_pcall(f, select(2, ...))))
 end
 
--- A coroutine the hook stopped keeps hooks off, so its __close handlers would run unbounded:
--- once the call is aborted, nothing is closed.
-local function close(c)
-  check()
-  return after_protected(co_close(c))
-end
-
 local after_resume
 local function pause_and_continue(c, marker)
   if co_isyieldable() then
     co_yield(marker)
   elseif marker == PENDING then
     error("cannot wait (ctx:sleep, ctx:send, reading the stream) inside a coroutine " ..
-      "resumed where Lua cannot yield (a __close that coroutine.close runs)", 0)
+      "resumed where Lua cannot yield", 0)
   end
   check()
   return after_resume(c, co_resume(c))
@@ -115,9 +238,12 @@ end
 
 -- The hook stops an aborted call by yielding the coroutine it runs in where it can, so that
 -- coroutine's pending __close handlers never run: every resume checks the abort when the
--- coroutine comes back, and an aborted call resumes nothing.
+-- coroutine comes back, and an aborted call resumes nothing. A coroutine that parks after an
+-- error answers as Lua's dead one does.
 after_resume = function(c, ok, ...)
-  check()
+  -- (The hook may have met the end of a slice where Lua cannot yield, as in a message handler:
+  -- the pause is made here, where the resumer can, before the results are looked at.)
+  if check_owed() and co_isyieldable() then co_yield(SLICE) end
   if not ok then
     return ok, ...
   end
@@ -131,48 +257,191 @@ after_resume = function(c, ok, ...)
     if v == SLICE or v == PENDING then
       return pause_and_continue(c, v)
     end
+  elseif n == 2 and (...) == PARKED then
+    return false, select(2, ...)
   end
   return ok, ...
 end
 
-local function resume(c, ...)
-  check()
-  return after_resume(c, co_resume(c, ...))
+-- Lua's "bad argument" error for `coroutine.<fname>` given no `expected` (the arguments),
+-- raised for the caller of the wrapper that calls this, named as that caller called it.
+local function bad_argument(fname, expected, ...)
+  local info = dgetinfo(2, "n")
+  local name = info and info.name or ("coroutine." .. fname)
+  local got = select('#', ...) == 0 and "no value" or type((...))
+  error("bad argument #1 to '" .. name .. "' (" .. expected .. " expected, got " .. got .. ")", 3)
 end
 
+local DEAD = "cannot resume dead coroutine"
+
+local function resume(...)
+  check()
+  local c = ...
+  if type(c) ~= "thread" then bad_argument("resume", "thread", ...) end
+  if nparked ~= 0 and parked[c] then return false, DEAD end
+  return after_resume(c, co_resume(...))
+end
+
+local function after_yield(...)
+  if ndeferring ~= 0 and (...) == CLOSE then error(nil, 0) end
+  return ...
+end
+
+-- (mlua's waiting functions yield PENDING through this too: that yield is no script's.)
 local function yield(...)
+  if nclosing ~= 0 and closing[co_running()] and (...) ~= PENDING then
+    error(YIELD_IN_CLOSE, 0)
+  end
   if select('#', ...) == 0 then clear_sliced() end
-  return co_yield(...)
+  return after_yield(co_yield(...))
+end
+
+local function status(...)
+  local c = ...
+  if type(c) ~= "thread" then bad_argument("status", "thread", ...) end
+  if nparked ~= 0 and parked[c] then return "dead" end
+  return co_status(c)
+end
+
+local function isyieldable(...)
+  if select('#', ...) ~= 0 and type((...)) ~= "thread" then
+    bad_argument("isyieldable", "thread", ...)
+  end
+  if nclosing ~= 0 then
+    local c = ...
+    if select('#', ...) == 0 then c = co_running() end
+    if closing[c] then return false end
+  end
+  return co_isyieldable(...)
+end
+
+-- The handlers a coroutine's unwinding deferred, run inside it as Lua's close runs them: the
+-- first see `err`, one that fails hands its error to the next; the result is close's.
+local function run_deferred(c, d, fine, err)
+  closing[c] = true
+  nclosing = nclosing + 1
+  for i = 1, #d, 2 do
+    local ok, e = raw_pcall(d[i], d[i + 1], err)
+    if not ok then
+      check()
+      fine, err = false, e
+    end
+  end
+  closing[c] = nil
+  nclosing = nclosing - 1
+  if fine then return true end
+  return false, err
+end
+
+-- The bottom of every coroutine a script makes, once its function has returned or failed.
+local function ended(ok, ...)
+  if ok then return ... end
+  local e = ...
+  local c = co_running()
+  local d = deferring[c]
+  -- Not unwound by us: an abort (nothing is closed), or an error that never reached the
+  -- message handler (a memory error, whose unwinding ran the handlers).
+  if d == nil or aborted() then error(e, 0) end
+  undefer(c)
+  -- (A handler the walk did not reach may have raised while `close` unwound.)
+  if d.by_close then return CLOSED, run_deferred(c, d, e == nil, e) end
+  -- Dead by an error with nothing pending: dead as in Lua (its close gives the error).
+  if d[1] == nil then error(e, 0) end
+  -- Dead by an error: the handlers wait for `close`, which resumes the coroutine with RUN.
+  parked[c] = true
+  nparked = nparked + 1
+  co_yield(PARKED, e)
+  parked[c] = nil
+  nparked = nparked - 1
+  return CLOSED, run_deferred(c, d, false, e)
+end
+
+-- At an uncaught error, before anything unwinds: from here on the coroutine's handlers are
+-- deferred. An abort is left alone.
+local function on_error(e)
+  if not aborted() then
+    local c = co_running()
+    -- (Levels 0 to 3: getinfo, guard_stack, defer and this handler.)
+    if ndeferring == 0 or deferring[c] == nil then defer(c, false, 4) end
+  end
+  return e
+end
+
+local function closed(c, ok, mark, ...)
+  if ok and mark == CLOSED then return ... end
+  if not ok then return false, mark end
+  return after_protected(co_close(c))
+end
+
+-- Lua's close runs a coroutine's `__close` handlers from C, where nothing can yield: a slow
+-- one held its state. So nothing here lets Lua's close run one: a suspended coroutine is
+-- resumed with CLOSE, on which its `yield` raises, and unwinds to its bottom with its handlers
+-- deferred, then runs them there, where the hook pauses them like any script code. A coroutine
+-- that failed is parked at its bottom with its handlers pending, and runs them when closed.
+-- Running and normal coroutines get Lua's own errors. An aborted call closes nothing.
+local function close(...)
+  check()
+  local c = ...
+  if type(c) ~= "thread" then bad_argument("close", "thread", ...) end
+  if nparked ~= 0 and parked[c] then return closed(c, after_resume(c, co_resume(c, RUN))) end
+  local st = co_status(c)
+  if st == "suspended" then
+    defer(c, true, 0)
+    return closed(c, resume(c, CLOSE))
+  elseif st ~= "dead" then
+    -- As Lua's close says it, where its caller called it.
+    error("cannot close a " .. st .. " coroutine", 2)
+  end
+  return after_protected(co_close(c))
 end
 
 local function after_wrap(c, ok, ...)
   if ok then return ... end
   local err = ...
   check()
-  if co_status(c) == "dead" then
-    local closed, e = co_close(c)
-    if not closed then err = e end
+  if nparked ~= 0 and parked[c] then
+    local fine, e = close(c)
+    if not fine then err = e end
+  elseif co_status(c) == "dead" then
+    local fine, e = co_close(c)
+    if not fine then err = e end
   end
   check()
   if type(err) == "string" then error(err, 2) end
   error(err, 0)
 end
 
--- Every coroutine a script makes pays for the instructions it runs before its first check.
-local function create(f)
-  local c = co_create(f)
+-- Every coroutine a script makes runs its function in a protected call of ours (its bottom),
+-- and pays for the instructions it runs before its first check.
+local function make(f)
+  local c = co_create(function(...)
+    if ... == CLOSE then
+      undefer(co_running())
+      return CLOSED, true
+    end
+    return ended(raw_xpcall(f, on_error, ...))
+  end)
   start(c)
   return c
 end
 
-local function wrap(f)
-  local c = create(f)
+local function create(...)
+  local f = ...
+  if type(f) ~= "function" then bad_argument("create", "function", ...) end
+  return make(f)
+end
+
+local function wrap(...)
+  local f = ...
+  if type(f) ~= "function" then bad_argument("wrap", "function", ...) end
+  local c = make(f)
   return function(...)
     return after_wrap(c, resume(c, ...))
   end
 end
 
-co.create, co.resume, co.wrap, co.yield, co.close = create, resume, wrap, yield, close
+co.create, co.resume, co.wrap, co.yield, co.close, co.status, co.isyieldable =
+  create, resume, wrap, yield, close, status, isyieldable
 
 local function finish(ok, ...)
   if ok then return ... end
@@ -199,6 +468,7 @@ end
 -- `body` in coroutine `c`; slice yields and waits inside it come up here as plain yields. The
 -- request is made here, by `build` from what the call was started with (see `requests`).
 local function run(c, f, ctx, build, ...)
+  if ndeferring ~= 0 or nparked ~= 0 or nclosing ~= 0 then recount() end
   return drive(c, resume(c, f, build(...), ctx))
 end
 
@@ -214,17 +484,21 @@ local function load(f)
   end
 end
 
-return pcall, xpcall, run, body, load
+return pcall, xpcall, run, body, load, guard_close
 "#;
 
 /// Installs the wrappers in `lua`'s globals and `coroutine` table (before they are frozen) and
-/// keeps the call runner in the registry.
+/// keeps the call runner in the registry. The debug library must still be loaded: the wrappers
+/// keep three of its functions (to guard `__close` handlers on a coroutine's stack).
 pub fn install(lua: &Lua) -> mlua::Result<()> {
     let g = lua.globals();
+    let debug: Table = g.raw_get("debug")?;
     let check = lua.create_function(|_, ()| match slice::current_abort() {
         Some(a) => Err(mlua::Error::external(a)),
         None => Ok(()),
     })?;
+    let check_paused =
+        lua.create_function(|_, ()| slice::abort_or_owed_pause().map_err(mlua::Error::external))?;
     let aborted = lua.create_function(|_, ()| Ok(slice::current_abort().is_some()))?;
     let take_sliced =
         lua.create_function(|_, c: mlua::Thread| Ok(slice::take_sliced(c.to_pointer() as usize)))?;
@@ -253,7 +527,8 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         })
     })?;
     let pending = LuaValue::LightUserData(Lua::poll_pending());
-    let (pcall, xpcall, run, body, load): (Function, Function, Function, Function, Function) =
+    type Made = (Function, Function, Function, Function, Function, Function);
+    let (pcall, xpcall, run, body, load, guard_close): Made =
         lua.load(GUARD).set_name("=protoserve guard").call((
             g.get::<Function>("pcall")?,
             g.get::<Function>("xpcall")?,
@@ -270,12 +545,17 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
                 Ok(())
             })?,
             lua.create_function(super::hook::start_coroutine)?,
+            debug.raw_get::<Function>("getinfo")?,
+            debug.raw_get::<Function>("getlocal")?,
+            debug.raw_get::<Function>("getmetatable")?,
+            check_paused,
         ))?;
     g.raw_set("pcall", pcall)?;
     g.raw_set("xpcall", xpcall)?;
     lua.set_named_registry_value(RUNNER_KEY, run)?;
     lua.set_named_registry_value(BODY_KEY, body)?;
     lua.set_named_registry_value(LOAD_KEY, load)?;
+    lua.set_named_registry_value(GUARD_CLOSE_KEY, guard_close)?;
     Ok(())
 }
 

@@ -10,9 +10,9 @@
 //! endless one spun its thread for good. This hook raises with `lua_error` and leaves the
 //! interrupted frame alone: the error unwinds to the nearest protected call, which turns hooks
 //! back on before it closes the variables the unwinding left pending, so every `__close` handler
-//! runs under the hook and the call's budget. A coroutine the error ends with variables still
-//! pending (it has no protected call of its own) keeps them: nothing closes it once its call is
-//! stopped (see `guard`), and collecting a thread runs no `__close`.
+//! runs under the hook and the call's budget. A coroutine a script makes unwinds to its own
+//! protected call (see `guard`), where the handlers `setmetatable` guarded do nothing once the
+//! call is stopped; nothing closes it afterwards, and collecting a thread runs no `__close`.
 //!
 //! That takes `unsafe` (the crate denies it elsewhere): a hook is an `extern "C-unwind"`
 //! function Lua calls with its own pointers, and it uses the Lua API directly. The decision is
@@ -155,7 +155,12 @@ unsafe fn decide(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> Action 
             // Never the call's own thread (see `mark_sliced`), and only a thread that can yield:
             // a slice can wait until the script is back where it can.
             Check::Yield if yieldable && slice::mark_sliced(thread) => Action::Yield,
-            Check::Yield => Action::Continue,
+            Check::Yield => {
+                if !yieldable {
+                    slice::owe_pause();
+                }
+                Action::Continue
+            }
             Check::Abort(a) => {
                 if slice::running_call().is_some_and(|c| &*c.method == LOADING) {
                     // SAFETY: as for `decide`.

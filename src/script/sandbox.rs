@@ -10,7 +10,8 @@
 //!   load-time function that assigns a module-level local is a startup error (see
 //!   [`super::bytecode`]). So no call can leave anything behind for the next one.
 //! - `setmetatable` refuses `__gc` (no script code runs outside a call), guards `__close` (it
-//!   does nothing once the call is aborted) and lets frozen tables serve as metatables;
+//!   does nothing once the call is aborted, and `coroutine.close` runs it where the hook can
+//!   pause it; see [`super::guard`]) and lets frozen tables serve as metatables;
 //!   `getmetatable`, `next`, `rawget` and `rawlen` see through the freeze.
 //! - `print` goes to the server log; `grpc.status(code, message)` builds an error that ends the
 //!   call with that status.
@@ -33,7 +34,7 @@ use crate::error::{Location, StartupError, StartupErrors};
 
 const PRELUDE: &str = r#"
 local KEY, ORIG, dgetmt, dsetmt, setmetatable, getmetatable, next, rawget, rawlen, error, type, tostring,
-  rawset, aborted = ...
+  rawset, guard_close = ...
 
 -- Raw views of frozen tables used as metatables (Lua reads metamethods raw), and back.
 local views, view_of = {}, {}
@@ -81,19 +82,8 @@ end
 
 local NO_GC = "finalizers (__gc) are not allowed in scripts: no script code may run outside a call"
 
--- `__close` handlers, guarded: once the call is aborted they do nothing. Where Lua cannot
--- yield, the hook stops an aborted call by raising the abort, and the protected call the error
--- reaches runs the pending `__close` handlers it passed (under the hook, see `hook`).
-local guarded = setmetatable({}, { __mode = "k" })
-local function guard_close(f)
-  if f == nil or guarded[f] then return f end
-  local g = function(...)
-    if aborted() then return end
-    return f(...)
-  end
-  guarded[g] = true
-  return g
-end
+-- `__close` handlers are guarded (see `guard`): once the call is aborted they do nothing, and
+-- they run where the hook can pause them also when `coroutine.close` closes their coroutine.
 
 local function safe_setmetatable(t, mt)
   if hidden(t) then
@@ -116,7 +106,10 @@ local function safe_setmetatable(t, mt)
       error(NO_GC, 2)
     else
       local c = rawget(mt, "__close")
-      if c ~= nil and not guarded[c] then rawset(mt, "__close", guard_close(c)) end
+      if c ~= nil then
+        local g = guard_close(c)
+        if g ~= c then rawset(mt, "__close", g) end
+      end
     end
   end
   local r = setmetatable(t, mt)
@@ -275,7 +268,7 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
         g.raw_get::<Function>("type")?,
         g.raw_get::<Function>("tostring")?,
         g.raw_get::<Function>("rawset")?,
-        lua.create_function(|_, ()| Ok(super::slice::current_abort().is_some()))?,
+        lua.named_registry_value::<Function>(super::guard::GUARD_CLOSE_KEY)?,
     );
     let p: Table = lua.load(PRELUDE).set_name("=protoserve").call(originals)?;
     let f = |name: &str| p.raw_get::<Function>(name);

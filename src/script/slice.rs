@@ -116,6 +116,32 @@ pub fn yield_for_abort(thread: usize) -> bool {
     running_call().is_some_and(|call| call.yield_for_abort(thread))
 }
 
+/// The hook would yield for a time slice but is where Lua cannot yield (a message handler, a
+/// metamethod called from C): the running call owes a pause, which the `coroutine` wrappers in
+/// [`super::guard`] make when a resume comes back. Without it a script whose coroutines spend
+/// their instructions where Lua cannot yield, each new one checked afresh, was never paused.
+pub fn owe_pause() {
+    if let Some(call) = running_call() {
+        call.owe_pause();
+    }
+}
+
+/// The running call's abort if it was aborted, else whether it owes a pause (forgetting it).
+pub fn abort_or_owed_pause() -> Result<bool, Abort> {
+    CURRENT.with(|c| {
+        let Ok(current) = c.try_borrow() else {
+            return Ok(false);
+        };
+        match current.as_ref() {
+            None => Ok(false),
+            Some(current) => match current.shared.aborted() {
+                Some(a) => Err(a),
+                None => Ok(current.shared.take_owed_pause()),
+            },
+        }
+    })
+}
+
 /// Whether coroutine `thread`'s last yield was the hook's (forgetting it).
 pub fn take_sliced(thread: usize) -> bool {
     running_call().is_some_and(|call| call.take_sliced(thread))

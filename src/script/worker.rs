@@ -8,8 +8,8 @@
 //! call's oneshot (and a bounded outbox for streams). A busy call also admits newly arrived
 //! calls at each time slice, so they do not wait behind it for the executor's own turn. A new
 //! call goes to the least busy state, passing over one whose current turn has run far past a
-//! time slice (stuck in script code a library function calls from C, where nothing can pause
-//! it), as long as another state is not.
+//! time slice (stuck in work the Lua VM does inside single instructions, such as comparing or
+//! joining huge strings, which the hook cannot pause), as long as another state is not.
 //!
 //! A state that cannot be trusted any more is replaced by a fresh one with every script loaded
 //! again: after a panic on its thread, after a memory error that leaves it over its limit once
