@@ -21,8 +21,8 @@ fn isolation_args(states: &str) -> Vec<String> {
         f.join("isolation/data").display().to_string(),
         "--script-states".into(),
         states.into(),
-        "--script-instructions".into(),
-        "50000000".into(),
+        "--script-time-ms".into(),
+        "5000".into(),
     ]
 }
 

@@ -50,8 +50,8 @@ async fn hostile_script_does_not_delay_reply_methods() {
     let _serial = SERIAL.lock().await;
     // The hostile calls are long on purpose: the watchdog must not give up on them here.
     let (_s, client) = start(&[
-        "--script-instructions",
-        "100000000000",
+        "--script-time-ms",
+        "600000",
         "--script-watchdog-ms",
         "120000",
     ])
@@ -119,8 +119,8 @@ async fn hostile_loops_on_every_state_do_not_block_other_scripts() {
     let (_s, client) = start(&[
         "--script-states",
         "2",
-        "--script-instructions",
-        "100000000000",
+        "--script-time-ms",
+        "600000",
     ])
     .await;
     client

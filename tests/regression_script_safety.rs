@@ -22,8 +22,8 @@ fn server(extra: &[&str]) -> Server {
         "--handlers".to_owned(),
         f.join("handlers").display().to_string(),
     ];
-    if !extra.contains(&"--script-instructions") {
-        args.extend(["--script-instructions".to_owned(), "5000000".to_owned()]);
+    if !extra.contains(&"--script-time-ms") {
+        args.extend(["--script-time-ms".to_owned(), "300".to_owned()]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -109,8 +109,8 @@ async fn xpcall_and_coroutine_cannot_swallow_abort() {
     let (_s, client) = start(&[
         "--script-states",
         "1",
-        "--script-instructions",
-        "100000000000",
+        "--script-time-ms",
+        "600000",
     ])
     .await;
     let started = Instant::now();
@@ -133,8 +133,8 @@ async fn xpcall_and_coroutine_cannot_swallow_abort() {
 #[tokio::test]
 async fn coroutine_wrap_generator_survives_time_slices() {
     let (server, client) = start(&[
-        "--script-instructions",
-        "2000000000",
+        "--script-time-ms",
+        "600000",
         "--script-states",
         "1",
     ])
@@ -430,7 +430,7 @@ fn rss_mib(pid: u32) -> u64 {
 
 #[tokio::test]
 async fn stream_buffer_is_bounded_in_bytes() {
-    let (s, client) = start(&["--script-instructions", "1000000000"]).await;
+    let (s, client) = start(&["--script-time-ms", "600000"]).await;
     let pid = s.pid();
     let before = rss_mib(pid);
     let m = client.method("safety.Safety/Flood");
@@ -488,8 +488,8 @@ async fn state_is_replaced_after_unrecoverable_error() {
     let (s, client) = start(&[
         "--script-states",
         "1",
-        "--script-instructions",
-        "100000000000",
+        "--script-time-ms",
+        "600000",
         "--script-watchdog-ms",
         "300",
     ])

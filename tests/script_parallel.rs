@@ -26,8 +26,8 @@ async fn two_busy_scripts_run_on_two_states() {
         f.join("data").to_str().unwrap(),
         "--script-states",
         "2",
-        "--script-instructions",
-        "100000000000",
+        "--script-time-ms",
+        "600000",
     ]);
     let pool = common::pool(&f.join("protos"));
     let a = Client::connect(server.addr, pool.clone()).await;

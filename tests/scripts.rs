@@ -19,8 +19,8 @@ fn lab_server(extra: &[&str]) -> Server {
         "--data".to_owned(),
         f.join("data").display().to_string(),
     ];
-    if !extra.contains(&"--script-instructions") {
-        args.extend(["--script-instructions".to_owned(), "5000000".to_owned()]);
+    if !extra.contains(&"--script-time-ms") {
+        args.extend(["--script-time-ms".to_owned(), "300".to_owned()]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -293,8 +293,19 @@ async fn sandbox_has_no_io_and_no_shared_writable_state() {
 }
 
 #[tokio::test]
-async fn endless_loop_hits_the_instruction_budget() {
+async fn endless_loop_hits_the_time_budget() {
     let (_s, client) = lab(&[]).await;
+    let started = Instant::now();
+    let s = fail(&client, "loop").await;
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("time budget of 300 ms"), "{s:?}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    still_serves(&client).await;
+}
+
+#[tokio::test]
+async fn endless_loop_hits_the_instruction_budget_when_counted() {
+    let (_s, client) = lab(&["--script-instructions", "5000000"]).await;
     let started = Instant::now();
     let s = fail(&client, "loop").await;
     assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
@@ -308,7 +319,7 @@ async fn endless_loop_hits_the_instruction_budget() {
 
 #[tokio::test]
 async fn deadline_stops_sleeping_and_looping_scripts() {
-    let (_s, client) = lab(&["--script-instructions", "100000000000"]).await;
+    let (_s, client) = lab(&["--script-time-ms", "600000"]).await;
     for case in ["sleep", "loop"] {
         let mut md = MetadataMap::new();
         md.insert("grpc-timeout", "300m".parse().unwrap());

@@ -47,8 +47,14 @@ pub struct CallShared {
     pub metadata: MetadataMap,
     pub started: Instant,
     pub deadline: Option<Instant>,
+    /// Lua instructions (and library work in the same units) the call may use; `u64::MAX`
+    /// when instructions are not counted.
     pub budget: u64,
     pub used: AtomicU64,
+    /// How long the call's script may run, over all its time slices.
+    pub time_budget: Duration,
+    /// Nanoseconds the call's script ran in the slices that ended.
+    ran: AtomicU64,
     /// How deeply the call's `pcall`/`xpcall` are nested (see `guard`).
     pub protected_depth: AtomicU32,
     /// The sticky abort (0: none, see [`Abort::code`]).
@@ -93,6 +99,7 @@ pub struct CallSpec {
     pub started: Instant,
     pub deadline: Option<Instant>,
     pub budget: u64,
+    pub time_budget: Duration,
     pub streams_output: bool,
     pub reply: Option<ReplySender>,
     pub outbox: Option<(OutboxSender, OutboxStream)>,
@@ -125,6 +132,8 @@ impl CallShared {
             deadline: spec.deadline,
             budget: spec.budget,
             used: AtomicU64::new(0),
+            time_budget: spec.time_budget,
+            ran: AtomicU64::new(0),
             protected_depth: AtomicU32::new(0),
             aborted: AtomicU8::new(0),
             ended: AtomicBool::new(false),
@@ -145,9 +154,11 @@ impl CallShared {
         }
     }
 
-    /// Checked by the instruction hook and [`super::slice::charge`]: is there any reason to
-    /// stop the script now? Once one is found, it is found again on every later check.
-    pub fn should_abort(&self, step: u64) -> Option<Abort> {
+    /// Checked by the hook and [`super::slice::charge`], `running_for` into a time slice:
+    /// is there any reason to stop the script now? `step` is the instructions (or units of
+    /// library work) since the last check. Once a reason is found, it is found again on every
+    /// later check.
+    pub fn should_abort(&self, step: u64, running_for: Duration) -> Option<Abort> {
         if let Some(a) = self.aborted() {
             return Some(a);
         }
@@ -155,8 +166,11 @@ impl CallShared {
             .used
             .fetch_add(step, Ordering::Relaxed)
             .saturating_add(step);
+        let ran = Duration::from_nanos(self.ran.load(Ordering::Relaxed)).saturating_add(running_for);
         let why = if used > self.budget {
             Abort::Budget(self.budget)
+        } else if ran > self.time_budget {
+            Abort::Time(self.time_budget)
         } else if self.deadline.is_some_and(|d| Instant::now() >= d) {
             Abort::Deadline
         } else if self.is_cancelled() {
@@ -167,6 +181,14 @@ impl CallShared {
         Some(self.abort(why))
     }
 
+    /// Adds a time slice that ended to the time the call's script ran.
+    pub fn add_ran(&self, slice: Duration) {
+        let nanos = u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .ran
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| Some(r.saturating_add(nanos)));
+    }
+
     /// Records `why` as the call's abort (the first one stays) and returns the recorded one.
     pub fn abort(&self, why: Abort) -> Abort {
         match self
@@ -174,7 +196,7 @@ impl CallShared {
             .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => why,
-            Err(earlier) => Abort::from_code(earlier, self.budget).unwrap_or(why),
+            Err(earlier) => Abort::from_code(earlier, self.budget, self.time_budget).unwrap_or(why),
         }
     }
 
@@ -184,7 +206,7 @@ impl CallShared {
     }
 
     pub fn aborted(&self) -> Option<Abort> {
-        Abort::from_code(self.aborted.load(Ordering::Acquire), self.budget)
+        Abort::from_code(self.aborted.load(Ordering::Acquire), self.budget, self.time_budget)
     }
 
     /// Whether the client is gone: nobody waits for the answer or reads the stream.
@@ -236,6 +258,11 @@ impl CallShared {
             headers,
             trailers: Some(self.trailers.clone()),
         }));
+    }
+
+    /// The call's own thread (a pointer; 0 before it is made).
+    pub fn main_thread(&self) -> usize {
+        self.main_thread.load(Ordering::Acquire)
     }
 
     pub fn set_main_thread(&self, thread: usize) {

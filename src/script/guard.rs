@@ -493,6 +493,7 @@ return pcall, xpcall, run, body, load, guard_close
 pub fn install(lua: &Lua) -> mlua::Result<()> {
     let g = lua.globals();
     let debug: Table = g.raw_get("debug")?;
+    super::preempt::track_resumes(lua, &g.raw_get("coroutine")?)?;
     let check = lua.create_function(|_, ()| match slice::current_abort() {
         Some(a) => Err(mlua::Error::external(a)),
         None => Ok(()),

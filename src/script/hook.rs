@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use mlua::{ffi, Lua};
 
+use super::preempt;
 use super::slice::{self, Check};
 use super::status::Abort;
 
@@ -66,16 +67,23 @@ pub fn take_load_stop() -> Option<(String, usize)> {
     LOAD_STOPPED_AT.with(|l| l.borrow_mut().take())
 }
 
-/// Installs the hook on `lua`'s main thread; threads made later inherit it.
-pub fn install(lua: &Lua) -> mlua::Result<()> {
+/// Sets up how `lua` is paused. Counting (`count`, or where the clock cannot pause scripts):
+/// the count hook on the main thread, which threads made later inherit. Otherwise no hook: the
+/// clock's signal sets [`preempt_hook`] on whichever thread runs (see [`preempt`]). Says
+/// whether instructions are counted.
+pub fn install(lua: &Lua, count: bool) -> mlua::Result<bool> {
+    if !count && preempt::arm_this_thread() {
+        return Ok(false);
+    }
     let step = c_int::try_from(STEP).unwrap_or(c_int::MAX);
     // SAFETY: `exec_raw` runs the closure in protected mode on the state's main thread (no call
     // runs yet); `lua_sethook` only stores the hook, its mask and count in that thread.
     unsafe {
         lua.exec_raw::<()>((), |state| {
             ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, step)
-        })
+        })?;
     }
+    Ok(true)
 }
 
 /// Sets up coroutine `thread`, just made by a script: checked every [`COROUTINE_STEP`]
@@ -83,19 +91,31 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
 /// check). Errors with the call's abort when that passes its budget.
 pub fn start_coroutine(lua: &Lua, thread: mlua::Thread) -> mlua::Result<()> {
     let step = c_int::try_from(COROUTINE_STEP).unwrap_or(c_int::MAX);
+    let mut counted = false;
     // SAFETY: `exec_raw` pushes `thread` on the running thread's stack and runs the closure in
     // protected mode; `lua_tothread` reads the pushed value (a thread, by its type), which has
-    // not started (the script made it a moment ago, on this OS thread), and `lua_sethook` only
-    // stores the hook, its mask and count in it.
+    // not started (the script made it a moment ago, on this OS thread), and `lua_gethook` and
+    // `lua_sethook` only read and store the hook, its mask and count in it. A thread made where
+    // instructions are counted inherited the count hook; elsewhere the clock pauses it and
+    // there is nothing to set up.
     unsafe {
         lua.exec_raw::<()>(thread, |state| {
             let thread = ffi::lua_tothread(state, -1);
-            if !thread.is_null() {
+            if !thread.is_null()
+                && ffi::lua_gethook(thread).is_some_and(|h| {
+                    std::ptr::fn_addr_eq(h, count_hook as unsafe extern "C-unwind" fn(_, _))
+                })
+            {
                 ffi::lua_sethook(thread, Some(count_hook), ffi::LUA_MASKCOUNT, step);
+                counted = true;
             }
         })?;
     }
-    slice::charge(u64::from(COROUTINE_STEP))
+    if counted {
+        slice::charge(u64::from(COROUTINE_STEP))
+    } else {
+        Ok(())
+    }
 }
 
 /// What the hook does with the thread it interrupted.
@@ -108,11 +128,39 @@ enum Action {
     Raise(&'static CStr),
 }
 
-/// The hook Lua calls every [`STEP`] instructions, on the thread running them.
+/// The hook Lua calls every [`STEP`] instructions, on the thread running them, where
+/// instructions are counted.
 unsafe extern "C-unwind" fn count_hook(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) {
+    // SAFETY: Lua passes the running thread; it reads the hook's count (the instructions
+    // since its last check).
+    let step = unsafe { ffi::lua_gethookcount(state) };
+    let step = u64::try_from(step).unwrap_or(0).max(1);
+    // SAFETY: Lua passes the running thread and the hook's activation record.
+    unsafe { act(state, ar, step) }
+}
+
+/// The one-shot hook the clock's signal sets on the running thread (see [`preempt`]): it
+/// removes itself and checks. When it raises the call's abort it stays, checking every
+/// [`STEP`] instructions, so that the abort is raised again soon wherever it is caught.
+///
+/// # Safety
+/// Called by Lua as a hook.
+pub unsafe extern "C-unwind" fn preempt_hook(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) {
+    // SAFETY: Lua passes the running thread; `lua_sethook` only stores the hook fields (a hook
+    // may change its own thread's hook).
+    unsafe { ffi::lua_sethook(state, None, 0, 0) };
+    // SAFETY: Lua passes the running thread and the hook's activation record.
+    unsafe { act(state, ar, 0) }
+}
+
+/// Does what [`decide`] says with the interrupted thread.
+///
+/// # Safety
+/// `state` and `ar` are what Lua passed to the running hook.
+unsafe fn act(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug, step: u64) {
     // Nothing with a destructor lives in this frame: `lua_error` leaves it by `longjmp`.
     // SAFETY: Lua passes the running thread and the hook's activation record.
-    let action = unsafe { decide(state, ar) };
+    let action = unsafe { decide(state, ar, step) };
     match action {
         Action::Continue => {}
         Action::Yield => {
@@ -123,8 +171,13 @@ unsafe extern "C-unwind" fn count_hook(state: *mut ffi::lua_State, ar: *mut ffi:
         Action::Raise(message) => {
             // SAFETY: Lua keeps LUA_MINSTACK free slots for a hook, above the interrupted
             // function's registers; the message is static, and `lua_error` jumps to the nearest
-            // protected call over frames (this one, Lua's) that hold nothing to drop.
+            // protected call over frames (this one, Lua's) that hold nothing to drop. Where the
+            // clock pauses scripts, the hook stays to raise the abort again.
             unsafe {
+                if ffi::lua_gethook(state).is_none() {
+                    let step = c_int::try_from(STEP).unwrap_or(c_int::MAX);
+                    ffi::lua_sethook(state, Some(preempt_hook), ffi::LUA_MASKCOUNT, step);
+                }
                 ffi::lua_pushstring(state, message.as_ptr());
                 ffi::lua_error(state)
             }
@@ -137,24 +190,25 @@ unsafe extern "C-unwind" fn count_hook(state: *mut ffi::lua_State, ar: *mut ffi:
 ///
 /// # Safety
 /// `state` and `ar` are what Lua passed to the running hook.
-unsafe fn decide(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> Action {
+unsafe fn decide(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug, step: u64) -> Action {
     // The thread's identity, as `mlua::Thread::to_pointer` gives it for the wrappers.
     let thread = state as usize;
-    // SAFETY: `state` is the live thread Lua runs the hook on; the calls only read its flags
-    // and its hook's count (the instructions since its last check).
-    let (yieldable, step) = unsafe {
-        (
-            ffi::lua_isyieldable(state) != 0,
-            ffi::lua_gethookcount(state),
-        )
-    };
-    let step = u64::try_from(step).unwrap_or(0).max(1);
+    // SAFETY: `state` is the live thread Lua runs the hook on; this only reads its flags.
+    let yieldable = unsafe { ffi::lua_isyieldable(state) != 0 };
     std::panic::catch_unwind(AssertUnwindSafe(|| {
         match slice::check(step, TIME_SLICE) {
             Check::Continue => Action::Continue,
             // Never the call's own thread (see `mark_sliced`), and only a thread that can yield:
             // a slice can wait until the script is back where it can.
-            Check::Yield if yieldable && slice::mark_sliced(thread) => Action::Yield,
+            // SAFETY: (memory) as above; `lua_gc` with a count option only reads the state's
+            // count of bytes in use.
+            Check::Yield
+                if yieldable
+                    && slice::may_pause(unsafe { memory(state) })
+                    && slice::mark_sliced(thread) =>
+            {
+                Action::Yield
+            }
             Check::Yield => {
                 if !yieldable {
                     slice::owe_pause();
@@ -178,6 +232,21 @@ unsafe fn decide(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> Action 
         }
     }))
     .unwrap_or(Action::Continue)
+}
+
+/// Bytes of memory the state of thread `state` uses.
+///
+/// # Safety
+/// `state` is a live thread, on the OS thread running its state.
+unsafe fn memory(state: *mut ffi::lua_State) -> usize {
+    // SAFETY: as the function says; the count options read a counter and change nothing.
+    let (kib, bytes) = unsafe {
+        (
+            ffi::lua_gc(state, ffi::LUA_GCCOUNT, 0),
+            ffi::lua_gc(state, ffi::LUA_GCCOUNTB, 0),
+        )
+    };
+    usize::try_from(kib).unwrap_or(0) * 1024 + usize::try_from(bytes).unwrap_or(0)
 }
 
 /// The source (without its `@`) and line of the function the hook interrupted.
@@ -208,6 +277,7 @@ unsafe fn stopped_at(
 fn message(a: Abort) -> &'static CStr {
     match a {
         Abort::Budget(_) => c"the script ran past its budget of Lua instructions",
+        Abort::Time(_) => c"the script ran past its time budget",
         Abort::Deadline => c"the call's deadline passed",
         Abort::Cancelled => c"the call was cancelled",
     }
@@ -233,6 +303,7 @@ mod tests {
             started: Instant::now(),
             deadline: None,
             budget,
+            time_budget: Duration::from_secs(3600),
             streams_output: false,
             reply: None,
             outbox: None,
@@ -241,7 +312,7 @@ mod tests {
 
     fn hooked() -> Lua {
         let lua = Lua::new();
-        install(&lua).unwrap();
+        install(&lua, true).unwrap();
         lua
     }
 
@@ -251,7 +322,7 @@ mod tests {
     fn every_thread_carries_the_hook() {
         // SAFETY: the debug library, only to read the hooks back.
         let lua = unsafe { Lua::unsafe_new_with(mlua::StdLib::ALL, mlua::LuaOptions::new()) };
-        install(&lua).unwrap();
+        install(&lua, true).unwrap();
         let hook_of: Function = lua
             .load(
                 r#"

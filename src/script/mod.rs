@@ -26,6 +26,7 @@ pub mod hook;
 pub mod outbox;
 pub mod pattern;
 pub mod plan;
+pub mod preempt;
 pub mod requests;
 pub mod sandbox;
 pub mod slice;
@@ -58,8 +59,11 @@ use worker::{Job, Loading, Pool, Recipe, State};
 pub struct ScriptOptions {
     /// Lua states in the pool (0: one per core).
     pub states: usize,
-    /// Lua instructions one call may run.
+    /// Lua instructions one call may run (0: instructions are not counted, the clock pauses
+    /// scripts; see `preempt`).
     pub instructions: u64,
+    /// How long one call's script may run, over all its time slices.
+    pub time_budget: Duration,
     /// Bytes of memory per Lua state.
     pub memory_limit: usize,
     /// A state whose call runs this long without returning to its executor is replaced.
@@ -68,11 +72,23 @@ pub struct ScriptOptions {
     pub max_message_size: usize,
 }
 
+impl ScriptOptions {
+    /// The instruction budget of a call: none when instructions are not counted.
+    pub fn instruction_budget(&self) -> u64 {
+        if self.instructions == 0 {
+            u64::MAX
+        } else {
+            self.instructions
+        }
+    }
+}
+
 impl Default for ScriptOptions {
     fn default() -> Self {
         Self {
             states: 0,
-            instructions: 100_000_000,
+            instructions: 0,
+            time_budget: Duration::from_secs(1),
             memory_limit: 256 * 1024 * 1024,
             stuck_after: Duration::from_secs(5),
             max_message_size: 4 * 1024 * 1024,
@@ -383,6 +399,7 @@ impl Handler for ScriptHandler {
             started: call.started,
             deadline,
             budget: pool.budget(),
+            time_budget: pool.time_budget(),
             streams_output,
             reply: Some(reply_tx),
             outbox: streams_output.then(|| outbox::outbox(call.buffers)),
@@ -654,7 +671,7 @@ fn is_memory_error(e: &mlua::Error) -> bool {
 fn abort_error(a: Abort, shared: &CallShared) -> CallError {
     tracing::debug!(method = &*shared.method, "script stopped: {a}");
     match a {
-        Abort::Budget(_) => CallError::ScriptBudget {
+        Abort::Budget(_) | Abort::Time(_) => CallError::ScriptBudget {
             method: shared.method.clone(),
             message: format!("{}: {}: {a}", shared.script, shared.function),
         },

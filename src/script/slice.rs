@@ -13,7 +13,7 @@
 //! `coroutine` wrappers in [`super::guard`] pass it up to the call's own
 //! coroutine and resume the inner one transparently.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +29,22 @@ thread_local! {
     static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
     /// Where this thread shows the watchdog how long its current poll has run (see `worker`).
     static HEARTBEAT: RefCell<Option<Arc<Heartbeat>>> = const { RefCell::new(None) };
+    /// Above this many bytes of Lua memory, this thread's state pauses no call for a time slice.
+    static PAUSE_BELOW: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Sets the memory above which this thread's state pauses no call for a time slice: a paused
+/// call keeps what it holds, and every call that arrives meanwhile starts before it goes on.
+/// Without a bound, a burst of calls that each build something big and then run past a slice
+/// (a 3 MB string, say) all held it at once, up to the state's memory limit. Above it calls run
+/// on until they end or wait, and free what they held.
+pub fn set_pause_below(bytes: usize) {
+    PAUSE_BELOW.with(|p| p.set(bytes));
+}
+
+/// Whether a state using `bytes` of memory may pause a call for a time slice.
+pub fn may_pause(bytes: usize) -> bool {
+    bytes < PAUSE_BELOW.with(Cell::get)
 }
 
 struct Current {
@@ -56,11 +72,14 @@ pub fn check(step: u64, slice: Duration) -> Check {
         };
         match current.as_ref() {
             None => Check::Continue,
-            Some(current) => match current.shared.should_abort(step) {
-                Some(a) => Check::Abort(a),
-                None if slice != Duration::MAX && current.since.elapsed() >= slice => Check::Yield,
-                None => Check::Continue,
-            },
+            Some(current) => {
+                let running_for = current.since.elapsed();
+                match current.shared.should_abort(step, running_for) {
+                    Some(a) => Check::Abort(a),
+                    None if running_for >= slice => Check::Yield,
+                    None => Check::Continue,
+                }
+            }
         }
     })
 }
@@ -245,9 +264,15 @@ impl<F: Future + Unpin> Future for Running<F> {
         let this = &mut *self;
         heartbeat(|h| h.enter(&this.shared));
         let started = Instant::now();
-        let result = with_call(&this.shared, || Pin::new(&mut this.inner).poll(cx));
+        let result = with_call(&this.shared, || {
+            // The call's own thread runs now: the clock's signal pauses it (see `preempt`).
+            let _within = super::preempt::within(this.shared.main_thread() as *mut _);
+            Pin::new(&mut this.inner).poll(cx)
+        });
         heartbeat(Heartbeat::leave);
-        if result.is_pending() && started.elapsed() >= ADMIT_AFTER {
+        let ran = started.elapsed();
+        this.shared.add_ran(ran);
+        if result.is_pending() && ran >= ADMIT_AFTER {
             // A busy call used its slice: let calls that arrived meanwhile start now.
             super::worker::admit_arrivals();
         }

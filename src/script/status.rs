@@ -4,6 +4,7 @@
 //! an [`Abort`]. Both are found again by walking the `mlua::Error` chain.
 
 use std::fmt;
+use std::time::Duration;
 
 use mlua::Value as LuaValue;
 use tonic::{Code, Status};
@@ -57,7 +58,10 @@ impl std::error::Error for ScriptStatus {}
 /// Why the server stopped a script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Abort {
+    /// Past its budget of Lua instructions (when they are counted).
     Budget(u64),
+    /// Past its budget of running time.
+    Time(Duration),
     Deadline,
     Cancelled,
 }
@@ -69,14 +73,16 @@ impl Abort {
             Abort::Budget(_) => 1,
             Abort::Deadline => 2,
             Abort::Cancelled => 3,
+            Abort::Time(_) => 4,
         }
     }
 
-    pub fn from_code(code: u8, budget: u64) -> Option<Self> {
+    pub fn from_code(code: u8, budget: u64, time_budget: Duration) -> Option<Self> {
         match code {
             1 => Some(Abort::Budget(budget)),
             2 => Some(Abort::Deadline),
             3 => Some(Abort::Cancelled),
+            4 => Some(Abort::Time(time_budget)),
             _ => None,
         }
     }
@@ -88,6 +94,11 @@ impl fmt::Display for Abort {
             Abort::Budget(n) => write!(
                 f,
                 "the script ran past its budget of {n} Lua instructions (an endless loop?); raise --script-instructions if it needs more"
+            ),
+            Abort::Time(t) => write!(
+                f,
+                "the script ran past its time budget of {} ms (an endless loop?); raise --script-time-ms if it needs more",
+                t.as_millis()
             ),
             Abort::Deadline => write!(f, "the call's deadline passed"),
             Abort::Cancelled => write!(f, "the call was cancelled"),

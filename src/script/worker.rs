@@ -34,6 +34,7 @@ use super::convert::Conv;
 use super::guard::RUNNER_KEY;
 use super::hook::{self, LOADING};
 use super::plan::Plans;
+use super::preempt;
 use super::sandbox::{self, Sandbox};
 use super::slice::{self, Heartbeat};
 use super::status::Abort;
@@ -46,6 +47,10 @@ use crate::handler::Requests;
 /// A poll of a call this long is stuck where the hook cannot pause it: ten time slices, far more
 /// than a slice plus the hook's check interval, or a garbage collection step.
 const STUCK_POLL: Duration = Duration::from_millis(hook::TIME_SLICE.as_millis() as u64 * 10);
+
+/// A state pauses calls for their time slices while it uses less than its memory after loading
+/// plus this share of its limit (see [`slice::set_pause_below`]).
+const PAUSE_MEMORY_SHARE: usize = 32;
 
 /// Wall-clock limit on loading one script file (its top-level code and what it requires).
 const LOAD_TIME: Duration = Duration::from_secs(5);
@@ -66,6 +71,8 @@ pub struct Recipe {
 /// A state with every script loaded.
 pub struct State {
     pub lua: Lua,
+    /// Whether the hook counts instructions (else the clock pauses scripts, see `preempt`).
+    pub counting: bool,
     /// The memory limit, for messages.
     pub memory_limit: usize,
     pub functions: Vec<Function>,
@@ -120,6 +127,8 @@ impl State {
 /// A state being loaded.
 pub struct Loading {
     pub lua: Lua,
+    /// Whether the hook counts instructions (else the clock pauses scripts, see `preempt`).
+    counting: bool,
     memory_limit: usize,
     max_message_size: usize,
     sandbox: Sandbox,
@@ -144,11 +153,13 @@ impl Loading {
     ) -> Result<Self, StartupError> {
         let (lua, sandbox) = sandbox::new_state(recipe_dir, data, options.memory_limit)?;
         // One hook for every thread of this state; it checks whichever call is current.
-        hook::install(&lua).map_err(|e| lua_setup_error("installing the instruction hook", e))?;
+        let counting = hook::install(&lua, options.instructions > 0)
+            .map_err(|e| lua_setup_error("installing the instruction hook", e))?;
         // Calls make many short-lived tables and strings: generational collection suits them.
         lua.gc_gen(0, 0);
         Ok(Self {
             lua,
+            counting,
             memory_limit: options.memory_limit,
             max_message_size: options.max_message_size,
             sandbox,
@@ -184,7 +195,8 @@ impl Loading {
             metadata: Default::default(),
             started: Instant::now(),
             deadline: Instant::now().checked_add(LOAD_TIME),
-            budget: options.instructions,
+            budget: options.instruction_budget(),
+            time_budget: LOAD_TIME,
             streams_output: false,
             reply: None,
             outbox: None,
@@ -234,6 +246,7 @@ impl Loading {
         let iterate = super::requests::iterator_factory(&self.lua)
             .map_err(|e| lua_setup_error("preparing request streams", e))?;
         Ok(State {
+            counting: self.counting,
             memory_limit: self.memory_limit,
             stream_ctx: self.sandbox.stream_ctx.clone(),
             builders,
@@ -409,7 +422,11 @@ impl Pool {
     }
 
     pub fn budget(&self) -> u64 {
-        self.recipe.options.instructions
+        self.recipe.options.instruction_budget()
+    }
+
+    pub fn time_budget(&self) -> Duration {
+        self.recipe.options.time_budget
     }
 
     /// The least busy state that is not stuck; the scan starts at a rotating index, so calls
@@ -544,6 +561,16 @@ fn state_thread(
                 }
             },
         };
+        if !loaded.counting {
+            // The state may have been built on another thread: this one needs the clock too.
+            preempt::arm_this_thread();
+        }
+        slice::set_pause_below(
+            loaded
+                .lua
+                .used_memory()
+                .saturating_add(pool.recipe.options.memory_limit / PAUSE_MEMORY_SHARE),
+        );
         if let Some(r) = ready.take() {
             let _ = r.send(Ok(()));
         }
@@ -591,6 +618,7 @@ fn housekeeping<R>(what: &'static str, f: impl FnOnce() -> R) -> R {
         started: Instant::now(),
         deadline: Instant::now().checked_add(Duration::from_millis(200)),
         budget: 10_000_000,
+        time_budget: Duration::from_millis(200),
         streams_output: false,
         reply: None,
         outbox: None,

@@ -1,0 +1,232 @@
+//! Pausing scripts by the clock instead of by counting their instructions.
+//!
+//! Lua 5.4 can only interrupt running Lua code through a hook, and a count hook, however rarely
+//! it fires, makes the VM stop at every instruction to count it: scripts ran about 1.7 times
+//! slower for it. So by default no hook is set. Each thread that runs Lua has a timer on its own
+//! CPU clock that sends it a signal every [`INTERVAL`] of CPU it uses; the signal handler sets a
+//! one-shot hook on the Lua thread running at that moment, and that hook does what the count
+//! hook did (checks the budget, deadline and cancellation, yields a call whose time slice is
+//! over, see [`super::hook`]) and removes itself. An idle thread uses no CPU and gets no signal.
+//!
+//! `lua_sethook` is the one Lua function meant to be called from a signal handler (the `lua`
+//! program stops a script on Ctrl-C that way): it only stores the hook and marks the thread's
+//! frames to trap. The handler must know which Lua thread is running: every resume of a
+//! coroutine goes through [`resume`] (the `coroutine.resume` the guard wraps), and the executor's
+//! resume of a call's own thread through [`Within`], both of which note the thread for the
+//! duration in a thread-local the handler reads. Code that runs in none of these (conversion
+//! builders called from Rust) is short and bounded by the message size.
+//!
+//! Linux only (`timer_create` with `SIGEV_THREAD_ID`); elsewhere [`supported`] is false and the
+//! hook counts instructions as before.
+
+#![allow(unsafe_code)]
+
+use std::cell::{Cell, RefCell};
+use std::ffi::c_int;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use mlua::ffi;
+
+/// CPU time a thread runs between two signals. The kernel checks CPU timers at its clock tick,
+/// so on a 250 Hz kernel the signals come every 4 ms whatever this asks.
+pub const INTERVAL: Duration = Duration::from_millis(1);
+
+thread_local! {
+    /// The Lua thread this OS thread is running, for the signal handler (null: none noted).
+    static RUNNING: Cell<*mut ffi::lua_State> = const { Cell::new(std::ptr::null_mut()) };
+    /// This thread's timer, once made; deleted when the thread ends.
+    static TIMER: RefCell<Option<imp::Timer>> = const { RefCell::new(None) };
+}
+
+/// Whether this platform pauses scripts by the clock (else they count instructions).
+pub const fn supported() -> bool {
+    cfg!(target_os = "linux")
+}
+
+/// Notes `state` as the running Lua thread until the returned guard drops.
+pub fn within(state: *mut ffi::lua_State) -> Within {
+    Within(RUNNING.with(|r| r.replace(state)))
+}
+
+/// Puts back the Lua thread that ran before, also on unwinding.
+pub struct Within(*mut ffi::lua_State);
+
+impl Drop for Within {
+    fn drop(&mut self) {
+        RUNNING.with(|r| r.set(self.0));
+    }
+}
+
+/// Starts the signals on this thread (once; later calls only say whether they run). False
+/// where that is not possible: the caller then counts instructions.
+pub fn arm_this_thread() -> bool {
+    if !supported() {
+        return false;
+    }
+    TIMER.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.is_none() {
+            *t = imp::Timer::start();
+        }
+        t.is_some()
+    })
+}
+
+/// Called by the signal handler, on the thread the signal interrupted.
+fn on_signal() {
+    let state = RUNNING.with(Cell::get);
+    if !state.is_null() {
+        // SAFETY: `state` is the Lua thread this OS thread is running (noted by `within` and
+        // `resume` for exactly as long), so it is alive; `lua_sethook` is safe to call from a
+        // signal handler that interrupted it: it stores the hook and its count and marks the
+        // thread's frames to trap.
+        unsafe {
+            ffi::lua_sethook(state, Some(super::hook::preempt_hook), ffi::LUA_MASKCOUNT, 1)
+        };
+    }
+}
+
+/// Lua's own `coroutine.resume`, kept for [`resume`].
+static ORIGINAL_RESUME: OnceLock<ffi::lua_CFunction> = OnceLock::new();
+
+/// Keeps Lua's own `coroutine.resume` (the same C function in every state) for [`resume`].
+pub fn keep_original_resume(f: ffi::lua_CFunction) {
+    let _ = ORIGINAL_RESUME.set(f);
+}
+
+/// `coroutine.resume`, noting the coroutine as running while it runs. Lua's own function does
+/// the work: it never raises once its first argument is a coroutine (errors of the resumed
+/// coroutine come back as values), so the note is always taken back.
+///
+/// # Safety
+/// Called by Lua as a C function.
+pub unsafe extern "C-unwind" fn resume(state: *mut ffi::lua_State) -> c_int {
+    let Some(original) = ORIGINAL_RESUME.get().copied() else {
+        // SAFETY: Lua called this with its own state; the message is static.
+        unsafe { ffi::luaL_error(state, c"coroutine.resume is not set up".as_ptr()) };
+        return 0;
+    };
+    // SAFETY: Lua called this with its own state; index 1 is the first argument.
+    let co = unsafe { ffi::lua_tothread(state, 1) };
+    if co.is_null() {
+        // Not a coroutine: Lua's function raises its usual argument error (nothing is noted,
+        // nothing here needs dropping).
+        // SAFETY: as above.
+        return unsafe { original(state) };
+    }
+    let previous = RUNNING.with(|r| r.replace(co));
+    // SAFETY: as above; Lua's resume returns normally for a coroutine argument.
+    let n = unsafe { original(state) };
+    RUNNING.with(|r| r.set(previous));
+    n
+}
+
+/// Replaces `coroutine.resume` (which the guard's wrappers call) by one that notes the
+/// coroutine it runs, for the clock's signal .
+pub fn track_resumes(lua: &mlua::Lua, coroutine: &mlua::Table) -> mlua::Result<()> {
+    let original: mlua::Function = coroutine.raw_get("resume")?;
+    let mut found = None;
+    // SAFETY: `exec_raw` pushes the function on the stack and runs the closure in protected
+    // mode; `lua_tocfunction` only reads it (Lua's `coroutine.resume` is a C function).
+    unsafe {
+        lua.exec_raw::<()>(original, |state| {
+            found = mlua::ffi::lua_tocfunction(state, -1);
+        })?;
+    }
+    let Some(original) = found else {
+        return Err(mlua::Error::runtime("coroutine.resume is not Lua's own"));
+    };
+    keep_original_resume(original);
+    // SAFETY: `preempt::resume` is a C function following Lua's calling convention.
+    let tracked = unsafe { lua.create_c_function(resume)? };
+    coroutine.raw_set("resume", tracked)
+}
+
+#[cfg(target_os = "linux")]
+mod imp {
+    use std::ffi::c_int;
+    use std::sync::OnceLock;
+
+    use super::INTERVAL;
+
+    /// The real-time signal used, chosen once.
+    fn signal() -> c_int {
+        static SIGNAL: OnceLock<c_int> = OnceLock::new();
+        *SIGNAL.get_or_init(|| libc::SIGRTMIN() + 3)
+    }
+
+    extern "C" fn handler(_: c_int) {
+        super::on_signal();
+    }
+
+    fn install_handler() -> bool {
+        static INSTALLED: OnceLock<bool> = OnceLock::new();
+        *INSTALLED.get_or_init(|| {
+            // SAFETY: a zeroed `sigaction` is valid; the handler only reads a thread-local and
+            // calls `lua_sethook`, both safe in a signal handler. SA_RESTART so that interrupted
+            // system calls go on.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = handler as extern "C" fn(c_int) as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(signal(), &action, std::ptr::null_mut()) == 0
+            }
+        })
+    }
+
+    /// A timer on its thread's CPU clock, signalling that thread every [`INTERVAL`].
+    pub struct Timer(libc::timer_t);
+
+    impl Timer {
+        pub fn start() -> Option<Timer> {
+            if !install_handler() {
+                return None;
+            }
+            // SAFETY: plain libc calls with valid pointers; the timer is this thread's own and
+            // signals only it.
+            unsafe {
+                let mut event: libc::sigevent = std::mem::zeroed();
+                event.sigev_notify = libc::SIGEV_THREAD_ID;
+                event.sigev_signo = signal();
+                event.sigev_notify_thread_id = libc::gettid();
+                let mut timer: libc::timer_t = std::ptr::null_mut();
+                if libc::timer_create(libc::CLOCK_THREAD_CPUTIME_ID, &mut event, &mut timer) != 0 {
+                    return None;
+                }
+                let every = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: INTERVAL.as_nanos() as libc::c_long,
+                };
+                let spec = libc::itimerspec {
+                    it_interval: every,
+                    it_value: every,
+                };
+                if libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) != 0 {
+                    libc::timer_delete(timer);
+                    return None;
+                }
+                Some(Timer(timer))
+            }
+        }
+    }
+
+    impl Drop for Timer {
+        fn drop(&mut self) {
+            // SAFETY: the timer this value made and nothing else deletes.
+            unsafe { libc::timer_delete(self.0) };
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod imp {
+    pub struct Timer;
+
+    impl Timer {
+        pub fn start() -> Option<Timer> {
+            None
+        }
+    }
+}
