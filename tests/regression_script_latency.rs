@@ -116,13 +116,7 @@ async fn hostile_script_does_not_delay_reply_methods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_loops_on_every_state_do_not_block_other_scripts() {
     let _serial = SERIAL.lock().await;
-    let (_s, client) = start(&[
-        "--script-states",
-        "2",
-        "--script-time-ms",
-        "600000",
-    ])
-    .await;
+    let (_s, client) = start(&["--script-states", "2", "--script-time-ms", "600000"]).await;
     client
         .unary("safety.Safety/Quick", json!({"name": "warm"}))
         .await

@@ -106,13 +106,7 @@ async fn xpcall_and_coroutine_cannot_swallow_abort() {
     }
     still_serves(&client).await;
     // The deadline cannot be swallowed either.
-    let (_s, client) = start(&[
-        "--script-states",
-        "1",
-        "--script-time-ms",
-        "600000",
-    ])
-    .await;
+    let (_s, client) = start(&["--script-states", "1", "--script-time-ms", "600000"]).await;
     let started = Instant::now();
     let r = tokio::time::timeout(
         Duration::from_secs(20),
@@ -132,13 +126,7 @@ async fn xpcall_and_coroutine_cannot_swallow_abort() {
 
 #[tokio::test]
 async fn coroutine_wrap_generator_survives_time_slices() {
-    let (server, client) = start(&[
-        "--script-time-ms",
-        "600000",
-        "--script-states",
-        "1",
-    ])
-    .await;
+    let (server, client) = start(&["--script-time-ms", "600000", "--script-states", "1"]).await;
     let expected = [
         "start:a",
         "SUM1",

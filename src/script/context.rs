@@ -166,7 +166,8 @@ impl CallShared {
             .used
             .fetch_add(step, Ordering::Relaxed)
             .saturating_add(step);
-        let ran = Duration::from_nanos(self.ran.load(Ordering::Relaxed)).saturating_add(running_for);
+        let ran =
+            Duration::from_nanos(self.ran.load(Ordering::Relaxed)).saturating_add(running_for);
         let why = if used > self.budget {
             Abort::Budget(self.budget)
         } else if ran > self.time_budget {
@@ -186,7 +187,9 @@ impl CallShared {
         let nanos = u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX);
         let _ = self
             .ran
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| Some(r.saturating_add(nanos)));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_add(nanos))
+            });
     }
 
     /// Records `why` as the call's abort (the first one stays) and returns the recorded one.
@@ -206,7 +209,11 @@ impl CallShared {
     }
 
     pub fn aborted(&self) -> Option<Abort> {
-        Abort::from_code(self.aborted.load(Ordering::Acquire), self.budget, self.time_budget)
+        Abort::from_code(
+            self.aborted.load(Ordering::Acquire),
+            self.budget,
+            self.time_budget,
+        )
     }
 
     /// Whether the client is gone: nobody waits for the answer or reads the stream.

@@ -72,7 +72,7 @@ pub fn take_load_stop() -> Option<(String, usize)> {
 /// clock's signal sets [`preempt_hook`] on whichever thread runs (see [`preempt`]). Says
 /// whether instructions are counted.
 pub fn install(lua: &Lua, count: bool) -> mlua::Result<bool> {
-    if !count && preempt::arm_this_thread() {
+    if !count && preempt::available() {
         return Ok(false);
     }
     let step = c_int::try_from(STEP).unwrap_or(c_int::MAX);

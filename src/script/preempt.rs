@@ -21,7 +21,7 @@
 
 #![allow(unsafe_code)]
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::ffi::c_int;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -35,8 +35,8 @@ pub const INTERVAL: Duration = Duration::from_millis(1);
 thread_local! {
     /// The Lua thread this OS thread is running, for the signal handler (null: none noted).
     static RUNNING: Cell<*mut ffi::lua_State> = const { Cell::new(std::ptr::null_mut()) };
-    /// This thread's timer, once made; deleted when the thread ends.
-    static TIMER: RefCell<Option<imp::Timer>> = const { RefCell::new(None) };
+    /// Whether a [`Clock`] of this thread is live.
+    static ARMED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Whether this platform pauses scripts by the clock (else they count instructions).
@@ -58,19 +58,34 @@ impl Drop for Within {
     }
 }
 
-/// Starts the signals on this thread (once; later calls only say whether they run). False
-/// where that is not possible: the caller then counts instructions.
-pub fn arm_this_thread() -> bool {
-    if !supported() {
-        return false;
+/// Whether the clock can pause scripts here (else the hook counts instructions): Linux, and a
+/// first timer could be made.
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| supported() && imp::Timer::start().is_some())
+}
+
+/// Makes this thread's CPU clock signal it until the returned value drops (or, when it already
+/// does, leaves that as it is). State threads keep one for their life; a thread that loads
+/// scripts keeps one while they load.
+pub fn clock() -> Clock {
+    if !available() || ARMED.with(Cell::get) {
+        return Clock(None);
     }
-    TIMER.with(|t| {
-        let mut t = t.borrow_mut();
-        if t.is_none() {
-            *t = imp::Timer::start();
+    let timer = imp::Timer::start();
+    ARMED.with(|a| a.set(timer.is_some()));
+    Clock(timer)
+}
+
+/// This thread's clock signals, while held.
+pub struct Clock(Option<imp::Timer>);
+
+impl Drop for Clock {
+    fn drop(&mut self) {
+        if self.0.take().is_some() {
+            ARMED.with(|a| a.set(false));
         }
-        t.is_some()
-    })
+    }
 }
 
 /// Called by the signal handler, on the thread the signal interrupted.
@@ -82,7 +97,12 @@ fn on_signal() {
         // signal handler that interrupted it: it stores the hook and its count and marks the
         // thread's frames to trap.
         unsafe {
-            ffi::lua_sethook(state, Some(super::hook::preempt_hook), ffi::LUA_MASKCOUNT, 1)
+            ffi::lua_sethook(
+                state,
+                Some(super::hook::preempt_hook),
+                ffi::LUA_MASKCOUNT,
+                1,
+            )
         };
     }
 }

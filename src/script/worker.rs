@@ -196,12 +196,14 @@ impl Loading {
             started: Instant::now(),
             deadline: Instant::now().checked_add(LOAD_TIME),
             budget: options.instruction_budget(),
-            time_budget: LOAD_TIME,
+            // Loading is bounded by its deadline, whose error says so.
+            time_budget: Duration::MAX,
             streams_output: false,
             reply: None,
             outbox: None,
         }));
         hook::take_load_stop();
+        let _clock = (!self.counting).then(preempt::clock);
         let result = slice::with_call(&meter, || run_top_level(&self.lua, chunk));
         if let Err(e) = result {
             return Err(ScriptSetupError::Script(load_error(path, &e, &meter)));
@@ -544,6 +546,8 @@ fn state_thread(
     mut ready: Option<std::sync::mpsc::Sender<Result<(), StartupError>>>,
 ) {
     slice::set_heartbeat(current.heartbeat.clone());
+    // Where the clock pauses scripts, it signals this thread for as long as it serves.
+    let _clock = (pool.recipe.options.instructions == 0).then(preempt::clock);
     loop {
         let loaded = match state.take() {
             Some(s) => s,
@@ -561,10 +565,6 @@ fn state_thread(
                 }
             },
         };
-        if !loaded.counting {
-            // The state may have been built on another thread: this one needs the clock too.
-            preempt::arm_this_thread();
-        }
         slice::set_pause_below(
             loaded
                 .lua
