@@ -103,7 +103,7 @@ struct LoadArgs {
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     script_time_ms: u64,
     /// Also count each call's Lua instructions and stop it past N (0: not counted). Exact and
-    /// the same on every machine, but scripts run about 1.5 times slower.
+    /// the same on every machine, but scripts run about 1.7 times slower.
     #[arg(long, value_name = "N", default_value_t = 0)]
     script_instructions: u64,
     /// Memory limit of each Lua state, in MiB.

@@ -452,6 +452,15 @@ async fn quick_calls_overtake(name: &str, n: i64, text: &str) {
     );
 }
 
+/// A loop of instructions that each work for milliseconds inside the VM (comparing two 64 MiB
+/// strings) was checked by the count hook only every 10 000 instructions, minutes apart, so a
+/// quick call on the same state waited for the whole loop. The clock's signal now pauses it at
+/// the next instruction, and quick calls answer while the loop goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loop_of_long_instructions_lets_quick_calls_overtake() {
+    quick_calls_overtake("stuck_in_vm", STUCK_STEPS, &format!("{STUCK_STEPS},x")).await;
+}
+
 /// Loop steps per comparison of `sort_long` (about 12 000 comparisons): seconds of work.
 const SORT_STEPS: i64 = 5_000;
 /// Loop steps per call of `gsub_long`'s replacement function (2 000 calls): seconds of work.

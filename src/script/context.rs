@@ -87,6 +87,8 @@ pub struct CallShared {
     pause_owed: AtomicBool,
     /// The coroutine (a pointer) the hook last asked to yield because the call was aborted.
     abort_yield: std::sync::atomic::AtomicUsize,
+    /// The hook paused the call for a time slice and it has not run since (see `slice`).
+    pub paused: AtomicBool,
 }
 
 /// What a call needs to start (the rest of [`CallShared`] starts empty).
@@ -151,6 +153,7 @@ impl CallShared {
             sliced: Mutex::new(Vec::new()),
             pause_owed: AtomicBool::new(false),
             abort_yield: std::sync::atomic::AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
         }
     }
 
@@ -286,6 +289,7 @@ impl CallShared {
         if !sliced.contains(&thread) {
             sliced.push(thread);
         }
+        self.paused.store(true, Ordering::Relaxed);
         true
     }
 

@@ -1,6 +1,8 @@
-//! The instruction hook: every [`STEP`] instructions it checks the running call's budget,
-//! deadline and cancellation (see [`slice::check`]), yields a call that has used its time slice,
-//! and stops a call that must end.
+//! The hook: it checks the running call's budgets, deadline and cancellation (see
+//! [`slice::check`]), yields a call that has used its time slice, and stops a call that must end.
+//! By default the clock's signal sets it for one instruction on the thread that runs
+//! ([`preempt_hook`], see [`preempt`]), so scripts run with no hook at all in between; with
+//! `--script-instructions` it runs every [`STEP`] instructions ([`count_hook`]) and counts them.
 //!
 //! It is a raw Lua hook, installed with `lua_sethook`, because of how it must stop a script. An
 //! mlua hook callback that returns an error has mlua raise it, and mlua first resets the stack
@@ -22,9 +24,10 @@
 //! function's source and line (for the error of a script load it stops), yields the thread
 //! (Lua 5.4 lets a count hook yield with no values, returning normally) or raises.
 //!
-//! Every thread of a state runs it: it is set on the main thread, and `lua_newthread` gives each
-//! new thread the hook of the thread it is made from (coroutines the scripts create, and the
-//! threads mlua creates for calls, from the main thread or a running one).
+//! When counting, every thread of a state runs it: it is set on the main thread, and
+//! `lua_newthread` gives each new thread the hook of the thread it is made from (coroutines the
+//! scripts create, and the threads mlua creates for calls, from the main thread or a running
+//! one).
 //!
 //! Lua counts a hook's instructions per thread, from zero in a new one, so work spread over
 //! fresh coroutines that each end before their first check would never be charged. A

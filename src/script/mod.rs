@@ -4,10 +4,11 @@
 //! each on its own thread (see [`worker`]): Lua never runs on the threads that drive the
 //! network, so no script, whatever it does, delays other calls' I/O. A call takes the least busy
 //! state and runs there as a coroutine; waiting (`ctx:sleep`, `ctx:send` under flow control,
-//! reading the request stream) yields it, so one state serves many calls at once. One
-//! instruction hook per state enforces the running call's budget, stops it when the call is
-//! cancelled or its deadline passes (for good: see [`guard`]), and yields a busy script every
-//! couple of milliseconds so the other calls on its state keep moving.
+//! reading the request stream) yields it, so one state serves many calls at once. A hook, set
+//! for one instruction by a signal from the thread's CPU clock (see [`preempt`]; or counting
+//! instructions, with `--script-instructions`), enforces the running call's budget, stops it
+//! when the call is cancelled or its deadline passes (for good: see [`guard`]), and yields a
+//! busy script every couple of milliseconds so the other calls on its state keep moving.
 //!
 //! Shapes, as a script sees them:
 //! - unary: `function M(req, ctx) return resp end`

@@ -29,22 +29,25 @@ thread_local! {
     static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
     /// Where this thread shows the watchdog how long its current poll has run (see `worker`).
     static HEARTBEAT: RefCell<Option<Arc<Heartbeat>>> = const { RefCell::new(None) };
-    /// Above this many bytes of Lua memory, this thread's state pauses no call for a time slice.
+    /// Above this many bytes of Lua memory, this thread's state keeps at most one call paused.
     static PAUSE_BELOW: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// Calls of this thread's state paused for a time slice and waiting for their turn.
+    static PAUSED: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Sets the memory above which this thread's state pauses no call for a time slice: a paused
-/// call keeps what it holds, and every call that arrives meanwhile starts before it goes on.
-/// Without a bound, a burst of calls that each build something big and then run past a slice
-/// (a 3 MB string, say) all held it at once, up to the state's memory limit. Above it calls run
-/// on until they end or wait, and free what they held.
+/// Sets the memory above which this thread's state keeps at most one call paused for a time
+/// slice. A paused call keeps what it holds, and every call that arrives meanwhile starts
+/// before it goes on: a burst of calls that each build something big and then run past a slice
+/// (a 3 MB string, say) all held it at once, up to the state's memory limit. Above the mark, a
+/// call runs on while another is paused, until it ends or waits, and frees what it held; quick
+/// calls still overtake one long call.
 pub fn set_pause_below(bytes: usize) {
     PAUSE_BELOW.with(|p| p.set(bytes));
 }
 
-/// Whether a state using `bytes` of memory may pause a call for a time slice.
+/// Whether a state using `bytes` of memory may pause another call for a time slice.
 pub fn may_pause(bytes: usize) -> bool {
-    bytes < PAUSE_BELOW.with(Cell::get)
+    bytes < PAUSE_BELOW.with(Cell::get) || PAUSED.with(Cell::get) == 0
 }
 
 struct Current {
@@ -242,6 +245,19 @@ impl Drop for Restore {
     }
 }
 
+/// The call runs again (or is gone): it no longer counts as paused.
+fn unpause(shared: &CallShared) {
+    if shared.paused.swap(false, Ordering::Relaxed) {
+        let _ = PAUSED.try_with(|p| p.set(p.get().saturating_sub(1)));
+    }
+}
+
+impl<F> Drop for Running<F> {
+    fn drop(&mut self) {
+        unpause(&self.shared);
+    }
+}
+
 /// A poll this long was a busy time slice (see [`Running`]).
 const ADMIT_AFTER: Duration = Duration::from_millis(1);
 
@@ -262,6 +278,7 @@ impl<F: Future + Unpin> Future for Running<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
+        unpause(&this.shared);
         heartbeat(|h| h.enter(&this.shared));
         let started = Instant::now();
         let result = with_call(&this.shared, || {
@@ -272,6 +289,11 @@ impl<F: Future + Unpin> Future for Running<F> {
         heartbeat(Heartbeat::leave);
         let ran = started.elapsed();
         this.shared.add_ran(ran);
+        if result.is_pending() && this.shared.paused.load(Ordering::Relaxed) {
+            let _ = PAUSED.try_with(|p| p.set(p.get().saturating_add(1)));
+        } else {
+            this.shared.paused.store(false, Ordering::Relaxed);
+        }
         if result.is_pending() && ran >= ADMIT_AFTER {
             // A busy call used its slice: let calls that arrived meanwhile start now.
             super::worker::admit_arrivals();

@@ -23,8 +23,10 @@
 //!   instruction hook already bounds them).
 //! - A string result larger than the memory the state has left fails at once.
 //!
-//! Costs are in instructions: a pattern step or a value pushed is one, eight bytes copied or
-//! converted are one. At the default budget (1e8) that is under a second of C work.
+//! Every charge checks the call's time budget, deadline and cancellation. When instructions are
+//! counted (`--script-instructions`), costs are in instructions: a pattern step or a value
+//! pushed is one, eight bytes copied or converted are one; at a budget of 1e8 that is under a
+//! second of C work.
 
 use std::cell::Cell;
 

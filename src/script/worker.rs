@@ -8,8 +8,9 @@
 //! call's oneshot (and a bounded outbox for streams). A busy call also admits newly arrived
 //! calls at each time slice, so they do not wait behind it for the executor's own turn. A new
 //! call goes to the least busy state, passing over one whose current turn has run far past a
-//! time slice (stuck in work the Lua VM does inside single instructions, such as comparing or
-//! joining huge strings, which the hook cannot pause), as long as another state is not.
+//! time slice (stuck in one library call, or in one instruction that works long inside the VM,
+//! such as comparing or joining huge strings, which the hook cannot pause until it ends), as
+//! long as another state is not.
 //!
 //! A state that cannot be trusted any more is replaced by a fresh one with every script loaded
 //! again: after a panic on its thread, after a memory error that leaves it over its limit once
@@ -48,8 +49,8 @@ use crate::handler::Requests;
 /// than a slice plus the hook's check interval, or a garbage collection step.
 const STUCK_POLL: Duration = Duration::from_millis(hook::TIME_SLICE.as_millis() as u64 * 10);
 
-/// A state pauses calls for their time slices while it uses less than its memory after loading
-/// plus this share of its limit (see [`slice::set_pause_below`]).
+/// Above its memory after loading plus this share of its limit, a state keeps at most one call
+/// paused for a time slice (see [`slice::set_pause_below`]).
 const PAUSE_MEMORY_SHARE: usize = 32;
 
 /// Wall-clock limit on loading one script file (its top-level code and what it requires).
