@@ -303,6 +303,18 @@ async fn endless_loop_hits_the_time_budget() {
     still_serves(&client).await;
 }
 
+/// The time budget counts the time a script runs, not the time it waits: a call that sleeps
+/// twice its budget answers.
+#[tokio::test]
+async fn waiting_does_not_count_against_the_time_budget() {
+    let (_s, client) = lab(&[]).await;
+    let r = client
+        .unary("lab.Lab/Fail", json!({"id": "nap"}))
+        .await
+        .expect("the sleeping call answers");
+    assert_eq!(r["id"], "rested", "{r}");
+}
+
 #[tokio::test]
 async fn endless_loop_hits_the_instruction_budget_when_counted() {
     let (_s, client) = lab(&["--script-instructions", "5000000"]).await;
