@@ -297,6 +297,10 @@ mod tests {
     use crate::script::context::{CallShared, CallSpec};
 
     fn meter(budget: u64) -> Arc<CallShared> {
+        timed_meter(budget, Duration::from_secs(3600))
+    }
+
+    fn timed_meter(budget: u64, time_budget: Duration) -> Arc<CallShared> {
         Arc::new(CallShared::new(CallSpec {
             method: Arc::from("test"),
             script: Arc::from(""),
@@ -306,7 +310,7 @@ mod tests {
             started: Instant::now(),
             deadline: None,
             budget,
-            time_budget: Duration::from_secs(3600),
+            time_budget,
             streams_output: false,
             reply: None,
             outbox: None,
@@ -453,5 +457,74 @@ mod tests {
             .eval()
             .unwrap();
         assert_eq!(n, 100_000);
+    }
+
+    /// Where the clock pauses scripts, no hook is set at all until a signal comes.
+    #[test]
+    fn the_clock_leaves_threads_without_a_hook() {
+        if !preempt::available() {
+            return;
+        }
+        let lua = Lua::new();
+        assert!(!install(&lua, false).unwrap());
+        // SAFETY: reads the main thread's hook.
+        let hook =
+            unsafe { lua.exec_raw::<()>((), |state| assert!(ffi::lua_gethook(state).is_none())) };
+        hook.unwrap();
+    }
+
+    /// The clock's signal stops an endless loop in a thread made from Rust, noted as running,
+    /// at its time budget: yielded for the abort, then raised when resumed.
+    #[test]
+    fn the_clock_stops_an_endless_loop_at_its_time_budget() {
+        if !preempt::available() {
+            return;
+        }
+        let lua = Lua::new();
+        install(&lua, false).unwrap();
+        let _clock = preempt::clock();
+        let spin: Function = lua.load("while true do end").into_function().unwrap();
+        let thread = lua.create_thread(spin).unwrap();
+        let call = timed_meter(u64::MAX, Duration::from_millis(50));
+        let started = Instant::now();
+        let _within = preempt::within(thread.state());
+        resume_past_slices(&call, &thread, 100_000).unwrap();
+        assert_eq!(call.aborted(), Some(Abort::Time(Duration::from_millis(50))));
+        assert!(started.elapsed() < Duration::from_secs(30));
+        let err = slice::with_call(&call, || thread.resume::<()>(())).unwrap_err();
+        assert!(err.to_string().contains("time budget"), "{err}");
+    }
+
+    /// The clock's signal yields a busy coroutine at its time slice, and the thread is none the
+    /// worse for it: the loop finishes with the right sum when resumed.
+    #[test]
+    fn the_clock_yields_a_coroutine_at_its_time_slice() {
+        if !preempt::available() {
+            return;
+        }
+        let lua = Lua::new();
+        install(&lua, false).unwrap();
+        let _clock = preempt::clock();
+        let f: Function = lua
+            .load("local x = 0 for i = 1, 3e8 do x = x + 1 end return x")
+            .into_function()
+            .unwrap();
+        let thread = lua.create_thread(f).unwrap();
+        let call = meter(u64::MAX);
+        let _within = preempt::within(thread.state());
+        slice::with_call(&call, || thread.resume::<()>(())).unwrap();
+        assert_eq!(thread.status(), ThreadStatus::Resumable);
+        assert!(slice::with_call(&call, || slice::take_sliced(
+            thread.to_pointer() as usize
+        )));
+        let mut out: Option<i64> = None;
+        for _ in 0..100_000 {
+            out = slice::with_call(&call, || thread.resume::<Option<i64>>(())).unwrap();
+            if thread.status() != ThreadStatus::Resumable {
+                break;
+            }
+        }
+        assert_eq!(out, Some(300_000_000));
+        assert!(call.aborted().is_none());
     }
 }

@@ -223,15 +223,27 @@ fn heartbeat(f: impl FnOnce(&Heartbeat)) {
     });
 }
 
-/// Runs `f` with `shared` as the current call (restoring whatever was current before).
+/// Runs `f` with `shared` as the current call (restoring whatever was current before); the
+/// time it takes counts against the call's time budget.
 pub fn with_call<R>(shared: &Arc<CallShared>, f: impl FnOnce() -> R) -> R {
+    let since = Instant::now();
     let entry = Current {
         shared: shared.clone(),
-        since: Instant::now(),
+        since,
     };
     let previous = CURRENT.with(|c| c.replace(Some(entry)));
     let _restore = Restore(Some(previous));
+    let _ran = Ran(shared, since);
     f()
+}
+
+/// Adds the time since it was made to the call's time, also when `f` unwinds.
+struct Ran<'a>(&'a CallShared, Instant);
+
+impl Drop for Ran<'_> {
+    fn drop(&mut self) {
+        self.0.add_ran(self.1.elapsed());
+    }
 }
 
 /// Puts back the previous current call, also when `f` unwinds.
@@ -288,7 +300,6 @@ impl<F: Future + Unpin> Future for Running<F> {
         });
         heartbeat(Heartbeat::leave);
         let ran = started.elapsed();
-        this.shared.add_ran(ran);
         if result.is_pending() && this.shared.paused.load(Ordering::Relaxed) {
             let _ = PAUSED.try_with(|p| p.set(p.get().saturating_add(1)));
         } else {
