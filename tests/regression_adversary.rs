@@ -807,3 +807,58 @@ end
         "{log:?}"
     );
 }
+
+/// Lua's `coroutine.resume` can raise after it has started: given more arguments than the
+/// coroutine's stack has room for, with the state's memory full, making its "too many
+/// arguments" message raised a memory error, which left by longjmp past the code that takes
+/// back the note of the running coroutine for the clock. The note kept naming that suspended
+/// coroutine, so the clock set its hook there, never on the code running: the loop the script
+/// runs next (caught error, memory given back) was never paused or stopped, and its state was
+/// lost for good (the coroutine it named is later freed, under a signal handler that still
+/// writes to it). The coroutine is now resumed only where nothing can raise while it is noted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_error_in_coroutine_resume_leaves_the_call_stoppable() {
+    let (_s, c) = start_with_budget(
+        8_000,
+        &[
+            "--script-states",
+            "1",
+            "--script-watchdog-ms",
+            "600000",
+            "--script-memory",
+            "96",
+        ],
+    )
+    .await;
+    let mut stream = c
+        .server_stream_open("adv.Adv/Stream", json!({"name": "resume_args_oom", "n": 0}))
+        .await
+        .expect("the stream opens");
+    let first = next_message(&mut stream).await.expect("a message");
+    assert_eq!(first.expect("a message")["text"], "started");
+    let armed = next_message(&mut stream)
+        .await
+        .expect("armed before the budget")
+        .expect("a message");
+    assert_eq!(armed["text"], "armed");
+    // At least one resume failed with a memory error before one got through.
+    let failed: i64 = armed["n"].as_str().unwrap_or("0").parse().unwrap_or(0);
+    assert!(failed >= 1, "{armed}");
+    let status = next_message(&mut stream)
+        .await
+        .expect_err("the spinning call is stopped");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("time budget"), "{status:?}");
+    let (r, _) = run(&c, "quick", 0).await;
+    assert_eq!(r.unwrap()["text"], "quick");
+}
+
+/// The next message of a stream, waited for a minute at most.
+async fn next_message(
+    stream: &mut tonic::Streaming<prost_reflect::DynamicMessage>,
+) -> Result<Option<serde_json::Value>, tonic::Status> {
+    match tokio::time::timeout(Duration::from_secs(60), stream.message()).await {
+        Ok(r) => r.map(|m| m.map(|m| common::to_json(&m))),
+        Err(_) => Err(tonic::Status::unknown("CLIENT TIMEOUT")),
+    }
+}
