@@ -115,9 +115,17 @@ pub fn keep_original_resume(f: ffi::lua_CFunction) {
     let _ = ORIGINAL_RESUME.set(f);
 }
 
-/// `coroutine.resume`, noting the coroutine as running while it runs. Lua's own function does
-/// the work: it never raises once its first argument is a coroutine (errors of the resumed
-/// coroutine come back as values), so the note is always taken back.
+/// `coroutine.resume`, noting the coroutine as running exactly while Lua's `lua_resume` runs
+/// it.
+///
+/// Lua's own function cannot simply be wrapped: it can raise after it has started (a memory
+/// error making its "too many arguments" or "too many results" message, or a "cannot resume"
+/// one), and a raise leaves by `longjmp`, past the code that would take the note back. The
+/// note then named a coroutine that was not running (the resumer's loops were never paused
+/// again) and that could be freed while the signal handler still set hooks on it. So Lua's
+/// function runs only where it resumes nothing (not a coroutine, not suspended, or too many
+/// arguments for its stack: it fails as usual), and a suspended coroutine is resumed here as
+/// Lua resumes it, with the note taken back before anything that can raise.
 ///
 /// # Safety
 /// Called by Lua as a C function.
@@ -129,17 +137,61 @@ pub unsafe extern "C-unwind" fn resume(state: *mut ffi::lua_State) -> c_int {
     };
     // SAFETY: Lua called this with its own state; index 1 is the first argument.
     let co = unsafe { ffi::lua_tothread(state, 1) };
-    if co.is_null() {
-        // Not a coroutine: Lua's function raises its usual argument error (nothing is noted,
-        // nothing here needs dropping).
+    // SAFETY: as above; `co` is a live coroutine (it is on the stack).
+    let narg = unsafe { ffi::lua_gettop(state) } - 1;
+    if co.is_null() || !unsafe { suspended(co) } || unsafe { ffi::lua_checkstack(co, narg) } == 0 {
+        // Lua's function raises its argument error or returns false and its message, and runs
+        // no Lua code: nothing is noted.
         // SAFETY: as above.
         return unsafe { original(state) };
     }
+    let mut nres: c_int = 0;
     let previous = RUNNING.with(|r| r.replace(co));
-    // SAFETY: as above; Lua's resume returns normally for a coroutine argument.
-    let n = unsafe { original(state) };
+    // SAFETY: as above; the arguments are on `state`'s stack above the coroutine, and `co` has
+    // room for them (checked). `lua_resume` of a suspended coroutine catches every error of
+    // the coroutine and returns it as a status.
+    let status = unsafe {
+        ffi::lua_xmove(state, co, narg);
+        ffi::lua_resume(co, state, narg, &mut nres)
+    };
     RUNNING.with(|r| r.set(previous));
-    n
+    // SAFETY: as above (what follows is Lua's `auxresume` and `luaB_coresume`).
+    unsafe {
+        if status == ffi::LUA_OK || status == ffi::LUA_YIELD {
+            if ffi::lua_checkstack(state, nres + 1) == 0 {
+                ffi::lua_pop(co, nres);
+                ffi::lua_pushboolean(state, 0);
+                ffi::lua_pushstring(state, c"too many results to resume".as_ptr());
+                return 2;
+            }
+            ffi::lua_pushboolean(state, 1);
+            ffi::lua_xmove(co, state, nres);
+            nres + 1
+        } else {
+            ffi::lua_pushboolean(state, 0);
+            ffi::lua_xmove(co, state, 1);
+            2
+        }
+    }
+}
+
+/// Whether `coroutine.resume` would run `co` (Lua's `coroutine.status` says "suspended").
+///
+/// # Safety
+/// `co` is a live Lua thread.
+unsafe fn suspended(co: *mut ffi::lua_State) -> bool {
+    // SAFETY: `co` is live; `lua_getstack` only fills the record given.
+    unsafe {
+        match ffi::lua_status(co) {
+            ffi::LUA_YIELD => true,
+            ffi::LUA_OK => {
+                let mut ar: ffi::lua_Debug = std::mem::zeroed();
+                // Frames: running or normal; none and nothing on its stack: dead.
+                ffi::lua_getstack(co, 0, &mut ar) == 0 && ffi::lua_gettop(co) > 0
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Replaces `coroutine.resume` (which the guard's wrappers call) by one that notes the

@@ -17,7 +17,7 @@
 //! collected, and (by the watchdog) when one poll has run far longer than any time slice, which
 //! only happens when a call is stuck in a library function. The log says which state and why.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
@@ -674,10 +674,41 @@ impl Inbox {
             pool.slots[index].active.fetch_sub(1, Ordering::Relaxed);
             if memory_error {
                 check_memory(&state, &pool, &unrecoverable, &wake);
+            } else {
+                collect_over_pause_bound(&state, pool.recipe.options.memory_limit);
             }
         }));
         true
     }
+}
+
+thread_local! {
+    /// Memory this thread's state used after its last collection by
+    /// [`collect_over_pause_bound`] (0: none since it was last under the bound).
+    static COLLECTED_AT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// After a call: when the state uses more memory than the bound above which it pauses no call
+/// for a time slice, collect. What the call held is garbage now, but nothing collects it
+/// while the calls that go on allocate nothing, and meanwhile none of them was paused: one
+/// call that left a big string behind made every later long call hold up the quick ones for
+/// its whole run. At most once per share of the limit of new memory, so that calls ending
+/// while another call holds much are not each charged a full collection.
+fn collect_over_pause_bound(state: &State, limit: usize) {
+    let used = state.lua.used_memory();
+    if slice::may_pause(used) {
+        COLLECTED_AT.with(|c| c.set(0));
+        return;
+    }
+    let last = COLLECTED_AT.with(Cell::get);
+    if last != 0 && used < last.saturating_add(limit / PAUSE_MEMORY_SHARE) {
+        return;
+    }
+    let after = housekeeping("(collecting after a call)", || {
+        let _ = state.lua.gc_collect();
+        state.lua.used_memory()
+    });
+    COLLECTED_AT.with(|c| c.set(after.max(1)));
 }
 
 /// After a memory error: collect, and give the state up if it is still over its limit.
