@@ -228,9 +228,17 @@ async fn reserved_metadata_keys_fail_in_the_script() {
 /// UNAVAILABLE and the replacement state serves the next call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_call_is_answered_when_its_state_is_replaced() {
+    // Counting instructions, the loop is checked only every 10 000 of them: stuck for good.
     let (s, c) = start_with_budget(
         600_000,
-        &["--script-states", "1", "--script-watchdog-ms", "300"],
+        &[
+            "--script-states",
+            "1",
+            "--script-watchdog-ms",
+            "300",
+            "--script-instructions",
+            "4000000000",
+        ],
     )
     .await;
     let (r, took) = run(&c, "stuck_in_vm", STUCK_STEPS).await;
@@ -682,9 +690,17 @@ async fn insert_and_remove_ask_len_once() {
 /// still runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_calls_avoid_a_state_stuck_where_lua_cannot_yield() {
+    // Counting instructions, the loop is checked only every 10 000 of them: stuck for good.
     let (_s, c) = start_with_budget(
         600_000,
-        &["--script-states", "2", "--script-watchdog-ms", "60000"],
+        &[
+            "--script-states",
+            "2",
+            "--script-watchdog-ms",
+            "60000",
+            "--script-instructions",
+            "4000000000",
+        ],
     )
     .await;
     let stuck = started(&c, "stuck_in_vm", STUCK_STEPS).await;

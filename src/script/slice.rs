@@ -47,7 +47,13 @@ pub fn set_pause_below(bytes: usize) {
 
 /// Whether a state using `bytes` of memory may pause another call for a time slice.
 pub fn may_pause(bytes: usize) -> bool {
-    bytes < PAUSE_BELOW.with(Cell::get) || PAUSED.with(Cell::get) == 0
+    !over_pause_mark(bytes) || PAUSED.with(Cell::get) == 0
+}
+
+/// Whether a state using `bytes` of memory is over the mark above which it keeps at most one
+/// call paused.
+pub fn over_pause_mark(bytes: usize) -> bool {
+    bytes >= PAUSE_BELOW.with(Cell::get)
 }
 
 struct Current {

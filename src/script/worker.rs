@@ -688,15 +688,15 @@ thread_local! {
     static COLLECTED_AT: Cell<usize> = const { Cell::new(0) };
 }
 
-/// After a call: when the state uses more memory than the bound above which it pauses no call
-/// for a time slice, collect. What the call held is garbage now, but nothing collects it
-/// while the calls that go on allocate nothing, and meanwhile none of them was paused: one
-/// call that left a big string behind made every later long call hold up the quick ones for
-/// its whole run. At most once per share of the limit of new memory, so that calls ending
+/// After a call: when the state uses more memory than the mark above which it keeps at most one
+/// call paused for a time slice, collect. What the call held is garbage now, but nothing
+/// collects it while the calls that go on allocate nothing, and meanwhile at most one of them
+/// could be paused: one call that left a big string behind made later long calls hold up the
+/// quick ones. At most once per share of the limit of new memory, so that calls ending
 /// while another call holds much are not each charged a full collection.
 fn collect_over_pause_bound(state: &State, limit: usize) {
     let used = state.lua.used_memory();
-    if slice::may_pause(used) {
+    if !slice::over_pause_mark(used) {
         COLLECTED_AT.with(|c| c.set(0));
         return;
     }
