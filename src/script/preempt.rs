@@ -125,7 +125,10 @@ pub fn keep_original_resume(f: ffi::lua_CFunction) {
 /// again) and that could be freed while the signal handler still set hooks on it. So Lua's
 /// function runs only where it resumes nothing (not a coroutine, not suspended, or too many
 /// arguments for its stack: it fails as usual), and a suspended coroutine is resumed here as
-/// Lua resumes it, with the note taken back before anything that can raise.
+/// Lua resumes it, with the note taken back before anything that can raise. `lua_resume`
+/// itself can still raise before it protects anything in one case: past Lua's C-stack limit,
+/// with memory too full to make its "C stack overflow" message. The note then stays at most
+/// until the executor's poll or the script load around it ends, whose [`Within`] takes it back.
 ///
 /// # Safety
 /// Called by Lua as a C function.

@@ -205,6 +205,8 @@ impl Loading {
         }));
         hook::take_load_stop();
         let _clock = (!self.counting).then(preempt::clock);
+        // Whatever happens inside, nothing stays noted as running once the load is over.
+        let _note = preempt::within(std::ptr::null_mut());
         let result = slice::with_call(&meter, || run_top_level(&self.lua, chunk));
         if let Err(e) = result {
             return Err(ScriptSetupError::Script(load_error(path, &e, &meter)));
