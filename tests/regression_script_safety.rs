@@ -515,6 +515,16 @@ async fn state_is_replaced_after_unrecoverable_error() {
     );
     let status = stuck_result.expect_err("the stuck call is given up");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    // The log line is written after the answer and read from the server's stderr meanwhile.
+    let logged = Instant::now();
+    while !s
+        .log()
+        .iter()
+        .any(|l| l.contains("script state 0 replaced"))
+        && logged.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let log = s.log().join("\n");
     assert!(
         log.contains("script state 0 replaced"),
