@@ -894,11 +894,12 @@ async fn next_message(
     }
 }
 
-/// A state pauses no call for a time slice while it uses much memory, so that calls holding big
-/// values are not all paused holding them. But the memory counted included garbage: after one
-/// call had left a 64 MiB string behind, nothing collected it while the calls that followed
-/// allocated nothing, and a long loop among them was never paused: quick calls on its state
-/// waited for its end. The state now collects after a call when it is over that bound.
+/// A state that uses much memory limits how many calls it keeps paused for a time slice, so
+/// that calls holding big values are not all paused holding them. The memory counted includes
+/// garbage: when that limit was "none", one call that left a 64 MiB string behind made a later
+/// long loop run unpaused, and quick calls on its state waited for its end. Now such a state
+/// still pauses one call, and collects after a call while it is over the mark; here two long
+/// loops follow the garbage, and quick calls answer while both run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_left_by_an_ended_call_does_not_stop_time_slices() {
     let (_s, c) = start_with_budget(
@@ -908,7 +909,13 @@ async fn garbage_left_by_an_ended_call_does_not_stop_time_slices() {
     .await;
     let (r, _) = run(&c, "garbage", 64 << 20).await;
     assert_eq!(r.expect("the call answers")["n"], (64 << 20).to_string());
+    let first = started(&c, "spin_plain", SPIN_PLAIN_STEPS).await;
     quick_calls_overtake_on(&c, "spin_plain", SPIN_PLAIN_STEPS, "spun").await;
+    let (reply, _) = first.await.unwrap();
+    let reply = reply
+        .expect("the first long call answers")
+        .expect("a reply");
+    assert_eq!(reply["text"], "spun", "{reply}");
 }
 
 /// Loop steps `spin_plain` runs: seconds of work.
