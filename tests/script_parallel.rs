@@ -5,6 +5,9 @@
 //! calls ran (`/proc/PID/task/TID/stat`). Two calls on one state would put all that time on one
 //! thread; spread over two states, each thread does about half. That split does not depend on
 //! how busy the machine is, so the test neither fails nor passes because of a noisy neighbour.
+//!
+//! The same files tell each thread's scheduling policy: state threads run as `SCHED_BATCH`, so
+//! that waking one does not preempt the network thread that handed it a call.
 
 mod common;
 
@@ -65,6 +68,71 @@ async fn two_busy_scripts_run_on_two_states() {
         sharing >= 2,
         "one Lua thread did the work of both calls, so they ran one after the other: {spent:?}"
     );
+}
+
+/// `SCHED_BATCH` in `/proc/PID/task/TID/stat`'s policy field.
+#[cfg(target_os = "linux")]
+const SCHED_BATCH: u32 = 3;
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn state_threads_run_as_batch_and_network_threads_do_not() {
+    let f = fixtures();
+    let server = Server::start(&[
+        "--protos",
+        f.join("protos").to_str().unwrap(),
+        "--handlers",
+        f.join("lab_handlers").to_str().unwrap(),
+        "--data",
+        f.join("data").to_str().unwrap(),
+        "--script-states",
+        "2",
+    ]);
+    // A call answered proves the states are up (each sets its policy before serving).
+    let client = Client::connect(server.addr, common::pool(&f.join("protos"))).await;
+    busy(&client, 10).await;
+    let policies = thread_policies(server.pid());
+    let states: Vec<_> = policies
+        .iter()
+        .filter(|(name, _)| name.starts_with("lua-") && !name.starts_with("lua-watchdog"))
+        .collect();
+    assert_eq!(states.len(), 2, "expected two state threads: {policies:?}");
+    assert!(
+        states.iter().all(|(_, p)| *p == SCHED_BATCH),
+        "state threads must run as SCHED_BATCH: {policies:?}"
+    );
+    let network: Vec<_> = policies
+        .iter()
+        .filter(|(name, _)| name.starts_with("tokio-rt-worker"))
+        .collect();
+    assert!(
+        !network.is_empty(),
+        "no network threads found: {policies:?}"
+    );
+    assert!(
+        network.iter().all(|(_, p)| *p != SCHED_BATCH),
+        "network threads keep the default policy: {policies:?}"
+    );
+}
+
+/// (thread name, scheduling policy) of each thread of process `pid`.
+#[cfg(target_os = "linux")]
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue;
+        };
+        // Fields after the parenthesised name start with the 3rd; the policy is the 41st.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        out.push((comm.trim().to_owned(), fields[38].parse().unwrap()));
+    }
+    out
 }
 
 async fn busy(client: &Client, limit: i64) {

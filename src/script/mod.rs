@@ -30,6 +30,7 @@ pub mod plan;
 pub mod preempt;
 pub mod requests;
 pub mod sandbox;
+pub mod scheduling;
 pub mod slice;
 pub mod status;
 pub mod stdlib;

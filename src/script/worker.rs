@@ -10,7 +10,8 @@
 //! call goes to the least busy state, passing over one whose current turn has run far past a
 //! time slice (stuck in one library call, or in one instruction that works long inside the VM,
 //! such as comparing or joining huge strings, which the hook cannot pause until it ends), as
-//! long as another state is not.
+//! long as another state is not. State threads run under `SCHED_BATCH` (see `scheduling`), so
+//! handing one a call does not preempt the network thread that hands it over.
 //!
 //! A state that cannot be trusted any more is replaced by a fresh one with every script loaded
 //! again: after a panic on its thread, after a memory error that leaves it over its limit once
@@ -37,6 +38,7 @@ use super::hook::{self, LOADING};
 use super::plan::Plans;
 use super::preempt;
 use super::sandbox::{self, Sandbox};
+use super::scheduling;
 use super::slice::{self, Heartbeat};
 use super::status::Abort;
 use super::wakes;
@@ -549,6 +551,9 @@ fn state_thread(
     mut ready: Option<std::sync::mpsc::Sender<Result<(), StartupError>>>,
 ) {
     slice::set_heartbeat(current.heartbeat.clone());
+    if !scheduling::run_as_batch() {
+        tracing::debug!("script state {index}: its thread keeps the default scheduling policy");
+    }
     // Where the clock pauses scripts, it signals this thread for as long as it serves.
     let _clock = (pool.recipe.options.instructions == 0).then(preempt::clock);
     loop {
