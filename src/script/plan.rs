@@ -10,6 +10,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use prost_reflect::{
     EnumDescriptor, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor,
 };
@@ -131,8 +133,10 @@ pub struct MessagePlan {
     extensions: Box<[(u32, ExtensionDescriptor)]>,
     /// Field index by number, for numbers below [`DENSE_NUMBERS`].
     dense: Box<[u16]>,
-    /// Names and JSON names of the fields, with their indices.
-    names: HashMap<Box<[u8]>, u16>,
+    /// Names and JSON names of the fields, with their indices. Fx-hashed: every key of every
+    /// table a script sends is looked up here when the message has many fields; what it holds
+    /// comes from the schema, so no key a script makes up lengthens a lookup.
+    names: FxHashMap<Box<[u8]>, u16>,
 }
 
 impl MessagePlan {
@@ -178,10 +182,10 @@ pub struct EnumPlan {
     pub desc: EnumDescriptor,
     /// (number, name) of every value, in declaration order (the first is the default).
     pub values: Box<[(i32, Box<str>)]>,
-    names: HashMap<Box<[u8]>, i32>,
+    names: FxHashMap<Box<[u8]>, i32>,
     /// Number → index into `values` of the name a number reads as (the descriptor's choice
     /// among aliases).
-    numbers: HashMap<i32, usize>,
+    numbers: FxHashMap<i32, usize>,
 }
 
 impl EnumPlan {
@@ -270,7 +274,7 @@ impl Plans {
             oneofs: Box::new([]),
             extensions: Box::new([]),
             dense: Box::new([]),
-            names: HashMap::new(),
+            names: FxHashMap::default(),
         });
         self.message_ids.insert(desc.full_name().to_owned(), id);
         pending.push((id, desc.clone()));
@@ -285,8 +289,8 @@ impl Plans {
             .values()
             .map(|v| (v.number(), v.name().into()))
             .collect();
-        let mut names = HashMap::new();
-        let mut numbers = HashMap::new();
+        let mut names = FxHashMap::default();
+        let mut numbers = FxHashMap::default();
         for (n, name) in values.iter() {
             names.insert(Box::from(name.as_bytes()), *n);
             if let Some(chosen) = desc.get_value(*n) {
@@ -403,7 +407,7 @@ impl Plans {
             .max()
             .map_or(0, |n| n as usize + 1);
         let mut dense = vec![NONE; max_dense];
-        let mut names = HashMap::new();
+        let mut names = FxHashMap::default();
         for (i, f) in fields.iter().enumerate() {
             if f.number < DENSE_NUMBERS {
                 dense[f.number as usize] = i as u16;
