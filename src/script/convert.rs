@@ -22,8 +22,8 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rustc_hash::FxHashMap;
 use mlua::{Lua, Table, Value as LuaValue};
+use rustc_hash::FxHashMap;
 
 use super::encode::Encoder;
 use super::freeze;
