@@ -9,9 +9,10 @@
 //! switches from about one per three unary calls to about one per hundred, and cut the CPU per
 //! call of every script benchmark by 5–15 %. The policy changes only wake-up preemption: the
 //! thread keeps its niceness and its fair share of the CPU, and a network thread woken by an
-//! answer still preempts the state thread, so answers go out at once. The price: while a
-//! network thread stays busy on the same core, a call it handed over waits for the end of that
-//! thread's scheduler slice (a few milliseconds at most) rather than starting at once.
+//! answer still preempts the state thread, so answers go out at once. The price: when every
+//! core is busy, a woken state thread waits for the running thread's scheduler slice to end (a
+//! few milliseconds at most) instead of preempting it; with a core idle it starts at once, as
+//! before.
 //!
 //! The `thread-priority` crate sets a policy only together with a niceness it computes, so the
 //! one system call is made here. Linux only; elsewhere, or when the kernel refuses, threads keep
