@@ -76,7 +76,7 @@ const SCHED_BATCH: u32 = 3;
 
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn state_threads_run_as_batch_and_network_threads_do_not() {
+async fn state_threads_run_as_batch_and_network_threads_keep_the_process_policy() {
     let f = fixtures();
     let server = Server::start(&[
         "--protos",
@@ -94,30 +94,35 @@ async fn state_threads_run_as_batch_and_network_threads_do_not() {
     let policies = thread_policies(server.pid());
     let states: Vec<_> = policies
         .iter()
-        .filter(|(name, _)| name.starts_with("lua-") && !name.starts_with("lua-watchdog"))
+        .filter(|(name, _, _)| name.starts_with("lua-") && !name.starts_with("lua-watchdog"))
         .collect();
     assert_eq!(states.len(), 2, "expected two state threads: {policies:?}");
     assert!(
-        states.iter().all(|(_, p)| *p == SCHED_BATCH),
+        states.iter().all(|(_, p, _)| *p == SCHED_BATCH),
         "state threads must run as SCHED_BATCH: {policies:?}"
     );
+    // Network threads keep the policy the process started with (its main thread's).
+    let main = policies
+        .iter()
+        .find(|(_, _, main)| *main)
+        .map(|(_, p, _)| *p);
     let network: Vec<_> = policies
         .iter()
-        .filter(|(name, _)| name.starts_with("tokio-rt-worker"))
+        .filter(|(name, _, _)| name.starts_with("tokio-rt-worker"))
         .collect();
     assert!(
         !network.is_empty(),
         "no network threads found: {policies:?}"
     );
     assert!(
-        network.iter().all(|(_, p)| *p != SCHED_BATCH),
-        "network threads keep the default policy: {policies:?}"
+        network.iter().all(|(_, p, _)| Some(*p) == main),
+        "network threads keep the process's policy: {policies:?}"
     );
 }
 
-/// (thread name, scheduling policy) of each thread of process `pid`.
+/// (thread name, scheduling policy, whether it is the main thread) of each thread of `pid`.
 #[cfg(target_os = "linux")]
-fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+fn thread_policies(pid: u32) -> Vec<(String, u32, bool)> {
     let mut out = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let dir = task.unwrap().path();
@@ -130,7 +135,8 @@ fn thread_policies(pid: u32) -> Vec<(String, u32)> {
         // Fields after the parenthesised name start with the 3rd; the policy is the 41st.
         let rest = &stat[stat.rfind(')').unwrap() + 2..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        out.push((comm.trim().to_owned(), fields[38].parse().unwrap()));
+        let main = dir.file_name().and_then(|n| n.to_str()) == Some(&pid.to_string());
+        out.push((comm.trim().to_owned(), fields[38].parse().unwrap(), main));
     }
     out
 }

@@ -163,8 +163,9 @@ pub struct Conv {
     max_message_size: usize,
     /// (frozen table, message type) → encoded bytes. Frozen tables are never collected (the
     /// freezer keeps them), so an address here is always the same table of this state. Looked
-    /// up for every message a script sends, so hashed with Fx: SipHash was about 5 % of the server's
-    /// instructions per message in ListFeatures. The keys are addresses, not script input.
+    /// up for every message a script sends, so hashed with Fx: SipHash was about 5 % of the
+    /// server's instructions per message in ListFeatures. The keys are addresses, not script
+    /// input.
     encoded: RefCell<FxHashMap<(usize, MsgId), Bytes>>,
     /// Per message type, its field names in plan order.
     keys: RefCell<Vec<Option<Arc<[mlua::String]>>>>,

@@ -7,7 +7,7 @@
 //! its turn instead: the network thread goes on reading and handing over calls until it has
 //! nothing left, and the state thread then runs them all in one go. On one core that took the
 //! switches from about one per three unary calls to about one per hundred, and cut the CPU per
-//! call of every script benchmark by 5–15 %. The policy changes only wake-up preemption: the
+//! call or message of the script benchmarks by about 4 to 15 % in side-by-side runs. The policy changes only wake-up preemption: the
 //! thread keeps its niceness and its fair share of the CPU, and a network thread woken by an
 //! answer still preempts the state thread, so answers go out at once. The price: when every
 //! core is busy, a woken state thread waits for the running thread's scheduler slice to end (a
@@ -39,16 +39,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_thread_runs_as_batch_and_others_do_not() {
-        let batch = std::thread::spawn(|| {
-            let set = run_as_batch();
-            // SAFETY: asks for the calling thread's policy.
-            (set, unsafe { libc::sched_getscheduler(0) })
-        })
-        .join()
-        .unwrap();
-        assert_eq!(batch, (true, libc::SCHED_BATCH));
-        // SAFETY: as above, on this test's own thread.
-        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+    fn a_thread_runs_as_batch_and_others_keep_their_policy() {
+        // SAFETY (here and below): asks for the calling thread's policy.
+        let before = unsafe { libc::sched_getscheduler(0) };
+        let (set, after) =
+            std::thread::spawn(|| (run_as_batch(), unsafe { libc::sched_getscheduler(0) }))
+                .join()
+                .unwrap();
+        if before == libc::SCHED_OTHER {
+            assert!(set, "SCHED_OTHER to SCHED_BATCH needs no privilege");
+        }
+        if set {
+            assert_eq!(after, libc::SCHED_BATCH);
+        }
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, before);
     }
 }
