@@ -17,15 +17,7 @@ fn timeout_md(value: &str) -> MetadataMap {
 }
 
 fn lab_server() -> Server {
-    let f = fixtures();
-    Server::start(&[
-        "--protos",
-        f.join("protos").to_str().unwrap(),
-        "--handlers",
-        f.join("lab_handlers").to_str().unwrap(),
-        "--data",
-        f.join("data").to_str().unwrap(),
-    ])
+    Server::lab(&[])
 }
 
 /// A `grpc-timeout` too large for an `Instant` is no deadline, not a panic (a reset without

@@ -20,18 +20,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_busy_scripts_run_on_two_states() {
     let f = fixtures();
-    let server = Server::start(&[
-        "--protos",
-        f.join("protos").to_str().unwrap(),
-        "--handlers",
-        f.join("lab_handlers").to_str().unwrap(),
-        "--data",
-        f.join("data").to_str().unwrap(),
-        "--script-states",
-        "2",
-        "--script-time-ms",
-        "600000",
-    ]);
+    let server = Server::lab(&["--script-states", "2", "--script-time-ms", "600000"]);
     let pool = common::pool(&f.join("protos"));
     let a = Client::connect(server.addr, pool.clone()).await;
     let b = Client::connect(server.addr, pool).await;
@@ -78,16 +67,7 @@ const SCHED_BATCH: u32 = 3;
 #[tokio::test]
 async fn state_threads_run_as_batch_and_network_threads_keep_the_process_policy() {
     let f = fixtures();
-    let server = Server::start(&[
-        "--protos",
-        f.join("protos").to_str().unwrap(),
-        "--handlers",
-        f.join("lab_handlers").to_str().unwrap(),
-        "--data",
-        f.join("data").to_str().unwrap(),
-        "--script-states",
-        "2",
-    ]);
+    let server = Server::lab(&["--script-states", "2"]);
     // A call answered proves the states are up (each sets its policy before serving).
     let client = Client::connect(server.addr, common::pool(&f.join("protos"))).await;
     busy(&client, 10).await;

@@ -10,21 +10,11 @@ use tonic::metadata::MetadataMap;
 use tonic::Code;
 
 fn lab_server(extra: &[&str]) -> Server {
-    let f = fixtures();
-    let mut args = vec![
-        "--protos".to_owned(),
-        f.join("protos").display().to_string(),
-        "--handlers".to_owned(),
-        f.join("lab_handlers").display().to_string(),
-        "--data".to_owned(),
-        f.join("data").display().to_string(),
-    ];
+    let mut args = extra.to_vec();
     if !extra.contains(&"--script-time-ms") {
-        args.extend(["--script-time-ms".to_owned(), "300".to_owned()]);
+        args.extend(["--script-time-ms", "300"]);
     }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start(&args)
+    Server::lab(&args)
 }
 
 async fn lab(extra: &[&str]) -> (Server, Client) {

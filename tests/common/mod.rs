@@ -179,6 +179,22 @@ impl Server {
         ])
     }
 
+    /// The lab fixtures (script methods for limits and timing), with `extra` arguments.
+    pub fn lab(extra: &[&str]) -> Server {
+        let f = fixtures();
+        let (protos, handlers, data) = (f.join("protos"), f.join("lab_handlers"), f.join("data"));
+        let mut args = vec![
+            "--protos",
+            protos.to_str().unwrap(),
+            "--handlers",
+            handlers.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Server::start(&args)
+    }
+
     /// The server's process id (for reading `/proc/PID/status`).
     pub fn pid(&self) -> u32 {
         self.child.id()
