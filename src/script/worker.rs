@@ -74,8 +74,6 @@ pub struct Recipe {
 /// A state with every script loaded.
 pub struct State {
     pub lua: Lua,
-    /// Whether the hook counts instructions (else the clock pauses scripts, see `preempt`).
-    pub counting: bool,
     /// The memory limit, for messages.
     pub memory_limit: usize,
     pub functions: Vec<Function>,
@@ -253,7 +251,6 @@ impl Loading {
         let iterate = super::requests::iterator_factory(&self.lua)
             .map_err(|e| lua_setup_error("preparing request streams", e))?;
         Ok(State {
-            counting: self.counting,
             memory_limit: self.memory_limit,
             stream_ctx: self.sandbox.stream_ctx.clone(),
             builders,
