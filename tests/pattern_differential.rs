@@ -283,6 +283,14 @@ fn routed_pattern_calls_agree_with_lua_on_every_feature_and_error() {
     every_feature_and_error(false);
 }
 
+/// The same, with every step the end of a time slice: each call is run again as a job, on a
+/// stack of its own, and suspended and resumed at every step of the matcher.
+#[test]
+fn paused_matcher_agrees_with_lua_on_every_feature_and_error() {
+    protoserve::script::pausable::pause_at_every_step(true);
+    every_feature_and_error(true);
+}
+
 fn every_feature_and_error(matcher_only: bool) {
     let lua = state(matcher_only);
     lua.load(COMPARE).exec().unwrap();
@@ -349,6 +357,12 @@ fn matcher_agrees_with_lua_on_generated_patterns() {
 #[test]
 fn routed_pattern_calls_agree_with_lua_on_generated_patterns() {
     generated_patterns(false);
+}
+
+#[test]
+fn paused_matcher_agrees_with_lua_on_generated_patterns() {
+    protoserve::script::pausable::pause_at_every_step(true);
+    generated_patterns(true);
 }
 
 fn generated_patterns(matcher_only: bool) {

@@ -501,6 +501,77 @@ async fn long_gsub_callback_does_not_hold_up_other_calls() {
     quick_calls_overtake("gsub_long", GSUB_STEPS, "cbcbcb").await;
 }
 
+/// Bytes the backtracking pattern attacks match over (`find_long` and the others): about
+/// `n^2 / 2` steps of the matcher, seconds of work.
+const PATTERN_BYTES: i64 = 8_000;
+
+/// A backtracking match inside `string.find` held its state's thread for as long as it ran (up
+/// to the call's budget): the matcher paid for its steps but could not be paused, so a quick
+/// call on the same state waited for the whole match. A match still running when its time
+/// slice ends now goes on as a job on a stack of its own, suspended at each slice's end, and the
+/// hook pauses the call between two resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_pattern_find_does_not_hold_up_other_calls() {
+    quick_calls_overtake("find_long", PATTERN_BYTES, "found nil").await;
+}
+
+/// The same for `string.match`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_pattern_match_does_not_hold_up_other_calls() {
+    quick_calls_overtake("match_long", PATTERN_BYTES, "matched nil").await;
+}
+
+/// The same for a step of a `string.gmatch` iterator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_pattern_gmatch_does_not_hold_up_other_calls() {
+    quick_calls_overtake("gmatch_long", PATTERN_BYTES, "matches 0").await;
+}
+
+/// The same for `string.gsub` with a replacement string (its loop runs in Rust).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_pattern_gsub_does_not_hold_up_other_calls() {
+    quick_calls_overtake("gsub_string_long", PATTERN_BYTES, "replaced 0").await;
+}
+
+/// The same for the search of each match of `string.gsub` with a table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_pattern_gsub_with_a_table_does_not_hold_up_other_calls() {
+    quick_calls_overtake("gsub_table_long", PATTERN_BYTES, "replaced 0").await;
+}
+
+/// A match that ran past `--script-watchdog-ms` without returning to Lua had its state replaced
+/// as stuck (the call got UNAVAILABLE, and every other call on the state was lost with it),
+/// although its budget was longer. Paused at every time slice, it now ends at its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_pattern_match_ends_at_its_budget_not_at_the_watchdog() {
+    let (s, c) = start_with_budget(
+        1_500,
+        &["--script-states", "1", "--script-watchdog-ms", "400"],
+    )
+    .await;
+    let (r, took) = run(&c, "find_long", 1_000_000).await;
+    let status = r.expect_err("the match runs past its budget");
+    assert_eq!(
+        status.code(),
+        tonic::Code::ResourceExhausted,
+        "{}",
+        short(&Err(status.clone()))
+    );
+    assert!(
+        status.message().contains("time budget"),
+        "{}",
+        status.message()
+    );
+    assert!(took >= Duration::from_millis(1_400), "{took:?}");
+    assert!(
+        !s.log().iter().any(|l| l.contains("replaced")),
+        "{:?}",
+        s.log()
+    );
+    let (r, _) = run(&c, "quick", 0).await;
+    assert_eq!(r.unwrap()["text"], "quick");
+}
+
 /// Loop steps a metamethod of the `*_long` attacks runs (twice for two-element ones): about a
 /// second of work in all.
 const META_STEPS: i64 = 20_000_000;

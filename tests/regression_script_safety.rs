@@ -487,7 +487,7 @@ async fn state_is_replaced_after_unrecoverable_error() {
     let c = client.clone();
     let stuck = tokio::spawn(async move {
         let r = c
-            .unary("safety.Safety/Gsub", json!({"n": 30_000_000}))
+            .unary("safety.Safety/Rep", json!({"n": 100_000_000}))
             .await;
         (r, Instant::now())
     });

@@ -156,6 +156,26 @@ pub unsafe extern "C-unwind" fn preempt_hook(state: *mut ffi::lua_State, ar: *mu
     unsafe { act(state, ar, 0) }
 }
 
+/// Has the hook check the running Lua thread at its next instruction, as the clock's signal
+/// does: a pattern job suspended at the end of its time slice returns to Lua, where the call is
+/// then paused at once (see [`super::pausable`]). A hook already set is left alone: the
+/// clock's, or the count hook, which checks within [`STEP`] instructions.
+pub fn check_soon() {
+    let state = preempt::running();
+    if state.is_null() {
+        return;
+    }
+    // SAFETY: `state` is the Lua thread this OS thread is running (noted exactly while it
+    // runs), so it is alive; the caller is a library function it called. `lua_gethook` reads
+    // its hook, and `lua_sethook` stores a hook and count in it and marks its frames to trap,
+    // which a C function may do on its own thread (as `debug.sethook` does).
+    unsafe {
+        if ffi::lua_gethook(state).is_none() {
+            ffi::lua_sethook(state, Some(preempt_hook), ffi::LUA_MASKCOUNT, 1);
+        }
+    }
+}
+
 /// Does what [`decide`] says with the interrupted thread.
 ///
 /// # Safety

@@ -26,6 +26,7 @@ pub mod guard;
 pub mod hook;
 pub mod outbox;
 pub mod pattern;
+pub mod pausable;
 pub mod plan;
 pub mod preempt;
 pub mod requests;

@@ -4,8 +4,9 @@
 //! runs: `string.find(("a"):rep(30000), ("a-"):rep(50) .. "b")` would hold its thread for
 //! hours. This matcher has the same semantics — classes, sets, quantifiers, anchors, captures,
 //! back-references, `%b`, `%f`, the 200-deep recursion limit and Lua's error messages — and
-//! counts its steps: every [`CHUNK`] steps it calls the `charge` function it was given, which
-//! stops the match (with that function's error) once the call is out of budget.
+//! counts its steps: every [`CHUNK`] steps it pays them to the [`Pace`] it was given, which
+//! stops the match once the call is out of budget, and may pause it (or have it start again
+//! where it can be paused) when the call's time slice is over (see [`super::pausable`]).
 
 /// Most captures one pattern may have (`LUA_MAXCAPTURES`).
 pub const MAX_CAPTURES: usize = 32;
@@ -24,9 +25,29 @@ pub enum MatchError {
     Pattern(String),
     /// The charge function refused (out of budget, deadline, cancelled).
     Stopped(mlua::Error),
+    /// The call's time slice ended where the operation cannot pause: run it again from the
+    /// start where it can (nothing it did is visible yet).
+    Overran,
 }
 
 type Result<T> = std::result::Result<T, MatchError>;
+
+/// How a match pays for its steps, and what it does when its call's time slice ends.
+pub trait Pace {
+    /// Pays `units` steps: an error stops the operation ([`MatchError::Stopped`]) or sends it
+    /// to start again where it can pause ([`MatchError::Overran`]); a pace that can pause the
+    /// operation returns when it goes on.
+    fn pay(&self, units: u64) -> Result<()>;
+}
+
+/// Paying with a charge function, never pausing (matches outside any call's time slice).
+pub struct Charge(pub fn(u64) -> mlua::Result<()>);
+
+impl Pace for Charge {
+    fn pay(&self, units: u64) -> Result<()> {
+        (self.0)(units).map_err(MatchError::Stopped)
+    }
+}
 
 fn malformed<T>(message: &str) -> Result<T> {
     Err(MatchError::Pattern(message.to_owned()))
@@ -41,6 +62,54 @@ pub enum Capture {
     Position(usize),
 }
 
+/// The captures of a match, copied out of the matcher: their values are made afterwards.
+#[derive(Debug, Clone, Copy)]
+pub struct Captures {
+    level: usize,
+    capture: [(usize, isize); MAX_CAPTURES],
+}
+
+impl Captures {
+    /// Number of captures; `whole` counts the whole match when there are none.
+    pub fn count(&self, whole: bool) -> usize {
+        if self.level == 0 && whole {
+            1
+        } else {
+            self.level
+        }
+    }
+
+    /// Capture `i` of the match `s..e` (the whole match when `i == 0` and there are none).
+    pub fn get(&self, i: usize, s: usize, e: usize) -> Result<Capture> {
+        capture_at(self.level, &self.capture, i, s, e)
+    }
+}
+
+/// Capture `i` of a match `s..e` with `level` captures recorded in `capture`.
+fn capture_at(
+    level: usize,
+    capture: &[(usize, isize); MAX_CAPTURES],
+    i: usize,
+    s: usize,
+    e: usize,
+) -> Result<Capture> {
+    if i >= level {
+        if i != 0 {
+            return Err(MatchError::Pattern(format!(
+                "invalid capture index %{}",
+                i + 1
+            )));
+        }
+        return Ok(Capture::Span(s, e));
+    }
+    let (init, len) = capture[i];
+    match len {
+        CAP_UNFINISHED => malformed("unfinished capture"),
+        CAP_POSITION => Ok(Capture::Position(init + 1)),
+        len => Ok(Capture::Span(init, init + len as usize)),
+    }
+}
+
 /// Matches one pattern against one subject.
 pub struct Matcher<'a> {
     src: &'a [u8],
@@ -49,12 +118,14 @@ pub struct Matcher<'a> {
     capture: [(usize, isize); MAX_CAPTURES],
     depth: u32,
     steps: u64,
-    charge: fn(u64) -> mlua::Result<()>,
+    chunk: u64,
+    pace: &'a dyn Pace,
 }
 
 impl<'a> Matcher<'a> {
-    /// `pat` without any leading `^` anchor (the callers strip it where Lua does).
-    pub fn new(src: &'a [u8], pat: &'a [u8], charge: fn(u64) -> mlua::Result<()>) -> Self {
+    /// `pat` without any leading `^` anchor (the callers strip it where Lua does); steps are
+    /// paid to `pace` every `chunk` of them ([`CHUNK`] but in tests).
+    pub fn new(src: &'a [u8], pat: &'a [u8], pace: &'a dyn Pace, chunk: u64) -> Self {
         Self {
             src,
             pat,
@@ -62,7 +133,8 @@ impl<'a> Matcher<'a> {
             capture: [(0, 0); MAX_CAPTURES],
             depth: MAX_DEPTH,
             steps: 0,
-            charge,
+            chunk: chunk.max(1),
+            pace,
         }
     }
 
@@ -85,9 +157,9 @@ impl<'a> Matcher<'a> {
 
     #[inline]
     fn settle(&mut self) -> Result<()> {
-        if self.steps >= CHUNK {
+        if self.steps >= self.chunk {
             let n = std::mem::take(&mut self.steps);
-            (self.charge)(n).map_err(MatchError::Stopped)?;
+            self.pace.pay(n)?;
         }
         Ok(())
     }
@@ -123,32 +195,17 @@ impl<'a> Matcher<'a> {
         }
     }
 
-    /// Number of captures of the last match; `whole` counts the whole match when there are none.
-    pub fn capture_count(&self, whole: bool) -> usize {
-        if self.level == 0 && whole {
-            1
-        } else {
-            self.level
+    /// The captures of the last match.
+    pub fn captures(&self) -> Captures {
+        Captures {
+            level: self.level,
+            capture: self.capture,
         }
     }
 
     /// Capture `i` of the last match `s..e` (the whole match when `i == 0` and there are none).
     pub fn capture(&self, i: usize, s: usize, e: usize) -> Result<Capture> {
-        if i >= self.level {
-            if i != 0 {
-                return Err(MatchError::Pattern(format!(
-                    "invalid capture index %{}",
-                    i + 1
-                )));
-            }
-            return Ok(Capture::Span(s, e));
-        }
-        let (init, len) = self.capture[i];
-        match len {
-            CAP_UNFINISHED => malformed("unfinished capture"),
-            CAP_POSITION => Ok(Capture::Position(init + 1)),
-            len => Ok(Capture::Span(init, init + len as usize)),
-        }
+        capture_at(self.level, &self.capture, i, s, e)
     }
 
     fn do_match(&mut self, s: usize, p: usize) -> Result<Option<usize>> {
@@ -452,14 +509,14 @@ pub fn is_plain(pat: &[u8]) -> bool {
     !pat.iter().any(|c| b"^$*+?.([%-".contains(c))
 }
 
-/// Plain-text search for `needle` in `hay` from `init` (a linear-time search), charging one
+/// Plain-text search for `needle` in `hay` from `init` (a linear-time search), paying one
 /// unit per 8 bytes scanned as it goes, so a search that finds its needle early pays little.
 pub fn find_plain(
     hay: &[u8],
     needle: &[u8],
     init: usize,
-    charge: fn(u64) -> mlua::Result<()>,
-) -> mlua::Result<Option<usize>> {
+    pace: &dyn Pace,
+) -> Result<Option<usize>> {
     let hay = &hay[init..];
     if needle.is_empty() {
         return Ok(Some(init));
@@ -475,7 +532,7 @@ pub fn find_plain(
     let mut start = 0;
     while start + needle.len() <= hay.len() {
         let end = (start + window + needle.len() - 1).min(hay.len());
-        charge((end - start) as u64 / 8)?;
+        pace.pay((end - start) as u64 / 8)?;
         if let Some(i) = finder.find(&hay[start..end]) {
             return Ok(Some(init + start + i));
         }

@@ -49,6 +49,11 @@ pub fn within(state: *mut ffi::lua_State) -> Within {
     Within(RUNNING.with(|r| r.replace(state)))
 }
 
+/// The Lua thread noted as running on this OS thread (null: none).
+pub fn running() -> *mut ffi::lua_State {
+    RUNNING.with(Cell::get)
+}
+
 /// Puts back the Lua thread that ran before, also on unwinding.
 pub struct Within(*mut ffi::lua_State);
 

@@ -71,8 +71,18 @@ local function script_meta(v, event)
   return nil
 end
 
+-- A pattern function that ran past its call's time slice returns PENDING and a job that goes
+-- on with it: resumed from here, so that between two resumes the hook can pause the call, as
+-- it pauses any Lua code (see pausable.rs). Tail calls: no stack grows, error levels hold.
+local PENDING, resume_job = core.PENDING, core.resume
+local function settled(first, ...)
+  if first == PENDING then return settled(resume_job((...))) end
+  return first, ...
+end
+
 -- Raises a pattern function's error as Lua's own would: a string, at the caller's line.
 local function checked(first, ...)
+  if first == PENDING then return checked(resume_job((...))) end
   if first == FAIL then error((...), 2) end
   return first, ...
 end
@@ -106,7 +116,7 @@ end
 _G.tostring = to_string
 
 do -- patterns: matched in Rust, which charges every step, unless the work is provably small
-  local find, match, gmatch, gsub = core.find, core.match, core.gmatch, core.gsub
+  local find, match, gsub = core.find, core.match, core.gsub
   local c_find, c_match, c_gmatch, c_gsub = string.find, string.match, string.gmatch, string.gsub
   local pcall, FREE, CHARGED = pcall, core.free_work, core.charged_work
 
@@ -174,6 +184,7 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
   -- code; Lua's own gsub would call it from C, where nothing can pause it. The Rust matcher
   -- finds each match (see `gsub_next` in stdlib.rs) and the result is built as Lua's is.
   local prepare, next_match = core.gsub_prepare, core.gsub_next
+  local gmatch_prepare, gmatch_next = core.gmatch_prepare, core.gmatch_next
   local sub, concat = string.sub, table.concat
 
   local function call(f, at, e, ...)
@@ -204,9 +215,9 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
     while done < max_n do
       local s1, e, v
       if fn then
-        s1, e, v = call(r, next_match(src, pat, at, last, true))
+        s1, e, v = call(r, settled(next_match(src, pat, at, last, true)))
       else
-        s1, e, v = look_up(r, next_match(src, pat, at, last, false))
+        s1, e, v = look_up(r, settled(next_match(src, pat, at, last, false)))
       end
       if s1 == nil then break end
       if s1 == FAIL then error(e, 2) end
@@ -248,9 +259,20 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
       -- Each step of Lua's iterator is bounded by the same small amount.
       if w and w <= FREE then return (c_gmatch(...)) end
     end
-    local iter, message = gmatch(select("#", ...), ...)
-    if iter == FAIL then error(message, 2) end
-    return function() return checked(iter()) end
+    local src, pat, at = gmatch_prepare(select("#", ...), ...)
+    if src == FAIL then error(pat, 2) end
+    local last = -1
+    -- The iterator's step: the next match's captures, after moving past it.
+    local function step(s1, e, ...)
+      if s1 == nil then
+        at = #src + 1
+        return
+      end
+      if s1 == FAIL then error(e, 2) end
+      at, last = e, e
+      return ...
+    end
+    return function() return step(settled(gmatch_next(src, pat, at, last))) end
   end
 end
 

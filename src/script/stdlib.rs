@@ -6,7 +6,9 @@
 //! budget, deadline and cancellation. [`install`] swaps these functions, inside the real
 //! `string`, `table` and `utf8` tables (so `("x"):find` uses them too) and in the globals:
 //!
-//! - `find`, `match`, `gmatch` and `gsub` use [`super::pattern`], which charges its steps.
+//! - `find`, `match`, `gmatch` and `gsub` use [`super::pattern`], which charges its steps, and
+//!   go on as a job that the hook can pause between two resumes when they run past their
+//!   call's time slice ([`super::pausable`]).
 //! - Functions that call script code back (`table.sort` with its comparator and `__lt`,
 //!   `__index`, `__newindex`; `string.gsub` with a function or a table; `tostring`,
 //!   `string.format("%s")` and `print` with a `__tostring`; `table.concat`, `table.unpack`,
@@ -31,10 +33,12 @@
 use std::cell::Cell;
 
 use mlua::{
-    ChunkMode, Function, IntoLuaMulti, Lua, MultiValue, Table, Value as LuaValue, Variadic,
+    AnyUserData, ChunkMode, Function, IntoLuaMulti, Lua, MultiValue, Table, Value as LuaValue,
+    Variadic,
 };
 
-use super::pattern::{self, Capture, MatchError, Matcher};
+use super::pattern::{self, Capture, Captures, MatchError, Matcher, Pace};
+use super::pausable::{self, Job, Progress, Resumed};
 use super::slice;
 
 /// Work below this is settled in one charge with later work, not charged on its own.
@@ -66,21 +70,8 @@ fn check_room(lua: &Lua, bytes: usize, what: &str) -> mlua::Result<()> {
     if bytes < ROOM_CHECK {
         return Ok(());
     }
-    // mlua has no getter for the limit: read it by swapping it out and back.
-    let limit = lua.set_memory_limit(0).unwrap_or(0);
-    if limit != 0 {
-        lua.set_memory_limit(limit)?;
-        let room = limit.saturating_sub(lua.used_memory());
-        if bytes > room {
-            const MIB: usize = 1 << 20;
-            return Err(mlua::Error::MemoryError(format!(
-                "not enough memory: {what} would make {} MiB, and the state has {} MiB left of \
-                 its {} MiB limit (--script-memory)",
-                bytes.div_ceil(MIB),
-                room / MIB,
-                limit / MIB
-            )));
-        }
+    if let Some(room) = Room::of(lua)? {
+        room.check(bytes, what)?;
     }
     Ok(())
 }
@@ -104,6 +95,10 @@ impl From<MatchError> for Fail {
         match e {
             MatchError::Pattern(m) => Fail::Lua(m),
             MatchError::Stopped(e) => Fail::Hard(e),
+            // `pausable::start` runs an overrun search again; no other pace overruns.
+            MatchError::Overran => Fail::Hard(mlua::Error::runtime(
+                "a pattern search overran its time slice where it could not pause",
+            )),
         }
     }
 }
@@ -231,121 +226,394 @@ fn end_pos(pos: i64, len: usize) -> usize {
     }
 }
 
-/// Pushes capture `i` of a match `s..e`, charging the bytes it copies.
+/// A pattern operation: its strings, what it does, and how its result is given to Lua. It
+/// runs through [`pausable`], first straight away, and again where it can pause if its call's
+/// time slice ends meanwhile.
+struct Search {
+    /// The subject.
+    src: mlua::String,
+    /// The pattern (or the plain text a plain `find` looks for).
+    pat: mlua::String,
+    /// `gsub`'s replacement string, if it has one.
+    repl: Option<mlua::String>,
+    /// Where the pattern starts in `pat`: 1 past a `^` that anchors it, else 0.
+    pat_from: usize,
+    op: Op,
+}
+
+/// What a [`Search`] does.
+enum Op {
+    /// `string.find` (`find`) or `string.match`: the first match from `init` (only there when
+    /// `anchor`).
+    First {
+        init: usize,
+        anchor: bool,
+        find: bool,
+    },
+    /// `string.find` of plain text from `init`.
+    Plain { init: usize },
+    /// The next match at `at` or after (only at `at` when `anchor`) that does not end at
+    /// `last`: a step of `gmatch` (`all`) or of `gsub` with a function or table (`all`: every
+    /// capture for a function, else the first for a table).
+    Next {
+        at: usize,
+        last: Option<usize>,
+        anchor: bool,
+        all: bool,
+    },
+    /// `string.gsub` with a replacement string, `max_n` replacements at most; `room` is the
+    /// memory the state had left when it started, which the result must fit in.
+    Replace {
+        max_n: i64,
+        anchor: bool,
+        room: Option<Room>,
+    },
+}
+
+/// What a [`Search`] found, before any Lua value is made of it. (It lives for one call and
+/// moves once or twice: boxing the captures would cost an allocation per match instead.)
+#[allow(clippy::large_enum_variant)]
+enum Found {
+    /// A match's span and captures, or none.
+    Match(Option<(usize, usize, Captures)>),
+    /// Where plain text was found, or nowhere.
+    At(Option<usize>),
+    /// `gsub`'s text so far (the rest of the subject is added to it when values are made),
+    /// where the rest starts, and the number of replacements.
+    Replaced { out: Vec<u8>, at: usize, n: i64 },
+}
+
+/// Steps a [`Search`] counted but did not pay, paid when its values are made.
+struct Searched {
+    found: Found,
+    unpaid: u64,
+}
+
+impl pausable::Work for Search {
+    type Found = Searched;
+
+    /// The subject, the pattern and the replacement (the pattern again when there is none).
+    fn strings(&self) -> [&mlua::String; 3] {
+        [
+            &self.src,
+            &self.pat,
+            self.repl.as_ref().unwrap_or(&self.pat),
+        ]
+    }
+
+    fn run(&self, [src, pat, repl]: [&[u8]; 3], pace: &dyn Pace) -> Result<Searched, MatchError> {
+        let pat = &pat[self.pat_from..];
+        if let Op::Plain { init } = self.op {
+            let found = pattern::find_plain(src, pat, init, pace)?;
+            return Ok(Searched {
+                found: Found::At(found),
+                unpaid: 0,
+            });
+        }
+        let mut m = Matcher::new(src, pat, pace, pausable::chunk());
+        let found = match &self.op {
+            Op::First { init, anchor, .. } => Found::Match(
+                m.find(*init, *anchor)?
+                    .map(|(start, end)| (start, end, m.captures())),
+            ),
+            Op::Next {
+                at, last, anchor, ..
+            } => {
+                let mut at = *at;
+                loop {
+                    if at > src.len() {
+                        break Found::Match(None);
+                    }
+                    match m.match_here(at)? {
+                        Some(e) if Some(e) != *last => {
+                            break Found::Match(Some((at, e, m.captures())));
+                        }
+                        _ if at < src.len() && !anchor => at += 1,
+                        _ => break Found::Match(None),
+                    }
+                }
+            }
+            Op::Replace {
+                max_n,
+                anchor,
+                room,
+            } => replace(&mut m, src, repl, *max_n, *anchor, *room)?,
+            Op::Plain { .. } => unreachable!("handled above"),
+        };
+        Ok(Searched {
+            found,
+            unpaid: m.uncharged(),
+        })
+    }
+}
+/// The memory a state had left, and its limit, when an operation started.
+#[derive(Clone, Copy)]
+struct Room {
+    left: usize,
+    limit: usize,
+}
+
+impl Room {
+    /// What `lua` has left now; `None` without a memory limit.
+    fn of(lua: &Lua) -> mlua::Result<Option<Room>> {
+        // mlua has no getter for the limit: read it by swapping it out and back.
+        let limit = lua.set_memory_limit(0).unwrap_or(0);
+        if limit == 0 {
+            return Ok(None);
+        }
+        lua.set_memory_limit(limit)?;
+        Ok(Some(Room {
+            left: limit.saturating_sub(lua.used_memory()),
+            limit,
+        }))
+    }
+
+    /// Fails with a memory error if a `bytes`-long result of `what` does not fit.
+    fn check(self, bytes: usize, what: &str) -> mlua::Result<()> {
+        if bytes <= self.left {
+            return Ok(());
+        }
+        const MIB: usize = 1 << 20;
+        Err(mlua::Error::MemoryError(format!(
+            "not enough memory: {what} would make {} MiB, and the state has {} MiB left of its \
+             {} MiB limit (--script-memory)",
+            bytes.div_ceil(MIB),
+            self.left / MIB,
+            self.limit / MIB
+        )))
+    }
+}
+
+/// `gsub`'s loop with a replacement string: the text up to where it stopped, where it stopped,
+/// and the number of replacements.
+fn replace(
+    m: &mut Matcher<'_>,
+    src: &[u8],
+    repl: &[u8],
+    max_n: i64,
+    anchor: bool,
+    room: Option<Room>,
+) -> Result<Found, MatchError> {
+    let mut out: Vec<u8> = Vec::new();
+    let mut at = 0;
+    let mut last = None;
+    let mut n: i64 = 0;
+    while n < max_n {
+        let before = out.len();
+        match m.match_here(at)? {
+            Some(e) if Some(e) != last => {
+                n += 1;
+                add_template(m, src, at, e, repl, &mut out)?;
+                at = e;
+                last = Some(e);
+            }
+            _ if at < src.len() => {
+                out.push(src[at]);
+                at += 1;
+            }
+            _ => break,
+        }
+        m.add_work((out.len() - before) as u64 / 8)?;
+        if let Some(room) = room.filter(|_| out.len() >= ROOM_CHECK) {
+            room.check(out.len(), "string.gsub")
+                .map_err(MatchError::Stopped)?;
+        }
+        if anchor {
+            break;
+        }
+    }
+    Ok(Found::Replaced { out, at, n })
+}
+
+/// Appends a replacement string, expanding `%0`–`%9` and `%%`.
+fn add_template(
+    m: &mut Matcher<'_>,
+    src: &[u8],
+    s: usize,
+    e: usize,
+    template: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), MatchError> {
+    let mut rest = template;
+    while let Some(i) = memchr::memchr(b'%', rest) {
+        out.extend_from_slice(&rest[..i]);
+        let c = rest.get(i + 1).copied().unwrap_or(0);
+        match c {
+            b'%' => out.push(b'%'),
+            b'0' => out.extend_from_slice(&src[s..e]),
+            b'1'..=b'9' => match m.capture((c - b'1') as usize, s, e)? {
+                Capture::Span(a, b) => out.extend_from_slice(&src[a..b]),
+                Capture::Position(p) => out.extend_from_slice(p.to_string().as_bytes()),
+            },
+            _ => {
+                return Err(MatchError::Pattern(
+                    "invalid use of '%' in replacement string".to_owned(),
+                ))
+            }
+        }
+        rest = rest.get(i + 2..).unwrap_or(&[]);
+    }
+    out.extend_from_slice(rest);
+    Ok(())
+}
+
+/// Capture `i` of a match `s..e` of `src` as a Lua value, paying for the bytes it copies.
 fn capture_value(
     lua: &Lua,
-    m: &mut Matcher<'_>,
+    caps: &Captures,
     src: &[u8],
     i: usize,
     s: usize,
     e: usize,
 ) -> Outcome<LuaValue> {
-    Ok(match m.capture(i, s, e)? {
+    Ok(match caps.get(i, s, e)? {
         Capture::Position(p) => LuaValue::Integer(p as i64),
         Capture::Span(a, b) => {
-            m.add_work((b - a) as u64 / 8)?;
+            spend((b - a) as u64 / 8)?;
             LuaValue::String(lua.create_string(&src[a..b])?)
         }
     })
 }
 
-/// All captures of a match (the whole match if there are none and `whole`).
-fn captures(
+/// Every capture of a match (the whole match if there are none and `whole`).
+fn push_captures(
     lua: &Lua,
-    m: &mut Matcher<'_>,
+    caps: &Captures,
     src: &[u8],
-    s: usize,
-    e: usize,
+    (s, e): (usize, usize),
     whole: bool,
     out: &mut Vec<LuaValue>,
 ) -> Outcome<()> {
-    for i in 0..m.capture_count(whole) {
-        out.push(capture_value(lua, m, src, i, s, e)?);
+    for i in 0..caps.count(whole) {
+        out.push(capture_value(lua, caps, src, i, s, e)?);
     }
     Ok(())
 }
 
-/// `string.find` (`find == true`) and `string.match`.
+impl Search {
+    /// The values the Lua side gets for what was found.
+    fn values(&self, lua: &Lua, searched: Searched) -> Outcome<MultiValue> {
+        spend(searched.unpaid)?;
+        let src = self.src.as_bytes();
+        let mut out = Vec::new();
+        match (searched.found, &self.op) {
+            (Found::Match(None), Op::Next { .. }) => {}
+            (Found::Match(None), _) | (Found::At(None), _) => out.push(LuaValue::Nil),
+            (Found::At(Some(at)), _) => {
+                let len = self.pat.as_bytes().len();
+                out.push(LuaValue::Integer(at as i64 + 1));
+                out.push(LuaValue::Integer((at + len) as i64));
+            }
+            (Found::Match(Some((s, e, caps))), Op::First { find: true, .. }) => {
+                out.push(LuaValue::Integer(s as i64 + 1));
+                out.push(LuaValue::Integer(e as i64));
+                push_captures(lua, &caps, &src, (s, e), false, &mut out)?;
+            }
+            (Found::Match(Some((s, e, caps))), Op::Next { all, .. }) => {
+                out.push(LuaValue::Integer(s as i64));
+                out.push(LuaValue::Integer(e as i64));
+                if *all {
+                    push_captures(lua, &caps, &src, (s, e), true, &mut out)?;
+                } else {
+                    out.push(capture_value(lua, &caps, &src, 0, s, e)?);
+                }
+            }
+            (Found::Match(Some((s, e, caps))), _) => {
+                push_captures(lua, &caps, &src, (s, e), true, &mut out)?;
+            }
+            (Found::Replaced { mut out, at, n }, _) => {
+                let text = if n > 0 {
+                    out.extend_from_slice(&src[at..]);
+                    spend(out.len() as u64 / 8)?;
+                    lua.create_string(&out)?
+                } else {
+                    self.src.clone()
+                };
+                return Ok((text, n).into_lua_multi(lua)?);
+            }
+        }
+        Ok(MultiValue::from_vec(out))
+    }
+}
+
+/// Runs `search`: its values, or, when it runs past its call's time slice, `PENDING` and the
+/// job that goes on with it (the Lua side resumes it with `core.resume`).
+fn perform(lua: &Lua, search: Search) -> mlua::Result<MultiValue> {
+    match pausable::start(search) {
+        Progress::Done(search, result) => respond(lua, ended(lua, &search, result)),
+        Progress::Pending(job) => pending(lua, lua.create_userdata(job)?),
+    }
+}
+
+/// What an ended search gives Lua.
+fn ended(lua: &Lua, search: &Search, result: Result<Searched, MatchError>) -> Outcome<MultiValue> {
+    search.values(lua, result?)
+}
+
+/// `PENDING, job`.
+fn pending(lua: &Lua, job: AnyUserData) -> mlua::Result<MultiValue> {
+    let marker: Table = lua.named_registry_value(PENDING_KEY)?;
+    (marker, job).into_lua_multi(lua)
+}
+
+/// `core.resume(job)`: goes on with a pending search.
+fn resume(lua: &Lua, job: AnyUserData) -> mlua::Result<MultiValue> {
+    let resumed = job.borrow_mut::<Job<Search>>()?.resume();
+    match resumed {
+        Resumed::Done(search, result) => respond(lua, ended(lua, &search, result)),
+        Resumed::Suspended => pending(lua, job),
+        Resumed::Gone => Err(mlua::Error::runtime("this pattern job has ended")),
+    }
+}
+
+/// `string.find` (`find == true`) and `string.match`: the search, or `None` when the start
+/// is past the subject's end (the answer is `nil`).
 fn find_aux(
     lua: &Lua,
     (nargs, s, p, init, plain): (usize, LuaValue, LuaValue, LuaValue, LuaValue),
     find: bool,
-) -> Outcome<MultiValue> {
+) -> Outcome<Option<Search>> {
     let fname = if find { "find" } else { "match" };
-    let s = check_str(lua, &s, 1, nargs, fname)?;
-    let p = check_str(lua, &p, 2, nargs, fname)?;
-    let src = s.as_bytes();
-    let pat = p.as_bytes();
-    let init = start_pos(opt_int(lua, &init, 3, fname)?.unwrap_or(1), src.len()) - 1;
-    if init > src.len() {
-        return Ok(LuaValue::Nil.into_lua_multi(lua)?);
+    let src = check_str(lua, &s, 1, nargs, fname)?;
+    let pat = check_str(lua, &p, 2, nargs, fname)?;
+    let len = src.as_bytes().len();
+    let init = start_pos(opt_int(lua, &init, 3, fname)?.unwrap_or(1), len) - 1;
+    if init > len {
+        return Ok(None);
     }
-    if find && (plain.as_boolean().unwrap_or(!plain.is_nil()) || pattern::is_plain(&pat)) {
-        return Ok(
-            match pattern::find_plain(&src, &pat, init, slice::charge)? {
-                Some(at) => (at as i64 + 1, (at + pat.len()) as i64).into_lua_multi(lua)?,
-                None => LuaValue::Nil.into_lua_multi(lua)?,
-            },
-        );
+    let p = pat.as_bytes();
+    if find && (plain.as_boolean().unwrap_or(!plain.is_nil()) || pattern::is_plain(&p)) {
+        drop(p);
+        return Ok(Some(Search {
+            src,
+            pat,
+            repl: None,
+            pat_from: 0,
+            op: Op::Plain { init },
+        }));
     }
-    let (anchor, pat) = match pat.first() {
-        Some(b'^') => (true, &pat[1..]),
-        _ => (false, &pat[..]),
-    };
-    let mut m = Matcher::new(&src, pat, slice::charge);
-    let found = m.find(init, anchor)?;
-    let mut out = Vec::new();
-    if let Some((start, end)) = found {
-        if find {
-            out.push(LuaValue::Integer(start as i64 + 1));
-            out.push(LuaValue::Integer(end as i64));
-            captures(lua, &mut m, &src, start, end, false, &mut out)?;
-        } else {
-            captures(lua, &mut m, &src, start, end, true, &mut out)?;
-        }
-    } else {
-        out.push(LuaValue::Nil);
-    }
-    spend(m.uncharged())?;
-    Ok(MultiValue::from_vec(out))
+    let anchor = p.first() == Some(&b'^');
+    drop(p);
+    Ok(Some(Search {
+        src,
+        pat,
+        repl: None,
+        pat_from: usize::from(anchor),
+        op: Op::First { init, anchor, find },
+    }))
 }
 
-/// `string.gmatch`: the iterator over matches.
-fn gmatch(
+/// `string.gmatch`'s checked arguments for the Lua side's iterator: the subject and the
+/// pattern as strings, and the 0-based position to start at.
+fn gmatch_prepare(
     lua: &Lua,
     (nargs, s, p, init): (usize, LuaValue, LuaValue, LuaValue),
-) -> Outcome<Function> {
+) -> Outcome<MultiValue> {
     let s = check_str(lua, &s, 1, nargs, "gmatch")?;
     let p = check_str(lua, &p, 2, nargs, "gmatch")?;
     let len = s.as_bytes().len();
     let init = start_pos(opt_int(lua, &init, 3, "gmatch")?.unwrap_or(1), len) - 1;
-    let next = Cell::new(init.min(len + 1));
-    let last: Cell<Option<usize>> = Cell::new(None);
-    let iter = lua.create_function(move |lua, ()| {
-        let src = s.as_bytes();
-        let pat = p.as_bytes();
-        let mut m = Matcher::new(&src, &pat, slice::charge);
-        let mut at = next.get();
-        let mut out = Vec::new();
-        let result = (|| -> Outcome<()> {
-            while at <= src.len() {
-                if let Some(e) = m.match_here(at)? {
-                    if Some(e) != last.get() {
-                        next.set(e);
-                        last.set(Some(e));
-                        captures(lua, &mut m, &src, at, e, true, &mut out)?;
-                        return Ok(());
-                    }
-                }
-                at += 1;
-            }
-            next.set(at);
-            Ok(())
-        })();
-        spend(m.uncharged())?;
-        respond(lua, result.map(|()| MultiValue::from_vec(out)))
-    })?;
-    Ok(iter)
+    Ok((s, p, init.min(len + 1)).into_lua_multi(lua)?)
 }
 
 /// The arguments of `string.gsub`, checked in Lua's order: the subject and the pattern (as
@@ -379,70 +647,27 @@ fn gsub_args(
     Ok((s, p, repl, max_n))
 }
 
-/// A pattern without its `^` anchor, and whether it had one.
-fn anchored(pat: &[u8]) -> (bool, &[u8]) {
-    match pat.first() {
-        Some(b'^') => (true, &pat[1..]),
-        _ => (false, pat),
-    }
-}
-
 /// `string.gsub` with a replacement string. A table or a function goes to the Lua side (see
 /// [`gsub_prepare`]), which calls it from Lua, where the instruction hook can pause it.
-fn gsub(lua: &Lua, args: (usize, LuaValue, LuaValue, LuaValue, LuaValue)) -> Outcome<MultiValue> {
-    let (s, p, repl, max_n) = gsub_args(lua, args)?;
+fn gsub(lua: &Lua, args: (usize, LuaValue, LuaValue, LuaValue, LuaValue)) -> Outcome<Search> {
+    let (src, pat, repl, max_n) = gsub_args(lua, args)?;
     let Some(repl) = repl else {
         return Err(Fail::Lua(
             "string.gsub: a table or function replacement is handled in Lua".to_owned(),
         ));
     };
-    let src = s.as_bytes();
-    let pat = p.as_bytes();
-    let repl = repl.as_bytes();
-    let (anchor, pat) = anchored(&pat);
-    let mut m = Matcher::new(&src, pat, slice::charge);
-    let mut out: Vec<u8> = Vec::new();
-    let mut room: Option<usize> = None;
-    let mut at = 0;
-    let mut last = None;
-    let mut n: i64 = 0;
-    let result = (|| -> Outcome<()> {
-        while n < max_n {
-            let before = out.len();
-            match m.match_here(at)? {
-                Some(e) if Some(e) != last => {
-                    n += 1;
-                    add_template(&mut m, &src, at, e, &repl, &mut out)?;
-                    at = e;
-                    last = Some(e);
-                }
-                _ if at < src.len() => {
-                    out.push(src[at]);
-                    at += 1;
-                }
-                _ => break,
-            }
-            m.add_work((out.len() - before) as u64 / 8)?;
-            if out.len() >= ROOM_CHECK && room.is_none_or(|r| out.len() > r) {
-                check_room(lua, out.len(), "string.gsub")?;
-                room = Some(out.len().saturating_mul(2));
-            }
-            if anchor {
-                break;
-            }
-        }
-        Ok(())
-    })();
-    spend(m.uncharged())?;
-    result?;
-    let text = if n > 0 {
-        out.extend_from_slice(&src[at..]);
-        spend(out.len() as u64 / 8)?;
-        lua.create_string(&out)?
-    } else {
-        s.clone()
-    };
-    Ok((text, n).into_lua_multi(lua)?)
+    let anchor = pat.as_bytes().first() == Some(&b'^');
+    Ok(Search {
+        src,
+        pat,
+        repl: Some(repl),
+        pat_from: usize::from(anchor),
+        op: Op::Replace {
+            max_n,
+            anchor,
+            room: Room::of(lua)?,
+        },
+    })
 }
 
 /// `string.gsub` with a table or a function, its checked arguments for the Lua loop: the
@@ -462,70 +687,40 @@ fn gsub_prepare(
 /// right after the previous one, which Lua skips), as its 0-based start, its end, then what
 /// the replacement gets: every capture (the whole match if none) when `all`, else the first.
 /// Nothing when there is no further match.
-fn gsub_next(
-    lua: &Lua,
-    (s, p, at, last, all): (mlua::String, mlua::String, i64, i64, bool),
-) -> Outcome<MultiValue> {
-    let src = s.as_bytes();
-    let pat = p.as_bytes();
-    let (anchor, pat) = anchored(&pat);
-    let mut m = Matcher::new(&src, pat, slice::charge);
-    let mut at = usize::try_from(at).unwrap_or(0).min(src.len());
-    let last = usize::try_from(last).ok();
-    let mut out = Vec::new();
-    let result = (|| -> Outcome<()> {
-        loop {
-            match m.match_here(at)? {
-                Some(e) if Some(e) != last => {
-                    out.push(LuaValue::Integer(at as i64));
-                    out.push(LuaValue::Integer(e as i64));
-                    if all {
-                        captures(lua, &mut m, &src, at, e, true, &mut out)?;
-                    } else {
-                        out.push(capture_value(lua, &mut m, &src, 0, at, e)?);
-                    }
-                    return Ok(());
-                }
-                _ if at < src.len() && !anchor => at += 1,
-                _ => return Ok(()),
-            }
-        }
-    })();
-    spend(m.uncharged())?;
-    result?;
-    Ok(MultiValue::from_vec(out))
+fn gsub_next((s, p, at, last, all): (mlua::String, mlua::String, i64, i64, bool)) -> Search {
+    let len = s.as_bytes().len();
+    let anchor = p.as_bytes().first() == Some(&b'^');
+    Search {
+        src: s,
+        pat: p,
+        repl: None,
+        pat_from: usize::from(anchor),
+        op: Op::Next {
+            at: usize::try_from(at).unwrap_or(0).min(len),
+            last: usize::try_from(last).ok(),
+            anchor,
+            all,
+        },
+    }
 }
 
-/// Appends a replacement string, expanding `%0`–`%9` and `%%`.
-fn add_template(
-    m: &mut Matcher<'_>,
-    src: &[u8],
-    s: usize,
-    e: usize,
-    template: &[u8],
-    out: &mut Vec<u8>,
-) -> Outcome<()> {
-    let mut rest = template;
-    while let Some(i) = memchr::memchr(b'%', rest) {
-        out.extend_from_slice(&rest[..i]);
-        let c = rest.get(i + 1).copied().unwrap_or(0);
-        match c {
-            b'%' => out.push(b'%'),
-            b'0' => out.extend_from_slice(&src[s..e]),
-            b'1'..=b'9' => match m.capture((c - b'1') as usize, s, e)? {
-                Capture::Span(a, b) => out.extend_from_slice(&src[a..b]),
-                Capture::Position(p) => out.extend_from_slice(p.to_string().as_bytes()),
-            },
-            _ => {
-                return Err(Fail::Lua(
-                    "invalid use of '%' in replacement string".to_owned(),
-                ))
-            }
-        }
-        rest = rest.get(i + 2..).unwrap_or(&[]);
+/// One step of a `string.gmatch` iterator for the Lua side: the next match at byte offset `at`
+/// or after (`at` past the end: none) that does not end at `last`, as its 0-based start, its
+/// end, and its captures (the whole match if none). Nothing when there is no further match.
+/// The pattern is not anchored: as in Lua, a `^` in it is an ordinary character.
+fn gmatch_next((s, p, at, last): (mlua::String, mlua::String, i64, i64)) -> Search {
+    Search {
+        src: s,
+        pat: p,
+        repl: None,
+        pat_from: 0,
+        op: Op::Next {
+            at: usize::try_from(at).unwrap_or(0),
+            last: usize::try_from(last).ok(),
+            anchor: false,
+            all: true,
+        },
     }
-    out.extend_from_slice(rest);
-    Ok(())
 }
 
 /// Turns a [`Fail::Lua`] into the `FAIL, message` pair the Lua side raises as a string.
@@ -541,6 +736,8 @@ fn respond(lua: &Lua, r: Outcome<MultiValue>) -> mlua::Result<MultiValue> {
 }
 
 const FAIL_KEY: &str = "protoserve.stdlib.fail";
+/// The marker a pattern function returns (with its job) when it goes on as a job.
+const PENDING_KEY: &str = "protoserve.stdlib.pending";
 
 /// `string.rep`: charges the result's bytes (and the copy loop), refuses results that cannot
 /// fit in memory. False when the result is empty, which C would still loop `n` times to build.
@@ -736,26 +933,34 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
         "spend",
         lua.create_function(|_, units: i64| spend(units.max(0) as u64))?,
     )?;
+    let pending_marker = lua.create_table()?;
+    lua.set_named_registry_value(PENDING_KEY, pending_marker.clone())?;
+    core.raw_set("PENDING", pending_marker)?;
+    core.raw_set("resume", lua.create_function(resume)?)?;
+    for (name, find) in [("find", true), ("match", false)] {
+        core.raw_set(
+            name,
+            lua.create_function(move |lua, args| match find_aux(lua, args, find) {
+                Ok(Some(search)) => perform(lua, search),
+                Ok(None) => LuaValue::Nil.into_lua_multi(lua),
+                Err(fail) => respond(lua, Err(fail)),
+            })?,
+        )?;
+    }
     core.raw_set(
-        "find",
-        lua.create_function(|lua, args| respond(lua, find_aux(lua, args, true)))?,
+        "gmatch_prepare",
+        lua.create_function(|lua, args| respond(lua, gmatch_prepare(lua, args)))?,
     )?;
     core.raw_set(
-        "match",
-        lua.create_function(|lua, args| respond(lua, find_aux(lua, args, false)))?,
-    )?;
-    core.raw_set(
-        "gmatch",
-        lua.create_function(|lua, args| {
-            respond(
-                lua,
-                gmatch(lua, args).and_then(|f| Ok(f.into_lua_multi(lua)?)),
-            )
-        })?,
+        "gmatch_next",
+        lua.create_function(|lua, args| perform(lua, gmatch_next(args)))?,
     )?;
     core.raw_set(
         "gsub",
-        lua.create_function(|lua, args| respond(lua, gsub(lua, args)))?,
+        lua.create_function(|lua, args| match gsub(lua, args) {
+            Ok(search) => perform(lua, search),
+            Err(fail) => respond(lua, Err(fail)),
+        })?,
     )?;
     core.raw_set(
         "gsub_prepare",
@@ -763,7 +968,7 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
     )?;
     core.raw_set(
         "gsub_next",
-        lua.create_function(|lua, args| respond(lua, gsub_next(lua, args)))?,
+        lua.create_function(|lua, args| perform(lua, gsub_next(args)))?,
     )?;
     // Raised again by the Lua side for a memory error it caught (see `table.sort` there).
     core.raw_set(
