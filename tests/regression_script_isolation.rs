@@ -166,6 +166,20 @@ fn module_local_assignment_is_a_startup_error() {
         )),
         "{stderr}"
     );
+    // A gmatch iterator kept from loading answered each call with the next word: the first
+    // call on a state got "alpha", the next one "beta".
+    let gm = handlers.join("gm.lua").display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "{gm}: a string.gmatch iterator made while loading is still reachable after loading (through 'words'); its position would carry over from one call to the next"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("string.gmatch iterator").count(),
+        1,
+        "the iterator used up while loading is not reported: {stderr}"
+    );
 }
 
 #[tokio::test]

@@ -21,6 +21,8 @@ use std::ffi::c_void;
 
 use mlua::{Function, LightUserData, Lua, Table, Value as LuaValue};
 
+use super::stdlib;
+
 /// Marks a frozen table's metatable; its value is the hidden contents.
 static FROZEN_KEY: u8 = 0;
 /// In a frozen table's metatable: what `getmetatable` returns for it.
@@ -99,6 +101,9 @@ pub struct Found {
     seen_functions: HashSet<usize>,
     /// Coroutines reachable after loading: (where they were found, through which name).
     pub coroutines: Vec<(String, String)>,
+    /// `string.gmatch` iterators made while loading and reachable after: (where they were
+    /// found, through which name).
+    pub iterators: Vec<(String, String)>,
 }
 
 /// One table to freeze and the `__newindex` it gets.
@@ -181,11 +186,14 @@ impl Freezer {
                         continue;
                     }
                     t.for_each(|k: LuaValue, v: LuaValue| {
+                        let name = || format!("'{}'", k.to_string().unwrap_or_else(|_| "?".into()));
                         if let LuaValue::Thread(_) = v {
-                            found.coroutines.push((
-                                origin.to_owned(),
-                                format!("'{}'", k.to_string().unwrap_or_else(|_| "?".into())),
-                            ));
+                            found.coroutines.push((origin.to_owned(), name()));
+                        }
+                        if let LuaValue::Function(f) = &v {
+                            if stdlib::is_load_time_iterator(lua, f)? {
+                                found.iterators.push((origin.to_owned(), name()));
+                            }
                         }
                         stack.push(k);
                         stack.push(v);
@@ -223,6 +231,15 @@ impl Freezer {
                             };
                             found.coroutines.push((origin.to_owned(), name));
                         } else if is_lua {
+                            if let LuaValue::Function(g) = &v {
+                                if stdlib::is_load_time_iterator(lua, g)? {
+                                    let name = name.filter(|n| !n.is_empty());
+                                    found.iterators.push((
+                                        origin.to_owned(),
+                                        format!("'{}'", name.as_deref().unwrap_or("?")),
+                                    ));
+                                }
+                            }
                             stack.push(v);
                         }
                     }

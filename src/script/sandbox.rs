@@ -672,6 +672,16 @@ pub fn finish_loading(
             hint: Some("create coroutines inside the handler function, per call".into()),
         });
     }
+    for (origin, name) in &found.iterators {
+        errors.push(StartupError::Script {
+            location: Location::file(origin),
+            message: format!(
+                "a string.gmatch iterator made while loading is still reachable after loading \
+                 (through {name}); its position would carry over from one call to the next"
+            ),
+            hint: Some("call string.gmatch inside the handler function, per call".into()),
+        });
+    }
     if check_code {
         check_upvalue_writes(&found, &mut errors);
     }

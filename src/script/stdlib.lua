@@ -185,6 +185,7 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
   -- finds each match (see `gsub_next` in stdlib.rs) and the result is built as Lua's is.
   local prepare, next_match = core.gsub_prepare, core.gsub_next
   local gmatch_prepare, gmatch_next = core.gmatch_prepare, core.gmatch_next
+  local load_time_iterators = core.load_time_iterators
   local sub, concat = string.sub, table.concat
 
   local function call(f, at, e, ...)
@@ -259,7 +260,7 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
       -- Each step of Lua's iterator is bounded by the same small amount.
       if w and w <= FREE then return (c_gmatch(...)) end
     end
-    local src, pat, at = gmatch_prepare(select("#", ...), ...)
+    local src, pat, at, loading = gmatch_prepare(select("#", ...), ...)
     if src == FAIL then error(pat, 2) end
     local last = -1
     -- The iterator's step: the next match's captures, after moving past it.
@@ -272,7 +273,11 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
       at, last = e, e
       return ...
     end
-    return function() return step(settled(gmatch_next(src, pat, at, last))) end
+    local function iterator() return step(settled(gmatch_next(src, pat, at, last))) end
+    -- Made while loading: noted, so that one a script keeps is a startup error (its position
+    -- would be shared by every call).
+    if loading then load_time_iterators[iterator] = true end
+    return iterator
   end
 end
 

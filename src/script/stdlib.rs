@@ -39,7 +39,7 @@ use mlua::{
 
 use super::pattern::{self, Capture, Captures, MatchError, Matcher, Pace};
 use super::pausable::{self, Job, Progress, Resumed};
-use super::slice;
+use super::{hook, slice};
 
 /// Work below this is settled in one charge with later work, not charged on its own.
 const CHUNK: u64 = pattern::CHUNK;
@@ -604,7 +604,8 @@ fn find_aux(
 }
 
 /// `string.gmatch`'s checked arguments for the Lua side's iterator: the subject and the
-/// pattern as strings, and the 0-based position to start at.
+/// pattern as strings, the 0-based position to start at, and whether no call is running
+/// (scripts are loading: the iterator is noted, see [`LOAD_TIME_ITERATORS_KEY`]).
 fn gmatch_prepare(
     lua: &Lua,
     (nargs, s, p, init): (usize, LuaValue, LuaValue, LuaValue),
@@ -613,7 +614,18 @@ fn gmatch_prepare(
     let p = check_str(lua, &p, 2, nargs, "gmatch")?;
     let len = s.as_bytes().len();
     let init = start_pos(opt_int(lua, &init, 3, "gmatch")?.unwrap_or(1), len) - 1;
-    Ok((s, p, init.min(len + 1)).into_lua_multi(lua)?)
+    let loading = slice::running_call().is_none_or(|call| &*call.method == hook::LOADING);
+    Ok((s, p, init.min(len + 1), loading).into_lua_multi(lua)?)
+}
+
+/// Whether `f` is a `string.gmatch` iterator made while scripts loaded: its position would be
+/// shared by every call if a script kept it (the freezer reports those).
+pub fn is_load_time_iterator(lua: &Lua, f: &Function) -> mlua::Result<bool> {
+    let made: Option<Table> = lua.named_registry_value(LOAD_TIME_ITERATORS_KEY)?;
+    match made {
+        Some(made) => made.raw_get(f),
+        None => Ok(false),
+    }
 }
 
 /// The arguments of `string.gsub`, checked in Lua's order: the subject and the pattern (as
@@ -738,6 +750,8 @@ fn respond(lua: &Lua, r: Outcome<MultiValue>) -> mlua::Result<MultiValue> {
 const FAIL_KEY: &str = "protoserve.stdlib.fail";
 /// The marker a pattern function returns (with its job) when it goes on as a job.
 const PENDING_KEY: &str = "protoserve.stdlib.pending";
+/// A weak-keyed table of the `string.gmatch` iterators made while no call ran.
+const LOAD_TIME_ITERATORS_KEY: &str = "protoserve.stdlib.load_time_iterators";
 
 /// `string.rep`: charges the result's bytes (and the copy loop), refuses results that cannot
 /// fit in memory. False when the result is empty, which C would still loop `n` times to build.
@@ -947,6 +961,12 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
             })?,
         )?;
     }
+    let load_time_iterators = lua.create_table()?;
+    let weak_keys = lua.create_table()?;
+    weak_keys.raw_set("__mode", "k")?;
+    load_time_iterators.set_metatable(Some(weak_keys))?;
+    lua.set_named_registry_value(LOAD_TIME_ITERATORS_KEY, load_time_iterators.clone())?;
+    core.raw_set("load_time_iterators", load_time_iterators)?;
     core.raw_set(
         "gmatch_prepare",
         lua.create_function(|lua, args| respond(lua, gmatch_prepare(lua, args)))?,
