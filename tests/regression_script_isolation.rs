@@ -131,6 +131,32 @@ async fn module_local_table_is_frozen() {
     }
 }
 
+/// The first draw Lua 5.4 makes of `math.random(1, math.maxinteger)` after `math.randomseed(seed)`.
+fn first_draw(seed: i64) -> i64 {
+    let lua = mlua::Lua::new();
+    lua.load(format!(
+        "math.randomseed({seed}) return math.random(1, math.maxinteger)"
+    ))
+    .eval()
+    .unwrap()
+}
+
+/// Every call on a state drew from the state's one generator: a call that seeded it decided
+/// what the next call drew (after `reseed`, `draw` got the second value of seed 42's sequence),
+/// and a call's draws depended on every call before it. Each call now has its own generator,
+/// which starts from the seed the script set while loading.
+#[tokio::test]
+async fn each_call_draws_from_its_own_generator() {
+    let (_s, client) = one_state().await;
+    let draw = |r: Json| r["count"].as_str().unwrap().parse::<i64>().unwrap();
+    let loaded = first_draw(7);
+    for _ in 0..3 {
+        assert_eq!(draw(case(&client, "draw").await.unwrap()), loaded);
+        assert_eq!(draw(case(&client, "reseed").await.unwrap()), first_draw(42));
+    }
+    assert_eq!(draw(case(&client, "draw").await.unwrap()), loaded);
+}
+
 #[test]
 fn module_local_assignment_is_a_startup_error() {
     let f = fixtures();

@@ -89,6 +89,8 @@ pub struct CallShared {
     abort_yield: std::sync::atomic::AtomicUsize,
     /// The hook paused the call for a time slice and it has not run since (see `slice`).
     pub paused: AtomicBool,
+    /// The call's own `math.random` generator, made at its first draw (see `random`).
+    pub random: Mutex<Option<super::random::Generator>>,
 }
 
 /// What a call needs to start (the rest of [`CallShared`] starts empty).
@@ -154,6 +156,7 @@ impl CallShared {
             pause_owed: AtomicBool::new(false),
             abort_yield: std::sync::atomic::AtomicUsize::new(0),
             paused: AtomicBool::new(false),
+            random: Mutex::new(None),
         }
     }
 

@@ -29,6 +29,7 @@ pub mod pattern;
 pub mod pausable;
 pub mod plan;
 pub mod preempt;
+pub mod random;
 pub mod requests;
 pub mod sandbox;
 pub mod scheduling;

@@ -115,6 +115,12 @@ local function to_string(...)
 end
 _G.tostring = to_string
 
+do -- math.random and math.randomseed: a generator per call (see random.rs)
+  local random, randomseed = core.random, core.randomseed
+  math.random = function(...) return checked(random(select("#", ...), ...)) end
+  math.randomseed = function(...) return checked(randomseed(select("#", ...), ...)) end
+end
+
 do -- patterns: matched in Rust, which charges every step, unless the work is provably small
   local find, match, gsub = core.find, core.match, core.gsub
   local c_find, c_match, c_gmatch, c_gsub = string.find, string.match, string.gmatch, string.gsub

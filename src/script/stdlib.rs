@@ -106,7 +106,7 @@ impl From<MatchError> for Fail {
 type Outcome<T> = Result<T, Fail>;
 
 /// The name `luaL_typename` gives a value.
-fn type_name(v: &LuaValue) -> &'static str {
+pub(super) fn type_name(v: &LuaValue) -> &'static str {
     match v {
         LuaValue::Nil => "nil",
         LuaValue::Boolean(_) => "boolean",
@@ -990,6 +990,10 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
         "gsub_next",
         lua.create_function(|lua, args| perform(lua, gsub_next(args)))?,
     )?;
+    let (random, randomseed) = super::random::functions(lua, fail.clone())?;
+    core.raw_set("random", random)?;
+    core.raw_set("randomseed", randomseed)?;
+    super::random::install(lua);
     // Raised again by the Lua side for a memory error it caught (see `table.sort` there).
     core.raw_set(
         "memory_error",
