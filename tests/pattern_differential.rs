@@ -438,6 +438,15 @@ fn wrapped_functions_agree_with_lua() {
               run(string[name], table.unpack(a, 1, 3)))
           end
         end
+        -- Long repetitions, built from blocks: the same strings as Lua's.
+        for _, a in ipairs({ { "x", 200000 }, { "ab", 100001 }, { "abc", 70000, "," },
+            { "x", 65536 }, { "x", 65537 }, { "xyz", 43690 }, { "x", 300000, "" },
+            { ("q"):rep(40000), 3 }, { "ab", 99999, "--" }, { "x", 2, ("s"):rep(70000) },
+            { "\0", 131072 }, { "ab", 32767, "c" } }) do
+          local want = C.string.rep(table.unpack(a, 1, 3))
+          local got = string.rep(table.unpack(a, 1, 3))
+          same("rep " .. #a[1] .. "x" .. a[2], #want .. tostring(want == got), #want .. "true")
+        end
         local fargs = {
           { "%d", 3 }, { "%5.2f|%s|%q", 1.5, "x", "a\nb" }, { "%d", "x" }, { "%d" }, {},
           { "%s %s", big, big }, { big .. "%d", 1 }, { "%y", 1 }, { "%10s", {} },
@@ -515,6 +524,19 @@ fn wrapped_functions_agree_with_lua() {
         same("sort bad", run(C.table.sort, { 3, 1, "x" }), run(table.sort, { 3, 1, "x" }))
         same("sort cmp", run(C.table.sort, { 3, 1 }, 5), run(table.sort, { 3, 1 }, 5))
         same("concat bad", run(C.table.concat, { 1, {}, 3 }), run(table.concat, { 1, {}, 3 }))
+        -- Many elements, joined in pieces: numbers, strings, separators, ranges, a bad value.
+        local many = {}
+        for k = 1, 20000 do many[k] = k % 3 == 0 and k * 0.5 or (k % 3 == 1 and k or "s" .. k) end
+        for _, a in ipairs({ {}, { "" }, { ", " }, { "-", 3, 19999 }, { nil, 10, 8202 },
+            { "", 1, 8193 }, { "", 1, 8192 }, { 7 }, { ",", 1.0, 12000.0 } }) do
+          local want = run(C.table.concat, many, table.unpack(a, 1, 3))
+          local got = run(table.concat, many, table.unpack(a, 1, 3))
+          same("concat many " .. show(table.unpack(a, 1, 3)), want:sub(1, 80) .. #want, got:sub(1, 80) .. #got)
+          same("concat many equal " .. show(table.unpack(a, 1, 3)), "true", tostring(want == got))
+        end
+        local holes = table.move(many, 1, 20000, 1, {})
+        holes[15000] = {}
+        same("concat many bad", run(C.table.concat, holes), run(table.concat, holes))
         same("concat sep", run(C.table.concat, { 1, "b", 3 }, ", ", 2), run(table.concat, { 1, "b", 3 }, ", ", 2))
         same("concat float range", run(C.table.concat, { "a", "b" }, "", 1.0, 2.0), run(table.concat, { "a", "b" }, "", 1.0, 2.0))
         same("concat no table", run(C.table.concat, "x"), run(table.concat, "x"))

@@ -443,8 +443,15 @@ async fn quick_calls_overtake(name: &str, n: i64, text: &str) {
 
 /// [`quick_calls_overtake`] on a server already started (with one state).
 async fn quick_calls_overtake_on(c: &Client, name: &str, n: i64, text: &str) {
+    quick_calls_overtake_after(c, name, n, text, Duration::ZERO).await;
+}
+
+/// [`quick_calls_overtake_on`], the quick calls made `after` the attack started (once it is
+/// past work of its own that the hook pauses anyway).
+async fn quick_calls_overtake_after(c: &Client, name: &str, n: i64, text: &str, after: Duration) {
     let c = c.clone();
     let long = started(&c, name, n).await;
+    tokio::time::sleep(after).await;
     let mut quick_done = Instant::now();
     for i in 0..3 {
         let (r, took) = run(&c, "quick", i).await;
@@ -537,6 +544,22 @@ async fn long_pattern_gsub_does_not_hold_up_other_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_pattern_gsub_with_a_table_does_not_hold_up_other_calls() {
     quick_calls_overtake("gsub_table_long", PATTERN_BYTES, "replaced 0").await;
+}
+
+/// `table.concat` over a million numbers made a string of each inside one C call, about half
+/// a second in all, while every other call on the state waited. A long range is now joined in
+/// pieces, each its own call, and the hook pauses the call between two of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_many_numbers_does_not_hold_up_other_calls() {
+    let (_s, c) = start_with_budget(
+        600_000,
+        &["--script-states", "1", "--script-watchdog-ms", "60000"],
+    )
+    .await;
+    // The quick calls come once the wrapper has read the table (in Lua, paused like any code)
+    // and is joining it.
+    let after = Duration::from_millis(250);
+    quick_calls_overtake_after(&c, "concat_numbers_long", 0, "8777784 bytes", after).await;
 }
 
 /// A match that ran past `--script-watchdog-ms` without returning to Lua had its state replaced

@@ -479,7 +479,9 @@ async fn state_is_replaced_after_unrecoverable_error() {
         "--script-time-ms",
         "600000",
         "--script-watchdog-ms",
-        "300",
+        "100",
+        "--script-memory",
+        "1024",
     ])
     .await;
     still_serves(&client).await;
@@ -487,7 +489,7 @@ async fn state_is_replaced_after_unrecoverable_error() {
     let c = client.clone();
     let stuck = tokio::spawn(async move {
         let r = c
-            .unary("safety.Safety/Rep", json!({"n": 100_000_000}))
+            .unary("safety.Safety/Upper", json!({"n": 200_000_000}))
             .await;
         (r, Instant::now())
     });

@@ -289,6 +289,18 @@ end
 
 do
   local rep, rep_cost = string.rep, core.rep_cost
+  -- Lua's rep copies its string once per repetition, so a short string repeated many times is
+  -- slow to build (a byte at a time for ("x"):rep(1e8), a third of a second in one C call that
+  -- nothing can pause). Built from blocks of about BLOCK bytes instead, it takes a few copies
+  -- of that size, each at memory speed, and gives the same string.
+  local BLOCK = 1 << 16
+  local function blocked(s, n)
+    local k = BLOCK // #s
+    if n <= k then return rep(s, n) end
+    local body = rep(rep(s, k), n // k)
+    if n % k == 0 then return body end
+    return body .. rep(s, n % k)
+  end
   string.rep = function(...)
     local s, n, sep = ...
     if sep == nil and type(s) == "string" and mtype(n) == "integer" and n <= SMALL
@@ -296,6 +308,16 @@ do
       local r = rep(...) return r
     end
     if rep_cost(s, n, sep) then
+      -- (rep_cost refused what memory cannot hold, so the sizes here are far from overflow)
+      if type(s) == "string" and mtype(n) == "integer" and n > 1 and #s > 0 then
+        if (sep == nil or sep == "") and #s < BLOCK // 2 and n < (1 << 40) // #s then
+          return blocked(s, n)
+        end
+        if type(sep) == "string" and #s + #sep < BLOCK // 2
+            and n < (1 << 40) // (#s + #sep) then
+          return blocked(s .. sep, n - 1) .. s
+        end
+      end
       local r = rep(...) return r
     end
     return "" -- an empty result, which Lua's rep would still loop n times to build
@@ -615,6 +637,7 @@ do
   -- A long range is walked first: the hook bounds the walk, and the result's size is known
   -- (and charged, and checked against the memory left) before Lua's concat builds it. A short
   -- one (at most 16 elements) is built at once and its bytes charged after.
+  local PIECE = 4096
   table.concat = function(...)
     local t, sep, i, j = ...
     if type(t) == "table" then
@@ -630,7 +653,7 @@ do
       end
       if type(i) == "number" and type(j) == "number" then
         local lsep = type(sep) == "string" and #sep or 0
-        local total = 0
+        local total, valid = 0, true
         for k = i, j do
           local v = t[k]
           local tv = type(v)
@@ -639,10 +662,24 @@ do
           elseif tv == "number" then
             total = total + 24 + lsep
           else
+            valid = false
             break -- Lua's concat raises its "invalid value" error
           end
         end
         if total > SMALL then bytes_cost(total, "table.concat") end
+        -- Many elements are joined in pieces of PIECE, each its own C call, and the pieces
+        -- joined once more (one more copy of the result): the hook can pause the call between
+        -- two pieces. Lua's concat makes a string of each number it meets, about half a
+        -- microsecond each, all in one call.
+        if valid and j - i >= 2 * PIECE and mtype(i) == "integer" and mtype(j) == "integer"
+            and (sep == nil or type(sep) == "string") then
+          local parts, n = {}, 0
+          for k = i, j, PIECE do
+            n = n + 1
+            parts[n] = concat(t, sep, k, j - k < PIECE and j or k + PIECE - 1)
+          end
+          return concat(parts, sep, 1, n)
+        end
       end
     end
     local r = concat(...) return r
