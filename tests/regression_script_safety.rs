@@ -535,3 +535,66 @@ async fn state_is_replaced_after_unrecoverable_error() {
     assert!(log.contains("without returning"), "{log}");
     still_serves(&client).await;
 }
+
+/// The server's peak resident memory, in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// `gsub` with a replacement string builds its text outside Lua's memory, and a long one is
+/// paused at each time slice (see `pausable`). Lua's count did not see those texts, so calls
+/// paused in turn each built one as big as the memory the state had left: 24 calls widening
+/// 1 MiB to 32 MiB on a 64 MiB state held them all at once. Those bytes now count, both for
+/// the memory a text may take and for the mark above which a state keeps one call paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_paused_gsubs_build_count_against_the_memory_limit() {
+    let (s, client) = start(&[
+        "--script-states",
+        "1",
+        "--script-memory",
+        "64",
+        "--script-time-ms",
+        "600000",
+    ])
+    .await;
+    still_serves(&client).await;
+    let before = peak_rss_mib(s.pid());
+    let calls: Vec<_> = (0..24)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { c.unary("safety.Safety/Widen", json!({"n": 32})).await })
+        })
+        .collect();
+    let mut done = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(r) => {
+                assert_eq!(r["n"], json!("33554432"));
+                done += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+            }
+        }
+    }
+    let peak = peak_rss_mib(s.pid());
+    eprintln!("{done} of 24 calls widened; peak RSS {before} -> {peak} MiB");
+    assert!(done > 0, "no call got through");
+    // One call's text (32 MiB, in a buffer that may have doubled to 64) and the state's own
+    // 64 MiB: a few hundred MiB at most, where 24 texts held at once took gigabytes.
+    assert!(
+        peak < before + 450,
+        "peak RSS grew from {before} to {peak} MiB"
+    );
+    still_serves(&client).await;
+}

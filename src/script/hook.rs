@@ -44,6 +44,7 @@ use std::time::Duration;
 
 use mlua::{ffi, Lua};
 
+use super::pausable;
 use super::preempt;
 use super::slice::{self, Check};
 use super::status::Abort;
@@ -227,7 +228,7 @@ unsafe fn decide(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug, step: u64)
             // count of bytes in use.
             Check::Yield
                 if yieldable
-                    && slice::may_pause(unsafe { memory(state) })
+                    && slice::may_pause(unsafe { memory(state) } + pausable::held())
                     && slice::mark_sliced(thread) =>
             {
                 Action::Yield

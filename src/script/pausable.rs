@@ -45,6 +45,44 @@ thread_local! {
     static SPARE: RefCell<Option<DefaultStack>> = const { RefCell::new(None) };
     /// Tests: every payment is the end of a time slice (see [`pause_at_every_step`]).
     static EVERY_STEP: Cell<bool> = const { Cell::new(false) };
+    /// Bytes this thread's operations hold outside Lua's memory (see [`Held`]).
+    static HELD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Bytes the operations running or suspended on this thread hold outside Lua's memory (the
+/// text `gsub` builds). Lua's count does not see them, so the memory checks add them: without
+/// that, calls paused in turn inside long `gsub`s could each build a result as big as the
+/// memory the state had left.
+pub fn held() -> usize {
+    HELD.try_with(Cell::get).unwrap_or(0)
+}
+
+/// One operation's share of [`held`], given back when it ends or is dropped.
+#[derive(Default)]
+pub struct Held(usize);
+
+impl Held {
+    /// Sets this operation's share to `bytes`.
+    pub fn set(&mut self, bytes: usize) {
+        let _ = HELD.try_with(|h| h.set(h.get().saturating_sub(self.0).saturating_add(bytes)));
+        self.0 = bytes;
+    }
+
+    /// This operation's share.
+    pub fn bytes(&self) -> usize {
+        self.0
+    }
+
+    /// What the other operations on this thread hold.
+    pub fn others(&self) -> usize {
+        held().saturating_sub(self.0)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.set(0);
+    }
 }
 
 /// Tests: on this thread, every operation pays at every step, and every payment acts as the

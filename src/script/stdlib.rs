@@ -395,6 +395,7 @@ fn replace(
     room: Option<Room>,
 ) -> Result<Found, MatchError> {
     let mut out: Vec<u8> = Vec::new();
+    let mut held = pausable::Held::default();
     let mut at = 0;
     let mut last = None;
     let mut n: i64 = 0;
@@ -414,8 +415,11 @@ fn replace(
             _ => break,
         }
         m.add_work((out.len() - before) as u64 / 8)?;
+        if out.capacity() != held.bytes() {
+            held.set(out.capacity());
+        }
         if let Some(room) = room.filter(|_| out.len() >= ROOM_CHECK) {
-            room.check(out.len(), "string.gsub")
+            room.check(out.len() + held.others(), "string.gsub")
                 .map_err(MatchError::Stopped)?;
         }
         if anchor {
