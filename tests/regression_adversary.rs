@@ -562,6 +562,44 @@ async fn joining_many_numbers_does_not_hold_up_other_calls() {
     quick_calls_overtake_after(&c, "concat_numbers_long", 0, "8777784 bytes", after).await;
 }
 
+/// The same for a match inside a `__close` handler run by `coroutine.close`, inside a
+/// coroutine made by `coroutine.wrap`, and inside an `xpcall` message handler: each job is
+/// resumed from Lua in a coroutine that can yield, so the call is paused there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_pattern_in_close_wrap_or_handler_does_not_hold_up_other_calls() {
+    let (_s, c) = start_with_budget(
+        600_000,
+        &["--script-states", "1", "--script-watchdog-ms", "60000"],
+    )
+    .await;
+    for name in ["find_in_close", "find_in_wrap", "find_in_handler"] {
+        quick_calls_overtake_on(&c, name, PATTERN_BYTES, "found nil").await;
+    }
+}
+
+/// `pcall` around a long match cannot swallow the call's stop: a job that finds its call over
+/// budget ends with the abort, and the next check raises it again wherever it is caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pcall_around_long_matches_does_not_outlive_the_budget() {
+    let (_s, c) = start_with_budget(1_000, &["--script-states", "1"]).await;
+    let (r, took) = run(&c, "find_pcall_loop", PATTERN_BYTES).await;
+    let status = r.expect_err("the loop runs past its budget");
+    assert_eq!(
+        status.code(),
+        tonic::Code::ResourceExhausted,
+        "{}",
+        short(&Err(status.clone()))
+    );
+    assert!(
+        status.message().contains("time budget"),
+        "{}",
+        status.message()
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let (r, _) = run(&c, "quick", 0).await;
+    assert_eq!(r.unwrap()["text"], "quick");
+}
+
 /// A match that ran past `--script-watchdog-ms` without returning to Lua had its state replaced
 /// as stuck (the call got UNAVAILABLE, and every other call on the state was lost with it),
 /// although its budget was longer. Paused at every time slice, it now ends at its budget.

@@ -90,7 +90,7 @@ pub struct CallShared {
     /// The hook paused the call for a time slice and it has not run since (see `slice`).
     pub paused: AtomicBool,
     /// The call's own `math.random` generator, made at its first draw (see `random`).
-    pub random: Mutex<Option<super::random::Generator>>,
+    pub random: super::random::CallGenerator,
 }
 
 /// What a call needs to start (the rest of [`CallShared`] starts empty).
@@ -156,7 +156,7 @@ impl CallShared {
             pause_owed: AtomicBool::new(false),
             abort_yield: std::sync::atomic::AtomicUsize::new(0),
             paused: AtomicBool::new(false),
-            random: Mutex::new(None),
+            random: Default::default(),
         }
     }
 

@@ -63,37 +63,31 @@ pub enum Capture {
 }
 
 /// The captures of a match, copied out of the matcher: their values are made afterwards.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Captures {
-    level: usize,
-    capture: [(usize, isize); MAX_CAPTURES],
+    /// (start, length or a `CAP_*` marker) of each capture (no allocation when there are none).
+    capture: Box<[(usize, isize)]>,
 }
 
 impl Captures {
     /// Number of captures; `whole` counts the whole match when there are none.
     pub fn count(&self, whole: bool) -> usize {
-        if self.level == 0 && whole {
+        if self.capture.is_empty() && whole {
             1
         } else {
-            self.level
+            self.capture.len()
         }
     }
 
     /// Capture `i` of the match `s..e` (the whole match when `i == 0` and there are none).
     pub fn get(&self, i: usize, s: usize, e: usize) -> Result<Capture> {
-        capture_at(self.level, &self.capture, i, s, e)
+        capture_at(&self.capture, i, s, e)
     }
 }
 
-/// Capture `i` of a match `s..e` with `level` captures recorded in `capture`.
-fn capture_at(
-    level: usize,
-    capture: &[(usize, isize); MAX_CAPTURES],
-    i: usize,
-    s: usize,
-    e: usize,
-) -> Result<Capture> {
-    if i >= level {
+/// Capture `i` of a match `s..e` with the captures recorded in `capture`.
+fn capture_at(capture: &[(usize, isize)], i: usize, s: usize, e: usize) -> Result<Capture> {
+    if i >= capture.len() {
         if i != 0 {
             return Err(MatchError::Pattern(format!(
                 "invalid capture index %{}",
@@ -198,14 +192,13 @@ impl<'a> Matcher<'a> {
     /// The captures of the last match.
     pub fn captures(&self) -> Captures {
         Captures {
-            level: self.level,
-            capture: self.capture,
+            capture: self.capture[..self.level].into(),
         }
     }
 
     /// Capture `i` of the last match `s..e` (the whole match when `i == 0` and there are none).
     pub fn capture(&self, i: usize, s: usize, e: usize) -> Result<Capture> {
-        capture_at(self.level, &self.capture, i, s, e)
+        capture_at(&self.capture[..self.level], i, s, e)
     }
 
     fn do_match(&mut self, s: usize, p: usize) -> Result<Option<usize>> {

@@ -15,7 +15,7 @@
 //! are Lua's.
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use mlua::{IntoLuaMulti, Lua, MultiValue, Value as LuaValue};
 
@@ -67,6 +67,32 @@ impl Generator {
     }
 }
 
+/// A call's generator, made at its first draw. Only the thread running the call's state
+/// touches it, so relaxed atomics do (a call record is shared with the network thread).
+#[derive(Default)]
+pub struct CallGenerator {
+    state: [AtomicU64; 4],
+    made: AtomicBool,
+}
+
+impl CallGenerator {
+    fn get(&self) -> Option<Generator> {
+        if !self.made.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(Generator(
+            self.state.each_ref().map(|s| s.load(Ordering::Relaxed)),
+        ))
+    }
+
+    fn set(&self, g: Generator) {
+        for (s, v) in self.state.iter().zip(g.0) {
+            s.store(v, Ordering::Relaxed);
+        }
+        self.made.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Two seeds no one can guess, for a generator no script seeded.
 fn fresh_seeds() -> (i64, i64) {
     static COUNT: AtomicU64 = AtomicU64::new(0);
@@ -101,18 +127,18 @@ fn with_generator<R>(
     seeding: Option<(i64, i64)>,
     f: impl FnOnce(&mut Generator) -> R,
 ) -> R {
-    let call = slice::running_call().filter(|c| &*c.method != LOADING);
-    match call {
+    slice::with_running_call(|call| match call.filter(|c| &*c.method != LOADING) {
         Some(call) => {
-            let mut slot = call.random.lock().unwrap_or_else(|e| e.into_inner());
-            let generator = slot.get_or_insert_with(|| {
+            let mut generator = call.random.get().unwrap_or_else(|| {
                 let seeds = lua
                     .app_data_ref::<LoadTime>()
                     .and_then(|l| l.seeds)
                     .unwrap_or_else(fresh_seeds);
                 Generator::seeded(seeds.0, seeds.1)
             });
-            f(generator)
+            let r = f(&mut generator);
+            call.random.set(generator);
+            r
         }
         None => match lua.app_data_mut::<LoadTime>() {
             Some(mut load_time) => {
@@ -126,7 +152,7 @@ fn with_generator<R>(
                 f(&mut Generator::seeded(a, b))
             }
         },
-    }
+    })
 }
 
 /// Why an argument was refused, as Lua words it (after "bad argument #N to 'F' (").

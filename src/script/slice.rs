@@ -66,6 +66,14 @@ pub fn running_call() -> Option<Arc<CallShared>> {
     CURRENT.with(|c| c.try_borrow().ok()?.as_ref().map(|c| c.shared.clone()))
 }
 
+/// Runs `f` with the call this thread is running, if any, without taking a reference to it.
+pub fn with_running_call<R>(f: impl FnOnce(Option<&CallShared>) -> R) -> R {
+    CURRENT.with(|c| match c.try_borrow() {
+        Ok(current) => f(current.as_ref().map(|c| &*c.shared)),
+        Err(_) => f(None),
+    })
+}
+
 /// What the instruction hook should do with the running script.
 pub enum Check {
     Continue,

@@ -190,7 +190,7 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
   -- code; Lua's own gsub would call it from C, where nothing can pause it. The Rust matcher
   -- finds each match (see `gsub_next` in stdlib.rs) and the result is built as Lua's is.
   local prepare, next_match = core.gsub_prepare, core.gsub_next
-  local gmatch_prepare, gmatch_next = core.gmatch_prepare, core.gmatch_next
+  local gmatch_prepare = core.gmatch_prepare
   local load_time_iterators = core.load_time_iterators
   local sub, concat = string.sub, table.concat
 
@@ -266,20 +266,20 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
       -- Each step of Lua's iterator is bounded by the same small amount.
       if w and w <= FREE then return (c_gmatch(...)) end
     end
-    local src, pat, at, loading = gmatch_prepare(select("#", ...), ...)
-    if src == FAIL then error(pat, 2) end
+    local next_match, at, len, loading = gmatch_prepare(select("#", ...), ...)
+    if next_match == FAIL then error(at, 2) end
     local last = -1
     -- The iterator's step: the next match's captures, after moving past it.
     local function step(s1, e, ...)
       if s1 == nil then
-        at = #src + 1
+        at = len + 1
         return
       end
       if s1 == FAIL then error(e, 2) end
       at, last = e, e
       return ...
     end
-    local function iterator() return step(settled(gmatch_next(src, pat, at, last))) end
+    local function iterator() return step(settled(next_match(at, last))) end
     -- Made while loading: noted, so that one a script keeps is a startup error (its position
     -- would be shared by every call).
     if loading then load_time_iterators[iterator] = true end

@@ -270,9 +270,7 @@ enum Op {
     },
 }
 
-/// What a [`Search`] found, before any Lua value is made of it. (It lives for one call and
-/// moves once or twice: boxing the captures would cost an allocation per match instead.)
-#[allow(clippy::large_enum_variant)]
+/// What a [`Search`] found, before any Lua value is made of it.
 enum Found {
     /// A match's span and captures, or none.
     Match(Option<(usize, usize, Captures)>),
@@ -292,13 +290,9 @@ struct Searched {
 impl pausable::Work for Search {
     type Found = Searched;
 
-    /// The subject, the pattern and the replacement (the pattern again when there is none).
-    fn strings(&self) -> [&mlua::String; 3] {
-        [
-            &self.src,
-            &self.pat,
-            self.repl.as_ref().unwrap_or(&self.pat),
-        ]
+    /// The subject, the pattern and the replacement string, if any.
+    fn strings(&self) -> (&mlua::String, &mlua::String, Option<&mlua::String>) {
+        (&self.src, &self.pat, self.repl.as_ref())
     }
 
     fn run(&self, [src, pat, repl]: [&[u8]; 3], pace: &dyn Pace) -> Result<Searched, MatchError> {
@@ -607,9 +601,10 @@ fn find_aux(
     }))
 }
 
-/// `string.gmatch`'s checked arguments for the Lua side's iterator: the subject and the
-/// pattern as strings, the 0-based position to start at, and whether no call is running
-/// (scripts are loading: the iterator is noted, see [`LOAD_TIME_ITERATORS_KEY`]).
+/// `string.gmatch`'s checked arguments for the Lua side's iterator: the function that finds
+/// the next match (see [`gmatch_next`]; it holds the subject and the pattern), the 0-based
+/// position to start at, the subject's length, and whether no call is running (scripts are
+/// loading: the iterator is noted, see [`LOAD_TIME_ITERATORS_KEY`]).
 fn gmatch_prepare(
     lua: &Lua,
     (nargs, s, p, init): (usize, LuaValue, LuaValue, LuaValue),
@@ -619,7 +614,10 @@ fn gmatch_prepare(
     let len = s.as_bytes().len();
     let init = start_pos(opt_int(lua, &init, 3, "gmatch")?.unwrap_or(1), len) - 1;
     let loading = slice::running_call().is_none_or(|call| &*call.method == hook::LOADING);
-    Ok((s, p, init.min(len + 1), loading).into_lua_multi(lua)?)
+    let next = lua.create_function(move |lua, (at, last): (i64, i64)| {
+        perform(lua, gmatch_next(s.clone(), p.clone(), at, last))
+    })?;
+    Ok((next, init.min(len + 1), len, loading).into_lua_multi(lua)?)
 }
 
 /// Whether `f` is a `string.gmatch` iterator made while scripts loaded: its position would be
@@ -724,7 +722,7 @@ fn gsub_next((s, p, at, last, all): (mlua::String, mlua::String, i64, i64, bool)
 /// or after (`at` past the end: none) that does not end at `last`, as its 0-based start, its
 /// end, and its captures (the whole match if none). Nothing when there is no further match.
 /// The pattern is not anchored: as in Lua, a `^` in it is an ordinary character.
-fn gmatch_next((s, p, at, last): (mlua::String, mlua::String, i64, i64)) -> Search {
+fn gmatch_next(s: mlua::String, p: mlua::String, at: i64, last: i64) -> Search {
     Search {
         src: s,
         pat: p,
@@ -974,10 +972,6 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
     core.raw_set(
         "gmatch_prepare",
         lua.create_function(|lua, args| respond(lua, gmatch_prepare(lua, args)))?,
-    )?;
-    core.raw_set(
-        "gmatch_next",
-        lua.create_function(|lua, args| perform(lua, gmatch_next(args)))?,
     )?;
     core.raw_set(
         "gsub",
