@@ -228,20 +228,17 @@ fn randomseed(lua: &Lua, nargs: usize, m: &LuaValue, n: &LuaValue) -> Result<(i6
 }
 
 /// `core.random(nargs, m, n)` and `core.randomseed(nargs, m, n)` for the Lua side, which
-/// raises an error message (returned after `fail`) at its caller.
+/// raises the error message at its caller: `random` gives its value, or nil and the message
+/// (a draw is never nil); `randomseed` gives the two seeds, or `fail` and the message.
 pub fn functions(lua: &Lua, fail: mlua::Table) -> mlua::Result<(mlua::Function, mlua::Function)> {
-    let fail2 = fail.clone();
-    let random = lua.create_function(move |lua, (nargs, m, n): (usize, LuaValue, LuaValue)| {
-        match random(lua, nargs, &m, &n) {
-            Ok(v) => v.into_lua_multi(lua),
-            Err(message) => (fail.clone(), message).into_lua_multi(lua),
-        }
+    let random = lua.create_function(|lua, (nargs, m, n): (usize, LuaValue, LuaValue)| {
+        Ok(random(lua, nargs, &m, &n))
     })?;
     let randomseed = lua.create_function(
         move |lua, (nargs, m, n): (usize, LuaValue, LuaValue)| -> mlua::Result<MultiValue> {
             match randomseed(lua, nargs, &m, &n) {
                 Ok(seeds) => seeds.into_lua_multi(lua),
-                Err(message) => (fail2.clone(), message).into_lua_multi(lua),
+                Err(message) => (fail.clone(), message).into_lua_multi(lua),
             }
         },
     )?;

@@ -117,7 +117,11 @@ _G.tostring = to_string
 
 do -- math.random and math.randomseed: a generator per call (see random.rs)
   local random, randomseed = core.random, core.randomseed
-  math.random = function(...) return checked(random(select("#", ...), ...)) end
+  math.random = function(...)
+    local r, e = random(select("#", ...), ...)
+    if r == nil then error(e, 2) end
+    return r
+  end
   math.randomseed = function(...) return checked(randomseed(select("#", ...), ...)) end
 end
 
