@@ -438,11 +438,13 @@ fn wrapped_functions_agree_with_lua() {
               run(string[name], table.unpack(a, 1, 3)))
           end
         end
-        -- Long repetitions, built from blocks: the same strings as Lua's.
+        -- Long repetitions (from 16 MiB on, built from blocks): the same strings as Lua's.
         for _, a in ipairs({ { "x", 200000 }, { "ab", 100001 }, { "abc", 70000, "," },
             { "x", 65536 }, { "x", 65537 }, { "xyz", 43690 }, { "x", 300000, "" },
             { ("q"):rep(40000), 3 }, { "ab", 99999, "--" }, { "x", 2, ("s"):rep(70000) },
-            { "\0", 131072 }, { "ab", 32767, "c" } }) do
+            { "\0", 131072 }, { "ab", 32767, "c" }, { "x", 1 << 24 }, { "x", (1 << 24) + 1 },
+            { "xyz", 5592406 }, { "ab", 5592406, "," }, { "x", 1 << 24, "" },
+            { "abc", 4194304, "-" } }) do
           local want = C.string.rep(table.unpack(a, 1, 3))
           local got = string.rep(table.unpack(a, 1, 3))
           same("rep " .. #a[1] .. "x" .. a[2], #want .. tostring(want == got), #want .. "true")
