@@ -14,7 +14,7 @@
 //! Lua side (`stdlib.lua`), which resumes it in a loop; between two resumes Lua runs an
 //! instruction, where the hook pauses the call for the others on its state, as it pauses any
 //! script (the job asks for that check at once, see [`super::hook::check_soon`]). Starting
-//! again is invisible: an operation reads its two strings and builds its result privately, and
+//! again is invisible: an operation reads its strings and builds its result privately, and
 //! Lua values are made only once it has ended. The cost is the work done before the slice
 //! ended, paid twice, once per operation that runs that long.
 //!

@@ -340,6 +340,7 @@ impl pausable::Work for Search {
         })
     }
 }
+
 /// The memory a state had left, and its limit, when an operation started.
 #[derive(Clone, Copy)]
 struct Room {
