@@ -195,6 +195,13 @@ impl Freezer {
                                 found.iterators.push((origin.to_owned(), name()));
                             }
                         }
+                        if let LuaValue::Function(f) = &k {
+                            if stdlib::is_load_time_iterator(lua, f)? {
+                                found
+                                    .iterators
+                                    .push((origin.to_owned(), "a table key".into()));
+                            }
+                        }
                         stack.push(k);
                         stack.push(v);
                         Ok(())

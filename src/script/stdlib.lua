@@ -195,7 +195,7 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
   -- finds each match (see `gsub_next` in stdlib.rs) and the result is built as Lua's is.
   local prepare, next_match = core.gsub_prepare, core.gsub_next
   local gmatch_prepare = core.gmatch_prepare
-  local load_time_iterators = core.load_time_iterators
+  local load_time_iterators, loading = core.load_time_iterators, core.loading
   local sub, concat = string.sub, table.concat
 
   local function call(f, at, e, ...)
@@ -268,7 +268,12 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
     if init == nil or mtype(init) == "integer" then
       local w = c_work(s, p, 0)
       -- Each step of Lua's iterator is bounded by the same small amount.
-      if w and w <= FREE then return (c_gmatch(...)) end
+      if w and w <= FREE then
+        local iterator = c_gmatch(...)
+        -- Lua's own iterator keeps its position too: one made while loading is noted as well.
+        if loading() then load_time_iterators[iterator] = true end
+        return iterator
+      end
     end
     local next_match, at, len, loading = gmatch_prepare(select("#", ...), ...)
     if next_match == FAIL then error(at, 2) end

@@ -614,11 +614,17 @@ fn gmatch_prepare(
     let p = check_str(lua, &p, 2, nargs, "gmatch")?;
     let len = s.as_bytes().len();
     let init = start_pos(opt_int(lua, &init, 3, "gmatch")?.unwrap_or(1), len) - 1;
-    let loading = slice::running_call().is_none_or(|call| &*call.method == hook::LOADING);
+    let loading = no_call_running();
     let next = lua.create_function(move |lua, (at, last): (i64, i64)| {
         perform(lua, gmatch_next(s.clone(), p.clone(), at, last))
     })?;
     Ok((next, init.min(len + 1), len, loading).into_lua_multi(lua)?)
+}
+
+/// Whether no call is running: scripts are loading (a `string.gmatch` iterator made now is
+/// noted, see [`LOAD_TIME_ITERATORS_KEY`]).
+fn no_call_running() -> bool {
+    slice::with_running_call(|call| call.is_none_or(|call| &*call.method == hook::LOADING))
 }
 
 /// Whether `f` is a `string.gmatch` iterator made while scripts loaded: its position would be
@@ -970,6 +976,10 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
     load_time_iterators.set_metatable(Some(weak_keys))?;
     lua.set_named_registry_value(LOAD_TIME_ITERATORS_KEY, load_time_iterators.clone())?;
     core.raw_set("load_time_iterators", load_time_iterators)?;
+    core.raw_set(
+        "loading",
+        lua.create_function(|_, ()| Ok(no_call_running()))?,
+    )?;
     core.raw_set(
         "gmatch_prepare",
         lua.create_function(|lua, args| respond(lua, gmatch_prepare(lua, args)))?,
