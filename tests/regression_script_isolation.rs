@@ -423,3 +423,25 @@ async fn require_at_call_time_is_refused() {
     // A module loaded with the scripts is handed back.
     assert_eq!(r["a"], "true");
 }
+
+/// `math.randomseed()` (no seed) while loading made every call's generator start from the one
+/// random seed the state drew: every call on the state drew the same numbers. Calls now start
+/// from fresh seeds, as when the scripts seed nothing.
+#[tokio::test]
+async fn unseeded_randomseed_while_loading_leaves_calls_random() {
+    let f = fixtures();
+    let mut args = isolation_args("1");
+    args[3] = f
+        .join("isolation/fresh_seed_handlers")
+        .display()
+        .to_string();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&args);
+    let client = Client::connect(server.addr, common::pool(&f.join("protos"))).await;
+    let mut draws = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let r = client.unary("lab.Lab/Fail", json!({})).await.unwrap();
+        draws.insert(r["count"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(draws.len(), 4, "calls drew the same numbers: {draws:?}");
+}

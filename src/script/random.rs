@@ -7,7 +7,7 @@
 //!
 //! Each call now has a generator of its own, made at its first draw: from the seed the scripts
 //! set while loading, when they set one (then every call draws the same sequence), or else from
-//! a fresh random seed. `math.randomseed` in a call seeds that call's generator only. While
+//! a fresh random seed (also after `math.randomseed()` with no seed while loading). `math.randomseed` in a call seeds that call's generator only. While
 //! scripts load, one generator per state serves, and its seed is the one calls start from.
 //!
 //! The generator is Lua 5.4's own (xoshiro256**, with Lua's seeding, float conversion and
@@ -119,14 +119,20 @@ pub fn install(lua: &Lua) {
     });
 }
 
+/// What `f` is about to do to the generator [`with_generator`] runs it on.
+enum Seeding {
+    /// Draw from it.
+    No,
+    /// Seed it with seeds a script gave: while loading, the ones calls start from.
+    Given((i64, i64)),
+    /// Seed it afresh (`math.randomseed()`): while loading, calls start from fresh seeds again,
+    /// each its own, rather than all from the one random seed this state drew.
+    Fresh,
+}
+
 /// Runs `f` on the generator of the running call (made now if this is its first draw), or on
-/// the state's load-time generator when no call runs. `seeding` tells `f` is about to seed it
-/// (`Some(seeds)`): while loading, those seeds become the ones calls start from.
-fn with_generator<R>(
-    lua: &Lua,
-    seeding: Option<(i64, i64)>,
-    f: impl FnOnce(&mut Generator) -> R,
-) -> R {
+/// the state's load-time generator when no call runs (see [`Seeding`]).
+fn with_generator<R>(lua: &Lua, seeding: Seeding, f: impl FnOnce(&mut Generator) -> R) -> R {
     slice::with_running_call(|call| match call.filter(|c| &*c.method != LOADING) {
         Some(call) => {
             let mut generator = call.random.get().unwrap_or_else(|| {
@@ -142,8 +148,10 @@ fn with_generator<R>(
         }
         None => match lua.app_data_mut::<LoadTime>() {
             Some(mut load_time) => {
-                if seeding.is_some() {
-                    load_time.seeds = seeding;
+                match seeding {
+                    Seeding::No => {}
+                    Seeding::Given(seeds) => load_time.seeds = Some(seeds),
+                    Seeding::Fresh => load_time.seeds = None,
                 }
                 f(&mut load_time.generator)
             }
@@ -177,7 +185,7 @@ fn integer(lua: &Lua, v: &LuaValue, arg: usize) -> Result<i64, ArgError> {
 /// value is drawn first, even for arguments that turn out wrong.
 fn random(lua: &Lua, nargs: usize, m: &LuaValue, n: &LuaValue) -> Result<LuaValue, String> {
     let bad = |(arg, what): ArgError| format!("bad argument #{arg} to 'random' ({what})");
-    with_generator(lua, None, |g| {
+    with_generator(lua, Seeding::No, |g| {
         let rv = g.next();
         let (low, up) = match nargs {
             0 => return Ok(LuaValue::Number(to_float(rv))),
@@ -221,9 +229,12 @@ fn randomseed(lua: &Lua, nargs: usize, m: &LuaValue, n: &LuaValue) -> Result<(i6
         };
         (n1, n2)
     };
-    with_generator(lua, Some(seeds), |g| {
-        *g = Generator::seeded(seeds.0, seeds.1)
-    });
+    let seeding = if nargs == 0 {
+        Seeding::Fresh
+    } else {
+        Seeding::Given(seeds)
+    };
+    with_generator(lua, seeding, |g| *g = Generator::seeded(seeds.0, seeds.1));
     Ok(seeds)
 }
 
