@@ -194,7 +194,7 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
   -- code; Lua's own gsub would call it from C, where nothing can pause it. The Rust matcher
   -- finds each match (see `gsub_next` in stdlib.rs) and the result is built as Lua's is.
   local prepare, next_match = core.gsub_prepare, core.gsub_next
-  local gmatch_prepare = core.gmatch_prepare
+  local gmatch_prepare, gmatch_next = core.gmatch_prepare, core.gmatch_next
   local load_time_iterators, loading = core.load_time_iterators, core.loading
   local sub, concat = string.sub, table.concat
 
@@ -275,8 +275,8 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
         return iterator
       end
     end
-    local next_match, at, len, loading = gmatch_prepare(select("#", ...), ...)
-    if next_match == FAIL then error(at, 2) end
+    local src, pat, at, len, loading = gmatch_prepare(select("#", ...), ...)
+    if src == FAIL then error(pat, 2) end
     local last = -1
     -- The iterator's step: the next match's captures, after moving past it.
     local function step(s1, e, ...)
@@ -288,7 +288,7 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
       at, last = e, e
       return ...
     end
-    local function iterator() return step(settled(next_match(at, last))) end
+    local function iterator() return step(settled(gmatch_next(src, pat, at, last))) end
     -- Made while loading: noted, so that one a script keeps is a startup error (its position
     -- would be shared by every call).
     if loading then load_time_iterators[iterator] = true end

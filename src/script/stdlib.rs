@@ -602,10 +602,14 @@ fn find_aux(
     }))
 }
 
-/// `string.gmatch`'s checked arguments for the Lua side's iterator: the function that finds
-/// the next match (see [`gmatch_next`]; it holds the subject and the pattern), the 0-based
+/// `string.gmatch`'s checked arguments for the Lua side's iterator: the subject and the
+/// pattern as strings (which the iterator passes to [`gmatch_next`] at each step), the 0-based
 /// position to start at, the subject's length, and whether no call is running (scripts are
 /// loading: the iterator is noted, see [`LOAD_TIME_ITERATORS_KEY`]).
+///
+/// The iterator holds the strings as Lua values, not as mlua handles in a Rust closure: each
+/// handle takes a slot of mlua's reference stack for as long as the iterator lives, and a
+/// script keeping half a million iterators filled it (mlua panics when it is full).
 fn gmatch_prepare(
     lua: &Lua,
     (nargs, s, p, init): (usize, LuaValue, LuaValue, LuaValue),
@@ -615,10 +619,7 @@ fn gmatch_prepare(
     let len = s.as_bytes().len();
     let init = start_pos(opt_int(lua, &init, 3, "gmatch")?.unwrap_or(1), len) - 1;
     let loading = no_call_running();
-    let next = lua.create_function(move |lua, (at, last): (i64, i64)| {
-        perform(lua, gmatch_next(s.clone(), p.clone(), at, last))
-    })?;
-    Ok((next, init.min(len + 1), len, loading).into_lua_multi(lua)?)
+    Ok((s, p, init.min(len + 1), len, loading).into_lua_multi(lua)?)
 }
 
 /// Whether no call is running: scripts are loading (a `string.gmatch` iterator made now is
@@ -985,6 +986,14 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
         lua.create_function(|lua, args| respond(lua, gmatch_prepare(lua, args)))?,
     )?;
     core.raw_set(
+        "gmatch_next",
+        lua.create_function(
+            |lua, (s, p, at, last): (mlua::String, mlua::String, i64, i64)| {
+                perform(lua, gmatch_next(s, p, at, last))
+            },
+        )?,
+    )?;
+    core.raw_set(
         "gsub",
         lua.create_function(|lua, args| match gsub(lua, args) {
             Ok(search) => perform(lua, search),
@@ -1065,3 +1074,30 @@ pub fn configure(lua: &Lua, len: &Function, raw_getmetatable: &Function) -> mlua
 /// Each original is called through a local of its own name, so Lua's "bad argument #1 to
 /// 'rep'" messages keep their names.
 const GLUE: &str = include_str!("stdlib.lua");
+
+#[cfg(test)]
+mod tests {
+    use mlua::Lua;
+
+    /// Each iterator held its subject and pattern as mlua handles in a Rust closure, two slots
+    /// of mlua's reference stack for as long as it lived: a script keeping half a million of
+    /// them (260 MiB, under a larger `--script-memory`) made mlua panic, which took its state
+    /// down with every call on it.
+    #[test]
+    fn kept_gmatch_iterators_do_not_fill_the_reference_stack() {
+        let lua = Lua::new();
+        super::install(&lua).unwrap();
+        let kept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            lua.load(
+                r#"
+                local s, t = ("ab "):rep(400), {}
+                for i = 1, 520000 do t[i] = s:gmatch("%a+") end
+                return #t .. " " .. t[520000]()
+                "#,
+            )
+            .eval::<String>()
+            .map_err(|e| e.to_string())
+        }));
+        assert_eq!(kept.ok(), Some(Ok("520000 ab".to_owned())));
+    }
+}
