@@ -211,9 +211,24 @@ fn module_local_assignment_is_a_startup_error() {
             "{through}: {stderr}"
         );
     }
+    // A module's value itself was not looked at: `require("next_word")` in a call gave each
+    // call the next word, and `require("shared_worker")` each call the same coroutine.
+    for (file, what) in [
+        (
+            "next_word.lua",
+            "a string.gmatch iterator made while loading",
+        ),
+        ("shared_worker.lua", "a coroutine created while loading"),
+    ] {
+        let file = handlers.join(file).display().to_string();
+        let want = format!(
+            "{file}: {what} is still reachable after loading (through the value the file returns)"
+        );
+        assert!(stderr.contains(&want), "wanted {want:?} in:\n{stderr}");
+    }
     assert_eq!(
         stderr.matches("string.gmatch iterator").count(),
-        3,
+        4,
         "the iterator used up while loading is not reported: {stderr}"
     );
 }

@@ -29,6 +29,7 @@ use serde_json::Value as Json;
 use super::bytecode;
 use super::freeze::{self, Found, Freezer, Helpers};
 use super::status::ScriptStatus;
+use super::stdlib;
 use crate::data::DataSets;
 use crate::error::{Location, StartupError, StartupErrors};
 
@@ -656,6 +657,16 @@ pub fn finish_loading(
                 path,
                 &mut found,
             )?;
+            // The walk reports a coroutine or an iterator where it finds it held; one that is
+            // the file's value itself (what `require` gives every call) is reported here.
+            let through = || (path.clone(), "the value the file returns".to_owned());
+            match module {
+                LuaValue::Thread(_) => found.coroutines.push(through()),
+                LuaValue::Function(f) if stdlib::is_load_time_iterator(lua, f)? => {
+                    found.iterators.push(through())
+                }
+                _ => {}
+            }
             fr.freeze_from(lua, module.clone(), &newindex, &newindex, path, &mut found)?;
             flatten_reads(lua, env)
         };
