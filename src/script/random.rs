@@ -7,8 +7,9 @@
 //!
 //! Each call now has a generator of its own, made at its first draw: from the seed the scripts
 //! set while loading, when they set one (then every call draws the same sequence), or else from
-//! a fresh random seed (also after `math.randomseed()` with no seed while loading). `math.randomseed` in a call seeds that call's generator only. While
-//! scripts load, one generator per state serves, and its seed is the one calls start from.
+//! a fresh random seed (also after `math.randomseed()` with no seed while loading).
+//! `math.randomseed` in a call seeds that call's generator only. While scripts load, one
+//! generator per state serves, and its seed is the one calls start from.
 //!
 //! The generator is Lua 5.4's own (xoshiro256**, with Lua's seeding, float conversion and
 //! integer projection), so a seed gives the numbers it gives in Lua, and the argument errors
