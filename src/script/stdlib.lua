@@ -666,7 +666,7 @@ do
       end
       if type(i) == "number" and type(j) == "number" then
         local lsep = type(sep) == "string" and #sep or 0
-        local total, valid = 0, true
+        local total, numbers, valid = 0, 0, true
         for k = i, j do
           local v = t[k]
           local tv = type(v)
@@ -674,17 +674,19 @@ do
             total = total + #v + lsep
           elseif tv == "number" then
             total = total + 24 + lsep
+            numbers = numbers + 1
           else
             valid = false
             break -- Lua's concat raises its "invalid value" error
           end
         end
         if total > SMALL then bytes_cost(total, "table.concat") end
-        -- Many elements are joined in pieces of PIECE, each its own C call, and the pieces
-        -- joined once more (one more copy of the result): the hook can pause the call between
-        -- two pieces. Lua's concat makes a string of each number it meets, about half a
-        -- microsecond each, all in one call.
-        if valid and j - i >= 2 * PIECE and mtype(i) == "integer" and mtype(j) == "integer"
+        -- Lua's concat makes a string of each number it meets, about half a microsecond each,
+        -- all in one call. A range with many numbers is joined in pieces of PIECE elements,
+        -- each its own C call, and the pieces joined once more: the hook can pause the call
+        -- between two pieces. That costs one more copy of the result, so strings alone (copied
+        -- at memory speed) keep Lua's single copy.
+        if valid and numbers >= 2 * PIECE and mtype(i) == "integer" and mtype(j) == "integer"
             and (sep == nil or type(sep) == "string") then
           local parts, n = {}, 0
           for k = i, j, PIECE do
