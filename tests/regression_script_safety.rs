@@ -403,17 +403,7 @@ async fn error_table_gives_useful_message() {
 
 /// The server's resident memory, in MiB.
 fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    kib / 1024
+    common::proc_status_kib(pid, "VmRSS") / 1024
 }
 
 #[tokio::test]
@@ -538,17 +528,7 @@ async fn state_is_replaced_after_unrecoverable_error() {
 
 /// The server's peak resident memory, in MiB.
 fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    kib / 1024
+    common::proc_status_kib(pid, "VmHWM") / 1024
 }
 
 /// `gsub` with a replacement string builds its text outside Lua's memory, and a long one is

@@ -211,17 +211,7 @@ async fn echo_checks_extensions_like_decoder() {
 
 /// Peak resident memory of a process, in bytes.
 fn peak_rss(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM");
-    let kib: usize = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("VmHWM in kB");
-    kib * 1024
+    common::proc_status_kib(pid, "VmHWM") as usize * 1024
 }
 
 /// A unary call whose body is `raw`, gzip-compressed on the way.
