@@ -562,6 +562,73 @@ async fn joining_many_numbers_does_not_hold_up_other_calls() {
     quick_calls_overtake_after(&c, "concat_numbers_long", 0, "8777784 bytes", after).await;
 }
 
+/// The server [`quick_calls_overtake`] starts, with room for inputs of a hundred megabytes.
+async fn start_for_big_inputs() -> (Server, Client) {
+    start_with_budget(
+        600_000,
+        &[
+            "--script-states",
+            "1",
+            "--script-watchdog-ms",
+            "60000",
+            "--script-memory",
+            "1024",
+        ],
+    )
+    .await
+}
+
+/// MiB of the strings the `*_long` string attacks work on.
+const BIG_STRING_MIB: i64 = 100;
+
+/// `string.upper` and `lower` of a 100 MiB string walked it a byte at a time in one C call
+/// (0.15 s in a release build) while every other call on the state waited. Strings from 64 KiB
+/// on are now done in Rust in pieces, paid for one by one, and the hook pauses the call between
+/// two pieces; only making the Lua string at the end is one step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_case_of_a_big_string_does_not_hold_up_other_calls() {
+    let (_s, c) = start_for_big_inputs().await;
+    let bytes = BIG_STRING_MIB << 20;
+    quick_calls_overtake_on(&c, "upper_long", BIG_STRING_MIB, &format!("upper {bytes}")).await;
+    quick_calls_overtake_on(&c, "lower_long", BIG_STRING_MIB, &format!("lower {bytes}")).await;
+}
+
+/// The same for `string.reverse`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reversing_a_big_string_does_not_hold_up_other_calls() {
+    let (_s, c) = start_for_big_inputs().await;
+    let text = format!("reverse {}", BIG_STRING_MIB << 20);
+    quick_calls_overtake_on(&c, "reverse_long", BIG_STRING_MIB, &text).await;
+}
+
+/// The same for `utf8.len`, which makes no string: the whole count pauses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counting_the_characters_of_a_big_string_does_not_hold_up_other_calls() {
+    let (_s, c) = start_for_big_inputs().await;
+    let text = format!("utf8.len {}", BIG_STRING_MIB << 19);
+    quick_calls_overtake_on(&c, "utf8_len_long", BIG_STRING_MIB, &text).await;
+}
+
+/// Elements of the tables the shifting attacks make (just under a power of two, so that the
+/// shift itself makes the table grow at most once more).
+const BIG_TABLE: i64 = (1 << 22) - 1;
+
+/// `table.move`, and `table.insert` and `remove` at the front, shifted four million elements in
+/// one C call of Lua's while every other call on the state waited. A long plain shift is now
+/// done by Lua's own move in pieces of 4 096 elements, in the order Lua's loop takes, and the
+/// hook pauses the call between two pieces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shifting_a_big_table_does_not_hold_up_other_calls() {
+    let (_s, c) = start_for_big_inputs().await;
+    let n = BIG_TABLE;
+    let moved = format!("moved 1,1,{}", n - 1);
+    quick_calls_overtake_on(&c, "move_long", n, &moved).await;
+    let inserted = format!("inserted 0,1,{}", n + 1);
+    quick_calls_overtake_on(&c, "insert_long", n, &inserted).await;
+    let removed = format!("removed 1,2,{}", n - 1);
+    quick_calls_overtake_on(&c, "remove_long", n, &removed).await;
+}
+
 /// The same for a match inside a `__close` handler run by `coroutine.close`, inside a
 /// coroutine made by `coroutine.wrap`, and inside an `xpcall` message handler: each job is
 /// resumed from Lua in a coroutine that can yield, so the call is paused there too.

@@ -17,6 +17,7 @@
 //! - bidi: iterate `stream` and `ctx:send` as you go
 
 pub mod bytecode;
+pub mod bytewise;
 pub mod context;
 pub mod convert;
 pub mod decode;

@@ -139,16 +139,16 @@ impl Pace for Suspend<'_> {
     }
 }
 
-/// An operation on three strings (a subject, a pattern and a replacement), pure until it
-/// ends: it only reads their bytes and builds its own result.
+/// An operation on up to three strings (a pattern operation's subject, pattern and
+/// replacement), pure until it ends: it only reads their bytes and builds its own result.
 pub trait Work: Send + 'static {
     /// What it finds, before any Lua value is made of it.
     type Found: Send + 'static;
 
-    /// The strings it reads (the third one only for some operations).
-    fn strings(&self) -> (&mlua::String, &mlua::String, Option<&mlua::String>);
+    /// The strings it reads.
+    fn strings(&self) -> [Option<&mlua::String>; 3];
 
-    /// Does the work on the strings' bytes (the third one empty when there is none), paying
+    /// Does the work on the strings' bytes (empty for each string it does not have), paying
     /// `pace`.
     fn run(&self, bytes: [&[u8]; 3], pace: &dyn Pace) -> Result<Self::Found, MatchError>;
 }
@@ -175,9 +175,9 @@ pub enum Resumed<W: Work> {
 /// that starts again where it can pause (not started yet).
 pub fn start<W: Work>(work: W) -> Progress<W> {
     let result = {
-        let (a, b, c) = work.strings();
-        let (a, b, c) = (a.as_bytes(), b.as_bytes(), c.map(mlua::String::as_bytes));
-        work.run([&a, &b, c.as_deref().unwrap_or_default()], &Direct)
+        let [a, b, c] = work.strings().map(|s| s.map(mlua::String::as_bytes));
+        let [a, b, c] = [&a, &b, &c].map(|s| s.as_deref().unwrap_or_default());
+        work.run([a, b, c], &Direct)
     };
     match result {
         Err(MatchError::Overran) => Progress::Pending(Job::new(work)),
@@ -221,10 +221,11 @@ impl<W: Work> Job<W> {
         };
         let body = Coroutine::with_stack(stack, move |yielder: &Yielder<(), ()>, ()| {
             let result = {
-                let (a, b, c) = work.strings();
                 // SAFETY: see `bytes`; `work` (which holds the handles) outlives the borrow.
-                let (a, b, c) = unsafe { (bytes(a), bytes(b), c.map_or(&[][..], |c| bytes(c))) };
-                work.run([a, b, c], &Suspend(yielder))
+                let bytes = work
+                    .strings()
+                    .map(|s| s.map_or(&[][..], |s| unsafe { bytes(s) }));
+                work.run(bytes, &Suspend(yielder))
             };
             (work, result)
         });
@@ -239,12 +240,9 @@ impl<W: Work> Job<W> {
         if let Some(work) = self.unstarted.take() {
             // No stack: the operation runs to its end here, paying without pausing.
             let result = {
-                let (a, b, c) = work.strings();
-                let (a, b, c) = (a.as_bytes(), b.as_bytes(), c.map(mlua::String::as_bytes));
-                work.run(
-                    [&a, &b, c.as_deref().unwrap_or_default()],
-                    &super::pattern::Charge(slice::charge),
-                )
+                let [a, b, c] = work.strings().map(|s| s.map(mlua::String::as_bytes));
+                let [a, b, c] = [&a, &b, &c].map(|s| s.as_deref().unwrap_or_default());
+                work.run([a, b, c], &super::pattern::Charge(slice::charge))
             };
             return Resumed::Done(work, result);
         }

@@ -338,20 +338,32 @@ do
 end
 
 do
+  -- From BYTEWISE bytes on, the work is done in Rust in pieces the hook can pause between
+  -- (see bytewise.rs); Lua's own functions would walk the whole string in one C call.
   local upper, lower, reverse = string.upper, string.lower, string.reverse
+  local bytewise, BYTEWISE = core.bytewise, core.bytewise_from
   string.upper = function(...)
     local s = ...
-    if type(s) == "string" and #s > SMALL then spend(#s // 8) end
+    if type(s) == "string" then
+      if #s >= BYTEWISE then return checked(bytewise(s, 0)) end
+      if #s > SMALL then spend(#s // 8) end
+    end
     local r = upper(...) return r
   end
   string.lower = function(...)
     local s = ...
-    if type(s) == "string" and #s > SMALL then spend(#s // 8) end
+    if type(s) == "string" then
+      if #s >= BYTEWISE then return checked(bytewise(s, 1)) end
+      if #s > SMALL then spend(#s // 8) end
+    end
     local r = lower(...) return r
   end
   string.reverse = function(...)
     local s = ...
-    if type(s) == "string" and #s > SMALL then spend(#s // 8) end
+    if type(s) == "string" then
+      if #s >= BYTEWISE then return checked(bytewise(s, 2)) end
+      if #s > SMALL then spend(#s // 8) end
+    end
     local r = reverse(...) return r
   end
 end
@@ -651,6 +663,27 @@ do
   -- (and charged, and checked against the memory left) before Lua's concat builds it. A short
   -- one (at most 16 elements) is built at once and its bytes charged after.
   local PIECE = 4096
+
+  -- `table.move` of a long range without script code (Lua's own loop, in one C call, moved
+  -- ten million elements in half a second): moved PIECE elements per call of Lua's own move,
+  -- in the order its loop takes (backwards when the ranges overlap that way), so that the hook
+  -- can pause the call between two pieces. The caller has checked the arguments as Lua would.
+  local function move_in_pieces(a1, f, e, t, dest)
+    local tt = a1
+    if dest ~= nil then tt = dest end
+    if t > e or t <= f or (dest ~= nil and not (a1 == tt)) then
+      for k = f, e, PIECE do
+        move(a1, k, e - k < PIECE and e or k + PIECE - 1, t + (k - f), dest)
+      end
+    else
+      for k = e, f, -PIECE do
+        local first = k - f < PIECE and f or k - PIECE + 1
+        move(a1, first, k, t + (first - f), dest)
+      end
+    end
+    return tt
+  end
+
   table.concat = function(...)
     local t, sep, i, j = ...
     if type(t) == "table" then
@@ -719,7 +752,14 @@ do
       end
       if mtype(pos) == "integer" then
         local n = #t
-        if n - pos > SMALL then spend(n - pos) end
+        if n - pos > SMALL then
+          spend(n - pos)
+          if pos >= 1 and n - pos >= 2 * PIECE then
+            move_in_pieces(t, pos, n, pos + 1)
+            t[pos] = v
+            return
+          end
+        end
       end
     end
     insert(...)
@@ -744,7 +784,15 @@ do
       end
       local n = #t
       if select("#", ...) < 2 then pos = n end
-      if mtype(pos) == "integer" and n - pos > SMALL then spend(n - pos) end
+      if mtype(pos) == "integer" and n - pos > SMALL then
+        spend(n - pos)
+        if pos >= 1 and n - pos >= 2 * PIECE then
+          local r = t[pos]
+          move_in_pieces(t, pos + 1, n, pos)
+          t[n] = nil
+          return r
+        end
+      end
     end
     local r = remove(...) return r
   end
@@ -796,6 +844,10 @@ do
     if mtype(f) == "integer" and mtype(e) == "integer" and e >= f
         and (f > 0 or e < maxinteger + f) and e - f >= SMALL then
       spend(e - f + 1)
+      if e - f >= 2 * PIECE and mtype(t) == "integer" and t <= maxinteger - (e - f)
+          and type(a1) == "table" and (dest == nil or type(dest) == "table") then
+        return move_in_pieces(a1, f, e, t, dest)
+      end
     end
     local r = move(...) return r
   end
@@ -847,9 +899,13 @@ do
     end
     return pass(codepoint(...))
   end
+  local utf8_len, BYTEWISE = core.utf8_len, core.bytewise_from
   utf8.len = function(...)
     local s, i, j = ...
-    if type(s) == "string" and #s > SMALL then span_cost("len", #s, i, j) end
+    if type(s) == "string" then
+      if #s >= BYTEWISE then return checked(utf8_len(select("#", ...), ...)) end
+      if #s > SMALL then span_cost("len", #s, i, j) end
+    end
     return pass(len(...))
   end
   utf8.offset = function(...)

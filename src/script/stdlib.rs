@@ -77,7 +77,7 @@ fn check_room(lua: &Lua, bytes: usize, what: &str) -> mlua::Result<()> {
 }
 
 /// A failure inside a library function.
-enum Fail {
+pub(super) enum Fail {
     /// An error Lua's own function would raise, as its message (raised as a string).
     Lua(String),
     /// Out of budget, deadline, cancelled, out of memory, or an error from a called function.
@@ -103,7 +103,7 @@ impl From<MatchError> for Fail {
     }
 }
 
-type Outcome<T> = Result<T, Fail>;
+pub(super) type Outcome<T> = Result<T, Fail>;
 
 /// The name `luaL_typename` gives a value.
 pub(super) fn type_name(v: &LuaValue) -> &'static str {
@@ -119,7 +119,7 @@ pub(super) fn type_name(v: &LuaValue) -> &'static str {
     }
 }
 
-fn arg_error<T>(arg: usize, fname: &str, what: &str) -> Outcome<T> {
+pub(super) fn arg_error<T>(arg: usize, fname: &str, what: &str) -> Outcome<T> {
     Err(Fail::Lua(format!(
         "bad argument #{arg} to '{fname}' ({what})"
     )))
@@ -135,7 +135,7 @@ fn arg_type(v: &LuaValue, arg: usize, nargs: usize) -> &'static str {
 }
 
 /// `luaL_checklstring`: a string, or a number as a string.
-fn check_str(
+pub(super) fn check_str(
     lua: &Lua,
     v: &LuaValue,
     arg: usize,
@@ -157,7 +157,7 @@ fn check_str(
 }
 
 /// `luaL_optinteger`.
-fn opt_int(lua: &Lua, v: &LuaValue, arg: usize, fname: &str) -> Outcome<Option<i64>> {
+pub(super) fn opt_int(lua: &Lua, v: &LuaValue, arg: usize, fname: &str) -> Outcome<Option<i64>> {
     match v {
         LuaValue::Nil => Ok(None),
         LuaValue::Integer(i) => Ok(Some(*i)),
@@ -291,8 +291,8 @@ impl pausable::Work for Search {
     type Found = Searched;
 
     /// The subject, the pattern and the replacement string, if any.
-    fn strings(&self) -> (&mlua::String, &mlua::String, Option<&mlua::String>) {
-        (&self.src, &self.pat, self.repl.as_ref())
+    fn strings(&self) -> [Option<&mlua::String>; 3] {
+        [Some(&self.src), Some(&self.pat), self.repl.as_ref()]
     }
 
     fn run(&self, [src, pat, repl]: [&[u8]; 3], pace: &dyn Pace) -> Result<Searched, MatchError> {
@@ -343,14 +343,14 @@ impl pausable::Work for Search {
 
 /// The memory a state had left, and its limit, when an operation started.
 #[derive(Clone, Copy)]
-struct Room {
+pub(super) struct Room {
     left: usize,
     limit: usize,
 }
 
 impl Room {
     /// What `lua` has left now; `None` without a memory limit.
-    fn of(lua: &Lua) -> mlua::Result<Option<Room>> {
+    pub(super) fn of(lua: &Lua) -> mlua::Result<Option<Room>> {
         // mlua has no getter for the limit: read it by swapping it out and back.
         let limit = lua.set_memory_limit(0).unwrap_or(0);
         if limit == 0 {
@@ -364,7 +364,7 @@ impl Room {
     }
 
     /// Fails with a memory error if a `bytes`-long result of `what` does not fit.
-    fn check(self, bytes: usize, what: &str) -> mlua::Result<()> {
+    pub(super) fn check(self, bytes: usize, what: &str) -> mlua::Result<()> {
         if bytes <= self.left {
             return Ok(());
         }
@@ -550,13 +550,16 @@ fn ended(lua: &Lua, search: &Search, result: Result<Searched, MatchError>) -> Ou
 }
 
 /// `PENDING, job`.
-fn pending(lua: &Lua, job: AnyUserData) -> mlua::Result<MultiValue> {
+pub(super) fn pending(lua: &Lua, job: AnyUserData) -> mlua::Result<MultiValue> {
     let marker: Table = lua.named_registry_value(PENDING_KEY)?;
     (marker, job).into_lua_multi(lua)
 }
 
 /// `core.resume(job)`: goes on with a pending search.
 fn resume(lua: &Lua, job: AnyUserData) -> mlua::Result<MultiValue> {
+    if job.is::<Job<super::bytewise::Bytewise>>() {
+        return super::bytewise::resume(lua, job);
+    }
     let resumed = job.borrow_mut::<Job<Search>>()?.resume();
     match resumed {
         Resumed::Done(search, result) => respond(lua, ended(lua, &search, result)),
@@ -746,7 +749,7 @@ fn gmatch_next(s: mlua::String, p: mlua::String, at: i64, last: i64) -> Search {
 }
 
 /// Turns a [`Fail::Lua`] into the `FAIL, message` pair the Lua side raises as a string.
-fn respond(lua: &Lua, r: Outcome<MultiValue>) -> mlua::Result<MultiValue> {
+pub(super) fn respond(lua: &Lua, r: Outcome<MultiValue>) -> mlua::Result<MultiValue> {
     match r {
         Ok(v) => Ok(v),
         Err(Fail::Lua(message)) => {
@@ -961,6 +964,15 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
     lua.set_named_registry_value(PENDING_KEY, pending_marker.clone())?;
     core.raw_set("PENDING", pending_marker)?;
     core.raw_set("resume", lua.create_function(resume)?)?;
+    core.raw_set("bytewise", lua.create_function(super::bytewise::map)?)?;
+    core.raw_set(
+        "utf8_len",
+        lua.create_function(super::bytewise::utf8_len_args)?,
+    )?;
+    core.raw_set(
+        "bytewise_from",
+        if fast_paths { super::bytewise::BIG } else { 0 },
+    )?;
     for (name, find) in [("find", true), ("match", false)] {
         core.raw_set(
             name,
