@@ -871,3 +871,64 @@ fn shifts_in_pieces_agree_with_lua() {
     assert!(count > 240, "{count}");
     assert!(mismatches.is_empty(), "{mismatches}");
 }
+
+/// `string.format("%q")` of strings from 64 KiB on, quoted in Rust: the same text as Lua's own
+/// for every kind of byte (control characters before digits, at the ends of pieces too), and the
+/// same results and errors when other directives and arguments come with it.
+fn quoting_agrees_with_lua() {
+    let lua = Lua::new();
+    lua.load("C = { format = string.format }").exec().unwrap();
+    protoserve::script::stdlib::install(&lua).unwrap();
+    lua.load(COMPARE).exec().unwrap();
+    lua.load(
+        r##"
+        math.randomseed(99)
+        local function same_text(what, a, b)
+          if a == b then return same(what, "", "") end
+          local at = 1
+          while a:byte(at) == b:byte(at) do at = at + 1 end
+          local where = "at " .. at .. ": "
+          same(what, where .. a:sub(at, at + 40), where .. b:sub(at, at + 40) .. " ")
+        end
+        local alphabet = { "\0", "\1", "\9", "\10", "\13", "\31", "\127", "\128", "\255", "0",
+          "5", "9", "a", '"', "\\", " ", "\u{e9}" }
+        local subjects = {}
+        for k = 1, 12 do
+          local parts, n = {}, 65536 + math.random(0, 3000)
+          for i = 1, n do parts[i] = alphabet[math.random(k < 6 and #alphabet or 6)] end
+          subjects[k] = table.concat(parts)
+        end
+        subjects[#subjects + 1] = ("x"):rep(65535) .. "\0"
+        subjects[#subjects + 1] = ("\0"):rep(70000) .. "1"
+        subjects[#subjects + 1] = ("a"):rep(1023) .. "\0" .. ("1"):rep(70000)
+        subjects[#subjects + 1] = ("abc"):rep(30000)
+        for i, s in ipairs(subjects) do
+          for _, f in ipairs({ { "%q", s }, { "<%q>", s }, { "%d %q %s", 7, s, "x" },
+              { "%q %q", s, s }, { "%q %%q %5.1f", s, 2.5 }, { "%q", s, {} }, { "%s %q", {}, s },
+              { "%q %100d", s, 1 }, { "%-q", s }, { "%q %q", s }, { "%q %d", s, "x" } }) do
+            local tag = i .. " " .. f[1]
+            local n = #f
+            same_text("format " .. tag, run(C.format, table.unpack(f, 1, n)),
+              run(string.format, table.unpack(f, 1, n)))
+          end
+        end
+        "##,
+    )
+    .exec()
+    .unwrap();
+    let (count, mismatches) = report(&lua);
+    assert!(count > 150, "{count}");
+    assert!(mismatches.is_empty(), "{mismatches}");
+}
+
+#[test]
+fn quoting_big_strings_agrees_with_lua() {
+    quoting_agrees_with_lua();
+}
+
+/// The same, with every payment the end of a time slice.
+#[test]
+fn paused_quoting_of_big_strings_agrees_with_lua() {
+    protoserve::script::pausable::pause_at_every_step(true);
+    quoting_agrees_with_lua();
+}

@@ -609,6 +609,17 @@ async fn counting_the_characters_of_a_big_string_does_not_hold_up_other_calls() 
     quick_calls_overtake_on(&c, "utf8_len_long", BIG_STRING_MIB, &text).await;
 }
 
+/// `string.format("%q")` of a 30 MiB string full of zero bytes escaped them a byte at a time
+/// in one C call of Lua's, over a second. Strings from 64 KiB on are now quoted in Rust in
+/// pieces, and the hook pauses the call between two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quoting_a_big_string_does_not_hold_up_other_calls() {
+    let (_s, c) = start_for_big_inputs().await;
+    // Each zero byte (every other byte) is quoted as two: "\0".
+    let text = format!("format {}", (30 << 20) * 3 / 2 + 2);
+    quick_calls_overtake_on(&c, "quote_long", 30, &text).await;
+}
+
 /// Elements of the tables the shifting attacks make (just under a power of two, so that the
 /// shift itself makes the table grow at most once more).
 const BIG_TABLE: i64 = (1 << 22) - 1;
