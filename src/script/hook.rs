@@ -37,7 +37,7 @@
 
 #![allow(unsafe_code)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_int, CStr};
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -64,6 +64,8 @@ pub const LOADING: &str = "(loading scripts)";
 thread_local! {
     /// Where the hook stopped a script load (source, line), for the startup error.
     static LOAD_STOPPED_AT: RefCell<Option<(String, usize)>> = const { RefCell::new(None) };
+    /// The thread [`check_soon`] last swapped the count hook of, and that hook's count.
+    static SOON_COUNT: Cell<(usize, c_int)> = const { Cell::new((0, 0)) };
 }
 
 /// Where the hook stopped the last script load on this thread, taken.
@@ -159,22 +161,59 @@ pub unsafe extern "C-unwind" fn preempt_hook(state: *mut ffi::lua_State, ar: *mu
 
 /// Has the hook check the running Lua thread at its next instruction, as the clock's signal
 /// does: a pattern job suspended at the end of its time slice returns to Lua, where the call is
-/// then paused at once (see [`super::pausable`]). A hook already set is left alone: the
-/// clock's, or the count hook, which checks within [`STEP`] instructions.
+/// then paused at once (see [`super::pausable`]). Where instructions are counted, the count
+/// hook is swapped for [`count_soon_hook`], which puts it back (without it, the call was paused
+/// only up to [`STEP`] instructions later: thousands of resumes of the job, each matching on,
+/// a tenth of a second or more). Any other hook is left alone: the clock's, or an abort's.
 pub fn check_soon() {
     let state = preempt::running();
     if state.is_null() {
         return;
     }
     // SAFETY: `state` is the Lua thread this OS thread is running (noted exactly while it
-    // runs), so it is alive; the caller is a library function it called. `lua_gethook` reads
-    // its hook, and `lua_sethook` stores a hook and count in it and marks its frames to trap,
-    // which a C function may do on its own thread (as `debug.sethook` does).
+    // runs), so it is alive; the caller is a library function it called. `lua_gethook` and
+    // `lua_gethookcount` read its hook, and `lua_sethook` stores a hook and count in it and
+    // marks its frames to trap, which a C function may do on its own thread (as
+    // `debug.sethook` does).
     unsafe {
-        if ffi::lua_gethook(state).is_none() {
-            ffi::lua_sethook(state, Some(preempt_hook), ffi::LUA_MASKCOUNT, 1);
+        match ffi::lua_gethook(state) {
+            None => ffi::lua_sethook(state, Some(preempt_hook), ffi::LUA_MASKCOUNT, 1),
+            // Only where the hook can yield: elsewhere it lets the job go on, and each of the
+            // job's suspensions would be charged a count.
+            Some(hook)
+                if std::ptr::fn_addr_eq(hook, count_hook as ffi::lua_Hook)
+                    && ffi::lua_isyieldable(state) != 0 =>
+            {
+                let count = ffi::lua_gethookcount(state);
+                SOON_COUNT.with(|c| c.set((state as usize, count)));
+                ffi::lua_sethook(state, Some(count_soon_hook), ffi::LUA_MASKCOUNT, 1);
+            }
+            Some(_) => {}
         }
     }
+}
+
+/// The count hook's stand-in that [`check_soon`] sets: at the next instruction it sets the
+/// count hook back, with its count, and checks, charging that count as the count hook would.
+/// Fewer instructions than that ran since the count hook last checked (Lua keeps how many it
+/// has left where no function reads it), so a call is charged at most one count more per time
+/// slice its pattern jobs overrun: never less than it ran.
+///
+/// # Safety
+/// Called by Lua as a hook.
+unsafe extern "C-unwind" fn count_soon_hook(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) {
+    let (noted, count) = SOON_COUNT.with(Cell::get);
+    let count = if noted == state as usize {
+        count
+    } else {
+        c_int::try_from(STEP).unwrap_or(c_int::MAX)
+    };
+    // SAFETY: Lua passes the running thread; `lua_sethook` only stores the hook fields (a hook
+    // may change its own thread's hook).
+    unsafe { ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, count) };
+    let step = u64::try_from(count).unwrap_or(0).max(1);
+    // SAFETY: Lua passes the running thread and the hook's activation record.
+    unsafe { act(state, ar, step) }
 }
 
 /// Does what [`decide`] says with the interrupted thread.
@@ -466,6 +505,50 @@ mod tests {
         assert!(slice::with_call(&call, || slice::take_sliced(
             thread.to_pointer() as usize
         )));
+        assert!(call.aborted().is_none());
+    }
+
+    /// CPU time this thread has used.
+    #[cfg(target_os = "linux")]
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `clock_gettime` writes the thread's CPU clock into `ts`.
+        assert_eq!(
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) },
+            0
+        );
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    /// Where instructions are counted, a pattern match still running at the end of its time
+    /// slice has the call paused at the next instruction, as the clock does. The count hook
+    /// was left alone, and checked only 10 000 instructions later: the Lua loop that resumes
+    /// the match ran that many first, each resume matching on, a tenth of a second or more.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn counting_pauses_a_long_match_at_its_time_slice() {
+        let lua = hooked();
+        crate::script::stdlib::install(&lua).unwrap();
+        let f: Function = lua
+            .load(r#"return (("x"):rep(40000)):find("x*y")"#)
+            .into_function()
+            .unwrap();
+        let thread = lua.create_thread(f).unwrap();
+        let call = meter(u64::MAX);
+        let _within = preempt::within(thread.state());
+        let cpu = thread_cpu();
+        slice::with_call(&call, || thread.resume::<()>(())).unwrap();
+        let took = thread_cpu() - cpu;
+        assert_eq!(thread.status(), ThreadStatus::Resumable);
+        // Two time slices of matching (the first attempt, then the job again up to where it
+        // was) and a step: a few milliseconds of CPU.
+        assert!(
+            took < Duration::from_millis(40),
+            "paused after {took:?} of CPU"
+        );
         assert!(call.aborted().is_none());
     }
 
