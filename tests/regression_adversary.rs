@@ -522,6 +522,27 @@ async fn long_pattern_find_does_not_hold_up_other_calls() {
     quick_calls_overtake("find_long", PATTERN_BYTES, "found nil").await;
 }
 
+/// The same where instructions are counted (`--script-instructions`): the job's suspensions
+/// at the end of each time slice did not get the call paused, and a quick call on the same
+/// state waited for the whole match. The count hook is now swapped for a one-shot check at the
+/// next instruction, as the clock's signal sets one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_pattern_find_with_counted_instructions_does_not_hold_up_other_calls() {
+    let (_s, c) = start_with_budget(
+        600_000,
+        &[
+            "--script-states",
+            "1",
+            "--script-watchdog-ms",
+            "60000",
+            "--script-instructions",
+            "100000000000",
+        ],
+    )
+    .await;
+    quick_calls_overtake_on(&c, "find_long", PATTERN_BYTES, "found nil").await;
+}
+
 /// The same for `string.match`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_pattern_match_does_not_hold_up_other_calls() {
