@@ -856,6 +856,15 @@ fn shifts_in_pieces_agree_with_lua() {
               run(table.remove, b, pos) .. dump(b))
           end
         end
+        -- Into a table with an `__eq`, where Lua's move compares the two tables: one that cannot
+        -- be called fails, a function decides the direction.
+        for _, eq in ipairs({ 5, function() return true end, function() return false end }) do
+          local n = 9000
+          local a, b = numbers(n), numbers(n)
+          local ad, bd = setmetatable({}, { __eq = eq }), setmetatable({}, { __eq = eq })
+          same_dump("move to a table with __eq " .. type(eq),
+            run(C.move, a, 1, n, 2, ad) .. dump(ad), run(table.move, b, 1, n, 2, bd) .. dump(bd))
+        end
         -- A frozen-style table: reads through an `__index` table, no script code.
         local n = 10000
         local store = numbers(n)

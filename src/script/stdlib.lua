@@ -698,11 +698,12 @@ do
   -- `table.move` of a long range without script code (Lua's own loop, in one C call, moved
   -- ten million elements in half a second): moved PIECE elements per call of Lua's own move,
   -- in the order its loop takes (backwards when the ranges overlap that way), so that the hook
-  -- can pause the call between two pieces. The caller has checked the arguments as Lua would.
+  -- can pause the call between two pieces. The caller has checked the arguments as Lua would,
+  -- and that comparing the tables runs no `__eq` (see `compares_raw`).
   local function move_in_pieces(a1, f, e, t, dest)
     local tt = a1
     if dest ~= nil then tt = dest end
-    if t > e or t <= f or (dest ~= nil and not (a1 == tt)) then
+    if t > e or t <= f or not rawequal(a1, tt) then
       for k = f, e, PIECE do
         move(a1, k, e - k < PIECE and e or k + PIECE - 1, t + (k - f), dest)
       end
@@ -858,6 +859,14 @@ do
     return tt
   end
 
+  -- Whether Lua's move would compare `a1` and `dest` (tables) by their addresses: no `__eq`
+  -- of any kind (one that cannot be called fails when Lua calls it).
+  local function compares_raw(a1, dest)
+    if dest == nil or rawequal(a1, dest) then return true end
+    return (c_getmetatable(a1) == nil or rawget(metatable(a1), "__eq") == nil)
+      and (c_getmetatable(dest) == nil or rawget(metatable(dest), "__eq") == nil)
+  end
+
   -- Whether table.move from `a1` to `dest` runs no script code.
   local function move_plain(a1, dest)
     if dest == nil or rawequal(dest, a1) then return reads_plain(a1) and writes_plain(a1) end
@@ -876,7 +885,8 @@ do
         and (f > 0 or e < maxinteger + f) and e - f >= SMALL then
       spend(e - f + 1)
       if e - f >= 2 * PIECE and mtype(t) == "integer" and t <= maxinteger - (e - f)
-          and type(a1) == "table" and (dest == nil or type(dest) == "table") then
+          and type(a1) == "table" and (dest == nil or type(dest) == "table")
+          and compares_raw(a1, dest) then
         return move_in_pieces(a1, f, e, t, dest)
       end
     end
