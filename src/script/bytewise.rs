@@ -36,7 +36,7 @@ enum Kind {
     Upper,
     Lower,
     Reverse,
-    /// `string.format("%q")` of a string: between quotes, with `"`, `\\`, newlines and
+    /// `string.format("%q")` of a string: between quotes, with quotes, backslashes, newlines and
     /// control characters escaped as Lua's `addquoted` does.
     Quote,
     /// `utf8.len` of the characters starting in the 0-based byte range `from..end`,
