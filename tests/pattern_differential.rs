@@ -716,7 +716,7 @@ fn bytewise_agrees_with_lua() {
     let lua = Lua::new();
     lua.load(
         "C = { upper = string.upper, lower = string.lower, reverse = string.reverse, \
-         len = utf8.len }",
+         len = utf8.len, offset = utf8.offset }",
     )
     .exec()
     .unwrap();
@@ -757,6 +757,10 @@ fn bytewise_agrees_with_lua() {
             local a = show(i, j, lax)
             same("len " .. a .. " " .. q, run(C.len, s, i, j, lax), run(utf8.len, s, i, j, lax))
             same("len i " .. a .. " " .. q, run(C.len, s, i), run(utf8.len, s, i))
+            local n = ({ 0, 1, 2, 3, -1, -2, 5, -5, 40, -40, 1e9, -1e9 })[math.random(12)]
+            same("offset " .. a .. " " .. q, run(C.offset, s, n, i), run(utf8.offset, s, n, i))
+            same("offset n " .. tostring(n) .. " " .. q, run(C.offset, s, n),
+              run(utf8.offset, s, n))
           end
         end
         -- Arguments Lua checks.
@@ -768,6 +772,12 @@ fn bytewise_agrees_with_lua() {
             run(string.upper, table.unpack(args, 1, 1)))
         end
         same("len no value", run(C.len), run(utf8.len))
+        for _, args in ipairs({ { "abc" }, { "abc", nil }, { "abc", nil, 1 }, { "abc", 1.5 },
+            { "abc", "1" }, { "abc", "x" }, { "abc", 1, 1.5 }, { "abc", 1, "x" }, { 12, 1 },
+            { "\u{e9}", 1, 2 }, { "\u{e9}", 0, 2 }, { "\u{e9}", -1, 2 }, { "a\u{e9}", 2, 3 } }) do
+          local a = show(table.unpack(args, 1, 3))
+          same("offset " .. a, run(C.offset, table.unpack(args)), run(utf8.offset, table.unpack(args)))
+        end
         same("reverse no value", run(C.reverse), run(string.reverse))
         "##,
     )

@@ -630,6 +630,14 @@ async fn counting_the_characters_of_a_big_string_does_not_hold_up_other_calls() 
     quick_calls_overtake_on(&c, "utf8_len_long", BIG_STRING_MIB, &text).await;
 }
 
+/// The same for `utf8.offset` of the last character, which walks the whole string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_the_last_character_of_a_big_string_does_not_hold_up_other_calls() {
+    let (_s, c) = start_for_big_inputs().await;
+    let text = format!("utf8.offset {}", BIG_STRING_MIB << 20);
+    quick_calls_overtake_on(&c, "utf8_offset_long", BIG_STRING_MIB, &text).await;
+}
+
 /// `string.format("%q")` of a 30 MiB string full of zero bytes escaped them a byte at a time
 /// in one C call of Lua's, over a second. Strings from 64 KiB on are now quoted in Rust in
 /// pieces, and the hook pauses the call between two.

@@ -1,5 +1,6 @@
-//! `string.upper`, `lower`, `reverse`, `utf8.len` and the quoting of `string.format("%q")` on
-//! big strings, done in pieces that give way when their call's time slice ends.
+//! `string.upper`, `lower`, `reverse`, `utf8.len`, `utf8.offset` and the quoting of
+//! `string.format("%q")` on big strings, done in pieces that give way when their call's time
+//! slice ends.
 //!
 //! Why: Lua's own functions walk their string a byte at a time inside one C call, which the
 //! instruction hook cannot pause: on a 100 MB string, `upper` held its state for 0.24 s,
@@ -12,10 +13,10 @@
 //!
 //! The results are Lua's: its `upper` and `lower` use the C library's `toupper` and `tolower`,
 //! which change the ASCII letters only in the "C" locale the server runs in (scripts cannot
-//! change it), `utf8.len` decodes as `utf8_decode` in Lua 5.4's `lutf8lib.c` does, and quoting
-//! escapes as its `addquoted` (`lstrlib.c`) does. The bytes built wait outside Lua's memory,
-//! counted as [`Held`], so that they count against the state's memory limit as Lua's own buffer
-//! would.
+//! change it), `utf8.len` and `utf8.offset` read as `utf8_decode` and `byteoffset` in Lua 5.4's
+//! `lutf8lib.c` do, and quoting escapes as its `addquoted` (`lstrlib.c`) does. The bytes built
+//! wait outside Lua's memory, counted as [`Held`], so that they count against the state's
+//! memory limit as Lua's own buffer would.
 
 use mlua::{IntoLuaMulti, Lua, MultiValue, Value as LuaValue};
 
@@ -46,6 +47,11 @@ enum Kind {
         end: usize,
         strict: bool,
     },
+    /// `utf8.offset`: where character `n` starts, counted from the 0-based byte `at`.
+    Utf8Offset {
+        n: i64,
+        at: usize,
+    },
 }
 
 /// One operation on one string.
@@ -62,6 +68,8 @@ pub enum Done {
     /// The number of characters, or the 0-based position of the first byte that does not
     /// start one.
     Length(Result<i64, usize>),
+    /// The 0-based position a character starts at, or none.
+    Offset(Option<usize>),
 }
 
 impl Work for Bytewise {
@@ -80,6 +88,7 @@ impl Work for Bytewise {
         match self.kind {
             Kind::Utf8Len { from, end, strict } => utf8_len(src, from, end, strict, piece, pace),
             Kind::Quote => quote(src, self.room, piece, pace),
+            Kind::Utf8Offset { n, at } => utf8_offset(src, n, at, piece, pace),
             kind => {
                 if let Some(room) = self.room {
                     // Lua's own functions need as much again (their buffer, then the string).
@@ -193,6 +202,66 @@ fn utf8_len(
     Ok(Done::Length(Ok(n)))
 }
 
+/// Lua's `byteoffset` (lutf8lib.c) from the checked 0-based start `at`: where character `n`
+/// starts, paying for each piece of bytes walked over.
+fn utf8_offset(
+    src: &[u8],
+    mut n: i64,
+    mut at: usize,
+    piece: usize,
+    pace: &dyn Pace,
+) -> Result<Done, MatchError> {
+    // A continuation byte; the string's terminating NUL, past its end, is none.
+    let cont = |i: usize| src.get(i).is_some_and(|b| b & 0xC0 == 0x80);
+    let mut walked = 0usize;
+    // One byte walked over: every `piece` of them are paid for.
+    let step = |walked: &mut usize| -> Result<(), MatchError> {
+        *walked += 1;
+        if *walked >= piece {
+            *walked = 0;
+            pace.pay((piece / 8) as u64)?;
+        }
+        Ok(())
+    };
+    if n == 0 {
+        while at > 0 && cont(at) {
+            at -= 1;
+            step(&mut walked)?;
+        }
+        return Ok(Done::Offset(Some(at)));
+    }
+    if cont(at) {
+        return Err(MatchError::Pattern(
+            "initial position is a continuation byte".to_owned(),
+        ));
+    }
+    if n < 0 {
+        while n < 0 && at > 0 {
+            loop {
+                at -= 1;
+                step(&mut walked)?;
+                if !(at > 0 && cont(at)) {
+                    break;
+                }
+            }
+            n += 1;
+        }
+    } else {
+        n -= 1;
+        while n > 0 && at < src.len() {
+            loop {
+                at += 1;
+                step(&mut walked)?;
+                if !cont(at) {
+                    break;
+                }
+            }
+            n -= 1;
+        }
+    }
+    Ok(Done::Offset((n == 0).then_some(at)))
+}
+
 /// Where the character starting at `src[at]` ends (the next one's position), or `None` if it
 /// is not one: `utf8_decode` of `lutf8lib.c`, which reads a NUL past the string's end.
 fn decode(src: &[u8], at: usize, strict: bool) -> Option<usize> {
@@ -280,6 +349,45 @@ pub fn utf8_len_args(
     }
 }
 
+/// `core.utf8_offset(nargs, s, n, i)`: `utf8.offset`, with Lua's argument checks.
+pub fn utf8_offset_args(
+    lua: &Lua,
+    (nargs, s, n, i): (usize, LuaValue, LuaValue, LuaValue),
+) -> mlua::Result<MultiValue> {
+    let checked = (|| -> Outcome<Bytewise> {
+        let src = stdlib::check_str(lua, &s, 1, nargs, "offset")?;
+        let len = src.as_bytes().len() as i64;
+        let Some(n) = stdlib::opt_int(lua, &n, 2, "offset")? else {
+            let got = if nargs < 3 { "no value" } else { "nil" };
+            return stdlib::arg_error(2, "offset", &format!("number expected, got {got}"));
+        };
+        let default = if n >= 0 { 1 } else { len + 1 };
+        let pos = stdlib::opt_int(lua, &i, 3, "offset")?.unwrap_or(default);
+        let posi = if pos >= 0 {
+            pos
+        } else if pos.unsigned_abs() > len as u64 {
+            0
+        } else {
+            len + pos + 1
+        };
+        if !(1 <= posi && posi - 1 <= len) {
+            return stdlib::arg_error(3, "offset", "position out of bounds");
+        }
+        Ok(Bytewise {
+            src,
+            kind: Kind::Utf8Offset {
+                n,
+                at: (posi - 1) as usize,
+            },
+            room: None,
+        })
+    })();
+    match checked {
+        Ok(work) => perform(lua, work),
+        Err(fail) => stdlib::respond(lua, Err(fail)),
+    }
+}
+
 /// Runs `work`: its values, or `PENDING` and the job that goes on with it.
 fn perform(lua: &Lua, work: Bytewise) -> mlua::Result<MultiValue> {
     match pausable::start(work) {
@@ -308,6 +416,7 @@ fn values(lua: &Lua, result: Result<Done, MatchError>) -> Outcome<MultiValue> {
         }
         Done::Length(Ok(n)) => Ok(n.into_lua_multi(lua)?),
         Done::Length(Err(at)) => Ok((LuaValue::Nil, at as i64 + 1).into_lua_multi(lua)?),
+        Done::Offset(at) => Ok(at.map(|at| at as i64 + 1).into_lua_multi(lua)?),
     }
 }
 

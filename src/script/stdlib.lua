@@ -949,9 +949,13 @@ do
     end
     return pass(len(...))
   end
+  local utf8_offset = core.utf8_offset
   utf8.offset = function(...)
     local s = ...
-    if type(s) == "string" and #s > SMALL then spend(#s // 8) end
+    if type(s) == "string" then
+      if #s >= BYTEWISE then return checked(utf8_offset(select("#", ...), ...)) end
+      if #s > SMALL then spend(#s // 8) end
+    end
     return pass(offset(...))
   end
 end

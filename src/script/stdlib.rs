@@ -970,6 +970,10 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
         lua.create_function(super::bytewise::utf8_len_args)?,
     )?;
     core.raw_set(
+        "utf8_offset",
+        lua.create_function(super::bytewise::utf8_offset_args)?,
+    )?;
+    core.raw_set(
         "bytewise_from",
         if fast_paths { super::bytewise::BIG } else { 0 },
     )?;
