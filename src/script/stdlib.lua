@@ -750,13 +750,16 @@ do
         t[pos] = v
         return
       end
-      if mtype(pos) == "integer" then
+      -- The position as Lua's insert takes it: also a float with an integral value, or a
+      -- string that converts to one.
+      local p = tointeger(pos)
+      if p ~= nil and p >= 1 then
         local n = #t
-        if n - pos > SMALL then
-          spend(n - pos)
-          if pos >= 1 and n - pos >= 2 * PIECE then
-            move_in_pieces(t, pos, n, pos + 1)
-            t[pos] = v
+        if n - p > SMALL then
+          spend(n - p)
+          if n - p >= 2 * PIECE then
+            move_in_pieces(t, p, n, p + 1)
+            t[p] = v
             return
           end
         end
@@ -783,12 +786,14 @@ do
         return r
       end
       local n = #t
-      if select("#", ...) < 2 then pos = n end
-      if mtype(pos) == "integer" and n - pos > SMALL then
-        spend(n - pos)
-        if pos >= 1 and n - pos >= 2 * PIECE then
-          local r = t[pos]
-          move_in_pieces(t, pos + 1, n, pos)
+      -- The position as Lua's remove takes it (see insert); none, or nil, is the last.
+      local p = n
+      if pos ~= nil then p = tointeger(pos) end
+      if p ~= nil and p >= 1 and n - p > SMALL then
+        spend(n - p)
+        if n - p >= 2 * PIECE then
+          local r = t[p]
+          move_in_pieces(t, p + 1, n, p)
           t[n] = nil
           return r
         end
@@ -841,12 +846,16 @@ do
         and not move_plain(a1, dest) then
       return move_in_lua(select("#", ...), a1, f, e, t, dest)
     end
-    if mtype(f) == "integer" and mtype(e) == "integer" and e >= f
-        and (f > 0 or e < maxinteger + f) and e - f >= SMALL then
-      spend(e - f + 1)
-      if e - f >= 2 * PIECE and mtype(t) == "integer" and t <= maxinteger - (e - f)
-          and type(a1) == "table" and (dest == nil or type(dest) == "table") then
-        return move_in_pieces(a1, f, e, t, dest)
+    -- Positions as Lua's move takes them: also floats with an integral value, or strings that
+    -- convert to one. The source may be anything Lua's move reads from (a string reads nils
+    -- through its `__index`): the first piece fails as Lua's move would if it cannot.
+    local fi, ei, ti = tointeger(f), tointeger(e), tointeger(t)
+    if fi ~= nil and ei ~= nil and ei >= fi
+        and (fi > 0 or ei < maxinteger + fi) and ei - fi >= SMALL then
+      spend(ei - fi + 1)
+      if ei - fi >= 2 * PIECE and ti ~= nil and ti <= maxinteger - (ei - fi)
+          and (dest == nil or type(dest) == "table") then
+        return move_in_pieces(a1, fi, ei, ti, dest)
       end
     end
     local r = move(...) return r
