@@ -887,11 +887,20 @@ fn shifts_in_pieces_agree_with_lua() {
         -- Sources and destinations that are not tables: a string reads nils through its
         -- `__index`; the rest fail as Lua's move fails.
         for _, src in ipairs({ "abc", 12, false }) do
-          for _, dest in ipairs({ "none", "same", "table", 5 }) do
+          for _, dest in ipairs({ "none", "same", "table", "newindex", 5 }) do
             local function args(into)
               if dest == "none" then return src, 1, n, 1 end
               if dest == "same" then return src, 1, n, 1, src end
               if dest == "table" then return src, 1, n, 2, into end
+              if dest == "newindex" then
+                -- Script code for each write (Lua's move calls it from C; here from Lua).
+                local log = {}
+                local proxy = setmetatable({}, { __newindex = function(_, k, v)
+                  log[#log + 1] = k
+                  into[k] = v == nil and "nil" or v
+                end })
+                return src, 1, 20, 3, proxy
+              end
               return src, 1, n, 1, dest
             end
             local tag = show(src, dest)

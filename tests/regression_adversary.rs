@@ -646,6 +646,15 @@ async fn shifting_a_big_table_at_converted_positions_does_not_hold_up_other_call
     quick_calls_overtake_on(&c, "move_from_string_long", n, "cleared nil,nil,0").await;
 }
 
+/// `table.move` from a string (which Lua's move reads nils from) into a table whose `__newindex`
+/// is a function went to Lua's own move, which called the function from C, where the hook could
+/// not pause it: every other call on the state waited for all twenty writes. The loop now runs
+/// in Lua, as for a table source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_from_a_string_into_a_newindex_function_does_not_hold_up_other_calls() {
+    quick_calls_overtake("newindex_from_string", 1_000_000, "writes 20").await;
+}
+
 /// The same for a match inside a `__close` handler run by `coroutine.close`, inside a
 /// coroutine made by `coroutine.wrap`, and inside an `xpcall` message handler: each job is
 /// resumed from Lua in a coroutine that can yield, so the call is paused there too.

@@ -836,13 +836,17 @@ do
   local function move_plain(a1, dest)
     if dest == nil or rawequal(dest, a1) then return reads_plain(a1) and writes_plain(a1) end
     if type(dest) ~= "table" then return true end
-    return reads_plain(a1) and writes_plain(dest)
+    -- A string reads through the string library's table (nils).
+    return (type(a1) == "string" or reads_plain(a1)) and writes_plain(dest)
       and not script_meta(a1, "__eq") and not script_meta(dest, "__eq")
   end
 
   table.move = function(...)
     local a1, f, e, t, dest = ...
-    if (c_getmetatable(a1) ~= nil or dest ~= nil) and type(a1) == "table"
+    -- (A string is a source Lua's move reads from too, through its `__index`.)
+    local ta = type(a1)
+    if (ta == "table" and (c_getmetatable(a1) ~= nil or dest ~= nil)
+          or ta == "string" and type(dest) == "table")
         and not move_plain(a1, dest) then
       return move_in_lua(select("#", ...), a1, f, e, t, dest)
     end
