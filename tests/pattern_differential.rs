@@ -884,6 +884,27 @@ fn shifts_in_pieces_agree_with_lua() {
         end
         local a, b = numbers(n), numbers(n)
         same_dump("remove nil", run(C.remove, a, nil) .. dump(a), run(table.remove, b, nil) .. dump(b))
+        -- Borders of tables with holes, and of tables kept in their hash part.
+        local function holed(m) local t = numbers(m) t[m // 2] = nil t[m + 5] = "far" return t end
+        local function hashed(m)
+          local t = {}
+          for i = m, 1, -1 do t[i] = i end
+          return t
+        end
+        for k, make in ipairs({ holed, hashed }) do
+          for _, pos in ipairs({ 1, 2.0, "100", n // 2 }) do
+            local tag = k .. " " .. show(pos)
+            local a, b = make(n), make(n)
+            same_dump("insert " .. tag, run(C.insert, a, pos, "v") .. dump(a),
+              run(table.insert, b, pos, "v") .. dump(b))
+            a, b = make(n), make(n)
+            same_dump("remove " .. tag, run(C.remove, a, pos) .. dump(a),
+              run(table.remove, b, pos) .. dump(b))
+          end
+          local a, b = make(n), make(n)
+          same_dump("move " .. k, run(C.move, a, 1, n, 3) .. dump(a),
+            run(table.move, b, 1, n, 3) .. dump(b))
+        end
         -- Sources and destinations that are not tables: a string reads nils through its
         -- `__index`; the rest fail as Lua's move fails.
         for _, src in ipairs({ "abc", 12, false }) do
