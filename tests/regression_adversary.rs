@@ -622,7 +622,7 @@ async fn shifting_a_big_table_does_not_hold_up_other_calls() {
     let (_s, c) = start_for_big_inputs().await;
     let n = BIG_TABLE;
     let moved = format!("moved 1,1,{}", n - 1);
-    quick_calls_overtake_on(&c, "move_long", n, &moved).await;
+    quick_calls_overtake_on(&c, "shift_move_long", n, &moved).await;
     let inserted = format!("inserted 0,1,{}", n + 1);
     quick_calls_overtake_on(&c, "insert_long", n, &inserted).await;
     let removed = format!("removed 1,2,{}", n - 1);
