@@ -875,6 +875,85 @@ fn shifts_in_pieces_agree_with_lua() {
           same_dump("move to a table with __eq " .. type(eq),
             run(C.move, a, 1, n, 2, ad) .. dump(ad), run(table.move, b, 1, n, 2, bd) .. dump(bd))
         end
+        -- Positions Lua's functions convert: floats with an integral value and numeric strings
+        -- (long shifts at such positions go in pieces too), and ones they refuse.
+        local n = 4096 * 5 + 1
+        for _, m in ipairs({
+          { 1.0, n, 2 }, { "1", n, "2" }, { 2, n + 0.0, 1.0 }, { "0x10", n, 1 }, { 1, " 20000 ", n },
+          { "1e0", n - 1, 2 }, { 1, n, 2.5 }, { 1.5, n, 2 }, { 1, n, "x" }, { 1, 2.0 ^ 63, 1 },
+          { 1, math.maxinteger + 0.0, 2 }, { -2.0 ^ 63, 1, 1 },
+        }) do
+          local f, e, t = m[1], m[2], m[3]
+          local tag = show(f, e, t)
+          local a, b = numbers(n), numbers(n)
+          same_dump("move " .. tag, run(C.move, a, f, e, t) .. dump(a),
+            run(table.move, b, f, e, t) .. dump(b))
+          local ad, bd = numbers(n, 1000000), numbers(n, 1000000)
+          same_dump("move to another " .. tag, run(C.move, a, f, e, t, ad) .. dump(ad),
+            run(table.move, b, f, e, t, bd) .. dump(bd))
+        end
+        for _, pos in ipairs({ 1.0, "1", 2.0, "100", n + 0.0, " 1 ", "0x2", 1.5, "x", -0.0, 0.0 }) do
+          local tag = show(pos)
+          local a, b = numbers(n), numbers(n)
+          same_dump("insert " .. tag, run(C.insert, a, pos, "v") .. dump(a),
+            run(table.insert, b, pos, "v") .. dump(b))
+          a, b = numbers(n), numbers(n)
+          same_dump("remove " .. tag, run(C.remove, a, pos) .. dump(a),
+            run(table.remove, b, pos) .. dump(b))
+        end
+        local a, b = numbers(n), numbers(n)
+        same_dump("remove nil", run(C.remove, a, nil) .. dump(a), run(table.remove, b, nil) .. dump(b))
+        -- Borders of tables with holes, and of tables kept in their hash part.
+        local function holed(m) local t = numbers(m) t[m // 2] = nil t[m + 5] = "far" return t end
+        local function hashed(m)
+          local t = {}
+          for i = m, 1, -1 do t[i] = i end
+          return t
+        end
+        for k, make in ipairs({ holed, hashed }) do
+          for _, pos in ipairs({ 1, 2.0, "100", n // 2 }) do
+            local tag = k .. " " .. show(pos)
+            local a, b = make(n), make(n)
+            same_dump("insert " .. tag, run(C.insert, a, pos, "v") .. dump(a),
+              run(table.insert, b, pos, "v") .. dump(b))
+            a, b = make(n), make(n)
+            same_dump("remove " .. tag, run(C.remove, a, pos) .. dump(a),
+              run(table.remove, b, pos) .. dump(b))
+          end
+          local a, b = make(n), make(n)
+          same_dump("move " .. k, run(C.move, a, 1, n, 3) .. dump(a),
+            run(table.move, b, 1, n, 3) .. dump(b))
+        end
+        -- Sources and destinations that are not tables: a string reads nils through its
+        -- `__index`; the rest fail as Lua's move fails.
+        for _, src in ipairs({ "abc", 12, false }) do
+          for _, dest in ipairs({ "none", "same", "table", "newindex", 5 }) do
+            local function args(into)
+              if dest == "none" then return src, 1, n, 1 end
+              if dest == "same" then return src, 1, n, 1, src end
+              if dest == "table" then return src, 1, n, 2, into end
+              if dest == "newindex" then
+                -- Script code for each write (Lua's move calls it from C; here from Lua).
+                local log = {}
+                local proxy = setmetatable({}, { __newindex = function(_, k, v)
+                  log[#log + 1] = k
+                  into[k] = v == nil and "nil" or v
+                end })
+                return src, 1, 20, 3, proxy
+              end
+              return src, 1, n, 1, dest
+            end
+            local tag = show(src, dest)
+            local a, b = numbers(n), numbers(n)
+            same_dump("move from " .. tag, run(C.move, args(a)) .. dump(a),
+              run(table.move, args(b)) .. dump(b))
+          end
+        end
+        -- Lua's move returns its destination itself.
+        local a, d = numbers(n), {}
+        same("move returns the table", "true true",
+          tostring(rawequal(table.move(a, 1, n, 2), a)) .. " "
+            .. tostring(rawequal(table.move(a, 1, n, 1, d), d)))
         -- A frozen-style table: reads through an `__index` table, no script code.
         local n = 10000
         local store = numbers(n)

@@ -669,6 +669,32 @@ async fn shifting_a_big_table_does_not_hold_up_other_calls() {
     quick_calls_overtake_on(&c, "remove_big", n, &removed).await;
 }
 
+/// The same shifts at positions Lua's functions convert (a float with an integral value, numeric
+/// strings) skipped the pieces, and `table.insert` at a float position was not even paid for;
+/// a move from a string (which reads nils through its `__index`) too. Each was one C call over
+/// four million elements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shifting_a_big_table_at_converted_positions_does_not_hold_up_other_calls() {
+    let (_s, c) = start_for_big_inputs().await;
+    let n = BIG_TABLE;
+    let moved = format!("moved 1,1,{}", n - 1);
+    quick_calls_overtake_on(&c, "move_converted_long", n, &moved).await;
+    let inserted = format!("inserted 0,1,{}", n + 1);
+    quick_calls_overtake_on(&c, "insert_float_long", n, &inserted).await;
+    let removed = format!("removed 1,2,{}", n - 1);
+    quick_calls_overtake_on(&c, "remove_string_long", n, &removed).await;
+    quick_calls_overtake_on(&c, "move_from_string_long", n, "cleared nil,nil,0").await;
+}
+
+/// `table.move` from a string (which Lua's move reads nils from) into a table whose `__newindex`
+/// is a function went to Lua's own move, which called the function from C, where the hook could
+/// not pause it: every other call on the state waited for all twenty writes. The loop now runs
+/// in Lua, as for a table source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_from_a_string_into_a_newindex_function_does_not_hold_up_other_calls() {
+    quick_calls_overtake("newindex_from_string", 1_000_000, "writes 20").await;
+}
+
 /// The same for a match inside a `__close` handler run by `coroutine.close`, inside a
 /// coroutine made by `coroutine.wrap`, and inside an `xpcall` message handler: each job is
 /// resumed from Lua in a coroutine that can yield, so the call is paused there too.

@@ -782,13 +782,16 @@ do
         t[pos] = v
         return
       end
-      if mtype(pos) == "integer" then
+      -- The position as Lua's insert takes it: also a float with an integral value, or a
+      -- string that converts to one.
+      local p = tointeger(pos)
+      if p ~= nil and p >= 1 then
         local n = #t
-        if n - pos > SMALL then
-          spend(n - pos)
-          if pos >= 1 and n - pos >= 2 * PIECE then
-            move_in_pieces(t, pos, n, pos + 1)
-            t[pos] = v
+        if n - p > SMALL then
+          spend(n - p)
+          if n - p >= 2 * PIECE then
+            move_in_pieces(t, p, n, p + 1)
+            t[p] = v
             return
           end
         end
@@ -815,12 +818,14 @@ do
         return r
       end
       local n = #t
-      if select("#", ...) < 2 then pos = n end
-      if mtype(pos) == "integer" and n - pos > SMALL then
-        spend(n - pos)
-        if pos >= 1 and n - pos >= 2 * PIECE then
-          local r = t[pos]
-          move_in_pieces(t, pos + 1, n, pos)
+      -- The position as Lua's remove takes it (see insert); none, or nil, is the last.
+      local p = n
+      if pos ~= nil then p = tointeger(pos) end
+      if p ~= nil and p >= 1 and n - p > SMALL then
+        spend(n - p)
+        if n - p >= 2 * PIECE then
+          local r = t[p]
+          move_in_pieces(t, p + 1, n, p)
           t[n] = nil
           return r
         end
@@ -859,10 +864,11 @@ do
     return tt
   end
 
-  -- Whether Lua's move would compare `a1` and `dest` (tables) by their addresses: no `__eq`
-  -- of any kind (one that cannot be called fails when Lua calls it).
+  -- Whether Lua's move would compare `a1` and `dest` (a table, or nil) by their addresses: no
+  -- `__eq` of any kind (one that cannot be called fails when Lua calls it). A source that is
+  -- not a table is never equal to a table.
   local function compares_raw(a1, dest)
-    if dest == nil or rawequal(a1, dest) then return true end
+    if dest == nil or rawequal(a1, dest) or type(a1) ~= "table" then return true end
     return (c_getmetatable(a1) == nil or rawget(metatable(a1), "__eq") == nil)
       and (c_getmetatable(dest) == nil or rawget(metatable(dest), "__eq") == nil)
   end
@@ -871,23 +877,30 @@ do
   local function move_plain(a1, dest)
     if dest == nil or rawequal(dest, a1) then return reads_plain(a1) and writes_plain(a1) end
     if type(dest) ~= "table" then return true end
-    return reads_plain(a1) and writes_plain(dest)
+    -- A string reads through the string library's table (nils).
+    return (type(a1) == "string" or reads_plain(a1)) and writes_plain(dest)
       and not script_meta(a1, "__eq") and not script_meta(dest, "__eq")
   end
 
   table.move = function(...)
     local a1, f, e, t, dest = ...
-    if (c_getmetatable(a1) ~= nil or dest ~= nil) and type(a1) == "table"
+    -- (A string is a source Lua's move reads from too, through its `__index`.)
+    local ta = type(a1)
+    if (ta == "table" and (c_getmetatable(a1) ~= nil or dest ~= nil)
+          or ta == "string" and type(dest) == "table")
         and not move_plain(a1, dest) then
       return move_in_lua(select("#", ...), a1, f, e, t, dest)
     end
-    if mtype(f) == "integer" and mtype(e) == "integer" and e >= f
-        and (f > 0 or e < maxinteger + f) and e - f >= SMALL then
-      spend(e - f + 1)
-      if e - f >= 2 * PIECE and mtype(t) == "integer" and t <= maxinteger - (e - f)
-          and type(a1) == "table" and (dest == nil or type(dest) == "table")
-          and compares_raw(a1, dest) then
-        return move_in_pieces(a1, f, e, t, dest)
+    -- Positions as Lua's move takes them: also floats with an integral value, or strings that
+    -- convert to one. The source may be anything Lua's move reads from (a string reads nils
+    -- through its `__index`): the first piece fails as Lua's move would if it cannot.
+    local fi, ei, ti = tointeger(f), tointeger(e), tointeger(t)
+    if fi ~= nil and ei ~= nil and ei >= fi
+        and (fi > 0 or ei < maxinteger + fi) and ei - fi >= SMALL then
+      spend(ei - fi + 1)
+      if ei - fi >= 2 * PIECE and ti ~= nil and ti <= maxinteger - (ei - fi)
+          and (dest == nil or type(dest) == "table") and compares_raw(a1, dest) then
+        return move_in_pieces(a1, fi, ei, ti, dest)
       end
     end
     local r = move(...) return r
