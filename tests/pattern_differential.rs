@@ -772,6 +772,8 @@ fn bytewise_agrees_with_lua() {
             run(string.upper, table.unpack(args, 1, 1)))
         end
         same("len no value", run(C.len), run(utf8.len))
+        same("offset nil", run(C.offset, "abc", nil), run(utf8.offset, "abc", nil))
+        same("offset no value", run(C.offset, "abc"), run(utf8.offset, "abc"))
         for _, args in ipairs({ { "abc" }, { "abc", nil }, { "abc", nil, 1 }, { "abc", 1.5 },
             { "abc", "1" }, { "abc", "x" }, { "abc", 1, 1.5 }, { "abc", 1, "x" }, { 12, 1 },
             { "\u{e9}", 1, 2 }, { "\u{e9}", 0, 2 }, { "\u{e9}", -1, 2 }, { "a\u{e9}", 2, 3 } }) do

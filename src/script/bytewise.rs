@@ -358,7 +358,7 @@ pub fn utf8_offset_args(
         let src = stdlib::check_str(lua, &s, 1, nargs, "offset")?;
         let len = src.as_bytes().len() as i64;
         let Some(n) = stdlib::opt_int(lua, &n, 2, "offset")? else {
-            let got = if nargs < 3 { "no value" } else { "nil" };
+            let got = if nargs < 2 { "no value" } else { "nil" };
             return stdlib::arg_error(2, "offset", &format!("number expected, got {got}"));
         };
         let default = if n >= 0 { 1 } else { len + 1 };
