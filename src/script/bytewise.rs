@@ -308,6 +308,18 @@ pub fn map(lua: &Lua, (src, kind): (mlua::String, u8)) -> mlua::Result<MultiValu
     perform(lua, Bytewise { src, kind, room })
 }
 
+/// `u_posrelat` of lutf8lib.c: a 1-based position, a negative one counted from the end of a
+/// string `len` bytes long (0 before its start).
+fn relative(pos: i64, len: i64) -> i64 {
+    if pos >= 0 {
+        pos
+    } else if pos.unsigned_abs() > len as u64 {
+        0
+    } else {
+        len + pos + 1
+    }
+}
+
 /// `core.utf8_len(nargs, s, i, j, lax)`: `utf8.len`, with Lua's argument checks.
 pub fn utf8_len_args(
     lua: &Lua,
@@ -316,17 +328,8 @@ pub fn utf8_len_args(
     let checked = (|| -> Outcome<Bytewise> {
         let src = stdlib::check_str(lua, &s, 1, nargs, "len")?;
         let len = src.as_bytes().len() as i64;
-        let relative = |pos: i64| {
-            if pos >= 0 {
-                pos
-            } else if pos.unsigned_abs() > len as u64 {
-                0
-            } else {
-                len + pos + 1
-            }
-        };
-        let posi = relative(stdlib::opt_int(lua, &i, 2, "len")?.unwrap_or(1));
-        let posj = relative(stdlib::opt_int(lua, &j, 3, "len")?.unwrap_or(-1));
+        let posi = relative(stdlib::opt_int(lua, &i, 2, "len")?.unwrap_or(1), len);
+        let posj = relative(stdlib::opt_int(lua, &j, 3, "len")?.unwrap_or(-1), len);
         if !(1 <= posi && posi - 1 <= len) {
             return stdlib::arg_error(2, "len", "initial position out of bounds");
         }
@@ -363,13 +366,7 @@ pub fn utf8_offset_args(
         };
         let default = if n >= 0 { 1 } else { len + 1 };
         let pos = stdlib::opt_int(lua, &i, 3, "offset")?.unwrap_or(default);
-        let posi = if pos >= 0 {
-            pos
-        } else if pos.unsigned_abs() > len as u64 {
-            0
-        } else {
-            len + pos + 1
-        };
+        let posi = relative(pos, len);
         if !(1 <= posi && posi - 1 <= len) {
             return stdlib::arg_error(3, "offset", "position out of bounds");
         }
