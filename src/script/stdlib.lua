@@ -390,38 +390,26 @@ end
 do
   local format, format_cost, find, pack, unpack = string.format, core.format_cost, string.find, table.pack, table.unpack
 
-  -- The arguments with each table that `%s` converts replaced by `tostring`'s result, so that
-  -- its `__tostring` runs here rather than in Lua's format. The directives are found as Lua's
-  -- format reads them; a malformed one is left for Lua's format to report.
-  local function strings_for(fmt, ...)
+  -- The format and arguments to give Lua's format: each table that `%s` converts replaced by
+  -- `tostring`'s result, so that its `__tostring` runs here rather than in Lua's format; and
+  -- each string of BYTEWISE bytes or more that a `%q` quotes replaced by its quoted text, made
+  -- in Rust in pieces the hook can pause between (see bytewise.rs), with that `%q` made a `%s`,
+  -- which adds the text as it is (Lua's own quoting adds a byte at a time: 1.8 s for 50 MB in
+  -- one C call). The directives are found as Lua's format reads them; a malformed one is left
+  -- for Lua's format to report.
+  local bytewise, BYTEWISE = core.bytewise, core.bytewise_from
+  local sub, concat = string.sub, table.concat
+  local function prepared(fmt, ...)
     local args = pack(...)
     local found = false
     for i = 1, args.n do
-      if script_meta(args[i], "__tostring") then found = true break end
-    end
-    if not found then return fmt, ... end
-    local at, arg = 1, 0
-    while true do
-      local _, e, spec, conv = find(fmt, "%%([-+ #0]*%d*%.?%d*)(.)", at)
-      if e == nil then break end
-      at = e + 1
-      if spec ~= "" or conv ~= "%" then
-        arg = arg + 1
-        if conv == "s" and script_meta(args[arg], "__tostring") then
-          args[arg] = to_string(args[arg])
-        end
+      local v = args[i]
+      if script_meta(v, "__tostring") or (type(v) == "string" and #v >= BYTEWISE) then
+        found = true
+        break
       end
     end
-    return fmt, unpack(args, 1, args.n)
-  end
-
-  -- The arguments with each string of BYTEWISE bytes or more that a `%q` quotes replaced by
-  -- its quoted text, made in Rust in pieces the hook can pause between (see bytewise.rs), and
-  -- those `%q` by `%s`, which adds that text as it is: Lua's own quoting adds a byte at a time
-  -- (1.8 s for 50 MB in one C call). Directives are found as in `strings_for`.
-  local bytewise, BYTEWISE, sub, concat = core.bytewise, core.bytewise_from, string.sub, table.concat
-  local function quoted_for(fmt, ...)
-    local args = pack(...)
+    if not found then return fmt, ... end
     local parts, np, at, arg, last = {}, 0, 1, 0, 1
     while true do
       local s, e, spec, conv = find(fmt, "%%([-+ #0]*%d*%.?%d*)(.)", at)
@@ -430,7 +418,9 @@ do
       if spec ~= "" or conv ~= "%" then
         arg = arg + 1
         local v = args[arg]
-        if conv == "q" and spec == "" and type(v) == "string" and #v >= BYTEWISE then
+        if conv == "s" and script_meta(v, "__tostring") then
+          args[arg] = to_string(v)
+        elseif conv == "q" and spec == "" and type(v) == "string" and #v >= BYTEWISE then
           args[arg] = checked(bytewise(v, 3))
           np = np + 1
           parts[np] = sub(fmt, last, s - 1) .. "%s"
@@ -438,9 +428,11 @@ do
         end
       end
     end
-    if np == 0 then return fmt, ... end
-    parts[np + 1] = sub(fmt, last)
-    return concat(parts), unpack(args, 1, args.n)
+    if np > 0 then
+      parts[np + 1] = sub(fmt, last)
+      fmt = concat(parts)
+    end
+    return fmt, unpack(args, 1, args.n)
   end
 
   string.format = function(...)
@@ -452,11 +444,11 @@ do
         or (tc == "string" and #c > SMALL) then
       format_cost(...)
       if type(fmt) == "string" and find(fmt, "%q", 1, true) then
-        local r = format(quoted_for(strings_for(...))) return r
+        local r = format(prepared(...)) return r
       end
     end
     if (ta == "table" or tb == "table" or tc == "table" or n > 4) and type(fmt) == "string" then
-      local r = format(strings_for(...)) return r
+      local r = format(prepared(...)) return r
     end
     local r = format(...) return r
   end
