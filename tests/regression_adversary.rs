@@ -649,6 +649,19 @@ async fn quoting_a_big_string_does_not_hold_up_other_calls() {
     quick_calls_overtake_on(&c, "quote_long", 30, &text).await;
 }
 
+/// `tonumber` of 100 MiB of digits read them a byte at a time in one C call of Lua's (about
+/// 0.1 s in a release build), so did `tonumber(s, 8)` and `s + 1`, while every other call on
+/// the state waited. Strings from 64 KiB on are now read in Rust in pieces, paid for one by
+/// one, into a short numeral Lua reads as it reads the long one (or, with a base, the integer),
+/// and the hook pauses the call between two pieces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_a_long_numeral_does_not_hold_up_other_calls() {
+    let (_s, c) = start_for_big_inputs().await;
+    quick_calls_overtake_on(&c, "tonumber_long", BIG_STRING_MIB, "tonumber 0").await;
+    quick_calls_overtake_on(&c, "tonumber_base_long", BIG_STRING_MIB, "base -1").await;
+    quick_calls_overtake_on(&c, "arithmetic_long", BIG_STRING_MIB, "arithmetic 1").await;
+}
+
 /// Elements of the tables the shifting attacks make (just under a power of two, so that the
 /// shift itself makes the table grow at most once more).
 const BIG_TABLE: i64 = (1 << 22) - 1;

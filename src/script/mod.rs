@@ -25,6 +25,7 @@ pub mod encode;
 pub mod freeze;
 pub mod guard;
 pub mod hook;
+pub mod numeral;
 pub mod outbox;
 pub mod pattern;
 pub mod pausable;

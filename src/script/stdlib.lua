@@ -1065,6 +1065,15 @@ do -- math.min and math.max compare with `<`, which runs a table's `__lt`
   math.max = bounded(max, "max", false)
 end
 
+-- A string read as a number from NUMERAL bytes on: Rust reads it in pieces the hook can pause
+-- between, and makes of it a short numeral Lua reads as it reads the long one ("" for none; see
+-- numeral.rs). Lua's own reading would go through the whole string in one C call.
+local numeral, NUMERAL = core.numeral, core.bytewise_from
+local function short_numeral(v)
+  if type(v) == "string" and #v >= NUMERAL then return checked(numeral(v)) end
+  return v
+end
+
 do -- Lua's string arithmetic ("10" + x) calls the other operand's metamethod from C
   local string_mt, pcall = c_getmetatable(""), pcall
   for _, event in ipairs({ "__add", "__sub", "__mul", "__mod", "__pow", "__div", "__idiv", "__unm" }) do
@@ -1075,7 +1084,11 @@ do -- Lua's string arithmetic ("10" + x) calls the other operand's metamethod fr
         if f ~= nil then
           local r = f(a, b) return r
         end
-        return rethrow(pcall(op, a, b))
+        -- Long numerals are read short; what Lua's operator does with them (the number, or
+        -- its error, which names the operands' types only) stays the same.
+        local sa = short_numeral(a)
+        local sb = rawequal(a, b) and sa or short_numeral(b)
+        return rethrow(pcall(op, sa, sb))
       end
     end
   end
@@ -1116,9 +1129,22 @@ do -- base functions
     end
     return pass(select(...))
   end
+  local numeral_base = core.numeral_base
   _G.tonumber = function(...)
-    local s = ...
-    if type(s) == "string" and #s > SMALL then spend(#s // 8) end
+    local s, base = ...
+    if type(s) == "string" then
+      if #s >= NUMERAL then
+        if base == nil then
+          local n = tonumber(checked(numeral(s))) return n
+        end
+        -- With a base Lua checks, Rust reads the digits; with any other, Lua's own raises its
+        -- argument error before it reads the string.
+        local b = tointeger(short_numeral(base))
+        if b ~= nil and b >= 2 and b <= 36 then return checked(numeral_base(s, b)) end
+      elseif #s > SMALL then
+        spend(#s // 8)
+      end
+    end
     return pass(tonumber(...))
   end
 end

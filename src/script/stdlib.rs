@@ -560,6 +560,9 @@ fn resume(lua: &Lua, job: AnyUserData) -> mlua::Result<MultiValue> {
     if job.is::<Job<super::bytewise::Bytewise>>() {
         return super::bytewise::resume(lua, job);
     }
+    if job.is::<Job<super::numeral::Numeral>>() {
+        return super::numeral::resume(lua, job);
+    }
     let resumed = job.borrow_mut::<Job<Search>>()?.resume();
     match resumed {
         Resumed::Done(search, result) => respond(lua, ended(lua, &search, result)),
@@ -972,6 +975,11 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
     core.raw_set(
         "utf8_offset",
         lua.create_function(super::bytewise::utf8_offset_args)?,
+    )?;
+    core.raw_set("numeral", lua.create_function(super::numeral::shorten)?)?;
+    core.raw_set(
+        "numeral_base",
+        lua.create_function(super::numeral::in_base_of)?,
     )?;
     core.raw_set(
         "bytewise_from",
