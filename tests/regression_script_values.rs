@@ -162,3 +162,29 @@ async fn a_huge_date_format_gives_what_lua_gives() {
     );
     assert!(rest.ends_with("true"), "{rest}");
 }
+
+/// A reply was read whole before its size stopped it, outside the call's budget: a table that
+/// holds the next one twice, 60 deep, is little memory but 2^60 tables to read, so with a
+/// large `--max-message-size` a call read it for many seconds (until the watchdog replaced the
+/// state). Reading a reply counts against the budget now.
+#[tokio::test]
+async fn a_reply_of_shared_tables_is_read_within_the_budget() {
+    let (_s, c, _serial) = start(&[
+        "--script-states",
+        "1",
+        "--script-time-ms",
+        "300",
+        "--max-message-size",
+        "67108864",
+        "--script-watchdog-ms",
+        "2000",
+    ])
+    .await;
+    let e = run(&c, "shared_reply", 60).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(e.message().contains("time budget"), "{}", e.message());
+    assert_eq!(run(&c, "quick", 0).await.unwrap()["text"], "quick");
+    // A reply sharing tables within the limits is still sent whole.
+    let r = run(&c, "shared_reply", 3).await.unwrap();
+    assert_eq!(r["kids"].as_array().unwrap().len(), 2);
+}

@@ -28,6 +28,7 @@ use rustc_hash::FxHashMap;
 use super::encode::Encoder;
 use super::freeze;
 use super::plan::{EnumId, MsgId, Plans};
+use super::status::Abort;
 use crate::codec::Outgoing;
 use crate::error::CallError;
 
@@ -38,6 +39,8 @@ pub enum ConvertError {
     Invalid { path: String, message: String },
     /// The message passed the size limit while it was being built.
     TooLarge(TooLarge),
+    /// The call was stopped (its budget, deadline or cancellation) while its reply was read.
+    Stopped(Abort),
 }
 
 /// A reply that passed `--max-message-size` while it was converted.
@@ -64,6 +67,7 @@ impl std::fmt::Display for ConvertError {
             ConvertError::Invalid { path, message } if path.is_empty() => write!(f, "{message}"),
             ConvertError::Invalid { path, message } => write!(f, "field {path}: {message}"),
             ConvertError::TooLarge(t) => t.fmt(f),
+            ConvertError::Stopped(a) => a.fmt(f),
         }
     }
 }
@@ -83,6 +87,14 @@ impl ConvertError {
                 method: method.clone(),
                 limit: t.limit,
             },
+            ConvertError::Stopped(Abort::Budget(_) | Abort::Time(_)) => CallError::ScriptBudget {
+                method: method.clone(),
+                message: self.to_string(),
+            },
+            ConvertError::Stopped(Abort::Deadline) => CallError::DeadlineExceeded {
+                method: method.clone(),
+            },
+            ConvertError::Stopped(Abort::Cancelled) => CallError::Cancelled,
             other => CallError::BadResponse {
                 method: method.clone(),
                 message: what(&other),
@@ -95,6 +107,7 @@ impl ConvertError {
     pub fn into_lua_error(self, bad: impl FnOnce(&ConvertError) -> mlua::Error) -> mlua::Error {
         match self {
             ConvertError::TooLarge(t) => mlua::Error::external(t),
+            ConvertError::Stopped(a) => mlua::Error::external(a),
             other => bad(&other),
         }
     }
