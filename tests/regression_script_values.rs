@@ -188,3 +188,34 @@ async fn a_reply_of_shared_tables_is_read_within_the_budget() {
     let r = run(&c, "shared_reply", 3).await.unwrap();
     assert_eq!(r["kids"].as_array().unwrap().len(), 2);
 }
+
+/// Each `print` line was capped, but not how many a call printed: a loop of prints wrote tens
+/// of megabytes of log per call in its time budget. A call's output stops at 256 KiB, said once.
+#[tokio::test]
+async fn a_call_prints_at_most_its_quota_to_the_log() {
+    let (s, c, _serial) = start(&["--script-time-ms", "20000"]).await;
+    let r = run(&c, "print_lines", 2000).await.unwrap();
+    assert_eq!(r["text"], "printed");
+    let r = run(&c, "print_lines", 10).await.unwrap();
+    assert_eq!(r["text"], "printed");
+    let log = s.log();
+    let printed: Vec<&String> = log.iter().filter(|l| l.contains("pppp")).collect();
+    let bytes: usize = printed.iter().map(|l| l.len()).sum();
+    // The first call's 65 lines or so, then the second call's 10.
+    assert!(
+        (60..=80).contains(&printed.len()) && bytes < 400 * 1024,
+        "{} lines, {bytes} bytes printed",
+        printed.len()
+    );
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("as much as a call may"))
+            .count(),
+        1
+    );
+    assert!(
+        printed.last().unwrap().contains(r"10\tpppp"),
+        "{}",
+        printed.last().unwrap()
+    );
+}

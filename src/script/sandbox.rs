@@ -238,6 +238,8 @@ pub fn new_state(
 
 /// The longest line one `print` writes to the log, in bytes.
 const PRINT_LIMIT: usize = 4096;
+/// Bytes of `print` output one call may write to the log (the script's load counts as one).
+const PRINT_QUOTA: usize = 256 * 1024;
 
 /// What setup needs from the prelude after `prepare`.
 struct Wrappers {
@@ -357,7 +359,23 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
                 break;
             }
         }
-        tracing::info!(target: "script", "{}", crate::error::log_escaped(&line));
+        // Each line is capped, and so is what one call prints in all: a loop of prints ran
+        // at tens of megabytes of log a second, for as long as the budget allowed.
+        let before = super::slice::with_running_call(|c| {
+            c.map_or(0, |c| {
+                c.printed.fetch_add(line.len() + 1, Ordering::Relaxed)
+            })
+        });
+        if before < PRINT_QUOTA {
+            tracing::info!(target: "script", "{}", crate::error::log_escaped(&line));
+            if before + line.len() + 1 >= PRINT_QUOTA {
+                tracing::info!(
+                    target: "script",
+                    "(this call has printed {PRINT_QUOTA} bytes, as much as a call may: what it \
+                     prints from now on is not logged)"
+                );
+            }
+        }
         Ok(())
     })?;
     let print: Function = p.raw_get::<Function>("print_with")?.call(log_line)?;
