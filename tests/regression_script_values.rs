@@ -219,3 +219,25 @@ async fn a_call_prints_at_most_its_quota_to_the_log() {
         printed.last().unwrap()
     );
 }
+
+/// The encoded forms of frozen tables were kept per state with a bound on their number only:
+/// frozen replies that share a big part (a few bytes of Lua memory each, 3 MiB encoded) grew
+/// the server by 3 MiB per reply sent, past `--script-memory` (gigabytes for a few thousand).
+#[tokio::test]
+async fn big_frozen_replies_are_not_all_kept_encoded() {
+    let (s, c, _serial) = start(&["--script-states", "1", "--script-memory", "64"]).await;
+    let before = common::proc_status_kib(s.pid(), "VmHWM");
+    for n in 1..=200 {
+        let r = run(&c, "frozen_reply", n).await.unwrap();
+        assert_eq!(r["n"], n.to_string());
+    }
+    // Sent again, each is the same.
+    let r = run(&c, "frozen_reply", 7).await.unwrap();
+    assert_eq!(r["kids"].as_array().unwrap().len(), 3);
+    let grown = common::proc_status_kib(s.pid(), "VmHWM").saturating_sub(before);
+    assert!(
+        grown < 300 * 1024,
+        "the server grew by {} MiB sending 200 frozen replies",
+        grown / 1024
+    );
+}

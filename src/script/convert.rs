@@ -180,6 +180,8 @@ pub struct Conv {
     /// server's instructions per message in ListFeatures. The keys are addresses, not script
     /// input.
     encoded: RefCell<FxHashMap<(usize, MsgId), Bytes>>,
+    /// Bytes held in `encoded`.
+    encoded_bytes: std::cell::Cell<usize>,
     /// Per message type, its field names in plan order.
     keys: RefCell<Vec<Option<Arc<[mlua::String]>>>>,
     /// Per enum type, its value names in plan order.
@@ -192,6 +194,7 @@ impl Conv {
             plans,
             max_message_size,
             encoded: RefCell::new(FxHashMap::default()),
+            encoded_bytes: std::cell::Cell::new(0),
             keys: RefCell::new(Vec::new()),
             enum_names: RefCell::new(Vec::new()),
         }
@@ -250,6 +253,12 @@ fn cached(
 
 /// Most data tables fit; past this the cache stops growing.
 const ENCODED_DATA_LIMIT: usize = 65_536;
+/// The largest encoded table kept, and the most bytes kept in all, per state. The cache lives
+/// outside Lua's memory: without a bound in bytes, frozen tables that share a big part (each
+/// a few bytes of Lua memory, each encoding to megabytes) filled it with gigabytes, past
+/// `--script-memory`. Small tables, what the cache is for, all fit.
+const ENCODED_ENTRY_LIMIT: usize = 64 * 1024;
+const ENCODED_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 
 /// A Lua value as a response of type `msg`, encoded: frozen tables come from the state's
 /// cache, others are encoded.
@@ -270,7 +279,12 @@ pub fn outgoing_from_lua(lua: &Lua, value: &LuaValue, msg: MsgId) -> Result<Outg
             encoder.message(&contents, msg, &Path::Root, 0)?;
             let bytes = Bytes::from(encoder.finish()?);
             let mut cache = conv.encoded.borrow_mut();
-            if cache.len() < ENCODED_DATA_LIMIT {
+            let held = conv.encoded_bytes.get();
+            if cache.len() < ENCODED_DATA_LIMIT
+                && bytes.len() <= ENCODED_ENTRY_LIMIT
+                && held + bytes.len() <= ENCODED_BYTES_LIMIT
+            {
+                conv.encoded_bytes.set(held + bytes.len());
                 cache.insert(key, bytes.clone());
             }
             return Ok(Outgoing::Encoded(bytes));
