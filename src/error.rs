@@ -389,7 +389,7 @@ pub fn bounded_lossy(bytes: &[u8]) -> String {
 const SHOWN_PATH: usize = 256;
 
 /// `text` cut to at most `max` bytes (on a character boundary), marked when cut.
-fn clipped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+pub fn clipped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if text.len() <= max {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -398,6 +398,16 @@ fn clipped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
         end -= 1;
     }
     std::borrow::Cow::Owned(format!("{}…", &text[..end]))
+}
+
+/// Bytes a script gave (a string that may be huge, or not UTF-8), as text of at most about
+/// `max` bytes for a message, marked when cut.
+pub fn clipped_bytes(bytes: &[u8], max: usize) -> String {
+    if bytes.len() <= max {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    // A character the cut splits reads as a replacement character.
+    format!("{}…", String::from_utf8_lossy(&bytes[..max]))
 }
 
 /// `text` with its control characters escaped (`\n`, `\0`, `\u{1b}`…), for the log: text a

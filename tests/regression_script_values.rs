@@ -241,3 +241,29 @@ async fn big_frozen_replies_are_not_all_kept_encoded() {
         grown / 1024
     );
 }
+
+/// An error about a reply quoted the script's string whole: a bad key, value or enum name of
+/// 16 MiB was copied (and the key's or enum name's edit distance to every field or value name
+/// computed, seconds each, outside the budget) into a message the status then cut. Errors show
+/// the string's start now.
+#[tokio::test]
+async fn bad_reply_errors_show_the_start_of_huge_strings() {
+    let (_s, c, _serial) = start(&["--script-time-ms", "20000"]).await;
+    // (A map key goes out before its value is read: under the size limit.)
+    for (name, n, says) in [
+        ("bad_key", 16 << 20, "has no field \"kkkk"),
+        ("bad_value", 16 << 20, "expected int64, got string \"vvvv"),
+        ("bad_enum", 16 << 20, "values.Kind has no value \"EEEE"),
+        ("bad_map_value", 2 << 20, "field m[mmmm"),
+    ] {
+        let e = run(&c, name, n).await.unwrap_err();
+        assert_eq!(e.code(), Code::Internal, "{name}: {}", e.message());
+        let m = e.message();
+        assert!(m.contains(says), "{name}: {m}");
+        assert!(
+            m.contains('…') && m.len() < 1024,
+            "{name}: {} bytes: {m}",
+            m.len()
+        );
+    }
+}

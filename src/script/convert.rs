@@ -134,7 +134,11 @@ impl std::fmt::Display for Path<'_> {
             Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
             // Written without calling any `__tostring`: no script code runs here.
             Path::Key(parent, key) => match key {
-                LuaValue::String(s) => write!(f, "{parent}[{}]", s.to_string_lossy()),
+                LuaValue::String(s) => write!(
+                    f,
+                    "{parent}[{}]",
+                    crate::error::clipped_bytes(&s.as_bytes(), SHOWN_TEXT)
+                ),
                 LuaValue::Integer(i) => write!(f, "{parent}[{i}]"),
                 LuaValue::Number(n) => write!(f, "{parent}[{n}]"),
                 LuaValue::Boolean(b) => write!(f, "{parent}[{b}]"),
@@ -297,9 +301,16 @@ pub fn type_of(value: &LuaValue) -> &'static str {
     value.type_name()
 }
 
+/// The most of a script's string an error about a reply shows (bytes): a value or key may be
+/// megabytes long, and the error a copy outside Lua's memory that a script may keep.
+pub const SHOWN_TEXT: usize = 128;
+
 pub fn describe(value: &LuaValue) -> String {
     match value {
-        LuaValue::String(s) => format!("string {:?}", s.to_string_lossy()),
+        LuaValue::String(s) => format!(
+            "string {:?}",
+            crate::error::clipped_bytes(&s.as_bytes(), SHOWN_TEXT)
+        ),
         LuaValue::Integer(n) => format!("integer {n}"),
         LuaValue::Number(n) => format!("number {n}"),
         LuaValue::Boolean(b) => format!("boolean {b}"),

@@ -10,7 +10,9 @@
 
 use mlua::{Table, Value as LuaValue};
 
-use super::convert::{describe, fail, lua_error, type_of, ConvertError, Path, TooLarge};
+use super::convert::{
+    describe, fail, lua_error, type_of, ConvertError, Path, TooLarge, SHOWN_TEXT,
+};
 use super::freeze;
 use super::plan::{
     FieldPlan, MsgId, Plans, Scalar, Shape, Type, END_GROUP, FIXED32, FIXED64, LEN, START_GROUP,
@@ -468,7 +470,7 @@ impl<'p> Encoder<'p> {
                     match plan.number(&text.as_bytes()) {
                         Some(n) => Num::Int(i64::from(n)),
                         None => {
-                            let name = text.to_string_lossy();
+                            let name = crate::error::clipped_bytes(&text.as_bytes(), SHOWN_TEXT);
                             return fail(
                                 path,
                                 format!(
@@ -519,9 +521,14 @@ fn collect(
                 format!("{} has a key that is not UTF-8", plan.full_name()),
             );
         };
+        let name = crate::error::clipped(name, SHOWN_TEXT);
         return fail(
-            &Path::Field(path, name),
-            no_such_field(plan.full_name(), name, plan.fields.iter().map(|f| &*f.name)),
+            &Path::Field(path, &name),
+            no_such_field(
+                plan.full_name(),
+                &name,
+                plan.fields.iter().map(|f| &*f.name),
+            ),
         );
     };
     if matches!(value, LuaValue::Nil) {
