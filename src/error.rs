@@ -365,13 +365,31 @@ pub fn bounded_message(mut message: String) -> String {
     message
 }
 
+/// `text` cut as [`bounded_message`] cuts it, copying only the part kept: the text may be a
+/// script's string of hundreds of megabytes, which the status would cut anyway.
+pub fn bounded_str(text: &str) -> String {
+    let mut keep = text.len().min(MAX_STATUS_MESSAGE + 4);
+    while !text.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    // Cut, the part kept is still longer than the limit, so the mark is added.
+    bounded_message(text[..keep].to_owned())
+}
+
+/// The same for bytes that may not be UTF-8 (read lossily; a replacement character is never
+/// shorter than what it replaces, so a cut text is still marked).
+pub fn bounded_lossy(bytes: &[u8]) -> String {
+    let keep = bytes.len().min(MAX_STATUS_MESSAGE + 4);
+    bounded_message(String::from_utf8_lossy(&bytes[..keep]).into_owned())
+}
+
 /// The most of an unknown request path a status names (bytes): a client may send a path of
 /// nearly the whole header list, and each `%` in it is sent as three bytes, so echoed whole it
 /// would make response headers larger than clients accept.
 const SHOWN_PATH: usize = 256;
 
 /// `text` cut to at most `max` bytes (on a character boundary), marked when cut.
-fn clipped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+pub fn clipped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if text.len() <= max {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -380,6 +398,16 @@ fn clipped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
         end -= 1;
     }
     std::borrow::Cow::Owned(format!("{}…", &text[..end]))
+}
+
+/// Bytes a script gave (a string that may be huge, or not UTF-8), as text of at most about
+/// `max` bytes for a message, marked when cut.
+pub fn clipped_bytes(bytes: &[u8], max: usize) -> String {
+    if bytes.len() <= max {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    // A character the cut splits reads as a replacement character.
+    format!("{}…", String::from_utf8_lossy(&bytes[..max]))
 }
 
 /// `text` with its control characters escaped (`\n`, `\0`, `\u{1b}`…), for the log: text a

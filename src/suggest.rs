@@ -1,7 +1,15 @@
 //! "Did you mean …?" for names a user typed: the closest candidate by edit distance.
 
+/// The longest name a suggestion is looked for (bytes).
+const MAX_TYPED: usize = 256;
+
 /// The candidate closest to `typed`, if it is close enough to be a plausible typo.
 pub fn closest<'a>(typed: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    // No name is this long: a typo of one is not plausible, and the edit distance of a
+    // megabytes-long string a script used as a name would take seconds per candidate.
+    if typed.len() > MAX_TYPED {
+        return None;
+    }
     let typed_lower = typed.to_ascii_lowercase();
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {

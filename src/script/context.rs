@@ -91,6 +91,8 @@ pub struct CallShared {
     pub paused: AtomicBool,
     /// The call's own `math.random` generator, made at its first draw (see `random`).
     pub random: super::random::CallGenerator,
+    /// Bytes the call's `print` wrote to the log (see `sandbox`).
+    pub printed: std::sync::atomic::AtomicUsize,
 }
 
 /// What a call needs to start (the rest of [`CallShared`] starts empty).
@@ -157,6 +159,7 @@ impl CallShared {
             abort_yield: std::sync::atomic::AtomicUsize::new(0),
             paused: AtomicBool::new(false),
             random: Default::default(),
+            printed: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 

@@ -28,6 +28,7 @@ use rustc_hash::FxHashMap;
 use super::encode::Encoder;
 use super::freeze;
 use super::plan::{EnumId, MsgId, Plans};
+use super::status::Abort;
 use crate::codec::Outgoing;
 use crate::error::CallError;
 
@@ -38,6 +39,8 @@ pub enum ConvertError {
     Invalid { path: String, message: String },
     /// The message passed the size limit while it was being built.
     TooLarge(TooLarge),
+    /// The call was stopped (its budget, deadline or cancellation) while its reply was read.
+    Stopped(Abort),
 }
 
 /// A reply that passed `--max-message-size` while it was converted.
@@ -64,6 +67,7 @@ impl std::fmt::Display for ConvertError {
             ConvertError::Invalid { path, message } if path.is_empty() => write!(f, "{message}"),
             ConvertError::Invalid { path, message } => write!(f, "field {path}: {message}"),
             ConvertError::TooLarge(t) => t.fmt(f),
+            ConvertError::Stopped(a) => a.fmt(f),
         }
     }
 }
@@ -83,6 +87,14 @@ impl ConvertError {
                 method: method.clone(),
                 limit: t.limit,
             },
+            ConvertError::Stopped(Abort::Budget(_) | Abort::Time(_)) => CallError::ScriptBudget {
+                method: method.clone(),
+                message: self.to_string(),
+            },
+            ConvertError::Stopped(Abort::Deadline) => CallError::DeadlineExceeded {
+                method: method.clone(),
+            },
+            ConvertError::Stopped(Abort::Cancelled) => CallError::Cancelled,
             other => CallError::BadResponse {
                 method: method.clone(),
                 message: what(&other),
@@ -95,6 +107,7 @@ impl ConvertError {
     pub fn into_lua_error(self, bad: impl FnOnce(&ConvertError) -> mlua::Error) -> mlua::Error {
         match self {
             ConvertError::TooLarge(t) => mlua::Error::external(t),
+            ConvertError::Stopped(a) => mlua::Error::external(a),
             other => bad(&other),
         }
     }
@@ -121,7 +134,11 @@ impl std::fmt::Display for Path<'_> {
             Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
             // Written without calling any `__tostring`: no script code runs here.
             Path::Key(parent, key) => match key {
-                LuaValue::String(s) => write!(f, "{parent}[{}]", s.to_string_lossy()),
+                LuaValue::String(s) => write!(
+                    f,
+                    "{parent}[{}]",
+                    crate::error::clipped_bytes(&s.as_bytes(), SHOWN_TEXT)
+                ),
                 LuaValue::Integer(i) => write!(f, "{parent}[{i}]"),
                 LuaValue::Number(n) => write!(f, "{parent}[{n}]"),
                 LuaValue::Boolean(b) => write!(f, "{parent}[{b}]"),
@@ -167,6 +184,8 @@ pub struct Conv {
     /// server's instructions per message in ListFeatures. The keys are addresses, not script
     /// input.
     encoded: RefCell<FxHashMap<(usize, MsgId), Bytes>>,
+    /// Bytes held in `encoded`.
+    encoded_bytes: std::cell::Cell<usize>,
     /// Per message type, its field names in plan order.
     keys: RefCell<Vec<Option<Arc<[mlua::String]>>>>,
     /// Per enum type, its value names in plan order.
@@ -179,6 +198,7 @@ impl Conv {
             plans,
             max_message_size,
             encoded: RefCell::new(FxHashMap::default()),
+            encoded_bytes: std::cell::Cell::new(0),
             keys: RefCell::new(Vec::new()),
             enum_names: RefCell::new(Vec::new()),
         }
@@ -237,6 +257,12 @@ fn cached(
 
 /// Most data tables fit; past this the cache stops growing.
 const ENCODED_DATA_LIMIT: usize = 65_536;
+/// The largest encoded table kept, and the most bytes kept in all, per state. The cache lives
+/// outside Lua's memory: without a bound in bytes, frozen tables that share a big part (each
+/// a few bytes of Lua memory, each encoding to megabytes) filled it with gigabytes, past
+/// `--script-memory`. Small tables, what the cache is for, all fit.
+const ENCODED_ENTRY_LIMIT: usize = 64 * 1024;
+const ENCODED_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 
 /// A Lua value as a response of type `msg`, encoded: frozen tables come from the state's
 /// cache, others are encoded.
@@ -257,7 +283,12 @@ pub fn outgoing_from_lua(lua: &Lua, value: &LuaValue, msg: MsgId) -> Result<Outg
             encoder.message(&contents, msg, &Path::Root, 0)?;
             let bytes = Bytes::from(encoder.finish()?);
             let mut cache = conv.encoded.borrow_mut();
-            if cache.len() < ENCODED_DATA_LIMIT {
+            let held = conv.encoded_bytes.get();
+            if cache.len() < ENCODED_DATA_LIMIT
+                && bytes.len() <= ENCODED_ENTRY_LIMIT
+                && held + bytes.len() <= ENCODED_BYTES_LIMIT
+            {
+                conv.encoded_bytes.set(held + bytes.len());
                 cache.insert(key, bytes.clone());
             }
             return Ok(Outgoing::Encoded(bytes));
@@ -270,9 +301,16 @@ pub fn type_of(value: &LuaValue) -> &'static str {
     value.type_name()
 }
 
+/// The most of a script's string an error about a reply shows (bytes): a value or key may be
+/// megabytes long, and the error a copy outside Lua's memory that a script may keep.
+pub const SHOWN_TEXT: usize = 128;
+
 pub fn describe(value: &LuaValue) -> String {
     match value {
-        LuaValue::String(s) => format!("string {:?}", s.to_string_lossy()),
+        LuaValue::String(s) => format!(
+            "string {:?}",
+            crate::error::clipped_bytes(&s.as_bytes(), SHOWN_TEXT)
+        ),
         LuaValue::Integer(n) => format!("integer {n}"),
         LuaValue::Number(n) => format!("number {n}"),
         LuaValue::Boolean(b) => format!("boolean {b}"),

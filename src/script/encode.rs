@@ -10,12 +10,15 @@
 
 use mlua::{Table, Value as LuaValue};
 
-use super::convert::{describe, fail, lua_error, type_of, ConvertError, Path, TooLarge};
+use super::convert::{
+    describe, fail, lua_error, type_of, ConvertError, Path, TooLarge, SHOWN_TEXT,
+};
 use super::freeze;
 use super::plan::{
     FieldPlan, MsgId, Plans, Scalar, Shape, Type, END_GROUP, FIXED32, FIXED64, LEN, START_GROUP,
     VARINT,
 };
+use super::status::Abort;
 use crate::fieldpath::no_such_field;
 use crate::suggest::did_you_mean;
 
@@ -24,11 +27,16 @@ type Result<T> = std::result::Result<T, ConvertError>;
 /// Messages nested deeper than this are refused (protobuf's own recursion limit).
 const MAX_DEPTH: usize = 100;
 
+/// Work (tables and entries read) charged to the call at once: one check per this much.
+const CHARGE_EVERY: u64 = 4096;
+
 /// Writes one reply.
 pub struct Encoder<'p> {
     plans: &'p Plans,
     pub out: Vec<u8>,
     limit: usize,
+    /// Tables and entries read since the call was last charged for them.
+    work: u64,
 }
 
 /// A scalar read from Lua, ready to write.
@@ -46,7 +54,25 @@ impl<'p> Encoder<'p> {
             plans,
             out: Vec::new(),
             limit,
+            work: 0,
         }
+    }
+
+    /// Charges the call for `units` tables and entries read, now and then: the bytes written
+    /// bound a reply's size, not the reading, and a table shared by many fields is read once
+    /// per field (a chain of tables that each hold the next twice is read 2^n times in little
+    /// memory). So reading a reply counts against the call's budget, and a call stopped meanwhile
+    /// stops here.
+    fn spend(&mut self, units: u64) -> Result<()> {
+        self.work += units;
+        if self.work < CHARGE_EVERY {
+            return Ok(());
+        }
+        let work = std::mem::take(&mut self.work);
+        super::slice::charge(work).map_err(|e| match super::status::find::<Abort>(&e) {
+            Some(a) => ConvertError::Stopped(a),
+            None => lua_error(&Path::Root, e),
+        })
     }
 
     /// `value` as a message of type `msg`, the whole reply: its bytes.
@@ -110,6 +136,7 @@ impl<'p> Encoder<'p> {
             return Err(e);
         }
         walked.map_err(|e| lua_error(path, e))?;
+        self.spend(1 + set.len() as u64)?;
         set.sort_unstable_by_key(|(i, _, _)| *i);
         for (index, json, value) in &set {
             let f = &plan.fields[usize::from(*index)];
@@ -443,7 +470,7 @@ impl<'p> Encoder<'p> {
                     match plan.number(&text.as_bytes()) {
                         Some(n) => Num::Int(i64::from(n)),
                         None => {
-                            let name = text.to_string_lossy();
+                            let name = crate::error::clipped_bytes(&text.as_bytes(), SHOWN_TEXT);
                             return fail(
                                 path,
                                 format!(
@@ -494,9 +521,14 @@ fn collect(
                 format!("{} has a key that is not UTF-8", plan.full_name()),
             );
         };
+        let name = crate::error::clipped(name, SHOWN_TEXT);
         return fail(
-            &Path::Field(path, name),
-            no_such_field(plan.full_name(), name, plan.fields.iter().map(|f| &*f.name)),
+            &Path::Field(path, &name),
+            no_such_field(
+                plan.full_name(),
+                &name,
+                plan.fields.iter().map(|f| &*f.name),
+            ),
         );
     };
     if matches!(value, LuaValue::Nil) {

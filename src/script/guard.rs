@@ -56,12 +56,15 @@ pub const GUARD_CLOSE_KEY: &str = "protoserve.guard_close";
 const GUARD: &str = r#"
 local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING,
   enter, leave, start, dgetinfo, dgetlocal, dgetmt, check_owed = ...
-local error, select, type, next, rawget, rawset, setmetatable =
-  error, select, type, next, rawget, rawset, setmetatable
+local error, select, type, next, rawget, rawset, setmetatable, rawequal =
+  error, select, type, next, rawget, rawset, setmetatable, rawequal
 local co = coroutine
 local co_create, co_resume, co_yield, co_status, co_close, co_isyieldable, co_running =
   co.create, co.resume, co.yield, co.status, co.close, co.isyieldable, co.running
 
+-- The tokens below are only ever compared with `rawequal`: a script's value (a reply, what it
+-- yields or resumes with) may have an `__eq`, which `==` would run here, where the executor
+-- cannot pause it, and hand a private token.
 -- Passed up from a coroutine the hook paused, to the call's own coroutine.
 local SLICE = {}
 -- Private tokens of closing: CLOSE resumes a coroutine to unwind it, RUN resumes a parked one to
@@ -254,10 +257,10 @@ after_resume = function(c, ok, ...)
     end
   elseif n == 1 then
     local v = ...
-    if v == SLICE or v == PENDING then
+    if rawequal(v, SLICE) or rawequal(v, PENDING) then
       return pause_and_continue(c, v)
     end
-  elseif n == 2 and (...) == PARKED then
+  elseif n == 2 and rawequal((...), PARKED) then
     return false, select(2, ...)
   end
   return ok, ...
@@ -283,7 +286,7 @@ local function resume(...)
 end
 
 local function after_yield(...)
-  if ndeferring ~= 0 and (...) == CLOSE then error(nil, 0) end
+  if ndeferring ~= 0 and rawequal((...), CLOSE) then error(nil, 0) end
   return ...
 end
 
@@ -368,7 +371,7 @@ local function on_error(e)
 end
 
 local function closed(c, ok, mark, ...)
-  if ok and mark == CLOSED then return ... end
+  if ok and rawequal(mark, CLOSED) then return ... end
   if not ok then return false, mark end
   return after_protected(co_close(c))
 end
@@ -415,7 +418,7 @@ end
 -- and pays for the instructions it runs before its first check.
 local function make(f)
   local c = co_create(function(...)
-    if ... == CLOSE then
+    if rawequal((...), CLOSE) then
       undefer(co_running())
       return CLOSED, true
     end
@@ -560,11 +563,13 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     Ok(())
 }
 
-/// An error value as an error with a readable message, read without metamethods.
+/// An error value as an error with a readable message, read without metamethods. A message is
+/// cut to what a status carries: the whole of a huge one would be copied out of Lua's memory
+/// (past `--script-memory`) and written to the log.
 fn normalize(e: LuaValue) -> LuaValue {
     let message = match e {
         LuaValue::Error(_) => return e,
-        LuaValue::String(s) => s.to_string_lossy(),
+        LuaValue::String(s) => crate::error::bounded_lossy(&s.as_bytes()),
         LuaValue::Table(t) => table_message(&super::convert::unwrap_readonly(t)),
         LuaValue::Nil => "script raised nil (error() without a message)".to_owned(),
         LuaValue::Integer(n) => n.to_string(),
@@ -577,7 +582,7 @@ fn normalize(e: LuaValue) -> LuaValue {
 
 fn table_message(t: &Table) -> String {
     match t.raw_get::<LuaValue>("message") {
-        Ok(LuaValue::String(s)) => s.to_string_lossy(),
+        Ok(LuaValue::String(s)) => crate::error::bounded_lossy(&s.as_bytes()),
         _ => "script raised a table (no message)".to_owned(),
     }
 }

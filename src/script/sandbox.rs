@@ -238,6 +238,8 @@ pub fn new_state(
 
 /// The longest line one `print` writes to the log, in bytes.
 const PRINT_LIMIT: usize = 4096;
+/// Bytes of `print` output one call may write to the log (the script's load counts as one).
+const PRINT_QUOTA: usize = 256 * 1024;
 
 /// What setup needs from the prelude after `prepare`.
 struct Wrappers {
@@ -357,7 +359,23 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
                 break;
             }
         }
-        tracing::info!(target: "script", "{}", crate::error::log_escaped(&line));
+        // Each line is capped, and so is what one call prints in all: a loop of prints ran
+        // at tens of megabytes of log a second, for as long as the budget allowed.
+        let before = super::slice::with_running_call(|c| {
+            c.map_or(0, |c| {
+                c.printed.fetch_add(line.len() + 1, Ordering::Relaxed)
+            })
+        });
+        if before < PRINT_QUOTA {
+            tracing::info!(target: "script", "{}", crate::error::log_escaped(&line));
+            if before + line.len() + 1 >= PRINT_QUOTA {
+                tracing::info!(
+                    target: "script",
+                    "(this call has printed {PRINT_QUOTA} bytes, as much as a call may: what it \
+                     prints from now on is not logged)"
+                );
+            }
+        }
         Ok(())
     })?;
     let print: Function = p.raw_get::<Function>("print_with")?.call(log_line)?;
@@ -366,9 +384,29 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
     let grpc = lua.create_table()?;
     grpc.raw_set(
         "status",
-        lua.create_function(|_, (code, message): (LuaValue, Option<String>)| {
-            let status = ScriptStatus::from_lua(&code, message.unwrap_or_default())
-                .map_err(mlua::Error::runtime)?;
+        lua.create_function(|_, (code, message): (LuaValue, Option<mlua::String>)| {
+            // The status holds its message outside Lua's memory, where `--script-memory`
+            // does not count it, and a script may keep any number of statuses: only what a
+            // status can carry is copied.
+            let message = match &message {
+                None => String::new(),
+                Some(m) => {
+                    let bytes = m.as_bytes();
+                    let text =
+                        std::str::from_utf8(&bytes).map_err(|e| mlua::Error::BadArgument {
+                            to: None,
+                            pos: 2,
+                            name: None,
+                            cause: std::sync::Arc::new(mlua::Error::FromLuaConversionError {
+                                from: "string",
+                                to: "String".into(),
+                                message: Some(e.to_string()),
+                            }),
+                        })?;
+                    crate::error::bounded_str(text)
+                }
+            };
+            let status = ScriptStatus::from_lua(&code, message).map_err(mlua::Error::runtime)?;
             Ok(LuaValue::Error(Box::new(mlua::Error::external(status))))
         })?,
     )?;
@@ -512,17 +550,31 @@ fn freeze_libraries(lua: &Lua, sandbox: &Sandbox, wrappers: &Wrappers) -> mlua::
 }
 
 /// `require("util")` → `handlers/util.lua`, loaded once per state, as text, while loading only.
+/// The longest module name `require` errors show (bytes); longer names are invalid anyway.
+const MAX_MODULE_NAME: usize = 256;
+
 fn install_require(lua: &Lua, dir: PathBuf, sandbox: &Sandbox) -> mlua::Result<()> {
     let cache = lua.create_table()?;
     let new_env = sandbox.new_env.clone();
     let lock_env = sandbox.lock_env.clone();
     let modules = sandbox.modules.clone();
     let loading = sandbox.loading.clone();
-    let require = lua.create_function(move |lua, name: String| {
-        match cache.raw_get::<LuaValue>(name.as_str())? {
+    let require = lua.create_function(move |lua, name: mlua::String| {
+        match cache.raw_get::<LuaValue>(&name)? {
             LuaValue::Nil => {}
             loaded => return Ok(loaded),
         }
+        // The errors below name the module, and live outside Lua's memory: no module name
+        // is long, so a long one is named by its start only.
+        let name = {
+            let bytes = name.as_bytes();
+            let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_MODULE_NAME)]);
+            if bytes.len() > MAX_MODULE_NAME {
+                format!("{shown}…")
+            } else {
+                shown.into_owned()
+            }
+        };
         if !loading.load(Ordering::Acquire) {
             return Err(mlua::Error::runtime(format!(
                 "require({name:?}) at call time: modules load with the scripts; require it at \

@@ -11,6 +11,9 @@ use tonic::{Code, Status};
 
 use crate::metadata::parse_code;
 
+/// The longest code name a status error shows (bytes).
+const MAX_CODE_NAME: usize = 64;
+
 /// A status chosen by the script.
 #[derive(Debug, Clone)]
 pub struct ScriptStatus {
@@ -30,7 +33,17 @@ impl ScriptStatus {
                     "grpc.status: {n} is not a gRPC status code; use a name such as \"NOT_FOUND\" or a number 1-16"
                 ))
             }
-            LuaValue::String(s) => serde_json::Value::from(s.to_string_lossy()),
+            // No code name is long: a long string is named by its start only (the error
+            // message would copy it whole, outside Lua's memory).
+            LuaValue::String(s) => {
+                let bytes = s.as_bytes();
+                let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_CODE_NAME)]);
+                if bytes.len() > MAX_CODE_NAME {
+                    serde_json::Value::from(format!("{shown}…"))
+                } else {
+                    serde_json::Value::from(shown.into_owned())
+                }
+            }
             other => {
                 return Err(format!(
                     "grpc.status: the code must be a name or a number, not a {}",

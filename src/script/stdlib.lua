@@ -966,11 +966,50 @@ do
 end
 
 do -- os.date runs strftime for each conversion of its format
-  local date = os.date
+  -- Lua's own walks the whole format in one go (over a second for four million `%c`, while
+  -- other calls on the state wait), so a big format is formatted in pieces of about PIECE
+  -- bytes, each its own call of Lua's os.date at the same time, joined at the end: the call
+  -- can be paused between two. A piece ends just before a `%` that follows a character other
+  -- than `%`, `E` or `O`, which always ends what it is part of, so every conversion stays
+  -- whole and every piece after the first starts with `%` (never `!` or `*t`).
+  local date, time, byte, sub, concat = os.date, os.time, string.byte, string.sub, table.concat
+  local pcall, memory_error = pcall, core.memory_error
+  local PIECE = 4096
+  local PERCENT, E, O = byte("%EO", 1, 3)
   os.date = function(...)
     local fmt = ...
-    if type(fmt) == "string" and #fmt > SMALL then spend(#fmt * 4) end
-    local r = date(...) return r
+    if type(fmt) ~= "string" or #fmt <= SMALL then local r = date(...) return r end
+    spend(#fmt * 4)
+    if #fmt <= 2 * PIECE then local r = date(...) return r end
+    local t = select(2, ...)
+    if t == nil then t = time() end
+    local utc = byte(fmt, 1) == byte("!") and "!" or ""
+    local parts, n, at, last = {}, 0, 1, #fmt
+    while last - at >= 2 * PIECE do
+      local cut = at + PIECE
+      while cut <= last do
+        if byte(fmt, cut) == PERCENT then
+          local before = byte(fmt, cut - 1)
+          if before ~= PERCENT and before ~= E and before ~= O then break end
+        end
+        cut = cut + 1
+      end
+      if cut > last then break end
+      local prefix = n > 0 and utc or ""
+      local ok, r = pcall(date, prefix .. sub(fmt, at, cut - 1), t)
+      if not ok then
+        if r == "not enough memory" then memory_error() end
+        -- Lua's error names the rest of the format from the bad conversion on: raised by
+        -- Lua's own on that rest, which stops at that conversion, in this piece.
+        date(prefix .. sub(fmt, at), t)
+        error(r, 0)
+      end
+      n = n + 1
+      parts[n] = r
+      at = cut
+    end
+    parts[n + 1] = date((n > 0 and utc or "") .. sub(fmt, at), t)
+    return concat(parts)
   end
 
   -- os.time reads the fields of its table, and writes them back normalized: for a table whose
