@@ -1064,6 +1064,47 @@ fn stopped_top_level_code_leaves_no_close_handler_running() {
     }
 }
 
+/// A load stopped while the script was inside a library function written in Lua (here
+/// `string.rep`'s wrapper), or while the loop that resumes the load between two pauses ran,
+/// named that code's place (`=stdlib:…`, `=protoserve guard:…`) instead of the script's line.
+/// The stop now names the nearest line of the script file itself: where it called the library
+/// function, or where it was last paused.
+#[test]
+fn a_load_stopped_inside_a_library_function_names_the_script_line() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("adv.json"),
+        r#"{ "service": "adv.Adv", "methods": { "Run": { "script": "adv.lua" } } }"#,
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.path().join("adv.lua"),
+        "local n = 0\n\
+         while true do\n\
+         \x20 n = n + #string.rep(\"ab\", 3, \",\")\n\
+         end\n\
+         function Run(req) return {} end\n",
+    )
+    .unwrap();
+    let protos = dir().join("protos");
+    for (mode, why) in [
+        (&["--script-instructions", "20000000"][..], "budget"),
+        (&[], "ran for more than 5 s"),
+    ] {
+        let mut args = vec![
+            "--protos",
+            protos.to_str().unwrap(),
+            "--handlers",
+            handlers.path().to_str().unwrap(),
+        ];
+        args.extend(mode);
+        let (code, err) = check_bounded(&args);
+        assert_eq!(code, Some(2), "startup did not end: {err}");
+        assert!(err.contains("adv.lua:3"), "{err}");
+        assert!(err.contains(why), "{err}");
+    }
+}
+
 /// A script's error message and `print` went to the log raw, so a newline in them started a
 /// line that looked like the server's own (and a NUL cut it). Control characters are escaped.
 #[tokio::test]

@@ -270,6 +270,8 @@ unsafe fn decide(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug, step: u64)
                     && slice::may_pause(unsafe { memory(state) } + pausable::held())
                     && slice::mark_sliced(thread) =>
             {
+                // SAFETY: as for `decide`.
+                unsafe { note_load_position(state, ar) };
                 Action::Yield
             }
             Check::Yield => {
@@ -279,11 +281,8 @@ unsafe fn decide(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug, step: u64)
                 Action::Continue
             }
             Check::Abort(a) => {
-                if slice::running_call().is_some_and(|c| &*c.method == LOADING) {
-                    // SAFETY: as for `decide`.
-                    let at = unsafe { stopped_at(state, ar) };
-                    LOAD_STOPPED_AT.with(|l| *l.borrow_mut() = at);
-                }
+                // SAFETY: as for `decide`.
+                unsafe { note_load_position(state, ar) };
                 // Yielded, the coroutine is stopped by whoever resumed it (see `guard`), outside
                 // any hook; raised, the abort unwinds to a protected call that turns hooks on.
                 if yieldable && slice::yield_for_abort(thread) {
@@ -312,16 +311,68 @@ unsafe fn memory(state: *mut ffi::lua_State) -> usize {
     usize::try_from(kib).unwrap_or(0) * 1024 + usize::try_from(bytes).unwrap_or(0)
 }
 
-/// The source (without its `@`) and line of the function the hook interrupted.
+/// While scripts load, notes where the hook interrupted the script being loaded, for the
+/// startup error if the load is stopped. Noted at every pause too, not only at the stop: the
+/// stop may be found where no script frame is on the stack (the guard's loop that resumes the
+/// load between two pauses, on another thread), and the last place the script itself was is
+/// then the one to name.
 ///
 /// # Safety
 /// `state` and `ar` are what Lua passed to the running hook.
-unsafe fn stopped_at(
+unsafe fn note_load_position(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) {
+    if slice::running_call().is_none_or(|c| &*c.method != LOADING) {
+        return;
+    }
+    // SAFETY: as the function says.
+    if let Some(at) = unsafe { script_position(state, ar) } {
+        LOAD_STOPPED_AT.with(|l| *l.borrow_mut() = Some(at));
+    }
+}
+
+/// Frames looked at for a script's own one (the library functions written in Lua call at
+/// most a few deep between a script and the hook).
+const SCRIPT_FRAME_SEARCH: c_int = 32;
+
+/// The source (without its `@`) and line where a script file's own code is, in the function
+/// the hook interrupted or the nearest function below it that comes from a file (the server's
+/// own Lua, the guard's or the libraries', comes from no file), if any.
+///
+/// # Safety
+/// `state` and `ar` are what Lua passed to the running hook.
+unsafe fn script_position(
     state: *mut ffi::lua_State,
     ar: *mut ffi::lua_Debug,
 ) -> Option<(String, usize)> {
     // SAFETY: `ar` is the activation record Lua passed to this hook, valid while it runs;
     // "Sl" fills in the interrupted function's source and current line and raises no error.
+    // Each lower frame goes into a record of its own, filled by `lua_getstack` and
+    // `lua_getinfo` alone, which read the thread's stack and change nothing.
+    unsafe {
+        if let Some(at) = file_position(state, ar) {
+            return Some(at);
+        }
+        for level in 1..SCRIPT_FRAME_SEARCH {
+            let mut frame: ffi::lua_Debug = std::mem::zeroed();
+            if ffi::lua_getstack(state, level, &mut frame) == 0 {
+                return None;
+            }
+            if let Some(at) = file_position(state, &mut frame) {
+                return Some(at);
+            }
+        }
+    }
+    None
+}
+
+/// The file and current line of the function `ar` describes, if it comes from a file.
+///
+/// # Safety
+/// `ar` is the hook's record or one `lua_getstack` filled for `state`.
+unsafe fn file_position(
+    state: *mut ffi::lua_State,
+    ar: *mut ffi::lua_Debug,
+) -> Option<(String, usize)> {
+    // SAFETY: as the function says; "Sl" raises no error.
     let (source, line) = unsafe {
         if ffi::lua_getinfo(state, c"Sl".as_ptr(), ar) == 0 || (*ar).source.is_null() {
             return None;
@@ -331,9 +382,11 @@ unsafe fn stopped_at(
             (*ar).currentline,
         )
     };
-    let source = String::from_utf8_lossy(source);
-    let source = source.strip_prefix('@').unwrap_or(&source).to_owned();
-    Some((source, usize::try_from(line).unwrap_or(0)))
+    let file = source.strip_prefix(b"@")?;
+    Some((
+        String::from_utf8_lossy(file).into_owned(),
+        usize::try_from(line).unwrap_or(0),
+    ))
 }
 
 /// What a script sees of the abort (the client is answered from the call's record of it).

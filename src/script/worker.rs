@@ -268,6 +268,8 @@ impl Loading {
 /// stop it by yielding (see [`hook`]).
 fn run_top_level(lua: &Lua, chunk: mlua::Chunk<'_>) -> mlua::Result<()> {
     let load: Function = lua.named_registry_value(super::guard::LOAD_KEY)?;
+    // Where an earlier file's load was paused says nothing of this one.
+    let _ = hook::take_load_stop();
     load.call(chunk.into_function()?)
 }
 
