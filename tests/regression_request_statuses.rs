@@ -1,0 +1,127 @@
+//! Regressions of requests that break the gRPC protocol in ways a client library would not, sent
+//! as raw HTTP/2: each must get the status the gRPC status codes table gives, with a message
+//! that says what was wrong, and the server must go on serving.
+//!
+//! - A unary or server-streaming request with no message, or with more than one, is a request
+//!   cardinality violation: UNIMPLEMENTED (tonic said INTERNAL "Missing request message." for
+//!   none, and answered OK to the first of several).
+//! - A reflection request that does not decode, or is over `--max-message-size`, ends the
+//!   stream with its status (the stream used to end OK, with no answer); a health or
+//!   reflection request that does not decode is INVALID_ARGUMENT, as for every method (tonic's
+//!   codec said INTERNAL).
+
+mod common;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::{fixtures, Client, Server};
+use serde_json::json;
+use tonic::{Code, Status};
+
+/// `msg` framed as one gRPC message.
+fn framed(msg: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+/// Sends `body` (any bytes) as the whole request of a call to `path`, then returns the call's
+/// gRPC status, from the headers of a Trailers-Only answer or from the trailers.
+async fn raw_call(addr: SocketAddr, path: &str, body: Vec<u8>) -> Status {
+    let mut conn = common::h2_connect(addr).await;
+    let req = common::grpc_request(addr, path).body(()).unwrap();
+    let (resp, mut send) = conn.send_request(req, body.is_empty()).unwrap();
+    if !body.is_empty() {
+        send.send_data(Bytes::from(body), true).unwrap();
+    }
+    let resp = resp.await.unwrap();
+    if let Some(status) = Status::from_header_map(resp.headers()) {
+        return status;
+    }
+    let mut body = resp.into_body();
+    while let Some(data) = body.data().await {
+        let data = data.unwrap();
+        body.flow_control().release_capacity(data.len()).unwrap();
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    Status::from_header_map(&trailers).expect("grpc-status in the trailers")
+}
+
+#[tokio::test]
+async fn unary_and_server_streaming_calls_take_exactly_one_request() {
+    let server = Server::kitchen();
+    let one = framed(&[0x0a, 0x03, b'a', b'b', b'c']);
+    let two = [one.clone(), one.clone()].concat();
+
+    for method in ["kitchen.Kitchen/Echo", "kitchen.Kitchen/List"] {
+        let path = format!("/{method}");
+        for (body, sent) in [(Vec::new(), "sent none"), (two.clone(), "more than one")] {
+            let s = raw_call(server.addr, &path, body).await;
+            assert_eq!(s.code(), Code::Unimplemented, "{method}, {sent}: {s:?}");
+            assert!(s.message().contains(method), "{method}, {sent}: {s:?}");
+            assert!(s.message().contains(sent), "{method}, {sent}: {s:?}");
+            assert!(s.message().contains("exactly one"), "{method}: {s:?}");
+        }
+        let s = raw_call(server.addr, &path, one.clone()).await;
+        assert_eq!(s.code(), Code::Ok, "{method}, one message: {s:?}");
+    }
+
+    // Health's Check (tonic's) says the same.
+    let s = raw_call(server.addr, "/grpc.health.v1.Health/Check", Vec::new()).await;
+    assert_eq!(s.code(), Code::Unimplemented, "{s:?}");
+    assert!(s.message().contains("exactly one"), "{s:?}");
+
+    // Client streams may send any number, none included.
+    let s = raw_call(server.addr, "/kitchen.Kitchen/Collect", Vec::new()).await;
+    assert_eq!(s.code(), Code::Ok, "{s:?}");
+
+    // The server goes on serving, and real clients are unaffected.
+    let client = Client::connect(server.addr, common::pool(&fixtures().join("protos"))).await;
+    let reply = client
+        .unary("kitchen.Kitchen/Echo", json!({"id": "still"}))
+        .await
+        .unwrap();
+    assert_eq!(reply["id"], "still");
+}
+
+#[tokio::test]
+async fn builtin_requests_that_do_not_decode_are_invalid_argument() {
+    let server = Server::kitchen();
+    let garbage = framed(&[0xff, 0xff, 0xff]);
+    for path in [
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+    ] {
+        let s = raw_call(server.addr, path, garbage.clone()).await;
+        assert_eq!(s.code(), Code::InvalidArgument, "{path}: {s:?}");
+        assert!(s.message().contains("not a valid message"), "{path}: {s:?}");
+    }
+
+    // A reflection request that breaks the framing ends the stream with an error, not OK.
+    let compressed_without_encoding = {
+        let mut f = framed(&[0x3a, 0x01, b'*']);
+        f[0] = 1;
+        f
+    };
+    let s = raw_call(
+        server.addr,
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        compressed_without_encoding,
+    )
+    .await;
+    assert_eq!(s.code(), Code::Internal, "{s:?}");
+    assert!(s.message().contains("grpc-encoding"), "{s:?}");
+
+    // A good request is still answered (list services).
+    let s = raw_call(
+        server.addr,
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        framed(&[0x3a, 0x01, b'*']),
+    )
+    .await;
+    assert_eq!(s.code(), Code::Ok, "{s:?}");
+}
