@@ -234,6 +234,9 @@ pub enum CallError {
     },
     /// The request's content-type is not gRPC.
     NotGrpc { content_type: String },
+    /// The request's headers (metadata) are over `--max-header-list-size`, counted as HTTP/2
+    /// counts them.
+    HeadersTooLarge { size: usize, limit: usize },
     /// A response over `--max-message-size`.
     ResponseTooLarge { len: usize, limit: usize },
     /// A script's reply passed `--max-message-size` while it was converted (so it was never
@@ -502,6 +505,9 @@ impl From<CallError> for Status {
             )),
             CallError::NotGrpc { content_type } => Status::invalid_argument(format!(
                 "content-type {content_type:?} is not gRPC; send application/grpc (protobuf encoding)"
+            )),
+            CallError::HeadersTooLarge { size, limit } => Status::resource_exhausted(format!(
+                "the request's headers (metadata) take {size} bytes, over the limit of {limit} bytes; send less metadata, or raise the limit with --max-header-list-size"
             )),
             CallError::ResponseTooLarge { len, limit } => Status::resource_exhausted(format!(
                 "the response is {len} bytes, over the limit of {limit} bytes; raise it with --max-message-size"

@@ -92,6 +92,11 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// Bytes one stream may queue for sending beyond what flow control lets out; with the encoder
 /// holding at most one message, this bounds a slow reader's cost per stream.
 const MAX_SEND_BUF: usize = 64 * 1024;
+/// HTTP/2 itself refuses request headers over this many times `--max-header-list-size` (with
+/// HTTP 431, no gRPC status); between the two, the call is refused with RESOURCE_EXHAUSTED
+/// naming the flag ([`crate::layers::content_type`]). A refused call's headers are dropped at
+/// once, so a call in flight still holds at most the flag's worth.
+const HEADER_LIST_LEEWAY: u32 = 4;
 /// After the shutdown deadline, time for the UNAVAILABLE trailers to reach clients.
 const FINAL_GRACE: Duration = Duration::from_secs(2);
 
@@ -111,7 +116,11 @@ pub async fn run(
         .max_concurrent_streams(options.max_concurrent_streams)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
-        .max_header_list_size(options.max_header_list_size)
+        .max_header_list_size(
+            options
+                .max_header_list_size
+                .saturating_mul(HEADER_LIST_LEEWAY),
+        )
         .max_send_buf_size(MAX_SEND_BUF)
         .keep_alive_interval(options.keepalive_interval)
         .keep_alive_timeout(options.keepalive_timeout);
@@ -154,6 +163,7 @@ pub async fn run(
                     stop.clone(),
                     Recording { journal: journal.clone(), peer: Some(peer) },
                     Buffers::new(options.max_buffered_per_connection, server_buffers.clone()),
+                    options.max_header_list_size as usize,
                 ));
                 let guard = HandshakeGuard::new(stream, options.handshake_timeout);
                 let greeted = guard.greeted.clone();

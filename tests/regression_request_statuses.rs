@@ -9,6 +9,8 @@
 //!   stream with its status (the stream used to end OK, with no answer); a health or
 //!   reflection request that does not decode is INVALID_ARGUMENT, as for every method (tonic's
 //!   codec said INTERNAL).
+//! - Metadata over `--max-header-list-size` is RESOURCE_EXHAUSTED naming the flag (HTTP/2 used
+//!   to refuse it with HTTP 431 and no gRPC status).
 
 mod common;
 
@@ -124,4 +126,30 @@ async fn builtin_requests_that_do_not_decode_are_invalid_argument() {
     )
     .await;
     assert_eq!(s.code(), Code::Ok, "{s:?}");
+}
+
+/// Metadata over `--max-header-list-size` used to be refused by HTTP/2 itself, with HTTP 431
+/// and no gRPC status: clients said UNKNOWN and nothing named the flag.
+#[tokio::test]
+async fn metadata_over_the_limit_is_resource_exhausted_naming_the_flag() {
+    let server = Server::kitchen();
+    let client = Client::connect(server.addr, common::pool(&fixtures().join("protos"))).await;
+    let with_value = |len: usize| {
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert("x-big", "v".repeat(len).parse().unwrap());
+        md
+    };
+    let call = |len| client.unary_with("kitchen.Kitchen/Echo", json!({"id": "m"}), with_value(len));
+
+    let (reply, _) = call(15_000).await.unwrap();
+    assert_eq!(reply["id"], "m");
+    for len in [17_000, 40_000] {
+        let s = call(len).await.unwrap_err();
+        assert_eq!(s.code(), Code::ResourceExhausted, "{len}: {s:?}");
+        assert!(s.message().contains("--max-header-list-size"), "{s:?}");
+        assert!(s.message().contains("16384"), "{s:?}");
+    }
+    // The connection and the server go on serving.
+    let (reply, _) = call(10).await.unwrap();
+    assert_eq!(reply["id"], "m");
 }
