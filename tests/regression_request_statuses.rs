@@ -153,3 +153,68 @@ async fn metadata_over_the_limit_is_resource_exhausted_naming_the_flag() {
     let (reply, _) = call(10).await.unwrap();
     assert_eq!(reply["id"], "m");
 }
+
+/// Sends `bytes` on a new connection and reads until the server closes it.
+async fn send_and_wait_close(addr: SocketAddr, bytes: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_to_end(&mut sink),
+    )
+    .await;
+}
+
+/// Whether a log line containing `what` shows up, trying `attempt` until it does (the log
+/// names such connections once a second at most).
+async fn logged(server: &Server, what: &str, attempt: impl Fn() -> Vec<u8>) -> bool {
+    for _ in 0..20 {
+        send_and_wait_close(server.addr, &attempt()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        if server.log().iter().any(|l| l.contains(what)) {
+            return true;
+        }
+    }
+    false
+}
+
+/// A client configured for TLS, or speaking HTTP/1, used to see the connection close and the
+/// log say nothing.
+#[tokio::test]
+async fn clients_that_do_not_speak_http2_are_told_in_the_log() {
+    let server = Server::kitchen();
+    let client_hello = || {
+        let mut b = vec![
+            0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+        ];
+        b.resize(180, 0);
+        b
+    };
+    assert!(
+        logged(&server, "TLS handshake", client_hello).await,
+        "{:#?}",
+        server.log()
+    );
+    let http1 = || b"GET /kitchen.Kitchen/Echo HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    assert!(
+        logged(&server, "\"GET /kitchen.Kitchen/Echo HTTP/1.1\"", http1).await,
+        "{:#?}",
+        server.log()
+    );
+    let line = server
+        .log()
+        .into_iter()
+        .find(|l| l.contains("HTTP/1 request"))
+        .unwrap();
+    assert!(line.contains("--http2-prior-knowledge"), "{line}");
+    assert!(line.contains("WARN"), "{line}");
+
+    // The server goes on serving.
+    let client = Client::connect(server.addr, common::pool(&fixtures().join("protos"))).await;
+    client
+        .unary("kitchen.Kitchen/Echo", json!({"id": "x"}))
+        .await
+        .unwrap();
+}
