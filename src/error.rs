@@ -270,13 +270,18 @@ const DECODE_TOO_LARGE: &str = "Error, decoded message length too large";
 /// decode as INTERNAL; it is the client's mistake, INVALID_ARGUMENT, as for every method.
 const PROST_DECODE_FAILED: &str = "failed to decode Protobuf message";
 
+/// tonic's message when a compressed request inflates past the limit: RESOURCE_EXHAUSTED as
+/// gRPC says, but without the flag that sets the limit.
+const INFLATED_TOO_LARGE: &str = "Error decompressing: size limit";
+
 /// tonic's unary entry points (behind health's `Check`) answer a request stream without a
 /// message INTERNAL; the gRPC status codes table calls it a cardinality violation,
 /// UNIMPLEMENTED, as protoserve's own methods answer it ([`CallError::RequestCount`]).
 const MISSING_REQUEST: &str = "Missing request message.";
 
-/// Rewrites a tonic status that gRPC specifies differently (see `DECODE_TOO_LARGE`,
-/// `PROST_DECODE_FAILED` and `MISSING_REQUEST`).
+/// Rewrites a tonic status that gRPC specifies differently, or that does not say which flag
+/// to raise (see `DECODE_TOO_LARGE`, `INFLATED_TOO_LARGE`, `PROST_DECODE_FAILED` and
+/// `MISSING_REQUEST`).
 fn normalize_status(status: Status) -> Status {
     if status.code() == Code::OutOfRange && status.message().starts_with(DECODE_TOO_LARGE) {
         return Status::resource_exhausted(format!(
@@ -287,6 +292,15 @@ fn normalize_status(status: Status) -> Status {
     if status.code() == Code::Internal && status.message().starts_with(PROST_DECODE_FAILED) {
         return Status::invalid_argument(format!(
             "the request is not a valid message of the method's input type ({})",
+            status.message()
+        ));
+    }
+    if status.code() == Code::ResourceExhausted
+        && status.message().starts_with(INFLATED_TOO_LARGE)
+        && !status.message().contains("--max-message-size")
+    {
+        return Status::resource_exhausted(format!(
+            "{}; raise the server's limit with --max-message-size",
             status.message()
         ));
     }
@@ -349,7 +363,7 @@ pub fn normalize_status_headers(headers: &mut http::HeaderMap) {
     // Successful calls carry grpc-status 0: one lookup and out.
     let rewrite = match headers.get("grpc-status").map(|v| v.as_bytes()) {
         None | Some(b"0") => return,
-        Some(b"11") | Some(b"13") => true,
+        Some(b"8") | Some(b"11") | Some(b"13") => true,
         Some(_) => false,
     };
     let too_long = headers
@@ -359,7 +373,7 @@ pub fn normalize_status_headers(headers: &mut http::HeaderMap) {
         return;
     }
     if let Some(status) = Status::from_header_map(headers) {
-        let code = status.code();
+        let (code, message) = (status.code(), status.message().to_owned());
         let mut normalized = normalize_status(status);
         if too_long {
             normalized = Status::with_details_and_metadata(
@@ -369,7 +383,7 @@ pub fn normalize_status_headers(headers: &mut http::HeaderMap) {
                 normalized.metadata().clone(),
             );
         }
-        if too_long || normalized.code() != code {
+        if too_long || normalized.code() != code || normalized.message() != message {
             let _ = normalized.add_header(headers);
         }
     }

@@ -218,3 +218,40 @@ async fn clients_that_do_not_speak_http2_are_told_in_the_log() {
         .await
         .unwrap();
 }
+
+/// A gzip request that inflates past `--max-message-size` is RESOURCE_EXHAUSTED naming the
+/// flag, as an uncompressed one is (tonic's message named no flag).
+#[tokio::test]
+async fn inflated_request_over_the_limit_names_the_flag() {
+    let server = Server::start(&[
+        "--protos",
+        fixtures().join("protos").to_str().unwrap(),
+        "--handlers",
+        fixtures().join("handlers").to_str().unwrap(),
+        "--max-message-size",
+        "1024",
+    ]);
+    let client = Client::connect(server.addr, common::pool(&fixtures().join("protos"))).await;
+    let mut grpc = tonic::client::Grpc::new(common::channel(server.addr).await)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    // An Item whose blob (field 7) is 2000 bytes: 2003 bytes, a few dozen compressed.
+    let mut item = vec![0x3a, 0xd0, 0x0f];
+    item.resize(2003, b'x');
+    grpc.ready().await.unwrap();
+    let s = grpc
+        .unary(
+            tonic::Request::new(Bytes::from(item)),
+            "/kitchen.Kitchen/Echo".parse().unwrap(),
+            common::RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("--max-message-size"), "{s:?}");
+
+    let reply = client
+        .unary("kitchen.Kitchen/Echo", json!({"id": "small"}))
+        .await
+        .unwrap();
+    assert_eq!(reply["id"], "small");
+}
