@@ -20,7 +20,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -149,8 +149,14 @@ pub async fn run(
                     }
                 };
                 if connections.len() >= options.max_connections {
-                    // Closed at once: the client sees the connection fail and may retry.
-                    tracing::debug!("refusing a connection: --max-connections ({}) reached", options.max_connections);
+                    // Closed at once: the client sees the connection fail and may retry; the
+                    // log says why, once a second at most.
+                    static REFUSED: AtomicU64 = AtomicU64::new(0);
+                    if once_a_second(&REFUSED) {
+                        tracing::warn!("refusing connections (from {peer}, for one): --max-connections ({}) are open; raise the flag, or have clients close theirs", options.max_connections);
+                    } else {
+                        tracing::debug!("refusing a connection from {peer}: --max-connections ({}) reached", options.max_connections);
+                    }
                     drop(stream);
                     continue;
                 }
@@ -256,6 +262,15 @@ async fn connection(
 /// first.
 const HANDSHAKE_BYTES: usize = 24 + 9;
 
+/// Whether a second has begun since `last` was last set (and sets it): for log lines that a
+/// client could otherwise repeat without end.
+fn once_a_second(last: &AtomicU64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    last.swap(now, Ordering::Relaxed) != now
+}
+
 /// The HTTP/2 client preface.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -288,12 +303,9 @@ fn not_http2(first: &[u8]) -> String {
 /// Logs, once a second at most (more at debug level: a flood must not flood the log), that a
 /// client opened with something other than HTTP/2.
 fn report_not_http2(peer: std::net::SocketAddr, first: &[u8]) {
-    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    static LAST: AtomicU64 = AtomicU64::new(0);
     let what = not_http2(first);
-    if LAST.swap(now, Ordering::Relaxed) != now {
+    if once_a_second(&LAST) {
         tracing::warn!("connection from {peer} closed: it sent {what}");
     } else {
         tracing::debug!("connection from {peer} closed: it sent {what}");

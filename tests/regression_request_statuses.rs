@@ -255,3 +255,25 @@ async fn inflated_request_over_the_limit_names_the_flag() {
         .unwrap();
     assert_eq!(reply["id"], "small");
 }
+
+/// A connection over `--max-connections` is closed at once; the log used to say why only at
+/// debug level, so a suite whose calls failed to connect found nothing in it.
+#[tokio::test]
+async fn connections_over_the_limit_are_told_in_the_log() {
+    let server = Server::start(&["--max-connections", "1"]);
+    let held = common::h2_connect(server.addr).await;
+    let mut said = false;
+    for _ in 0..20 {
+        send_and_wait_close(server.addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        said = server
+            .log()
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("--max-connections (1)"));
+        if said {
+            break;
+        }
+    }
+    assert!(said, "{:#?}", server.log());
+    drop(held);
+}
