@@ -277,3 +277,47 @@ async fn connections_over_the_limit_are_told_in_the_log() {
     assert!(said, "{:#?}", server.log());
     drop(held);
 }
+
+/// Health and reflection take gzip requests as every method does: a client that compresses
+/// every call (a channel-wide setting) used to get UNIMPLEMENTED from them.
+#[tokio::test]
+async fn health_and_reflection_take_gzip_requests() {
+    use tonic::codec::CompressionEncoding::Gzip;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let server = Server::kitchen();
+    let channel = common::channel(server.addr).await;
+    let mut health = HealthClient::new(channel.clone())
+        .send_compressed(Gzip)
+        .accept_compressed(Gzip);
+    let status = health
+        .check(HealthCheckRequest {
+            service: "kitchen.Kitchen".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, 1, "SERVING");
+
+    let mut reflection = ServerReflectionClient::new(channel)
+        .send_compressed(Gzip)
+        .accept_compressed(Gzip);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(futures_util::stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().expect("an answer");
+    assert!(
+        format!("{answer:?}").contains("kitchen.Kitchen"),
+        "{answer:?}"
+    );
+}
