@@ -1,4 +1,4 @@
-//! Regressions of journal reads whose messages decode into far more than their bytes: a
+//! Regressions of journal reads and verifies whose messages decode into far more than their bytes: a
 //! repeated field of empty strings takes two bytes on the wire and dozens decoded, a string of
 //! control characters six times its length as JSON. Reading a journal of 32 MiB of such
 //! messages used to take the server's memory up by 1.5 GB per read (and reads ran side by
@@ -145,4 +145,41 @@ async fn a_page_ends_before_a_call_its_budget_cannot_show() {
     // Two calls would take 84 MiB of text: each page holds one.
     assert_eq!(pages, 3, "{ids:?}");
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+}
+
+/// A verify runs over every call to the method: each recorded request was decoded whatever it
+/// cost, and every near miss kept its request as JSON until the few shown were picked (4 such
+/// calls: over 800 MB, and a 117 MB answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_over_costly_requests_stays_within_bounded_memory() {
+    let server = Server::kitchen();
+    echo_all(&server, &vec![empty_tags(4 * 1024 * 1024 - 64); 4]).await;
+    let before = proc_status_kib(server.pid(), "VmRSS");
+    let pid = server.pid();
+    let body = serde_json::json!({
+        "method": "kitchen.Kitchen/Echo",
+        "when": {"request": {"id": "x"}},
+        "exactly": 1,
+    });
+    let verify = server.admin_post("/v1/verify", &body);
+    tokio::pin!(verify);
+    let mut peak = before;
+    let (status, answer) = loop {
+        tokio::select! {
+            done = &mut verify => break done,
+            () = tokio::time::sleep(Duration::from_millis(20)) => {
+                peak = peak.max(proc_status_kib(pid, "VmRSS"));
+            }
+        }
+    };
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    assert!(grown_mib < 400, "the verify took {grown_mib} MiB");
+    assert_eq!(status, 200, "{answer:#}");
+    assert_eq!(answer["ok"], false);
+    assert_eq!(answer["calls_to_method"], 4);
+    let misses = answer["near_misses"].as_array().unwrap();
+    assert_eq!(misses.len(), 4);
+    let failed = misses[0]["failed"][0].as_str().unwrap();
+    assert!(failed.contains("not checked"), "{failed}");
+    assert!(failed.contains("8 times its size"), "{failed}");
 }
