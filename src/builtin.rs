@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use tonic::codec::CompressionEncoding::Gzip;
 use tonic::server::NamedService;
 use tower::util::BoxCloneSyncService;
 
@@ -20,7 +21,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Server reflection over `schema`'s files and the built-in services' files, both versions, by
 /// the path prefix that routes to each. Requests are held to `max_message_size`, as every
-/// method's are (`--max-message-size`).
+/// method's are (`--max-message-size`), and may be gzip-compressed.
 pub fn reflection(
     schema: &Schema,
     max_message_size: usize,
@@ -32,9 +33,13 @@ pub fn reflection(
     })?;
     let index = reflection::Index::new(schema.files.clone(), Arc::new(builtin_files));
     let v1 = reflection::v1::ReflectionV1::server(index.clone())
-        .max_decoding_message_size(max_message_size);
+        .max_decoding_message_size(max_message_size)
+        .accept_compressed(Gzip)
+        .send_compressed(Gzip);
     let v1alpha = reflection::v1alpha::ReflectionV1alpha::server(index)
-        .max_decoding_message_size(max_message_size);
+        .max_decoding_message_size(max_message_size)
+        .accept_compressed(Gzip)
+        .send_compressed(Gzip);
     Ok(vec![
         (prefix_of(&v1), boxed(v1)),
         (prefix_of(&v1alpha), boxed(v1alpha)),
@@ -65,10 +70,14 @@ pub fn reflection_over(
     };
     let v1 = configure()
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+        .build_v1()?
+        .accept_compressed(Gzip)
+        .send_compressed(Gzip);
     let v1alpha = configure()
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+        .build_v1alpha()?
+        .accept_compressed(Gzip)
+        .send_compressed(Gzip);
     Ok(vec![
         (prefix_of(&v1), boxed(v1)),
         (prefix_of(&v1alpha), boxed(v1alpha)),
@@ -77,9 +86,14 @@ pub fn reflection_over(
 
 /// Health checking over `health`'s table, with the path prefix that routes to it. It outlives
 /// generations: watchers stay connected across reloads and see services come and go. Requests
-/// are held to `max_message_size`, as every method's are.
+/// are held to `max_message_size`, and may be gzip-compressed, as every method's (a client
+/// that compresses every call, as a channel-wide setting does, must get health answered).
 pub fn health(health: &HealthReporter, max_message_size: usize) -> (String, BuiltinService) {
-    let service = health.service().max_decoding_message_size(max_message_size);
+    let service = health
+        .service()
+        .max_decoding_message_size(max_message_size)
+        .accept_compressed(Gzip)
+        .send_compressed(Gzip);
     (prefix_of(&service), boxed(service))
 }
 

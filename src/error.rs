@@ -226,8 +226,17 @@ pub enum CallError {
         budget: usize,
         per_limit: usize,
     },
+    /// A unary or server-streaming call whose request stream held no message, or more than
+    /// one (`sent` says which).
+    RequestCount {
+        method: Arc<str>,
+        sent: &'static str,
+    },
     /// The request's content-type is not gRPC.
     NotGrpc { content_type: String },
+    /// The request's headers (metadata) are over `--max-header-list-size`, counted as HTTP/2
+    /// counts them.
+    HeadersTooLarge { size: usize, limit: usize },
     /// A response over `--max-message-size`.
     ResponseTooLarge { len: usize, limit: usize },
     /// A script's reply passed `--max-message-size` while it was converted (so it was never
@@ -257,13 +266,48 @@ pub enum CallError {
 /// tonic reports an over-limit incoming message as OUT_OF_RANGE; gRPC says RESOURCE_EXHAUSTED.
 const DECODE_TOO_LARGE: &str = "Error, decoded message length too large";
 
-/// Rewrites a tonic status that gRPC specifies differently (see `DECODE_TOO_LARGE`).
+/// tonic's protobuf codec (behind health and reflection) reports a request that does not
+/// decode as INTERNAL; it is the client's mistake, INVALID_ARGUMENT, as for every method.
+const PROST_DECODE_FAILED: &str = "failed to decode Protobuf message";
+
+/// tonic's message when a compressed request inflates past the limit: RESOURCE_EXHAUSTED as
+/// gRPC says, but without the flag that sets the limit.
+const INFLATED_TOO_LARGE: &str = "Error decompressing: size limit";
+
+/// tonic's unary entry points (behind health's `Check`) answer a request stream without a
+/// message INTERNAL; the gRPC status codes table calls it a cardinality violation,
+/// UNIMPLEMENTED, as protoserve's own methods answer it ([`CallError::RequestCount`]).
+const MISSING_REQUEST: &str = "Missing request message.";
+
+/// Rewrites a tonic status that gRPC specifies differently, or that does not say which flag
+/// to raise (see `DECODE_TOO_LARGE`, `INFLATED_TOO_LARGE`, `PROST_DECODE_FAILED` and
+/// `MISSING_REQUEST`).
 fn normalize_status(status: Status) -> Status {
     if status.code() == Code::OutOfRange && status.message().starts_with(DECODE_TOO_LARGE) {
         return Status::resource_exhausted(format!(
             "{}; raise the server's limit with --max-message-size",
             status.message()
         ));
+    }
+    if status.code() == Code::Internal && status.message().starts_with(PROST_DECODE_FAILED) {
+        return Status::invalid_argument(format!(
+            "the request is not a valid message of the method's input type ({})",
+            status.message()
+        ));
+    }
+    if status.code() == Code::ResourceExhausted
+        && status.message().starts_with(INFLATED_TOO_LARGE)
+        && !status.message().contains("--max-message-size")
+    {
+        return Status::resource_exhausted(format!(
+            "{}; raise the server's limit with --max-message-size",
+            status.message()
+        ));
+    }
+    if status.code() == Code::Internal && status.message() == MISSING_REQUEST {
+        return Status::unimplemented(
+            "the method takes exactly one request message and the client sent none; send one message, then end the request stream",
+        );
     }
     status
 }
@@ -319,7 +363,7 @@ pub fn normalize_status_headers(headers: &mut http::HeaderMap) {
     // Successful calls carry grpc-status 0: one lookup and out.
     let rewrite = match headers.get("grpc-status").map(|v| v.as_bytes()) {
         None | Some(b"0") => return,
-        Some(b"11") => true,
+        Some(b"8") | Some(b"11") | Some(b"13") => true,
         Some(_) => false,
     };
     let too_long = headers
@@ -329,6 +373,7 @@ pub fn normalize_status_headers(headers: &mut http::HeaderMap) {
         return;
     }
     if let Some(status) = Status::from_header_map(headers) {
+        let (code, message) = (status.code(), status.message().to_owned());
         let mut normalized = normalize_status(status);
         if too_long {
             normalized = Status::with_details_and_metadata(
@@ -338,7 +383,7 @@ pub fn normalize_status_headers(headers: &mut http::HeaderMap) {
                 normalized.metadata().clone(),
             );
         }
-        if too_long || normalized.code() != Code::OutOfRange {
+        if too_long || normalized.code() != code || normalized.message() != message {
             let _ = normalized.add_header(headers);
         }
     }
@@ -496,8 +541,15 @@ impl From<CallError> for Status {
             } => Status::resource_exhausted(format!(
                 "decoding this {expected} would take over {cost} bytes of memory (at {field}), more than {budget} ({per_limit} times --max-message-size); send fewer elements or raise --max-message-size"
             )),
+            // The gRPC status codes table: a request cardinality violation is UNIMPLEMENTED.
+            CallError::RequestCount { method, sent } => Status::unimplemented(format!(
+                "{method} takes exactly one request message and the client sent {sent}; send one message, then end the request stream"
+            )),
             CallError::NotGrpc { content_type } => Status::invalid_argument(format!(
                 "content-type {content_type:?} is not gRPC; send application/grpc (protobuf encoding)"
+            )),
+            CallError::HeadersTooLarge { size, limit } => Status::resource_exhausted(format!(
+                "the request's headers (metadata) take {size} bytes, over the limit of {limit} bytes; send less metadata, or raise the limit with --max-header-list-size"
             )),
             CallError::ResponseTooLarge { len, limit } => Status::resource_exhausted(format!(
                 "the response is {len} bytes, over the limit of {limit} bytes; raise it with --max-message-size"

@@ -4,7 +4,9 @@
 //! `google.api.http`) and keeps that copy: for a tree like googleapis, hundreds of megabytes. This
 //! answers from [`Files`] instead: a lookup by name or symbol and the file's encoded bytes.
 //! A request for something unknown gets the protocol's NOT_FOUND error response and the stream
-//! goes on, as the reflection protocol asks.
+//! goes on, as the reflection protocol asks; a request that is not one (bytes that do not
+//! decode, a message over `--max-message-size`) ends the stream with the gRPC status that says
+//! so, never with OK.
 
 use std::sync::Arc;
 
@@ -136,7 +138,19 @@ macro_rules! reflection_service {
                     let (tx, rx) = tokio::sync::mpsc::channel(4);
                     let this = Self(self.0.clone());
                     tokio::spawn(async move {
-                        while let Ok(Some(req)) = requests.message().await {
+                        loop {
+                            let req = match requests.message().await {
+                                Ok(Some(req)) => req,
+                                Ok(None) => return,
+                                // A request that does not decode, is over
+                                // `--max-message-size` or breaks the framing ends the stream
+                                // with its status (rewritten as gRPC specifies on the way
+                                // out, see `crate::layers::status`), not with OK.
+                                Err(status) => {
+                                    let _ = tx.send(Err(status)).await;
+                                    return;
+                                }
+                            };
                             let response = match &req.message_request {
                                 Some(m) => this.answer(m),
                                 None => MessageResponse::ErrorResponse(ErrorResponse {

@@ -9,6 +9,8 @@
 //!   ([`ServerOptions`], flags in `main.rs`);
 //! - a connection that has not sent the HTTP/2 preface and a first frame header within
 //!   `handshake_timeout` is closed ([`HandshakeGuard`]);
+//! - a client that opens with something other than HTTP/2 (a TLS handshake, an HTTP/1
+//!   request) is named in the log with what to change, not just disconnected;
 //! - peers that stop answering pings are dropped (`keepalive_*`);
 //! - on shutdown the listener closes, health turns NOT_SERVING, connections get GOAWAY and
 //!   in-flight calls may finish; calls still running after `shutdown_timeout` end with
@@ -18,7 +20,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -92,6 +94,11 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// Bytes one stream may queue for sending beyond what flow control lets out; with the encoder
 /// holding at most one message, this bounds a slow reader's cost per stream.
 const MAX_SEND_BUF: usize = 64 * 1024;
+/// HTTP/2 itself refuses request headers over this many times `--max-header-list-size` (with
+/// HTTP 431, no gRPC status); between the two, the call is refused with RESOURCE_EXHAUSTED
+/// naming the flag ([`crate::layers::content_type`]). A refused call's headers are dropped at
+/// once, so a call in flight still holds at most the flag's worth.
+const HEADER_LIST_LEEWAY: u32 = 4;
 /// After the shutdown deadline, time for the UNAVAILABLE trailers to reach clients.
 const FINAL_GRACE: Duration = Duration::from_secs(2);
 
@@ -111,7 +118,11 @@ pub async fn run(
         .max_concurrent_streams(options.max_concurrent_streams)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
-        .max_header_list_size(options.max_header_list_size)
+        .max_header_list_size(
+            options
+                .max_header_list_size
+                .saturating_mul(HEADER_LIST_LEEWAY),
+        )
         .max_send_buf_size(MAX_SEND_BUF)
         .keep_alive_interval(options.keepalive_interval)
         .keep_alive_timeout(options.keepalive_timeout);
@@ -138,8 +149,14 @@ pub async fn run(
                     }
                 };
                 if connections.len() >= options.max_connections {
-                    // Closed at once: the client sees the connection fail and may retry.
-                    tracing::debug!("refusing a connection: --max-connections ({}) reached", options.max_connections);
+                    // Closed at once: the client sees the connection fail and may retry; the
+                    // log says why, once a second at most.
+                    static REFUSED: AtomicU64 = AtomicU64::new(0);
+                    if once_a_second(&REFUSED) {
+                        tracing::warn!("refusing connections (from {peer}, for one): --max-connections ({}) are open; raise the flag, or have clients close theirs", options.max_connections);
+                    } else {
+                        tracing::debug!("refusing a connection from {peer}: --max-connections ({}) reached", options.max_connections);
+                    }
                     drop(stream);
                     continue;
                 }
@@ -154,8 +171,10 @@ pub async fn run(
                     stop.clone(),
                     Recording { journal: journal.clone(), peer: Some(peer) },
                     Buffers::new(options.max_buffered_per_connection, server_buffers.clone()),
+                    options.max_header_list_size as usize,
                 ));
-                let guard = HandshakeGuard::new(stream, options.handshake_timeout);
+                let guard = HandshakeGuard::new(stream, options.handshake_timeout)
+                    .reporting_other_protocols(peer);
                 let greeted = guard.greeted.clone();
                 let conn = http2.serve_connection(TokioIo::new(guard), service);
                 connections.spawn(connection(
@@ -243,6 +262,56 @@ async fn connection(
 /// first.
 const HANDSHAKE_BYTES: usize = 24 + 9;
 
+/// Whether a second has begun since `last` was last set (and sets it): for log lines that a
+/// client could otherwise repeat without end.
+fn once_a_second(last: &AtomicU64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    last.swap(now, Ordering::Relaxed) != now
+}
+
+/// The HTTP/2 client preface.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a client that opened with `first` (its first bytes, not HTTP/2's preface) spoke, and
+/// what to do about it, for the log: a client configured for TLS, or one speaking HTTP/1 (curl
+/// without `--http2-prior-knowledge`, a browser, a health probe), otherwise only sees the
+/// connection close.
+fn not_http2(first: &[u8]) -> String {
+    if first.starts_with(&[0x16, 0x03]) {
+        return "a TLS handshake, but this port serves gRPC without TLS (HTTP/2 in plain text): \
+                connect with a plaintext (insecure) channel"
+            .into();
+    }
+    let line = first
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or(first);
+    let method_len = line.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    if method_len > 0 && line.get(method_len) == Some(&b' ') {
+        let shown = String::from_utf8_lossy(&line[..line.len().min(80)]);
+        return format!(
+            "an HTTP/1 request ({:?}), but gRPC needs HTTP/2: use a gRPC client, or curl \
+             --http2-prior-knowledge",
+            crate::error::log_escaped(&shown)
+        );
+    }
+    "bytes that are not the HTTP/2 connection preface (gRPC needs HTTP/2, in plain text)".into()
+}
+
+/// Logs, once a second at most (more at debug level: a flood must not flood the log), that a
+/// client opened with something other than HTTP/2.
+fn report_not_http2(peer: std::net::SocketAddr, first: &[u8]) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let what = not_http2(first);
+    if once_a_second(&LAST) {
+        tracing::warn!("connection from {peer} closed: it sent {what}");
+    } else {
+        tracing::debug!("connection from {peer} closed: it sent {what}");
+    }
+}
+
 /// A TCP stream that fails its reads with `TimedOut` if the client has not sent
 /// [`HANDSHAKE_BYTES`] within the handshake timeout; after that it is the plain stream.
 pub struct HandshakeGuard {
@@ -253,6 +322,9 @@ pub struct HandshakeGuard {
     timer: Option<Pin<Box<Sleep>>>,
     /// Set once the client has sent its preface and a frame header.
     pub greeted: Arc<AtomicBool>,
+    /// The peer, to name in the log if its first bytes are not HTTP/2's preface (the gRPC
+    /// port only); cleared once the preface is checked.
+    check_preface: Option<std::net::SocketAddr>,
 }
 
 impl HandshakeGuard {
@@ -263,7 +335,15 @@ impl HandshakeGuard {
             needed: HANDSHAKE_BYTES,
             timer: Some(Box::pin(tokio::time::sleep(timeout))),
             greeted: Arc::new(AtomicBool::new(false)),
+            check_preface: None,
         }
+    }
+
+    /// Logs what `peer` spoke if its first bytes are not HTTP/2's preface (see
+    /// [`not_http2`]).
+    pub fn reporting_other_protocols(mut self, peer: std::net::SocketAddr) -> Self {
+        self.check_preface = Some(peer);
+        self
     }
 
     /// Counts the client as greeted after `n` bytes (a protocol whose first message is
@@ -293,6 +373,29 @@ impl AsyncRead for HandshakeGuard {
         let before = buf.filled().len();
         let result = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
+            if let Some(peer) = this.check_preface {
+                let new = &buf.filled()[before..];
+                let at = this.received;
+                let n = new.len().min(PREFACE.len().saturating_sub(at));
+                if new[..n] != PREFACE[at..at + n] {
+                    // hyper reads the preface's length first: what follows is peeked, to show
+                    // a whole HTTP/1 request line.
+                    let mut head = [0u8; 128];
+                    let mut len = 0;
+                    if at == 0 {
+                        len = new.len().min(head.len());
+                        head[..len].copy_from_slice(&new[..len]);
+                        let mut rest = ReadBuf::new(&mut head[len..]);
+                        if let Poll::Ready(Ok(_)) = this.io.poll_peek(cx, &mut rest) {
+                            len += rest.filled().len();
+                        }
+                    }
+                    report_not_http2(peer, &head[..len]);
+                    this.check_preface = None;
+                } else if at + n >= PREFACE.len() {
+                    this.check_preface = None;
+                }
+            }
             this.received += buf.filled().len() - before;
             if this.received >= this.needed {
                 this.timer = None;

@@ -59,6 +59,8 @@ impl GrpcFront {
         if let Some((_, method)) = self.methods.iter().find(|(p, _)| p == path) {
             let method = method.clone();
             let mut grpc = Grpc::new(AdminCodec(method.input()))
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                .send_compressed(tonic::codec::CompressionEncoding::Gzip)
                 .max_decoding_message_size(MAX_BODY)
                 .max_encoding_message_size(usize::MAX);
             let call = AdminCall {

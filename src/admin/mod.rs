@@ -60,6 +60,10 @@ pub struct Admin {
     control: Arc<dyn Control>,
     journal: Option<Journal>,
     options: AdminOptions,
+    /// Journal reads run one at a time: each may spend up to
+    /// [`READ_BUDGET`](crate::journal::render::READ_BUDGET) on decoded messages, and the
+    /// listener's 64 connections reading at once would multiply that.
+    reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Admin {
@@ -68,6 +72,7 @@ impl Admin {
             control,
             journal,
             options,
+            reads: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -96,25 +101,28 @@ impl Admin {
             Op::ListCalls(pairs) => {
                 let journal = self.journal()?.clone();
                 let query = Query::parse(&pairs).map_err(AdminError::BadRequest)?;
-                blocking(move || Ok(query.run(&journal))).await
+                self.blocking(move || Ok(query.run(&journal))).await
             }
             Op::GetCall(id) => {
-                let journal = self.journal()?;
+                let journal = self.journal()?.clone();
                 let id: u64 = id.trim().parse().map_err(|_| {
                     AdminError::BadRequest(format!(
                         "{id:?} is not a call id; ids are the numbers GET /v1/journal lists"
                     ))
                 })?;
-                journal
-                    .get(id)
-                    .and_then(|call| call_json(&call, View::Full))
-                    .ok_or_else(|| {
-                        let stats = journal.stats();
-                        AdminError::NotFound(format!(
-                            "no call {id} in the journal (it holds {} calls; older ones are dropped beyond --journal-calls / --journal-bytes)",
-                            stats.calls
-                        ))
-                    })
+                self.blocking(move || {
+                    journal
+                        .get(id)
+                        .and_then(|call| call_json(&call, View::Full))
+                        .ok_or_else(|| {
+                            let stats = journal.stats();
+                            AdminError::NotFound(format!(
+                                "no call {id} in the journal (it holds {} calls; older ones are dropped beyond --journal-calls / --journal-bytes)",
+                                stats.calls
+                            ))
+                        })
+                })
+                .await
             }
             Op::ClearJournal => Ok(json!({"cleared": self.journal()?.clear()})),
             Op::Verify(body) => {
@@ -124,7 +132,7 @@ impl Admin {
                     .control
                     .method(&verify.method)
                     .ok_or_else(|| self.unknown_method(&verify.method))?;
-                blocking(move || {
+                self.blocking(move || {
                     verify
                         .run(&journal, &method.input())
                         .map_err(AdminError::BadRequest)
@@ -188,13 +196,28 @@ fn check_method_name(method: &str) -> Result<(), AdminError> {
     }
 }
 
-/// Journal reads decode messages: they run off the async workers, which serve calls.
-async fn blocking(
-    work: impl FnOnce() -> Result<Json, AdminError> + Send + 'static,
-) -> Result<Json, AdminError> {
-    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
-        Err(AdminError::Internal(format!(
-            "the journal read failed: {e}"
-        )))
-    })
+impl Admin {
+    /// Journal reads decode messages: they run off the async workers, which serve calls, and
+    /// one at a time (see `reads`).
+    async fn blocking(
+        &self,
+        work: impl FnOnce() -> Result<Json, AdminError> + Send + 'static,
+    ) -> Result<Json, AdminError> {
+        let turn = self
+            .reads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| AdminError::Internal(format!("the journal read failed: {e}")))?;
+        // The turn ends with the work, even if the client has gone away meanwhile.
+        let work = move || {
+            let _turn = turn;
+            work()
+        };
+        tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+            Err(AdminError::Internal(format!(
+                "the journal read failed: {e}"
+            )))
+        })
+    }
 }

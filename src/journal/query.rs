@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use http::HeaderName;
 use serde_json::{json, Value as Json};
 
-use super::render::{call_json_from, View};
+use super::render::{call_json_from, RenderBudget, View};
 use super::Journal;
 use crate::metadata::code_number;
 
@@ -152,10 +152,16 @@ impl Query {
 
     /// One page of matching calls: `{"calls": [...], "next_page_token": "…"}` (the token only
     /// when the page is full; pass it back for the next page).
+    ///
+    /// A page's messages are rendered within one [`RenderBudget`]: a call whose messages would
+    /// not fit in what is left starts the next page instead (a page always has at least one
+    /// call; within it, a message that does not fit is shown as its bytes).
     pub fn run(&self, journal: &Journal) -> Json {
         let mut calls = Vec::new();
         let mut cursor = self.after;
         let mut last = None;
+        let mut budget = RenderBudget::default();
+        let mut cut = false;
         'scan: loop {
             let chunk = journal.chunk(cursor, self.newest_first, SCAN_CHUNK);
             let Some(end) = chunk.last() else { break };
@@ -163,7 +169,13 @@ impl Query {
             for record in &chunk {
                 let log = record.snapshot_if(|log| self.matches(record, log));
                 let Some(log) = log else { continue };
-                calls.push(call_json_from(record, &log, self.view));
+                let call = call_json_from(record, &log, self.view, &mut budget);
+                if budget.refused() && !calls.is_empty() {
+                    // Rendered again, with a budget of its own, on the next page.
+                    cut = true;
+                    break 'scan;
+                }
+                calls.push(call);
                 last = Some(record.id);
                 if calls.len() == self.page_size {
                     break 'scan;
@@ -174,7 +186,7 @@ impl Query {
             }
         }
         let mut out = serde_json::Map::new();
-        let full = calls.len() == self.page_size;
+        let full = calls.len() == self.page_size || cut;
         out.insert("calls".into(), Json::Array(calls));
         if let (true, Some(last)) = (full, last) {
             out.insert("next_page_token".into(), json!(last.to_string()));

@@ -1,6 +1,15 @@
 //! Journal records as JSON, made only when someone reads the journal: messages are decoded
 //! with the method's descriptors and written as proto3 JSON, statuses get their names,
 //! timestamps are RFC 3339.
+//!
+//! The journal holds messages as bytes (`--journal-bytes`), but their decoded and JSON forms
+//! can take fifty times as much: a packed field of one-byte numbers or a repeated field of empty
+//! strings becomes a value of dozens of bytes per element, a string of control characters six
+//! times its length as JSON text. Read whole, a full journal of such messages took gigabytes
+//! per read. So each read has a [`RenderBudget`]: a message is costed from its bytes before it
+//! is decoded ([`wire::check`], as requests are), and one that would take the read past its
+//! budget is shown as its bytes (`bytes_base64`) with an `error` saying why; a page of the
+//! journal ends early instead (see [`crate::journal::query`]).
 
 use std::time::Duration;
 
@@ -10,7 +19,44 @@ use prost_reflect::{DynamicMessage, MessageDescriptor};
 use serde_json::{json, Map, Value as Json};
 
 use super::{Call, CallView, Direction};
+use crate::codec::DECODED_PER_ENCODED;
 use crate::metadata::code_name;
+use crate::wire;
+
+/// The most one read of the journal (a page, one call, a verify's shown messages) may spend
+/// on messages, by their estimated decoded size plus the most their JSON text may take.
+pub const READ_BUDGET: usize = 64 * 1024 * 1024;
+
+/// JSON text per byte of a message at most: a string byte written as `\u0001`.
+const TEXT_PER_BYTE: usize = 6;
+
+/// What a journal read may still spend on messages (see the module docs).
+#[derive(Debug, Clone)]
+pub struct RenderBudget {
+    left: usize,
+    /// Whether a message was shown as bytes for want of budget.
+    refused: bool,
+}
+
+impl Default for RenderBudget {
+    fn default() -> Self {
+        Self::new(READ_BUDGET)
+    }
+}
+
+impl RenderBudget {
+    pub fn new(bytes: usize) -> Self {
+        Self {
+            left: bytes,
+            refused: false,
+        }
+    }
+
+    /// Whether a message was shown as bytes because the read's budget was spent.
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+}
 
 /// How much of a call to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,25 +93,78 @@ fn millis(d: Duration) -> Json {
     json!((d.as_secs_f64() * 1_000_000.0).round() / 1000.0)
 }
 
-/// A message as proto3 JSON, or what is wrong with its bytes.
+/// A message as proto3 JSON, or what is wrong with its bytes, on a budget of its own.
 pub fn message_json(desc: Option<&MessageDescriptor>, bytes: &[u8]) -> Result<Json, String> {
+    message_json_within(desc, bytes, &mut RenderBudget::default())
+}
+
+/// A message as proto3 JSON, or what is wrong with its bytes (or why it was not decoded),
+/// spending from `budget` what its decoded form and its text may take. A message is never
+/// decoded into more than [`DECODED_PER_ENCODED`] times its size (as requests are held to),
+/// whatever the budget.
+pub fn message_json_within(
+    desc: Option<&MessageDescriptor>,
+    bytes: &[u8],
+    budget: &mut RenderBudget,
+) -> Result<Json, String> {
     let Some(desc) = desc else {
         return Err("the method is not in the served protos".into());
     };
+    let text = bytes.len().saturating_mul(TEXT_PER_BYTE);
+    let own = bytes
+        .len()
+        .saturating_mul(DECODED_PER_ENCODED)
+        .saturating_add(64 * 1024);
+    let limit = own.min(budget.left.saturating_sub(text));
+    let mut cost = wire::Cost::new(limit);
+    let too_costly = |cost: usize| {
+        format!(
+            "not decoded: as JSON this {} would take over {cost} bytes of memory, more than {} (its bytes are shown instead)",
+            desc.full_name(),
+            if limit == own {
+                format!("{DECODED_PER_ENCODED} times its size")
+            } else {
+                "what is left of this read of the journal; read fewer calls at a time (page_size), or this call alone (GET /v1/journal/ID)".to_owned()
+            }
+        )
+    };
+    match wire::check(bytes, desc, &mut cost) {
+        Ok(()) => {}
+        Err(wire::Invalid::Malformed(e)) => {
+            return Err(format!("not a valid {}: {e}", desc.full_name()))
+        }
+        Err(wire::Invalid::TooCostly { cost, .. }) => {
+            budget.refused |= limit < own;
+            return Err(too_costly(cost));
+        }
+    }
+    budget.left = budget
+        .left
+        .saturating_sub(cost.spent().saturating_add(text));
     let msg = DynamicMessage::decode(desc.clone(), bytes)
         .map_err(|e| format!("not a valid {}: {e}", desc.full_name()))?;
     serde_json::to_value(&msg)
         .map_err(|e| format!("cannot write {} as JSON: {e}", desc.full_name()))
 }
 
-/// The record as JSON, or `None` if it left the journal meanwhile.
+/// The record as JSON, or `None` if it left the journal meanwhile (a read of its own).
 pub fn call_json(record: &Call, view: View) -> Option<Json> {
     let log = record.snapshot()?;
-    Some(call_json_from(record, &log, view))
+    Some(call_json_from(
+        record,
+        &log,
+        view,
+        &mut RenderBudget::default(),
+    ))
 }
 
-/// The record as JSON from a snapshot of it.
-pub fn call_json_from(record: &Call, log: &CallView, view: View) -> Json {
+/// The record as JSON from a snapshot of it, its messages rendered within `budget`.
+pub fn call_json_from(
+    record: &Call,
+    log: &CallView,
+    view: View,
+    budget: &mut RenderBudget,
+) -> Json {
     let mut out = Map::new();
     out.insert("id".into(), json!(record.id));
     out.insert("method".into(), json!(log.method_name));
@@ -120,7 +219,7 @@ pub fn call_json_from(record: &Call, log: &CallView, view: View) -> Json {
             "metadata".into(),
             headers_json(&log.metadata, TRANSPORT_HEADERS),
         );
-        out.insert("messages".into(), Json::Array(messages_json(log)));
+        out.insert("messages".into(), Json::Array(messages_json(log, budget)));
         // Null when no response headers went out (the call ended before it answered, or
         // answered Trailers-Only, whose only headers are the trailers); {} when the response
         // had no headers besides the protocol's.
@@ -158,7 +257,7 @@ fn handler_json(log: &CallView) -> Json {
     Json::Object(out)
 }
 
-fn messages_json(log: &CallView) -> Vec<Json> {
+fn messages_json(log: &CallView, budget: &mut RenderBudget) -> Vec<Json> {
     let input = log.method.as_ref().map(|m| &m.input);
     let output = log.method.as_ref().map(|m| &m.output);
     let (mut requests, mut responses) = (0usize, 0usize);
@@ -180,7 +279,7 @@ fn messages_json(log: &CallView) -> Vec<Json> {
             out.insert("index".into(), json!(index));
             out.insert("at_ms".into(), millis(frame.at));
             out.insert("size".into(), json!(frame.bytes.len()));
-            match message_json(desc, &frame.bytes) {
+            match message_json_within(desc, &frame.bytes, budget) {
                 Ok(message) => {
                     out.insert("message".into(), message);
                 }

@@ -11,13 +11,16 @@
 //! match. A verify that fails says how many calls matched, and shows the calls that came
 //! closest with every condition each one failed, so a test failure explains itself.
 
+use bytes::Bytes;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use serde_json::{json, Map, Value as Json};
 use tonic::metadata::MetadataMap;
 
 use super::render::message_json;
 use super::{Call, CallView, Direction, Journal};
+use crate::codec::DECODED_PER_ENCODED;
 use crate::matcher::Condition;
+use crate::wire;
 
 const KEYS: &[&str] = &["method", "when", "exactly", "at_least", "at_most", "show"];
 /// Closest misses shown when nothing says otherwise, and the most that can be asked for.
@@ -279,8 +282,9 @@ enum Judgement {
 struct Miss {
     id: u64,
     failed: Vec<String>,
-    /// The request message that came closest, as JSON.
-    request: Option<Json>,
+    /// The request message that came closest, with its type: shown as JSON only if this miss
+    /// is among those shown (every call to the method may be a miss).
+    request: Option<(MessageDescriptor, Bytes)>,
 }
 
 impl Miss {
@@ -288,7 +292,10 @@ impl Miss {
         let mut out = Map::new();
         out.insert("id".into(), json!(self.id));
         out.insert("failed".into(), json!(self.failed));
-        if let Some(request) = self.request {
+        if let Some(Ok(request)) = self
+            .request
+            .map(|(desc, bytes)| message_json(Some(&desc), &bytes))
+        {
             out.insert("request".into(), request);
         }
         Json::Object(out)
@@ -296,7 +303,7 @@ impl Miss {
 }
 
 fn judge(record: &Call, log: &CallView, conditions: &mut Conditions<'_>) -> Judgement {
-    let miss = |failed: Vec<String>, request: Option<Json>| {
+    let miss = |failed: Vec<String>, request: Option<(MessageDescriptor, Bytes)>| {
         Judgement::Miss(Miss {
             id: record.id,
             failed,
@@ -324,7 +331,7 @@ fn judge(record: &Call, log: &CallView, conditions: &mut Conditions<'_>) -> Judg
         };
     }
     // The request message with the fewest failed conditions speaks for the call.
-    let mut best: Option<(Vec<String>, Json)> = None;
+    let mut best: Option<(Vec<String>, Option<Bytes>)> = None;
     let mut any_request = false;
     for (i, frame) in log
         .frames
@@ -333,17 +340,11 @@ fn judge(record: &Call, log: &CallView, conditions: &mut Conditions<'_>) -> Judg
         .enumerate()
     {
         any_request = true;
-        let msg = match DynamicMessage::decode(info.input.clone(), frame.bytes.as_ref()) {
+        let msg = match decode_bounded(&info.input, &frame.bytes) {
             Ok(m) => m,
             Err(e) => {
                 if best.is_none() {
-                    best = Some((
-                        vec![format!(
-                            "request {i}: not a valid {}: {e}",
-                            info.input.full_name()
-                        )],
-                        Json::Null,
-                    ));
+                    best = Some((vec![format!("request {i}: {e}")], None));
                 }
                 continue;
             }
@@ -352,13 +353,12 @@ fn judge(record: &Call, log: &CallView, conditions: &mut Conditions<'_>) -> Judg
             return if failed.is_empty() {
                 Judgement::Match
             } else {
-                miss(failed, message_json(Some(&info.input), &frame.bytes).ok())
+                miss(failed, Some((info.input.clone(), frame.bytes.clone())))
             };
         }
         let why = condition.explain_fields(&msg);
         if best.as_ref().is_none_or(|(b, _)| why.len() < b.len()) {
-            let shown = message_json(Some(&info.input), &frame.bytes).unwrap_or(Json::Null);
-            best = Some((why, shown));
+            best = Some((why, Some(frame.bytes.clone())));
         }
     }
     if !any_request {
@@ -367,5 +367,32 @@ fn judge(record: &Call, log: &CallView, conditions: &mut Conditions<'_>) -> Judg
     }
     let (why, request) = best.unwrap_or_default();
     failed.extend(why);
-    miss(failed, Some(request).filter(|r| !r.is_null()))
+    miss(failed, request.map(|bytes| (info.input.clone(), bytes)))
+}
+
+/// A recorded request decoded for a `when`, unless decoding it would take more than
+/// [`DECODED_PER_ENCODED`] times its size (as a request to a handler is held to): a verify runs
+/// over every call to the method.
+fn decode_bounded(desc: &MessageDescriptor, bytes: &Bytes) -> Result<DynamicMessage, String> {
+    let budget = bytes
+        .len()
+        .saturating_mul(DECODED_PER_ENCODED)
+        .saturating_add(64 * 1024);
+    if wire::may_exceed(bytes.len(), budget) {
+        let mut cost = wire::Cost::new(budget);
+        match wire::check(bytes, desc, &mut cost) {
+            Ok(()) => {}
+            Err(wire::Invalid::Malformed(e)) => {
+                return Err(format!("not a valid {}: {e}", desc.full_name()))
+            }
+            Err(wire::Invalid::TooCostly { cost, .. }) => {
+                return Err(format!(
+                    "not checked: decoding this {} would take over {cost} bytes of memory, more than {DECODED_PER_ENCODED} times its size",
+                    desc.full_name()
+                ))
+            }
+        }
+    }
+    DynamicMessage::decode(desc.clone(), bytes.as_ref())
+        .map_err(|e| format!("not a valid {}: {e}", desc.full_name()))
 }

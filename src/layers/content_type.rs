@@ -2,11 +2,19 @@
 //! `application/grpc+proto` or `application/grpc;…` gets HTTP 415 with INVALID_ARGUMENT
 //! naming what was sent (`application/grpc+json` too: protoserve speaks protobuf only).
 //!
+//! It also refuses a request whose headers (metadata) are over `--max-header-list-size`, with
+//! RESOURCE_EXHAUSTED naming the flag. HTTP/2 lets the server refuse them itself, but only
+//! with HTTP 431 and no gRPC status, which clients report as UNKNOWN without saying which limit
+//! to raise; so the HTTP/2 limit is set a few times higher (see `server.rs`) and the real one
+//! is checked here, counted as HTTP/2 counts it (each field's name and value plus 32 bytes,
+//! pseudo-headers included).
+//!
 //! It is the outermost layer, before the call limits and the journal: such a request is not
 //! a call of the server's, so it takes no call slot (a flood of them cannot crowd out real
 //! calls, and it gets the same answer however loaded the server is), the journal records
-//! nothing of it, and the router never sees it. The check is one header lookup and costs
-//! nothing else: the refusal is built only for a refused request, and the layer wraps no body.
+//! nothing of it, and the router never sees it. The checks are one header lookup and one
+//! walk over the headers, and cost nothing else: the refusal is built only for a refused
+//! request, and the layer wraps no body.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,11 +30,16 @@ use crate::error::CallError;
 #[derive(Clone)]
 pub struct GrpcOnly<S> {
     inner: S,
+    max_header_list_size: usize,
 }
 
 impl<S> GrpcOnly<S> {
-    pub fn new(inner: S) -> Self {
-        Self { inner }
+    /// `max_header_list_size`: `--max-header-list-size`, the request headers a call may have.
+    pub fn new(inner: S, max_header_list_size: usize) -> Self {
+        Self {
+            inner,
+            max_header_list_size,
+        }
     }
 
     /// The wrapped service.
@@ -50,6 +63,29 @@ fn not_grpc(headers: &HeaderMap) -> Option<CallError> {
     }
     let content_type = ct.map_or_else(|| "none".into(), shown);
     Some(CallError::NotGrpc { content_type })
+}
+
+/// The size of `req`'s header list as HTTP/2 counts it against SETTINGS_MAX_HEADER_LIST_SIZE:
+/// each field's name and value plus 32 bytes, the pseudo-headers included.
+fn header_list_size<B>(req: &Request<B>) -> usize {
+    const ENTRY: usize = 32;
+    let uri = req.uri();
+    let pseudo = (":method".len() + req.method().as_str().len())
+        + uri
+            .scheme_str()
+            .map_or(0, |s| ":scheme".len() + s.len() + ENTRY)
+        + uri
+            .authority()
+            .map_or(0, |a| ":authority".len() + a.as_str().len() + ENTRY)
+        + uri
+            .path_and_query()
+            .map_or(0, |p| ":path".len() + p.as_str().len() + ENTRY)
+        + ENTRY;
+    req.headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + ENTRY)
+        .sum::<usize>()
+        + pseudo
 }
 
 /// The most of a refused content-type the answer names (bytes): the request may carry one of
@@ -80,7 +116,14 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        match not_grpc(req.headers()) {
+        let refusal = not_grpc(req.headers()).or_else(|| {
+            let size = header_list_size(&req);
+            (size > self.max_header_list_size).then_some(CallError::HeadersTooLarge {
+                size,
+                limit: self.max_header_list_size,
+            })
+        });
+        match refusal {
             Some(error) => GrpcOnlyFuture::Refused {
                 response: Some(error.into_http()),
             },

@@ -59,6 +59,7 @@ pub fn stack(
     stop: Stop,
     recording: Recording,
     buffers: Buffers,
+    max_header_list_size: usize,
 ) -> Stack {
     let router = router.for_connection(buffers.clone());
     let journaled = Journaled::new(
@@ -66,7 +67,10 @@ pub fn stack(
         recording.journal,
         recording.peer,
     );
-    GrpcOnly::new(Limited::new(journaled, per_connection, server, buffers))
+    GrpcOnly::new(
+        Limited::new(journaled, per_connection, server, buffers),
+        max_header_list_size,
+    )
 }
 
 type RouterFuture = <Router as Service<Request<Body>>>::Future;

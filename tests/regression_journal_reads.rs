@@ -1,0 +1,185 @@
+//! Regressions of journal reads and verifies whose messages decode into far more than their bytes: a
+//! repeated field of empty strings takes two bytes on the wire and dozens decoded, a string of
+//! control characters six times its length as JSON. Reading a journal of 32 MiB of such
+//! messages used to take the server's memory up by 1.5 GB per read (and reads ran side by
+//! side); now each read has a budget, and what does not fit is shown as bytes or left to the
+//! next page.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{fixtures, proc_status_kib, Client, Server};
+use serde_json::Value as Json;
+
+/// A `kitchen.Item` of `len` bytes: tags (field 4) that are all empty strings.
+fn empty_tags(len: usize) -> Bytes {
+    [0x22u8, 0x00].repeat(len / 2).into()
+}
+
+/// A `kitchen.Item` whose id (field 1) is `len` bytes of U+0001.
+fn control_id(len: usize) -> Bytes {
+    let mut out = vec![0x0a];
+    let mut v = len;
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+    out.extend(std::iter::repeat_n(1u8, len));
+    out.into()
+}
+
+/// Sends each message to `kitchen.Kitchen/Echo` (which answers with it), so the journal holds
+/// each twice.
+async fn echo_all(server: &Server, messages: &[Bytes]) {
+    let client = Client::connect(server.addr, common::pool(&fixtures().join("protos"))).await;
+    for m in messages {
+        let back = client
+            .raw_unary("/kitchen.Kitchen/Echo", m.clone())
+            .await
+            .unwrap();
+        assert_eq!(back.len(), m.len());
+    }
+}
+
+/// `GET path` on the admin API, with the server's highest RSS meanwhile (KiB).
+async fn get_with_peak(server: &Server, path: &str) -> (Json, u64) {
+    let pid = server.pid();
+    let read = server.admin_get(path);
+    tokio::pin!(read);
+    let mut peak = proc_status_kib(pid, "VmRSS");
+    loop {
+        tokio::select! {
+            json = &mut read => return (json, peak.max(proc_status_kib(pid, "VmRSS"))),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {
+                peak = peak.max(proc_status_kib(pid, "VmRSS"));
+            }
+        }
+    }
+}
+
+fn messages(call: &Json) -> &Vec<Json> {
+    call["messages"].as_array().expect("messages")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn costly_messages_are_shown_as_bytes_within_bounded_memory() {
+    let server = Server::kitchen();
+    // 4 calls of two 4 MiB messages each: 32 MiB in the journal, about 16 million empty
+    // strings once decoded.
+    let big = empty_tags(4 * 1024 * 1024 - 64);
+    echo_all(&server, &vec![big.clone(); 4]).await;
+    echo_all(&server, &[control_id(5)]).await;
+    let before = proc_status_kib(server.pid(), "VmRSS");
+
+    let started = Instant::now();
+    let (page, peak) = get_with_peak(&server, "/v1/journal?page_size=1000").await;
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 512,
+        "reading the journal took the server's memory up by {grown_mib} MiB (in {:?})",
+        started.elapsed()
+    );
+
+    let calls = page["calls"].as_array().unwrap();
+    let big_calls: Vec<&Json> = calls.iter().collect();
+    assert_eq!(big_calls.len(), 5, "{:#}", page["next_page_token"]);
+    for call in &big_calls[..4] {
+        for m in messages(call) {
+            assert!(m["message"].is_null(), "{m:#}");
+            let error = m["error"].as_str().unwrap();
+            assert!(error.contains("not decoded"), "{error}");
+            assert!(error.contains("times its size"), "{error}");
+            let shown = m["bytes_base64"].as_str().unwrap();
+            assert!(shown.len() > big.len(), "the bytes are shown whole");
+        }
+    }
+    // A small message is shown as JSON as ever.
+    let small = messages(big_calls[4]);
+    assert_eq!(small[0]["message"]["id"], "\u{1}\u{1}\u{1}\u{1}\u{1}");
+
+    // One call alone, the same.
+    let id = big_calls[0]["id"].as_u64().unwrap();
+    let (call, peak) = get_with_peak(&server, &format!("/v1/journal/{id}")).await;
+    assert!(messages(&call)[0]["error"].is_string());
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    assert!(grown_mib < 512, "GET /v1/journal/{id}: {grown_mib} MiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_ends_before_a_call_its_budget_cannot_show() {
+    let server = Server::kitchen();
+    // Each call: two 3 MiB strings of control characters, 18 MiB of JSON text each.
+    let big = control_id(3 * 1024 * 1024);
+    echo_all(&server, &vec![big; 3]).await;
+
+    let mut ids = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    for _ in 0..10 {
+        pages += 1;
+        let path = match &token {
+            Some(t) => format!("/v1/journal?page_size=1000&page_token={t}"),
+            None => "/v1/journal?page_size=1000".to_owned(),
+        };
+        let page = server.admin_get(&path).await;
+        let calls = page["calls"].as_array().unwrap();
+        assert!(!calls.is_empty(), "{path}");
+        for call in calls {
+            for m in messages(call) {
+                // Every message is shown decoded: the page ended before a call that would
+                // not have fitted.
+                assert!(m["error"].is_null(), "{:#}", m["error"]);
+                assert_eq!(m["message"]["id"].as_str().unwrap().len(), 3 * 1024 * 1024);
+            }
+            ids.push(call["id"].as_u64().unwrap());
+        }
+        token = page["next_page_token"].as_str().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    // Two calls would take 84 MiB of text: each page holds one.
+    assert_eq!(pages, 3, "{ids:?}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+}
+
+/// A verify runs over every call to the method: each recorded request was decoded whatever it
+/// cost, and every near miss kept its request as JSON until the few shown were picked (4 such
+/// calls: over 800 MB, and a 117 MB answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_over_costly_requests_stays_within_bounded_memory() {
+    let server = Server::kitchen();
+    echo_all(&server, &vec![empty_tags(4 * 1024 * 1024 - 64); 4]).await;
+    let before = proc_status_kib(server.pid(), "VmRSS");
+    let pid = server.pid();
+    let body = serde_json::json!({
+        "method": "kitchen.Kitchen/Echo",
+        "when": {"request": {"id": "x"}},
+        "exactly": 1,
+    });
+    let verify = server.admin_post("/v1/verify", &body);
+    tokio::pin!(verify);
+    let mut peak = before;
+    let (status, answer) = loop {
+        tokio::select! {
+            done = &mut verify => break done,
+            () = tokio::time::sleep(Duration::from_millis(20)) => {
+                peak = peak.max(proc_status_kib(pid, "VmRSS"));
+            }
+        }
+    };
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    assert!(grown_mib < 400, "the verify took {grown_mib} MiB");
+    assert_eq!(status, 200, "{answer:#}");
+    assert_eq!(answer["ok"], false);
+    assert_eq!(answer["calls_to_method"], 4);
+    let misses = answer["near_misses"].as_array().unwrap();
+    assert_eq!(misses.len(), 4);
+    let failed = misses[0]["failed"][0].as_str().unwrap();
+    assert!(failed.contains("not checked"), "{failed}");
+    assert!(failed.contains("8 times its size"), "{failed}");
+}
