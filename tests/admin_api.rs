@@ -147,6 +147,20 @@ async fn grpc_front_end_answers_the_same_as_json() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = admin
+        .unary(
+            "protoserve.admin.v1.Admin/ListCalls",
+            json!({"method": "helloworld.Greeter/SayHelo"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(
+        err.message()
+            .contains("did you mean \"helloworld.Greeter/SayHello\""),
+        "{}",
+        err.message()
+    );
 
     let cleared = admin
         .unary("protoserve.admin.v1.Admin/ClearJournal", json!({}))

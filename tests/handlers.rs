@@ -329,3 +329,115 @@ async fn malformed_requests_are_refused_on_the_undecoded_paths_too() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }
+
+/// The rule operators and forms the kitchen fixture does not use, one rule each: `equals`,
+/// `suffix`, `lte`, `present` both ways, dotted paths, a number written as a string, and on
+/// metadata `prefix`, `suffix`, `contains`, `regex`, `present` and `equals`. Also an error code
+/// in lower case and as a number, and `"reply": "{{.}}"`.
+#[tokio::test]
+async fn every_rule_operator_and_error_code_form_holds() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("kitchen.json"),
+        r#"{
+  "service": "kitchen.Kitchen",
+  "methods": {
+    "Lookup": { "rules": [
+      { "when": { "request": { "id": { "equals": "e" } } }, "reply": { "id": "equals" } },
+      { "when": { "request": { "name": { "suffix": "son" } } }, "reply": { "id": "suffix" } },
+      { "when": { "request": { "id": "lte", "limit": { "lte": 5 } } }, "reply": { "id": "lte" } },
+      { "when": { "request": { "id": "p", "inner": { "present": true } } }, "reply": { "id": "present" } },
+      { "when": { "request": { "id": "p", "inner": { "present": false } } }, "reply": { "id": "absent" } },
+      { "when": { "request": { "inner.label": "dot" } }, "reply": { "id": "dotted" } },
+      { "when": { "request": { "limit": "7" } }, "reply": { "id": "number from a string" } },
+      { "when": { "metadata": { "x-a": { "prefix": "pre" } } }, "reply": { "id": "md prefix" } },
+      { "when": { "metadata": { "x-a": { "suffix": "fix" } } }, "reply": { "id": "md suffix" } },
+      { "when": { "metadata": { "x-a": { "contains": "mid" } } }, "reply": { "id": "md contains" } },
+      { "when": { "metadata": { "x-a": { "regex": "^r[0-9]+$" } } }, "reply": { "id": "md regex" } },
+      { "when": { "metadata": { "x-b": { "present": true } } }, "reply": { "id": "md present" } },
+      { "when": { "metadata": { "x-a": { "equals": "eq" } } }, "reply": { "id": "md equals" } }
+    ] },
+    "Echo": { "reply": "{{.}}" },
+    "Fail": { "error": { "code": "not_found", "message": "lower {{id}}" } },
+    "Summary": { "error": { "code": 14, "message": "numbered {{id}}" } }
+  }
+}"#,
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--protos",
+        fixtures().join("protos").to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let client = Client::connect(server.addr, common::pool(&fixtures().join("protos"))).await;
+    let lookup = |request: serde_json::Value, metadata: &[(&'static str, &'static str)]| {
+        let mut md = MetadataMap::new();
+        for (k, v) in metadata {
+            md.insert(*k, v.parse().unwrap());
+        }
+        let client = client.clone();
+        async move {
+            client
+                .unary_with("kitchen.Kitchen/Lookup", request, md)
+                .await
+                .map(|(r, _)| r["id"].as_str().unwrap_or("").to_owned())
+                .map_err(|s| s.code())
+        }
+    };
+    let cases: Vec<(
+        serde_json::Value,
+        &[(&'static str, &'static str)],
+        Result<&str, Code>,
+    )> = vec![
+        (json!({"id": "e"}), &[], Ok("equals")),
+        (json!({"name": "Jackson"}), &[], Ok("suffix")),
+        (json!({"name": "Jacksons"}), &[], Err(Code::NotFound)),
+        (json!({"id": "lte", "limit": 5}), &[], Ok("lte")),
+        (json!({"id": "lte", "limit": 6}), &[], Err(Code::NotFound)),
+        (json!({"id": "p", "inner": {"x": 1}}), &[], Ok("present")),
+        (json!({"id": "p"}), &[], Ok("absent")),
+        (json!({"inner": {"label": "dot"}}), &[], Ok("dotted")),
+        (json!({"limit": 7}), &[], Ok("number from a string")),
+        (json!({"limit": 8}), &[], Err(Code::NotFound)),
+        (json!({}), &[("x-a", "prefoo")], Ok("md prefix")),
+        (json!({}), &[("x-a", "thefix")], Ok("md suffix")),
+        (json!({}), &[("x-a", "amidb")], Ok("md contains")),
+        (json!({}), &[("x-a", "r123")], Ok("md regex")),
+        (json!({}), &[("x-a", "r12x")], Err(Code::NotFound)),
+        (json!({}), &[("x-b", "")], Ok("md present")),
+        (json!({}), &[("x-a", "eq")], Ok("md equals")),
+        (json!({}), &[("x-a", "eq2")], Err(Code::NotFound)),
+    ];
+    for (request, metadata, want) in cases {
+        let got = lookup(request.clone(), metadata).await;
+        assert_eq!(
+            got.as_deref().map_err(|c| *c),
+            want,
+            "{request} {metadata:?}"
+        );
+    }
+
+    let item = json!({"id": "a", "count": "5", "tags": ["x"], "inner": {"x": 3}});
+    assert_eq!(
+        client
+            .unary("kitchen.Kitchen/Echo", item.clone())
+            .await
+            .unwrap(),
+        item
+    );
+    let err = client
+        .unary("kitchen.Kitchen/Fail", json!({"id": "f"}))
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), err.message()), (Code::NotFound, "lower f"));
+    let err = client
+        .unary("kitchen.Kitchen/Summary", json!({"id": "s"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::Unavailable, "numbered s")
+    );
+}

@@ -512,6 +512,56 @@ async fn queries_filter_by_method_status_metadata_and_time() {
     assert_eq!(ids(&newest), reversed);
 }
 
+/// A `method` filter that names nothing served and nothing journaled is a typo, so it is
+/// refused (404, with a suggestion, as a verify of such a method is) rather than answered with
+/// an empty page a test would take for "no calls". A method that is served but was never called
+/// lists nothing, and a path the journal holds calls to lists them, served or not.
+#[tokio::test]
+async fn a_method_filter_naming_no_method_is_refused() {
+    let server = start(&[]);
+    let client = kitchen(&server).await;
+    client
+        .unary("kitchen.Kitchen/Get", json!({"id": "1"}))
+        .await
+        .unwrap();
+    for (filter, hint) in [
+        ("kitchen.Kitchen/Gte", "kitchen.Kitchen/Get"),
+        ("kitchen.Kitchn", "kitchen.Kitchen"),
+    ] {
+        let (status, body) = server
+            .admin_call("GET", &format!("/v1/journal?method={filter}"), None, None)
+            .await;
+        assert_eq!(status, 404, "{filter}: {body:#}");
+        assert_eq!(body["error"], "not_found", "{body:#}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(filter), "{message}");
+        assert!(
+            message.contains(&format!("(did you mean \"{hint}\"?)")),
+            "{message}"
+        );
+    }
+    // Served, never called: an empty page, as any filter that matches nothing.
+    let page = server
+        .admin_get("/v1/journal?method=kitchen.Kitchen/Fail")
+        .await;
+    assert_eq!(page["calls"], json!([]), "{page:#}");
+    let page = server
+        .admin_get("/v1/journal?method=kitchen.Kitchen/Get&status=NOT_FOUND")
+        .await;
+    assert_eq!(page["calls"], json!([]), "{page:#}");
+    // A path no service has, once called, is in the journal and can be asked for.
+    client
+        .raw_unary("/no.Such/Method", bytes::Bytes::new())
+        .await
+        .unwrap_err();
+    let page = server.admin_get("/v1/journal?method=no.Such/Method").await;
+    assert_eq!(page["calls"].as_array().unwrap().len(), 1, "{page:#}");
+    let page = server
+        .admin_get("/v1/journal?method=no.Such/Method&status=OK")
+        .await;
+    assert_eq!(page["calls"], json!([]), "{page:#}");
+}
+
 #[tokio::test]
 async fn paging_walks_every_call_once_and_tokens_are_checked() {
     let server = start(&[]);
