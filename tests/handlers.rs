@@ -441,3 +441,45 @@ async fn every_rule_operator_and_error_code_form_holds() {
         (Code::Unavailable, "numbered s")
     );
 }
+
+/// `headers` next to `rules` or `script` are added to the response headers, and on the same
+/// key the rule's or the script's own header wins: one value goes out, not both.
+#[tokio::test]
+async fn a_rule_or_script_header_wins_over_the_entry_header() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("g.json"),
+        r#"{"service": "helloworld.Greeter", "methods": {
+  "SayHello": {"script": "g.lua", "headers": {"x-k": "entry", "x-only": "entry"}},
+  "SayHelloAgain": {
+    "rules": [{"reply": {"message": "A"}, "headers": {"x-k": "rule"}}],
+    "headers": {"x-k": "entry", "x-only": "entry"}
+  }
+}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.path().join("g.lua"),
+        "function SayHello(req, ctx) ctx:set_header(\"x-k\", \"script\") return { message = \"hi\" } end\n",
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let client = Client::connect(server.addr, common::pool(&common::repo().join("protos"))).await;
+    for (method, own) in [("SayHello", "script"), ("SayHelloAgain", "rule")] {
+        let (_, md) = client
+            .unary_with(
+                &format!("helloworld.Greeter/{method}"),
+                json!({"name": "x"}),
+                MetadataMap::new(),
+            )
+            .await
+            .unwrap();
+        let values: Vec<_> = md.get_all("x-k").iter().collect();
+        assert_eq!(values, vec![own], "{method}: {md:?}");
+        assert_eq!(md.get("x-only").unwrap(), "entry", "{method}: {md:?}");
+    }
+}
