@@ -483,3 +483,61 @@ async fn a_rule_or_script_header_wins_over_the_entry_header() {
         assert_eq!(md.get("x-only").unwrap(), "entry", "{method}: {md:?}");
     }
 }
+
+/// Replies are written in the proto3 JSON mapping: field names in `snake_case` or
+/// `lowerCamelCase` alike, 64-bit integers as numbers or strings, enums by name, bytes as
+/// base64, numbers written as strings.
+#[tokio::test]
+async fn replies_take_either_field_name_form_and_the_json_mapping_values() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("r.json"),
+        r#"{"service": "routeguide.RouteGuide", "methods": {
+  "RecordRoute": {"reply": {"point_count": 1, "featureCount": 2, "distance": 3, "elapsedTime": "{{latitude}}"}}
+}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.path().join("k.json"),
+        r#"{"service": "kitchen.Kitchen", "methods": {
+  "Get": {"reply": {"blob": "AAEC", "big": 5, "count": "-7", "color": "RED", "price": "1.5"}}
+}}"#,
+    )
+    .unwrap();
+    let (repo_protos, kitchen_protos) = (common::repo().join("protos"), fixtures().join("protos"));
+    let server = Server::start(&[
+        "--protos",
+        repo_protos.to_str().unwrap(),
+        "--protos",
+        kitchen_protos.to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let pool = protoserve::schema::compile(&protoserve::schema::SchemaInputs::protos(&[
+        repo_protos,
+        kitchen_protos,
+    ]))
+    .expect("compile protos")
+    .pool;
+    let client = Client::connect(server.addr, pool).await;
+    let summary = client
+        .client_stream(
+            "routeguide.RouteGuide/RecordRoute",
+            vec![json!({"latitude": 4}), json!({"latitude": 9})],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        summary,
+        json!({"pointCount": 1, "featureCount": 2, "distance": 3, "elapsedTime": 9})
+    );
+    let item = client
+        .unary("kitchen.Kitchen/Get", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        item,
+        json!({"blob": "AAEC", "big": "5", "count": "-7", "color": "RED", "price": 1.5})
+    );
+}
