@@ -562,6 +562,61 @@ async fn a_method_filter_naming_no_method_is_refused() {
     assert_eq!(page["calls"], json!([]), "{page:#}");
 }
 
+/// `since` and `until` also take milliseconds since 1970, and each call says how long it took.
+#[tokio::test]
+async fn time_bounds_take_milliseconds_and_calls_have_a_duration() {
+    let server = start(&[]);
+    let client = kitchen(&server).await;
+    for i in 0..3 {
+        if i > 0 {
+            // Calls a few milliseconds apart, so that each starts in a millisecond of its own.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        client
+            .unary("kitchen.Kitchen/Get", json!({"id": i.to_string()}))
+            .await
+            .unwrap();
+    }
+    let all = server.admin_get("/v1/journal").await;
+    let calls = all["calls"].as_array().unwrap();
+    let ids: Vec<u64> = calls.iter().map(|c| c["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), 3, "{all:#}");
+    for call in calls {
+        let duration = call["duration_ms"].as_f64().expect("duration_ms");
+        assert!(duration >= 0.0, "{call:#}");
+    }
+    let second = humantime::parse_rfc3339(calls[1]["started_at"].as_str().unwrap()).unwrap();
+    let ms = second
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let page_ids = |page: Json| -> Vec<u64> {
+        page["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_u64().unwrap())
+            .collect()
+    };
+    let since = server.admin_get(&format!("/v1/journal?since={ms}")).await;
+    assert_eq!(page_ids(since), ids[1..]);
+    let until = server.admin_get(&format!("/v1/journal?until={ms}")).await;
+    assert_eq!(page_ids(until), ids[..1]);
+    let between = server
+        .admin_get(&format!("/v1/journal?since={ms}&until={}", ms + 1))
+        .await;
+    assert_eq!(page_ids(between), ids[1..2]);
+    let (status, body) = server
+        .admin_call(
+            "GET",
+            &format!("/v1/journal?since={ms}&until={ms}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body:#}");
+}
+
 #[tokio::test]
 async fn paging_walks_every_call_once_and_tokens_are_checked() {
     let server = start(&[]);
