@@ -185,6 +185,21 @@ async fn a_failed_verify_shows_the_closest_calls_and_what_failed() {
     )
     .await;
     assert_eq!(answer["near_misses"].as_array().unwrap().len(), 1);
+    // Without "show", at most 5 are listed.
+    for id in ["4", "5", "6", "7"] {
+        call_get(&client, id, None).await;
+    }
+    let answer = verify(
+        &server,
+        json!({"method": "kitchen.Kitchen/Get", "when": {"request": {"id": "9"}}}),
+    )
+    .await;
+    assert_eq!(answer["calls_to_method"], 7, "{answer:#}");
+    assert_eq!(
+        answer["near_misses"].as_array().unwrap().len(),
+        5,
+        "{answer:#}"
+    );
 }
 
 #[tokio::test]
