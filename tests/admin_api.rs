@@ -414,3 +414,36 @@ async fn hostile_requests_are_refused_and_the_admin_api_keeps_answering() {
     let status = server.admin_get("/v1/status").await;
     assert_eq!(status["generation"], 1);
 }
+
+/// The JSON front end speaks HTTP/2 (prior knowledge, as `curl --http2-prior-knowledge` does)
+/// as well as HTTP/1.1, with the same answers.
+#[tokio::test]
+async fn the_json_front_end_speaks_http2_too() {
+    let server = Server::repo_default();
+    let mut send = common::h2_connect(server.admin_addr())
+        .await
+        .ready()
+        .await
+        .unwrap();
+    let request = http::Request::builder()
+        .method("GET")
+        .uri(format!("http://{}/v1/services", server.admin_addr()))
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    let over_h2: Json = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(over_h2, server.admin_get("/v1/services").await);
+    assert!(
+        over_h2["services"].as_array().unwrap().len() >= 2,
+        "{over_h2:#}"
+    );
+}
