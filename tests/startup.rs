@@ -388,3 +388,39 @@ fn reserved_headers_in_handler_files_are_refused_at_startup() {
     );
     assert!(err.contains("h.json:2:"), "{err}");
 }
+
+/// The bounds handler files state: `delay_ms` at most a day, an error `code` from 1 to 16 (or
+/// a name), never OK; each out-of-bounds value is a startup error naming its place, and every
+/// rule of a list is checked, the condition and the answer of one rule alike.
+#[test]
+fn delay_and_error_code_bounds_are_startup_errors() {
+    let dir = project(
+        &[],
+        &[(
+            "g.json",
+            r#"{"service": "helloworld.Greeter", "methods": {
+  "SayHello": { "reply": { "message": "late" }, "delay_ms": 86400001 },
+  "SayHelloAgain": { "rules": [
+    { "when": { "request": { "name": "a" } }, "error": { "code": 17, "message": "x" } },
+    { "when": { "request": { "name": "b" } }, "error": { "code": 0, "message": "x" } },
+    { "when": { "request": { "nam": "c" } }, "error": { "code": "NOT_A_CODE", "message": "x" } },
+    { "error": { "code": 16, "message": "x" }, "delay_ms": 86400000 }
+  ] }
+}}"#,
+        )],
+    );
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("helloworld.Greeter/SayHello: delay_ms: 86400001 ms is more than a day"),
+        "{err}"
+    );
+    assert!(err.contains("17 is not a gRPC status code"), "{err}");
+    assert!(err.contains("an error needs a code other than OK"), "{err}");
+    assert!(err.contains("rules[2].when"), "{err}");
+    assert!(err.contains("did you mean \"name\""), "{err}");
+    assert!(err.contains("rules[2].error.code"), "{err}");
+    assert!(err.contains("NOT_A_CODE"), "{err}");
+    // Exactly those five: a day to the millisecond and code 16 are fine.
+    assert!(err.contains("5 problem(s) found"), "{err}");
+}
