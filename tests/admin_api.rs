@@ -447,3 +447,55 @@ async fn the_json_front_end_speaks_http2_too() {
         "{over_h2:#}"
     );
 }
+
+/// The admin listener serves at most 64 connections at once: one more is closed as soon as it
+/// is accepted, and once the others go the API answers again.
+#[tokio::test]
+async fn the_admin_listener_serves_at_most_64_connections() {
+    let server = Server::repo_default();
+    let addr = server.admin_addr();
+    let held: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let refused = tokio::task::spawn_blocking(move || {
+        let mut extra = TcpStream::connect(addr).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let _ = extra.write_all(b"GET /v1/status HTTP/1.1\r\nhost: x\r\n\r\n");
+        let mut buf = [0u8; 64];
+        match extra.read(&mut buf) {
+            Ok(0) => Ok(()),
+            Ok(n) => Err(format!("answered: {}", String::from_utf8_lossy(&buf[..n]))),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                Err("the 65th connection was left open".to_owned())
+            }
+            Err(_) => Ok(()),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused, Ok(()));
+    drop(held);
+    // The held connections' ends reach the server soon; then it answers again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = protoserve::admin::client::request(
+            &addr.to_string(),
+            http::Method::GET,
+            "/v1/status",
+            None,
+            None,
+        )
+        .await;
+        if matches!(&answer, Ok((status, _)) if status.as_u16() == 200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer after the connections closed: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
