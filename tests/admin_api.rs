@@ -499,3 +499,90 @@ async fn the_admin_listener_serves_at_most_64_connections() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// PutHandler, RemoveHandler, Reload and Reset over gRPC do what their JSON routes do: a
+/// handler put over gRPC serves the next call, a bad one is INVALID_ARGUMENT with the problem
+/// and changes nothing, removing it brings the file's back (twice: NOT_FOUND), and Reset
+/// clears the journal.
+#[tokio::test]
+async fn grpc_front_end_changes_handlers_like_json() {
+    let server = Server::repo_default();
+    let admin = admin_grpc(&server).await;
+    let greeter = greeter(&server).await;
+    let hello = || greeter.unary("helloworld.Greeter/SayHello", json!({"name": "Ann"}));
+    assert_eq!(hello().await.unwrap()["message"], "Hello, Ann!");
+
+    let put = admin
+        .unary(
+            "protoserve.admin.v1.Admin/PutHandler",
+            json!({"method": "helloworld.Greeter/SayHello",
+                   "entry": {"reply": {"message": "over gRPC, {{name}}"}}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(put["method"], "helloworld.Greeter/SayHello", "{put:#}");
+    assert_eq!(hello().await.unwrap()["message"], "over gRPC, Ann");
+
+    let err = admin
+        .unary(
+            "protoserve.admin.v1.Admin/PutHandler",
+            json!({"method": "helloworld.Greeter/SayHello",
+                   "entry": {"reply": {"mesage": "typo"}}}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("did you mean \"message\""),
+        "{err:?}"
+    );
+    assert_eq!(hello().await.unwrap()["message"], "over gRPC, Ann");
+
+    let services = admin
+        .unary("protoserve.admin.v1.Admin/ListServices", json!({}))
+        .await
+        .unwrap();
+    assert!(services.to_string().contains("runtime"), "{services:#}");
+
+    admin
+        .unary(
+            "protoserve.admin.v1.Admin/RemoveHandler",
+            json!({"method": "helloworld.Greeter/SayHello"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(hello().await.unwrap()["message"], "Hello, Ann!");
+    let err = admin
+        .unary(
+            "protoserve.admin.v1.Admin/RemoveHandler",
+            json!({"method": "helloworld.Greeter/SayHello"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+
+    let before = admin
+        .unary("protoserve.admin.v1.Admin/Status", json!({}))
+        .await
+        .unwrap();
+    let reloaded = admin
+        .unary("protoserve.admin.v1.Admin/Reload", json!({}))
+        .await
+        .unwrap();
+    let generation = |s: &Json| s["generation"].as_str().unwrap().parse::<u64>().unwrap();
+    assert_eq!(
+        generation(&reloaded),
+        generation(&before) + 1,
+        "{reloaded:#}"
+    );
+    assert_eq!(reloaded["lastReload"]["ok"], true, "{reloaded:#}");
+
+    let reset = admin
+        .unary("protoserve.admin.v1.Admin/Reset", json!({}))
+        .await
+        .unwrap();
+    // The four greetings above (admin calls are not journaled).
+    assert_eq!(reset["journal_cleared"].as_f64(), Some(4.0), "{reset:#}");
+    let page = server.admin_get("/v1/journal").await;
+    assert_eq!(page["calls"], json!([]), "{page:#}");
+}
