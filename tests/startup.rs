@@ -424,3 +424,82 @@ fn delay_and_error_code_bounds_are_startup_errors() {
     // Exactly those five: a day to the millisecond and code 16 are fine.
     assert!(err.contains("5 problem(s) found"), "{err}");
 }
+
+/// The README's example of a failed start, line by line: each problem with its place, and the
+/// `help:` lines that say what to do.
+#[test]
+fn the_readme_example_of_startup_problems_reads_as_documented() {
+    let dir = project(
+        &[],
+        &[
+            (
+                "a.json",
+                r#"{
+  "service": "helloworld.Greeter",
+  "methods": {
+    "SayHelo": { "reply": { "message": "hi" } },
+    "SayHello": { "script": "greet.lua" },
+    "SayHelloAgain": { "reply": { "message": "Hello, {{nam}}!" } }
+  }
+}"#,
+            ),
+            (
+                "greet.lua",
+                "function SayHello(req, ctx)\n  return { message = \"hi\"\nend\n",
+            ),
+        ],
+    );
+    fs::write(
+        dir.path().join("data/points.json"),
+        "[\n  {\"a\": 1},\n  {\"b\": 2,}\n]\n",
+    )
+    .unwrap();
+    let (code, _, err) = check_with_data(dir.path());
+    assert_eq!(code, 2, "{err}");
+    let at = |rel: &str| dir.path().join(rel).display().to_string();
+    let lines: Vec<&str> = err.lines().collect();
+    let follows = |first: &str, help: &str| {
+        let i = lines
+            .iter()
+            .position(|l| l.starts_with(first))
+            .unwrap_or_else(|| panic!("no line starting {first:?} in:\n{err}"));
+        assert_eq!(
+            lines.get(i + 1).copied(),
+            Some(help),
+            "after {first:?} in:\n{err}"
+        );
+    };
+    follows(
+        &format!(
+            "error: {}:3:11: not valid JSON: trailing comma at line 3 column 11",
+            at("data/points.json")
+        ),
+        "  help: scripts see this file as data.points; fix the JSON or move the file out of the data folder",
+    );
+    follows(
+        &format!(
+            "error: {}:4:5: helloworld.Greeter/SayHelo: helloworld.Greeter has no method \"SayHelo\" (did you mean \"SayHello\"?)",
+            at("handlers/a.json")
+        ),
+        "  help: add the rpc to the service in the .proto, or use one of: SayHello, SayHelloAgain",
+    );
+    follows(
+        &format!(
+            "error: {}:3: '}}' expected (to close '{{' at line 2) near 'end'",
+            at("handlers/greet.lua")
+        ),
+        "  help: fix the Lua syntax; scripts are Lua 5.4",
+    );
+    assert!(
+        lines.contains(&format!(
+            "error: {}:6:5: helloworld.Greeter/SayHelloAgain: reply.message: helloworld.HelloRequest has no field \"nam\" (did you mean \"name\"?)",
+            at("handlers/a.json")
+        ).as_str()),
+        "{err}"
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some("protoserve: 4 problem(s) found; nothing was served"),
+        "{err}"
+    );
+}
