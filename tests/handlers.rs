@@ -330,6 +330,9 @@ async fn malformed_requests_are_refused_on_the_undecoded_paths_too() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }
 
+/// Request metadata for one call: (key, value) pairs.
+type Metadata = &'static [(&'static str, &'static str)];
+
 /// The rule operators and forms the kitchen fixture does not use, one rule each: `equals`,
 /// `suffix`, `lte`, `present` both ways, dotted paths, a number written as a string, and on
 /// metadata `prefix`, `suffix`, `contains`, `regex`, `present` and `equals`. Also an error code
@@ -386,11 +389,7 @@ async fn every_rule_operator_and_error_code_form_holds() {
                 .map_err(|s| s.code())
         }
     };
-    let cases: Vec<(
-        serde_json::Value,
-        &[(&'static str, &'static str)],
-        Result<&str, Code>,
-    )> = vec![
+    let cases: Vec<(serde_json::Value, Metadata, Result<&str, Code>)> = vec![
         (json!({"id": "e"}), &[], Ok("equals")),
         (json!({"name": "Jackson"}), &[], Ok("suffix")),
         (json!({"name": "Jacksons"}), &[], Err(Code::NotFound)),
