@@ -761,8 +761,8 @@ async fn a_call_cut_off_by_its_deadline_is_journaled_with_that_status() {
     assert_eq!(call["metadata"]["grpc-timeout"], "30m");
 }
 
-/// Response headers are `null` for a call that ended before it answered, and `{}` for one
-/// that answered with only the protocol's headers.
+/// Response headers are `null` for a call that ended before it answered or answered
+/// Trailers-Only, and `{}` for one that answered with only the protocol's headers.
 #[tokio::test]
 async fn a_call_cancelled_before_it_answered_has_no_response_headers() {
     let server = start(&[]);
@@ -809,6 +809,14 @@ async fn a_call_cancelled_before_it_answered_has_no_response_headers() {
         .unwrap();
     let call = only_call(&server, "kitchen.Kitchen/Lookup").await;
     assert_eq!(call["response_headers"], json!({}), "{call:#}");
+    // An error answers Trailers-Only: no headers went out, its metadata is in the trailers.
+    client
+        .unary("kitchen.Kitchen/Fail", json!({"id": "1"}))
+        .await
+        .unwrap_err();
+    let call = only_call_once_done(&server, "kitchen.Kitchen/Fail").await;
+    assert_eq!(call["response_headers"], Json::Null, "{call:#}");
+    assert_eq!(call["trailers"]["retry-after"], "5", "{call:#}");
 }
 
 /// A request over `--max-message-size` gets RESOURCE_EXHAUSTED naming the flag (tonic says
