@@ -365,13 +365,14 @@ async fn verify_command_exits_0_1_or_2() {
     let (code, out, err) = run(with(&admin), "[]".into()).await.unwrap();
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("no verifies"), "{err}");
-    // "-" reads the verifies from standard input.
+    // "-" reads the verifies from standard input; the token may come from the environment.
     let stdin = {
         let admin = admin.clone();
         let holds = holds.to_owned();
         tokio::task::spawn_blocking(move || {
             let mut child = std::process::Command::new(common::binary())
-                .args(["verify", "--admin", &admin, "--admin-token", "tok", "-"])
+                .args(["verify", "--admin", &admin, "-"])
+                .env("PROTOSERVE_ADMIN_TOKEN", "tok")
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
