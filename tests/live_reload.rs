@@ -140,6 +140,31 @@ async fn an_import_folder_is_watched_and_editor_files_are_not() {
     assert_reply(&client, "v1: x").await;
 }
 
+/// A change only under `handlers/` or `data/` reuses the compiled protos; a change to a
+/// `.proto` compiles them again. (The debug log says "schema ready" each time protos are
+/// compiled or read from the cache.)
+#[tokio::test]
+async fn a_handler_change_reuses_the_compiled_protos() {
+    let project = Project::new();
+    let server = project.start(&["--log-level", "protoserve=debug"]);
+    let client = project.client(&server).await;
+    let schemas = || {
+        server
+            .log()
+            .iter()
+            .filter(|l| l.contains("schema ready"))
+            .count()
+    };
+    assert_eq!(schemas(), 1, "{:#?}", server.log());
+    project.write("handlers/live.json", &live_handler("v2"));
+    wait_for_reply(&client, "v2: x").await;
+    wait_for_log(&server, "generation 2 serving");
+    assert_eq!(schemas(), 1, "a handler change compiled the protos");
+    project.write("protos/live.proto", &format!("{LIVE_PROTO}// edited\n"));
+    wait_for_log(&server, "generation 3 serving");
+    assert_eq!(schemas(), 2, "a proto change did not compile the protos");
+}
+
 #[tokio::test]
 async fn sighup_reloads_when_watching_is_off() {
     let project = Project::new();
