@@ -540,3 +540,43 @@ async fn replies_take_either_field_name_form_and_the_json_mapping_values() {
         json!({"blob": "AAEC", "big": "5", "count": "-7", "color": "RED", "price": 1.5})
     );
 }
+
+/// `"{{.}}"` is the whole request: as the reply when the types match, or in a field of the
+/// request's type.
+#[tokio::test]
+async fn the_whole_request_goes_into_a_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (protos, handlers) = (dir.path().join("protos"), dir.path().join("handlers"));
+    std::fs::create_dir_all(&protos).unwrap();
+    std::fs::create_dir_all(&handlers).unwrap();
+    std::fs::write(
+        protos.join("w.proto"),
+        "syntax = \"proto3\";\npackage w;\nmessage Req { string a = 1; repeated int64 n = 2; }\nmessage Wrapped { Req inner = 1; string b = 2; }\nservice W {\n  rpc Wrap(Req) returns (Wrapped);\n  rpc Same(Req) returns (Req);\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.join("w.json"),
+        r#"{"service": "w.W", "methods": {
+  "Wrap": {"reply": {"inner": "{{.}}", "b": "got {{a}}"}},
+  "Same": {"reply": "{{.}}"}
+}}"#,
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let request = json!({"a": "x", "n": ["1", "-2"]});
+    assert_eq!(
+        client.unary("w.W/Wrap", request.clone()).await.unwrap(),
+        json!({"inner": request, "b": "got x"})
+    );
+    assert_eq!(
+        client.unary("w.W/Same", request.clone()).await.unwrap(),
+        request
+    );
+}
