@@ -303,10 +303,13 @@ fn judge(record: &Call, log: &CallView, conditions: &mut Conditions<'_>) -> Judg
             request,
         })
     };
-    let Some(info) = &log.method else {
-        return miss(vec!["the call named no served method".into()], None);
+    // A call of a method no handler served in a big tree (UNIMPLEMENTED, its service never
+    // decoded) was recorded without descriptors: its request is read with the verify's.
+    let input = match &log.method {
+        Some(info) => info.input.clone(),
+        None => conditions.current.0.clone(),
     };
-    let condition = match conditions.for_input(&info.input) {
+    let condition = match conditions.for_input(&input) {
         Ok(c) => c,
         Err(e) => return miss(vec![e], None),
     };
@@ -333,14 +336,14 @@ fn judge(record: &Call, log: &CallView, conditions: &mut Conditions<'_>) -> Judg
         .enumerate()
     {
         any_request = true;
-        let msg = match DynamicMessage::decode(info.input.clone(), frame.bytes.as_ref()) {
+        let msg = match DynamicMessage::decode(input.clone(), frame.bytes.as_ref()) {
             Ok(m) => m,
             Err(e) => {
                 if best.is_none() {
                     best = Some((
                         vec![format!(
                             "request {i}: not a valid {}: {e}",
-                            info.input.full_name()
+                            input.full_name()
                         )],
                         Json::Null,
                     ));
@@ -352,12 +355,12 @@ fn judge(record: &Call, log: &CallView, conditions: &mut Conditions<'_>) -> Judg
             return if failed.is_empty() {
                 Judgement::Match
             } else {
-                miss(failed, message_json(Some(&info.input), &frame.bytes).ok())
+                miss(failed, message_json(Some(&input), &frame.bytes).ok())
             };
         }
         let why = condition.explain_fields(&msg);
         if best.as_ref().is_none_or(|(b, _)| why.len() < b.len()) {
-            let shown = message_json(Some(&info.input), &frame.bytes).unwrap_or(Json::Null);
+            let shown = message_json(Some(&input), &frame.bytes).unwrap_or(Json::Null);
             best = Some((why, shown));
         }
     }
