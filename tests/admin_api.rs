@@ -586,3 +586,48 @@ async fn grpc_front_end_changes_handlers_like_json() {
     let page = server.admin_get("/v1/journal").await;
     assert_eq!(page["calls"], json!([]), "{page:#}");
 }
+
+/// A request head must arrive within 10 s: a connection that sends half a head and stops is
+/// closed then, and other requests are answered meanwhile.
+#[tokio::test]
+async fn a_request_head_that_stops_halfway_is_closed_after_10_s() {
+    let server = Server::repo_default();
+    let addr = server.admin_addr();
+    let started = std::time::Instant::now();
+    let stalled = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        stream
+            .write_all(b"GET /v1/status HTTP/1.1\r\nhost: x\r\n")
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let read = stream.read(&mut buf);
+        (
+            read.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned()),
+            started.elapsed(),
+        )
+    });
+    // Meanwhile the API answers.
+    server.admin_get("/v1/status").await;
+    let (read, after) = stalled.await.unwrap();
+    match &read {
+        Ok(text) => assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        ),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "never closed: {e}"
+        ),
+    }
+    assert!(
+        after >= Duration::from_secs(9),
+        "closed after {after:?}, before its 10 s"
+    );
+    assert!(after < Duration::from_secs(60), "never closed");
+}
