@@ -911,3 +911,44 @@ async fn a_large_call_after_a_small_one_keeps_the_journal_within_its_budget() {
     let bytes = status["journal"]["bytes"].as_u64().unwrap();
     assert!(bytes <= 64 * 1024, "{status:#}");
 }
+
+/// `response_headers` leaves out the protocol's own headers whatever the client: a reply
+/// gzip-compressed for a client that accepts gzip (`grpc-encoding`) shows `{}`, and with a
+/// handler's header shows only that header.
+#[tokio::test]
+async fn response_headers_leave_out_the_compression_header() {
+    let server = start(&[]);
+    let client = kitchen(&server).await;
+    let mut grpc = tonic::client::Grpc::new(client.channel.clone())
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    for (method, id) in [("Lookup", "1"), ("Get", "g")] {
+        let m = client.method(&format!("kitchen.Kitchen/{method}"));
+        grpc.ready().await.unwrap();
+        let resp = grpc
+            .unary(
+                tonic::Request::new(protoserve::codec::Outgoing::Message(Client::message(
+                    &m.input(),
+                    json!({"id": id}),
+                ))),
+                format!("/kitchen.Kitchen/{method}").parse().unwrap(),
+                common::DynamicCodec::new(m.output()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.metadata()
+                .get("grpc-encoding")
+                .map(|v| v.to_str().unwrap()),
+            Some("gzip"),
+            "the reply was compressed"
+        );
+    }
+    let call = only_call(&server, "kitchen.Kitchen/Lookup").await;
+    assert_eq!(call["response_headers"], json!({}), "{call:#}");
+    let call = only_call(&server, "kitchen.Kitchen/Get").await;
+    assert_eq!(
+        call["response_headers"],
+        json!({"x-kind": "reply"}),
+        "{call:#}"
+    );
+}
