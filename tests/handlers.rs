@@ -580,3 +580,44 @@ async fn the_whole_request_goes_into_a_field() {
         request
     );
 }
+
+/// In text, numbers print as numbers, enums by name and messages as JSON (unset fields at their
+/// defaults); a placeholder alone in a string field turns any scalar into text.
+#[tokio::test]
+async fn text_placeholders_print_numbers_enums_and_messages() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("k.json"),
+        r#"{"service": "kitchen.Kitchen", "methods": {
+  "Summary": {"reply": {"id": "in {{inner}} / {{color}} / {{limit}}", "tags": ["{{limit}}", "{{color}}"]}}
+}}"#,
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--protos",
+        fixtures().join("protos").to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let client = Client::connect(server.addr, common::pool(&fixtures().join("protos"))).await;
+    let full = client
+        .unary(
+            "kitchen.Kitchen/Summary",
+            json!({"inner": {"x": 1, "label": "l"}, "color": "RED", "limit": 3}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        full,
+        json!({"id": "in {\"x\":1,\"label\":\"l\"} / RED / 3", "tags": ["3", "RED"]})
+    );
+    let empty = client
+        .unary("kitchen.Kitchen/Summary", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        empty,
+        json!({"id": "in {} / COLOR_UNSPECIFIED / 0", "tags": ["0", "COLOR_UNSPECIFIED"]})
+    );
+}
