@@ -503,3 +503,27 @@ fn the_readme_example_of_startup_problems_reads_as_documented() {
         "{err}"
     );
 }
+
+/// Without `--data`, a missing `data/` just means no data sets; named with `--data`, the folder
+/// must exist (exit 2, naming the flag).
+#[test]
+fn a_missing_default_data_folder_is_no_data_sets() {
+    let dir = project(&[], &[]);
+    fs::remove_dir(dir.path().join("data")).unwrap();
+    let run_in = |args: &[&str]| {
+        let out = std::process::Command::new(common::binary())
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run_in(&["check"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = run_in(&["check", "--data", "data"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--data data: no such folder"), "{err}");
+}
