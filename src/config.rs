@@ -75,15 +75,16 @@ enum Built {
     Script(ScriptRef),
 }
 
-/// A problem with one entry, or with a file it points to.
+/// The problems of one entry (every rule of a `rules` list is checked, so there may be
+/// several), or one with a file it points to.
 enum BuildError {
-    Entry(EntryError),
+    Entry(Vec<EntryError>),
     Startup(StartupError),
 }
 
 impl From<EntryError> for BuildError {
     fn from(e: EntryError) -> Self {
-        BuildError::Entry(e)
+        BuildError::Entry(vec![e])
     }
 }
 
@@ -213,7 +214,9 @@ fn load_file(
         served_by.insert(info.path.clone(), file.to_path_buf());
         let origin = Origin::File(file.into());
         if let Err(e) = install(entry, &info, origin, table, scripts, pending) {
-            errors.push(e.located(location, entry_name));
+            for e in e.located(location, entry_name) {
+                errors.push(e);
+            }
         }
     }
     errors.into_result(())
@@ -244,7 +247,9 @@ pub fn load_runtime(
             }
         };
         if let Err(e) = install(entry, &info, Origin::Runtime, table, scripts, pending) {
-            errors.push(e.located(location, String::new()));
+            for e in e.located(location, String::new()) {
+                errors.push(e);
+            }
         }
     }
     errors.into_result(())
@@ -305,20 +310,23 @@ fn install(
 }
 
 impl BuildError {
-    /// As a startup error at `location`, naming the entry (and the key inside it).
-    fn located(self, location: Location, entry_name: String) -> StartupError {
+    /// As startup errors at `location`, each naming the entry (and the key inside it).
+    fn located(self, location: Location, entry_name: String) -> Vec<StartupError> {
         match self {
-            BuildError::Startup(e) => e,
-            BuildError::Entry(e) => StartupError::Handler {
-                location,
-                entry: match (entry_name.is_empty(), e.path.is_empty()) {
-                    (_, true) => entry_name,
-                    (true, false) => e.path,
-                    (false, false) => format!("{entry_name}: {}", e.path),
-                },
-                message: e.message,
-                hint: None,
-            },
+            BuildError::Startup(e) => vec![e],
+            BuildError::Entry(errors) => errors
+                .into_iter()
+                .map(|e| StartupError::Handler {
+                    location: location.clone(),
+                    entry: match (entry_name.is_empty(), e.path.is_empty()) {
+                        (_, true) => entry_name.clone(),
+                        (true, false) => e.path,
+                        (false, false) => format!("{entry_name}: {}", e.path),
+                    },
+                    message: e.message,
+                    hint: None,
+                })
+                .collect(),
         }
     }
 }
@@ -343,7 +351,8 @@ fn build_handler(
         Around::default()
     };
     let Some(script) = spec.script.as_deref() else {
-        return Ok((Built::Ready(build_declarative(&spec, info)?), around));
+        let handler = build_declarative(&spec, info).map_err(BuildError::Entry)?;
+        return Ok((Built::Ready(handler), around));
     };
     if let Some(other) = action_keys(&spec).first() {
         return Err(tmpl_err(
@@ -354,55 +363,72 @@ fn build_handler(
     }
     let function = spec.function.as_deref().unwrap_or(info.descriptor.name());
     let found = scripts.add(script, function, info).map_err(|e| match e {
-        ScriptSetupError::Entry(m) => BuildError::Entry(tmpl_err("script", &m)),
+        ScriptSetupError::Entry(m) => tmpl_err("script", &m).into(),
         ScriptSetupError::Script(e) => BuildError::Startup(e),
     })?;
     Ok((Built::Script(found), around))
 }
 
+/// A declarative entry's handler, or every problem it has: each rule of a `rules` list is
+/// checked, so that one run of `check` names them all.
 fn build_declarative(
     spec: &EntrySpec,
     info: &Arc<MethodInfo>,
-) -> Result<Arc<dyn Handler>, EntryError> {
+) -> Result<Arc<dyn Handler>, Vec<EntryError>> {
     if spec.function.is_some() {
-        return Err(tmpl_err("function", "\"function\" goes with \"script\""));
+        return Err(vec![tmpl_err(
+            "function",
+            "\"function\" goes with \"script\"",
+        )]);
     }
     if let Some(rules) = &spec.rules {
         if let Some(other) = action_keys(spec).into_iter().find(|k| *k != "rules") {
-            return Err(tmpl_err(
+            return Err(vec![tmpl_err(
                 "",
                 &format!("\"rules\" cannot be combined with \"{other}\"; put it in a rule"),
-            ));
+            )]);
         }
         if rules.is_empty() {
-            return Err(tmpl_err("rules", "give at least one rule"));
+            return Err(vec![tmpl_err("rules", "give at least one rule")]);
         }
         let mut compiled = Vec::with_capacity(rules.len());
+        let mut errors = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
-            let path = format!("rules[{i}]");
-            let spec: EntrySpec = parse_spec(rule, &path)?;
-            if spec.rules.is_some() || spec.script.is_some() || spec.function.is_some() {
-                return Err(tmpl_err(
-                    &path,
-                    "a rule answers with reply, error, stream or echo",
-                ));
+            match build_rule(rule, info, &format!("rules[{i}]")) {
+                Ok(rule) => compiled.push(rule),
+                Err(e) => errors.extend(e),
             }
-            let when = spec
-                .when
-                .as_ref()
-                .map(|w| Condition::compile(w, &info.input, &format!("{path}.when")))
-                .transpose()?;
-            compiled.push(Rule {
-                when,
-                action: build_action(&spec, info, &path)?,
-            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         return Ok(Arc::new(Declarative::new(Responder::Rules(compiled))));
     }
-    let action = build_action(spec, info, "")?;
+    let action = build_action(spec, info, "").map_err(|e| vec![e])?;
     Ok(Arc::new(Declarative::new(Responder::Single(Box::new(
         action,
     )))))
+}
+
+/// One rule of a `rules` list at `path`: its condition and its action, each checked.
+fn build_rule(rule: &Json, info: &Arc<MethodInfo>, path: &str) -> Result<Rule, Vec<EntryError>> {
+    let spec: EntrySpec = parse_spec(rule, path).map_err(|e| vec![e])?;
+    if spec.rules.is_some() || spec.script.is_some() || spec.function.is_some() {
+        return Err(vec![tmpl_err(
+            path,
+            "a rule answers with reply, error, stream or echo",
+        )]);
+    }
+    let when = spec
+        .when
+        .as_ref()
+        .map(|w| Condition::compile(w, &info.input, &format!("{path}.when")))
+        .transpose();
+    let action = build_action(&spec, info, path);
+    match (when, action) {
+        (Ok(when), Ok(action)) => Ok(Rule { when, action }),
+        (when, action) => Err(when.err().into_iter().chain(action.err()).collect()),
+    }
 }
 
 fn parse_spec(json: &Json, path: &str) -> Result<EntrySpec, EntryError> {

@@ -131,7 +131,7 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the log line shows it).
     #[arg(long, value_name = "ADDR", default_value = "[::]:50051")]
     listen: SocketAddr,
-    /// Do not reload when files under the protos, handlers or data folders change (SIGHUP and
+    /// Do not reload when files under the protos, -I, handlers or data folders change (SIGHUP and
     /// the admin API still reload).
     #[arg(long)]
     no_watch: bool,
@@ -646,6 +646,10 @@ fn verify(args: &VerifyArgs) -> ExitCode {
             return ExitCode::from(STARTUP_PROBLEM);
         }
     };
+    if verifies.is_empty() {
+        eprintln!("error: {name}: the array holds no verifies, so it would pass whatever the server saw; give at least one");
+        return ExitCode::from(STARTUP_PROBLEM);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

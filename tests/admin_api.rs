@@ -147,6 +147,20 @@ async fn grpc_front_end_answers_the_same_as_json() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = admin
+        .unary(
+            "protoserve.admin.v1.Admin/ListCalls",
+            json!({"method": "helloworld.Greeter/SayHelo"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(
+        err.message()
+            .contains("did you mean \"helloworld.Greeter/SayHello\""),
+        "{}",
+        err.message()
+    );
 
     let cleared = admin
         .unary("protoserve.admin.v1.Admin/ClearJournal", json!({}))
@@ -399,4 +413,221 @@ async fn hostile_requests_are_refused_and_the_admin_api_keeps_answering() {
     // Still answering, on a fresh connection.
     let status = server.admin_get("/v1/status").await;
     assert_eq!(status["generation"], 1);
+}
+
+/// The JSON front end speaks HTTP/2 (prior knowledge, as `curl --http2-prior-knowledge` does)
+/// as well as HTTP/1.1, with the same answers.
+#[tokio::test]
+async fn the_json_front_end_speaks_http2_too() {
+    let server = Server::repo_default();
+    let mut send = common::h2_connect(server.admin_addr())
+        .await
+        .ready()
+        .await
+        .unwrap();
+    let request = http::Request::builder()
+        .method("GET")
+        .uri(format!("http://{}/v1/services", server.admin_addr()))
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    let over_h2: Json = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(over_h2, server.admin_get("/v1/services").await);
+    assert!(
+        over_h2["services"].as_array().unwrap().len() >= 2,
+        "{over_h2:#}"
+    );
+}
+
+/// The admin listener serves at most 64 connections at once: one more is closed as soon as it
+/// is accepted, and once the others go the API answers again.
+#[tokio::test]
+async fn the_admin_listener_serves_at_most_64_connections() {
+    let server = Server::repo_default();
+    let addr = server.admin_addr();
+    let held: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let refused = tokio::task::spawn_blocking(move || {
+        let mut extra = TcpStream::connect(addr).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let _ = extra.write_all(b"GET /v1/status HTTP/1.1\r\nhost: x\r\n\r\n");
+        let mut buf = [0u8; 64];
+        match extra.read(&mut buf) {
+            Ok(0) => Ok(()),
+            Ok(n) => Err(format!("answered: {}", String::from_utf8_lossy(&buf[..n]))),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                Err("the 65th connection was left open".to_owned())
+            }
+            Err(_) => Ok(()),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused, Ok(()));
+    drop(held);
+    // The held connections' ends reach the server soon; then it answers again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = protoserve::admin::client::request(
+            &addr.to_string(),
+            http::Method::GET,
+            "/v1/status",
+            None,
+            None,
+        )
+        .await;
+        if matches!(&answer, Ok((status, _)) if status.as_u16() == 200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer after the connections closed: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// PutHandler, RemoveHandler, Reload and Reset over gRPC do what their JSON routes do: a
+/// handler put over gRPC serves the next call, a bad one is INVALID_ARGUMENT with the problem
+/// and changes nothing, removing it brings the file's back (twice: NOT_FOUND), and Reset
+/// clears the journal.
+#[tokio::test]
+async fn grpc_front_end_changes_handlers_like_json() {
+    let server = Server::repo_default();
+    let admin = admin_grpc(&server).await;
+    let greeter = greeter(&server).await;
+    let hello = || greeter.unary("helloworld.Greeter/SayHello", json!({"name": "Ann"}));
+    assert_eq!(hello().await.unwrap()["message"], "Hello, Ann!");
+
+    let put = admin
+        .unary(
+            "protoserve.admin.v1.Admin/PutHandler",
+            json!({"method": "helloworld.Greeter/SayHello",
+                   "entry": {"reply": {"message": "over gRPC, {{name}}"}}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(put["method"], "helloworld.Greeter/SayHello", "{put:#}");
+    assert_eq!(hello().await.unwrap()["message"], "over gRPC, Ann");
+
+    let err = admin
+        .unary(
+            "protoserve.admin.v1.Admin/PutHandler",
+            json!({"method": "helloworld.Greeter/SayHello",
+                   "entry": {"reply": {"mesage": "typo"}}}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("did you mean \"message\""),
+        "{err:?}"
+    );
+    assert_eq!(hello().await.unwrap()["message"], "over gRPC, Ann");
+
+    let services = admin
+        .unary("protoserve.admin.v1.Admin/ListServices", json!({}))
+        .await
+        .unwrap();
+    assert!(services.to_string().contains("runtime"), "{services:#}");
+
+    admin
+        .unary(
+            "protoserve.admin.v1.Admin/RemoveHandler",
+            json!({"method": "helloworld.Greeter/SayHello"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(hello().await.unwrap()["message"], "Hello, Ann!");
+    let err = admin
+        .unary(
+            "protoserve.admin.v1.Admin/RemoveHandler",
+            json!({"method": "helloworld.Greeter/SayHello"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+
+    let before = admin
+        .unary("protoserve.admin.v1.Admin/Status", json!({}))
+        .await
+        .unwrap();
+    let reloaded = admin
+        .unary("protoserve.admin.v1.Admin/Reload", json!({}))
+        .await
+        .unwrap();
+    let generation = |s: &Json| s["generation"].as_str().unwrap().parse::<u64>().unwrap();
+    assert_eq!(
+        generation(&reloaded),
+        generation(&before) + 1,
+        "{reloaded:#}"
+    );
+    assert_eq!(reloaded["lastReload"]["ok"], true, "{reloaded:#}");
+
+    let reset = admin
+        .unary("protoserve.admin.v1.Admin/Reset", json!({}))
+        .await
+        .unwrap();
+    // The four greetings above (admin calls are not journaled).
+    assert_eq!(reset["journal_cleared"].as_f64(), Some(4.0), "{reset:#}");
+    let page = server.admin_get("/v1/journal").await;
+    assert_eq!(page["calls"], json!([]), "{page:#}");
+}
+
+/// A request head must arrive within 10 s: a connection that sends half a head and stops is
+/// closed then, and other requests are answered meanwhile.
+#[tokio::test]
+async fn a_request_head_that_stops_halfway_is_closed_after_10_s() {
+    let server = Server::repo_default();
+    let addr = server.admin_addr();
+    let started = std::time::Instant::now();
+    let stalled = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        stream
+            .write_all(b"GET /v1/status HTTP/1.1\r\nhost: x\r\n")
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let read = stream.read(&mut buf);
+        (
+            read.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned()),
+            started.elapsed(),
+        )
+    });
+    // Meanwhile the API answers.
+    server.admin_get("/v1/status").await;
+    let (read, after) = stalled.await.unwrap();
+    match &read {
+        Ok(text) => assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        ),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "never closed: {e}"
+        ),
+    }
+    assert!(
+        after >= Duration::from_secs(9),
+        "closed after {after:?}, before its 10 s"
+    );
+    assert!(after < Duration::from_secs(60), "never closed");
 }

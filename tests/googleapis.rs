@@ -179,6 +179,27 @@ async fn googleapis_subset_is_served_listed_and_reflected() {
         .expect_err("unknown method");
     assert!(err.message().contains("unknown method"), "{err:?}");
 
+    // Those calls are journaled (refused before their request was read), and a verify of such
+    // a method, or of one never called, counts them like any other though no handler names it.
+    for (method, when, count) in [
+        (
+            "google.spanner.v1.Spanner/ExecuteSql",
+            json!({"metadata": {"user-agent": {"present": true}}}),
+            1,
+        ),
+        ("grafeas.v1.Grafeas/GetNote", json!({}), 1),
+        ("google.bigtable.v2.Bigtable/ReadRows", json!({}), 0),
+    ] {
+        let (status, answer) = server
+            .admin_post(
+                "/v1/verify",
+                &json!({"method": method, "when": when, "exactly": count}),
+            )
+            .await;
+        assert_eq!(status, 200, "{method}: {answer:#}");
+        assert_eq!(answer["ok"], true, "{method}: {answer:#}");
+    }
+
     // A runtime handler on a service no handler file names: its descriptors are decoded then.
     let (status, body) = server
         .admin_call(

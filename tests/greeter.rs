@@ -237,3 +237,35 @@ async fn sigterm_lets_in_flight_calls_finish() {
     let status = status.await.unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// SIGINT (Ctrl-C) stops the server as SIGTERM does: draining first, then a clean exit.
+#[tokio::test]
+async fn sigint_stops_the_server_gracefully() {
+    let mut server = Server::repo_default();
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    client
+        .unary("helloworld.Greeter/SayHello", json!({"name": "x"}))
+        .await
+        .unwrap();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (status, log) = tokio::task::spawn_blocking(move || {
+        let status = server.wait_exit(std::time::Duration::from_secs(20));
+        // The last lines reach the log reader just after the exit.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !server.log().iter().any(|l| l.contains("stopped"))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (status, server.log())
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{log:#?}");
+    assert!(log.iter().any(|l| l.contains("shutting down")), "{log:#?}");
+    assert!(log.iter().any(|l| l.contains("stopped")), "{log:#?}");
+}

@@ -329,3 +329,295 @@ async fn malformed_requests_are_refused_on_the_undecoded_paths_too() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }
+
+/// Request metadata for one call: (key, value) pairs.
+type Metadata = &'static [(&'static str, &'static str)];
+
+/// The rule operators and forms the kitchen fixture does not use, one rule each: `equals`,
+/// `suffix`, `lte`, `present` both ways, dotted paths, a number written as a string, and on
+/// metadata `prefix`, `suffix`, `contains`, `regex`, `present` and `equals`. Also an error code
+/// in lower case and as a number, and `"reply": "{{.}}"`.
+#[tokio::test]
+async fn every_rule_operator_and_error_code_form_holds() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("kitchen.json"),
+        r#"{
+  "service": "kitchen.Kitchen",
+  "methods": {
+    "Lookup": { "rules": [
+      { "when": { "request": { "id": { "equals": "e" } } }, "reply": { "id": "equals" } },
+      { "when": { "request": { "name": { "suffix": "son" } } }, "reply": { "id": "suffix" } },
+      { "when": { "request": { "id": "lte", "limit": { "lte": 5 } } }, "reply": { "id": "lte" } },
+      { "when": { "request": { "id": "p", "inner": { "present": true } } }, "reply": { "id": "present" } },
+      { "when": { "request": { "id": "p", "inner": { "present": false } } }, "reply": { "id": "absent" } },
+      { "when": { "request": { "inner.label": "dot" } }, "reply": { "id": "dotted" } },
+      { "when": { "request": { "limit": "7" } }, "reply": { "id": "number from a string" } },
+      { "when": { "metadata": { "x-a": { "prefix": "pre" } } }, "reply": { "id": "md prefix" } },
+      { "when": { "metadata": { "x-a": { "suffix": "fix" } } }, "reply": { "id": "md suffix" } },
+      { "when": { "metadata": { "x-a": { "contains": "mid" } } }, "reply": { "id": "md contains" } },
+      { "when": { "metadata": { "x-a": { "regex": "^r[0-9]+$" } } }, "reply": { "id": "md regex" } },
+      { "when": { "metadata": { "x-b": { "present": true } } }, "reply": { "id": "md present" } },
+      { "when": { "metadata": { "x-a": { "equals": "eq" } } }, "reply": { "id": "md equals" } }
+    ] },
+    "Echo": { "reply": "{{.}}" },
+    "Fail": { "error": { "code": "not_found", "message": "lower {{id}}" } },
+    "Summary": { "error": { "code": 14, "message": "numbered {{id}}" } }
+  }
+}"#,
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--protos",
+        fixtures().join("protos").to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let client = Client::connect(server.addr, common::pool(&fixtures().join("protos"))).await;
+    let lookup = |request: serde_json::Value, metadata: &[(&'static str, &'static str)]| {
+        let mut md = MetadataMap::new();
+        for (k, v) in metadata {
+            md.insert(*k, v.parse().unwrap());
+        }
+        let client = client.clone();
+        async move {
+            client
+                .unary_with("kitchen.Kitchen/Lookup", request, md)
+                .await
+                .map(|(r, _)| r["id"].as_str().unwrap_or("").to_owned())
+                .map_err(|s| s.code())
+        }
+    };
+    let cases: Vec<(serde_json::Value, Metadata, Result<&str, Code>)> = vec![
+        (json!({"id": "e"}), &[], Ok("equals")),
+        (json!({"name": "Jackson"}), &[], Ok("suffix")),
+        (json!({"name": "Jacksons"}), &[], Err(Code::NotFound)),
+        (json!({"id": "lte", "limit": 5}), &[], Ok("lte")),
+        (json!({"id": "lte", "limit": 6}), &[], Err(Code::NotFound)),
+        (json!({"id": "p", "inner": {"x": 1}}), &[], Ok("present")),
+        (json!({"id": "p"}), &[], Ok("absent")),
+        (json!({"inner": {"label": "dot"}}), &[], Ok("dotted")),
+        (json!({"limit": 7}), &[], Ok("number from a string")),
+        (json!({"limit": 8}), &[], Err(Code::NotFound)),
+        (json!({}), &[("x-a", "prefoo")], Ok("md prefix")),
+        (json!({}), &[("x-a", "thefix")], Ok("md suffix")),
+        (json!({}), &[("x-a", "amidb")], Ok("md contains")),
+        (json!({}), &[("x-a", "r123")], Ok("md regex")),
+        (json!({}), &[("x-a", "r12x")], Err(Code::NotFound)),
+        (json!({}), &[("x-b", "")], Ok("md present")),
+        (json!({}), &[("x-a", "eq")], Ok("md equals")),
+        (json!({}), &[("x-a", "eq2")], Err(Code::NotFound)),
+    ];
+    for (request, metadata, want) in cases {
+        let got = lookup(request.clone(), metadata).await;
+        assert_eq!(
+            got.as_deref().map_err(|c| *c),
+            want,
+            "{request} {metadata:?}"
+        );
+    }
+
+    let item = json!({"id": "a", "count": "5", "tags": ["x"], "inner": {"x": 3}});
+    assert_eq!(
+        client
+            .unary("kitchen.Kitchen/Echo", item.clone())
+            .await
+            .unwrap(),
+        item
+    );
+    let err = client
+        .unary("kitchen.Kitchen/Fail", json!({"id": "f"}))
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), err.message()), (Code::NotFound, "lower f"));
+    let err = client
+        .unary("kitchen.Kitchen/Summary", json!({"id": "s"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::Unavailable, "numbered s")
+    );
+}
+
+/// `headers` next to `rules` or `script` are added to the response headers, and on the same
+/// key the rule's or the script's own header wins: one value goes out, not both.
+#[tokio::test]
+async fn a_rule_or_script_header_wins_over_the_entry_header() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("g.json"),
+        r#"{"service": "helloworld.Greeter", "methods": {
+  "SayHello": {"script": "g.lua", "headers": {"x-k": "entry", "x-only": "entry"}},
+  "SayHelloAgain": {
+    "rules": [{"reply": {"message": "A"}, "headers": {"x-k": "rule"}}],
+    "headers": {"x-k": "entry", "x-only": "entry"}
+  }
+}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.path().join("g.lua"),
+        "function SayHello(req, ctx) ctx:set_header(\"x-k\", \"script\") return { message = \"hi\" } end\n",
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let client = Client::connect(server.addr, common::pool(&common::repo().join("protos"))).await;
+    for (method, own) in [("SayHello", "script"), ("SayHelloAgain", "rule")] {
+        let (_, md) = client
+            .unary_with(
+                &format!("helloworld.Greeter/{method}"),
+                json!({"name": "x"}),
+                MetadataMap::new(),
+            )
+            .await
+            .unwrap();
+        let values: Vec<_> = md.get_all("x-k").iter().collect();
+        assert_eq!(values, vec![own], "{method}: {md:?}");
+        assert_eq!(md.get("x-only").unwrap(), "entry", "{method}: {md:?}");
+    }
+}
+
+/// Replies are written in the proto3 JSON mapping: field names in `snake_case` or
+/// `lowerCamelCase` alike, 64-bit integers as numbers or strings, enums by name, bytes as
+/// base64, numbers written as strings.
+#[tokio::test]
+async fn replies_take_either_field_name_form_and_the_json_mapping_values() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("r.json"),
+        r#"{"service": "routeguide.RouteGuide", "methods": {
+  "RecordRoute": {"reply": {"point_count": 1, "featureCount": 2, "distance": 3, "elapsedTime": "{{latitude}}"}}
+}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.path().join("k.json"),
+        r#"{"service": "kitchen.Kitchen", "methods": {
+  "Get": {"reply": {"blob": "AAEC", "big": 5, "count": "-7", "color": "RED", "price": "1.5"}}
+}}"#,
+    )
+    .unwrap();
+    let (repo_protos, kitchen_protos) = (common::repo().join("protos"), fixtures().join("protos"));
+    let server = Server::start(&[
+        "--protos",
+        repo_protos.to_str().unwrap(),
+        "--protos",
+        kitchen_protos.to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let pool = protoserve::schema::compile(&protoserve::schema::SchemaInputs::protos(&[
+        repo_protos,
+        kitchen_protos,
+    ]))
+    .expect("compile protos")
+    .pool;
+    let client = Client::connect(server.addr, pool).await;
+    let summary = client
+        .client_stream(
+            "routeguide.RouteGuide/RecordRoute",
+            vec![json!({"latitude": 4}), json!({"latitude": 9})],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        summary,
+        json!({"pointCount": 1, "featureCount": 2, "distance": 3, "elapsedTime": 9})
+    );
+    let item = client
+        .unary("kitchen.Kitchen/Get", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        item,
+        json!({"blob": "AAEC", "big": "5", "count": "-7", "color": "RED", "price": 1.5})
+    );
+}
+
+/// `"{{.}}"` is the whole request: as the reply when the types match, or in a field of the
+/// request's type.
+#[tokio::test]
+async fn the_whole_request_goes_into_a_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (protos, handlers) = (dir.path().join("protos"), dir.path().join("handlers"));
+    std::fs::create_dir_all(&protos).unwrap();
+    std::fs::create_dir_all(&handlers).unwrap();
+    std::fs::write(
+        protos.join("w.proto"),
+        "syntax = \"proto3\";\npackage w;\nmessage Req { string a = 1; repeated int64 n = 2; }\nmessage Wrapped { Req inner = 1; string b = 2; }\nservice W {\n  rpc Wrap(Req) returns (Wrapped);\n  rpc Same(Req) returns (Req);\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.join("w.json"),
+        r#"{"service": "w.W", "methods": {
+  "Wrap": {"reply": {"inner": "{{.}}", "b": "got {{a}}"}},
+  "Same": {"reply": "{{.}}"}
+}}"#,
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let request = json!({"a": "x", "n": ["1", "-2"]});
+    assert_eq!(
+        client.unary("w.W/Wrap", request.clone()).await.unwrap(),
+        json!({"inner": request, "b": "got x"})
+    );
+    assert_eq!(
+        client.unary("w.W/Same", request.clone()).await.unwrap(),
+        request
+    );
+}
+
+/// In text, numbers print as numbers, enums by name and messages as JSON (unset fields at their
+/// defaults); a placeholder alone in a string field turns any scalar into text.
+#[tokio::test]
+async fn text_placeholders_print_numbers_enums_and_messages() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("k.json"),
+        r#"{"service": "kitchen.Kitchen", "methods": {
+  "Summary": {"reply": {"id": "in {{inner}} / {{color}} / {{limit}}", "tags": ["{{limit}}", "{{color}}"]}}
+}}"#,
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--protos",
+        fixtures().join("protos").to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let client = Client::connect(server.addr, common::pool(&fixtures().join("protos"))).await;
+    let full = client
+        .unary(
+            "kitchen.Kitchen/Summary",
+            json!({"inner": {"x": 1, "label": "l"}, "color": "RED", "limit": 3}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        full,
+        json!({"id": "in {\"x\":1,\"label\":\"l\"} / RED / 3", "tags": ["3", "RED"]})
+    );
+    let empty = client
+        .unary("kitchen.Kitchen/Summary", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        empty,
+        json!({"id": "in {} / COLOR_UNSPECIFIED / 0", "tags": ["0", "COLOR_UNSPECIFIED"]})
+    );
+}

@@ -512,6 +512,111 @@ async fn queries_filter_by_method_status_metadata_and_time() {
     assert_eq!(ids(&newest), reversed);
 }
 
+/// A `method` filter that names nothing served and nothing journaled is a typo, so it is
+/// refused (404, with a suggestion, as a verify of such a method is) rather than answered with
+/// an empty page a test would take for "no calls". A method that is served but was never called
+/// lists nothing, and a path the journal holds calls to lists them, served or not.
+#[tokio::test]
+async fn a_method_filter_naming_no_method_is_refused() {
+    let server = start(&[]);
+    let client = kitchen(&server).await;
+    client
+        .unary("kitchen.Kitchen/Get", json!({"id": "1"}))
+        .await
+        .unwrap();
+    for (filter, hint) in [
+        ("kitchen.Kitchen/Gte", "kitchen.Kitchen/Get"),
+        ("kitchen.Kitchn", "kitchen.Kitchen"),
+    ] {
+        let (status, body) = server
+            .admin_call("GET", &format!("/v1/journal?method={filter}"), None, None)
+            .await;
+        assert_eq!(status, 404, "{filter}: {body:#}");
+        assert_eq!(body["error"], "not_found", "{body:#}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(filter), "{message}");
+        assert!(
+            message.contains(&format!("(did you mean \"{hint}\"?)")),
+            "{message}"
+        );
+    }
+    // Served, never called: an empty page, as any filter that matches nothing.
+    let page = server
+        .admin_get("/v1/journal?method=kitchen.Kitchen/Fail")
+        .await;
+    assert_eq!(page["calls"], json!([]), "{page:#}");
+    let page = server
+        .admin_get("/v1/journal?method=kitchen.Kitchen/Get&status=NOT_FOUND")
+        .await;
+    assert_eq!(page["calls"], json!([]), "{page:#}");
+    // A path no service has, once called, is in the journal and can be asked for.
+    client
+        .raw_unary("/no.Such/Method", bytes::Bytes::new())
+        .await
+        .unwrap_err();
+    let page = server.admin_get("/v1/journal?method=no.Such/Method").await;
+    assert_eq!(page["calls"].as_array().unwrap().len(), 1, "{page:#}");
+    let page = server
+        .admin_get("/v1/journal?method=no.Such/Method&status=OK")
+        .await;
+    assert_eq!(page["calls"], json!([]), "{page:#}");
+}
+
+/// `since` and `until` also take milliseconds since 1970, and each call says how long it took.
+#[tokio::test]
+async fn time_bounds_take_milliseconds_and_calls_have_a_duration() {
+    let server = start(&[]);
+    let client = kitchen(&server).await;
+    for i in 0..3 {
+        if i > 0 {
+            // Calls a few milliseconds apart, so that each starts in a millisecond of its own.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        client
+            .unary("kitchen.Kitchen/Get", json!({"id": i.to_string()}))
+            .await
+            .unwrap();
+    }
+    let all = server.admin_get("/v1/journal").await;
+    let calls = all["calls"].as_array().unwrap();
+    let ids: Vec<u64> = calls.iter().map(|c| c["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), 3, "{all:#}");
+    for call in calls {
+        let duration = call["duration_ms"].as_f64().expect("duration_ms");
+        assert!(duration >= 0.0, "{call:#}");
+    }
+    let second = humantime::parse_rfc3339(calls[1]["started_at"].as_str().unwrap()).unwrap();
+    let ms = second
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let page_ids = |page: Json| -> Vec<u64> {
+        page["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_u64().unwrap())
+            .collect()
+    };
+    let since = server.admin_get(&format!("/v1/journal?since={ms}")).await;
+    assert_eq!(page_ids(since), ids[1..]);
+    let until = server.admin_get(&format!("/v1/journal?until={ms}")).await;
+    assert_eq!(page_ids(until), ids[..1]);
+    let between = server
+        .admin_get(&format!("/v1/journal?since={ms}&until={}", ms + 1))
+        .await;
+    assert_eq!(page_ids(between), ids[1..2]);
+    let (status, body) = server
+        .admin_call(
+            "GET",
+            &format!("/v1/journal?since={ms}&until={ms}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body:#}");
+}
+
 #[tokio::test]
 async fn paging_walks_every_call_once_and_tokens_are_checked() {
     let server = start(&[]);
@@ -656,8 +761,8 @@ async fn a_call_cut_off_by_its_deadline_is_journaled_with_that_status() {
     assert_eq!(call["metadata"]["grpc-timeout"], "30m");
 }
 
-/// Response headers are `null` for a call that ended before it answered, and `{}` for one
-/// that answered with only the protocol's headers.
+/// Response headers are `null` for a call that ended before it answered or answered
+/// Trailers-Only, and `{}` for one that answered with only the protocol's headers.
 #[tokio::test]
 async fn a_call_cancelled_before_it_answered_has_no_response_headers() {
     let server = start(&[]);
@@ -704,6 +809,14 @@ async fn a_call_cancelled_before_it_answered_has_no_response_headers() {
         .unwrap();
     let call = only_call(&server, "kitchen.Kitchen/Lookup").await;
     assert_eq!(call["response_headers"], json!({}), "{call:#}");
+    // An error answers Trailers-Only: no headers went out, its metadata is in the trailers.
+    client
+        .unary("kitchen.Kitchen/Fail", json!({"id": "1"}))
+        .await
+        .unwrap_err();
+    let call = only_call_once_done(&server, "kitchen.Kitchen/Fail").await;
+    assert_eq!(call["response_headers"], Json::Null, "{call:#}");
+    assert_eq!(call["trailers"]["retry-after"], "5", "{call:#}");
 }
 
 /// A request over `--max-message-size` gets RESOURCE_EXHAUSTED naming the flag (tonic says
@@ -797,4 +910,45 @@ async fn a_large_call_after_a_small_one_keeps_the_journal_within_its_budget() {
     let status = server.admin_get("/v1/status").await;
     let bytes = status["journal"]["bytes"].as_u64().unwrap();
     assert!(bytes <= 64 * 1024, "{status:#}");
+}
+
+/// `response_headers` leaves out the protocol's own headers whatever the client: a reply
+/// gzip-compressed for a client that accepts gzip (`grpc-encoding`) shows `{}`, and with a
+/// handler's header shows only that header.
+#[tokio::test]
+async fn response_headers_leave_out_the_compression_header() {
+    let server = start(&[]);
+    let client = kitchen(&server).await;
+    let mut grpc = tonic::client::Grpc::new(client.channel.clone())
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    for (method, id) in [("Lookup", "1"), ("Get", "g")] {
+        let m = client.method(&format!("kitchen.Kitchen/{method}"));
+        grpc.ready().await.unwrap();
+        let resp = grpc
+            .unary(
+                tonic::Request::new(protoserve::codec::Outgoing::Message(Client::message(
+                    &m.input(),
+                    json!({"id": id}),
+                ))),
+                format!("/kitchen.Kitchen/{method}").parse().unwrap(),
+                common::DynamicCodec::new(m.output()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.metadata()
+                .get("grpc-encoding")
+                .map(|v| v.to_str().unwrap()),
+            Some("gzip"),
+            "the reply was compressed"
+        );
+    }
+    let call = only_call(&server, "kitchen.Kitchen/Lookup").await;
+    assert_eq!(call["response_headers"], json!({}), "{call:#}");
+    let call = only_call(&server, "kitchen.Kitchen/Get").await;
+    assert_eq!(
+        call["response_headers"],
+        json!({"x-kind": "reply"}),
+        "{call:#}"
+    );
 }

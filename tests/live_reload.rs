@@ -95,6 +95,76 @@ async fn a_reload_does_not_set_off_another() {
     assert!(again.is_empty(), "reloads feed on themselves: {again:?}");
 }
 
+/// `serve` watches the `-I` folders as it watches `protos/`: editing an imported file there
+/// reloads. Editors' swap, backup and lock files in the watched folders do not.
+#[tokio::test]
+async fn an_import_folder_is_watched_and_editor_files_are_not() {
+    let project = Project::new();
+    let imports = tempfile::tempdir().unwrap();
+    let line = |extra: &str| {
+        format!("syntax = \"proto3\";\npackage live;\nmessage Line {{ string text = 1;{extra} }}\n")
+    };
+    std::fs::write(imports.path().join("line.proto"), line("")).unwrap();
+    let (head, service) = LIVE_PROTO.split_once("service").unwrap();
+    let service = service.split("message Line").next().unwrap();
+    project.write(
+        "protos/live.proto",
+        &format!("{head}import \"line.proto\";\nservice{service}"),
+    );
+    let server = project.start(&["-I", imports.path().to_str().unwrap()]);
+    let mut inputs = protoserve::schema::SchemaInputs::protos(&[project.path("protos")]);
+    inputs.import_paths.push(imports.path().to_path_buf());
+    let schema = protoserve::schema::compile(&inputs).expect("compile protos");
+    let client = Client::connect(server.addr, schema.pool).await;
+    assert_reply(&client, "v1: x").await;
+
+    for (dir, name) in [
+        ("handlers", ".live.json.swp"),
+        ("handlers", "live.json~"),
+        ("protos", "#live.proto#"),
+    ] {
+        std::fs::write(project.path(dir).join(name), "not what it seems {").unwrap();
+    }
+    std::fs::write(imports.path().join(".line.proto.swx"), "x").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let reloads: Vec<String> = server
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("generation 2") || l.contains("reload"))
+        .collect();
+    assert!(reloads.is_empty(), "editor files reloaded: {reloads:?}");
+
+    std::fs::write(imports.path().join("line.proto"), line(" string note = 2;")).unwrap();
+    let reloaded = wait_for_log(&server, "generation 2 serving");
+    assert!(reloaded.contains("files changed"), "{reloaded}");
+    assert_reply(&client, "v1: x").await;
+}
+
+/// A change only under `handlers/` or `data/` reuses the compiled protos; a change to a
+/// `.proto` compiles them again. (The debug log says "schema ready" each time protos are
+/// compiled or read from the cache.)
+#[tokio::test]
+async fn a_handler_change_reuses_the_compiled_protos() {
+    let project = Project::new();
+    let server = project.start(&["--log-level", "protoserve=debug"]);
+    let client = project.client(&server).await;
+    let schemas = || {
+        server
+            .log()
+            .iter()
+            .filter(|l| l.contains("schema ready"))
+            .count()
+    };
+    assert_eq!(schemas(), 1, "{:#?}", server.log());
+    project.write("handlers/live.json", &live_handler("v2"));
+    wait_for_reply(&client, "v2: x").await;
+    wait_for_log(&server, "generation 2 serving");
+    assert_eq!(schemas(), 1, "a handler change compiled the protos");
+    project.write("protos/live.proto", &format!("{LIVE_PROTO}// edited\n"));
+    wait_for_log(&server, "generation 3 serving");
+    assert_eq!(schemas(), 2, "a proto change did not compile the protos");
+}
+
 #[tokio::test]
 async fn sighup_reloads_when_watching_is_off() {
     let project = Project::new();

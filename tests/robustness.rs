@@ -323,3 +323,53 @@ async fn a_huge_unknown_encoding_is_unimplemented_the_client_can_read() {
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
     still_serves(&client).await;
 }
+
+/// Request headers (metadata) are bounded per call by `--max-header-list-size`, 16384 bytes by
+/// default: a call over it is refused with `RESOURCE_EXHAUSTED` naming the flag before any
+/// handler runs, a call under it is served, and so are later calls on the same connection.
+#[tokio::test]
+async fn request_headers_are_bounded_by_max_header_list_size() {
+    use tonic::metadata::MetadataMap;
+    let with_header = |bytes: usize| {
+        let mut md = MetadataMap::new();
+        md.insert("x-big", "a".repeat(bytes).parse().unwrap());
+        md
+    };
+    for (args, over, under) in [
+        (vec![], 20_000, 15_000),
+        (vec!["--max-header-list-size", "4096"], 5_000, 3_000),
+    ] {
+        let server = Server::start(&args);
+        let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+        let err = client
+            .unary_with(
+                "helloworld.Greeter/SayHello",
+                json!({"name": "big"}),
+                with_header(over),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::ResourceExhausted,
+            "{args:?}: {err:?}"
+        );
+        assert!(
+            err.message().contains("--max-header-list-size"),
+            "{args:?}: {err:?}"
+        );
+        let (r, _) = client
+            .unary_with(
+                "helloworld.Greeter/SayHello",
+                json!({"name": "fits"}),
+                with_header(under),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r["message"], "Hello, fits!", "{args:?}");
+        still_serves(&client).await;
+        // The refused call never reached a handler: the journal has only the two served ones.
+        let page = server.admin_get("/v1/journal?view=summary").await;
+        assert_eq!(page["calls"].as_array().unwrap().len(), 2, "{page:#}");
+    }
+}

@@ -510,3 +510,44 @@ async fn thousands_of_files_without_handlers_answer_unimplemented() {
         assert!(err.message().contains("has no handler"), "{path}: {err:?}");
     }
 }
+
+/// The descriptor cache keeps its 8 newest entries: ten different trees leave eight, and the
+/// newest ones are still read from the cache while the oldest is compiled again.
+#[test]
+fn the_cache_keeps_its_8_newest_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let protos = dir.path().join("protos");
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir(&handlers).unwrap();
+    let cache = dir.path().join("cache");
+    let check = |version: usize| {
+        write(
+            &protos.join("c.proto"),
+            &format!("syntax = \"proto3\";\npackage c;\nmessage M{version} {{ int32 a = 1; }}\n"),
+        );
+        let (code, _, err) = common::run(&[
+            "check",
+            "--protos",
+            protos.to_str().unwrap(),
+            "--handlers",
+            handlers.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--log-level",
+            "protoserve=debug",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        err
+    };
+    for version in 1..=10 {
+        let err = check(version);
+        assert!(err.contains("files compiled"), "version {version}: {err}");
+        // Entries are ordered by modification time: keep the times distinct.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let entries = std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(entries, 8, "entries left in {}", cache.display());
+    assert!(check(10).contains("from the descriptor cache"));
+    assert!(check(3).contains("from the descriptor cache"));
+    assert!(check(1).contains("files compiled"));
+}

@@ -388,3 +388,142 @@ fn reserved_headers_in_handler_files_are_refused_at_startup() {
     );
     assert!(err.contains("h.json:2:"), "{err}");
 }
+
+/// The bounds handler files state: `delay_ms` at most a day, an error `code` from 1 to 16 (or
+/// a name), never OK; each out-of-bounds value is a startup error naming its place, and every
+/// rule of a list is checked, the condition and the answer of one rule alike.
+#[test]
+fn delay_and_error_code_bounds_are_startup_errors() {
+    let dir = project(
+        &[],
+        &[(
+            "g.json",
+            r#"{"service": "helloworld.Greeter", "methods": {
+  "SayHello": { "reply": { "message": "late" }, "delay_ms": 86400001 },
+  "SayHelloAgain": { "rules": [
+    { "when": { "request": { "name": "a" } }, "error": { "code": 17, "message": "x" } },
+    { "when": { "request": { "name": "b" } }, "error": { "code": 0, "message": "x" } },
+    { "when": { "request": { "nam": "c" } }, "error": { "code": "NOT_A_CODE", "message": "x" } },
+    { "error": { "code": 16, "message": "x" }, "delay_ms": 86400000 }
+  ] }
+}}"#,
+        )],
+    );
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("helloworld.Greeter/SayHello: delay_ms: 86400001 ms is more than a day"),
+        "{err}"
+    );
+    assert!(err.contains("17 is not a gRPC status code"), "{err}");
+    assert!(err.contains("an error needs a code other than OK"), "{err}");
+    assert!(err.contains("rules[2].when"), "{err}");
+    assert!(err.contains("did you mean \"name\""), "{err}");
+    assert!(err.contains("rules[2].error.code"), "{err}");
+    assert!(err.contains("NOT_A_CODE"), "{err}");
+    // Exactly those five: a day to the millisecond and code 16 are fine.
+    assert!(err.contains("5 problem(s) found"), "{err}");
+}
+
+/// The README's example of a failed start, line by line: each problem with its place, and the
+/// `help:` lines that say what to do.
+#[test]
+fn the_readme_example_of_startup_problems_reads_as_documented() {
+    let dir = project(
+        &[],
+        &[
+            (
+                "a.json",
+                r#"{
+  "service": "helloworld.Greeter",
+  "methods": {
+    "SayHelo": { "reply": { "message": "hi" } },
+    "SayHello": { "script": "greet.lua" },
+    "SayHelloAgain": { "reply": { "message": "Hello, {{nam}}!" } }
+  }
+}"#,
+            ),
+            (
+                "greet.lua",
+                "function SayHello(req, ctx)\n  return { message = \"hi\"\nend\n",
+            ),
+        ],
+    );
+    fs::write(
+        dir.path().join("data/points.json"),
+        "[\n  {\"a\": 1},\n  {\"b\": 2,}\n]\n",
+    )
+    .unwrap();
+    let (code, _, err) = check_with_data(dir.path());
+    assert_eq!(code, 2, "{err}");
+    let at = |rel: &str| dir.path().join(rel).display().to_string();
+    let lines: Vec<&str> = err.lines().collect();
+    let follows = |first: &str, help: &str| {
+        let i = lines
+            .iter()
+            .position(|l| l.starts_with(first))
+            .unwrap_or_else(|| panic!("no line starting {first:?} in:\n{err}"));
+        assert_eq!(
+            lines.get(i + 1).copied(),
+            Some(help),
+            "after {first:?} in:\n{err}"
+        );
+    };
+    follows(
+        &format!(
+            "error: {}:3:11: not valid JSON: trailing comma at line 3 column 11",
+            at("data/points.json")
+        ),
+        "  help: scripts see this file as data.points; fix the JSON or move the file out of the data folder",
+    );
+    follows(
+        &format!(
+            "error: {}:4:5: helloworld.Greeter/SayHelo: helloworld.Greeter has no method \"SayHelo\" (did you mean \"SayHello\"?)",
+            at("handlers/a.json")
+        ),
+        "  help: add the rpc to the service in the .proto, or use one of: SayHello, SayHelloAgain",
+    );
+    follows(
+        &format!(
+            "error: {}:3: '}}' expected (to close '{{' at line 2) near 'end'",
+            at("handlers/greet.lua")
+        ),
+        "  help: fix the Lua syntax; scripts are Lua 5.4",
+    );
+    assert!(
+        lines.contains(&format!(
+            "error: {}:6:5: helloworld.Greeter/SayHelloAgain: reply.message: helloworld.HelloRequest has no field \"nam\" (did you mean \"name\"?)",
+            at("handlers/a.json")
+        ).as_str()),
+        "{err}"
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some("protoserve: 4 problem(s) found; nothing was served"),
+        "{err}"
+    );
+}
+
+/// Without `--data`, a missing `data/` just means no data sets; named with `--data`, the folder
+/// must exist (exit 2, naming the flag).
+#[test]
+fn a_missing_default_data_folder_is_no_data_sets() {
+    let dir = project(&[], &[]);
+    fs::remove_dir(dir.path().join("data")).unwrap();
+    let run_in = |args: &[&str]| {
+        let out = std::process::Command::new(common::binary())
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run_in(&["check"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = run_in(&["check", "--data", "data"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--data data: no such folder"), "{err}");
+}

@@ -185,6 +185,21 @@ async fn a_failed_verify_shows_the_closest_calls_and_what_failed() {
     )
     .await;
     assert_eq!(answer["near_misses"].as_array().unwrap().len(), 1);
+    // Without "show", at most 5 are listed.
+    for id in ["4", "5", "6", "7"] {
+        call_get(&client, id, None).await;
+    }
+    let answer = verify(
+        &server,
+        json!({"method": "kitchen.Kitchen/Get", "when": {"request": {"id": "9"}}}),
+    )
+    .await;
+    assert_eq!(answer["calls_to_method"], 7, "{answer:#}");
+    assert_eq!(
+        answer["near_misses"].as_array().unwrap().len(),
+        5,
+        "{answer:#}"
+    );
 }
 
 #[tokio::test]
@@ -337,6 +352,41 @@ async fn verify_command_exits_0_1_or_2() {
     let (code, _, err) = run(with(&admin), r#"{"methd": "x"}"#.into()).await.unwrap();
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("did you mean \"method\""), "{err}");
+    // A method the server does not serve is a mistake in the file, not a failed verify.
+    let (code, out, err) = run(with(&admin), r#"{"method": "kitchen.Kitchen/Gte"}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("did you mean \"kitchen.Kitchen/Get\""),
+        "{err}"
+    );
+    // A file that checks nothing would always pass: refused.
+    let (code, out, err) = run(with(&admin), "[]".into()).await.unwrap();
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("no verifies"), "{err}");
+    // "-" reads the verifies from standard input; the token may come from the environment.
+    let stdin = {
+        let admin = admin.clone();
+        let holds = holds.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut child = std::process::Command::new(common::binary())
+                .args(["verify", "--admin", &admin, "-"])
+                .env("PROTOSERVE_ADMIN_TOKEN", "tok")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), holds.as_bytes()).unwrap();
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let out = String::from_utf8_lossy(&stdin.stdout);
+    assert_eq!(stdin.status.code(), Some(0), "{out}");
+    assert!(out.starts_with("ok: expected exactly 1 call"), "{out}");
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -101,7 +101,23 @@ impl Admin {
             Op::ListCalls(pairs) => {
                 let journal = self.journal()?.clone();
                 let query = Query::parse(&pairs).map_err(AdminError::BadRequest)?;
-                self.blocking(move || Ok(query.run(&journal))).await
+                let filter = query.method().map(str::to_owned);
+                let page = {
+                    let journal = journal.clone();
+                    self.blocking(move || Ok(query.run(&journal))).await?
+                };
+                let empty = page["calls"].as_array().is_some_and(Vec::is_empty);
+                match filter {
+                    Some(name) if empty && !self.serves(&name) => {
+                        let any = Query::any_call_of(&name);
+                        let seen = self.blocking(move || Ok(any.run(&journal))).await?;
+                        if seen["calls"].as_array().is_some_and(Vec::is_empty) {
+                            return Err(self.unknown_filter(&name));
+                        }
+                        Ok(page)
+                    }
+                    _ => Ok(page),
+                }
             }
             Op::GetCall(id) => {
                 let journal = self.journal()?.clone();
@@ -165,6 +181,43 @@ impl Admin {
             fields.insert("journal".into(), journal);
         }
         status
+    }
+
+    /// Whether `name`, a method (`package.Service/Method`) or a service, is in the protos
+    /// served now.
+    fn serves(&self, name: &str) -> bool {
+        let services = self.control.services();
+        let services = services["services"].as_array().into_iter().flatten();
+        match name.split_once('/') {
+            Some(_) => services
+                .flat_map(|s| s["methods"].as_array().into_iter().flatten())
+                .filter_map(|m| m["path"].as_str())
+                .any(|path| path.trim_start_matches('/') == name),
+            None => services
+                .filter_map(|s| s["name"].as_str())
+                .any(|s| s == name),
+        }
+    }
+
+    /// A journal filter naming neither a method nor a service served now, nor any call the
+    /// journal holds: a typo, which an empty page would hide.
+    fn unknown_filter(&self, name: &str) -> AdminError {
+        let services = self.control.services();
+        let services = services["services"].as_array().cloned().unwrap_or_default();
+        let candidates: Vec<&str> = if name.contains('/') {
+            services
+                .iter()
+                .flat_map(|s| s["methods"].as_array().into_iter().flatten())
+                .filter_map(|m| m["path"].as_str())
+                .map(|p| p.trim_start_matches('/'))
+                .collect()
+        } else {
+            services.iter().filter_map(|s| s["name"].as_str()).collect()
+        };
+        AdminError::NotFound(format!(
+            "method filter {name:?}{}: no service or method of that name is served, and the journal holds no call to it; name a method (package.Service/Method) or a service",
+            crate::suggest::did_you_mean(name, candidates)
+        ))
     }
 
     fn unknown_method(&self, name: &str) -> AdminError {

@@ -158,6 +158,13 @@ pub fn routine(name: &http::HeaderName) -> bool {
     name == http::header::TE || name == http::header::CONTENT_TYPE
 }
 
+/// Response headers the protocol itself sets (the reply's compression and the encodings the
+/// server accepts), which `response_headers` leaves out: with them a client that accepts gzip
+/// would see headers no handler sent.
+pub fn protocol_response_header(name: &http::HeaderName) -> bool {
+    routine(name) || name.as_str() == "grpc-encoding" || name.as_str() == "grpc-accept-encoding"
+}
+
 /// The size of a header block's payload: for each entry, name length (2), value length (4),
 /// name, value.
 pub fn packed_len(headers: &HeaderMap) -> usize {

@@ -150,6 +150,21 @@ impl Query {
         Ok(q)
     }
 
+    /// The `method` filter: a method (`package.Service/Method`) or a service.
+    pub fn method(&self) -> Option<&str> {
+        self.method.as_deref()
+    }
+
+    /// A query for the first call of `method` (a method or a service), whatever else it did.
+    pub fn any_call_of(method: &str) -> Query {
+        Query {
+            method: Some(method.to_owned()),
+            page_size: 1,
+            view: View::Summary,
+            ..Query::default()
+        }
+    }
+
     /// One page of matching calls: `{"calls": [...], "next_page_token": "…"}` (the token only
     /// when the page is full; pass it back for the next page).
     ///

@@ -227,7 +227,7 @@ impl CallRecord {
                 return true;
             }
             // Most responses carry only the protocol's headers: nothing to keep.
-            kept |= !arena::routine(name);
+            kept |= !arena::protocol_response_header(name);
         }
         if kept {
             self.push_headers(block::RESPONSE_HEADERS, headers, None);

@@ -71,6 +71,9 @@ pub enum View {
 const TRANSPORT_HEADERS: &[&str] = &["te", "content-type"];
 /// Trailers shown as the status instead.
 const STATUS_HEADERS: &[&str] = &["grpc-status", "grpc-message", "content-type"];
+/// Response headers the protocol sets (see [`super::arena::protocol_response_header`]).
+const PROTOCOL_RESPONSE_HEADERS: &[&str] =
+    &["content-type", "grpc-encoding", "grpc-accept-encoding"];
 
 /// Header values by name; a name sent several times has its values joined with `, `.
 pub fn headers_json(headers: &HeaderMap, skip: &[&str]) -> Json {
@@ -227,7 +230,7 @@ pub fn call_json_from(
             "response_headers".into(),
             log.response_headers
                 .as_ref()
-                .map_or(Json::Null, |h| headers_json(h, STATUS_HEADERS)),
+                .map_or(Json::Null, |h| headers_json(h, PROTOCOL_RESPONSE_HEADERS)),
         );
         out.insert(
             "trailers".into(),

@@ -310,10 +310,13 @@ fn judge(record: &Call, log: &CallView, conditions: &mut Conditions<'_>) -> Judg
             request,
         })
     };
-    let Some(info) = &log.method else {
-        return miss(vec!["the call named no served method".into()], None);
+    // A call of a method no handler served in a big tree (UNIMPLEMENTED, its service never
+    // decoded) was recorded without descriptors: its request is read with the verify's.
+    let input = match &log.method {
+        Some(info) => info.input.clone(),
+        None => conditions.current.0.clone(),
     };
-    let condition = match conditions.for_input(&info.input) {
+    let condition = match conditions.for_input(&input) {
         Ok(c) => c,
         Err(e) => return miss(vec![e], None),
     };
@@ -340,7 +343,7 @@ fn judge(record: &Call, log: &CallView, conditions: &mut Conditions<'_>) -> Judg
         .enumerate()
     {
         any_request = true;
-        let msg = match decode_bounded(&info.input, &frame.bytes) {
+        let msg = match decode_bounded(&input, &frame.bytes) {
             Ok(m) => m,
             Err(e) => {
                 if best.is_none() {
@@ -353,7 +356,7 @@ fn judge(record: &Call, log: &CallView, conditions: &mut Conditions<'_>) -> Judg
             return if failed.is_empty() {
                 Judgement::Match
             } else {
-                miss(failed, Some((info.input.clone(), frame.bytes.clone())))
+                miss(failed, Some((input.clone(), frame.bytes.clone())))
             };
         }
         let why = condition.explain_fields(&msg);
@@ -367,7 +370,7 @@ fn judge(record: &Call, log: &CallView, conditions: &mut Conditions<'_>) -> Judg
     }
     let (why, request) = best.unwrap_or_default();
     failed.extend(why);
-    miss(failed, request.map(|bytes| (info.input.clone(), bytes)))
+    miss(failed, request.map(|bytes| (input.clone(), bytes)))
 }
 
 /// A recorded request decoded for a `when`, unless decoding it would take more than

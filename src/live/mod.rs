@@ -353,12 +353,19 @@ impl Control for LiveControl {
     fn method(&self, name: &str) -> Option<prost_reflect::MethodDescriptor> {
         let generation = self.0.current();
         let (service, method) = name.rsplit_once('/')?;
-        generation
-            .schema
-            .pool
-            .get_service_by_name(service)?
-            .methods()
-            .find(|m| m.name() == method)
+        let find = |pool: &prost_reflect::DescriptorPool| {
+            pool.get_service_by_name(service)?
+                .methods()
+                .find(|m| m.name() == method)
+        };
+        if let Some(found) = find(&generation.schema.pool) {
+            return Some(found);
+        }
+        // A big tree decodes only the services handlers name, but serves (UNIMPLEMENTED) and
+        // journals every other one: a verify of such a method decodes its service now.
+        let covering =
+            crate::schema::Schema::covering(generation.schema.clone(), &[service.to_owned()]);
+        find(&covering.ok()?.pool)
     }
 
     fn reload(&self) -> BoxFuture<'static, Result<Json, Refusal>> {
