@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -37,6 +37,7 @@ use crate::journal::Journal;
 use crate::layers::buffers::{Budget, Buffers};
 use crate::layers::cutoff::Stop;
 use crate::layers::limit::Slots;
+use crate::layers::overdue::StreamExecutor;
 use crate::layers::{stack, Hyper, Recording};
 use crate::router::Router;
 
@@ -112,7 +113,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_drain: impl FnOnce(),
 ) {
-    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let mut http2 = hyper::server::conn::http2::Builder::new(StreamExecutor);
     http2
         .timer(TokioTimer::new())
         .max_concurrent_streams(options.max_concurrent_streams)
@@ -220,7 +221,7 @@ pub async fn run(
 }
 
 type Connection =
-    hyper::server::conn::http2::Connection<TokioIo<HandshakeGuard>, Hyper, TokioExecutor>;
+    hyper::server::conn::http2::Connection<TokioIo<HandshakeGuard>, Hyper, StreamExecutor>;
 
 /// Serves one connection: GOAWAY when draining starts (or closed, if the client never finished
 /// its handshake), its calls ended when the deadline passes.

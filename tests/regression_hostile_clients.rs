@@ -284,3 +284,60 @@ async fn unfinished_requests_are_bounded_per_connection() {
     );
     answered_meanwhile(server.addr).await;
 }
+
+/// A client whose flow-control window stays at zero kept its calls open past their deadline:
+/// the deadline ends a call from inside its response body, which hyper does not poll while the
+/// window has no room, so the calls held their slots and stayed "in progress" in the journal
+/// for as long as the client kept the connection. Each stream's task now watches the deadline
+/// from outside the body and resets the stream a grace period after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_a_client_never_reads_end_at_their_deadline() {
+    let server = hostile_server();
+    let addr = server.addr;
+    let mut conn = h2_client(addr, 0).await;
+    let mut calls = Vec::new();
+    let attacks = std::iter::repeat_n(("EchoServer", 1000), 20).chain([("Get", 100_000)]);
+    for (method, n) in attacks {
+        let body = framed_field2(n);
+        let ready = conn.clone().ready().await.unwrap();
+        conn = ready;
+        let mut req = grpc_request(addr, method);
+        req.headers_mut()
+            .insert("grpc-timeout", http::HeaderValue::from_static("1S"));
+        let (resp, mut send) = conn.send_request(req, false).unwrap();
+        send.reserve_capacity(body.len());
+        send.send_data(body, true).unwrap();
+        calls.push((method, resp, send));
+    }
+    let started = Instant::now();
+    let mut waiting = tokio::task::JoinSet::new();
+    for (method, resp, send) in calls {
+        waiting.spawn(async move {
+            let _keep_open = send;
+            // Headers need no window; the answer's data does, and never gets any.
+            if let Ok(resp) = resp.await {
+                let mut body = resp.into_body();
+                while let Some(Ok(_)) = body.data().await {}
+            }
+            method
+        });
+    }
+    let mut ended = 0;
+    while ended < 21 {
+        match tokio::time::timeout(Duration::from_secs(20), waiting.join_next()).await {
+            Ok(Some(Ok(_))) => ended += 1,
+            Ok(Some(Err(e))) => panic!("{e}"),
+            Ok(None) => break,
+            Err(_) => panic!(
+                "only {ended} of 21 calls ended in 20 s: the others outlived their 1 s deadline"
+            ),
+        }
+    }
+    eprintln!("21 calls ended {:?} after they started", started.elapsed());
+    // None of them is left in progress, and other calls are served.
+    let page = server
+        .admin_get("/v1/journal?status=in_progress&view=summary")
+        .await;
+    assert_eq!(page["calls"].as_array().map(Vec::len), Some(0), "{page:#}");
+    answered_meanwhile(addr).await;
+}

@@ -180,6 +180,11 @@ where
         match inner.poll(cx) {
             Poll::Ready(Ok(resp)) => {
                 let deadline = *this.deadline;
+                if let Some((at, _)) = deadline {
+                    // The body ends the call at its deadline when hyper polls it; this is for a
+                    // client whose window keeps hyper from polling it.
+                    super::overdue::note_deadline(at);
+                }
                 let stop = this.stop.clone();
                 Poll::Ready(Ok(
                     resp.map(|body| CutoffBody::guarded(body, deadline, stop))

@@ -21,6 +21,7 @@ pub mod buffers;
 pub mod content_type;
 pub mod cutoff;
 pub mod limit;
+pub mod overdue;
 pub mod status;
 
 use std::convert::Infallible;
