@@ -12,6 +12,8 @@
 //! list of `Value`s), so [`Incoming::decode`] first estimates the decoded size from the wire
 //! bytes ([`wire::check`]) and refuses what would exceed [`DECODED_PER_ENCODED`] times the limit.
 
+use std::sync::Arc;
+
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
@@ -53,6 +55,9 @@ fn call_buffers() -> BufferSettings {
 pub struct RequestCodec {
     input: MessageDescriptor,
     decode_budget: usize,
+    /// For a method that takes exactly one request message: its name (see
+    /// [`RequestCodec::one_message`]).
+    one_message: Option<Arc<str>>,
 }
 
 impl RequestCodec {
@@ -60,7 +65,16 @@ impl RequestCodec {
         Self {
             input,
             decode_budget: DEFAULT_MESSAGE_LIMIT * DECODED_PER_ENCODED,
+            one_message: None,
         }
+    }
+
+    /// Refuses a second request message, as a request cardinality violation of `method`
+    /// (UNIMPLEMENTED): tonic's unary entry points read past extra messages as if they were
+    /// not there, and every request is read to its end, so the check costs a flag per message.
+    pub fn one_message(mut self, method: Arc<str>) -> Self {
+        self.one_message = Some(method);
+        self
     }
 
     /// Sets the largest message accepted (`--max-message-size`), which bounds what decoding one
@@ -85,6 +99,8 @@ impl Codec for RequestCodec {
         IncomingDecoder {
             desc: self.input.clone(),
             budget: self.decode_budget,
+            one_message: self.one_message.clone(),
+            decoded: false,
         }
     }
 }
@@ -207,6 +223,8 @@ impl Incoming {
 pub struct IncomingDecoder {
     desc: MessageDescriptor,
     budget: usize,
+    one_message: Option<Arc<str>>,
+    decoded: bool,
 }
 
 impl Decoder for IncomingDecoder {
@@ -218,6 +236,16 @@ impl Decoder for IncomingDecoder {
     }
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Incoming>, Status> {
+        if let Some(method) = &self.one_message {
+            if self.decoded {
+                return Err(CallError::RequestCount {
+                    method: method.clone(),
+                    sent: "more than one",
+                }
+                .into());
+            }
+            self.decoded = true;
+        }
         let bytes = src.copy_to_bytes(src.remaining());
         Ok(Some(
             Incoming::new(bytes, self.desc.clone()).with_budget(self.budget),

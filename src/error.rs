@@ -277,7 +277,7 @@ const INFLATED_TOO_LARGE: &str = "Error decompressing: size limit";
 /// tonic's unary entry points (behind health's `Check`) answer a request stream without a
 /// message INTERNAL; the gRPC status codes table calls it a cardinality violation,
 /// UNIMPLEMENTED, as protoserve's own methods answer it ([`CallError::RequestCount`]).
-const MISSING_REQUEST: &str = "Missing request message.";
+pub const MISSING_REQUEST: &str = "Missing request message.";
 
 /// Rewrites a tonic status that gRPC specifies differently, or that does not say which flag
 /// to raise (see `DECODE_TOO_LARGE`, `INFLATED_TOO_LARGE`, `PROST_DECODE_FAILED` and

@@ -31,7 +31,7 @@ use tower::util::BoxCloneSyncService;
 use tower::Service;
 
 use crate::codec::{Incoming, Outgoing, RequestCodec};
-use crate::error::CallError;
+use crate::error::{CallError, MISSING_REQUEST};
 use crate::generation::Generation;
 use crate::handler::{
     add_missing_metadata, Call, HandlerFuture, MethodEntry, Reply, Requests, ResponseStream,
@@ -167,21 +167,40 @@ async fn dispatch(
     if let Some(tap) = &journal {
         tap.attach(&entry.answerer);
     }
-    let codec = RequestCodec::new(entry.info.input.clone()).message_limit(limits.max_message_size);
+    let one_message = matches!(entry.info.shape, Shape::Unary | Shape::ServerStreaming);
+    let mut codec =
+        RequestCodec::new(entry.info.input.clone()).message_limit(limits.max_message_size);
+    if one_message {
+        codec = codec.one_message(entry.info.name.clone());
+    }
     let mut grpc = Grpc::new(Journaling::new(codec, journal.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(limits.max_message_size)
         .max_encoding_message_size(limits.max_message_size);
     let svc = MethodService(entry.clone(), limits.max_message_size, journal, buffers);
-    // Unary and server-streaming calls take their request as a stream, to hold it to exactly
-    // one message (see `one_request`).
     let mut resp = match entry.info.shape {
-        Shape::Unary => grpc.client_streaming(ExactlyOne(svc), req).await,
-        Shape::ServerStreaming => grpc.streaming(ExactlyOne(svc), req).await,
+        Shape::Unary => grpc.unary(svc, req).await,
+        Shape::ServerStreaming => grpc.server_streaming(svc, req).await,
         Shape::ClientStreaming => grpc.client_streaming(svc, req).await,
         Shape::Bidi => grpc.streaming(svc, req).await,
     };
+    // A method that takes one request message and got none is a request cardinality violation
+    // (UNIMPLEMENTED, in gRPC's table of status codes), said with the method's name; tonic's
+    // unary entry points answer it INTERNAL. (A second message is refused by the codec.) The
+    // header holds tonic's message percent-encoded, where a space is `%20`.
+    if one_message
+        && resp
+            .headers()
+            .get("grpc-message")
+            .is_some_and(|m| m.as_bytes() == MISSING_REQUEST.replace(' ', "%20").as_bytes())
+    {
+        resp = CallError::RequestCount {
+            method: entry.info.name.clone(),
+            sent: "none",
+        }
+        .into_http();
+    }
     let slot = resp.extensions_mut().remove::<TrailerSlot>().map(|s| s.0);
     resp.map(|inner| CallBody {
         inner,
@@ -232,70 +251,6 @@ impl MethodService {
                     Err(CallError::Deliberate(status))
                 }
             }
-        })
-    }
-}
-
-/// A method that takes one request message, served through tonic's streaming entry points.
-///
-/// tonic's unary ones answer a request stream without a message INTERNAL ("Missing request
-/// message.") and read past extra messages as if they were not there; the gRPC status codes
-/// table calls both a request cardinality violation, UNIMPLEMENTED, and this says so with
-/// the method's name. The request is read to its end before the handler runs, as tonic's
-/// unary entry points do, and trailers the client sent join the metadata, as there.
-#[derive(Clone)]
-struct ExactlyOne(MethodService);
-
-/// The only message of `requests`, with the metadata and the client's trailers (if any).
-async fn one_request(
-    method: &Arc<str>,
-    request: tonic::Request<Streaming<Incoming>>,
-) -> Result<tonic::Request<Incoming>, Status> {
-    let (metadata, extensions, mut requests) = request.into_parts();
-    let count = |sent| CallError::RequestCount {
-        method: method.clone(),
-        sent,
-    };
-    let Some(message) = requests.message().await? else {
-        return Err(count("none").into());
-    };
-    if requests.message().await?.is_some() {
-        return Err(count("more than one").into());
-    }
-    let metadata = match requests.trailers().await? {
-        Some(trailers) => {
-            let mut headers = metadata.into_headers();
-            headers.extend(trailers.into_headers());
-            tonic::metadata::MetadataMap::from_headers(headers)
-        }
-        None => metadata,
-    };
-    Ok(tonic::Request::from_parts(metadata, extensions, message))
-}
-
-impl tonic::server::ClientStreamingService<Incoming> for ExactlyOne {
-    type Response = Outgoing;
-    type Future = UnaryFuture;
-
-    fn call(&mut self, request: tonic::Request<Streaming<Incoming>>) -> Self::Future {
-        let mut svc = self.0.clone();
-        Box::pin(async move {
-            let request = one_request(&svc.0.info.name, request).await?;
-            tonic::server::UnaryService::call(&mut svc, request).await
-        })
-    }
-}
-
-impl tonic::server::StreamingService<Incoming> for ExactlyOne {
-    type Response = Outgoing;
-    type ResponseStream = Peeked;
-    type Future = StreamFuture;
-
-    fn call(&mut self, request: tonic::Request<Streaming<Incoming>>) -> Self::Future {
-        let mut svc = self.0.clone();
-        Box::pin(async move {
-            let request = one_request(&svc.0.info.name, request).await?;
-            tonic::server::ServerStreamingService::call(&mut svc, request).await
         })
     }
 }
