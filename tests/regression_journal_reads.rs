@@ -209,12 +209,17 @@ async fn a_call_over_a_reads_budget_is_not_sent_to_be_read_alone() {
         let shown = messages(call);
         assert_eq!(shown.len(), 6);
         assert!(shown[0]["error"].is_null(), "{:#}", shown[0]["error"]);
-        let error = shown[5]["error"].as_str().expect("the last message is not decoded");
+        let error = shown[5]["error"]
+            .as_str()
+            .expect("the last message is not decoded");
         assert!(error.contains("not decoded"), "{error}");
         assert!(
             !error.contains("page_size") && !error.contains("alone"),
             "reading fewer calls or the call alone shows the same: {error}"
         );
-        assert!(error.contains("the call's earlier messages took"), "{error}");
+        assert!(
+            error.contains("the call's earlier messages took"),
+            "{error}"
+        );
     }
 }
