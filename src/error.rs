@@ -283,6 +283,9 @@ pub const MISSING_REQUEST: &str = "Missing request message.";
 /// to raise (see `DECODE_TOO_LARGE`, `INFLATED_TOO_LARGE`, `PROST_DECODE_FAILED` and
 /// `MISSING_REQUEST`).
 fn normalize_status(status: Status) -> Status {
+    if status.metadata().contains_key(CHOSEN_STATUS) {
+        return status;
+    }
     if status.code() == Code::OutOfRange && status.message().starts_with(DECODE_TOO_LARGE) {
         return Status::resource_exhausted(format!(
             "{}; raise the server's limit with --max-message-size",
@@ -354,6 +357,28 @@ fn encoded_bounded(message: &str) -> String {
     format!("{}{MORE}", &message[..end])
 }
 
+/// Marks a status a handler chose (an `error` entry, a rule's, a script's `grpc.status`) whose
+/// code and message happen to be tonic's own for a malformed call: it leaves as chosen, not
+/// rewritten. Only such statuses get the mark, and [`normalize_status_headers`] takes it off
+/// on the way out, so no client or journal sees it.
+const CHOSEN_STATUS: &str = "protoserve-chosen-status";
+
+/// `status`, chosen by a handler: marked (see [`CHOSEN_STATUS`]) if it is one the rewrite
+/// would change.
+pub fn chosen(mut status: Status) -> Status {
+    if matches!(
+        status.code(),
+        Code::OutOfRange | Code::Internal | Code::ResourceExhausted
+    ) && normalize_status(status.clone()).message() != status.message()
+    {
+        status.metadata_mut().insert(
+            CHOSEN_STATUS,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
+    status
+}
+
 /// Same rewrite for a status tonic already rendered into a header map: the headers of a
 /// Trailers-Only response, or the trailers that end a stream. Other entries are kept. A message
 /// that goes out longer than [`MAX_ENCODED_STATUS_MESSAGE`] (one of spaces or of text past
@@ -369,12 +394,19 @@ pub fn normalize_status_headers(headers: &mut http::HeaderMap) {
     let too_long = headers
         .get("grpc-message")
         .is_some_and(|m| m.len() > MAX_ENCODED_STATUS_MESSAGE);
-    if !rewrite && !too_long {
+    // A status a handler chose is never rewritten; only such a status has the mark, and only
+    // when its code is one the rewrite looks at.
+    let chosen = rewrite && headers.remove(CHOSEN_STATUS).is_some();
+    if (!rewrite || chosen) && !too_long {
         return;
     }
     if let Some(status) = Status::from_header_map(headers) {
         let (code, message) = (status.code(), status.message().to_owned());
-        let mut normalized = normalize_status(status);
+        let mut normalized = if chosen {
+            status
+        } else {
+            normalize_status(status)
+        };
         if too_long {
             normalized = Status::with_details_and_metadata(
                 normalized.code(),

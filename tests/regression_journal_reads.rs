@@ -183,3 +183,43 @@ async fn verify_over_costly_requests_stays_within_bounded_memory() {
     assert!(failed.contains("not checked"), "{failed}");
     assert!(failed.contains("8 times its size"), "{failed}");
 }
+
+/// A call whose messages together take more than a read's budget is shown with its first
+/// messages decoded and the rest as bytes, on a page (where it comes first) as when read alone:
+/// the error says so, instead of sending the reader to read fewer calls or this call alone,
+/// which showed the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_over_a_reads_budget_is_not_sent_to_be_read_alone() {
+    let server = Server::kitchen();
+    let client = Client::connect(server.addr, common::pool(&fixtures().join("protos"))).await;
+    // Three 3 MiB strings of control characters, echoed: six messages of about 22 MB each as
+    // JSON text and decoded, over the 64 MiB of one read.
+    let id = "\u{1}".repeat(3 * 1024 * 1024);
+    let items = vec![serde_json::json!({ "id": id }); 3];
+    let (replies, status) = client.bidi("kitchen.Kitchen/EchoStream", items).await;
+    assert!(status.is_none(), "{status:?}");
+    assert_eq!(replies.len(), 3);
+
+    let page = server.admin_get("/v1/journal?page_size=10").await;
+    let calls = page["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{page:#}");
+    let call_id = calls[0]["id"].as_u64().unwrap();
+    let alone = server.admin_get(&format!("/v1/journal/{call_id}")).await;
+    for call in [&calls[0], &alone] {
+        let shown = messages(call);
+        assert_eq!(shown.len(), 6);
+        assert!(shown[0]["error"].is_null(), "{:#}", shown[0]["error"]);
+        let error = shown[5]["error"]
+            .as_str()
+            .expect("the last message is not decoded");
+        assert!(error.contains("not decoded"), "{error}");
+        assert!(
+            !error.contains("page_size") && !error.contains("alone"),
+            "reading fewer calls or the call alone shows the same: {error}"
+        );
+        assert!(
+            error.contains("the call's earlier messages took"),
+            "{error}"
+        );
+    }
+}

@@ -321,3 +321,105 @@ async fn health_and_reflection_take_gzip_requests() {
         "{answer:?}"
     );
 }
+
+/// Statuses a handler chose leave as chosen, even when their code and message are the ones
+/// tonic gives a malformed call (which the server rewrites: INTERNAL "failed to decode
+/// Protobuf message" to INVALID_ARGUMENT, "Missing request message." to UNIMPLEMENTED, a
+/// message over the limit to RESOURCE_EXHAUSTED naming the flag): an `error` entry's, a script's
+/// `grpc.status` ending a unary call, and one ending a stream in its trailers. A fake server
+/// replays the errors of real ones, tonic's among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_handlers_choose_are_not_rewritten() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("greeter.json"),
+        r#"{ "service": "helloworld.Greeter", "methods": {
+             "SayHello": { "error": { "code": "INTERNAL", "message": "failed to decode Protobuf message: invalid wire type" } },
+             "SayHelloAgain": { "error": { "code": "OUT_OF_RANGE", "message": "Error, decoded message length too large: found 9 bytes, the limit is: 4" } } } }"#,
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.path().join("guide.json"),
+        r#"{ "service": "routeguide.RouteGuide", "methods": {
+             "GetFeature": { "script": "guide.lua" }, "ListFeatures": { "script": "guide.lua" } } }"#,
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.path().join("guide.lua"),
+        "function GetFeature(p) error(grpc.status(\"INTERNAL\", \"Missing request message.\")) end\n\
+         function ListFeatures(r, ctx)\n\
+         \x20 ctx:send({ name = \"first\" })\n\
+         \x20 error(grpc.status(\"RESOURCE_EXHAUSTED\", \"Error decompressing: size limit reached\"))\n\
+         end\n",
+    )
+    .unwrap();
+    let protos = common::repo().join("protos");
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+    ]);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+
+    let unary = |name: &'static str, req: serde_json::Value| {
+        let client = &client;
+        async move { client.unary(name, req).await.expect_err(name) }
+    };
+    let s = unary("helloworld.Greeter/SayHello", json!({"name": "a"})).await;
+    assert_eq!(
+        (s.code(), s.message()),
+        (
+            Code::Internal,
+            "failed to decode Protobuf message: invalid wire type"
+        )
+    );
+    assert!(!s.metadata().contains_key("protoserve-chosen-status"));
+    let s = unary("helloworld.Greeter/SayHelloAgain", json!({"name": "a"})).await;
+    assert_eq!(
+        (s.code(), s.message()),
+        (
+            Code::OutOfRange,
+            "Error, decoded message length too large: found 9 bytes, the limit is: 4"
+        )
+    );
+    let s = unary("routeguide.RouteGuide/GetFeature", json!({})).await;
+    assert_eq!(
+        (s.code(), s.message()),
+        (Code::Internal, "Missing request message.")
+    );
+    assert!(!s.metadata().contains_key("protoserve-chosen-status"));
+
+    let mut stream = client
+        .server_stream_open("routeguide.RouteGuide/ListFeatures", json!({}))
+        .await
+        .unwrap();
+    assert!(stream.message().await.unwrap().is_some());
+    let s = stream
+        .message()
+        .await
+        .expect_err("the stream ends with the status");
+    assert_eq!(
+        (s.code(), s.message()),
+        (
+            Code::ResourceExhausted,
+            "Error decompressing: size limit reached"
+        )
+    );
+    assert!(!s.metadata().contains_key("protoserve-chosen-status"));
+
+    // The journal records them as the client got them.
+    let page = server.admin_get("/v1/journal").await;
+    let text = page.to_string();
+    assert!(!text.contains("protoserve-chosen-status"), "{text}");
+    let codes: Vec<&str> = page["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["status"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        ["INTERNAL", "OUT_OF_RANGE", "INTERNAL", "RESOURCE_EXHAUSTED"]
+    );
+}

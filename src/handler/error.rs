@@ -47,6 +47,10 @@ impl ErrorAction {
     }
 
     pub fn status(&self, req: &DynamicMessage) -> Status {
-        Status::with_metadata(self.code, self.message.render(req), self.metadata.clone())
+        crate::error::chosen(Status::with_metadata(
+            self.code,
+            self.message.render(req),
+            self.metadata.clone(),
+        ))
     }
 }

@@ -33,6 +33,7 @@ const TEXT_PER_BYTE: usize = 6;
 /// What a journal read may still spend on messages (see the module docs).
 #[derive(Debug, Clone)]
 pub struct RenderBudget {
+    total: usize,
     left: usize,
     /// Whether a message was shown as bytes for want of budget.
     refused: bool,
@@ -47,6 +48,7 @@ impl Default for RenderBudget {
 impl RenderBudget {
     pub fn new(bytes: usize) -> Self {
         Self {
+            total: bytes,
             left: bytes,
             refused: false,
         }
@@ -120,6 +122,7 @@ pub fn message_json_within(
         .saturating_add(64 * 1024);
     let limit = own.min(budget.left.saturating_sub(text));
     let mut cost = wire::Cost::new(limit);
+    let (total, taken) = (budget.total, budget.total.saturating_sub(budget.left));
     let too_costly = |cost: usize| {
         format!(
             "not decoded: as JSON this {} would take over {cost} bytes of memory, more than {} (its bytes are shown instead)",
@@ -127,7 +130,12 @@ pub fn message_json_within(
             if limit == own {
                 format!("{DECODED_PER_ENCODED} times its size")
             } else {
-                "what is left of this read of the journal; read fewer calls at a time (page_size), or this call alone (GET /v1/journal/ID)".to_owned()
+                // Shown only for a call read with a whole budget (a page ends before any other
+                // call it could not show), so reading fewer calls would not help.
+                format!(
+                    "what one read of the journal may spend on a call's messages ({} bytes, of which the call's earlier messages took {})",
+                    total, taken
+                )
             }
         )
     };

@@ -56,7 +56,7 @@ impl ScriptStatus {
     }
 
     pub fn to_status(&self) -> Status {
-        Status::new(self.code, self.message.clone())
+        crate::error::chosen(Status::new(self.code, self.message.clone()))
     }
 }
 
