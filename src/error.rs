@@ -361,7 +361,7 @@ fn encoded_bounded(message: &str) -> String {
 /// code and message happen to be tonic's own for a malformed call: it leaves as chosen, not
 /// rewritten. Only such statuses get the mark, and [`normalize_status_headers`] takes it off
 /// on the way out, so no client or journal sees it.
-const CHOSEN_STATUS: &str = "protoserve-chosen-status";
+pub const CHOSEN_STATUS: &str = "protoserve-chosen-status";
 
 /// `status`, chosen by a handler: marked (see [`CHOSEN_STATUS`]) if it is one the rewrite
 /// would change.

@@ -31,7 +31,7 @@ use tower::util::BoxCloneSyncService;
 use tower::Service;
 
 use crate::codec::{Incoming, Outgoing, RequestCodec};
-use crate::error::{CallError, MISSING_REQUEST};
+use crate::error::{CallError, CHOSEN_STATUS, MISSING_REQUEST};
 use crate::generation::Generation;
 use crate::handler::{
     add_missing_metadata, Call, HandlerFuture, MethodEntry, Reply, Requests, ResponseStream,
@@ -188,12 +188,14 @@ async fn dispatch(
     // A method that takes one request message and got none is a request cardinality violation
     // (UNIMPLEMENTED, in gRPC's table of status codes), said with the method's name; tonic's
     // unary entry points answer it INTERNAL. (A second message is refused by the codec.) The
-    // header holds tonic's message percent-encoded, where a space is `%20`.
+    // header holds tonic's message percent-encoded, where a space is `%20`; a status a handler
+    // chose with the same words is marked as chosen, and left.
     if one_message
         && resp
             .headers()
             .get("grpc-message")
             .is_some_and(|m| m.as_bytes() == MISSING_REQUEST.replace(' ', "%20").as_bytes())
+        && !resp.headers().contains_key(CHOSEN_STATUS)
     {
         resp = CallError::RequestCount {
             method: entry.info.name.clone(),

@@ -23,7 +23,8 @@ fn state() -> Lua {
 const COMPARE: &str = r##"
 local function show(ok, v)
   if not ok then
-    -- The position the wrapper's error names (Lua's names none) is not what is compared.
+    -- Positions are not compared: Lua's functions are called directly here, where their
+    -- errors name none, and ours through an operator, where Lua's too name the script's line.
     local e = tostring(v):gsub("^[%w_/.]+:%d+:%d*:? ?", "")
     return "ERR:" .. e:gsub("to '[%w?]+'", "to '_'")
   end
