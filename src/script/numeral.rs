@@ -422,15 +422,19 @@ mod tests {
         }
     }
 
-    fn short(s: &str) -> Option<String> {
-        let mut r = Reader {
+    /// A reader of `s` in pieces of 4 bytes, paid for free.
+    fn reader(s: &str) -> Reader<'_> {
+        Reader {
             src: s.as_bytes(),
             at: 0,
             paid: 0,
             piece: 4,
             pace: &Free,
-        };
-        let out = short_numeral(&mut r).ok()?;
+        }
+    }
+
+    fn short(s: &str) -> Option<String> {
+        let out = short_numeral(&mut reader(s)).ok()?;
         out.map(|b| String::from_utf8(b).unwrap_or_default())
     }
 
@@ -497,16 +501,7 @@ mod tests {
 
     #[test]
     fn integers_in_a_base_wrap_as_lua_computes_them() {
-        let read = |s: &str, base| {
-            let mut r = Reader {
-                src: s.as_bytes(),
-                at: 0,
-                paid: 0,
-                piece: 4,
-                pace: &Free,
-            };
-            in_base(&mut r, base).ok().flatten()
-        };
+        let read = |s: &str, base| in_base(&mut reader(s), base).ok().flatten();
         assert_eq!(read(" ff ", 16), Some(255));
         assert_eq!(read("-Zz", 36), Some(-(35 * 36 + 35)));
         assert_eq!(read("12", 2), None);
