@@ -267,3 +267,53 @@ async fn bad_reply_errors_show_the_start_of_huge_strings() {
         );
     }
 }
+
+/// A list whose table held keys besides its sequence (`{a, b, [10] = c}`, or a message where a
+/// list of them was meant) lost those entries without a word: Lua's length sees only 1 to n.
+/// Such a reply, or a server-streaming function's returned list, now fails naming the key.
+#[tokio::test]
+async fn list_entries_outside_the_sequence_fail_the_call() {
+    let (_s, c, _serial) = start(&[]).await;
+    for (name, n, says) in [
+        (
+            "list_stray",
+            10,
+            "kids: expected a list of items 1 to 2, but the table also has key integer 10",
+        ),
+        ("list_stray", 0, "also has key integer 0"),
+        (
+            "list_named",
+            0,
+            "kids: expected a list, got a table with key string \"text\"",
+        ),
+    ] {
+        let e = run(&c, name, n).await.unwrap_err();
+        assert_eq!(e.code(), Code::Internal, "{name}: {}", e.message());
+        assert!(e.message().contains(says), "{name} {n}: {}", e.message());
+    }
+    let r = run(&c, "list_ok", 300).await.unwrap();
+    assert_eq!(r["kids"].as_array().map(Vec::len), Some(300));
+    assert_eq!(r["kids"][299]["n"], "300");
+
+    let ok = c
+        .server_stream("values.Values/List", json!({"name": "ok"}))
+        .await;
+    assert_eq!(ok.unwrap().len(), 3);
+    for (name, says) in [
+        (
+            "stray",
+            "expected a list of messages of items 1 to 1, but the table also has key integer 7",
+        ),
+        (
+            "named",
+            "expected a list of messages, got a table with key string \"text\"",
+        ),
+    ] {
+        let e = c
+            .server_stream("values.Values/List", json!({"name": name, "n": 7}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Internal, "{name}: {}", e.message());
+        assert!(e.message().contains(says), "{name}: {}", e.message());
+    }
+}

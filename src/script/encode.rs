@@ -30,6 +30,42 @@ const MAX_DEPTH: usize = 100;
 /// Work (tables and entries read) charged to the call at once: one check per this much.
 const CHARGE_EVERY: u64 = 4096;
 
+/// Refuses a table given as a list that holds a key other than `1..=len`: Lua's length sees
+/// only the sequence, so such an entry would be dropped without a word (`{1, 2, [10] = 3}`, a
+/// list with a hole, or a message where a list of them was meant). Keys only are read, so a
+/// sequence costs one step an item and no value is converted.
+pub fn only_sequence(t: &Table, len: usize, what: &str, path: &Path<'_>) -> Result<()> {
+    let mut stray = None;
+    let walked = t.for_each(|key: LuaValue, _: bool| {
+        let in_sequence = matches!(key, LuaValue::Integer(i) if i >= 1 && (i as u64) <= len as u64);
+        if in_sequence {
+            return Ok(());
+        }
+        stray = Some(key);
+        Err(mlua::Error::runtime(""))
+    });
+    let Some(key) = stray else {
+        return walked.map_err(|e| lua_error(path, e));
+    };
+    let key = describe(&key);
+    let message = if len == 0 {
+        format!(
+            "expected a {what}, got a table with key {key} and no items 1, 2, …{}",
+            if what == "list" {
+                " (a message where a list of them was meant? wrap it in { })"
+            } else {
+                ""
+            }
+        )
+    } else {
+        format!(
+            "expected a {what} of items 1 to {len}, but the table also has key {key}, which \
+             would be dropped (a {what} ends at its first nil: fill the gap or renumber)"
+        )
+    };
+    fail(path, message)
+}
+
 /// Writes one reply.
 pub struct Encoder<'p> {
     plans: &'p Plans,
@@ -204,6 +240,7 @@ impl<'p> Encoder<'p> {
                 let len = t.raw_len();
                 // At least a byte an item, before any item is read.
                 self.check(len)?;
+                only_sequence(&t, len, "list", path)?;
                 match f.ty {
                     Type::Scalar(s) if packed && s.packable() && len > 0 => {
                         self.put_tag(f.number, LEN);

@@ -641,7 +641,16 @@ async fn finish_stream(state: &State, shared: &Arc<CallShared>, outcome: mlua::R
             };
             // A returned array is sent after whatever ctx:send sent.
             let t = unwrap_readonly(t);
-            for i in 1..=t.raw_len() {
+            let len = t.raw_len();
+            let whole = encode::only_sequence(&t, len, "list of messages", &convert::Path::Root);
+            if let Err(e) = whole {
+                let e = e.into_call_error(&shared.method, |e| {
+                    format!("{}: {} returned {e}", shared.script, shared.function)
+                });
+                let _ = sender.send(Err(Status::from(e))).await;
+                return;
+            }
+            for i in 1..=len {
                 let item: LuaValue = t.raw_get(i).unwrap_or(LuaValue::Nil);
                 let msg =
                     slice::with_call(shared, || outgoing_from_lua(&state.lua, &item, output.plan));
