@@ -317,3 +317,24 @@ async fn list_entries_outside_the_sequence_fail_the_call() {
         assert!(e.message().contains(says), "{name}: {}", e.message());
     }
 }
+
+/// An error of the server's own functions (`ctx:sleep`, `grpc.status`, `ctx:send`), caught
+/// with `pcall`, `xpcall` or `coroutine.resume`, was an mlua error value: `tostring` gave mlua's
+/// wording and a traceback of the server's frames, and `"..." .. e` failed. It is now the
+/// string a Lua library function raises; a caught `grpc.status` raised again keeps its code.
+#[tokio::test]
+async fn caught_errors_of_server_functions_are_plain_strings() {
+    let (_s, c, _serial) = start(&[]).await;
+    let r = run(&c, "caught_errors", 0).await.unwrap();
+    let text = r["text"].as_str().unwrap();
+    assert_eq!(
+        text,
+        "string: bad argument #2 to 'Ctx.sleep' (number expected, got string)\
+         |string: grpc.status: the code must be a name or a number, not a table\
+         |string: ctx:send: values.Values/Run answers with one message; return it instead\
+         |handled bad argument #2 to 'Ctx.sleep' (number expected, got table)"
+    );
+    let e = run(&c, "caught_status", 0).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    assert_eq!(e.message(), "kept");
+}

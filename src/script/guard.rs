@@ -37,7 +37,7 @@
 //!   value becomes a message without calling a metamethod (a table's `message` field, never its
 //!   address) while the call is still current.
 
-use mlua::{Function, Lua, Table, Value as LuaValue};
+use mlua::{Function, IntoLuaMulti, Lua, Table, Value as LuaValue};
 
 use super::slice;
 
@@ -55,7 +55,7 @@ pub const GUARD_CLOSE_KEY: &str = "protoserve.guard_close";
 
 const GUARD: &str = r#"
 local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING,
-  enter, leave, start, dgetinfo, dgetlocal, dgetmt, check_owed = ...
+  enter, leave, start, dgetinfo, dgetlocal, dgetmt, check_owed, plain = ...
 local error, select, type, next, rawget, rawset, setmetatable, rawequal =
   error, select, type, next, rawget, rawset, setmetatable, rawequal
 local co = coroutine
@@ -179,7 +179,9 @@ end
 local function after_protected(ok, ...)
   if not ok then
     check()
-    unwinding((...))
+    local e = ...
+    unwinding(e)
+    if type(e) == "userdata" then return false, plain(e) end
   end
   return ok, ...
 end
@@ -248,6 +250,8 @@ after_resume = function(c, ok, ...)
   -- the pause is made here, where the resumer can, before the results are looked at.)
   if check_owed() and co_isyieldable() then co_yield(SLICE) end
   if not ok then
+    local e = ...
+    if type(e) == "userdata" then return false, plain(e) end
     return ok, ...
   end
   local n = select('#', ...)
@@ -532,28 +536,34 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     })?;
     let pending = LuaValue::LightUserData(Lua::poll_pending());
     type Made = (Function, Function, Function, Function, Function, Function);
+    let mut args = (
+        g.get::<Function>("pcall")?,
+        g.get::<Function>("xpcall")?,
+        check,
+        aborted,
+        take_sliced,
+        clear_sliced,
+        normalize_fn,
+        fail,
+        pending,
+        lua.create_function(|_, ()| Ok(slice::protected(true, MAX_PROTECTED_DEPTH)))?,
+        lua.create_function(|_, ()| {
+            slice::protected(false, 0);
+            Ok(())
+        })?,
+        lua.create_function(super::hook::start_coroutine)?,
+        debug.raw_get::<Function>("getinfo")?,
+        debug.raw_get::<Function>("getlocal")?,
+        debug.raw_get::<Function>("getmetatable")?,
+        check_paused,
+    )
+        .into_lua_multi(lua)?;
+    // (More than a tuple holds.)
+    args.push_back(LuaValue::Function(
+        lua.create_function(|lua, e: LuaValue| plain(lua, e))?,
+    ));
     let (pcall, xpcall, run, body, load, guard_close): Made =
-        lua.load(GUARD).set_name("=protoserve guard").call((
-            g.get::<Function>("pcall")?,
-            g.get::<Function>("xpcall")?,
-            check,
-            aborted,
-            take_sliced,
-            clear_sliced,
-            normalize_fn,
-            fail,
-            pending,
-            lua.create_function(|_, ()| Ok(slice::protected(true, MAX_PROTECTED_DEPTH)))?,
-            lua.create_function(|_, ()| {
-                slice::protected(false, 0);
-                Ok(())
-            })?,
-            lua.create_function(super::hook::start_coroutine)?,
-            debug.raw_get::<Function>("getinfo")?,
-            debug.raw_get::<Function>("getlocal")?,
-            debug.raw_get::<Function>("getmetatable")?,
-            check_paused,
-        ))?;
+        lua.load(GUARD).set_name("=protoserve guard").call(args)?;
     g.raw_set("pcall", pcall)?;
     g.raw_set("xpcall", xpcall)?;
     lua.set_named_registry_value(RUNNER_KEY, run)?;
@@ -561,6 +571,86 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     lua.set_named_registry_value(LOAD_KEY, load)?;
     lua.set_named_registry_value(GUARD_CLOSE_KEY, guard_close)?;
     Ok(())
+}
+
+/// A caught error as a script sees it. Lua's library functions raise strings; the server's
+/// functions raise mlua errors, whose `tostring` gave mlua's wording and a traceback of the
+/// server's own frames, and which `..` could not join. So such an error becomes the string a
+/// Lua function would raise. The server's own values stay errors, without the traceback, so
+/// that raising one again keeps its meaning: a `grpc.status`, a stop, a message `ctx:send`
+/// refused, a reply too large, a failed request stream, running out of memory.
+fn plain(lua: &Lua, e: LuaValue) -> mlua::Result<LuaValue> {
+    let LuaValue::Error(err) = e else {
+        return Ok(e);
+    };
+    let root = root_error(&err);
+    let kept = match root {
+        mlua::Error::MemoryError(_) => true,
+        mlua::Error::ExternalError(x) => {
+            x.is::<super::status::ScriptStatus>()
+                || x.is::<super::status::Abort>()
+                || x.is::<super::status::BadMessage>()
+                || x.is::<super::status::IncomingError>()
+                || x.is::<super::convert::TooLarge>()
+        }
+        _ => false,
+    };
+    if kept {
+        return Ok(LuaValue::Error(Box::new(root.clone())));
+    }
+    lua.create_string(lua_message(root)).map(LuaValue::String)
+}
+
+/// The error inside mlua's wrappers (a callback's traceback, a context).
+fn root_error(e: &mlua::Error) -> &mlua::Error {
+    match e {
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
+            root_error(cause)
+        }
+        other => other,
+    }
+}
+
+/// An mlua error in Lua's own words: `bad argument #2 to 'f' (number expected, got string)`
+/// rather than mlua's, and a runtime error's message without its traceback.
+pub fn lua_message(e: &mlua::Error) -> String {
+    match root_error(e) {
+        mlua::Error::RuntimeError(m) => {
+            m.split("\nstack traceback:").next().unwrap_or(m).to_owned()
+        }
+        mlua::Error::BadArgument {
+            to,
+            pos,
+            name,
+            cause,
+        } => {
+            let to = to.as_deref().unwrap_or("?");
+            let what = match name {
+                Some(name) => format!("'{name}'"),
+                None => format!("#{pos}"),
+            };
+            format!("bad argument {what} to '{to}' ({})", lua_message(cause))
+        }
+        mlua::Error::FromLuaConversionError { from, to, .. } => {
+            format!("{} expected, got {from}", lua_type_name(to))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A Rust type mlua names in a conversion error, as Lua names values.
+fn lua_type_name(rust: &str) -> &str {
+    match rust {
+        "f32" | "f64" | "Number" => "number",
+        "i8" | "i16" | "i32" | "i64" | "isize" | "u8" | "u16" | "u32" | "u64" | "usize"
+        | "Integer" => "integer",
+        "String" | "BorrowedStr" | "BorrowedBytes" | "Vec<u8>" => "string",
+        "bool" => "boolean",
+        "Table" => "table",
+        "Function" => "function",
+        "Thread" => "thread",
+        other => other,
+    }
 }
 
 /// An error value as an error with a readable message, read without metamethods. A message is
