@@ -322,6 +322,7 @@ async fn list_entries_outside_the_sequence_fail_the_call() {
 /// with `pcall`, `xpcall` or `coroutine.resume`, was an mlua error value: `tostring` gave mlua's
 /// wording and a traceback of the server's frames, and `"..." .. e` failed. It is now the
 /// string a Lua library function raises; a caught `grpc.status` raised again keeps its code.
+/// Uncaught, such an error named no line of the script; it now names the calling line.
 #[tokio::test]
 async fn caught_errors_of_server_functions_are_plain_strings() {
     let (_s, c, _serial) = start(&[]).await;
@@ -333,6 +334,16 @@ async fn caught_errors_of_server_functions_are_plain_strings() {
          |string: grpc.status: the code must be a name or a number, not a table\
          |string: ctx:send: values.Values/Run answers with one message; return it instead\
          |handled bad argument #2 to 'Ctx.sleep' (number expected, got table)"
+    );
+    // Not caught: the script's line, as Lua's own errors have it.
+    let e = run(&c, "uncaught_server_error", 0).await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{}", e.message());
+    assert!(
+        e.message().ends_with(
+            "values.lua:135: bad argument #2 to 'Ctx.sleep' (number expected, got string)"
+        ),
+        "{}",
+        e.message()
     );
     let e = run(&c, "caught_status", 0).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{}", e.message());

@@ -516,7 +516,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         slice::take_sliced(lua.current_thread().to_pointer() as usize);
         Ok(())
     })?;
-    let normalize_fn = lua.create_function(|_, e: LuaValue| Ok(normalize(e)))?;
+    let normalize_fn = lua.create_function(|lua, e: LuaValue| Ok(normalize_at(lua, e)))?;
     let fail = lua.create_function(|_, e: LuaValue| -> mlua::Result<()> {
         if let Some(a) = slice::current_abort() {
             return Err(mlua::Error::external(a));
@@ -584,7 +584,15 @@ fn plain(lua: &Lua, e: LuaValue) -> mlua::Result<LuaValue> {
         return Ok(e);
     };
     let root = root_error(&err);
-    let kept = match root {
+    if is_kept(root) {
+        return Ok(LuaValue::Error(Box::new(root.clone())));
+    }
+    lua.create_string(lua_message(root)).map(LuaValue::String)
+}
+
+/// Whether the server's stops and statuses are in this error, which must keep their meaning.
+fn is_kept(root: &mlua::Error) -> bool {
+    match root {
         mlua::Error::MemoryError(_) => true,
         mlua::Error::ExternalError(x) => {
             x.is::<super::status::ScriptStatus>()
@@ -594,11 +602,38 @@ fn plain(lua: &Lua, e: LuaValue) -> mlua::Result<LuaValue> {
                 || x.is::<super::convert::TooLarge>()
         }
         _ => false,
-    };
-    if kept {
-        return Ok(LuaValue::Error(Box::new(root.clone())));
     }
-    lua.create_string(lua_message(root)).map(LuaValue::String)
+}
+
+/// Frames looked at, from the error up, for the script's own.
+const WHERE_SEARCH: usize = 32;
+
+/// The call's error, at the error (its message handler): as `normalize`, and an error of a
+/// server function gets the script's `file:line:` where it was called, as Lua's own errors
+/// have theirs.
+fn normalize_at(lua: &Lua, e: LuaValue) -> LuaValue {
+    let LuaValue::Error(err) = &e else {
+        return normalize(e);
+    };
+    let root = root_error(err);
+    if is_kept(root) {
+        return e;
+    }
+    let message = lua_message(root);
+    let at = (0..WHERE_SEARCH)
+        .map_while(|level| {
+            lua.inspect_stack(level, |d| {
+                let path = d.source().source?.strip_prefix('@')?.to_owned();
+                Some(format!("{path}:{}: ", d.current_line()?))
+            })
+        })
+        .flatten()
+        .next();
+    let message = match at {
+        Some(at) if !message.starts_with(&at) => format!("{at}{message}"),
+        _ => message,
+    };
+    LuaValue::Error(Box::new(mlua::Error::RuntimeError(message)))
 }
 
 /// The error inside mlua's wrappers (a callback's traceback, a context).

@@ -332,12 +332,9 @@ fn root_message(e: &mlua::Error) -> String {
         mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
             root_message(cause)
         }
-        mlua::Error::RuntimeError(m) => {
-            m.split("\nstack traceback:").next().unwrap_or(m).to_owned()
-        }
         mlua::Error::SyntaxError { message, .. } => message.clone(),
         mlua::Error::MemoryError(m) => format!("out of memory: {m}"),
-        other => other.to_string(),
+        other => guard::lua_message(other),
     }
 }
 
@@ -754,7 +751,7 @@ fn to_call_error(e: &mlua::Error, shared: &CallShared, state: &State) -> CallErr
     tracing::warn!(
         method = &*shared.method,
         "script error: {}",
-        crate::error::log_escaped(&e.to_string())
+        crate::error::log_escaped(&message)
     );
     CallError::Script {
         message: format!("{} ({}): {message}", shared.function, shared.method),
