@@ -330,17 +330,17 @@ async fn caught_errors_of_server_functions_are_plain_strings() {
     let text = r["text"].as_str().unwrap();
     assert_eq!(
         text,
-        "string: bad argument #2 to 'Ctx.sleep' (number expected, got string)\
+        "string: bad argument #1 to 'ctx:sleep' (number expected, got string)\
          |string: grpc.status: the code must be a name or a number, not a table\
          |string: ctx:send: values.Values/Run answers with one message; return it instead\
-         |handled bad argument #2 to 'Ctx.sleep' (number expected, got table)"
+         |handled bad argument #1 to 'ctx:sleep' (number expected, got table)"
     );
     // Not caught: the script's line, as Lua's own errors have it.
     let e = run(&c, "uncaught_server_error", 0).await.unwrap_err();
     assert_eq!(e.code(), Code::Internal, "{}", e.message());
     assert!(
         e.message().ends_with(
-            "values.lua:135: bad argument #2 to 'Ctx.sleep' (number expected, got string)"
+            "values.lua:135: bad argument #1 to 'ctx:sleep' (number expected, got string)"
         ),
         "{}",
         e.message()

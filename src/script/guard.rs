@@ -659,15 +659,33 @@ pub fn lua_message(e: &mlua::Error) -> String {
             name,
             cause,
         } => {
+            let cause = lua_message(cause);
+            // `ctx`'s methods: counted without `self`, named as scripts call them.
+            if let Some(method) = to.as_deref().and_then(|t| t.strip_prefix("Ctx.")) {
+                if *pos <= 1 {
+                    return format!("calling 'ctx:{method}' on bad self ({cause})");
+                }
+                return format!("bad argument #{} to 'ctx:{method}' ({cause})", pos - 1);
+            }
             let to = to.as_deref().unwrap_or("?");
             let what = match name {
                 Some(name) => format!("'{name}'"),
                 None => format!("#{pos}"),
             };
-            format!("bad argument {what} to '{to}' ({})", lua_message(cause))
+            format!("bad argument {what} to '{to}' ({cause})")
         }
-        mlua::Error::FromLuaConversionError { from, to, .. } => {
-            format!("{} expected, got {from}", lua_type_name(to))
+        mlua::Error::FromLuaConversionError { from, to, message } => {
+            let expected = lua_type_name(to);
+            match message {
+                // (mlua's own words for a plain type mismatch say it again.)
+                Some(why) if why.starts_with("expected ") => {
+                    format!("{expected} expected, got {from}")
+                }
+                // A value of the right type that is not right (a string that is not UTF-8).
+                Some(why) if expected == *from => why.clone(),
+                Some(why) => format!("{expected} expected, got {from}: {why}"),
+                None => format!("{expected} expected, got {from}"),
+            }
         }
         other => other.to_string(),
     }

@@ -394,7 +394,7 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
                     let bytes = m.as_bytes();
                     let text =
                         std::str::from_utf8(&bytes).map_err(|e| mlua::Error::BadArgument {
-                            to: None,
+                            to: Some("grpc.status".into()),
                             pos: 2,
                             name: None,
                             cause: std::sync::Arc::new(mlua::Error::FromLuaConversionError {
