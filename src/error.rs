@@ -242,6 +242,9 @@ pub enum CallError {
     /// A script's reply passed `--max-message-size` while it was converted (so it was never
     /// built in full).
     ReplyTooLarge { method: Arc<str>, limit: usize },
+    /// A `reply` or `stream` template passed `--max-message-size` while it was rendered (it
+    /// copies request fields, maybe many times), so it was never built in full.
+    TemplateTooLarge { method: Arc<str>, limit: usize },
     /// A response message that could not be encoded.
     Encode { message: String },
     /// An error already expressed as a status (from tonic's decoder, for instance).
@@ -589,6 +592,11 @@ impl From<CallError> for Status {
             CallError::ReplyTooLarge { method, limit } => Status::resource_exhausted(format!(
                 "{method}: the response passed the limit of {limit} bytes while the script's reply \
                  was converted; send less, or raise the limit with --max-message-size"
+            )),
+            CallError::TemplateTooLarge { method, limit } => Status::resource_exhausted(format!(
+                "{method}: the reply passed the limit of {limit} bytes while its template copied \
+                 request fields into it; send a smaller request, or raise the limit with \
+                 --max-message-size"
             )),
             CallError::Encode { message } => {
                 Status::internal(format!("encoding the response failed: {message}"))

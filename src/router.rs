@@ -224,6 +224,7 @@ impl MethodService {
             started: Instant::now(),
             journal: self.2.clone(),
             buffers: self.3.clone(),
+            max_message_size: self.1,
         };
         let fut = match &self.0.handler {
             Some(h) => h.call(call, requests),

@@ -67,7 +67,12 @@ impl Action {
     }
 
     /// The outcome for a request still in wire form.
-    fn respond_incoming(&self, req: Incoming, method: &Arc<str>) -> Result<Outcome, CallError> {
+    fn respond_incoming(
+        &self,
+        req: Incoming,
+        method: &Arc<str>,
+        limit: usize,
+    ) -> Result<Outcome, CallError> {
         match &self.kind {
             ActionKind::Echo => {
                 req.validate()?;
@@ -75,16 +80,21 @@ impl Action {
             }
             ActionKind::Reply(r) if r.reads_wire() => {
                 req.validate()?;
-                Ok(Outcome::One(r.respond_wire(req.bytes())))
+                Ok(Outcome::One(r.respond_wire(req.bytes(), method, limit)?))
             }
-            _ => self.respond(req.decode()?, method),
+            _ => self.respond(req.decode()?, method, limit),
         }
     }
 
-    /// The outcome for one request.
-    fn respond(&self, req: DynamicMessage, method: &Arc<str>) -> Result<Outcome, CallError> {
+    /// The outcome for one request; a reply is at most `limit` bytes.
+    fn respond(
+        &self,
+        req: DynamicMessage,
+        method: &Arc<str>,
+        limit: usize,
+    ) -> Result<Outcome, CallError> {
         match &self.kind {
-            ActionKind::Reply(r) => r.respond(&req, method).map(Outcome::One),
+            ActionKind::Reply(r) => r.respond(&req, method, limit).map(Outcome::One),
             ActionKind::Error(e) => Ok(Outcome::Fail(e.status(&req))),
             ActionKind::Stream(_) => Ok(Outcome::Many(req)),
             ActionKind::Echo => Ok(Outcome::One(Outgoing::Message(req))),
@@ -133,10 +143,11 @@ fn answer(
     req: Incoming,
     metadata: &MetadataMap,
     method: &Arc<str>,
+    limit: usize,
     journal: Option<&Tap>,
 ) -> Result<(Outcome, Chosen), CallError> {
     let (outcome, rule) = match &**responder {
-        Responder::Single(a) => (a.respond_incoming(req, method)?, 0),
+        Responder::Single(a) => (a.respond_incoming(req, method, limit)?, 0),
         Responder::Rules(rules) => {
             let msg = req.decode()?;
             let rule = rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched {
@@ -145,7 +156,7 @@ fn answer(
             if let Some(tap) = journal {
                 tap.note_rule(rule);
             }
-            (rules[rule].action.respond(msg, method)?, rule)
+            (rules[rule].action.respond(msg, method, limit)?, rule)
         }
     };
     let chosen = Chosen {
@@ -188,6 +199,7 @@ impl Handler for Declarative {
                     req,
                     &call.metadata,
                     &info.name,
+                    call.max_message_size,
                     call.journal.as_ref(),
                 ) {
                     Ok(r) => r,
@@ -200,6 +212,7 @@ impl Handler for Declarative {
                             outcome,
                             chosen,
                             info.name.clone(),
+                            call.max_message_size,
                             None,
                         ))),
                         headers,
@@ -231,6 +244,7 @@ impl Handler for Declarative {
                         req,
                         &call.metadata,
                         &info.name,
+                        call.max_message_size,
                         call.journal.as_ref(),
                     )?;
                     let action = chosen.action();
@@ -251,11 +265,18 @@ impl Handler for Declarative {
                                 req,
                                 &call.metadata,
                                 &info.name,
+                                call.max_message_size,
                                 call.journal.as_ref(),
                             )?;
                             let headers = chosen.action().headers.clone();
                             (
-                                Some(Items::new(outcome, chosen, info.name.clone(), None)),
+                                Some(Items::new(
+                                    outcome,
+                                    chosen,
+                                    info.name.clone(),
+                                    call.max_message_size,
+                                    None,
+                                )),
                                 headers,
                             )
                         }
@@ -266,6 +287,7 @@ impl Handler for Declarative {
                         metadata: call.metadata,
                         journal: call.journal,
                         method: info.name.clone(),
+                        limit: call.max_message_size,
                         incoming,
                         current,
                         spare_sleep: None,
@@ -321,6 +343,8 @@ struct Items {
     outcome: Option<Outcome>,
     next: usize,
     method: Arc<str>,
+    /// `--max-message-size`: a rendered item stops there.
+    limit: usize,
     /// Armed before each message when the action has a delay; reused across messages.
     sleep: Option<Pin<Box<Sleep>>>,
     waiting: bool,
@@ -331,6 +355,7 @@ impl Items {
         outcome: Outcome,
         chosen: Chosen,
         method: Arc<str>,
+        limit: usize,
         sleep: Option<Pin<Box<Sleep>>>,
     ) -> Self {
         Self {
@@ -338,6 +363,7 @@ impl Items {
             outcome: Some(outcome),
             next: 0,
             method,
+            limit,
             sleep,
             waiting: false,
         }
@@ -359,7 +385,7 @@ impl Items {
                 let ActionKind::Stream(s) = &self.chosen.action().kind else {
                     return None;
                 };
-                let item = s.render(self.next, &req, &self.method)?;
+                let item = s.render(self.next, &req, &self.method, self.limit)?;
                 self.next += 1;
                 if item.is_ok() {
                     self.outcome = Some(Outcome::Many(req));
@@ -405,6 +431,7 @@ struct Bidi {
     metadata: MetadataMap,
     journal: Option<Tap>,
     method: Arc<str>,
+    limit: usize,
     incoming: tonic::Streaming<Incoming>,
     current: Option<Items>,
     /// The timer of the last finished answer, reused by the next one.
@@ -452,11 +479,18 @@ impl Stream for Bidi {
                 req,
                 &this.metadata,
                 &this.method,
+                this.limit,
                 this.journal.as_ref(),
             ) {
                 Ok((outcome, chosen)) => {
                     let sleep = this.spare_sleep.take();
-                    this.current = Some(Items::new(outcome, chosen, this.method.clone(), sleep));
+                    this.current = Some(Items::new(
+                        outcome,
+                        chosen,
+                        this.method.clone(),
+                        this.limit,
+                        sleep,
+                    ));
                 }
                 Err(e) => {
                     this.done = true;

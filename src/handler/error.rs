@@ -47,9 +47,14 @@ impl ErrorAction {
     }
 
     pub fn status(&self, req: &DynamicMessage) -> Status {
+        // The status message is cut to MAX_STATUS_MESSAGE bytes anyway: render no more, however
+        // often the message repeats a large request field.
+        let mut message = String::new();
+        self.message
+            .render_into(req, &mut message, crate::error::MAX_STATUS_MESSAGE);
         crate::error::chosen(Status::with_metadata(
             self.code,
-            self.message.render(req),
+            message,
             self.metadata.clone(),
         ))
     }

@@ -111,6 +111,8 @@ pub struct Call {
     pub journal: Option<Tap>,
     /// The connection's message buffers, where responses queued by the handler count.
     pub buffers: Option<crate::layers::buffers::Buffers>,
+    /// `--max-message-size`: handlers stop building a response that passes it.
+    pub max_message_size: usize,
 }
 
 impl Call {

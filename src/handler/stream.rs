@@ -5,7 +5,7 @@ use prost_reflect::DynamicMessage;
 use serde_json::Value as Json;
 use std::sync::Arc;
 
-use super::reply::ReplyTemplate;
+use super::reply::{render_error, ReplyTemplate};
 use super::MethodInfo;
 use crate::codec::Outgoing;
 use crate::error::CallError;
@@ -54,15 +54,13 @@ impl StreamAction {
         index: usize,
         req: &DynamicMessage,
         method: &Arc<str>,
+        limit: usize,
     ) -> Option<Result<Outgoing, CallError>> {
         let template = self.items.get(index)?;
         Some(
             template
-                .render(req)
-                .map_err(|message| CallError::BadResponse {
-                    method: method.clone(),
-                    message,
-                }),
+                .render(req, limit)
+                .map_err(|e| render_error(e, method, limit)),
         )
     }
 }

@@ -74,9 +74,13 @@ impl TextTemplate {
         })
     }
 
-    /// Renders from the request's validated wire bytes (requires [`reads_wire`](Self::reads_wire)).
-    pub fn render_wire_into(&self, req: &[u8], out: &mut String) {
+    /// Renders from the request's validated wire bytes (requires [`reads_wire`](Self::reads_wire)),
+    /// stopping once `out` holds more than `cap` bytes; false when it stopped.
+    pub fn render_wire_into(&self, req: &[u8], out: &mut String, cap: usize) -> bool {
         for piece in &self.pieces {
+            if out.len() > cap {
+                return false;
+            }
             match piece {
                 Piece::Lit(s) => out.push_str(s),
                 Piece::Field(path, wire_path, kind) => {
@@ -100,21 +104,28 @@ impl TextTemplate {
                 }
             }
         }
+        out.len() <= cap
     }
 
-    pub fn render(&self, req: &DynamicMessage) -> String {
+    /// The text for `req`, or `None` when it would be over `cap` bytes.
+    pub fn render(&self, req: &DynamicMessage, cap: usize) -> Option<String> {
         let mut out = String::new();
-        self.render_into(req, &mut out);
-        out
+        self.render_into(req, &mut out, cap).then_some(out)
     }
 
-    pub fn render_into(&self, req: &DynamicMessage, out: &mut String) {
+    /// Appends the text for `req` to `out`, stopping once `out` holds more than `cap` bytes
+    /// (a template may repeat a large request field many times); false when it stopped.
+    pub fn render_into(&self, req: &DynamicMessage, out: &mut String, cap: usize) -> bool {
         for piece in &self.pieces {
+            if out.len() > cap {
+                return false;
+            }
             match piece {
                 Piece::Lit(s) => out.push_str(s),
                 Piece::Field(path, _, kind) => write_text(out, &path.read(req), kind.as_ref()),
             }
         }
+        out.len() <= cap
     }
 }
 

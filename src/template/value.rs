@@ -5,7 +5,10 @@ use bytes::Bytes;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value};
 use serde_json::{Map, Value as Json};
 
-use super::{err, parse_field_value, parse_message, write_text, EntryError, Result, TextTemplate};
+use super::{
+    err, parse_field_value, parse_message, write_text, Budget, EntryError, RenderError, Result,
+    TextTemplate,
+};
 use crate::fieldpath::{find_field, kind_name, missing_field, type_name, FieldPath};
 use crate::kinds::{convert_number, is_number, map_key, same_kind};
 
@@ -74,10 +77,14 @@ impl MessageTemplate {
         Ok(Self { base, dynamic })
     }
 
-    fn render(&self, req: &DynamicMessage) -> std::result::Result<DynamicMessage, String> {
+    fn render(
+        &self,
+        req: &DynamicMessage,
+        budget: &mut Budget,
+    ) -> std::result::Result<DynamicMessage, RenderError> {
         let mut msg = self.base.clone();
         for (field, t) in &self.dynamic {
-            msg.set_field(field, t.render(req)?);
+            msg.set_field(field, t.render(req, budget)?);
         }
         Ok(msg)
     }
@@ -298,17 +305,26 @@ fn compile_copy(
 }
 
 impl ValueTemplate {
-    pub fn render(&self, req: &DynamicMessage) -> std::result::Result<Value, String> {
+    /// The value for `req`, each copied or interpolated part counted in `budget` before it is
+    /// built.
+    pub fn render(
+        &self,
+        req: &DynamicMessage,
+        budget: &mut Budget,
+    ) -> std::result::Result<Value, RenderError> {
         Ok(match self {
             ValueTemplate::Const(v) => v.clone(),
             ValueTemplate::Copy { from, conv, to } => {
                 let v = from.read(req);
+                budget.take(value_size(&v))?;
                 match conv {
                     Conversion::Same => v.into_owned(),
                     Conversion::Text => {
                         let mut s = String::new();
                         let kind = from.last().map(FieldDescriptor::kind);
                         write_text(&mut s, &v, kind.as_ref());
+                        // As text, a value may take more room than encoded.
+                        budget.take(s.len().saturating_sub(value_size(&v)))?;
                         Value::String(s)
                     }
                     Conversion::Bytes => match v.as_ref() {
@@ -325,18 +341,21 @@ impl ValueTemplate {
                 }
             }
             ValueTemplate::Text { text, bytes } => {
-                let s = text.render(req);
+                let s = text
+                    .render(req, budget.left())
+                    .ok_or(RenderError::TooLarge)?;
+                budget.take(s.len())?;
                 if *bytes {
                     Value::Bytes(Bytes::from(s.into_bytes()))
                 } else {
                     Value::String(s)
                 }
             }
-            ValueTemplate::Message(t) => Value::Message(t.render(req)?),
+            ValueTemplate::Message(t) => Value::Message(t.render(req, budget)?),
             ValueTemplate::List(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for item in items {
-                    match item.render(req)? {
+                    match item.render(req, budget)? {
                         // A copied repeated value inside a list literal is spliced in.
                         Value::List(l) => out.extend(l),
                         v => out.push(v),
@@ -347,11 +366,34 @@ impl ValueTemplate {
             ValueTemplate::Map(entries) => {
                 let mut out = std::collections::HashMap::with_capacity(entries.len());
                 for (k, t) in entries {
-                    out.insert(k.clone(), t.render(req)?);
+                    out.insert(k.clone(), t.render(req, budget)?);
                 }
                 Value::Map(out)
             }
         })
+    }
+}
+
+/// About the bytes `value` takes encoded: exact for strings, bytes and messages, which are
+/// what can make a reply large; a few bytes for other scalars.
+fn value_size(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+        Value::Message(m) => prost::Message::encoded_len(m),
+        Value::List(items) => items.iter().map(|v| value_size(v) + 1).sum(),
+        Value::Map(entries) => entries
+            .iter()
+            .map(|(k, v)| key_size(k) + value_size(v) + 2)
+            .sum(),
+        _ => 8,
+    }
+}
+
+fn key_size(key: &MapKey) -> usize {
+    match key {
+        MapKey::String(s) => s.len(),
+        _ => 8,
     }
 }
 
