@@ -144,6 +144,79 @@ pub struct EntryError {
     pub message: String,
 }
 
+/// Every problem of one handler entry: the parts of an entry (its keys, the fields of a reply,
+/// the items of a stream, the tests of a rule) are checked independently, so that one run of
+/// `check` names them all.
+#[derive(Debug, Default)]
+pub struct EntryErrors(pub Vec<EntryError>);
+
+impl From<EntryError> for EntryErrors {
+    fn from(e: EntryError) -> Self {
+        Self(vec![e])
+    }
+}
+
+impl EntryErrors {
+    /// `r`'s value, or `None` with its problems added here.
+    pub fn keep<T, E: Into<EntryErrors>>(&mut self, r: Result<T, E>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.extend(e.into().0);
+                None
+            }
+        }
+    }
+
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(EntryError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every problem on one line, each as `path: message`, separated by `; `.
+    pub fn describe(&self) -> String {
+        self.0
+            .iter()
+            .map(|e| {
+                if e.path.is_empty() {
+                    e.message.clone()
+                } else {
+                    format!("{}: {}", e.path, e.message)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// `value` when no problem was found, else every problem.
+    pub fn or<T>(self, value: T) -> Result<T, EntryErrors> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
+    }
+
+    /// `make()` when no problem was found (its parts all compiled), else every problem.
+    pub fn or_else<T>(self, make: impl FnOnce() -> Option<T>) -> Result<T, EntryErrors> {
+        if !self.0.is_empty() {
+            return Err(self);
+        }
+        make().ok_or_else(|| {
+            EntryErrors::from(EntryError {
+                path: String::new(),
+                message: "internal: a part failed without saying why".into(),
+            })
+        })
+    }
+}
+
 /// All the startup errors found in one pass, so a user fixes them in one go.
 #[derive(Debug, Default)]
 pub struct StartupErrors(pub Vec<StartupError>);

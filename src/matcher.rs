@@ -18,15 +18,16 @@ use serde_json::{Map, Value as Json};
 use tonic::metadata::MetadataMap;
 
 use crate::fieldpath::{kind_name, type_name, FieldPath};
-use crate::template::{parse_field_value, EntryError};
+use crate::template::{parse_field_value, EntryError, EntryErrors};
 
-type Result<T> = std::result::Result<T, EntryError>;
+type Result<T> = std::result::Result<T, EntryErrors>;
 
 fn err<T>(path: &str, message: impl Into<String>) -> Result<T> {
     Err(EntryError {
         path: path.to_owned(),
         message: message.into(),
-    })
+    }
+    .into())
 }
 
 const OPERATORS: &[&str] = &[
@@ -64,42 +65,42 @@ impl Condition {
                 "\"when\" must be an object with \"request\" and/or \"metadata\"",
             );
         };
+        let mut problems = EntryErrors::default();
         let mut cond = Condition::default();
         for (key, value) in obj {
             let p = format!("{path}.{key}");
             match key.as_str() {
                 "request" => {
                     let Json::Object(fields) = value else {
-                        return err(&p, "\"request\" must be an object of field tests");
+                        problems.push(p, "\"request\" must be an object of field tests");
+                        continue;
                     };
-                    compile_fields(fields, input, "", &p, &mut cond.fields)?;
+                    compile_fields(fields, input, "", &p, &mut cond.fields, &mut problems);
                 }
                 "metadata" => {
                     let Json::Object(keys) = value else {
-                        return err(&p, "\"metadata\" must be an object of header tests");
+                        problems.push(p, "\"metadata\" must be an object of header tests");
+                        continue;
                     };
                     for (name, test) in keys {
                         let tp = format!("{p}.{name}");
                         let name = name.to_ascii_lowercase();
                         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                            return err(&tp, format!("{name:?} is not a valid metadata key"));
+                            problems.push(tp, format!("{name:?} is not a valid metadata key"));
+                            continue;
                         }
-                        for t in compile_metadata_test(test, &tp)? {
+                        for t in compile_metadata_test(test, &tp, &mut problems) {
                             cond.metadata.push((name.clone(), t));
                         }
                     }
                 }
-                other => {
-                    return err(
-                        &p,
-                        format!(
-                            "unknown key {other:?} in \"when\"; use \"request\" or \"metadata\""
-                        ),
-                    );
-                }
+                other => problems.push(
+                    p,
+                    format!("unknown key {other:?} in \"when\"; use \"request\" or \"metadata\""),
+                ),
             }
         }
-        Ok(cond)
+        problems.or(cond)
     }
 
     /// True when every test holds for this request.
@@ -213,22 +214,29 @@ fn show_value(value: &Value, field: Option<&prost_reflect::FieldDescriptor>) -> 
     }
 }
 
+/// The tests of a `request` object (or of a message inside it) into `out`; problems into
+/// `problems`, every field checked.
 fn compile_fields(
     fields: &Map<String, Json>,
     root: &MessageDescriptor,
     prefix: &str,
     path: &str,
     out: &mut Vec<(FieldPath, Test)>,
-) -> Result<()> {
+    problems: &mut EntryErrors,
+) {
     for (key, value) in fields {
         let p = format!("{path}.{key}");
         let full = format!("{prefix}{key}");
-        let fp = FieldPath::resolve(root, &full).map_err(|m| EntryError {
-            path: p.clone(),
-            message: m,
-        })?;
+        let fp = match FieldPath::resolve(root, &full) {
+            Ok(fp) => fp,
+            Err(message) => {
+                problems.push(p, message);
+                continue;
+            }
+        };
         let Some(field) = fp.last().cloned() else {
-            return err(&p, "name a field");
+            problems.push(p, "name a field");
+            continue;
         };
         let parent = field.parent_message().clone();
         match value {
@@ -236,31 +244,37 @@ fn compile_fields(
                 if !obj.is_empty() && obj.keys().all(|k| OPERATORS.contains(&k.as_str())) =>
             {
                 for (op, arg) in obj {
-                    let t = compile_operator(op, arg, &parent, &field, &format!("{p}.{op}"))?;
-                    out.push((fp.clone(), t));
+                    let t = compile_operator(op, arg, &parent, &field, &format!("{p}.{op}"));
+                    if let Some(t) = problems.keep(t) {
+                        out.push((fp.clone(), t));
+                    }
                 }
             }
             Json::Object(obj) => {
                 if let Some(bad) = obj.keys().find(|k| OPERATORS.contains(&k.as_str())) {
-                    return err(&p, format!("{bad:?} is an operator; don't mix operators and field names in one object"));
+                    problems.push(p, format!("{bad:?} is an operator; don't mix operators and field names in one object"));
+                    continue;
                 }
                 match field.kind() {
                     Kind::Message(_) if !field.is_list() && !field.is_map() => {
-                        compile_fields(obj, root, &format!("{full}."), &p, out)?;
+                        compile_fields(obj, root, &format!("{full}."), &p, out, problems);
                     }
                     _ => {
-                        let equals = parse_field_value(&parent, &field, value.clone(), &p)?;
-                        out.push((fp, Test::Equals(equals)));
+                        let equals = parse_field_value(&parent, &field, value.clone(), &p);
+                        if let Some(equals) = problems.keep(equals) {
+                            out.push((fp, Test::Equals(equals)));
+                        }
                     }
                 }
             }
             _ => {
-                let equals = parse_field_value(&parent, &field, value.clone(), &p)?;
-                out.push((fp, Test::Equals(equals)));
+                let equals = parse_field_value(&parent, &field, value.clone(), &p);
+                if let Some(equals) = problems.keep(equals) {
+                    out.push((fp, Test::Equals(equals)));
+                }
             }
         }
     }
-    Ok(())
 }
 
 fn compile_operator(
@@ -300,9 +314,12 @@ fn compile_operator(
                 ),
             );
         }
-        arg.as_str().map(str::to_owned).ok_or_else(|| EntryError {
-            path: path.to_owned(),
-            message: format!("\"{op}\" takes a string"),
+        arg.as_str().map(str::to_owned).ok_or_else(|| {
+            EntryError {
+                path: path.to_owned(),
+                message: format!("\"{op}\" takes a string"),
+            }
+            .into()
         })
     };
     let bound = |inclusive: bool| -> Result<Test> {
@@ -341,16 +358,13 @@ fn compile_operator(
             let Json::Array(items) = arg else {
                 return err(path, "\"in\" takes an array of values");
             };
+            let mut problems = EntryErrors::default();
             let mut values = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                values.push(parse_field_value(
-                    parent,
-                    field,
-                    item.clone(),
-                    &format!("{path}[{i}]"),
-                )?);
+                let value = parse_field_value(parent, field, item.clone(), &format!("{path}[{i}]"));
+                values.extend(problems.keep(value));
             }
-            Test::In(values)
+            return problems.or(Test::In(values));
         }
         "prefix" => Test::Prefix(text_arg()?),
         "suffix" => Test::Suffix(text_arg()?),
@@ -368,58 +382,77 @@ fn compile_operator(
     })
 }
 
-fn compile_metadata_test(test: &Json, path: &str) -> Result<Vec<Test>> {
+/// The tests of one metadata key; problems into `problems`, every operator checked.
+fn compile_metadata_test(test: &Json, path: &str, problems: &mut EntryErrors) -> Vec<Test> {
     match test {
-        Json::String(s) => Ok(vec![Test::Equals(Value::String(s.clone()))]),
+        Json::String(s) => vec![Test::Equals(Value::String(s.clone()))],
         Json::Object(ops) => {
             let mut out = Vec::new();
             for (op, arg) in ops {
                 let p = format!("{path}.{op}");
-                let text = || {
-                    arg.as_str().map(str::to_owned).ok_or_else(|| EntryError {
-                        path: p.clone(),
-                        message: format!("\"{op}\" takes a string"),
-                    })
-                };
-                out.push(match op.as_str() {
-                    "equals" => Test::Equals(Value::String(text()?)),
-                    "prefix" => Test::Prefix(text()?),
-                    "suffix" => Test::Suffix(text()?),
-                    "contains" => Test::Contains(text()?),
-                    "regex" => Test::Regex(compile_regex(&text()?, &p)?),
-                    "present" => Test::Present(arg.as_bool().ok_or_else(|| EntryError {
-                        path: p.clone(),
-                        message: "\"present\" takes true or false".into(),
-                    })?),
-                    "in" => {
-                        let Json::Array(items) = arg else { return err(&p, "\"in\" takes an array of strings") };
-                        let mut values = Vec::new();
-                        for item in items {
-                            let Some(s) = item.as_str() else { return err(&p, "\"in\" takes an array of strings") };
-                            values.push(Value::String(s.to_owned()));
-                        }
-                        Test::In(values)
-                    }
-                    other => {
-                        return err(&p, format!(
-                            "unknown metadata operator {other:?}; use equals, in, prefix, suffix, contains, regex or present"
-                        ))
-                    }
-                });
+                let t = compile_metadata_operator(op, arg, &p);
+                out.extend(problems.keep(t));
             }
-            Ok(out)
+            out
         }
-        _ => err(
-            path,
-            "a metadata test is a string or an object of operators",
-        ),
+        _ => {
+            problems.push(
+                path,
+                "a metadata test is a string or an object of operators",
+            );
+            Vec::new()
+        }
     }
 }
 
+fn compile_metadata_operator(op: &str, arg: &Json, p: &str) -> Result<Test> {
+    let text = || {
+        arg.as_str().map(str::to_owned).ok_or_else(|| EntryError {
+            path: p.to_owned(),
+            message: format!("\"{op}\" takes a string"),
+        })
+    };
+    Ok(match op {
+        "equals" => Test::Equals(Value::String(text()?)),
+        "prefix" => Test::Prefix(text()?),
+        "suffix" => Test::Suffix(text()?),
+        "contains" => Test::Contains(text()?),
+        "regex" => Test::Regex(compile_regex(&text()?, p)?),
+        "present" => Test::Present(arg.as_bool().ok_or_else(|| EntryError {
+            path: p.to_owned(),
+            message: "\"present\" takes true or false".into(),
+        })?),
+        "in" => {
+            let Some(items) = arg.as_array() else {
+                return err(p, "\"in\" takes an array of strings");
+            };
+            let mut values = Vec::new();
+            for item in items {
+                let Some(s) = item.as_str() else {
+                    return err(p, "\"in\" takes an array of strings");
+                };
+                values.push(Value::String(s.to_owned()));
+            }
+            Test::In(values)
+        }
+        other => {
+            return err(
+                p,
+                format!(
+                    "unknown metadata operator {other:?}; use equals, in, prefix, suffix, contains, regex or present"
+                ),
+            )
+        }
+    })
+}
+
 fn compile_regex(pattern: &str, path: &str) -> Result<Regex> {
-    Regex::new(pattern).map_err(|e| EntryError {
-        path: path.to_owned(),
-        message: format!("invalid regex: {e}"),
+    Regex::new(pattern).map_err(|e| {
+        EntryError {
+            path: path.to_owned(),
+            message: format!("invalid regex: {e}"),
+        }
+        .into()
     })
 }
 

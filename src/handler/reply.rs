@@ -18,8 +18,8 @@ use crate::codec::Outgoing;
 use crate::error::CallError;
 use crate::fieldpath::FieldPath;
 use crate::template::{
-    err, whole_placeholder, Budget, EntryError, MessageTemplate, RenderError, TextTemplate,
-    ValueTemplate,
+    err, whole_placeholder, Budget, EntryError, EntryErrors, MessageTemplate, RenderError,
+    TextTemplate, ValueTemplate,
 };
 
 #[derive(Debug)]
@@ -28,7 +28,7 @@ pub struct ReplyAction {
 }
 
 impl ReplyAction {
-    pub fn compile(json: &Json, info: &MethodInfo, path: &str) -> Result<Self, EntryError> {
+    pub fn compile(json: &Json, info: &MethodInfo, path: &str) -> Result<Self, EntryErrors> {
         Ok(Self {
             template: ReplyTemplate::compile(json, &info.input, &info.output, path)?,
         })
@@ -100,7 +100,7 @@ impl ReplyTemplate {
         input: &MessageDescriptor,
         output: &MessageDescriptor,
         path: &str,
-    ) -> Result<Self, EntryError> {
+    ) -> Result<Self, EntryErrors> {
         if let Some(text) = json.as_str() {
             if let Some(from) = whole_placeholder(text) {
                 // The whole response copied from a request value of the same message type.

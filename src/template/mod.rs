@@ -21,9 +21,9 @@ pub use json::{parse_field_value, parse_message};
 pub use text::{write_text, TextTemplate};
 pub use value::{has_placeholder, whole_placeholder, MessageTemplate, ValueTemplate};
 
-pub use crate::error::EntryError;
+pub use crate::error::{EntryError, EntryErrors};
 
-pub(crate) type Result<T> = std::result::Result<T, EntryError>;
+pub(crate) type Result<T> = std::result::Result<T, EntryErrors>;
 
 /// Why a template gave no value for one request.
 #[derive(Debug)]
@@ -69,5 +69,6 @@ pub(crate) fn err<T>(path: &str, message: impl Into<String>) -> Result<T> {
     Err(EntryError {
         path: path.to_owned(),
         message: message.into(),
-    })
+    }
+    .into())
 }

@@ -6,8 +6,8 @@ use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescri
 use serde_json::{Map, Value as Json};
 
 use super::{
-    err, parse_field_value, parse_message, write_text, Budget, EntryError, RenderError, Result,
-    TextTemplate,
+    err, parse_field_value, parse_message, write_text, Budget, EntryError, EntryErrors,
+    RenderError, Result, TextTemplate,
 };
 use crate::fieldpath::{find_field, kind_name, missing_field, type_name, FieldPath};
 use crate::kinds::{convert_number, is_number, map_key, same_kind};
@@ -57,24 +57,52 @@ impl MessageTemplate {
         output: &MessageDescriptor,
         path: &str,
     ) -> Result<Self> {
+        let mut problems = EntryErrors::default();
         let mut constant = Map::new();
         let mut dynamic = Vec::new();
         for (key, value) in obj {
             let field_path = format!("{path}.{key}");
             let Some(field) = find_field(output, key) else {
-                return err(&field_path, missing_field(output, key));
+                problems.push(field_path, missing_field(output, key));
+                continue;
             };
             if has_placeholder(value) {
-                dynamic.push((
-                    field.clone(),
-                    compile_field(&field, value, input, output, &field_path)?,
-                ));
+                let compiled = compile_field(&field, value, input, output, &field_path);
+                if let Some(t) = problems.keep(compiled) {
+                    dynamic.push((field.clone(), t));
+                }
             } else {
                 constant.insert(key.clone(), value.clone());
             }
         }
-        let base = parse_message(output, Json::Object(constant), path)?;
-        Ok(Self { base, dynamic })
+        let base = match parse_message(output, Json::Object(constant.clone()), path) {
+            Ok(base) => Some(base),
+            Err(whole) => {
+                // Name each constant field that is wrong, when they are wrong on their own.
+                let before = problems.0.len();
+                for (key, value) in &constant {
+                    if let Some(field) = find_field(output, key) {
+                        let one = parse_field_value(
+                            output,
+                            &field,
+                            value.clone(),
+                            &format!("{path}.{key}"),
+                        );
+                        problems.keep(one);
+                    }
+                }
+                if problems.0.len() == before {
+                    problems.keep::<(), _>(Err(whole));
+                }
+                None
+            }
+        };
+        problems.or_else(|| {
+            Some(Self {
+                base: base?,
+                dynamic,
+            })
+        })
     }
 
     fn render(
@@ -125,24 +153,30 @@ fn compile_field(
         };
         let key_field = entry.map_entry_key_field();
         let value_field = entry.map_entry_value_field();
+        let mut problems = EntryErrors::default();
         let mut out = Vec::with_capacity(entries.len());
         for (k, v) in entries {
-            let key = map_key(&key_field.kind(), k).ok_or_else(|| EntryError {
-                path: path.to_owned(),
-                message: format!(
-                    "{k:?} is not a valid {} map key",
-                    kind_name(&key_field.kind())
-                ),
-            })?;
             let vpath = format!("{path}.{k}");
+            let key = map_key(&key_field.kind(), k);
+            if key.is_none() {
+                problems.push(
+                    vpath.clone(),
+                    format!(
+                        "{k:?} is not a valid {} map key",
+                        kind_name(&key_field.kind())
+                    ),
+                );
+            }
             let vt = if has_placeholder(v) {
-                compile_single(&value_field, v, input, Target::Single, &vpath)?
+                compile_single(&value_field, v, input, Target::Single, &vpath)
             } else {
-                ValueTemplate::Const(parse_field_value(&entry, &value_field, v.clone(), &vpath)?)
+                parse_field_value(&entry, &value_field, v.clone(), &vpath).map(ValueTemplate::Const)
             };
-            out.push((key, vt));
+            if let (Some(key), Some(vt)) = (key, problems.keep(vt)) {
+                out.push((key, vt));
+            }
         }
-        return Ok(ValueTemplate::Map(out));
+        return problems.or(ValueTemplate::Map(out));
     }
     if field.is_list() {
         let Json::Array(items) = value else {
@@ -155,22 +189,25 @@ fn compile_field(
                 ),
             );
         };
+        let mut problems = EntryErrors::default();
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let ipath = format!("{path}[{i}]");
             let t = if has_placeholder(item) {
-                compile_single(field, item, input, Target::ListItem, &ipath)?
+                compile_single(field, item, input, Target::ListItem, &ipath)
             } else {
-                let list =
-                    parse_field_value(parent, field, Json::Array(vec![item.clone()]), &ipath)?;
-                match list {
-                    Value::List(mut l) if l.len() == 1 => ValueTemplate::Const(l.remove(0)),
-                    _ => return err(&ipath, "could not read this list item"),
-                }
+                parse_field_value(parent, field, Json::Array(vec![item.clone()]), &ipath).and_then(
+                    |list| match list {
+                        Value::List(mut l) if l.len() == 1 => Ok(ValueTemplate::Const(l.remove(0))),
+                        _ => err(&ipath, "could not read this list item"),
+                    },
+                )
             };
-            out.push(t);
+            if let Some(t) = problems.keep(t) {
+                out.push(t);
+            }
         }
-        return Ok(ValueTemplate::List(out));
+        return problems.or(ValueTemplate::List(out));
     }
     compile_single(field, value, input, Target::Single, path)
 }

@@ -1,0 +1,144 @@
+//! Regressions of how handler files are checked.
+//!
+//! - Every problem of an entry is reported, each at its own line and column: `check` used to
+//!   name only the first problem of each method entry (and of each rule), all at the method's
+//!   line, so fixing a file took one run per mistake. The same holds at startup and in the
+//!   admin API's 400.
+//! - Keys that were accepted and then ignored are refused: `"echo"` with options (it has
+//!   none), two header keys that differ only in case (one value was dropped), and header
+//!   values outside printable ASCII (said to be refused, but sent).
+
+mod common;
+
+use common::{fixtures, run, Server};
+use serde_json::json;
+
+const FILE: &str = r#"{
+  "service": "kitchen.Kitchen",
+  "methods": {
+    "Get": {
+      "reply": { "idd": "x", "count": "many", "colour": "RED" },
+      "delay_ms": -5,
+      "headers": { "X-Trace": "a", "x-trace": "b", "x-note": "caf\u00e9" }
+    },
+    "Pick": { "rules": [
+      { "when": { "request": { "name": { "regex": "(" }, "idd": "1" } }, "reply": { "x": 1 } },
+      { "reply": { "id": "{{nam}}" }, "delayms": 5 }
+    ] },
+    "Echo": { "echo": { "copy": true } },
+    "Fail": { "error": { "code": 0, "message": "{{nope}}", "details": [] } }
+  }
+}"#;
+
+/// Each problem of `FILE`: the text its location points at, the entry and the path inside it.
+const PROBLEMS: &[(&str, &str, &str)] = &[
+    (r#""idd": "x""#, "Get", "reply.idd"),
+    (r#""count""#, "Get", "reply.count"),
+    (r#""colour""#, "Get", "reply.colour"),
+    (r#""delay_ms""#, "Get", "delay_ms"),
+    (r#""x-trace""#, "Get", "headers.x-trace"),
+    (r#""x-note""#, "Get", "headers.x-note"),
+    (r#""regex""#, "Pick", "rules[0].when.request.name.regex"),
+    (r#""idd": "1""#, "Pick", "rules[0].when.request.idd"),
+    (r#""x": 1"#, "Pick", "rules[0].reply.x"),
+    (r#""id": "{{nam}}""#, "Pick", "rules[1].reply.id"),
+    (r#""delayms""#, "Pick", "rules[1].delayms"),
+    (r#""echo""#, "Echo", "echo"),
+    (r#""code""#, "Fail", "error.code"),
+    (r#""message""#, "Fail", "error.message"),
+    (r#""details""#, "Fail", "error.details"),
+];
+
+/// The 1-based line and column of the first `needle` in `FILE`.
+fn position(needle: &str) -> (usize, usize) {
+    let at = FILE
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle} in FILE"));
+    let before = &FILE[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = at - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+fn handlers() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("k.json"), FILE).unwrap();
+    dir
+}
+
+/// Asserts that `out` names every problem of `FILE` at its own line and column, and no more.
+fn assert_every_problem(out: &str) {
+    for (needle, method, path) in PROBLEMS {
+        let (line, col) = position(needle);
+        let wanted = format!("k.json:{line}:{col}: kitchen.Kitchen/{method}: {path}: ");
+        assert!(out.contains(&wanted), "{wanted:?} missing in:\n{out}");
+    }
+    let count = format!("{} problem(s) found", PROBLEMS.len());
+    assert!(out.contains(&count), "{count:?} missing in:\n{out}");
+}
+
+#[test]
+fn check_and_startup_name_every_problem_of_an_entry_at_its_own_position() {
+    let dir = handlers();
+    let protos = fixtures().join("protos");
+    let (protos, handlers) = (protos.to_str().unwrap(), dir.path().to_str().unwrap());
+    let (code, _, err) = run(&["check", "--protos", protos, "--handlers", handlers]);
+    assert_eq!(code, 2, "{err}");
+    assert_every_problem(&err);
+    // What the file promises and does not keep is said too.
+    assert!(err.contains("(it has no options)"), "{err}");
+    assert!(err.contains("are the same metadata key"), "{err}");
+    assert!(err.contains("printable ASCII"), "{err}");
+
+    let (code, _, err) = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--protos",
+        protos,
+        "--handlers",
+        handlers,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert_every_problem(&err);
+}
+
+#[tokio::test]
+async fn the_admin_api_names_every_problem_of_an_entry() {
+    let protos = fixtures().join("protos");
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        fixtures().join("handlers").to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let entry = json!({
+        "reply": {"idd": "x", "count": "many"},
+        "delayms": 5,
+        "headers": {"A": "1", "a": "2"}
+    });
+    let (status, body) = server
+        .admin_call(
+            "PUT",
+            "/v1/handlers/kitchen.Kitchen/Get",
+            None,
+            Some(&entry.to_string()),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let problems = body["problems"].as_array().expect("problems");
+    let messages: Vec<&str> = problems
+        .iter()
+        .map(|p| p["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages.len(), 4, "{messages:#?}");
+    for path in ["reply.idd: ", "reply.count: ", "delayms: ", "headers.a: "] {
+        assert!(
+            messages.iter().any(|m| m.contains(path)),
+            "{path} missing in {messages:#?}"
+        );
+    }
+}
