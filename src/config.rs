@@ -39,15 +39,15 @@ pub struct HandlerFile {
     pub methods: Map<String, Json>,
 }
 
-/// A method entry, a rule, or both: which keys are allowed where is checked in code.
+/// A method entry, a rule, or both: which keys are allowed where is checked in code. It
+/// borrows the parts it compiles from the file's JSON (a `stream` may hold a million items).
 #[derive(Debug, Default)]
-pub struct EntrySpec {
-    pub when: Option<Json>,
-    pub reply: Option<Json>,
+pub struct EntrySpec<'a> {
+    pub when: Option<&'a Json>,
+    pub reply: Option<&'a Json>,
     pub error: Option<ErrorSpec>,
-    pub stream: Option<Vec<Json>>,
-    pub echo: bool,
-    pub rules: Option<Vec<Json>>,
+    pub stream: Option<&'a [Json]>,
+    pub rules: Option<&'a [Json]>,
     pub script: Option<String>,
     pub function: Option<String>,
     pub delay_ms: Option<u64>,
@@ -420,7 +420,7 @@ fn build_declarative(
                 format!("\"rules\" cannot be combined with \"{other}\"; put it in a rule"),
             );
         }
-        let rules = spec.rules.as_deref().unwrap_or_default();
+        let rules = spec.rules.unwrap_or_default();
         if rules.is_empty() && spec.rules.is_some() {
             problems.push("rules", "give at least one rule");
         }
@@ -463,7 +463,7 @@ fn build_rule(
             );
         }
     }
-    let when = match &spec.when {
+    let when = match spec.when {
         Some(w) => problems
             .keep(Condition::compile(w, &info.input, &join(path, "when")))
             .map(Some),
@@ -492,7 +492,7 @@ fn join(path: &str, key: &str) -> String {
 
 /// Reads an entry or a rule: every key that is unknown or of the wrong type goes to
 /// `problems`, and the rest is read, so that its own problems are found too.
-fn parse_spec(json: &Json, path: &str, problems: &mut EntryErrors) -> Option<EntrySpec> {
+fn parse_spec<'a>(json: &'a Json, path: &str, problems: &mut EntryErrors) -> Option<EntrySpec<'a>> {
     let Json::Object(obj) = json else {
         problems.push(path, "an entry is an object such as {\"reply\": {…}}");
         return None;
@@ -511,20 +511,20 @@ fn parse_spec(json: &Json, path: &str, problems: &mut EntryErrors) -> Option<Ent
             spec.kinds.push(kind);
         }
         match key.as_str() {
-            "when" => spec.when = Some(value.clone()),
-            "reply" => spec.reply = Some(value.clone()),
+            "when" => spec.when = Some(value),
+            "reply" => spec.reply = Some(value),
             "error" => spec.error = ErrorSpec::parse(value, &at, problems),
             "stream" => match value {
-                Json::Array(items) => spec.stream = Some(items.clone()),
+                Json::Array(items) => spec.stream = Some(items),
                 _ => problems.push(at, "\"stream\" takes an array of responses"),
             },
             "echo" => match value {
-                Json::Bool(true) => spec.echo = true,
-                Json::Object(o) if o.is_empty() => spec.echo = true,
+                Json::Bool(true) => {}
+                Json::Object(o) if o.is_empty() => {}
                 _ => problems.push(at, "\"echo\" takes {} (it has no options)"),
             },
             "rules" => match value {
-                Json::Array(items) => spec.rules = Some(items.clone()),
+                Json::Array(items) => spec.rules = Some(items),
                 _ => problems.push(at, "\"rules\" takes an array of rules"),
             },
             "script" | "function" => match value {
@@ -574,7 +574,7 @@ fn build_action(
         .kinds
         .iter()
         .map(|kind| match *kind {
-            "reply" => spec.reply.as_ref().and_then(|reply| {
+            "reply" => spec.reply.and_then(|reply| {
                 problems
                     .keep(ReplyAction::compile(reply, info, &join(path, "reply")))
                     .map(ActionKind::Reply)
@@ -584,7 +584,7 @@ fn build_action(
                     .keep(ErrorAction::compile(e, info, &join(path, "error")))
                     .map(ActionKind::Error)
             }),
-            "stream" => spec.stream.as_deref().and_then(|items| {
+            "stream" => spec.stream.and_then(|items| {
                 problems
                     .keep(StreamAction::compile(items, info, &join(path, "stream")))
                     .map(ActionKind::Stream)

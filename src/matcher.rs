@@ -12,6 +12,8 @@
 //! `present`) tests the field; any other object descends into a message field. Every test must
 //! hold for the rule to match.
 
+use std::borrow::Cow;
+
 use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, Value};
 use regex::Regex;
 use serde_json::{Map, Value as Json};
@@ -50,8 +52,8 @@ enum Test {
     Contains(String),
     Regex(Regex),
     Range {
-        lower: Option<(f64, bool)>,
-        upper: Option<(f64, bool)>,
+        lower: Option<(Num, bool)>,
+        upper: Option<(Num, bool)>,
     },
     Present(bool),
 }
@@ -123,8 +125,8 @@ impl Condition {
     /// True when every metadata test holds.
     pub fn metadata_matches(&self, metadata: &MetadataMap) -> bool {
         self.metadata.iter().all(|(key, test)| {
-            let value = metadata.get(key.as_str()).and_then(|v| v.to_str().ok());
-            test.check_text(value)
+            let value = metadata_text(metadata, key);
+            test.check_text(value.as_deref())
         })
     }
 
@@ -156,18 +158,29 @@ impl Condition {
         self.metadata
             .iter()
             .filter_map(|(key, test)| {
-                let value = metadata.get(key.as_str()).and_then(|v| v.to_str().ok());
-                if test.check_text(value) {
+                let value = metadata_text(metadata, key);
+                if test.check_text(value.as_deref()) {
                     return None;
                 }
                 Some(format!(
                     "metadata {key}: wanted {}, got {}",
                     test.describe(None),
-                    value.map_or_else(|| "missing".to_owned(), quote)
+                    value.map_or_else(|| "missing".to_owned(), |v| quote(&v))
                 ))
             })
             .collect()
     }
+}
+
+/// The value of metadata `key` as the tests read it: a `-bin` key's value decoded from base64
+/// (as the client's library encoded it), others as sent; bytes that are not UTF-8 read as
+/// U+FFFD. Tonic keeps the two kinds apart: reading a `-bin` key as text finds nothing.
+fn metadata_text<'m>(metadata: &'m MetadataMap, key: &str) -> Option<Cow<'m, str>> {
+    if key.ends_with("-bin") {
+        let bytes = metadata.get_bin(key)?.to_bytes().ok()?;
+        return Some(Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()));
+    }
+    Some(String::from_utf8_lossy(metadata.get(key)?.as_bytes()))
 }
 
 /// Longest text shown of a value in an explanation.
@@ -333,13 +346,10 @@ fn compile_operator(
                 ),
             );
         }
-        let n = arg
-            .as_f64()
-            .or_else(|| arg.as_str().and_then(|s| s.parse().ok()))
-            .ok_or_else(|| EntryError {
-                path: path.to_owned(),
-                message: format!("\"{op}\" takes a number"),
-            })?;
+        let n = Num::from_json(arg).ok_or_else(|| EntryError {
+            path: path.to_owned(),
+            message: format!("\"{op}\" takes a number"),
+        })?;
         Ok(if op.starts_with('g') {
             Test::Range {
                 lower: Some((n, inclusive)),
@@ -466,7 +476,7 @@ impl Test {
             Test::Contains(p) => value.as_str().is_some_and(|s| s.contains(p.as_str())),
             Test::Regex(r) => value.as_str().is_some_and(|s| r.is_match(s)),
             Test::Range { lower, upper } => {
-                number(value).is_some_and(|n| in_range(n, *lower, *upper))
+                Num::of(value).is_some_and(|n| in_range(n, *lower, *upper))
             }
             Test::Present(want) => is_present(value) == *want,
         }
@@ -520,22 +530,85 @@ impl Test {
     }
 }
 
-fn in_range(n: f64, lower: Option<(f64, bool)>, upper: Option<(f64, bool)>) -> bool {
-    let above = lower.is_none_or(|(b, inclusive)| if inclusive { n >= b } else { n > b });
-    let below = upper.is_none_or(|(b, inclusive)| if inclusive { n <= b } else { n < b });
-    above && below
+/// A number in a range test: integers compared exactly (64-bit fields hold values past 2^53,
+/// where `f64` no longer tells neighbours apart), anything with a float as `f64`.
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    Int(i128),
+    Float(f64),
 }
 
-fn number(value: &Value) -> Option<f64> {
-    Some(match value {
-        Value::I32(n) => f64::from(*n),
-        Value::I64(n) => *n as f64,
-        Value::U32(n) => f64::from(*n),
-        Value::U64(n) => *n as f64,
-        Value::F32(n) => f64::from(*n),
-        Value::F64(n) => *n,
-        _ => return None,
-    })
+impl Num {
+    /// A bound as written: a JSON number, or a number in a string (as 64-bit integers are
+    /// written in the proto3 JSON mapping).
+    fn from_json(arg: &Json) -> Option<Num> {
+        if let Some(n) = arg.as_i64() {
+            return Some(Num::Int(i128::from(n)));
+        }
+        if let Some(n) = arg.as_u64() {
+            return Some(Num::Int(i128::from(n)));
+        }
+        if let Some(n) = arg.as_f64() {
+            return Some(Num::Float(n));
+        }
+        let text = arg.as_str()?.trim();
+        text.parse::<i128>().map(Num::Int).ok().or_else(|| {
+            // A NaN bound would hold for nothing.
+            let n = text.parse::<f64>().ok().filter(|n| !n.is_nan())?;
+            Some(Num::Float(n))
+        })
+    }
+
+    fn of(value: &Value) -> Option<Num> {
+        Some(match value {
+            Value::I32(n) => Num::Int(i128::from(*n)),
+            Value::I64(n) => Num::Int(i128::from(*n)),
+            Value::U32(n) => Num::Int(i128::from(*n)),
+            Value::U64(n) => Num::Int(i128::from(*n)),
+            Value::F32(n) => Num::Float(f64::from(*n)),
+            Value::F64(n) => Num::Float(*n),
+            _ => return None,
+        })
+    }
+
+    fn compare(self, other: Num) -> Option<std::cmp::Ordering> {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => Some(a.cmp(&b)),
+            (a, b) => a.float().partial_cmp(&b.float()),
+        }
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    fn float(self) -> f64 {
+        match self {
+            Num::Int(n) => n as f64,
+            Num::Float(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Num::Int(n) => write!(f, "{n}"),
+            Num::Float(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+fn in_range(n: Num, lower: Option<(Num, bool)>, upper: Option<(Num, bool)>) -> bool {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let above = lower.is_none_or(|(b, inclusive)| match n.compare(b) {
+        Some(Greater) => true,
+        Some(Equal) => inclusive,
+        Some(Less) | None => false,
+    });
+    let below = upper.is_none_or(|(b, inclusive)| match n.compare(b) {
+        Some(Less) => true,
+        Some(Equal) => inclusive,
+        Some(Greater) | None => false,
+    });
+    above && below
 }
 
 fn is_present(value: &Value) -> bool {

@@ -7,11 +7,17 @@
 //! - Keys that were accepted and then ignored are refused: `"echo"` with options (it has
 //!   none), two header keys that differ only in case (one value was dropped), and header
 //!   values outside printable ASCII (said to be refused, but sent).
+//! - A rule's `when.metadata` test on a `-bin` key never held: the value was looked up as
+//!   text, where tonic keeps no binary key, so `present: true` failed even when the client
+//!   sent the key.
+//! - Range tests (`gt`, `lte`…) compared as `f64`, so on 64-bit fields past 2^53 neighbours
+//!   were equal: `big > 9007199254740992` did not hold for 9007199254740993.
 
 mod common;
 
-use common::{fixtures, run, Server};
+use common::{fixtures, run, Client, Server};
 use serde_json::json;
+use tonic::metadata::{BinaryMetadataValue, MetadataMap};
 
 const FILE: &str = r#"{
   "service": "kitchen.Kitchen",
@@ -140,5 +146,77 @@ async fn the_admin_api_names_every_problem_of_an_entry() {
             messages.iter().any(|m| m.contains(path)),
             "{path} missing in {messages:#?}"
         );
+    }
+}
+
+#[tokio::test]
+async fn rules_test_binary_metadata_by_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.json"),
+        json!({"service": "kitchen.Kitchen", "methods": {"Get": {"rules": [
+            {"when": {"metadata": {"x-id-bin": "hello"}}, "reply": {"id": "equals"}},
+            {"when": {"metadata": {"x-id-bin": {"present": true}}}, "reply": {"id": "present"}},
+            {"reply": {"id": "none"}}
+        ]}}})
+        .to_string(),
+    )
+    .unwrap();
+    let protos = fixtures().join("protos");
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        dir.path().to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    for (sent, wanted) in [
+        (Some(&b"hello"[..]), "equals"),
+        (Some(&b"\xff\x00"[..]), "present"),
+        (None, "none"),
+    ] {
+        let mut md = MetadataMap::new();
+        if let Some(bytes) = sent {
+            md.insert_bin("x-id-bin", BinaryMetadataValue::from_bytes(bytes));
+        }
+        let (reply, _) = client
+            .unary_with("kitchen.Kitchen/Get", json!({}), md)
+            .await
+            .unwrap();
+        assert_eq!(reply["id"], wanted, "{sent:?}");
+    }
+}
+
+#[tokio::test]
+async fn range_tests_compare_64_bit_integers_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.json"),
+        json!({"service": "kitchen.Kitchen", "methods": {"Echo": {"rules": [
+            {"when": {"request": {"big": {"gt": "9007199254740992"}}}, "reply": {"id": "big above"}},
+            {"when": {"request": {"count": {"lte": -9007199254740993_i64}}}, "reply": {"id": "count below"}},
+            {"reply": {"id": "neither"}}
+        ]}}})
+        .to_string(),
+    )
+    .unwrap();
+    let protos = fixtures().join("protos");
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        dir.path().to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    for (request, wanted) in [
+        (json!({"big": "9007199254740993"}), "big above"),
+        (json!({"big": "9007199254740992"}), "neither"),
+        (json!({"count": "-9007199254740993"}), "count below"),
+        (json!({"count": "-9007199254740992"}), "neither"),
+    ] {
+        let reply = client.unary("kitchen.Kitchen/Echo", request.clone()).await;
+        assert_eq!(reply.unwrap()["id"], wanted, "{request}");
     }
 }
