@@ -6,7 +6,8 @@
 //!   admin API's 400.
 //! - Keys that were accepted and then ignored are refused: `"echo"` with options (it has
 //!   none), two header keys that differ only in case (one value was dropped), and header
-//!   values outside printable ASCII (said to be refused, but sent).
+//!   values outside printable ASCII (said to be refused, but sent), two members of one oneof
+//!   when one is a template (the template's member won, the other was dropped).
 //! - A rule's `when.metadata` test on a `-bin` key never held: the value was looked up as
 //!   text, where tonic keeps no binary key, so `present: true` failed even when the client
 //!   sent the key.
@@ -32,7 +33,8 @@ const FILE: &str = r#"{
       { "reply": { "id": "{{nam}}" }, "delayms": 5 }
     ] },
     "Echo": { "echo": { "copy": true } },
-    "Fail": { "error": { "code": 0, "message": "{{nope}}", "details": [] } }
+    "Fail": { "error": { "code": 0, "message": "{{nope}}", "details": [] } },
+    "Summary": { "reply": { "a": "{{name}}", "b": 5 } }
   }
 }"#;
 
@@ -53,6 +55,7 @@ const PROBLEMS: &[(&str, &str, &str)] = &[
     (r#""code""#, "Fail", "error.code"),
     (r#""message""#, "Fail", "error.message"),
     (r#""details""#, "Fail", "error.details"),
+    (r#""b": 5"#, "Summary", "reply.b"),
 ];
 
 /// The 1-based line and column of the first `needle` in `FILE`.
@@ -95,6 +98,7 @@ fn check_and_startup_name_every_problem_of_an_entry_at_its_own_position() {
     assert!(err.contains("(it has no options)"), "{err}");
     assert!(err.contains("are the same metadata key"), "{err}");
     assert!(err.contains("printable ASCII"), "{err}");
+    assert!(err.contains("are both in oneof \"choice\""), "{err}");
 
     let (code, _, err) = run(&[
         "serve",

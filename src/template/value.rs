@@ -60,12 +60,36 @@ impl MessageTemplate {
         let mut problems = EntryErrors::default();
         let mut constant = Map::new();
         let mut dynamic = Vec::new();
+        // The key that set each field, and each oneof: a second one would silently win.
+        let mut given: Vec<(u32, &str)> = Vec::new();
+        let mut oneofs: Vec<(String, &str)> = Vec::new();
         for (key, value) in obj {
             let field_path = format!("{path}.{key}");
             let Some(field) = find_field(output, key) else {
                 problems.push(field_path, missing_field(output, key));
                 continue;
             };
+            if let Some((_, first)) = given.iter().find(|(n, _)| *n == field.number()) {
+                problems.push(
+                    field_path,
+                    format!("\"{key}\" and \"{first}\" are the same field; give it once"),
+                );
+                continue;
+            }
+            given.push((field.number(), key));
+            if let Some(oneof) = field.containing_oneof().filter(|o| !o.is_synthetic()) {
+                if let Some((_, first)) = oneofs.iter().find(|(o, _)| o == oneof.name()) {
+                    problems.push(
+                        field_path,
+                        format!(
+                            "\"{key}\" and \"{first}\" are both in oneof \"{}\", which holds one of them; give one",
+                            oneof.name()
+                        ),
+                    );
+                    continue;
+                }
+                oneofs.push((oneof.name().to_owned(), key));
+            }
             if has_placeholder(value) {
                 let compiled = compile_field(&field, value, input, output, &field_path);
                 if let Some(t) = problems.keep(compiled) {
