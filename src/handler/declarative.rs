@@ -31,11 +31,13 @@ use super::reply::ReplyAction;
 use super::rules::{self, Rule};
 use super::stream::StreamAction;
 use super::{
-    add_missing_metadata, Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses,
+    add_missing_metadata, hold_outgoing, hold_while_waiting, Call, Handler, HandlerFuture,
+    MethodInfo, Reply, Requests, Responses,
 };
 use crate::codec::{Incoming, Outgoing};
 use crate::error::CallError;
 use crate::journal::Tap;
+use crate::layers::buffers::{Buffers, Held};
 
 /// What to do with one request message.
 #[derive(Debug)]
@@ -213,6 +215,7 @@ impl Handler for Declarative {
                             chosen,
                             info.name.clone(),
                             call.max_message_size,
+                            call.buffers.clone(),
                             None,
                         ))),
                         headers,
@@ -225,7 +228,9 @@ impl Handler for Declarative {
                 match delay {
                     None => Box::pin(std::future::ready(result)),
                     Some(d) => Box::pin(async move {
+                        let held = hold_while_waiting(call.buffers.as_ref(), &result)?;
                         tokio::time::sleep(d).await;
+                        drop(held);
                         result
                     }),
                 }
@@ -248,10 +253,13 @@ impl Handler for Declarative {
                         call.journal.as_ref(),
                     )?;
                     let action = chosen.action();
+                    let result = one_answer(outcome, action.headers.clone(), &info);
                     if let Some(d) = action.delay {
+                        let held = hold_while_waiting(call.buffers.as_ref(), &result)?;
                         tokio::time::sleep(d).await;
+                        drop(held);
                     }
-                    one_answer(outcome, action.headers.clone(), &info)
+                    result
                 })
             }
             Requests::Stream(mut incoming) => {
@@ -275,6 +283,7 @@ impl Handler for Declarative {
                                     chosen,
                                     info.name.clone(),
                                     call.max_message_size,
+                                    call.buffers.clone(),
                                     None,
                                 )),
                                 headers,
@@ -288,6 +297,7 @@ impl Handler for Declarative {
                         journal: call.journal,
                         method: info.name.clone(),
                         limit: call.max_message_size,
+                        buffers: call.buffers.clone(),
                         incoming,
                         current,
                         spare_sleep: None,
@@ -345,6 +355,9 @@ struct Items {
     method: Arc<str>,
     /// `--max-message-size`: a rendered item stops there.
     limit: usize,
+    /// The connection's buffers, where a message rendered before its delay is held.
+    buffers: Option<Buffers>,
+    held: Option<Held>,
     /// Armed before each message when the action has a delay; reused across messages.
     sleep: Option<Pin<Box<Sleep>>>,
     waiting: bool,
@@ -356,6 +369,7 @@ impl Items {
         chosen: Chosen,
         method: Arc<str>,
         limit: usize,
+        buffers: Option<Buffers>,
         sleep: Option<Pin<Box<Sleep>>>,
     ) -> Self {
         Self {
@@ -364,6 +378,8 @@ impl Items {
             next: 0,
             method,
             limit,
+            buffers,
+            held: None,
             sleep,
             waiting: false,
         }
@@ -406,6 +422,16 @@ impl Stream for Items {
         }
         if let Some(delay) = this.chosen.action().delay {
             if !this.waiting {
+                // A message rendered before the delay (a reply, an echo) is held through it.
+                if let Some(Outcome::One(out)) = &this.outcome {
+                    match hold_outgoing(this.buffers.as_ref(), out) {
+                        Ok(held) => this.held = held,
+                        Err(e) => {
+                            this.outcome = None;
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                    }
+                }
                 // Delays are at most a day (checked at startup), so this cannot overflow.
                 let now = tokio::time::Instant::now();
                 let at = now.checked_add(delay).unwrap_or(now);
@@ -420,6 +446,7 @@ impl Stream for Items {
             }
             this.waiting = false;
         }
+        this.held = None;
         Poll::Ready(this.take_next().map(|r| r.map_err(Status::from)))
     }
 }
@@ -432,6 +459,7 @@ struct Bidi {
     journal: Option<Tap>,
     method: Arc<str>,
     limit: usize,
+    buffers: Option<Buffers>,
     incoming: tonic::Streaming<Incoming>,
     current: Option<Items>,
     /// The timer of the last finished answer, reused by the next one.
@@ -489,6 +517,7 @@ impl Stream for Bidi {
                         chosen,
                         this.method.clone(),
                         this.limit,
+                        this.buffers.clone(),
                         sleep,
                     ));
                 }

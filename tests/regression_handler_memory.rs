@@ -1,11 +1,14 @@
-//! Regressions of declarative handlers whose templates multiply a request's size.
+//! Regressions of what declarative handlers make the server hold.
 //!
-//! A reply, stream item or error message may repeat a request field: `"{{name}}"` written 64
-//! times, a repeated field spliced into a list 64 times, a message copied into 64 list items.
-//! With a 3 MiB request such a template renders 192 MiB; the server built all of it before the
-//! size check refused it (a 300-copy template took 1.8 GiB for one call, so a few calls at
-//! once could exhaust the machine). Rendering now stops at `--max-message-size`, with
-//! RESOURCE_EXHAUSTED naming the flag, and an error message stops at what a status carries.
+//! - A reply, stream item or error message may repeat a request field: `"{{name}}"` written 64
+//!   times, a repeated field spliced into a list 64 times, a message copied into 64 list items.
+//!   With a 3 MiB request such a template renders 192 MiB; the server built all of it before the
+//!   size check refused it (a 300-copy template took 1.8 GiB for one call, so a few calls at
+//!   once could exhaust the machine). Rendering now stops at `--max-message-size`, with
+//!   RESOURCE_EXHAUSTED naming the flag, and an error message stops at what a status carries.
+//! - A reply or echo waiting out its `delay_ms` was held outside `--max-buffered`: 64 delayed
+//!   echoes of 4 MiB held 340 MB on one connection limited to 64 MiB (4096 calls, the default
+//!   `--max-calls`, would hold 16 GiB). It is counted now, like a response not yet written.
 
 mod common;
 
@@ -147,5 +150,70 @@ async fn stream_status(client: &Client, request: &Bytes) -> tonic::Status {
                 }
             }
         }
+    }
+}
+
+#[tokio::test]
+async fn replies_waiting_for_their_delay_count_against_the_connection_buffers() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("k.json"),
+        r#"{"service": "kitchen.Kitchen", "methods": {"Echo": {"echo": {}, "delay_ms": 5000}}}"#,
+    )
+    .unwrap();
+    let protos = fixtures().join("protos");
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-watch",
+        "--max-buffered-per-connection",
+        "4194304",
+    ]);
+    // One connection; each call's 1 MiB request arrives well before the next starts, so only
+    // the replies waiting for their delay can fill the connection's 4 MiB.
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let mut item = BytesMut::new();
+    put_field(&mut item, 1, &vec![b'e'; 1 << 20]);
+    let item = item.freeze();
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let (client, item) = (client.channel.clone(), item.clone());
+        calls.push(tokio::spawn(async move {
+            let mut grpc = tonic::client::Grpc::new(client);
+            grpc.ready().await.unwrap();
+            grpc.unary(
+                tonic::Request::new(item),
+                "/kitchen.Kitchen/Echo".parse().unwrap(),
+                common::RawCodec,
+            )
+            .await
+            .map(|r| r.into_inner().len())
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut refused = Vec::new();
+    let mut answered = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(len) => {
+                assert_eq!(len, item.len());
+                answered += 1;
+            }
+            Err(status) => refused.push(status),
+        }
+    }
+    assert!(answered >= 1, "{refused:?}");
+    assert!(
+        !refused.is_empty(),
+        "all 8 delayed 1 MiB echoes were held at once"
+    );
+    for status in refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("--max-buffered-per-connection"),
+            "{status:?}"
+        );
     }
 }
