@@ -190,30 +190,28 @@ fn load_file(
         }
         .into());
     };
-    let mut errors = StartupErrors::default();
+    // Problems are located once every entry is read: one pass over the text finds them all.
+    let mut found: Vec<(&str, Found)> = Vec::new();
     for (method_name, entry) in &parsed.methods {
-        let at = |path: &str| {
-            let (line, col) = jsonpos::locate(&text, &["methods", method_name], path)
-                .unwrap_or_else(|| locate_key(&text, method_name));
-            Location::at(file, line, col)
-        };
-        let location = at("");
         let entry_name = format!("{}/{}", service.full_name(), method_name);
         if !service.methods().any(|m| m.name() == method_name) {
             let names: Vec<String> = service.methods().map(|m| m.name().to_owned()).collect();
-            errors.push(StartupError::Handler {
-                location,
-                entry: entry_name,
-                message: format!(
-                    "{} has no method \"{method_name}\"{}",
-                    service.full_name(),
-                    did_you_mean(method_name, names.iter().map(String::as_str))
-                ),
-                hint: Some(format!(
-                    "add the rpc to the service in the .proto, or use one of: {}",
-                    names.join(", ")
-                )),
-            });
+            found.push((
+                method_name,
+                Found::AtMethod(StartupError::Handler {
+                    location: Location::file(file),
+                    entry: entry_name,
+                    message: format!(
+                        "{} has no method \"{method_name}\"{}",
+                        service.full_name(),
+                        did_you_mean(method_name, names.iter().map(String::as_str))
+                    ),
+                    hint: Some(format!(
+                        "add the rpc to the service in the .proto, or use one of: {}",
+                        names.join(", ")
+                    )),
+                }),
+            ));
             continue;
         }
         let path = format!("/{entry_name}");
@@ -221,26 +219,72 @@ fn load_file(
             continue;
         };
         if let Some(previous) = served_by.get(&info.path) {
-            errors.push(StartupError::Handler {
-                location,
-                entry: entry_name,
-                message: format!("already has a handler in {}", previous.display()),
-                hint: Some("keep one handler per method".into()),
-            });
+            found.push((
+                method_name,
+                Found::AtMethod(StartupError::Handler {
+                    location: Location::file(file),
+                    entry: entry_name,
+                    message: format!("already has a handler in {}", previous.display()),
+                    hint: Some("keep one handler per method".into()),
+                }),
+            ));
             continue;
         }
         served_by.insert(info.path.clone(), file.to_path_buf());
         let origin = Origin::File(file.into());
         if let Err(e) = install(entry, &info, origin, table, scripts, pending) {
-            // In the order they appear in the file.
-            let mut located = e.located(at, entry_name);
-            located.sort_by_key(|e| e.location().map(|l| (l.line, l.col)));
-            for e in located {
+            found.push((method_name, Found::Entry(e, entry_name)));
+        }
+    }
+    let full_path = |method: &str, path: &str| {
+        if path.is_empty() {
+            format!("methods.{method}")
+        } else {
+            format!("methods.{method}.{path}")
+        }
+    };
+    let mut paths = Vec::new();
+    for (method, f) in &found {
+        paths.push(full_path(method, ""));
+        if let Found::Entry(BuildError::Entry(problems), _) = f {
+            paths.extend(problems.0.iter().map(|e| full_path(method, &e.path)));
+        }
+    }
+    let positions = jsonpos::Positions::find(&text, paths.iter().map(String::as_str));
+    let mut errors = StartupErrors::default();
+    for (method, f) in found {
+        let at = |path: &str| {
+            let (line, col) = positions
+                .of(&full_path(method, path))
+                .unwrap_or_else(|| locate_key(&text, method));
+            Location::at(file, line, col)
+        };
+        match f {
+            Found::AtMethod(mut e) => {
+                if let StartupError::Handler { location, .. } = &mut e {
+                    *location = at("");
+                }
                 errors.push(e);
+            }
+            Found::Entry(e, entry_name) => {
+                // In the order they appear in the file.
+                let mut located = e.located(at, entry_name);
+                located.sort_by_key(|e| e.location().map(|l| (l.line, l.col)));
+                for e in located {
+                    errors.push(e);
+                }
             }
         }
     }
     errors.into_result(())
+}
+
+/// A problem of one method entry, before it is located in its file.
+enum Found {
+    /// At the method's key.
+    AtMethod(StartupError),
+    /// Inside the entry (named by the `String`), each at its own path.
+    Entry(BuildError, String),
 }
 
 /// Lays the runtime handlers over the table: each replaces whatever the files set for its

@@ -219,16 +219,30 @@ impl EntryErrors {
 
 /// All the startup errors found in one pass, so a user fixes them in one go.
 #[derive(Debug, Default)]
-pub struct StartupErrors(pub Vec<StartupError>);
+pub struct StartupErrors(pub Vec<StartupError>, Seen);
+
+/// The texts of the errors listed, so that [`StartupErrors::push`] finds a repeat at once: a
+/// file of a hundred thousand broken rules has as many problems, and comparing each with every
+/// other took hours.
+#[derive(Debug, Default)]
+pub struct Seen {
+    texts: std::collections::HashSet<String>,
+    /// How many errors of the list are in `texts` (errors may be appended to the list).
+    upto: usize,
+}
 
 impl StartupErrors {
     /// Adds `e` unless the same problem is listed already (a script that fails to load is
     /// tried once per method it serves, and says the same each time).
     pub fn push(&mut self, e: StartupError) {
-        let text = e.to_string();
-        if !self.0.iter().any(|known| known.to_string() == text) {
+        let seen = &mut self.1;
+        for known in self.0.get(seen.upto..).unwrap_or_default() {
+            seen.texts.insert(known.to_string());
+        }
+        if seen.texts.insert(e.to_string()) {
             self.0.push(e);
         }
+        seen.upto = self.0.len();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -246,7 +260,7 @@ impl StartupErrors {
 
 impl From<StartupError> for StartupErrors {
     fn from(e: StartupError) -> Self {
-        Self(vec![e])
+        Self(vec![e], Seen::default())
     }
 }
 

@@ -1,81 +1,105 @@
-//! Where a value sits in a JSON text, found by its path (`reply.tags[2]`, `rules[0].when`).
+//! Where values sit in a JSON text, found by their paths (`reply.tags[2]`, `rules[0].when`).
 //!
 //! Handler files are parsed into `serde_json` values, which keep no positions; a problem found
 //! while compiling an entry knows only its path inside the entry. This scans the file's text
-//! along that path, so each problem is reported at its own line and column, not at the
-//! method's. Keys may contain dots (`"address.city"`, header names): at each object the longest
-//! key that starts the rest of the path is taken.
+//! once for the paths of all its problems, building each value's path as the compiler writes
+//! it, so keys that contain dots (`"address.city"`, header names) need no guessing, and each
+//! problem is reported at its own line and column, not at the method's.
 
-/// The 1-based line and column of the value at `keys` then `rest` in `text`: `keys` are exact
-/// object keys from the top, `rest` a path in the form `a.b[2].c`. A path that leaves the text
-/// stops at the deepest value found; `None` when not even `keys` are found. An object member
-/// is located at its key, an array item at its first character.
-pub fn locate(text: &str, keys: &[&str], rest: &str) -> Option<(usize, usize)> {
-    let mut scan = Scan {
-        bytes: text.as_bytes(),
-        at: 0,
-    };
-    let mut found = None;
-    for key in keys {
-        let (key_at, value_at) = scan
-            .members()?
-            .into_iter()
-            .find(|m| m.key == *key)
-            .map(|m| (m.key_at, m.value_at))?;
-        found = Some(key_at);
-        scan.at = value_at;
-    }
-    let mut rest = rest;
-    while !rest.is_empty() {
-        scan.space();
-        match scan.peek() {
-            Some(b'{') => {
-                let Some(members) = scan.members() else { break };
-                let best = members
-                    .into_iter()
-                    .filter(|m| {
-                        rest.strip_prefix(m.key.as_str())
-                            .is_some_and(|after| after.is_empty() || after.starts_with(['.', '[']))
-                    })
-                    .max_by_key(|m| m.key.len());
-                let Some(m) = best else { break };
-                found = Some(m.key_at);
-                scan.at = m.value_at;
-                rest = &rest[m.key.len()..];
-            }
-            Some(b'[') => {
-                let Some(index) = rest
-                    .strip_prefix('[')
-                    .and_then(|r| r.split_once(']'))
-                    .and_then(|(n, after)| Some((n.parse::<usize>().ok()?, after)))
-                else {
-                    break;
-                };
-                let Some(item_at) = scan.item(index.0) else {
-                    break;
-                };
-                found = Some(item_at);
-                scan.at = item_at;
-                rest = index.1;
-            }
-            _ => break,
-        }
-        rest = rest.strip_prefix('.').unwrap_or(rest);
-    }
-    found.map(|at| line_col(text, at))
+use std::collections::{HashMap, HashSet};
+
+/// Where the values at some paths sit in one JSON text, found in one pass over it (a file may
+/// hold a hundred thousand problems; looking each up from the top would take hours).
+pub struct Positions {
+    found: HashMap<String, usize>,
+    /// The byte offset where each line starts.
+    lines: Vec<usize>,
 }
 
-/// The 1-based line and column (in bytes, as the JSON parser's errors count) of byte `at`.
-fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let before = &text.as_bytes()[..at];
-    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let col = at
-        - before
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map_or(0, |i| i + 1)
-        + 1;
-    (line, col)
+impl Positions {
+    /// Finds every path of `paths` (from the top of `text`, in the form `a.b[2].c`) and every
+    /// shorter path leading to one.
+    pub fn find<'p>(text: &str, paths: impl IntoIterator<Item = &'p str>) -> Self {
+        let mut wanted = HashSet::new();
+        for path in paths {
+            wanted.insert(path.to_owned());
+            for (i, c) in path.char_indices() {
+                if c == '.' || c == '[' {
+                    wanted.insert(path[..i].to_owned());
+                }
+            }
+        }
+        let mut found = HashMap::new();
+        let mut scan = Scan {
+            bytes: text.as_bytes(),
+            at: 0,
+        };
+        walk(&mut scan, "", &wanted, &mut found);
+        let lines = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self { found, lines }
+    }
+
+    /// The 1-based line and column of the value at `path`, or of the deepest value on the way
+    /// to it when the text has no such value: an object member is located at its key, an
+    /// array item at its first character.
+    pub fn of(&self, path: &str) -> Option<(usize, usize)> {
+        let mut path = path;
+        loop {
+            if let Some(&at) = self.found.get(path) {
+                let line = self.lines.partition_point(|start| *start <= at);
+                let col = at - self.lines[line - 1] + 1;
+                return Some((line, col));
+            }
+            path = &path[..path.rfind(['.', '['])?];
+        }
+    }
+}
+
+/// Records in `found` where each wanted path inside the value at `scan` starts (`path` is the
+/// value's own path).
+fn walk(
+    scan: &mut Scan<'_>,
+    path: &str,
+    wanted: &HashSet<String>,
+    found: &mut HashMap<String, usize>,
+) {
+    let child = |step: &str, index: bool| {
+        if index || path.is_empty() {
+            format!("{path}{step}")
+        } else {
+            format!("{path}.{step}")
+        }
+    };
+    scan.space();
+    match scan.peek() {
+        Some(b'{') => {
+            let Some(members) = scan.members() else {
+                return;
+            };
+            for m in members {
+                let p = child(&m.key, false);
+                if wanted.contains(&p) {
+                    found.insert(p.clone(), m.key_at);
+                    scan.at = m.value_at;
+                    walk(scan, &p, wanted, found);
+                }
+            }
+        }
+        Some(b'[') => {
+            let Some(items) = scan.items() else { return };
+            for (i, at) in items.into_iter().enumerate() {
+                let p = child(&format!("[{i}]"), true);
+                if wanted.contains(&p) {
+                    found.insert(p.clone(), at);
+                    scan.at = at;
+                    walk(scan, &p, wanted, found);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 struct Member {
@@ -140,21 +164,29 @@ impl Scan<'_> {
         }
     }
 
-    /// Where item `index` of the array here starts.
-    fn item(&mut self, index: usize) -> Option<usize> {
+    /// Where each item of the array here starts, leaving the scan after it.
+    fn items(&mut self) -> Option<Vec<usize>> {
         self.eat(b'[')?;
-        for i in 0.. {
-            self.space();
-            if self.peek()? == b']' {
-                return None;
-            }
-            if i == index {
-                return Some(self.at);
-            }
-            self.value()?;
-            self.eat(b',')?;
+        let mut out = Vec::new();
+        self.space();
+        if self.peek()? == b']' {
+            self.at += 1;
+            return Some(out);
         }
-        None
+        loop {
+            self.space();
+            out.push(self.at);
+            self.value()?;
+            self.space();
+            match self.peek()? {
+                b',' => self.at += 1,
+                b']' => {
+                    self.at += 1;
+                    return Some(out);
+                }
+                _ => return None,
+            }
+        }
     }
 
     /// The string here, quotes included, leaving the scan after it.
@@ -179,26 +211,7 @@ impl Scan<'_> {
         match self.peek()? {
             b'"' => self.string().map(drop),
             b'{' => self.members().map(drop),
-            b'[' => {
-                self.at += 1;
-                self.space();
-                if self.peek()? == b']' {
-                    self.at += 1;
-                    return Some(());
-                }
-                loop {
-                    self.value()?;
-                    self.space();
-                    match self.peek()? {
-                        b',' => self.at += 1,
-                        b']' => {
-                            self.at += 1;
-                            return Some(());
-                        }
-                        _ => return None,
-                    }
-                }
-            }
+            b'[' => self.items().map(drop),
             _ => {
                 let start = self.at;
                 while self
@@ -215,7 +228,7 @@ impl Scan<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::locate;
+    use super::Positions;
 
     const TEXT: &str = r#"{
   "service": "s",
@@ -228,36 +241,38 @@ mod tests {
   }
 }"#;
 
+    fn at(path: &str) -> Option<(usize, usize)> {
+        Positions::find(TEXT, [path]).of(path)
+    }
+
     #[test]
     fn finds_keys_items_and_dotted_keys() {
-        assert_eq!(locate(TEXT, &["methods", "B"], ""), Some((5, 5)));
+        assert_eq!(at("methods.B"), Some((5, 5)));
         assert_eq!(
-            locate(TEXT, &["methods", "B"], "rules[0].when.request.inner.label"),
+            at("methods.B.rules[0].when.request.inner.label"),
             Some((6, 32))
         );
-        assert_eq!(
-            locate(TEXT, &["methods", "B"], "rules[0].when.request.id"),
-            Some((6, 52))
-        );
-        assert_eq!(
-            locate(TEXT, &["methods", "B"], "rules[1].reply.tags[1]"),
-            Some((7, 34))
-        );
-        assert_eq!(
-            locate(TEXT, &["methods", "B"], "rules[1].headers.x.y"),
-            Some((7, 55))
-        );
+        assert_eq!(at("methods.B.rules[0].when.request.id"), Some((6, 52)));
+        assert_eq!(at("methods.B.rules[1].reply.tags[1]"), Some((7, 34)));
+        assert_eq!(at("methods.B.rules[1].headers.x.y"), Some((7, 55)));
+        // A method name that is also a key inside an earlier entry is found as the method.
+        assert_eq!(at("methods.B"), Some((5, 5)));
     }
 
     #[test]
     fn a_path_that_leaves_the_text_stops_at_the_deepest_value() {
-        assert_eq!(
-            locate(TEXT, &["methods", "B"], "rules[1].reply.nothing"),
-            Some((7, 9))
-        );
-        assert_eq!(locate(TEXT, &["methods", "B"], "rules[9]"), Some((5, 12)));
-        // A method name that is also a key inside an earlier entry is found as the method.
-        assert_eq!(locate(TEXT, &["methods", "B"], ""), Some((5, 5)));
-        assert_eq!(locate(TEXT, &["methods", "C"], ""), None);
+        assert_eq!(at("methods.B.rules[1].reply.nothing"), Some((7, 9)));
+        assert_eq!(at("methods.B.rules[9]"), Some((5, 12)));
+        assert_eq!(at("methods.C"), Some((3, 3)));
+    }
+
+    #[test]
+    fn many_paths_are_found_in_one_pass() {
+        let items: Vec<String> = (0..20_000).map(|i| format!("{{\"k\": {i}}}")).collect();
+        let text = format!("{{\"a\": [\n{}\n]}}", items.join(",\n"));
+        let paths: Vec<String> = (0..20_000).map(|i| format!("a[{i}].k")).collect();
+        let positions = Positions::find(&text, paths.iter().map(String::as_str));
+        assert_eq!(positions.of("a[0].k"), Some((2, 2)));
+        assert_eq!(positions.of("a[19999].k"), Some((20_001, 2)));
     }
 }
