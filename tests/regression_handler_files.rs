@@ -203,7 +203,7 @@ async fn range_tests_compare_64_bit_integers_exactly() {
             {"when": {"request": {"big": {"gt": "9007199254740992"}}}, "reply": {"id": "big above"}},
             {"when": {"request": {"count": {"lte": -9007199254740993_i64}}}, "reply": {"id": "count below"}},
             {"reply": {"id": "neither"}}
-        ]}}})
+        ]}, "EchoClient": {"reply": {"b": "{{big}}"}}}})
         .to_string(),
     )
     .unwrap();
@@ -225,6 +225,21 @@ async fn range_tests_compare_64_bit_integers_exactly() {
         let reply = client.unary("kitchen.Kitchen/Echo", request.clone()).await;
         assert_eq!(reply.unwrap()["id"], wanted, "{request}");
     }
+    // A copy that does not fit says so with the value as written (it showed `U64(…)`).
+    let status = client
+        .client_stream(
+            "kitchen.Kitchen/EchoClient",
+            vec![json!({"big": "5000000000"})],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("{{big}} is 5000000000, which does not fit the reply's int32 field"),
+        "{status:?}"
+    );
 }
 
 #[test]

@@ -393,8 +393,10 @@ impl ValueTemplate {
                         other => other.clone(),
                     },
                     Conversion::Number => convert_number(&v, to).ok_or_else(|| {
+                        let mut shown = String::new();
+                        write_text(&mut shown, &v, None);
                         format!(
-                            "{{{{{}}}}} = {v:?} does not fit a {}",
+                            "the request's {{{{{}}}}} is {shown}, which does not fit the reply's {} field",
                             from.text(),
                             kind_name(to)
                         )
