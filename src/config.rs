@@ -24,11 +24,12 @@ use crate::handler::reply::ReplyAction;
 use crate::handler::rules::Rule;
 use crate::handler::stream::StreamAction;
 use crate::handler::{echo, Around, Handler, HandlerTable, MethodInfo, Origin};
+use crate::jsonpos;
 use crate::matcher::Condition;
 use crate::metadata::parse_pairs;
 use crate::script::{ScriptRef, ScriptSetupError, Scripts};
 use crate::suggest::did_you_mean;
-use crate::template::EntryError;
+use crate::template::{EntryError, EntryErrors};
 
 /// One handler file.
 #[derive(Debug, Deserialize)]
@@ -38,22 +39,29 @@ pub struct HandlerFile {
     pub methods: Map<String, Json>,
 }
 
-/// A method entry, a rule, or both: which keys are allowed where is checked in code.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EntrySpec {
-    pub when: Option<Json>,
-    pub reply: Option<Json>,
+/// A method entry, a rule, or both: which keys are allowed where is checked in code. It
+/// borrows the parts it compiles from the file's JSON (a `stream` may hold a million items).
+#[derive(Debug, Default)]
+pub struct EntrySpec<'a> {
+    pub when: Option<&'a Json>,
+    pub reply: Option<&'a Json>,
     pub error: Option<ErrorSpec>,
-    pub stream: Option<Vec<Json>>,
-    pub echo: Option<Json>,
-    pub rules: Option<Vec<Json>>,
+    pub stream: Option<&'a [Json]>,
+    pub rules: Option<&'a [Json]>,
     pub script: Option<String>,
     pub function: Option<String>,
     pub delay_ms: Option<u64>,
-    #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// The kinds of answer given (`reply`, `error`, `stream`, `echo`, `rules`), in the order
+    /// written, readable or not.
+    pub kinds: Vec<&'static str>,
 }
+
+/// The keys of an entry or a rule.
+const ENTRY_KEYS: &[&str] = &[
+    "when", "reply", "error", "stream", "echo", "rules", "script", "function", "delay_ms",
+    "headers",
+];
 
 /// Handlers added at run time through the admin API, by `package.Service/Method`: the same JSON
 /// a handler file has under `"methods"`, laid over the files' handlers.
@@ -75,16 +83,22 @@ enum Built {
     Script(ScriptRef),
 }
 
-/// The problems of one entry (every rule of a `rules` list is checked, so there may be
-/// several), or one with a file it points to.
+/// The problems of one entry (each part of it is checked, so there may be several), or one
+/// with a file it points to.
 enum BuildError {
-    Entry(Vec<EntryError>),
+    Entry(EntryErrors),
     Startup(StartupError),
 }
 
 impl From<EntryError> for BuildError {
     fn from(e: EntryError) -> Self {
-        BuildError::Entry(vec![e])
+        BuildError::Entry(e.into())
+    }
+}
+
+impl From<EntryErrors> for BuildError {
+    fn from(e: EntryErrors) -> Self {
+        BuildError::Entry(e)
     }
 }
 
@@ -176,26 +190,28 @@ fn load_file(
         }
         .into());
     };
-    let mut errors = StartupErrors::default();
+    // Problems are located once every entry is read: one pass over the text finds them all.
+    let mut found: Vec<(&str, Found)> = Vec::new();
     for (method_name, entry) in &parsed.methods {
-        let (line, col) = locate_key(&text, method_name);
-        let location = Location::at(file, line, col);
         let entry_name = format!("{}/{}", service.full_name(), method_name);
         if !service.methods().any(|m| m.name() == method_name) {
             let names: Vec<String> = service.methods().map(|m| m.name().to_owned()).collect();
-            errors.push(StartupError::Handler {
-                location,
-                entry: entry_name,
-                message: format!(
-                    "{} has no method \"{method_name}\"{}",
-                    service.full_name(),
-                    did_you_mean(method_name, names.iter().map(String::as_str))
-                ),
-                hint: Some(format!(
-                    "add the rpc to the service in the .proto, or use one of: {}",
-                    names.join(", ")
-                )),
-            });
+            found.push((
+                method_name,
+                Found::AtMethod(StartupError::Handler {
+                    location: Location::file(file),
+                    entry: entry_name,
+                    message: format!(
+                        "{} has no method \"{method_name}\"{}",
+                        service.full_name(),
+                        did_you_mean(method_name, names.iter().map(String::as_str))
+                    ),
+                    hint: Some(format!(
+                        "add the rpc to the service in the .proto, or use one of: {}",
+                        names.join(", ")
+                    )),
+                }),
+            ));
             continue;
         }
         let path = format!("/{entry_name}");
@@ -203,23 +219,72 @@ fn load_file(
             continue;
         };
         if let Some(previous) = served_by.get(&info.path) {
-            errors.push(StartupError::Handler {
-                location,
-                entry: entry_name,
-                message: format!("already has a handler in {}", previous.display()),
-                hint: Some("keep one handler per method".into()),
-            });
+            found.push((
+                method_name,
+                Found::AtMethod(StartupError::Handler {
+                    location: Location::file(file),
+                    entry: entry_name,
+                    message: format!("already has a handler in {}", previous.display()),
+                    hint: Some("keep one handler per method".into()),
+                }),
+            ));
             continue;
         }
         served_by.insert(info.path.clone(), file.to_path_buf());
         let origin = Origin::File(file.into());
         if let Err(e) = install(entry, &info, origin, table, scripts, pending) {
-            for e in e.located(location, entry_name) {
+            found.push((method_name, Found::Entry(e, entry_name)));
+        }
+    }
+    let full_path = |method: &str, path: &str| {
+        if path.is_empty() {
+            format!("methods.{method}")
+        } else {
+            format!("methods.{method}.{path}")
+        }
+    };
+    let mut paths = Vec::new();
+    for (method, f) in &found {
+        paths.push(full_path(method, ""));
+        if let Found::Entry(BuildError::Entry(problems), _) = f {
+            paths.extend(problems.0.iter().map(|e| full_path(method, &e.path)));
+        }
+    }
+    let positions = jsonpos::Positions::find(&text, paths.iter().map(String::as_str));
+    let mut errors = StartupErrors::default();
+    for (method, f) in found {
+        let at = |path: &str| {
+            let (line, col) = positions
+                .of(&full_path(method, path))
+                .unwrap_or_else(|| locate_key(&text, method));
+            Location::at(file, line, col)
+        };
+        match f {
+            Found::AtMethod(mut e) => {
+                if let StartupError::Handler { location, .. } = &mut e {
+                    *location = at("");
+                }
                 errors.push(e);
+            }
+            Found::Entry(e, entry_name) => {
+                // In the order they appear in the file.
+                let mut located = e.located(at, entry_name);
+                located.sort_by_key(|e| e.location().map(|l| (l.line, l.col)));
+                for e in located {
+                    errors.push(e);
+                }
             }
         }
     }
     errors.into_result(())
+}
+
+/// A problem of one method entry, before it is located in its file.
+enum Found {
+    /// At the method's key.
+    AtMethod(StartupError),
+    /// Inside the entry (named by the `String`), each at its own path.
+    Entry(BuildError, String),
 }
 
 /// Lays the runtime handlers over the table: each replaces whatever the files set for its
@@ -247,7 +312,7 @@ pub fn load_runtime(
             }
         };
         if let Err(e) = install(entry, &info, Origin::Runtime, table, scripts, pending) {
-            for e in e.located(location, String::new()) {
+            for e in e.located(|_| location.clone(), String::new()) {
                 errors.push(e);
             }
         }
@@ -310,14 +375,16 @@ fn install(
 }
 
 impl BuildError {
-    /// As startup errors at `location`, each naming the entry (and the key inside it).
-    fn located(self, location: Location, entry_name: String) -> Vec<StartupError> {
+    /// As startup errors, each at the location `at` gives for its path inside the entry and
+    /// naming the entry (and the key inside it).
+    fn located(self, at: impl Fn(&str) -> Location, entry_name: String) -> Vec<StartupError> {
         match self {
             BuildError::Startup(e) => vec![e],
             BuildError::Entry(errors) => errors
+                .0
                 .into_iter()
                 .map(|e| StartupError::Handler {
-                    location: location.clone(),
+                    location: at(&e.path),
                     entry: match (entry_name.is_empty(), e.path.is_empty()) {
                         (_, true) => entry_name.clone(),
                         (true, false) => e.path,
@@ -336,31 +403,42 @@ fn build_handler(
     info: &Arc<MethodInfo>,
     scripts: &mut Scripts<'_>,
 ) -> Result<(Built, Around), BuildError> {
-    let spec: EntrySpec = parse_spec(entry, "")?;
+    let mut problems = EntryErrors::default();
+    let Some(spec) = parse_spec(entry, "", &mut problems) else {
+        return Err(problems.into());
+    };
     if spec.when.is_some() {
-        return Err(tmpl_err("when", "\"when\" belongs inside a rule of \"rules\"").into());
+        problems.push("when", "\"when\" belongs inside a rule of \"rules\"");
     }
     // A single reply/error/stream/echo keeps delay_ms and headers itself (the delay goes before
     // every message); next to "rules" or "script" the router applies them around the handler.
     let around = if spec.script.is_some() || spec.rules.is_some() {
-        Around {
-            delay: delay(spec.delay_ms, "delay_ms")?,
-            headers: parse_pairs(&spec.headers, "headers")?,
-        }
+        let delay = problems.keep(delay(spec.delay_ms, "delay_ms"));
+        let headers = problems.keep(parse_pairs(&spec.headers, "headers"));
+        delay
+            .zip(headers)
+            .map(|(delay, headers)| Around { delay, headers })
     } else {
-        Around::default()
+        Some(Around::default())
     };
     let Some(script) = spec.script.as_deref() else {
-        let handler = build_declarative(&spec, info).map_err(BuildError::Entry)?;
-        return Ok((Built::Ready(handler), around));
+        let handler = build_declarative(&spec, info, &mut problems);
+        return match (handler, around) {
+            (Some(handler), Some(around)) if problems.is_empty() => {
+                Ok((Built::Ready(handler), around))
+            }
+            _ => Err(problems.into()),
+        };
     };
-    if let Some(other) = action_keys(&spec).first() {
-        return Err(tmpl_err(
+    for other in &spec.kinds {
+        problems.push(
             "",
-            &format!("\"script\" cannot be combined with \"{other}\""),
-        )
-        .into());
+            format!("\"script\" cannot be combined with \"{other}\""),
+        );
     }
+    let Some(around) = around.filter(|_| problems.is_empty()) else {
+        return Err(problems.into());
+    };
     let function = spec.function.as_deref().unwrap_or(info.descriptor.name());
     let found = scripts.add(script, function, info).map_err(|e| match e {
         ScriptSetupError::Entry(m) => tmpl_err("script", &m).into(),
@@ -369,128 +447,215 @@ fn build_handler(
     Ok((Built::Script(found), around))
 }
 
-/// A declarative entry's handler, or every problem it has: each rule of a `rules` list is
-/// checked, so that one run of `check` names them all.
+/// A declarative entry's handler; its problems go to `problems`. Each rule of a `rules` list
+/// is checked, and each part of every rule, so that one run of `check` names them all.
 fn build_declarative(
     spec: &EntrySpec,
     info: &Arc<MethodInfo>,
-) -> Result<Arc<dyn Handler>, Vec<EntryError>> {
+    problems: &mut EntryErrors,
+) -> Option<Arc<dyn Handler>> {
     if spec.function.is_some() {
-        return Err(vec![tmpl_err(
-            "function",
-            "\"function\" goes with \"script\"",
-        )]);
+        problems.push("function", "\"function\" goes with \"script\"");
     }
-    if let Some(rules) = &spec.rules {
-        if let Some(other) = action_keys(spec).into_iter().find(|k| *k != "rules") {
-            return Err(vec![tmpl_err(
+    if spec.kinds.contains(&"rules") {
+        for other in spec.kinds.iter().filter(|k| **k != "rules") {
+            problems.push(
                 "",
-                &format!("\"rules\" cannot be combined with \"{other}\"; put it in a rule"),
-            )]);
+                format!("\"rules\" cannot be combined with \"{other}\"; put it in a rule"),
+            );
         }
-        if rules.is_empty() {
-            return Err(vec![tmpl_err("rules", "give at least one rule")]);
+        let rules = spec.rules.unwrap_or_default();
+        if rules.is_empty() && spec.rules.is_some() {
+            problems.push("rules", "give at least one rule");
         }
         let mut compiled = Vec::with_capacity(rules.len());
-        let mut errors = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
-            match build_rule(rule, info, &format!("rules[{i}]")) {
-                Ok(rule) => compiled.push(rule),
-                Err(e) => errors.extend(e),
-            }
+            compiled.extend(build_rule(rule, info, &format!("rules[{i}]"), problems));
         }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        return Ok(Arc::new(Declarative::new(Responder::Rules(compiled))));
+        let complete = spec.rules.is_some() && compiled.len() == rules.len() && !rules.is_empty();
+        return complete.then(|| {
+            let handler: Arc<dyn Handler> = Arc::new(Declarative::new(Responder::Rules(compiled)));
+            handler
+        });
     }
-    let action = build_action(spec, info, "").map_err(|e| vec![e])?;
-    Ok(Arc::new(Declarative::new(Responder::Single(Box::new(
+    let action = build_action(spec, info, "", problems)?;
+    Some(Arc::new(Declarative::new(Responder::Single(Box::new(
         action,
     )))))
 }
 
-/// One rule of a `rules` list at `path`: its condition and its action, each checked.
-fn build_rule(rule: &Json, info: &Arc<MethodInfo>, path: &str) -> Result<Rule, Vec<EntryError>> {
-    let spec: EntrySpec = parse_spec(rule, path).map_err(|e| vec![e])?;
-    if spec.rules.is_some() || spec.script.is_some() || spec.function.is_some() {
-        return Err(vec![tmpl_err(
-            path,
-            "a rule answers with reply, error, stream or echo",
-        )]);
-    }
-    let when = spec
-        .when
-        .as_ref()
-        .map(|w| Condition::compile(w, &info.input, &format!("{path}.when")))
-        .transpose();
-    let action = build_action(&spec, info, path);
-    match (when, action) {
-        (Ok(when), Ok(action)) => Ok(Rule { when, action }),
-        (when, action) => Err(when.err().into_iter().chain(action.err()).collect()),
-    }
-}
-
-fn parse_spec(json: &Json, path: &str) -> Result<EntrySpec, EntryError> {
-    if !json.is_object() {
-        return Err(tmpl_err(
-            path,
-            "an entry is an object such as {\"reply\": {…}}",
-        ));
-    }
-    serde_json::from_value(json.clone()).map_err(|e| tmpl_err(path, &e.to_string()))
-}
-
-fn action_keys(spec: &EntrySpec) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    if spec.reply.is_some() {
-        keys.push("reply");
-    }
-    if spec.error.is_some() {
-        keys.push("error");
-    }
-    if spec.stream.is_some() {
-        keys.push("stream");
-    }
-    if spec.echo.is_some() {
-        keys.push("echo");
-    }
-    if spec.rules.is_some() {
-        keys.push("rules");
-    }
-    keys
-}
-
-fn build_action(spec: &EntrySpec, info: &MethodInfo, path: &str) -> Result<Action, EntryError> {
-    let join = |key: &str| {
-        if path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{path}.{key}")
+/// One rule of a `rules` list at `path`: its condition and its action, each checked; problems
+/// go to `problems`.
+fn build_rule(
+    rule: &Json,
+    info: &Arc<MethodInfo>,
+    path: &str,
+    problems: &mut EntryErrors,
+) -> Option<Rule> {
+    let spec = parse_spec(rule, path, problems)?;
+    let mut fine = true;
+    for (key, given) in [
+        ("rules", spec.kinds.contains(&"rules")),
+        ("script", spec.script.is_some()),
+        ("function", spec.function.is_some()),
+    ] {
+        if given {
+            fine = false;
+            problems.push(
+                join(path, key),
+                format!("a rule answers with reply, error, stream or echo, not \"{key}\""),
+            );
         }
+    }
+    let when = match spec.when {
+        Some(w) => problems
+            .keep(Condition::compile(w, &info.input, &join(path, "when")))
+            .map(Some),
+        None => Some(None),
     };
-    let keys = action_keys(spec);
-    let kind = match keys.as_slice() {
-        ["reply"] => ActionKind::Reply(ReplyAction::compile(spec.reply.as_ref().unwrap_or(&Json::Null), info, &join("reply"))?),
-        ["error"] => match &spec.error {
-            Some(e) => ActionKind::Error(ErrorAction::compile(e, info, &join("error"))?),
-            None => unreachable_kind()?,
-        },
-        ["stream"] => ActionKind::Stream(StreamAction::compile(spec.stream.as_deref().unwrap_or_default(), info, &join("stream"))?),
-        ["echo"] => {
-            echo::check(info, &join("echo"))?;
-            ActionKind::Echo
+    let action = if spec.kinds.contains(&"rules") {
+        None
+    } else {
+        build_action(&spec, info, path, problems)
+    };
+    Some(Rule {
+        when: when?,
+        action: action?,
+    })
+    .filter(|_| fine)
+}
+
+/// `path.key`, or `key` at the top of an entry.
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Reads an entry or a rule: every key that is unknown or of the wrong type goes to
+/// `problems`, and the rest is read, so that its own problems are found too.
+fn parse_spec<'a>(json: &'a Json, path: &str, problems: &mut EntryErrors) -> Option<EntrySpec<'a>> {
+    let Json::Object(obj) = json else {
+        problems.push(path, "an entry is an object such as {\"reply\": {…}}");
+        return None;
+    };
+    let mut spec = EntrySpec::default();
+    for (key, value) in obj {
+        let at = join(path, key);
+        // `null` leaves a key unset, as if it were not there.
+        if value.is_null() && ENTRY_KEYS.contains(&key.as_str()) {
+            continue;
         }
+        if let Some(kind) = ["reply", "error", "stream", "echo", "rules"]
+            .into_iter()
+            .find(|k| k == key)
+        {
+            spec.kinds.push(kind);
+        }
+        match key.as_str() {
+            "when" => spec.when = Some(value),
+            "reply" => spec.reply = Some(value),
+            "error" => spec.error = ErrorSpec::parse(value, &at, problems),
+            "stream" => match value {
+                Json::Array(items) => spec.stream = Some(items),
+                _ => problems.push(at, "\"stream\" takes an array of responses"),
+            },
+            "echo" => match value {
+                Json::Bool(true) => {}
+                Json::Object(o) if o.is_empty() => {}
+                _ => problems.push(at, "\"echo\" takes {} (it has no options)"),
+            },
+            "rules" => match value {
+                Json::Array(items) => spec.rules = Some(items),
+                _ => problems.push(at, "\"rules\" takes an array of rules"),
+            },
+            "script" | "function" => match value {
+                Json::String(text) if key == "script" => spec.script = Some(text.clone()),
+                Json::String(text) => spec.function = Some(text.clone()),
+                _ => problems.push(at, format!("\"{key}\" takes a string")),
+            },
+            "delay_ms" => match value.as_u64() {
+                Some(ms) => spec.delay_ms = Some(ms),
+                None => problems.push(
+                    at,
+                    format!(
+                        "\"delay_ms\" takes a whole number of milliseconds from 0 to {MAX_DELAY_MS}"
+                    ),
+                ),
+            },
+            "headers" => match serde_json::from_value(value.clone()) {
+                Ok(headers) => spec.headers = headers,
+                Err(_) => problems.push(
+                    at,
+                    "\"headers\" takes an object of strings, such as {\"x-mock\": \"1\"}",
+                ),
+            },
+            other => problems.push(
+                at,
+                format!(
+                    "unknown key {other:?}{}; an entry takes {}",
+                    did_you_mean(other, ENTRY_KEYS.iter().copied()),
+                    ENTRY_KEYS.join(", ")
+                ),
+            ),
+        }
+    }
+    Some(spec)
+}
+
+/// The action of an entry or a rule; its problems go to `problems`.
+fn build_action(
+    spec: &EntrySpec,
+    info: &MethodInfo,
+    path: &str,
+    problems: &mut EntryErrors,
+) -> Option<Action> {
+    // Every kind given is checked, even when there are several; a kind whose value could not
+    // be read is reported already, and still counts as given.
+    let mut kinds: Vec<Option<ActionKind>> = spec
+        .kinds
+        .iter()
+        .map(|kind| match *kind {
+            "reply" => spec.reply.and_then(|reply| {
+                problems
+                    .keep(ReplyAction::compile(reply, info, &join(path, "reply")))
+                    .map(ActionKind::Reply)
+            }),
+            "error" => spec.error.as_ref().and_then(|e| {
+                problems
+                    .keep(ErrorAction::compile(e, info, &join(path, "error")))
+                    .map(ActionKind::Error)
+            }),
+            "stream" => spec.stream.and_then(|items| {
+                problems
+                    .keep(StreamAction::compile(items, info, &join(path, "stream")))
+                    .map(ActionKind::Stream)
+            }),
+            "echo" => problems
+                .keep(echo::check(info, &join(path, "echo")))
+                .map(|()| ActionKind::Echo),
+            _ => None,
+        })
+        .collect();
+    let kind = match spec.kinds.as_slice() {
+        [_] => kinds.pop().flatten(),
         [] => {
-            return Err(tmpl_err(path, "say how to answer: \"reply\", \"error\", \"stream\", \"echo\", \"rules\" or \"script\""))
+            problems.push(path, "say how to answer: \"reply\", \"error\", \"stream\", \"echo\", \"rules\" or \"script\"");
+            None
         }
-        many => return Err(tmpl_err(path, &format!("choose one of {}", many.join(", ")))),
+        many => {
+            problems.push(path, format!("choose one of {}", many.join(", ")));
+            None
+        }
     };
-    let headers = parse_pairs(&spec.headers, &join("headers"))?;
-    Ok(Action {
-        kind,
-        delay: delay(spec.delay_ms, &join("delay_ms"))?,
-        headers,
+    let headers = problems.keep(parse_pairs(&spec.headers, &join(path, "headers")));
+    let delay = problems.keep(delay(spec.delay_ms, &join(path, "delay_ms")));
+    Some(Action {
+        kind: kind?,
+        delay: delay?,
+        headers: headers?,
     })
 }
 
@@ -506,10 +671,6 @@ fn delay(ms: Option<u64>, path: &str) -> Result<Option<Duration>, EntryError> {
         )),
         other => Ok(other.map(Duration::from_millis)),
     }
-}
-
-fn unreachable_kind() -> Result<ActionKind, EntryError> {
-    Err(tmpl_err("", "internal: action kind without its value"))
 }
 
 fn tmpl_err(path: &str, message: &str) -> EntryError {

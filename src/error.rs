@@ -144,18 +144,105 @@ pub struct EntryError {
     pub message: String,
 }
 
+/// Every problem of one handler entry: the parts of an entry (its keys, the fields of a reply,
+/// the items of a stream, the tests of a rule) are checked independently, so that one run of
+/// `check` names them all.
+#[derive(Debug, Default)]
+pub struct EntryErrors(pub Vec<EntryError>);
+
+impl From<EntryError> for EntryErrors {
+    fn from(e: EntryError) -> Self {
+        Self(vec![e])
+    }
+}
+
+impl EntryErrors {
+    /// `r`'s value, or `None` with its problems added here.
+    pub fn keep<T, E: Into<EntryErrors>>(&mut self, r: Result<T, E>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.extend(e.into().0);
+                None
+            }
+        }
+    }
+
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(EntryError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every problem on one line, each as `path: message`, separated by `; `.
+    pub fn describe(&self) -> String {
+        self.0
+            .iter()
+            .map(|e| {
+                if e.path.is_empty() {
+                    e.message.clone()
+                } else {
+                    format!("{}: {}", e.path, e.message)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// `value` when no problem was found, else every problem.
+    pub fn or<T>(self, value: T) -> Result<T, EntryErrors> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
+    }
+
+    /// `make()` when no problem was found (its parts all compiled), else every problem.
+    pub fn or_else<T>(self, make: impl FnOnce() -> Option<T>) -> Result<T, EntryErrors> {
+        if !self.0.is_empty() {
+            return Err(self);
+        }
+        make().ok_or_else(|| {
+            EntryErrors::from(EntryError {
+                path: String::new(),
+                message: "internal: a part failed without saying why".into(),
+            })
+        })
+    }
+}
+
 /// All the startup errors found in one pass, so a user fixes them in one go.
 #[derive(Debug, Default)]
-pub struct StartupErrors(pub Vec<StartupError>);
+pub struct StartupErrors(pub Vec<StartupError>, Seen);
+
+/// The texts of the errors listed, so that [`StartupErrors::push`] finds a repeat at once: a
+/// file of a hundred thousand broken rules has as many problems, and comparing each with every
+/// other took hours.
+#[derive(Debug, Default)]
+pub struct Seen {
+    texts: std::collections::HashSet<String>,
+    /// How many errors of the list are in `texts` (errors may be appended to the list).
+    upto: usize,
+}
 
 impl StartupErrors {
     /// Adds `e` unless the same problem is listed already (a script that fails to load is
     /// tried once per method it serves, and says the same each time).
     pub fn push(&mut self, e: StartupError) {
-        let text = e.to_string();
-        if !self.0.iter().any(|known| known.to_string() == text) {
+        let seen = &mut self.1;
+        for known in self.0.get(seen.upto..).unwrap_or_default() {
+            seen.texts.insert(known.to_string());
+        }
+        if seen.texts.insert(e.to_string()) {
             self.0.push(e);
         }
+        seen.upto = self.0.len();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -173,7 +260,7 @@ impl StartupErrors {
 
 impl From<StartupError> for StartupErrors {
     fn from(e: StartupError) -> Self {
-        Self(vec![e])
+        Self(vec![e], Seen::default())
     }
 }
 
@@ -242,6 +329,9 @@ pub enum CallError {
     /// A script's reply passed `--max-message-size` while it was converted (so it was never
     /// built in full).
     ReplyTooLarge { method: Arc<str>, limit: usize },
+    /// A `reply` or `stream` template passed `--max-message-size` while it was rendered (it
+    /// copies request fields, maybe many times), so it was never built in full.
+    TemplateTooLarge { method: Arc<str>, limit: usize },
     /// A response message that could not be encoded.
     Encode { message: String },
     /// An error already expressed as a status (from tonic's decoder, for instance).
@@ -589,6 +679,11 @@ impl From<CallError> for Status {
             CallError::ReplyTooLarge { method, limit } => Status::resource_exhausted(format!(
                 "{method}: the response passed the limit of {limit} bytes while the script's reply \
                  was converted; send less, or raise the limit with --max-message-size"
+            )),
+            CallError::TemplateTooLarge { method, limit } => Status::resource_exhausted(format!(
+                "{method}: the reply passed the limit of {limit} bytes while its template copied \
+                 request fields into it; send a smaller request, or raise the limit with \
+                 --max-message-size"
             )),
             CallError::Encode { message } => {
                 Status::internal(format!("encoding the response failed: {message}"))

@@ -18,6 +18,7 @@ pub mod generation;
 pub mod handler;
 pub mod health;
 pub mod journal;
+pub mod jsonpos;
 pub mod kinds;
 pub mod layers;
 pub mod live;

@@ -12,21 +12,24 @@
 //! `present`) tests the field; any other object descends into a message field. Every test must
 //! hold for the rule to match.
 
+use std::borrow::Cow;
+
 use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, Value};
 use regex::Regex;
 use serde_json::{Map, Value as Json};
 use tonic::metadata::MetadataMap;
 
 use crate::fieldpath::{kind_name, type_name, FieldPath};
-use crate::template::{parse_field_value, EntryError};
+use crate::template::{parse_field_value, EntryError, EntryErrors};
 
-type Result<T> = std::result::Result<T, EntryError>;
+type Result<T> = std::result::Result<T, EntryErrors>;
 
 fn err<T>(path: &str, message: impl Into<String>) -> Result<T> {
     Err(EntryError {
         path: path.to_owned(),
         message: message.into(),
-    })
+    }
+    .into())
 }
 
 const OPERATORS: &[&str] = &[
@@ -49,8 +52,8 @@ enum Test {
     Contains(String),
     Regex(Regex),
     Range {
-        lower: Option<(f64, bool)>,
-        upper: Option<(f64, bool)>,
+        lower: Option<(Num, bool)>,
+        upper: Option<(Num, bool)>,
     },
     Present(bool),
 }
@@ -64,42 +67,42 @@ impl Condition {
                 "\"when\" must be an object with \"request\" and/or \"metadata\"",
             );
         };
+        let mut problems = EntryErrors::default();
         let mut cond = Condition::default();
         for (key, value) in obj {
             let p = format!("{path}.{key}");
             match key.as_str() {
                 "request" => {
                     let Json::Object(fields) = value else {
-                        return err(&p, "\"request\" must be an object of field tests");
+                        problems.push(p, "\"request\" must be an object of field tests");
+                        continue;
                     };
-                    compile_fields(fields, input, "", &p, &mut cond.fields)?;
+                    compile_fields(fields, input, "", &p, &mut cond.fields, &mut problems);
                 }
                 "metadata" => {
                     let Json::Object(keys) = value else {
-                        return err(&p, "\"metadata\" must be an object of header tests");
+                        problems.push(p, "\"metadata\" must be an object of header tests");
+                        continue;
                     };
                     for (name, test) in keys {
                         let tp = format!("{p}.{name}");
                         let name = name.to_ascii_lowercase();
                         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                            return err(&tp, format!("{name:?} is not a valid metadata key"));
+                            problems.push(tp, format!("{name:?} is not a valid metadata key"));
+                            continue;
                         }
-                        for t in compile_metadata_test(test, &tp)? {
+                        for t in compile_metadata_test(test, &tp, &mut problems) {
                             cond.metadata.push((name.clone(), t));
                         }
                     }
                 }
-                other => {
-                    return err(
-                        &p,
-                        format!(
-                            "unknown key {other:?} in \"when\"; use \"request\" or \"metadata\""
-                        ),
-                    );
-                }
+                other => problems.push(
+                    p,
+                    format!("unknown key {other:?} in \"when\"; use \"request\" or \"metadata\""),
+                ),
             }
         }
-        Ok(cond)
+        problems.or(cond)
     }
 
     /// True when every test holds for this request.
@@ -122,8 +125,8 @@ impl Condition {
     /// True when every metadata test holds.
     pub fn metadata_matches(&self, metadata: &MetadataMap) -> bool {
         self.metadata.iter().all(|(key, test)| {
-            let value = metadata.get(key.as_str()).and_then(|v| v.to_str().ok());
-            test.check_text(value)
+            let value = metadata_text(metadata, key);
+            test.check_text(value.as_deref())
         })
     }
 
@@ -155,18 +158,29 @@ impl Condition {
         self.metadata
             .iter()
             .filter_map(|(key, test)| {
-                let value = metadata.get(key.as_str()).and_then(|v| v.to_str().ok());
-                if test.check_text(value) {
+                let value = metadata_text(metadata, key);
+                if test.check_text(value.as_deref()) {
                     return None;
                 }
                 Some(format!(
                     "metadata {key}: wanted {}, got {}",
                     test.describe(None),
-                    value.map_or_else(|| "missing".to_owned(), quote)
+                    value.map_or_else(|| "missing".to_owned(), |v| quote(&v))
                 ))
             })
             .collect()
     }
+}
+
+/// The value of metadata `key` as the tests read it: a `-bin` key's value decoded from base64
+/// (as the client's library encoded it), others as sent; bytes that are not UTF-8 read as
+/// U+FFFD. Tonic keeps the two kinds apart: reading a `-bin` key as text finds nothing.
+fn metadata_text<'m>(metadata: &'m MetadataMap, key: &str) -> Option<Cow<'m, str>> {
+    if key.ends_with("-bin") {
+        let bytes = metadata.get_bin(key)?.to_bytes().ok()?;
+        return Some(Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()));
+    }
+    Some(String::from_utf8_lossy(metadata.get(key)?.as_bytes()))
 }
 
 /// Longest text shown of a value in an explanation.
@@ -213,22 +227,29 @@ fn show_value(value: &Value, field: Option<&prost_reflect::FieldDescriptor>) -> 
     }
 }
 
+/// The tests of a `request` object (or of a message inside it) into `out`; problems into
+/// `problems`, every field checked.
 fn compile_fields(
     fields: &Map<String, Json>,
     root: &MessageDescriptor,
     prefix: &str,
     path: &str,
     out: &mut Vec<(FieldPath, Test)>,
-) -> Result<()> {
+    problems: &mut EntryErrors,
+) {
     for (key, value) in fields {
         let p = format!("{path}.{key}");
         let full = format!("{prefix}{key}");
-        let fp = FieldPath::resolve(root, &full).map_err(|m| EntryError {
-            path: p.clone(),
-            message: m,
-        })?;
+        let fp = match FieldPath::resolve(root, &full) {
+            Ok(fp) => fp,
+            Err(message) => {
+                problems.push(p, message);
+                continue;
+            }
+        };
         let Some(field) = fp.last().cloned() else {
-            return err(&p, "name a field");
+            problems.push(p, "name a field");
+            continue;
         };
         let parent = field.parent_message().clone();
         match value {
@@ -236,31 +257,37 @@ fn compile_fields(
                 if !obj.is_empty() && obj.keys().all(|k| OPERATORS.contains(&k.as_str())) =>
             {
                 for (op, arg) in obj {
-                    let t = compile_operator(op, arg, &parent, &field, &format!("{p}.{op}"))?;
-                    out.push((fp.clone(), t));
+                    let t = compile_operator(op, arg, &parent, &field, &format!("{p}.{op}"));
+                    if let Some(t) = problems.keep(t) {
+                        out.push((fp.clone(), t));
+                    }
                 }
             }
             Json::Object(obj) => {
                 if let Some(bad) = obj.keys().find(|k| OPERATORS.contains(&k.as_str())) {
-                    return err(&p, format!("{bad:?} is an operator; don't mix operators and field names in one object"));
+                    problems.push(p, format!("{bad:?} is an operator; don't mix operators and field names in one object"));
+                    continue;
                 }
                 match field.kind() {
                     Kind::Message(_) if !field.is_list() && !field.is_map() => {
-                        compile_fields(obj, root, &format!("{full}."), &p, out)?;
+                        compile_fields(obj, root, &format!("{full}."), &p, out, problems);
                     }
                     _ => {
-                        let equals = parse_field_value(&parent, &field, value.clone(), &p)?;
-                        out.push((fp, Test::Equals(equals)));
+                        let equals = parse_field_value(&parent, &field, value.clone(), &p);
+                        if let Some(equals) = problems.keep(equals) {
+                            out.push((fp, Test::Equals(equals)));
+                        }
                     }
                 }
             }
             _ => {
-                let equals = parse_field_value(&parent, &field, value.clone(), &p)?;
-                out.push((fp, Test::Equals(equals)));
+                let equals = parse_field_value(&parent, &field, value.clone(), &p);
+                if let Some(equals) = problems.keep(equals) {
+                    out.push((fp, Test::Equals(equals)));
+                }
             }
         }
     }
-    Ok(())
 }
 
 fn compile_operator(
@@ -300,9 +327,12 @@ fn compile_operator(
                 ),
             );
         }
-        arg.as_str().map(str::to_owned).ok_or_else(|| EntryError {
-            path: path.to_owned(),
-            message: format!("\"{op}\" takes a string"),
+        arg.as_str().map(str::to_owned).ok_or_else(|| {
+            EntryError {
+                path: path.to_owned(),
+                message: format!("\"{op}\" takes a string"),
+            }
+            .into()
         })
     };
     let bound = |inclusive: bool| -> Result<Test> {
@@ -316,13 +346,10 @@ fn compile_operator(
                 ),
             );
         }
-        let n = arg
-            .as_f64()
-            .or_else(|| arg.as_str().and_then(|s| s.parse().ok()))
-            .ok_or_else(|| EntryError {
-                path: path.to_owned(),
-                message: format!("\"{op}\" takes a number"),
-            })?;
+        let n = Num::from_json(arg).ok_or_else(|| EntryError {
+            path: path.to_owned(),
+            message: format!("\"{op}\" takes a number"),
+        })?;
         Ok(if op.starts_with('g') {
             Test::Range {
                 lower: Some((n, inclusive)),
@@ -341,16 +368,13 @@ fn compile_operator(
             let Json::Array(items) = arg else {
                 return err(path, "\"in\" takes an array of values");
             };
+            let mut problems = EntryErrors::default();
             let mut values = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                values.push(parse_field_value(
-                    parent,
-                    field,
-                    item.clone(),
-                    &format!("{path}[{i}]"),
-                )?);
+                let value = parse_field_value(parent, field, item.clone(), &format!("{path}[{i}]"));
+                values.extend(problems.keep(value));
             }
-            Test::In(values)
+            return problems.or(Test::In(values));
         }
         "prefix" => Test::Prefix(text_arg()?),
         "suffix" => Test::Suffix(text_arg()?),
@@ -368,58 +392,77 @@ fn compile_operator(
     })
 }
 
-fn compile_metadata_test(test: &Json, path: &str) -> Result<Vec<Test>> {
+/// The tests of one metadata key; problems into `problems`, every operator checked.
+fn compile_metadata_test(test: &Json, path: &str, problems: &mut EntryErrors) -> Vec<Test> {
     match test {
-        Json::String(s) => Ok(vec![Test::Equals(Value::String(s.clone()))]),
+        Json::String(s) => vec![Test::Equals(Value::String(s.clone()))],
         Json::Object(ops) => {
             let mut out = Vec::new();
             for (op, arg) in ops {
                 let p = format!("{path}.{op}");
-                let text = || {
-                    arg.as_str().map(str::to_owned).ok_or_else(|| EntryError {
-                        path: p.clone(),
-                        message: format!("\"{op}\" takes a string"),
-                    })
-                };
-                out.push(match op.as_str() {
-                    "equals" => Test::Equals(Value::String(text()?)),
-                    "prefix" => Test::Prefix(text()?),
-                    "suffix" => Test::Suffix(text()?),
-                    "contains" => Test::Contains(text()?),
-                    "regex" => Test::Regex(compile_regex(&text()?, &p)?),
-                    "present" => Test::Present(arg.as_bool().ok_or_else(|| EntryError {
-                        path: p.clone(),
-                        message: "\"present\" takes true or false".into(),
-                    })?),
-                    "in" => {
-                        let Json::Array(items) = arg else { return err(&p, "\"in\" takes an array of strings") };
-                        let mut values = Vec::new();
-                        for item in items {
-                            let Some(s) = item.as_str() else { return err(&p, "\"in\" takes an array of strings") };
-                            values.push(Value::String(s.to_owned()));
-                        }
-                        Test::In(values)
-                    }
-                    other => {
-                        return err(&p, format!(
-                            "unknown metadata operator {other:?}; use equals, in, prefix, suffix, contains, regex or present"
-                        ))
-                    }
-                });
+                let t = compile_metadata_operator(op, arg, &p);
+                out.extend(problems.keep(t));
             }
-            Ok(out)
+            out
         }
-        _ => err(
-            path,
-            "a metadata test is a string or an object of operators",
-        ),
+        _ => {
+            problems.push(
+                path,
+                "a metadata test is a string or an object of operators",
+            );
+            Vec::new()
+        }
     }
 }
 
+fn compile_metadata_operator(op: &str, arg: &Json, p: &str) -> Result<Test> {
+    let text = || {
+        arg.as_str().map(str::to_owned).ok_or_else(|| EntryError {
+            path: p.to_owned(),
+            message: format!("\"{op}\" takes a string"),
+        })
+    };
+    Ok(match op {
+        "equals" => Test::Equals(Value::String(text()?)),
+        "prefix" => Test::Prefix(text()?),
+        "suffix" => Test::Suffix(text()?),
+        "contains" => Test::Contains(text()?),
+        "regex" => Test::Regex(compile_regex(&text()?, p)?),
+        "present" => Test::Present(arg.as_bool().ok_or_else(|| EntryError {
+            path: p.to_owned(),
+            message: "\"present\" takes true or false".into(),
+        })?),
+        "in" => {
+            let Some(items) = arg.as_array() else {
+                return err(p, "\"in\" takes an array of strings");
+            };
+            let mut values = Vec::new();
+            for item in items {
+                let Some(s) = item.as_str() else {
+                    return err(p, "\"in\" takes an array of strings");
+                };
+                values.push(Value::String(s.to_owned()));
+            }
+            Test::In(values)
+        }
+        other => {
+            return err(
+                p,
+                format!(
+                    "unknown metadata operator {other:?}; use equals, in, prefix, suffix, contains, regex or present"
+                ),
+            )
+        }
+    })
+}
+
 fn compile_regex(pattern: &str, path: &str) -> Result<Regex> {
-    Regex::new(pattern).map_err(|e| EntryError {
-        path: path.to_owned(),
-        message: format!("invalid regex: {e}"),
+    Regex::new(pattern).map_err(|e| {
+        EntryError {
+            path: path.to_owned(),
+            message: format!("invalid regex: {e}"),
+        }
+        .into()
     })
 }
 
@@ -433,7 +476,7 @@ impl Test {
             Test::Contains(p) => value.as_str().is_some_and(|s| s.contains(p.as_str())),
             Test::Regex(r) => value.as_str().is_some_and(|s| r.is_match(s)),
             Test::Range { lower, upper } => {
-                number(value).is_some_and(|n| in_range(n, *lower, *upper))
+                Num::of(value).is_some_and(|n| in_range(n, *lower, *upper))
             }
             Test::Present(want) => is_present(value) == *want,
         }
@@ -487,22 +530,85 @@ impl Test {
     }
 }
 
-fn in_range(n: f64, lower: Option<(f64, bool)>, upper: Option<(f64, bool)>) -> bool {
-    let above = lower.is_none_or(|(b, inclusive)| if inclusive { n >= b } else { n > b });
-    let below = upper.is_none_or(|(b, inclusive)| if inclusive { n <= b } else { n < b });
-    above && below
+/// A number in a range test: integers compared exactly (64-bit fields hold values past 2^53,
+/// where `f64` no longer tells neighbours apart), anything with a float as `f64`.
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    Int(i128),
+    Float(f64),
 }
 
-fn number(value: &Value) -> Option<f64> {
-    Some(match value {
-        Value::I32(n) => f64::from(*n),
-        Value::I64(n) => *n as f64,
-        Value::U32(n) => f64::from(*n),
-        Value::U64(n) => *n as f64,
-        Value::F32(n) => f64::from(*n),
-        Value::F64(n) => *n,
-        _ => return None,
-    })
+impl Num {
+    /// A bound as written: a JSON number, or a number in a string (as 64-bit integers are
+    /// written in the proto3 JSON mapping).
+    fn from_json(arg: &Json) -> Option<Num> {
+        if let Some(n) = arg.as_i64() {
+            return Some(Num::Int(i128::from(n)));
+        }
+        if let Some(n) = arg.as_u64() {
+            return Some(Num::Int(i128::from(n)));
+        }
+        if let Some(n) = arg.as_f64() {
+            return Some(Num::Float(n));
+        }
+        let text = arg.as_str()?.trim();
+        text.parse::<i128>().map(Num::Int).ok().or_else(|| {
+            // A NaN bound would hold for nothing.
+            let n = text.parse::<f64>().ok().filter(|n| !n.is_nan())?;
+            Some(Num::Float(n))
+        })
+    }
+
+    fn of(value: &Value) -> Option<Num> {
+        Some(match value {
+            Value::I32(n) => Num::Int(i128::from(*n)),
+            Value::I64(n) => Num::Int(i128::from(*n)),
+            Value::U32(n) => Num::Int(i128::from(*n)),
+            Value::U64(n) => Num::Int(i128::from(*n)),
+            Value::F32(n) => Num::Float(f64::from(*n)),
+            Value::F64(n) => Num::Float(*n),
+            _ => return None,
+        })
+    }
+
+    fn compare(self, other: Num) -> Option<std::cmp::Ordering> {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => Some(a.cmp(&b)),
+            (a, b) => a.float().partial_cmp(&b.float()),
+        }
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    fn float(self) -> f64 {
+        match self {
+            Num::Int(n) => n as f64,
+            Num::Float(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Num::Int(n) => write!(f, "{n}"),
+            Num::Float(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+fn in_range(n: Num, lower: Option<(Num, bool)>, upper: Option<(Num, bool)>) -> bool {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let above = lower.is_none_or(|(b, inclusive)| match n.compare(b) {
+        Some(Greater) => true,
+        Some(Equal) => inclusive,
+        Some(Less) | None => false,
+    });
+    let below = upper.is_none_or(|(b, inclusive)| match n.compare(b) {
+        Some(Less) => true,
+        Some(Equal) => inclusive,
+        Some(Greater) | None => false,
+    });
+    above && below
 }
 
 fn is_present(value: &Value) -> bool {

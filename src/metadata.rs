@@ -13,7 +13,7 @@ use tonic::metadata::{
 };
 use tonic::Code;
 
-use crate::template::EntryError;
+use crate::template::EntryErrors;
 
 const CODE_NAMES: &[&str] = &[
     "OK",
@@ -118,9 +118,16 @@ pub fn insert(map: &mut MetadataMap, key: &str, value: &[u8]) -> Result<(), Stri
         map.insert_bin(k, BinaryMetadataValue::from_bytes(value));
     } else {
         let k = AsciiMetadataKey::from_bytes(key.as_bytes()).map_err(|_| invalid())?;
-        let v = AsciiMetadataValue::try_from(value).map_err(|_| {
-            format!("metadata {key:?}: values must be printable ASCII; use a key ending in -bin for binary")
-        })?;
+        // gRPC allows printable ASCII only; HTTP/2 would also pass bytes 0x80-0xFF along.
+        let printable = value
+            .iter()
+            .all(|b| (0x20..0x7f).contains(b) || *b == b'\t');
+        let v = AsciiMetadataValue::try_from(value)
+            .ok()
+            .filter(|_| printable)
+            .ok_or_else(|| {
+                format!("metadata {key:?}: values must be printable ASCII; use a key ending in -bin for binary")
+            })?;
         map.insert(k, v);
     }
     Ok(())
@@ -131,15 +138,26 @@ pub fn insert(map: &mut MetadataMap, key: &str, value: &[u8]) -> Result<(), Stri
 pub fn parse_pairs(
     pairs: &BTreeMap<String, String>,
     path: &str,
-) -> Result<MetadataMap, EntryError> {
+) -> Result<MetadataMap, EntryErrors> {
+    let mut problems = EntryErrors::default();
     let mut map = MetadataMap::new();
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     for (k, v) in pairs {
-        insert(&mut map, k, v.as_bytes()).map_err(|message| EntryError {
-            path: format!("{path}.{k}"),
-            message,
-        })?;
+        // Keys are lowercased, so `X-Id` and `x-id` would be one header, and one value lost.
+        if let Some(other) = seen.insert(k.to_ascii_lowercase(), k) {
+            problems.push(
+                format!("{path}.{k}"),
+                format!(
+                    "{k:?} and {other:?} are the same metadata key (keys are lowercase); keep one"
+                ),
+            );
+            continue;
+        }
+        if let Err(message) = insert(&mut map, k, v.as_bytes()) {
+            problems.push(format!("{path}.{k}"), message);
+        }
     }
-    Ok(map)
+    problems.or(map)
 }
 
 #[cfg(test)]
@@ -167,6 +185,7 @@ mod tests {
             assert!(insert(&mut map, bad, b"x").is_err(), "{bad}");
         }
         assert!(insert(&mut map, "x-ok", b"a\x01b").is_err());
+        assert!(insert(&mut map, "x-ok", "é".as_bytes()).is_err());
         insert(&mut map, "X-Trace", b"abc").unwrap();
         insert(&mut map, "blob-bin", b"\xff\x00").unwrap();
         assert_eq!(map.get("x-trace").unwrap(), "abc");

@@ -224,6 +224,7 @@ impl MethodService {
             started: Instant::now(),
             journal: self.2.clone(),
             buffers: self.3.clone(),
+            max_message_size: self.1,
         };
         let fut = match &self.0.handler {
             Some(h) => h.call(call, requests),
@@ -237,10 +238,13 @@ impl MethodService {
             return fut;
         }
         let entry = self.0.clone();
+        let buffers = self.3.clone();
         Box::pin(async move {
             let result = fut.await;
             if let Some(delay) = entry.around.delay {
+                let held = crate::handler::hold_while_waiting(buffers.as_ref(), &result)?;
                 tokio::time::sleep(delay).await;
+                drop(held);
             }
             match result {
                 Ok(mut reply) => {

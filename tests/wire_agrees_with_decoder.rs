@@ -114,8 +114,9 @@ fn agree(desc: &MessageDescriptor, readers: &[Reader], bytes: &[u8]) -> Result<(
             }
         }
         let mut wire_text = String::new();
-        r.template.render_wire_into(bytes, &mut wire_text);
-        let decoded_text = r.template.render(&msg);
+        r.template
+            .render_wire_into(bytes, &mut wire_text, usize::MAX);
+        let decoded_text = r.template.render(&msg, usize::MAX).unwrap_or_default();
         if wire_text != decoded_text {
             return Err(format!(
                 "{}.{}: template renders {wire_text:?} from the wire, {decoded_text:?} decoded, for {bytes:02x?}",

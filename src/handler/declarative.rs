@@ -31,11 +31,13 @@ use super::reply::ReplyAction;
 use super::rules::{self, Rule};
 use super::stream::StreamAction;
 use super::{
-    add_missing_metadata, Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses,
+    add_missing_metadata, hold_outgoing, hold_while_waiting, Call, Handler, HandlerFuture,
+    MethodInfo, Reply, Requests, Responses,
 };
 use crate::codec::{Incoming, Outgoing};
 use crate::error::CallError;
 use crate::journal::Tap;
+use crate::layers::buffers::{Buffers, Held};
 
 /// What to do with one request message.
 #[derive(Debug)]
@@ -67,7 +69,12 @@ impl Action {
     }
 
     /// The outcome for a request still in wire form.
-    fn respond_incoming(&self, req: Incoming, method: &Arc<str>) -> Result<Outcome, CallError> {
+    fn respond_incoming(
+        &self,
+        req: Incoming,
+        method: &Arc<str>,
+        limit: usize,
+    ) -> Result<Outcome, CallError> {
         match &self.kind {
             ActionKind::Echo => {
                 req.validate()?;
@@ -75,16 +82,21 @@ impl Action {
             }
             ActionKind::Reply(r) if r.reads_wire() => {
                 req.validate()?;
-                Ok(Outcome::One(r.respond_wire(req.bytes())))
+                Ok(Outcome::One(r.respond_wire(req.bytes(), method, limit)?))
             }
-            _ => self.respond(req.decode()?, method),
+            _ => self.respond(req.decode()?, method, limit),
         }
     }
 
-    /// The outcome for one request.
-    fn respond(&self, req: DynamicMessage, method: &Arc<str>) -> Result<Outcome, CallError> {
+    /// The outcome for one request; a reply is at most `limit` bytes.
+    fn respond(
+        &self,
+        req: DynamicMessage,
+        method: &Arc<str>,
+        limit: usize,
+    ) -> Result<Outcome, CallError> {
         match &self.kind {
-            ActionKind::Reply(r) => r.respond(&req, method).map(Outcome::One),
+            ActionKind::Reply(r) => r.respond(&req, method, limit).map(Outcome::One),
             ActionKind::Error(e) => Ok(Outcome::Fail(e.status(&req))),
             ActionKind::Stream(_) => Ok(Outcome::Many(req)),
             ActionKind::Echo => Ok(Outcome::One(Outgoing::Message(req))),
@@ -133,10 +145,11 @@ fn answer(
     req: Incoming,
     metadata: &MetadataMap,
     method: &Arc<str>,
+    limit: usize,
     journal: Option<&Tap>,
 ) -> Result<(Outcome, Chosen), CallError> {
     let (outcome, rule) = match &**responder {
-        Responder::Single(a) => (a.respond_incoming(req, method)?, 0),
+        Responder::Single(a) => (a.respond_incoming(req, method, limit)?, 0),
         Responder::Rules(rules) => {
             let msg = req.decode()?;
             let rule = rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched {
@@ -145,7 +158,7 @@ fn answer(
             if let Some(tap) = journal {
                 tap.note_rule(rule);
             }
-            (rules[rule].action.respond(msg, method)?, rule)
+            (rules[rule].action.respond(msg, method, limit)?, rule)
         }
     };
     let chosen = Chosen {
@@ -188,6 +201,7 @@ impl Handler for Declarative {
                     req,
                     &call.metadata,
                     &info.name,
+                    call.max_message_size,
                     call.journal.as_ref(),
                 ) {
                     Ok(r) => r,
@@ -200,6 +214,8 @@ impl Handler for Declarative {
                             outcome,
                             chosen,
                             info.name.clone(),
+                            call.max_message_size,
+                            call.buffers.clone(),
                             None,
                         ))),
                         headers,
@@ -212,7 +228,9 @@ impl Handler for Declarative {
                 match delay {
                     None => Box::pin(std::future::ready(result)),
                     Some(d) => Box::pin(async move {
+                        let held = hold_while_waiting(call.buffers.as_ref(), &result)?;
                         tokio::time::sleep(d).await;
+                        drop(held);
                         result
                     }),
                 }
@@ -231,13 +249,17 @@ impl Handler for Declarative {
                         req,
                         &call.metadata,
                         &info.name,
+                        call.max_message_size,
                         call.journal.as_ref(),
                     )?;
                     let action = chosen.action();
+                    let result = one_answer(outcome, action.headers.clone(), &info);
                     if let Some(d) = action.delay {
+                        let held = hold_while_waiting(call.buffers.as_ref(), &result)?;
                         tokio::time::sleep(d).await;
+                        drop(held);
                     }
-                    one_answer(outcome, action.headers.clone(), &info)
+                    result
                 })
             }
             Requests::Stream(mut incoming) => {
@@ -251,11 +273,19 @@ impl Handler for Declarative {
                                 req,
                                 &call.metadata,
                                 &info.name,
+                                call.max_message_size,
                                 call.journal.as_ref(),
                             )?;
                             let headers = chosen.action().headers.clone();
                             (
-                                Some(Items::new(outcome, chosen, info.name.clone(), None)),
+                                Some(Items::new(
+                                    outcome,
+                                    chosen,
+                                    info.name.clone(),
+                                    call.max_message_size,
+                                    call.buffers.clone(),
+                                    None,
+                                )),
                                 headers,
                             )
                         }
@@ -266,6 +296,8 @@ impl Handler for Declarative {
                         metadata: call.metadata,
                         journal: call.journal,
                         method: info.name.clone(),
+                        limit: call.max_message_size,
+                        buffers: call.buffers.clone(),
                         incoming,
                         current,
                         spare_sleep: None,
@@ -321,6 +353,11 @@ struct Items {
     outcome: Option<Outcome>,
     next: usize,
     method: Arc<str>,
+    /// `--max-message-size`: a rendered item stops there.
+    limit: usize,
+    /// The connection's buffers, where a message rendered before its delay is held.
+    buffers: Option<Buffers>,
+    held: Option<Held>,
     /// Armed before each message when the action has a delay; reused across messages.
     sleep: Option<Pin<Box<Sleep>>>,
     waiting: bool,
@@ -331,6 +368,8 @@ impl Items {
         outcome: Outcome,
         chosen: Chosen,
         method: Arc<str>,
+        limit: usize,
+        buffers: Option<Buffers>,
         sleep: Option<Pin<Box<Sleep>>>,
     ) -> Self {
         Self {
@@ -338,6 +377,9 @@ impl Items {
             outcome: Some(outcome),
             next: 0,
             method,
+            limit,
+            buffers,
+            held: None,
             sleep,
             waiting: false,
         }
@@ -359,7 +401,7 @@ impl Items {
                 let ActionKind::Stream(s) = &self.chosen.action().kind else {
                     return None;
                 };
-                let item = s.render(self.next, &req, &self.method)?;
+                let item = s.render(self.next, &req, &self.method, self.limit)?;
                 self.next += 1;
                 if item.is_ok() {
                     self.outcome = Some(Outcome::Many(req));
@@ -380,6 +422,16 @@ impl Stream for Items {
         }
         if let Some(delay) = this.chosen.action().delay {
             if !this.waiting {
+                // A message rendered before the delay (a reply, an echo) is held through it.
+                if let Some(Outcome::One(out)) = &this.outcome {
+                    match hold_outgoing(this.buffers.as_ref(), out) {
+                        Ok(held) => this.held = held,
+                        Err(e) => {
+                            this.outcome = None;
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                    }
+                }
                 // Delays are at most a day (checked at startup), so this cannot overflow.
                 let now = tokio::time::Instant::now();
                 let at = now.checked_add(delay).unwrap_or(now);
@@ -394,6 +446,7 @@ impl Stream for Items {
             }
             this.waiting = false;
         }
+        this.held = None;
         Poll::Ready(this.take_next().map(|r| r.map_err(Status::from)))
     }
 }
@@ -405,6 +458,8 @@ struct Bidi {
     metadata: MetadataMap,
     journal: Option<Tap>,
     method: Arc<str>,
+    limit: usize,
+    buffers: Option<Buffers>,
     incoming: tonic::Streaming<Incoming>,
     current: Option<Items>,
     /// The timer of the last finished answer, reused by the next one.
@@ -452,11 +507,19 @@ impl Stream for Bidi {
                 req,
                 &this.metadata,
                 &this.method,
+                this.limit,
                 this.journal.as_ref(),
             ) {
                 Ok((outcome, chosen)) => {
                     let sleep = this.spare_sleep.take();
-                    this.current = Some(Items::new(outcome, chosen, this.method.clone(), sleep));
+                    this.current = Some(Items::new(
+                        outcome,
+                        chosen,
+                        this.method.clone(),
+                        this.limit,
+                        this.buffers.clone(),
+                        sleep,
+                    ));
                 }
                 Err(e) => {
                     this.done = true;

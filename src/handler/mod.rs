@@ -111,6 +111,8 @@ pub struct Call {
     pub journal: Option<Tap>,
     /// The connection's message buffers, where responses queued by the handler count.
     pub buffers: Option<crate::layers::buffers::Buffers>,
+    /// `--max-message-size`: handlers stop building a response that passes it.
+    pub max_message_size: usize,
 }
 
 impl Call {
@@ -145,6 +147,41 @@ pub fn parse_grpc_timeout(raw: &[u8]) -> Option<Duration> {
         b'n' => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// Room in the connection's buffers for a response that waits (a `delay_ms`) before it goes
+/// out: it is held all that time, and many calls waiting at once must not hold more than
+/// `--max-buffered` allows. `None` when nothing is counted (no buffers, or a small message, as
+/// in [`crate::layers::buffers`]).
+pub fn hold_while_waiting(
+    buffers: Option<&crate::layers::buffers::Buffers>,
+    reply: &Result<Reply, CallError>,
+) -> Result<Option<crate::layers::buffers::Held>, CallError> {
+    match reply {
+        Ok(Reply {
+            responses: Responses::One(out),
+            ..
+        }) => hold_outgoing(buffers, out),
+        _ => Ok(None),
+    }
+}
+
+/// [`hold_while_waiting`] for one message.
+pub fn hold_outgoing(
+    buffers: Option<&crate::layers::buffers::Buffers>,
+    out: &Outgoing,
+) -> Result<Option<crate::layers::buffers::Held>, CallError> {
+    let Some(buffers) = buffers else {
+        return Ok(None);
+    };
+    let len = match out {
+        Outgoing::Encoded(bytes) => bytes.len(),
+        Outgoing::Message(m) => prost::Message::encoded_len(m),
+    };
+    if len < crate::layers::buffers::SMALL {
+        return Ok(None);
+    }
+    buffers.take(len).map(Some)
 }
 
 /// Adds the entries of `extra` whose keys `dst` lacks (values already in `dst` win).

@@ -18,7 +18,8 @@ use crate::codec::Outgoing;
 use crate::error::CallError;
 use crate::fieldpath::FieldPath;
 use crate::template::{
-    err, whole_placeholder, EntryError, MessageTemplate, TextTemplate, ValueTemplate,
+    err, whole_placeholder, Budget, EntryError, EntryErrors, MessageTemplate, RenderError,
+    TextTemplate, ValueTemplate,
 };
 
 #[derive(Debug)]
@@ -27,7 +28,7 @@ pub struct ReplyAction {
 }
 
 impl ReplyAction {
-    pub fn compile(json: &Json, info: &MethodInfo, path: &str) -> Result<Self, EntryError> {
+    pub fn compile(json: &Json, info: &MethodInfo, path: &str) -> Result<Self, EntryErrors> {
         Ok(Self {
             template: ReplyTemplate::compile(json, &info.input, &info.output, path)?,
         })
@@ -38,18 +39,42 @@ impl ReplyAction {
         self.template.reads_wire()
     }
 
-    /// The reply rendered from validated request bytes.
-    pub fn respond_wire(&self, req: &[u8]) -> Outgoing {
-        self.template.render_wire(req)
+    /// The reply rendered from validated request bytes, at most `limit` bytes.
+    pub fn respond_wire(
+        &self,
+        req: &[u8],
+        method: &Arc<str>,
+        limit: usize,
+    ) -> Result<Outgoing, CallError> {
+        self.template
+            .render_wire(req, limit)
+            .map_err(|e| render_error(e, method, limit))
     }
 
-    pub fn respond(&self, req: &DynamicMessage, method: &Arc<str>) -> Result<Outgoing, CallError> {
+    /// The reply for `req`, at most `limit` bytes.
+    pub fn respond(
+        &self,
+        req: &DynamicMessage,
+        method: &Arc<str>,
+        limit: usize,
+    ) -> Result<Outgoing, CallError> {
         self.template
-            .render(req)
-            .map_err(|message| CallError::BadResponse {
-                method: method.clone(),
-                message,
-            })
+            .render(req, limit)
+            .map_err(|e| render_error(e, method, limit))
+    }
+}
+
+/// A reply that could not be rendered, as the call's error.
+pub fn render_error(e: RenderError, method: &Arc<str>, limit: usize) -> CallError {
+    match e {
+        RenderError::Bad(message) => CallError::BadResponse {
+            method: method.clone(),
+            message,
+        },
+        RenderError::TooLarge => CallError::TemplateTooLarge {
+            method: method.clone(),
+            limit,
+        },
     }
 }
 
@@ -75,7 +100,7 @@ impl ReplyTemplate {
         input: &MessageDescriptor,
         output: &MessageDescriptor,
         path: &str,
-    ) -> Result<Self, EntryError> {
+    ) -> Result<Self, EntryErrors> {
         if let Some(text) = json.as_str() {
             if let Some(from) = whole_placeholder(text) {
                 // The whole response copied from a request value of the same message type.
@@ -134,30 +159,43 @@ impl ReplyTemplate {
         })
     }
 
-    /// The response for one request.
-    pub fn render(&self, req: &DynamicMessage) -> std::result::Result<Outgoing, String> {
+    /// The response for one request; rendering stops with [`RenderError::TooLarge`] once it
+    /// passes `limit` bytes, before the rest is built.
+    pub fn render(
+        &self,
+        req: &DynamicMessage,
+        limit: usize,
+    ) -> std::result::Result<Outgoing, RenderError> {
         if let Some(from) = &self.whole {
             return match from.read(req).into_owned() {
                 Value::Message(m) => Ok(Outgoing::Message(m)),
-                _ => Err(format!("{{{{{}}}}} is not a message", from.text())),
+                _ => Err(RenderError::Bad(format!(
+                    "{{{{{}}}}} is not a message",
+                    from.text()
+                ))),
             };
         }
         if self.dynamic.is_empty() {
             return Ok(Outgoing::Encoded(self.prefix.clone()));
         }
+        let mut budget = Budget::new(limit);
+        budget.take(self.prefix.len())?;
         if self.text_only {
-            return Ok(Outgoing::Encoded(self.render_text_fields(req)));
+            return self
+                .encode_text_fields(budget, |t, out, cap| t.render_into(req, out, cap))
+                .map(Outgoing::Encoded);
         }
         let mut msg = DynamicMessage::new(self.desc.clone());
         for (field, t) in &self.dynamic {
-            let value = t.render(req)?;
+            let value = t.render(req, &mut budget)?;
             if field.supports_presence() || !value.is_default_for_field(field) {
                 msg.set_field(field, value);
             }
         }
         let mut buf = BytesMut::with_capacity(self.prefix.len() + msg.encoded_len());
         buf.put_slice(&self.prefix);
-        msg.encode(&mut buf).map_err(|e| e.to_string())?;
+        msg.encode(&mut buf)
+            .map_err(|e| RenderError::Bad(e.to_string()))?;
         Ok(Outgoing::Encoded(buf.freeze()))
     }
 
@@ -166,22 +204,30 @@ impl ReplyTemplate {
         self.wire
     }
 
-    /// The reply for validated request bytes (requires [`reads_wire`](Self::reads_wire)).
-    pub fn render_wire(&self, req: &[u8]) -> Outgoing {
+    /// The reply for validated request bytes (requires [`reads_wire`](Self::reads_wire)), at
+    /// most `limit` bytes.
+    pub fn render_wire(
+        &self,
+        req: &[u8],
+        limit: usize,
+    ) -> std::result::Result<Outgoing, RenderError> {
         if self.dynamic.is_empty() {
-            return Outgoing::Encoded(self.prefix.clone());
+            return Ok(Outgoing::Encoded(self.prefix.clone()));
         }
-        Outgoing::Encoded(self.encode_text_fields(|t, out| t.render_wire_into(req, out)))
+        let mut budget = Budget::new(limit);
+        budget.take(self.prefix.len())?;
+        self.encode_text_fields(budget, |t, out, cap| t.render_wire_into(req, out, cap))
+            .map(Outgoing::Encoded)
     }
 
-    /// The common case of text fields only (`"Hello, {{name}}!"`): written straight to the wire
-    /// after the constant prefix, with no message built in between.
-    fn render_text_fields(&self, req: &DynamicMessage) -> Bytes {
-        self.encode_text_fields(|t, out| t.render_into(req, out))
-    }
-
-    /// The prefix, then each text field rendered by `render` and encoded as a string field.
-    fn encode_text_fields(&self, render: impl Fn(&TextTemplate, &mut String)) -> Bytes {
+    /// The common case of text fields only (`"Hello, {{name}}!"`): the prefix, then each text
+    /// field rendered by `render` (which stops past the cap it is given) and written straight
+    /// to the wire as a string field, with no message built in between.
+    fn encode_text_fields(
+        &self,
+        mut budget: Budget,
+        render: impl Fn(&TextTemplate, &mut String, usize) -> bool,
+    ) -> std::result::Result<Bytes, RenderError> {
         let mut text = String::new();
         let mut buf = BytesMut::with_capacity(self.prefix.len() + 64);
         buf.put_slice(&self.prefix);
@@ -190,7 +236,10 @@ impl ReplyTemplate {
                 continue;
             };
             text.clear();
-            render(template, &mut text);
+            if !render(template, &mut text, budget.left()) {
+                return Err(RenderError::TooLarge);
+            }
+            budget.take(text.len())?;
             if text.is_empty() && !field.supports_presence() {
                 continue;
             }
@@ -202,6 +251,6 @@ impl ReplyTemplate {
             prost::encoding::encode_varint(text.len() as u64, &mut buf);
             buf.put_slice(text.as_bytes());
         }
-        buf.freeze()
+        Ok(buf.freeze())
     }
 }

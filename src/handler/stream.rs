@@ -5,11 +5,11 @@ use prost_reflect::DynamicMessage;
 use serde_json::Value as Json;
 use std::sync::Arc;
 
-use super::reply::ReplyTemplate;
+use super::reply::{render_error, ReplyTemplate};
 use super::MethodInfo;
 use crate::codec::Outgoing;
 use crate::error::CallError;
-use crate::template::EntryError;
+use crate::template::{EntryError, EntryErrors};
 
 #[derive(Debug)]
 pub struct StreamAction {
@@ -17,7 +17,7 @@ pub struct StreamAction {
 }
 
 impl StreamAction {
-    pub fn compile(items: &[Json], info: &MethodInfo, path: &str) -> Result<Self, EntryError> {
+    pub fn compile(items: &[Json], info: &MethodInfo, path: &str) -> Result<Self, EntryErrors> {
         if !info.shape.streams_output() {
             return Err(EntryError {
                 path: path.to_owned(),
@@ -26,16 +26,19 @@ impl StreamAction {
                     info.name,
                     info.shape.name()
                 ),
-            });
+            }
+            .into());
         }
-        let items = items
-            .iter()
-            .enumerate()
-            .map(|(i, json)| {
-                ReplyTemplate::compile(json, &info.input, &info.output, &format!("{path}[{i}]"))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self { items })
+        let mut problems = EntryErrors::default();
+        let mut compiled = Vec::with_capacity(items.len());
+        for (i, json) in items.iter().enumerate() {
+            let item =
+                ReplyTemplate::compile(json, &info.input, &info.output, &format!("{path}[{i}]"));
+            if let Some(item) = problems.keep(item) {
+                compiled.push(item);
+            }
+        }
+        problems.or(Self { items: compiled })
     }
 
     /// How many messages one request gets.
@@ -54,15 +57,13 @@ impl StreamAction {
         index: usize,
         req: &DynamicMessage,
         method: &Arc<str>,
+        limit: usize,
     ) -> Option<Result<Outgoing, CallError>> {
         let template = self.items.get(index)?;
         Some(
             template
-                .render(req)
-                .map_err(|message| CallError::BadResponse {
-                    method: method.clone(),
-                    message,
-                }),
+                .render(req, limit)
+                .map_err(|e| render_error(e, method, limit)),
         )
     }
 }

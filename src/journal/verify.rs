@@ -157,13 +157,7 @@ impl Verify {
     /// current generation; a `when` that does not fit it is refused with the same message a
     /// rule would get.
     pub fn run(&self, journal: &Journal, input: &MessageDescriptor) -> Result<Json, String> {
-        let condition = Condition::compile(&self.when, input, "when").map_err(|e| {
-            if e.path.is_empty() {
-                e.message
-            } else {
-                format!("{}: {}", e.path, e.message)
-            }
-        })?;
+        let condition = Condition::compile(&self.when, input, "when").map_err(|e| e.describe())?;
         let mut conditions = Conditions {
             when: &self.when,
             current: (input.clone(), condition),
@@ -263,7 +257,7 @@ impl Conditions<'_> {
             Some(i) => i,
             None => {
                 let compiled = Condition::compile(self.when, input, "when").map_err(|e| {
-                    format!("the conditions do not fit this call's request type (the protos changed since): {}", e.message)
+                    format!("the conditions do not fit this call's request type (the protos changed since): {}", e.describe())
                 });
                 self.others.push((input.clone(), compiled));
                 self.others.len() - 1

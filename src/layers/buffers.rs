@@ -10,6 +10,7 @@
 //!
 //! - a request message still arriving (from its first byte until it is complete),
 //! - a script's stream responses waiting in its outbox for the transport,
+//! - a declarative reply (or echo) waiting out its `delay_ms` (`handler::hold_while_waiting`),
 //! - response bytes handed to HTTP/2 and not yet written to the socket (a chunk is counted until
 //!   the HTTP/2 layer drops it, which it does once the last byte is written or the stream ends).
 //!

@@ -461,14 +461,14 @@ fn dependency_order(
                         let location = finder
                             .on_disk(first)
                             .map_or_else(|| Location::file(first), Location::file);
-                        return Err(StartupErrors(vec![StartupError::Proto {
+                        return Err(StartupErrors::from(StartupError::Proto {
                             location,
                             message: format!("import cycle: {}", cycle.join(" -> ")),
                             detail: Some(
                                 "  help: protobuf files may not import each other in a circle; move the shared definitions to a file both import"
                                     .into(),
                             ),
-                        }]));
+                        }));
                     }
                     _ => {}
                 }

@@ -8,12 +8,15 @@ use crate::fieldpath::type_name;
 
 /// Parses a whole message from proto3 JSON, rejecting unknown fields.
 pub fn parse_message(desc: &MessageDescriptor, json: Json, path: &str) -> Result<DynamicMessage> {
-    DynamicMessage::deserialize(desc.clone(), json).map_err(|e| EntryError {
-        path: path.to_owned(),
-        message: format!(
-            "not a valid {} in the proto3 JSON mapping: {e}",
-            desc.full_name()
-        ),
+    DynamicMessage::deserialize(desc.clone(), json).map_err(|e| {
+        EntryError {
+            path: path.to_owned(),
+            message: format!(
+                "not a valid {} in the proto3 JSON mapping: {e}",
+                desc.full_name()
+            ),
+        }
+        .into()
     })
 }
 

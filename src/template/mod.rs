@@ -21,13 +21,54 @@ pub use json::{parse_field_value, parse_message};
 pub use text::{write_text, TextTemplate};
 pub use value::{has_placeholder, whole_placeholder, MessageTemplate, ValueTemplate};
 
-pub use crate::error::EntryError;
+pub use crate::error::{EntryError, EntryErrors};
 
-pub(crate) type Result<T> = std::result::Result<T, EntryError>;
+pub(crate) type Result<T> = std::result::Result<T, EntryErrors>;
+
+/// Why a template gave no value for one request.
+#[derive(Debug)]
+pub enum RenderError {
+    /// A copied value does not fit its target (a number out of range, say).
+    Bad(String),
+    /// The rendered reply would pass `--max-message-size`: a template that copies a request
+    /// field many times multiplies the request's size, so rendering stops at the limit instead
+    /// of building the whole thing first.
+    TooLarge,
+}
+
+impl From<String> for RenderError {
+    fn from(message: String) -> Self {
+        RenderError::Bad(message)
+    }
+}
+
+/// The bytes a reply being rendered may still take; every copied or interpolated value is
+/// counted before it is built.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    left: usize,
+}
+
+impl Budget {
+    pub fn new(limit: usize) -> Self {
+        Self { left: limit }
+    }
+
+    pub fn left(&self) -> usize {
+        self.left
+    }
+
+    /// Counts `n` bytes, or fails when they do not fit.
+    pub fn take(&mut self, n: usize) -> std::result::Result<(), RenderError> {
+        self.left = self.left.checked_sub(n).ok_or(RenderError::TooLarge)?;
+        Ok(())
+    }
+}
 
 pub(crate) fn err<T>(path: &str, message: impl Into<String>) -> Result<T> {
     Err(EntryError {
         path: path.to_owned(),
         message: message.into(),
-    })
+    }
+    .into())
 }

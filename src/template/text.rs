@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
 
-use super::{err, EntryError, Result};
+use super::{EntryErrors, Result};
 use crate::fieldpath::{type_name, FieldPath};
 use crate::wire;
 
@@ -25,6 +25,7 @@ enum Piece {
 impl TextTemplate {
     /// Compiles `text` against the request type `input`.
     pub fn compile(text: &str, input: &MessageDescriptor, path: &str) -> Result<Self> {
+        let mut problems = EntryErrors::default();
         let mut pieces = Vec::new();
         let mut rest = text;
         while let Some(start) = rest.find("{{") {
@@ -33,18 +34,23 @@ impl TextTemplate {
             }
             let after = &rest[start + 2..];
             let Some(end) = after.find("}}") else {
-                return err(
+                problems.push(
                     path,
                     format!("\"{{{{\" without a closing \"}}}}\" in {text:?}"),
                 );
+                break;
             };
-            let field = FieldPath::resolve(input, &after[..end]).map_err(|m| EntryError {
-                path: path.to_owned(),
-                message: m,
-            })?;
+            rest = &after[end + 2..];
+            let field = match FieldPath::resolve(input, &after[..end]) {
+                Ok(field) => field,
+                Err(message) => {
+                    problems.push(path, message);
+                    continue;
+                }
+            };
             if let Some(last) = field.last() {
                 if last.is_list() || last.is_map() {
-                    return err(
+                    problems.push(
                         path,
                         format!(
                             "{{{{{}}}}} is a {} and cannot be written into text; copy it into a field of the same type instead",
@@ -52,18 +58,18 @@ impl TextTemplate {
                             type_name(last)
                         ),
                     );
+                    continue;
                 }
             }
             let wire_path = wire::Path::from_numbers(input, field.numbers())
                 .unwrap_or_else(|| wire::Path::new([]));
             let kind = field.last().map(FieldDescriptor::kind);
             pieces.push(Piece::Field(field, wire_path, kind));
-            rest = &after[end + 2..];
         }
-        if !rest.is_empty() {
+        if !rest.is_empty() && !rest.contains("{{") {
             pieces.push(Piece::Lit(rest.to_owned()));
         }
-        Ok(Self { pieces })
+        problems.or(Self { pieces })
     }
 
     /// True when every placeholder can be read from wire bytes.
@@ -74,9 +80,13 @@ impl TextTemplate {
         })
     }
 
-    /// Renders from the request's validated wire bytes (requires [`reads_wire`](Self::reads_wire)).
-    pub fn render_wire_into(&self, req: &[u8], out: &mut String) {
+    /// Renders from the request's validated wire bytes (requires [`reads_wire`](Self::reads_wire)),
+    /// stopping once `out` holds more than `cap` bytes; false when it stopped.
+    pub fn render_wire_into(&self, req: &[u8], out: &mut String, cap: usize) -> bool {
         for piece in &self.pieces {
+            if out.len() > cap {
+                return false;
+            }
             match piece {
                 Piece::Lit(s) => out.push_str(s),
                 Piece::Field(path, wire_path, kind) => {
@@ -100,21 +110,28 @@ impl TextTemplate {
                 }
             }
         }
+        out.len() <= cap
     }
 
-    pub fn render(&self, req: &DynamicMessage) -> String {
+    /// The text for `req`, or `None` when it would be over `cap` bytes.
+    pub fn render(&self, req: &DynamicMessage, cap: usize) -> Option<String> {
         let mut out = String::new();
-        self.render_into(req, &mut out);
-        out
+        self.render_into(req, &mut out, cap).then_some(out)
     }
 
-    pub fn render_into(&self, req: &DynamicMessage, out: &mut String) {
+    /// Appends the text for `req` to `out`, stopping once `out` holds more than `cap` bytes
+    /// (a template may repeat a large request field many times); false when it stopped.
+    pub fn render_into(&self, req: &DynamicMessage, out: &mut String, cap: usize) -> bool {
         for piece in &self.pieces {
+            if out.len() > cap {
+                return false;
+            }
             match piece {
                 Piece::Lit(s) => out.push_str(s),
                 Piece::Field(path, _, kind) => write_text(out, &path.read(req), kind.as_ref()),
             }
         }
+        out.len() <= cap
     }
 }
 

@@ -5,7 +5,10 @@ use bytes::Bytes;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value};
 use serde_json::{Map, Value as Json};
 
-use super::{err, parse_field_value, parse_message, write_text, EntryError, Result, TextTemplate};
+use super::{
+    err, parse_field_value, parse_message, write_text, Budget, EntryError, EntryErrors,
+    RenderError, Result, TextTemplate,
+};
 use crate::fieldpath::{find_field, kind_name, missing_field, type_name, FieldPath};
 use crate::kinds::{convert_number, is_number, map_key, same_kind};
 
@@ -54,30 +57,86 @@ impl MessageTemplate {
         output: &MessageDescriptor,
         path: &str,
     ) -> Result<Self> {
+        let mut problems = EntryErrors::default();
         let mut constant = Map::new();
         let mut dynamic = Vec::new();
+        // The key that set each field, and each oneof: a second one would silently win.
+        let mut given: Vec<(u32, &str)> = Vec::new();
+        let mut oneofs: Vec<(String, &str)> = Vec::new();
         for (key, value) in obj {
             let field_path = format!("{path}.{key}");
             let Some(field) = find_field(output, key) else {
-                return err(&field_path, missing_field(output, key));
+                problems.push(field_path, missing_field(output, key));
+                continue;
             };
+            if let Some((_, first)) = given.iter().find(|(n, _)| *n == field.number()) {
+                problems.push(
+                    field_path,
+                    format!("\"{key}\" and \"{first}\" are the same field; give it once"),
+                );
+                continue;
+            }
+            given.push((field.number(), key));
+            if let Some(oneof) = field.containing_oneof().filter(|o| !o.is_synthetic()) {
+                if let Some((_, first)) = oneofs.iter().find(|(o, _)| o == oneof.name()) {
+                    problems.push(
+                        field_path,
+                        format!(
+                            "\"{key}\" and \"{first}\" are both in oneof \"{}\", which holds one of them; give one",
+                            oneof.name()
+                        ),
+                    );
+                    continue;
+                }
+                oneofs.push((oneof.name().to_owned(), key));
+            }
             if has_placeholder(value) {
-                dynamic.push((
-                    field.clone(),
-                    compile_field(&field, value, input, output, &field_path)?,
-                ));
+                let compiled = compile_field(&field, value, input, output, &field_path);
+                if let Some(t) = problems.keep(compiled) {
+                    dynamic.push((field.clone(), t));
+                }
             } else {
                 constant.insert(key.clone(), value.clone());
             }
         }
-        let base = parse_message(output, Json::Object(constant), path)?;
-        Ok(Self { base, dynamic })
+        let base = match parse_message(output, Json::Object(constant.clone()), path) {
+            Ok(base) => Some(base),
+            Err(whole) => {
+                // Name each constant field that is wrong, when they are wrong on their own.
+                let before = problems.0.len();
+                for (key, value) in &constant {
+                    if let Some(field) = find_field(output, key) {
+                        let one = parse_field_value(
+                            output,
+                            &field,
+                            value.clone(),
+                            &format!("{path}.{key}"),
+                        );
+                        problems.keep(one);
+                    }
+                }
+                if problems.0.len() == before {
+                    problems.keep::<(), _>(Err(whole));
+                }
+                None
+            }
+        };
+        problems.or_else(|| {
+            Some(Self {
+                base: base?,
+                dynamic,
+            })
+        })
     }
 
-    fn render(&self, req: &DynamicMessage) -> std::result::Result<DynamicMessage, String> {
+    fn render(
+        &self,
+        req: &DynamicMessage,
+        budget: &mut Budget,
+    ) -> std::result::Result<DynamicMessage, RenderError> {
         let mut msg = self.base.clone();
         for (field, t) in &self.dynamic {
-            msg.set_field(field, t.render(req)?);
+            msg.set_field(field, t.render(req, budget)?);
         }
         Ok(msg)
     }
@@ -118,24 +177,30 @@ fn compile_field(
         };
         let key_field = entry.map_entry_key_field();
         let value_field = entry.map_entry_value_field();
+        let mut problems = EntryErrors::default();
         let mut out = Vec::with_capacity(entries.len());
         for (k, v) in entries {
-            let key = map_key(&key_field.kind(), k).ok_or_else(|| EntryError {
-                path: path.to_owned(),
-                message: format!(
-                    "{k:?} is not a valid {} map key",
-                    kind_name(&key_field.kind())
-                ),
-            })?;
             let vpath = format!("{path}.{k}");
+            let key = map_key(&key_field.kind(), k);
+            if key.is_none() {
+                problems.push(
+                    vpath.clone(),
+                    format!(
+                        "{k:?} is not a valid {} map key",
+                        kind_name(&key_field.kind())
+                    ),
+                );
+            }
             let vt = if has_placeholder(v) {
-                compile_single(&value_field, v, input, Target::Single, &vpath)?
+                compile_single(&value_field, v, input, Target::Single, &vpath)
             } else {
-                ValueTemplate::Const(parse_field_value(&entry, &value_field, v.clone(), &vpath)?)
+                parse_field_value(&entry, &value_field, v.clone(), &vpath).map(ValueTemplate::Const)
             };
-            out.push((key, vt));
+            if let (Some(key), Some(vt)) = (key, problems.keep(vt)) {
+                out.push((key, vt));
+            }
         }
-        return Ok(ValueTemplate::Map(out));
+        return problems.or(ValueTemplate::Map(out));
     }
     if field.is_list() {
         let Json::Array(items) = value else {
@@ -148,22 +213,25 @@ fn compile_field(
                 ),
             );
         };
+        let mut problems = EntryErrors::default();
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let ipath = format!("{path}[{i}]");
             let t = if has_placeholder(item) {
-                compile_single(field, item, input, Target::ListItem, &ipath)?
+                compile_single(field, item, input, Target::ListItem, &ipath)
             } else {
-                let list =
-                    parse_field_value(parent, field, Json::Array(vec![item.clone()]), &ipath)?;
-                match list {
-                    Value::List(mut l) if l.len() == 1 => ValueTemplate::Const(l.remove(0)),
-                    _ => return err(&ipath, "could not read this list item"),
-                }
+                parse_field_value(parent, field, Json::Array(vec![item.clone()]), &ipath).and_then(
+                    |list| match list {
+                        Value::List(mut l) if l.len() == 1 => Ok(ValueTemplate::Const(l.remove(0))),
+                        _ => err(&ipath, "could not read this list item"),
+                    },
+                )
             };
-            out.push(t);
+            if let Some(t) = problems.keep(t) {
+                out.push(t);
+            }
         }
-        return Ok(ValueTemplate::List(out));
+        return problems.or(ValueTemplate::List(out));
     }
     compile_single(field, value, input, Target::Single, path)
 }
@@ -298,17 +366,26 @@ fn compile_copy(
 }
 
 impl ValueTemplate {
-    pub fn render(&self, req: &DynamicMessage) -> std::result::Result<Value, String> {
+    /// The value for `req`, each copied or interpolated part counted in `budget` before it is
+    /// built.
+    pub fn render(
+        &self,
+        req: &DynamicMessage,
+        budget: &mut Budget,
+    ) -> std::result::Result<Value, RenderError> {
         Ok(match self {
             ValueTemplate::Const(v) => v.clone(),
             ValueTemplate::Copy { from, conv, to } => {
                 let v = from.read(req);
+                budget.take(value_size(&v))?;
                 match conv {
                     Conversion::Same => v.into_owned(),
                     Conversion::Text => {
                         let mut s = String::new();
                         let kind = from.last().map(FieldDescriptor::kind);
                         write_text(&mut s, &v, kind.as_ref());
+                        // As text, a value may take more room than encoded.
+                        budget.take(s.len().saturating_sub(value_size(&v)))?;
                         Value::String(s)
                     }
                     Conversion::Bytes => match v.as_ref() {
@@ -316,8 +393,10 @@ impl ValueTemplate {
                         other => other.clone(),
                     },
                     Conversion::Number => convert_number(&v, to).ok_or_else(|| {
+                        let mut shown = String::new();
+                        write_text(&mut shown, &v, None);
                         format!(
-                            "{{{{{}}}}} = {v:?} does not fit a {}",
+                            "the request's {{{{{}}}}} is {shown}, which does not fit the reply's {} field",
                             from.text(),
                             kind_name(to)
                         )
@@ -325,18 +404,21 @@ impl ValueTemplate {
                 }
             }
             ValueTemplate::Text { text, bytes } => {
-                let s = text.render(req);
+                let s = text
+                    .render(req, budget.left())
+                    .ok_or(RenderError::TooLarge)?;
+                budget.take(s.len())?;
                 if *bytes {
                     Value::Bytes(Bytes::from(s.into_bytes()))
                 } else {
                     Value::String(s)
                 }
             }
-            ValueTemplate::Message(t) => Value::Message(t.render(req)?),
+            ValueTemplate::Message(t) => Value::Message(t.render(req, budget)?),
             ValueTemplate::List(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for item in items {
-                    match item.render(req)? {
+                    match item.render(req, budget)? {
                         // A copied repeated value inside a list literal is spliced in.
                         Value::List(l) => out.extend(l),
                         v => out.push(v),
@@ -347,11 +429,34 @@ impl ValueTemplate {
             ValueTemplate::Map(entries) => {
                 let mut out = std::collections::HashMap::with_capacity(entries.len());
                 for (k, t) in entries {
-                    out.insert(k.clone(), t.render(req)?);
+                    out.insert(k.clone(), t.render(req, budget)?);
                 }
                 Value::Map(out)
             }
         })
+    }
+}
+
+/// About the bytes `value` takes encoded: exact for strings, bytes and messages, which are
+/// what can make a reply large; a few bytes for other scalars.
+fn value_size(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+        Value::Message(m) => prost::Message::encoded_len(m),
+        Value::List(items) => items.iter().map(|v| value_size(v) + 1).sum(),
+        Value::Map(entries) => entries
+            .iter()
+            .map(|(k, v)| key_size(k) + value_size(v) + 2)
+            .sum(),
+        _ => 8,
+    }
+}
+
+fn key_size(key: &MapKey) -> usize {
+    match key {
+        MapKey::String(s) => s.len(),
+        _ => 8,
     }
 }
 

@@ -1,0 +1,219 @@
+//! Regressions of what declarative handlers make the server hold.
+//!
+//! - A reply, stream item or error message may repeat a request field: `"{{name}}"` written 64
+//!   times, a repeated field spliced into a list 64 times, a message copied into 64 list items.
+//!   With a 3 MiB request such a template renders 192 MiB; the server built all of it before the
+//!   size check refused it (a 300-copy template took 1.8 GiB for one call, so a few calls at
+//!   once could exhaust the machine). Rendering now stops at `--max-message-size`, with
+//!   RESOURCE_EXHAUSTED naming the flag, and an error message stops at what a status carries.
+//! - A reply or echo waiting out its `delay_ms` was held outside `--max-buffered`: 64 delayed
+//!   echoes of 4 MiB held 340 MB on one connection limited to 64 MiB (4096 calls, the default
+//!   `--max-calls`, would hold 16 GiB). It is counted now, like a response not yet written.
+
+mod common;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::{fixtures, Client, Server};
+use tonic::Code;
+
+const COPIES: usize = 64;
+const FIELD: usize = 3 << 20;
+
+/// A handler file whose every method repeats request fields `COPIES` times.
+fn handler_file() -> String {
+    let text = "{{name}}".repeat(COPIES);
+    let tags = vec!["{{tags}}"; COPIES];
+    let inners = vec![serde_json::json!({"label": "{{name}}"}); COPIES];
+    let copies = vec!["{{id}}"; COPIES];
+    serde_json::json!({
+        "service": "kitchen.Kitchen",
+        "methods": {
+            // Text read straight from the request's bytes.
+            "Get": {"reply": {"id": text}},
+            // Text into messages, built as a message.
+            "Summary": {"reply": {"inners": inners, "count": 1}},
+            // A repeated field spliced into a list.
+            "Lookup": {"reply": {"tags": tags}},
+            // A string copied into list items.
+            "Missing": {"reply": {"tags": copies}},
+            // A stream item.
+            "List": {"stream": [{"id": text}]},
+            // A status message.
+            "Fail": {"error": {"code": "NOT_FOUND", "message": text}}
+        }
+    })
+    .to_string()
+}
+
+/// `field` as a length-delimited protobuf field.
+fn put_field(buf: &mut BytesMut, number: u32, data: &[u8]) {
+    prost::encoding::encode_key(number, prost::encoding::WireType::LengthDelimited, buf);
+    prost::encoding::encode_varint(data.len() as u64, buf);
+    buf.put_slice(data);
+}
+
+#[tokio::test]
+async fn templates_that_repeat_a_large_request_field_stop_at_the_message_limit() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(handlers.path().join("k.json"), handler_file()).unwrap();
+    let protos = fixtures().join("protos");
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+
+    // kitchen.Query: id = 1, name = 3, tags = 6.
+    let mut big_name = BytesMut::new();
+    put_field(&mut big_name, 3, &vec![b'n'; FIELD]);
+    let mut big_id = BytesMut::new();
+    put_field(&mut big_id, 1, &vec![b'i'; FIELD]);
+    let mut many_tags = BytesMut::new();
+    for _ in 0..(FIELD / 1000) {
+        put_field(&mut many_tags, 6, &[b't'; 1000]);
+    }
+    let (big_name, big_id, many_tags) = (big_name.freeze(), big_id.freeze(), many_tags.freeze());
+
+    let before = common::proc_status_kib(server.pid(), "VmHWM");
+    for (method, request) in [
+        ("Get", &big_name),
+        ("Summary", &big_name),
+        ("Lookup", &many_tags),
+        ("Missing", &big_id),
+    ] {
+        let path = format!("/kitchen.Kitchen/{method}");
+        let status = client
+            .raw_unary(&path, request.clone())
+            .await
+            .expect_err(method);
+        assert_eq!(
+            status.code(),
+            Code::ResourceExhausted,
+            "{method}: {status:?}"
+        );
+        assert!(
+            status.message().contains("--max-message-size"),
+            "{method}: {status:?}"
+        );
+    }
+    let stream = stream_status(&client, &big_name).await;
+    assert_eq!(stream.code(), Code::ResourceExhausted, "List: {stream:?}");
+
+    let status = client
+        .raw_unary("/kitchen.Kitchen/Fail", big_name.clone())
+        .await
+        .expect_err("Fail");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(status.message().len() < 8192, "{}", status.message().len());
+
+    // Each call holds its request, its decoded form and at most one message's worth of reply;
+    // rendering any of these templates in full takes 192 MiB or more.
+    let grown = common::proc_status_kib(server.pid(), "VmHWM").saturating_sub(before) / 1024;
+    assert!(grown < 120, "the server grew by {grown} MiB");
+
+    // And it goes on serving small requests with the same templates.
+    let mut small = BytesMut::new();
+    put_field(&mut small, 3, b"ab");
+    let reply = client
+        .raw_unary("/kitchen.Kitchen/Get", small.freeze())
+        .await
+        .unwrap();
+    // kitchen.Item.id: its key, a two-byte length and the name 64 times.
+    assert_eq!(reply.len(), 3 + 2 * COPIES);
+}
+
+/// The status of a server-streaming call to `kitchen.Kitchen/List` with `request`.
+async fn stream_status(client: &Client, request: &Bytes) -> tonic::Status {
+    let mut body = BytesMut::new();
+    body.put_slice(request);
+    let mut grpc = tonic::client::Grpc::new(client.channel.clone());
+    grpc.ready().await.unwrap();
+    let resp = grpc
+        .server_streaming(
+            tonic::Request::new(body.freeze()),
+            "/kitchen.Kitchen/List".parse().unwrap(),
+            common::RawCodec,
+        )
+        .await;
+    match resp {
+        Err(status) => status,
+        Ok(resp) => {
+            let mut stream = resp.into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("List ended OK"),
+                    Err(status) => return status,
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn replies_waiting_for_their_delay_count_against_the_connection_buffers() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("k.json"),
+        r#"{"service": "kitchen.Kitchen", "methods": {"Echo": {"echo": {}, "delay_ms": 5000}}}"#,
+    )
+    .unwrap();
+    let protos = fixtures().join("protos");
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-watch",
+        "--max-buffered-per-connection",
+        "4194304",
+    ]);
+    // One connection; each call's 1 MiB request arrives well before the next starts, so only
+    // the replies waiting for their delay can fill the connection's 4 MiB.
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let mut item = BytesMut::new();
+    put_field(&mut item, 1, &vec![b'e'; 1 << 20]);
+    let item = item.freeze();
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let (client, item) = (client.channel.clone(), item.clone());
+        calls.push(tokio::spawn(async move {
+            let mut grpc = tonic::client::Grpc::new(client);
+            grpc.ready().await.unwrap();
+            grpc.unary(
+                tonic::Request::new(item),
+                "/kitchen.Kitchen/Echo".parse().unwrap(),
+                common::RawCodec,
+            )
+            .await
+            .map(|r| r.into_inner().len())
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut refused = Vec::new();
+    let mut answered = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(len) => {
+                assert_eq!(len, item.len());
+                answered += 1;
+            }
+            Err(status) => refused.push(status),
+        }
+    }
+    assert!(answered >= 1, "{refused:?}");
+    assert!(
+        !refused.is_empty(),
+        "all 8 delayed 1 MiB echoes were held at once"
+    );
+    for status in refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("--max-buffered-per-connection"),
+            "{status:?}"
+        );
+    }
+}
