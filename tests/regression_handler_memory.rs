@@ -217,3 +217,63 @@ async fn replies_waiting_for_their_delay_count_against_the_connection_buffers() 
         );
     }
 }
+
+/// Rules were matched on the thread that drives the network: a big request against many
+/// `regex` tests (400 of them over a 1 MiB field, seconds of CPU in a debug build) held up every call that
+/// thread served, so a quick call on another method waited for the slow ones. A big request is
+/// now matched off those threads, and the quick call is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_over_a_big_request_do_not_hold_up_other_calls() {
+    let rules: Vec<_> = (0..400)
+        .map(|i| serde_json::json!({"when": {"request": {"name": {"regex": format!("z{i}q[0-9]+y")}}}, "reply": {"id": "matched"}}))
+        .chain([serde_json::json!({"reply": {"id": "none"}})])
+        .collect();
+    let file = serde_json::json!({
+        "service": "kitchen.Kitchen",
+        "methods": {"Get": {"rules": rules}, "Lookup": {"reply": {"id": "quick"}}}
+    });
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(handlers.path().join("k.json"), file.to_string()).unwrap();
+    let protos = fixtures().join("protos");
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let mut big = BytesMut::new();
+    put_field(&mut big, 3, &vec![b'n'; 1 << 20]);
+    let big = big.freeze();
+
+    let started = std::time::Instant::now();
+    let mut slow = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let (client, big) = (client.clone(), big.clone());
+        slow.spawn(async move { client.raw_unary("/kitchen.Kitchen/Get", big).await });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut worst = std::time::Duration::ZERO;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let quick = client
+            .unary("kitchen.Kitchen/Lookup", serde_json::json!({}))
+            .await;
+        worst = worst.max(t.elapsed());
+        assert_eq!(quick.unwrap()["id"], "quick");
+    }
+    let mut slow_done = 0;
+    while let Some(r) = slow.join_next().await {
+        r.unwrap().expect("the big request was answered");
+        slow_done += 1;
+    }
+    let slow_took = started.elapsed();
+    eprintln!("quick calls: worst {worst:?}; three big requests matched in {slow_took:?}");
+    assert_eq!(slow_done, 3);
+    // Each big request takes seconds to match; the quick calls must not wait for them.
+    assert!(
+        worst < slow_took / 6,
+        "a quick call waited {worst:?} while big requests were matched (they took {slow_took:?})"
+    );
+}

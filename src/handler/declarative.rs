@@ -151,14 +151,22 @@ fn answer(
     let (outcome, rule) = match &**responder {
         Responder::Single(a) => (a.respond_incoming(req, method, limit)?, 0),
         Responder::Rules(rules) => {
-            let msg = req.decode()?;
-            let rule = rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched {
-                method: method.clone(),
-            })?;
-            if let Some(tap) = journal {
-                tap.note_rule(rule);
+            let heavy = req.bytes().len() >= rules::HEAVY_REQUEST;
+            let pick = || {
+                let msg = req.decode()?;
+                let rule = rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched {
+                    method: method.clone(),
+                })?;
+                if let Some(tap) = journal {
+                    tap.note_rule(rule);
+                }
+                Ok::<_, CallError>((rules[rule].action.respond(msg, method, limit)?, rule))
+            };
+            if heavy {
+                rules::off_the_network_threads(pick)?
+            } else {
+                pick()?
             }
-            (rules[rule].action.respond(msg, method, limit)?, rule)
         }
     };
     let chosen = Chosen {
