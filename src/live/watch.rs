@@ -8,7 +8,7 @@
 //! reuses the compiled protos.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -21,11 +21,14 @@ const QUIET: Duration = Duration::from_millis(150);
 
 /// Keeps the file watcher running; dropping it stops watching.
 pub struct Watching {
-    _watcher: RecommendedWatcher,
+    _watcher: Arc<Mutex<RecommendedWatcher>>,
 }
 
-/// Watches `live`'s input folders and reloads on change. Folders that do not exist (a missing
-/// `data/`) are skipped.
+/// Watches `live`'s input folders and reloads on change. A folder that does not exist yet (a
+/// missing `data/`) is watched once it appears, and one that is replaced (removed or renamed
+/// and created again, as `git checkout`, `rsync` or a generator do) is watched again: the
+/// parent of each folder is watched too, and before each reload every folder whose identity
+/// changed is watched afresh.
 pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
     let options = live.options();
     let proto_roots: Vec<PathBuf> = options
@@ -34,32 +37,43 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
         .chain(&options.import_paths)
         .map(|p| absolute(p))
         .collect();
-    let other_roots = [absolute(&options.handlers), absolute(&options.data)];
+    let all_roots: Vec<PathBuf> = proto_roots
+        .iter()
+        .cloned()
+        .chain([absolute(&options.handlers), absolute(&options.data)])
+        .collect();
     let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
-    let roots = proto_roots.clone();
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<Event>| match event {
-            Ok(event) => {
-                if matches!(event.kind, EventKind::Access(_)) {
-                    return;
-                }
-                let mut relevant = event.paths.iter().filter(|p| !ignored(p)).peekable();
-                if relevant.peek().is_none() {
-                    return;
-                }
-                let protos = relevant.any(|p| roots.iter().any(|r| p.starts_with(r)));
-                let _ = tx.send(protos);
+    let (roots, protos_roots) = (all_roots.clone(), proto_roots.clone());
+    let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
+        Ok(event) => {
+            if matches!(event.kind, EventKind::Access(_)) {
+                return;
             }
-            Err(e) => tracing::warn!("watching the input folders: {e}"),
-        })
-        .map_err(|e| format!("cannot watch the input folders: {e}"))?;
-    for dir in proto_roots.iter().chain(other_roots.iter()) {
-        if dir.is_dir() {
-            watcher
-                .watch(dir, RecursiveMode::Recursive)
-                .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+            // The parents are watched only to see the folders themselves come and go.
+            let mut relevant = event
+                .paths
+                .iter()
+                .filter(|p| !ignored(p) && roots.iter().any(|r| p.starts_with(r)))
+                .peekable();
+            if relevant.peek().is_none() {
+                return;
+            }
+            let protos = relevant.any(|p| protos_roots.iter().any(|r| p.starts_with(r)));
+            let _ = tx.send(protos);
+        }
+        Err(e) => tracing::warn!("watching the input folders: {e}"),
+    })
+    .map_err(|e| format!("cannot watch the input folders: {e}"))?;
+    let watcher = Arc::new(Mutex::new(watcher));
+    let mut folders = Folders::new(all_roots);
+    {
+        let mut w = watcher.lock().unwrap_or_else(|e| e.into_inner());
+        folders.watch_parents(&mut w);
+        if let Some(e) = folders.resync(&mut w) {
+            return Err(e);
         }
     }
+    let resyncing = watcher.clone();
     tokio::spawn(async move {
         while let Some(mut protos) = rx.recv().await {
             // Wait until the folders are quiet, folding every change meanwhile into one reload.
@@ -70,10 +84,90 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
                     Err(_) => break,
                 }
             }
+            if let Some(e) =
+                folders.resync(&mut resyncing.lock().unwrap_or_else(|e| e.into_inner()))
+            {
+                tracing::warn!("{e}");
+            }
             let _ = live.reload(Trigger::Files { protos }).await;
         }
     });
     Ok(Watching { _watcher: watcher })
+}
+
+/// The watched folders and the identity (device, inode) of the directory each watch is on.
+struct Folders {
+    roots: Vec<(PathBuf, Option<(u64, u64)>)>,
+}
+
+impl Folders {
+    fn new(roots: Vec<PathBuf>) -> Folders {
+        Folders {
+            roots: roots.into_iter().map(|r| (r, None)).collect(),
+        }
+    }
+
+    /// Watches the parent of each folder (not recursively) unless another watched folder
+    /// already covers it, so that a folder created, removed or renamed is seen.
+    fn watch_parents(&self, watcher: &mut RecommendedWatcher) {
+        let mut parents: Vec<&Path> = Vec::new();
+        for (root, _) in &self.roots {
+            let Some(parent) = root.parent() else {
+                continue;
+            };
+            let covered = self.roots.iter().any(|(r, _)| parent.starts_with(r));
+            if covered || parents.contains(&parent) || !parent.is_dir() {
+                continue;
+            }
+            parents.push(parent);
+            if let Err(e) = watcher.watch(parent, RecursiveMode::NonRecursive) {
+                tracing::warn!(
+                    "cannot watch {} (a new or replaced {} is not noticed): {e}",
+                    parent.display(),
+                    root.display()
+                );
+            }
+        }
+    }
+
+    /// Watches every folder whose directory is not the one watched: new, or replaced since.
+    /// Returns the first folder that cannot be watched.
+    fn resync(&mut self, watcher: &mut RecommendedWatcher) -> Option<String> {
+        let mut failed = None;
+        for (root, watched) in &mut self.roots {
+            let now = identity(root);
+            if now == *watched {
+                continue;
+            }
+            if watched.is_some() {
+                let _ = watcher.unwatch(root);
+            }
+            *watched = None;
+            if now.is_none() {
+                continue;
+            }
+            match watcher.watch(root, RecursiveMode::Recursive) {
+                Ok(()) => *watched = now,
+                Err(e) => {
+                    failed.get_or_insert_with(|| format!("cannot watch {}: {e}", root.display()));
+                }
+            }
+        }
+        failed
+    }
+}
+
+/// The device and inode of the directory at `path`, if there is one.
+#[cfg(unix)]
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok().filter(|m| m.is_dir())?;
+    Some((m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    path.is_dir().then_some((0, 0))
 }
 
 /// Reloads on every SIGHUP, for the life of the process.
