@@ -102,8 +102,8 @@ pub fn named_services(dir: &Path) -> Vec<String> {
     entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .filter_map(|p| std::fs::read(p).ok())
-        .filter_map(|b| serde_json::from_slice::<Service>(&b).ok())
+        .filter_map(|p| crate::input::read_to_string(&p).ok())
+        .filter_map(|b| serde_json::from_str::<Service>(&b).ok())
         .map(|s| s.service)
         .collect()
 }
@@ -148,7 +148,7 @@ fn load_file(
     pending: &mut PendingScripts,
     served_by: &mut HashMap<Arc<str>, PathBuf>,
 ) -> Result<(), StartupErrors> {
-    let text = std::fs::read_to_string(file).map_err(|e| StartupError::io(file, e))?;
+    let text = crate::input::read_to_string(file).map_err(|e| StartupError::io(file, e))?;
     let parsed: HandlerFile = serde_json::from_str(&text).map_err(|e| StartupError::Handler {
         location: Location::at(file, e.line(), e.column()),
         entry: String::new(),

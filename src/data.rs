@@ -43,7 +43,7 @@ impl DataSets {
             let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
                 continue;
             };
-            let text = match std::fs::read_to_string(&file) {
+            let text = match crate::input::read_to_string(&file) {
                 Ok(t) => t,
                 Err(e) => {
                     errors.push(StartupError::io(&file, e));

@@ -46,7 +46,7 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<Source>, StartupError> {
             )));
         }
         let mut found = Vec::new();
-        walk(dir, dir, &mut found)?;
+        walk(dir, dir, &mut found, &mut HashSet::new())?;
         found.sort_by(|a, b| a.name.cmp(&b.name));
         for s in found {
             if let Some(first) = seen.get(&s.name) {
@@ -65,16 +65,39 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<Source>, StartupError> {
     Ok(out)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<Source>) -> Result<(), StartupError> {
+/// Collects the `.proto` files under `dir`. Symbolic links are followed, but a folder already
+/// walked (through a link back up the tree, or a second link to it) is skipped with a warning:
+/// two links to `.` would otherwise make the walk exponential in the depth the kernel allows.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<Source>,
+    walked: &mut HashSet<PathBuf>,
+) -> Result<(), StartupError> {
+    let real = std::fs::canonicalize(dir).map_err(|e| StartupError::io(dir, e))?;
+    if !walked.insert(real.clone()) {
+        tracing::warn!(
+            "{}: ignored: it is {}, which is read already (a symbolic link loop?)",
+            dir.display(),
+            real.display()
+        );
+        return Ok(());
+    }
     let entries = std::fs::read_dir(dir).map_err(|e| StartupError::io(dir, e))?;
+    let mut paths = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|e| StartupError::io(dir, e))?.path();
+        paths.push(entry.map_err(|e| StartupError::io(dir, e))?.path());
+    }
+    // The first of two paths to one folder is the one kept, whatever order the disk lists.
+    paths.sort();
+    for path in paths {
         if path.is_dir() {
-            walk(root, &path, out)?;
+            walk(root, &path, out, walked)?;
         } else if path.extension().is_some_and(|e| e == "proto") {
             let Ok(rel) = path.strip_prefix(root) else {
                 continue;
             };
+            crate::input::check_regular(&path).map_err(|e| StartupError::io(&path, e))?;
             let name = rel
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy())
