@@ -1,0 +1,160 @@
+//! Regressions of the files a live server reads and watches: a handler fixed after a reload
+//! that also changed the protos used to be paired with the protos of before; a handlers folder
+//! replaced while serving (renamed away and created again) used to be watched no more; two
+//! symbolic links back up the proto tree made loading exponential (a hang growing memory); a
+//! FIFO in the handler folder blocked loading forever.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::project::{live_handler, Project, LIVE_PROTO};
+use common::{binary, pool, run_bounded, Client, Server};
+use serde_json::json;
+
+/// Waits (bounded) until a log line contains `needle`.
+fn wait_for_log(server: &Server, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log().iter().any(|l| l.contains(needle)) {
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {needle:?}: {:#?}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `method` until it answers `want` (bounded).
+async fn wait_for_answer(client: &Client, method: &str, want: serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = client.unary(method, json!({"text": "x"})).await;
+        if got.as_ref().ok() == Some(&want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{method}: still {got:?}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_handler_fixed_after_a_failed_reload_is_served_with_the_new_protos() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    // One edit: the proto gains a field and a method, the handler uses both with a typo.
+    let proto = LIVE_PROTO
+        .replace(
+            "rpc Chat (Line) returns (Line);",
+            "rpc Chat (Line) returns (Line);\n  rpc Again (Line) returns (Line);",
+        )
+        .replace("string text = 1;", "string text = 1; string extra = 2;");
+    let handler = |field: &str| {
+        format!(
+            r#"{{"service": "live.Live", "methods": {{
+  "Chat": {{"reply": {{"text": "v2: {{{{text}}}}", "extra": "e"}}}},
+  "Again": {{"reply": {{"{field}": "again"}}}}
+}}}}"#
+        )
+    };
+    project.write("handlers/live.json", &handler("txet"));
+    project.write("protos/live.proto", &proto);
+    // This problem is only found once the new proto is compiled.
+    wait_for_log(&server, r#"live.Line has no field "txet""#);
+    // Fixing only the handler must serve it with the protos on disk.
+    project.write("handlers/live.json", &handler("text"));
+    let client = project.client(&server).await;
+    wait_for_answer(&client, "live.Live/Again", json!({"text": "again"})).await;
+    let chat = client.unary("live.Live/Chat", json!({"text": "x"})).await;
+    assert_eq!(chat.unwrap(), json!({"text": "v2: x", "extra": "e"}));
+}
+
+#[tokio::test]
+async fn a_handlers_folder_replaced_while_serving_is_still_watched() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let client = Client::connect(server.addr, pool(&project.path("protos"))).await;
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
+    // As a generator or `rsync --delete-after` does: the folder is renamed away and created anew.
+    std::fs::rename(project.path("handlers"), project.path("handlers.old")).unwrap();
+    std::fs::create_dir(project.path("handlers")).unwrap();
+    wait_for_log(&server, "generation 2 serving");
+    std::fs::write(project.path("handlers/live.json"), live_handler("v2")).unwrap();
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+    // The folder renamed away is not watched any more, the new one still is.
+    std::fs::write(project.path("handlers.old/live.json"), live_handler("old")).unwrap();
+    std::fs::write(project.path("handlers/live.json"), live_handler("v3")).unwrap();
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v3: x"})).await;
+}
+
+#[cfg(unix)]
+#[test]
+fn two_links_back_up_the_proto_tree_load_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let protos = dir.path().join("protos");
+    std::fs::create_dir(&protos).unwrap();
+    std::fs::write(
+        protos.join("a.proto"),
+        "syntax = \"proto3\";\npackage a;\nmessage M { string s = 1; }\nservice S { rpc Go (M) returns (M); }\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(".", protos.join("here")).unwrap();
+    std::os::unix::fs::symlink("..", protos.join("up")).unwrap();
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir(&handlers).unwrap();
+    std::fs::write(
+        handlers.join("a.json"),
+        r#"{"service": "a.S", "methods": {"Go": {"echo": {}}}}"#,
+    )
+    .unwrap();
+    let mut cmd = Command::new(binary());
+    cmd.arg("check")
+        .arg("--no-cache")
+        .arg("--protos")
+        .arg(&protos)
+        .arg("--handlers")
+        .arg(&handlers);
+    let (code, err) = run_bounded(cmd);
+    assert_eq!(
+        code,
+        Some(0),
+        "check must finish and accept the tree: {err}"
+    );
+    assert!(
+        err.contains("read already"),
+        "the skipped links are named: {err}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_the_handlers_folder_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir(&handlers).unwrap();
+    let fifo = handlers.join("pipe.json");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let repo = common::repo();
+    let mut cmd = Command::new(binary());
+    cmd.arg("check")
+        .arg("--no-cache")
+        .arg("--protos")
+        .arg(repo.join("protos"))
+        .arg("--handlers")
+        .arg(&handlers);
+    let (code, err) = run_bounded(cmd);
+    assert_eq!(
+        code,
+        Some(2),
+        "check must finish and refuse the tree: {err}"
+    );
+    assert!(
+        err.contains("pipe.json") && err.contains("not a regular file"),
+        "the FIFO is named: {err}"
+    );
+}
