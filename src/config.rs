@@ -241,7 +241,11 @@ pub fn load_runtime(
                     location,
                     entry: String::new(),
                     message,
-                    hint: Some("name the method as package.Service/Method".into()),
+                    // The admin API checked the name when the handler was put, so the
+                    // method has gone from the protos since.
+                    hint: Some(format!(
+                        "the protos no longer declare it: add the rpc back, or remove this handler (DELETE /v1/handlers/{name} on the admin API, or POST /v1/reset)"
+                    )),
                 });
                 continue;
             }

@@ -2,7 +2,8 @@
 //! that also changed the protos used to be paired with the protos of before; a handlers folder
 //! replaced while serving (renamed away and created again) used to be watched no more; two
 //! symbolic links back up the proto tree made loading exponential (a hang growing memory); a
-//! FIFO in the handler folder blocked loading forever.
+//! FIFO in the handler folder blocked loading forever; a runtime handler whose method left the
+//! protos was reported with advice about naming methods.
 
 mod common;
 
@@ -89,6 +90,40 @@ async fn a_handlers_folder_replaced_while_serving_is_still_watched() {
     std::fs::write(project.path("handlers.old/live.json"), live_handler("old")).unwrap();
     std::fs::write(project.path("handlers/live.json"), live_handler("v3")).unwrap();
     wait_for_answer(&client, "live.Live/Chat", json!({"text": "v3: x"})).await;
+}
+
+#[tokio::test]
+async fn a_runtime_handler_of_a_removed_method_says_how_to_remove_it() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let (status, body) = server
+        .admin_call(
+            "PUT",
+            "/v1/handlers/live.Live/Talk",
+            None,
+            Some(r#"{"reply": {"text": "runtime"}}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{body:#}");
+    project.write(
+        "protos/live.proto",
+        &LIVE_PROTO.replace("  rpc Talk (stream Line) returns (stream Line);\n", ""),
+    );
+    project.write(
+        "handlers/live.json",
+        &live_handler("v2").replace(
+            ",\n    \"Talk\": { \"reply\": { \"text\": \"v2: {{text}}\" } }",
+            "",
+        ),
+    );
+    wait_for_log(&server, "reload (files changed) failed");
+    let (_, problems) = server.admin_call("POST", "/v1/reload", None, None).await;
+    let text = problems.to_string();
+    assert!(
+        text.contains("live.Live has no method")
+            && text.contains("DELETE /v1/handlers/live.Live/Talk"),
+        "the problem says how to remove the handler: {problems:#}"
+    );
 }
 
 #[cfg(unix)]
