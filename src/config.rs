@@ -148,7 +148,7 @@ fn load_file(
     pending: &mut PendingScripts,
     served_by: &mut HashMap<Arc<str>, PathBuf>,
 ) -> Result<(), StartupErrors> {
-    let text = crate::input::read_to_string(file).map_err(|e| StartupError::io(file, e))?;
+    let text = crate::input::read_text(file)?;
     let parsed: HandlerFile = serde_json::from_str(&text).map_err(|e| StartupError::Handler {
         location: Location::at(file, e.line(), e.column()),
         entry: String::new(),

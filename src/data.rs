@@ -43,10 +43,10 @@ impl DataSets {
             let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
                 continue;
             };
-            let text = match crate::input::read_to_string(&file) {
+            let text = match crate::input::read_text(&file) {
                 Ok(t) => t,
                 Err(e) => {
-                    errors.push(StartupError::io(&file, e));
+                    errors.push(e);
                     continue;
                 }
             };

@@ -3,7 +3,8 @@
 //! replaced while serving (renamed away and created again) used to be watched no more; two
 //! symbolic links back up the proto tree made loading exponential (a hang growing memory); a
 //! FIFO in the handler folder blocked loading forever; a runtime handler whose method left the
-//! protos was reported with advice about naming methods.
+//! protos was reported with advice about naming methods; a byte-order mark made every kind of
+//! file unreadable, and text that is not UTF-8 was reported without a line or column.
 
 mod common;
 
@@ -192,4 +193,85 @@ fn a_fifo_in_the_handlers_folder_is_an_error_not_a_hang() {
         err.contains("pipe.json") && err.contains("not a regular file"),
         "the FIFO is named: {err}"
     );
+}
+
+/// A project of one service answered by a script, with `files` (path, bytes) written over it.
+fn text_project(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["protos", "handlers", "data"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+    }
+    let base: [(&str, &[u8]); 4] = [
+        (
+            "protos/t.proto",
+            b"syntax = \"proto3\";\npackage t;\nmessage M { string s = 1; }\nservice S { rpc Go (M) returns (M); }\n",
+        ),
+        (
+            "handlers/t.json",
+            br#"{"service": "t.S", "methods": {"Go": {"script": "t.lua"}}}"#,
+        ),
+        (
+            "handlers/t.lua",
+            b"function Go(m, ctx) return {s = data.d.k} end\n",
+        ),
+        ("data/d.json", br#"{"k": "v"}"#),
+    ];
+    for (path, bytes) in base.iter().chain(files) {
+        std::fs::write(dir.path().join(path), bytes).unwrap();
+    }
+    dir
+}
+
+fn check_text(dir: &std::path::Path) -> (Option<i32>, String) {
+    let mut cmd = Command::new(binary());
+    cmd.arg("check").arg("--no-cache");
+    for sub in ["protos", "handlers", "data"] {
+        cmd.arg(format!("--{sub}")).arg(dir.join(sub));
+    }
+    run_bounded(cmd)
+}
+
+#[test]
+fn a_byte_order_mark_is_accepted_in_every_kind_of_file() {
+    let with_bom = |text: &[u8]| [b"\xEF\xBB\xBF".as_slice(), text].concat();
+    let proto = with_bom(
+        b"syntax = \"proto3\";\npackage t;\nmessage M { string s = 1; }\nservice S { rpc Go (M) returns (M); }\n",
+    );
+    let handler = with_bom(br#"{"service": "t.S", "methods": {"Go": {"script": "t.lua"}}}"#);
+    let script = with_bom(b"function Go(m, ctx) return {s = data.d.k} end\n");
+    let data = with_bom(br#"{"k": "v"}"#);
+    let dir = text_project(&[
+        ("protos/t.proto", &proto),
+        ("handlers/t.json", &handler),
+        ("handlers/t.lua", &script),
+        ("data/d.json", &data),
+    ]);
+    let (code, err) = check_text(dir.path());
+    assert_eq!(
+        code,
+        Some(0),
+        "files saved with a byte-order mark load: {err}"
+    );
+}
+
+#[test]
+fn text_that_is_not_utf8_is_reported_at_its_line_and_column() {
+    let dir = text_project(&[
+        ("data/d.json", b"{\"k\":\n  \"ab\xFF\"}"),
+        (
+            "handlers/t.json",
+            b"{\"service\": \"t.S\",\n \"methods\": {\"Go\": {\"reply\": {\"s\": \"\xC3\xA9\xE9\"}}}}",
+        ),
+    ]);
+    let (code, err) = check_text(dir.path());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("d.json:2:6: not UTF-8 text"), "{err}");
+    assert!(err.contains("t.json:2:38: not UTF-8 text"), "{err}");
+    let dir = text_project(&[(
+        "protos/t.proto",
+        b"syntax = \"proto3\";\npackage t;\n// caf\xE9\nmessage M { string s = 1; }\nservice S { rpc Go (M) returns (M); }\n",
+    )]);
+    let (code, err) = check_text(dir.path());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("t.proto:3:7: not UTF-8 text"), "{err}");
 }

@@ -61,7 +61,11 @@ struct Resolver(Arc<Finder>);
 impl protox::file::FileResolver for Resolver {
     fn open_file(&self, name: &str) -> Result<protox::file::File, protox::Error> {
         match self.0.find(name) {
-            Some(Provider::Disk(path)) => protox::file::File::open(name, &path),
+            // Read as loading reads it (no byte-order mark), so positions agree.
+            Some(Provider::Disk(path)) => match crate::input::read_to_string(&path) {
+                Ok(text) => protox::file::File::from_source(name, &text),
+                Err(e) => Err(protox::Error::new(format!("{}: {e}", path.display()))),
+            },
             Some(Provider::Source(text)) => protox::file::File::from_source(name, text),
             Some(Provider::Linked(bytes)) => {
                 protox::file::File::decode_file_descriptor_proto(bytes.as_slice())
@@ -84,7 +88,7 @@ pub fn recompile(name: &str, finder: &Arc<Finder>) -> Option<StartupError> {
 
 /// Where an element of a file is (`path` as in `SourceCodeInfo`), found by parsing it again.
 pub fn locate(path: &Path, name: &str, element: &[i32]) -> Location {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    let Ok(text) = crate::input::read_to_string(path) else {
         return Location::file(path);
     };
     let Ok(parsed) = protox_parse::parse(name, &text) else {

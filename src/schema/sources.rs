@@ -278,7 +278,7 @@ fn missing_import(name: &str, importer: Option<&str>, finder: &Finder) -> Startu
     };
     let location = match finder.on_disk(importer) {
         Some(path) => {
-            let index = std::fs::read_to_string(&path)
+            let index = crate::input::read_to_string(&path)
                 .ok()
                 .and_then(|t| protox_parse::parse(importer, &t).ok())
                 .and_then(|f| f.dependency.iter().position(|d| d == name));
@@ -308,7 +308,7 @@ fn load(name: &str, provider: Provider) -> Result<Input, StartupError> {
             .map_err(|e| StartupError::Usage(format!("{name}: bad descriptor: {e}"))),
         Provider::Source(text) => parse(name, text, Path::new(name)),
         Provider::Disk(path) => {
-            let text = std::fs::read_to_string(&path).map_err(|e| StartupError::io(&path, e))?;
+            let text = crate::input::read_text(&path)?;
             parse(name, &text, &path)
         }
     }
@@ -374,7 +374,7 @@ fn check_vendored(source: &Source) {
     let Some(bundled) = bundled::proto(&source.name) else {
         return;
     };
-    let differs = match std::fs::read_to_string(&source.path)
+    let differs = match crate::input::read_to_string(&source.path)
         .ok()
         .and_then(|t| protox_parse::parse(&source.name, &t).ok())
     {
