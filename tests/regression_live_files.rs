@@ -4,7 +4,8 @@
 //! symbolic links back up the proto tree made loading exponential (a hang growing memory); a
 //! FIFO in the handler folder blocked loading forever; a runtime handler whose method left the
 //! protos was reported with advice about naming methods; a byte-order mark made every kind of
-//! file unreadable, and text that is not UTF-8 was reported without a line or column.
+//! file unreadable, and text that is not UTF-8 or an import cycle was reported without a line
+//! or column.
 
 mod common;
 
@@ -274,4 +275,24 @@ fn text_that_is_not_utf8_is_reported_at_its_line_and_column() {
     let (code, err) = check_text(dir.path());
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("t.proto:3:7: not UTF-8 text"), "{err}");
+}
+
+#[test]
+fn an_import_cycle_is_reported_at_the_import_that_closes_it() {
+    let dir = text_project(&[
+        (
+            "protos/a.proto",
+            b"syntax = \"proto3\";\npackage a;\nimport \"google/protobuf/empty.proto\";\nimport \"b.proto\";\nmessage A {}\n",
+        ),
+        (
+            "protos/b.proto",
+            b"syntax = \"proto3\";\npackage b;\n\n  import \"a.proto\";\nmessage B {}\n",
+        ),
+    ]);
+    let (code, err) = check_text(dir.path());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("b.proto:4:3: import cycle: a.proto -> b.proto -> a.proto"),
+        "{err}"
+    );
 }

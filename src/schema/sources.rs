@@ -464,6 +464,7 @@ fn dependency_order(
         while let Some((name, next)) = path.last_mut() {
             let deps = loaded.get(*name).map_or(&[][..], |i| i.dependencies());
             if let Some(dep) = deps.get(*next) {
+                let import = *next;
                 *next += 1;
                 let Some((dep, _)) = loaded.get_key_value(dep.as_str()) else {
                     continue;
@@ -481,9 +482,11 @@ fn dependency_order(
                             .chain([dep.as_str()])
                             .collect();
                         let first = path[path.len() - 1].0;
-                        let location = finder
-                            .on_disk(first)
-                            .map_or_else(|| Location::file(first), Location::file);
+                        // At the import statement that closes the circle.
+                        let location = finder.on_disk(first).map_or_else(
+                            || Location::file(first),
+                            |p| diagnose::locate(&p, first, &[3, import as i32]),
+                        );
                         return Err(StartupErrors(vec![StartupError::Proto {
                             location,
                             message: format!("import cycle: {}", cycle.join(" -> ")),
