@@ -5,7 +5,8 @@
 //! FIFO in the handler folder blocked loading forever; a runtime handler whose method left the
 //! protos was reported with advice about naming methods; a byte-order mark made every kind of
 //! file unreadable, and text that is not UTF-8 or an import cycle was reported without a line
-//! or column.
+//! or column; a folder that kept changing (a data file rewritten every 20 ms) held every reload
+//! back for as long as it did.
 
 mod common;
 
@@ -294,5 +295,40 @@ fn an_import_cycle_is_reported_at_the_import_that_closes_it() {
     assert!(
         err.contains("b.proto:4:3: import cycle: a.proto -> b.proto -> a.proto"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_folder_that_never_stays_quiet_still_reloads() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
+    project.write("handlers/live.json", &live_handler("v2"));
+    // Another process rewrites a data file far more often than the quiet time the watcher
+    // waits for, for as long as the test runs (bounded).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let (stop, path) = (stop.clone(), project.path("data/tick.json"));
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(30);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                n += 1;
+                std::fs::write(&path, format!("{{\"n\": {n}}}")).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    ticker.join().unwrap();
+    assert!(
+        answer.is_ok(),
+        "no reload while the data folder kept changing"
     );
 }

@@ -19,6 +19,11 @@ use super::{Live, Trigger};
 /// How long the folders must be quiet before a reload starts.
 const QUIET: Duration = Duration::from_millis(150);
 
+/// The longest a change waits for quiet: a folder that never stays quiet for [`QUIET`] (a
+/// process rewriting a data file ten times a second) would otherwise hold every reload back
+/// for as long as it runs.
+const LONGEST_WAIT: Duration = Duration::from_secs(1);
+
 /// Keeps the file watcher running; dropping it stops watching.
 pub struct Watching {
     _watcher: Arc<Mutex<RecommendedWatcher>>,
@@ -77,8 +82,14 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
     tokio::spawn(async move {
         while let Some(mut protos) = rx.recv().await {
             // Wait until the folders are quiet, folding every change meanwhile into one reload.
+            let give_up = tokio::time::Instant::now() + LONGEST_WAIT;
             loop {
-                match tokio::time::timeout(QUIET, rx.recv()).await {
+                let wait =
+                    QUIET.min(give_up.saturating_duration_since(tokio::time::Instant::now()));
+                if wait.is_zero() {
+                    break;
+                }
+                match tokio::time::timeout(wait, rx.recv()).await {
                     Ok(Some(more)) => protos |= more,
                     Ok(None) => return,
                     Err(_) => break,
