@@ -1,11 +1,11 @@
 //! Reloading when the inputs change on disk, and on SIGHUP.
 //!
-//! The folders the server reads (`--protos`, `-I`, `--handlers`, `--data`) are watched with
-//! `notify`; events are debounced, so an editor's save (write, rename, chmod) or a `git
-//! checkout` of many files becomes one reload. Only changes count: reading a file (which every
-//! reload does) is an event too on Linux, and reacting to it would reload forever. Editors'
-//! temporary and backup files are ignored. A change only under the handler and data folders
-//! reuses the compiled protos.
+//! The folders the server reads (`--protos`, `-I`, `--handlers`, `--data`) and the
+//! `--descriptor-set` files are watched with `notify`; events are debounced, so an editor's
+//! save (write, rename, chmod) or a `git checkout` of many files becomes one reload. Only
+//! changes count: reading a file (which every reload does) is an event too on Linux, and
+//! reacting to it would reload forever. Editors' temporary and backup files are ignored. A
+//! change only under the handler and data folders reuses the compiled protos.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -36,10 +36,13 @@ pub struct Watching {
 /// changed is watched afresh.
 pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
     let options = live.options();
+    // A descriptor set is a file: its folder is watched (not recursively, through the
+    // parents below) and only events on the file itself count.
     let proto_roots: Vec<PathBuf> = options
         .protos
         .iter()
         .chain(&options.import_paths)
+        .chain(&options.descriptor_sets)
         .map(|p| absolute(p))
         .collect();
     let all_roots: Vec<PathBuf> = proto_roots
