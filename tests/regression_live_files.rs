@@ -6,7 +6,8 @@
 //! protos was reported with advice about naming methods; a byte-order mark made every kind of
 //! file unreadable, and text that is not UTF-8 or an import cycle was reported without a line
 //! or column; a folder that kept changing (a data file rewritten every 20 ms) held every reload
-//! back for as long as it did; a descriptor set rebuilt while serving was not noticed.
+//! back for as long as it did; a descriptor set rebuilt while serving was not noticed; one name
+//! declared by two files that do not import each other was reported without a position.
 
 mod common;
 
@@ -376,5 +377,19 @@ async fn a_descriptor_set_rebuilt_while_serving_is_reloaded() {
     assert!(
         services.to_string().contains("/d.S/Two"),
         "the rebuilt set is served: {services:#}"
+    );
+}
+
+#[test]
+fn one_name_declared_by_two_unrelated_files_is_located() {
+    let dir = text_project(&[(
+        "protos/u.proto",
+        b"syntax = \"proto3\";\npackage t;\n\nmessage Other {}\n  message M { int32 x = 1; }\n",
+    )]);
+    let (code, err) = check_text(dir.path());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("u.proto:5:11: u.proto: name 't.M' is already defined in file 't.proto'"),
+        "{err}"
     );
 }
