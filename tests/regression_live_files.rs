@@ -1,6 +1,7 @@
 //! Regressions of the files a live server reads and watches: a handler fixed after a reload
 //! that also changed the protos used to be paired with the protos of before; a handlers folder
-//! replaced while serving (renamed away and created again) used to be watched no more; two
+//! replaced while serving (renamed away and created again, or a link to it switched to another
+//! folder) used to be watched no more; two
 //! symbolic links back up the proto tree made loading exponential (a hang growing memory); a
 //! FIFO in the handler folder blocked loading forever; a runtime handler whose method left the
 //! protos was reported with advice about naming methods; a byte-order mark made every kind of
@@ -392,4 +393,27 @@ fn one_name_declared_by_two_unrelated_files_is_located() {
         err.contains("u.proto:5:11: u.proto: name 't.M' is already defined in file 't.proto'"),
         "{err}"
     );
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_handlers_link_switched_to_another_folder_is_followed() {
+    let project = Project::new();
+    // handlers -> h1, then switched atomically to h2, as a deployment switches releases.
+    std::fs::rename(project.path("handlers"), project.path("h1")).unwrap();
+    std::fs::create_dir(project.path("h2")).unwrap();
+    for entry in std::fs::read_dir(project.path("h1")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), project.path("h2").join(entry.file_name())).unwrap();
+    }
+    std::fs::write(project.path("h2/live.json"), live_handler("v2")).unwrap();
+    std::os::unix::fs::symlink("h1", project.path("handlers")).unwrap();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
+    std::os::unix::fs::symlink("h2", project.path("handlers.next")).unwrap();
+    std::fs::rename(project.path("handlers.next"), project.path("handlers")).unwrap();
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+    std::fs::write(project.path("h2/live.json"), live_handler("v3")).unwrap();
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v3: x"})).await;
 }
