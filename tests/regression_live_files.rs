@@ -1,14 +1,18 @@
-//! Regressions of the files a live server reads and watches: a handler fixed after a reload
-//! that also changed the protos used to be paired with the protos of before; a handlers folder
-//! replaced while serving (renamed away and created again, or a link to it switched to another
-//! folder) used to be watched no more; two
-//! symbolic links back up the proto tree made loading exponential (a hang growing memory); a
-//! FIFO in the handler folder blocked loading forever; a runtime handler whose method left the
-//! protos was reported with advice about naming methods; a byte-order mark made every kind of
-//! file unreadable, and text that is not UTF-8 or an import cycle was reported without a line
-//! or column; a folder that kept changing (a data file rewritten every 20 ms) held every reload
-//! back for as long as it did; a descriptor set rebuilt while serving was not noticed; one name
-//! declared by two files that do not import each other was reported without a position.
+//! Regressions of the files a live server reads and watches. Each used to go wrong:
+//!
+//! - a handler fixed after a reload that also changed the protos was paired with the protos
+//!   of before;
+//! - a handlers folder replaced while serving (renamed away and created again, or a link to
+//!   it switched to another folder) was watched no more;
+//! - a folder that kept changing (a data file rewritten every 20 ms) held every reload back
+//!   for as long as it did;
+//! - a descriptor set rebuilt while serving was not noticed;
+//! - two symbolic links back up the proto tree made loading exponential (a hang growing
+//!   memory), and a FIFO in the handler folder blocked loading forever;
+//! - a runtime handler whose method left the protos came with advice about naming methods;
+//! - a byte-order mark made every kind of file unreadable;
+//! - text that is not UTF-8, an import cycle, and one name declared by two files that do not
+//!   import each other were reported without a line and column.
 
 mod common;
 
