@@ -101,7 +101,7 @@ pub fn named_services(dir: &Path) -> Vec<String> {
     };
     entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter(|p| p.extension().is_some_and(|e| e == "json") && !crate::input::is_hidden(p))
         .filter_map(|p| crate::input::read_to_string(&p).ok())
         .filter_map(|b| serde_json::from_str::<Service>(&b).ok())
         .map(|s| s.service)
@@ -119,7 +119,7 @@ pub fn load_handlers(
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter(|p| p.extension().is_some_and(|e| e == "json") && !crate::input::is_hidden(p))
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(StartupError::Usage(format!(

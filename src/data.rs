@@ -35,7 +35,7 @@ impl DataSets {
         };
         let mut files: Vec<_> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter(|p| p.extension().is_some_and(|e| e == "json") && !crate::input::is_hidden(p))
             .collect();
         files.sort();
         let mut errors = StartupErrors::default();

@@ -5,6 +5,8 @@
 //! a device such as `/dev/zero` would be read until memory runs out. Such a file is an error
 //! naming it instead.
 //!
+//! Hidden files and folders are not inputs.
+//!
 //! Text is UTF-8: a leading byte-order mark (which Windows editors write) is dropped, as
 //! protoc and most JSON tools do, and a file that is not UTF-8 is reported at the line and
 //! column of its first bad byte, like any other mistake in the file.
@@ -16,6 +18,14 @@ use crate::error::{Location, StartupError};
 
 /// The UTF-8 byte-order mark.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Whether `path` names a hidden file or folder (`.git`, an editor's `.#x.proto` lock link or
+/// `.x.json.swp`). Loading skips them, as the watcher does: Emacs keeps a dangling link named
+/// `.#FILE` next to every file with unsaved changes, which would otherwise fail every load.
+pub fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+}
 
 /// The error for a path that exists but is not a regular file (after following links).
 fn not_regular() -> io::Error {

@@ -10,6 +10,7 @@
 //! - two symbolic links back up the proto tree made loading exponential (a hang growing
 //!   memory), and a FIFO in the handler folder blocked loading forever;
 //! - a runtime handler whose method left the protos came with advice about naming methods;
+//! - an editor's hidden lock link (Emacs's `.#x.proto`) failed every load while it existed;
 //! - a byte-order mark made every kind of file unreadable;
 //! - text that is not UTF-8, an import cycle, and one name declared by two files that do not
 //!   import each other were reported without a line and column.
@@ -225,7 +226,9 @@ fn text_project(files: &[(&str, &[u8])]) -> tempfile::TempDir {
         ("data/d.json", br#"{"k": "v"}"#),
     ];
     for (path, bytes) in base.iter().chain(files) {
-        std::fs::write(dir.path().join(path), bytes).unwrap();
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
     }
     dir
 }
@@ -420,4 +423,23 @@ async fn a_handlers_link_switched_to_another_folder_is_followed() {
     wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
     std::fs::write(project.path("h2/live.json"), live_handler("v3")).unwrap();
     wait_for_answer(&client, "live.Live/Chat", json!({"text": "v3: x"})).await;
+}
+
+#[cfg(unix)]
+#[test]
+fn editors_lock_links_and_hidden_files_are_not_inputs() {
+    let dir = text_project(&[
+        // A stale copy in a hidden folder would declare every name twice.
+        (
+            "protos/.history/t.proto",
+            b"syntax = \"proto3\";\npackage t;\nmessage M {}\n",
+        ),
+        ("data/.d.json", b"{"),
+    ]);
+    // Emacs's lock links for files with unsaved changes: they point nowhere.
+    for lock in ["protos/.#t.proto", "handlers/.#t.json", "data/.#d.json"] {
+        std::os::unix::fs::symlink("user@host.4242:1700000000", dir.path().join(lock)).unwrap();
+    }
+    let (code, err) = check_text(dir.path());
+    assert_eq!(code, Some(0), "{err}");
 }

@@ -91,6 +91,9 @@ fn walk(
     // The first of two paths to one folder is the one kept, whatever order the disk lists.
     paths.sort();
     for path in paths {
+        if crate::input::is_hidden(&path) {
+            continue;
+        }
         if path.is_dir() {
             walk(root, &path, out, walked)?;
         } else if path.extension().is_some_and(|e| e == "proto") {
