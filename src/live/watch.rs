@@ -98,9 +98,21 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
                     Err(_) => break,
                 }
             }
-            if let Some(e) =
-                folders.resync(&mut resyncing.lock().unwrap_or_else(|e| e.into_inner()))
-            {
+            // Watching a folder walks its tree: off the async workers.
+            let watcher = resyncing.clone();
+            let resynced = tokio::task::spawn_blocking(move || {
+                let failed = folders.resync(&mut watcher.lock().unwrap_or_else(|e| e.into_inner()));
+                (folders, failed)
+            })
+            .await;
+            let Ok((back, failed)) = resynced else {
+                tracing::error!(
+                    "watching the input folders stopped; SIGHUP and the admin API still reload"
+                );
+                return;
+            };
+            folders = back;
+            if let Some(e) = failed {
                 tracing::warn!("{e}");
             }
             let _ = live.reload(Trigger::Files { protos }).await;
