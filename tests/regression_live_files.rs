@@ -2,8 +2,8 @@
 //!
 //! - a handler fixed after a reload that also changed the protos was paired with the protos
 //!   of before;
-//! - a handlers folder replaced while serving (renamed away and created again, or a link to
-//!   it switched to another folder) was watched no more;
+//! - a handlers folder replaced while serving (renamed away or removed and created again, or
+//!   a link to it switched to another folder) was watched no more;
 //! - a folder that kept changing (a data file rewritten every 20 ms) held every reload back
 //!   for as long as it did;
 //! - a descriptor set rebuilt while serving was not noticed;
@@ -442,4 +442,20 @@ fn editors_lock_links_and_hidden_files_are_not_inputs() {
     }
     let (code, err) = check_text(dir.path());
     assert_eq!(code, Some(0), "{err}");
+}
+
+#[tokio::test]
+async fn a_handlers_folder_removed_and_created_again_is_still_watched() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
+    // The new folder often gets the inode of the old one: that must not pass for "unchanged".
+    std::fs::remove_dir_all(project.path("handlers")).unwrap();
+    std::fs::create_dir(project.path("handlers")).unwrap();
+    wait_for_log(&server, "generation 2 serving");
+    std::fs::write(project.path("handlers/live.json"), live_handler("v2")).unwrap();
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+    std::fs::write(project.path("handlers/live.json"), live_handler("v3")).unwrap();
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v3: x"})).await;
 }

@@ -50,7 +50,9 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
         .cloned()
         .chain([absolute(&options.handlers), absolute(&options.data)])
         .collect();
-    let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
+    // Per event: whether it is under a proto folder, and whether it is about a watched folder
+    // itself (created, removed, renamed).
+    let (tx, mut rx) = mpsc::unbounded_channel::<(bool, bool)>();
     let (roots, protos_roots) = (all_roots.clone(), proto_roots.clone());
     let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
         Ok(event) => {
@@ -66,8 +68,9 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
             if relevant.peek().is_none() {
                 return;
             }
+            let root = event.paths.iter().any(|p| roots.contains(p));
             let protos = relevant.any(|p| protos_roots.iter().any(|r| p.starts_with(r)));
-            let _ = tx.send(protos);
+            let _ = tx.send((protos, root));
         }
         Err(e) => tracing::warn!("watching the input folders: {e}"),
     })
@@ -77,13 +80,13 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
     {
         let mut w = watcher.lock().unwrap_or_else(|e| e.into_inner());
         folders.watch_parents(&mut w);
-        if let Some(e) = folders.resync(&mut w) {
+        if let Some(e) = folders.resync(&mut w, false) {
             return Err(e);
         }
     }
     let resyncing = watcher.clone();
     tokio::spawn(async move {
-        while let Some(mut protos) = rx.recv().await {
+        while let Some((mut protos, mut root)) = rx.recv().await {
             // Wait until the folders are quiet, folding every change meanwhile into one reload.
             let give_up = tokio::time::Instant::now() + LONGEST_WAIT;
             loop {
@@ -93,7 +96,10 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
                     break;
                 }
                 match tokio::time::timeout(wait, rx.recv()).await {
-                    Ok(Some(more)) => protos |= more,
+                    Ok(Some((p, r))) => {
+                        protos |= p;
+                        root |= r;
+                    }
                     Ok(None) => return,
                     Err(_) => break,
                 }
@@ -101,7 +107,8 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
             // Watching a folder walks its tree: off the async workers.
             let watcher = resyncing.clone();
             let resynced = tokio::task::spawn_blocking(move || {
-                let failed = folders.resync(&mut watcher.lock().unwrap_or_else(|e| e.into_inner()));
+                let mut watcher = watcher.lock().unwrap_or_else(|e| e.into_inner());
+                let failed = folders.resync(&mut watcher, root);
                 (folders, failed)
             })
             .await;
@@ -157,12 +164,13 @@ impl Folders {
     }
 
     /// Watches every folder whose directory is not the one watched: new, or replaced since.
-    /// Returns the first folder that cannot be watched.
-    fn resync(&mut self, watcher: &mut RecommendedWatcher) -> Option<String> {
+    /// `all` watches every folder afresh: one was removed or renamed and created again, maybe
+    /// with the inode of the one before. Returns the first folder that cannot be watched.
+    fn resync(&mut self, watcher: &mut RecommendedWatcher, all: bool) -> Option<String> {
         let mut failed = None;
         for (root, watched) in &mut self.roots {
             let now = identity(root);
-            if now == *watched {
+            if now == *watched && !all {
                 continue;
             }
             if watched.is_some() {
