@@ -6,7 +6,8 @@
 //!   a link to it switched to another folder) was watched no more;
 //! - a folder that kept changing (a data file rewritten every 20 ms) held every reload back
 //!   for as long as it did;
-//! - a descriptor set rebuilt while serving was not noticed;
+//! - a descriptor set rebuilt while serving was not noticed, and one read from a pipe was
+//!   empty on reload, which served nothing;
 //! - two symbolic links back up the proto tree made loading exponential (a hang growing
 //!   memory), and a FIFO in the handler folder blocked loading forever;
 //! - a runtime handler whose method left the protos came with advice about naming methods;
@@ -458,4 +459,25 @@ async fn a_handlers_folder_removed_and_created_again_is_still_watched() {
     wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
     std::fs::write(project.path("handlers/live.json"), live_handler("v3")).unwrap();
     wait_for_answer(&client, "live.Live/Chat", json!({"text": "v3: x"})).await;
+}
+
+#[test]
+fn a_descriptor_set_without_files_is_refused() {
+    let dir = text_project(&[]);
+    let set = dir.path().join("empty.binpb");
+    std::fs::write(&set, b"").unwrap();
+    let mut cmd = Command::new(binary());
+    cmd.arg("check")
+        .arg("--no-cache")
+        .arg("--descriptor-set")
+        .arg(&set)
+        .arg("--protos")
+        .arg(dir.path().join("protos"))
+        .arg("--handlers")
+        .arg(dir.path().join("handlers"))
+        .arg("--data")
+        .arg(dir.path().join("data"));
+    let (code, err) = run_bounded(cmd);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("empty.binpb: holds no files"), "{err}");
 }

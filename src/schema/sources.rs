@@ -124,6 +124,14 @@ pub fn read_sets(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<raw::File>)>, St
                     p.display()
                 ))
             })?;
+            // protoc and buf never write a set without files; reading one is a mistake, most
+            // often a pipe read a second time (on reload): it would serve nothing at all.
+            if set.file.is_empty() {
+                return Err(StartupError::Usage(format!(
+                    "--descriptor-set {}: holds no files; write the set to a regular file with `buf build -o FILE.binpb` (a pipe such as <(buf build -o -) can be read only once, so a reload finds it empty)",
+                    p.display()
+                )));
+            }
             Ok((p.clone(), set.file))
         })
         .collect()
