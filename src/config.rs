@@ -115,9 +115,9 @@ pub fn named_services(dir: &Path) -> Vec<String> {
     };
     entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .filter_map(|p| std::fs::read(p).ok())
-        .filter_map(|b| serde_json::from_slice::<Service>(&b).ok())
+        .filter(|p| p.extension().is_some_and(|e| e == "json") && !crate::input::is_hidden(p))
+        .filter_map(|p| crate::input::read_to_string(&p).ok())
+        .filter_map(|b| serde_json::from_str::<Service>(&b).ok())
         .map(|s| s.service)
         .collect()
 }
@@ -133,7 +133,7 @@ pub fn load_handlers(
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter(|p| p.extension().is_some_and(|e| e == "json") && !crate::input::is_hidden(p))
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(StartupError::Usage(format!(
@@ -162,7 +162,7 @@ fn load_file(
     pending: &mut PendingScripts,
     served_by: &mut HashMap<Arc<str>, PathBuf>,
 ) -> Result<(), StartupErrors> {
-    let text = std::fs::read_to_string(file).map_err(|e| StartupError::io(file, e))?;
+    let text = crate::input::read_text(file)?;
     let parsed: HandlerFile = serde_json::from_str(&text).map_err(|e| StartupError::Handler {
         location: Location::at(file, e.line(), e.column()),
         entry: String::new(),
@@ -306,7 +306,11 @@ pub fn load_runtime(
                     location,
                     entry: String::new(),
                     message,
-                    hint: Some("name the method as package.Service/Method".into()),
+                    // The admin API checked the name when the handler was put, so the
+                    // method has gone from the protos since.
+                    hint: Some(format!(
+                        "the protos no longer declare it: add the rpc back, or remove this handler (DELETE /v1/handlers/{name} on the admin API, or POST /v1/reset)"
+                    )),
                 });
                 continue;
             }

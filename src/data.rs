@@ -35,7 +35,7 @@ impl DataSets {
         };
         let mut files: Vec<_> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter(|p| p.extension().is_some_and(|e| e == "json") && !crate::input::is_hidden(p))
             .collect();
         files.sort();
         let mut errors = StartupErrors::default();
@@ -43,10 +43,10 @@ impl DataSets {
             let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
                 continue;
             };
-            let text = match std::fs::read_to_string(&file) {
+            let text = match crate::input::read_text(&file) {
                 Ok(t) => t,
                 Err(e) => {
-                    errors.push(StartupError::io(&file, e));
+                    errors.push(e);
                     continue;
                 }
             };

@@ -84,6 +84,14 @@ pub enum StartupError {
         hint: Option<String>,
     },
 
+    /// A file that is not UTF-8 text.
+    #[error("{location}: {message}{}", render_hint(.hint))]
+    Encoding {
+        location: Location,
+        message: String,
+        hint: Option<String>,
+    },
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -122,7 +130,8 @@ impl StartupError {
             Self::Proto { location, .. }
             | Self::Handler { location, .. }
             | Self::Script { location, .. }
-            | Self::Data { location, .. } => Some(location),
+            | Self::Data { location, .. }
+            | Self::Encoding { location, .. } => Some(location),
             Self::Io { .. } | Self::Usage(_) => None,
         }
     }

@@ -17,6 +17,7 @@ pub mod fieldpath;
 pub mod generation;
 pub mod handler;
 pub mod health;
+pub mod input;
 pub mod journal;
 pub mod jsonpos;
 pub mod kinds;

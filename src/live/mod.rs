@@ -13,6 +13,7 @@
 
 pub mod watch;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -52,9 +53,13 @@ impl Trigger {
     }
 
     /// Whether the protos must be compiled again (otherwise the current schema is reused).
-    fn recompiles(self) -> bool {
+    /// `unserved` says that the protos changed since the schema being served was compiled: a
+    /// reload that compiled them failed (a broken handler next to a good .proto fails it too),
+    /// so a later edit of only a handler must compile them again, or it would pair the fixed
+    /// handlers with the protos of before.
+    fn recompiles(self, unserved: bool) -> bool {
         match self {
-            Trigger::Files { protos } => protos,
+            Trigger::Files { protos } => protos || unserved,
             Trigger::Signal | Trigger::Admin => true,
             Trigger::Handlers => false,
         }
@@ -79,6 +84,9 @@ pub struct Live {
     /// Held while a generation is built; holds the runtime handlers of the next build.
     building: tokio::sync::Mutex<RuntimeHandlers>,
     last_reload: Mutex<Option<ReloadReport>>,
+    /// The protos on disk may differ from the served schema: the last reload that compiled
+    /// them failed. Only read and written under `building`.
+    protos_unserved: AtomicBool,
 }
 
 impl Live {
@@ -105,6 +113,7 @@ impl Live {
             health,
             building: tokio::sync::Mutex::new(RuntimeHandlers::new()),
             last_reload: Mutex::new(None),
+            protos_unserved: AtomicBool::new(false),
         }))
     }
 
@@ -172,7 +181,8 @@ impl Live {
         let before = self.current.load_full();
         let options = self.options.clone();
         let runtime = runtime.clone();
-        let schema = (!trigger.recompiles()).then(|| before.schema.clone());
+        let recompiles = trigger.recompiles(self.protos_unserved.load(Ordering::Relaxed));
+        let schema = (!recompiles).then(|| before.schema.clone());
         let number = before.number + 1;
         let built = tokio::task::spawn_blocking(move || {
             Builder {
@@ -188,6 +198,10 @@ impl Live {
             Ok(r) => r,
             Err(e) => Err(StartupError::Usage(format!("the build stopped: {e}")).into()),
         };
+        if recompiles {
+            self.protos_unserved
+                .store(built.is_err(), Ordering::Relaxed);
+        }
         match built {
             Ok(generation) => {
                 let generation = Arc::new(generation);

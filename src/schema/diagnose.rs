@@ -61,7 +61,11 @@ struct Resolver(Arc<Finder>);
 impl protox::file::FileResolver for Resolver {
     fn open_file(&self, name: &str) -> Result<protox::file::File, protox::Error> {
         match self.0.find(name) {
-            Some(Provider::Disk(path)) => protox::file::File::open(name, &path),
+            // Read as loading reads it (no byte-order mark), so positions agree.
+            Some(Provider::Disk(path)) => match crate::input::read_to_string(&path) {
+                Ok(text) => protox::file::File::from_source(name, &text),
+                Err(e) => Err(protox::Error::new(format!("{}: {e}", path.display()))),
+            },
             Some(Provider::Source(text)) => protox::file::File::from_source(name, text),
             Some(Provider::Linked(bytes)) => {
                 protox::file::File::decode_file_descriptor_proto(bytes.as_slice())
@@ -82,9 +86,89 @@ pub fn recompile(name: &str, finder: &Arc<Finder>) -> Option<StartupError> {
     }
 }
 
+/// Where the file at `path` (import name `name`) declares `full_name`: the name of a message,
+/// enum, service or extension (`pkg.Outer.Inner`), or the package statement when the package
+/// is, or lies under, that name. Used when two files that do not import each other declare
+/// one name: compiling either alone finds nothing to point at.
+pub fn locate_name(path: &Path, name: &str, full_name: &str) -> Option<Location> {
+    let text = crate::input::read_to_string(path).ok()?;
+    let parsed = protox_parse::parse(name, &text).ok()?;
+    let element = element_path(&parsed, full_name)?;
+    let found = locate(path, name, &element);
+    (found.line > 0).then_some(found)
+}
+
+/// The `SourceCodeInfo` path of the declaration of `full_name` in `file`.
+fn element_path(file: &prost_types::FileDescriptorProto, full_name: &str) -> Option<Vec<i32>> {
+    let package = file.package();
+    if !package.is_empty()
+        && (package == full_name
+            || package
+                .strip_prefix(full_name)
+                .is_some_and(|r| r.starts_with('.')))
+    {
+        return Some(vec![2]);
+    }
+    let rest = if package.is_empty() {
+        full_name
+    } else {
+        full_name.strip_prefix(package)?.strip_prefix('.')?
+    };
+    let named = |names: Vec<&str>, field: i32| {
+        names
+            .iter()
+            .position(|n| *n == rest)
+            .map(|i| vec![field, i as i32, 1])
+    };
+    file.message_type
+        .iter()
+        .enumerate()
+        .find_map(|(i, m)| in_message(m, rest, vec![4, i as i32]))
+        .or_else(|| named(file.enum_type.iter().map(|e| e.name()).collect(), 5))
+        .or_else(|| named(file.service.iter().map(|s| s.name()).collect(), 6))
+        .or_else(|| named(file.extension.iter().map(|x| x.name()).collect(), 7))
+}
+
+/// The path of `rest` (a name relative to the scope `message` is declared in) inside
+/// `message`, whose own path is `at`.
+fn in_message(
+    message: &prost_types::DescriptorProto,
+    rest: &str,
+    mut at: Vec<i32>,
+) -> Option<Vec<i32>> {
+    if rest == message.name() {
+        at.push(1);
+        return Some(at);
+    }
+    let inner = rest.strip_prefix(message.name())?.strip_prefix('.')?;
+    let child = |field: i32, i: usize| {
+        let mut p = at.clone();
+        p.extend([field, i as i32]);
+        p
+    };
+    let with_name = |field: i32, i: usize| {
+        let mut p = child(field, i);
+        p.push(1);
+        p
+    };
+    message
+        .nested_type
+        .iter()
+        .enumerate()
+        .find_map(|(i, m)| in_message(m, inner, child(3, i)))
+        .or_else(|| {
+            let i = message.enum_type.iter().position(|e| e.name() == inner)?;
+            Some(with_name(4, i))
+        })
+        .or_else(|| {
+            let i = message.extension.iter().position(|x| x.name() == inner)?;
+            Some(with_name(6, i))
+        })
+}
+
 /// Where an element of a file is (`path` as in `SourceCodeInfo`), found by parsing it again.
 pub fn locate(path: &Path, name: &str, element: &[i32]) -> Location {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    let Ok(text) = crate::input::read_to_string(path) else {
         return Location::file(path);
     };
     let Ok(parsed) = protox_parse::parse(name, &text) else {

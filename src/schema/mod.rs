@@ -316,10 +316,21 @@ fn decode_pool(
                 }
             }
         }
+        let message = e.to_string();
+        // Two files that do not import each other declare one name: point at this file's
+        // declaration, as protoc does.
+        let located = message
+            .strip_prefix("name '")
+            .and_then(|m| m.split_once("' is already defined"))
+            .and_then(|(name, _)| {
+                let path = finder()?.on_disk(&file)?;
+                diagnose::locate_name(&path, &file, name)
+            });
+        let help = "  help: every file of a package shares its names; rename one of the two, or give one file another package";
         StartupError::Proto {
-            location: locate(&file),
-            message: format!("{file}: {e}"),
-            detail: None,
+            detail: located.is_some().then(|| help.to_owned()),
+            location: located.unwrap_or_else(|| locate(&file)),
+            message: format!("{file}: {message}"),
         }
         .into()
     })

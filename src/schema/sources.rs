@@ -46,7 +46,7 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<Source>, StartupError> {
             )));
         }
         let mut found = Vec::new();
-        walk(dir, dir, &mut found)?;
+        walk(dir, dir, &mut found, &mut HashSet::new())?;
         found.sort_by(|a, b| a.name.cmp(&b.name));
         for s in found {
             if let Some(first) = seen.get(&s.name) {
@@ -65,16 +65,42 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<Source>, StartupError> {
     Ok(out)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<Source>) -> Result<(), StartupError> {
+/// Collects the `.proto` files under `dir`. Symbolic links are followed, but a folder already
+/// walked (through a link back up the tree, or a second link to it) is skipped with a warning:
+/// two links to `.` would otherwise make the walk exponential in the depth the kernel allows.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<Source>,
+    walked: &mut HashSet<PathBuf>,
+) -> Result<(), StartupError> {
+    let real = std::fs::canonicalize(dir).map_err(|e| StartupError::io(dir, e))?;
+    if !walked.insert(real.clone()) {
+        tracing::warn!(
+            "{}: ignored: it is {}, which is read already (a symbolic link loop?)",
+            dir.display(),
+            real.display()
+        );
+        return Ok(());
+    }
     let entries = std::fs::read_dir(dir).map_err(|e| StartupError::io(dir, e))?;
+    let mut paths = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|e| StartupError::io(dir, e))?.path();
+        paths.push(entry.map_err(|e| StartupError::io(dir, e))?.path());
+    }
+    // The first of two paths to one folder is the one kept, whatever order the disk lists.
+    paths.sort();
+    for path in paths {
+        if crate::input::is_hidden(&path) {
+            continue;
+        }
         if path.is_dir() {
-            walk(root, &path, out)?;
+            walk(root, &path, out, walked)?;
         } else if path.extension().is_some_and(|e| e == "proto") {
             let Ok(rel) = path.strip_prefix(root) else {
                 continue;
             };
+            crate::input::check_regular(&path).map_err(|e| StartupError::io(&path, e))?;
             let name = rel
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy())
@@ -98,6 +124,14 @@ pub fn read_sets(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<raw::File>)>, St
                     p.display()
                 ))
             })?;
+            // protoc and buf never write a set without files; reading one is a mistake, most
+            // often a pipe read a second time (on reload): it would serve nothing at all.
+            if set.file.is_empty() {
+                return Err(StartupError::Usage(format!(
+                    "--descriptor-set {}: holds no files; write the set to a regular file with `buf build -o FILE.binpb` (a pipe such as <(buf build -o -) can be read only once, so a reload finds it empty)",
+                    p.display()
+                )));
+            }
             Ok((p.clone(), set.file))
         })
         .collect()
@@ -255,7 +289,7 @@ fn missing_import(name: &str, importer: Option<&str>, finder: &Finder) -> Startu
     };
     let location = match finder.on_disk(importer) {
         Some(path) => {
-            let index = std::fs::read_to_string(&path)
+            let index = crate::input::read_to_string(&path)
                 .ok()
                 .and_then(|t| protox_parse::parse(importer, &t).ok())
                 .and_then(|f| f.dependency.iter().position(|d| d == name));
@@ -285,7 +319,7 @@ fn load(name: &str, provider: Provider) -> Result<Input, StartupError> {
             .map_err(|e| StartupError::Usage(format!("{name}: bad descriptor: {e}"))),
         Provider::Source(text) => parse(name, text, Path::new(name)),
         Provider::Disk(path) => {
-            let text = std::fs::read_to_string(&path).map_err(|e| StartupError::io(&path, e))?;
+            let text = crate::input::read_text(&path)?;
             parse(name, &text, &path)
         }
     }
@@ -351,7 +385,7 @@ fn check_vendored(source: &Source) {
     let Some(bundled) = bundled::proto(&source.name) else {
         return;
     };
-    let differs = match std::fs::read_to_string(&source.path)
+    let differs = match crate::input::read_to_string(&source.path)
         .ok()
         .and_then(|t| protox_parse::parse(&source.name, &t).ok())
     {
@@ -441,6 +475,7 @@ fn dependency_order(
         while let Some((name, next)) = path.last_mut() {
             let deps = loaded.get(*name).map_or(&[][..], |i| i.dependencies());
             if let Some(dep) = deps.get(*next) {
+                let import = *next;
                 *next += 1;
                 let Some((dep, _)) = loaded.get_key_value(dep.as_str()) else {
                     continue;
@@ -458,9 +493,11 @@ fn dependency_order(
                             .chain([dep.as_str()])
                             .collect();
                         let first = path[path.len() - 1].0;
-                        let location = finder
-                            .on_disk(first)
-                            .map_or_else(|| Location::file(first), Location::file);
+                        // At the import statement that closes the circle.
+                        let location = finder.on_disk(first).map_or_else(
+                            || Location::file(first),
+                            |p| diagnose::locate(&p, first, &[3, import as i32]),
+                        );
                         return Err(StartupErrors::from(StartupError::Proto {
                             location,
                             message: format!("import cycle: {}", cycle.join(" -> ")),

@@ -219,7 +219,7 @@ impl EngineBuilder {
         let script_index = match self.script_index.get(&path) {
             Some(i) => *i,
             None => {
-                let source = std::fs::read_to_string(&path).map_err(|e| {
+                let source = crate::input::read_to_string(&path).map_err(|e| {
                     ScriptSetupError::Entry(format!("cannot read script {display}: {e}"))
                 })?;
                 self.first

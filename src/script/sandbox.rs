@@ -594,7 +594,7 @@ fn install_require(lua: &Lua, dir: PathBuf, sandbox: &Sandbox) -> mlua::Result<(
             )));
         }
         let path = dir.join(format!("{}.lua", name.replace('.', "/")));
-        let source = std::fs::read_to_string(&path).map_err(|e| {
+        let source = crate::input::read_to_string(&path).map_err(|e| {
             mlua::Error::runtime(format!(
                 "require({name:?}): cannot read {}: {e}",
                 path.display()

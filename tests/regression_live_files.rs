@@ -1,0 +1,483 @@
+//! Regressions of the files a live server reads and watches. Each used to go wrong:
+//!
+//! - a handler fixed after a reload that also changed the protos was paired with the protos
+//!   of before;
+//! - a handlers folder replaced while serving (renamed away or removed and created again, or
+//!   a link to it switched to another folder) was watched no more;
+//! - a folder that kept changing (a data file rewritten every 20 ms) held every reload back
+//!   for as long as it did;
+//! - a descriptor set rebuilt while serving was not noticed, and one read from a pipe was
+//!   empty on reload, which served nothing;
+//! - two symbolic links back up the proto tree made loading exponential (a hang growing
+//!   memory), and a FIFO in the handler folder blocked loading forever;
+//! - a runtime handler whose method left the protos came with advice about naming methods;
+//! - an editor's hidden lock link (Emacs's `.#x.proto`) failed every load while it existed;
+//! - a byte-order mark made every kind of file unreadable;
+//! - text that is not UTF-8, an import cycle, and one name declared by two files that do not
+//!   import each other were reported without a line and column.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::project::{live_handler, Project, LIVE_PROTO};
+use common::{binary, pool, run_bounded, Client, Server};
+use serde_json::json;
+
+/// Waits (bounded) until a log line contains `needle`.
+fn wait_for_log(server: &Server, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log().iter().any(|l| l.contains(needle)) {
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {needle:?}: {:#?}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `method` until it answers `want` (bounded).
+async fn wait_for_answer(client: &Client, method: &str, want: serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = client.unary(method, json!({"text": "x"})).await;
+        if got.as_ref().ok() == Some(&want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{method}: still {got:?}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_handler_fixed_after_a_failed_reload_is_served_with_the_new_protos() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    // One edit: the proto gains a field and a method, the handler uses both with a typo.
+    let proto = LIVE_PROTO
+        .replace(
+            "rpc Chat (Line) returns (Line);",
+            "rpc Chat (Line) returns (Line);\n  rpc Again (Line) returns (Line);",
+        )
+        .replace("string text = 1;", "string text = 1; string extra = 2;");
+    let handler = |field: &str| {
+        format!(
+            r#"{{"service": "live.Live", "methods": {{
+  "Chat": {{"reply": {{"text": "v2: {{{{text}}}}", "extra": "e"}}}},
+  "Again": {{"reply": {{"{field}": "again"}}}}
+}}}}"#
+        )
+    };
+    project.write("handlers/live.json", &handler("txet"));
+    project.write("protos/live.proto", &proto);
+    // This problem is only found once the new proto is compiled.
+    wait_for_log(&server, r#"live.Line has no field "txet""#);
+    // Fixing only the handler must serve it with the protos on disk.
+    project.write("handlers/live.json", &handler("text"));
+    let client = project.client(&server).await;
+    wait_for_answer(&client, "live.Live/Again", json!({"text": "again"})).await;
+    let chat = client.unary("live.Live/Chat", json!({"text": "x"})).await;
+    assert_eq!(chat.unwrap(), json!({"text": "v2: x", "extra": "e"}));
+}
+
+#[tokio::test]
+async fn a_handlers_folder_replaced_while_serving_is_still_watched() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let client = Client::connect(server.addr, pool(&project.path("protos"))).await;
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
+    // As a generator or `rsync --delete-after` does: the folder is renamed away and created anew.
+    std::fs::rename(project.path("handlers"), project.path("handlers.old")).unwrap();
+    std::fs::create_dir(project.path("handlers")).unwrap();
+    wait_for_log(&server, "generation 2 serving");
+    std::fs::write(project.path("handlers/live.json"), live_handler("v2")).unwrap();
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+    // The folder renamed away is not watched any more, the new one still is.
+    std::fs::write(project.path("handlers.old/live.json"), live_handler("old")).unwrap();
+    std::fs::write(project.path("handlers/live.json"), live_handler("v3")).unwrap();
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v3: x"})).await;
+}
+
+#[tokio::test]
+async fn a_runtime_handler_of_a_removed_method_says_how_to_remove_it() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let (status, body) = server
+        .admin_call(
+            "PUT",
+            "/v1/handlers/live.Live/Talk",
+            None,
+            Some(r#"{"reply": {"text": "runtime"}}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{body:#}");
+    project.write(
+        "protos/live.proto",
+        &LIVE_PROTO.replace("  rpc Talk (stream Line) returns (stream Line);\n", ""),
+    );
+    project.write(
+        "handlers/live.json",
+        &live_handler("v2").replace(
+            ",\n    \"Talk\": { \"reply\": { \"text\": \"v2: {{text}}\" } }",
+            "",
+        ),
+    );
+    wait_for_log(&server, "reload (files changed) failed");
+    let (_, problems) = server.admin_call("POST", "/v1/reload", None, None).await;
+    let text = problems.to_string();
+    assert!(
+        text.contains("live.Live has no method")
+            && text.contains("DELETE /v1/handlers/live.Live/Talk"),
+        "the problem says how to remove the handler: {problems:#}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn two_links_back_up_the_proto_tree_load_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let protos = dir.path().join("protos");
+    std::fs::create_dir(&protos).unwrap();
+    std::fs::write(
+        protos.join("a.proto"),
+        "syntax = \"proto3\";\npackage a;\nmessage M { string s = 1; }\nservice S { rpc Go (M) returns (M); }\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(".", protos.join("here")).unwrap();
+    std::os::unix::fs::symlink("..", protos.join("up")).unwrap();
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir(&handlers).unwrap();
+    std::fs::write(
+        handlers.join("a.json"),
+        r#"{"service": "a.S", "methods": {"Go": {"echo": {}}}}"#,
+    )
+    .unwrap();
+    let mut cmd = Command::new(binary());
+    cmd.arg("check")
+        .arg("--no-cache")
+        .arg("--protos")
+        .arg(&protos)
+        .arg("--handlers")
+        .arg(&handlers);
+    let (code, err) = run_bounded(cmd);
+    assert_eq!(
+        code,
+        Some(0),
+        "check must finish and accept the tree: {err}"
+    );
+    assert!(
+        err.contains("read already"),
+        "the skipped links are named: {err}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_the_handlers_folder_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir(&handlers).unwrap();
+    let fifo = handlers.join("pipe.json");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let repo = common::repo();
+    let mut cmd = Command::new(binary());
+    cmd.arg("check")
+        .arg("--no-cache")
+        .arg("--protos")
+        .arg(repo.join("protos"))
+        .arg("--handlers")
+        .arg(&handlers);
+    let (code, err) = run_bounded(cmd);
+    assert_eq!(
+        code,
+        Some(2),
+        "check must finish and refuse the tree: {err}"
+    );
+    assert!(
+        err.contains("pipe.json") && err.contains("not a regular file"),
+        "the FIFO is named: {err}"
+    );
+}
+
+/// A project of one service answered by a script, with `files` (path, bytes) written over it.
+fn text_project(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["protos", "handlers", "data"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+    }
+    let base: [(&str, &[u8]); 4] = [
+        (
+            "protos/t.proto",
+            b"syntax = \"proto3\";\npackage t;\nmessage M { string s = 1; }\nservice S { rpc Go (M) returns (M); }\n",
+        ),
+        (
+            "handlers/t.json",
+            br#"{"service": "t.S", "methods": {"Go": {"script": "t.lua"}}}"#,
+        ),
+        (
+            "handlers/t.lua",
+            b"function Go(m, ctx) return {s = data.d.k} end\n",
+        ),
+        ("data/d.json", br#"{"k": "v"}"#),
+    ];
+    for (path, bytes) in base.iter().chain(files) {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    dir
+}
+
+fn check_text(dir: &std::path::Path) -> (Option<i32>, String) {
+    let mut cmd = Command::new(binary());
+    cmd.arg("check").arg("--no-cache");
+    for sub in ["protos", "handlers", "data"] {
+        cmd.arg(format!("--{sub}")).arg(dir.join(sub));
+    }
+    run_bounded(cmd)
+}
+
+#[test]
+fn a_byte_order_mark_is_accepted_in_every_kind_of_file() {
+    let with_bom = |text: &[u8]| [b"\xEF\xBB\xBF".as_slice(), text].concat();
+    let proto = with_bom(
+        b"syntax = \"proto3\";\npackage t;\nmessage M { string s = 1; }\nservice S { rpc Go (M) returns (M); }\n",
+    );
+    let handler = with_bom(br#"{"service": "t.S", "methods": {"Go": {"script": "t.lua"}}}"#);
+    let script = with_bom(b"function Go(m, ctx) return {s = data.d.k} end\n");
+    let data = with_bom(br#"{"k": "v"}"#);
+    let dir = text_project(&[
+        ("protos/t.proto", &proto),
+        ("handlers/t.json", &handler),
+        ("handlers/t.lua", &script),
+        ("data/d.json", &data),
+    ]);
+    let (code, err) = check_text(dir.path());
+    assert_eq!(
+        code,
+        Some(0),
+        "files saved with a byte-order mark load: {err}"
+    );
+}
+
+#[test]
+fn text_that_is_not_utf8_is_reported_at_its_line_and_column() {
+    let dir = text_project(&[
+        ("data/d.json", b"{\"k\":\n  \"ab\xFF\"}"),
+        (
+            "handlers/t.json",
+            b"{\"service\": \"t.S\",\n \"methods\": {\"Go\": {\"reply\": {\"s\": \"\xC3\xA9\xE9\"}}}}",
+        ),
+    ]);
+    let (code, err) = check_text(dir.path());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("d.json:2:6: not UTF-8 text"), "{err}");
+    assert!(err.contains("t.json:2:38: not UTF-8 text"), "{err}");
+    let dir = text_project(&[(
+        "protos/t.proto",
+        b"syntax = \"proto3\";\npackage t;\n// caf\xE9\nmessage M { string s = 1; }\nservice S { rpc Go (M) returns (M); }\n",
+    )]);
+    let (code, err) = check_text(dir.path());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("t.proto:3:7: not UTF-8 text"), "{err}");
+}
+
+#[test]
+fn an_import_cycle_is_reported_at_the_import_that_closes_it() {
+    let dir = text_project(&[
+        (
+            "protos/a.proto",
+            b"syntax = \"proto3\";\npackage a;\nimport \"google/protobuf/empty.proto\";\nimport \"b.proto\";\nmessage A {}\n",
+        ),
+        (
+            "protos/b.proto",
+            b"syntax = \"proto3\";\npackage b;\n\n  import \"a.proto\";\nmessage B {}\n",
+        ),
+    ]);
+    let (code, err) = check_text(dir.path());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("b.proto:4:3: import cycle: a.proto -> b.proto -> a.proto"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_folder_that_never_stays_quiet_still_reloads() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
+    project.write("handlers/live.json", &live_handler("v2"));
+    // Another process rewrites a data file far more often than the quiet time the watcher
+    // waits for, for as long as the test runs (bounded).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let (stop, path) = (stop.clone(), project.path("data/tick.json"));
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(30);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                n += 1;
+                std::fs::write(&path, format!("{{\"n\": {n}}}")).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    ticker.join().unwrap();
+    assert!(
+        answer.is_ok(),
+        "no reload while the data folder kept changing"
+    );
+}
+
+/// `proto` compiled into a binary descriptor set at `set`, as `buf build -o` writes one.
+fn write_set(proto: &str, set: &std::path::Path) {
+    use prost::Message as _;
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("d.proto"), proto).unwrap();
+    let files = protox::compile(["d.proto"], [src.path()]).unwrap();
+    let tmp = set.with_extension("partial~");
+    std::fs::write(&tmp, files.encode_to_vec()).unwrap();
+    std::fs::rename(&tmp, set).unwrap();
+}
+
+#[tokio::test]
+async fn a_descriptor_set_rebuilt_while_serving_is_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("schema.binpb");
+    let proto = "syntax = \"proto3\";\npackage d;\nmessage M { string a = 1; }\nservice S { rpc Go (M) returns (M); }\n";
+    write_set(proto, &set);
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir(&handlers).unwrap();
+    std::fs::write(
+        handlers.join("d.json"),
+        r#"{"service": "d.S", "methods": {"Go": {"echo": {}}}}"#,
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--descriptor-set",
+        set.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+        "--no-cache",
+    ]);
+    write_set(
+        &proto.replace(
+            "rpc Go (M) returns (M);",
+            "rpc Go (M) returns (M); rpc Two (M) returns (M);",
+        ),
+        &set,
+    );
+    wait_for_log(&server, "generation 2 serving");
+    let services = server.admin_get("/v1/services").await;
+    assert!(
+        services.to_string().contains("/d.S/Two"),
+        "the rebuilt set is served: {services:#}"
+    );
+}
+
+#[test]
+fn one_name_declared_by_two_unrelated_files_is_located() {
+    let dir = text_project(&[(
+        "protos/u.proto",
+        b"syntax = \"proto3\";\npackage t;\n\nmessage Other {}\n  message M { int32 x = 1; }\n",
+    )]);
+    let (code, err) = check_text(dir.path());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("u.proto:5:11: u.proto: name 't.M' is already defined in file 't.proto'"),
+        "{err}"
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_handlers_link_switched_to_another_folder_is_followed() {
+    let project = Project::new();
+    // handlers -> h1, then switched atomically to h2, as a deployment switches releases.
+    std::fs::rename(project.path("handlers"), project.path("h1")).unwrap();
+    std::fs::create_dir(project.path("h2")).unwrap();
+    for entry in std::fs::read_dir(project.path("h1")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), project.path("h2").join(entry.file_name())).unwrap();
+    }
+    std::fs::write(project.path("h2/live.json"), live_handler("v2")).unwrap();
+    std::os::unix::fs::symlink("h1", project.path("handlers")).unwrap();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
+    std::os::unix::fs::symlink("h2", project.path("handlers.next")).unwrap();
+    std::fs::rename(project.path("handlers.next"), project.path("handlers")).unwrap();
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+    std::fs::write(project.path("h2/live.json"), live_handler("v3")).unwrap();
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v3: x"})).await;
+}
+
+#[cfg(unix)]
+#[test]
+fn editors_lock_links_and_hidden_files_are_not_inputs() {
+    let dir = text_project(&[
+        // A stale copy in a hidden folder would declare every name twice.
+        (
+            "protos/.history/t.proto",
+            b"syntax = \"proto3\";\npackage t;\nmessage M {}\n",
+        ),
+        ("data/.d.json", b"{"),
+    ]);
+    // Emacs's lock links for files with unsaved changes: they point nowhere.
+    for lock in ["protos/.#t.proto", "handlers/.#t.json", "data/.#d.json"] {
+        std::os::unix::fs::symlink("user@host.4242:1700000000", dir.path().join(lock)).unwrap();
+    }
+    let (code, err) = check_text(dir.path());
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[tokio::test]
+async fn a_handlers_folder_removed_and_created_again_is_still_watched() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
+    // The new folder often gets the inode of the old one: that must not pass for "unchanged".
+    std::fs::remove_dir_all(project.path("handlers")).unwrap();
+    std::fs::create_dir(project.path("handlers")).unwrap();
+    wait_for_log(&server, "generation 2 serving");
+    std::fs::write(project.path("handlers/live.json"), live_handler("v2")).unwrap();
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+    std::fs::write(project.path("handlers/live.json"), live_handler("v3")).unwrap();
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v3: x"})).await;
+}
+
+#[test]
+fn a_descriptor_set_without_files_is_refused() {
+    let dir = text_project(&[]);
+    let set = dir.path().join("empty.binpb");
+    std::fs::write(&set, b"").unwrap();
+    let mut cmd = Command::new(binary());
+    cmd.arg("check")
+        .arg("--no-cache")
+        .arg("--descriptor-set")
+        .arg(&set)
+        .arg("--protos")
+        .arg(dir.path().join("protos"))
+        .arg("--handlers")
+        .arg(dir.path().join("handlers"))
+        .arg("--data")
+        .arg(dir.path().join("data"));
+    let (code, err) = run_bounded(cmd);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("empty.binpb: holds no files"), "{err}");
+}
