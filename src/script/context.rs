@@ -12,15 +12,15 @@
 //! | `ctx:set_header(k, v)` | response header (before the first message) |
 //! | `ctx:set_trailer(k, v)` | response trailer |
 //!
-//! Every call gets its own ctx, and it stops working when its call ends: a closure that kept it
-//! can never read another call's metadata. [`CallShared`] is also the call's meter (budget,
+//! Every call gets its own ctx, and it works only while its own call runs: a closure that kept
+//! it can never read another call's metadata. [`CallShared`] is also the call's meter (budget,
 //! deadline, cancellation, sticky abort) that the instruction hook checks.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mlua::{UserData, UserDataFields, UserDataMethods, Value as LuaValue};
+use mlua::{Function, Table, Value as LuaValue};
 use prost_reflect::MessageDescriptor;
 use tokio::sync::oneshot;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
@@ -79,6 +79,8 @@ pub struct CallShared {
     pub pending: Mutex<Option<Result<Outgoing, Status>>>,
     /// The call's own thread (a pointer), driven by the executor: never yielded by the hook.
     main_thread: std::sync::atomic::AtomicUsize,
+    /// The call's ctx table (a pointer; 0 before it is made): ctx methods work for this one.
+    pub ctx: std::sync::atomic::AtomicUsize,
     /// Coroutines (pointers) of this call that the hook yielded for a time slice and whose
     /// resumer has not seen it yet (see `guard`).
     sliced: Mutex<Vec<usize>>,
@@ -154,6 +156,7 @@ impl CallShared {
             sender: Mutex::new(sender),
             pending: Mutex::new(None),
             main_thread: std::sync::atomic::AtomicUsize::new(0),
+            ctx: std::sync::atomic::AtomicUsize::new(0),
             sliced: Mutex::new(Vec::new()),
             pause_owed: AtomicBool::new(false),
             abort_yield: std::sync::atomic::AtomicUsize::new(0),
@@ -337,20 +340,6 @@ impl CallShared {
     }
 }
 
-/// The Lua-side handle: one per call, dead once its call has ended.
-pub struct Ctx(pub Arc<CallShared>);
-
-impl Ctx {
-    fn call(&self) -> mlua::Result<&Arc<CallShared>> {
-        if self.0.ended.load(Ordering::Acquire) {
-            return Err(mlua::Error::runtime(
-                "ctx used after its call ended (a closure kept it past the call)",
-            ));
-        }
-        Ok(&self.0)
-    }
-}
-
 /// The most a script may set in response headers, and again in trailers: key and value bytes
 /// plus 32 per entry, as HTTP/2 counts a header list. Clients refuse larger lists (hyper's at
 /// 16 KiB) with an HTTP/2 error instead of the call's reply or status.
@@ -397,69 +386,141 @@ fn unix_seconds(at: Instant) -> f64 {
     }
 }
 
-impl UserData for Ctx {
-    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
-        fields.add_field_method_get("method", |_, this| Ok(this.call()?.method.to_string()));
-        fields.add_field_method_get("deadline", |_, this| {
-            Ok(this.call()?.deadline.map(unix_seconds))
-        });
-        fields.add_field_method_get("metadata", |lua, this| {
-            let t = lua.create_table()?;
-            for kv in this.call()?.metadata.iter() {
-                match kv {
-                    KeyAndValueRef::Ascii(k, v) => {
-                        t.raw_set(k.as_str(), lua.create_string(v.as_encoded_bytes())?)?
-                    }
-                    KeyAndValueRef::Binary(k, v) => {
-                        let bytes = v.to_bytes().unwrap_or_default();
-                        t.raw_set(k.as_str(), lua.create_string(&bytes)?)?
-                    }
-                }
-            }
-            Ok(t)
-        });
-    }
+/// Says a handle is not the running call's own: its call ended (a closure kept it), or it
+/// belongs to another call on the same state.
+fn dead() -> mlua::Error {
+    mlua::Error::runtime("ctx used after its call ended (a closure kept it past the call)")
+}
 
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("elapsed", |_, this, ()| {
-            Ok(this.call()?.started.elapsed().as_secs_f64())
-        });
-        methods.add_method("remaining", |_, this, ()| {
-            Ok(this
-                .call()?
+/// The running call, if `ctx` is its own ctx.
+fn bound(ctx: &Table) -> mlua::Result<Arc<CallShared>> {
+    let at = ctx.to_pointer() as usize;
+    match super::slice::running_call() {
+        Some(call) if call.ctx.load(Ordering::Acquire) == at && !call.ended.load(Ordering::Acquire) => {
+            Ok(call)
+        }
+        _ => Err(dead()),
+    }
+}
+
+/// What `ctx` is made of in each state: one metatable, its methods written once, so a call's
+/// ctx is a plain empty table and naming it the running call's costs one store. A method
+/// finds the call it works for from the running call, and only if the table is that call's own
+/// ctx: a ctx kept past its call, or handed to another call, stops working.
+const CTX: &str = r#"
+local methods, field, try_send, wait_send, bind = ...
+local setmetatable, error = setmetatable, error
+-- `ctx:send` tries a plain call first and waits only when the client is slow.
+methods.send = function(self, msg)
+  if not try_send(self, msg) then wait_send(self) end
+end
+local mt = {
+  __index = function(self, k)
+    local m = methods[k]
+    if m ~= nil then return m end
+    return field(self, k)
+  end,
+  __newindex = function() error("ctx is read-only", 2) end,
+  __metatable = "ctx",
+}
+-- A new call's ctx, named the running call's.
+return function()
+  local ctx = setmetatable({}, mt)
+  bind(ctx)
+  return ctx
+end
+"#;
+
+/// The state's ctx maker: a function that returns a new ctx bound to the running call (the
+/// call runner calls it as a call starts).
+pub fn ctx_maker(lua: &mlua::Lua) -> mlua::Result<Function> {
+    let methods = lua.create_table()?;
+    methods.raw_set(
+        "elapsed",
+        lua.create_function(|_, ctx: Table| Ok(bound(&ctx)?.started.elapsed().as_secs_f64()))?,
+    )?;
+    methods.raw_set(
+        "remaining",
+        lua.create_function(|_, ctx: Table| {
+            Ok(bound(&ctx)?
                 .deadline
                 .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64()))
-        });
-        methods.add_method("set_header", |_, this, (k, v): (String, mlua::String)| {
-            if this.call()?.headers_sent.load(Ordering::Acquire) {
+        })?,
+    )?;
+    methods.raw_set(
+        "set_header",
+        lua.create_function(|_, (ctx, k, v): (Table, String, mlua::String)| {
+            let call = bound(&ctx)?;
+            if call.headers_sent.load(Ordering::Acquire) {
                 return Err(mlua::Error::runtime("ctx:set_header: headers were already sent with the first message; set headers before ctx:send"));
             }
-            insert_metadata(&mut this.call()?.headers.lock().unwrap_or_else(|e| e.into_inner()), &k, &v.as_bytes())
-        });
-        methods.add_method("set_trailer", |_, this, (k, v): (String, mlua::String)| {
-            insert_metadata(
-                &mut this
-                    .call()?
-                    .trailers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()),
-                &k,
-                &v.as_bytes(),
-            )
-        });
-        methods.add_async_method("sleep", |_, this, ms: f64| async move {
-            let shared = this.call()?.clone();
-            drop(this);
-            sleep(&shared, ms).await
-        });
-        // `ctx:send(msg)` for streaming calls is `try_send`, then `wait_send` only when the
-        // stream's buffer is full (see `sandbox::STREAM_CTX`): no async machinery per message.
-        methods.add_method("try_send", |lua, this, msg: LuaValue| {
-            this.call()?.try_send(lua, &msg)
-        });
-        methods.add_async_method("wait_send", |_, this, ()| async move {
-            let shared = this.call()?.clone();
-            drop(this);
+            let mut headers = lock(&call.headers);
+            insert_metadata(&mut headers, &k, &v.as_bytes())
+        })?,
+    )?;
+    methods.raw_set(
+        "set_trailer",
+        lua.create_function(|_, (ctx, k, v): (Table, String, mlua::String)| {
+            let call = bound(&ctx)?;
+            let mut trailers = lock(&call.trailers);
+            insert_metadata(&mut trailers, &k, &v.as_bytes())
+        })?,
+    )?;
+    methods.raw_set(
+        "sleep",
+        lua.create_async_function(|_, (ctx, ms): (Table, f64)| {
+            let call = bound(&ctx);
+            async move {
+                let shared = call?;
+                sleep(&shared, ms).await
+            }
+        })?,
+    )?;
+    let field = lua.create_function(|lua, (ctx, key): (Table, LuaValue)| {
+        let LuaValue::String(key) = key else {
+            return Ok(LuaValue::Nil);
+        };
+        let key = key.as_bytes();
+        let call = match &*key {
+            b"method" | b"deadline" | b"metadata" => bound(&ctx)?,
+            _ => return Ok(LuaValue::Nil),
+        };
+        match &*key {
+            b"method" => Ok(LuaValue::String(lua.create_string(&*call.method)?)),
+            b"deadline" => Ok(call
+                .deadline
+                .map_or(LuaValue::Nil, |d| LuaValue::Number(unix_seconds(d)))),
+            _ => {
+                let t = lua.create_table()?;
+                for kv in call.metadata.iter() {
+                    match kv {
+                        KeyAndValueRef::Ascii(k, v) => {
+                            t.raw_set(k.as_str(), lua.create_string(v.as_encoded_bytes())?)?
+                        }
+                        KeyAndValueRef::Binary(k, v) => {
+                            let bytes = v.to_bytes().unwrap_or_default();
+                            t.raw_set(k.as_str(), lua.create_string(&bytes)?)?
+                        }
+                    }
+                }
+                Ok(LuaValue::Table(t))
+            }
+        }
+    })?;
+    let try_send = lua.create_function(|lua, (ctx, msg): (Table, LuaValue)| {
+        let call = bound(&ctx)?;
+        if !call.streams_output {
+            return Err(mlua::Error::runtime(format!(
+                "ctx:send: {} answers with one message; return it instead",
+                call.method
+            )));
+        }
+        call.try_send(lua, &msg)
+    })?;
+    let wait_send = lua.create_async_function(|_, ctx: Table| {
+        let call = bound(&ctx);
+        async move {
+            let shared = call?;
             let pending = lock(&shared.pending).take();
             let sender = lock(&shared.sender).clone();
             match (pending, sender) {
@@ -469,16 +530,21 @@ impl UserData for Ctx {
                     .map_err(|_| shared.abort_error(Abort::Cancelled)),
                 _ => Ok(()),
             }
-        });
-        methods.add_method("send", |_, this, msg: LuaValue| {
-            // Reached only by one-message methods: streaming calls get the wrapper above.
-            let _ = msg;
-            Err::<(), _>(mlua::Error::runtime(format!(
-                "ctx:send: {} answers with one message; return it instead",
-                this.call()?.method
-            )))
-        });
-    }
+        }
+    })?;
+    let bind = lua.create_function(|_, ctx: Table| {
+        let at = ctx.to_pointer() as usize;
+        super::slice::with_running_call(|call| match call {
+            Some(call) => {
+                call.ctx.store(at, Ordering::Release);
+                Ok(())
+            }
+            None => Err(mlua::Error::runtime("ctx made outside a call")),
+        })
+    })?;
+    lua.load(CTX)
+        .set_name("=protoserve ctx")
+        .call((methods, field, try_send, wait_send, bind))
 }
 
 /// `ctx:sleep(ms)`: any number of milliseconds; a sleep past the deadline ends the call with

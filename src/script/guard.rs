@@ -37,7 +37,7 @@
 //!   value becomes a message without calling a metamethod (a table's `message` field, never its
 //!   address) while the call is still current.
 
-use mlua::{Function, Lua, Table, Value as LuaValue};
+use mlua::{Function, IntoLuaMulti, Lua, Table, Value as LuaValue};
 
 use super::slice;
 
@@ -55,7 +55,7 @@ pub const GUARD_CLOSE_KEY: &str = "protoserve.guard_close";
 
 const GUARD: &str = r#"
 local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING,
-  enter, leave, start, dgetinfo, dgetlocal, dgetmt, check_owed = ...
+  enter, leave, start, dgetinfo, dgetlocal, dgetmt, check_owed, new_ctx = ...
 local error, select, type, next, rawget, rawset, setmetatable, rawequal =
   error, select, type, next, rawget, rawset, setmetatable, rawequal
 local co = coroutine
@@ -469,9 +469,11 @@ end
 
 -- Every call: on the call's thread (driven by the executor, which the hook never yields), run
 -- `body` in coroutine `c`; slice yields and waits inside it come up here as plain yields. The
--- request is made here, by `build` from what the call was started with (see `requests`).
-local function run(c, f, ctx, build, ...)
+-- call's ctx is made here, and its request, by `build` from what the call was started with
+-- (see `requests`).
+local function run(c, f, build, ...)
   if ndeferring ~= 0 or nparked ~= 0 or nclosing ~= 0 then recount() end
+  local ctx = new_ctx()
   return drive(c, resume(c, f, build(...), ctx))
 end
 
@@ -532,8 +534,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     })?;
     let pending = LuaValue::LightUserData(Lua::poll_pending());
     type Made = (Function, Function, Function, Function, Function, Function);
-    let (pcall, xpcall, run, body, load, guard_close): Made =
-        lua.load(GUARD).set_name("=protoserve guard").call((
+    let mut args = (
             g.get::<Function>("pcall")?,
             g.get::<Function>("xpcall")?,
             check,
@@ -553,7 +554,11 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
             debug.raw_get::<Function>("getlocal")?,
             debug.raw_get::<Function>("getmetatable")?,
             check_paused,
-        ))?;
+        )
+        .into_lua_multi(lua)?;
+    args.push_back(LuaValue::Function(super::context::ctx_maker(lua)?));
+    let (pcall, xpcall, run, body, load, guard_close): Made =
+        lua.load(GUARD).set_name("=protoserve guard").call(args)?;
     g.raw_set("pcall", pcall)?;
     g.raw_set("xpcall", xpcall)?;
     lua.set_named_registry_value(RUNNER_KEY, run)?;

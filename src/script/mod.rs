@@ -53,7 +53,7 @@ use tonic::Status;
 use crate::data::DataSets;
 use crate::error::{CallError, Location, StartupError, StartupErrors};
 use crate::handler::{Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses};
-use context::{CallShared, CallSpec, Ctx, Output};
+use context::{CallShared, CallSpec, Output};
 use convert::{outgoing_from_lua, unwrap_readonly};
 use plan::Plans;
 use slice::Running;
@@ -513,29 +513,9 @@ fn start(
     else {
         return Err(mlua::Error::runtime("no such script function"));
     };
-    let handle = lua.create_userdata(Ctx(shared.clone()))?;
-    let ctx = if shared.streams_output {
-        // The call's own `try_send`: sending a message is one plain call.
-        let call = shared.clone();
-        let try_send = lua.create_function(move |lua, msg: LuaValue| {
-            if call.ended.load(std::sync::atomic::Ordering::Acquire) {
-                return Err(mlua::Error::runtime(
-                    "ctx used after its call ended (a closure kept it past the call)",
-                ));
-            }
-            call.try_send(lua, &msg)
-        })?;
-        state.stream_ctx.call::<LuaValue>((handle, try_send))?
-    } else {
-        LuaValue::UserData(handle)
-    };
     let (main, body) = state.threads()?;
     let mut args = Vec::with_capacity(8);
-    args.extend([
-        LuaValue::Thread(body.clone()),
-        LuaValue::Function(f.clone()),
-        ctx,
-    ]);
+    args.extend([LuaValue::Thread(body.clone()), LuaValue::Function(f.clone())]);
     match requests {
         Requests::One(msg) => {
             args.push(LuaValue::Function(builder.clone()));

@@ -77,7 +77,6 @@ pub struct State {
     /// The memory limit, for messages.
     pub memory_limit: usize,
     pub functions: Vec<Function>,
-    pub stream_ctx: Function,
     /// Per request layout, the function that makes its tables (see `decode`).
     pub builders: Vec<Function>,
     /// `(handle, builder)` → a streaming call's request iterator (see `requests`).
@@ -252,7 +251,6 @@ impl Loading {
             .map_err(|e| lua_setup_error("preparing request streams", e))?;
         Ok(State {
             memory_limit: self.memory_limit,
-            stream_ctx: self.sandbox.stream_ctx.clone(),
             builders,
             iterate,
             lua: self.lua,
