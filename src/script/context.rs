@@ -408,13 +408,13 @@ fn bound(ctx: &Table) -> mlua::Result<Arc<CallShared>> {
 /// finds the call it works for from the running call, and only if the table is that call's own
 /// ctx: a ctx kept past its call, or handed to another call, stops working.
 const CTX: &str = r#"
-local methods, field, try_send, wait_send, bind = ...
-local setmetatable, error = setmetatable, error
+local methods, field, try_send, wait_send = ...
+local error = error
 -- `ctx:send` tries a plain call first and waits only when the client is slow.
 methods.send = function(self, msg)
   if not try_send(self, msg) then wait_send(self) end
 end
-local mt = {
+return {
   __index = function(self, k)
     local m = methods[k]
     if m ~= nil then return m end
@@ -423,17 +423,12 @@ local mt = {
   __newindex = function() error("ctx is read-only", 2) end,
   __metatable = "ctx",
 }
--- A new call's ctx, named the running call's.
-return function()
-  local ctx = setmetatable({}, mt)
-  bind(ctx)
-  return ctx
-end
 "#;
 
-/// The state's ctx maker: a function that returns a new ctx bound to the running call (the
-/// call runner calls it as a call starts).
-pub fn ctx_maker(lua: &mlua::Lua) -> mlua::Result<Function> {
+/// The state's ctx metatable, and `bind(ctx)`, which names a new ctx the running call's own
+/// as the call starts (the call runner makes each ctx, see `guard`) and raises the call's abort
+/// if it was stopped meanwhile.
+pub fn ctx_parts(lua: &mlua::Lua) -> mlua::Result<(Table, Function)> {
     let methods = lua.create_table()?;
     methods.raw_set(
         "elapsed",
@@ -535,16 +530,21 @@ pub fn ctx_maker(lua: &mlua::Lua) -> mlua::Result<Function> {
     let bind = lua.create_function(|_, ctx: Table| {
         let at = ctx.to_pointer() as usize;
         super::slice::with_running_call(|call| match call {
-            Some(call) => {
-                call.ctx.store(at, Ordering::Release);
-                Ok(())
-            }
+            Some(call) => match call.aborted() {
+                Some(a) => Err(mlua::Error::external(a)),
+                None => {
+                    call.ctx.store(at, Ordering::Release);
+                    Ok(())
+                }
+            },
             None => Err(mlua::Error::runtime("ctx made outside a call")),
         })
     })?;
-    lua.load(CTX)
+    let metatable = lua
+        .load(CTX)
         .set_name("=protoserve ctx")
-        .call((methods, field, try_send, wait_send, bind))
+        .call((methods, field, try_send, wait_send))?;
+    Ok((metatable, bind))
 }
 
 /// `ctx:sleep(ms)`: any number of milliseconds; a sleep past the deadline ends the call with

@@ -48,6 +48,8 @@ const MAX_PROTECTED_DEPTH: u32 = 60;
 pub const RUNNER_KEY: &str = "protoserve.runner";
 /// Where the body (what a call's own coroutine runs) is kept.
 pub const BODY_KEY: &str = "protoserve.body";
+/// Where the runner's tables of handler functions and request builders are kept.
+pub const HANDLERS_KEY: &str = "protoserve.handlers";
 /// Where the runner of scripts' top-level code is kept.
 pub const LOAD_KEY: &str = "protoserve.load";
 /// Where the `__close` guard is kept, for the sandbox's `setmetatable` and the freezer.
@@ -55,7 +57,7 @@ pub const GUARD_CLOSE_KEY: &str = "protoserve.guard_close";
 
 const GUARD: &str = r#"
 local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING,
-  enter, leave, start, dgetinfo, dgetlocal, dgetmt, check_owed, new_ctx = ...
+  enter, leave, start, dgetinfo, dgetlocal, dgetmt, check_owed, ctx_mt, bind = ...
 local error, select, type, next, rawget, rawset, setmetatable, rawequal =
   error, select, type, next, rawget, rawset, setmetatable, rawequal
 local co = coroutine
@@ -467,14 +469,27 @@ local function drive(c, ok, ...)
   return ...
 end
 
+-- What calls run, filled in once the scripts are loaded: the handler functions, the request
+-- builders (by layout) and the request stream iterator factory (see `requests`).
+local handlers = { functions = {}, builders = {} }
+
 -- Every call: on the call's thread (driven by the executor, which the hook never yields), run
--- `body` in coroutine `c`; slice yields and waits inside it come up here as plain yields. The
--- call's ctx is made here, and its request, by `build` from what the call was started with
--- (see `requests`).
-local function run(c, f, build, ...)
+-- `body` in coroutine `c`; slice yields and waits inside it come up here as plain yields.
+-- Handler `fi` gets its request, made here by the builder of layout `bi` from what the call
+-- was started with (a streaming call's `try_next` and handle, else `false` and the slots), and
+-- its ctx, made here too and named the call's own by `bind`, which also raises the call's
+-- abort as `resume` checks it.
+local function run(c, fi, bi, stream, ...)
   if ndeferring ~= 0 or nparked ~= 0 or nclosing ~= 0 then recount() end
-  local ctx = new_ctx()
-  return drive(c, resume(c, f, build(...), ctx))
+  local ctx = setmetatable({}, ctx_mt)
+  local req
+  if stream then
+    req = handlers.iterate(stream, (...), handlers.builders[bi])
+  else
+    req = handlers.builders[bi](...)
+  end
+  bind(ctx)
+  return drive(c, after_resume(c, co_resume(c, handlers.functions[fi], req, ctx)))
 end
 
 -- A script's top-level code, at startup: in a coroutine, so the hook can stop it by yielding;
@@ -489,7 +504,7 @@ local function load(f)
   end
 end
 
-return pcall, xpcall, run, body, load, guard_close
+return pcall, xpcall, run, body, load, guard_close, handlers
 "#;
 
 /// Installs the wrappers in `lua`'s globals and `coroutine` table (before they are frozen) and
@@ -533,7 +548,15 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         })
     })?;
     let pending = LuaValue::LightUserData(Lua::poll_pending());
-    type Made = (Function, Function, Function, Function, Function, Function);
+    type Made = (
+        Function,
+        Function,
+        Function,
+        Function,
+        Function,
+        Function,
+        Table,
+    );
     let mut args = (
             g.get::<Function>("pcall")?,
             g.get::<Function>("xpcall")?,
@@ -556,8 +579,10 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
             check_paused,
         )
         .into_lua_multi(lua)?;
-    args.push_back(LuaValue::Function(super::context::ctx_maker(lua)?));
-    let (pcall, xpcall, run, body, load, guard_close): Made =
+    let (ctx_mt, bind) = super::context::ctx_parts(lua)?;
+    args.push_back(LuaValue::Table(ctx_mt));
+    args.push_back(LuaValue::Function(bind));
+    let (pcall, xpcall, run, body, load, guard_close, handlers): Made =
         lua.load(GUARD).set_name("=protoserve guard").call(args)?;
     g.raw_set("pcall", pcall)?;
     g.raw_set("xpcall", xpcall)?;
@@ -565,6 +590,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     lua.set_named_registry_value(BODY_KEY, body)?;
     lua.set_named_registry_value(LOAD_KEY, load)?;
     lua.set_named_registry_value(GUARD_CLOSE_KEY, guard_close)?;
+    lua.set_named_registry_value(HANDLERS_KEY, handlers)?;
     Ok(())
 }
 

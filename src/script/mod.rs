@@ -509,28 +509,30 @@ fn start(
     requests: Requests,
 ) -> mlua::Result<(Running<mlua::AsyncThread<LuaValue>>, worker::CallThreads)> {
     let lua = &state.lua;
-    let (Some(f), Some(builder)) = (state.functions.get(function), state.builders.get(layout))
-    else {
+    if function >= state.functions.len() || layout >= state.builders.len() {
         return Err(mlua::Error::runtime("no such script function"));
-    };
+    }
     let (main, body) = state.threads()?;
     let mut args = Vec::with_capacity(8);
-    args.extend([LuaValue::Thread(body.clone()), LuaValue::Function(f.clone())]);
+    // (The runner's tables count from 1.)
+    args.extend([
+        LuaValue::Thread(body.clone()),
+        LuaValue::Integer(function as i64 + 1),
+        LuaValue::Integer(layout as i64 + 1),
+    ]);
     match requests {
         Requests::One(msg) => {
-            args.push(LuaValue::Function(builder.clone()));
+            args.push(LuaValue::Boolean(false));
             args.push(LuaValue::Boolean(true));
             requests::decode_request(lua, &msg, layout, &mut args)?;
         }
         Requests::Stream(stream) => {
-            args.push(LuaValue::Function(state.iterate.clone()));
             args.extend(requests::RequestStream::iterator_args(
                 lua,
                 shared.clone(),
                 stream,
                 layout,
             )?);
-            args.push(LuaValue::Function(builder.clone()));
         }
     }
     shared.set_main_thread(main.to_pointer() as usize);
