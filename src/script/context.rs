@@ -386,39 +386,57 @@ fn unix_seconds(at: Instant) -> f64 {
     }
 }
 
-/// Says a handle is not the running call's own: its call ended (a closure kept it), or it
-/// belongs to another call on the same state.
-fn dead() -> mlua::Error {
-    mlua::Error::runtime("ctx used after its call ended (a closure kept it past the call)")
-}
-
-/// The running call, if `ctx` is its own ctx.
-fn bound(ctx: &Table) -> mlua::Result<Arc<CallShared>> {
-    let at = ctx.to_pointer() as usize;
-    match super::slice::running_call() {
-        Some(call) if call.ctx.load(Ordering::Acquire) == at && !call.ended.load(Ordering::Acquire) => {
-            Ok(call)
-        }
-        _ => Err(dead()),
-    }
+/// The call running on this thread: ctx methods work for it once the Lua side has checked
+/// that the ctx they were called on is its own (see [`CTX`]).
+fn running() -> mlua::Result<Arc<CallShared>> {
+    super::slice::running_call().ok_or_else(|| mlua::Error::runtime("ctx used outside a call"))
 }
 
 /// What `ctx` is made of in each state: one metatable, its methods written once, so a call's
-/// ctx is a plain empty table and naming it the running call's costs one store. A method
-/// finds the call it works for from the running call, and only if the table is that call's own
-/// ctx: a ctx kept past its call, or handed to another call, stops working.
+/// ctx is a plain empty table, named its call's own by one store as the call starts (`bind`,
+/// see [`super::ownership`]). Every method and field first checks that the table it was
+/// called on is the running call's own ctx (`owned`), then works for the running call: a ctx
+/// kept past its call, or handed to another call on the same state, stops working.
 const CTX: &str = r#"
-local methods, field, try_send, wait_send = ...
+local owned, field, elapsed, remaining, set_header, set_trailer, sleep, try_send, wait_send = ...
 local error = error
--- `ctx:send` tries a plain call first and waits only when the client is slow.
-methods.send = function(self, msg)
-  if not try_send(self, msg) then wait_send(self) end
-end
+local DEAD = "ctx used after its call ended (a closure kept it past the call)"
+local methods = {
+  elapsed = function(self)
+    if not owned(self) then error(DEAD, 2) end
+    return elapsed()
+  end,
+  remaining = function(self)
+    if not owned(self) then error(DEAD, 2) end
+    return remaining()
+  end,
+  set_header = function(self, k, v)
+    if not owned(self) then error(DEAD, 2) end
+    return set_header(k, v)
+  end,
+  set_trailer = function(self, k, v)
+    if not owned(self) then error(DEAD, 2) end
+    return set_trailer(k, v)
+  end,
+  sleep = function(self, ms)
+    if not owned(self) then error(DEAD, 2) end
+    return sleep(ms)
+  end,
+  -- A plain call first; waits only when the client is slow.
+  send = function(self, msg)
+    if not owned(self) then error(DEAD, 2) end
+    if not try_send(msg) then wait_send() end
+  end,
+}
 return {
   __index = function(self, k)
     local m = methods[k]
     if m ~= nil then return m end
-    return field(self, k)
+    if k == "method" or k == "deadline" or k == "metadata" then
+      if not owned(self) then error(DEAD, 2) end
+      return field(k)
+    end
+    return nil
   end,
   __newindex = function() error("ctx is read-only", 2) end,
   __metatable = "ctx",
@@ -426,66 +444,43 @@ return {
 "#;
 
 /// The state's ctx metatable, and `bind(ctx)`, which names a new ctx the running call's own
-/// as the call starts (the call runner makes each ctx, see `guard`) and raises the call's abort
-/// if it was stopped meanwhile.
+/// as the call starts (the call runner makes each ctx, see `guard`) and says whether the call
+/// was stopped meanwhile.
 pub fn ctx_parts(lua: &mlua::Lua) -> mlua::Result<(Table, Function)> {
-    let methods = lua.create_table()?;
-    methods.raw_set(
-        "elapsed",
-        lua.create_function(|_, ctx: Table| Ok(bound(&ctx)?.started.elapsed().as_secs_f64()))?,
-    )?;
-    methods.raw_set(
-        "remaining",
-        lua.create_function(|_, ctx: Table| {
-            Ok(bound(&ctx)?
-                .deadline
-                .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64()))
-        })?,
-    )?;
-    methods.raw_set(
-        "set_header",
-        lua.create_function(|_, (ctx, k, v): (Table, String, mlua::String)| {
-            let call = bound(&ctx)?;
-            if call.headers_sent.load(Ordering::Acquire) {
-                return Err(mlua::Error::runtime("ctx:set_header: headers were already sent with the first message; set headers before ctx:send"));
-            }
-            let mut headers = lock(&call.headers);
-            insert_metadata(&mut headers, &k, &v.as_bytes())
-        })?,
-    )?;
-    methods.raw_set(
-        "set_trailer",
-        lua.create_function(|_, (ctx, k, v): (Table, String, mlua::String)| {
-            let call = bound(&ctx)?;
-            let mut trailers = lock(&call.trailers);
-            insert_metadata(&mut trailers, &k, &v.as_bytes())
-        })?,
-    )?;
-    methods.raw_set(
-        "sleep",
-        lua.create_async_function(|_, (ctx, ms): (Table, f64)| {
-            let call = bound(&ctx);
-            async move {
-                let shared = call?;
-                sleep(&shared, ms).await
-            }
-        })?,
-    )?;
-    let field = lua.create_function(|lua, (ctx, key): (Table, LuaValue)| {
-        let LuaValue::String(key) = key else {
-            return Ok(LuaValue::Nil);
-        };
-        let key = key.as_bytes();
-        let call = match &*key {
-            b"method" | b"deadline" | b"metadata" => bound(&ctx)?,
-            _ => return Ok(LuaValue::Nil),
-        };
-        match &*key {
+    let elapsed = lua.create_function(|_, ()| Ok(running()?.started.elapsed().as_secs_f64()))?;
+    let remaining = lua.create_function(|_, ()| {
+        Ok(running()?
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64()))
+    })?;
+    let set_header = lua.create_function(|_, (k, v): (String, mlua::String)| {
+        let call = running()?;
+        if call.headers_sent.load(Ordering::Acquire) {
+            return Err(mlua::Error::runtime("ctx:set_header: headers were already sent with the first message; set headers before ctx:send"));
+        }
+        let mut headers = lock(&call.headers);
+        insert_metadata(&mut headers, &k, &v.as_bytes())
+    })?;
+    let set_trailer = lua.create_function(|_, (k, v): (String, mlua::String)| {
+        let call = running()?;
+        let mut trailers = lock(&call.trailers);
+        insert_metadata(&mut trailers, &k, &v.as_bytes())
+    })?;
+    let sleep_fn = lua.create_async_function(|_, ms: f64| {
+        let call = running();
+        async move {
+            let shared = call?;
+            sleep(&shared, ms).await
+        }
+    })?;
+    let field = lua.create_function(|lua, key: mlua::String| {
+        let call = running()?;
+        match &*key.as_bytes() {
             b"method" => Ok(LuaValue::String(lua.create_string(&*call.method)?)),
             b"deadline" => Ok(call
                 .deadline
                 .map_or(LuaValue::Nil, |d| LuaValue::Number(unix_seconds(d)))),
-            _ => {
+            b"metadata" => {
                 let t = lua.create_table()?;
                 for kv in call.metadata.iter() {
                     match kv {
@@ -500,10 +495,11 @@ pub fn ctx_parts(lua: &mlua::Lua) -> mlua::Result<(Table, Function)> {
                 }
                 Ok(LuaValue::Table(t))
             }
+            _ => Ok(LuaValue::Nil),
         }
     })?;
-    let try_send = lua.create_function(|lua, (ctx, msg): (Table, LuaValue)| {
-        let call = bound(&ctx)?;
+    let try_send = lua.create_function(|lua, msg: LuaValue| {
+        let call = running()?;
         if !call.streams_output {
             return Err(mlua::Error::runtime(format!(
                 "ctx:send: {} answers with one message; return it instead",
@@ -512,8 +508,8 @@ pub fn ctx_parts(lua: &mlua::Lua) -> mlua::Result<(Table, Function)> {
         }
         call.try_send(lua, &msg)
     })?;
-    let wait_send = lua.create_async_function(|_, ctx: Table| {
-        let call = bound(&ctx);
+    let wait_send = lua.create_async_function(|_, ()| {
+        let call = running();
         async move {
             let shared = call?;
             let pending = lock(&shared.pending).take();
@@ -527,23 +523,18 @@ pub fn ctx_parts(lua: &mlua::Lua) -> mlua::Result<(Table, Function)> {
             }
         }
     })?;
-    let bind = lua.create_function(|_, ctx: Table| {
-        let at = ctx.to_pointer() as usize;
-        super::slice::with_running_call(|call| match call {
-            Some(call) => match call.aborted() {
-                Some(a) => Err(mlua::Error::external(a)),
-                None => {
-                    call.ctx.store(at, Ordering::Release);
-                    Ok(())
-                }
-            },
-            None => Err(mlua::Error::runtime("ctx made outside a call")),
-        })
-    })?;
-    let metatable = lua
-        .load(CTX)
-        .set_name("=protoserve ctx")
-        .call((methods, field, try_send, wait_send))?;
+    let (owned, bind) = super::ownership::functions(lua)?;
+    let metatable = lua.load(CTX).set_name("=protoserve ctx").call((
+        owned,
+        field,
+        elapsed,
+        remaining,
+        set_header,
+        set_trailer,
+        sleep_fn,
+        try_send,
+        wait_send,
+    ))?;
     Ok((metatable, bind))
 }
 

@@ -477,8 +477,8 @@ local handlers = { functions = {}, builders = {} }
 -- `body` in coroutine `c`; slice yields and waits inside it come up here as plain yields.
 -- Handler `fi` gets its request, made here by the builder of layout `bi` from what the call
 -- was started with (a streaming call's `try_next` and handle, else `false` and the slots), and
--- its ctx, made here too and named the call's own by `bind`, which also raises the call's
--- abort as `resume` checks it.
+-- its ctx, made here too and named the call's own by `bind`, which also says whether the call
+-- was stopped meanwhile (its abort is raised then, as `resume` checks it).
 local function run(c, fi, bi, stream, ...)
   if ndeferring ~= 0 or nparked ~= 0 or nclosing ~= 0 then recount() end
   local ctx = setmetatable({}, ctx_mt)
@@ -488,7 +488,7 @@ local function run(c, fi, bi, stream, ...)
   else
     req = handlers.builders[bi](...)
   end
-  bind(ctx)
+  if bind(ctx) then check() end
   return drive(c, after_resume(c, co_resume(c, handlers.functions[fi], req, ctx)))
 end
 

@@ -27,6 +27,7 @@ pub mod guard;
 pub mod hook;
 pub mod numeral;
 pub mod outbox;
+pub mod ownership;
 pub mod pattern;
 pub mod pausable;
 pub mod plan;
