@@ -57,7 +57,7 @@ pub const GUARD_CLOSE_KEY: &str = "protoserve.guard_close";
 
 const GUARD: &str = r#"
 local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING,
-  enter, leave, start, dgetinfo, dgetlocal, dgetmt, check_owed, ctx_mt, bind = ...
+  enter, leave, start, dgetinfo, dgetlocal, dgetmt, owed_pause, ctx_mt, bind = ...
 local error, select, type, next, rawget, rawset, setmetatable, rawequal =
   error, select, type, next, rawget, rawset, setmetatable, rawequal
 local co = coroutine
@@ -72,6 +72,9 @@ local SLICE = {}
 -- Private tokens of closing: CLOSE resumes a coroutine to unwind it, RUN resumes a parked one to
 -- run its handlers, a parked coroutine yields PARKED, and a closed one returns CLOSED.
 local CLOSE, RUN, PARKED, CLOSED = {}, {}, {}, {}
+-- What a coroutine passes up when it was paused or waits: `MARKS[v]` is a raw look-up, as
+-- `rawequal` is, without two calls.
+local MARKS = { [SLICE] = true, [PENDING] = true }
 local YIELD_IN_CLOSE = "attempt to yield across a C-call boundary"
 
 -- Per coroutine, weak-keyed: those being unwound by us, with their `__close` handlers deferred
@@ -248,7 +251,10 @@ end
 after_resume = function(c, ok, ...)
   -- (The hook may have met the end of a slice where Lua cannot yield, as in a message handler:
   -- the pause is made here, where the resumer can, before the results are looked at.)
-  if check_owed() and co_isyieldable() then co_yield(SLICE) end
+  if owed_pause() then
+    check()
+    if co_isyieldable() then co_yield(SLICE) end
+  end
   if not ok then
     return ok, ...
   end
@@ -259,7 +265,7 @@ after_resume = function(c, ok, ...)
     end
   elseif n == 1 then
     local v = ...
-    if rawequal(v, SLICE) or rawequal(v, PENDING) then
+    if MARKS[v] then
       return pause_and_continue(c, v)
     end
   elseif n == 2 and rawequal((...), PARKED) then
@@ -518,8 +524,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         Some(a) => Err(mlua::Error::external(a)),
         None => Ok(()),
     })?;
-    let check_paused =
-        lua.create_function(|_, ()| slice::abort_or_owed_pause().map_err(mlua::Error::external))?;
+    let owed_pause = super::preempt::owed_pause_function(lua)?;
     let aborted = lua.create_function(|_, ()| Ok(slice::current_abort().is_some()))?;
     let take_sliced =
         lua.create_function(|_, c: mlua::Thread| Ok(slice::take_sliced(c.to_pointer() as usize)))?;
@@ -576,7 +581,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
             debug.raw_get::<Function>("getinfo")?,
             debug.raw_get::<Function>("getlocal")?,
             debug.raw_get::<Function>("getmetatable")?,
-            check_paused,
+            owed_pause,
         )
         .into_lua_multi(lua)?;
     let (ctx_mt, bind) = super::context::ctx_parts(lua)?;
