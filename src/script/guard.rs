@@ -563,26 +563,26 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         Table,
     );
     let mut args = (
-            g.get::<Function>("pcall")?,
-            g.get::<Function>("xpcall")?,
-            check,
-            aborted,
-            take_sliced,
-            clear_sliced,
-            normalize_fn,
-            fail,
-            pending,
-            lua.create_function(|_, ()| Ok(slice::protected(true, MAX_PROTECTED_DEPTH)))?,
-            lua.create_function(|_, ()| {
-                slice::protected(false, 0);
-                Ok(())
-            })?,
-            lua.create_function(super::hook::start_coroutine)?,
-            debug.raw_get::<Function>("getinfo")?,
-            debug.raw_get::<Function>("getlocal")?,
-            debug.raw_get::<Function>("getmetatable")?,
-            owed_pause,
-        )
+        g.get::<Function>("pcall")?,
+        g.get::<Function>("xpcall")?,
+        check,
+        aborted,
+        take_sliced,
+        clear_sliced,
+        normalize_fn,
+        fail,
+        pending,
+        lua.create_function(|_, ()| Ok(slice::protected(true, MAX_PROTECTED_DEPTH)))?,
+        lua.create_function(|_, ()| {
+            slice::protected(false, 0);
+            Ok(())
+        })?,
+        lua.create_function(super::hook::start_coroutine)?,
+        debug.raw_get::<Function>("getinfo")?,
+        debug.raw_get::<Function>("getlocal")?,
+        debug.raw_get::<Function>("getmetatable")?,
+        owed_pause,
+    )
         .into_lua_multi(lua)?;
     let (ctx_mt, bind) = super::context::ctx_parts(lua)?;
     args.push_back(LuaValue::Table(ctx_mt));
