@@ -12,15 +12,15 @@
 //! | `ctx:set_header(k, v)` | response header (before the first message) |
 //! | `ctx:set_trailer(k, v)` | response trailer |
 //!
-//! Every call gets its own ctx, and it stops working when its call ends: a closure that kept it
-//! can never read another call's metadata. [`CallShared`] is also the call's meter (budget,
+//! Every call gets its own ctx, and it works only while its own call runs: a closure that kept
+//! it can never read another call's metadata. [`CallShared`] is also the call's meter (budget,
 //! deadline, cancellation, sticky abort) that the instruction hook checks.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mlua::{UserData, UserDataFields, UserDataMethods, Value as LuaValue};
+use mlua::{Function, Table, Value as LuaValue};
 use prost_reflect::MessageDescriptor;
 use tokio::sync::oneshot;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
@@ -79,6 +79,8 @@ pub struct CallShared {
     pub pending: Mutex<Option<Result<Outgoing, Status>>>,
     /// The call's own thread (a pointer), driven by the executor: never yielded by the hook.
     main_thread: std::sync::atomic::AtomicUsize,
+    /// The call's ctx table (a pointer; 0 before it is made): ctx methods work for this one.
+    pub ctx: std::sync::atomic::AtomicUsize,
     /// Coroutines (pointers) of this call that the hook yielded for a time slice and whose
     /// resumer has not seen it yet (see `guard`).
     sliced: Mutex<Vec<usize>>,
@@ -154,6 +156,7 @@ impl CallShared {
             sender: Mutex::new(sender),
             pending: Mutex::new(None),
             main_thread: std::sync::atomic::AtomicUsize::new(0),
+            ctx: std::sync::atomic::AtomicUsize::new(0),
             sliced: Mutex::new(Vec::new()),
             pause_owed: AtomicBool::new(false),
             abort_yield: std::sync::atomic::AtomicUsize::new(0),
@@ -337,20 +340,6 @@ impl CallShared {
     }
 }
 
-/// The Lua-side handle: one per call, dead once its call has ended.
-pub struct Ctx(pub Arc<CallShared>);
-
-impl Ctx {
-    fn call(&self) -> mlua::Result<&Arc<CallShared>> {
-        if self.0.ended.load(Ordering::Acquire) {
-            return Err(mlua::Error::runtime(
-                "ctx used after its call ended (a closure kept it past the call)",
-            ));
-        }
-        Ok(&self.0)
-    }
-}
-
 /// The most a script may set in response headers, and again in trailers: key and value bytes
 /// plus 32 per entry, as HTTP/2 counts a header list. Clients refuse larger lists (hyper's at
 /// 16 KiB) with an HTTP/2 error instead of the call's reply or status.
@@ -397,69 +386,138 @@ fn unix_seconds(at: Instant) -> f64 {
     }
 }
 
-impl UserData for Ctx {
-    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
-        fields.add_field_method_get("method", |_, this| Ok(this.call()?.method.to_string()));
-        fields.add_field_method_get("deadline", |_, this| {
-            Ok(this.call()?.deadline.map(unix_seconds))
-        });
-        fields.add_field_method_get("metadata", |lua, this| {
-            let t = lua.create_table()?;
-            for kv in this.call()?.metadata.iter() {
-                match kv {
-                    KeyAndValueRef::Ascii(k, v) => {
-                        t.raw_set(k.as_str(), lua.create_string(v.as_encoded_bytes())?)?
-                    }
-                    KeyAndValueRef::Binary(k, v) => {
-                        let bytes = v.to_bytes().unwrap_or_default();
-                        t.raw_set(k.as_str(), lua.create_string(&bytes)?)?
+/// The call running on this thread: ctx methods work for it once the Lua side has checked
+/// that the ctx they were called on is its own (see [`CTX`]).
+fn running() -> mlua::Result<Arc<CallShared>> {
+    super::slice::running_call().ok_or_else(|| mlua::Error::runtime("ctx used outside a call"))
+}
+
+/// What `ctx` is made of in each state: one metatable, its methods written once, so a call's
+/// ctx is a plain empty table, named its call's own by one store as the call starts (`bind`,
+/// see [`super::ownership`]). Every method and field first checks that the table it was
+/// called on is the running call's own ctx (`owned`), then works for the running call: a ctx
+/// kept past its call, or handed to another call on the same state, stops working.
+const CTX: &str = r#"
+local owned, field, elapsed, remaining, set_header, set_trailer, sleep, try_send, wait_send = ...
+local error = error
+local DEAD = "ctx used after its call ended (a closure kept it past the call)"
+local methods = {
+  elapsed = function(self)
+    if not owned(self) then error(DEAD, 2) end
+    return elapsed()
+  end,
+  remaining = function(self)
+    if not owned(self) then error(DEAD, 2) end
+    return remaining()
+  end,
+  set_header = function(self, k, v)
+    if not owned(self) then error(DEAD, 2) end
+    return set_header(k, v)
+  end,
+  set_trailer = function(self, k, v)
+    if not owned(self) then error(DEAD, 2) end
+    return set_trailer(k, v)
+  end,
+  sleep = function(self, ms)
+    if not owned(self) then error(DEAD, 2) end
+    return sleep(ms)
+  end,
+  -- A plain call first; waits only when the client is slow.
+  send = function(self, msg)
+    if not owned(self) then error(DEAD, 2) end
+    if not try_send(msg) then wait_send() end
+  end,
+}
+return {
+  __index = function(self, k)
+    local m = methods[k]
+    if m ~= nil then return m end
+    if k == "method" or k == "deadline" or k == "metadata" then
+      if not owned(self) then error(DEAD, 2) end
+      return field(k)
+    end
+    return nil
+  end,
+  __newindex = function() error("ctx is read-only", 2) end,
+  __metatable = "ctx",
+}
+"#;
+
+/// The state's ctx metatable, and `bind(ctx)`, which names a new ctx the running call's own
+/// as the call starts (the call runner makes each ctx, see `guard`) and says whether the call
+/// was stopped meanwhile.
+pub fn ctx_parts(lua: &mlua::Lua) -> mlua::Result<(Table, Function)> {
+    let elapsed = lua.create_function(|_, ()| Ok(running()?.started.elapsed().as_secs_f64()))?;
+    let remaining = lua.create_function(|_, ()| {
+        Ok(running()?
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64()))
+    })?;
+    let set_header = lua.create_function(|lua, (k, v): (LuaValue, LuaValue)| {
+        let k: String = arg(lua, k, "ctx:set_header", 1)?;
+        let v: mlua::String = arg(lua, v, "ctx:set_header", 2)?;
+        let call = running()?;
+        if call.headers_sent.load(Ordering::Acquire) {
+            return Err(mlua::Error::runtime("ctx:set_header: headers were already sent with the first message; set headers before ctx:send"));
+        }
+        let mut headers = lock(&call.headers);
+        insert_metadata(&mut headers, &k, &v.as_bytes())
+    })?;
+    let set_trailer = lua.create_function(|lua, (k, v): (LuaValue, LuaValue)| {
+        let k: String = arg(lua, k, "ctx:set_trailer", 1)?;
+        let v: mlua::String = arg(lua, v, "ctx:set_trailer", 2)?;
+        let call = running()?;
+        let mut trailers = lock(&call.trailers);
+        insert_metadata(&mut trailers, &k, &v.as_bytes())
+    })?;
+    let sleep_fn = lua.create_async_function(|lua, ms: LuaValue| {
+        let ms: mlua::Result<f64> = arg(&lua, ms, "ctx:sleep", 1);
+        let call = running();
+        async move {
+            let ms = ms?;
+            let shared = call?;
+            sleep(&shared, ms).await
+        }
+    })?;
+    let field = lua.create_function(|lua, key: mlua::String| {
+        let call = running()?;
+        match &*key.as_bytes() {
+            b"method" => Ok(LuaValue::String(lua.create_string(&*call.method)?)),
+            b"deadline" => Ok(call
+                .deadline
+                .map_or(LuaValue::Nil, |d| LuaValue::Number(unix_seconds(d)))),
+            b"metadata" => {
+                let t = lua.create_table()?;
+                for kv in call.metadata.iter() {
+                    match kv {
+                        KeyAndValueRef::Ascii(k, v) => {
+                            t.raw_set(k.as_str(), lua.create_string(v.as_encoded_bytes())?)?
+                        }
+                        KeyAndValueRef::Binary(k, v) => {
+                            let bytes = v.to_bytes().unwrap_or_default();
+                            t.raw_set(k.as_str(), lua.create_string(&bytes)?)?
+                        }
                     }
                 }
+                Ok(LuaValue::Table(t))
             }
-            Ok(t)
-        });
-    }
-
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("elapsed", |_, this, ()| {
-            Ok(this.call()?.started.elapsed().as_secs_f64())
-        });
-        methods.add_method("remaining", |_, this, ()| {
-            Ok(this
-                .call()?
-                .deadline
-                .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64()))
-        });
-        methods.add_method("set_header", |_, this, (k, v): (String, mlua::String)| {
-            if this.call()?.headers_sent.load(Ordering::Acquire) {
-                return Err(mlua::Error::runtime("ctx:set_header: headers were already sent with the first message; set headers before ctx:send"));
-            }
-            insert_metadata(&mut this.call()?.headers.lock().unwrap_or_else(|e| e.into_inner()), &k, &v.as_bytes())
-        });
-        methods.add_method("set_trailer", |_, this, (k, v): (String, mlua::String)| {
-            insert_metadata(
-                &mut this
-                    .call()?
-                    .trailers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()),
-                &k,
-                &v.as_bytes(),
-            )
-        });
-        methods.add_async_method("sleep", |_, this, ms: f64| async move {
-            let shared = this.call()?.clone();
-            drop(this);
-            sleep(&shared, ms).await
-        });
-        // `ctx:send(msg)` for streaming calls is `try_send`, then `wait_send` only when the
-        // stream's buffer is full (see `sandbox::STREAM_CTX`): no async machinery per message.
-        methods.add_method("try_send", |lua, this, msg: LuaValue| {
-            this.call()?.try_send(lua, &msg)
-        });
-        methods.add_async_method("wait_send", |_, this, ()| async move {
-            let shared = this.call()?.clone();
-            drop(this);
+            _ => Ok(LuaValue::Nil),
+        }
+    })?;
+    let try_send = lua.create_function(|lua, msg: LuaValue| {
+        let call = running()?;
+        if !call.streams_output {
+            return Err(mlua::Error::runtime(format!(
+                "ctx:send: {} answers with one message; return it instead",
+                call.method
+            )));
+        }
+        call.try_send(lua, &msg)
+    })?;
+    let wait_send = lua.create_async_function(|_, ()| {
+        let call = running();
+        async move {
+            let shared = call?;
             let pending = lock(&shared.pending).take();
             let sender = lock(&shared.sender).clone();
             match (pending, sender) {
@@ -469,16 +527,37 @@ impl UserData for Ctx {
                     .map_err(|_| shared.abort_error(Abort::Cancelled)),
                 _ => Ok(()),
             }
-        });
-        methods.add_method("send", |_, this, msg: LuaValue| {
-            // Reached only by one-message methods: streaming calls get the wrapper above.
-            let _ = msg;
-            Err::<(), _>(mlua::Error::runtime(format!(
-                "ctx:send: {} answers with one message; return it instead",
-                this.call()?.method
-            )))
-        });
-    }
+        }
+    })?;
+    let (owned, bind) = super::ownership::functions(lua)?;
+    let metatable = lua.load(CTX).set_name("=protoserve ctx").call((
+        owned,
+        field,
+        elapsed,
+        remaining,
+        set_header,
+        set_trailer,
+        sleep_fn,
+        try_send,
+        wait_send,
+    ))?;
+    Ok((metatable, bind))
+}
+
+/// Argument `pos` of ctx's method `method` as a `T`; a wrong one is named as Lua names a bad
+/// argument of a library function (the methods' own errors say `ctx:…` too).
+fn arg<T: mlua::FromLua>(
+    lua: &mlua::Lua,
+    value: LuaValue,
+    method: &'static str,
+    pos: usize,
+) -> mlua::Result<T> {
+    T::from_lua(value, lua).map_err(|e| mlua::Error::BadArgument {
+        to: Some(method.to_owned()),
+        pos,
+        name: None,
+        cause: std::sync::Arc::new(e),
+    })
 }
 
 /// `ctx:sleep(ms)`: any number of milliseconds; a sleep past the deadline ends the call with

@@ -9,6 +9,7 @@
 //! limit. Error messages name the field path and what was expected, as a script author needs.
 
 use mlua::{Table, Value as LuaValue};
+use smallvec::SmallVec;
 
 use super::convert::{
     describe, fail, lua_error, type_of, ConvertError, Path, TooLarge, SHOWN_TEXT,
@@ -156,8 +157,9 @@ impl<'p> Encoder<'p> {
             );
         }
         let plan = self.plans.message(msg);
-        // (field index, spelled as its JSON name, value)
-        let mut set: Vec<(u16, bool, LuaValue)> = Vec::new();
+        // (field index, spelled as its JSON name, value); most messages set few fields, which
+        // then need no allocation.
+        let mut set: SmallVec<[(u16, bool, LuaValue); 8]> = SmallVec::new();
         let mut failure = None;
         let walked = table.for_each(|key: LuaValue, value: LuaValue| {
             match collect(self.plans, msg, key, value, path, &mut set) {
@@ -537,7 +539,7 @@ fn collect(
     key: LuaValue,
     value: LuaValue,
     path: &Path<'_>,
-    set: &mut Vec<(u16, bool, LuaValue)>,
+    set: &mut SmallVec<[(u16, bool, LuaValue); 8]>,
 ) -> Result<()> {
     let plan = plans.message(msg);
     let LuaValue::String(key) = key else {

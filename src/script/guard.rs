@@ -48,6 +48,8 @@ const MAX_PROTECTED_DEPTH: u32 = 60;
 pub const RUNNER_KEY: &str = "protoserve.runner";
 /// Where the body (what a call's own coroutine runs) is kept.
 pub const BODY_KEY: &str = "protoserve.body";
+/// Where the runner's tables of handler functions and request builders are kept.
+pub const HANDLERS_KEY: &str = "protoserve.handlers";
 /// Where the runner of scripts' top-level code is kept.
 pub const LOAD_KEY: &str = "protoserve.load";
 /// Where the `__close` guard is kept, for the sandbox's `setmetatable` and the freezer.
@@ -55,7 +57,7 @@ pub const GUARD_CLOSE_KEY: &str = "protoserve.guard_close";
 
 const GUARD: &str = r#"
 local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING,
-  enter, leave, start, dgetinfo, dgetlocal, dgetmt, check_owed, plain = ...
+  enter, leave, start, dgetinfo, dgetlocal, dgetmt, owed_pause, ctx_mt, bind, plain = ...
 local error, select, type, next, rawget, rawset, setmetatable, rawequal =
   error, select, type, next, rawget, rawset, setmetatable, rawequal
 local co = coroutine
@@ -70,6 +72,9 @@ local SLICE = {}
 -- Private tokens of closing: CLOSE resumes a coroutine to unwind it, RUN resumes a parked one to
 -- run its handlers, a parked coroutine yields PARKED, and a closed one returns CLOSED.
 local CLOSE, RUN, PARKED, CLOSED = {}, {}, {}, {}
+-- What a coroutine passes up when it was paused or waits: `MARKS[v]` is a raw look-up, as
+-- `rawequal` is, without two calls.
+local MARKS = { [SLICE] = true, [PENDING] = true }
 local YIELD_IN_CLOSE = "attempt to yield across a C-call boundary"
 
 -- Per coroutine, weak-keyed: those being unwound by us, with their `__close` handlers deferred
@@ -248,7 +253,10 @@ end
 after_resume = function(c, ok, ...)
   -- (The hook may have met the end of a slice where Lua cannot yield, as in a message handler:
   -- the pause is made here, where the resumer can, before the results are looked at.)
-  if check_owed() and co_isyieldable() then co_yield(SLICE) end
+  if owed_pause() then
+    check()
+    if co_isyieldable() then co_yield(SLICE) end
+  end
   if not ok then
     local e = ...
     if type(e) == "userdata" then return false, plain(e) end
@@ -261,7 +269,7 @@ after_resume = function(c, ok, ...)
     end
   elseif n == 1 then
     local v = ...
-    if rawequal(v, SLICE) or rawequal(v, PENDING) then
+    if MARKS[v] then
       return pause_and_continue(c, v)
     end
   elseif n == 2 and rawequal((...), PARKED) then
@@ -471,12 +479,27 @@ local function drive(c, ok, ...)
   return ...
 end
 
+-- What calls run, filled in once the scripts are loaded: the handler functions, the request
+-- builders (by layout) and the request stream iterator factory (see `requests`).
+local handlers = { functions = {}, builders = {} }
+
 -- Every call: on the call's thread (driven by the executor, which the hook never yields), run
--- `body` in coroutine `c`; slice yields and waits inside it come up here as plain yields. The
--- request is made here, by `build` from what the call was started with (see `requests`).
-local function run(c, f, ctx, build, ...)
+-- `body` in coroutine `c`; slice yields and waits inside it come up here as plain yields.
+-- Handler `fi` gets its request, made here by the builder of layout `bi` from what the call
+-- was started with (a streaming call's `try_next` and handle, else `false` and the slots), and
+-- its ctx, made here too and named the call's own by `bind`, which also says whether the call
+-- was stopped meanwhile (its abort is raised then, as `resume` checks it).
+local function run(c, fi, bi, stream, ...)
   if ndeferring ~= 0 or nparked ~= 0 or nclosing ~= 0 then recount() end
-  return drive(c, resume(c, f, build(...), ctx))
+  local ctx = setmetatable({}, ctx_mt)
+  local req
+  if stream then
+    req = handlers.iterate(stream, (...), handlers.builders[bi])
+  else
+    req = handlers.builders[bi](...)
+  end
+  if bind(ctx) then check() end
+  return drive(c, after_resume(c, co_resume(c, handlers.functions[fi], req, ctx)))
 end
 
 -- A script's top-level code, at startup: in a coroutine, so the hook can stop it by yielding;
@@ -491,7 +514,7 @@ local function load(f)
   end
 end
 
-return pcall, xpcall, run, body, load, guard_close
+return pcall, xpcall, run, body, load, guard_close, handlers
 "#;
 
 /// Installs the wrappers in `lua`'s globals and `coroutine` table (before they are frozen) and
@@ -505,8 +528,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         Some(a) => Err(mlua::Error::external(a)),
         None => Ok(()),
     })?;
-    let check_paused =
-        lua.create_function(|_, ()| slice::abort_or_owed_pause().map_err(mlua::Error::external))?;
+    let owed_pause = super::preempt::owed_pause_function(lua)?;
     let aborted = lua.create_function(|_, ()| Ok(slice::current_abort().is_some()))?;
     let take_sliced =
         lua.create_function(|_, c: mlua::Thread| Ok(slice::take_sliced(c.to_pointer() as usize)))?;
@@ -535,7 +557,15 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         })
     })?;
     let pending = LuaValue::LightUserData(Lua::poll_pending());
-    type Made = (Function, Function, Function, Function, Function, Function);
+    type Made = (
+        Function,
+        Function,
+        Function,
+        Function,
+        Function,
+        Function,
+        Table,
+    );
     let mut args = (
         g.get::<Function>("pcall")?,
         g.get::<Function>("xpcall")?,
@@ -555,14 +585,16 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         debug.raw_get::<Function>("getinfo")?,
         debug.raw_get::<Function>("getlocal")?,
         debug.raw_get::<Function>("getmetatable")?,
-        check_paused,
+        owed_pause,
     )
         .into_lua_multi(lua)?;
-    // (More than a tuple holds.)
+    let (ctx_mt, bind) = super::context::ctx_parts(lua)?;
+    args.push_back(LuaValue::Table(ctx_mt));
+    args.push_back(LuaValue::Function(bind));
     args.push_back(LuaValue::Function(
         lua.create_function(|lua, e: LuaValue| plain(lua, e))?,
     ));
-    let (pcall, xpcall, run, body, load, guard_close): Made =
+    let (pcall, xpcall, run, body, load, guard_close, handlers): Made =
         lua.load(GUARD).set_name("=protoserve guard").call(args)?;
     g.raw_set("pcall", pcall)?;
     g.raw_set("xpcall", xpcall)?;
@@ -570,6 +602,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     lua.set_named_registry_value(BODY_KEY, body)?;
     lua.set_named_registry_value(LOAD_KEY, load)?;
     lua.set_named_registry_value(GUARD_CLOSE_KEY, guard_close)?;
+    lua.set_named_registry_value(HANDLERS_KEY, handlers)?;
     Ok(())
 }
 
@@ -660,13 +693,6 @@ pub fn lua_message(e: &mlua::Error) -> String {
             cause,
         } => {
             let cause = lua_message(cause);
-            // `ctx`'s methods: counted without `self`, named as scripts call them.
-            if let Some(method) = to.as_deref().and_then(|t| t.strip_prefix("Ctx.")) {
-                if *pos <= 1 {
-                    return format!("calling 'ctx:{method}' on bad self ({cause})");
-                }
-                return format!("bad argument #{} to 'ctx:{method}' ({cause})", pos - 1);
-            }
             let to = to.as_deref().unwrap_or("?");
             let what = match name {
                 Some(name) => format!("'{name}'"),

@@ -27,6 +27,7 @@ pub mod guard;
 pub mod hook;
 pub mod numeral;
 pub mod outbox;
+pub mod ownership;
 pub mod pattern;
 pub mod pausable;
 pub mod plan;
@@ -53,7 +54,7 @@ use tonic::Status;
 use crate::data::DataSets;
 use crate::error::{CallError, Location, StartupError, StartupErrors};
 use crate::handler::{Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses};
-use context::{CallShared, CallSpec, Ctx, Output};
+use context::{CallShared, CallSpec, Output};
 use convert::{outgoing_from_lua, unwrap_readonly};
 use plan::Plans;
 use slice::Running;
@@ -506,48 +507,30 @@ fn start(
     requests: Requests,
 ) -> mlua::Result<(Running<mlua::AsyncThread<LuaValue>>, worker::CallThreads)> {
     let lua = &state.lua;
-    let (Some(f), Some(builder)) = (state.functions.get(function), state.builders.get(layout))
-    else {
+    if function >= state.functions.len() || layout >= state.builders.len() {
         return Err(mlua::Error::runtime("no such script function"));
-    };
-    let handle = lua.create_userdata(Ctx(shared.clone()))?;
-    let ctx = if shared.streams_output {
-        // The call's own `try_send`: sending a message is one plain call.
-        let call = shared.clone();
-        let try_send = lua.create_function(move |lua, msg: LuaValue| {
-            if call.ended.load(std::sync::atomic::Ordering::Acquire) {
-                return Err(mlua::Error::runtime(
-                    "ctx used after its call ended (a closure kept it past the call)",
-                ));
-            }
-            call.try_send(lua, &msg)
-        })?;
-        state.stream_ctx.call::<LuaValue>((handle, try_send))?
-    } else {
-        LuaValue::UserData(handle)
-    };
+    }
     let (main, body) = state.threads()?;
     let mut args = Vec::with_capacity(8);
+    // (The runner's tables count from 1.)
     args.extend([
         LuaValue::Thread(body.clone()),
-        LuaValue::Function(f.clone()),
-        ctx,
+        LuaValue::Integer(function as i64 + 1),
+        LuaValue::Integer(layout as i64 + 1),
     ]);
     match requests {
         Requests::One(msg) => {
-            args.push(LuaValue::Function(builder.clone()));
+            args.push(LuaValue::Boolean(false));
             args.push(LuaValue::Boolean(true));
             requests::decode_request(lua, &msg, layout, &mut args)?;
         }
         Requests::Stream(stream) => {
-            args.push(LuaValue::Function(state.iterate.clone()));
             args.extend(requests::RequestStream::iterator_args(
                 lua,
                 shared.clone(),
                 stream,
                 layout,
             )?);
-            args.push(LuaValue::Function(builder.clone()));
         }
     }
     shared.set_main_thread(main.to_pointer() as usize);

@@ -183,6 +183,26 @@ pub unsafe extern "C-unwind" fn resume(state: *mut ffi::lua_State) -> c_int {
     }
 }
 
+/// `owed_pause()`, asked after every resume a script's coroutine makes: true when the running
+/// call was aborted (the caller then raises the abort) or owes a pause (forgotten here, the
+/// caller makes it). A C function, as it runs for every resume: an mlua callback cost several
+/// times the comparison it makes.
+///
+/// # Safety
+/// Called by Lua as a C function.
+unsafe extern "C-unwind" fn owed_pause(state: *mut ffi::lua_State) -> c_int {
+    let due = !matches!(super::slice::abort_or_owed_pause(), Ok(false));
+    // SAFETY: Lua called this with its own state; a C function has room for one result.
+    unsafe { ffi::lua_pushboolean(state, c_int::from(due)) };
+    1
+}
+
+/// [`owed_pause`] as a function of `lua`.
+pub fn owed_pause_function(lua: &mlua::Lua) -> mlua::Result<mlua::Function> {
+    // SAFETY: `owed_pause` follows Lua's calling convention for C functions and raises nothing.
+    unsafe { lua.create_c_function(owed_pause) }
+}
+
 /// Whether `coroutine.resume` would run `co` (Lua's `coroutine.status` says "suspended").
 ///
 /// # Safety

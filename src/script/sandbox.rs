@@ -146,25 +146,6 @@ local function lock_env(env, G, name)
   })
 end
 
--- ctx for streaming calls: ctx:send tries a plain call first and waits only when the client
--- is slow; everything else is the call's userdata.
-local function stream_ctx(u, try_send)
-  local function send(_, msg)
-    if not try_send(msg) then u:wait_send() end
-  end
-  return setmetatable({ send = send }, {
-    __index = function(_, k)
-      local v = u[k]
-      if type(v) == "function" then
-        return function(_, ...) return v(u, ...) end
-      end
-      return v
-    end,
-    __newindex = function() error("ctx is read-only", 2) end,
-    __metatable = "ctx",
-  })
-end
-
 -- `print`: every value turned into a string by `tostring` here, in Lua (a `__tostring` runs
 -- where the hook can pause it), then written by `log_line`.
 local function print_with(log_line)
@@ -185,14 +166,12 @@ return {
   setmetatable = safe_setmetatable, getmetatable = safe_getmetatable, next = frozen_next,
   rawget = frozen_rawget, rawlen = frozen_rawlen, len = frozen_len, pairs = frozen_pairs,
   raiser = raiser, index_fallback = index_fallback, view_of = view_of, guard_close = guard_close,
-  missing_data = missing_data, new_env = new_env, lock_env = lock_env, stream_ctx = stream_ctx,
+  missing_data = missing_data, new_env = new_env, lock_env = lock_env,
 }
 "#;
 
 /// Helpers kept per state.
 pub struct Sandbox {
-    /// Wraps a streaming call's ctx userdata (see the prelude).
-    pub stream_ctx: Function,
     pub new_env: Function,
     pub lock_env: Function,
     /// Freezes what the scripts built, at the end of loading.
@@ -291,19 +270,17 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
         guard_close: f("guard_close")?,
     };
     super::stdlib::configure(lua, &helpers.len, &dgetmt)?;
-    let (stream_ctx, new_env, lock_env) = (f("stream_ctx")?, f("new_env")?, f("lock_env")?);
+    let (new_env, lock_env) = (f("new_env")?, f("lock_env")?);
     let mut internal: Vec<Function> = wrappers.iter().map(|(_, f)| f.clone()).collect();
     internal.extend([
         helpers.len.clone(),
         helpers.pairs.clone(),
         helpers.guard_close.clone(),
-        stream_ctx.clone(),
         new_env.clone(),
         lock_env.clone(),
     ]);
     let freezer = Freezer::new(lua, helpers, getupvalue, &internal)?;
     let sandbox = Sandbox {
-        stream_ctx,
         new_env,
         lock_env,
         freezer,

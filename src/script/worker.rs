@@ -77,11 +77,8 @@ pub struct State {
     /// The memory limit, for messages.
     pub memory_limit: usize,
     pub functions: Vec<Function>,
-    pub stream_ctx: Function,
     /// Per request layout, the function that makes its tables (see `decode`).
     pub builders: Vec<Function>,
-    /// `(handle, builder)` → a streaming call's request iterator (see `requests`).
-    pub iterate: Function,
     pub runner: Function,
     /// What a call's own coroutine runs (see `guard`).
     pub body: Function,
@@ -250,11 +247,11 @@ impl Loading {
             .map_err(|e| lua_setup_error("preparing request conversion", e))?;
         let iterate = super::requests::iterator_factory(&self.lua)
             .map_err(|e| lua_setup_error("preparing request streams", e))?;
+        fill_handlers(&self.lua, &self.functions, &builders, iterate)
+            .map_err(|e| lua_setup_error("preparing the call runner", e))?;
         Ok(State {
             memory_limit: self.memory_limit,
-            stream_ctx: self.sandbox.stream_ctx.clone(),
             builders,
-            iterate,
             lua: self.lua,
             functions: self.functions,
             runner,
@@ -262,6 +259,27 @@ impl Loading {
             spare: RefCell::new(Vec::new()),
         })
     }
+}
+
+/// Gives the call runner what calls run: a call names its handler function and request
+/// layout by number, so starting one hands the runner no function.
+fn fill_handlers(
+    lua: &Lua,
+    functions: &[Function],
+    builders: &[Function],
+    iterate: Function,
+) -> mlua::Result<()> {
+    let handlers: Table = lua.named_registry_value(super::guard::HANDLERS_KEY)?;
+    let into = |name: &str, list: &[Function]| -> mlua::Result<()> {
+        let t: Table = handlers.raw_get(name)?;
+        for (i, f) in list.iter().enumerate() {
+            t.raw_set(i + 1, f)?;
+        }
+        Ok(())
+    };
+    into("functions", functions)?;
+    into("builders", builders)?;
+    handlers.raw_set("iterate", iterate)
 }
 
 /// Runs a script's top-level code through the guard's loader: in a coroutine, so the hook can
