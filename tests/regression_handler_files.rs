@@ -157,25 +157,13 @@ async fn the_admin_api_names_every_problem_of_an_entry() {
 
 #[tokio::test]
 async fn rules_test_binary_metadata_by_its_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("k.json"),
-        json!({"service": "kitchen.Kitchen", "methods": {"Get": {"rules": [
-            {"when": {"metadata": {"x-id-bin": "hello"}}, "reply": {"id": "equals"}},
-            {"when": {"metadata": {"x-id-bin": {"present": true}}}, "reply": {"id": "present"}},
-            {"reply": {"id": "none"}}
-        ]}}})
-        .to_string(),
-    )
-    .unwrap();
+    let file = json!({"service": "kitchen.Kitchen", "methods": {"Get": {"rules": [
+        {"when": {"metadata": {"x-id-bin": "hello"}}, "reply": {"id": "equals"}},
+        {"when": {"metadata": {"x-id-bin": {"present": true}}}, "reply": {"id": "present"}},
+        {"reply": {"id": "none"}}
+    ]}}});
+    let (server, _handlers) = Server::kitchen_with(&file.to_string(), &[]);
     let protos = fixtures().join("protos");
-    let server = Server::start(&[
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        dir.path().to_str().unwrap(),
-        "--no-watch",
-    ]);
     let client = Client::connect(server.addr, common::pool(&protos)).await;
     for (sent, wanted) in [
         (Some(&b"hello"[..]), "equals"),
@@ -196,25 +184,13 @@ async fn rules_test_binary_metadata_by_its_bytes() {
 
 #[tokio::test]
 async fn range_tests_compare_64_bit_integers_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("k.json"),
-        json!({"service": "kitchen.Kitchen", "methods": {"Echo": {"rules": [
+    let file = json!({"service": "kitchen.Kitchen", "methods": {"Echo": {"rules": [
             {"when": {"request": {"big": {"gt": "9007199254740992"}}}, "reply": {"id": "big above"}},
             {"when": {"request": {"count": {"lte": -9007199254740993_i64}}}, "reply": {"id": "count below"}},
             {"reply": {"id": "neither"}}
-        ]}, "EchoClient": {"reply": {"b": "{{big}}"}}}})
-        .to_string(),
-    )
-    .unwrap();
+        ]}, "EchoClient": {"reply": {"b": "{{big}}"}}}});
+    let (server, _handlers) = Server::kitchen_with(&file.to_string(), &[]);
     let protos = fixtures().join("protos");
-    let server = Server::start(&[
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        dir.path().to_str().unwrap(),
-        "--no-watch",
-    ]);
     let client = Client::connect(server.addr, common::pool(&protos)).await;
     for (request, wanted) in [
         (json!({"big": "9007199254740993"}), "big above"),

@@ -54,16 +54,8 @@ fn put_field(buf: &mut BytesMut, number: u32, data: &[u8]) {
 
 #[tokio::test]
 async fn templates_that_repeat_a_large_request_field_stop_at_the_message_limit() {
-    let handlers = tempfile::tempdir().unwrap();
-    std::fs::write(handlers.path().join("k.json"), handler_file()).unwrap();
+    let (server, _handlers) = Server::kitchen_with(&handler_file(), &[]);
     let protos = fixtures().join("protos");
-    let server = Server::start(&[
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        handlers.path().to_str().unwrap(),
-        "--no-watch",
-    ]);
     let client = Client::connect(server.addr, common::pool(&protos)).await;
 
     // kitchen.Query: id = 1, name = 3, tags = 6.
@@ -155,22 +147,11 @@ async fn stream_status(client: &Client, request: &Bytes) -> tonic::Status {
 
 #[tokio::test]
 async fn replies_waiting_for_their_delay_count_against_the_connection_buffers() {
-    let handlers = tempfile::tempdir().unwrap();
-    std::fs::write(
-        handlers.path().join("k.json"),
+    let (server, _handlers) = Server::kitchen_with(
         r#"{"service": "kitchen.Kitchen", "methods": {"Echo": {"echo": {}, "delay_ms": 5000}}}"#,
-    )
-    .unwrap();
+        &["--max-buffered-per-connection", "4194304"],
+    );
     let protos = fixtures().join("protos");
-    let server = Server::start(&[
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        handlers.path().to_str().unwrap(),
-        "--no-watch",
-        "--max-buffered-per-connection",
-        "4194304",
-    ]);
     // One connection; each call's 1 MiB request arrives well before the next starts, so only
     // the replies waiting for their delay can fill the connection's 4 MiB.
     let client = Client::connect(server.addr, common::pool(&protos)).await;
@@ -232,16 +213,8 @@ async fn rules_over_a_big_request_do_not_hold_up_other_calls() {
         "service": "kitchen.Kitchen",
         "methods": {"Get": {"rules": rules}, "Lookup": {"reply": {"id": "quick"}}}
     });
-    let handlers = tempfile::tempdir().unwrap();
-    std::fs::write(handlers.path().join("k.json"), file.to_string()).unwrap();
+    let (server, _handlers) = Server::kitchen_with(&file.to_string(), &[]);
     let protos = fixtures().join("protos");
-    let server = Server::start(&[
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        handlers.path().to_str().unwrap(),
-        "--no-watch",
-    ]);
     let client = Client::connect(server.addr, common::pool(&protos)).await;
     let mut big = BytesMut::new();
     put_field(&mut big, 3, &vec![b'n'; 1 << 20]);

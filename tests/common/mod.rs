@@ -179,6 +179,23 @@ impl Server {
         ])
     }
 
+    /// The fixture protos with `file` as the only handler file (`k.json` in a temporary folder,
+    /// returned to be kept as long as the server), unwatched, with `extra` arguments.
+    pub fn kitchen_with(file: &str, extra: &[&str]) -> (Server, tempfile::TempDir) {
+        let handlers = tempfile::tempdir().unwrap();
+        std::fs::write(handlers.path().join("k.json"), file).unwrap();
+        let protos = fixtures().join("protos");
+        let mut args = vec![
+            "--protos",
+            protos.to_str().unwrap(),
+            "--handlers",
+            handlers.path().to_str().unwrap(),
+            "--no-watch",
+        ];
+        args.extend_from_slice(extra);
+        (Server::start(&args), handlers)
+    }
+
     /// The lab fixtures (script methods for limits and timing), with `extra` arguments.
     pub fn lab(extra: &[&str]) -> Server {
         let f = fixtures();
