@@ -198,7 +198,16 @@ async fn a_call_prints_at_most_its_quota_to_the_log() {
     assert_eq!(r["text"], "printed");
     let r = run(&c, "print_lines", 10).await.unwrap();
     assert_eq!(r["text"], "printed");
-    let log = s.log();
+    // The log is written by another thread than the one that answered: wait for the second
+    // call's last line to be in it (the assertions below say what it holds).
+    let waited_until = std::time::Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = s.log();
+        if log.iter().any(|l| l.contains(r"10\tpppp")) || std::time::Instant::now() > waited_until {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let printed: Vec<&String> = log.iter().filter(|l| l.contains("pppp")).collect();
     let bytes: usize = printed.iter().map(|l| l.len()).sum();
     // The first call's 65 lines or so, then the second call's 10.
