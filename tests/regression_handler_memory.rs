@@ -9,6 +9,9 @@
 //! - A reply or echo waiting out its `delay_ms` was held outside `--max-buffered`: 64 delayed
 //!   echoes of 4 MiB held 340 MB on one connection limited to 64 MiB (4096 calls, the default
 //!   `--max-calls`, would hold 16 GiB). It is counted now, like a response not yet written.
+//! - Big requests to `rules`, matched one at a time off the network threads, each held an OS
+//!   thread while waiting for their turn (120 waiting calls: 28 more threads on a release
+//!   build). They wait as futures now.
 
 mod common;
 
@@ -249,4 +252,76 @@ async fn rules_over_a_big_request_do_not_hold_up_other_calls() {
         worst < slow_took / 6,
         "a quick call waited {worst:?} while big requests were matched (they took {slow_took:?})"
     );
+}
+
+/// Big requests to `rules` are matched one at a time. Those waiting for their turn each held
+/// an OS thread, blocked in place: 120 waiting calls held 120 threads, and a flood of them
+/// could use up tokio's blocking pool, which the network threads need to hand their work on
+/// while a match runs. They wait as futures now, holding nothing but their request; a bidi
+/// stream's big messages take the same path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn big_requests_waiting_for_rules_hold_no_threads() {
+    const WAITING: usize = 120;
+    let rules: Vec<_> = (0..20)
+        .map(|i| serde_json::json!({"when": {"request": {"name": {"regex": format!("z{i}q[0-9]+y")}}}, "reply": {"id": "matched"}}))
+        .chain([serde_json::json!({"reply": {"id": "none"}})])
+        .collect();
+    let file = serde_json::json!({
+        "service": "kitchen.Kitchen",
+        "methods": {"Get": {"rules": rules}, "Chat": {"rules": rules}}
+    });
+    let (server, _handlers) = Server::kitchen_with(&file.to_string(), &[]);
+    let protos = fixtures().join("protos");
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let mut big = BytesMut::new();
+    put_field(&mut big, 3, &vec![b'n'; 96 << 10]);
+    let big = big.freeze();
+
+    // Warm up, so that the threads the server starts for its first calls are counted before.
+    let reply = client.raw_unary("/kitchen.Kitchen/Get", big.clone()).await;
+    assert!(reply.is_ok(), "{reply:?}");
+    // `Threads:` of /proc/PID/status is a plain count, read like the memory figures.
+    let threads = || common::proc_status_kib(server.pid(), "Threads");
+    let before = threads();
+
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..WAITING {
+        let (client, big) = (client.clone(), big.clone());
+        calls.spawn(async move { client.raw_unary("/kitchen.Kitchen/Get", big).await });
+    }
+    let mut most = before;
+    let mut answered = 0;
+    loop {
+        tokio::select! {
+            done = calls.join_next() => match done {
+                Some(r) => {
+                    let r = r.unwrap();
+                    assert!(r.is_ok(), "a big request failed: {r:?}");
+                    answered += 1;
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {
+                most = most.max(threads());
+            }
+        }
+    }
+    eprintln!("server threads: {before} before, at most {most} with {WAITING} big requests");
+    assert_eq!(answered, WAITING);
+    assert!(
+        most < before + 10,
+        "{WAITING} big requests waiting for their turn took threads: {before} before, {most} during"
+    );
+
+    // A bidi stream's big messages are answered through the same turn, in order.
+    let name = "n".repeat(96 << 10);
+    let items = vec![
+        serde_json::json!({"name": name}),
+        serde_json::json!({"name": "z7q12y"}),
+        serde_json::json!({"name": format!("z3q4y{name}")}),
+    ];
+    let (replies, status) = client.bidi("kitchen.Kitchen/Chat", items).await;
+    assert!(status.is_none(), "{status:?}");
+    let ids: Vec<_> = replies.iter().map(|r| r["id"].clone()).collect();
+    assert_eq!(ids, ["none", "matched", "matched"]);
 }

@@ -20,6 +20,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::Stream;
 use prost_reflect::DynamicMessage;
 use tokio::time::Sleep;
@@ -136,10 +137,26 @@ impl Chosen {
     }
 }
 
-/// The outcome for one request and the action that gave it. A single `echo` or wire-readable
-/// `reply` never builds the request message; rules and the rest do.
-///
-/// The rule that answers is noted in the call's journal record, when there is one.
+/// The outcome for one request and the action that gave it.
+type Answer = Result<(Outcome, Chosen), CallError>;
+
+/// An [`Answer`] ready now, or, for a big request to `rules`, one worked out off the network
+/// threads ([`rules::off_the_network_threads`]).
+enum Answering {
+    Now(Answer),
+    Later(BoxFuture<'static, Answer>),
+}
+
+impl Answering {
+    async fn wait(self) -> Answer {
+        match self {
+            Answering::Now(answer) => answer,
+            Answering::Later(later) => later.await,
+        }
+    }
+}
+
+/// Starts answering one request: at once, unless it is a big request matched against rules.
 fn answer(
     responder: &Arc<Responder>,
     req: Incoming,
@@ -147,26 +164,40 @@ fn answer(
     method: &Arc<str>,
     limit: usize,
     journal: Option<&Tap>,
-) -> Result<(Outcome, Chosen), CallError> {
+) -> Answering {
+    if !matches!(&**responder, Responder::Rules(_)) || req.bytes().len() < rules::HEAVY_REQUEST {
+        return Answering::Now(answer_now(responder, req, metadata, method, limit, journal));
+    }
+    let (responder, metadata, method) = (responder.clone(), metadata.clone(), method.clone());
+    let journal = journal.cloned();
+    Answering::Later(Box::pin(rules::off_the_network_threads(move || {
+        answer_now(&responder, req, &metadata, &method, limit, journal.as_ref())
+    })))
+}
+
+/// Answers one request on this thread. A single `echo` or wire-readable `reply` never builds
+/// the request message; rules and the rest do.
+///
+/// The rule that answers is noted in the call's journal record, when there is one.
+fn answer_now(
+    responder: &Arc<Responder>,
+    req: Incoming,
+    metadata: &MetadataMap,
+    method: &Arc<str>,
+    limit: usize,
+    journal: Option<&Tap>,
+) -> Answer {
     let (outcome, rule) = match &**responder {
         Responder::Single(a) => (a.respond_incoming(req, method, limit)?, 0),
         Responder::Rules(rules) => {
-            let heavy = req.bytes().len() >= rules::HEAVY_REQUEST;
-            let pick = || {
-                let msg = req.decode()?;
-                let rule = rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched {
-                    method: method.clone(),
-                })?;
-                if let Some(tap) = journal {
-                    tap.note_rule(rule);
-                }
-                Ok::<_, CallError>((rules[rule].action.respond(msg, method, limit)?, rule))
-            };
-            if heavy {
-                rules::off_the_network_threads(pick)?
-            } else {
-                pick()?
+            let msg = req.decode()?;
+            let rule = rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched {
+                method: method.clone(),
+            })?;
+            if let Some(tap) = journal {
+                tap.note_rule(rule);
             }
+            (rules[rule].action.respond(msg, method, limit)?, rule)
         }
     };
     let chosen = Chosen {
@@ -204,42 +235,20 @@ impl Handler for Declarative {
         let info = call.method.clone();
         match requests {
             Requests::One(req) => {
-                let (outcome, chosen) = match answer(
+                let answering = answer(
                     &self.responder,
                     req,
                     &call.metadata,
                     &info.name,
                     call.max_message_size,
                     call.journal.as_ref(),
-                ) {
-                    Ok(r) => r,
-                    Err(e) => return Box::pin(std::future::ready(Err(e))),
-                };
-                let headers = chosen.action().headers.clone();
-                if info.shape.streams_output() {
-                    let reply = Reply {
-                        responses: Responses::Stream(Box::pin(Items::new(
-                            outcome,
-                            chosen,
-                            info.name.clone(),
-                            call.max_message_size,
-                            call.buffers.clone(),
-                            None,
-                        ))),
-                        headers,
-                        trailers: None,
-                    };
-                    return Box::pin(std::future::ready(Ok(reply)));
-                }
-                let delay = chosen.action().delay;
-                let result = one_answer(outcome, headers, &info);
-                match delay {
-                    None => Box::pin(std::future::ready(result)),
-                    Some(d) => Box::pin(async move {
-                        let held = hold_while_waiting(call.buffers.as_ref(), &result)?;
-                        tokio::time::sleep(d).await;
-                        drop(held);
-                        result
+                );
+                match answering {
+                    Answering::Now(Ok((outcome, chosen))) => respond_one(outcome, chosen, call),
+                    Answering::Now(Err(e)) => Box::pin(std::future::ready(Err(e))),
+                    Answering::Later(later) => Box::pin(async move {
+                        let (outcome, chosen) = later.await?;
+                        respond_one(outcome, chosen, call).await
                     }),
                 }
             }
@@ -259,7 +268,9 @@ impl Handler for Declarative {
                         &info.name,
                         call.max_message_size,
                         call.journal.as_ref(),
-                    )?;
+                    )
+                    .wait()
+                    .await?;
                     let action = chosen.action();
                     let result = one_answer(outcome, action.headers.clone(), &info);
                     if let Some(d) = action.delay {
@@ -283,7 +294,9 @@ impl Handler for Declarative {
                                 &info.name,
                                 call.max_message_size,
                                 call.journal.as_ref(),
-                            )?;
+                            )
+                            .wait()
+                            .await?;
                             let headers = chosen.action().headers.clone();
                             (
                                 Some(Items::new(
@@ -308,6 +321,7 @@ impl Handler for Declarative {
                         buffers: call.buffers.clone(),
                         incoming,
                         current,
+                        pending: None,
                         spare_sleep: None,
                         done: false,
                     };
@@ -319,6 +333,39 @@ impl Handler for Declarative {
                 })
             }
         }
+    }
+}
+
+/// The reply to a call with one request, once its answer is known: a stream of items for a
+/// server-streaming method, else one message, after the action's delay.
+fn respond_one(outcome: Outcome, chosen: Chosen, call: Call) -> HandlerFuture {
+    let info = call.method;
+    let headers = chosen.action().headers.clone();
+    if info.shape.streams_output() {
+        let reply = Reply {
+            responses: Responses::Stream(Box::pin(Items::new(
+                outcome,
+                chosen,
+                info.name.clone(),
+                call.max_message_size,
+                call.buffers,
+                None,
+            ))),
+            headers,
+            trailers: None,
+        };
+        return Box::pin(std::future::ready(Ok(reply)));
+    }
+    let delay = chosen.action().delay;
+    let result = one_answer(outcome, headers, &info);
+    match delay {
+        None => Box::pin(std::future::ready(result)),
+        Some(d) => Box::pin(async move {
+            let held = hold_while_waiting(call.buffers.as_ref(), &result)?;
+            tokio::time::sleep(d).await;
+            drop(held);
+            result
+        }),
     }
 }
 
@@ -470,9 +517,35 @@ struct Bidi {
     buffers: Option<Buffers>,
     incoming: tonic::Streaming<Incoming>,
     current: Option<Items>,
+    /// The answer being worked out off the network threads, for a big request to rules.
+    pending: Option<BoxFuture<'static, Answer>>,
     /// The timer of the last finished answer, reused by the next one.
     spare_sleep: Option<Pin<Box<Sleep>>>,
     done: bool,
+}
+
+impl Bidi {
+    /// Makes `answer` the current one; an error ends the stream with it.
+    fn begin(&mut self, answer: Answer) -> Result<(), Status> {
+        match answer {
+            Ok((outcome, chosen)) => {
+                let sleep = self.spare_sleep.take();
+                self.current = Some(Items::new(
+                    outcome,
+                    chosen,
+                    self.method.clone(),
+                    self.limit,
+                    self.buffers.clone(),
+                    sleep,
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                self.done = true;
+                Err(e.into())
+            }
+        }
+    }
 }
 
 impl Stream for Bidi {
@@ -492,6 +565,14 @@ impl Stream for Bidi {
                     None => {}
                 }
             }
+            if let Some(pending) = &mut this.pending {
+                let answer = ready!(pending.as_mut().poll(cx));
+                this.pending = None;
+                if let Err(status) = this.begin(answer) {
+                    return Poll::Ready(Some(Err(status)));
+                }
+                continue;
+            }
             if this.done {
                 return Poll::Ready(None);
             }
@@ -510,29 +591,23 @@ impl Stream for Bidi {
                     return Poll::Ready(None);
                 }
             };
-            match answer(
+            let answering = answer(
                 &this.responder,
                 req,
                 &this.metadata,
                 &this.method,
                 this.limit,
                 this.journal.as_ref(),
-            ) {
-                Ok((outcome, chosen)) => {
-                    let sleep = this.spare_sleep.take();
-                    this.current = Some(Items::new(
-                        outcome,
-                        chosen,
-                        this.method.clone(),
-                        this.limit,
-                        this.buffers.clone(),
-                        sleep,
-                    ));
+            );
+            let begun = match answering {
+                Answering::Now(now) => this.begin(now),
+                Answering::Later(later) => {
+                    this.pending = Some(later);
+                    Ok(())
                 }
-                Err(e) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
+            };
+            if let Err(status) = begun {
+                return Poll::Ready(Some(Err(status)));
             }
         }
     }

@@ -8,11 +8,11 @@
 //! calls with small requests are answered meanwhile.
 
 use prost_reflect::DynamicMessage;
-use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
 use tonic::metadata::MetadataMap;
 
 use super::declarative::Action;
+use crate::error::CallError;
 use crate::matcher::Condition;
 
 #[derive(Debug)]
@@ -35,18 +35,29 @@ pub const HEAVY_REQUEST: usize = 64 * 1024;
 /// (on a machine with more, the rest are theirs too).
 static HEAVY: Semaphore = Semaphore::const_new(1);
 
-/// Runs `work` where it holds up no other call: the runtime hands this thread's other tasks to
-/// another thread while it runs ([`tokio::task::block_in_place`]), after waiting for its turn.
-/// Outside a multi-threaded runtime (a test's), it just runs.
-pub fn off_the_network_threads<T>(work: impl FnOnce() -> T) -> T {
-    let Ok(handle) = Handle::try_current() else {
-        return work();
-    };
-    if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
-        return work();
-    }
-    tokio::task::block_in_place(|| {
-        let _turn = handle.block_on(HEAVY.acquire());
+/// Runs `work` where it holds up no other call: on tokio's blocking pool, once this call's turn
+/// comes.
+///
+/// The turn is awaited, not blocked on: calls queued behind a big match hold no thread. A
+/// thread each, as blocking in place would take, lets a flood of big requests use up the
+/// runtime's blocking pool, which the network threads need as well. The turn goes with the
+/// work, so a call that goes away mid-match still frees it only when the match ends: big
+/// matches never overlap.
+pub async fn off_the_network_threads<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CallError> + Send + 'static,
+) -> Result<T, CallError> {
+    // The semaphore is never closed, so the turn always comes.
+    let turn = HEAVY.acquire().await.ok();
+    let matched = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         work()
-    })
+    });
+    match matched.await {
+        Ok(result) => result,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only a runtime shutting down cancels blocking work.
+            Err(_) => Err(CallError::ShuttingDown),
+        },
+    }
 }
