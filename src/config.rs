@@ -65,7 +65,20 @@ const ENTRY_KEYS: &[&str] = &[
 
 /// Handlers added at run time through the admin API, by `package.Service/Method`: the same JSON
 /// a handler file has under `"methods"`, laid over the files' handlers.
-pub type RuntimeHandlers = BTreeMap<String, Json>;
+pub type RuntimeHandlers = BTreeMap<String, RuntimeEntry>;
+
+/// One runtime handler's entry, with the text it was sent as when it came as text (an HTTP
+/// body): its problems are then located in that text by line and column, as a file's are.
+#[derive(Debug, Clone)]
+pub struct RuntimeEntry {
+    pub entry: Json,
+    pub text: Option<Arc<str>>,
+}
+
+/// The name runtime handler `method`'s problems are reported under, in place of a file name.
+pub fn runtime_source(method: &str) -> PathBuf {
+    PathBuf::from(format!("runtime handler {method}"))
+}
 
 /// A script entry waiting for its generation's Lua states, which start once every entry is read.
 pub struct PendingScript {
@@ -297,8 +310,8 @@ pub fn load_runtime(
     pending: &mut PendingScripts,
 ) -> Result<(), StartupErrors> {
     let mut errors = StartupErrors::default();
-    for (name, entry) in entries {
-        let location = Location::file(format!("runtime handler {name}"));
+    for (name, runtime) in entries {
+        let location = Location::file(runtime_source(name));
         let info = match runtime_method(pool, table, name) {
             Ok(info) => info,
             Err(message) => {
@@ -315,13 +328,44 @@ pub fn load_runtime(
                 continue;
             }
         };
-        if let Err(e) = install(entry, &info, Origin::Runtime, table, scripts, pending) {
-            for e in e.located(|_| location.clone(), String::new()) {
+        if let Err(e) = install(
+            &runtime.entry,
+            &info,
+            Origin::Runtime,
+            table,
+            scripts,
+            pending,
+        ) {
+            let Some(text) = runtime.text.as_deref() else {
+                for e in e.located(|_| location.clone(), String::new()) {
+                    errors.push(e);
+                }
+                continue;
+            };
+            // Sent as text: each problem at its own line and column in it, in their order.
+            let positions = jsonpos::Positions::find(text, e.paths());
+            let start = text_start(text);
+            let at = |path: &str| {
+                let (line, col) = positions.of(path).unwrap_or(start);
+                Location::at(&location.path, line, col)
+            };
+            let mut located = e.located(at, String::new());
+            located.sort_by_key(|e| e.location().map(|l| (l.line, l.col)));
+            for e in located {
                 errors.push(e);
             }
         }
     }
     errors.into_result(())
+}
+
+/// The 1-based line and column of the first character of `text` that is not white space.
+fn text_start(text: &str) -> (usize, usize) {
+    let at = text.len() - text.trim_start().len();
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
 }
 
 /// The method a runtime entry names, or why it names none (with the closest names).
@@ -379,6 +423,15 @@ fn install(
 }
 
 impl BuildError {
+    /// The paths inside the entry of the problems that have one.
+    fn paths(&self) -> impl Iterator<Item = &str> {
+        let problems = match self {
+            BuildError::Entry(errors) => errors.0.as_slice(),
+            BuildError::Startup(_) => &[],
+        };
+        problems.iter().map(|e| e.path.as_str())
+    }
+
     /// As startup errors, each at the location `at` gives for its path inside the entry and
     /// naming the entry (and the key inside it).
     fn located(self, at: impl Fn(&str) -> Location, entry_name: String) -> Vec<StartupError> {

@@ -8,6 +8,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::config::RuntimeEntry;
 use crate::error::StartupError;
 
 /// One problem with the inputs, as the admin API reports it: the same text `check` prints,
@@ -66,10 +67,14 @@ pub trait Control: Send + Sync + 'static {
     fn reload(&self) -> BoxFuture<'static, Result<Json, Refusal>>;
 
     /// Adds or replaces the runtime handler of `method` (`package.Service/Method`); `entry` is
-    /// the JSON a handler file has under `"methods": {"Method": …}`. Calls that start after the
-    /// answer use it; calls in flight keep theirs.
-    fn put_handler(&self, method: String, entry: Json)
-        -> BoxFuture<'static, Result<Json, Refusal>>;
+    /// the JSON a handler file has under `"methods": {"Method": …}`, with the text it came as
+    /// if any (its problems are located in it). Calls that start after the answer use it;
+    /// calls in flight keep theirs.
+    fn put_handler(
+        &self,
+        method: String,
+        entry: RuntimeEntry,
+    ) -> BoxFuture<'static, Result<Json, Refusal>>;
 
     /// Removes the runtime handler of `method`; the file-based one (if any) serves again.
     fn remove_handler(&self, method: String) -> BoxFuture<'static, Result<Json, Refusal>>;

@@ -12,8 +12,6 @@
 //! `present`) tests the field; any other object descends into a message field. Every test must
 //! hold for the rule to match.
 
-use std::borrow::Cow;
-
 use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, Value};
 use regex::Regex;
 use serde_json::{Map, Value as Json};
@@ -40,7 +38,28 @@ const OPERATORS: &[&str] = &[
 #[derive(Debug, Clone, Default)]
 pub struct Condition {
     fields: Vec<(FieldPath, Test)>,
-    metadata: Vec<(String, Test)>,
+    metadata: Vec<(String, MetadataTest)>,
+}
+
+/// A test on one metadata key. A `-bin` key's value is bytes: the values a test compares it
+/// with are written in base64, as a `-bin` header's value is in a handler file, and compared
+/// with the bytes the client sent.
+#[derive(Debug, Clone)]
+enum MetadataTest {
+    Text(Test),
+    Bytes(BytesTest),
+}
+
+#[derive(Debug, Clone)]
+enum BytesTest {
+    Equals(Vec<u8>),
+    In(Vec<Vec<u8>>),
+    Prefix(Vec<u8>),
+    Suffix(Vec<u8>),
+    Contains(Vec<u8>),
+    /// A pattern, not a value: it reads the bytes as UTF-8 (bad bytes as U+FFFD).
+    Regex(Regex),
+    Present(bool),
 }
 
 #[derive(Debug, Clone)]
@@ -91,7 +110,8 @@ impl Condition {
                             problems.push(tp, format!("{name:?} is not a valid metadata key"));
                             continue;
                         }
-                        for t in compile_metadata_test(test, &tp, &mut problems) {
+                        let binary = name.ends_with("-bin");
+                        for t in compile_metadata_test(test, binary, &tp, &mut problems) {
                             cond.metadata.push((name.clone(), t));
                         }
                     }
@@ -124,10 +144,9 @@ impl Condition {
 
     /// True when every metadata test holds.
     pub fn metadata_matches(&self, metadata: &MetadataMap) -> bool {
-        self.metadata.iter().all(|(key, test)| {
-            let value = metadata_text(metadata, key);
-            test.check_text(value.as_deref())
-        })
+        self.metadata
+            .iter()
+            .all(|(key, test)| test.check(metadata, key))
     }
 
     /// Each request-field test that fails for `req`, said for a person:
@@ -157,30 +176,85 @@ impl Condition {
     pub fn explain_metadata(&self, metadata: &MetadataMap) -> Vec<String> {
         self.metadata
             .iter()
-            .filter_map(|(key, test)| {
-                let value = metadata_text(metadata, key);
-                if test.check_text(value.as_deref()) {
-                    return None;
-                }
-                Some(format!(
+            .filter(|(key, test)| !test.check(metadata, key))
+            .map(|(key, test)| {
+                format!(
                     "metadata {key}: wanted {}, got {}",
-                    test.describe(None),
-                    value.map_or_else(|| "missing".to_owned(), |v| quote(&v))
-                ))
+                    test.describe(),
+                    test.show_sent(metadata, key)
+                        .unwrap_or_else(|| "missing".to_owned())
+                )
             })
             .collect()
     }
 }
 
-/// The value of metadata `key` as the tests read it: a `-bin` key's value decoded from base64
-/// (as the client's library encoded it), others as sent; bytes that are not UTF-8 read as
-/// U+FFFD. Tonic keeps the two kinds apart: reading a `-bin` key as text finds nothing.
-fn metadata_text<'m>(metadata: &'m MetadataMap, key: &str) -> Option<Cow<'m, str>> {
-    if key.ends_with("-bin") {
-        let bytes = metadata.get_bin(key)?.to_bytes().ok()?;
-        return Some(Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()));
+impl MetadataTest {
+    /// Whether the test holds for the value of `key` (the first, if sent more than once).
+    fn check(&self, metadata: &MetadataMap, key: &str) -> bool {
+        match self {
+            MetadataTest::Text(test) => {
+                let value = metadata
+                    .get(key)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()));
+                test.check_text(value.as_deref())
+            }
+            MetadataTest::Bytes(test) => {
+                // Tonic keeps the two kinds apart: a `-bin` key is read as binary only.
+                let value = metadata.get_bin(key).and_then(|v| v.to_bytes().ok());
+                test.check(value.as_deref())
+            }
+        }
     }
-    Some(String::from_utf8_lossy(metadata.get(key)?.as_bytes()))
+
+    /// What the test wants, for explanations; bytes in base64, as they are written.
+    fn describe(&self) -> String {
+        let b64 = |b: &[u8]| quote(&crate::metadata::encode_bin(b));
+        match self {
+            MetadataTest::Text(test) => test.describe(None),
+            MetadataTest::Bytes(test) => match test {
+                BytesTest::Equals(b) => b64(b),
+                BytesTest::In(bs) => format!(
+                    "one of [{}]",
+                    bs.iter().map(|b| b64(b)).collect::<Vec<_>>().join(", ")
+                ),
+                BytesTest::Prefix(b) => format!("prefix {}", b64(b)),
+                BytesTest::Suffix(b) => format!("suffix {}", b64(b)),
+                BytesTest::Contains(b) => format!("contains {}", b64(b)),
+                BytesTest::Regex(r) => format!("regex {}", quote(r.as_str())),
+                BytesTest::Present(true) => "present".into(),
+                BytesTest::Present(false) => "absent".into(),
+            },
+        }
+    }
+
+    /// The value sent for `key`, quoted as the test's values are written.
+    fn show_sent(&self, metadata: &MetadataMap, key: &str) -> Option<String> {
+        Some(match self {
+            MetadataTest::Text(_) => quote(&String::from_utf8_lossy(metadata.get(key)?.as_bytes())),
+            MetadataTest::Bytes(_) => {
+                let bytes = metadata.get_bin(key)?.to_bytes().ok()?;
+                quote(&crate::metadata::encode_bin(&bytes))
+            }
+        })
+    }
+}
+
+impl BytesTest {
+    fn check(&self, value: Option<&[u8]>) -> bool {
+        let Some(v) = value else {
+            return matches!(self, BytesTest::Present(false));
+        };
+        match self {
+            BytesTest::Equals(b) => v == b.as_slice(),
+            BytesTest::In(bs) => bs.iter().any(|b| v == b.as_slice()),
+            BytesTest::Prefix(b) => v.starts_with(b),
+            BytesTest::Suffix(b) => v.ends_with(b),
+            BytesTest::Contains(b) => memchr::memmem::find(v, b).is_some(),
+            BytesTest::Regex(r) => r.is_match(&String::from_utf8_lossy(v)),
+            BytesTest::Present(want) => *want,
+        }
+    }
 }
 
 /// Longest text shown of a value in an explanation.
@@ -392,15 +466,24 @@ fn compile_operator(
     })
 }
 
-/// The tests of one metadata key; problems into `problems`, every operator checked.
-fn compile_metadata_test(test: &Json, path: &str, problems: &mut EntryErrors) -> Vec<Test> {
+/// The tests of one metadata key (`binary`: a `-bin` key); problems into `problems`, every
+/// operator checked.
+fn compile_metadata_test(
+    test: &Json,
+    binary: bool,
+    path: &str,
+    problems: &mut EntryErrors,
+) -> Vec<MetadataTest> {
     match test {
-        Json::String(s) => vec![Test::Equals(Value::String(s.clone()))],
+        Json::String(_) => problems
+            .keep(compile_metadata_operator("equals", test, binary, path))
+            .into_iter()
+            .collect(),
         Json::Object(ops) => {
             let mut out = Vec::new();
             for (op, arg) in ops {
                 let p = format!("{path}.{op}");
-                let t = compile_metadata_operator(op, arg, &p);
+                let t = compile_metadata_operator(op, arg, binary, &p);
                 out.extend(problems.keep(t));
             }
             out
@@ -415,45 +498,73 @@ fn compile_metadata_test(test: &Json, path: &str, problems: &mut EntryErrors) ->
     }
 }
 
-fn compile_metadata_operator(op: &str, arg: &Json, p: &str) -> Result<Test> {
-    let text = || {
+fn compile_metadata_operator(op: &str, arg: &Json, binary: bool, p: &str) -> Result<MetadataTest> {
+    let text_of = |arg: &Json, what: &str| {
         arg.as_str().map(str::to_owned).ok_or_else(|| EntryError {
             path: p.to_owned(),
-            message: format!("\"{op}\" takes a string"),
+            message: what.to_owned(),
         })
     };
-    Ok(match op {
+    let text = || text_of(arg, &format!("\"{op}\" takes a string"));
+    // A `-bin` key's value to compare with, written in base64.
+    let bytes = |text: String| {
+        crate::metadata::decode_bin(&text).map_err(|message| EntryError {
+            path: p.to_owned(),
+            message,
+        })
+    };
+    let list = || -> Result<Vec<String>> {
+        let items = arg.as_array().ok_or_else(|| EntryError {
+            path: p.to_owned(),
+            message: "\"in\" takes an array of strings".into(),
+        })?;
+        Ok(items
+            .iter()
+            .map(|item| text_of(item, "\"in\" takes an array of strings"))
+            .collect::<std::result::Result<_, _>>()?)
+    };
+    let present = || {
+        arg.as_bool().ok_or_else(|| EntryError {
+            path: p.to_owned(),
+            message: "\"present\" takes true or false".into(),
+        })
+    };
+    if binary {
+        return Ok(MetadataTest::Bytes(match op {
+            "equals" => BytesTest::Equals(bytes(text()?)?),
+            "prefix" => BytesTest::Prefix(bytes(text()?)?),
+            "suffix" => BytesTest::Suffix(bytes(text()?)?),
+            "contains" => BytesTest::Contains(bytes(text()?)?),
+            "regex" => BytesTest::Regex(compile_regex(&text()?, p)?),
+            "present" => BytesTest::Present(present()?),
+            "in" => BytesTest::In(
+                list()?
+                    .into_iter()
+                    .map(bytes)
+                    .collect::<std::result::Result<_, _>>()?,
+            ),
+            other => return unknown_metadata_operator(other, p),
+        }));
+    }
+    Ok(MetadataTest::Text(match op {
         "equals" => Test::Equals(Value::String(text()?)),
         "prefix" => Test::Prefix(text()?),
         "suffix" => Test::Suffix(text()?),
         "contains" => Test::Contains(text()?),
         "regex" => Test::Regex(compile_regex(&text()?, p)?),
-        "present" => Test::Present(arg.as_bool().ok_or_else(|| EntryError {
-            path: p.to_owned(),
-            message: "\"present\" takes true or false".into(),
-        })?),
-        "in" => {
-            let Some(items) = arg.as_array() else {
-                return err(p, "\"in\" takes an array of strings");
-            };
-            let mut values = Vec::new();
-            for item in items {
-                let Some(s) = item.as_str() else {
-                    return err(p, "\"in\" takes an array of strings");
-                };
-                values.push(Value::String(s.to_owned()));
-            }
-            Test::In(values)
-        }
-        other => {
-            return err(
-                p,
-                format!(
-                    "unknown metadata operator {other:?}; use equals, in, prefix, suffix, contains, regex or present"
-                ),
-            )
-        }
-    })
+        "present" => Test::Present(present()?),
+        "in" => Test::In(list()?.into_iter().map(Value::String).collect()),
+        other => return unknown_metadata_operator(other, p),
+    }))
+}
+
+fn unknown_metadata_operator<T>(op: &str, p: &str) -> Result<T> {
+    err(
+        p,
+        format!(
+            "unknown metadata operator {op:?}; use equals, in, prefix, suffix, contains, regex or present"
+        ),
+    )
 }
 
 fn compile_regex(pattern: &str, path: &str) -> Result<Regex> {

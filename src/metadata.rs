@@ -133,8 +133,57 @@ pub fn insert(map: &mut MetadataMap, key: &str, value: &[u8]) -> Result<(), Stri
     Ok(())
 }
 
+/// Base64 as gRPC writes binary metadata (grpcurl's and buf curl's `-H`, the spec's text form):
+/// the standard alphabet, with or without padding.
+const BIN: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// The most characters of a value a problem shows.
+const SHOWN: usize = 40;
+
+/// The bytes of a `-bin` value written in a handler file (in base64), or what to fix.
+pub fn decode_bin(text: &str) -> Result<Vec<u8>, String> {
+    use base64::DecodeError as E;
+    use base64::Engine as _;
+    BIN.decode(text).map_err(|e| {
+        let why = match e {
+            E::InvalidByte(at, byte) => {
+                // Every byte before is base64, so ASCII: `at` starts a character.
+                let c = text.get(at..).and_then(|t| t.chars().next());
+                format!(
+                    "{:?} at character {} is not in the base64 alphabet (A-Z, a-z, 0-9, + and /)",
+                    c.unwrap_or(char::from(byte)),
+                    at + 1
+                )
+            }
+            E::InvalidLength(_) => "its length is not that of any bytes in base64".into(),
+            E::InvalidLastSymbol(..) => {
+                "its last character holds bits beyond the bytes it encodes".into()
+            }
+            E::InvalidPadding => "its \"=\" padding is wrong".into(),
+        };
+        // A long value is named by its start.
+        let shown = match text.char_indices().nth(SHOWN) {
+            Some((cut, _)) => format!("{:?}…", &text[..cut]),
+            None => format!("{text:?}"),
+        };
+        format!(
+            "{shown} is not base64: {why}; a value of a key ending in -bin is its bytes in base64 (standard alphabet, padding optional), such as \"aGk=\" for the bytes \"hi\""
+        )
+    })
+}
+
+/// Bytes as a `-bin` value is written in a handler file.
+pub fn encode_bin(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Response metadata from a handler file (`"headers"`, an error's `"metadata"`), checked at
-/// startup; `path` locates it in the entry.
+/// startup; `path` locates it in the entry. A `-bin` key's value is its bytes in base64.
 pub fn parse_pairs(
     pairs: &BTreeMap<String, String>,
     path: &str,
@@ -153,7 +202,18 @@ pub fn parse_pairs(
             );
             continue;
         }
-        if let Err(message) = insert(&mut map, k, v.as_bytes()) {
+        let value = if k.to_ascii_lowercase().ends_with("-bin") {
+            match decode_bin(v) {
+                Ok(bytes) => std::borrow::Cow::Owned(bytes),
+                Err(message) => {
+                    problems.push(format!("{path}.{k}"), format!("metadata {k:?}: {message}"));
+                    continue;
+                }
+            }
+        } else {
+            std::borrow::Cow::Borrowed(v.as_bytes())
+        };
+        if let Err(message) = insert(&mut map, k, &value) {
             problems.push(format!("{path}.{k}"), message);
         }
     }
@@ -190,5 +250,30 @@ mod tests {
         insert(&mut map, "blob-bin", b"\xff\x00").unwrap();
         assert_eq!(map.get("x-trace").unwrap(), "abc");
         assert_eq!(map.len(), 2);
+    }
+
+    #[test]
+    fn binary_values_in_handler_files_are_base64_padded_or_not() {
+        let pairs = |v: &str| BTreeMap::from([("Trace-Bin".to_owned(), v.to_owned())]);
+        for written in ["/wBoaQ==", "/wBoaQ"] {
+            let map = parse_pairs(&pairs(written), "headers").unwrap();
+            let value = map.get_bin("trace-bin").unwrap().to_bytes().unwrap();
+            assert_eq!(value.as_ref(), b"\xff\x00hi", "{written}");
+        }
+        for bad in ["raw!", "a", "-_8="] {
+            let e = parse_pairs(&pairs(bad), "headers").unwrap_err();
+            assert_eq!(e.0[0].path, "headers.Trace-Bin");
+            assert!(e.0[0].message.contains("not base64"), "{}", e.0[0].message);
+        }
+        assert_eq!(
+            decode_bin(&encode_bin(b"\x00\x01\xfe")).unwrap(),
+            b"\x00\x01\xfe"
+        );
+        let e = decode_bin(&format!("AAAA{}", "é".repeat(10_000))).unwrap_err();
+        assert!(
+            e.starts_with("\"AAAAéé") && e.contains("\"… is not base64"),
+            "{e}"
+        );
+        assert!(e.contains("'é' at character 5 "), "{e}");
     }
 }

@@ -1,6 +1,9 @@
 //! Regressions of admin API requests that cost the server far more than their size: an unknown
 //! method name of a megabyte used to be compared, character by character, with every method
 //! served ("did you mean"), which for a big tree kept a core busy for minutes per request.
+//!
+//! - The problems of a `PUT /v1/handlers/…` body had no position: the same entry in a handler
+//!   file gets `file:line:col` for each problem, the body got only the method's name.
 
 mod common;
 
@@ -65,5 +68,94 @@ async fn a_huge_unknown_method_name_is_refused_without_comparing_it_to_every_met
     assert!(
         json["message"].as_str().unwrap().contains("did you mean"),
         "{json:#}"
+    );
+}
+
+/// The 1-based line and column of the first `needle` in `text`.
+fn position(text: &str, needle: &str) -> (u64, u64) {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} in {text}"));
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = at - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line as u64, col as u64)
+}
+
+#[tokio::test]
+async fn a_put_handler_body_has_each_problem_at_its_line_and_column() {
+    let server = Server::repo_default();
+    let put = |body: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .admin_call(
+                    "PUT",
+                    "/v1/handlers/helloworld.Greeter/SayHello",
+                    None,
+                    Some(body),
+                )
+                .await
+        }
+    };
+    let source = "runtime handler helloworld.Greeter/SayHello";
+
+    // One problem of every kind `check` finds in an entry, each where it is written.
+    let body = r#"{
+  "rules": [
+    { "when": { "request": { "name": { "regex": "(" } } },
+      "reply": { "message": "hi {{nam}}" } },
+    { "when": { "metadata": { "x-a": { "prefx": "b" } } }, "reply": { "mesage": "x" } },
+    { "reply": { "message": "ok" }, "headers": { "a b": "1" }, "delay_ms": -1 }
+  ],
+  "delay": 5
+}"#;
+    let (status, answer) = put(body).await;
+    assert_eq!(status, 400, "{answer:#}");
+    let problems = answer["problems"].as_array().expect("problems").clone();
+    let wanted = [
+        ("\"regex\"", "invalid regex"),
+        ("\"message\": \"hi", "\"nam\""),
+        ("\"prefx\"", "unknown metadata operator"),
+        ("\"mesage\"", "no field \"mesage\""),
+        ("\"a b\"", "not a valid metadata key"),
+        ("\"delay_ms\"", "whole number of milliseconds"),
+        ("\"delay\"", "unknown key \"delay\""),
+    ];
+    assert_eq!(problems.len(), wanted.len(), "{answer:#}");
+    for (problem, (key, says)) in problems.iter().zip(wanted) {
+        let (line, col) = position(body, key);
+        let message = problem["message"].as_str().unwrap();
+        assert_eq!(problem["file"], source, "{problem:#}");
+        assert_eq!(
+            (problem["line"].as_u64(), problem["col"].as_u64()),
+            (Some(line), Some(col)),
+            "{key} ({says}): {problem:#}"
+        );
+        assert!(
+            message.starts_with(&format!("{source}:{line}:{col}: ")) && message.contains(says),
+            "{message}"
+        );
+    }
+
+    // JSON that does not parse: where the parser stopped, in the same form.
+    let (status, answer) = put("{\n  \"reply\": { \"message\": \"x\", }\n}").await;
+    assert_eq!(status, 400, "{answer:#}");
+    assert_eq!(answer["problems"][0]["file"], source, "{answer:#}");
+    assert_eq!(answer["problems"][0]["line"], 2, "{answer:#}");
+    assert_eq!(answer["problems"][0]["col"], 30, "{answer:#}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(message.contains("not valid JSON"), "{message}");
+
+    // An entry that is not an object: at its first character.
+    let (status, answer) = put("\n  [1]").await;
+    assert_eq!(status, 400, "{answer:#}");
+    assert_eq!(
+        (
+            &answer["problems"][0]["line"],
+            &answer["problems"][0]["col"]
+        ),
+        (&json!(2), &json!(3)),
+        "{answer:#}"
     );
 }

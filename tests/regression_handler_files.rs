@@ -11,6 +11,10 @@
 //! - A rule's `when.metadata` test on a `-bin` key never held: the value was looked up as
 //!   text, where tonic keeps no binary key, so `present: true` failed even when the client
 //!   sent the key.
+//! - A `-bin` header value in a handler file was sent as the bytes of the JSON string, where
+//!   every gRPC tool writes binary values in base64; now it is base64, decoded at load (as the
+//!   values `when.metadata` compares a `-bin` key with), and a value that is not is a problem
+//!   at its line and column.
 //! - `check` took minutes on a file with many broken rules: each problem was compared with
 //!   every one listed before (20 000 broken rules: 576 s in a release build). Now one pass.
 //! - Range tests (`gt`, `lte`…) compared as `f64`, so on 64-bit fields past 2^53 neighbours
@@ -158,7 +162,7 @@ async fn the_admin_api_names_every_problem_of_an_entry() {
 #[tokio::test]
 async fn rules_test_binary_metadata_by_its_bytes() {
     let file = json!({"service": "kitchen.Kitchen", "methods": {"Get": {"rules": [
-        {"when": {"metadata": {"x-id-bin": "hello"}}, "reply": {"id": "equals"}},
+        {"when": {"metadata": {"x-id-bin": "aGVsbG8="}}, "reply": {"id": "equals"}},
         {"when": {"metadata": {"x-id-bin": {"present": true}}}, "reply": {"id": "present"}},
         {"reply": {"id": "none"}}
     ]}}});
@@ -269,4 +273,121 @@ fn check_names_ten_thousand_broken_rules_in_one_pass() {
         "{}",
         &err[err.len().saturating_sub(500)..]
     );
+}
+
+/// The bytes of binary metadata `key` in `md`.
+fn bin(md: &MetadataMap, key: &str) -> Vec<u8> {
+    md.get_bin(key)
+        .unwrap_or_else(|| panic!("no {key} in {md:?}"))
+        .to_bytes()
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn binary_header_values_in_handler_files_are_base64() {
+    let file = json!({"service": "kitchen.Kitchen", "methods": {
+        "Get": {"reply": {"id": "r"}, "headers": {"trace-bin": "/wBoaQ==", "Plain-Bin": "AAE"}},
+        "Lookup": {"rules": [
+            {"when": {"metadata": {"x-id-bin": "/wA="}}, "reply": {"id": "equals"},
+             "headers": {"rule-bin": "AQI="}},
+            {"when": {"metadata": {"x-id-bin": {"prefix": "aGVs", "in": ["aGVsbG8=", "aGVscA"]}}},
+             "reply": {"id": "prefix"}},
+            {"reply": {"id": "none"}}
+        ], "headers": {"around-bin": "Kg=="}},
+        "Fail": {"error": {"code": "NOT_FOUND", "message": "no", "metadata": {"trace-bin": "cmF3"}}}
+    }});
+    let (server, _handlers) = Server::kitchen_with(&file.to_string(), &[]);
+    let client = Client::connect(server.addr, common::pool(&fixtures().join("protos"))).await;
+
+    // Padded and unpadded, as sent by a reply.
+    let (_, headers) = client
+        .unary_with("kitchen.Kitchen/Get", json!({}), MetadataMap::new())
+        .await
+        .unwrap();
+    assert_eq!(bin(&headers, "trace-bin"), b"\xff\x00hi");
+    assert_eq!(bin(&headers, "plain-bin"), b"\x00\x01");
+
+    // A rule's headers, the headers around the rules, and `when.metadata` on the bytes sent.
+    for (sent, wanted) in [
+        (&b"\xff\x00"[..], "equals"),
+        (b"hello", "prefix"),
+        (b"help", "prefix"),
+        (b"helpful", "none"),
+        (b"\xff", "none"),
+    ] {
+        let mut md = MetadataMap::new();
+        md.insert_bin("x-id-bin", BinaryMetadataValue::from_bytes(sent));
+        let (reply, headers) = client
+            .unary_with("kitchen.Kitchen/Lookup", json!({}), md)
+            .await
+            .unwrap();
+        assert_eq!(reply["id"], wanted, "{sent:?}");
+        assert_eq!(bin(&headers, "around-bin"), b"*");
+        if wanted == "equals" {
+            assert_eq!(bin(&headers, "rule-bin"), b"\x01\x02");
+        }
+    }
+
+    // An error's trailers.
+    let status = client
+        .unary("kitchen.Kitchen/Fail", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(bin(status.metadata(), "trace-bin"), b"raw");
+}
+
+#[tokio::test]
+async fn a_binary_header_value_that_is_not_base64_is_located() {
+    let file = r#"{"service": "kitchen.Kitchen", "methods": {
+  "Get": { "reply": {}, "headers": { "trace-bin": "not base64!" } },
+  "Lookup": { "rules": [
+    { "when": { "metadata": { "x-bin": { "in": ["AA==", "A"] } } }, "reply": {} }
+  ] },
+  "Fail": { "error": { "code": 5, "metadata": { "e-bin": "a_b" } } }
+}}"#;
+    let at = |needle: &str| {
+        let at = file.find(needle).unwrap();
+        let before = &file[..at];
+        let line = before.matches('\n').count() + 1;
+        (line, at - before.rfind('\n').map_or(0, |i| i + 1) + 1)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("k.json"), file).unwrap();
+    let protos = fixtures().join("protos");
+    let (code, _, err) = run(&[
+        "check",
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    for (needle, method, path) in [
+        ("\"trace-bin\"", "Get", "headers.trace-bin"),
+        ("\"in\"", "Lookup", "rules[0].when.metadata.x-bin.in"),
+        ("\"e-bin\"", "Fail", "error.metadata.e-bin"),
+    ] {
+        let (line, col) = at(needle);
+        let wanted = format!("k.json:{line}:{col}: kitchen.Kitchen/{method}: {path}: ");
+        let found = err.lines().find(|l| l.contains(&wanted));
+        assert!(
+            found.is_some_and(|l| l.contains("is not base64") && l.contains("-bin")),
+            "{wanted:?} missing in:\n{err}"
+        );
+    }
+    assert!(err.contains("3 problem(s) found"), "{err}");
+
+    // The same in an admin API body.
+    let (server, _handlers) =
+        Server::kitchen_with(r#"{"service": "kitchen.Kitchen", "methods": {}}"#, &[]);
+    let body = "{\"reply\": {},\n \"headers\": {\"trace-bin\": \"%%\"}}";
+    let (status, answer) = server
+        .admin_call("PUT", "/v1/handlers/kitchen.Kitchen/Get", None, Some(body))
+        .await;
+    assert_eq!(status, 400, "{answer:#}");
+    assert_eq!(answer["problems"][0]["line"], 2, "{answer:#}");
+    assert_eq!(answer["problems"][0]["col"], 14, "{answer:#}");
+    let message = answer["problems"][0]["message"].as_str().unwrap();
+    assert!(message.contains("is not base64"), "{message}");
 }

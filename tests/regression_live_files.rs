@@ -14,7 +14,9 @@
 //! - an editor's hidden lock link (Emacs's `.#x.proto`) failed every load while it existed;
 //! - a byte-order mark made every kind of file unreadable;
 //! - text that is not UTF-8, an import cycle, and one name declared by two files that do not
-//!   import each other were reported without a line and column.
+//!   import each other were reported without a line and column;
+//! - a descriptor cache folder (`--cache-dir`) inside a watched folder set off a second reload
+//!   each time a reload wrote an entry to it.
 
 mod common;
 
@@ -480,4 +482,47 @@ fn a_descriptor_set_without_files_is_refused() {
     let (code, err) = run_bounded(cmd);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("empty.binpb: holds no files"), "{err}");
+}
+
+#[tokio::test]
+async fn a_descriptor_cache_inside_a_watched_folder_sets_off_no_reload() {
+    // Inside the protos, as a watched folder itself, and inside the data.
+    for place in ["protos/cache/descriptors", "handlers", "data/cache"] {
+        let project = Project::new();
+        let cache = project.path(place);
+        let server = project.start(&["--cache-dir", cache.to_str().unwrap()]);
+        let client = project.client(&server).await;
+        wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
+        let entries = || {
+            std::fs::read_dir(&cache)
+                .map(|d| d.filter_map(Result::ok).count())
+                .unwrap_or(0)
+        };
+        let before = entries();
+        // New protos: the reload compiles them and writes a cache entry in the watched folder.
+        let started = Instant::now();
+        project.write(
+            "protos/live.proto",
+            &LIVE_PROTO.replace("string text = 1;", "string text = 1; string extra = 2;"),
+        );
+        wait_for_log(&server, "generation 2 serving");
+        let reload = started.elapsed();
+        assert!(entries() > before, "{place}: no cache entry was written");
+        // A reload set off by that write would come within about one reload's time: wait for
+        // three (this one compiled; a second one would read the cache).
+        std::thread::sleep(reload * 3);
+        project.write("handlers/live.json", &live_handler("v2"));
+        wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+        let served: Vec<String> = server
+            .log()
+            .into_iter()
+            .filter(|l| l.contains(" serving ("))
+            .collect();
+        assert_eq!(
+            served.len(),
+            2,
+            "{place}: one reload per change, none for the cache entry: {served:#?}"
+        );
+        assert!(served[1].contains("generation 3 serving"), "{served:#?}");
+    }
 }

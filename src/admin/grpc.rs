@@ -145,6 +145,8 @@ fn op_for(method: &str, request: Json) -> Result<Op, AdminError> {
                     ))
                 }
             },
+            // A Struct has no text to locate problems in; their paths inside it say where.
+            text: None,
         },
         "RemoveHandler" => Op::RemoveHandler {
             method: text(&request, "method"),

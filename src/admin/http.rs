@@ -23,12 +23,17 @@ use http_body_util::BodyExt;
 use serde_json::Value as Json;
 
 use super::{Admin, Op};
-use crate::error::AdminError;
+use crate::config;
+use crate::control::Problem;
+use crate::error::{AdminError, Location, StartupError};
 
 /// The largest request body accepted: a handler entry or a verify is far smaller.
 pub const MAX_BODY: usize = 1024 * 1024;
 /// The longest a client may take to send a body.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a `PUT /v1/handlers/…` body is.
+const ENTRY: &str = "the method's entry, as in a handler file: {\"reply\": {…}}";
 
 const ROUTES: &str = "GET /v1/status, GET /v1/services, POST /v1/reload, PUT|DELETE /v1/handlers/{service}/{method}, POST /v1/reset, GET|DELETE /v1/journal, GET /v1/journal/{id}, POST /v1/verify";
 
@@ -86,6 +91,16 @@ fn answer(result: Result<Json, AdminError>) -> Response {
 /// Reads and parses a JSON body, refusing what is too large (declared or sent), too slow,
 /// empty, or not JSON.
 async fn read_json(body: Body, what: &str) -> Result<Json, AdminError> {
+    let bytes = read_body(body, what).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        AdminError::BadRequest(format!(
+            "the request body is not valid JSON: {e}; send {what}"
+        ))
+    })
+}
+
+/// Reads a body, refusing what is too large (declared or sent), too slow, or empty.
+async fn read_body(body: Body, what: &str) -> Result<bytes::Bytes, AdminError> {
     if http_body::Body::size_hint(&body).lower() > MAX_BODY as u64 {
         return Err(AdminError::TooLarge { limit: MAX_BODY });
     }
@@ -108,11 +123,7 @@ async fn read_json(body: Body, what: &str) -> Result<Json, AdminError> {
             "the request body is empty; send {what} as JSON"
         )));
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        AdminError::BadRequest(format!(
-            "the request body is not valid JSON: {e}; send {what}"
-        ))
-    })
+    Ok(bytes)
 }
 
 fn method_path(path: Result<Path<(String, String)>, PathRejection>) -> Result<String, AdminError> {
@@ -140,12 +151,26 @@ async fn put_handler(
 ) -> Response {
     let result = async {
         let method = method_path(path)?;
-        let entry = read_json(
-            body,
-            "the method's entry, as in a handler file: {\"reply\": {…}}",
-        )
-        .await?;
-        admin.run(Op::PutHandler { method, entry }).await
+        let bytes = read_body(body, ENTRY).await?;
+        // Checked like a handler file: a problem, JSON syntax included, is located in the body.
+        let entry: Json = serde_json::from_slice(&bytes).map_err(|e| {
+            let problem = StartupError::Handler {
+                location: Location::at(config::runtime_source(&method), e.line(), e.column()),
+                entry: String::new(),
+                message: format!("the request body is not valid JSON: {e}"),
+                hint: Some(format!("send {ENTRY}")),
+            };
+            AdminError::Invalid(vec![Problem::from(&problem)])
+        })?;
+        // Valid JSON is valid UTF-8.
+        let text = String::from_utf8(bytes.to_vec()).ok();
+        admin
+            .run(Op::PutHandler {
+                method,
+                entry,
+                text,
+            })
+            .await
     };
     answer(result.await)
 }

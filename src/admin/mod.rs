@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
 
+use crate::config::RuntimeEntry;
 use crate::control::Control;
 use crate::error::AdminError;
 use crate::journal::query::Query;
@@ -38,10 +39,12 @@ pub enum Op {
     Status,
     Services,
     Reload,
-    /// `method` is `package.Service/Method`; `entry` a handler file's method entry.
+    /// `method` is `package.Service/Method`; `entry` a handler file's method entry, with the
+    /// text it was parsed from when it came as text (its problems are located in it).
     PutHandler {
         method: String,
         entry: Json,
+        text: Option<String>,
     },
     RemoveHandler {
         method: String,
@@ -82,8 +85,16 @@ impl Admin {
             Op::Status => Ok(self.with_journal(self.control.status())),
             Op::Services => Ok(self.control.services()),
             Op::Reload => Ok(self.with_journal(self.control.reload().await?)),
-            Op::PutHandler { method, entry } => {
+            Op::PutHandler {
+                method,
+                entry,
+                text,
+            } => {
                 check_method_name(&method)?;
+                let entry = RuntimeEntry {
+                    entry,
+                    text: text.map(Arc::from),
+                };
                 Ok(self.control.put_handler(method, entry).await?)
             }
             Op::RemoveHandler { method } => {

@@ -395,7 +395,7 @@ impl Control for LiveControl {
     fn put_handler(
         &self,
         method: String,
-        entry: Json,
+        entry: config::RuntimeEntry,
     ) -> BoxFuture<'static, Result<Json, Refusal>> {
         let live = self.0.clone();
         Box::pin(async move {

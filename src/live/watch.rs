@@ -4,8 +4,10 @@
 //! `--descriptor-set` files are watched with `notify`; events are debounced, so an editor's
 //! save (write, rename, chmod) or a `git checkout` of many files becomes one reload. Only
 //! changes count: reading a file (which every reload does) is an event too on Linux, and
-//! reacting to it would reload forever. Editors' temporary and backup files are ignored. A
-//! change only under the handler and data folders reuses the compiled protos.
+//! reacting to it would reload forever. Editors' temporary and backup files are ignored, and
+//! so are the descriptor cache's entries when `--cache-dir` is inside a watched folder: a
+//! reload that writes one would otherwise set off another. A change only under the handler
+//! and data folders reuses the compiled protos.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -50,6 +52,10 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
         .cloned()
         .chain([absolute(&options.handlers), absolute(&options.data)])
         .collect();
+    let cache = options.cache_dir.as_deref().map(|dir| CacheDir {
+        dir: absolute(dir),
+        roots: all_roots.clone(),
+    });
     // Per event: whether it is under a proto folder, and whether it is about a watched folder
     // itself (created, removed, renamed).
     let (tx, mut rx) = mpsc::unbounded_channel::<(bool, bool)>();
@@ -60,10 +66,15 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
                 return;
             }
             // The parents are watched only to see the folders themselves come and go.
+            let created = matches!(event.kind, EventKind::Create(_));
             let mut relevant = event
                 .paths
                 .iter()
-                .filter(|p| !ignored(p) && roots.iter().any(|r| p.starts_with(r)))
+                .filter(|p| {
+                    !ignored(p)
+                        && !cache.as_ref().is_some_and(|c| c.written(p, created))
+                        && roots.iter().any(|r| p.starts_with(r))
+                })
                 .peekable();
             if relevant.peek().is_none() {
                 return;
@@ -126,6 +137,26 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
         }
     });
     Ok(Watching { _watcher: watcher })
+}
+
+/// The descriptor cache folder, which may be inside a watched folder (or be one).
+struct CacheDir {
+    dir: PathBuf,
+    /// The watched folders: never ignored themselves.
+    roots: Vec<PathBuf>,
+}
+
+impl CacheDir {
+    /// Whether an event on `path` is the cache's own doing: an entry written, replaced or
+    /// pruned, or the folder (and its missing parents) created for the first entry.
+    fn written(&self, path: &Path, created: bool) -> bool {
+        let entry = path.parent() == Some(self.dir.as_path())
+            && path
+                .file_name()
+                .is_some_and(|n| crate::schema::cache::is_entry(&n.to_string_lossy()));
+        let folder = created && self.dir.starts_with(path) && !self.roots.iter().any(|r| r == path);
+        entry || folder
+    }
 }
 
 /// The watched folders and the identity (device, inode) of the directory each watch is on.
@@ -242,8 +273,34 @@ fn ignored(path: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::ignored;
-    use std::path::Path;
+    use super::{ignored, CacheDir};
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn the_caches_own_files_are_ignored_and_nothing_else() {
+        let cache = CacheDir {
+            dir: PathBuf::from("/p/protos/cache/x"),
+            roots: vec![PathBuf::from("/p/protos"), PathBuf::from("/p/handlers")],
+        };
+        let written = |p: &str, created: bool| cache.written(Path::new(p), created);
+        assert!(written("/p/protos/cache/x/descriptors-0a.bin", false));
+        assert!(written("/p/protos/cache/x/descriptors-0a.bin", true));
+        assert!(written("/p/protos/cache/x", true));
+        assert!(written("/p/protos/cache", true));
+        // Anything else in or around it counts: a folder renamed there, a .proto next to it.
+        assert!(!written("/p/protos/cache", false));
+        assert!(!written("/p/protos/cache/x/a.proto", true));
+        assert!(!written("/p/protos/cache/x/sub/descriptors-0a.bin", false));
+        assert!(!written("/p/protos", true));
+        // A cache folder that is a watched folder: only its entries are ignored.
+        let cache = CacheDir {
+            dir: PathBuf::from("/p/handlers"),
+            roots: vec![PathBuf::from("/p/handlers")],
+        };
+        assert!(cache.written(Path::new("/p/handlers/descriptors-0a.bin"), false));
+        assert!(!cache.written(Path::new("/p/handlers"), true));
+        assert!(!cache.written(Path::new("/p/handlers/h.json"), false));
+    }
 
     #[test]
     fn editor_files_are_ignored() {

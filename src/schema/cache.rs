@@ -178,6 +178,12 @@ fn try_store(
     Ok(())
 }
 
+/// Whether a file named `name` in the cache folder is an entry (as written by [`store`]; its
+/// temporary file is hidden). The file watcher ignores them when the folder is an input's.
+pub fn is_entry(name: &str) -> bool {
+    name.starts_with("descriptors-") && name.ends_with(".bin")
+}
+
 /// Removes all but the newest entries.
 fn prune(dir: &Path, keep: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -185,11 +191,7 @@ fn prune(dir: &Path, keep: &Path) {
     };
     let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
         .filter_map(Result::ok)
-        .filter(|e| {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            n.starts_with("descriptors-") && n.ends_with(".bin")
-        })
+        .filter(|e| is_entry(&e.file_name().to_string_lossy()))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
     if found.len() <= KEEP {
