@@ -17,6 +17,9 @@ use serde_json::Value as Json;
 
 use crate::error::{Location, StartupError, StartupErrors};
 
+/// How deep arrays and objects may nest: `serde_json`'s recursion limit.
+const MAX_DEPTH: usize = 128;
+
 /// Data sets by name (the file stem); clones share the texts.
 #[derive(Debug, Default, Clone)]
 pub struct DataSets {
@@ -62,6 +65,17 @@ impl DataSets {
             match serde_json::from_str::<Json>(&text) {
                 Ok(_) => {
                     sets.insert(name, Arc::from(text));
+                }
+                // Valid JSON nested deeper than the reader goes: saying "not valid JSON" would
+                // send the user looking for a mistake that is not there.
+                Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
+                    errors.push(StartupError::Data {
+                        location: Location::at(&file, e.line(), e.column()),
+                        message: format!(
+                            "arrays and objects nested more than {MAX_DEPTH} deep (the most data sets may nest)"
+                        ),
+                        hint: Some(format!("scripts see this file as data.{name}; nest its values less deeply")),
+                    })
                 }
                 Err(e) => errors.push(StartupError::Data {
                     location: Location::at(&file, e.line(), e.column()),

@@ -4,6 +4,8 @@
 //!   times its file's size), and the script pool took a deep copy of it to build replacement
 //!   states: a 7 MB file made the server peak 260 MB above a server without it, with one Lua
 //!   state. The file's text is kept now and each state builds its tables straight from it.
+//! - A data file nested more than 128 deep, valid JSON, was reported as "not valid JSON:
+//!   recursion limit exceeded"; it says what the limit is now.
 
 mod common;
 
@@ -104,4 +106,29 @@ async fn a_big_data_set_costs_its_tables_not_parsed_copies() {
         "a {size}-byte data set made the server peak {} MiB higher",
         grown >> 20
     );
+}
+
+#[test]
+fn data_nested_too_deep_is_not_called_invalid() {
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let dir = project(Some(&deep));
+    let arg = |sub: &str| dir.path().join(sub).display().to_string();
+    let (code, _, err) = common::run(&[
+        "check",
+        "--protos",
+        &arg("protos"),
+        "--handlers",
+        &arg("handlers"),
+        "--data",
+        &arg("data"),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    let file = dir.path().join("data/big.json").display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{file}:1:128: arrays and objects nested more than 128 deep"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("not valid JSON"), "{err}");
 }
