@@ -3,18 +3,28 @@
 //!
 //! A malformed file stops startup with `file:line:col`, like any other file the user wrote; one
 //! too big for a script state's memory limit is reported with its name and the limit.
+//!
+//! What is kept is each file's text, checked, and shared by every state: a state builds its
+//! tables straight from it (`script::sandbox`). A parsed `serde_json::Value` is about 14 times
+//! the size of its file, and keeping one (plus the copy the script pool took to build
+//! replacement states) made a 7 MB file cost 200 MB more than its Lua tables.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value as Json;
 
 use crate::error::{Location, StartupError, StartupErrors};
 
-/// Data sets by name (the file stem).
+/// How deep arrays and objects may nest: `serde_json`'s recursion limit.
+const MAX_DEPTH: usize = 128;
+
+/// Data sets by name (the file stem); clones share the texts.
 #[derive(Debug, Default, Clone)]
 pub struct DataSets {
-    pub sets: BTreeMap<String, Json>,
+    /// Each set's JSON text, known to parse.
+    pub sets: BTreeMap<String, Arc<str>>,
     /// The folder they came from, for messages.
     pub dir: PathBuf,
 }
@@ -50,9 +60,22 @@ impl DataSets {
                     continue;
                 }
             };
+            // Parsed once here for its errors (the same a state's conversion would meet), then
+            // dropped.
             match serde_json::from_str::<Json>(&text) {
-                Ok(value) => {
-                    sets.insert(name, value);
+                Ok(_) => {
+                    sets.insert(name, Arc::from(text));
+                }
+                // Valid JSON nested deeper than the reader goes: saying "not valid JSON" would
+                // send the user looking for a mistake that is not there.
+                Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
+                    errors.push(StartupError::Data {
+                        location: Location::at(&file, e.line(), e.column()),
+                        message: format!(
+                            "arrays and objects nested more than {MAX_DEPTH} deep (the most data sets may nest)"
+                        ),
+                        hint: Some(format!("scripts see this file as data.{name}; nest its values less deeply")),
+                    })
                 }
                 Err(e) => errors.push(StartupError::Data {
                     location: Location::at(&file, e.line(), e.column()),

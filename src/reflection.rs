@@ -7,10 +7,17 @@
 //! goes on, as the reflection protocol asks; a request that is not one (bytes that do not
 //! decode, a message over `--max-message-size`) ends the stream with the gRPC status that says
 //! so, never with OK.
+//!
+//! Each request is read and answered only when the transport asks for the next response, never
+//! ahead of it: an answer can be a file of megabytes, and the only answer a stream holds outside
+//! `crate::layers::buffers` is the one being encoded. (Answers queued ahead, four per stream,
+//! were not counted: streams whose client read nothing made the server hold five times
+//! `--max-buffered`.)
 
+use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio_stream::wrappers::ReceiverStream;
+use futures_util::{stream, Stream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::schema::Files;
@@ -123,52 +130,51 @@ macro_rules! reflection_service {
                         }
                     }
                 }
+
+                /// The response to one request of the stream.
+                fn respond(&self, req: ServerReflectionRequest) -> ServerReflectionResponse {
+                    let response = match &req.message_request {
+                        Some(m) => self.answer(m),
+                        None => MessageResponse::ErrorResponse(ErrorResponse {
+                            error_code: tonic::Code::InvalidArgument as i32,
+                            error_message: "empty reflection request".into(),
+                        }),
+                    };
+                    ServerReflectionResponse {
+                        valid_host: req.host.clone(),
+                        original_request: Some(req),
+                        message_response: Some(response),
+                    }
+                }
             }
 
             #[tonic::async_trait]
             impl ServerReflection for $name {
                 type ServerReflectionInfoStream =
-                    ReceiverStream<Result<ServerReflectionResponse, Status>>;
+                    Pin<Box<dyn Stream<Item = Result<ServerReflectionResponse, Status>> + Send>>;
 
                 async fn server_reflection_info(
                     &self,
                     request: Request<Streaming<ServerReflectionRequest>>,
                 ) -> Result<Response<Self::ServerReflectionInfoStream>, Status> {
-                    let mut requests = request.into_inner();
-                    let (tx, rx) = tokio::sync::mpsc::channel(4);
                     let this = Self(self.0.clone());
-                    tokio::spawn(async move {
-                        loop {
-                            let req = match requests.message().await {
-                                Ok(Some(req)) => req,
-                                Ok(None) => return,
+                    let answers =
+                        stream::unfold(Some((request.into_inner(), this)), |state| async move {
+                            let (mut requests, this) = state?;
+                            match requests.message().await {
+                                Ok(Some(req)) => {
+                                    let answer = this.respond(req);
+                                    Some((Ok(answer), Some((requests, this))))
+                                }
+                                Ok(None) => None,
                                 // A request that does not decode, is over
                                 // `--max-message-size` or breaks the framing ends the stream
                                 // with its status (rewritten as gRPC specifies on the way
                                 // out, see `crate::layers::status`), not with OK.
-                                Err(status) => {
-                                    let _ = tx.send(Err(status)).await;
-                                    return;
-                                }
-                            };
-                            let response = match &req.message_request {
-                                Some(m) => this.answer(m),
-                                None => MessageResponse::ErrorResponse(ErrorResponse {
-                                    error_code: tonic::Code::InvalidArgument as i32,
-                                    error_message: "empty reflection request".into(),
-                                }),
-                            };
-                            let response = ServerReflectionResponse {
-                                valid_host: req.host.clone(),
-                                original_request: Some(req),
-                                message_response: Some(response),
-                            };
-                            if tx.send(Ok(response)).await.is_err() {
-                                return;
+                                Err(status) => Some((Err(status), None)),
                             }
-                        }
-                    });
-                    Ok(Response::new(ReceiverStream::new(rx)))
+                        });
+                    Ok(Response::new(Box::pin(answers)))
                 }
             }
         }

@@ -58,10 +58,16 @@ async fn h2_client(addr: SocketAddr, window: u32) -> h2::client::SendRequest<Byt
     send
 }
 
+/// A call to `method` of `kitchen.Kitchen`, or to the path `method` when it starts with `/`.
 fn grpc_request(addr: SocketAddr, method: &str) -> http::Request<()> {
+    let path = if method.starts_with('/') {
+        method.to_owned()
+    } else {
+        format!("/kitchen.Kitchen/{method}")
+    };
     http::Request::builder()
         .method("POST")
-        .uri(format!("http://{addr}/kitchen.Kitchen/{method}"))
+        .uri(format!("http://{addr}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())
@@ -340,4 +346,83 @@ async fn calls_a_client_never_reads_end_at_their_deadline() {
         .await;
     assert_eq!(page["calls"].as_array().map(Vec::len), Some(0), "{page:#}");
     answered_meanwhile(addr).await;
+}
+
+/// A proto file whose descriptor is about 2 MB: 1 500 messages of 12 fields with long names.
+fn big_proto() -> String {
+    let mut text = String::from("syntax = \"proto3\";\npackage big;\n");
+    for m in 0..1500 {
+        text.push_str(&format!("message Message{m} {{\n"));
+        for f in 1..=12 {
+            text.push_str(&format!(
+                "  string a_field_with_a_rather_long_name_{f}_in_message_{m} = {f};\n"
+            ));
+        }
+        text.push_str("}\n");
+    }
+    text
+}
+
+/// A client that asks a reflection stream for a big file a few times and reads nothing made the
+/// server hold four more answers per stream than the transport took, outside the connection's
+/// buffers: 64 such streams of a 2 MB file held about 300 MB, and with more connections five
+/// times `--max-buffered`. A stream now answers a request only when the transport takes the
+/// answer, so what it holds is counted, and streams past the buffers end with
+/// RESOURCE_EXHAUSTED.
+#[tokio::test]
+async fn unread_reflection_answers_are_bounded_per_connection() {
+    use prost::Message as _;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let big = tempfile::tempdir().unwrap();
+    std::fs::write(big.path().join("big.proto"), big_proto()).unwrap();
+    let f = fixtures();
+    let server = Server::start(&[
+        "--protos",
+        f.join("protos").to_str().unwrap(),
+        "--protos",
+        big.path().to_str().unwrap(),
+        "--handlers",
+        f.join("hostile/handlers").to_str().unwrap(),
+        "--no-cache",
+    ]);
+    let baseline = warm(&server).await;
+    // Four requests for big.proto, framed one after the other in one request body.
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileByFilename("big.proto".into())),
+    }
+    .encode_to_vec();
+    let mut body = Vec::new();
+    for _ in 0..4 {
+        body.push(0);
+        body.extend_from_slice(&(ask.len() as u32).to_be_bytes());
+        body.extend_from_slice(&ask);
+    }
+    let mut conn = h2_client(server.addr, 65_535).await;
+    let calls = open_calls(
+        &mut conn,
+        server.addr,
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        64,
+        body.into(),
+    )
+    .await;
+    answered_meanwhile(server.addr).await;
+    let grown = grown_mib(&server, baseline, Duration::from_secs(4)).await;
+    let statuses = ended_statuses(calls, 16, Duration::from_secs(20)).await;
+    eprintln!("grew {grown} MiB; {} streams ended", statuses.len());
+    assert!(
+        grown < 160,
+        "64 unread reflection streams of a 2 MB file grew the server by {grown} MiB"
+    );
+    assert!(
+        refused(&statuses) >= 16,
+        "expected the streams past the connection's buffers to end with RESOURCE_EXHAUSTED; \
+         {} ended, first: {:?}",
+        statuses.len(),
+        statuses.first()
+    );
+    answered_meanwhile(server.addr).await;
 }

@@ -119,6 +119,16 @@ pub fn read_sets(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<raw::File>)>, St
         .map(|p| {
             let bytes = std::fs::read(p).map_err(|e| StartupError::io(p, e))?;
             let set = raw::FileSet::decode(bytes.as_slice()).map_err(|e| {
+                // prost names every field on the way down: a line of kilobytes that ends in
+                // "recursion limit reached", for a set that is well formed but nested deeper
+                // than protobuf decoders go. Rebuilding it would not help; flattening does.
+                if e.to_string().ends_with("recursion limit reached") {
+                    return StartupError::Usage(format!(
+                        "--descriptor-set {}: messages are nested deeper than protobuf decoders accept ({} levels, counting the set and the file); declare some of the nested messages at the top level of their file",
+                        p.display(),
+                        crate::wire::RECURSION_LIMIT
+                    ));
+                }
                 StartupError::Usage(format!(
                     "--descriptor-set {}: not a FileDescriptorSet ({e}); write one with `buf build -o FILE.binpb` or `protoc --include_imports --descriptor_set_out=FILE.binpb`",
                     p.display()

@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value as LuaValue};
-use serde_json::Value as Json;
 
 use super::bytecode;
 use super::freeze::{self, Found, Freezer, Helpers};
@@ -782,41 +781,125 @@ fn check_upvalue_writes(found: &Found, errors: &mut StartupErrors) {
     }
 }
 
-/// A JSON value as frozen Lua tables (null becomes nil); built hidden-first, so nothing is
-/// copied twice.
+/// JSON text as frozen Lua tables (null becomes nil), built as it is parsed: no parsed copy of
+/// the whole document exists besides the tables. A Lua error (out of memory, say) is returned
+/// as itself; JSON errors cannot happen for text [`DataSets::load`] accepted.
 pub fn json_to_frozen(
     lua: &Lua,
     fr: &Freezer,
-    value: &Json,
+    text: &str,
     newindex: &Function,
 ) -> mlua::Result<LuaValue> {
-    Ok(match value {
-        Json::Null => LuaValue::Nil,
-        Json::Bool(b) => LuaValue::Boolean(*b),
-        Json::Number(n) => match n.as_i64() {
-            Some(i) => LuaValue::Integer(i),
-            None => LuaValue::Number(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Json::String(s) => LuaValue::String(lua.create_string(s)?),
-        Json::Array(items) => {
-            let hidden = lua.create_table_with_capacity(items.len(), 0)?;
-            for (i, item) in items.iter().enumerate() {
-                hidden.raw_set(i + 1, json_to_frozen(lua, fr, item, newindex)?)?;
-            }
-            let t = lua.create_table()?;
-            fr.seal(lua, &t, hidden, newindex)?;
-            LuaValue::Table(t)
+    use serde::de::DeserializeSeed;
+    let failed = std::cell::RefCell::new(None);
+    let seed = FrozenJson {
+        lua,
+        fr,
+        newindex,
+        failed: &failed,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let result = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    match (result, failed.into_inner()) {
+        (_, Some(e)) => Err(e),
+        (Ok(v), None) => Ok(v),
+        (Err(e), None) => Err(mlua::Error::runtime(format!("not valid JSON: {e}"))),
+    }
+}
+
+/// Builds one JSON value as Lua values; the Lua error that stopped it is kept in `failed`.
+#[derive(Clone, Copy)]
+struct FrozenJson<'a> {
+    lua: &'a Lua,
+    fr: &'a Freezer,
+    newindex: &'a Function,
+    failed: &'a std::cell::RefCell<Option<mlua::Error>>,
+}
+
+impl FrozenJson<'_> {
+    fn lua<T, E: serde::de::Error>(&self, r: mlua::Result<T>) -> Result<T, E> {
+        r.map_err(|e| {
+            let shown = E::custom(&e);
+            self.failed.borrow_mut().get_or_insert(e);
+            shown
+        })
+    }
+
+    /// Freezes `hidden` behind a new table.
+    fn seal<E: serde::de::Error>(&self, hidden: Table) -> Result<LuaValue, E> {
+        self.lua((|| {
+            let t = self.lua.create_table()?;
+            self.fr.seal(self.lua, &t, hidden, self.newindex)?;
+            Ok(LuaValue::Table(t))
+        })())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for FrozenJson<'_> {
+    type Value = LuaValue;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<LuaValue, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FrozenJson<'_> {
+    type Value = LuaValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<LuaValue, E> {
+        Ok(LuaValue::Nil)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<LuaValue, E> {
+        Ok(LuaValue::Boolean(b))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<LuaValue, E> {
+        Ok(LuaValue::Integer(n))
+    }
+
+    /// Above `i64::MAX`, a float (as `serde_json::Number::as_f64` reads it).
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<LuaValue, E> {
+        Ok(match i64::try_from(n) {
+            Ok(i) => LuaValue::Integer(i),
+            Err(_) => LuaValue::Number(n as f64),
+        })
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<LuaValue, E> {
+        Ok(LuaValue::Number(n))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<LuaValue, E> {
+        self.lua(self.lua.create_string(s).map(LuaValue::String))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<LuaValue, A::Error> {
+        let hidden = self.lua(
+            self.lua
+                .create_table_with_capacity(seq.size_hint().unwrap_or(0), 0),
+        )?;
+        let mut i = 0;
+        while let Some(item) = seq.next_element_seed(self)? {
+            i += 1;
+            self.lua(hidden.raw_set(i, item))?;
         }
-        Json::Object(map) => {
-            let hidden = lua.create_table_with_capacity(0, map.len())?;
-            for (k, v) in map {
-                hidden.raw_set(k.as_str(), json_to_frozen(lua, fr, v, newindex)?)?;
-            }
-            let t = lua.create_table()?;
-            fr.seal(lua, &t, hidden, newindex)?;
-            LuaValue::Table(t)
+        self.seal(hidden)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<LuaValue, A::Error> {
+        let hidden = self.lua(self.lua.create_table())?;
+        // A key given twice keeps its last value, as in `serde_json::Value`.
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let value = map.next_value_seed(self)?;
+            self.lua(hidden.raw_set(&*key, value))?;
         }
-    })
+        self.seal(hidden)
+    }
 }
 
 #[cfg(test)]
