@@ -49,11 +49,41 @@ impl Index {
             .map(|f| f.bytes.to_vec())
     }
 
+    /// The file declaring extension `number` of message `extendee`.
+    fn file_by_extension(&self, extendee: &str, number: i32) -> Option<Vec<u8>> {
+        self.layers
+            .iter()
+            .find_map(|f| f.by_extension(extendee, number))
+            .map(|f| f.bytes.to_vec())
+    }
+
+    /// The field numbers of every extension of message `extendee`, in order.
+    fn extension_numbers(&self, extendee: &str) -> Vec<i32> {
+        let mut numbers: Vec<i32> = self
+            .layers
+            .iter()
+            .flat_map(|f| f.extension_numbers(extendee))
+            .collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        numbers
+    }
+
     fn services(&self) -> Vec<String> {
         self.layers
             .iter()
             .flat_map(|f| f.services().iter().map(|s| s.name.to_string()))
             .collect()
+    }
+}
+
+/// A name from a request, quoted for an error message: a long one by its start only, so that
+/// an answer never repeats megabytes the client sent.
+fn quoted(name: &str) -> String {
+    const SHOWN: usize = 200;
+    match name.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &name[..cut], name.len()),
+        None => format!("{name:?}"),
     }
 }
 
@@ -97,25 +127,27 @@ macro_rules! reflection_service {
                     };
                     match request {
                         MessageRequest::FileByFilename(name) => {
-                            file(self.0.file_by_name(name), &format!("file {name:?}"))
+                            file(self.0.file_by_name(name), &format!("file {}", quoted(name)))
                         }
-                        MessageRequest::FileContainingSymbol(symbol) => {
-                            file(self.0.file_by_symbol(symbol), &format!("symbol {symbol:?}"))
-                        }
-                        MessageRequest::FileContainingExtension(e) => {
-                            MessageResponse::ErrorResponse(ErrorResponse {
-                                error_code: NOT_FOUND,
-                                error_message: format!(
-                                    "extension {} of {:?} not found",
-                                    e.extension_number, e.containing_type
-                                ),
-                            })
-                        }
-                        // Clients such as grpcurl expect an answer here, not an error.
+                        MessageRequest::FileContainingSymbol(symbol) => file(
+                            self.0.file_by_symbol(symbol),
+                            &format!("symbol {}", quoted(symbol)),
+                        ),
+                        MessageRequest::FileContainingExtension(e) => file(
+                            self.0
+                                .file_by_extension(&e.containing_type, e.extension_number),
+                            &format!(
+                                "extension {} of {}",
+                                e.extension_number,
+                                quoted(&e.containing_type)
+                            ),
+                        ),
+                        // Clients such as grpcurl expect an answer here, not an error: a type
+                        // that is unknown, or that nothing extends, has no extension numbers.
                         MessageRequest::AllExtensionNumbersOfType(t) => {
                             MessageResponse::AllExtensionNumbersResponse(ExtensionNumberResponse {
                                 base_type_name: t.clone(),
-                                extension_number: Vec::new(),
+                                extension_number: self.0.extension_numbers(t),
                             })
                         }
                         MessageRequest::ListServices(_) => {

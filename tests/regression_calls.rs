@@ -510,3 +510,128 @@ fn port_in_use_exits_2() {
     assert!(err.contains("--listen"), "{err}");
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }
+
+/// Reflection answered every extension request as if the schema had none: `FileContaining
+/// Extension` was always NOT_FOUND and `AllExtensionNumbersOfType` always empty, so a client
+/// could not describe a proto2 message's extensions. It finds them now, declared at top level,
+/// inside a message or in another file; a long unknown name is quoted by its start.
+#[tokio::test]
+async fn reflection_serves_extensions() {
+    let dir = tempfile::tempdir().unwrap();
+    let protos = dir.path().join("protos");
+    std::fs::create_dir_all(&protos).unwrap();
+    std::fs::write(
+        protos.join("ext.proto"),
+        "syntax = \"proto2\";\npackage ext;\n\
+         message Base { optional string id = 1; extensions 100 to 200; }\n\
+         extend Base { optional int32 weight = 100; }\n\
+         message Holder { extend Base { optional string label = 150; } }\n\
+         service Ext { rpc Get(Base) returns (Base); }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        protos.join("more.proto"),
+        "syntax = \"proto2\";\npackage more;\nimport \"ext.proto\";\n\
+         extend ext.Base { optional bool flag = 120; }\n",
+    )
+    .unwrap();
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir_all(&handlers).unwrap();
+    std::fs::write(
+        handlers.join("ext.json"),
+        r#"{"service": "ext.Ext", "methods": {"Get": {"echo": true}}}"#,
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+        "--no-cache",
+    ]);
+    let channel = common::channel(server.addr).await;
+
+    use common::reflection::v1::{ask, MessageRequest, MessageResponse};
+    use tonic_reflection::pb::v1::ExtensionRequest;
+    let extension = |containing_type: &str, extension_number| {
+        MessageRequest::FileContainingExtension(ExtensionRequest {
+            containing_type: containing_type.into(),
+            extension_number,
+        })
+    };
+    let long = format!("ext.{}", "x".repeat(100_000));
+    let answers = ask(
+        channel.clone(),
+        vec![
+            extension("ext.Base", 100),
+            extension("ext.Base", 150),
+            extension(".ext.Base", 120),
+            extension("ext.Base", 199),
+            MessageRequest::AllExtensionNumbersOfType("ext.Base".into()),
+            MessageRequest::AllExtensionNumbersOfType("ext.Holder".into()),
+            MessageRequest::FileContainingSymbol(long),
+        ],
+    )
+    .await;
+    let file_name = |answer: &MessageResponse| match answer {
+        MessageResponse::FileDescriptorResponse(f) => {
+            use prost::Message as _;
+            let file =
+                prost_types::FileDescriptorProto::decode(f.file_descriptor_proto[0].as_slice());
+            file.unwrap().name().to_owned()
+        }
+        other => panic!("expected a file, got {other:?}"),
+    };
+    assert_eq!(file_name(&answers[0]), "ext.proto");
+    assert_eq!(file_name(&answers[1]), "ext.proto");
+    assert_eq!(file_name(&answers[2]), "more.proto");
+    match &answers[3] {
+        MessageResponse::ErrorResponse(e) => {
+            assert_eq!(e.error_code, Code::NotFound as i32);
+            assert_eq!(e.error_message, "extension 199 of \"ext.Base\" not found");
+        }
+        other => panic!("expected NOT_FOUND, got {other:?}"),
+    }
+    match &answers[4] {
+        MessageResponse::AllExtensionNumbersResponse(n) => {
+            assert_eq!(n.base_type_name, "ext.Base");
+            assert_eq!(n.extension_number, [100, 120, 150]);
+        }
+        other => panic!("expected extension numbers, got {other:?}"),
+    }
+    match &answers[5] {
+        MessageResponse::AllExtensionNumbersResponse(n) => assert!(n.extension_number.is_empty()),
+        other => panic!("expected no extension numbers, got {other:?}"),
+    }
+    match &answers[6] {
+        MessageResponse::ErrorResponse(e) => {
+            assert!(
+                e.error_message.len() < 300,
+                "{} bytes",
+                e.error_message.len()
+            );
+            assert!(
+                e.error_message.contains("(100004 bytes)"),
+                "{}",
+                e.error_message
+            );
+        }
+        other => panic!("expected NOT_FOUND, got {other:?}"),
+    }
+
+    // v1alpha answers the same.
+    use common::reflection::v1alpha;
+    let old = v1alpha::ask(
+        channel,
+        vec![v1alpha::MessageRequest::AllExtensionNumbersOfType(
+            "ext.Base".into(),
+        )],
+    )
+    .await;
+    match &old[0] {
+        v1alpha::MessageResponse::AllExtensionNumbersResponse(n) => {
+            assert_eq!(n.extension_number, [100, 120, 150]);
+        }
+        other => panic!("expected extension numbers, got {other:?}"),
+    }
+}

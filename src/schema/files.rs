@@ -52,6 +52,8 @@ pub struct Files {
     services: Vec<ServiceEntry>,
     /// Every method's HTTP/2 path, `/package.Service/Method`.
     paths: HashSet<Box<str>>,
+    /// Extensions by the message they extend: each one's field number and file.
+    extensions: HashMap<Box<str>, Vec<(i32, u32)>>,
 }
 
 impl Files {
@@ -95,14 +97,16 @@ impl Files {
         let index = self.files.len() as u32;
         let package = raw::name(&file.package).to_owned();
         let mut names = Vec::new();
+        let mut extensions = Vec::new();
         for m in &file.message_type {
-            message_names(&package, m, &mut names);
+            message_names(&package, m, &mut names, &mut extensions);
         }
         for e in &file.enum_type {
             names.push(join(&package, raw::name(&e.name)));
         }
         for x in &file.extension {
             names.push(join(&package, raw::name(&x.name)));
+            extensions.push(x);
         }
         for s in &file.service {
             let full = join(&package, raw::name(&s.name));
@@ -138,6 +142,15 @@ impl Files {
         }
         for name in names {
             self.symbols.entry(name.into()).or_insert(index);
+        }
+        for x in extensions {
+            if let Some(number) = x.number {
+                let extendee = raw::name(&x.extendee).trim_start_matches('.');
+                self.extensions
+                    .entry(extendee.into())
+                    .or_default()
+                    .push((number, index));
+            }
         }
         let deps = file
             .dependency
@@ -194,6 +207,24 @@ impl Files {
         self.symbols.get(parent).map(|&i| &self.files[i as usize])
     }
 
+    /// Whether some file declares the message `name`, or anything else by that name.
+    pub fn declares_symbol(&self, name: &str) -> bool {
+        self.symbols.contains_key(name.trim_start_matches('.'))
+    }
+
+    /// The file that declares extension `number` of message `extendee`.
+    pub fn by_extension(&self, extendee: &str, number: i32) -> Option<&FileEntry> {
+        let found = self.extensions.get(extendee.trim_start_matches('.'))?;
+        let &(_, i) = found.iter().find(|&&(n, _)| n == number)?;
+        Some(&self.files[i as usize])
+    }
+
+    /// The field numbers of every extension of message `extendee`.
+    pub fn extension_numbers(&self, extendee: &str) -> impl Iterator<Item = i32> + '_ {
+        let found = self.extensions.get(extendee.trim_start_matches('.'));
+        found.into_iter().flatten().map(|&(n, _)| n)
+    }
+
     /// Total encoded size.
     pub fn encoded_len(&self) -> usize {
         self.files.iter().map(|f| f.bytes.len()).sum()
@@ -243,16 +274,23 @@ impl Files {
     }
 }
 
-fn message_names(scope: &str, m: &raw::MessageNames, out: &mut Vec<String>) {
+/// The names `m` declares, into `out`, and the extensions declared inside it, into `extensions`.
+fn message_names<'m>(
+    scope: &str,
+    m: &'m raw::MessageNames,
+    out: &mut Vec<String>,
+    extensions: &mut Vec<&'m raw::ExtensionNames>,
+) {
     let full = join(scope, raw::name(&m.name));
     for n in &m.nested_type {
-        message_names(&full, n, out);
+        message_names(&full, n, out, extensions);
     }
     for e in &m.enum_type {
         out.push(join(&full, raw::name(&e.name)));
     }
     for x in &m.extension {
         out.push(join(&full, raw::name(&x.name)));
+        extensions.push(x);
     }
     out.push(full);
 }

@@ -200,7 +200,7 @@ pub struct FileNames {
     #[prost(message, repeated, tag = "6")]
     pub service: Vec<ServiceNames>,
     #[prost(message, repeated, tag = "7")]
-    pub extension: Vec<Named>,
+    pub extension: Vec<ExtensionNames>,
     #[prost(string, optional, tag = "12")]
     pub syntax: Option<String>,
 }
@@ -211,11 +211,23 @@ pub struct MessageNames {
     #[prost(string, optional, tag = "1")]
     pub name: Option<String>,
     #[prost(message, repeated, tag = "6")]
-    pub extension: Vec<Named>,
+    pub extension: Vec<ExtensionNames>,
     #[prost(message, repeated, tag = "3")]
     pub nested_type: Vec<MessageNames>,
     #[prost(message, repeated, tag = "4")]
     pub enum_type: Vec<Named>,
+}
+
+/// An extension's name, the message it extends and its field number (for reflection's
+/// extension requests).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExtensionNames {
+    #[prost(string, optional, tag = "1")]
+    pub name: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    pub extendee: Option<String>,
+    #[prost(int32, optional, tag = "3")]
+    pub number: Option<i32>,
 }
 
 /// Anything whose name is field 1.
