@@ -246,12 +246,7 @@ fn as_script_sees(
     builder: &Function,
     bytes: &[u8],
 ) -> Result<LuaValue, String> {
-    let conv = s.lua.app_data_ref::<Conv>().unwrap();
-    let decoder = Decoder {
-        lua: &s.lua,
-        plans: &s.plans,
-        conv: &conv,
-    };
+    let decoder = Decoder::new(&s.lua, &s.plans);
     let mut args = vec![LuaValue::Boolean(true)];
     decoder
         .slots(bytes, layout, &mut args)

@@ -299,17 +299,12 @@ impl Scripts {
         builder: &Function,
         bytes: &[u8],
     ) -> Result<LuaValue, String> {
-        let conv = self.lua.app_data_ref::<Conv>().expect("Conv is set");
-        let decoder = Decoder {
-            lua: &self.lua,
-            plans: &self.plans,
-            conv: &conv,
-        };
+        let decoder = Decoder::new(&self.lua, &self.plans);
         let mut args = vec![LuaValue::Boolean(true)];
         decoder
             .slots(bytes, layout, &mut args)
             .map_err(|e| format!("{e:?}"))?;
-        drop(conv);
+        drop(decoder);
         builder
             .call::<LuaValue>(mlua::MultiValue::from_vec(args))
             .map_err(|e| format!("the builder failed: {e}"))

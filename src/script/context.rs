@@ -194,6 +194,27 @@ impl CallShared {
         Some(self.abort(why))
     }
 
+    /// [`Self::should_abort`] without the clock: charges `step` instructions and says whether
+    /// the call is aborted, over its instruction budget or cancelled. Its time and deadline are
+    /// left to the hook, which checks them while the script runs.
+    pub fn should_abort_untimed(&self, step: u64) -> Option<Abort> {
+        if let Some(a) = self.aborted() {
+            return Some(a);
+        }
+        let used = self
+            .used
+            .fetch_add(step, Ordering::Relaxed)
+            .saturating_add(step);
+        let why = if used > self.budget {
+            Abort::Budget(self.budget)
+        } else if self.is_cancelled() {
+            Abort::Cancelled
+        } else {
+            return None;
+        };
+        Some(self.abort(why))
+    }
+
     /// Adds a time slice that ended to the time the call's script ran.
     pub fn add_ran(&self, slice: Duration) {
         let nanos = u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX);

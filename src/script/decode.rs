@@ -13,9 +13,10 @@
 //! Rust only fills the slots: numbers, booleans and strings, plus tables for what has no fixed
 //! shape (lists, maps, recursive or very deep messages), which it builds itself ("table mode").
 
+use std::cell::OnceCell;
 use std::fmt::Write as _;
 
-use mlua::{Function, Lua, Table, Value as LuaValue};
+use mlua::{AppDataRef, Function, Lua, Table, Value as LuaValue};
 
 use super::convert::Conv;
 use super::plan::{
@@ -312,12 +313,31 @@ struct Open {
 
 /// Reads request bytes into slots and tables.
 pub struct Decoder<'a> {
-    pub lua: &'a Lua,
-    pub plans: &'a Plans,
-    pub conv: &'a Conv,
+    lua: &'a Lua,
+    plans: &'a Plans,
+    /// The state's field and enum name strings, looked up on first use: a request whose fields
+    /// all have slots of numbers never needs them, and the look-up was a tenth of what taking
+    /// such a message from a stream cost.
+    conv: OnceCell<Option<AppDataRef<'a, Conv>>>,
 }
 
-impl Decoder<'_> {
+impl<'a> Decoder<'a> {
+    /// A decoder for requests of `plans` in `lua`, whose app data holds their [`Conv`].
+    pub fn new(lua: &'a Lua, plans: &'a Plans) -> Self {
+        Self {
+            lua,
+            plans,
+            conv: OnceCell::new(),
+        }
+    }
+
+    fn conv(&self) -> Result<&Conv> {
+        self.conv
+            .get_or_init(|| self.lua.app_data_ref::<Conv>())
+            .as_deref()
+            .ok_or_else(|| DecodeError::Lua(mlua::Error::runtime("scripts are not ready")))
+    }
+
     /// `bytes` (a message of the layout's type) as the builder's arguments after `ok`,
     /// appended to `out`.
     pub fn slots(&self, bytes: &[u8], layout: &Layout, out: &mut Vec<LuaValue>) -> Result<()> {
@@ -598,7 +618,7 @@ impl Decoder<'_> {
         group: Option<u32>,
     ) -> Result<Table> {
         let plan = self.plans.message(msg);
-        let keys = self.conv.keys(self.lua, self.plans, msg)?;
+        let keys = self.conv()?.keys(self.lua, self.plans, msg)?;
         let table = match into {
             Some(t) => t.clone(),
             None => self.lua.create_table_with_capacity(0, plan.fields.len())?,
@@ -717,7 +737,9 @@ impl Decoder<'_> {
     fn enum_value(&self, e: EnumId, n: i32) -> Result<LuaValue> {
         let plan = self.plans.enumeration(e);
         Ok(match plan.index(n) {
-            Some(i) => LuaValue::String(self.conv.enum_names(self.lua, self.plans, e)?[i].clone()),
+            Some(i) => {
+                LuaValue::String(self.conv()?.enum_names(self.lua, self.plans, e)?[i].clone())
+            }
             None => LuaValue::Integer(i64::from(n)),
         })
     }

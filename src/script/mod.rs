@@ -522,7 +522,8 @@ fn start(
         Requests::One(msg) => {
             args.push(LuaValue::Boolean(false));
             args.push(LuaValue::Boolean(true));
-            requests::decode_request(lua, &msg, layout, &mut args)?;
+            let plans = requests::plans_of(lua)?;
+            requests::decode_request(lua, &plans, &msg, layout, &mut args)?;
         }
         Requests::Stream(stream) => {
             args.extend(requests::RequestStream::iterator_args(

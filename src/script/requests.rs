@@ -23,6 +23,7 @@ use tonic::{Status, Streaming};
 use super::context::CallShared;
 use super::convert::Conv;
 use super::decode::{DecodeError, Decoder};
+use super::plan::Plans;
 use super::slice;
 use super::status::IncomingError;
 use crate::codec::Incoming;
@@ -31,27 +32,20 @@ use crate::wire::Invalid;
 /// Bytes decoded or encoded per instruction of budget charged.
 pub const BYTES_PER_UNIT: u64 = 16;
 
-/// The builder's arguments after `ok` for one request message of layout `layout`, appended
-/// to `out`.
+/// The builder's arguments after `ok` for one request message of layout `layout` (of
+/// `plans`), appended to `out`. The decoding is charged to the call's instruction budget
+/// without reading the clock (see [`slice::charge_untimed`]).
 pub fn decode_request(
     lua: &Lua,
+    plans: &Plans,
     msg: &Incoming,
     layout: usize,
     out: &mut Vec<LuaValue>,
 ) -> mlua::Result<()> {
     msg.check_cost()
         .map_err(|e| mlua::Error::external(IncomingError(e.into())))?;
-    slice::charge(1 + msg.bytes().len() as u64 / BYTES_PER_UNIT)?;
-    let Some(conv) = lua.app_data_ref::<Conv>() else {
-        return Err(mlua::Error::runtime("scripts are not ready"));
-    };
-    let plans = conv.plans().clone();
-    let decoder = Decoder {
-        lua,
-        plans: &plans,
-        conv: &conv,
-    };
-    decoder
+    slice::charge_untimed(1 + msg.bytes().len() as u64 / BYTES_PER_UNIT)?;
+    Decoder::new(lua, plans)
         .slots(msg.bytes(), &plans.layouts[layout], out)
         .map_err(|e| match e {
             DecodeError::Invalid(Invalid::Malformed(m)) => {
@@ -64,15 +58,30 @@ pub fn decode_request(
         })
 }
 
+/// The request plans of `lua`'s scripts.
+pub fn plans_of(lua: &Lua) -> mlua::Result<Arc<Plans>> {
+    match lua.app_data_ref::<Conv>() {
+        Some(conv) => Ok(conv.plans().clone()),
+        None => Err(mlua::Error::runtime("scripts are not ready")),
+    }
+}
+
 /// A streaming call's requests, as the iterator's handle.
 pub struct RequestStream(Arc<Reader>);
 
 struct Reader {
     shared: Arc<CallShared>,
-    stream: Mutex<Streaming<Incoming>>,
-    /// What `wait_next` polled once something arrived, for `try_next` to take.
-    waited: Mutex<Option<Polled>>,
+    /// Taken once per message: one lock for both.
+    inner: Mutex<Inner>,
+    /// Taken once per call rather than from the state's app data per message.
+    plans: Arc<Plans>,
     layout: usize,
+}
+
+struct Inner {
+    stream: Streaming<Incoming>,
+    /// What `wait_next` polled once something arrived, for `try_next` to take.
+    waited: Option<Polled>,
 }
 
 impl UserData for RequestStream {}
@@ -89,17 +98,17 @@ impl RequestStream {
     ) -> mlua::Result<[LuaValue; 2]> {
         let reader = Arc::new(Reader {
             shared,
-            stream: Mutex::new(stream),
-            waited: Mutex::new(None),
+            inner: Mutex::new(Inner {
+                stream,
+                waited: None,
+            }),
+            plans: plans_of(lua)?,
             layout,
         });
         let r = reader.clone();
         let try_next = lua.create_function(move |lua, ()| {
             r.check()?;
-            let polled = match r.take_waited() {
-                Some(polled) => polled,
-                None => r.poll(&mut Context::from_waker(std::task::Waker::noop())),
-            };
+            let polled = r.take_next();
             r.step(lua, polled)
         })?;
         Ok([
@@ -112,14 +121,29 @@ impl RequestStream {
 type Polled = Poll<Option<Result<Incoming, Status>>>;
 
 impl Reader {
-    fn poll(&self, cx: &mut Context<'_>) -> Polled {
-        let mut stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
-        Pin::new(&mut *stream).poll_next(cx)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// What the last wait polled, if `try_next` has not taken it yet.
-    fn take_waited(&self) -> Option<Polled> {
-        self.waited.lock().unwrap_or_else(|e| e.into_inner()).take()
+    /// What the last wait polled, if `try_next` has not taken it yet, else what the stream
+    /// has buffered (pending if nothing).
+    fn take_next(&self) -> Polled {
+        let mut inner = self.lock();
+        match inner.waited.take() {
+            Some(polled) => polled,
+            None => Pin::new(&mut inner.stream)
+                .poll_next(&mut Context::from_waker(std::task::Waker::noop())),
+        }
+    }
+
+    /// Waits until the stream has something and keeps it for the next `take_next`.
+    async fn wait(&self) {
+        let polled = poll_fn(|cx| match Pin::new(&mut self.lock().stream).poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            ready => Poll::Ready(ready),
+        })
+        .await;
+        self.lock().waited = Some(polled);
     }
 
     fn check(&self) -> mlua::Result<()> {
@@ -140,9 +164,9 @@ impl Reader {
             Poll::Ready(None) => one(LuaValue::Nil),
             Poll::Ready(Some(Err(status))) => Err(mlua::Error::external(IncomingError(status))),
             Poll::Ready(Some(Ok(msg))) => {
-                let mut out = Variadic::with_capacity(8);
+                let mut out = Variadic::with_capacity(1 + self.plans.layouts[self.layout].slots);
                 out.push(LuaValue::Boolean(true));
-                decode_request(lua, &msg, self.layout, &mut out)?;
+                decode_request(lua, &self.plans, &msg, self.layout, &mut out)?;
                 Ok(out)
             }
         }
@@ -175,13 +199,8 @@ pub fn iterator_factory(lua: &Lua) -> mlua::Result<Function> {
     let wait_next = lua.create_async_function(|_, h: AnyUserData| async move {
         let r = reader(&h)?;
         r.check()?;
-        let polled = poll_fn(|cx| match r.poll(cx) {
-            Poll::Pending => Poll::Pending,
-            ready => Poll::Ready(ready),
-        })
-        .await;
+        r.wait().await;
         r.check()?;
-        *r.waited.lock().unwrap_or_else(|e| e.into_inner()) = Some(polled);
         Ok(())
     })?;
     lua.load(ITERATOR)
