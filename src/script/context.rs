@@ -494,11 +494,11 @@ pub fn ctx_parts(lua: &mlua::Lua) -> mlua::Result<(Table, Function)> {
     let sleep_fn = lua.create_async_function(|lua, ms: LuaValue| {
         let ms: mlua::Result<f64> = arg(&lua, ms, "ctx:sleep", 1);
         let call = running();
-        async move {
+        super::slice::Waiting::new(async move {
             let ms = ms?;
             let shared = call?;
             sleep(&shared, ms).await
-        }
+        })
     })?;
     let field = lua.create_function(|lua, key: mlua::String| {
         let call = running()?;
@@ -537,7 +537,7 @@ pub fn ctx_parts(lua: &mlua::Lua) -> mlua::Result<(Table, Function)> {
     })?;
     let wait_send = lua.create_async_function(|_, ()| {
         let call = running();
-        async move {
+        super::slice::Waiting::new(async move {
             let shared = call?;
             let pending = lock(&shared.pending).take();
             let sender = lock(&shared.sender).clone();
@@ -548,7 +548,7 @@ pub fn ctx_parts(lua: &mlua::Lua) -> mlua::Result<(Table, Function)> {
                     .map_err(|_| shared.abort_error(Abort::Cancelled)),
                 _ => Ok(()),
             }
-        }
+        })
     })?;
     let (owned, bind) = super::ownership::functions(lua)?;
     let metatable = lua.load(CTX).set_name("=protoserve ctx").call((

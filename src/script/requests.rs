@@ -24,7 +24,7 @@ use super::context::CallShared;
 use super::convert::Conv;
 use super::decode::{DecodeError, Decoder};
 use super::plan::Plans;
-use super::slice;
+use super::slice::{self, Waiting};
 use super::status::IncomingError;
 use crate::codec::Incoming;
 use crate::wire::Invalid;
@@ -199,7 +199,7 @@ pub fn iterator_factory(lua: &Lua) -> mlua::Result<Function> {
     let wait_next = lua.create_async_function(|_, h: AnyUserData| async move {
         let r = reader(&h)?;
         r.check()?;
-        r.wait().await;
+        Waiting::new(r.wait()).await;
         r.check()?;
         Ok(())
     })?;

@@ -33,6 +33,36 @@ thread_local! {
     static PAUSE_BELOW: Cell<usize> = const { Cell::new(usize::MAX) };
     /// Calls of this thread's state paused for a time slice and waiting for their turn.
     static PAUSED: Cell<u32> = const { Cell::new(0) };
+    /// Polls of the futures behind scripts' waiting functions on this thread (see [`Waiting`]).
+    static WAIT_POLLS: Cell<u64> = const { Cell::new(0) };
+}
+
+pin_project_lite::pin_project! {
+    /// The future behind one of the scripts' waiting functions (reading the request stream,
+    /// `ctx:sleep`, `ctx:send` on a full stream), counting its polls for [`Running`].
+    pub struct Waiting<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> Waiting<F> {
+    pub fn new(inner: F) -> Self {
+        Self { inner }
+    }
+}
+
+impl<F: Future> Future for Waiting<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let _ = WAIT_POLLS.try_with(|n| n.set(n.get().wrapping_add(1)));
+        self.project().inner.poll(cx)
+    }
+}
+
+fn wait_polls() -> u64 {
+    WAIT_POLLS.try_with(Cell::get).unwrap_or(0)
 }
 
 /// Sets the memory above which this thread's state keeps at most one call paused for a time
@@ -322,12 +352,25 @@ impl<F: Future + Unpin> Future for Running<F> {
         unpause(&this.shared);
         heartbeat(|h| h.enter(&this.shared));
         let started = Instant::now();
+        let waits_before = wait_polls();
         let result = with_call(&this.shared, || {
             // The call's own thread runs now: the clock's signal pauses it (see `preempt`).
             let _within = super::preempt::within(this.shared.main_thread() as *mut _);
             Pin::new(&mut this.inner).poll(cx)
         });
         heartbeat(Heartbeat::leave);
+        if result.is_pending() && wait_polls() == waits_before {
+            // The call is waiting, yet none of its futures was polled in this poll: its wait
+            // was polled in an earlier poll, and a pause came between that poll and the
+            // coroutine's yield (the hook's time slice inside mlua's poll loop, or a pause owed
+            // to the resumer). The wake-up that future registered may have come and gone with
+            // the pause (it woke this task for the poll that just ran, which only resumed to
+            // the yield), so nothing would poll the future again: the stream's next message
+            // sat in HTTP/2 and the call hung. One more poll resumes the coroutine from its
+            // yield, which polls the future afresh. (After a plain pause this is the wake-up
+            // mlua already asked for.)
+            cx.waker().wake_by_ref();
+        }
         let ran = started.elapsed();
         if result.is_pending() && this.shared.paused.load(Ordering::Relaxed) {
             let _ = PAUSED.try_with(|p| p.set(p.get().saturating_add(1)));
@@ -340,4 +383,119 @@ impl<F: Future + Unpin> Future for Running<F> {
         }
         result
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+    use std::task::{Wake, Waker};
+
+    use mlua::Lua;
+
+    use super::*;
+    use crate::script::context::CallSpec;
+
+    /// A task's waker: notes that the task was woken.
+    struct Woken(AtomicBool);
+
+    impl Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A waiting function's future can return Pending and the clock's signal pause the call
+    /// before mlua's poll loop yields it as pending: the loop's few instructions run first, and
+    /// the hook yields there for the time slice. mlua wakes the task at once for that plain
+    /// yield; a message arriving in between woke it too, so both wake-ups were spent on the
+    /// poll that only resumed the loop up to its pending yield, and nothing polled the future
+    /// again. The RouteChat bench stalled that way once in a few hundred runs, with every
+    /// thread idle and the ping in HTTP/2's buffer. Here the future sets the hook itself, at
+    /// the moment the signal would.
+    #[test]
+    fn a_wake_up_during_a_pause_between_a_wait_and_its_yield_is_not_lost() {
+        let lua = Lua::new();
+        crate::script::hook::install(&lua, true).unwrap();
+        let waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+        let ready = Arc::new(AtomicBool::new(false));
+        let coroutine = Arc::new(AtomicU64::new(0));
+        let (slot, arrived, co) = (waker.clone(), ready.clone(), coroutine.clone());
+        let wait = lua
+            .create_async_function(move |_, ()| {
+                let (slot, arrived, co) = (slot.clone(), arrived.clone(), co.clone());
+                let mut first = true;
+                Waiting::new(poll_fn(move |cx| {
+                    if arrived.load(Ordering::SeqCst) {
+                        return Poll::Ready(Ok(()));
+                    }
+                    *slot.lock().unwrap() = Some(cx.waker().clone());
+                    if std::mem::take(&mut first) {
+                        // The slice runs out while the future polls, and the signal comes.
+                        std::thread::sleep(TIME_SLICE_PAST);
+                        let thread = co.load(Ordering::SeqCst) as *mut mlua::ffi::lua_State;
+                        let _running = crate::script::preempt::within(thread);
+                        crate::script::hook::check_soon();
+                    }
+                    Poll::Pending
+                }))
+            })
+            .unwrap();
+        let body = lua
+            .load("local wait = ... return function() wait() return 'answered' end")
+            .call::<mlua::Function>(wait)
+            .unwrap();
+        let thread = lua.create_thread(body).unwrap();
+        // The coroutine's state, as the hook and `preempt` name threads.
+        coroutine.store(thread.to_pointer() as usize as u64, Ordering::SeqCst);
+        let shared = Arc::new(CallShared::new(CallSpec {
+            method: Arc::from("test"),
+            script: Arc::from(""),
+            function: Arc::from(""),
+            output: None,
+            metadata: Default::default(),
+            started: Instant::now(),
+            deadline: None,
+            budget: u64::MAX,
+            time_budget: Duration::from_secs(3600),
+            streams_output: false,
+            reply: None,
+            outbox: None,
+        }));
+        let mut running = Running::new(shared, thread.into_async::<String>(()).unwrap());
+        let woken = Arc::new(Woken(AtomicBool::new(false)));
+        let task = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&task);
+
+        // The first poll: the future is pending, then the call is paused for its slice.
+        assert!(Pin::new(&mut running).poll(&mut cx).is_pending());
+        assert!(
+            woken.0.load(Ordering::SeqCst),
+            "a paused call is woken to go on"
+        );
+        // The message arrives while the task waits to be polled again.
+        ready.store(true, Ordering::SeqCst);
+        waker
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the future's waker")
+            .wake();
+
+        // The task runs each time it is woken, as an executor would.
+        let mut polls = 0;
+        while woken.0.swap(false, Ordering::SeqCst) {
+            polls += 1;
+            assert!(polls < 10, "the call is polled over and over");
+            if let Poll::Ready(answer) = Pin::new(&mut running).poll(&mut cx) {
+                assert_eq!(answer.unwrap(), "answered");
+                return;
+            }
+        }
+        panic!("the call waits for a wake-up that already came: after {polls} polls it is pending and nothing will wake it");
+    }
+
+    /// Past [`TIME_SLICE`](crate::script::hook::TIME_SLICE), so that the hook yields.
+    const TIME_SLICE_PAST: Duration = Duration::from_millis(5);
 }
