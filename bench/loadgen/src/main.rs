@@ -12,7 +12,7 @@
 //! bench-loadgen unary         --addr A --path /pkg.Svc/M --body-hex HEX --calls N [--concurrency C] [--connections K]
 //! bench-loadgen list-features --addr A --calls N [--db DB.json] [--concurrency C] [--connections K]
 //! bench-loadgen record-route  --addr A --db DB.json --calls N --points P [--concurrency C] [--connections K]
-//! bench-loadgen route-chat    --addr A --pings N [--per-stream K]
+//! bench-loadgen route-chat    --addr A --pings N [--per-stream K] [--ping-timeout S]
 //! bench-loadgen startup       --addr A --path /pkg.Svc/M [--body-hex HEX] [--timeout S] [--settle S] [--pidfile F] -- CMD ARGS...
 //! ```
 //!
@@ -30,7 +30,10 @@
 //! echoes the note itself, say) is counted as `extra` and skipped, so the
 //! pairing stays right. Streams are short (K pings) so a server that scans
 //! its notes linearly (the Python tutorial does) is not punished for a
-//! stream growing without bound.
+//! stream growing without bound. A reply that does not come within
+//! `--ping-timeout` seconds (5) ends the run with exit status 3 and a line
+//! on stderr naming the stream (its `x-bench-chat` metadata, for the
+//! server's journal), the ping, and what was last sent and received.
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -405,6 +408,7 @@ async fn cmd_route_chat(args: &Args) -> Result<(), Error> {
     let pings: usize = args.num("pings", 1000);
     let per_stream: usize = args.num::<usize>("per-stream", 100).max(1);
     let max_secs: f64 = args.num("max-secs", 60.0);
+    let ping_timeout = Duration::from_secs_f64(args.num("ping-timeout", 5.0));
     let nonce = (std::process::id() % 100_000) as i32;
     let start = Instant::now();
     let mut rtts: Vec<Duration> = Vec::with_capacity(pings);
@@ -424,12 +428,39 @@ async fn cmd_route_chat(args: &Args) -> Result<(), Error> {
         }
         tx.send(note(0, "warm-up".into())).await?;
         let mut client = RouteGuideClient::new(ch.clone());
-        let mut inbound = client.route_chat(ReceiverStream::new(rx)).await?.into_inner();
-        await_reply(&mut inbound, "p0", &mut extra).await?;
+        // Counts the notes the transport took from the channel, for a stall's report.
+        let taken = Arc::new(AtomicU64::new(0));
+        let counted = taken.clone();
+        let notes = tokio_stream::StreamExt::map(ReceiverStream::new(rx), move |n| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            n
+        });
+        let mut request = Request::new(notes);
+        let tag = format!("{nonce}-{stream_no}");
+        request.metadata_mut().insert(CHAT_TAG, tag.parse()?);
+        let mut chat = Chat {
+            tag,
+            stream_no,
+            last_sent: format!("warm-up at (1, {lng})"),
+            sent_at: Instant::now(),
+            last_received: "nothing".into(),
+            queued: k as u64 + 2,
+            taken,
+            received: 0,
+            timeout: ping_timeout,
+        };
+        // The response headers come with the first reply (the warm-up's).
+        let mut inbound = match tokio::time::timeout(ping_timeout, client.route_chat(request)).await {
+            Ok(response) => response?.into_inner(),
+            Err(_) => chat.stalled(0, "the response headers and p0"),
+        };
+        chat.await_reply(&mut inbound, 0, "p0", &mut extra).await?;
         for j in 1..=k {
             let t0 = Instant::now();
             tx.send(note(j, "ping".into())).await?;
-            await_reply(&mut inbound, &format!("p{j}"), &mut extra).await?;
+            chat.queued += 1;
+            chat.sent(format!("ping at ({}, {lng})", j + 1), t0);
+            chat.await_reply(&mut inbound, j, &format!("p{j}"), &mut extra).await?;
             rtts.push(t0.elapsed());
         }
         drop(tx);
@@ -460,14 +491,79 @@ async fn cmd_route_chat(args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
-/// Reads replies until the note whose message is `want`; others count as `extra`.
-async fn await_reply(inbound: &mut tonic::Streaming<RouteNote>, want: &str, extra: &mut u64) -> Result<(), Error> {
-    loop {
-        match inbound.message().await? {
-            Some(n) if n.message == want => return Ok(()),
-            Some(_) => *extra += 1,
-            None => return Err(format!("stream ended while waiting for {want}").into()),
+/// Request metadata naming a RouteChat stream (`NONCE-STREAM`), so a stalled one can be found
+/// in the server's call journal (`/v1/journal?metadata=x-bench-chat=...`).
+const CHAT_TAG: &str = "x-bench-chat";
+
+/// Exit status of `route-chat` when a reply does not arrive within `--ping-timeout`.
+const STALL_EXIT: i32 = 3;
+
+/// One RouteChat stream's progress, to name a stall: a reply that never comes fails the run
+/// after `--ping-timeout` (default 5 s) with what was last sent and received, instead of
+/// hanging until the driver's timeout kills it.
+struct Chat {
+    tag: String,
+    /// Notes put in the request channel so far.
+    queued: u64,
+    /// Notes the transport has taken from it.
+    taken: Arc<AtomicU64>,
+    stream_no: i32,
+    last_sent: String,
+    sent_at: Instant,
+    last_received: String,
+    received: u64,
+    timeout: Duration,
+}
+
+impl Chat {
+    fn sent(&mut self, what: String, at: Instant) {
+        self.last_sent = what;
+        self.sent_at = at;
+    }
+
+    /// Reads replies until the note whose message is `want` (ping `ping`; 0 is the warm-up);
+    /// others count as `extra`. Exits with [`STALL_EXIT`] when it does not come in time.
+    async fn await_reply(
+        &mut self,
+        inbound: &mut tonic::Streaming<RouteNote>,
+        ping: usize,
+        want: &str,
+        extra: &mut u64,
+    ) -> Result<(), Error> {
+        loop {
+            let next = match tokio::time::timeout(self.timeout, inbound.message()).await {
+                Ok(next) => next?,
+                Err(_) => self.stalled(ping, want),
+            };
+            match next {
+                Some(n) => {
+                    self.received += 1;
+                    self.last_received = format!("{:?} {:.3} s after the send", n.message, self.sent_at.elapsed().as_secs_f64());
+                    if n.message == want {
+                        return Ok(());
+                    }
+                    *extra += 1;
+                }
+                None => return Err(format!("stream ended while waiting for {want}").into()),
+            }
         }
+    }
+
+    fn stalled(&self, ping: usize, want: &str) -> ! {
+        eprintln!(
+            "bench-loadgen route-chat: stall: stream {} ({CHAT_TAG}: {}), ping {ping}: sent {} {:.3} s ago, \
+             waiting for {want:?}; the client's HTTP/2 took {} of the {} notes queued; {} replies received \
+             on this stream, the last {}",
+            self.stream_no,
+            self.tag,
+            self.last_sent,
+            self.sent_at.elapsed().as_secs_f64(),
+            self.taken.load(Ordering::Relaxed),
+            self.queued,
+            self.received,
+            self.last_received,
+        );
+        std::process::exit(STALL_EXIT);
     }
 }
 
