@@ -75,6 +75,28 @@ async fn library_tables_cannot_be_replaced_through_pairs() {
     }
 }
 
+/// A write to frozen data made by a library function (`table.insert`, `table.sort`) raised an
+/// error naming no line: the level above the read-only table's `__newindex` is the library
+/// function, which has none. The error names the script's line that called it now, as a
+/// write made by the script itself does.
+#[tokio::test]
+async fn writes_to_data_by_library_functions_name_the_script_line() {
+    let (_s, client) = one_state().await;
+    let attempts = tags(&case(&client, "poison_data").await.unwrap());
+    assert!(
+        attempts[3].contains("iso.lua:76: attempt to modify read-only table (data set"),
+        "{attempts:?}"
+    );
+    let e = case(&client, "sort_data").await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{}", e.message());
+    assert!(
+        e.message()
+            .contains("iso.lua:203: attempt to modify read-only table (data set"),
+        "{}",
+        e.message()
+    );
+}
+
 #[tokio::test]
 async fn data_cannot_be_rewritten_through_pairs() {
     let (_s, client) = one_state().await;
