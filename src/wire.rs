@@ -89,7 +89,16 @@ pub fn key(buf: &mut &[u8]) -> Result<(u32, u8)> {
     Ok((number, wire_type))
 }
 
+/// A varint; one byte long (field keys, small numbers, short lengths), it is read here
+/// rather than through prost's `Buf`-generic decoder.
+#[inline]
 pub fn varint(buf: &mut &[u8]) -> Result<u64> {
+    if let Some((&byte, rest)) = buf.split_first() {
+        if byte < 0x80 {
+            *buf = rest;
+            return Ok(u64::from(byte));
+        }
+    }
     decode_varint(buf).map_err(|_| Invalid::Malformed("invalid varint".into()))
 }
 
