@@ -166,11 +166,45 @@ impl CallShared {
         }
     }
 
+    /// A call of no method, for unit tests of what runs scripts: `budget` instructions and
+    /// `time_budget` of running time, no deadline, no reply.
+    #[cfg(test)]
+    pub fn for_test(budget: u64, time_budget: Duration) -> Arc<Self> {
+        Arc::new(Self::new(CallSpec {
+            method: Arc::from("test"),
+            script: Arc::from(""),
+            function: Arc::from(""),
+            output: None,
+            metadata: Default::default(),
+            started: Instant::now(),
+            deadline: None,
+            budget,
+            time_budget,
+            streams_output: false,
+            reply: None,
+            outbox: None,
+        }))
+    }
+
     /// Checked by the hook and [`super::slice::charge`], `running_for` into a time slice:
     /// is there any reason to stop the script now? `step` is the instructions (or units of
     /// library work) since the last check. Once a reason is found, it is found again on every
     /// later check.
     pub fn should_abort(&self, step: u64, running_for: Duration) -> Option<Abort> {
+        self.charge(step, Some(running_for))
+    }
+
+    /// [`Self::should_abort`] without the clock: charges `step` instructions and says whether
+    /// the call is aborted, over its instruction budget or cancelled. Its time and deadline are
+    /// left to the hook, which checks them while the script runs.
+    pub fn should_abort_untimed(&self, step: u64) -> Option<Abort> {
+        self.charge(step, None)
+    }
+
+    /// Charges `step` instructions and finds a reason to stop, the time ones only when given
+    /// how long the script has run in this slice.
+    #[inline]
+    fn charge(&self, step: u64, running_for: Option<Duration>) -> Option<Abort> {
         if let Some(a) = self.aborted() {
             return Some(a);
         }
@@ -179,34 +213,13 @@ impl CallShared {
             .fetch_add(step, Ordering::Relaxed)
             .saturating_add(step);
         let ran =
-            Duration::from_nanos(self.ran.load(Ordering::Relaxed)).saturating_add(running_for);
+            |r: Duration| Duration::from_nanos(self.ran.load(Ordering::Relaxed)).saturating_add(r);
         let why = if used > self.budget {
             Abort::Budget(self.budget)
-        } else if ran > self.time_budget {
+        } else if running_for.is_some_and(|r| ran(r) > self.time_budget) {
             Abort::Time(self.time_budget)
-        } else if self.deadline.is_some_and(|d| Instant::now() >= d) {
+        } else if running_for.is_some() && self.deadline.is_some_and(|d| Instant::now() >= d) {
             Abort::Deadline
-        } else if self.is_cancelled() {
-            Abort::Cancelled
-        } else {
-            return None;
-        };
-        Some(self.abort(why))
-    }
-
-    /// [`Self::should_abort`] without the clock: charges `step` instructions and says whether
-    /// the call is aborted, over its instruction budget or cancelled. Its time and deadline are
-    /// left to the hook, which checks them while the script runs.
-    pub fn should_abort_untimed(&self, step: u64) -> Option<Abort> {
-        if let Some(a) = self.aborted() {
-            return Some(a);
-        }
-        let used = self
-            .used
-            .fetch_add(step, Ordering::Relaxed)
-            .saturating_add(step);
-        let why = if used > self.budget {
-            Abort::Budget(self.budget)
         } else if self.is_cancelled() {
             Abort::Cancelled
         } else {

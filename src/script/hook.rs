@@ -407,27 +407,14 @@ mod tests {
     use mlua::{Function, Lua, ThreadStatus};
 
     use super::*;
-    use crate::script::context::{CallShared, CallSpec};
+    use crate::script::context::CallShared;
 
     fn meter(budget: u64) -> Arc<CallShared> {
         timed_meter(budget, Duration::from_secs(3600))
     }
 
     fn timed_meter(budget: u64, time_budget: Duration) -> Arc<CallShared> {
-        Arc::new(CallShared::new(CallSpec {
-            method: Arc::from("test"),
-            script: Arc::from(""),
-            function: Arc::from(""),
-            output: None,
-            metadata: Default::default(),
-            started: Instant::now(),
-            deadline: None,
-            budget,
-            time_budget,
-            streams_output: false,
-            reply: None,
-            outbox: None,
-        }))
+        CallShared::for_test(budget, time_budget)
     }
 
     fn hooked() -> Lua {

@@ -395,7 +395,6 @@ mod tests {
     use mlua::Lua;
 
     use super::*;
-    use crate::script::context::CallSpec;
 
     /// A task's waker: notes that the task was woken.
     struct Woken(AtomicBool);
@@ -449,20 +448,7 @@ mod tests {
         let thread = lua.create_thread(body).unwrap();
         // The coroutine's state, as the hook and `preempt` name threads.
         coroutine.store(thread.to_pointer() as usize as u64, Ordering::SeqCst);
-        let shared = Arc::new(CallShared::new(CallSpec {
-            method: Arc::from("test"),
-            script: Arc::from(""),
-            function: Arc::from(""),
-            output: None,
-            metadata: Default::default(),
-            started: Instant::now(),
-            deadline: None,
-            budget: u64::MAX,
-            time_budget: Duration::from_secs(3600),
-            streams_output: false,
-            reply: None,
-            outbox: None,
-        }));
+        let shared = CallShared::for_test(u64::MAX, Duration::from_secs(3600));
         let mut running = Running::new(shared, thread.into_async::<String>(()).unwrap());
         let woken = Arc::new(Woken(AtomicBool::new(false)));
         let task = Waker::from(woken.clone());
