@@ -4,6 +4,9 @@
 //!
 //! - The problems of a `PUT /v1/handlers/…` body had no position: the same entry in a handler
 //!   file gets `file:line:col` for each problem, the body got only the method's name.
+//! - A body that starts with a byte-order mark (a handler entry saved by a Windows editor and
+//!   sent with `curl --data-binary @entry.json`) was refused as "not valid JSON" at 1:1; the
+//!   same text in a handler file loads, its mark dropped. The body's is dropped too now.
 
 mod common;
 
@@ -157,5 +160,34 @@ async fn a_put_handler_body_has_each_problem_at_its_line_and_column() {
         ),
         (&json!(2), &json!(3)),
         "{answer:#}"
+    );
+}
+
+/// A `PUT /v1/handlers/…` body with a leading byte-order mark installs, as a handler file with
+/// one loads; its problems are located as without the mark.
+#[tokio::test]
+async fn a_put_handler_body_with_a_byte_order_mark_is_taken_as_a_file_is() {
+    let server = Server::repo_default();
+    let path = "/v1/handlers/helloworld.Greeter/SayHello";
+    let body = "\u{feff}{\"reply\": {\"message\": \"marked\"}}";
+    let (status, answer) = server.admin_call("PUT", path, None, Some(body)).await;
+    assert_eq!(status, 200, "{answer:#}");
+
+    let body = "\u{feff}{\"reply\": {\"mesage\": \"x\"}}";
+    let (status, answer) = server.admin_call("PUT", path, None, Some(body)).await;
+    assert_eq!(status, 400, "{answer:#}");
+    let problem = &answer["problems"][0];
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains("no field \"mesage\""),
+        "{problem:#}"
+    );
+    // `"mesage"` is the 12th character after the mark.
+    assert_eq!(
+        (problem["line"].as_u64(), problem["col"].as_u64()),
+        (Some(1), Some(12)),
+        "{problem:#}"
     );
 }

@@ -151,9 +151,11 @@ async fn put_handler(
 ) -> Response {
     let result = async {
         let method = method_path(path)?;
-        let bytes = read_body(body, ENTRY).await?;
-        // Checked like a handler file: a problem, JSON syntax included, is located in the body.
-        let entry: Json = serde_json::from_slice(&bytes).map_err(|e| {
+        let body = read_body(body, ENTRY).await?;
+        // Checked like a handler file: a problem, JSON syntax included, is located in the body
+        // (and a leading byte-order mark is dropped, as from a file).
+        let bytes = crate::input::without_bom(&body);
+        let entry: Json = serde_json::from_slice(bytes).map_err(|e| {
             let problem = StartupError::Handler {
                 location: Location::at(config::runtime_source(&method), e.line(), e.column()),
                 entry: String::new(),
