@@ -7,6 +7,8 @@
 //! - A body that starts with a byte-order mark (a handler entry saved by a Windows editor and
 //!   sent with `curl --data-binary @entry.json`) was refused as "not valid JSON" at 1:1; the
 //!   same text in a handler file loads, its mark dropped. The body's is dropped too now.
+//! - A body nested more than 128 deep was "not valid JSON: recursion limit exceeded"; it says
+//!   what the limit is now.
 
 mod common;
 
@@ -190,4 +192,25 @@ async fn a_put_handler_body_with_a_byte_order_mark_is_taken_as_a_file_is() {
         (Some(1), Some(12)),
         "{problem:#}"
     );
+}
+
+/// A `PUT /v1/handlers/…` body nested deeper than the JSON reader goes is refused as nested
+/// too deep, not as invalid JSON.
+#[tokio::test]
+async fn a_put_handler_body_nested_too_deep_says_so() {
+    let server = Server::repo_default();
+    let deep = format!("{}1{}", r#"{"inner": "#.repeat(200), "}".repeat(200));
+    let body = format!(r#"{{"reply": {deep}}}"#);
+    let (status, answer) = server
+        .admin_call(
+            "PUT",
+            "/v1/handlers/helloworld.Greeter/SayHello",
+            None,
+            Some(&body),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer:#}");
+    let message = answer["problems"][0]["message"].as_str().unwrap();
+    assert!(message.contains("nested more than 128 deep"), "{message}");
+    assert!(!message.contains("not valid JSON"), "{message}");
 }
