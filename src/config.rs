@@ -176,14 +176,28 @@ fn load_file(
     served_by: &mut HashMap<Arc<str>, PathBuf>,
 ) -> Result<(), StartupErrors> {
     let text = crate::input::read_text(file)?;
-    let parsed: HandlerFile = serde_json::from_str(&text).map_err(|e| StartupError::Handler {
-        location: Location::at(file, e.line(), e.column()),
-        entry: String::new(),
-        message: e.to_string(),
-        hint: Some(
-            "a handler file is {\"service\": \"pkg.Service\", \"methods\": {\"Method\": {…}}}"
-                .into(),
-        ),
+    let parsed: HandlerFile = serde_json::from_str(&text).map_err(|e| {
+        let (message, hint) = if crate::input::nested_too_deep(&e) {
+            (
+                format!(
+                    "arrays and objects nested more than {} deep (the most a handler file may nest)",
+                    crate::input::JSON_MAX_DEPTH
+                ),
+                "nest its values less deeply".to_owned(),
+            )
+        } else {
+            (
+                e.to_string(),
+                "a handler file is {\"service\": \"pkg.Service\", \"methods\": {\"Method\": {…}}}"
+                    .to_owned(),
+            )
+        };
+        StartupError::Handler {
+            location: Location::at(file, e.line(), e.column()),
+            entry: String::new(),
+            message,
+            hint: Some(hint),
+        }
     })?;
     let Some(service) = pool.get_service_by_name(&parsed.service) else {
         let names: Vec<String> = pool.services().map(|s| s.full_name().to_owned()).collect();

@@ -19,6 +19,22 @@ use crate::error::{Location, StartupError};
 /// The UTF-8 byte-order mark.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// How deep arrays and objects may nest in JSON input: `serde_json`'s recursion limit.
+pub const JSON_MAX_DEPTH: usize = 128;
+
+/// Whether `e` is `serde_json`'s recursion limit: the text may be valid JSON, nested deeper than
+/// [`JSON_MAX_DEPTH`]. Calling it "not valid JSON" would send the user looking for a mistake
+/// that is not there.
+pub fn nested_too_deep(e: &serde_json::Error) -> bool {
+    e.to_string().starts_with("recursion limit exceeded")
+}
+
+/// `bytes` without a leading byte-order mark: text sent rather than read from a file (an admin
+/// request's body, often a file sent as it is) is taken as a file's would be.
+pub fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(BOM).unwrap_or(bytes)
+}
+
 /// Whether `path` names a hidden file or folder (`.git`, an editor's `.#x.proto` lock link or
 /// `.x.json.swp`). Loading skips them, as the watcher does: Emacs keeps a dangling link named
 /// `.#FILE` next to every file with unsaved changes, which would otherwise fail every load.

@@ -4,6 +4,11 @@
 //!
 //! - The problems of a `PUT /v1/handlers/…` body had no position: the same entry in a handler
 //!   file gets `file:line:col` for each problem, the body got only the method's name.
+//! - A body that starts with a byte-order mark (a handler entry saved by a Windows editor and
+//!   sent with `curl --data-binary @entry.json`) was refused as "not valid JSON" at 1:1; the
+//!   same text in a handler file loads, its mark dropped. The body's is dropped too now.
+//! - A body nested more than 128 deep was "not valid JSON: recursion limit exceeded"; it says
+//!   what the limit is now.
 
 mod common;
 
@@ -158,4 +163,54 @@ async fn a_put_handler_body_has_each_problem_at_its_line_and_column() {
         (&json!(2), &json!(3)),
         "{answer:#}"
     );
+}
+
+/// A `PUT /v1/handlers/…` body with a leading byte-order mark installs, as a handler file with
+/// one loads; its problems are located as without the mark.
+#[tokio::test]
+async fn a_put_handler_body_with_a_byte_order_mark_is_taken_as_a_file_is() {
+    let server = Server::repo_default();
+    let path = "/v1/handlers/helloworld.Greeter/SayHello";
+    let body = "\u{feff}{\"reply\": {\"message\": \"marked\"}}";
+    let (status, answer) = server.admin_call("PUT", path, None, Some(body)).await;
+    assert_eq!(status, 200, "{answer:#}");
+
+    let body = "\u{feff}{\"reply\": {\"mesage\": \"x\"}}";
+    let (status, answer) = server.admin_call("PUT", path, None, Some(body)).await;
+    assert_eq!(status, 400, "{answer:#}");
+    let problem = &answer["problems"][0];
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains("no field \"mesage\""),
+        "{problem:#}"
+    );
+    // `"mesage"` is the 12th character after the mark.
+    assert_eq!(
+        (problem["line"].as_u64(), problem["col"].as_u64()),
+        (Some(1), Some(12)),
+        "{problem:#}"
+    );
+}
+
+/// A `PUT /v1/handlers/…` body nested deeper than the JSON reader goes is refused as nested
+/// too deep, not as invalid JSON.
+#[tokio::test]
+async fn a_put_handler_body_nested_too_deep_says_so() {
+    let server = Server::repo_default();
+    let deep = format!("{}1{}", r#"{"inner": "#.repeat(200), "}".repeat(200));
+    let body = format!(r#"{{"reply": {deep}}}"#);
+    let (status, answer) = server
+        .admin_call(
+            "PUT",
+            "/v1/handlers/helloworld.Greeter/SayHello",
+            None,
+            Some(&body),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer:#}");
+    let message = answer["problems"][0]["message"].as_str().unwrap();
+    assert!(message.contains("nested more than 128 deep"), "{message}");
+    assert!(!message.contains("not valid JSON"), "{message}");
 }

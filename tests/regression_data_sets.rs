@@ -6,6 +6,9 @@
 //!   state. The file's text is kept now and each state builds its tables straight from it.
 //! - A data file nested more than 128 deep, valid JSON, was reported as "not valid JSON:
 //!   recursion limit exceeded"; it says what the limit is now.
+//! - An array with a `null` in it, built one item at a time, kept the items after the `null`
+//!   where `#` does not count them: `#` of `[{…}, null, {…}]` was 1. It is 3 again, as it was
+//!   when arrays were built from a parsed copy of the file.
 
 mod common;
 
@@ -131,4 +134,20 @@ fn data_nested_too_deep_is_not_called_invalid() {
         "{err}"
     );
     assert!(!err.contains("not valid JSON"), "{err}");
+}
+
+/// `#` of a data set's array counts the items after a `null` (which reads as `nil`), as the
+/// array's size in the file.
+#[tokio::test]
+async fn a_data_array_with_a_null_keeps_its_length() {
+    let dir = project(Some(
+        r#"[{"name": "a"}, null, {"name": "b"}, null, {"name": "c"}]"#,
+    ));
+    let server = start(dir.path());
+    let client = Client::connect(server.addr, pool(&dir.path().join("protos"))).await;
+    let reply = client
+        .unary("helloworld.Greeter/SayHello", json!({"name": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(reply["message"], "5 c", "length and last item of the array");
 }

@@ -19,6 +19,9 @@
 //!   every one listed before (20 000 broken rules: 576 s in a release build). Now one pass.
 //! - Range tests (`gt`, `lte`…) compared as `f64`, so on 64-bit fields past 2^53 neighbours
 //!   were equal: `big > 9007199254740992` did not hold for 9007199254740993.
+//! - A file nested more than 128 deep was reported as serde_json's "recursion limit exceeded",
+//!   with the advice to write a handler file's shape; it says what the limit is now, as for
+//!   data files (and a `PUT /v1/handlers` body no longer calls such JSON invalid).
 
 mod common;
 
@@ -390,4 +393,29 @@ async fn a_binary_header_value_that_is_not_base64_is_located() {
     assert_eq!(answer["problems"][0]["col"], 14, "{answer:#}");
     let message = answer["problems"][0]["message"].as_str().unwrap();
     assert!(message.contains("is not base64"), "{message}");
+}
+
+/// A handler file nested deeper than the JSON reader goes is reported as nested too deep, at
+/// its line and column, not as a syntax error.
+#[test]
+fn a_handler_file_nested_too_deep_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = format!("{}1{}", r#"{"inner": "#.repeat(200), "}".repeat(200));
+    let text =
+        format!(r#"{{"service": "kitchen.Kitchen", "methods": {{"Get": {{"reply": {deep}}}}}}}"#);
+    std::fs::write(dir.path().join("k.json"), text).unwrap();
+    let protos = fixtures().join("protos");
+    let (code, _, err) = run(&[
+        "check",
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("k.json:1:") && err.contains("nested more than 128 deep"),
+        "{err}"
+    );
+    assert!(!err.contains("recursion limit"), "{err}");
 }

@@ -151,14 +151,30 @@ async fn put_handler(
 ) -> Response {
     let result = async {
         let method = method_path(path)?;
-        let bytes = read_body(body, ENTRY).await?;
-        // Checked like a handler file: a problem, JSON syntax included, is located in the body.
-        let entry: Json = serde_json::from_slice(&bytes).map_err(|e| {
+        let body = read_body(body, ENTRY).await?;
+        // Checked like a handler file: a problem, JSON syntax included, is located in the body
+        // (and a leading byte-order mark is dropped, as from a file).
+        let bytes = crate::input::without_bom(&body);
+        let entry: Json = serde_json::from_slice(bytes).map_err(|e| {
+            let (message, hint) = if crate::input::nested_too_deep(&e) {
+                (
+                    format!(
+                        "arrays and objects nested more than {} deep (the most a handler entry may nest)",
+                        crate::input::JSON_MAX_DEPTH
+                    ),
+                    "nest its values less deeply".to_owned(),
+                )
+            } else {
+                (
+                    format!("the request body is not valid JSON: {e}"),
+                    format!("send {ENTRY}"),
+                )
+            };
             let problem = StartupError::Handler {
                 location: Location::at(config::runtime_source(&method), e.line(), e.column()),
                 entry: String::new(),
-                message: format!("the request body is not valid JSON: {e}"),
-                hint: Some(format!("send {ENTRY}")),
+                message,
+                hint: Some(hint),
             };
             AdminError::Invalid(vec![Problem::from(&problem)])
         })?;

@@ -896,10 +896,22 @@ impl<'de> serde::de::Visitor<'de> for FrozenJson<'_> {
             self.lua
                 .create_table_with_capacity(seq.size_hint().unwrap_or(0), 0),
         )?;
-        let mut i = 0;
+        let (mut i, mut holes) = (0, false);
         while let Some(item) = seq.next_element_seed(self)? {
             i += 1;
+            holes |= item.is_nil();
             self.lua(hidden.raw_set(i, item))?;
+        }
+        if holes {
+            // Grown one item at a time, an array with a `null` keeps the items after it in the
+            // table's hash part, where `#` does not see them: `[1, null, 3]` had length 1.
+            // Sized for every item at once, as the array is in the file, `#` counts them all.
+            let sized = self.lua(self.lua.create_table_with_capacity(i, 0))?;
+            for at in 1..=i {
+                let item: LuaValue = self.lua(hidden.raw_get(at))?;
+                self.lua(sized.raw_set(at, item))?;
+            }
+            return self.seal(sized);
         }
         self.seal(hidden)
     }
