@@ -17,9 +17,6 @@ use serde_json::Value as Json;
 
 use crate::error::{Location, StartupError, StartupErrors};
 
-/// How deep arrays and objects may nest: `serde_json`'s recursion limit.
-const MAX_DEPTH: usize = 128;
-
 /// Data sets by name (the file stem); clones share the texts.
 #[derive(Debug, Default, Clone)]
 pub struct DataSets {
@@ -68,11 +65,12 @@ impl DataSets {
                 }
                 // Valid JSON nested deeper than the reader goes: saying "not valid JSON" would
                 // send the user looking for a mistake that is not there.
-                Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
+                Err(e) if crate::input::nested_too_deep(&e) => {
                     errors.push(StartupError::Data {
                         location: Location::at(&file, e.line(), e.column()),
                         message: format!(
-                            "arrays and objects nested more than {MAX_DEPTH} deep (the most data sets may nest)"
+                            "arrays and objects nested more than {} deep (the most data sets may nest)",
+                            crate::input::JSON_MAX_DEPTH
                         ),
                         hint: Some(format!("scripts see this file as data.{name}; nest its values less deeply")),
                     })
