@@ -69,10 +69,15 @@ const PROBLEMS: &[(&str, &str, &str)] = &[
 
 /// The 1-based line and column of the first `needle` in `FILE`.
 fn position(needle: &str) -> (usize, usize) {
-    let at = FILE
+    position_in(FILE, needle)
+}
+
+/// The 1-based line and column of the first `needle` in `text`.
+fn position_in(text: &str, needle: &str) -> (usize, usize) {
+    let at = text
         .find(needle)
-        .unwrap_or_else(|| panic!("{needle} in FILE"));
-    let before = &FILE[..at];
+        .unwrap_or_else(|| panic!("{needle} in {text}"));
+    let before = &text[..at];
     let line = before.matches('\n').count() + 1;
     let col = at - before.rfind('\n').map_or(0, |i| i + 1) + 1;
     (line, col)
@@ -279,6 +284,22 @@ fn check_names_ten_thousand_broken_rules_in_one_pass() {
 }
 
 /// The bytes of binary metadata `key` in `md`.
+/// `protoserve check` of the fixture protos with `text` as the only handler file (`k.json`):
+/// its exit code and what it printed on stderr.
+fn check_one_file(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("k.json"), text).unwrap();
+    let protos = fixtures().join("protos");
+    let (code, _, err) = run(&[
+        "check",
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        dir.path().to_str().unwrap(),
+    ]);
+    (code, err)
+}
+
 fn bin(md: &MetadataMap, key: &str) -> Vec<u8> {
     md.get_bin(key)
         .unwrap_or_else(|| panic!("no {key} in {md:?}"))
@@ -349,22 +370,8 @@ async fn a_binary_header_value_that_is_not_base64_is_located() {
   ] },
   "Fail": { "error": { "code": 5, "metadata": { "e-bin": "a_b" } } }
 }}"#;
-    let at = |needle: &str| {
-        let at = file.find(needle).unwrap();
-        let before = &file[..at];
-        let line = before.matches('\n').count() + 1;
-        (line, at - before.rfind('\n').map_or(0, |i| i + 1) + 1)
-    };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("k.json"), file).unwrap();
-    let protos = fixtures().join("protos");
-    let (code, _, err) = run(&[
-        "check",
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        dir.path().to_str().unwrap(),
-    ]);
+    let at = |needle: &str| position_in(file, needle);
+    let (code, err) = check_one_file(file);
     assert_eq!(code, 2, "{err}");
     for (needle, method, path) in [
         ("\"trace-bin\"", "Get", "headers.trace-bin"),
@@ -399,19 +406,10 @@ async fn a_binary_header_value_that_is_not_base64_is_located() {
 /// its line and column, not as a syntax error.
 #[test]
 fn a_handler_file_nested_too_deep_says_so() {
-    let dir = tempfile::tempdir().unwrap();
     let deep = format!("{}1{}", r#"{"inner": "#.repeat(200), "}".repeat(200));
     let text =
         format!(r#"{{"service": "kitchen.Kitchen", "methods": {{"Get": {{"reply": {deep}}}}}}}"#);
-    std::fs::write(dir.path().join("k.json"), text).unwrap();
-    let protos = fixtures().join("protos");
-    let (code, _, err) = run(&[
-        "check",
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        dir.path().to_str().unwrap(),
-    ]);
+    let (code, err) = check_one_file(&text);
     assert_ne!(code, 0, "{err}");
     assert!(
         err.contains("k.json:1:") && err.contains("nested more than 128 deep"),
