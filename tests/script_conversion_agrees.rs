@@ -16,7 +16,9 @@
 //! singular fields, unknown fields of every wire type), mutated or random. Each runs through
 //! three layouts of the request type: the default one (slots filled from Rust, tables made
 //! by the generated builder), one with no nested message inlined, and one that builds
-//! everything in Rust, so every path of the decoder is held to the reference.
+//! everything in Rust, so every path of the decoder is held to the reference. Two types of
+//! numbers only (`wire3.Numbers`, `wire2.Grouped`) have layouts read by the numbers path a
+//! request stream takes (`read_numbers`): it must give the same verdict and the same slots.
 
 #[path = "common/wire_gen.rs"]
 mod wire_gen;
@@ -29,7 +31,7 @@ use prost::Message;
 use prost_reflect::{DynamicMessage, Kind, MapKey, MessageDescriptor, ReflectMessage, Value};
 use protoserve::codec::Outgoing;
 use protoserve::script::convert::{outgoing_from_lua, Conv};
-use protoserve::script::decode::{Decoder, Layout};
+use protoserve::script::decode::{read_numbers, Decoder, Layout, Number};
 use protoserve::script::plan::{MsgId, Plans};
 use wire_gen::{message, messages, mutate, pool, put_len, Tape};
 
@@ -201,6 +203,19 @@ struct State {
     layouts: Vec<Vec<(&'static str, Layout, Function)>>,
 }
 
+/// The shared generator's messages, and the two of numbers only.
+fn fixture_messages() -> Vec<MessageDescriptor> {
+    let pool = pool();
+    let mut descs = messages(&pool);
+    for name in ["wire3.Numbers", "wire2.Grouped"] {
+        descs.push(pool.get_message_by_name(name).expect(name));
+    }
+    descs
+}
+
+/// How many fixture messages the properties draw from.
+const MESSAGES: usize = 5;
+
 fn state(descs: &[MessageDescriptor]) -> State {
     let lua = Lua::new();
     let mut plans = Plans::default();
@@ -218,6 +233,15 @@ fn state(descs: &[MessageDescriptor]) -> State {
             ]
         })
         .collect();
+    for (desc, l) in descs.iter().zip(&layouts) {
+        let numbers = desc.name() == "Numbers" || desc.name() == "Grouped";
+        assert_eq!(
+            l[0].1.numbers_only,
+            numbers,
+            "{} read as numbers",
+            desc.full_name()
+        );
+    }
     let plans = Arc::new(plans);
     lua.set_app_data(Conv::new(plans.clone(), 64 << 20));
     let layouts = layouts
@@ -256,10 +280,46 @@ fn as_script_sees(
         .map_err(|e| format!("builder failed: {e}"))
 }
 
+/// A layout of numbers read by the numbers path gives the verdict and the slots the Lua
+/// value path gives.
+fn numbers_agree(s: &State, layout: &Layout, bytes: &[u8]) -> Result<(), String> {
+    let mut cells = vec![Number::Int(-1); layout.slots];
+    let fast = read_numbers(&s.plans, bytes, layout, &mut cells);
+    let mut slow = Vec::new();
+    let verdict = Decoder::new(&s.lua, &s.plans).slots(bytes, layout, &mut slow);
+    match (fast, verdict) {
+        (Err(_), Err(_)) => Ok(()),
+        (Ok(()), Ok(())) => {
+            for (i, (n, v)) in cells.iter().zip(&slow).enumerate() {
+                let same = match (*n, v) {
+                    (Number::Nil, LuaValue::Nil) => true,
+                    (Number::Bool(a), LuaValue::Boolean(b)) => a == *b,
+                    (Number::Int(a), LuaValue::Integer(b)) => a == *b,
+                    (Number::Float(a), LuaValue::Number(b)) => a.to_bits() == b.to_bits(),
+                    _ => false,
+                };
+                if !same {
+                    return Err(format!(
+                        "slot {i}: the numbers path reads {n:?}, the Lua value path {v:?} for {bytes:02x?}"
+                    ));
+                }
+            }
+            Ok(())
+        }
+        (fast, slow) => Err(format!(
+            "the numbers path says {fast:?}, the Lua value path {:?} for {bytes:02x?}",
+            slow.map(|_| ())
+        )),
+    }
+}
+
 /// The property, for message `which` of the fixture.
 fn agree(s: &State, desc: &MessageDescriptor, which: usize, bytes: &[u8]) -> Result<(), String> {
     let reference = DynamicMessage::decode(desc.clone(), bytes);
     for (what, layout, builder) in &s.layouts[which] {
+        if layout.numbers_only {
+            numbers_agree(s, layout, bytes).map_err(|e| format!("({what}) {e}"))?;
+        }
         let mine = as_script_sees(s, layout, builder, bytes);
         let (mine, reference) = match (mine, &reference) {
             (Ok(m), Ok(r)) => (m, r),
@@ -307,7 +367,7 @@ fn agree(s: &State, desc: &MessageDescriptor, which: usize, bytes: &[u8]) -> Res
 
 thread_local! {
     static STATE: (Vec<MessageDescriptor>, State) = {
-        let descs = messages(&pool());
+        let descs = fixture_messages();
         let s = state(&descs);
         (descs, s)
     };
@@ -321,7 +381,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn generated_messages_convert_like_dynamic_message(which in 0usize..3, tape in prop::collection::vec(any::<u64>(), 0..300)) {
+    fn generated_messages_convert_like_dynamic_message(which in 0usize..MESSAGES, tape in prop::collection::vec(any::<u64>(), 0..300)) {
         let descs = STATE.with(|(d, _)| d.clone());
         let mut t = Tape { t: &tape, i: 0 };
         let bytes = message(&descs[which], &mut t, 0);
@@ -329,7 +389,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_messages_get_the_same_verdict_and_tables(which in 0usize..3, tape in prop::collection::vec(any::<u64>(), 0..300)) {
+    fn mutated_messages_get_the_same_verdict_and_tables(which in 0usize..MESSAGES, tape in prop::collection::vec(any::<u64>(), 0..300)) {
         let descs = STATE.with(|(d, _)| d.clone());
         let mut t = Tape { t: &tape, i: 0 };
         let bytes = message(&descs[which], &mut t, 0);
@@ -338,7 +398,7 @@ proptest! {
     }
 
     #[test]
-    fn random_bytes_get_the_same_verdict(which in 0usize..3, bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+    fn random_bytes_get_the_same_verdict(which in 0usize..MESSAGES, bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         check(which, &bytes).map_err(TestCaseError::fail)?;
     }
 }

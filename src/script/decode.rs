@@ -15,6 +15,7 @@
 
 use std::cell::OnceCell;
 use std::fmt::Write as _;
+use std::ops::Range;
 
 use mlua::{AppDataRef, Function, Lua, Table, Value as LuaValue};
 
@@ -67,6 +68,16 @@ enum Slot {
     Inline { presence: usize, inner: Inline },
 }
 
+impl Slot {
+    /// The slots it takes, nested ones included.
+    fn range(&self) -> Range<usize> {
+        match self {
+            Slot::Value(s) | Slot::Table(s) => *s..*s + 1,
+            Slot::Inline { presence, inner } => *presence..inner.end,
+        }
+    }
+}
+
 /// A message whose fields have slots.
 #[derive(Debug)]
 struct Inline {
@@ -77,6 +88,20 @@ struct Inline {
     end: usize,
 }
 
+impl Inline {
+    fn numbers_only(&self, plans: &Plans) -> bool {
+        let plan = plans.message(self.msg);
+        plan.fields
+            .iter()
+            .zip(self.fields.iter())
+            .all(|(f, slot)| match slot {
+                Slot::Value(_) => !matches!(f.ty, Type::Scalar(Scalar::String | Scalar::Bytes)),
+                Slot::Table(_) => false,
+                Slot::Inline { inner, .. } => inner.numbers_only(plans),
+            })
+    }
+}
+
 /// A request type's slots and the source of its builder.
 #[derive(Debug)]
 pub struct Layout {
@@ -84,6 +109,10 @@ pub struct Layout {
     /// `None`: the whole message is one table built in Rust (too many fields for slots).
     root: Option<Inline>,
     pub slots: usize,
+    /// Every slot holds a number, a boolean or a presence flag: no string, no table. Such a
+    /// request can be read into [`Number`]s without a Lua value in between (see
+    /// [`read_numbers`]).
+    pub numbers_only: bool,
     /// A chunk that, given the enum name tables of [`Layout::enums`], returns the builder
     /// `function(ok, slots...)`: `ok` false or nil is returned as is (pending, end of stream).
     pub source: String,
@@ -127,8 +156,10 @@ impl Layout {
             "return function(ok, {})\n  if not ok then return ok end\n  return {body}\nend\n",
             params.join(", ")
         );
+        let numbers_only = root.as_ref().is_some_and(|r| r.numbers_only(plans));
         Layout {
             msg,
+            numbers_only,
             root,
             slots: gen.slots,
             source,
@@ -347,12 +378,16 @@ impl<'a> Decoder<'a> {
         let mut buf = bytes;
         match &layout.root {
             Some(inline) => {
-                let mut open = Vec::new();
-                self.inline(
+                let mut into = LuaSlots {
+                    dec: self,
+                    slots,
+                    open: Vec::new(),
+                };
+                fill(
+                    self.plans,
                     &mut buf,
                     inline,
-                    slots,
-                    &mut open,
+                    &mut into,
                     wire::RECURSION_LIMIT,
                     None,
                 )?;
@@ -360,91 +395,6 @@ impl<'a> Decoder<'a> {
             None => {
                 let t = self.table(&mut buf, layout.msg, None, wire::RECURSION_LIMIT, None)?;
                 slots[0] = LuaValue::Table(t);
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads the next field key; `Ok(None)` at the end of the message (or of its group).
-    fn next_key(&self, buf: &mut &[u8], group: Option<u32>) -> Result<Option<(u32, u8)>> {
-        if group.is_none() && buf.is_empty() {
-            return Ok(None);
-        }
-        let (number, wire_type) = wire::key(buf)?;
-        if wire_type == END_GROUP {
-            if let Some(g) = group {
-                if g != number {
-                    return Err(malformed(format!(
-                        "group {g} ended by the end of group {number}"
-                    )));
-                }
-                return Ok(None);
-            }
-        }
-        Ok(Some((number, wire_type)))
-    }
-
-    /// A field the message does not declare: an extension is checked, anything else skipped.
-    fn other(
-        &self,
-        buf: &mut &[u8],
-        msg: MsgId,
-        number: u32,
-        wire_type: u8,
-        ctx: u32,
-    ) -> Result<()> {
-        let plan = self.plans.message(msg);
-        match plan.extension(number) {
-            Some(ext) => wire::check_extension(buf, ext, number, wire_type, ctx)?,
-            None => wire::skip_unknown(buf, &plan.desc, number, wire_type, ctx)?,
-        }
-        Ok(())
-    }
-
-    fn inline(
-        &self,
-        buf: &mut &[u8],
-        inline: &Inline,
-        slots: &mut [LuaValue],
-        open: &mut Vec<Open>,
-        ctx: u32,
-        group: Option<u32>,
-    ) -> Result<()> {
-        let plan = self.plans.message(inline.msg);
-        while let Some((number, wire_type)) = self.next_key(buf, group)? {
-            let Some(index) = plan.by_number(number) else {
-                self.other(buf, inline.msg, number, wire_type, ctx)?;
-                continue;
-            };
-            let f = &plan.fields[index];
-            if let Some(o) = f.oneof {
-                for &rival in plan.oneofs[usize::from(o)].iter() {
-                    if usize::from(rival) != index {
-                        clear(&inline.fields[usize::from(rival)], slots, open);
-                    }
-                }
-            }
-            match &inline.fields[index] {
-                Slot::Value(s) => {
-                    let Type::Scalar(scalar) = f.ty else {
-                        unreachable!("value slots hold scalars")
-                    };
-                    slots[*s] = self.single_scalar(buf, f, scalar, wire_type, false)?;
-                }
-                Slot::Inline { presence, inner } => {
-                    slots[*presence] = LuaValue::Boolean(true);
-                    let (mut body, group, ctx) = message_body(buf, f, number, wire_type, ctx)?;
-                    match group {
-                        Some(_) => self.inline(buf, inner, slots, open, ctx, group)?,
-                        None => self.inline(&mut body, inner, slots, open, ctx, None)?,
-                    }
-                }
-                Slot::Table(s) => {
-                    let existing = open.iter().position(|o| o.key == *s);
-                    self.table_field(buf, f, number, wire_type, ctx, *s, existing, open, |t| {
-                        slots[*s] = LuaValue::Table(t.clone())
-                    })?;
-                }
             }
         }
         Ok(())
@@ -625,9 +575,9 @@ impl<'a> Decoder<'a> {
         };
         let mut seen = Seen::new(plan.fields.len());
         let mut open: Vec<Open> = Vec::new();
-        while let Some((number, wire_type)) = self.next_key(buf, group)? {
+        while let Some((number, wire_type)) = next_key(buf, group)? {
             let Some(index) = plan.by_number(number) else {
-                self.other(buf, msg, number, wire_type, ctx)?;
+                other(self.plans, buf, msg, number, wire_type, ctx)?;
                 continue;
             };
             let f = &plan.fields[index];
@@ -715,22 +665,8 @@ impl<'a> Decoder<'a> {
                 LuaValue::String(self.lua.create_string(b)?)
             }
             Scalar::Bytes => LuaValue::String(self.lua.create_string(wire::len_prefixed(buf)?)?),
-            Scalar::Bool => LuaValue::Boolean(wire::varint(buf)? != 0),
-            Scalar::Double => LuaValue::Number(f64::from_bits(wire::fixed64(buf)?)),
-            Scalar::Fixed64 => LuaValue::Integer(wire::fixed64(buf)? as i64),
-            Scalar::Sfixed64 => LuaValue::Integer(wire::fixed64(buf)? as i64),
-            Scalar::Float => LuaValue::Number(f64::from(f32::from_bits(wire::fixed32(buf)?))),
-            Scalar::Fixed32 => LuaValue::Integer(i64::from(wire::fixed32(buf)?)),
-            Scalar::Sfixed32 => LuaValue::Integer(i64::from(wire::fixed32(buf)? as i32)),
-            Scalar::Enum(e) => {
-                let n = wire::varint(buf)? as i32;
-                if names {
-                    self.enum_value(e, n)?
-                } else {
-                    LuaValue::Integer(i64::from(n))
-                }
-            }
-            _ => LuaValue::Integer(varint_value(s, wire::varint(buf)?)),
+            Scalar::Enum(e) if names => self.enum_value(e, wire::varint(buf)? as i32)?,
+            _ => read_number(buf, s)?.into(),
         })
     }
 
@@ -788,6 +724,269 @@ fn varint_value(s: Scalar, v: u64) -> i64 {
     }
 }
 
+/// Reads the next field key; `Ok(None)` at the end of the message (or of its group).
+fn next_key(buf: &mut &[u8], group: Option<u32>) -> Result<Option<(u32, u8)>> {
+    if group.is_none() && buf.is_empty() {
+        return Ok(None);
+    }
+    let (number, wire_type) = wire::key(buf)?;
+    if wire_type == END_GROUP {
+        if let Some(g) = group {
+            if g != number {
+                return Err(malformed(format!(
+                    "group {g} ended by the end of group {number}"
+                )));
+            }
+            return Ok(None);
+        }
+    }
+    Ok(Some((number, wire_type)))
+}
+
+/// A field the message does not declare: an extension is checked, anything else skipped.
+fn other(
+    plans: &Plans,
+    buf: &mut &[u8],
+    msg: MsgId,
+    number: u32,
+    wire_type: u8,
+    ctx: u32,
+) -> Result<()> {
+    let plan = plans.message(msg);
+    match plan.extension(number) {
+        Some(ext) => wire::check_extension(buf, ext, number, wire_type, ctx)?,
+        None => wire::skip_unknown(buf, &plan.desc, number, wire_type, ctx)?,
+    }
+    Ok(())
+}
+
+/// Where the fields of an inlined message go as they are read: Lua values, or numbers only.
+trait Slots {
+    /// Scalar field `f`, sent with `wire_type`, into slot `s`.
+    fn scalar(
+        &mut self,
+        s: usize,
+        f: &FieldPlan,
+        scalar: Scalar,
+        buf: &mut &[u8],
+        wire_type: u8,
+    ) -> Result<()>;
+    /// The singular message whose presence slot is `s` was sent.
+    fn present(&mut self, s: usize);
+    /// A oneof member that another member replaced: its slots are unset again.
+    fn clear(&mut self, slots: Range<usize>);
+    /// One occurrence of a list, map or message field built as a table, kept in slot `s`.
+    fn table(
+        &mut self,
+        s: usize,
+        f: &FieldPlan,
+        number: u32,
+        wire_type: u8,
+        buf: &mut &[u8],
+        ctx: u32,
+    ) -> Result<()>;
+}
+
+/// Reads the fields of `inline` from `buf` into `slots`, up to the end of `buf` or of group
+/// `group`.
+fn fill<S: Slots>(
+    plans: &Plans,
+    buf: &mut &[u8],
+    inline: &Inline,
+    slots: &mut S,
+    ctx: u32,
+    group: Option<u32>,
+) -> Result<()> {
+    let plan = plans.message(inline.msg);
+    while let Some((number, wire_type)) = next_key(buf, group)? {
+        let Some(index) = plan.by_number(number) else {
+            other(plans, buf, inline.msg, number, wire_type, ctx)?;
+            continue;
+        };
+        let f = &plan.fields[index];
+        if let Some(o) = f.oneof {
+            for &rival in plan.oneofs[usize::from(o)].iter() {
+                if usize::from(rival) != index {
+                    slots.clear(inline.fields[usize::from(rival)].range());
+                }
+            }
+        }
+        match &inline.fields[index] {
+            Slot::Value(s) => {
+                let Type::Scalar(scalar) = f.ty else {
+                    unreachable!("value slots hold scalars")
+                };
+                slots.scalar(*s, f, scalar, buf, wire_type)?;
+            }
+            Slot::Inline { presence, inner } => {
+                slots.present(*presence);
+                let (mut body, group, ctx) = message_body(buf, f, number, wire_type, ctx)?;
+                match group {
+                    Some(_) => fill(plans, buf, inner, slots, ctx, group)?,
+                    None => fill(plans, &mut body, inner, slots, ctx, None)?,
+                }
+            }
+            Slot::Table(s) => slots.table(*s, f, number, wire_type, buf, ctx)?,
+        }
+    }
+    Ok(())
+}
+
+/// Slots as Lua values, with the tables of list, map and message fields kept open for later
+/// occurrences of the same field.
+struct LuaSlots<'d, 'a, 's> {
+    dec: &'d Decoder<'a>,
+    slots: &'s mut [LuaValue],
+    open: Vec<Open>,
+}
+
+impl Slots for LuaSlots<'_, '_, '_> {
+    fn scalar(
+        &mut self,
+        s: usize,
+        f: &FieldPlan,
+        scalar: Scalar,
+        buf: &mut &[u8],
+        wire_type: u8,
+    ) -> Result<()> {
+        self.slots[s] = self.dec.single_scalar(buf, f, scalar, wire_type, false)?;
+        Ok(())
+    }
+
+    fn present(&mut self, s: usize) {
+        self.slots[s] = LuaValue::Boolean(true);
+    }
+
+    fn clear(&mut self, slots: Range<usize>) {
+        self.slots[slots.clone()].fill(LuaValue::Nil);
+        self.open.retain(|o| !slots.contains(&o.key));
+    }
+
+    fn table(
+        &mut self,
+        s: usize,
+        f: &FieldPlan,
+        number: u32,
+        wire_type: u8,
+        buf: &mut &[u8],
+        ctx: u32,
+    ) -> Result<()> {
+        let existing = self.open.iter().position(|o| o.key == s);
+        let slots = &mut *self.slots;
+        self.dec.table_field(
+            buf,
+            f,
+            number,
+            wire_type,
+            ctx,
+            s,
+            existing,
+            &mut self.open,
+            |t| slots[s] = LuaValue::Table(t.clone()),
+        )
+    }
+}
+
+/// A slot's value in a layout of numbers (see [`Layout::numbers_only`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Number {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+}
+
+impl From<Number> for LuaValue {
+    fn from(n: Number) -> Self {
+        match n {
+            Number::Nil => LuaValue::Nil,
+            Number::Bool(b) => LuaValue::Boolean(b),
+            Number::Int(i) => LuaValue::Integer(i),
+            Number::Float(x) => LuaValue::Number(x),
+        }
+    }
+}
+
+struct NumberSlots<'s>(&'s mut [Number]);
+
+impl Slots for NumberSlots<'_> {
+    fn scalar(
+        &mut self,
+        s: usize,
+        f: &FieldPlan,
+        scalar: Scalar,
+        buf: &mut &[u8],
+        wire_type: u8,
+    ) -> Result<()> {
+        if wire_type != scalar.wire_type() {
+            return Err(wire::wrong_wire_type(f.desc.full_name(), wire_type).into());
+        }
+        self.0[s] = read_number(buf, scalar)?;
+        Ok(())
+    }
+
+    fn present(&mut self, s: usize) {
+        self.0[s] = Number::Bool(true);
+    }
+
+    fn clear(&mut self, slots: Range<usize>) {
+        self.0[slots].fill(Number::Nil);
+    }
+
+    fn table(
+        &mut self,
+        _: usize,
+        _: &FieldPlan,
+        _: u32,
+        _: u8,
+        _: &mut &[u8],
+        _: u32,
+    ) -> Result<()> {
+        unreachable!("a layout of numbers has no table slots")
+    }
+}
+
+/// A request of a layout of numbers (see [`Layout::numbers_only`]) read into the first
+/// `layout.slots` of `cells`: the builder's arguments [`Decoder::slots`] would give, with no
+/// Lua value made, so they can go straight onto a Lua stack.
+pub fn read_numbers(
+    plans: &Plans,
+    bytes: &[u8],
+    layout: &Layout,
+    cells: &mut [Number],
+) -> Result<()> {
+    let (Some(inline), true) = (&layout.root, layout.numbers_only) else {
+        unreachable!("read_numbers is only for layouts of numbers")
+    };
+    let cells = &mut cells[..layout.slots];
+    cells.fill(Number::Nil);
+    let mut buf = bytes;
+    fill(
+        plans,
+        &mut buf,
+        inline,
+        &mut NumberSlots(cells),
+        wire::RECURSION_LIMIT,
+        None,
+    )
+}
+
+/// One scalar that is not a string, read as its Lua number (enums by number); the wire type
+/// was checked.
+fn read_number(buf: &mut &[u8], s: Scalar) -> Result<Number> {
+    Ok(match s {
+        Scalar::Bool => Number::Bool(wire::varint(buf)? != 0),
+        Scalar::Double => Number::Float(f64::from_bits(wire::fixed64(buf)?)),
+        Scalar::Fixed64 | Scalar::Sfixed64 => Number::Int(wire::fixed64(buf)? as i64),
+        Scalar::Float => Number::Float(f64::from(f32::from_bits(wire::fixed32(buf)?))),
+        Scalar::Fixed32 => Number::Int(i64::from(wire::fixed32(buf)?)),
+        Scalar::Sfixed32 => Number::Int(i64::from(wire::fixed32(buf)? as i32)),
+        Scalar::Enum(_) => Number::Int(i64::from(wire::varint(buf)? as i32)),
+        Scalar::String | Scalar::Bytes => unreachable!("strings are read as strings"),
+        _ => Number::Int(varint_value(s, wire::varint(buf)?)),
+    })
+}
+
 /// The body of one occurrence of message field `f`: the bytes of a length-prefixed message,
 /// or (for a group) nothing, `Some(number)` and the group read from `buf` by the caller. Also
 /// the nesting left below it.
@@ -814,18 +1013,6 @@ fn message_body<'b>(
         return Err(wire::too_deep().into());
     }
     Ok((wire::len_prefixed(buf)?, None, ctx - 1))
-}
-
-/// Clears a oneof member that another member replaced.
-fn clear(slot: &Slot, slots: &mut [LuaValue], open: &mut Vec<Open>) {
-    let range = match slot {
-        Slot::Value(s) | Slot::Table(s) => *s..*s + 1,
-        Slot::Inline { presence, inner } => *presence..inner.end,
-    };
-    for s in range.clone() {
-        slots[s] = LuaValue::Nil;
-    }
-    open.retain(|o| !range.contains(&o.key));
 }
 
 /// Which fields of a message were sent.

@@ -486,7 +486,8 @@ local handlers = { functions = {}, builders = {} }
 -- Every call: on the call's thread (driven by the executor, which the hook never yields), run
 -- `body` in coroutine `c`; slice yields and waits inside it come up here as plain yields.
 -- Handler `fi` gets its request, made here by the builder of layout `bi` from what the call
--- was started with (a streaming call's `try_next` and handle, else `false` and the slots), and
+-- was started with (a streaming call's `try_next`, handle and numbers function, else `false`
+-- and the slots), and
 -- its ctx, made here too and named the call's own by `bind`, which also says whether the call
 -- was stopped meanwhile (its abort is raised then, as `resume` checks it).
 local function run(c, fi, bi, stream, ...)
@@ -494,7 +495,7 @@ local function run(c, fi, bi, stream, ...)
   local ctx = setmetatable({}, ctx_mt)
   local req
   if stream then
-    req = handlers.iterate(stream, (...), handlers.builders[bi])
+    req = handlers.iterate(handlers.builders[bi], stream, ...)
   else
     req = handlers.builders[bi](...)
   end

@@ -10,19 +10,28 @@
 //! async function whose single wake-up, when data arrives, brings in however many messages
 //! arrived meanwhile. The wait only keeps what it polled for the plain call to take: an async
 //! function returning more than two values would pack them into a table on every return.
+//!
+//! When every slot of the request's layout is a number, a boolean or a presence flag, taking
+//! a message is a Lua C function ([`take_numbers`]) that pushes the slots straight onto the
+//! Lua stack: no Lua value, no callback machinery, nothing allocated per message. Pushing
+//! numbers cannot raise a Lua error, so no Rust frame is ever unwound by one. Anything it
+//! does not take (nothing buffered, the end, an error, a message that does not decode, a
+//! spent budget) it leaves for the plain call, which reports it as before.
 
+use std::ffi::{c_int, c_void};
 use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use mlua::{AnyUserData, Function, Lua, UserData, Value as LuaValue, Variadic};
+use mlua::{ffi, AnyUserData, Function, Lua, UserData, Value as LuaValue, Variadic};
 use tonic::{Status, Streaming};
 
 use super::context::CallShared;
 use super::convert::Conv;
-use super::decode::{DecodeError, Decoder};
+use super::decode::{self, DecodeError, Decoder, Number};
 use super::plan::Plans;
 use super::slice::{self, Waiting};
 use super::status::IncomingError;
@@ -80,29 +89,41 @@ struct Reader {
 
 struct Inner {
     stream: Streaming<Incoming>,
-    /// What `wait_next` polled once something arrived, for `try_next` to take.
+    /// What `wait_next` polled once something arrived (or what [`take_numbers`] left), for
+    /// `try_next` to take.
     waited: Option<Polled>,
+    /// The slots [`take_numbers`] reads a message into, for a layout of numbers.
+    numbers: Vec<Number>,
 }
 
 impl UserData for RequestStream {}
 
 impl RequestStream {
-    /// A call's request stream as what the state's iterator factory takes with the builder:
+    /// A call's request stream as what the state's iterator factory takes after the builder:
     /// the call's own `try_next` (a plain function over this stream, so taking a message that
-    /// has arrived costs one call and no handle look-up) and the handle `wait_next` takes.
+    /// has arrived costs one call and no handle look-up), the handle `wait_next` takes, and
+    /// for a layout of numbers the C function [`take_numbers`] (else `false`).
     pub fn iterator_args(
         lua: &Lua,
         shared: Arc<CallShared>,
         stream: Streaming<Incoming>,
         layout: usize,
-    ) -> mlua::Result<[LuaValue; 2]> {
+    ) -> mlua::Result<[LuaValue; 3]> {
+        let plans = plans_of(lua)?;
+        let numbers_only = plans.layouts[layout].numbers_only;
+        let numbers = if numbers_only {
+            vec![Number::Nil; plans.layouts[layout].slots]
+        } else {
+            Vec::new()
+        };
         let reader = Arc::new(Reader {
             shared,
             inner: Mutex::new(Inner {
                 stream,
                 waited: None,
+                numbers,
             }),
-            plans: plans_of(lua)?,
+            plans,
             layout,
         });
         let r = reader.clone();
@@ -111,11 +132,59 @@ impl RequestStream {
             let polled = r.take_next();
             r.step(lua, polled)
         })?;
+        let handle = lua.create_userdata(RequestStream(reader.clone()))?;
+        let fast = if numbers_only {
+            LuaValue::Function(numbers_function(lua, &reader, &handle)?)
+        } else {
+            LuaValue::Boolean(false)
+        };
         Ok([
             LuaValue::Function(try_next),
-            LuaValue::UserData(lua.create_userdata(RequestStream(reader))?),
+            LuaValue::UserData(handle),
+            fast,
         ])
     }
+}
+
+/// [`take_numbers`] as a Lua closure over `reader`: its first upvalue points to the reader,
+/// its second is `handle`, which owns a reference to it.
+#[allow(unsafe_code)]
+fn numbers_function(
+    lua: &Lua,
+    reader: &Arc<Reader>,
+    handle: &AnyUserData,
+) -> mlua::Result<Function> {
+    let ptr = Arc::as_ptr(reader) as *mut c_void;
+    // SAFETY: `exec_raw` runs this protected, with `handle` on the stack; it leaves only the
+    // closure there. The closure's second upvalue keeps `handle` and with it the reader alive
+    // for as long as the closure can be called, so the first upvalue never dangles.
+    unsafe {
+        lua.exec_raw(handle, |l| {
+            ffi::lua_pushlightuserdata(l, ptr);
+            ffi::lua_pushvalue(l, -2);
+            ffi::lua_pushcclosure(l, take_numbers, 2);
+            ffi::lua_remove(l, -2);
+        })
+    }
+}
+
+/// The iterator's `try_next` for a layout of numbers: `true` and the slots of the next
+/// message if one has arrived and decodes; nothing (zero results) otherwise, leaving what it
+/// polled for the plain `try_next`, which reports it.
+#[allow(unsafe_code)]
+unsafe extern "C-unwind" fn take_numbers(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: upvalue 1 is the pointer `numbers_function` made from the reader that upvalue 2
+    // keeps alive (see there).
+    let reader = unsafe { &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Reader) };
+    let slots = reader.plans.layouts[reader.layout].slots;
+    // SAFETY: `l` is the running state; making room may fail (then nothing is taken) but
+    // raises no error.
+    if unsafe { ffi::lua_checkstack(l, slots as c_int + 1) } == 0 {
+        return 0;
+    }
+    // A panic must not unwind into Lua's C frames: the plain `try_next` runs instead, under
+    // mlua's own guard.
+    std::panic::catch_unwind(AssertUnwindSafe(|| reader.push_numbers(l))).unwrap_or(0)
 }
 
 type Polled = Poll<Option<Result<Incoming, Status>>>;
@@ -144,6 +213,48 @@ impl Reader {
         })
         .await;
         self.lock().waited = Some(polled);
+    }
+
+    /// Takes the next message if it has arrived and decodes as a layout of numbers, and pushes
+    /// `true` and its slots onto `l`'s stack, which has room for them; the number of values
+    /// pushed, or 0 with what was polled kept for `try_next`.
+    #[allow(unsafe_code)]
+    fn push_numbers(&self, l: *mut ffi::lua_State) -> c_int {
+        if self.check().is_err() {
+            return 0;
+        }
+        let mut inner = self.lock();
+        let polled = match inner.waited.take() {
+            Some(polled) => polled,
+            None => Pin::new(&mut inner.stream)
+                .poll_next(&mut Context::from_waker(std::task::Waker::noop())),
+        };
+        let Poll::Ready(Some(Ok(msg))) = polled else {
+            inner.waited = Some(polled);
+            return 0;
+        };
+        let layout = &self.plans.layouts[self.layout];
+        let read = msg.check_cost().is_ok()
+            && slice::charge_untimed(1 + msg.bytes().len() as u64 / BYTES_PER_UNIT).is_ok()
+            && decode::read_numbers(&self.plans, msg.bytes(), layout, &mut inner.numbers).is_ok();
+        if !read {
+            inner.waited = Some(Poll::Ready(Some(Ok(msg))));
+            return 0;
+        }
+        // SAFETY: `take_numbers` made room for `true` and the slots; pushing a number, a
+        // boolean or nil onto a stack with room allocates nothing and raises no error.
+        unsafe {
+            ffi::lua_pushboolean(l, 1);
+            for n in &inner.numbers {
+                match *n {
+                    Number::Nil => ffi::lua_pushnil(l),
+                    Number::Bool(b) => ffi::lua_pushboolean(l, c_int::from(b)),
+                    Number::Int(i) => ffi::lua_pushinteger(l, i),
+                    Number::Float(x) => ffi::lua_pushnumber(l, x),
+                }
+            }
+        }
+        inner.numbers.len() as c_int + 1
     }
 
     fn check(&self) -> mlua::Result<()> {
@@ -179,7 +290,20 @@ fn reader(h: &AnyUserData) -> mlua::Result<Arc<Reader>> {
 
 const ITERATOR: &str = r#"
 local wait_next = ...
-return function(try_next, h, build)
+return function(build, try_next, h, numbers)
+  if numbers then
+    return function()
+      local r = build(numbers())
+      if r == nil then
+        r = build(try_next())
+        if r == false then
+          wait_next(h)
+          r = build(try_next())
+        end
+      end
+      return r
+    end
+  end
   return function()
     local r = build(try_next())
     if r == false then
@@ -191,8 +315,8 @@ return function(try_next, h, build)
 end
 "#;
 
-/// `(try_next, handle, builder)` (see [`RequestStream::iterator_args`]) → the call's
-/// iterator; one per state.
+/// `(builder, try_next, handle, numbers)` (see [`RequestStream::iterator_args`]) → the
+/// call's iterator; one per state.
 pub fn iterator_factory(lua: &Lua) -> mlua::Result<Function> {
     // Waits until the stream has something (a message, its end or an error) and keeps it for
     // the next `try_next`; returns nothing.
