@@ -635,3 +635,37 @@ async fn reflection_serves_extensions() {
         other => panic!("expected extension numbers, got {other:?}"),
     }
 }
+
+/// A script method whose request type has no fields (`google.protobuf.Empty`, or a message of
+/// its own) stopped the server from starting: the request builder generated for the type was
+/// not valid Lua. `check` accepts it, and every shape hands the script empty tables.
+#[tokio::test]
+async fn scripts_take_requests_without_fields() {
+    let dir = fixtures().join("empty_requests");
+    let protos = dir.join("protos");
+    let handlers = dir.join("handlers");
+    let args = [
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+    ];
+    let mut check = vec!["check"];
+    check.extend(args);
+    let (code, out, err) = run(&check);
+    assert_eq!(code, 0, "{out}{err}");
+    let server = Server::start(&args);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let one = client.unary("counts.Counts/One", json!({})).await.unwrap();
+    assert_eq!(one, json!({"n": 7}));
+    let many = client
+        .client_stream("counts.Counts/Many", vec![json!({}); 3])
+        .await
+        .unwrap();
+    assert_eq!(many, json!({"n": 3}));
+    let (echoes, status) = client
+        .bidi("counts.Counts/Echoes", vec![json!({}); 2])
+        .await;
+    assert!(status.is_none(), "{status:?}");
+    assert_eq!(echoes, vec![json!({"n": 1}), json!({"n": 2})]);
+}

@@ -150,11 +150,11 @@ impl Layout {
             let names: Vec<String> = (1..=gen.enums.len()).map(|i| format!("E{i}")).collect();
             let _ = writeln!(source, "local {} = ...", names.join(", "));
         }
-        let params: Vec<String> = (1..=params).map(|i| format!("a{i}")).collect();
+        // `ok`, then one parameter per slot (none for a message without fields).
+        let params: String = (1..=params).map(|i| format!(", a{i}")).collect();
         let _ = write!(
             source,
-            "return function(ok, {})\n  if not ok then return ok end\n  return {body}\nend\n",
-            params.join(", ")
+            "return function(ok{params})\n  if not ok then return ok end\n  return {body}\nend\n"
         );
         let numbers_only = root.as_ref().is_some_and(|r| r.numbers_only(plans));
         Layout {
