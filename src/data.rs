@@ -7,13 +7,15 @@
 //! What is kept is each file's text, checked, and shared by every state: a state builds its
 //! tables straight from it (`script::sandbox`). A parsed `serde_json::Value` is about 14 times
 //! the size of its file, and keeping one (plus the copy the script pool took to build
-//! replacement states) made a 7 MB file cost 200 MB more than its Lua tables.
+//! replacement states) made a 7 MB file cost 200 MB more than its Lua tables. Checking a file
+//! builds nothing either ([`Checked`]): it reads every value as building a tree would (numbers
+//! in range, strings' escapes, the nesting limit), so it fails where that would, and keeps none.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::Value as Json;
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::error::{Location, StartupError, StartupErrors};
 
@@ -59,7 +61,7 @@ impl DataSets {
             };
             // Parsed once here for its errors (the same a state's conversion would meet), then
             // dropped.
-            match serde_json::from_str::<Json>(&text) {
+            match serde_json::from_str::<Checked>(&text) {
                 Ok(_) => {
                     sets.insert(name, Arc::from(text));
                 }
@@ -86,5 +88,92 @@ impl DataSets {
             sets,
             dir: dir.to_path_buf(),
         })
+    }
+}
+
+/// A JSON value read in full and kept nowhere: what parsing a file into a tree would accept
+/// and refuse, at the same line and column, without the tree (see the module's docs).
+pub struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Checked;
+
+    /// Checking a text accepts and refuses what parsing it into a tree does, at the same place.
+    #[test]
+    fn checking_agrees_with_parsing_into_a_tree() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let texts = [
+            r#"{"a": [1, -2, 3.5, 1e308, true, null, "x\u00e9\n"], "b": {}}"#,
+            r#"[18446744073709551615, -9223372036854775808, 0.0, -0]"#,
+            "1e400",
+            "-1e400",
+            r#"{"a": 1,}"#,
+            r#"{"a" 1}"#,
+            r#"["\ud800"]"#,
+            r#"["\ud800\udc00"]"#,
+            r#"{"a": 1, "a": 2}"#,
+            "[1, 2",
+            "",
+            "  \n [NaN]",
+            r#""\x""#,
+            &deep,
+            "[1] [2]",
+        ];
+        for text in texts {
+            let tree = serde_json::from_str::<serde_json::Value>(text).map_err(|e| e.to_string());
+            let checked = serde_json::from_str::<Checked>(text).map_err(|e| e.to_string());
+            assert_eq!(tree.map(|_| ()), checked.map(|_| ()), "{text:?}");
+        }
     }
 }
