@@ -9,12 +9,16 @@
 //!   same text in a handler file loads, its mark dropped. The body's is dropped too now.
 //! - A body nested more than 128 deep was "not valid JSON: recursion limit exceeded"; it says
 //!   what the limit is now.
+//! - A verify explained every call that did not match, each with every condition it failed and
+//!   every value of an `in` list, and held every explanation until the end to pick the closest
+//!   five: a list of 200 000 values over 500 calls took a gigabyte. Only the closest calls are
+//!   explained now, an `in` list by its first values, a call's failures by the first 20.
 
 mod common;
 
 use std::time::Duration;
 
-use common::Server;
+use common::{Client, Server};
 use serde_json::json;
 
 /// A proto with one service of `n` methods, and a handler for the first, in a temporary folder.
@@ -213,4 +217,87 @@ async fn a_put_handler_body_nested_too_deep_says_so() {
     let message = answer["problems"][0]["message"].as_str().unwrap();
     assert!(message.contains("nested more than 128 deep"), "{message}");
     assert!(!message.contains("not valid JSON"), "{message}");
+}
+
+/// `n` calls to `helloworld.Greeter/SayHello` on `server`, 50 at a time.
+async fn say_hello_calls(server: &Server, n: usize) {
+    let client = Client::connect(server.addr, common::pool(&common::repo().join("protos"))).await;
+    for _ in 0..n / 50 {
+        let calls = (0..50).map(|i| {
+            let client = &client;
+            async move {
+                client
+                    .unary(
+                        "helloworld.Greeter/SayHello",
+                        json!({"name": format!("Ann {i}")}),
+                    )
+                    .await
+                    .unwrap()
+            }
+        });
+        futures_util::future::join_all(calls).await;
+    }
+}
+
+/// A verify's `in` list of 200 000 values, which no call matches: each call that did not match
+/// was explained with the whole list written out (a megabyte), and every explanation was held
+/// until the end, to pick the closest five. 500 calls took over a gigabyte and half a minute.
+#[tokio::test]
+async fn a_verify_with_a_huge_in_list_explains_only_the_closest_calls_and_briefly() {
+    let server = Server::repo_default();
+    say_hello_calls(&server, 500).await;
+    let before = common::proc_status_kib(server.pid(), "VmRSS");
+    let body = json!({
+        "method": "helloworld.Greeter/SayHello",
+        "when": {"request": {"name": {"in": vec!["x"; 200_000]}}},
+    });
+    let (status, answer) = server.admin_post("/v1/verify", &body).await;
+    let peak = common::proc_status_kib(server.pid(), "VmHWM");
+    assert_eq!(status, 200, "{}", &answer.to_string()[..2000]);
+    // The list itself, as JSON values, is a few megabytes.
+    assert!(
+        peak < before + 128 * 1024,
+        "peak RSS {peak} KiB, {before} KiB before the verify"
+    );
+    assert_eq!(answer["calls_to_method"], 500);
+    let misses = answer["near_misses"].as_array().unwrap();
+    assert_eq!(misses.len(), 5);
+    let failed = misses[0]["failed"][0].as_str().unwrap();
+    assert!(
+        failed.starts_with(r#"request.name: wanted one of ["x", "x""#)
+            && failed.contains("… 199990 more]")
+            && failed.len() < 200,
+        "{}",
+        &failed[..failed.len().min(300)]
+    );
+}
+
+/// A verify with 5 000 metadata conditions, which every call fails: each near miss said all
+/// 5 000, so the answer for 50 near misses was 50 times the conditions' text. It says the
+/// first 20 of them now, and how many more.
+#[tokio::test]
+async fn a_near_miss_says_its_first_failed_conditions_and_counts_the_others() {
+    let server = Server::repo_default();
+    say_hello_calls(&server, 100).await;
+    let metadata: serde_json::Map<String, serde_json::Value> = (0..5000)
+        .map(|i| (format!("x-key-{i:05}"), json!("wanted")))
+        .collect();
+    let body = json!({
+        "method": "helloworld.Greeter/SayHello",
+        "when": {"metadata": metadata},
+        "show": 50,
+    });
+    let (status, answer) = server.admin_post("/v1/verify", &body).await;
+    let text = answer.to_string();
+    assert_eq!(status, 200, "{}", &text[..text.len().min(2000)]);
+    let misses = answer["near_misses"].as_array().unwrap();
+    assert_eq!(misses.len(), 50);
+    let failed = misses[0]["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 21, "{:?}…", &failed[..failed.len().min(3)]);
+    assert_eq!(
+        failed[0],
+        r#"metadata x-key-00000: wanted "wanted", got missing"#
+    );
+    assert_eq!(failed[20], "… and 4980 more");
+    assert!(text.len() < 200_000, "the answer is {} bytes", text.len());
 }
