@@ -13,6 +13,8 @@
 //!   every value of an `in` list, and held every explanation until the end to pick the closest
 //!   five: a list of 200 000 values over 500 calls took a gigabyte. Only the closest calls are
 //!   explained now, an `in` list by its first values, a call's failures by the first 20.
+//! - A verify with a byte-order mark (a body, or a file given to `protoserve verify`) was "not
+//!   valid JSON" at 1:1; the mark is dropped, as from a handler file.
 
 mod common;
 
@@ -300,4 +302,26 @@ async fn a_near_miss_says_its_first_failed_conditions_and_counts_the_others() {
     );
     assert_eq!(failed[20], "… and 4980 more");
     assert!(text.len() < 200_000, "the answer is {} bytes", text.len());
+}
+
+/// A verify that starts with a byte-order mark (saved by a Windows editor), sent as a body or
+/// given to `protoserve verify` as a file, was refused as "not valid JSON" at 1:1; a handler
+/// file or a `PUT /v1/handlers/…` body with one is read without it, and so is a verify now.
+#[tokio::test]
+async fn a_verify_with_a_byte_order_mark_is_read_as_a_file_is() {
+    let server = Server::repo_default();
+    say_hello_calls(&server, 50).await;
+    let verify = "\u{feff}{\"method\": \"helloworld.Greeter/SayHello\", \"exactly\": 50}";
+    let (status, answer) = server
+        .admin_call("POST", "/v1/verify", None, Some(verify))
+        .await;
+    assert_eq!(status, 200, "{answer:#}");
+    assert_eq!(answer["ok"], true, "{answer:#}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("expected-calls.json");
+    std::fs::write(&file, verify).unwrap();
+    let admin = server.admin_addr().to_string();
+    let (code, out, err) = common::run(&["verify", "--admin", &admin, file.to_str().unwrap()]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
 }
