@@ -11,6 +11,8 @@
 //!   codec said INTERNAL).
 //! - Metadata over `--max-header-list-size` is RESOURCE_EXHAUSTED naming the flag (HTTP/2 used
 //!   to refuse it with HTTP 431 and no gRPC status).
+//! - A method a loaded service does not have was said to be of "no loaded service"; it names
+//!   the service, and the method meant when the name is a typo of one.
 
 mod common;
 
@@ -422,4 +424,35 @@ async fn statuses_handlers_choose_are_not_rewritten() {
         codes,
         ["INTERNAL", "OUT_OF_RANGE", "INTERNAL", "RESOURCE_EXHAUSTED"]
     );
+}
+
+/// A typo in the method's name, of a service that is loaded, says the service has no such
+/// method and which one was meant; a path whose service is not loaded says that.
+#[tokio::test]
+async fn an_unknown_method_of_a_loaded_service_names_the_service_and_the_method_meant() {
+    let server = Server::repo_default();
+    let body = framed(b"\x0a\x03Ann");
+    let status = raw_call(server.addr, "/helloworld.Greeter/SayHelo", body.clone()).await;
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert_eq!(
+        status.message(),
+        r#"unknown method /helloworld.Greeter/SayHelo: helloworld.Greeter has no method "SayHelo" (did you mean "SayHello"?)"#
+    );
+    let status = raw_call(server.addr, "/helloworld.Greeter/Nothing", body.clone()).await;
+    assert_eq!(
+        status.message(),
+        r#"unknown method /helloworld.Greeter/Nothing: helloworld.Greeter has no method "Nothing""#
+    );
+    for path in [
+        "/helloworld.Greter/SayHello",
+        "//helloworld.Greeter/SayHello",
+        "/",
+    ] {
+        let status = raw_call(server.addr, path, body.clone()).await;
+        assert_eq!(status.code(), Code::Unimplemented, "{path}: {status:?}");
+        assert_eq!(
+            status.message(),
+            format!("unknown method {path}: no loaded service declares it")
+        );
+    }
 }
