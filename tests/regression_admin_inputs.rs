@@ -13,12 +13,15 @@
 //!   every value of an `in` list, and held every explanation until the end to pick the closest
 //!   five: a list of 200 000 values over 500 calls took a gigabyte. Only the closest calls are
 //!   explained now, an `in` list by its first values, a call's failures by the first 20.
+//! - A verify whose client went away, or that outlived the listener's 120 s, went on checking
+//!   the journal to the end, however long that took, and every journal read and verify after
+//!   it waited for it: a verify stops at the next message it would check once nobody waits.
 //! - A verify with a byte-order mark (a body, or a file given to `protoserve verify`) was "not
 //!   valid JSON" at 1:1; the mark is dropped, as from a handler file.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Client, Server};
 use serde_json::json;
@@ -324,4 +327,55 @@ async fn a_verify_with_a_byte_order_mark_is_read_as_a_file_is() {
     let admin = server.admin_addr().to_string();
     let (code, out, err) = common::run(&["verify", "--admin", &admin, file.to_str().unwrap()]);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+}
+
+/// Sends `POST /v1/verify` with `body` over a connection of its own, and closes it without
+/// reading the answer.
+async fn verify_and_go_away(admin: std::net::SocketAddr, body: &str, after: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let head = format!(
+        "POST /v1/verify HTTP/1.1\r\nhost: {admin}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    tokio::time::sleep(after).await;
+    drop(stream);
+}
+
+/// A verify given up by its client stops, and the journal reads waiting for their turn go on:
+/// the verify went on to the end, and a read waited as long. Measured against the time the same
+/// verify takes when its answer is read.
+#[tokio::test]
+async fn a_verify_nobody_waits_for_stops_and_lets_journal_reads_go_on() {
+    let server = Server::repo_default();
+    say_hello_calls(&server, 3000).await;
+    // Each call matches, after its name is compared with 80 000 others.
+    let mut names: Vec<String> = (0..80_000).map(|i| format!("n{i}")).collect();
+    names.extend((0..50).map(|i| format!("Ann {i}")));
+    let body = json!({
+        "method": "helloworld.Greeter/SayHello",
+        "when": {"request": {"name": {"in": names}}},
+        "exactly": 3000,
+    });
+    let started = Instant::now();
+    let (status, answer) = server.admin_post("/v1/verify", &body).await;
+    let whole = started.elapsed();
+    assert_eq!(status, 200, "{answer:#}");
+    assert_eq!(answer["ok"], true, "{answer:#}");
+
+    verify_and_go_away(server.admin_addr(), &body.to_string(), whole / 5).await;
+    // The server notices the closed connection at once; a read then waits for the verify to
+    // stop, not to end.
+    tokio::time::sleep(whole / 20).await;
+    let started = Instant::now();
+    server
+        .admin_get("/v1/journal?page_size=1&view=summary")
+        .await;
+    let read = started.elapsed();
+    assert!(
+        read < whole / 2,
+        "a journal read took {read:?} after a verify was given up; the verify takes {whole:?}"
+    );
 }

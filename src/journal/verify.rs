@@ -12,6 +12,8 @@
 //! closest with the conditions each one failed, so a test failure explains itself. Only those
 //! calls are explained ([`Closest`]): the journal may hold ten thousand calls that all missed.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use serde_json::{json, Map, Value as Json};
@@ -158,8 +160,15 @@ impl Verify {
 
     /// Runs the verify against the journal. `input` is the method's request type in the
     /// current generation; a `when` that does not fit it is refused with the same message a
-    /// rule would get.
-    pub fn run(&self, journal: &Journal, input: &MessageDescriptor) -> Result<Json, String> {
+    /// rule would get. `given_up` is raised when nobody waits for the answer any more: the run
+    /// stops at the next call it would check (a `when` can be costly to check, and a journal
+    /// holds up to `--journal-calls` calls of many messages each).
+    pub fn run(
+        &self,
+        journal: &Journal,
+        input: &MessageDescriptor,
+        given_up: &AtomicBool,
+    ) -> Result<Json, String> {
         let condition = Condition::compile(&self.when, input, "when").map_err(|e| e.describe())?;
         let mut conditions = Conditions {
             when: &self.when,
@@ -176,12 +185,15 @@ impl Verify {
             let chunk = journal.chunk(cursor, true, SCAN_CHUNK);
             let Some(last) = chunk.last() else { break };
             cursor = last.id;
+            if given_up.load(Ordering::Relaxed) {
+                return Err("the verify was given up: nobody waits for its answer".into());
+            }
             for record in &chunk {
                 let Some(log) = record.snapshot_if(|log| log.method_name() == self.method) else {
                     continue;
                 };
                 to_method += 1;
-                match judge(record, &log, &mut conditions, &misses) {
+                match judge(record, &log, &mut conditions, &misses, given_up) {
                     Judgement::Match => matched.push(record.id),
                     Judgement::Miss(miss) => misses.offer(miss),
                     Judgement::Far => {}
@@ -190,6 +202,9 @@ impl Verify {
             if chunk.len() < SCAN_CHUNK {
                 break;
             }
+        }
+        if given_up.load(Ordering::Relaxed) {
+            return Err("the verify was given up: nobody waits for its answer".into());
         }
         matched.reverse();
         let count = matched.len() as u64;
@@ -385,11 +400,14 @@ impl Speaker {
     }
 }
 
+/// Whether `record`'s call matches; a miss is explained if it is among the `closest`. Stops
+/// (a `Far` miss) when `given_up` is raised: a stream may hold a million request messages.
 fn judge(
     record: &Call,
     log: &CallView,
     conditions: &mut Conditions<'_>,
     closest: &Closest,
+    given_up: &AtomicBool,
 ) -> Judgement {
     let id = record.id;
     // A call of a method no handler served in a big tree (UNIMPLEMENTED, its service never
@@ -420,6 +438,9 @@ fn judge(
         .filter(|f| f.direction == Direction::Request)
         .enumerate()
     {
+        if given_up.load(Ordering::Relaxed) {
+            return Judgement::Far;
+        }
         let message = match decode_bounded(&input, &frame.bytes) {
             Ok(m) => m,
             Err(e) => {
