@@ -690,6 +690,16 @@ impl From<CallError> for Status {
             CallError::RequestCount { method, sent } => Status::unimplemented(format!(
                 "{method} takes exactly one request message and the client sent {sent}; send one message, then end the request stream"
             )),
+            // A browser's gRPC-Web client would otherwise be told to send what it cannot.
+            CallError::NotGrpc { content_type }
+                if content_type
+                    .get(..20)
+                    .is_some_and(|t| t.eq_ignore_ascii_case("application/grpc-web")) =>
+            {
+                Status::invalid_argument(format!(
+                    "content-type {content_type:?} is gRPC-Web, which this server does not speak: call it with a gRPC client (application/grpc over HTTP/2), or put a gRPC-Web proxy such as Envoy in front of it"
+                ))
+            }
             CallError::NotGrpc { content_type } => Status::invalid_argument(format!(
                 "content-type {content_type:?} is not gRPC; send application/grpc (protobuf encoding)"
             )),
