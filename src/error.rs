@@ -292,8 +292,12 @@ impl std::error::Error for StartupErrors {}
 pub enum CallError {
     /// The method exists in the protos but no handler file serves it.
     NoHandler { method: Arc<str> },
-    /// The path names no method of any loaded service.
-    UnknownMethod { path: String },
+    /// The path names no method of any loaded service. `methods`: those of the service it
+    /// names, when that service is loaded (the method's name is the mistake).
+    UnknownMethod {
+        path: String,
+        methods: Option<Vec<String>>,
+    },
     /// A `rules` handler had no rule matching this request.
     NoRuleMatched { method: Arc<str> },
     /// A `script`/`rules`/`error` handler asked for this status on purpose.
@@ -625,10 +629,20 @@ impl From<CallError> for Status {
             CallError::NoHandler { method } => Status::unimplemented(format!(
                 "{method} is declared in the protos but has no handler: add an entry for it to a file in handlers/"
             )),
-            CallError::UnknownMethod { path } => Status::unimplemented(format!(
-                "unknown method {}: no loaded service declares it",
-                clipped(&path, SHOWN_PATH)
-            )),
+            CallError::UnknownMethod { path, methods } => {
+                let why = match (methods, path.strip_prefix('/').and_then(|p| p.split_once('/'))) {
+                    (Some(methods), Some((service, method))) => format!(
+                        "{service} has no method {:?}{}",
+                        clipped(method, SHOWN_PATH),
+                        crate::suggest::did_you_mean(method, methods.iter().map(String::as_str))
+                    ),
+                    _ => "no loaded service declares it".to_owned(),
+                };
+                Status::unimplemented(format!(
+                    "unknown method {}: {why}",
+                    clipped(&path, SHOWN_PATH)
+                ))
+            }
             CallError::NoRuleMatched { method } => Status::not_found(format!(
                 "no rule of {method} matched the request; add a rule without \"when\" as a fallback"
             )),
@@ -676,6 +690,16 @@ impl From<CallError> for Status {
             CallError::RequestCount { method, sent } => Status::unimplemented(format!(
                 "{method} takes exactly one request message and the client sent {sent}; send one message, then end the request stream"
             )),
+            // A browser's gRPC-Web client would otherwise be told to send what it cannot.
+            CallError::NotGrpc { content_type }
+                if content_type
+                    .get(..20)
+                    .is_some_and(|t| t.eq_ignore_ascii_case("application/grpc-web")) =>
+            {
+                Status::invalid_argument(format!(
+                    "content-type {content_type:?} is gRPC-Web, which this server does not speak: call it with a gRPC client (application/grpc over HTTP/2), or put a gRPC-Web proxy such as Envoy in front of it"
+                ))
+            }
             CallError::NotGrpc { content_type } => Status::invalid_argument(format!(
                 "content-type {content_type:?} is not gRPC; send application/grpc (protobuf encoding)"
             )),

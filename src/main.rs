@@ -627,7 +627,10 @@ fn verify(args: &VerifyArgs) -> ExitCode {
             return ExitCode::from(STARTUP_PROBLEM);
         }
     };
-    let json: serde_json::Value = match serde_json::from_str(&text) {
+    // A leading byte-order mark (a file saved by a Windows editor) is dropped, as from a
+    // handler file.
+    let text = protoserve::input::without_bom(text.as_bytes());
+    let json: serde_json::Value = match serde_json::from_slice(text) {
         Ok(j) => j,
         Err(e) => {
             eprintln!(

@@ -141,6 +141,11 @@ impl Service<Request<Body>> for Router {
         } else {
             CallError::UnknownMethod {
                 path: path.to_owned(),
+                methods: path
+                    .strip_prefix('/')
+                    .and_then(|p| p.split_once('/'))
+                    .and_then(|(service, _)| generation.schema.files.service(service))
+                    .map(|s| s.methods.iter().map(|m| m.name.to_string()).collect()),
             }
         }
         .into();

@@ -9,12 +9,21 @@
 //!   same text in a handler file loads, its mark dropped. The body's is dropped too now.
 //! - A body nested more than 128 deep was "not valid JSON: recursion limit exceeded"; it says
 //!   what the limit is now.
+//! - A verify explained every call that did not match, each with every condition it failed and
+//!   every value of an `in` list, and held every explanation until the end to pick the closest
+//!   five: a list of 200 000 values over 500 calls took a gigabyte. Only the closest calls are
+//!   explained now, an `in` list by its first values, a call's failures by the first 20.
+//! - A verify whose client went away, or that outlived the listener's 120 s, went on checking
+//!   the journal to the end, however long that took, and every journal read and verify after
+//!   it waited for it: a verify stops at the next message it would check once nobody waits.
+//! - A verify with a byte-order mark (a body, or a file given to `protoserve verify`) was "not
+//!   valid JSON" at 1:1; the mark is dropped, as from a handler file.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{Client, Server};
 use serde_json::json;
 
 /// A proto with one service of `n` methods, and a handler for the first, in a temporary folder.
@@ -213,4 +222,160 @@ async fn a_put_handler_body_nested_too_deep_says_so() {
     let message = answer["problems"][0]["message"].as_str().unwrap();
     assert!(message.contains("nested more than 128 deep"), "{message}");
     assert!(!message.contains("not valid JSON"), "{message}");
+}
+
+/// `n` calls to `helloworld.Greeter/SayHello` on `server`, 50 at a time.
+async fn say_hello_calls(server: &Server, n: usize) {
+    let client = Client::connect(server.addr, common::pool(&common::repo().join("protos"))).await;
+    for _ in 0..n / 50 {
+        let calls = (0..50).map(|i| {
+            let client = &client;
+            async move {
+                client
+                    .unary(
+                        "helloworld.Greeter/SayHello",
+                        json!({"name": format!("Ann {i}")}),
+                    )
+                    .await
+                    .unwrap()
+            }
+        });
+        futures_util::future::join_all(calls).await;
+    }
+}
+
+/// A verify's `in` list of 200 000 values, which no call matches: each call that did not match
+/// was explained with the whole list written out (a megabyte), and every explanation was held
+/// until the end, to pick the closest five. 500 calls took over a gigabyte and half a minute.
+#[tokio::test]
+async fn a_verify_with_a_huge_in_list_explains_only_the_closest_calls_and_briefly() {
+    let server = Server::repo_default();
+    say_hello_calls(&server, 500).await;
+    let before = common::proc_status_kib(server.pid(), "VmRSS");
+    let body = json!({
+        "method": "helloworld.Greeter/SayHello",
+        "when": {"request": {"name": {"in": vec!["x"; 200_000]}}},
+    });
+    let (status, answer) = server.admin_post("/v1/verify", &body).await;
+    let peak = common::proc_status_kib(server.pid(), "VmHWM");
+    assert_eq!(status, 200, "{}", &answer.to_string()[..2000]);
+    // The list itself, as JSON values, is a few megabytes.
+    assert!(
+        peak < before + 128 * 1024,
+        "peak RSS {peak} KiB, {before} KiB before the verify"
+    );
+    assert_eq!(answer["calls_to_method"], 500);
+    let misses = answer["near_misses"].as_array().unwrap();
+    assert_eq!(misses.len(), 5);
+    let failed = misses[0]["failed"][0].as_str().unwrap();
+    assert!(
+        failed.starts_with(r#"request.name: wanted one of ["x", "x""#)
+            && failed.contains("… 199990 more]")
+            && failed.len() < 200,
+        "{}",
+        &failed[..failed.len().min(300)]
+    );
+}
+
+/// A verify with 5 000 metadata conditions, which every call fails: each near miss said all
+/// 5 000, so the answer for 50 near misses was 50 times the conditions' text. It says the
+/// first 20 of them now, and how many more.
+#[tokio::test]
+async fn a_near_miss_says_its_first_failed_conditions_and_counts_the_others() {
+    let server = Server::repo_default();
+    say_hello_calls(&server, 100).await;
+    let metadata: serde_json::Map<String, serde_json::Value> = (0..5000)
+        .map(|i| (format!("x-key-{i:05}"), json!("wanted")))
+        .collect();
+    let body = json!({
+        "method": "helloworld.Greeter/SayHello",
+        "when": {"metadata": metadata},
+        "show": 50,
+    });
+    let (status, answer) = server.admin_post("/v1/verify", &body).await;
+    let text = answer.to_string();
+    assert_eq!(status, 200, "{}", &text[..text.len().min(2000)]);
+    let misses = answer["near_misses"].as_array().unwrap();
+    assert_eq!(misses.len(), 50);
+    let failed = misses[0]["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 21, "{:?}…", &failed[..failed.len().min(3)]);
+    assert_eq!(
+        failed[0],
+        r#"metadata x-key-00000: wanted "wanted", got missing"#
+    );
+    assert_eq!(failed[20], "… and 4980 more");
+    assert!(text.len() < 200_000, "the answer is {} bytes", text.len());
+}
+
+/// A verify that starts with a byte-order mark (saved by a Windows editor), sent as a body or
+/// given to `protoserve verify` as a file, was refused as "not valid JSON" at 1:1; a handler
+/// file or a `PUT /v1/handlers/…` body with one is read without it, and so is a verify now.
+#[tokio::test]
+async fn a_verify_with_a_byte_order_mark_is_read_as_a_file_is() {
+    let server = Server::repo_default();
+    say_hello_calls(&server, 50).await;
+    let verify = "\u{feff}{\"method\": \"helloworld.Greeter/SayHello\", \"exactly\": 50}";
+    let (status, answer) = server
+        .admin_call("POST", "/v1/verify", None, Some(verify))
+        .await;
+    assert_eq!(status, 200, "{answer:#}");
+    assert_eq!(answer["ok"], true, "{answer:#}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("expected-calls.json");
+    std::fs::write(&file, verify).unwrap();
+    let admin = server.admin_addr().to_string();
+    let (code, out, err) = common::run(&["verify", "--admin", &admin, file.to_str().unwrap()]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+}
+
+/// Sends `POST /v1/verify` with `body` over a connection of its own, and closes it without
+/// reading the answer.
+async fn verify_and_go_away(admin: std::net::SocketAddr, body: &str, after: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let head = format!(
+        "POST /v1/verify HTTP/1.1\r\nhost: {admin}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    tokio::time::sleep(after).await;
+    drop(stream);
+}
+
+/// A verify given up by its client stops, and the journal reads waiting for their turn go on:
+/// the verify went on to the end, and a read waited as long. Measured against the time the same
+/// verify takes when its answer is read.
+#[tokio::test]
+async fn a_verify_nobody_waits_for_stops_and_lets_journal_reads_go_on() {
+    let server = Server::repo_default();
+    say_hello_calls(&server, 3000).await;
+    // Each call matches, after its name is compared with 80 000 others.
+    let mut names: Vec<String> = (0..80_000).map(|i| format!("n{i}")).collect();
+    names.extend((0..50).map(|i| format!("Ann {i}")));
+    let body = json!({
+        "method": "helloworld.Greeter/SayHello",
+        "when": {"request": {"name": {"in": names}}},
+        "exactly": 3000,
+    });
+    let started = Instant::now();
+    let (status, answer) = server.admin_post("/v1/verify", &body).await;
+    let whole = started.elapsed();
+    assert_eq!(status, 200, "{answer:#}");
+    assert_eq!(answer["ok"], true, "{answer:#}");
+
+    verify_and_go_away(server.admin_addr(), &body.to_string(), whole / 5).await;
+    // The server notices the closed connection at once; a read then waits for the verify to
+    // stop, not to end.
+    tokio::time::sleep(whole / 20).await;
+    let started = Instant::now();
+    server
+        .admin_get("/v1/journal?page_size=1&view=summary")
+        .await;
+    let read = started.elapsed();
+    assert!(
+        read < whole / 2,
+        "a journal read took {read:?} after a verify was given up; the verify takes {whole:?}"
+    );
 }

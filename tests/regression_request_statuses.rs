@@ -11,6 +11,10 @@
 //!   codec said INTERNAL).
 //! - Metadata over `--max-header-list-size` is RESOURCE_EXHAUSTED naming the flag (HTTP/2 used
 //!   to refuse it with HTTP 431 and no gRPC status).
+//! - A gRPC-Web request (over HTTP/2) was told to send application/grpc; it is told this
+//!   server does not speak gRPC-Web, and what to use instead.
+//! - A method a loaded service does not have was said to be of "no loaded service"; it names
+//!   the service, and the method meant when the name is a typo of one.
 
 mod common;
 
@@ -422,4 +426,69 @@ async fn statuses_handlers_choose_are_not_rewritten() {
         codes,
         ["INTERNAL", "OUT_OF_RANGE", "INTERNAL", "RESOURCE_EXHAUSTED"]
     );
+}
+
+/// A typo in the method's name, of a service that is loaded, says the service has no such
+/// method and which one was meant; a path whose service is not loaded says that.
+#[tokio::test]
+async fn an_unknown_method_of_a_loaded_service_names_the_service_and_the_method_meant() {
+    let server = Server::repo_default();
+    let body = framed(b"\x0a\x03Ann");
+    let status = raw_call(server.addr, "/helloworld.Greeter/SayHelo", body.clone()).await;
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert_eq!(
+        status.message(),
+        r#"unknown method /helloworld.Greeter/SayHelo: helloworld.Greeter has no method "SayHelo" (did you mean "SayHello"?)"#
+    );
+    let status = raw_call(server.addr, "/helloworld.Greeter/Nothing", body.clone()).await;
+    assert_eq!(
+        status.message(),
+        r#"unknown method /helloworld.Greeter/Nothing: helloworld.Greeter has no method "Nothing""#
+    );
+    for path in [
+        "/helloworld.Greter/SayHello",
+        "//helloworld.Greeter/SayHello",
+        "/",
+    ] {
+        let status = raw_call(server.addr, path, body.clone()).await;
+        assert_eq!(status.code(), Code::Unimplemented, "{path}: {status:?}");
+        assert_eq!(
+            status.message(),
+            format!("unknown method {path}: no loaded service declares it")
+        );
+    }
+}
+
+/// A gRPC-Web request is refused (HTTP 415) with a message that says the server does not speak
+/// gRPC-Web and what to use instead, for each of its content-types.
+#[tokio::test]
+async fn a_grpc_web_request_is_told_the_server_does_not_speak_grpc_web() {
+    let server = Server::repo_default();
+    for content_type in [
+        "application/grpc-web",
+        "application/grpc-web+proto",
+        "application/grpc-web-text",
+        "Application/gRPC-Web-Text+proto",
+    ] {
+        let mut conn = common::h2_connect(server.addr).await;
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{}/helloworld.Greeter/SayHello",
+                server.addr
+            ))
+            .header("content-type", content_type)
+            .header("x-grpc-web", "1")
+            .body(())
+            .unwrap();
+        let (resp, _) = conn.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 415, "{content_type}");
+        let status = Status::from_header_map(resp.headers()).unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(
+            status.message(),
+            format!("content-type {content_type:?} is gRPC-Web, which this server does not speak: call it with a gRPC client (application/grpc over HTTP/2), or put a gRPC-Web proxy such as Envoy in front of it")
+        );
+    }
 }

@@ -89,10 +89,10 @@ fn answer(result: Result<Json, AdminError>) -> Response {
 }
 
 /// Reads and parses a JSON body, refusing what is too large (declared or sent), too slow,
-/// empty, or not JSON.
+/// empty, or not JSON. A leading byte-order mark is dropped, as from a file.
 async fn read_json(body: Body, what: &str) -> Result<Json, AdminError> {
     let bytes = read_body(body, what).await?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(crate::input::without_bom(&bytes)).map_err(|e| {
         AdminError::BadRequest(format!(
             "the request body is not valid JSON: {e}; send {what}"
         ))

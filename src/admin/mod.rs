@@ -14,6 +14,7 @@ pub mod http;
 pub mod listener;
 pub mod schema;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
@@ -159,9 +160,9 @@ impl Admin {
                     .control
                     .method(&verify.method)
                     .ok_or_else(|| self.unknown_method(&verify.method))?;
-                self.blocking(move || {
+                self.blocking_until_dropped(move |given_up| {
                     verify
-                        .run(&journal, &method.input())
+                        .run(&journal, &method.input(), given_up)
                         .map_err(AdminError::BadRequest)
                 })
                 .await
@@ -267,6 +268,29 @@ impl Admin {
         &self,
         work: impl FnOnce() -> Result<Json, AdminError> + Send + 'static,
     ) -> Result<Json, AdminError> {
+        self.blocking_until_dropped(|_| work()).await
+    }
+
+    /// [`Admin::blocking`] for work that may take long (a verify checks every call of the
+    /// journal against its `when`, whose cost has no bound but the body's size): `work` is
+    /// told when nobody waits for its answer any more (the client went away, or the request
+    /// outlived the listener's timeout), and should stop. Until it does, it holds the turn
+    /// of every other journal read.
+    async fn blocking_until_dropped(
+        &self,
+        work: impl FnOnce(&AtomicBool) -> Result<Json, AdminError> + Send + 'static,
+    ) -> Result<Json, AdminError> {
+        /// Raises the flag when the request's future is dropped (before the work ended, if
+        /// nobody waits for it).
+        struct GiveUpOnDrop(Arc<AtomicBool>);
+        impl Drop for GiveUpOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let given_up = GiveUpOnDrop(Arc::new(AtomicBool::new(false)));
+        let flag = given_up.0.clone();
+        let work = move || work(&flag);
         let turn = self
             .reads
             .clone()
@@ -278,10 +302,13 @@ impl Admin {
             let _turn = turn;
             work()
         };
-        tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        let answer = tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
             Err(AdminError::Internal(format!(
                 "the journal read failed: {e}"
             )))
-        })
+        });
+        // Raised now, the flag tells work that has ended nothing.
+        drop(given_up);
+        answer
     }
 }

@@ -9,7 +9,10 @@
 //! some request message of the call passes (a stream matches if any of its messages does).
 //! The count is `exactly`, or `at_least` and/or `at_most`; without one, at least one call must
 //! match. A verify that fails says how many calls matched, and shows the calls that came
-//! closest with every condition each one failed, so a test failure explains itself.
+//! closest with the conditions each one failed, so a test failure explains itself. Only those
+//! calls are explained ([`Closest`]): the journal may hold ten thousand calls that all missed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
@@ -26,6 +29,8 @@ const KEYS: &[&str] = &["method", "when", "exactly", "at_least", "at_most", "sho
 /// Closest misses shown when nothing says otherwise, and the most that can be asked for.
 const DEFAULT_SHOWN: usize = 5;
 const MAX_SHOWN: usize = 50;
+/// Failed conditions said for each near miss; more are counted.
+const SHOWN_FAILURES: usize = 20;
 /// Ids of matching calls listed in an answer.
 const MAX_IDS: usize = 100;
 /// Records copied out of the journal at a time.
@@ -155,8 +160,15 @@ impl Verify {
 
     /// Runs the verify against the journal. `input` is the method's request type in the
     /// current generation; a `when` that does not fit it is refused with the same message a
-    /// rule would get.
-    pub fn run(&self, journal: &Journal, input: &MessageDescriptor) -> Result<Json, String> {
+    /// rule would get. `given_up` is raised when nobody waits for the answer any more: the run
+    /// stops at the next call it would check (a `when` can be costly to check, and a journal
+    /// holds up to `--journal-calls` calls of many messages each).
+    pub fn run(
+        &self,
+        journal: &Journal,
+        input: &MessageDescriptor,
+        given_up: &AtomicBool,
+    ) -> Result<Json, String> {
         let condition = Condition::compile(&self.when, input, "when").map_err(|e| e.describe())?;
         let mut conditions = Conditions {
             when: &self.when,
@@ -164,27 +176,37 @@ impl Verify {
             others: Vec::new(),
         };
         let mut matched: Vec<u64> = Vec::new();
-        let mut misses: Vec<Miss> = Vec::new();
+        let mut misses = Closest::new(self.show);
         let mut to_method = 0u64;
+        // Newest first: of the misses that fail as many conditions, the most recent is shown,
+        // so an older one that fails as many is not even explained.
         let mut cursor = 0;
         loop {
-            let chunk = journal.chunk(cursor, false, SCAN_CHUNK);
+            let chunk = journal.chunk(cursor, true, SCAN_CHUNK);
             let Some(last) = chunk.last() else { break };
             cursor = last.id;
+            if given_up.load(Ordering::Relaxed) {
+                return Err("the verify was given up: nobody waits for its answer".into());
+            }
             for record in &chunk {
                 let Some(log) = record.snapshot_if(|log| log.method_name() == self.method) else {
                     continue;
                 };
                 to_method += 1;
-                match judge(record, &log, &mut conditions) {
+                match judge(record, &log, &mut conditions, &misses, given_up) {
                     Judgement::Match => matched.push(record.id),
-                    Judgement::Miss(miss) => misses.push(miss),
+                    Judgement::Miss(miss) => misses.offer(miss),
+                    Judgement::Far => {}
                 }
             }
             if chunk.len() < SCAN_CHUNK {
                 break;
             }
         }
+        if given_up.load(Ordering::Relaxed) {
+            return Err("the verify was given up: nobody waits for its answer".into());
+        }
+        matched.reverse();
         let count = matched.len() as u64;
         let ok = self.count.holds(count);
         let mut out = Map::new();
@@ -218,9 +240,7 @@ impl Verify {
             );
         }
         if !ok && count < self.count.at_least {
-            // Closest first: fewest failed conditions, then the most recent.
-            misses.sort_by(|a, b| a.failed.len().cmp(&b.failed.len()).then(b.id.cmp(&a.id)));
-            misses.truncate(self.show);
+            let misses = misses.misses;
             if let Some(closest) = misses.first() {
                 message.push_str(&format!(
                     "; closest: call {} ({})",
@@ -269,15 +289,79 @@ impl Conditions<'_> {
 
 enum Judgement {
     Match,
+    /// A miss among the closest so far, explained.
     Miss(Miss),
+    /// A miss farther than the closest kept so far: it is not shown, so not explained.
+    Far,
+}
+
+/// The calls that came closest to matching, closest first: fewest failed conditions, then
+/// the most recent. Only as many as are shown are kept, and only these are explained: every
+/// call to the method may be a miss, and explaining each one (every condition it failed, with
+/// the values wanted) could cost as much as the `when`'s text per call.
+struct Closest {
+    show: usize,
+    misses: Vec<Miss>,
+}
+
+impl Closest {
+    fn new(show: usize) -> Self {
+        Closest {
+            show,
+            misses: Vec::with_capacity(show),
+        }
+    }
+
+    /// Where a miss of call `id` with `failures` failed conditions ranks among those kept.
+    fn rank(&self, failures: usize, id: u64) -> usize {
+        let key = (failures, std::cmp::Reverse(id));
+        self.misses
+            .partition_point(|kept| (kept.failures, std::cmp::Reverse(kept.id)) <= key)
+    }
+
+    /// A miss of call `id` with `failures` failed conditions, explained by `explain` (the
+    /// failures said, and the request that came closest) if it ranks among the closest so far.
+    fn judge(
+        &self,
+        id: u64,
+        failures: usize,
+        explain: impl FnOnce() -> (Vec<String>, Option<(MessageDescriptor, Bytes)>),
+    ) -> Judgement {
+        if self.rank(failures, id) >= self.show {
+            return Judgement::Far;
+        }
+        let (mut failed, request) = explain();
+        if failed.len() > SHOWN_FAILURES {
+            let more = failed.len() - SHOWN_FAILURES;
+            failed.truncate(SHOWN_FAILURES);
+            failed.push(format!("… and {more} more"));
+        }
+        Judgement::Miss(Miss {
+            id,
+            failures,
+            failed,
+            request,
+        })
+    }
+
+    /// Keeps `miss` if it is among the closest so far.
+    fn offer(&mut self, miss: Miss) {
+        let at = self.rank(miss.failures, miss.id);
+        if at < self.show {
+            self.misses.insert(at, miss);
+            self.misses.truncate(self.show);
+        }
+    }
 }
 
 /// A call that did not match, with what failed.
 struct Miss {
     id: u64,
+    /// How many conditions it failed.
+    failures: usize,
+    /// The failed conditions, said for a person (the first [`SHOWN_FAILURES`]).
     failed: Vec<String>,
-    /// The request message that came closest, with its type: shown as JSON only if this miss
-    /// is among those shown (every call to the method may be a miss).
+    /// The request message that came closest, with its type.
     request: Option<(MessageDescriptor, Bytes)>,
 }
 
@@ -296,14 +380,36 @@ impl Miss {
     }
 }
 
-fn judge(record: &Call, log: &CallView, conditions: &mut Conditions<'_>) -> Judgement {
-    let miss = |failed: Vec<String>, request: Option<(MessageDescriptor, Bytes)>| {
-        Judgement::Miss(Miss {
-            id: record.id,
-            failed,
-            request,
-        })
-    };
+/// The request message that speaks for a call that did not match: the one with the fewest
+/// failed conditions, or the first that could not be decoded while none could.
+enum Speaker {
+    Undecodable(String),
+    Message {
+        failures: usize,
+        message: DynamicMessage,
+        bytes: Bytes,
+    },
+}
+
+impl Speaker {
+    fn failures(&self) -> usize {
+        match self {
+            Speaker::Undecodable(_) => 1,
+            Speaker::Message { failures, .. } => *failures,
+        }
+    }
+}
+
+/// Whether `record`'s call matches; a miss is explained if it is among the `closest`. Stops
+/// (a `Far` miss) when `given_up` is raised: a stream may hold a million request messages.
+fn judge(
+    record: &Call,
+    log: &CallView,
+    conditions: &mut Conditions<'_>,
+    closest: &Closest,
+    given_up: &AtomicBool,
+) -> Judgement {
+    let id = record.id;
     // A call of a method no handler served in a big tree (UNIMPLEMENTED, its service never
     // decoded) was recorded without descriptors: its request is read with the verify's.
     let input = match &log.method {
@@ -312,59 +418,77 @@ fn judge(record: &Call, log: &CallView, conditions: &mut Conditions<'_>) -> Judg
     };
     let condition = match conditions.for_input(&input) {
         Ok(c) => c,
-        Err(e) => return miss(vec![e], None),
+        Err(e) => return closest.judge(id, 1, || (vec![e], None)),
     };
     let metadata = MetadataMap::from_headers(log.metadata.clone());
-    let mut failed = if condition.metadata_matches(&metadata) {
-        Vec::new()
-    } else {
-        condition.explain_metadata(&metadata)
-    };
+    let metadata_failures = condition.failed_metadata(&metadata);
     if !condition.tests_fields() {
-        return if failed.is_empty() {
+        return if metadata_failures == 0 {
             Judgement::Match
         } else {
-            miss(failed, None)
+            closest.judge(id, metadata_failures, || {
+                (condition.explain_metadata(&metadata), None)
+            })
         };
     }
-    // The request message with the fewest failed conditions speaks for the call.
-    let mut best: Option<(Vec<String>, Option<Bytes>)> = None;
-    let mut any_request = false;
+    let mut speaker: Option<Speaker> = None;
     for (i, frame) in log
         .frames
         .iter()
         .filter(|f| f.direction == Direction::Request)
         .enumerate()
     {
-        any_request = true;
-        let msg = match decode_bounded(&input, &frame.bytes) {
+        if given_up.load(Ordering::Relaxed) {
+            return Judgement::Far;
+        }
+        let message = match decode_bounded(&input, &frame.bytes) {
             Ok(m) => m,
             Err(e) => {
-                if best.is_none() {
-                    best = Some((vec![format!("request {i}: {e}")], None));
+                if speaker.is_none() {
+                    speaker = Some(Speaker::Undecodable(format!("request {i}: {e}")));
                 }
                 continue;
             }
         };
-        if condition.fields_match(&msg) {
-            return if failed.is_empty() {
+        let failures = condition.failed_fields(&message);
+        if failures == 0 {
+            return if metadata_failures == 0 {
                 Judgement::Match
             } else {
-                miss(failed, Some((input.clone(), frame.bytes.clone())))
+                closest.judge(id, metadata_failures, || {
+                    (
+                        condition.explain_metadata(&metadata),
+                        Some((input.clone(), frame.bytes.clone())),
+                    )
+                })
             };
         }
-        let why = condition.explain_fields(&msg);
-        if best.as_ref().is_none_or(|(b, _)| why.len() < b.len()) {
-            best = Some((why, Some(frame.bytes.clone())));
+        if speaker.as_ref().is_none_or(|s| failures < s.failures()) {
+            speaker = Some(Speaker::Message {
+                failures,
+                message,
+                bytes: frame.bytes.clone(),
+            });
         }
     }
-    if !any_request {
-        failed.push("the call has no request message".into());
-        return miss(failed, None);
-    }
-    let (why, request) = best.unwrap_or_default();
-    failed.extend(why);
-    miss(failed, request.map(|bytes| (input.clone(), bytes)))
+    let failures = metadata_failures + speaker.as_ref().map_or(1, Speaker::failures);
+    closest.judge(id, failures, || {
+        let mut failed = condition.explain_metadata(&metadata);
+        match speaker {
+            None => {
+                failed.push("the call has no request message".into());
+                (failed, None)
+            }
+            Some(Speaker::Undecodable(why)) => {
+                failed.push(why);
+                (failed, None)
+            }
+            Some(Speaker::Message { message, bytes, .. }) => {
+                failed.extend(condition.explain_fields(&message));
+                (failed, Some((input.clone(), bytes)))
+            }
+        }
+    })
 }
 
 /// A recorded request decoded for a `when`, unless decoding it would take more than

@@ -183,6 +183,15 @@ impl Files {
         &self.services
     }
 
+    /// The service named `name` (`package.Service`), if some file declares it.
+    pub fn service(&self, name: &str) -> Option<&ServiceEntry> {
+        // The symbol table answers for most names without walking the services.
+        if !self.declares_symbol(name) {
+            return None;
+        }
+        self.services.iter().find(|s| &*s.name == name)
+    }
+
     /// Whether `path` (`/package.Service/Method`) is a method some file declares.
     pub fn declares(&self, path: &str) -> bool {
         self.paths.contains(path)
