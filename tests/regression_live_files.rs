@@ -16,10 +16,12 @@
 //! - text that is not UTF-8, an import cycle, and one name declared by two files that do not
 //!   import each other were reported without a line and column;
 //! - a descriptor cache folder (`--cache-dir`) inside a watched folder set off a second reload
-//!   each time a reload wrote an entry to it.
+//!   each time a reload wrote an entry to it, and still did when the cache folder or the
+//!   watched folder was named through a symbolic link or with `..`.
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -484,6 +486,45 @@ fn a_descriptor_set_without_files_is_refused() {
     assert!(err.contains("empty.binpb: holds no files"), "{err}");
 }
 
+/// Changes the protos of `project` (served by `server`, whose descriptor cache is `cache`),
+/// then a handler, and checks that each change set off one reload and the cache entry the
+/// first one wrote set off none.
+async fn one_reload_per_change(project: &Project, server: &Server, cache: &Path, place: &str) {
+    let client = project.client(server).await;
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
+    let entries = || {
+        std::fs::read_dir(cache)
+            .map(|d| d.filter_map(Result::ok).count())
+            .unwrap_or(0)
+    };
+    let before = entries();
+    // New protos: the reload compiles them and writes a cache entry in the watched folder.
+    let started = Instant::now();
+    project.write(
+        "protos/live.proto",
+        &LIVE_PROTO.replace("string text = 1;", "string text = 1; string extra = 2;"),
+    );
+    wait_for_log(server, "generation 2 serving");
+    let reload = started.elapsed();
+    assert!(entries() > before, "{place}: no cache entry was written");
+    // A reload set off by that write would come within about one reload's time: wait for
+    // three (this one compiled; a second one would read the cache).
+    std::thread::sleep(reload * 3);
+    project.write("handlers/live.json", &live_handler("v2"));
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+    let served: Vec<String> = server
+        .log()
+        .into_iter()
+        .filter(|l| l.contains(" serving ("))
+        .collect();
+    assert_eq!(
+        served.len(),
+        2,
+        "{place}: one reload per change, none for the cache entry: {served:#?}"
+    );
+    assert!(served[1].contains("generation 3 serving"), "{served:#?}");
+}
+
 #[tokio::test]
 async fn a_descriptor_cache_inside_a_watched_folder_sets_off_no_reload() {
     // Inside the protos, as a watched folder itself, and inside the data.
@@ -491,38 +532,36 @@ async fn a_descriptor_cache_inside_a_watched_folder_sets_off_no_reload() {
         let project = Project::new();
         let cache = project.path(place);
         let server = project.start(&["--cache-dir", cache.to_str().unwrap()]);
-        let client = project.client(&server).await;
-        wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
-        let entries = || {
-            std::fs::read_dir(&cache)
-                .map(|d| d.filter_map(Result::ok).count())
-                .unwrap_or(0)
+        one_reload_per_change(&project, &server, &cache, place).await;
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_descriptor_cache_named_through_a_link_or_dots_sets_off_no_reload() {
+    // The cache folder named through a link to the project, or with `..`; then the protos
+    // folder named through the link and the cache folder by its real path.
+    for (place, protos_through_link) in [
+        ("alias/protos/cache", false),
+        ("protos/../protos/cache", false),
+        ("protos/cache", true),
+    ] {
+        let project = Project::new();
+        let outside = tempfile::tempdir().unwrap();
+        let alias = outside.path().join("alias");
+        std::os::unix::fs::symlink(project.path(""), &alias).unwrap();
+        let cache = match place.strip_prefix("alias/") {
+            Some(rest) => alias.join(rest),
+            None => project.path(place),
         };
-        let before = entries();
-        // New protos: the reload compiles them and writes a cache entry in the watched folder.
-        let started = Instant::now();
-        project.write(
-            "protos/live.proto",
-            &LIVE_PROTO.replace("string text = 1;", "string text = 1; string extra = 2;"),
-        );
-        wait_for_log(&server, "generation 2 serving");
-        let reload = started.elapsed();
-        assert!(entries() > before, "{place}: no cache entry was written");
-        // A reload set off by that write would come within about one reload's time: wait for
-        // three (this one compiled; a second one would read the cache).
-        std::thread::sleep(reload * 3);
-        project.write("handlers/live.json", &live_handler("v2"));
-        wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
-        let served: Vec<String> = server
-            .log()
-            .into_iter()
-            .filter(|l| l.contains(" serving ("))
-            .collect();
-        assert_eq!(
-            served.len(),
-            2,
-            "{place}: one reload per change, none for the cache entry: {served:#?}"
-        );
-        assert!(served[1].contains("generation 3 serving"), "{served:#?}");
+        let mut args = project.args();
+        if protos_through_link {
+            args[1] = alias.join("protos").display().to_string();
+        }
+        args.extend(["--cache-dir".to_owned(), cache.display().to_string()]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Server::start(&refs);
+        let label = format!("{place} (protos through a link: {protos_through_link})");
+        one_reload_per_change(&project, &server, &cache, &label).await;
     }
 }

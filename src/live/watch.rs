@@ -5,11 +5,12 @@
 //! save (write, rename, chmod) or a `git checkout` of many files becomes one reload. Only
 //! changes count: reading a file (which every reload does) is an event too on Linux, and
 //! reacting to it would reload forever. Editors' temporary and backup files are ignored, and
-//! so are the descriptor cache's entries when `--cache-dir` is inside a watched folder: a
-//! reload that writes one would otherwise set off another. A change only under the handler
+//! so are the descriptor cache's entries when `--cache-dir` is inside a watched folder (however
+//! either is named: through links, with `..`): a reload that writes one would otherwise set off
+//! another. A change only under the handler
 //! and data folders reuses the compiled protos.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -140,6 +141,11 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
 }
 
 /// The descriptor cache folder, which may be inside a watched folder (or be one).
+///
+/// Events name paths as the watched folders were given, and `--cache-dir` may name the same
+/// folder another way (through a symbolic link, with `..`, or the other way round), so both
+/// are compared as their real paths, found afresh for each event: a link may be switched
+/// while serving, and the cache folder may not exist yet.
 struct CacheDir {
     dir: PathBuf,
     /// The watched folders: never ignored themselves.
@@ -150,13 +156,50 @@ impl CacheDir {
     /// Whether an event on `path` is the cache's own doing: an entry written, replaced or
     /// pruned, or the folder (and its missing parents) created for the first entry.
     fn written(&self, path: &Path, created: bool) -> bool {
-        let entry = path.parent() == Some(self.dir.as_path())
-            && path
-                .file_name()
-                .is_some_and(|n| crate::schema::cache::is_entry(&n.to_string_lossy()));
-        let folder = created && self.dir.starts_with(path) && !self.roots.iter().any(|r| r == path);
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return false;
+        };
+        if self.roots.iter().any(|r| r == path) {
+            return false;
+        }
+        // The last part is not followed: a link created there is not the folder it points at.
+        let path = real(parent).join(name);
+        let dir = real(&self.dir);
+        let entry = path.parent() == Some(dir.as_path())
+            && crate::schema::cache::is_entry(&name.to_string_lossy());
+        let folder = created && dir.starts_with(&path);
         entry || folder
     }
+}
+
+/// The real path of `path`, which need not exist: its nearest existing ancestor with every
+/// link resolved, then the rest, with `.` and `..` applied.
+fn real(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut base = path.to_path_buf();
+    let mut out = loop {
+        if let Ok(found) = std::fs::canonicalize(&base) {
+            break found;
+        }
+        match base.components().next_back() {
+            Some(part @ (Component::Normal(_) | Component::CurDir | Component::ParentDir)) => {
+                rest.push(part.as_os_str().to_owned());
+                base.pop();
+            }
+            // `/` (or a relative path's start: events name absolute paths).
+            _ => break base,
+        }
+    };
+    for part in rest.into_iter().rev() {
+        match Path::new(&part).components().next() {
+            Some(Component::ParentDir) => {
+                out.pop();
+            }
+            Some(Component::Normal(name)) => out.push(name),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The watched folders and the identity (device, inode) of the directory each watch is on.
@@ -273,7 +316,7 @@ fn ignored(path: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{ignored, CacheDir};
+    use super::{ignored, real, CacheDir};
     use std::path::{Path, PathBuf};
 
     #[test]
@@ -300,6 +343,33 @@ mod tests {
         assert!(cache.written(Path::new("/p/handlers/descriptors-0a.bin"), false));
         assert!(!cache.written(Path::new("/p/handlers"), true));
         assert!(!cache.written(Path::new("/p/handlers/h.json"), false));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn real_paths_resolve_links_and_dots_of_folders_that_may_not_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir(top.join("protos")).unwrap();
+        std::os::unix::fs::symlink(&top, top.join("alias")).unwrap();
+        let want = top.join("protos/cache/x");
+        for given in [
+            "protos/cache/x",
+            "alias/protos/cache/x",
+            "alias/protos/../protos/./cache/x",
+            "protos/cache/new/../x",
+        ] {
+            assert_eq!(real(&dir.path().join(given)), want, "{given}");
+        }
+        assert_eq!(real(Path::new("/")), Path::new("/"));
+        // A cache named through the link is recognised in events naming the real folder.
+        let cache = CacheDir {
+            dir: top.join("alias/protos/cache"),
+            roots: vec![top.join("protos")],
+        };
+        assert!(cache.written(&top.join("protos/cache/descriptors-0a.bin"), false));
+        assert!(cache.written(&top.join("protos/cache"), true));
+        assert!(!cache.written(&top.join("protos/cache/a.proto"), false));
     }
 
     #[test]
