@@ -11,9 +11,8 @@ use std::collections::{HashMap, HashSet};
 /// Where the values at some paths sit in one JSON text, found in one pass over it (a file may
 /// hold a hundred thousand problems; looking each up from the top would take hours).
 pub struct Positions {
-    found: HashMap<String, usize>,
-    /// The byte offset where each line starts.
-    lines: Vec<usize>,
+    /// The 1-based line and column (in characters) of each path found.
+    found: HashMap<String, (usize, usize)>,
 }
 
 impl Positions {
@@ -35,22 +34,28 @@ impl Positions {
             at: 0,
         };
         walk(&mut scan, "", &wanted, &mut found);
-        let lines = std::iter::once(0)
+        let lines: Vec<usize> = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
-        Self { found, lines }
+        let found = found
+            .into_iter()
+            .map(|(path, at)| {
+                let line = lines.partition_point(|start| *start <= at);
+                let col = crate::input::column(&text.as_bytes()[lines[line - 1]..at]);
+                (path, (line, col))
+            })
+            .collect();
+        Self { found }
     }
 
-    /// The 1-based line and column of the value at `path`, or of the deepest value on the way
+    /// The 1-based line and column (in characters) of the value at `path`, or of the deepest value on the way
     /// to it when the text has no such value: an object member is located at its key, an
     /// array item at its first character.
     pub fn of(&self, path: &str) -> Option<(usize, usize)> {
         let mut path = path;
         loop {
             if let Some(&at) = self.found.get(path) {
-                let line = self.lines.partition_point(|start| *start <= at);
-                let col = at - self.lines[line - 1] + 1;
-                return Some((line, col));
+                return Some(at);
             }
             path = &path[..path.rfind(['.', '['])?];
         }

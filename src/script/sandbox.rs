@@ -816,7 +816,17 @@ pub fn json_to_frozen(
     match (result, failed.into_inner()) {
         (_, Some(e)) => Err(e),
         (Ok(v), None) => Ok(v),
-        (Err(e), None) => Err(mlua::Error::runtime(format!("not valid JSON: {e}"))),
+        (Err(e), None) => {
+            let (line, col) = crate::input::json_error_at(text.as_bytes(), &e);
+            let message = crate::input::json_error_message(&e);
+            let at = match col {
+                0 => format!("line {line}"),
+                _ => format!("line {line} column {col}"),
+            };
+            Err(mlua::Error::runtime(format!(
+                "not valid JSON: {message} at {at}"
+            )))
+        }
     }
 }
 
