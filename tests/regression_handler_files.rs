@@ -22,6 +22,10 @@
 //! - Columns counted bytes in handler files, data files, admin bodies and .proto files (but
 //!   characters where a file was not UTF-8): a problem after `é日本` on its line was reported
 //!   six columns to the right of where an editor shows it. Every column counts characters now.
+//! - A `-bin` value of `"=="` was said to hold a character outside the base64 alphabet: a
+//!   base64 problem now says what is wrong (padding in the wrong place or not fitting the
+//!   length, a length no bytes have, a character outside the alphabet and where), and an item
+//!   of a rule's `"in"` list is located at itself, not at the list.
 //! - A file nested more than 128 deep was reported as serde_json's "recursion limit exceeded",
 //!   with the advice to write a handler file's shape; it says what the limit is now, as for
 //!   data files (and a `PUT /v1/handlers` body no longer calls such JSON invalid).
@@ -378,7 +382,7 @@ async fn a_binary_header_value_that_is_not_base64_is_located() {
     assert_eq!(code, 2, "{err}");
     for (needle, method, path) in [
         ("\"trace-bin\"", "Get", "headers.trace-bin"),
-        ("\"in\"", "Lookup", "rules[0].when.metadata.x-bin.in"),
+        ("\"A\"]", "Lookup", "rules[0].when.metadata.x-bin.in[1]"),
         ("\"e-bin\"", "Fail", "error.metadata.e-bin"),
     ] {
         let (line, col) = at(needle);
@@ -522,4 +526,59 @@ async fn admin_bodies_count_columns_in_characters() {
             "{body}: {answer:#}"
         );
     }
+}
+
+/// Each base64 mistake is named for what it is, at the value's line and column.
+#[test]
+fn base64_problems_say_what_is_wrong_where() {
+    let file = r#"{"service": "kitchen.Kitchen", "methods": {
+  "Get": { "reply": {}, "headers": { "trace-bin": "==" } },
+  "Lookup": { "rules": [
+    { "when": { "metadata": { "x-bin": { "in": ["aGk=", "aGk=x"] } } }, "reply": {} }
+  ] },
+  "Fail": { "error": { "code": 5, "metadata": { "e-bin": "aGk==", "f-bin": "aGlhY", "g-bin": "aGk_" } } }
+}}"#;
+    let (code, err) = check_one_file(file);
+    assert_eq!(code, 2, "{err}");
+    for (needle, method, path, says) in [
+        (
+            "\"trace-bin\"",
+            "Get",
+            "headers.trace-bin",
+            "\"==\" is not base64: \"=\" at character 1 is padding in the wrong place",
+        ),
+        (
+            "\"aGk=x\"",
+            "Lookup",
+            "rules[0].when.metadata.x-bin.in[1]",
+            "\"aGk=x\" is not base64: \"=\" at character 4 is padding in the wrong place",
+        ),
+        (
+            "\"e-bin\"",
+            "Fail",
+            "error.metadata.e-bin",
+            "\"aGk==\" is not base64: it ends in 2 \"=\" where its 3 characters take 1",
+        ),
+        (
+            "\"f-bin\"",
+            "Fail",
+            "error.metadata.f-bin",
+            "\"aGlhY\" is not base64: its length cannot be base64",
+        ),
+        (
+            "\"g-bin\"",
+            "Fail",
+            "error.metadata.g-bin",
+            "'_' at character 4 is not in the base64 alphabet",
+        ),
+    ] {
+        let (line, col) = position_in(file, needle);
+        let wanted = format!("k.json:{line}:{col}: kitchen.Kitchen/{method}: {path}: ");
+        let found = err.lines().find(|l| l.contains(&wanted));
+        assert!(
+            found.is_some_and(|l| l.contains(says)),
+            "{wanted:?} saying {says:?} missing in:\n{err}"
+        );
+    }
+    assert!(!err.contains("\"==\" is not base64: '='"), "{err}");
 }
