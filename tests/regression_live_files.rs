@@ -18,7 +18,9 @@
 //! - a descriptor cache folder (`--cache-dir`) inside a watched folder set off a second reload
 //!   each time a reload wrote an entry to it, and still did when the cache folder or the
 //!   watched folder was named through a symbolic link or with `..`; and a new folder on the way
-//!   to the cache folder was taken for the cache's own, so the protos in it were not read.
+//!   to the cache folder was taken for the cache's own, so the protos in it were not read;
+//! - a change in a hidden folder (`git commit` writing `.git/`), which loading does not read,
+//!   set off a reload.
 
 mod common;
 
@@ -640,4 +642,36 @@ async fn a_new_folder_on_the_way_to_the_descriptor_cache_is_read_unless_the_cach
         count(&first).map(|n| n + 1),
         "fresh.Fresh is served: {first} then {last}"
     );
+}
+
+#[tokio::test]
+async fn a_change_in_a_hidden_folder_sets_off_no_reload() {
+    let project = Project::new();
+    std::fs::create_dir(project.path("protos/.git")).unwrap();
+    let server = project.start(&["--no-cache"]);
+    let client = project.client(&server).await;
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
+    let started = Instant::now();
+    project.write("handlers/live.json", &live_handler("v2"));
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+    let reload = started.elapsed();
+    // What `git commit` writes, and an editor's history: loading reads neither.
+    std::fs::write(project.path("protos/.git/index"), "x").unwrap();
+    std::fs::create_dir_all(project.path("protos/.history/sub")).unwrap();
+    std::fs::write(project.path("protos/.history/sub/live.proto"), "broken").unwrap();
+    // A reload set off by those would come within about one reload's time: wait for three.
+    std::thread::sleep(reload * 3);
+    project.write("handlers/live.json", &live_handler("v3"));
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v3: x"})).await;
+    let served: Vec<String> = server
+        .log()
+        .into_iter()
+        .filter(|l| l.contains(" serving ("))
+        .collect();
+    assert_eq!(
+        served.len(),
+        2,
+        "one reload per change to an input: {served:#?}"
+    );
+    assert!(served[1].contains("generation 3 serving"), "{served:#?}");
 }

@@ -4,11 +4,11 @@
 //! `--descriptor-set` files are watched with `notify`; events are debounced, so an editor's
 //! save (write, rename, chmod) or a `git checkout` of many files becomes one reload. Only
 //! changes count: reading a file (which every reload does) is an event too on Linux, and
-//! reacting to it would reload forever. Editors' temporary and backup files are ignored, and
-//! so are the descriptor cache's entries when `--cache-dir` is inside a watched folder (however
-//! either is named: through links, with `..`): a reload that writes one would otherwise set off
-//! another. A change only under the handler
-//! and data folders reuses the compiled protos.
+//! reacting to it would reload forever. Editors' temporary and backup files are ignored, and so
+//! is what is in hidden folders (loading skips them), and the descriptor cache's entries when
+//! `--cache-dir` is inside a watched folder (however either is named: through links, with
+//! `..`): a reload that writes one would otherwise set off another. A change only under the
+//! handler and data folders reuses the compiled protos.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -68,7 +68,7 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
             let created = matches!(event.kind, EventKind::Create(_));
             let mut seen = Seen::default();
             for path in &event.paths {
-                if ignored(path) || !roots.iter().any(|r| path.starts_with(r)) {
+                if !about_input(path, &roots) {
                     continue;
                 }
                 let protos = protos_roots.iter().any(|r| path.starts_with(r));
@@ -397,6 +397,20 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// Whether an event on `path` may be about an input: it is under a watched folder, and neither
+/// it nor a folder on the way from there is hidden (loading skips them: a `git commit` in a
+/// watched folder writes only under `.git/`) or an editor's file.
+fn about_input(path: &Path, roots: &[PathBuf]) -> bool {
+    let hidden = |rest: &Path| {
+        rest.components()
+            .any(|c| c.as_os_str().as_encoded_bytes().starts_with(b"."))
+    };
+    !ignored(path)
+        && roots
+            .iter()
+            .any(|r| path.strip_prefix(r).is_ok_and(|rest| !hidden(rest)))
+}
+
 /// Editors' swap, backup and temporary files, and hidden files.
 fn ignored(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -507,6 +521,25 @@ mod tests {
             cache.event(&top.join("protos/cache/a.proto"), false),
             Unrelated
         );
+    }
+
+    #[test]
+    fn events_in_hidden_folders_are_not_about_inputs() {
+        let roots = [
+            PathBuf::from("/p/protos"),
+            PathBuf::from("/p/protos/.v/inc"),
+        ];
+        let about = |p: &str| super::about_input(Path::new(p), &roots);
+        assert!(about("/p/protos/a/b.proto"));
+        assert!(about("/p/protos"));
+        assert!(
+            about("/p/protos/.v/inc/x.proto"),
+            "a watched folder inside a hidden one"
+        );
+        assert!(!about("/p/protos/.git/index"));
+        assert!(!about("/p/protos/a/.cache/x/b.proto"));
+        assert!(!about("/p/protos/.v/other.proto"));
+        assert!(!about("/p/other/b.proto"));
     }
 
     #[test]
