@@ -187,13 +187,14 @@ fn load_file(
             )
         } else {
             (
-                e.to_string(),
+                crate::input::json_error_message(&e),
                 "a handler file is {\"service\": \"pkg.Service\", \"methods\": {\"Method\": {…}}}"
                     .to_owned(),
             )
         };
+        let (line, col) = crate::input::json_error_at(text.as_bytes(), &e);
         StartupError::Handler {
-            location: Location::at(file, e.line(), e.column()),
+            location: Location::at(file, line, col),
             entry: String::new(),
             message,
             hint: Some(hint),
@@ -375,11 +376,7 @@ pub fn load_runtime(
 
 /// The 1-based line and column of the first character of `text` that is not white space.
 fn text_start(text: &str) -> (usize, usize) {
-    let at = text.len() - text.trim_start().len();
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, col)
+    crate::input::position(text.as_bytes(), text.len() - text.trim_start().len())
 }
 
 /// The method a runtime entry names, or why it names none (with the closest names).
@@ -759,10 +756,7 @@ pub fn locate_key(text: &str, key: &str) -> (usize, usize) {
         let at = from + pos;
         let after = text[at + needle.len()..].trim_start();
         if after.starts_with(':') {
-            let before = &text[..at];
-            let line = before.matches('\n').count() + 1;
-            let col = at - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            return (line, col);
+            return crate::input::position(text.as_bytes(), at);
         }
         from = at + needle.len();
     }

@@ -68,8 +68,9 @@ impl DataSets {
                 // Valid JSON nested deeper than the reader goes: saying "not valid JSON" would
                 // send the user looking for a mistake that is not there.
                 Err(e) if crate::input::nested_too_deep(&e) => {
+                    let (line, col) = crate::input::json_error_at(text.as_bytes(), &e);
                     errors.push(StartupError::Data {
-                        location: Location::at(&file, e.line(), e.column()),
+                        location: Location::at(&file, line, col),
                         message: format!(
                             "arrays and objects nested more than {} deep (the most data sets may nest)",
                             crate::input::JSON_MAX_DEPTH
@@ -78,8 +79,11 @@ impl DataSets {
                     })
                 }
                 Err(e) => errors.push(StartupError::Data {
-                    location: Location::at(&file, e.line(), e.column()),
-                    message: format!("not valid JSON: {e}"),
+                    location: {
+                        let (line, col) = crate::input::json_error_at(text.as_bytes(), &e);
+                        Location::at(&file, line, col)
+                    },
+                    message: format!("not valid JSON: {}", crate::input::json_error_message(&e)),
                     hint: Some(format!("scripts see this file as data.{name}; fix the JSON or move the file out of the data folder")),
                 }),
             }

@@ -22,6 +22,67 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// How deep arrays and objects may nest in JSON input: `serde_json`'s recursion limit.
 pub const JSON_MAX_DEPTH: usize = 128;
 
+/// The 1-based column of what follows `before`, the start of a line: columns count characters
+/// (Unicode scalar values; a tab is one), in every file and message, whatever the parser
+/// counts. Bytes that are not UTF-8 count as a decoder shows them: one character per bad
+/// sequence.
+pub fn column(before: &[u8]) -> usize {
+    let chars = match std::str::from_utf8(before) {
+        Ok(text) => text.chars().count(),
+        Err(_) => String::from_utf8_lossy(before).chars().count(),
+    };
+    chars + 1
+}
+
+/// The 1-based line and column (see [`column`]) of the byte at `at` in `text`.
+pub fn position(text: &[u8], at: usize) -> (usize, usize) {
+    let at = at.min(text.len());
+    let start = text[..at]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = text[..start].iter().filter(|b| **b == b'\n').count() + 1;
+    (line, column(&text[start..at]))
+}
+
+/// The column in characters (see [`column`]) of the 1-based `byte_column` of the 1-based
+/// `line` of `text`, as a parser that counts bytes reports it; 0 (no column) stays 0.
+pub fn in_characters(text: &[u8], line: usize, byte_column: usize) -> usize {
+    if line == 0 || byte_column == 0 {
+        return byte_column;
+    }
+    let mut start = 0;
+    for _ in 1..line {
+        match text[start..].iter().position(|b| *b == b'\n') {
+            Some(i) => start += i + 1,
+            None => return byte_column,
+        }
+    }
+    let mut at = (start + byte_column - 1).min(text.len());
+    // The start of the character the byte belongs to.
+    while at > start && text.get(at).is_some_and(|b| b & 0xC0 == 0x80) {
+        at -= 1;
+    }
+    column(&text[start..at])
+}
+
+/// Where a `serde_json` error in `text` is, as a 1-based line and column in characters
+/// (`serde_json` counts bytes); `(line, 0)` when it names no column.
+pub fn json_error_at(text: &[u8], e: &serde_json::Error) -> (usize, usize) {
+    (e.line(), in_characters(text, e.line(), e.column()))
+}
+
+/// A `serde_json` error's message without the line and column it ends with (in bytes): the
+/// problem's location says where, in characters.
+pub fn json_error_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    match text.strip_suffix(&suffix) {
+        Some(message) => message.to_owned(),
+        None => text,
+    }
+}
+
 /// Whether `e` is `serde_json`'s recursion limit: the text may be valid JSON, nested deeper than
 /// [`JSON_MAX_DEPTH`]. Calling it "not valid JSON" would send the user looking for a mistake
 /// that is not there.
@@ -94,7 +155,7 @@ fn text(mut bytes: Vec<u8>) -> Result<String, (usize, usize)> {
         let before = std::str::from_utf8(&e.as_bytes()[..good]).unwrap_or_default();
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let line = before.matches('\n').count() + 1;
-        (line, before[line_start..].chars().count() + 1)
+        (line, column(&before.as_bytes()[line_start..]))
     })
 }
 
@@ -109,6 +170,23 @@ mod tests {
         assert_eq!(text(b"\xFF".to_vec()).unwrap_err(), (1, 1));
         assert_eq!(text(b"a\n\"\xC3\xA9\xFF".to_vec()).unwrap_err(), (2, 3));
         assert_eq!(text(b"a\nb\nxy\xC3(".to_vec()).unwrap_err(), (3, 3));
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        use super::{json_error_at, json_error_message, position};
+        let text = "{\n\t\"é日本\" x\n}";
+        let x = text.find('x').unwrap();
+        assert_eq!(position(text.as_bytes(), x), (2, 8));
+        assert_eq!(position(text.as_bytes(), 0), (1, 1));
+        let e = serde_json::from_str::<serde_json::Value>(text).unwrap_err();
+        assert_eq!((e.line(), e.column()), (2, 13), "serde_json counts bytes");
+        assert_eq!(json_error_at(text.as_bytes(), &e), (2, 8));
+        assert_eq!(json_error_message(&e), "expected `:`");
+        // Not UTF-8: one character per bad sequence.
+        assert_eq!(position(b"\xff\xfeab", 3), (1, 4));
+        let e = serde_json::from_str::<serde_json::Value>("").unwrap_err();
+        assert_eq!(json_error_at(b"", &e), (1, 0));
     }
 
     #[test]

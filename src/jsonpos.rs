@@ -11,9 +11,8 @@ use std::collections::{HashMap, HashSet};
 /// Where the values at some paths sit in one JSON text, found in one pass over it (a file may
 /// hold a hundred thousand problems; looking each up from the top would take hours).
 pub struct Positions {
-    found: HashMap<String, usize>,
-    /// The byte offset where each line starts.
-    lines: Vec<usize>,
+    /// The 1-based line and column (in characters) of each path found.
+    found: HashMap<String, (usize, usize)>,
 }
 
 impl Positions {
@@ -35,26 +34,48 @@ impl Positions {
             at: 0,
         };
         walk(&mut scan, "", &wanted, &mut found);
-        let lines = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
-        Self { found, lines }
+        Self {
+            found: lines_and_columns(text, found),
+        }
     }
 
-    /// The 1-based line and column of the value at `path`, or of the deepest value on the way
+    /// The 1-based line and column (in characters) of the value at `path`, or of the deepest value on the way
     /// to it when the text has no such value: an object member is located at its key, an
     /// array item at its first character.
     pub fn of(&self, path: &str) -> Option<(usize, usize)> {
         let mut path = path;
         loop {
             if let Some(&at) = self.found.get(path) {
-                let line = self.lines.partition_point(|start| *start <= at);
-                let col = at - self.lines[line - 1] + 1;
-                return Some((line, col));
+                return Some(at);
             }
             path = &path[..path.rfind(['.', '['])?];
         }
     }
+}
+
+/// The byte offsets of `found` as lines and columns, counted in one pass over `text` (in
+/// order of offset), so a minified file, one line, costs no more than one spread over many.
+/// Columns count characters, as [`crate::input::column`] does.
+fn lines_and_columns(text: &str, found: HashMap<String, usize>) -> HashMap<String, (usize, usize)> {
+    let mut spots: Vec<(usize, String)> = found.into_iter().map(|(p, at)| (at, p)).collect();
+    spots.sort_unstable_by_key(|spot| spot.0);
+    let bytes = text.as_bytes();
+    let (mut line, mut col, mut counted) = (1, 1, 0);
+    let mut out = HashMap::with_capacity(spots.len());
+    for (at, path) in spots {
+        let at = at.min(bytes.len());
+        for &b in &bytes[counted..at] {
+            if b == b'\n' {
+                (line, col) = (line + 1, 1);
+            } else if b & 0xC0 != 0x80 {
+                // Not a continuation byte: a character starts.
+                col += 1;
+            }
+        }
+        counted = at;
+        out.insert(path, (line, col));
+    }
+    out
 }
 
 /// Records in `found` where each wanted path inside the value at `scan` starts (`path` is the
@@ -264,6 +285,27 @@ mod tests {
         assert_eq!(at("methods.B.rules[1].reply.nothing"), Some((7, 9)));
         assert_eq!(at("methods.B.rules[9]"), Some((5, 12)));
         assert_eq!(at("methods.C"), Some((3, 3)));
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        let text = "{\"a\": \"é日本\",\t\"b\": [1, \"ü\", 3],\n \"c\": 1}";
+        let positions = Positions::find(text, ["b[2]", "c"]);
+        assert_eq!(positions.of("a"), None);
+        assert_eq!(positions.of("b"), Some((1, 14)));
+        assert_eq!(positions.of("b[2]"), Some((1, 28)));
+        assert_eq!(positions.of("c"), Some((2, 2)));
+    }
+
+    #[test]
+    fn a_minified_file_is_located_in_one_pass() {
+        let items: Vec<String> = (0..20_000).map(|i| format!("{{\"k\": {i}}}")).collect();
+        let text = format!("{{\"a\": [{}]}}", items.join(","));
+        let paths: Vec<String> = (0..20_000).map(|i| format!("a[{i}].k")).collect();
+        let positions = Positions::find(&text, paths.iter().map(String::as_str));
+        assert_eq!(positions.of("a[0].k"), Some((1, 9)));
+        let last = text.rfind("{\"k\"").unwrap() + 2;
+        assert_eq!(positions.of("a[19999].k"), Some((1, last)));
     }
 
     #[test]

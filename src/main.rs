@@ -633,10 +633,10 @@ fn verify(args: &VerifyArgs) -> ExitCode {
     let json: serde_json::Value = match serde_json::from_slice(text) {
         Ok(j) => j,
         Err(e) => {
+            let (line, col) = protoserve::input::json_error_at(text.as_bytes(), &e);
             eprintln!(
-                "error: {name}:{}:{}: not valid JSON: {e}",
-                e.line(),
-                e.column()
+                "error: {name}:{line}:{col}: not valid JSON: {}",
+                protoserve::input::json_error_message(&e)
             );
             return ExitCode::from(STARTUP_PROBLEM);
         }

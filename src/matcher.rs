@@ -535,13 +535,15 @@ fn compile_metadata_operator(op: &str, arg: &Json, binary: bool, p: &str) -> Res
         })
     };
     let text = || text_of(arg, &format!("\"{op}\" takes a string"));
-    // A `-bin` key's value to compare with, written in base64.
-    let bytes = |text: String| {
+    // A `-bin` key's value to compare with, written in base64 (at `at`: an item of "in" is
+    // located at itself).
+    let bytes_at = |text: String, at: &str| {
         crate::metadata::decode_bin(&text).map_err(|message| EntryError {
-            path: p.to_owned(),
+            path: at.to_owned(),
             message,
         })
     };
+    let bytes = |text: String| bytes_at(text, p);
     let list = || -> Result<Vec<String>> {
         let items = arg.as_array().ok_or_else(|| EntryError {
             path: p.to_owned(),
@@ -569,7 +571,8 @@ fn compile_metadata_operator(op: &str, arg: &Json, binary: bool, p: &str) -> Res
             "in" => BytesTest::In(
                 list()?
                     .into_iter()
-                    .map(bytes)
+                    .enumerate()
+                    .map(|(i, text)| bytes_at(text, &format!("{p}[{i}]")))
                     .collect::<std::result::Result<_, _>>()?,
             ),
             other => return unknown_metadata_operator(other, p),

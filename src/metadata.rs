@@ -146,34 +146,80 @@ const SHOWN: usize = 40;
 
 /// The bytes of a `-bin` value written in a handler file (in base64), or what to fix.
 pub fn decode_bin(text: &str) -> Result<Vec<u8>, String> {
-    use base64::DecodeError as E;
     use base64::Engine as _;
-    BIN.decode(text).map_err(|e| {
-        let why = match e {
-            E::InvalidByte(at, byte) => {
-                // Every byte before is base64, so ASCII: `at` starts a character.
-                let c = text.get(at..).and_then(|t| t.chars().next());
-                format!(
-                    "{:?} at character {} is not in the base64 alphabet (A-Z, a-z, 0-9, + and /)",
-                    c.unwrap_or(char::from(byte)),
-                    at + 1
-                )
-            }
-            E::InvalidLength(_) => "its length is not that of any bytes in base64".into(),
-            E::InvalidLastSymbol(..) => {
+    let why = match base64_mistake(text) {
+        Some(why) => why,
+        None => match BIN.decode(text) {
+            Ok(bytes) => return Ok(bytes),
+            Err(base64::DecodeError::InvalidLastSymbol(..)) => {
                 "its last character holds bits beyond the bytes it encodes".into()
             }
-            E::InvalidPadding => "its \"=\" padding is wrong".into(),
+            Err(e) => e.to_string(),
+        },
+    };
+    // A long value is named by its start.
+    let shown = match text.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+        None => format!("{text:?}"),
+    };
+    Err(format!(
+        "{shown} is not base64: {why}; a value of a key ending in -bin is its bytes in base64 (standard alphabet, padding optional), such as \"aGk=\" for the bytes \"hi\""
+    ))
+}
+
+/// What makes `text` something other than base64 (padded or not), told by where it goes
+/// wrong: a character outside the alphabet, padding that does not end the value or does not
+/// fit its length, or a length no bytes have. Characters count from 1.
+fn base64_mistake(text: &str) -> Option<String> {
+    let alphabet = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/';
+    if let Some((n, c)) = text
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !alphabet(*c) && *c != '=')
+    {
+        let url_safe = match c {
+            '-' => " (base64url's '-' is '+' in base64)",
+            '_' => " (base64url's '_' is '/' in base64)",
+            _ => "",
         };
-        // A long value is named by its start.
-        let shown = match text.char_indices().nth(SHOWN) {
-            Some((cut, _)) => format!("{:?}…", &text[..cut]),
-            None => format!("{text:?}"),
-        };
-        format!(
-            "{shown} is not base64: {why}; a value of a key ending in -bin is its bytes in base64 (standard alphabet, padding optional), such as \"aGk=\" for the bytes \"hi\""
-        )
-    })
+        return Some(format!(
+            "{c:?} at character {} is not in the base64 alphabet (A-Z, a-z, 0-9, + and /){url_safe}",
+            n + 1
+        ));
+    }
+    // Every character is ASCII from here: lengths are counts of characters.
+    let data = text.trim_end_matches('=');
+    let padding = text.len() - data.len();
+    if let Some(at) = data.find('=') {
+        return Some(format!(
+            "\"=\" at character {} is padding in the wrong place: padding only ends a value",
+            at + 1
+        ));
+    }
+    match (data.len() % 4, padding) {
+        (1, _) => Some(format!(
+            "its length cannot be base64: {} character{}{} is one more than a multiple of 4, and one character holds only 6 of a byte's 8 bits",
+            data.len(),
+            if data.len() == 1 { "" } else { "s" },
+            if padding > 0 { " before the padding" } else { "" }
+        )),
+        (0, 1..) => Some(format!(
+            "\"=\" at character {} is padding in the wrong place: {}",
+            data.len() + 1,
+            if data.is_empty() {
+                "padding only ends a value, after two or three characters (\"aA==\", \"aGk=\")"
+                    .to_owned()
+            } else {
+                format!("the {} characters before it are whole without it", data.len())
+            }
+        )),
+        (2, 1) | (3, 2..) | (2, 3..) => Some(format!(
+            "it ends in {padding} \"=\" where its {} characters take {}",
+            data.len(),
+            4 - data.len() % 4
+        )),
+        _ => None,
+    }
 }
 
 /// Bytes as a `-bin` value is written in a handler file.
@@ -275,5 +321,29 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("'é' at character 5 "), "{e}");
+    }
+
+    #[test]
+    fn base64_problems_say_what_is_wrong() {
+        let why = |v: &str| decode_bin(v).unwrap_err();
+        for (value, says) in [
+            ("==", "\"=\" at character 1 is padding in the wrong place: padding only ends a value, after two or three characters"),
+            ("aGk=x", "\"=\" at character 4 is padding in the wrong place: padding only ends a value"),
+            ("aGk=aGk", "\"=\" at character 4 is padding in the wrong place"),
+            ("aGlh=", "\"=\" at character 5 is padding in the wrong place: the 4 characters before it are whole without it"),
+            ("aGk==", "it ends in 2 \"=\" where its 3 characters take 1"),
+            ("aA=", "it ends in 1 \"=\" where its 2 characters take 2"),
+            ("a", "its length cannot be base64: 1 character is one more than a multiple of 4"),
+            ("aGlhY===", "its length cannot be base64: 5 characters before the padding is one more"),
+            ("aGk!", "'!' at character 4 is not in the base64 alphabet"),
+            ("a-_A", "'-' at character 2 is not in the base64 alphabet (A-Z, a-z, 0-9, + and /) (base64url's '-' is '+' in base64)"),
+            ("aGl=", "its last character holds bits beyond the bytes it encodes"),
+        ] {
+            let e = why(value);
+            assert!(e.contains(&format!("{value:?} is not base64: {says}")), "{value}: {e}");
+        }
+        for good in ["", "aA==", "aA", "aGk=", "aGk", "aGlh"] {
+            assert!(decode_bin(good).is_ok(), "{good}");
+        }
     }
 }

@@ -19,6 +19,13 @@
 //!   every one listed before (20 000 broken rules: 576 s in a release build). Now one pass.
 //! - Range tests (`gt`, `lte`…) compared as `f64`, so on 64-bit fields past 2^53 neighbours
 //!   were equal: `big > 9007199254740992` did not hold for 9007199254740993.
+//! - Columns counted bytes in handler files, data files, admin bodies and .proto files (but
+//!   characters where a file was not UTF-8): a problem after `é日本` on its line was reported
+//!   six columns to the right of where an editor shows it. Every column counts characters now.
+//! - A `-bin` value of `"=="` was said to hold a character outside the base64 alphabet: a
+//!   base64 problem now says what is wrong (padding in the wrong place or not fitting the
+//!   length, a length no bytes have, a character outside the alphabet and where), and an item
+//!   of a rule's `"in"` list is located at itself, not at the list.
 //! - A file nested more than 128 deep was reported as serde_json's "recursion limit exceeded",
 //!   with the advice to write a handler file's shape; it says what the limit is now, as for
 //!   data files (and a `PUT /v1/handlers` body no longer calls such JSON invalid).
@@ -375,7 +382,7 @@ async fn a_binary_header_value_that_is_not_base64_is_located() {
     assert_eq!(code, 2, "{err}");
     for (needle, method, path) in [
         ("\"trace-bin\"", "Get", "headers.trace-bin"),
-        ("\"in\"", "Lookup", "rules[0].when.metadata.x-bin.in"),
+        ("\"A\"]", "Lookup", "rules[0].when.metadata.x-bin.in[1]"),
         ("\"e-bin\"", "Fail", "error.metadata.e-bin"),
     ] {
         let (line, col) = at(needle);
@@ -416,4 +423,162 @@ fn a_handler_file_nested_too_deep_says_so() {
         "{err}"
     );
     assert!(!err.contains("recursion limit"), "{err}");
+}
+
+/// The 1-based line and column of the first `needle` in `text`, the column counting
+/// characters; asserts that counting bytes would give another column.
+fn char_position(text: &str, needle: &str) -> (usize, usize) {
+    let (line, bytes) = position_in(text, needle);
+    let start = text[..text.find(needle).unwrap()]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let col = text[start..start + bytes - 1].chars().count() + 1;
+    assert_ne!(col, bytes, "{needle}: no multi-byte character before it");
+    (line, col)
+}
+
+/// Columns count characters in every kind of file, as in .proto files: a problem after `é日本`
+/// and a tab on its line is at the column an editor shows, not at its byte offset.
+#[test]
+fn columns_count_characters_in_every_kind_of_file() {
+    let protos = fixtures().join("protos");
+    let protos = protos.to_str().unwrap();
+    // A problem found in an entry, and JSON that does not parse.
+    let entry = "{\"service\": \"kitchen.Kitchen\", \"methods\": {\n\t\"Get\": { \"reply\": { \"id\": \"é日本\",\t\"count\": \"many\" } }\n}}";
+    let (code, err) = check_one_file(entry);
+    assert_eq!(code, 2, "{err}");
+    let (line, col) = char_position(entry, "\"count\"");
+    let wanted = format!("k.json:{line}:{col}: kitchen.Kitchen/Get: reply.count: ");
+    assert!(err.contains(&wanted), "{wanted:?} missing in:\n{err}");
+    let syntax = "{\"service\": \"kitchen.Kitchen\",\n \"methods\": {\"é日本\":\t]}}";
+    let (code, err) = check_one_file(syntax);
+    assert_eq!(code, 2, "{err}");
+    let (line, col) = char_position(syntax, "]");
+    let wanted = format!("k.json:{line}:{col}: ");
+    let found = err.lines().find(|l| l.contains(&wanted));
+    assert!(
+        found.is_some_and(|l| !l.contains(" column ")),
+        "{wanted:?} (with no byte column in the message) missing in:\n{err}"
+    );
+
+    // A data file.
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["handlers", "data", "protos"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+    }
+    let data = "{\"note\": \"é日本\",\t}";
+    std::fs::write(dir.path().join("data/d.json"), data).unwrap();
+    let folder = |sub: &str| dir.path().join(sub).display().to_string();
+    let (handlers, data_dir) = (folder("handlers"), folder("data"));
+    let (code, _, err) = run(&[
+        "check",
+        "--protos",
+        protos,
+        "--handlers",
+        &handlers,
+        "--data",
+        &data_dir,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    let (line, col) = char_position(data, "}");
+    assert!(err.contains(&format!("d.json:{line}:{col}: ")), "{err}");
+    std::fs::remove_file(dir.path().join("data/d.json")).unwrap();
+
+    // A .proto file, as protox reports it.
+    let proto =
+        "syntax = \"proto3\";\nmessage M { string s = 1 [json_name = \"é日本\"];\tint32 = 2; }\n";
+    std::fs::write(dir.path().join("protos/m.proto"), proto).unwrap();
+    let own = folder("protos");
+    let (code, _, err) = run(&[
+        "check",
+        "--protos",
+        &own,
+        "--handlers",
+        &handlers,
+        "--no-cache",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    let (line, col) = char_position(proto, "= 2");
+    assert!(err.contains(&format!("m.proto:{line}:{col}: ")), "{err}");
+}
+
+/// The same in an admin API body: a problem in the entry, and JSON that does not parse.
+#[tokio::test]
+async fn admin_bodies_count_columns_in_characters() {
+    let (server, _handlers) =
+        Server::kitchen_with(r#"{"service": "kitchen.Kitchen", "methods": {}}"#, &[]);
+    for (body, needle) in [
+        (
+            "{\"reply\": {\"id\": \"é日本\",\t\"count\": \"many\"}}",
+            "\"count\"",
+        ),
+        ("{\"reply\": {\"id\": \"é日本\",\t]}}", "]"),
+    ] {
+        let (status, answer) = server
+            .admin_call("PUT", "/v1/handlers/kitchen.Kitchen/Get", None, Some(body))
+            .await;
+        assert_eq!(status, 400, "{answer:#}");
+        let (line, col) = char_position(body, needle);
+        let problem = &answer["problems"][0];
+        assert_eq!(
+            (problem["line"].as_u64(), problem["col"].as_u64()),
+            (Some(line as u64), Some(col as u64)),
+            "{body}: {answer:#}"
+        );
+    }
+}
+
+/// Each base64 mistake is named for what it is, at the value's line and column.
+#[test]
+fn base64_problems_say_what_is_wrong_where() {
+    let file = r#"{"service": "kitchen.Kitchen", "methods": {
+  "Get": { "reply": {}, "headers": { "trace-bin": "==" } },
+  "Lookup": { "rules": [
+    { "when": { "metadata": { "x-bin": { "in": ["aGk=", "aGk=x"] } } }, "reply": {} }
+  ] },
+  "Fail": { "error": { "code": 5, "metadata": { "e-bin": "aGk==", "f-bin": "aGlhY", "g-bin": "aGk_" } } }
+}}"#;
+    let (code, err) = check_one_file(file);
+    assert_eq!(code, 2, "{err}");
+    for (needle, method, path, says) in [
+        (
+            "\"trace-bin\"",
+            "Get",
+            "headers.trace-bin",
+            "\"==\" is not base64: \"=\" at character 1 is padding in the wrong place",
+        ),
+        (
+            "\"aGk=x\"",
+            "Lookup",
+            "rules[0].when.metadata.x-bin.in[1]",
+            "\"aGk=x\" is not base64: \"=\" at character 4 is padding in the wrong place",
+        ),
+        (
+            "\"e-bin\"",
+            "Fail",
+            "error.metadata.e-bin",
+            "\"aGk==\" is not base64: it ends in 2 \"=\" where its 3 characters take 1",
+        ),
+        (
+            "\"f-bin\"",
+            "Fail",
+            "error.metadata.f-bin",
+            "\"aGlhY\" is not base64: its length cannot be base64",
+        ),
+        (
+            "\"g-bin\"",
+            "Fail",
+            "error.metadata.g-bin",
+            "'_' at character 4 is not in the base64 alphabet",
+        ),
+    ] {
+        let (line, col) = position_in(file, needle);
+        let wanted = format!("k.json:{line}:{col}: kitchen.Kitchen/{method}: {path}: ");
+        let found = err.lines().find(|l| l.contains(&wanted));
+        assert!(
+            found.is_some_and(|l| l.contains(says)),
+            "{wanted:?} saying {says:?} missing in:\n{err}"
+        );
+    }
+    assert!(!err.contains("\"==\" is not base64: '='"), "{err}");
 }

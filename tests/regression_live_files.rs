@@ -16,10 +16,15 @@
 //! - text that is not UTF-8, an import cycle, and one name declared by two files that do not
 //!   import each other were reported without a line and column;
 //! - a descriptor cache folder (`--cache-dir`) inside a watched folder set off a second reload
-//!   each time a reload wrote an entry to it.
+//!   each time a reload wrote an entry to it, and still did when the cache folder or the
+//!   watched folder was named through a symbolic link or with `..`; and a new folder on the way
+//!   to the cache folder was taken for the cache's own, so the protos in it were not read;
+//! - a change in a hidden folder (`git commit` writing `.git/`), which loading does not read,
+//!   set off a reload.
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -484,6 +489,45 @@ fn a_descriptor_set_without_files_is_refused() {
     assert!(err.contains("empty.binpb: holds no files"), "{err}");
 }
 
+/// Changes the protos of `project` (served by `server`, whose descriptor cache is `cache`),
+/// then a handler, and checks that each change set off one reload and the cache entry the
+/// first one wrote set off none.
+async fn one_reload_per_change(project: &Project, server: &Server, cache: &Path, place: &str) {
+    let client = project.client(server).await;
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
+    let entries = || {
+        std::fs::read_dir(cache)
+            .map(|d| d.filter_map(Result::ok).count())
+            .unwrap_or(0)
+    };
+    let before = entries();
+    // New protos: the reload compiles them and writes a cache entry in the watched folder.
+    let started = Instant::now();
+    project.write(
+        "protos/live.proto",
+        &LIVE_PROTO.replace("string text = 1;", "string text = 1; string extra = 2;"),
+    );
+    wait_for_log(server, "generation 2 serving");
+    let reload = started.elapsed();
+    assert!(entries() > before, "{place}: no cache entry was written");
+    // A reload set off by that write would come within about one reload's time: wait for
+    // three (this one compiled; a second one would read the cache).
+    std::thread::sleep(reload * 3);
+    project.write("handlers/live.json", &live_handler("v2"));
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+    let served: Vec<String> = server
+        .log()
+        .into_iter()
+        .filter(|l| l.contains(" serving ("))
+        .collect();
+    assert_eq!(
+        served.len(),
+        2,
+        "{place}: one reload per change, none for the cache entry: {served:#?}"
+    );
+    assert!(served[1].contains("generation 3 serving"), "{served:#?}");
+}
+
 #[tokio::test]
 async fn a_descriptor_cache_inside_a_watched_folder_sets_off_no_reload() {
     // Inside the protos, as a watched folder itself, and inside the data.
@@ -491,38 +535,143 @@ async fn a_descriptor_cache_inside_a_watched_folder_sets_off_no_reload() {
         let project = Project::new();
         let cache = project.path(place);
         let server = project.start(&["--cache-dir", cache.to_str().unwrap()]);
-        let client = project.client(&server).await;
-        wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
-        let entries = || {
-            std::fs::read_dir(&cache)
-                .map(|d| d.filter_map(Result::ok).count())
-                .unwrap_or(0)
-        };
-        let before = entries();
-        // New protos: the reload compiles them and writes a cache entry in the watched folder.
-        let started = Instant::now();
-        project.write(
-            "protos/live.proto",
-            &LIVE_PROTO.replace("string text = 1;", "string text = 1; string extra = 2;"),
-        );
-        wait_for_log(&server, "generation 2 serving");
-        let reload = started.elapsed();
-        assert!(entries() > before, "{place}: no cache entry was written");
-        // A reload set off by that write would come within about one reload's time: wait for
-        // three (this one compiled; a second one would read the cache).
-        std::thread::sleep(reload * 3);
-        project.write("handlers/live.json", &live_handler("v2"));
-        wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
-        let served: Vec<String> = server
-            .log()
-            .into_iter()
-            .filter(|l| l.contains(" serving ("))
-            .collect();
-        assert_eq!(
-            served.len(),
-            2,
-            "{place}: one reload per change, none for the cache entry: {served:#?}"
-        );
-        assert!(served[1].contains("generation 3 serving"), "{served:#?}");
+        one_reload_per_change(&project, &server, &cache, place).await;
     }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_descriptor_cache_named_through_a_link_or_dots_sets_off_no_reload() {
+    // The cache folder named through a link to the project, or with `..`; then the protos
+    // folder named through the link and the cache folder by its real path.
+    for (place, protos_through_link) in [
+        ("alias/protos/cache", false),
+        ("protos/../protos/cache", false),
+        ("protos/cache", true),
+    ] {
+        let project = Project::new();
+        let outside = tempfile::tempdir().unwrap();
+        let alias = outside.path().join("alias");
+        std::os::unix::fs::symlink(project.path(""), &alias).unwrap();
+        let cache = match place.strip_prefix("alias/") {
+            Some(rest) => alias.join(rest),
+            None => project.path(place),
+        };
+        let mut args = project.args();
+        if protos_through_link {
+            args[1] = alias.join("protos").display().to_string();
+        }
+        args.extend(["--cache-dir".to_owned(), cache.display().to_string()]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Server::start(&refs);
+        let label = format!("{place} (protos through a link: {protos_through_link})");
+        one_reload_per_change(&project, &server, &cache, &label).await;
+    }
+}
+
+/// Waits (bounded) until `n` log lines contain `needle`.
+fn wait_for_lines(server: &Server, needle: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = server.log();
+        if log.iter().filter(|l| l.contains(needle)).count() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} log lines with {needle:?}: {log:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_folder_on_the_way_to_the_descriptor_cache_is_read_unless_the_cache_made_it() {
+    const FRESH: &str = "syntax = \"proto3\";\npackage fresh;\nmessage P {}\nservice Fresh { rpc Ping (P) returns (P); }\n";
+    let project = Project::new();
+    let cache = project.path("protos/gen/cache");
+    let server = project.start(&["--cache-dir", cache.to_str().unwrap()]);
+    let client = project.client(&server).await;
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
+    // The folders the cache makes for its entry set off no reload: the removal does, once.
+    let started = Instant::now();
+    std::fs::remove_dir_all(project.path("protos/gen")).unwrap();
+    wait_for_log(&server, "generation 2 serving");
+    let reload = started.elapsed();
+    assert!(cache.is_dir(), "no cache entry was written again");
+    let services = |line: &str| line.split("): ").nth(1).map(str::to_owned);
+    let first = server
+        .log()
+        .into_iter()
+        .find(|l| l.contains("generation 2 serving"));
+    let first = first.and_then(|l| services(&l)).expect("generation 2");
+    std::thread::sleep(reload * 3);
+    project.write("handlers/live.json", &live_handler("v2"));
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+    let served = server
+        .log()
+        .iter()
+        .filter(|l| l.contains(" serving ("))
+        .count();
+    assert_eq!(served, 2, "{:#?}", server.log());
+    // While a broken file fails every reload, no cache entry is written, so the folder on the
+    // way to it stays away until someone makes it.
+    let failed = "reload (files changed) failed";
+    project.write("protos/zz.proto", "syntax = \"proto3\";\nmessage {\n");
+    std::fs::remove_dir_all(project.path("protos/gen")).unwrap();
+    wait_for_lines(&server, failed, 1);
+    // A link to a folder of protos: its creation is the only event.
+    std::fs::create_dir(project.path("fresh")).unwrap();
+    std::fs::write(project.path("fresh/fresh.proto"), FRESH).unwrap();
+    std::os::unix::fs::symlink("../fresh", project.path("protos/gen")).unwrap();
+    wait_for_lines(&server, failed, 2);
+    std::fs::remove_file(project.path("protos/gen")).unwrap();
+    wait_for_lines(&server, failed, 3);
+    // A folder made and filled at once: the file may come before the folder is watched.
+    std::fs::create_dir(project.path("protos/gen")).unwrap();
+    std::fs::write(project.path("protos/gen/fresh.proto"), FRESH).unwrap();
+    wait_for_lines(&server, failed, 4);
+    std::fs::remove_file(project.path("protos/zz.proto")).unwrap();
+    wait_for_lines(&server, " serving (files changed)", 3);
+    let last = server.log().into_iter().rfind(|l| l.contains(" serving ("));
+    let last = last.and_then(|l| services(&l)).expect("a generation");
+    let count = |s: &str| s.split(' ').next().and_then(|n| n.parse::<usize>().ok());
+    assert_eq!(
+        count(&last),
+        count(&first).map(|n| n + 1),
+        "fresh.Fresh is served: {first} then {last}"
+    );
+}
+
+#[tokio::test]
+async fn a_change_in_a_hidden_folder_sets_off_no_reload() {
+    let project = Project::new();
+    std::fs::create_dir(project.path("protos/.git")).unwrap();
+    let server = project.start(&["--no-cache"]);
+    let client = project.client(&server).await;
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
+    let started = Instant::now();
+    project.write("handlers/live.json", &live_handler("v2"));
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+    let reload = started.elapsed();
+    // What `git commit` writes, and an editor's history: loading reads neither.
+    std::fs::write(project.path("protos/.git/index"), "x").unwrap();
+    std::fs::create_dir_all(project.path("protos/.history/sub")).unwrap();
+    std::fs::write(project.path("protos/.history/sub/live.proto"), "broken").unwrap();
+    // A reload set off by those would come within about one reload's time: wait for three.
+    std::thread::sleep(reload * 3);
+    project.write("handlers/live.json", &live_handler("v3"));
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v3: x"})).await;
+    let served: Vec<String> = server
+        .log()
+        .into_iter()
+        .filter(|l| l.contains(" serving ("))
+        .collect();
+    assert_eq!(
+        served.len(),
+        2,
+        "one reload per change to an input: {served:#?}"
+    );
+    assert!(served[1].contains("generation 3 serving"), "{served:#?}");
 }

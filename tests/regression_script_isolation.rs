@@ -97,6 +97,31 @@ async fn writes_to_data_by_library_functions_name_the_script_line() {
     );
 }
 
+/// A write to `ctx` made by a library function (`table.insert(ctx, 1)`) raised "ctx is
+/// read-only" naming no line, as writes to frozen data did: the level above ctx's
+/// `__newindex` is the library function. It names the script's line that called it now, and
+/// says what was written and what to use instead, as a write by the script itself does.
+#[tokio::test]
+async fn writes_to_ctx_by_library_functions_name_the_script_line() {
+    let (_s, client) = one_state().await;
+    let attempts = tags(&case(&client, "ctx_writes").await.unwrap());
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    for (attempt, wanted) in attempts.iter().zip([
+        "iso.lua:210: attempt to modify ctx (key 'deadline'): ctx is read-only",
+        "iso.lua:211: attempt to modify ctx (key '1'): ctx is read-only",
+    ]) {
+        assert!(attempt.contains(wanted), "{wanted:?} in {attempts:?}");
+    }
+    let e = case(&client, "ctx_insert").await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{}", e.message());
+    assert!(
+        e.message()
+            .contains("iso.lua:216: attempt to modify ctx (key '1'): ctx is read-only"),
+        "{}",
+        e.message()
+    );
+}
+
 #[tokio::test]
 async fn data_cannot_be_rewritten_through_pairs() {
     let (_s, client) = one_state().await;

@@ -474,7 +474,7 @@ fn the_readme_example_of_startup_problems_reads_as_documented() {
     };
     follows(
         &format!(
-            "error: {}:3:11: not valid JSON: trailing comma at line 3 column 11",
+            "error: {}:3:11: not valid JSON: trailing comma",
             at("data/points.json")
         ),
         "  help: scripts see this file as data.points; fix the JSON or move the file out of the data folder",

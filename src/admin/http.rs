@@ -166,12 +166,16 @@ async fn put_handler(
                 )
             } else {
                 (
-                    format!("the request body is not valid JSON: {e}"),
+                    format!(
+                        "the request body is not valid JSON: {}",
+                        crate::input::json_error_message(&e)
+                    ),
                     format!("send {ENTRY}"),
                 )
             };
+            let (line, col) = crate::input::json_error_at(bytes, &e);
             let problem = StartupError::Handler {
-                location: Location::at(config::runtime_source(&method), e.line(), e.column()),
+                location: Location::at(config::runtime_source(&method), line, col),
                 entry: String::new(),
                 message,
                 hint: Some(hint),

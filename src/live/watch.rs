@@ -4,12 +4,13 @@
 //! `--descriptor-set` files are watched with `notify`; events are debounced, so an editor's
 //! save (write, rename, chmod) or a `git checkout` of many files becomes one reload. Only
 //! changes count: reading a file (which every reload does) is an event too on Linux, and
-//! reacting to it would reload forever. Editors' temporary and backup files are ignored, and
-//! so are the descriptor cache's entries when `--cache-dir` is inside a watched folder: a
-//! reload that writes one would otherwise set off another. A change only under the handler
-//! and data folders reuses the compiled protos.
+//! reacting to it would reload forever. Editors' temporary and backup files are ignored, and so
+//! is what is in hidden folders (loading skips them), and the descriptor cache's entries when
+//! `--cache-dir` is inside a watched folder (however either is named: through links, with
+//! `..`): a reload that writes one would otherwise set off another. A change only under the
+//! handler and data folders reuses the compiled protos.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,10 +57,8 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
         dir: absolute(dir),
         roots: all_roots.clone(),
     });
-    // Per event: whether it is under a proto folder, and whether it is about a watched folder
-    // itself (created, removed, renamed).
-    let (tx, mut rx) = mpsc::unbounded_channel::<(bool, bool)>();
-    let (roots, protos_roots) = (all_roots.clone(), proto_roots.clone());
+    let (tx, mut rx) = mpsc::unbounded_channel::<Seen>();
+    let (roots, protos_roots, looking) = (all_roots.clone(), proto_roots.clone(), cache.clone());
     let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
         Ok(event) => {
             if matches!(event.kind, EventKind::Access(_)) {
@@ -67,21 +66,26 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
             }
             // The parents are watched only to see the folders themselves come and go.
             let created = matches!(event.kind, EventKind::Create(_));
-            let mut relevant = event
-                .paths
-                .iter()
-                .filter(|p| {
-                    !ignored(p)
-                        && !cache.as_ref().is_some_and(|c| c.written(p, created))
-                        && roots.iter().any(|r| p.starts_with(r))
-                })
-                .peekable();
-            if relevant.peek().is_none() {
+            let mut seen = Seen::default();
+            for path in &event.paths {
+                if !about_input(path, &roots) {
+                    continue;
+                }
+                let protos = protos_roots.iter().any(|r| path.starts_with(r));
+                match cache.as_ref().map(|c| c.event(path, created)) {
+                    Some(ForCache::Own) => {}
+                    Some(ForCache::Parent) => seen.parents.push((path.clone(), protos)),
+                    Some(ForCache::Unrelated) | None => {
+                        seen.changed = true;
+                        seen.protos |= protos;
+                    }
+                }
+            }
+            if !seen.changed && seen.parents.is_empty() {
                 return;
             }
-            let root = event.paths.iter().any(|p| roots.contains(p));
-            let protos = relevant.any(|p| protos_roots.iter().any(|r| p.starts_with(r)));
-            let _ = tx.send((protos, root));
+            seen.root = event.paths.iter().any(|p| roots.contains(p));
+            let _ = tx.send(seen);
         }
         Err(e) => tracing::warn!("watching the input folders: {e}"),
     })
@@ -97,7 +101,7 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
     }
     let resyncing = watcher.clone();
     tokio::spawn(async move {
-        while let Some((mut protos, mut root)) = rx.recv().await {
+        while let Some(mut seen) = rx.recv().await {
             // Wait until the folders are quiet, folding every change meanwhile into one reload.
             let give_up = tokio::time::Instant::now() + LONGEST_WAIT;
             loop {
@@ -107,23 +111,32 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
                     break;
                 }
                 match tokio::time::timeout(wait, rx.recv()).await {
-                    Ok(Some((p, r))) => {
-                        protos |= p;
-                        root |= r;
-                    }
+                    Ok(Some(more)) => seen.add(more),
                     Ok(None) => return,
                     Err(_) => break,
                 }
             }
-            // Watching a folder walks its tree: off the async workers.
-            let watcher = resyncing.clone();
+            // Looking into new folders and watching a folder walk trees: off the async
+            // workers.
+            let (watcher, cache) = (resyncing.clone(), looking.clone());
             let resynced = tokio::task::spawn_blocking(move || {
+                // By now the watch on a new folder is in place: what was written into it
+                // before is found here, what is written after has its own event.
+                for (folder, protos) in std::mem::take(&mut seen.parents) {
+                    if !cache.as_ref().is_some_and(|c| c.made(&folder)) {
+                        seen.changed = true;
+                        seen.protos |= protos;
+                    }
+                }
+                if !seen.changed {
+                    return (folders, None, seen);
+                }
                 let mut watcher = watcher.lock().unwrap_or_else(|e| e.into_inner());
-                let failed = folders.resync(&mut watcher, root);
-                (folders, failed)
+                let failed = folders.resync(&mut watcher, seen.root);
+                (folders, failed, seen)
             })
             .await;
-            let Ok((back, failed)) = resynced else {
+            let Ok((back, failed, seen)) = resynced else {
                 tracing::error!(
                     "watching the input folders stopped; SIGHUP and the admin API still reload"
                 );
@@ -133,13 +146,60 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
             if let Some(e) = failed {
                 tracing::warn!("{e}");
             }
-            let _ = live.reload(Trigger::Files { protos }).await;
+            if seen.changed {
+                let _ = live
+                    .reload(Trigger::Files {
+                        protos: seen.protos,
+                    })
+                    .await;
+            }
         }
     });
     Ok(Watching { _watcher: watcher })
 }
 
+/// What events say, from one event or folded over the events of one quiet period.
+#[derive(Default)]
+struct Seen {
+    /// Inputs changed.
+    changed: bool,
+    /// Inputs under a proto folder changed (otherwise the compiled protos are reused).
+    protos: bool,
+    /// A watched folder itself was created, removed or renamed.
+    root: bool,
+    /// Folders created on the way to the cache folder, each with whether it is under a proto
+    /// folder: inputs unless the cache made them, which is told once the folders are quiet.
+    parents: Vec<(PathBuf, bool)>,
+}
+
+impl Seen {
+    fn add(&mut self, more: Seen) {
+        self.changed |= more.changed;
+        self.protos |= more.protos;
+        self.root |= more.root;
+        self.parents.extend(more.parents);
+    }
+}
+
+/// What an event on a path is to the descriptor cache.
+#[derive(Debug, PartialEq, Eq)]
+enum ForCache {
+    /// The cache's own doing: an entry written, replaced or pruned, or the cache folder created.
+    Own,
+    /// A folder created on the way to the cache folder: by the cache for its first entry, or
+    /// by someone with inputs in it ([`CacheDir::made`] tells which).
+    Parent,
+    /// Anything else.
+    Unrelated,
+}
+
 /// The descriptor cache folder, which may be inside a watched folder (or be one).
+///
+/// Events name paths as the watched folders were given, and `--cache-dir` may name the same
+/// folder another way (through a symbolic link, with `..`, or the other way round), so both
+/// are compared as their real paths, found afresh for each event: a link may be switched
+/// while serving, and the cache folder may not exist yet.
+#[derive(Clone)]
 struct CacheDir {
     dir: PathBuf,
     /// The watched folders: never ignored themselves.
@@ -147,16 +207,95 @@ struct CacheDir {
 }
 
 impl CacheDir {
-    /// Whether an event on `path` is the cache's own doing: an entry written, replaced or
-    /// pruned, or the folder (and its missing parents) created for the first entry.
-    fn written(&self, path: &Path, created: bool) -> bool {
-        let entry = path.parent() == Some(self.dir.as_path())
-            && path
-                .file_name()
-                .is_some_and(|n| crate::schema::cache::is_entry(&n.to_string_lossy()));
-        let folder = created && self.dir.starts_with(path) && !self.roots.iter().any(|r| r == path);
-        entry || folder
+    /// What an event on `path` is to the cache.
+    fn event(&self, path: &Path, created: bool) -> ForCache {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return ForCache::Unrelated;
+        };
+        if self.roots.iter().any(|r| r == path) {
+            return ForCache::Unrelated;
+        }
+        // The last part is not followed: a link created there is not the folder it points at.
+        let path = real(parent).join(name);
+        let dir = real(&self.dir);
+        if path.parent() == Some(dir.as_path())
+            && crate::schema::cache::is_entry(&name.to_string_lossy())
+        {
+            return ForCache::Own;
+        }
+        match created {
+            true if path == dir => ForCache::Own,
+            true if dir.starts_with(&path) => ForCache::Parent,
+            _ => ForCache::Unrelated,
+        }
     }
+
+    /// Whether the new folder at `folder`, on the way to the cache folder, is the cache's
+    /// doing: it holds nothing but the way to the cache folder and the cache's entries (and
+    /// hidden files, which loading skips). A folder that went again holds nothing.
+    fn made(&self, folder: &Path) -> bool {
+        only_the_way_to(&real(folder), &real(&self.dir))
+    }
+}
+
+/// Whether everything in `folder` (a real path) is the way to `cache`, or an entry of it.
+fn only_the_way_to(folder: &Path, cache: &Path) -> bool {
+    let entries = match std::fs::read_dir(folder) {
+        Ok(entries) => entries,
+        Err(e) => return e.kind() == std::io::ErrorKind::NotFound,
+    };
+    for entry in entries {
+        let Ok(entry) = entry else {
+            return false;
+        };
+        let path = entry.path();
+        if crate::input::is_hidden(&path) {
+            continue;
+        }
+        if folder == cache {
+            if crate::schema::cache::is_entry(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
+            return false;
+        }
+        // Loading follows links, so this does; only deeper, so a link back up ends here.
+        let path = real(&path);
+        let deeper = path.starts_with(folder) && path != folder;
+        if !(deeper && cache.starts_with(&path) && path.is_dir() && only_the_way_to(&path, cache)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The real path of `path`, which need not exist: its nearest existing ancestor with every
+/// link resolved, then the rest, with `.` and `..` applied.
+fn real(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut base = path.to_path_buf();
+    let mut out = loop {
+        if let Ok(found) = std::fs::canonicalize(&base) {
+            break found;
+        }
+        match base.components().next_back() {
+            Some(part @ (Component::Normal(_) | Component::CurDir | Component::ParentDir)) => {
+                rest.push(part.as_os_str().to_owned());
+                base.pop();
+            }
+            // `/` (or a relative path's start: events name absolute paths).
+            _ => break base,
+        }
+    };
+    for part in rest.into_iter().rev() {
+        match Path::new(&part).components().next() {
+            Some(Component::ParentDir) => {
+                out.pop();
+            }
+            Some(Component::Normal(name)) => out.push(name),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The watched folders and the identity (device, inode) of the directory each watch is on.
@@ -258,6 +397,20 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// Whether an event on `path` may be about an input: it is under a watched folder, and neither
+/// it nor a folder on the way from there is hidden (loading skips them: a `git commit` in a
+/// watched folder writes only under `.git/`) or an editor's file.
+fn about_input(path: &Path, roots: &[PathBuf]) -> bool {
+    let hidden = |rest: &Path| {
+        rest.components()
+            .any(|c| c.as_os_str().as_encoded_bytes().starts_with(b"."))
+    };
+    !ignored(path)
+        && roots
+            .iter()
+            .any(|r| path.strip_prefix(r).is_ok_and(|rest| !hidden(rest)))
+}
+
 /// Editors' swap, backup and temporary files, and hidden files.
 fn ignored(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -273,7 +426,8 @@ fn ignored(path: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{ignored, CacheDir};
+    use super::ForCache::{Own, Parent, Unrelated};
+    use super::{ignored, real, CacheDir};
     use std::path::{Path, PathBuf};
 
     #[test]
@@ -282,24 +436,110 @@ mod tests {
             dir: PathBuf::from("/p/protos/cache/x"),
             roots: vec![PathBuf::from("/p/protos"), PathBuf::from("/p/handlers")],
         };
-        let written = |p: &str, created: bool| cache.written(Path::new(p), created);
-        assert!(written("/p/protos/cache/x/descriptors-0a.bin", false));
-        assert!(written("/p/protos/cache/x/descriptors-0a.bin", true));
-        assert!(written("/p/protos/cache/x", true));
-        assert!(written("/p/protos/cache", true));
+        let event = |p: &str, created: bool| cache.event(Path::new(p), created);
+        assert_eq!(event("/p/protos/cache/x/descriptors-0a.bin", false), Own);
+        assert_eq!(event("/p/protos/cache/x/descriptors-0a.bin", true), Own);
+        assert_eq!(event("/p/protos/cache/x", true), Own);
+        // A new folder on the way may hold inputs: looked into once the folders are quiet.
+        assert_eq!(event("/p/protos/cache", true), Parent);
         // Anything else in or around it counts: a folder renamed there, a .proto next to it.
-        assert!(!written("/p/protos/cache", false));
-        assert!(!written("/p/protos/cache/x/a.proto", true));
-        assert!(!written("/p/protos/cache/x/sub/descriptors-0a.bin", false));
-        assert!(!written("/p/protos", true));
+        assert_eq!(event("/p/protos/cache", false), Unrelated);
+        assert_eq!(event("/p/protos/cache/x/a.proto", true), Unrelated);
+        assert_eq!(
+            event("/p/protos/cache/x/sub/descriptors-0a.bin", false),
+            Unrelated
+        );
+        assert_eq!(event("/p/protos", true), Unrelated);
         // A cache folder that is a watched folder: only its entries are ignored.
         let cache = CacheDir {
             dir: PathBuf::from("/p/handlers"),
             roots: vec![PathBuf::from("/p/handlers")],
         };
-        assert!(cache.written(Path::new("/p/handlers/descriptors-0a.bin"), false));
-        assert!(!cache.written(Path::new("/p/handlers"), true));
-        assert!(!cache.written(Path::new("/p/handlers/h.json"), false));
+        let event = |p: &str, created: bool| cache.event(Path::new(p), created);
+        assert_eq!(event("/p/handlers/descriptors-0a.bin", false), Own);
+        assert_eq!(event("/p/handlers", true), Unrelated);
+        assert_eq!(event("/p/handlers/h.json", false), Unrelated);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_folder_on_the_way_to_the_cache_is_the_caches_only_if_it_holds_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = std::fs::canonicalize(dir.path()).unwrap();
+        let cache = CacheDir {
+            dir: top.join("protos/gen/sub/cache"),
+            roots: vec![top.join("protos")],
+        };
+        let gen = top.join("protos/gen");
+        std::fs::create_dir_all(gen.join("sub/cache")).unwrap();
+        std::fs::write(gen.join("sub/cache/descriptors-0a.bin"), b"").unwrap();
+        std::fs::write(gen.join("sub/cache/.descriptors-0a.1.tmp"), b"").unwrap();
+        std::fs::write(gen.join(".hidden.proto"), b"").unwrap();
+        assert!(cache.made(&gen));
+        assert!(cache.made(&top.join("protos/gone")));
+        // A link back up is not followed round.
+        std::os::unix::fs::symlink("..", gen.join("sub/up")).unwrap();
+        assert!(!cache.made(&gen));
+        std::fs::remove_file(gen.join("sub/up")).unwrap();
+        for other in ["a.proto", "sub/a.proto", "sub/cache/a.proto"] {
+            std::fs::write(gen.join(other), b"").unwrap();
+            assert!(!cache.made(&gen), "{other}");
+            std::fs::remove_file(gen.join(other)).unwrap();
+        }
+        std::fs::create_dir(gen.join("sub/other")).unwrap();
+        assert!(!cache.made(&gen));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn real_paths_resolve_links_and_dots_of_folders_that_may_not_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir(top.join("protos")).unwrap();
+        std::os::unix::fs::symlink(&top, top.join("alias")).unwrap();
+        let want = top.join("protos/cache/x");
+        for given in [
+            "protos/cache/x",
+            "alias/protos/cache/x",
+            "alias/protos/../protos/./cache/x",
+            "protos/cache/new/../x",
+        ] {
+            assert_eq!(real(&dir.path().join(given)), want, "{given}");
+        }
+        assert_eq!(real(Path::new("/")), Path::new("/"));
+        // A cache named through the link is recognised in events naming the real folder.
+        let cache = CacheDir {
+            dir: top.join("alias/protos/cache"),
+            roots: vec![top.join("protos")],
+        };
+        assert_eq!(
+            cache.event(&top.join("protos/cache/descriptors-0a.bin"), false),
+            Own
+        );
+        assert_eq!(cache.event(&top.join("protos/cache"), true), Own);
+        assert_eq!(
+            cache.event(&top.join("protos/cache/a.proto"), false),
+            Unrelated
+        );
+    }
+
+    #[test]
+    fn events_in_hidden_folders_are_not_about_inputs() {
+        let roots = [
+            PathBuf::from("/p/protos"),
+            PathBuf::from("/p/protos/.v/inc"),
+        ];
+        let about = |p: &str| super::about_input(Path::new(p), &roots);
+        assert!(about("/p/protos/a/b.proto"));
+        assert!(about("/p/protos"));
+        assert!(
+            about("/p/protos/.v/inc/x.proto"),
+            "a watched folder inside a hidden one"
+        );
+        assert!(!about("/p/protos/.git/index"));
+        assert!(!about("/p/protos/a/.cache/x/b.proto"));
+        assert!(!about("/p/protos/.v/other.proto"));
+        assert!(!about("/p/other/b.proto"));
     }
 
     #[test]

@@ -42,17 +42,22 @@ pub fn proto_error(
     }
 }
 
-/// The first labelled span of a diagnostic, as a 1-based `file:line:col`.
+/// The first labelled span of a diagnostic, as a 1-based `file:line:col` (the column in
+/// characters, as every column the product reports; miette counts bytes).
 pub(crate) fn diagnostic_location(diag: &dyn Diagnostic) -> Option<Location> {
     let source = diag.source_code()?;
     let label = diag.labels()?.next()?;
     let contents = source.read_span(label.inner(), 0, 0).ok()?;
     let name = contents.name().map(str::to_owned)?;
-    Some(Location::at(
-        name,
-        contents.line() + 1,
-        contents.column() + 1,
-    ))
+    let bytes = contents.column();
+    let col = match label.offset().checked_sub(bytes) {
+        Some(start) if bytes > 0 => {
+            let before = source.read_span(&(start, bytes).into(), 0, 0).ok()?;
+            crate::input::column(before.data())
+        }
+        _ => 1,
+    };
+    Some(Location::at(name, contents.line() + 1, col))
 }
 
 /// Reads imports for protox the way loading resolves them.
@@ -180,9 +185,10 @@ pub fn locate(path: &Path, name: &str, element: &[i32]) -> Location {
         .flat_map(|i| i.location.iter())
         .find(|l| l.path == element)
         .and_then(|l| {
-            let line = usize::try_from(*l.span.first()?).ok()?;
-            let col = usize::try_from(*l.span.get(1)?).ok()?;
-            Some(Location::at(path, line + 1, col + 1))
+            let line = usize::try_from(*l.span.first()?).ok()? + 1;
+            let col = usize::try_from(*l.span.get(1)?).ok()? + 1;
+            let col = crate::input::in_characters(text.as_bytes(), line, col);
+            Some(Location::at(path, line, col))
         })
         .unwrap_or_else(|| Location::file(path))
 }

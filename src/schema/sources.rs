@@ -384,9 +384,7 @@ pub fn edition_statement(text: &str) -> Option<(usize, usize)> {
     if !after.trim_start().starts_with('=') {
         return None;
     }
-    let line = text[..i].matches('\n').count() + 1;
-    let col = i - text[..i].rfind('\n').map_or(0, |n| n + 1) + 1;
-    Some((line, col))
+    Some(crate::input::position(text.as_bytes(), i))
 }
 
 /// Warns when a vendored copy of a bundled file declares something the bundled one does not

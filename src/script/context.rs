@@ -432,8 +432,8 @@ fn running() -> mlua::Result<Arc<CallShared>> {
 /// called on is the running call's own ctx (`owned`), then works for the running call: a ctx
 /// kept past its call, or handed to another call on the same state, stops working.
 const CTX: &str = r#"
-local owned, field, elapsed, remaining, set_header, set_trailer, sleep, try_send, wait_send = ...
-local error = error
+local owned, field, elapsed, remaining, set_header, set_trailer, sleep, try_send, wait_send, raise = ...
+local error, tostring = error, tostring
 local DEAD = "ctx used after its call ended (a closure kept it past the call)"
 local methods = {
   elapsed = function(self)
@@ -472,7 +472,10 @@ return {
     end
     return nil
   end,
-  __newindex = function() error("ctx is read-only", 2) end,
+  -- At the script's line that wrote, also when a library function did (`table.insert(ctx, 1)`).
+  __newindex = function(_, k)
+    raise("attempt to modify ctx (key '" .. tostring(k) .. "'): ctx is read-only; set metadata with ctx:set_header and ctx:set_trailer")
+  end,
   __metatable = "ctx",
 }
 "#;
@@ -574,6 +577,7 @@ pub fn ctx_parts(lua: &mlua::Lua) -> mlua::Result<(Table, Function)> {
         sleep_fn,
         try_send,
         wait_send,
+        super::freeze::raise_at_script(lua)?,
     ))?;
     Ok((metatable, bind))
 }

@@ -23,6 +23,46 @@ use mlua::{Function, LightUserData, Lua, Table, Value as LuaValue};
 
 use super::stdlib;
 
+/// The registry key of the function read-only errors are raised with (see [`raise_at_script`]).
+const RAISE_KEY: &str = "protoserve.raise_at_script";
+
+/// `raise(message)`, called by a `__newindex`: raises `message` at the line of the script that
+/// wrote, the nearest caller from a file. That is not the level above when a library function
+/// did the write for the script (`table.insert(ctx, 1)`, `table.sort` on frozen data): it has
+/// no line, and Lua's own `error(message, 2)` would name none.
+const RAISE: &str = r#"
+local dgetinfo, error, ssub = ...
+return function(message)
+  -- Level 1 is this function, 2 the `__newindex` calling it.
+  for level = 3, 34 do
+    local info = dgetinfo(level, "Sl")
+    if info == nil then break end
+    if ssub(info.source, 1, 1) == "@" and info.currentline > 0 then
+      error(ssub(info.source, 2) .. ":" .. info.currentline .. ": " .. message, 0)
+    end
+  end
+  error(message, 3)
+end
+"#;
+
+/// The state's function that raises read-only errors at the script line that wrote (see
+/// [`RAISE`]), made on first use, which must come while the debug library is still loaded.
+pub fn raise_at_script(lua: &Lua) -> mlua::Result<Function> {
+    if let Ok(made) = lua.named_registry_value::<Function>(RAISE_KEY) {
+        return Ok(made);
+    }
+    let g = lua.globals();
+    let getinfo: Function = g.raw_get::<Table>("debug")?.raw_get("getinfo")?;
+    let error: Function = g.raw_get("error")?;
+    let sub: Function = g.raw_get::<Table>("string")?.raw_get("sub")?;
+    let made: Function = lua
+        .load(RAISE)
+        .set_name("=protoserve")
+        .call((getinfo, error, sub))?;
+    lua.set_named_registry_value(RAISE_KEY, made.clone())?;
+    Ok(made)
+}
+
 /// Marks a frozen table's metatable; its value is the hidden contents.
 static FROZEN_KEY: u8 = 0;
 /// In a frozen table's metatable: what `getmetatable` returns for it.

@@ -34,8 +34,7 @@ use crate::error::{Location, StartupError, StartupErrors};
 
 const PRELUDE: &str = r#"
 local KEY, ORIG, dgetmt, dsetmt, setmetatable, getmetatable, next, rawget, rawlen, error, type, tostring,
-  rawset, guard_close, dgetinfo = ...
-local ssub = string.sub
+  rawset, guard_close, raise = ...
 
 -- Raw views of frozen tables used as metatables (Lua reads metamethods raw), and back.
 local views, view_of = {}, {}
@@ -67,19 +66,10 @@ local function frozen_pairs(t)
   return frozen_next, t, nil
 end
 
--- Raises at the script's line that wrote: the nearest caller from a file, which is not the
--- level above when a library function wrote (`table.sort`, `table.insert` on frozen data).
+-- Raises at the script's line that wrote, also when a library function wrote for it.
 local function raiser(prefix, suffix)
   return function(_, k)
-    local message = prefix .. tostring(k) .. suffix
-    for level = 2, 33 do
-      local info = dgetinfo(level, "Sl")
-      if info == nil then break end
-      if ssub(info.source, 1, 1) == "@" and info.currentline > 0 then
-        error(ssub(info.source, 2) .. ":" .. info.currentline .. ": " .. message, 0)
-      end
-    end
-    error(message, 2)
+    raise(prefix .. tostring(k) .. suffix)
   end
 end
 
@@ -244,7 +234,7 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
     let getupvalue: Function = debug.raw_get("getupvalue")?;
     let dgetmt: Function = debug.raw_get("getmetatable")?;
     let dsetmt: Function = debug.raw_get("setmetatable")?;
-    let dgetinfo: Function = debug.raw_get("getinfo")?;
+    let raise = super::freeze::raise_at_script(lua)?;
     g.raw_set("debug", LuaValue::Nil)?;
 
     let originals = (
@@ -262,7 +252,7 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
         g.raw_get::<Function>("tostring")?,
         g.raw_get::<Function>("rawset")?,
         lua.named_registry_value::<Function>(super::guard::GUARD_CLOSE_KEY)?,
-        dgetinfo,
+        raise,
     );
     let p: Table = lua.load(PRELUDE).set_name("=protoserve").call(originals)?;
     let f = |name: &str| p.raw_get::<Function>(name);
@@ -816,7 +806,17 @@ pub fn json_to_frozen(
     match (result, failed.into_inner()) {
         (_, Some(e)) => Err(e),
         (Ok(v), None) => Ok(v),
-        (Err(e), None) => Err(mlua::Error::runtime(format!("not valid JSON: {e}"))),
+        (Err(e), None) => {
+            let (line, col) = crate::input::json_error_at(text.as_bytes(), &e);
+            let message = crate::input::json_error_message(&e);
+            let at = match col {
+                0 => format!("line {line}"),
+                _ => format!("line {line} column {col}"),
+            };
+            Err(mlua::Error::runtime(format!(
+                "not valid JSON: {message} at {at}"
+            )))
+        }
     }
 }
 
