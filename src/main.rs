@@ -633,7 +633,7 @@ fn verify(args: &VerifyArgs) -> ExitCode {
     let json: serde_json::Value = match serde_json::from_slice(text) {
         Ok(j) => j,
         Err(e) => {
-            let (line, col) = protoserve::input::json_error_at(text.as_bytes(), &e);
+            let (line, col) = protoserve::input::json_error_at(text, &e);
             eprintln!(
                 "error: {name}:{line}:{col}: not valid JSON: {}",
                 protoserve::input::json_error_message(&e)
