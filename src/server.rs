@@ -180,6 +180,7 @@ pub async fn run(
                 let conn = http2.serve_connection(TokioIo::new(guard), service);
                 connections.spawn(connection(
                     conn,
+                    peer,
                     greeted,
                     draining.clone(),
                     deadline_passed.clone(),
@@ -227,6 +228,7 @@ type Connection =
 /// its handshake), its calls ended when the deadline passes.
 async fn connection(
     conn: Connection,
+    peer: std::net::SocketAddr,
     greeted: Arc<AtomicBool>,
     mut draining: watch::Receiver<bool>,
     deadline_passed: CancellationToken,
@@ -239,7 +241,11 @@ async fn connection(
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!("connection closed: {e}");
+                    if too_many_unread_frames(&e) {
+                        report_unread_frames(peer);
+                    } else {
+                        tracing::debug!("connection closed: {e}");
+                    }
                 }
                 return;
             }
@@ -299,6 +305,39 @@ fn not_http2(first: &[u8]) -> String {
         );
     }
     "bytes that are not the HTTP/2 connection preface (gRPC needs HTTP/2, in plain text)".into()
+}
+
+/// Whether HTTP/2 itself closed the connection for holding too many small DATA frames that the
+/// calls had not read yet (GOAWAY `ENHANCE_YOUR_CALM`): h2 guards its memory so against
+/// floods of tiny frames, and hyper offers no setting for the limit. A client streaming small
+/// messages one frame each, faster than its handler reads them, meets it too, and sees every
+/// call of the connection fail with UNAVAILABLE; the log is the server's only word on why.
+fn too_many_unread_frames(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_go_away()
+                && h2.is_library()
+                && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Logs, once a second at most, why a connection was closed for unread small frames.
+fn report_unread_frames(peer: std::net::SocketAddr) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let why = "HTTP/2 holds at most about 2 000 small DATA frames a connection's calls have not \
+               read yet, and the client sent more (small messages, one frame each, faster than \
+               their handlers read them); its calls fail with UNAVAILABLE. Send larger or fewer \
+               messages per frame, spread streams over more connections, or make the handler \
+               read sooner";
+    if once_a_second(&LAST) {
+        tracing::warn!("connection from {peer} closed (ENHANCE_YOUR_CALM): {why}");
+    } else {
+        tracing::debug!("connection from {peer} closed (ENHANCE_YOUR_CALM): {why}");
+    }
 }
 
 /// Logs, once a second at most (more at debug level: a flood must not flood the log), that a

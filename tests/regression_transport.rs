@@ -47,6 +47,7 @@ fn request_headers(path: &str) -> Vec<u8> {
     block
 }
 
+const DATA: u8 = 0;
 const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
@@ -611,4 +612,68 @@ async fn connections_over_the_limit_are_closed() {
             .await
             .unwrap();
     }
+}
+
+/// HTTP/2 (h2) closes a connection that holds more than about 2 000 small DATA frames its calls
+/// have not read (GOAWAY `ENHANCE_YOUR_CALM`), and hyper offers no setting for that limit. A
+/// client streaming small messages faster than its handler reads them meets it, and saw every
+/// call fail with UNAVAILABLE while the server logged nothing above debug level. The server
+/// now says in its log which connection was closed and why.
+#[test]
+fn a_connection_closed_for_unread_small_frames_is_logged() {
+    let server = Server::lab(&[]);
+    let mut tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    out.extend(frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request_headers("/lab.Lab/Mirror"),
+    ));
+    // The first query asks for 100 000 replies, which this client never reads: the script
+    // waits in ctx:send from then on, and reads no more requests.
+    let first = [0x0a, 0x01, b'x', 0x10, 0xa0, 0x8d, 0x06];
+    let mut message = vec![0, 0, 0, 0, first.len() as u8];
+    message.extend_from_slice(&first);
+    out.extend(frame(DATA, 0, 1, &message));
+    // Then 5 000 empty queries, a frame each.
+    for _ in 0..5_000 {
+        out.extend(frame(DATA, 0, 1, &[0, 0, 0, 0, 0]));
+    }
+    tcp.write_all(&out).unwrap();
+    let mut reason = None;
+    let mut header = [0u8; 9];
+    let mut payload = Vec::new();
+    while tcp.read_exact(&mut header).is_ok() {
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        payload.resize(len, 0);
+        if tcp.read_exact(&mut payload).is_err() {
+            break;
+        }
+        if header[3] == GOAWAY && payload.len() >= 8 {
+            reason = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+            break;
+        }
+    }
+    assert_eq!(reason, Some(11), "GOAWAY ENHANCE_YOUR_CALM expected");
+    let started = Instant::now();
+    let logged = loop {
+        let log = server.log();
+        if let Some(line) = log.iter().find(|l| l.contains("ENHANCE_YOUR_CALM")) {
+            break line.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no log line names the closed connection: {log:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(logged.contains("WARN"), "{logged}");
+    assert!(
+        logged.contains(&tcp.local_addr().unwrap().to_string()),
+        "{logged}"
+    );
+    assert!(logged.contains("small DATA frames"), "{logged}");
 }
