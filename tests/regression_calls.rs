@@ -669,3 +669,38 @@ async fn scripts_take_requests_without_fields() {
     assert!(status.is_none(), "{status:?}");
     assert_eq!(echoes, vec![json!({"n": 1}), json!({"n": 2})]);
 }
+
+/// A request type whose nested message fits the builder's slot limit on its own, but not with
+/// the fields that come after it (in its message or in the enclosing ones), made a builder of
+/// more than 200 parameters: not valid Lua, so serve and check refused the handler files. Such
+/// a nested message is built as a table instead; the script reads every field either way.
+#[tokio::test]
+async fn scripts_take_requests_whose_nested_fields_pass_the_slot_limit() {
+    let dir = fixtures().join("wide_requests");
+    let protos = dir.join("protos");
+    let handlers = dir.join("handlers");
+    let args = [
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+    ];
+    let mut check = vec!["check"];
+    check.extend(args);
+    let (code, out, err) = run(&check);
+    assert_eq!(code, 0, "{out}{err}");
+    let server = Server::start(&args);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let outer = json!({"wide": {"w1": 1, "w149": 10}, "o2": 100, "o101": 1000});
+    let one = client.unary("wide.Wides/One", outer.clone()).await.unwrap();
+    assert_eq!(one, json!({"n": "1111"}));
+    let many = client
+        .client_stream("wide.Wides/Many", vec![outer, json!({"o101": 5})])
+        .await
+        .unwrap();
+    assert_eq!(many, json!({"n": "1116"}));
+    let deep =
+        json!({"mid": {"half": {"h1": 1, "h120": 10}, "m11": 100}, "d2": 1000, "d81": 10000});
+    let nested = client.unary("wide.Wides/Nested", deep).await.unwrap();
+    assert_eq!(nested, json!({"n": "11111"}));
+}

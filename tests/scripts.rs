@@ -392,3 +392,155 @@ async fn cancelling_mid_stream_stops_the_script() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Protobuf wire encoding, for requests a JSON client cannot send (bad bytes, odd varints).
+mod wire_bytes {
+    pub fn varint(mut n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out
+    }
+    pub fn key(field: u64, wire_type: u64) -> Vec<u8> {
+        varint(field << 3 | wire_type)
+    }
+    pub fn int(field: u64, n: u64) -> Vec<u8> {
+        [key(field, 0), varint(n)].concat()
+    }
+    pub fn double(field: u64, x: f64) -> Vec<u8> {
+        [key(field, 1), x.to_le_bytes().to_vec()].concat()
+    }
+    pub fn float(field: u64, x: f32) -> Vec<u8> {
+        [key(field, 5), x.to_le_bytes().to_vec()].concat()
+    }
+    pub fn fixed64(field: u64, n: u64) -> Vec<u8> {
+        [key(field, 1), n.to_le_bytes().to_vec()].concat()
+    }
+    pub fn fixed32(field: u64, n: u32) -> Vec<u8> {
+        [key(field, 5), n.to_le_bytes().to_vec()].concat()
+    }
+    pub fn message(field: u64, body: &[u8]) -> Vec<u8> {
+        [key(field, 2), varint(body.len() as u64), body.to_vec()].concat()
+    }
+}
+
+/// A request stream whose type has only numbers (taken by a C function that pushes them onto
+/// the Lua stack) reads like the same stream with a string field (taken through Lua values):
+/// the same tables in the same order, edge values included, the same error for a message
+/// that does not decode, reading on after it, and `nil` again after the end.
+#[tokio::test]
+async fn number_streams_read_like_streams_with_strings() {
+    use bytes::Bytes;
+    use wire_bytes::*;
+    let dir = fixtures().join("number_streams");
+    let protos = dir.join("protos");
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        dir.join("handlers").to_str().unwrap(),
+    ]);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let inner = |a: u64, d: f64| [int(1, a), double(2, d)].concat();
+    let requests: Vec<Vec<u8>> = vec![
+        vec![],
+        [
+            int(1, u64::MAX),
+            int(2, u64::MAX),
+            int(3, 9),
+            int(4, 2),
+            float(5, f32::NAN),
+            double(6, f64::NEG_INFINITY),
+        ]
+        .concat(),
+        [
+            int(7, 1),
+            int(7, 99),
+            fixed64(8, 1 << 63),
+            fixed32(9, u32::MAX),
+            int(10, 0),
+        ]
+        .concat(),
+        [message(11, &inner(3, 1.5)), message(11, &int(1, 4))].concat(),
+        [message(12, &inner(1, 2.0)), message(13, &inner(5, 0.25))].concat(),
+        [message(13, &inner(5, 0.25)), message(12, &int(1, 9))].concat(),
+        [
+            message(12, &inner(1, 2.0)),
+            int(14, 77),
+            message(99, b"unknown"),
+        ]
+        .concat(),
+        [int(1, 1), double(1, 1.0)].concat(),
+        int(1, 2),
+        [int(1, 3), key(6, 1), vec![0; 3]].concat(),
+        int(1, 4),
+    ];
+    let text = |r: Result<Bytes, tonic::Status>| -> String {
+        let bytes = r.expect("the call answers");
+        let output = client.method("numbers.Streams/Points").output();
+        let seen = prost_reflect::DynamicMessage::decode(output, bytes).unwrap();
+        seen.get_field_by_name("text")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let points: Vec<Bytes> = requests.iter().map(|r| Bytes::from(r.clone())).collect();
+    let named: Vec<Bytes> = requests
+        .iter()
+        .map(|r| Bytes::from([r.clone(), message(15, b"n")].concat()))
+        .collect();
+    let numbers = text(
+        client
+            .raw_client_stream("/numbers.Streams/Points", points)
+            .await,
+    );
+    let strings = text(
+        client
+            .raw_client_stream("/numbers.Streams/Names", named)
+            .await,
+    );
+    assert_eq!(numbers, strings);
+    let lines: Vec<&str> = numbers.lines().collect();
+    assert_eq!(lines.len(), requests.len() + 2, "{numbers}");
+    assert_eq!(
+        lines[1],
+        "{b=true,c=RED,d=-inff,f=nan,fx=0,i32=-1,s32=-5,sf=0,u64=-1}"
+    );
+    assert_eq!(
+        lines[2],
+        "{b=false,c=99,d=0f,f=0f,fx=-9223372036854775808,i32=0,o=0,s32=0,sf=-1,u64=0}"
+    );
+    assert!(lines[3].contains("in={a=4,d=1.5f}"), "{}", lines[3]);
+    assert!(
+        lines[4].contains("y={a=5,d=0.25f}") && !lines[4].contains(",x="),
+        "{}",
+        lines[4]
+    );
+    assert!(
+        lines[5].contains("x={a=9,d=0f}") && !lines[5].contains(",y="),
+        "{}",
+        lines[5]
+    );
+    assert!(
+        lines[6].contains("z=77") && !lines[6].contains(",x="),
+        "{}",
+        lines[6]
+    );
+    assert!(
+        lines[7].starts_with("error: ") && lines[7].contains("wrong wire type"),
+        "{}",
+        lines[7]
+    );
+    assert!(lines[8].contains("i32=2"), "{}", lines[8]);
+    assert!(
+        lines[9].starts_with("error: ") && lines[9].contains("truncated"),
+        "{}",
+        lines[9]
+    );
+    assert!(lines[10].contains("i32=4"), "{}", lines[10]);
+    assert_eq!(lines[11..], ["end", "then nil"]);
+}

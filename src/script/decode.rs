@@ -137,7 +137,7 @@ impl Layout {
             max_depth,
         };
         let fields = plans.message(msg).fields.len();
-        let root = (fields <= max_slots).then(|| gen.inline(msg, 0));
+        let root = (fields <= max_slots).then(|| gen.inline(msg, 0, 0));
         let (body, params) = match &root {
             Some(inline) => (gen.expr(inline), gen.slots),
             None => {
@@ -145,6 +145,7 @@ impl Layout {
                 ("a1".to_owned(), 1)
             }
         };
+        debug_assert!(params <= max_slots.max(1), "{params} slots for {max_slots}");
         let mut source = String::new();
         if !gen.enums.is_empty() {
             let names: Vec<String> = (1..=gen.enums.len()).map(|i| format!("E{i}")).collect();
@@ -207,19 +208,26 @@ impl Gen<'_> {
         self.slots - 1
     }
 
-    fn inline(&mut self, msg: MsgId, depth: usize) -> Inline {
+    /// The slots of `msg`'s fields, leaving room for `reserve` more: one for each field that
+    /// the enclosing messages have after this one. A nested message is inlined only if its
+    /// fields fit beside every slot still to come, so the builder never takes more than
+    /// `max_slots` parameters (Lua's limit of 200 locals).
+    fn inline(&mut self, msg: MsgId, depth: usize, reserve: usize) -> Inline {
         let plan = self.plans.message(msg);
+        let count = plan.fields.len();
         let fields = plan
             .fields
             .iter()
-            .map(|f| match (f.shape, f.ty) {
+            .enumerate()
+            .map(|(i, f)| match (f.shape, f.ty) {
                 (Shape::Single, Type::Message(m)) => {
+                    let later = reserve + (count - i - 1);
                     let inner_fields = self.plans.message(m).fields.len();
-                    let fits = self.slots + 1 + inner_fields <= self.max_slots;
+                    let fits = self.slots + 1 + inner_fields + later <= self.max_slots;
                     if fits && depth < self.max_depth && !self.path.contains(&m) {
                         let presence = self.take();
                         self.path.push(m);
-                        let inner = self.inline(m, depth + 1);
+                        let inner = self.inline(m, depth + 1, later);
                         self.path.pop();
                         Slot::Inline { presence, inner }
                     } else {

@@ -540,6 +540,23 @@ impl Client {
         (tx, resp)
     }
 
+    /// A client-streaming call whose requests are `raw` bytes, each framed but otherwise
+    /// untouched; the response as its bytes.
+    pub async fn raw_client_stream(&self, path: &str, raw: Vec<Bytes>) -> Result<Bytes, Status> {
+        let mut grpc = self.grpc();
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let resp = grpc
+            .client_streaming(
+                Request::new(futures_util::stream::iter(raw)),
+                path.parse().unwrap(),
+                RawCodec,
+            )
+            .await?;
+        Ok(resp.into_inner())
+    }
+
     /// A unary call whose body is `raw` bytes, framed but otherwise untouched.
     pub async fn raw_unary(&self, path: &str, raw: Bytes) -> Result<Bytes, Status> {
         let mut grpc = self.grpc();
