@@ -298,7 +298,8 @@ return function(build, try_next, h, numbers)
         r = build(try_next())
         if r == false then
           wait_next(h)
-          r = build(try_next())
+          r = build(numbers())
+          if r == nil then r = build(try_next()) end
         end
       end
       return r
