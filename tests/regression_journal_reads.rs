@@ -223,3 +223,95 @@ async fn a_call_over_a_reads_budget_is_not_sent_to_be_read_alone() {
         );
     }
 }
+
+/// `GET path` on the admin API over a plain socket, raising `first` at the answer's first
+/// byte: the time to it, and the whole answer's length. Nothing is parsed, so the time is the
+/// server's.
+fn get_first_byte(
+    admin: std::net::SocketAddr,
+    path: &str,
+    first: &std::sync::atomic::AtomicBool,
+) -> (Duration, usize) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(admin).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let started = Instant::now();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut byte = [0u8; 1];
+    tcp.read_exact(&mut byte).unwrap();
+    let at = started.elapsed();
+    first.store(true, std::sync::atomic::Ordering::Release);
+    let mut rest = Vec::new();
+    tcp.read_to_end(&mut rest).unwrap();
+    (at, 1 + rest.len())
+}
+
+/// A journal page is written as JSON on a blocking thread. It was written on a thread that
+/// drives the network, so a page of megabytes held up every gRPC call that thread served for
+/// as long as the writing took (with one such thread, as here, every call). Until a page's
+/// first byte comes, the longest a small call waits is held to a third of that time,
+/// measured in the same run (the median of seven reads).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_journal_page_holds_up_no_grpc_call() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let f = fixtures();
+    let server = Server::start_with_env(
+        &[
+            "--protos",
+            f.join("protos").to_str().unwrap(),
+            "--handlers",
+            f.join("handlers").to_str().unwrap(),
+        ],
+        &[("TOKIO_WORKER_THREADS", "1")],
+    );
+    // Echoes of 1 MiB ids: a page shows as many as a read's budget allows (about 8 MB).
+    let big: Vec<Bytes> = (0..8)
+        .map(|_| {
+            let mut v = control_id(1 << 20).to_vec();
+            v[4..].fill(b'a');
+            Bytes::from(v)
+        })
+        .collect();
+    echo_all(&server, &big).await;
+    let client = Client::connect(server.addr, common::pool(&f.join("protos"))).await;
+    let ping = || client.unary("kitchen.Kitchen/Get", serde_json::json!({"id": "ping"}));
+    ping().await.unwrap();
+
+    let admin = server.admin_addr();
+    let mut ratios = Vec::new();
+    for _ in 0..7 {
+        let first = Arc::new(AtomicBool::new(false));
+        let seen = first.clone();
+        let read =
+            std::thread::spawn(move || get_first_byte(admin, "/v1/journal?page_size=100", &seen));
+        let mut longest = Duration::ZERO;
+        while !first.load(Ordering::Acquire) {
+            let started = Instant::now();
+            ping().await.unwrap();
+            longest = longest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (first_byte, len) = read.join().unwrap();
+        assert!(
+            len > 4 << 20,
+            "the page holds the big messages: {len} bytes"
+        );
+        ratios.push((
+            longest.as_secs_f64() / first_byte.as_secs_f64(),
+            longest,
+            first_byte,
+        ));
+    }
+    ratios.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (ratio, longest, first_byte) = ratios[3];
+    assert!(
+        ratio < 1.0 / 3.0,
+        "a call waited {longest:?} while the page took {first_byte:?} to come (median of {ratios:?})"
+    );
+}

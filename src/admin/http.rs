@@ -81,11 +81,21 @@ pub fn error_response(e: &AdminError) -> Response {
     resp
 }
 
-fn answer(result: Result<Json, AdminError>) -> Response {
-    match result {
+/// The answer for `result`, written (and the value freed) on a blocking thread: a journal
+/// page can be tens of megabytes of JSON, and writing it on a thread that drives the network
+/// held up every gRPC call that thread served meanwhile.
+async fn answer(result: Result<Json, AdminError>) -> Response {
+    let render = move || match result {
         Ok(json) => json_response(StatusCode::OK, &json),
         Err(e) => error_response(&e),
-    }
+    };
+    tokio::task::spawn_blocking(render)
+        .await
+        .unwrap_or_else(|e| {
+            error_response(&AdminError::Internal(format!(
+                "writing the answer failed: {e}"
+            )))
+        })
 }
 
 /// Reads and parses a JSON body, refusing what is too large (declared or sent), too slow,
@@ -133,15 +143,15 @@ fn method_path(path: Result<Path<(String, String)>, PathRejection>) -> Result<St
 }
 
 async fn status(State(admin): State<Arc<Admin>>) -> Response {
-    answer(admin.run(Op::Status).await)
+    answer(admin.run(Op::Status).await).await
 }
 
 async fn services(State(admin): State<Arc<Admin>>) -> Response {
-    answer(admin.run(Op::Services).await)
+    answer(admin.run(Op::Services).await).await
 }
 
 async fn reload(State(admin): State<Arc<Admin>>) -> Response {
-    answer(admin.run(Op::Reload).await)
+    answer(admin.run(Op::Reload).await).await
 }
 
 async fn put_handler(
@@ -192,7 +202,7 @@ async fn put_handler(
             })
             .await
     };
-    answer(result.await)
+    answer(result.await).await
 }
 
 async fn remove_handler(
@@ -203,11 +213,11 @@ async fn remove_handler(
         let method = method_path(path)?;
         admin.run(Op::RemoveHandler { method }).await
     };
-    answer(result.await)
+    answer(result.await).await
 }
 
 async fn reset(State(admin): State<Arc<Admin>>) -> Response {
-    answer(admin.run(Op::Reset).await)
+    answer(admin.run(Op::Reset).await).await
 }
 
 async fn list_calls(
@@ -219,7 +229,7 @@ async fn list_calls(
             query.map_err(|e| AdminError::BadRequest(format!("bad query string: {e}")))?;
         admin.run(Op::ListCalls(pairs)).await
     };
-    answer(result.await)
+    answer(result.await).await
 }
 
 async fn get_call(
@@ -230,11 +240,11 @@ async fn get_call(
         let Path(id) = id.map_err(|e| AdminError::BadRequest(format!("bad path: {e}")))?;
         admin.run(Op::GetCall(id)).await
     };
-    answer(result.await)
+    answer(result.await).await
 }
 
 async fn clear_journal(State(admin): State<Arc<Admin>>) -> Response {
-    answer(admin.run(Op::ClearJournal).await)
+    answer(admin.run(Op::ClearJournal).await).await
 }
 
 async fn verify(State(admin): State<Arc<Admin>>, body: Body) -> Response {
@@ -246,7 +256,7 @@ async fn verify(State(admin): State<Arc<Admin>>, body: Body) -> Response {
         .await?;
         admin.run(Op::Verify(body)).await
     };
-    answer(result.await)
+    answer(result.await).await
 }
 
 async fn no_route(method: Method, uri: Uri) -> Response {
