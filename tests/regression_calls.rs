@@ -636,12 +636,10 @@ async fn reflection_serves_extensions() {
     }
 }
 
-/// A script method whose request type has no fields (`google.protobuf.Empty`, or a message of
-/// its own) stopped the server from starting: the request builder generated for the type was
-/// not valid Lua. `check` accepts it, and every shape hands the script empty tables.
-#[tokio::test]
-async fn scripts_take_requests_without_fields() {
-    let dir = fixtures().join("empty_requests");
+/// The fixture folder `name` (its `protos/` and `handlers/`): `check` passes on it, and it is
+/// served, with a client.
+async fn checked_and_served(name: &str) -> (Server, Client) {
+    let dir = fixtures().join(name);
     let protos = dir.join("protos");
     let handlers = dir.join("handlers");
     let args = [
@@ -656,6 +654,15 @@ async fn scripts_take_requests_without_fields() {
     assert_eq!(code, 0, "{out}{err}");
     let server = Server::start(&args);
     let client = Client::connect(server.addr, common::pool(&protos)).await;
+    (server, client)
+}
+
+/// A script method whose request type has no fields (`google.protobuf.Empty`, or a message of
+/// its own) stopped the server from starting: the request builder generated for the type was
+/// not valid Lua. `check` accepts it, and every shape hands the script empty tables.
+#[tokio::test]
+async fn scripts_take_requests_without_fields() {
+    let (_server, client) = checked_and_served("empty_requests").await;
     let one = client.unary("counts.Counts/One", json!({})).await.unwrap();
     assert_eq!(one, json!({"n": 7}));
     let many = client
@@ -676,21 +683,7 @@ async fn scripts_take_requests_without_fields() {
 /// a nested message is built as a table instead; the script reads every field either way.
 #[tokio::test]
 async fn scripts_take_requests_whose_nested_fields_pass_the_slot_limit() {
-    let dir = fixtures().join("wide_requests");
-    let protos = dir.join("protos");
-    let handlers = dir.join("handlers");
-    let args = [
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        handlers.to_str().unwrap(),
-    ];
-    let mut check = vec!["check"];
-    check.extend(args);
-    let (code, out, err) = run(&check);
-    assert_eq!(code, 0, "{out}{err}");
-    let server = Server::start(&args);
-    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let (_server, client) = checked_and_served("wide_requests").await;
     let outer = json!({"wide": {"w1": 1, "w149": 10}, "o2": 100, "o101": 1000});
     let one = client.unary("wide.Wides/One", outer.clone()).await.unwrap();
     assert_eq!(one, json!({"n": "1111"}));
