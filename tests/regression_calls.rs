@@ -669,3 +669,35 @@ async fn scripts_take_requests_without_fields() {
     assert!(status.is_none(), "{status:?}");
     assert_eq!(echoes, vec![json!({"n": 1}), json!({"n": 2})]);
 }
+
+/// A request type with big messages nested inside big messages (GKE's `CreateClusterRequest`,
+/// Cloud SQL's `SqlInstancesInsertRequest`, Google Ads' `MutateOperation`) stopped a script
+/// method from starting: its request builder took more than Lua's 200 locals ("too many local
+/// variables"), because a nested message's own nested messages were not counted against the
+/// slots left. `check` accepts it, and the request reaches the script whole, deep fields and
+/// late ones alike.
+#[tokio::test]
+async fn scripts_take_requests_with_big_nested_messages() {
+    let dir = fixtures().join("big_requests");
+    let protos = dir.join("protos");
+    let handlers = dir.join("handlers");
+    let args = [
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+    ];
+    let mut check = vec!["check"];
+    check.extend(args);
+    let (code, out, err) = run(&check);
+    assert_eq!(code, 0, "{out}{err}");
+    let server = Server::start(&args);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let wide = json!({
+        "middle": {"deep": {"d1": 1, "d100": 100}, "m2": 2, "m10": 10},
+        "w2": 2,
+        "w101": 101,
+    });
+    let echo = client.unary("wide.Wides/Echo", wide.clone()).await.unwrap();
+    assert_eq!(echo, wide);
+}
