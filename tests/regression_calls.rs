@@ -701,3 +701,71 @@ async fn scripts_take_requests_with_big_nested_messages() {
     let echo = client.unary("wide.Wides/Echo", wide.clone()).await.unwrap();
     assert_eq!(echo, wide);
 }
+
+/// An enum with a negative value had the wrong default in scripts: its values are listed by
+/// number, and the first listed (the negative one) was taken for the default. A reply's field
+/// or map value set to it was left out as a default (the client read the zero value), a zero
+/// was written out, and a map entry sent without its value read as the negative value.
+#[tokio::test]
+async fn scripts_keep_negative_enum_values() {
+    let dir = fixtures().join("negative_enums");
+    let protos = dir.join("protos");
+    let handlers = dir.join("handlers");
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+    ]);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+
+    // Replies: the negative value is sent, the zero value is left out.
+    let low = client.unary("signs.Signs/Low", json!({})).await.unwrap();
+    assert_eq!(
+        low,
+        json!({"level": "LEVEL_LOW", "byName": {"low": "LEVEL_LOW", "zero": "LEVEL_ZERO"}})
+    );
+    let method = client.method("signs.Signs/Low");
+    let bytes = client
+        .raw_unary("/signs.Signs/Low", bytes::Bytes::new())
+        .await
+        .unwrap();
+    let decoded = prost_reflect::DynamicMessage::decode(method.output(), bytes.as_ref()).unwrap();
+    let level = method.output().get_field_by_name("level").unwrap();
+    assert!(
+        decoded.has_field(&level),
+        "LEVEL_LOW was left out of the reply"
+    );
+    let echo = client
+        .unary(
+            "signs.Signs/Echo",
+            json!({"level": "LEVEL_LOW", "levels": ["LEVEL_LOW", "LEVEL_ZERO"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        echo,
+        json!({"level": "LEVEL_LOW", "levels": ["LEVEL_LOW", "LEVEL_ZERO"]})
+    );
+    // A zero value is not written: the echo of an empty request is empty.
+    let empty = client
+        .raw_unary("/signs.Signs/Echo", bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert!(empty.is_empty(), "{empty:02x?}");
+
+    // Requests: by_name = {"k": <entry without a value>} reads as the default, LEVEL_ZERO.
+    let entry = [0x0a, 0x01, b'k'];
+    let mut request = vec![0x12, entry.len() as u8];
+    request.extend_from_slice(&entry);
+    let text = client
+        .raw_unary("/signs.Signs/Describe", request.into())
+        .await
+        .unwrap();
+    let method = client.method("signs.Signs/Describe");
+    let text = prost_reflect::DynamicMessage::decode(method.output(), text.as_ref()).unwrap();
+    assert_eq!(
+        common::to_json(&text),
+        json!({"text": "LEVEL_ZERO k=LEVEL_ZERO"})
+    );
+}

@@ -695,8 +695,8 @@ impl<'a> Decoder<'a> {
             Scalar::String | Scalar::Bytes => LuaValue::String(self.lua.create_string("")?),
             Scalar::Double | Scalar::Float => LuaValue::Number(0.0),
             Scalar::Enum(e) => {
-                let first = self.plans.enumeration(e).values.first().map_or(0, |v| v.0);
-                self.enum_value(e, first)?
+                let default = self.plans.enumeration(e).default;
+                self.enum_value(e, default)?
             }
             _ => LuaValue::Integer(0),
         })

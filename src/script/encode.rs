@@ -387,9 +387,7 @@ impl<'p> Encoder<'p> {
 
     fn is_default(&self, n: Num, s: Scalar) -> bool {
         match (n, s) {
-            (Num::Int(v), Scalar::Enum(e)) => {
-                v == i64::from(self.plans.enumeration(e).values.first().map_or(0, |v| v.0))
-            }
+            (Num::Int(v), Scalar::Enum(e)) => v == i64::from(self.plans.enumeration(e).default),
             (Num::Int(v), _) => v == 0,
             (Num::F32(v), _) => v == 0.0,
             (Num::F64(v), _) => v == 0.0,
