@@ -769,3 +769,42 @@ async fn scripts_keep_negative_enum_values() {
         json!({"text": "LEVEL_ZERO k=LEVEL_ZERO"})
     );
 }
+
+/// A script that returns a well-known type in its JSON form (a Timestamp as an RFC 3339
+/// string, a wrapper as its bare value), as a declarative reply may, was told only "expected a
+/// table for google.protobuf.Timestamp, got string": the message now shows the table it takes.
+#[tokio::test]
+async fn scripts_returning_well_known_types_as_json_are_shown_the_table() {
+    let dir = fixtures().join("wkt_replies");
+    let protos = dir.join("protos");
+    let handlers = dir.join("handlers");
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+    ]);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let ok = client
+        .unary("stamp.Stamps/AsTables", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        ok,
+        json!({"at": "2020-01-01T00:00:00.000000005Z", "count": "3"})
+    );
+    for (method, expected) in [
+        (
+            "stamp.Stamps/AsJson",
+            "field at: expected a table for google.protobuf.Timestamp (a table {seconds = …, nanos = …}), got string",
+        ),
+        (
+            "stamp.Stamps/BareWrapper",
+            "field count: expected a table for google.protobuf.Int64Value (a table {value = …}), got integer",
+        ),
+    ] {
+        let err = client.unary(method, json!({})).await.unwrap_err();
+        assert_eq!(err.code(), Code::Internal, "{method}: {err:?}");
+        assert!(err.message().contains(expected), "{method}: {}", err.message());
+    }
+}
