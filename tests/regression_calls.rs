@@ -697,3 +697,142 @@ async fn scripts_take_requests_whose_nested_fields_pass_the_slot_limit() {
     let nested = client.unary("wide.Wides/Nested", deep).await.unwrap();
     assert_eq!(nested, json!({"n": "11111"}));
 }
+
+/// A request type with big messages nested inside big messages (GKE's `CreateClusterRequest`,
+/// Cloud SQL's `SqlInstancesInsertRequest`, Google Ads' `MutateOperation`) stopped a script
+/// method from starting: its request builder took more than Lua's 200 locals ("too many local
+/// variables"), because a nested message's own nested messages were not counted against the
+/// slots left. `check` accepts it, and the request reaches the script whole, deep fields and
+/// late ones alike.
+#[tokio::test]
+async fn scripts_take_requests_with_big_nested_messages() {
+    let dir = fixtures().join("big_requests");
+    let protos = dir.join("protos");
+    let handlers = dir.join("handlers");
+    let args = [
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+    ];
+    let mut check = vec!["check"];
+    check.extend(args);
+    let (code, out, err) = run(&check);
+    assert_eq!(code, 0, "{out}{err}");
+    let server = Server::start(&args);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let wide = json!({
+        "middle": {"deep": {"d1": 1, "d100": 100}, "m2": 2, "m10": 10},
+        "w2": 2,
+        "w101": 101,
+    });
+    let echo = client.unary("wide.Wides/Echo", wide.clone()).await.unwrap();
+    assert_eq!(echo, wide);
+}
+
+/// An enum with a negative value had the wrong default in scripts: its values are listed by
+/// number, and the first listed (the negative one) was taken for the default. A reply's field
+/// or map value set to it was left out as a default (the client read the zero value), a zero
+/// was written out, and a map entry sent without its value read as the negative value.
+#[tokio::test]
+async fn scripts_keep_negative_enum_values() {
+    let dir = fixtures().join("negative_enums");
+    let protos = dir.join("protos");
+    let handlers = dir.join("handlers");
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+    ]);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+
+    // Replies: the negative value is sent, the zero value is left out.
+    let low = client.unary("signs.Signs/Low", json!({})).await.unwrap();
+    assert_eq!(
+        low,
+        json!({"level": "LEVEL_LOW", "byName": {"low": "LEVEL_LOW", "zero": "LEVEL_ZERO"}})
+    );
+    let method = client.method("signs.Signs/Low");
+    let bytes = client
+        .raw_unary("/signs.Signs/Low", bytes::Bytes::new())
+        .await
+        .unwrap();
+    let decoded = prost_reflect::DynamicMessage::decode(method.output(), bytes.as_ref()).unwrap();
+    let level = method.output().get_field_by_name("level").unwrap();
+    assert!(
+        decoded.has_field(&level),
+        "LEVEL_LOW was left out of the reply"
+    );
+    let echo = client
+        .unary(
+            "signs.Signs/Echo",
+            json!({"level": "LEVEL_LOW", "levels": ["LEVEL_LOW", "LEVEL_ZERO"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        echo,
+        json!({"level": "LEVEL_LOW", "levels": ["LEVEL_LOW", "LEVEL_ZERO"]})
+    );
+    // A zero value is not written: the echo of an empty request is empty.
+    let empty = client
+        .raw_unary("/signs.Signs/Echo", bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert!(empty.is_empty(), "{empty:02x?}");
+
+    // Requests: by_name = {"k": <entry without a value>} reads as the default, LEVEL_ZERO.
+    let entry = [0x0a, 0x01, b'k'];
+    let mut request = vec![0x12, entry.len() as u8];
+    request.extend_from_slice(&entry);
+    let text = client
+        .raw_unary("/signs.Signs/Describe", request.into())
+        .await
+        .unwrap();
+    let method = client.method("signs.Signs/Describe");
+    let text = prost_reflect::DynamicMessage::decode(method.output(), text.as_ref()).unwrap();
+    assert_eq!(
+        common::to_json(&text),
+        json!({"text": "LEVEL_ZERO k=LEVEL_ZERO"})
+    );
+}
+
+/// A script that returns a well-known type in its JSON form (a Timestamp as an RFC 3339
+/// string, a wrapper as its bare value), as a declarative reply may, was told only "expected a
+/// table for google.protobuf.Timestamp, got string": the message now shows the table it takes.
+#[tokio::test]
+async fn scripts_returning_well_known_types_as_json_are_shown_the_table() {
+    let dir = fixtures().join("wkt_replies");
+    let protos = dir.join("protos");
+    let handlers = dir.join("handlers");
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+    ]);
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let ok = client
+        .unary("stamp.Stamps/AsTables", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        ok,
+        json!({"at": "2020-01-01T00:00:00.000000005Z", "count": "3"})
+    );
+    for (method, expected) in [
+        (
+            "stamp.Stamps/AsJson",
+            "field at: expected a table for google.protobuf.Timestamp (a table {seconds = …, nanos = …}), got string",
+        ),
+        (
+            "stamp.Stamps/BareWrapper",
+            "field count: expected a table for google.protobuf.Int64Value (a table {value = …}), got integer",
+        ),
+    ] {
+        let err = client.unary(method, json!({})).await.unwrap_err();
+        assert_eq!(err.code(), Code::Internal, "{method}: {err:?}");
+        assert!(err.message().contains(expected), "{method}: {}", err.message());
+    }
+}

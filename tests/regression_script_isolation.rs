@@ -507,3 +507,38 @@ async fn unseeded_randomseed_while_loading_leaves_calls_random() {
     }
     assert_eq!(draws.len(), 4, "calls drew the same numbers: {draws:?}");
 }
+
+/// A script that runs out of its state's memory while loading said only "out of memory: not
+/// enough memory" at its line, with nothing on what to change; it points at `--script-memory`
+/// as a data set too big for it does.
+#[test]
+fn scripts_out_of_memory_while_loading_point_at_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let protos = fixtures().join("negative_enums/protos");
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir(&handlers).unwrap();
+    std::fs::write(
+        handlers.join("signs.json"),
+        r#"{ "service": "signs.Signs", "methods": { "Echo": { "script": "signs.lua" } } }"#,
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.join("signs.lua"),
+        "local t = {}\nfor i = 1, 1e7 do t[i] = { i } end\nfunction Echo(req) return req end\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = common::run(&[
+        "check",
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+        "--script-memory",
+        "4",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    let file = handlers.join("signs.lua").display().to_string();
+    assert!(stderr.contains(&format!("error: {file}")), "{stderr}");
+    assert!(stderr.contains("out of memory"), "{stderr}");
+    assert!(stderr.contains("help: raise --script-memory"), "{stderr}");
+}

@@ -603,3 +603,37 @@ fn the_cache_keeps_its_8_newest_entries() {
     assert!(check(3).contains("from the descriptor cache"));
     assert!(check(1).contains("files compiled"));
 }
+
+/// A descriptor set's editions file using a feature proto3 cannot express is refused naming the
+/// set, the file and the field, once: the message had no file in front, so the whole message was
+/// taken for the file's name and printed twice (`error: X uses …: X uses …`).
+#[test]
+fn editions_features_proto3_cannot_express_name_the_set_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let protos = dir.path().join("protos");
+    write(
+        &protos.join("ed/tree.proto"),
+        "edition = \"2023\";\npackage ed;\nmessage Tree {\n  Tree left = 1 [features.message_encoding = DELIMITED];\n}\n",
+    );
+    let set = dir.path().join("tree.binpb");
+    buf_build(&protos, &set, &[]);
+    let empty = dir.path().join("handlers");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, _, err) = common::run(&[
+        "check",
+        "--descriptor-set",
+        set.to_str().unwrap(),
+        "--handlers",
+        empty.to_str().unwrap(),
+        "--no-cache",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    let line = err.lines().next().unwrap_or_default();
+    let what = "ed.Tree.left uses features.message_encoding = DELIMITED";
+    assert!(line.contains(what), "{err}");
+    assert_eq!(line.matches(what).count(), 1, "said once: {line}");
+    assert!(
+        line.contains("tree.binpb") && line.contains("ed/tree.proto"),
+        "{line}"
+    );
+}

@@ -95,6 +95,15 @@ pub fn to_proto3(bytes: &[u8]) -> Result<Vec<u8>, String> {
             "{name}: edition {edition} is newer than protoserve can serve (2023 and 2024)"
         ));
     }
+    rewrite(&mut file).map_err(|e| format!("{name}: {e}"))?;
+    file.syntax = Some("proto3".into());
+    file.edition = None;
+    Ok(file.encode_to_vec())
+}
+
+/// Every message, enum and extension of `file`. An error names the element, not the file: the
+/// caller puts the file's name in front, which is where the error is reported.
+fn rewrite(file: &mut raw::File) -> Result<(), String> {
     let base = DEFAULTS.merge(features(&file.options, |o: FileFeatures| o.features));
     let package = raw::name(&file.package).to_owned();
     for m in &mut file.message_type {
@@ -106,9 +115,7 @@ pub fn to_proto3(bytes: &[u8]) -> Result<Vec<u8>, String> {
     for x in &mut file.extension {
         field(x, &join(&package, raw::name(&x.name)), base, None)?;
     }
-    file.syntax = Some("proto3".into());
-    file.edition = None;
-    Ok(file.encode_to_vec())
+    Ok(())
 }
 
 fn join(scope: &str, name: &str) -> String {

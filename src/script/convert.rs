@@ -412,13 +412,13 @@ mod tests {
             ("{ struct_value = { fields = { a = { bool_value = 1 } } } }",
              "field struct_value.fields[a].bool_value: expected bool, got integer 1"),
             ("{ list_value = { values = { {}, 7 } } }",
-             "field list_value.values[2]: expected a table for google.protobuf.Value, got integer"),
+             "field list_value.values[2]: expected a table for google.protobuf.Value (a table with one kind, such as {string_value = …}), got integer"),
             ("{ null_value = 'NULL' }",
              "field null_value: google.protobuf.NullValue has no value \"NULL\""),
             ("{ [1] = 2 }", "google.protobuf.Value has a integer key; message keys are field names"),
             ("{ bool_value = true, number_value = 1 }", "are both set, but they are members of oneof kind"),
             ("{ boolValue = true, bool_value = true }", "given twice"),
-            ("7", "expected a table for google.protobuf.Value, got integer"),
+            ("7", "expected a table for google.protobuf.Value (a table with one kind, such as {string_value = …}), got integer"),
         ];
         for (code, expected) in cases {
             let v: LuaValue = lua.load(format!("return {code}")).eval().unwrap();

@@ -133,11 +133,10 @@ impl Layout {
             slots: 0,
             enums: Vec::new(),
             path: vec![msg],
-            max_slots,
             max_depth,
         };
         let fields = plans.message(msg).fields.len();
-        let root = (fields <= max_slots).then(|| gen.inline(msg, 0, 0));
+        let root = (fields <= max_slots).then(|| gen.inline(msg, 0, max_slots));
         let (body, params) = match &root {
             Some(inline) => (gen.expr(inline), gen.slots),
             None => {
@@ -198,7 +197,6 @@ struct Gen<'p> {
     enums: Vec<EnumId>,
     /// Message types being inlined, outermost first: a type met again is recursive.
     path: Vec<MsgId>,
-    max_slots: usize,
     max_depth: usize,
 }
 
@@ -208,11 +206,13 @@ impl Gen<'_> {
         self.slots - 1
     }
 
-    /// The slots of `msg`'s fields, leaving room for `reserve` more: one for each field that
-    /// the enclosing messages have after this one. A nested message is inlined only if its
-    /// fields fit beside every slot still to come, so the builder never takes more than
-    /// `max_slots` parameters (Lua's limit of 200 locals).
-    fn inline(&mut self, msg: MsgId, depth: usize, reserve: usize) -> Inline {
+    /// Slots for `msg`'s fields, ending at most at slot `limit`, which leaves room for one slot
+    /// per field at least (`self.slots + fields <= limit`). A nested message is inlined only
+    /// when its own fields fit with one slot kept for each field after it, and its nested
+    /// messages get the same check against what it was left: an inner message's inlined
+    /// messages never push the fields after it past the limit (a request type with a few big
+    /// messages inside, such as GKE's `Cluster`, once took more than Lua's 200 locals).
+    fn inline(&mut self, msg: MsgId, depth: usize, limit: usize) -> Inline {
         let plan = self.plans.message(msg);
         let count = plan.fields.len();
         let fields = plan
@@ -221,13 +221,14 @@ impl Gen<'_> {
             .enumerate()
             .map(|(i, f)| match (f.shape, f.ty) {
                 (Shape::Single, Type::Message(m)) => {
-                    let later = reserve + (count - i - 1);
+                    // What this field may use: everything but one slot per later field.
+                    let room = limit - (count - i - 1);
                     let inner_fields = self.plans.message(m).fields.len();
-                    let fits = self.slots + 1 + inner_fields + later <= self.max_slots;
+                    let fits = self.slots + 1 + inner_fields <= room;
                     if fits && depth < self.max_depth && !self.path.contains(&m) {
                         let presence = self.take();
                         self.path.push(m);
-                        let inner = self.inline(m, depth + 1, later);
+                        let inner = self.inline(m, depth + 1, room);
                         self.path.pop();
                         Slot::Inline { presence, inner }
                     } else {
@@ -238,6 +239,7 @@ impl Gen<'_> {
                 _ => Slot::Table(self.take()),
             })
             .collect();
+        debug_assert!(self.slots <= limit, "{} slots past {limit}", self.slots);
         Inline {
             msg,
             fields,
@@ -694,8 +696,8 @@ impl<'a> Decoder<'a> {
             Scalar::String | Scalar::Bytes => LuaValue::String(self.lua.create_string("")?),
             Scalar::Double | Scalar::Float => LuaValue::Number(0.0),
             Scalar::Enum(e) => {
-                let first = self.plans.enumeration(e).values.first().map_or(0, |v| v.0);
-                self.enum_value(e, first)?
+                let default = self.plans.enumeration(e).default;
+                self.enum_value(e, default)?
             }
             _ => LuaValue::Integer(0),
         })

@@ -125,17 +125,38 @@ impl<'p> Encoder<'p> {
         Ok(self.out)
     }
 
+    /// What is wrong with `value`, not a table, where a message of type `msg` goes: with the
+    /// table a well-known type takes, since a script may expect the JSON form (a Timestamp as
+    /// an RFC 3339 string, a wrapper as its bare value), which declarative replies accept.
+    fn not_a_table(&self, msg: MsgId, value: &LuaValue) -> String {
+        let name = self.plans.message(msg).full_name();
+        let shape = match name {
+            "google.protobuf.Timestamp" | "google.protobuf.Duration" => {
+                " (a table {seconds = …, nanos = …})"
+            }
+            "google.protobuf.DoubleValue"
+            | "google.protobuf.FloatValue"
+            | "google.protobuf.Int64Value"
+            | "google.protobuf.UInt64Value"
+            | "google.protobuf.Int32Value"
+            | "google.protobuf.UInt32Value"
+            | "google.protobuf.BoolValue"
+            | "google.protobuf.StringValue"
+            | "google.protobuf.BytesValue" => " (a table {value = …})",
+            "google.protobuf.FieldMask" => " (a table {paths = {…}})",
+            "google.protobuf.Struct" => " (a table {fields = {name = {string_value = …}, …}})",
+            "google.protobuf.Value" => " (a table with one kind, such as {string_value = …})",
+            "google.protobuf.ListValue" => " (a table {values = {{number_value = …}, …}})",
+            "google.protobuf.Any" => " (a table {type_url = …, value = encoded bytes})",
+            _ => "",
+        };
+        format!("expected a table for {name}{shape}, got {}", type_of(value))
+    }
+
     /// `value` as a message of type `msg`.
     pub fn message_value(&mut self, value: &LuaValue, msg: MsgId) -> Result<()> {
         let LuaValue::Table(t) = value else {
-            return fail(
-                &Path::Root,
-                format!(
-                    "expected a table for {}, got {}",
-                    self.plans.message(msg).full_name(),
-                    type_of(value)
-                ),
-            );
+            return fail(&Path::Root, self.not_a_table(msg, value));
         };
         self.message(&freeze::contents(t), msg, &Path::Root, 0)
     }
@@ -321,14 +342,7 @@ impl<'p> Encoder<'p> {
         depth: usize,
     ) -> Result<()> {
         let LuaValue::Table(t) = value else {
-            return fail(
-                path,
-                format!(
-                    "expected a table for {}, got {}",
-                    self.plans.message(msg).full_name(),
-                    type_of(value)
-                ),
-            );
+            return fail(path, self.not_a_table(msg, value));
         };
         let contents = freeze::contents(t);
         self.check(2)?;
@@ -387,9 +401,7 @@ impl<'p> Encoder<'p> {
 
     fn is_default(&self, n: Num, s: Scalar) -> bool {
         match (n, s) {
-            (Num::Int(v), Scalar::Enum(e)) => {
-                v == i64::from(self.plans.enumeration(e).values.first().map_or(0, |v| v.0))
-            }
+            (Num::Int(v), Scalar::Enum(e)) => v == i64::from(self.plans.enumeration(e).default),
             (Num::Int(v), _) => v == 0,
             (Num::F32(v), _) => v == 0.0,
             (Num::F64(v), _) => v == 0.0,

@@ -308,8 +308,13 @@ pub(crate) fn script_startup_error(path: &Path, e: &mlua::Error) -> StartupError
         // Raised inside a library function: the traceback knows the script's line.
         _ => (traceback_line(e, &prefix).unwrap_or(0), text.clone()),
     };
-    let hint = matches!(e, mlua::Error::SyntaxError { .. })
-        .then(|| "fix the Lua syntax; scripts are Lua 5.4".to_owned());
+    let hint = if matches!(e, mlua::Error::SyntaxError { .. }) {
+        Some("fix the Lua syntax; scripts are Lua 5.4".to_owned())
+    } else if is_memory_error(e) {
+        Some(MEMORY_HINT.to_owned())
+    } else {
+        None
+    };
     StartupError::Script {
         location: Location::at(path, line, 0),
         message,
@@ -326,6 +331,11 @@ fn traceback_line(e: &mlua::Error, prefix: &str) -> Option<usize> {
         rest.split(':').next()?.parse().ok()
     })
 }
+
+/// What to do when loading runs out of a state's memory: every state loads every script, and
+/// the request builders of every method.
+pub(crate) const MEMORY_HINT: &str =
+    "raise --script-memory: each Lua state holds every script, data set and request builder";
 
 /// The innermost message of an mlua error, without tracebacks.
 fn root_message(e: &mlua::Error) -> String {
@@ -654,7 +664,8 @@ async fn finish_stream(state: &State, shared: &Arc<CallShared>, outcome: mlua::R
     }
 }
 
-fn is_memory_error(e: &mlua::Error) -> bool {
+/// Whether the innermost error is Lua running out of memory.
+pub(crate) fn is_memory_error(e: &mlua::Error) -> bool {
     match e {
         mlua::Error::MemoryError(_) => true,
         mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {

@@ -180,8 +180,12 @@ impl MessagePlan {
 #[derive(Debug)]
 pub struct EnumPlan {
     pub desc: EnumDescriptor,
-    /// (number, name) of every value, in declaration order (the first is the default).
+    /// (number, name) of every value, in number order (as the descriptor lists them, which is
+    /// not the order they are declared in).
     pub values: Box<[(i32, Box<str>)]>,
+    /// The number of the first value declared: an unset field's value. Not the first of
+    /// `values` when the enum has a negative value, or (proto2) lists a larger one first.
+    pub default: i32,
     names: FxHashMap<Box<[u8]>, i32>,
     /// Number → index into `values` of the name a number reads as (the descriptor's choice
     /// among aliases).
@@ -302,6 +306,7 @@ impl Plans {
         let id = self.enums.len() as EnumId;
         self.enums.push(EnumPlan {
             desc: desc.clone(),
+            default: desc.default_value().number(),
             values,
             names,
             numbers,

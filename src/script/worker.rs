@@ -135,10 +135,11 @@ pub struct Loading {
 }
 
 fn lua_setup_error(what: &str, e: mlua::Error) -> StartupError {
+    let hint = super::is_memory_error(&e).then(|| super::MEMORY_HINT.to_owned());
     StartupError::Script {
         location: Location::file("handlers"),
         message: format!("{what}: {e}"),
-        hint: None,
+        hint,
     }
 }
 

@@ -183,7 +183,7 @@ pub fn message(desc: &MessageDescriptor, t: &mut Tape, depth: u32) -> Vec<u8> {
     let fields = known_fields(desc);
     let count = if depth > 3 { t.below(2) } else { t.below(7) };
     for _ in 0..count {
-        if t.chance(12) {
+        if fields.is_empty() || t.chance(12) {
             out.extend(unknown_fields(t, depth));
             continue;
         }
