@@ -706,21 +706,7 @@ async fn scripts_take_requests_whose_nested_fields_pass_the_slot_limit() {
 /// late ones alike.
 #[tokio::test]
 async fn scripts_take_requests_with_big_nested_messages() {
-    let dir = fixtures().join("big_requests");
-    let protos = dir.join("protos");
-    let handlers = dir.join("handlers");
-    let args = [
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        handlers.to_str().unwrap(),
-    ];
-    let mut check = vec!["check"];
-    check.extend(args);
-    let (code, out, err) = run(&check);
-    assert_eq!(code, 0, "{out}{err}");
-    let server = Server::start(&args);
-    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let (_server, client) = checked_and_served("big_requests").await;
     let wide = json!({
         "middle": {"deep": {"d1": 1, "d100": 100}, "m2": 2, "m10": 10},
         "w2": 2,
@@ -736,16 +722,7 @@ async fn scripts_take_requests_with_big_nested_messages() {
 /// was written out, and a map entry sent without its value read as the negative value.
 #[tokio::test]
 async fn scripts_keep_negative_enum_values() {
-    let dir = fixtures().join("negative_enums");
-    let protos = dir.join("protos");
-    let handlers = dir.join("handlers");
-    let server = Server::start(&[
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        handlers.to_str().unwrap(),
-    ]);
-    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let (_server, client) = checked_and_served("negative_enums").await;
 
     // Replies: the negative value is sent, the zero value is left out.
     let low = client.unary("signs.Signs/Low", json!({})).await.unwrap();
@@ -803,16 +780,7 @@ async fn scripts_keep_negative_enum_values() {
 /// table for google.protobuf.Timestamp, got string": the message now shows the table it takes.
 #[tokio::test]
 async fn scripts_returning_well_known_types_as_json_are_shown_the_table() {
-    let dir = fixtures().join("wkt_replies");
-    let protos = dir.join("protos");
-    let handlers = dir.join("handlers");
-    let server = Server::start(&[
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        handlers.to_str().unwrap(),
-    ]);
-    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let (_server, client) = checked_and_served("wkt_replies").await;
     let ok = client
         .unary("stamp.Stamps/AsTables", json!({}))
         .await

@@ -155,16 +155,7 @@ fn a_set_missing_a_dependency_names_the_file_and_the_import() {
             "--exclude-imports",
         ],
     );
-    let empty = dir.path().join("handlers");
-    std::fs::create_dir(&empty).unwrap();
-    let (code, _, err) = common::run(&[
-        "check",
-        "--descriptor-set",
-        set.to_str().unwrap(),
-        "--handlers",
-        empty.to_str().unwrap(),
-        "--no-cache",
-    ]);
+    let (code, err) = check_set_alone(dir.path(), &set);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("shop.binpb"), "{err}");
     assert!(
@@ -205,16 +196,7 @@ fn a_set_nested_too_deep_says_so_in_one_short_line() {
     let dir = tempfile::tempdir().unwrap();
     let set = dir.path().join("deep.binpb");
     std::fs::write(&set, field(1, &file)).unwrap();
-    let empty = dir.path().join("handlers");
-    std::fs::create_dir(&empty).unwrap();
-    let (code, _, err) = common::run(&[
-        "check",
-        "--descriptor-set",
-        set.to_str().unwrap(),
-        "--handlers",
-        empty.to_str().unwrap(),
-        "--no-cache",
-    ]);
+    let (code, err) = check_set_alone(dir.path(), &set);
     assert_eq!(code, 2, "{err}");
     let line = err.lines().next().unwrap_or_default();
     assert!(
@@ -617,16 +599,7 @@ fn editions_features_proto3_cannot_express_name_the_set_and_the_field() {
     );
     let set = dir.path().join("tree.binpb");
     buf_build(&protos, &set, &[]);
-    let empty = dir.path().join("handlers");
-    std::fs::create_dir(&empty).unwrap();
-    let (code, _, err) = common::run(&[
-        "check",
-        "--descriptor-set",
-        set.to_str().unwrap(),
-        "--handlers",
-        empty.to_str().unwrap(),
-        "--no-cache",
-    ]);
+    let (code, err) = check_set_alone(dir.path(), &set);
     assert_eq!(code, 2, "{err}");
     let line = err.lines().next().unwrap_or_default();
     let what = "ed.Tree.left uses features.message_encoding = DELIMITED";
@@ -636,4 +609,20 @@ fn editions_features_proto3_cannot_express_name_the_set_and_the_field() {
         line.contains("tree.binpb") && line.contains("ed/tree.proto"),
         "{line}"
     );
+}
+
+/// `check` of the descriptor set `set` alone (an empty handler folder made in `dir`, no cache):
+/// its exit status and standard error.
+fn check_set_alone(dir: &std::path::Path, set: &std::path::Path) -> (i32, String) {
+    let empty = dir.join("handlers");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, _, err) = common::run(&[
+        "check",
+        "--descriptor-set",
+        set.to_str().unwrap(),
+        "--handlers",
+        empty.to_str().unwrap(),
+        "--no-cache",
+    ]);
+    (code, err)
 }
