@@ -379,3 +379,28 @@ async fn a_verify_nobody_waits_for_stops_and_lets_journal_reads_go_on() {
         "a journal read took {read:?} after a verify was given up; the verify takes {whole:?}"
     );
 }
+
+/// A method name the admin API does not know was repeated whole in its answer: a journal
+/// filter or a verify naming a method of tens of kilobytes got an answer as long. The name is
+/// now repeated by its first 200 bytes, with the closest name still suggested.
+#[tokio::test]
+async fn a_long_unknown_name_is_repeated_clipped() {
+    let server = Server::repo_default();
+    let long = format!("helloworld.Greeter/{}", "x".repeat(60_000));
+    let (status, json) = server
+        .admin_call("GET", &format!("/v1/journal?method={long}"), None, None)
+        .await;
+    assert_eq!(status, 404, "{json:#}");
+    let message = json["message"].as_str().unwrap();
+    assert!(message.len() < 1_000, "{} bytes", message.len());
+    assert!(message.contains("helloworld.Greeter/xxx"), "{message}");
+    assert!(message.contains('…'), "{message}");
+
+    let (status, json) = server
+        .admin_post("/v1/verify", &json!({"method": long, "exactly": 1}))
+        .await;
+    assert_eq!(status, 404, "{json:#}");
+    let message = json["message"].as_str().unwrap();
+    assert!(message.len() < 1_000, "{} bytes", message.len());
+    assert!(message.starts_with("unknown method"), "{message}");
+}

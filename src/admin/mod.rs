@@ -227,7 +227,8 @@ impl Admin {
             services.iter().filter_map(|s| s["name"].as_str()).collect()
         };
         AdminError::NotFound(format!(
-            "method filter {name:?}{}: no service or method of that name is served, and the journal holds no call to it; name a method (package.Service/Method) or a service",
+            "method filter {:?}{}: no service or method of that name is served, and the journal holds no call to it; name a method (package.Service/Method) or a service",
+            crate::error::clipped(name, SHOWN_NAME),
             crate::suggest::did_you_mean(name, candidates)
         ))
     }
@@ -243,11 +244,16 @@ impl Admin {
             .map(|p| p.trim_start_matches('/').to_owned())
             .collect();
         AdminError::NotFound(format!(
-            "unknown method {name:?}{}; name it package.Service/Method",
+            "unknown method {:?}{}; name it package.Service/Method",
+            crate::error::clipped(name, SHOWN_NAME),
             crate::suggest::did_you_mean(name, names.iter().map(String::as_str))
         ))
     }
 }
+
+/// The most of a name the client sent that an answer repeats (bytes): a query string may be
+/// tens of kilobytes.
+const SHOWN_NAME: usize = 200;
 
 /// `package.Service/Method`, checked for shape only (the server says whether it exists).
 fn check_method_name(method: &str) -> Result<(), AdminError> {
@@ -256,7 +262,8 @@ fn check_method_name(method: &str) -> Result<(), AdminError> {
             Ok(())
         }
         _ => Err(AdminError::BadRequest(format!(
-            "{method:?} is not a method name; write package.Service/Method"
+            "{:?} is not a method name; write package.Service/Method",
+            crate::error::clipped(method, SHOWN_NAME)
         ))),
     }
 }
