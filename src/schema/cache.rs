@@ -17,6 +17,7 @@ use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 use super::files::Files;
 use super::sources::Source;
 use super::{parallel, SchemaInputs};
+use crate::error::StartupError;
 
 const FORMAT: &str = "protoserve-descriptor-cache-1";
 /// Entries kept in the folder; older ones are removed when a new one is written.
@@ -58,9 +59,16 @@ pub fn default_dir() -> Option<PathBuf> {
 pub struct Key(u128);
 
 impl Key {
-    pub fn new(inputs: &SchemaInputs, sources: &[Source]) -> Result<Self, std::io::Error> {
+    /// `sets` are the descriptor sets' bytes, as read for compiling.
+    pub fn new(
+        inputs: &SchemaInputs,
+        sources: &[Source],
+        sets: &[(PathBuf, Vec<u8>)],
+    ) -> Result<Self, StartupError> {
         let hashes = parallel::map(sources.iter().collect(), |s| {
-            std::fs::read(&s.path).map(|b| xxh3_128(&b))
+            std::fs::read(&s.path)
+                .map(|b| xxh3_128(&b))
+                .map_err(|e| StartupError::io(&s.path, e))
         });
         let mut h = Xxh3::new();
         let mut field = |b: &[u8]| {
@@ -83,9 +91,9 @@ impl Key {
             field(&hash?.to_le_bytes());
         }
         field(b"sets");
-        for p in &inputs.descriptor_sets {
+        for (p, bytes) in sets {
             field(p.as_os_str().as_encoded_bytes());
-            field(&xxh3_128(&std::fs::read(p)?).to_le_bytes());
+            field(&xxh3_128(bytes).to_le_bytes());
         }
         Ok(Key(h.digest128()))
     }

@@ -119,11 +119,9 @@ impl Schema {
 pub fn compile(inputs: &SchemaInputs) -> Result<Schema, StartupErrors> {
     let started = Instant::now();
     let sources = sources::discover(&inputs.protos)?;
+    let set_bytes = sources::read_set_files(&inputs.descriptor_sets)?;
     let key = match &inputs.cache_dir {
-        Some(_) => Some(
-            cache::Key::new(inputs, &sources)
-                .map_err(|e| StartupError::Usage(format!("reading the protos to compile: {e}")))?,
-        ),
+        Some(_) => Some(cache::Key::new(inputs, &sources, &set_bytes)?),
         None => None,
     };
     let cached = match (&inputs.cache_dir, &key) {
@@ -140,7 +138,7 @@ pub fn compile(inputs: &SchemaInputs) -> Result<Schema, StartupErrors> {
             files
         }
         None => {
-            let files = compile_sources(inputs, &sources, key.as_ref())?;
+            let files = compile_sources(inputs, &sources, set_bytes, key.as_ref())?;
             tracing::debug!("{} files compiled in {:?}", files.len(), started.elapsed());
             files
         }
@@ -158,10 +156,11 @@ pub fn compile(inputs: &SchemaInputs) -> Result<Schema, StartupErrors> {
 fn compile_sources(
     inputs: &SchemaInputs,
     sources: &[sources::Source],
+    set_bytes: Vec<(PathBuf, Vec<u8>)>,
     key: Option<&cache::Key>,
 ) -> Result<Files, StartupErrors> {
     let started = Instant::now();
-    let sets = sources::read_sets(&inputs.descriptor_sets)?;
+    let sets = sources::decode_sets(set_bytes)?;
     let finder = finder(inputs, sources, &sets);
     let gathered = sources::gather(sources, &sets, &finder)?;
     tracing::debug!(

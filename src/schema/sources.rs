@@ -112,12 +112,39 @@ fn walk(
     Ok(())
 }
 
-/// The descriptor sets, decoded: (set path, its files).
+/// The descriptor sets, read and decoded: (set path, its files).
 pub fn read_sets(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<raw::File>)>, StartupError> {
+    decode_sets(read_set_files(paths)?)
+}
+
+/// Each descriptor set's bytes, read once: the cache key hashes them and compiling decodes
+/// the same bytes, since a set given as a pipe (`<(buf build -o -)`) can be read only once.
+pub fn read_set_files(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>, StartupError> {
     paths
         .iter()
-        .map(|p| {
-            let bytes = std::fs::read(p).map_err(|e| StartupError::io(p, e))?;
+        .map(|p| Ok((p.clone(), read_set_file(p)?)))
+        .collect()
+}
+
+/// One set's bytes; a path that is missing or a folder is named with its flag.
+fn read_set_file(path: &Path) -> Result<Vec<u8>, StartupError> {
+    let wrong = match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => "a folder, not a file",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "no such file",
+        _ => return std::fs::read(path).map_err(|e| StartupError::io(path, e)),
+    };
+    Err(StartupError::Usage(format!(
+        "--descriptor-set {}: {wrong} (point --descriptor-set at a FileDescriptorSet written by `buf build -o FILE.binpb` or `protoc --include_imports --descriptor_set_out=FILE.binpb`)",
+        path.display()
+    )))
+}
+
+/// Read descriptor sets, decoded: (set path, its files).
+pub fn decode_sets(
+    read: Vec<(PathBuf, Vec<u8>)>,
+) -> Result<Vec<(PathBuf, Vec<raw::File>)>, StartupError> {
+    read.into_iter()
+        .map(|(p, bytes)| {
             let set = raw::FileSet::decode(bytes.as_slice()).map_err(|e| {
                 // prost names every field on the way down: a line of kilobytes that ends in
                 // "recursion limit reached", for a set that is well formed but nested deeper
@@ -142,7 +169,7 @@ pub fn read_sets(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<raw::File>)>, St
                     p.display()
                 )));
             }
-            Ok((p.clone(), set.file))
+            Ok((p, set.file))
         })
         .collect()
 }
