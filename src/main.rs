@@ -100,21 +100,21 @@ struct LoadArgs {
     max_message_size: usize,
     /// Milliseconds one script call may run (over all its time slices) before it is stopped
     /// with RESOURCE_EXHAUSTED.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = milliseconds)]
     script_time_ms: u64,
     /// Also count each call's Lua instructions and stop it past N (0: not counted). Exact and
     /// the same on every machine, but scripts run about 1.7 times slower.
     #[arg(long, value_name = "N", default_value_t = 0)]
     script_instructions: u64,
-    /// Memory limit of each Lua state, in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    /// Memory limit of each Lua state, in MiB (1 to 1048576).
+    #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = script_memory)]
     script_memory: usize,
-    /// Lua states in the script pool (0: one per core).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// Lua states in the script pool, at most 1024 (0: one per core).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = script_states)]
     script_states: usize,
     /// A Lua state whose call runs this many milliseconds without returning to its scheduler
     /// (stuck in a library function) is replaced by a fresh one.
-    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = milliseconds)]
     script_watchdog_ms: u64,
     /// Log filter: error, warn, info, debug, trace, or a tracing filter such as "protoserve=debug".
     #[arg(
@@ -299,6 +299,45 @@ impl TransportArgs {
     }
 }
 
+/// The largest `--script-memory`, 1 TiB: the Lua allocator takes a limit of 0, or one past
+/// `isize::MAX` bytes, for no limit at all.
+const MAX_SCRIPT_MEMORY_MIB: usize = 1 << 20;
+
+/// `--script-memory`: MiB per Lua state, 1 to [`MAX_SCRIPT_MEMORY_MIB`].
+fn script_memory(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_SCRIPT_MEMORY_MIB).contains(&n) => Ok(n),
+        Ok(_) => Err(format!(
+            "give the MiB each Lua state may use, from 1 to {MAX_SCRIPT_MEMORY_MIB} (there is no setting without a limit)"
+        )),
+        Err(_) => Err("give a whole number of MiB, such as 256".into()),
+    }
+}
+
+/// The most Lua states `--script-states` may ask for: each is a thread with its own Lua state
+/// (about 400 KiB before any script runs, 1.6 GiB and 8 s to start for 4096).
+const MAX_SCRIPT_STATES: usize = 1024;
+
+/// `--script-states`: 0 (one per core) to [`MAX_SCRIPT_STATES`].
+fn script_states(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_SCRIPT_STATES => Ok(n),
+        Ok(_) => Err(format!(
+            "at most {MAX_SCRIPT_STATES} (each state is a thread with its own Lua memory; 0 gives one per core)"
+        )),
+        Err(_) => Err("give a whole number of states, or 0 for one per core".into()),
+    }
+}
+
+/// A number of milliseconds, at least 1.
+fn milliseconds(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("give a whole number of milliseconds, such as 1000".into()),
+    }
+}
+
 fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -356,9 +395,9 @@ impl LoadArgs {
             scripts: protoserve::script::ScriptOptions {
                 states: self.script_states,
                 instructions: self.script_instructions,
-                time_budget: std::time::Duration::from_millis(self.script_time_ms.max(1)),
+                time_budget: std::time::Duration::from_millis(self.script_time_ms),
                 memory_limit: self.script_memory.saturating_mul(1024 * 1024),
-                stuck_after: std::time::Duration::from_millis(self.script_watchdog_ms.max(1)),
+                stuck_after: std::time::Duration::from_millis(self.script_watchdog_ms),
                 max_message_size: self.max_message_size,
             },
             server,

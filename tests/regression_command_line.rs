@@ -80,3 +80,41 @@ fn a_descriptor_set_from_a_pipe_is_read_once_while_the_cache_is_on() {
         "{stdout}"
     );
 }
+
+#[test]
+fn script_memory_zero_is_refused_rather_than_unlimited() {
+    // The Lua allocator reads a limit of 0 (or one past isize::MAX bytes) as no limit at all.
+    for value in ["0", "9007199254740992"] {
+        let (code, _, err) = run(&["check", "--script-memory", value]);
+        assert_eq!(code, 2, "--script-memory {value}: {err}");
+        assert!(
+            err.contains("--script-memory") && err.contains("from 1 to 1048576"),
+            "{err}"
+        );
+    }
+    let (code, out, err) = run(&["check", "--script-memory", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn script_states_past_the_cap_are_refused_before_any_state_starts() {
+    // 4096 states take 1.6 GiB and 8 s to start; a typo's 100000 would exhaust the machine.
+    let (code, _, err) = run(&["check", "--script-states", "1025"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--script-states") && err.contains("at most 1024"),
+        "{err}"
+    );
+}
+
+#[test]
+fn zero_milliseconds_for_scripts_are_refused() {
+    for flag in ["--script-time-ms", "--script-watchdog-ms"] {
+        let (code, _, err) = run(&["check", flag, "0"]);
+        assert_eq!(code, 2, "{flag} 0: {err}");
+        assert!(
+            err.contains(flag) && err.contains("must be at least 1"),
+            "{err}"
+        );
+    }
+}
