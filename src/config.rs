@@ -155,6 +155,13 @@ pub fn load_handlers(
             ))
             .into())
         }
+        Err(_) if dir.exists() && !dir.is_dir() => {
+            return Err(StartupError::Usage(format!(
+                "--handlers {}: not a folder (point --handlers at the folder with your handler files)",
+                dir.display()
+            ))
+            .into())
+        }
         Err(e) => return Err(StartupError::io(dir, e).into()),
     };
     files.sort();

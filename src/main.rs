@@ -129,7 +129,7 @@ struct LoadArgs {
 #[derive(Args, Debug, Clone)]
 struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the log line shows it).
-    #[arg(long, value_name = "ADDR", default_value = "[::]:50051")]
+    #[arg(long, value_name = "ADDR", default_value = "[::]:50051", value_parser = listen_addr)]
     listen: SocketAddr,
     /// Do not reload when files under the protos, -I, handlers or data folders change (SIGHUP and
     /// the admin API still reload).
@@ -171,6 +171,33 @@ struct LiveArgs {
     journal_bytes: usize,
 }
 
+/// An IP address with a port, or what to write instead: a bare port or a host name is the
+/// usual mistake, and the standard parser says only "invalid socket address syntax".
+fn socket_addr(s: &str, example: &str, public: bool) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    if let Ok(port) = s.trim_start_matches(':').parse::<u16>() {
+        let everywhere = if public {
+            format!(", or [::]:{port} for every interface")
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "{s:?} is a port without an address; give both, such as 127.0.0.1:{port}{everywhere}"
+        ));
+    }
+    Err(format!(
+        "{s:?} is not an IP address with a port; give one such as {example} or [::1]:0 (port 0 picks a free one; host names are not looked up)"
+    ))
+}
+
+/// `--listen`: an IP address with a port.
+fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    socket_addr(s, "127.0.0.1:50051", true)
+}
+
 /// `--admin`: an address, or off.
 #[derive(Debug, Clone, Copy)]
 struct AdminAddr(Option<SocketAddr>);
@@ -179,10 +206,9 @@ fn admin_addr(s: &str) -> Result<AdminAddr, String> {
     if s.trim().eq_ignore_ascii_case("off") {
         return Ok(AdminAddr(None));
     }
-    s.trim()
-        .parse()
+    socket_addr(s, "127.0.0.1:9901", false)
         .map(|a| AdminAddr(Some(a)))
-        .map_err(|_| format!("{s:?} is not an address; give one such as 127.0.0.1:9901, or off"))
+        .map_err(|e| format!("{e}; or off"))
 }
 
 fn on_off(s: &str) -> Result<bool, String> {

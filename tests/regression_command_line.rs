@@ -118,3 +118,38 @@ fn zero_milliseconds_for_scripts_are_refused() {
         );
     }
 }
+
+#[test]
+fn a_handlers_path_that_is_a_file_is_named_with_its_flag() {
+    let (code, _, err) = run(&["check", "--handlers", "handlers/helloworld.json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--handlers handlers/helloworld.json: not a folder (point --handlers at"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_listen_or_admin_address_without_an_ip_says_what_to_write() {
+    for (flag, value, wanted) in [
+        (
+            "--listen",
+            "50051",
+            "a port without an address; give both, such as 127.0.0.1:50051",
+        ),
+        (
+            "--listen",
+            "localhost:50051",
+            "not an IP address with a port; give one such as 127.0.0.1:50051",
+        ),
+        (
+            "--admin",
+            "9901",
+            "a port without an address; give both, such as 127.0.0.1:9901; or off",
+        ),
+    ] {
+        let (code, _, err) = run(&[flag, value]);
+        assert_eq!(code, 2, "{flag} {value}: {err}");
+        assert!(err.contains(wanted), "{flag} {value}: {err}");
+    }
+}
