@@ -698,9 +698,12 @@ fn verify(args: &VerifyArgs) -> ExitCode {
     let json: serde_json::Value = match serde_json::from_slice(text) {
         Ok(j) => j,
         Err(e) => {
+            // Located as a handler file's problems are: a column of 0 (the end of an empty
+            // file) is left out, since columns count from 1.
             let (line, col) = protoserve::input::json_error_at(text, &e);
             eprintln!(
-                "error: {name}:{line}:{col}: not valid JSON: {}",
+                "error: {}: not valid JSON: {}",
+                protoserve::error::Location::at(&args.file, line, col),
                 protoserve::input::json_error_message(&e)
             );
             return ExitCode::from(STARTUP_PROBLEM);

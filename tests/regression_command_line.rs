@@ -153,3 +153,15 @@ fn a_listen_or_admin_address_without_an_ip_says_what_to_write() {
         assert!(err.contains(wanted), "{flag} {value}: {err}");
     }
 }
+
+#[test]
+fn verify_of_an_empty_file_points_at_no_column_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.json");
+    std::fs::write(&empty, "").unwrap();
+    let (code, _, err) = run(&["verify", empty.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    // Columns count from 1; the end of an empty file has none, as in a handler file.
+    let wanted = format!("error: {}:1: not valid JSON:", empty.display());
+    assert!(err.starts_with(&wanted), "{err}");
+}
