@@ -20,7 +20,12 @@ const STARTUP_PROBLEM: u8 = 2;
 
 /// A gRPC server for any .proto: no code generation, handlers in JSON and Lua.
 #[derive(Parser, Debug)]
-#[command(name = "protoserve", version, about)]
+#[command(
+    name = "protoserve",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -485,8 +490,28 @@ fn log_filter(spec: &str) -> Result<EnvFilter, String> {
     EnvFilter::try_new(spec).map_err(|e| format!("--log-level {spec:?}: {e}"))
 }
 
+/// The arguments. Options before a subcommand would be the default `serve`'s, silently left
+/// unused (`protoserve --protos api check` checked protos/): clap refuses them, and this says
+/// where they go.
+fn parse_args() -> ArgMatches {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            if let (ErrorKind::ArgumentConflict, Some(ContextValue::String(sub))) =
+                (e.kind(), e.get(ContextKind::InvalidSubcommand))
+            {
+                let _ = e.print();
+                eprintln!("help: give the options after the subcommand, as in `protoserve {sub} --protos DIR`");
+                std::process::exit(STARTUP_PROBLEM.into());
+            }
+            e.exit()
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = parse_args();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let command = cli.command.unwrap_or(Command::Serve(Box::new(cli.serve)));
     let command_matches = matches.subcommand().map_or(&matches, |(_, m)| m);

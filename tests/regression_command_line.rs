@@ -165,3 +165,22 @@ fn verify_of_an_empty_file_points_at_no_column_zero() {
     let wanted = format!("error: {}:1: not valid JSON:", empty.display());
     assert!(err.starts_with(&wanted), "{err}");
 }
+
+#[test]
+fn options_before_a_subcommand_are_refused_rather_than_ignored() {
+    // They were the default serve's, left unused: this checked protos/ and said ok.
+    for (args, sub) in [
+        (&["--protos", "no/such/protos", "check"][..], "check"),
+        (&["--handlers", "no/such/handlers", "list"][..], "list"),
+    ] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(
+            err.contains(&format!("the subcommand '{sub}' cannot be used with"))
+                && err.contains(&format!(
+                    "give the options after the subcommand, as in `protoserve {sub} --protos DIR`"
+                )),
+            "{args:?}: {err}"
+        );
+    }
+}
