@@ -170,3 +170,36 @@ fn protoserve_log_stands_for_log_level_and_is_checked_like_it() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn list_with_prefixes_shows_only_their_services_and_exits_1_when_none_matches() {
+    let (code, out, err) = run(&["list", "routeguide", "helloworld.Greeter"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("helloworld.Greeter\n") && out.contains("routeguide.RouteGuide\n"),
+        "{out}"
+    );
+    let (code, out, err) = run(&["list", "routeguide"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("routeguide.RouteGuide\n") && !out.contains("helloworld"),
+        "{out}"
+    );
+    let (code, out, err) = run(&["list", "shop", "inventory.v1"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("no service starts with shop or inventory.v1; `protoserve list` without a prefix lists all 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn version_prints_the_version() {
+    let (code, out, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("protoserve {}", env!("CARGO_PKG_VERSION"))
+    );
+}
