@@ -101,7 +101,7 @@ struct LoadArgs {
     #[arg(long, value_name = "DIR", default_value = "data")]
     data: PathBuf,
     /// Largest message accepted or sent, in bytes; larger ones get RESOURCE_EXHAUSTED.
-    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024, value_parser = positive)]
     max_message_size: usize,
     /// Milliseconds one script call may run (over all its time slices) before it is stopped
     /// with RESOURCE_EXHAUSTED.
@@ -299,13 +299,13 @@ struct TransportArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024 * 1024, value_parser = positive)]
     max_buffered: usize,
     /// Time a new connection has to send the HTTP/2 preface before it is closed.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = some_time)]
     handshake_timeout: Duration,
     /// Interval of the HTTP/2 pings that detect dead peers (0: never ping).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
     keepalive_interval: Duration,
     /// How long a ping may go unanswered before the connection is dropped.
-    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = some_time)]
     keepalive_timeout: Duration,
     /// After SIGTERM/SIGINT, how long in-flight calls may run before they end with UNAVAILABLE.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
@@ -401,6 +401,15 @@ fn duration(s: &str) -> Result<Duration, String> {
     })?;
     Duration::try_from_secs_f64(n * scale).map_err(|_| format!("{s:?} is out of range"))
 }
+/// A [`duration`] that is not zero: a timeout of none would close every connection that has
+/// not already sent what it waits for.
+fn some_time(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err("must be more than 0, such as 500ms".into()),
+        d => Ok(d),
+    }
+}
+
 impl LoadArgs {
     fn options(&self, server: ServerOptions) -> Options {
         // `protos/` is the default only when nothing else is served.

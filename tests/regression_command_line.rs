@@ -184,3 +184,25 @@ fn options_before_a_subcommand_are_refused_rather_than_ignored() {
         );
     }
 }
+
+#[test]
+fn zero_timeouts_and_a_zero_message_size_are_refused() {
+    // With --handshake-timeout 0, a client whose preface came 100 ms after it connected got the
+    // server's SETTINGS and was closed; with --keepalive-timeout 0, a client that answered the
+    // first ping 20 ms later was dropped; --max-message-size 0 leaves room for empty messages only.
+    // (`--protos` names no folder so that a binary taking the value stops at once anyway.)
+    for (flag, value, wanted) in [
+        ("--handshake-timeout", "0", "must be more than 0"),
+        ("--keepalive-timeout", "0ms", "must be more than 0"),
+        ("--max-message-size", "0", "must be at least 1"),
+    ] {
+        let (code, _, err) = run(&["serve", flag, value, "--protos", "no/such/protos"]);
+        assert_eq!(code, 2, "{flag} {value}: {err}");
+        assert!(
+            err.contains(&format!("invalid value '{value}' for '{flag}")) && err.contains(wanted),
+            "{flag} {value}: {err}"
+        );
+    }
+    let (code, _, err) = run(&["check", "--max-message-size", "0"]);
+    assert_eq!(code, 2, "{err}");
+}
