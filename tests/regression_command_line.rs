@@ -206,3 +206,15 @@ fn zero_timeouts_and_a_zero_message_size_are_refused() {
     let (code, _, err) = run(&["check", "--max-message-size", "0"]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn a_device_as_descriptor_set_is_refused_without_reading_it() {
+    // /dev/null read as "holds no files" (blaming a pipe); /dev/zero was read until memory ran
+    // out. Only /dev/null is tried here, so that an older binary cannot exhaust the machine.
+    let (code, _, err) = run(&["check", "--descriptor-set", "/dev/null", "--no-cache"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--descriptor-set /dev/null: a device, not a file"),
+        "{err}"
+    );
+}

@@ -126,17 +126,48 @@ pub fn read_set_files(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>, Star
         .collect()
 }
 
-/// One set's bytes; a path that is missing or a folder is named with its flag.
+/// The most bytes read from one descriptor set: a protobuf message is smaller than 2 GiB, and a
+/// source without end (`/dev/zero`, `<(yes)`) would otherwise take all the memory there is.
+const MAX_SET_BYTES: u64 = (2 << 30) - 1;
+
+/// One set's bytes; a path that is missing, a folder or a device is named with its flag.
 fn read_set_file(path: &Path) -> Result<Vec<u8>, StartupError> {
     let wrong = match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => "a folder, not a file",
+        Ok(m) if is_device(&m) => "a device, not a file",
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => "no such file",
-        _ => return std::fs::read(path).map_err(|e| StartupError::io(path, e)),
+        _ => {
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|f| {
+                    std::io::Read::read_to_end(
+                        &mut std::io::Read::take(f, MAX_SET_BYTES + 1),
+                        &mut bytes,
+                    )
+                })
+                .map_err(|e| StartupError::io(path, e))?;
+            if bytes.len() as u64 <= MAX_SET_BYTES {
+                return Ok(bytes);
+            }
+            "2 GiB or more, larger than any protobuf message"
+        }
     };
     Err(StartupError::Usage(format!(
         "--descriptor-set {}: {wrong} (point --descriptor-set at a FileDescriptorSet written by `buf build -o FILE.binpb` or `protoc --include_imports --descriptor_set_out=FILE.binpb`)",
         path.display()
     )))
+}
+
+/// Whether `m` is a character or block device (a pipe or a regular file is read).
+#[cfg(unix)]
+fn is_device(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    m.file_type().is_char_device() || m.file_type().is_block_device()
+}
+
+#[cfg(not(unix))]
+fn is_device(_: &std::fs::Metadata) -> bool {
+    false
 }
 
 /// Read descriptor sets, decoded: (set path, its files).
