@@ -100,11 +100,12 @@ struct LoadArgs {
     /// Folder of data sets (*.json) for scripts.
     #[arg(long, value_name = "DIR", default_value = "data")]
     data: PathBuf,
-    /// Largest message accepted or sent, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    /// Largest message accepted or sent, in bytes (at least 1); larger ones get
+    /// RESOURCE_EXHAUSTED.
     #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024, value_parser = positive)]
     max_message_size: usize,
     /// Milliseconds one script call may run (over all its time slices) before it is stopped
-    /// with RESOURCE_EXHAUSTED.
+    /// with RESOURCE_EXHAUSTED (at least 1).
     #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = milliseconds)]
     script_time_ms: u64,
     /// Also count each call's Lua instructions and stop it past N (0: not counted). Exact and
@@ -298,13 +299,13 @@ struct TransportArgs {
     /// The same, for all connections together.
     #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024 * 1024, value_parser = positive)]
     max_buffered: usize,
-    /// Time a new connection has to send the HTTP/2 preface before it is closed.
+    /// Time a new connection has to send the HTTP/2 preface before it is closed (more than 0).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = some_time)]
     handshake_timeout: Duration,
     /// Interval of the HTTP/2 pings that detect dead peers (0: never ping).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
     keepalive_interval: Duration,
-    /// How long a ping may go unanswered before the connection is dropped.
+    /// How long a ping may go unanswered before the connection is dropped (more than 0).
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = some_time)]
     keepalive_timeout: Duration,
     /// After SIGTERM/SIGINT, how long in-flight calls may run before they end with UNAVAILABLE.
