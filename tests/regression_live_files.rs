@@ -648,15 +648,29 @@ async fn a_change_in_a_hidden_folder_sets_off_no_reload() {
     project.write("handlers/live.json", &live_handler("v2"));
     wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
     let reload = started.elapsed();
+    // Counted once the folders are quiet, so a busy machine splitting the write above into
+    // two reloads does not count against the hidden folders.
+    std::thread::sleep(reload * 3);
+    let served = || {
+        let log = server.log();
+        log.iter().filter(|l| l.contains(" serving (")).count()
+    };
+    let before = served();
     // What `git commit` writes, and an editor's history: loading reads neither.
     std::fs::write(project.path("protos/.git/index"), "x").unwrap();
     std::fs::create_dir_all(project.path("protos/.history/sub")).unwrap();
     std::fs::write(project.path("protos/.history/sub/live.proto"), "broken").unwrap();
     // A reload set off by those would come within about one reload's time: wait for three.
     std::thread::sleep(reload * 3);
+    assert_eq!(
+        served(),
+        before,
+        "a change in a hidden folder set off a reload: {:#?}",
+        server.log()
+    );
+    // And the watch goes on.
     project.write("handlers/live.json", &live_handler("v3"));
     wait_for_answer(&client, "live.Live/Chat", json!({"text": "v3: x"})).await;
-    two_reloads(&server, "one reload per change to an input");
 }
 
 /// The log says the server reloaded twice since it started, the second time into generation 3
