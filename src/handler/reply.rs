@@ -187,6 +187,9 @@ impl ReplyTemplate {
         }
         let mut msg = DynamicMessage::new(self.desc.clone());
         for (field, t) in &self.dynamic {
+            if field.supports_presence() && t.copies_unset(req) {
+                continue;
+            }
             let value = t.render(req, &mut budget)?;
             if field.supports_presence() || !value.is_default_for_field(field) {
                 msg.set_field(field, value);

@@ -136,6 +136,9 @@ impl MessageTemplate {
     ) -> std::result::Result<DynamicMessage, RenderError> {
         let mut msg = self.base.clone();
         for (field, t) in &self.dynamic {
+            if field.supports_presence() && t.copies_unset(req) {
+                continue;
+            }
             msg.set_field(field, t.render(req, budget)?);
         }
         Ok(msg)
@@ -366,6 +369,13 @@ fn compile_copy(
 }
 
 impl ValueTemplate {
+    /// True for a copy of a request value that is not set (see [`FieldPath::is_set`]): a
+    /// field that tracks presence is left unset by it, so the reply says what the request
+    /// said rather than a default made up in between.
+    pub fn copies_unset(&self, req: &DynamicMessage) -> bool {
+        matches!(self, ValueTemplate::Copy { from, .. } if !from.is_set(req))
+    }
+
     /// The value for `req`, each copied or interpolated part counted in `budget` before it is
     /// built.
     pub fn render(
