@@ -139,7 +139,7 @@ impl Condition {
     pub fn fields_match(&self, req: &DynamicMessage) -> bool {
         self.fields
             .iter()
-            .all(|(path, test)| test.check_value(&path.read(req)))
+            .all(|(path, test)| test.check_field(path, req))
     }
 
     /// True when every metadata test holds.
@@ -154,7 +154,7 @@ impl Condition {
     pub fn failed_fields(&self, req: &DynamicMessage) -> usize {
         self.fields
             .iter()
-            .filter(|(path, test)| !test.check_value(&path.read(req)))
+            .filter(|(path, test)| !test.check_field(path, req))
             .count()
     }
 
@@ -173,10 +173,10 @@ impl Condition {
         self.fields
             .iter()
             .filter_map(|(path, test)| {
-                let value = path.read(req);
-                if test.check_value(&value) {
+                if test.check_field(path, req) {
                     return None;
                 }
+                let value = path.read(req);
                 let field = path.last();
                 Some(format!(
                     "request.{}: wanted {}, got {}",
@@ -610,6 +610,23 @@ fn compile_regex(pattern: &str, path: &str) -> Result<Regex> {
 }
 
 impl Test {
+    /// The test on the request's value at `path`. `present` asks whether the field is set:
+    /// for a field that tracks presence (a message, a proto2 or `optional` field, a oneof
+    /// member) that is whether the request carries it, since reading it unset gives its
+    /// default (a proto2 `[default = 7]`, a closed enum's first value), which may be anything.
+    fn check_field(&self, path: &FieldPath, req: &DynamicMessage) -> bool {
+        match self {
+            Test::Present(want) => {
+                let present = match path.last() {
+                    Some(f) if f.supports_presence() => path.is_set(req),
+                    _ => is_present(&path.read(req)),
+                };
+                present == *want
+            }
+            _ => self.check_value(&path.read(req)),
+        }
+    }
+
     fn check_value(&self, value: &Value) -> bool {
         match self {
             Test::Equals(v) => value == v,

@@ -88,6 +88,41 @@ async fn copying_an_unset_request_field_leaves_the_reply_field_unset() {
     );
 }
 
+/// `present` compared the value read with zero: a proto2 field the request did not set read
+/// as its default (a closed enum's first value `LOW = 1`, `[default = 7]`) and so counted as
+/// present, while one set to 0, an `optional` set to 0 and a `Duration` set to `0s` counted as
+/// absent.
+#[tokio::test]
+async fn present_asks_whether_a_field_with_presence_is_set() {
+    let (_s, c) = start().await;
+    for (request, want) in [
+        (json!({}), "level absent"),
+        (json!({"level": "LOW"}), "count absent"),
+        (json!({"level": "LOW", "count": 0}), "both set"),
+        (
+            json!({"level": "BELOW", "count": 7, "sign": "MINUS"}),
+            "MINUS and -3",
+        ),
+    ] {
+        let reply = to_json(&call(&c, "closed.Closed/When", request.clone()).await);
+        assert_eq!(reply, json!({"text": want}), "closed.Closed/When {request}");
+    }
+    for (request, want) in [
+        (json!({}), "none"),
+        (json!({"opt": 0}), "opt set"),
+        (json!({"dur": "0s"}), "dur set"),
+        (json!({"child": {}}), "none"),
+        (
+            json!({"child": {"at": "1970-01-01T00:00:00Z"}}),
+            "child.at set",
+        ),
+        (json!({"color": "MINUS", "alias": "A_UNO"}), "MINUS and 1"),
+    ] {
+        let reply = to_json(&call(&c, "open.Open/When", request.clone()).await);
+        assert_eq!(reply, json!({"name": want}), "open.Open/When {request}");
+    }
+}
+
 /// Constants, templates, streams and echo with negative, aliased and closed enums, proto2
 /// defaults and groups, well-known types and maps with int64 and bool keys reach the client
 /// as the handler file writes them.
