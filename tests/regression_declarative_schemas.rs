@@ -226,3 +226,24 @@ async fn enums_defaults_and_well_known_types_reach_the_client_as_written() {
         json!({})
     );
 }
+
+/// A bare value or `in` on a message field (a wrapper, a Timestamp) compared the value parsed
+/// with the empty message an unset field reads as: `"w": 0` on an `Int32Value` held for every
+/// request that did not send `w`, though its JSON is null there, not 0.
+#[tokio::test]
+async fn equality_on_a_message_field_the_request_does_not_carry_does_not_hold() {
+    let (_s, c) = start().await;
+    for (request, want) in [
+        (json!({}), "none"),
+        (json!({"name": "x", "dur": "1s"}), "none"),
+        (json!({"w": 0}), "w 0"),
+        (json!({"w": 1, "bw": false}), "bw false"),
+        (
+            json!({"bw": true, "at": "1970-01-01T00:00:00Z"}),
+            "at epoch",
+        ),
+    ] {
+        let reply = to_json(&call(&c, "open.Open/Wrapped", request.clone()).await);
+        assert_eq!(reply, json!({"name": want}), "open.Open/Wrapped {request}");
+    }
+}
