@@ -247,3 +247,46 @@ async fn equality_on_a_message_field_the_request_does_not_carry_does_not_hold() 
         assert_eq!(reply, json!({"name": want}), "open.Open/Wrapped {request}");
     }
 }
+
+/// The JSON mapping takes any number for an enum, and a reply or a rule took it for a closed
+/// (proto2) enum too: `"level": 99` was served, and every client's parser dropped it, reading
+/// the field as unset (and no client can send 99, so such a rule never held). `check` refuses
+/// it at its line and column, with the values there are.
+#[test]
+fn a_number_a_closed_enum_does_not_declare_is_refused_at_startup() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("closed.json"),
+        r#"{
+  "service": "closed.Closed",
+  "methods": {
+    "Get": { "reply": { "level": 99 } },
+    "When": { "rules": [ { "when": { "request": { "level": { "in": ["LOW", 5] } } }, "reply": {} } ] },
+    "Text": { "reply": { "levels": ["LOW", -1] } },
+    "List": { "stream": [ { "level": "BELOW" }, { "sign": 2 } ] }
+  }
+}
+"#,
+    )
+    .unwrap();
+    let protos = fixtures().join("decl_schemas/protos");
+    let (code, _, err) = common::run(&[
+        "check",
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-cache",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    for want in [
+        "closed.json:4:25: closed.Closed/Get: reply.level: 99 is not a value of closed.Level",
+        "closed.json:5:76: closed.Closed/When: rules[0].when.request.level.in[1]: 5 is not a value of closed.Level",
+        "closed.json:6:26: closed.Closed/Text: reply.levels: -1 is not a value of closed.Level",
+        "closed.json:7:51: closed.Closed/List: stream[1].sign: 2 is not a value of closed.Sign",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(err.contains("use one of BELOW, LOW, HIGH"), "{err}");
+    assert!(err.contains("4 problem(s) found"), "{err}");
+}
