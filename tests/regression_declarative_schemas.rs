@@ -79,6 +79,20 @@ async fn copying_an_unset_request_field_leaves_the_reply_field_unset() {
             "mask": "fooBar", "child": {"color": "MINUS"}, "colors": ["MINUS", 5], "name": "one"
         })
     );
+    // A proto2 required field is always written: a reply without it is refused by clients.
+    let reply = call(&c, "closed.Closed/Tag", json!({})).await;
+    assert_eq!(to_json(&reply), json!({"id": "anon", "level": "LOW"}));
+    let reply = call(
+        &c,
+        "closed.Closed/Tag",
+        json!({"name": "n", "level": "HIGH"}),
+    )
+    .await;
+    assert_eq!(
+        to_json(&reply),
+        json!({"id": "n", "note": "n", "level": "HIGH"})
+    );
+
     let reply = call(&c, "closed.Closed/Copy", json!({"count": 0, "name": ""})).await;
     assert_eq!(set_fields(&reply), ["count", "text"]);
     assert_eq!(

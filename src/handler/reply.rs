@@ -18,8 +18,8 @@ use crate::codec::Outgoing;
 use crate::error::CallError;
 use crate::fieldpath::FieldPath;
 use crate::template::{
-    err, whole_placeholder, Budget, EntryError, EntryErrors, MessageTemplate, RenderError,
-    TextTemplate, ValueTemplate,
+    err, leaves_unset, whole_placeholder, Budget, EntryError, EntryErrors, MessageTemplate,
+    RenderError, TextTemplate, ValueTemplate,
 };
 
 #[derive(Debug)]
@@ -187,7 +187,7 @@ impl ReplyTemplate {
         }
         let mut msg = DynamicMessage::new(self.desc.clone());
         for (field, t) in &self.dynamic {
-            if field.supports_presence() && t.copies_unset(req) {
+            if leaves_unset(field) && t.copies_unset(req) {
                 continue;
             }
             let value = t.render(req, &mut budget)?;

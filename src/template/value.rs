@@ -2,7 +2,9 @@
 //! field's kind), text, nested messages, lists and maps, compiled once and rendered per call.
 
 use bytes::Bytes;
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value};
+use prost_reflect::{
+    Cardinality, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value,
+};
 use serde_json::{Map, Value as Json};
 
 use super::{
@@ -136,7 +138,7 @@ impl MessageTemplate {
     ) -> std::result::Result<DynamicMessage, RenderError> {
         let mut msg = self.base.clone();
         for (field, t) in &self.dynamic {
-            if field.supports_presence() && t.copies_unset(req) {
+            if leaves_unset(field) && t.copies_unset(req) {
                 continue;
             }
             msg.set_field(field, t.render(req, budget)?);
@@ -366,6 +368,12 @@ fn compile_copy(
         conv,
         to,
     })
+}
+
+/// True for a field a copy of an unset request value leaves unset: one that tracks presence,
+/// except a proto2 `required` field, which a reply must carry (it gets the default read).
+pub fn leaves_unset(field: &FieldDescriptor) -> bool {
+    field.supports_presence() && field.cardinality() != Cardinality::Required
 }
 
 impl ValueTemplate {
