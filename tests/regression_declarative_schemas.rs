@@ -304,3 +304,44 @@ fn a_number_a_closed_enum_does_not_declare_is_refused_at_startup() {
     assert!(err.contains("use one of BELOW, LOW, HIGH"), "{err}");
     assert!(err.contains("4 problem(s) found"), "{err}");
 }
+
+/// A reply without a proto2 `required` field was served, and clients that check them
+/// (protobuf-java, C++, protobufjs) refused every answer; `check` now names the field, in the
+/// reply, in a message template inside it and in a constant message.
+#[test]
+fn a_reply_without_a_required_field_is_refused_at_startup() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("closed.json"),
+        r#"{
+  "service": "closed.Closed",
+  "methods": {
+    "Tag": { "reply": { "note": "{{name}}", "level": "LOW" } },
+    "Hold": { "rules": [
+      { "when": { "request": { "name": "a" } }, "reply": { "tag": { "id": "{{name}}" } } },
+      { "reply": { "tags": [ { "id": "a", "level": "LOW" }, { "id": "b" } ] } }
+    ] }
+  }
+}
+"#,
+    )
+    .unwrap();
+    let protos = fixtures().join("decl_schemas/protos");
+    let (code, _, err) = common::run(&[
+        "check",
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-cache",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    for want in [
+        "closed.json:4:14: closed.Closed/Tag: reply: closed.Tagged needs its required field \"id\" (string)",
+        "closed.Closed/Hold: rules[0].reply.tag: closed.Tagged needs its required field \"level\" (closed.Level)",
+        "closed.Closed/Hold: rules[1].reply.tags: closed.Tagged needs its required field \"level\"",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(err.contains("3 problem(s) found"), "{err}");
+}

@@ -1,10 +1,12 @@
 //! Constant values of a template or a rule, read with the proto3 JSON mapping.
 
 use prost_reflect::{
-    DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor, Syntax, Value,
+    Cardinality, DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor,
+    ReflectMessage, Syntax, Value,
 };
 use serde_json::{Map, Value as Json};
 
+use super::value::missing_required;
 use super::{EntryError, Result};
 use crate::fieldpath::type_name;
 
@@ -18,6 +20,11 @@ pub fn parse_message(desc: &MessageDescriptor, json: Json, path: &str) -> Result
         ),
     })?;
     closed_enums_known(&msg, path)?;
+    // The message's own fields may be given elsewhere (a template's placeholders); the
+    // messages it holds are whole here.
+    for (_, value) in msg.fields() {
+        required_given(value, path)?;
+    }
     Ok(msg)
 }
 
@@ -40,7 +47,32 @@ pub fn parse_field_value(
             ),
         })?;
     closed_enums_known(&msg, path)?;
-    Ok(msg.get_field(field).into_owned())
+    let value = msg.get_field(field).into_owned();
+    required_given(&value, path)?;
+    Ok(value)
+}
+
+/// Every message in `value` carries its proto2 `required` fields.
+fn required_given(value: &Value, path: &str) -> Result<()> {
+    match value {
+        Value::Message(m) => {
+            let desc = m.descriptor();
+            if let Some(field) = desc
+                .fields()
+                .find(|f| f.cardinality() == Cardinality::Required && !m.has_field(f))
+            {
+                return Err(EntryError {
+                    path: path.to_owned(),
+                    message: missing_required(&desc, &field),
+                }
+                .into());
+            }
+            m.fields().try_for_each(|(_, v)| required_given(v, path))
+        }
+        Value::List(items) => items.iter().try_for_each(|v| required_given(v, path)),
+        Value::Map(entries) => entries.values().try_for_each(|v| required_given(v, path)),
+        _ => Ok(()),
+    }
 }
 
 /// A closed enum (one declared in a proto2 file) has only the values it declares: a parser

@@ -101,6 +101,13 @@ impl MessageTemplate {
                 constant.insert(key.clone(), value.clone());
             }
         }
+        for field in output.fields() {
+            if field.cardinality() == Cardinality::Required
+                && !given.iter().any(|(n, _)| *n == field.number())
+            {
+                problems.push(path.to_owned(), missing_required(output, &field));
+            }
+        }
         let base = match parse_message(output, Json::Object(constant.clone()), path) {
             Ok(base) => Some(base),
             Err(whole) => {
@@ -368,6 +375,16 @@ fn compile_copy(
         conv,
         to,
     })
+}
+
+/// A message without one of its proto2 `required` fields, said for a person.
+pub fn missing_required(desc: &MessageDescriptor, field: &FieldDescriptor) -> String {
+    format!(
+        "{} needs its required field \"{}\" ({}): clients refuse a message without it; give it",
+        desc.full_name(),
+        field.name(),
+        type_name(field)
+    )
 }
 
 /// True for a field a copy of an unset request value leaves unset: one that tracks presence,
