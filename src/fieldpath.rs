@@ -73,6 +73,27 @@ impl FieldPath {
         self.fields.last()
     }
 
+    /// True unless the value at this path is unset: a message on the way is not set, or the
+    /// last field tracks presence (a message, a proto2 or `optional` field, a oneof member)
+    /// and is not set. Reading such a value gives its default, which a copy must not turn
+    /// into a set field (an empty `Any` or `Value` is not even valid JSON).
+    pub fn is_set(&self, msg: &DynamicMessage) -> bool {
+        let Some((last, parents)) = self.fields.split_last() else {
+            return true;
+        };
+        let mut current = msg;
+        for f in parents {
+            if !current.has_field(f) {
+                return false;
+            }
+            match current.get_field(f) {
+                Cow::Borrowed(Value::Message(m)) => current = m,
+                _ => return false,
+            }
+        }
+        !last.supports_presence() || current.has_field(last)
+    }
+
     /// Reads the value at this path; unset intermediate messages read as defaults.
     pub fn read<'a>(&self, msg: &'a DynamicMessage) -> Cow<'a, Value> {
         let Some((last, parents)) = self.fields.split_last() else {

@@ -139,7 +139,7 @@ impl Condition {
     pub fn fields_match(&self, req: &DynamicMessage) -> bool {
         self.fields
             .iter()
-            .all(|(path, test)| test.check_value(&path.read(req)))
+            .all(|(path, test)| test.check_field(path, req))
     }
 
     /// True when every metadata test holds.
@@ -154,7 +154,7 @@ impl Condition {
     pub fn failed_fields(&self, req: &DynamicMessage) -> usize {
         self.fields
             .iter()
-            .filter(|(path, test)| !test.check_value(&path.read(req)))
+            .filter(|(path, test)| !test.check_field(path, req))
             .count()
     }
 
@@ -173,10 +173,10 @@ impl Condition {
         self.fields
             .iter()
             .filter_map(|(path, test)| {
-                let value = path.read(req);
-                if test.check_value(&value) {
+                if test.check_field(path, req) {
                     return None;
                 }
+                let value = path.read(req);
                 let field = path.last();
                 Some(format!(
                     "request.{}: wanted {}, got {}",
@@ -610,6 +610,27 @@ fn compile_regex(pattern: &str, path: &str) -> Result<Regex> {
 }
 
 impl Test {
+    /// The test on the request's value at `path`. `present` asks whether the field is set:
+    /// for a field that tracks presence (a message, a proto2 or `optional` field, a oneof
+    /// member) that is whether the request carries it, since reading it unset gives its
+    /// default (a proto2 `[default = 7]`, a closed enum's first value), which may be anything.
+    fn check_field(&self, path: &FieldPath, req: &DynamicMessage) -> bool {
+        match self {
+            Test::Present(want) => {
+                let present = match path.last() {
+                    Some(f) if f.supports_presence() => path.is_set(req),
+                    _ => is_present(&path.read(req)),
+                };
+                present == *want
+            }
+            // A message the request does not carry is null in its JSON, not the message a
+            // value is parsed to: `"page_size": 0` on an Int32Value holds for an explicit
+            // zero only, not for every request without the field.
+            Test::Equals(_) | Test::In(_) if unset_message(path, req) => false,
+            _ => self.check_value(&path.read(req)),
+        }
+    }
+
     fn check_value(&self, value: &Value) -> bool {
         match self {
             Test::Equals(v) => value == v,
@@ -746,6 +767,13 @@ fn in_range(n: Num, lower: Option<(Num, bool)>, upper: Option<(Num, bool)>) -> b
         Some(Greater) | None => false,
     });
     above && below
+}
+
+/// True when `path` names a singular message field the request does not carry.
+fn unset_message(path: &FieldPath, req: &DynamicMessage) -> bool {
+    path.last()
+        .is_some_and(|f| !f.is_list() && !f.is_map() && matches!(f.kind(), Kind::Message(_)))
+        && !path.is_set(req)
 }
 
 fn is_present(value: &Value) -> bool {

@@ -18,8 +18,8 @@ use crate::codec::Outgoing;
 use crate::error::CallError;
 use crate::fieldpath::FieldPath;
 use crate::template::{
-    err, whole_placeholder, Budget, EntryError, EntryErrors, MessageTemplate, RenderError,
-    TextTemplate, ValueTemplate,
+    err, leaves_unset, whole_placeholder, Budget, EntryError, EntryErrors, MessageTemplate,
+    RenderError, TextTemplate, ValueTemplate,
 };
 
 #[derive(Debug)]
@@ -187,6 +187,9 @@ impl ReplyTemplate {
         }
         let mut msg = DynamicMessage::new(self.desc.clone());
         for (field, t) in &self.dynamic {
+            if leaves_unset(field) && t.copies_unset(req) {
+                continue;
+            }
             let value = t.render(req, &mut budget)?;
             if field.supports_presence() || !value.is_default_for_field(field) {
                 msg.set_field(field, value);

@@ -19,7 +19,7 @@ pub mod value;
 
 pub use json::{parse_field_value, parse_message};
 pub use text::{write_text, TextTemplate};
-pub use value::{has_placeholder, whole_placeholder, MessageTemplate, ValueTemplate};
+pub use value::{has_placeholder, leaves_unset, whole_placeholder, MessageTemplate, ValueTemplate};
 
 pub use crate::error::{EntryError, EntryErrors};
 

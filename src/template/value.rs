@@ -2,7 +2,9 @@
 //! field's kind), text, nested messages, lists and maps, compiled once and rendered per call.
 
 use bytes::Bytes;
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value};
+use prost_reflect::{
+    Cardinality, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value,
+};
 use serde_json::{Map, Value as Json};
 
 use super::{
@@ -99,6 +101,13 @@ impl MessageTemplate {
                 constant.insert(key.clone(), value.clone());
             }
         }
+        for field in output.fields() {
+            if field.cardinality() == Cardinality::Required
+                && !given.iter().any(|(n, _)| *n == field.number())
+            {
+                problems.push(path.to_owned(), missing_required(output, &field));
+            }
+        }
         let base = match parse_message(output, Json::Object(constant.clone()), path) {
             Ok(base) => Some(base),
             Err(whole) => {
@@ -136,6 +145,9 @@ impl MessageTemplate {
     ) -> std::result::Result<DynamicMessage, RenderError> {
         let mut msg = self.base.clone();
         for (field, t) in &self.dynamic {
+            if leaves_unset(field) && t.copies_unset(req) {
+                continue;
+            }
             msg.set_field(field, t.render(req, budget)?);
         }
         Ok(msg)
@@ -365,7 +377,30 @@ fn compile_copy(
     })
 }
 
+/// A message without one of its proto2 `required` fields, said for a person.
+pub fn missing_required(desc: &MessageDescriptor, field: &FieldDescriptor) -> String {
+    format!(
+        "{} needs its required field \"{}\" ({}): clients refuse a message without it; give it",
+        desc.full_name(),
+        field.name(),
+        type_name(field)
+    )
+}
+
+/// True for a field a copy of an unset request value leaves unset: one that tracks presence,
+/// except a proto2 `required` field, which a reply must carry (it gets the default read).
+pub fn leaves_unset(field: &FieldDescriptor) -> bool {
+    field.supports_presence() && field.cardinality() != Cardinality::Required
+}
+
 impl ValueTemplate {
+    /// True for a copy of a request value that is not set (see [`FieldPath::is_set`]): a
+    /// field that tracks presence is left unset by it, so the reply says what the request
+    /// said rather than a default made up in between.
+    pub fn copies_unset(&self, req: &DynamicMessage) -> bool {
+        matches!(self, ValueTemplate::Copy { from, .. } if !from.is_set(req))
+    }
+
     /// The value for `req`, each copied or interpolated part counted in `budget` before it is
     /// built.
     pub fn render(
