@@ -268,9 +268,7 @@ async fn equality_on_a_message_field_the_request_does_not_carry_does_not_hold() 
 /// it at its line and column, with the values there are.
 #[test]
 fn a_number_a_closed_enum_does_not_declare_is_refused_at_startup() {
-    let handlers = tempfile::tempdir().unwrap();
-    std::fs::write(
-        handlers.path().join("closed.json"),
+    let (code, err) = check_closed(
         r#"{
   "service": "closed.Closed",
   "methods": {
@@ -281,17 +279,7 @@ fn a_number_a_closed_enum_does_not_declare_is_refused_at_startup() {
   }
 }
 "#,
-    )
-    .unwrap();
-    let protos = fixtures().join("decl_schemas/protos");
-    let (code, _, err) = common::run(&[
-        "check",
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        handlers.path().to_str().unwrap(),
-        "--no-cache",
-    ]);
+    );
     assert_eq!(code, 2, "{err}");
     for want in [
         "closed.json:4:25: closed.Closed/Get: reply.level: 99 is not a value of closed.Level",
@@ -310,9 +298,7 @@ fn a_number_a_closed_enum_does_not_declare_is_refused_at_startup() {
 /// reply, in a message template inside it and in a constant message.
 #[test]
 fn a_reply_without_a_required_field_is_refused_at_startup() {
-    let handlers = tempfile::tempdir().unwrap();
-    std::fs::write(
-        handlers.path().join("closed.json"),
+    let (code, err) = check_closed(
         r#"{
   "service": "closed.Closed",
   "methods": {
@@ -324,17 +310,7 @@ fn a_reply_without_a_required_field_is_refused_at_startup() {
   }
 }
 "#,
-    )
-    .unwrap();
-    let protos = fixtures().join("decl_schemas/protos");
-    let (code, _, err) = common::run(&[
-        "check",
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        handlers.path().to_str().unwrap(),
-        "--no-cache",
-    ]);
+    );
     assert_eq!(code, 2, "{err}");
     for want in [
         "closed.json:4:14: closed.Closed/Tag: reply: closed.Tagged needs its required field \"id\" (string)",
@@ -344,4 +320,21 @@ fn a_reply_without_a_required_field_is_refused_at_startup() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
     assert!(err.contains("3 problem(s) found"), "{err}");
+}
+
+/// `check` of the fixture protos with `file` as the only handler file (`closed.json`): its exit
+/// status and standard error.
+fn check_closed(file: &str) -> (i32, String) {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(handlers.path().join("closed.json"), file).unwrap();
+    let protos = fixtures().join("decl_schemas/protos");
+    let (code, _, err) = common::run(&[
+        "check",
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-cache",
+    ]);
+    (code, err)
 }
