@@ -32,6 +32,8 @@ use prost_reflect::{DynamicMessage, Kind, MapKey, MessageDescriptor, ReflectMess
 use protoserve::codec::Outgoing;
 use protoserve::script::convert::{outgoing_from_lua, Conv};
 use protoserve::script::decode::{read_numbers, Decoder, Layout, Number};
+use protoserve::script::encode::Encoder;
+use protoserve::script::freeze;
 use protoserve::script::plan::{MsgId, Plans};
 use wire_gen::{message, messages, mutate, pool, put_len, Tape};
 
@@ -536,4 +538,191 @@ fn json_names_and_integral_floats_encode_alike() {
         assert_eq!(back.get_field_by_name("sf64").unwrap().as_i64(), Some(3));
         assert_eq!(back.get_field_by_name("color").unwrap().as_enum_number(), Some(2));
     });
+}
+
+/// A value a script might put where a field of `kind` goes: mostly right, sometimes of another
+/// type, out of range, a float for an integer, an enum's name or a name it lacks.
+fn script_value(lua: &Lua, kind: &Kind, t: &mut Tape, depth: usize) -> LuaValue {
+    if t.chance(4) {
+        return match t.below(4) {
+            0 => LuaValue::String(lua.create_string("x").unwrap()),
+            1 => LuaValue::Table(lua.create_table().unwrap()),
+            2 => LuaValue::Boolean(true),
+            _ => LuaValue::Integer(7),
+        };
+    }
+    let int = |t: &mut Tape| -> LuaValue {
+        match t.below(8) {
+            0 => LuaValue::Integer(0),
+            1 => LuaValue::Integer(-1),
+            2 => LuaValue::Integer(i64::from(i32::MAX) + 1),
+            3 => LuaValue::Integer(i64::from(u32::MAX)),
+            4 => LuaValue::Integer(t.next() as i64),
+            5 => LuaValue::Number((t.below(1000) as f64) - 500.0),
+            6 => LuaValue::Number(1.5),
+            _ => LuaValue::Integer(t.below(300) as i64),
+        }
+    };
+    match kind {
+        Kind::Message(m) if depth < 3 => LuaValue::Table(script_table(lua, m, t, depth + 1)),
+        Kind::Message(_) => LuaValue::Table(lua.create_table().unwrap()),
+        Kind::Enum(e) => match t.below(4) {
+            0 => {
+                let values: Vec<_> = e.values().collect();
+                let v = &values[t.below(values.len() as u64) as usize];
+                LuaValue::String(lua.create_string(v.name()).unwrap())
+            }
+            1 => LuaValue::String(lua.create_string("NO_SUCH_VALUE").unwrap()),
+            _ => int(t),
+        },
+        Kind::String | Kind::Bytes => {
+            let mut bytes: Vec<u8> = (0..t.below(12)).map(|_| b'a' + t.below(26) as u8).collect();
+            if t.chance(10) {
+                bytes.push(0xff);
+            }
+            LuaValue::String(lua.create_string(&bytes).unwrap())
+        }
+        Kind::Bool => LuaValue::Boolean(t.chance(50)),
+        Kind::Double | Kind::Float => match t.below(3) {
+            0 => LuaValue::Number(f64::from_bits(t.next())),
+            1 => LuaValue::Number((t.below(2000) as f64) / 8.0 - 100.0),
+            _ => LuaValue::Integer(t.next() as i64 >> t.below(64)),
+        },
+        _ => int(t),
+    }
+}
+
+/// `table` as scripts may hold it: frozen now and then (its contents moved behind a metatable
+/// the way `script::freeze` leaves data and what scripts build while loading), or with a
+/// metatable of its own that encoding must not consult.
+fn dressed(lua: &Lua, table: Table, t: &mut Tape) -> Table {
+    match t.below(8) {
+        0 => {
+            let frozen = lua.create_table().unwrap();
+            let mt = lua.create_table().unwrap();
+            mt.raw_set(freeze::frozen_key(), table).unwrap();
+            frozen.set_metatable(Some(mt)).unwrap();
+            frozen
+        }
+        1 => {
+            let mt = lua.create_table().unwrap();
+            let other = lua.create_table().unwrap();
+            other.raw_set("i32", 5).unwrap();
+            mt.raw_set("__index", other).unwrap();
+            table.set_metatable(Some(mt)).unwrap();
+            table
+        }
+        _ => table,
+    }
+}
+
+/// A table a script might return as a `desc`: fields by name or JSON name, lists with and
+/// without holes or stray keys, maps with keys of every type, and now and then a key that
+/// names no field.
+fn script_table(lua: &Lua, desc: &MessageDescriptor, t: &mut Tape, depth: usize) -> Table {
+    let table = script_fields(lua, desc, t, depth);
+    // Not the reply itself: a frozen reply is encoded once and kept by its address, which
+    // only holds for tables the freezer keeps alive.
+    if depth == 0 {
+        return table;
+    }
+    dressed(lua, table, t)
+}
+
+fn script_fields(lua: &Lua, desc: &MessageDescriptor, t: &mut Tape, depth: usize) -> Table {
+    let table = lua.create_table().unwrap();
+    for field in desc.fields() {
+        if !t.chance(40) {
+            continue;
+        }
+        let key = if t.chance(15) {
+            field.json_name().to_owned()
+        } else {
+            field.name().to_owned()
+        };
+        let value = if field.is_map() {
+            let entry = field.kind().as_message().unwrap().clone();
+            let (kf, vf) = (entry.map_entry_key_field(), entry.map_entry_value_field());
+            let map = lua.create_table().unwrap();
+            for _ in 0..t.below(4) {
+                let k = script_value(lua, &kf.kind(), t, depth);
+                if matches!(&k, LuaValue::Number(f) if f.is_nan()) {
+                    continue;
+                }
+                map.raw_set(k, script_value(lua, &vf.kind(), t, depth))
+                    .unwrap();
+            }
+            LuaValue::Table(dressed(lua, map, t))
+        } else if field.is_list() {
+            let list = lua.create_table().unwrap();
+            let n = t.below(5);
+            for i in 1..=n {
+                list.raw_set(i, script_value(lua, &field.kind(), t, depth))
+                    .unwrap();
+            }
+            match t.below(12) {
+                0 => list.raw_set(n + 2, 1).unwrap(),
+                1 => list.raw_set("x", 1).unwrap(),
+                _ => {}
+            }
+            LuaValue::Table(dressed(lua, list, t))
+        } else {
+            script_value(lua, &field.kind(), t, depth)
+        };
+        table.raw_set(key, value).unwrap();
+    }
+    match t.below(30) {
+        0 => table.raw_set("no_such_field", 1).unwrap(),
+        1 => table.raw_set(1, 1).unwrap(),
+        _ => {}
+    }
+    table
+}
+
+thread_local! {
+    /// The fixtures again, with replies limited to 200 bytes, so the limit is met often.
+    static SMALL: State = {
+        let s = state(&fixture_messages());
+        s.lua.set_app_data(Conv::new(s.plans.clone(), SMALL_LIMIT));
+        s
+    };
+}
+
+const SMALL_LIMIT: usize = 200;
+
+/// A reply encodes to the same bytes, or fails with the same message, whichever path takes it
+/// (`outgoing_from_lua` reads common replies straight off the Lua stack and hands anything
+/// else to the encoder that reads through handles, which `Encoder::reply` runs alone).
+fn encoders_agree(s: &State, limit: usize, which: usize, value: &LuaValue) -> Result<(), String> {
+    let plain = Encoder::new(&s.plans, limit).reply(value, s.ids[which]);
+    let taken = outgoing_from_lua(&s.lua, value, s.ids[which]);
+    match (plain, taken) {
+        (Ok(a), Ok(Outgoing::Encoded(b))) if a == b.as_ref() => Ok(()),
+        (Err(a), Err(b)) if a.to_string() == b.to_string() => Ok(()),
+        (a, b) => Err(format!(
+            "the plain encoder gave {:?}, outgoing_from_lua {:?}",
+            a.map_err(|e| e.to_string()),
+            b.map_err(|e| e.to_string())
+        )),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn script_replies_encode_alike_on_both_paths(which in 0usize..MESSAGES, small in any::<bool>(), tape in prop::collection::vec(any::<u64>(), 0..200)) {
+        let mut t = Tape { t: &tape, i: 0 };
+        let desc = STATE.with(|(d, _)| d[which].clone());
+        let mut run = |s: &State, limit: usize| {
+            let value = LuaValue::Table(script_table(&s.lua, &desc, &mut t, 0));
+            encoders_agree(s, limit, which, &value)
+        };
+        let outcome = if small {
+            SMALL.with(|s| run(s, SMALL_LIMIT))
+        } else {
+            STATE.with(|(_, s)| run(s, 64 << 20))
+        };
+        outcome.map_err(TestCaseError::fail)?;
+    }
 }

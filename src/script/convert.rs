@@ -294,6 +294,10 @@ pub fn outgoing_from_lua(lua: &Lua, value: &LuaValue, msg: MsgId) -> Result<Outg
             return Ok(Outgoing::Encoded(bytes));
         }
     }
+    let mut encoder = encoder;
+    if encoder.reply_from_stack(lua, value, msg)? {
+        return Ok(Outgoing::Encoded(Bytes::from(encoder.out)));
+    }
     Ok(Outgoing::Encoded(Bytes::from(encoder.reply(value, msg)?)))
 }
 
@@ -371,11 +375,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Exactly at the limit passes; one byte more does not.
+        let small_in = |lua: &Lua| -> LuaValue {
+            lua.load("return { string_value = string.rep('x', 990) }")
+                .eval()
+                .unwrap()
+        };
         let (lua, id) = lua_with_limit(993);
-        assert!(outgoing_from_lua(&lua, &small, id).is_ok());
+        assert!(outgoing_from_lua(&lua, &small_in(&lua), id).is_ok());
         let (lua, id) = lua_with_limit(992);
         assert!(matches!(
-            outgoing_from_lua(&lua, &small, id),
+            outgoing_from_lua(&lua, &small_in(&lua), id),
             Err(ConvertError::TooLarge(_))
         ));
     }

@@ -26,7 +26,7 @@ use crate::suggest::did_you_mean;
 type Result<T> = std::result::Result<T, ConvertError>;
 
 /// Messages nested deeper than this are refused (protobuf's own recursion limit).
-const MAX_DEPTH: usize = 100;
+pub(super) const MAX_DEPTH: usize = 100;
 
 /// Work (tables and entries read) charged to the call at once: one check per this much.
 const CHARGE_EVERY: u64 = 4096;
@@ -78,7 +78,7 @@ pub struct Encoder<'p> {
 
 /// A scalar read from Lua, ready to write.
 #[derive(Clone, Copy)]
-enum Num {
+pub(super) enum Num {
     Int(i64),
     F32(f32),
     F64(f64),
@@ -100,7 +100,7 @@ impl<'p> Encoder<'p> {
     /// per field (a chain of tables that each hold the next twice is read 2^n times in little
     /// memory). So reading a reply counts against the call's budget, and a call stopped meanwhile
     /// stops here.
-    fn spend(&mut self, units: u64) -> Result<()> {
+    pub(super) fn spend(&mut self, units: u64) -> Result<()> {
         self.work += units;
         if self.work < CHARGE_EVERY {
             return Ok(());
@@ -116,6 +116,11 @@ impl<'p> Encoder<'p> {
     pub fn reply(mut self, value: &LuaValue, msg: MsgId) -> Result<Vec<u8>> {
         self.message_value(value, msg)?;
         self.finish()
+    }
+
+    /// The message plans this encoder writes by.
+    pub(super) fn plans(&self) -> &'p Plans {
+        self.plans
     }
 
     /// The bytes written. Small writes are checked once here; strings and lists were checked
@@ -205,7 +210,7 @@ impl<'p> Encoder<'p> {
         Ok(())
     }
 
-    fn check(&self, more: usize) -> Result<()> {
+    pub(super) fn check(&self, more: usize) -> Result<()> {
         if self.out.len().saturating_add(more) > self.limit {
             return Err(ConvertError::TooLarge(TooLarge { limit: self.limit }));
         }
@@ -213,22 +218,22 @@ impl<'p> Encoder<'p> {
     }
 
     #[inline]
-    fn put_varint(&mut self, v: u64) {
+    pub(super) fn put_varint(&mut self, v: u64) {
         prost::encoding::encode_varint(v, &mut self.out);
     }
 
     #[inline]
-    fn put_tag(&mut self, number: u32, wire_type: u8) {
+    pub(super) fn put_tag(&mut self, number: u32, wire_type: u8) {
         self.put_varint((u64::from(number) << 3) | u64::from(wire_type));
     }
 
     /// Starts a length-prefixed body: one byte for its length, grown if it needs more.
-    fn begin_len(&mut self) -> usize {
+    pub(super) fn begin_len(&mut self) -> usize {
         self.out.push(0);
         self.out.len()
     }
 
-    fn end_len(&mut self, start: usize) -> Result<()> {
+    pub(super) fn end_len(&mut self, start: usize) -> Result<()> {
         let len = self.out.len() - start;
         let n = prost::encoding::encoded_len_varint(len as u64);
         if n > 1 {
@@ -399,7 +404,7 @@ impl<'p> Encoder<'p> {
         Ok(())
     }
 
-    fn is_default(&self, n: Num, s: Scalar) -> bool {
+    pub(super) fn is_default(&self, n: Num, s: Scalar) -> bool {
         match (n, s) {
             (Num::Int(v), Scalar::Enum(e)) => v == i64::from(self.plans.enumeration(e).default),
             (Num::Int(v), _) => v == 0,
@@ -409,7 +414,7 @@ impl<'p> Encoder<'p> {
         }
     }
 
-    fn put_number(&mut self, n: Num, s: Scalar) {
+    pub(super) fn put_number(&mut self, n: Num, s: Scalar) {
         match (n, s.wire_type()) {
             (Num::F64(v), _) => self.out.extend_from_slice(&v.to_le_bytes()),
             (Num::F32(v), _) => self.out.extend_from_slice(&v.to_le_bytes()),

@@ -22,6 +22,7 @@ pub mod context;
 pub mod convert;
 pub mod decode;
 pub mod encode;
+pub mod encode_stack;
 pub mod freeze;
 pub mod guard;
 pub mod hook;
