@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use tonic::{Code, Status};
 
+use crate::metadata::names;
+
 /// A place in a user's file: `path:line:col` (1-based, `line`/`col` 0 when unknown).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
@@ -489,17 +491,17 @@ pub fn chosen(mut status: Status) -> Status {
 /// so the client can still read the status and the trailers.
 pub fn normalize_status_headers(headers: &mut http::HeaderMap) {
     // Successful calls carry grpc-status 0: one lookup and out.
-    let rewrite = match headers.get("grpc-status").map(|v| v.as_bytes()) {
+    let rewrite = match headers.get(&names::GRPC_STATUS).map(|v| v.as_bytes()) {
         None | Some(b"0") => return,
         Some(b"8") | Some(b"11") | Some(b"13") => true,
         Some(_) => false,
     };
     let too_long = headers
-        .get("grpc-message")
+        .get(&names::GRPC_MESSAGE)
         .is_some_and(|m| m.len() > MAX_ENCODED_STATUS_MESSAGE);
     // A status a handler chose is never rewritten; only such a status has the mark, and only
     // when its code is one the rewrite looks at.
-    let chosen = rewrite && headers.remove(CHOSEN_STATUS).is_some();
+    let chosen = rewrite && headers.remove(&names::CHOSEN_STATUS).is_some();
     if (!rewrite || chosen) && !too_long {
         return;
     }

@@ -6,6 +6,17 @@
 //! handler setting them would break the stream or contradict the call's real status), and the
 //! same messages explain why.
 
+/// Names of headers read on every call, made once: a look-up by `&str` parses and checks the
+/// name before it hashes it, which cost more than the look-up itself.
+pub mod names {
+    use http::HeaderName;
+
+    pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    pub static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+    pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    pub static CHOSEN_STATUS: HeaderName = HeaderName::from_static(crate::error::CHOSEN_STATUS);
+}
+
 use std::collections::BTreeMap;
 
 use tonic::metadata::{

@@ -198,7 +198,7 @@ async fn dispatch(
     if one_message
         && resp
             .headers()
-            .get("grpc-message")
+            .get(&crate::metadata::names::GRPC_MESSAGE)
             .is_some_and(|m| m.as_bytes() == MISSING_REQUEST.replace(' ', "%20").as_bytes())
         && !resp.headers().contains_key(CHOSEN_STATUS)
     {

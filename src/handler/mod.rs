@@ -119,7 +119,10 @@ impl Call {
     /// When the client's `grpc-timeout` runs out, if it sent one that can be represented (a
     /// timeout too far in the future to be an `Instant` means no deadline).
     pub fn deadline(&self) -> Option<Instant> {
-        let raw = self.metadata.get("grpc-timeout")?;
+        let raw = self
+            .metadata
+            .as_ref()
+            .get(&crate::metadata::names::GRPC_TIMEOUT)?;
         parse_grpc_timeout(raw.as_bytes()).and_then(|d| self.started.checked_add(d))
     }
 }

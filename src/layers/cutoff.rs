@@ -106,7 +106,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let mut deadline = None;
         let mut early = None;
-        if let Some(raw) = req.headers().get("grpc-timeout") {
+        if let Some(raw) = req.headers().get(&crate::metadata::names::GRPC_TIMEOUT) {
             match parse_grpc_timeout(raw.as_bytes()) {
                 // Too far ahead to represent: no deadline.
                 Some(timeout) => {
