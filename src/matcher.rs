@@ -9,8 +9,9 @@
 //! ```
 //! A bare value means equality (parsed as the field's type, so enums match by name); an object of
 //! operators (`equals`, `in`, `prefix`, `suffix`, `contains`, `regex`, `gt`, `gte`, `lt`, `lte`,
-//! `present`) tests the field; any other object descends into a message field. Every test must
-//! hold for the rule to match.
+//! `present`) tests the field; any other object descends into a message field (an empty one is
+//! refused: it tests nothing, so it held whether the field was set or not). Every test must hold
+//! for the rule to match.
 
 use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, Value};
 use regex::Regex;
@@ -372,6 +373,9 @@ fn compile_fields(
                     continue;
                 }
                 match field.kind() {
+                    Kind::Message(_) if !field.is_list() && !field.is_map() && obj.is_empty() => {
+                        problems.push(p, empty_descent(&full));
+                    }
                     Kind::Message(_) if !field.is_list() && !field.is_map() => {
                         compile_fields(obj, root, &format!("{full}."), &p, out, problems);
                     }
@@ -391,6 +395,17 @@ fn compile_fields(
             }
         }
     }
+}
+
+/// `"child": {}` descends into `child` with no tests, so it held for every request, with or
+/// without `child`; it is refused with the tests that say what it most likely means.
+fn empty_descent(field: &str) -> String {
+    format!(
+        "{{}} tests nothing in \"{field}\" (an object of field names descends into the message, \
+         and an empty one held for every request, with or without it); write {{\"present\": true}} \
+         for \"{field} is set\", {{\"present\": false}} for unset, or {{\"equals\": {{}}}} for set \
+         and empty"
+    )
 }
 
 fn compile_operator(

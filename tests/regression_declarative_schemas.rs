@@ -338,3 +338,65 @@ fn check_closed(file: &str) -> (i32, String) {
     ]);
     (code, err)
 }
+
+/// `"child": {}` descended into `child` with no tests, so it held for every request, with or
+/// without `child`. It is refused at its line and column with what to write instead, and the
+/// tests it names do what it says.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_object_on_a_message_field_in_a_rule_is_refused_with_what_to_write() {
+    let handlers = tempfile::tempdir().unwrap();
+    let file = handlers.path().join("open.json");
+    std::fs::write(
+        &file,
+        r#"{
+  "service": "open.Open",
+  "methods": {
+    "When": { "rules": [ { "when": { "request": { "child": {} } }, "reply": { "name": "set" } },
+                         { "when": { "request": { "child": { "child": {} } } }, "reply": {} } ] }
+  }
+}
+"#,
+    )
+    .unwrap();
+    let f = fixtures().join("decl_schemas");
+    let protos = f.join("protos");
+    let dir = handlers.path().to_str().unwrap();
+    let (code, _, err) = common::run(&[
+        "check",
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        dir,
+        "--no-cache",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    for want in [
+        "open.json:4:51: open.Open/When: rules[0].when.request.child: {} tests nothing in \"child\"",
+        "open.json:5:62: open.Open/When: rules[1].when.request.child.child: {} tests nothing in \"child.child\"",
+        "write {\"present\": true} for \"child is set\"",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+
+    // What the message says to write holds as it says.
+    std::fs::write(
+        &file,
+        r#"{"service": "open.Open", "methods": {"When": {"rules": [
+  {"when": {"request": {"child": {"equals": {}}}}, "reply": {"name": "empty"}},
+  {"when": {"request": {"child": {"present": true}}}, "reply": {"name": "set"}},
+  {"when": {"request": {"child": {"present": false}}}, "reply": {"name": "unset"}}
+]}}}"#,
+    )
+    .unwrap();
+    let s = Server::start(&["--protos", protos.to_str().unwrap(), "--handlers", dir]);
+    let c = Client::connect(s.addr, common::pool(&protos)).await;
+    for (request, want) in [
+        (json!({}), "unset"),
+        (json!({"name": "x"}), "unset"),
+        (json!({"child": {}}), "empty"),
+        (json!({"child": {"name": "x"}}), "set"),
+    ] {
+        let reply = to_json(&call(&c, "open.Open/When", request.clone()).await);
+        assert_eq!(reply, json!({"name": want}), "{request}");
+    }
+}
