@@ -582,3 +582,45 @@ fn base64_problems_say_what_is_wrong_where() {
     }
     assert!(!err.contains("\"==\" is not base64: '='"), "{err}");
 }
+
+/// `{{…}}` in a metadata value (an error's `metadata`, a reply's, a rule's or a method's
+/// `headers`) was sent literally, where an error's message next to it filled it in. Metadata
+/// values are sent as written, so a placeholder in one is a problem at its line and column
+/// that says what to do instead.
+#[test]
+fn placeholders_in_metadata_values_are_refused_where_they_are() {
+    let text = r#"{
+  "service": "kitchen.Kitchen",
+  "methods": {
+    "Fail": { "error": { "code": "NOT_FOUND", "message": "no {{name}}", "metadata": { "x-missing": "{{name}}" } } },
+    "Get": { "reply": { "id": "x" }, "headers": { "x-id": "id-{{name}}" } },
+    "Lookup": { "headers": { "x-all": "{{name}}" }, "rules": [
+      { "error": { "code": 5, "metadata": { "x-rule-bin": "{{name}}" } } } ] }
+  }
+}
+"#;
+    let (code, err) = check_one_file(text);
+    assert_eq!(code, 2, "{err}");
+    for (needle, path) in [
+        (
+            "\"x-missing\"",
+            "kitchen.Kitchen/Fail: error.metadata.x-missing",
+        ),
+        ("\"x-id\"", "kitchen.Kitchen/Get: headers.x-id"),
+        ("\"x-all\"", "kitchen.Kitchen/Lookup: headers.x-all"),
+        (
+            "\"x-rule-bin\"",
+            "kitchen.Kitchen/Lookup: rules[0].error.metadata.x-rule-bin",
+        ),
+    ] {
+        let (line, col) = position_in(text, needle);
+        let want = format!("k.json:{line}:{col}: {path}: metadata ");
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    assert!(
+        err.contains("is not filled in in metadata, which is sent as written")
+            && err.contains("ctx:set_header or ctx:set_trailer"),
+        "{err}"
+    );
+    assert!(err.contains("4 problem(s) found"), "{err}");
+}
