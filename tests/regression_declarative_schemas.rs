@@ -400,3 +400,39 @@ async fn an_empty_object_on_a_message_field_in_a_rule_is_refused_with_what_to_wr
         assert_eq!(reply, json!({"name": want}), "{request}");
     }
 }
+
+/// A copy of a value the request does not carry leaves a reply field with presence unset, but
+/// as a list item or a map value it added an item made of the default: an empty `Inner` in
+/// `inners`, `""` in `tags`, `k: 0` in `attrs`, saying what the request did not. Such a copy
+/// now adds nothing; a value the client did set, even to its default, is still copied.
+#[tokio::test(flavor = "multi_thread")]
+async fn copying_an_unset_request_value_into_a_list_or_map_adds_no_item() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("k.json"),
+        r#"{"service": "kitchen.Kitchen", "methods": {"Echo": {"reply": {
+  "inners": ["{{inner}}", {"label": "fixed"}],
+  "tags": ["{{a}}", "t", "{{inner.label}}"],
+  "attrs": {"k": "{{b}}", "x": "{{inner.x}}", "n": 1}
+}}}}"#,
+    )
+    .unwrap();
+    let protos = fixtures().join("protos");
+    let s = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+    ]);
+    let c = Client::connect(s.addr, common::pool(&protos)).await;
+    let unset = call(&c, "kitchen.Kitchen/Echo", json!({"id": "none"})).await;
+    assert_eq!(
+        to_json(&unset),
+        json!({"inners": [{"label": "fixed"}], "tags": ["t"], "attrs": {"n": 1}}),
+    );
+    let set = call(&c, "kitchen.Kitchen/Echo", json!({"inner": {}, "b": 0})).await;
+    assert_eq!(
+        to_json(&set),
+        json!({"inners": [{}, {"label": "fixed"}], "tags": ["t", ""], "attrs": {"k": 0, "x": 0, "n": 1}}),
+    );
+}

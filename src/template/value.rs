@@ -452,7 +452,10 @@ impl ValueTemplate {
             ValueTemplate::Message(t) => Value::Message(t.render(req, budget)?),
             ValueTemplate::List(items) => {
                 let mut out = Vec::with_capacity(items.len());
-                for item in items {
+                // A copy of a value the request does not carry adds no item, as it leaves a
+                // field with presence unset: an item made of a default (an empty `Any` is not
+                // even valid JSON) would say what the request did not.
+                for item in items.iter().filter(|item| !item.copies_unset(req)) {
                     match item.render(req, budget)? {
                         // A copied repeated value inside a list literal is spliced in.
                         Value::List(l) => out.extend(l),
@@ -463,7 +466,7 @@ impl ValueTemplate {
             }
             ValueTemplate::Map(entries) => {
                 let mut out = std::collections::HashMap::with_capacity(entries.len());
-                for (k, t) in entries {
+                for (k, t) in entries.iter().filter(|(_, t)| !t.copies_unset(req)) {
                     out.insert(k.clone(), t.render(req, budget)?);
                 }
                 Value::Map(out)
