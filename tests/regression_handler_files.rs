@@ -228,11 +228,11 @@ async fn range_tests_compare_64_bit_integers_exactly() {
         )
         .await
         .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(
         status
             .message()
-            .contains("{{big}} is 5000000000, which does not fit the reply's int32 field"),
+            .contains("{{big}} is 5000000000, which does not fit reply.b, a field of type int32"),
         "{status:?}"
     );
 }
@@ -623,4 +623,44 @@ fn placeholders_in_metadata_values_are_refused_where_they_are() {
         "{err}"
     );
     assert!(err.contains("4 problem(s) found"), "{err}");
+}
+
+/// A number the request carries that does not fit the reply field it is copied into (an int64
+/// into an int32, a negative number into a uint64) failed the call with `INTERNAL` ("bad
+/// response"), as if the server were broken, with only the request's field named. The request
+/// is what the handler cannot answer: `INVALID_ARGUMENT`, naming both fields, the value and
+/// what the reply field holds, in a reply and in a stream alike.
+#[tokio::test]
+async fn a_copied_number_that_does_not_fit_its_reply_field_is_invalid_argument() {
+    let file = json!({"service": "kitchen.Kitchen", "methods": {
+        "Echo": {"reply": {"b": "{{count}}", "big": "{{big}}"}},
+        "EchoServer": {"stream": [{"id": "first"}, {"big": "{{count}}"}]}
+    }});
+    let (server, _handlers) = Server::kitchen_with(&file.to_string(), &[]);
+    let protos = fixtures().join("protos");
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let fits = client
+        .unary("kitchen.Kitchen/Echo", json!({"count": "-7", "big": "9"}))
+        .await
+        .unwrap();
+    assert_eq!(fits["b"], -7, "{fits}");
+    let status = client
+        .unary("kitchen.Kitchen/Echo", json!({"count": "3000000000"}))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let want = "kitchen.Kitchen/Echo: the request's {{count}} is 3000000000, which does not fit \
+                reply.b, a field of type int32 (whole numbers from -2147483648 to 2147483647)";
+    assert!(status.message().contains(want), "{status:?}");
+    let status = client
+        .server_stream("kitchen.Kitchen/EchoServer", json!({"count": "-1"}))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains(
+            "{{count}} is -1, which does not fit stream[1].big, a field of type uint64 (whole numbers from 0 to"
+        ),
+        "{status:?}"
+    );
 }
