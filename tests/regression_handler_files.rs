@@ -664,3 +664,59 @@ async fn a_copied_number_that_does_not_fit_its_reply_field_is_invalid_argument()
         "{status:?}"
     );
 }
+
+/// `"name": "{{id}}"` in a rule was compared literally (it held only for a request whose name
+/// was the text `{{id}}`), where a reply or an error message next to it fills the placeholder
+/// in. A request field's placeholder in a value a rule compares with is a problem at its line
+/// and column; text with `{{` that names no request field is still compared as written.
+#[tokio::test]
+async fn request_placeholders_in_rule_values_are_refused_where_they_are() {
+    let text = r#"{
+  "service": "kitchen.Kitchen",
+  "methods": {
+    "Get": { "rules": [ { "when": { "request": { "name": "{{id}}" }, "metadata": { "x-a": "{{ id }}" } }, "reply": {} } ] },
+    "Lookup": { "rules": [ { "when": { "request": { "inner": { "label": { "in": ["x", "a{{inner.x}}"] } } } }, "reply": {} } ] }
+  }
+}
+"#;
+    let (code, err) = check_one_file(text);
+    assert_eq!(code, 2, "{err}");
+    for (needle, path, name) in [
+        (
+            "\"name\"",
+            "kitchen.Kitchen/Get: rules[0].when.request.name",
+            "id",
+        ),
+        (
+            "\"x-a\"",
+            "kitchen.Kitchen/Get: rules[0].when.metadata.x-a",
+            "id",
+        ),
+        (
+            "\"label\"",
+            "kitchen.Kitchen/Lookup: rules[0].when.request.inner.label",
+            "inner.x",
+        ),
+    ] {
+        let (line, col) = position_in(text, needle);
+        let want =
+            format!("k.json:{line}:{col}: {path}: {{{{{name}}}}} is not filled in in a rule");
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    assert!(err.contains("3 problem(s) found"), "{err}");
+
+    // `{{` naming no request field is a value like any other.
+    let file = json!({"service": "kitchen.Kitchen", "methods": {"Get": {"rules": [
+        {"when": {"request": {"name": {"prefix": "{{user}}"}}}, "reply": {"id": "literal"}},
+        {"reply": {"id": "other"}}
+    ]}}});
+    let (server, _handlers) = Server::kitchen_with(&file.to_string(), &[]);
+    let client = Client::connect(server.addr, common::pool(&fixtures().join("protos"))).await;
+    for (name, want) in [("{{user}} here", "literal"), ("user", "other")] {
+        let reply = client
+            .unary("kitchen.Kitchen/Get", json!({"name": name}))
+            .await
+            .unwrap();
+        assert_eq!(reply["id"], want, "{name}");
+    }
+}
