@@ -306,6 +306,8 @@ pub enum CallError {
     Deliberate(Status),
     /// A response that could not be built (a script returned a wrong value, a conversion failed).
     BadResponse { method: Arc<str>, message: String },
+    /// A number in the request does not fit the reply field a handler file copies it into.
+    RequestUnfit { method: Arc<str>, message: String },
     /// A script failed at run time.
     Script { message: String },
     /// The script ran past its instruction or time budget.
@@ -662,6 +664,9 @@ impl From<CallError> for Status {
             CallError::BadResponse { method, message } => Status::internal(bounded_message(
                 format!("{method}: bad response: {message}"),
             )),
+            CallError::RequestUnfit { method, message } => {
+                Status::invalid_argument(bounded_message(format!("{method}: {message}")))
+            }
             CallError::Script { message } => Status::internal(bounded_message(message)),
             CallError::ScriptBudget { method, message } => {
                 Status::resource_exhausted(format!("{method}: {message}"))

@@ -2,7 +2,7 @@
 //! on the wire but are all `Value::I32` once decoded. Templates, rules and map keys ask the
 //! same questions of a kind (same value type? a number? which variant?), answered here once.
 
-use prost_reflect::{Kind, MapKey, Value};
+use prost_reflect::{EnumDescriptor, Kind, MapKey, Syntax, Value};
 
 /// The [`Value`] variant a scalar kind decodes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +95,27 @@ pub fn convert_number(v: &Value, to: &Kind) -> Option<Value> {
         ValueClass::F64 => Value::F64(as_f64),
         ValueClass::Bool | ValueClass::String | ValueClass::Bytes => return None,
     })
+}
+
+/// True for a closed enum, which has only the values it declares (a parser keeps any other
+/// number among the unknown fields, so the field reads as unset): every enum of a proto2 file,
+/// and one of an editions file whose resolved `features.enum_type` is `CLOSED` (such a file is
+/// served as proto3, with that feature written on the enum itself; see `schema::editions`).
+pub fn is_closed(e: &EnumDescriptor) -> bool {
+    if e.parent_file().syntax() == Syntax::Proto2 {
+        return true;
+    }
+    let options = e.options();
+    let Some(features) = options.get_field_by_name("features") else {
+        return false;
+    };
+    let Some(features) = features.as_message() else {
+        return false;
+    };
+    const CLOSED: i32 = 2;
+    features
+        .get_field_by_name("enum_type")
+        .is_some_and(|v| v.as_enum_number() == Some(CLOSED))
 }
 
 #[cfg(test)]

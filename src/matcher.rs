@@ -9,8 +9,10 @@
 //! ```
 //! A bare value means equality (parsed as the field's type, so enums match by name); an object of
 //! operators (`equals`, `in`, `prefix`, `suffix`, `contains`, `regex`, `gt`, `gte`, `lt`, `lte`,
-//! `present`) tests the field; any other object descends into a message field. Every test must
-//! hold for the rule to match.
+//! `present`) tests the field; any other object descends into a message field (an empty one is
+//! refused: it tests nothing, so it held whether the field was set or not). Every test must hold
+//! for the rule to match. Values are compared as written, so a `{{field}}` of the request in one
+//! is refused rather than compared literally.
 
 use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, Value};
 use regex::Regex;
@@ -108,6 +110,10 @@ impl Condition {
                         let name = name.to_ascii_lowercase();
                         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                             problems.push(tp, format!("{name:?} is not a valid metadata key"));
+                            continue;
+                        }
+                        if let Some(found) = placeholder(test, input) {
+                            problems.push(tp, found);
                             continue;
                         }
                         let binary = name.ends_with("-bin");
@@ -356,6 +362,9 @@ fn compile_fields(
         };
         let parent = field.parent_message().clone();
         match value {
+            _ if !descends(value, &field) && placeholder(value, root).is_some() => {
+                problems.push(p, placeholder(value, root).unwrap_or_default());
+            }
             Json::Object(obj)
                 if !obj.is_empty() && obj.keys().all(|k| OPERATORS.contains(&k.as_str())) =>
             {
@@ -372,6 +381,9 @@ fn compile_fields(
                     continue;
                 }
                 match field.kind() {
+                    Kind::Message(_) if !field.is_list() && !field.is_map() && obj.is_empty() => {
+                        problems.push(p, empty_descent(&full));
+                    }
                     Kind::Message(_) if !field.is_list() && !field.is_map() => {
                         compile_fields(obj, root, &format!("{full}."), &p, out, problems);
                     }
@@ -391,6 +403,61 @@ fn compile_fields(
             }
         }
     }
+}
+
+/// True when `value` is an object of field names on a singular message `field`, which
+/// [`compile_fields`] descends into (its own keys are checked there).
+fn descends(value: &Json, field: &prost_reflect::FieldDescriptor) -> bool {
+    let Json::Object(obj) = value else {
+        return false;
+    };
+    !obj.keys().any(|k| OPERATORS.contains(&k.as_str()))
+        && matches!(field.kind(), Kind::Message(_))
+        && !field.is_list()
+        && !field.is_map()
+}
+
+/// A `{{field}}` of the request in a value a rule compares with, said as a problem: rules
+/// compare with values as written, so it would have been compared literally (and never held),
+/// where a reply or an error message next to it fills placeholders in. Text with `{{` that
+/// names no request field is a value like any other.
+fn placeholder(value: &Json, input: &MessageDescriptor) -> Option<String> {
+    let named = match value {
+        Json::String(text) => {
+            let mut rest = text.as_str();
+            let mut found = None;
+            while let Some(start) = rest.find("{{") {
+                let after = &rest[start + 2..];
+                let Some(end) = after.find("}}") else { break };
+                let name = after[..end].trim();
+                if FieldPath::resolve(input, name).is_ok() {
+                    found = Some(name.to_owned());
+                    break;
+                }
+                rest = &after[end + 2..];
+            }
+            found?
+        }
+        Json::Array(items) => return items.iter().find_map(|v| placeholder(v, input)),
+        Json::Object(obj) => return obj.values().find_map(|v| placeholder(v, input)),
+        _ => return None,
+    };
+    Some(format!(
+        "{{{{{named}}}}} is not filled in in a rule: rules compare with values as written \
+         (a reply's fields and an error's message fill in request fields); compare with a \
+         constant, or compare two request fields in a script"
+    ))
+}
+
+/// `"child": {}` descends into `child` with no tests, so it held for every request, with or
+/// without `child`; it is refused with the tests that say what it most likely means.
+fn empty_descent(field: &str) -> String {
+    format!(
+        "{{}} tests nothing in \"{field}\" (an object of field names descends into the message, \
+         and an empty one held for every request, with or without it); write {{\"present\": true}} \
+         for \"{field} is set\", {{\"present\": false}} for unset, or {{\"equals\": {{}}}} for set \
+         and empty"
+    )
 }
 
 fn compile_operator(

@@ -239,6 +239,17 @@ pub fn encode_bin(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// A `{{…}}` in a metadata value: values are checked once, at startup, and sent as written (a
+/// request value could make one no header may carry: a line break, a byte outside ASCII, a
+/// `-bin` value that is not base64), so a placeholder would have reached clients literally.
+fn placeholder_in_metadata(key: &str) -> String {
+    format!(
+        "metadata {key:?}: {{{{…}}}} is not filled in in metadata, which is sent as written \
+         (request fields go into a reply's fields and an error's message); give a constant \
+         value, or set it per call from a script with ctx:set_header or ctx:set_trailer"
+    )
+}
+
 /// Response metadata from a handler file (`"headers"`, an error's `"metadata"`), checked at
 /// startup; `path` locates it in the entry. A `-bin` key's value is its bytes in base64.
 pub fn parse_pairs(
@@ -257,6 +268,10 @@ pub fn parse_pairs(
                     "{k:?} and {other:?} are the same metadata key (keys are lowercase); keep one"
                 ),
             );
+            continue;
+        }
+        if v.contains("{{") {
+            problems.push(format!("{path}.{k}"), placeholder_in_metadata(k));
             continue;
         }
         let value = if k.to_ascii_lowercase().ends_with("-bin") {

@@ -338,3 +338,101 @@ fn check_closed(file: &str) -> (i32, String) {
     ]);
     (code, err)
 }
+
+/// `"child": {}` descended into `child` with no tests, so it held for every request, with or
+/// without `child`. It is refused at its line and column with what to write instead, and the
+/// tests it names do what it says.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_object_on_a_message_field_in_a_rule_is_refused_with_what_to_write() {
+    let handlers = tempfile::tempdir().unwrap();
+    let file = handlers.path().join("open.json");
+    std::fs::write(
+        &file,
+        r#"{
+  "service": "open.Open",
+  "methods": {
+    "When": { "rules": [ { "when": { "request": { "child": {} } }, "reply": { "name": "set" } },
+                         { "when": { "request": { "child": { "child": {} } } }, "reply": {} } ] }
+  }
+}
+"#,
+    )
+    .unwrap();
+    let f = fixtures().join("decl_schemas");
+    let protos = f.join("protos");
+    let dir = handlers.path().to_str().unwrap();
+    let (code, _, err) = common::run(&[
+        "check",
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        dir,
+        "--no-cache",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    for want in [
+        "open.json:4:51: open.Open/When: rules[0].when.request.child: {} tests nothing in \"child\"",
+        "open.json:5:62: open.Open/When: rules[1].when.request.child.child: {} tests nothing in \"child.child\"",
+        "write {\"present\": true} for \"child is set\"",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+
+    // What the message says to write holds as it says.
+    std::fs::write(
+        &file,
+        r#"{"service": "open.Open", "methods": {"When": {"rules": [
+  {"when": {"request": {"child": {"equals": {}}}}, "reply": {"name": "empty"}},
+  {"when": {"request": {"child": {"present": true}}}, "reply": {"name": "set"}},
+  {"when": {"request": {"child": {"present": false}}}, "reply": {"name": "unset"}}
+]}}}"#,
+    )
+    .unwrap();
+    let s = Server::start(&["--protos", protos.to_str().unwrap(), "--handlers", dir]);
+    let c = Client::connect(s.addr, common::pool(&protos)).await;
+    for (request, want) in [
+        (json!({}), "unset"),
+        (json!({"name": "x"}), "unset"),
+        (json!({"child": {}}), "empty"),
+        (json!({"child": {"name": "x"}}), "set"),
+    ] {
+        let reply = to_json(&call(&c, "open.Open/When", request.clone()).await);
+        assert_eq!(reply, json!({"name": want}), "{request}");
+    }
+}
+
+/// A copy of a value the request does not carry leaves a reply field with presence unset, but
+/// as a list item or a map value it added an item made of the default: an empty `Inner` in
+/// `inners`, `""` in `tags`, `k: 0` in `attrs`, saying what the request did not. Such a copy
+/// now adds nothing; a value the client did set, even to its default, is still copied.
+#[tokio::test(flavor = "multi_thread")]
+async fn copying_an_unset_request_value_into_a_list_or_map_adds_no_item() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("k.json"),
+        r#"{"service": "kitchen.Kitchen", "methods": {"Echo": {"reply": {
+  "inners": ["{{inner}}", {"label": "fixed"}],
+  "tags": ["{{a}}", "t", "{{inner.label}}"],
+  "attrs": {"k": "{{b}}", "x": "{{inner.x}}", "n": 1}
+}}}}"#,
+    )
+    .unwrap();
+    let protos = fixtures().join("protos");
+    let s = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+    ]);
+    let c = Client::connect(s.addr, common::pool(&protos)).await;
+    let unset = call(&c, "kitchen.Kitchen/Echo", json!({"id": "none"})).await;
+    assert_eq!(
+        to_json(&unset),
+        json!({"inners": [{"label": "fixed"}], "tags": ["t"], "attrs": {"n": 1}}),
+    );
+    let set = call(&c, "kitchen.Kitchen/Echo", json!({"inner": {}, "b": 0})).await;
+    assert_eq!(
+        to_json(&set),
+        json!({"inners": [{}, {"label": "fixed"}], "tags": ["t", ""], "attrs": {"k": 0, "x": 0, "n": 1}}),
+    );
+}

@@ -228,11 +228,11 @@ async fn range_tests_compare_64_bit_integers_exactly() {
         )
         .await
         .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(
         status
             .message()
-            .contains("{{big}} is 5000000000, which does not fit the reply's int32 field"),
+            .contains("{{big}} is 5000000000, which does not fit reply.b, a field of type int32"),
         "{status:?}"
     );
 }
@@ -581,4 +581,142 @@ fn base64_problems_say_what_is_wrong_where() {
         );
     }
     assert!(!err.contains("\"==\" is not base64: '='"), "{err}");
+}
+
+/// `{{…}}` in a metadata value (an error's `metadata`, a reply's, a rule's or a method's
+/// `headers`) was sent literally, where an error's message next to it filled it in. Metadata
+/// values are sent as written, so a placeholder in one is a problem at its line and column
+/// that says what to do instead.
+#[test]
+fn placeholders_in_metadata_values_are_refused_where_they_are() {
+    let text = r#"{
+  "service": "kitchen.Kitchen",
+  "methods": {
+    "Fail": { "error": { "code": "NOT_FOUND", "message": "no {{name}}", "metadata": { "x-missing": "{{name}}" } } },
+    "Get": { "reply": { "id": "x" }, "headers": { "x-id": "id-{{name}}" } },
+    "Lookup": { "headers": { "x-all": "{{name}}" }, "rules": [
+      { "error": { "code": 5, "metadata": { "x-rule-bin": "{{name}}" } } } ] }
+  }
+}
+"#;
+    let (code, err) = check_one_file(text);
+    assert_eq!(code, 2, "{err}");
+    for (needle, path) in [
+        (
+            "\"x-missing\"",
+            "kitchen.Kitchen/Fail: error.metadata.x-missing",
+        ),
+        ("\"x-id\"", "kitchen.Kitchen/Get: headers.x-id"),
+        ("\"x-all\"", "kitchen.Kitchen/Lookup: headers.x-all"),
+        (
+            "\"x-rule-bin\"",
+            "kitchen.Kitchen/Lookup: rules[0].error.metadata.x-rule-bin",
+        ),
+    ] {
+        let (line, col) = position_in(text, needle);
+        let want = format!("k.json:{line}:{col}: {path}: metadata ");
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    assert!(
+        err.contains("is not filled in in metadata, which is sent as written")
+            && err.contains("ctx:set_header or ctx:set_trailer"),
+        "{err}"
+    );
+    assert!(err.contains("4 problem(s) found"), "{err}");
+}
+
+/// A number the request carries that does not fit the reply field it is copied into (an int64
+/// into an int32, a negative number into a uint64) failed the call with `INTERNAL` ("bad
+/// response"), as if the server were broken, with only the request's field named. The request
+/// is what the handler cannot answer: `INVALID_ARGUMENT`, naming both fields, the value and
+/// what the reply field holds, in a reply and in a stream alike.
+#[tokio::test]
+async fn a_copied_number_that_does_not_fit_its_reply_field_is_invalid_argument() {
+    let file = json!({"service": "kitchen.Kitchen", "methods": {
+        "Echo": {"reply": {"b": "{{count}}", "big": "{{big}}"}},
+        "EchoServer": {"stream": [{"id": "first"}, {"big": "{{count}}"}]}
+    }});
+    let (server, _handlers) = Server::kitchen_with(&file.to_string(), &[]);
+    let protos = fixtures().join("protos");
+    let client = Client::connect(server.addr, common::pool(&protos)).await;
+    let fits = client
+        .unary("kitchen.Kitchen/Echo", json!({"count": "-7", "big": "9"}))
+        .await
+        .unwrap();
+    assert_eq!(fits["b"], -7, "{fits}");
+    let status = client
+        .unary("kitchen.Kitchen/Echo", json!({"count": "3000000000"}))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let want = "kitchen.Kitchen/Echo: the request's {{count}} is 3000000000, which does not fit \
+                reply.b, a field of type int32 (whole numbers from -2147483648 to 2147483647)";
+    assert!(status.message().contains(want), "{status:?}");
+    let status = client
+        .server_stream("kitchen.Kitchen/EchoServer", json!({"count": "-1"}))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains(
+            "{{count}} is -1, which does not fit stream[1].big, a field of type uint64 (whole numbers from 0 to"
+        ),
+        "{status:?}"
+    );
+}
+
+/// `"name": "{{id}}"` in a rule was compared literally (it held only for a request whose name
+/// was the text `{{id}}`), where a reply or an error message next to it fills the placeholder
+/// in. A request field's placeholder in a value a rule compares with is a problem at its line
+/// and column; text with `{{` that names no request field is still compared as written.
+#[tokio::test]
+async fn request_placeholders_in_rule_values_are_refused_where_they_are() {
+    let text = r#"{
+  "service": "kitchen.Kitchen",
+  "methods": {
+    "Get": { "rules": [ { "when": { "request": { "name": "{{id}}" }, "metadata": { "x-a": "{{ id }}" } }, "reply": {} } ] },
+    "Lookup": { "rules": [ { "when": { "request": { "inner": { "label": { "in": ["x", "a{{inner.x}}"] } } } }, "reply": {} } ] }
+  }
+}
+"#;
+    let (code, err) = check_one_file(text);
+    assert_eq!(code, 2, "{err}");
+    for (needle, path, name) in [
+        (
+            "\"name\"",
+            "kitchen.Kitchen/Get: rules[0].when.request.name",
+            "id",
+        ),
+        (
+            "\"x-a\"",
+            "kitchen.Kitchen/Get: rules[0].when.metadata.x-a",
+            "id",
+        ),
+        (
+            "\"label\"",
+            "kitchen.Kitchen/Lookup: rules[0].when.request.inner.label",
+            "inner.x",
+        ),
+    ] {
+        let (line, col) = position_in(text, needle);
+        let want =
+            format!("k.json:{line}:{col}: {path}: {{{{{name}}}}} is not filled in in a rule");
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    assert!(err.contains("3 problem(s) found"), "{err}");
+
+    // `{{` naming no request field is a value like any other.
+    let file = json!({"service": "kitchen.Kitchen", "methods": {"Get": {"rules": [
+        {"when": {"request": {"name": {"prefix": "{{user}}"}}}, "reply": {"id": "literal"}},
+        {"reply": {"id": "other"}}
+    ]}}});
+    let (server, _handlers) = Server::kitchen_with(&file.to_string(), &[]);
+    let client = Client::connect(server.addr, common::pool(&fixtures().join("protos"))).await;
+    for (name, want) in [("{{user}} here", "literal"), ("user", "other")] {
+        let reply = client
+            .unary("kitchen.Kitchen/Get", json!({"name": name}))
+            .await
+            .unwrap();
+        assert_eq!(reply["id"], want, "{name}");
+    }
 }

@@ -626,3 +626,63 @@ fn check_set_alone(dir: &std::path::Path, set: &std::path::Path) -> (i32, String
     ]);
     (code, err)
 }
+
+/// An editions file's enum is closed by `features.enum_type = CLOSED` on itself or inherited
+/// from its file or message. Such a file is served as proto3, whose enums are open, so a reply
+/// or rule number the enum does not declare was taken (clients' parsers drop it) where a proto2
+/// enum's was refused. `check` refuses it the same way, and an enum that is open stays open.
+#[test]
+fn editions_closed_enums_are_refused_numbers_they_do_not_declare() {
+    let dir = tempfile::tempdir().unwrap();
+    let protos = dir.path().join("protos");
+    write(
+        &protos.join("ed/levels.proto"),
+        "edition = \"2023\";\npackage ed;\noption features.enum_type = CLOSED;\n\
+         service Levels { rpc Get(Pick) returns (Pick); }\n\
+         enum Level { LOW = 0; HIGH = 1; }\n\
+         enum Mood { option features.enum_type = OPEN; CALM = 0; }\n\
+         message Pick {\n  Level level = 1;\n  Mood mood = 2;\n  ed.Sign sign = 3;\n\
+         \x20 enum Inner { IN = 0; }\n  Inner inner = 4;\n}\n",
+    );
+    write(
+        &protos.join("ed/sign.proto"),
+        "edition = \"2023\";\npackage ed;\nenum Sign { option features.enum_type = CLOSED; PLUS = 0; }\n",
+    );
+    let fixed = std::fs::read_to_string(protos.join("ed/levels.proto")).unwrap();
+    write(
+        &protos.join("ed/levels.proto"),
+        &fixed.replacen(
+            "package ed;\n",
+            "package ed;\nimport \"ed/sign.proto\";\n",
+            1,
+        ),
+    );
+    let set = dir.path().join("levels.binpb");
+    buf_build(&protos, &set, &[]);
+    let handlers = dir.path().join("handlers");
+    write(
+        &handlers.join("levels.json"),
+        "{\"service\": \"ed.Levels\", \"methods\": {\"Get\": {\"rules\": [\n\
+         {\"when\": {\"request\": {\"level\": {\"in\": [\"HIGH\", 7]}}}, \"reply\": {\"mood\": 9}},\n\
+         {\"reply\": {\"level\": 5, \"sign\": 3, \"inner\": 2}}\n]}}}\n",
+    );
+    let (code, _, err) = common::run(&[
+        "check",
+        "--descriptor-set",
+        set.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+        "--no-cache",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    for want in [
+        "levels.json:2:48: ed.Levels/Get: rules[0].when.request.level.in[1]: 7 is not a value of ed.Level",
+        "levels.json:3:12: ed.Levels/Get: rules[1].reply.level: 5 is not a value of ed.Level",
+        "3 is not a value of ed.Sign",
+        "2 is not a value of ed.Pick.Inner",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(!err.contains("ed.Mood"), "Mood is open: {err}");
+    assert!(err.contains("4 problem(s) found"), "{err}");
+}

@@ -71,6 +71,10 @@ pub fn render_error(e: RenderError, method: &Arc<str>, limit: usize) -> CallErro
             method: method.clone(),
             message,
         },
+        RenderError::Unfit(message) => CallError::RequestUnfit {
+            method: method.clone(),
+            message,
+        },
         RenderError::TooLarge => CallError::TemplateTooLarge {
             method: method.clone(),
             limit,

@@ -4,7 +4,9 @@
 //! prost-reflect 0.16 refuses `syntax = "editions"`. For serving, an editions file is rewritten
 //! as the proto3 file that encodes and decodes the same: each field's resolved features decide
 //! its shape (explicit presence becomes a proto3 `optional`, expanded repeated fields lose
-//! `packed`). Reflection still serves the file as it was written. Features proto3 cannot express
+//! `packed`, and a closed enum carries `features.enum_type = CLOSED` in its own options, where
+//! [`crate::kinds::is_closed`] finds it once the file reads as proto3). Reflection still serves
+//! the file as it was written. Features proto3 cannot express
 //! (required fields, delimited messages, closed enums that do not start at zero, default values)
 //! are refused with a message naming the field.
 
@@ -109,7 +111,7 @@ fn rewrite(file: &mut raw::File) -> Result<(), String> {
     for m in &mut file.message_type {
         message(m, &join(&package, raw::name(&m.name)), base)?;
     }
-    for e in &file.enum_type {
+    for e in &mut file.enum_type {
         enumeration(e, &join(&package, raw::name(&e.name)), base)?;
     }
     for x in &mut file.extension {
@@ -128,7 +130,7 @@ fn message(m: &mut raw::Message, full: &str, outer: Features) -> Result<(), Stri
         let name = join(full, raw::name(&n.name));
         message(n, &name, here)?;
     }
-    for e in &m.enum_type {
+    for e in &mut m.enum_type {
         enumeration(e, &join(full, raw::name(&e.name)), here)?;
     }
     // proto3 puts the synthetic oneofs of `optional` fields after the declared ones.
@@ -197,12 +199,22 @@ fn field(
     Ok(false)
 }
 
-fn enumeration(e: &raw::Enum, full: &str, outer: Features) -> Result<(), String> {
+/// Checks one enum and, when it is closed (by its own feature or one it inherits), writes that
+/// on the enum itself: a proto3 file's enums are open, so the inherited feature would be lost.
+fn enumeration(e: &mut raw::Enum, full: &str, outer: Features) -> Result<(), String> {
     let here = outer.merge(features(&e.options, |o: EnumFeatures| o.features));
-    if here.enum_type == Some(CLOSED) && e.value.first().and_then(|v| v.number) != Some(0) {
+    if here.enum_type != Some(CLOSED) {
+        return Ok(());
+    }
+    if e.value.first().and_then(|v| v.number) != Some(0) {
         return Err(format!(
             "{full} is a closed enum whose first value is not 0, which protoserve cannot serve from an editions file yet"
         ));
     }
+    // EnumOptions.features (7) = { enum_type (2): CLOSED }, after anything else: a message
+    // given twice is merged, so the other features the enum sets stay.
+    e.options
+        .get_or_insert_with(Vec::new)
+        .extend_from_slice(&[0x3a, 0x02, 0x10, CLOSED as u8]);
     Ok(())
 }

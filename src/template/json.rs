@@ -2,13 +2,14 @@
 
 use prost_reflect::{
     Cardinality, DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor,
-    ReflectMessage, Syntax, Value,
+    ReflectMessage, Value,
 };
 use serde_json::{Map, Value as Json};
 
 use super::value::missing_required;
 use super::{EntryError, Result};
 use crate::fieldpath::type_name;
+use crate::kinds::is_closed;
 
 /// Parses a whole message from proto3 JSON, rejecting unknown fields.
 pub fn parse_message(desc: &MessageDescriptor, json: Json, path: &str) -> Result<DynamicMessage> {
@@ -75,7 +76,7 @@ fn required_given(value: &Value, path: &str) -> Result<()> {
     }
 }
 
-/// A closed enum (one declared in a proto2 file) has only the values it declares: a parser
+/// A closed enum (one declared in a proto2 file, or `CLOSED` in an editions file) has only the values it declares: a parser
 /// puts any other number among the unknown fields, so the client would see the field unset,
 /// not the number the file wrote (and no client can send it). The JSON mapping takes any
 /// number for an enum, so such numbers are refused here, with the values there are.
@@ -122,9 +123,7 @@ fn stray_in(msg: &DynamicMessage) -> Option<(FieldDescriptor, i32, EnumDescripto
 /// is inside a message the value holds.
 fn stray(kind: &Kind, value: &Value) -> Option<(Option<FieldDescriptor>, i32, EnumDescriptor)> {
     match (kind, value) {
-        (Kind::Enum(e), Value::EnumNumber(n))
-            if e.parent_file().syntax() == Syntax::Proto2 && e.get_value(*n).is_none() =>
-        {
+        (Kind::Enum(e), Value::EnumNumber(n)) if is_closed(e) && e.get_value(*n).is_none() => {
             Some((None, *n, e.clone()))
         }
         (Kind::Message(_), Value::Message(m)) => stray_in(m).map(|(f, n, e)| (Some(f), n, e)),

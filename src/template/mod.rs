@@ -28,8 +28,12 @@ pub(crate) type Result<T> = std::result::Result<T, EntryErrors>;
 /// Why a template gave no value for one request.
 #[derive(Debug)]
 pub enum RenderError {
-    /// A copied value does not fit its target (a number out of range, say).
+    /// A value that could not be built for this request.
     Bad(String),
+    /// A number the request carries does not fit the reply field it is copied into (an
+    /// `int64` copied into an `int32`, a fraction into an integer): the request is what the
+    /// handler cannot answer, so the call fails with `INVALID_ARGUMENT`.
+    Unfit(String),
     /// The rendered reply would pass `--max-message-size`: a template that copies a request
     /// field many times multiplies the request's size, so rendering stops at the limit instead
     /// of building the whole thing first.

@@ -12,7 +12,7 @@ use super::{
     RenderError, Result, TextTemplate,
 };
 use crate::fieldpath::{find_field, kind_name, missing_field, type_name, FieldPath};
-use crate::kinds::{convert_number, is_number, map_key, same_kind};
+use crate::kinds::{convert_number, is_number, map_key, same_kind, ValueClass};
 
 /// How a copied value is turned into the target field's type.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,6 +31,9 @@ pub enum ValueTemplate {
         from: FieldPath,
         conv: Conversion,
         to: Kind,
+        /// Where the value lands in the handler file (`reply.count`), for the error of a
+        /// number that does not fit.
+        into: String,
     },
     Text {
         text: TextTemplate,
@@ -355,6 +358,7 @@ fn compile_copy(
                 from: source,
                 conv: Conversion::Same,
                 to,
+                into: path.to_owned(),
             });
         }
         return mismatch();
@@ -374,6 +378,7 @@ fn compile_copy(
         from: source,
         conv,
         to,
+        into: path.to_owned(),
     })
 }
 
@@ -410,7 +415,12 @@ impl ValueTemplate {
     ) -> std::result::Result<Value, RenderError> {
         Ok(match self {
             ValueTemplate::Const(v) => v.clone(),
-            ValueTemplate::Copy { from, conv, to } => {
+            ValueTemplate::Copy {
+                from,
+                conv,
+                to,
+                into,
+            } => {
                 let v = from.read(req);
                 budget.take(value_size(&v))?;
                 match conv {
@@ -430,11 +440,12 @@ impl ValueTemplate {
                     Conversion::Number => convert_number(&v, to).ok_or_else(|| {
                         let mut shown = String::new();
                         write_text(&mut shown, &v, None);
-                        format!(
-                            "the request's {{{{{}}}}} is {shown}, which does not fit the reply's {} field",
+                        RenderError::Unfit(format!(
+                            "the request's {{{{{}}}}} is {shown}, which does not fit {into}, a field of type {} ({}); send a value that fits",
                             from.text(),
-                            kind_name(to)
-                        )
+                            kind_name(to),
+                            holds(to)
+                        ))
                     })?,
                 }
             }
@@ -452,7 +463,10 @@ impl ValueTemplate {
             ValueTemplate::Message(t) => Value::Message(t.render(req, budget)?),
             ValueTemplate::List(items) => {
                 let mut out = Vec::with_capacity(items.len());
-                for item in items {
+                // A copy of a value the request does not carry adds no item, as it leaves a
+                // field with presence unset: an item made of a default (an empty `Any` is not
+                // even valid JSON) would say what the request did not.
+                for item in items.iter().filter(|item| !item.copies_unset(req)) {
                     match item.render(req, budget)? {
                         // A copied repeated value inside a list literal is spliced in.
                         Value::List(l) => out.extend(l),
@@ -463,12 +477,23 @@ impl ValueTemplate {
             }
             ValueTemplate::Map(entries) => {
                 let mut out = std::collections::HashMap::with_capacity(entries.len());
-                for (k, t) in entries {
+                for (k, t) in entries.iter().filter(|(_, t)| !t.copies_unset(req)) {
                     out.insert(k.clone(), t.render(req, budget)?);
                 }
                 Value::Map(out)
             }
         })
+    }
+}
+
+/// What a number field into which a copy may narrow holds, said for a person.
+fn holds(kind: &Kind) -> &'static str {
+    match ValueClass::of(kind) {
+        Some(ValueClass::I32) => "whole numbers from -2147483648 to 2147483647",
+        Some(ValueClass::I64) => "whole numbers from -9223372036854775808 to 9223372036854775807",
+        Some(ValueClass::U32) => "whole numbers from 0 to 4294967295",
+        Some(ValueClass::U64) => "whole numbers from 0 to 18446744073709551615",
+        _ => "numbers",
     }
 }
 
