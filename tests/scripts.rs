@@ -544,3 +544,76 @@ async fn number_streams_read_like_streams_with_strings() {
     assert!(lines[10].contains("i32=4"), "{}", lines[10]);
     assert_eq!(lines[11..], ["end", "then nil"]);
 }
+
+/// `ctx:send` takes common messages through a Lua C function that reads them off the stack
+/// and leaves the rest to the encoder that reads through handles: messages of every kind it
+/// takes (plain tables, frozen data, a frozen table sent twice, frozen tables inside a plain
+/// one) arrive whole, and a bad message still fails the call naming the script, the type and
+/// the field, after the good ones before it.
+#[tokio::test]
+async fn sent_messages_arrive_whole_and_bad_ones_name_the_field() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("sends.json"),
+        r#"{ "service": "lab.Lab", "methods": { "Count": { "script": "sends.lua" } } }"#,
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.path().join("sends.lua"),
+        r#"
+local shared = { id = "shared", tags = { "x", "y" } }
+function Count(q, ctx)
+  ctx:send({ id = "plain", count = q.limit, attrs = { n = data.lab.items[2].n } })
+  ctx:send(shared)
+  ctx:send(shared)
+  ctx:send({ id = "nested", inner = { x = data.lab.items[3].n }, tags = shared.tags })
+  if q.id == "bad" then ctx:send({ id = "bad", count = "lots" }) end
+  ctx:send({ id = "last", ok = true })
+end
+"#,
+    )
+    .unwrap();
+    let f = fixtures();
+    let server = Server::start(&[
+        "--protos",
+        f.join("protos").to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--data",
+        f.join("data").to_str().unwrap(),
+    ]);
+    let client = Client::connect(server.addr, common::pool(&f.join("protos"))).await;
+    let expected = [
+        json!({"id": "plain", "count": "4", "attrs": {"n": 2}}),
+        json!({"id": "shared", "tags": ["x", "y"]}),
+        json!({"id": "shared", "tags": ["x", "y"]}),
+        json!({"id": "nested", "inner": {"x": 3}, "tags": ["x", "y"]}),
+    ];
+    let items = client
+        .server_stream("lab.Lab/Count", json!({"id": "good", "limit": 4}))
+        .await
+        .unwrap();
+    let mut all = expected.to_vec();
+    all.push(json!({"id": "last", "ok": true}));
+    assert_eq!(items, all);
+    let mut stream = client
+        .server_stream_open("lab.Lab/Count", json!({"id": "bad", "limit": 4}))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(msg)) => got.push(common::to_json(&msg)),
+            Ok(None) => panic!("the stream ended without an error after {got:?}"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(got, expected.to_vec());
+    let message = status.message();
+    assert!(
+        message.contains("sends.lua")
+            && message.contains("sent a bad kitchen.Item")
+            && message.contains("count"),
+        "{status:?}"
+    );
+}

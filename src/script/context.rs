@@ -298,7 +298,7 @@ impl CallShared {
 
     /// A streaming call answers with its headers and the stream at its first message (or when
     /// the script ends without sending).
-    fn mark_headers_sent(&self) {
+    pub(super) fn mark_headers_sent(&self) {
         if self.headers_sent.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -432,7 +432,7 @@ fn running() -> mlua::Result<Arc<CallShared>> {
 /// called on is the running call's own ctx (`owned`), then works for the running call: a ctx
 /// kept past its call, or handed to another call on the same state, stops working.
 const CTX: &str = r#"
-local owned, field, elapsed, remaining, set_header, set_trailer, sleep, try_send, wait_send, raise = ...
+local owned, field, elapsed, remaining, set_header, set_trailer, sleep, send_now, try_send, wait_send, raise = ...
 local error, tostring = error, tostring
 local DEAD = "ctx used after its call ended (a closure kept it past the call)"
 local methods = {
@@ -456,10 +456,13 @@ local methods = {
     if not owned(self) then error(DEAD, 2) end
     return sleep(ms)
   end,
-  -- A plain call first; waits only when the client is slow.
+  -- A C function first, then a plain call for what it leaves; waits only when the client
+  -- is slow.
   send = function(self, msg)
     if not owned(self) then error(DEAD, 2) end
-    if not try_send(msg) then wait_send() end
+    local sent = send_now(msg)
+    if sent == nil then sent = try_send(msg) end
+    if not sent then wait_send() end
   end,
 }
 return {
@@ -575,6 +578,7 @@ pub fn ctx_parts(lua: &mlua::Lua) -> mlua::Result<(Table, Function)> {
         set_header,
         set_trailer,
         sleep_fn,
+        super::send_now::function(lua)?,
         try_send,
         wait_send,
         super::freeze::raise_at_script(lua)?,

@@ -301,6 +301,45 @@ pub fn outgoing_from_lua(lua: &Lua, value: &LuaValue, msg: MsgId) -> Result<Outg
     Ok(Outgoing::Encoded(Bytes::from(encoder.reply(value, msg)?)))
 }
 
+/// [`outgoing_from_lua`] for the value at slot `idx` of `l`'s stack, without a handle to it,
+/// for the common case only: `None` where `outgoing_from_lua` must run instead (not a table,
+/// a frozen table not encoded yet, which it encodes and keeps, or anything the stack encoder
+/// leaves to the plain one, which it reports).
+///
+/// # Safety
+/// `l` must be a running thread of `lua`'s state with room for two more values, and `idx` a
+/// valid absolute slot.
+#[allow(unsafe_code)]
+pub unsafe fn outgoing_at(
+    lua: &Lua,
+    l: *mut mlua::ffi::lua_State,
+    idx: std::ffi::c_int,
+    msg: MsgId,
+) -> Option<Result<Outgoing>> {
+    use mlua::ffi;
+    let conv = lua.app_data_ref::<Conv>()?;
+    // SAFETY (whole block): by the caller's promise.
+    unsafe {
+        if ffi::lua_type(l, idx) != ffi::LUA_TTABLE {
+            return None;
+        }
+        // As in `outgoing_from_lua`: only frozen tables are kept, and never collected.
+        let key = (ffi::lua_topointer(l, idx) as usize, msg);
+        if let Some(bytes) = conv.encoded.borrow().get(&key) {
+            return Some(Ok(Outgoing::Encoded(bytes.clone())));
+        }
+        if super::encode_stack::is_frozen_at(l, idx) {
+            return None;
+        }
+        let mut encoder = Encoder::new(&conv.plans, conv.max_message_size);
+        match encoder.reply_at(l, idx, msg) {
+            Ok(true) => Some(Ok(Outgoing::Encoded(Bytes::from(encoder.out)))),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
 pub fn type_of(value: &LuaValue) -> &'static str {
     value.type_name()
 }

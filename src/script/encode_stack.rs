@@ -52,23 +52,42 @@ impl Encoder<'_> {
         if !matches!(value, LuaValue::Table(_)) {
             return Ok(false);
         }
-        let outcome = lua.exec_raw_lua(|raw| {
+        lua.exec_raw_lua(|raw| {
             let l = raw.state();
             // SAFETY: `l` is the state mlua runs on now; the stack is put back as found.
             unsafe {
                 let top = ffi::lua_gettop(l);
-                if ffi::lua_checkstack(l, ROOM) == 0 {
-                    return Err(Miss::Plain);
-                }
-                if raw.push_value(value).is_err() {
+                if ffi::lua_checkstack(l, ROOM) == 0 || raw.push_value(value).is_err() {
                     ffi::lua_settop(l, top);
-                    return Err(Miss::Plain);
+                    self.out.clear();
+                    return Ok(false);
                 }
-                let done = Stack { l, enc: self }.message(top + 1, msg, 0);
+                let done = self.reply_at(l, top + 1, msg);
                 ffi::lua_settop(l, top);
                 done
             }
-        });
+        })
+    }
+
+    /// [`Self::reply_from_stack`] for the value at stack slot `idx` (absolute) of `l`, the
+    /// running thread of this encoder's state.
+    ///
+    /// # Safety
+    /// `l` must be running (the state's main thread or a coroutine of it, inside a call
+    /// into Rust) and `idx` a valid absolute slot; the stack is left as found.
+    pub unsafe fn reply_at(
+        &mut self,
+        l: *mut ffi::lua_State,
+        idx: c_int,
+        msg: MsgId,
+    ) -> Result<bool, ConvertError> {
+        // SAFETY: by the caller's promise; `message` pops what it pushes.
+        let outcome = unsafe {
+            let top = ffi::lua_gettop(l);
+            let done = Stack { l, enc: self }.message(idx, msg, 0);
+            ffi::lua_settop(l, top);
+            done
+        };
         match outcome {
             Ok(()) if self.check(0).is_ok() => Ok(true),
             Ok(()) | Err(Miss::Plain) => {
@@ -77,6 +96,23 @@ impl Encoder<'_> {
             }
             Err(Miss::Stopped(e)) => Err(e),
         }
+    }
+}
+
+/// Whether the value at slot `idx` of `l` is a frozen table.
+///
+/// # Safety
+/// `l` must be running and have room for two more values; `idx` a valid absolute slot.
+pub unsafe fn is_frozen_at(l: *mut ffi::lua_State, idx: c_int) -> bool {
+    // SAFETY: by the caller's promise; raw reads only, and the stack is put back.
+    unsafe {
+        if ffi::lua_getmetatable(l, idx) == 0 {
+            return false;
+        }
+        ffi::lua_pushlightuserdata(l, frozen_key());
+        let frozen = ffi::lua_rawget(l, -2) == ffi::LUA_TTABLE;
+        ffi::lua_settop(l, -3);
+        frozen
     }
 }
 

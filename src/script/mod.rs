@@ -37,6 +37,7 @@ pub mod random;
 pub mod requests;
 pub mod sandbox;
 pub mod scheduling;
+pub mod send_now;
 pub mod slice;
 pub mod status;
 pub mod stdlib;
