@@ -100,6 +100,15 @@ pub enum StartupError {
         source: std::io::Error,
     },
 
+    /// A folder under an input folder that cannot be listed: what it holds would be lost
+    /// without a word, and the watcher could not see changes in it.
+    #[error("{}: cannot read this folder: {source}{}", .path.display(), folder_hint(.path, .under))]
+    Folder {
+        path: PathBuf,
+        under: PathBuf,
+        source: std::io::Error,
+    },
+
     #[error("{0}")]
     Usage(String),
 }
@@ -108,6 +117,18 @@ fn render_hint(hint: &Option<String>) -> String {
     hint.as_ref()
         .map(|h| format!("\n  help: {h}"))
         .unwrap_or_default()
+}
+
+fn folder_hint(path: &std::path::Path, under: &std::path::Path) -> String {
+    let fix = "make it readable by the server (chmod u+rx, or chown it)";
+    if path == under {
+        format!("\n  help: {fix}")
+    } else {
+        format!(
+            "\n  help: {fix}, or move it out of {} (hidden folders are not read)",
+            under.display()
+        )
+    }
 }
 
 fn render_entry(entry: &str) -> String {
@@ -134,7 +155,7 @@ impl StartupError {
             | Self::Script { location, .. }
             | Self::Data { location, .. }
             | Self::Encoding { location, .. } => Some(location),
-            Self::Io { .. } | Self::Usage(_) => None,
+            Self::Io { .. } | Self::Folder { .. } | Self::Usage(_) => None,
         }
     }
 

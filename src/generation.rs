@@ -97,6 +97,11 @@ impl Builder<'_> {
         // Data and handler problems are all reported together, so one run of `check` lists
         // them all.
         let mut errors = StartupErrors::default();
+        for folder in [&options.handlers, &options.data] {
+            if let Err(e) = crate::input::check_folders(folder) {
+                errors.push(e);
+            }
+        }
         let data = DataSets::load(&options.data).unwrap_or_else(|mut e| {
             errors.0.append(&mut e.0);
             DataSets::default()

@@ -104,6 +104,52 @@ pub fn is_hidden(path: &Path) -> bool {
         .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
 }
 
+/// Checks that every folder under `root` (itself included; hidden folders are not inputs) can
+/// be listed. Links are followed, each real folder once. A folder the server cannot read is a
+/// problem for `check` as for `serve`: what it holds would otherwise be left out without a
+/// word, and the watcher could not see changes in it. A `root` that does not exist is not
+/// looked into (the loaders say whether that is fine).
+pub fn check_folders(root: &Path) -> Result<(), StartupError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(real) = std::fs::canonicalize(&dir) else {
+            continue;
+        };
+        if !seen.insert(real) {
+            continue;
+        }
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(_) if !dir.is_dir() => continue,
+            Err(source) => {
+                return Err(StartupError::Folder {
+                    path: dir,
+                    under: root.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        for entry in entries {
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                Err(source) => {
+                    return Err(StartupError::Folder {
+                        path: dir,
+                        under: root.to_path_buf(),
+                        source,
+                    })
+                }
+            };
+            if !is_hidden(&path) && path.is_dir() {
+                todo.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The error for a path that exists but is not a regular file (after following links).
 fn not_regular() -> io::Error {
     io::Error::new(

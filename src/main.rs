@@ -58,9 +58,9 @@ struct ListArgs {
 
 #[derive(Args, Debug, Clone)]
 struct VerifyArgs {
-    /// The server's admin API (its --admin address).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
-    admin: String,
+    /// The server's admin API: its --admin address (the log's "admin API on http://ADDR").
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", value_parser = verify_admin_addr)]
+    admin: SocketAddr,
     /// The server's admin token.
     #[arg(
         long,
@@ -215,6 +215,28 @@ fn admin_addr(s: &str) -> Result<AdminAddr, String> {
     socket_addr(s, "127.0.0.1:9901", false)
         .map(|a| AdminAddr(Some(a)))
         .map_err(|e| format!("{e}; or off"))
+}
+
+/// `verify --admin`: the address the server's `--admin` was given, as `serve` reads it (a
+/// bare port says what to write instead), or as its log shows it (`http://ADDR`).
+fn verify_admin_addr(s: &str) -> Result<SocketAddr, String> {
+    let addr = protoserve::admin::client::authority(s);
+    if addr.eq_ignore_ascii_case("off") {
+        return Err("the server's admin API must be on for verify: give the address its --admin was given (its log says \"admin API on http://ADDR\")".into());
+    }
+    let given =
+        "give the server's admin address, as its log shows it (\"admin API on http://ADDR\")";
+    match socket_addr(addr, "127.0.0.1:9901", false) {
+        Ok(a) if a.port() == 0 => Err(format!(
+            "{addr:?}: port 0 is where serve picks a free port; {given}"
+        )),
+        Ok(a) => Ok(a),
+        // A bare port: serve's words, which say what to write.
+        Err(e) if addr.trim_start_matches(':').parse::<u16>().is_ok() => Err(e),
+        Err(_) => Err(format!(
+            "{addr:?} is not an IP address with a port, such as 127.0.0.1:9901 (host names are not looked up, as by serve --admin); {given}"
+        )),
+    }
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -776,7 +798,7 @@ fn verify(args: &VerifyArgs) -> ExitCode {
         };
         let body = bytes::Bytes::from(item.to_string());
         let answer = runtime.block_on(protoserve::admin::client::request(
-            &args.admin,
+            &args.admin.to_string(),
             http::Method::POST,
             "/v1/verify",
             token,

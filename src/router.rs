@@ -69,6 +69,15 @@ impl CarryTap for Router {
     fn carry_tap(&mut self, tap: Tap) {
         self.tap = Some(tap);
     }
+
+    fn refused_before_routing(&mut self, path: &str) {
+        let Some(tap) = self.tap.take() else {
+            return;
+        };
+        if let Some(entry) = self.current.load().table.get(path) {
+            tap.attach(&entry.answerer);
+        }
+    }
 }
 
 impl Router {

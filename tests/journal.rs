@@ -761,6 +761,27 @@ async fn a_call_cut_off_by_its_deadline_is_journaled_with_that_status() {
     assert_eq!(call["metadata"]["grpc-timeout"], "30m");
 }
 
+/// A call refused for a `grpc-timeout` that cannot be read never reaches the router; its
+/// record still names the shape and handler of the method it called, as any other refused
+/// call's does.
+#[tokio::test]
+async fn a_call_refused_for_a_bad_grpc_timeout_is_journaled_with_its_shape_and_handler() {
+    let server = start(&[]);
+    let client = kitchen(&server).await;
+    let mut md = MetadataMap::new();
+    md.insert("grpc-timeout", "1.5S".parse().unwrap());
+    let err = client
+        .unary_with("kitchen.Kitchen/Get", json!({"id": "7"}), md)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let call = only_call_once_done(&server, "kitchen.Kitchen/Get").await;
+    assert_eq!(call["status"]["name"], "INVALID_ARGUMENT", "{call:#}");
+    assert_eq!(call["shape"], "unary", "{call:#}");
+    assert_eq!(call["handler"]["kind"], "reply", "{call:#}");
+    assert_eq!(call["handler"]["source"], "file", "{call:#}");
+}
+
 /// Response headers are `null` for a call that ended before it answered or answered
 /// Trailers-Only, and `{}` for one that answered with only the protocol's headers.
 #[tokio::test]

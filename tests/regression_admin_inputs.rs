@@ -16,6 +16,10 @@
 //! - A verify whose client went away, or that outlived the listener's 120 s, went on checking
 //!   the journal to the end, however long that took, and every journal read and verify after
 //!   it waited for it: a verify stops at the next message it would check once nobody waits.
+//! - Over gRPC, a `ListCalls` metadata filter whose key held `=` was split at it into another
+//!   filter (`{"x-user=al": "ice"}` read as `x-user` = `al=ice`, and listed that call); no
+//!   metadata key holds `=`, so such a key is refused, and a value with `=` reads the same on
+//!   both front ends.
 //! - A verify with a byte-order mark (a body, or a file given to `protoserve verify`) was "not
 //!   valid JSON" at 1:1; the mark is dropped, as from a handler file.
 
@@ -403,4 +407,52 @@ async fn a_long_unknown_name_is_repeated_clipped() {
     let message = json["message"].as_str().unwrap();
     assert!(message.len() < 1_000, "{} bytes", message.len());
     assert!(message.starts_with("unknown method"), "{message}");
+}
+
+#[tokio::test]
+async fn a_list_calls_metadata_key_with_an_equals_sign_is_refused_not_split() {
+    let server = Server::repo_default();
+    let greeter = Client::connect(server.addr, common::pool(&common::repo().join("protos"))).await;
+    for user in ["al=ice", "al"] {
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert("x-user", user.parse().unwrap());
+        greeter
+            .unary_with("helloworld.Greeter/SayHello", json!({"name": "a"}), md)
+            .await
+            .unwrap();
+    }
+    let pool = protoserve::admin::schema::compile()
+        .unwrap()
+        .service
+        .parent_pool()
+        .clone();
+    let admin = Client::connect(server.admin_addr(), pool).await;
+    let err = admin
+        .unary(
+            "protoserve.admin.v1.Admin/ListCalls",
+            json!({"metadata": {"x-user=al": "ice"}}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("\"x-user=al\": not a metadata key"),
+        "{}",
+        err.message()
+    );
+    // A value with `=`: one call, on both front ends.
+    let page = admin
+        .unary(
+            "protoserve.admin.v1.Admin/ListCalls",
+            json!({"metadata": {"x-user": "al=ice"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page["calls"].as_array().map(Vec::len), Some(1), "{page:#}");
+    assert_eq!(page["calls"][0]["metadata"]["x-user"], "al=ice", "{page:#}");
+    let page = server
+        .admin_get("/v1/journal?metadata=x-user=al%3Dice")
+        .await;
+    assert_eq!(page["calls"].as_array().map(Vec::len), Some(1), "{page:#}");
+    assert_eq!(page["calls"][0]["metadata"]["x-user"], "al=ice", "{page:#}");
 }

@@ -155,6 +155,45 @@ fn a_listen_or_admin_address_without_an_ip_says_what_to_write() {
 }
 
 #[test]
+fn verify_admin_takes_the_addresses_serve_admin_takes_and_says_what_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("none.json");
+    std::fs::write(
+        &file,
+        r#"{"method": "helloworld.Greeter/SayHello", "exactly": 0}"#,
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    for (value, wanted) in [
+        (
+            "9901",
+            "a port without an address; give both, such as 127.0.0.1:9901",
+        ),
+        (
+            ":9901",
+            "a port without an address; give both, such as 127.0.0.1:9901",
+        ),
+        ("off", "the server's admin API must be on for verify"),
+        ("127.0.0.1:0", "port 0 is where serve picks a free port"),
+    ] {
+        let (code, _, err) = run(&["verify", "--admin", value, file]);
+        assert_eq!(code, 2, "verify --admin {value}: {err}");
+        assert!(err.contains(wanted), "verify --admin {value}: {err}");
+        assert!(
+            !err.contains("invalid socket address"),
+            "verify --admin {value}: {err}"
+        );
+    }
+    // What serve was given, and what its log shows, reach it.
+    let server = common::Server::start(&[]);
+    let admin = server.admin_addr().to_string();
+    for value in [admin.clone(), format!("http://{admin}/")] {
+        let (code, out, err) = run(&["verify", "--admin", &value, file]);
+        assert_eq!(code, 0, "verify --admin {value}: {out}{err}");
+    }
+}
+
+#[test]
 fn verify_of_an_empty_file_points_at_no_column_zero() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.json");

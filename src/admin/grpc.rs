@@ -152,7 +152,7 @@ fn op_for(method: &str, request: Json) -> Result<Op, AdminError> {
             method: text(&request, "method"),
         },
         "Reset" => Op::Reset,
-        "ListCalls" => Op::ListCalls(query_pairs(&request)),
+        "ListCalls" => Op::ListCalls(query_pairs(&request)?),
         "GetCall" => Op::GetCall(match &request["id"] {
             Json::String(s) => s.clone(),
             Json::Number(n) => n.to_string(),
@@ -168,16 +168,23 @@ fn op_for(method: &str, request: Json) -> Result<Op, AdminError> {
     })
 }
 
-/// A `ListCallsRequest` as the query parameters of `GET /v1/journal`.
-fn query_pairs(request: &Json) -> Vec<(String, String)> {
+/// A `ListCallsRequest` as the query parameters of `GET /v1/journal`. A metadata filter is
+/// `KEY=VALUE` there, split at the first `=`: a value may hold `=`, and a key never does (no
+/// metadata key can), so a key with one is refused rather than split into another filter.
+fn query_pairs(request: &Json) -> Result<Vec<(String, String)>, AdminError> {
     let mut pairs = Vec::new();
     let Json::Object(fields) = request else {
-        return pairs;
+        return Ok(pairs);
     };
     for (key, value) in fields {
         match value {
             Json::Object(map) if key == "metadata" => {
                 for (k, v) in map {
+                    if k.contains('=') {
+                        return Err(AdminError::BadRequest(format!(
+                            "metadata {k:?}: not a metadata key (keys hold letters, digits, '-', '_' and '.', never '='); a value may hold '='"
+                        )));
+                    }
                     pairs.push((
                         "metadata".to_owned(),
                         format!("{k}={}", v.as_str().unwrap_or_default()),
@@ -189,7 +196,7 @@ fn query_pairs(request: &Json) -> Vec<(String, String)> {
             _ => {}
         }
     }
-    pairs
+    Ok(pairs)
 }
 
 /// Encodes and decodes the admin service's messages, whose types are known at run time.
@@ -311,7 +318,8 @@ mod tests {
     fn list_calls_requests_become_query_pairs() {
         let pairs = query_pairs(
             &json!({"method": "a.S/M", "page_size": 5, "metadata": {"x-user": "al=ice"}}),
-        );
+        )
+        .unwrap();
         assert!(pairs.contains(&("method".into(), "a.S/M".into())));
         assert!(pairs.contains(&("page_size".into(), "5".into())));
         assert!(pairs.contains(&("metadata".into(), "x-user=al=ice".into())));

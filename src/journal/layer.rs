@@ -42,17 +42,30 @@ impl<S> Journaled<S> {
 /// on to the router. Every layer between [`Journaled`] and the router implements it.
 pub trait CarryTap {
     fn carry_tap(&mut self, tap: Tap);
+
+    /// The call to `path` is refused before it reaches the router (a `grpc-timeout` that
+    /// cannot be read): its record still names the method and handler, when the method is
+    /// served, as a call refused later does.
+    fn refused_before_routing(&mut self, path: &str);
 }
 
 impl<S: CarryTap> CarryTap for crate::layers::cutoff::Cutoff<S> {
     fn carry_tap(&mut self, tap: Tap) {
         self.get_mut().carry_tap(tap);
     }
+
+    fn refused_before_routing(&mut self, path: &str) {
+        self.get_mut().refused_before_routing(path);
+    }
 }
 
 impl<S: CarryTap> CarryTap for crate::layers::status::CleanStatus<S> {
     fn carry_tap(&mut self, tap: Tap) {
         self.get_mut().carry_tap(tap);
+    }
+
+    fn refused_before_routing(&mut self, path: &str) {
+        self.get_mut().refused_before_routing(path);
     }
 }
 

@@ -92,7 +92,7 @@ impl<S> Cutoff<S> {
 
 impl<S, ReqBody, B> Service<Request<ReqBody>> for Cutoff<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<B>>,
+    S: Service<Request<ReqBody>, Response = Response<B>> + crate::journal::layer::CarryTap,
     B: Body + Default + Unpin,
 {
     type Response = Response<CutoffBody<B>>;
@@ -120,7 +120,10 @@ where
             }
         }
         let inner = match early {
-            Some(_) => None,
+            Some(_) => {
+                self.inner.refused_before_routing(req.uri().path());
+                None
+            }
             None => Some(self.inner.call(req)),
         };
         CutoffFuture {

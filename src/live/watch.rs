@@ -1,7 +1,9 @@
 //! Reloading when the inputs change on disk, and on SIGHUP.
 //!
 //! The folders the server reads (`--protos`, `-I`, `--handlers`, `--data`) and the
-//! `--descriptor-set` files are watched with `notify`; events are debounced, so an editor's
+//! `--descriptor-set` files are watched with `notify`, each folder under them on its own, so
+//! that one the server cannot read is reported and every other stays watched (a folder that
+//! appears is watched before the reload it sets off reads it); events are debounced, so an editor's
 //! save (write, rename, chmod) or a `git checkout` of many files becomes one reload. Only
 //! changes count: reading a file (which every reload does) is an event too on Linux, and
 //! reacting to it would reload forever. Editors' temporary and backup files are ignored, and so
@@ -10,6 +12,7 @@
 //! `..`): a reload that writes one would otherwise set off another. A change only under the
 //! handler and data folders reuses the compiled protos.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -66,11 +69,23 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
             }
             // The parents are watched only to see the folders themselves come and go.
             let created = matches!(event.kind, EventKind::Create(_));
+            // A folder removed or renamed away has lost its watch, and one made at its path
+            // may have its inode: it is watched afresh whatever its identity.
+            let went = matches!(
+                event.kind,
+                EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+            );
+            let made = matches!(
+                event.kind,
+                EventKind::Create(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+            );
             let mut seen = Seen::default();
             for path in &event.paths {
                 if !about_input(path, &roots) {
                     continue;
                 }
+                // A folder that appeared is watched before the reload reads it.
+                seen.folders |= made && path.is_dir();
                 let protos = protos_roots.iter().any(|r| path.starts_with(r));
                 match cache.as_ref().map(|c| c.event(path, created)) {
                     Some(ForCache::Own) => {}
@@ -78,6 +93,9 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
                     Some(ForCache::Unrelated) | None => {
                         seen.changed = true;
                         seen.protos |= protos;
+                        if went {
+                            seen.gone.push(path.clone());
+                        }
                     }
                 }
             }
@@ -95,8 +113,17 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
     {
         let mut w = watcher.lock().unwrap_or_else(|e| e.into_inner());
         folders.watch_parents(&mut w);
-        if let Some(e) = folders.resync(&mut w, false) {
-            return Err(e);
+        // An input folder that cannot be watched stops serve (--no-watch serves without
+        // watching); a folder under one is reported and the rest is watched.
+        for failed in folders.resync(&mut w, &Seen::default()) {
+            if failed.root {
+                return Err(format!(
+                    "cannot watch {}: {}",
+                    failed.folder.display(),
+                    reason(&failed.reason)
+                ));
+            }
+            tracing::warn!("{failed}");
         }
     }
     let resyncing = watcher.clone();
@@ -129,10 +156,10 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
                     }
                 }
                 if !seen.changed {
-                    return (folders, None, seen);
+                    return (folders, Vec::new(), seen);
                 }
                 let mut watcher = watcher.lock().unwrap_or_else(|e| e.into_inner());
-                let failed = folders.resync(&mut watcher, seen.root);
+                let failed = folders.resync(&mut watcher, &seen);
                 (folders, failed, seen)
             })
             .await;
@@ -143,7 +170,7 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
                 return;
             };
             folders = back;
-            if let Some(e) = failed {
+            for e in failed {
                 tracing::warn!("{e}");
             }
             if seen.changed {
@@ -170,6 +197,10 @@ struct Seen {
     /// Folders created on the way to the cache folder, each with whether it is under a proto
     /// folder: inputs unless the cache made them, which is told once the folders are quiet.
     parents: Vec<(PathBuf, bool)>,
+    /// Paths removed or renamed under the watched folders.
+    gone: Vec<PathBuf>,
+    /// A folder was created or renamed into place under the watched folders.
+    folders: bool,
 }
 
 impl Seen {
@@ -178,6 +209,8 @@ impl Seen {
         self.protos |= more.protos;
         self.root |= more.root;
         self.parents.extend(more.parents);
+        self.gone.extend(more.gone);
+        self.folders |= more.folders;
     }
 }
 
@@ -298,15 +331,54 @@ fn real(path: &Path) -> PathBuf {
     out
 }
 
-/// The watched folders and the identity (device, inode) of the directory each watch is on.
+/// The watched folders: each input folder and every folder under it (hidden ones are not
+/// inputs), each watched on its own with the identity (device, inode) of the directory its
+/// watch is on. One watch per folder, rather than one recursive watch per input folder, so
+/// that a folder that cannot be watched (one the server cannot read) is reported and every
+/// other folder stays watched.
 struct Folders {
-    roots: Vec<(PathBuf, Option<(u64, u64)>)>,
+    roots: Vec<PathBuf>,
+    watched: HashMap<PathBuf, (u64, u64)>,
+    /// The folders that could not be watched, so each is reported once until it can be.
+    failing: HashSet<PathBuf>,
+}
+
+/// A folder that could not be watched.
+struct Unwatched {
+    folder: PathBuf,
+    /// It is an input folder, not a folder under one.
+    root: bool,
+    reason: notify::Error,
+}
+
+impl std::fmt::Display for Unwatched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot watch {}: {} (changes in it are not noticed until it can be; make it readable by the server)",
+            self.folder.display(),
+            reason(&self.reason)
+        )
+    }
+}
+
+/// A notify error without the paths it appends: the message names the folder already.
+fn reason(e: &notify::Error) -> String {
+    match &e.kind {
+        notify::ErrorKind::Io(io) => io.to_string(),
+        notify::ErrorKind::MaxFilesWatch => {
+            "the system's limit on watches is reached (raise fs.inotify.max_user_watches)".into()
+        }
+        other => format!("{other:?}"),
+    }
 }
 
 impl Folders {
     fn new(roots: Vec<PathBuf>) -> Folders {
         Folders {
-            roots: roots.into_iter().map(|r| (r, None)).collect(),
+            roots,
+            watched: HashMap::new(),
+            failing: HashSet::new(),
         }
     }
 
@@ -314,11 +386,11 @@ impl Folders {
     /// already covers it, so that a folder created, removed or renamed is seen.
     fn watch_parents(&self, watcher: &mut RecommendedWatcher) {
         let mut parents: Vec<&Path> = Vec::new();
-        for (root, _) in &self.roots {
+        for root in &self.roots {
             let Some(parent) = root.parent() else {
                 continue;
             };
-            let covered = self.roots.iter().any(|(r, _)| parent.starts_with(r));
+            let covered = self.roots.iter().any(|r| parent.starts_with(r));
             if covered || parents.contains(&parent) || !parent.is_dir() {
                 continue;
             }
@@ -333,31 +405,118 @@ impl Folders {
         }
     }
 
-    /// Watches every folder whose directory is not the one watched: new, or replaced since.
-    /// `all` watches every folder afresh: one was removed or renamed and created again, maybe
-    /// with the inode of the one before. Returns the first folder that cannot be watched.
-    fn resync(&mut self, watcher: &mut RecommendedWatcher, all: bool) -> Option<String> {
-        let mut failed = None;
-        for (root, watched) in &mut self.roots {
-            let now = identity(root);
-            if now == *watched && !all {
+    /// Watches every folder whose directory is not the one watched (new, or replaced since)
+    /// and stops watching those that went. When a watched folder itself came or went
+    /// (`seen.root`), every folder is watched afresh: one was removed or renamed and created
+    /// again, maybe with the inode of the one before; so is every folder at or under a path
+    /// removed or renamed. The folders are looked through only when what was seen may have
+    /// changed them (or one could not be watched before): a file's change costs nothing here.
+    /// Returns the folders that newly cannot be watched; the others are watched all the same.
+    fn resync(&mut self, watcher: &mut RecommendedWatcher, seen: &Seen) -> Vec<Unwatched> {
+        let (all, gone) = (seen.root, &seen.gone);
+        let first = self.watched.is_empty();
+        let went = gone
+            .iter()
+            .any(|g| self.watched.keys().any(|f| f.starts_with(g)));
+        if !(first || all || seen.folders || went || !self.failing.is_empty()) {
+            return Vec::new();
+        }
+        let found = folders_under(&self.roots);
+        let current: HashMap<&Path, (u64, u64)> =
+            found.iter().map(|(p, id)| (p.as_path(), *id)).collect();
+        self.watched.retain(|folder, id| {
+            let keep = !all
+                && !gone.iter().any(|g| folder.starts_with(g))
+                && current.get(folder.as_path()) == Some(id);
+            if !keep {
+                let _ = watcher.unwatch(folder);
+            }
+            keep
+        });
+        self.failing.retain(|f| current.contains_key(f.as_path()));
+        let mut failed = Vec::new();
+        for (folder, id) in found {
+            if self.watched.contains_key(&folder) {
                 continue;
             }
-            if watched.is_some() {
-                let _ = watcher.unwatch(root);
-            }
-            *watched = None;
-            if now.is_none() {
-                continue;
-            }
-            match watcher.watch(root, RecursiveMode::Recursive) {
-                Ok(()) => *watched = now,
-                Err(e) => {
-                    failed.get_or_insert_with(|| format!("cannot watch {}: {e}", root.display()));
+            match watcher.watch(&folder, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.failing.remove(&folder);
+                    self.watched.insert(folder, id);
+                }
+                Err(reason) => {
+                    if self.failing.insert(folder.clone()) {
+                        let root = self.roots.contains(&folder);
+                        failed.push(Unwatched {
+                            folder,
+                            root,
+                            reason,
+                        });
+                    }
                 }
             }
         }
         failed
+    }
+}
+
+/// Each folder in `roots` and every folder under them, with its identity: links are followed,
+/// each folder once (by identity: the first path to it is the one watched), hidden folders are
+/// not inputs, and a folder that cannot be listed is there but not looked into. Run before
+/// every reload, so it costs a folder one `stat` and one listing, and a file nothing.
+fn folders_under(roots: &[PathBuf]) -> Vec<(PathBuf, (u64, u64))> {
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    // The input folders first, each by the path given: events name them so.
+    let mut starts = Vec::new();
+    for root in roots {
+        let Some(id) = identity(root) else {
+            continue;
+        };
+        if seen.insert(folder_key(root, id)) {
+            found.push((root.clone(), id));
+            starts.push(root);
+        }
+    }
+    // Then depth first in name order, as loading walks: the path kept for a folder reached
+    // twice is the one loading keeps.
+    for root in starts {
+        let mut todo: Vec<PathBuf> = subfolders(root).into_iter().rev().collect();
+        while let Some(path) = todo.pop() {
+            let Some(id) = identity(&path) else {
+                continue;
+            };
+            if seen.insert(folder_key(&path, id)) {
+                todo.extend(subfolders(&path).into_iter().rev());
+                found.push((path, id));
+            }
+        }
+    }
+    found
+}
+
+/// What may be a folder in `dir`, in name order: folders and links, not hidden. A file is not
+/// looked at; a folder that cannot be listed holds nothing here.
+fn subfolders(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().map_or(true, |t| t.is_dir() || t.is_symlink()))
+        .map(|e| e.path())
+        .filter(|p| !crate::input::is_hidden(p))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// What tells folders apart: their identity, and where there is none (see [`identity`]) their
+/// real path.
+fn folder_key(path: &Path, id: (u64, u64)) -> ((u64, u64), Option<PathBuf>) {
+    match cfg!(unix) {
+        true => (id, None),
+        false => (id, std::fs::canonicalize(path).ok()),
     }
 }
 
@@ -521,6 +680,27 @@ mod tests {
             cache.event(&top.join("protos/cache/a.proto"), false),
             Unrelated
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn every_folder_is_found_once_hidden_ones_and_files_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("protos");
+        for sub in ["a/b", ".git/objects", "c/d"] {
+            std::fs::create_dir_all(top.join(sub)).unwrap();
+        }
+        std::fs::write(top.join("a/x.proto"), b"").unwrap();
+        // A link back up, and second paths to folders: each folder once, by the first path
+        // depth first in name order, as loading keeps it.
+        std::os::unix::fs::symlink("..", top.join("a/up")).unwrap();
+        std::os::unix::fs::symlink("../../c", top.join("a/b/to_c")).unwrap();
+        std::os::unix::fs::symlink("../a/b", top.join("c/to_b")).unwrap();
+        let found: Vec<String> = super::folders_under(std::slice::from_ref(&top))
+            .into_iter()
+            .map(|(p, _)| p.strip_prefix(&top).unwrap().display().to_string())
+            .collect();
+        assert_eq!(found, ["", "a", "a/b", "a/b/to_c", "a/b/to_c/d"]);
     }
 
     #[test]

@@ -83,10 +83,15 @@ fn walk(
         );
         return Ok(());
     }
-    let entries = std::fs::read_dir(dir).map_err(|e| StartupError::io(dir, e))?;
+    let unreadable = |source| StartupError::Folder {
+        path: dir.to_path_buf(),
+        under: root.to_path_buf(),
+        source,
+    };
+    let entries = std::fs::read_dir(dir).map_err(unreadable)?;
     let mut paths = Vec::new();
     for entry in entries {
-        paths.push(entry.map_err(|e| StartupError::io(dir, e))?.path());
+        paths.push(entry.map_err(unreadable)?.path());
     }
     // The first of two paths to one folder is the one kept, whatever order the disk lists.
     paths.sort();

@@ -59,6 +59,13 @@ impl Server {
     /// [`Server::start`] with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(binary());
+        command.envs(env.iter().copied());
+        Self::start_command(command, args)
+    }
+
+    /// [`Server::start`] through `command`, which runs the binary under test with what follows
+    /// (the binary itself, or a wrapper that starts it).
+    pub fn start_command(mut command: Command, args: &[&str]) -> Server {
         command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
@@ -67,7 +74,6 @@ impl Server {
             command.args(["--admin", "127.0.0.1:0"]);
         }
         let mut child = command
-            .envs(env.iter().copied())
             .current_dir(repo())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
