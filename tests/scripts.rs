@@ -617,3 +617,55 @@ end
         "{status:?}"
     );
 }
+
+/// `ctx:sleep(0)` waited for the next tick of the timer wheel, a millisecond or two, where
+/// scripts use it to give other calls a turn: 200 of them took about as long as 200
+/// `ctx:sleep(1)`. It is now a turn and no timer, measured against `ctx:sleep(1)` in the same
+/// call, which cannot take less than its millisecond.
+#[tokio::test]
+async fn sleeping_zero_ms_is_a_turn_not_a_timer_tick() {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("naps.json"),
+        r#"{ "service": "lab.Lab", "methods": { "Describe": { "script": "naps.lua" } } }"#,
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.path().join("naps.lua"),
+        r#"
+function Describe(q, ctx)
+  local t0 = ctx:elapsed()
+  for _ = 1, q.limit do ctx:sleep(0) end
+  local t1 = ctx:elapsed()
+  for _ = 1, q.limit do ctx:sleep(1) end
+  local t2 = ctx:elapsed()
+  return { id = string.format("%.6f %.6f", t1 - t0, t2 - t1) }
+end
+"#,
+    )
+    .unwrap();
+    let f = fixtures();
+    let server = Server::start(&[
+        "--protos",
+        f.join("protos").to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+    ]);
+    let client = Client::connect(server.addr, common::pool(&f.join("protos"))).await;
+    let reply = client
+        .unary("lab.Lab/Describe", json!({"limit": 200}))
+        .await
+        .unwrap();
+    let times: Vec<f64> = reply["id"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .map(|t| t.parse().unwrap())
+        .collect();
+    let (zero, one) = (times[0], times[1]);
+    assert!(one >= 0.2, "200 sleeps of 1 ms took {one} s");
+    assert!(
+        zero < one / 4.0,
+        "200 ctx:sleep(0) took {zero} s, 200 ctx:sleep(1) {one} s"
+    );
+}

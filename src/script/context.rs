@@ -604,7 +604,7 @@ fn arg<T: mlua::FromLua>(
 
 /// `ctx:sleep(ms)`: any number of milliseconds; a sleep past the deadline ends the call with
 /// DEADLINE_EXCEEDED when the deadline comes, and one too long to represent sleeps until the
-/// deadline or cancellation.
+/// deadline or cancellation. `ctx:sleep(0)` (or less) only lets the state's other calls run.
 async fn sleep(shared: &CallShared, ms: f64) -> mlua::Result<()> {
     if ms.is_nan() {
         return Err(mlua::Error::runtime(
@@ -612,6 +612,15 @@ async fn sleep(shared: &CallShared, ms: f64) -> mlua::Result<()> {
         ));
     }
     let wanted = Duration::try_from_secs_f64(ms.max(0.0) / 1000.0).ok();
+    // No time at all: a turn for the other calls, as scripts use it, and not a timer, which
+    // fires at the next tick of the clock's 1 ms wheel.
+    if wanted == Some(Duration::ZERO) {
+        if shared.deadline.is_some_and(|d| d <= Instant::now()) {
+            return Err(shared.abort_error(Abort::Deadline));
+        }
+        tokio::task::yield_now().await;
+        return Ok(());
+    }
     let until = wanted.and_then(|w| Instant::now().checked_add(w));
     match (until, shared.deadline) {
         (Some(until), Some(deadline)) if until < deadline => {
