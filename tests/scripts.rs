@@ -545,6 +545,31 @@ async fn number_streams_read_like_streams_with_strings() {
     assert_eq!(lines[11..], ["end", "then nil"]);
 }
 
+/// A server of the lab protos and data whose one handler is `script` for lab.Lab's `method`,
+/// and a client of it; the folder holding the handler lives as long as the last value.
+async fn one_script(method: &str, script: &str) -> (Server, Client, tempfile::TempDir) {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("one.json"),
+        format!(
+            r#"{{ "service": "lab.Lab", "methods": {{ "{method}": {{ "script": "one.lua" }} }} }}"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(handlers.path().join("one.lua"), script).unwrap();
+    let f = fixtures();
+    let server = Server::start(&[
+        "--protos",
+        f.join("protos").to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--data",
+        f.join("data").to_str().unwrap(),
+    ]);
+    let client = Client::connect(server.addr, common::pool(&f.join("protos"))).await;
+    (server, client, handlers)
+}
+
 /// `ctx:send` takes common messages through a Lua C function that reads them off the stack
 /// and leaves the rest to the encoder that reads through handles: messages of every kind it
 /// takes (plain tables, frozen data, a frozen table sent twice, frozen tables inside a plain
@@ -552,14 +577,8 @@ async fn number_streams_read_like_streams_with_strings() {
 /// the field, after the good ones before it.
 #[tokio::test]
 async fn sent_messages_arrive_whole_and_bad_ones_name_the_field() {
-    let handlers = tempfile::tempdir().unwrap();
-    std::fs::write(
-        handlers.path().join("sends.json"),
-        r#"{ "service": "lab.Lab", "methods": { "Count": { "script": "sends.lua" } } }"#,
-    )
-    .unwrap();
-    std::fs::write(
-        handlers.path().join("sends.lua"),
+    let (_s, client, _dir) = one_script(
+        "Count",
         r#"
 local shared = { id = "shared", tags = { "x", "y" } }
 function Count(q, ctx)
@@ -572,17 +591,7 @@ function Count(q, ctx)
 end
 "#,
     )
-    .unwrap();
-    let f = fixtures();
-    let server = Server::start(&[
-        "--protos",
-        f.join("protos").to_str().unwrap(),
-        "--handlers",
-        handlers.path().to_str().unwrap(),
-        "--data",
-        f.join("data").to_str().unwrap(),
-    ]);
-    let client = Client::connect(server.addr, common::pool(&f.join("protos"))).await;
+    .await;
     let expected = [
         json!({"id": "plain", "count": "4", "attrs": {"n": 2}}),
         json!({"id": "shared", "tags": ["x", "y"]}),
@@ -611,7 +620,7 @@ end
     assert_eq!(got, expected.to_vec());
     let message = status.message();
     assert!(
-        message.contains("sends.lua")
+        message.contains("one.lua")
             && message.contains("sent a bad kitchen.Item")
             && message.contains("count"),
         "{status:?}"
@@ -624,14 +633,8 @@ end
 /// call, which cannot take less than its millisecond.
 #[tokio::test]
 async fn sleeping_zero_ms_is_a_turn_not_a_timer_tick() {
-    let handlers = tempfile::tempdir().unwrap();
-    std::fs::write(
-        handlers.path().join("naps.json"),
-        r#"{ "service": "lab.Lab", "methods": { "Describe": { "script": "naps.lua" } } }"#,
-    )
-    .unwrap();
-    std::fs::write(
-        handlers.path().join("naps.lua"),
+    let (_s, client, _dir) = one_script(
+        "Describe",
         r#"
 function Describe(q, ctx)
   local t0 = ctx:elapsed()
@@ -643,15 +646,7 @@ function Describe(q, ctx)
 end
 "#,
     )
-    .unwrap();
-    let f = fixtures();
-    let server = Server::start(&[
-        "--protos",
-        f.join("protos").to_str().unwrap(),
-        "--handlers",
-        handlers.path().to_str().unwrap(),
-    ]);
-    let client = Client::connect(server.addr, common::pool(&f.join("protos"))).await;
+    .await;
     let reply = client
         .unary("lab.Lab/Describe", json!({"limit": 200}))
         .await
