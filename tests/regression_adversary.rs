@@ -1108,14 +1108,7 @@ end
 "#,
     )
     .unwrap();
-    let protos = dir().join("protos");
-    let s = Server::start(&[
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        handlers.path().to_str().unwrap(),
-    ]);
-    let c = Client::connect(s.addr, common::pool(&protos)).await;
+    let (s, c) = common::serve_folders(&dir().join("protos"), handlers.path(), &[]).await;
     let r = c.unary("adv.Adv/Run", json!({})).await;
     assert_eq!(r.unwrap_err().code(), tonic::Code::Internal);
     // The log lines of both reach the reader before long.

@@ -417,14 +417,7 @@ async fn copying_an_unset_request_value_into_a_list_or_map_adds_no_item() {
 }}}}"#,
     )
     .unwrap();
-    let protos = fixtures().join("protos");
-    let s = Server::start(&[
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        handlers.path().to_str().unwrap(),
-    ]);
-    let c = Client::connect(s.addr, common::pool(&protos)).await;
+    let (_s, c) = common::serve_folders(&fixtures().join("protos"), handlers.path(), &[]).await;
     let unset = call(&c, "kitchen.Kitchen/Echo", json!({"id": "none"})).await;
     assert_eq!(
         to_json(&unset),

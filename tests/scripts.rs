@@ -558,15 +558,13 @@ async fn one_script(method: &str, script: &str) -> (Server, Client, tempfile::Te
     .unwrap();
     std::fs::write(handlers.path().join("one.lua"), script).unwrap();
     let f = fixtures();
-    let server = Server::start(&[
-        "--protos",
-        f.join("protos").to_str().unwrap(),
-        "--handlers",
-        handlers.path().to_str().unwrap(),
-        "--data",
-        f.join("data").to_str().unwrap(),
-    ]);
-    let client = Client::connect(server.addr, common::pool(&f.join("protos"))).await;
+    let data = f.join("data");
+    let (server, client) = common::serve_folders(
+        &f.join("protos"),
+        handlers.path(),
+        &["--data", data.to_str().unwrap()],
+    )
+    .await;
     (server, client, handlers)
 }
 

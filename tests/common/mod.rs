@@ -377,6 +377,21 @@ pub struct Client {
 
 pub type Call<T> = Result<(T, MetadataMap), Status>;
 
+/// A server of the protos in `protos` and the handlers in `handlers` (and `extra` arguments),
+/// and a client of it.
+pub async fn serve_folders(protos: &Path, handlers: &Path, extra: &[&str]) -> (Server, Client) {
+    let mut args = vec![
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
+    let client = Client::connect(server.addr, pool(protos)).await;
+    (server, client)
+}
+
 impl Client {
     pub async fn connect(addr: SocketAddr, pool: DescriptorPool) -> Client {
         Client {
