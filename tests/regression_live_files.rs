@@ -20,7 +20,9 @@
 //!   watched folder was named through a symbolic link or with `..`; and a new folder on the way
 //!   to the cache folder was taken for the cache's own, so the protos in it were not read;
 //! - a change in a hidden folder (`git commit` writing `.git/`), which loading does not read,
-//!   set off a reload.
+//!   set off a reload;
+//! - a .proto seen half-written (an editor saving in place, slower than the reload) was
+//!   reported without a line and column, its message printed twice.
 
 mod common;
 
@@ -683,4 +685,59 @@ fn two_reloads(server: &Server, what: &str) {
         .collect();
     assert_eq!(served.len(), 2, "{what}: {served:#?}");
     assert!(served[1].contains("generation 3 serving"), "{served:#?}");
+}
+
+/// An editor that saves in place truncates the file and writes it: a reload can read the
+/// first half. The failure names the place the file stops, in the log and the admin status,
+/// and the rest of the write is served.
+#[tokio::test]
+async fn a_proto_read_half_written_is_named_at_its_line_and_column() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    let grown = LIVE_PROTO.replace(
+        "  rpc Talk",
+        "  rpc Echo (Line) returns (Line);\n  rpc Talk",
+    );
+    let cut = grown.find("(Line);\n  rpc Talk").unwrap();
+    let (first, rest) = grown.split_at(cut);
+    let path = project.path("protos/live.proto");
+    let mut file = std::fs::File::create(&path).unwrap();
+    std::io::Write::write_all(&mut file, first.as_bytes()).unwrap();
+    file.sync_all().unwrap();
+    wait_for_log(&server, "reload (files changed) failed");
+    // `  rpc Echo (Line) returns ` is line 5, its last word ending at column 25.
+    let want = "live.proto:5:26: expected '(', but reached end of file";
+    let log = server.log();
+    let line = log.iter().find(|l| l.contains("reached end of file"));
+    assert!(
+        line.is_some_and(|l| l.contains(want)),
+        "want {want:?}: {log:#?}"
+    );
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("reached end of file"))
+            .count(),
+        1,
+        "the message once: {log:#?}"
+    );
+    let status = server.admin_get("/v1/status").await;
+    let problem = &status["last_reload"]["problems"][0];
+    assert_eq!(
+        (&problem["line"], &problem["col"]),
+        (&json!(5), &json!(26)),
+        "{status:#}"
+    );
+    std::io::Write::write_all(&mut file, rest.as_bytes()).unwrap();
+    drop(file);
+    project.write(
+        "handlers/live.json",
+        &live_handler("v2").replace("\"Talk\"", "\"Echo\": { \"echo\": {} },\n    \"Talk\""),
+    );
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+    let echoed = Client::connect(server.addr, pool(&project.path("protos")))
+        .await
+        .unary("live.Live/Echo", json!({"text": "e"}))
+        .await;
+    assert_eq!(echoed.unwrap(), json!({"text": "e"}));
 }
