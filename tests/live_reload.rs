@@ -1,7 +1,8 @@
 //! The live server: reload on file change and SIGHUP, a broken reload keeps serving, services
 //! come and go in health and reflection, calls in flight keep their generation, and no call
-//! fails while the server reloads under load. Each test serves a copy of a project in a
-//! temporary folder and edits it.
+//! fails while the server reloads under load, and the script threads of a replaced generation
+//! (its watchdog included) stop. Each test serves a copy of a project in a temporary folder
+//! and edits it.
 
 mod common;
 
@@ -446,4 +447,54 @@ async fn reloading_under_load_fails_no_call() {
 
 fn note(i: usize) -> serde_json::Value {
     json!({"location": {"latitude": 1, "longitude": 2}, "message": format!("note {i}")})
+}
+
+/// Threads named `lua-watchdog` in the server process: one per generation that has scripts.
+fn watchdogs(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "lua-watchdog")
+        .count()
+}
+
+/// A replaced generation's script watchdog stops with its states, not at the end of its
+/// period (a quarter of `--script-watchdog-ms`): with a long period, a loop of reloads kept
+/// one thread per generation it replaced.
+#[tokio::test]
+async fn replaced_generations_stop_their_script_watchdog_at_once() {
+    let project = Project::new();
+    let server = project.start(&[
+        "--no-watch",
+        "--script-states",
+        "1",
+        "--script-watchdog-ms",
+        "120000",
+    ]);
+    assert_eq!(watchdogs(server.pid()), 1);
+    for _ in 0..30 {
+        let (status, body) = server.admin_post("/v1/reload", &json!({})).await;
+        assert_eq!(status, 200, "{body:#}");
+    }
+    // Their period is 30 s: waiting a third of it tells stopping at once from sleeping it out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watchdogs(server.pid()) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} script watchdogs after 30 reloads",
+            watchdogs(server.pid())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let client = project.client(&server).await;
+    let feature = client
+        .unary(
+            "routeguide.RouteGuide/GetFeature",
+            json!({"latitude": 409146138, "longitude": -746188906}),
+        )
+        .await
+        .unwrap();
+    assert!(feature["name"].as_str().is_some_and(|n| !n.is_empty()));
 }
