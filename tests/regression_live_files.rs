@@ -10,7 +10,10 @@
 //!   empty on reload, which served nothing;
 //! - two symbolic links back up the proto tree made loading exponential (a hang growing
 //!   memory), and a FIFO in the handler folder blocked loading forever;
-//! - a runtime handler whose method left the protos came with advice about naming methods;
+//! - a runtime handler whose method left the protos came with advice about naming methods,
+//!   and following the advice it then gave (remove the handler) built the handler files on
+//!   disk with the protos of before: refused when the method was renamed, and serving the
+//!   removed method when it was removed;
 //! - an editor's hidden lock link (Emacs's `.#x.proto`) failed every load while it existed;
 //! - a byte-order mark made every kind of file unreadable;
 //! - text that is not UTF-8, an import cycle, and one name declared by two files that do not
@@ -740,4 +743,51 @@ async fn a_proto_read_half_written_is_named_at_its_line_and_column() {
         .unary("live.Live/Echo", json!({"text": "e"}))
         .await;
     assert_eq!(echoed.unwrap(), json!({"text": "e"}));
+}
+
+/// The protos rename a method that has a runtime handler, so the reload fails; removing the
+/// runtime handler, as the problem advises, serves the files on disk, protos included.
+#[tokio::test]
+async fn removing_the_runtime_handler_of_a_renamed_method_serves_the_new_protos() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let put = |method: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .admin_call(
+                    "PUT",
+                    &format!("/v1/handlers/live.Live/{method}"),
+                    None,
+                    Some(r#"{"reply": {"text": "runtime"}}"#),
+                )
+                .await
+        }
+    };
+    let (status, body) = put("Chat").await;
+    assert_eq!(status, 200, "{body:#}");
+    let before = project.client(&server).await;
+    project.write(
+        "protos/live.proto",
+        &LIVE_PROTO.replace("rpc Chat", "rpc Say"),
+    );
+    project.write(
+        "handlers/live.json",
+        &live_handler("v2").replace("\"Chat\"", "\"Say\""),
+    );
+    wait_for_log(&server, "reload (files changed) failed");
+    let (status, body) = server
+        .admin_call("DELETE", "/v1/handlers/live.Live/Chat", None, None)
+        .await;
+    assert_eq!(status, 200, "the advice works: {body:#}");
+    let client = project.client(&server).await;
+    let said = client.unary("live.Live/Say", json!({"text": "x"})).await;
+    assert_eq!(said.unwrap(), json!({"text": "v2: x"}));
+    let gone = before.unary("live.Live/Chat", json!({"text": "x"})).await;
+    assert_eq!(gone.unwrap_err().code(), tonic::Code::Unimplemented);
+    // And a runtime handler for the new name is taken.
+    let (status, body) = put("Say").await;
+    assert_eq!(status, 200, "{body:#}");
+    let said = client.unary("live.Live/Say", json!({"text": "x"})).await;
+    assert_eq!(said.unwrap(), json!({"text": "runtime"}));
 }
