@@ -497,7 +497,15 @@ fn log_filter(spec: &str) -> Result<EnvFilter, String> {
             ));
         }
     }
-    EnvFilter::try_new(spec).map_err(|e| format!("--log-level {spec:?}: {e}"))
+    let filter = EnvFilter::try_new(spec).map_err(|e| format!("--log-level {spec:?}: {e}"))?;
+    // The file watcher's own log says, as a warning in its debug format, that it could not
+    // unwatch a folder that is gone: every removed or replaced folder, which the server
+    // handles, would read as trouble. Its real failures reach the server as errors, which it
+    // logs itself. A filter that names it still gets everything it logs.
+    if spec.contains("notify") {
+        return Ok(filter);
+    }
+    Ok(filter.add_directive("notify=error".parse().map_err(|e| format!("{e}"))?))
 }
 
 /// The arguments. Options before a subcommand would be the default `serve`'s, silently left

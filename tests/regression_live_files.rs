@@ -24,6 +24,8 @@
 //!   to the cache folder was taken for the cache's own, so the protos in it were not read;
 //! - a change in a hidden folder (`git commit` writing `.git/`), which loading does not read,
 //!   set off a reload;
+//! - a watched folder removed while serving (a handlers folder replaced, a proto subfolder
+//!   deleted) logged a warning from the file watcher in its debug format;
 //! - a .proto seen half-written (an editor saving in place, slower than the reload) was
 //!   reported without a line and column, its message printed twice.
 
@@ -790,4 +792,30 @@ async fn removing_the_runtime_handler_of_a_renamed_method_serves_the_new_protos(
     assert_eq!(status, 200, "{body:#}");
     let said = client.unary("live.Live/Say", json!({"text": "x"})).await;
     assert_eq!(said.unwrap(), json!({"text": "runtime"}));
+}
+
+/// Removing watched folders is handled: the log says what was reloaded and nothing more.
+#[tokio::test]
+async fn folders_removed_while_serving_log_no_watcher_warnings() {
+    let project = Project::new();
+    std::fs::create_dir_all(project.path("protos/sub")).unwrap();
+    std::fs::write(
+        project.path("protos/sub/extra.proto"),
+        "syntax = \"proto3\";\npackage extra;\nmessage E {}\n",
+    )
+    .unwrap();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    std::fs::remove_dir_all(project.path("protos/sub")).unwrap();
+    std::fs::remove_dir_all(project.path("handlers")).unwrap();
+    wait_for_log(&server, "reload (files changed) failed");
+    std::fs::create_dir(project.path("handlers")).unwrap();
+    std::fs::write(project.path("handlers/live.json"), live_handler("v2")).unwrap();
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+    let log = server.log();
+    let noise: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains(" WARN ") || l.contains("watch descriptor"))
+        .collect();
+    assert!(noise.is_empty(), "{log:#?}");
 }
