@@ -13,7 +13,7 @@
 //! - a runtime handler whose method left the protos came with advice about naming methods,
 //!   and following the advice it then gave (remove the handler) built the handler files on
 //!   disk with the protos of before: refused when the method was renamed, and serving the
-//!   removed method when it was removed;
+//!   removed method when it was removed (and the status kept the failure once it built);
 //! - an editor's hidden lock link (Emacs's `.#x.proto`) failed every load while it existed;
 //! - a byte-order mark made every kind of file unreadable;
 //! - text that is not UTF-8, an import cycle, and one name declared by two files that do not
@@ -793,6 +793,15 @@ async fn removing_the_runtime_handler_of_a_renamed_method_serves_the_new_protos(
         .admin_call("DELETE", "/v1/handlers/live.Live/Chat", None, None)
         .await;
     assert_eq!(status, 200, "the advice works: {body:#}");
+    let status = server.admin_get("/v1/status").await;
+    assert_eq!(
+        (
+            &status["last_reload"]["ok"],
+            &status["last_reload"]["trigger"]
+        ),
+        (&json!(true), &json!("runtime handlers")),
+        "the failure is over: {status:#}"
+    );
     let client = project.client(&server).await;
     let said = client.unary("live.Live/Say", json!({"text": "x"})).await;
     assert_eq!(said.unwrap(), json!({"text": "v2: x"}));

@@ -170,6 +170,15 @@ impl Live {
             .await
             .map_err(|problems| Refusal::Invalid { problems })?;
         *runtime = next;
+        // The files built: problems a reload reported before are gone from what is served.
+        // A refused change is answered with its problems and leaves the report alone.
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReloadReport {
+            ok: true,
+            at: SystemTime::now(),
+            trigger: Trigger::Handlers,
+            millis: generation.load_time.as_millis(),
+            problems: Vec::new(),
+        });
         Ok(generation)
     }
 
