@@ -839,3 +839,50 @@ async fn folders_removed_while_serving_log_no_watcher_warnings() {
         .collect();
     assert!(noise.is_empty(), "{log:#?}");
 }
+
+/// The protos remove a method that has a runtime handler; removing the handler serves the
+/// files on disk (the method is gone, not declared without a handler), and the status says
+/// the failure is over.
+#[tokio::test]
+async fn removing_the_runtime_handler_of_a_removed_method_ends_the_failure() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let (status, body) = server
+        .admin_call(
+            "PUT",
+            "/v1/handlers/live.Live/Chat",
+            None,
+            Some(r#"{"reply": {"text": "runtime"}}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{body:#}");
+    let client = project.client(&server).await;
+    project.write(
+        "protos/live.proto",
+        &LIVE_PROTO.replace("  rpc Chat (Line) returns (Line);\n", ""),
+    );
+    project.write(
+        "handlers/live.json",
+        &live_handler("v2").replace("\"Chat\"", "\"Gone\"").replace(
+            "    \"Gone\": { \"reply\": { \"text\": \"v2: {{text}}\" } },\n",
+            "",
+        ),
+    );
+    wait_for_log(&server, "reload (files changed) failed");
+    let (status, body) = server
+        .admin_call("DELETE", "/v1/handlers/live.Live/Chat", None, None)
+        .await;
+    assert_eq!(status, 200, "{body:#}");
+    let status = server.admin_get("/v1/status").await;
+    assert_eq!(status["last_reload"]["ok"], json!(true), "{status:#}");
+    let services = server.admin_get("/v1/services").await.to_string();
+    assert!(!services.contains("live.Live/Chat"), "{services}");
+    let gone = client
+        .unary("live.Live/Chat", json!({"text": "x"}))
+        .await
+        .unwrap_err();
+    assert!(
+        gone.message().contains("unknown method"),
+        "the protos on disk do not declare it: {gone:?}"
+    );
+}
