@@ -645,6 +645,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         let mut options = args.load.options(args.transport.options());
         options.journal = args.live.journal();
         options.admin = args.live.admin();
+        let hangups = match watch::listen_for_sighup() {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(STARTUP_PROBLEM);
+            }
+        };
         let live = match Live::start(options).await {
             Ok(l) => l,
             Err(errors) => return report(&errors),
@@ -660,10 +667,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 }
             }
         };
-        if let Err(e) = watch::reload_on_sighup(live.clone()) {
-            eprintln!("error: {e}");
-            return ExitCode::from(STARTUP_PROBLEM);
-        }
+        watch::reload_on_sighup(live.clone(), hangups);
         let loaded = live.current();
         let listener = match protoserve::bind(args.listen).await {
             Ok(l) => l,

@@ -498,3 +498,90 @@ async fn replaced_generations_stop_their_script_watchdog_at_once() {
         .unwrap();
     assert!(feature["name"].as_str().is_some_and(|n| !n.is_empty()));
 }
+
+/// CPU time the process `pid` has used.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces: the
+    // state, then from field 4 on; utime and stime are fields 14 and 15, in clock ticks (100
+    // a second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| -> u64 { fields.get(n - 3).and_then(|f| f.parse().ok()).unwrap_or(0) };
+    let ticks = field(14) + field(15);
+    Duration::from_millis(ticks * 10)
+}
+
+/// A SIGHUP that comes while the server loads (a big tree takes seconds) does not end it: it
+/// reloads once the server is up. Loading is made long by a script that counts at load time.
+#[tokio::test]
+async fn a_sighup_while_loading_reloads_once_serving() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::Mutex;
+    let project = Project::new();
+    let script = project.path("handlers/route_guide.lua");
+    let text = std::fs::read_to_string(&script).unwrap();
+    let slow = "local counted = 0\nfor _ = 1, 100000000 do counted = counted + 1 end\n";
+    std::fs::write(&script, format!("{slow}{text}")).unwrap();
+    let mut args = project.args();
+    args.extend(
+        ["--listen", "127.0.0.1:0", "--admin", "off", "--no-watch"]
+            .map(String::from)
+            .to_vec(),
+    );
+    args.extend(["--script-states", "1"].map(String::from).to_vec());
+    let mut child = Command::new(common::binary())
+        .arg("serve")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = log.clone();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let logged = |needle: &str| log.lock().unwrap().iter().any(|l| l.contains(needle));
+    // Well into loading: the count takes about a second of CPU, starting takes milliseconds.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while cpu_time(pid) < Duration::from_millis(200) {
+        assert!(Instant::now() < deadline, "loading never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !logged("listening on"),
+        "loaded before the signal could be sent"
+    );
+    let ok = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -HUP failed");
+    // The reload reads the script again: without the count, it is quick.
+    std::fs::write(&script, text).unwrap();
+    while !logged("generation 2 serving (SIGHUP)") {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the server ended ({status}) on a SIGHUP while loading: {:#?}",
+                log.lock().unwrap()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reload: {:#?}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(logged("listening on"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -374,24 +374,39 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
     path.is_dir().then_some((0, 0))
 }
 
+/// SIGHUPs, taken from the start: the signal's default action ends the process, so one that
+/// came while the first generation loads (seconds, for a big tree) killed the server. One
+/// that came before [`reload_on_sighup`] runs sets off a reload once serving, which also reads
+/// what changed while loading.
+pub struct Hangups(#[cfg(unix)] tokio::signal::unix::Signal);
+
+/// Takes SIGHUP over; call it before loading. Needs the runtime.
+#[cfg(unix)]
+pub fn listen_for_sighup() -> Result<Hangups, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup())
+        .map(Hangups)
+        .map_err(|e| format!("cannot listen for SIGHUP: {e}"))
+}
+
+#[cfg(not(unix))]
+pub fn listen_for_sighup() -> Result<Hangups, String> {
+    Ok(Hangups())
+}
+
 /// Reloads on every SIGHUP, for the life of the process.
 #[cfg(unix)]
-pub fn reload_on_sighup(live: Arc<Live>) -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup =
-        signal(SignalKind::hangup()).map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
+pub fn reload_on_sighup(live: Arc<Live>, hangups: Hangups) {
+    let Hangups(mut hup) = hangups;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let _ = live.reload(Trigger::Signal).await;
         }
     });
-    Ok(())
 }
 
 #[cfg(not(unix))]
-pub fn reload_on_sighup(_live: Arc<Live>) -> Result<(), String> {
-    Ok(())
-}
+pub fn reload_on_sighup(_live: Arc<Live>, _hangups: Hangups) {}
 
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
