@@ -652,19 +652,22 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(STARTUP_PROBLEM);
             }
         };
+        // Watching starts before loading, so a change made while loading is reloaded; a
+        // problem with watching is reported after those of the inputs.
+        let watching = (!args.no_watch).then(|| watch::watch_files(&options));
         let live = match Live::start(options).await {
             Ok(l) => l,
             Err(errors) => return report(&errors),
         };
-        let _watching = if args.no_watch {
-            None
-        } else {
-            match watch::watch_files(live.clone()) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    eprintln!("error: {e}\n  help: pass --no-watch to serve without watching");
-                    return ExitCode::from(STARTUP_PROBLEM);
-                }
+        let _watching = match watching {
+            None => None,
+            Some(Ok((watching, changes))) => {
+                changes.reload(live.clone());
+                Some(watching)
+            }
+            Some(Err(e)) => {
+                eprintln!("error: {e}\n  help: pass --no-watch to serve without watching");
+                return ExitCode::from(STARTUP_PROBLEM);
             }
         };
         watch::reload_on_sighup(live.clone(), hangups);

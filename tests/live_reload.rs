@@ -514,74 +514,141 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// A server started on `project` whose loading takes about a second of CPU (a script counts at
+/// load time, once: one Lua state), caught well into loading. Its log, and the script's text
+/// without the count (written back, a reload is quick).
+struct Loading {
+    child: std::process::Child,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+    script: std::path::PathBuf,
+    quick: String,
+}
+
+impl Loading {
+    fn start(project: &Project, extra: &[&str]) -> Loading {
+        use std::io::{BufRead, BufReader};
+        let script = project.path("handlers/route_guide.lua");
+        let quick = std::fs::read_to_string(&script).unwrap();
+        let slow = "local counted = 0\nfor _ = 1, 100000000 do counted = counted + 1 end\n";
+        std::fs::write(&script, format!("{slow}{quick}")).unwrap();
+        let mut args = project.args();
+        args.extend(
+            [
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "off",
+                "--script-states",
+                "1",
+            ]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string()),
+        );
+        let mut child = Command::new(common::binary())
+            .arg("serve")
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let loading = Loading {
+            child,
+            log,
+            script,
+            quick,
+        };
+        // Well into loading: the count takes about a second of CPU, starting milliseconds.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while cpu_time(loading.child.id()) < Duration::from_millis(200) {
+            assert!(Instant::now() < deadline, "loading never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !loading.logged("listening on"),
+            "loaded before anything could happen while loading"
+        );
+        loading
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Writes the script back without its count.
+    fn quicken(&self) {
+        std::fs::write(&self.script, &self.quick).unwrap();
+    }
+
+    /// Waits (bounded) for a log line with `needle`; the server must not end meanwhile.
+    fn wait_for(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.logged(needle) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "the server ended ({status}): {:#?}",
+                    self.log.lock().unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?}: {:#?}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address the server listens on.
+    fn addr(&mut self) -> std::net::SocketAddr {
+        self.wait_for("listening on ");
+        let log = self.log.lock().unwrap();
+        let line = log.iter().find(|l| l.contains("listening on ")).unwrap();
+        let rest = &line[line.find("listening on ").unwrap() + "listening on ".len()..];
+        rest[..rest.find(": ").unwrap()].parse().unwrap()
+    }
+}
+
+impl Drop for Loading {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A SIGHUP that comes while the server loads (a big tree takes seconds) does not end it: it
-/// reloads once the server is up. Loading is made long by a script that counts at load time.
+/// reloads once the server is up.
 #[tokio::test]
 async fn a_sighup_while_loading_reloads_once_serving() {
-    use std::io::{BufRead, BufReader};
-    use std::sync::Mutex;
     let project = Project::new();
-    let script = project.path("handlers/route_guide.lua");
-    let text = std::fs::read_to_string(&script).unwrap();
-    let slow = "local counted = 0\nfor _ = 1, 100000000 do counted = counted + 1 end\n";
-    std::fs::write(&script, format!("{slow}{text}")).unwrap();
-    let mut args = project.args();
-    args.extend(
-        ["--listen", "127.0.0.1:0", "--admin", "off", "--no-watch"]
-            .map(String::from)
-            .to_vec(),
-    );
-    args.extend(["--script-states", "1"].map(String::from).to_vec());
-    let mut child = Command::new(common::binary())
-        .arg("serve")
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let log = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = log.clone();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let logged = |needle: &str| log.lock().unwrap().iter().any(|l| l.contains(needle));
-    // Well into loading: the count takes about a second of CPU, starting takes milliseconds.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while cpu_time(pid) < Duration::from_millis(200) {
-        assert!(Instant::now() < deadline, "loading never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(
-        !logged("listening on"),
-        "loaded before the signal could be sent"
-    );
+    let mut loading = Loading::start(&project, &["--no-watch"]);
     let ok = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
+        .args(["-HUP", &loading.child.id().to_string()])
         .status()
         .unwrap()
         .success();
     assert!(ok, "kill -HUP failed");
-    // The reload reads the script again: without the count, it is quick.
-    std::fs::write(&script, text).unwrap();
-    while !logged("generation 2 serving (SIGHUP)") {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "the server ended ({status}) on a SIGHUP while loading: {:#?}",
-                log.lock().unwrap()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no reload: {:#?}",
-            log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(logged("listening on"));
-    let _ = child.kill();
-    let _ = child.wait();
+    loading.quicken();
+    loading.wait_for("generation 2 serving (SIGHUP)");
+    assert!(loading.logged("listening on"));
+}
+
+/// A handler file edited while the server loads, after loading read it, is reloaded once the
+/// server is up: the file watch started only after loading, and missed it.
+#[tokio::test]
+async fn a_file_changed_while_loading_is_reloaded_once_serving() {
+    let project = Project::new();
+    let mut loading = Loading::start(&project, &[]);
+    project.write("handlers/live.json", &live_handler("v2"));
+    loading.quicken();
+    let client = Client::connect(loading.addr(), pool(&project.path("protos"))).await;
+    wait_for_reply(&client, "v2: x").await;
 }
