@@ -647,8 +647,8 @@ async fn a_sighup_while_loading_reloads_once_serving() {
 async fn a_file_changed_while_loading_is_reloaded_once_serving() {
     let project = Project::new();
     let mut loading = Loading::start(&project, &[]);
-    project.write("handlers/live.json", &live_handler("v2"));
     loading.quicken();
+    project.write("handlers/live.json", &live_handler("v2"));
     let client = Client::connect(loading.addr(), pool(&project.path("protos"))).await;
     wait_for_reply(&client, "v2: x").await;
 }
