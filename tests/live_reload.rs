@@ -1,7 +1,8 @@
 //! The live server: reload on file change and SIGHUP, a broken reload keeps serving, services
 //! come and go in health and reflection, calls in flight keep their generation, and no call
-//! fails while the server reloads under load. Each test serves a copy of a project in a
-//! temporary folder and edits it.
+//! fails while the server reloads under load, and the script threads of a replaced generation
+//! (its watchdog included) stop. Each test serves a copy of a project in a temporary folder
+//! and edits it.
 
 mod common;
 
@@ -446,4 +447,208 @@ async fn reloading_under_load_fails_no_call() {
 
 fn note(i: usize) -> serde_json::Value {
     json!({"location": {"latitude": 1, "longitude": 2}, "message": format!("note {i}")})
+}
+
+/// Threads named `lua-watchdog` in the server process: one per generation that has scripts.
+fn watchdogs(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "lua-watchdog")
+        .count()
+}
+
+/// A replaced generation's script watchdog stops with its states, not at the end of its
+/// period (a quarter of `--script-watchdog-ms`): with a long period, a loop of reloads kept
+/// one thread per generation it replaced.
+#[tokio::test]
+async fn replaced_generations_stop_their_script_watchdog_at_once() {
+    let project = Project::new();
+    let server = project.start(&[
+        "--no-watch",
+        "--script-states",
+        "1",
+        "--script-watchdog-ms",
+        "120000",
+    ]);
+    assert_eq!(watchdogs(server.pid()), 1);
+    for _ in 0..30 {
+        let (status, body) = server.admin_post("/v1/reload", &json!({})).await;
+        assert_eq!(status, 200, "{body:#}");
+    }
+    // Their period is 30 s: waiting a third of it tells stopping at once from sleeping it out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watchdogs(server.pid()) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} script watchdogs after 30 reloads",
+            watchdogs(server.pid())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let client = project.client(&server).await;
+    let feature = client
+        .unary(
+            "routeguide.RouteGuide/GetFeature",
+            json!({"latitude": 409146138, "longitude": -746188906}),
+        )
+        .await
+        .unwrap();
+    assert!(feature["name"].as_str().is_some_and(|n| !n.is_empty()));
+}
+
+/// CPU time the process `pid` has used.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces: the
+    // state, then from field 4 on; utime and stime are fields 14 and 15, in clock ticks (100
+    // a second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| -> u64 { fields.get(n - 3).and_then(|f| f.parse().ok()).unwrap_or(0) };
+    let ticks = field(14) + field(15);
+    Duration::from_millis(ticks * 10)
+}
+
+/// A server started on `project` whose loading takes about a second of CPU (a script counts at
+/// load time, once: one Lua state), caught well into loading. Its log, and the script's text
+/// without the count (written back, a reload is quick).
+struct Loading {
+    child: std::process::Child,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+    script: std::path::PathBuf,
+    quick: String,
+}
+
+impl Loading {
+    fn start(project: &Project, extra: &[&str]) -> Loading {
+        use std::io::{BufRead, BufReader};
+        let script = project.path("handlers/route_guide.lua");
+        let quick = std::fs::read_to_string(&script).unwrap();
+        let slow = "local counted = 0\nfor _ = 1, 100000000 do counted = counted + 1 end\n";
+        std::fs::write(&script, format!("{slow}{quick}")).unwrap();
+        let mut args = project.args();
+        args.extend(
+            [
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "off",
+                "--script-states",
+                "1",
+            ]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string()),
+        );
+        let mut child = Command::new(common::binary())
+            .arg("serve")
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let loading = Loading {
+            child,
+            log,
+            script,
+            quick,
+        };
+        // Well into loading: the count takes about a second of CPU, starting milliseconds.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while cpu_time(loading.child.id()) < Duration::from_millis(200) {
+            assert!(Instant::now() < deadline, "loading never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !loading.logged("listening on"),
+            "loaded before anything could happen while loading"
+        );
+        loading
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Writes the script back without its count.
+    fn quicken(&self) {
+        std::fs::write(&self.script, &self.quick).unwrap();
+    }
+
+    /// Waits (bounded) for a log line with `needle`; the server must not end meanwhile.
+    fn wait_for(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.logged(needle) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "the server ended ({status}): {:#?}",
+                    self.log.lock().unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?}: {:#?}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address the server listens on.
+    fn addr(&mut self) -> std::net::SocketAddr {
+        self.wait_for("listening on ");
+        let log = self.log.lock().unwrap();
+        let line = log.iter().find(|l| l.contains("listening on ")).unwrap();
+        let rest = &line[line.find("listening on ").unwrap() + "listening on ".len()..];
+        rest[..rest.find(": ").unwrap()].parse().unwrap()
+    }
+}
+
+impl Drop for Loading {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A SIGHUP that comes while the server loads (a big tree takes seconds) does not end it: it
+/// reloads once the server is up.
+#[tokio::test]
+async fn a_sighup_while_loading_reloads_once_serving() {
+    let project = Project::new();
+    let mut loading = Loading::start(&project, &["--no-watch"]);
+    let ok = Command::new("kill")
+        .args(["-HUP", &loading.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -HUP failed");
+    loading.quicken();
+    loading.wait_for("generation 2 serving (SIGHUP)");
+    assert!(loading.logged("listening on"));
+}
+
+/// A handler file edited while the server loads, after loading read it, is reloaded once the
+/// server is up: the file watch started only after loading, and missed it.
+#[tokio::test]
+async fn a_file_changed_while_loading_is_reloaded_once_serving() {
+    let project = Project::new();
+    let mut loading = Loading::start(&project, &[]);
+    loading.quicken();
+    project.write("handlers/live.json", &live_handler("v2"));
+    let client = Client::connect(loading.addr(), pool(&project.path("protos"))).await;
+    wait_for_reply(&client, "v2: x").await;
 }

@@ -10,7 +10,10 @@
 //!   empty on reload, which served nothing;
 //! - two symbolic links back up the proto tree made loading exponential (a hang growing
 //!   memory), and a FIFO in the handler folder blocked loading forever;
-//! - a runtime handler whose method left the protos came with advice about naming methods;
+//! - a runtime handler whose method left the protos came with advice about naming methods,
+//!   and following the advice it then gave (remove the handler) built the handler files on
+//!   disk with the protos of before: refused when the method was renamed, and serving the
+//!   removed method when it was removed (and the status kept the failure once it built);
 //! - an editor's hidden lock link (Emacs's `.#x.proto`) failed every load while it existed;
 //! - a byte-order mark made every kind of file unreadable;
 //! - text that is not UTF-8, an import cycle, and one name declared by two files that do not
@@ -20,7 +23,11 @@
 //!   watched folder was named through a symbolic link or with `..`; and a new folder on the way
 //!   to the cache folder was taken for the cache's own, so the protos in it were not read;
 //! - a change in a hidden folder (`git commit` writing `.git/`), which loading does not read,
-//!   set off a reload.
+//!   set off a reload;
+//! - a watched folder removed while serving (a handlers folder replaced, a proto subfolder
+//!   deleted) logged a warning from the file watcher in its debug format;
+//! - a .proto seen half-written (an editor saving in place, slower than the reload) was
+//!   reported without a line and column, its message printed twice.
 
 mod common;
 
@@ -683,4 +690,199 @@ fn two_reloads(server: &Server, what: &str) {
         .collect();
     assert_eq!(served.len(), 2, "{what}: {served:#?}");
     assert!(served[1].contains("generation 3 serving"), "{served:#?}");
+}
+
+/// An editor that saves in place truncates the file and writes it: a reload can read the
+/// first half. The failure names the place the file stops, in the log and the admin status,
+/// and the rest of the write is served.
+#[tokio::test]
+async fn a_proto_read_half_written_is_named_at_its_line_and_column() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    let grown = LIVE_PROTO.replace(
+        "  rpc Talk",
+        "  rpc Echo (Line) returns (Line);\n  rpc Talk",
+    );
+    let cut = grown.find("(Line);\n  rpc Talk").unwrap();
+    let (first, rest) = grown.split_at(cut);
+    let path = project.path("protos/live.proto");
+    let mut file = std::fs::File::create(&path).unwrap();
+    std::io::Write::write_all(&mut file, first.as_bytes()).unwrap();
+    file.sync_all().unwrap();
+    // A reload may also read the file emptied, before the first half is written.
+    wait_for_log(&server, "reached end of file");
+    // `  rpc Echo (Line) returns ` is line 5, its last word ending at column 25.
+    let want = "live.proto:5:26: expected '(', but reached end of file";
+    let log = server.log();
+    let line = log.iter().find(|l| l.contains("reached end of file"));
+    assert!(
+        line.is_some_and(|l| l.contains(want)),
+        "want {want:?}: {log:#?}"
+    );
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("reached end of file"))
+            .count(),
+        1,
+        "the message once: {log:#?}"
+    );
+    // The status takes the report just after the log has it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = server.admin_get("/v1/status").await;
+        let message = status["last_reload"]["problems"][0]["message"].to_string();
+        if message.contains("reached end of file") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{status:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let problem = &status["last_reload"]["problems"][0];
+    assert_eq!(
+        (&problem["line"], &problem["col"]),
+        (&json!(5), &json!(26)),
+        "{status:#}"
+    );
+    std::io::Write::write_all(&mut file, rest.as_bytes()).unwrap();
+    drop(file);
+    project.write(
+        "handlers/live.json",
+        &live_handler("v2").replace("\"Talk\"", "\"Echo\": { \"echo\": {} },\n    \"Talk\""),
+    );
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+    let echoed = Client::connect(server.addr, pool(&project.path("protos")))
+        .await
+        .unary("live.Live/Echo", json!({"text": "e"}))
+        .await;
+    assert_eq!(echoed.unwrap(), json!({"text": "e"}));
+}
+
+/// The protos rename a method that has a runtime handler, so the reload fails; removing the
+/// runtime handler, as the problem advises, serves the files on disk, protos included.
+#[tokio::test]
+async fn removing_the_runtime_handler_of_a_renamed_method_serves_the_new_protos() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let put = |method: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .admin_call(
+                    "PUT",
+                    &format!("/v1/handlers/live.Live/{method}"),
+                    None,
+                    Some(r#"{"reply": {"text": "runtime"}}"#),
+                )
+                .await
+        }
+    };
+    let (status, body) = put("Chat").await;
+    assert_eq!(status, 200, "{body:#}");
+    let before = project.client(&server).await;
+    project.write(
+        "protos/live.proto",
+        &LIVE_PROTO.replace("rpc Chat", "rpc Say"),
+    );
+    project.write(
+        "handlers/live.json",
+        &live_handler("v2").replace("\"Chat\"", "\"Say\""),
+    );
+    wait_for_log(&server, "reload (files changed) failed");
+    let (status, body) = server
+        .admin_call("DELETE", "/v1/handlers/live.Live/Chat", None, None)
+        .await;
+    assert_eq!(status, 200, "the advice works: {body:#}");
+    let status = server.admin_get("/v1/status").await;
+    assert_eq!(
+        (
+            &status["last_reload"]["ok"],
+            &status["last_reload"]["trigger"]
+        ),
+        (&json!(true), &json!("runtime handlers")),
+        "the failure is over: {status:#}"
+    );
+    let client = project.client(&server).await;
+    let said = client.unary("live.Live/Say", json!({"text": "x"})).await;
+    assert_eq!(said.unwrap(), json!({"text": "v2: x"}));
+    let gone = before.unary("live.Live/Chat", json!({"text": "x"})).await;
+    assert_eq!(gone.unwrap_err().code(), tonic::Code::Unimplemented);
+    // And a runtime handler for the new name is taken.
+    let (status, body) = put("Say").await;
+    assert_eq!(status, 200, "{body:#}");
+    let said = client.unary("live.Live/Say", json!({"text": "x"})).await;
+    assert_eq!(said.unwrap(), json!({"text": "runtime"}));
+}
+
+/// Removing watched folders is handled: the log says what was reloaded and nothing more.
+#[tokio::test]
+async fn folders_removed_while_serving_log_no_watcher_warnings() {
+    let project = Project::new();
+    std::fs::create_dir_all(project.path("protos/sub")).unwrap();
+    std::fs::write(
+        project.path("protos/sub/extra.proto"),
+        "syntax = \"proto3\";\npackage extra;\nmessage E {}\n",
+    )
+    .unwrap();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    std::fs::remove_dir_all(project.path("protos/sub")).unwrap();
+    std::fs::remove_dir_all(project.path("handlers")).unwrap();
+    wait_for_log(&server, "reload (files changed) failed");
+    std::fs::create_dir(project.path("handlers")).unwrap();
+    std::fs::write(project.path("handlers/live.json"), live_handler("v2")).unwrap();
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
+    let log = server.log();
+    let noise: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains(" WARN ") || l.contains("watch descriptor"))
+        .collect();
+    assert!(noise.is_empty(), "{log:#?}");
+}
+
+/// The protos remove a method that has a runtime handler; removing the handler serves the
+/// files on disk (the method is gone, not declared without a handler), and the status says
+/// the failure is over.
+#[tokio::test]
+async fn removing_the_runtime_handler_of_a_removed_method_ends_the_failure() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let (status, body) = server
+        .admin_call(
+            "PUT",
+            "/v1/handlers/live.Live/Chat",
+            None,
+            Some(r#"{"reply": {"text": "runtime"}}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{body:#}");
+    let client = project.client(&server).await;
+    project.write(
+        "protos/live.proto",
+        &LIVE_PROTO.replace("  rpc Chat (Line) returns (Line);\n", ""),
+    );
+    project.write(
+        "handlers/live.json",
+        &live_handler("v2").replace("\"Chat\"", "\"Gone\"").replace(
+            "    \"Gone\": { \"reply\": { \"text\": \"v2: {{text}}\" } },\n",
+            "",
+        ),
+    );
+    wait_for_log(&server, "reload (files changed) failed");
+    let (status, body) = server
+        .admin_call("DELETE", "/v1/handlers/live.Live/Chat", None, None)
+        .await;
+    assert_eq!(status, 200, "{body:#}");
+    let status = server.admin_get("/v1/status").await;
+    assert_eq!(status["last_reload"]["ok"], json!(true), "{status:#}");
+    let services = server.admin_get("/v1/services").await.to_string();
+    assert!(!services.contains("live.Live/Chat"), "{services}");
+    let gone = client
+        .unary("live.Live/Chat", json!({"text": "x"}))
+        .await
+        .unwrap_err();
+    assert!(
+        gone.message().contains("unknown method"),
+        "the protos on disk do not declare it: {gone:?}"
+    );
 }

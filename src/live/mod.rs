@@ -54,14 +54,16 @@ impl Trigger {
 
     /// Whether the protos must be compiled again (otherwise the current schema is reused).
     /// `unserved` says that the protos changed since the schema being served was compiled: a
-    /// reload that compiled them failed (a broken handler next to a good .proto fails it too),
-    /// so a later edit of only a handler must compile them again, or it would pair the fixed
-    /// handlers with the protos of before.
+    /// reload that compiled them failed (a broken handler next to a good .proto fails it too,
+    /// and so does a runtime handler of a method the new protos rename or remove), so a later
+    /// edit of only a handler, or a change of the runtime handlers, must compile them again:
+    /// every build reads the handler files on disk, and would pair them with the protos of
+    /// before.
     fn recompiles(self, unserved: bool) -> bool {
         match self {
             Trigger::Files { protos } => protos || unserved,
             Trigger::Signal | Trigger::Admin => true,
-            Trigger::Handlers => false,
+            Trigger::Handlers => unserved,
         }
     }
 }
@@ -168,6 +170,15 @@ impl Live {
             .await
             .map_err(|problems| Refusal::Invalid { problems })?;
         *runtime = next;
+        // The files built: problems a reload reported before are gone from what is served.
+        // A refused change is answered with its problems and leaves the report alone.
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReloadReport {
+            ok: true,
+            at: SystemTime::now(),
+            trigger: Trigger::Handlers,
+            millis: generation.load_time.as_millis(),
+            problems: Vec::new(),
+        });
         Ok(generation)
     }
 

@@ -10,7 +10,8 @@
 //! is what is in hidden folders (loading skips them), and the descriptor cache's entries when
 //! `--cache-dir` is inside a watched folder (however either is named: through links, with
 //! `..`): a reload that writes one would otherwise set off another. A change only under the
-//! handler and data folders reuses the compiled protos.
+//! handler and data folders reuses the compiled protos. Both the watch and SIGHUP are taken
+//! before the first generation loads, so that what happens while it loads is not lost.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
@@ -21,6 +22,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::{Live, Trigger};
+use crate::Options;
 
 /// How long the folders must be quiet before a reload starts.
 const QUIET: Duration = Duration::from_millis(150);
@@ -40,8 +42,11 @@ pub struct Watching {
 /// and created again, as `git checkout`, `rsync` or a generator do) is watched again: the
 /// parent of each folder is watched too, and before each reload every folder whose identity
 /// changed is watched afresh.
-pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
-    let options = live.options();
+///
+/// Watching starts before the first generation loads, so that a change made while it loads
+/// (seconds, for a big tree) is not missed: the changes wait in [`Changes`] until
+/// [`Changes::reload`] is given the live server, and then reload it.
+pub fn watch_files(options: &Options) -> Result<(Watching, Changes), String> {
     // A descriptor set is a file: its folder is watched (not recursively, through the
     // parents below) and only events on the file itself count.
     let proto_roots: Vec<PathBuf> = options
@@ -60,7 +65,7 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
         dir: absolute(dir),
         roots: all_roots.clone(),
     });
-    let (tx, mut rx) = mpsc::unbounded_channel::<Seen>();
+    let (tx, rx) = mpsc::unbounded_channel::<Seen>();
     let (roots, protos_roots, looking) = (all_roots.clone(), proto_roots.clone(), cache.clone());
     let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
         Ok(event) => {
@@ -126,63 +131,88 @@ pub fn watch_files(live: Arc<Live>) -> Result<Watching, String> {
             tracing::warn!("{failed}");
         }
     }
-    let resyncing = watcher.clone();
-    tokio::spawn(async move {
-        while let Some(mut seen) = rx.recv().await {
-            // Wait until the folders are quiet, folding every change meanwhile into one reload.
-            let give_up = tokio::time::Instant::now() + LONGEST_WAIT;
-            loop {
-                let wait =
-                    QUIET.min(give_up.saturating_duration_since(tokio::time::Instant::now()));
-                if wait.is_zero() {
-                    break;
-                }
-                match tokio::time::timeout(wait, rx.recv()).await {
-                    Ok(Some(more)) => seen.add(more),
-                    Ok(None) => return,
-                    Err(_) => break,
-                }
-            }
-            // Looking into new folders and watching a folder walk trees: off the async
-            // workers.
-            let (watcher, cache) = (resyncing.clone(), looking.clone());
-            let resynced = tokio::task::spawn_blocking(move || {
-                // By now the watch on a new folder is in place: what was written into it
-                // before is found here, what is written after has its own event.
-                for (folder, protos) in std::mem::take(&mut seen.parents) {
-                    if !cache.as_ref().is_some_and(|c| c.made(&folder)) {
-                        seen.changed = true;
-                        seen.protos |= protos;
+    let changes = Changes {
+        rx,
+        folders,
+        resyncing: watcher.clone(),
+        looking,
+    };
+    Ok((Watching { _watcher: watcher }, changes))
+}
+
+/// The changes seen since watching started, until the live server they reload is running.
+pub struct Changes {
+    rx: mpsc::UnboundedReceiver<Seen>,
+    folders: Folders,
+    resyncing: Arc<Mutex<RecommendedWatcher>>,
+    looking: Option<CacheDir>,
+}
+
+impl Changes {
+    /// Reloads `live` on every change (debounced), those seen so far first.
+    pub fn reload(self, live: Arc<Live>) {
+        let Changes {
+            mut rx,
+            mut folders,
+            resyncing,
+            looking,
+        } = self;
+        tokio::spawn(async move {
+            while let Some(mut seen) = rx.recv().await {
+                // Wait until the folders are quiet, folding every change meanwhile into one reload.
+                let give_up = tokio::time::Instant::now() + LONGEST_WAIT;
+                loop {
+                    let wait =
+                        QUIET.min(give_up.saturating_duration_since(tokio::time::Instant::now()));
+                    if wait.is_zero() {
+                        break;
+                    }
+                    match tokio::time::timeout(wait, rx.recv()).await {
+                        Ok(Some(more)) => seen.add(more),
+                        Ok(None) => return,
+                        Err(_) => break,
                     }
                 }
-                if !seen.changed {
-                    return (folders, Vec::new(), seen);
+                // Looking into new folders and watching a folder walk trees: off the async
+                // workers.
+                let (watcher, cache) = (resyncing.clone(), looking.clone());
+                let resynced = tokio::task::spawn_blocking(move || {
+                    // By now the watch on a new folder is in place: what was written into it
+                    // before is found here, what is written after has its own event.
+                    for (folder, protos) in std::mem::take(&mut seen.parents) {
+                        if !cache.as_ref().is_some_and(|c| c.made(&folder)) {
+                            seen.changed = true;
+                            seen.protos |= protos;
+                        }
+                    }
+                    if !seen.changed {
+                        return (folders, Vec::new(), seen);
+                    }
+                    let mut watcher = watcher.lock().unwrap_or_else(|e| e.into_inner());
+                    let failed = folders.resync(&mut watcher, &seen);
+                    (folders, failed, seen)
+                })
+                .await;
+                let Ok((back, failed, seen)) = resynced else {
+                    tracing::error!(
+                        "watching the input folders stopped; SIGHUP and the admin API still reload"
+                    );
+                    return;
+                };
+                folders = back;
+                for e in failed {
+                    tracing::warn!("{e}");
                 }
-                let mut watcher = watcher.lock().unwrap_or_else(|e| e.into_inner());
-                let failed = folders.resync(&mut watcher, &seen);
-                (folders, failed, seen)
-            })
-            .await;
-            let Ok((back, failed, seen)) = resynced else {
-                tracing::error!(
-                    "watching the input folders stopped; SIGHUP and the admin API still reload"
-                );
-                return;
-            };
-            folders = back;
-            for e in failed {
-                tracing::warn!("{e}");
+                if seen.changed {
+                    let _ = live
+                        .reload(Trigger::Files {
+                            protos: seen.protos,
+                        })
+                        .await;
+                }
             }
-            if seen.changed {
-                let _ = live
-                    .reload(Trigger::Files {
-                        protos: seen.protos,
-                    })
-                    .await;
-            }
-        }
-    });
-    Ok(Watching { _watcher: watcher })
+        });
+    }
 }
 
 /// What events say, from one event or folded over the events of one quiet period.
@@ -533,24 +563,39 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
     path.is_dir().then_some((0, 0))
 }
 
+/// SIGHUPs, taken from the start: the signal's default action ends the process, so one that
+/// came while the first generation loads (seconds, for a big tree) killed the server. One
+/// that came before [`reload_on_sighup`] runs sets off a reload once serving, which also reads
+/// what changed while loading.
+pub struct Hangups(#[cfg(unix)] tokio::signal::unix::Signal);
+
+/// Takes SIGHUP over; call it before loading. Needs the runtime.
+#[cfg(unix)]
+pub fn listen_for_sighup() -> Result<Hangups, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup())
+        .map(Hangups)
+        .map_err(|e| format!("cannot listen for SIGHUP: {e}"))
+}
+
+#[cfg(not(unix))]
+pub fn listen_for_sighup() -> Result<Hangups, String> {
+    Ok(Hangups())
+}
+
 /// Reloads on every SIGHUP, for the life of the process.
 #[cfg(unix)]
-pub fn reload_on_sighup(live: Arc<Live>) -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup =
-        signal(SignalKind::hangup()).map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
+pub fn reload_on_sighup(live: Arc<Live>, hangups: Hangups) {
+    let Hangups(mut hup) = hangups;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let _ = live.reload(Trigger::Signal).await;
         }
     });
-    Ok(())
 }
 
 #[cfg(not(unix))]
-pub fn reload_on_sighup(_live: Arc<Live>) -> Result<(), String> {
-    Ok(())
-}
+pub fn reload_on_sighup(_live: Arc<Live>, _hangups: Hangups) {}
 
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())

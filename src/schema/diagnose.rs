@@ -21,7 +21,9 @@ pub fn proto_error(
     fallback_file: &Path,
     on_disk: &dyn Fn(&str) -> Option<PathBuf>,
 ) -> StartupError {
-    let mut location = diagnostic_location(err).unwrap_or_else(|| Location::file(fallback_file));
+    let mut location = diagnostic_location(err)
+        .or_else(|| end_of_file(err))
+        .unwrap_or_else(|| Location::file(fallback_file));
     if let Some(path) = location.path.to_str().and_then(on_disk) {
         location.path = path;
     }
@@ -32,7 +34,11 @@ pub fn proto_error(
     let mut detail = String::new();
     let handler =
         miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor());
-    if handler.render_report(&mut detail, err).is_err() || err.source_code().is_none() {
+    // Without a label the excerpt is the message again, and nothing of the file.
+    if handler.render_report(&mut detail, err).is_err()
+        || err.source_code().is_none()
+        || err.labels().is_none()
+    {
         detail.clear();
     }
     StartupError::Proto {
@@ -59,6 +65,25 @@ pub(crate) fn diagnostic_location(diag: &dyn Diagnostic) -> Option<Location> {
     };
     Some(Location::at(name, contents.line() + 1, col))
 }
+
+/// Where a file that stops too early stops: the parser reports the end of the file without a
+/// position, but a file cut short (a half-written save the watcher reloads, a missing `}`)
+/// must still be named at a line and column. That is just past the last thing written, where
+/// what is missing goes.
+fn end_of_file(diag: &dyn Diagnostic) -> Option<Location> {
+    if !diag.to_string().ends_with(REACHED_END) {
+        return None;
+    }
+    let source = diag.source_code()?;
+    let whole = source.read_span(&(0, 0).into(), 0, usize::MAX).ok()?;
+    let name = whole.name().map(str::to_owned)?;
+    let text = whole.data();
+    let (line, col) = crate::input::position(text, text.trim_ascii_end().len());
+    Some(Location::at(name, line, col))
+}
+
+/// How the parser ends the message of a file that stops before a declaration is complete.
+const REACHED_END: &str = "but reached end of file";
 
 /// Reads imports for protox the way loading resolves them.
 struct Resolver(Arc<Finder>);
@@ -191,4 +216,41 @@ pub fn locate(path: &Path, name: &str, element: &[i32]) -> Location {
             Some(Location::at(path, line, col))
         })
         .unwrap_or_else(|| Location::file(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn located(text: &str) -> StartupError {
+        let err = protox_parse::parse("cut.proto", text).unwrap_err();
+        proto_error(&err, Path::new("cut.proto"), &|_| None)
+    }
+
+    #[test]
+    fn a_file_cut_short_is_located_after_its_last_word() {
+        let text = "syntax = \"proto3\";\nservice S {\n  /* é */ rpc Go (A) returns\n\n";
+        let StartupError::Proto {
+            location,
+            message,
+            detail,
+        } = located(text)
+        else {
+            panic!("not a proto error");
+        };
+        assert_eq!((location.line, location.col), (3, 29), "{message}");
+        assert!(message.ends_with(REACHED_END), "{message}");
+        assert_eq!(
+            detail, None,
+            "an excerpt without a label repeats the message"
+        );
+    }
+
+    #[test]
+    fn a_file_of_one_line_cut_short_is_on_that_line() {
+        let StartupError::Proto { location, .. } = located("message A {") else {
+            panic!("not a proto error");
+        };
+        assert_eq!((location.line, location.col), (1, 12));
+    }
 }

@@ -397,6 +397,9 @@ pub struct Pool {
     pub slots: Vec<Slot>,
     recipe: Recipe,
     next: AtomicUsize,
+    /// Dropped with the pool, which wakes the watchdog to stop at once: sleeping out its
+    /// period, every generation a reload storm replaced kept a watchdog thread alive.
+    _stops_watchdog: std::sync::mpsc::Sender<()>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -424,10 +427,12 @@ impl Pool {
                 }
             })
             .collect();
+        let (stops_watchdog, stopped) = std::sync::mpsc::channel();
         let pool = Arc::new(Pool {
             slots,
             recipe,
             next: AtomicUsize::new(0),
+            _stops_watchdog: stops_watchdog,
         });
         let mut first = Some(first);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -441,7 +446,7 @@ impl Pool {
         let watched = Arc::downgrade(&pool);
         std::thread::Builder::new()
             .name("lua-watchdog".into())
-            .spawn(move || watchdog(watched, stuck_after))
+            .spawn(move || watchdog(watched, stopped, stuck_after))
             .map_err(|e| StartupError::Usage(format!("cannot start the script watchdog: {e}")))?;
         Ok(pool)
     }
@@ -853,11 +858,18 @@ fn serve(
     exit
 }
 
-/// Replaces states whose current poll has run far past any time slice.
-fn watchdog(pool: std::sync::Weak<Pool>, stuck_after: Duration) {
+/// Replaces states whose current poll has run far past any time slice, until the pool is
+/// dropped (`stopped` disconnects).
+fn watchdog(
+    pool: std::sync::Weak<Pool>,
+    stopped: std::sync::mpsc::Receiver<()>,
+    stuck_after: Duration,
+) {
     let period = (stuck_after / 4).max(Duration::from_millis(20));
     loop {
-        std::thread::sleep(period);
+        if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) = stopped.recv_timeout(period) {
+            return;
+        }
         let Some(pool) = pool.upgrade() else { return };
         for index in 0..pool.slots.len() {
             let busy = read(&pool.slots[index].current).heartbeat.busy_for();
