@@ -358,3 +358,33 @@ async fn caught_errors_of_server_functions_are_plain_strings() {
     assert_eq!(e.code(), Code::NotFound, "{}", e.message());
     assert_eq!(e.message(), "kept");
 }
+
+/// A reply the fast encoder (which reads the Lua stack) gives up on is encoded again by the
+/// plain one, which names what is wrong; the second reading was charged to the call on top of
+/// the first, so a reply that holds a bad value after a large part cost twice its reading and a
+/// call within its budget was stopped for the budget instead of told which field is wrong.
+/// Here the chain of shared tables is read once within the instruction budget (one level more,
+/// twice the reading, is not), and the bad field after it is reported.
+#[tokio::test]
+async fn a_bad_reply_is_charged_for_one_reading() {
+    let (_s, c, _serial) = start(&[
+        "--script-instructions",
+        "1500000",
+        "--script-time-ms",
+        "60000",
+        "--max-message-size",
+        "67108864",
+    ])
+    .await;
+    // About 2^(n+2) units to read: 1 M for 18 levels, 2 M for 19.
+    let e = run(&c, "shared_reply_bad_last", 19).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    let e = run(&c, "shared_reply_bad_last", 18).await.unwrap_err();
+    assert!(
+        e.message().contains("field kind") && e.message().contains("NO_SUCH_KIND"),
+        "{:?}: {}",
+        e.code(),
+        e.message()
+    );
+    assert_ne!(e.code(), Code::ResourceExhausted, "{}", e.message());
+}
