@@ -388,3 +388,40 @@ async fn a_bad_reply_is_charged_for_one_reading() {
     );
     assert_ne!(e.code(), Code::ResourceExhausted, "{}", e.message());
 }
+
+/// Replies sent with `ctx:send` from inside coroutines, wrapped coroutines and protected calls,
+/// one built by another coroutine than the one sending it, a bad one caught by `pcall`, and a
+/// list returned from a coroutine: each arrives as written.
+#[tokio::test]
+async fn replies_sent_from_coroutines_arrive_whole() {
+    let (_s, c, _serial) = start(&[]).await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(60),
+        c.server_stream("values.Values/List", json!({"name": "coroutines"})),
+    )
+    .await
+    .expect("stream within a minute")
+    .unwrap();
+    let texts: Vec<&str> = got
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "wrapped",
+            "protected",
+            "made elsewhere",
+            "nested",
+            "field text: expected string, got integer 5",
+            "returned"
+        ],
+        "{got:?}"
+    );
+    assert_eq!(got[0]["kids"][0]["n"], "1");
+    assert_eq!(got[1]["kind"], "ONE");
+    assert_eq!(got[2]["m"]["a"], "1");
+    assert_eq!(got[3]["n"], "-1");
+    assert_eq!(got[5]["kids"].as_array().unwrap().len(), 2);
+    assert_eq!(got[5]["kids"][1]["m"]["a"], "1");
+}
