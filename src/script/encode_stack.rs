@@ -16,9 +16,12 @@
 //! and is charged only for what it reads past where this one stopped, so a reply costs the
 //! same whichever path encodes it.
 //!
-//! Every C function used here neither raises a Lua error nor allocates Lua memory (so no
-//! collection runs and no metamethod either): `lua_next` with a key taken from the same
-//! table, raw reads, type tests, and `lua_tolstring` only on values that are strings.
+//! Every C function used here neither raises a Lua error nor runs a collection (so no
+//! metamethod or finalizer runs either): `lua_next` with a key taken from the same table, raw
+//! reads, type tests, and `lua_tolstring` only on values that are strings. The one that may
+//! allocate, `lua_checkstack`, grows the stack with Lua's emergency collection switched off
+//! and says 0 instead of raising when it cannot (at the memory limit or the stack's), which
+//! hands the reply to the plain encoder.
 
 #![allow(unsafe_code)]
 
