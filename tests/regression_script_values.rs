@@ -363,8 +363,10 @@ async fn caught_errors_of_server_functions_are_plain_strings() {
 /// plain one, which names what is wrong; the second reading was charged to the call on top of
 /// the first, so a reply that holds a bad value after a large part cost twice its reading and a
 /// call within its budget was stopped for the budget instead of told which field is wrong.
-/// Here the chain of shared tables is read once within the instruction budget (one level more,
-/// twice the reading, is not), and the bad field after it is reported.
+/// `ctx:send` read such a message three times (its C function's stack encoder, then
+/// `try_send`'s, then the plain one). Here the chain of shared tables is read once within the
+/// instruction budget (one level more, twice the reading, is not), and the bad field after it
+/// is reported, returned or sent.
 #[tokio::test]
 async fn a_bad_reply_is_charged_for_one_reading() {
     let (_s, c, _serial) = start(&[
@@ -387,6 +389,21 @@ async fn a_bad_reply_is_charged_for_one_reading() {
         e.message()
     );
     assert_ne!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    let send = |n: i64| {
+        c.server_stream(
+            "values.Values/List",
+            json!({"name": "shared_bad_last", "n": n}),
+        )
+    };
+    let e = send(19).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    let e = send(18).await.unwrap_err();
+    assert!(
+        e.message().contains("field kind") && e.message().contains("NO_SUCH_KIND"),
+        "ctx:send: {:?}: {}",
+        e.code(),
+        e.message()
+    );
 }
 
 /// Replies sent with `ctx:send` from inside coroutines, wrapped coroutines and protected calls,

@@ -136,6 +136,17 @@ impl<'p> Encoder<'p> {
         self.prepaid = std::mem::take(&mut self.read);
     }
 
+    /// The reading already paid for (see [`Self::restart`]).
+    pub(super) fn prepaid(&self) -> u64 {
+        self.prepaid
+    }
+
+    /// Counts `units` of reading as paid for by an earlier encoder that read the same reply
+    /// and gave up.
+    pub(super) fn prepay(&mut self, units: u64) {
+        self.prepaid += units;
+    }
+
     /// The message plans this encoder writes by.
     pub(super) fn plans(&self) -> &'p Plans {
         self.plans
