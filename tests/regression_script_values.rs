@@ -358,3 +358,87 @@ async fn caught_errors_of_server_functions_are_plain_strings() {
     assert_eq!(e.code(), Code::NotFound, "{}", e.message());
     assert_eq!(e.message(), "kept");
 }
+
+/// A reply the fast encoder (which reads the Lua stack) gives up on is encoded again by the
+/// plain one, which names what is wrong; the second reading was charged to the call on top of
+/// the first, so a reply that holds a bad value after a large part cost twice its reading and a
+/// call within its budget was stopped for the budget instead of told which field is wrong.
+/// `ctx:send` read such a message three times (its C function's stack encoder, then
+/// `try_send`'s, then the plain one). Here the chain of shared tables is read once within the
+/// instruction budget (one level more, twice the reading, is not), and the bad field after it
+/// is reported, returned or sent.
+#[tokio::test]
+async fn a_bad_reply_is_charged_for_one_reading() {
+    let (_s, c, _serial) = start(&[
+        "--script-instructions",
+        "1500000",
+        "--script-time-ms",
+        "60000",
+        "--max-message-size",
+        "67108864",
+    ])
+    .await;
+    // About 2^(n+2) units to read: 1 M for 18 levels, 2 M for 19.
+    let e = run(&c, "shared_reply_bad_last", 19).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    let e = run(&c, "shared_reply_bad_last", 18).await.unwrap_err();
+    assert!(
+        e.message().contains("field kind") && e.message().contains("NO_SUCH_KIND"),
+        "{:?}: {}",
+        e.code(),
+        e.message()
+    );
+    assert_ne!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    let send = |n: i64| {
+        c.server_stream(
+            "values.Values/List",
+            json!({"name": "shared_bad_last", "n": n}),
+        )
+    };
+    let e = send(19).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    let e = send(18).await.unwrap_err();
+    assert!(
+        e.message().contains("field kind") && e.message().contains("NO_SUCH_KIND"),
+        "ctx:send: {:?}: {}",
+        e.code(),
+        e.message()
+    );
+}
+
+/// Replies sent with `ctx:send` from inside coroutines, wrapped coroutines and protected calls,
+/// one built by another coroutine than the one sending it, a bad one caught by `pcall`, and a
+/// list returned from a coroutine: each arrives as written.
+#[tokio::test]
+async fn replies_sent_from_coroutines_arrive_whole() {
+    let (_s, c, _serial) = start(&[]).await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(60),
+        c.server_stream("values.Values/List", json!({"name": "coroutines"})),
+    )
+    .await
+    .expect("stream within a minute")
+    .unwrap();
+    let texts: Vec<&str> = got
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "wrapped",
+            "protected",
+            "made elsewhere",
+            "nested",
+            "field text: expected string, got integer 5",
+            "returned"
+        ],
+        "{got:?}"
+    );
+    assert_eq!(got[0]["kids"][0]["n"], "1");
+    assert_eq!(got[1]["kind"], "ONE");
+    assert_eq!(got[2]["m"]["a"], "1");
+    assert_eq!(got[3]["n"], "-1");
+    assert_eq!(got[5]["kids"].as_array().unwrap().len(), 2);
+    assert_eq!(got[5]["kids"][1]["m"]["a"], "1");
+}

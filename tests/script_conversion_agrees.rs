@@ -541,13 +541,27 @@ fn json_names_and_integral_floats_encode_alike() {
 }
 
 /// A value a script might put where a field of `kind` goes: mostly right, sometimes of another
-/// type, out of range, a float for an integer, an enum's name or a name it lacks.
+/// type (a number as a string among them), out of range, a float for an integer, an enum's
+/// name or a name it lacks.
 fn script_value(lua: &Lua, kind: &Kind, t: &mut Tape, depth: usize) -> LuaValue {
     if t.chance(4) {
-        return match t.below(4) {
+        return match t.below(7) {
             0 => LuaValue::String(lua.create_string("x").unwrap()),
             1 => LuaValue::Table(lua.create_table().unwrap()),
             2 => LuaValue::Boolean(true),
+            // Numbers as strings, which no numeric field takes.
+            3 => LuaValue::String(lua.create_string("12").unwrap()),
+            4 => LuaValue::String(lua.create_string("1.5").unwrap()),
+            // Integral floats at the edges of the integer kinds.
+            5 => LuaValue::Number(
+                [
+                    2f64.powi(31),
+                    -2f64.powi(31),
+                    2f64.powi(32),
+                    2f64.powi(63),
+                    -0.0,
+                ][t.below(5) as usize],
+            ),
             _ => LuaValue::Integer(7),
         };
     }
@@ -657,8 +671,13 @@ fn script_fields(lua: &Lua, desc: &MessageDescriptor, t: &mut Tape, depth: usize
             let list = lua.create_table().unwrap();
             let n = t.below(5);
             for i in 1..=n {
-                list.raw_set(i, script_value(lua, &field.kind(), t, depth))
-                    .unwrap();
+                // Now and then the first item again: one table in several places.
+                let item = if i > 1 && t.chance(15) {
+                    list.raw_get(1).unwrap()
+                } else {
+                    script_value(lua, &field.kind(), t, depth)
+                };
+                list.raw_set(i, item).unwrap();
             }
             match t.below(12) {
                 0 => list.raw_set(n + 2, 1).unwrap(),
@@ -725,4 +744,131 @@ proptest! {
         };
         outcome.map_err(TestCaseError::fail)?;
     }
+}
+
+/// Replies a script may write that the random tables rarely or never hold: numbers given as
+/// strings, floats at the edges of each integer kind, tables shared by several fields,
+/// nesting at and past the limit, lists and maps at the size limit's boundary, metatables
+/// on nested tables. Each encodes alike on both paths, at both size limits.
+#[test]
+fn unusual_replies_encode_alike_on_both_paths() {
+    let (all, inner, legacy) = (0, 1, 2);
+    let mut cases: Vec<(usize, String)> = [
+        (all, "{ i32 = '12' }"),
+        (all, "{ s = 12 }"),
+        (all, "{ db = '1.5' }"),
+        (all, "{ i32 = 2^31 }"),
+        (all, "{ i32 = -2^31 }"),
+        (all, "{ i32 = -0.0, db = -0.0, fl = -0.0 }"),
+        (all, "{ fl = 1e40, db = 1e308 }"),
+        (all, "{ fl = 16777217, db = math.maxinteger }"),
+        (all, "{ fl = 0/0 }"),
+        (all, "{ db = 1/0, fl = -1/0 }"),
+        (all, "{ i64 = 2^63 }"),
+        (all, "{ i64 = 9.2e18, u64 = -9.2e18 }"),
+        (all, "{ i64 = math.mininteger, s64 = math.mininteger, sf64 = math.maxinteger }"),
+        (all, "{ u64 = -1, f64 = -1 }"),
+        (all, "{ u32 = 4294967296 }"),
+        (all, "{ u32 = 4294967295.0, f32 = 0.0 }"),
+        (all, "{ s32 = -2147483648, sf32 = -1 }"),
+        (all, "{ b = 0 }"),
+        (all, "{ b = false, s = '', by = '' }"),
+        (all, "{ color = 'DARK' }"),
+        (all, "{ color = -1.0 }"),
+        (all, "{ color = 2^31 }"),
+        (all, "{ color = 'COLOR_UNSPECIFIED', opt = 0 }"),
+        (all, "{ colors = { 'RED', 1, -1, 'DARK', 0 } }"),
+        (all, "{ colors = { 'RED', 'NOPE' } }"),
+        (all, "{ packed_i32 = {} , unpacked_i32 = {}, names = {} }"),
+        (all, "{ packed_db = { 1, 2.5, 1e308, -0.0 } }"),
+        (all, "{ packed_i32 = { 1, 2.0, 3.5 } }"),
+        (all, "{ names = { 'a', nil, 'c' } }"),
+        (all, "{ names = { 'a', n = 1 } }"),
+        (all, "{ names = { 'a', [2.0] = 'b' } }"),
+        (all, "{ inners = { {}, 5 } }"),
+        (all, "{ inners = { x = 1 } }"),
+        (all, "{ a = 'x', n = 1 }"),
+        (all, "{ a = '' }"),
+        (all, "{ n = 0 }"),
+        (all, "{ m = {} }"),
+        (all, "{ m = { z = 0 } }"),
+        (all, "{ inner = { z = 1, raw = 'r' } }"),
+        (all, "{ counts = { [1.0] = 2 } }"),
+        (all, "{ counts = { a = 1.0, [''] = 0 } }"),
+        (all, "{ counts = { a = '1' } }"),
+        (all, "{ by_id = { [2^53] = {}, [-1] = { x = 1 } } }"),
+        (all, "{ by_id = { [1.5] = {} } }"),
+        (all, "{ by_id = { x = {} } }"),
+        (all, "{ by_id = { [1] = 5 } }"),
+        (all, "{ by_id = { [true] = {} } }"),
+        (all, "local x = { x = 1, label = 'l' } return { inners = { x, x, x }, inner = x, m = x }"),
+        (all, "local x = { 1, 2, 3 } return { packed_i32 = x, unpacked_i32 = x, zz = x }"),
+        (all, "return { inner = setmetatable({ x = 1 }, { __index = { label = 'no' } }) }"),
+        (all, "return { names = setmetatable({}, { __len = function() return 3 end, __index = function() return 'x' end }) }"),
+        (all, "return { counts = setmetatable({}, { __pairs = function() return next, { a = 1 } end }) }"),
+        (all, "return { [setmetatable({}, { __tostring = function() return 'i32' end })] = 1 }"),
+        (all, "return { s = setmetatable({}, { __tostring = function() return 'x' end }) }"),
+        (all, "return { i32 = coroutine.create(function() end) }"),
+        (all, "return { inner = { x = 1, next = { x = 2, next = { label = '\\255' } } } }"),
+        (inner, "local t = {} t.next = t return t"),
+        (legacy, "{ result = { url = 'u', rank = 0 }, item = { { n = 1 }, {}, { n = 0 } } }"),
+        (legacy, "{ Result = { url = 'u' } }"),
+        (legacy, "{ item = { n = 1 } }"),
+        (legacy, "{ id = 7, name = 'anon', color = 'BLUE' }"),
+        (legacy, "{ id = 0, name = '', color = 'RED', nums = { 1 }, packed_nums = { -1 } }"),
+        (legacy, "{ color = 0 }"),
+        (legacy, "{ child = { child = { child = { id = 1 } } } }"),
+    ]
+    .iter()
+    .map(|(w, code)| {
+        let code = if code.starts_with('{') {
+            format!("return {code}")
+        } else {
+            (*code).to_owned()
+        };
+        (*w, code)
+    })
+    .collect();
+    // Nesting just under, at and past the limit.
+    for depth in [98, 99, 100, 101, 102] {
+        cases.push((
+            inner,
+            format!("local t = {{ x = 1 }} for i = 1, {depth} do t = {{ next = t, x = i }} end return t"),
+        ));
+        cases.push((
+            all,
+            format!("local t = {{}} for i = 1, {depth} do t = {{ next = t }} end return {{ by_id = {{ [1] = t }} }}"),
+        ));
+    }
+    // Sizes around the small limit: a string, a packed list, a map.
+    for n in 180..=205 {
+        cases.push((all, format!("return {{ s = string.rep('x', {n}) }}")));
+        cases.push((
+            all,
+            format!("local l = {{}} for i = 1, {n} do l[i] = 1 end return {{ packed_i32 = l }}"),
+        ));
+        cases.push((
+            all,
+            format!("local l = {{}} for i = 1, {n} do l[i] = 1 end return {{ unpacked_i32 = l }}"),
+        ));
+        cases.push((all, format!("local l = {{}} for i = 1, {n} // 8 do l[i] = 0.5 end return {{ packed_db = l, i32 = {n} }}")));
+        cases.push((
+            all,
+            format!(
+                "local m = {{}} for i = 1, {n} // 6 do m['k' .. i] = i end return {{ counts = m }}"
+            ),
+        ));
+    }
+    let mut failures = Vec::new();
+    for (which, code) in &cases {
+        let mut one = |s: &State, limit: usize| {
+            let value: LuaValue = s.lua.load(code.as_str()).eval().unwrap();
+            if let Err(e) = encoders_agree(s, limit, *which, &value) {
+                failures.push(format!("{code} (limit {limit}): {e}"));
+            }
+        };
+        STATE.with(|(_, s)| one(s, 64 << 20));
+        SMALL.with(|s| one(s, SMALL_LIMIT));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

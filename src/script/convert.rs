@@ -186,6 +186,11 @@ pub struct Conv {
     encoded: RefCell<FxHashMap<(usize, MsgId), Bytes>>,
     /// Bytes held in `encoded`.
     encoded_bytes: std::cell::Cell<usize>,
+    /// The reply [`outgoing_at`] last gave up on, (table address, message type), and the
+    /// reading it was charged for: `ctx:send` hands the same table to [`outgoing_from_lua`]
+    /// next, which goes straight to the plain encoder and is not charged for that reading
+    /// again. Taken by the next conversion, whichever table it is.
+    missed: std::cell::Cell<Option<(usize, MsgId, u64)>>,
     /// Per message type, its field names in plan order.
     keys: RefCell<Vec<Option<Arc<[mlua::String]>>>>,
     /// Per enum type, its value names in plan order.
@@ -199,6 +204,7 @@ impl Conv {
             max_message_size,
             encoded: RefCell::new(FxHashMap::default()),
             encoded_bytes: std::cell::Cell::new(0),
+            missed: std::cell::Cell::new(None),
             keys: RefCell::new(Vec::new()),
             enum_names: RefCell::new(Vec::new()),
         }
@@ -271,6 +277,7 @@ pub fn outgoing_from_lua(lua: &Lua, value: &LuaValue, msg: MsgId) -> Result<Outg
         return fail(&Path::Root, "scripts are not ready");
     };
     let encoder = Encoder::new(&conv.plans, conv.max_message_size);
+    let missed = conv.missed.take();
     if let LuaValue::Table(t) = value {
         // Only frozen tables are ever cached, and none of them is ever collected, so an
         // address found here is that same frozen table: the hit needs no look at Lua.
@@ -295,8 +302,15 @@ pub fn outgoing_from_lua(lua: &Lua, value: &LuaValue, msg: MsgId) -> Result<Outg
         }
     }
     let mut encoder = encoder;
-    if encoder.reply_from_stack(lua, value, msg)? {
-        return Ok(Outgoing::Encoded(Bytes::from(encoder.out)));
+    let pointer = value.to_pointer() as usize;
+    match missed {
+        // The stack encoder gave up on this very table already: it would again.
+        Some((p, m, units)) if p == pointer && m == msg => encoder.prepay(units),
+        _ => {
+            if encoder.reply_from_stack(lua, value, msg)? {
+                return Ok(Outgoing::Encoded(Bytes::from(encoder.out)));
+            }
+        }
     }
     Ok(Outgoing::Encoded(Bytes::from(encoder.reply(value, msg)?)))
 }
@@ -334,7 +348,10 @@ pub unsafe fn outgoing_at(
         let mut encoder = Encoder::new(&conv.plans, conv.max_message_size);
         match encoder.reply_at(l, idx, msg) {
             Ok(true) => Some(Ok(Outgoing::Encoded(Bytes::from(encoder.out)))),
-            Ok(false) => None,
+            Ok(false) => {
+                conv.missed.set(Some((key.0, msg, encoder.prepaid())));
+                None
+            }
             Err(e) => Some(Err(e)),
         }
     }

@@ -74,6 +74,12 @@ pub struct Encoder<'p> {
     limit: usize,
     /// Tables and entries read since the call was last charged for them.
     work: u64,
+    /// Tables and entries read in all, as counted by [`Self::spend`].
+    read: u64,
+    /// Tables and entries already charged for by an earlier reading of the same reply (the
+    /// stack encoder's, when it gave up): the plain encoder reads them again in the same
+    /// order, and is charged only for what it reads beyond them.
+    prepaid: u64,
 }
 
 /// A scalar read from Lua, ready to write.
@@ -92,6 +98,8 @@ impl<'p> Encoder<'p> {
             out: Vec::new(),
             limit,
             work: 0,
+            read: 0,
+            prepaid: 0,
         }
     }
 
@@ -101,7 +109,10 @@ impl<'p> Encoder<'p> {
     /// memory). So reading a reply counts against the call's budget, and a call stopped meanwhile
     /// stops here.
     pub(super) fn spend(&mut self, units: u64) -> Result<()> {
-        self.work += units;
+        self.read += units;
+        let covered = units.min(self.prepaid);
+        self.prepaid -= covered;
+        self.work += units - covered;
         if self.work < CHARGE_EVERY {
             return Ok(());
         }
@@ -116,6 +127,24 @@ impl<'p> Encoder<'p> {
     pub fn reply(mut self, value: &LuaValue, msg: MsgId) -> Result<Vec<u8>> {
         self.message_value(value, msg)?;
         self.finish()
+    }
+
+    /// Starts over on the same reply: the bytes written are dropped, and the reading done so
+    /// far, already counted, is not counted again when the same tables are read again.
+    pub(super) fn restart(&mut self) {
+        self.out.clear();
+        self.prepaid = std::mem::take(&mut self.read);
+    }
+
+    /// The reading already paid for (see [`Self::restart`]).
+    pub(super) fn prepaid(&self) -> u64 {
+        self.prepaid
+    }
+
+    /// Counts `units` of reading as paid for by an earlier encoder that read the same reply
+    /// and gave up.
+    pub(super) fn prepay(&mut self, units: u64) {
+        self.prepaid += units;
     }
 
     /// The message plans this encoder writes by.

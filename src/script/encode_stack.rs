@@ -11,11 +11,17 @@
 //! limit, a stack that cannot grow) makes it give up, and the plain encoder runs from the start
 //! and reports the problem with its usual message. So both paths give the same bytes for every
 //! reply this one finishes (the property tests compare them), and every error is the plain
-//! encoder's. The work is charged to the call's budget as the plain encoder charges it.
+//! encoder's. The work is charged to the call's budget as the plain encoder charges it, and
+//! once only: when the plain encoder takes over, it reads the same tables in the same order
+//! and is charged only for what it reads past where this one stopped, so a reply costs the
+//! same whichever path encodes it.
 //!
-//! Every C function used here neither raises a Lua error nor allocates Lua memory (so no
-//! collection runs and no metamethod either): `lua_next` with a key taken from the same
-//! table, raw reads, type tests, and `lua_tolstring` only on values that are strings.
+//! Every C function used here neither raises a Lua error nor runs a collection (so no
+//! metamethod or finalizer runs either): `lua_next` with a key taken from the same table, raw
+//! reads, type tests, and `lua_tolstring` only on values that are strings. The one that may
+//! allocate, `lua_checkstack`, grows the stack with Lua's emergency collection switched off
+//! and says 0 instead of raising when it cannot (at the memory limit or the stack's), which
+//! hands the reply to the plain encoder.
 
 #![allow(unsafe_code)]
 
@@ -41,7 +47,8 @@ const ROOM: c_int = 4;
 
 impl Encoder<'_> {
     /// `value` as a whole reply of type `msg`, read off the stack: `Ok(true)` with the bytes in
-    /// `self.out`; `Ok(false)` if the plain encoder must run instead (with `self.out` emptied);
+    /// `self.out`; `Ok(false)` if the plain encoder must run instead (with `self.out` emptied
+    /// and the reading done so far counted as paid for);
     /// an error only if the call was stopped meanwhile.
     pub fn reply_from_stack(
         &mut self,
@@ -91,7 +98,7 @@ impl Encoder<'_> {
         match outcome {
             Ok(()) if self.check(0).is_ok() => Ok(true),
             Ok(()) | Err(Miss::Plain) => {
-                self.out.clear();
+                self.restart();
                 Ok(false)
             }
             Err(Miss::Stopped(e)) => Err(e),
