@@ -276,8 +276,9 @@ pub fn outgoing_from_lua(lua: &Lua, value: &LuaValue, msg: MsgId) -> Result<Outg
     let Some(conv) = lua.app_data_ref::<Conv>() else {
         return fail(&Path::Root, "scripts are not ready");
     };
-    let encoder = Encoder::new(&conv.plans, conv.max_message_size);
+    let mut encoder = Encoder::new(&conv.plans, conv.max_message_size);
     let missed = conv.missed.take();
+    let mut given_up = false;
     if let LuaValue::Table(t) = value {
         // Only frozen tables are ever cached, and none of them is ever collected, so an
         // address found here is that same frozen table: the hit needs no look at Lua.
@@ -286,7 +287,6 @@ pub fn outgoing_from_lua(lua: &Lua, value: &LuaValue, msg: MsgId) -> Result<Outg
             return Ok(Outgoing::Encoded(bytes.clone()));
         }
         if let Some(contents) = freeze::hidden(t) {
-            let mut encoder = encoder;
             encoder.message(&contents, msg, &Path::Root, 0)?;
             let bytes = Bytes::from(encoder.finish()?);
             let mut cache = conv.encoded.borrow_mut();
@@ -300,17 +300,14 @@ pub fn outgoing_from_lua(lua: &Lua, value: &LuaValue, msg: MsgId) -> Result<Outg
             }
             return Ok(Outgoing::Encoded(bytes));
         }
-    }
-    let mut encoder = encoder;
-    let pointer = value.to_pointer() as usize;
-    match missed {
         // The stack encoder gave up on this very table already: it would again.
-        Some((p, m, units)) if p == pointer && m == msg => encoder.prepay(units),
-        _ => {
-            if encoder.reply_from_stack(lua, value, msg)? {
-                return Ok(Outgoing::Encoded(Bytes::from(encoder.out)));
-            }
+        if let Some((_, _, units)) = missed.filter(|&(p, m, _)| (p, m) == key) {
+            encoder.prepay(units);
+            given_up = true;
         }
+    }
+    if !given_up && encoder.reply_from_stack(lua, value, msg)? {
+        return Ok(Outgoing::Encoded(Bytes::from(encoder.out)));
     }
     Ok(Outgoing::Encoded(Bytes::from(encoder.reply(value, msg)?)))
 }
