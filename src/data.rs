@@ -42,11 +42,14 @@ impl DataSets {
             }
             Err(e) => return Err(StartupError::io(dir, e).into()),
         };
-        let mut files: Vec<_> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
+        let paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let mut files: Vec<_> = paths
+            .iter()
             .filter(|p| p.extension().is_some_and(|e| e == "json") && !crate::input::is_hidden(p))
+            .cloned()
             .collect();
         files.sort();
+        warn_of_nested_sets(dir, &paths);
         let mut errors = StartupErrors::default();
         for file in files {
             let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
@@ -92,6 +95,37 @@ impl DataSets {
             sets,
             dir: dir.to_path_buf(),
         })
+    }
+}
+
+/// Says which `.json` files sit in subfolders of the data folder, where no data set is read
+/// from: a user who put `data/geo/points.json` would otherwise find `data.points` missing
+/// with no word of why.
+fn warn_of_nested_sets(dir: &Path, paths: &[PathBuf]) {
+    for folder in paths
+        .iter()
+        .filter(|p| p.is_dir() && !crate::input::is_hidden(p))
+    {
+        let Ok(inside) = std::fs::read_dir(folder) else {
+            continue;
+        };
+        let mut nested: Vec<_> = inside
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json") && p.is_file())
+            .collect();
+        if nested.is_empty() {
+            continue;
+        }
+        nested.sort();
+        let first = nested[0].strip_prefix(dir).unwrap_or(&nested[0]);
+        tracing::warn!(
+            "{}: {} .json file(s) in this folder, such as {}, are not data sets: data sets are \
+             the .json files directly in {} (move them up to be read)",
+            folder.display(),
+            nested.len(),
+            first.display(),
+            dir.display()
+        );
     }
 }
 

@@ -9,6 +9,9 @@
 //! - An array with a `null` in it, built one item at a time, kept the items after the `null`
 //!   where `#` does not count them: `#` of `[{…}, null, {…}]` was 1. It is 3 again, as it was
 //!   when arrays were built from a parsed copy of the file.
+//! - A `.json` file in a subfolder of the data folder (`data/geo/points.json`) was not read, and
+//!   nothing said so: a script then met "no such data set" with no word of why. `check` and
+//!   `serve` now warn, naming the folder, a file and where data sets are read from.
 
 mod common;
 
@@ -150,4 +153,36 @@ async fn a_data_array_with_a_null_keeps_its_length() {
         .await
         .unwrap();
     assert_eq!(reply["message"], "5 c", "length and last item of the array");
+}
+
+/// Data files in a subfolder of the data folder are named in a warning by `check` and `serve`
+/// alike, which still start: data sets are the files directly in the folder.
+#[test]
+fn data_files_in_a_subfolder_are_named_as_not_read() {
+    let dir = project(Some("[]"));
+    std::fs::create_dir(dir.path().join("data/geo")).unwrap();
+    std::fs::write(dir.path().join("data/geo/points.json"), "[]").unwrap();
+    std::fs::create_dir(dir.path().join("data/.hidden")).unwrap();
+    std::fs::write(dir.path().join("data/.hidden/secret.json"), "[]").unwrap();
+    let arg = |sub: &str| dir.path().join(sub).display().to_string();
+    let (code, _, err) = common::run(&[
+        "check",
+        "--protos",
+        &arg("protos"),
+        "--handlers",
+        &arg("handlers"),
+        "--data",
+        &arg("data"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let said = |text: &str| {
+        text.contains("WARN")
+            && text.contains(&arg("data/geo"))
+            && text.contains("geo/points.json")
+            && text.contains("not data sets")
+            && !text.contains("secret.json")
+    };
+    assert!(said(&err), "{err}");
+    let server = start(dir.path());
+    assert!(said(&server.log().join("\n")), "{:?}", server.log());
 }
