@@ -49,6 +49,20 @@ fn project(big: Option<&str>) -> tempfile::TempDir {
     dir
 }
 
+/// `protoserve check` of the project in `dir`: its exit code, stdout and stderr.
+fn check(dir: &Path) -> (i32, String, String) {
+    let arg = |sub: &str| dir.join(sub).display().to_string();
+    common::run(&[
+        "check",
+        "--protos",
+        &arg("protos"),
+        "--handlers",
+        &arg("handlers"),
+        "--data",
+        &arg("data"),
+    ])
+}
+
 fn start(dir: &Path) -> Server {
     let arg = |sub: &str| dir.join(sub).display().to_string();
     let (protos, handlers, data) = (arg("protos"), arg("handlers"), arg("data"));
@@ -118,16 +132,7 @@ async fn a_big_data_set_costs_its_tables_not_parsed_copies() {
 fn data_nested_too_deep_is_not_called_invalid() {
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
     let dir = project(Some(&deep));
-    let arg = |sub: &str| dir.path().join(sub).display().to_string();
-    let (code, _, err) = common::run(&[
-        "check",
-        "--protos",
-        &arg("protos"),
-        "--handlers",
-        &arg("handlers"),
-        "--data",
-        &arg("data"),
-    ]);
+    let (code, _, err) = check(dir.path());
     assert_eq!(code, 2, "{err}");
     let file = dir.path().join("data/big.json").display().to_string();
     assert!(
@@ -165,15 +170,7 @@ fn data_files_in_a_subfolder_are_named_as_not_read() {
     std::fs::create_dir(dir.path().join("data/.hidden")).unwrap();
     std::fs::write(dir.path().join("data/.hidden/secret.json"), "[]").unwrap();
     let arg = |sub: &str| dir.path().join(sub).display().to_string();
-    let (code, _, err) = common::run(&[
-        "check",
-        "--protos",
-        &arg("protos"),
-        "--handlers",
-        &arg("handlers"),
-        "--data",
-        &arg("data"),
-    ]);
+    let (code, _, err) = check(dir.path());
     assert_eq!(code, 0, "{err}");
     let said = |text: &str| {
         text.contains("WARN")
