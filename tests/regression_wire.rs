@@ -13,16 +13,7 @@ use tonic::{Code, Request, Status};
 
 fn wire_server(extra: &[&str]) -> Server {
     let dir = fixtures().join("wire");
-    let protos = dir.join("protos");
-    let handlers = dir.join("handlers");
-    let mut args = vec![
-        "--protos",
-        protos.to_str().unwrap(),
-        "--handlers",
-        handlers.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    Server::start(&args)
+    common::start_folders(&dir.join("protos"), &dir.join("handlers"), extra)
 }
 
 async fn connect(server: &Server) -> Client {

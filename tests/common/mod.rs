@@ -377,9 +377,8 @@ pub struct Client {
 
 pub type Call<T> = Result<(T, MetadataMap), Status>;
 
-/// A server of the protos in `protos` and the handlers in `handlers` (and `extra` arguments),
-/// and a client of it.
-pub async fn serve_folders(protos: &Path, handlers: &Path, extra: &[&str]) -> (Server, Client) {
+/// A server of the protos in `protos` and the handlers in `handlers` (and `extra` arguments).
+pub fn start_folders(protos: &Path, handlers: &Path, extra: &[&str]) -> Server {
     let mut args = vec![
         "--protos",
         protos.to_str().unwrap(),
@@ -387,7 +386,13 @@ pub async fn serve_folders(protos: &Path, handlers: &Path, extra: &[&str]) -> (S
         handlers.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let server = Server::start(&args);
+    Server::start(&args)
+}
+
+/// A server of the protos in `protos` and the handlers in `handlers` (and `extra` arguments),
+/// and a client of it.
+pub async fn serve_folders(protos: &Path, handlers: &Path, extra: &[&str]) -> (Server, Client) {
+    let server = start_folders(protos, handlers, extra);
     let client = Client::connect(server.addr, pool(protos)).await;
     (server, client)
 }
