@@ -79,7 +79,9 @@ async fn survey() {
             .await;
             run(&c2, "Quick", "probe", 0).await
         });
-        let (r, t) = run(&c, "Run", &name, n).await;
+        let (method, name) = name.split_once('/').unwrap_or(("Run", &name));
+        let (r, t) = call(&c, method, name, n).await;
+        let r = r.map(serde_json::Value::String);
         let (pr, pt) = probe.await.unwrap();
         eprintln!(
             "ATTACK {name}:{n} {t:?} => {} || probe {pt:?} {}",
