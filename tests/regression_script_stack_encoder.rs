@@ -61,7 +61,10 @@ fn short(r: &Result<serde_json::Value, tonic::Status>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn survey() {
-    let (mut s, c) = start(&["--script-states", "1"]).await;
+    let extra = std::env::var("SERVER_ARGS").unwrap_or_default();
+    let mut args = vec!["--script-states", "1"];
+    args.extend(extra.split_whitespace());
+    let (mut s, c) = start(&args).await;
     let names: Vec<(String, i64)> = std::env::var("ATTACKS")
         .unwrap()
         .split(',')
