@@ -77,6 +77,10 @@ pub struct CallShared {
     pub sender: Mutex<Option<OutboxSender>>,
     /// A message `try_send` could not place yet; `wait_send` sends it.
     pub pending: Mutex<Option<Result<Outgoing, Status>>>,
+    /// The reply `ctx:send`'s C function last gave up on in this call (see
+    /// [`super::convert::outgoing_at`]): kept with the call, so that nothing a call leaves
+    /// (stopped between that function and the `try_send` after it) reaches the next one.
+    pub missed: Mutex<Option<super::convert::Missed>>,
     /// The call's own thread (a pointer), driven by the executor: never yielded by the hook.
     main_thread: std::sync::atomic::AtomicUsize,
     /// The call's ctx table (a pointer; 0 before it is made): ctx methods work for this one.
@@ -155,6 +159,7 @@ impl CallShared {
             stream: Mutex::new(stream),
             sender: Mutex::new(sender),
             pending: Mutex::new(None),
+            missed: Mutex::new(None),
             main_thread: std::sync::atomic::AtomicUsize::new(0),
             ctx: std::sync::atomic::AtomicUsize::new(0),
             sliced: Mutex::new(Vec::new()),

@@ -186,11 +186,6 @@ pub struct Conv {
     encoded: RefCell<FxHashMap<(usize, MsgId), Bytes>>,
     /// Bytes held in `encoded`.
     encoded_bytes: std::cell::Cell<usize>,
-    /// The reply [`outgoing_at`] last gave up on, (table address, message type), and the
-    /// reading it was charged for: `ctx:send` hands the same table to [`outgoing_from_lua`]
-    /// next, which goes straight to the plain encoder and is not charged for that reading
-    /// again. Taken by the next conversion, whichever table it is.
-    missed: std::cell::Cell<Option<(usize, MsgId, u64)>>,
     /// Per message type, its field names in plan order.
     keys: RefCell<Vec<Option<Arc<[mlua::String]>>>>,
     /// Per enum type, its value names in plan order.
@@ -204,7 +199,6 @@ impl Conv {
             max_message_size,
             encoded: RefCell::new(FxHashMap::default()),
             encoded_bytes: std::cell::Cell::new(0),
-            missed: std::cell::Cell::new(None),
             keys: RefCell::new(Vec::new()),
             enum_names: RefCell::new(Vec::new()),
         }
@@ -261,6 +255,29 @@ fn cached(
     Ok(made)
 }
 
+/// The reply [`outgoing_at`] gave up on, (table address, message type), and the reading it
+/// was charged for: `ctx:send` hands the same table to [`outgoing_from_lua`] next, which goes
+/// straight to the plain encoder and is not charged for that reading again. Kept by the
+/// running call ([`CallShared::missed`](super::context::CallShared::missed)), and taken by its
+/// next conversion, whichever table it is.
+pub type Missed = (usize, MsgId, u64);
+
+/// Takes the running call's [`Missed`] note.
+fn take_missed() -> Option<Missed> {
+    super::slice::with_running_call(|call| {
+        call.and_then(|c| c.missed.lock().unwrap_or_else(|e| e.into_inner()).take())
+    })
+}
+
+/// Leaves a [`Missed`] note for the running call's next conversion.
+fn note_missed(missed: Missed) {
+    super::slice::with_running_call(|call| {
+        if let Some(c) = call {
+            *c.missed.lock().unwrap_or_else(|e| e.into_inner()) = Some(missed);
+        }
+    });
+}
+
 /// Most data tables fit; past this the cache stops growing.
 const ENCODED_DATA_LIMIT: usize = 65_536;
 /// The largest encoded table kept, and the most bytes kept in all, per state. The cache lives
@@ -277,7 +294,7 @@ pub fn outgoing_from_lua(lua: &Lua, value: &LuaValue, msg: MsgId) -> Result<Outg
         return fail(&Path::Root, "scripts are not ready");
     };
     let mut encoder = Encoder::new(&conv.plans, conv.max_message_size);
-    let missed = conv.missed.take();
+    let missed = take_missed();
     let mut given_up = false;
     if let LuaValue::Table(t) = value {
         // Only frozen tables are ever cached, and none of them is ever collected, so an
@@ -346,7 +363,7 @@ pub unsafe fn outgoing_at(
         match encoder.reply_at(l, idx, msg) {
             Ok(true) => Some(Ok(Outgoing::Encoded(Bytes::from(encoder.out)))),
             Ok(false) => {
-                conv.missed.set(Some((key.0, msg, encoder.prepaid())));
+                note_missed((key.0, msg, encoder.prepaid()));
                 None
             }
             Err(e) => Some(Err(e)),
@@ -378,6 +395,7 @@ pub fn describe(value: &LuaValue) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::script::context::CallShared;
     use prost_reflect::DynamicMessage;
 
     fn value_desc() -> prost_reflect::MessageDescriptor {
@@ -463,6 +481,58 @@ mod tests {
             Some("raw")
         );
         assert!(!lua.globals().get::<bool>("ran").unwrap());
+    }
+
+    /// What `ctx:send`'s C function does with `value`: [`outgoing_at`] on it, on the stack.
+    #[allow(unsafe_code)]
+    fn send_now_reads(lua: &Lua, value: &LuaValue, id: MsgId) -> bool {
+        lua.exec_raw_lua(|raw| {
+            let l = raw.state();
+            // SAFETY: `l` is the state's running thread; room is made for the value and what
+            // `outgoing_at` pushes, and the stack is put back as found.
+            unsafe {
+                let top = mlua::ffi::lua_gettop(l);
+                assert_ne!(mlua::ffi::lua_checkstack(l, 4), 0);
+                raw.push_value(value).unwrap();
+                let taken = outgoing_at(lua, l, top + 1, id).is_some();
+                mlua::ffi::lua_settop(l, top);
+                taken
+            }
+        })
+    }
+
+    /// The stack encoder of `ctx:send`'s C function gives up on a reply and notes the reading
+    /// it was charged for, which the plain encoder is not charged for again. The note was the
+    /// state's: a call stopped between the two (at the clock's signal) left it for the next
+    /// call on the state, whose first reply at the same address (a table of the stopped call,
+    /// collected, made room for it) was read for nothing. The note is the call's now, and
+    /// the next call pays for all it reads.
+    #[test]
+    fn a_reading_paid_for_by_one_call_is_not_free_for_the_next() {
+        let (lua, id) = lua_with_limit(1 << 20);
+        // 2 000 lists read, then a bad value: the stack encoder gives up at the end.
+        let v: LuaValue = lua
+            .load(
+                "local l = {} for i = 1, 2000 do l[i] = { list_value = {} } end l[2001] = 5 \
+                 return { list_value = { values = l } }",
+            )
+            .eval()
+            .unwrap();
+        let unlimited = || CallShared::for_test(u64::MAX, std::time::Duration::MAX);
+        let stopped = unlimited();
+        let taken = super::super::slice::with_call(&stopped, || send_now_reads(&lua, &v, id));
+        assert!(!taken, "the stack encoder gives up on it");
+        let paid = stopped.used.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(paid >= 4000, "the first call paid {paid}");
+        // The next call reads a reply at the same address (here: the same table).
+        let next = unlimited();
+        let e = super::super::slice::with_call(&next, || outgoing_from_lua(&lua, &v, id));
+        assert!(e.unwrap_err().to_string().contains("values[2001]"));
+        let charged = next.used.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            charged >= paid,
+            "the next call read as much, and was charged {charged}"
+        );
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub struct Encoder<'p> {
     /// stack encoder's, when it gave up): the plain encoder reads them again in the same
     /// order, and is charged only for what it reads beyond them.
     prepaid: u64,
+    /// This thread's clock signals when the call was last charged (see [`Self::spend`]).
+    signals: Option<u32>,
 }
 
 /// A scalar read from Lua, ready to write.
@@ -100,6 +102,7 @@ impl<'p> Encoder<'p> {
             work: 0,
             read: 0,
             prepaid: 0,
+            signals: super::preempt::signals(),
         }
     }
 
@@ -107,13 +110,17 @@ impl<'p> Encoder<'p> {
     /// bound a reply's size, not the reading, and a table shared by many fields is read once
     /// per field (a chain of tables that each hold the next twice is read 2^n times in little
     /// memory). So reading a reply counts against the call's budget, and a call stopped meanwhile
-    /// stops here.
+    /// stops here. A unit is not a bound on time, though: walking a table steps over the empty
+    /// slots of its array part, millions in a table a script emptied, however few entries it
+    /// holds. So the call is also charged, which checks its time, whenever the thread's clock
+    /// signalled since the last charge (every millisecond of CPU), and at every table where no
+    /// clock signals the thread.
     pub(super) fn spend(&mut self, units: u64) -> Result<()> {
         self.read += units;
         let covered = units.min(self.prepaid);
         self.prepaid -= covered;
         self.work += units - covered;
-        if self.work < CHARGE_EVERY {
+        if self.work < CHARGE_EVERY && !self.clock_moved() {
             return Ok(());
         }
         let work = std::mem::take(&mut self.work);
@@ -121,6 +128,17 @@ impl<'p> Encoder<'p> {
             Some(a) => ConvertError::Stopped(a),
             None => lua_error(&Path::Root, e),
         })
+    }
+
+    /// Whether the call's time must be checked now: the thread's clock signalled since the
+    /// last check, or no clock signals this thread.
+    fn clock_moved(&mut self) -> bool {
+        let now = super::preempt::signals();
+        if now.is_some() && now == self.signals {
+            return false;
+        }
+        self.signals = now;
+        true
     }
 
     /// `value` as a message of type `msg`, the whole reply: its bytes.

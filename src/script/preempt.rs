@@ -23,6 +23,7 @@
 
 use std::cell::Cell;
 use std::ffi::c_int;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -37,6 +38,20 @@ thread_local! {
     static RUNNING: Cell<*mut ffi::lua_State> = const { Cell::new(std::ptr::null_mut()) };
     /// Whether a [`Clock`] of this thread is live.
     static ARMED: Cell<bool> = const { Cell::new(false) };
+    /// Signals this thread's clock has sent, counted by the handler (see [`signals`]).
+    static SIGNALS: AtomicU32 = const { AtomicU32::new(0) };
+}
+
+/// How many signals this thread's clock has sent so far, or `None` when no clock signals it.
+/// Work done in Rust or C, where no hook can stop it, asks the clock whether the call is over
+/// its time when this changed: it does every millisecond of CPU the thread uses, so that work
+/// needs no clock reading of its own to find out when to look, and is never long unchecked
+/// (the work it counts, such as the tables an encoder reads, may each take long: a table's
+/// empty array slots are stepped over by every walk of it).
+pub fn signals() -> Option<u32> {
+    ARMED
+        .with(Cell::get)
+        .then(|| SIGNALS.with(|s| s.load(Ordering::Relaxed)))
 }
 
 /// Whether this platform pauses scripts by the clock (else they count instructions).
@@ -95,6 +110,7 @@ impl Drop for Clock {
 
 /// Called by the signal handler, on the thread the signal interrupted.
 fn on_signal() {
+    SIGNALS.with(|s| s.fetch_add(1, Ordering::Relaxed));
     let state = RUNNING.with(Cell::get);
     if !state.is_null() {
         // SAFETY: `state` is the Lua thread this OS thread is running (noted by `within` and

@@ -1,0 +1,199 @@
+//! Regressions of the encoders that turn a script's reply tables into protobuf bytes (the
+//! stack encoder and the plain one it falls back to). Scripts: tests/fixtures/stack_encoder.
+//!
+//! - A reply's tables were charged one unit per table read, and the call's time was checked
+//!   only every 4 096 units; but a walk of a table steps over every empty slot of its array
+//!   part, so a reply naming one emptied table many times ran for many times the call's time
+//!   budget, with every other call on its state waiting (the watchdog does not watch a
+//!   returned reply being encoded). `slow_to_walk_reply_stops_at_the_time_budget`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{fixtures, Client, Server};
+use serde_json::json;
+
+fn dir() -> std::path::PathBuf {
+    fixtures().join("stack_encoder")
+}
+
+async fn start(extra: &[&str]) -> (Server, Client) {
+    let f = dir();
+    let mut args = vec![
+        "--protos".to_owned(),
+        f.join("protos").display().to_string(),
+        "--handlers".to_owned(),
+        f.join("handlers").display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s = Server::start(&args);
+    let c = Client::connect(s.addr, common::pool(&f.join("protos"))).await;
+    (s, c)
+}
+
+async fn run(
+    c: &Client,
+    method: &str,
+    name: &str,
+    n: i64,
+) -> (Result<serde_json::Value, tonic::Status>, Duration) {
+    let t = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(90),
+        c.unary(&format!("stk.Stk/{method}"), json!({"name": name, "n": n})),
+    )
+    .await
+    .unwrap_or_else(|_| Err(tonic::Status::unknown("CLIENT TIMEOUT")));
+    (r, t.elapsed())
+}
+
+fn short(r: &Result<serde_json::Value, tonic::Status>) -> String {
+    let s = match r {
+        Ok(v) => v.to_string(),
+        Err(s) => format!("{:?}: {}", s.code(), s.message()),
+    };
+    s.chars().take(300).collect()
+}
+
+/// Not a regression: a survey (`ATTACKS=name:n,… cargo test --test regression_script_stack_encoder -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn survey() {
+    let extra = std::env::var("SERVER_ARGS").unwrap_or_default();
+    let mut args = vec!["--script-states", "1"];
+    args.extend(extra.split_whitespace());
+    let (mut s, c) = start(&args).await;
+    let names: Vec<(String, i64)> = std::env::var("ATTACKS")
+        .unwrap()
+        .split(',')
+        .map(|a| match a.split_once(':') {
+            Some((n, k)) => (n.to_owned(), k.parse().unwrap()),
+            None => (a.to_owned(), 0),
+        })
+        .collect();
+    for (name, n) in names {
+        let c2 = c.clone();
+        let probe = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(
+                std::env::var("PROBE_DELAY").map_or(300, |v| v.parse().unwrap()),
+            ))
+            .await;
+            run(&c2, "Quick", "probe", 0).await
+        });
+        let (method, name) = name.split_once('/').unwrap_or(("Run", &name));
+        let (r, t) = call(&c, method, name, n).await;
+        let r = r.map(serde_json::Value::String);
+        let (pr, pt) = probe.await.unwrap();
+        eprintln!(
+            "ATTACK {name}:{n} {t:?} => {} || probe {pt:?} {}",
+            short(&r),
+            short(&pr)
+        );
+        if !s.is_running() {
+            panic!("died");
+        }
+    }
+    for l in s.log() {
+        if std::env::var("ALL_LOGS").is_ok()
+            || l.contains("panic")
+            || l.contains("WARN")
+            || l.contains("ERROR")
+            || l.contains("replac")
+        {
+            eprintln!("LOG {}", l.chars().take(300).collect::<String>());
+        }
+    }
+}
+
+/// Any call of the Stk service: unary or server streaming, its outcome (a stream's status,
+/// or the count of its messages) and how long it took.
+async fn call(
+    c: &Client,
+    method: &str,
+    name: &str,
+    n: i64,
+) -> (Result<String, tonic::Status>, Duration) {
+    let t = Instant::now();
+    let path = format!("stk.Stk/{method}");
+    let request = json!({"name": name, "n": n});
+    let outcome = async {
+        if method == "Stream" {
+            c.server_stream(&path, request)
+                .await
+                .map(|m| format!("{} messages", m.len()))
+        } else {
+            c.unary(&path, request).await.map(|v| v.to_string())
+        }
+    };
+    let r = tokio::time::timeout(Duration::from_secs(90), outcome)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::unknown("CLIENT TIMEOUT")));
+    (r, t.elapsed())
+}
+
+/// A reply whose tables are slow to walk: one message table, with millions of empty slots in
+/// its array part, 200 000 times in a list. Each walk of it steps over every slot, yet was
+/// charged as one table read, and the encoders only asked the clock after 4 096 reads: with a
+/// time budget of one second, the reply took 55 s to stop (the state's other calls waited as
+/// long, and the watchdog never stepped in: a reply returned is encoded after the script's
+/// last poll). With `ctx:send` the state was replaced by the watchdog. Now the encoders ask
+/// the clock whenever its signal came since they last did (every millisecond of CPU), and the
+/// call stops at its time budget however it hands the reply over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_to_walk_reply_stops_at_the_time_budget() {
+    // Paused by the clock, and counting instructions (where no clock signals the thread).
+    for mode in [
+        &[][..],
+        &[
+            "--script-instructions",
+            "1000000000",
+            "--script-time-ms",
+            "1500",
+        ],
+    ] {
+        let mut args = vec!["--script-states", "1"];
+        args.extend(mode);
+        let (_s, c) = start(&args).await;
+        slow_to_walk_replies(&c).await;
+    }
+}
+
+async fn slow_to_walk_replies(c: &Client) {
+    for (method, name) in [
+        ("Run", "sparse_children"),
+        ("Stream", "sparse_send"),
+        ("Stream", "sparse_stream_return"),
+    ] {
+        let c2 = c.clone();
+        let probe = tokio::spawn(async move {
+            // When the reply is being encoded (the table takes about a third of a second to build).
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            call(&c2, "Quick", "probe", 0).await
+        });
+        let (r, took) = call(c, method, name, 3_000_000).await;
+        let (probe, waited) = probe.await.unwrap();
+        let s = r.expect_err(name);
+        assert_eq!(
+            s.code(),
+            tonic::Code::ResourceExhausted,
+            "{name}: {}",
+            s.message()
+        );
+        assert!(
+            s.message().contains("time budget"),
+            "{name}: {}",
+            s.message()
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "{name}: the call took {took:?}"
+        );
+        assert_eq!(probe.unwrap(), json!({"text": "quick probe"}).to_string());
+        assert!(
+            waited < Duration::from_secs(5),
+            "{name}: the probe waited {waited:?}"
+        );
+    }
+}
