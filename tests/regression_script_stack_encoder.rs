@@ -6,6 +6,8 @@
 //!   part, so a reply naming one emptied table many times ran for many times the call's time
 //!   budget, with every other call on its state waiting (the watchdog does not watch a
 //!   returned reply being encoded). `slow_to_walk_reply_stops_at_the_time_budget`.
+//! - `ctx:sleep(0)` gives the state's other calls a turn without a timer; an endless loop of it
+//!   must still meet the budget. `endless_zero_sleeps_stop_at_the_budget_and_let_others_run`.
 
 mod common;
 
@@ -31,80 +33,6 @@ async fn start(extra: &[&str]) -> (Server, Client) {
     let s = Server::start(&args);
     let c = Client::connect(s.addr, common::pool(&f.join("protos"))).await;
     (s, c)
-}
-
-async fn run(
-    c: &Client,
-    method: &str,
-    name: &str,
-    n: i64,
-) -> (Result<serde_json::Value, tonic::Status>, Duration) {
-    let t = Instant::now();
-    let r = tokio::time::timeout(
-        Duration::from_secs(90),
-        c.unary(&format!("stk.Stk/{method}"), json!({"name": name, "n": n})),
-    )
-    .await
-    .unwrap_or_else(|_| Err(tonic::Status::unknown("CLIENT TIMEOUT")));
-    (r, t.elapsed())
-}
-
-fn short(r: &Result<serde_json::Value, tonic::Status>) -> String {
-    let s = match r {
-        Ok(v) => v.to_string(),
-        Err(s) => format!("{:?}: {}", s.code(), s.message()),
-    };
-    s.chars().take(300).collect()
-}
-
-/// Not a regression: a survey (`ATTACKS=name:n,… cargo test --test regression_script_stack_encoder -- --ignored --nocapture`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn survey() {
-    let extra = std::env::var("SERVER_ARGS").unwrap_or_default();
-    let mut args = vec!["--script-states", "1"];
-    args.extend(extra.split_whitespace());
-    let (mut s, c) = start(&args).await;
-    let names: Vec<(String, i64)> = std::env::var("ATTACKS")
-        .unwrap()
-        .split(',')
-        .map(|a| match a.split_once(':') {
-            Some((n, k)) => (n.to_owned(), k.parse().unwrap()),
-            None => (a.to_owned(), 0),
-        })
-        .collect();
-    for (name, n) in names {
-        let c2 = c.clone();
-        let probe = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(
-                std::env::var("PROBE_DELAY").map_or(300, |v| v.parse().unwrap()),
-            ))
-            .await;
-            run(&c2, "Quick", "probe", 0).await
-        });
-        let (method, name) = name.split_once('/').unwrap_or(("Run", &name));
-        let (r, t) = call(&c, method, name, n).await;
-        let r = r.map(serde_json::Value::String);
-        let (pr, pt) = probe.await.unwrap();
-        eprintln!(
-            "ATTACK {name}:{n} {t:?} => {} || probe {pt:?} {}",
-            short(&r),
-            short(&pr)
-        );
-        if !s.is_running() {
-            panic!("died");
-        }
-    }
-    for l in s.log() {
-        if std::env::var("ALL_LOGS").is_ok()
-            || l.contains("panic")
-            || l.contains("WARN")
-            || l.contains("ERROR")
-            || l.contains("replac")
-        {
-            eprintln!("LOG {}", l.chars().take(300).collect::<String>());
-        }
-    }
 }
 
 /// Any call of the Stk service: unary or server streaming, its outcome (a stream's status,
@@ -193,6 +121,39 @@ async fn slow_to_walk_replies(c: &Client) {
         assert_eq!(probe.unwrap(), json!({"text": "quick probe"}).to_string());
         assert!(
             waited < Duration::from_secs(5),
+            "{name}: the probe waited {waited:?}"
+        );
+    }
+}
+
+/// An endless loop of `ctx:sleep(0)`, in the handler or in a coroutine of it: each gives the
+/// state's other calls a turn without a timer, so the loop must still be stopped by the time
+/// budget, and a call on the same state meanwhile must answer at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_zero_sleeps_stop_at_the_budget_and_let_others_run() {
+    let (_s, c) = start(&["--script-states", "1"]).await;
+    for name in ["sleep0", "co_sleep0"] {
+        let c2 = c.clone();
+        let probe = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            call(&c2, "Quick", "probe", 0).await
+        });
+        let (r, took) = call(&c, "Run", name, 0).await;
+        let (probe, waited) = probe.await.unwrap();
+        let s = r.expect_err(name);
+        assert_eq!(
+            s.code(),
+            tonic::Code::ResourceExhausted,
+            "{name}: {}",
+            s.message()
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "{name}: the call took {took:?}"
+        );
+        assert_eq!(probe.unwrap(), json!({"text": "quick probe"}).to_string());
+        assert!(
+            waited < Duration::from_secs(1),
             "{name}: the probe waited {waited:?}"
         );
     }
