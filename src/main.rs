@@ -628,18 +628,30 @@ fn list(args: &ListArgs) -> ExitCode {
     let wanted = |name: &str| {
         args.prefixes.is_empty() || args.prefixes.iter().any(|p| name.starts_with(p.as_str()))
     };
+    let mut out = Output::new();
     let mut shown = 0;
     for service in loaded.schema.files.services() {
         if !wanted(&service.name) {
             continue;
         }
         shown += 1;
-        println!("{}", service.name);
+        out.line(format_args!("{}", service.name));
         for method in &service.methods {
             let path = format!("/{}/{}", service.name, method.name);
             let kind = kinds.get(&path).copied().unwrap_or("no handler");
-            println!("  {:<24} {:<17} {}", method.name, method.shape.name(), kind);
+            out.line(format_args!(
+                "  {:<24} {:<17} {}",
+                method.name,
+                method.shape.name(),
+                kind
+            ));
         }
+        if out.stopped() {
+            break;
+        }
+    }
+    if let Some(code) = out.finish() {
+        return code;
     }
     if shown == 0 && !args.prefixes.is_empty() {
         eprintln!(
@@ -650,6 +662,55 @@ fn list(args: &ListArgs) -> ExitCode {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// Standard output for a listing. `println!` panics when the reader has gone (`protoserve
+/// list | head -1` printed "failed printing to stdout" and a backtrace); here a reader that
+/// stops early ends the output quietly, as it ends other tools' output, and any other write
+/// error (a full disk) is reported once, after which nothing more is written.
+struct Output {
+    out: std::io::Stdout,
+    error: Option<std::io::Error>,
+}
+
+impl Output {
+    fn new() -> Output {
+        Output {
+            out: std::io::stdout(),
+            error: None,
+        }
+    }
+
+    /// Writes one line, unless writing already stopped.
+    fn line(&mut self, text: std::fmt::Arguments) {
+        use std::io::Write;
+        if self.error.is_none() {
+            if let Err(e) = writeln!(self.out, "{text}") {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// Whether writing stopped (the reader went away, or a write failed).
+    fn stopped(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// Flushes; `None` when the output went out, or the reader stopped reading early (which
+    /// is not the command's failure), else the exit code of a write that failed.
+    fn finish(mut self) -> Option<ExitCode> {
+        use std::io::Write;
+        if self.error.is_none() {
+            self.error = self.out.flush().err();
+        }
+        match self.error? {
+            e if e.kind() == std::io::ErrorKind::BrokenPipe => None,
+            e => {
+                eprintln!("error: cannot write to standard output: {e}");
+                Some(ExitCode::from(STARTUP_PROBLEM))
+            }
+        }
+    }
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
