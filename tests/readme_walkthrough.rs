@@ -5,10 +5,14 @@
 //!
 //! The client is one a user has without the `.proto`: it asks the server's reflection for the
 //! descriptors, as grpcurl and `buf curl` do, and asks again after each reload.
+//!
+//! "Mistakes are caught at startup" is checked the same way: trees with the mistakes its
+//! examples show, and `protoserve check` printing exactly the README's text.
 
 mod common;
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -171,13 +175,13 @@ fn wait_for_log(server: &Server, needle: &str) -> String {
     }
 }
 
-/// `protoserve ARGS…` run in `project`'s folder, as the README's `$ protoserve …` lines are:
+/// `protoserve ARGS…` run in the folder `dir`, as the README's `$ protoserve …` lines are:
 /// (exit code, stdout, stderr). The descriptor cache goes to a folder of its own.
-fn run_in(project: &Project, args: &[&str]) -> (i32, String, String) {
+fn run_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let cache = tempfile::tempdir().unwrap();
     let out = Command::new(binary())
         .args(args)
-        .current_dir(project.path(""))
+        .current_dir(dir)
         .env("XDG_CACHE_HOME", cache.path())
         .output()
         .expect("run protoserve");
@@ -287,13 +291,76 @@ async fn the_quick_start_and_adding_an_rpc_work_as_the_readme_says() {
     }
 
     // `protoserve check` passes and `protoserve list` prints the README's listing, exactly.
-    let (code, out, err) = run_in(&project, &["check"]);
+    let (code, out, err) = run_in(&project.path(""), &["check"]);
     assert_eq!(code, 0, "{out}{err}");
     let listing = blocks(adding, "text")[0].clone();
     let expected = listing
         .strip_prefix("$ protoserve list\n")
         .expect("the block starts with the command");
-    let (code, out, err) = run_in(&project, &["list"]);
+    let (code, out, err) = run_in(&project.path(""), &["list"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("{expected}\n"), "{err}");
+}
+
+/// The `text` blocks of `section` that show `$ protoserve check`: what it prints, each.
+fn check_outputs(section: &str) -> Vec<String> {
+    blocks(section, "text")
+        .into_iter()
+        .filter_map(|b| Some(b.strip_prefix("$ protoserve check\n")?.to_owned()))
+        .collect()
+}
+
+/// Writes `files` (path, text) under a new temporary folder.
+fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn mistakes_are_reported_as_the_readme_shows() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = section(&readme, "## Mistakes are caught at startup");
+    let shown = check_outputs(section);
+    assert_eq!(shown.len(), 2, "{section}");
+    assert!(section.contains("`serve` and `check` exit with status 2 when anything is wrong"));
+
+    // A broken .proto, with an excerpt of its source.
+    let broken = tree(&[(
+        "protos/shop.proto",
+        "syntax = \"proto3\";\nmessage Item {\n  string id = 1;\n  string sku = 2\n  int32 count = 3;\n}\n",
+    )]);
+    let (code, out, err) = run_in(broken.path(), &["check"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert_eq!(err, format!("{}\n", shown[0]));
+
+    // Once the protos compile: every data, handler and script problem in one go.
+    let greeter = std::fs::read_to_string(repo().join("protos/helloworld.proto")).unwrap();
+    let mistakes = tree(&[
+        ("protos/helloworld.proto", &greeter),
+        ("data/points.json", "{\n  \"a\": 1,\n  \"b\": [1,]\n}\n"),
+        (
+            "handlers/a.json",
+            r#"{
+  "service": "helloworld.Greeter",
+  "methods": {
+    "SayHelo": { "reply": { "message": "Hello" } },
+    "SayHello": { "script": "greet.lua" },
+    "SayHelloAgain": { "reply": { "message": "{{nam}}" } }
+  }
+}
+"#,
+        ),
+        (
+            "handlers/greet.lua",
+            "function SayHello(req)\n  return { message = \"hi\"\nend\n",
+        ),
+    ]);
+    let (code, out, err) = run_in(mistakes.path(), &["check"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert_eq!(err, format!("{}\n", shown[1]));
 }
