@@ -602,14 +602,15 @@ fn load(args: &LoadArgs) -> Result<Generation, ExitCode> {
 fn check(args: &LoadArgs) -> ExitCode {
     match load(args) {
         Ok(loaded) => {
-            println!(
+            let mut out = Output::new();
+            out.line(format_args!(
                 "ok: {} services, {} methods ({} with handlers), loaded in {} ms",
                 loaded.service_count(),
                 loaded.method_count(),
                 loaded.handled_count(),
                 loaded.load_time.as_millis()
-            );
-            ExitCode::SUCCESS
+            ));
+            out.finish().unwrap_or(ExitCode::SUCCESS)
         }
         Err(code) => code,
     }
@@ -664,10 +665,10 @@ fn list(args: &ListArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Standard output for a listing. `println!` panics when the reader has gone (`protoserve
-/// list | head -1` printed "failed printing to stdout" and a backtrace); here a reader that
-/// stops early ends the output quietly, as it ends other tools' output, and any other write
-/// error (a full disk) is reported once, after which nothing more is written.
+/// Standard output of `list`, `check` and `verify`. `println!` panics when the reader has gone
+/// (`protoserve list | head -1` printed "failed printing to stdout" and a backtrace); here a
+/// reader that stops early ends the output quietly, as it ends other tools' output, and any
+/// other write error (a full disk) is reported once, after which nothing more is written.
 struct Output {
     out: std::io::Stdout,
     error: Option<std::io::Error>,
@@ -865,6 +866,9 @@ fn verify(args: &VerifyArgs) -> ExitCode {
         }
     };
     let token = args.admin_token.as_deref().filter(|t| !t.is_empty());
+    // A reader that stops early (`| head`) does not stop the verifies: their verdicts still set
+    // the exit status.
+    let mut out = Output::new();
     let mut failed = 0;
     for (i, item) in verifies.iter().enumerate() {
         let label = if verifies.len() > 1 {
@@ -894,23 +898,26 @@ fn verify(args: &VerifyArgs) -> ExitCode {
             return ExitCode::from(STARTUP_PROBLEM);
         }
         if reply["ok"].as_bool() == Some(true) {
-            println!("ok: {label}{message}");
+            out.line(format_args!("ok: {label}{message}"));
             continue;
         }
         failed += 1;
-        println!("FAILED: {label}{message}");
+        out.line(format_args!("FAILED: {label}{message}"));
         for miss in reply["near_misses"].as_array().into_iter().flatten() {
-            println!("  call {}:", miss["id"]);
+            out.line(format_args!("  call {}:", miss["id"]));
             for why in miss["failed"].as_array().into_iter().flatten() {
-                println!("    {}", why.as_str().unwrap_or_default());
+                out.line(format_args!("    {}", why.as_str().unwrap_or_default()));
             }
             if let Some(request) = miss.get("request") {
-                println!("    request: {request}");
+                out.line(format_args!("    request: {request}"));
             }
         }
         if let Some(note) = reply["note"].as_str() {
-            println!("  note: {note}");
+            out.line(format_args!("  note: {note}"));
         }
+    }
+    if let Some(code) = out.finish() {
+        return code;
     }
     if failed > 0 {
         ExitCode::from(1)

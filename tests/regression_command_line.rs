@@ -2,7 +2,8 @@
 //! exhaust the machine are refused, and a file named on the command line is named back when it
 //! cannot be read. `protoserve list | head -1` ended with a panic ("failed printing to stdout:
 //! Broken pipe") and a backtrace on stderr once head had gone: a reader that stops early now ends
-//! the listing quietly.
+//! the listing quietly. So does `protoserve verify | head -1`, whose verdicts still set the exit
+//! status, and `check` into a pipe closed before it writes.
 
 mod common;
 
@@ -278,7 +279,7 @@ fn list_into_a_pipe_closed_after_the_first_line_ends_quietly() {
         proto.push_str("}\n");
     }
     std::fs::write(protos.join("wide.proto"), proto).unwrap();
-    let mut child = Command::new(binary())
+    let child = Command::new(binary())
         .current_dir(dir.path())
         .args(["list", "--no-cache", "--protos"])
         .arg(&protos)
@@ -289,11 +290,22 @@ fn list_into_a_pipe_closed_after_the_first_line_ends_quietly() {
         .spawn()
         .expect("run protoserve list");
     // `| head -1`: read the first line, then close the pipe.
+    let (first, code, err) = first_line_then_close(child);
+    assert_eq!(first, "wide.Service0\n");
+    assert!(
+        !err.contains("panicked") && !err.contains("failed printing"),
+        "{err}"
+    );
+    assert_eq!(err, "", "nothing on stderr when the reader stops early");
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// Reads the first line of `child`'s stdout, closes the pipe, and waits: (exit code, stderr).
+fn first_line_then_close(mut child: std::process::Child) -> (String, Option<i32>, String) {
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
         .unwrap();
-    assert_eq!(first, "wide.Service0\n");
     let mut err = String::new();
     child
         .stderr
@@ -301,11 +313,56 @@ fn list_into_a_pipe_closed_after_the_first_line_ends_quietly() {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    let status = child.wait().unwrap();
+    (first, child.wait().unwrap().code(), err)
+}
+
+#[test]
+fn verify_into_a_pipe_closed_after_the_first_line_ends_quietly_with_its_verdict() {
+    // 2 000 verifies print about 150 KiB of verdicts, more than a pipe holds.
+    let server = common::Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.json");
+    let one = r#"{"method": "helloworld.Greeter/SayHello", "exactly": 0}"#;
+    std::fs::write(&file, format!("[{}]", vec![one; 2000].join(","))).unwrap();
+    let child = Command::new(binary())
+        .args(["verify", "--admin", &server.admin_addr().to_string()])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run protoserve verify");
+    let (first, code, err) = first_line_then_close(child);
+    assert!(first.starts_with("ok: "), "{first}");
     assert!(
         !err.contains("panicked") && !err.contains("failed printing"),
         "{err}"
     );
     assert_eq!(err, "", "nothing on stderr when the reader stops early");
-    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(code, Some(0), "every verify holds: {err}");
+}
+
+#[test]
+fn check_into_a_pipe_closed_before_it_writes_ends_quietly() {
+    let mut child = Command::new(binary())
+        .current_dir(repo())
+        .args(["check", "--no-cache"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run protoserve check");
+    // The reader goes while check still loads (tens of milliseconds).
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let code = child.wait().unwrap().code();
+    assert!(
+        !err.contains("panicked") && !err.contains("failed printing"),
+        "{err}"
+    );
+    assert_eq!(code, Some(0), "the files are fine: {err}");
 }
