@@ -602,14 +602,15 @@ fn load(args: &LoadArgs) -> Result<Generation, ExitCode> {
 fn check(args: &LoadArgs) -> ExitCode {
     match load(args) {
         Ok(loaded) => {
-            println!(
+            let mut out = Output::new();
+            out.line(format_args!(
                 "ok: {} services, {} methods ({} with handlers), loaded in {} ms",
                 loaded.service_count(),
                 loaded.method_count(),
                 loaded.handled_count(),
                 loaded.load_time.as_millis()
-            );
-            ExitCode::SUCCESS
+            ));
+            out.finish().unwrap_or(ExitCode::SUCCESS)
         }
         Err(code) => code,
     }
@@ -628,18 +629,30 @@ fn list(args: &ListArgs) -> ExitCode {
     let wanted = |name: &str| {
         args.prefixes.is_empty() || args.prefixes.iter().any(|p| name.starts_with(p.as_str()))
     };
+    let mut out = Output::new();
     let mut shown = 0;
     for service in loaded.schema.files.services() {
         if !wanted(&service.name) {
             continue;
         }
         shown += 1;
-        println!("{}", service.name);
+        out.line(format_args!("{}", service.name));
         for method in &service.methods {
             let path = format!("/{}/{}", service.name, method.name);
             let kind = kinds.get(&path).copied().unwrap_or("no handler");
-            println!("  {:<24} {:<17} {}", method.name, method.shape.name(), kind);
+            out.line(format_args!(
+                "  {:<24} {:<17} {}",
+                method.name,
+                method.shape.name(),
+                kind
+            ));
         }
+        if out.stopped() {
+            break;
+        }
+    }
+    if let Some(code) = out.finish() {
+        return code;
     }
     if shown == 0 && !args.prefixes.is_empty() {
         eprintln!(
@@ -650,6 +663,55 @@ fn list(args: &ListArgs) -> ExitCode {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// Standard output of `list`, `check` and `verify`. `println!` panics when the reader has gone
+/// (`protoserve list | head -1` printed "failed printing to stdout" and a backtrace); here a
+/// reader that stops early ends the output quietly, as it ends other tools' output, and any
+/// other write error (a full disk) is reported once, after which nothing more is written.
+struct Output {
+    out: std::io::Stdout,
+    error: Option<std::io::Error>,
+}
+
+impl Output {
+    fn new() -> Output {
+        Output {
+            out: std::io::stdout(),
+            error: None,
+        }
+    }
+
+    /// Writes one line, unless writing already stopped.
+    fn line(&mut self, text: std::fmt::Arguments) {
+        use std::io::Write;
+        if self.error.is_none() {
+            if let Err(e) = writeln!(self.out, "{text}") {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// Whether writing stopped (the reader went away, or a write failed).
+    fn stopped(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// Flushes; `None` when the output went out, or the reader stopped reading early (which
+    /// is not the command's failure), else the exit code of a write that failed.
+    fn finish(mut self) -> Option<ExitCode> {
+        use std::io::Write;
+        if self.error.is_none() {
+            self.error = self.out.flush().err();
+        }
+        match self.error? {
+            e if e.kind() == std::io::ErrorKind::BrokenPipe => None,
+            e => {
+                eprintln!("error: cannot write to standard output: {e}");
+                Some(ExitCode::from(STARTUP_PROBLEM))
+            }
+        }
+    }
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
@@ -804,6 +866,9 @@ fn verify(args: &VerifyArgs) -> ExitCode {
         }
     };
     let token = args.admin_token.as_deref().filter(|t| !t.is_empty());
+    // A reader that stops early (`| head`) does not stop the verifies: their verdicts still set
+    // the exit status.
+    let mut out = Output::new();
     let mut failed = 0;
     for (i, item) in verifies.iter().enumerate() {
         let label = if verifies.len() > 1 {
@@ -833,23 +898,26 @@ fn verify(args: &VerifyArgs) -> ExitCode {
             return ExitCode::from(STARTUP_PROBLEM);
         }
         if reply["ok"].as_bool() == Some(true) {
-            println!("ok: {label}{message}");
+            out.line(format_args!("ok: {label}{message}"));
             continue;
         }
         failed += 1;
-        println!("FAILED: {label}{message}");
+        out.line(format_args!("FAILED: {label}{message}"));
         for miss in reply["near_misses"].as_array().into_iter().flatten() {
-            println!("  call {}:", miss["id"]);
+            out.line(format_args!("  call {}:", miss["id"]));
             for why in miss["failed"].as_array().into_iter().flatten() {
-                println!("    {}", why.as_str().unwrap_or_default());
+                out.line(format_args!("    {}", why.as_str().unwrap_or_default()));
             }
             if let Some(request) = miss.get("request") {
-                println!("    request: {request}");
+                out.line(format_args!("    request: {request}"));
             }
         }
         if let Some(note) = reply["note"].as_str() {
-            println!("  note: {note}");
+            out.line(format_args!("  note: {note}"));
         }
+    }
+    if let Some(code) = out.finish() {
+        return code;
     }
     if failed > 0 {
         ExitCode::from(1)

@@ -1,10 +1,13 @@
 //! Regressions of the command line: flags with values that would silently lift a limit or
 //! exhaust the machine are refused, and a file named on the command line is named back when it
-//! cannot be read.
+//! cannot be read. `protoserve list | head -1` ended with a panic ("failed printing to stdout:
+//! Broken pipe") and a backtrace on stderr once head had gone: a reader that stops early now ends
+//! the listing quietly. So does `protoserve verify | head -1`, whose verdicts still set the exit
+//! status, and `check` into a pipe closed before it writes.
 
 mod common;
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 
 use common::{binary, repo, run};
@@ -256,4 +259,110 @@ fn a_device_as_descriptor_set_is_refused_without_reading_it() {
         err.contains("--descriptor-set /dev/null: a device, not a file"),
         "{err}"
     );
+}
+
+#[test]
+fn list_into_a_pipe_closed_after_the_first_line_ends_quietly() {
+    // A listing far larger than a pipe holds (64 KiB), so that the server is still writing when
+    // the reader goes: 40 services of 100 methods, about 250 KiB of lines.
+    let dir = tempfile::tempdir().unwrap();
+    let protos = dir.path().join("protos");
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir(&protos).unwrap();
+    std::fs::create_dir(&handlers).unwrap();
+    let mut proto = String::from("syntax = \"proto3\";\npackage wide;\nmessage M {}\n");
+    for s in 0..40 {
+        proto.push_str(&format!("service Service{s} {{\n"));
+        for m in 0..100 {
+            proto.push_str(&format!("  rpc Method{m} (M) returns (M);\n"));
+        }
+        proto.push_str("}\n");
+    }
+    std::fs::write(protos.join("wide.proto"), proto).unwrap();
+    let child = Command::new(binary())
+        .current_dir(dir.path())
+        .args(["list", "--no-cache", "--protos"])
+        .arg(&protos)
+        .arg("--handlers")
+        .arg(&handlers)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run protoserve list");
+    // `| head -1`: read the first line, then close the pipe.
+    let (first, code, err) = first_line_then_close(child);
+    assert_eq!(first, "wide.Service0\n");
+    assert!(
+        !err.contains("panicked") && !err.contains("failed printing"),
+        "{err}"
+    );
+    assert_eq!(err, "", "nothing on stderr when the reader stops early");
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// Reads the first line of `child`'s stdout, closes the pipe, and waits: (exit code, stderr).
+fn first_line_then_close(mut child: std::process::Child) -> (String, Option<i32>, String) {
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (first, child.wait().unwrap().code(), err)
+}
+
+#[test]
+fn verify_into_a_pipe_closed_after_the_first_line_ends_quietly_with_its_verdict() {
+    // 2 000 verifies print about 150 KiB of verdicts, more than a pipe holds.
+    let server = common::Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.json");
+    let one = r#"{"method": "helloworld.Greeter/SayHello", "exactly": 0}"#;
+    std::fs::write(&file, format!("[{}]", vec![one; 2000].join(","))).unwrap();
+    let child = Command::new(binary())
+        .args(["verify", "--admin", &server.admin_addr().to_string()])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run protoserve verify");
+    let (first, code, err) = first_line_then_close(child);
+    assert!(first.starts_with("ok: "), "{first}");
+    assert!(
+        !err.contains("panicked") && !err.contains("failed printing"),
+        "{err}"
+    );
+    assert_eq!(err, "", "nothing on stderr when the reader stops early");
+    assert_eq!(code, Some(0), "every verify holds: {err}");
+}
+
+#[test]
+fn check_into_a_pipe_closed_before_it_writes_ends_quietly() {
+    let mut child = Command::new(binary())
+        .current_dir(repo())
+        .args(["check", "--no-cache"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run protoserve check");
+    // The reader goes while check still loads (tens of milliseconds).
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let code = child.wait().unwrap().code();
+    assert!(
+        !err.contains("panicked") && !err.contains("failed printing"),
+        "{err}"
+    );
+    assert_eq!(code, Some(0), "the files are fine: {err}");
 }

@@ -35,6 +35,14 @@ pub fn live_handler(word: &str) -> String {
 
 impl Project {
     pub fn new() -> Project {
+        let p = Project::shipped();
+        p.write("protos/live.proto", LIVE_PROTO);
+        p.write("handlers/live.json", &live_handler("v1"));
+        p
+    }
+
+    /// A copy of the shipped project alone: `protos/`, `handlers/` and `data/` as they are.
+    pub fn shipped() -> Project {
         let dir = tempfile::tempdir().unwrap();
         let repo = super::repo();
         for sub in ["protos", "handlers", "data"] {
@@ -44,10 +52,7 @@ impl Project {
                 std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).unwrap();
             }
         }
-        let p = Project { dir };
-        p.write("protos/live.proto", LIVE_PROTO);
-        p.write("handlers/live.json", &live_handler("v1"));
-        p
+        Project { dir }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
