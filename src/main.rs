@@ -100,9 +100,9 @@ struct LoadArgs {
     /// Folder of data sets (*.json) for scripts.
     #[arg(long, value_name = "DIR", default_value = "data")]
     data: PathBuf,
-    /// Largest message accepted or sent, in bytes (at least 1); larger ones get
-    /// RESOURCE_EXHAUSTED.
-    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024, value_parser = positive)]
+    /// Largest message accepted or sent (bytes, or such as 4MiB; at least 1 byte); larger
+    /// ones get RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = size_limit)]
     max_message_size: usize,
     /// Milliseconds one script call may run (over all its time slices) before it is stopped
     /// with RESOURCE_EXHAUSTED (at least 1).
@@ -173,7 +173,7 @@ struct LiveArgs {
     journal_calls: usize,
     /// Bytes the journal keeps, messages and metadata together (such as 64MiB, 512KiB); the
     /// oldest calls go first, and one call larger than this keeps its first messages.
-    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = byte_size)]
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = journal_size)]
     journal_bytes: usize,
 }
 
@@ -250,8 +250,26 @@ fn on_off(s: &str) -> Result<bool, String> {
 /// The smallest journal byte budget: a few calls with their metadata.
 const MIN_JOURNAL_BYTES: usize = 64 * 1024;
 
+/// The journal's byte budget: a [`byte_size`] of at least [`MIN_JOURNAL_BYTES`].
+fn journal_size(s: &str) -> Result<usize, String> {
+    let bytes = byte_size(s)?;
+    if bytes < MIN_JOURNAL_BYTES {
+        return Err(format!("{:?} is too small; give at least 64KiB", s.trim()));
+    }
+    Ok(bytes)
+}
+
+/// A message or buffer limit: a [`byte_size`] of at least one byte.
+fn size_limit(s: &str) -> Result<usize, String> {
+    match byte_size(s)? {
+        0 => Err("must be at least 1 byte".into()),
+        bytes => Ok(bytes),
+    }
+}
+
 /// A size in bytes: a number with an optional unit (B, KiB, MiB, GiB; K, M, G and KB, MB,
-/// GB mean the same binary multiples).
+/// GB mean the same binary multiples). Every size flag reads sizes this way, so a unit one
+/// takes works for all.
 fn byte_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -270,13 +288,8 @@ fn byte_size(s: &str) -> Result<usize, String> {
     let n: usize = number.parse().map_err(|_| {
         format!("{s:?} is not a size; write bytes, or a number with KiB, MiB or GiB")
     })?;
-    let bytes = n
-        .checked_mul(scale)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
-    if bytes < MIN_JOURNAL_BYTES {
-        return Err(format!("{s:?} is too small; give at least 64KiB"));
-    }
-    Ok(bytes)
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 impl LiveArgs {
@@ -315,11 +328,11 @@ struct TransportArgs {
     max_header_list_size: u32,
     /// Bytes of messages the server holds for one connection: requests still arriving and
     /// responses the client has not read; a message past it ends its call with
-    /// RESOURCE_EXHAUSTED.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024, value_parser = positive)]
+    /// RESOURCE_EXHAUSTED (bytes, or such as 64MiB).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = size_limit)]
     max_buffered_per_connection: usize,
     /// The same, for all connections together.
-    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024 * 1024, value_parser = positive)]
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = size_limit)]
     max_buffered: usize,
     /// Time a new connection has to send the HTTP/2 preface before it is closed (more than 0).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = some_time)]
@@ -961,7 +974,7 @@ async fn signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::{byte_size, duration, log_filter};
+    use super::{byte_size, duration, journal_size, log_filter, size_limit};
 
     #[test]
     fn byte_sizes_take_bytes_or_a_binary_unit() {
@@ -969,9 +982,15 @@ mod tests {
         assert_eq!(byte_size("64MiB"), Ok(64 << 20));
         assert_eq!(byte_size("512k"), Ok(512 << 10));
         assert_eq!(byte_size("1 GB"), Ok(1 << 30));
-        for bad in ["", "MiB", "1x", "10", "99999999999999999999G", "-1M"] {
+        for bad in ["", "MiB", "1x", "99999999999999999999G", "-1M"] {
             assert!(byte_size(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(size_limit("1"), Ok(1));
+        assert_eq!(size_limit("1GiB"), Ok(1 << 30));
+        assert!(size_limit("0").is_err());
+        assert!(size_limit("0MiB").is_err());
+        assert_eq!(journal_size("64KiB"), Ok(64 << 10));
+        assert!(journal_size("10").is_err());
     }
     use std::time::Duration;
 

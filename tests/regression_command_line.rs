@@ -366,3 +366,47 @@ fn check_into_a_pipe_closed_before_it_writes_ends_quietly() {
     );
     assert_eq!(code, Some(0), "the files are fine: {err}");
 }
+
+/// Every size flag reads sizes as `--journal-bytes` does: `--max-buffered 1GiB` was refused with
+/// "invalid digit found in string", and `--max-message-size` took bare bytes only. A size with
+/// a unit is honoured: a message past `--max-message-size 1KiB` is refused.
+#[tokio::test]
+async fn size_flags_take_units_as_the_journal_size_does() {
+    let server = common::Server::start(&[
+        "--max-message-size",
+        "1KiB",
+        "--max-buffered",
+        "1GiB",
+        "--max-buffered-per-connection",
+        "64MiB",
+    ]);
+    let client = common::Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    let small = client
+        .unary(
+            "helloworld.Greeter/SayHello",
+            serde_json::json!({"name": "x".repeat(900)}),
+        )
+        .await
+        .expect("a message under 1 KiB");
+    assert!(
+        small["message"].as_str().unwrap().ends_with("xx!"),
+        "{small}"
+    );
+    let big = client
+        .unary(
+            "helloworld.Greeter/SayHello",
+            serde_json::json!({"name": "x".repeat(1100)}),
+        )
+        .await
+        .expect_err("a message over 1 KiB");
+    assert_eq!(big.code(), tonic::Code::ResourceExhausted, "{big:?}");
+    let (code, _, err) = run(&[
+        "serve",
+        "--max-buffered",
+        "1x",
+        "--protos",
+        "no/such/protos",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("KiB, MiB or GiB"), "{err}");
+}
