@@ -9,6 +9,8 @@
 //! - An array with a `null` in it, built one item at a time, kept the items after the `null`
 //!   where `#` does not count them: `#` of `[{…}, null, {…}]` was 1. It is 3 again, as it was
 //!   when arrays were built from a parsed copy of the file.
+//! - A key given twice in one object of a data set was accepted, and scripts saw the last
+//!   value; each repeat is a problem at its line and column now, naming the line of the first.
 
 mod common;
 
@@ -150,4 +152,74 @@ async fn a_data_array_with_a_null_keeps_its_length() {
         .await
         .unwrap();
     assert_eq!(reply["message"], "5 c", "length and last item of the array");
+}
+
+/// `check` of the project in `dir`: its exit code and what it printed on stderr.
+fn check(dir: &Path) -> (i32, String) {
+    let arg = |sub: &str| dir.join(sub).display().to_string();
+    let (code, _, err) = common::run(&[
+        "check",
+        "--protos",
+        &arg("protos"),
+        "--handlers",
+        &arg("handlers"),
+        "--data",
+        &arg("data"),
+    ]);
+    (code, err)
+}
+
+/// A data set with keys given twice is refused by `check` and at startup, each at its second
+/// occurrence, naming the line of the first: a script used to see the last value of each
+/// (`data.big[2].name` was "c") and nobody was told of the other.
+#[test]
+fn keys_given_twice_in_a_data_set_are_refused_where_they_repeat() {
+    let text = "[\n  {\"name\": \"a\", \"location\": {\"latitude\": 1, \"longitude\": 2, \"latitude\": 3}},\n  {\"name\": \"b\", \"name\": \"c\"}\n]\n";
+    let dir = project(Some(text));
+    let file = dir.path().join("data/big.json").display().to_string();
+    let wanted = [
+        format!("{file}:2:61: duplicate key \"latitude\" in [0].location: the first is at line 2, column 30; "),
+        format!("{file}:3:17: duplicate key \"name\" in [1]: the first is at line 3, column 4; "),
+    ];
+    let (code, err) = check(dir.path());
+    assert_eq!(code, 2, "{err}");
+    for wanted in &wanted {
+        assert!(err.contains(wanted), "{wanted:?} missing in:\n{err}");
+    }
+    assert!(
+        err.contains("help: keep one \"name\" in this object"),
+        "{err}"
+    );
+    assert!(err.contains("2 problem(s) found"), "{err}");
+
+    let arg = |sub: &str| dir.path().join(sub).display().to_string();
+    let (code, _, err) = common::run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--protos",
+        &arg("protos"),
+        "--handlers",
+        &arg("handlers"),
+        "--data",
+        &arg("data"),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    for wanted in &wanted {
+        assert!(err.contains(wanted), "{wanted:?} missing in:\n{err}");
+    }
+}
+
+/// The same key in different objects, or as a value, is no repeat: a data set of a thousand
+/// objects alike loads.
+#[test]
+fn the_same_key_in_different_objects_is_no_repeat() {
+    let items: Vec<String> = (0..1000)
+        .map(|i| format!(r#"{{"name": "name", "tags": {{"name": {i}}}, "n": [{{"name": 1}}]}}"#))
+        .collect();
+    let dir = project(Some(&format!("[{}]", items.join(",\n"))));
+    let (code, err) = check(dir.path());
+    assert_eq!(code, 0, "{err}");
 }
