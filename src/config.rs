@@ -183,7 +183,13 @@ fn load_file(
     served_by: &mut HashMap<Arc<str>, PathBuf>,
 ) -> Result<(), StartupErrors> {
     let text = crate::input::read_text(file)?;
-    let parsed: HandlerFile = serde_json::from_str(&text).map_err(|e| {
+    // A key given twice is refused before anything else is read: which of the two was meant
+    // cannot be known, and the parsed file would hold only one.
+    let mut errors = StartupErrors::default();
+    for duplicate in crate::jsonkeys::duplicates(&text) {
+        errors.push(duplicate.handler_error(file));
+    }
+    let parsed = serde_json::from_str::<HandlerFile>(&text).map_err(|e| {
         let (message, hint) = if crate::input::nested_too_deep(&e) {
             (
                 format!(
@@ -206,7 +212,22 @@ fn load_file(
             message,
             hint: Some(hint),
         }
-    })?;
+    });
+    let parsed = match parsed {
+        Ok(parsed) if errors.is_empty() => parsed,
+        Ok(_) => return Err(errors),
+        // A second "service" or "methods", which serde names without the first's place, is
+        // listed already.
+        Err(StartupError::Handler { message, .. })
+            if !errors.is_empty() && message.starts_with("duplicate field `") =>
+        {
+            return Err(errors)
+        }
+        Err(e) => {
+            errors.push(e);
+            return Err(errors);
+        }
+    };
     let Some(service) = pool.get_service_by_name(&parsed.service) else {
         let names: Vec<String> = pool.services().map(|s| s.full_name().to_owned()).collect();
         let (line, col) = locate_key(&text, "service");

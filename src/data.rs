@@ -10,6 +10,8 @@
 //! replacement states) made a 7 MB file cost 200 MB more than its Lua tables. Checking a file
 //! builds nothing either ([`Checked`]): it reads every value as building a tree would (numbers
 //! in range, strings' escapes, the nesting limit), so it fails where that would, and keeps none.
+//! It also refuses a key given twice in one object, which a tree (and a script's table) would
+//! hold once without a word ([`crate::jsonkeys`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::error::{Location, StartupError, StartupErrors};
+use crate::jsonkeys::{Key, KeySet};
 
 /// Data sets by name (the file stem); clones share the texts.
 #[derive(Debug, Default, Clone)]
@@ -67,6 +70,21 @@ impl DataSets {
             match serde_json::from_str::<Checked>(&text) {
                 Ok(_) => {
                     sets.insert(name, Arc::from(text));
+                }
+                // A key given twice: every repeat, each with the place of its first.
+                Err(e) if crate::jsonkeys::is_duplicate(&e) => {
+                    let duplicates = crate::jsonkeys::duplicates(&text);
+                    for duplicate in &duplicates {
+                        errors.push(duplicate.data_error(&file));
+                    }
+                    if duplicates.is_empty() {
+                        let (line, col) = crate::input::json_error_at(text.as_bytes(), &e);
+                        errors.push(StartupError::Data {
+                            location: Location::at(&file, line, col),
+                            message: crate::input::json_error_message(&e),
+                            hint: Some("keep each key once in its object".into()),
+                        });
+                    }
                 }
                 // Valid JSON nested deeper than the reader goes: saying "not valid JSON" would
                 // send the user looking for a mistake that is not there.
@@ -130,7 +148,8 @@ fn warn_of_nested_sets(dir: &Path, paths: &[PathBuf]) {
 }
 
 /// A JSON value read in full and kept nowhere: what parsing a file into a tree would accept
-/// and refuse, at the same line and column, without the tree (see the module's docs).
+/// and refuse, at the same line and column, without the tree (see the module's docs), and a
+/// key given twice in an object refused besides.
 pub struct Checked;
 
 impl<'de> Deserialize<'de> for Checked {
@@ -177,8 +196,14 @@ impl<'de> Visitor<'de> for CheckedVisitor {
         Ok(Checked)
     }
 
+    /// A key the object has already is an error ([`crate::jsonkeys`]): one set per object, so
+    /// the check costs one insertion per key.
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
-        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        let mut keys = KeySet::default();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            keys.insert(key)?;
+            map.next_value::<Checked>()?;
+        }
         Ok(Checked)
     }
 }
@@ -200,7 +225,6 @@ mod tests {
             r#"{"a" 1}"#,
             r#"["\ud800"]"#,
             r#"["\ud800\udc00"]"#,
-            r#"{"a": 1, "a": 2}"#,
             "[1, 2",
             "",
             "  \n [NaN]",
@@ -213,5 +237,27 @@ mod tests {
             let checked = serde_json::from_str::<Checked>(text).map_err(|e| e.to_string());
             assert_eq!(tree.map(|_| ()), checked.map(|_| ()), "{text:?}");
         }
+    }
+
+    /// A key given twice in one object (decoded: `"\u0061"` is `a`) stops the check; the same
+    /// key in two objects does not.
+    #[test]
+    fn a_key_given_twice_in_one_object_is_refused() {
+        for text in [r#"{"a": 1, "a": 2}"#, r#"[{"b": {"a": 1, "\u0061": [2]}}]"#] {
+            let e = serde_json::from_str::<Checked>(text)
+                .map(|_| ())
+                .unwrap_err();
+            assert!(crate::jsonkeys::is_duplicate(&e), "{text}: {e}");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "duplicate key \"a\" at line 1 column {}",
+                    text.rfind(':').unwrap()
+                ),
+                "{text}"
+            );
+        }
+        let fine = r#"[{"a": 1, "b": {"a": 2}}, {"a": 3}, "a", {"A": 1, "a": 1}]"#;
+        assert!(serde_json::from_str::<Checked>(fine).is_ok());
     }
 }

@@ -19,6 +19,7 @@ pub mod handler;
 pub mod health;
 pub mod input;
 pub mod journal;
+pub mod jsonkeys;
 pub mod jsonpos;
 pub mod kinds;
 pub mod layers;

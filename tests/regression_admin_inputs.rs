@@ -22,6 +22,8 @@
 //!   both front ends.
 //! - A verify with a byte-order mark (a body, or a file given to `protoserve verify`) was "not
 //!   valid JSON" at 1:1; the mark is dropped, as from a handler file.
+//! - A `PUT /v1/handlers/…` body with a key given twice was installed with the last of the two;
+//!   it is refused with 400, each repeat a problem at its line and column, as in a file.
 
 mod common;
 
@@ -455,4 +457,61 @@ async fn a_list_calls_metadata_key_with_an_equals_sign_is_refused_not_split() {
         .await;
     assert_eq!(page["calls"].as_array().map(Vec::len), Some(1), "{page:#}");
     assert_eq!(page["calls"][0]["metadata"]["x-user"], "al=ice", "{page:#}");
+}
+
+/// A `PUT /v1/handlers/…` body with keys given twice is refused with 400, each repeat a
+/// problem at its line and column naming the line of the first, and nothing changes: the
+/// handler used to be installed with the last of each (here the second `"reply"`).
+#[tokio::test]
+async fn a_runtime_handler_with_keys_given_twice_is_refused() {
+    let (server, _handlers) = Server::kitchen_with(
+        r#"{"service": "kitchen.Kitchen", "methods": {"Get": {"reply": {"id": "file"}}}}"#,
+        &[],
+    );
+    let body = "{\n  \"reply\": { \"id\": \"first\" },\n  \"reply\": { \"id\": \"second\", \"count\": 1, \"count\": 2 }\n}";
+    let (status, answer) = server
+        .admin_call("PUT", "/v1/handlers/kitchen.Kitchen/Get", None, Some(body))
+        .await;
+    assert_eq!(status, 400, "{answer:#}");
+    assert_eq!(answer["error"], "invalid", "{answer:#}");
+    let problems = answer["problems"].as_array().expect("problems");
+    let wanted = [
+        (
+            position(body, "\"reply\": { \"id\": \"second\""),
+            "duplicate key \"reply\": the first is at line 2, column 3; ",
+            "help: keep one \"reply\" in this object",
+        ),
+        (
+            position(body, "\"count\": 2"),
+            "duplicate key \"count\" in reply: the first is at line 3, column 30; ",
+            "help: keep one \"count\" in this object",
+        ),
+    ];
+    assert_eq!(problems.len(), wanted.len(), "{answer:#}");
+    for (problem, ((line, col), message, hint)) in problems.iter().zip(wanted) {
+        assert_eq!(
+            problem["file"], "runtime handler kitchen.Kitchen/Get",
+            "{problem:#}"
+        );
+        assert_eq!(
+            (problem["line"].as_u64(), problem["col"].as_u64()),
+            (Some(line), Some(col)),
+            "{problem:#}"
+        );
+        let text = problem["message"].as_str().unwrap();
+        assert!(
+            text.contains(message) && text.contains(hint),
+            "{message:?} and {hint:?} in {text}"
+        );
+    }
+    let client = Client::connect(
+        server.addr,
+        common::pool(&common::fixtures().join("protos")),
+    )
+    .await;
+    let reply = client
+        .unary("kitchen.Kitchen/Get", json!({"id": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(reply["id"], "file", "nothing changed");
 }

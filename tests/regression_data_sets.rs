@@ -12,6 +12,8 @@
 //! - A `.json` file in a subfolder of the data folder (`data/geo/points.json`) was not read, and
 //!   nothing said so: a script then met "no such data set" with no word of why. `check` and
 //!   `serve` now warn, naming the folder, a file and where data sets are read from.
+//! - A key given twice in one object of a data set was accepted, and scripts saw the last
+//!   value; each repeat is a problem at its line and column now, naming the line of the first.
 
 mod common;
 
@@ -182,4 +184,59 @@ fn data_files_in_a_subfolder_are_named_as_not_read() {
     assert!(said(&err), "{err}");
     let server = start(dir.path());
     assert!(said(&server.log().join("\n")), "{:?}", server.log());
+}
+
+/// A data set with keys given twice is refused by `check` and at startup, each at its second
+/// occurrence, naming the line of the first: a script used to see the last value of each
+/// (`data.big[2].name` was "c") and nobody was told of the other.
+#[test]
+fn keys_given_twice_in_a_data_set_are_refused_where_they_repeat() {
+    let text = "[\n  {\"name\": \"a\", \"location\": {\"latitude\": 1, \"longitude\": 2, \"latitude\": 3}},\n  {\"name\": \"b\", \"name\": \"c\"}\n]\n";
+    let dir = project(Some(text));
+    let file = dir.path().join("data/big.json").display().to_string();
+    let wanted = [
+        format!("{file}:2:61: duplicate key \"latitude\" in [0].location: the first is at line 2, column 30; "),
+        format!("{file}:3:17: duplicate key \"name\" in [1]: the first is at line 3, column 4; "),
+    ];
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 2, "{err}");
+    for wanted in &wanted {
+        assert!(err.contains(wanted), "{wanted:?} missing in:\n{err}");
+    }
+    assert!(
+        err.contains("help: keep one \"name\" in this object"),
+        "{err}"
+    );
+    assert!(err.contains("2 problem(s) found"), "{err}");
+
+    let arg = |sub: &str| dir.path().join(sub).display().to_string();
+    let (code, _, err) = common::run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--protos",
+        &arg("protos"),
+        "--handlers",
+        &arg("handlers"),
+        "--data",
+        &arg("data"),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    for wanted in &wanted {
+        assert!(err.contains(wanted), "{wanted:?} missing in:\n{err}");
+    }
+}
+
+/// The same key in different objects, or as a value, is no repeat: a data set of a thousand
+/// objects alike loads.
+#[test]
+fn the_same_key_in_different_objects_is_no_repeat() {
+    let items: Vec<String> = (0..1000)
+        .map(|i| format!(r#"{{"name": "name", "tags": {{"name": {i}}}, "n": [{{"name": 1}}]}}"#))
+        .collect();
+    let dir = project(Some(&format!("[{}]", items.join(",\n"))));
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 0, "{err}");
 }

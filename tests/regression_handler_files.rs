@@ -29,6 +29,11 @@
 //! - A file nested more than 128 deep was reported as serde_json's "recursion limit exceeded",
 //!   with the advice to write a handler file's shape; it says what the limit is now, as for
 //!   data files (and a `PUT /v1/handlers` body no longer calls such JSON invalid).
+//! - A key given twice in one object (a method, an entry's `reply` or `error`, a reply's field,
+//!   a header) was resolved by the JSON reader without a word: the last one was kept, at
+//!   `check`, at startup and on reload (a second `"service"` or `"methods"` was refused as
+//!   serde's "duplicate field", at the end of the key and without the first's place). Each
+//!   repeat is a problem at its own line and column now, naming the line of the first.
 
 mod common;
 
@@ -719,4 +724,155 @@ async fn request_placeholders_in_rule_values_are_refused_where_they_are() {
             .unwrap();
         assert_eq!(reply["id"], want, "{name}");
     }
+}
+
+/// A handler file with keys given twice: a method, an entry's `error`, a reply's field, a
+/// header, and the file's `service`. Each once silently kept one of the two.
+const TWICE: &str = r#"{
+  "service": "kitchen.Kitchen",
+  "methods": {
+    "Get": { "reply": { "id": "first" } },
+    "Lookup": {
+      "reply": { "id": "a", "count": 1, "id": "b" },
+      "headers": { "x-a": "1", "x-a": "2" }
+    },
+    "Fail": { "error": { "code": 5 }, "error": { "code": 3 } },
+    "Get": { "reply": { "id": "second" } }
+  },
+  "service": "kitchen.Kitchen"
+}"#;
+
+/// Each key of `TWICE` given twice: the key, the object holding it, and the text its first
+/// and its second occurrence start with.
+const TWICE_KEYS: &[(&str, &str, &str, &str)] = &[
+    (
+        "id",
+        " in methods.Lookup.reply",
+        r#""id": "a""#,
+        r#""id": "b""#,
+    ),
+    (
+        "x-a",
+        " in methods.Lookup.headers",
+        r#""x-a": "1""#,
+        r#""x-a": "2""#,
+    ),
+    (
+        "error",
+        " in methods.Fail",
+        r#""error": { "code": 5"#,
+        r#""error": { "code": 3"#,
+    ),
+    (
+        "Get",
+        " in methods",
+        r#""Get": { "reply": { "id": "first"#,
+        r#""Get": { "reply": { "id": "second"#,
+    ),
+    (
+        "service",
+        "",
+        "\"service\": \"kitchen.Kitchen\",",
+        "\"service\": \"kitchen.Kitchen\"\n}",
+    ),
+];
+
+/// Asserts that `out` names each key of `TWICE_KEYS` at its second occurrence, with the line
+/// and column of its first and a hint, and no other problem.
+fn assert_every_key_given_twice(out: &str) {
+    for (key, object, first, again) in TWICE_KEYS {
+        let (line, col) = position_in(TWICE, again);
+        let (first_line, first_col) = position_in(TWICE, first);
+        let wanted = format!(
+            "k.json:{line}:{col}: duplicate key \"{key}\"{object}: the first is at line {first_line}, column {first_col}; "
+        );
+        let found = out.lines().position(|l| l.contains(&wanted));
+        let found = found.unwrap_or_else(|| panic!("{wanted:?} missing in:\n{out}"));
+        let hint = out.lines().nth(found + 1).unwrap_or_default();
+        assert!(
+            hint.contains(&format!("help: keep one \"{key}\" in this object")),
+            "no hint after {wanted:?} in:\n{out}"
+        );
+    }
+    let count = format!("{} problem(s) found", TWICE_KEYS.len());
+    assert!(out.contains(&count), "{count:?} missing in:\n{out}");
+}
+
+/// A key given twice in a handler file is refused by `check` and at startup, each at its
+/// second occurrence: serde_json kept the last `"Get"`, `"error"`, reply field and header
+/// without a word (and refused a second `"service"` at the end of the key, naming neither
+/// occurrence's line).
+#[test]
+fn keys_given_twice_in_a_handler_file_are_refused_where_they_repeat() {
+    let (code, err) = check_one_file(TWICE);
+    assert_eq!(code, 2, "{err}");
+    assert_every_key_given_twice(&err);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("k.json"), TWICE).unwrap();
+    let protos = fixtures().join("protos");
+    let (code, _, err) = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert_every_key_given_twice(&err);
+}
+
+/// A handler file saved with a method given twice is refused by the reload it sets off (the
+/// server keeps serving the file as it was), and the status names the repeat where it is: the
+/// reload used to succeed, serving the second entry.
+#[tokio::test]
+async fn a_reload_refuses_a_handler_file_with_a_key_given_twice() {
+    let project = common::project::Project::new();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    let twice = common::project::live_handler("v2").replace(
+        "    \"Talk\"",
+        "    \"Chat\": { \"reply\": { \"text\": \"v3: {{text}}\" } },\n    \"Talk\"",
+    );
+    project.write("handlers/live.json", &twice);
+    let (line, col) = position_in(&twice, "\"Chat\": { \"reply\": { \"text\": \"v3");
+    let (first_line, _) = position_in(&twice, "\"Chat\"");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let problem = loop {
+        let status = server.admin_get("/v1/status").await;
+        let problem = status["last_reload"]["problems"][0].clone();
+        if problem["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("duplicate key"))
+        {
+            break problem;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (&problem["line"], &problem["col"]),
+        (&json!(line), &json!(col)),
+        "{problem:#}"
+    );
+    let message = problem["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "duplicate key \"Chat\" in methods: the first is at line {first_line}, column 5"
+        )),
+        "{message}"
+    );
+    let reply = client
+        .unary("live.Live/Chat", json!({"text": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply,
+        json!({"text": "v1: x"}),
+        "the file as it was serves on"
+    );
 }

@@ -165,6 +165,15 @@ async fn put_handler(
         // Checked like a handler file: a problem, JSON syntax included, is located in the body
         // (and a leading byte-order mark is dropped, as from a file).
         let bytes = crate::input::without_bom(&body);
+        // Keys given twice, each a problem as in a handler file (the parsed entry would hold
+        // one of the two).
+        let source = config::runtime_source(&method);
+        let mut problems: Vec<Problem> = std::str::from_utf8(bytes)
+            .map(crate::jsonkeys::duplicates)
+            .unwrap_or_default()
+            .iter()
+            .map(|d| Problem::from(&d.handler_error(&source)))
+            .collect();
         let entry: Json = serde_json::from_slice(bytes).map_err(|e| {
             let (message, hint) = if crate::input::nested_too_deep(&e) {
                 (
@@ -185,13 +194,17 @@ async fn put_handler(
             };
             let (line, col) = crate::input::json_error_at(bytes, &e);
             let problem = StartupError::Handler {
-                location: Location::at(config::runtime_source(&method), line, col),
+                location: Location::at(&source, line, col),
                 entry: String::new(),
                 message,
                 hint: Some(hint),
             };
-            AdminError::Invalid(vec![Problem::from(&problem)])
+            problems.push(Problem::from(&problem));
+            AdminError::Invalid(std::mem::take(&mut problems))
         })?;
+        if !problems.is_empty() {
+            return Err(AdminError::Invalid(problems));
+        }
         // Valid JSON is valid UTF-8.
         let text = String::from_utf8(bytes.to_vec()).ok();
         admin
