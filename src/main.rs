@@ -856,6 +856,20 @@ fn verify(args: &VerifyArgs) -> ExitCode {
             return ExitCode::from(STARTUP_PROBLEM);
         }
     };
+    // A key given twice would be read as one of the two: refused as in a handler file.
+    let text_str = std::str::from_utf8(text).unwrap_or_default();
+    let duplicates = protoserve::jsonkeys::duplicates(text_str);
+    for d in &duplicates {
+        eprintln!(
+            "error: {}: {}\n  help: {}",
+            protoserve::error::Location::at(&args.file, d.again.0, d.again.1),
+            d.message(),
+            d.hint()
+        );
+    }
+    if !duplicates.is_empty() {
+        return ExitCode::from(STARTUP_PROBLEM);
+    }
     let verifies = match json {
         serde_json::Value::Array(items) => items,
         one @ serde_json::Value::Object(_) => vec![one],

@@ -400,3 +400,34 @@ async fn verify_command_exits_0_1_or_2() {
         .unwrap();
     assert_eq!(code, 2, "{err}");
 }
+
+/// A verify with a key given twice (`"exactly": 1, "exactly": 0`) ran with the last value, so
+/// a user who meant one call passed with none: it is refused, over the admin API (400, at its
+/// line and column) and from `protoserve verify` (exit 2, at `file:line:col`), naming the
+/// first.
+#[tokio::test]
+async fn a_verify_with_a_key_given_twice_is_refused() {
+    let server = kitchen();
+    let twice = r#"{"method": "kitchen.Kitchen/Get", "exactly": 1, "exactly": 0}"#;
+    let (status, answer) = server
+        .admin_call("POST", "/v1/verify", None, Some(twice))
+        .await;
+    assert_eq!(status, 400, "{answer:#}");
+    let message = answer["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("line 1, column 49")
+            && message.contains("duplicate key \"exactly\"")
+            && message.contains("the first is at line 1, column 35"),
+        "{answer:#}"
+    );
+    let admin = server.admin_addr().to_string();
+    let (code, out, err) = tokio::task::spawn_blocking(move || cli(&["--admin", &admin], twice))
+        .await
+        .unwrap();
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("verify.json:1:49: duplicate key \"exactly\"")
+            && err.contains("help: keep one"),
+        "{err}"
+    );
+}

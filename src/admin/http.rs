@@ -102,11 +102,26 @@ async fn answer(result: Result<Json, AdminError>) -> Response {
 /// empty, or not JSON. A leading byte-order mark is dropped, as from a file.
 async fn read_json(body: Body, what: &str) -> Result<Json, AdminError> {
     let bytes = read_body(body, what).await?;
-    serde_json::from_slice(crate::input::without_bom(&bytes)).map_err(|e| {
+    let bytes = crate::input::without_bom(&bytes);
+    let json = serde_json::from_slice(bytes).map_err(|e| {
         AdminError::BadRequest(format!(
             "the request body is not valid JSON: {e}; send {what}"
         ))
-    })
+    })?;
+    // A key given twice would be read as one of the two, as in a handler file: refused.
+    let duplicates = std::str::from_utf8(bytes)
+        .map(crate::jsonkeys::duplicates)
+        .unwrap_or_default();
+    match duplicates.first() {
+        None => Ok(json),
+        Some(d) => Err(AdminError::BadRequest(format!(
+            "the request body, line {}, column {}: {}; {}",
+            d.again.0,
+            d.again.1,
+            d.message(),
+            d.hint()
+        ))),
+    }
 }
 
 /// Reads a body, refusing what is too large (declared or sent), too slow, or empty.

@@ -918,7 +918,8 @@ impl<'de> serde::de::Visitor<'de> for FrozenJson<'_> {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<LuaValue, A::Error> {
         let hidden = self.lua(self.lua.create_table())?;
-        // A key given twice keeps its last value, as in `serde_json::Value`.
+        // Data sets with a key given twice are refused when they are loaded (see
+        // `crate::jsonkeys`); were one met here, its last value would be kept.
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             let value = map.next_value_seed(self)?;
             self.lua(hidden.raw_set(&*key, value))?;
