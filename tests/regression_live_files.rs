@@ -683,6 +683,9 @@ async fn a_change_in_a_hidden_folder_sets_off_no_reload() {
 /// The log says the server reloaded twice since it started, the second time into generation 3
 /// (one reload per change made, none for anything else); `what` says what was expected.
 fn two_reloads(server: &Server, what: &str) {
+    // The answer from generation 3 can come before its log line is read from the server's
+    // stderr: the line is waited for, then the reloads are counted.
+    wait_for_log(server, "generation 3 serving");
     let served: Vec<String> = server
         .log()
         .into_iter()
