@@ -609,7 +609,10 @@ async fn a_new_folder_on_the_way_to_the_descriptor_cache_is_read_unless_the_cach
     std::thread::sleep(reload * 3);
     project.write("handlers/live.json", &live_handler("v2"));
     wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
-    two_reloads(&server, "one reload per change, none for the folders the cache made");
+    two_reloads(
+        &server,
+        "one reload per change, none for the folders the cache made",
+    );
     // While a broken file fails every reload, no cache entry is written, so the folder on the
     // way to it stays away until someone makes it.
     let failed = "reload (files changed) failed";
