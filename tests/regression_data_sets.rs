@@ -14,6 +14,9 @@
 //!   `serve` now warn, naming the folder, a file and where data sets are read from.
 //! - A key given twice in one object of a data set was accepted, and scripts saw the last
 //!   value; each repeat is a problem at its line and column now, naming the line of the first.
+//! - A key given twice in each of many nested objects cost the square of the file: each repeat
+//!   spelled its object's path in full, so a 60 KB data set made `check` print 26 MB. A long
+//!   path keeps its start and end around an ellipsis now.
 
 mod common;
 
@@ -239,4 +242,30 @@ fn the_same_key_in_different_objects_is_no_repeat() {
     let dir = project(Some(&format!("[{}]", items.join(",\n"))));
     let (code, _, err) = check(dir.path());
     assert_eq!(code, 0, "{err}");
+}
+
+/// A data set with a key given twice in each of 5 000 nested objects (60 KB) names each
+/// repeat's object in a few words: each was spelled in full (`k.k.k…`), so `check` printed
+/// 26 MB, and a data set of a megabyte would have taken gigabytes.
+#[test]
+fn repeats_in_deeply_nested_data_objects_name_their_objects_briefly() {
+    let depth = 5_000;
+    let text = format!("{}0{}", r#"{"k":0,"k":"#.repeat(depth), "}".repeat(depth));
+    let dir = project(Some(&text));
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 2, "{}", &err[..err.len().min(2000)]);
+    assert_eq!(err.matches("duplicate key \"k\"").count(), depth);
+    let longest = err.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 600, "a line of {longest} bytes");
+    assert!(
+        err.contains(&format!(
+            "big.json:1:{}: duplicate key \"k\" in {}k…{}: the first is at line 1, column {}",
+            11 * depth - 3,
+            "k.".repeat(19),
+            ".k".repeat(40),
+            11 * depth - 9
+        )),
+        "{}",
+        &err[err.len().saturating_sub(2000)..]
+    );
 }
