@@ -3,7 +3,9 @@
 //! cannot be read. `protoserve list | head -1` ended with a panic ("failed printing to stdout:
 //! Broken pipe") and a backtrace on stderr once head had gone: a reader that stops early now ends
 //! the listing quietly. So does `protoserve verify | head -1`, whose verdicts still set the exit
-//! status, and `check` into a pipe closed before it writes.
+//! status, and `check` into a pipe closed before it writes. A size flag given `1.5MiB` called
+//! `.5mib` an unknown unit (so did `-1M`, `+5`), and a number too large was "not a size": a
+//! fraction that makes whole bytes is taken now, and each other says what is wrong with it.
 
 mod common;
 
@@ -409,4 +411,45 @@ async fn size_flags_take_units_as_the_journal_size_does() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("KiB, MiB or GiB"), "{err}");
+}
+
+/// A size flag says what is wrong with a size that is not one: `1.5MiB` was refused as the
+/// "unknown unit \".5mib\"" (it means 1536KiB, and is taken now, as a duration takes `1.5s`),
+/// `-1M` and `+5` were unknown units too (`1e6` still names `e6`, which is one), and a number
+/// too large for the machine was "not a size".
+#[test]
+fn size_flags_say_what_is_wrong_with_a_size() {
+    let handlers = tempfile::tempdir().unwrap();
+    let check = |flag: &str, size: &str| {
+        let (code, _, err) = run(&[
+            "check",
+            &format!("{flag}={size}"),
+            "--protos",
+            repo().join("protos").to_str().unwrap(),
+            "--handlers",
+            handlers.path().to_str().unwrap(),
+        ]);
+        (code, err)
+    };
+    let (code, err) = check("--max-message-size", "1.5MiB");
+    assert_eq!(code, 0, "{err}");
+    for (size, wanted) in [
+        ("0.3KiB", "\"0.3KiB\" is not a whole number of bytes"),
+        ("-1M", "\"-1M\" is not a size"),
+        ("+5", "\"+5\" is not a size"),
+        ("1e6", "unknown unit \"e6\" in \"1e6\""),
+        ("4 TB", "unknown unit \"TB\" in \"4 TB\""),
+        (
+            "99999999999999999999",
+            "\"99999999999999999999\" is too large",
+        ),
+        (
+            "99999999999999999999G",
+            "\"99999999999999999999G\" is too large",
+        ),
+    ] {
+        let (code, err) = check("--max-message-size", size);
+        assert_eq!(code, 2, "{size}: {err}");
+        assert!(err.contains(wanted), "{size}: {wanted:?} missing in {err}");
+    }
 }
