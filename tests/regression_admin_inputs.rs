@@ -26,6 +26,10 @@
 //!   it is refused with 400, each repeat a problem at its line and column, as in a file.
 //! - A body with a key given twice in each of many nested objects cost the square of its size:
 //!   each repeat spelled its object's path in full, so a 60 KB body was answered with 26 MB.
+//! - A `POST /v1/verify` body that was not JSON was placed by serde_json's own words, counting
+//!   bytes (a key given twice in it counted characters), and one nested more than 128 deep was
+//!   "not valid JSON: recursion limit exceeded"; it is placed in characters and said to be too
+//!   deep now.
 
 mod common;
 
@@ -553,5 +557,46 @@ async fn repeats_in_deeply_nested_body_objects_name_their_objects_briefly() {
     assert!(
         last["message"].as_str().unwrap().contains(&wanted),
         "{last:#}"
+    );
+}
+
+/// A `POST /v1/verify` body that is not JSON is placed in characters, as a key given twice in
+/// it is: serde_json's own words counted bytes, so a mistake after `é日本` was at column 23
+/// where an editor (and the answer for a repeated key) says 18; and a body nested more than
+/// 128 deep is said to be so, not "not valid JSON: recursion limit exceeded".
+#[tokio::test]
+async fn a_verify_body_that_is_not_json_is_placed_in_characters() {
+    let server = Server::repo_default();
+    let verify = |body: String| {
+        let server = &server;
+        async move {
+            let (status, answer) = server
+                .admin_call("POST", "/v1/verify", None, Some(&body))
+                .await;
+            assert_eq!(status, 400, "{answer:#}");
+            answer["message"].as_str().unwrap().to_owned()
+        }
+    };
+    let message = verify("{\"method\": \"é日本\" \"exactly\": 1}".into()).await;
+    assert!(
+        message.starts_with("the request body, line 1, column 18: not valid JSON: expected `,` or `}`; send a verify"),
+        "{message}"
+    );
+    let message = verify("{\"method\": \"é日本\", \"method\": 1}".into()).await;
+    assert!(
+        message.starts_with("the request body, line 1, column 19: duplicate key \"method\""),
+        "{message}"
+    );
+    let message = verify("{\"method\":\n".into()).await;
+    assert!(
+        message.starts_with("the request body, line 2: not valid JSON: EOF while parsing"),
+        "{message}"
+    );
+    let message = verify(format!("{}{}", "[".repeat(200), "]".repeat(200))).await;
+    assert!(
+        message.starts_with(
+            "the request body, line 1, column 128: arrays and objects nested more than 128 deep"
+        ),
+        "{message}"
     );
 }
