@@ -850,14 +850,14 @@ fn serve(args: ServeArgs) -> ExitCode {
 /// `protoserve verify`: posts each verify of the file to the admin API and prints the verdicts.
 fn verify(args: &VerifyArgs) -> ExitCode {
     let name = args.file.display().to_string();
-    let text = if name == "-" {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+    let bytes = if name == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
     } else {
-        std::fs::read_to_string(&args.file)
+        std::fs::read(&args.file)
     };
-    let text = match text {
-        Ok(t) => t,
+    let bytes = match bytes {
+        Ok(b) => b,
         Err(e) => {
             eprintln!("error: {name}: {e}");
             return ExitCode::from(STARTUP_PROBLEM);
@@ -865,17 +865,36 @@ fn verify(args: &VerifyArgs) -> ExitCode {
     };
     // A leading byte-order mark (a file saved by a Windows editor) is dropped, as from a
     // handler file.
-    let text = protoserve::input::without_bom(text.as_bytes());
+    let text = protoserve::input::without_bom(&bytes);
+    // Text that is not UTF-8 is placed at its first bad byte, as in a handler file.
+    if let Err(e) = std::str::from_utf8(text) {
+        let (line, col) = protoserve::input::position(text, e.valid_up_to());
+        eprintln!(
+            "error: {}: not UTF-8 text\n  help: save the file as UTF-8",
+            protoserve::error::Location::at(&args.file, line, col)
+        );
+        return ExitCode::from(STARTUP_PROBLEM);
+    }
     let json: serde_json::Value = match serde_json::from_slice(text) {
         Ok(j) => j,
         Err(e) => {
             // Located as a handler file's problems are: a column of 0 (the end of an empty
             // file) is left out, since columns count from 1.
             let (line, col) = protoserve::input::json_error_at(text, &e);
+            let problem = if protoserve::input::nested_too_deep(&e) {
+                format!(
+                    "arrays and objects nested more than {} deep (the most a verify may nest)",
+                    protoserve::input::JSON_MAX_DEPTH
+                )
+            } else {
+                format!(
+                    "not valid JSON: {}",
+                    protoserve::input::json_error_message(&e)
+                )
+            };
             eprintln!(
-                "error: {}: not valid JSON: {}",
-                protoserve::error::Location::at(&args.file, line, col),
-                protoserve::input::json_error_message(&e)
+                "error: {}: {problem}",
+                protoserve::error::Location::at(&args.file, line, col)
             );
             return ExitCode::from(STARTUP_PROBLEM);
         }

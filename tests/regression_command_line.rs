@@ -6,6 +6,9 @@
 //! status, and `check` into a pipe closed before it writes. A size flag given `1.5MiB` called
 //! `.5mib` an unknown unit (so did `-1M`, `+5`), and a number too large was "not a size": a
 //! fraction that makes whole bytes is taken now, and each other says what is wrong with it.
+//! `protoserve verify` of a file that is not UTF-8 said "stream did not contain valid UTF-8"
+//! without a place, and one nested too deep was "not valid JSON"; both are placed and named as
+//! in a handler file now.
 
 mod common;
 
@@ -452,4 +455,37 @@ fn size_flags_say_what_is_wrong_with_a_size() {
         assert_eq!(code, 2, "{size}: {err}");
         assert!(err.contains(wanted), "{size}: {wanted:?} missing in {err}");
     }
+}
+
+/// `protoserve verify` places a file that is not UTF-8 at its first bad byte, as `check` does
+/// a handler file ("stream did not contain valid UTF-8" named no place), and says a file nested
+/// more than 128 deep is so, not "not valid JSON: recursion limit exceeded".
+#[test]
+fn verify_places_a_file_that_is_not_utf8_and_names_deep_nesting() {
+    let dir = tempfile::tempdir().unwrap();
+    let verify = |name: &str, bytes: &[u8]| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, bytes).unwrap();
+        let file = file.to_str().unwrap().to_owned();
+        let (code, _, err) = run(&["verify", "--admin", "127.0.0.1:1", &file]);
+        assert_eq!(code, 2, "{err}");
+        (file, err)
+    };
+    let (file, err) = verify(
+        "latin1.json",
+        b"\xEF\xBB\xBF{\"method\": \"helloworld.Greeter/SayHello\",\n \"when\": {\"request\": {\"name\": \"caf\xE9\"}}}",
+    );
+    assert!(
+        err.contains(&format!("error: {file}:2:35: not UTF-8 text")),
+        "{err}"
+    );
+    assert!(err.contains("help: save the file as UTF-8"), "{err}");
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let (file, err) = verify("deep.json", deep.as_bytes());
+    assert!(
+        err.contains(&format!(
+            "error: {file}:1:128: arrays and objects nested more than 128 deep"
+        )),
+        "{err}"
+    );
 }
