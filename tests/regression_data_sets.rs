@@ -17,6 +17,8 @@
 //! - A key given twice in each of many nested objects cost the square of the file: each repeat
 //!   spelled its object's path in full, so a 60 KB data set made `check` print 26 MB. A long
 //!   path keeps its start and end around an ellipsis now.
+//! - A data set with a key given twice and a mistake after it was reported for the repeat
+//!   alone (its check stopped there); the mistake is named too now, as in a handler file.
 
 mod common;
 
@@ -268,4 +270,21 @@ fn repeats_in_deeply_nested_data_objects_name_their_objects_briefly() {
         "{}",
         &err[err.len().saturating_sub(2000)..]
     );
+}
+
+/// A data set with a key given twice and a mistake after it names both, as a handler file
+/// does: the check stopped at the repeat, so the mistake was found only once it was fixed.
+#[test]
+fn a_data_set_with_a_repeat_and_a_later_mistake_names_both() {
+    let dir = project(Some("{\"a\": 1, \"a\": 2,\n \"b\": [1,, 2]}"));
+    let file = dir.path().join("data/big.json").display().to_string();
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 2, "{err}");
+    for wanted in [
+        format!("{file}:1:10: duplicate key \"a\": the first is at line 1, column 2"),
+        format!("{file}:2:10: not valid JSON: expected value"),
+    ] {
+        assert!(err.contains(&wanted), "{wanted:?} missing in:\n{err}");
+    }
+    assert!(err.contains("2 problem(s) found"), "{err}");
 }
