@@ -71,7 +71,9 @@ impl DataSets {
                 Ok(_) => {
                     sets.insert(name, Arc::from(text));
                 }
-                // A key given twice: every repeat, each with the place of its first.
+                // A key given twice: every repeat, each with the place of its first, and the
+                // first mistake after them, if any, as a handler file's are listed (the check
+                // stopped at the first repeat, and fixing it would only show the next).
                 Err(e) if crate::jsonkeys::is_duplicate(&e) => {
                     let duplicates = crate::jsonkeys::duplicates(&text);
                     for duplicate in &duplicates {
@@ -85,34 +87,45 @@ impl DataSets {
                             hint: Some("keep each key once in its object".into()),
                         });
                     }
+                    if let Err(e) = serde_json::from_str::<Checked<false>>(&text) {
+                        errors.push(not_json(&file, &name, &text, &e));
+                    }
                 }
-                // Valid JSON nested deeper than the reader goes: saying "not valid JSON" would
-                // send the user looking for a mistake that is not there.
-                Err(e) if crate::input::nested_too_deep(&e) => {
-                    let (line, col) = crate::input::json_error_at(text.as_bytes(), &e);
-                    errors.push(StartupError::Data {
-                        location: Location::at(&file, line, col),
-                        message: format!(
-                            "arrays and objects nested more than {} deep (the most data sets may nest)",
-                            crate::input::JSON_MAX_DEPTH
-                        ),
-                        hint: Some(format!("scripts see this file as data.{name}; nest its values less deeply")),
-                    })
-                }
-                Err(e) => errors.push(StartupError::Data {
-                    location: {
-                        let (line, col) = crate::input::json_error_at(text.as_bytes(), &e);
-                        Location::at(&file, line, col)
-                    },
-                    message: format!("not valid JSON: {}", crate::input::json_error_message(&e)),
-                    hint: Some(format!("scripts see this file as data.{name}; fix the JSON or move the file out of the data folder")),
-                }),
+                Err(e) => errors.push(not_json(&file, &name, &text, &e)),
             }
         }
         errors.into_result(Self {
             sets,
             dir: dir.to_path_buf(),
         })
+    }
+}
+
+/// The problem of data set `name` (the file `file`, holding `text`) that `e` says is no JSON, or
+/// nested deeper than the reader goes.
+fn not_json(file: &Path, name: &str, text: &str, e: &serde_json::Error) -> StartupError {
+    let (line, col) = crate::input::json_error_at(text.as_bytes(), e);
+    let location = Location::at(file, line, col);
+    // Valid JSON nested deeper than the reader goes: saying "not valid JSON" would send the
+    // user looking for a mistake that is not there.
+    if crate::input::nested_too_deep(e) {
+        return StartupError::Data {
+            location,
+            message: format!(
+                "arrays and objects nested more than {} deep (the most data sets may nest)",
+                crate::input::JSON_MAX_DEPTH
+            ),
+            hint: Some(format!(
+                "scripts see this file as data.{name}; nest its values less deeply"
+            )),
+        };
+    }
+    StartupError::Data {
+        location,
+        message: format!("not valid JSON: {}", crate::input::json_error_message(e)),
+        hint: Some(format!(
+            "scripts see this file as data.{name}; fix the JSON or move the file out of the data folder"
+        )),
     }
 }
 
@@ -149,60 +162,63 @@ fn warn_of_nested_sets(dir: &Path, paths: &[PathBuf]) {
 
 /// A JSON value read in full and kept nowhere: what parsing a file into a tree would accept
 /// and refuse, at the same line and column, without the tree (see the module's docs), and a
-/// key given twice in an object refused besides.
-pub struct Checked;
+/// key given twice in an object refused besides (unless `KEYS` is false: the check that looks
+/// on past the repeats for the next mistake).
+pub struct Checked<const KEYS: bool = true>;
 
-impl<'de> Deserialize<'de> for Checked {
+impl<'de, const KEYS: bool> Deserialize<'de> for Checked<KEYS> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(CheckedVisitor)
+        d.deserialize_any(CheckedVisitor::<KEYS>)
     }
 }
 
-struct CheckedVisitor;
+struct CheckedVisitor<const KEYS: bool>;
 
-impl<'de> Visitor<'de> for CheckedVisitor {
-    type Value = Checked;
+impl<'de, const KEYS: bool> Visitor<'de> for CheckedVisitor<KEYS> {
+    type Value = Checked<KEYS>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+    fn visit_bool<E>(self, _: bool) -> Result<Checked<KEYS>, E> {
         Ok(Checked)
     }
 
-    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+    fn visit_i64<E>(self, _: i64) -> Result<Checked<KEYS>, E> {
         Ok(Checked)
     }
 
-    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+    fn visit_u64<E>(self, _: u64) -> Result<Checked<KEYS>, E> {
         Ok(Checked)
     }
 
-    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+    fn visit_f64<E>(self, _: f64) -> Result<Checked<KEYS>, E> {
         Ok(Checked)
     }
 
-    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+    fn visit_str<E>(self, _: &str) -> Result<Checked<KEYS>, E> {
         Ok(Checked)
     }
 
-    fn visit_unit<E>(self) -> Result<Checked, E> {
+    fn visit_unit<E>(self) -> Result<Checked<KEYS>, E> {
         Ok(Checked)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
-        while seq.next_element::<Checked>()?.is_some() {}
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked<KEYS>, A::Error> {
+        while seq.next_element::<Checked<KEYS>>()?.is_some() {}
         Ok(Checked)
     }
 
     /// A key the object has already is an error ([`crate::jsonkeys`]): one set per object, so
     /// the check costs one insertion per key.
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked<KEYS>, A::Error> {
         let mut keys = KeySet::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            keys.insert(key)?;
-            map.next_value::<Checked>()?;
+            if KEYS {
+                keys.insert(key)?;
+            }
+            map.next_value::<Checked<KEYS>>()?;
         }
         Ok(Checked)
     }

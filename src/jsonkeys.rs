@@ -162,6 +162,8 @@ pub fn duplicates(text: &str) -> Vec<Duplicate> {
     // (key, object path, first offset, repeat offset)
     let mut found: Vec<(String, String, usize, usize)> = Vec::new();
     let mut stack: Vec<Frame<'_>> = Vec::new();
+    // The path of the container being read, each frame's own path a prefix of it.
+    let mut trail = String::new();
     // Whether a value is expected next (at the top, after `:`, or after `[`/`,` in an array).
     let mut want_value = true;
     loop {
@@ -170,9 +172,13 @@ pub fn duplicates(text: &str) -> Vec<Duplicate> {
             match scan.peek() {
                 Some(b'{') => {
                     scan.at += 1;
-                    stack.push(Frame::Object {
-                        keys: HashMap::new(),
-                        current: None,
+                    let base = step_into(&stack, &mut trail);
+                    stack.push(Frame {
+                        base,
+                        kind: Kind::Object {
+                            keys: HashMap::new(),
+                            current: None,
+                        },
                     });
                     scan.space();
                     if scan.peek() == Some(b'}') {
@@ -181,14 +187,18 @@ pub fn duplicates(text: &str) -> Vec<Duplicate> {
                         want_value = false;
                         continue;
                     }
-                    match object_key(&mut scan, &mut stack, &mut found) {
+                    match object_key(&mut scan, &mut stack, &trail, &mut found) {
                         Some(()) => continue,
                         None => break,
                     }
                 }
                 Some(b'[') => {
                     scan.at += 1;
-                    stack.push(Frame::Array { index: 0 });
+                    let base = step_into(&stack, &mut trail);
+                    stack.push(Frame {
+                        base,
+                        kind: Kind::Array { index: 0 },
+                    });
                     scan.space();
                     if scan.peek() == Some(b']') {
                         scan.at += 1;
@@ -214,20 +224,20 @@ pub fn duplicates(text: &str) -> Vec<Duplicate> {
         }
         // After a value: a comma, or the end of its container.
         let Some(top) = stack.last_mut() else { break };
-        match (scan.peek(), top) {
-            (Some(b','), Frame::Array { index }) => {
+        match (scan.peek(), &mut top.kind) {
+            (Some(b','), Kind::Array { index }) => {
                 scan.at += 1;
                 *index += 1;
                 want_value = true;
             }
-            (Some(b','), Frame::Object { .. }) => {
+            (Some(b','), Kind::Object { .. }) => {
                 scan.at += 1;
-                if object_key(&mut scan, &mut stack, &mut found).is_none() {
+                if object_key(&mut scan, &mut stack, &trail, &mut found).is_none() {
                     break;
                 }
                 want_value = true;
             }
-            (Some(b']'), Frame::Array { .. }) | (Some(b'}'), Frame::Object { .. }) => {
+            (Some(b']'), Kind::Array { .. }) | (Some(b'}'), Kind::Object { .. }) => {
                 scan.at += 1;
                 stack.pop();
             }
@@ -238,7 +248,13 @@ pub fn duplicates(text: &str) -> Vec<Duplicate> {
 }
 
 /// An object or array being scanned.
-enum Frame<'a> {
+struct Frame<'a> {
+    /// The length of the prefix of the trail that is this container's path.
+    base: usize,
+    kind: Kind<'a>,
+}
+
+enum Kind<'a> {
     /// Each key met with the offset of its first occurrence, and the key whose value is read.
     Object {
         keys: HashMap<Cow<'a, str>, usize>,
@@ -248,11 +264,43 @@ enum Frame<'a> {
     Array { index: usize },
 }
 
-/// Reads the key and colon of the object on top of `stack` (a repeat goes to `found`), leaving
-/// the scan at its value; `None` where the text is no JSON.
+/// Makes `trail` the path of a container starting as the value being read in the frame on top
+/// of `stack` (the top level when there is none), as handler problems are named:
+/// `methods.SayHello`, `rules[0].when`, `[3]`; returns its length. The trail is cut back to
+/// the parent's path and one step added, so a path costs its last step, not its depth: a
+/// repeat in each of a hundred thousand nested objects must not spell a hundred thousand paths
+/// in full.
+fn step_into(stack: &[Frame<'_>], trail: &mut String) -> usize {
+    let Some(parent) = stack.last() else {
+        trail.clear();
+        return 0;
+    };
+    trail.truncate(parent.base);
+    match &parent.kind {
+        Kind::Object {
+            current: Some(key), ..
+        } => {
+            if !trail.is_empty() {
+                trail.push('.');
+            }
+            trail.push_str(key);
+        }
+        Kind::Object { current: None, .. } => {}
+        Kind::Array { index } => {
+            use std::fmt::Write;
+            let _ = write!(trail, "[{index}]");
+        }
+    }
+    trail.len()
+}
+
+/// Reads the key and colon of the object on top of `stack` (a repeat goes to `found`, named
+/// by the object's path, a prefix of `trail`), leaving the scan at its value; `None` where the
+/// text is no JSON.
 fn object_key<'a>(
     scan: &mut Scan<'a>,
     stack: &mut [Frame<'a>],
+    trail: &str,
     found: &mut Vec<(String, String, usize, usize)>,
 ) -> Option<()> {
     scan.space();
@@ -266,13 +314,14 @@ fn object_key<'a>(
     scan.space();
     (scan.peek()? == b':').then_some(())?;
     scan.at += 1;
-    let (parents, top) = stack.split_at_mut(stack.len() - 1);
-    let Frame::Object { keys, current } = &mut top[0] else {
+    let top = stack.last_mut()?;
+    let base = top.base;
+    let Kind::Object { keys, current } = &mut top.kind else {
         return None;
     };
     match keys.entry(key.clone()) {
         Entry::Occupied(first) => {
-            found.push((key.to_string(), path(parents), *first.get(), at));
+            found.push((key.to_string(), shortened(&trail[..base]), *first.get(), at));
         }
         Entry::Vacant(slot) => {
             slot.insert(at);
@@ -282,25 +331,31 @@ fn object_key<'a>(
     Some(())
 }
 
-/// The path of the object above `parents` (the frames holding it), as handler problems are
-/// named: `methods.SayHello`, `rules[0].when`, `[3]`.
-fn path(parents: &[Frame<'_>]) -> String {
-    let mut out = String::new();
-    for frame in parents {
-        match frame {
-            Frame::Object {
-                current: Some(key), ..
-            } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
-            Frame::Object { current: None, .. } => {}
-            Frame::Array { index } => out.push_str(&format!("[{index}]")),
-        }
+/// The most bytes of an object's path a message spells out; a longer one keeps its start and
+/// its end around an ellipsis. Each repeat names its object, and a repeat in each of many
+/// deeply nested objects (or under one long key) must not cost the square of the text.
+const PATH_SHOWN: usize = 120;
+
+/// `path`, at most about [`PATH_SHOWN`] bytes of it, cut between steps where it can be.
+fn shortened(path: &str) -> String {
+    if path.len() <= PATH_SHOWN {
+        return path.to_owned();
     }
-    out
+    let mut head = PATH_SHOWN / 3;
+    while !path.is_char_boundary(head) {
+        head -= 1;
+    }
+    if let Some(step) = path[..head].rfind(['.', '[']).filter(|&i| i > 0) {
+        head = step;
+    }
+    let mut tail = path.len() - (PATH_SHOWN - PATH_SHOWN / 3);
+    while !path.is_char_boundary(tail) {
+        tail += 1;
+    }
+    if let Some(step) = path[tail..].find(['.', '[']) {
+        tail += step;
+    }
+    format!("{}…{}", &path[..head], &path[tail..])
 }
 
 /// The repeats found, their offsets as lines and columns, counted in one pass over `text` (in
@@ -473,7 +528,39 @@ mod tests {
         );
         let found = duplicates(&deep);
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].object, format!("{}", "[0]".repeat(100_000)));
+        assert_eq!(
+            found[0].object,
+            format!("{}…{}", "[0]".repeat(13), "[0]".repeat(26))
+        );
+    }
+
+    /// A repeat in each of many nested objects, or in many objects under one long key, names
+    /// each object in a few bytes: spelling each path in full cost the square of the text.
+    #[test]
+    fn long_paths_are_shortened_in_the_middle() {
+        let depth = 100_000;
+        let text = format!("{}0{}", r#"{"k":0,"k":"#.repeat(depth), "}".repeat(depth));
+        let found = duplicates(&text);
+        assert_eq!(found.len(), depth);
+        assert_eq!(found[0].object, "");
+        assert_eq!(found[3].object, "k.k.k");
+        let last = &found[depth - 1];
+        assert_eq!(
+            last.object,
+            format!("{}k…{}", "k.".repeat(19), ".k".repeat(40))
+        );
+        assert_eq!(last.again, (1, 11 * depth - 3));
+        let total: usize = found.iter().map(|d| d.object.len()).sum();
+        assert!(total < 200 * depth, "{total} bytes of paths");
+
+        let long = "é".repeat(1000);
+        let text = format!(
+            "{{\"{long}\": [{}]}}",
+            r#"{"a": 1, "a": 2}"#.repeat(3).replace("}{", "},{")
+        );
+        let found = duplicates(&text);
+        assert_eq!(found.len(), 3);
+        assert_eq!(found[2].object, format!("{}…[2]", "é".repeat(20)));
     }
 
     #[test]

@@ -267,29 +267,53 @@ fn size_limit(s: &str) -> Result<usize, String> {
     }
 }
 
-/// A size in bytes: a number with an optional unit (B, KiB, MiB, GiB; K, M, G and KB, MB,
-/// GB mean the same binary multiples). Every size flag reads sizes this way, so a unit one
-/// takes works for all.
+/// A size in bytes: a number with an optional unit (B, KiB, MiB, GiB; K, M, G and KB, MB, GB
+/// mean the same binary multiples). Every size flag reads sizes this way, so a unit one takes
+/// works for all. A fraction is taken where it makes whole bytes (`1.5MiB`, as a duration
+/// takes `1.5s`); one that does not, a number too large for this machine, a sign or an
+/// exponent is refused saying which it is (none of them is an unknown unit).
 fn byte_size(s: &str) -> Result<usize, String> {
+    const USAGE: &str = "write bytes, or a number with KiB, MiB or GiB (such as 64MiB)";
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+    let scale: u128 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        other => {
-            return Err(format!(
-            "unknown unit {other:?}; write bytes, or a number with KiB, MiB or GiB (such as 64MiB)"
-        ))
+        _ if !number.bytes().any(|b| b.is_ascii_digit()) => {
+            return Err(format!("{s:?} is not a size; {USAGE}"))
         }
+        _ => return Err(format!("unknown unit {:?} in {s:?}; {USAGE}", unit.trim())),
     };
-    let n: usize = number.parse().map_err(|_| {
-        format!("{s:?} is not a size; write bytes, or a number with KiB, MiB or GiB")
-    })?;
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
+        return Err(format!("{s:?} is not a size; {USAGE}"));
+    }
+    let too_large = || format!("{s:?} is too large (the most is {} bytes)", usize::MAX);
+    // Only digits are left. A whole part of more than 20 digits is too large for any machine;
+    // 28 significant digits in all (times a GiB, the most a u128 holds) are more than any
+    // size needs.
+    let fraction = fraction.trim_end_matches('0');
+    if whole.trim_start_matches('0').len() > 20 {
+        return Err(too_large());
+    }
+    let digits = format!("{whole}{fraction}");
+    let digits = digits.trim_start_matches('0');
+    if digits.len() > 28 || fraction.len() > 28 {
+        return Err(format!("{s:?} is not a size; {USAGE}"));
+    }
+    let n: u128 = digits.parse().unwrap_or(0);
+    let tenths = 10u128.pow(fraction.len() as u32);
+    if !(n * scale).is_multiple_of(tenths) {
+        return Err(format!(
+            "{s:?} is not a whole number of bytes; give whole bytes, or a fraction of KiB, MiB or GiB that makes them (such as 1.5KiB)"
+        ));
+    }
+    usize::try_from(n * scale / tenths).map_err(|_| too_large())
 }
 
 impl LiveArgs {
@@ -826,14 +850,14 @@ fn serve(args: ServeArgs) -> ExitCode {
 /// `protoserve verify`: posts each verify of the file to the admin API and prints the verdicts.
 fn verify(args: &VerifyArgs) -> ExitCode {
     let name = args.file.display().to_string();
-    let text = if name == "-" {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+    let bytes = if name == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
     } else {
-        std::fs::read_to_string(&args.file)
+        std::fs::read(&args.file)
     };
-    let text = match text {
-        Ok(t) => t,
+    let bytes = match bytes {
+        Ok(b) => b,
         Err(e) => {
             eprintln!("error: {name}: {e}");
             return ExitCode::from(STARTUP_PROBLEM);
@@ -841,17 +865,36 @@ fn verify(args: &VerifyArgs) -> ExitCode {
     };
     // A leading byte-order mark (a file saved by a Windows editor) is dropped, as from a
     // handler file.
-    let text = protoserve::input::without_bom(text.as_bytes());
+    let text = protoserve::input::without_bom(&bytes);
+    // Text that is not UTF-8 is placed at its first bad byte, as in a handler file.
+    if let Err(e) = std::str::from_utf8(text) {
+        let (line, col) = protoserve::input::position(text, e.valid_up_to());
+        eprintln!(
+            "error: {}: not UTF-8 text\n  help: save the file as UTF-8",
+            protoserve::error::Location::at(&args.file, line, col)
+        );
+        return ExitCode::from(STARTUP_PROBLEM);
+    }
     let json: serde_json::Value = match serde_json::from_slice(text) {
         Ok(j) => j,
         Err(e) => {
             // Located as a handler file's problems are: a column of 0 (the end of an empty
             // file) is left out, since columns count from 1.
             let (line, col) = protoserve::input::json_error_at(text, &e);
+            let problem = if protoserve::input::nested_too_deep(&e) {
+                format!(
+                    "arrays and objects nested more than {} deep (the most a verify may nest)",
+                    protoserve::input::JSON_MAX_DEPTH
+                )
+            } else {
+                format!(
+                    "not valid JSON: {}",
+                    protoserve::input::json_error_message(&e)
+                )
+            };
             eprintln!(
-                "error: {}: not valid JSON: {}",
-                protoserve::error::Location::at(&args.file, line, col),
-                protoserve::input::json_error_message(&e)
+                "error: {}: {problem}",
+                protoserve::error::Location::at(&args.file, line, col)
             );
             return ExitCode::from(STARTUP_PROBLEM);
         }
@@ -996,8 +1039,46 @@ mod tests {
         assert_eq!(byte_size("64MiB"), Ok(64 << 20));
         assert_eq!(byte_size("512k"), Ok(512 << 10));
         assert_eq!(byte_size("1 GB"), Ok(1 << 30));
-        for bad in ["", "MiB", "1x", "99999999999999999999G", "-1M"] {
+        for bad in [
+            "",
+            "MiB",
+            "1x",
+            "99999999999999999999G",
+            "-1M",
+            ".",
+            "1.2.3K",
+            "0.1",
+        ] {
             assert!(byte_size(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(byte_size("1.5MiB"), Ok(1536 << 10));
+        assert_eq!(byte_size(".5k"), Ok(512));
+        assert_eq!(byte_size("2.0"), Ok(2));
+        assert_eq!(
+            byte_size("000000000000000000000000000000000001G"),
+            Ok(1 << 30)
+        );
+        assert_eq!(byte_size("18446744073709551615"), Ok(usize::MAX));
+        assert!(byte_size("18446744073709551616")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(byte_size("0.3K")
+            .unwrap_err()
+            .contains("not a whole number of bytes"));
+        assert!(byte_size("1.00000000000000000000000000000000000000000G").is_ok());
+        assert!(byte_size("9999999999999999999999999999.9999999999999999999999999999G").is_err());
+        assert!(byte_size(&format!("0.{}1", "0".repeat(40))).is_err());
+        // Nothing written panics.
+        let alphabet = ["0", "9", ".", "k", "B", " ", "-", "e", "é"];
+        let mut texts = vec![String::new()];
+        for _ in 0..5 {
+            texts = texts
+                .iter()
+                .flat_map(|t| alphabet.iter().map(move |c| format!("{t}{c}")))
+                .collect();
+            for text in &texts {
+                let _ = byte_size(text);
+            }
         }
         assert_eq!(size_limit("1"), Ok(1));
         assert_eq!(size_limit("1GiB"), Ok(1 << 30));

@@ -24,6 +24,12 @@
 //!   valid JSON" at 1:1; the mark is dropped, as from a handler file.
 //! - A `PUT /v1/handlers/…` body with a key given twice was installed with the last of the two;
 //!   it is refused with 400, each repeat a problem at its line and column, as in a file.
+//! - A body with a key given twice in each of many nested objects cost the square of its size:
+//!   each repeat spelled its object's path in full, so a 60 KB body was answered with 26 MB.
+//! - A `POST /v1/verify` body that was not JSON was placed by serde_json's own words, counting
+//!   bytes (a key given twice in it counted characters), and one nested more than 128 deep was
+//!   "not valid JSON: recursion limit exceeded"; it is placed in characters and said to be too
+//!   deep now.
 
 mod common;
 
@@ -514,4 +520,83 @@ async fn a_runtime_handler_with_keys_given_twice_is_refused() {
         .await
         .unwrap();
     assert_eq!(reply["id"], "file", "nothing changed");
+}
+
+/// A `PUT /v1/handlers/…` body with a key given twice in each of 5 000 nested objects (60 KB)
+/// is answered with problems that name each object in a few words: each was spelled in full
+/// (`k.k.k…`), so the answer was 26 MB, and a body of the 1 MiB allowed would have made the
+/// server build gigabytes.
+#[tokio::test]
+async fn repeats_in_deeply_nested_body_objects_name_their_objects_briefly() {
+    let server = Server::kitchen();
+    let depth = 5_000;
+    let body = format!("{}0{}", r#"{"k":0,"k":"#.repeat(depth), "}".repeat(depth));
+    let (status, answer) = server
+        .admin_call("PUT", "/v1/handlers/kitchen.Kitchen/Get", None, Some(&body))
+        .await;
+    assert_eq!(status, 400);
+    let problems = answer["problems"].as_array().expect("problems");
+    let duplicates: Vec<&str> = problems
+        .iter()
+        .filter_map(|p| p["message"].as_str())
+        .filter(|m| m.contains("duplicate key \"k\""))
+        .collect();
+    assert_eq!(duplicates.len(), depth);
+    let longest = duplicates.iter().map(|m| m.len()).max().unwrap_or(0);
+    assert!(longest < 600, "a message of {longest} bytes");
+    let last = problems
+        .iter()
+        .find(|p| p["col"].as_u64() == Some(11 * depth as u64 - 3))
+        .expect("the deepest repeat");
+    let wanted = format!(
+        "duplicate key \"k\" in {}k…{}: the first is at line 1, column {}",
+        "k.".repeat(19),
+        ".k".repeat(40),
+        11 * depth - 9
+    );
+    assert!(
+        last["message"].as_str().unwrap().contains(&wanted),
+        "{last:#}"
+    );
+}
+
+/// A `POST /v1/verify` body that is not JSON is placed in characters, as a key given twice in
+/// it is: serde_json's own words counted bytes, so a mistake after `é日本` was at column 23
+/// where an editor (and the answer for a repeated key) says 18; and a body nested more than
+/// 128 deep is said to be so, not "not valid JSON: recursion limit exceeded".
+#[tokio::test]
+async fn a_verify_body_that_is_not_json_is_placed_in_characters() {
+    let server = Server::repo_default();
+    let verify = |body: String| {
+        let server = &server;
+        async move {
+            let (status, answer) = server
+                .admin_call("POST", "/v1/verify", None, Some(&body))
+                .await;
+            assert_eq!(status, 400, "{answer:#}");
+            answer["message"].as_str().unwrap().to_owned()
+        }
+    };
+    let message = verify("{\"method\": \"é日本\" \"exactly\": 1}".into()).await;
+    assert!(
+        message.starts_with("the request body, line 1, column 18: not valid JSON: expected `,` or `}`; send a verify"),
+        "{message}"
+    );
+    let message = verify("{\"method\": \"é日本\", \"method\": 1}".into()).await;
+    assert!(
+        message.starts_with("the request body, line 1, column 19: duplicate key \"method\""),
+        "{message}"
+    );
+    let message = verify("{\"method\":\n".into()).await;
+    assert!(
+        message.starts_with("the request body, line 2: not valid JSON: EOF while parsing"),
+        "{message}"
+    );
+    let message = verify(format!("{}{}", "[".repeat(200), "]".repeat(200))).await;
+    assert!(
+        message.starts_with(
+            "the request body, line 1, column 128: arrays and objects nested more than 128 deep"
+        ),
+        "{message}"
+    );
 }

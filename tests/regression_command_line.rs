@@ -3,7 +3,12 @@
 //! cannot be read. `protoserve list | head -1` ended with a panic ("failed printing to stdout:
 //! Broken pipe") and a backtrace on stderr once head had gone: a reader that stops early now ends
 //! the listing quietly. So does `protoserve verify | head -1`, whose verdicts still set the exit
-//! status, and `check` into a pipe closed before it writes.
+//! status, and `check` into a pipe closed before it writes. A size flag given `1.5MiB` called
+//! `.5mib` an unknown unit (so did `-1M`, `+5`), and a number too large was "not a size": a
+//! fraction that makes whole bytes is taken now, and each other says what is wrong with it.
+//! `protoserve verify` of a file that is not UTF-8 said "stream did not contain valid UTF-8"
+//! without a place, and one nested too deep was "not valid JSON"; both are placed and named as
+//! in a handler file now.
 
 mod common;
 
@@ -409,4 +414,78 @@ async fn size_flags_take_units_as_the_journal_size_does() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("KiB, MiB or GiB"), "{err}");
+}
+
+/// A size flag says what is wrong with a size that is not one: `1.5MiB` was refused as the
+/// "unknown unit \".5mib\"" (it means 1536KiB, and is taken now, as a duration takes `1.5s`),
+/// `-1M` and `+5` were unknown units too (`1e6` still names `e6`, which is one), and a number
+/// too large for the machine was "not a size".
+#[test]
+fn size_flags_say_what_is_wrong_with_a_size() {
+    let handlers = tempfile::tempdir().unwrap();
+    let check = |flag: &str, size: &str| {
+        let (code, _, err) = run(&[
+            "check",
+            &format!("{flag}={size}"),
+            "--protos",
+            repo().join("protos").to_str().unwrap(),
+            "--handlers",
+            handlers.path().to_str().unwrap(),
+        ]);
+        (code, err)
+    };
+    let (code, err) = check("--max-message-size", "1.5MiB");
+    assert_eq!(code, 0, "{err}");
+    for (size, wanted) in [
+        ("0.3KiB", "\"0.3KiB\" is not a whole number of bytes"),
+        ("-1M", "\"-1M\" is not a size"),
+        ("+5", "\"+5\" is not a size"),
+        ("1e6", "unknown unit \"e6\" in \"1e6\""),
+        ("4 TB", "unknown unit \"TB\" in \"4 TB\""),
+        (
+            "99999999999999999999",
+            "\"99999999999999999999\" is too large",
+        ),
+        (
+            "99999999999999999999G",
+            "\"99999999999999999999G\" is too large",
+        ),
+    ] {
+        let (code, err) = check("--max-message-size", size);
+        assert_eq!(code, 2, "{size}: {err}");
+        assert!(err.contains(wanted), "{size}: {wanted:?} missing in {err}");
+    }
+}
+
+/// `protoserve verify` places a file that is not UTF-8 at its first bad byte, as `check` does
+/// a handler file ("stream did not contain valid UTF-8" named no place), and says a file nested
+/// more than 128 deep is so, not "not valid JSON: recursion limit exceeded".
+#[test]
+fn verify_places_a_file_that_is_not_utf8_and_names_deep_nesting() {
+    let dir = tempfile::tempdir().unwrap();
+    let verify = |name: &str, bytes: &[u8]| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, bytes).unwrap();
+        let file = file.to_str().unwrap().to_owned();
+        let (code, _, err) = run(&["verify", "--admin", "127.0.0.1:1", &file]);
+        assert_eq!(code, 2, "{err}");
+        (file, err)
+    };
+    let (file, err) = verify(
+        "latin1.json",
+        b"\xEF\xBB\xBF{\"method\": \"helloworld.Greeter/SayHello\",\n \"when\": {\"request\": {\"name\": \"caf\xE9\"}}}",
+    );
+    assert!(
+        err.contains(&format!("error: {file}:2:35: not UTF-8 text")),
+        "{err}"
+    );
+    assert!(err.contains("help: save the file as UTF-8"), "{err}");
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let (file, err) = verify("deep.json", deep.as_bytes());
+    assert!(
+        err.contains(&format!(
+            "error: {file}:1:128: arrays and objects nested more than 128 deep"
+        )),
+        "{err}"
+    );
 }

@@ -14,6 +14,11 @@
 //!   `serve` now warn, naming the folder, a file and where data sets are read from.
 //! - A key given twice in one object of a data set was accepted, and scripts saw the last
 //!   value; each repeat is a problem at its line and column now, naming the line of the first.
+//! - A key given twice in each of many nested objects cost the square of the file: each repeat
+//!   spelled its object's path in full, so a 60 KB data set made `check` print 26 MB. A long
+//!   path keeps its start and end around an ellipsis now.
+//! - A data set with a key given twice and a mistake after it was reported for the repeat
+//!   alone (its check stopped there); the mistake is named too now, as in a handler file.
 
 mod common;
 
@@ -239,4 +244,47 @@ fn the_same_key_in_different_objects_is_no_repeat() {
     let dir = project(Some(&format!("[{}]", items.join(",\n"))));
     let (code, _, err) = check(dir.path());
     assert_eq!(code, 0, "{err}");
+}
+
+/// A data set with a key given twice in each of 5 000 nested objects (60 KB) names each
+/// repeat's object in a few words: each was spelled in full (`k.k.k…`), so `check` printed
+/// 26 MB, and a data set of a megabyte would have taken gigabytes.
+#[test]
+fn repeats_in_deeply_nested_data_objects_name_their_objects_briefly() {
+    let depth = 5_000;
+    let text = format!("{}0{}", r#"{"k":0,"k":"#.repeat(depth), "}".repeat(depth));
+    let dir = project(Some(&text));
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 2, "{}", &err[..err.len().min(2000)]);
+    assert_eq!(err.matches("duplicate key \"k\"").count(), depth);
+    let longest = err.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 600, "a line of {longest} bytes");
+    assert!(
+        err.contains(&format!(
+            "big.json:1:{}: duplicate key \"k\" in {}k…{}: the first is at line 1, column {}",
+            11 * depth - 3,
+            "k.".repeat(19),
+            ".k".repeat(40),
+            11 * depth - 9
+        )),
+        "{}",
+        &err[err.len().saturating_sub(2000)..]
+    );
+}
+
+/// A data set with a key given twice and a mistake after it names both, as a handler file
+/// does: the check stopped at the repeat, so the mistake was found only once it was fixed.
+#[test]
+fn a_data_set_with_a_repeat_and_a_later_mistake_names_both() {
+    let dir = project(Some("{\"a\": 1, \"a\": 2,\n \"b\": [1,, 2]}"));
+    let file = dir.path().join("data/big.json").display().to_string();
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 2, "{err}");
+    for wanted in [
+        format!("{file}:1:10: duplicate key \"a\": the first is at line 1, column 2"),
+        format!("{file}:2:10: not valid JSON: expected value"),
+    ] {
+        assert!(err.contains(&wanted), "{wanted:?} missing in:\n{err}");
+    }
+    assert!(err.contains("2 problem(s) found"), "{err}");
 }

@@ -34,6 +34,10 @@
 //!   `check`, at startup and on reload (a second `"service"` or `"methods"` was refused as
 //!   serde's "duplicate field", at the end of the key and without the first's place). Each
 //!   repeat is a problem at its own line and column now, naming the line of the first.
+//! - A key given twice in each of many nested objects cost the square of the file: each repeat
+//!   spelled its object's path in full (`k.k.k…`), so a 60 KB file made `check` print 26 MB,
+//!   and a 1 MB handler file, data set or `PUT /v1/handlers` body would have taken gigabytes.
+//!   A long path keeps its start and end around an ellipsis now.
 
 mod common;
 
@@ -874,5 +878,30 @@ async fn a_reload_refuses_a_handler_file_with_a_key_given_twice() {
         reply,
         json!({"text": "v1: x"}),
         "the file as it was serves on"
+    );
+}
+
+/// A handler file with a key given twice in each of 5 000 nested objects (60 KB) names each
+/// repeat's object in a few words: each was spelled in full (`k.k.k…`, 10 KB at the deepest),
+/// so `check` printed 26 MB, and a file of a megabyte would have printed gigabytes.
+#[test]
+fn repeats_in_deeply_nested_objects_name_their_objects_briefly() {
+    let depth = 5_000;
+    let text = format!("{}0{}", r#"{"k":0,"k":"#.repeat(depth), "}".repeat(depth));
+    let (code, err) = check_one_file(&text);
+    assert_eq!(code, 2, "{}", &err[..err.len().min(2000)]);
+    assert_eq!(err.matches("duplicate key \"k\"").count(), depth);
+    let longest = err.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 600, "a line of {longest} bytes");
+    assert!(
+        err.contains(&format!(
+            "k.json:1:{}: duplicate key \"k\" in {}k…{}: the first is at line 1, column {}",
+            11 * depth - 3,
+            "k.".repeat(19),
+            ".k".repeat(40),
+            11 * depth - 9
+        )),
+        "{}",
+        &err[err.len().saturating_sub(2000)..]
     );
 }

@@ -99,13 +99,25 @@ async fn answer(result: Result<Json, AdminError>) -> Response {
 }
 
 /// Reads and parses a JSON body, refusing what is too large (declared or sent), too slow,
-/// empty, or not JSON. A leading byte-order mark is dropped, as from a file.
+/// empty, or not JSON. A leading byte-order mark is dropped, as from a file. A problem is
+/// placed as in a file, its column counted in characters (`serde_json` counts bytes, so a
+/// mistake after `é日本` was said to be five columns to the right of a repeated key's count).
 async fn read_json(body: Body, what: &str) -> Result<Json, AdminError> {
     let bytes = read_body(body, what).await?;
     let bytes = crate::input::without_bom(&bytes);
     let json = serde_json::from_slice(bytes).map_err(|e| {
+        let (line, col) = crate::input::json_error_at(bytes, &e);
+        let problem = if crate::input::nested_too_deep(&e) {
+            format!(
+                "arrays and objects nested more than {} deep (the most a request body may nest)",
+                crate::input::JSON_MAX_DEPTH
+            )
+        } else {
+            format!("not valid JSON: {}", crate::input::json_error_message(&e))
+        };
         AdminError::BadRequest(format!(
-            "the request body is not valid JSON: {e}; send {what}"
+            "the request body, {}: {problem}; send {what}",
+            place(line, col)
         ))
     })?;
     // A key given twice would be read as one of the two, as in a handler file: refused.
@@ -115,12 +127,21 @@ async fn read_json(body: Body, what: &str) -> Result<Json, AdminError> {
     match duplicates.first() {
         None => Ok(json),
         Some(d) => Err(AdminError::BadRequest(format!(
-            "the request body, line {}, column {}: {}; {}",
-            d.again.0,
-            d.again.1,
+            "the request body, {}: {}; {}",
+            place(d.again.0, d.again.1),
             d.message(),
             d.hint()
         ))),
+    }
+}
+
+/// `line L, column C` of a request body; a column of 0 (the end of a line) is left out, as
+/// from a file.
+fn place(line: usize, col: usize) -> String {
+    if col == 0 {
+        format!("line {line}")
+    } else {
+        format!("line {line}, column {col}")
     }
 }
 
