@@ -250,6 +250,12 @@ fn placeholder_in_metadata(key: &str) -> String {
     )
 }
 
+/// The most response metadata one list may hold, as HTTP/2 counts a header list (key and
+/// value bytes, plus 32 per entry): what a handler file gives, and what a script sets. Clients
+/// refuse larger lists (hyper's past 16 KiB) with an HTTP/2 error instead of the call's reply
+/// or status, and the header map itself holds at most 32 768 entries (it panics past them).
+pub const MAX_SENT_METADATA: usize = 8192;
+
 /// Response metadata from a handler file (`"headers"`, an error's `"metadata"`), checked at
 /// startup; `path` locates it in the entry. A `-bin` key's value is its bytes in base64.
 pub fn parse_pairs(
@@ -257,6 +263,23 @@ pub fn parse_pairs(
     path: &str,
 ) -> Result<MetadataMap, EntryErrors> {
     let mut problems = EntryErrors::default();
+    // Counted as sent (a -bin value as the base64 given): a list past the limit is one
+    // problem, found before any entry is made.
+    let size = pairs
+        .iter()
+        .fold(0usize, |n, (k, v)| n.saturating_add(k.len() + v.len() + 32));
+    if size > MAX_SENT_METADATA {
+        problems.push(
+            path.to_owned(),
+            format!(
+                "{} metadata entries of {size} bytes in all (keys, values and 32 per entry); \
+                 at most {MAX_SENT_METADATA} bytes are sent, since clients refuse larger header \
+                 lists; send fewer or shorter entries",
+                pairs.len()
+            ),
+        );
+        return Err(problems);
+    }
     let mut map = MetadataMap::new();
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     for (k, v) in pairs {

@@ -905,3 +905,49 @@ fn repeats_in_deeply_nested_objects_name_their_objects_briefly() {
         &err[err.len().saturating_sub(2000)..]
     );
 }
+
+/// A handler's `headers` (or an error's `metadata`) past what one header list may hold: 30 000
+/// entries made the header map panic ("size overflows MAX_SIZE"), so `check` and startup ended
+/// with exit 101 and a backtrace; a list past 8 KiB, which clients refuse, passed. Each is one
+/// problem at its place, saying the limit; a list at the limit is served.
+#[test]
+fn metadata_past_what_a_header_list_holds_is_refused_at_its_place() {
+    let many: Vec<String> = (0..30_000)
+        .map(|i| format!("\"x-k{i}\": \"{i}\""))
+        .collect();
+    let big = "v".repeat(8_200);
+    let text = format!(
+        r#"{{
+  "service": "kitchen.Kitchen",
+  "methods": {{
+    "Get": {{ "reply": {{ "id": "x" }}, "headers": {{ {} }} }},
+    "Fail": {{ "error": {{ "code": 5, "metadata": {{ "x-big": "{big}" }} }} }},
+    "Lookup": {{ "reply": {{}}, "headers": {{ "x-fits": "{}" }} }}
+  }}
+}}
+"#,
+        many.join(", "),
+        "v".repeat(8_192 - 32 - "x-fits".len())
+    );
+    let (code, err) = check_one_file(&text);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for (needle, path, entries) in [
+        (
+            "\"headers\"",
+            "kitchen.Kitchen/Get: headers",
+            "30000 metadata entries",
+        ),
+        (
+            "\"metadata\"",
+            "kitchen.Kitchen/Fail: error.metadata",
+            "1 metadata entries",
+        ),
+    ] {
+        let (line, col) = position_in(&text, needle);
+        let want = format!("k.json:{line}:{col}: {path}: {entries}");
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    assert!(err.contains("at most 8192 bytes are sent"), "{err}");
+    assert!(err.contains("2 problem(s) found"), "{err}");
+}

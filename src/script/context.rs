@@ -380,9 +380,8 @@ impl CallShared {
 }
 
 /// The most a script may set in response headers, and again in trailers: key and value bytes
-/// plus 32 per entry, as HTTP/2 counts a header list. Clients refuse larger lists (hyper's at
-/// 16 KiB) with an HTTP/2 error instead of the call's reply or status.
-pub const MAX_SCRIPT_METADATA: usize = 8192;
+/// plus 32 per entry, as HTTP/2 counts a header list (the same as a handler file's).
+pub const MAX_SCRIPT_METADATA: usize = crate::metadata::MAX_SENT_METADATA;
 
 /// The size of `map` as HTTP/2 counts it, leaving out `except` (an entry about to be replaced).
 fn metadata_size(map: &MetadataMap, except: &str) -> usize {
