@@ -829,7 +829,12 @@ impl AdminError {
             }
             AdminError::Invalid(problems) => {
                 let mut m = format!("{} problem(s); nothing changed", problems.len());
-                for p in problems {
+                if problems.len() > MAX_LISTED_PROBLEMS {
+                    m.push_str(&format!(
+                        " (the first {MAX_LISTED_PROBLEMS} follow; protoserve check lists them all)"
+                    ));
+                }
+                for p in problems.iter().take(MAX_LISTED_PROBLEMS) {
                     m.push('\n');
                     m.push_str(&p.message);
                 }
@@ -846,11 +851,17 @@ impl AdminError {
     pub fn json(&self) -> serde_json::Value {
         let mut body = serde_json::json!({"error": self.kind(), "message": self.message()});
         if let AdminError::Invalid(problems) = self {
-            body["problems"] = serde_json::to_value(problems).unwrap_or_default();
+            let listed = &problems[..problems.len().min(MAX_LISTED_PROBLEMS)];
+            body["problems"] = serde_json::to_value(listed).unwrap_or_default();
         }
         body
     }
 }
+
+/// The most problems one admin answer lists: a 1 MiB body can hold tens of thousands (a
+/// key given twice in every object), and listing each, twice, made answers 70 times the
+/// body's size; the count is always given in full.
+pub const MAX_LISTED_PROBLEMS: usize = 100;
 
 impl From<crate::control::Refusal> for AdminError {
     fn from(r: crate::control::Refusal) -> Self {
