@@ -283,7 +283,15 @@ fn step_into(stack: &[Frame<'_>], trail: &mut String) -> usize {
             if !trail.is_empty() {
                 trail.push('.');
             }
-            trail.push_str(key);
+            // A control character (an escape sequence in the key) is written escaped, so
+            // printing the path cannot drive the user's terminal.
+            for c in key.chars() {
+                if c.is_control() {
+                    trail.extend(c.escape_default());
+                } else {
+                    trail.push(c);
+                }
+            }
         }
         Kind::Object { current: None, .. } => {}
         Kind::Array { index } => {
@@ -517,6 +525,16 @@ mod tests {
         assert_eq!(duplicates(r#"{"a": 1, "a": 2, }"#).len(), 1);
         assert!(duplicates("").is_empty());
         assert!(duplicates("{\"a\": \"unterminated").is_empty());
+    }
+
+    /// A key holding a control character (`"\u001b[2J"`, which clears a terminal) was put
+    /// into the path raw, so printing the problem drove the user's terminal.
+    #[test]
+    fn control_characters_in_a_path_are_escaped() {
+        let found = duplicates(r#"{"a\u001b[2J": {"k": 1, "k": 2}}"#);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].object, "a\\u{1b}[2J");
+        assert!(!found[0].message().contains('\u{1b}'));
     }
 
     #[test]
