@@ -283,13 +283,13 @@ fn step_into(stack: &[Frame<'_>], trail: &mut String) -> usize {
             if !trail.is_empty() {
                 trail.push('.');
             }
-            // A control character (an escape sequence in the key) is written escaped, so
-            // printing the path cannot drive the user's terminal.
+            // Written as the key is in the message ({:?} without its quotes): a control
+            // or invisible character (an escape sequence, a right-to-left override) cannot
+            // drive or garble the user's terminal.
             for c in key.chars() {
-                if c.is_control() {
-                    trail.extend(c.escape_default());
-                } else {
-                    trail.push(c);
+                match c {
+                    '\'' => trail.push(c),
+                    _ => trail.extend(c.escape_debug()),
                 }
             }
         }
@@ -535,6 +535,8 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].object, "a\\u{1b}[2J");
         assert!(!found[0].message().contains('\u{1b}'));
+        let found = duplicates("{\"don't\u{202e}\": {\"k\": 1, \"k\": 2}}");
+        assert_eq!(found[0].object, "don't\\u{202e}");
     }
 
     #[test]
