@@ -142,7 +142,11 @@ fn warn_of_nested_sets(dir: &Path, paths: &[PathBuf]) {
         };
         let mut nested: Vec<_> = inside
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "json") && p.is_file())
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "json")
+                    && p.is_file()
+                    && !crate::input::is_hidden(p)
+            })
             .collect();
         if nested.is_empty() {
             continue;

@@ -174,6 +174,7 @@ fn data_files_in_a_subfolder_are_named_as_not_read() {
     let dir = project(Some("[]"));
     std::fs::create_dir(dir.path().join("data/geo")).unwrap();
     std::fs::write(dir.path().join("data/geo/points.json"), "[]").unwrap();
+    std::fs::write(dir.path().join("data/geo/.points.json"), "[]").unwrap();
     std::fs::create_dir(dir.path().join("data/.hidden")).unwrap();
     std::fs::write(dir.path().join("data/.hidden/secret.json"), "[]").unwrap();
     let arg = |sub: &str| dir.path().join(sub).display().to_string();
@@ -182,7 +183,7 @@ fn data_files_in_a_subfolder_are_named_as_not_read() {
     let said = |text: &str| {
         text.contains("WARN")
             && text.contains(&arg("data/geo"))
-            && text.contains("geo/points.json")
+            && text.contains("1 .json file(s) in this folder, such as geo/points.json")
             && text.contains("not data sets")
             && !text.contains("secret.json")
     };
