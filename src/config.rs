@@ -183,8 +183,9 @@ fn load_file(
     served_by: &mut HashMap<Arc<str>, PathBuf>,
 ) -> Result<(), StartupErrors> {
     let text = crate::input::read_text(file)?;
-    // A key given twice is refused before anything else is read: which of the two was meant
-    // cannot be known, and the parsed file would hold only one.
+    // A key given twice is refused: which of the two was meant cannot be known, and the parsed
+    // file holds only one. The rest of the file is still read (with the one it holds), so
+    // its other problems are listed in the same pass.
     let mut errors = StartupErrors::default();
     for duplicate in crate::jsonkeys::duplicates(&text) {
         errors.push(duplicate.handler_error(file));
@@ -214,8 +215,7 @@ fn load_file(
         }
     });
     let parsed = match parsed {
-        Ok(parsed) if errors.is_empty() => parsed,
-        Ok(_) => return Err(errors),
+        Ok(parsed) => parsed,
         // A second "service" or "methods", which serde names without the first's place, is
         // listed already.
         Err(StartupError::Handler { message, .. })
@@ -228,10 +228,12 @@ fn load_file(
             return Err(errors);
         }
     };
+    let repeats = errors;
     let Some(service) = pool.get_service_by_name(&parsed.service) else {
         let names: Vec<String> = pool.services().map(|s| s.full_name().to_owned()).collect();
         let (line, col) = locate_key(&text, "service");
-        return Err(StartupError::Handler {
+        let mut errors = repeats;
+        errors.push(StartupError::Handler {
             location: Location::at(file, line, col),
             entry: parsed.service.clone(),
             message: format!(
@@ -243,8 +245,8 @@ fn load_file(
                 "services loaded from the protos: {}",
                 names.join(", ")
             )),
-        }
-        .into());
+        });
+        return Err(errors);
     };
     // Problems are located once every entry is read: one pass over the text finds them all.
     let mut found: Vec<(&str, Found)> = Vec::new();
@@ -307,7 +309,7 @@ fn load_file(
         }
     }
     let positions = jsonpos::Positions::find(&text, paths.iter().map(String::as_str));
-    let mut errors = StartupErrors::default();
+    let mut errors = repeats;
     for (method, f) in found {
         let at = |path: &str| {
             let (line, col) = positions

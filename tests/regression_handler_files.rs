@@ -951,3 +951,29 @@ fn metadata_past_what_a_header_list_holds_is_refused_at_its_place() {
     assert!(err.contains("at most 8192 bytes are sent"), "{err}");
     assert!(err.contains("2 problem(s) found"), "{err}");
 }
+
+/// A handler file with a key given twice listed that repeat and nothing else: a misspelled
+/// method in the same file was only named by the next `check`, once the repeat was fixed. The
+/// rest of the file is read too, so one pass lists every problem.
+#[test]
+fn a_repeat_and_a_misspelled_method_are_listed_in_one_pass() {
+    let text = r#"{
+  "service": "kitchen.Kitchen",
+  "methods": {
+    "Get": { "reply": { "id": "a" }, "reply": { "id": "b" } },
+    "Gte": { "reply": {} }
+  }
+}
+"#;
+    let (code, err) = check_one_file(text);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("k.json:4:38: duplicate key \"reply\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("k.json:5:5: kitchen.Kitchen/Gte: kitchen.Kitchen has no method \"Gte\""),
+        "{err}"
+    );
+    assert!(err.contains("2 problem(s) found"), "{err}");
+}
