@@ -831,7 +831,7 @@ impl AdminError {
                 let mut m = format!("{} problem(s); nothing changed", problems.len());
                 if problems.len() > MAX_LISTED_PROBLEMS {
                     m.push_str(&format!(
-                        " (the first {MAX_LISTED_PROBLEMS} follow; protoserve check lists them all)"
+                        " (the first {MAX_LISTED_PROBLEMS} follow)"
                     ));
                 }
                 for p in problems.iter().take(MAX_LISTED_PROBLEMS) {

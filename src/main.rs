@@ -268,10 +268,11 @@ fn size_limit(s: &str) -> Result<usize, String> {
 }
 
 /// A size in bytes: a number with an optional unit (B, KiB, MiB, GiB; K, M, G and KB, MB, GB
-/// mean the same binary multiples). Every size flag reads sizes this way, so a unit one takes
-/// works for all. A fraction is taken where it makes whole bytes (`1.5MiB`, as a duration
-/// takes `1.5s`); one that does not, a number too large for this machine, a sign or an
-/// exponent is refused saying which it is (none of them is an unknown unit).
+/// mean the same binary multiples). The flags given in bytes (`--max-message-size`,
+/// `--max-buffered…`, `--journal-bytes`) all read sizes this way, so a unit one takes works
+/// for all. A fraction is taken where it makes whole bytes (`1.5MiB`, as a duration takes
+/// `1.5s`); one that does not, and a number too large for this machine, are refused saying so;
+/// anything else (a sign, an exponent, a space inside the number) is not a size.
 fn byte_size(s: &str) -> Result<usize, String> {
     const USAGE: &str = "write bytes, or a number with KiB, MiB or GiB (such as 64MiB)";
     let s = s.trim();
@@ -304,7 +305,9 @@ fn byte_size(s: &str) -> Result<usize, String> {
     let digits = format!("{whole}{fraction}");
     let digits = digits.trim_start_matches('0');
     if digits.len() > 28 || fraction.len() > 28 {
-        return Err(format!("{s:?} is not a size; {USAGE}"));
+        return Err(format!(
+            "{s:?} has more digits than a size needs (28 at most); {USAGE}"
+        ));
     }
     let n: u128 = digits.parse().unwrap_or(0);
     let tenths = 10u128.pow(fraction.len() as u32);
@@ -624,11 +627,17 @@ fn main() -> ExitCode {
 }
 
 fn report(errors: &protoserve::error::StartupErrors) -> ExitCode {
-    eprintln!("{errors}");
-    eprintln!(
-        "protoserve: {} problem(s) found; nothing was served",
-        errors.0.len()
-    );
+    // Written, not `eprintln!`ed: a report of many problems fills a pipe, and one whose reader
+    // stopped early (`check 2>&1 | head`) made `eprintln!` panic. The exit code says it all.
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{errors}").and_then(|()| {
+        writeln!(
+            err,
+            "protoserve: {} problem(s) found; nothing was served",
+            errors.0.len()
+        )
+    });
     ExitCode::from(STARTUP_PROBLEM)
 }
 

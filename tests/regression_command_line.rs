@@ -489,3 +489,37 @@ fn verify_places_a_file_that_is_not_utf8_and_names_deep_nesting() {
         "{err}"
     );
 }
+
+/// `check 2>&1 | head -1` of a handler file with thousands of problems: the report fills the
+/// pipe, the reader goes, and `eprintln!` panicked (exit 101, the panic unseen with stderr
+/// gone). The report is written quietly and `check` exits 2 for the problems.
+#[test]
+fn check_reporting_into_a_closed_pipe_exits_for_its_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let methods: Vec<String> = (0..3000)
+        .map(|i| format!("\"NoSuchMethod{i}\": {{ \"reply\": {{}} }}"))
+        .collect();
+    std::fs::write(
+        dir.path().join("k.json"),
+        format!(
+            "{{ \"service\": \"helloworld.Greeter\", \"methods\": {{ {} }} }}",
+            methods.join(",\n")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(binary())
+        .current_dir(repo())
+        .args(["check", "--no-cache", "--handlers"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run protoserve check");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    drop(err);
+    let code = child.wait().unwrap().code();
+    assert!(first.contains("NoSuchMethod"), "{first}");
+    assert_eq!(code, Some(2), "the problems, not a panic: {first}");
+}
