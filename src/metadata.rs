@@ -256,6 +256,19 @@ fn placeholder_in_metadata(key: &str) -> String {
 /// or status, and the header map itself holds at most 32 768 entries (it panics past them).
 pub const MAX_SENT_METADATA: usize = 8192;
 
+/// The bytes a list of metadata from a handler file takes as HTTP/2 counts a header list: key
+/// and value, plus 32 per entry; a `-bin` value as it is sent, base64 without padding.
+pub fn sent_size(pairs: &BTreeMap<String, String>) -> usize {
+    pairs.iter().fold(0usize, |n, (k, v)| {
+        let value = if k.to_ascii_lowercase().ends_with("-bin") {
+            v.trim_end_matches('=').len()
+        } else {
+            v.len()
+        };
+        n.saturating_add(k.len() + value + 32)
+    })
+}
+
 /// Response metadata from a handler file (`"headers"`, an error's `"metadata"`), checked at
 /// startup; `path` locates it in the entry. A `-bin` key's value is its bytes in base64.
 pub fn parse_pairs(
@@ -265,9 +278,7 @@ pub fn parse_pairs(
     let mut problems = EntryErrors::default();
     // Counted as sent (a -bin value as the base64 given): a list past the limit is one
     // problem, found before any entry is made.
-    let size = pairs
-        .iter()
-        .fold(0usize, |n, (k, v)| n.saturating_add(k.len() + v.len() + 32));
+    let size = sent_size(pairs);
     if size > MAX_SENT_METADATA {
         problems.push(
             path.to_owned(),

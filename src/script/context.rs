@@ -400,8 +400,14 @@ fn metadata_size(map: &MetadataMap, except: &str) -> usize {
 
 fn insert_metadata(map: &mut MetadataMap, key: &str, value: &[u8]) -> mlua::Result<()> {
     let lower = key.to_ascii_lowercase();
-    // A -bin value goes out base64-encoded (4 bytes for every 3).
-    let adds = lower.len() + value.len().div_ceil(3) * 4 + 32;
+    // A -bin value goes out base64-encoded without padding (4 bytes for every 3), as the
+    // entries already set are counted.
+    let value_len = if lower.ends_with("-bin") {
+        (value.len() * 4).div_ceil(3)
+    } else {
+        value.len()
+    };
+    let adds = lower.len() + value_len + 32;
     if metadata_size(map, &lower).saturating_add(adds) > MAX_SCRIPT_METADATA {
         return Err(mlua::Error::runtime(format!(
             "metadata {:?}: the headers or trailers a script sets may take {MAX_SCRIPT_METADATA} bytes in all (keys, values and 32 per entry)",
