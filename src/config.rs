@@ -567,8 +567,16 @@ fn build_declarative(
             problems.push("rules", "give at least one rule");
         }
         let mut compiled = Vec::with_capacity(rules.len());
+        // The entry's headers go out in the same header block as each rule's.
+        let around = crate::metadata::sent_size(&spec.headers);
         for (i, rule) in rules.iter().enumerate() {
-            compiled.extend(build_rule(rule, info, &format!("rules[{i}]"), problems));
+            compiled.extend(build_rule(
+                rule,
+                info,
+                &format!("rules[{i}]"),
+                around,
+                problems,
+            ));
         }
         let complete = spec.rules.is_some() && compiled.len() == rules.len() && !rules.is_empty();
         return complete.then(|| {
@@ -576,7 +584,7 @@ fn build_declarative(
             handler
         });
     }
-    let action = build_action(spec, info, "", problems)?;
+    let action = build_action(spec, info, "", 0, problems)?;
     Some(Arc::new(Declarative::new(Responder::Single(Box::new(
         action,
     )))))
@@ -588,6 +596,7 @@ fn build_rule(
     rule: &Json,
     info: &Arc<MethodInfo>,
     path: &str,
+    around: usize,
     problems: &mut EntryErrors,
 ) -> Option<Rule> {
     let spec = parse_spec(rule, path, problems)?;
@@ -614,7 +623,7 @@ fn build_rule(
     let action = if spec.kinds.contains(&"rules") {
         None
     } else {
-        build_action(&spec, info, path, problems)
+        build_action(&spec, info, path, around, problems)
     };
     Some(Rule {
         when: when?,
@@ -704,10 +713,13 @@ fn parse_spec<'a>(json: &'a Json, path: &str, problems: &mut EntryErrors) -> Opt
 }
 
 /// The action of an entry or a rule; its problems go to `problems`.
+/// `around` is the size of the entry's headers sent with this action's (see
+/// [`check_one_block`]).
 fn build_action(
     spec: &EntrySpec,
     info: &MethodInfo,
     path: &str,
+    around: usize,
     problems: &mut EntryErrors,
 ) -> Option<Action> {
     // Every kind given is checked, even when there are several; a kind whose value could not
@@ -749,12 +761,50 @@ fn build_action(
         }
     };
     let headers = problems.keep(parse_pairs(&spec.headers, &join(path, "headers")));
+    let headers = headers.filter(|_| check_one_block(spec, path, around, problems));
     let delay = problems.keep(delay(spec.delay_ms, &join(path, "delay_ms")));
     Some(Action {
         kind: kind?,
         delay: delay?,
         headers: headers?,
     })
+}
+
+/// Whether what one action sends in one header block fits it: the entry's headers (`around`
+/// bytes, next to `rules`), the action's and, for an error (a Trailers-Only answer), its
+/// metadata. Each list is checked on its own by [`parse_pairs`]; together they could pass the
+/// limit, and a client refuses the block instead of reading the reply or status.
+fn check_one_block(
+    spec: &EntrySpec,
+    path: &str,
+    around: usize,
+    problems: &mut EntryErrors,
+) -> bool {
+    use crate::metadata::{sent_size, MAX_SENT_METADATA};
+    let own = sent_size(&spec.headers);
+    let error = spec.error.as_ref().map_or(0, |e| sent_size(&e.metadata));
+    let parts = [around, own, error];
+    let total = parts.iter().fold(0usize, |n, p| n.saturating_add(*p));
+    // A list past the limit by itself is reported by parse_pairs.
+    if total <= MAX_SENT_METADATA || parts.iter().any(|p| *p > MAX_SENT_METADATA) {
+        return true;
+    }
+    // Placed at the action's own list (the entry's alone fits).
+    let at = if own > 0 {
+        join(path, "headers")
+    } else {
+        join(path, "error.metadata")
+    };
+    problems.push(
+        at,
+        format!(
+            "this action's headers ({own} bytes), the entry's ({around}) and the error's metadata \
+             ({error}) go out in one header block of {total} bytes; at most \
+             {MAX_SENT_METADATA} bytes are sent, since clients refuse larger header lists; send \
+             fewer or shorter entries"
+        ),
+    );
+    false
 }
 
 /// The longest `delay_ms`: a day is far past any test's patience, and keeps timer arithmetic

@@ -977,3 +977,43 @@ fn a_repeat_and_a_misspelled_method_are_listed_in_one_pass() {
     );
     assert!(err.contains("2 problem(s) found"), "{err}");
 }
+
+/// Lists that each fit a header block but go out in one: the entry's headers next to `rules`
+/// and a rule's headers (one block with the reply's first message), a rule's error metadata
+/// with the entry's headers (one Trailers-Only block). Each passed `check`, and a client
+/// refused the block instead of reading the answer. Each action is checked with what it is
+/// sent with.
+#[test]
+fn lists_sent_in_one_header_block_are_checked_together() {
+    let half = "v".repeat(5_000);
+    let text = format!(
+        r#"{{
+  "service": "kitchen.Kitchen",
+  "methods": {{
+    "Get": {{ "headers": {{ "x-entry": "{half}" }}, "rules": [
+      {{ "reply": {{ "id": "a" }}, "headers": {{ "x-rule": "{half}" }} }} ] }},
+    "Fail": {{ "headers": {{ "x-entry": "{half}" }}, "rules": [
+      {{ "error": {{ "code": 5, "metadata": {{ "x-err": "{half}" }} }} }} ] }},
+    "Lookup": {{ "headers": {{ "x-entry": "{half}" }}, "rules": [
+      {{ "reply": {{}}, "headers": {{ "x-small": "1" }} }} ] }}
+  }}
+}}
+"#
+    );
+    let (code, err) = check_one_file(&text);
+    assert_eq!(code, 2, "{err}");
+    for (needle, path) in [
+        ("\"x-rule\"", "kitchen.Kitchen/Get: rules[0].headers"),
+        ("\"x-err\"", "kitchen.Kitchen/Fail: rules[0].error.metadata"),
+    ] {
+        let (line, _) = position_in(&text, needle);
+        let want = format!("k.json:{line}:");
+        assert!(
+            err.lines().any(|l| l.contains(&want)
+                && l.contains(path)
+                && l.contains("one header block of 10")),
+            "missing {path} at line {line} in:\n{err}"
+        );
+    }
+    assert!(err.contains("2 problem(s) found"), "{err}");
+}
