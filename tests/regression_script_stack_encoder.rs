@@ -22,16 +22,7 @@ fn dir() -> std::path::PathBuf {
 
 async fn start(extra: &[&str]) -> (Server, Client) {
     let f = dir();
-    let mut args = vec![
-        "--protos".to_owned(),
-        f.join("protos").display().to_string(),
-        "--handlers".to_owned(),
-        f.join("handlers").display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let s = Server::start(&args);
-    let c = Client::connect(s.addr, common::pool(&f.join("protos"))).await;
+    let (s, c) = common::serve_folders(&f.join("protos"), &f.join("handlers"), extra).await;
     (s, c)
 }
 
