@@ -190,7 +190,7 @@ fn load_file(
     for duplicate in crate::jsonkeys::duplicates(&text) {
         errors.push(duplicate.handler_error(file));
     }
-    let parsed = serde_json::from_str::<HandlerFile>(&text).map_err(|e| {
+    let problem = |e: serde_json::Error| {
         let (message, hint) = if crate::input::nested_too_deep(&e) {
             (
                 format!(
@@ -213,15 +213,20 @@ fn load_file(
             message,
             hint: Some(hint),
         }
-    });
+    };
+    let parsed = serde_json::from_str::<HandlerFile>(&text).map_err(problem);
     let parsed = match parsed {
         Ok(parsed) => parsed,
         // A second "service" or "methods", which serde names without the first's place, is
-        // listed already.
+        // listed already; serde stopped there, so the rest is read as plain JSON (which takes
+        // repeats) for a mistake after it.
         Err(StartupError::Handler { message, .. })
             if !errors.is_empty() && message.starts_with("duplicate field `") =>
         {
-            return Err(errors)
+            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&text) {
+                errors.push(problem(e));
+            }
+            return Err(errors);
         }
         Err(e) => {
             errors.push(e);

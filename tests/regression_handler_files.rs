@@ -1017,3 +1017,18 @@ fn lists_sent_in_one_header_block_are_checked_together() {
     }
     assert!(err.contains("2 problem(s) found"), "{err}");
 }
+
+/// A second `"service"` stopped the reading of the file there: a trailing comma after it was
+/// named only once the repeat was fixed. Both are listed in one pass.
+#[test]
+fn a_second_service_and_a_later_syntax_error_are_listed_in_one_pass() {
+    let text = "{\n  \"service\": \"kitchen.Kitchen\",\n  \"service\": \"kitchen.Kitchen\",\n  \"methods\": { \"Get\": { \"reply\": {} }, }\n}\n";
+    let (code, err) = check_one_file(text);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("k.json:3:3: duplicate key \"service\""),
+        "{err}"
+    );
+    assert!(err.contains("k.json:4:40: "), "{err}");
+    assert!(err.contains("2 problem(s) found"), "{err}");
+}
