@@ -16,22 +16,6 @@ use common::{pool, Client, Server};
 use serde_json::json;
 use tonic::Code;
 
-/// Waits (bounded) until a log line contains `needle`.
-fn wait_for_log(server: &Server, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(line) = server.log().into_iter().find(|l| l.contains(needle)) {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {needle:?}: {:#?}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Polls `Chat` until it answers `want` (bounded).
 /// The live service's answer to `Chat("x")`.
 async fn chat(client: &Client) -> Result<serde_json::Value, tonic::Status> {
@@ -72,7 +56,7 @@ async fn editing_a_handler_file_reloads_it() {
     wait_for_reply(&client, "v1: x").await;
     project.write("handlers/live.json", &live_handler("v2"));
     wait_for_reply(&client, "v2: x").await;
-    let line = wait_for_log(&server, "generation 2 serving");
+    let line = server.wait_for_log("generation 2 serving");
     assert!(line.contains("files changed"), "{line}");
     assert!(line.contains(" ms"), "the reload logs its time: {line}");
 }
@@ -86,7 +70,7 @@ async fn a_reload_does_not_set_off_another() {
     let client = project.client(&server).await;
     project.write("handlers/live.json", &live_handler("v2"));
     wait_for_reply(&client, "v2: x").await;
-    wait_for_log(&server, "generation 2 serving");
+    server.wait_for_log("generation 2 serving");
     std::thread::sleep(Duration::from_millis(1500));
     let again: Vec<String> = server
         .log()
@@ -136,7 +120,7 @@ async fn an_import_folder_is_watched_and_editor_files_are_not() {
     assert!(reloads.is_empty(), "editor files reloaded: {reloads:?}");
 
     std::fs::write(imports.path().join("line.proto"), line(" string note = 2;")).unwrap();
-    let reloaded = wait_for_log(&server, "generation 2 serving");
+    let reloaded = server.wait_for_log("generation 2 serving");
     assert!(reloaded.contains("files changed"), "{reloaded}");
     assert_reply(&client, "v1: x").await;
 }
@@ -159,10 +143,10 @@ async fn a_handler_change_reuses_the_compiled_protos() {
     assert_eq!(schemas(), 1, "{:#?}", server.log());
     project.write("handlers/live.json", &live_handler("v2"));
     wait_for_reply(&client, "v2: x").await;
-    wait_for_log(&server, "generation 2 serving");
+    server.wait_for_log("generation 2 serving");
     assert_eq!(schemas(), 1, "a handler change compiled the protos");
     project.write("protos/live.proto", &format!("{LIVE_PROTO}// edited\n"));
-    wait_for_log(&server, "generation 3 serving");
+    server.wait_for_log("generation 3 serving");
     assert_eq!(schemas(), 2, "a proto change did not compile the protos");
 }
 
@@ -177,7 +161,9 @@ async fn sighup_reloads_when_watching_is_off() {
     assert_reply(&client, "v1: x").await;
     sighup(&server);
     wait_for_reply(&client, "v2: x").await;
-    assert!(wait_for_log(&server, "generation 2 serving").contains("SIGHUP"));
+    assert!(server
+        .wait_for_log("generation 2 serving")
+        .contains("SIGHUP"));
 }
 
 #[tokio::test]
@@ -193,9 +179,9 @@ async fn a_broken_reload_keeps_serving_and_names_the_place() {
             "\"Talk\": { \"reply\": { \"txet\"",
         ),
     );
-    let failed = wait_for_log(&server, "failed with 1 problem");
+    let failed = server.wait_for_log("failed with 1 problem");
     assert!(failed.contains("still serving generation 1"), "{failed}");
-    let problem = wait_for_log(&server, "txet");
+    let problem = server.wait_for_log("txet");
     let file = project.path("handlers/live.json").display().to_string();
     assert!(
         problem.contains(&format!("{file}:5:")),
@@ -206,7 +192,9 @@ async fn a_broken_reload_keeps_serving_and_names_the_place() {
     // Fixing the file loads it.
     project.write("handlers/live.json", &live_handler("v3"));
     wait_for_reply(&client, "v3: x").await;
-    assert!(wait_for_log(&server, "generation 2 serving").contains("files changed"));
+    assert!(server
+        .wait_for_log("generation 2 serving")
+        .contains("files changed"));
 }
 
 #[tokio::test]
@@ -218,9 +206,9 @@ async fn a_broken_proto_on_reload_keeps_serving() {
         "protos/live.proto",
         &LIVE_PROTO.replace("string text = 1;", "strin text = 1;"),
     );
-    let problem = wait_for_log(&server, "live.proto:");
+    let problem = server.wait_for_log("live.proto:");
     assert!(problem.contains("live.proto:7:16:"), "{problem}");
-    wait_for_log(&server, "still serving generation 1");
+    server.wait_for_log("still serving generation 1");
     assert_reply(&client, "v1: x").await;
 }
 
@@ -405,7 +393,7 @@ async fn reloading_under_load_fails_no_call() {
             }
         }
         sighup(&server);
-        wait_for_log(&server, &format!("generation {} serving", reload + 1));
+        server.wait_for_log(&format!("generation {} serving", reload + 1));
         tx.send(note(reload + 1)).await.unwrap();
         expect_last = reload;
     }

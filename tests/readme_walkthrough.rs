@@ -14,7 +14,6 @@ mod common;
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::project::Project;
 use common::reflection::v1::{ask, list_services, MessageRequest, MessageResponse};
@@ -159,22 +158,6 @@ async fn make(client: &Client, call: &ShellCall) {
     }
 }
 
-/// Waits (bounded) until a log line contains `needle`.
-fn wait_for_log(server: &Server, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(line) = server.log().into_iter().find(|l| l.contains(needle)) {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {needle:?}: {:#?}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// `protoserve ARGS…` run in the folder `dir`, as the README's `$ protoserve …` lines are:
 /// (exit code, stdout, stderr). The descriptor cache goes to a folder of its own.
 fn run_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
@@ -247,7 +230,7 @@ async fn the_quick_start_and_adding_an_rpc_work_as_the_readme_says() {
         "protos/helloworld.proto",
         &format!("{}  {rpc}\n{}", &proto[..close], &proto[close..]),
     );
-    wait_for_log(&server, "generation 2 serving");
+    server.wait_for_log("generation 2 serving");
     // Declared without a handler: UNIMPLEMENTED, naming the method and the missing handler.
     let client = reflected_client(&server, &["helloworld.Greeter"]).await;
     let status = client
@@ -274,7 +257,7 @@ async fn the_quick_start_and_adding_an_rpc_work_as_the_readme_says() {
     project.write("handlers/helloworld.json", &edited);
 
     // Step 3: saved, reloaded; the new method answers as the README shows.
-    wait_for_log(&server, "generation 3 serving");
+    server.wait_for_log("generation 3 serving");
     let client = reflected_client(&server, &["helloworld.Greeter"]).await;
     let step_3: Vec<ShellCall> = blocks(adding, "sh")
         .iter()

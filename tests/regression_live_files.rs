@@ -39,19 +39,6 @@ use common::project::{live_handler, Project, LIVE_PROTO};
 use common::{binary, pool, run_bounded, Client, Server};
 use serde_json::json;
 
-/// Waits (bounded) until a log line contains `needle`.
-fn wait_for_log(server: &Server, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !server.log().iter().any(|l| l.contains(needle)) {
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {needle:?}: {:#?}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Polls `method` until it answers `want` (bounded).
 async fn wait_for_answer(client: &Client, method: &str, want: serde_json::Value) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -90,7 +77,7 @@ async fn a_handler_fixed_after_a_failed_reload_is_served_with_the_new_protos() {
     project.write("handlers/live.json", &handler("txet"));
     project.write("protos/live.proto", &proto);
     // This problem is only found once the new proto is compiled.
-    wait_for_log(&server, r#"live.Line has no field "txet""#);
+    server.wait_for_log(r#"live.Line has no field "txet""#);
     // Fixing only the handler must serve it with the protos on disk.
     project.write("handlers/live.json", &handler("text"));
     let client = project.client(&server).await;
@@ -108,7 +95,7 @@ async fn a_handlers_folder_replaced_while_serving_is_still_watched() {
     // As a generator or `rsync --delete-after` does: the folder is renamed away and created anew.
     std::fs::rename(project.path("handlers"), project.path("handlers.old")).unwrap();
     std::fs::create_dir(project.path("handlers")).unwrap();
-    wait_for_log(&server, "generation 2 serving");
+    server.wait_for_log("generation 2 serving");
     std::fs::write(project.path("handlers/live.json"), live_handler("v2")).unwrap();
     wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
     // The folder renamed away is not watched any more, the new one still is.
@@ -141,7 +128,7 @@ async fn a_runtime_handler_of_a_removed_method_says_how_to_remove_it() {
             "",
         ),
     );
-    wait_for_log(&server, "reload (files changed) failed");
+    server.wait_for_log("reload (files changed) failed");
     let (_, problems) = server.admin_call("POST", "/v1/reload", None, None).await;
     let text = problems.to_string();
     assert!(
@@ -395,7 +382,7 @@ async fn a_descriptor_set_rebuilt_while_serving_is_reloaded() {
         ),
         &set,
     );
-    wait_for_log(&server, "generation 2 serving");
+    server.wait_for_log("generation 2 serving");
     let services = server.admin_get("/v1/services").await;
     assert!(
         services.to_string().contains("/d.S/Two"),
@@ -468,7 +455,7 @@ async fn a_handlers_folder_removed_and_created_again_is_still_watched() {
     // The new folder often gets the inode of the old one: that must not pass for "unchanged".
     std::fs::remove_dir_all(project.path("handlers")).unwrap();
     std::fs::create_dir(project.path("handlers")).unwrap();
-    wait_for_log(&server, "generation 2 serving");
+    server.wait_for_log("generation 2 serving");
     std::fs::write(project.path("handlers/live.json"), live_handler("v2")).unwrap();
     wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
     std::fs::write(project.path("handlers/live.json"), live_handler("v3")).unwrap();
@@ -514,7 +501,7 @@ async fn one_reload_per_change(project: &Project, server: &Server, cache: &Path,
         "protos/live.proto",
         &LIVE_PROTO.replace("string text = 1;", "string text = 1; string extra = 2;"),
     );
-    wait_for_log(server, "generation 2 serving");
+    server.wait_for_log("generation 2 serving");
     let reload = started.elapsed();
     assert!(entries() > before, "{place}: no cache entry was written");
     // A reload set off by that write would come within about one reload's time: wait for
@@ -597,7 +584,7 @@ async fn a_new_folder_on_the_way_to_the_descriptor_cache_is_read_unless_the_cach
     // The folders the cache makes for its entry set off no reload: the removal does, once.
     let started = Instant::now();
     std::fs::remove_dir_all(project.path("protos/gen")).unwrap();
-    wait_for_log(&server, "generation 2 serving");
+    server.wait_for_log("generation 2 serving");
     let reload = started.elapsed();
     assert!(cache.is_dir(), "no cache entry was written again");
     let services = |line: &str| line.split("): ").nth(1).map(str::to_owned);
@@ -683,7 +670,7 @@ async fn a_change_in_a_hidden_folder_sets_off_no_reload() {
 fn two_reloads(server: &Server, what: &str) {
     // The answer from generation 3 can come before its log line is read from the server's
     // stderr: the line is waited for, then the reloads are counted.
-    wait_for_log(server, "generation 3 serving");
+    server.wait_for_log("generation 3 serving");
     let served: Vec<String> = server
         .log()
         .into_iter()
@@ -712,7 +699,7 @@ async fn a_proto_read_half_written_is_named_at_its_line_and_column() {
     std::io::Write::write_all(&mut file, first.as_bytes()).unwrap();
     file.sync_all().unwrap();
     // A reload may also read the file emptied, before the first half is written.
-    wait_for_log(&server, "reached end of file");
+    server.wait_for_log("reached end of file");
     // `  rpc Echo (Line) returns ` is line 5, its last word ending at column 25.
     let want = "live.proto:5:26: expected '(', but reached end of file";
     let log = server.log();
@@ -789,7 +776,7 @@ async fn removing_the_runtime_handler_of_a_renamed_method_serves_the_new_protos(
         "handlers/live.json",
         &live_handler("v2").replace("\"Chat\"", "\"Say\""),
     );
-    wait_for_log(&server, "reload (files changed) failed");
+    server.wait_for_log("reload (files changed) failed");
     let (status, body) = server
         .admin_call("DELETE", "/v1/handlers/live.Live/Chat", None, None)
         .await;
@@ -829,7 +816,7 @@ async fn folders_removed_while_serving_log_no_watcher_warnings() {
     let client = project.client(&server).await;
     std::fs::remove_dir_all(project.path("protos/sub")).unwrap();
     std::fs::remove_dir_all(project.path("handlers")).unwrap();
-    wait_for_log(&server, "reload (files changed) failed");
+    server.wait_for_log("reload (files changed) failed");
     std::fs::create_dir(project.path("handlers")).unwrap();
     std::fs::write(project.path("handlers/live.json"), live_handler("v2")).unwrap();
     wait_for_answer(&client, "live.Live/Chat", json!({"text": "v2: x"})).await;
@@ -869,7 +856,7 @@ async fn removing_the_runtime_handler_of_a_removed_method_ends_the_failure() {
             "",
         ),
     );
-    wait_for_log(&server, "reload (files changed) failed");
+    server.wait_for_log("reload (files changed) failed");
     let (status, body) = server
         .admin_call("DELETE", "/v1/handlers/live.Live/Chat", None, None)
         .await;

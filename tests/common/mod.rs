@@ -227,6 +227,22 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits (bounded, 20 s) until a log line contains `needle`, and gives that line.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(line) = self.log().into_iter().find(|l| l.contains(needle)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}: {:#?}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -702,4 +718,30 @@ pub fn buf() -> PathBuf {
 /// The googleapis tree (with grafeas) from the npm package `google-proto-files`.
 pub fn googleapis() -> PathBuf {
     npm_package("google-proto-files")
+}
+
+/// A JSON text of `depth` nested objects, each giving the key `k` twice (the second holding
+/// the next object): a repeat in every object.
+pub fn nested_repeats(depth: usize) -> String {
+    format!("{}0{}", r#"{"k":0,"k":"#.repeat(depth), "}".repeat(depth))
+}
+
+/// That `err` (what `check` printed for [`nested_repeats`] of `depth` in the file `name`) names
+/// every repeat, each on a short line, the deepest with its object's path shortened in the
+/// middle.
+pub fn assert_nested_repeats_named_briefly(err: &str, name: &str, depth: usize) {
+    assert_eq!(err.matches("duplicate key \"k\"").count(), depth);
+    let longest = err.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 600, "a line of {longest} bytes");
+    assert!(
+        err.contains(&format!(
+            "{name}:1:{}: duplicate key \"k\" in {}k…{}: the first is at line 1, column {}",
+            11 * depth - 3,
+            "k.".repeat(19),
+            ".k".repeat(40),
+            11 * depth - 9
+        )),
+        "{}",
+        &err[err.len().saturating_sub(2000)..]
+    );
 }
