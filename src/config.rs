@@ -518,9 +518,10 @@ fn build_handler(
     let around = if spec.script.is_some() || spec.rules.is_some() {
         let delay = problems.keep(delay(spec.delay_ms, "delay_ms"));
         let headers = problems.keep(parse_pairs(&spec.headers, "headers"));
-        delay
-            .zip(headers)
-            .map(|(delay, headers)| Around { delay, headers })
+        delay.zip(headers).map(|(delay, headers)| Around {
+            delay,
+            headers: Arc::new(headers),
+        })
     } else {
         Some(Around::default())
     };

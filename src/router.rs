@@ -239,6 +239,7 @@ impl MethodService {
             journal: self.2.clone(),
             buffers: self.3.clone(),
             max_message_size: self.1,
+            entry_headers: self.0.around.headers.clone(),
         };
         let fut = match &self.0.handler {
             Some(h) => h.call(call, requests),

@@ -113,6 +113,10 @@ pub struct Call {
     pub buffers: Option<crate::layers::buffers::Buffers>,
     /// `--max-message-size`: handlers stop building a response that passes it.
     pub max_message_size: usize,
+    /// The entry's own `headers` (see [`Around`]), which the router adds under the handler's:
+    /// they go out in the same header block, so a handler that sets metadata per call (a
+    /// script) counts them against the same limit.
+    pub entry_headers: Arc<MetadataMap>,
 }
 
 impl Call {
@@ -284,7 +288,8 @@ impl Origin {
 #[derive(Debug, Default)]
 pub struct Around {
     pub delay: Option<Duration>,
-    pub headers: MetadataMap,
+    /// Shared with each call (see [`Call::entry_headers`]).
+    pub headers: Arc<MetadataMap>,
 }
 
 impl Around {

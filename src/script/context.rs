@@ -67,6 +67,9 @@ pub struct CallShared {
     pub cancel_notify: tokio::sync::Notify,
     pub headers: Mutex<MetadataMap>,
     pub trailers: Arc<Mutex<MetadataMap>>,
+    /// The entry's own headers from its handler file, which go out with what the script sets
+    /// (see [`insert_metadata`]).
+    pub entry_headers: Arc<MetadataMap>,
     pub headers_sent: AtomicBool,
     pub streams_output: bool,
     /// The answer, until it is sent (at the end, or at the first message of a stream).
@@ -115,6 +118,8 @@ pub struct CallSpec {
     pub streams_output: bool,
     pub reply: Option<ReplySender>,
     pub outbox: Option<(OutboxSender, OutboxStream)>,
+    /// The entry's own headers (empty for what is not a call of an entry).
+    pub entry_headers: Arc<MetadataMap>,
 }
 
 /// A method's output type: its descriptor (for messages) and its plan (for encoding).
@@ -153,6 +158,7 @@ impl CallShared {
             cancel_notify: tokio::sync::Notify::new(),
             headers: Mutex::new(MetadataMap::new()),
             trailers: Arc::new(Mutex::new(MetadataMap::new())),
+            entry_headers: spec.entry_headers,
             headers_sent: AtomicBool::new(false),
             streams_output: spec.streams_output,
             reply: Mutex::new(spec.reply),
@@ -188,6 +194,7 @@ impl CallShared {
             streams_output: false,
             reply: None,
             outbox: None,
+            entry_headers: Default::default(),
         }))
     }
 
@@ -380,25 +387,50 @@ impl CallShared {
 }
 
 /// The most a script may set in response headers, and again in trailers: key and value bytes
-/// plus 32 per entry, as HTTP/2 counts a header list (the same as a handler file's).
+/// plus 32 per entry, as HTTP/2 counts a header list (the same as a handler file's). The
+/// entry's own `headers` from its handler file count in both: they go out in the header block
+/// with the script's headers, and with its trailers when the call ends in an error (a
+/// Trailers-Only answer, where the status carries them).
 pub const MAX_SCRIPT_METADATA: usize = crate::metadata::MAX_SENT_METADATA;
+
+/// The size of one entry as HTTP/2 counts it; a `-bin` value as it is sent, base64 without
+/// padding.
+fn entry_size(kv: KeyAndValueRef<'_>) -> (&str, usize) {
+    match kv {
+        KeyAndValueRef::Ascii(k, v) => (k.as_str(), k.as_str().len() + v.len() + 32),
+        KeyAndValueRef::Binary(k, v) => (
+            k.as_str(),
+            k.as_str().len() + v.as_encoded_bytes().len() + 32,
+        ),
+    }
+}
 
 /// The size of `map` as HTTP/2 counts it, leaving out `except` (an entry about to be replaced).
 fn metadata_size(map: &MetadataMap, except: &str) -> usize {
     map.iter()
-        .map(|kv| match kv {
-            tonic::metadata::KeyAndValueRef::Ascii(k, v) if k.as_str() != except => {
-                k.as_str().len() + v.len() + 32
-            }
-            tonic::metadata::KeyAndValueRef::Binary(k, v) if k.as_str() != except => {
-                k.as_str().len() + v.as_encoded_bytes().len() + 32
-            }
-            _ => 0,
-        })
+        .map(entry_size)
+        .filter(|(k, _)| *k != except)
+        .map(|(_, n)| n)
         .sum()
 }
 
-fn insert_metadata(map: &mut MetadataMap, key: &str, value: &[u8]) -> mlua::Result<()> {
+/// What the entry's own headers add to a block holding `map` and `key`: the script's value
+/// wins on a key both have, so only the entry's other keys go out.
+fn entry_share(entry: &MetadataMap, map: &MetadataMap, key: &str) -> usize {
+    entry
+        .iter()
+        .map(entry_size)
+        .filter(|(k, _)| *k != key && !map.contains_key(*k))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+fn insert_metadata(
+    map: &mut MetadataMap,
+    entry: &MetadataMap,
+    key: &str,
+    value: &[u8],
+) -> mlua::Result<()> {
     let lower = key.to_ascii_lowercase();
     // A -bin value goes out base64-encoded without padding (4 bytes for every 3), as the
     // entries already set are counted.
@@ -408,10 +440,22 @@ fn insert_metadata(map: &mut MetadataMap, key: &str, value: &[u8]) -> mlua::Resu
         value.len()
     };
     let adds = lower.len() + value_len + 32;
-    if metadata_size(map, &lower).saturating_add(adds) > MAX_SCRIPT_METADATA {
+    let entry_takes = entry_share(entry, map, &lower);
+    let total = metadata_size(map, &lower)
+        .saturating_add(entry_takes)
+        .saturating_add(adds);
+    if total > MAX_SCRIPT_METADATA {
+        let shown = lower.chars().take(64).collect::<String>();
+        let entry_note = if entry_takes > 0 {
+            format!(
+                "; the entry's headers in its handler file already take {entry_takes} of them, \
+                 since they go out in the same header block"
+            )
+        } else {
+            String::new()
+        };
         return Err(mlua::Error::runtime(format!(
-            "metadata {:?}: the headers or trailers a script sets may take {MAX_SCRIPT_METADATA} bytes in all (keys, values and 32 per entry)",
-            lower.chars().take(64).collect::<String>()
+            "metadata {shown:?}: the headers or trailers a script sets may take {MAX_SCRIPT_METADATA} bytes in all (keys, values and 32 per entry){entry_note}"
         )));
     }
     crate::metadata::insert(map, &lower, value).map_err(mlua::Error::runtime)
@@ -511,14 +555,14 @@ pub fn ctx_parts(lua: &mlua::Lua) -> mlua::Result<(Table, Function)> {
             return Err(mlua::Error::runtime("ctx:set_header: headers were already sent with the first message; set headers before ctx:send"));
         }
         let mut headers = lock(&call.headers);
-        insert_metadata(&mut headers, &k, &v.as_bytes())
+        insert_metadata(&mut headers, &call.entry_headers, &k, &v.as_bytes())
     })?;
     let set_trailer = lua.create_function(|lua, (k, v): (LuaValue, LuaValue)| {
         let k: String = arg(lua, k, "ctx:set_trailer", 1)?;
         let v: mlua::String = arg(lua, v, "ctx:set_trailer", 2)?;
         let call = running()?;
         let mut trailers = lock(&call.trailers);
-        insert_metadata(&mut trailers, &k, &v.as_bytes())
+        insert_metadata(&mut trailers, &call.entry_headers, &k, &v.as_bytes())
     })?;
     let sleep_fn = lua.create_async_function(|lua, ms: LuaValue| {
         let ms: mlua::Result<f64> = arg(&lua, ms, "ctx:sleep", 1);

@@ -419,6 +419,7 @@ impl Handler for ScriptHandler {
             streams_output,
             reply: Some(reply_tx),
             outbox: streams_output.then(|| outbox::outbox(call.buffers)),
+            entry_headers: call.entry_headers,
         }));
         let mut cancel = CancelOnDrop(Some(shared.clone()));
         let name = method.name.clone();

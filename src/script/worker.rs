@@ -200,6 +200,7 @@ impl Loading {
             streams_output: false,
             reply: None,
             outbox: None,
+            entry_headers: Default::default(),
         }));
         hook::take_load_stop();
         let _clock = (!self.counting).then(preempt::clock);
@@ -653,6 +654,7 @@ fn housekeeping<R>(what: &'static str, f: impl FnOnce() -> R) -> R {
         streams_output: false,
         reply: None,
         outbox: None,
+        entry_headers: Default::default(),
     }));
     slice::with_call(&meter, f)
 }

@@ -1,0 +1,129 @@
+//! Regressions of header blocks that clients refused: lists that were each held to 8192 bytes
+//! (keys, values and 32 per entry) but went out together in one block, and status messages
+//! sent next to kilobytes of metadata. The client must get the call's reply or status, never an
+//! HTTP/2 error instead.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::{Client, Server};
+use serde_json::json;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// A server of the repository's protos and the handler file `json` (with the script
+/// `script`, as g.lua, when given), and a client of it.
+async fn serve(json: &str, script: &str) -> (Server, Client, tempfile::TempDir) {
+    let handlers = tempfile::tempdir().unwrap();
+    std::fs::write(handlers.path().join("g.json"), json).unwrap();
+    if !script.is_empty() {
+        std::fs::write(handlers.path().join("g.lua"), script).unwrap();
+    }
+    let server = Server::start(&[
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let client = Client::connect(server.addr, pool()).await;
+    (server, client, handlers)
+}
+
+fn pool() -> prost_reflect::DescriptorPool {
+    common::pool(&common::repo().join("protos"))
+}
+
+/// A client that accepts header lists of at most 8 KiB, as grpc-java's does by default.
+async fn strict_client(addr: SocketAddr) -> Client {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .http2_max_header_list_size(8192)
+        .connect()
+        .await
+        .expect("connect");
+    Client {
+        pool: pool(),
+        channel,
+    }
+}
+
+/// An entry's `headers` next to `script` went out in one header block with what the script
+/// set with `ctx:set_header`, but each was held to 8192 bytes alone: together (16 KiB and
+/// more) the client refused the block and saw an HTTP/2 error instead of the reply. Now
+/// `ctx:set_header` counts the entry's headers too and refuses in the script, saying what
+/// they take. The same for `ctx:set_trailer`: the entry's headers go out with the trailers
+/// when the call ends in an error (Trailers-Only).
+#[tokio::test]
+async fn entry_headers_and_script_metadata_are_counted_together() {
+    let (entry, smaller) = ("e".repeat(8100), "e".repeat(6000));
+    let json = format!(
+        r#"{{"service": "helloworld.Greeter", "methods": {{
+  "SayHello": {{"script": "g.lua", "headers": {{"x-entry": "{entry}"}}}},
+  "SayHelloAgain": {{"script": "g.lua", "headers": {{"x-entry": "{smaller}"}}}}
+}}}}"#
+    );
+    let script = r#"
+function SayHello(req, ctx)
+  local ok, err = pcall(ctx.set_header, ctx, "x-script", string.rep("s", tonumber(req.name)))
+  return { message = ok and "set" or tostring(err) }
+end
+function SayHelloAgain(req, ctx)
+  local ok, err = pcall(ctx.set_trailer, ctx, "x-script", string.rep("s", tonumber(req.name)))
+  error(grpc.status("FAILED_PRECONDITION", ok and "set" or tostring(err)))
+end
+"#;
+    let (s, c, _dir) = serve(&json, script).await;
+
+    // Headers: the entry's and the script's alone each fit; together they do not.
+    let (reply, md) = c
+        .unary_with(
+            "helloworld.Greeter/SayHello",
+            json!({"name": "8152"}),
+            MetadataMap::new(),
+        )
+        .await
+        .expect("the client gets the reply, not a refused header block");
+    let said = reply["message"].as_str().unwrap();
+    assert!(
+        said.contains("may take 8192 bytes in all")
+            && said.contains("the entry's headers in its handler file already take 8139 of them"),
+        "{said}"
+    );
+    assert_eq!(md.get("x-entry").unwrap().len(), 8100);
+    assert!(md.get("x-script").is_none(), "{md:?}");
+    // What fits beside the entry's headers is set.
+    let (reply, md) = c
+        .unary_with(
+            "helloworld.Greeter/SayHello",
+            json!({"name": "1"}),
+            MetadataMap::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply["message"], "set");
+    assert_eq!(md.get("x-script").unwrap(), "s");
+    assert_eq!(md.get("x-entry").unwrap().len(), 8100);
+
+    // Trailers: an error carries the entry's headers and the script's trailers in one block
+    // (with its status message, so less of each, and a client that accepts 8 KiB).
+    let status = strict_client(s.addr)
+        .await
+        .unary("helloworld.Greeter/SayHelloAgain", json!({"name": "4000"}))
+        .await
+        .expect_err("the call fails");
+    assert_eq!(
+        status.code(),
+        Code::FailedPrecondition,
+        "the client gets the script's status, not a refused header block: {}",
+        status.message()
+    );
+    assert!(
+        status
+            .message()
+            .contains("the entry's headers in its handler file already take 6039 of them"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(status.metadata().get("x-entry").unwrap().len(), 6000);
+}
