@@ -465,11 +465,20 @@ fn encoded_len(c: char) -> usize {
         .sum()
 }
 
-/// `message` cut so that, percent-encoded, it takes at most [`MAX_ENCODED_STATUS_MESSAGE`]
-/// bytes, saying so.
-fn encoded_bounded(message: &str) -> String {
+/// `message` cut so that, percent-encoded, it takes at most `room` bytes, ending in "…" (and
+/// saying so, when there is room for that): empty when not even "…" fits.
+fn encoded_bounded(message: &str, room: usize) -> String {
     const MORE: &str = "… (message truncated)";
-    let room = MAX_ENCODED_STATUS_MESSAGE - MORE.chars().map(encoded_len).sum::<usize>();
+    const SHORT: &str = "…";
+    let cost = |text: &str| text.chars().map(encoded_len).sum::<usize>();
+    if cost(message) <= room {
+        return message.to_owned();
+    }
+    // The note needs room for some text before it to be worth its bytes.
+    let mark = if room >= 4 * cost(MORE) { MORE } else { SHORT };
+    let Some(room) = room.checked_sub(cost(mark)) else {
+        return String::new();
+    };
     let mut used = 0;
     let mut end = 0;
     for (i, c) in message.char_indices() {
@@ -479,10 +488,31 @@ fn encoded_bounded(message: &str) -> String {
         }
         end = i + c.len_utf8();
     }
-    if end == message.len() {
-        return message.to_owned();
-    }
-    format!("{}{MORE}", &message[..end])
+    format!("{}{mark}", &message[..end])
+}
+
+/// What a status block may give its `grpc-message` value (bytes, percent-encoded): its
+/// entries go out in one header list with the call's metadata (a stream's trailers, or the
+/// headers of a Trailers-Only answer, which also carry the response headers), and clients
+/// refuse a list past [`MAX_SENT_METADATA`](crate::metadata::MAX_SENT_METADATA). Everything
+/// else in `headers` is counted as HTTP/2 counts it (the status code included, which is
+/// always sent), with room for what the server adds to a Trailers-Only answer after this; the
+/// message gets what is left, and never more than [`MAX_ENCODED_STATUS_MESSAGE`].
+fn status_message_room(headers: &http::HeaderMap) -> usize {
+    /// `:status: 200` and `date: Wed, 02 Dec 2026 03:00:00 GMT` (42 and 65 bytes as HTTP/2
+    /// counts them), rounded up.
+    const ADDED: usize = 128;
+    let others = headers
+        .iter()
+        .filter(|(k, _)| **k != names::GRPC_MESSAGE && k.as_str() != CHOSEN_STATUS)
+        .fold(ADDED, |n, (k, v)| {
+            n.saturating_add(k.as_str().len() + v.len() + 32)
+        });
+    let entry = names::GRPC_MESSAGE.as_str().len() + 32;
+    crate::metadata::MAX_SENT_METADATA
+        .saturating_sub(others)
+        .saturating_sub(entry)
+        .min(MAX_ENCODED_STATUS_MESSAGE)
 }
 
 /// Marks a status a handler chose (an `error` entry, a rule's, a script's `grpc.status`) whose
@@ -508,10 +538,12 @@ pub fn chosen(mut status: Status) -> Status {
 }
 
 /// Same rewrite for a status tonic already rendered into a header map: the headers of a
-/// Trailers-Only response, or the trailers that end a stream. Other entries are kept. A message
-/// that goes out longer than [`MAX_ENCODED_STATUS_MESSAGE`] (one of spaces or of text past
-/// ASCII, or tonic's naming what the client sent, such as an unknown `grpc-encoding`) is cut,
-/// so the client can still read the status and the trailers.
+/// Trailers-Only response, or the trailers that end a stream. Other entries are kept. This is
+/// where every status with metadata leaves (a script's, an `error` entry's, tonic's own), so
+/// the block is held to what clients accept here: the code always goes out, and a message
+/// that would make the block too large (see [`status_message_room`]: one of spaces or of text
+/// past ASCII, which encode to three bytes each, or one next to kilobytes of metadata) is cut
+/// to fit, ending in "…", so the client can still read the status and the trailers.
 pub fn normalize_status_headers(headers: &mut http::HeaderMap) {
     // Successful calls carry grpc-status 0: one lookup and out.
     let rewrite = match headers.get(&names::GRPC_STATUS).map(|v| v.as_bytes()) {
@@ -519,9 +551,10 @@ pub fn normalize_status_headers(headers: &mut http::HeaderMap) {
         Some(b"8") | Some(b"11") | Some(b"13") => true,
         Some(_) => false,
     };
+    let room = status_message_room(headers);
     let too_long = headers
         .get(&names::GRPC_MESSAGE)
-        .is_some_and(|m| m.len() > MAX_ENCODED_STATUS_MESSAGE);
+        .is_some_and(|m| m.len() > room);
     // A status a handler chose is never rewritten; only such a status has the mark, and only
     // when its code is one the rewrite looks at.
     let chosen = rewrite && headers.remove(&names::CHOSEN_STATUS).is_some();
@@ -535,15 +568,20 @@ pub fn normalize_status_headers(headers: &mut http::HeaderMap) {
         } else {
             normalize_status(status)
         };
-        if too_long {
+        // A rewritten message may be longer than the one it replaces.
+        let bounded = encoded_bounded(normalized.message(), room);
+        let cut = bounded != normalized.message();
+        if cut {
             normalized = Status::with_details_and_metadata(
                 normalized.code(),
-                encoded_bounded(normalized.message()),
+                bounded,
                 normalized.details().to_vec().into(),
                 normalized.metadata().clone(),
             );
         }
-        if too_long || normalized.code() != code || normalized.message() != message {
+        if cut || normalized.code() != code || normalized.message() != message {
+            // An empty message is not written, so the old one must not stay.
+            headers.remove(&names::GRPC_MESSAGE);
             let _ = normalized.add_header(headers);
         }
     }
@@ -901,7 +939,7 @@ mod tests {
             "%{}\"#<>`?\u{1}".repeat(700),
             "plain-words".repeat(800),
         ] {
-            let cut = encoded_bounded(&message);
+            let cut = encoded_bounded(&message, MAX_ENCODED_STATUS_MESSAGE);
             assert!(cut.len() < message.len(), "{}", &message[..20]);
             let mut headers = http::HeaderMap::new();
             Status::internal(cut).add_header(&mut headers).unwrap();
@@ -909,6 +947,9 @@ mod tests {
             assert!(sent <= MAX_ENCODED_STATUS_MESSAGE, "{sent}");
             assert!(sent > MAX_ENCODED_STATUS_MESSAGE - 16, "{sent}");
         }
-        assert_eq!(encoded_bounded("short one"), "short one");
+        assert_eq!(
+            encoded_bounded("short one", MAX_ENCODED_STATUS_MESSAGE),
+            "short one"
+        );
     }
 }

@@ -127,3 +127,74 @@ end
     );
     assert_eq!(status.metadata().get("x-entry").unwrap().len(), 6000);
 }
+
+/// The status message went out with the metadata in one block (the trailers, or the headers
+/// of a Trailers-Only answer) and was cut only at 6 KiB percent-encoded by itself: a script's
+/// 4 KiB of trailers and an error of 4 KiB of spaces (12 KiB encoded, cut to 6), or an `error`
+/// entry's metadata next to a message filled from the request, made a block past 8 KiB, which
+/// a client that accepts 8 KiB refused. Now the message is cut so the block fits, ending in
+/// "…" (and saying so when there is room); the code and the metadata always go out.
+#[tokio::test]
+async fn status_messages_are_cut_to_fit_the_block_they_go_out_in() {
+    let metadata = "m".repeat(4000);
+    let json = format!(
+        r#"{{"service": "helloworld.Greeter", "methods": {{
+  "SayHello": {{"script": "g.lua"}},
+  "SayHelloAgain": {{"error": {{"code": "ABORTED", "message": "{{{{name}}}}",
+    "metadata": {{"x-meta": "{metadata}"}}}}}}
+}}}}"#
+    );
+    let script = r#"
+function SayHello(req, ctx)
+  ctx:set_trailer("x-trailer", string.rep("t", 4000))
+  error(grpc.status("NOT_FOUND", string.rep(" ", 4000)))
+end
+"#;
+    let (s, _c, _dir) = serve(&json, script).await;
+    let c = strict_client(s.addr).await;
+    for (method, code, key) in [
+        ("SayHello", Code::NotFound, "x-trailer"),
+        ("SayHelloAgain", Code::Aborted, "x-meta"),
+    ] {
+        let status = c
+            .unary(
+                &format!("helloworld.Greeter/{method}"),
+                json!({"name": " ".repeat(4000)}),
+            )
+            .await
+            .expect_err("the call fails");
+        assert_eq!(
+            status.code(),
+            code,
+            "{method}: the client gets the status, not a refused header block: {}",
+            status.message()
+        );
+        let said = status.message();
+        assert!(
+            said.starts_with("   ") && said.ends_with("… (message truncated)"),
+            "{method}: {said:?}"
+        );
+        assert_eq!(
+            status.metadata().get(key).map(|v| v.len()),
+            Some(4000),
+            "{method}"
+        );
+    }
+}
+
+/// Not a regression: a message that fits is sent whole, with the metadata beside it.
+#[tokio::test]
+async fn status_messages_that_fit_are_sent_whole() {
+    let json = r#"{"service": "helloworld.Greeter", "methods": {
+  "SayHello": {"error": {"code": "ABORTED", "message": "no {{name}}", "metadata": {"x-meta": "1"}}}
+}}"#;
+    let (s, _c, _d) = serve(json, "").await;
+    let c = strict_client(s.addr).await;
+    let status = c
+        .unary("helloworld.Greeter/SayHello", json!({"name": "luck"}))
+        .await
+        .expect_err("the call fails");
+    assert_eq!(status.code(), Code::Aborted);
+    assert_eq!(status.message(), "no luck");
+    assert_eq!(status.metadata().get("x-meta").unwrap(), "1");
+}
