@@ -19,6 +19,10 @@
 //! everything in Rust, so every path of the decoder is held to the reference. Two types of
 //! numbers only (`wire3.Numbers`, `wire2.Grouped`) have layouts read by the numbers path a
 //! request stream takes (`read_numbers`): it must give the same verdict and the same slots.
+//! Those two and one of scalars with strings and bytes (`wire3.Flat`) have layouts read by
+//! the path a unary request of a flat layout takes (`read_cells`, whose slots go straight
+//! onto the Lua stack): the same verdict, the same error and the same slots, so the same
+//! tables from the builder.
 
 #[path = "common/wire_gen.rs"]
 mod wire_gen;
@@ -31,7 +35,7 @@ use prost::Message;
 use prost_reflect::{DynamicMessage, Kind, MapKey, MessageDescriptor, ReflectMessage, Value};
 use protoserve::codec::Outgoing;
 use protoserve::script::convert::{outgoing_from_lua, Conv};
-use protoserve::script::decode::{read_numbers, Decoder, Layout, Number};
+use protoserve::script::decode::{read_cells, read_numbers, Cell, Decoder, Layout, Number};
 use protoserve::script::encode::Encoder;
 use protoserve::script::freeze;
 use protoserve::script::plan::{MsgId, Plans};
@@ -205,18 +209,18 @@ struct State {
     layouts: Vec<Vec<(&'static str, Layout, Function)>>,
 }
 
-/// The shared generator's messages, and the two of numbers only.
+/// The shared generator's messages, the two of numbers only and the flat one.
 fn fixture_messages() -> Vec<MessageDescriptor> {
     let pool = pool();
     let mut descs = messages(&pool);
-    for name in ["wire3.Numbers", "wire2.Grouped"] {
+    for name in ["wire3.Numbers", "wire2.Grouped", "wire3.Flat"] {
         descs.push(pool.get_message_by_name(name).expect(name));
     }
     descs
 }
 
 /// How many fixture messages the properties draw from.
-const MESSAGES: usize = 5;
+const MESSAGES: usize = 6;
 
 fn state(descs: &[MessageDescriptor]) -> State {
     let lua = Lua::new();
@@ -243,6 +247,8 @@ fn state(descs: &[MessageDescriptor]) -> State {
             "{} read as numbers",
             desc.full_name()
         );
+        let flat = numbers || desc.name() == "Flat";
+        assert_eq!(l[0].1.flat, flat, "{} read as cells", desc.full_name());
     }
     let plans = Arc::new(plans);
     lua.set_app_data(Conv::new(plans.clone(), 64 << 20));
@@ -315,12 +321,81 @@ fn numbers_agree(s: &State, layout: &Layout, bytes: &[u8]) -> Result<(), String>
     }
 }
 
+/// A flat layout read by the cells path gives the verdict, the error and the slots the Lua
+/// value path gives, and so the builder makes the same tables from them.
+fn cells_agree(s: &State, layout: &Layout, builder: &Function, bytes: &[u8]) -> Result<(), String> {
+    let mut cells = vec![Cell::Int(-1); 3];
+    let fast = read_cells(&s.plans, bytes, layout, &mut cells);
+    let mut slow = vec![LuaValue::Boolean(true)];
+    let verdict = Decoder::new(&s.lua, &s.plans).slots(bytes, layout, &mut slow);
+    match (fast, verdict) {
+        (Err(a), Err(b)) => {
+            let (a, b) = (format!("{a:?}"), format!("{b:?}"));
+            if a != b {
+                return Err(format!(
+                    "the cells path refuses with {a}, the Lua value path with {b} for {bytes:02x?}"
+                ));
+            }
+            Ok(())
+        }
+        (Ok(()), Ok(())) => {
+            if cells.len() != layout.slots {
+                return Err(format!("{} cells for {} slots", cells.len(), layout.slots));
+            }
+            let mut args = vec![LuaValue::Boolean(true)];
+            for (i, (c, v)) in cells.iter().zip(&slow[1..]).enumerate() {
+                let same = match (*c, v) {
+                    (Cell::Nil, LuaValue::Nil) => true,
+                    (Cell::Bool(a), LuaValue::Boolean(b)) => a == *b,
+                    (Cell::Int(a), LuaValue::Integer(b)) => a == *b,
+                    (Cell::Float(a), LuaValue::Number(b)) => a.to_bits() == b.to_bits(),
+                    (Cell::Str { start, end }, LuaValue::String(b)) => {
+                        bytes[start..end] == *b.as_bytes()
+                    }
+                    _ => false,
+                };
+                if !same {
+                    return Err(format!(
+                        "slot {i}: the cells path reads {c:?}, the Lua value path {v:?} for {bytes:02x?}"
+                    ));
+                }
+                args.push(match *c {
+                    Cell::Nil => LuaValue::Nil,
+                    Cell::Bool(b) => LuaValue::Boolean(b),
+                    Cell::Int(i) => LuaValue::Integer(i),
+                    Cell::Float(x) => LuaValue::Number(x),
+                    Cell::Str { start, end } => LuaValue::String(
+                        s.lua
+                            .create_string(&bytes[start..end])
+                            .map_err(|e| e.to_string())?,
+                    ),
+                });
+            }
+            let build = |args: Vec<LuaValue>| {
+                builder
+                    .call::<LuaValue>(mlua::MultiValue::from_vec(args))
+                    .map_err(|e| format!("builder failed: {e}"))
+            };
+            let (fast, slow) = (build(args)?, build(slow)?);
+            same_lua(&fast, &slow, "the cells path's tables")
+                .map_err(|e| format!("{e} for {bytes:02x?}"))
+        }
+        (fast, slow) => Err(format!(
+            "the cells path says {fast:?}, the Lua value path {:?} for {bytes:02x?}",
+            slow.map(|_| ())
+        )),
+    }
+}
+
 /// The property, for message `which` of the fixture.
 fn agree(s: &State, desc: &MessageDescriptor, which: usize, bytes: &[u8]) -> Result<(), String> {
     let reference = DynamicMessage::decode(desc.clone(), bytes);
     for (what, layout, builder) in &s.layouts[which] {
         if layout.numbers_only {
             numbers_agree(s, layout, bytes).map_err(|e| format!("({what}) {e}"))?;
+        }
+        if layout.flat {
+            cells_agree(s, layout, builder, bytes).map_err(|e| format!("({what}) {e}"))?;
         }
         let mine = as_script_sees(s, layout, builder, bytes);
         let (mine, reference) = match (mine, &reference) {
@@ -410,6 +485,7 @@ proptest! {
 fn known_edge_cases_convert_like_dynamic_message() {
     let all = 0;
     let legacy = 2;
+    let flat = 5;
     let cases: &[(usize, &[u8])] = &[
         // Nothing at all: every default.
         (all, &[]),
@@ -484,6 +560,17 @@ fn known_edge_cases_convert_like_dynamic_message() {
         (legacy, &[0x50, 9]),
         // A recursive child.
         (legacy, &[0x5a, 4, 0x5a, 2, 0x08, 1]),
+        // Strings that are not UTF-8, at the top, in a nested message and in a oneof; bytes
+        // that are not are fine.
+        (flat, &[0x0a, 1, 0xff]),
+        (flat, &[0x42, 3, 0x0a, 1, 0xff]),
+        (flat, &[0x4a, 2, 0xc3, 0x28]),
+        (flat, &[0x12, 1, 0xff, 0x5a, 1, 0xfe]),
+        // s = "hi", then data: the oneof keeps data; a repeated string: the last one.
+        (flat, &[0x4a, 2, b'h', b'i', 0x5a, 1, 0xff]),
+        (flat, &[0x0a, 2, 0xc3, 0xa9, 0x0a, 1, b'x', 0x3a, 0]),
+        // other = {text: "t"}, then s: other is cleared.
+        (flat, &[0x52, 3, 0x0a, 1, b't', 0x4a, 0]),
     ];
     for (which, bytes) in cases {
         check(*which, bytes).unwrap();

@@ -102,6 +102,9 @@ pub struct CallShared {
     pub random: super::random::CallGenerator,
     /// Bytes the call's `print` wrote to the log (see `sandbox`).
     pub printed: std::sync::atomic::AtomicUsize,
+    /// A unary request of a flat layout, read before the call runs, for the runner to take
+    /// (see `requests::take_request`).
+    pub request: std::sync::OnceLock<super::requests::FlatRequest>,
 }
 
 /// What a call needs to start (the rest of [`CallShared`] starts empty).
@@ -174,6 +177,7 @@ impl CallShared {
             paused: AtomicBool::new(false),
             random: Default::default(),
             printed: std::sync::atomic::AtomicUsize::new(0),
+            request: std::sync::OnceLock::new(),
         }
     }
 

@@ -100,6 +100,16 @@ impl Inline {
                 Slot::Inline { inner, .. } => inner.numbers_only(plans),
             })
     }
+
+    /// No field is built as a table: every slot is a scalar (strings and bytes included) or
+    /// a presence flag.
+    fn flat(&self) -> bool {
+        self.fields.iter().all(|slot| match slot {
+            Slot::Value(_) => true,
+            Slot::Table(_) => false,
+            Slot::Inline { inner, .. } => inner.flat(),
+        })
+    }
 }
 
 /// A request type's slots and the source of its builder.
@@ -113,6 +123,10 @@ pub struct Layout {
     /// request can be read into [`Number`]s without a Lua value in between (see
     /// [`read_numbers`]).
     pub numbers_only: bool,
+    /// Every slot holds a number, a boolean, a presence flag or a string (no table): such a
+    /// request can be read into [`Cell`]s, its strings as places in the request bytes, and
+    /// pushed onto a Lua stack without a Lua value in between (see [`read_cells`]).
+    pub flat: bool,
     /// A chunk that, given the enum name tables of [`Layout::enums`], returns the builder
     /// `function(ok, slots...)`: `ok` false or nil is returned as is (pending, end of stream).
     pub source: String,
@@ -157,9 +171,11 @@ impl Layout {
             "return function(ok{params})\n  if not ok then return ok end\n  return {body}\nend\n"
         );
         let numbers_only = root.as_ref().is_some_and(|r| r.numbers_only(plans));
+        let flat = root.as_ref().is_some_and(Inline::flat);
         Layout {
             msg,
             numbers_only,
+            flat,
             root,
             slots: gen.slots,
             source,
@@ -664,16 +680,7 @@ impl<'a> Decoder<'a> {
             return Err(wire::wrong_wire_type(f.desc.full_name(), wire_type).into());
         }
         Ok(match s {
-            Scalar::String => {
-                let b = wire::len_prefixed(buf)?;
-                if std::str::from_utf8(b).is_err() {
-                    return Err(malformed(format!(
-                        "field {} is not valid UTF-8",
-                        f.desc.full_name()
-                    )));
-                }
-                LuaValue::String(self.lua.create_string(b)?)
-            }
+            Scalar::String => LuaValue::String(self.lua.create_string(read_str(buf, f)?)?),
             Scalar::Bytes => LuaValue::String(self.lua.create_string(wire::len_prefixed(buf)?)?),
             Scalar::Enum(e) if names => self.enum_value(e, wire::varint(buf)? as i32)?,
             _ => read_number(buf, s)?.into(),
@@ -718,6 +725,19 @@ impl<'a> Decoder<'a> {
             _ => self.scalar_default(s)?,
         })
     }
+}
+
+/// The bytes of a `string` field's value, refused when they are not UTF-8; the wire type was
+/// checked.
+fn read_str<'b>(buf: &mut &'b [u8], f: &FieldPlan) -> Result<&'b [u8]> {
+    let b = wire::len_prefixed(buf)?;
+    if std::str::from_utf8(b).is_err() {
+        return Err(malformed(format!(
+            "field {} is not valid UTF-8",
+            f.desc.full_name()
+        )));
+    }
+    Ok(b)
 }
 
 /// A varint as the Lua integer of its kind (uint64 above 2^63 wraps, as everywhere).
@@ -976,6 +996,116 @@ pub fn read_numbers(
         &mut buf,
         inline,
         &mut NumberSlots(cells),
+        wire::RECURSION_LIMIT,
+        None,
+    )
+}
+
+/// A slot's value in a flat layout (see [`Layout::flat`]): a number, or a string as the
+/// place of its bytes in the request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Cell {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    /// `bytes[start..end]` of the request the cells were read from.
+    Str {
+        start: usize,
+        end: usize,
+    },
+}
+
+impl From<Number> for Cell {
+    fn from(n: Number) -> Self {
+        match n {
+            Number::Nil => Cell::Nil,
+            Number::Bool(b) => Cell::Bool(b),
+            Number::Int(i) => Cell::Int(i),
+            Number::Float(x) => Cell::Float(x),
+        }
+    }
+}
+
+/// Cells of a request whose bytes start at `base`.
+struct CellSlots<'s> {
+    base: usize,
+    cells: &'s mut [Cell],
+}
+
+impl Slots for CellSlots<'_> {
+    fn scalar(
+        &mut self,
+        s: usize,
+        f: &FieldPlan,
+        scalar: Scalar,
+        buf: &mut &[u8],
+        wire_type: u8,
+    ) -> Result<()> {
+        if wire_type != scalar.wire_type() {
+            return Err(wire::wrong_wire_type(f.desc.full_name(), wire_type).into());
+        }
+        self.cells[s] = match scalar {
+            Scalar::String | Scalar::Bytes => {
+                let b = match scalar {
+                    Scalar::String => read_str(buf, f)?,
+                    _ => wire::len_prefixed(buf)?,
+                };
+                let start = b.as_ptr() as usize - self.base;
+                Cell::Str {
+                    start,
+                    end: start + b.len(),
+                }
+            }
+            _ => read_number(buf, scalar)?.into(),
+        };
+        Ok(())
+    }
+
+    fn present(&mut self, s: usize) {
+        self.cells[s] = Cell::Bool(true);
+    }
+
+    fn clear(&mut self, slots: Range<usize>) {
+        self.cells[slots].fill(Cell::Nil);
+    }
+
+    fn table(
+        &mut self,
+        _: usize,
+        _: &FieldPlan,
+        _: u32,
+        _: u8,
+        _: &mut &[u8],
+        _: u32,
+    ) -> Result<()> {
+        unreachable!("a flat layout has no table slots")
+    }
+}
+
+/// A request of a flat layout (see [`Layout::flat`]) read into `cells`, which
+/// it replaces: the builder's arguments [`Decoder::slots`] would give, the same verdict and
+/// the same errors, with no Lua value made, so they can go straight onto a Lua stack.
+pub fn read_cells(
+    plans: &Plans,
+    bytes: &[u8],
+    layout: &Layout,
+    cells: &mut Vec<Cell>,
+) -> Result<()> {
+    let (Some(inline), true) = (&layout.root, layout.flat) else {
+        unreachable!("read_cells is only for flat layouts")
+    };
+    cells.clear();
+    cells.resize(layout.slots, Cell::Nil);
+    let mut buf = bytes;
+    fill(
+        plans,
+        &mut buf,
+        inline,
+        &mut CellSlots {
+            base: bytes.as_ptr() as usize,
+            cells,
+        },
         wire::RECURSION_LIMIT,
         None,
     )

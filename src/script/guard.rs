@@ -57,7 +57,8 @@ pub const GUARD_CLOSE_KEY: &str = "protoserve.guard_close";
 
 const GUARD: &str = r#"
 local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING,
-  enter, leave, start, dgetinfo, dgetlocal, dgetmt, owed_pause, ctx_mt, bind, plain = ...
+  enter, leave, start, dgetinfo, dgetlocal, dgetmt, owed_pause, ctx_mt, bind, plain,
+  take_request = ...
 local error, select, type, next, rawget, rawset, setmetatable, rawequal =
   error, select, type, next, rawget, rawset, setmetatable, rawequal
 local co = coroutine
@@ -486,8 +487,8 @@ local handlers = { functions = {}, builders = {} }
 -- Every call: on the call's thread (driven by the executor, which the hook never yields), run
 -- `body` in coroutine `c`; slice yields and waits inside it come up here as plain yields.
 -- Handler `fi` gets its request, made here by the builder of layout `bi` from what the call
--- was started with (a streaming call's `try_next`, handle and numbers function, else `false`
--- and the slots), and
+-- was started with (a streaming call's `try_next`, handle and numbers function; `nil` for a
+-- request that `take_request` pushes as the slots; else `false` and the slots), and
 -- its ctx, made here too and named the call's own by `bind`, which also says whether the call
 -- was stopped meanwhile (its abort is raised then, as `resume` checks it).
 local function run(c, fi, bi, stream, ...)
@@ -496,6 +497,8 @@ local function run(c, fi, bi, stream, ...)
   local req
   if stream then
     req = handlers.iterate(handlers.builders[bi], stream, ...)
+  elseif stream == nil then
+    req = handlers.builders[bi](take_request())
   else
     req = handlers.builders[bi](...)
   end
@@ -595,6 +598,10 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     args.push_back(LuaValue::Function(
         lua.create_function(|lua, e: LuaValue| plain(lua, e))?,
     ));
+    // SAFETY: `take_request` pushes only what it made room for (see there).
+    #[allow(unsafe_code)]
+    let take_request = unsafe { lua.create_c_function(super::requests::take_request)? };
+    args.push_back(LuaValue::Function(take_request));
     let (pcall, xpcall, run, body, load, guard_close, handlers): Made =
         lua.load(GUARD).set_name("=protoserve guard").call(args)?;
     g.raw_set("pcall", pcall)?;

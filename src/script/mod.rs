@@ -533,10 +533,17 @@ fn start(
     ]);
     match requests {
         Requests::One(msg) => {
-            args.push(LuaValue::Boolean(false));
-            args.push(LuaValue::Boolean(true));
             let plans = requests::plans_of(lua)?;
-            requests::decode_request(lua, &plans, &msg, layout, &mut args)?;
+            if plans.layouts[layout].flat {
+                // The runner takes it from the call (see `requests::take_request`).
+                args.push(LuaValue::Nil);
+                let request = requests::FlatRequest::read(&plans, msg, layout)?;
+                let _ = shared.request.set(request);
+            } else {
+                args.push(LuaValue::Boolean(false));
+                args.push(LuaValue::Boolean(true));
+                requests::decode_request(lua, &plans, &msg, layout, &mut args)?;
+            }
         }
         Requests::Stream(stream) => {
             args.extend(requests::RequestStream::iterator_args(

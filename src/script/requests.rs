@@ -17,6 +17,13 @@
 //! numbers cannot raise a Lua error, so no Rust frame is ever unwound by one. Anything it
 //! does not take (nothing buffered, the end, an error, a message that does not decode, a
 //! spent budget) it leaves for the plain call, which reports it as before.
+//!
+//! A unary request of a flat layout (numbers, booleans, presence flags and strings, no table)
+//! is read before the call runs, as the Lua value path would read it (same verdict, same
+//! errors), into cells that name its strings by their place in the request bytes, and kept
+//! with the call ([`FlatRequest`]). The runner's first act is to call [`take_request`], a Lua
+//! C function that pushes the slots, copying each string straight from the request bytes:
+//! no mlua string, no registry reference, no argument list converted on the thread's resume.
 
 use std::ffi::{c_int, c_void};
 use std::future::poll_fn;
@@ -31,7 +38,7 @@ use tonic::{Status, Streaming};
 
 use super::context::CallShared;
 use super::convert::Conv;
-use super::decode::{self, DecodeError, Decoder, Number};
+use super::decode::{self, Cell, DecodeError, Decoder, Number};
 use super::plan::Plans;
 use super::slice::{self, Waiting};
 use super::status::IncomingError;
@@ -51,20 +58,94 @@ pub fn decode_request(
     layout: usize,
     out: &mut Vec<LuaValue>,
 ) -> mlua::Result<()> {
-    msg.check_cost()
-        .map_err(|e| mlua::Error::external(IncomingError(e.into())))?;
-    slice::charge_untimed(1 + msg.bytes().len() as u64 / BYTES_PER_UNIT)?;
+    charge(msg)?;
     Decoder::new(lua, plans)
         .slots(msg.bytes(), &plans.layouts[layout], out)
-        .map_err(|e| match e {
-            DecodeError::Invalid(Invalid::Malformed(m)) => {
-                mlua::Error::external(IncomingError(msg.bad_request(m).into()))
+        .map_err(|e| decode_error(msg, e))
+}
+
+/// Checks what decoding `msg` may allocate and charges its reading to the call's budget.
+fn charge(msg: &Incoming) -> mlua::Result<()> {
+    msg.check_cost()
+        .map_err(|e| mlua::Error::external(IncomingError(e.into())))?;
+    slice::charge_untimed(1 + msg.bytes().len() as u64 / BYTES_PER_UNIT)
+}
+
+/// Why `msg` could not be read, as the call's error.
+fn decode_error(msg: &Incoming, e: DecodeError) -> mlua::Error {
+    match e {
+        DecodeError::Invalid(Invalid::Malformed(m)) => {
+            mlua::Error::external(IncomingError(msg.bad_request(m).into()))
+        }
+        DecodeError::Invalid(other) => mlua::Error::external(IncomingError(
+            Status::invalid_argument(format!("{other:?}")),
+        )),
+        DecodeError::Lua(e) => e,
+    }
+}
+
+/// A unary call's request of a flat layout (see [`decode::Layout::flat`]), read into its
+/// builder's slots as cells, kept with the call until the runner takes it with
+/// [`take_request`], which pushes the slots straight onto the Lua stack.
+pub struct FlatRequest {
+    msg: Incoming,
+    cells: Vec<Cell>,
+}
+
+impl FlatRequest {
+    /// `msg` read as layout `layout` of `plans`, charged and refused exactly as
+    /// [`decode_request`] would.
+    pub fn read(plans: &Plans, msg: Incoming, layout: usize) -> mlua::Result<FlatRequest> {
+        charge(&msg)?;
+        let mut cells = Vec::new();
+        decode::read_cells(plans, msg.bytes(), &plans.layouts[layout], &mut cells)
+            .map_err(|e| decode_error(&msg, e))?;
+        Ok(FlatRequest { msg, cells })
+    }
+}
+
+/// The runner's way to a unary call's request of a flat layout: `true` and the slots of the
+/// current call's [`FlatRequest`] (nothing when there is none). Strings are copied into Lua
+/// straight from the request bytes; making one may raise a memory error, which unwinds no
+/// Rust value (only references live here while Lua is called).
+///
+/// # Safety
+///
+/// Lua calls it, as a C function, with its running state.
+#[allow(unsafe_code)]
+pub(crate) unsafe extern "C-unwind" fn take_request(l: *mut ffi::lua_State) -> c_int {
+    // The request lives as long as its call, which the current call entry keeps alive while
+    // the call's thread runs (the runner calls this first thing).
+    let request = std::panic::catch_unwind(|| {
+        slice::with_running_call(|c| c.and_then(|c| c.request.get()).map(std::ptr::from_ref))
+    });
+    let Ok(Some(request)) = request else {
+        return 0;
+    };
+    // SAFETY: see above: the call outlives this function.
+    let request: &FlatRequest = unsafe { &*request };
+    let bytes: &[u8] = request.msg.bytes();
+    // SAFETY: `l` is the running state; making room may fail but raises no error.
+    if unsafe { ffi::lua_checkstack(l, request.cells.len() as c_int + 1) } == 0 {
+        return 0;
+    }
+    // SAFETY: there is room for `true` and the slots.
+    unsafe {
+        ffi::lua_pushboolean(l, 1);
+        for cell in &request.cells {
+            match *cell {
+                Cell::Nil => ffi::lua_pushnil(l),
+                Cell::Bool(b) => ffi::lua_pushboolean(l, c_int::from(b)),
+                Cell::Int(i) => ffi::lua_pushinteger(l, i),
+                Cell::Float(x) => ffi::lua_pushnumber(l, x),
+                Cell::Str { start, end } => {
+                    let s = bytes.get(start..end).unwrap_or_default();
+                    ffi::lua_pushlstring(l, s.as_ptr().cast(), s.len());
+                }
             }
-            DecodeError::Invalid(other) => mlua::Error::external(IncomingError(
-                Status::invalid_argument(format!("{other:?}")),
-            )),
-            DecodeError::Lua(e) => e,
-        })
+        }
+    }
+    request.cells.len() as c_int + 1
 }
 
 /// The request plans of `lua`'s scripts.
