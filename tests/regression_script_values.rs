@@ -367,6 +367,10 @@ async fn a_bad_reply_is_charged_for_one_reading() {
         "60000",
         "--max-message-size",
         "67108864",
+        // A debug build reading 1 M units on a busy machine can take seconds in one C call;
+        // the watchdog is not what this test is about.
+        "--script-watchdog-ms",
+        "60000",
     ])
     .await;
     // About 2^(n+2) units to read: 1 M for 18 levels, 2 M for 19.
