@@ -103,8 +103,9 @@ pub struct CallShared {
     /// Bytes the call's `print` wrote to the log (see `sandbox`).
     pub printed: std::sync::atomic::AtomicUsize,
     /// A unary request of a flat layout, read before the call runs, for the runner to take
-    /// (see `requests::take_request`).
-    pub request: std::sync::OnceLock<super::requests::FlatRequest>,
+    /// (see `requests::take_request`, which drops it once its values are on the Lua stack).
+    /// Boxed, so its place stays put while `take_request` reads it without the lock.
+    pub request: Mutex<Option<Box<super::requests::FlatRequest>>>,
 }
 
 /// What a call needs to start (the rest of [`CallShared`] starts empty).
@@ -132,7 +133,7 @@ pub struct Output {
     pub plan: MsgId,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -177,7 +178,7 @@ impl CallShared {
             paused: AtomicBool::new(false),
             random: Default::default(),
             printed: std::sync::atomic::AtomicUsize::new(0),
-            request: std::sync::OnceLock::new(),
+            request: Mutex::new(None),
         }
     }
 

@@ -36,7 +36,7 @@ use futures_util::Stream;
 use mlua::{ffi, AnyUserData, Function, Lua, UserData, Value as LuaValue, Variadic};
 use tonic::{Status, Streaming};
 
-use super::context::CallShared;
+use super::context::{lock, CallShared};
 use super::convert::Conv;
 use super::decode::{self, Cell, DecodeError, Decoder, Number};
 use super::plan::Plans;
@@ -105,29 +105,47 @@ impl FlatRequest {
 }
 
 /// The runner's way to a unary call's request of a flat layout: `true` and the slots of the
-/// current call's [`FlatRequest`] (nothing when there is none). Strings are copied into Lua
-/// straight from the request bytes; making one may raise a memory error, which unwinds no
-/// Rust value (only references live here while Lua is called).
+/// current call's [`FlatRequest`], which is then dropped (the strings are copies in Lua now,
+/// and its bytes pin tonic's whole read buffer, which no limit counts while the call runs).
+/// Strings are copied into Lua straight from the request bytes; making one may raise a memory
+/// error, which unwinds no Rust value (only a pointer lives in this frame while Lua is called;
+/// the request stays with the call and goes with it). No request, or no stack room for it,
+/// is a Lua error, never a request of defaults.
 ///
 /// # Safety
 ///
 /// Lua calls it, as a C function, with its running state.
 #[allow(unsafe_code)]
 pub(crate) unsafe extern "C-unwind" fn take_request(l: *mut ffi::lua_State) -> c_int {
-    // The request lives as long as its call, which the current call entry keeps alive while
-    // the call's thread runs (the runner calls this first thing).
-    let request = std::panic::catch_unwind(|| {
-        slice::with_running_call(|c| c.and_then(|c| c.request.get()).map(std::ptr::from_ref))
+    // The box stays in the call until it is taken below, and only this function takes it;
+    // the call outlives this function (the current call entry keeps it while its thread runs).
+    let found = std::panic::catch_unwind(|| {
+        slice::with_running_call(|c| {
+            c.and_then(|c| lock(&c.request).as_deref().map(std::ptr::from_ref))
+        })
     });
-    let Ok(Some(request)) = request else {
-        return 0;
+    let request: *const FlatRequest = match found {
+        Ok(Some(request)) => request,
+        _ => {
+            // SAFETY: `l` is the running state; the message is a static C string and nothing
+            // in this frame needs dropping.
+            unsafe {
+                ffi::lua_pushstring(l, c"the call's request is gone".as_ptr());
+                ffi::lua_error(l)
+            }
+        }
     };
-    // SAFETY: see above: the call outlives this function.
+    // SAFETY: see above.
     let request: &FlatRequest = unsafe { &*request };
     let bytes: &[u8] = request.msg.bytes();
+    let count = request.cells.len() as c_int + 1;
     // SAFETY: `l` is the running state; making room may fail but raises no error.
-    if unsafe { ffi::lua_checkstack(l, request.cells.len() as c_int + 1) } == 0 {
-        return 0;
+    if unsafe { ffi::lua_checkstack(l, count) } == 0 {
+        // SAFETY: as above.
+        unsafe {
+            ffi::lua_pushstring(l, c"no stack room for the call's request".as_ptr());
+            ffi::lua_error(l)
+        }
     }
     // SAFETY: there is room for `true` and the slots.
     unsafe {
@@ -145,7 +163,12 @@ pub(crate) unsafe extern "C-unwind" fn take_request(l: *mut ffi::lua_State) -> c
             }
         }
     }
-    request.cells.len() as c_int + 1
+    // Nothing Lua does follows: the request can go (dropped inside the guard, so a panic in a
+    // destructor cannot cross into Lua).
+    let _ = std::panic::catch_unwind(|| {
+        slice::with_running_call(|c| c.map(|c| lock(&c.request).take()));
+    });
+    count
 }
 
 /// The request plans of `lua`'s scripts.
