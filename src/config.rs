@@ -786,7 +786,7 @@ fn check_one_block(
     around: usize,
     problems: &mut EntryErrors,
 ) -> bool {
-    use crate::metadata::{sent_size, MAX_SENT_METADATA};
+    use crate::metadata::{sent_size, MAX_HEADER_BLOCK, MAX_SENT_METADATA, PROTOCOL_ENTRIES};
     let own = sent_size(&spec.headers);
     let error = spec.error.as_ref().map_or(0, |e| sent_size(&e.metadata));
     let parts = [around, own, error];
@@ -806,8 +806,9 @@ fn check_one_block(
         format!(
             "this action's headers ({own} bytes), the entry's ({around}) and the error's metadata \
              ({error}) go out in one header block of {total} bytes; at most \
-             {MAX_SENT_METADATA} bytes are sent, since clients refuse larger header lists; send \
-             fewer or shorter entries"
+             {MAX_SENT_METADATA} bytes are sent, since clients refuse header lists past \
+             {MAX_HEADER_BLOCK} and the protocol's own entries take up to {PROTOCOL_ENTRIES} of \
+             them; send fewer or shorter entries"
         ),
     );
     false

@@ -494,7 +494,7 @@ fn encoded_bounded(message: &str, room: usize) -> String {
 /// What a status block may give its `grpc-message` value (bytes, percent-encoded): its
 /// entries go out in one header list with the call's metadata (a stream's trailers, or the
 /// headers of a Trailers-Only answer, which also carry the response headers), and clients
-/// refuse a list past [`MAX_SENT_METADATA`](crate::metadata::MAX_SENT_METADATA). Everything
+/// refuse a list past [`MAX_HEADER_BLOCK`](crate::metadata::MAX_HEADER_BLOCK). Everything
 /// else in `headers` is counted as HTTP/2 counts it (the status code included, which is
 /// always sent), with room for what the server adds to a Trailers-Only answer after this; the
 /// message gets what is left, and never more than [`MAX_ENCODED_STATUS_MESSAGE`].
@@ -509,7 +509,7 @@ fn status_message_room(headers: &http::HeaderMap) -> usize {
             n.saturating_add(k.as_str().len() + v.len() + 32)
         });
     let entry = names::GRPC_MESSAGE.as_str().len() + 32;
-    crate::metadata::MAX_SENT_METADATA
+    crate::metadata::MAX_HEADER_BLOCK
         .saturating_sub(others)
         .saturating_sub(entry)
         .min(MAX_ENCODED_STATUS_MESSAGE)

@@ -250,11 +250,22 @@ fn placeholder_in_metadata(key: &str) -> String {
     )
 }
 
-/// The most response metadata one list may hold, as HTTP/2 counts a header list (key and
-/// value bytes, plus 32 per entry): what a handler file gives, and what a script sets. Clients
-/// refuse larger lists (hyper's past 16 KiB) with an HTTP/2 error instead of the call's reply
-/// or status, and the header map itself holds at most 32 768 entries (it panics past them).
-pub const MAX_SENT_METADATA: usize = 8192;
+/// The largest header list (one HEADERS block: key and value bytes plus 32 per entry, as
+/// HTTP/2 counts it) every client takes: grpc-java's default. Larger ones are refused with an
+/// HTTP/2 error instead of the call's reply or status (hyper's past 16 KiB).
+pub const MAX_HEADER_BLOCK: usize = 8192;
+
+/// What the protocol's own entries may take in a block beside the metadata: `:status`,
+/// `content-type`, `date`, `grpc-status`, `grpc-encoding`, `grpc-accept-encoding` (about 330
+/// bytes), rounded up. A status message gets what is left after all of them (see
+/// `error::status_message_room`).
+pub const PROTOCOL_ENTRIES: usize = 512;
+
+/// The most response metadata one block may hold, as HTTP/2 counts a header list: what a
+/// handler file gives, and what a script sets, together when they go out together. What the
+/// protocol adds is left room for, so a client that takes [`MAX_HEADER_BLOCK`] takes the
+/// block; the header map itself holds at most 32 768 entries (it panics past them).
+pub const MAX_SENT_METADATA: usize = MAX_HEADER_BLOCK - PROTOCOL_ENTRIES;
 
 /// The bytes a list of metadata from a handler file takes as HTTP/2 counts a header list: key
 /// and value, plus 32 per entry; a `-bin` value as it is sent, base64 without padding.
@@ -284,8 +295,9 @@ pub fn parse_pairs(
             path.to_owned(),
             format!(
                 "{} metadata entries of {size} bytes in all (keys, values and 32 per entry); \
-                 at most {MAX_SENT_METADATA} bytes are sent, since clients refuse larger header \
-                 lists; send fewer or shorter entries",
+                 at most {MAX_SENT_METADATA} bytes are sent, since clients refuse header lists \
+                 past {MAX_HEADER_BLOCK} and the protocol's own entries take up to \
+                 {PROTOCOL_ENTRIES} of them; send fewer or shorter entries",
                 pairs.len()
             ),
         );

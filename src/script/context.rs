@@ -392,7 +392,8 @@ impl CallShared {
 }
 
 /// The most a script may set in response headers, and again in trailers: key and value bytes
-/// plus 32 per entry, as HTTP/2 counts a header list (the same as a handler file's). The
+/// plus 32 per entry, as HTTP/2 counts a header list (the same as a handler file's, which
+/// leaves room for the protocol's own entries in a client's 8 KiB). The
 /// entry's own `headers` from its handler file count in both: they go out in the header block
 /// with the script's headers, and with its trailers when the call ends in an error (a
 /// Trailers-Only answer, where the status carries them).
@@ -460,7 +461,8 @@ fn insert_metadata(
             String::new()
         };
         return Err(mlua::Error::runtime(format!(
-            "metadata {shown:?}: the headers or trailers a script sets may take {MAX_SCRIPT_METADATA} bytes in all (keys, values and 32 per entry){entry_note}"
+            "metadata {shown:?}: the headers or trailers a script sets may take {MAX_SCRIPT_METADATA} bytes in all (keys, values and 32 per entry), the rest of a client's {} being the protocol's own entries{entry_note}",
+            crate::metadata::MAX_HEADER_BLOCK
         )));
     }
     crate::metadata::insert(map, &lower, value).map_err(mlua::Error::runtime)
