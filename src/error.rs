@@ -443,10 +443,10 @@ fn normalize_status(status: Status) -> Status {
     status
 }
 
-/// The longest `grpc-message` value sent (bytes, percent-encoded as it goes out): with the
-/// most a script may set in trailers (8 KiB) and the protocol's entries, the header list
-/// stays under the 16 KiB clients accept. [`MAX_STATUS_MESSAGE`] bytes of spaces or of
-/// anything not ASCII encode to three times as many.
+/// The longest `grpc-message` value sent (bytes, percent-encoded as it goes out), whatever
+/// room its block leaves (see [`status_message_room`], which usually leaves less).
+/// [`MAX_STATUS_MESSAGE`] bytes of spaces or of anything not ASCII encode to three times as
+/// many.
 const MAX_ENCODED_STATUS_MESSAGE: usize = 6 * 1024;
 
 /// How many bytes `c` takes in a `grpc-message` value (tonic's percent-encoding: controls,

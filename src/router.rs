@@ -41,6 +41,7 @@ use crate::journal::codec::Journaling;
 use crate::journal::layer::CarryTap;
 use crate::journal::Tap;
 use crate::layers::buffers::Buffers;
+use crate::metadata;
 
 /// A built-in gRPC service (reflection, health), boxed.
 pub type BuiltinService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -295,13 +296,18 @@ fn check_size(msg: Outgoing, limit: usize) -> Result<Outgoing, Status> {
 /// call that fails before its first message ends Trailers-Only (one HEADERS frame carrying
 /// `grpc-status`): tonic would otherwise send headers as soon as the handler returns its stream,
 /// and tonic clients then see a successful call whose first item is an error.
+///
+/// Trailers-Only puts the response headers, the trailers and the status in one header block:
+/// when the headers and trailers a script set (each within the limit) do not fit one block
+/// together, the headers go out first and the status with the trailers after, as for a
+/// stream that failed later, rather than a block clients refuse.
 async fn first_then_rest(reply: Reply, limit: usize) -> Result<tonic::Response<Peeked>, Status> {
     let Reply {
         responses,
         headers,
         trailers,
     } = reply;
-    let (first, rest): (_, ResponseStream) = match responses {
+    let (first, mut rest): (_, ResponseStream) = match responses {
         Responses::One(o) => (Some(Ok(o)), Box::pin(stream::empty())),
         Responses::Stream(mut s) => (s.next().await, s),
     };
@@ -310,12 +316,20 @@ async fn first_then_rest(reply: Reply, limit: usize) -> Result<tonic::Response<P
         // A status of tonic's that gRPC specifies differently is rewritten on the way out, as
         // every status is ([`crate::layers::status`]).
         Some(Err(mut status)) => {
-            add_missing_metadata(status.metadata_mut(), &headers);
-            if let Some(slot) = &trailers {
-                let extra = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let extra = trailers
+                .as_ref()
+                .map(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).clone())
+                .unwrap_or_default();
+            let together = [&headers, status.metadata(), &extra]
+                .iter()
+                .fold(0usize, |n, m| n.saturating_add(metadata::map_size(m)));
+            if together <= metadata::MAX_SENT_METADATA {
+                add_missing_metadata(status.metadata_mut(), &headers);
                 add_missing_metadata(status.metadata_mut(), &extra);
+                return Err(status);
             }
-            return Err(status);
+            rest = Box::pin(stream::once(std::future::ready(Err(status))));
+            None
         }
         None => None,
     };

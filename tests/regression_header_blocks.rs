@@ -269,3 +269,51 @@ end
         .expect("the client gets the reply, not a refused header block");
     assert_eq!(md.get("x-entry").unwrap().len(), at_limit.len());
 }
+
+/// A stream whose first item is an error answers Trailers-Only: the script's headers and its
+/// trailers, each within the limit, went out together in that one block (~14 KB), which a
+/// client that takes 8 KiB refused, and the status message was cut to nothing for want of
+/// room. When they do not fit one block, the headers now go out first and the status with
+/// the trailers after; when they fit, the answer stays Trailers-Only with all of them.
+#[tokio::test]
+async fn a_stream_failing_at_its_first_item_sends_what_does_not_fit_one_block_in_two() {
+    let json = r#"{"service": "routeguide.RouteGuide", "methods": {
+  "ListFeatures": {"script": "g.lua", "headers": {"x-entry": "e"}}
+}}"#;
+    // A returned list whose first item is no Feature: the stream's first item is an error.
+    let script = r#"
+function ListFeatures(req, ctx)
+  local n = req.lo.latitude
+  ctx:set_header("x-h", string.rep("h", n))
+  ctx:set_trailer("x-t", string.rep("t", n))
+  return { 5 }
+end
+"#;
+    let (s, _c, _dir) = serve(json, script).await;
+    let c = strict_client(s.addr).await;
+    for n in [7000, 100] {
+        let status = c
+            .server_stream(
+                "routeguide.RouteGuide/ListFeatures",
+                json!({"lo": {"latitude": n}, "hi": {"latitude": 1}}),
+            )
+            .await
+            .expect_err("the call fails");
+        assert_eq!(
+            status.code(),
+            Code::Internal,
+            "{n}: the client gets the status, not a refused header block: {}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("ListFeatures"),
+            "{n}: the message is kept: {:?}",
+            status.message()
+        );
+        assert_eq!(
+            status.metadata().get("x-t").map(|v| v.len()),
+            Some(n as usize),
+            "{n}"
+        );
+    }
+}

@@ -119,13 +119,17 @@ impl FlatRequest {
 pub(crate) unsafe extern "C-unwind" fn take_request(l: *mut ffi::lua_State) -> c_int {
     // The box stays in the call until it is taken below, and only this function takes it;
     // the call outlives this function (the current call entry keeps it while its thread runs).
+    // Only a raw pointer is left in this frame (a panic's payload is dropped here), so a Lua
+    // error raised below unwinds nothing that needs dropping.
     let found = std::panic::catch_unwind(|| {
         slice::with_running_call(|c| {
             c.and_then(|c| lock(&c.request).as_deref().map(std::ptr::from_ref))
         })
-    });
+    })
+    .ok()
+    .flatten();
     let request: *const FlatRequest = match found {
-        Ok(Some(request)) => request,
+        Some(request) => request,
         _ => {
             // SAFETY: `l` is the running state; the message is a static C string and nothing
             // in this frame needs dropping.
