@@ -267,17 +267,23 @@ pub const PROTOCOL_ENTRIES: usize = 512;
 /// block; the header map itself holds at most 32 768 entries (it panics past them).
 pub const MAX_SENT_METADATA: usize = MAX_HEADER_BLOCK - PROTOCOL_ENTRIES;
 
-/// The bytes `map` takes as HTTP/2 counts a header list: key and value, plus 32 per entry; a
-/// `-bin` value as it is sent, base64 without padding.
-pub fn map_size(map: &tonic::metadata::MetadataMap) -> usize {
+/// One entry's key and the bytes it takes as HTTP/2 counts a header list: key and value, plus
+/// 32; a `-bin` value as it is sent, base64 without padding.
+pub fn entry_size(kv: tonic::metadata::KeyAndValueRef<'_>) -> (&str, usize) {
     use tonic::metadata::KeyAndValueRef;
-    map.iter().fold(0usize, |n, kv| {
-        let size = match kv {
-            KeyAndValueRef::Ascii(k, v) => k.as_str().len() + v.len(),
-            KeyAndValueRef::Binary(k, v) => k.as_str().len() + v.as_encoded_bytes().len(),
-        };
-        n.saturating_add(size + 32)
-    })
+    match kv {
+        KeyAndValueRef::Ascii(k, v) => (k.as_str(), k.as_str().len() + v.len() + 32),
+        KeyAndValueRef::Binary(k, v) => (
+            k.as_str(),
+            k.as_str().len() + v.as_encoded_bytes().len() + 32,
+        ),
+    }
+}
+
+/// The bytes `map` takes as HTTP/2 counts a header list (see [`entry_size`]).
+pub fn map_size(map: &tonic::metadata::MetadataMap) -> usize {
+    map.iter()
+        .fold(0usize, |n, kv| n.saturating_add(entry_size(kv).1))
 }
 
 /// The bytes a list of metadata from a handler file takes as HTTP/2 counts a header list: key

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::metadata::entry_size;
 use mlua::{Function, Table, Value as LuaValue};
 use prost_reflect::MessageDescriptor;
 use tokio::sync::oneshot;
@@ -398,18 +399,6 @@ impl CallShared {
 /// with the script's headers, and with its trailers when the call ends in an error (a
 /// Trailers-Only answer, where the status carries them).
 pub const MAX_SCRIPT_METADATA: usize = crate::metadata::MAX_SENT_METADATA;
-
-/// The size of one entry as HTTP/2 counts it; a `-bin` value as it is sent, base64 without
-/// padding.
-fn entry_size(kv: KeyAndValueRef<'_>) -> (&str, usize) {
-    match kv {
-        KeyAndValueRef::Ascii(k, v) => (k.as_str(), k.as_str().len() + v.len() + 32),
-        KeyAndValueRef::Binary(k, v) => (
-            k.as_str(),
-            k.as_str().len() + v.as_encoded_bytes().len() + 32,
-        ),
-    }
-}
 
 /// The size of `map` as HTTP/2 counts it, leaving out `except` (an entry about to be replaced).
 fn metadata_size(map: &MetadataMap, except: &str) -> usize {
