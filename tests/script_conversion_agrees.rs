@@ -35,7 +35,7 @@ use prost::Message;
 use prost_reflect::{DynamicMessage, Kind, MapKey, MessageDescriptor, ReflectMessage, Value};
 use protoserve::codec::Outgoing;
 use protoserve::script::convert::{outgoing_from_lua, Conv};
-use protoserve::script::decode::{read_cells, read_numbers, Cell, Decoder, Layout, Number};
+use protoserve::script::decode::{read_cells, read_numbers, Cell, Cells, Decoder, Layout, Number};
 use protoserve::script::encode::Encoder;
 use protoserve::script::freeze;
 use protoserve::script::plan::{MsgId, Plans};
@@ -324,7 +324,7 @@ fn numbers_agree(s: &State, layout: &Layout, bytes: &[u8]) -> Result<(), String>
 /// A flat layout read by the cells path gives the verdict, the error and the slots the Lua
 /// value path gives, and so the builder makes the same tables from them.
 fn cells_agree(s: &State, layout: &Layout, builder: &Function, bytes: &[u8]) -> Result<(), String> {
-    let mut cells = vec![Cell::Int(-1); 3];
+    let mut cells: Cells = smallvec::smallvec![Cell::Int(-1); 3];
     let fast = read_cells(&s.plans, bytes, layout, &mut cells);
     let mut slow = vec![LuaValue::Boolean(true)];
     let verdict = Decoder::new(&s.lua, &s.plans).slots(bytes, layout, &mut slow);

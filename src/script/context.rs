@@ -105,8 +105,9 @@ pub struct CallShared {
     pub printed: std::sync::atomic::AtomicUsize,
     /// A unary request of a flat layout, read before the call runs, for the runner to take
     /// (see `requests::take_request`, which drops it once its values are on the Lua stack).
-    /// Boxed, so its place stays put while `take_request` reads it without the lock.
-    pub request: Mutex<Option<Box<super::requests::FlatRequest>>>,
+    /// Its place stays put while `take_request` reads it without the lock: the call's
+    /// `Arc` holds it, and only `take_request` takes it out, after its last read.
+    pub request: Mutex<Option<super::requests::FlatRequest>>,
 }
 
 /// What a call needs to start (the rest of [`CallShared`] starts empty).

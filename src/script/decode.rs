@@ -1027,6 +1027,10 @@ impl From<Number> for Cell {
     }
 }
 
+/// A request's cells: inline for the requests most methods take, so reading one allocates
+/// nothing (a layout of more slots spills to the heap).
+pub type Cells = smallvec::SmallVec<[Cell; 8]>;
+
 /// Cells of a request whose bytes start at `base`.
 struct CellSlots<'s> {
     base: usize,
@@ -1086,12 +1090,7 @@ impl Slots for CellSlots<'_> {
 /// A request of a flat layout (see [`Layout::flat`]) read into `cells`, which
 /// it replaces: the builder's arguments [`Decoder::slots`] would give, the same verdict and
 /// the same errors, with no Lua value made, so they can go straight onto a Lua stack.
-pub fn read_cells(
-    plans: &Plans,
-    bytes: &[u8],
-    layout: &Layout,
-    cells: &mut Vec<Cell>,
-) -> Result<()> {
+pub fn read_cells(plans: &Plans, bytes: &[u8], layout: &Layout, cells: &mut Cells) -> Result<()> {
     let (Some(inline), true) = (&layout.root, layout.flat) else {
         unreachable!("read_cells is only for flat layouts")
     };

@@ -538,7 +538,7 @@ fn start(
                 // The runner takes it from the call (see `requests::take_request`).
                 args.push(LuaValue::Nil);
                 let request = requests::FlatRequest::read(&plans, msg, layout)?;
-                *context::lock(&shared.request) = Some(Box::new(request));
+                *context::lock(&shared.request) = Some(request);
             } else {
                 args.push(LuaValue::Boolean(false));
                 args.push(LuaValue::Boolean(true));

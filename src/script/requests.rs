@@ -38,7 +38,7 @@ use tonic::{Status, Streaming};
 
 use super::context::{lock, CallShared};
 use super::convert::Conv;
-use super::decode::{self, Cell, DecodeError, Decoder, Number};
+use super::decode::{self, Cell, Cells, DecodeError, Decoder, Number};
 use super::plan::Plans;
 use super::slice::{self, Waiting};
 use super::status::IncomingError;
@@ -89,7 +89,7 @@ fn decode_error(msg: &Incoming, e: DecodeError) -> mlua::Error {
 /// [`take_request`], which pushes the slots straight onto the Lua stack.
 pub struct FlatRequest {
     msg: Incoming,
-    cells: Vec<Cell>,
+    cells: Cells,
 }
 
 impl FlatRequest {
@@ -97,7 +97,7 @@ impl FlatRequest {
     /// [`decode_request`] would.
     pub fn read(plans: &Plans, msg: Incoming, layout: usize) -> mlua::Result<FlatRequest> {
         charge(&msg)?;
-        let mut cells = Vec::new();
+        let mut cells = Cells::new();
         decode::read_cells(plans, msg.bytes(), &plans.layouts[layout], &mut cells)
             .map_err(|e| decode_error(&msg, e))?;
         Ok(FlatRequest { msg, cells })
@@ -117,13 +117,13 @@ impl FlatRequest {
 /// Lua calls it, as a C function, with its running state.
 #[allow(unsafe_code)]
 pub(crate) unsafe extern "C-unwind" fn take_request(l: *mut ffi::lua_State) -> c_int {
-    // The box stays in the call until it is taken below, and only this function takes it;
+    // The request stays in place in the call until it is taken below, and only this function takes it;
     // the call outlives this function (the current call entry keeps it while its thread runs).
     // Only a raw pointer is left in this frame (a panic's payload is dropped here), so a Lua
     // error raised below unwinds nothing that needs dropping.
     let found = std::panic::catch_unwind(|| {
         slice::with_running_call(|c| {
-            c.and_then(|c| lock(&c.request).as_deref().map(std::ptr::from_ref))
+            c.and_then(|c| lock(&c.request).as_ref().map(std::ptr::from_ref))
         })
     })
     .ok()
