@@ -17,12 +17,10 @@
 //! three layouts of the request type: the default one (slots filled from Rust, tables made
 //! by the generated builder), one with no nested message inlined, and one that builds
 //! everything in Rust, so every path of the decoder is held to the reference. Two types of
-//! numbers only (`wire3.Numbers`, `wire2.Grouped`) have layouts read by the numbers path a
-//! request stream takes (`read_numbers`): it must give the same verdict and the same slots.
-//! Those two and one of scalars with strings and bytes (`wire3.Flat`) have layouts read by
-//! the path a unary request of a flat layout takes (`read_cells`, whose slots go straight
-//! onto the Lua stack): the same verdict, the same error and the same slots, so the same
-//! tables from the builder.
+//! numbers only (`wire3.Numbers`, `wire2.Grouped`) and one of scalars with strings and bytes
+//! (`wire3.Flat`) have flat layouts, read by the path unary requests and request streams of
+//! a flat layout take (`read_cells`, whose slots go straight onto the Lua stack): the same
+//! verdict, the same error and the same slots, so the same tables from the builder.
 
 #[path = "common/wire_gen.rs"]
 mod wire_gen;
@@ -35,7 +33,7 @@ use prost::Message;
 use prost_reflect::{DynamicMessage, Kind, MapKey, MessageDescriptor, ReflectMessage, Value};
 use protoserve::codec::Outgoing;
 use protoserve::script::convert::{outgoing_from_lua, Conv};
-use protoserve::script::decode::{read_cells, read_numbers, Cell, Cells, Decoder, Layout, Number};
+use protoserve::script::decode::{read_cells, Cell, Cells, Decoder, Layout};
 use protoserve::script::encode::Encoder;
 use protoserve::script::freeze;
 use protoserve::script::plan::{MsgId, Plans};
@@ -240,14 +238,7 @@ fn state(descs: &[MessageDescriptor]) -> State {
         })
         .collect();
     for (desc, l) in descs.iter().zip(&layouts) {
-        let numbers = desc.name() == "Numbers" || desc.name() == "Grouped";
-        assert_eq!(
-            l[0].1.numbers_only,
-            numbers,
-            "{} read as numbers",
-            desc.full_name()
-        );
-        let flat = numbers || desc.name() == "Flat";
+        let flat = ["Numbers", "Grouped", "Flat"].contains(&desc.name());
         assert_eq!(l[0].1.flat, flat, "{} read as cells", desc.full_name());
     }
     let plans = Arc::new(plans);
@@ -286,39 +277,6 @@ fn as_script_sees(
     builder
         .call::<LuaValue>(mlua::MultiValue::from_vec(args))
         .map_err(|e| format!("builder failed: {e}"))
-}
-
-/// A layout of numbers read by the numbers path gives the verdict and the slots the Lua
-/// value path gives.
-fn numbers_agree(s: &State, layout: &Layout, bytes: &[u8]) -> Result<(), String> {
-    let mut cells = vec![Number::Int(-1); layout.slots];
-    let fast = read_numbers(&s.plans, bytes, layout, &mut cells);
-    let mut slow = Vec::new();
-    let verdict = Decoder::new(&s.lua, &s.plans).slots(bytes, layout, &mut slow);
-    match (fast, verdict) {
-        (Err(_), Err(_)) => Ok(()),
-        (Ok(()), Ok(())) => {
-            for (i, (n, v)) in cells.iter().zip(&slow).enumerate() {
-                let same = match (*n, v) {
-                    (Number::Nil, LuaValue::Nil) => true,
-                    (Number::Bool(a), LuaValue::Boolean(b)) => a == *b,
-                    (Number::Int(a), LuaValue::Integer(b)) => a == *b,
-                    (Number::Float(a), LuaValue::Number(b)) => a.to_bits() == b.to_bits(),
-                    _ => false,
-                };
-                if !same {
-                    return Err(format!(
-                        "slot {i}: the numbers path reads {n:?}, the Lua value path {v:?} for {bytes:02x?}"
-                    ));
-                }
-            }
-            Ok(())
-        }
-        (fast, slow) => Err(format!(
-            "the numbers path says {fast:?}, the Lua value path {:?} for {bytes:02x?}",
-            slow.map(|_| ())
-        )),
-    }
 }
 
 /// A flat layout read by the cells path gives the verdict, the error and the slots the Lua
@@ -391,9 +349,6 @@ fn cells_agree(s: &State, layout: &Layout, builder: &Function, bytes: &[u8]) -> 
 fn agree(s: &State, desc: &MessageDescriptor, which: usize, bytes: &[u8]) -> Result<(), String> {
     let reference = DynamicMessage::decode(desc.clone(), bytes);
     for (what, layout, builder) in &s.layouts[which] {
-        if layout.numbers_only {
-            numbers_agree(s, layout, bytes).map_err(|e| format!("({what}) {e}"))?;
-        }
         if layout.flat {
             cells_agree(s, layout, builder, bytes).map_err(|e| format!("({what}) {e}"))?;
         }

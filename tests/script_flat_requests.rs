@@ -1,8 +1,10 @@
-//! A unary request whose fields are all scalars (strings and bytes included) or singular
-//! messages of them reaches its script as slots pushed straight onto the Lua stack, strings
-//! copied from the request bytes. The script must see what the Lua value path gave it:
-//! the values sent, defaults for what was not, `nil` for unset optional fields and messages,
-//! and a `string` field that is not UTF-8 must be refused with the same status and message.
+//! A request whose fields are all scalars (strings and bytes included) or singular messages
+//! of them reaches its script as slots pushed straight onto the Lua stack, strings copied
+//! from the request bytes, whether it comes alone or in a stream. The script must see what
+//! the Lua value path gave it: the values sent, defaults for what was not, `nil` for unset
+//! optional fields and messages, and a `string` field that is not UTF-8 must be refused with
+//! the same status and message. A state that runs out of memory while a streamed string is
+//! copied into it must keep serving.
 
 mod common;
 
@@ -16,6 +18,9 @@ package flat;
 
 service Echo {
   rpc Echo (Req) returns (Out);
+  rpc Many (stream Req) returns (Out);
+  rpc Chat (stream Req) returns (stream Out);
+  rpc Hoard (stream Req) returns (Out);
 }
 
 message Req {
@@ -49,7 +54,7 @@ local function show(v)
   if type(v) == "string" then return "s:" .. v:gsub("[^%w ]", function(c) return ("\\%d"):format(c:byte()) end) end
   return math.type(v) or type(v), tostring(v)
 end
-function Echo(req, ctx)
+function Echo(req)
   local parts = {}
   for _, k in ipairs({ "name", "raw", "b", "n", "x", "opt", "s", "d" }) do
     local t, v = show(req[k])
@@ -63,9 +68,36 @@ function Echo(req, ctx)
   end
   return { text = table.concat(parts, " ") }
 end
+
+function Many(reqs)
+  local each = {}
+  for req in reqs do each[#each + 1] = Echo(req).text end
+  return { text = table.concat(each, " | ") }
+end
+
+function Chat(reqs, ctx)
+  for req in reqs do ctx:send(Echo(req)) end
+end
+
+-- Keeps every name: a state of a few MiB runs out while one is copied in.
+function Hoard(reqs)
+  local kept = {}
+  local ok, err = pcall(function()
+    for req in reqs do kept[#kept + 1] = req.name end
+  end)
+  if ok then return { text = "kept " .. #kept } end
+  -- Taking the stream again after the error must not hang or find it locked.
+  local more = 0
+  pcall(function() for _ in reqs do more = more + 1 end end)
+  error(err, 0)
+end
 "#;
 
 async fn serve() -> (common::Server, common::Client, tempfile::TempDir) {
+    serve_with(&[]).await
+}
+
+async fn serve_with(extra: &[&str]) -> (common::Server, common::Client, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let protos = dir.path().join("protos");
     let handlers = dir.path().join("handlers");
@@ -74,11 +106,13 @@ async fn serve() -> (common::Server, common::Client, tempfile::TempDir) {
     std::fs::write(protos.join("flat.proto"), PROTO).unwrap();
     std::fs::write(
         handlers.join("echo.json"),
-        r#"{ "service": "flat.Echo", "methods": { "Echo": { "script": "echo.lua" } } }"#,
+        r#"{ "service": "flat.Echo", "methods": {
+            "Echo": { "script": "echo.lua" }, "Many": { "script": "echo.lua" },
+            "Chat": { "script": "echo.lua" }, "Hoard": { "script": "echo.lua" } } }"#,
     )
     .unwrap();
     std::fs::write(handlers.join("echo.lua"), SCRIPT).unwrap();
-    let (server, client) = common::serve_folders(&protos, &handlers, &[]).await;
+    let (server, client) = common::serve_folders(&protos, &handlers, extra).await;
     (server, client, dir)
 }
 
@@ -142,5 +176,121 @@ async fn strings_that_are_not_utf8_are_refused_as_before() {
                 .contains(&format!("field {field} is not valid UTF-8")),
             "{field}: {err:?}"
         );
+    }
+}
+
+/// The requests of the unary test, as a stream: what each one shows, in order.
+const STREAMED: [&str; 3] = [
+    "name=s: raw=s: b=boolean:false n=integer:0 x=float:0.0 opt=nil s=nil d=nil inner=nil",
+    "name=s:h\\195\\169llo raw=s:\\0\\255 b=boolean:true n=integer:-7 x=float:2.5 opt=s: \
+     s=nil d=s:a inner.text=s:in inner.k=integer:-3",
+    "name=s:bc raw=s: b=boolean:false n=integer:0 x=float:0.0 opt=s: s=nil d=s:y inner=nil",
+];
+
+fn streamed_requests() -> Vec<Bytes> {
+    vec![
+        Bytes::new(),
+        // name "héllo", raw 00 ff, b, n -7, x 2.5, opt "", inner { text "in", k -3 }, d "a"
+        Bytes::from_static(&[
+            0x0a, 6, b'h', 0xc3, 0xa9, b'l', b'l', b'o', 0x12, 2, 0x00, 0xff, 0x18, 1, 0x20, 0xf9,
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x29, 0, 0, 0, 0, 0, 0, 0x04,
+            0x40, 0x32, 0, 0x3a, 6, 0x0a, 2, b'i', b'n', 0x10, 5, 0x4a, 1, b'a',
+        ]),
+        Bytes::from_static(&[
+            0x0a, 1, b'a', 0x0a, 2, b'b', b'c', 0x42, 1, b'x', 0x4a, 1, b'y', 0x32, 0,
+        ]),
+    ]
+}
+
+#[tokio::test]
+async fn flat_request_streams_reach_scripts_with_the_values_sent() {
+    let (_server, client, _dir) = serve().await;
+    let out = client
+        .raw_client_stream("/flat.Echo/Many", streamed_requests())
+        .await
+        .unwrap();
+    // `Out` is field 1 and its text, whose length takes two bytes.
+    assert_eq!(
+        std::str::from_utf8(&out[3..]).unwrap(),
+        STREAMED.join(" | ")
+    );
+
+    let items: Vec<serde_json::Value> = streamed_requests()
+        .iter()
+        .map(|b| {
+            let input = client.method("flat.Echo/Chat").input();
+            common::to_json(&prost_reflect::DynamicMessage::decode(input, b.clone()).unwrap())
+        })
+        .collect();
+    let (outs, status) = client.bidi("flat.Echo/Chat", items).await;
+    assert!(status.is_none(), "{status:?}");
+    let texts: Vec<&str> = outs.iter().map(text).collect();
+    assert_eq!(texts, STREAMED);
+}
+
+#[tokio::test]
+async fn streamed_strings_that_are_not_utf8_are_refused_as_before() {
+    let (_server, client, _dir) = serve().await;
+    for (raw, field) in [
+        (&[0x0a, 1, 0xff][..], "flat.Req.name"),
+        (&[0x3a, 3, 0x0a, 1, 0xc3][..], "flat.Inner.text"),
+        (&[0x12, 1, 0xff, 0x42, 2, 0xc3, 0x28][..], "flat.Req.s"),
+    ] {
+        let good = Bytes::from_static(&[0x0a, 1, b'a']);
+        let err = client
+            .raw_client_stream("/flat.Echo/Many", vec![good, Bytes::copy_from_slice(raw)])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message()
+                .contains(&format!("field {field} is not valid UTF-8")),
+            "{field}: {err:?}"
+        );
+    }
+}
+
+/// A name of `n` bytes, as a request.
+fn named(n: usize) -> Bytes {
+    let mut b = vec![0x0a];
+    let mut len = n;
+    while len >= 0x80 {
+        b.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    b.push(len as u8);
+    b.resize(b.len() + n, b'z');
+    Bytes::from(b)
+}
+
+#[tokio::test]
+async fn a_state_out_of_memory_while_a_streamed_string_is_copied_keeps_serving() {
+    let (_server, client, _dir) =
+        serve_with(&["--script-states", "1", "--script-memory", "8"]).await;
+    for round in 0..3 {
+        let err = client
+            .raw_client_stream("/flat.Echo/Hoard", (0..6).map(|_| named(3 << 20)).collect())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::ResourceExhausted,
+            "round {round}: {err:?}"
+        );
+        // The same state answers the next calls, streamed and unary.
+        let out = client
+            .raw_client_stream("/flat.Echo/Hoard", vec![named(10), named(20)])
+            .await
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out[2..]).unwrap(),
+            "kept 2",
+            "round {round}"
+        );
+        let out = client
+            .unary("flat.Echo/Echo", json!({ "name": "ok" }))
+            .await
+            .unwrap();
+        assert!(text(&out).starts_with("name=s:ok "), "round {round}: {out}");
     }
 }

@@ -89,18 +89,6 @@ struct Inline {
 }
 
 impl Inline {
-    fn numbers_only(&self, plans: &Plans) -> bool {
-        let plan = plans.message(self.msg);
-        plan.fields
-            .iter()
-            .zip(self.fields.iter())
-            .all(|(f, slot)| match slot {
-                Slot::Value(_) => !matches!(f.ty, Type::Scalar(Scalar::String | Scalar::Bytes)),
-                Slot::Table(_) => false,
-                Slot::Inline { inner, .. } => inner.numbers_only(plans),
-            })
-    }
-
     /// No field is built as a table: every slot is a scalar (strings and bytes included) or
     /// a presence flag.
     fn flat(&self) -> bool {
@@ -119,10 +107,6 @@ pub struct Layout {
     /// `None`: the whole message is one table built in Rust (too many fields for slots).
     root: Option<Inline>,
     pub slots: usize,
-    /// Every slot holds a number, a boolean or a presence flag: no string, no table. Such a
-    /// request can be read into [`Number`]s without a Lua value in between (see
-    /// [`read_numbers`]).
-    pub numbers_only: bool,
     /// Every slot holds a number, a boolean, a presence flag or a string (no table): such a
     /// request can be read into [`Cell`]s, its strings as places in the request bytes, and
     /// pushed onto a Lua stack without a Lua value in between (see [`read_cells`]).
@@ -170,11 +154,9 @@ impl Layout {
             source,
             "return function(ok{params})\n  if not ok then return ok end\n  return {body}\nend\n"
         );
-        let numbers_only = root.as_ref().is_some_and(|r| r.numbers_only(plans));
         let flat = root.as_ref().is_some_and(Inline::flat);
         Layout {
             msg,
-            numbers_only,
             flat,
             root,
             slots: gen.slots,
@@ -683,7 +665,7 @@ impl<'a> Decoder<'a> {
             Scalar::String => LuaValue::String(self.lua.create_string(read_str(buf, f)?)?),
             Scalar::Bytes => LuaValue::String(self.lua.create_string(wire::len_prefixed(buf)?)?),
             Scalar::Enum(e) if names => self.enum_value(e, wire::varint(buf)? as i32)?,
-            _ => read_number(buf, s)?.into(),
+            _ => read_number(buf, s)?.number_value(),
         })
     }
 
@@ -790,7 +772,7 @@ fn other(
     Ok(())
 }
 
-/// Where the fields of an inlined message go as they are read: Lua values, or numbers only.
+/// Where the fields of an inlined message go as they are read: Lua values, or cells.
 trait Slots {
     /// Scalar field `f`, sent with `wire_type`, into slot `s`.
     fn scalar(
@@ -917,90 +899,6 @@ impl Slots for LuaSlots<'_, '_, '_> {
     }
 }
 
-/// A slot's value in a layout of numbers (see [`Layout::numbers_only`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Number {
-    Nil,
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-}
-
-impl From<Number> for LuaValue {
-    fn from(n: Number) -> Self {
-        match n {
-            Number::Nil => LuaValue::Nil,
-            Number::Bool(b) => LuaValue::Boolean(b),
-            Number::Int(i) => LuaValue::Integer(i),
-            Number::Float(x) => LuaValue::Number(x),
-        }
-    }
-}
-
-struct NumberSlots<'s>(&'s mut [Number]);
-
-impl Slots for NumberSlots<'_> {
-    fn scalar(
-        &mut self,
-        s: usize,
-        f: &FieldPlan,
-        scalar: Scalar,
-        buf: &mut &[u8],
-        wire_type: u8,
-    ) -> Result<()> {
-        if wire_type != scalar.wire_type() {
-            return Err(wire::wrong_wire_type(f.desc.full_name(), wire_type).into());
-        }
-        self.0[s] = read_number(buf, scalar)?;
-        Ok(())
-    }
-
-    fn present(&mut self, s: usize) {
-        self.0[s] = Number::Bool(true);
-    }
-
-    fn clear(&mut self, slots: Range<usize>) {
-        self.0[slots].fill(Number::Nil);
-    }
-
-    fn table(
-        &mut self,
-        _: usize,
-        _: &FieldPlan,
-        _: u32,
-        _: u8,
-        _: &mut &[u8],
-        _: u32,
-    ) -> Result<()> {
-        unreachable!("a layout of numbers has no table slots")
-    }
-}
-
-/// A request of a layout of numbers (see [`Layout::numbers_only`]) read into the first
-/// `layout.slots` of `cells`: the builder's arguments [`Decoder::slots`] would give, with no
-/// Lua value made, so they can go straight onto a Lua stack.
-pub fn read_numbers(
-    plans: &Plans,
-    bytes: &[u8],
-    layout: &Layout,
-    cells: &mut [Number],
-) -> Result<()> {
-    let (Some(inline), true) = (&layout.root, layout.numbers_only) else {
-        unreachable!("read_numbers is only for layouts of numbers")
-    };
-    let cells = &mut cells[..layout.slots];
-    cells.fill(Number::Nil);
-    let mut buf = bytes;
-    fill(
-        plans,
-        &mut buf,
-        inline,
-        &mut NumberSlots(cells),
-        wire::RECURSION_LIMIT,
-        None,
-    )
-}
-
 /// A slot's value in a flat layout (see [`Layout::flat`]): a number, or a string as the
 /// place of its bytes in the request.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -1016,13 +914,14 @@ pub enum Cell {
     },
 }
 
-impl From<Number> for Cell {
-    fn from(n: Number) -> Self {
-        match n {
-            Number::Nil => Cell::Nil,
-            Number::Bool(b) => Cell::Bool(b),
-            Number::Int(i) => Cell::Int(i),
-            Number::Float(x) => Cell::Float(x),
+impl Cell {
+    /// A cell [`read_number`] gave, as its Lua value.
+    fn number_value(self) -> LuaValue {
+        match self {
+            Cell::Bool(b) => LuaValue::Boolean(b),
+            Cell::Int(i) => LuaValue::Integer(i),
+            Cell::Float(x) => LuaValue::Number(x),
+            Cell::Nil | Cell::Str { .. } => LuaValue::Nil,
         }
     }
 }
@@ -1061,7 +960,7 @@ impl Slots for CellSlots<'_> {
                     end: start + b.len(),
                 }
             }
-            _ => read_number(buf, scalar)?.into(),
+            _ => read_number(buf, scalar)?,
         };
         Ok(())
     }
@@ -1112,17 +1011,17 @@ pub fn read_cells(plans: &Plans, bytes: &[u8], layout: &Layout, cells: &mut Cell
 
 /// One scalar that is not a string, read as its Lua number (enums by number); the wire type
 /// was checked.
-fn read_number(buf: &mut &[u8], s: Scalar) -> Result<Number> {
+fn read_number(buf: &mut &[u8], s: Scalar) -> Result<Cell> {
     Ok(match s {
-        Scalar::Bool => Number::Bool(wire::varint(buf)? != 0),
-        Scalar::Double => Number::Float(f64::from_bits(wire::fixed64(buf)?)),
-        Scalar::Fixed64 | Scalar::Sfixed64 => Number::Int(wire::fixed64(buf)? as i64),
-        Scalar::Float => Number::Float(f64::from(f32::from_bits(wire::fixed32(buf)?))),
-        Scalar::Fixed32 => Number::Int(i64::from(wire::fixed32(buf)?)),
-        Scalar::Sfixed32 => Number::Int(i64::from(wire::fixed32(buf)? as i32)),
-        Scalar::Enum(_) => Number::Int(i64::from(wire::varint(buf)? as i32)),
+        Scalar::Bool => Cell::Bool(wire::varint(buf)? != 0),
+        Scalar::Double => Cell::Float(f64::from_bits(wire::fixed64(buf)?)),
+        Scalar::Fixed64 | Scalar::Sfixed64 => Cell::Int(wire::fixed64(buf)? as i64),
+        Scalar::Float => Cell::Float(f64::from(f32::from_bits(wire::fixed32(buf)?))),
+        Scalar::Fixed32 => Cell::Int(i64::from(wire::fixed32(buf)?)),
+        Scalar::Sfixed32 => Cell::Int(i64::from(wire::fixed32(buf)? as i32)),
+        Scalar::Enum(_) => Cell::Int(i64::from(wire::varint(buf)? as i32)),
         Scalar::String | Scalar::Bytes => unreachable!("strings are read as strings"),
-        _ => Number::Int(varint_value(s, wire::varint(buf)?)),
+        _ => Cell::Int(varint_value(s, wire::varint(buf)?)),
     })
 }
 

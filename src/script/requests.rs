@@ -11,19 +11,22 @@
 //! arrived meanwhile. The wait only keeps what it polled for the plain call to take: an async
 //! function returning more than two values would pack them into a table on every return.
 //!
-//! When every slot of the request's layout is a number, a boolean or a presence flag, taking
-//! a message is a Lua C function ([`take_numbers`]) that pushes the slots straight onto the
-//! Lua stack: no Lua value, no callback machinery, nothing allocated per message. Pushing
-//! numbers cannot raise a Lua error, so no Rust frame is ever unwound by one. Anything it
-//! does not take (nothing buffered, the end, an error, a message that does not decode, a
-//! spent budget) it leaves for the plain call, which reports it as before.
+//! When the request's layout is flat (numbers, booleans, presence flags and strings; no
+//! table, see [`decode::Layout::flat`]), a message is read into cells that name its strings
+//! by their place in its bytes, the same field walk as the Lua value path (same verdict, same
+//! errors), and pushed straight onto the Lua stack by a Lua C function, each string copied
+//! from the message bytes: no mlua value, no registry reference, no argument list, nothing
+//! allocated in Rust per message.
 //!
-//! A unary request of a flat layout (numbers, booleans, presence flags and strings, no table)
-//! is read before the call runs, as the Lua value path would read it (same verdict, same
-//! errors), into cells that name its strings by their place in the request bytes, and kept
-//! with the call ([`FlatRequest`]). The runner's first act is to call [`take_request`], a Lua
-//! C function that pushes the slots, copying each string straight from the request bytes:
-//! no mlua string, no registry reference, no argument list converted on the thread's resume.
+//! For a stream that function is [`take_message`]. Anything it does not take (nothing
+//! buffered, the end, an error, a message that does not decode, a spent budget) it leaves for
+//! the plain call, which reports it as before. A unary request is read before the call runs
+//! and kept with the call ([`FlatRequest`]); the runner's first act is to call
+//! [`take_request`].
+//!
+//! Copying a string into Lua may raise a memory error, which unwinds by `longjmp`: while
+//! strings are pushed, only raw pointers live in the pushing frames (the message and its cells
+//! stay where the call or the stream's reader keeps them), so no Rust value is skipped.
 
 use std::ffi::{c_int, c_void};
 use std::future::poll_fn;
@@ -38,7 +41,7 @@ use tonic::{Status, Streaming};
 
 use super::context::{lock, CallShared};
 use super::convert::Conv;
-use super::decode::{self, Cell, Cells, DecodeError, Decoder, Number};
+use super::decode::{self, Cell, Cells, DecodeError, Decoder};
 use super::plan::Plans;
 use super::slice::{self, Waiting};
 use super::status::IncomingError;
@@ -151,10 +154,29 @@ pub(crate) unsafe extern "C-unwind" fn take_request(l: *mut ffi::lua_State) -> c
             ffi::lua_error(l)
         }
     }
-    // SAFETY: there is room for `true` and the slots.
+    // SAFETY: there is room for `true` and the slots, and only pointers live in this frame.
+    unsafe { push_cells(l, bytes, &request.cells) };
+    // Nothing Lua does follows: the request can go (dropped inside the guard, so a panic in a
+    // destructor cannot cross into Lua).
+    let _ = std::panic::catch_unwind(|| {
+        slice::with_running_call(|c| c.map(|c| lock(&c.request).take()));
+    });
+    count
+}
+
+/// Pushes `true` and `cells` onto `l`'s stack, each string copied from `bytes`.
+///
+/// # Safety
+///
+/// `l` is the running state with room for `cells.len() + 1` values. Copying a string may
+/// raise a memory error, which unwinds every frame up to Lua's by `longjmp`: no value that
+/// needs dropping may live in the caller's frames.
+#[allow(unsafe_code)]
+unsafe fn push_cells(l: *mut ffi::lua_State, bytes: &[u8], cells: &[Cell]) {
+    // SAFETY: as the caller promises.
     unsafe {
         ffi::lua_pushboolean(l, 1);
-        for cell in &request.cells {
+        for cell in cells {
             match *cell {
                 Cell::Nil => ffi::lua_pushnil(l),
                 Cell::Bool(b) => ffi::lua_pushboolean(l, c_int::from(b)),
@@ -167,12 +189,6 @@ pub(crate) unsafe extern "C-unwind" fn take_request(l: *mut ffi::lua_State) -> c
             }
         }
     }
-    // Nothing Lua does follows: the request can go (dropped inside the guard, so a panic in a
-    // destructor cannot cross into Lua).
-    let _ = std::panic::catch_unwind(|| {
-        slice::with_running_call(|c| c.map(|c| lock(&c.request).take()));
-    });
-    count
 }
 
 /// The request plans of `lua`'s scripts.
@@ -197,11 +213,14 @@ struct Reader {
 
 struct Inner {
     stream: Streaming<Incoming>,
-    /// What `wait_next` polled once something arrived (or what [`take_numbers`] left), for
+    /// What `wait_next` polled once something arrived (or what [`take_message`] left), for
     /// `try_next` to take.
     waited: Option<Polled>,
-    /// The slots [`take_numbers`] reads a message into, for a layout of numbers.
-    numbers: Vec<Number>,
+    /// The slots [`take_message`] reads a message into, for a flat layout.
+    cells: Cells,
+    /// The message [`take_message`] is pushing, kept in place while its strings are copied
+    /// (and dropped once they are, or at the next message).
+    current: Option<Incoming>,
 }
 
 impl UserData for RequestStream {}
@@ -210,7 +229,7 @@ impl RequestStream {
     /// A call's request stream as what the state's iterator factory takes after the builder:
     /// the call's own `try_next` (a plain function over this stream, so taking a message that
     /// has arrived costs one call and no handle look-up), the handle `wait_next` takes, and
-    /// for a layout of numbers the C function [`take_numbers`] (else `false`).
+    /// for a flat layout the C function [`take_message`] (else `false`).
     pub fn iterator_args(
         lua: &Lua,
         shared: Arc<CallShared>,
@@ -218,18 +237,14 @@ impl RequestStream {
         layout: usize,
     ) -> mlua::Result<[LuaValue; 3]> {
         let plans = plans_of(lua)?;
-        let numbers_only = plans.layouts[layout].numbers_only;
-        let numbers = if numbers_only {
-            vec![Number::Nil; plans.layouts[layout].slots]
-        } else {
-            Vec::new()
-        };
+        let flat = plans.layouts[layout].flat;
         let reader = Arc::new(Reader {
             shared,
             inner: Mutex::new(Inner {
                 stream,
                 waited: None,
-                numbers,
+                cells: Cells::new(),
+                current: None,
             }),
             plans,
             layout,
@@ -241,8 +256,8 @@ impl RequestStream {
             r.step(lua, polled)
         })?;
         let handle = lua.create_userdata(RequestStream(reader.clone()))?;
-        let fast = if numbers_only {
-            LuaValue::Function(numbers_function(lua, &reader, &handle)?)
+        let fast = if flat {
+            LuaValue::Function(take_function(lua, &reader, &handle)?)
         } else {
             LuaValue::Boolean(false)
         };
@@ -254,14 +269,10 @@ impl RequestStream {
     }
 }
 
-/// [`take_numbers`] as a Lua closure over `reader`: its first upvalue points to the reader,
+/// [`take_message`] as a Lua closure over `reader`: its first upvalue points to the reader,
 /// its second is `handle`, which owns a reference to it.
 #[allow(unsafe_code)]
-fn numbers_function(
-    lua: &Lua,
-    reader: &Arc<Reader>,
-    handle: &AnyUserData,
-) -> mlua::Result<Function> {
+fn take_function(lua: &Lua, reader: &Arc<Reader>, handle: &AnyUserData) -> mlua::Result<Function> {
     let ptr = Arc::as_ptr(reader) as *mut c_void;
     // SAFETY: `exec_raw` runs this protected, with `handle` on the stack; it leaves only the
     // closure there. The closure's second upvalue keeps `handle` and with it the reader alive
@@ -270,18 +281,18 @@ fn numbers_function(
         lua.exec_raw(handle, |l| {
             ffi::lua_pushlightuserdata(l, ptr);
             ffi::lua_pushvalue(l, -2);
-            ffi::lua_pushcclosure(l, take_numbers, 2);
+            ffi::lua_pushcclosure(l, take_message, 2);
             ffi::lua_remove(l, -2);
         })
     }
 }
 
-/// The iterator's `try_next` for a layout of numbers: `true` and the slots of the next
-/// message if one has arrived and decodes; nothing (zero results) otherwise, leaving what it
-/// polled for the plain `try_next`, which reports it.
+/// The iterator's `try_next` for a flat layout: `true` and the slots of the next message if
+/// one has arrived and decodes; nothing (zero results) otherwise, leaving what it polled for
+/// the plain `try_next`, which reports it.
 #[allow(unsafe_code)]
-unsafe extern "C-unwind" fn take_numbers(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: upvalue 1 is the pointer `numbers_function` made from the reader that upvalue 2
+unsafe extern "C-unwind" fn take_message(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: upvalue 1 is the pointer `take_function` made from the reader that upvalue 2
     // keeps alive (see there).
     let reader = unsafe { &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Reader) };
     let slots = reader.plans.layouts[reader.layout].slots;
@@ -292,7 +303,24 @@ unsafe extern "C-unwind" fn take_numbers(l: *mut ffi::lua_State) -> c_int {
     }
     // A panic must not unwind into Lua's C frames: the plain `try_next` runs instead, under
     // mlua's own guard.
-    std::panic::catch_unwind(AssertUnwindSafe(|| reader.push_numbers(l))).unwrap_or(0)
+    let read = std::panic::catch_unwind(AssertUnwindSafe(|| reader.read_next()))
+        .ok()
+        .flatten();
+    let Some((bytes, cells)) = read else {
+        return 0;
+    };
+    // SAFETY: both point into what the reader keeps (the message's bytes and the cells), which
+    // nothing touches until this function returns: the call's Lua thread is the only one that
+    // reads its stream, and it is here. Only pointers live in this frame while strings are
+    // copied, and there is room for `true` and the slots.
+    unsafe {
+        let cells = &*cells;
+        push_cells(l, &*bytes, cells);
+    }
+    // The strings are copies in Lua now; the message can go (inside the guard, so a panic in
+    // a destructor cannot cross into Lua).
+    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| reader.lock().current = None));
+    slots as c_int + 1
 }
 
 type Polled = Poll<Option<Result<Incoming, Status>>>;
@@ -323,15 +351,15 @@ impl Reader {
         self.lock().waited = Some(polled);
     }
 
-    /// Takes the next message if it has arrived and decodes as a layout of numbers, and pushes
-    /// `true` and its slots onto `l`'s stack, which has room for them; the number of values
-    /// pushed, or 0 with what was polled kept for `try_next`.
-    #[allow(unsafe_code)]
-    fn push_numbers(&self, l: *mut ffi::lua_State) -> c_int {
+    /// Takes the next message if it has arrived and decodes as the reader's flat layout, keeps
+    /// it and its cells, and gives where they are (the message's bytes, its slots); nothing,
+    /// with what was polled kept for `try_next`, otherwise.
+    fn read_next(&self) -> Option<(*const [u8], *const [Cell])> {
         if self.check().is_err() {
-            return 0;
+            return None;
         }
         let mut inner = self.lock();
+        inner.current = None;
         let polled = match inner.waited.take() {
             Some(polled) => polled,
             None => Pin::new(&mut inner.stream)
@@ -339,30 +367,19 @@ impl Reader {
         };
         let Poll::Ready(Some(Ok(msg))) = polled else {
             inner.waited = Some(polled);
-            return 0;
+            return None;
         };
         let layout = &self.plans.layouts[self.layout];
-        let read = msg.check_cost().is_ok()
-            && slice::charge_untimed(1 + msg.bytes().len() as u64 / BYTES_PER_UNIT).is_ok()
-            && decode::read_numbers(&self.plans, msg.bytes(), layout, &mut inner.numbers).is_ok();
+        let read = charge(&msg).is_ok()
+            && decode::read_cells(&self.plans, msg.bytes(), layout, &mut inner.cells).is_ok();
         if !read {
             inner.waited = Some(Poll::Ready(Some(Ok(msg))));
-            return 0;
+            return None;
         }
-        // SAFETY: `take_numbers` made room for `true` and the slots; pushing a number, a
-        // boolean or nil onto a stack with room allocates nothing and raises no error.
-        unsafe {
-            ffi::lua_pushboolean(l, 1);
-            for n in &inner.numbers {
-                match *n {
-                    Number::Nil => ffi::lua_pushnil(l),
-                    Number::Bool(b) => ffi::lua_pushboolean(l, c_int::from(b)),
-                    Number::Int(i) => ffi::lua_pushinteger(l, i),
-                    Number::Float(x) => ffi::lua_pushnumber(l, x),
-                }
-            }
-        }
-        inner.numbers.len() as c_int + 1
+        // The bytes live in the message's buffer, which stays put as the message moves.
+        let bytes: *const [u8] = &msg.bytes()[..];
+        inner.current = Some(msg);
+        Some((bytes, inner.cells.as_slice()))
     }
 
     fn check(&self) -> mlua::Result<()> {
@@ -398,15 +415,15 @@ fn reader(h: &AnyUserData) -> mlua::Result<Arc<Reader>> {
 
 const ITERATOR: &str = r#"
 local wait_next = ...
-return function(build, try_next, h, numbers)
-  if numbers then
+return function(build, try_next, h, take)
+  if take then
     return function()
-      local r = build(numbers())
+      local r = build(take())
       if r == nil then
         r = build(try_next())
         if r == false then
           wait_next(h)
-          r = build(numbers())
+          r = build(take())
           if r == nil then r = build(try_next()) end
         end
       end
@@ -424,7 +441,7 @@ return function(build, try_next, h, numbers)
 end
 "#;
 
-/// `(builder, try_next, handle, numbers)` (see [`RequestStream::iterator_args`]) → the
+/// `(builder, try_next, handle, take)` (see [`RequestStream::iterator_args`]) → the
 /// call's iterator; one per state.
 pub fn iterator_factory(lua: &Lua) -> mlua::Result<Function> {
     // Waits until the stream has something (a message, its end or an error) and keeps it for
