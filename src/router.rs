@@ -1,11 +1,11 @@
 //! The tower [`Service`] that every HTTP/2 request reaches.
 //!
 //! It takes the current [`Generation`] once per call, finds the method's [`MethodEntry`] with
-//! one map lookup on the path and drives the call through `tonic::server::Grpc` in the method's
-//! shape, with the [`RequestCodec`] for its types. The response body ([`CallBody`]) holds the
-//! generation until the call ends, so a reload never changes what a call in flight uses. Paths
-//! that are no loaded method fall through to the built-in services (the generation's
-//! reflection, then health) by prefix, then to UNIMPLEMENTED.
+//! one map lookup on the path and drives the call through `tonic::server::Grpc` (its streaming
+//! entry points, for every shape), with the [`RequestCodec`] for its types. The response body
+//! ([`CallBody`]) holds the generation until the call ends, so a reload never changes what a
+//! call in flight uses. Paths that are no loaded method fall through to the built-in services
+//! (the generation's reflection, then health) by prefix, then to UNIMPLEMENTED.
 //!
 //! What every request gets whatever it calls (the content-type check, call limits, deadlines,
 //! the journal, the clean-up of tonic's statuses) is done by the layers around the router
@@ -194,11 +194,14 @@ async fn dispatch(
         .max_decoding_message_size(limits.max_message_size)
         .max_encoding_message_size(limits.max_message_size);
     let svc = MethodService(entry.clone(), limits.max_message_size, journal, buffers);
-    let mut resp = match entry.info.shape {
-        Shape::Unary => grpc.unary(svc, req).await,
-        Shape::ServerStreaming => grpc.server_streaming(svc, req).await,
-        Shape::ClientStreaming => grpc.client_streaming(svc, req).await,
-        Shape::Bidi => grpc.streaming(svc, req).await,
+    // Methods that answer one message go through tonic's streaming entry points too (on the
+    // wire a response of one message either way): a call that fails after its handler set
+    // headers may need them sent before the status (see `first_then_rest`), which tonic's
+    // unary ones cannot do.
+    let mut resp = if one_message {
+        grpc.server_streaming(svc, req).await
+    } else {
+        grpc.streaming(svc, req).await
     };
     // A method that takes one request message and got none is a request cardinality violation
     // (UNIMPLEMENTED, in gRPC's table of status codes), said with the method's name; tonic's
@@ -290,7 +293,7 @@ fn check_size(msg: Outgoing, limit: usize) -> Result<Outgoing, Status> {
     Ok(msg)
 }
 
-/// The response of a streaming call, once its first message is known.
+/// The response of a call, once its first message (or its failure) is known.
 ///
 /// Response headers go out with the first message, as grpc-go and grpc-java send them, so a
 /// call that fails before its first message ends Trailers-Only (one HEADERS frame carrying
@@ -300,7 +303,8 @@ fn check_size(msg: Outgoing, limit: usize) -> Result<Outgoing, Status> {
 /// Trailers-Only puts the response headers, the trailers and the status in one header block:
 /// when the headers and trailers a script set (each within the limit) do not fit one block
 /// together, the headers go out first and the status with the trailers after, as for a
-/// stream that failed later, rather than a block clients refuse.
+/// stream that failed later, rather than a block clients refuse. A call of one message that
+/// fails after its handler set headers ([`Responses::Failed`]) is answered the same way.
 async fn first_then_rest(reply: Reply, limit: usize) -> Result<tonic::Response<Peeked>, Status> {
     let Reply {
         responses,
@@ -310,6 +314,7 @@ async fn first_then_rest(reply: Reply, limit: usize) -> Result<tonic::Response<P
     let (first, mut rest): (_, ResponseStream) = match responses {
         Responses::One(o) => (Some(Ok(o)), Box::pin(stream::empty())),
         Responses::Stream(mut s) => (s.next().await, s),
+        Responses::Failed(status) => (Some(Err(status)), Box::pin(stream::empty())),
     };
     let first = match first.map(|r| r.and_then(|o| check_size(o, limit))) {
         Some(Ok(o)) => Some(o),
@@ -430,50 +435,38 @@ impl http_body::Body for CallBody {
     }
 }
 
-type UnaryFuture = Pin<Box<dyn Future<Output = Result<tonic::Response<Outgoing>, Status>> + Send>>;
 type StreamFuture = Pin<Box<dyn Future<Output = Result<tonic::Response<Peeked>, Status>> + Send>>;
 
-impl tonic::server::UnaryService<Incoming> for MethodService {
-    type Response = Outgoing;
-    type Future = UnaryFuture;
-
-    fn call(&mut self, request: tonic::Request<Incoming>) -> Self::Future {
-        let (metadata, _, msg) = request.into_parts();
-        let fut = self.run(metadata, Requests::One(msg));
-        one_response(fut, self.0.info.name.clone(), self.1, "a unary method")
-    }
-}
-
-/// The answer of a method that sends one message (unary and client-streaming).
-fn one_response(
-    fut: HandlerFuture,
-    method: Arc<str>,
-    limit: usize,
-    what: &'static str,
-) -> UnaryFuture {
-    Box::pin(async move {
-        let reply = fut.await?;
-        let one = match reply.responses {
-            Responses::One(o) => o,
-            Responses::Stream(_) => {
+impl MethodService {
+    /// The call's answer, once its handler has replied: a method that sends one message
+    /// (unary and client-streaming) is held to one, and its trailers are final.
+    fn answer(&self, fut: HandlerFuture) -> StreamFuture {
+        let limit = self.1;
+        let what = match self.0.info.shape {
+            Shape::Unary => Some("a unary method"),
+            Shape::ClientStreaming => Some("a client-streaming method"),
+            Shape::ServerStreaming | Shape::Bidi => None,
+        };
+        let Some(what) = what else {
+            return Box::pin(async move { first_then_rest(fut.await?, limit).await });
+        };
+        let method = self.0.info.name.clone();
+        Box::pin(async move {
+            let mut reply = fut.await?;
+            if let Responses::Stream(_) = reply.responses {
                 return Err(CallError::BadResponse {
                     method,
                     message: format!("{what} answers with one message"),
                 }
-                .into())
+                .into());
             }
-        };
-        let mut resp = tonic::Response::new(check_size(one, limit)?);
-        *resp.metadata_mut() = reply.headers;
-        // The handler is done, so its trailers are final: keep the slot only if there are any.
-        if let Some(slot) = reply
-            .trailers
-            .filter(|t| !t.lock().unwrap_or_else(|e| e.into_inner()).is_empty())
-        {
-            resp.extensions_mut().insert(TrailerSlot(slot));
-        }
-        Ok(resp)
-    })
+            // The handler is done, so its trailers are final: keep the slot only if there are any.
+            reply.trailers = reply
+                .trailers
+                .filter(|t| !t.lock().unwrap_or_else(|e| e.into_inner()).is_empty());
+            first_then_rest(reply, limit).await
+        })
+    }
 }
 
 impl tonic::server::ServerStreamingService<Incoming> for MethodService {
@@ -484,24 +477,7 @@ impl tonic::server::ServerStreamingService<Incoming> for MethodService {
     fn call(&mut self, request: tonic::Request<Incoming>) -> Self::Future {
         let (metadata, _, msg) = request.into_parts();
         let fut = self.run(metadata, Requests::One(msg));
-        let limit = self.1;
-        Box::pin(async move { first_then_rest(fut.await?, limit).await })
-    }
-}
-
-impl tonic::server::ClientStreamingService<Incoming> for MethodService {
-    type Response = Outgoing;
-    type Future = UnaryFuture;
-
-    fn call(&mut self, request: tonic::Request<Streaming<Incoming>>) -> Self::Future {
-        let (metadata, _, msgs) = request.into_parts();
-        let fut = self.run(metadata, Requests::Stream(msgs));
-        one_response(
-            fut,
-            self.0.info.name.clone(),
-            self.1,
-            "a client-streaming method",
-        )
+        self.answer(fut)
     }
 }
 
@@ -513,7 +489,6 @@ impl tonic::server::StreamingService<Incoming> for MethodService {
     fn call(&mut self, request: tonic::Request<Streaming<Incoming>>) -> Self::Future {
         let (metadata, _, msgs) = request.into_parts();
         let fut = self.run(metadata, Requests::Stream(msgs));
-        let limit = self.1;
-        Box::pin(async move { first_then_rest(fut.await?, limit).await })
+        self.answer(fut)
     }
 }

@@ -221,6 +221,10 @@ pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<Outgoing, Status>> + 
 pub enum Responses {
     One(Outgoing),
     Stream(ResponseStream),
+    /// The call failed before its first message, after the handler set response headers:
+    /// they go out with the status, as grpc-go sends what `SetHeader` set before a handler
+    /// returned an error (in one block with the trailers when all fit, see the router).
+    Failed(Status),
 }
 
 /// A handler's answer: responses plus response headers.

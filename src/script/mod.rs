@@ -606,9 +606,29 @@ fn finish_one(state: &State, shared: &Arc<CallShared>, outcome: mlua::Result<Lua
                 trailers: Some(shared.trailers.clone()),
             })
         }
-        Err(e) => Err(with_trailers(e, shared)),
+        Err(e) => failed(e, shared),
     };
     shared.answer(result);
+}
+
+/// The answer of a call that failed before its headers went out: the headers the script set
+/// go with the status, as grpc-go sends what `SetHeader` set before a handler returned an
+/// error (the router sends them in one block with the status and the trailers when all fit,
+/// else first). A call stopped because its client went away or its deadline passed answers
+/// with the status alone, as the handler's own deadline does (see `ScriptHandler::call`).
+fn failed(e: CallError, shared: &CallShared) -> Result<Reply, CallError> {
+    let stopped = matches!(e, CallError::Cancelled | CallError::DeadlineExceeded { .. });
+    let e = with_trailers(e, shared);
+    if stopped {
+        return Err(e);
+    }
+    let headers = std::mem::take(&mut *shared.headers.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(Reply {
+        responses: Responses::Failed(e.into()),
+        headers,
+        // Already with the status (see `with_trailers`): the script is done.
+        trailers: None,
+    })
 }
 
 /// Server-streaming and bidi: the script's messages went out as it sent them; send what it
@@ -621,16 +641,16 @@ async fn finish_stream(state: &State, shared: &Arc<CallShared>, outcome: mlua::R
         .take();
     match outcome {
         Err(e) => {
-            let e = with_trailers(to_call_error(&e, shared, state), shared);
+            let e = to_call_error(&e, shared, state);
             if shared
                 .headers_sent
                 .load(std::sync::atomic::Ordering::Acquire)
             {
                 if let Some(sender) = &sender {
-                    let _ = sender.send(Err(e.into())).await;
+                    let _ = sender.send(Err(with_trailers(e, shared).into())).await;
                 }
             } else {
-                shared.answer(Err(e));
+                shared.answer(failed(e, shared));
             }
         }
         Ok(value) => {
