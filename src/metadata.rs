@@ -3,8 +3,10 @@
 //! Both say `"NOT_FOUND"` or `5` for a code and set response headers and trailers by name, so
 //! both go through the same rules here: the same names are accepted, the same keys are refused
 //! (HTTP/2 forbids connection-specific fields, and gRPC owns `grpc-*` and `content-type`: a
-//! handler setting them would break the stream or contradict the call's real status), and the
-//! same messages explain why.
+//! handler setting them would break the stream or contradict the call's real status; the
+//! body's own `content-length` and `content-encoding` would misstate the body the server sends,
+//! and clients that check them reject the response as malformed), and the same messages explain
+//! why.
 
 /// Names of headers read on every call, made once: a look-up by `&str` parses and checks the
 /// name before it hashes it, which cost more than the look-up itself.
@@ -108,6 +110,8 @@ pub fn insert(map: &mut MetadataMap, key: &str, value: &[u8]) -> Result<(), Stri
         || matches!(
             key.as_str(),
             "content-type"
+                | "content-length"
+                | "content-encoding"
                 | "te"
                 | "connection"
                 | "keep-alive"
@@ -378,7 +382,15 @@ mod tests {
     #[test]
     fn reserved_and_invalid_keys_are_refused() {
         let mut map = MetadataMap::new();
-        for bad in ["grpc-status", "Content-Type", "te", "connection", "a b"] {
+        for bad in [
+            "grpc-status",
+            "Content-Type",
+            "content-length",
+            "Content-Encoding",
+            "te",
+            "connection",
+            "a b",
+        ] {
             assert!(insert(&mut map, bad, b"x").is_err(), "{bad}");
         }
         assert!(insert(&mut map, "x-ok", b"a\x01b").is_err());
