@@ -457,12 +457,22 @@ end
 do
   local pack, unpack, packsize, find = string.pack, string.unpack, string.packsize, string.find
   local pack_cost = core.pack_cost
+  -- Lua reads a format in one go, one option at a time and with no way to pause it: a
+  -- format of 100 million options held a state for seconds. Real formats are a few options.
+  local MAX_FORMAT = 65536
+  local function short_format(fmt, name)
+    if type(fmt) == "string" and #fmt > MAX_FORMAT then
+      error(("bad argument #1 to '%s' (a format of %d bytes; at most %d here)"):format(name, #fmt, MAX_FORMAT), 3)
+    end
+  end
   string.pack = function(...)
+    short_format(..., "pack")
     pack_cost(...)
     local r = pack(...) return r
   end
   string.unpack = function(...)
     local fmt, s = ...
+    short_format(fmt, "unpack")
     if type(fmt) == "string" and type(s) == "string" and #fmt + #s > SMALL then
       local units = #fmt * 2
       if find(fmt, "[csz]") then units = units + #s // 8 end
@@ -472,6 +482,7 @@ do
   end
   string.packsize = function(...)
     local fmt = ...
+    short_format(fmt, "packsize")
     if type(fmt) == "string" and #fmt > SMALL then spend(#fmt) end
     local r = packsize(...) return r
   end
