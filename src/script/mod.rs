@@ -26,6 +26,7 @@ pub mod encode_stack;
 pub mod freeze;
 pub mod guard;
 pub mod hook;
+pub mod long_needle;
 pub mod numeral;
 pub mod outbox;
 pub mod ownership;

@@ -30,7 +30,7 @@ pub enum MatchError {
     Overran,
 }
 
-type Result<T> = std::result::Result<T, MatchError>;
+pub type Result<T> = std::result::Result<T, MatchError>;
 
 /// How a match pays for its steps, and what it does when its call's time slice ends.
 pub trait Pace {
@@ -519,6 +519,9 @@ pub fn find_plain(
     }
     if hay.len() <= CHUNK as usize {
         return Ok(memchr::memmem::find(hay, needle).map(|i| init + i));
+    }
+    if needle.len() > super::long_needle::LONG_NEEDLE {
+        return Ok(super::long_needle::find(hay, needle, pace)?.map(|i| init + i));
     }
     let finder = memchr::memmem::Finder::new(needle);
     let window = (4 * needle.len()).max(1 << 16);
