@@ -270,11 +270,23 @@ async fn packed_varint_bomb_is_bounded() {
         grown / (1024 * 1024)
     );
 
-    // Echo and wire-read replies never decode, so the same bytes are fine for them.
+    // Echo, a constant reply and a text reply read from the wire never decode, so the same
+    // bytes are fine for them (`Count`, a typed copy, decodes: refused above).
     let echoed = gzip_call(&client, "wire3.Wire3/Echo", bomb.clone())
         .await
         .unwrap();
     assert_eq!(echoed.len(), bomb.len());
+    let constant = gzip_call(&client, "wire3.Wire3/Constant", bomb.clone())
+        .await
+        .unwrap();
+    let out = client.method("wire3.Wire3/Constant").output();
+    let constant = DynamicMessage::decode(out.clone(), constant).unwrap();
+    assert_eq!(text_of(&constant, "text"), "constant");
+    let text = gzip_call(&client, "wire3.Wire3/Text", bomb.clone())
+        .await
+        .unwrap();
+    let text = DynamicMessage::decode(out, text).unwrap();
+    assert_eq!(text_of(&text, "text"), "|0|0||0||0");
 
     // A list well within the budget decodes.
     let r = gzip_call(&client, "wire3.Wire3/Count", packed_ones(100_000))
