@@ -325,14 +325,18 @@ fn too_many_unread_frames(e: &hyper::Error) -> bool {
     false
 }
 
-/// Logs, once a second at most, why a connection was closed for unread small frames.
+/// Logs, once a second at most, why a connection was closed by HTTP/2 for a flood of frames
+/// (h2 says ENHANCE_YOUR_CALM for unread small frames, streams reset before they were
+/// answered and CONTINUATION floods alike, and the error does not say which).
 fn report_unread_frames(peer: std::net::SocketAddr) {
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let why = "HTTP/2 holds at most about 2 000 small DATA frames a connection's calls have not \
-               read yet, and the client sent more (small messages, one frame each, faster than \
-               their handlers read them); its calls fail with UNAVAILABLE. Send larger or fewer \
-               messages per frame, spread streams over more connections, or make the handler \
-               read sooner";
+    let why = "HTTP/2 closed it to guard the server's memory against a flood of frames, and its \
+               calls fail with UNAVAILABLE. Most often the client sent more small DATA frames \
+               than the about 2 000 a connection's calls may leave unread (small messages, one \
+               frame each, faster than their handlers read them): send larger or fewer messages \
+               per frame, spread streams over more connections, or make the handler read sooner. \
+               A flood of streams reset before they were answered, or of header CONTINUATION \
+               frames, ends the same way";
     if once_a_second(&LAST) {
         tracing::warn!("connection from {peer} closed (ENHANCE_YOUR_CALM): {why}");
     } else {
