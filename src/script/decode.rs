@@ -12,6 +12,11 @@
 //! function (the builder) turns the slots into tables with constant keys, filling in defaults.
 //! Rust only fills the slots: numbers, booleans and strings, plus tables for what has no fixed
 //! shape (lists, maps, recursive or very deep messages), which it builds itself ("table mode").
+//!
+//! Those tables are counted as they are made and charged to the running call, whose time is
+//! checked meanwhile ([`super::meter`]): three bytes of an empty list item make a table of
+//! defaults, so the bytes alone did not bound the work, and a long request kept its state past
+//! the call's time budget.
 
 use std::cell::OnceCell;
 use std::fmt::Write as _;
@@ -20,6 +25,7 @@ use std::ops::Range;
 use mlua::{AppDataRef, Function, Lua, Table, Value as LuaValue};
 
 use super::convert::Conv;
+use super::meter::Meter;
 use super::plan::{
     EnumId, FieldPlan, MsgId, Plans, Scalar, Shape, Type, END_GROUP, LEN, START_GROUP,
 };
@@ -358,6 +364,9 @@ pub struct Decoder<'a> {
     /// all have slots of numbers never needs them, and the look-up was a tenth of what taking
     /// such a message from a stream cost.
     conv: OnceCell<Option<AppDataRef<'a, Conv>>>,
+    /// The tables made and entries set, charged to the running call as they are (see
+    /// [`super::meter`]): a request of many small items makes far more than its bytes say.
+    meter: Meter,
 }
 
 impl<'a> Decoder<'a> {
@@ -367,7 +376,14 @@ impl<'a> Decoder<'a> {
             lua,
             plans,
             conv: OnceCell::new(),
+            meter: Meter::new(),
         }
+    }
+
+    /// Counts `units` tables made or entries set; stops with the call's abort when it is over
+    /// its budget or its time.
+    fn spend(&self, units: u64) -> Result<()> {
+        Ok(self.meter.spend(units)?)
     }
 
     fn conv(&self) -> Result<&Conv> {
@@ -405,7 +421,7 @@ impl<'a> Decoder<'a> {
                 slots[0] = LuaValue::Table(t);
             }
         }
-        Ok(())
+        Ok(self.meter.settle()?)
     }
 
     /// A list, map or message field whose value is a table (kept in `open` under `key`).
@@ -444,7 +460,10 @@ impl<'a> Decoder<'a> {
                         });
                         return Ok(());
                     }
-                    _ => self.lua.create_table()?,
+                    _ => {
+                        self.spend(1)?;
+                        self.lua.create_table()?
+                    }
                 };
                 place(&table);
                 open.push(Open { key, table, len: 0 });
@@ -485,17 +504,20 @@ impl<'a> Decoder<'a> {
             Type::Scalar(s) if wire_type == LEN && s.packable() => {
                 let mut packed = wire::len_prefixed(buf)?;
                 while !packed.is_empty() {
+                    self.spend(1)?;
                     let v = self.single_scalar(&mut packed, f, s, s.wire_type(), true)?;
                     o.len += 1;
                     o.table.raw_set(o.len, v)?;
                 }
             }
             Type::Scalar(s) => {
+                self.spend(1)?;
                 let v = self.single_scalar(buf, f, s, wire_type, true)?;
                 o.len += 1;
                 o.table.raw_set(o.len, v)?;
             }
             Type::Message(m) => {
+                self.spend(1)?;
                 let (mut body, group, ctx) = message_body(buf, f, f.number, wire_type, ctx)?;
                 let t = match group {
                     Some(_) => self.table(buf, m, None, ctx, group)?,
@@ -520,6 +542,7 @@ impl<'a> Decoder<'a> {
         ctx: u32,
         map: &Table,
     ) -> Result<()> {
+        self.spend(1)?;
         let mut key = LuaValue::Nil;
         let mut value = LuaValue::Nil;
         while !buf.is_empty() {
@@ -579,7 +602,10 @@ impl<'a> Decoder<'a> {
         let keys = self.conv()?.keys(self.lua, self.plans, msg)?;
         let table = match into {
             Some(t) => t.clone(),
-            None => self.lua.create_table_with_capacity(0, plan.fields.len())?,
+            None => {
+                self.spend(1)?;
+                self.lua.create_table_with_capacity(0, plan.fields.len())?
+            }
         };
         let mut seen = Seen::new(plan.fields.len());
         let mut open: Vec<Open> = Vec::new();
@@ -599,6 +625,7 @@ impl<'a> Decoder<'a> {
                 }
             }
             seen.set(index);
+            self.spend(1)?;
             match (f.shape, f.ty) {
                 (Shape::Single, Type::Scalar(s)) => {
                     let v = self.single_scalar(buf, f, s, wire_type, true)?;
@@ -640,8 +667,14 @@ impl<'a> Decoder<'a> {
                     continue;
                 }
                 let v = match (f.shape, f.ty) {
-                    (Shape::Single, Type::Scalar(s)) => self.field_default(f, s)?,
-                    _ => LuaValue::Table(self.lua.create_table()?),
+                    (Shape::Single, Type::Scalar(s)) => {
+                        self.spend(1)?;
+                        self.field_default(f, s)?
+                    }
+                    _ => {
+                        self.spend(2)?;
+                        LuaValue::Table(self.lua.create_table()?)
+                    }
                 };
                 table.raw_set(&keys[i], v)?;
             }

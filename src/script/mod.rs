@@ -27,6 +27,7 @@ pub mod freeze;
 pub mod guard;
 pub mod hook;
 pub mod long_needle;
+pub mod meter;
 pub mod numeral;
 pub mod outbox;
 pub mod ownership;

@@ -52,8 +52,10 @@ use crate::wire::Invalid;
 pub const BYTES_PER_UNIT: u64 = 16;
 
 /// The builder's arguments after `ok` for one request message of layout `layout` (of
-/// `plans`), appended to `out`. The decoding is charged to the call's instruction budget
-/// without reading the clock (see [`slice::charge_untimed`]).
+/// `plans`), appended to `out`. Its bytes are charged to the call's budget up front without
+/// reading the clock (see [`slice::charge_untimed`]); the tables it makes are charged as they
+/// are made, with the call's time checked meanwhile (see [`super::meter`]), so a request of
+/// many small items stops at the call's time budget like a script past it.
 pub fn decode_request(
     lua: &Lua,
     plans: &Plans,
