@@ -19,6 +19,7 @@ pub mod diagnose;
 pub mod editions;
 pub mod files;
 pub mod link;
+pub mod nesting;
 pub mod parallel;
 pub mod raw;
 pub mod sources;
@@ -98,7 +99,7 @@ impl Schema {
                 .filter(|s| named.contains(&*s.name))
                 .map(|s| s.file),
         );
-        let pool = decode_pool(&schema.files, &indexes, None)?;
+        let pool = parallel::on_loading_stack(|| decode_pool(&schema.files, &indexes, None))?;
         Ok(Arc::new(Schema {
             pool,
             files: schema.files.clone(),
@@ -115,8 +116,13 @@ impl Schema {
     }
 }
 
-/// Compiles `inputs` (see the module docs); every problem found is reported.
+/// Compiles `inputs` (see the module docs); every problem found is reported. Runs on a thread
+/// with a stack sized for the deepest file accepted ([`parallel::on_loading_stack`]).
 pub fn compile(inputs: &SchemaInputs) -> Result<Schema, StartupErrors> {
+    parallel::on_loading_stack(|| compile_here(inputs))
+}
+
+fn compile_here(inputs: &SchemaInputs) -> Result<Schema, StartupErrors> {
     let started = Instant::now();
     let sources = sources::discover(&inputs.protos)?;
     let set_bytes = sources::read_set_files(&inputs.descriptor_sets)?;

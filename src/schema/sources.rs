@@ -13,7 +13,7 @@ use prost::Message as _;
 use prost_types::FileDescriptorProto;
 
 use super::link::Input;
-use super::{bundled, diagnose, parallel, raw};
+use super::{bundled, diagnose, nesting, parallel, raw};
 use crate::error::{Location, StartupError, StartupErrors};
 
 /// A `.proto` under a `--protos` folder.
@@ -204,6 +204,18 @@ pub fn decode_sets(
                     "--descriptor-set {}: holds no files; write the set to a regular file with `buf build -o FILE.binpb` (a pipe such as <(buf build -o -) can be read only once, so a reload finds it empty)",
                     p.display()
                 )));
+            }
+            // The text of an uninterpreted option is parsed later, by a parser that recurses
+            // once per level (see `nesting`).
+            for file in &set.file {
+                if let Some(option) = nesting::too_deep_option(file) {
+                    return Err(StartupError::Usage(format!(
+                        "--descriptor-set {}: {}: the value of option {option} nests too deep: braces, brackets and angle brackets may nest at most {} levels deep",
+                        p.display(),
+                        raw::name(&file.name),
+                        nesting::MAX_NESTING
+                    )));
+                }
             }
             Ok((p, set.file))
         })
@@ -399,6 +411,19 @@ fn load(name: &str, provider: Provider) -> Result<Input, StartupError> {
 }
 
 fn parse(name: &str, text: &str, path: &Path) -> Result<Input, StartupError> {
+    if let Some(at) = nesting::too_deep(text) {
+        let (line, col) = crate::input::position(text.as_bytes(), at);
+        return Err(StartupError::Proto {
+            location: Location::at(path, line, col),
+            message: format!(
+                "{name} nests too deep here: braces, brackets and angle brackets (message bodies, option values, lists) may nest at most {max} levels deep",
+                max = nesting::MAX_NESTING
+            ),
+            detail: Some(
+                "  help: flatten the option value or the declarations; no real schema nests this deep".into(),
+            ),
+        });
+    }
     match protox_parse::parse(name, text) {
         Ok(f) => Ok(Input::source(f)),
         Err(e) => {
