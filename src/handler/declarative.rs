@@ -12,6 +12,10 @@
 //! most one rendered message here, whatever the request rate. A bidi call answers its first
 //! message before the call returns, so the rule that answers it sets the response headers, and a
 //! call whose first answer is an error ends Trailers-Only.
+//!
+//! A big request is answered off the network threads ([`heavy`]), every kind alike: the
+//! answer is worked out there, a message answer encoded there, and each `stream` item rendered
+//! there when its turn comes; the request is dropped there too once nothing needs it.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -22,12 +26,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::Stream;
+use prost::Message as _;
 use prost_reflect::DynamicMessage;
 use tokio::time::Sleep;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 use super::error::ErrorAction;
+use super::heavy;
 use super::reply::ReplyAction;
 use super::rules::{self, Rule};
 use super::stream::StreamAction;
@@ -99,7 +105,7 @@ impl Action {
         match &self.kind {
             ActionKind::Reply(r) => r.respond(&req, method, limit).map(Outcome::One),
             ActionKind::Error(e) => Ok(Outcome::Fail(e.status(&req))),
-            ActionKind::Stream(_) => Ok(Outcome::Many(req)),
+            ActionKind::Stream(_) => Ok(Outcome::Many { req, heavy: false }),
             ActionKind::Echo => Ok(Outcome::One(Outgoing::Message(req))),
         }
     }
@@ -108,8 +114,12 @@ impl Action {
 /// The answer to one request, before its messages go out.
 enum Outcome {
     One(Outgoing),
-    /// The chosen `stream` action's items, rendered from this request one at a time.
-    Many(DynamicMessage),
+    /// The chosen `stream` action's items, rendered from this request one at a time; off the
+    /// network threads when the request was big.
+    Many {
+        req: DynamicMessage,
+        heavy: bool,
+    },
     /// An `error` action's status: like a message, it waits for the delay and carries the
     /// action's headers.
     Fail(Status),
@@ -123,6 +133,7 @@ pub enum Responder {
 }
 
 /// The action that answered a request, held by the stream that sends its messages.
+#[derive(Clone)]
 struct Chosen {
     responder: Arc<Responder>,
     rule: usize,
@@ -140,8 +151,8 @@ impl Chosen {
 /// The outcome for one request and the action that gave it.
 type Answer = Result<(Outcome, Chosen), CallError>;
 
-/// An [`Answer`] ready now, or, for a big request to `rules`, one worked out off the network
-/// threads ([`rules::off_the_network_threads`]).
+/// An [`Answer`] ready now, or, for a big request, one worked out off the network threads
+/// ([`heavy::off_the_network_threads`]).
 enum Answering {
     Now(Answer),
     Later(BoxFuture<'static, Answer>),
@@ -156,7 +167,7 @@ impl Answering {
     }
 }
 
-/// Starts answering one request: at once, unless it is a big request matched against rules.
+/// Starts answering one request: at once, unless it is a big one.
 fn answer(
     responder: &Arc<Responder>,
     req: Incoming,
@@ -165,14 +176,33 @@ fn answer(
     limit: usize,
     journal: Option<&Tap>,
 ) -> Answering {
-    if !matches!(&**responder, Responder::Rules(_)) || req.bytes().len() < rules::HEAVY_REQUEST {
+    if !heavy::is_heavy(req.bytes().len()) {
         return Answering::Now(answer_now(responder, req, metadata, method, limit, journal));
     }
     let (responder, metadata, method) = (responder.clone(), metadata.clone(), method.clone());
     let journal = journal.cloned();
-    Answering::Later(Box::pin(rules::off_the_network_threads(move || {
-        answer_now(&responder, req, &metadata, &method, limit, journal.as_ref())
+    Answering::Later(Box::pin(heavy::off_the_network_threads(move || {
+        let (outcome, chosen) =
+            answer_now(&responder, req, &metadata, &method, limit, journal.as_ref())?;
+        Ok((settle_heavy(outcome)?, chosen))
     })))
+}
+
+/// Readies the outcome for a big request for the network threads: a message answer (an echo
+/// of the decoded request, a `{{.}}` copy) is encoded here rather than by the codec, and a
+/// stream's items are marked to be rendered off those threads too.
+fn settle_heavy(outcome: Outcome) -> Result<Outcome, CallError> {
+    Ok(match outcome {
+        Outcome::One(Outgoing::Message(msg)) => {
+            let mut buf = Vec::with_capacity(msg.encoded_len());
+            msg.encode(&mut buf).map_err(|e| CallError::Encode {
+                message: e.to_string(),
+            })?;
+            Outcome::One(Outgoing::Encoded(buf.into()))
+        }
+        Outcome::Many { req, .. } => Outcome::Many { req, heavy: true },
+        other => other,
+    })
 }
 
 /// Answers one request on this thread. A single `echo` or wire-readable `reply` never builds
@@ -386,7 +416,7 @@ fn one_answer(
             add_missing_metadata(status.metadata_mut(), &headers);
             Err(CallError::Deliberate(status))
         }
-        Outcome::Many(_) => Err(wrong_shape(info)),
+        Outcome::Many { .. } => Err(wrong_shape(info)),
     }
 }
 
@@ -416,7 +446,12 @@ struct Items {
     /// Armed before each message when the action has a delay; reused across messages.
     sleep: Option<Pin<Box<Sleep>>>,
     waiting: bool,
+    /// The item being rendered off the network threads, from a big request.
+    rendering: Option<BoxFuture<'static, Rendered>>,
 }
+
+/// An item rendered off the network threads, with the request when more items need it.
+type Rendered = Result<(Option<Result<Outgoing, CallError>>, Option<DynamicMessage>), CallError>;
 
 impl Items {
     fn new(
@@ -437,33 +472,67 @@ impl Items {
             held: None,
             sleep,
             waiting: false,
+            rendering: None,
         }
     }
 
     fn has_next(&self) -> bool {
         match (&self.outcome, &self.chosen.action().kind) {
             (Some(Outcome::One(_) | Outcome::Fail(_)), _) => true,
-            (Some(Outcome::Many(_)), ActionKind::Stream(s)) => self.next < s.len(),
-            _ => false,
+            (Some(Outcome::Many { .. }), ActionKind::Stream(s)) => self.next < s.len(),
+            _ => self.rendering.is_some(),
         }
     }
 
-    fn take_next(&mut self) -> Option<Result<Outgoing, CallError>> {
-        match self.outcome.take()? {
-            Outcome::One(o) => Some(Ok(o)),
-            Outcome::Fail(status) => Some(Err(CallError::Deliberate(status))),
-            Outcome::Many(req) => {
-                let ActionKind::Stream(s) = &self.chosen.action().kind else {
-                    return None;
-                };
-                let item = s.render(self.next, &req, &self.method, self.limit)?;
-                self.next += 1;
-                if item.is_ok() {
-                    self.outcome = Some(Outcome::Many(req));
+    /// The next item: at once, or, for a big request's stream, once rendered off the network
+    /// threads.
+    fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Outgoing, CallError>>> {
+        if self.rendering.is_none() {
+            match self.outcome.take() {
+                None => return Poll::Ready(None),
+                Some(Outcome::One(o)) => return Poll::Ready(Some(Ok(o))),
+                Some(Outcome::Fail(status)) => {
+                    return Poll::Ready(Some(Err(CallError::Deliberate(status))))
                 }
-                Some(item)
+                Some(Outcome::Many { req, heavy: false }) => {
+                    let ActionKind::Stream(s) = &self.chosen.action().kind else {
+                        return Poll::Ready(None);
+                    };
+                    let item = s.render(self.next, &req, &self.method, self.limit);
+                    if let Some(Ok(_)) = item {
+                        self.next += 1;
+                        self.outcome = Some(Outcome::Many { req, heavy: false });
+                    }
+                    return Poll::Ready(item);
+                }
+                Some(Outcome::Many { req, heavy: true }) => {
+                    let (chosen, index) = (self.chosen.clone(), self.next);
+                    let (method, limit) = (self.method.clone(), self.limit);
+                    self.rendering = Some(Box::pin(heavy::off_the_network_threads(move || {
+                        let ActionKind::Stream(s) = &chosen.action().kind else {
+                            return Ok((None, None));
+                        };
+                        let item = s.render(index, &req, &method, limit);
+                        // After the last item or a failed one the request goes, here.
+                        let more = matches!(item, Some(Ok(_))) && index + 1 < s.len();
+                        Ok((item, more.then_some(req)))
+                    })));
+                }
             }
         }
+        let Some(rendering) = &mut self.rendering else {
+            return Poll::Ready(None);
+        };
+        let rendered = ready!(rendering.as_mut().poll(cx));
+        self.rendering = None;
+        let (item, req) = rendered.unwrap_or_else(|e| (Some(Err(e)), None));
+        if let Some(Ok(_)) = item {
+            self.next += 1;
+        }
+        if let Some(req) = req {
+            self.outcome = Some(Outcome::Many { req, heavy: true });
+        }
+        Poll::Ready(item)
     }
 }
 
@@ -472,6 +541,11 @@ impl Stream for Items {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.rendering.is_some() {
+            return this
+                .poll_take(cx)
+                .map(|item| item.map(|r| r.map_err(Status::from)));
+        }
         if !this.has_next() {
             return Poll::Ready(None);
         }
@@ -502,7 +576,8 @@ impl Stream for Items {
             this.waiting = false;
         }
         this.held = None;
-        Poll::Ready(this.take_next().map(|r| r.map_err(Status::from)))
+        this.poll_take(cx)
+            .map(|item| item.map(|r| r.map_err(Status::from)))
     }
 }
 
@@ -517,7 +592,7 @@ struct Bidi {
     buffers: Option<Buffers>,
     incoming: tonic::Streaming<Incoming>,
     current: Option<Items>,
-    /// The answer being worked out off the network threads, for a big request to rules.
+    /// The answer being worked out off the network threads, for a big request.
     pending: Option<BoxFuture<'static, Answer>>,
     /// The timer of the last finished answer, reused by the next one.
     spare_sleep: Option<Pin<Box<Sleep>>>,

@@ -12,6 +12,7 @@
 pub mod declarative;
 pub mod echo;
 pub mod error;
+pub mod heavy;
 pub mod reply;
 pub mod rules;
 pub mod stream;
