@@ -41,14 +41,11 @@ end
 "#;
 
 fn project(handler_json: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for sub in ["protos", "handlers"] {
-        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-    }
-    std::fs::write(dir.path().join("protos/body.proto"), PROTO).unwrap();
-    std::fs::write(dir.path().join("handlers/body.json"), handler_json).unwrap();
-    std::fs::write(dir.path().join("handlers/body.lua"), SCRIPT).unwrap();
-    dir
+    common::project_folder(&[
+        ("protos/body.proto", PROTO),
+        ("handlers/body.json", handler_json),
+        ("handlers/body.lua", SCRIPT),
+    ])
 }
 
 #[tokio::test]

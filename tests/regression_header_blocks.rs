@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use common::{Client, Server};
 use serde_json::json;
 use tonic::metadata::MetadataMap;
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// A server of the repository's protos and the handler file `json` (with the script
@@ -36,16 +35,7 @@ fn pool() -> prost_reflect::DescriptorPool {
 
 /// A client that accepts header lists of at most 8 KiB, as grpc-java's does by default.
 async fn strict_client(addr: SocketAddr) -> Client {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .http2_max_header_list_size(8192)
-        .connect()
-        .await
-        .expect("connect");
-    Client {
-        pool: pool(),
-        channel,
-    }
+    Client::connect_8k(addr, pool()).await
 }
 
 /// An entry's `headers` next to `script` went out in one header block with what the script

@@ -40,21 +40,14 @@ function Quick() return { text = "quick" } end
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_plain_needle_is_searched_in_paused_pieces() {
-    let dir = tempfile::tempdir().unwrap();
-    for sub in ["protos", "handlers"] {
-        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-    }
-    std::fs::write(dir.path().join("protos/needles.proto"), PROTO).unwrap();
-    std::fs::write(
-        dir.path().join("handlers/needles.json"),
-        r#"{ "service": "needles.S", "methods": {
-  "Find": { "script": "needles.lua" }, "Quick": { "script": "needles.lua" } } }"#,
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("handlers/needles.lua"), SCRIPT).unwrap();
-    let (_server, client) = common::serve_folders(
-        &dir.path().join("protos"),
-        &dir.path().join("handlers"),
+    let handlers = r#"{ "service": "needles.S", "methods": {
+  "Find": { "script": "needles.lua" }, "Quick": { "script": "needles.lua" } } }"#;
+    let (_server, client, _dir) = common::serve_files(
+        &[
+            ("protos/needles.proto", PROTO),
+            ("handlers/needles.json", handlers),
+            ("handlers/needles.lua", SCRIPT),
+        ],
         &[
             "--script-states",
             "1",
@@ -66,23 +59,7 @@ async fn a_long_plain_needle_is_searched_in_paused_pieces() {
     )
     .await;
 
-    let probe = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let mut worst = Duration::ZERO;
-            let mut calls = 0;
-            let until = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < until {
-                let started = Instant::now();
-                let out = client.unary("needles.S/Quick", json!({})).await.unwrap();
-                assert_eq!(out["text"], "quick");
-                worst = worst.max(started.elapsed());
-                calls += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            (worst, calls)
-        })
-    };
+    let probe = common::probe(&client, "needles.S/Quick", "quick", Duration::from_secs(3));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     let out = client

@@ -52,21 +52,14 @@ function Quick() return { text = "quick" } end
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_pack_formats_are_refused_at_once_and_hold_no_state() {
-    let dir = tempfile::tempdir().unwrap();
-    for sub in ["protos", "handlers"] {
-        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-    }
-    std::fs::write(dir.path().join("protos/packs.proto"), PROTO).unwrap();
-    std::fs::write(
-        dir.path().join("handlers/packs.json"),
-        r#"{ "service": "packs.S", "methods": {
-  "Pack": { "script": "packs.lua" }, "Quick": { "script": "packs.lua" } } }"#,
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("handlers/packs.lua"), SCRIPT).unwrap();
-    let (_server, client) = common::serve_folders(
-        &dir.path().join("protos"),
-        &dir.path().join("handlers"),
+    let handlers = r#"{ "service": "packs.S", "methods": {
+  "Pack": { "script": "packs.lua" }, "Quick": { "script": "packs.lua" } } }"#;
+    let (_server, client, _dir) = common::serve_files(
+        &[
+            ("protos/packs.proto", PROTO),
+            ("handlers/packs.json", handlers),
+            ("handlers/packs.lua", SCRIPT),
+        ],
         &[
             "--script-states",
             "1",
@@ -81,21 +74,12 @@ async fn long_pack_formats_are_refused_at_once_and_hold_no_state() {
     for name in ["packsize", "pack", "unpack"] {
         // A format of 100 million options: refused before Lua reads it, while a call on the
         // same state goes on answering at once.
-        let probe = {
-            let client = client.clone();
-            tokio::spawn(async move {
-                let mut worst = Duration::ZERO;
-                let until = Instant::now() + Duration::from_millis(1500);
-                while Instant::now() < until {
-                    let started = Instant::now();
-                    let out = client.unary("packs.S/Quick", json!({})).await.unwrap();
-                    assert_eq!(out["text"], "quick");
-                    worst = worst.max(started.elapsed());
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                worst
-            })
-        };
+        let probe = common::probe(
+            &client,
+            "packs.S/Quick",
+            "quick",
+            Duration::from_millis(1500),
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         let started = Instant::now();
         let out = client
@@ -110,7 +94,7 @@ async fn long_pack_formats_are_refused_at_once_and_hold_no_state() {
             )),
             "{name}: {text} after {took:?}"
         );
-        let worst = probe.await.unwrap();
+        let (worst, _) = probe.await.unwrap();
         assert!(
             worst < Duration::from_millis(400),
             "{name}: a call on the same state waited {worst:?} (the long format took {took:?})"

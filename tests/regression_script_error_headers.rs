@@ -12,7 +12,6 @@ use std::time::Duration;
 use common::{Client, Server};
 use serde_json::{json, Value as Json};
 use tonic::metadata::MetadataMap;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// A server of the repository's protos and the handler `files` (name, text), and a client.
@@ -38,16 +37,7 @@ fn pool() -> prost_reflect::DescriptorPool {
 
 /// A client that accepts header lists of at most 8 KiB, as grpc-java's does by default.
 async fn strict_client(addr: SocketAddr) -> Client {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .http2_max_header_list_size(8192)
-        .connect()
-        .await
-        .expect("connect");
-    Client {
-        pool: pool(),
-        channel,
-    }
+    Client::connect_8k(addr, pool()).await
 }
 
 /// The value of `key` in the status's metadata, as text.

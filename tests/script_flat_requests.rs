@@ -98,23 +98,26 @@ async fn serve() -> (common::Server, common::Client, tempfile::TempDir) {
 }
 
 async fn serve_with(extra: &[&str]) -> (common::Server, common::Client, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let protos = dir.path().join("protos");
-    let handlers = dir.path().join("handlers");
-    std::fs::create_dir_all(&protos).unwrap();
-    std::fs::create_dir_all(&handlers).unwrap();
-    std::fs::write(protos.join("flat.proto"), PROTO).unwrap();
-    std::fs::write(
-        handlers.join("echo.json"),
-        r#"{ "service": "flat.Echo", "methods": {
-            "Echo": { "script": "echo.lua" }, "Many": { "script": "echo.lua" },
-            "Chat": { "script": "echo.lua" }, "Hoard": { "script": "echo.lua" } } }"#,
+    let handlers = r#"{ "service": "flat.Echo", "methods": {
+        "Echo": { "script": "echo.lua" }, "Many": { "script": "echo.lua" },
+        "Chat": { "script": "echo.lua" }, "Hoard": { "script": "echo.lua" } } }"#;
+    common::serve_files(
+        &[
+            ("protos/flat.proto", PROTO),
+            ("handlers/echo.json", handlers),
+            ("handlers/echo.lua", SCRIPT),
+        ],
+        extra,
     )
-    .unwrap();
-    std::fs::write(handlers.join("echo.lua"), SCRIPT).unwrap();
-    let (server, client) = common::serve_folders(&protos, &handlers, extra).await;
-    (server, client, dir)
+    .await
 }
+
+/// Requests with a `string` field that is not UTF-8, and the field.
+const NOT_UTF8: [(&[u8], &str); 3] = [
+    (&[0x0a, 1, 0xff], "flat.Req.name"),
+    (&[0x3a, 3, 0x0a, 1, 0xc3], "flat.Inner.text"),
+    (&[0x12, 1, 0xff, 0x42, 2, 0xc3, 0x28], "flat.Req.s"),
+];
 
 fn text(out: &serde_json::Value) -> &str {
     out["text"].as_str().unwrap_or_default()
@@ -161,11 +164,7 @@ async fn flat_requests_reach_scripts_with_the_values_sent() {
 #[tokio::test]
 async fn strings_that_are_not_utf8_are_refused_as_before() {
     let (_server, client, _dir) = serve().await;
-    for (raw, field) in [
-        (&[0x0a, 1, 0xff][..], "flat.Req.name"),
-        (&[0x3a, 3, 0x0a, 1, 0xc3][..], "flat.Inner.text"),
-        (&[0x12, 1, 0xff, 0x42, 2, 0xc3, 0x28][..], "flat.Req.s"),
-    ] {
+    for (raw, field) in NOT_UTF8 {
         let err = client
             .raw_unary("/flat.Echo/Echo", Bytes::copy_from_slice(raw))
             .await
@@ -231,11 +230,7 @@ async fn flat_request_streams_reach_scripts_with_the_values_sent() {
 #[tokio::test]
 async fn streamed_strings_that_are_not_utf8_are_refused_as_before() {
     let (_server, client, _dir) = serve().await;
-    for (raw, field) in [
-        (&[0x0a, 1, 0xff][..], "flat.Req.name"),
-        (&[0x3a, 3, 0x0a, 1, 0xc3][..], "flat.Inner.text"),
-        (&[0x12, 1, 0xff, 0x42, 2, 0xc3, 0x28][..], "flat.Req.s"),
-    ] {
+    for (raw, field) in NOT_UTF8 {
         let good = Bytes::from_static(&[0x0a, 1, b'a']);
         let err = client
             .raw_client_stream("/flat.Echo/Many", vec![good, Bytes::copy_from_slice(raw)])

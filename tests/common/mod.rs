@@ -413,12 +413,76 @@ pub async fn serve_folders(protos: &Path, handlers: &Path, extra: &[&str]) -> (S
     (server, client)
 }
 
+/// A project in a temporary folder: each `(path, text)` of `files` written under it
+/// (`protos/x.proto`, `handlers/x.json`, …), folders made as needed.
+pub fn project_folder(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+/// A server of `files` (see [`project_folder`]: its `protos` and `handlers`, with `extra`
+/// arguments), a client of it, and the folder, which lives as long as it is held.
+pub async fn serve_files(
+    files: &[(&str, &str)],
+    extra: &[&str],
+) -> (Server, Client, tempfile::TempDir) {
+    let dir = project_folder(files);
+    let (server, client) = serve_folders(
+        &dir.path().join("protos"),
+        &dir.path().join("handlers"),
+        extra,
+    )
+    .await;
+    (server, client, dir)
+}
+
+/// Calls `method` with `request` every 5 ms for `span`, each call answered with `expected` as
+/// its `text`; the longest one took, and how many were made. Started before a call that might
+/// hold the server up, it says how long others waited meanwhile.
+pub fn probe(
+    client: &Client,
+    method: &'static str,
+    expected: &'static str,
+    span: Duration,
+) -> tokio::task::JoinHandle<(Duration, usize)> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let (mut worst, mut calls) = (Duration::ZERO, 0);
+        let until = Instant::now() + span;
+        while Instant::now() < until {
+            let started = Instant::now();
+            let out = client.unary(method, serde_json::json!({})).await.unwrap();
+            assert_eq!(out["text"], expected, "{method}");
+            worst = worst.max(started.elapsed());
+            calls += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (worst, calls)
+    })
+}
+
 impl Client {
     pub async fn connect(addr: SocketAddr, pool: DescriptorPool) -> Client {
         Client {
             pool,
             channel: channel(addr).await,
         }
+    }
+
+    /// A client that accepts header lists of at most 8 KiB, as grpc-java's does by default.
+    pub async fn connect_8k(addr: SocketAddr, pool: DescriptorPool) -> Client {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .http2_max_header_list_size(8192)
+            .connect()
+            .await
+            .expect("connect");
+        Client { pool, channel }
     }
 
     pub fn method(&self, name: &str) -> MethodDescriptor {
