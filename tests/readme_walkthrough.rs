@@ -295,13 +295,7 @@ fn check_outputs(section: &str) -> Vec<String> {
 
 /// Writes `files` (path, text) under a new temporary folder.
 fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (path, text) in files {
-        let path = dir.path().join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    dir
+    common::project_folder(files)
 }
 
 #[test]
