@@ -15,18 +15,13 @@ use tonic::Code;
 /// A server of the repository's protos and the handler file `json` (with the script
 /// `script`, as g.lua, when given), and a client of it.
 async fn serve(json: &str, script: &str) -> (Server, Client, tempfile::TempDir) {
-    let handlers = tempfile::tempdir().unwrap();
-    std::fs::write(handlers.path().join("g.json"), json).unwrap();
-    if !script.is_empty() {
-        std::fs::write(handlers.path().join("g.lua"), script).unwrap();
-    }
-    let server = Server::start(&[
-        "--handlers",
-        handlers.path().to_str().unwrap(),
-        "--no-watch",
-    ]);
-    let client = Client::connect(server.addr, pool()).await;
-    (server, client, handlers)
+    let files = [("g.json", json), ("g.lua", script)];
+    let files = if script.is_empty() {
+        &files[..1]
+    } else {
+        &files[..]
+    };
+    common::serve_repo_protos_with(files, &[]).await
 }
 
 fn pool() -> prost_reflect::DescriptorPool {

@@ -16,19 +16,7 @@ use tonic::{Code, Status};
 
 /// A server of the repository's protos and the handler `files` (name, text), and a client.
 async fn serve(files: &[(&str, &str)], extra: &[&str]) -> (Server, Client, tempfile::TempDir) {
-    let handlers = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        std::fs::write(handlers.path().join(name), text).unwrap();
-    }
-    let mut args = vec![
-        "--handlers",
-        handlers.path().to_str().unwrap(),
-        "--no-watch",
-    ];
-    args.extend_from_slice(extra);
-    let server = Server::start(&args);
-    let client = Client::connect(server.addr, pool()).await;
-    (server, client, handlers)
+    common::serve_repo_protos_with(files, extra).await
 }
 
 fn pool() -> prost_reflect::DescriptorPool {

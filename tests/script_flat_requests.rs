@@ -112,6 +112,16 @@ async fn serve_with(extra: &[&str]) -> (common::Server, common::Client, tempfile
     .await
 }
 
+/// The status a request of [`NOT_UTF8`] gets, naming `field`.
+fn refused_as_not_utf8(err: &tonic::Status, field: &str) {
+    assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+    assert!(
+        err.message()
+            .contains(&format!("field {field} is not valid UTF-8")),
+        "{field}: {err:?}"
+    );
+}
+
 /// Requests with a `string` field that is not UTF-8, and the field.
 const NOT_UTF8: [(&[u8], &str); 3] = [
     (&[0x0a, 1, 0xff], "flat.Req.name"),
@@ -169,12 +179,7 @@ async fn strings_that_are_not_utf8_are_refused_as_before() {
             .raw_unary("/flat.Echo/Echo", Bytes::copy_from_slice(raw))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
-        assert!(
-            err.message()
-                .contains(&format!("field {field} is not valid UTF-8")),
-            "{field}: {err:?}"
-        );
+        refused_as_not_utf8(&err, field);
     }
 }
 
@@ -236,12 +241,7 @@ async fn streamed_strings_that_are_not_utf8_are_refused_as_before() {
             .raw_client_stream("/flat.Echo/Many", vec![good, Bytes::copy_from_slice(raw)])
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
-        assert!(
-            err.message()
-                .contains(&format!("field {field} is not valid UTF-8")),
-            "{field}: {err:?}"
-        );
+        refused_as_not_utf8(&err, field);
     }
 }
 

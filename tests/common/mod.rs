@@ -441,6 +441,27 @@ pub async fn serve_files(
     (server, client, dir)
 }
 
+/// A server of the repository's protos (not watched) and the handler `files` (name, text) in
+/// a temporary folder, with `extra` arguments; a client of it, and the folder.
+pub async fn serve_repo_protos_with(
+    files: &[(&str, &str)],
+    extra: &[&str],
+) -> (Server, Client, tempfile::TempDir) {
+    let handlers = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(handlers.path().join(name), text).unwrap();
+    }
+    let mut args = vec![
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--no-watch",
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
+    let client = Client::connect(server.addr, pool(&repo().join("protos"))).await;
+    (server, client, handlers)
+}
+
 /// Calls `method` with `request` every 5 ms for `span`, each call answered with `expected` as
 /// its `text`; the longest one took, and how many were made. Started before a call that might
 /// hold the server up, it says how long others waited meanwhile.
