@@ -193,6 +193,12 @@ impl Incoming {
         wire::validate(&self.bytes, &self.desc).map_err(|e| self.bad(e))
     }
 
+    /// [`validate`](Self::validate) if it takes at most `steps` steps
+    /// ([`wire::validate_in_place`]); `Ok(false)` when it would take more.
+    pub fn validate_in_place(&self, steps: usize) -> Result<bool, CallError> {
+        wire::validate_in_place(&self.bytes, &self.desc, steps).map_err(|e| self.bad(e))
+    }
+
     fn refused(&self, e: wire::Invalid) -> CallError {
         match e {
             wire::Invalid::Malformed(message) => self.bad(message),

@@ -75,6 +75,7 @@ impl From<&str> for Invalid {
 type Result<T> = std::result::Result<T, Invalid>;
 
 /// Reads a field key as prost does: the whole key must fit 32 bits, the number must not be 0.
+#[inline(always)]
 pub fn key(buf: &mut &[u8]) -> Result<(u32, u8)> {
     let key = varint(buf)?;
     let key = u32::try_from(key).map_err(|_| format!("invalid field key {key}"))?;
@@ -91,7 +92,7 @@ pub fn key(buf: &mut &[u8]) -> Result<(u32, u8)> {
 
 /// A varint; one byte long (field keys, small numbers, short lengths), it is read here
 /// rather than through prost's `Buf`-generic decoder.
-#[inline]
+#[inline(always)]
 pub fn varint(buf: &mut &[u8]) -> Result<u64> {
     if let Some((&byte, rest)) = buf.split_first() {
         if byte < 0x80 {
@@ -102,6 +103,7 @@ pub fn varint(buf: &mut &[u8]) -> Result<u64> {
     decode_varint(buf).map_err(|_| Invalid::Malformed("invalid varint".into()))
 }
 
+#[inline(always)]
 fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
     if buf.len() < n {
         return Err("the message is truncated".into());
@@ -111,6 +113,7 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
     Ok(head)
 }
 
+#[inline(always)]
 pub fn len_prefixed<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8]> {
     let len = varint(buf)?;
     match usize::try_from(len) {
@@ -119,11 +122,13 @@ pub fn len_prefixed<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8]> {
     }
 }
 
+#[inline(always)]
 pub fn fixed32(buf: &mut &[u8]) -> Result<u32> {
     let b = take(buf, 4)?;
     Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
+#[inline(always)]
 pub fn fixed64(buf: &mut &[u8]) -> Result<u64> {
     let b = take(buf, 8)?;
     Ok(u64::from_le_bytes([
@@ -134,6 +139,7 @@ pub fn fixed64(buf: &mut &[u8]) -> Result<u64> {
 /// Reads the value of a field with `wire_type` off the front of `buf`. A group is read up to
 /// its end-group key, which must carry the same `number`; its body's nesting is not limited
 /// here (callers that need the limit walk the body themselves).
+#[inline(always)]
 fn value<'a>(buf: &mut &'a [u8], number: u32, wire_type: u8) -> Result<Raw<'a>> {
     Ok(match wire_type {
         VARINT => Raw::Varint(varint(buf)?),
@@ -190,6 +196,11 @@ pub fn too_deep() -> Invalid {
 pub struct Cost {
     spent: usize,
     budget: usize,
+    /// Fields (and every eighth packed element) the walk may still read; unlimited but for
+    /// [`validate_in_place`].
+    steps: usize,
+    /// The walk stopped because `steps` ran out, not because the message was refused.
+    out_of_steps: bool,
 }
 
 const VALUE: usize = std::mem::size_of::<Value>();
@@ -234,7 +245,23 @@ pub fn may_exceed(len: usize, budget: usize) -> bool {
 
 impl Cost {
     pub fn new(budget: usize) -> Self {
-        Self { spent: 0, budget }
+        Self {
+            spent: 0,
+            budget,
+            steps: usize::MAX,
+            out_of_steps: false,
+        }
+    }
+
+    /// Counts one step of the walk; an error once the steps allowed ran out.
+    #[inline(always)]
+    fn step(&mut self) -> Result<()> {
+        if self.steps == 0 {
+            self.out_of_steps = true;
+            return Err(Invalid::Malformed(String::new()));
+        }
+        self.steps -= 1;
+        Ok(())
     }
 
     /// Bytes charged so far.
@@ -263,6 +290,25 @@ pub fn validate(buf: &[u8], desc: &MessageDescriptor) -> std::result::Result<(),
         Ok(()) => Ok(()),
         Err(Invalid::Malformed(m)) => Err(m),
         Err(Invalid::TooCostly { .. }) => Ok(()),
+    }
+}
+
+/// [`validate`] as long as it takes at most `steps` steps (a step a field, nested ones
+/// included, and one per eight elements of a packed list): `Ok(false)` when it would take more,
+/// and the message is neither accepted nor refused. A field costs at most a few hundred
+/// instructions to check (looking it up, walking into it), so the steps bound the time.
+pub fn validate_in_place(
+    buf: &[u8],
+    desc: &MessageDescriptor,
+    steps: usize,
+) -> std::result::Result<bool, String> {
+    let mut cost = Cost::new(usize::MAX);
+    cost.steps = steps;
+    match check(buf, desc, &mut cost) {
+        Ok(()) => Ok(true),
+        Err(_) if cost.out_of_steps => Ok(false),
+        Err(Invalid::Malformed(m)) => Err(m),
+        Err(Invalid::TooCostly { .. }) => Ok(true),
     }
 }
 
@@ -320,9 +366,14 @@ enum Known {
 }
 
 impl Known {
-    fn find(desc: &MessageDescriptor, number: u32) -> Option<Known> {
+    /// The field or extension `number` of `desc`; `extended` says whether `desc` has
+    /// extensions at all (looking one up walks them all, so it is skipped when there are none).
+    fn find(desc: &MessageDescriptor, number: u32, extended: bool) -> Option<Known> {
         if let Some(f) = desc.get_field(number) {
             return Some(Known::Field(f));
+        }
+        if !extended {
+            return None;
         }
         desc.get_extension(number).map(Known::Extension)
     }
@@ -378,10 +429,12 @@ impl Walker<'_> {
         group: Option<u32>,
     ) -> Result<()> {
         let (mut known, mut unknown) = (0usize, 0usize);
+        let extended = desc.extensions().len() > 0;
         loop {
             if group.is_none() && buf.is_empty() {
                 break;
             }
+            self.cost.step()?;
             let (number, wire_type) = key(buf)?;
             if wire_type == END_GROUP {
                 if let Some(g) = group {
@@ -391,7 +444,7 @@ impl Walker<'_> {
                     break;
                 }
             }
-            match Known::find(desc, number) {
+            match Known::find(desc, number, extended) {
                 Some(field) => {
                     known += 1;
                     self.known(buf, &field, number, wire_type, ctx)?
@@ -445,6 +498,7 @@ impl Walker<'_> {
         ctx: u32,
     ) -> Result<()> {
         loop {
+            self.cost.step()?;
             let (inner, wire_type) = key(buf)?;
             if wire_type == END_GROUP {
                 if inner != number {
@@ -481,6 +535,9 @@ impl Walker<'_> {
                 let mut packed = len_prefixed(buf)?;
                 let mut count = 0usize;
                 while !packed.is_empty() {
+                    if count.is_multiple_of(8) {
+                        self.cost.step()?;
+                    }
                     scalar_value(&mut packed, &kind, wire_type_of(&kind), || field.name())?;
                     count += 1;
                 }
@@ -549,6 +606,7 @@ impl Walker<'_> {
         let key_field = entry.map_entry_key_field();
         let value_field = entry.map_entry_value_field();
         while !buf.is_empty() {
+            self.cost.step()?;
             let (number, wire_type) = key(&mut buf)?;
             match number {
                 1 => self.single(
@@ -897,5 +955,57 @@ mod tests {
             scalar(Raw::Fixed32(1.5f32.to_bits()), &Kind::Float),
             Some(Value::F32(1.5))
         );
+    }
+
+    fn list_value() -> MessageDescriptor {
+        prost_reflect::DescriptorPool::global()
+            .get_message_by_name("google.protobuf.ListValue")
+            .unwrap()
+    }
+
+    #[test]
+    fn checking_in_place_stops_once_its_steps_run_out() {
+        // ListValue.values (1): 100 empty Values, a step each; 50 unknown fields (2 = 0) more.
+        let desc = list_value();
+        let mut buf = [0x0a, 0].repeat(100);
+        assert_eq!(validate_in_place(&buf, &desc, 100), Ok(true));
+        assert_eq!(validate_in_place(&buf, &desc, 99), Ok(false));
+        buf.extend([0x10, 0].repeat(50));
+        assert_eq!(validate_in_place(&buf, &desc, 150), Ok(true));
+        assert_eq!(validate_in_place(&buf, &desc, 149), Ok(false));
+        // Fields inside nested messages count: a Value holding a list of 10 empty Values.
+        let inner = [0x32, 20].into_iter().chain([0x0a, 0].repeat(10));
+        let nested: Vec<u8> = [0x0a, 22].into_iter().chain(inner).collect();
+        assert_eq!(validate_in_place(&nested, &desc, 12), Ok(true));
+        assert_eq!(validate_in_place(&nested, &desc, 11), Ok(false));
+        // An empty message takes no step.
+        assert_eq!(validate_in_place(&[], &desc, 0), Ok(true));
+    }
+
+    #[test]
+    fn checking_in_place_agrees_with_checking_when_it_finishes() {
+        let desc = list_value();
+        let cases: [&[u8]; 5] = [
+            &[0x0a, 0x00, 0x0a, 0x02, 0x08, 0x00],
+            // A string value that is not UTF-8.
+            &[0x0a, 0x03, 0x1a, 0x01, 0xff],
+            // Truncated.
+            &[0x0a, 0x05, 0x00],
+            // An end-group key without a start.
+            &[0x0c],
+            // An unknown group, closed.
+            &[0x13, 0x08, 0x01, 0x14],
+        ];
+        for buf in cases {
+            let full = validate(buf, &desc);
+            assert_eq!(
+                validate_in_place(buf, &desc, 1000).map_err(|_| ()),
+                full.map(|()| true).map_err(|_| ()),
+                "{buf:02x?}"
+            );
+            if let Err(m) = validate(buf, &desc) {
+                assert_eq!(validate_in_place(buf, &desc, 1000), Err(m));
+            }
+        }
     }
 }

@@ -86,6 +86,23 @@ fn agree(desc: &MessageDescriptor, readers: &[Reader], bytes: &[u8]) -> Result<(
     if fast.is_ok() != checked.is_ok() {
         return Err(format!("validate {fast:?} but check {checked:?}"));
     }
+    // Checking in place with steps to spare gives the same verdict; with too few, it gives
+    // none at all, never another one.
+    let in_place = wire::validate_in_place(bytes, desc, usize::MAX / 2);
+    if in_place != fast.clone().map(|()| true) {
+        return Err(format!("validate {fast:?} but in place {in_place:?}"));
+    }
+    for steps in [0, 1, 3, bytes.len() / 4] {
+        match wire::validate_in_place(bytes, desc, steps) {
+            Ok(false) => {}
+            other if other == fast.clone().map(|()| true) => {}
+            other => {
+                return Err(format!(
+                    "validate {fast:?} but in place with {steps} steps {other:?}"
+                ))
+            }
+        }
+    }
     let msg = match (&fast, decoded) {
         (Ok(()), Ok(m)) => m,
         (Err(_), Err(_)) => return Ok(()),

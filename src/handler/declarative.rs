@@ -75,20 +75,37 @@ impl Action {
         }
     }
 
-    /// The outcome for a request still in wire form.
+    /// What answering a request in wire form does with its bytes ([`Action::respond_incoming`]).
+    fn work(&self) -> heavy::Work {
+        match &self.kind {
+            ActionKind::Echo => heavy::Work::Scan { passes: 1 },
+            ActionKind::Reply(r) if r.reads_wire() => heavy::Work::Scan {
+                passes: r.wire_passes(),
+            },
+            _ => heavy::Work::Decode,
+        }
+    }
+
+    /// The outcome for a request still in wire form; `checked` when its bytes were already
+    /// found well-formed.
     fn respond_incoming(
         &self,
         req: Incoming,
+        checked: bool,
         method: &Arc<str>,
         limit: usize,
     ) -> Result<Outcome, CallError> {
         match &self.kind {
             ActionKind::Echo => {
-                req.validate()?;
+                if !checked {
+                    req.validate()?;
+                }
                 Ok(Outcome::One(Outgoing::Encoded(req.bytes().clone())))
             }
             ActionKind::Reply(r) if r.reads_wire() => {
-                req.validate()?;
+                if !checked {
+                    req.validate()?;
+                }
                 Ok(Outcome::One(r.respond_wire(req.bytes(), method, limit)?))
             }
             _ => self.respond(req.decode()?, method, limit),
@@ -176,14 +193,41 @@ fn answer(
     limit: usize,
     journal: Option<&Tap>,
 ) -> Answering {
-    if !heavy::is_heavy(req.bytes().len()) {
-        return Answering::Now(answer_now(responder, req, metadata, method, limit, journal));
+    let work = match &**responder {
+        Responder::Single(a) => a.work(),
+        Responder::Rules(_) => heavy::Work::Decode,
+    };
+    let len = req.bytes().len();
+    let checked = match work {
+        _ if heavy::is_heavy(len, work) => None,
+        heavy::Work::Decode => Some(false),
+        // Checked here while that stays quick: most of a big request's bytes are then in a
+        // few long fields, which the network threads answer sooner than a hop would.
+        heavy::Work::Scan { passes } => {
+            match req.validate_in_place(heavy::steps_in_place(passes)) {
+                Ok(true) => Some(true),
+                Ok(false) => None,
+                Err(e) => return Answering::Now(Err(e)),
+            }
+        }
+    };
+    if let Some(checked) = checked {
+        return Answering::Now(answer_now(
+            responder, req, checked, metadata, method, limit, journal,
+        ));
     }
     let (responder, metadata, method) = (responder.clone(), metadata.clone(), method.clone());
     let journal = journal.cloned();
     Answering::Later(Box::pin(heavy::off_the_network_threads(move || {
-        let (outcome, chosen) =
-            answer_now(&responder, req, &metadata, &method, limit, journal.as_ref())?;
+        let (outcome, chosen) = answer_now(
+            &responder,
+            req,
+            false,
+            &metadata,
+            &method,
+            limit,
+            journal.as_ref(),
+        )?;
         Ok((settle_heavy(outcome)?, chosen))
     })))
 }
@@ -206,19 +250,20 @@ fn settle_heavy(outcome: Outcome) -> Result<Outcome, CallError> {
 }
 
 /// Answers one request on this thread. A single `echo` or wire-readable `reply` never builds
-/// the request message; rules and the rest do.
+/// the request message (nor checks it again when `checked`); rules and the rest do.
 ///
 /// The rule that answers is noted in the call's journal record, when there is one.
 fn answer_now(
     responder: &Arc<Responder>,
     req: Incoming,
+    checked: bool,
     metadata: &MetadataMap,
     method: &Arc<str>,
     limit: usize,
     journal: Option<&Tap>,
 ) -> Answer {
     let (outcome, rule) = match &**responder {
-        Responder::Single(a) => (a.respond_incoming(req, method, limit)?, 0),
+        Responder::Single(a) => (a.respond_incoming(req, checked, method, limit)?, 0),
         Responder::Rules(rules) => {
             let msg = req.decode()?;
             let rule = rules::pick(rules, &msg, metadata).ok_or(CallError::NoRuleMatched {

@@ -39,6 +39,12 @@ impl ReplyAction {
         self.template.reads_wire()
     }
 
+    /// Passes over the request's bytes a wire-read reply makes: the check, then one per
+    /// placeholder (see [`ReplyTemplate::wire_passes`]).
+    pub fn wire_passes(&self) -> usize {
+        self.template.wire_passes()
+    }
+
     /// The reply rendered from validated request bytes, at most `limit` bytes.
     pub fn respond_wire(
         &self,
@@ -209,6 +215,20 @@ impl ReplyTemplate {
     /// True when the reply can be rendered straight from the request's wire bytes.
     pub fn reads_wire(&self) -> bool {
         self.wire
+    }
+
+    /// Passes over a request's wire bytes that answering it takes when the reply
+    /// [`reads_wire`](Self::reads_wire): one to check the request, one per placeholder to find
+    /// its field (the last occurrence wins, so each reads the whole message).
+    pub fn wire_passes(&self) -> usize {
+        1 + self
+            .dynamic
+            .iter()
+            .map(|(_, v)| match v {
+                ValueTemplate::Text { text, .. } => text.fields_read(),
+                _ => 0,
+            })
+            .sum::<usize>()
     }
 
     /// The reply for validated request bytes (requires [`reads_wire`](Self::reads_wire)), at

@@ -80,6 +80,15 @@ impl TextTemplate {
         })
     }
 
+    /// How many request fields the text reads: each is a pass over the request's wire bytes
+    /// when rendered from them.
+    pub fn fields_read(&self) -> usize {
+        self.pieces
+            .iter()
+            .filter(|p| matches!(p, Piece::Field(..)))
+            .count()
+    }
+
     /// Renders from the request's validated wire bytes (requires [`reads_wire`](Self::reads_wire)),
     /// stopping once `out` holds more than `cap` bytes; false when it stopped.
     pub fn render_wire_into(&self, req: &[u8], out: &mut String, cap: usize) -> bool {
