@@ -653,16 +653,45 @@ pub fn clipped_bytes(bytes: &[u8], max: usize) -> String {
     format!("{}…", String::from_utf8_lossy(&bytes[..max]))
 }
 
-/// `text` with its control characters escaped (`\n`, `\0`, `\u{1b}`…), for the log: text a
-/// script chose (an error message, what it prints) could otherwise start lines that look like
-/// the server's own.
+/// `text` with what could disguise a log line escaped, for the log: control characters (C0,
+/// DEL, C1: `\n`, `\0`, `\u{1b}`, `\u{85}`…), the Unicode line and paragraph separators
+/// (U+2028, U+2029, which some terminals and log viewers break lines at) and the bidirectional
+/// controls (U+202A–U+202E, U+2066–U+2069, U+200E, U+200F, U+061C, which reorder what a
+/// terminal shows), each as Rust writes it (`\u{2028}`). Text a client or a script chose (an
+/// error message, what it prints, metadata) could otherwise start lines that look like the
+/// server's own, or make a line read otherwise than it is.
 pub fn log_escaped(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    escaped_where(text, disguises)
+}
+
+/// [`log_escaped`], but line breaks (`\n`) and tabs kept: for a message of the server's own
+/// that spans lines (a reload's problem with its source excerpt) and quotes project files.
+pub fn log_escaped_keeping_lines(text: &str) -> std::borrow::Cow<'_, str> {
+    escaped_where(text, |c| c != '\n' && c != '\t' && disguises(c))
+}
+
+/// Whether `c` may make a log line look like two, or reorder the text around it.
+fn disguises(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+fn escaped_where(text: &str, escape: impl Fn(char) -> bool) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(&escape) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if c.is_control() {
+        if escape(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -928,6 +957,24 @@ impl From<AdminError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Line separators and bidi controls are escaped like control characters; a message of the
+    /// server's own keeps its line breaks, nothing else.
+    #[test]
+    fn log_text_escapes_line_separators_and_bidi_controls() {
+        assert_eq!(
+            log_escaped("a\u{2028}b\u{202e}c\u{2066}d\u{85}e\nf"),
+            "a\\u{2028}b\\u{202e}c\\u{2066}d\\u{85}e\\nf"
+        );
+        assert_eq!(
+            log_escaped_keeping_lines("a\u{2029}b\n\tc\u{7f}"),
+            "a\\u{2029}b\n\tc\\u{7f}"
+        );
+        assert!(matches!(
+            log_escaped("plain é"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     /// What [`encoded_bounded`] counts is what tonic sends: a cut message goes out within the
     /// bound, whatever it is made of, and a short one is left alone.

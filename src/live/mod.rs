@@ -232,7 +232,10 @@ impl Live {
             }
             Err(errors) => {
                 for e in &errors.0 {
-                    tracing::error!("{e}");
+                    tracing::error!(
+                        "{}",
+                        crate::error::log_escaped_keeping_lines(&e.to_string())
+                    );
                 }
                 tracing::error!(
                     "reload ({}) failed with {} problem(s); still serving generation {}",

@@ -128,7 +128,7 @@ pub fn watch_files(options: &Options) -> Result<(Watching, Changes), String> {
                     reason(&failed.reason)
                 ));
             }
-            tracing::warn!("{failed}");
+            tracing::warn!("{}", crate::error::log_escaped(&failed.to_string()));
         }
     }
     let changes = Changes {
@@ -201,7 +201,7 @@ impl Changes {
                 };
                 folders = back;
                 for e in failed {
-                    tracing::warn!("{e}");
+                    tracing::warn!("{}", crate::error::log_escaped(&e.to_string()));
                 }
                 if seen.changed {
                     let _ = live

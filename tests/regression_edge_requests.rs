@@ -1,0 +1,171 @@
+//! Requests at the edges of what the server accepts, and what the log shows of them: Unicode
+//! line separators and bidi controls in logged text, a gRPC request with a method other than
+//! POST, a deadline that has passed on arrival, a content-type in capitals, a script unpacking
+//! more values than fit, and a descriptor set nesting messages past the decoder's limit.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::Server;
+
+const PROTO: &str = r#"syntax = "proto3";
+package edge;
+message M { string name = 1; }
+service Edge {
+  rpc Reply(M) returns (M);
+  rpc Rules(M) returns (M);
+  rpc Error(M) returns (M);
+  rpc Echo(M) returns (M);
+  rpc Script(M) returns (M);
+  rpc Stream(M) returns (stream M);
+  rpc Fails(M) returns (M);
+  rpc Unpack(M) returns (M);
+}
+"#;
+
+const HANDLERS: &str = r#"{
+  "service": "edge.Edge",
+  "methods": {
+    "Reply": { "reply": { "name": "hi {{name}}" } },
+    "Rules": { "rules": [ { "when": { "request": { "name": "x" } }, "reply": { "name": "x" } }, { "reply": { "name": "other" } } ] },
+    "Error": { "error": { "code": "NOT_FOUND", "message": "none" } },
+    "Echo": { "echo": {} },
+    "Script": { "script": "edge.lua" },
+    "Stream": { "stream": [ { "name": "a" }, { "name": "b" } ] },
+    "Fails": { "script": "edge.lua" },
+    "Unpack": { "script": "edge.lua" }
+  }
+}"#;
+
+const SCRIPT: &str = r##"
+function Script(req, ctx)
+  print("script ran for " .. req.name)
+  return { name = "scripted " .. req.name }
+end
+
+function Fails(req, ctx)
+  print("printed " .. req.name)
+  error("failed " .. req.name .. " note " .. tostring(ctx.metadata["x-note"]), 0)
+end
+
+function Unpack(req, ctx)
+  return { name = tostring(select("#", table.unpack({}, 1, tonumber(req.name)))) }
+end
+"##;
+
+fn start(extra: &[&str]) -> (Server, tempfile::TempDir) {
+    let dir = common::project_folder(&[
+        ("protos/edge.proto", PROTO),
+        ("handlers/edge.json", HANDLERS),
+        ("handlers/edge.lua", SCRIPT),
+    ]);
+    let server = common::start_folders(
+        &dir.path().join("protos"),
+        &dir.path().join("handlers"),
+        extra,
+    );
+    (server, dir)
+}
+
+/// `M { name }`, framed as one gRPC message.
+fn framed_name(name: &str) -> Bytes {
+    let mut msg = vec![0x0a, name.len() as u8];
+    msg.extend_from_slice(name.as_bytes());
+    let mut out = vec![0];
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(&msg);
+    Bytes::from(out)
+}
+
+/// What a raw call got: its HTTP status, grpc-status and grpc-message (from a Trailers-Only
+/// answer's headers or from the trailers).
+#[derive(Debug)]
+struct Answer {
+    http: u16,
+    status: Option<String>,
+    message: String,
+}
+
+/// Sends `req` with `body` and reads the whole answer (bounded).
+async fn call(addr: SocketAddr, req: http::Request<()>, body: Bytes) -> Answer {
+    let mut conn = common::h2_connect(addr).await.ready().await.unwrap();
+    let (resp, mut send) = conn.send_request(req, false).unwrap();
+    send.send_data(body, true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), resp)
+        .await
+        .expect("no answer")
+        .unwrap();
+    let http = resp.status().as_u16();
+    let get = |h: &http::HeaderMap, k: &str| {
+        h.get(k)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    if let Some(status) = get(resp.headers(), "grpc-status") {
+        let message = get(resp.headers(), "grpc-message").unwrap_or_default();
+        return Answer {
+            http,
+            status: Some(status),
+            message,
+        };
+    }
+    let mut body = resp.into_body();
+    while let Some(data) = body.data().await {
+        let data = data.unwrap();
+        body.flow_control().release_capacity(data.len()).unwrap();
+    }
+    let trailers = body.trailers().await.unwrap().unwrap_or_default();
+    Answer {
+        http,
+        status: get(&trailers, "grpc-status"),
+        message: get(&trailers, "grpc-message").unwrap_or_default(),
+    }
+}
+
+/// Characters that make one log line look like two, or reorder what a terminal shows.
+const HOSTILE: &[char] = &[
+    '\u{2028}', '\u{2029}', '\u{85}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}',
+    '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', '\u{7f}', '\u{1b}', '\u{200f}',
+];
+
+#[tokio::test]
+async fn script_errors_and_prints_reach_the_log_with_line_separators_and_bidi_controls_escaped() {
+    let (server, _dir) = start(&[]);
+    let name: String = HOSTILE.iter().flat_map(|c| ['x', *c]).collect();
+    let req = common::grpc_request(server.addr, "/edge.Edge/Fails")
+        .header(
+            "x-note",
+            http::HeaderValue::from_bytes("N\u{2028}O\u{202e}TE".as_bytes()).unwrap(),
+        )
+        .body(())
+        .unwrap();
+    let answer = call(server.addr, req, framed_name(&name)).await;
+    assert_eq!(answer.status.as_deref(), Some("13"), "{answer:?}");
+    assert_eq!(answer.http, 200, "{answer:?}");
+    assert!(answer.message.contains("failed"), "{answer:?}");
+    let error = server.wait_for_log("script error: failed");
+    server.wait_for_log("printed x");
+    for line in server.log() {
+        for c in HOSTILE {
+            assert!(
+                !line.contains(*c),
+                "a log line holds U+{:04X} raw: {line:?}",
+                *c as u32
+            );
+        }
+    }
+    for c in HOSTILE {
+        let escaped = format!("\\u{{{:x}}}", *c as u32);
+        assert!(
+            error.contains(&escaped),
+            "{escaped} in the script error line: {error:?}"
+        );
+    }
+    let printed = server.wait_for_log("printed x");
+    assert!(
+        printed.contains("\\u{2028}") && printed.contains("\\u{202e}"),
+        "{printed:?}"
+    );
+}
