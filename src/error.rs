@@ -359,6 +359,8 @@ pub enum CallError {
     },
     /// The request's content-type is not gRPC.
     NotGrpc { content_type: String },
+    /// A gRPC request (its content-type says so) whose HTTP method is not POST.
+    NotPost { method: String },
     /// The request's headers (metadata) are over `--max-header-list-size`, counted as HTTP/2
     /// counts them.
     HeadersTooLarge { size: usize, limit: usize },
@@ -630,6 +632,9 @@ pub fn bounded_lossy(bytes: &[u8]) -> String {
 /// nearly the whole header list, and each `%` in it is sent as three bytes, so echoed whole it
 /// would make response headers larger than clients accept.
 const SHOWN_PATH: usize = 256;
+/// The most of a refused HTTP method a status message names (bytes): a method may be any
+/// token, nearly as long as the whole header list.
+const SHOWN_METHOD: usize = 32;
 
 /// `text` cut to at most `max` bytes (on a character boundary), marked when cut.
 pub fn clipped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
@@ -703,10 +708,12 @@ fn escaped_where(text: &str, escape: impl Fn(char) -> bool) -> std::borrow::Cow<
 impl CallError {
     /// The HTTP response that answers this error before the call reaches a handler:
     /// Trailers-Only with its status, under HTTP 415 for a request that is not gRPC (as the
-    /// gRPC over HTTP/2 protocol asks) and HTTP 200 otherwise.
+    /// gRPC over HTTP/2 protocol asks), HTTP 405 for a gRPC request that is not a POST (as
+    /// grpc-go answers it) and HTTP 200 otherwise.
     pub fn into_http<B: Default>(self) -> http::Response<B> {
         let http_status = match &self {
             CallError::NotGrpc { .. } => http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            CallError::NotPost { .. } => http::StatusCode::METHOD_NOT_ALLOWED,
             _ => http::StatusCode::OK,
         };
         let mut resp = Status::from(self).into_http::<B>();
@@ -797,6 +804,10 @@ impl From<CallError> for Status {
             }
             CallError::NotGrpc { content_type } => Status::invalid_argument(format!(
                 "content-type {content_type:?} is not gRPC; send application/grpc (protobuf encoding)"
+            )),
+            CallError::NotPost { method } => Status::internal(format!(
+                "the request's HTTP method (:method) is {:?}, and a gRPC call must be a POST",
+                clipped(&method, SHOWN_METHOD)
             )),
             CallError::HeadersTooLarge { size, limit } => Status::resource_exhausted(format!(
                 "the request's headers (metadata) take {size} bytes, over the limit of {limit} bytes; send less metadata, or raise the limit with --max-header-list-size"

@@ -169,3 +169,37 @@ async fn script_errors_and_prints_reach_the_log_with_line_separators_and_bidi_co
         "{printed:?}"
     );
 }
+
+/// INTERNAL), before any handler runs or the journal records a call.
+#[tokio::test]
+async fn a_grpc_request_that_is_not_a_post_is_refused_with_405_and_internal() {
+    let (server, _dir) = start(&[]);
+    for method in ["GET", "PUT", "DELETE", "PATCH"] {
+        let req = common::grpc_request(server.addr, "/edge.Edge/Script")
+            .method(method)
+            .body(())
+            .unwrap();
+        let answer = call(server.addr, req, framed_name("m")).await;
+        assert_eq!(answer.http, 405, "{method}: {answer:?}");
+        assert_eq!(answer.status.as_deref(), Some("13"), "{method}: {answer:?}");
+        assert!(
+            answer.message.contains(method) && answer.message.contains("POST"),
+            "{method}: {answer:?}"
+        );
+    }
+    // The same call as a POST runs the script, and is the only call in the journal.
+    let req = common::grpc_request(server.addr, "/edge.Edge/Script")
+        .body(())
+        .unwrap();
+    let answer = call(server.addr, req, framed_name("posted")).await;
+    assert_eq!(answer.status.as_deref(), Some("0"), "{answer:?}");
+    server.wait_for_log("script ran for posted");
+    let journal = server.admin_get("/v1/journal").await;
+    let calls = journal["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{journal:#}");
+    assert!(
+        !server.log().iter().any(|l| l.contains("script ran for m")),
+        "{:#?}",
+        server.log()
+    );
+}

@@ -2,6 +2,12 @@
 //! `application/grpc+proto` or `application/grpc;…` gets HTTP 415 with INVALID_ARGUMENT
 //! naming what was sent (`application/grpc+json` too: protoserve speaks protobuf only).
 //!
+//! A gRPC request whose HTTP method is not POST (a `GET` with `content-type: application/grpc`)
+//! gets HTTP 405 with INTERNAL naming the method, and its handler never runs: grpc-go answers
+//! it so, and the gRPC over HTTP/2 protocol has every call be a POST. Nothing else on this port
+//! takes other methods (the admin API has its own listener, and gRPC-Web, whose CORS preflight
+//! is an OPTIONS, is not spoken: such a request is refused for its content-type first).
+//!
 //! It also refuses a request whose headers (metadata) are over `--max-header-list-size`, with
 //! RESOURCE_EXHAUSTED naming the flag. HTTP/2 lets the server refuse them itself, but only
 //! with HTTP 431 and no gRPC status, which clients report as UNKNOWN without saying which limit
@@ -65,6 +71,13 @@ fn not_grpc(headers: &HeaderMap) -> Option<CallError> {
     Some(CallError::NotGrpc { content_type })
 }
 
+/// Why a gRPC request with this HTTP method is refused, if it is.
+fn not_post(method: &http::Method) -> Option<CallError> {
+    (method != http::Method::POST).then(|| CallError::NotPost {
+        method: method.as_str().to_owned(),
+    })
+}
+
 /// The size of `req`'s header list as HTTP/2 counts it against SETTINGS_MAX_HEADER_LIST_SIZE:
 /// each field's name and value plus 32 bytes, the pseudo-headers included.
 fn header_list_size<B>(req: &Request<B>) -> usize {
@@ -116,13 +129,15 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let refusal = not_grpc(req.headers()).or_else(|| {
-            let size = header_list_size(&req);
-            (size > self.max_header_list_size).then_some(CallError::HeadersTooLarge {
-                size,
-                limit: self.max_header_list_size,
-            })
-        });
+        let refusal = not_grpc(req.headers())
+            .or_else(|| not_post(req.method()))
+            .or_else(|| {
+                let size = header_list_size(&req);
+                (size > self.max_header_list_size).then_some(CallError::HeadersTooLarge {
+                    size,
+                    limit: self.max_header_list_size,
+                })
+            });
         match refusal {
             Some(error) => GrpcOnlyFuture::Refused {
                 response: Some(error.into_http()),
