@@ -203,3 +203,35 @@ async fn a_grpc_request_that_is_not_a_post_is_refused_with_405_and_internal() {
         server.log()
     );
 }
+
+/// MIME types are case-insensitive (RFC 2045): `APPLICATION/GRPC` is gRPC.
+#[tokio::test]
+async fn a_grpc_content_type_in_any_case_is_accepted() {
+    /// A call to Reply with `content-type: ct` (in place of the usual one).
+    fn with_content_type(addr: SocketAddr, ct: &str) -> http::Request<()> {
+        let mut req = common::grpc_request(addr, "/edge.Edge/Reply")
+            .body(())
+            .unwrap();
+        req.headers_mut()
+            .insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
+        req
+    }
+
+    let (server, _dir) = start(&[]);
+    for ct in [
+        "APPLICATION/GRPC",
+        "Application/gRPC+proto",
+        "application/GRPC+PROTO",
+        "Application/Grpc;charset=utf-8",
+    ] {
+        let req = with_content_type(server.addr, ct);
+        let answer = call(server.addr, req, framed_name("x")).await;
+        assert_eq!(answer.http, 200, "{ct}: {answer:?}");
+        assert_eq!(answer.status.as_deref(), Some("0"), "{ct}: {answer:?}");
+    }
+    for ct in ["APPLICATION/GRPC+JSON", "Application/Json"] {
+        let req = with_content_type(server.addr, ct);
+        let answer = call(server.addr, req, framed_name("x")).await;
+        assert_eq!(answer.http, 415, "{ct}: {answer:?}");
+    }
+}

@@ -1,6 +1,8 @@
 //! Refuses a request that is not gRPC: a `content-type` other than `application/grpc`,
 //! `application/grpc+proto` or `application/grpc;…` gets HTTP 415 with INVALID_ARGUMENT
-//! naming what was sent (`application/grpc+json` too: protoserve speaks protobuf only).
+//! naming what was sent (`application/grpc+json` too: protoserve speaks protobuf only). The
+//! type is compared without regard to case, as MIME types are (RFC 2045): `APPLICATION/GRPC`
+//! is gRPC.
 //!
 //! A gRPC request whose HTTP method is not POST (a `GET` with `content-type: application/grpc`)
 //! gets HTTP 405 with INTERNAL naming the method, and its handler never runs: grpc-go answers
@@ -60,9 +62,9 @@ fn not_grpc(headers: &HeaderMap) -> Option<CallError> {
         .get(http::header::CONTENT_TYPE)
         .map(|v| v.as_bytes());
     let ok = ct.is_some_and(|ct| {
-        ct.starts_with(b"application/grpc")
+        starts_with_ignoring_case(ct, b"application/grpc")
             && matches!(ct.get(16), None | Some(b'+') | Some(b';'))
-            && !ct.starts_with(b"application/grpc+json")
+            && !starts_with_ignoring_case(ct, b"application/grpc+json")
     });
     if ok {
         return None;
@@ -76,6 +78,13 @@ fn not_post(method: &http::Method) -> Option<CallError> {
     (method != http::Method::POST).then(|| CallError::NotPost {
         method: method.as_str().to_owned(),
     })
+}
+
+/// Whether `bytes` starts with `prefix` (lowercase ASCII), in any case.
+fn starts_with_ignoring_case(bytes: &[u8], prefix: &[u8]) -> bool {
+    bytes
+        .get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
 }
 
 /// The size of `req`'s header list as HTTP/2 counts it against SETTINGS_MAX_HEADER_LIST_SIZE:
@@ -193,11 +202,14 @@ mod tests {
             "application/grpc",
             "application/grpc+proto",
             "application/grpc;charset=utf-8",
+            "APPLICATION/GRPC",
+            "Application/gRPC+Proto",
         ] {
             assert!(not_grpc(&with(Some(ok))).is_none(), "{ok}");
         }
         for bad in [
             "application/grpc+json",
+            "APPLICATION/GRPC+JSON",
             "application/grpcx",
             "application/json",
         ] {
