@@ -75,8 +75,18 @@ impl CarryTap for Router {
         let Some(tap) = self.tap.take() else {
             return;
         };
-        if let Some(entry) = self.current.load().table.get(path) {
+        let generation = self.current.load();
+        if let Some(entry) = generation.table.get(path) {
             tap.attach(&entry.answerer);
+        } else if generation
+            .reflection
+            .iter()
+            .map(|(prefix, _)| prefix)
+            .chain([&self.health.0])
+            .any(|prefix| path.starts_with(prefix.as_str()))
+        {
+            // Reflection and health calls are never journaled, refused or not.
+            tap.discard();
         }
     }
 }

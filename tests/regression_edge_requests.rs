@@ -204,6 +204,55 @@ async fn a_grpc_request_that_is_not_a_post_is_refused_with_405_and_internal() {
     );
 }
 
+/// A call whose deadline has passed when it arrives gets DEADLINE_EXCEEDED whatever answers it.
+#[tokio::test]
+async fn a_deadline_passed_on_arrival_is_deadline_exceeded_for_every_handler_kind_and_health() {
+    let (server, _dir) = start(&[]);
+    let calls = [
+        ("/edge.Edge/Reply", framed_name("x")),
+        ("/edge.Edge/Rules", framed_name("x")),
+        ("/edge.Edge/Error", framed_name("x")),
+        ("/edge.Edge/Echo", framed_name("x")),
+        ("/edge.Edge/Script", framed_name("x")),
+        ("/edge.Edge/Stream", framed_name("x")),
+        (
+            "/grpc.health.v1.Health/Check",
+            Bytes::from_static(&[0, 0, 0, 0, 0]),
+        ),
+    ];
+    for timeout in ["0n", "0u", "0m", "0S", "0M", "0H"] {
+        for (path, body) in &calls {
+            let req = common::grpc_request(server.addr, path)
+                .header("grpc-timeout", timeout)
+                .body(())
+                .unwrap();
+            let answer = call(server.addr, req, body.clone()).await;
+            assert_eq!(
+                answer.status.as_deref(),
+                Some("4"),
+                "{path} with grpc-timeout {timeout}: {answer:?}"
+            );
+        }
+    }
+    // The calls to served methods are journaled with the status they got; health is not.
+    let journal = server
+        .admin_get("/v1/journal?page_size=1000&view=summary")
+        .await;
+    let recorded = journal["calls"].as_array().unwrap();
+    assert_eq!(recorded.len(), 6 * 6, "{journal:#}");
+    for call in recorded {
+        assert_eq!(call["status"]["name"], "DEADLINE_EXCEEDED", "{call:#}");
+        assert!(call["handler"]["kind"].is_string(), "{call:#}");
+    }
+    // A deadline ahead is met as before.
+    let req = common::grpc_request(server.addr, "/edge.Edge/Reply")
+        .header("grpc-timeout", "5S")
+        .body(())
+        .unwrap();
+    let answer = call(server.addr, req, framed_name("x")).await;
+    assert_eq!(answer.status.as_deref(), Some("0"), "{answer:?}");
+}
+
 /// MIME types are case-insensitive (RFC 2045): `APPLICATION/GRPC` is gRPC.
 #[tokio::test]
 async fn a_grpc_content_type_in_any_case_is_accepted() {

@@ -11,6 +11,13 @@
 //! timeout too large to be an `Instant` means no deadline, and a malformed one gets
 //! INVALID_ARGUMENT.
 //!
+//! A call whose deadline has passed when it arrives (`grpc-timeout: 0n`, `0S`…) gets
+//! DEADLINE_EXCEEDED without reaching its handler, whatever answers it, health included (a
+//! grpc-go handler sees an expired context). The timer alone would not do it: tokio's timers
+//! fire at the next millisecond tick, and a handler that answers at once (a `reply`, health)
+//! would answer first. So an expired deadline is refused up front, and one that passes before
+//! the response exists is checked against the clock, not only the timer.
+//!
 //! The shutdown signal is per connection ([`Stop`]); a call looks at it only while it is
 //! waiting, so a call that is making progress pays nothing for it.
 
@@ -119,6 +126,9 @@ where
                 }
             }
         }
+        if let Some((_, timeout)) = deadline.filter(|(_, timeout)| timeout.is_zero()) {
+            early = Some(CallError::DeadlinePassed { timeout });
+        }
         let inner = match early {
             Some(_) => {
                 self.inner.refused_before_routing(req.uri().path());
@@ -169,10 +179,11 @@ where
         if let Some(error) = this.early.take() {
             return Poll::Ready(Ok(trailers_only(error)));
         }
-        if let (Some(sleep), Some((_, timeout))) =
+        if let (Some(sleep), Some((at, timeout))) =
             (this.sleep.as_mut().as_pin_mut(), *this.deadline)
         {
-            if sleep.poll(cx).is_ready() {
+            // The timer fires at tokio's next tick; the clock says sooner whether it has passed.
+            if sleep.poll(cx).is_ready() || Instant::now() >= at {
                 this.inner.set(None);
                 return Poll::Ready(Ok(trailers_only(CallError::DeadlinePassed { timeout })));
             }
