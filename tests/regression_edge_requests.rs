@@ -170,6 +170,7 @@ async fn script_errors_and_prints_reach_the_log_with_line_separators_and_bidi_co
     );
 }
 
+/// A gRPC request whose method is not POST is refused as grpc-go refuses it (HTTP 405,
 /// INTERNAL), before any handler runs or the journal records a call.
 #[tokio::test]
 async fn a_grpc_request_that_is_not_a_post_is_refused_with_405_and_internal() {
@@ -283,4 +284,36 @@ async fn a_grpc_content_type_in_any_case_is_accepted() {
         let answer = call(server.addr, req, framed_name("x")).await;
         assert_eq!(answer.http, 415, "{ct}: {answer:?}");
     }
+}
+
+/// Unpacking more values than a script's stack holds fails with Lua's own words, the count and
+/// the limit, not a stack overflow.
+#[tokio::test]
+async fn unpacking_too_many_values_says_so_with_the_count_and_the_limit() {
+    let (server, dir) = start(&[]);
+    let client =
+        common::Client::connect(server.addr, common::pool(&dir.path().join("protos"))).await;
+    let err = client
+        .unary("edge.Edge/Unpack", serde_json::json!({"name": "900000"}))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("edge.lua:13: too many results to unpack (900000 values; at most 400000)"),
+        "{err:?}"
+    );
+    // The limit itself is within it; one more is not.
+    let ok = client
+        .unary("edge.Edge/Unpack", serde_json::json!({"name": "400000"}))
+        .await
+        .unwrap();
+    assert_eq!(ok["name"], "400000");
+    let err = client
+        .unary("edge.Edge/Unpack", serde_json::json!({"name": "400001"}))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("(400001 values; at most 400000)"),
+        "{err:?}"
+    );
 }

@@ -909,14 +909,29 @@ do
     local r = move(...) return r
   end
 
+  -- The most values `table.unpack` returns. Lua's own limit is what fits on the stack (a
+  -- million slots, for everything the script has on it), but the values are on it twice on
+  -- their way out of the wrapper below, so half a million already ended in a bare "stack
+  -- overflow"; this bound leaves room for both copies and the script's own frames.
+  local MAX_UNPACK = core.max_unpack
+
+  -- Fails, at the script's call, for a range `i..j` (integers) of more than MAX_UNPACK values.
+  local function check_unpack_count(i, j)
+    local n = j - i
+    if n >= MAX_UNPACK or n < 0 then
+      -- A range wider than the integers wraps around: counted in floats, to name it.
+      local count = n < 0 and (j + 0.0) - i + 1 or n + 1
+      error("too many results to unpack (" .. count .. " values; at most " .. MAX_UNPACK .. ")", 3)
+    end
+  end
+
   -- `table.unpack` over a table whose reads run script code: `#t` asked once (if `j` is not
   -- given), each element read here, the values returned by Lua's unpack from a plain table.
   local function unpack_in_lua(t, i, j)
     if i == nil then i = 1 else i = integer(i, 2, "unpack") end
     if j == nil then j = length(t) else j = integer(j, 3, "unpack") end
     if i > j then return end
-    -- Lua's own limit: the results must fit on the stack (a million values).
-    if j - i >= 1000000 or j - i < 0 then error("too many results to unpack", 2) end
+    check_unpack_count(i, j)
     local values = {}
     for k = i, j do values[k - i + 1] = t[k] end
     return unpack(values, 1, j - i + 1)
@@ -929,6 +944,10 @@ do
     end
     if i == nil then i = 1 end
     if j == nil and type(t) == "table" then j = #t end
+    if type(i) == "number" and type(j) == "number" then
+      local ii, jj = tointeger(i), tointeger(j)
+      if ii ~= nil and jj ~= nil and jj >= ii then check_unpack_count(ii, jj) end
+    end
     if mtype(i) == "integer" and mtype(j) == "integer" and j - i > SMALL then spend(j - i) end
     return pass(unpack(...))
   end

@@ -955,6 +955,12 @@ const FREE_WORK: i64 = 1024;
 /// ... and with its worst case charged up front (a quarter unit per step). Above it, Rust.
 const CHARGED_WORK: i64 = 1 << 16;
 
+/// The most values one `table.unpack` returns; more fail with "too many results to unpack",
+/// the count and this limit. Lua's own bound is the stack's million slots, but the values sit
+/// on the stack twice on their way out of the library's wrapper (see `stdlib.lua`), so from
+/// about half a million they ended in a bare "stack overflow".
+pub const MAX_UNPACK: i64 = 400_000;
+
 fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
     let fail = lua.create_table()?;
     lua.set_named_registry_value(FAIL_KEY, fail.clone())?;
@@ -966,6 +972,7 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
     let pending_marker = lua.create_table()?;
     lua.set_named_registry_value(PENDING_KEY, pending_marker.clone())?;
     core.raw_set("PENDING", pending_marker)?;
+    core.raw_set("max_unpack", MAX_UNPACK)?;
     core.raw_set("resume", lua.create_function(resume)?)?;
     core.raw_set("bytewise", lua.create_function(super::bytewise::map)?)?;
     core.raw_set(
