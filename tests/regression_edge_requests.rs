@@ -317,3 +317,62 @@ async fn unpacking_too_many_values_says_so_with_the_count_and_the_limit() {
         "{err:?}"
     );
 }
+
+/// A descriptor set of one file whose message `dset.L0` nests `depth` messages inside it
+/// (`L0.L1.L2…`), each holding a field of the next.
+fn set_nesting_messages(depth: usize) -> Vec<u8> {
+    use prost::Message as _;
+    use prost_types::field_descriptor_proto::{Label, Type};
+    use prost_types::{
+        DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet,
+    };
+    let mut inner: Option<DescriptorProto> = None;
+    for level in (0..=depth).rev() {
+        let mut message = DescriptorProto {
+            name: Some(format!("L{level}")),
+            ..Default::default()
+        };
+        if let Some(next) = inner.take() {
+            let path: String = (0..=level + 1).map(|l| format!(".L{l}")).collect();
+            message.field.push(FieldDescriptorProto {
+                name: Some("next".into()),
+                number: Some(1),
+                label: Some(Label::Optional as i32),
+                r#type: Some(Type::Message as i32),
+                type_name: Some(format!(".dset{path}")),
+                ..Default::default()
+            });
+            message.nested_type.push(next);
+        }
+        inner = Some(message);
+    }
+    let file = FileDescriptorProto {
+        name: Some("deep_messages.proto".into()),
+        package: Some("dset".into()),
+        syntax: Some("proto3".into()),
+        message_type: vec![inner.unwrap()],
+        ..Default::default()
+    };
+    FileDescriptorSet { file: vec![file] }.encode_to_vec()
+}
+
+/// A descriptor set whose messages nest past what a protobuf decoder reads (100 levels) is
+/// refused naming the set, the file, the message where the limit is passed and the limit.
+#[test]
+fn check_refuses_a_descriptor_set_nesting_messages_too_deep_naming_file_message_and_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("deep.binpb");
+    std::fs::write(&set, set_nesting_messages(120)).unwrap();
+    let (code, _, stderr) = common::run(&["check", "--descriptor-set", set.to_str().unwrap()]);
+    assert_eq!(code, 2, "a startup problem, not a crash: {stderr}");
+    assert!(
+        stderr.contains(&set.display().to_string()) && stderr.contains("deep_messages.proto"),
+        "names the set and the file: {stderr}"
+    );
+    assert!(
+        stderr.contains("deep_messages.proto: message dset.L0 nests messages more than 98 levels deep (dset.L0.L1.L2.….L96.L97.L98 is level 99)")
+            && stderr.contains("(100 levels, counting the set and the file)"),
+        "names the message and the limit: {stderr}"
+    );
+    assert!(stderr.len() < 4000, "short: {stderr}");
+}

@@ -9,6 +9,12 @@
 //!
 //! A descriptor set may carry such a value too, as an uninterpreted option's aggregate text;
 //! [`too_deep_option`] finds one before the set reaches the parser.
+//!
+//! A descriptor set whose messages nest (`nested_type`) past the protobuf decoder's recursion
+//! limit does not decode at all, and the decoder says only that the limit was reached, after a
+//! line of kilobytes naming every field on the way down. [`too_deep_messages`] walks the set's
+//! bytes for the file and the chain of messages that goes that deep, so the refusal can name
+//! them.
 
 use prost::Message as _;
 use prost_types::UninterpretedOption;
@@ -152,6 +158,96 @@ fn string_end(bytes: &[u8], i: usize, quote: u8) -> usize {
     bytes.len()
 }
 
+/// A chain of nested messages deeper than a descriptor set may hold: the file that declares
+/// it, and the full names of the messages from the top-level one down to the first too deep.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DeepMessages {
+    pub file: String,
+    pub chain: Vec<String>,
+}
+
+/// The first chain of nested messages in the encoded FileDescriptorSet `set` that holds more
+/// than `max_messages` messages, if any (and if the bytes can be walked at all). The walk
+/// stops at that depth, so it recurses at most `max_messages + 1` times whatever the input.
+pub fn too_deep_messages(set: &[u8], max_messages: usize) -> Option<DeepMessages> {
+    for file in fields(set, 1) {
+        let mut name = String::new();
+        let mut package = String::new();
+        for (number, value) in all_fields(file) {
+            match number {
+                1 => name = String::from_utf8_lossy(value).into_owned(),
+                2 => package = String::from_utf8_lossy(value).into_owned(),
+                _ => {}
+            }
+        }
+        for message in fields(file, 4) {
+            let mut chain = Vec::new();
+            if deepest(message, &package, &mut chain, max_messages) {
+                return Some(DeepMessages { file: name, chain });
+            }
+        }
+    }
+    None
+}
+
+/// Whether `message` (encoded DescriptorProto) holds a chain of messages reaching past
+/// `max_messages` in `chain` (the names so far); on true, `chain` is that chain.
+fn deepest(message: &[u8], scope: &str, chain: &mut Vec<String>, max_messages: usize) -> bool {
+    let name = fields(message, 1)
+        .last()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .unwrap_or_default();
+    let full = if scope.is_empty() {
+        name
+    } else {
+        format!("{scope}.{name}")
+    };
+    chain.push(full);
+    if chain.len() > max_messages {
+        return true;
+    }
+    let scope = chain.last().cloned().unwrap_or_default();
+    for nested in fields(message, 3) {
+        if deepest(nested, &scope, chain, max_messages) {
+            return true;
+        }
+    }
+    chain.pop();
+    false
+}
+
+/// The length-delimited values of field `number` in the encoded message `bytes`, in order
+/// (none past a point the bytes cannot be read at).
+fn fields(bytes: &[u8], number: u32) -> impl Iterator<Item = &[u8]> {
+    all_fields(bytes).filter_map(move |(n, v)| (n == number).then_some(v))
+}
+
+/// The length-delimited fields of the encoded message `bytes` (number, value); fields of other
+/// wire types are skipped, and the walk stops where the bytes cannot be read.
+fn all_fields(mut bytes: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
+    use crate::wire;
+    std::iter::from_fn(move || loop {
+        if bytes.is_empty() {
+            return None;
+        }
+        let (number, wire_type) = wire::key(&mut bytes).ok()?;
+        match wire_type {
+            0 => {
+                wire::varint(&mut bytes).ok()?;
+            }
+            1 => {
+                wire::fixed64(&mut bytes).ok()?;
+            }
+            2 => return Some((number, wire::len_prefixed(&mut bytes).ok()?)),
+            5 => {
+                wire::fixed32(&mut bytes).ok()?;
+            }
+            // Groups: no descriptor field is one; stop rather than walk them.
+            _ => return None,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +279,59 @@ mod tests {
         ] {
             assert_eq!(too_deep(&text), None, "{text}");
         }
+    }
+
+    /// A set of one file whose message `L0` nests `messages` messages in all, each but the
+    /// innermost holding a field of the next.
+    fn set_nesting(messages: usize) -> Vec<u8> {
+        use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto};
+        let mut inner: Option<DescriptorProto> = None;
+        for level in (0..messages).rev() {
+            let mut message = DescriptorProto {
+                name: Some(format!("L{level}")),
+                ..Default::default()
+            };
+            if let Some(next) = inner.take() {
+                message.field.push(FieldDescriptorProto {
+                    name: Some("next".into()),
+                    number: Some(1),
+                    ..Default::default()
+                });
+                message.nested_type.push(next);
+            }
+            inner = Some(message);
+        }
+        prost_types::FileDescriptorSet {
+            file: vec![FileDescriptorProto {
+                name: Some("deep.proto".into()),
+                package: Some("p".into()),
+                message_type: vec![inner.unwrap()],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    /// The walk names the chain exactly where the decoder gives up: a set nesting
+    /// `MAX_SET_MESSAGES` messages decodes, one nesting two more does not, and the walk finds
+    /// its chain down to the first message past the limit.
+    #[test]
+    fn deep_message_chains_are_found_where_the_decoder_stops() {
+        let max = super::super::sources::MAX_SET_MESSAGES;
+        let fits = set_nesting(max);
+        assert!(raw::FileSet::decode(fits.as_slice()).is_ok());
+        assert_eq!(too_deep_messages(&fits, max), None);
+        let deep = set_nesting(max + 2);
+        assert!(raw::FileSet::decode(deep.as_slice()).is_err());
+        let found = too_deep_messages(&deep, max).unwrap();
+        assert_eq!(found.file, "deep.proto");
+        assert_eq!(found.chain.len(), max + 1);
+        assert_eq!(found.chain[0], "p.L0");
+        assert_eq!(found.chain[2], "p.L0.L1.L2");
+        assert!(found.chain[max].ends_with(&format!(".L{}.L{max}", max - 1)));
+        // Far deeper input is walked no deeper than the limit.
+        let found = too_deep_messages(&set_nesting(1000), max).unwrap();
+        assert_eq!(found.chain.len(), max + 1);
     }
 
     #[test]

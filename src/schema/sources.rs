@@ -175,6 +175,14 @@ fn is_device(_: &std::fs::Metadata) -> bool {
     false
 }
 
+/// How many messages deep a descriptor set's files may nest messages (`nested_type`): the
+/// decoder's recursion limit counts the set and the file too, and the innermost of one more
+/// level could hold nothing (not even a field) and still decode.
+pub const MAX_SET_MESSAGES: usize = crate::wire::RECURSION_LIMIT as usize - 2;
+
+/// How many names of a too deep chain of messages a refusal shows, at each end.
+const SHOWN_CHAIN_ENDS: usize = 3;
+
 /// Read descriptor sets, decoded: (set path, its files).
 pub fn decode_sets(
     read: Vec<(PathBuf, Vec<u8>)>,
@@ -186,6 +194,9 @@ pub fn decode_sets(
                 // "recursion limit reached", for a set that is well formed but nested deeper
                 // than protobuf decoders go. Rebuilding it would not help; flattening does.
                 if e.to_string().ends_with("recursion limit reached") {
+                    if let Some(deep) = nesting::too_deep_messages(&bytes, MAX_SET_MESSAGES) {
+                        return too_deep_messages(&p, &deep);
+                    }
                     return StartupError::Usage(format!(
                         "--descriptor-set {}: messages are nested deeper than protobuf decoders accept ({} levels, counting the set and the file); declare some of the nested messages at the top level of their file",
                         p.display(),
@@ -220,6 +231,40 @@ pub fn decode_sets(
             Ok((p, set.file))
         })
         .collect()
+}
+
+/// The refusal of the set at `path` for `deep`: the file, the top-level message, the chain of
+/// messages down to the first too deep (its middle left out: it can be 99 names long) and the
+/// limit.
+fn too_deep_messages(path: &Path, deep: &nesting::DeepMessages) -> StartupError {
+    let chain = &deep.chain;
+    let last = chain.last().map_or("", String::as_str);
+    // Each name is its parent's plus one part: the chain reads as the innermost's parts.
+    let parts: Vec<&str> = chain
+        .iter()
+        .zip(std::iter::once("").chain(chain.iter().map(String::as_str)))
+        .map(|(name, parent)| {
+            name.strip_prefix(parent)
+                .map_or(name.as_str(), |rest| rest.trim_start_matches('.'))
+        })
+        .collect();
+    let shown = if parts.len() > 2 * SHOWN_CHAIN_ENDS {
+        format!(
+            "{}.….{}",
+            parts[..SHOWN_CHAIN_ENDS].join("."),
+            parts[parts.len() - SHOWN_CHAIN_ENDS..].join(".")
+        )
+    } else {
+        last.to_owned()
+    };
+    StartupError::Usage(format!(
+        "--descriptor-set {}: {}: message {} nests messages more than {MAX_SET_MESSAGES} levels deep ({shown} is level {}), more than protobuf decoders accept ({} levels, counting the set and the file); declare some of the nested messages at the top level of their file",
+        path.display(),
+        deep.file,
+        chain.first().map_or("", String::as_str),
+        chain.len(),
+        crate::wire::RECURSION_LIMIT
+    ))
 }
 
 /// Looks files up by import name.
