@@ -156,10 +156,10 @@ fn warn_of_nested_sets(dir: &Path, paths: &[PathBuf]) {
         tracing::warn!(
             "{}: {} .json file(s) in this folder, such as {}, are not data sets: data sets are \
              the .json files directly in {} (move them up to be read)",
-            folder.display(),
+            crate::error::log_path(folder),
             nested.len(),
-            first.display(),
-            dir.display()
+            crate::error::log_path(first),
+            crate::error::log_path(dir)
         );
     }
 }

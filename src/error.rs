@@ -669,6 +669,12 @@ pub fn log_escaped(text: &str) -> std::borrow::Cow<'_, str> {
     escaped_where(text, disguises)
 }
 
+/// A path for the log, escaped as [`log_escaped`] escapes text: a file's name is whatever
+/// whoever wrote the folder chose.
+pub fn log_path(path: &std::path::Path) -> String {
+    log_escaped(&path.display().to_string()).into_owned()
+}
+
 /// [`log_escaped`], but line breaks (`\n`) and tabs kept: for a message of the server's own
 /// that spans lines (a reload's problem with its source excerpt) and quotes project files.
 pub fn log_escaped_keeping_lines(text: &str) -> std::borrow::Cow<'_, str> {

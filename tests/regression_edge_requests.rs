@@ -170,6 +170,26 @@ async fn script_errors_and_prints_reach_the_log_with_line_separators_and_bidi_co
     );
 }
 
+/// A file name the server warns about reaches the log escaped as well: here a folder under the
+/// data folder, named with a line separator and a right-to-left override.
+#[test]
+fn file_names_in_warnings_reach_the_log_with_line_separators_and_bidi_controls_escaped() {
+    let data = tempfile::tempdir().unwrap();
+    let odd = data.path().join("sub\u{2028}WARN fake\u{202e}dir");
+    std::fs::create_dir(&odd).unwrap();
+    std::fs::write(odd.join("x.json"), "{}").unwrap();
+    let (server, _dir) = start(&["--data", data.path().to_str().unwrap()]);
+    let line = server.wait_for_log("are not data sets");
+    assert!(
+        !line.contains('\u{2028}') && !line.contains('\u{202e}'),
+        "raw in the log: {line:?}"
+    );
+    assert!(
+        line.contains("sub\\u{2028}WARN fake\\u{202e}dir"),
+        "escaped in the log: {line:?}"
+    );
+}
+
 /// A gRPC request whose method is not POST is refused as grpc-go refuses it (HTTP 405,
 /// INTERNAL), before any handler runs or the journal records a call.
 #[tokio::test]

@@ -52,8 +52,8 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<Source>, StartupError> {
             if let Some(first) = seen.get(&s.name) {
                 tracing::warn!(
                     "{}: ignored: {} has the same import name {:?} and comes first",
-                    s.path.display(),
-                    first.display(),
+                    crate::error::log_path(&s.path),
+                    crate::error::log_path(first),
                     s.name
                 );
                 continue;
@@ -78,8 +78,8 @@ fn walk(
     if !walked.insert(real.clone()) {
         tracing::warn!(
             "{}: ignored: it is {}, which is read already (a symbolic link loop?)",
-            dir.display(),
-            real.display()
+            crate::error::log_path(dir),
+            crate::error::log_path(&real)
         );
         return Ok(());
     }
@@ -338,8 +338,8 @@ pub fn gather(
         if finder.set_files.contains_key(&s.name) {
             tracing::warn!(
                 "{}: ignored: a --descriptor-set already has {}",
-                s.path.display(),
-                s.name
+                crate::error::log_path(&s.path),
+                crate::error::log_escaped(&s.name)
             );
             continue;
         }
@@ -536,7 +536,7 @@ fn check_vendored(source: &Source) {
     if differs {
         tracing::warn!(
             "{}: this copy of {} differs from the one protoserve bundles; the bundled one is used (delete the copy, or update protoserve if the copy is newer)",
-            source.path.display(),
+            crate::error::log_path(&source.path),
             source.name
         );
     } else {
