@@ -15,12 +15,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{fixtures, Client, RawCodec, Server};
+use common::{fixtures, slowest_call_during, Client, RawCodec, Server};
 use tokio_stream::StreamExt;
 use tonic::Request;
 
@@ -34,54 +32,6 @@ static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// `item` repeated to just under 4 MB, the default `--max-message-size` being 4 MiB.
 fn big(item: &[u8]) -> Bytes {
     item.repeat(4_000_000 / item.len()).into()
-}
-
-/// Runs `work` while a client of its own connection calls `path` with `body` every 2 ms;
-/// what `work` returned and the slowest call. The quick calls run on a thread and runtime of
-/// their own, so that the client's work on big answers does not count against the server.
-async fn slowest_call_during<T>(
-    addr: SocketAddr,
-    path: &'static str,
-    body: Bytes,
-    work: impl std::future::Future<Output = T>,
-) -> (T, Duration) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let probing = std::thread::spawn({
-        let stop = stop.clone();
-        move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let probe = Client::connect(addr, common::pool(&fixtures().join("protos"))).await;
-                probe
-                    .raw_unary(path, body.clone())
-                    .await
-                    .expect("the quick call answers");
-                ready_tx.send(()).unwrap();
-                let mut slowest = Duration::ZERO;
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    probe
-                        .raw_unary(path, body.clone())
-                        .await
-                        .expect("the quick call answers");
-                    slowest = slowest.max(t.elapsed());
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                slowest
-            })
-        }
-    });
-    ready_rx.await.expect("the quick calls start");
-    let done = work.await;
-    stop.store(true, Ordering::Relaxed);
-    let slowest = tokio::task::spawn_blocking(move || probing.join().unwrap())
-        .await
-        .unwrap();
-    (done, slowest)
 }
 
 /// Connections to send big requests on, one per thread the server drives the network with

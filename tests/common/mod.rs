@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -829,4 +830,52 @@ pub fn assert_nested_repeats_named_briefly(err: &str, name: &str, depth: usize) 
         "{}",
         &err[err.len().saturating_sub(2000)..]
     );
+}
+
+/// Runs `work` while a client of its own connection calls `path` with `body` every 2 ms;
+/// what `work` returned and the slowest call. The quick calls run on a thread and runtime of
+/// their own, so that the client's work on big answers does not count against the server.
+pub async fn slowest_call_during<T>(
+    addr: SocketAddr,
+    path: &'static str,
+    body: Bytes,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let probing = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let probe = Client::connect(addr, pool(&fixtures().join("protos"))).await;
+                probe
+                    .raw_unary(path, body.clone())
+                    .await
+                    .expect("the quick call answers");
+                ready_tx.send(()).unwrap();
+                let mut slowest = Duration::ZERO;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    probe
+                        .raw_unary(path, body.clone())
+                        .await
+                        .expect("the quick call answers");
+                    slowest = slowest.max(t.elapsed());
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                slowest
+            })
+        }
+    });
+    ready_rx.await.expect("the quick calls start");
+    let done = work.await;
+    stop.store(true, Ordering::Relaxed);
+    let slowest = tokio::task::spawn_blocking(move || probing.join().unwrap())
+        .await
+        .unwrap();
+    (done, slowest)
 }
