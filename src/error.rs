@@ -384,6 +384,10 @@ pub enum CallError {
     Overloaded { limit: usize, flag: &'static str },
     /// The server is shutting down and `--shutdown-timeout` passed before this call ended.
     ShuttingDown,
+    /// A gzip-compressed request message inflated past `--max-message-size` (`limit`).
+    InflatedTooLarge { limit: usize },
+    /// A gzip-compressed request message that does not inflate (`reason`, from the inflater).
+    Inflate { reason: String },
     /// A message did not fit in the bytes the server holds for a connection (or for all):
     /// requests still arriving and responses the client has not read.
     BufferFull {
@@ -847,6 +851,16 @@ impl From<CallError> for Status {
                 "the server already holds {held} bytes of messages (limit {limit}, {flag}): \
                  requests still arriving and responses the client has not read; read the \
                  responses, or raise {flag}"
+            )),
+            // The words of tonic's decoder, which inflated requests itself before, so a client
+            // sees what it saw then (the size limit with the flag to raise, as
+            // `normalize_status` has it).
+            CallError::InflatedTooLarge { limit } => Status::resource_exhausted(format!(
+                "{INFLATED_TOO_LARGE}, of {limit} bytes, exceeded while decompressing message; \
+                 raise the server's limit with --max-message-size"
+            )),
+            CallError::Inflate { reason } => Status::internal(format!(
+                "Error decompressing: {reason}, while sending request"
             )),
             CallError::ShuttingDown => Status::unavailable(
                 "the server is shutting down and --shutdown-timeout passed before this call ended",

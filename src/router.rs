@@ -106,6 +106,11 @@ impl Router {
         }
     }
 
+    /// `--max-message-size`: the largest request message, compressed or inflated.
+    pub fn max_message_size(&self) -> usize {
+        self.limits.max_message_size
+    }
+
     /// This router for one connection, whose calls count their queued responses in `buffers`.
     pub fn for_connection(&self, buffers: Buffers) -> Self {
         Self {

@@ -67,6 +67,8 @@ impl GrpcFront {
                 admin: self.admin.clone(),
                 method,
             };
+            // Inflated off the threads that drive the network, which serve the gRPC port too.
+            let req = crate::layers::inflate::inflating(req, MAX_BODY);
             return grpc.unary(call, req).await;
         }
         for (prefix, svc) in self.reflection.iter() {

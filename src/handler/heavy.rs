@@ -18,6 +18,8 @@
 //! [`IN_PLACE_STEPS`] fields ([`steps_in_place`]) and answered there if that sufficed; if not,
 //! or from [`HEAVY_SCAN`] bytes, it goes off the network threads like a decoded one. The hop
 //! to another thread and the wait for a turn cost more than checking a 64 KiB echo does.
+//! Compressed request messages that may inflate big take the same turns
+//! ([`crate::layers::inflate`]).
 
 use tokio::sync::Semaphore;
 
@@ -66,8 +68,9 @@ pub fn steps_in_place(passes: usize) -> usize {
     IN_PLACE_STEPS / passes.max(1)
 }
 
-/// Big requests answered at once: one, so that the other core stays with the network threads
-/// (on a machine with more, the rest are theirs too).
+/// Big requests answered (or compressed ones inflated) at once: one, so that the other core
+/// stays with the network threads (on a machine with more, the rest are theirs too). The work
+/// that holds a turn waits for nothing, so turns always come.
 static HEAVY: Semaphore = Semaphore::const_new(1);
 
 /// Runs `work` where it holds up no other call: on tokio's blocking pool, once this call's turn

@@ -3,7 +3,7 @@
 //! ```text
 //! hyper → GrpcOnly (content-type) → Limited (calls in flight) → Journaled (call journal)
 //!       → Cutoff (deadline, shutdown deadline) → CleanStatus (tonic's statuses as gRPC's)
-//!       → Router
+//!       → Inflate (gzip requests inflated off the network threads) → Router
 //! ```
 //!
 //! A request that is not gRPC is refused before it counts as a call; over-limit calls are
@@ -11,7 +11,8 @@
 //! got in with the status the client got (the cutoff's, or the router's once cleaned up), so
 //! every layer between it and the router hands it the call's record
 //! ([`CarryTap`](crate::journal::layer::CarryTap)); the router knows nothing of any of them.
-//! The layers wrap futures and bodies in place, never boxing them, and the router's own body
+//! The layers wrap futures and bodies in place, never boxing them (only a gzip call's request
+//! body is boxed once more, in its [`inflate::Inflating`] body), and the router's own body
 //! ([`CallBody`]) is what they wrap, unboxed too. Every request body is metered against the
 //! connection's [`buffers::Buffers`] on its way in, every response chunk on its way out
 //! ([`limit::Permitted`]), and the router hands the same buffers to handlers that queue
@@ -20,6 +21,7 @@
 pub mod buffers;
 pub mod content_type;
 pub mod cutoff;
+pub mod inflate;
 pub mod limit;
 pub mod overdue;
 pub mod status;
@@ -37,11 +39,12 @@ use crate::router::{CallBody, Router};
 use buffers::{Buffers, MeteredRequest};
 use content_type::{GrpcOnly, GrpcOnlyFuture};
 use cutoff::{Cutoff, CutoffBody, CutoffFuture, Stop};
+use inflate::Inflate;
 use limit::{Limited, LimitedFuture, Permitted, ServerCalls};
 use status::{CleanStatus, CleanStatusBody, CleanStatusFuture};
 
 /// The service stack of one connection.
-pub type Stack = GrpcOnly<Limited<Journaled<Cutoff<CleanStatus<Router>>>>>;
+pub type Stack = GrpcOnly<Limited<Journaled<Cutoff<CleanStatus<Inflate<Router>>>>>>;
 
 /// The body every response has on the wire.
 pub type ResponseBody = Permitted<JournalBody<CutoffBody<CleanStatusBody<CallBody>>>>;
@@ -62,7 +65,8 @@ pub fn stack(
     buffers: Buffers,
     max_header_list_size: usize,
 ) -> Stack {
-    let router = router.for_connection(buffers.clone());
+    let limit = router.max_message_size();
+    let router = Inflate::new(router.for_connection(buffers.clone()), limit);
     let journaled = Journaled::new(
         Cutoff::new(CleanStatus::new(router), stop),
         recording.journal,

@@ -1,0 +1,649 @@
+//! Inflates gzip-compressed request messages where they hold up no other call.
+//!
+//! tonic inflates a compressed message inside its decoder, on whichever thread polls the
+//! request stream: a thread that drives the network connections. A few KB of gzip that inflate
+//! to `--max-message-size` (4 MiB) cost it 10-30 ms of CPU in a release build, and every call
+//! that thread serves, on every connection, waited that long. So, for a call whose
+//! `grpc-encoding` is `gzip` (the one encoding the server accepts), [`Inflate`] wraps the
+//! request body in an [`Inflating`] body, which inflates each message with the compressed flag
+//! itself and hands tonic the message uncompressed (flag 0); tonic then has nothing to inflate.
+//!
+//! - Where: a message of at most [`INLINE_INPUT`] compressed bytes is inflated in place until
+//!   its output passes [`INLINE_OUTPUT`] (the common small message, which a hop to another
+//!   thread would cost more than it saves); the rest of it, and every larger message, is
+//!   inflated on tokio's blocking pool, taking turns with the big requests that declarative
+//!   handlers answer there ([`heavy::off_the_network_threads`]), so one core stays with the
+//!   network threads.
+//! - Memory: inflation stops as soon as the output passes `--max-message-size`; one message of
+//!   a call is in flight at a time (the body reads no further until tonic took the inflated
+//!   one), so streaming calls keep their back-pressure; and the blocking pool inflates one
+//!   message at a time, for all calls together (others wait their turn as compressed bytes,
+//!   which tonic held until it inflated them before too).
+//! - What clients see does not change: the answers are tonic's words for the same failures
+//!   (RESOURCE_EXHAUSTED past the limit, INTERNAL for gzip that does not inflate, both mapped
+//!   in `error.rs`), inflated with the same decoder and read sizes. Anything tonic refuses
+//!   before inflating (a compressed length over the limit, an unknown flag, a request that
+//!   ends inside a message) is handed to tonic as it came, to be refused as before. The
+//!   `grpc-encoding` header stays: handlers and the journal see the request's headers as
+//!   sent, tonic inflates only messages flagged compressed, and the response's compression
+//!   depends on `grpc-accept-encoding` alone. (One trace of the move: a failed message now
+//!   fails the request stream, as any failure of the body does, so a script that catches the
+//!   error and reads on finds the stream ended, where tonic's decoder failed again.)
+//! - A call that goes away (the client cancels, the deadline passes) stops its inflation: a
+//!   message waiting for its turn is never inflated, and one being inflated stops at its next
+//!   read (8 KiB of output at most).
+
+use std::future::Future;
+use std::io::Read;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use flate2::read::GzDecoder;
+use http::{HeaderMap, Request};
+use http_body::{Frame, SizeHint};
+use tonic::body::Body;
+use tonic::Status;
+use tower::Service;
+
+use crate::error::CallError;
+use crate::handler::heavy;
+use crate::journal::layer::CarryTap;
+use crate::journal::Tap;
+
+/// Compressed messages of at most this many bytes start inflating in place. Its worst case is
+/// gzip of nothing but block headers, whose inflation makes no output to stop it early: a
+/// kilobyte of those takes microseconds.
+pub const INLINE_INPUT: usize = 1024;
+
+/// Output inflated in place before the rest of a message moves to the blocking pool: the size
+/// from which declarative handlers answer a request there ([`heavy::HEAVY_REQUEST`]).
+pub const INLINE_OUTPUT: usize = heavy::HEAVY_REQUEST;
+
+/// tonic's read size when it inflated (`std::io::copy`'s buffer): the same reads give the
+/// same failure when gzip both passes the limit and goes bad.
+const READ: usize = 8 * 1024;
+
+/// The gRPC message prefix: compressed flag and length.
+const PREFIX: usize = 5;
+
+/// Wraps the request body of gzip-compressed calls in an [`Inflating`] body; see the module
+/// docs.
+#[derive(Clone)]
+pub struct Inflate<S> {
+    inner: S,
+    limit: usize,
+}
+
+impl<S> Inflate<S> {
+    /// `limit`: `--max-message-size`, the most a message may inflate to (and at most what
+    /// gRPC's message prefix can say, 4 GiB less a byte).
+    pub fn new(inner: S, limit: usize) -> Self {
+        let limit = limit.min(u32::MAX as usize);
+        Self { inner, limit }
+    }
+
+    /// The wrapped service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+impl<S: CarryTap> CarryTap for Inflate<S> {
+    fn carry_tap(&mut self, tap: Tap) {
+        self.inner.carry_tap(tap);
+    }
+
+    fn refused_before_routing(&mut self, path: &str) {
+        self.inner.refused_before_routing(path);
+    }
+}
+
+/// Whether the request's messages may be gzip-compressed: tonic's own test (other values are
+/// left to tonic, which answers them as before).
+fn gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get("grpc-encoding")
+        .is_some_and(|v| v.as_bytes() == b"gzip")
+}
+
+impl<S> Service<Request<Body>> for Inflate<S>
+where
+    S: Service<Request<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> S::Future {
+        self.inner.call(inflating(req, self.limit))
+    }
+}
+
+/// `req` with its body in an [`Inflating`] one if it is a gzip call (and as it is otherwise):
+/// for a service outside this stack (the admin API's gRPC front), `limit` its message limit.
+pub fn inflating(req: Request<Body>, limit: usize) -> Request<Body> {
+    if !gzip(req.headers()) {
+        return req;
+    }
+    let limit = limit.min(u32::MAX as usize);
+    req.map(|body| Body::new(Inflating::new(body, limit)))
+}
+
+/// One compressed message being inflated: the gzip decoder over its bytes and the output so
+/// far, behind room for the uncompressed message's prefix.
+struct Inflation {
+    decoder: GzDecoder<bytes::buf::Reader<Bytes>>,
+    out: BytesMut,
+    limit: usize,
+}
+
+/// How far [`Inflation::run`] got.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    Done,
+    /// The output reached the bound it was given; more may follow.
+    Paused,
+    /// The call went away.
+    Abandoned,
+}
+
+impl Inflation {
+    fn new(compressed: Bytes, limit: usize) -> Self {
+        // tonic's first guess, twice the compressed size, within the limit.
+        let guess = compressed.len().saturating_mul(2).min(limit);
+        let mut out = BytesMut::with_capacity(PREFIX + guess);
+        out.extend_from_slice(&[0; PREFIX]);
+        Self {
+            decoder: GzDecoder::new(compressed.reader()),
+            out,
+            limit,
+        }
+    }
+
+    /// Bytes inflated so far.
+    fn inflated(&self) -> usize {
+        self.out.len() - PREFIX
+    }
+
+    /// Inflates until the message ends or its output reaches `until` bytes, or `abandoned`
+    /// is set. Fails as tonic's decoder did: past the limit as soon as a read passes it, and on
+    /// the first read that fails.
+    fn run(&mut self, until: usize, abandoned: &AtomicBool) -> Result<Progress, CallError> {
+        let mut chunk = [0u8; READ];
+        loop {
+            if abandoned.load(Ordering::Relaxed) {
+                return Ok(Progress::Abandoned);
+            }
+            let n = match self.decoder.read(&mut chunk) {
+                Ok(0) => return Ok(Progress::Done),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(CallError::Inflate {
+                        reason: e.to_string(),
+                    })
+                }
+            };
+            if n > self.limit - self.inflated() {
+                return Err(CallError::InflatedTooLarge { limit: self.limit });
+            }
+            self.out.extend_from_slice(&chunk[..n]);
+            if self.inflated() >= until {
+                return Ok(Progress::Paused);
+            }
+        }
+    }
+
+    /// The inflated message, framed uncompressed.
+    fn framed(mut self) -> Bytes {
+        // Within the limit, which [`Inflate::new`] keeps within what the prefix can say.
+        let len = u32::try_from(self.inflated()).unwrap_or(u32::MAX);
+        self.out[0] = 0;
+        self.out[1..PREFIX].copy_from_slice(&len.to_be_bytes());
+        self.out.freeze()
+    }
+}
+
+/// Sets its flag when dropped: the call's body went away, and the inflation it waits for may
+/// stop.
+struct Abandon(Arc<AtomicBool>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+type Job = Pin<Box<dyn Future<Output = Result<Bytes, CallError>> + Send>>;
+
+/// Where the body is in the request's gRPC framing.
+enum State {
+    /// At the start of a message's prefix.
+    Between,
+    /// Inside the prefix of an uncompressed message (passed on as it comes): bytes seen.
+    PlainPrefix { prefix: [u8; PREFIX], seen: usize },
+    /// Inside an uncompressed message's payload: bytes still to come, passed on as they come.
+    Plain { left: usize },
+    /// Inside the prefix of a compressed message, held back: bytes seen.
+    CompressedPrefix { prefix: [u8; PREFIX], seen: usize },
+    /// Inside a compressed message's payload, held back until it is whole.
+    Compressed {
+        prefix: [u8; PREFIX],
+        payload: BytesMut,
+        left: usize,
+    },
+    /// A compressed message being inflated on the blocking pool.
+    Inflating { job: Job, _abandon: Abandon },
+    /// Passing the rest on as it comes: tonic refuses what it has seen.
+    Through,
+    /// Inflation failed and the failure was handed on; the body ends.
+    Failed,
+}
+
+/// A gzip call's request body, its compressed messages inflated (see the module docs).
+pub struct Inflating {
+    inner: Body,
+    limit: usize,
+    /// Bytes of the inner body not yet looked at.
+    unread: Bytes,
+    state: State,
+    /// The trailers (`Some(Some)`) or end (`Some(None)`) of the inner body, held while the
+    /// incomplete message before it is handed on.
+    end: Option<Option<Frame<Bytes>>>,
+}
+
+impl Inflating {
+    pub fn new(inner: Body, limit: usize) -> Self {
+        Self {
+            inner,
+            limit,
+            unread: Bytes::new(),
+            state: State::Between,
+            end: None,
+        }
+    }
+
+    /// Advances over the leading bytes of `unread` that pass on as they are (uncompressed
+    /// messages, or everything once tonic will refuse the request); how many.
+    fn plain_run(&mut self) -> usize {
+        let data = &self.unread[..];
+        let mut at = 0;
+        while at < data.len() {
+            match &mut self.state {
+                State::Between => match data[at] {
+                    0 => {
+                        self.state = State::PlainPrefix {
+                            prefix: [0; PREFIX],
+                            seen: 1,
+                        };
+                        at += 1;
+                    }
+                    1 => break,
+                    // An unknown flag, which tonic refuses.
+                    _ => self.state = State::Through,
+                },
+                State::PlainPrefix { prefix, seen } => {
+                    let n = (PREFIX - *seen).min(data.len() - at);
+                    prefix[*seen..*seen + n].copy_from_slice(&data[at..at + n]);
+                    *seen += n;
+                    at += n;
+                    if *seen == PREFIX {
+                        let left = message_len(prefix);
+                        self.state = if left == 0 {
+                            State::Between
+                        } else {
+                            State::Plain { left }
+                        };
+                    }
+                }
+                State::Plain { left } => {
+                    let n = (*left).min(data.len() - at);
+                    *left -= n;
+                    at += n;
+                    if *left == 0 {
+                        self.state = State::Between;
+                    }
+                }
+                State::Through => at = data.len(),
+                _ => break,
+            }
+        }
+        at
+    }
+
+    /// Takes in the bytes of a compressed message at the start of `unread`; its payload, once
+    /// whole.
+    fn take_compressed(&mut self) -> Option<Bytes> {
+        loop {
+            if self.unread.is_empty() {
+                return None;
+            }
+            match &mut self.state {
+                State::Between => {
+                    self.state = State::CompressedPrefix {
+                        prefix: [0; PREFIX],
+                        seen: 0,
+                    }
+                }
+                State::CompressedPrefix { prefix, seen } => {
+                    let n = (PREFIX - *seen).min(self.unread.len());
+                    prefix[*seen..*seen + n].copy_from_slice(&self.unread[..n]);
+                    self.unread.advance(n);
+                    *seen += n;
+                    if *seen < PREFIX {
+                        return None;
+                    }
+                    let left = message_len(prefix);
+                    if left > self.limit {
+                        // tonic refuses the length before it inflates anything.
+                        let prefix = Bytes::copy_from_slice(prefix);
+                        self.state = State::Through;
+                        self.unread = [prefix, std::mem::take(&mut self.unread)].concat().into();
+                        return None;
+                    }
+                    if self.unread.len() >= left {
+                        // The whole payload at hand: no copy.
+                        self.state = State::Between;
+                        return Some(self.unread.split_to(left));
+                    }
+                    self.state = State::Compressed {
+                        prefix: *prefix,
+                        payload: BytesMut::with_capacity(left),
+                        left,
+                    };
+                }
+                State::Compressed { payload, left, .. } => {
+                    let n = (*left).min(self.unread.len());
+                    payload.extend_from_slice(&self.unread[..n]);
+                    self.unread.advance(n);
+                    *left -= n;
+                    if *left > 0 {
+                        return None;
+                    }
+                    let payload = std::mem::take(payload).freeze();
+                    self.state = State::Between;
+                    return Some(payload);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The bytes of an incomplete compressed message held back, for tonic to see as they came
+    /// when the request ends; afterwards everything passes through.
+    fn held_back(&mut self) -> Option<Bytes> {
+        let held = match &mut self.state {
+            State::CompressedPrefix { prefix, seen } if *seen > 0 => {
+                Bytes::copy_from_slice(&prefix[..*seen])
+            }
+            State::Compressed {
+                prefix, payload, ..
+            } => {
+                let mut held = BytesMut::with_capacity(PREFIX + payload.len());
+                held.extend_from_slice(prefix);
+                held.extend_from_slice(payload);
+                held.freeze()
+            }
+            _ => return None,
+        };
+        self.state = State::Through;
+        Some(held)
+    }
+
+    /// Inflates `payload`: in place when it is small and stays small, otherwise on the blocking
+    /// pool (then `None`: the state is [`State::Inflating`]).
+    fn inflate(&mut self, payload: Bytes) -> Option<Result<Bytes, CallError>> {
+        let small = payload.len() <= INLINE_INPUT;
+        let mut inflation = Inflation::new(payload, self.limit);
+        if small {
+            match inflation.run(INLINE_OUTPUT, &AtomicBool::new(false)) {
+                Ok(Progress::Done) => return Some(Ok(inflation.framed())),
+                Ok(_) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let flag = abandoned.clone();
+        let job = heavy::off_the_network_threads(move || {
+            // Abandoned, the result is never looked at.
+            inflation.run(usize::MAX, &flag)?;
+            Ok(inflation.framed())
+        });
+        self.state = State::Inflating {
+            job: Box::pin(job),
+            _abandon: Abandon(abandoned),
+        };
+        None
+    }
+
+    /// A message inflated (or not): handed on, and the body goes on between messages (or ends).
+    fn inflated(
+        &mut self,
+        result: Result<Bytes, CallError>,
+    ) -> Option<Result<Frame<Bytes>, Status>> {
+        match result {
+            Ok(framed) => {
+                self.state = State::Between;
+                Some(Ok(Frame::data(framed)))
+            }
+            Err(e) => {
+                self.state = State::Failed;
+                Some(Err(e.into()))
+            }
+        }
+    }
+}
+
+/// The payload length in a message prefix.
+fn message_len(prefix: &[u8; PREFIX]) -> usize {
+    u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize
+}
+
+impl http_body::Body for Inflating {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Inflating { job, .. } => {
+                    let result = std::task::ready!(job.as_mut().poll(cx));
+                    return Poll::Ready(this.inflated(result));
+                }
+                State::Failed => return Poll::Ready(None),
+                _ => {}
+            }
+            if !this.unread.is_empty() {
+                let plain = this.plain_run();
+                if plain > 0 {
+                    return Poll::Ready(Some(Ok(Frame::data(this.unread.split_to(plain)))));
+                }
+                if let Some(payload) = this.take_compressed() {
+                    if let Some(result) = this.inflate(payload) {
+                        return Poll::Ready(this.inflated(result));
+                    }
+                }
+                continue;
+            }
+            if let Some(end) = this.end.take() {
+                return Poll::Ready(end.map(Ok));
+            }
+            let frame = match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                // The request failed (or the client went away): tonic sees that as before.
+                Some(Err(status)) => return Poll::Ready(Some(Err(status))),
+                None => {
+                    if let Some(held) = this.held_back() {
+                        this.end = Some(None);
+                        return Poll::Ready(Some(Ok(Frame::data(held))));
+                    }
+                    return Poll::Ready(None);
+                }
+            };
+            match frame.into_data() {
+                Ok(data) => this.unread = data,
+                Err(trailers) => {
+                    if let Some(held) = this.held_back() {
+                        this.end = Some(Some(trailers));
+                        return Poll::Ready(Some(Ok(Frame::data(held))));
+                    }
+                    return Poll::Ready(Some(Ok(trailers)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self.state {
+            State::Failed => true,
+            State::Between | State::Plain { .. } | State::PlainPrefix { .. } | State::Through => {
+                self.unread.is_empty() && self.end.is_none() && self.inner.is_end_stream()
+            }
+            _ => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn frame(flag: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![flag];
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// The body `chunks` make, through [`Inflating`]: its bytes, or its failure.
+    async fn through(chunks: Vec<Vec<u8>>, limit: usize) -> Result<Vec<u8>, Status> {
+        let stream = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, Status>(Frame::data(Bytes::from(c)))),
+        );
+        let body = Inflating::new(Body::new(http_body_util::StreamBody::new(stream)), limit);
+        let mut body = std::pin::pin!(body);
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            out.extend_from_slice(frame?.data_ref().unwrap());
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn compressed_messages_come_out_framed_uncompressed_in_place_or_from_the_pool() {
+        let small = b"hello".to_vec();
+        let big: Vec<u8> = b"abc".repeat(50_000);
+        let mut noisy = Vec::new();
+        let mut x = 7u32;
+        for _ in 0..5_000 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            noisy.push((x >> 24) as u8);
+        }
+        assert!(gzip(&noisy).len() > INLINE_INPUT);
+        let sent = [
+            frame(1, &gzip(&small)),
+            frame(0, &small),
+            frame(1, &gzip(&big)),
+            frame(0, b""),
+            frame(1, &gzip(&noisy)),
+            frame(1, &gzip(b"")),
+        ]
+        .concat();
+        let expected = [
+            frame(0, &small),
+            frame(0, &small),
+            frame(0, &big),
+            frame(0, b""),
+            frame(0, &noisy),
+            frame(0, b""),
+        ]
+        .concat();
+        for size in [1, 2, 5, 6, 4096, sent.len()] {
+            let chunks = sent.chunks(size).map(<[u8]>::to_vec).collect();
+            assert_eq!(through(chunks, 1 << 20).await.unwrap(), expected, "{size}");
+        }
+    }
+
+    #[tokio::test]
+    async fn what_tonic_refuses_passes_as_it_came() {
+        // A compressed length over the limit, an unknown flag, a message cut short.
+        let long = frame(1, &[0; 100]);
+        assert_eq!(through(vec![long.clone()], 50).await.unwrap(), long);
+        let odd = [frame(2, b"xyz"), frame(1, &gzip(b"a"))].concat();
+        assert_eq!(through(vec![odd.clone()], 50).await.unwrap(), odd);
+        let cut = frame(1, &gzip(b"abc"))[..12].to_vec();
+        assert_eq!(through(vec![cut.clone()], 50).await.unwrap(), cut);
+    }
+
+    #[tokio::test]
+    async fn inflating_past_the_limit_or_bad_gzip_fails_with_tonics_words() {
+        let over = frame(1, &gzip(&[b'a'; 101]));
+        let e = through(vec![over], 100).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            e.message().starts_with(
+                "Error decompressing: size limit, of 100 bytes, exceeded while decompressing"
+            ),
+            "{e:?}"
+        );
+        let exactly = frame(1, &gzip(&[b'a'; 100]));
+        assert_eq!(
+            through(vec![exactly], 100).await.unwrap(),
+            frame(0, &[b'a'; 100])
+        );
+        // What tonic's decoder said: `std::io::copy` out of the same gzip decoder.
+        for bad in [
+            &b"not gzip"[..],
+            b"not gzip either, and longer",
+            &gzip(b"abc")[..15],
+        ] {
+            let said = std::io::copy(&mut GzDecoder::new(bad), &mut Vec::new()).unwrap_err();
+            let e = through(vec![frame(1, bad)], 100).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Internal);
+            assert_eq!(
+                e.message(),
+                format!("Error decompressing: {said}, while sending request")
+            );
+        }
+    }
+
+    #[test]
+    fn an_abandoned_inflation_stops() {
+        let gz = Bytes::from(gzip(&[0; 1 << 20]));
+        let abandoned = Arc::new(AtomicBool::new(false));
+        drop(Abandon(abandoned.clone()));
+        let mut inflation = Inflation::new(gz, 1 << 21);
+        assert_eq!(
+            inflation.run(usize::MAX, &abandoned).unwrap(),
+            Progress::Abandoned
+        );
+        assert_eq!(inflation.inflated(), 0);
+    }
+}
