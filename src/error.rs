@@ -384,8 +384,12 @@ pub enum CallError {
     Overloaded { limit: usize, flag: &'static str },
     /// The server is shutting down and `--shutdown-timeout` passed before this call ended.
     ShuttingDown,
-    /// A gzip-compressed request message inflated past `--max-message-size` (`limit`).
-    InflatedTooLarge { limit: usize },
+    /// A gzip-compressed request message inflated past `limit` bytes, which `flag` sets
+    /// (`--max-message-size`; none on the admin API).
+    InflatedTooLarge {
+        limit: usize,
+        flag: Option<&'static str>,
+    },
     /// A gzip-compressed request message that does not inflate (`reason`, from the inflater).
     Inflate { reason: String },
     /// A message did not fit in the bytes the server holds for a connection (or for all):
@@ -853,12 +857,16 @@ impl From<CallError> for Status {
                  responses, or raise {flag}"
             )),
             // The words of tonic's decoder, which inflated requests itself before, so a client
-            // sees what it saw then (the size limit with the flag to raise, as
-            // `normalize_status` has it).
-            CallError::InflatedTooLarge { limit } => Status::resource_exhausted(format!(
-                "{INFLATED_TOO_LARGE}, of {limit} bytes, exceeded while decompressing message; \
-                 raise the server's limit with --max-message-size"
-            )),
+            // sees what it saw then (with the flag to raise, as `normalize_status` has it).
+            CallError::InflatedTooLarge { limit, flag } => {
+                let mut message = format!(
+                    "{INFLATED_TOO_LARGE}, of {limit} bytes, exceeded while decompressing message"
+                );
+                if let Some(flag) = flag {
+                    message.push_str(&format!("; raise the server's limit with {flag}"));
+                }
+                Status::resource_exhausted(message)
+            }
             CallError::Inflate { reason } => Status::internal(format!(
                 "Error decompressing: {reason}, while sending request"
             )),

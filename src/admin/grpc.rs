@@ -67,8 +67,10 @@ impl GrpcFront {
                 admin: self.admin.clone(),
                 method,
             };
-            // Inflated off the threads that drive the network, which serve the gRPC port too.
-            let req = crate::layers::inflate::inflating(req, MAX_BODY);
+            // Inflated off the threads that drive the network, which serve the gRPC port too;
+            // its limit is no flag's.
+            let limit = crate::layers::inflate::Limit::new(MAX_BODY, None);
+            let req = crate::layers::inflate::inflating(req, limit);
             return grpc.unary(call, req).await;
         }
         for (prefix, svc) in self.reflection.iter() {

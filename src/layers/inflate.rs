@@ -69,19 +69,37 @@ const READ: usize = 8 * 1024;
 /// The gRPC message prefix: compressed flag and length.
 const PREFIX: usize = 5;
 
+/// The most a message may inflate to, and the flag that sets it (named in the status of a
+/// message that inflates past it).
+#[derive(Clone, Copy, Debug)]
+pub struct Limit {
+    bytes: usize,
+    flag: Option<&'static str>,
+}
+
+impl Limit {
+    /// `bytes`, set by `flag` if any; at most what gRPC's message prefix can say (4 GiB less a
+    /// byte).
+    pub fn new(bytes: usize, flag: Option<&'static str>) -> Self {
+        Self {
+            bytes: bytes.min(u32::MAX as usize),
+            flag,
+        }
+    }
+}
+
 /// Wraps the request body of gzip-compressed calls in an [`Inflating`] body; see the module
 /// docs.
 #[derive(Clone)]
 pub struct Inflate<S> {
     inner: S,
-    limit: usize,
+    limit: Limit,
 }
 
 impl<S> Inflate<S> {
-    /// `limit`: `--max-message-size`, the most a message may inflate to (and at most what
-    /// gRPC's message prefix can say, 4 GiB less a byte).
-    pub fn new(inner: S, limit: usize) -> Self {
-        let limit = limit.min(u32::MAX as usize);
+    /// `max_message_size`: `--max-message-size`, the most a message may inflate to.
+    pub fn new(inner: S, max_message_size: usize) -> Self {
+        let limit = Limit::new(max_message_size, Some("--max-message-size"));
         Self { inner, limit }
     }
 
@@ -127,12 +145,11 @@ where
 }
 
 /// `req` with its body in an [`Inflating`] one if it is a gzip call (and as it is otherwise):
-/// for a service outside this stack (the admin API's gRPC front), `limit` its message limit.
-pub fn inflating(req: Request<Body>, limit: usize) -> Request<Body> {
+/// also for a service outside this stack (the admin API's gRPC front).
+pub fn inflating(req: Request<Body>, limit: Limit) -> Request<Body> {
     if !gzip(req.headers()) {
         return req;
     }
-    let limit = limit.min(u32::MAX as usize);
     req.map(|body| Body::new(Inflating::new(body, limit)))
 }
 
@@ -141,7 +158,7 @@ pub fn inflating(req: Request<Body>, limit: usize) -> Request<Body> {
 struct Inflation {
     decoder: GzDecoder<bytes::buf::Reader<Bytes>>,
     out: BytesMut,
-    limit: usize,
+    limit: Limit,
 }
 
 /// How far [`Inflation::run`] got.
@@ -155,9 +172,9 @@ enum Progress {
 }
 
 impl Inflation {
-    fn new(compressed: Bytes, limit: usize) -> Self {
+    fn new(compressed: Bytes, limit: Limit) -> Self {
         // tonic's first guess, twice the compressed size, within the limit.
-        let guess = compressed.len().saturating_mul(2).min(limit);
+        let guess = compressed.len().saturating_mul(2).min(limit.bytes);
         let mut out = BytesMut::with_capacity(PREFIX + guess);
         out.extend_from_slice(&[0; PREFIX]);
         Self {
@@ -191,8 +208,11 @@ impl Inflation {
                     })
                 }
             };
-            if n > self.limit - self.inflated() {
-                return Err(CallError::InflatedTooLarge { limit: self.limit });
+            if n > self.limit.bytes - self.inflated() {
+                return Err(CallError::InflatedTooLarge {
+                    limit: self.limit.bytes,
+                    flag: self.limit.flag,
+                });
             }
             self.out.extend_from_slice(&chunk[..n]);
             if self.inflated() >= until {
@@ -203,7 +223,7 @@ impl Inflation {
 
     /// The inflated message, framed uncompressed.
     fn framed(mut self) -> Bytes {
-        // Within the limit, which [`Inflate::new`] keeps within what the prefix can say.
+        // Within the limit, which [`Limit::new`] keeps within what the prefix can say.
         let len = u32::try_from(self.inflated()).unwrap_or(u32::MAX);
         self.out[0] = 0;
         self.out[1..PREFIX].copy_from_slice(&len.to_be_bytes());
@@ -250,7 +270,7 @@ enum State {
 /// A gzip call's request body, its compressed messages inflated (see the module docs).
 pub struct Inflating {
     inner: Body,
-    limit: usize,
+    limit: Limit,
     /// Bytes of the inner body not yet looked at.
     unread: Bytes,
     state: State,
@@ -260,7 +280,7 @@ pub struct Inflating {
 }
 
 impl Inflating {
-    pub fn new(inner: Body, limit: usize) -> Self {
+    pub fn new(inner: Body, limit: Limit) -> Self {
         Self {
             inner,
             limit,
@@ -341,7 +361,7 @@ impl Inflating {
                         return None;
                     }
                     let left = message_len(prefix);
-                    if left > self.limit {
+                    if left > self.limit.bytes {
                         // tonic refuses the length before it inflates anything.
                         let prefix = Bytes::copy_from_slice(prefix);
                         self.state = State::Through;
@@ -547,7 +567,10 @@ mod tests {
                 .into_iter()
                 .map(|c| Ok::<_, Status>(Frame::data(Bytes::from(c)))),
         );
-        let body = Inflating::new(Body::new(http_body_util::StreamBody::new(stream)), limit);
+        let body = Inflating::new(
+            Body::new(http_body_util::StreamBody::new(stream)),
+            Limit::new(limit, Some("--max-message-size")),
+        );
         let mut body = std::pin::pin!(body);
         let mut out = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -639,7 +662,7 @@ mod tests {
         let gz = Bytes::from(gzip(&[0; 1 << 20]));
         let abandoned = Arc::new(AtomicBool::new(false));
         drop(Abandon(abandoned.clone()));
-        let mut inflation = Inflation::new(gz, 1 << 21);
+        let mut inflation = Inflation::new(gz, Limit::new(1 << 21, None));
         assert_eq!(
             inflation.run(usize::MAX, &abandoned).unwrap(),
             Progress::Abandoned
