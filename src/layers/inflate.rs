@@ -53,9 +53,12 @@ use crate::handler::heavy;
 use crate::journal::layer::CarryTap;
 use crate::journal::Tap;
 
-/// Compressed messages of at most this many bytes start inflating in place. Its worst case is
-/// gzip of nothing but block headers, whose inflation makes no output to stop it early: a
-/// kilobyte of those takes microseconds.
+/// Compressed messages of at most this many bytes start inflating in place. Their worst case
+/// is gzip of little but block headers, whose inflation makes little output to stop it early:
+/// a kilobyte of 142 flushed blocks took 0.2 ms in a release build (3 ms in a debug one),
+/// where plain gzip of the same size takes microseconds. Larger messages go to the pool,
+/// which may keep them waiting behind big requests: the bound keeps that for messages that
+/// are worth it.
 pub const INLINE_INPUT: usize = 1024;
 
 /// Output inflated in place before the rest of a message moves to the blocking pool: the size
