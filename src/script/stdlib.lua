@@ -914,14 +914,17 @@ do
   -- their way out of the wrapper below, so half a million already ended in a bare "stack
   -- overflow"; this bound leaves room for both copies and the script's own frames.
   local MAX_UNPACK = core.max_unpack
+  -- Lua's own bound (LUAI_MAXSTACK).
+  local LUA_STACK = 1000000
 
   -- Fails, at the script's call, for a range `i..j` (integers) of more than MAX_UNPACK values.
   local function check_unpack_count(i, j)
     local n = j - i
     if n >= MAX_UNPACK or n < 0 then
-      -- A range wider than the integers wraps around: counted in floats, to name it.
-      local count = n < 0 and (j + 0.0) - i + 1 or n + 1
-      error("too many results to unpack (" .. count .. " values; at most " .. MAX_UNPACK .. ")", 3)
+      -- Past the stack's million slots Lua's own unpack fails too, in these words; below,
+      -- only this bound refuses, so it says what it allows.
+      if n < 0 or n >= LUA_STACK then error("too many results to unpack", 3) end
+      error("too many results to unpack (" .. (n + 1) .. " values; at most " .. MAX_UNPACK .. ")", 3)
     end
   end
 

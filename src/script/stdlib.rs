@@ -956,7 +956,8 @@ const FREE_WORK: i64 = 1024;
 const CHARGED_WORK: i64 = 1 << 16;
 
 /// The most values one `table.unpack` returns; more fail with "too many results to unpack",
-/// the count and this limit. Lua's own bound is the stack's million slots, but the values sit
+/// the count and this limit (past a million, where Lua's own unpack fails too, in Lua's words
+/// alone). Lua's own bound is the stack's million slots, but the values sit
 /// on the stack twice on their way out of the library's wrapper (see `stdlib.lua`), so from
 /// about half a million they ended in a bare "stack overflow".
 pub const MAX_UNPACK: i64 = 400_000;
