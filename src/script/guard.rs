@@ -654,6 +654,11 @@ const WHERE_SEARCH: usize = 32;
 /// have theirs.
 fn normalize_at(lua: &Lua, e: LuaValue) -> LuaValue {
     let LuaValue::Error(err) = &e else {
+        if let LuaValue::String(s) = &e {
+            if let Some(message) = placed(lua, &crate::error::bounded_lossy(&s.as_bytes())) {
+                return LuaValue::Error(Box::new(mlua::Error::RuntimeError(message)));
+            }
+        }
         return normalize(e);
     };
     let root = root_error(err);
@@ -675,6 +680,100 @@ fn normalize_at(lua: &Lua, e: LuaValue) -> LuaValue {
         _ => message,
     };
     LuaValue::Error(Box::new(mlua::Error::RuntimeError(message)))
+}
+
+/// Names of the server's own Lua chunks (library wrappers, the guard, the prelude), as they
+/// appear in an error's position.
+const OWN_CHUNKS: [&str; 5] = [
+    "protoserve",
+    "protoserve guard",
+    "protoserve ctx",
+    "protoserve requests",
+    "stdlib",
+];
+
+/// The script's frame that an error came up through, at the error (its message handler).
+struct Caller {
+    /// `path:line: ` of the script's frame.
+    at: String,
+    /// The name the script called the function by that the error came from (`rep` for
+    /// `s:rep(n)`).
+    callee: Option<String>,
+    /// Whether the server's own Lua code ran between the error and the script's frame.
+    through_own: bool,
+}
+
+fn script_caller(lua: &Lua) -> Option<Caller> {
+    let (mut callee, mut through_own) = (None, false);
+    for level in 0..WHERE_SEARCH {
+        let (path, line, name, lua_code) = lua.inspect_stack(level, |d| {
+            let source = d.source();
+            let path = source
+                .source
+                .as_deref()
+                .and_then(|s| s.strip_prefix('@'))
+                .map(str::to_owned);
+            let lua_code = source.what != "C";
+            (
+                path,
+                d.current_line(),
+                d.names().name.map(|n| n.into_owned()),
+                lua_code,
+            )
+        })?;
+        if let Some(path) = path {
+            return Some(Caller {
+                at: format!("{path}:{}: ", line?),
+                callee,
+                through_own,
+            });
+        }
+        through_own |= lua_code;
+        callee = name;
+    }
+    None
+}
+
+/// The message of a string error raised inside the server's own Lua code (the wrappers that
+/// budget library functions), placed as Lua places errors of library functions a script calls:
+/// at the script's line, and naming the function as the script called it. Those wrappers call
+/// Lua's own function on the script's behalf, so its message named no place, the wrapper's
+/// place (`protoserve:82:`), or the function as `'?'`. `None` when the error did not come up
+/// through the server's code (a script's own `error("…", 0)` stays as raised).
+fn placed(lua: &Lua, message: &str) -> Option<String> {
+    let caller = script_caller(lua)?;
+    if !caller.through_own {
+        return None;
+    }
+    let mut rest = message;
+    if let Some((chunk, after)) = message.split_once(':') {
+        if OWN_CHUNKS.contains(&chunk) {
+            if let Some((line, after)) = after.split_once(": ") {
+                if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) {
+                    rest = after;
+                }
+            }
+        }
+    }
+    let rest = match &caller.callee {
+        Some(name) => rest.replacen(" to '?'", &format!(" to '{name}'"), 1),
+        None => rest.to_owned(),
+    };
+    if rest.starts_with(&caller.at) || has_script_place(&rest) {
+        return (rest != message).then_some(rest);
+    }
+    Some(format!("{}{rest}", caller.at))
+}
+
+/// Whether a message starts with a script's `path.lua:line: `.
+fn has_script_place(message: &str) -> bool {
+    let Some((path, after)) = message.split_once(".lua:") else {
+        return false;
+    };
+    !path.contains(' ')
+        && after
+            .split_once(": ")
+            .is_some_and(|(line, _)| !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The error inside mlua's wrappers (a callback's traceback, a context).

@@ -1,0 +1,95 @@
+//! Regressions of errors from Lua's library functions that the server wraps.
+//!
+//! The server calls many library functions through wrappers of its own (to charge big inputs
+//! to the call's budget), so Lua's messages lost what they say in stock Lua: `("x"):rep(-1,
+//! {})` ended the call with "bad argument #3 to '?' (string expected, got table)", with no
+//! line, and `setmetatable(1, {})` with the wrapper's place, `protoserve:82:`. Such errors now
+//! name the script's line and the function as the script called it; a script's own error
+//! without a position stays as it raised it.
+
+mod common;
+
+use bytes::Bytes;
+use common::serve_repo_protos_with;
+
+const JSON: &str = r#"{ "service": "helloworld.Greeter",
+  "methods": { "SayHello": { "script": "lib.lua" } } }"#;
+
+/// Each case on a line of its own (line 2 onwards), in a call that is not a tail call.
+const CASES: [(&str, &str); 10] = [
+    (
+        "(\"x\"):rep(-1, {})",
+        "bad argument #3 to 'rep' (string expected, got table)",
+    ),
+    (
+        "string.format(\"%d\", \"x\")",
+        "bad argument #2 to 'format' (number expected, got string)",
+    ),
+    (
+        "(\"x\"):byte({})",
+        "bad argument #2 to 'byte' (number expected, got table)",
+    ),
+    (
+        "select(-5, 1)",
+        "bad argument #1 to 'select' (index out of range)",
+    ),
+    (
+        "utf8.char(-1)",
+        "bad argument #1 to 'char' (value out of range)",
+    ),
+    (
+        "string.char(256)",
+        "bad argument #1 to 'char' (value out of range)",
+    ),
+    (
+        "setmetatable(1, {})",
+        "bad argument #1 to 'setmetatable' (table expected, got number)",
+    ),
+    (
+        "table.concat({{}})",
+        "invalid value (table) at index 1 in table for 'concat'",
+    ),
+    (
+        "table.insert({}, 1, 2, 3)",
+        "wrong number of arguments to 'insert'",
+    ),
+    ("error(\"as raised\", 0)", "as raised"),
+];
+
+fn script() -> String {
+    let mut lua = String::from("local cases = {\n");
+    for (code, _) in CASES {
+        lua.push_str(&format!("  function() local r = {code} return r end,\n"));
+    }
+    lua.push_str(
+        "}\nfunction SayHello(req)\n  local r = cases[tonumber(req.name)]()\n  return { message = tostring(r) }\nend\n",
+    );
+    lua
+}
+
+#[tokio::test]
+async fn library_errors_name_the_scripts_line_and_the_function_it_called() {
+    let lua = script();
+    let (_server, client, _dir) =
+        serve_repo_protos_with(&[("lib.json", JSON), ("lib.lua", &lua)], &[]).await;
+    for (i, (code, expected)) in CASES.iter().enumerate() {
+        let n = (i + 1).to_string();
+        let mut request = vec![0x0a, n.len() as u8];
+        request.extend_from_slice(n.as_bytes());
+        let status = client
+            .raw_unary("/helloworld.Greeter/SayHello", Bytes::from(request))
+            .await
+            .expect_err(code);
+        let message = status.message();
+        // The script's own error without a position keeps none.
+        let want = if expected == &"as raised" {
+            format!("): {expected}")
+        } else {
+            format!("lib.lua:{}: {expected}", i + 2)
+        };
+        assert!(
+            message.ends_with(&want),
+            "{code}: {message:?} does not end with {want:?}"
+        );
+    }
+}
