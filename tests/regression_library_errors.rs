@@ -4,8 +4,8 @@
 //! to the call's budget), so Lua's messages lost what they say in stock Lua: `("x"):rep(-1,
 //! {})` ended the call with "bad argument #3 to '?' (string expected, got table)", with no
 //! line, and `setmetatable(1, {})` with the wrapper's place, `protoserve:82:`. Such errors now
-//! name the script's line and the function as the script called it; a script's own error
-//! without a position stays as it raised it.
+//! name the script's line and the function as the script called it, whether they end the call
+//! or `pcall` catches them; a script's own error without a position stays as it raised it.
 
 mod common;
 
@@ -13,7 +13,7 @@ use bytes::Bytes;
 use common::serve_repo_protos_with;
 
 const JSON: &str = r#"{ "service": "helloworld.Greeter",
-  "methods": { "SayHello": { "script": "lib.lua" } } }"#;
+  "methods": { "SayHello": { "script": "lib.lua" }, "SayHelloAgain": { "script": "lib.lua" } } }"#;
 
 /// Each case on a line of its own (line 2 onwards), in a call that is not a tail call.
 const CASES: [(&str, &str); 10] = [
@@ -62,7 +62,8 @@ fn script() -> String {
         lua.push_str(&format!("  function() local r = {code} return r end,\n"));
     }
     lua.push_str(
-        "}\nfunction SayHello(req)\n  local r = cases[tonumber(req.name)]()\n  return { message = tostring(r) }\nend\n",
+        "}\nfunction SayHello(req)\n  local r = cases[tonumber(req.name)]()\n  return { message = tostring(r) }\nend\n\
+         function SayHelloAgain(req)\n  local ok, e = pcall(cases[tonumber(req.name)])\n  return { message = tostring(e) }\nend\n",
     );
     lua
 }
@@ -90,6 +91,33 @@ async fn library_errors_name_the_scripts_line_and_the_function_it_called() {
         assert!(
             message.ends_with(&want),
             "{code}: {message:?} does not end with {want:?}"
+        );
+    }
+}
+
+/// The same errors caught with `pcall`, as the script sees them.
+#[tokio::test]
+async fn caught_library_errors_read_as_in_stock_lua() {
+    let lua = script();
+    let (_server, client, _dir) =
+        serve_repo_protos_with(&[("lib.json", JSON), ("lib.lua", &lua)], &[]).await;
+    for (i, (code, expected)) in CASES.iter().enumerate() {
+        let n = (i + 1).to_string();
+        let mut request = vec![0x0a, n.len() as u8];
+        request.extend_from_slice(n.as_bytes());
+        let reply = client
+            .raw_unary("/helloworld.Greeter/SayHelloAgain", Bytes::from(request))
+            .await
+            .expect(code);
+        let message = String::from_utf8_lossy(&reply[2..]).into_owned();
+        let want = if expected == &"as raised" {
+            expected.to_string()
+        } else {
+            format!("lib.lua:{}: {expected}", i + 2)
+        };
+        assert!(
+            message == want || message.ends_with(&format!("/{want}")),
+            "{code}: caught {message:?}, not {want:?}"
         );
     }
 }

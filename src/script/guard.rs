@@ -58,7 +58,7 @@ pub const GUARD_CLOSE_KEY: &str = "protoserve.guard_close";
 const GUARD: &str = r#"
 local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING,
   enter, leave, start, dgetinfo, dgetlocal, dgetmt, owed_pause, ctx_mt, bind, plain,
-  take_request = ...
+  take_request, place = ...
 local error, select, type, next, rawget, rawset, setmetatable, rawequal =
   error, select, type, next, rawget, rawset, setmetatable, rawequal
 local co = coroutine
@@ -201,9 +201,11 @@ end
 
 local TOO_DEEP = "pcall/xpcall nested too deeply (C stack overflow)"
 
+-- (`place` puts an error from inside the library's wrappers at the script's line, as Lua's own
+-- functions do; it runs at the error, from C, but looks at a few frames only.)
 local function pcall(f, ...)
   if not enter() then return false, TOO_DEEP end
-  return left(raw_pcall(f, ...))
+  return left(raw_xpcall(f, place, ...))
 end
 
 -- Lua calls a message handler from C, at the error, where the hook cannot pause it: a slow
@@ -232,7 +234,7 @@ local function xpcall(f, ...)
     error("bad argument #2 to 'xpcall' (function expected, got " .. got .. ")", 2)
   end
   if not enter() then return false, msgh(TOO_DEEP) end
-  return handled(msgh, left(raw_pcall(f, select(2, ...))))
+  return handled(msgh, left(raw_xpcall(f, place, select(2, ...))))
 end
 
 local after_resume
@@ -602,6 +604,16 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     #[allow(unsafe_code)]
     let take_request = unsafe { lua.create_c_function(super::requests::take_request)? };
     args.push_back(LuaValue::Function(take_request));
+    // A caught error as Lua would have raised it (see `placed`), at the error.
+    args.push_back(LuaValue::Function(lua.create_function(
+        |lua, e: LuaValue| match &e {
+            LuaValue::String(s) => match placed(lua, &crate::error::bounded_lossy(&s.as_bytes())) {
+                Some(message) => lua.create_string(message).map(LuaValue::String),
+                None => Ok(e),
+            },
+            _ => Ok(e),
+        },
+    )?));
     let (pcall, xpcall, run, body, load, guard_close, handlers): Made =
         lua.load(GUARD).set_name("=protoserve guard").call(args)?;
     g.raw_set("pcall", pcall)?;
