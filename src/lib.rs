@@ -14,6 +14,7 @@ pub mod control;
 pub mod data;
 pub mod error;
 pub mod fieldpath;
+pub mod floods;
 pub mod generation;
 pub mod handler;
 pub mod health;

@@ -12,6 +12,8 @@
 //! - a client that opens with something other than HTTP/2 (a TLS handshake, an HTTP/1
 //!   request) is named in the log with what to change, not just disconnected;
 //! - peers that stop answering pings are dropped (`keepalive_*`);
+//! - a connection flooding the server with frames that carry no call (PING, SETTINGS…) is
+//!   closed, and no connection holds a network thread for long ([`crate::floods`]);
 //! - on shutdown the listener closes, health turns NOT_SERVING, connections get GOAWAY and
 //!   in-flight calls may finish; calls still running after `shutdown_timeout` end with
 //!   UNAVAILABLE (a status, not a reset), and whatever is left after a short grace (a peer that
@@ -21,7 +23,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,6 +35,7 @@ use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
+use crate::floods::{Flood, FrameBudget};
 use crate::journal::Journal;
 use crate::layers::buffers::{Budget, Buffers};
 use crate::layers::cutoff::Stop;
@@ -175,13 +178,16 @@ pub async fn run(
                     options.max_header_list_size as usize,
                 ));
                 let guard = HandshakeGuard::new(stream, options.handshake_timeout)
-                    .reporting_other_protocols(peer);
+                    .reporting_other_protocols(peer)
+                    .budgeting_frames();
                 let greeted = guard.greeted.clone();
+                let flooded = guard.flooded.clone();
                 let conn = http2.serve_connection(TokioIo::new(guard), service);
                 connections.spawn(connection(
                     conn,
                     peer,
                     greeted,
+                    flooded,
                     draining.clone(),
                     deadline_passed.clone(),
                     stop,
@@ -230,6 +236,7 @@ async fn connection(
     conn: Connection,
     peer: std::net::SocketAddr,
     greeted: Arc<AtomicBool>,
+    flooded: Arc<OnceLock<Flood>>,
     mut draining: watch::Receiver<bool>,
     deadline_passed: CancellationToken,
     stop: Stop,
@@ -241,7 +248,9 @@ async fn connection(
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    if too_many_unread_frames(&e) {
+                    if let Some(flood) = flooded.get() {
+                        report_flood(peer, *flood);
+                    } else if too_many_unread_frames(&e) {
                         report_unread_frames(peer);
                     } else {
                         tracing::debug!("connection closed: {e}");
@@ -344,6 +353,16 @@ fn report_unread_frames(peer: std::net::SocketAddr) {
     }
 }
 
+/// Logs, once a second at most, that a connection was closed for a flood of idle frames.
+fn report_flood(peer: std::net::SocketAddr, flood: Flood) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    if once_a_second(&LAST) {
+        tracing::warn!("connection from {peer} closed (GOAWAY ENHANCE_YOUR_CALM): {flood}");
+    } else {
+        tracing::debug!("connection from {peer} closed (GOAWAY ENHANCE_YOUR_CALM): {flood}");
+    }
+}
+
 /// Logs, once a second at most (more at debug level: a flood must not flood the log), that a
 /// client opened with something other than HTTP/2.
 fn report_not_http2(peer: std::net::SocketAddr, first: &[u8]) {
@@ -369,6 +388,11 @@ pub struct HandshakeGuard {
     /// The peer, to name in the log if its first bytes are not HTTP/2's preface (the gRPC
     /// port only); cleared once the preface is checked.
     check_preface: Option<std::net::SocketAddr>,
+    /// The budget of idle frames (gRPC port only; see [`crate::floods`]).
+    frames: Option<FrameBudget>,
+    /// Set when the connection is closed for a flood of idle frames (h2 passes on the read
+    /// error's kind and words only).
+    pub flooded: Arc<OnceLock<Flood>>,
 }
 
 impl HandshakeGuard {
@@ -380,7 +404,16 @@ impl HandshakeGuard {
             timer: Some(Box::pin(tokio::time::sleep(timeout))),
             greeted: Arc::new(AtomicBool::new(false)),
             check_preface: None,
+            frames: None,
+            flooded: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Holds the client to a budget of frames that carry no call, and makes the connection's
+    /// task yield now and then while it reads (see [`crate::floods`]).
+    pub fn budgeting_frames(mut self) -> Self {
+        self.frames = Some(FrameBudget::new());
+        self
     }
 
     /// Logs what `peer` spoke if its first bytes are not HTTP/2's preface (see
@@ -405,6 +438,46 @@ impl AsyncRead for HandshakeGuard {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let Some(frames) = &mut this.frames else {
+            return this.poll_read_guarded(cx, buf);
+        };
+        if frames.should_yield() {
+            // As `yield_now` does: woken after the thread's other tasks and the network had
+            // their turn.
+            let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+            return Poll::Pending;
+        }
+        let before = buf.filled().len();
+        let result = this.poll_read_guarded(cx, buf);
+        let Some(frames) = &mut this.frames else {
+            return result;
+        };
+        match result {
+            Poll::Pending => frames.waiting(),
+            Poll::Ready(Ok(())) => {
+                if let Err(flood) = frames.received(&buf.filled()[before..]) {
+                    let _ = this.flooded.set(flood);
+                    if let Some(goaway) = frames.goaway() {
+                        // Best effort: the connection closes either way.
+                        let _ = this.io.try_write(&goaway);
+                    }
+                    return Poll::Ready(Err(io::Error::other(flood)));
+                }
+            }
+            Poll::Ready(Err(_)) => {}
+        }
+        result
+    }
+}
+
+impl HandshakeGuard {
+    /// Reads, failing with `TimedOut` while the handshake is overdue.
+    fn poll_read_guarded(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self;
         let Some(timer) = &mut this.timer else {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         };
@@ -456,7 +529,12 @@ impl AsyncWrite for HandshakeGuard {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some(frames)) = (&result, &mut this.frames) {
+            frames.sent(&buf[..*n]);
+        }
+        result
     }
 
     fn poll_write_vectored(
@@ -464,7 +542,20 @@ impl AsyncWrite for HandshakeGuard {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let (Poll::Ready(Ok(n)), Some(frames)) = (&result, &mut this.frames) {
+            let mut left = *n;
+            for b in bufs {
+                let take = left.min(b.len());
+                frames.sent(&b[..take]);
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

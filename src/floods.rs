@@ -1,0 +1,405 @@
+//! Budgets for HTTP/2 frames that cost the server work but carry no call.
+//!
+//! A PING or SETTINGS frame asks for an acknowledgement, a SETTINGS frame that changes
+//! INITIAL_WINDOW_SIZE changes the window of every open stream, and PRIORITY frames and empty
+//! DATA frames are bookkeeping only; a client may send them back to back, a million a second on
+//! one connection (the PING, SETTINGS and empty-frame floods of CVE-2019-9512/9515/9518). h2
+//! answers each, holds only one unsent acknowledgement and stops reading while its answers are
+//! not taken, so memory stays bounded; but it handles every frame it has read before the
+//! connection's task yields, and tokio lets a task read 128 times (a megabyte of frames) before
+//! that. A flood so held a network thread for over half a second at a time, and calls of other
+//! connections on that thread waited (measured with 200 calls open and SETTINGS changing their
+//! windows: 600 ms in a debug build, 100 ms in release).
+//!
+//! So the connection's socket is read through [`FrameBudget`], which follows the 9-byte frame
+//! headers as the bytes pass (no copying, payloads are skipped) and:
+//!
+//! - counts PING and SETTINGS frames that are not acknowledgements, PRIORITY frames and empty
+//!   DATA frames that do not end their stream: over [`MAX_IDLE_FRAMES`] in a second (or over
+//!   [`MAX_SETTINGS`] SETTINGS frames) closes the connection, with GOAWAY `ENHANCE_YOUR_CALM` when the server is between frames of its own
+//!   (as grpc-go and nghttp2 close pingers). A frame that arrives after the server wrote
+//!   [`BYTES_PER_FREE_FRAME`] to the client is not counted, so a client measuring bandwidth with
+//!   pings while it downloads (hyper's and grpc-go's adaptive windows) is never cut off;
+//! - makes the connection's task yield after reading for [`READ_SLICE`] without a pause, so
+//!   a flood of any frame (WINDOW_UPDATE, RST_STREAM…) holds a network thread for little more
+//!   than that (one read, at most 8 KiB of frames, is handled whole).
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Idle frames (see the module docs) a connection may send within one second. Legitimate
+/// clients send a few: a keepalive ping every 10 s (grpc-go, grpc-java) or every 100 ms at the
+/// most eager, one SETTINGS frame, a handful of PRIORITY frames from a browser.
+pub const MAX_IDLE_FRAMES: u32 = 1000;
+
+/// SETTINGS frames (not acknowledgements) a connection may send within one second, among its
+/// idle frames: one costs the server work for every stream open. A client sends one when it
+/// connects, and a few more as it grows its windows (grpc-go).
+pub const MAX_SETTINGS: u32 = 100;
+
+/// Bytes written to the client that pay for one idle frame.
+pub const BYTES_PER_FREE_FRAME: u64 = 16 * 1024;
+
+/// Bytes written that may be saved up to pay for later idle frames.
+const MAX_SAVED: u64 = 1024 * 1024;
+
+/// How long a connection's task may go on reading and handling frames before it yields to the
+/// other tasks of its network thread (and to the network itself).
+pub const READ_SLICE: Duration = Duration::from_millis(2);
+
+/// The HTTP/2 client preface, which precedes the client's first frame.
+const PREFACE_LEN: usize = 24;
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const ACK: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
+
+/// One frame header: payload length, type, flags and stream id.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    len: u32,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+}
+
+/// Follows frame boundaries in a byte stream: the bytes of a header are collected (at most 9),
+/// payloads are skipped.
+#[derive(Debug)]
+struct Scanner {
+    /// Bytes still to skip (the preface, or the payload of the last frame).
+    skip: usize,
+    head: [u8; 9],
+    have: usize,
+}
+
+impl Scanner {
+    fn new(skip: usize) -> Self {
+        Self {
+            skip,
+            head: [0; 9],
+            have: 0,
+        }
+    }
+
+    /// Passes `bytes`, calling `on_header` for every frame header completed; stops at its
+    /// first error.
+    fn feed<E>(
+        &mut self,
+        mut bytes: &[u8],
+        mut on_header: impl FnMut(Header) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (9 - self.have).min(bytes.len());
+            self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == 9 {
+                self.have = 0;
+                let h = &self.head;
+                let header = Header {
+                    len: u32::from_be_bytes([0, h[0], h[1], h[2]]),
+                    kind: h[3],
+                    flags: h[4],
+                    stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+                };
+                self.skip = header.len as usize;
+                on_header(header)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the bytes passed so far end with a whole frame.
+    fn at_boundary(&self) -> bool {
+        self.skip == 0 && self.have == 0
+    }
+}
+
+/// A connection that sent too many idle frames within a second.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Flood {
+    pub pings: u32,
+    pub settings: u32,
+    pub priorities: u32,
+    pub empty_data: u32,
+}
+
+impl fmt::Display for Flood {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "within a second it sent {} PING, {} SETTINGS, {} PRIORITY and {} empty DATA \
+             frames, which carry no call: over the limit of {MAX_IDLE_FRAMES} such frames a \
+             second ({MAX_SETTINGS} SETTINGS), which only a flood reaches (a keepalive ping every \
+             100 ms is 10 a second)",
+            self.pings, self.settings, self.priorities, self.empty_data
+        )
+    }
+}
+
+impl std::error::Error for Flood {}
+
+/// The frame budget of one connection: fed the bytes read from and written to the client.
+#[derive(Debug)]
+pub struct FrameBudget {
+    incoming: Scanner,
+    outgoing: Scanner,
+    counter: Counter,
+    /// The highest stream the client opened, for GOAWAY.
+    last_stream: u32,
+    /// When the task began reading without waiting or yielding.
+    slice: Option<Instant>,
+    flooded: Option<Flood>,
+}
+
+/// The idle frames of the current one-second window.
+#[derive(Debug, Default)]
+struct Counter {
+    /// When the window began (its first counted frame).
+    window: Option<Instant>,
+    counted: Flood,
+    /// Bytes written to the client not yet spent on idle frames (at most [`MAX_SAVED`]).
+    saved: u64,
+}
+
+impl Counter {
+    /// Counts one idle frame of type `kind` arriving at `now`.
+    fn count(&mut self, kind: u8, now: Instant) -> Result<(), Flood> {
+        if self.saved >= BYTES_PER_FREE_FRAME {
+            self.saved -= BYTES_PER_FREE_FRAME;
+            return Ok(());
+        }
+        let began = *self.window.get_or_insert(now);
+        if self.counted.total() >= MAX_IDLE_FRAMES
+            || (kind == SETTINGS && self.counted.settings >= MAX_SETTINGS)
+        {
+            // Over the limit: a flood if the window began less than a second ago, else a new
+            // window begins.
+            if now.duration_since(began) < Duration::from_secs(1) {
+                self.counted.add(kind);
+                return Err(self.counted);
+            }
+            self.window = Some(now);
+            self.counted = Flood::default();
+        }
+        self.counted.add(kind);
+        Ok(())
+    }
+}
+
+impl Flood {
+    fn add(&mut self, kind: u8) {
+        match kind {
+            PING => self.pings += 1,
+            SETTINGS => self.settings += 1,
+            PRIORITY => self.priorities += 1,
+            _ => self.empty_data += 1,
+        }
+    }
+
+    fn total(&self) -> u32 {
+        self.pings + self.settings + self.priorities + self.empty_data
+    }
+}
+
+impl Default for FrameBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameBudget {
+    pub fn new() -> Self {
+        Self {
+            incoming: Scanner::new(PREFACE_LEN),
+            outgoing: Scanner::new(0),
+            counter: Counter::default(),
+            last_stream: 0,
+            slice: None,
+            flooded: None,
+        }
+    }
+
+    /// Counts the frames in `bytes` read from the client; the flood, once the budget is spent
+    /// (and at every call after).
+    pub fn received(&mut self, bytes: &[u8]) -> Result<(), Flood> {
+        if let Some(flood) = self.flooded {
+            return Err(flood);
+        }
+        let now = Instant::now();
+        self.slice.get_or_insert(now);
+        let (counter, last_stream) = (&mut self.counter, &mut self.last_stream);
+        let scanned = self.incoming.feed(bytes, |h| {
+            let idle = match h.kind {
+                PING | SETTINGS => h.flags & ACK == 0,
+                PRIORITY => true,
+                DATA => h.len == 0 && h.flags & END_STREAM == 0,
+                HEADERS => {
+                    *last_stream = (*last_stream).max(h.stream);
+                    false
+                }
+                _ => false,
+            };
+            if idle {
+                counter.count(h.kind, now)?;
+            }
+            Ok(())
+        });
+        if let Err(flood) = scanned {
+            self.flooded = Some(flood);
+        }
+        scanned
+    }
+
+    /// Follows the bytes written to the client.
+    pub fn sent(&mut self, written: &[u8]) {
+        self.counter.saved = (self.counter.saved + written.len() as u64).min(MAX_SAVED);
+        let _ = self.outgoing.feed(written, |_| Ok::<(), ()>(()));
+    }
+
+    /// Whether the connection's task has been reading for [`READ_SLICE`] without waiting, and
+    /// should yield (which starts a new slice).
+    pub fn should_yield(&mut self) -> bool {
+        if self
+            .slice
+            .is_some_and(|began| began.elapsed() >= READ_SLICE)
+        {
+            self.slice = None;
+            return true;
+        }
+        false
+    }
+
+    /// The task waits for the client: a new slice begins with the next read.
+    pub fn waiting(&mut self) {
+        self.slice = None;
+    }
+
+    /// GOAWAY `ENHANCE_YOUR_CALM` naming the last stream the client opened, if what the server
+    /// wrote so far ends with a whole frame (otherwise a frame written now would corrupt the
+    /// one cut short).
+    pub fn goaway(&self) -> Option<[u8; 17]> {
+        if !self.outgoing.at_boundary() {
+            return None;
+        }
+        let mut frame = [0u8; 17];
+        frame[2] = 8; // payload length
+        frame[3] = 0x7; // GOAWAY
+        frame[9..13].copy_from_slice(&self.last_stream.to_be_bytes());
+        frame[13..17].copy_from_slice(&u32::from(h2::Reason::ENHANCE_YOUR_CALM).to_be_bytes());
+        Some(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn preface() -> Vec<u8> {
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()
+    }
+
+    #[test]
+    fn frames_split_anywhere_are_counted_once() {
+        let mut bytes = preface();
+        bytes.extend(frame(DATA, 0, 1, &[0; 300]));
+        for _ in 0..MAX_IDLE_FRAMES {
+            bytes.extend(frame(PING, 0, 0, &[1; 8]));
+        }
+        let mut budget = FrameBudget::new();
+        for chunk in bytes.chunks(7) {
+            budget.received(chunk).unwrap();
+        }
+        assert_eq!(budget.counter.counted.pings, MAX_IDLE_FRAMES);
+        let flood = budget.received(&frame(SETTINGS, 0, 0, &[])).unwrap_err();
+        assert_eq!((flood.pings, flood.settings), (MAX_IDLE_FRAMES, 1));
+    }
+
+    #[test]
+    fn acknowledgements_and_frames_with_content_are_free() {
+        let mut bytes = preface();
+        for _ in 0..2 * MAX_IDLE_FRAMES {
+            bytes.extend(frame(PING, ACK, 0, &[1; 8]));
+            bytes.extend(frame(SETTINGS, ACK, 0, &[]));
+            bytes.extend(frame(DATA, END_STREAM, 1, &[]));
+            bytes.extend(frame(DATA, 0, 1, &[0; 5]));
+            bytes.extend(frame(0x8, 0, 0, &[0, 0, 0, 1]));
+        }
+        FrameBudget::new().received(&bytes).unwrap();
+    }
+
+    #[test]
+    fn settings_have_a_budget_of_their_own() {
+        let mut budget = FrameBudget::new();
+        let now = Instant::now();
+        for _ in 0..MAX_SETTINGS {
+            budget.counter.count(SETTINGS, now).unwrap();
+        }
+        budget.counter.count(PING, now).unwrap();
+        let flood = budget.counter.count(SETTINGS, now).unwrap_err();
+        assert_eq!(flood.settings, MAX_SETTINGS + 1);
+    }
+
+    #[test]
+    fn a_new_second_starts_a_new_count() {
+        let mut budget = FrameBudget::new();
+        let start = Instant::now();
+        for _ in 0..MAX_IDLE_FRAMES {
+            budget.counter.count(PING, start).unwrap();
+        }
+        budget
+            .counter
+            .count(PING, start + Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(budget.counter.counted.pings, 1);
+    }
+
+    #[test]
+    fn bytes_written_pay_for_pings() {
+        let mut budget = FrameBudget::new();
+        budget.sent(&vec![
+            0;
+            4 * MAX_IDLE_FRAMES as usize
+                * BYTES_PER_FREE_FRAME as usize
+        ]);
+        let now = Instant::now();
+        for _ in 0..MAX_IDLE_FRAMES + MAX_SAVED as u32 / BYTES_PER_FREE_FRAME as u32 {
+            budget.counter.count(PING, now).unwrap();
+        }
+        budget.counter.count(PING, now).unwrap_err();
+    }
+
+    #[test]
+    fn goaway_waits_for_the_end_of_the_servers_frame() {
+        let mut budget = FrameBudget::new();
+        budget.received(&preface()).unwrap();
+        budget.received(&frame(HEADERS, 0x4, 5, &[0x83])).unwrap();
+        let data = frame(DATA, 0, 5, &[0; 10]);
+        budget.sent(&data[..12]);
+        assert_eq!(budget.goaway(), None);
+        budget.sent(&data[12..]);
+        let goaway = budget.goaway().unwrap();
+        assert_eq!(goaway[3], 0x7);
+        assert_eq!(&goaway[9..13], &5u32.to_be_bytes());
+        assert_eq!(&goaway[13..], &11u32.to_be_bytes());
+    }
+}
