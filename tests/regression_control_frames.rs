@@ -335,3 +335,50 @@ async fn a_client_pinging_every_10ms_is_never_cut_off() {
         server.log()
     );
 }
+
+/// A stock client (tonic, on hyper) with a keepalive ping every 100 ms and adaptive flow-control
+/// windows, which ping to measure bandwidth while replies arrive, downloading large replies on
+/// one connection: never cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keepalive_client_with_adaptive_windows_is_never_cut_off() {
+    let f = common::fixtures();
+    let server = Server::start(&[
+        "--protos",
+        f.join("protos").to_str().unwrap(),
+        "--handlers",
+        f.join("hostile/handlers").to_str().unwrap(),
+    ]);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .http2_keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_while_idle(true)
+        .http2_adaptive_window(true)
+        .connect()
+        .await
+        .expect("connect");
+    let client = common::Client {
+        pool: common::pool(&f.join("protos")),
+        channel,
+    };
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut replies = 0;
+    while Instant::now() < until {
+        let out = client
+            .unary(
+                "kitchen.Kitchen/Get",
+                serde_json::json!({"limit": 2_000_000}),
+            )
+            .await
+            .expect("the large reply arrives");
+        // 2 MB of bytes, in base64.
+        assert_eq!(out["blob"].as_str().map(str::len), Some(2_666_668));
+        replies += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(replies >= 3, "{replies} replies");
+    assert!(
+        !server.log().iter().any(|l| l.contains("ENHANCE_YOUR_CALM")),
+        "{:?}",
+        server.log()
+    );
+}
