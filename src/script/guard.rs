@@ -711,36 +711,41 @@ struct Caller {
     /// The name the script called the function by that the error came from (`rep` for
     /// `s:rep(n)`).
     callee: Option<String>,
-    /// Whether the server's own Lua code ran between the error and the script's frame.
-    through_own: bool,
 }
 
+/// The script's frame that called, directly, the library function that raised the error being
+/// handled, when that function is one the server wraps in its own Lua code. Level 0 is the
+/// message handler and level 1 what raised the error; above it, the server's own Lua frames
+/// (the wrapper) lead to the script's frame. `None` when no wrapper is in between (Lua placed
+/// the error itself) or when a C function is (`pcall(string.find, s, "[")`: stock Lua names no
+/// line there either, the function being called from C).
 fn script_caller(lua: &Lua) -> Option<Caller> {
     let (mut callee, mut through_own) = (None, false);
-    for level in 0..WHERE_SEARCH {
-        let (path, line, name, lua_code) = lua.inspect_stack(level, |d| {
+    for level in 2..WHERE_SEARCH {
+        let (path, line, name, c) = lua.inspect_stack(level, |d| {
             let source = d.source();
             let path = source
                 .source
                 .as_deref()
                 .and_then(|s| s.strip_prefix('@'))
                 .map(str::to_owned);
-            let lua_code = source.what != "C";
             (
                 path,
                 d.current_line(),
                 d.names().name.map(|n| n.into_owned()),
-                lua_code,
+                source.what == "C",
             )
         })?;
         if let Some(path) = path {
-            return Some(Caller {
-                at: format!("{path}:{}: ", line?),
+            return through_own.then(|| Caller {
+                at: format!("{path}:{}: ", line.unwrap_or(0)),
                 callee,
-                through_own,
             });
         }
-        through_own |= lua_code;
+        if c {
+            return None;
+        }
+        through_own = true;
         callee = name;
     }
     None
@@ -754,9 +759,6 @@ fn script_caller(lua: &Lua) -> Option<Caller> {
 /// through the server's code (a script's own `error("…", 0)` stays as raised).
 fn placed(lua: &Lua, message: &str) -> Option<String> {
     let caller = script_caller(lua)?;
-    if !caller.through_own {
-        return None;
-    }
     let mut rest = message;
     if let Some((chunk, after)) = message.split_once(':') {
         if OWN_CHUNKS.contains(&chunk) {
