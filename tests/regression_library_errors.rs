@@ -68,28 +68,42 @@ fn script() -> String {
     lua
 }
 
+/// Runs case `i` (from 0) through `method`: its answer.
+async fn run_case(client: &common::Client, method: &str, i: usize) -> Result<Bytes, tonic::Status> {
+    let n = (i + 1).to_string();
+    let mut request = vec![0x0a, n.len() as u8];
+    request.extend_from_slice(n.as_bytes());
+    client
+        .raw_unary(
+            &format!("/helloworld.Greeter/{method}"),
+            Bytes::from(request),
+        )
+        .await
+}
+
+/// What case `i` (from 0) says, as stock Lua would: at its line, but a script's own error as
+/// raised.
+fn stock(i: usize, expected: &str) -> String {
+    if expected == "as raised" {
+        expected.to_owned()
+    } else {
+        format!("lib.lua:{}: {expected}", i + 2)
+    }
+}
+
 #[tokio::test]
 async fn library_errors_name_the_scripts_line_and_the_function_it_called() {
     let lua = script();
     let (_server, client, _dir) =
         serve_repo_protos_with(&[("lib.json", JSON), ("lib.lua", &lua)], &[]).await;
     for (i, (code, expected)) in CASES.iter().enumerate() {
-        let n = (i + 1).to_string();
-        let mut request = vec![0x0a, n.len() as u8];
-        request.extend_from_slice(n.as_bytes());
-        let status = client
-            .raw_unary("/helloworld.Greeter/SayHello", Bytes::from(request))
-            .await
-            .expect_err(code);
+        let status = run_case(&client, "SayHello", i).await.expect_err(code);
         let message = status.message();
-        // The script's own error without a position keeps none.
-        let want = if expected == &"as raised" {
-            format!("): {expected}")
-        } else {
-            format!("lib.lua:{}: {expected}", i + 2)
-        };
+        // (The call's message starts with the method, then ": " and the script's error, whose
+        // file is named by its path.)
+        let want = stock(i, expected);
         assert!(
-            message.ends_with(&want),
+            message.ends_with(&format!(": {want}")) || message.ends_with(&format!("/{want}")),
             "{code}: {message:?} does not end with {want:?}"
         );
     }
@@ -102,19 +116,9 @@ async fn caught_library_errors_read_as_in_stock_lua() {
     let (_server, client, _dir) =
         serve_repo_protos_with(&[("lib.json", JSON), ("lib.lua", &lua)], &[]).await;
     for (i, (code, expected)) in CASES.iter().enumerate() {
-        let n = (i + 1).to_string();
-        let mut request = vec![0x0a, n.len() as u8];
-        request.extend_from_slice(n.as_bytes());
-        let reply = client
-            .raw_unary("/helloworld.Greeter/SayHelloAgain", Bytes::from(request))
-            .await
-            .expect(code);
+        let reply = run_case(&client, "SayHelloAgain", i).await.expect(code);
         let message = String::from_utf8_lossy(&reply[2..]).into_owned();
-        let want = if expected == &"as raised" {
-            expected.to_string()
-        } else {
-            format!("lib.lua:{}: {expected}", i + 2)
-        };
+        let want = stock(i, expected);
         assert!(
             message == want || message.ends_with(&format!("/{want}")),
             "{code}: caught {message:?}, not {want:?}"
