@@ -70,7 +70,7 @@ impl GrpcFront {
             // Inflated off the threads that drive the network, which serve the gRPC port too;
             // its limit is no flag's.
             let limit = crate::layers::inflate::Limit::new(MAX_BODY, None);
-            let req = crate::layers::inflate::inflating(req, limit);
+            let req = crate::layers::inflate::inflating(req, limit, None);
             return grpc.unary(call, req).await;
         }
         for (prefix, svc) in self.reflection.iter() {

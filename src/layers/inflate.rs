@@ -17,8 +17,11 @@
 //! - Memory: inflation stops as soon as the output passes `--max-message-size`; one message of
 //!   a call is in flight at a time (the body reads no further until tonic took the inflated
 //!   one), so streaming calls keep their back-pressure; and the blocking pool inflates one
-//!   message at a time, for all calls together (others wait their turn as compressed bytes,
-//!   which tonic held until it inflated them before too).
+//!   message at a time, for all calls together. Others wait their turn as compressed bytes,
+//!   which hold room in the connection's buffers ([`Buffers`]) until inflated, as they did
+//!   while they arrived: tonic inflated a message as soon as it was whole, so 256 calls waiting
+//!   here with 4 MiB each would otherwise hold a gigabyte that no limit counts. A message that
+//!   does not fit ends its call with RESOURCE_EXHAUSTED naming the limit.
 //! - What clients see does not change: the answers are tonic's words for the same failures
 //!   (RESOURCE_EXHAUSTED past the limit, INTERNAL for gzip that does not inflate, both mapped
 //!   in `error.rs`), inflated with the same decoder and read sizes. Anything tonic refuses
@@ -31,7 +34,9 @@
 //!   error and reads on finds the stream ended, where tonic's decoder failed again.)
 //! - A call that goes away (the client cancels, the deadline passes) stops its inflation: a
 //!   message waiting for its turn is never inflated, and one being inflated stops at its next
-//!   read (8 KiB of output at most).
+//!   read (8 KiB of output at most). The wait and the inflation are a task of their own, not
+//!   driven by polling the body: a body kept but no longer polled (a script's request stream
+//!   after its call ended) never holds up the turns of the calls behind it.
 
 use std::future::Future;
 use std::io::Read;
@@ -52,6 +57,7 @@ use crate::error::CallError;
 use crate::handler::heavy;
 use crate::journal::layer::CarryTap;
 use crate::journal::Tap;
+use crate::layers::buffers::Buffers;
 
 /// Compressed messages of at most this many bytes start inflating in place. Their worst case
 /// is gzip of little but block headers, whose inflation makes little output to stop it early:
@@ -97,13 +103,20 @@ impl Limit {
 pub struct Inflate<S> {
     inner: S,
     limit: Limit,
+    buffers: Buffers,
 }
 
 impl<S> Inflate<S> {
-    /// `max_message_size`: `--max-message-size`, the most a message may inflate to.
-    pub fn new(inner: S, max_message_size: usize) -> Self {
+    /// `max_message_size`: `--max-message-size`, the most a message may inflate to;
+    /// `buffers`: the connection's, which compressed messages waiting for the blocking pool
+    /// hold room in.
+    pub fn new(inner: S, max_message_size: usize, buffers: Buffers) -> Self {
         let limit = Limit::new(max_message_size, Some("--max-message-size"));
-        Self { inner, limit }
+        Self {
+            inner,
+            limit,
+            buffers,
+        }
     }
 
     /// The wrapped service.
@@ -143,17 +156,18 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> S::Future {
-        self.inner.call(inflating(req, self.limit))
+        self.inner
+            .call(inflating(req, self.limit, Some(self.buffers.clone())))
     }
 }
 
 /// `req` with its body in an [`Inflating`] one if it is a gzip call (and as it is otherwise):
-/// also for a service outside this stack (the admin API's gRPC front).
-pub fn inflating(req: Request<Body>, limit: Limit) -> Request<Body> {
+/// also for a service outside this stack (the admin API's gRPC front, which has no `buffers`).
+pub fn inflating(req: Request<Body>, limit: Limit, buffers: Option<Buffers>) -> Request<Body> {
     if !gzip(req.headers()) {
         return req;
     }
-    req.map(|body| Body::new(Inflating::new(body, limit)))
+    req.map(|body| Body::new(Inflating::new(body, limit, buffers)))
 }
 
 /// One compressed message being inflated: the gzip decoder over its bytes and the output so
@@ -234,17 +248,26 @@ impl Inflation {
     }
 }
 
-/// Sets its flag when dropped: the call's body went away, and the inflation it waits for may
-/// stop.
-struct Abandon(Arc<AtomicBool>);
+/// Sets its flag and stops the job's task when dropped: the call's body went away, so the
+/// message is no longer waited for (nor inflated), and one being inflated may stop.
+struct Abandon {
+    flag: Arc<AtomicBool>,
+    task: tokio::task::AbortHandle,
+}
 
 impl Drop for Abandon {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.flag.store(true, Ordering::Relaxed);
+        self.task.abort();
     }
 }
 
-type Job = Pin<Box<dyn Future<Output = Result<Bytes, CallError>> + Send>>;
+/// A message's inflation off the network threads, as a task of its own: it waits for its turn
+/// and inflates whether or not the body is polled meanwhile. Whoever holds a body may stop
+/// polling it without dropping it (a script's request stream lives until its state collects
+/// it, after its call ended); had the body's poll driven the wait, the turn would have come to
+/// a waiter nobody polls, and every big request on the server would have waited for it.
+type Job = tokio::task::JoinHandle<Result<Bytes, CallError>>;
 
 /// Where the body is in the request's gRPC framing.
 enum State {
@@ -262,7 +285,7 @@ enum State {
         payload: BytesMut,
         left: usize,
     },
-    /// A compressed message being inflated on the blocking pool.
+    /// A compressed message being inflated on the blocking pool (or waiting for its turn).
     Inflating { job: Job, _abandon: Abandon },
     /// Passing the rest on as it comes: tonic refuses what it has seen.
     Through,
@@ -274,6 +297,9 @@ enum State {
 pub struct Inflating {
     inner: Body,
     limit: Limit,
+    /// The connection's buffers: a whole compressed message held until the blocking pool
+    /// inflates it holds room in them, as it did while it arrived.
+    buffers: Option<Buffers>,
     /// Bytes of the inner body not yet looked at.
     unread: Bytes,
     state: State,
@@ -283,10 +309,11 @@ pub struct Inflating {
 }
 
 impl Inflating {
-    pub fn new(inner: Body, limit: Limit) -> Self {
+    pub fn new(inner: Body, limit: Limit, buffers: Option<Buffers>) -> Self {
         Self {
             inner,
             limit,
+            buffers,
             unread: Bytes::new(),
             state: State::Between,
             end: None,
@@ -424,6 +451,7 @@ impl Inflating {
     /// pool (then `None`: the state is [`State::Inflating`]).
     fn inflate(&mut self, payload: Bytes) -> Option<Result<Bytes, CallError>> {
         let small = payload.len() <= INLINE_INPUT;
+        let compressed = payload.len();
         let mut inflation = Inflation::new(payload, self.limit);
         if small {
             match inflation.run(INLINE_OUTPUT, &AtomicBool::new(false)) {
@@ -432,16 +460,32 @@ impl Inflating {
                 Err(e) => return Some(Err(e)),
             }
         }
+        // Until it is inflated, the message holds the room it held while it arrived: calls
+        // waiting for their turn hold their compressed messages, which the connection's and the
+        // server's budgets bound like any message the server holds.
+        let held = match self
+            .buffers
+            .as_ref()
+            .map(|b| b.take(compressed))
+            .transpose()
+        {
+            Ok(held) => held,
+            Err(e) => return Some(Err(e)),
+        };
         let abandoned = Arc::new(AtomicBool::new(false));
         let flag = abandoned.clone();
-        let job = heavy::off_the_network_threads(move || {
+        let job = tokio::spawn(heavy::off_the_network_threads(move || {
+            let _held = held;
             // Abandoned, the result is never looked at.
             inflation.run(usize::MAX, &flag)?;
             Ok(inflation.framed())
-        });
+        }));
         self.state = State::Inflating {
-            job: Box::pin(job),
-            _abandon: Abandon(abandoned),
+            _abandon: Abandon {
+                flag: abandoned,
+                task: job.abort_handle(),
+            },
+            job,
         };
         None
     }
@@ -481,7 +525,14 @@ impl http_body::Body for Inflating {
         loop {
             match &mut this.state {
                 State::Inflating { job, .. } => {
-                    let result = std::task::ready!(job.as_mut().poll(cx));
+                    let result = match std::task::ready!(Pin::new(job).poll(cx)) {
+                        Ok(result) => result,
+                        Err(e) => match e.try_into_panic() {
+                            Ok(panic) => std::panic::resume_unwind(panic),
+                            // Aborted only once the body is gone; else the runtime shuts down.
+                            Err(_) => Err(CallError::ShuttingDown),
+                        },
+                    };
                     return Poll::Ready(this.inflated(result));
                 }
                 State::Failed => return Poll::Ready(None),
@@ -573,6 +624,7 @@ mod tests {
         let body = Inflating::new(
             Body::new(http_body_util::StreamBody::new(stream)),
             Limit::new(limit, Some("--max-message-size")),
+            None,
         );
         let mut body = std::pin::pin!(body);
         let mut out = Vec::new();
@@ -660,11 +712,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_abandoned_inflation_stops() {
+    #[tokio::test]
+    async fn an_abandoned_inflation_stops() {
         let gz = Bytes::from(gzip(&[0; 1 << 20]));
         let abandoned = Arc::new(AtomicBool::new(false));
-        drop(Abandon(abandoned.clone()));
+        let waiting = tokio::spawn(std::future::pending::<()>());
+        drop(Abandon {
+            flag: abandoned.clone(),
+            task: waiting.abort_handle(),
+        });
+        assert!(
+            waiting.await.unwrap_err().is_cancelled(),
+            "the task stops too"
+        );
         let mut inflation = Inflation::new(gz, Limit::new(1 << 21, None));
         assert_eq!(
             inflation.run(usize::MAX, &abandoned).unwrap(),

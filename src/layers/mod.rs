@@ -66,7 +66,11 @@ pub fn stack(
     max_header_list_size: usize,
 ) -> Stack {
     let limit = router.max_message_size();
-    let router = Inflate::new(router.for_connection(buffers.clone()), limit);
+    let router = Inflate::new(
+        router.for_connection(buffers.clone()),
+        limit,
+        buffers.clone(),
+    );
     let journaled = Journaled::new(
         Cutoff::new(CleanStatus::new(router), stop),
         recording.journal,

@@ -1,0 +1,269 @@
+//! Regressions of compressed request messages waiting for their turn on the blocking pool.
+//!
+//! A gzip message too big to inflate in place waits for the one turn that big requests and
+//! big compressed messages take on the blocking pool. Two things went wrong while it waited:
+//!
+//! - The wait was driven by polling the request body. A script's request stream is kept by
+//!   the script's state after its call ends, until Lua collects it, and nobody polls it then;
+//!   so when the call was cancelled (or its deadline passed) while its message waited, the turn
+//!   came to a waiter that never took it, and every later big request on the server waited
+//!   forever.
+//! - A whole compressed message waiting for the turn held its bytes in no budget: one
+//!   connection could leave hundreds of 4 MiB messages waiting behind one slow inflation,
+//!   far past `--max-buffered-per-connection`.
+//!
+//! Both tests keep the turn busy with gzip that takes long to inflate for its size: empty
+//! fixed-Huffman deflate blocks, ten bits each, which inflate to nothing.
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::Server;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+/// The slow gzip's size: some seconds of inflation in a debug build.
+const HOG: usize = 512 * 1024;
+
+/// gzip of about `len` bytes of empty deflate blocks: inflates to no bytes at all, slowly.
+fn empty_blocks(len: usize) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    // Four non-final fixed-Huffman blocks of just an end-of-block code: 40 bits.
+    for _ in 0..len / 5 {
+        out.extend_from_slice(&[2, 8, 32, 128, 0]);
+    }
+    // The final empty block, then the CRC and size of nothing.
+    out.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    out
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = GzEncoder::new(Vec::new(), Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// `payload` framed as one compressed gRPC message.
+fn compressed_frame(payload: &[u8]) -> Bytes {
+    let mut out = vec![1];
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.into()
+}
+
+/// Bytes that gzip does not shrink (xorshift noise), as hex digits (text for string fields).
+fn noise_hex(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b"0123456789abcdef"[(x & 15) as usize]
+        })
+        .collect()
+}
+
+/// A protobuf length-delimited field.
+fn field(number: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![(number << 3) | 2];
+    let mut n = value.len();
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(value);
+    out
+}
+
+/// A gzip call on a connection of its own, its request sent and ended; its answer, read in a
+/// task of its own.
+struct Pending {
+    answer: tokio::task::JoinHandle<String>,
+}
+
+impl Pending {
+    async fn send(addr: SocketAddr, path: &str, request: Bytes) -> Pending {
+        let (resp, _stream) = open(addr, path, request, true).await;
+        Pending {
+            answer: tokio::spawn(async move { status_of(resp).await }),
+        }
+    }
+
+    fn answered(&self) -> bool {
+        self.answer.is_finished()
+    }
+
+    async fn status(self, within: Duration) -> Option<String> {
+        tokio::time::timeout(within, self.answer)
+            .await
+            .ok()
+            .map(Result::unwrap)
+    }
+}
+
+/// Opens a gzip call to `path` on a connection of its own and sends `request` (ending the
+/// request stream when `end`).
+async fn open(
+    addr: SocketAddr,
+    path: &str,
+    request: Bytes,
+    end: bool,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let mut send = common::h2_connect(addr).await.ready().await.unwrap();
+    let req = common::grpc_request(addr, path)
+        .header("grpc-encoding", "gzip")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.reserve_capacity(request.len());
+    body.send_data(request, end).unwrap();
+    (resp, body)
+}
+
+/// The call's gRPC status and message, `code: message`.
+async fn status_of(resp: h2::client::ResponseFuture) -> String {
+    let (parts, mut stream) = match resp.await {
+        Ok(r) => r.into_parts(),
+        Err(e) => return format!("reset: {e}"),
+    };
+    let headers = parts.headers;
+    if let Some(code) = headers.get("grpc-status") {
+        let message = headers.get("grpc-message").map(|m| m.to_str().unwrap());
+        return format!("{}: {}", code.to_str().unwrap(), message.unwrap_or(""));
+    }
+    while let Some(chunk) = stream.data().await {
+        match chunk {
+            Ok(chunk) => {
+                let _ = stream.flow_control().release_capacity(chunk.len());
+            }
+            Err(e) => return format!("reset: {e}"),
+        }
+    }
+    match stream.trailers().await {
+        Ok(Some(t)) => format!(
+            "{}: {}",
+            t["grpc-status"].to_str().unwrap(),
+            t.get("grpc-message").map_or("", |m| m.to_str().unwrap())
+        ),
+        other => format!("no trailers: {other:?}"),
+    }
+}
+
+/// A client-streaming script call whose gzip message waits for the turn, cancelled by its
+/// client: the big gzip request after it is answered at once, not held up for good by a turn
+/// nobody takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_call_cancelled_while_its_gzip_message_waits_leaves_the_turn_to_others() {
+    let server = Server::lab(&[]);
+    let addr = server.addr;
+    let hog = Pending::send(
+        addr,
+        "/lab.Lab/Roundtrip",
+        compressed_frame(&empty_blocks(HOG)),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A Query whose name (3) is 3 000 bytes of noise: its gzip is past the in-place bound.
+    let query = field(3, &noise_hex(3000, 11));
+    let (resp, mut sum) = open(addr, "/lab.Lab/Sum", compressed_frame(&gzip(&query)), false).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !hog.answered(),
+        "the slow gzip must still hold the turn while the script's message waits"
+    );
+    sum.send_reset(h2::Reason::CANCEL);
+    drop(resp);
+    let hog = hog.status(Duration::from_secs(300)).await;
+    assert_eq!(
+        hog.as_deref(),
+        Some("0: "),
+        "the slow gzip inflates to nothing"
+    );
+
+    let item = [field(1, b"after"), field(7, &noise_hex(64 * 1024, 5))].concat();
+    let started = Instant::now();
+    let after = Pending::send(addr, "/lab.Lab/Roundtrip", compressed_frame(&gzip(&item)))
+        .await
+        .status(Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        after.as_deref(),
+        Some("0: "),
+        "a big gzip request after the cancelled script call waited {:?} for its turn",
+        started.elapsed()
+    );
+}
+
+/// Compressed messages waiting for the turn hold room in the connection's buffers: past
+/// `--max-buffered-per-connection` a call is refused at once with RESOURCE_EXHAUSTED naming
+/// the flag, where the messages were all kept waiting, whatever their number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_messages_waiting_for_their_turn_count_against_the_connection() {
+    let protos = common::fixtures().join("protos");
+    let handlers = common::fixtures().join("handlers");
+    let server = Server::start(&[
+        "--protos",
+        protos.to_str().unwrap(),
+        "--handlers",
+        handlers.to_str().unwrap(),
+        "--max-buffered-per-connection",
+        "8MiB",
+    ]);
+    let addr = server.addr;
+    let hog = Pending::send(
+        addr,
+        "/kitchen.Kitchen/Echo",
+        compressed_frame(&empty_blocks(HOG)),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Six calls on one connection, each with 3 MiB of compressed bytes (not gzip at all: they
+    // fail once inflated, if they ever are), each sent whole before the next.
+    let mut conn = common::h2_connect(addr).await;
+    let junk = compressed_frame(&noise_hex(3 << 20, 3));
+    let mut answers = tokio::task::JoinSet::new();
+    let mut streams = Vec::new();
+    for _ in 0..6 {
+        conn = conn.ready().await.unwrap();
+        let req = common::grpc_request(addr, "/kitchen.Kitchen/Echo")
+            .header("grpc-encoding", "gzip")
+            .body(())
+            .unwrap();
+        let (resp, mut body) = conn.send_request(req, false).unwrap();
+        body.reserve_capacity(junk.len());
+        let _ = body.send_data(junk.clone(), true);
+        streams.push(body);
+        answers.spawn(status_of(resp));
+        // One after the other: a message still arriving holds room anyway.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // Refused ones answer at once; the rest wait for the slow gzip.
+    let mut refused = Vec::new();
+    while let Ok(Some(answer)) =
+        tokio::time::timeout(Duration::from_secs(2), answers.join_next()).await
+    {
+        refused.push(answer.unwrap());
+    }
+    assert!(
+        !hog.answered(),
+        "the slow gzip must still hold the turn while the calls wait"
+    );
+    assert!(
+        !refused.is_empty()
+            && refused
+                .iter()
+                .all(|s| s.starts_with("8: ") && s.contains("--max-buffered-per-connection")),
+        "answered while the turn was busy: {refused:?}"
+    );
+    assert!(
+        refused.len() >= 3,
+        "8 MiB holds two 3 MiB messages, not more: {refused:?}"
+    );
+    drop(streams);
+}
