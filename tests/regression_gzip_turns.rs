@@ -267,3 +267,37 @@ async fn compressed_messages_waiting_for_their_turn_count_against_the_connection
     );
     drop(streams);
 }
+
+/// A call cancelled while its gzip is being inflated gives up its turn at once, even when the
+/// gzip inflates to nothing (empty blocks), where the inflation was stopped only between reads
+/// of output and went on for the whole message (some 4 s in a release build, 100 s in a debug
+/// one) while every big request on the server waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cancelled_while_its_gzip_inflates_to_nothing_gives_up_its_turn() {
+    let server = Server::kitchen();
+    let addr = server.addr;
+    let slow = compressed_frame(&empty_blocks((4 << 20) - 64));
+    let (resp, mut body) = open(addr, "/kitchen.Kitchen/Echo", slow, true).await;
+    // Inflating by now: a 4 MiB message reaches the server in milliseconds.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    body.send_reset(h2::Reason::CANCEL);
+    drop(resp);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let item = [field(1, b"after"), field(7, &noise_hex(64 * 1024, 9))].concat();
+    let started = Instant::now();
+    let after = Pending::send(
+        addr,
+        "/kitchen.Kitchen/Echo",
+        compressed_frame(&gzip(&item)),
+    )
+    .await
+    .status(Duration::from_secs(20))
+    .await;
+    assert_eq!(
+        after.as_deref(),
+        Some("0: "),
+        "a big gzip request after the cancelled call waited {:?} for its turn",
+        started.elapsed()
+    );
+}

@@ -33,8 +33,8 @@
 //!   fails the request stream, as any failure of the body does, so a script that catches the
 //!   error and reads on finds the stream ended, where tonic's decoder failed again.)
 //! - A call that goes away (the client cancels, the deadline passes) stops its inflation: a
-//!   message waiting for its turn is never inflated, and one being inflated stops at its next
-//!   read (8 KiB of output at most). The wait and the inflation are a task of their own, not
+//!   message waiting for its turn is never inflated, and one being inflated stops within 8 KiB
+//!   of output or of input, whichever comes first ([`Feed`]). The wait and the inflation are a task of their own, not
 //!   driven by polling the body: a body kept but no longer polled (a script's request stream
 //!   after its call ended) never holds up the turns of the calls behind it.
 
@@ -170,12 +170,41 @@ pub fn inflating(req: Request<Body>, limit: Limit, buffers: Option<Buffers>) -> 
     req.map(|body| Body::new(Inflating::new(body, limit, buffers)))
 }
 
+/// Compressed bytes the decoder reads at most at once (it reads on while a read inflates to
+/// nothing).
+const FEED: usize = 8 * 1024;
+
+/// A compressed message as the gzip decoder reads it: [`FEED`] bytes at a time, and none once
+/// the call went away. gzip can take long to inflate to little: empty deflate blocks, ten
+/// bits each, inflate to nothing at some 1 ms per KiB in a release build (4 s for a 4 MiB
+/// message, 100 s in a debug one), all inside one read of the decoder, which reads on until
+/// it has output. Checking only between reads of output, a call that went away kept the turn
+/// for all of that; this way the decoder fails within [`FEED`] bytes of input.
+struct Feed {
+    compressed: Bytes,
+    abandoned: Arc<AtomicBool>,
+}
+
+impl Read for Feed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.abandoned.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("the call went away"));
+        }
+        let n = buf.len().min(FEED).min(self.compressed.len());
+        buf[..n].copy_from_slice(&self.compressed[..n]);
+        self.compressed.advance(n);
+        Ok(n)
+    }
+}
+
 /// One compressed message being inflated: the gzip decoder over its bytes and the output so
 /// far, behind room for the uncompressed message's prefix.
 struct Inflation {
-    decoder: GzDecoder<bytes::buf::Reader<Bytes>>,
+    decoder: GzDecoder<Feed>,
     out: BytesMut,
     limit: Limit,
+    /// Set when the call went away (see [`Abandon`]).
+    abandoned: Arc<AtomicBool>,
 }
 
 /// How far [`Inflation::run`] got.
@@ -189,15 +218,19 @@ enum Progress {
 }
 
 impl Inflation {
-    fn new(compressed: Bytes, limit: Limit) -> Self {
+    fn new(compressed: Bytes, limit: Limit, abandoned: Arc<AtomicBool>) -> Self {
         // tonic's first guess, twice the compressed size, within the limit.
         let guess = compressed.len().saturating_mul(2).min(limit.bytes);
         let mut out = BytesMut::with_capacity(PREFIX + guess);
         out.extend_from_slice(&[0; PREFIX]);
         Self {
-            decoder: GzDecoder::new(compressed.reader()),
+            decoder: GzDecoder::new(Feed {
+                compressed,
+                abandoned: abandoned.clone(),
+            }),
             out,
             limit,
+            abandoned,
         }
     }
 
@@ -206,19 +239,20 @@ impl Inflation {
         self.out.len() - PREFIX
     }
 
-    /// Inflates until the message ends or its output reaches `until` bytes, or `abandoned`
-    /// is set. Fails as tonic's decoder did: past the limit as soon as a read passes it, and on
+    /// Inflates until the message ends or its output reaches `until` bytes, or the call went
+    /// away. Fails as tonic's decoder did: past the limit as soon as a read passes it, and on
     /// the first read that fails.
-    fn run(&mut self, until: usize, abandoned: &AtomicBool) -> Result<Progress, CallError> {
+    fn run(&mut self, until: usize) -> Result<Progress, CallError> {
         let mut chunk = [0u8; READ];
         loop {
-            if abandoned.load(Ordering::Relaxed) {
+            if self.abandoned.load(Ordering::Relaxed) {
                 return Ok(Progress::Abandoned);
             }
             let n = match self.decoder.read(&mut chunk) {
                 Ok(0) => return Ok(Progress::Done),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) if self.abandoned.load(Ordering::Relaxed) => return Ok(Progress::Abandoned),
                 Err(e) => {
                     return Err(CallError::Inflate {
                         reason: e.to_string(),
@@ -452,9 +486,10 @@ impl Inflating {
     fn inflate(&mut self, payload: Bytes) -> Option<Result<Bytes, CallError>> {
         let small = payload.len() <= INLINE_INPUT;
         let compressed = payload.len();
-        let mut inflation = Inflation::new(payload, self.limit);
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let mut inflation = Inflation::new(payload, self.limit, abandoned.clone());
         if small {
-            match inflation.run(INLINE_OUTPUT, &AtomicBool::new(false)) {
+            match inflation.run(INLINE_OUTPUT) {
                 Ok(Progress::Done) => return Some(Ok(inflation.framed())),
                 Ok(_) => {}
                 Err(e) => return Some(Err(e)),
@@ -472,12 +507,10 @@ impl Inflating {
             Ok(held) => held,
             Err(e) => return Some(Err(e)),
         };
-        let abandoned = Arc::new(AtomicBool::new(false));
-        let flag = abandoned.clone();
         let job = tokio::spawn(heavy::off_the_network_threads(move || {
             let _held = held;
             // Abandoned, the result is never looked at.
-            inflation.run(usize::MAX, &flag)?;
+            inflation.run(usize::MAX)?;
             Ok(inflation.framed())
         }));
         self.state = State::Inflating {
@@ -725,11 +758,8 @@ mod tests {
             waiting.await.unwrap_err().is_cancelled(),
             "the task stops too"
         );
-        let mut inflation = Inflation::new(gz, Limit::new(1 << 21, None));
-        assert_eq!(
-            inflation.run(usize::MAX, &abandoned).unwrap(),
-            Progress::Abandoned
-        );
+        let mut inflation = Inflation::new(gz, Limit::new(1 << 21, None), abandoned);
+        assert_eq!(inflation.run(usize::MAX).unwrap(), Progress::Abandoned);
         assert_eq!(inflation.inflated(), 0);
     }
 }
