@@ -12,8 +12,13 @@
 //!   connection could leave hundreds of 4 MiB messages waiting behind one slow inflation,
 //!   far past `--max-buffered-per-connection`.
 //!
-//! Both tests keep the turn busy with gzip that takes long to inflate for its size: empty
-//! fixed-Huffman deflate blocks, ten bits each, which inflate to nothing.
+//! - A call cancelled while its message was inflated kept the turn until the message was
+//!   inflated whole when its gzip inflated to nothing.
+//! - Small messages inflated in place were taken in one after the other without the stream
+//!   ever yielding its thread.
+//!
+//! The tests use gzip that takes long to inflate for its size: empty fixed-Huffman deflate
+//! blocks, ten bits each, which inflate to nothing.
 
 mod common;
 
@@ -299,5 +304,51 @@ async fn a_call_cancelled_while_its_gzip_inflates_to_nothing_gives_up_its_turn()
         Some("0: "),
         "a big gzip request after the cancelled call waited {:?} for its turn",
         started.elapsed()
+    );
+}
+
+/// Client streams of many small gzip messages, each inflated in place and each slow for its
+/// size (1 KiB of empty deflate blocks), do not keep a quick call on another connection
+/// waiting: a stream yields its thread every few messages, where it took in everything its
+/// client had sent (about a second for a hundred messages on each of two connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_of_small_slow_gzip_messages_do_not_hold_up_another_connection() {
+    const BOUND: Duration = Duration::from_millis(200);
+    let server = Server::kitchen();
+    let addr = server.addr;
+    let one = compressed_frame(&empty_blocks(1024 - 40));
+    assert!(
+        one.len() - 5 <= 1024,
+        "inflated in place: {} bytes",
+        one.len()
+    );
+    let body: Bytes = one.repeat(100).into();
+    let work = async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..2 {
+            let body = body.clone();
+            set.spawn(async move {
+                let (resp, _stream) = open(addr, "/kitchen.Kitchen/EchoClient", body, true).await;
+                status_of(resp).await
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            out.push(r.unwrap());
+        }
+        out
+    };
+    let (answers, slowest) = common::slowest_call_during(
+        addr,
+        "/kitchen.Kitchen/Echo",
+        Bytes::from_static(b"\x0a\x01x"),
+        work,
+    )
+    .await;
+    assert_eq!(answers, ["0: ", "0: "]);
+    assert!(
+        slowest < BOUND,
+        "a quick Echo waited {slowest:?} while two streams of slow 1 KiB gzip messages were \
+         inflated"
     );
 }
