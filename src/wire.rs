@@ -353,7 +353,7 @@ pub fn skip_in_map_entry(
     ctx: u32,
     map_field: &str,
 ) -> Result<()> {
-    skip_strict(buf, number, wire_type, ctx).map_err(|e| match e {
+    skip_strict(buf, number, wire_type, ctx, &mut Cost::new(usize::MAX)).map_err(|e| match e {
         Invalid::Malformed(m) => Invalid::Malformed(format!("in an entry of {map_field}: {m}")),
         other => other,
     })
@@ -625,12 +625,14 @@ impl Walker<'_> {
                     wire_type,
                     ctx,
                 )?,
-                _ => skip_strict(&mut buf, number, wire_type, ctx).map_err(|e| match e {
-                    Invalid::Malformed(m) => {
-                        Invalid::Malformed(format!("in an entry of {}: {m}", field.name()))
-                    }
-                    other => other,
-                })?,
+                _ => skip_strict(&mut buf, number, wire_type, ctx, self.cost).map_err(
+                    |e| match e {
+                        Invalid::Malformed(m) => {
+                            Invalid::Malformed(format!("in an entry of {}: {m}", field.name()))
+                        }
+                        other => other,
+                    },
+                )?,
             }
         }
         Ok(())
@@ -638,13 +640,20 @@ impl Walker<'_> {
 }
 
 /// Skips a field the way prost's `skip_field` does (used inside map entries): every level,
-/// even a plain varint, needs nesting to spare.
-fn skip_strict(buf: &mut &[u8], number: u32, wire_type: u8, ctx: u32) -> Result<()> {
+/// even a plain varint, needs nesting to spare. Each field of a group is a step of `cost`.
+fn skip_strict(
+    buf: &mut &[u8],
+    number: u32,
+    wire_type: u8,
+    ctx: u32,
+    cost: &mut Cost,
+) -> Result<()> {
     if ctx == 0 {
         return Err(too_deep());
     }
     match wire_type {
         START_GROUP => loop {
+            cost.step()?;
             let (inner, inner_type) = key(buf)?;
             if inner_type == END_GROUP {
                 if inner != number {
@@ -652,7 +661,7 @@ fn skip_strict(buf: &mut &[u8], number: u32, wire_type: u8, ctx: u32) -> Result<
                 }
                 return Ok(());
             }
-            skip_strict(buf, inner, inner_type, ctx - 1)?;
+            skip_strict(buf, inner, inner_type, ctx - 1, cost)?;
         },
         END_GROUP => Err(format!("field {number} ends a group that was not started").into()),
         _ => value(buf, number, wire_type).map(|_| ()),
@@ -978,6 +987,18 @@ mod tests {
         let nested: Vec<u8> = [0x0a, 22].into_iter().chain(inner).collect();
         assert_eq!(validate_in_place(&nested, &desc, 12), Ok(true));
         assert_eq!(validate_in_place(&nested, &desc, 11), Ok(false));
+        // Fields skipped inside a map entry count too, groups and all: Struct.fields (1), an
+        // entry with key "a" and an unknown group (3) of 50 fields.
+        let desc = prost_reflect::DescriptorPool::global()
+            .get_message_by_name("google.protobuf.Struct")
+            .unwrap();
+        let mut entry = vec![0x0a, 1, b'a', 0x1b];
+        entry.extend([0x08, 0].repeat(50));
+        entry.push(0x1c);
+        let mut msg = vec![0x0a, entry.len() as u8];
+        msg.extend(entry);
+        assert_eq!(validate_in_place(&msg, &desc, 40), Ok(false));
+        assert_eq!(validate_in_place(&msg, &desc, 1000), Ok(true));
         // An empty message takes no step.
         assert_eq!(validate_in_place(&[], &desc, 0), Ok(true));
     }
