@@ -10,14 +10,12 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::gzip::{frame, gzip, noise};
 use common::{fixtures, slowest_call_during, RawCodec, Server};
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::codec::CompressionEncoding;
@@ -26,20 +24,6 @@ use tonic::{Code, Request, Status};
 /// The slowest quick call allowed while compressed requests are inflated. Measured on a busy
 /// two-core machine (debug build, load average about 4): 335-650 ms before, 20-46 ms now.
 const BOUND: Duration = Duration::from_millis(200);
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = GzEncoder::new(Vec::new(), Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
-/// `payload` framed as one gRPC message, `flag` its compressed flag.
-fn frame(flag: u8, payload: &[u8]) -> Bytes {
-    let mut out = vec![flag];
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out.into()
-}
 
 /// `msg` gzip-compressed and framed as such.
 fn compressed(msg: &[u8]) -> Bytes {
@@ -67,19 +51,6 @@ fn item(id: &str, blob: &[u8]) -> Bytes {
     out.extend(varint(blob.len()));
     out.extend_from_slice(blob);
     out.into()
-}
-
-/// Bytes that gzip does not shrink (xorshift noise).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// The answer of a raw call: its status and its response messages' payloads.

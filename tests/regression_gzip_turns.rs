@@ -22,14 +22,12 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::gzip::{frame, gzip, noise};
 use common::Server;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 
 /// The slow gzip's size: some seconds of inflation in a debug build.
 const HOG: usize = 512 * 1024;
@@ -46,30 +44,16 @@ fn empty_blocks(len: usize) -> Vec<u8> {
     out
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = GzEncoder::new(Vec::new(), Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
 /// `payload` framed as one compressed gRPC message.
 fn compressed_frame(payload: &[u8]) -> Bytes {
-    let mut out = vec![1];
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out.into()
+    frame(1, payload)
 }
 
 /// Bytes that gzip does not shrink (xorshift noise), as hex digits (text for string fields).
 fn noise_hex(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b"0123456789abcdef"[(x & 15) as usize]
-        })
+    noise(len, seed)
+        .into_iter()
+        .map(|b| b"0123456789abcdef"[usize::from(b & 15)])
         .collect()
 }
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod gzip;
 pub mod project;
 pub mod reflection;
 
