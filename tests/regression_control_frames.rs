@@ -16,19 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::http2::{frame, PREFACE};
 use common::{slowest_call_during, Server};
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
-
-/// One HTTP/2 frame: type, flags, stream id and payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
 
 /// The frames one flood repeats.
 #[derive(Debug, Clone, Copy)]

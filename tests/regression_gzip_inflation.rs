@@ -374,14 +374,11 @@ async fn gzip_calls_of_every_shape_answer_as_uncompressed_ones() {
 /// an encoding the server does not take: the statuses tonic's decoder answered before.
 #[tokio::test]
 async fn gzip_that_inflates_too_far_or_not_at_all_answers_as_before() {
-    let server = Server::start(&[
-        "--protos",
-        fixtures().join("protos").to_str().unwrap(),
-        "--handlers",
-        fixtures().join("handlers").to_str().unwrap(),
-        "--max-message-size",
-        "8KiB",
-    ]);
+    let server = common::start_folders(
+        &fixtures().join("protos"),
+        &fixtures().join("handlers"),
+        &["--max-message-size", "8KiB"],
+    );
     let echo = "/kitchen.Kitchen/EchoStream";
     let too_large = "Error decompressing: size limit, of 8192 bytes, exceeded while decompressing \
                      message; raise the server's limit with --max-message-size";

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod gzip;
+pub mod http2;
 pub mod project;
 pub mod reflection;
 
