@@ -701,7 +701,9 @@ impl Inbox {
         let index = self.index;
         let unrecoverable = self.unrecoverable.clone();
         let wake = self.wake.clone();
-        tokio::task::spawn_local(wakes::FlushAfter::new(async move {
+        // Boxed: the executor moves a task's future and writes its stage whole several times
+        // per call, and this future (the call, its coroutine runner and select) is kilobytes.
+        tokio::task::spawn_local(Box::pin(wakes::FlushAfter::new(async move {
             let memory_error = super::run_call(&state, job).await;
             pool.slots[index].active.fetch_sub(1, Ordering::Relaxed);
             if memory_error {
@@ -709,7 +711,7 @@ impl Inbox {
             } else {
                 collect_over_pause_bound(&state, pool.recipe.options.memory_limit);
             }
-        }));
+        })));
         true
     }
 }
