@@ -18,7 +18,9 @@
 //!   ever yielding its thread.
 //!
 //! The tests use gzip that takes long to inflate for its size: empty fixed-Huffman deflate
-//! blocks, ten bits each, which inflate to nothing.
+//! blocks, ten bits each, which inflate to nothing. Turns go round the connections, and a
+//! connection's calls wait for its own earlier ones, so the calls that must wait are sent on
+//! the slow gzip's connection.
 
 mod common;
 
@@ -70,15 +72,20 @@ fn field(number: u8, value: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A gzip call on a connection of its own, its request sent and ended; its answer, read in a
+/// A gzip call on the connection of `conn`, its request sent and ended; its answer, read in a
 /// task of its own.
 struct Pending {
     answer: tokio::task::JoinHandle<String>,
 }
 
 impl Pending {
-    async fn send(addr: SocketAddr, path: &str, request: Bytes) -> Pending {
-        let (resp, _stream) = open(addr, path, request, true).await;
+    async fn send(
+        conn: &h2::client::SendRequest<Bytes>,
+        addr: SocketAddr,
+        path: &str,
+        request: Bytes,
+    ) -> Pending {
+        let (resp, _stream) = open_on(conn, addr, path, request, true).await;
         Pending {
             answer: tokio::spawn(async move { status_of(resp).await }),
         }
@@ -104,7 +111,19 @@ async fn open(
     request: Bytes,
     end: bool,
 ) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
-    let mut send = common::h2_connect(addr).await.ready().await.unwrap();
+    open_on(&common::h2_connect(addr).await, addr, path, request, end).await
+}
+
+/// Opens a gzip call to `path` on the connection of `conn` and sends `request` (ending the
+/// request stream when `end`).
+async fn open_on(
+    conn: &h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+    path: &str,
+    request: Bytes,
+    end: bool,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let mut send = conn.clone().ready().await.unwrap();
     let req = common::grpc_request(addr, path)
         .header("grpc-encoding", "gzip")
         .body(())
@@ -145,13 +164,15 @@ async fn status_of(resp: h2::client::ResponseFuture) -> String {
 }
 
 /// A client-streaming script call whose gzip message waits for the turn, cancelled by its
-/// client: the big gzip request after it is answered at once, not held up for good by a turn
-/// nobody takes.
+/// client: the big gzip request after it, on the same connection, is answered at once, not
+/// held up for good by a turn nobody takes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_call_cancelled_while_its_gzip_message_waits_leaves_the_turn_to_others() {
     let server = Server::lab(&[]);
     let addr = server.addr;
+    let conn = common::h2_connect(addr).await;
     let hog = Pending::send(
+        &conn,
         addr,
         "/lab.Lab/Roundtrip",
         compressed_frame(&empty_blocks(HOG)),
@@ -160,7 +181,14 @@ async fn a_script_call_cancelled_while_its_gzip_message_waits_leaves_the_turn_to
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A Query whose name (3) is 3 000 bytes of noise: its gzip is past the in-place bound.
     let query = field(3, &noise_hex(3000, 11));
-    let (resp, mut sum) = open(addr, "/lab.Lab/Sum", compressed_frame(&gzip(&query)), false).await;
+    let (resp, mut sum) = open_on(
+        &conn,
+        addr,
+        "/lab.Lab/Sum",
+        compressed_frame(&gzip(&query)),
+        false,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !hog.answered(),
@@ -177,10 +205,15 @@ async fn a_script_call_cancelled_while_its_gzip_message_waits_leaves_the_turn_to
 
     let item = [field(1, b"after"), field(7, &noise_hex(64 * 1024, 5))].concat();
     let started = Instant::now();
-    let after = Pending::send(addr, "/lab.Lab/Roundtrip", compressed_frame(&gzip(&item)))
-        .await
-        .status(Duration::from_secs(30))
-        .await;
+    let after = Pending::send(
+        &conn,
+        addr,
+        "/lab.Lab/Roundtrip",
+        compressed_frame(&gzip(&item)),
+    )
+    .await
+    .status(Duration::from_secs(30))
+    .await;
     assert_eq!(
         after.as_deref(),
         Some("0: "),
@@ -205,16 +238,17 @@ async fn compressed_messages_waiting_for_their_turn_count_against_the_connection
         "8MiB",
     ]);
     let addr = server.addr;
+    let mut conn = common::h2_connect(addr).await;
     let hog = Pending::send(
+        &conn,
         addr,
         "/kitchen.Kitchen/Echo",
         compressed_frame(&empty_blocks(HOG)),
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // Six calls on one connection, each with 3 MiB of compressed bytes (not gzip at all: they
-    // fail once inflated, if they ever are), each sent whole before the next.
-    let mut conn = common::h2_connect(addr).await;
+    // Six calls on the same connection, each with 3 MiB of compressed bytes (not gzip at all:
+    // they fail once inflated, if they ever are), each sent whole before the next.
     let junk = compressed_frame(&noise_hex(3 << 20, 3));
     let mut answers = tokio::task::JoinSet::new();
     let mut streams = Vec::new();
@@ -266,16 +300,19 @@ async fn a_call_cancelled_while_its_gzip_inflates_to_nothing_gives_up_its_turn()
     let server = Server::kitchen();
     let addr = server.addr;
     let slow = compressed_frame(&empty_blocks((4 << 20) - 64));
-    let (resp, mut body) = open(addr, "/kitchen.Kitchen/Echo", slow, true).await;
+    let conn = common::h2_connect(addr).await;
+    let (resp, mut body) = open_on(&conn, addr, "/kitchen.Kitchen/Echo", slow, true).await;
     // Inflating by now: a 4 MiB message reaches the server in milliseconds.
     tokio::time::sleep(Duration::from_millis(700)).await;
     body.send_reset(h2::Reason::CANCEL);
     drop(resp);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
+    // On the same connection, which would wait for the cancelled call's whole inflation.
     let item = [field(1, b"after"), field(7, &noise_hex(64 * 1024, 9))].concat();
     let started = Instant::now();
     let after = Pending::send(
+        &conn,
         addr,
         "/kitchen.Kitchen/Echo",
         compressed_frame(&gzip(&item)),

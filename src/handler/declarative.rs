@@ -192,6 +192,7 @@ fn answer(
     method: &Arc<str>,
     limit: usize,
     journal: Option<&Tap>,
+    buffers: Option<&Buffers>,
 ) -> Answering {
     let work = match &**responder {
         Responder::Single(a) => a.work(),
@@ -218,18 +219,22 @@ fn answer(
     }
     let (responder, metadata, method) = (responder.clone(), metadata.clone(), method.clone());
     let journal = journal.cloned();
-    Answering::Later(Box::pin(heavy::off_the_network_threads(move || {
-        let (outcome, chosen) = answer_now(
-            &responder,
-            req,
-            false,
-            &metadata,
-            &method,
-            limit,
-            journal.as_ref(),
-        )?;
-        Ok((settle_heavy(outcome)?, chosen))
-    })))
+    let lane = heavy::Lane::of(buffers);
+    Answering::Later(Box::pin(async move {
+        heavy::off_the_network_threads(&lane, move || {
+            let (outcome, chosen) = answer_now(
+                &responder,
+                req,
+                false,
+                &metadata,
+                &method,
+                limit,
+                journal.as_ref(),
+            )?;
+            Ok((settle_heavy(outcome)?, chosen))
+        })
+        .await
+    }))
 }
 
 /// Readies the outcome for a big request for the network threads: a message answer (an echo
@@ -317,6 +322,7 @@ impl Handler for Declarative {
                     &info.name,
                     call.max_message_size,
                     call.journal.as_ref(),
+                    call.buffers.as_ref(),
                 );
                 match answering {
                     Answering::Now(Ok((outcome, chosen))) => respond_one(outcome, chosen, call),
@@ -343,6 +349,7 @@ impl Handler for Declarative {
                         &info.name,
                         call.max_message_size,
                         call.journal.as_ref(),
+                        call.buffers.as_ref(),
                     )
                     .wait()
                     .await?;
@@ -369,6 +376,7 @@ impl Handler for Declarative {
                                 &info.name,
                                 call.max_message_size,
                                 call.journal.as_ref(),
+                                call.buffers.as_ref(),
                             )
                             .wait()
                             .await?;
@@ -553,15 +561,19 @@ impl Items {
                 Some(Outcome::Many { req, heavy: true }) => {
                     let (chosen, index) = (self.chosen.clone(), self.next);
                     let (method, limit) = (self.method.clone(), self.limit);
-                    self.rendering = Some(Box::pin(heavy::off_the_network_threads(move || {
-                        let ActionKind::Stream(s) = &chosen.action().kind else {
-                            return Ok((None, None));
-                        };
-                        let item = s.render(index, &req, &method, limit);
-                        // After the last item or a failed one the request goes, here.
-                        let more = matches!(item, Some(Ok(_))) && index + 1 < s.len();
-                        Ok((item, more.then_some(req)))
-                    })));
+                    let lane = heavy::Lane::of(self.buffers.as_ref());
+                    self.rendering = Some(Box::pin(async move {
+                        heavy::off_the_network_threads(&lane, move || {
+                            let ActionKind::Stream(s) = &chosen.action().kind else {
+                                return Ok((None, None));
+                            };
+                            let item = s.render(index, &req, &method, limit);
+                            // After the last item or a failed one the request goes, here.
+                            let more = matches!(item, Some(Ok(_))) && index + 1 < s.len();
+                            Ok((item, more.then_some(req)))
+                        })
+                        .await
+                    }));
                 }
             }
         }
@@ -718,6 +730,7 @@ impl Stream for Bidi {
                 &this.method,
                 this.limit,
                 this.journal.as_ref(),
+                this.buffers.as_ref(),
             );
             let begun = match answering {
                 Answering::Now(now) => this.begin(now),

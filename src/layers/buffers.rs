@@ -37,6 +37,7 @@ use http_body::{Body, Frame, SizeHint};
 use tonic::Status;
 
 use crate::error::CallError;
+use crate::handler::heavy::Lane;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -83,7 +84,9 @@ impl Budget {
 }
 
 /// One connection's view of the budgets: its own and the server's (one reference count to
-/// clone, as every call and counted message takes one).
+/// clone, as every call and counted message takes one). It also carries the connection's
+/// [`Lane`] for the turns of big requests: every call path that may take one already holds
+/// its connection's buffers.
 #[derive(Clone, Debug)]
 pub struct Buffers(Arc<Budgets>);
 
@@ -91,6 +94,7 @@ pub struct Buffers(Arc<Budgets>);
 struct Budgets {
     connection: Budget,
     server: Arc<Budget>,
+    lane: Lane,
 }
 
 impl Buffers {
@@ -103,7 +107,13 @@ impl Buffers {
                 flag: "--max-buffered-per-connection",
             },
             server,
+            lane: Lane::new(),
         }))
+    }
+
+    /// The connection's line for the turns of big requests.
+    pub fn lane(&self) -> &Lane {
+        &self.0.lane
     }
 
     /// Room for `n` bytes, held until the [`Held`] is dropped.

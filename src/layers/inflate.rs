@@ -12,16 +12,21 @@
 //!   its output passes [`INLINE_OUTPUT`] (the common small message, which a hop to another
 //!   thread would cost more than it saves); the rest of it, and every larger message, is
 //!   inflated on tokio's blocking pool, taking turns with the big requests that declarative
-//!   handlers answer there ([`heavy::off_the_network_threads`]), so one core stays with the
-//!   network threads.
+//!   handlers answer there ([`heavy`]), so one core stays with the network threads. It is
+//!   inflated a slice of work at a time ([`heavy::in_slices`], [`heavy::SLICE`]), giving the
+//!   turn back in between, and the turns go round the connections: a client sending many
+//!   messages that are slow to inflate (gzip of empty deflate blocks, seconds each) keeps a
+//!   big request on another connection waiting for a slice of its work, not for all of it.
 //! - Memory: inflation stops as soon as the output passes `--max-message-size`; one message of
 //!   a call is in flight at a time (the body reads no further until tonic took the inflated
-//!   one), so streaming calls keep their back-pressure; and the blocking pool inflates one
+//!   one), so streaming calls keep their back-pressure; and the blocking pool works on one
 //!   message at a time, for all calls together. Others wait their turn as compressed bytes,
 //!   which hold room in the connection's buffers ([`Buffers`]) until inflated, as they did
 //!   while they arrived: tonic inflated a message as soon as it was whole, so 256 calls waiting
-//!   here with 4 MiB each would otherwise hold a gigabyte that no limit counts. A message that
-//!   does not fit ends its call with RESOURCE_EXHAUSTED naming the limit.
+//!   here with 4 MiB each would otherwise hold a gigabyte that no limit counts. A message
+//!   paused between slices holds room for its output so far too; a connection has at most one
+//!   such message (it keeps the head of its connection's line). A message that does not fit
+//!   ends its call with RESOURCE_EXHAUSTED naming the limit.
 //! - What clients see does not change: the answers are tonic's words for the same failures
 //!   (RESOURCE_EXHAUSTED past the limit, INTERNAL for gzip that does not inflate, both mapped
 //!   in `error.rs`), inflated with the same decoder and read sizes. Anything tonic refuses
@@ -34,9 +39,10 @@
 //!   error and reads on finds the stream ended, where tonic's decoder failed again.)
 //! - A call that goes away (the client cancels, the deadline passes) stops its inflation: a
 //!   message waiting for its turn is never inflated, and one being inflated stops within 8 KiB
-//!   of output or of input, whichever comes first ([`Feed`]). The wait and the inflation are a task of their own, not
-//!   driven by polling the body: a body kept but no longer polled (a script's request stream
-//!   after its call ended) never holds up the turns of the calls behind it.
+//!   of output or [`FEED`] bytes of input, whichever comes first ([`Feed`]). The wait and the
+//!   inflation are a task of their own, not driven by polling the body: a body kept but no
+//!   longer polled (a script's request stream after its call ended) never holds up the turns
+//!   of the calls behind it.
 
 use std::future::Future;
 use std::io::Read;
@@ -44,6 +50,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use flate2::read::GzDecoder;
@@ -57,7 +64,7 @@ use crate::error::CallError;
 use crate::handler::heavy;
 use crate::journal::layer::CarryTap;
 use crate::journal::Tap;
-use crate::layers::buffers::Buffers;
+use crate::layers::buffers::{Buffers, Held};
 
 /// Compressed messages of at most this many bytes start inflating in place. Their worst case
 /// is gzip of little but block headers, whose inflation makes little output to stop it early:
@@ -171,18 +178,51 @@ pub fn inflating(req: Request<Body>, limit: Limit, buffers: Option<Buffers>) -> 
 }
 
 /// Compressed bytes the decoder reads at most at once (it reads on while a read inflates to
-/// nothing).
-const FEED: usize = 8 * 1024;
+/// nothing): between two reads it may stop, for a call that went away or at the end of a
+/// slice of work ([`heavy::SLICE`]). 1 KiB of the slowest gzip, empty deflate blocks, takes
+/// one to a few milliseconds to inflate in a release build (4 MiB of it took 9.5 s on a busy
+/// two-core machine).
+const FEED: usize = 1024;
 
-/// A compressed message as the gzip decoder reads it: [`FEED`] bytes at a time, and none once
-/// the call went away. gzip can take long to inflate to little: empty deflate blocks, ten
-/// bits each, inflate to nothing at some 1 ms per KiB in a release build (4 s for a 4 MiB
-/// message, 100 s in a debug one), all inside one read of the decoder, which reads on until
-/// it has output. Checking only between reads of output, a call that went away kept the turn
-/// for all of that; this way the decoder fails within [`FEED`] bytes of input.
+/// A compressed message as the gzip decoder reads it: [`FEED`] bytes at a time, none once
+/// the call went away, and none past the end of the slice of work it is in. gzip can take long
+/// to inflate to little: empty deflate blocks, ten bits each, inflate to nothing at some 1 ms
+/// per KiB in a release build (4 s for a 4 MiB message, 100 s in a debug one), all inside one
+/// read of the decoder, which reads on until it has output. Checking only between reads of
+/// output, a call that went away kept the turn for all of that, and a slice of work could not
+/// end; this way the decoder stops within [`FEED`] bytes of input.
 struct Feed {
     compressed: Bytes,
     abandoned: Arc<AtomicBool>,
+    /// When the current slice of work ends, if it does.
+    slice_ends: Option<Instant>,
+    /// Bytes read in the current slice: at least one read goes through in each, so that every
+    /// slice makes progress.
+    fed: usize,
+    /// Set when a read refused to go on because the slice ended ([`Feed::pause`]).
+    paused: bool,
+}
+
+impl Feed {
+    /// The error that pauses the decoder at the end of a slice: `WouldBlock`, after which
+    /// flate2's decoder reads on where it stopped (inside the gzip header too), where other
+    /// errors end it.
+    fn pause(&mut self) -> std::io::Error {
+        self.paused = true;
+        std::io::ErrorKind::WouldBlock.into()
+    }
+
+    /// Starts a slice of work that ends at `ends` (none: never).
+    fn start_slice(&mut self, ends: Option<Instant>) {
+        self.slice_ends = ends;
+        self.fed = 0;
+        self.paused = false;
+    }
+
+    /// Whether the current slice has ended.
+    fn slice_over(&self) -> bool {
+        self.slice_ends.is_some_and(|end| Instant::now() >= end)
+    }
 }
 
 impl Read for Feed {
@@ -190,9 +230,13 @@ impl Read for Feed {
         if self.abandoned.load(Ordering::Relaxed) {
             return Err(std::io::Error::other("the call went away"));
         }
+        if self.fed > 0 && self.slice_over() {
+            return Err(self.pause());
+        }
         let n = buf.len().min(FEED).min(self.compressed.len());
         buf[..n].copy_from_slice(&self.compressed[..n]);
         self.compressed.advance(n);
+        self.fed += n;
         Ok(n)
     }
 }
@@ -211,7 +255,8 @@ struct Inflation {
 #[derive(Debug, PartialEq, Eq)]
 enum Progress {
     Done,
-    /// The output reached the bound it was given; more may follow.
+    /// The output reached the bound it was given, or the slice of work ended; more may
+    /// follow.
     Paused,
     /// The call went away.
     Abandoned,
@@ -227,6 +272,9 @@ impl Inflation {
             decoder: GzDecoder::new(Feed {
                 compressed,
                 abandoned: abandoned.clone(),
+                slice_ends: None,
+                fed: 0,
+                paused: false,
             }),
             out,
             limit,
@@ -239,10 +287,13 @@ impl Inflation {
         self.out.len() - PREFIX
     }
 
-    /// Inflates until the message ends or its output reaches `until` bytes, or the call went
-    /// away. Fails as tonic's decoder did: past the limit as soon as a read passes it, and on
-    /// the first read that fails.
-    fn run(&mut self, until: usize) -> Result<Progress, CallError> {
+    /// Inflates until the message ends or its output reaches `until` bytes, `slice` passes
+    /// (if given), or the call went away. Fails as tonic's decoder did: past the limit as soon
+    /// as a read passes it, and on the first read that fails.
+    fn run(&mut self, until: usize, slice: Option<Duration>) -> Result<Progress, CallError> {
+        self.decoder
+            .get_mut()
+            .start_slice(slice.map(|d| Instant::now() + d));
         let mut chunk = [0u8; READ];
         loop {
             if self.abandoned.load(Ordering::Relaxed) {
@@ -253,6 +304,7 @@ impl Inflation {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) if self.abandoned.load(Ordering::Relaxed) => return Ok(Progress::Abandoned),
+                Err(_) if self.decoder.get_ref().paused => return Ok(Progress::Paused),
                 Err(e) => {
                     return Err(CallError::Inflate {
                         reason: e.to_string(),
@@ -266,7 +318,7 @@ impl Inflation {
                 });
             }
             self.out.extend_from_slice(&chunk[..n]);
-            if self.inflated() >= until {
+            if self.inflated() >= until || self.decoder.get_ref().slice_over() {
                 return Ok(Progress::Paused);
             }
         }
@@ -279,6 +331,37 @@ impl Inflation {
         self.out[0] = 0;
         self.out[1..PREFIX].copy_from_slice(&len.to_be_bytes());
         self.out.freeze()
+    }
+}
+
+/// A message inflated on the blocking pool, a slice of work at a time ([`heavy::in_slices`]),
+/// with the room it holds in the connection's buffers: its compressed bytes, and between
+/// slices the output so far too, which waits for the next turn as the compressed bytes did for
+/// the first.
+struct Waiting {
+    inflation: Inflation,
+    held: Option<Held>,
+    /// The compressed message's size.
+    compressed: usize,
+    /// Bytes `held` holds.
+    counted: usize,
+}
+
+impl Waiting {
+    /// One slice of the inflation; when it pauses, the output so far is held in the buffers
+    /// (a message that does not fit fails as a waiting one does).
+    fn slice(&mut self) -> Result<heavy::Sliced, CallError> {
+        match self.inflation.run(usize::MAX, Some(heavy::SLICE))? {
+            Progress::Paused => {
+                let holding = self.compressed + self.inflation.inflated();
+                if let Some(held) = &mut self.held {
+                    held.grow(holding.saturating_sub(self.counted))?;
+                }
+                self.counted = self.counted.max(holding);
+                Ok(heavy::Sliced::More)
+            }
+            Progress::Done | Progress::Abandoned => Ok(heavy::Sliced::Done),
+        }
     }
 }
 
@@ -489,7 +572,7 @@ impl Inflating {
         let abandoned = Arc::new(AtomicBool::new(false));
         let mut inflation = Inflation::new(payload, self.limit, abandoned.clone());
         if small {
-            match inflation.run(INLINE_OUTPUT) {
+            match inflation.run(INLINE_OUTPUT, None) {
                 Ok(Progress::Done) => return Some(Ok(inflation.framed())),
                 Ok(_) => {}
                 Err(e) => return Some(Err(e)),
@@ -507,12 +590,18 @@ impl Inflating {
             Ok(held) => held,
             Err(e) => return Some(Err(e)),
         };
-        let job = tokio::spawn(heavy::off_the_network_threads(move || {
-            let _held = held;
+        let lane = heavy::Lane::of(self.buffers.as_ref());
+        let waiting = Waiting {
+            inflation,
+            held,
+            compressed,
+            counted: compressed,
+        };
+        let job = tokio::spawn(async move {
+            let done = heavy::in_slices(&lane, waiting, Waiting::slice).await?;
             // Abandoned, the result is never looked at.
-            inflation.run(usize::MAX)?;
-            Ok(inflation.framed())
-        }));
+            Ok(done.inflation.framed())
+        });
         self.state = State::Inflating {
             _abandon: Abandon {
                 flag: abandoned,
@@ -764,6 +853,47 @@ mod tests {
         }
     }
 
+    /// Inflates `gz` in slices that end at once: each goes one read of input further.
+    fn sliced(gz: &[u8], limit: usize) -> (Result<Vec<u8>, CallError>, usize) {
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let mut inflation = Inflation::new(
+            Bytes::copy_from_slice(gz),
+            Limit::new(limit, None),
+            abandoned,
+        );
+        let mut slices = 0;
+        loop {
+            slices += 1;
+            match inflation.run(usize::MAX, Some(Duration::ZERO)) {
+                Ok(Progress::Paused) => continue,
+                Ok(Progress::Done) => return (Ok(inflation.framed()[PREFIX..].to_vec()), slices),
+                Ok(Progress::Abandoned) => unreachable!(),
+                Err(e) => return (Err(e), slices),
+            }
+        }
+    }
+
+    #[test]
+    fn a_sliced_inflation_goes_on_where_it_paused() {
+        let mut text = Vec::new();
+        for i in 0..20_000u32 {
+            text.extend_from_slice(format!("{i} ").as_bytes());
+        }
+        let gz = gzip(&text);
+        let (out, slices) = sliced(&gz, 1 << 20);
+        assert_eq!(out.unwrap(), text);
+        assert!(slices > gz.len() / FEED, "{slices} slices");
+        // Bad gzip fails with the same words, however it was sliced.
+        let mut bad = gz.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0xff;
+        let said = std::io::copy(&mut GzDecoder::new(&bad[..]), &mut Vec::new()).unwrap_err();
+        match sliced(&bad, 1 << 20).0 {
+            Err(CallError::Inflate { reason }) => assert_eq!(reason, said.to_string()),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn an_abandoned_inflation_stops() {
         let gz = Bytes::from(gzip(&[0; 1 << 20]));
@@ -778,7 +908,10 @@ mod tests {
             "the task stops too"
         );
         let mut inflation = Inflation::new(gz, Limit::new(1 << 21, None), abandoned);
-        assert_eq!(inflation.run(usize::MAX).unwrap(), Progress::Abandoned);
+        assert_eq!(
+            inflation.run(usize::MAX, None).unwrap(),
+            Progress::Abandoned
+        );
         assert_eq!(inflation.inflated(), 0);
     }
 }
