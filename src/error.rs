@@ -898,6 +898,13 @@ pub enum AdminError {
     Timeout(std::time::Duration),
     /// The server failed to build its answer.
     Internal(String),
+    /// Answers not yet taken by their clients hold so much that this one was dropped.
+    Busy {
+        answer: usize,
+        held: usize,
+        limit: usize,
+        within: std::time::Duration,
+    },
 }
 
 impl AdminError {
@@ -911,6 +918,7 @@ impl AdminError {
             AdminError::JournalOff => S::CONFLICT,
             AdminError::Timeout(_) => S::REQUEST_TIMEOUT,
             AdminError::Internal(_) => S::INTERNAL_SERVER_ERROR,
+            AdminError::Busy { .. } => S::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -924,6 +932,7 @@ impl AdminError {
             AdminError::JournalOff => "journal_off",
             AdminError::Timeout(_) => "timeout",
             AdminError::Internal(_) => "internal",
+            AdminError::Busy { .. } => "busy",
         }
     }
 
@@ -950,6 +959,9 @@ impl AdminError {
             AdminError::TooLarge { limit } => format!("the request body is larger than the admin API accepts ({limit} bytes)"),
             AdminError::JournalOff => "the journal is off (the server was started with --journal off); restart it without that flag to record calls".into(),
             AdminError::Timeout(t) => format!("the request took longer than {t:?}"),
+            AdminError::Busy { answer, held, limit, within } => format!(
+                "the answer ({answer} bytes) was dropped: answers not yet taken by their clients hold {held} bytes, and the admin API holds at most {limit}; retry once they are read (an answer not taken within {within:?} is dropped with its connection)"
+            ),
         }
     }
 
@@ -989,6 +1001,7 @@ impl From<AdminError> for Status {
             AdminError::JournalOff => Status::failed_precondition(message),
             AdminError::Timeout(_) => Status::deadline_exceeded(message),
             AdminError::Internal(_) => Status::internal(message),
+            AdminError::Busy { .. } => Status::unavailable(message),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! its request within a few seconds, request heads and bodies are bounded
 //! ([`MAX_BODY`](super::http::MAX_BODY)), every request has an overall time limit, and the
 //! token (when the server has one) is checked before anything else runs, for both front ends.
+//! Answers not yet taken by their clients are bounded in bytes and in time ([`transit`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::grpc::GrpcFront;
 use super::http::{error_response, router};
+use super::transit::{self, Pending, Transit};
 use super::Admin;
 use crate::error::AdminError;
 use crate::server::HandshakeGuard;
@@ -105,12 +107,25 @@ async fn accept(listener: TcpListener, front: Front, stop: CancellationToken) {
                 let front = front.clone();
                 let builder = builder.clone();
                 connections.spawn(async move {
+                    let pending = Pending::default();
+                    let answers = pending.clone();
                     let service = hyper::service::service_fn(move |req| {
                         let front = front.clone();
-                        async move { Ok::<_, Infallible>(front.handle(req).await) }
+                        let pending = pending.clone();
+                        async move { Ok::<_, Infallible>(front.handle(req, &pending).await) }
                     });
-                    if let Err(e) = builder.serve_connection(io, service).await {
-                        tracing::debug!("admin API connection closed: {e}");
+                    tokio::select! {
+                        served = builder.serve_connection(io, service) => {
+                            if let Err(e) = served {
+                                tracing::debug!("admin API connection closed: {e}");
+                            }
+                        }
+                        () = answers.overdue() => {
+                            tracing::debug!(
+                                "admin API: closing a connection whose client did not take an answer within {:?}",
+                                transit::SEND_TIMEOUT
+                            );
+                        }
                     }
                 });
             }
@@ -125,6 +140,7 @@ struct Front {
     admin: Arc<Admin>,
     grpc: GrpcFront,
     http: axum::Router,
+    transit: Transit,
 }
 
 impl Front {
@@ -134,11 +150,19 @@ impl Front {
             grpc: GrpcFront::new(admin.clone(), &schema)?,
             http: router(admin.clone()),
             admin,
+            transit: Transit::default(),
         })
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<axum::body::Body> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        pending: &Pending,
+    ) -> Response<axum::body::Body> {
         let grpc = is_grpc(&req);
+        // Reflection streams its answers as the client asks: they are small, and there is no
+        // whole body to take in.
+        let streams = grpc && req.uri().path().starts_with("/grpc.reflection.");
         if !authorized(self.admin.token(), &req) {
             return refuse(grpc, AdminError::Unauthenticated);
         }
@@ -157,9 +181,42 @@ impl Front {
                 }
             }
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
+        let resp = match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
             Ok(resp) => resp,
             Err(_) => refuse(grpc, AdminError::Timeout(REQUEST_TIMEOUT)),
+        };
+        if streams {
+            return resp;
+        }
+        self.counted(grpc, resp, pending).await
+    }
+
+    /// `resp` with its body counted until the client takes it, or a refusal when the answers
+    /// not yet taken hold too much (see [`transit`]). The body is in memory already (both
+    /// front ends build answers whole), so taking it in costs no waiting.
+    async fn counted(
+        &self,
+        grpc: bool,
+        resp: Response<axum::body::Body>,
+        pending: &Pending,
+    ) -> Response<axum::body::Body> {
+        let (parts, body) = resp.into_parts();
+        let collected = match http_body_util::BodyExt::collect(body).await {
+            Ok(c) => c,
+            Err(e) => {
+                return refuse(
+                    grpc,
+                    AdminError::Internal(format!("building the answer failed: {e}")),
+                )
+            }
+        };
+        let trailers = collected.trailers().cloned();
+        match self.transit.admit(collected.to_bytes(), trailers, pending) {
+            Ok(held) => Response::from_parts(parts, axum::body::Body::new(held)),
+            Err(e) => {
+                tracing::debug!("admin API: {}", e.message());
+                refuse(grpc, e)
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod http;
 pub mod listener;
 pub mod schema;
+pub mod transit;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
