@@ -141,6 +141,8 @@ struct Front {
     grpc: GrpcFront,
     http: axum::Router,
     transit: Transit,
+    /// Journal answers being made: one at a time (see [`Front::handle`]).
+    answering: Arc<tokio::sync::Semaphore>,
 }
 
 impl Front {
@@ -151,6 +153,7 @@ impl Front {
             http: router(admin.clone()),
             admin,
             transit: Transit::default(),
+            answering: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -163,11 +166,20 @@ impl Front {
         // Reflection streams its answers as the client asks: they are small, and there is no
         // whole body to take in.
         let streams = grpc && req.uri().path().starts_with("/grpc.reflection.");
+        let big = reads_journal(&req);
         if !authorized(self.admin.token(), &req) {
             return refuse(grpc, AdminError::Unauthenticated);
         }
+        let turn = self.answering.clone();
         let work = async {
-            if grpc {
+            // Held until the answer is counted (below): a journal answer is built, written out
+            // and counted one at a time, so the answers being made add at most one to those
+            // counted.
+            let turn = match big {
+                true => Some(turn.acquire_owned().await),
+                false => None,
+            };
+            let resp = if grpc {
                 self.grpc
                     .call(req.map(tonic::body::Body::new))
                     .await
@@ -179,11 +191,12 @@ impl Front {
                     Ok(resp) => resp,
                     Err(never) => match never {},
                 }
-            }
+            };
+            (resp, turn)
         };
-        let resp = match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
-            Ok(resp) => resp,
-            Err(_) => refuse(grpc, AdminError::Timeout(REQUEST_TIMEOUT)),
+        let (resp, _turn) = match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
+            Ok(answered) => answered,
+            Err(_) => (refuse(grpc, AdminError::Timeout(REQUEST_TIMEOUT)), None),
         };
         if streams {
             return resp;
@@ -219,6 +232,19 @@ impl Front {
             }
         }
     }
+}
+
+/// Whether `req` reads the journal (a page, a call, a verify), whose answer may be tens of MB.
+fn reads_journal<B>(req: &Request<B>) -> bool {
+    let path = req.uri().path();
+    path.starts_with("/v1/journal")
+        || path == "/v1/verify"
+        || [
+            "/protoserve.admin.v1.Admin/ListCalls",
+            "/protoserve.admin.v1.Admin/GetCall",
+            "/protoserve.admin.v1.Admin/Verify",
+        ]
+        .contains(&path)
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
