@@ -3,9 +3,12 @@
 //! The descriptor pool, the handler table with its compiled templates and rules, the Lua states
 //! with their scripts and data, and the reflection services over exactly these files are built
 //! together by [`Builder`] and never change afterwards. The live server swaps whole generations
-//! (see [`crate::live`]); a call holds the generation it started on until it ends, so nothing
-//! it uses can change under it, and a replaced generation is freed (its Lua threads stop) when
-//! its last call is done.
+//! (see [`crate::live`]); a call holds its method's entry of the generation it started on until
+//! it ends (see [`crate::router::CallBody`]), so nothing it uses can change under it. A replaced
+//! generation is freed as soon as it is no longer served; what outlives it is what its open
+//! calls answer with: a declarative handler (and the descriptors it reads), or for a script
+//! call the Lua states (threads, data) of that generation, which stop when their last call is
+//! done.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -42,6 +45,13 @@ impl Generation {
     /// Every declared method, handled or not.
     pub fn method_count(&self) -> usize {
         self.schema.method_count()
+    }
+
+    /// Whether this generation runs Lua states (some handler is a script).
+    pub fn runs_scripts(&self) -> bool {
+        self.table
+            .iter()
+            .any(|e| e.handler.as_ref().is_some_and(|h| h.kind() == "script"))
     }
 
     pub fn handled_count(&self) -> usize {

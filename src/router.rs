@@ -3,9 +3,12 @@
 //! It takes the current [`Generation`] once per call, finds the method's [`MethodEntry`] with
 //! one map lookup on the path and drives the call through `tonic::server::Grpc` (its streaming
 //! entry points, for every shape), with the [`RequestCodec`] for its types. The response body
-//! ([`CallBody`]) holds the generation until the call ends, so a reload never changes what a
-//! call in flight uses. Paths that are no loaded method fall through to the built-in services
-//! (the generation's reflection, then health) by prefix, then to UNIMPLEMENTED.
+//! ([`CallBody`]) holds the method's entry (its handler, and through it what the handler reads)
+//! until the call ends, so a reload never changes what a call in flight uses; it does not hold
+//! the rest of the generation, so a call open on a replaced generation keeps alive only what it
+//! answers with (a script call: that generation's Lua states; a declarative one: no states).
+//! Paths that are no loaded method fall through to the built-in services (the generation's
+//! reflection, then health) by prefix, then to UNIMPLEMENTED.
 //!
 //! What every request gets whatever it calls (the content-type check, call limits, deadlines,
 //! the journal, the clean-up of tonic's statuses) is done by the layers around the router
@@ -137,9 +140,7 @@ impl Service<Request<Body>> for Router {
             let entry = entry.clone();
             let limits = self.limits;
             let buffers = self.buffers.clone();
-            return Box::pin(async move {
-                Ok(dispatch(generation, entry, req, limits, buffers, tap).await)
-            });
+            return Box::pin(async move { Ok(dispatch(entry, req, limits, buffers, tap).await) });
         }
         // Reflection and health are the server's own business, not the client's calls: they
         // are not journaled.
@@ -187,7 +188,6 @@ fn builtin(
 }
 
 async fn dispatch(
-    generation: Arc<Generation>,
     entry: Arc<MethodEntry>,
     req: Request<Body>,
     limits: Limits,
@@ -240,7 +240,7 @@ async fn dispatch(
     resp.map(|inner| CallBody {
         inner,
         slot,
-        _generation: Some(generation),
+        _entry: Some(entry),
     })
 }
 
@@ -390,22 +390,24 @@ impl futures_util::Stream for Peeked {
 struct TrailerSlot(Arc<Mutex<MetadataMap>>);
 
 /// The router's response body: adds the trailers a handler set (if any) to the trailers frame,
-/// and keeps the call's generation alive until the body is done. The layers wrap it as it is,
-/// so it costs no allocation of its own.
+/// and keeps the call's method entry alive until the body is done: its handler and what that
+/// handler holds, not the generation the call started on (whose other handlers, Lua states and
+/// data would otherwise live as long as any of its calls, see [`crate::generation`]). The
+/// layers wrap it as it is, so it costs no allocation of its own.
 #[derive(Default)]
 pub struct CallBody {
     inner: Body,
     slot: Option<Arc<Mutex<MetadataMap>>>,
-    _generation: Option<Arc<Generation>>,
+    _entry: Option<Arc<MethodEntry>>,
 }
 
 impl CallBody {
-    /// A body of tonic's, with no trailers to add and no generation to keep.
+    /// A body of tonic's, with no trailers to add and no handler to keep.
     fn plain(inner: Body) -> Self {
         Self {
             inner,
             slot: None,
-            _generation: None,
+            _entry: None,
         }
     }
 }

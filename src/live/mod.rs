@@ -220,6 +220,8 @@ impl Live {
                 // reporting the old ones only once calls no longer reach them.
                 self.current.store(generation.clone());
                 builtin::update_health(&self.health, Some(&before.schema), &generation.schema);
+                // Freed here unless calls still run on its scripts.
+                drop(before);
                 tracing::info!(
                     "generation {number} serving ({}): {} services, {} of {} methods with handlers, built in {} ms",
                     trigger.name(),
@@ -228,6 +230,13 @@ impl Live {
                     generation.table.method_count(),
                     started.elapsed().as_millis()
                 );
+                let kept = crate::script::running_engines()
+                    .saturating_sub(usize::from(generation.runs_scripts()));
+                if kept > 0 {
+                    tracing::info!(
+                        "the Lua states of {kept} replaced generation(s) still run script calls open on them"
+                    );
+                }
                 Ok(generation)
             }
             Err(errors) => {

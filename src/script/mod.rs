@@ -48,6 +48,7 @@ pub mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,13 +162,32 @@ pub struct ScriptRef {
 }
 
 /// The running Lua states of one generation. When the last handler holding it is gone (the
-/// generation was replaced and its calls have ended), the state threads are told to stop.
+/// generation was replaced and its script calls have ended), the state threads are told to
+/// stop.
 pub struct Engine {
     pool: Arc<Pool>,
 }
 
+/// Engines not dropped yet, in the whole process: a reload says how many replaced generations'
+/// states still run for calls open on them.
+static RUNNING_ENGINES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many generations' Lua states run (the served generation's among them, if it has
+/// scripts).
+pub fn running_engines() -> usize {
+    RUNNING_ENGINES.load(Ordering::Relaxed)
+}
+
+impl Engine {
+    fn new(pool: Arc<Pool>) -> Self {
+        RUNNING_ENGINES.fetch_add(1, Ordering::Relaxed);
+        Self { pool }
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
+        RUNNING_ENGINES.fetch_sub(1, Ordering::Relaxed);
         self.pool.close();
     }
 }
@@ -285,7 +305,7 @@ impl EngineBuilder {
         self.recipe.plans = Arc::new(std::mem::take(&mut self.plans));
         let first = self.first.finish(true, &self.recipe.plans)?;
         let pool = Pool::start(self.recipe, n, first)?;
-        Ok(Arc::new(Engine { pool }))
+        Ok(Arc::new(Engine::new(pool)))
     }
 }
 
