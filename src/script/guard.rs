@@ -58,7 +58,7 @@ pub const GUARD_CLOSE_KEY: &str = "protoserve.guard_close";
 const GUARD: &str = r#"
 local raw_pcall, raw_xpcall, check, aborted, take_sliced, clear_sliced, normalize, fail, PENDING,
   enter, leave, start, dgetinfo, dgetlocal, dgetmt, owed_pause, ctx_mt, bind, plain,
-  take_request, place = ...
+  take_request, place, barrier = ...
 local error, select, type, next, rawget, rawset, setmetatable, rawequal =
   error, select, type, next, rawget, rawset, setmetatable, rawequal
 local co = coroutine
@@ -77,6 +77,10 @@ local CLOSE, RUN, PARKED, CLOSED = {}, {}, {}, {}
 -- `rawequal` is, without two calls.
 local MARKS = { [SLICE] = true, [PENDING] = true }
 local YIELD_IN_CLOSE = "attempt to yield across a C-call boundary"
+-- Coroutines running script code that Lua's own library would run from C (see barrier.rs):
+-- `barred[c]` is raw, `bars.n` a count that keeps the usual paths to one comparison.
+local barred, bars, bar, unbar, reset_bar, prune_bars =
+  barrier.barred, barrier.bars, barrier.bar, barrier.unbar, barrier.reset, barrier.prune
 
 -- Per coroutine, weak-keyed: those being unwound by us, with their `__close` handlers deferred
 -- in the order Lua would call them ("deferring"); those dead by an error whose handlers wait
@@ -193,10 +197,13 @@ local function after_protected(ok, ...)
 end
 
 -- Protected calls nest only so deep: near Lua's C-stack limit even the instruction hook cannot
--- run, so a tree of pcalls that keeps hitting that limit would never meet its budget.
-local function left(...)
+-- run, so a tree of pcalls that keeps hitting that limit would never meet its budget. An error
+-- caught here unwound any library function that barred the coroutine since the call began
+-- (`d`: its depth then; see barrier.rs), which left its mark: it goes back.
+local function left(d, ok, ...)
   leave()
-  return after_protected(...)
+  if not ok and bars.n ~= 0 then reset_bar(co_running(), d) end
+  return after_protected(ok, ...)
 end
 
 local TOO_DEEP = "pcall/xpcall nested too deeply (C stack overflow)"
@@ -205,7 +212,7 @@ local TOO_DEEP = "pcall/xpcall nested too deeply (C stack overflow)"
 -- functions do; it runs at the error, from C, but looks at a few frames only.)
 local function pcall(f, ...)
   if not enter() then return false, TOO_DEEP end
-  return left(raw_xpcall(f, place, ...))
+  return left(bars.n ~= 0 and barred[co_running()], raw_xpcall(f, place, ...))
 end
 
 -- Lua calls a message handler from C, at the error, where the hook cannot pause it: a slow
@@ -216,14 +223,20 @@ end
 -- handling". An aborted call never reaches a handler: `left` raises the abort.
 local HANDLER_TRIES = 200
 
+-- (Lua calls the handler from C, so it cannot yield: its coroutine is barred meanwhile.)
 local function handled(msgh, ok, ...)
   if ok then return ok, ... end
   local e = ...
+  local c = bar()
   for _ = 1, HANDLER_TRIES do
     local fine, r = pcall(msgh, e)
-    if fine then return false, r end
+    if fine then
+      unbar(c)
+      return false, r
+    end
     e = r
   end
+  unbar(c)
   return false, "error in error handling"
 end
 
@@ -234,7 +247,8 @@ local function xpcall(f, ...)
     error("bad argument #2 to 'xpcall' (function expected, got " .. got .. ")", 2)
   end
   if not enter() then return false, msgh(TOO_DEEP) end
-  return handled(msgh, left(raw_xpcall(f, place, select(2, ...))))
+  return handled(msgh, left(bars.n ~= 0 and barred[co_running()],
+    raw_xpcall(f, place, select(2, ...))))
 end
 
 local after_resume
@@ -305,9 +319,12 @@ local function after_yield(...)
   return ...
 end
 
--- (mlua's waiting functions yield PENDING through this too: that yield is no script's.)
+-- (mlua's waiting functions yield PENDING through this too: that yield is no script's.) Where
+-- Lua cannot yield (a `__close` run by `close`, script code a library function runs for Lua's
+-- own that would run it from C) it fails as Lua's yield does there.
 local function yield(...)
-  if nclosing ~= 0 and closing[co_running()] and (...) ~= PENDING then
+  if (nclosing ~= 0 and closing[co_running()] or bars.n ~= 0 and barred[co_running()])
+      and (...) ~= PENDING then
     error(YIELD_IN_CLOSE, 0)
   end
   if select('#', ...) == 0 then clear_sliced() end
@@ -325,10 +342,10 @@ local function isyieldable(...)
   if select('#', ...) ~= 0 and type((...)) ~= "thread" then
     bad_argument("isyieldable", "thread", ...)
   end
-  if nclosing ~= 0 then
+  if nclosing ~= 0 or bars.n ~= 0 then
     local c = ...
     if select('#', ...) == 0 then c = co_running() end
-    if closing[c] then return false end
+    if closing[c] or barred[c] then return false end
   end
   return co_isyieldable(...)
 end
@@ -356,6 +373,7 @@ local function ended(ok, ...)
   if ok then return ... end
   local e = ...
   local c = co_running()
+  if bars.n ~= 0 then reset_bar(c, nil) end
   local d = deferring[c]
   -- Not unwound by us: an abort (nothing is closed), or an error that never reached the
   -- message handler (a memory error, whose unwinding ran the handlers).
@@ -495,6 +513,7 @@ local handlers = { functions = {}, builders = {} }
 -- was stopped meanwhile (its abort is raised then, as `resume` checks it).
 local function run(c, fi, bi, stream, ...)
   if ndeferring ~= 0 or nparked ~= 0 or nclosing ~= 0 then recount() end
+  if bars.n ~= 0 then prune_bars(c) end
   local ctx = setmetatable({}, ctx_mt)
   local req
   if stream then
@@ -614,6 +633,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
             _ => Ok(e),
         },
     )?));
+    args.push_back(LuaValue::Table(super::barrier::install(lua)?));
     let (pcall, xpcall, run, body, load, guard_close, handlers): Made =
         lua.load(GUARD).set_name("=protoserve guard").call(args)?;
     g.raw_set("pcall", pcall)?;
@@ -758,6 +778,9 @@ fn script_caller(lua: &Lua) -> Option<Caller> {
 /// place (`protoserve:82:`), or the function as `'?'`. `None` when the error did not come up
 /// through the server's code (a script's own `error("…", 0)` stays as raised).
 fn placed(lua: &Lua, message: &str) -> Option<String> {
+    if UNPLACED.contains(&message) {
+        return None;
+    }
     let caller = script_caller(lua)?;
     let mut rest = message;
     if let Some((chunk, after)) = message.split_once(':') {
@@ -778,6 +801,11 @@ fn placed(lua: &Lua, message: &str) -> Option<String> {
     }
     Some(format!("{}{rest}", caller.at))
 }
+
+/// Errors that the guard's own Lua raises for a C function of Lua's, which raises them with no
+/// place (`coroutine.yield` where it cannot yield: Lua names a place only for errors raised
+/// in Lua code), so they stay as Lua words them.
+const UNPLACED: [&str; 1] = ["attempt to yield across a C-call boundary"];
 
 /// Whether a message starts with a script's `path.lua:line: `.
 fn has_script_place(message: &str) -> bool {

@@ -16,6 +16,7 @@
 //! - client streaming: `for msg in stream do … end`, then return one response
 //! - bidi: iterate `stream` and `ctx:send` as you go
 
+pub mod barrier;
 pub mod bytecode;
 pub mod bytewise;
 pub mod context;

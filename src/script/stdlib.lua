@@ -21,6 +21,12 @@ local c_getmetatable, rawget = getmetatable, rawget
 -- A table's raw metatable (past `__metatable`); see the end of this file.
 local metatable = core.metatable
 
+-- Where Lua's own function would call script code from C, that code cannot yield: while the
+-- paths here run it, its coroutine is barred, so that `coroutine.yield` fails and
+-- `coroutine.isyieldable` is false there as in Lua (see barrier.rs). An error leaves the mark
+-- to the protected call that catches it.
+local bar, unbar = core.barrier.bar, core.barrier.unbar
+
 -- `__len` functions that are known to run no script code (those of frozen tables).
 local trusted_len = setmetatable({}, { __mode = "k" })
 
@@ -105,7 +111,9 @@ local function to_string(...)
     local s = c_tostring(v)
     return s
   end
+  local c = bar()
   local s = f(v)
+  unbar(c)
   local ts = type(s)
   if ts ~= "string" then
     if ts ~= "number" then error("'__tostring' must return a string", 2) end
@@ -223,6 +231,7 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
     local fn = tr == "function"
     local parts, count, size = {}, 0, 0
     local done, at, last = 0, 0, -1
+    local c = bar()
     while done < max_n do
       local s1, e, v
       if fn then
@@ -254,6 +263,7 @@ do -- patterns: matched in Rust, which charges every step, unless the work is pr
       at, last = e, e
       if anchor then break end
     end
+    unbar(c)
     if done == 0 then return src, 0 end
     if at < #src then
       count = count + 1
@@ -600,7 +610,14 @@ end
       local got = select("#", ...) == 0 and "no value" or type_name(t)
       error("bad argument #1 to 'sort' (table expected, got " .. got .. ")", 2)
     end
-    local n = #t
+    local n
+    if getmetatable(t) == nil then
+      n = #t
+    else
+      local c = bar()
+      n = #t
+      unbar(c)
+    end
     if mtype(n) ~= "integer" then
       n = tointeger(n)
       if n == nil then error("object length is not an integer", 2) end
@@ -618,7 +635,9 @@ end
       sort(t)
       return
     end
+    local c = bar()
     local ok, e = pcall(cmp and with_less or ascending, t, n, cmp)
+    unbar(c)
     if not ok then failed(e) end
   end
 end
@@ -668,6 +687,7 @@ do
   -- here, the string built by Lua's concat from a plain table. (Tail-called by the wrapper, so
   -- errors at level 2 are at the script's line.)
   local function concat_in_lua(t, sep, i, j)
+    local c = bar()
     local n = length(t)
     sep = separator(sep)
     if i == nil then i = 1 else i = integer(i, 3, "concat") end
@@ -689,6 +709,7 @@ do
         total = 0
       end
     end
+    unbar(c)
     local r = concat(parts, sep, 1, count)
     return r
   end
@@ -772,6 +793,7 @@ do
     local t, pos, v = ...
     if select("#", ...) == 3 and type(t) == "table" then
       if getmetatable(t) ~= nil then
+        local c = bar()
         local e = length(t) + 1
         pos = integer(pos, 2, "insert")
         if not ult(pos - 1, e) then
@@ -783,6 +805,7 @@ do
           i = i - 1
         end
         t[pos] = v
+        unbar(c)
         return
       end
       -- The position as Lua's insert takes it: also a float with an integral value, or a
@@ -807,6 +830,7 @@ do
     local t, pos = ...
     if type(t) == "table" then
       if getmetatable(t) ~= nil then
+        local c = bar()
         local size = length(t)
         if pos == nil then pos = size else pos = integer(pos, 2, "remove") end
         if pos ~= size and not (ult(pos - 1, size) or pos - 1 == size) then
@@ -818,6 +842,7 @@ do
           pos = pos + 1
         end
         t[pos] = nil
+        unbar(c)
         return r
       end
       local n = #t
@@ -840,6 +865,7 @@ do
   -- `table.move` where reading the source or writing the destination runs script code, or
   -- comparing them runs an `__eq`: the loop runs here, as Lua's runs it. (Tail-called.)
   local function move_in_lua(nargs, a1, f, e, t, dest)
+    local c = bar()
     f = integer(f, 2, "move", nargs)
     e = integer(e, 3, "move", nargs)
     t = integer(t, 4, "move", nargs)
@@ -864,6 +890,7 @@ do
         for i = n - 1, 0, -1 do tt[t + i] = a1[f + i] end
       end
     end
+    unbar(c)
     return tt
   end
 
@@ -932,11 +959,19 @@ do
   -- given), each element read here, the values returned by Lua's unpack from a plain table.
   local function unpack_in_lua(t, i, j)
     if i == nil then i = 1 else i = integer(i, 2, "unpack") end
-    if j == nil then j = length(t) else j = integer(j, 3, "unpack") end
+    if j == nil then
+      local c = bar()
+      j = length(t)
+      unbar(c)
+    else
+      j = integer(j, 3, "unpack")
+    end
     if i > j then return end
     check_unpack_count(i, j)
     local values = {}
+    local c = bar()
     for k = i, j do values[k - i + 1] = t[k] end
+    unbar(c)
     return unpack(values, 1, j - i + 1)
   end
 
@@ -1059,6 +1094,7 @@ do -- os.date runs strftime for each conversion of its format
     if type(t) == "table" and not (reads_plain(t) and writes_plain(t)) then
       -- Each field read and checked as Lua's getfield does, so an error stops the reading.
       local copy = {}
+      local c = bar()
       for i = 1, #READ do
         local k, default, delta = READ[i][1], READ[i][2], READ[i][3]
         local v = t[k]
@@ -1072,13 +1108,16 @@ do -- os.date runs strftime for each conversion of its format
         copy[k] = v
       end
       copy.isdst = t.isdst
+      unbar(c)
       local ok, r = pcall(time, copy)
       if not ok then error(r, 2) end
+      c = bar()
       for i = 1, #WRITE do
         local k = WRITE[i]
         local v = copy[k]
         if v ~= nil then t[k] = v end
       end
+      unbar(c)
       return r
     end
     local r = time(...) return r
@@ -1100,6 +1139,7 @@ do -- math.min and math.max compare with `<`, which runs a table's `__lt`
   -- Lua's own function on the pair (which raises Lua's errors).
   local function pick(pair, less_first, ...)
     local best = ...
+    local c = bar()
     for i = 2, select("#", ...) do
       local v = select(i, ...)
       if script_meta(v, "__lt") or script_meta(best, "__lt") then
@@ -1110,6 +1150,7 @@ do -- math.min and math.max compare with `<`, which runs a table's `__lt`
         best = pair(best, v)
       end
     end
+    unbar(c)
     return best
   end
 
@@ -1154,7 +1195,10 @@ do -- Lua's string arithmetic ("10" + x) calls the other operand's metamethod fr
       string_mt[event] = function(a, b)
         local f = script_meta(b, event)
         if f ~= nil then
-          local r = f(a, b) return r
+          local c = bar()
+          local r = f(a, b)
+          unbar(c)
+          return r
         end
         -- Long numerals are read short; what Lua's operator does with them (the number, or
         -- its error, which names the operands' types only) stays the same.
@@ -1177,7 +1221,9 @@ do -- base functions
       error("bad argument #2 to 'for iterator' (number expected, got " .. type(i) .. ")", 2)
     end
     i = n + 1
+    local c = bar()
     local v = t[i]
+    unbar(c)
     if v == nil then return nil end
     return i, v
   end

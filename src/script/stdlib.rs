@@ -974,6 +974,8 @@ fn install_with(lua: &Lua, fast_paths: bool) -> mlua::Result<()> {
     lua.set_named_registry_value(PENDING_KEY, pending_marker.clone())?;
     core.raw_set("PENDING", pending_marker)?;
     core.raw_set("max_unpack", MAX_UNPACK)?;
+    // Marks the coroutines where script code runs that Lua's own function would call from C.
+    core.raw_set("barrier", super::barrier::install(lua)?)?;
     core.raw_set("resume", lua.create_function(resume)?)?;
     core.raw_set("bytewise", lua.create_function(super::bytewise::map)?)?;
     core.raw_set(
