@@ -302,3 +302,59 @@ end
         );
     }
 }
+
+/// `ctx:set_trailer` holds a call's trailers to 7680 bytes as HTTP/2 counts them (key, value
+/// and 32 per entry; a `-bin` value as its base64 without padding), exactly: a value one byte
+/// under the limit is set and reaches the client with the successful reply, one byte over is
+/// refused with the documented words, and setting the same key again replaces its entry rather
+/// than counting it twice.
+#[tokio::test]
+async fn set_trailer_takes_exactly_its_limit_and_a_key_set_again_counts_once() {
+    let json = r#"{"service": "helloworld.Greeter", "methods": {
+  "SayHello": {"script": "g.lua"} }}"#;
+    let script = r#"
+function SayHello(req, ctx)
+  local key, n = req.name:match("^(.-) (%d+)$")
+  local value = string.rep("v", tonumber(n))
+  local ok, err = pcall(ctx.set_trailer, ctx, key, value)
+  -- Again, the same key: it replaces the entry.
+  if ok then ok, err = pcall(ctx.set_trailer, ctx, key, value) end
+  return { message = ok and "set" or tostring(err) }
+end
+"#;
+    let (_s, c, _dir) = serve(json, script).await;
+    // "k": 1 + n + 32 <= 7680; "k-bin": 5 + ceil(4n / 3) + 32 <= 7680.
+    for (key, fits) in [("k", 7647usize), ("k-bin", 5732)] {
+        for (n, set) in [(fits, true), (fits + 1, false)] {
+            let (reply, md) = c
+                .unary_with(
+                    "helloworld.Greeter/SayHello",
+                    json!({ "name": format!("{key} {n}") }),
+                    MetadataMap::new(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{key} {n}: {e:?}"));
+            let said = reply["message"].as_str().unwrap();
+            if set {
+                assert_eq!(said, "set", "{key} {n}");
+                let got = if key.ends_with("-bin") {
+                    md.get_bin(key).unwrap().to_bytes().unwrap().len()
+                } else {
+                    md.get(key).unwrap().len()
+                };
+                assert_eq!(got, n, "{key} {n}: the trailer the client got");
+            } else {
+                assert!(
+                    said.contains(&format!(
+                        "metadata {key:?}: the headers or trailers a script sets may take 7680 bytes in all (keys, values and 32 per entry)"
+                    )),
+                    "{key} {n}: {said}"
+                );
+                assert!(
+                    md.get(key).is_none() && md.get_bin(key).is_none(),
+                    "{key} {n}: {md:?}"
+                );
+            }
+        }
+    }
+}
