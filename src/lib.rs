@@ -18,6 +18,7 @@ pub mod floods;
 pub mod generation;
 pub mod handler;
 pub mod health;
+pub mod idle;
 pub mod input;
 pub mod journal;
 pub mod jsonkeys;

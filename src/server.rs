@@ -12,6 +12,9 @@
 //! - a client that opens with something other than HTTP/2 (a TLS handshake, an HTTP/1
 //!   request) is named in the log with what to change, not just disconnected;
 //! - peers that stop answering pings are dropped (`keepalive_*`);
+//! - once 3/4 of `max_connections` are open, a connection with no call for 10 s is closed with
+//!   GOAWAY, so idle connections cannot keep the listener full ([`crate::idle`] says why only
+//!   then);
 //! - a connection flooding the server with frames that carry no call (PING, SETTINGS…) is
 //!   closed, and no connection holds a network thread for long ([`crate::floods`]);
 //! - on shutdown the listener closes, health turns NOT_SERVING, connections get GOAWAY and
@@ -22,7 +25,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -36,6 +39,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use crate::floods::{Flood, FrameBudget};
+use crate::idle::{Activity, Tracked, IDLE_LIMIT};
 use crate::journal::Journal;
 use crate::layers::buffers::{Budget, Buffers};
 use crate::layers::cutoff::Stop;
@@ -136,6 +140,8 @@ pub async fn run(
     let (draining_tx, draining) = watch::channel(false);
     let deadline_passed = CancellationToken::new();
     let mut connections = JoinSet::new();
+    let open = Open::default();
+    let crowded_at = (options.max_connections * CROWDED_PERCENT / 100).max(1);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -168,7 +174,8 @@ pub async fn run(
                     tracing::debug!("TCP_NODELAY: {e}");
                 }
                 let stop = Stop::new();
-                let service = Hyper(stack(
+                let activity = Activity::new();
+                let service = Tracked::new(Hyper(stack(
                     &router,
                     options.max_calls_per_connection,
                     server_calls.clone(),
@@ -176,22 +183,31 @@ pub async fn run(
                     Recording { journal: journal.clone(), peer: Some(peer) },
                     Buffers::new(options.max_buffered_per_connection, server_buffers.clone()),
                     options.max_header_list_size as usize,
-                ));
+                )), activity.clone());
                 let guard = HandshakeGuard::new(stream, options.handshake_timeout)
                     .reporting_other_protocols(peer)
                     .budgeting_frames();
                 let greeted = guard.greeted.clone();
                 let flooded = guard.flooded.clone();
                 let conn = http2.serve_connection(TokioIo::new(guard), service);
-                connections.spawn(connection(
+                let held = open.hold();
+                let open = open.clone();
+                let crowded = move || open.count() >= crowded_at;
+                let served = connection(
                     conn,
+                    activity,
+                    crowded,
                     peer,
                     greeted,
                     flooded,
                     draining.clone(),
                     deadline_passed.clone(),
                     stop,
-                ));
+                );
+                connections.spawn(async move {
+                    served.await;
+                    drop(held);
+                });
             }
         }
     }
@@ -228,12 +244,45 @@ pub async fn run(
 }
 
 type Connection =
-    hyper::server::conn::http2::Connection<TokioIo<HandshakeGuard>, Hyper, StreamExecutor>;
+    hyper::server::conn::http2::Connection<TokioIo<HandshakeGuard>, Tracked<Hyper>, StreamExecutor>;
+
+/// Share of `--max-connections` open from which a connection with no call for
+/// [`IDLE_LIMIT`] is closed (see [`crate::idle`]).
+const CROWDED_PERCENT: usize = 75;
+/// After an idle connection is sent GOAWAY, time for the client to close it before it is
+/// dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Connections open now, for [`CROWDED_PERCENT`]; each connection task holds one count.
+#[derive(Clone, Default)]
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+    fn hold(&self) -> OpenCount {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        OpenCount(self.0.clone())
+    }
+}
+
+struct OpenCount(Arc<AtomicUsize>);
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Serves one connection: GOAWAY when draining starts (or closed, if the client never finished
-/// its handshake), its calls ended when the deadline passes.
+/// its handshake), or when it has been idle for [`IDLE_LIMIT`] while the listener is crowded;
+/// its calls ended when the deadline passes.
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     conn: Connection,
+    activity: Arc<Activity>,
+    crowded: impl Fn() -> bool,
     peer: std::net::SocketAddr,
     greeted: Arc<AtomicBool>,
     flooded: Arc<OnceLock<Flood>>,
@@ -244,6 +293,7 @@ async fn connection(
     tokio::pin!(conn);
     let mut graceful = false;
     let mut stopped = false;
+    let mut close_by: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -266,6 +316,13 @@ async fn connection(
                 graceful = true;
                 conn.as_mut().graceful_shutdown();
             }
+            () = activity.idle(IDLE_LIMIT, &crowded), if !graceful => {
+                tracing::debug!("closing a connection from {peer}: no call for {IDLE_LIMIT:?} and the listener is crowded");
+                graceful = true;
+                close_by = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                conn.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(close_by.unwrap_or_else(tokio::time::Instant::now)), if close_by.is_some() => return,
             () = deadline_passed.cancelled(), if !stopped => {
                 stopped = true;
                 stop.fire();

@@ -6,6 +6,12 @@
 //! ([`MAX_BODY`](super::http::MAX_BODY)), every request has an overall time limit, and the
 //! token (when the server has one) is checked before anything else runs, for both front ends.
 //! Answers not yet taken by their clients are bounded in bytes and in time ([`transit`]).
+//!
+//! A connection with no request in flight for [`IDLE_LIMIT`] is closed, HTTP/2 included (with
+//! GOAWAY): HTTP/1.1's head timeout already closes an idle keep-alive connection, but an HTTP/2
+//! connection that answers pings and asks nothing would otherwise hold one of the
+//! [`MAX_CONNECTIONS`] slots for as long as it likes, and that many lock everyone out, token or
+//! not (see [`crate::idle`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -23,6 +29,7 @@ use super::http::{error_response, router};
 use super::transit::{self, Pending, Transit};
 use super::Admin;
 use crate::error::AdminError;
+use crate::idle::{Activity, Tracked, IDLE_LIMIT};
 use crate::server::HandshakeGuard;
 
 /// Connections served at once; more are closed when accepted.
@@ -31,6 +38,9 @@ const MAX_CONNECTIONS: usize = 64;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a request may take, body and work included (a reload of a large project fits).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// After an idle connection is sent GOAWAY, time for the client to close it before it is
+/// dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Bytes of request head (HTTP/1) or header list (HTTP/2).
 const MAX_HEAD: usize = 64 * 1024;
 /// Bytes a client must send before [`HEAD_TIMEOUT`]: the start of a request line, or the HTTP/2
@@ -114,10 +124,17 @@ async fn accept(listener: TcpListener, front: Front, stop: CancellationToken) {
                         let pending = pending.clone();
                         async move { Ok::<_, Infallible>(front.handle(req, &pending).await) }
                     });
-                    tokio::select! {
-                        served = builder.serve_connection(io, service) => {
-                            if let Err(e) = served {
-                                tracing::debug!("admin API connection closed: {e}");
+                    let activity = Activity::new();
+                    let conn = builder.serve_connection(io, Tracked::new(service, activity.clone()));
+                    tokio::pin!(conn);
+                    let result = tokio::select! {
+                        result = conn.as_mut() => result,
+                        () = activity.idle(IDLE_LIMIT, || true) => {
+                            // GOAWAY, then a few seconds for the client to close its side.
+                            conn.as_mut().graceful_shutdown();
+                            match tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await {
+                                Ok(result) => result,
+                                Err(_) => return,
                             }
                         }
                         () = answers.overdue() => {
@@ -125,7 +142,11 @@ async fn accept(listener: TcpListener, front: Front, stop: CancellationToken) {
                                 "admin API: closing a connection whose client did not take an answer within {:?}",
                                 transit::SEND_TIMEOUT
                             );
+                            return;
                         }
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!("admin API connection closed: {e}");
                     }
                 });
             }

@@ -1,0 +1,180 @@
+//! Idle connections: how long a connection has had no request in flight, and a timer that
+//! says when to close it.
+//!
+//! Both listeners bound their connections, and an HTTP/2 connection costs its client nothing to
+//! keep open: it answers pings and sends no request. Without an idle rule, as many such
+//! connections as the bound fill every slot, and everyone else is refused for as long as they
+//! stay (the admin API needs no token for that). So each connection's service is wrapped in
+//! [`Tracked`], which counts requests in flight until their response body ends or is dropped
+//! (a streaming call counts for as long as it streams), and the connection task waits on
+//! [`Activity::idle`] to close the connection gracefully (GOAWAY; the client reconnects when it
+//! next needs to).
+//!
+//! The limit differs per listener:
+//!
+//! - admin API: 10 s without a request in flight, always, the same as an HTTP/1.1 keep-alive
+//!   connection there; its clients are scripts and tools that connect per task.
+//! - public gRPC port: a gRPC client keeps its channel open while idle and expects to reuse it,
+//!   so an idle connection is left alone while the listener has room. Only once 3/4 of
+//!   `--max-connections` are open is a connection that has had no call for 10 s closed; a
+//!   client's channel reconnects by itself on GOAWAY, and the slot goes to whoever needs it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+/// How long a connection may go without a request in flight before it may be closed.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// One connection's requests in flight and when the last one ended.
+pub struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds after `start` at which the connection last became idle.
+    idle_since: AtomicU64,
+    start: Instant,
+}
+
+impl Activity {
+    /// A connection that has just been accepted counts as idle from now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            start: Instant::now(),
+        })
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// When the connection became idle, or `None` while a request is in flight.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let ms = self.idle_since.load(Ordering::Acquire);
+        Some(self.start + Duration::from_millis(ms))
+    }
+
+    /// Resolves once the connection has had no request in flight for `limit` and `pressed()`
+    /// says closing it is wanted (checked then, and every `limit` after).
+    pub async fn idle(&self, limit: Duration, pressed: impl Fn() -> bool) {
+        loop {
+            let now = Instant::now();
+            let wake = match self.idle_since() {
+                Some(since) if now.duration_since(since) >= limit && pressed() => return,
+                Some(since) if now.duration_since(since) < limit => since + limit,
+                _ => now + limit,
+            };
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+}
+
+/// One request in flight; the connection is idle again when the last is dropped.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let ms = a.start.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
+        a.idle_since.store(ms, Ordering::Release);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection's hyper service, counting its requests in [`Activity`].
+#[derive(Clone)]
+pub struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Tracked<S> {
+    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+}
+
+impl<S, ReqBody, B> hyper::service::Service<Request<ReqBody>> for Tracked<S>
+where
+    S: hyper::service::Service<Request<ReqBody>, Response = Response<B>>,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn call(&self, req: Request<ReqBody>) -> Self::Future {
+        TrackedFuture {
+            busy: Some(self.activity.begin()),
+            fut: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// The inner service's future; its response body takes over the request's count.
+    pub struct TrackedFuture<F> {
+        #[pin]
+        fut: F,
+        busy: Option<Busy>,
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.fut.poll(cx));
+        let busy = this.busy.take();
+        Poll::Ready(result.map(|resp| resp.map(|inner| TrackedBody { inner, _busy: busy })))
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request counted until it ends or is dropped.
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        _busy: Option<Busy>,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if frame.is_none() {
+            *this._busy = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
