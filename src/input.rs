@@ -151,17 +151,19 @@ pub fn check_folders(root: &Path) -> Result<(), StartupError> {
 }
 
 /// The error for a path that exists but is not a regular file (after following links).
-fn not_regular() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "not a regular file (a FIFO, socket or device); make it a plain file or move it out of the folder",
-    )
+fn not_regular(meta: &std::fs::Metadata) -> io::Error {
+    let what = if meta.is_dir() {
+        "a directory, not a file; rename it or move it out of the folder"
+    } else {
+        "not a regular file (a FIFO, socket or device); make it a plain file or move it out of the folder"
+    };
+    io::Error::new(io::ErrorKind::InvalidInput, what)
 }
 
 /// Checks that `path` is a regular file, or does not exist (the read that follows says so).
 pub fn check_regular(path: &Path) -> io::Result<()> {
     match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() => Err(not_regular()),
+        Ok(m) if !m.is_file() => Err(not_regular(&m)),
         _ => Ok(()),
     }
 }

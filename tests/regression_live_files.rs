@@ -874,3 +874,26 @@ async fn removing_the_runtime_handler_of_a_removed_method_ends_the_failure() {
         "the protos on disk do not declare it: {gone:?}"
     );
 }
+
+/// A directory named like a handler file is called a directory, not a FIFO, socket or device.
+#[test]
+fn a_directory_named_like_a_handler_file_is_called_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir_all(handlers.join("helloworld.json")).unwrap();
+    let repo = common::repo();
+    let mut cmd = Command::new(binary());
+    cmd.arg("check")
+        .arg("--no-cache")
+        .arg("--protos")
+        .arg(repo.join("protos"))
+        .arg("--handlers")
+        .arg(&handlers);
+    let (code, err) = run_bounded(cmd);
+    assert_eq!(code, Some(2), "check must refuse the tree: {err}");
+    assert!(
+        err.contains("helloworld.json") && err.contains("a directory, not a file"),
+        "the directory is called one: {err}"
+    );
+    assert!(!err.contains("FIFO"), "a directory is no FIFO: {err}");
+}
