@@ -29,6 +29,24 @@ pub struct DataSets {
     pub sets: BTreeMap<String, Arc<str>>,
     /// The folder they came from, for messages.
     pub dir: PathBuf,
+    /// Set when the folder had errors (reported on their own), so no set was loaded: a script
+    /// reading one then fails with [`NOT_LOADED`], which is no problem of its own.
+    pub unloaded: bool,
+}
+
+/// What a script that reads a data set is told when the data folder had errors; errors saying
+/// it are left out of the list, which holds the data errors themselves.
+pub const NOT_LOADED: &str = "data sets were not loaded: the data folder has errors";
+
+impl DataSets {
+    /// No data sets, because loading those in `dir` failed.
+    pub fn unloaded(dir: &Path) -> Self {
+        Self {
+            sets: BTreeMap::new(),
+            dir: dir.to_path_buf(),
+            unloaded: true,
+        }
+    }
 }
 
 impl DataSets {
@@ -41,6 +59,7 @@ impl DataSets {
                 return Ok(Self {
                     sets,
                     dir: dir.to_path_buf(),
+                    unloaded: false,
                 })
             }
             Err(e) => return Err(StartupError::io(dir, e).into()),
@@ -97,6 +116,7 @@ impl DataSets {
         errors.into_result(Self {
             sets,
             dir: dir.to_path_buf(),
+            unloaded: false,
         })
     }
 }

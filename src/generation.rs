@@ -114,7 +114,7 @@ impl Builder<'_> {
         }
         let data = DataSets::load(&options.data).unwrap_or_else(|mut e| {
             errors.0.append(&mut e.0);
-            DataSets::default()
+            DataSets::unloaded(&options.data)
         });
         let script_options = ScriptOptions {
             max_message_size: options.max_message_size,
@@ -139,6 +139,12 @@ impl Builder<'_> {
             &mut pending,
         ) {
             errors.0.append(&mut e.0);
+        }
+        if data.unloaded {
+            // A script that reads a data set fails to load for the data error listed already.
+            errors
+                .0
+                .retain(|e| !e.to_string().contains(crate::data::NOT_LOADED));
         }
         if !errors.is_empty() {
             return Err(errors);

@@ -276,3 +276,28 @@ fn a_data_set_with_a_repeat_and_a_later_mistake_names_both() {
     }
     assert!(err.contains("2 problem(s) found"), "{err}");
 }
+
+/// One data file that is not valid JSON is reported alone: scripts that read the other data
+/// sets are not each reported as reading "no such data set" (with the data folder left out of
+/// the path, as if the file did not exist).
+#[test]
+fn a_bad_data_file_is_reported_without_a_false_error_per_script_that_reads_data() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["protos", "handlers", "data"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        for entry in std::fs::read_dir(common::repo().join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).unwrap();
+        }
+    }
+    // The shipped project's route guide script reads data.route_guide_db as it loads.
+    assert!(dir.path().join("data/route_guide_db.json").is_file());
+    std::fs::write(dir.path().join("data/bad.json"), "{\"a\":\n").unwrap();
+    let (code, out, err) = check(dir.path());
+    assert_ne!(code, 0, "check must refuse a bad data file: {out}{err}");
+    assert!(err.contains("bad.json"), "the bad file is named: {err}");
+    assert!(
+        !err.contains("no such data set") && !err.contains("route_guide.lua"),
+        "only the data error is reported: {err}"
+    );
+}

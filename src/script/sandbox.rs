@@ -126,8 +126,11 @@ local function safe_getmetatable(v)
   return view_of[mt] or mt
 end
 
-local function missing_data(dir, names)
+local function missing_data(dir, names, unloaded)
   return function(_, k)
+    if unloaded then
+      error("data." .. tostring(k) .. ": " .. unloaded, 2)
+    end
     error("data." .. tostring(k) .. ": no such data set: there is no " .. dir .. "/" ..
       tostring(k) .. ".json (data sets: " .. names .. ")", 2)
   end
@@ -455,8 +458,11 @@ fn install_data(
         names.join(", ")
     };
     let install = || -> mlua::Result<()> {
-        let missing: Function =
-            missing_data.call((data.dir.display().to_string(), names.as_str()))?;
+        let missing: Function = missing_data.call((
+            data.dir.display().to_string(),
+            names.as_str(),
+            data.unloaded.then_some(crate::data::NOT_LOADED),
+        ))?;
         let link = lua.create_table()?;
         link.raw_set("__index", missing)?;
         root_hidden.set_metatable(Some(link))?;
