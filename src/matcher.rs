@@ -224,8 +224,14 @@ impl MetadataTest {
             }
             MetadataTest::Bytes(test) => {
                 // Tonic keeps the two kinds apart: a `-bin` key is read as binary only.
-                let value = metadata.get_bin(key).and_then(|v| v.to_bytes().ok());
-                test.check(value.as_deref())
+                let Some(sent) = metadata.get_bin(key) else {
+                    return test.check(None);
+                };
+                match sent.to_bytes() {
+                    Ok(bytes) => test.check(Some(&bytes)),
+                    // Sent, but not base64: present, and equal to no bytes.
+                    Err(_) => matches!(test, BytesTest::Present(true)),
+                }
             }
         }
     }
@@ -253,8 +259,14 @@ impl MetadataTest {
         Some(match self {
             MetadataTest::Text(_) => quote(&String::from_utf8_lossy(metadata.get(key)?.as_bytes())),
             MetadataTest::Bytes(_) => {
-                let bytes = metadata.get_bin(key)?.to_bytes().ok()?;
-                quote(&crate::metadata::encode_bin(&bytes))
+                let sent = metadata.get_bin(key)?;
+                match sent.to_bytes() {
+                    Ok(bytes) => quote(&crate::metadata::encode_bin(&bytes)),
+                    Err(_) => format!(
+                        "{} (not valid base64)",
+                        quote(&String::from_utf8_lossy(sent.as_encoded_bytes()))
+                    ),
+                }
             }
         })
     }

@@ -431,3 +431,47 @@ async fn a_verify_with_a_key_given_twice_is_refused() {
         "{err}"
     );
 }
+
+/// A `-bin` key sent with a value that is not base64 is present (the journal shows it): a test
+/// of presence holds, and a test of its bytes says the value is not valid base64, not that the
+/// key is missing.
+#[tokio::test]
+async fn a_bin_key_whose_value_is_not_base64_is_present() {
+    let server = kitchen();
+    let mut send = common::h2_connect(server.addr).await.ready().await.unwrap();
+    let req = common::grpc_request(server.addr, "/kitchen.Kitchen/Get")
+        .header("x-bad-bin", "!!!not*base64")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(
+        bytes::Bytes::from_static(&[0, 0, 0, 0, 3, 0x0a, 1, b'1']),
+        true,
+    )
+    .unwrap();
+    let resp = resp.await.unwrap();
+    let mut stream = resp.into_body();
+    while let Some(chunk) = stream.data().await {
+        chunk.unwrap();
+    }
+    let get = "kitchen.Kitchen/Get";
+    let answer = verify(
+        &server,
+        json!({"method": get, "when": {"metadata": {"x-bad-bin": {"present": true}}}}),
+    )
+    .await;
+    assert_eq!(answer["ok"], true, "{answer:#}");
+    let answer = verify(
+        &server,
+        json!({"method": get, "when": {"metadata": {"x-bad-bin": "AAAA"}}}),
+    )
+    .await;
+    assert_eq!(answer["ok"], false, "{answer:#}");
+    let said = answer["near_misses"][0].to_string();
+    assert!(
+        said.contains("not valid base64")
+            && said.contains("!!!not*base64")
+            && !said.contains("missing"),
+        "{answer:#}"
+    );
+}
