@@ -475,3 +475,50 @@ async fn a_bin_key_whose_value_is_not_base64_is_present() {
         "{answer:#}"
     );
 }
+
+/// `"show"` over 50 lists 50 near misses, as documented (larger values count as 50).
+#[tokio::test]
+async fn show_over_the_maximum_lists_at_most_50() {
+    let server = kitchen();
+    let client = client(&server).await;
+    for i in 0..55 {
+        call_get(&client, &i.to_string(), None).await;
+    }
+    let answer = verify(
+        &server,
+        json!({"method": "kitchen.Kitchen/Get", "when": {"request": {"id": "x"}}, "show": 100000}),
+    )
+    .await;
+    assert_eq!(answer["calls_to_method"], 55, "{answer:#}");
+    assert_eq!(answer["near_misses"].as_array().unwrap().len(), 50);
+}
+
+/// `since` and `until` take any RFC 3339 offset, not only `Z`.
+#[tokio::test]
+async fn journal_times_take_any_rfc3339_offset() {
+    let server = kitchen();
+    let client = client(&server).await;
+    call_get(&client, "1", None).await;
+    for since in [
+        "1970-01-01T00:00:00-01:00",
+        "1970-01-01T05:30:00%2B05:30",
+        "1970-01-01T00:00:00Z",
+    ] {
+        let (status, page) = server
+            .admin_call("GET", &format!("/v1/journal?since={since}"), None, None)
+            .await;
+        assert_eq!(status, 200, "since={since}: {page:#}");
+        assert_eq!(page["calls"].as_array().unwrap().len(), 1, "since={since}");
+    }
+    // The offset counts: the same wall-clock time far ahead finds nothing.
+    let (status, page) = server
+        .admin_call(
+            "GET",
+            "/v1/journal?since=2999-01-01T00:00:00-01:00",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{page:#}");
+    assert_eq!(page["calls"].as_array().unwrap().len(), 0);
+}

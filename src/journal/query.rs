@@ -262,8 +262,8 @@ fn parse_metadata(value: &str) -> Result<(HeaderName, String), String> {
     Ok((key, v.to_owned()))
 }
 
-/// An RFC 3339 time (`2024-05-01T12:00:00Z`, fractions and a missing `Z` allowed) or
-/// milliseconds since the Unix epoch.
+/// An RFC 3339 time (`2024-05-01T12:00:00Z`, any `±HH:MM` offset, fractions and a missing `Z`
+/// allowed) or milliseconds since the Unix epoch.
 pub fn parse_time(value: &str, what: &str) -> Result<Option<SystemTime>, String> {
     if value.is_empty() {
         return Ok(None);
@@ -271,9 +271,41 @@ pub fn parse_time(value: &str, what: &str) -> Result<Option<SystemTime>, String>
     if let Ok(ms) = value.parse::<u64>() {
         return Ok(SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms)));
     }
-    humantime::parse_rfc3339_weak(value).map(Some).map_err(|e| {
+    let bad = |e: &dyn std::fmt::Display| {
         format!("{what} {value:?} is not a time ({e}); write RFC 3339 such as 2024-05-01T12:00:00Z, or milliseconds since 1970")
-    })
+    };
+    // humantime reads UTC only: the offset is taken off here and applied after.
+    let (local, offset) = split_offset(value);
+    let local = humantime::parse_rfc3339_weak(local).map_err(|e| bad(&e))?;
+    let utc = if offset >= 0 {
+        local.checked_sub(Duration::from_secs(offset.unsigned_abs()))
+    } else {
+        local.checked_add(Duration::from_secs(offset.unsigned_abs()))
+    };
+    utc.map(Some)
+        .ok_or_else(|| bad(&"out of range after its offset"))
+}
+
+/// `2024-05-01T12:00:00+02:00` -> (`2024-05-01T12:00:00`, 7200 s); a `Z` or no offset is 0.
+fn split_offset(value: &str) -> (&str, i64) {
+    let b = value.as_bytes();
+    if b.len() > 6 && value.is_char_boundary(b.len() - 6) {
+        let (time, off) = value.split_at(b.len() - 6);
+        let o = off.as_bytes();
+        let digits = |r: std::ops::Range<usize>| {
+            off.get(r)
+                .filter(|d| d.bytes().all(|c| c.is_ascii_digit()))
+                .and_then(|d| d.parse::<i64>().ok())
+        };
+        if matches!(o[0], b'+' | b'-') && o[3] == b':' && (time.contains('T') || time.contains('t'))
+        {
+            if let (Some(h), Some(m)) = (digits(1..3), digits(4..6)) {
+                let secs = h * 3600 + m * 60;
+                return (time, if o[0] == b'-' { -secs } else { secs });
+            }
+        }
+    }
+    (value, 0)
 }
 
 #[cfg(test)]
@@ -301,6 +333,16 @@ mod tests {
         assert!(e.contains("RFC 3339"), "{e}");
         let e = Query::parse(&pairs(&[("view", "full"), ("view", "summary")])).unwrap_err();
         assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn reads_any_rfc3339_offset() {
+        let at = |v: &str| parse_time(v, "since").unwrap().unwrap();
+        let utc = at("1970-01-01T01:00:00Z");
+        assert_eq!(at("1970-01-01T00:00:00-01:00"), utc);
+        assert_eq!(at("1970-01-01T03:30:00+02:30"), utc);
+        assert_eq!(at("1970-01-01T01:00:00+00:00"), utc);
+        assert_eq!(at("1970-01-01T01:00:00"), utc);
     }
 
     #[test]
