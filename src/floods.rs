@@ -21,10 +21,35 @@
 //!   frame that arrives after the server wrote [`BYTES_PER_FREE_FRAME`] to the client is not
 //!   counted, so a client measuring bandwidth with pings while it downloads (grpc-go's and
 //!   hyper's adaptive windows) is not cut off;
+//! - counts WINDOW_UPDATE and RST_STREAM frames among those idle frames, unless the client has
+//!   a reason to send them (see below);
 //! - makes the connection's task yield after reading for [`READ_SLICE`] without a pause, so a
-//!   flood of frames not counted (WINDOW_UPDATE, RST_STREAM…) holds a network thread for little
-//!   more than that (what one read brought is handled whole). Alone, this cut the wait above
-//!   from 750 to 190 ms; the budget ends such a flood within its first thousand frames.
+//!   flood of frames not counted (HEADERS of calls, DATA with content…) holds a network thread
+//!   for little more than that (what one read brought is handled whole). Alone, this cut the
+//!   wait above from 750 to 190 ms; the budget ends such a flood within its first thousand
+//!   frames.
+//!
+//! WINDOW_UPDATE: h2 closes the connection for an increment of 0 (PROTOCOL_ERROR) and for one
+//! that takes the connection's window past 2^31-1 (FLOW_CONTROL_ERROR; a stream's, with
+//! RST_STREAM), but takes any number of valid increments, and ignores those for streams already
+//! closed: a client sending millions of them (an increment of 1 each, or on a closed stream) was
+//! never stopped and cost the server a lock and some bookkeeping each, for as long as it went
+//! on. A WINDOW_UPDATE is only of use when the server sends data: it answers DATA the client
+//! read. So each DATA frame with content the server writes pays for two (the stream's and the
+//! connection's, for a client that acknowledges every frame; common clients acknowledge once
+//! half a window is read, far fewer), and so does each stream the client opens for one (a
+//! client may grow a new stream's window past the initial size), saved up to
+//! [`MAX_SAVED_UPDATES`]; others count as idle frames (bytes written pay for them too, as for
+//! pings). A client that grows its windows (adaptive windows, a connection window raised once
+//! at the start) sends a few a second.
+//!
+//! RST_STREAM: a client cancelling its call resets the stream it opened; h2 closes a
+//! connection that resets more than `MAX_PENDING_ACCEPT_RESETS` (`server.rs`) streams before
+//! the server took them (the "rapid reset" of CVE-2023-44487), and a call reset later has its
+//! handler dropped (scripts are told at once, see `script::CancelOnDrop`). But a reset of a
+//! stream already closed is ignored by h2 and cost the same as a WINDOW_UPDATE, without end.
+//! So each stream the client opens pays for one reset, saved up to [`MAX_SAVED_RESETS`]; other
+//! resets count as idle frames.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -45,9 +70,19 @@ pub const BYTES_PER_FREE_FRAME: u64 = 16 * 1024;
 /// Bytes written that may be saved up to pay for later idle frames.
 const MAX_SAVED: u64 = 1024 * 1024;
 
+/// WINDOW_UPDATE frames that DATA frames written and streams opened earlier may pay for (two
+/// and one each).
+pub const MAX_SAVED_UPDATES: u32 = 4096;
+
+/// RST_STREAM frames that streams the client opened earlier may pay for (one each).
+pub const MAX_SAVED_RESETS: u32 = 1024;
+
 /// How long a connection's task may go on reading and handling frames before it yields to the
 /// other tasks of its network thread (and to the network itself).
 pub const READ_SLICE: Duration = Duration::from_millis(2);
+
+/// Whether WINDOW_UPDATE and RST_STREAM frames are counted (see the module docs).
+const COUNT_UPDATES_AND_RESETS: bool = true;
 
 /// The HTTP/2 client preface, which precedes the client's first frame.
 const PREFACE_LEN: usize = 24;
@@ -55,8 +90,10 @@ const PREFACE_LEN: usize = 24;
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const PRIORITY: u8 = 0x2;
+const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
+const WINDOW_UPDATE: u8 = 0x8;
 const ACK: u8 = 0x1;
 const END_STREAM: u8 = 0x1;
 
@@ -135,17 +172,25 @@ pub struct Flood {
     pub settings: u32,
     pub priorities: u32,
     pub empty_data: u32,
+    pub window_updates: u32,
+    pub resets: u32,
 }
 
 impl fmt::Display for Flood {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "within a second it sent {} PING, {} SETTINGS, {} PRIORITY and {} empty DATA \
-             frames, which carry no call: over the limit of {MAX_IDLE_FRAMES} such frames a \
-             second ({MAX_SETTINGS} SETTINGS), which only a flood reaches (a keepalive ping every \
-             100 ms is 10 a second)",
-            self.pings, self.settings, self.priorities, self.empty_data
+            "within a second it sent {} PING, {} SETTINGS, {} PRIORITY, {} empty DATA, {} \
+             WINDOW_UPDATE (beyond two per DATA frame it was sent) and {} RST_STREAM (beyond one \
+             per stream it opened) frames, which carry no call: over the limit of \
+             {MAX_IDLE_FRAMES} such frames a second ({MAX_SETTINGS} SETTINGS), which only a flood \
+             reaches (a keepalive ping every 100 ms is 10 a second)",
+            self.pings,
+            self.settings,
+            self.priorities,
+            self.empty_data,
+            self.window_updates,
+            self.resets
         )
     }
 }
@@ -173,11 +218,25 @@ struct Counter {
     counted: Flood,
     /// Bytes written to the client not yet spent on idle frames (at most [`MAX_SAVED`]).
     saved: u64,
+    /// WINDOW_UPDATE frames paid for by DATA frames written and streams opened (at most
+    /// [`MAX_SAVED_UPDATES`]).
+    updates: u32,
+    /// RST_STREAM frames paid for by streams the client opened (at most [`MAX_SAVED_RESETS`]).
+    resets: u32,
 }
 
 impl Counter {
     /// Counts one idle frame of type `kind` arriving at `now`.
     fn count(&mut self, kind: u8, now: Instant) -> Result<(), Flood> {
+        let paid = match kind {
+            WINDOW_UPDATE => Some(&mut self.updates),
+            RST_STREAM => Some(&mut self.resets),
+            _ => None,
+        };
+        if let Some(paid) = paid.filter(|n| **n > 0) {
+            *paid -= 1;
+            return Ok(());
+        }
         if self.saved >= BYTES_PER_FREE_FRAME {
             self.saved -= BYTES_PER_FREE_FRAME;
             return Ok(());
@@ -206,12 +265,19 @@ impl Flood {
             PING => self.pings += 1,
             SETTINGS => self.settings += 1,
             PRIORITY => self.priorities += 1,
+            WINDOW_UPDATE => self.window_updates += 1,
+            RST_STREAM => self.resets += 1,
             _ => self.empty_data += 1,
         }
     }
 
     fn total(&self) -> u32 {
-        self.pings + self.settings + self.priorities + self.empty_data
+        self.pings
+            + self.settings
+            + self.priorities
+            + self.empty_data
+            + self.window_updates
+            + self.resets
     }
 }
 
@@ -248,9 +314,15 @@ impl FrameBudget {
                 PRIORITY => true,
                 DATA => h.len == 0 && h.flags & END_STREAM == 0,
                 HEADERS => {
-                    *last_stream = (*last_stream).max(h.stream);
+                    if h.stream > *last_stream {
+                        // A new stream: it may be reset once, and its window grown once.
+                        counter.resets = (counter.resets + 1).min(MAX_SAVED_RESETS);
+                        counter.updates = (counter.updates + 1).min(MAX_SAVED_UPDATES);
+                        *last_stream = h.stream;
+                    }
                     false
                 }
+                WINDOW_UPDATE | RST_STREAM => COUNT_UPDATES_AND_RESETS,
                 _ => false,
             };
             if idle {
@@ -266,8 +338,14 @@ impl FrameBudget {
 
     /// Follows the bytes written to the client.
     pub fn sent(&mut self, written: &[u8]) {
-        self.counter.saved = (self.counter.saved + written.len() as u64).min(MAX_SAVED);
-        let _ = self.outgoing.feed(written, |_| Ok::<(), ()>(()));
+        let counter = &mut self.counter;
+        counter.saved = (counter.saved + written.len() as u64).min(MAX_SAVED);
+        let _ = self.outgoing.feed(written, |h| {
+            if h.kind == DATA && h.len > 0 {
+                counter.updates = (counter.updates + 2).min(MAX_SAVED_UPDATES);
+            }
+            Ok::<(), ()>(())
+        });
     }
 
     /// Whether the connection's task has been reading for [`READ_SLICE`] without waiting, and
@@ -344,9 +422,86 @@ mod tests {
             bytes.extend(frame(SETTINGS, ACK, 0, &[]));
             bytes.extend(frame(DATA, END_STREAM, 1, &[]));
             bytes.extend(frame(DATA, 0, 1, &[0; 5]));
-            bytes.extend(frame(0x8, 0, 0, &[0, 0, 0, 1]));
         }
         FrameBudget::new().received(&bytes).unwrap();
+    }
+
+    #[test]
+    fn data_written_pays_for_two_window_updates_each() {
+        let mut budget = FrameBudget::new();
+        budget.received(&preface()).unwrap();
+        let update = frame(WINDOW_UPDATE, 0, 0, &[0, 0, 0, 1]);
+        for _ in 0..3 * MAX_IDLE_FRAMES {
+            // Small DATA frames (no byte credit to speak of), each acknowledged on the stream
+            // and the connection.
+            budget.sent(&frame(DATA, 0, 1, &[0; 5]));
+            budget.received(&update).unwrap();
+            budget.received(&update).unwrap();
+        }
+        assert_eq!(budget.counter.counted.total(), 0);
+        // With no DATA sent (and the bytes written spent), the same frames are idle.
+        budget.counter.saved = 0;
+        for _ in 0..MAX_IDLE_FRAMES {
+            budget.received(&update).unwrap();
+        }
+        let flood = budget.received(&update).unwrap_err();
+        assert_eq!(flood.window_updates, MAX_IDLE_FRAMES + 1);
+        // An empty DATA frame (the server's end of stream) pays for nothing.
+        let mut budget = FrameBudget::new();
+        budget.received(&preface()).unwrap();
+        for _ in 0..100 {
+            budget.sent(&frame(DATA, END_STREAM, 1, &[]));
+        }
+        budget.received(&update).unwrap();
+        assert_eq!(budget.counter.counted.window_updates, 1);
+    }
+
+    #[test]
+    fn each_stream_opened_pays_for_one_reset() {
+        let mut budget = FrameBudget::new();
+        budget.received(&preface()).unwrap();
+        for stream in (1..4 * MAX_IDLE_FRAMES).step_by(2) {
+            budget
+                .received(&frame(HEADERS, 0x4, stream, &[0x83]))
+                .unwrap();
+            budget
+                .received(&frame(RST_STREAM, 0, stream, &[0, 0, 0, 8]))
+                .unwrap();
+        }
+        assert_eq!(budget.counter.counted.total(), 0);
+        // Trailers open no stream; resets of streams already reset are idle.
+        let last = budget.last_stream;
+        for _ in 0..MAX_IDLE_FRAMES {
+            budget
+                .received(&frame(HEADERS, 0x5, last, &[0x83]))
+                .unwrap();
+            budget
+                .received(&frame(RST_STREAM, 0, last, &[0, 0, 0, 8]))
+                .unwrap();
+        }
+        let flood = budget
+            .received(&frame(RST_STREAM, 0, last, &[0, 0, 0, 8]))
+            .unwrap_err();
+        assert_eq!(flood.resets, MAX_IDLE_FRAMES + 1);
+    }
+
+    #[test]
+    fn each_stream_opened_pays_for_one_window_update() {
+        let mut budget = FrameBudget::new();
+        budget.received(&preface()).unwrap();
+        for stream in (1..4 * MAX_IDLE_FRAMES).step_by(2) {
+            budget
+                .received(&frame(HEADERS, 0x4, stream, &[0x83]))
+                .unwrap();
+            budget
+                .received(&frame(WINDOW_UPDATE, 0, stream, &[0, 1, 0, 0]))
+                .unwrap();
+        }
+        assert_eq!(budget.counter.counted.total(), 0);
+        budget
+            .received(&frame(WINDOW_UPDATE, 0, 1, &[0, 1, 0, 0]))
+            .unwrap();
+        assert_eq!(budget.counter.counted.window_updates, 1);
     }
 
     #[test]

@@ -14,3 +14,92 @@ pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(payload);
     out
 }
+
+/// Frame types.
+pub const DATA: u8 = 0x0;
+pub const HEADERS: u8 = 0x1;
+pub const RST_STREAM: u8 = 0x3;
+pub const SETTINGS: u8 = 0x4;
+pub const GOAWAY: u8 = 0x7;
+pub const WINDOW_UPDATE: u8 = 0x8;
+pub const CONTINUATION: u8 = 0x9;
+
+/// Flags.
+pub const END_STREAM: u8 = 0x1;
+pub const END_HEADERS: u8 = 0x4;
+
+/// Error codes (RFC 9113, section 7).
+pub const PROTOCOL_ERROR: u32 = 0x1;
+pub const FLOW_CONTROL_ERROR: u32 = 0x3;
+pub const CANCEL: u32 = 0x8;
+pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// The header block of a gRPC call to `path` in HPACK, with no dynamic table entries (so it
+/// may be sent any number of times): `:method POST`, `:scheme http` indexed, the rest literal.
+pub fn call_headers(path: &str) -> Vec<u8> {
+    let mut block = vec![0x83, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 1, b'x', 0x0f, 0x10, 16]);
+    block.extend_from_slice(b"application/grpc");
+    block.extend_from_slice(&[0x00, 2, b't', b'e', 8]);
+    block.extend_from_slice(b"trailers");
+    block
+}
+
+/// DATA carrying one uncompressed gRPC message, ending the request.
+pub fn grpc_message(stream: u32, message: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0];
+    payload.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    payload.extend_from_slice(message);
+    frame(DATA, END_STREAM, stream, &payload)
+}
+
+/// WINDOW_UPDATE adding `increment` to the window of `stream` (0: the connection's).
+pub fn window_update(stream: u32, increment: u32) -> Vec<u8> {
+    frame(WINDOW_UPDATE, 0, stream, &increment.to_be_bytes())
+}
+
+/// RST_STREAM of `stream` with error `code`.
+pub fn rst_stream(stream: u32, code: u32) -> Vec<u8> {
+    frame(RST_STREAM, 0, stream, &code.to_be_bytes())
+}
+
+/// Follows the frames a server writes: the error code of its GOAWAY and its RST_STREAM frames.
+#[derive(Debug, Default)]
+pub struct Watch {
+    pending: Vec<u8>,
+    /// The error code of the server's GOAWAY, once one arrived.
+    pub goaway: Option<u32>,
+    /// The RST_STREAM frames sent: stream and error code.
+    pub resets: Vec<(u32, u32)>,
+}
+
+impl Watch {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        let mut at = 0;
+        while self.pending.len() - at >= 9 {
+            let h = &self.pending[at..];
+            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+            if h.len() < 9 + len {
+                break;
+            }
+            let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+            match h[3] {
+                GOAWAY if len >= 8 => {
+                    self.goaway = Some(u32::from_be_bytes([h[13], h[14], h[15], h[16]]));
+                }
+                RST_STREAM if len == 4 => {
+                    let code = u32::from_be_bytes([h[9], h[10], h[11], h[12]]);
+                    // Bounded: a flood may be answered with many.
+                    if self.resets.len() < 100_000 {
+                        self.resets.push((stream, code));
+                    }
+                }
+                _ => {}
+            }
+            at += 9 + len;
+        }
+        self.pending.drain(..at);
+    }
+}
