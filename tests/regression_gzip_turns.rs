@@ -87,7 +87,7 @@ impl Pending {
     ) -> Pending {
         let (resp, _stream) = open_on(conn, addr, path, request, true).await;
         Pending {
-            answer: tokio::spawn(async move { status_of(resp).await }),
+            answer: tokio::spawn(async move { common::http2::status_of(resp).await }),
         }
     }
 
@@ -132,35 +132,6 @@ async fn open_on(
     body.reserve_capacity(request.len());
     body.send_data(request, end).unwrap();
     (resp, body)
-}
-
-/// The call's gRPC status and message, `code: message`.
-async fn status_of(resp: h2::client::ResponseFuture) -> String {
-    let (parts, mut stream) = match resp.await {
-        Ok(r) => r.into_parts(),
-        Err(e) => return format!("reset: {e}"),
-    };
-    let headers = parts.headers;
-    if let Some(code) = headers.get("grpc-status") {
-        let message = headers.get("grpc-message").map(|m| m.to_str().unwrap());
-        return format!("{}: {}", code.to_str().unwrap(), message.unwrap_or(""));
-    }
-    while let Some(chunk) = stream.data().await {
-        match chunk {
-            Ok(chunk) => {
-                let _ = stream.flow_control().release_capacity(chunk.len());
-            }
-            Err(e) => return format!("reset: {e}"),
-        }
-    }
-    match stream.trailers().await {
-        Ok(Some(t)) => format!(
-            "{}: {}",
-            t["grpc-status"].to_str().unwrap(),
-            t.get("grpc-message").map_or("", |m| m.to_str().unwrap())
-        ),
-        other => format!("no trailers: {other:?}"),
-    }
 }
 
 /// A client-streaming script call whose gzip message waits for the turn, cancelled by its
@@ -262,7 +233,7 @@ async fn compressed_messages_waiting_for_their_turn_count_against_the_connection
         body.reserve_capacity(junk.len());
         let _ = body.send_data(junk.clone(), true);
         streams.push(body);
-        answers.spawn(status_of(resp));
+        answers.spawn(common::http2::status_of(resp));
         // One after the other: a message still arriving holds room anyway.
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
@@ -350,7 +321,7 @@ async fn streams_of_small_slow_gzip_messages_do_not_hold_up_another_connection()
             let body = body.clone();
             set.spawn(async move {
                 let (resp, _stream) = open(addr, "/kitchen.Kitchen/EchoClient", body, true).await;
-                status_of(resp).await
+                common::http2::status_of(resp).await
             });
         }
         let mut out = Vec::new();

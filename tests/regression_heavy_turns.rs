@@ -104,7 +104,7 @@ impl Greedy {
         body.send_data(message, true).unwrap();
         self.answers.spawn(async move {
             let _body = body;
-            status_of(resp).await
+            common::http2::status_of(resp).await
         });
     }
 
@@ -122,35 +122,6 @@ impl Drop for Greedy {
     fn drop(&mut self) {
         self.answers.abort_all();
         self.connection.abort();
-    }
-}
-
-/// The call's gRPC status and message, `code: message`.
-async fn status_of(resp: h2::client::ResponseFuture) -> String {
-    let (parts, mut stream) = match resp.await {
-        Ok(r) => r.into_parts(),
-        Err(e) => return format!("reset: {e}"),
-    };
-    let headers = parts.headers;
-    if let Some(code) = headers.get("grpc-status") {
-        let message = headers.get("grpc-message").map(|m| m.to_str().unwrap());
-        return format!("{}: {}", code.to_str().unwrap(), message.unwrap_or(""));
-    }
-    while let Some(chunk) = stream.data().await {
-        match chunk {
-            Ok(chunk) => {
-                let _ = stream.flow_control().release_capacity(chunk.len());
-            }
-            Err(e) => return format!("reset: {e}"),
-        }
-    }
-    match stream.trailers().await {
-        Ok(Some(t)) => format!(
-            "{}: {}",
-            t["grpc-status"].to_str().unwrap(),
-            t.get("grpc-message").map_or("", |m| m.to_str().unwrap())
-        ),
-        other => format!("no trailers: {other:?}"),
     }
 }
 

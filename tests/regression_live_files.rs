@@ -186,15 +186,7 @@ fn a_fifo_in_the_handlers_folder_is_an_error_not_a_hang() {
     let fifo = handlers.join("pipe.json");
     let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success(), "mkfifo failed");
-    let repo = common::repo();
-    let mut cmd = Command::new(binary());
-    cmd.arg("check")
-        .arg("--no-cache")
-        .arg("--protos")
-        .arg(repo.join("protos"))
-        .arg("--handlers")
-        .arg(&handlers);
-    let (code, err) = run_bounded(cmd);
+    let (code, err) = check_handlers(&handlers);
     assert_eq!(
         code,
         Some(2),
@@ -881,19 +873,24 @@ fn a_directory_named_like_a_handler_file_is_called_a_directory() {
     let dir = tempfile::tempdir().unwrap();
     let handlers = dir.path().join("handlers");
     std::fs::create_dir_all(handlers.join("helloworld.json")).unwrap();
-    let repo = common::repo();
-    let mut cmd = Command::new(binary());
-    cmd.arg("check")
-        .arg("--no-cache")
-        .arg("--protos")
-        .arg(repo.join("protos"))
-        .arg("--handlers")
-        .arg(&handlers);
-    let (code, err) = run_bounded(cmd);
+    let (code, err) = check_handlers(&handlers);
     assert_eq!(code, Some(2), "check must refuse the tree: {err}");
     assert!(
         err.contains("helloworld.json") && err.contains("a directory, not a file"),
         "the directory is called one: {err}"
     );
     assert!(!err.contains("FIFO"), "a directory is no FIFO: {err}");
+}
+
+/// `protoserve check` of the repository's protos and the handler folder `handlers`: its exit
+/// code and what it printed.
+fn check_handlers(handlers: &std::path::Path) -> (Option<i32>, String) {
+    let mut cmd = Command::new(binary());
+    cmd.arg("check")
+        .arg("--no-cache")
+        .arg("--protos")
+        .arg(common::repo().join("protos"))
+        .arg("--handlers")
+        .arg(handlers);
+    run_bounded(cmd)
 }

@@ -103,3 +103,32 @@ impl Watch {
         self.pending.drain(..at);
     }
 }
+
+/// The call's gRPC status and message, `code: message`.
+pub async fn status_of(resp: h2::client::ResponseFuture) -> String {
+    let (parts, mut stream) = match resp.await {
+        Ok(r) => r.into_parts(),
+        Err(e) => return format!("reset: {e}"),
+    };
+    let headers = parts.headers;
+    if let Some(code) = headers.get("grpc-status") {
+        let message = headers.get("grpc-message").map(|m| m.to_str().unwrap());
+        return format!("{}: {}", code.to_str().unwrap(), message.unwrap_or(""));
+    }
+    while let Some(chunk) = stream.data().await {
+        match chunk {
+            Ok(chunk) => {
+                let _ = stream.flow_control().release_capacity(chunk.len());
+            }
+            Err(e) => return format!("reset: {e}"),
+        }
+    }
+    match stream.trailers().await {
+        Ok(Some(t)) => format!(
+            "{}: {}",
+            t["grpc-status"].to_str().unwrap(),
+            t.get("grpc-message").map_or("", |m| m.to_str().unwrap())
+        ),
+        other => format!("no trailers: {other:?}"),
+    }
+}
