@@ -24,15 +24,7 @@ const HANDLERS: &str = r#"{"service": "big.Big", "methods": {"Echo": {"echo": {}
 
 /// A `Blob` of `n` control characters, encoded: six bytes each in JSON (`\u0001`).
 fn blob(n: usize) -> Bytes {
-    let mut out = vec![0x0a];
-    let mut len = n;
-    while len >= 0x80 {
-        out.push((len as u8) | 0x80);
-        len >>= 7;
-    }
-    out.push(len as u8);
-    out.extend(std::iter::repeat_n(1u8, n));
-    Bytes::from(out)
+    Bytes::from(common::len_field(1, &vec![1u8; n]))
 }
 
 fn rss_mib(pid: u32) -> u64 {

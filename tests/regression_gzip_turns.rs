@@ -28,7 +28,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::gzip::{frame, gzip, noise};
+use common::gzip::{frame, gzip, noise_hex};
+use common::len_field;
 use common::Server;
 
 /// The slow gzip's size: some seconds of inflation in a debug build.
@@ -49,27 +50,6 @@ fn empty_blocks(len: usize) -> Vec<u8> {
 /// `payload` framed as one compressed gRPC message.
 fn compressed_frame(payload: &[u8]) -> Bytes {
     frame(1, payload)
-}
-
-/// Bytes that gzip does not shrink (xorshift noise), as hex digits (text for string fields).
-fn noise_hex(len: usize, seed: u64) -> Vec<u8> {
-    noise(len, seed)
-        .into_iter()
-        .map(|b| b"0123456789abcdef"[usize::from(b & 15)])
-        .collect()
-}
-
-/// A protobuf length-delimited field.
-fn field(number: u8, value: &[u8]) -> Vec<u8> {
-    let mut out = vec![(number << 3) | 2];
-    let mut n = value.len();
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-    out.extend_from_slice(value);
-    out
 }
 
 /// A gzip call on the connection of `conn`, its request sent and ended; its answer, read in a
@@ -151,7 +131,7 @@ async fn a_script_call_cancelled_while_its_gzip_message_waits_leaves_the_turn_to
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A Query whose name (3) is 3 000 bytes of noise: its gzip is past the in-place bound.
-    let query = field(3, &noise_hex(3000, 11));
+    let query = len_field(3, &noise_hex(3000, 11));
     let (resp, mut sum) = open_on(
         &conn,
         addr,
@@ -174,7 +154,11 @@ async fn a_script_call_cancelled_while_its_gzip_message_waits_leaves_the_turn_to
         "the slow gzip inflates to nothing"
     );
 
-    let item = [field(1, b"after"), field(7, &noise_hex(64 * 1024, 5))].concat();
+    let item = [
+        len_field(1, b"after"),
+        len_field(7, &noise_hex(64 * 1024, 5)),
+    ]
+    .concat();
     let started = Instant::now();
     let after = Pending::send(
         &conn,
@@ -280,7 +264,11 @@ async fn a_call_cancelled_while_its_gzip_inflates_to_nothing_gives_up_its_turn()
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // On the same connection, which would wait for the cancelled call's whole inflation.
-    let item = [field(1, b"after"), field(7, &noise_hex(64 * 1024, 9))].concat();
+    let item = [
+        len_field(1, b"after"),
+        len_field(7, &noise_hex(64 * 1024, 9)),
+    ]
+    .concat();
     let started = Instant::now();
     let after = Pending::send(
         &conn,

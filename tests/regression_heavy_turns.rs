@@ -24,7 +24,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::gzip::{frame, gzip, noise};
+use common::gzip::{frame, gzip, noise_hex};
+use common::len_field;
 use common::Server;
 use tokio::task::JoinSet;
 
@@ -44,27 +45,6 @@ fn empty_blocks(len: usize) -> Vec<u8> {
     }
     // The final empty block, then the CRC and size of nothing.
     out.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    out
-}
-
-/// Bytes that gzip does not shrink (xorshift noise), as hex digits.
-fn noise_hex(len: usize, seed: u64) -> Vec<u8> {
-    noise(len, seed)
-        .into_iter()
-        .map(|b| b"0123456789abcdef"[usize::from(b & 15)])
-        .collect()
-}
-
-/// A protobuf length-delimited field.
-fn field(number: u8, value: &[u8]) -> Vec<u8> {
-    let mut out = vec![(number << 3) | 2];
-    let mut n = value.len();
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-    out.extend_from_slice(value);
     out
 }
 
@@ -163,7 +143,11 @@ async fn a_client_of_many_slow_gzip_messages_holds_up_another_connection_for_a_s
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // An Item whose blob (7) is 64 KiB of noise: its gzip is past the in-place bound.
-    let item = [field(1, b"other"), field(7, &noise_hex(64 * 1024, 3))].concat();
+    let item = [
+        len_field(1, b"other"),
+        len_field(7, &noise_hex(64 * 1024, 3)),
+    ]
+    .concat();
     let (zipped, zipped_took) = timed_call(
         addr,
         "/kitchen.Kitchen/Echo",
@@ -173,7 +157,7 @@ async fn a_client_of_many_slow_gzip_messages_holds_up_another_connection_for_a_s
     )
     .await;
     // 300 KB, a few long fields: an echo answered off the network threads.
-    let big = [field(1, b"plain"), field(7, &noise_hex(300_000, 4))].concat();
+    let big = [len_field(1, b"plain"), len_field(7, &noise_hex(300_000, 4))].concat();
     let (plain, plain_took) =
         timed_call(addr, "/kitchen.Kitchen/Echo", frame(0, &big), false, WITHIN).await;
     let answered = greedy.answered();
@@ -241,7 +225,7 @@ async fn a_client_of_many_slow_declarative_requests_holds_up_another_connection_
     // release build.
     tokio::time::sleep(Duration::from_millis(200)).await;
     // 20 KB of names: decoded, so a big request.
-    let query = field(3, &noise_hex(20_000, 5));
+    let query = len_field(3, &noise_hex(20_000, 5));
     let within = (one * GREEDY_CALLS as u32 * 2).max(Duration::from_secs(20));
     let mut answered = greedy.answered();
     let before = answered.len();

@@ -33,3 +33,11 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Bytes that gzip does not shrink (xorshift noise), as hex digits (text for string fields).
+pub fn noise_hex(len: usize, seed: u64) -> Vec<u8> {
+    noise(len, seed)
+        .into_iter()
+        .map(|b| b"0123456789abcdef"[usize::from(b & 15)])
+        .collect()
+}

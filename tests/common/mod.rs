@@ -881,3 +881,16 @@ pub async fn slowest_call_during<T>(
         .unwrap();
     (done, slowest)
 }
+
+/// A protobuf length-delimited field `number` holding `value`, encoded.
+pub fn len_field(number: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![(number << 3) | 2];
+    let mut n = value.len();
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(value);
+    out
+}
