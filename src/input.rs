@@ -241,7 +241,7 @@ mod tests {
     fn folders_and_devices_are_refused_and_files_read() {
         let dir = tempfile::tempdir().unwrap();
         let err = read_to_string(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(err.to_string().contains("a directory, not a file"), "{err}");
         #[cfg(unix)]
         {
             let err = read_to_string(std::path::Path::new("/dev/null")).unwrap_err();
