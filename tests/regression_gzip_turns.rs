@@ -28,24 +28,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::gzip::{frame, gzip, noise_hex};
+use common::gzip::{empty_blocks, frame, gzip, noise_hex};
 use common::len_field;
 use common::Server;
 
 /// The slow gzip's size: some seconds of inflation in a debug build.
 const HOG: usize = 512 * 1024;
-
-/// gzip of about `len` bytes of empty deflate blocks: inflates to no bytes at all, slowly.
-fn empty_blocks(len: usize) -> Vec<u8> {
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-    // Four non-final fixed-Huffman blocks of just an end-of-block code: 40 bits.
-    for _ in 0..len / 5 {
-        out.extend_from_slice(&[2, 8, 32, 128, 0]);
-    }
-    // The final empty block, then the CRC and size of nothing.
-    out.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    out
-}
 
 /// `payload` framed as one compressed gRPC message.
 fn compressed_frame(payload: &[u8]) -> Bytes {

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::gzip::{frame, gzip, noise_hex};
+use common::gzip::{empty_blocks, frame, gzip, noise_hex};
 use common::len_field;
 use common::Server;
 use tokio::task::JoinSet;
@@ -35,18 +35,6 @@ static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Calls the greedy connection keeps open.
 const GREEDY_CALLS: usize = 24;
-
-/// gzip of about `len` bytes of empty deflate blocks: inflates to no bytes at all, slowly.
-fn empty_blocks(len: usize) -> Vec<u8> {
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-    // Four non-final fixed-Huffman blocks of just an end-of-block code: 40 bits.
-    for _ in 0..len / 5 {
-        out.extend_from_slice(&[2, 8, 32, 128, 0]);
-    }
-    // The final empty block, then the CRC and size of nothing.
-    out.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    out
-}
 
 /// One HTTP/2 connection of a client that never cancels: its calls, each sent whole, and
 /// answered in tasks of their own. Dropped, the connection closes.

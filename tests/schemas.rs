@@ -173,30 +173,19 @@ fn a_set_missing_a_dependency_names_the_file_and_the_import() {
 /// deep.
 #[test]
 fn a_set_nested_too_deep_says_so_in_one_short_line() {
-    fn field(number: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![number << 3 | 2];
-        let mut n = body.len();
-        while n >= 0x80 {
-            out.push((n as u8) | 0x80);
-            n >>= 7;
-        }
-        out.push(n as u8);
-        out.extend_from_slice(body);
-        out
-    }
     // DescriptorProto: name = 1, nested_type = 3; FileDescriptorProto: name = 1,
     // message_type = 4; FileDescriptorSet: file = 1.
-    let mut message = field(1, b"M120");
+    let mut message = common::len_field(1, b"M120");
     for depth in (0..120).rev() {
-        let mut outer = field(1, format!("M{depth}").as_bytes());
-        outer.extend(field(3, &message));
+        let mut outer = common::len_field(1, format!("M{depth}").as_bytes());
+        outer.extend(common::len_field(3, &message));
         message = outer;
     }
-    let mut file = field(1, b"deep.proto");
-    file.extend(field(4, &message));
+    let mut file = common::len_field(1, b"deep.proto");
+    file.extend(common::len_field(4, &message));
     let dir = tempfile::tempdir().unwrap();
     let set = dir.path().join("deep.binpb");
-    std::fs::write(&set, field(1, &file)).unwrap();
+    std::fs::write(&set, common::len_field(1, &file)).unwrap();
     let (code, err) = check_set_alone(dir.path(), &set);
     assert_eq!(code, 2, "{err}");
     let line = err.lines().next().unwrap_or_default();

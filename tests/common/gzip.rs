@@ -41,3 +41,15 @@ pub fn noise_hex(len: usize, seed: u64) -> Vec<u8> {
         .map(|b| b"0123456789abcdef"[usize::from(b & 15)])
         .collect()
 }
+
+/// gzip of about `len` bytes of empty deflate blocks: inflates to no bytes at all, slowly.
+pub fn empty_blocks(len: usize) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    // Four non-final fixed-Huffman blocks of just an end-of-block code: 40 bits.
+    for _ in 0..len / 5 {
+        out.extend_from_slice(&[2, 8, 32, 128, 0]);
+    }
+    // The final empty block, then the CRC and size of nothing.
+    out.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    out
+}
