@@ -1,6 +1,6 @@
 //! The library functions that now call script code from Lua (`tostring`, `string.format`,
-//! `table.concat`, `table.unpack`, `table.move`, `ipairs`, `math.min`/`max`, `os.time`, string
-//! arithmetic) against Lua 5.4's own C functions: on tables whose metamethods log each call,
+//! `table.concat`, `table.unpack`, `table.move`, `table.insert`, `ipairs`, `math.min`/`max`,
+//! `os.time`, string arithmetic) against Lua 5.4's own C functions: on tables whose metamethods log each call,
 //! both give the same results, the same errors, and call the same metamethods in the same
 //! order with the same arguments.
 
@@ -13,7 +13,8 @@ fn state() -> Lua {
     const TAKE: &str = r#"
         return { tostring = tostring, format = string.format, concat = table.concat,
                  unpack = table.unpack, move = table.move, ipairs = ipairs, min = math.min,
-                 max = math.max, time = os.time, add = getmetatable("").__add,
+                 max = math.max, time = os.time, insert = table.insert,
+                 add = getmetatable("").__add,
                  unm = getmetatable("").__unm }
         "#;
     let lua = Lua::new();
@@ -193,6 +194,17 @@ const CASES: &[&str] = &[
     "L.concat(setmetatable({}, { __index = setmetatable({ 'a' }, { __index = function(_, k) note('index', k) return 'z' end }) }), '', 1, 3)",
     "L.concat(setmetatable({}, { __index = { 'a', 'b' } }), '', 1, 2)",
     "L.unpack(setmetatable({}, { __index = { 'a', 'b' }, __len = function() note('len') return 2 end }))",
+    // table.insert with two arguments
+    "(function() local d = W() L.insert(d, 'v') return rawget(d, 1) end)()",
+    "(function() local t = M(4) L.insert(t, 'v') return rawget(t, 5) end)()",
+    "(function() local t = M(4, { __newindex = function(_, k, v) note('newindex', k, v) end }) L.insert(t, 'v') return rawget(t, 5) end)()",
+    "L.insert(M(2.5), 'v')",
+    "L.insert(M('3'), 'v')",
+    "L.insert(M({}), 'v')",
+    "(function() local t = M(math.maxinteger) L.insert(t, 'v') return rawget(t, math.mininteger) end)()",
+    "(function() local t = M(2.0) L.insert(t, 'v') return rawget(t, 3) end)()",
+    "L.insert(M(1, { __newindex = function() error('nope') end }), 'v')",
+    "(function() local t = setmetatable({}, { __index = { 'a' } }) L.insert(t, 'v') return rawget(t, 1) end)()",
     // string arithmetic
     "L.add('10', O(1))",
     "L.add(O(1), '10')",

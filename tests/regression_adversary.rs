@@ -894,6 +894,19 @@ async fn long_unpack_index_does_not_hold_up_other_calls() {
     quick_calls_overtake("unpack_long", META_STEPS, "v1v2").await;
 }
 
+/// `table.insert(t, v)` into a table with an `__newindex`: Lua's C function made the write, so
+/// the metamethod ran where the hook cannot pause it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_insert_newindex_does_not_hold_up_other_calls() {
+    quick_calls_overtake("insert_newindex_long", 2 * META_STEPS, "in0").await;
+}
+
+/// `table.insert(t, v)` into a table with an `__len` (asked once, from C, before the write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_insert_len_does_not_hold_up_other_calls() {
+    quick_calls_overtake("insert_len_long", 2 * META_STEPS, "in").await;
+}
+
 /// `table.move` from a table with an `__index`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_move_index_does_not_hold_up_other_calls() {

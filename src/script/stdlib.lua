@@ -791,7 +791,16 @@ do
 
   table.insert = function(...)
     local t, pos, v = ...
-    if select("#", ...) == 3 and type(t) == "table" then
+    local nargs = select("#", ...)
+    if nargs == 2 and type(t) == "table" and getmetatable(t) ~= nil
+        and not (reads_plain(t, true) and writes_plain(t)) then
+      -- `table.insert(t, v)`: one `#t` and one write, either of which may be script code.
+      local c = bar()
+      t[length(t) + 1] = pos
+      unbar(c)
+      return
+    end
+    if nargs == 3 and type(t) == "table" then
       if getmetatable(t) ~= nil then
         local c = bar()
         local e = length(t) + 1
