@@ -1,8 +1,8 @@
 //! The library functions that now call script code from Lua (`tostring`, `string.format`,
 //! `table.concat`, `table.unpack`, `table.move`, `table.insert`, `ipairs`, `math.min`/`max`,
-//! `os.time`, string arithmetic) against Lua 5.4's own C functions: on tables whose metamethods log each call,
-//! both give the same results, the same errors, and call the same metamethods in the same
-//! order with the same arguments.
+//! `os.time`, string arithmetic) against Lua 5.4's own C functions: on tables whose
+//! metamethods log each call, both give the same results, the same errors, and call the same
+//! metamethods in the same order with the same arguments.
 
 use mlua::Lua;
 
