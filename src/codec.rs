@@ -176,8 +176,17 @@ impl Incoming {
     /// (INVALID_ARGUMENT if the walk finds them malformed). Small messages cannot cross the
     /// budget and pass without a walk; larger ones are costed before anything is allocated.
     pub fn check_cost(&self) -> Result<(), CallError> {
+        self.check_cost_pacing(None)
+    }
+
+    /// [`check_cost`](Self::check_cost), calling `pace` every few thousand steps of the walk
+    /// when given (see [`wire::Cost::pacing`]).
+    pub fn check_cost_pacing(&self, pace: Option<fn()>) -> Result<(), CallError> {
         if wire::may_exceed(self.bytes.len(), self.budget) {
-            let mut cost = wire::Cost::new(self.budget);
+            let mut cost = match pace {
+                Some(pace) => wire::Cost::pacing(self.budget, pace),
+                None => wire::Cost::new(self.budget),
+            };
             wire::check(&self.bytes, &self.desc, &mut cost).map_err(|e| self.refused(e))?;
         }
         Ok(())

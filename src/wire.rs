@@ -201,7 +201,12 @@ pub struct Cost {
     steps: usize,
     /// The walk stopped because `steps` ran out, not because the message was refused.
     out_of_steps: bool,
+    /// Called every [`PACE_STEPS`] steps, when set (see [`Cost::pacing`]).
+    pace: Option<fn()>,
 }
+
+/// Steps between two calls of a walk's pace function.
+const PACE_STEPS: usize = 4096;
 
 const VALUE: usize = std::mem::size_of::<Value>();
 /// A list element: a `Value` in a `Vec` that doubles when full, the old buffer still live
@@ -250,6 +255,17 @@ impl Cost {
             budget,
             steps: usize::MAX,
             out_of_steps: false,
+            pace: None,
+        }
+    }
+
+    /// A cost that calls `pace` every few thousand steps of its walk: a long walk on a thread
+    /// that others share can give way there (see `script::sliced_decode`).
+    pub fn pacing(budget: usize, pace: fn()) -> Self {
+        Self {
+            steps: PACE_STEPS,
+            pace: Some(pace),
+            ..Self::new(budget)
         }
     }
 
@@ -257,6 +273,11 @@ impl Cost {
     #[inline(always)]
     fn step(&mut self) -> Result<()> {
         if self.steps == 0 {
+            if let Some(pace) = self.pace {
+                pace();
+                self.steps = PACE_STEPS - 1;
+                return Ok(());
+            }
             self.out_of_steps = true;
             return Err(Invalid::Malformed(String::new()));
         }

@@ -9,12 +9,16 @@
 //! [`super::encode::Encoder`]), and charged to the call now and then: every [`CHARGE_EVERY`]
 //! units, and whenever this thread's clock signalled since the last charge (every millisecond
 //! of CPU, see [`super::preempt::signals`]), which is when the call's time is checked. A call
-//! past its budget, its deadline or cancelled stops there with its abort.
+//! past its budget, its deadline or cancelled stops there with its abort. A charge that finds
+//! the call's time slice over is where a big request's conversion gives way to the other calls
+//! on its state (see [`super::sliced_decode`]).
 
 use std::cell::Cell;
 
+use super::hook::TIME_SLICE;
 use super::preempt;
-use super::slice;
+use super::slice::{self, Check};
+use super::sliced_decode;
 
 /// Units charged to the call at once when the clock has not signalled meanwhile.
 const CHARGE_EVERY: u64 = 4096;
@@ -51,7 +55,16 @@ impl Meter {
             return Ok(());
         }
         self.work.set(0);
-        slice::charge(work)
+        match slice::check(work, TIME_SLICE) {
+            Check::Abort(a) => Err(mlua::Error::external(a)),
+            // Inside a conversion that can pause, the call gives way here (see
+            // [`super::sliced_decode`]); elsewhere it goes on.
+            Check::Yield => {
+                sliced_decode::give_way();
+                Ok(())
+            }
+            Check::Continue => Ok(()),
+        }
     }
 
     /// Charges what was counted since the last charge, without reading the clock (the hook

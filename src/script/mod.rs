@@ -42,6 +42,7 @@ pub mod sandbox;
 pub mod scheduling;
 pub mod send_now;
 pub mod slice;
+pub mod sliced_decode;
 pub mod status;
 pub mod stdlib;
 pub mod wakes;
@@ -485,6 +486,15 @@ async fn run_call(state: &State, job: Job) -> bool {
     let started = slice::with_call(&shared, || {
         start(state, function, layout, &shared, requests)
     });
+    let started = match started {
+        Ok(Started::Converting(converting)) => tokio::select! {
+            r = converting.finish(&shared) => r,
+            () = cancelled(&shared) => Err(shared.abort_error(Abort::Cancelled)),
+            () = sleep_until(shared.deadline) => Err(shared.abort_error(Abort::Deadline)),
+        },
+        Ok(Started::Ready(running, threads)) => Ok((running, threads)),
+        Err(e) => Err(e),
+    };
     let outcome = match started {
         Err(e) => Err(e),
         Ok((running, threads)) => {
@@ -533,20 +543,61 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// A call's function, ready to run as a coroutine.
+type Launched = (Running<mlua::AsyncThread<LuaValue>>, worker::CallThreads);
+
+/// What [`start`] prepared.
+enum Started {
+    /// The call's coroutine, ready.
+    Ready(Running<mlua::AsyncThread<LuaValue>>, worker::CallThreads),
+    /// A big unary request still to convert, in time slices (see [`sliced_decode`]).
+    Converting(Converting),
+}
+
+/// A call whose big unary request is being converted where it can pause.
+struct Converting {
+    threads: worker::CallThreads,
+    /// The runner's arguments before the request's slots.
+    args: Vec<LuaValue>,
+    conversion: sliced_decode::Conversion,
+}
+
+impl Converting {
+    /// Converts the request a time slice at a time, letting the state's other calls run in
+    /// between, then prepares the function's coroutine.
+    async fn finish(mut self, shared: &Arc<CallShared>) -> mlua::Result<Launched> {
+        loop {
+            match slice::with_call(shared, || self.conversion.resume()) {
+                sliced_decode::Resumed::Done(slots) => {
+                    self.args.extend(slots?);
+                    return launch(shared, self.threads, self.args);
+                }
+                sliced_decode::Resumed::Suspended => {
+                    let _paused = slice::paused_here();
+                    worker::admit_arrivals();
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+}
+
 /// Reads the request into what makes its tables, and prepares the function's coroutine (it
-/// runs when polled; the runner makes the request first, see `requests`).
+/// runs when polled; the runner makes the request first, see `requests`). A big unary request
+/// of a layout with tables is left to convert in time slices.
 fn start(
     state: &State,
     function: usize,
     layout: usize,
     shared: &Arc<CallShared>,
     requests: Requests,
-) -> mlua::Result<(Running<mlua::AsyncThread<LuaValue>>, worker::CallThreads)> {
+) -> mlua::Result<Started> {
     let lua = &state.lua;
     if function >= state.functions.len() || layout >= state.builders.len() {
         return Err(mlua::Error::runtime("no such script function"));
     }
-    let (main, body) = state.threads()?;
+    let threads = state.threads()?;
+    let body = &threads.1;
     let mut args = Vec::with_capacity(8);
     // (The runner's tables count from 1.)
     args.extend([
@@ -565,7 +616,21 @@ fn start(
             } else {
                 args.push(LuaValue::Boolean(false));
                 args.push(LuaValue::Boolean(true));
-                requests::decode_request(lua, &plans, &msg, layout, &mut args)?;
+                let msg = if msg.bytes().len() >= sliced_decode::PAUSE_FROM {
+                    match sliced_decode::Conversion::new(lua, plans.clone(), msg, layout) {
+                        Ok(conversion) => {
+                            return Ok(Started::Converting(Converting {
+                                threads,
+                                args,
+                                conversion,
+                            }));
+                        }
+                        Err(msg) => msg,
+                    }
+                } else {
+                    msg
+                };
+                requests::decode_request(lua, &plans, &msg, layout, &mut args, None)?;
             }
         }
         Requests::Stream(stream) => {
@@ -577,11 +642,22 @@ fn start(
             )?);
         }
     }
+    let (running, threads) = launch(shared, threads, args)?;
+    Ok(Started::Ready(running, threads))
+}
+
+/// The call's function as a coroutine on its thread, given the runner's arguments.
+fn launch(
+    shared: &Arc<CallShared>,
+    threads: worker::CallThreads,
+    args: Vec<LuaValue>,
+) -> mlua::Result<Launched> {
+    let main = &threads.0;
     shared.set_main_thread(main.to_pointer() as usize);
     let running = main
         .clone()
         .into_async::<LuaValue>(mlua::MultiValue::from_vec(args))?;
-    Ok((Running::new(shared.clone(), running), (main, body)))
+    Ok((Running::new(shared.clone(), running), threads))
 }
 
 /// Unary and client-streaming: answer with the returned message (converted while the call is

@@ -55,15 +55,20 @@ pub const BYTES_PER_UNIT: u64 = 16;
 /// `plans`), appended to `out`. Its bytes are charged to the call's budget up front without
 /// reading the clock (see [`slice::charge_untimed`]); the tables it makes are charged as they
 /// are made, with the call's time checked meanwhile (see [`super::meter`]), so a request of
-/// many small items stops at the call's time budget like a script past it.
+/// many small items stops at the call's time budget like a script past it. `pace`, when
+/// given, is called every few thousand steps of the walk that costs the request first (see
+/// [`super::sliced_decode`]).
 pub fn decode_request(
     lua: &Lua,
     plans: &Plans,
     msg: &Incoming,
     layout: usize,
     out: &mut Vec<LuaValue>,
+    pace: Option<fn()>,
 ) -> mlua::Result<()> {
-    charge(msg)?;
+    msg.check_cost_pacing(pace)
+        .map_err(|e| mlua::Error::external(IncomingError(e.into())))?;
+    slice::charge_untimed(1 + msg.bytes().len() as u64 / BYTES_PER_UNIT)?;
     Decoder::new(lua, plans)
         .slots(msg.bytes(), &plans.layouts[layout], out)
         .map_err(|e| decode_error(msg, e))
@@ -404,7 +409,7 @@ impl Reader {
             Poll::Ready(Some(Ok(msg))) => {
                 let mut out = Variadic::with_capacity(1 + self.plans.layouts[self.layout].slots);
                 out.push(LuaValue::Boolean(true));
-                decode_request(lua, &self.plans, &msg, self.layout, &mut out)?;
+                decode_request(lua, &self.plans, &msg, self.layout, &mut out, None)?;
                 Ok(out)
             }
         }

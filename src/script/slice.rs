@@ -316,6 +316,22 @@ impl Drop for Restore {
     }
 }
 
+/// A call paused outside its coroutine (a request being converted, see
+/// [`super::sliced_decode`]): it counts as paused, as one the hook paused, until dropped.
+pub struct PausedHere(());
+
+/// Counts the running call as paused until the guard is dropped (see [`PausedHere`]).
+pub fn paused_here() -> PausedHere {
+    let _ = PAUSED.try_with(|p| p.set(p.get().saturating_add(1)));
+    PausedHere(())
+}
+
+impl Drop for PausedHere {
+    fn drop(&mut self) {
+        let _ = PAUSED.try_with(|p| p.set(p.get().saturating_sub(1)));
+    }
+}
+
 /// The call runs again (or is gone): it no longer counts as paused.
 fn unpause(shared: &CallShared) {
     if shared.paused.swap(false, Ordering::Relaxed) {
