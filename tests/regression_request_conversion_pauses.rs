@@ -172,6 +172,28 @@ async fn beside_quick_calls(
     (calls.await.unwrap(), slowest, answered)
 }
 
+/// Streams `messages` to `Drain` while quick calls run beside it: its answer and time, and the
+/// quick calls' slowest answer and count.
+async fn stream_beside_quick_calls(
+    client: &Client,
+    messages: Vec<Bytes>,
+) -> (Result<Bytes, tonic::Status>, Duration, Duration, usize) {
+    let big = client.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let call = tokio::spawn(async move {
+        let started = Instant::now();
+        let r = big.raw_client_stream("/t.T/Drain", messages).await;
+        let _ = tx.send(());
+        (r, started.elapsed())
+    });
+    let (slowest, answered) = quick_calls(client, async {
+        let _ = rx.await;
+    })
+    .await;
+    let (r, took) = call.await.unwrap();
+    (r, took, slowest, answered)
+}
+
 /// `Reply.n` of an encoded reply.
 fn reply_n(bytes: &Bytes) -> u64 {
     let mut b = &bytes[..];
@@ -232,6 +254,97 @@ async fn a_legit_big_request_is_converted_in_slices_and_answered() {
     assert!(
         slowest < Duration::from_millis(LEGIT_WAIT_MS),
         "a quick call waited {slowest:?} behind the conversion of a big request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_big_messages_are_converted_in_slices() {
+    let _serial = SERIAL.lock().await;
+    let (_s, client, _dir) = serve().await;
+    warm(&client).await;
+    let messages = vec![
+        empty_items(LEGIT_ITEMS),
+        empty_items(3),
+        empty_items(LEGIT_ITEMS),
+    ];
+    let (r, took, slowest, answered) = stream_beside_quick_calls(&client, messages).await;
+    eprintln!(
+        "a stream of two messages of {LEGIT_ITEMS} empty items, answered after {took:?}; \
+         {answered} quick calls beside it, slowest {slowest:?}"
+    );
+    assert_eq!(
+        reply_n(&r.expect("a stream of messages under the cap")),
+        2 * LEGIT_ITEMS as u64 + 3
+    );
+    assert!(
+        slowest < Duration::from_millis(LEGIT_WAIT_MS),
+        "a quick call waited {slowest:?} behind the conversion of a streamed message"
+    );
+    let messages = vec![empty_items(3), empty_items(MOST_ITEMS)];
+    let (r, took, slowest, answered) = stream_beside_quick_calls(&client, messages).await;
+    eprintln!(
+        "a stream with a message of {MOST_ITEMS} empty items, answered after {took:?}; \
+         {answered} quick calls beside it, slowest {slowest:?}"
+    );
+    let status = r.expect_err("a streamed message past the conversion's memory cap");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.message(), CAP_MESSAGE);
+    assert!(
+        slowest < Duration::from_millis(CAP_WAIT_MS),
+        "a quick call waited {slowest:?} behind a streamed message past the cap"
+    );
+}
+
+/// Conversions stopped while paused (their calls cancelled by clients that gave up) unwind
+/// and leave their state sound: big requests sent afterwards, several at once, are answered in
+/// full, and so are quick calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversions_stopped_while_paused_leave_the_state_sound() {
+    let _serial = SERIAL.lock().await;
+    let (_s, client, _dir) = serve().await;
+    warm(&client).await;
+    let give_up = Duration::from_millis(40);
+    for _ in 0..3 {
+        let mut calls = Vec::new();
+        for _ in 0..2 {
+            let c = client.clone();
+            calls.push(tokio::spawn(async move {
+                let call = c.raw_unary("/t.T/Count", empty_items(LEGIT_ITEMS));
+                let _ = tokio::time::timeout(give_up, call).await;
+            }));
+            let c = client.clone();
+            calls.push(tokio::spawn(async move {
+                let call = c.raw_client_stream("/t.T/Drain", vec![empty_items(LEGIT_ITEMS)]);
+                let _ = tokio::time::timeout(give_up, call).await;
+            }));
+        }
+        for call in calls {
+            call.await.unwrap();
+        }
+        assert_eq!(
+            client.unary("t.T/Quick", json!({})).await.unwrap()["s"],
+            "quick"
+        );
+    }
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { c.raw_unary("/t.T/Count", empty_items(LEGIT_ITEMS)).await })
+        })
+        .collect();
+    for call in calls {
+        let r = call.await.unwrap();
+        assert_eq!(
+            reply_n(&r.expect("a request under the cap")),
+            LEGIT_ITEMS as u64
+        );
+    }
+    let r = client
+        .raw_client_stream("/t.T/Drain", vec![empty_items(LEGIT_ITEMS); 2])
+        .await;
+    assert_eq!(
+        reply_n(&r.expect("a stream under the cap")),
+        2 * LEGIT_ITEMS as u64
     );
 }
 

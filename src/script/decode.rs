@@ -16,7 +16,9 @@
 //! Those tables are counted as they are made and charged to the running call, whose time is
 //! checked meanwhile ([`super::meter`]): three bytes of an empty list item make a table of
 //! defaults, so the bytes alone did not bound the work, and a long request kept its state past
-//! the call's time budget.
+//! the call's time budget. A big request is decoded where it can pause at those charges, so it
+//! gives way to the other calls on its state at the end of each time slice
+//! ([`super::sliced_decode`]).
 
 use std::cell::OnceCell;
 use std::fmt::Write as _;

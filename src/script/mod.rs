@@ -483,6 +483,8 @@ async fn run_call(state: &State, job: Job) -> bool {
         shared,
         requests,
     } = job;
+    // A streamed message's conversion left when the call ends goes with it.
+    let _forget = sliced_decode::Forget(Arc::as_ptr(&shared) as usize);
     let started = slice::with_call(&shared, || {
         start(state, function, layout, &shared, requests)
     });

@@ -18,6 +18,11 @@
 //! from the message bytes: no mlua value, no registry reference, no argument list, nothing
 //! allocated in Rust per message.
 //!
+//! A big message of a layout with tables is converted in time slices (see
+//! [`super::sliced_decode`]): `try_next` sets its conversion up and answers "nothing yet", and
+//! the iterator's wait drives it, the call paused between two slices as the hook pauses a
+//! script, until `try_next` can hand over its slots.
+//!
 //! For a stream that function is [`take_message`]. Anything it does not take (nothing
 //! buffered, the end, an error, a message that does not decode, a spent budget) it leaves for
 //! the plain call, which reports it as before. A unary request is read before the call runs
@@ -44,6 +49,7 @@ use super::convert::Conv;
 use super::decode::{self, Cell, Cells, DecodeError, Decoder};
 use super::plan::Plans;
 use super::slice::{self, Waiting};
+use super::sliced_decode::{self, Conversion, Found};
 use super::status::IncomingError;
 use crate::codec::Incoming;
 use crate::wire::Invalid;
@@ -259,6 +265,15 @@ impl RequestStream {
         let r = reader.clone();
         let try_next = lua.create_function(move |lua, ()| {
             r.check()?;
+            match sliced_decode::take_kept(r.call()) {
+                Found::Nothing => {}
+                Found::Converting => return Ok(Variadic::from_iter([LuaValue::Boolean(false)])),
+                Found::Done(slots) => {
+                    let mut out = Variadic::from_iter([LuaValue::Boolean(true)]);
+                    out.extend(slots?);
+                    return Ok(out);
+                }
+            }
             let polled = r.take_next();
             r.step(lua, polled)
         })?;
@@ -348,14 +363,38 @@ impl Reader {
         }
     }
 
-    /// Waits until the stream has something and keeps it for the next `take_next`.
+    /// The key of the reader's call for what [`sliced_decode`] keeps.
+    fn call(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+
+    /// Converts the message whose conversion `try_next` started, a time slice at a time (the
+    /// call is paused in between, as the hook pauses a script), and keeps the result for it;
+    /// or, with no conversion under way, waits until the stream has something and keeps it
+    /// for the next `take_next`.
     async fn wait(&self) {
-        let polled = poll_fn(|cx| match Pin::new(&mut self.lock().stream).poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            ready => Poll::Ready(ready),
+        let call = self.call();
+        let polled = poll_fn(|cx| {
+            match sliced_decode::resume_kept(call) {
+                Some(true) => {
+                    self.shared
+                        .paused
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Some(false) => return Poll::Ready(None),
+                None => {}
+            }
+            match Pin::new(&mut self.lock().stream).poll_next(cx) {
+                Poll::Pending => Poll::Pending,
+                ready => Poll::Ready(Some(ready)),
+            }
         })
         .await;
-        self.lock().waited = Some(polled);
+        if let Some(polled) = polled {
+            self.lock().waited = Some(polled);
+        }
     }
 
     /// Takes the next message if it has arrived and decodes as the reader's flat layout, keeps
@@ -406,7 +445,19 @@ impl Reader {
             Poll::Pending => one(LuaValue::Boolean(false)),
             Poll::Ready(None) => one(LuaValue::Nil),
             Poll::Ready(Some(Err(status))) => Err(mlua::Error::external(IncomingError(status))),
-            Poll::Ready(Some(Ok(msg))) => {
+            Poll::Ready(Some(Ok(mut msg))) => {
+                if msg.bytes().len() >= sliced_decode::PAUSE_FROM
+                    && !self.plans.layouts[self.layout].flat
+                {
+                    // Converted in time slices by the iterator's wait (see `wait`).
+                    match Conversion::new(lua, self.plans.clone(), msg, self.layout) {
+                        Ok(conversion) => {
+                            sliced_decode::keep(self.call(), conversion);
+                            return one(LuaValue::Boolean(false));
+                        }
+                        Err(m) => msg = m,
+                    }
+                }
                 let mut out = Variadic::with_capacity(1 + self.plans.layouts[self.layout].slots);
                 out.push(LuaValue::Boolean(true));
                 decode_request(lua, &self.plans, &msg, self.layout, &mut out, None)?;
@@ -428,7 +479,7 @@ return function(build, try_next, h, take)
       local r = build(take())
       if r == nil then
         r = build(try_next())
-        if r == false then
+        while r == false do
           wait_next(h)
           r = build(take())
           if r == nil then r = build(try_next()) end
@@ -439,7 +490,7 @@ return function(build, try_next, h, take)
   end
   return function()
     local r = build(try_next())
-    if r == false then
+    while r == false do
       wait_next(h)
       r = build(try_next())
     end

@@ -1,4 +1,4 @@
-//! A big unary request's conversion into Lua tables, paused at the end of its call's time slice.
+//! A big request's conversion into Lua tables, paused at the end of its call's time slice.
 //!
 //! Why: a request becomes Lua tables in Rust ([`super::decode`]), before the script runs, where
 //! no hook can pause it. Its work is charged as it goes ([`super::meter`]), so it stops at the
@@ -15,6 +15,13 @@
 //! calls that arrived meanwhile start, and yields to the executor, so every other call on the
 //! state takes its turn before the conversion goes on with a fresh slice. A shorter request is
 //! converted directly, as before: it ends within a slice or so, and pays nothing for this.
+//!
+//! A big message of a request stream is converted the same way, from the stream's iterator
+//! (see [`super::requests`]): its reader sets the conversion up and says "nothing yet", and
+//! the iterator's wait resumes it inside the call's coroutine, returning pending at the end of
+//! each slice, so the call is paused there as the hook pauses a script. Such a conversion is
+//! kept on the thread by call ([`keep`]), not in the reader Lua owns, and dropped when its call
+//! ends ([`Forget`]).
 //!
 //! Memory stays bounded as for paused scripts: above the state's pause mark, a conversion does
 //! not suspend while another call is paused (see [`slice::may_pause`]), so paused conversions
@@ -56,6 +63,8 @@ thread_local! {
     /// The running conversion's [`Pacer`], while it runs (null while it is suspended, and
     /// outside conversions).
     static PACER: Cell<*const ()> = const { Cell::new(std::ptr::null()) };
+    /// The conversions of streamed messages in progress or done, by call (see [`keep`]).
+    static KEPT: RefCell<Vec<(usize, Kept)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// What a running conversion suspends with, on its own stack.
@@ -108,7 +117,7 @@ fn pace() {
 
 type Body = Coroutine<(), (), mlua::Result<Vec<LuaValue>>, DefaultStack>;
 
-/// A unary request being converted on a stack of its own, between two resumes.
+/// A request being converted on a stack of its own, between two resumes.
 pub struct Conversion {
     /// `None` once it has ended.
     body: Option<Body>,
@@ -188,4 +197,103 @@ impl Drop for Conversion {
 /// Keeps `stack` for this thread's next conversion (dropped instead while the thread exits).
 fn keep_spare(stack: DefaultStack) {
     let _ = SPARE.try_with(|s| *s.borrow_mut() = Some(stack));
+}
+
+/// A streamed message's conversion, kept for its call on the state's thread.
+enum Kept {
+    Converting(Conversion),
+    /// Ended: the builder's arguments after `ok`, or why not.
+    Done(mlua::Result<Vec<LuaValue>>),
+    /// Being resumed (taken out meanwhile).
+    Running,
+}
+
+/// What the request stream's reader finds kept for its call.
+pub enum Found {
+    Nothing,
+    /// A message's conversion is under way: the iterator waits for it.
+    Converting,
+    /// A message's conversion ended (taken).
+    Done(mlua::Result<Vec<LuaValue>>),
+}
+
+/// Keeps `conversion` (of the next message of call `call`'s request stream) on this thread
+/// until the stream's wait drives it ([`resume_kept`]) and the stream's reader takes its
+/// result ([`take_kept`]). Kept here rather than in the reader, which Lua owns: a conversion
+/// holds its state, which it would keep from closing if Lua kept it; this keeps it only
+/// until its call ends ([`Forget`]).
+pub fn keep(call: usize, conversion: Conversion) {
+    let displaced = KEPT.with(|k| {
+        let mut kept = k.borrow_mut();
+        let displaced = take_entry(&mut kept, call);
+        kept.push((call, Kept::Converting(conversion)));
+        displaced
+    });
+    drop(displaced);
+}
+
+/// Takes call `call`'s ended conversion, or says whether one is under way.
+pub fn take_kept(call: usize) -> Found {
+    KEPT.with(|k| {
+        let mut kept = k.borrow_mut();
+        let Some(i) = kept.iter().position(|(c, _)| *c == call) else {
+            return Found::Nothing;
+        };
+        match &kept[i].1 {
+            Kept::Done(_) => match kept.swap_remove(i).1 {
+                Kept::Done(result) => Found::Done(result),
+                _ => Found::Nothing,
+            },
+            Kept::Converting(_) | Kept::Running => Found::Converting,
+        }
+    })
+}
+
+/// Resumes call `call`'s kept conversion (the call current): `None` if none is under way,
+/// `Some(true)` when it suspended at the end of the call's time slice, `Some(false)` when it
+/// ended (its result kept for [`take_kept`]).
+pub fn resume_kept(call: usize) -> Option<bool> {
+    let mut conversion = KEPT.with(|k| {
+        let mut kept = k.borrow_mut();
+        let (_, entry) = kept.iter_mut().find(|(c, _)| *c == call)?;
+        match std::mem::replace(entry, Kept::Running) {
+            Kept::Converting(conversion) => Some(conversion),
+            other => {
+                *entry = other;
+                None
+            }
+        }
+    })?;
+    let (entry, suspended) = match conversion.resume() {
+        Resumed::Suspended => (Kept::Converting(conversion), true),
+        Resumed::Done(result) => (Kept::Done(result), false),
+    };
+    let _ = KEPT.try_with(|k| {
+        if let Some((_, e)) = k.borrow_mut().iter_mut().find(|(c, _)| *c == call) {
+            *e = entry;
+        }
+    });
+    Some(suspended)
+}
+
+/// Takes call `call`'s entry out of `kept`, to be dropped once the list is not borrowed (a
+/// conversion unwinds as it is dropped).
+fn take_entry(kept: &mut Vec<(usize, Kept)>, call: usize) -> Option<Kept> {
+    let i = kept.iter().position(|(c, _)| *c == call)?;
+    Some(kept.swap_remove(i).1)
+}
+
+/// Drops what is kept for a call when it ends (also when its task is dropped), while its
+/// state is alive.
+pub struct Forget(pub usize);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        let call = self.0;
+        let entry = KEPT
+            .try_with(|k| take_entry(&mut k.borrow_mut(), call))
+            .ok()
+            .flatten();
+        drop(entry);
+    }
 }
