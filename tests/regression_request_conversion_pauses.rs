@@ -2,9 +2,9 @@
 //! ran in Rust in one go, between two of the script's instructions, where no time slice ends.
 //! A 4 MiB request of empty items of a repeated message field, sent to a script, kept a lone
 //! state for the whole conversion (up to the conversion's memory cap), and a quick call on the
-//! same state waited all that time. Now a big request's conversion gives way at the end of its
-//! call's time slice, as a script does, and other calls go on meanwhile. Timing tests, so they
-//! live in their own test binary and run one at a time.
+//! same state waited all that time; a big message of a request stream too. Now a big request's
+//! conversion gives way at the end of its call's time slice, as a script does, and other calls
+//! go on meanwhile. Timing tests, so they live in their own test binary and run one at a time.
 
 mod common;
 
