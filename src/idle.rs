@@ -18,10 +18,15 @@
 //!   so an idle connection is left alone while the listener has room. Only once 3/4 of
 //!   `--max-connections` are open is a connection that has had no call for 10 s closed; a
 //!   client's channel reconnects by itself on GOAWAY, and the slot goes to whoever needs it.
+//!
+//! A listener whose slots are all taken makes room at once instead, by closing the connection
+//! idle the longest ([`crate::evict`]). Either way a connection being closed keeps what is in
+//! flight: GOAWAY lets its calls finish, and it is dropped only once [`CLOSE_GRACE`] has passed
+//! with nothing in flight.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -30,9 +35,17 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::evict::Roster;
 
 /// How long a connection may go without a request in flight before it may be closed.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(10);
+/// After a connection is sent GOAWAY for being idle (or evicted), time with nothing in flight
+/// for the client to close it before it is dropped.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How often a connection being closed checks whether a call that slipped in has ended.
+const QUIET_CHECK: Duration = Duration::from_millis(250);
 
 /// One connection's requests in flight and when the last one ended.
 pub struct Activity {
@@ -40,21 +53,85 @@ pub struct Activity {
     /// Milliseconds after `start` at which the connection last became idle.
     idle_since: AtomicU64,
     start: Instant,
+    /// Moves on each time the connection turns busy or idle: the listener's queue of idle
+    /// connections tells its stale entries so ([`crate::evict`]).
+    turn: AtomicU64,
+    /// The listener's slots, told when the connection becomes idle.
+    roster: Roster,
+    /// Cancelled when the listener takes the connection's slot for a new one.
+    evicted: CancellationToken,
+    /// Set when it is to be dropped at once rather than closed with GOAWAY.
+    hurried: AtomicBool,
 }
 
 impl Activity {
-    /// A connection that has just been accepted counts as idle from now.
-    pub fn new() -> Arc<Self> {
+    /// A connection that has just been accepted into a slot of `roster`; it counts as idle
+    /// from now.
+    pub(crate) fn listed(roster: Roster) -> Arc<Self> {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             start: Instant::now(),
+            turn: AtomicU64::new(0),
+            roster,
+            evicted: CancellationToken::new(),
+            hurried: AtomicBool::new(false),
         })
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.turn.fetch_add(1, Ordering::AcqRel);
+        }
         Busy(self.clone())
+    }
+
+    pub(crate) fn turn(&self) -> u64 {
+        self.turn.load(Ordering::Acquire)
+    }
+
+    /// Moves the turn on, for the connection becoming idle; the new turn.
+    pub(crate) fn next_turn(&self) -> u64 {
+        self.turn.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Whether the connection has had no request in flight since `turn` and is not evicted.
+    pub(crate) fn idle_in_turn(&self, turn: u64) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && self.turn() == turn && !self.is_evicted()
+    }
+
+    /// Tells the connection its slot is taken: close with GOAWAY, or at once if `hurried`.
+    pub(crate) fn evict(&self, hurried: bool) {
+        self.hurried.store(hurried, Ordering::Release);
+        self.evicted.cancel();
+    }
+
+    pub(crate) fn is_evicted(&self) -> bool {
+        self.evicted.is_cancelled()
+    }
+
+    /// Resolves when the listener has taken the connection's slot for a new one.
+    pub async fn evicted(&self) {
+        self.evicted.cancelled().await
+    }
+
+    /// Whether the evicted connection is to be dropped without waiting for its client.
+    pub fn hurried(&self) -> bool {
+        self.hurried.load(Ordering::Acquire)
+    }
+
+    /// How long the connection has had nothing in flight, if it has not.
+    pub(crate) fn idle_for(&self) -> Option<Duration> {
+        self.idle_since().map(|since| since.elapsed())
+    }
+
+    /// Resolves once `deadline` has passed with nothing in flight: when a connection being
+    /// closed may be dropped without cutting a call short.
+    pub async fn quiet_past(&self, deadline: Instant) {
+        tokio::time::sleep_until(deadline).await;
+        while self.in_flight.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(QUIET_CHECK).await;
+        }
     }
 
     /// When the connection became idle, or `None` while a request is in flight.
@@ -89,7 +166,9 @@ impl Drop for Busy {
         let a = &self.0;
         let ms = a.start.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
         a.idle_since.store(ms, Ordering::Release);
-        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if a.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            a.roster.became_idle(a);
+        }
     }
 }
 

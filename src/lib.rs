@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod data;
 pub mod error;
+pub mod evict;
 pub mod fieldpath;
 pub mod floods;
 pub mod generation;

@@ -361,7 +361,8 @@ impl LiveArgs {
 /// Limits and timeouts of connections and calls (serve only).
 #[derive(Args, Debug, Clone)]
 struct TransportArgs {
-    /// Connections served at once; more are closed as soon as they are accepted.
+    /// Connections served at once; one more closes the connection idle the longest, or is
+    /// refused when every one has a call in flight.
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = positive)]
     max_connections: usize,
     /// HTTP/2 streams a client may open at once on one connection (more wait in the client).

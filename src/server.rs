@@ -14,7 +14,9 @@
 //! - peers that stop answering pings are dropped (`keepalive_*`);
 //! - once 3/4 of `max_connections` are open, a connection with no call for 10 s is closed with
 //!   GOAWAY, so idle connections cannot keep the listener full ([`crate::idle`] says why only
-//!   then);
+//!   then); once all are open, a new connection is served and the one idle the longest closed
+//!   ([`crate::evict`]); only when every one has a call in flight is a new one refused, with a
+//!   GOAWAY saying why;
 //! - a connection flooding the server with frames that carry no call (PING, SETTINGS…) is
 //!   closed, and no connection holds a network thread for long ([`crate::floods`]);
 //! - on shutdown the listener closes, health turns NOT_SERVING, connections get GOAWAY and
@@ -25,7 +27,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -38,8 +40,9 @@ use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
+use crate::evict::{Full, Roster};
 use crate::floods::{Flood, FrameBudget};
-use crate::idle::{Activity, Tracked, IDLE_LIMIT};
+use crate::idle::{Activity, Tracked, CLOSE_GRACE, IDLE_LIMIT};
 use crate::journal::Journal;
 use crate::layers::buffers::{Budget, Buffers};
 use crate::layers::cutoff::Stop;
@@ -51,7 +54,8 @@ use crate::router::Router;
 /// Limits and timeouts of the transport; the defaults suit a test server on one machine.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerOptions {
-    /// Connections served at once; more are closed as soon as they are accepted.
+    /// Connections served at once; one more closes the connection idle the longest, or is
+    /// refused when every one has a call in flight ([`crate::evict`]).
     pub max_connections: usize,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: streams a client may open on one connection.
     pub max_concurrent_streams: u32,
@@ -140,7 +144,10 @@ pub async fn run(
     let (draining_tx, draining) = watch::channel(false);
     let deadline_passed = CancellationToken::new();
     let mut connections = JoinSet::new();
-    let open = Open::default();
+    let roster = Roster::new(
+        options.max_connections,
+        format!("--max-connections ({})", options.max_connections),
+    );
     let crowded_at = (options.max_connections * CROWDED_PERCENT / 100).max(1);
     tokio::pin!(shutdown);
     loop {
@@ -158,23 +165,27 @@ pub async fn run(
                         continue;
                     }
                 };
-                if connections.len() >= options.max_connections {
-                    // Closed at once: the client sees the connection fail and may retry; the
-                    // log says why, once a second at most.
-                    static REFUSED: AtomicU64 = AtomicU64::new(0);
-                    if once_a_second(&REFUSED) {
-                        tracing::warn!("refusing connections (from {peer}, for one): --max-connections ({}) are open; raise the flag, or have clients close theirs", options.max_connections);
-                    } else {
-                        tracing::debug!("refusing a connection from {peer}: --max-connections ({}) reached", options.max_connections);
+                let seat = match roster.admit() {
+                    Ok(seat) => seat,
+                    Err(Full) => {
+                        // Every connection has a call in flight: refused at once, with a
+                        // GOAWAY saying why; the log says so too, once a second at most.
+                        static REFUSED: AtomicU64 = AtomicU64::new(0);
+                        if once_a_second(&REFUSED) {
+                            tracing::warn!("refusing connections (from {peer}, for one): --max-connections ({}) are open, each with a call in flight; raise the flag, or have clients close theirs", options.max_connections);
+                        } else {
+                            tracing::debug!("refusing a connection from {peer}: --max-connections ({}) reached", options.max_connections);
+                        }
+                        let why = format!("--max-connections ({}) reached, each with a call in flight", options.max_connections);
+                        crate::evict::refuse(&stream, &why, false);
+                        continue;
                     }
-                    drop(stream);
-                    continue;
-                }
+                };
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!("TCP_NODELAY: {e}");
                 }
                 let stop = Stop::new();
-                let activity = Activity::new();
+                let activity = seat.activity.clone();
                 let service = Tracked::new(Hyper(stack(
                     &router,
                     options.max_calls_per_connection,
@@ -190,9 +201,8 @@ pub async fn run(
                 let greeted = guard.greeted.clone();
                 let flooded = guard.flooded.clone();
                 let conn = http2.serve_connection(TokioIo::new(guard), service);
-                let held = open.hold();
-                let open = open.clone();
-                let crowded = move || open.count() >= crowded_at;
+                let slots = roster.clone();
+                let crowded = move || slots.held() >= crowded_at;
                 let served = connection(
                     conn,
                     activity,
@@ -206,8 +216,11 @@ pub async fn run(
                 );
                 connections.spawn(async move {
                     served.await;
-                    drop(held);
+                    drop(seat);
                 });
+                // The new connection reads what its client has sent (a request makes it busy)
+                // before the next one is accepted, which may close the one idle the longest.
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -249,35 +262,10 @@ type Connection =
 /// Share of `--max-connections` open from which a connection with no call for
 /// [`IDLE_LIMIT`] is closed (see [`crate::idle`]).
 const CROWDED_PERCENT: usize = 75;
-/// After an idle connection is sent GOAWAY, time for the client to close it before it is
-/// dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
-
-/// Connections open now, for [`CROWDED_PERCENT`]; each connection task holds one count.
-#[derive(Clone, Default)]
-struct Open(Arc<AtomicUsize>);
-
-impl Open {
-    fn count(&self) -> usize {
-        self.0.load(Ordering::Acquire)
-    }
-    fn hold(&self) -> OpenCount {
-        self.0.fetch_add(1, Ordering::AcqRel);
-        OpenCount(self.0.clone())
-    }
-}
-
-struct OpenCount(Arc<AtomicUsize>);
-
-impl Drop for OpenCount {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Serves one connection: GOAWAY when draining starts (or closed, if the client never finished
-/// its handshake), or when it has been idle for [`IDLE_LIMIT`] while the listener is crowded;
-/// its calls ended when the deadline passes.
+/// its handshake), when it has been idle for [`IDLE_LIMIT`] while the listener is crowded, or
+/// when its slot is taken for a new connection ([`crate::evict`]); its calls ended when the
+/// deadline passes.
 #[allow(clippy::too_many_arguments)]
 async fn connection(
     conn: Connection,
@@ -322,7 +310,15 @@ async fn connection(
                 close_by = Some(tokio::time::Instant::now() + CLOSE_GRACE);
                 conn.as_mut().graceful_shutdown();
             }
-            () = tokio::time::sleep_until(close_by.unwrap_or_else(tokio::time::Instant::now)), if close_by.is_some() => return,
+            () = activity.evicted(), if !graceful => {
+                if activity.hurried() {
+                    return;
+                }
+                graceful = true;
+                close_by = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                conn.as_mut().graceful_shutdown();
+            }
+            () = activity.quiet_past(close_by.unwrap_or_else(tokio::time::Instant::now)), if close_by.is_some() => return,
             () = deadline_passed.cancelled(), if !stopped => {
                 stopped = true;
                 stop.fire();
@@ -337,7 +333,7 @@ const HANDSHAKE_BYTES: usize = 24 + 9;
 
 /// Whether a second has begun since `last` was last set (and sets it): for log lines that a
 /// client could otherwise repeat without end.
-fn once_a_second(last: &AtomicU64) -> bool {
+pub(crate) fn once_a_second(last: &AtomicU64) -> bool {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -103,3 +103,310 @@ async fn idle_http2_connections_do_not_lock_out_the_public_port() {
         "the connections idle the longest were not closed ({closed} of 5)"
     );
 }
+
+/// `n` tasks that each hold one idle HTTP/2 connection to `addr` (the preface, then only pings
+/// answered) and open a new one as soon as the server closes it, until `until`; each answers
+/// how many connections it opened.
+fn reconnecting_idle(addr: SocketAddr, n: usize, until: Instant) -> Vec<JoinHandle<usize>> {
+    (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                let until = tokio::time::Instant::from_std(until);
+                let mut opened = 0;
+                while tokio::time::Instant::now() < until {
+                    let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+                        continue;
+                    };
+                    let Ok((send, conn)) = h2::client::handshake(tcp).await else {
+                        continue;
+                    };
+                    opened += 1;
+                    let _keep = send;
+                    let _ = tokio::time::timeout_at(until, conn).await;
+                }
+                opened
+            })
+        })
+        .collect()
+}
+
+/// Runs `attempt` once a second for `span`, each bounded by `bound`; the failures (attempt
+/// number and what went wrong) and the slowest success.
+async fn every_second<F, Fut>(
+    span: Duration,
+    bound: Duration,
+    attempt: F,
+) -> (Vec<String>, usize, Duration)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut failures = Vec::new();
+    let mut slowest = Duration::ZERO;
+    let mut attempts = 0;
+    let end = Instant::now() + span;
+    while Instant::now() < end {
+        let next = Instant::now() + Duration::from_secs(1);
+        attempts += 1;
+        let t0 = Instant::now();
+        match tokio::time::timeout(bound, attempt()).await {
+            Ok(Ok(())) => slowest = slowest.max(t0.elapsed()),
+            Ok(Err(e)) => failures.push(format!("#{attempts} at {:?}: {e}", t0.elapsed())),
+            Err(_) => failures.push(format!("#{attempts}: no answer within {bound:?}")),
+        }
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+    }
+    (failures, attempts, slowest)
+}
+
+/// A client that reopens each of 64 idle HTTP/2 connections as soon as it is closed held every
+/// admin slot for as long as it kept going (the idle rule frees a slot after 10 s, and the
+/// client took it back at once): the operator's requests were refused. A full listener now
+/// closes the connection idle the longest to serve a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_idle_connections_do_not_lock_out_the_admin_api() {
+    let server = Server::start(&["--admin-token", "s3cret"]);
+    let admin = server.admin_addr();
+    let until = Instant::now() + Duration::from_secs(17);
+    let flood = reconnecting_idle(admin, 64, until);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let addr = admin.to_string();
+    let (failures, attempts, slowest) =
+        every_second(Duration::from_secs(15), Duration::from_secs(3), || async {
+            let (status, body) = protoserve::admin::client::request(
+                &addr,
+                http::Method::GET,
+                "/v1/status",
+                Some("s3cret"),
+                None,
+            )
+            .await?;
+            match status.as_u16() {
+                200 => Ok(()),
+                other => Err(format!("{other}: {}", String::from_utf8_lossy(&body))),
+            }
+        })
+        .await;
+    let mut opened = 0;
+    for task in flood {
+        opened += task.await.unwrap();
+    }
+    eprintln!(
+        "{attempts} GET /v1/status, slowest {slowest:?}; the flood opened {opened} connections"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {attempts} GET /v1/status failed while 64 idle connections were reopened as soon as closed: {failures:#?}",
+        failures.len()
+    );
+    assert!(
+        opened > 64,
+        "the flood's connections were never closed ({opened} opened)"
+    );
+}
+
+/// The same on the public port, full at `--max-connections`, with a gRPC client that connects
+/// and calls at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_idle_connections_do_not_lock_out_the_public_port() {
+    let server = Server::start(&["--max-connections", "8"]);
+    let addr = server.addr;
+    let until = Instant::now() + Duration::from_secs(17);
+    let flood = reconnecting_idle(addr, 8, until);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let pool = common::pool(&common::repo().join("protos"));
+    let (failures, attempts, slowest) =
+        every_second(Duration::from_secs(15), Duration::from_secs(3), || {
+            let pool = pool.clone();
+            async move {
+                let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                let client = Client { pool, channel };
+                let reply = client
+                    .unary("helloworld.Greeter/SayHello", json!({"name": "x"}))
+                    .await
+                    .map_err(|s| format!("SayHello: {s}"))?;
+                match reply["message"].as_str() {
+                    Some("Hello, x!") => Ok(()),
+                    _ => Err(format!("SayHello answered {reply}")),
+                }
+            }
+        })
+        .await;
+    let mut opened = 0;
+    for task in flood {
+        opened += task.await.unwrap();
+    }
+    eprintln!("{attempts} SayHello, slowest {slowest:?}; the flood opened {opened} connections");
+    assert!(
+        failures.is_empty(),
+        "{} of {attempts} SayHello failed while 8 idle connections were reopened as soon as closed (--max-connections 8): {failures:#?}",
+        failures.len()
+    );
+    assert!(
+        opened > 8,
+        "the flood's connections were never closed ({opened} opened)"
+    );
+}
+
+/// Handlers whose `ListFeatures` streams one message a second for 12 s.
+fn slow_stream_handlers() -> [(&'static str, String); 2] {
+    let features: Vec<_> = (0..12).map(|i| json!({"name": format!("f{i}")})).collect();
+    [
+        (
+            "g.json",
+            json!({"service": "helloworld.Greeter", "methods": {
+                "SayHello": {"reply": {"message": "Hello, {{name}}!"}}
+            }})
+            .to_string(),
+        ),
+        (
+            "r.json",
+            json!({"service": "routeguide.RouteGuide", "methods": {
+                "ListFeatures": {"stream": features, "delay_ms": 1000}
+            }})
+            .to_string(),
+        ),
+    ]
+}
+
+/// One gRPC call with an empty request on `conn`: its status, `code: message` (or what failed).
+async fn h2_call(
+    conn: &h2::client::SendRequest<bytes::Bytes>,
+    addr: SocketAddr,
+    path: &str,
+) -> String {
+    let mut conn = match conn.clone().ready().await {
+        Ok(c) => c,
+        Err(e) => return format!("connection not ready: {e}"),
+    };
+    let req = common::grpc_request(addr, path).body(()).unwrap();
+    let (resp, mut send) = match conn.send_request(req, false) {
+        Ok(r) => r,
+        Err(e) => return format!("refused: {e}"),
+    };
+    if let Err(e) = send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true) {
+        return format!("send: {e}");
+    }
+    common::http2::status_of(resp).await
+}
+
+/// A connection with a call in flight is never the one closed to make room, however long ago
+/// it was opened: an open server stream outlives a flood of idle connections, twice as many as
+/// the slots, each reopened as soon as it is closed; and the connection is not told to close
+/// either (a second call on it after the stream is served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_with_a_call_in_flight_is_never_evicted() {
+    let files = slow_stream_handlers();
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let (server, _client, _dir) =
+        common::serve_repo_protos_with(&files, &["--max-connections", "4"]).await;
+    let addr = server.addr;
+    // A raw HTTP/2 connection: a GOAWAY on it shows as the second call's refusal.
+    let conn = common::h2_connect(addr).await;
+    let stream = tokio::spawn({
+        let conn = conn.clone();
+        async move { h2_call(&conn, addr, "/routeguide.RouteGuide/ListFeatures").await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until shortly before the stream ends: then the connection is idle, and may be closed.
+    let until = Instant::now() + Duration::from_secs(9);
+    let flood = reconnecting_idle(addr, 8, until);
+    let streamed = tokio::time::timeout(Duration::from_secs(30), stream)
+        .await
+        .expect("the stream did not end")
+        .unwrap();
+    let mut opened = 0;
+    for task in flood {
+        opened += task.await.unwrap();
+    }
+    let again = h2_call(&conn, addr, "/helloworld.Greeter/SayHello").await;
+    eprintln!("stream: {streamed}; then: {again}; the flood opened {opened} connections");
+    assert!(
+        opened > 8,
+        "no connection was evicted ({opened} opened): the test tests nothing"
+    );
+    assert_eq!(
+        streamed, "0: ",
+        "the stream's connection was closed to make room"
+    );
+    assert_eq!(
+        again, "0: ",
+        "the stream's connection was told to close (GOAWAY)"
+    );
+}
+
+/// When every connection of a full listener has a call in flight, a new one is refused at
+/// once with a GOAWAY that says why; it does not wait, and the calls go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_listener_with_every_connection_busy_refuses_at_once() {
+    let files = slow_stream_handlers();
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let (server, first, _dir) =
+        common::serve_repo_protos_with(&files, &["--max-connections", "2"]).await;
+    let second = Client::connect(server.addr, first.pool.clone()).await;
+    let mut streams = Vec::new();
+    for client in [&first, &second] {
+        let mut s = client
+            .server_stream_open("routeguide.RouteGuide/ListFeatures", json!({}))
+            .await
+            .unwrap();
+        s.message().await.unwrap().unwrap();
+        streams.push(s);
+    }
+
+    // A raw HTTP/2 client, to see the refusal itself.
+    let t0 = Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, common::http2::PREFACE)
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut read),
+    )
+    .await;
+    assert!(got.is_ok(), "the refused connection was left open");
+    let mut watch = common::http2::Watch::default();
+    watch.feed(&read);
+    assert_eq!(
+        watch.goaway,
+        Some(common::http2::ENHANCE_YOUR_CALM),
+        "{:?}",
+        String::from_utf8_lossy(&read)
+    );
+    let text = String::from_utf8_lossy(&read);
+    assert!(text.contains("--max-connections (2)"), "{text:?}");
+    eprintln!("refused in {:?}", t0.elapsed());
+
+    // A gRPC client is told so too, at once.
+    let t0 = Instant::now();
+    let third = tokio::time::timeout(Duration::from_secs(5), async {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Client {
+            pool: first.pool.clone(),
+            channel,
+        }
+        .unary("helloworld.Greeter/SayHello", json!({"name": "x"}))
+        .await
+        .map_err(|s| s.to_string())
+    })
+    .await
+    .expect("a call on a full listener waited instead of being refused");
+    let err = third.expect_err("a call on a full listener of busy connections was served");
+    eprintln!("gRPC client refused in {:?}: {err}", t0.elapsed());
+
+    for mut s in streams {
+        s.message().await.expect("a stream was cut by the refusal");
+    }
+}

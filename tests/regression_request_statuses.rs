@@ -260,12 +260,14 @@ async fn inflated_request_over_the_limit_names_the_flag() {
     assert_eq!(reply["id"], "small");
 }
 
-/// A connection over `--max-connections` is closed at once; the log used to say why only at
-/// debug level, so a suite whose calls failed to connect found nothing in it.
+/// A connection over `--max-connections` while every connection has a call in flight is
+/// refused at once; the log used to say why only at debug level, so a suite whose calls failed
+/// to connect found nothing in it.
 #[tokio::test]
 async fn connections_over_the_limit_are_told_in_the_log() {
     let server = Server::start(&["--max-connections", "1"]);
-    let held = common::h2_connect(server.addr).await;
+    let held = common::call_in_flight(server.addr).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let mut said = false;
     for _ in 0..20 {
         send_and_wait_close(server.addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;

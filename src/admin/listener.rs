@@ -11,9 +11,12 @@
 //! GOAWAY): HTTP/1.1's head timeout already closes an idle keep-alive connection, but an HTTP/2
 //! connection that answers pings and asks nothing would otherwise hold one of the
 //! [`MAX_CONNECTIONS`] slots for as long as it likes, and that many lock everyone out, token or
-//! not (see [`crate::idle`]).
+//! not (see [`crate::idle`]). A client that reopens them as soon as they are closed would still
+//! hold every slot, so a connection accepted while all are taken is served, and the one idle
+//! the longest is closed instead ([`crate::evict`]).
 
 use std::convert::Infallible;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,18 +32,17 @@ use super::http::{error_response, router};
 use super::transit::{self, Pending, Transit};
 use super::Admin;
 use crate::error::AdminError;
-use crate::idle::{Activity, Tracked, IDLE_LIMIT};
-use crate::server::HandshakeGuard;
+use crate::evict::{self, Roster};
+use crate::idle::{Tracked, CLOSE_GRACE, IDLE_LIMIT};
+use crate::server::{once_a_second, HandshakeGuard};
 
-/// Connections served at once; more are closed when accepted.
+/// Connections served at once; one more accepted closes the one idle the longest, or is
+/// refused when every one has a request in flight.
 const MAX_CONNECTIONS: usize = 64;
 /// Time a connection has to send its first bytes, and a request its head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a request may take, body and work included (a reload of a large project fits).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// After an idle connection is sent GOAWAY, time for the client to close it before it is
-/// dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Bytes of request head (HTTP/1) or header list (HTTP/2).
 const MAX_HEAD: usize = 64 * 1024;
 /// Bytes a client must send before [`HEAD_TIMEOUT`]: the start of a request line, or the HTTP/2
@@ -94,6 +96,10 @@ async fn accept(listener: TcpListener, front: Front, stop: CancellationToken) {
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
+    let roster = Roster::new(
+        MAX_CONNECTIONS,
+        format!("admin API: {MAX_CONNECTIONS} connections"),
+    );
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -109,14 +115,24 @@ async fn accept(listener: TcpListener, front: Front, stop: CancellationToken) {
                         continue;
                     }
                 };
-                if connections.len() >= MAX_CONNECTIONS {
-                    tracing::debug!("admin API: refusing a connection, {MAX_CONNECTIONS} are open");
+                let Ok(seat) = roster.admit() else {
+                    // Every connection has a request in flight.
+                    static REFUSED: AtomicU64 = AtomicU64::new(0);
+                    let why = format!("the admin API serves {MAX_CONNECTIONS} connections at once, and each has a request in flight");
+                    if once_a_second(&REFUSED) {
+                        tracing::warn!("admin API: refusing connections: {why}");
+                    } else {
+                        tracing::debug!("admin API: refusing a connection: {why}");
+                    }
+                    evict::refuse(&stream, &why, true);
                     continue;
-                }
+                };
                 let io = TokioIo::new(HandshakeGuard::new(stream, HEAD_TIMEOUT).first_bytes(FIRST_BYTES));
                 let front = front.clone();
                 let builder = builder.clone();
                 connections.spawn(async move {
+                    let activity = seat.activity.clone();
+                    let _seat = seat;
                     let pending = Pending::default();
                     let answers = pending.clone();
                     let service = hyper::service::service_fn(move |req| {
@@ -124,19 +140,15 @@ async fn accept(listener: TcpListener, front: Front, stop: CancellationToken) {
                         let pending = pending.clone();
                         async move { Ok::<_, Infallible>(front.handle(req, &pending).await) }
                     });
-                    let activity = Activity::new();
                     let conn = builder.serve_connection(io, Tracked::new(service, activity.clone()));
                     tokio::pin!(conn);
-                    let result = tokio::select! {
-                        result = conn.as_mut() => result,
-                        () = activity.idle(IDLE_LIMIT, || true) => {
-                            // GOAWAY, then a few seconds for the client to close its side.
-                            conn.as_mut().graceful_shutdown();
-                            match tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await {
-                                Ok(result) => result,
-                                Err(_) => return,
-                            }
-                        }
+                    let close = tokio::select! {
+                        result = conn.as_mut() => Err(result),
+                        () = activity.idle(IDLE_LIMIT, || true) => Ok(()),
+                        () = activity.evicted() => match activity.hurried() {
+                            true => return,
+                            false => Ok(()),
+                        },
                         () = answers.overdue() => {
                             tracing::debug!(
                                 "admin API: closing a connection whose client did not take an answer within {:?}",
@@ -145,10 +157,27 @@ async fn accept(listener: TcpListener, front: Front, stop: CancellationToken) {
                             return;
                         }
                     };
+                    let result = match close {
+                        Err(result) => result,
+                        Ok(()) => {
+                            // GOAWAY, then a few seconds with nothing in flight for the client
+                            // to close its side.
+                            conn.as_mut().graceful_shutdown();
+                            let quiet = activity.quiet_past(tokio::time::Instant::now() + CLOSE_GRACE);
+                            tokio::select! {
+                                result = conn.as_mut() => result,
+                                () = quiet => return,
+                                () = answers.overdue() => return,
+                            }
+                        }
+                    };
                     if let Err(e) = result {
                         tracing::debug!("admin API connection closed: {e}");
                     }
                 });
+                // The new connection reads what its client has sent (a request makes it busy)
+                // before the next one is accepted, which may close the one idle the longest.
+                tokio::task::yield_now().await;
             }
         }
     }

@@ -359,6 +359,24 @@ pub async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
     send
 }
 
+/// An HTTP/2 connection to `addr` with one call in flight: a `SayHello` whose request never
+/// ends. The call lasts as long as the returned parts are held.
+pub async fn call_in_flight(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    h2::SendStream<Bytes>,
+    h2::client::ResponseFuture,
+) {
+    let conn = h2_connect(addr).await;
+    let mut ready = conn.clone().ready().await.unwrap();
+    let req = grpc_request(addr, "/helloworld.Greeter/SayHello")
+        .body(())
+        .unwrap();
+    let (resp, body) = ready.send_request(req, false).unwrap();
+    (conn, body, resp)
+}
+
 /// The head of a gRPC call to `path` (`/package.Service/Method`) on the server at `addr`, for a
 /// raw HTTP/2 client; add headers, then `.body(())`.
 pub fn grpc_request(addr: SocketAddr, path: &str) -> http::request::Builder {
