@@ -220,3 +220,64 @@ fn goaway(why: &str) -> Vec<u8> {
     out.extend_from_slice(why);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn evicted(seats: &[&Seat]) -> Vec<bool> {
+        seats.iter().map(|s| s.activity.is_evicted()).collect()
+    }
+
+    #[test]
+    fn the_connection_idle_the_longest_makes_room_never_a_busy_one() {
+        let roster = Roster::new(3, "test".into());
+        let a = roster.admit().unwrap();
+        let b = roster.admit().unwrap();
+        let c = roster.admit().unwrap();
+        let busy_a = a.activity.begin();
+        // b is idle the longest now (a is busy): it goes, then c, then d.
+        let d = roster.admit().unwrap();
+        assert_eq!(evicted(&[&a, &b, &c, &d]), [false, true, false, false]);
+        let e = roster.admit().unwrap();
+        let f = roster.admit().unwrap();
+        assert_eq!(
+            evicted(&[&a, &c, &d, &e, &f]),
+            [false, true, true, false, false]
+        );
+        // a's call ends: it is idle since now, after e and f.
+        drop(busy_a);
+        let g = roster.admit().unwrap();
+        assert_eq!(evicted(&[&a, &e, &f, &g]), [false, true, false, false]);
+        assert_eq!(roster.held(), 3);
+        // Every connection busy: refused.
+        let _busy = [a.activity.begin(), f.activity.begin(), g.activity.begin()];
+        assert!(roster.admit().is_err());
+        assert_eq!(roster.held(), 3);
+        // Evicted seats give back nothing twice; a closed one frees its slot.
+        drop((b, c, d, e));
+        assert_eq!(roster.held(), 3);
+        drop(g);
+        assert_eq!(roster.held(), 2);
+        assert!(roster.admit().is_ok());
+    }
+
+    #[test]
+    fn the_queue_stays_in_proportion_to_the_connections() {
+        let roster = Roster::new(4, "test".into());
+        let seats: Vec<_> = (0..4).map(|_| roster.admit().unwrap()).collect();
+        for _ in 0..10_000 {
+            for seat in &seats {
+                drop(seat.activity.begin());
+            }
+        }
+        assert!(roster.state().idle.len() <= 2 * 4 + 64 + 1);
+        // The order is still right: the first to become idle goes first.
+        drop(seats[2].activity.begin());
+        let _new = roster.admit().unwrap();
+        assert_eq!(
+            evicted(&seats.iter().collect::<Vec<_>>()),
+            [true, false, false, false]
+        );
+    }
+}

@@ -79,7 +79,7 @@ impl Activity {
         })
     }
 
-    fn begin(self: &Arc<Self>) -> Busy {
+    pub(crate) fn begin(self: &Arc<Self>) -> Busy {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
             self.turn.fetch_add(1, Ordering::AcqRel);
         }
@@ -159,7 +159,7 @@ impl Activity {
 }
 
 /// One request in flight; the connection is idle again when the last is dropped.
-struct Busy(Arc<Activity>);
+pub(crate) struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
