@@ -898,6 +898,9 @@ pub enum AdminError {
     Timeout(std::time::Duration),
     /// The server failed to build its answer.
     Internal(String),
+    /// Every connection the admin listener serves has a request in flight (the connection is
+    /// refused before any request is read).
+    Crowded { connections: usize },
     /// Answers not yet taken by their clients hold so much that this one was dropped.
     Busy {
         answer: usize,
@@ -918,7 +921,7 @@ impl AdminError {
             AdminError::JournalOff => S::CONFLICT,
             AdminError::Timeout(_) => S::REQUEST_TIMEOUT,
             AdminError::Internal(_) => S::INTERNAL_SERVER_ERROR,
-            AdminError::Busy { .. } => S::SERVICE_UNAVAILABLE,
+            AdminError::Busy { .. } | AdminError::Crowded { .. } => S::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -932,7 +935,7 @@ impl AdminError {
             AdminError::JournalOff => "journal_off",
             AdminError::Timeout(_) => "timeout",
             AdminError::Internal(_) => "internal",
-            AdminError::Busy { .. } => "busy",
+            AdminError::Busy { .. } | AdminError::Crowded { .. } => "busy",
         }
     }
 
@@ -959,6 +962,9 @@ impl AdminError {
             AdminError::TooLarge { limit } => format!("the request body is larger than the admin API accepts ({limit} bytes)"),
             AdminError::JournalOff => "the journal is off (the server was started with --journal off); restart it without that flag to record calls".into(),
             AdminError::Timeout(t) => format!("the request took longer than {t:?}"),
+            AdminError::Crowded { connections } => format!(
+                "the admin API serves {connections} connections at once, and each has a request in flight; retry once one ends"
+            ),
             AdminError::Busy { answer, held, limit, within } => format!(
                 "the answer ({answer} bytes) was dropped: answers not yet taken by their clients hold {held} bytes, and the admin API holds at most {limit}; retry once they are read (an answer not taken within {within:?} is dropped with its connection)"
             ),
@@ -1001,7 +1007,7 @@ impl From<AdminError> for Status {
             AdminError::JournalOff => Status::failed_precondition(message),
             AdminError::Timeout(_) => Status::deadline_exceeded(message),
             AdminError::Internal(_) => Status::internal(message),
-            AdminError::Busy { .. } => Status::unavailable(message),
+            AdminError::Busy { .. } | AdminError::Crowded { .. } => Status::unavailable(message),
         }
     }
 }

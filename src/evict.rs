@@ -179,48 +179,6 @@ impl Drop for Seat {
     }
 }
 
-/// Refuses a connection accepted while every slot holds a request in flight, saying `why`: an
-/// HTTP/1 client gets `503 Service Unavailable`, an HTTP/2 client the server's SETTINGS and a
-/// GOAWAY (ENHANCE_YOUR_CALM) with `why` as its debug data. Best effort and without waiting:
-/// what the client has sent so far is read first, so that closing does not reset the
-/// connection before the answer leaves; a client that has sent nothing yet is taken to speak
-/// HTTP/1 if `http1_first`. The caller then drops the stream.
-pub fn refuse(stream: &tokio::net::TcpStream, why: &str, http1_first: bool) {
-    let mut first = [0u8; 4096];
-    let n = stream.try_read(&mut first).unwrap_or(0);
-    let http1 = match n {
-        0 => http1_first,
-        _ => !first[..n].starts_with(b"PRI "),
-    };
-    let answer = if http1 {
-        let body = format!("{{\"error\":{{\"code\":\"UNAVAILABLE\",\"message\":{why:?}}}}}\n");
-        format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
-    } else {
-        goaway(why)
-    };
-    let _ = stream.try_write(&answer);
-}
-
-/// An empty SETTINGS frame (the server's preface) and a GOAWAY refusing every stream.
-fn goaway(why: &str) -> Vec<u8> {
-    const SETTINGS: u8 = 0x4;
-    const GOAWAY: u8 = 0x7;
-    const ENHANCE_YOUR_CALM: u32 = 0xb;
-    let why = &why.as_bytes()[..why.len().min(1024)];
-    let mut out = vec![0, 0, 0, SETTINGS, 0, 0, 0, 0, 0];
-    let len = (8 + why.len()) as u32;
-    out.extend_from_slice(&len.to_be_bytes()[1..]);
-    out.extend_from_slice(&[GOAWAY, 0, 0, 0, 0, 0]);
-    out.extend_from_slice(&0u32.to_be_bytes());
-    out.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
-    out.extend_from_slice(why);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

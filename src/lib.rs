@@ -30,6 +30,7 @@ pub mod live;
 pub mod matcher;
 pub mod metadata;
 pub mod reflection;
+pub mod refusal;
 pub mod router;
 pub mod schema;
 pub mod script;

@@ -49,6 +49,7 @@ use crate::layers::cutoff::Stop;
 use crate::layers::limit::Slots;
 use crate::layers::overdue::StreamExecutor;
 use crate::layers::{stack, Hyper, Recording};
+use crate::refusal::Refusals;
 use crate::router::Router;
 
 /// Limits and timeouts of the transport; the defaults suit a test server on one machine.
@@ -144,6 +145,7 @@ pub async fn run(
     let (draining_tx, draining) = watch::channel(false);
     let deadline_passed = CancellationToken::new();
     let mut connections = JoinSet::new();
+    let refusals = Refusals::new(false);
     let roster = Roster::new(
         options.max_connections,
         format!("--max-connections ({})", options.max_connections),
@@ -177,7 +179,8 @@ pub async fn run(
                             tracing::debug!("refusing a connection from {peer}: --max-connections ({}) reached", options.max_connections);
                         }
                         let why = format!("--max-connections ({}) reached, each with a call in flight", options.max_connections);
-                        crate::evict::refuse(&stream, &why, false);
+                        let json = serde_json::json!({"error": "busy", "message": why});
+                        refusals.refuse(stream, why, json);
                         continue;
                     }
                 };

@@ -410,3 +410,53 @@ async fn a_full_listener_with_every_connection_busy_refuses_at_once() {
         s.message().await.expect("a stream was cut by the refusal");
     }
 }
+
+/// An admin connection refused because all 64 have a request in flight gets `503` with a JSON
+/// body saying why; it used to be closed at once, or answered before its request arrived, and
+/// an HTTP/1.1 client then saw only "operation was canceled".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_admin_connection_is_told_why() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&[]);
+    let admin = server.admin_addr();
+    // 64 requests in flight: bodies announced and never sent.
+    let mut busy = Vec::new();
+    for _ in 0..64 {
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        tcp.write_all(b"POST /v1/verify HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+            .await
+            .unwrap();
+        busy.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut outcomes = Vec::new();
+    for _ in 0..10 {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            protoserve::admin::client::request(
+                &admin.to_string(),
+                http::Method::GET,
+                "/v1/status",
+                None,
+                None,
+            ),
+        )
+        .await
+        .expect("a refused connection was left waiting");
+        outcomes.push(match answer {
+            Ok((status, body)) => {
+                format!("{}: {}", status.as_u16(), String::from_utf8_lossy(&body))
+            }
+            Err(e) => e,
+        });
+    }
+    let told = outcomes
+        .iter()
+        .filter(|o| {
+            o.starts_with("503: {\"error\":\"busy\"") && o.contains("each has a request in flight")
+        })
+        .count();
+    eprintln!("{told} of 10 told why: {outcomes:#?}");
+    assert_eq!(told, 10, "{outcomes:#?}");
+    drop(busy);
+}

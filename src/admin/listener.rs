@@ -32,8 +32,9 @@ use super::http::{error_response, router};
 use super::transit::{self, Pending, Transit};
 use super::Admin;
 use crate::error::AdminError;
-use crate::evict::{self, Roster};
+use crate::evict::Roster;
 use crate::idle::{Tracked, CLOSE_GRACE, IDLE_LIMIT};
+use crate::refusal::Refusals;
 use crate::server::{once_a_second, HandshakeGuard};
 
 /// Connections served at once; one more accepted closes the one idle the longest, or is
@@ -96,6 +97,7 @@ async fn accept(listener: TcpListener, front: Front, stop: CancellationToken) {
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
+    let refusals = Refusals::new(true);
     let roster = Roster::new(
         MAX_CONNECTIONS,
         format!("admin API: {MAX_CONNECTIONS} connections"),
@@ -118,13 +120,14 @@ async fn accept(listener: TcpListener, front: Front, stop: CancellationToken) {
                 let Ok(seat) = roster.admit() else {
                     // Every connection has a request in flight.
                     static REFUSED: AtomicU64 = AtomicU64::new(0);
-                    let why = format!("the admin API serves {MAX_CONNECTIONS} connections at once, and each has a request in flight");
+                    let crowded = AdminError::Crowded { connections: MAX_CONNECTIONS };
+                    let why = crowded.message();
                     if once_a_second(&REFUSED) {
                         tracing::warn!("admin API: refusing connections: {why}");
                     } else {
                         tracing::debug!("admin API: refusing a connection: {why}");
                     }
-                    evict::refuse(&stream, &why, true);
+                    refusals.refuse(stream, why, crowded.json());
                     continue;
                 };
                 let io = TokioIo::new(HandshakeGuard::new(stream, HEAD_TIMEOUT).first_bytes(FIRST_BYTES));
