@@ -10,7 +10,13 @@
 //!
 //! Choosing by longest idle matters: a client that opens connections faster than anyone else
 //! only closes its own older ones, and a connection that sends its request as it connects is
-//! busy (so safe) long before the others make it the oldest.
+//! busy (so safe) long before the others make it the oldest. What it cannot do is tell a slow
+//! client from an idle one: a connection that has sent no request yet lasts until as many
+//! connections as there are slots have come after it. A flood of more clients than slots, each
+//! reopening at once, turns the slots over as fast as the server accepts (thousands a second
+//! on loopback), so with few slots a client that waits a millisecond between connecting and
+//! calling may lose its connection; the accept loops yield after each connection, so one whose
+//! request came with its preface is busy before the next is accepted.
 //!
 //! Finding that connection costs O(1) amortized: connections join a queue in the order they
 //! become idle (when accepted, and when their last request ends), so the front is the one idle
