@@ -115,9 +115,11 @@ impl Activity {
         self.evicted.cancelled().await
     }
 
-    /// Whether the evicted connection is to be dropped without waiting for its client.
+    /// Whether the evicted connection is to be dropped without waiting for its client: it was
+    /// told so, and nothing is in flight (a request that slipped in is let finish). Asked from
+    /// the connection's own task, where its requests begin, so none starts in between.
     pub fn hurried(&self) -> bool {
-        self.hurried.load(Ordering::Acquire)
+        self.hurried.load(Ordering::Acquire) && self.in_flight.load(Ordering::Acquire) == 0
     }
 
     /// How long the connection has had nothing in flight, if it has not.
