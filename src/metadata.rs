@@ -143,6 +143,13 @@ pub fn insert(map: &mut MetadataMap, key: &str, value: &[u8]) -> Result<(), Stri
             .ok_or_else(|| {
                 format!("metadata {key:?}: values must be printable ASCII; use a key ending in -bin for binary")
             })?;
+        // RFC 9113 8.2.1: clients reject such a field (python's h2) or drop it (nghttp2).
+        if matches!(value.first(), Some(b' ' | b'\t')) || matches!(value.last(), Some(b' ' | b'\t'))
+        {
+            return Err(format!(
+                "metadata {key:?}: a value may not start or end with a space or tab (HTTP/2 forbids it, and clients drop or reject such a header); trim it"
+            ));
+        }
         map.insert(k, v);
     }
     Ok(())
@@ -395,10 +402,16 @@ mod tests {
         }
         assert!(insert(&mut map, "x-ok", b"a\x01b").is_err());
         assert!(insert(&mut map, "x-ok", "é".as_bytes()).is_err());
+        for padded in [&b" a"[..], b"a ", b"\ta", b"a\t", b" "] {
+            assert!(insert(&mut map, "x-ok", padded).is_err(), "{padded:?}");
+        }
+        insert(&mut map, "x-inner", b"a b\tc").unwrap();
+        insert(&mut map, "x-inner", b"").unwrap();
         insert(&mut map, "X-Trace", b"abc").unwrap();
         insert(&mut map, "blob-bin", b"\xff\x00").unwrap();
         assert_eq!(map.get("x-trace").unwrap(), "abc");
-        assert_eq!(map.len(), 2);
+        assert_eq!(map.get("x-inner").unwrap(), "");
+        assert_eq!(map.len(), 3);
     }
 
     #[test]
