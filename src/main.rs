@@ -1001,6 +1001,14 @@ fn verify(args: &VerifyArgs) -> ExitCode {
             eprintln!("error: {label}{name}: the admin API answered {status}: {message}");
             return ExitCode::from(STARTUP_PROBLEM);
         }
+        if !is_verify_answer(&reply) {
+            eprintln!(
+                "error: {label}{name}: {} answered {status} with something other than a verify's verdict: {}\n  help: point --admin at protoserve's admin address (its log says \"admin API on …\")",
+                args.admin,
+                answer_preview(&body)
+            );
+            return ExitCode::from(STARTUP_PROBLEM);
+        }
         if reply["ok"].as_bool() == Some(true) {
             out.line(format_args!("ok: {label}{message}"));
             continue;
@@ -1027,6 +1035,25 @@ fn verify(args: &VerifyArgs) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Whether `reply` is what protoserve's `POST /v1/verify` answers: a verdict, a count and the
+/// sentence that says both. Anything else (another server on the port, a proxy's page) must not
+/// pass, nor fail as if the verify did not hold.
+fn is_verify_answer(reply: &serde_json::Value) -> bool {
+    reply["ok"].is_boolean() && reply["message"].is_string() && reply["count"].is_u64()
+}
+
+/// The start of an answer that was not a verdict, escaped for a terminal.
+fn answer_preview(body: &[u8]) -> String {
+    const SHOWN: usize = 80;
+    let text = String::from_utf8_lossy(&body[..body.len().min(SHOWN)]);
+    let more = if body.len() > SHOWN { "…" } else { "" };
+    if text.trim().is_empty() {
+        "an empty body".into()
+    } else {
+        format!("{:?}{more}", text.as_ref())
     }
 }
 

@@ -523,3 +523,49 @@ fn check_reporting_into_a_closed_pipe_exits_for_its_problems() {
     assert!(first.contains("NoSuchMethod"), "{first}");
     assert_eq!(code, Some(2), "the problems, not a panic: {first}");
 }
+
+/// An HTTP/1.1 server on loopback that answers every request with 200 and `body`, then closes.
+fn fake_admin(body: &'static str) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            // The request line, headers and the small verify body arrive at once.
+            let mut buf = [0u8; 8192];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// `protoserve verify` pointed at something that answers 200 but is not protoserve's admin API
+/// printed `FAILED: ` with no reason and exited 1, as if the verify did not hold (and an
+/// answer of `{"ok": true}` from any server passed with 0); both are errors now (exit 2) that
+/// show what came back and where to point `--admin`.
+#[test]
+fn verify_refuses_an_answer_that_is_not_a_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("v.json");
+    std::fs::write(
+        &file,
+        r#"{"method": "helloworld.Greeter/SayHello", "exactly": 1}"#,
+    )
+    .unwrap();
+    for body in ["not json", "{}", "<html>", r#"{"ok": true}"#, ""] {
+        let addr = fake_admin(body).to_string();
+        let (code, out, err) = run(&["verify", "--admin", &addr, file.to_str().unwrap()]);
+        assert_eq!(code, 2, "{body:?}: out {out:?}, err {err:?}");
+        assert!(
+            err.contains("with something other than a verify's verdict"),
+            "{body:?}: {err}"
+        );
+        assert!(err.contains("help: point --admin"), "{body:?}: {err}");
+        assert!(!out.contains("ok:") && !out.contains("FAILED"), "{out}");
+    }
+}
