@@ -337,6 +337,9 @@ pub enum CallError {
     ScriptMemory { method: Arc<str>, limit_mib: usize },
     /// The Lua state running the call was replaced (see the server log) before it answered.
     ScriptStateLost { method: Arc<str> },
+    /// The Lua states running the call were closed: a reload replaced them, and more replaced
+    /// generations' states were kept for open calls than `--keep-replaced-scripts` allows.
+    ScriptsReplaced { method: Arc<str> },
     /// The call outlived its deadline.
     DeadlineExceeded { method: Arc<str> },
     /// The client went away.
@@ -785,6 +788,9 @@ impl From<CallError> for Status {
             )),
             CallError::ScriptStateLost { method } => Status::unavailable(format!(
                 "{method}: the script's Lua state was replaced while the call ran (see the server log); retry the call"
+            )),
+            CallError::ScriptsReplaced { method } => Status::unavailable(format!(
+                "{method}: the scripts this call ran on were replaced by a reload; call again"
             )),
             CallError::DeadlineExceeded { method } => {
                 Status::deadline_exceeded(format!("{method}: the call's deadline passed"))

@@ -8,7 +8,11 @@
 //! generation is freed as soon as it is no longer served; what outlives it is what its open
 //! calls answer with: a declarative handler (and the descriptors it reads), or for a script
 //! call the Lua states (threads, data) of that generation, which stop when their last call is
-//! done.
+//! done, or when the live server closes them (see [`crate::live`]).
+//!
+//! The Lua states are the one part a new generation may take over from the one it replaces:
+//! when the scripts, data sets, script options and schema they were built from are the same
+//! (see [`crate::script::Scripts`]), starting new states would only make the same ones again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -20,7 +24,7 @@ use crate::error::StartupErrors;
 use crate::handler::HandlerTable;
 use crate::router::BuiltinService;
 use crate::schema::{self, Schema};
-use crate::script::{ScriptHandler, ScriptOptions, Scripts};
+use crate::script::{Engine, ScriptOptions, Scripts};
 use crate::Options;
 
 /// Everything one generation serves.
@@ -33,6 +37,9 @@ pub struct Generation {
     pub reflection: Vec<(String, BuiltinService)>,
     /// The runtime handlers laid over the files' handlers in this generation.
     pub runtime: RuntimeHandlers,
+    /// The Lua states its script handlers run on (`None`: no handler is a script); shared
+    /// with the generation before when nothing they depend on changed.
+    pub engine: Option<Arc<Engine>>,
     pub loaded_at: SystemTime,
     pub load_time: Duration,
 }
@@ -49,9 +56,7 @@ impl Generation {
 
     /// Whether this generation runs Lua states (some handler is a script).
     pub fn runs_scripts(&self) -> bool {
-        self.table
-            .iter()
-            .any(|e| e.handler.as_ref().is_some_and(|h| h.kind() == "script"))
+        self.engine.is_some()
     }
 
     pub fn handled_count(&self) -> usize {
@@ -76,6 +81,8 @@ pub struct Builder<'a> {
     pub runtime: &'a RuntimeHandlers,
     /// A schema to reuse instead of compiling the protos again (when only handlers changed).
     pub schema: Option<Arc<Schema>>,
+    /// The Lua states of the generation being replaced, taken over if they fit.
+    pub engine: Option<Arc<Engine>>,
     pub number: u64,
 }
 
@@ -120,7 +127,13 @@ impl Builder<'_> {
             max_message_size: options.max_message_size,
             ..options.scripts
         };
-        let mut scripts = Scripts::new(&options.handlers, &data, script_options);
+        let mut scripts = Scripts::new(
+            &options.handlers,
+            &data,
+            script_options,
+            &schema,
+            self.engine,
+        );
         let mut pending = PendingScripts::new();
         if let Err(mut e) = config::load_handlers(
             &options.handlers,
@@ -149,12 +162,13 @@ impl Builder<'_> {
         if !errors.is_empty() {
             return Err(errors);
         }
-        if let Some(engine) = scripts.finish()? {
+        let ready = scripts.finish()?;
+        if let Some(ready) = &ready {
             for (path, p) in pending {
                 let Some(info) = table.info(&path) else {
                     continue;
                 };
-                let handler = ScriptHandler::new(engine.clone(), p.found, info);
+                let handler = ready.handler(&p.found, info);
                 table.set_handler(&path, Arc::new(handler), p.around, p.origin);
             }
         }
@@ -166,6 +180,7 @@ impl Builder<'_> {
             table,
             reflection,
             runtime: self.runtime.clone(),
+            engine: ready.map(|r| r.engine),
             loaded_at: SystemTime::now(),
             load_time: started.elapsed(),
         })

@@ -66,6 +66,9 @@ pub struct Options {
     pub journal: journal::JournalOptions,
     /// The admin API's token (its address is the listener given to [`serve`]).
     pub admin: admin::AdminOptions,
+    /// How many replaced generations' Lua states open calls may keep running
+    /// (`--keep-replaced-scripts`); a reload closes the oldest past this (see [`live`]).
+    pub keep_replaced_scripts: usize,
 }
 
 impl Default for Options {
@@ -82,6 +85,7 @@ impl Default for Options {
             server: server::ServerOptions::default(),
             journal: journal::JournalOptions::default(),
             admin: admin::AdminOptions::default(),
+            keep_replaced_scripts: live::KEEP_REPLACED_SCRIPTS,
         }
     }
 }
@@ -94,6 +98,7 @@ pub fn load(options: &Options) -> Result<Generation, StartupErrors> {
         options,
         runtime: &config::RuntimeHandlers::new(),
         schema: None,
+        engine: None,
         number: 1,
     }
     .build()

@@ -164,6 +164,11 @@ struct ServeArgs {
     /// the admin API still reload).
     #[arg(long)]
     no_watch: bool,
+    /// Replaced generations whose Lua states script calls still open on them may keep running;
+    /// past this many, a reload closes the oldest, and its calls end with UNAVAILABLE (0: every
+    /// reload that replaces the scripts ends the script calls open on them).
+    #[arg(long, value_name = "N", default_value_t = protoserve::live::KEEP_REPLACED_SCRIPTS)]
+    keep_replaced_scripts: usize,
     #[command(flatten)]
     load: LoadArgs,
     #[command(flatten)]
@@ -530,6 +535,7 @@ impl LoadArgs {
             server,
             journal: protoserve::journal::JournalOptions::default(),
             admin: protoserve::admin::AdminOptions::default(),
+            keep_replaced_scripts: protoserve::live::KEEP_REPLACED_SCRIPTS,
         }
     }
 
@@ -800,6 +806,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let mut options = args.load.options(args.transport.options());
         options.journal = args.live.journal();
         options.admin = args.live.admin();
+        options.keep_replaced_scripts = args.keep_replaced_scripts;
         let hangups = match watch::listen_for_sighup() {
             Ok(h) => h,
             Err(e) => {

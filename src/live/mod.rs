@@ -10,11 +10,21 @@
 //!
 //! Rebuilds are serialized by one lock, so two changes arriving together are applied one after
 //! the other, each on top of the last.
+//!
+//! Lua states are the costly part of a generation (a thread each, with every script and a copy
+//! of every data set). A rebuild that changes nothing they are built from keeps them (see
+//! [`crate::generation`]), so an open script call then holds nothing the new generation does
+//! not. A rebuild that does replace them leaves them running for the script calls still open
+//! on them; but a client that keeps a stream open across each of many reloads would keep one
+//! set per reload. So at most `--keep-replaced-scripts` replaced sets stay (the newest): each
+//! further one closes the oldest, whose calls end at once with UNAVAILABLE, saying to call
+//! again, and whose threads exit.
 
 pub mod watch;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -27,7 +37,12 @@ use crate::control::{Control, Problem, Refusal};
 use crate::error::{StartupError, StartupErrors};
 use crate::generation::{Builder, Generation};
 use crate::health::HealthReporter;
+use crate::script::Engine;
 use crate::Options;
+
+/// Replaced generations' Lua states kept for the script calls open on them, by default: a
+/// stream opened just before a reload, and one before the reload before, keep running.
+pub const KEEP_REPLACED_SCRIPTS: usize = 2;
 
 /// What set off a rebuild, for the log and the status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +104,9 @@ pub struct Live {
     /// The protos on disk may differ from the served schema: the last reload that compiled
     /// them failed. Only read and written under `building`.
     protos_unserved: AtomicBool,
+    /// Lua states that replaced generations ran, oldest first, with the number of the last
+    /// generation that served each: those still alive run calls open on them.
+    replaced: Mutex<VecDeque<(u64, Weak<Engine>)>>,
 }
 
 impl Live {
@@ -101,6 +119,7 @@ impl Live {
                 options: &opts,
                 runtime: &RuntimeHandlers::new(),
                 schema: None,
+                engine: None,
                 number: 1,
             }
             .build()
@@ -116,6 +135,7 @@ impl Live {
             building: tokio::sync::Mutex::new(RuntimeHandlers::new()),
             last_reload: Mutex::new(None),
             protos_unserved: AtomicBool::new(false),
+            replaced: Mutex::new(VecDeque::new()),
         }))
     }
 
@@ -194,12 +214,14 @@ impl Live {
         let runtime = runtime.clone();
         let recompiles = trigger.recompiles(self.protos_unserved.load(Ordering::Relaxed));
         let schema = (!recompiles).then(|| before.schema.clone());
+        let engine = before.engine.clone();
         let number = before.number + 1;
         let built = tokio::task::spawn_blocking(move || {
             Builder {
                 options: &options,
                 runtime: &runtime,
                 schema,
+                engine,
                 number,
             }
             .build()
@@ -220,23 +242,25 @@ impl Live {
                 // reporting the old ones only once calls no longer reach them.
                 self.current.store(generation.clone());
                 builtin::update_health(&self.health, Some(&before.schema), &generation.schema);
+                let (replaced, replaced_number) = (before.engine.clone(), before.number);
                 // Freed here unless calls still run on its scripts.
                 drop(before);
+                let states = match (&generation.engine, &replaced) {
+                    (Some(new), Some(old)) if Arc::ptr_eq(new, old) => {
+                        ", scripts on the same Lua states"
+                    }
+                    (Some(_), _) => ", scripts on new Lua states",
+                    (None, _) => "",
+                };
                 tracing::info!(
-                    "generation {number} serving ({}): {} services, {} of {} methods with handlers, built in {} ms",
+                    "generation {number} serving ({}): {} services, {} of {} methods with handlers{states}, built in {} ms",
                     trigger.name(),
                     generation.service_count(),
                     generation.handled_count(),
                     generation.table.method_count(),
                     started.elapsed().as_millis()
                 );
-                let kept = crate::script::running_engines()
-                    .saturating_sub(usize::from(generation.runs_scripts()));
-                if kept > 0 {
-                    tracing::info!(
-                        "the Lua states of {kept} replaced generation(s) still run script calls open on them"
-                    );
-                }
+                self.retire(replaced, replaced_number, &generation);
                 Ok(generation)
             }
             Err(errors) => {
@@ -254,6 +278,44 @@ impl Live {
                 );
                 Err(errors.0.iter().map(Problem::from).collect())
             }
+        }
+    }
+
+    /// Keeps the Lua states `old` (last served by generation `number`) for the calls open on
+    /// them if `current` does not run on them, and closes the oldest replaced states past
+    /// `--keep-replaced-scripts`. Called under the build lock.
+    fn retire(&self, old: Option<Arc<Engine>>, number: u64, current: &Generation) {
+        let mut replaced = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = old {
+            if !current
+                .engine
+                .as_ref()
+                .is_some_and(|e| Arc::ptr_eq(e, &old))
+            {
+                replaced.push_back((number, Arc::downgrade(&old)));
+            }
+        }
+        // States no call holds any more have stopped.
+        replaced.retain(|(_, e)| e.strong_count() > 0);
+        let keep = self.options.keep_replaced_scripts;
+        while replaced.len() > keep {
+            let Some((n, oldest)) = replaced.pop_front() else {
+                break;
+            };
+            let Some(engine) = oldest.upgrade() else {
+                continue;
+            };
+            let open = engine.open_calls();
+            engine.close_replaced();
+            tracing::warn!(
+                "closed the Lua states of generation {n}: {open} script call(s) still open on them end with UNAVAILABLE (--keep-replaced-scripts {keep}: only the newest {keep} replaced generations' states stay for the calls open on them)"
+            );
+        }
+        let kept = replaced.len();
+        if kept > 0 {
+            tracing::info!(
+                "the Lua states of {kept} replaced generation(s) still run script calls open on them"
+            );
         }
     }
 

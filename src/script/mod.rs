@@ -50,26 +50,28 @@ pub mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlua::Value as LuaValue;
+use prost_reflect::MessageDescriptor;
 use tokio::sync::oneshot;
 use tonic::Status;
 
 use crate::data::DataSets;
 use crate::error::{CallError, Location, StartupError, StartupErrors};
 use crate::handler::{Call, Handler, HandlerFuture, MethodInfo, Reply, Requests, Responses};
+use crate::schema::Schema;
 use context::{CallShared, CallSpec, Output};
 use convert::{outgoing_from_lua, unwrap_readonly};
+use outbox::OutboxSender;
 use plan::Plans;
 use slice::Running;
 use status::{find, Abort, BadMessage, IncomingError, ScriptStatus};
 use worker::{Job, Loading, Pool, Recipe, State};
 
 /// Limits and sizing for scripts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScriptOptions {
     /// Lua states in the pool (0: one per core).
     pub states: usize,
@@ -111,21 +113,61 @@ impl Default for ScriptOptions {
 }
 
 /// The scripts of one generation while its handler files are read. Lua states are made only
-/// when the first entry names a script, so a project without scripts starts no threads.
+/// when the first entry names a script, so a project without scripts starts no threads; and
+/// none at all while every entry names a function the replaced generation's [`Engine`] runs
+/// from the same inputs (see [`Engine::serves_inputs`]): the new generation then takes that
+/// engine, so a change to anything else (a declarative handler, a reply file) starts no Lua
+/// states and leaves no states behind for calls open on the old generation.
 pub struct Scripts<'a> {
     handlers_dir: &'a Path,
     data: &'a DataSets,
     options: ScriptOptions,
+    schema: &'a Arc<Schema>,
     builder: Option<EngineBuilder>,
+    /// The replaced generation's engine, while every entry read so far is one it runs.
+    reusing: Option<Reuse>,
+    /// Every script entry read, in order: loaded into new states if reuse ends.
+    added: Vec<Added>,
+    /// Where each entry's function is in the engine that will run it (by [`ScriptRef`]).
+    found: Vec<Found>,
+    /// Entries that failed to load into new states once reuse ended.
+    replay_errors: StartupErrors,
+}
+
+/// A script entry as read: enough to load it again.
+struct Added {
+    path: PathBuf,
+    function: String,
+    input: MessageDescriptor,
+    output: MessageDescriptor,
 }
 
 impl<'a> Scripts<'a> {
-    pub fn new(handlers_dir: &'a Path, data: &'a DataSets, options: ScriptOptions) -> Self {
+    /// `previous`: the engine of the generation being replaced, taken over if it runs every
+    /// script entry from the same inputs.
+    pub fn new(
+        handlers_dir: &'a Path,
+        data: &'a DataSets,
+        options: ScriptOptions,
+        schema: &'a Arc<Schema>,
+        previous: Option<Arc<Engine>>,
+    ) -> Self {
+        let reusing = previous
+            .filter(|e| e.serves_inputs(handlers_dir, data, &options, schema))
+            .map(|engine| Reuse {
+                engine,
+                sources: HashMap::new(),
+            });
         Self {
             handlers_dir,
             data,
             options,
+            schema,
             builder: None,
+            reusing,
+            added: Vec::new(),
+            found: Vec::new(),
+            replay_errors: StartupErrors::default(),
         }
     }
 
@@ -136,25 +178,157 @@ impl<'a> Scripts<'a> {
         function: &str,
         info: &MethodInfo,
     ) -> Result<ScriptRef, ScriptSetupError> {
-        let builder = match &mut self.builder {
-            Some(b) => b,
-            None => self.builder.insert(
-                EngineBuilder::new(self.handlers_dir, self.data, self.options)
-                    .map_err(ScriptSetupError::Script)?,
-            ),
+        let path = script_path(self.handlers_dir, script)?;
+        let reused = self
+            .reusing
+            .as_mut()
+            .and_then(|r| r.find(&path, function, info));
+        let found = match reused {
+            Some(found) => found,
+            None => {
+                self.stop_reusing()?;
+                self.builder()?
+                    .add(&path, function, &info.input, &info.output)?
+            }
         };
-        builder.add(script, function, info)
+        self.added.push(Added {
+            path,
+            function: function.to_owned(),
+            input: info.input.clone(),
+            output: info.output.clone(),
+        });
+        self.found.push(found);
+        Ok(ScriptRef {
+            slot: self.found.len() - 1,
+        })
     }
 
-    /// Starts the state threads; `None` when no entry named a script.
-    pub fn finish(self) -> Result<Option<Arc<Engine>>, StartupErrors> {
-        self.builder.map(EngineBuilder::finish).transpose()
+    fn builder(&mut self) -> Result<&mut EngineBuilder, ScriptSetupError> {
+        if self.builder.is_none() {
+            let builder = EngineBuilder::new(self.handlers_dir, self.data, self.options)
+                .map_err(ScriptSetupError::Script)?;
+            self.builder = Some(builder);
+        }
+        Ok(self.builder.as_mut().expect("made above"))
+    }
+
+    /// An entry the replaced engine does not run: new states load every entry.
+    fn stop_reusing(&mut self) -> Result<(), ScriptSetupError> {
+        if self.reusing.take().is_none() || self.added.is_empty() {
+            return Ok(());
+        }
+        self.builder()?;
+        let added = std::mem::take(&mut self.added);
+        let mut found = std::mem::take(&mut self.found);
+        let builder = self.builder()?;
+        let mut errors = StartupErrors::default();
+        for (i, a) in added.iter().enumerate() {
+            match builder.add(&a.path, &a.function, &a.input, &a.output) {
+                Ok(f) => found[i] = f,
+                // The same text loaded before: only a script whose top level differs from one
+                // load to the next gets here.
+                Err(ScriptSetupError::Script(e)) => errors.push(e),
+                Err(ScriptSetupError::Entry(m)) => errors.push(StartupError::Script {
+                    location: Location::file(&a.path),
+                    message: m,
+                    hint: None,
+                }),
+            }
+        }
+        self.added = added;
+        self.found = found;
+        self.replay_errors.0.append(&mut errors.0);
+        Ok(())
+    }
+
+    /// The engine every entry runs on: new states, or the replaced generation's; `None` when no
+    /// entry named a script.
+    pub fn finish(self) -> Result<Option<ScriptsReady>, StartupErrors> {
+        if !self.replay_errors.is_empty() {
+            return Err(self.replay_errors);
+        }
+        if self.found.is_empty() {
+            return Ok(None);
+        }
+        let engine = match (self.builder, self.reusing) {
+            (Some(builder), _) => builder.finish(self.schema.clone())?,
+            (None, Some(reuse)) => {
+                tracing::debug!("the scripts run on the Lua states of the replaced generation");
+                reuse.engine
+            }
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(ScriptsReady {
+            engine,
+            found: self.found,
+        }))
     }
 }
 
-/// One function of one script, found at load time; with its [`Engine`] it becomes a handler.
-#[derive(Clone)]
+/// `script` as a path inside the handlers folder.
+fn script_path(handlers_dir: &Path, script: &str) -> Result<PathBuf, ScriptSetupError> {
+    let rel = Path::new(script);
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(ScriptSetupError::Entry(format!(
+            "script {script:?} must be a path inside the handlers folder"
+        )));
+    }
+    Ok(handlers_dir.join(rel))
+}
+
+/// The replaced generation's engine while it may be taken over.
+struct Reuse {
+    engine: Arc<Engine>,
+    /// Each script read for this build: the engine's index of the same file with the same text.
+    sources: HashMap<PathBuf, Option<usize>>,
+}
+
+impl Reuse {
+    /// Where `function` of the script at `path` is in the engine, if the engine loaded that
+    /// script from the same text, found that function, and converts the method's messages.
+    fn find(&mut self, path: &Path, function: &str, info: &MethodInfo) -> Option<Found> {
+        let recipe = self.engine.pool.recipe();
+        let script = *self.sources.entry(path.to_path_buf()).or_insert_with(|| {
+            let source = crate::input::read_to_string(path).ok()?;
+            recipe
+                .scripts
+                .iter()
+                .position(|(p, text)| p == path && *text == source)
+        });
+        let script = script?;
+        let index = recipe
+            .functions
+            .iter()
+            .position(|(s, f)| *s == script && f == function)?;
+        let plans = &recipe.plans;
+        let input = plans.find(info.input.full_name())?;
+        let layout = plans.find_layout(input)?;
+        let output = plans.find(info.output.full_name())?;
+        Some(Found {
+            index,
+            layout,
+            output: Output {
+                desc: info.output.clone(),
+                plan: output,
+            },
+            script: Arc::from(path.display().to_string().as_str()),
+            function: Arc::from(function),
+        })
+    }
+}
+
+/// A script entry, found at load time; its engine makes it a handler (see [`ScriptsReady`]).
 pub struct ScriptRef {
+    slot: usize,
+}
+
+/// One function of one script in the engine that runs it.
+#[derive(Clone)]
+struct Found {
     index: usize,
     /// The request type's layout (see `decode`).
     layout: usize,
@@ -163,33 +337,91 @@ pub struct ScriptRef {
     function: Arc<str>,
 }
 
-/// The running Lua states of one generation. When the last handler holding it is gone (the
-/// generation was replaced and its script calls have ended), the state threads are told to
-/// stop.
-pub struct Engine {
-    pool: Arc<Pool>,
+/// A generation's engine, with where each of its script entries is in it.
+pub struct ScriptsReady {
+    pub engine: Arc<Engine>,
+    found: Vec<Found>,
 }
 
-/// Engines not dropped yet, in the whole process: a reload says how many replaced generations'
-/// states still run for calls open on them.
-static RUNNING_ENGINES: AtomicUsize = AtomicUsize::new(0);
+impl ScriptsReady {
+    /// The handler of the entry `found` stands for.
+    pub fn handler(&self, found: &ScriptRef, method: Arc<MethodInfo>) -> ScriptHandler {
+        let f = self.found[found.slot].clone();
+        ScriptHandler {
+            engine: self.engine.clone(),
+            index: f.index,
+            layout: f.layout,
+            output: f.output,
+            script: f.script,
+            function: f.function,
+            method,
+        }
+    }
+}
 
-/// How many generations' Lua states run (the served generation's among them, if it has
-/// scripts).
-pub fn running_engines() -> usize {
-    RUNNING_ENGINES.load(Ordering::Relaxed)
+/// The running Lua states of one generation, or of several in a row when nothing they depend
+/// on changed. When the last handler holding it is gone (the generations were replaced and
+/// their script calls have ended), the state threads are told to stop; a reload may also
+/// close it sooner (see [`Engine::close_replaced`]).
+pub struct Engine {
+    pool: Arc<Pool>,
+    /// The schema the conversion plans were made from.
+    schema: Arc<Schema>,
+    /// The modules the scripts `require`d, with the text they loaded.
+    modules: Vec<(PathBuf, String)>,
 }
 
 impl Engine {
-    fn new(pool: Arc<Pool>) -> Self {
-        RUNNING_ENGINES.fetch_add(1, Ordering::Relaxed);
-        Self { pool }
+    /// Whether states built for a new generation from these inputs would be these: the same
+    /// handlers folder, options and data sets, the same schema (the very one, or whole pools
+    /// of the same files), and the modules on disk as they were loaded. Each script entry is
+    /// then checked on its own ([`Reuse::find`]): its file's text, its function, its messages.
+    fn serves_inputs(
+        &self,
+        handlers_dir: &Path,
+        data: &DataSets,
+        options: &ScriptOptions,
+        schema: &Schema,
+    ) -> bool {
+        let recipe = self.pool.recipe();
+        !self.pool.is_closing()
+            && !data.unloaded
+            && recipe.handlers_dir == handlers_dir
+            && recipe.options == *options
+            && recipe.data.dir == data.dir
+            && recipe.data.sets == data.sets
+            && same_schema(&self.schema, schema)
+            && self.modules.iter().all(|(path, text)| {
+                crate::input::read_to_string(path).is_ok_and(|now| now == *text)
+            })
     }
+
+    /// Calls running on these states, or handed to them and not started.
+    pub fn open_calls(&self) -> usize {
+        self.pool.open_calls()
+    }
+
+    /// Stops the states of a replaced generation now: every call still open on them ends with
+    /// UNAVAILABLE ([`CallError::ScriptsReplaced`]), and their threads exit, freeing the states.
+    pub fn close_replaced(&self) {
+        self.pool.shut_down();
+    }
+}
+
+/// Whether plans made from `a` hold for `b`.
+fn same_schema(a: &Schema, b: &Schema) -> bool {
+    a.pool == b.pool
+        || (a.whole
+            && b.whole
+            && a.files.len() == b.files.len()
+            && a.files
+                .iter()
+                .zip(b.files.iter())
+                .all(|(x, y)| x.name == y.name && x.bytes == y.bytes))
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        RUNNING_ENGINES.fetch_sub(1, Ordering::Relaxed);
         self.pool.close();
     }
 }
@@ -227,37 +459,27 @@ impl EngineBuilder {
 
     fn add(
         &mut self,
-        script: &str,
+        path: &Path,
         function: &str,
-        info: &MethodInfo,
-    ) -> Result<ScriptRef, ScriptSetupError> {
-        let rel = Path::new(script);
-        if rel.is_absolute()
-            || rel
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(ScriptSetupError::Entry(format!(
-                "script {script:?} must be a path inside the handlers folder"
-            )));
-        }
-        let path = self.recipe.handlers_dir.join(rel);
+        input: &MessageDescriptor,
+        output: &MessageDescriptor,
+    ) -> Result<Found, ScriptSetupError> {
         let display = path.display().to_string();
-        let script_index = match self.script_index.get(&path) {
+        let script_index = match self.script_index.get(path) {
             Some(i) => *i,
             None => {
-                let source = crate::input::read_to_string(&path).map_err(|e| {
+                let source = crate::input::read_to_string(path).map_err(|e| {
                     ScriptSetupError::Entry(format!("cannot read script {display}: {e}"))
                 })?;
                 self.first
-                    .load_script(&path, &source, &self.recipe.options)?;
-                self.recipe.scripts.push((path.clone(), source));
+                    .load_script(path, &source, &self.recipe.options)?;
+                self.recipe.scripts.push((path.to_path_buf(), source));
                 let i = self.recipe.scripts.len() - 1;
-                self.script_index.insert(path.clone(), i);
+                self.script_index.insert(path.to_path_buf(), i);
                 i
             }
         };
-        let env = self.first.load_script(&path, "", &self.recipe.options)?;
+        let env = self.first.load_script(path, "", &self.recipe.options)?;
         let f = match env.raw_get::<LuaValue>(function) {
             Ok(LuaValue::Function(f)) => f,
             _ => {
@@ -282,13 +504,13 @@ impl EngineBuilder {
         self.recipe
             .functions
             .push((script_index, function.to_owned()));
-        let input = self.plans.add(&info.input);
+        let input = self.plans.add(input);
         let layout = self.plans.layout(input);
         let output = Output {
-            desc: info.output.clone(),
-            plan: self.plans.add(&info.output),
+            desc: output.clone(),
+            plan: self.plans.add(output),
         };
-        Ok(ScriptRef {
+        Ok(Found {
             index: self.recipe.functions.len() - 1,
             layout,
             output,
@@ -298,16 +520,21 @@ impl EngineBuilder {
     }
 
     /// Locks every script environment and starts the state threads.
-    fn finish(mut self) -> Result<Arc<Engine>, StartupErrors> {
+    fn finish(mut self, schema: Arc<Schema>) -> Result<Arc<Engine>, StartupErrors> {
         let n = if self.recipe.options.states == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
             self.recipe.options.states
         };
         self.recipe.plans = Arc::new(std::mem::take(&mut self.plans));
+        let modules = self.first.read_modules();
         let first = self.first.finish(true, &self.recipe.plans)?;
         let pool = Pool::start(self.recipe, n, first)?;
-        Ok(Arc::new(Engine::new(pool)))
+        Ok(Arc::new(Engine {
+            pool,
+            schema,
+            modules,
+        }))
     }
 }
 
@@ -387,20 +614,6 @@ pub struct ScriptHandler {
     method: Arc<MethodInfo>,
 }
 
-impl ScriptHandler {
-    pub fn new(engine: Arc<Engine>, found: ScriptRef, method: Arc<MethodInfo>) -> Self {
-        Self {
-            engine,
-            index: found.index,
-            layout: found.layout,
-            output: found.output,
-            script: found.script,
-            function: found.function,
-            method,
-        }
-    }
-}
-
 /// Tells the call it was cancelled if the handler's future is dropped before the answer.
 struct CancelOnDrop(Option<Arc<CallShared>>);
 
@@ -456,9 +669,12 @@ impl Handler for ScriptHandler {
                 requests,
             },
         );
+        let refused = (!submitted).then(|| pool.is_closing());
         Box::pin(async move {
-            if !submitted {
-                return Err(CallError::ScriptStateLost { method: name });
+            match refused {
+                Some(true) => return Err(CallError::ScriptsReplaced { method: name }),
+                Some(false) => return Err(CallError::ScriptStateLost { method: name }),
+                None => {}
             }
             // The state thread's answer wakes this task in its batch (see `wakes`).
             let reply_rx = wakes::Relayed::new(reply_rx);
@@ -483,6 +699,12 @@ async fn run_call(state: &State, job: Job) -> bool {
         shared,
         requests,
     } = job;
+    // Dropped before the end only when its thread gives the call up (see `worker::serve`).
+    let mut ending = Ending {
+        shared: &shared,
+        sender: None,
+        done: false,
+    };
     // A streamed message's conversion left when the call ends goes with it.
     let _forget = sliced_decode::Forget(Arc::as_ptr(&shared) as usize);
     let started = slice::with_call(&shared, || {
@@ -511,12 +733,60 @@ async fn run_call(state: &State, job: Job) -> bool {
     };
     let memory = matches!(&outcome, Err(e) if is_memory_error(e));
     if shared.streams_output {
-        finish_stream(state, &shared, outcome).await;
+        ending.sender = context::lock(&shared.sender).take();
+        finish_stream(state, &shared, outcome, ending.sender.as_ref()).await;
     } else {
         finish_one(state, &shared, outcome);
     }
+    ending.done = true;
+    // The stream closes.
+    ending.sender = None;
     shared.end();
     memory
+}
+
+/// A call in progress on a state thread; if its task is dropped before the call ends, its
+/// client is told now (see [`stop_dropped_call`]) rather than left waiting for an answer that
+/// cannot come.
+struct Ending<'a> {
+    shared: &'a CallShared,
+    /// The response stream, once the script ended and its last messages go out.
+    sender: Option<OutboxSender>,
+    done: bool,
+}
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.try_send(Err(dropped_call_error(self.shared).into()));
+        }
+        stop_dropped_call(self.shared);
+    }
+}
+
+/// Why a call its state thread gave up ended: its pool was shut down (a reload replaced its
+/// scripts), or its state was lost.
+fn dropped_call_error(shared: &CallShared) -> CallError {
+    let method = shared.method.clone();
+    if worker::pool_shut_down_here() {
+        CallError::ScriptsReplaced { method }
+    } else {
+        CallError::ScriptStateLost { method }
+    }
+}
+
+/// Ends a call its state thread gives up, running or not started: it is marked aborted, and
+/// its client gets the status at once (in place of the answer, or at the end of the stream).
+pub(crate) fn stop_dropped_call(shared: &CallShared) {
+    shared.abort(Abort::Cancelled);
+    if let Some(sender) = context::lock(&shared.sender).take() {
+        let _ = sender.try_send(Err(dropped_call_error(shared).into()));
+    }
+    shared.answer(Err(dropped_call_error(shared)));
+    shared.end();
 }
 
 /// Resolves when the client goes away.
@@ -734,12 +1004,12 @@ fn failed(e: CallError, shared: &CallShared) -> Result<Reply, CallError> {
 
 /// Server-streaming and bidi: the script's messages went out as it sent them; send what it
 /// returned (an array), or its error, then close the stream.
-async fn finish_stream(state: &State, shared: &Arc<CallShared>, outcome: mlua::Result<LuaValue>) {
-    let sender = shared
-        .sender
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+async fn finish_stream(
+    state: &State,
+    shared: &Arc<CallShared>,
+    outcome: mlua::Result<LuaValue>,
+    sender: Option<&OutboxSender>,
+) {
     match outcome {
         Err(e) => {
             let e = to_call_error(&e, shared, state);
@@ -747,7 +1017,7 @@ async fn finish_stream(state: &State, shared: &Arc<CallShared>, outcome: mlua::R
                 .headers_sent
                 .load(std::sync::atomic::Ordering::Acquire)
             {
-                if let Some(sender) = &sender {
+                if let Some(sender) = sender {
                     let _ = sender.send(Err(with_trailers(e, shared).into())).await;
                 }
             } else {
@@ -757,7 +1027,7 @@ async fn finish_stream(state: &State, shared: &Arc<CallShared>, outcome: mlua::R
         Ok(value) => {
             context::finish(shared);
             let (LuaValue::Table(t), Some(sender), Some(output)) =
-                (value, &sender, shared.output.as_ref())
+                (value, sender, shared.output.as_ref())
             else {
                 return;
             };

@@ -240,6 +240,16 @@ impl Plans {
         self.layouts.len() - 1
     }
 
+    /// The plan of the message type named `full_name`, if it was made.
+    pub fn find(&self, full_name: &str) -> Option<MsgId> {
+        self.message_ids.get(full_name).copied()
+    }
+
+    /// The request layout of `msg`, if it was made.
+    pub fn find_layout(&self, msg: MsgId) -> Option<usize> {
+        self.layout_ids.get(&msg).copied()
+    }
+
     pub fn message(&self, id: MsgId) -> &MessagePlan {
         &self.messages[id as usize]
     }

@@ -183,6 +183,9 @@ pub struct Sandbox {
     modules: Table,
     /// True until loading ends; `require` loads new modules only while it is.
     loading: Arc<AtomicBool>,
+    /// Each module `require` read, with the text it loaded: what a reload compares to know
+    /// whether the scripts would load the same (see [`super::Engine`]).
+    pub read_modules: Arc<std::sync::Mutex<Vec<(PathBuf, String)>>>,
 }
 
 /// Creates a sandboxed state with `data` installed, libraries and data frozen.
@@ -291,6 +294,7 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
         freezer,
         modules: lua.create_table()?,
         loading: Arc::new(AtomicBool::new(true)),
+        read_modules: Arc::default(),
     };
     for (name, w) in &wrappers {
         g.raw_set(*name, w.clone())?;
@@ -544,6 +548,7 @@ fn install_require(lua: &Lua, dir: PathBuf, sandbox: &Sandbox) -> mlua::Result<(
     let lock_env = sandbox.lock_env.clone();
     let modules = sandbox.modules.clone();
     let loading = sandbox.loading.clone();
+    let read_modules = sandbox.read_modules.clone();
     let require = lua.create_function(move |lua, name: mlua::String| {
         match cache.raw_get::<LuaValue>(&name)? {
             LuaValue::Nil => {}
@@ -585,6 +590,10 @@ fn install_require(lua: &Lua, dir: PathBuf, sandbox: &Sandbox) -> mlua::Result<(
                 path.display()
             ))
         })?;
+        read_modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((path.clone(), source.clone()));
         let env: Table = new_env.call(lua.globals())?;
         let result: LuaValue = lua
             .load(source)

@@ -24,7 +24,7 @@ use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -214,6 +214,15 @@ impl Loading {
         Ok(env)
     }
 
+    /// Each module `require` read while this state loaded, with its text.
+    pub fn read_modules(&self) -> Vec<(PathBuf, String)> {
+        self.sandbox
+            .read_modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Locks every script environment and freezes what the scripts built: the state is ready
     /// to serve. `check_code` (once per pool) also rejects functions that would assign
     /// module-level locals while serving.
@@ -398,6 +407,9 @@ pub struct Pool {
     pub slots: Vec<Slot>,
     recipe: Recipe,
     next: AtomicUsize,
+    /// Set when the pool is shut down (see [`Pool::shut_down`]): its threads end the calls
+    /// they hold instead of finishing them.
+    closing: AtomicBool,
     /// Dropped with the pool, which wakes the watchdog to stop at once: sleeping out its
     /// period, every generation a reload storm replaced kept a watchdog thread alive.
     _stops_watchdog: std::sync::mpsc::Sender<()>,
@@ -433,6 +445,7 @@ impl Pool {
             slots,
             recipe,
             next: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
             _stops_watchdog: stops_watchdog,
         });
         let mut first = Some(first);
@@ -450,6 +463,32 @@ impl Pool {
             .spawn(move || watchdog(watched, stopped, stuck_after))
             .map_err(|e| StartupError::Usage(format!("cannot start the script watchdog: {e}")))?;
         Ok(pool)
+    }
+
+    /// What the states are built from.
+    pub fn recipe(&self) -> &Recipe {
+        &self.recipe
+    }
+
+    /// Calls handed to the states and not finished yet.
+    pub fn open_calls(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| s.active.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Whether the pool was shut down.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Stops every state thread now: the calls they hold, running or waiting, end at once
+    /// (each told its scripts were replaced, see [`super::stop_dropped_call`]), nothing new is
+    /// taken, and each thread drops its state and exits.
+    pub fn shut_down(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.close();
     }
 
     pub fn budget(&self) -> u64 {
@@ -689,6 +728,10 @@ impl Inbox {
 
     /// Starts a call as a task of this thread; false when this generation was replaced.
     fn admit(&self, job: Job) -> bool {
+        if self.pool.is_closing() {
+            refuse(&self.pool, self.index, job);
+            return false;
+        }
         if self.replaced() {
             // Replaced while stuck: the new state takes it.
             let slot = &self.pool.slots[self.index];
@@ -774,7 +817,7 @@ pub fn admit_arrivals() {
         let Ok(inbox) = i.try_borrow() else { return };
         let Some(inbox) = inbox.as_ref() else { return };
         loop {
-            if inbox.replaced() {
+            if inbox.replaced() || inbox.pool.is_closing() {
                 return;
             }
             let job = lock(&inbox.queue).try_recv();
@@ -831,7 +874,14 @@ fn serve(
                     pool.slots[index].kick.notify_one();
                     return Exit::Closed;
                 }
-                () = pool.slots[index].kick.notified() => continue,
+                () = pool.slots[index].kick.notified() => {
+                    if pool.is_closing() {
+                        // Another thread of this slot (a stuck one) may wait for it too.
+                        pool.slots[index].kick.notify_one();
+                        return Exit::Closed;
+                    }
+                    continue;
+                }
                 job = next => job,
                 () = wake.notified() => {
                     if let Some(why) = unrecoverable.borrow_mut().take() {
@@ -853,13 +903,61 @@ fn serve(
         }
     };
     let exit = local.block_on(&runtime, wakes::FlushAfter::new(serving));
-    if matches!(exit, Exit::Closed) {
-        // Let the calls in progress finish.
-        runtime.block_on(local);
+    if matches!(exit, Exit::Closed) && !pool.is_closing() {
+        // Let the calls in progress finish, unless the pool is shut down meanwhile.
+        let kick = &pool.slots[index].kick;
+        runtime.block_on(async {
+            let mut local = Box::pin(local);
+            loop {
+                tokio::select! {
+                    () = &mut local => return,
+                    () = kick.notified() => {
+                        if pool.is_closing() {
+                            kick.notify_one();
+                            end_dropped_calls(|| drop(local));
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    } else if pool.is_closing() {
+        end_dropped_calls(|| drop(local));
+    }
+    if pool.is_closing() {
+        // Calls handed over but not started yet.
+        while let Ok(job) = lock(&queue).try_recv() {
+            refuse(pool, index, job);
+        }
     }
     wakes::flush_and(true);
     INBOX.with(|i| i.borrow_mut().take());
     exit
+}
+
+thread_local! {
+    /// Set while a shut-down pool's thread drops the calls it holds.
+    static ENDING_CALLS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `drop_calls` (which drops call tasks) telling each call it ends because its pool was
+/// shut down. What Lua code that sets off (the calls' to-be-closed variables) runs bounded.
+fn end_dropped_calls(drop_calls: impl FnOnce()) {
+    ENDING_CALLS.with(|e| e.set(true));
+    housekeeping("(ending the calls of replaced scripts)", drop_calls);
+    ENDING_CALLS.with(|e| e.set(false));
+}
+
+/// Whether the call being dropped on this thread ends because its pool was shut down (not
+/// because its state was lost).
+pub fn pool_shut_down_here() -> bool {
+    ENDING_CALLS.with(Cell::get)
+}
+
+/// Ends a call the shut-down pool will not run.
+fn refuse(pool: &Pool, index: usize, job: Job) {
+    pool.slots[index].active.fetch_sub(1, Ordering::Relaxed);
+    end_dropped_calls(|| super::stop_dropped_call(&job.shared));
 }
 
 /// Replaces states whose current poll has run far past any time slice, until the pool is
