@@ -12,6 +12,9 @@
 //!   of states (default 2) now stay for the calls open on them: a further one closes the oldest,
 //!   whose streams end at once with UNAVAILABLE ("… replaced by a reload; call again") and whose
 //!   threads exit, while the newest keep working.
+//! - Closed states whose calls could not end yet (their clients read nothing, so the status waits
+//!   behind the messages sent) kept their watchdog thread: one per closed set (6: 5 threads
+//!   more). Closing stops it.
 
 mod common;
 
@@ -28,13 +31,15 @@ service T {
   rpc Echo(B) returns (B);
   rpc Scr(B) returns (B);
   rpc Chat(stream B) returns (stream B);
+  rpc Flood(B) returns (stream B);
 }
 "#;
 
 const HANDLERS: &str = r#"{ "service": "t.T", "methods": {
   "Echo": { "reply": { "s": "file" } },
   "Scr": { "script": "t.lua" },
-  "Chat": { "script": "t.lua" }
+  "Chat": { "script": "t.lua" },
+  "Flood": { "script": "t.lua" }
 } }"#;
 
 /// The script of version `v`: it reads the data set as it loads, so every Lua state holds its
@@ -47,6 +52,10 @@ local ROWS = #data.big
 function Scr(req, ctx) return {{ s = VERSION, n = ROWS }} end
 function Chat(notes, ctx)
   for note in notes do ctx:send({{ s = VERSION, n = note.n }}) end
+end
+function Flood(req, ctx)
+  local big = string.rep("x", 60000)
+  while true do ctx:send({{ s = big }}) end
 end
 "#
     )
@@ -62,6 +71,8 @@ const SET_THREADS: u64 = STATES + 1;
 const CHANGES: usize = 8;
 /// Script changes, each made with one more script stream open (each builds new states).
 const SCRIPT_CHANGES: usize = 5;
+/// Streams whose clients stop reading, each on states a script change then closes.
+const STALLED: usize = 6;
 
 fn data_file(rows: usize) -> String {
     let rows: Vec<Json> = (0..rows)
@@ -419,4 +430,76 @@ async fn keep_replaced_scripts_zero_ends_the_calls_of_replaced_scripts_at_once()
         json!({"s": "v1", "n": 100})
     );
     assert_eq!(log_lines(&server, "closed the Lua states").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_states_of_streams_whose_clients_do_not_read_leave_no_threads() {
+    let data = data_file(100);
+    let first_script = script(0);
+    let dir = project_folder(&[
+        ("protos/t.proto", PROTO),
+        ("handlers/t.json", HANDLERS),
+        ("handlers/t.lua", &first_script),
+        ("data/big.json", &data),
+    ]);
+    let (server, client) = start(&dir, &["--keep-replaced-scripts", "0"]).await;
+    assert_eq!(
+        client.unary("t.T/Scr", json!({})).await.unwrap(),
+        json!({"s": "v0", "n": 100})
+    );
+    let threads_before = threads(&server);
+    // Each stream's script fills its flow-control window and its outbox, and waits in
+    // ctx:send: the client reads one message and no more, so the status its call ends with
+    // waits behind what was sent, and the call keeps its handler (and states' pool) a while.
+    // Each on its own connection, whose window it fills.
+    let mut stalled = Vec::new();
+    for v in 1..=STALLED {
+        let own = Client::connect(server.addr, common::pool(&dir.path().join("protos"))).await;
+        let mut stream = own
+            .server_stream_open("t.T/Flood", json!({}))
+            .await
+            .expect("Flood opens");
+        stream
+            .message()
+            .await
+            .expect("Flood sends")
+            .expect("a message");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stalled.push((own, stream));
+        std::fs::write(dir.path().join("handlers/t.lua"), script(v)).unwrap();
+        reload(&server).await;
+    }
+    let bound = threads_before + 2;
+    let (threads_after, _) = settle(&server, bound).await;
+    eprintln!(
+        "{STALLED} script changes, each closing the states of a stream whose client does not read: \
+         threads {threads_before} -> {threads_after}"
+    );
+    assert_eq!(log_lines(&server, "closed the Lua states").len(), STALLED);
+    // The closed states' threads exit, their watchdogs too, though their calls are not over.
+    assert!(
+        threads_after <= bound,
+        "{STALLED} closed sets of Lua states whose calls wait for their clients: threads \
+         {threads_before} -> {threads_after} (a set runs {SET_THREADS})"
+    );
+    assert_eq!(
+        client.unary("t.T/Scr", json!({})).await.unwrap(),
+        json!({"s": format!("v{STALLED}"), "n": 100})
+    );
+    // Once read, each stream ends with the status.
+    for (i, (_own, mut stream)) in stalled.into_iter().enumerate() {
+        let status = loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("stream {i} ended OK"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(status.code(), Code::Unavailable, "stream {i}: {status:?}");
+        assert!(
+            status.message().contains("replaced by a reload"),
+            "stream {i}: {status:?}"
+        );
+    }
+    assert!(log_lines(&server, "panicked").is_empty());
 }

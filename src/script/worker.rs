@@ -412,7 +412,9 @@ pub struct Pool {
     closing: AtomicBool,
     /// Dropped with the pool, which wakes the watchdog to stop at once: sleeping out its
     /// period, every generation a reload storm replaced kept a watchdog thread alive.
-    _stops_watchdog: std::sync::mpsc::Sender<()>,
+    /// Taken by [`Pool::shut_down`]: a pool shut down has no state to watch, though a call
+    /// whose client does not read its end may keep the pool itself a while.
+    stops_watchdog: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -446,7 +448,7 @@ impl Pool {
             recipe,
             next: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
-            _stops_watchdog: stops_watchdog,
+            stops_watchdog: Mutex::new(Some(stops_watchdog)),
         });
         let mut first = Some(first);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -489,6 +491,7 @@ impl Pool {
     pub fn shut_down(&self) {
         self.closing.store(true, Ordering::Release);
         self.close();
+        lock(&self.stops_watchdog).take();
     }
 
     pub fn budget(&self) -> u64 {
