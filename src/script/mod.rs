@@ -152,12 +152,16 @@ impl<'a> Scripts<'a> {
         schema: &'a Arc<Schema>,
         previous: Option<Arc<Engine>>,
     ) -> Self {
-        let reusing = previous
-            .filter(|e| e.serves_inputs(handlers_dir, data, &options, schema))
-            .map(|engine| Reuse {
-                engine,
-                sources: HashMap::new(),
-            });
+        let reusing = previous.and_then(|engine| {
+            let recipe = engine.pool.recipe()?;
+            engine
+                .serves_inputs(&recipe, handlers_dir, data, &options, schema)
+                .then(|| Reuse {
+                    engine,
+                    recipe,
+                    sources: HashMap::new(),
+                })
+        });
         Self {
             handlers_dir,
             data,
@@ -283,6 +287,7 @@ fn script_path(handlers_dir: &Path, script: &str) -> Result<PathBuf, ScriptSetup
 /// The replaced generation's engine while it may be taken over.
 struct Reuse {
     engine: Arc<Engine>,
+    recipe: Arc<Recipe>,
     /// Each script read for this build: the engine's index of the same file with the same text.
     sources: HashMap<PathBuf, Option<usize>>,
 }
@@ -291,7 +296,7 @@ impl Reuse {
     /// Where `function` of the script at `path` is in the engine, if the engine loaded that
     /// script from the same text, found that function, and converts the method's messages.
     fn find(&mut self, path: &Path, function: &str, info: &MethodInfo) -> Option<Found> {
-        let recipe = self.engine.pool.recipe();
+        let recipe = &self.recipe;
         let script = *self.sources.entry(path.to_path_buf()).or_insert_with(|| {
             let source = crate::input::read_to_string(path).ok()?;
             recipe
@@ -378,12 +383,12 @@ impl Engine {
     /// then checked on its own ([`Reuse::find`]): its file's text, its function, its messages.
     fn serves_inputs(
         &self,
+        recipe: &Recipe,
         handlers_dir: &Path,
         data: &DataSets,
         options: &ScriptOptions,
         schema: &Schema,
     ) -> bool {
-        let recipe = self.pool.recipe();
         !self.pool.is_closing()
             && !data.unloaded
             && recipe.handlers_dir == handlers_dir

@@ -405,7 +405,11 @@ pub struct Slot {
 /// Every state thread, and what they are built from.
 pub struct Pool {
     pub slots: Vec<Slot>,
-    recipe: Recipe,
+    /// Dropped when the pool is shut down: a call whose client reads nothing may keep the pool
+    /// a while after its states are gone, and should not keep their scripts and data too.
+    recipe: Mutex<Option<Arc<Recipe>>>,
+    /// The recipe's options, read per call.
+    options: ScriptOptions,
     next: AtomicUsize,
     /// Set when the pool is shut down (see [`Pool::shut_down`]): its threads end the calls
     /// they hold instead of finishing them.
@@ -445,7 +449,8 @@ impl Pool {
         let (stops_watchdog, stopped) = std::sync::mpsc::channel();
         let pool = Arc::new(Pool {
             slots,
-            recipe,
+            options: recipe.options,
+            recipe: Mutex::new(Some(Arc::new(recipe))),
             next: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             stops_watchdog: Mutex::new(Some(stops_watchdog)),
@@ -467,9 +472,9 @@ impl Pool {
         Ok(pool)
     }
 
-    /// What the states are built from.
-    pub fn recipe(&self) -> &Recipe {
-        &self.recipe
+    /// What the states are built from; `None` once the pool is shut down.
+    pub fn recipe(&self) -> Option<Arc<Recipe>> {
+        lock(&self.recipe).clone()
     }
 
     /// Calls handed to the states and not finished yet.
@@ -492,14 +497,15 @@ impl Pool {
         self.closing.store(true, Ordering::Release);
         self.close();
         lock(&self.stops_watchdog).take();
+        lock(&self.recipe).take();
     }
 
     pub fn budget(&self) -> u64 {
-        self.recipe.options.instruction_budget()
+        self.options.instruction_budget()
     }
 
     pub fn time_budget(&self) -> Duration {
-        self.recipe.options.time_budget
+        self.options.time_budget
     }
 
     /// The least busy state that is not stuck; the scan starts at a rotating index, so calls
@@ -621,29 +627,35 @@ fn state_thread(
         tracing::debug!("script state {index}: its thread keeps the default scheduling policy");
     }
     // Where the clock pauses scripts, it signals this thread for as long as it serves.
-    let _clock = (pool.recipe.options.instructions == 0).then(preempt::clock);
+    let _clock = (pool.options.instructions == 0).then(preempt::clock);
     loop {
         let loaded = match state.take() {
             Some(s) => s,
-            None => match build(&pool.recipe) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(
-                        "script state {index} could not be built: {}",
-                        crate::error::log_escaped(&e.to_string())
-                    );
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(Err(e));
-                    }
+            None => {
+                // Shut down: nothing to serve.
+                let Some(recipe) = pool.recipe() else {
                     return;
+                };
+                match build(&recipe) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(
+                            "script state {index} could not be built: {}",
+                            crate::error::log_escaped(&e.to_string())
+                        );
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(Err(e));
+                        }
+                        return;
+                    }
                 }
-            },
+            }
         };
         slice::set_pause_below(
             loaded
                 .lua
                 .used_memory()
-                .saturating_add(pool.recipe.options.memory_limit / PAUSE_MEMORY_SHARE),
+                .saturating_add(pool.options.memory_limit / PAUSE_MEMORY_SHARE),
         );
         if let Some(r) = ready.take() {
             let _ = r.send(Ok(()));
@@ -755,7 +767,7 @@ impl Inbox {
             if memory_error {
                 check_memory(&state, &pool, &unrecoverable, &wake);
             } else {
-                collect_over_pause_bound(&state, pool.recipe.options.memory_limit);
+                collect_over_pause_bound(&state, pool.options.memory_limit);
             }
         })));
         true
@@ -803,7 +815,7 @@ fn check_memory(
         let _ = state.lua.gc_collect();
         state.lua.used_memory()
     });
-    let limit = pool.recipe.options.memory_limit;
+    let limit = pool.options.memory_limit;
     if used > limit / 10 * 9 {
         *unrecoverable.borrow_mut() = Some(format!(
             "after a memory error it still uses {} MiB of its {} MiB once collected",
