@@ -376,7 +376,8 @@ struct TransportArgs {
     /// Calls in flight on one connection; more get RESOURCE_EXHAUSTED at once.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = positive)]
     max_calls_per_connection: usize,
-    /// Calls in flight on the whole server; more get RESOURCE_EXHAUSTED at once.
+    /// Calls in flight on the whole server, past each connection's first 4 (which always get
+    /// in); more get RESOURCE_EXHAUSTED at once.
     #[arg(long, value_name = "N", default_value_t = 4096, value_parser = positive)]
     max_calls: usize,
     /// Bytes of request headers (metadata) one call may send.

@@ -62,7 +62,8 @@ pub struct ServerOptions {
     pub max_concurrent_streams: u32,
     /// Calls in flight on one connection; more get RESOURCE_EXHAUSTED at once.
     pub max_calls_per_connection: usize,
-    /// Calls in flight on the whole server; more get RESOURCE_EXHAUSTED at once.
+    /// Calls in flight on the whole server, past each connection's first 4 (which always get
+    /// in); more get RESOURCE_EXHAUSTED at once.
     pub max_calls: usize,
     /// Time a new connection has to send the HTTP/2 preface and its first frame.
     pub handshake_timeout: Duration,

@@ -240,7 +240,8 @@ async fn answered(
 }
 
 /// Calls over `--max-calls-per-connection` or `--max-calls` are answered at once with
-/// RESOURCE_EXHAUSTED naming the flag, not queued; the calls that got in are untouched.
+/// RESOURCE_EXHAUSTED naming the flag, not queued; the calls that got in are untouched. The
+/// server-wide limit counts each connection's calls past its first 4.
 #[tokio::test]
 async fn calls_over_the_limits_are_refused_at_once() {
     let server = Server::start(&["--max-calls-per-connection", "8", "--max-calls", "12"]);
@@ -254,10 +255,23 @@ async fn calls_over_the_limits_are_refused_at_once() {
         assert!(message.contains("--max-calls-per-connection"), "{message}");
     }
 
+    // a counts 4 against the server (its first 4 are its own), b another 4, c the last 4.
     let mut b = common::h2_connect(server.addr).await;
     let calls = open_silent_calls(&mut b, server.addr, 8).await;
-    let (refusals, waiting, _keep_b) = answered(calls, 4).await;
-    assert_eq!(waiting, 4, "the server-wide limit leaves room for 4 more");
+    let (refusals, waiting, _keep_b) = answered(calls, 0).await;
+    assert_eq!((waiting, refusals.len()), (8, 0), "{refusals:?}");
+    let mut c = common::h2_connect(server.addr).await;
+    let calls = open_silent_calls(&mut c, server.addr, 8).await;
+    let (refusals, waiting, _keep_c) = answered(calls, 0).await;
+    assert_eq!((waiting, refusals.len()), (8, 0), "{refusals:?}");
+
+    let mut d = common::h2_connect(server.addr).await;
+    let calls = open_silent_calls(&mut d, server.addr, 8).await;
+    let (refusals, waiting, _keep_d) = answered(calls, 4).await;
+    assert_eq!(
+        waiting, 4,
+        "a full server still takes a connection's first 4 calls"
+    );
     assert_eq!(refusals.len(), 4);
     for (status, message) in &refusals {
         assert_eq!(status, "8", "{message}");
@@ -383,6 +397,56 @@ async fn shutdown_deadline_ends_calls_with_unavailable() {
         .await
         .unwrap();
     assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
+}
+
+/// One client holding health `Watch` streams open over a few connections filled `--max-calls`
+/// (4096 by default: 21 connections of 200), and every other client's calls were refused with
+/// RESOURCE_EXHAUSTED for as long as they stayed; the idle-connection rule never applies to
+/// connections with calls in flight. Each connection's first calls now take no place under the
+/// server-wide limit, so another client's calls get in while the limit still holds the
+/// flooding client.
+#[tokio::test]
+async fn watch_streams_of_one_client_do_not_shut_out_other_connections() {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let server = Server::start(&["--max-calls-per-connection", "16", "--max-calls", "32"]);
+    let mut watches = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..4 {
+        let channel = common::channel(server.addr).await;
+        for _ in 0..16 {
+            match HealthClient::new(channel.clone())
+                .watch(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+            {
+                Ok(stream) => watches.push(stream.into_inner()),
+                Err(status) => refused.push(status),
+            }
+        }
+    }
+    let client = Client::connect(server.addr, common::pool(&repo().join("protos"))).await;
+    for i in 0..4 {
+        let reply = client
+            .unary(
+                "helloworld.Greeter/SayHello",
+                json!({"name": i.to_string()}),
+            )
+            .await
+            .unwrap_or_else(|s| panic!("another client's call {i} is refused: {s:?}"));
+        assert_eq!(reply["message"], format!("Hello, {i}!"));
+    }
+    // The flood is still bounded: 16 + 16 + 12 + 4 in (32 counted, 4 of each connection's
+    // own), the other 16 refused.
+    assert_eq!(watches.len(), 48, "{refused:?}");
+    assert_eq!(refused.len(), 16);
+    for status in &refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("--max-calls"), "{status:?}");
+    }
+    for stream in &mut watches {
+        assert!(stream.message().await.unwrap().is_some(), "a watch answers");
+    }
 }
 
 /// While draining on SIGTERM, health reports NOT_SERVING for every service and the server; the

@@ -6,6 +6,14 @@
 //! that gets in holds its two slots until its response body ends or is dropped, so a streaming
 //! call counts for as long as it streams.
 //!
+//! A connection's first [`RESERVED_PER_CONNECTION`] calls in flight take no place under the
+//! server-wide limit: a client that keeps thousands of calls open over a few connections (health
+//! `Watch` streams, idle bidi streams: legitimate calls that may last for hours) filled
+//! `--max-calls`, and every other client's calls were refused for as long as they stayed. Now
+//! the limit bounds what connections take beyond their reserve, so another connection's first
+//! calls always get in; the server holds at most `--max-calls` plus the reserve of each of its
+//! at most `--max-connections` connections.
+//!
 //! Nothing ever waits for a slot, so a slot is an atomic counter, not a semaphore: taking and
 //! giving one back takes no lock, even on the counter all connections share.
 //!
@@ -28,6 +36,9 @@ use tower::Service;
 use super::buffers::{held_chunk, Buffers, SMALL};
 use crate::error::CallError;
 
+/// Calls each connection may have in flight whatever the server-wide count.
+pub const RESERVED_PER_CONNECTION: usize = 4;
+
 /// Calls in flight against a limit.
 pub struct Slots {
     taken: AtomicUsize,
@@ -42,14 +53,15 @@ impl Slots {
         })
     }
 
-    /// A slot, unless all `limit` are taken.
-    fn take(self: &Arc<Self>) -> Option<Slot> {
-        self.taken
+    /// A slot, unless all `limit` are taken; with how many were taken before it.
+    fn take(self: &Arc<Self>) -> Option<(Slot, usize)> {
+        let before = self
+            .taken
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.limit).then_some(n + 1)
             })
             .ok()?;
-        Some(Slot(self.clone()))
+        Some((Slot(self.clone()), before))
     }
 
     /// Calls in flight now.
@@ -96,7 +108,8 @@ impl<S> Limited<S> {
     }
 }
 
-type Permits = (Slot, Slot);
+/// The connection's slot, and the server's unless the call is within the connection's reserve.
+type Permits = (Slot, Option<Slot>);
 
 impl<S, ReqBody, B> Service<Request<ReqBody>> for Limited<S>
 where
@@ -115,11 +128,16 @@ where
         let refused = |limit, flag| LimitedFuture::Refused {
             response: Some(CallError::Overloaded { limit, flag }.into_http()),
         };
-        let Some(connection) = self.connection.take() else {
+        let Some((connection, before)) = self.connection.take() else {
             return refused(self.connection.limit, "--max-calls-per-connection");
         };
-        let Some(server) = self.server.take() else {
-            return refused(self.server.limit, "--max-calls");
+        let server = if before < RESERVED_PER_CONNECTION {
+            None
+        } else {
+            match self.server.take() {
+                Some((slot, _)) => Some(slot),
+                None => return refused(self.server.limit, "--max-calls"),
+            }
         };
         LimitedFuture::Running {
             fut: self.inner.call(req),
