@@ -48,12 +48,30 @@ use super::pausable;
 use super::preempt;
 use super::slice::{self, Check};
 use super::status::Abort;
+use super::trap;
 
 /// Instructions between two checks of the budget, deadline and cancellation.
 pub const STEP: u32 = 10_000;
 
 /// Instructions between two checks in a coroutine a script makes, and what making one costs.
 pub const COROUTINE_STEP: u32 = 1_000;
+
+/// Calls a thread may nest (a Lua function's, or a C function's such as `pcall`); Lua's own
+/// limit is a stack of a million values, some 300,000 calls of a small function. One call
+/// more and the hook raises "stack overflow" as Lua does at its limit, a plain error that
+/// `pcall` catches. Why: growing, moving and unwinding a stack walk every call on it, in steps
+/// nothing can pause, and the calls lie wherever the allocator put them: at 300,000 calls each
+/// step held the state's thread for tens of milliseconds, and every caught overflow left the
+/// next one slower. The values on the stack cost little (they are copied at memory speed), so
+/// Lua's limit on them stays.
+pub const MAX_CALLS: usize = 20_000;
+
+/// Values on a thread's stack (or call frames it keeps for reuse, which it made when its calls
+/// last nested that deep) from which the clock's hook stays on it, checking every [`STEP`]
+/// instructions, so that a recursion is stopped close to [`MAX_CALLS`] (between two signals a
+/// recursion grows by tens of thousands of calls), and so is the next one of a loop of them.
+/// Every call holds at least one value.
+const DEEP: usize = MAX_CALLS / 2;
 
 /// How long a script may run before the hook yields it so other calls can go on.
 pub const TIME_SLICE: Duration = Duration::from_millis(2);
@@ -78,6 +96,8 @@ pub fn take_load_stop() -> Option<(String, usize)> {
 /// clock's signal sets [`preempt_hook`] on whichever thread runs (see [`preempt`]). Says
 /// whether instructions are counted.
 pub fn install(lua: &Lua, count: bool) -> mlua::Result<bool> {
+    // Checked here, once, rather than in the first hook that asks.
+    trap::fits();
     if !count && preempt::available() {
         return Ok(false);
     }
@@ -153,8 +173,16 @@ unsafe extern "C-unwind" fn count_hook(state: *mut ffi::lua_State, ar: *mut ffi:
 /// Called by Lua as a hook.
 pub unsafe extern "C-unwind" fn preempt_hook(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) {
     // SAFETY: Lua passes the running thread; `lua_sethook` only stores the hook fields (a hook
-    // may change its own thread's hook).
-    unsafe { ffi::lua_sethook(state, None, 0, 0) };
+    // may change its own thread's hook), and `trap::arm` stores the same ones where it may.
+    unsafe {
+        ffi::lua_sethook(state, None, 0, 0);
+        if trap::stack_in_use(state).is_some_and(|n| n > DEEP)
+            || trap::frames_kept(state).is_some_and(|n| n > DEEP)
+        {
+            let step = c_int::try_from(STEP).unwrap_or(c_int::MAX);
+            trap::arm(state, preempt_hook, ffi::LUA_MASKCOUNT, step);
+        }
+    }
     // SAFETY: Lua passes the running thread and the hook's activation record.
     unsafe { act(state, ar, 0) }
 }
@@ -222,6 +250,20 @@ unsafe extern "C-unwind" fn count_soon_hook(state: *mut ffi::lua_State, ar: *mut
 /// `state` and `ar` are what Lua passed to the running hook.
 unsafe fn act(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug, step: u64) {
     // Nothing with a destructor lives in this frame: `lua_error` leaves it by `longjmp`.
+    // SAFETY: Lua passes the running thread and the hook's activation record.
+    if unsafe { trap::stack_in_use(state) }.is_some_and(|n| n > MAX_CALLS)
+        && unsafe { trap::frames_over(state, MAX_CALLS) } == Some(true)
+    {
+        // SAFETY: as below; `luaL_where` and `lua_concat` push two strings and make one (Lua
+        // keeps LUA_MINSTACK free slots for a hook); a memory error raised there unwinds as the
+        // overflow would.
+        unsafe {
+            ffi::luaL_where(state, 0);
+            ffi::lua_pushstring(state, c"stack overflow".as_ptr());
+            ffi::lua_concat(state, 2);
+            ffi::lua_error(state)
+        }
+    }
     // SAFETY: Lua passes the running thread and the hook's activation record.
     let action = unsafe { decide(state, ar, step) };
     match action {

@@ -45,6 +45,7 @@ pub mod slice;
 pub mod sliced_decode;
 pub mod status;
 pub mod stdlib;
+pub mod trap;
 pub mod wakes;
 pub mod worker;
 

@@ -23,7 +23,7 @@
 
 use std::cell::Cell;
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -82,7 +82,10 @@ impl Drop for Within {
 /// first timer could be made.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| supported() && imp::Timer::start().is_some())
+    *AVAILABLE.get_or_init(|| {
+        DIRECT.store(super::trap::fits(), Ordering::Relaxed);
+        supported() && imp::Timer::start().is_some()
+    })
 }
 
 /// Makes this thread's CPU clock signal it until the returned value drops (or, when it already
@@ -108,15 +111,25 @@ impl Drop for Clock {
     }
 }
 
+/// Whether the signal handler sets the hook through [`super::trap::arm`] (in a bounded time)
+/// rather than `lua_sethook`; set before the first clock starts.
+static DIRECT: AtomicBool = AtomicBool::new(false);
+
 /// Called by the signal handler, on the thread the signal interrupted.
 fn on_signal() {
     SIGNALS.with(|s| s.fetch_add(1, Ordering::Relaxed));
     let state = RUNNING.with(Cell::get);
     if !state.is_null() {
+        let hook: ffi::lua_Hook = super::hook::preempt_hook;
+        if DIRECT.load(Ordering::Relaxed) {
+            // SAFETY: as below; `DIRECT` says `trap::fits`.
+            unsafe { super::trap::arm(state, hook, ffi::LUA_MASKCOUNT, 1) };
+            return;
+        }
         // SAFETY: `state` is the Lua thread this OS thread is running (noted by `within` and
         // `resume` for exactly as long), so it is alive; `lua_sethook` is safe to call from a
         // signal handler that interrupted it: it stores the hook and its count and marks the
-        // thread's frames to trap.
+        // thread's frames to trap (all of them: see `trap` for why that is avoided).
         unsafe {
             ffi::lua_sethook(
                 state,
