@@ -335,8 +335,16 @@ pub enum CallError {
     ScriptBudget { method: Arc<str>, message: String },
     /// The script ran out of its Lua state's memory.
     ScriptMemory { method: Arc<str>, limit_mib: usize },
-    /// The Lua state running the call was replaced (see the server log) before it answered.
-    ScriptStateLost { method: Arc<str> },
+    /// The Lua state running the call was replaced, or stopped, before it answered; `why`
+    /// says what happened to it (the server log says more).
+    ScriptStateLost { method: Arc<str>, why: Arc<str> },
+    /// The call ran out of its state's memory while other calls on the state held nearly all
+    /// of it (`held_mib` once collected): nothing the call did, so it may be called again.
+    ScriptStateFull {
+        method: Arc<str>,
+        held_mib: usize,
+        limit_mib: usize,
+    },
     /// The Lua states running the call were closed: a reload replaced them, and more replaced
     /// generations' states were kept for open calls than `--keep-replaced-scripts` allows.
     ScriptsReplaced { method: Arc<str> },
@@ -786,8 +794,15 @@ impl From<CallError> for Status {
             CallError::ScriptMemory { method, limit_mib } => Status::resource_exhausted(format!(
                 "{method}: script exceeded its memory limit of {limit_mib} MiB; raise it with --script-memory"
             )),
-            CallError::ScriptStateLost { method } => Status::unavailable(format!(
-                "{method}: the script's Lua state was replaced while the call ran (see the server log); retry the call"
+            CallError::ScriptStateLost { method, why } => Status::unavailable(format!(
+                "{method}: the script state running this call {why}; call again"
+            )),
+            CallError::ScriptStateFull {
+                method,
+                held_mib,
+                limit_mib,
+            } => Status::unavailable(format!(
+                "{method}: the script state running this call was out of memory because of other calls on it ({held_mib} MiB of its {limit_mib} MiB held by them); call again"
             )),
             CallError::ScriptsReplaced { method } => Status::unavailable(format!(
                 "{method}: the scripts this call ran on were replaced by a reload; call again"

@@ -16,7 +16,7 @@
 //! it can never read another call's metadata. [`CallShared`] is also the call's meter (budget,
 //! deadline, cancellation, sticky abort) that the instruction hook checks.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -108,6 +108,11 @@ pub struct CallShared {
     /// Its place stays put while `take_request` reads it without the lock: the call's
     /// `Arc` holds it, and only `take_request` takes it out, after its last read.
     pub request: Mutex<Option<super::requests::FlatRequest>>,
+    /// Bytes by which the state's memory grew while this call ran (freed memory counts
+    /// against it): which call holds the memory when the state runs out (see `worker`).
+    pub held: AtomicI64,
+    /// The state's memory when the call's last run began.
+    pub memory_at_run: AtomicU64,
 }
 
 /// What a call needs to start (the rest of [`CallShared`] starts empty).
@@ -181,6 +186,8 @@ impl CallShared {
             random: Default::default(),
             printed: std::sync::atomic::AtomicUsize::new(0),
             request: Mutex::new(None),
+            held: AtomicI64::new(0),
+            memory_at_run: AtomicU64::new(0),
         }
     }
 
@@ -294,18 +301,25 @@ impl CallShared {
         self.cancel_notify.notify_one();
     }
 
-    /// The call's state was given up while running it (stuck where the hook cannot stop it):
-    /// the call is marked aborted and its client told UNAVAILABLE now, not when (if ever) the
-    /// stuck thread returns.
-    pub fn give_up(&self) {
+    /// The call's state was given up while running it (stuck where the hook cannot stop it,
+    /// replaced, gone): the call is marked aborted and its client told UNAVAILABLE now, not
+    /// when (if ever) its thread runs it again. `why` completes "the script state running this
+    /// call …".
+    pub fn give_up(&self, why: &str) {
         self.abort(Abort::Cancelled);
         let lost = || CallError::ScriptStateLost {
             method: self.method.clone(),
+            why: Arc::from(why),
         };
         if let Some(sender) = lock(&self.sender).take() {
             let _ = sender.try_send(Err(lost().into()));
         }
         self.answer(Err(lost()));
+    }
+
+    /// Whether the client still waits for something: the answer, or the end of the stream.
+    pub fn unanswered(&self) -> bool {
+        lock(&self.reply).is_some() || lock(&self.sender).is_some()
     }
 
     /// Sends the answer (once; later calls do nothing).

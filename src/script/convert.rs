@@ -87,10 +87,12 @@ impl ConvertError {
                 method: method.clone(),
                 limit: t.limit,
             },
-            ConvertError::Stopped(Abort::Budget(_) | Abort::Time(_)) => CallError::ScriptBudget {
-                method: method.clone(),
-                message: self.to_string(),
-            },
+            ConvertError::Stopped(Abort::Budget(_) | Abort::Time(_) | Abort::Memory) => {
+                CallError::ScriptBudget {
+                    method: method.clone(),
+                    message: self.to_string(),
+                }
+            }
             ConvertError::Stopped(Abort::Deadline) => CallError::DeadlineExceeded {
                 method: method.clone(),
             },

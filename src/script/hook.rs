@@ -438,6 +438,7 @@ fn message(a: Abort) -> &'static CStr {
         Abort::Time(_) => c"the script ran past its time budget",
         Abort::Deadline => c"the call's deadline passed",
         Abort::Cancelled => c"the call was cancelled",
+        Abort::Memory => c"not enough memory: this call holds the most of its state's memory",
     }
 }
 

@@ -28,6 +28,7 @@ pub mod freeze;
 pub mod guard;
 pub mod hook;
 pub mod long_needle;
+pub mod lost;
 pub mod meter;
 pub mod numeral;
 pub mod outbox;
@@ -68,7 +69,7 @@ use convert::{outgoing_from_lua, unwrap_readonly};
 use outbox::OutboxSender;
 use plan::Plans;
 use slice::Running;
-use status::{find, Abort, BadMessage, IncomingError, ScriptStatus};
+use status::{find, Abort, BadMessage, IncomingError, ScriptStatus, StateFull};
 use worker::{Job, Loading, Pool, Recipe, State};
 
 /// Limits and sizing for scripts.
@@ -671,15 +672,20 @@ impl Handler for ScriptHandler {
             Job {
                 function: self.index,
                 layout: self.layout,
+                unanswered: lost::Unanswered::new(shared.clone()),
                 shared,
                 requests,
             },
         );
         let refused = (!submitted).then(|| pool.is_closing());
+        let lost = |method| CallError::ScriptStateLost {
+            method,
+            why: Arc::from("had stopped (see the server log)"),
+        };
         Box::pin(async move {
             match refused {
                 Some(true) => return Err(CallError::ScriptsReplaced { method: name }),
-                Some(false) => return Err(CallError::ScriptStateLost { method: name }),
+                Some(false) => return Err(lost(name)),
                 None => {}
             }
             // The state thread's answer wakes this task in its batch (see `wakes`).
@@ -692,19 +698,22 @@ impl Handler for ScriptHandler {
                 },
             };
             cancel.disarm();
-            answer.unwrap_or(Err(CallError::ScriptStateLost { method: name }))
+            answer.unwrap_or_else(|_| Err(lost(name)))
         })
     }
 }
 
-/// Runs one call on this state thread, start to answer; true if it ended in a memory error.
-async fn run_call(state: &State, job: Job) -> bool {
+/// Runs one call on this state thread, start to answer.
+async fn run_call(state: &State, job: Job) {
     let Job {
         function,
         layout,
         shared,
         requests,
+        unanswered,
     } = job;
+    // Dropped last: a call dropped before its answer (its state replaced) is answered by it.
+    let _unanswered = unanswered;
     // Dropped before the end only when its thread gives the call up (see `worker::serve`).
     let mut ending = Ending {
         shared: &shared,
@@ -738,6 +747,14 @@ async fn run_call(state: &State, job: Job) -> bool {
         }
     };
     let memory = matches!(&outcome, Err(e) if is_memory_error(e));
+    // Running out of a state that other calls fill is not this call's doing.
+    let outcome = match outcome {
+        Err(e) if memory => Err(match worker::after_memory_error(&shared) {
+            Some(full) => mlua::Error::external(full),
+            None => e,
+        }),
+        other => other,
+    };
     if shared.streams_output {
         ending.sender = context::lock(&shared.sender).take();
         finish_stream(state, &shared, outcome, ending.sender.as_ref()).await;
@@ -748,7 +765,6 @@ async fn run_call(state: &State, job: Job) -> bool {
     // The stream closes.
     ending.sender = None;
     shared.end();
-    memory
 }
 
 /// A call in progress on a state thread; if its task is dropped before the call ends, its
@@ -780,7 +796,10 @@ fn dropped_call_error(shared: &CallShared) -> CallError {
     if worker::pool_shut_down_here() {
         CallError::ScriptsReplaced { method }
     } else {
-        CallError::ScriptStateLost { method }
+        CallError::ScriptStateLost {
+            method,
+            why: lost::reason(),
+        }
     }
 }
 
@@ -957,7 +976,7 @@ fn finish_one(state: &State, shared: &Arc<CallShared>, outcome: mlua::Result<Lua
                 })
             });
             match (converted, shared.aborted()) {
-                (_, Some(a)) => Err(abort_error(a, shared)),
+                (_, Some(a)) => Err(abort_error(a, shared, state)),
                 (Some(Ok(msg)), None) => Ok(msg),
                 (Some(Err(e)), None) => Err(e.into_call_error(&shared.method, |e| {
                     format!(
@@ -1082,7 +1101,7 @@ pub(crate) fn is_memory_error(e: &mlua::Error) -> bool {
     }
 }
 
-fn abort_error(a: Abort, shared: &CallShared) -> CallError {
+fn abort_error(a: Abort, shared: &CallShared, state: &State) -> CallError {
     tracing::debug!(method = &*shared.method, "script stopped: {a}");
     match a {
         Abort::Budget(_) | Abort::Time(_) => CallError::ScriptBudget {
@@ -1093,6 +1112,10 @@ fn abort_error(a: Abort, shared: &CallShared) -> CallError {
             method: shared.method.clone(),
         },
         Abort::Cancelled => CallError::Cancelled,
+        Abort::Memory => CallError::ScriptMemory {
+            method: shared.method.clone(),
+            limit_mib: state.memory_limit >> 20,
+        },
     }
 }
 
@@ -1123,10 +1146,17 @@ fn with_trailers(e: CallError, shared: &CallShared) -> CallError {
 /// What a failed script means for the call.
 fn to_call_error(e: &mlua::Error, shared: &CallShared, state: &State) -> CallError {
     if let Some(a) = shared.aborted().or_else(|| find::<Abort>(e)) {
-        return abort_error(a, shared);
+        return abort_error(a, shared, state);
     }
     if let Some(s) = find::<ScriptStatus>(e) {
         return CallError::Deliberate(s.to_status());
+    }
+    if let Some(full) = find::<StateFull>(e) {
+        return CallError::ScriptStateFull {
+            method: shared.method.clone(),
+            held_mib: full.held >> 20,
+            limit_mib: state.memory_limit >> 20,
+        };
     }
     if is_memory_error(e) {
         return CallError::ScriptMemory {

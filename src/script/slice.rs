@@ -233,8 +233,6 @@ pub fn take_sliced(thread: usize) -> bool {
 pub struct Heartbeat {
     /// Microseconds since [`epoch`] plus one; 0 while idle.
     busy_since: AtomicU64,
-    /// The call being polled, so a watchdog that gives up on the state can answer it.
-    call: std::sync::Mutex<Option<Arc<CallShared>>>,
 }
 
 fn epoch() -> Instant {
@@ -243,8 +241,7 @@ fn epoch() -> Instant {
 }
 
 impl Heartbeat {
-    fn enter(&self, call: &Arc<CallShared>) {
-        *self.call.lock().unwrap_or_else(|e| e.into_inner()) = Some(call.clone());
+    fn enter(&self) {
         let micros = u64::try_from(epoch().elapsed().as_micros()).unwrap_or(u64::MAX - 1);
         self.busy_since
             .store(micros.saturating_add(1), Ordering::Relaxed);
@@ -252,12 +249,6 @@ impl Heartbeat {
 
     fn leave(&self) {
         self.busy_since.store(0, Ordering::Relaxed);
-        self.call.lock().unwrap_or_else(|e| e.into_inner()).take();
-    }
-
-    /// The call of the poll in progress (taken: the watchdog answers it once).
-    pub fn stuck_call(&self) -> Option<Arc<CallShared>> {
-        self.call.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// How long the poll in progress has run; None while idle.
@@ -366,15 +357,25 @@ impl<F: Future + Unpin> Future for Running<F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
         unpause(&this.shared);
-        heartbeat(|h| h.enter(&this.shared));
+        heartbeat(Heartbeat::enter);
         let started = Instant::now();
         let waits_before = wait_polls();
+        let memory_before = super::worker::used_memory();
+        if let Some(before) = memory_before {
+            let before = u64::try_from(before).unwrap_or(u64::MAX);
+            this.shared.memory_at_run.store(before, Ordering::Relaxed);
+        }
         let result = with_call(&this.shared, || {
             // The call's own thread runs now: the clock's signal pauses it (see `preempt`).
             let _within = super::preempt::within(this.shared.main_thread() as *mut _);
             Pin::new(&mut this.inner).poll(cx)
         });
         heartbeat(Heartbeat::leave);
+        if let (Some(before), Some(after)) = (memory_before, super::worker::used_memory()) {
+            let grown =
+                i64::try_from(after).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(0);
+            this.shared.held.fetch_add(grown, Ordering::Relaxed);
+        }
         if result.is_pending() && wait_polls() == waits_before {
             // The call is waiting, yet none of its futures was polled in this poll: its wait
             // was polled in an earlier poll, and a pause came between that poll and the

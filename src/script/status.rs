@@ -77,6 +77,8 @@ pub enum Abort {
     Time(Duration),
     Deadline,
     Cancelled,
+    /// Its state ran out of memory while this call held the most of it (see `worker`).
+    Memory,
 }
 
 impl Abort {
@@ -87,6 +89,7 @@ impl Abort {
             Abort::Deadline => 2,
             Abort::Cancelled => 3,
             Abort::Time(_) => 4,
+            Abort::Memory => 5,
         }
     }
 
@@ -96,6 +99,7 @@ impl Abort {
             2 => Some(Abort::Deadline),
             3 => Some(Abort::Cancelled),
             4 => Some(Abort::Time(time_budget)),
+            5 => Some(Abort::Memory),
             _ => None,
         }
     }
@@ -115,6 +119,10 @@ impl fmt::Display for Abort {
             ),
             Abort::Deadline => write!(f, "the call's deadline passed"),
             Abort::Cancelled => write!(f, "the call was cancelled"),
+            Abort::Memory => write!(
+                f,
+                "the script state ran out of memory while this call held the most of it"
+            ),
         }
     }
 }
@@ -154,3 +162,22 @@ impl fmt::Display for IncomingError {
 }
 
 impl std::error::Error for IncomingError {}
+
+/// A call ran out of its state's memory while other calls held `held` bytes of it once
+/// collected (see `worker`).
+#[derive(Debug, Clone, Copy)]
+pub struct StateFull {
+    pub held: usize,
+}
+
+impl fmt::Display for StateFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "not enough memory: other calls hold {} MiB of this state's memory",
+            self.held >> 20
+        )
+    }
+}
+
+impl std::error::Error for StateFull {}

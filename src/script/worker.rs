@@ -15,8 +15,17 @@
 //!
 //! A state that cannot be trusted any more is replaced by a fresh one with every script loaded
 //! again: after a panic on its thread, after a memory error that leaves it over its limit once
-//! collected, and (by the watchdog) when one poll has run far longer than any time slice, which
-//! only happens when a call is stuck in a library function. The log says which state and why.
+//! collected with no one call to blame, and (by the watchdog) when one poll has run far longer
+//! than any time slice, which only happens when a call is stuck in a library function. The log
+//! says which state and why. Every call in progress on it is answered UNAVAILABLE at once,
+//! saying why (see [`super::lost`]); calls queued for it and not started yet did nothing wrong
+//! and wait for the fresh state, which takes them from the same queue.
+//!
+//! A memory error is charged to the call that meets it only if collecting frees the state
+//! (what the call held is garbage once it ended). If the state is still nearly full, other
+//! calls in progress hold the memory: the one whose runs grew the state the most (by a quarter
+//! of the limit at least) is stopped with RESOURCE_EXHAUSTED, which frees the state without
+//! replacing it, and the call that met the error is answered UNAVAILABLE ("call again").
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -35,12 +44,13 @@ use super::context::{CallShared, CallSpec};
 use super::convert::Conv;
 use super::guard::RUNNER_KEY;
 use super::hook::{self, LOADING};
+use super::lost::{self, InProgress, Unanswered};
 use super::plan::Plans;
 use super::preempt;
 use super::sandbox::{self, Sandbox};
 use super::scheduling;
 use super::slice::{self, Heartbeat};
-use super::status::Abort;
+use super::status::{Abort, StateFull};
 use super::wakes;
 use super::{ScriptOptions, ScriptSetupError};
 use crate::data::DataSets;
@@ -368,12 +378,16 @@ pub struct Job {
     pub layout: usize,
     pub shared: Arc<CallShared>,
     pub requests: Requests,
+    /// Answers the call if it is dropped unanswered, wherever that happens.
+    pub unanswered: Unanswered,
 }
 
 /// The thread currently serving a slot: how it reports its polls, and how it is told to stop.
 struct Generation {
     heartbeat: Arc<Heartbeat>,
     condemned: Arc<tokio::sync::Notify>,
+    /// Its calls in progress, answered at once when the watchdog gives it up.
+    calls: Arc<InProgress>,
 }
 
 impl Generation {
@@ -381,6 +395,7 @@ impl Generation {
         Arc::new(Self {
             heartbeat: Arc::default(),
             condemned: Arc::new(tokio::sync::Notify::new()),
+            calls: Arc::default(),
         })
     }
 }
@@ -573,10 +588,16 @@ impl Pool {
     fn replace(self: &Arc<Self>, index: usize, why: &str) {
         let slot = &self.slots[index];
         let id = slot.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        tracing::warn!("script state {index} replaced: {why}; a fresh state takes its calls");
         let old = std::mem::replace(
             &mut *slot.current.write().unwrap_or_else(|e| e.into_inner()),
             Generation::new(),
+        );
+        // They cannot move while their state is stuck: each is told now, and stops there
+        // if its thread ever returns.
+        let lost_calls = old.calls.count();
+        old.calls.give_up_all(&format!("was replaced: {why}"));
+        tracing::warn!(
+            "script state {index} replaced: {why}; its {lost_calls} calls in progress were answered UNAVAILABLE, a fresh state takes the calls queued"
         );
         old.condemned.notify_one();
         if let Err(e) = spawn_thread(self, index, id, None, None) {
@@ -645,8 +666,13 @@ fn state_thread(
                         );
                         if let Some(r) = ready.take() {
                             let _ = r.send(Err(e));
+                            return;
                         }
-                        return;
+                        // A replacement: its queue must not wait for a state that never comes.
+                        if !refuse_queued(&pool, index, generation) {
+                            return;
+                        }
+                        continue;
                     }
                 }
             }
@@ -672,7 +698,7 @@ fn state_thread(
             Ok(Exit::Closed) => return,
             Ok(Exit::Unrecoverable(why)) => {
                 tracing::warn!(
-                    "script state {index} replaced: {why}; its calls in progress failed"
+                    "script state {index} replaced: {why}; its calls in progress were answered UNAVAILABLE, a fresh state takes the calls queued"
                 );
             }
             Err(panic) => {
@@ -682,7 +708,7 @@ fn state_thread(
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic".into());
                 tracing::error!(
-                    "script state {index} replaced: its thread panicked ({what}); its calls in progress failed"
+                    "script state {index} replaced: its thread panicked ({what}); its calls in progress were answered UNAVAILABLE, a fresh state takes the calls queued"
                 );
             }
         }
@@ -691,6 +717,41 @@ fn state_thread(
         }
     }
 }
+
+/// After a failed rebuild: answers the calls queued meanwhile UNAVAILABLE, waits a moment and
+/// says whether to try again (false once the pool is closed or the slot has a newer thread).
+fn refuse_queued(pool: &Pool, index: usize, generation: u64) -> bool {
+    let slot = &pool.slots[index];
+    let tried_at = Instant::now();
+    lost::lose_calls_because(Some(
+        "was replaced, and its replacement could not be built (see the server log)",
+    ));
+    loop {
+        let job = lock(&slot.queue).try_recv();
+        match job {
+            Ok(job) => {
+                slot.active.fetch_sub(1, Ordering::Relaxed);
+                drop(job);
+            }
+            Err(mpsc::error::TryRecvError::Empty) => {}
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+        }
+        if pool.is_closing() || (lock(&slot.queue).is_closed() && lock(&slot.queue).is_empty()) {
+            return false;
+        }
+        if slot.generation.load(Ordering::Acquire) != generation {
+            return false;
+        }
+        if tried_at.elapsed() >= REBUILD_PAUSE {
+            lost::lose_calls_because(None);
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How long a slot whose state could not be rebuilt refuses calls before trying again.
+const REBUILD_PAUSE: Duration = Duration::from_secs(1);
 
 /// Runs `f` (state housekeeping outside any call: collecting, closing) under a small budget,
 /// so whatever Lua code it sets off (finalizers) is bounded too.
@@ -731,6 +792,7 @@ struct Inbox {
     generation: u64,
     unrecoverable: Rc<RefCell<Option<String>>>,
     wake: Rc<tokio::sync::Notify>,
+    calls: Arc<InProgress>,
 }
 
 impl Inbox {
@@ -742,7 +804,7 @@ impl Inbox {
     }
 
     /// Starts a call as a task of this thread; false when this generation was replaced.
-    fn admit(&self, job: Job) -> bool {
+    fn admit(&self, mut job: Job) -> bool {
         if self.pool.is_closing() {
             refuse(&self.pool, self.index, job);
             return false;
@@ -754,24 +816,90 @@ impl Inbox {
             let _ = self.pool.submit(self.index, job);
             return false;
         }
+        job.unanswered.list_in(&self.calls);
         let state = self.state.clone();
         let pool = self.pool.clone();
         let index = self.index;
-        let unrecoverable = self.unrecoverable.clone();
-        let wake = self.wake.clone();
         // Boxed: the executor moves a task's future and writes its stage whole several times
         // per call, and this future (the call, its coroutine runner and select) is kilobytes.
         tokio::task::spawn_local(Box::pin(wakes::FlushAfter::new(async move {
-            let memory_error = super::run_call(&state, job).await;
+            super::run_call(&state, job).await;
             pool.slots[index].active.fetch_sub(1, Ordering::Relaxed);
-            if memory_error {
-                check_memory(&state, &pool, &unrecoverable, &wake);
-            } else {
-                collect_over_pause_bound(&state, pool.options.memory_limit);
-            }
+            collect_over_pause_bound(&state, pool.options.memory_limit);
         })));
         true
     }
+
+    /// See [`after_memory_error`].
+    fn after_memory_error(&self, call: &CallShared) -> Option<StateFull> {
+        let limit = self.pool.options.memory_limit;
+        // A call already stopped for holding the memory frees it as it ends: collecting again
+        // (each time a call meets the full state meanwhile) would only slow the state down.
+        if self.calls.holder_stopped() {
+            return Some(StateFull {
+                held: self.state.lua.used_memory(),
+            });
+        }
+        let used = housekeeping("(collecting after a memory error)", || {
+            let _ = self.state.lua.gc_collect();
+            let _ = self.state.lua.gc_collect();
+            self.state.lua.used_memory()
+        });
+        let nearly_full = limit / 10 * 9;
+        if used <= nearly_full {
+            // Freed: the memory was the call's own, unless the state was already full when the
+            // call's last run began and the call added little (another call held the memory
+            // and ended meanwhile, leaving it to collect).
+            let at_run = usize::try_from(call.memory_at_run.load(Ordering::Relaxed)).unwrap_or(0);
+            let added = call.held.load(Ordering::Relaxed);
+            if at_run > nearly_full && added < i64::try_from(limit / 4).unwrap_or(i64::MAX) {
+                return Some(StateFull { held: at_run });
+            }
+            return None;
+        }
+        let holder = self.calls.biggest_holder(call);
+        match holder {
+            Some((holder, held)) if held >= i64::try_from(limit / 4).unwrap_or(i64::MAX) => {
+                holder.abort(Abort::Memory);
+                tracing::warn!(
+                    method = &*holder.method,
+                    "script state {} out of memory: stopped the call holding the most of it (its runs grew the state by {} MiB of {} MiB)",
+                    self.index,
+                    held >> 20,
+                    limit >> 20
+                );
+            }
+            _ => {
+                *self.unrecoverable.borrow_mut() = Some(format!(
+                    "after a memory error it still uses {} MiB of its {} MiB once collected, held by no one call",
+                    used >> 20,
+                    limit >> 20
+                ));
+                self.wake.notify_one();
+            }
+        }
+        Some(StateFull { held: used })
+    }
+}
+
+/// The memory this thread's state uses, when it serves one.
+pub fn used_memory() -> Option<usize> {
+    INBOX.with(|i| {
+        let inbox = i.try_borrow().ok()?;
+        inbox.as_ref().map(|inbox| inbox.state.lua.used_memory())
+    })
+}
+
+/// After `call` met a memory error, before it is answered: collects, and if the state is still
+/// nearly full, other calls in progress hold the memory, not `call` (what it held is garbage
+/// now). Then the call whose runs grew the state the most is stopped (or, when no call stands
+/// out, the state is given up), and `call` learns that the state was full ([`StateFull`]).
+/// `None`: collecting freed the state, the memory was the call's own.
+pub fn after_memory_error(call: &CallShared) -> Option<StateFull> {
+    INBOX.with(|i| {
+        let inbox = i.try_borrow().ok()?;
+        inbox.as_ref()?.after_memory_error(call)
+    })
 }
 
 thread_local! {
@@ -801,29 +929,6 @@ fn collect_over_pause_bound(state: &State, limit: usize) {
         state.lua.used_memory()
     });
     COLLECTED_AT.with(|c| c.set(after.max(1)));
-}
-
-/// After a memory error: collect, and give the state up if it is still over its limit.
-fn check_memory(
-    state: &State,
-    pool: &Pool,
-    unrecoverable: &RefCell<Option<String>>,
-    wake: &tokio::sync::Notify,
-) {
-    let used = housekeeping("(collecting after a memory error)", || {
-        let _ = state.lua.gc_collect();
-        let _ = state.lua.gc_collect();
-        state.lua.used_memory()
-    });
-    let limit = pool.options.memory_limit;
-    if used > limit / 10 * 9 {
-        *unrecoverable.borrow_mut() = Some(format!(
-            "after a memory error it still uses {} MiB of its {} MiB once collected",
-            used >> 20,
-            limit >> 20
-        ));
-        wake.notify_one();
-    }
 }
 
 /// Called at a time slice of a busy call: starts calls that arrived meanwhile.
@@ -877,6 +982,7 @@ fn serve(
             generation,
             unrecoverable: unrecoverable.clone(),
             wake: wake.clone(),
+            calls: current.calls.clone(),
         })
     });
     wakes::defer_on_this_thread();
@@ -917,8 +1023,31 @@ fn serve(
             }
         }
     };
-    let exit = local.block_on(&runtime, wakes::FlushAfter::new(serving));
-    if matches!(exit, Exit::Closed) && !pool.is_closing() {
+    let served = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        local.block_on(&runtime, wakes::FlushAfter::new(serving))
+    }));
+    let exit = match served {
+        Ok(exit) => exit,
+        Err(panic) => {
+            // The calls in progress go with the executor: each is told why as it is dropped.
+            lost::lose_calls_because(Some("was replaced: its thread panicked"));
+            wakes::flush_and(true);
+            INBOX.with(|i| i.borrow_mut().take());
+            drop(local);
+            lost::lose_calls_because(None);
+            std::panic::resume_unwind(panic);
+        }
+    };
+    if pool.is_closing() {
+        end_dropped_calls(|| drop(local));
+    } else if let Exit::Unrecoverable(why) = &exit {
+        // The calls in progress go with the executor: each is told why as it is dropped.
+        lost::lose_calls_because(Some(&format!("was replaced: {why}")));
+        wakes::flush_and(true);
+        INBOX.with(|i| i.borrow_mut().take());
+        drop(local);
+        lost::lose_calls_because(None);
+    } else {
         // Let the calls in progress finish, unless the pool is shut down meanwhile.
         let kick = &pool.slots[index].kick;
         runtime.block_on(async {
@@ -936,8 +1065,6 @@ fn serve(
                 }
             }
         });
-    } else if pool.is_closing() {
-        end_dropped_calls(|| drop(local));
     }
     if pool.is_closing() {
         // Calls handed over but not started yet.
@@ -991,10 +1118,6 @@ fn watchdog(
         for index in 0..pool.slots.len() {
             let busy = read(&pool.slots[index].current).heartbeat.busy_for();
             if let Some(busy) = busy.filter(|b| *b >= stuck_after) {
-                let stuck = read(&pool.slots[index].current).heartbeat.stuck_call();
-                if let Some(call) = stuck {
-                    call.give_up();
-                }
                 pool.replace(
                     index,
                     &format!(
