@@ -27,6 +27,7 @@ use crate::handler::{echo, Around, Handler, HandlerTable, MethodInfo, Origin};
 use crate::jsonpos;
 use crate::matcher::Condition;
 use crate::metadata::parse_pairs;
+use crate::regexes::Regexes;
 use crate::script::{ScriptRef, ScriptSetupError, Scripts};
 use crate::suggest::did_you_mean;
 use crate::template::{EntryError, EntryErrors};
@@ -141,6 +142,7 @@ pub fn load_handlers(
     table: &mut HandlerTable,
     scripts: &mut Scripts<'_>,
     pending: &mut PendingScripts,
+    regexes: &mut Regexes,
 ) -> Result<(), StartupErrors> {
     let mut errors = StartupErrors::default();
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -167,7 +169,15 @@ pub fn load_handlers(
     files.sort();
     let mut served_by: HashMap<Arc<str>, PathBuf> = HashMap::new();
     for file in files {
-        if let Err(mut e) = load_file(&file, pool, table, scripts, pending, &mut served_by) {
+        if let Err(mut e) = load_file(
+            &file,
+            pool,
+            table,
+            scripts,
+            pending,
+            regexes,
+            &mut served_by,
+        ) {
             errors.0.append(&mut e.0);
         }
     }
@@ -180,6 +190,7 @@ fn load_file(
     table: &mut HandlerTable,
     scripts: &mut Scripts<'_>,
     pending: &mut PendingScripts,
+    regexes: &mut Regexes,
     served_by: &mut HashMap<Arc<str>, PathBuf>,
 ) -> Result<(), StartupErrors> {
     let text = crate::input::read_text(file)?;
@@ -295,7 +306,7 @@ fn load_file(
         }
         served_by.insert(info.path.clone(), file.to_path_buf());
         let origin = Origin::File(file.into());
-        if let Err(e) = install(entry, &info, origin, table, scripts, pending) {
+        if let Err(e) = install(entry, &info, origin, table, scripts, pending, regexes) {
             found.push((method_name, Found::Entry(e, entry_name)));
         }
     }
@@ -358,6 +369,7 @@ pub fn load_runtime(
     table: &mut HandlerTable,
     scripts: &mut Scripts<'_>,
     pending: &mut PendingScripts,
+    regexes: &mut Regexes,
 ) -> Result<(), StartupErrors> {
     let mut errors = StartupErrors::default();
     for (name, runtime) in entries {
@@ -385,6 +397,7 @@ pub fn load_runtime(
             table,
             scripts,
             pending,
+            regexes,
         ) {
             let Some(text) = runtime.text.as_deref() else {
                 for e in e.located(|_| location.clone(), String::new()) {
@@ -447,8 +460,9 @@ fn install(
     table: &mut HandlerTable,
     scripts: &mut Scripts<'_>,
     pending: &mut PendingScripts,
+    regexes: &mut Regexes,
 ) -> Result<(), BuildError> {
-    let (built, around) = build_handler(entry, info, scripts)?;
+    let (built, around) = build_handler(entry, info, scripts, regexes)?;
     match built {
         Built::Ready(handler) => {
             pending.remove(&info.path);
@@ -505,6 +519,7 @@ fn build_handler(
     entry: &Json,
     info: &Arc<MethodInfo>,
     scripts: &mut Scripts<'_>,
+    regexes: &mut Regexes,
 ) -> Result<(Built, Around), BuildError> {
     let mut problems = EntryErrors::default();
     let Some(spec) = parse_spec(entry, "", &mut problems) else {
@@ -526,7 +541,7 @@ fn build_handler(
         Some(Around::default())
     };
     let Some(script) = spec.script.as_deref() else {
-        let handler = build_declarative(&spec, info, &mut problems);
+        let handler = build_declarative(&spec, info, &mut problems, regexes);
         return match (handler, around) {
             (Some(handler), Some(around)) if problems.is_empty() => {
                 Ok((Built::Ready(handler), around))
@@ -557,6 +572,7 @@ fn build_declarative(
     spec: &EntrySpec,
     info: &Arc<MethodInfo>,
     problems: &mut EntryErrors,
+    regexes: &mut Regexes,
 ) -> Option<Arc<dyn Handler>> {
     if spec.function.is_some() {
         problems.push("function", "\"function\" goes with \"script\"");
@@ -582,6 +598,7 @@ fn build_declarative(
                 &format!("rules[{i}]"),
                 around,
                 problems,
+                regexes,
             ));
         }
         let complete = spec.rules.is_some() && compiled.len() == rules.len() && !rules.is_empty();
@@ -604,6 +621,7 @@ fn build_rule(
     path: &str,
     around: usize,
     problems: &mut EntryErrors,
+    regexes: &mut Regexes,
 ) -> Option<Rule> {
     let spec = parse_spec(rule, path, problems)?;
     let mut fine = true;
@@ -622,7 +640,12 @@ fn build_rule(
     }
     let when = match spec.when {
         Some(w) => problems
-            .keep(Condition::compile(w, &info.input, &join(path, "when")))
+            .keep(Condition::compile(
+                w,
+                &info.input,
+                &join(path, "when"),
+                regexes,
+            ))
             .map(Some),
         None => Some(None),
     };

@@ -22,6 +22,7 @@ use crate::config::{self, PendingScripts, RuntimeHandlers};
 use crate::data::DataSets;
 use crate::error::StartupErrors;
 use crate::handler::HandlerTable;
+use crate::regexes::Regexes;
 use crate::router::BuiltinService;
 use crate::schema::{self, Schema};
 use crate::script::{Engine, ScriptOptions, Scripts};
@@ -135,12 +136,15 @@ impl Builder<'_> {
             self.engine,
         );
         let mut pending = PendingScripts::new();
+        // One budget for the regex tests of the files and the runtime handlers together.
+        let mut regexes = Regexes::default();
         if let Err(mut e) = config::load_handlers(
             &options.handlers,
             &schema.pool,
             &mut table,
             &mut scripts,
             &mut pending,
+            &mut regexes,
         ) {
             errors.0.append(&mut e.0);
         }
@@ -150,6 +154,7 @@ impl Builder<'_> {
             &mut table,
             &mut scripts,
             &mut pending,
+            &mut regexes,
         ) {
             errors.0.append(&mut e.0);
         }

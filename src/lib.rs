@@ -31,6 +31,7 @@ pub mod matcher;
 pub mod metadata;
 pub mod reflection;
 pub mod refusal;
+pub mod regexes;
 pub mod router;
 pub mod schema;
 pub mod script;

@@ -15,11 +15,11 @@
 //! is refused rather than compared literally.
 
 use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, Value};
-use regex::Regex;
 use serde_json::{Map, Value as Json};
 use tonic::metadata::MetadataMap;
 
 use crate::fieldpath::{kind_name, type_name, FieldPath};
+use crate::regexes::{Pattern, Regexes};
 use crate::template::{parse_field_value, EntryError, EntryErrors};
 
 type Result<T> = std::result::Result<T, EntryErrors>;
@@ -60,7 +60,7 @@ enum BytesTest {
     Suffix(Vec<u8>),
     Contains(Vec<u8>),
     /// A pattern, not a value: it reads the bytes as UTF-8 (bad bytes as U+FFFD).
-    Regex(Regex),
+    Regex(Pattern),
     Present(bool),
 }
 
@@ -71,7 +71,7 @@ enum Test {
     Prefix(String),
     Suffix(String),
     Contains(String),
-    Regex(Regex),
+    Regex(Pattern),
     Range {
         lower: Option<(Num, bool)>,
         upper: Option<(Num, bool)>,
@@ -80,8 +80,14 @@ enum Test {
 }
 
 impl Condition {
-    /// Compiles a `when` object for requests of type `input`.
-    pub fn compile(when: &Json, input: &MessageDescriptor, path: &str) -> Result<Self> {
+    /// Compiles a `when` object for requests of type `input`; its `regex` tests go into (and
+    /// count against) `regexes`, shared by every condition of one load.
+    pub fn compile(
+        when: &Json,
+        input: &MessageDescriptor,
+        path: &str,
+        regexes: &mut Regexes,
+    ) -> Result<Self> {
         let Json::Object(obj) = when else {
             return err(
                 path,
@@ -98,7 +104,15 @@ impl Condition {
                         problems.push(p, "\"request\" must be an object of field tests");
                         continue;
                     };
-                    compile_fields(fields, input, "", &p, &mut cond.fields, &mut problems);
+                    compile_fields(
+                        fields,
+                        input,
+                        "",
+                        &p,
+                        &mut cond.fields,
+                        &mut problems,
+                        regexes,
+                    );
                 }
                 "metadata" => {
                     let Json::Object(keys) = value else {
@@ -117,7 +131,7 @@ impl Condition {
                             continue;
                         }
                         let binary = name.ends_with("-bin");
-                        for t in compile_metadata_test(test, binary, &tp, &mut problems) {
+                        for t in compile_metadata_test(test, binary, &tp, &mut problems, regexes) {
                             cond.metadata.push((name.clone(), t));
                         }
                     }
@@ -357,6 +371,7 @@ fn compile_fields(
     path: &str,
     out: &mut Vec<(FieldPath, Test)>,
     problems: &mut EntryErrors,
+    regexes: &mut Regexes,
 ) {
     for (key, value) in fields {
         let p = format!("{path}.{key}");
@@ -381,7 +396,8 @@ fn compile_fields(
                 if !obj.is_empty() && obj.keys().all(|k| OPERATORS.contains(&k.as_str())) =>
             {
                 for (op, arg) in obj {
-                    let t = compile_operator(op, arg, &parent, &field, &format!("{p}.{op}"));
+                    let t =
+                        compile_operator(op, arg, &parent, &field, &format!("{p}.{op}"), regexes);
                     if let Some(t) = problems.keep(t) {
                         out.push((fp.clone(), t));
                     }
@@ -397,7 +413,7 @@ fn compile_fields(
                         problems.push(p, empty_descent(&full));
                     }
                     Kind::Message(_) if !field.is_list() && !field.is_map() => {
-                        compile_fields(obj, root, &format!("{full}."), &p, out, problems);
+                        compile_fields(obj, root, &format!("{full}."), &p, out, problems, regexes);
                     }
                     _ => {
                         let equals = parse_field_value(&parent, &field, value.clone(), &p);
@@ -478,6 +494,7 @@ fn compile_operator(
     parent: &MessageDescriptor,
     field: &prost_reflect::FieldDescriptor,
     path: &str,
+    regexes: &mut Regexes,
 ) -> Result<Test> {
     let kind = field.kind();
     let is_text = matches!(kind, Kind::String) && !field.is_list() && !field.is_map();
@@ -561,7 +578,7 @@ fn compile_operator(
         "prefix" => Test::Prefix(text_arg()?),
         "suffix" => Test::Suffix(text_arg()?),
         "contains" => Test::Contains(text_arg()?),
-        "regex" => Test::Regex(compile_regex(&text_arg()?, path)?),
+        "regex" => Test::Regex(compile_regex(&text_arg()?, path, regexes)?),
         "gt" => bound(false)?,
         "gte" => bound(true)?,
         "lt" => bound(false)?,
@@ -581,17 +598,20 @@ fn compile_metadata_test(
     binary: bool,
     path: &str,
     problems: &mut EntryErrors,
+    regexes: &mut Regexes,
 ) -> Vec<MetadataTest> {
     match test {
         Json::String(_) => problems
-            .keep(compile_metadata_operator("equals", test, binary, path))
+            .keep(compile_metadata_operator(
+                "equals", test, binary, path, regexes,
+            ))
             .into_iter()
             .collect(),
         Json::Object(ops) => {
             let mut out = Vec::new();
             for (op, arg) in ops {
                 let p = format!("{path}.{op}");
-                let t = compile_metadata_operator(op, arg, binary, &p);
+                let t = compile_metadata_operator(op, arg, binary, &p, regexes);
                 out.extend(problems.keep(t));
             }
             out
@@ -606,7 +626,13 @@ fn compile_metadata_test(
     }
 }
 
-fn compile_metadata_operator(op: &str, arg: &Json, binary: bool, p: &str) -> Result<MetadataTest> {
+fn compile_metadata_operator(
+    op: &str,
+    arg: &Json,
+    binary: bool,
+    p: &str,
+    regexes: &mut Regexes,
+) -> Result<MetadataTest> {
     let text_of = |arg: &Json, what: &str| {
         arg.as_str().map(str::to_owned).ok_or_else(|| EntryError {
             path: p.to_owned(),
@@ -645,7 +671,7 @@ fn compile_metadata_operator(op: &str, arg: &Json, binary: bool, p: &str) -> Res
             "prefix" => BytesTest::Prefix(bytes(text()?)?),
             "suffix" => BytesTest::Suffix(bytes(text()?)?),
             "contains" => BytesTest::Contains(bytes(text()?)?),
-            "regex" => BytesTest::Regex(compile_regex(&text()?, p)?),
+            "regex" => BytesTest::Regex(compile_regex(&text()?, p, regexes)?),
             "present" => BytesTest::Present(present()?),
             "in" => BytesTest::In(
                 list()?
@@ -662,7 +688,7 @@ fn compile_metadata_operator(op: &str, arg: &Json, binary: bool, p: &str) -> Res
         "prefix" => Test::Prefix(text()?),
         "suffix" => Test::Suffix(text()?),
         "contains" => Test::Contains(text()?),
-        "regex" => Test::Regex(compile_regex(&text()?, p)?),
+        "regex" => Test::Regex(compile_regex(&text()?, p, regexes)?),
         "present" => Test::Present(present()?),
         "in" => Test::In(list()?.into_iter().map(Value::String).collect()),
         other => return unknown_metadata_operator(other, p),
@@ -678,11 +704,11 @@ fn unknown_metadata_operator<T>(op: &str, p: &str) -> Result<T> {
     )
 }
 
-fn compile_regex(pattern: &str, path: &str) -> Result<Regex> {
-    Regex::new(pattern).map_err(|e| {
+fn compile_regex(pattern: &str, path: &str, regexes: &mut Regexes) -> Result<Pattern> {
+    regexes.compile(pattern).map_err(|message| {
         EntryError {
             path: path.to_owned(),
-            message: format!("invalid regex: {e}"),
+            message,
         }
         .into()
     })
@@ -923,6 +949,7 @@ mod tests {
             }),
             &desc,
             "when",
+            &mut Regexes::default(),
         )
         .unwrap();
         let msg = DynamicMessage::deserialize(

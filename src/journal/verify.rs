@@ -23,6 +23,7 @@ use super::render::message_json;
 use super::{Call, CallView, Direction, Journal};
 use crate::codec::DECODED_PER_ENCODED;
 use crate::matcher::Condition;
+use crate::regexes::Regexes;
 use crate::wire;
 
 const KEYS: &[&str] = &["method", "when", "exactly", "at_least", "at_most", "show"];
@@ -169,7 +170,8 @@ impl Verify {
         input: &MessageDescriptor,
         given_up: &AtomicBool,
     ) -> Result<Json, String> {
-        let condition = Condition::compile(&self.when, input, "when").map_err(|e| e.describe())?;
+        let condition = Condition::compile(&self.when, input, "when", &mut Regexes::default())
+            .map_err(|e| e.describe())?;
         let mut conditions = Conditions {
             when: &self.when,
             current: (input.clone(), condition),
@@ -276,7 +278,7 @@ impl Conditions<'_> {
         let i = match self.others.iter().position(|(d, _)| d == input) {
             Some(i) => i,
             None => {
-                let compiled = Condition::compile(self.when, input, "when").map_err(|e| {
+                let compiled = Condition::compile(self.when, input, "when", &mut Regexes::default()).map_err(|e| {
                     format!("the conditions do not fit this call's request type (the protos changed since): {}", e.describe())
                 });
                 self.others.push((input.clone(), compiled));
