@@ -302,7 +302,17 @@ impl fmt::Display for StartupErrors {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "error: {e}")?;
+            // A line after a problem's first is indented, so that only a problem's first
+            // line starts at the margin (as `error:`), whatever its message holds.
+            for (n, line) in e.to_string().lines().enumerate() {
+                if n == 0 {
+                    write!(f, "error: {line}")?;
+                } else if line.is_empty() || line.starts_with(char::is_whitespace) {
+                    write!(f, "\n{line}")?;
+                } else {
+                    write!(f, "\n  {line}")?;
+                }
+            }
         }
         Ok(())
     }

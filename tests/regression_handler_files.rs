@@ -38,6 +38,10 @@
 //!   spelled its object's path in full (`k.k.k…`), so a 60 KB file made `check` print 26 MB,
 //!   and a 1 MB handler file, data set or `PUT /v1/handlers` body would have taken gigabytes.
 //!   A long path keeps its start and end around an ellipsis now.
+//! - A regex that does not parse was reported with the regex crate's text, whose last line
+//!   starts `error:`: `check` showed two `error:` lines for one problem. What is wrong comes
+//!   first now, the pattern and its marker under it, indented, and any line after the first of
+//!   a problem is indented.
 
 mod common;
 
@@ -1019,4 +1023,23 @@ fn a_second_service_and_a_later_syntax_error_are_listed_in_one_pass() {
     );
     assert!(err.contains("k.json:4:40: "), "{err}");
     assert!(err.contains("2 problem(s) found"), "{err}");
+}
+
+#[test]
+fn a_regex_that_does_not_parse_is_one_error_line() {
+    let file = json!({"service": "kitchen.Kitchen", "methods": {
+        "Get": {"rules": [{"when": {"request": {"name": {"regex": "ab(?=x)"}}}, "reply": {}}]}
+    }});
+    let (code, err) = check_one_file(&file.to_string());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("1 problem(s) found"), "{err}");
+    let headlines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(headlines.len(), 1, "{err}");
+    assert!(
+        headlines[0].ends_with(
+            "regex: invalid regex: look-around, including look-ahead and look-behind, is not supported"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("\n    ab(?=x)\n      ^^^\n"), "{err}");
 }
