@@ -6,6 +6,8 @@
 //! line, and `setmetatable(1, {})` with the wrapper's place, `protoserve:82:`. Such errors now
 //! name the script's line and the function as the script called it, whether they end the call
 //! or `pcall` catches them; a script's own error without a position stays as it raised it.
+//! `grpc.status(5, {})` said "bad argument #2 to '?'": it names `grpc.status` now, as its
+//! other argument errors did.
 
 mod common;
 
@@ -124,4 +126,23 @@ async fn caught_library_errors_read_as_in_stock_lua() {
             "{code}: caught {message:?}, not {want:?}"
         );
     }
+}
+
+/// `grpc.status` with a message that is not a string, uncaught and caught (a caught error of
+/// the server's own functions is the plain message, as for `ctx:sleep`).
+#[tokio::test]
+async fn grpc_status_argument_errors_name_grpc_status() {
+    let lua = "function SayHello(req)\n  error(grpc.status(5, {}))\nend\n\
+               function SayHelloAgain(req)\n  local ok, e = pcall(grpc.status, 5, {})\n  return { message = tostring(e) }\nend\n";
+    let (_server, client, _dir) =
+        serve_repo_protos_with(&[("lib.json", JSON), ("lib.lua", lua)], &[]).await;
+    let want = "bad argument #2 to 'grpc.status' (string expected, got table)";
+    let status = run_case(&client, "SayHello", 0).await.unwrap_err();
+    assert!(
+        status.message().ends_with(&format!("lib.lua:2: {want}")),
+        "{:?}",
+        status.message()
+    );
+    let reply = run_case(&client, "SayHelloAgain", 0).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&reply[2..]), want);
 }

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value as LuaValue};
+use mlua::{FromLua, Function, Lua, LuaOptions, StdLib, Table, Value as LuaValue};
 
 use super::bytecode;
 use super::freeze::{self, Found, Freezer, Helpers};
@@ -370,7 +370,16 @@ fn prepare(lua: &Lua, handlers_dir: &Path) -> mlua::Result<(Sandbox, Wrappers)> 
     let grpc = lua.create_table()?;
     grpc.raw_set(
         "status",
-        lua.create_function(|_, (code, message): (LuaValue, Option<mlua::String>)| {
+        lua.create_function(|lua, (code, message): (LuaValue, LuaValue)| {
+            // Converted here rather than by mlua, which names the function '?' in its error.
+            let message = Option::<mlua::String>::from_lua(message, lua).map_err(|cause| {
+                mlua::Error::BadArgument {
+                    to: Some("grpc.status".into()),
+                    pos: 2,
+                    name: None,
+                    cause: std::sync::Arc::new(cause),
+                }
+            })?;
             // The status holds its message outside Lua's memory, where `--script-memory`
             // does not count it, and a script may keep any number of statuses: only what a
             // status can carry is copied.
