@@ -873,6 +873,13 @@ impl From<CallError> for Status {
                 Status::internal(format!("encoding the response failed: {message}"))
             }
             CallError::Transport(status) => normalize_status(status),
+            // (A zero timeout, `0S` or `0n`, is said as such, not as Rust writes it: "0ns".)
+            CallError::DeadlinePassed { timeout } if timeout.is_zero() => {
+                Status::deadline_exceeded(
+                    "deadline exceeded: the call came with a grpc-timeout of 0 s, so its deadline \
+                     had passed when it arrived",
+                )
+            }
             CallError::DeadlinePassed { timeout } => Status::deadline_exceeded(format!(
                 "deadline exceeded: the call outlived its grpc-timeout of {timeout:?}"
             )),

@@ -225,6 +225,27 @@ async fn a_grpc_request_that_is_not_a_post_is_refused_with_405_and_internal() {
     );
 }
 
+/// A zero `grpc-timeout` in any unit is said as 0 s: `0S` was "outlived its grpc-timeout of
+/// 0ns", as Rust writes a zero duration.
+#[tokio::test]
+async fn a_zero_grpc_timeout_is_said_as_zero_seconds() {
+    let (server, _dir) = start(&[]);
+    for timeout in ["0S", "0n", "0H"] {
+        let req = common::grpc_request(server.addr, "/edge.Edge/Reply")
+            .header("grpc-timeout", timeout)
+            .body(())
+            .unwrap();
+        let answer = call(server.addr, req, framed_name("x")).await;
+        assert_eq!(answer.status.as_deref(), Some("4"), "{timeout}: {answer:?}");
+        // (grpc-message is percent-encoded.)
+        assert_eq!(
+            answer.message.replace("%20", " "),
+            "deadline exceeded: the call came with a grpc-timeout of 0 s, so its deadline had passed when it arrived",
+            "{timeout}: {answer:?}"
+        );
+    }
+}
+
 /// A call whose deadline has passed when it arrives gets DEADLINE_EXCEEDED whatever answers it.
 #[tokio::test]
 async fn a_deadline_passed_on_arrival_is_deadline_exceeded_for_every_handler_kind_and_health() {
