@@ -168,8 +168,15 @@ impl Incoming {
     /// RESOURCE_EXHAUSTED when decoding them would take more memory than the budget.
     pub fn decode(&self) -> Result<DynamicMessage, CallError> {
         self.check_cost()?;
-        DynamicMessage::decode(self.desc.clone(), self.bytes.clone())
-            .map_err(|e| self.bad(e.to_string()))
+        DynamicMessage::decode(self.desc.clone(), self.bytes.clone()).map_err(|e| {
+            // The decoder's words name no field ("invalid string value"); the walk that checks
+            // the bytes names it, as for the handlers that never decode the request.
+            self.bad(
+                wire::validate(&self.bytes, &self.desc)
+                    .err()
+                    .unwrap_or_else(|| e.to_string()),
+            )
+        })
     }
 
     /// RESOURCE_EXHAUSTED when decoding the bytes would take more memory than the budget

@@ -225,6 +225,38 @@ async fn a_grpc_request_that_is_not_a_post_is_refused_with_405_and_internal() {
     );
 }
 
+/// A request string field that is not UTF-8 is named whatever answers it: `reply`, `rules`
+/// and `error` said the decoder's "failed to decode Protobuf message: invalid string value",
+/// where `echo` and scripts named the field.
+#[tokio::test]
+async fn a_string_field_that_is_not_utf8_is_named_for_every_handler_kind() {
+    let (server, _dir) = start(&[]);
+    let mut msg = vec![0x0a, 2, 0xff, 0xfe];
+    let mut body = vec![0];
+    body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    body.append(&mut msg);
+    let body = Bytes::from(body);
+    for path in [
+        "/edge.Edge/Reply",
+        "/edge.Edge/Rules",
+        "/edge.Edge/Error",
+        "/edge.Edge/Echo",
+        "/edge.Edge/Script",
+    ] {
+        let req = common::grpc_request(server.addr, path).body(()).unwrap();
+        let answer = call(server.addr, req, body.clone()).await;
+        assert_eq!(answer.status.as_deref(), Some("3"), "{path}: {answer:?}");
+        // (grpc-message is percent-encoded.)
+        assert!(
+            answer
+                .message
+                .replace("%20", " ")
+                .contains("field edge.M.name is not valid UTF-8"),
+            "{path}: {answer:?}"
+        );
+    }
+}
+
 /// A zero `grpc-timeout` in any unit is said as 0 s: `0S` was "outlived its grpc-timeout of
 /// 0ns", as Rust writes a zero duration.
 #[tokio::test]
