@@ -6,6 +6,9 @@
 //! line, and `setmetatable(1, {})` with the wrapper's place, `protoserve:82:`. Such errors now
 //! name the script's line and the function as the script called it, whether they end the call
 //! or `pcall` catches them; a script's own error without a position stays as it raised it.
+//! A stack overflow that Lua raised inside a wrapper (a `gsub` whose function calls `gsub`, a
+//! `__lt` or `__index` that calls `math.max`, `os.time` or `table.concat` again) was placed at
+//! `?:-1:`, the wrapper's code having no line information; it names the script's line now.
 //! `grpc.status(5, {})` said "bad argument #2 to '?'": it names `grpc.status` now, as its
 //! other argument errors did.
 
@@ -145,4 +148,41 @@ async fn grpc_status_argument_errors_name_grpc_status() {
     );
     let reply = run_case(&client, "SayHelloAgain", 0).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&reply[2..]), want);
+}
+
+/// Recursions through library functions the server wraps, each on its own line (from line 2).
+const OVERFLOWS: [&str; 4] = [
+    "local function g(s) return (s:gsub('.', g)) end return g('abc')",
+    "local mt = {} mt.__lt = function() return math.max(setmetatable({}, mt), setmetatable({}, mt)) end return tostring(math.max(setmetatable({}, mt), setmetatable({}, mt)))",
+    "local mt = {} mt.__index = function() return os.time(setmetatable({}, mt)) end return tostring(os.time(setmetatable({}, mt)))",
+    "local mt = {} mt.__len = function() return 1 end mt.__index = function() return table.concat(setmetatable({}, mt)) end return (table.concat(setmetatable({}, mt)))",
+];
+
+#[tokio::test]
+async fn stack_overflows_inside_wrappers_name_the_scripts_line() {
+    let mut lua = String::from("local cases = {\n");
+    for code in OVERFLOWS {
+        lua.push_str(&format!("  function() {code} end,\n"));
+    }
+    lua.push_str(
+        "}\nfunction SayHello(req)\n  local r = cases[tonumber(req.name)]()\n  return { message = tostring(r) }\nend\n\
+         function SayHelloAgain(req)\n  local ok, e = pcall(cases[tonumber(req.name)])\n  return { message = tostring(e) }\nend\n",
+    );
+    let (_server, client, _dir) =
+        serve_repo_protos_with(&[("lib.json", JSON), ("lib.lua", &lua)], &[]).await;
+    for (i, code) in OVERFLOWS.iter().enumerate() {
+        let at = format!("lib.lua:{}: ", i + 2);
+        let status = run_case(&client, "SayHello", i).await.expect_err(code);
+        let message = status.message();
+        assert!(
+            message.contains(&at) && message.ends_with("stack overflow"),
+            "{code}: {message:?} is not at {at:?}"
+        );
+        let reply = run_case(&client, "SayHelloAgain", i).await.expect(code);
+        let caught = String::from_utf8_lossy(&reply[2..]).into_owned();
+        assert!(
+            caught.contains(&at) && caught.ends_with("stack overflow"),
+            "{code}: caught {caught:?}, not at {at:?}"
+        );
+    }
 }

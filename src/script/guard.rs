@@ -681,6 +681,14 @@ fn is_kept(root: &mlua::Error) -> bool {
 /// Frames looked at, from the error up, for the script's own.
 const WHERE_SEARCH: usize = 32;
 
+/// The same for an error Lua raised inside the server's own Lua code: past the C stack's 200
+/// nested calls, each of which may be a wrapper's frame.
+const OVERFLOW_SEARCH: usize = 1024;
+
+/// The place Lua gives an error it raises inside the server's own Lua code, which is loaded
+/// without line information (a stack overflow in a wrapper).
+const IN_OWN_CODE: &str = "?:-1: ";
+
 /// The call's error, at the error (its message handler): as `normalize`, and an error of a
 /// server function gets the script's `file:line:` where it was called, as Lua's own errors
 /// have theirs.
@@ -739,9 +747,19 @@ struct Caller {
 /// (the wrapper) lead to the script's frame. `None` when no wrapper is in between (Lua placed
 /// the error itself) or when a C function is (`pcall(string.find, s, "[")`: stock Lua names no
 /// line there either, the function being called from C).
-fn script_caller(lua: &Lua) -> Option<Caller> {
+///
+/// With `in_own`, Lua raised the error inside the server's Lua code itself (a stack overflow in
+/// a wrapper), which is then level 1; such an error comes up through as many of the wrappers'
+/// frames as the recursion made (a metamethod that tail-calls `math.max` leaves no frame of its
+/// own), so the search goes on to [`OVERFLOW_SEARCH`].
+fn script_caller(lua: &Lua, in_own: bool) -> Option<Caller> {
     let (mut callee, mut through_own) = (None, false);
-    for level in 2..WHERE_SEARCH {
+    let (first, last) = if in_own {
+        (1, OVERFLOW_SEARCH)
+    } else {
+        (2, WHERE_SEARCH)
+    };
+    for level in first..last {
         let (path, line, name, c) = lua.inspect_stack(level, |d| {
             let source = d.source();
             let path = source
@@ -781,8 +799,9 @@ fn placed(lua: &Lua, message: &str) -> Option<String> {
     if UNPLACED.contains(&message) {
         return None;
     }
-    let caller = script_caller(lua)?;
-    let mut rest = message;
+    let in_own = message.starts_with(IN_OWN_CODE);
+    let caller = script_caller(lua, in_own)?;
+    let mut rest = message.strip_prefix(IN_OWN_CODE).unwrap_or(message);
     if let Some((chunk, after)) = message.split_once(':') {
         if OWN_CHUNKS.contains(&chunk) {
             if let Some((line, after)) = after.split_once(": ") {
