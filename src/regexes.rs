@@ -81,7 +81,8 @@ impl Regexes {
             return Ok(found.clone());
         }
         if self.spent {
-            syntax::parse(pattern).map_err(|e| format!("invalid regex: {e}"))?;
+            syntax::parse(pattern)
+                .map_err(|e| format!("invalid regex: {}", headline_first(&e.to_string())))?;
             return Err(format!(
                 "regex not compiled: the {} MiB for the regex tests of all handlers together is spent before it (see the first \"regex too large\")",
                 self.budget >> 20
@@ -198,6 +199,16 @@ mod tests {
             .expect("a pattern past the budget");
         assert!(refused.starts_with("regex too large"), "{refused}");
         assert!(r.used() <= 1 << 20);
+    }
+
+    #[test]
+    fn syntax_errors_past_the_budget_say_what_is_wrong_first_too() {
+        let mut r = Regexes::with_budget(1 << 20);
+        while !r.spent {
+            let _ = r.compile(&format!(r"\w{{30}}N{}", r.used()));
+        }
+        let e = r.compile("ab(?=x)").unwrap_err();
+        assert!(e.starts_with("invalid regex: look-around"), "{e}");
     }
 
     #[test]
