@@ -15,6 +15,10 @@
 //! - Closed states whose calls could not end yet (their clients read nothing, so the status waits
 //!   behind the messages sent) kept their watchdog thread: one per closed set (6: 5 threads
 //!   more). Closing stops it.
+//! - A module a script looked for and did not find (`pcall(require, "extra")`) was not among
+//!   what a rebuild compares, so creating it later kept the states, and the script went on
+//!   answering without it (while `check` of the same folder passed). A module file that could
+//!   not be read counts as an input too now: once it appears, the states are new.
 
 mod common;
 
@@ -502,4 +506,41 @@ async fn closed_states_of_streams_whose_clients_do_not_read_leave_no_threads() {
         );
     }
     assert!(log_lines(&server, "panicked").is_empty());
+}
+
+/// A module created after the scripts loaded without it is served after the next reload.
+#[tokio::test]
+async fn a_module_that_appears_later_builds_new_states() {
+    let dir = project_folder(&[
+        ("protos/t.proto", PROTO),
+        ("handlers/t.json", HANDLERS),
+        (
+            "handlers/t.lua",
+            r#"local ok, extra = pcall(require, "extra")
+function Scr(req, ctx) return { s = ok and extra.word or "module missing" } end
+function Chat(notes, ctx) end
+function Flood(req, ctx) end
+"#,
+        ),
+        ("data/big.json", "[]"),
+    ]);
+    let (server, client) = start(&dir, &[]).await;
+    let out = client.unary("t.T/Scr", json!({})).await.unwrap();
+    assert_eq!(out["s"], "module missing");
+    std::fs::write(
+        dir.path().join("handlers/extra.lua"),
+        "return { word = \"NEW\" }\n",
+    )
+    .unwrap();
+    reload(&server).await;
+    let out = client.unary("t.T/Scr", json!({})).await.unwrap();
+    assert_eq!(
+        out["s"], "NEW",
+        "the reload kept states built without the module"
+    );
+    // And a module that goes away again is missed again.
+    std::fs::remove_file(dir.path().join("handlers/extra.lua")).unwrap();
+    reload(&server).await;
+    let out = client.unary("t.T/Scr", json!({})).await.unwrap();
+    assert_eq!(out["s"], "module missing");
 }

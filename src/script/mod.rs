@@ -374,8 +374,9 @@ pub struct Engine {
     pool: Arc<Pool>,
     /// The schema the conversion plans were made from.
     schema: Arc<Schema>,
-    /// The modules the scripts `require`d, with the text they loaded.
-    modules: Vec<(PathBuf, String)>,
+    /// The module files the scripts `require`d, with the text they loaded (`None`: missing or
+    /// unreadable then).
+    modules: Vec<(PathBuf, Option<String>)>,
 }
 
 impl Engine {
@@ -398,9 +399,10 @@ impl Engine {
             && recipe.data.dir == data.dir
             && recipe.data.sets == data.sets
             && same_schema(&self.schema, schema)
-            && self.modules.iter().all(|(path, text)| {
-                crate::input::read_to_string(path).is_ok_and(|now| now == *text)
-            })
+            && self
+                .modules
+                .iter()
+                .all(|(path, text)| crate::input::read_to_string(path).ok() == *text)
     }
 
     /// Calls running on these states, or handed to them and not started.

@@ -183,9 +183,11 @@ pub struct Sandbox {
     modules: Table,
     /// True until loading ends; `require` loads new modules only while it is.
     loading: Arc<AtomicBool>,
-    /// Each module `require` read, with the text it loaded: what a reload compares to know
-    /// whether the scripts would load the same (see [`super::Engine`]).
-    pub read_modules: Arc<std::sync::Mutex<Vec<(PathBuf, String)>>>,
+    /// Each module file `require` looked for, with the text it loaded (`None`: it could not
+    /// be read, and the script went on without it, as `pcall(require, "extra")` does): what a
+    /// reload compares to know whether the scripts would load the same (see
+    /// [`super::Engine`]). A module that appears later must build new states too.
+    pub read_modules: Arc<std::sync::Mutex<Vec<(PathBuf, Option<String>)>>>,
 }
 
 /// Creates a sandboxed state with `data` installed, libraries and data frozen.
@@ -593,16 +595,17 @@ fn install_require(lua: &Lua, dir: PathBuf, sandbox: &Sandbox) -> mlua::Result<(
             )));
         }
         let path = dir.join(format!("{}.lua", name.replace('.', "/")));
-        let source = crate::input::read_to_string(&path).map_err(|e| {
+        let source = crate::input::read_to_string(&path);
+        read_modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((path.clone(), source.as_ref().ok().cloned()));
+        let source = source.map_err(|e| {
             mlua::Error::runtime(format!(
                 "require({name:?}): cannot read {}: {e}",
                 path.display()
             ))
         })?;
-        read_modules
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((path.clone(), source.clone()));
         let env: Table = new_env.call(lua.globals())?;
         let result: LuaValue = lua
             .load(source)

@@ -224,8 +224,9 @@ impl Loading {
         Ok(env)
     }
 
-    /// Each module `require` read while this state loaded, with its text.
-    pub fn read_modules(&self) -> Vec<(PathBuf, String)> {
+    /// Each module file `require` looked for while this state loaded, with its text (`None`:
+    /// not readable then).
+    pub fn read_modules(&self) -> Vec<(PathBuf, Option<String>)> {
         self.sandbox
             .read_modules
             .lock()
