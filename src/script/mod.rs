@@ -376,7 +376,7 @@ pub struct Engine {
     schema: Arc<Schema>,
     /// The module files the scripts `require`d, with the text they loaded (`None`: missing or
     /// unreadable then).
-    modules: Vec<(PathBuf, Option<String>)>,
+    modules: Vec<sandbox::ReadModule>,
 }
 
 impl Engine {

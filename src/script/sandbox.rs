@@ -173,6 +173,9 @@ return {
 }
 "#;
 
+/// A module file `require` looked for, with the text it loaded (`None`: not readable then).
+pub type ReadModule = (PathBuf, Option<String>);
+
 /// Helpers kept per state.
 pub struct Sandbox {
     pub new_env: Function,
@@ -187,7 +190,7 @@ pub struct Sandbox {
     /// be read, and the script went on without it, as `pcall(require, "extra")` does): what a
     /// reload compares to know whether the scripts would load the same (see
     /// [`super::Engine`]). A module that appears later must build new states too.
-    pub read_modules: Arc<std::sync::Mutex<Vec<(PathBuf, Option<String>)>>>,
+    pub read_modules: Arc<std::sync::Mutex<Vec<ReadModule>>>,
 }
 
 /// Creates a sandboxed state with `data` installed, libraries and data frozen.

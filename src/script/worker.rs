@@ -226,7 +226,7 @@ impl Loading {
 
     /// Each module file `require` looked for while this state loaded, with its text (`None`:
     /// not readable then).
-    pub fn read_modules(&self) -> Vec<(PathBuf, Option<String>)> {
+    pub fn read_modules(&self) -> Vec<super::sandbox::ReadModule> {
         self.sandbox
             .read_modules
             .lock()
