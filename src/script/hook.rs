@@ -259,6 +259,13 @@ unsafe fn act(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug, step: u64) {
         // overflow would.
         unsafe {
             ffi::luaL_where(state, 0);
+            if ffi::lua_rawlen(state, -1) == 0 {
+                // The hook runs in Lua code only: one without line information is the server's
+                // own (a library wrapper). Placed as Lua places its own overflow there, so the
+                // error is moved to the script's line (see `guard`).
+                ffi::lua_pop(state, 1);
+                ffi::lua_pushstring(state, c"?:-1: ".as_ptr());
+            }
             ffi::lua_pushstring(state, c"stack overflow".as_ptr());
             ffi::lua_concat(state, 2);
             ffi::lua_error(state)
