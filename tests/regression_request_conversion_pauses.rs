@@ -78,6 +78,11 @@ fn empty_items(n: usize) -> Bytes {
 /// A server with one Lua state and a long time budget (the conversions must end on their own),
 /// and a client of it.
 async fn serve() -> (Server, Client, tempfile::TempDir) {
+    serve_with_time_ms("60000").await
+}
+
+/// A server with one Lua state and a time budget of `time_ms` per call, and a client of it.
+async fn serve_with_time_ms(time_ms: &str) -> (Server, Client, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     for sub in ["protos", "handlers", "data"] {
         std::fs::create_dir_all(dir.path().join(sub)).unwrap();
@@ -94,7 +99,7 @@ async fn serve() -> (Server, Client, tempfile::TempDir) {
             "--script-states",
             "1",
             "--script-time-ms",
-            "60000",
+            time_ms,
             "--script-watchdog-ms",
             "60000",
             "--no-watch",
@@ -346,6 +351,83 @@ async fn conversions_stopped_while_paused_leave_the_state_sound() {
         reply_n(&r.expect("a stream under the cap")),
         2 * LEGIT_ITEMS as u64
     );
+}
+
+/// Streams `messages` to `Drain` on the client's one connection and waits for its answer (an
+/// error is expected), then makes a quick call on the same connection: the stream's status,
+/// and how long the quick call took, or `None` if it did not answer within [`QUICK_WITHIN`].
+async fn quick_call_after_a_failed_stream(
+    client: &Client,
+    messages: Vec<Bytes>,
+) -> (tonic::Status, Option<Duration>) {
+    let started = Instant::now();
+    let stream = tokio::time::timeout(
+        QUICK_WITHIN * 6,
+        client.raw_client_stream("/t.T/Drain", messages),
+    )
+    .await
+    .expect("the stream is answered");
+    let status = stream.expect_err("a stream whose conversion fails");
+    eprintln!(
+        "stream answered {:?} {:?} after {:?}",
+        status.code(),
+        status.message(),
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let quick = tokio::time::timeout(QUICK_WITHIN, client.unary("t.T/Quick", json!({}))).await;
+    let took = quick.ok().map(|r| {
+        assert_eq!(r.expect("Quick answers")["s"], "quick");
+        started.elapsed()
+    });
+    (status, took)
+}
+
+/// How long a quick call may take after a failed stream on the same connection: far more than
+/// it takes (milliseconds), far less than forever, which it took when the unread messages kept
+/// the connection's flow-control window.
+const QUICK_WITHIN: Duration = Duration::from_secs(5);
+
+/// A client-streaming call whose big message fails its conversion at the memory cap, while the
+/// client still has messages to send, ends its request stream at once: the messages the server
+/// accepted and never read gave back the connection's flow-control window only when Lua
+/// collected the stream's iterator, so every later call on the connection hung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_failed_at_the_cap_leaves_its_connection_usable() {
+    let _serial = SERIAL.lock().await;
+    let (_s, client, _dir) = serve().await;
+    warm(&client).await;
+    for round in 0..3 {
+        let messages = vec![empty_items(MOST_ITEMS); 8];
+        let (status, took) = quick_call_after_a_failed_stream(&client, messages).await;
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(status.message(), CAP_MESSAGE);
+        eprintln!("round {round}: a quick call on the same connection took {took:?}");
+        assert!(
+            took.is_some(),
+            "round {round}: a quick call on the connection of a stream failed at the cap did \
+             not answer within {QUICK_WITHIN:?}"
+        );
+    }
+}
+
+/// The same when the conversion runs out of the call's time budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_out_of_time_budget_leaves_its_connection_usable() {
+    let _serial = SERIAL.lock().await;
+    let (_s, client, _dir) = serve_with_time_ms("5").await;
+    warm(&client).await;
+    for round in 0..3 {
+        let messages = vec![empty_items(LEGIT_ITEMS); 8];
+        let (status, took) = quick_call_after_a_failed_stream(&client, messages).await;
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        eprintln!("round {round}: a quick call on the same connection took {took:?}");
+        assert!(
+            took.is_some(),
+            "round {round}: a quick call on the connection of a stream out of time budget did \
+             not answer within {QUICK_WITHIN:?}"
+        );
+    }
 }
 
 /// What a request past the conversion's memory cap is answered, as before conversions paused.

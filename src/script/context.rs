@@ -108,6 +108,8 @@ pub struct CallShared {
     /// Its place stays put while `take_request` reads it without the lock: the call's
     /// `Arc` holds it, and only `take_request` takes it out, after its last read.
     pub request: Mutex<Option<super::requests::FlatRequest>>,
+    /// A streaming call's request stream, closed when the call ends (see [`Self::end`]).
+    pub request_stream: Mutex<Option<super::requests::StreamCloser>>,
     /// Bytes by which the state's memory grew while this call ran (freed memory counts
     /// against it): which call holds the memory when the state runs out (see `worker`).
     pub held: AtomicI64,
@@ -186,6 +188,7 @@ impl CallShared {
             random: Default::default(),
             printed: std::sync::atomic::AtomicUsize::new(0),
             request: Mutex::new(None),
+            request_stream: Mutex::new(None),
             held: AtomicI64::new(0),
             memory_at_run: AtomicU64::new(0),
         }
@@ -401,9 +404,20 @@ impl CallShared {
         }
     }
 
-    /// Ends the call for its handles.
+    /// Ends the call for its handles, and closes its request stream.
     pub fn end(&self) {
         self.ended.store(true, Ordering::Release);
+        self.close_request_stream();
+    }
+
+    /// Closes the call's request stream, if it has one still open: the transport resets what
+    /// the client has not finished sending and gives back the flow-control window the unread
+    /// messages held, at once rather than whenever Lua collects the stream's iterator.
+    pub fn close_request_stream(&self) {
+        let closer = lock(&self.request_stream).take();
+        if let Some(closer) = closer {
+            closer.close();
+        }
     }
 }
 

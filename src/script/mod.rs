@@ -748,6 +748,10 @@ async fn run_call(state: &State, job: Job) {
             outcome
         }
     };
+    // The script is done with its requests, whatever it left unread: the transport resets the
+    // request stream now, so unread messages do not hold the connection's flow-control window
+    // while the answer goes out (or until Lua collects the stream's iterator).
+    shared.close_request_stream();
     let memory = matches!(&outcome, Err(e) if is_memory_error(e));
     // Running out of a state that other calls fill is not this call's doing.
     let outcome = match outcome {

@@ -29,6 +29,10 @@
 //! and kept with the call ([`FlatRequest`]); the runner's first act is to call
 //! [`take_request`].
 //!
+//! The stream's reader lives as long as Lua keeps the iterator; the stream itself is closed
+//! when its call ends ([`StreamCloser`]), so unread messages do not keep the connection's
+//! flow-control window until the state collects garbage.
+//!
 //! Copying a string into Lua may raise a memory error, which unwinds by `longjmp`: while
 //! strings are pushed, only raw pointers live in the pushing frames (the message and its cells
 //! stay where the call or the stream's reader keeps them), so no Rust value is skipped.
@@ -37,7 +41,7 @@ use std::ffi::{c_int, c_void};
 use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
@@ -225,7 +229,8 @@ struct Reader {
 }
 
 struct Inner {
-    stream: Streaming<Incoming>,
+    /// `None` once the call ended (see [`StreamCloser`]).
+    stream: Option<Streaming<Incoming>>,
     /// What `wait_next` polled once something arrived (or what [`take_message`] left), for
     /// `try_next` to take.
     waited: Option<Polled>,
@@ -254,7 +259,7 @@ impl RequestStream {
         let reader = Arc::new(Reader {
             shared,
             inner: Mutex::new(Inner {
-                stream,
+                stream: Some(stream),
                 waited: None,
                 cells: Cells::new(),
                 current: None,
@@ -262,6 +267,7 @@ impl RequestStream {
             plans,
             layout,
         });
+        *lock(&reader.shared.request_stream) = Some(StreamCloser(Arc::downgrade(&reader)));
         let r = reader.clone();
         let try_next = lua.create_function(move |lua, ()| {
             r.check()?;
@@ -347,6 +353,36 @@ unsafe extern "C-unwind" fn take_message(l: *mut ffi::lua_State) -> c_int {
 
 type Polled = Poll<Option<Result<Incoming, Status>>>;
 
+impl Inner {
+    /// The stream's next message, end or error; its end once the stream was closed.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Polled {
+        match self.stream.as_mut() {
+            Some(stream) => Pin::new(stream).poll_next(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+/// Closes a streaming call's request stream when the call ends (see
+/// `CallShared::close_request_stream`). The reader lives as long as Lua keeps the call's
+/// iterator, which may be until the state's next garbage collection; the stream must not: an
+/// open stream the server no longer reads keeps the messages the client already sent, and with
+/// them the connection's flow-control window, so every other call on the connection would wait
+/// for that window. Closing drops the transport's end, which resets the stream and gives the
+/// window back.
+pub struct StreamCloser(Weak<Reader>);
+
+impl StreamCloser {
+    pub fn close(self) {
+        let Some(reader) = self.0.upgrade() else {
+            return;
+        };
+        let stream = reader.lock().stream.take();
+        drop(reader);
+        drop(stream);
+    }
+}
+
 impl Reader {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -358,8 +394,7 @@ impl Reader {
         let mut inner = self.lock();
         match inner.waited.take() {
             Some(polled) => polled,
-            None => Pin::new(&mut inner.stream)
-                .poll_next(&mut Context::from_waker(std::task::Waker::noop())),
+            None => inner.poll(&mut Context::from_waker(std::task::Waker::noop())),
         }
     }
 
@@ -386,7 +421,7 @@ impl Reader {
                 Some(false) => return Poll::Ready(None),
                 None => {}
             }
-            match Pin::new(&mut self.lock().stream).poll_next(cx) {
+            match self.lock().poll(cx) {
                 Poll::Pending => Poll::Pending,
                 ready => Poll::Ready(Some(ready)),
             }
@@ -408,8 +443,7 @@ impl Reader {
         inner.current = None;
         let polled = match inner.waited.take() {
             Some(polled) => polled,
-            None => Pin::new(&mut inner.stream)
-                .poll_next(&mut Context::from_waker(std::task::Waker::noop())),
+            None => inner.poll(&mut Context::from_waker(std::task::Waker::noop())),
         };
         let Poll::Ready(Some(Ok(msg))) = polled else {
             inner.waited = Some(polled);
