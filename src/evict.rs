@@ -25,7 +25,8 @@
 //! than twice as many entries as there are connections, so it stays in proportion to them.
 //!
 //! An evicted connection gives up its slot at once, so the new one is served without waiting
-//! for the old one to close; it then has [`CLOSE_GRACE`](crate::idle::CLOSE_GRACE) to close.
+//! for the old one to close; it then has [`CLOSE_GRACE`](crate::idle::CLOSE_GRACE) to close,
+//! and calls its client begins after the GOAWAY do not make that longer (see [`crate::idle`]).
 //! So that a flood of evictions cannot pile up connections waiting to close, at most as many
 //! as there are slots wait at once; past that an evicted connection is dropped at once.
 

@@ -41,8 +41,8 @@ use crate::evict::Roster;
 
 /// How long a connection may go without a request in flight before it may be closed.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(10);
-/// After a connection is sent GOAWAY for being idle (or evicted), time with nothing in flight
-/// for the client to close it before it is dropped.
+/// After a connection is sent GOAWAY for being idle (or evicted), time for the client to close it
+/// before it is dropped; calls begun since the GOAWAY are cut then.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How often a connection being closed checks whether a call that slipped in has ended.
 const QUIET_CHECK: Duration = Duration::from_millis(250);
@@ -62,6 +62,10 @@ pub struct Activity {
     evicted: CancellationToken,
     /// Set when it is to be dropped at once rather than closed with GOAWAY.
     hurried: AtomicBool,
+    /// Set once the connection is sent GOAWAY: calls begun since do not keep it open.
+    closing: AtomicBool,
+    /// Calls in flight that began before the GOAWAY: the connection is not dropped under them.
+    kept: AtomicUsize,
 }
 
 impl Activity {
@@ -76,6 +80,8 @@ impl Activity {
             roster,
             evicted: CancellationToken::new(),
             hurried: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            kept: AtomicUsize::new(0),
         })
     }
 
@@ -83,7 +89,14 @@ impl Activity {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
             self.turn.fetch_add(1, Ordering::AcqRel);
         }
-        Busy(self.clone())
+        let keeps = !self.closing.load(Ordering::Acquire);
+        if keeps {
+            self.kept.fetch_add(1, Ordering::AcqRel);
+        }
+        Busy {
+            conn: self.clone(),
+            keeps,
+        }
     }
 
     pub(crate) fn turn(&self) -> u64 {
@@ -127,11 +140,19 @@ impl Activity {
         self.idle_since().map(|since| since.elapsed())
     }
 
-    /// Resolves once `deadline` has passed with nothing in flight: when a connection being
-    /// closed may be dropped without cutting a call short.
+    /// Records that the connection has been sent GOAWAY: calls that begin from now on do not
+    /// keep it open past [`Activity::quiet_past`]. Called from the connection's own task, where
+    /// its requests begin, right as it sends the GOAWAY.
+    pub fn goaway_sent(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// Resolves once `deadline` has passed with no call in flight that began before
+    /// [`Activity::goaway_sent`]: when a connection being closed may be dropped without cutting
+    /// short a call it took before its GOAWAY. Calls begun since are cut.
     pub async fn quiet_past(&self, deadline: Instant) {
         tokio::time::sleep_until(deadline).await;
-        while self.in_flight.load(Ordering::Acquire) > 0 {
+        while self.kept.load(Ordering::Acquire) > 0 {
             tokio::time::sleep(QUIET_CHECK).await;
         }
     }
@@ -161,11 +182,18 @@ impl Activity {
 }
 
 /// One request in flight; the connection is idle again when the last is dropped.
-pub(crate) struct Busy(Arc<Activity>);
+pub(crate) struct Busy {
+    conn: Arc<Activity>,
+    /// Begun before the connection's GOAWAY: counted in [`Activity::kept`].
+    keeps: bool,
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let a = &self.0;
+        let a = &self.conn;
+        if self.keeps {
+            a.kept.fetch_sub(1, Ordering::AcqRel);
+        }
         let ms = a.start.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
         a.idle_since.store(ms, Ordering::Release);
         if a.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {

@@ -312,6 +312,7 @@ async fn connection(
                 tracing::debug!("closing a connection from {peer}: no call for {IDLE_LIMIT:?} and the listener is crowded");
                 graceful = true;
                 close_by = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                activity.goaway_sent();
                 conn.as_mut().graceful_shutdown();
             }
             () = activity.evicted(), if !graceful => {
@@ -320,6 +321,7 @@ async fn connection(
                 }
                 graceful = true;
                 close_by = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                activity.goaway_sent();
                 conn.as_mut().graceful_shutdown();
             }
             () = activity.quiet_past(close_by.unwrap_or_else(tokio::time::Instant::now)), if close_by.is_some() => return,

@@ -460,3 +460,206 @@ async fn a_refused_admin_connection_is_told_why() {
     assert_eq!(told, 10, "{outcomes:#?}");
     drop(busy);
 }
+
+/// The payload of the PING that h2 sends with its first GOAWAY: the second GOAWAY, naming the
+/// last stream taken, waits for its ACK.
+const SHUTDOWN_PING: [u8; 8] = [0x0b, 0x7b, 0xa2, 0xf0, 0x8b, 0x9b, 0xfe, 0x54];
+
+/// What a [`Withholding`] connection has seen: the server's frames, and when it closed.
+#[derive(Default)]
+struct Seen {
+    frames: common::http2::Watch,
+    /// When the first GOAWAY arrived.
+    goaway_at: Option<Instant>,
+    /// When the server closed the connection (end of stream or error).
+    closed_at: Option<Instant>,
+}
+
+/// A raw HTTP/2 connection that answers SETTINGS and every PING but the graceful-shutdown one,
+/// so the server never gets to send its second GOAWAY.
+struct Withholding {
+    seen: std::sync::Arc<std::sync::Mutex<Seen>>,
+    write: std::sync::Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+}
+
+impl Withholding {
+    async fn open(addr: SocketAddr) -> Withholding {
+        use common::http2::{frame, ACK, PING, PREFACE, SETTINGS};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let (mut read, mut write) = tcp.into_split();
+        let mut hello = PREFACE.to_vec();
+        hello.extend(frame(SETTINGS, 0, 0, &[]));
+        write.write_all(&hello).await.unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+        let write = std::sync::Arc::new(tokio::sync::Mutex::new(write));
+        let (seen2, write2) = (seen.clone(), write.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let (mut settings, mut pings) = (0, 0);
+            loop {
+                let n = read.read(&mut buf).await.unwrap_or(0);
+                let mut answer = Vec::new();
+                {
+                    let mut seen = seen2.lock().unwrap();
+                    if n == 0 {
+                        seen.closed_at = Some(Instant::now());
+                        return;
+                    }
+                    seen.frames.feed(&buf[..n]);
+                    if seen.goaway_at.is_none() && !seen.frames.goaways.is_empty() {
+                        seen.goaway_at = Some(Instant::now());
+                    }
+                    for _ in settings..seen.frames.settings {
+                        answer.extend(frame(SETTINGS, ACK, 0, &[]));
+                    }
+                    settings = seen.frames.settings;
+                    for ping in &seen.frames.pings[pings..] {
+                        if *ping != SHUTDOWN_PING {
+                            answer.extend(frame(PING, ACK, 0, ping));
+                        }
+                    }
+                    pings = seen.frames.pings.len();
+                }
+                if !answer.is_empty() {
+                    let _ = write2.lock().await.write_all(&answer).await;
+                }
+            }
+        });
+        Withholding { seen, write }
+    }
+
+    /// Opens a call to `path` on `stream` with an empty request.
+    async fn call(&self, stream: u32, path: &str) {
+        use common::http2::{call_headers, frame, grpc_message, END_HEADERS, HEADERS};
+        use tokio::io::AsyncWriteExt;
+        let mut bytes = frame(HEADERS, END_HEADERS, stream, &call_headers(path));
+        bytes.extend(grpc_message(stream, &[]));
+        let _ = self.write.lock().await.write_all(&bytes).await;
+    }
+
+    /// When the first GOAWAY arrived, waiting up to `within`; `None` if it did not, or the
+    /// connection closed without one.
+    async fn goaway(&self, within: Duration) -> Option<Instant> {
+        let end = Instant::now() + within;
+        loop {
+            {
+                let seen = self.seen.lock().unwrap();
+                if seen.goaway_at.is_some() || seen.closed_at.is_some() {
+                    return seen.goaway_at;
+                }
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn closed_at(&self) -> Option<Instant> {
+        self.seen.lock().unwrap().closed_at
+    }
+}
+
+/// Established TCP connections whose local port is `port` (the server's side of them).
+fn established(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 3 && fields[1].ends_with(&local) && fields[3] == "01"
+        })
+        .count()
+}
+
+/// An evicted connection was sent only h2's first GOAWAY, which takes no stream id; the second
+/// waits for the client to ACK a PING. A client that never did kept the connection taking new
+/// calls, and one that opened long calls on it kept it open for good: four such connections
+/// were still open after 20 s serving 16 `Watch` streams, the server held 8 connections on
+/// `--max-connections 4`, and with as many evicted connections waiting to close as there are
+/// slots, every later eviction dropped its connection without GOAWAY. Calls begun after the
+/// GOAWAY no longer keep a connection open: it is dropped at `CLOSE_GRACE` (5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_connection_withholding_the_ping_ack_is_closed_within_the_grace() {
+    const WATCH: &str = "/grpc.health.v1.Health/Watch";
+    let server = Server::start(&["--max-connections", "4"]);
+    let addr = server.addr;
+    let mut evicted = Vec::new();
+    for _ in 0..4 {
+        evicted.push(Withholding::open(addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = established(addr.port());
+    // Four more take the slots of the first four, which are told to go away, and each opens
+    // four Watch streams after its GOAWAY.
+    let mut newer = Vec::new();
+    for _ in 0..4 {
+        newer.push(Withholding::open(addr).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut goaways = Vec::new();
+    for conn in &evicted {
+        let at = conn
+            .goaway(Duration::from_secs(5))
+            .await
+            .expect("an idle connection of a full listener was not sent GOAWAY");
+        goaways.push(at);
+        for stream in [1, 3, 5, 7] {
+            conn.call(stream, WATCH).await;
+        }
+    }
+    // CLOSE_GRACE (5 s) and a generous margin; short of the 10 s after which the idle rule
+    // would close the newer connections too.
+    let bound = Duration::from_secs(9);
+    let end = *goaways.last().unwrap() + bound;
+    while evicted.iter().any(|c| c.closed_at().is_none()) && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lasted: Vec<Option<Duration>> = evicted
+        .iter()
+        .zip(&goaways)
+        .map(|(c, at)| c.closed_at().map(|closed| closed.duration_since(*at)))
+        .collect();
+    let answered: usize = evicted
+        .iter()
+        .map(|c| c.seen.lock().unwrap().frames.answered.len())
+        .sum();
+    let still_open = established(addr.port());
+    let newer_closed = newer.iter().filter(|c| c.closed_at().is_some()).count();
+    eprintln!(
+        "{before} connections before the evictions; evicted ones closed after their GOAWAY: \
+         {lasted:?} (None: still open after {bound:?}); {answered} HEADERS on their Watch \
+         streams; {still_open} established after, {newer_closed} of the 4 newer closed"
+    );
+    let late = lasted
+        .iter()
+        .filter(|d| d.is_none_or(|d| d > bound))
+        .count();
+    assert_eq!(
+        late, 0,
+        "{late} of 4 evicted connections not closed within {bound:?} of their GOAWAY (CLOSE_GRACE is 5 s) \
+         while their client withheld the shutdown PING's ACK and opened Watch streams: {lasted:?}"
+    );
+    assert_eq!(
+        newer_closed, 0,
+        "connections that took the slots were closed"
+    );
+    assert_eq!(
+        still_open, 4,
+        "the server holds {still_open} connections on --max-connections 4"
+    );
+
+    // The slots turn over gracefully again: one more connection evicts the oldest of the four,
+    // with GOAWAY (not dropped at once, as when too many evicted connections are waiting).
+    let _one_more = Withholding::open(addr).await;
+    let told = newer[0].goaway(Duration::from_secs(5)).await;
+    assert!(
+        told.is_some(),
+        "the connection idle the longest was dropped without GOAWAY to make room (closed: {})",
+        newer[0].closed_at().is_some()
+    );
+}

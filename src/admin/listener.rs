@@ -163,8 +163,9 @@ async fn accept(listener: TcpListener, front: Front, stop: CancellationToken) {
                     let result = match close {
                         Err(result) => result,
                         Ok(()) => {
-                            // GOAWAY, then a few seconds with nothing in flight for the client
-                            // to close its side.
+                            // GOAWAY, then a few seconds for the client to close its side;
+                            // requests begun after the GOAWAY are cut then.
+                            activity.goaway_sent();
                             conn.as_mut().graceful_shutdown();
                             let quiet = activity.quiet_past(tokio::time::Instant::now() + CLOSE_GRACE);
                             tokio::select! {

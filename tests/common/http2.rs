@@ -20,6 +20,7 @@ pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
+pub const PING: u8 = 0x6;
 pub const GOAWAY: u8 = 0x7;
 pub const WINDOW_UPDATE: u8 = 0x8;
 pub const CONTINUATION: u8 = 0x9;
@@ -27,6 +28,7 @@ pub const CONTINUATION: u8 = 0x9;
 /// Flags.
 pub const END_STREAM: u8 = 0x1;
 pub const END_HEADERS: u8 = 0x4;
+pub const ACK: u8 = 0x1;
 
 /// Error codes (RFC 9113, section 7).
 pub const PROTOCOL_ERROR: u32 = 0x1;
@@ -72,6 +74,14 @@ pub struct Watch {
     pub goaway: Option<u32>,
     /// The RST_STREAM frames sent: stream and error code.
     pub resets: Vec<(u32, u32)>,
+    /// The last stream id of each GOAWAY, in order.
+    pub goaways: Vec<u32>,
+    /// The streams the server sent HEADERS on (a response, or trailers).
+    pub answered: Vec<u32>,
+    /// The payloads of the PINGs sent (not their ACKs).
+    pub pings: Vec<[u8; 8]>,
+    /// SETTINGS frames sent (not their ACKs).
+    pub settings: usize,
 }
 
 impl Watch {
@@ -88,7 +98,14 @@ impl Watch {
             match h[3] {
                 GOAWAY if len >= 8 => {
                     self.goaway = Some(u32::from_be_bytes([h[13], h[14], h[15], h[16]]));
+                    let last = u32::from_be_bytes([h[9], h[10], h[11], h[12]]) & 0x7fff_ffff;
+                    self.goaways.push(last);
                 }
+                HEADERS if self.answered.len() < 100_000 => self.answered.push(stream),
+                PING if len == 8 && h[4] & ACK == 0 && self.pings.len() < 100_000 => {
+                    self.pings.push(h[9..17].try_into().unwrap());
+                }
+                SETTINGS if h[4] & ACK == 0 => self.settings += 1,
                 RST_STREAM if len == 4 => {
                     let code = u32::from_be_bytes([h[9], h[10], h[11], h[12]]);
                     // Bounded: a flood may be answered with many.
