@@ -663,3 +663,54 @@ async fn an_evicted_connection_withholding_the_ping_ack_is_closed_within_the_gra
         newer[0].closed_at().is_some()
     );
 }
+
+/// The same for a connection closed for being idle on a crowded listener: its client, never
+/// ACKing the shutdown PING and opening Watch streams after the GOAWAY, kept it open for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_closed_connection_withholding_the_ping_ack_is_closed_within_the_grace() {
+    const WATCH: &str = "/grpc.health.v1.Health/Watch";
+    let server = Server::start(&["--max-connections", "4"]);
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(Withholding::open(server.addr).await);
+    }
+    // All four slots taken: after 10 s without a call each is sent GOAWAY.
+    let mut goaways = Vec::new();
+    for conn in &idle {
+        let at = conn
+            .goaway(Duration::from_secs(20))
+            .await
+            .expect("an idle connection of a crowded listener was not sent GOAWAY");
+        goaways.push(at);
+        for stream in [1, 3, 5, 7] {
+            conn.call(stream, WATCH).await;
+        }
+    }
+    let bound = Duration::from_secs(9);
+    let end = *goaways.last().unwrap() + bound;
+    while idle.iter().any(|c| c.closed_at().is_none()) && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lasted: Vec<Option<Duration>> = idle
+        .iter()
+        .zip(&goaways)
+        .map(|(c, at)| c.closed_at().map(|closed| closed.duration_since(*at)))
+        .collect();
+    let answered: usize = idle
+        .iter()
+        .map(|c| c.seen.lock().unwrap().frames.answered.len())
+        .sum();
+    eprintln!(
+        "idle-closed connections closed after their GOAWAY: {lasted:?} (None: still open after \
+         {bound:?}); {answered} HEADERS on their Watch streams"
+    );
+    let late = lasted
+        .iter()
+        .filter(|d| d.is_none_or(|d| d > bound))
+        .count();
+    assert_eq!(
+        late, 0,
+        "{late} of 4 idle-closed connections not closed within {bound:?} of their GOAWAY (CLOSE_GRACE is 5 s) \
+         while their client withheld the shutdown PING's ACK and opened Watch streams: {lasted:?}"
+    );
+}
