@@ -44,6 +44,7 @@ pub mod scheduling;
 pub mod send_now;
 pub mod slice;
 pub mod sliced_decode;
+pub mod spare_stack;
 pub mod status;
 pub mod stdlib;
 pub mod trap;

@@ -26,7 +26,7 @@
 
 #![allow(unsafe_code)]
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 
 use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
@@ -35,14 +35,13 @@ use mlua::UserData;
 use super::hook::{self, TIME_SLICE};
 use super::pattern::{MatchError, Pace, CHUNK};
 use super::slice::{self, Check};
+use super::spare_stack;
 
 /// A pausable operation's stack. The matcher recurses at most 200 deep, with small frames;
 /// the rest is room for a signal handler. Pages are only used as they are touched.
 const STACK_SIZE: usize = 1 << 20;
 
 thread_local! {
-    /// A stack a finished job left, for the next one (making one maps memory).
-    static SPARE: RefCell<Option<DefaultStack>> = const { RefCell::new(None) };
     /// Tests: every payment is the end of a time slice (see [`pause_at_every_step`]).
     static EVERY_STEP: Cell<bool> = const { Cell::new(false) };
     /// Bytes this thread's operations hold outside Lua's memory (see [`Held`]).
@@ -206,18 +205,15 @@ impl<W: Work> UserData for Job<W> {}
 
 impl<W: Work> Job<W> {
     fn new(work: W) -> Self {
-        let stack = match SPARE.try_with(|s| s.borrow_mut().take()).ok().flatten() {
-            Some(stack) => stack,
-            None => match DefaultStack::new(STACK_SIZE) {
-                Ok(stack) => stack,
-                Err(e) => {
-                    tracing::warn!("no stack for a pausable pattern operation: {e}");
-                    return Self {
-                        body: None,
-                        unstarted: Some(work),
-                    };
-                }
-            },
+        let stack = match spare_stack::take(STACK_SIZE) {
+            Ok(stack) => stack,
+            Err(e) => {
+                tracing::warn!("no stack for a pausable pattern operation: {e}");
+                return Self {
+                    body: None,
+                    unstarted: Some(work),
+                };
+            }
         };
         let body = Coroutine::with_stack(stack, move |yielder: &Yielder<(), ()>, ()| {
             let result = {
@@ -253,7 +249,7 @@ impl<W: Work> Job<W> {
             CoroutineResult::Yield(()) => Resumed::Suspended,
             CoroutineResult::Return((work, result)) => {
                 if let Some(body) = self.body.take() {
-                    keep_spare(body.into_stack());
+                    spare_stack::keep(body.into_stack());
                 }
                 Resumed::Done(work, result)
             }
@@ -267,14 +263,9 @@ impl<W: Work> Drop for Job<W> {
             // Unwinds a suspended operation's frames (dropping what they hold, reading none of
             // the strings' bytes), then keeps the stack for the next job.
             body.force_unwind();
-            keep_spare(body.into_stack());
+            spare_stack::keep(body.into_stack());
         }
     }
-}
-
-/// Keeps `stack` for this thread's next job (dropped instead while the thread exits).
-fn keep_spare(stack: DefaultStack) {
-    let _ = SPARE.try_with(|s| *s.borrow_mut() = Some(stack));
 }
 
 /// The bytes of `s`, for as long as `s` is borrowed, without holding its Lua state (mlua's

@@ -48,6 +48,7 @@ use super::pausable;
 use super::plan::Plans;
 use super::requests;
 use super::slice::{self, Check};
+use super::spare_stack;
 use crate::codec::Incoming;
 
 /// Requests of at least this many bytes are converted where they can pause; shorter ones end
@@ -58,8 +59,6 @@ pub const PAUSE_FROM: usize = 16 * 1024;
 const STACK_SIZE: usize = 2 << 20;
 
 thread_local! {
-    /// A stack a finished conversion left, for the next one (making one maps memory).
-    static SPARE: RefCell<Option<DefaultStack>> = const { RefCell::new(None) };
     /// The running conversion's [`Pacer`], while it runs (null while it is suspended, and
     /// outside conversions).
     static PACER: Cell<*const ()> = const { Cell::new(std::ptr::null()) };
@@ -140,15 +139,12 @@ impl Conversion {
         msg: Incoming,
         layout: usize,
     ) -> Result<Self, Incoming> {
-        let stack = match SPARE.try_with(|s| s.borrow_mut().take()).ok().flatten() {
-            Some(stack) => stack,
-            None => match DefaultStack::new(STACK_SIZE) {
-                Ok(stack) => stack,
-                Err(e) => {
-                    tracing::warn!("no stack for a pausable request conversion: {e}");
-                    return Err(msg);
-                }
-            },
+        let stack = match spare_stack::take(STACK_SIZE) {
+            Ok(stack) => stack,
+            Err(e) => {
+                tracing::warn!("no stack for a pausable request conversion: {e}");
+                return Err(msg);
+            }
         };
         let lua = lua.clone();
         let body = Coroutine::with_stack(stack, move |yielder: &Yielder<(), ()>, ()| {
@@ -175,7 +171,7 @@ impl Conversion {
             CoroutineResult::Yield(()) => Resumed::Suspended,
             CoroutineResult::Return(converted) => {
                 if let Some(body) = self.body.take() {
-                    keep_spare(body.into_stack());
+                    spare_stack::keep(body.into_stack());
                 }
                 Resumed::Done(converted)
             }
@@ -189,14 +185,9 @@ impl Drop for Conversion {
             // Unwinds a suspended conversion's frames, dropping the tables' handles and the
             // app-data borrow it holds, then keeps the stack for the next one.
             body.force_unwind();
-            keep_spare(body.into_stack());
+            spare_stack::keep(body.into_stack());
         }
     }
-}
-
-/// Keeps `stack` for this thread's next conversion (dropped instead while the thread exits).
-fn keep_spare(stack: DefaultStack) {
-    let _ = SPARE.try_with(|s| *s.borrow_mut() = Some(stack));
 }
 
 /// A streamed message's conversion, kept for its call on the state's thread.
