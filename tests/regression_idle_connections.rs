@@ -585,7 +585,6 @@ fn established(port: u16) -> usize {
 /// GOAWAY no longer keep a connection open: it is dropped at `CLOSE_GRACE` (5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evicted_connection_withholding_the_ping_ack_is_closed_within_the_grace() {
-    const WATCH: &str = "/grpc.health.v1.Health/Watch";
     let server = Server::start(&["--max-connections", "4"]);
     let addr = server.addr;
     let mut evicted = Vec::new();
@@ -601,48 +600,14 @@ async fn an_evicted_connection_withholding_the_ping_ack_is_closed_within_the_gra
         newer.push(Withholding::open(addr).await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut goaways = Vec::new();
-    for conn in &evicted {
-        let at = conn
-            .goaway(Duration::from_secs(5))
-            .await
-            .expect("an idle connection of a full listener was not sent GOAWAY");
-        goaways.push(at);
-        for stream in [1, 3, 5, 7] {
-            conn.call(stream, WATCH).await;
-        }
-    }
     // CLOSE_GRACE (5 s) and a generous margin; short of the 10 s after which the idle rule
     // would close the newer connections too.
-    let bound = Duration::from_secs(9);
-    let end = *goaways.last().unwrap() + bound;
-    while evicted.iter().any(|c| c.closed_at().is_none()) && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let lasted: Vec<Option<Duration>> = evicted
-        .iter()
-        .zip(&goaways)
-        .map(|(c, at)| c.closed_at().map(|closed| closed.duration_since(*at)))
-        .collect();
-    let answered: usize = evicted
-        .iter()
-        .map(|c| c.seen.lock().unwrap().frames.answered.len())
-        .sum();
+    closed_within_the_grace(&evicted, Duration::from_secs(5), "evicted").await;
     let still_open = established(addr.port());
     let newer_closed = newer.iter().filter(|c| c.closed_at().is_some()).count();
     eprintln!(
-        "{before} connections before the evictions; evicted ones closed after their GOAWAY: \
-         {lasted:?} (None: still open after {bound:?}); {answered} HEADERS on their Watch \
-         streams; {still_open} established after, {newer_closed} of the 4 newer closed"
-    );
-    let late = lasted
-        .iter()
-        .filter(|d| d.is_none_or(|d| d > bound))
-        .count();
-    assert_eq!(
-        late, 0,
-        "{late} of 4 evicted connections not closed within {bound:?} of their GOAWAY (CLOSE_GRACE is 5 s) \
-         while their client withheld the shutdown PING's ACK and opened Watch streams: {lasted:?}"
+        "{before} connections before the evictions; {still_open} established after, \
+         {newer_closed} of the 4 newer closed"
     );
     assert_eq!(
         newer_closed, 0,
@@ -668,19 +633,26 @@ async fn an_evicted_connection_withholding_the_ping_ack_is_closed_within_the_gra
 /// ACKing the shutdown PING and opening Watch streams after the GOAWAY, kept it open for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_closed_connection_withholding_the_ping_ack_is_closed_within_the_grace() {
-    const WATCH: &str = "/grpc.health.v1.Health/Watch";
     let server = Server::start(&["--max-connections", "4"]);
     let mut idle = Vec::new();
     for _ in 0..4 {
         idle.push(Withholding::open(server.addr).await);
     }
     // All four slots taken: after 10 s without a call each is sent GOAWAY.
+    closed_within_the_grace(&idle, Duration::from_secs(20), "idle-closed").await;
+}
+
+/// Waits up to `told` for each of `conns` to be sent GOAWAY, opens four Watch streams on each
+/// after it, and asserts that each is then closed within CLOSE_GRACE (5 s) and a margin,
+/// whatever its client (which never ACKs the shutdown PING) does.
+async fn closed_within_the_grace(conns: &[Withholding], told: Duration, what: &str) {
+    const WATCH: &str = "/grpc.health.v1.Health/Watch";
     let mut goaways = Vec::new();
-    for conn in &idle {
+    for conn in conns {
         let at = conn
-            .goaway(Duration::from_secs(20))
+            .goaway(told)
             .await
-            .expect("an idle connection of a crowded listener was not sent GOAWAY");
+            .unwrap_or_else(|| panic!("an {what} connection was not sent GOAWAY"));
         goaways.push(at);
         for stream in [1, 3, 5, 7] {
             conn.call(stream, WATCH).await;
@@ -688,20 +660,20 @@ async fn an_idle_closed_connection_withholding_the_ping_ack_is_closed_within_the
     }
     let bound = Duration::from_secs(9);
     let end = *goaways.last().unwrap() + bound;
-    while idle.iter().any(|c| c.closed_at().is_none()) && Instant::now() < end {
+    while conns.iter().any(|c| c.closed_at().is_none()) && Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let lasted: Vec<Option<Duration>> = idle
+    let lasted: Vec<Option<Duration>> = conns
         .iter()
         .zip(&goaways)
         .map(|(c, at)| c.closed_at().map(|closed| closed.duration_since(*at)))
         .collect();
-    let answered: usize = idle
+    let answered: usize = conns
         .iter()
         .map(|c| c.seen.lock().unwrap().frames.answered.len())
         .sum();
     eprintln!(
-        "idle-closed connections closed after their GOAWAY: {lasted:?} (None: still open after \
+        "{what} connections closed after their GOAWAY: {lasted:?} (None: still open after \
          {bound:?}); {answered} HEADERS on their Watch streams"
     );
     let late = lasted
@@ -709,8 +681,11 @@ async fn an_idle_closed_connection_withholding_the_ping_ack_is_closed_within_the
         .filter(|d| d.is_none_or(|d| d > bound))
         .count();
     assert_eq!(
-        late, 0,
-        "{late} of 4 idle-closed connections not closed within {bound:?} of their GOAWAY (CLOSE_GRACE is 5 s) \
-         while their client withheld the shutdown PING's ACK and opened Watch streams: {lasted:?}"
+        late,
+        0,
+        "{late} of {} {what} connections not closed within {bound:?} of their GOAWAY (CLOSE_GRACE \
+         is 5 s) while their client withheld the shutdown PING's ACK and opened Watch streams: \
+         {lasted:?}",
+        conns.len()
     );
 }
