@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{proc_status_kib, project_folder, serve_folders, Server};
+use common::{project_folder, put_handler as put, rss_mib, serve_folders, threads};
 use serde_json::{json, Value as Json};
 
 const PROTO: &str = r#"syntax = "proto3";
@@ -55,26 +55,6 @@ fn data_file() -> String {
         .map(|i| json!({"name": format!("row number {i:08}"), "v": [i, i * 3, i * 7, i + 1], "k": i}))
         .collect();
     Json::Array(rows).to_string()
-}
-
-fn threads(server: &Server) -> u64 {
-    proc_status_kib(server.pid(), "Threads")
-}
-
-fn rss_mib(server: &Server) -> u64 {
-    proc_status_kib(server.pid(), "VmRSS") / 1024
-}
-
-async fn put(server: &Server, method: &str, entry: &Json) {
-    let (status, body) = server
-        .admin_call(
-            "PUT",
-            &format!("/v1/handlers/{method}"),
-            None,
-            Some(&entry.to_string()),
-        )
-        .await;
-    assert_eq!(status, 200, "PUT {method}: {body:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

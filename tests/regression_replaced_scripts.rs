@@ -24,7 +24,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{proc_status_kib, project_folder, serve_folders, Client, Server};
+use common::{project_folder, put_handler as put, rss_mib, serve_folders, threads, Client, Server};
 use serde_json::{json, Value as Json};
 use tonic::Code;
 
@@ -90,14 +90,6 @@ fn set_mib(data: &str) -> u64 {
     (30 * data.len() as u64) >> 20
 }
 
-fn threads(server: &Server) -> u64 {
-    proc_status_kib(server.pid(), "Threads")
-}
-
-fn rss_mib(server: &Server) -> u64 {
-    proc_status_kib(server.pid(), "VmRSS") / 1024
-}
-
 /// Waits (up to 15 s) for the thread count to fall to `bound`: closed states' threads exit
 /// soon after, not at once.
 async fn settle(server: &Server, bound: u64) -> (u64, u64) {
@@ -114,18 +106,6 @@ async fn settle(server: &Server, bound: u64) -> (u64, u64) {
 async fn reload(server: &Server) {
     let (status, body) = server.admin_call("POST", "/v1/reload", None, None).await;
     assert_eq!(status, 200, "reload: {body:#}");
-}
-
-async fn put(server: &Server, method: &str, entry: &Json) {
-    let (status, body) = server
-        .admin_call(
-            "PUT",
-            &format!("/v1/handlers/{method}"),
-            None,
-            Some(&entry.to_string()),
-        )
-        .await;
-    assert_eq!(status, 200, "PUT {method}: {body:#}");
 }
 
 type Chat = (

@@ -307,6 +307,29 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
+/// Threads of `server`'s process now.
+pub fn threads(server: &Server) -> u64 {
+    proc_status_kib(server.pid(), "Threads")
+}
+
+/// Resident memory of `server`'s process now, in MiB.
+pub fn rss_mib(server: &Server) -> u64 {
+    proc_status_kib(server.pid(), "VmRSS") / 1024
+}
+
+/// `PUT /v1/handlers/METHOD` with `entry`, which must be taken (200).
+pub async fn put_handler(server: &Server, method: &str, entry: &Json) {
+    let (status, body) = server
+        .admin_call(
+            "PUT",
+            &format!("/v1/handlers/{method}"),
+            None,
+            Some(&entry.to_string()),
+        )
+        .await;
+    assert_eq!(status, 200, "PUT {method}: {body:#}");
+}
+
 /// Runs `protoserve ARGS…` to completion: (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(binary())
