@@ -140,11 +140,14 @@ def collect(recs):
     na = {}
     rss_idle, rss_hwm, log_bytes = {}, {}, {}
     startup = defaultdict(list)  # (server, protos) -> [load]
+    states = defaultdict(dict)  # round -> {states: rss_kib}
     kinds = {s[0]: s[2] for s in SCENARIOS}
     for r in recs:
         key = (r["scenario"], r["server"])
         if r["scenario"] == "startup":
             startup[(r["server"], r["protos"])].append(r["load"])
+        elif r["scenario"] == "states":
+            states[r["round"]][r["states"]] = r["rss_kib"]
         elif r["scenario"] == "googleapis":
             startup[(r["server"], "googleapis")].append(dict(r["load"], files=r.get("files")))
         elif "na" in r:
@@ -157,7 +160,7 @@ def collect(recs):
             log_bytes[key] = r["log_bytes"]
         elif "load" in r:
             runs[key].append(Run(r, kinds[r["scenario"]]))
-    return runs, na, rss_idle, rss_hwm, log_bytes, startup
+    return runs, na, rss_idle, rss_hwm, log_bytes, startup, states
 
 
 def na_text(reason):
@@ -171,7 +174,7 @@ def mib(kib):
 
 
 def build(recs, meta):
-    runs, na, rss_idle, rss_hwm, log_bytes, startup = collect(recs)
+    runs, na, rss_idle, rss_hwm, log_bytes, startup, states = collect(recs)
     md = []
     summary = []  # (scenario label, server, speed ratio, cpu ratio)
     md.append("# protoserve benchmarks")
@@ -307,6 +310,28 @@ def build(recs, meta):
                 "time is the handler's own code, so this row is the interpreter's cost, not the server's."
             )
             md.append("")
+
+    # Memory per Lua state
+    pairs = [sorted(by_n.items()) for by_n in states.values() if len(by_n) == 2]
+    if pairs:
+        (few, _), (many, _) = pairs[0]
+        per_state = [(hi - lo) / (many - few) for (_, lo), (_, hi) in pairs]
+        md.append("## Memory per Lua state (the repo's handlers/ and data/)")
+        md.append("")
+        md.append(
+            f"The repo's handlers/ and data/ (RouteGuide in Lua over the tutorial's 100 features) served with "
+            f"`--script-states {few}` and `--script-states {many}`; after the correctness check and a short "
+            f"RecordRoute and ListFeatures load over every state, VmRSS of the two servers. One more state "
+            f"costs (RSS {many} − RSS {few}) / {many - few}."
+        )
+        md.append("")
+        md.append(f"| RSS, {few} state MiB | RSS, {many} states MiB | per state KiB | min–max | rounds |")
+        md.append("|--:|--:|--:|--:|--:|")
+        md.append(
+            f"| {fmt(mib(med([p[0][1] for p in pairs])))} | {fmt(mib(med([p[1][1] for p in pairs])))} "
+            f"| {fmt(med(per_state))} | {fmt_range(per_state)} | {len(pairs)} |"
+        )
+        md.append("")
 
     # Startup
     if startup:
