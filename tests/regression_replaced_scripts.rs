@@ -155,6 +155,28 @@ async fn start(dir: &tempfile::TempDir, extra: &[&str]) -> (Server, Client) {
     .await
 }
 
+/// A project folder with the test's proto, handlers, the first version of the script and a
+/// data set of `rows` rows.
+fn folder(rows: usize) -> tempfile::TempDir {
+    project_folder(&[
+        ("protos/t.proto", PROTO),
+        ("handlers/t.json", HANDLERS),
+        ("handlers/t.lua", &script(0)),
+        ("data/big.json", &data_file(rows)),
+    ])
+}
+
+/// Closes each numbered stream's request side and checks its call ends with OK.
+async fn end_well(streams: impl Iterator<Item = (usize, Chat)>) {
+    for (i, (tx, mut stream)) in streams {
+        drop(tx);
+        assert!(
+            stream.message().await.expect("ends OK").is_none(),
+            "stream {i} ends"
+        );
+    }
+}
+
 fn log_lines(server: &Server, needle: &str) -> Vec<String> {
     server
         .log()
@@ -165,14 +187,7 @@ fn log_lines(server: &Server, needle: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuilds_that_change_no_script_keep_the_lua_states() {
-    let data = data_file(ROWS);
-    let first_script = script(0);
-    let dir = project_folder(&[
-        ("protos/t.proto", PROTO),
-        ("handlers/t.json", HANDLERS),
-        ("handlers/t.lua", &first_script),
-        ("data/big.json", &data),
-    ]);
+    let dir = folder(ROWS);
     let (server, client) = start(&dir, &[]).await;
     assert_eq!(
         client.unary("t.T/Scr", json!({})).await.unwrap(),
@@ -223,6 +238,7 @@ async fn rebuilds_that_change_no_script_keep_the_lua_states() {
         "{CHANGES} PUTs of a declarative handler, each with a script stream open: threads \
          {threads_before} -> {threads_after} (a set of Lua states runs {SET_THREADS})"
     );
+    let data = data_file(ROWS);
     let set = set_mib(&data);
     assert!(set >= 40, "the data file is {} bytes", data.len());
     assert!(
@@ -267,26 +283,13 @@ async fn rebuilds_that_change_no_script_keep_the_lua_states() {
         let n = 2000 + i as i64;
         assert_eq!(chat(call, n).await.unwrap(), json!({"s": "v0", "n": n}));
     }
-    for (i, (tx, mut stream)) in open.into_iter().enumerate() {
-        drop(tx);
-        assert!(
-            stream.message().await.expect("ends OK").is_none(),
-            "stream {i} ends"
-        );
-    }
+    end_well(open.into_iter().enumerate()).await;
     assert!(log_lines(&server, "panicked").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_changes_with_streams_open_close_the_oldest_replaced_states() {
-    let data = data_file(ROWS);
-    let first_script = script(0);
-    let dir = project_folder(&[
-        ("protos/t.proto", PROTO),
-        ("handlers/t.json", HANDLERS),
-        ("handlers/t.lua", &first_script),
-        ("data/big.json", &data),
-    ]);
+    let dir = folder(ROWS);
     // The default --keep-replaced-scripts: 2.
     let keep = 2;
     let (server, client) = start(&dir, &[]).await;
@@ -332,7 +335,7 @@ async fn script_changes_with_streams_open_close_the_oldest_replaced_states() {
     // The served set, the kept ones and one set's worth of slack (the estimate of a set is
     // rough, and freed pages go back to the system as the closed threads' heaps are let go):
     // before the bound, 5 changes held 5 or more sets.
-    let set = set_mib(&data);
+    let set = set_mib(&data_file(ROWS));
     assert!(
         rss_after < rss_before + (keep as u64 + 2) * set,
         "{SCRIPT_CHANGES} script changes with a stream open on each: RSS {rss_before} -> {rss_after} \
@@ -374,26 +377,13 @@ async fn script_changes_with_streams_open_close_the_oldest_replaced_states() {
         vec![json!({"s": format!("v{SCRIPT_CHANGES}"), "n": 7})]
     );
     // The streams left end well.
-    for (v, (tx, mut stream)) in open.into_iter().enumerate().skip(SCRIPT_CHANGES - keep) {
-        drop(tx);
-        assert!(
-            stream.message().await.expect("ends OK").is_none(),
-            "stream v{v} ends"
-        );
-    }
+    end_well(open.into_iter().enumerate().skip(SCRIPT_CHANGES - keep)).await;
     assert!(log_lines(&server, "panicked").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_replaced_scripts_zero_ends_the_calls_of_replaced_scripts_at_once() {
-    let data = data_file(100);
-    let first_script = script(0);
-    let dir = project_folder(&[
-        ("protos/t.proto", PROTO),
-        ("handlers/t.json", HANDLERS),
-        ("handlers/t.lua", &first_script),
-        ("data/big.json", &data),
-    ]);
+    let dir = folder(100);
     let (server, client) = start(&dir, &["--keep-replaced-scripts", "0"]).await;
     let (mut old, first) = open_chat(&client, 1).await;
     assert_eq!(first, json!({"s": "v0", "n": 1}));
@@ -421,14 +411,7 @@ async fn keep_replaced_scripts_zero_ends_the_calls_of_replaced_scripts_at_once()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_states_of_streams_whose_clients_do_not_read_leave_no_threads() {
-    let data = data_file(100);
-    let first_script = script(0);
-    let dir = project_folder(&[
-        ("protos/t.proto", PROTO),
-        ("handlers/t.json", HANDLERS),
-        ("handlers/t.lua", &first_script),
-        ("data/big.json", &data),
-    ]);
+    let dir = folder(100);
     let (server, client) = start(&dir, &["--keep-replaced-scripts", "0"]).await;
     assert_eq!(
         client.unary("t.T/Scr", json!({})).await.unwrap(),
