@@ -170,6 +170,34 @@ async fn memory_hog_on_default_states_leaves_no_call_unanswered() {
     still_serves(&client).await;
 }
 
+/// A call alone on its state that fills the state's memory over many time slices, without
+/// catching the error: the memory was its own, so it hears RESOURCE_EXHAUSTED naming the limit.
+/// It heard UNAVAILABLE "out of memory because of other calls on it": by the time the memory
+/// error was judged, the collection that followed it had been counted against the call, so it
+/// seemed to have added nothing to a state that was full when its last time slice began.
+#[tokio::test]
+async fn a_call_filling_its_state_alone_is_told_it_passed_the_limit() {
+    let (s, client) = start(&["--script-states", "1", "--script-memory", "64"]).await;
+    still_serves(&client).await;
+    for round in 0..3 {
+        let r = call(&client, "fill", Duration::from_secs(30))
+            .await
+            .expect("the filling call is answered within 30 s");
+        let status = r.expect_err("the filling call fails");
+        assert_eq!(
+            status.code(),
+            Code::ResourceExhausted,
+            "round {round}: {status:?}; warnings:\n{}",
+            warnings(&s)
+        );
+        assert!(
+            status.message().contains("memory limit of 64 MiB"),
+            "round {round}: {status:?}"
+        );
+        still_serves(&client).await;
+    }
+}
+
 /// Twenty calls that each hold 5 MiB fill a 100 MiB state with no one call to blame: the state
 /// is replaced, and the calls in progress on it (waiting in `ctx:sleep`, no deadline) are told
 /// so at once; the calls that come after are served by the fresh state.

@@ -115,6 +115,9 @@ pub struct CallShared {
     pub held: AtomicI64,
     /// The state's memory when the call's last run began.
     pub memory_at_run: AtomicU64,
+    /// `held` when the call's last run began: what the call had added before the run that met
+    /// a memory error (`held` itself has that run's end counted too, collection included).
+    pub held_at_run: AtomicI64,
 }
 
 /// What a call needs to start (the rest of [`CallShared`] starts empty).
@@ -191,6 +194,7 @@ impl CallShared {
             request_stream: Mutex::new(None),
             held: AtomicI64::new(0),
             memory_at_run: AtomicU64::new(0),
+            held_at_run: AtomicI64::new(0),
         }
     }
 

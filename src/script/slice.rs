@@ -364,6 +364,8 @@ impl<F: Future + Unpin> Future for Running<F> {
         if let Some(before) = memory_before {
             let before = u64::try_from(before).unwrap_or(u64::MAX);
             this.shared.memory_at_run.store(before, Ordering::Relaxed);
+            let held = this.shared.held.load(Ordering::Relaxed);
+            this.shared.held_at_run.store(held, Ordering::Relaxed);
         }
         let result = with_call(&this.shared, || {
             // The call's own thread runs now: the clock's signal pauses it (see `preempt`).

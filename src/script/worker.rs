@@ -849,10 +849,10 @@ impl Inbox {
         let nearly_full = limit / 10 * 9;
         if used <= nearly_full {
             // Freed: the memory was the call's own, unless the state was already full when the
-            // call's last run began and the call added little (another call held the memory
-            // and ended meanwhile, leaving it to collect).
+            // call's last run began and the call had added little before that run (another
+            // call held the memory and ended meanwhile, leaving it to collect).
             let at_run = usize::try_from(call.memory_at_run.load(Ordering::Relaxed)).unwrap_or(0);
-            let added = call.held.load(Ordering::Relaxed);
+            let added = call.held_at_run.load(Ordering::Relaxed);
             if at_run > nearly_full && added < i64::try_from(limit / 4).unwrap_or(i64::MAX) {
                 return Some(StateFull { held: at_run });
             }
