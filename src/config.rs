@@ -169,7 +169,7 @@ pub fn load_handlers(
     files.sort();
     let mut served_by: HashMap<Arc<str>, PathBuf> = HashMap::new();
     for file in files {
-        if let Err(mut e) = load_file(
+        if let Err(e) = load_file(
             &file,
             pool,
             table,
@@ -178,7 +178,7 @@ pub fn load_handlers(
             regexes,
             &mut served_by,
         ) {
-            errors.0.append(&mut e.0);
+            errors.absorb(e);
         }
     }
     errors.into_result(())

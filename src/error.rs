@@ -277,6 +277,14 @@ impl StartupErrors {
         seen.upto = self.0.len();
     }
 
+    /// Adds each of `other`'s problems as [`Self::push`] does: one that is listed already is
+    /// not listed again (each handler file that runs the same script meets the same problem).
+    pub fn absorb(&mut self, other: StartupErrors) {
+        for e in other.0 {
+            self.push(e);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

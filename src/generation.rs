@@ -120,8 +120,8 @@ impl Builder<'_> {
                 errors.push(e);
             }
         }
-        let data = DataSets::load(&options.data).unwrap_or_else(|mut e| {
-            errors.0.append(&mut e.0);
+        let data = DataSets::load(&options.data).unwrap_or_else(|e| {
+            errors.absorb(e);
             DataSets::unloaded(&options.data)
         });
         let script_options = ScriptOptions {
@@ -138,7 +138,7 @@ impl Builder<'_> {
         let mut pending = PendingScripts::new();
         // One budget for the regex tests of the files and the runtime handlers together.
         let mut regexes = Regexes::default();
-        if let Err(mut e) = config::load_handlers(
+        if let Err(e) = config::load_handlers(
             &options.handlers,
             &schema.pool,
             &mut table,
@@ -146,9 +146,9 @@ impl Builder<'_> {
             &mut pending,
             &mut regexes,
         ) {
-            errors.0.append(&mut e.0);
+            errors.absorb(e);
         }
-        if let Err(mut e) = config::load_runtime(
+        if let Err(e) = config::load_runtime(
             self.runtime,
             &schema.pool,
             &mut table,
@@ -156,7 +156,7 @@ impl Builder<'_> {
             &mut pending,
             &mut regexes,
         ) {
-            errors.0.append(&mut e.0);
+            errors.absorb(e);
         }
         if data.unloaded {
             // A script that reads a data set fails to load for the data error listed already.

@@ -452,6 +452,55 @@ fn large_data_file_error_names_file_and_limit() {
     assert!(stderr.contains("help: raise --script-memory"), "{stderr}");
 }
 
+/// Two handler files whose methods run scripts meet the same data problem: `check` listed it
+/// once per file ("2 problem(s) found", the same lines twice); it is one problem.
+#[test]
+fn a_data_problem_met_by_two_handler_files_is_listed_once() {
+    let handlers = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handlers.path().join("greeter.json"),
+        r#"{"service": "helloworld.Greeter", "methods": {"SayHello": {"script": "all.lua"}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.path().join("guide.json"),
+        r#"{"service": "routeguide.RouteGuide", "methods": {"GetFeature": {"script": "all.lua"}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        handlers.path().join("all.lua"),
+        "function SayHello() return {} end\nfunction GetFeature() return {} end\n",
+    )
+    .unwrap();
+    let rows: Vec<String> = (0..40_000)
+        .map(|i| format!("{{\"id\":{i},\"name\":\"item number {i}\"}}"))
+        .collect();
+    std::fs::write(
+        data.path().join("big.json"),
+        format!("[{}]", rows.join(",")),
+    )
+    .unwrap();
+    let (code, _, stderr) = common::run(&[
+        "check",
+        "--protos",
+        common::repo().join("protos").to_str().unwrap(),
+        "--handlers",
+        handlers.path().to_str().unwrap(),
+        "--data",
+        data.path().to_str().unwrap(),
+        "--script-memory",
+        "4",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(
+        stderr.matches("this data set does not fit").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 problem(s) found"), "{stderr}");
+}
+
 #[test]
 fn missing_data_set_error_has_line() {
     let empty = tempfile::tempdir().unwrap();

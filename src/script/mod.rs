@@ -244,7 +244,7 @@ impl<'a> Scripts<'a> {
         }
         self.added = added;
         self.found = found;
-        self.replay_errors.0.append(&mut errors.0);
+        self.replay_errors.absorb(errors);
         Ok(())
     }
 
