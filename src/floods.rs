@@ -14,8 +14,9 @@
 //! So the connection's socket is read through [`FrameBudget`], which follows the 9-byte frame
 //! headers as the bytes pass (no copying, payloads are skipped) and:
 //!
-//! - counts PING and SETTINGS frames that are not acknowledgements, PRIORITY frames and empty
-//!   DATA frames that do not end their stream: over [`MAX_IDLE_FRAMES`] in a second (or over
+//! - counts PING and SETTINGS frames that are not acknowledgements, PRIORITY frames, empty
+//!   DATA frames that do not end their stream, and frames of types HTTP/2 does not define
+//!   (which h2 skips unread): over [`MAX_IDLE_FRAMES`] in a second (or over
 //!   [`MAX_SETTINGS`] SETTINGS frames) closes the connection, with GOAWAY `ENHANCE_YOUR_CALM`
 //!   when the server is between frames of its own (as grpc-go and nghttp2 close pingers). A
 //!   frame that arrives after the server wrote [`BYTES_PER_FREE_FRAME`] to the client is not
@@ -42,6 +43,11 @@
 //! [`MAX_SAVED_UPDATES`]; others count as idle frames (bytes written pay for them too, as for
 //! pings). A client that grows its windows (adaptive windows, a connection window raised once
 //! at the start) sends a few a second.
+//!
+//! Acknowledgements: a PING or SETTINGS acknowledgement answers one the server sent, and is
+//! free then. One the server did not ask for (h2 logged a warning for each unsolicited PING
+//! acknowledgement, a million lines a second from one client, and a log read slowly through a
+//! pipe held the network threads) counts as an idle frame.
 //!
 //! RST_STREAM: a client cancelling its call resets the stream it opened; h2 closes a
 //! connection that resets more than `MAX_PENDING_ACCEPT_RESETS` (`server.rs`) streams before
@@ -94,6 +100,8 @@ const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const WINDOW_UPDATE: u8 = 0x8;
+/// The last frame type HTTP/2 defines (CONTINUATION); h2 skips frames of higher types.
+const LAST_KNOWN: u8 = 0x9;
 const ACK: u8 = 0x1;
 const END_STREAM: u8 = 0x1;
 
@@ -174,6 +182,10 @@ pub struct Flood {
     pub empty_data: u32,
     pub window_updates: u32,
     pub resets: u32,
+    /// PING and SETTINGS acknowledgements of frames the server did not send.
+    pub unasked_acks: u32,
+    /// Frames of types HTTP/2 does not define.
+    pub unknown: u32,
 }
 
 impl fmt::Display for Flood {
@@ -181,8 +193,9 @@ impl fmt::Display for Flood {
         write!(
             f,
             "within a second it sent {} PING, {} SETTINGS, {} PRIORITY, {} empty DATA, {} \
-             WINDOW_UPDATE (beyond two per DATA frame it was sent) and {} RST_STREAM (beyond one \
-             per stream it opened) frames, which carry no call: over the limit of \
+             WINDOW_UPDATE (beyond two per DATA frame it was sent), {} RST_STREAM (beyond one \
+             per stream it opened), {} unasked PING or SETTINGS acknowledgement and {} \
+             unknown-type frames, which carry no call: over the limit of \
              {MAX_IDLE_FRAMES} such frames a second ({MAX_SETTINGS} SETTINGS), which only a flood \
              reaches (a keepalive ping every 100 ms is 10 a second)",
             self.pings,
@@ -190,7 +203,9 @@ impl fmt::Display for Flood {
             self.priorities,
             self.empty_data,
             self.window_updates,
-            self.resets
+            self.resets,
+            self.unasked_acks,
+            self.unknown
         )
     }
 }
@@ -223,7 +238,20 @@ struct Counter {
     updates: u32,
     /// RST_STREAM frames paid for by streams the client opened (at most [`MAX_SAVED_RESETS`]).
     resets: u32,
+    /// PING and SETTINGS acknowledgements paid for by the PING and SETTINGS frames the server
+    /// sent (at most [`MAX_SAVED_ACKS`] each).
+    ping_acks: u32,
+    settings_acks: u32,
 }
+
+/// Acknowledgements the server's own PING or SETTINGS frames pay for, at most: it sends one
+/// SETTINGS frame, and a keepalive or shutdown PING now and then.
+const MAX_SAVED_ACKS: u32 = 16;
+
+/// A counted acknowledgement: its kind for [`Counter::count`].
+const UNASKED_ACK: u8 = 0xfe;
+/// A counted frame of an unknown type.
+const UNKNOWN: u8 = 0xff;
 
 impl Counter {
     /// Counts one idle frame of type `kind` arriving at `now`.
@@ -267,6 +295,8 @@ impl Flood {
             PRIORITY => self.priorities += 1,
             WINDOW_UPDATE => self.window_updates += 1,
             RST_STREAM => self.resets += 1,
+            UNASKED_ACK => self.unasked_acks += 1,
+            UNKNOWN => self.unknown += 1,
             _ => self.empty_data += 1,
         }
     }
@@ -278,6 +308,8 @@ impl Flood {
             + self.empty_data
             + self.window_updates
             + self.resets
+            + self.unasked_acks
+            + self.unknown
     }
 }
 
@@ -309,8 +341,20 @@ impl FrameBudget {
         self.slice.get_or_insert(now);
         let (counter, last_stream) = (&mut self.counter, &mut self.last_stream);
         let scanned = self.incoming.feed(bytes, |h| {
+            let acks = match h.kind {
+                PING => Some(&mut counter.ping_acks),
+                SETTINGS => Some(&mut counter.settings_acks),
+                _ => None,
+            };
+            if let Some(acks) = acks.filter(|_| h.flags & ACK != 0) {
+                if *acks > 0 {
+                    *acks -= 1;
+                    return Ok(());
+                }
+                return counter.count(UNASKED_ACK, now);
+            }
             let idle = match h.kind {
-                PING | SETTINGS => h.flags & ACK == 0,
+                PING | SETTINGS => true,
                 PRIORITY => true,
                 DATA => h.len == 0 && h.flags & END_STREAM == 0,
                 HEADERS => {
@@ -323,6 +367,10 @@ impl FrameBudget {
                     false
                 }
                 WINDOW_UPDATE | RST_STREAM => COUNT_UPDATES_AND_RESETS,
+                kind if kind > LAST_KNOWN => {
+                    counter.count(UNKNOWN, now)?;
+                    false
+                }
                 _ => false,
             };
             if idle {
@@ -341,8 +389,17 @@ impl FrameBudget {
         let counter = &mut self.counter;
         counter.saved = (counter.saved + written.len() as u64).min(MAX_SAVED);
         let _ = self.outgoing.feed(written, |h| {
-            if h.kind == DATA && h.len > 0 {
-                counter.updates = (counter.updates + 2).min(MAX_SAVED_UPDATES);
+            match h.kind {
+                DATA if h.len > 0 => {
+                    counter.updates = (counter.updates + 2).min(MAX_SAVED_UPDATES);
+                }
+                PING if h.flags & ACK == 0 => {
+                    counter.ping_acks = (counter.ping_acks + 1).min(MAX_SAVED_ACKS);
+                }
+                SETTINGS if h.flags & ACK == 0 => {
+                    counter.settings_acks = (counter.settings_acks + 1).min(MAX_SAVED_ACKS);
+                }
+                _ => {}
             }
             Ok::<(), ()>(())
         });
@@ -415,15 +472,38 @@ mod tests {
     }
 
     #[test]
-    fn acknowledgements_and_frames_with_content_are_free() {
-        let mut bytes = preface();
+    fn answered_acknowledgements_and_frames_with_content_are_free() {
+        let mut budget = FrameBudget::new();
+        budget.received(&preface()).unwrap();
         for _ in 0..2 * MAX_IDLE_FRAMES {
-            bytes.extend(frame(PING, ACK, 0, &[1; 8]));
+            budget.sent(&frame(PING, 0, 0, &[1; 8]));
+            budget.sent(&frame(SETTINGS, 0, 0, &[]));
+            let mut bytes = frame(PING, ACK, 0, &[1; 8]);
             bytes.extend(frame(SETTINGS, ACK, 0, &[]));
             bytes.extend(frame(DATA, END_STREAM, 1, &[]));
             bytes.extend(frame(DATA, 0, 1, &[0; 5]));
+            budget.received(&bytes).unwrap();
         }
-        FrameBudget::new().received(&bytes).unwrap();
+        assert_eq!(budget.counter.counted, Flood::default());
+    }
+
+    #[test]
+    fn unasked_acknowledgements_and_unknown_frames_are_idle_frames() {
+        for (kind, flags) in [(PING, ACK), (SETTINGS, ACK), (0x42, 0)] {
+            let mut bytes = preface();
+            for _ in 0..MAX_IDLE_FRAMES {
+                bytes.extend(frame(kind, flags, 0, &[]));
+            }
+            let mut budget = FrameBudget::new();
+            budget.received(&bytes).unwrap();
+            let flood = budget.received(&frame(kind, flags, 0, &[])).unwrap_err();
+            let counted = if kind == 0x42 {
+                flood.unknown
+            } else {
+                flood.unasked_acks
+            };
+            assert_eq!(counted, MAX_IDLE_FRAMES + 1, "{flood}");
+        }
     }
 
     #[test]

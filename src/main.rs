@@ -33,6 +33,10 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// instructions.
 #[allow(unsafe_code)]
 fn purge_freed_memory_at_once() {
+    // mimalloc reads its own environment variable; one given there wins.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: called first in `main`, before any other thread exists; it stores an integer in
     // mimalloc's option table, and 0 is a valid delay.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
@@ -575,6 +579,26 @@ impl LoadArgs {
     }
 }
 
+/// Log lines kept for the log's writer while standard error does not take them; past this
+/// many, lines are dropped rather than waited for.
+const LOG_LINES_HELD: usize = 10_000;
+
+/// Where the log goes: standard error, written by a thread of its own. Writing from the thread
+/// that logs made a log read slowly (a pipe whose reader lags, a full terminal) hold the
+/// network threads, and with them every call; now a line waits in memory, at most
+/// [`LOG_LINES_HELD`] of them, and the rest are dropped. The guard writes what is held when
+/// `main` returns.
+fn log_writer() -> (
+    tracing_appender::non_blocking::NonBlocking,
+    tracing_appender::non_blocking::WorkerGuard,
+) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_LINES_HELD)
+        .thread_name("log")
+        .finish(std::io::stderr())
+}
+
 /// The log filter: level names, or tracing directives such as `protoserve=debug`. A bare word
 /// that is no level is refused (tracing would read it as a target and log nothing useful).
 fn log_filter(spec: &str) -> Result<EnvFilter, String> {
@@ -595,10 +619,18 @@ fn log_filter(spec: &str) -> Result<EnvFilter, String> {
     // unwatch a folder that is gone: every removed or replaced folder, which the server
     // handles, would read as trouble. Its real failures reach the server as errors, which it
     // logs itself. A filter that names it still gets everything it logs.
-    if spec.contains("notify") {
-        return Ok(filter);
+    //
+    // h2 warns, unthrottled, of what a misbehaving client does to one connection (an
+    // acknowledgement of a PING the server never sent, a stream reset too many): one client
+    // wrote a million lines a second. The server logs those floods itself, once a second at
+    // most, and closes the connection. A filter that names h2 gets everything it logs.
+    let mut filter = filter;
+    for (target, quiet) in [("notify", "notify=error"), ("h2", "h2=error")] {
+        if !spec.contains(target) {
+            filter = filter.add_directive(quiet.parse().map_err(|e| format!("{e}"))?);
+        }
     }
-    Ok(filter.add_directive("notify=error".parse().map_err(|e| format!("{e}"))?))
+    Ok(filter)
 }
 
 /// The arguments. Options before a subcommand would be the default `serve`'s, silently left
@@ -644,9 +676,10 @@ fn main() -> ExitCode {
         eprintln!("{e}");
         return ExitCode::from(STARTUP_PROBLEM);
     }
+    let (writer, _flush_at_exit) = log_writer();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
