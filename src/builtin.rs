@@ -31,7 +31,11 @@ pub fn reflection(
         message: format!("the built-in services' descriptors do not decode: {e}"),
         detail: None,
     })?;
-    let index = reflection::Index::new(schema.files.clone(), Arc::new(builtin_files));
+    let index = reflection::Index::new(
+        schema.files.clone(),
+        Arc::new(builtin_files),
+        max_message_size,
+    );
     let v1 = reflection::v1::ReflectionV1::server(index.clone())
         .max_decoding_message_size(max_message_size)
         .accept_compressed(Gzip)

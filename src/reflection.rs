@@ -6,7 +6,9 @@
 //! A request for something unknown gets the protocol's NOT_FOUND error response and the stream
 //! goes on, as the reflection protocol asks; a request that is not one (bytes that do not
 //! decode, a message over `--max-message-size`) ends the stream with the gRPC status that says
-//! so, never with OK.
+//! so, never with OK. So does an answer over `--max-message-size` (RESOURCE_EXHAUSTED, as for
+//! every method): an answer repeats its request, so a request just under the limit made an
+//! answer over it, which clients refuse.
 //!
 //! Each request is read and answered only when the transport asks for the next response, never
 //! ahead of it: an answer can be a file of megabytes, and the only answer a stream holds outside
@@ -26,12 +28,15 @@ use crate::schema::Files;
 #[derive(Debug, Clone)]
 pub struct Index {
     layers: Arc<[Arc<Files>]>,
+    /// `--max-message-size`: the largest answer.
+    max_message_size: usize,
 }
 
 impl Index {
-    pub fn new(user: Arc<Files>, builtin: Arc<Files>) -> Self {
+    pub fn new(user: Arc<Files>, builtin: Arc<Files>, max_message_size: usize) -> Self {
         Self {
             layers: vec![user, builtin].into(),
+            max_message_size,
         }
     }
 
@@ -163,8 +168,12 @@ macro_rules! reflection_service {
                     }
                 }
 
-                /// The response to one request of the stream.
-                fn respond(&self, req: ServerReflectionRequest) -> ServerReflectionResponse {
+                /// The response to one request of the stream; an error when it is over
+                /// `--max-message-size`.
+                fn respond(
+                    &self,
+                    req: ServerReflectionRequest,
+                ) -> Result<ServerReflectionResponse, Status> {
                     let response = match &req.message_request {
                         Some(m) => self.answer(m),
                         None => MessageResponse::ErrorResponse(ErrorResponse {
@@ -172,11 +181,17 @@ macro_rules! reflection_service {
                             error_message: "empty reflection request".into(),
                         }),
                     };
-                    ServerReflectionResponse {
+                    let response = ServerReflectionResponse {
                         valid_host: req.host.clone(),
                         original_request: Some(req),
                         message_response: Some(response),
+                    };
+                    let len = prost::Message::encoded_len(&response);
+                    let limit = self.0.max_message_size;
+                    if len > limit {
+                        return Err(crate::error::CallError::ResponseTooLarge { len, limit }.into());
                     }
+                    Ok(response)
                 }
             }
 
@@ -194,10 +209,10 @@ macro_rules! reflection_service {
                         stream::unfold(Some((request.into_inner(), this)), |state| async move {
                             let (mut requests, this) = state?;
                             match requests.message().await {
-                                Ok(Some(req)) => {
-                                    let answer = this.respond(req);
-                                    Some((Ok(answer), Some((requests, this))))
-                                }
+                                Ok(Some(req)) => match this.respond(req) {
+                                    Ok(answer) => Some((Ok(answer), Some((requests, this)))),
+                                    Err(status) => Some((Err(status), None)),
+                                },
                                 Ok(None) => None,
                                 // A request that does not decode, is over
                                 // `--max-message-size` or breaks the framing ends the stream

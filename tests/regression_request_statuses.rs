@@ -6,7 +6,9 @@
 //!   cardinality violation: UNIMPLEMENTED (tonic said INTERNAL "Missing request message." for
 //!   none, and answered OK to the first of several).
 //! - A reflection request that does not decode, or is over `--max-message-size`, ends the
-//!   stream with its status (the stream used to end OK, with no answer); a health or
+//!   stream with its status, and so does an answer over it (RESOURCE_EXHAUSTED; an answer
+//!   repeats its request, and one just under the limit made an answer over it that clients
+//!   refused) (the stream used to end OK, with no answer); a health or
 //!   reflection request that does not decode is INVALID_ARGUMENT, as for every method (tonic's
 //!   codec said INTERNAL).
 //! - Metadata over `--max-header-list-size` is RESOURCE_EXHAUSTED naming the flag (HTTP/2 used
@@ -129,6 +131,38 @@ async fn builtin_requests_that_do_not_decode_are_invalid_argument() {
         framed(&[0x3a, 0x01, b'*']),
     )
     .await;
+    assert_eq!(s.code(), Code::Ok, "{s:?}");
+}
+
+/// A reflection answer repeats its request: a symbol name just under `--max-message-size` got
+/// an answer over it, with status OK (538 bytes under a limit of 300; a 4 MiB answer under the
+/// default, which grpcio refused as larger than its maximum). It ends the stream with
+/// RESOURCE_EXHAUSTED naming the flag, as a method's reply over the limit does.
+#[tokio::test]
+async fn reflection_answers_over_the_limit_are_resource_exhausted() {
+    let f = fixtures();
+    let server = Server::start(&[
+        "--protos",
+        f.join("protos").to_str().unwrap(),
+        "--handlers",
+        f.join("handlers").to_str().unwrap(),
+        "--max-message-size",
+        "300",
+    ]);
+    let path = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+    // FileContainingSymbol (field 4) of an unknown 280-byte name: the request fits, the answer
+    // (the request again, and a NOT_FOUND message quoting the name) does not.
+    let name = "x".repeat(280);
+    let mut request = vec![0x22, 0x98, 0x02];
+    request.extend_from_slice(name.as_bytes());
+    assert!(request.len() <= 300);
+    let s = raw_call(server.addr, path, framed(&request)).await;
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("--max-message-size"), "{s:?}");
+    // A short one is answered.
+    let mut request = vec![0x22, 0x03];
+    request.extend_from_slice(b"x.Y");
+    let s = raw_call(server.addr, path, framed(&request)).await;
     assert_eq!(s.code(), Code::Ok, "{s:?}");
 }
 
