@@ -477,6 +477,39 @@ async fn gzip_that_inflates_too_far_or_not_at_all_answers_as_before() {
     );
 }
 
+/// gzip data may be a series of members (RFC 1952; Go's gzip.Reader and Java's
+/// GZIPInputStream read them all): a message compressed as two members was refused, INVALID_ARGUMENT
+/// "not a valid … truncated" (only the first was inflated), while one member followed by junk
+/// was answered. Every member is inflated now, and bytes after the last that are no member are
+/// refused as gzip that does not inflate (INTERNAL).
+#[tokio::test]
+async fn gzip_of_several_members_inflates_whole_and_junk_after_it_is_refused() {
+    let server = common::start_folders(
+        &fixtures().join("protos"),
+        &fixtures().join("handlers"),
+        &[],
+    );
+    let echo = "/kitchen.Kitchen/EchoStream";
+    let msg = item("two members", &noise(3_000, 7));
+    let (head, tail) = msg.split_at(20);
+    for (what, members) in [
+        ("two members", [gzip(head), gzip(tail)].concat()),
+        (
+            "three members, one empty",
+            [gzip(head), gzip(b""), gzip(tail)].concat(),
+        ),
+    ] {
+        let got = raw_call(server.addr, echo, Some("gzip"), vec![frame(1, &members)]).await;
+        assert_eq!(got.code, Code::Ok, "{what}: {got:?}");
+        assert_eq!(got.responses, vec![msg.clone()], "{what}");
+    }
+    let mut junk_after = gzip(&msg);
+    junk_after.extend_from_slice(b"GARBAGE");
+    let got = raw_call(server.addr, echo, Some("gzip"), vec![frame(1, &junk_after)]).await;
+    assert_eq!(got.code, Code::Internal, "{got:?}");
+    assert!(got.message.contains("Error decompressing"), "{got:?}");
+}
+
 /// Calls that go away while their big messages wait to be inflated, or are being inflated,
 /// leave nothing behind: the next big gzip request is inflated and answered at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,7 +53,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use http::{HeaderMap, Request};
 use http_body::{Frame, SizeHint};
 use tonic::body::Body;
@@ -244,7 +244,10 @@ impl Read for Feed {
 /// One compressed message being inflated: the gzip decoder over its bytes and the output so
 /// far, behind room for the uncompressed message's prefix.
 struct Inflation {
-    decoder: GzDecoder<Feed>,
+    /// Every member of the gzip data, one after the other (RFC 1952 lets a gzip file be a
+    /// series of members, and Go's and Java's readers take them all); bytes after the last
+    /// that are no member fail.
+    decoder: MultiGzDecoder<Feed>,
     out: BytesMut,
     limit: Limit,
     /// Set when the call went away (see [`Abandon`]).
@@ -269,7 +272,7 @@ impl Inflation {
         let mut out = BytesMut::with_capacity(PREFIX + guess);
         out.extend_from_slice(&[0; PREFIX]);
         Self {
-            decoder: GzDecoder::new(Feed {
+            decoder: MultiGzDecoder::new(Feed {
                 compressed,
                 abandoned: abandoned.clone(),
                 slice_ends: None,
@@ -843,7 +846,8 @@ mod tests {
             b"not gzip either, and longer",
             &gzip(b"abc")[..15],
         ] {
-            let said = std::io::copy(&mut GzDecoder::new(bad), &mut Vec::new()).unwrap_err();
+            let said =
+                std::io::copy(&mut flate2::read::GzDecoder::new(bad), &mut Vec::new()).unwrap_err();
             let e = through(vec![frame(1, bad)], 100).await.unwrap_err();
             assert_eq!(e.code(), tonic::Code::Internal);
             assert_eq!(
@@ -883,11 +887,15 @@ mod tests {
         let (out, slices) = sliced(&gz, 1 << 20);
         assert_eq!(out.unwrap(), text);
         assert!(slices > gz.len() / FEED, "{slices} slices");
+        // So is gzip of two members, paused in the second's header too.
+        let (out, _) = sliced(&[&gz[..], &gz[..]].concat(), 1 << 20);
+        assert_eq!(out.unwrap(), [&text[..], &text[..]].concat());
         // Bad gzip fails with the same words, however it was sliced.
         let mut bad = gz.clone();
         let at = bad.len() / 2;
         bad[at] ^= 0xff;
-        let said = std::io::copy(&mut GzDecoder::new(&bad[..]), &mut Vec::new()).unwrap_err();
+        let said = std::io::copy(&mut flate2::read::GzDecoder::new(&bad[..]), &mut Vec::new())
+            .unwrap_err();
         match sliced(&bad, 1 << 20).0 {
             Err(CallError::Inflate { reason }) => assert_eq!(reason, said.to_string()),
             other => panic!("{other:?}"),
