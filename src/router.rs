@@ -44,6 +44,7 @@ use crate::journal::codec::Journaling;
 use crate::journal::layer::CarryTap;
 use crate::journal::Tap;
 use crate::layers::buffers::Buffers;
+use crate::layers::cardinality::OneMessage;
 use crate::metadata;
 
 /// A built-in gRPC service (reflection, health), boxed.
@@ -149,14 +150,14 @@ impl Service<Request<Body>> for Router {
                 if let Some(tap) = tap {
                     tap.discard();
                 }
-                return builtin(svc.clone(), req);
+                return builtin(svc.clone(), req, REFLECTION_METHODS);
             }
         }
         if path.starts_with(self.health.0.as_str()) {
             if let Some(tap) = tap {
                 tap.discard();
             }
-            return builtin(self.health.1.clone(), req);
+            return builtin(self.health.1.clone(), req, HEALTH_METHODS);
         }
         // A big tree's table holds only the services handlers name; the other declared methods
         // get the same answer as a method without a handler.
@@ -179,11 +180,38 @@ impl Service<Request<Body>> for Router {
     }
 }
 
-/// A call to a built-in service, whose body holds no generation and no trailers.
+/// The methods of server reflection (either version): name, and whether it takes exactly one
+/// request message.
+const REFLECTION_METHODS: &[(&str, bool)] = &[("ServerReflectionInfo", false)];
+
+/// The methods of `grpc.health.v1.Health`, as [`REFLECTION_METHODS`].
+const HEALTH_METHODS: &[(&str, bool)] = &[("Check", true), ("Watch", true)];
+
+/// A call to a built-in service of `methods`, whose body holds no generation and no trailers.
+/// A method it does not have is answered as an unknown method of a loaded service (tonic's
+/// servers say UNIMPLEMENTED with no message), and a method that takes one request message
+/// fails on a second (see `layers::cardinality`).
 fn builtin(
     mut svc: BuiltinService,
     req: Request<Body>,
+    methods: &[(&str, bool)],
 ) -> BoxFuture<'static, Result<Response<CallBody>, Infallible>> {
+    let path = req.uri().path();
+    let name = path.rsplit_once('/').map_or("", |(_, m)| m);
+    let Some(&(_, one_message)) = methods.iter().find(|(m, _)| *m == name) else {
+        let status: Status = CallError::UnknownMethod {
+            path: path.to_owned(),
+            methods: Some(methods.iter().map(|(m, _)| (*m).to_owned()).collect()),
+        }
+        .into();
+        return Box::pin(std::future::ready(Ok(status.into_http())));
+    };
+    let req = if one_message {
+        let method: Arc<str> = Arc::from(path.trim_start_matches('/'));
+        req.map(|body| Body::new(OneMessage::new(body, method)))
+    } else {
+        req
+    };
     Box::pin(svc.call(req).map_ok(|resp| resp.map(CallBody::plain)))
 }
 

@@ -94,6 +94,45 @@ async fn unary_and_server_streaming_calls_take_exactly_one_request() {
     assert_eq!(reply["id"], "still");
 }
 
+/// Health's Check and Watch take one request message: tonic's server read the first of two
+/// and answered it (SERVING, or a Watch stream that stayed open). And a method the built-in
+/// services do not have got UNIMPLEMENTED with no message at all; it is named, with the
+/// service's methods, as an unknown method of a loaded service is.
+#[tokio::test]
+async fn builtin_services_keep_to_their_methods_and_one_message() {
+    let server = Server::kitchen();
+    // HealthCheckRequest { service: "" }: an empty message.
+    let two = [framed(&[]), framed(&[])].concat();
+    for method in ["grpc.health.v1.Health/Check", "grpc.health.v1.Health/Watch"] {
+        let s = raw_call(server.addr, &format!("/{method}"), two.clone()).await;
+        assert_eq!(s.code(), Code::Unimplemented, "{method}: {s:?}");
+        assert!(s.message().contains(method), "{method}: {s:?}");
+        assert!(s.message().contains("more than one"), "{method}: {s:?}");
+    }
+    let s = raw_call(server.addr, "/grpc.health.v1.Health/Check", framed(&[])).await;
+    assert_eq!(s.code(), Code::Ok, "{s:?}");
+    for (path, named) in [
+        (
+            "/grpc.health.v1.Health/List",
+            "Health has no method \"List\"",
+        ),
+        ("/grpc.health.v1.Health/Chek", "did you mean \"Check\""),
+        (
+            "/grpc.reflection.v1.ServerReflection/Nope",
+            "ServerReflection has no method \"Nope\"",
+        ),
+        (
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInf",
+            "did you mean \"ServerReflectionInfo\"",
+        ),
+    ] {
+        let s = raw_call(server.addr, path, framed(&[])).await;
+        assert_eq!(s.code(), Code::Unimplemented, "{path}: {s:?}");
+        assert!(s.message().contains("has no method"), "{path}: {s:?}");
+        assert!(s.message().contains(named), "{path}: {s:?}");
+    }
+}
+
 #[tokio::test]
 async fn builtin_requests_that_do_not_decode_are_invalid_argument() {
     let server = Server::kitchen();

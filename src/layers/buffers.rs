@@ -192,7 +192,9 @@ pub fn held_chunk(data: Bytes, buffers: &Buffers) -> Result<Bytes, CallError> {
 
 /// The gRPC length-prefixed framing, followed across the chunks of a request body.
 #[derive(Debug, Default)]
-struct Framing {
+pub(crate) struct Framing {
+    /// Messages begun so far (their first byte seen).
+    pub(crate) begun: u64,
     /// Bytes of the 5-byte prefix seen so far (0 between messages).
     prefix_seen: u8,
     prefix: [u8; 5],
@@ -204,9 +206,12 @@ struct Framing {
 
 impl Framing {
     /// Advances over `chunk`; afterwards `partial` is what the chunk leaves incomplete.
-    fn advance(&mut self, mut chunk: &[u8]) {
+    pub(crate) fn advance(&mut self, mut chunk: &[u8]) {
         while !chunk.is_empty() {
             if self.remaining == 0 && self.prefix_seen < 5 {
+                if self.prefix_seen == 0 {
+                    self.begun += 1;
+                }
                 let take = (5 - self.prefix_seen as usize).min(chunk.len());
                 let start = self.prefix_seen as usize;
                 self.prefix[start..start + take].copy_from_slice(&chunk[..take]);

@@ -19,6 +19,7 @@
 //! responses of their own (script outboxes).
 
 pub mod buffers;
+pub mod cardinality;
 pub mod content_type;
 pub mod cutoff;
 pub mod inflate;
