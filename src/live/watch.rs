@@ -69,6 +69,12 @@ pub fn watch_files(options: &Options) -> Result<(Watching, Changes), String> {
     let (roots, protos_roots, looking) = (all_roots.clone(), proto_roots.clone(), cache.clone());
     let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
         Ok(event) => {
+            if event.need_rescan() {
+                // The kernel's queue of events overflowed: what changed is unknown, so
+                // everything is read again (and every folder watched afresh).
+                let _ = tx.send(Seen::everything());
+                return;
+            }
             if matches!(event.kind, EventKind::Access(_)) {
                 return;
             }
@@ -234,6 +240,17 @@ struct Seen {
 }
 
 impl Seen {
+    /// Anything may have changed, folders too.
+    fn everything() -> Self {
+        Self {
+            changed: true,
+            protos: true,
+            root: true,
+            folders: true,
+            ..Self::default()
+        }
+    }
+
     fn add(&mut self, more: Seen) {
         self.changed |= more.changed;
         self.protos |= more.protos;
@@ -603,16 +620,32 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Whether an event on `path` may be about an input: it is under a watched folder, and neither
 /// it nor a folder on the way from there is hidden (loading skips them: a `git commit` in a
-/// watched folder writes only under `.git/`) or an editor's file.
+/// watched folder writes only under `.git/`) or an editor's file. A symbolic link named `..…`
+/// switched into place is an exception: a Kubernetes ConfigMap volume holds each file as a link
+/// through `..data`, itself a link to the current version's folder, and an update renames a new
+/// `..data` link over the old one, the only event an update makes in the folder. (Emacs's
+/// `.#FILE` lock links stay ignored.)
 fn about_input(path: &Path, roots: &[PathBuf]) -> bool {
     let hidden = |rest: &Path| {
         rest.components()
             .any(|c| c.as_os_str().as_encoded_bytes().starts_with(b"."))
     };
-    !ignored(path)
-        && roots
-            .iter()
-            .any(|r| path.strip_prefix(r).is_ok_and(|rest| !hidden(rest)))
+    let switched_link = || {
+        path.file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b".."))
+            && path
+                .symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_symlink())
+            && path.parent().is_some_and(|parent| {
+                roots
+                    .iter()
+                    .any(|r| parent.strip_prefix(r).is_ok_and(|rest| !hidden(rest)))
+            })
+    };
+    roots.iter().any(|r| {
+        path.strip_prefix(r)
+            .is_ok_and(|rest| !ignored(path) && !hidden(rest))
+    }) || switched_link()
 }
 
 /// Editors' swap, backup and temporary files, and hidden files.
