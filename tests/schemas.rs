@@ -199,6 +199,89 @@ fn a_set_nested_too_deep_says_so_in_one_short_line() {
     assert!(line.len() < 400, "{} bytes: {line}", line.len());
 }
 
+/// A descriptor set whose map entries are not (`option map_entry` on a message without a
+/// `value` field, without a `key` field, with a `double` or a message key) passed `check`, and
+/// then the descriptor library panicked on the first message using it: every call carrying
+/// the map was reset (CANCELLED), the journal could no longer be read, and an entry with no
+/// key crashed `check` itself (exit 101). Such a set is refused, naming the entry.
+#[test]
+fn a_set_with_a_broken_map_entry_is_refused() {
+    use prost::Message as _;
+    use prost_types::field_descriptor_proto::{Label, Type};
+    use prost_types::{
+        DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet,
+        MessageOptions,
+    };
+    let field = |name: &str, number: i32, kind: Type, type_name: Option<&str>, label: Label| {
+        FieldDescriptorProto {
+            name: Some(name.into()),
+            number: Some(number),
+            r#type: Some(kind as i32),
+            type_name: type_name.map(Into::into),
+            label: Some(label as i32),
+            json_name: Some(name.into()),
+            ..Default::default()
+        }
+    };
+    let string = |name: &str, number: i32| field(name, number, Type::String, None, Label::Optional);
+    let cases: Vec<(&str, Vec<FieldDescriptorProto>)> = vec![
+        ("no value", vec![string("key", 1)]),
+        ("no key", vec![string("value", 2)]),
+        (
+            "a double key",
+            vec![
+                field("key", 1, Type::Double, None, Label::Optional),
+                string("value", 2),
+            ],
+        ),
+        (
+            "a message key",
+            vec![
+                field("key", 1, Type::Message, Some(".t.M"), Label::Optional),
+                string("value", 2),
+            ],
+        ),
+    ];
+    for (what, entry_fields) in cases {
+        let entry = DescriptorProto {
+            name: Some("BEntry".into()),
+            field: entry_fields,
+            options: Some(MessageOptions {
+                map_entry: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let message = DescriptorProto {
+            name: Some("M".into()),
+            field: vec![
+                string("a", 1),
+                field("b", 2, Type::Message, Some(".t.M.BEntry"), Label::Repeated),
+            ],
+            nested_type: vec![entry],
+            ..Default::default()
+        };
+        let file = FileDescriptorProto {
+            name: Some("t.proto".into()),
+            package: Some("t".into()),
+            syntax: Some("proto3".into()),
+            message_type: vec![message],
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let set = dir.path().join("t.binpb");
+        let bytes = FileDescriptorSet { file: vec![file] }.encode_to_vec();
+        std::fs::write(&set, bytes).unwrap();
+        let (code, err) = check_set_alone(dir.path(), &set);
+        assert_eq!(code, 2, "{what}: {err}");
+        assert!(
+            err.contains("t.proto: message t.M.BEntry is marked as a map entry"),
+            "{what}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{what}: {err}");
+    }
+}
+
 const EDITION: &str = r#"// An editions file.
 edition = "2023";
 package ed;

@@ -339,4 +339,49 @@ fn decode_pool(
         }
         .into()
     })
+    .and_then(|pool| match bad_map_entry(&pool) {
+        None => Ok(pool),
+        Some((file, message)) => Err(StartupError::Proto {
+            location: locate(&file),
+            message: format!("{file}: {message}"),
+            detail: None,
+        }
+        .into()),
+    })
+}
+
+/// The first message marked as a map entry (`option map_entry`) that is not one, with its
+/// file: exactly `key = 1`, an integer, bool or string, and `value = 2`, both singular. protoc
+/// and protox only make such entries, but a descriptor set may hold anything, and the
+/// descriptor library takes a broken entry and fails (panics) on the first message that uses
+/// it: a call, its journal record, a rule's test.
+fn bad_map_entry(pool: &DescriptorPool) -> Option<(String, String)> {
+    use prost_reflect::Kind;
+    pool.all_messages()
+        .filter(|m| m.is_map_entry())
+        .find_map(|m| {
+            let field = |number: u32, name: &str| {
+                m.get_field(number)
+                    .filter(|f| f.name() == name && !f.is_list() && !f.is_map())
+            };
+            let key_ok = field(1, "key").is_some_and(|k| {
+                !matches!(
+                    k.kind(),
+                    Kind::Double | Kind::Float | Kind::Bytes | Kind::Message(_) | Kind::Enum(_)
+                )
+            });
+            let ok = key_ok && field(2, "value").is_some() && m.fields().len() == 2;
+            (!ok).then(|| {
+                (
+                    m.parent_file().name().to_owned(),
+                    format!(
+                        "message {} is marked as a map entry (option map_entry) but is not one: a \
+                     map entry has exactly two fields, `key = 1` (an integer, bool or string \
+                     type) and `value = 2`, neither repeated; rebuild the descriptor set with \
+                     protoc or buf",
+                        m.full_name()
+                    ),
+                )
+            })
+        })
 }
