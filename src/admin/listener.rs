@@ -278,7 +278,16 @@ impl Front {
             }
         };
         let trailers = collected.trailers().cloned();
-        match self.transit.admit(collected.to_bytes(), trailers, pending) {
+        let bytes = collected.to_bytes();
+        if bytes.is_empty() && trailers.is_none() {
+            // Nothing to count, and a body known to be empty from the start: a gRPC error is
+            // then sent as gRPC's Trailers-Only answer, one HEADERS frame that ends the
+            // stream. A body that turns out empty only once read made HEADERS and then an empty
+            // DATA frame ending the stream, which grpc-core clients (grpcio, grpc-node's C
+            // core) refuse: they reported UNKNOWN "Stream removed" instead of the status.
+            return Response::from_parts(parts, axum::body::Body::empty());
+        }
+        match self.transit.admit(bytes, trailers, pending) {
             Ok(held) => Response::from_parts(parts, axum::body::Body::new(held)),
             Err(e) => {
                 tracing::debug!("admin API: {}", e.message());

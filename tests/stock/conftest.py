@@ -129,3 +129,11 @@ def route_guide_db():
         )
         for entry in raw
     ]
+
+
+@pytest.fixture(scope="session")
+def admin_channel():
+    """A channel to the server's admin listener (gRPC front end)."""
+    ch = _channel(_addr("PROTOSERVE_ADMIN_ADDR"))
+    yield ch
+    ch.close()
