@@ -937,13 +937,35 @@ fn serve(args: ServeArgs) -> ExitCode {
 /// `protoserve verify`: posts each verify of the file to the admin API and prints the verdicts.
 fn verify(args: &VerifyArgs) -> ExitCode {
     let name = args.file.display().to_string();
-    let bytes = if name == "-" {
+    // What the admin API takes in one body: a file past it could not be posted anyway, and
+    // reading on (from /dev/zero, or `yes | protoserve verify -`) grew without end.
+    let most = protoserve::admin::http::MAX_BODY;
+    let read = |from: &mut dyn std::io::Read| {
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
+        std::io::Read::read_to_end(&mut std::io::Read::take(from, most as u64 + 1), &mut bytes)
+            .map(|_| bytes)
+    };
+    let bytes = if name == "-" {
+        read(&mut std::io::stdin())
     } else {
-        std::fs::read(&args.file)
+        std::fs::metadata(&args.file)
+            .and_then(|m| match m.is_file() {
+                true => std::fs::File::open(&args.file),
+                false => Err(std::io::Error::other(
+                    "not a regular file (a folder, FIFO, socket or device); give a file, or - \
+                     for standard input",
+                )),
+            })
+            .and_then(|mut f| read(&mut f))
     };
     let bytes = match bytes {
+        Ok(b) if b.len() > most => {
+            eprintln!(
+                "error: {name}: more than {} MiB, the most the admin API takes in one request\n  help: split the verifies into several files",
+                most >> 20
+            );
+            return ExitCode::from(STARTUP_PROBLEM);
+        }
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: {name}: {e}");

@@ -522,3 +522,57 @@ async fn journal_times_take_any_rfc3339_offset() {
     assert_eq!(status, 200, "{page:#}");
     assert_eq!(page["calls"].as_array().unwrap().len(), 0);
 }
+
+/// `protoserve verify` read its file whole, whatever it was: `verify /dev/zero` and
+/// `yes '[' | protoserve verify -` grew to gigabytes until killed. It reads at most what the
+/// admin API takes in one request (1 MiB) and says so, and takes regular files (or `-`) only.
+#[test]
+fn verify_reads_at_most_what_the_admin_api_takes() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let (code, err) = common::run_bounded({
+        let mut cmd = Command::new(common::binary());
+        cmd.args(["verify", "/dev/zero"]);
+        cmd
+    });
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("/dev/zero: not a regular file"), "{err}");
+
+    let mut child = Command::new(common::binary())
+        .args(["verify", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run protoserve verify -");
+    let mut stdin = child.stdin.take().unwrap();
+    // Endless input, until the reader goes away (or 30 s pass).
+    let feeder = std::thread::spawn(move || {
+        let chunk = vec![b'['; 64 * 1024];
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until && stdin.write_all(&chunk).is_ok() {}
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    feeder.join().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let status = status.expect("verify - of endless input ends by itself");
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("-: more than 1 MiB, the most the admin API takes"),
+        "{err}"
+    );
+}
