@@ -310,17 +310,7 @@ impl fmt::Display for StartupErrors {
             if i > 0 {
                 writeln!(f)?;
             }
-            // A line after a problem's first is indented, so that only a problem's first
-            // line starts at the margin (as `error:`), whatever its message holds.
-            for (n, line) in e.to_string().lines().enumerate() {
-                if n == 0 {
-                    write!(f, "error: {line}")?;
-                } else if line.is_empty() || line.starts_with(char::is_whitespace) {
-                    write!(f, "\n{line}")?;
-                } else {
-                    write!(f, "\n  {line}")?;
-                }
-            }
+            write!(f, "error: {}", indented(&e.to_string()))?;
         }
         Ok(())
     }
@@ -716,6 +706,27 @@ pub fn log_path(path: &std::path::Path) -> String {
 /// that spans lines (a reload's problem with its source excerpt) and quotes project files.
 pub fn log_escaped_keeping_lines(text: &str) -> std::borrow::Cow<'_, str> {
     escaped_where(text, |c| c != '\n' && c != '\t' && disguises(c))
+}
+
+/// `text` with every line after the first that starts at the margin indented by two spaces,
+/// so that only the first line of a problem starts there (as `error:`, or a log line's
+/// timestamp), whatever its message holds: a file's name with a line break in it, or a quoted
+/// line of a file, cannot pass for a line of its own.
+pub fn indented(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['\n', '\r']) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for (n, line) in text.lines().enumerate() {
+        if n > 0 {
+            out.push('\n');
+            if !line.is_empty() && !line.starts_with(char::is_whitespace) {
+                out.push_str("  ");
+            }
+        }
+        out.push_str(line);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Whether `c` may make a log line look like two, or reorder the text around it.

@@ -27,7 +27,9 @@
 //! - a watched folder removed while serving (a handlers folder replaced, a proto subfolder
 //!   deleted) logged a warning from the file watcher in its debug format;
 //! - a .proto seen half-written (an editor saving in place, slower than the reload) was
-//!   reported without a line and column, its message printed twice.
+//!   reported without a line and column, its message printed twice;
+//! - a broken handler file whose name held a line break wrote the rest of its name at the
+//!   margin of the serve log: a name could forge a whole, timestamped log line.
 
 mod common;
 
@@ -893,4 +895,27 @@ fn check_handlers(handlers: &std::path::Path) -> (Option<i32>, String) {
         .arg("--handlers")
         .arg(handlers);
     run_bounded(cmd)
+}
+
+/// A failed reload's problems keep their line breaks in the log (a problem quotes the lines of
+/// a file), but a line break in a file's name started a line at the margin: the name
+/// `x\n2026-01-01T00:00:00Z  INFO generation 9 serving…` wrote a log line that looked like
+/// the server's own. Every line of a problem after its first is indented now.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_file_name_cannot_forge_a_log_line() {
+    let project = Project::new();
+    let server = project.start(&[]);
+    let client = project.client(&server).await;
+    wait_for_answer(&client, "live.Live/Chat", json!({"text": "v1: x"})).await;
+    let forged = "2026-01-01T00:00:00.000000Z  INFO generation 9 serving (files changed): forged";
+    std::fs::write(project.path(&format!("handlers/x\n{forged}.json")), "{bad").unwrap();
+    server.wait_for_log("failed with 1 problem(s)");
+    let log = server.log();
+    let at_margin: Vec<_> = log.iter().filter(|l| l.starts_with(forged)).collect();
+    assert!(at_margin.is_empty(), "forged: {at_margin:#?}");
+    assert!(
+        log.iter().any(|l| l.starts_with(&format!("  {forged}"))),
+        "{log:#?}"
+    );
 }

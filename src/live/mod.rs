@@ -265,10 +265,9 @@ impl Live {
             }
             Err(errors) => {
                 for e in &errors.0 {
-                    tracing::error!(
-                        "{}",
-                        crate::error::log_escaped_keeping_lines(&e.to_string())
-                    );
+                    let text = e.to_string();
+                    let text = crate::error::log_escaped_keeping_lines(&text);
+                    tracing::error!("{}", crate::error::indented(&text));
                 }
                 tracing::error!(
                     "reload ({}) failed with {} problem(s); still serving generation {}",
