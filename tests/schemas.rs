@@ -282,6 +282,58 @@ fn a_set_with_a_broken_map_entry_is_refused() {
     }
 }
 
+/// Two broken sets that were reported badly: `syntax = "proto4"` printed a raw panic of the
+/// descriptor library (its source location, and a backtrace under RUST_BACKTRACE=1) before a
+/// vague error, and a field whose `oneof_index` points past the message's oneofs gave
+/// "error: : : invalid oneof index", naming nothing.
+#[test]
+fn sets_with_an_unknown_syntax_or_a_bad_oneof_index_are_refused_clearly() {
+    use prost::Message as _;
+    use prost_types::field_descriptor_proto::{Label, Type};
+    use prost_types::{
+        DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet,
+    };
+    let file = |syntax: &str, oneof_index: Option<i32>| FileDescriptorProto {
+        name: Some("t.proto".into()),
+        package: Some("t".into()),
+        syntax: Some(syntax.into()),
+        message_type: vec![DescriptorProto {
+            name: Some("M".into()),
+            field: vec![FieldDescriptorProto {
+                name: Some("a".into()),
+                number: Some(1),
+                r#type: Some(Type::String as i32),
+                label: Some(Label::Optional as i32),
+                json_name: Some("a".into()),
+                oneof_index,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    for (what, f, said) in [
+        (
+            "proto4",
+            file("proto4", None),
+            "proto4.binpb: t.proto: syntax \"proto4\" is none protobuf has",
+        ),
+        (
+            "oneof",
+            file("proto3", Some(5)),
+            "oneof.binpb: these descriptors are not valid: invalid oneof index",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let set = dir.path().join(format!("{what}.binpb"));
+        std::fs::write(&set, FileDescriptorSet { file: vec![f] }.encode_to_vec()).unwrap();
+        let (code, err) = check_set_alone(dir.path(), &set);
+        assert_eq!(code, 2, "{what}: {err}");
+        assert!(err.contains(said), "{what}: {err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+    }
+}
+
 const EDITION: &str = r#"// An editions file.
 edition = "2023";
 package ed;

@@ -24,6 +24,9 @@ pub struct FileEntry {
     pub deps: Box<[u32]>,
     /// Written in a protobuf edition (only descriptor sets have these).
     pub editions: bool,
+    /// A `syntax` no protobuf version has (only a descriptor set can say one), which the
+    /// descriptor library panics on.
+    pub unknown_syntax: Option<Box<str>>,
 }
 
 /// A service as declared, whether or not serving has its descriptors.
@@ -164,11 +167,21 @@ impl Files {
             bytes,
             deps,
             editions: file.syntax.as_deref() == Some("editions"),
+            unknown_syntax: file
+                .syntax
+                .as_deref()
+                .filter(|s| !matches!(*s, "" | "proto2" | "proto3" | "editions"))
+                .map(Into::into),
         });
     }
 
     pub fn len(&self) -> usize {
         self.files.len()
+    }
+
+    /// The file at `index`.
+    pub fn get(&self, index: u32) -> Option<&FileEntry> {
+        self.files.get(index as usize)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -282,6 +282,21 @@ fn decode_pool(
             .or_else(|| finder.on_disk(file))
             .map_or_else(|| Location::file(file), Location::file)
     };
+    if let Some((name, syntax)) = indexes
+        .iter()
+        .filter_map(|&i| files.get(i))
+        .find_map(|f| Some((&f.name, f.unknown_syntax.as_deref()?)))
+    {
+        return Err(StartupError::Proto {
+            location: locate(name),
+            message: format!(
+                "{name}: syntax {:?} is none protobuf has (\"proto2\", \"proto3\" or \"editions\"); rebuild the descriptor set with protoc or buf",
+                crate::error::clipped(syntax, 40)
+            ),
+            detail: None,
+        }
+        .into());
+    }
     // Editions files are decoded as the proto3 files they encode like.
     let set = files
         .encode_set_with(indexes.iter().copied(), |f| {
@@ -301,12 +316,14 @@ fn decode_pool(
         })?;
     // prost-reflect panics on some invalid sets (while describing the error); that is reported
     // as an invalid set, not a crash.
-    let Ok(decoded) = std::panic::catch_unwind(|| DescriptorPool::decode(set.as_slice())) else {
-        let location = origin
+    let set_location = || {
+        origin
             .and_then(|(inputs, _)| inputs.descriptor_sets.first())
-            .map_or_else(|| Location::file("protos"), Location::file);
+            .map_or_else(|| Location::file("protos"), Location::file)
+    };
+    let Ok(decoded) = std::panic::catch_unwind(|| DescriptorPool::decode(set.as_slice())) else {
         return Err(StartupError::Proto {
-            location,
+            location: set_location(),
             message: "these descriptors are not valid: the descriptor library failed on them (a file with a syntax it does not know?)".into(),
             detail: None,
         }
@@ -314,6 +331,16 @@ fn decode_pool(
     };
     decoded.map_err(|e| {
         let file = e.file().unwrap_or_default().to_owned();
+        if file.is_empty() {
+            // Some of the library's errors name no file (an out-of-range oneof index): the
+            // set is all there is to point at.
+            return StartupError::Proto {
+                location: set_location(),
+                message: format!("these descriptors are not valid: {e}; rebuild the descriptor set with protoc or buf"),
+                detail: None,
+            }
+            .into();
+        }
         if let Some(finder) = finder() {
             if !file.is_empty() && finder.on_disk(&file).is_some() {
                 if let Some(found) = diagnose::recompile(&file, &finder) {
