@@ -102,6 +102,27 @@ async fn copying_an_unset_request_field_leaves_the_reply_field_unset() {
     );
 }
 
+/// A required message field copied from a message the request does not carry got an empty
+/// message, which lacked its own required fields (`0a00`: protoc and every client that checks
+/// said "missing required fields"). It gets the default message with its required fields at
+/// their defaults; a message the request carries is copied as it is.
+#[tokio::test]
+async fn a_required_message_copied_from_nothing_carries_its_required_fields() {
+    let (_s, c) = start().await;
+    let reply = call(&c, "closed.Closed/Keep", json!({})).await;
+    assert_eq!(to_json(&reply), json!({"tag": {"id": "", "level": "LOW"}}));
+    let reply = call(
+        &c,
+        "closed.Closed/Keep",
+        json!({"tag": {"id": "t", "level": "HIGH", "note": "n"}}),
+    )
+    .await;
+    assert_eq!(
+        to_json(&reply),
+        json!({"tag": {"id": "t", "level": "HIGH", "note": "n"}})
+    );
+}
+
 /// `present` compared the value read with zero: a proto2 field the request did not set read
 /// as its default (a closed enum's first value `LOW = 1`, `[default = 7]`) and so counted as
 /// present, while one set to 0, an `optional` set to 0 and a `Duration` set to `0s` counted as

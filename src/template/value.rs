@@ -392,6 +392,33 @@ pub fn missing_required(desc: &MessageDescriptor, field: &FieldDescriptor) -> St
     )
 }
 
+/// How deep [`give_required`] goes: a message type whose required fields lead back to it has
+/// no finite value, and is given up on there.
+const REQUIRED_DEPTH: usize = 32;
+
+/// Sets every proto2 `required` field `msg` lacks to its default, a message's own required
+/// fields included, `depth` levels down at most.
+fn give_required(msg: &mut DynamicMessage, depth: usize) {
+    if depth == 0 {
+        return;
+    }
+    let desc = prost_reflect::ReflectMessage::descriptor(msg);
+    for field in desc.fields() {
+        if field.cardinality() != Cardinality::Required || msg.has_field(&field) {
+            continue;
+        }
+        let value = match field.kind() {
+            Kind::Message(m) => {
+                let mut inner = DynamicMessage::new(m);
+                give_required(&mut inner, depth - 1);
+                Value::Message(inner)
+            }
+            _ => field.default_value(),
+        };
+        msg.set_field(&field, value);
+    }
+}
+
 /// True for a field a copy of an unset request value leaves unset: one that tracks presence,
 /// except a proto2 `required` field, which a reply must carry (it gets the default read).
 pub fn leaves_unset(field: &FieldDescriptor) -> bool {
@@ -424,6 +451,16 @@ impl ValueTemplate {
                 let v = from.read(req);
                 budget.take(value_size(&v))?;
                 match conv {
+                    // A required message field copied from a message the request does not
+                    // carry gets the default message, which must carry its own required
+                    // fields too (at their defaults): clients refuse a message without them.
+                    Conversion::Same if matches!(v.as_ref(), Value::Message(_)) && !from.is_set(req) => {
+                        let mut v = v.into_owned();
+                        if let Value::Message(m) = &mut v {
+                            give_required(m, REQUIRED_DEPTH);
+                        }
+                        v
+                    }
                     Conversion::Same => v.into_owned(),
                     Conversion::Text => {
                         let mut s = String::new();
