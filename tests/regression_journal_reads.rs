@@ -147,6 +147,45 @@ async fn a_page_ends_before_a_call_its_budget_cannot_show() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
 }
 
+/// Messages shown as their bytes (too costly to decode) were not counted in a read's budget: a
+/// page of such calls grew without bound (128 MB for 16 calls of 3 MB), past what the admin API
+/// holds for a client, so every read of the default page size was refused as busy, for good.
+/// Their base64 text counts now, and the page ends before a call that would not fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_messages_shown_as_bytes_is_held_to_the_read_budget() {
+    let f = fixtures();
+    let server = Server::start(&[
+        "--protos",
+        f.join("protos").to_str().unwrap(),
+        "--handlers",
+        f.join("handlers").to_str().unwrap(),
+        "--journal-bytes",
+        "512MiB",
+    ]);
+    // 12 calls of two 4 MiB messages of empty strings: 5.6 MB of base64 each, 134 MB in all.
+    let calls = 12;
+    echo_all(&server, &vec![empty_tags(4 * 1024 * 1024 - 64); calls]).await;
+    let mut ids = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..calls {
+        let path = match &token {
+            Some(t) => format!("/v1/journal?page_token={t}"),
+            None => "/v1/journal".to_owned(),
+        };
+        let page = server.admin_get(&path).await;
+        let text = page.to_string().len();
+        assert!(text < 80 * 1024 * 1024, "{path}: an answer of {text} bytes");
+        let shown = page["calls"].as_array().unwrap();
+        assert!(!shown.is_empty(), "{path}");
+        ids.extend(shown.iter().map(|c| c["id"].as_u64().unwrap()));
+        token = page["next_page_token"].as_str().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(ids.len(), calls, "{ids:?}");
+}
+
 /// A verify runs over every call to the method: each recorded request was decoded whatever it
 /// cost, and every near miss kept its request as JSON until the few shown were picked (4 such
 /// calls: over 800 MB, and a 117 MB answer).
@@ -184,7 +223,48 @@ async fn verify_over_costly_requests_stays_within_bounded_memory() {
     assert!(failed.contains("8 times its size"), "{failed}");
 }
 
-/// A call whose messages together take more than a read's budget is shown with its first
+/// A verify showed each near miss's request with a budget of its own: fifty misses of 3 MB
+/// requests made a 150 MB answer, past what the admin API holds for a client, so the verify
+/// was refused as busy every time. The requests shown share one read's budget; past it a
+/// miss is shown without its request, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifys_near_misses_are_held_to_one_reads_budget() {
+    let f = fixtures();
+    let server = Server::start(&[
+        "--protos",
+        f.join("protos").to_str().unwrap(),
+        "--handlers",
+        f.join("handlers").to_str().unwrap(),
+        "--journal-bytes",
+        "512MiB",
+    ]);
+    // 40 requests whose id is 3 MB of "a": 3 MB of JSON each when shown.
+    let big = {
+        let mut b = vec![0x0a, 0xc0, 0x8d, 0xb7, 0x01];
+        b.extend(std::iter::repeat_n(b'a', 3_000_000));
+        Bytes::from(b)
+    };
+    echo_all(&server, &vec![big; 40]).await;
+    let body = serde_json::json!({
+        "method": "kitchen.Kitchen/Echo",
+        "when": {"request": {"id": "b"}},
+        "at_least": 1,
+        "show": 40,
+    });
+    let (status, answer) = server.admin_post("/v1/verify", &body).await;
+    assert_eq!(status, 200, "{}", &answer.to_string()[..300]);
+    let text = answer.to_string().len();
+    assert!(text < 80 * 1024 * 1024, "an answer of {text} bytes");
+    let misses = answer["near_misses"].as_array().unwrap();
+    assert_eq!(misses.len(), 40);
+    let with_request = misses.iter().filter(|m| m["request"].is_object()).count();
+    assert!(with_request >= 1, "{}", &answer.to_string()[..300]);
+    assert!(
+        misses.iter().any(|m| m["request_left_out"].is_string()),
+        "every request shown"
+    );
+}
+
 /// messages decoded and the rest as bytes, on a page (where it comes first) as when read alone:
 /// the error says so, instead of sending the reader to read fewer calls or this call alone,
 /// which showed the same.

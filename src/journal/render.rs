@@ -58,6 +58,15 @@ impl RenderBudget {
     pub fn refused(&self) -> bool {
         self.refused
     }
+
+    /// Spends what a message shown as its bytes takes: its base64 text. Messages shown so
+    /// (too costly to decode, or not valid) were not counted, and a page of them went on to
+    /// hundreds of megabytes; past the budget, the read is cut as for a message not decoded.
+    fn spend_shown_bytes(&mut self, len: usize) {
+        let text = len.div_ceil(3).saturating_mul(4);
+        self.refused |= text > self.left;
+        self.left = self.left.saturating_sub(text);
+    }
 }
 
 /// How much of a call to show.
@@ -295,6 +304,7 @@ fn messages_json(log: &CallView, budget: &mut RenderBudget) -> Vec<Json> {
                     out.insert("message".into(), message);
                 }
                 Err(error) => {
+                    budget.spend_shown_bytes(frame.bytes.len());
                     out.insert("message".into(), Json::Null);
                     out.insert("error".into(), json!(error));
                     out.insert(

@@ -19,7 +19,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor};
 use serde_json::{json, Map, Value as Json};
 use tonic::metadata::MetadataMap;
 
-use super::render::message_json;
+use super::render::{message_json_within, RenderBudget};
 use super::{Call, CallView, Direction, Journal};
 use crate::codec::DECODED_PER_ENCODED;
 use crate::matcher::Condition;
@@ -250,9 +250,13 @@ impl Verify {
                     closest.failed.join("; ")
                 ));
             }
+            // One read's budget for all the requests shown: a near miss's request is left out
+            // once they would pass it (fifty misses of 3 MB requests made a 150 MB answer,
+            // past what the admin API holds for a client, so it was refused every time).
+            let mut budget = RenderBudget::default();
             out.insert(
                 "near_misses".into(),
-                Json::Array(misses.into_iter().map(Miss::json).collect()),
+                Json::Array(misses.into_iter().map(|m| m.json(&mut budget)).collect()),
             );
         }
         out.insert("message".into(), json!(message));
@@ -368,15 +372,29 @@ struct Miss {
 }
 
 impl Miss {
-    fn json(self) -> Json {
+    /// The miss as JSON, its request (when it came closest and decodes) rendered within what
+    /// `budget` has left.
+    fn json(self, budget: &mut RenderBudget) -> Json {
         let mut out = Map::new();
         out.insert("id".into(), json!(self.id));
         out.insert("failed".into(), json!(self.failed));
-        if let Some(Ok(request)) = self
-            .request
-            .map(|(desc, bytes)| message_json(Some(&desc), &bytes))
-        {
-            out.insert("request".into(), request);
+        let rendered = self.request.map(|(desc, bytes)| {
+            let mut own = budget.clone();
+            let r = message_json_within(Some(&desc), &bytes, &mut own);
+            (r, own)
+        });
+        match rendered {
+            Some((Ok(request), own)) if !own.refused() => {
+                *budget = own;
+                out.insert("request".into(), request);
+            }
+            Some((_, own)) if own.refused() => {
+                out.insert(
+                    "request_left_out".into(),
+                    json!("the near misses' requests shown so far take what one answer may"),
+                );
+            }
+            _ => {}
         }
         Json::Object(out)
     }
