@@ -137,7 +137,18 @@ impl Service<Request<Body>> for Router {
         let tap = self.tap.take();
         let generation = self.current.load_full();
         let path = req.uri().path();
-        if let Some(entry) = generation.table.get(path) {
+        // A method of the built-in services that the user's protos declare too (a vendored
+        // grpc/health/v1/health.proto) is the built-in's unless a handler says otherwise:
+        // without one it was answered "no handler", and every health probe failed.
+        let entry = generation.table.get(path).filter(|e| {
+            e.handler.is_some()
+                || !(path.starts_with(self.health.0.as_str())
+                    || generation
+                        .reflection
+                        .iter()
+                        .any(|(prefix, _)| path.starts_with(prefix.as_str())))
+        });
+        if let Some(entry) = entry {
             let entry = entry.clone();
             let limits = self.limits;
             let buffers = self.buffers.clone();

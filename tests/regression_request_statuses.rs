@@ -133,6 +133,75 @@ async fn builtin_services_keep_to_their_methods_and_one_message() {
     }
 }
 
+/// The health protocol's own .proto, as projects vendor it.
+const HEALTH_PROTO: &str = r#"syntax = "proto3";
+package grpc.health.v1;
+message HealthCheckRequest { string service = 1; }
+message HealthCheckResponse {
+  enum ServingStatus { UNKNOWN = 0; SERVING = 1; NOT_SERVING = 2; SERVICE_UNKNOWN = 3; }
+  ServingStatus status = 1;
+}
+service Health {
+  rpc Check(HealthCheckRequest) returns (HealthCheckResponse);
+  rpc Watch(HealthCheckRequest) returns (stream HealthCheckResponse);
+}
+"#;
+
+/// A project whose protos hold a copy of grpc/health/v1/health.proto (many vendor it) had its
+/// health checks answered UNIMPLEMENTED "no handler": the declared methods took the place of
+/// the built-in service, and every probe failed. The built-in service answers them, unless a
+/// handler file names the method: then the handler does.
+#[tokio::test]
+async fn a_vendored_health_proto_leaves_health_to_the_server_unless_handled() {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let dir = common::project_folder(&[
+        ("protos/grpc/health/v1/health.proto", HEALTH_PROTO),
+        (
+            "protos/helloworld.proto",
+            &std::fs::read_to_string(common::repo().join("protos/helloworld.proto")).unwrap(),
+        ),
+        (
+            "handlers/hello.json",
+            r#"{"service": "helloworld.Greeter", "methods": {"SayHello": {"reply": {"message": "hi"}}}}"#,
+        ),
+    ]);
+    let start = |dir: &std::path::Path| {
+        Server::start(&[
+            "--protos",
+            dir.join("protos").to_str().unwrap(),
+            "--handlers",
+            dir.join("handlers").to_str().unwrap(),
+        ])
+    };
+    let server = start(dir.path());
+    let mut health = HealthClient::new(common::channel(server.addr).await);
+    for service in ["", "helloworld.Greeter"] {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("Check({service:?}): {s:?}"));
+        assert_eq!(answer.into_inner().status, 1, "Check({service:?}): SERVING");
+    }
+    drop(server);
+    // A handler for Check answers it.
+    std::fs::write(
+        dir.path().join("handlers/health.json"),
+        r#"{"service": "grpc.health.v1.Health", "methods": {"Check": {"reply": {"status": "NOT_SERVING"}}}}"#,
+    )
+    .unwrap();
+    let server = start(dir.path());
+    let mut health = HealthClient::new(common::channel(server.addr).await);
+    let answer = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().status, 2, "the handler's NOT_SERVING");
+}
+
 #[tokio::test]
 async fn builtin_requests_that_do_not_decode_are_invalid_argument() {
     let server = Server::kitchen();
