@@ -465,6 +465,19 @@ fn install(
     let (built, around) = build_handler(entry, info, scripts, regexes)?;
     match built {
         Built::Ready(handler) => {
+            let (least, limit) = (handler.least_message_size(), scripts.max_message_size());
+            if least > limit {
+                // Every call that sends it would fail: refused here, as `check` would.
+                return Err(EntryError {
+                    path: String::new(),
+                    message: format!(
+                        "a reply of this entry is at least {least} bytes encoded, over \
+                         --max-message-size ({limit} bytes): every call that sends it would \
+                         fail; make it smaller, or raise --max-message-size"
+                    ),
+                }
+                .into());
+            }
             pending.remove(&info.path);
             table.set_handler(&info.path, handler, around, origin);
         }

@@ -1043,3 +1043,53 @@ fn a_regex_that_does_not_parse_is_one_error_line() {
     );
     assert!(err.contains("\n    ab(?=x)\n      ^^^\n"), "{err}");
 }
+
+/// A constant reply larger than `--max-message-size` passed `check`, and then every call of the
+/// method failed with RESOURCE_EXHAUSTED. It is refused at its entry, in a reply, a stream's
+/// item or a rule alike; a reply whose size depends on the request is left to the call.
+#[test]
+fn a_constant_reply_over_the_message_size_is_refused_at_its_entry() {
+    let big = "x".repeat(2000);
+    let greeter = format!(
+        r#"{{"service": "helloworld.Greeter", "methods": {{
+  "SayHello": {{ "reply": {{ "message": "{big}" }} }},
+  "SayHelloAgain": {{ "rules": [
+    {{ "when": {{ "request": {{ "name": "a" }} }}, "reply": {{ "message": "short" }} }},
+    {{ "reply": {{ "message": "{big}" }} }}
+  ] }}
+}}}}"#
+    );
+    let guide = format!(
+        r#"{{"service": "routeguide.RouteGuide", "methods": {{
+  "ListFeatures": {{ "stream": [ {{ "name": "one" }}, {{ "name": "{big}" }} ] }},
+  "GetFeature": {{ "reply": {{ "name": "{{{{latitude}}}}{big}" }} }}
+}}}}"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("greeter.json"), &greeter).unwrap();
+    std::fs::write(dir.path().join("guide.json"), &guide).unwrap();
+    let (code, _, err) = run(&[
+        "check",
+        "--protos",
+        common::repo().join("protos").to_str().unwrap(),
+        "--handlers",
+        dir.path().to_str().unwrap(),
+        "--max-message-size",
+        "1KiB",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    for (file, method) in [
+        ("greeter.json", "helloworld.Greeter/SayHello"),
+        ("greeter.json", "helloworld.Greeter/SayHelloAgain"),
+        ("guide.json", "routeguide.RouteGuide/ListFeatures"),
+    ] {
+        assert!(
+            err.lines().any(|l| l.contains(file)
+                && l.contains(&format!("{method}: a reply of this entry is at least"))
+                && l.contains("over --max-message-size (1024 bytes)")),
+            "{method}: {err}"
+        );
+    }
+    assert!(!err.contains("GetFeature"), "{err}");
+    assert!(err.contains("3 problem(s) found"), "{err}");
+}

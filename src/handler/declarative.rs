@@ -311,6 +311,18 @@ impl Handler for Declarative {
         self.kind
     }
 
+    fn least_message_size(&self) -> usize {
+        let of = |a: &Action| match &a.kind {
+            ActionKind::Reply(r) => r.least_size(),
+            ActionKind::Stream(s) => s.least_size(),
+            ActionKind::Error(_) | ActionKind::Echo => 0,
+        };
+        match &*self.responder {
+            Responder::Single(a) => of(a),
+            Responder::Rules(rules) => rules.iter().map(|r| of(&r.action)).max().unwrap_or(0),
+        }
+    }
+
     fn call(&self, call: Call, requests: Requests) -> HandlerFuture {
         let info = call.method.clone();
         match requests {

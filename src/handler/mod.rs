@@ -243,6 +243,12 @@ pub trait Handler: Send + Sync + 'static {
     /// The handler kind, as `protoserve list` shows it.
     fn kind(&self) -> &'static str;
     fn call(&self, call: Call, requests: Requests) -> HandlerFuture;
+    /// The largest size, in bytes, below which some message the handler may send cannot be
+    /// (its constant part, encoded at startup): over `--max-message-size`, every call that
+    /// sends it would fail, so loading refuses it instead.
+    fn least_message_size(&self) -> usize {
+        0
+    }
 }
 
 /// A method and what answers it.

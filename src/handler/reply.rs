@@ -28,6 +28,13 @@ pub struct ReplyAction {
 }
 
 impl ReplyAction {
+    /// The size of the reply's constant part (see [`Handler::least_message_size`]).
+    ///
+    /// [`Handler::least_message_size`]: super::Handler::least_message_size
+    pub fn least_size(&self) -> usize {
+        self.template.least_size()
+    }
+
     pub fn compile(json: &Json, info: &MethodInfo, path: &str) -> Result<Self, EntryErrors> {
         Ok(Self {
             template: ReplyTemplate::compile(json, &info.input, &info.output, path)?,
@@ -104,6 +111,11 @@ pub struct ReplyTemplate {
 }
 
 impl ReplyTemplate {
+    /// The size of the constant top-level fields, encoded once: no reply is smaller.
+    pub fn least_size(&self) -> usize {
+        self.prefix.len()
+    }
+
     /// Compiles `json` as a message of type `output`, reading placeholders from `input`.
     pub fn compile(
         json: &Json,

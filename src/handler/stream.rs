@@ -17,6 +17,15 @@ pub struct StreamAction {
 }
 
 impl StreamAction {
+    /// The largest constant part of one of its messages.
+    pub fn least_size(&self) -> usize {
+        self.items
+            .iter()
+            .map(ReplyTemplate::least_size)
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn compile(items: &[Json], info: &MethodInfo, path: &str) -> Result<Self, EntryErrors> {
         if !info.shape.streams_output() {
             return Err(EntryError {

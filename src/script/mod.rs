@@ -346,6 +346,13 @@ struct Found {
 }
 
 /// A generation's engine, with where each of its script entries is in it.
+impl Scripts<'_> {
+    /// `--max-message-size`, which the entries' constant replies are held to as well.
+    pub fn max_message_size(&self) -> usize {
+        self.options.max_message_size
+    }
+}
+
 pub struct ScriptsReady {
     pub engine: Arc<Engine>,
     found: Vec<Found>,
