@@ -154,6 +154,18 @@ pub fn message_json_within(
             return Err(format!("not a valid {}: {e}", desc.full_name()))
         }
         Err(wire::Invalid::TooCostly { cost, .. }) => {
+            // Cut short by the read's budget: unless it is too costly by its own bound anyway
+            // (then it is shown as bytes on any page, and the page goes on).
+            let own_bound = limit < own && {
+                let mut alone = wire::Cost::new(own);
+                wire::check(bytes, desc, &mut alone).is_err()
+            };
+            if own_bound {
+                return Err(format!(
+                    "not decoded: as JSON this {} would take over {own} bytes of memory, more than {DECODED_PER_ENCODED} times its size (its bytes are shown instead)",
+                    desc.full_name()
+                ));
+            }
             budget.refused |= limit < own;
             return Err(too_costly(cost));
         }
