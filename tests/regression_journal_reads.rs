@@ -153,15 +153,7 @@ async fn a_page_ends_before_a_call_its_budget_cannot_show() {
 /// Their base64 text counts now, and the page ends before a call that would not fit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_messages_shown_as_bytes_is_held_to_the_read_budget() {
-    let f = fixtures();
-    let server = Server::start(&[
-        "--protos",
-        f.join("protos").to_str().unwrap(),
-        "--handlers",
-        f.join("handlers").to_str().unwrap(),
-        "--journal-bytes",
-        "512MiB",
-    ]);
+    let server = Server::kitchen_args(&["--journal-bytes", "512MiB"]);
     // 12 calls of two 4 MiB messages of empty strings: 5.6 MB of base64 each, 134 MB in all.
     let calls = 12;
     echo_all(&server, &vec![empty_tags(4 * 1024 * 1024 - 64); calls]).await;
@@ -229,15 +221,7 @@ async fn verify_over_costly_requests_stays_within_bounded_memory() {
 /// miss is shown without its request, saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verifys_near_misses_are_held_to_one_reads_budget() {
-    let f = fixtures();
-    let server = Server::start(&[
-        "--protos",
-        f.join("protos").to_str().unwrap(),
-        "--handlers",
-        f.join("handlers").to_str().unwrap(),
-        "--journal-bytes",
-        "512MiB",
-    ]);
+    let server = Server::kitchen_args(&["--journal-bytes", "512MiB"]);
     // 40 requests whose id is 3 MB of "a": 3 MB of JSON each when shown.
     let big = {
         let mut b = vec![0x0a, 0xc0, 0x8d, 0xb7, 0x01];

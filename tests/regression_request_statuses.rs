@@ -248,15 +248,7 @@ async fn builtin_requests_that_do_not_decode_are_invalid_argument() {
 /// RESOURCE_EXHAUSTED naming the flag, as a method's reply over the limit does.
 #[tokio::test]
 async fn reflection_answers_over_the_limit_are_resource_exhausted() {
-    let f = fixtures();
-    let server = Server::start(&[
-        "--protos",
-        f.join("protos").to_str().unwrap(),
-        "--handlers",
-        f.join("handlers").to_str().unwrap(),
-        "--max-message-size",
-        "300",
-    ]);
+    let server = Server::kitchen_args(&["--max-message-size", "300"]);
     let path = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
     // FileContainingSymbol (field 4) of an unknown 280-byte name: the request fits, the answer
     // (the request again, and a NOT_FOUND message quoting the name) does not.

@@ -179,13 +179,21 @@ impl Server {
 
     /// The test fixtures (every shape, most field types).
     pub fn kitchen() -> Server {
+        Server::kitchen_args(&[])
+    }
+
+    /// [`Server::kitchen`] with `extra` arguments.
+    pub fn kitchen_args(extra: &[&str]) -> Server {
         let f = fixtures();
-        Server::start(&[
+        let (protos, handlers) = (f.join("protos"), f.join("handlers"));
+        let mut args = vec![
             "--protos",
-            f.join("protos").to_str().unwrap(),
+            protos.to_str().unwrap(),
             "--handlers",
-            f.join("handlers").to_str().unwrap(),
-        ])
+            handlers.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Server::start(&args)
     }
 
     /// The fixture protos with `file` as the only handler file (`k.json` in a temporary folder,
